@@ -1,0 +1,262 @@
+//! The broker seam: where jobs are stored and how they change state.
+//!
+//! [`Broker`] speaks only Hopper types: no SQLite or Redis type crosses it, so the pool, the
+//! HTTP API and the CLI work unchanged on either. Each implementation guarantees:
+//!
+//! - **Atomic transitions.** Every method that changes a job changes its state and appends its
+//!   event (`crate::event`) in one transaction (SQLite) or one script (Redis).
+//! - **Fenced leases.** [`Broker::fetch`] moves `queued -> running` and bumps the job's lease
+//!   token. Every later write of that attempt ([`Broker::finish`], [`Broker::progress`],
+//!   [`Broker::heartbeat`]) carries the token and is refused with [`BrokerError::LeaseLost`]
+//!   when it is stale, so a worker presumed dead can never overwrite a newer attempt.
+//! - **Strict priorities, FIFO inside a level.** Fetch takes the due job with the lowest
+//!   priority number, then the earliest due time, then the earliest enqueued.
+//! - **Due work is promoted by fetch.** `scheduled` and `retrying` jobs whose time has come are
+//!   fetched as if queued at their due time: no separate poller has to run for them to start.
+//!
+//! Policy lives elsewhere: *whether* a failed job retries, and when, is the pool's decision
+//! (`crate::pool`, `crate::retry`); the broker records what it is told.
+//!
+//! ```text
+//!   enqueue ──> scheduled ──due──> queued ──fetch──> running ──finish(Succeeded)──> succeeded
+//!                  ^                 ^  ^               │ ──finish(Retry)──> retrying ──due──> queued
+//!                  │                 │  │               │ ──finish(Dead)───> dead
+//!                  └──finish(Snooze)─┼──┼───────────────┤
+//!                                    │  └──rescue / finish(Released)──┘ (interrupted)
+//!                                    └──── retry (dead or cancelled)
+//!   cancel: any non-final state ──> cancelled
+//! ```
+
+#[cfg(feature = "redis")]
+pub mod redis;
+#[cfg(feature = "sqlite")]
+pub mod sqlite;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::clock::Clock;
+use crate::error::{BrokerError, BrokerResult};
+use crate::event::Event;
+use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+
+/// The result of enqueueing one job.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enqueued {
+    /// The job's id: the new one, or the existing job's when its `unique_key` was taken.
+    pub id: JobId,
+    /// False when a job with the same `unique_key` already existed and nothing was created.
+    pub created: bool,
+}
+
+/// How an attempt ended, as the pool reports it to the broker.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Outcome {
+    /// `running -> succeeded` with the handler's result.
+    Succeeded { result: Value },
+    /// `running -> retrying`, due again at `at`.
+    Retry { at: Millis, error: String },
+    /// `running -> dead` (retries exhausted, or a permanent failure).
+    Dead { error: String },
+    /// `running -> scheduled` at `at`; the attempt is not counted.
+    Snooze { at: Millis },
+    /// `running -> queued` at once, the attempt not counted: the worker is shutting down and
+    /// gives the job back instead of letting its lease run out. Emits `job.interrupted`.
+    Released { reason: String },
+}
+
+/// One attempt's end: which lease, and how it ended.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Finish {
+    pub lease: Lease,
+    pub outcome: Outcome,
+}
+
+/// What a heartbeat learned about one lease.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LeaseStatus {
+    /// Extended.
+    Held,
+    /// The job was cancelled by a user: the handler should stop.
+    Cancelled,
+    /// Another attempt owns the job, or it no longer runs: the handler's writes will be refused.
+    Lost,
+}
+
+/// Filters for [`Broker::list`]. Pages run newest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobFilter {
+    pub queue: Option<String>,
+    pub state: Option<JobState>,
+    pub kind: Option<String>,
+    /// At most this many jobs (the broker may cap it).
+    pub limit: usize,
+    /// The `next_cursor` of the previous page.
+    pub cursor: Option<String>,
+}
+
+/// A page of jobs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobPage {
+    pub jobs: Vec<Job>,
+    /// Pass back to get the next page; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// Jobs of one queue by state.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StateCounts {
+    pub waiting: u64,
+    pub scheduled: u64,
+    pub queued: u64,
+    pub running: u64,
+    pub retrying: u64,
+    pub succeeded: u64,
+    pub dead: u64,
+    pub cancelled: u64,
+}
+
+impl StateCounts {
+    /// The count for one state.
+    pub fn get(&self, state: JobState) -> u64 {
+        match state {
+            JobState::Waiting => self.waiting,
+            JobState::Scheduled => self.scheduled,
+            JobState::Queued => self.queued,
+            JobState::Running => self.running,
+            JobState::Retrying => self.retrying,
+            JobState::Succeeded => self.succeeded,
+            JobState::Dead => self.dead,
+            JobState::Cancelled => self.cancelled,
+        }
+    }
+
+    /// A mutable count for one state.
+    pub fn get_mut(&mut self, state: JobState) -> &mut u64 {
+        match state {
+            JobState::Waiting => &mut self.waiting,
+            JobState::Scheduled => &mut self.scheduled,
+            JobState::Queued => &mut self.queued,
+            JobState::Running => &mut self.running,
+            JobState::Retrying => &mut self.retrying,
+            JobState::Succeeded => &mut self.succeeded,
+            JobState::Dead => &mut self.dead,
+            JobState::Cancelled => &mut self.cancelled,
+        }
+    }
+}
+
+/// One queue's numbers, as `hopper queues` and `GET /v1/queues` show them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct QueueStats {
+    pub queue: String,
+    pub counts: StateCounts,
+    pub paused: bool,
+    /// Jobs that succeeded in the last minute.
+    pub processed_last_minute: u64,
+    /// Attempts that failed (retrying or dead) in the last minute.
+    pub failed_last_minute: u64,
+}
+
+/// The store of jobs. See the module docs for the guarantees every implementation gives.
+#[async_trait]
+pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
+    /// Short name for logs and `hopper bench` output: `"sqlite"` or `"redis"`.
+    fn name(&self) -> &'static str;
+
+    /// Stores new jobs, all or none, each `queued` (or `scheduled` when `run_at` is in the
+    /// future), appending `job.enqueued` for each. A job whose `unique_key` is taken is not
+    /// created; its entry in the answer names the existing job.
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>>;
+
+    /// Leases up to `max` due jobs of `queue` in priority order: `-> running`, attempt + 1,
+    /// a new lease token, lease deadline now + `lease`; appends `job.started` for each.
+    async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>>;
+
+    /// Returns when work may be available in one of `queues`, or after `timeout`. Must not
+    /// busy-poll; may return early (spuriously).
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()>;
+
+    /// Extends the leases of running jobs to now + `lease`, in one round-trip, and says for
+    /// each whether it is still held.
+    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<LeaseStatus>>;
+
+    /// Records a running job's progress (0..=100) and appends `job.progress`.
+    async fn progress(&self, lease: &Lease, percent: u8, message: Option<String>)
+    -> BrokerResult<()>;
+
+    /// Ends attempts, in one transaction or round-trip. Each entry's answer is `Ok`, or
+    /// `LeaseLost` when its token is stale (the attempt's result is then discarded).
+    async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>>;
+
+    /// Cancels a job in any non-final state; returns it as it is now. `Conflict` when final.
+    async fn cancel(&self, id: &JobId) -> BrokerResult<Job>;
+
+    /// Puts a `dead` or `cancelled` job back in `queued`, with a fresh set of retries.
+    /// `Conflict` in any other state.
+    async fn retry(&self, id: &JobId) -> BrokerResult<Job>;
+
+    /// Retries every dead job (of one queue, or of all); returns how many.
+    async fn retry_all_dead(&self, queue: Option<&str>) -> BrokerResult<u64>;
+
+    /// Returns running jobs whose lease expired to `queued` (an interruption, not a failed
+    /// attempt; `job.interrupted`), or to `dead` once a job has been interrupted
+    /// `max_interruptions` times in a row. Returns the rescued ids.
+    async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>>;
+
+    /// One job.
+    async fn get(&self, id: &JobId) -> BrokerResult<Option<Job>>;
+
+    /// A job's events, oldest first.
+    async fn history(&self, id: &JobId) -> BrokerResult<Vec<Event>>;
+
+    /// A page of jobs, newest first.
+    async fn list(&self, filter: &JobFilter) -> BrokerResult<JobPage>;
+
+    /// Every queue that holds jobs, with counts by state.
+    async fn queues(&self) -> BrokerResult<Vec<QueueStats>>;
+
+    /// Events after the event id `after` (from the start of the log when `None`), oldest
+    /// first, at most `limit`.
+    async fn events(&self, after: Option<&str>, limit: usize) -> BrokerResult<Vec<Event>>;
+
+    /// Deletes finished jobs that finished before `before`, of the given states, and trims
+    /// the event log to its newest `keep_events` entries. Returns the jobs deleted.
+    async fn purge(&self, states: &[JobState], before: Millis, keep_events: u64)
+    -> BrokerResult<u64>;
+
+    /// Deletes every job and event of a queue (used by `hopper bench` to clean up).
+    async fn drop_queue(&self, queue: &str) -> BrokerResult<u64>;
+
+    /// Checks that the broker answers (`/readyz`).
+    async fn ping(&self) -> BrokerResult<()>;
+}
+
+/// Opens the broker a URL names: `sqlite://PATH` (the file and its directory are created on
+/// first use) or `redis://HOST:PORT/DB` / `rediss://…` with every key under `prefix`.
+pub async fn open(url: &str, prefix: &str, clock: Arc<dyn Clock>) -> BrokerResult<Arc<dyn Broker>> {
+    if let Some(path) = url.strip_prefix("sqlite://") {
+        #[cfg(feature = "sqlite")]
+        {
+            let _ = prefix;
+            return sqlite::open(path, clock).await;
+        }
+        #[cfg(not(feature = "sqlite"))]
+        return Err(BrokerError::Config(format!("{path}: built without the sqlite feature")));
+    }
+    if url.starts_with("redis://") || url.starts_with("rediss://") {
+        #[cfg(feature = "redis")]
+        {
+            return redis::connect(url, prefix, clock).await;
+        }
+        #[cfg(not(feature = "redis"))]
+        return Err(BrokerError::Config("built without the redis feature".into()));
+    }
+    Err(BrokerError::Config(format!(
+        "unsupported broker URL {url:?}: expected sqlite://PATH or redis://HOST:PORT/DB"
+    )))
+}

@@ -1,0 +1,230 @@
+//! The handler API: what a job kind implements, and what it gets while it runs.
+//!
+//! A handler is small and boring: parse the payload, do the work, report progress, return a
+//! result or a [`JobError`]. It never sees the broker: the pool turns its answer into a state
+//! change (`crate::pool`). `?` on any error means "failed, retry per policy"; permanent
+//! failures and snoozes are explicit.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::job::{InvalidField, Job, Lease};
+
+/// How an attempt failed (or asked to wait). Not a `std::error::Error`, so that any error
+/// converts into it with `?` (the `anyhow` pattern).
+#[derive(Debug)]
+pub enum JobError {
+    /// Worth trying again later, after the retry policy's backoff (or `retry_after`, e.g. from
+    /// a `Retry-After` header).
+    Retryable {
+        message: String,
+        retry_after: Option<Duration>,
+    },
+    /// Will fail the same way every time (bad payload, undecodable input, a 5xx SMTP reply):
+    /// straight to `dead`, no retries spent.
+    Permanent { message: String },
+    /// Not now: run again after the duration without counting this attempt.
+    Snooze(Duration),
+}
+
+impl JobError {
+    /// A failure worth retrying.
+    pub fn retryable(message: impl fmt::Display) -> Self {
+        JobError::Retryable {
+            message: message.to_string(),
+            retry_after: None,
+        }
+    }
+
+    /// A failure worth retrying, not before `after`.
+    pub fn retry_after(message: impl fmt::Display, after: Duration) -> Self {
+        JobError::Retryable {
+            message: message.to_string(),
+            retry_after: Some(after),
+        }
+    }
+
+    /// A failure that retrying cannot fix.
+    pub fn permanent(message: impl fmt::Display) -> Self {
+        JobError::Permanent {
+            message: message.to_string(),
+        }
+    }
+
+    /// Run again after `d`, this attempt not counted.
+    pub fn snooze(d: Duration) -> Self {
+        JobError::Snooze(d)
+    }
+}
+
+impl<E: std::error::Error + Send + Sync + 'static> From<E> for JobError {
+    fn from(e: E) -> Self {
+        // The whole chain, so the stored `last_error` says what went wrong underneath.
+        let mut message = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            message.push_str(": ");
+            message.push_str(&s.to_string());
+            source = s.source();
+        }
+        JobError::Retryable {
+            message,
+            retry_after: None,
+        }
+    }
+}
+
+/// What a handler returns.
+pub type JobResult = Result<Value, JobError>;
+
+/// A progress report on its way from a handler to the broker.
+#[derive(Clone, Debug)]
+pub struct ProgressUpdate {
+    pub lease: Lease,
+    pub percent: u8,
+    pub message: Option<String>,
+}
+
+/// What a running handler gets: the job, a cancellation signal and a progress reporter.
+#[derive(Clone, Debug)]
+pub struct JobContext {
+    job: Arc<Job>,
+    cancel: CancellationToken,
+    progress: Option<mpsc::UnboundedSender<ProgressUpdate>>,
+}
+
+impl JobContext {
+    /// A context for `job`. The pool builds these; tests of a single handler can too.
+    pub fn new(
+        job: Arc<Job>,
+        cancel: CancellationToken,
+        progress: Option<mpsc::UnboundedSender<ProgressUpdate>>,
+    ) -> Self {
+        Self {
+            job,
+            cancel,
+            progress,
+        }
+    }
+
+    /// The job being run.
+    pub fn job(&self) -> &Job {
+        &self.job
+    }
+
+    /// The job's payload.
+    pub fn payload(&self) -> &Value {
+        &self.job.payload
+    }
+
+    /// The payload parsed into the handler's type; a payload that does not parse is a
+    /// permanent failure (it will never parse).
+    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, JobError> {
+        serde_json::from_value(self.job.payload.clone())
+            .map_err(|e| JobError::permanent(format!("invalid payload: {e}")))
+    }
+
+    /// This attempt's number, from 1.
+    pub fn attempt(&self) -> u32 {
+        self.job.attempt
+    }
+
+    /// Resolves when the job is cancelled, times out or the worker shuts down hard: the
+    /// handler should stop promptly. Use it in `tokio::select!` around long waits.
+    pub async fn cancelled(&self) {
+        self.cancel.cancelled().await;
+    }
+
+    /// True once the handler has been told to stop.
+    pub fn is_cancelled(&self) -> bool {
+        self.cancel.is_cancelled()
+    }
+
+    /// Reports progress (clamped to 0..=100). Never blocks; the pool coalesces and writes it.
+    pub fn progress(&self, percent: u8, message: impl Into<Option<String>>) {
+        if let Some(tx) = &self.progress {
+            // A closed channel means the pool is gone; the report has nowhere to go.
+            let _ = tx.send(ProgressUpdate {
+                lease: self.job.lease(),
+                percent: percent.min(100),
+                message: message.into(),
+            });
+        }
+    }
+}
+
+/// The code for one job kind.
+#[async_trait]
+pub trait Handler: Send + Sync + 'static {
+    /// Runs one attempt.
+    async fn run(&self, cx: JobContext) -> JobResult;
+
+    /// Checks a payload before it is enqueued, naming the bad field. Defaults to accepting
+    /// any JSON object.
+    fn validate(&self, _payload: &Value) -> Result<(), InvalidField> {
+        Ok(())
+    }
+
+    /// This kind's per-attempt time limit, when it differs from the pool's default.
+    fn timeout(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// Error from [`Registry::register`].
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("job kind {0:?} is registered twice")]
+    Duplicate(String),
+}
+
+/// Job kinds by name: what the pool can run and what the API accepts.
+#[derive(Clone, Default)]
+pub struct Registry {
+    handlers: BTreeMap<String, Arc<dyn Handler>>,
+}
+
+impl fmt::Debug for Registry {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.handlers.keys()).finish()
+    }
+}
+
+impl Registry {
+    /// An empty registry.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Registers `handler` for `kind` (a stable dotted name such as `email.send`).
+    pub fn register(
+        &mut self,
+        kind: impl Into<String>,
+        handler: impl Handler,
+    ) -> Result<(), RegistryError> {
+        let kind = kind.into();
+        if self.handlers.contains_key(&kind) {
+            return Err(RegistryError::Duplicate(kind));
+        }
+        self.handlers.insert(kind, Arc::new(handler));
+        Ok(())
+    }
+
+    /// The handler of `kind`.
+    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Handler>> {
+        self.handlers.get(kind)
+    }
+
+    /// Registered kinds, sorted.
+    pub fn kinds(&self) -> impl Iterator<Item = &str> {
+        self.handlers.keys().map(String::as_str)
+    }
+}

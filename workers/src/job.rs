@@ -1,0 +1,342 @@
+//! The job model: what a job is, the states it moves through, and the requests that create it.
+//!
+//! This module owns the data only. Moving a job between states is the broker's job
+//! (`crate::broker`), deciding *which* move to make is the pool's (`crate::pool`).
+//! Every name here that reaches the wire (state names, JSON fields) is written out by hand so
+//! that renaming a Rust item never changes what users and stored jobs see.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// Milliseconds since the Unix epoch. All broker timestamps use it: it is what both SQLite
+/// and Redis store cheaply, and it orders correctly as an integer.
+pub type Millis = i64;
+
+/// Highest (least urgent) priority. 0 is the most urgent.
+pub const MAX_PRIORITY: u8 = 9;
+/// Priority of a job that does not say.
+pub const DEFAULT_PRIORITY: u8 = 5;
+/// Queue of a job that does not say.
+pub const DEFAULT_QUEUE: &str = "default";
+
+/// A job's id: a UUIDv7 string, so ids sort by creation time.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct JobId(pub String);
+
+impl JobId {
+    /// A fresh, time-sortable id.
+    pub fn generate() -> Self {
+        Self(uuid::Uuid::now_v7().to_string())
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for JobId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl From<&str> for JobId {
+    fn from(s: &str) -> Self {
+        Self(s.to_owned())
+    }
+}
+
+/// Where a job is in its life. See the state diagram in `README.md` and `shared/DESIGN.md` §2.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum JobState {
+    /// A chain step waiting for its predecessor to succeed.
+    #[serde(rename = "waiting")]
+    Waiting,
+    /// Enqueued with a run time in the future (a delay, or a snooze).
+    #[serde(rename = "scheduled")]
+    Scheduled,
+    /// Ready to run; fetched by priority, then first in, first out.
+    #[serde(rename = "queued")]
+    Queued,
+    /// Held by a worker under a lease.
+    #[serde(rename = "running")]
+    Running,
+    /// Failed, waiting out its backoff before it is queued again.
+    #[serde(rename = "retrying")]
+    Retrying,
+    /// Finished: the handler returned a result.
+    #[serde(rename = "succeeded")]
+    Succeeded,
+    /// Finished: retries ran out, the failure was permanent, or it was a poison pill.
+    #[serde(rename = "dead")]
+    Dead,
+    /// Finished: cancelled by a user (or because an earlier chain step failed).
+    #[serde(rename = "cancelled")]
+    Cancelled,
+}
+
+impl JobState {
+    /// Every state, in the order tables show them.
+    pub const ALL: [JobState; 8] = [
+        JobState::Queued,
+        JobState::Scheduled,
+        JobState::Running,
+        JobState::Retrying,
+        JobState::Dead,
+        JobState::Succeeded,
+        JobState::Cancelled,
+        JobState::Waiting,
+    ];
+
+    /// The stable wire name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Waiting => "waiting",
+            JobState::Scheduled => "scheduled",
+            JobState::Queued => "queued",
+            JobState::Running => "running",
+            JobState::Retrying => "retrying",
+            JobState::Succeeded => "succeeded",
+            JobState::Dead => "dead",
+            JobState::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses a wire name; `None` for anything else.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|st| st.as_str() == s)
+    }
+
+    /// Final states never change again unless a user retries the job.
+    pub fn is_final(self) -> bool {
+        matches!(
+            self,
+            JobState::Succeeded | JobState::Dead | JobState::Cancelled
+        )
+    }
+}
+
+impl fmt::Display for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A request to create a job, already validated (see [`NewJob::validate`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct NewJob {
+    /// Chosen by the caller so a bulk enqueue can return ids without a round-trip.
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Value,
+    pub priority: u8,
+    /// When the job may first run; `None` means now.
+    pub run_at: Option<Millis>,
+    pub max_retries: u32,
+    /// Per-attempt time limit in milliseconds; `None` uses the pool's default.
+    pub timeout_ms: Option<u64>,
+    /// At most one job with this key exists; enqueueing a duplicate returns the first one.
+    pub unique_key: Option<String>,
+}
+
+impl NewJob {
+    /// A job of `kind` with `payload` and every other field at its default.
+    pub fn new(kind: impl Into<String>, payload: Value) -> Self {
+        Self {
+            id: JobId::generate(),
+            queue: DEFAULT_QUEUE.to_owned(),
+            kind: kind.into(),
+            payload,
+            priority: DEFAULT_PRIORITY,
+            run_at: None,
+            max_retries: 3,
+            timeout_ms: None,
+            unique_key: None,
+        }
+    }
+
+    /// Sets the queue.
+    #[must_use]
+    pub fn queue(mut self, queue: impl Into<String>) -> Self {
+        self.queue = queue.into();
+        self
+    }
+
+    /// Sets the priority (0 most urgent ..= 9).
+    #[must_use]
+    pub fn priority(mut self, priority: u8) -> Self {
+        self.priority = priority;
+        self
+    }
+
+    /// Sets the first run time.
+    #[must_use]
+    pub fn run_at(mut self, at: Millis) -> Self {
+        self.run_at = Some(at);
+        self
+    }
+
+    /// Sets how many retries follow a failed first attempt.
+    #[must_use]
+    pub fn max_retries(mut self, n: u32) -> Self {
+        self.max_retries = n;
+        self
+    }
+
+    /// Sets the per-attempt timeout.
+    #[must_use]
+    pub fn timeout(mut self, timeout: Duration) -> Self {
+        self.timeout_ms = Some(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX));
+        self
+    }
+
+    /// Sets the uniqueness key.
+    #[must_use]
+    pub fn unique_key(mut self, key: impl Into<String>) -> Self {
+        self.unique_key = Some(key.into());
+        self
+    }
+
+    /// Checks the fields every broker relies on. Returns the first bad field and why.
+    pub fn validate(&self) -> Result<(), InvalidField> {
+        if self.kind.is_empty() || self.kind.len() > 128 {
+            return Err(InvalidField::new("kind", "must be 1 to 128 characters"));
+        }
+        if !valid_name(&self.queue) {
+            return Err(InvalidField::new(
+                "queue",
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if self.priority > MAX_PRIORITY {
+            return Err(InvalidField::new("priority", "must be between 0 and 9"));
+        }
+        if !self.payload.is_object() {
+            return Err(InvalidField::new("payload", "must be a JSON object"));
+        }
+        if self.max_retries > 1000 {
+            return Err(InvalidField::new("max_retries", "must be at most 1000"));
+        }
+        if self.timeout_ms == Some(0) {
+            return Err(InvalidField::new("timeout", "must be greater than zero"));
+        }
+        Ok(())
+    }
+}
+
+/// Queue names end up in Redis keys and URLs: keep them to a safe alphabet.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// A field of a request that is not acceptable, and why.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct InvalidField {
+    pub field: String,
+    pub message: String,
+}
+
+impl InvalidField {
+    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}
+
+/// A job as stored, with everything that happened to it so far.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Job {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Value,
+    pub priority: u8,
+    pub state: JobState,
+    /// When the job is (or was) due to run.
+    pub run_at: Millis,
+    /// Handler runs started so far, not counting interrupted ones.
+    pub attempt: u32,
+    pub max_retries: u32,
+    pub timeout_ms: Option<u64>,
+    /// Attempts cut short because the worker died (lease expired), in total.
+    pub interruptions: u32,
+    /// Interruptions since the last attempt that ended normally; drives the poison-pill cut-off.
+    pub interruption_streak: u32,
+    /// Epoch of the current (or last) lease; every write of an attempt must carry it.
+    pub lease_token: u64,
+    /// When the current lease runs out, while running.
+    pub lease_until: Option<Millis>,
+    pub progress: u8,
+    pub progress_message: Option<String>,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    pub unique_key: Option<String>,
+    pub created_at: Millis,
+    pub started_at: Option<Millis>,
+    pub finished_at: Option<Millis>,
+}
+
+impl Job {
+    /// The lease of the current attempt.
+    pub fn lease(&self) -> Lease {
+        Lease {
+            job_id: self.id.clone(),
+            token: self.lease_token,
+        }
+    }
+}
+
+/// Proof that a worker holds a running job: the job and the epoch of its attempt.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Lease {
+    pub job_id: JobId,
+    pub token: u64,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn state_names_round_trip() {
+        for st in JobState::ALL {
+            assert_eq!(JobState::parse(st.as_str()), Some(st));
+            let json = serde_json::to_string(&st).expect("serialize");
+            assert_eq!(json, format!("\"{}\"", st.as_str()));
+        }
+        assert_eq!(JobState::parse("nope"), None);
+    }
+
+    #[test]
+    fn validate_names_the_bad_field() {
+        let ok = NewJob::new("sys.noop", serde_json::json!({}));
+        assert!(ok.validate().is_ok());
+        let bad = ok.clone().priority(12);
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("priority".into()));
+        let bad = ok.clone().queue("a b");
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("queue".into()));
+        let mut bad = ok;
+        bad.payload = serde_json::json!([1]);
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("payload".into()));
+    }
+
+    #[test]
+    fn ids_sort_by_creation() {
+        let a = JobId::generate();
+        let b = JobId::generate();
+        assert!(a < b);
+    }
+}

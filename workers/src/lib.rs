@@ -1,0 +1,33 @@
+//! Hopper's engine: it knows how to run *a* job, never what a job does.
+//!
+//! # Layout
+//!
+//! - [`job`]: the job model and its states.
+//! - [`event`]: the events every state change appends to a durable log.
+//! - [`broker`]: the [`Broker`](broker::Broker) trait and its SQLite (`broker::sqlite`) and
+//!   Redis (`broker::redis`) implementations.
+//! - [`handler`]: what a job kind implements ([`Handler`](handler::Handler)), the
+//!   [`JobContext`](handler::JobContext) it runs with, and the [`Registry`](handler::Registry).
+//! - [`pool`]: the worker pool: fetch up to free slots, run with timeouts and cancellation,
+//!   heartbeats, rescue of expired leases, two-phase shutdown.
+//! - [`retry`]: exponential backoff with full jitter.
+//! - [`diagnostics`]: the built-in `sys.noop`, `sys.sleep` and `sys.fail` kinds.
+//! - [`clock`]: injectable time.
+//! - `testing` (feature `test-util`): the broker conformance suite.
+
+pub mod broker;
+pub mod clock;
+pub mod diagnostics;
+pub mod error;
+pub mod event;
+pub mod handler;
+pub mod job;
+pub mod pool;
+pub mod retry;
+#[cfg(feature = "test-util")]
+pub mod testing;
+
+pub use broker::Broker;
+pub use error::{BrokerError, BrokerResult};
+pub use handler::{Handler, JobContext, JobError, JobResult, Registry};
+pub use job::{Job, JobId, JobState, Lease, NewJob};
