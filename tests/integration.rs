@@ -1,0 +1,16 @@
+//! Integration tests of the daemon as shipped: the real `hopper` binary, a real SQLite file
+//! (and a real Redis where a test says so), real HTTP on 127.0.0.1.
+//!
+//! One test binary (like ripgrep's `tests/tests.rs`); each module is one area.
+
+/// Starting daemons and running the CLI in a scratch directory.
+mod util;
+
+/// The newcomer's path: `serve` with no config, enqueue over HTTP, inspect with the CLI.
+mod e2e_tour;
+/// Priorities, delays, retries with backoff, dead jobs and retrying them.
+mod e2e_lifecycle;
+/// A worker killed mid-job, cancel, graceful and hard shutdown, durability across SIGKILL.
+mod e2e_failures;
+/// Bad input: HTTP 4xx naming the field, unknown config keys, bad CLI flags.
+mod e2e_input;
