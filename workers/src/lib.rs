@@ -12,6 +12,7 @@
 //!   heartbeats, rescue of expired leases, two-phase shutdown.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`diagnostics`]: the built-in `sys.noop`, `sys.sleep` and `sys.fail` kinds.
+//! - [`schedule`]: cron schedules, one job per tick across any number of nodes.
 //! - [`clock`]: injectable time.
 //! - `testing` (feature `test-util`): the broker conformance suite.
 
@@ -24,6 +25,7 @@ pub mod handler;
 pub mod job;
 pub mod pool;
 pub mod retry;
+pub mod schedule;
 #[cfg(feature = "test-util")]
 pub mod testing;
 

@@ -1,0 +1,191 @@
+//! Periodic jobs: `[[schedule]]` entries that enqueue one job per cron tick.
+//!
+//! Every `serve` and `worker` process runs the scheduler, and there is no leader to elect or
+//! lose: each tick's job carries the unique key `schedule:<name>:<tick ms>`, so however many
+//! processes enqueue the same tick, the broker keeps one job. A tick missed while every process
+//! was down is enqueued once at start-up (the most recent missed tick only, not one per tick).
+//!
+//! Known limit: the per-tick key lives as long as the tick's job. If retention purges that job
+//! before the next start-up and no tick happened since, the same tick is enqueued again.
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, TimeZone, Utc};
+use serde_json::Value;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::broker::Broker;
+use crate::clock::Clock;
+use crate::job::{InvalidField, Millis, NewJob};
+
+/// One periodic job.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ScheduleSpec {
+    /// Stable name; part of each tick's unique key, so renaming a schedule re-runs a tick.
+    pub name: String,
+    /// Cron expression with seconds: `sec min hour day-of-month month day-of-week [year]`.
+    pub cron: String,
+    pub kind: String,
+    pub payload: Value,
+    pub queue: String,
+    pub priority: u8,
+    pub max_retries: u32,
+}
+
+/// A schedule whose cron expression parsed.
+#[derive(Clone, Debug)]
+pub struct Schedule {
+    spec: ScheduleSpec,
+    cron: cron::Schedule,
+}
+
+impl Schedule {
+    /// Parses the cron expression; the error names the schedule.
+    pub fn new(spec: ScheduleSpec) -> Result<Self, InvalidField> {
+        let cron = cron::Schedule::from_str(&spec.cron).map_err(|e| {
+            InvalidField::new(
+                format!("schedule.{}.cron", spec.name),
+                format!("{:?} is not a cron expression with seconds: {e}", spec.cron),
+            )
+        })?;
+        Ok(Self { spec, cron })
+    }
+
+    /// The schedule's definition.
+    pub fn spec(&self) -> &ScheduleSpec {
+        &self.spec
+    }
+
+    /// The first tick strictly after `at`.
+    pub fn next_after(&self, at: Millis) -> Option<Millis> {
+        self.cron
+            .after(&to_datetime(at))
+            .next()
+            .map(|t| t.timestamp_millis())
+    }
+
+    /// The last tick at or before `at` and after `since`, if any: the tick to catch up on
+    /// at start-up.
+    pub fn last_between(&self, since: Millis, at: Millis) -> Option<Millis> {
+        let mut last = None;
+        for t in self.cron.after(&to_datetime(since)) {
+            let ms = t.timestamp_millis();
+            if ms > at {
+                break;
+            }
+            last = Some(ms);
+        }
+        last
+    }
+
+    /// The job of the tick at `tick`.
+    pub fn job_for(&self, tick: Millis) -> NewJob {
+        let s = &self.spec;
+        NewJob::new(s.kind.clone(), s.payload.clone())
+            .queue(s.queue.clone())
+            .priority(s.priority)
+            .max_retries(s.max_retries)
+            .run_at(tick)
+            .unique_key(format!("schedule:{}:{tick}", s.name))
+    }
+}
+
+fn to_datetime(ms: Millis) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(ms)
+        .single()
+        .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
+}
+
+/// How far back start-up looks for a missed tick.
+const CATCH_UP_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Enqueues each schedule's ticks until `shutdown` fires.
+pub async fn run(
+    broker: Arc<dyn Broker>,
+    schedules: Vec<Schedule>,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) {
+    if schedules.is_empty() {
+        return;
+    }
+    let start = clock.now_ms();
+    // Catch up: the most recent tick not after now, once per schedule. If it was enqueued
+    // already (by this process before a restart, or another node), its unique key says so.
+    for s in &schedules {
+        if let Some(tick) = s.last_between(start - CATCH_UP_WINDOW_MS, start) {
+            enqueue(&*broker, s, tick).await;
+        }
+    }
+    let mut next: Vec<Option<Millis>> = schedules.iter().map(|s| s.next_after(start)).collect();
+    info!(schedules = schedules.len(), "scheduler started");
+    loop {
+        let Some(due) = next.iter().flatten().min().copied() else {
+            return;
+        };
+        let wait = Duration::from_millis(u64::try_from(due - clock.now_ms()).unwrap_or(0));
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(wait) => {}
+        }
+        let now = clock.now_ms();
+        for (s, n) in schedules.iter().zip(next.iter_mut()) {
+            if let Some(tick) = *n
+                && tick <= now
+            {
+                enqueue(&*broker, s, tick).await;
+                *n = s.next_after(now.max(tick));
+            }
+        }
+    }
+}
+
+async fn enqueue(broker: &dyn Broker, schedule: &Schedule, tick: Millis) {
+    match broker.enqueue(vec![schedule.job_for(tick)]).await {
+        Ok(r) if r.first().is_some_and(|e| e.created) => {
+            info!(schedule = %schedule.spec.name, tick, "scheduled job enqueued");
+        }
+        Ok(_) => {}
+        Err(e) => warn!(schedule = %schedule.spec.name, tick, error = %e, "scheduled job not enqueued"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn every_second() -> Schedule {
+        Schedule::new(ScheduleSpec {
+            name: "tick".into(),
+            cron: "* * * * * *".into(),
+            kind: "sys.noop".into(),
+            payload: serde_json::json!({}),
+            queue: "default".into(),
+            priority: 5,
+            max_retries: 3,
+        })
+        .expect("valid cron")
+    }
+
+    #[test]
+    fn ticks_and_keys() {
+        let s = every_second();
+        assert_eq!(s.next_after(1_000), Some(2_000));
+        assert_eq!(s.next_after(1_500), Some(2_000));
+        assert_eq!(s.last_between(0, 5_500), Some(5_000));
+        let job = s.job_for(5_000);
+        assert_eq!(job.unique_key.as_deref(), Some("schedule:tick:5000"));
+        assert_eq!(job.run_at, Some(5_000));
+    }
+
+    #[test]
+    fn bad_cron_names_the_schedule() {
+        let mut spec = every_second().spec().clone();
+        spec.cron = "every day".into();
+        let err = Schedule::new(spec).expect_err("invalid");
+        assert_eq!(err.field, "schedule.tick.cron");
+    }
+}
