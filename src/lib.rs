@@ -1,1 +1,30 @@
-//! placeholder
+//! `hopper`: the application shell of Hopper, a durable job-queue daemon.
+//!
+//! The shell owns process concerns only: the command line, the config file, the HTTP API,
+//! signals, logging and the wiring of the engine's parts. It holds no SQL, no Lua and no job
+//! logic: storing and running jobs is `hopper-workers`' business, what a job does is
+//! `hopper-jobs`'.
+//!
+//! # Layout
+//!
+//! - [`cli`]: the `hopper` commands and their exit codes; inspection commands talk to the
+//!   broker directly.
+//! - [`config`]: the typed `config.toml`, its defaults, environment overrides, `validate()`.
+//! - [`app`]: wiring: broker + registry + pool + HTTP server ([`app::serve`]) or the pool
+//!   alone ([`app::worker`]); retention purges.
+//! - [`api`]: the HTTP API, built by [`api::router`] from an [`api::AppState`].
+//! - [`enqueue`]: the one path from an enqueue request (HTTP or CLI) to a checked job.
+//! - [`view`]: the JSON shapes of jobs and events (RFC 3339 times).
+//! - [`bench`]: `hopper bench`, the drain and latency workloads.
+//! - [`shutdown`]: Ctrl-C and SIGTERM.
+//! - [`out`]: writing results to stdout (lines, JSON, tables).
+
+pub mod api;
+pub mod app;
+pub mod bench;
+pub mod cli;
+pub mod config;
+pub mod enqueue;
+pub mod out;
+pub mod shutdown;
+pub mod view;

@@ -18,6 +18,9 @@ use tokio_util::sync::CancellationToken;
 
 use crate::job::{InvalidField, Job, Lease};
 
+/// The payload key under which a chain step receives its predecessor's result.
+pub const INPUT_KEY: &str = "input";
+
 /// How an attempt failed (or asked to wait). Not a `std::error::Error`, so that any error
 /// converts into it with `?` (the `anyhow` pattern).
 #[derive(Debug)]
@@ -130,6 +133,14 @@ impl JobContext {
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, JobError> {
         serde_json::from_value(self.job.payload.clone())
             .map_err(|e| JobError::permanent(format!("invalid payload: {e}")))
+    }
+
+    /// The result of the previous step of this job's chain, if it is a later step of one.
+    ///
+    /// When a step succeeds, the next step's payload receives its result under the reserved
+    /// key `input`, so a step that was enqueued on its own can be given an input by hand too.
+    pub fn input(&self) -> Option<&Value> {
+        self.job.payload.get(INPUT_KEY)
     }
 
     /// This attempt's number, from 1.

@@ -1,0 +1,282 @@
+//! The `/v1/jobs` and `/v1/queues` handlers.
+//!
+//! The enqueue body is read field by field from a JSON object rather than through one serde
+//! struct, so that every refusal (wrong type, out of range, unknown key) names its field.
+
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use hopper_workers::broker::JobFilter;
+use hopper_workers::job::{JobId, JobState, MAX_PRIORITY};
+use serde_json::{Map, Value, json};
+
+use super::{ApiError, AppState, JsonBody};
+use crate::enqueue::{self, EnqueueRequest, FieldError};
+use crate::view::{self, JobPageView, JobView, JobWithHistory};
+
+/// Jobs per page when `limit` is not given, and the most a page may hold.
+const DEFAULT_LIMIT: usize = 50;
+const MAX_LIMIT: usize = 1000;
+
+/// `POST /v1/jobs`: 201 with the new job; 200 with the existing one when its `unique_key`
+/// (or `Idempotency-Key`) was already taken.
+pub async fn enqueue(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<JobView>), ApiError> {
+    let mut req = parse_enqueue(body)?;
+    if req.unique_key.is_none()
+        && let Some(key) = idempotency_key(&headers)?
+    {
+        req.unique_key = Some(format!("idem:{key}"));
+    }
+    let new = enqueue::prepare(
+        req,
+        &st.registry,
+        st.config.retry.max_retries,
+        st.clock.now_ms(),
+    )?;
+    let done = st
+        .broker
+        .enqueue(vec![new])
+        .await?
+        .into_iter()
+        .next()
+        .ok_or_else(|| ApiError::internal("the broker answered an enqueue with nothing"))?;
+    let job = st
+        .broker
+        .get(&done.id)
+        .await?
+        .ok_or_else(|| ApiError::internal(format!("job {} vanished after enqueue", done.id)))?;
+    let status = if done.created {
+        StatusCode::CREATED
+    } else {
+        StatusCode::OK
+    };
+    Ok((status, Json(JobView::from(&job))))
+}
+
+/// `GET /v1/jobs/{id}`: the job and its history.
+pub async fn get_one(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobWithHistory>, ApiError> {
+    let id = JobId(id);
+    let job = st
+        .broker
+        .get(&id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
+    let history = st.broker.history(&id).await?;
+    Ok(Json(JobWithHistory::new(&job, &history)))
+}
+
+/// `GET /v1/jobs?queue=&state=&kind=&limit=&cursor=`: a page, newest first.
+pub async fn list(
+    State(st): State<AppState>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
+) -> Result<Json<JobPageView>, ApiError> {
+    let Query(params) = query
+        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+    let mut filter = JobFilter {
+        limit: DEFAULT_LIMIT,
+        ..JobFilter::default()
+    };
+    for (key, value) in params {
+        match key.as_str() {
+            "queue" => filter.queue = Some(value),
+            "kind" => filter.kind = Some(value),
+            "cursor" => filter.cursor = Some(value),
+            "state" => {
+                filter.state = Some(JobState::parse(&value).ok_or_else(|| {
+                    let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+                    ApiError::field(
+                        "invalid_field",
+                        "state",
+                        format!("{value:?} is not a state; one of {}", names.join(", ")),
+                    )
+                })?);
+            }
+            "limit" => {
+                filter.limit = value
+                    .parse()
+                    .ok()
+                    .filter(|n| (1..=MAX_LIMIT).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::field(
+                            "invalid_field",
+                            "limit",
+                            format!("must be an integer from 1 to {MAX_LIMIT}"),
+                        )
+                    })?;
+            }
+            _ => {
+                return Err(ApiError::field(
+                    "unknown_field",
+                    key,
+                    "unknown query parameter; known: queue, state, kind, limit, cursor",
+                ));
+            }
+        }
+    }
+    let page = st.broker.list(&filter).await?;
+    Ok(Json(JobPageView {
+        jobs: page.jobs.iter().map(JobView::from).collect(),
+        next_cursor: page.next_cursor,
+    }))
+}
+
+/// `POST /v1/jobs/{id}/retry`: `dead` or `cancelled` -> `queued`; 409 otherwise.
+pub async fn retry(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let job = st.broker.retry(&JobId(id)).await?;
+    Ok(Json(JobView::from(&job)))
+}
+
+/// `POST /v1/jobs/{id}/cancel`: any non-final state -> `cancelled`; 409 when final. A handler
+/// running in this process is told to stop at once.
+pub async fn cancel(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<JobView>, ApiError> {
+    let id = JobId(id);
+    let job = st.broker.cancel(&id).await?;
+    // After the broker: the stopped handler's late writes then meet a cancelled job and are
+    // refused, instead of racing the cancel.
+    if let Some(pool) = &st.pool
+        && pool.cancel_local(&id)
+    {
+        tracing::debug!(job = %id, "stopped the local handler of a cancelled job");
+    }
+    Ok(Json(JobView::from(&job)))
+}
+
+/// `GET /v1/queues`: per queue, counts by state, paused, processed and failed in the last
+/// minute.
+pub async fn queues(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
+    let stats = view::merge_configured_queues(st.broker.queues().await?, &st.config);
+    Ok(Json(json!({ "queues": stats })))
+}
+
+/// Reads the enqueue body's fields; `prepare` then checks them against the registry.
+fn parse_enqueue(body: Value) -> Result<EnqueueRequest, ApiError> {
+    let Value::Object(mut m) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the request body must be a JSON object",
+        ));
+    };
+    if m.contains_key("then") {
+        return Err(FieldError::with_code(
+            "not_supported",
+            "then",
+            "chains are not supported yet; enqueue each step on its own",
+        )
+        .into());
+    }
+    let kind = match take(&mut m, "kind") {
+        None => {
+            return Err(FieldError::with_code("missing_field", "kind", "is required").into());
+        }
+        Some(v) => string(v, "kind")?,
+    };
+    let mut req = EnqueueRequest::new(kind, take(&mut m, "payload").unwrap_or_else(|| json!({})));
+    if let Some(v) = take(&mut m, "queue") {
+        req.queue = Some(string(v, "queue")?);
+    }
+    if let Some(v) = take(&mut m, "priority") {
+        req.priority = Some(
+            v.as_u64()
+                .and_then(|n| u8::try_from(n).ok())
+                .filter(|p| *p <= MAX_PRIORITY)
+                .ok_or_else(|| {
+                    FieldError::invalid("priority", "must be an integer from 0 (most urgent) to 9")
+                })?,
+        );
+    }
+    if let Some(v) = take(&mut m, "delay") {
+        req.delay = Some(duration(v, "delay")?);
+    }
+    if let Some(v) = take(&mut m, "run_at") {
+        let s = string(v, "run_at")?;
+        req.run_at = Some(view::parse_rfc3339(&s).ok_or_else(|| {
+            FieldError::invalid(
+                "run_at",
+                format!("{s:?} is not an RFC 3339 time with a zone, e.g. 2030-01-01T09:00:00Z"),
+            )
+        })?);
+    }
+    if let Some(v) = take(&mut m, "max_retries") {
+        req.max_retries = Some(
+            v.as_u64()
+                .and_then(|n| u32::try_from(n).ok())
+                .ok_or_else(|| {
+                    FieldError::invalid("max_retries", "must be a non-negative integer")
+                })?,
+        );
+    }
+    if let Some(v) = take(&mut m, "timeout") {
+        req.timeout = Some(duration(v, "timeout")?);
+    }
+    if let Some(v) = take(&mut m, "unique_key") {
+        req.unique_key = Some(string(v, "unique_key")?);
+    }
+    if let Some(key) = m.keys().next() {
+        return Err(FieldError::with_code(
+            "unknown_field",
+            key.clone(),
+            "unknown field; known: kind, payload, queue, priority, delay, run_at, max_retries, \
+             timeout, unique_key",
+        )
+        .into());
+    }
+    Ok(req)
+}
+
+/// Removes `key`; `null` counts as absent.
+fn take(m: &mut Map<String, Value>, key: &str) -> Option<Value> {
+    m.remove(key).filter(|v| !v.is_null())
+}
+
+fn string(v: Value, field: &str) -> Result<String, FieldError> {
+    match v {
+        Value::String(s) => Ok(s),
+        _ => Err(FieldError::invalid(field, "must be a string")),
+    }
+}
+
+fn duration(v: Value, field: &str) -> Result<std::time::Duration, FieldError> {
+    let s = string(v, field)
+        .map_err(|_| FieldError::invalid(field, "must be a duration string such as \"30s\""))?;
+    humantime::parse_duration(s.trim()).map_err(|e| {
+        FieldError::invalid(
+            field,
+            format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"5m\""),
+        )
+    })
+}
+
+/// The `Idempotency-Key` header, if present and printable.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(v) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    let key = v
+        .to_str()
+        .ok()
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 200)
+        .ok_or_else(|| {
+            ApiError::field(
+                "invalid_field",
+                "Idempotency-Key",
+                "must be 1 to 200 printable ASCII characters",
+            )
+        })?;
+    Ok(Some(key.to_owned()))
+}

@@ -1,0 +1,166 @@
+//! The HTTP API (DESIGN §6): routes, auth, and the layers around them.
+//!
+//! [`router`] builds the whole API from an [`AppState`] and binds nothing, so tests drive it
+//! with `tower::ServiceExt::oneshot` and `crate::app` serves it on a listener. Handlers are
+//! thin: they parse the request, call the broker through the `Broker` trait, and render views
+//! (`crate::view`). Every error, including axum's own rejections, an unknown route and a
+//! timeout, is JSON `{"error": {"code", "message", "field"?}}` (see [`error`]).
+//!
+//! Not here yet: the WebSocket event stream, `/metrics`, `/openapi.json` and the dashboard.
+
+pub mod error;
+mod jobs;
+#[cfg(test)]
+mod tests;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use hopper_workers::clock::Clock;
+use hopper_workers::pool::PoolHandle;
+use hopper_workers::{Broker, Registry};
+use serde_json::json;
+use tower_http::timeout::TimeoutLayer;
+use tower_http::trace::TraceLayer;
+
+use crate::config::Config;
+pub use error::{ApiError, JsonBody};
+
+/// How long one request may take before it is answered 503 `timeout`. Every route is a few
+/// broker round-trips; anything slower is a broker in trouble.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// What the handlers share. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct AppState {
+    pub broker: Arc<dyn Broker>,
+    /// The kinds this process accepts: enqueueing an unknown kind is a 422.
+    pub registry: Arc<Registry>,
+    /// The pool of this process, if it runs one, so a cancel stops a local handler at once
+    /// (remote handlers learn it on their next heartbeat).
+    pub pool: Option<PoolHandle>,
+    pub clock: Arc<dyn Clock>,
+    /// Defaults (`[retry] max_retries`), auth tokens, body limit, configured queues.
+    pub config: Arc<Config>,
+}
+
+impl AppState {
+    /// State without a local pool (`serve --no-workers`, tests).
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        config: Arc<Config>,
+    ) -> Self {
+        Self {
+            broker,
+            registry,
+            pool: None,
+            clock,
+            config,
+        }
+    }
+
+    /// The same state, cancelling local handlers through `pool`.
+    #[must_use]
+    pub fn with_pool(mut self, pool: PoolHandle) -> Self {
+        self.pool = Some(pool);
+        self
+    }
+}
+
+/// The whole HTTP API.
+///
+/// ```no_run
+/// # async fn demo(state: hopper::api::AppState) -> std::io::Result<()> {
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+/// axum::serve(listener, hopper::api::router(state)).await
+/// # }
+/// ```
+pub fn router(state: AppState) -> Router {
+    let body_limit = state.config.server.body_limit;
+    let v1 = Router::new()
+        .route("/jobs", post(jobs::enqueue).get(jobs::list))
+        .route("/jobs/{id}", get(jobs::get_one))
+        .route("/jobs/{id}/retry", post(jobs::retry))
+        .route("/jobs/{id}/cancel", post(jobs::cancel))
+        .route("/queues", get(jobs::queues))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+    Router::new()
+        .nest("/v1", v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+        .layer(DefaultBodyLimit::max(body_limit))
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(middleware::map_response(error::json_errors))
+        .layer(TraceLayer::new_for_http())
+}
+
+/// With `[auth] tokens` set, lets a request through only with `Authorization: Bearer TOKEN`.
+async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    let tokens = &st.config.auth.tokens;
+    if tokens.is_empty() {
+        return next.run(req).await;
+    }
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
+    match presented {
+        Some(t)
+            if tokens
+                .iter()
+                .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes())) =>
+        {
+            next.run(req).await
+        }
+        Some(_) => {
+            ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", "invalid token").into_response()
+        }
+        None => ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this server needs an Authorization: Bearer TOKEN header",
+        )
+        .into_response(),
+    }
+}
+
+/// Compares without an early exit, so response timing does not reveal how much of a token
+/// matched.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Liveness: the process answers.
+async fn healthz() -> impl IntoResponse {
+    axum::Json(json!({ "status": "ok" }))
+}
+
+/// Readiness: the broker answers.
+async fn readyz(State(st): State<AppState>) -> Response {
+    match st.broker.ping().await {
+        Ok(()) => {
+            axum::Json(json!({ "status": "ready", "broker": st.broker.name() })).into_response()
+        }
+        Err(e) => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "broker_unavailable",
+            e.to_string(),
+        )
+        .into_response(),
+    }
+}

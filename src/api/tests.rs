@@ -1,0 +1,460 @@
+//! API tests through `oneshot`, no socket.
+//!
+//! Bad-input cases run against [`Unreachable`], a broker that fails every call, which proves
+//! the request is refused before the broker is asked. Cases that need stored jobs run on a
+//! real SQLite broker in a temporary directory.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use axum::body::Body;
+use axum::http::{Method, Request, StatusCode, header};
+use hopper_workers::broker::{Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use hopper_workers::clock::{self, Clock};
+use hopper_workers::error::{BrokerError, BrokerResult};
+use hopper_workers::event::Event;
+use hopper_workers::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+use hopper_workers::{Broker, Registry};
+use http_body_util::BodyExt;
+use serde_json::Value;
+use tower::ServiceExt;
+
+use super::{AppState, router};
+use crate::config::Config;
+
+/// A broker that is never reachable.
+#[derive(Debug)]
+struct Unreachable;
+
+fn down<T>() -> BrokerResult<T> {
+    Err(BrokerError::Unavailable(
+        "test broker is unreachable".into(),
+    ))
+}
+
+#[async_trait]
+impl Broker for Unreachable {
+    fn name(&self) -> &'static str {
+        "unreachable"
+    }
+    async fn enqueue(&self, _: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
+        down()
+    }
+    async fn fetch(&self, _: &str, _: usize, _: Duration) -> BrokerResult<Vec<Job>> {
+        down()
+    }
+    async fn wait_for_work(&self, _: &[String], _: Duration) -> BrokerResult<()> {
+        down()
+    }
+    async fn heartbeat(&self, _: &[Lease], _: Duration) -> BrokerResult<Vec<LeaseStatus>> {
+        down()
+    }
+    async fn progress(&self, _: &Lease, _: u8, _: Option<String>) -> BrokerResult<()> {
+        down()
+    }
+    async fn finish(&self, _: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
+        down()
+    }
+    async fn cancel(&self, _: &JobId) -> BrokerResult<Job> {
+        down()
+    }
+    async fn retry(&self, _: &JobId) -> BrokerResult<Job> {
+        down()
+    }
+    async fn retry_all_dead(&self, _: Option<&str>) -> BrokerResult<u64> {
+        down()
+    }
+    async fn rescue(&self, _: u32) -> BrokerResult<Vec<JobId>> {
+        down()
+    }
+    async fn get(&self, _: &JobId) -> BrokerResult<Option<Job>> {
+        down()
+    }
+    async fn history(&self, _: &JobId) -> BrokerResult<Vec<Event>> {
+        down()
+    }
+    async fn list(&self, _: &JobFilter) -> BrokerResult<JobPage> {
+        down()
+    }
+    async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
+        down()
+    }
+    async fn events(&self, _: Option<&str>, _: usize) -> BrokerResult<Vec<Event>> {
+        down()
+    }
+    async fn purge(&self, _: &[JobState], _: Millis, _: u64) -> BrokerResult<u64> {
+        down()
+    }
+    async fn drop_queue(&self, _: &str) -> BrokerResult<u64> {
+        down()
+    }
+    async fn ping(&self) -> BrokerResult<()> {
+        down()
+    }
+}
+
+fn registry() -> Arc<Registry> {
+    let mut r = Registry::new();
+    hopper_workers::diagnostics::register(&mut r).unwrap();
+    Arc::new(r)
+}
+
+fn state_with(broker: Arc<dyn Broker>, config: Config) -> AppState {
+    AppState::new(broker, registry(), clock::system(), Arc::new(config))
+}
+
+fn offline() -> AppState {
+    state_with(Arc::new(Unreachable), Config::default())
+}
+
+/// A real SQLite broker in a temporary directory (kept alive by the returned guard).
+async fn sqlite() -> (AppState, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/h.db", dir.path().display());
+    let clock: Arc<dyn Clock> = clock::system();
+    let broker = hopper_workers::broker::open(&url, "hopper", clock)
+        .await
+        .expect("open the SQLite broker");
+    (state_with(broker, Config::default()), dir)
+}
+
+async fn call(
+    state: &AppState,
+    method: Method,
+    uri: &str,
+    headers: &[(&str, &str)],
+    body: Option<String>,
+) -> (StatusCode, Value) {
+    let mut req = Request::builder().method(method).uri(uri);
+    for (k, v) in headers {
+        req = req.header(*k, *v);
+    }
+    let req = req
+        .body(body.map(Body::from).unwrap_or_else(Body::empty))
+        .unwrap();
+    let res = router(state.clone()).oneshot(req).await.unwrap();
+    let status = res.status();
+    let ct = res
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let bytes = res.into_body().collect().await.unwrap().to_bytes();
+    assert_eq!(
+        ct.as_deref(),
+        Some("application/json"),
+        "{status}: {}",
+        String::from_utf8_lossy(&bytes)
+    );
+    (status, serde_json::from_slice(&bytes).unwrap())
+}
+
+async fn post(state: &AppState, body: &str) -> (StatusCode, Value) {
+    call(state, Method::POST, "/v1/jobs", &[], Some(body.to_owned())).await
+}
+
+/// Asserts a 4xx with `code` naming `field`.
+#[track_caller]
+fn refused(got: (StatusCode, Value), status: u16, code: &str, field: Option<&str>) {
+    let (st, body) = got;
+    assert_eq!(st.as_u16(), status, "{body}");
+    assert_eq!(body["error"]["code"], code, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{body}"
+    );
+    match field {
+        Some(f) => assert_eq!(body["error"]["field"], f, "{body}"),
+        None => assert!(body["error"].get("field").is_none(), "{body}"),
+    }
+}
+
+#[tokio::test]
+async fn bad_enqueue_bodies_name_the_field() {
+    let st = offline();
+    refused(post(&st, "{not json").await, 400, "invalid_json", None);
+    refused(post(&st, "").await, 400, "invalid_json", None);
+    refused(post(&st, "[1]").await, 400, "invalid_json", None);
+    refused(
+        post(&st, r#"{"payload":{}}"#).await,
+        400,
+        "missing_field",
+        Some("kind"),
+    );
+    refused(
+        post(&st, r#"{"kind":7}"#).await,
+        400,
+        "invalid_field",
+        Some("kind"),
+    );
+    refused(
+        post(&st, r#"{"kind":"nope.never"}"#).await,
+        422,
+        "unknown_kind",
+        Some("kind"),
+    );
+    let cases = [
+        (r#"{"kind":"sys.noop","priority":12}"#, "priority"),
+        (r#"{"kind":"sys.noop","priority":-1}"#, "priority"),
+        (r#"{"kind":"sys.noop","delay":"-5s"}"#, "delay"),
+        (r#"{"kind":"sys.noop","delay":"soon"}"#, "delay"),
+        (r#"{"kind":"sys.noop","delay":30}"#, "delay"),
+        (
+            r#"{"kind":"sys.noop","delay":"1s","run_at":"2030-01-01T00:00:00Z"}"#,
+            "delay",
+        ),
+        (r#"{"kind":"sys.noop","run_at":"tomorrow"}"#, "run_at"),
+        (
+            r#"{"kind":"sys.noop","run_at":"2030-01-01T00:00:00"}"#,
+            "run_at",
+        ),
+        (r#"{"kind":"sys.noop","payload":[1]}"#, "payload"),
+        (r#"{"kind":"sys.noop","payload":"x"}"#, "payload"),
+        (
+            r#"{"kind":"sys.sleep","payload":{"ms":"long"}}"#,
+            "payload.ms",
+        ),
+        (r#"{"kind":"sys.noop","queue":"a b"}"#, "queue"),
+        (r#"{"kind":"sys.noop","max_retries":-3}"#, "max_retries"),
+        (r#"{"kind":"sys.noop","timeout":"0s"}"#, "timeout"),
+    ];
+    for (body, field) in cases {
+        refused(post(&st, body).await, 400, "invalid_field", Some(field));
+    }
+    refused(
+        post(&st, r#"{"kind":"sys.noop","then":[{"kind":"sys.noop"}]}"#).await,
+        400,
+        "not_supported",
+        Some("then"),
+    );
+    refused(
+        post(&st, r#"{"kind":"sys.noop","prio":1}"#).await,
+        400,
+        "unknown_field",
+        Some("prio"),
+    );
+}
+
+#[tokio::test]
+async fn oversized_body_is_413_json() {
+    let mut config = Config::default();
+    config.server.body_limit = 64;
+    let st = state_with(Arc::new(Unreachable), config);
+    let big = format!(
+        r#"{{"kind":"sys.noop","payload":{{"pad":"{}"}}}}"#,
+        "x".repeat(200)
+    );
+    refused(post(&st, &big).await, 413, "payload_too_large", None);
+}
+
+#[tokio::test]
+async fn routes_and_methods_answer_json() {
+    let st = offline();
+    refused(
+        call(&st, Method::GET, "/v1/nope", &[], None).await,
+        404,
+        "not_found",
+        None,
+    );
+    refused(
+        call(&st, Method::DELETE, "/v1/jobs", &[], None).await,
+        405,
+        "method_not_allowed",
+        None,
+    );
+    let (s, body) = call(&st, Method::GET, "/healthz", &[], None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    refused(
+        call(&st, Method::GET, "/readyz", &[], None).await,
+        503,
+        "broker_unavailable",
+        None,
+    );
+    refused(
+        call(&st, Method::GET, "/v1/jobs?state=sleeping", &[], None).await,
+        400,
+        "invalid_field",
+        Some("state"),
+    );
+    refused(
+        call(&st, Method::GET, "/v1/jobs?limit=0", &[], None).await,
+        400,
+        "invalid_field",
+        Some("limit"),
+    );
+    refused(
+        call(&st, Method::GET, "/v1/jobs?colour=red", &[], None).await,
+        400,
+        "unknown_field",
+        Some("colour"),
+    );
+}
+
+#[tokio::test]
+async fn tokens_guard_v1_only() {
+    let mut config = Config::default();
+    config.auth.tokens = vec!["s3cret".into()];
+    let st = state_with(Arc::new(Unreachable), config);
+    refused(
+        call(&st, Method::GET, "/v1/queues", &[], None).await,
+        401,
+        "unauthorized",
+        None,
+    );
+    refused(
+        call(
+            &st,
+            Method::GET,
+            "/v1/queues",
+            &[("authorization", "Bearer wrong")],
+            None,
+        )
+        .await,
+        401,
+        "unauthorized",
+        None,
+    );
+    // The right token gets through to the (unreachable) broker.
+    refused(
+        call(
+            &st,
+            Method::GET,
+            "/v1/queues",
+            &[("authorization", "Bearer s3cret")],
+            None,
+        )
+        .await,
+        503,
+        "broker_unavailable",
+        None,
+    );
+    let (s, _) = call(&st, Method::GET, "/healthz", &[], None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn enqueue_get_cancel_retry_on_sqlite() {
+    let (st, _dir) = sqlite().await;
+    // What plain `curl -d` sends: a form content type with a JSON body.
+    let (s, job) = call(
+        &st,
+        Method::POST,
+        "/v1/jobs",
+        &[("content-type", "application/x-www-form-urlencoded")],
+        Some(r#"{"kind":"sys.noop","payload":{"a":1},"priority":2,"delay":"1h"}"#.into()),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{job}");
+    assert_eq!(job["state"], "scheduled");
+    assert_eq!(job["priority"], 2);
+    assert_eq!(job["max_retries"], 3);
+    assert!(job["created_at"].as_str().unwrap().ends_with('Z'), "{job}");
+    let id = job["id"].as_str().unwrap().to_owned();
+
+    let (s, shown) = call(&st, Method::GET, &format!("/v1/jobs/{id}"), &[], None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(shown["id"], id.as_str());
+    assert_eq!(shown["history"][0]["type"], "job.enqueued", "{shown}");
+
+    refused(
+        call(
+            &st,
+            Method::POST,
+            &format!("/v1/jobs/{id}/retry"),
+            &[],
+            None,
+        )
+        .await,
+        409,
+        "conflict",
+        None,
+    );
+    let (s, c) = call(
+        &st,
+        Method::POST,
+        &format!("/v1/jobs/{id}/cancel"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["state"], "cancelled");
+    refused(
+        call(
+            &st,
+            Method::POST,
+            &format!("/v1/jobs/{id}/cancel"),
+            &[],
+            None,
+        )
+        .await,
+        409,
+        "conflict",
+        None,
+    );
+    let (s, r) = call(
+        &st,
+        Method::POST,
+        &format!("/v1/jobs/{id}/retry"),
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    assert_eq!(r["state"], "queued");
+
+    let (s, page) = call(
+        &st,
+        Method::GET,
+        "/v1/jobs?queue=default&limit=10",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(s, StatusCode::OK, "{page}");
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 1);
+    let (s, q) = call(&st, Method::GET, "/v1/queues", &[], None).await;
+    assert_eq!(s, StatusCode::OK, "{q}");
+    assert_eq!(q["queues"][0]["queue"], "default", "{q}");
+    assert_eq!(q["queues"][0]["counts"]["queued"], 1, "{q}");
+
+    let (s, _) = call(&st, Method::GET, "/readyz", &[], None).await;
+    assert_eq!(s, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn missing_jobs_are_404() {
+    let (st, _dir) = sqlite().await;
+    for (method, uri) in [
+        (Method::GET, "/v1/jobs/0190-nope"),
+        (Method::POST, "/v1/jobs/0190-nope/cancel"),
+        (Method::POST, "/v1/jobs/0190-nope/retry"),
+    ] {
+        refused(
+            call(&st, method, uri, &[], None).await,
+            404,
+            "not_found",
+            None,
+        );
+    }
+}
+
+#[tokio::test]
+async fn idempotency_key_replays_the_first_job() {
+    let (st, _dir) = sqlite().await;
+    let body = r#"{"kind":"sys.noop"}"#;
+    let hdr = [("idempotency-key", "order-42")];
+    let (s1, first) = call(&st, Method::POST, "/v1/jobs", &hdr, Some(body.into())).await;
+    assert_eq!(s1, StatusCode::CREATED, "{first}");
+    let (s2, again) = call(&st, Method::POST, "/v1/jobs", &hdr, Some(body.into())).await;
+    assert_eq!(s2, StatusCode::OK, "{again}");
+    assert_eq!(first["id"], again["id"]);
+    assert_eq!(first["unique_key"], "idem:order-42");
+    let (s3, other) = call(&st, Method::POST, "/v1/jobs", &[], Some(body.into())).await;
+    assert_eq!(s3, StatusCode::CREATED);
+    assert_ne!(other["id"], first["id"]);
+}

@@ -1,0 +1,421 @@
+//! `hopper bench`: the two workloads of DESIGN §9, run against a real broker with the real
+//! pool in this process.
+//!
+//! - **drain**: enqueue N `sys.noop` jobs in batches of 1000, then start the pool and time
+//!   until all have finished. Reports enqueue and processing throughput.
+//! - **latency**: with the pool running, enqueue `bench.latency` jobs at a steady rate for a
+//!   while (10 s by default), each carrying its enqueue time; the handler records how long it
+//!   waited to start. Reports p50, p95, p99 and max pickup latency.
+//!
+//! Each run uses its own queue (`bench-<uuid>`) and drops it afterwards, even when it fails.
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use async_trait::async_trait;
+use hopper_workers::clock::{self, Clock};
+use hopper_workers::job::{JobId, NewJob};
+use hopper_workers::pool::{Pool, QueueSpec};
+use hopper_workers::{Broker, JobContext, JobResult, Registry};
+use serde::Serialize;
+use serde_json::json;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::out;
+
+/// Jobs per enqueue round-trip in the drain workload.
+const BATCH: usize = 1000;
+/// How often progress is polled.
+const POLL: Duration = Duration::from_millis(50);
+/// A run that makes no progress for this long is abandoned.
+const STALL: Duration = Duration::from_secs(30);
+/// The kind only `bench` registers.
+const LATENCY_KIND: &str = "bench.latency";
+
+/// Which workload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum Workload {
+    Drain,
+    Latency,
+}
+
+/// `hopper bench` flags.
+#[derive(Clone, Debug, clap::Args)]
+pub struct BenchArgs {
+    /// drain: enqueue N jobs, then time the pool draining them; latency: steady rate, pickup
+    /// latency percentiles.
+    #[arg(long, value_enum, default_value_t = Workload::Drain)]
+    pub workload: Workload,
+    /// Jobs to enqueue (drain).
+    #[arg(long, default_value_t = 100_000)]
+    pub jobs: u64,
+    /// Pool slots (default: [worker] concurrency).
+    #[arg(long)]
+    pub concurrency: Option<usize>,
+    /// Jobs per second (latency).
+    #[arg(long, default_value_t = 1000)]
+    pub rate: u64,
+    /// How long to enqueue for (latency).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub duration: Duration,
+    /// Broker URL (default: [broker] url).
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    /// Print only one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// What a run measured; fields that do not apply are `null`. The field names are the
+/// contract of DESIGN §9.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Report {
+    pub workload: &'static str,
+    pub broker: String,
+    pub jobs: u64,
+    pub concurrency: usize,
+    pub enqueue_jobs_per_s: Option<f64>,
+    pub processed_jobs_per_s: Option<f64>,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+}
+
+/// Runs the workload `args` names and prints its report.
+pub async fn run(args: BenchArgs, config: &Config, shutdown: CancellationToken) -> Result<()> {
+    let mut config = config.clone();
+    if let Some(url) = &args.broker {
+        config.broker.url.clone_from(url);
+    }
+    let concurrency = args.concurrency.unwrap_or(config.worker.concurrency);
+    if concurrency == 0 {
+        bail!(crate::cli::CliError::Usage(
+            "--concurrency must be at least 1".into()
+        ));
+    }
+    let clock = clock::system();
+    let broker = crate::app::open_broker(&config, clock.clone()).await?;
+    let queue = format!("bench-{}", JobId::generate());
+    let bench = Bench {
+        broker: broker.clone(),
+        clock,
+        config,
+        queue: queue.clone(),
+        concurrency,
+        shutdown,
+    };
+    let ran = match args.workload {
+        Workload::Drain => bench.drain(args.jobs).await,
+        Workload::Latency => bench.latency(args.rate, args.duration).await,
+    };
+    // Clean up whatever happened.
+    match broker.drop_queue(&queue).await {
+        Ok(n) => tracing::debug!(jobs = n, %queue, "dropped the bench queue"),
+        Err(e) => tracing::warn!(error = %e, %queue, "could not drop the bench queue"),
+    }
+    let report = ran?;
+    if args.json {
+        out::json(&report)?;
+    } else {
+        print_table(&report)?;
+    }
+    Ok(())
+}
+
+struct Bench {
+    broker: Arc<dyn Broker>,
+    clock: Arc<dyn Clock>,
+    config: Config,
+    queue: String,
+    concurrency: usize,
+    shutdown: CancellationToken,
+}
+
+impl Bench {
+    /// A pool on the bench queue only, run until the returned token is cancelled.
+    fn start_pool(
+        &self,
+        registry: Registry,
+    ) -> (CancellationToken, tokio::task::JoinHandle<Result<()>>) {
+        let mut pc = self.config.pool_config();
+        pc.concurrency = self.concurrency;
+        pc.queues = vec![QueueSpec {
+            name: self.queue.clone(),
+            concurrency: None,
+            paused: false,
+        }];
+        let pool = Pool::new(
+            self.broker.clone(),
+            Arc::new(registry),
+            pc,
+            self.clock.clone(),
+        );
+        let stop = self.shutdown.child_token();
+        let token = stop.clone();
+        let task = tokio::spawn(async move { pool.run(token).await.context("bench pool") });
+        (stop, task)
+    }
+
+    async fn drain(&self, n: u64) -> Result<Report> {
+        let mut registry = Registry::new();
+        hopper_workers::diagnostics::register(&mut registry)?;
+
+        let started = Instant::now();
+        let mut left = n;
+        while left > 0 {
+            if self.shutdown.is_cancelled() {
+                bail!("interrupted");
+            }
+            let size = usize::try_from(left).unwrap_or(BATCH).min(BATCH);
+            let batch = (0..size)
+                .map(|_| {
+                    NewJob::new("sys.noop", json!({}))
+                        .queue(&self.queue)
+                        .max_retries(0)
+                })
+                .collect();
+            self.broker.enqueue(batch).await.context("enqueueing")?;
+            left -= size as u64;
+        }
+        let enqueue_s = started.elapsed().as_secs_f64();
+        tracing::info!(jobs = n, seconds = enqueue_s, "enqueued; starting the pool");
+
+        let (stop, task) = self.start_pool(registry);
+        let started = Instant::now();
+        let waited = self.wait_done(n, &task).await;
+        let processed_s = started.elapsed().as_secs_f64();
+        stop.cancel();
+        task.await.context("bench pool panicked")??;
+        waited?;
+
+        Ok(Report {
+            workload: "drain",
+            broker: self.broker.name().into(),
+            jobs: n,
+            concurrency: self.concurrency,
+            enqueue_jobs_per_s: Some(per_s(n, enqueue_s)),
+            processed_jobs_per_s: Some(per_s(n, processed_s)),
+            ..Report::default()
+        })
+    }
+
+    async fn latency(&self, rate: u64, duration: Duration) -> Result<Report> {
+        if rate == 0 {
+            bail!(crate::cli::CliError::Usage(
+                "--rate must be at least 1".into()
+            ));
+        }
+        let samples = Arc::new(Mutex::new(Vec::new()));
+        let mut registry = Registry::new();
+        registry.register(
+            LATENCY_KIND,
+            Pickup {
+                clock: self.clock.clone(),
+                samples: samples.clone(),
+            },
+        )?;
+        let (stop, task) = self.start_pool(registry);
+
+        let total = u64::try_from((u128::from(rate) * duration.as_millis() / 1000).max(1))
+            .unwrap_or(u64::MAX);
+        let mut sent = 0u64;
+        let started = Instant::now();
+        let mut tick = tokio::time::interval(Duration::from_millis(5));
+        let enqueued: Result<()> = async {
+            while sent < total {
+                tokio::select! {
+                    () = self.shutdown.cancelled() => bail!("interrupted"),
+                    _ = tick.tick() => {}
+                }
+                // Catch up to where a perfectly steady sender would be by now.
+                let due = ((rate as f64) * started.elapsed().as_secs_f64()) as u64;
+                let n = due.min(total) - sent.min(due.min(total));
+                if n == 0 {
+                    continue;
+                }
+                let at = self.clock.now_ms();
+                let batch = (0..n)
+                    .map(|_| {
+                        NewJob::new(LATENCY_KIND, json!({ "enqueued_at_ms": at }))
+                            .queue(&self.queue)
+                            .max_retries(0)
+                    })
+                    .collect();
+                self.broker.enqueue(batch).await.context("enqueueing")?;
+                sent += n;
+            }
+            Ok(())
+        }
+        .await;
+        let send_s = started.elapsed().as_secs_f64();
+        let waited = match enqueued {
+            Ok(()) => self.wait_done(sent, &task).await,
+            Err(e) => Err(e),
+        };
+        stop.cancel();
+        task.await.context("bench pool panicked")??;
+        waited?;
+
+        let mut ms: Vec<u64> = samples
+            .lock()
+            .map_err(|_| anyhow::anyhow!("latency samples poisoned"))?
+            .clone();
+        ms.sort_unstable();
+        Ok(Report {
+            workload: "latency",
+            broker: self.broker.name().into(),
+            jobs: sent,
+            concurrency: self.concurrency,
+            enqueue_jobs_per_s: Some(per_s(sent, send_s)),
+            processed_jobs_per_s: None,
+            p50_ms: percentile(&ms, 0.50),
+            p95_ms: percentile(&ms, 0.95),
+            p99_ms: percentile(&ms, 0.99),
+            max_ms: ms.last().map(|m| *m as f64),
+        })
+    }
+
+    /// Polls the bench queue until `n` jobs have finished; fails when the pool stops, the run
+    /// stalls, or it is interrupted.
+    async fn wait_done(&self, n: u64, pool: &tokio::task::JoinHandle<Result<()>>) -> Result<()> {
+        let mut last = (0u64, Instant::now());
+        loop {
+            tokio::select! {
+                () = self.shutdown.cancelled() => bail!("interrupted"),
+                () = tokio::time::sleep(POLL) => {}
+            }
+            if pool.is_finished() {
+                bail!("the pool stopped before the jobs were done");
+            }
+            let stats = self.broker.queues().await.context("reading queue counts")?;
+            let counts = stats
+                .into_iter()
+                .find(|q| q.queue == self.queue)
+                .map(|q| q.counts)
+                .unwrap_or_default();
+            let done = counts.succeeded + counts.dead + counts.cancelled;
+            if done >= n {
+                if counts.dead > 0 {
+                    tracing::warn!(dead = counts.dead, "some bench jobs failed");
+                }
+                return Ok(());
+            }
+            if done > last.0 {
+                last = (done, Instant::now());
+            } else if last.1.elapsed() > STALL {
+                bail!(
+                    "no progress for {}s ({done} of {n} jobs done)",
+                    STALL.as_secs()
+                );
+            }
+        }
+    }
+}
+
+/// `bench.latency`: records how long after its enqueue the job started.
+struct Pickup {
+    clock: Arc<dyn Clock>,
+    samples: Arc<Mutex<Vec<u64>>>,
+}
+
+#[async_trait]
+impl hopper_workers::Handler for Pickup {
+    async fn run(&self, cx: JobContext) -> JobResult {
+        let now = self.clock.now_ms();
+        let at = cx
+            .payload()
+            .get("enqueued_at_ms")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(now);
+        let waited = u64::try_from(now - at).unwrap_or(0);
+        if let Ok(mut s) = self.samples.lock() {
+            s.push(waited);
+        }
+        Ok(json!({}))
+    }
+}
+
+fn per_s(n: u64, seconds: f64) -> f64 {
+    let v = if seconds > 0.0 {
+        n as f64 / seconds
+    } else {
+        0.0
+    };
+    (v * 10.0).round() / 10.0
+}
+
+/// The nearest-rank percentile of sorted samples.
+fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
+    if sorted.is_empty() {
+        return None;
+    }
+    let rank = ((q * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
+    sorted.get(rank - 1).map(|v| *v as f64)
+}
+
+fn print_table(r: &Report) -> std::io::Result<()> {
+    let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"));
+    out::table(
+        &[
+            "workload",
+            "broker",
+            ">jobs",
+            ">concurrency",
+            ">enqueue/s",
+            ">processed/s",
+            ">p50 ms",
+            ">p95 ms",
+            ">p99 ms",
+            ">max ms",
+        ],
+        &[vec![
+            r.workload.to_owned(),
+            r.broker.clone(),
+            r.jobs.to_string(),
+            r.concurrency.to_string(),
+            f(r.enqueue_jobs_per_s),
+            f(r.processed_jobs_per_s),
+            f(r.p50_ms),
+            f(r.p95_ms),
+            f(r.p99_ms),
+            f(r.max_ms),
+        ]],
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nearest_rank_percentiles() {
+        let v: Vec<u64> = (1..=100).collect();
+        assert_eq!(percentile(&v, 0.50), Some(50.0));
+        assert_eq!(percentile(&v, 0.95), Some(95.0));
+        assert_eq!(percentile(&v, 0.99), Some(99.0));
+        assert_eq!(percentile(&[7], 0.99), Some(7.0));
+        assert_eq!(percentile(&[], 0.5), None);
+    }
+
+    #[test]
+    fn report_has_the_design_fields() {
+        let v = serde_json::to_value(Report::default()).unwrap_or_default();
+        for k in [
+            "workload",
+            "broker",
+            "jobs",
+            "concurrency",
+            "enqueue_jobs_per_s",
+            "processed_jobs_per_s",
+            "p50_ms",
+            "p95_ms",
+            "p99_ms",
+            "max_ms",
+        ] {
+            assert!(v.get(k).is_some(), "{k} missing");
+        }
+    }
+}

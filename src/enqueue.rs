@@ -1,0 +1,214 @@
+//! Turning a request to enqueue (an HTTP body or `hopper enqueue` flags) into a checked
+//! [`NewJob`].
+//!
+//! Both front doors go through [`prepare`], so they accept and refuse the same things: the kind
+//! must be registered, the payload must be an object the kind's
+//! [`Handler::validate`](hopper_workers::Handler::validate) accepts, and the job must pass
+//! [`NewJob::validate`]. Every refusal names the field it is about. Parsing the HTTP body's
+//! JSON is the API's business (`crate::api`), not this module's.
+
+use std::time::Duration;
+
+use hopper_workers::Registry;
+use hopper_workers::job::{JobId, Millis, NewJob};
+use serde_json::Value;
+
+/// A request to enqueue, fields already typed; `None` means "the default".
+#[derive(Clone, Debug, PartialEq)]
+pub struct EnqueueRequest {
+    pub kind: String,
+    pub payload: Value,
+    pub queue: Option<String>,
+    pub priority: Option<u8>,
+    /// Run no earlier than now + delay. Exclusive with `run_at`.
+    pub delay: Option<Duration>,
+    /// Run no earlier than this. Exclusive with `delay`.
+    pub run_at: Option<Millis>,
+    pub max_retries: Option<u32>,
+    pub timeout: Option<Duration>,
+    pub unique_key: Option<String>,
+}
+
+impl EnqueueRequest {
+    /// A request for `kind` with `payload` and every other field at its default.
+    pub fn new(kind: impl Into<String>, payload: Value) -> Self {
+        Self {
+            kind: kind.into(),
+            payload,
+            queue: None,
+            priority: None,
+            delay: None,
+            run_at: None,
+            max_retries: None,
+            timeout: None,
+            unique_key: None,
+        }
+    }
+}
+
+/// Why a request was refused: the field, a stable code and a message for people.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {message}")]
+pub struct FieldError {
+    pub field: String,
+    /// `invalid_field`, `missing_field`, `unknown_field`, `unknown_kind` or `not_supported`.
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            code: "invalid_field",
+            message: message.into(),
+        }
+    }
+
+    pub fn with_code(
+        code: &'static str,
+        field: impl Into<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Self {
+            field: field.into(),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// Checks `req` against `registry` and the engine's rules, filling defaults (`max_retries`
+/// from `[retry]`). `now` anchors `delay`.
+pub fn prepare(
+    req: EnqueueRequest,
+    registry: &Registry,
+    default_max_retries: u32,
+    now: Millis,
+) -> Result<NewJob, FieldError> {
+    let Some(handler) = registry.get(&req.kind) else {
+        let known: Vec<&str> = registry.kinds().collect();
+        return Err(FieldError::with_code(
+            "unknown_kind",
+            "kind",
+            format!(
+                "no job kind {:?} is registered here (known: {})",
+                req.kind,
+                if known.is_empty() {
+                    "none".to_owned()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    };
+    if !req.payload.is_object() {
+        return Err(FieldError::invalid("payload", "must be a JSON object"));
+    }
+    handler
+        .validate(&req.payload)
+        .map_err(|e| FieldError::invalid(e.field, e.message))?;
+    if req.delay.is_some() && req.run_at.is_some() {
+        return Err(FieldError::invalid(
+            "delay",
+            "give delay or run_at, not both",
+        ));
+    }
+    if req.timeout.is_some_and(|t| t.is_zero()) {
+        return Err(FieldError::invalid("timeout", "must be greater than zero"));
+    }
+    if let Some(key) = &req.unique_key
+        && (key.is_empty() || key.len() > 256)
+    {
+        return Err(FieldError::invalid(
+            "unique_key",
+            "must be 1 to 256 characters",
+        ));
+    }
+
+    let run_at = match (req.delay, req.run_at) {
+        (Some(d), _) if !d.is_zero() => {
+            Some(now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
+        }
+        (_, Some(at)) if at > now => Some(at),
+        _ => None,
+    };
+    let job = NewJob {
+        id: JobId::generate(),
+        queue: req
+            .queue
+            .unwrap_or_else(|| hopper_workers::job::DEFAULT_QUEUE.to_owned()),
+        kind: req.kind,
+        payload: req.payload,
+        priority: req
+            .priority
+            .unwrap_or(hopper_workers::job::DEFAULT_PRIORITY),
+        run_at,
+        max_retries: req.max_retries.unwrap_or(default_max_retries),
+        timeout_ms: req
+            .timeout
+            .or_else(|| handler.timeout())
+            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        unique_key: req.unique_key,
+    };
+    job.validate()
+        .map_err(|e| FieldError::invalid(e.field, e.message))?;
+    Ok(job)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use serde_json::json;
+
+    use super::*;
+
+    fn registry() -> Registry {
+        let mut r = Registry::new();
+        hopper_workers::diagnostics::register(&mut r).unwrap();
+        r
+    }
+
+    fn field(req: EnqueueRequest) -> (String, &'static str) {
+        let e = prepare(req, &registry(), 3, 1_000).unwrap_err();
+        (e.field, e.code)
+    }
+
+    #[test]
+    fn defaults_and_delay() {
+        let mut req = EnqueueRequest::new("sys.noop", json!({}));
+        req.delay = Some(Duration::from_secs(2));
+        let job = prepare(req, &registry(), 7, 1_000).unwrap();
+        assert_eq!(job.queue, "default");
+        assert_eq!(job.priority, 5);
+        assert_eq!(job.max_retries, 7);
+        assert_eq!(job.run_at, Some(3_000));
+    }
+
+    #[test]
+    fn refusals_name_the_field() {
+        assert_eq!(
+            field(EnqueueRequest::new("nope", json!({}))),
+            ("kind".into(), "unknown_kind")
+        );
+        assert_eq!(
+            field(EnqueueRequest::new("sys.noop", json!([]))).0,
+            "payload"
+        );
+        assert_eq!(
+            field(EnqueueRequest::new("sys.sleep", json!({"ms": "x"}))).0,
+            "payload.ms"
+        );
+        let mut req = EnqueueRequest::new("sys.noop", json!({}));
+        req.priority = Some(12);
+        assert_eq!(field(req).0, "priority");
+        let mut req = EnqueueRequest::new("sys.noop", json!({}));
+        req.queue = Some("a b".into());
+        assert_eq!(field(req).0, "queue");
+        let mut req = EnqueueRequest::new("sys.noop", json!({}));
+        req.delay = Some(Duration::from_secs(1));
+        req.run_at = Some(5);
+        assert_eq!(field(req).0, "delay");
+    }
+}

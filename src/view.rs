@@ -1,0 +1,245 @@
+//! The wire shapes of jobs and events, shared by the HTTP API and the CLI's `--json` output.
+//!
+//! The engine stores times as milliseconds since the epoch; users read RFC 3339. These views
+//! render every timestamp as an RFC 3339 string with milliseconds (`2030-01-01T00:00:00.000Z`)
+//! and otherwise keep the engine's field names, which are stable wire names already.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use hopper_workers::broker::QueueStats;
+use hopper_workers::event::{Event, EventType};
+use hopper_workers::job::{Job, JobId, JobState, Millis};
+use serde::Serialize;
+use serde_json::Value;
+
+/// A job as the API and `--json` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobView {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub payload: Value,
+    pub priority: u8,
+    pub state: JobState,
+    pub run_at: String,
+    pub attempt: u32,
+    pub max_retries: u32,
+    pub timeout_ms: Option<u64>,
+    pub interruptions: u32,
+    pub progress: u8,
+    pub progress_message: Option<String>,
+    pub result: Option<Value>,
+    pub last_error: Option<String>,
+    pub unique_key: Option<String>,
+    pub lease_until: Option<String>,
+    pub created_at: String,
+    pub started_at: Option<String>,
+    pub finished_at: Option<String>,
+}
+
+impl From<&Job> for JobView {
+    fn from(j: &Job) -> Self {
+        Self {
+            id: j.id.clone(),
+            queue: j.queue.clone(),
+            kind: j.kind.clone(),
+            payload: j.payload.clone(),
+            priority: j.priority,
+            state: j.state,
+            run_at: rfc3339(j.run_at),
+            attempt: j.attempt,
+            max_retries: j.max_retries,
+            timeout_ms: j.timeout_ms,
+            interruptions: j.interruptions,
+            progress: j.progress,
+            progress_message: j.progress_message.clone(),
+            result: j.result.clone(),
+            last_error: j.last_error.clone(),
+            unique_key: j.unique_key.clone(),
+            lease_until: j.lease_until.map(rfc3339),
+            created_at: rfc3339(j.created_at),
+            started_at: j.started_at.map(rfc3339),
+            finished_at: j.finished_at.map(rfc3339),
+        }
+    }
+}
+
+/// A job with its history, as `GET /v1/jobs/{id}` and `hopper job ID --json` show it.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobWithHistory {
+    #[serde(flatten)]
+    pub job: JobView,
+    pub history: Vec<EventView>,
+}
+
+impl JobWithHistory {
+    pub fn new(job: &Job, history: &[Event]) -> Self {
+        Self {
+            job: job.into(),
+            history: history.iter().map(EventView::from).collect(),
+        }
+    }
+}
+
+/// An event as the API and `--json` show it (DESIGN §5).
+#[derive(Clone, Debug, Serialize)]
+pub struct EventView {
+    pub id: String,
+    #[serde(rename = "type")]
+    pub kind_of_event: EventType,
+    pub job_id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub at: String,
+    pub attempt: u32,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub progress: Option<u8>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result: Option<Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl From<&Event> for EventView {
+    fn from(e: &Event) -> Self {
+        Self {
+            id: e.id.clone(),
+            kind_of_event: e.kind_of_event,
+            job_id: e.job_id.clone(),
+            queue: e.queue.clone(),
+            kind: e.kind.clone(),
+            at: rfc3339(e.at),
+            attempt: e.attempt,
+            progress: e.progress,
+            message: e.message.clone(),
+            result: e.result.clone(),
+            error: e.error.clone(),
+        }
+    }
+}
+
+/// A page of jobs.
+#[derive(Clone, Debug, Serialize)]
+pub struct JobPageView {
+    pub jobs: Vec<JobView>,
+    pub next_cursor: Option<String>,
+}
+
+/// Adds the queues the config names (served or declared) that hold no jobs yet, and takes
+/// `paused` from the config, so a listing shows every queue an operator expects. Sorted by
+/// name.
+pub fn merge_configured_queues(
+    mut stats: Vec<QueueStats>,
+    config: &crate::config::Config,
+) -> Vec<QueueStats> {
+    let configured = config
+        .worker
+        .queues
+        .iter()
+        .chain(config.queues.iter().map(|q| &q.name));
+    for name in configured {
+        if !stats.iter().any(|s| &s.queue == name) {
+            stats.push(QueueStats {
+                queue: name.clone(),
+                ..QueueStats::default()
+            });
+        }
+    }
+    for s in &mut stats {
+        if let Some(q) = config.queue(&s.queue) {
+            s.paused |= q.paused;
+        }
+    }
+    stats.sort_by(|a, b| a.queue.cmp(&b.queue));
+    stats
+}
+
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds. Times before the epoch
+/// (never stored) render as the epoch.
+pub fn rfc3339(ms: Millis) -> String {
+    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
+    humantime::format_rfc3339_millis(t).to_string()
+}
+
+/// Parses an RFC 3339 timestamp with a time zone (`Z` or `±HH:MM`) into milliseconds since
+/// the epoch. `None` for anything else, including a timestamp without a zone: guessing one
+/// would run jobs hours early or late.
+pub fn parse_rfc3339(s: &str) -> Option<Millis> {
+    let s = s.trim();
+    let (local, offset_s) = if let Some(rest) = s.strip_suffix(['Z', 'z']) {
+        (rest, 0i64)
+    } else {
+        let split = s.len().checked_sub(6)?;
+        let (rest, off) = (s.get(..split)?, s.get(split..)?);
+        let b = off.as_bytes();
+        let sign = match b.first()? {
+            b'+' => 1,
+            b'-' => -1,
+            _ => return None,
+        };
+        if b.get(3) != Some(&b':') {
+            return None;
+        }
+        let hh: i64 = off.get(1..3)?.parse().ok()?;
+        let mm: i64 = off.get(4..6)?.parse().ok()?;
+        if hh > 23 || mm > 59 {
+            return None;
+        }
+        (rest, sign * (hh * 3600 + mm * 60))
+    };
+    // `local` has no zone left; humantime reads it as UTC, and the offset is applied below.
+    if local.len() < 19 || !local.is_char_boundary(10) || !matches!(&local[10..11], "T" | "t") {
+        return None;
+    }
+    let t = humantime::parse_rfc3339_weak(local).ok()?;
+    let ms = i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()?;
+    Some(ms - offset_s * 1000)
+}
+
+/// Now, in milliseconds since the epoch (for the CLI, which has no engine clock).
+pub fn now_ms() -> Millis {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_round_trips() {
+        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
+        let ms = 1_900_000_000_123;
+        assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
+    }
+
+    #[test]
+    fn offsets_are_applied() {
+        let z = parse_rfc3339("2030-01-01T12:00:00Z");
+        assert!(z.is_some());
+        assert_eq!(parse_rfc3339("2030-01-01T14:00:00+02:00"), z);
+        assert_eq!(parse_rfc3339("2030-01-01T07:30:00-04:30"), z);
+        assert_eq!(
+            parse_rfc3339("2030-01-01T12:00:00.250Z").map(|m| m - z.unwrap_or(0)),
+            Some(250)
+        );
+    }
+
+    #[test]
+    fn zoneless_and_garbage_are_refused() {
+        for bad in [
+            "2030-01-01T12:00:00",
+            "2030-01-01 12:00:00Z",
+            "tomorrow",
+            "",
+            "2030-13-01T00:00:00Z",
+            "2030-01-01T00:00:00+2:00",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,54 @@
+-- list.lua: one step of a newest-first listing of one queue's jobs (by id, which sorts by
+-- creation time), optionally filtered by state and kind. It scans at most ARGV[5] ids, so a
+-- sparse filter over a large queue takes several calls (the caller continues from the
+-- returned position) instead of blocking Redis.
+--
+-- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
+-- ARGV[1]  start after this id ('' = from the newest)
+-- ARGV[2]  state ('' = any)
+-- ARGV[3]  kind ('' = any)
+-- ARGV[4]  want: at most this many jobs
+-- ARGV[5]  scan budget: at most this many ids looked at
+-- Returns  {last id scanned ('' = none), more, exhausted, job, job, ...} where more is 1 when
+--          another match exists after the jobs returned, exhausted is 1 when the scan reached
+--          the oldest job, and each job is its hash as a flat field/value array.
+
+local cursor, st, kind = ARGV[1], ARGV[2], ARGV[3]
+local want = tonumber(ARGV[4])
+local budget = tonumber(ARGV[5])
+local max = '+'
+if cursor ~= '' then
+  max = '(' .. cursor
+end
+local ids = redis.call('ZREVRANGEBYLEX', K .. 'all', max, '-', 'LIMIT', 0, budget)
+local jobs = {}
+local last = cursor
+local more = 0
+for i = 1, #ids do
+  local id = ids[i]
+  local jk = job_key(id)
+  local keep
+  if st ~= '' or kind ~= '' then
+    local f = redis.call('HMGET', jk, 'state', 'kind')
+    keep = f[1] and (st == '' or f[1] == st) and (kind == '' or f[2] == kind)
+  else
+    keep = redis.call('EXISTS', jk) == 1
+  end
+  if keep then
+    if #jobs >= want then
+      more = 1
+      break
+    end
+    jobs[#jobs + 1] = redis.call('HGETALL', jk)
+  end
+  last = id
+end
+local exhausted = 0
+if more == 0 and #ids < budget then
+  exhausted = 1
+end
+local out = { last, more, exhausted }
+for i = 1, #jobs do
+  out[#out + 1] = jobs[i]
+end
+return out

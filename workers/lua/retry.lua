@@ -1,0 +1,25 @@
+-- retry.lua: puts one dead or cancelled job back in `queued` with attempt 0 (a fresh set of
+-- retries), behind the jobs already queued at its priority; appends `job.enqueued`.
+--
+-- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
+-- ARGV[1]  now, ms
+-- ARGV[2]  event stream cap
+-- ARGV[3]  id
+-- Returns  {'ok', job hash as a flat field/value array}, {'nf'} when there is no such job,
+--          or {'state', state} when the job is neither dead nor cancelled.
+
+local now = tonumber(ARGV[1])
+local cap = ARGV[2]
+local id = ARGV[3]
+local jk = job_key(id)
+local st = redis.call('HGET', jk, 'state')
+if not st then
+  return { 'nf' }
+end
+if st ~= 'dead' and st ~= 'cancelled' then
+  return { 'state', st }
+end
+requeue(id, st, now, cap)
+signal(1)
+flush_counts()
+return { 'ok', redis.call('HGETALL', jk) }

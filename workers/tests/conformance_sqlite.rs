@@ -1,0 +1,203 @@
+//! The broker conformance suite against the SQLite broker, plus what only SQLite has: several
+//! broker instances (as several processes would) sharing one database file.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hopper_workers::broker::sqlite::SqliteBroker;
+use hopper_workers::broker::{Broker, Finish, Outcome};
+use hopper_workers::clock::{self, Clock};
+use hopper_workers::job::{JobState, NewJob};
+use hopper_workers::testing::temp_sqlite;
+use serde_json::json;
+
+hopper_workers::conformance_suite!(|clock: Arc<dyn Clock>| temp_sqlite(clock));
+
+const LEASE: Duration = Duration::from_secs(30);
+
+/// Two instances on one file, fetching concurrently, never hand out the same job twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_instances_on_one_file_never_share_a_job() {
+    const N: usize = 2_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("nested/dir/shared.db");
+    let one: Arc<dyn Broker> = Arc::new(
+        SqliteBroker::open(&path, clock::system())
+            .await
+            .expect("open one"),
+    );
+    let two: Arc<dyn Broker> = Arc::new(
+        SqliteBroker::open(&path, clock::system())
+            .await
+            .expect("open two"),
+    );
+
+    let jobs: Vec<NewJob> = (0..N)
+        .map(|_| NewJob::new("test.shared", json!({})))
+        .collect();
+    one.enqueue(jobs).await.expect("enqueue");
+
+    let mut tasks = Vec::new();
+    for broker in [one.clone(), two.clone(), one.clone(), two.clone()] {
+        tasks.push(tokio::spawn(async move {
+            let mut mine = Vec::new();
+            loop {
+                let jobs = broker.fetch("default", 16, LEASE).await.expect("fetch");
+                if jobs.is_empty() {
+                    return mine;
+                }
+                let batch = jobs
+                    .iter()
+                    .map(|j| Finish {
+                        lease: j.lease(),
+                        outcome: Outcome::Succeeded {
+                            result: json!(null),
+                        },
+                    })
+                    .collect();
+                for answer in broker.finish(batch).await.expect("finish") {
+                    answer.expect("the lease is held by whoever fetched it");
+                }
+                mine.extend(jobs.into_iter().map(|j| j.id));
+            }
+        }));
+    }
+    let mut seen = HashSet::new();
+    for t in tasks {
+        for id in t.await.expect("task") {
+            assert!(seen.insert(id.clone()), "job {id} handed out twice");
+        }
+    }
+    assert_eq!(seen.len(), N);
+    let stats = two.queues().await.expect("queues");
+    assert_eq!(stats[0].counts.succeeded, N as u64);
+}
+
+/// Reopening a file keeps its jobs, and migrations are not applied twice.
+#[tokio::test]
+async fn reopen_keeps_jobs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hopper.db");
+    let id = {
+        let b = SqliteBroker::open(&path, clock::system())
+            .await
+            .expect("open");
+        let job = NewJob::new("test.keep", json!({"a": 1}));
+        let id = job.id.clone();
+        b.enqueue(vec![job]).await.expect("enqueue");
+        id
+    };
+    let b = SqliteBroker::open(&path, clock::system())
+        .await
+        .expect("reopen");
+    let job = b.get(&id).await.expect("get").expect("kept");
+    assert_eq!(job.state, JobState::Queued);
+    assert_eq!(job.payload, json!({"a": 1}));
+    assert_eq!(b.path(), path.as_path());
+
+    let url = format!("sqlite://{}", path.display());
+    let via_url = hopper_workers::broker::open(&url, "", clock::system())
+        .await
+        .expect("open by URL");
+    assert_eq!(via_url.name(), "sqlite");
+    assert!(via_url.get(&id).await.expect("get").is_some());
+}
+
+/// Rough throughput: enqueue 20 000 jobs, then drain them with fetches of 64 and one finish
+/// per fetch, from a few concurrent "slots". Prints numbers; asserts no timing.
+///
+/// `cargo test --release -p hopper-workers --features test-util --test conformance_sqlite -- --ignored --nocapture`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test; run on demand with --release"]
+async fn drain_throughput() {
+    const N: usize = 20_000;
+    const FETCHERS: usize = 4;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b: Arc<dyn Broker> = Arc::new(
+        SqliteBroker::open(dir.path().join("bench.db"), clock::system())
+            .await
+            .expect("open"),
+    );
+
+    let started = Instant::now();
+    for chunk in 0..N / 1_000 {
+        let jobs: Vec<NewJob> = (0..1_000)
+            .map(|i| NewJob::new("sys.noop", json!({"i": chunk * 1_000 + i})).queue("bench"))
+            .collect();
+        b.enqueue(jobs).await.expect("enqueue");
+    }
+    let enqueue_s = started.elapsed().as_secs_f64();
+
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..FETCHERS {
+        let b = b.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut done = 0usize;
+            loop {
+                let jobs = b.fetch("bench", 64, LEASE).await.expect("fetch");
+                if jobs.is_empty() {
+                    return done;
+                }
+                let batch: Vec<Finish> = jobs
+                    .iter()
+                    .map(|j| Finish {
+                        lease: j.lease(),
+                        outcome: Outcome::Succeeded {
+                            result: json!(null),
+                        },
+                    })
+                    .collect();
+                done += batch.len();
+                b.finish(batch).await.expect("finish");
+            }
+        }));
+    }
+    let mut processed = 0;
+    for t in tasks {
+        processed += t.await.expect("task");
+    }
+    let drain_s = started.elapsed().as_secs_f64();
+    assert_eq!(processed, N);
+    eprintln!(
+        "sqlite: enqueue {:.0} jobs/s ({enqueue_s:.2} s), fetch(64)+finish {:.0} jobs/s ({drain_s:.2} s), \
+         enqueue+fetch+finish {:.0} jobs/s",
+        N as f64 / enqueue_s,
+        N as f64 / drain_s,
+        N as f64 / (enqueue_s + drain_s),
+    );
+}
+
+/// A command that fails inside a write batch rolls back alone: its partial writes vanish, the
+/// commands batched with it commit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_command_rolls_back_alone() {
+    let (b, _dir) = temp_sqlite(clock::system()).await;
+    let first = NewJob::new("test.a", json!({}));
+    b.enqueue(vec![first.clone()]).await.expect("enqueue");
+
+    // The second job reuses the first one's id: the insert fails after `fresh` was written.
+    let fresh = NewJob::new("test.b", json!({}));
+    let mut clash = NewJob::new("test.c", json!({}));
+    clash.id = first.id.clone();
+    let others: Vec<NewJob> = (0..20).map(|_| NewJob::new("test.d", json!({}))).collect();
+    let (failed, ok) = tokio::join!(
+        b.enqueue(vec![fresh.clone(), clash]),
+        futures::future::join_all(others.iter().map(|j| b.enqueue(vec![j.clone()]))),
+    );
+    assert!(
+        matches!(failed, Err(hopper_workers::BrokerError::Backend(_))),
+        "got {failed:?}"
+    );
+    assert_eq!(b.get(&fresh.id).await.expect("get"), None, "rolled back");
+    assert!(b.history(&fresh.id).await.expect("history").is_empty());
+    for (r, j) in ok.into_iter().zip(&others) {
+        r.expect("a neighbour's enqueue");
+        assert!(b.get(&j.id).await.expect("get").is_some());
+    }
+    assert_eq!(
+        b.get(&first.id).await.expect("get").expect("kept").kind,
+        "test.a"
+    );
+}
