@@ -30,8 +30,7 @@ async fn killed_worker_job_is_rescued_by_another() {
     w1.wait_exit(Duration::from_secs(5));
 
     let _w2 = s.start(&["worker"]);
-    let job = api
-        .wait_job(&id, T, |j| events(j, "job.started").len() == 2)
+    api.wait_job(&id, T, |j| events(j, "job.started").len() == 2)
         .await;
     let picked_up = killed_at.elapsed();
     assert!(
@@ -39,9 +38,11 @@ async fn killed_worker_job_is_rescued_by_another() {
         "second attempt started {picked_up:?} after the kill"
     );
     let job = api.wait_state(&id, "succeeded", T).await;
-    let _ = job["history"].clone();
     assert_eq!(job["interruptions"], 1, "{job:#}");
-    assert_eq!(job["attempt"], 1, "an interruption is not a failed attempt: {job:#}");
+    assert_eq!(
+        job["attempt"], 1,
+        "an interruption is not a failed attempt: {job:#}"
+    );
     assert!(events(&job, "job.retrying").is_empty(), "{job:#}");
     assert_eq!(events(&job, "job.interrupted").len(), 1, "{job:#}");
 }
@@ -69,7 +70,10 @@ async fn cancel_stops_a_running_handler() {
     let cancelled_at = ms(&cancelled["finished_at"]);
     let done = api.wait_state(&next, "succeeded", T).await;
     let freed_after = ms(&done["started_at"]) - cancelled_at;
-    assert!(freed_after <= 200, "slot freed {freed_after} ms after cancel");
+    assert!(
+        freed_after <= 200,
+        "slot freed {freed_after} ms after cancel"
+    );
 
     // A second cancel is a conflict: the job is final.
     let (status, _) = api.post(&format!("/v1/jobs/{long}/cancel")).await;
@@ -133,7 +137,11 @@ async fn sigterm_past_grace_releases_jobs() {
     assert!(took <= Duration::from_millis(1500), "took {took:?}");
     for id in &ids {
         let job = s.cli_json(&["job", id]);
-        let j = if job["state"].is_string() { &job } else { &job["job"] };
+        let j = if job["state"].is_string() {
+            &job
+        } else {
+            &job["job"]
+        };
         assert_eq!(j["state"], "queued", "{job:#}");
         assert_eq!(j["attempt"], 0, "{job:#}");
     }
@@ -149,7 +157,10 @@ async fn sigkill_loses_no_enqueued_job() {
     let api = Api::new(d.wait_addr());
     let mut ids = Vec::new();
     for _ in 0..1000 {
-        ids.push(api.enqueue_ok(json!({"kind": "sys.noop", "payload": {}})).await);
+        ids.push(
+            api.enqueue_ok(json!({"kind": "sys.noop", "payload": {}}))
+                .await,
+        );
     }
     d.signal("KILL");
     d.wait_exit(Duration::from_secs(5));
@@ -169,7 +180,10 @@ async fn sigkill_loses_no_enqueued_job() {
         if succeeded == 1000 {
             break;
         }
-        assert!(Instant::now() < deadline, "only {succeeded} of 1000 succeeded");
+        assert!(
+            Instant::now() < deadline,
+            "only {succeeded} of 1000 succeeded"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     // Exactly once: every job started once and on its first attempt.

@@ -14,7 +14,10 @@ async fn bad_requests_are_refused_with_the_field_named() {
     // `[server]` twice would be invalid TOML: write the body limit into the generated section.
     let cfg = std::fs::read_to_string(s.path().join("config.toml")).unwrap();
     let cfg = cfg
-        .replace("listen = \"127.0.0.1:0\"", "listen = \"127.0.0.1:0\"\nbody_limit = 4096")
+        .replace(
+            "listen = \"127.0.0.1:0\"",
+            "listen = \"127.0.0.1:0\"\nbody_limit = 4096",
+        )
         .replace("\n[server]\n\n", "\n");
     std::fs::write(s.path().join("config.toml"), cfg).unwrap();
     let d = s.start(&["serve", "--no-workers"]);
@@ -31,7 +34,10 @@ async fn bad_requests_are_refused_with_the_field_named() {
                 .send()
                 .await
                 .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap_or(Value::Null))
+            (
+                r.status().as_u16(),
+                r.json::<Value>().await.unwrap_or(Value::Null),
+            )
         }
     };
     let (st, body) = raw("{not json").await;
@@ -41,11 +47,31 @@ async fn bad_requests_are_refused_with_the_field_named() {
     let cases: Vec<(Value, u16, &str)> = vec![
         (json!({"payload": {}}), 400, "kind"),
         (json!({"kind": "no.such.kind", "payload": {}}), 422, "kind"),
-        (json!({"kind": "sys.noop", "payload": {}, "priority": 12}), 400, "priority"),
-        (json!({"kind": "sys.noop", "payload": {}, "delay": "-5s"}), 400, "delay"),
-        (json!({"kind": "sys.noop", "payload": {}, "run_at": "tomorrow"}), 400, "run_at"),
-        (json!({"kind": "sys.noop", "payload": [1, 2]}), 400, "payload"),
-        (json!({"kind": "sys.sleep", "payload": {"ms": "long"}}), 400, "payload.ms"),
+        (
+            json!({"kind": "sys.noop", "payload": {}, "priority": 12}),
+            400,
+            "priority",
+        ),
+        (
+            json!({"kind": "sys.noop", "payload": {}, "delay": "-5s"}),
+            400,
+            "delay",
+        ),
+        (
+            json!({"kind": "sys.noop", "payload": {}, "run_at": "tomorrow"}),
+            400,
+            "run_at",
+        ),
+        (
+            json!({"kind": "sys.noop", "payload": [1, 2]}),
+            400,
+            "payload",
+        ),
+        (
+            json!({"kind": "sys.sleep", "payload": {"ms": "long"}}),
+            400,
+            "payload.ms",
+        ),
     ];
     for (body, status, field) in cases {
         let (st, resp) = api.enqueue(body.clone()).await;
@@ -104,6 +130,9 @@ fn bad_cli_flags_exit_2() {
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     // Nothing was enqueued by the refused command.
     let jobs = s.cli_json(&["jobs"]);
-    let n = jobs.as_array().map(Vec::len).unwrap_or_else(|| jobs["jobs"].as_array().map(Vec::len).unwrap_or(0));
+    let n = jobs
+        .as_array()
+        .map(Vec::len)
+        .unwrap_or_else(|| jobs["jobs"].as_array().map(Vec::len).unwrap_or(0));
     assert_eq!(n, 0, "{jobs}");
 }

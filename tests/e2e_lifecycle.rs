@@ -37,7 +37,11 @@ async fn strict_priority_with_one_slot() {
     let mut started = Vec::new();
     for id in low.iter().chain(&high) {
         let job = api.wait_state(id, "succeeded", T).await;
-        started.push((ms(&job["started_at"]), job["priority"].as_u64().unwrap(), id.clone()));
+        started.push((
+            ms(&job["started_at"]),
+            job["priority"].as_u64().unwrap(),
+            id.clone(),
+        ));
     }
     started.sort();
     let order: Vec<u64> = started.iter().map(|(_, p, _)| *p).collect();
@@ -144,8 +148,19 @@ async fn exhausted_retries_go_dead_and_retry_revives() {
     assert_eq!(api.job(&id).await["state"], "queued");
 
     let out = s.cli_ok(&["retry", "--all-dead"]);
-    assert_eq!(out.trim().split_whitespace().find_map(|w| w.parse::<u64>().ok()), Some(1), "{out}");
+    assert_eq!(
+        out.trim()
+            .split_whitespace()
+            .find_map(|w| w.parse::<u64>().ok()),
+        Some(1),
+        "{out}"
+    );
     assert_eq!(api.job(&other).await["state"], "queued");
     let dead: Value = s.cli_json(&["jobs", "--state", "dead"]);
-    assert_eq!(dead.as_array().map(Vec::len).unwrap_or_else(|| dead["jobs"].as_array().unwrap().len()), 0);
+    assert_eq!(
+        dead.as_array()
+            .map(Vec::len)
+            .unwrap_or_else(|| dead["jobs"].as_array().unwrap().len()),
+        0
+    );
 }

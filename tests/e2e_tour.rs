@@ -31,7 +31,8 @@ async fn fresh_serve_runs_a_noop_job() {
     assert_eq!(resp.status().as_u16(), 201);
     let job: serde_json::Value = resp.json().await.unwrap();
     let id = job["id"].as_str().unwrap().to_owned();
-    api.wait_state(&id, "succeeded", Duration::from_secs(10)).await;
+    api.wait_state(&id, "succeeded", Duration::from_secs(10))
+        .await;
 
     let shown = s.cli_ok(&["job", &id]);
     assert!(shown.contains("succeeded"), "{shown}");

@@ -6,11 +6,11 @@
 /// Starting daemons and running the CLI in a scratch directory.
 mod util;
 
-/// The newcomer's path: `serve` with no config, enqueue over HTTP, inspect with the CLI.
-mod e2e_tour;
-/// Priorities, delays, retries with backoff, dead jobs and retrying them.
-mod e2e_lifecycle;
 /// A worker killed mid-job, cancel, graceful and hard shutdown, durability across SIGKILL.
 mod e2e_failures;
 /// Bad input: HTTP 4xx naming the field, unknown config keys, bad CLI flags.
 mod e2e_input;
+/// Priorities, delays, retries with backoff, dead jobs and retrying them.
+mod e2e_lifecycle;
+/// The newcomer's path: `serve` with no config, enqueue over HTTP, inspect with the CLI.
+mod e2e_tour;

@@ -268,14 +268,22 @@ impl Api {
     }
 
     /// Polls the job until `pred` holds; returns it.
-    pub async fn wait_job(&self, id: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+    pub async fn wait_job(
+        &self,
+        id: &str,
+        timeout: Duration,
+        pred: impl Fn(&Value) -> bool,
+    ) -> Value {
         let deadline = Instant::now() + timeout;
         loop {
             let job = self.job(id).await;
             if pred(&job) {
                 return job;
             }
-            assert!(Instant::now() < deadline, "job never matched; last: {job:#}");
+            assert!(
+                Instant::now() < deadline,
+                "job never matched; last: {job:#}"
+            );
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     }

@@ -122,7 +122,10 @@ impl Handler for Fail {
         if let Some(p) = payload.get("permanent")
             && !p.is_boolean()
         {
-            return Err(InvalidField::new("payload.permanent", "must be true or false"));
+            return Err(InvalidField::new(
+                "payload.permanent",
+                "must be true or false",
+            ));
         }
         Ok(())
     }

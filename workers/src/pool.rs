@@ -178,7 +178,10 @@ impl PoolHandle {
     }
 
     fn leases(&self) -> Vec<Lease> {
-        lock(&self.running).values().map(|r| r.lease.clone()).collect()
+        lock(&self.running)
+            .values()
+            .map(|r| r.lease.clone())
+            .collect()
     }
 
     fn stop(&self, id: &JobId, reason: StopReason) {
@@ -611,7 +614,9 @@ async fn acknowledge(broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedReceiver<Fi
                                     token = f.lease.token,
                                     "completion refused: stale lease token (another attempt owns the job)"
                                 ),
-                                other => warn!(job = %f.lease.job_id, error = %other, "completion failed"),
+                                other => {
+                                    warn!(job = %f.lease.job_id, error = %other, "completion failed")
+                                }
                             }
                         }
                     }

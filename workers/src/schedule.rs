@@ -149,7 +149,9 @@ async fn enqueue(broker: &dyn Broker, schedule: &Schedule, tick: Millis) {
             info!(schedule = %schedule.spec.name, tick, "scheduled job enqueued");
         }
         Ok(_) => {}
-        Err(e) => warn!(schedule = %schedule.spec.name, tick, error = %e, "scheduled job not enqueued"),
+        Err(e) => {
+            warn!(schedule = %schedule.spec.name, tick, error = %e, "scheduled job not enqueued")
+        }
     }
 }
 

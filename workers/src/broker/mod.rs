@@ -186,8 +186,12 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<LeaseStatus>>;
 
     /// Records a running job's progress (0..=100) and appends `job.progress`.
-    async fn progress(&self, lease: &Lease, percent: u8, message: Option<String>)
-    -> BrokerResult<()>;
+    async fn progress(
+        &self,
+        lease: &Lease,
+        percent: u8,
+        message: Option<String>,
+    ) -> BrokerResult<()>;
 
     /// Ends attempts, in one transaction or round-trip. Each entry's answer is `Ok`, or
     /// `LeaseLost` when its token is stale (the attempt's result is then discarded).
@@ -226,8 +230,12 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// Deletes finished jobs that finished before `before`, of the given states, and trims
     /// the event log to its newest `keep_events` entries. Returns the jobs deleted.
-    async fn purge(&self, states: &[JobState], before: Millis, keep_events: u64)
-    -> BrokerResult<u64>;
+    async fn purge(
+        &self,
+        states: &[JobState],
+        before: Millis,
+        keep_events: u64,
+    ) -> BrokerResult<u64>;
 
     /// Deletes every job and event of a queue (used by `hopper bench` to clean up).
     async fn drop_queue(&self, queue: &str) -> BrokerResult<u64>;
@@ -246,7 +254,9 @@ pub async fn open(url: &str, prefix: &str, clock: Arc<dyn Clock>) -> BrokerResul
             return sqlite::open(path, clock).await;
         }
         #[cfg(not(feature = "sqlite"))]
-        return Err(BrokerError::Config(format!("{path}: built without the sqlite feature")));
+        return Err(BrokerError::Config(format!(
+            "{path}: built without the sqlite feature"
+        )));
     }
     if url.starts_with("redis://") || url.starts_with("rediss://") {
         #[cfg(feature = "redis")]
@@ -254,7 +264,9 @@ pub async fn open(url: &str, prefix: &str, clock: Arc<dyn Clock>) -> BrokerResul
             return redis::connect(url, prefix, clock).await;
         }
         #[cfg(not(feature = "redis"))]
-        return Err(BrokerError::Config("built without the redis feature".into()));
+        return Err(BrokerError::Config(
+            "built without the redis feature".into(),
+        ));
     }
     Err(BrokerError::Config(format!(
         "unsupported broker URL {url:?}: expected sqlite://PATH or redis://HOST:PORT/DB"
