@@ -85,13 +85,21 @@ pub async fn serve(
     } else {
         let pool = Pool::new(
             broker.clone(),
-            registry,
+            registry.clone(),
             config.pool_config(),
             clock.clone(),
         );
         state = state.with_pool(pool.handle());
         Some(spawn_pool(&tracker, pool, &config, shutdown.clone()))
     };
+    spawn_schedules(
+        &tracker,
+        broker.clone(),
+        &config,
+        &registry,
+        clock.clone(),
+        shutdown.clone(),
+    )?;
     spawn_retention(&tracker, broker.clone(), &config, clock, shutdown.clone());
 
     tracing::info!(
@@ -124,11 +132,19 @@ pub async fn worker(config: Config, shutdown: CancellationToken) -> Result<()> {
     let tracker = TaskTracker::new();
     let pool = Pool::new(
         broker.clone(),
-        registry,
+        registry.clone(),
         config.pool_config(),
         clock.clone(),
     );
     let pool_task = spawn_pool(&tracker, pool, &config, shutdown.clone());
+    spawn_schedules(
+        &tracker,
+        broker.clone(),
+        &config,
+        &registry,
+        clock.clone(),
+        shutdown.clone(),
+    )?;
     spawn_retention(&tracker, broker.clone(), &config, clock, shutdown.clone());
     tracing::info!(
         broker = broker.name(),
@@ -173,6 +189,34 @@ async fn join_pool(task: Option<JoinHandle<Result<()>>>) -> Result<()> {
 /// Every [`RETENTION_EVERY`], deletes succeeded jobs older than `[retention] succeeded`, dead
 /// and cancelled jobs older than `[retention] dead`, and trims the event log to
 /// `[retention] events`. Running it on several nodes at once is harmless.
+/// Runs the `[[schedule]]` entries. Every process runs them: each tick's job has a unique key,
+/// so the broker keeps one however many processes enqueue it.
+fn spawn_schedules(
+    tracker: &TaskTracker,
+    broker: Arc<dyn Broker>,
+    config: &Config,
+    registry: &Registry,
+    clock: Arc<dyn Clock>,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let schedules = config
+        .schedules()
+        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    for s in &schedules {
+        let kind = &s.spec().kind;
+        if registry.get(kind).is_none() {
+            anyhow::bail!(
+                "schedule {:?}: no job kind {kind:?} is registered here",
+                s.spec().name
+            );
+        }
+    }
+    tracker.spawn(hopper_workers::schedule::run(
+        broker, schedules, clock, shutdown,
+    ));
+    Ok(())
+}
+
 fn spawn_retention(
     tracker: &TaskTracker,
     broker: Arc<dyn Broker>,

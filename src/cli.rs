@@ -25,6 +25,7 @@ use crate::config::{Config, ConfigError, Loaded};
 use crate::enqueue::{self, EnqueueRequest};
 use crate::view::{self, JobPageView, JobView, JobWithHistory};
 use crate::{app, out, shutdown};
+use hopper_workers::job::link_chain;
 
 /// Hopper: a durable job queue on SQLite or Redis.
 #[derive(Debug, Parser)]
@@ -133,6 +134,10 @@ pub struct EnqueueArgs {
     /// At most one job with this key exists; a duplicate prints the first job's id.
     #[arg(long, value_name = "KEY")]
     pub unique_key: Option<String>,
+    /// A later step of a chain: KIND, or KIND=JSON, or KIND=@FILE. Repeat for more steps; each
+    /// runs when the one before succeeds, with its result as `input`. Prints every step's id.
+    #[arg(long, value_name = "KIND[=JSON|@FILE]")]
+    pub then: Vec<String>,
 }
 
 /// Failures with their own exit code.
@@ -346,7 +351,11 @@ async fn inspect(command: Command, config: &Config, broker: Arc<dyn Broker>) -> 
                 .await?
                 .ok_or_else(|| CliError::NotFound(format!("job {id} not found")))?;
             let history = broker.history(&id).await?;
-            let shown = JobWithHistory::new(&job, &history);
+            let steps = match &job.chain {
+                Some(link) => broker.chain(&link.id).await?,
+                None => Vec::new(),
+            };
+            let shown = JobWithHistory::new(&job, &history).with_steps(&steps);
             if json {
                 return Ok(out::json(&shown)?);
             }
@@ -420,22 +429,25 @@ fn eprint_line(msg: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{msg}");
 }
 
-async fn enqueue_cmd(args: EnqueueArgs, config: &Config, broker: &dyn Broker) -> Result<()> {
-    let payload: Value = match args.payload.as_deref() {
-        None => serde_json::json!({}),
-        Some(text) => {
-            let (text, from) = match text.strip_prefix('@') {
-                Some(file) => (
-                    std::fs::read_to_string(file)
-                        .with_context(|| format!("reading the payload file {file}"))?,
-                    format!(" in {file}"),
-                ),
-                None => (text.to_owned(), String::new()),
-            };
-            serde_json::from_str(&text)
-                .map_err(|e| CliError::Usage(format!("--payload: not valid JSON{from}: {e}")))?
-        }
+/// A payload flag's JSON, given inline or as @FILE.
+fn read_payload(text: Option<&str>, flag: &str) -> Result<Value> {
+    let Some(text) = text else {
+        return Ok(serde_json::json!({}));
     };
+    let (text, from) = match text.strip_prefix('@') {
+        Some(file) => (
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the payload file {file}"))?,
+            format!(" in {file}"),
+        ),
+        None => (text.to_owned(), String::new()),
+    };
+    Ok(serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{flag}: not valid JSON{from}: {e}")))?)
+}
+
+async fn enqueue_cmd(args: EnqueueArgs, config: &Config, broker: &dyn Broker) -> Result<()> {
+    let payload = read_payload(args.payload.as_deref(), "--payload")?;
     let registry = app::build_registry(config)?;
     let req = EnqueueRequest {
         queue: args.queue,
@@ -446,18 +458,36 @@ async fn enqueue_cmd(args: EnqueueArgs, config: &Config, broker: &dyn Broker) ->
         unique_key: args.unique_key,
         ..EnqueueRequest::new(args.kind, payload)
     };
-    let job = enqueue::prepare(req, &registry, config.retry.max_retries, view::now_ms())
+    let now = view::now_ms();
+    let job = enqueue::prepare(req, &registry, config.retry.max_retries, now)
         .map_err(|e| CliError::Usage(format!("{}: {}", flag_of(&e.field), e.message)))?;
-    let done = broker
-        .enqueue(vec![job])
-        .await?
-        .into_iter()
-        .next()
+    let mut steps = vec![job];
+    for (i, step) in args.then.iter().enumerate() {
+        let (kind, payload) = match step.split_once('=') {
+            Some((kind, json)) => (kind, read_payload(Some(json), "--then")?),
+            None => (step.as_str(), serde_json::json!({})),
+        };
+        let step = enqueue::prepare_step(
+            EnqueueRequest::new(kind, payload),
+            &format!("then[{i}]"),
+            &steps[0].queue,
+            &registry,
+            config.retry.max_retries,
+            now,
+        )
+        .map_err(|e| CliError::Usage(format!("--then {}: {}", e.field, e.message)))?;
+        steps.push(step);
+    }
+    let done = broker.enqueue(link_chain(steps)).await?;
+    let first = done
+        .first()
         .context("the broker answered an enqueue with nothing")?;
-    if !done.created {
+    if !first.created {
         eprint_line("a job with this unique key exists already; its id:");
     }
-    out::line(done.id)?;
+    for step in done {
+        out::line(step.id)?;
+    }
     Ok(())
 }
 
@@ -516,6 +546,17 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, val) in &lines {
         out::line(format!("{k:<width$}  {val}"))?;
+    }
+    if !j.steps.is_empty() {
+        out::line("")?;
+        out::line("chain:")?;
+        for step in &j.steps {
+            let here = if step.id == v.id { "  <- this job" } else { "" };
+            out::line(format!(
+                "  {}. {}  {}  {}{here}",
+                step.index, step.kind, step.state, step.id
+            ))?;
+        }
     }
     out::line("")?;
     out::line("history:")?;

@@ -19,6 +19,7 @@ use std::time::Duration;
 use hopper_workers::job::valid_name;
 use hopper_workers::pool::{PoolConfig, QueueSpec};
 use hopper_workers::retry::RetryPolicy;
+use hopper_workers::schedule;
 use serde::{Deserialize, Serialize};
 
 /// Where the config is looked for when `--config` is not given, in order.
@@ -42,6 +43,31 @@ pub struct Config {
     pub retry: RetryConfig,
     pub auth: AuthConfig,
     pub retention: RetentionConfig,
+    /// `[[schedule]]` tables: periodic jobs. Default: none.
+    #[serde(rename = "schedule")]
+    pub schedules: Vec<ScheduleConfig>,
+}
+
+/// `[[schedule]]`: a job enqueued on every tick of a cron expression, once per tick however
+/// many `serve` and `worker` processes run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Stable name, unique among schedules. Required.
+    pub name: String,
+    /// Cron expression with seconds: "sec min hour day-of-month month day-of-week". Required.
+    pub cron: String,
+    /// Job kind. Required.
+    pub kind: String,
+    /// Payload of each job. Default `{}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<toml::Table>,
+    /// Queue of each job. Default `"default"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Priority of each job. Default 5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
 }
 
 /// `[server]`: the HTTP API.
@@ -293,6 +319,35 @@ impl Config {
         }
     }
 
+    /// The engine's definition of a `[[schedule]]` entry.
+    pub fn schedule_spec(&self, sc: &ScheduleConfig) -> schedule::ScheduleSpec {
+        schedule::ScheduleSpec {
+            name: sc.name.clone(),
+            cron: sc.cron.clone(),
+            kind: sc.kind.clone(),
+            payload: sc
+                .payload
+                .as_ref()
+                .and_then(|t| serde_json::to_value(t).ok())
+                .unwrap_or_else(|| serde_json::json!({})),
+            queue: sc
+                .queue
+                .clone()
+                .unwrap_or_else(|| hopper_workers::job::DEFAULT_QUEUE.to_owned()),
+            priority: sc.priority.unwrap_or(hopper_workers::job::DEFAULT_PRIORITY),
+            max_retries: self.retry.max_retries,
+        }
+    }
+
+    /// Every `[[schedule]]`, parsed. Fails on the first bad cron expression (which `validate`
+    /// has reported already).
+    pub fn schedules(&self) -> Result<Vec<schedule::Schedule>, hopper_workers::job::InvalidField> {
+        self.schedules
+            .iter()
+            .map(|sc| schedule::Schedule::new(self.schedule_spec(sc)))
+            .collect()
+    }
+
     /// Checks everything that parses but cannot work, and reports every problem, each
     /// starting with the key it is about.
     pub fn validate(&self) -> Result<(), Vec<String>> {
@@ -361,6 +416,34 @@ impl Config {
         }
         if w.job_timeout.is_zero() {
             p.push("worker.job_timeout: must be greater than 0".into());
+        }
+
+        let mut seen = HashSet::new();
+        for (i, sc) in self.schedules.iter().enumerate() {
+            if sc.name.is_empty() {
+                p.push(format!("schedule[{i}].name: is required"));
+            } else if !seen.insert(sc.name.as_str()) {
+                p.push(format!(
+                    "schedule[{i}].name: {:?} is declared twice",
+                    sc.name
+                ));
+            }
+            if sc.kind.is_empty() {
+                p.push(format!("schedule[{i}].kind: is required"));
+            }
+            if let Err(e) = schedule::Schedule::new(self.schedule_spec(sc)) {
+                p.push(format!("schedule[{i}].cron: {}", e.message));
+            }
+            if let Some(q) = &sc.queue
+                && !valid_name(q)
+            {
+                p.push(format!(
+                    "schedule[{i}].queue: {q:?} is not a valid queue name"
+                ));
+            }
+            if sc.priority.is_some_and(|pr| pr > 9) {
+                p.push(format!("schedule[{i}].priority: must be 0 to 9"));
+            }
         }
 
         let mut seen = HashSet::new();

@@ -150,10 +150,49 @@ pub fn prepare(
             .or_else(|| handler.timeout())
             .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
         unique_key: req.unique_key,
+        chain: None,
     };
     job.validate()
         .map_err(|e| FieldError::invalid(e.field, e.message))?;
     Ok(job)
+}
+
+/// Checks a later step of a chain (`then[i]`, named by `at`) like [`prepare`], and the rules
+/// of chains: a step runs on the chain's `queue`, and when the step before it succeeds, so it
+/// takes no delay of its own.
+pub fn prepare_step(
+    req: EnqueueRequest,
+    at: &str,
+    queue: &str,
+    registry: &Registry,
+    default_max_retries: u32,
+    now: Millis,
+) -> Result<NewJob, FieldError> {
+    let named = |mut e: FieldError| {
+        e.field = format!("{at}.{}", e.field);
+        e
+    };
+    if req.delay.is_some() || req.run_at.is_some() {
+        let field = if req.delay.is_some() {
+            "delay"
+        } else {
+            "run_at"
+        };
+        return Err(named(FieldError::invalid(
+            field,
+            "a chain step runs as soon as the step before it succeeds; only the first step \
+             takes a delay",
+        )));
+    }
+    if let Some(q) = &req.queue
+        && q != queue
+    {
+        return Err(named(FieldError::invalid(
+            "queue",
+            format!("every step of a chain runs on the chain's queue ({queue:?})"),
+        )));
+    }
+    prepare(req, registry, default_max_retries, now).map_err(named)
 }
 
 #[cfg(test)]
@@ -184,6 +223,38 @@ mod tests {
         assert_eq!(job.priority, 5);
         assert_eq!(job.max_retries, 7);
         assert_eq!(job.run_at, Some(3_000));
+    }
+
+    #[test]
+    fn chain_steps_name_their_place() {
+        let r = registry();
+        let mut step = EnqueueRequest::new("sys.noop", json!({}));
+        step.queue = Some("other".into());
+        let e = prepare_step(step, "then[1]", "default", &r, 3, 0).unwrap_err();
+        assert_eq!(e.field, "then[1].queue");
+        let mut step = EnqueueRequest::new("sys.noop", json!({}));
+        step.delay = Some(Duration::from_secs(1));
+        let e = prepare_step(step, "then[0]", "default", &r, 3, 0).unwrap_err();
+        assert_eq!(e.field, "then[0].delay");
+        let e = prepare_step(
+            EnqueueRequest::new("nope", json!({})),
+            "then[2]",
+            "default",
+            &r,
+            3,
+            0,
+        )
+        .unwrap_err();
+        assert_eq!((e.field.as_str(), e.code), ("then[2].kind", "unknown_kind"));
+        let ok = prepare_step(
+            EnqueueRequest::new("sys.noop", json!({})),
+            "then[0]",
+            "q",
+            &r,
+            3,
+            0,
+        );
+        assert!(ok.is_ok());
     }
 
     #[test]

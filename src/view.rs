@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hopper_workers::broker::QueueStats;
 use hopper_workers::event::{Event, EventType};
-use hopper_workers::job::{Job, JobId, JobState, Millis};
+use hopper_workers::job::{ChainLink, Job, JobId, JobState, Millis};
 use serde::Serialize;
 use serde_json::Value;
 
@@ -35,6 +35,9 @@ pub struct JobView {
     pub created_at: String,
     pub started_at: Option<String>,
     pub finished_at: Option<String>,
+    /// The job's place in its chain, if it is a step of one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainLink>,
 }
 
 impl From<&Job> for JobView {
@@ -60,16 +63,61 @@ impl From<&Job> for JobView {
             created_at: rfc3339(j.created_at),
             started_at: j.started_at.map(rfc3339),
             finished_at: j.finished_at.map(rfc3339),
+            chain: j.chain.clone(),
         }
     }
 }
 
-/// A job with its history, as `GET /v1/jobs/{id}` and `hopper job ID --json` show it.
+/// One step of a chain, as a job's `steps` list shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct StepView {
+    pub id: JobId,
+    pub index: u32,
+    pub kind: String,
+    pub state: JobState,
+    pub last_error: Option<String>,
+}
+
+fn steps_of(steps: &[Job]) -> Vec<StepView> {
+    steps
+        .iter()
+        .map(|j| StepView {
+            id: j.id.clone(),
+            index: j.chain.as_ref().map_or(0, |c| c.index),
+            kind: j.kind.clone(),
+            state: j.state,
+            last_error: j.last_error.clone(),
+        })
+        .collect()
+}
+
+/// An enqueued job, with every step of its chain when it starts one (`POST /v1/jobs`).
+#[derive(Clone, Debug, Serialize)]
+pub struct JobWithSteps {
+    #[serde(flatten)]
+    pub job: JobView,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepView>,
+}
+
+impl JobWithSteps {
+    pub fn new(job: &Job, steps: &[Job]) -> Self {
+        Self {
+            job: job.into(),
+            steps: steps_of(steps),
+        }
+    }
+}
+
+/// A job with its history (and its chain's steps), as `GET /v1/jobs/{id}` and
+/// `hopper job ID --json` show it.
 #[derive(Clone, Debug, Serialize)]
 pub struct JobWithHistory {
     #[serde(flatten)]
     pub job: JobView,
     pub history: Vec<EventView>,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub steps: Vec<StepView>,
 }
 
 impl JobWithHistory {
@@ -77,7 +125,15 @@ impl JobWithHistory {
         Self {
             job: job.into(),
             history: history.iter().map(EventView::from).collect(),
+            steps: Vec::new(),
         }
+    }
+
+    /// Adds the steps of the job's chain.
+    #[must_use]
+    pub fn with_steps(mut self, steps: &[Job]) -> Self {
+        self.steps = steps_of(steps);
+        self
     }
 }
 

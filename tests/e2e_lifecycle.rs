@@ -149,9 +149,7 @@ async fn exhausted_retries_go_dead_and_retry_revives() {
 
     let out = s.cli_ok(&["retry", "--all-dead"]);
     assert_eq!(
-        out.trim()
-            .split_whitespace()
-            .find_map(|w| w.parse::<u64>().ok()),
+        out.split_whitespace().find_map(|w| w.parse::<u64>().ok()),
         Some(1),
         "{out}"
     );
@@ -162,5 +160,98 @@ async fn exhausted_retries_go_dead_and_retry_revives() {
             .map(Vec::len)
             .unwrap_or_else(|| dead["jobs"].as_array().unwrap().len()),
         0
+    );
+}
+
+/// A chain through the daemon: each step runs after the one before it, receiving its result
+/// as `input`; cancelling a step cancels the rest with a reason; retrying it resumes the chain.
+#[tokio::test]
+async fn chain_runs_in_order_and_resumes_after_retry() {
+    let s = Scratch::new();
+    s.write_config("");
+    let d = s.start(&["serve"]);
+    let api = Api::new(d.wait_addr());
+    let (status, first) = api
+        .enqueue(json!({
+            "kind": "sys.sleep", "payload": {"ms": 400},
+            "then": [{"kind": "sys.sleep", "payload": {"ms": 1}}, {"kind": "sys.noop"}]
+        }))
+        .await;
+    assert_eq!(status, 201, "{first}");
+    let ids: Vec<String> = first["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(ids.len(), 3);
+
+    api.wait_state(&ids[0], "running", T).await;
+    let (st, _) = api.post(&format!("/v1/jobs/{}/cancel", ids[0])).await;
+    assert_eq!(st, 200);
+    for id in &ids[1..] {
+        let rest = api.wait_state(id, "cancelled", T).await;
+        assert!(
+            rest["last_error"].as_str().unwrap().contains("chain"),
+            "{rest:#}"
+        );
+    }
+
+    s.cli_ok(&["retry", &ids[0]]);
+    let last = api.wait_state(&ids[2], "succeeded", T).await;
+    let second = api.job(&ids[1]).await;
+    assert_eq!(
+        second["payload"]["input"],
+        json!({"slept_ms": 400}),
+        "{second:#}"
+    );
+    assert_eq!(last["payload"]["input"], json!({"slept_ms": 1}), "{last:#}");
+    assert!(ms(&second["started_at"]) >= ms(&api.job(&ids[0]).await["finished_at"]));
+    let shown = s.cli_ok(&["job", &ids[2]]);
+    assert!(shown.contains("chain:"), "{shown}");
+}
+
+/// Two processes on one broker with an every-second schedule enqueue one job per tick
+/// between them (5 in 5 s, give or take the tick at each edge), not one per process.
+#[tokio::test]
+async fn schedule_fires_once_per_tick_across_processes() {
+    let s = Scratch::new();
+    s.write_config("[[schedule]]\nname = \"tick\"\ncron = \"* * * * * *\"\nkind = \"sys.noop\"\n");
+    let mut a = s.start(&["worker"]);
+    let mut b = s.start(&["worker"]);
+    a.wait_log("scheduler started", T);
+    b.wait_log("scheduler started", T);
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let from = now();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let to = now();
+    a.signal("TERM");
+    b.signal("TERM");
+    a.wait_exit(T);
+    b.wait_exit(T);
+    let jobs = s.cli_json(&["jobs", "--kind", "sys.noop", "--limit", "1000"]);
+    let jobs = jobs
+        .as_array()
+        .unwrap_or_else(|| jobs["jobs"].as_array().unwrap());
+    let mut ticks: Vec<i64> = jobs
+        .iter()
+        .map(|j| {
+            let key = j["unique_key"].as_str().unwrap();
+            key.rsplit(':').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    let all = ticks.len();
+    ticks.sort_unstable();
+    ticks.dedup();
+    assert_eq!(ticks.len(), all, "one job per tick, whatever the processes");
+    let inside = ticks.iter().filter(|t| (from..=to).contains(*t)).count();
+    assert!(
+        (4..=6).contains(&inside),
+        "{inside} ticks enqueued in 5 s: {ticks:?}"
     );
 }

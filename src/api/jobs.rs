@@ -8,12 +8,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use hopper_workers::broker::JobFilter;
-use hopper_workers::job::{JobId, JobState, MAX_PRIORITY};
+use hopper_workers::job::{JobId, JobState, MAX_PRIORITY, link_chain};
 use serde_json::{Map, Value, json};
 
 use super::{ApiError, AppState, JsonBody};
 use crate::enqueue::{self, EnqueueRequest, FieldError};
-use crate::view::{self, JobPageView, JobView, JobWithHistory};
+use crate::view::{self, JobPageView, JobView, JobWithHistory, JobWithSteps};
 
 /// Jobs per page when `limit` is not given, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 50;
@@ -25,37 +25,46 @@ pub async fn enqueue(
     State(st): State<AppState>,
     headers: HeaderMap,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<JobView>), ApiError> {
-    let mut req = parse_enqueue(body)?;
+) -> Result<(StatusCode, Json<JobWithSteps>), ApiError> {
+    let (mut req, then) = parse_enqueue(body)?;
     if req.unique_key.is_none()
         && let Some(key) = idempotency_key(&headers)?
     {
         req.unique_key = Some(format!("idem:{key}"));
     }
-    let new = enqueue::prepare(
-        req,
-        &st.registry,
-        st.config.retry.max_retries,
-        st.clock.now_ms(),
-    )?;
-    let done = st
-        .broker
-        .enqueue(vec![new])
-        .await?
-        .into_iter()
-        .next()
+    let now = st.clock.now_ms();
+    let first = enqueue::prepare(req, &st.registry, st.config.retry.max_retries, now)?;
+    let mut steps = vec![first];
+    for (i, step) in then.into_iter().enumerate() {
+        steps.push(enqueue::prepare_step(
+            step,
+            &format!("then[{i}]"),
+            &steps[0].queue,
+            &st.registry,
+            st.config.retry.max_retries,
+            now,
+        )?);
+    }
+    let steps = link_chain(steps);
+    let done = st.broker.enqueue(steps).await?;
+    let first = done
+        .first()
         .ok_or_else(|| ApiError::internal("the broker answered an enqueue with nothing"))?;
-    let job = st
-        .broker
-        .get(&done.id)
-        .await?
-        .ok_or_else(|| ApiError::internal(format!("job {} vanished after enqueue", done.id)))?;
-    let status = if done.created {
+    let job =
+        st.broker.get(&first.id).await?.ok_or_else(|| {
+            ApiError::internal(format!("job {} vanished after enqueue", first.id))
+        })?;
+    let status = if first.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(JobView::from(&job))))
+    let steps = if done.len() > 1 {
+        st.broker.chain(&first.id).await?
+    } else {
+        Vec::new()
+    };
+    Ok((status, Json(JobWithSteps::new(&job, &steps))))
 }
 
 /// `GET /v1/jobs/{id}`: the job and its history.
@@ -70,7 +79,11 @@ pub async fn get_one(
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
     let history = st.broker.history(&id).await?;
-    Ok(Json(JobWithHistory::new(&job, &history)))
+    let steps = match &job.chain {
+        Some(link) => st.broker.chain(&link.id).await?,
+        None => Vec::new(),
+    };
+    Ok(Json(JobWithHistory::new(&job, &history).with_steps(&steps)))
 }
 
 /// `GET /v1/jobs?queue=&state=&kind=&limit=&cursor=`: a page, newest first.
@@ -162,8 +175,9 @@ pub async fn queues(State(st): State<AppState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!({ "queues": stats })))
 }
 
-/// Reads the enqueue body's fields; `prepare` then checks them against the registry.
-fn parse_enqueue(body: Value) -> Result<EnqueueRequest, ApiError> {
+/// Reads the enqueue body's fields, and the steps of `then` (a chain); `prepare` then checks
+/// them against the registry. A step's refusals name it: `then[0].kind`.
+fn parse_enqueue(body: Value) -> Result<(EnqueueRequest, Vec<EnqueueRequest>), ApiError> {
     let Value::Object(mut m) = body else {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -171,25 +185,62 @@ fn parse_enqueue(body: Value) -> Result<EnqueueRequest, ApiError> {
             "the request body must be a JSON object",
         ));
     };
-    if m.contains_key("then") {
-        return Err(FieldError::with_code(
-            "not_supported",
-            "then",
-            "chains are not supported yet; enqueue each step on its own",
-        )
-        .into());
+    let mut then = Vec::new();
+    if let Some(steps) = take(&mut m, "then") {
+        let Value::Array(steps) = steps else {
+            return Err(FieldError::invalid("then", "must be an array of steps").into());
+        };
+        if steps.len() > MAX_CHAIN_STEPS {
+            return Err(FieldError::invalid(
+                "then",
+                format!(
+                    "a chain has at most {} steps after the first",
+                    MAX_CHAIN_STEPS
+                ),
+            )
+            .into());
+        }
+        for (i, step) in steps.into_iter().enumerate() {
+            let at = |mut e: FieldError| {
+                e.field = format!("then[{i}].{}", e.field);
+                e
+            };
+            let Value::Object(mut sm) = step else {
+                return Err(FieldError::invalid(format!("then[{i}]"), "must be an object").into());
+            };
+            if sm.contains_key("then") {
+                return Err(at(FieldError::invalid(
+                    "then",
+                    "a step cannot have its own then",
+                ))
+                .into());
+            }
+            then.push(parse_fields(&mut sm).map_err(at)?);
+        }
     }
-    let kind = match take(&mut m, "kind") {
+    Ok((parse_fields(&mut m)?, then))
+}
+
+/// Most steps after the first in one chain.
+const MAX_CHAIN_STEPS: usize = 31;
+
+/// Reads one job's fields (the body, or a step of `then`).
+fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError> {
+    let kind = match take(m, "kind") {
         None => {
-            return Err(FieldError::with_code("missing_field", "kind", "is required").into());
+            return Err(FieldError::with_code(
+                "missing_field",
+                "kind",
+                "is required",
+            ));
         }
         Some(v) => string(v, "kind")?,
     };
-    let mut req = EnqueueRequest::new(kind, take(&mut m, "payload").unwrap_or_else(|| json!({})));
-    if let Some(v) = take(&mut m, "queue") {
+    let mut req = EnqueueRequest::new(kind, take(m, "payload").unwrap_or_else(|| json!({})));
+    if let Some(v) = take(m, "queue") {
         req.queue = Some(string(v, "queue")?);
     }
-    if let Some(v) = take(&mut m, "priority") {
+    if let Some(v) = take(m, "priority") {
         req.priority = Some(
             v.as_u64()
                 .and_then(|n| u8::try_from(n).ok())
@@ -199,10 +250,10 @@ fn parse_enqueue(body: Value) -> Result<EnqueueRequest, ApiError> {
                 })?,
         );
     }
-    if let Some(v) = take(&mut m, "delay") {
+    if let Some(v) = take(m, "delay") {
         req.delay = Some(duration(v, "delay")?);
     }
-    if let Some(v) = take(&mut m, "run_at") {
+    if let Some(v) = take(m, "run_at") {
         let s = string(v, "run_at")?;
         req.run_at = Some(view::parse_rfc3339(&s).ok_or_else(|| {
             FieldError::invalid(
@@ -211,7 +262,7 @@ fn parse_enqueue(body: Value) -> Result<EnqueueRequest, ApiError> {
             )
         })?);
     }
-    if let Some(v) = take(&mut m, "max_retries") {
+    if let Some(v) = take(m, "max_retries") {
         req.max_retries = Some(
             v.as_u64()
                 .and_then(|n| u32::try_from(n).ok())
@@ -220,10 +271,10 @@ fn parse_enqueue(body: Value) -> Result<EnqueueRequest, ApiError> {
                 })?,
         );
     }
-    if let Some(v) = take(&mut m, "timeout") {
+    if let Some(v) = take(m, "timeout") {
         req.timeout = Some(duration(v, "timeout")?);
     }
-    if let Some(v) = take(&mut m, "unique_key") {
+    if let Some(v) = take(m, "unique_key") {
         req.unique_key = Some(string(v, "unique_key")?);
     }
     if let Some(key) = m.keys().next() {
@@ -231,9 +282,8 @@ fn parse_enqueue(body: Value) -> Result<EnqueueRequest, ApiError> {
             "unknown_field",
             key.clone(),
             "unknown field; known: kind, payload, queue, priority, delay, run_at, max_retries, \
-             timeout, unique_key",
-        )
-        .into());
+             timeout, unique_key, then",
+        ));
     }
     Ok(req)
 }

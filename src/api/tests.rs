@@ -226,10 +226,32 @@ async fn bad_enqueue_bodies_name_the_field() {
         refused(post(&st, body).await, 400, "invalid_field", Some(field));
     }
     refused(
-        post(&st, r#"{"kind":"sys.noop","then":[{"kind":"sys.noop"}]}"#).await,
+        post(&st, r#"{"kind":"sys.noop","then":{"kind":"sys.noop"}}"#).await,
         400,
-        "not_supported",
+        "invalid_field",
         Some("then"),
+    );
+    refused(
+        post(&st, r#"{"kind":"sys.noop","then":[{"kind":"sys.noop"},{"payload":{}}]}"#).await,
+        400,
+        "missing_field",
+        Some("then[1].kind"),
+    );
+    refused(
+        post(&st, r#"{"kind":"sys.noop","then":[{"kind":"no.such"}]}"#).await,
+        422,
+        "unknown_kind",
+        Some("then[0].kind"),
+    );
+    refused(
+        post(
+            &st,
+            r#"{"kind":"sys.noop","then":[{"kind":"sys.noop","queue":"elsewhere"}]}"#,
+        )
+        .await,
+        400,
+        "invalid_field",
+        Some("then[0].queue"),
     );
     refused(
         post(&st, r#"{"kind":"sys.noop","prio":1}"#).await,
@@ -457,4 +479,31 @@ async fn idempotency_key_replays_the_first_job() {
     let (s3, other) = call(&st, Method::POST, "/v1/jobs", &[], Some(body.into())).await;
     assert_eq!(s3, StatusCode::CREATED);
     assert_ne!(other["id"], first["id"]);
+}
+
+/// `then` creates every step at once: the first queued, the rest waiting, all listed with
+/// their ids; `GET` of any step shows the whole chain.
+#[tokio::test]
+async fn chain_enqueue_lists_every_step() {
+    let (st, _dir) = sqlite().await;
+    let (s, job) = post(
+        &st,
+        r#"{"kind":"sys.noop","queue":"etl","then":[
+            {"kind":"sys.sleep","payload":{"ms":1}},
+            {"kind":"sys.fail","payload":{"times":0}}]}"#,
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{job}");
+    let steps = job["steps"].as_array().unwrap();
+    assert_eq!(steps.len(), 3, "{job}");
+    let states: Vec<&str> = steps.iter().map(|s| s["state"].as_str().unwrap()).collect();
+    assert_eq!(states, ["queued", "waiting", "waiting"]);
+    assert_eq!(steps[1]["kind"], "sys.sleep");
+    let last = steps[2]["id"].as_str().unwrap();
+    let (s, shown) = call(&st, Method::GET, &format!("/v1/jobs/{last}"), &[], None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(shown["queue"], "etl", "later steps run on the chain's queue");
+    assert_eq!(shown["chain"]["index"], 2);
+    assert_eq!(shown["chain"]["id"], job["id"]);
+    assert_eq!(shown["steps"].as_array().unwrap().len(), 3);
 }

@@ -130,8 +130,15 @@ impl JobContext {
 
     /// The payload parsed into the handler's type; a payload that does not parse is a
     /// permanent failure (it will never parse).
+    ///
+    /// The chain `input` key is left out, so payload types may deny unknown fields; read the
+    /// input with [`JobContext::input`].
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, JobError> {
-        serde_json::from_value(self.job.payload.clone())
+        let mut payload = self.job.payload.clone();
+        if let Some(map) = payload.as_object_mut() {
+            map.remove(INPUT_KEY);
+        }
+        serde_json::from_value(payload)
             .map_err(|e| JobError::permanent(format!("invalid payload: {e}")))
     }
 

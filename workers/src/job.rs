@@ -143,6 +143,52 @@ pub struct NewJob {
     pub timeout_ms: Option<u64>,
     /// At most one job with this key exists; enqueueing a duplicate returns the first one.
     pub unique_key: Option<String>,
+    /// This job's place in a chain, if it is a step of one. Steps after the first are
+    /// enqueued `waiting`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainLink>,
+}
+
+/// A job's place in a chain: steps run one after the other, each receiving the previous
+/// step's result as its `input` (see [`crate::handler::JobContext::input`]).
+///
+/// A step that ends `dead` or `cancelled` cancels the waiting steps after it; retrying that
+/// step puts them back to `waiting`, so the chain resumes. Every step of a chain runs on the
+/// chain's queue, which keeps a chain's Redis keys in one Cluster slot.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainLink {
+    /// The chain's id: the id of its first step.
+    pub id: JobId,
+    /// This step's position, from 0.
+    pub index: u32,
+    /// The step after this one, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub next: Option<JobId>,
+}
+
+/// Builds the jobs of a chain from its steps, in order: links each to the next and puts every
+/// step on the first step's queue. Returns the steps unchanged when there is only one.
+pub fn link_chain(mut steps: Vec<NewJob>) -> Vec<NewJob> {
+    if steps.len() < 2 {
+        return steps;
+    }
+    let chain_id = steps[0].id.clone();
+    let queue = steps[0].queue.clone();
+    let nexts: Vec<Option<JobId>> = steps
+        .iter()
+        .skip(1)
+        .map(|s| Some(s.id.clone()))
+        .chain(std::iter::once(None))
+        .collect();
+    for (index, (step, next)) in steps.iter_mut().zip(nexts).enumerate() {
+        step.queue.clone_from(&queue);
+        step.chain = Some(ChainLink {
+            id: chain_id.clone(),
+            index: u32::try_from(index).unwrap_or(u32::MAX),
+            next,
+        });
+    }
+    steps
 }
 
 impl NewJob {
@@ -158,6 +204,7 @@ impl NewJob {
             max_retries: 3,
             timeout_ms: None,
             unique_key: None,
+            chain: None,
         }
     }
 
@@ -284,6 +331,9 @@ pub struct Job {
     pub result: Option<Value>,
     pub last_error: Option<String>,
     pub unique_key: Option<String>,
+    /// This job's place in a chain, if it is a step of one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain: Option<ChainLink>,
     pub created_at: Millis,
     pub started_at: Option<Millis>,
     pub finished_at: Option<Millis>,
@@ -331,6 +381,26 @@ mod tests {
         let mut bad = ok;
         bad.payload = serde_json::json!([1]);
         assert_eq!(bad.validate().map_err(|e| e.field), Err("payload".into()));
+    }
+
+    #[test]
+    fn chains_link_in_order_on_the_first_queue() {
+        let steps = vec![
+            NewJob::new("a", serde_json::json!({})).queue("etl"),
+            NewJob::new("b", serde_json::json!({})).queue("other"),
+            NewJob::new("c", serde_json::json!({})),
+        ];
+        let ids: Vec<JobId> = steps.iter().map(|s| s.id.clone()).collect();
+        let linked = link_chain(steps);
+        for (i, s) in linked.iter().enumerate() {
+            let link = s.chain.as_ref().expect("linked");
+            assert_eq!(link.id, ids[0]);
+            assert_eq!(link.index as usize, i);
+            assert_eq!(link.next.as_ref(), ids.get(i + 1));
+            assert_eq!(s.queue, "etl");
+        }
+        let single = link_chain(vec![NewJob::new("a", serde_json::json!({}))]);
+        assert!(single[0].chain.is_none());
     }
 
     #[test]

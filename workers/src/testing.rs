@@ -31,7 +31,7 @@ use crate::broker::{Broker, Enqueued, Finish, JobFilter, LeaseStatus, Outcome};
 use crate::clock::Clock;
 use crate::error::BrokerError;
 use crate::event::{Event, EventType};
-use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::job::{Job, JobId, JobState, Lease, NewJob, link_chain};
 
 /// Where every case's clock starts: a fixed, realistic time (2023-11-14T22:13:20Z).
 pub const START: i64 = 1_700_000_000_000;
@@ -112,6 +112,9 @@ macro_rules! conformance_suite {
             drop_queue_removes_jobs_and_events,
             wait_for_work_returns,
             ping_answers,
+            chain_passes_results_in_order,
+            chain_dead_step_cancels_rest_and_retry_resumes,
+            chain_cancel_cancels_rest,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1289,4 +1292,137 @@ pub async fn wait_for_work_returns(b: Arc<dyn Broker>, _clock: Arc<ManualClock>)
 pub async fn ping_answers(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     b.ping().await.expect("ping");
     assert!(!b.name().is_empty());
+}
+
+// ---- Chains ----------------------------------------------------------------------------------
+
+/// Enqueues a three-step chain on `queue` and returns its step ids.
+async fn enqueue_chain(b: &Arc<dyn Broker>, queue: &str) -> Vec<JobId> {
+    let steps = link_chain(vec![
+        job("test.a").queue(queue),
+        job("test.b").queue(queue),
+        job("test.c").queue(queue),
+    ]);
+    let answers = b.enqueue(steps).await.expect("enqueue chain");
+    assert!(answers.iter().all(|a| a.created));
+    answers.into_iter().map(|a| a.id).collect()
+}
+
+/// A chain's later steps wait; each runs after its predecessor succeeds, with the
+/// predecessor's result as `input`, and `chain()` lists the steps in order.
+pub async fn chain_passes_results_in_order(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
+    let ids = enqueue_chain(&b, "chain").await;
+    assert_eq!(get(&b, &ids[0]).await.state, JobState::Queued);
+    assert_eq!(get(&b, &ids[1]).await.state, JobState::Waiting);
+    assert_eq!(get(&b, &ids[2]).await.state, JobState::Waiting);
+    let steps = b.chain(&ids[0]).await.expect("chain");
+    assert_eq!(
+        steps.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        ids,
+        "chain() lists the steps in order"
+    );
+
+    let first = fetch_expect(&b, "chain", &ids[0]).await;
+    assert!(
+        fetch_one(&b, "chain").await.is_none(),
+        "a waiting step is never fetched"
+    );
+    finish(
+        &b,
+        first.lease(),
+        Outcome::Succeeded {
+            result: json!({"rows": 3}),
+        },
+    )
+    .await
+    .expect("finish first");
+    let second = fetch_expect(&b, "chain", &ids[1]).await;
+    assert_eq!(second.payload["input"], json!({"rows": 3}));
+    assert_eq!(get(&b, &ids[2]).await.state, JobState::Waiting);
+    finish(
+        &b,
+        second.lease(),
+        Outcome::Succeeded {
+            result: json!({"path": "r.pdf"}),
+        },
+    )
+    .await
+    .expect("finish second");
+    let third = fetch_expect(&b, "chain", &ids[2]).await;
+    assert_eq!(third.payload["input"], json!({"path": "r.pdf"}));
+    let link = third.chain.clone().expect("a chain step knows its chain");
+    assert_eq!((link.id, link.index, link.next), (ids[0].clone(), 2, None));
+    finish(&b, third.lease(), ok()).await.expect("finish third");
+    let states: Vec<JobState> = b
+        .chain(&ids[0])
+        .await
+        .expect("chain")
+        .iter()
+        .map(|j| j.state)
+        .collect();
+    assert_eq!(states, vec![JobState::Succeeded; 3]);
+}
+
+/// A step that dies cancels the waiting steps after it, with a reason; retrying that step puts
+/// them back to waiting and the chain resumes.
+pub async fn chain_dead_step_cancels_rest_and_retry_resumes(
+    b: Arc<dyn Broker>,
+    _clock: Arc<ManualClock>,
+) {
+    let ids = enqueue_chain(&b, "chain").await;
+    let first = fetch_expect(&b, "chain", &ids[0]).await;
+    finish(&b, first.lease(), ok()).await.expect("finish first");
+    let second = fetch_expect(&b, "chain", &ids[1]).await;
+    finish(
+        &b,
+        second.lease(),
+        Outcome::Dead {
+            error: "boom".into(),
+        },
+    )
+    .await
+    .expect("finish dead");
+    let third = get(&b, &ids[2]).await;
+    assert_eq!(third.state, JobState::Cancelled);
+    assert!(
+        third
+            .last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("chain")),
+        "the cancelled step says why: {:?}",
+        third.last_error
+    );
+    assert_eq!(
+        last_event(&b, &ids[2]).await.kind_of_event,
+        EventType::Cancelled
+    );
+
+    b.retry(&ids[1]).await.expect("retry the dead step");
+    assert_eq!(get(&b, &ids[2]).await.state, JobState::Waiting);
+    let second = fetch_expect(&b, "chain", &ids[1]).await;
+    assert_eq!(
+        second.payload["input"],
+        json!({"ok": true}),
+        "the input survives a retry"
+    );
+    finish(&b, second.lease(), ok())
+        .await
+        .expect("finish second");
+    let third = fetch_expect(&b, "chain", &ids[2]).await;
+    finish(&b, third.lease(), ok()).await.expect("finish third");
+    assert_eq!(get(&b, &ids[2]).await.state, JobState::Succeeded);
+}
+
+/// Cancelling a step (running or waiting) cancels the steps after it, not the ones before.
+pub async fn chain_cancel_cancels_rest(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
+    let ids = enqueue_chain(&b, "chain").await;
+    let first = fetch_expect(&b, "chain", &ids[0]).await;
+    finish(&b, first.lease(), ok()).await.expect("finish first");
+    b.cancel(&ids[1]).await.expect("cancel the second step");
+    assert_eq!(get(&b, &ids[0]).await.state, JobState::Succeeded);
+    assert_eq!(get(&b, &ids[1]).await.state, JobState::Cancelled);
+    assert_eq!(get(&b, &ids[2]).await.state, JobState::Cancelled);
+    b.retry(&ids[1]).await.expect("retry the cancelled step");
+    assert_eq!(get(&b, &ids[1]).await.state, JobState::Queued);
+    assert_eq!(get(&b, &ids[2]).await.state, JobState::Waiting);
 }

@@ -25,6 +25,9 @@
 //!                                    │  └──rescue / finish(Released)──┘ (interrupted)
 //!                                    └──── retry (dead or cancelled)
 //!   cancel: any non-final state ──> cancelled
+//!   chains: a step after the first is enqueued `waiting`; when the step before it succeeds it
+//!   becomes `queued` with that result under `payload.input`; a step that ends `dead` or
+//!   `cancelled` cancels the waiting steps after it; retrying it puts them back to `waiting`
 //! ```
 
 #[cfg(feature = "redis")]
@@ -242,6 +245,21 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// Checks that the broker answers (`/readyz`).
     async fn ping(&self) -> BrokerResult<()>;
+
+    /// The steps of the chain whose first step is `first`, in order (just that job when it
+    /// is not a chain; empty when it does not exist). Follows each step's `next` link.
+    async fn chain(&self, first: &JobId) -> BrokerResult<Vec<Job>> {
+        let mut steps = Vec::new();
+        let mut cursor = Some(first.clone());
+        while let Some(id) = cursor {
+            let Some(job) = self.get(&id).await? else {
+                break;
+            };
+            cursor = job.chain.as_ref().and_then(|c| c.next.clone());
+            steps.push(job);
+        }
+        Ok(steps)
+    }
 }
 
 /// Opens the broker a URL names: `sqlite://PATH` (the file and its directory are created on

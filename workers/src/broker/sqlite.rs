@@ -49,7 +49,7 @@ use crate::broker::{
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventData, EventType};
-use crate::job::{InvalidField, Job, JobId, JobState, Lease, Millis, NewJob};
+use crate::job::{ChainLink, InvalidField, Job, JobId, JobState, Lease, Millis, NewJob};
 
 /// How long a writer waits for another process's write lock before giving up (`Unavailable`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -78,10 +78,16 @@ struct Migration {
 }
 
 /// Every migration, in order. Append only.
-const MIGRATIONS: &[Migration] = &[Migration {
-    version: 1,
-    sql: include_str!("../../migrations/sqlite/0001_init.sql"),
-}];
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../../migrations/sqlite/0002_chains.sql"),
+    },
+];
 
 /// The SQL of every operation, in one place. Column lists are spelled out so that a query and
 /// the row decoder ([`job_from_row`], [`event_from_row`]) can be checked side by side.
@@ -91,7 +97,8 @@ mod sql {
         () => {
             "seq, id, queue, kind, payload, priority, state, run_at, attempt, max_retries, \
              timeout_ms, interruptions, interruption_streak, lease_token, lease_until, progress, \
-             progress_message, result, last_error, unique_key, created_at, started_at, finished_at"
+             progress_message, result, last_error, unique_key, created_at, started_at, finished_at, \
+             chain_id, chain_index, chain_next"
         };
     }
     pub(super) use job_columns;
@@ -117,8 +124,8 @@ mod sql {
     pub const FIND_UNIQUE: &str = "SELECT id FROM jobs WHERE unique_key = ?1";
     pub const INSERT_JOB: &str = "INSERT INTO jobs \
         (id, queue, kind, payload, priority, state, run_at, max_retries, timeout_ms, unique_key, \
-         created_at) \
-        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)";
+         created_at, chain_id, chain_index, chain_next) \
+        VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
     /// Due scheduled and retrying jobs become queued, keeping their due time as `run_at` so
     /// they line up as if queued then.
@@ -137,13 +144,15 @@ mod sql {
     // attempt returned is the one that ended (for its event).
     pub const FINISH_SUCCEEDED: &str = "UPDATE jobs SET state = 'succeeded', result = ?3, \
         finished_at = ?4, progress = 100, interruption_streak = 0, lease_until = NULL \
-        WHERE id = ?1 AND lease_token = ?2 AND state = 'running' RETURNING queue, kind, attempt";
+        WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
+        RETURNING queue, kind, attempt, chain_id, chain_index, chain_next";
     pub const FINISH_RETRY: &str = "UPDATE jobs SET state = 'retrying', run_at = ?3, \
         last_error = ?4, interruption_streak = 0, lease_until = NULL \
         WHERE id = ?1 AND lease_token = ?2 AND state = 'running' RETURNING queue, kind, attempt";
     pub const FINISH_DEAD: &str = "UPDATE jobs SET state = 'dead', last_error = ?3, \
         finished_at = ?4, interruption_streak = 0, lease_until = NULL \
-        WHERE id = ?1 AND lease_token = ?2 AND state = 'running' RETURNING queue, kind, attempt";
+        WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
+        RETURNING queue, kind, attempt, chain_id, chain_index, chain_next";
     pub const FINISH_SNOOZE: &str = "UPDATE jobs SET state = 'scheduled', run_at = ?3, \
         attempt = MAX(attempt - 1, 0), interruption_streak = 0, lease_until = NULL \
         WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
@@ -177,12 +186,12 @@ mod sql {
         interruption_streak = 0, run_at = ?1, finished_at = NULL, lease_until = NULL, \
         progress = 0, progress_message = NULL \
         WHERE seq IN (SELECT seq FROM jobs WHERE state = 'dead' LIMIT ?3) \
-        RETURNING id, queue, kind, attempt";
+        RETURNING id, queue, kind, attempt, chain_id, chain_index";
     pub const RETRY_DEAD_CHUNK_IN: &str = "UPDATE jobs SET state = 'queued', attempt = 0, \
         interruption_streak = 0, run_at = ?1, finished_at = NULL, lease_until = NULL, \
         progress = 0, progress_message = NULL \
         WHERE seq IN (SELECT seq FROM jobs WHERE queue = ?2 AND state = 'dead' LIMIT ?3) \
-        RETURNING id, queue, kind, attempt";
+        RETURNING id, queue, kind, attempt, chain_id, chain_index";
 
     // Rescue. SET expressions read the row as it was, RETURNING as it is now: the attempt
     // returned is the interrupted one.
@@ -192,7 +201,7 @@ mod sql {
         last_error = 'poison pill: interrupted ' || (interruption_streak + 1) || ' times in a row', \
         finished_at = ?1, lease_until = NULL \
         WHERE state = 'running' AND lease_until < ?1 AND ?2 > 0 AND interruption_streak + 1 >= ?2 \
-        RETURNING id, queue, kind, attempt + 1, last_error";
+        RETURNING id, queue, kind, attempt + 1, last_error, chain_id, chain_index";
     pub const RESCUE: &str = "UPDATE jobs SET state = 'queued', \
         attempt = MAX(attempt - 1, 0), interruptions = interruptions + 1, \
         interruption_streak = interruption_streak + 1, lease_until = NULL \
@@ -223,6 +232,20 @@ mod sql {
         (SELECT id FROM events WHERE id <= ?1 ORDER BY id LIMIT ?2)";
     pub const DROP_CHUNK: &str = "DELETE FROM jobs WHERE seq IN \
         (SELECT seq FROM jobs WHERE queue = ?1 LIMIT ?2) RETURNING id";
+
+    // Chains. The step after a succeeded one is queued with its result as `input`; the
+    // waiting steps after a dead or cancelled one are cancelled; retrying a step puts the
+    // steps cancelled after it back to waiting.
+    pub const CHAIN_PROMOTE: &str = "UPDATE jobs SET state = 'queued', run_at = ?3, \
+        payload = json_set(payload, '$.input', json(?2)) \
+        WHERE id = ?1 AND state = 'waiting' RETURNING queue, kind, attempt";
+    pub const CHAIN_CANCEL_REST: &str = "UPDATE jobs SET state = 'cancelled', finished_at = ?3, \
+        last_error = ?4 \
+        WHERE chain_id = ?1 AND chain_index > ?2 AND state = 'waiting' \
+        RETURNING id, queue, kind, attempt";
+    pub const CHAIN_RESUME_REST: &str = "UPDATE jobs SET state = 'waiting', finished_at = NULL, \
+        last_error = NULL \
+        WHERE chain_id = ?1 AND chain_index > ?2 AND state = 'cancelled'";
 
     pub const PING: &str = "SELECT 1";
 }
@@ -362,10 +385,13 @@ impl Broker for SqliteBroker {
                             continue;
                         }
                     }
+                    let waiting = job.chain.as_ref().is_some_and(|c| c.index > 0);
                     let (state, run_at) = match job.run_at {
+                        _ if waiting => (JobState::Waiting, now),
                         Some(at) if at > now => (JobState::Scheduled, at),
                         _ => (JobState::Queued, now),
                     };
+                    let chain = job.chain.as_ref();
                     insert.execute(params![
                         job.id.as_str(),
                         job.queue,
@@ -378,6 +404,9 @@ impl Broker for SqliteBroker {
                         job.timeout_ms.map(to_i64),
                         job.unique_key,
                         now,
+                        chain.map(|c| c.id.as_str()),
+                        chain.map_or(0, |c| i64::from(c.index)),
+                        chain.and_then(|c| c.next.as_ref()).map(JobId::as_str),
                     ])?;
                     append_event(
                         conn,
@@ -567,6 +596,9 @@ impl Broker for SqliteBroker {
                 job.attempt,
                 &EventData::default(),
             )?;
+            if let Some(link) = &job.chain {
+                chain_cancel_rest(conn, now, link, &job.id, "cancelled")?;
+            }
             Ok(job)
         })
         .await
@@ -597,6 +629,9 @@ impl Broker for SqliteBroker {
                     job.attempt,
                     &retried(),
                 )?;
+                if let Some(link) = &job.chain {
+                    chain_resume_rest(conn, link.id.as_str(), link.index)?;
+                }
                 Ok(job)
             })
             .await?;
@@ -634,9 +669,14 @@ impl Broker for SqliteBroker {
                     };
                     let rows = conn
                         .prepare_cached(text)?
-                        .query_map(params![now, q, limit], owner_with_id_from_row)?
+                        .query_map(params![now, q, limit], |r| {
+                            Ok((owner_with_id_from_row(r)?, chain_from_columns(r, 4)?))
+                        })?
                         .collect::<Result<Vec<_>, _>>()?;
-                    for (id, queue, kind, attempt) in &rows {
+                    for ((id, queue, kind, attempt), link) in &rows {
+                        if let Some(link) = link {
+                            chain_resume_rest(conn, link.id.as_str(), link.index)?;
+                        }
                         append_event(
                             conn,
                             id,
@@ -670,10 +710,17 @@ impl Broker for SqliteBroker {
                 let poisoned = conn
                     .prepare_cached(sql::RESCUE_POISON)?
                     .query_map(params![now, max], |r| {
-                        Ok((owner_with_id_from_row(r)?, r.get::<_, String>(4)?))
+                        Ok((
+                            owner_with_id_from_row(r)?,
+                            r.get::<_, String>(4)?,
+                            chain_from_columns(r, 5)?,
+                        ))
                     })?
                     .collect::<Result<Vec<_>, _>>()?;
-                for ((id, queue, kind, attempt), error) in poisoned {
+                for ((id, queue, kind, attempt), error, link) in poisoned {
+                    if let Some(link) = &link {
+                        chain_cancel_rest(conn, now, link, &id, "dead")?;
+                    }
                     let interrupted = lease_expired();
                     append_event(
                         conn,
@@ -1030,14 +1077,24 @@ fn finish_one(conn: &Connection, now: Millis, f: Finish) -> Result<BrokerResult<
             ),
         };
     let mut stmt = conn.prepare_cached(text)?;
+    // Succeeded and dead also return the job's chain link, to move its chain along.
+    let decode = |r: &Row<'_>| -> rusqlite::Result<_> {
+        let owner = owner_from_row(r)?;
+        let link = if r.as_ref().column_count() > 3 {
+            chain_from_columns(r, 3)?
+        } else {
+            None
+        };
+        Ok((owner, link))
+    };
     // Statements with three parameters ignore the fourth: bind only what each one declares.
     let row = if stmt.parameter_count() == 4 {
-        stmt.query_row(params![id, token, arg3, arg4], owner_from_row)
+        stmt.query_row(params![id, token, arg3, arg4], decode)
     } else {
-        stmt.query_row(params![id, token, arg3], owner_from_row)
+        stmt.query_row(params![id, token, arg3], decode)
     }
     .optional()?;
-    let Some((queue, kind, attempt)) = row else {
+    let Some(((queue, kind, attempt), link)) = row else {
         return Ok(Err(BrokerError::LeaseLost(f.lease.job_id)));
     };
     append_event(
@@ -1050,7 +1107,110 @@ fn finish_one(conn: &Connection, now: Millis, f: Finish) -> Result<BrokerResult<
         attempt,
         &data,
     )?;
+    if let Some(link) = link {
+        match event {
+            EventType::Succeeded => {
+                if let (Some(next), Some(result)) = (&link.next, &data.result) {
+                    chain_promote(conn, now, next, result, link.index)?;
+                }
+            }
+            _ => chain_cancel_rest(conn, now, &link, &f.lease.job_id, "dead")?,
+        }
+    }
     Ok(Ok(()))
+}
+
+/// Reads `chain_id, chain_index, chain_next` starting at column `at`.
+fn chain_from_columns(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<ChainLink>> {
+    let Some(id) = r.get::<_, Option<String>>(at)? else {
+        return Ok(None);
+    };
+    let next = if r.as_ref().column_count() > at + 2 {
+        r.get::<_, Option<String>>(at + 2)?.map(JobId)
+    } else {
+        None
+    };
+    Ok(Some(ChainLink {
+        id: JobId(id),
+        index: to_u32(r.get(at + 1)?),
+        next,
+    }))
+}
+
+/// Queues the step after a succeeded one, handing it the result as `input`.
+fn chain_promote(
+    conn: &Connection,
+    now: Millis,
+    next: &JobId,
+    result: &Value,
+    index: u32,
+) -> Result<(), Fail> {
+    let row = conn
+        .prepare_cached(sql::CHAIN_PROMOTE)?
+        .query_row(
+            params![next.as_str(), serde_json::to_string(result)?, now],
+            owner_from_row,
+        )
+        .optional()?;
+    if let Some((queue, kind, attempt)) = row {
+        let data = EventData {
+            message: Some(format!("chain: step {index} succeeded")),
+            ..EventData::default()
+        };
+        append_event(
+            conn,
+            next,
+            &queue,
+            &kind,
+            EventType::Enqueued,
+            now,
+            attempt,
+            &data,
+        )?;
+    }
+    Ok(())
+}
+
+/// Cancels the waiting steps after a step that ended `dead` or `cancelled`.
+fn chain_cancel_rest(
+    conn: &Connection,
+    now: Millis,
+    link: &ChainLink,
+    step: &JobId,
+    how: &str,
+) -> Result<(), Fail> {
+    let reason = format!("chain: step {} ({step}) is {how}", link.index);
+    let rows = conn
+        .prepare_cached(sql::CHAIN_CANCEL_REST)?
+        .query_map(
+            params![link.id.as_str(), i64::from(link.index), now, reason],
+            owner_with_id_from_row,
+        )?
+        .collect::<Result<Vec<_>, _>>()?;
+    for (id, queue, kind, attempt) in rows {
+        let data = EventData {
+            message: Some(reason.clone()),
+            ..EventData::default()
+        };
+        append_event(
+            conn,
+            &id,
+            &queue,
+            &kind,
+            EventType::Cancelled,
+            now,
+            attempt,
+            &data,
+        )?;
+    }
+    Ok(())
+}
+
+/// Puts the steps cancelled after a retried step back to `waiting`.
+fn chain_resume_rest(conn: &Connection, chain_id: &str, index: u32) -> Result<(), Fail> {
+    conn.prepare_cached(sql::CHAIN_RESUME_REST)?
+        .execute(params![chain_id, i64::from(index)])?;
+    Ok(())
 }
 
 /// Why an update matched no row: the job is missing, or its state forbids the change.
@@ -1160,6 +1320,16 @@ fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         created_at: r.get(20)?,
         started_at: r.get(21)?,
         finished_at: r.get(22)?,
+        chain: r
+            .get::<_, Option<String>>(23)?
+            .map(|id| -> rusqlite::Result<ChainLink> {
+                Ok(ChainLink {
+                    id: JobId(id),
+                    index: to_u32(r.get(24)?),
+                    next: r.get::<_, Option<String>>(25)?.map(JobId),
+                })
+            })
+            .transpose()?,
     })
 }
 
