@@ -40,7 +40,8 @@ pub fn build_registry(config: &Config) -> Result<Registry> {
         hopper_workers::diagnostics::register(&mut registry)
             .context("registering the diagnostic kinds")?;
     }
-    // The kinds of `hopper-jobs` are registered here once that crate exposes them.
+    hopper_jobs::register_all(&mut registry, &config.jobs_config())
+        .context("registering the job kinds")?;
     Ok(registry)
 }
 

@@ -10,6 +10,7 @@
 use std::time::Duration;
 
 use hopper_workers::Registry;
+use hopper_workers::handler::INPUT_KEY;
 use hopper_workers::job::{JobId, Millis, NewJob};
 use serde_json::Value;
 
@@ -86,6 +87,16 @@ pub fn prepare(
     default_max_retries: u32,
     now: Millis,
 ) -> Result<NewJob, FieldError> {
+    prepare_checked(req, registry, default_max_retries, now, false)
+}
+
+fn prepare_checked(
+    req: EnqueueRequest,
+    registry: &Registry,
+    default_max_retries: u32,
+    now: Millis,
+    chain_step: bool,
+) -> Result<NewJob, FieldError> {
     let Some(handler) = registry.get(&req.kind) else {
         let known: Vec<&str> = registry.kinds().collect();
         return Err(FieldError::with_code(
@@ -105,8 +116,15 @@ pub fn prepare(
     if !req.payload.is_object() {
         return Err(FieldError::invalid("payload", "must be a JSON object"));
     }
+    // A later chain step gets its `input` only when the step before it succeeds: check its
+    // payload as it will be then, with an input present (its content is unknown until then).
+    let mut checked = std::borrow::Cow::Borrowed(&req.payload);
+    if chain_step && let Some(map) = checked.to_mut().as_object_mut() {
+        map.entry(INPUT_KEY)
+            .or_insert_with(|| serde_json::json!({}));
+    }
     handler
-        .validate(&req.payload)
+        .validate(&checked)
         .map_err(|e| FieldError::invalid(e.field, e.message))?;
     if req.delay.is_some() && req.run_at.is_some() {
         return Err(FieldError::invalid(
@@ -192,7 +210,7 @@ pub fn prepare_step(
             format!("every step of a chain runs on the chain's queue ({queue:?})"),
         )));
     }
-    prepare(req, registry, default_max_retries, now).map_err(named)
+    prepare_checked(req, registry, default_max_retries, now, true).map_err(named)
 }
 
 #[cfg(test)]

@@ -6,11 +6,16 @@
 /// Starting daemons and running the CLI in a scratch directory.
 mod util;
 
+/// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.
+mod e2e_demo_chain;
 /// A worker killed mid-job, cancel, graceful and hard shutdown, durability across SIGKILL.
 mod e2e_failures;
 /// Bad input: HTTP 4xx naming the field, unknown config keys, bad CLI flags.
 mod e2e_input;
 /// Priorities, delays, retries with backoff, dead jobs and retrying them.
 mod e2e_lifecycle;
+/// The Redis broker: three nodes through a SIGKILL and a SIGSTOP past the lease, a Redis
+/// restart under load, and the README tour with `HOPPER_BROKER`.
+mod e2e_redis;
 /// The newcomer's path: `serve` with no config, enqueue over HTTP, inspect with the CLI.
 mod e2e_tour;

@@ -1,1 +1,105 @@
-//! placeholder
+//! Hopper's job kinds: what each kind of job *does*. The engine (`hopper-workers`) knows how
+//! to run a job; this crate only implements [`Handler`](hopper_workers::Handler)s and registers
+//! them. It never sees a broker, a queue or the HTTP API.
+//!
+//! # Layout
+//!
+//! - [`config`]: [`JobsConfig`], the `[smtp]`, `[files]` and `[etl]` settings the shell embeds.
+//! - [`files`]: relative paths under the files directory, and the refusal to leave it.
+//! - `payload` (private): payload parsing that names the bad field (`payload.sizes[0].width`).
+//! - `http` (private, feature `http`): the shared HTTP client and status classification.
+//! - `decode` (private): decoding untrusted images within limits.
+//! - [`email`] (feature `email`): `email.send`.
+//! - [`image`] (feature `image`): `image.resize`.
+//! - [`pdf`] (feature `pdf`): `pdf.report`.
+//! - [`etl`] (feature `etl`): `etl.sync`.
+//! - [`cleanup`] (feature `cleanup`): `cleanup.purge`.
+//!
+//! Every kind receives its clients (SMTP transport, HTTP client, database pools) when it is
+//! registered, sorts its failures into retryable and permanent ones, and checks payloads in
+//! [`Handler::validate`](hopper_workers::Handler::validate) so that the API can answer 400
+//! before anything is enqueued.
+
+pub mod config;
+pub mod files;
+// With every kind disabled, nothing parses payloads.
+#[cfg_attr(
+    not(any(
+        feature = "email",
+        feature = "image",
+        feature = "pdf",
+        feature = "etl",
+        feature = "cleanup"
+    )),
+    allow(dead_code)
+)]
+mod payload;
+
+#[cfg(any(feature = "image", feature = "pdf"))]
+mod decode;
+#[cfg(feature = "http")]
+mod http;
+
+#[cfg(feature = "cleanup")]
+pub mod cleanup;
+#[cfg(feature = "email")]
+pub mod email;
+#[cfg(feature = "etl")]
+pub mod etl;
+#[cfg(feature = "image")]
+pub mod image;
+#[cfg(feature = "pdf")]
+pub mod pdf;
+
+pub use config::{EtlConfig, JobsConfig, SmtpConfig};
+
+use hopper_workers::Registry;
+use hopper_workers::handler::RegistryError;
+
+/// Why the job kinds could not be registered: a configuration problem found at start-up.
+#[derive(Debug, thiserror::Error)]
+pub enum JobsError {
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
+    /// A configuration value is unusable; `key` names it as written in `config.toml`.
+    #[error("{key}: {message}")]
+    Config { key: String, message: String },
+    /// A shared client could not be built.
+    #[error("cannot build the {what}: {message}")]
+    Client { what: &'static str, message: String },
+}
+
+/// Registers every kind enabled by this crate's features, building the shared clients once:
+/// one HTTP client, one pooled SMTP transport, one lazily connected pool per PostgreSQL URL.
+///
+/// ```no_run
+/// let mut registry = hopper_workers::Registry::new();
+/// hopper_jobs::register_all(&mut registry, &hopper_jobs::JobsConfig::default())?;
+/// # Ok::<(), hopper_jobs::JobsError>(())
+/// ```
+#[cfg_attr(
+    not(any(
+        feature = "email",
+        feature = "image",
+        feature = "pdf",
+        feature = "etl",
+        feature = "cleanup"
+    )),
+    allow(unused_variables)
+)]
+pub fn register_all(registry: &mut Registry, config: &JobsConfig) -> Result<(), JobsError> {
+    config.validate()?;
+    #[cfg(feature = "http")]
+    let http = http::client(config)?;
+    #[cfg(feature = "email")]
+    registry.register(email::KIND, email::SendEmail::new(config)?)?;
+    #[cfg(feature = "image")]
+    registry.register(image::KIND, image::Resize::new(config, http.clone()))?;
+    #[cfg(feature = "pdf")]
+    registry.register(pdf::KIND, pdf::Report::new(config)?)?;
+    #[cfg(feature = "etl")]
+    registry.register(etl::KIND, etl::Sync::new(config, http.clone())?)?;
+    #[cfg(feature = "cleanup")]
+    registry.register(cleanup::KIND, cleanup::Purge::new(config))?;
+    Ok(())
+}

@@ -232,7 +232,11 @@ async fn bad_enqueue_bodies_name_the_field() {
         Some("then"),
     );
     refused(
-        post(&st, r#"{"kind":"sys.noop","then":[{"kind":"sys.noop"},{"payload":{}}]}"#).await,
+        post(
+            &st,
+            r#"{"kind":"sys.noop","then":[{"kind":"sys.noop"},{"payload":{}}]}"#,
+        )
+        .await,
         400,
         "missing_field",
         Some("then[1].kind"),
@@ -502,7 +506,10 @@ async fn chain_enqueue_lists_every_step() {
     let last = steps[2]["id"].as_str().unwrap();
     let (s, shown) = call(&st, Method::GET, &format!("/v1/jobs/{last}"), &[], None).await;
     assert_eq!(s, StatusCode::OK);
-    assert_eq!(shown["queue"], "etl", "later steps run on the chain's queue");
+    assert_eq!(
+        shown["queue"], "etl",
+        "later steps run on the chain's queue"
+    );
     assert_eq!(shown["chain"]["index"], 2);
     assert_eq!(shown["chain"]["id"], job["id"]);
     assert_eq!(shown["steps"].as_array().unwrap().len(), 3);

@@ -21,13 +21,23 @@ pub fn bin() -> &'static str {
 /// A scratch directory holding a config and a SQLite broker file.
 pub struct Scratch {
     pub dir: tempfile::TempDir,
+    /// Environment variables set on every process started from here (see [`Scratch::with_env`]).
+    env: Vec<(String, String)>,
 }
 
 impl Scratch {
     pub fn new() -> Self {
         Self {
             dir: tempfile::tempdir().unwrap(),
+            env: Vec::new(),
         }
+    }
+
+    /// Sets `key=value` on every daemon and CLI run started from this scratch directory,
+    /// e.g. `HOPPER_BROKER` (which they otherwise remove from the inherited environment).
+    pub fn with_env(mut self, key: &str, value: &str) -> Self {
+        self.env.push((key.to_owned(), value.to_owned()));
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -51,6 +61,18 @@ impl Scratch {
         path
     }
 
+    /// Writes `config.toml` like [`Scratch::write_config`] but with the broker `url` and Redis
+    /// key `prefix` given.
+    pub fn write_config_with_broker(&self, url: &str, prefix: &str, extra: &str) -> PathBuf {
+        let path = self.path().join("config.toml");
+        let body = format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n\n\
+             [broker]\nurl = \"{url}\"\nprefix = \"{prefix}\"\n\n{extra}\n"
+        );
+        std::fs::write(&path, body).unwrap();
+        path
+    }
+
     /// Runs the CLI with `--config` of this directory (written by `write_config` first).
     pub fn cli(&self, args: &[&str]) -> Output {
         let config = self.path().join("config.toml");
@@ -58,7 +80,8 @@ impl Scratch {
         cmd.current_dir(self.path())
             .env("NO_COLOR", "1")
             .env_remove("HOPPER_BROKER")
-            .env_remove("RUST_LOG");
+            .env_remove("RUST_LOG")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if config.exists() {
             cmd.arg("--config").arg(&config);
         }
@@ -93,7 +116,8 @@ impl Scratch {
         cmd.current_dir(self.path())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
-            .env_remove("HOPPER_BROKER");
+            .env_remove("HOPPER_BROKER")
+            .envs(self.env.iter().map(|(k, v)| (k, v)));
         if config.exists() {
             cmd.arg("--config").arg(&config);
         }

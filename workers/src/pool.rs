@@ -184,9 +184,14 @@ impl PoolHandle {
             .collect()
     }
 
-    fn stop(&self, id: &JobId, reason: StopReason) {
-        if let Some(r) = lock(&self.running).get(id) {
-            r.stop(reason);
+    /// Stops the handler of `id` if it still runs here; false when it had already ended.
+    fn stop(&self, id: &JobId, reason: StopReason) -> bool {
+        match lock(&self.running).get(id) {
+            Some(r) => {
+                r.stop(reason);
+                true
+            }
+            None => false,
         }
     }
 
@@ -686,13 +691,17 @@ async fn heartbeat(
                 for (l, st) in leases.iter().zip(statuses) {
                     match st {
                         LeaseStatus::Held => {}
+                        // A handler that ended since the leases were read has nothing to stop;
+                        // its completion meets the same fence and is refused there.
                         LeaseStatus::Cancelled => {
-                            info!(job = %l.job_id, "job cancelled: stopping its handler");
-                            handle.stop(&l.job_id, StopReason::Cancelled);
+                            if handle.stop(&l.job_id, StopReason::Cancelled) {
+                                info!(job = %l.job_id, "job cancelled: stopped its handler");
+                            }
                         }
                         LeaseStatus::Lost => {
-                            warn!(job = %l.job_id, "lease lost: stopping its handler");
-                            handle.stop(&l.job_id, StopReason::LeaseLost);
+                            if handle.stop(&l.job_id, StopReason::LeaseLost) {
+                                warn!(job = %l.job_id, "lease lost: stopped its handler");
+                            }
                         }
                     }
                 }

@@ -1,0 +1,51 @@
+//! Decoding untrusted images within limits, shared by `image.resize` and the `pdf.report`
+//! logo. The header's dimensions are checked before a single pixel is allocated, and the
+//! decoder runs under `image::Limits`, so a decompression bomb or a header claiming
+//! 100000 x 100000 fails permanently instead of exhausting memory. Call it from
+//! `spawn_blocking`: decoding is CPU work.
+
+use std::io::Cursor;
+
+use ::image::{DynamicImage, ImageReader, Limits};
+use hopper_workers::JobError;
+
+/// Decodes `bytes` (any enabled format, sniffed from the content) if the image has at most
+/// `max_pixels` pixels. Every failure is permanent: the same bytes fail the same way.
+pub(crate) fn decode_limited(
+    bytes: &[u8],
+    max_pixels: u64,
+    what: &str,
+) -> Result<DynamicImage, JobError> {
+    let reader = |limits: Limits| -> Result<_, JobError> {
+        let mut r = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| JobError::permanent(format!("{what}: {e}")))?;
+        if r.format().is_none() {
+            return Err(JobError::permanent(format!(
+                "{what}: not an image in a supported format (jpeg, png, webp)"
+            )));
+        }
+        r.limits(limits);
+        Ok(r)
+    };
+    let side = u32::try_from(max_pixels).unwrap_or(u32::MAX);
+    let mut limits = Limits::default();
+    limits.max_image_width = Some(side);
+    limits.max_image_height = Some(side);
+    // Room for the decoded image at 8 bytes a pixel (16-bit RGBA) plus the decoder's own
+    // buffers; the header check below is what keeps oversized images out.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).saturating_add(64 << 20));
+
+    let (w, h) = reader(limits.clone())?
+        .into_dimensions()
+        .map_err(|e| JobError::permanent(format!("{what}: {e}")))?;
+    let pixels = u64::from(w) * u64::from(h);
+    if pixels > max_pixels {
+        return Err(JobError::permanent(format!(
+            "{what}: {w}x{h} is {pixels} pixels, over the limit of {max_pixels}"
+        )));
+    }
+    reader(limits)?
+        .decode()
+        .map_err(|e| JobError::permanent(format!("{what}: cannot decode: {e}")))
+}

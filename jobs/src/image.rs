@@ -1,0 +1,425 @@
+//! `image.resize`: one source image, several resized outputs. This module owns the payload,
+//! the geometry of each fit, and the output names; decoding within limits is
+//! `crate::decode`'s, fetching a URL is `crate::http`'s. Resampling uses
+//! `fast_image_resize` (SIMD convolution, Lanczos3); decoding, resizing and encoding run in
+//! `spawn_blocking`.
+//!
+//! Payload:
+//!
+//! ```json
+//! {"source": "uploads/cat.jpg" | "https://example.com/cat.jpg" (default: a chain input's `path`),
+//!  "sizes": [{"width": 1280}, {"width": 320, "height": 320, "fit": "cover"}],
+//!  "format": "jpeg" | "png" | "webp", "quality": 85, "output_dir": "resized"}
+//! ```
+//!
+//! Fits: `contain` (default) scales to fit inside width x height keeping the aspect ratio
+//! (with no height, to the width); `cover` fills width x height exactly, cropping the centre;
+//! `exact` stretches to width x height. `quality` applies to JPEG (WebP output is lossless).
+//! Outputs are written to `<output_dir>/<source stem>_<w>x<h>.<ext>` under the files
+//! directory, so a retry overwrites its own files.
+//!
+//! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes`, a
+//! missing file or an HTTP 4xx are permanent; network errors, timeouts, 429 and 5xx retryable.
+//!
+//! Result: `{"outputs": [{"path", "width", "height", "bytes"}]}` with the real dimensions.
+
+use std::io::Cursor;
+
+use ::image::codecs::jpeg::JpegEncoder;
+use ::image::codecs::png::PngEncoder;
+use ::image::codecs::webp::WebPEncoder;
+use ::image::{DynamicImage, ExtendedColorType, ImageEncoder};
+use async_trait::async_trait;
+use fast_image_resize::images::Image;
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use hopper_workers::job::InvalidField;
+use hopper_workers::{Handler, JobContext, JobError, JobResult};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::decode::decode_limited;
+use crate::files::{FilesDir, check_relative, io_error};
+use crate::payload;
+use crate::{JobsConfig, http};
+
+/// The kind's stable name.
+pub const KIND: &str = "image.resize";
+
+/// At most this many outputs per job.
+pub const MAX_SIZES: usize = 32;
+/// No output side may exceed this.
+pub const MAX_SIDE: u32 = 16_384;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Args {
+    /// Defaults to a chain input's `path`.
+    #[serde(default)]
+    source: String,
+    sizes: Vec<Size>,
+    #[serde(default)]
+    format: Format,
+    #[serde(default = "default_quality")]
+    quality: u8,
+    #[serde(default = "default_output_dir")]
+    output_dir: String,
+    #[serde(default)]
+    input: Option<Value>,
+}
+
+fn default_quality() -> u8 {
+    85
+}
+
+fn default_output_dir() -> String {
+    "resized".to_owned()
+}
+
+#[derive(Clone, Copy, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Size {
+    width: u32,
+    height: Option<u32>,
+    #[serde(default)]
+    fit: Fit,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Fit {
+    #[default]
+    Contain,
+    Cover,
+    Exact,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    #[default]
+    Jpeg,
+    Png,
+    Webp,
+}
+
+impl Format {
+    fn extension(self) -> &'static str {
+        match self {
+            Format::Jpeg => "jpg",
+            Format::Png => "png",
+            Format::Webp => "webp",
+        }
+    }
+}
+
+/// `image.resize`.
+#[derive(Debug)]
+pub struct Resize {
+    files: FilesDir,
+    http: reqwest::Client,
+    max_download_bytes: u64,
+    max_pixels: u64,
+}
+
+impl Resize {
+    /// The handler, with the shared HTTP client.
+    pub fn new(config: &JobsConfig, http: reqwest::Client) -> Self {
+        Self {
+            files: FilesDir::new(&config.files_dir),
+            http,
+            max_download_bytes: config.max_download_bytes,
+            max_pixels: config.image_max_pixels,
+        }
+    }
+
+    fn parse(&self, payload: &Value) -> Result<Args, InvalidField> {
+        let mut args: Args = payload::parse(payload)?;
+        if args.source.is_empty()
+            && let Some(path) = args
+                .input
+                .as_ref()
+                .and_then(|i| i.get("path"))
+                .and_then(Value::as_str)
+        {
+            args.source = path.to_owned();
+        }
+        if args.source.is_empty() {
+            return Err(InvalidField::new(
+                "payload.source",
+                "give a path under the files directory or an http(s) URL",
+            ));
+        }
+        if !is_url(&args.source) {
+            check_relative(&args.source).map_err(|m| InvalidField::new("payload.source", m))?;
+        }
+        if args.sizes.is_empty() || args.sizes.len() > MAX_SIZES {
+            return Err(InvalidField::new(
+                "payload.sizes",
+                format!("needs 1 to {MAX_SIZES} sizes"),
+            ));
+        }
+        for (i, s) in args.sizes.iter().enumerate() {
+            if s.width == 0 || s.width > MAX_SIDE {
+                return Err(InvalidField::new(
+                    format!("payload.sizes[{i}].width"),
+                    format!("must be between 1 and {MAX_SIDE}"),
+                ));
+            }
+            match s.height {
+                Some(h) if h == 0 || h > MAX_SIDE => {
+                    return Err(InvalidField::new(
+                        format!("payload.sizes[{i}].height"),
+                        format!("must be between 1 and {MAX_SIDE}"),
+                    ));
+                }
+                None if s.fit != Fit::Contain => {
+                    return Err(InvalidField::new(
+                        format!("payload.sizes[{i}].height"),
+                        "is required with fit \"cover\" or \"exact\"",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if !(1..=100).contains(&args.quality) {
+            return Err(InvalidField::new(
+                "payload.quality",
+                "must be between 1 and 100",
+            ));
+        }
+        check_relative(&args.output_dir).map_err(|m| InvalidField::new("payload.output_dir", m))?;
+        Ok(args)
+    }
+}
+
+fn is_url(s: &str) -> bool {
+    s.starts_with("http://") || s.starts_with("https://")
+}
+
+/// The file-name stem of the outputs: the source's, reduced to a safe alphabet.
+fn stem(source: &str) -> String {
+    let last = source
+        .split(['?', '#'])
+        .next()
+        .unwrap_or_default()
+        .rsplit('/')
+        .next()
+        .unwrap_or_default();
+    let base = last.rsplit_once('.').map_or(last, |(s, _)| s);
+    let clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    if clean.is_empty() {
+        "image".to_owned()
+    } else {
+        clean
+    }
+}
+
+/// Output dimensions, and whether the source is cropped to the output's aspect first.
+fn geometry(src_w: u32, src_h: u32, size: Size) -> (u32, u32, bool) {
+    let scale_to = |scale: f64, side: u32| ((f64::from(side) * scale).round() as u32).max(1);
+    match (size.fit, size.height) {
+        (Fit::Exact, Some(h)) => (size.width, h, false),
+        (Fit::Cover, Some(h)) => (size.width, h, true),
+        (_, None) => {
+            let scale = f64::from(size.width) / f64::from(src_w);
+            (size.width, scale_to(scale, src_h).min(MAX_SIDE), false)
+        }
+        (Fit::Contain, Some(h)) => {
+            let scale =
+                (f64::from(size.width) / f64::from(src_w)).min(f64::from(h) / f64::from(src_h));
+            (scale_to(scale, src_w), scale_to(scale, src_h), false)
+        }
+    }
+}
+
+/// One encoded output.
+struct Output {
+    width: u32,
+    height: u32,
+    bytes: Vec<u8>,
+}
+
+/// The CPU part: resize the decoded image to each size and encode it.
+struct Work {
+    src: Image<'static>,
+    src_w: u32,
+    src_h: u32,
+    color: ExtendedColorType,
+    resizer: Resizer,
+}
+
+impl Work {
+    fn new(img: DynamicImage, format: Format) -> Result<Self, JobError> {
+        // JPEG has no alpha; keep it for PNG and WebP only when the source has it.
+        let keep_alpha = format != Format::Jpeg && img.color().has_alpha();
+        let (w, h) = (img.width(), img.height());
+        let (buf, pixel, color) = if keep_alpha {
+            (
+                img.into_rgba8().into_raw(),
+                PixelType::U8x4,
+                ExtendedColorType::Rgba8,
+            )
+        } else {
+            (
+                img.into_rgb8().into_raw(),
+                PixelType::U8x3,
+                ExtendedColorType::Rgb8,
+            )
+        };
+        let src = Image::from_vec_u8(w, h, buf, pixel)
+            .map_err(|e| JobError::permanent(format!("image buffer: {e}")))?;
+        Ok(Self {
+            src,
+            src_w: w,
+            src_h: h,
+            color,
+            resizer: Resizer::new(),
+        })
+    }
+
+    fn resize(&mut self, size: Size, format: Format, quality: u8) -> Result<Output, JobError> {
+        let (width, height, crop) = geometry(self.src_w, self.src_h, size);
+        let mut dst = Image::new(width, height, self.src.pixel_type());
+        let mut options =
+            ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
+        if crop {
+            options = options.fit_into_destination(Some((0.5, 0.5)));
+        }
+        self.resizer
+            .resize(&self.src, &mut dst, &options)
+            .map_err(|e| JobError::permanent(format!("resize to {width}x{height}: {e}")))?;
+        let mut bytes = Vec::new();
+        let pixels = dst.buffer();
+        let encoded = match format {
+            Format::Jpeg => JpegEncoder::new_with_quality(Cursor::new(&mut bytes), quality)
+                .write_image(pixels, width, height, self.color),
+            Format::Png => PngEncoder::new(Cursor::new(&mut bytes))
+                .write_image(pixels, width, height, self.color),
+            Format::Webp => WebPEncoder::new_lossless(Cursor::new(&mut bytes))
+                .write_image(pixels, width, height, self.color),
+        };
+        encoded.map_err(|e| JobError::permanent(format!("encode {width}x{height}: {e}")))?;
+        Ok(Output {
+            width,
+            height,
+            bytes,
+        })
+    }
+}
+
+#[async_trait]
+impl Handler for Resize {
+    async fn run(&self, cx: JobContext) -> JobResult {
+        let args = self.parse(cx.payload()).map_err(payload::permanent)?;
+        let bytes = if is_url(&args.source) {
+            tokio::select! {
+                () = cx.cancelled() => return Err(JobError::retryable("cancelled while downloading")),
+                body = http::download(&self.http, &args.source, self.max_download_bytes) => body?,
+            }
+        } else {
+            let path = self.files.existing(&args.source)?;
+            tokio::fs::read(&path)
+                .await
+                .map_err(|e| io_error(&format!("source {:?}", args.source), &e))?
+        };
+        cx.progress(5, Some("source read".to_owned()));
+
+        let files = self.files.clone();
+        let max_pixels = self.max_pixels;
+        let stem = stem(&args.source);
+        let cx2 = cx.clone();
+        let outputs = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, JobError> {
+            let img = decode_limited(&bytes, max_pixels, "source")?;
+            drop(bytes);
+            let mut work = Work::new(img, args.format)?;
+            cx2.progress(20, Some("decoded".to_owned()));
+            let n = args.sizes.len();
+            let mut outputs = Vec::with_capacity(n);
+            for (i, size) in args.sizes.iter().enumerate() {
+                if cx2.is_cancelled() {
+                    return Err(JobError::retryable("cancelled while resizing"));
+                }
+                let out = work.resize(*size, args.format, args.quality)?;
+                let rel = format!(
+                    "{}/{stem}_{}x{}.{}",
+                    args.output_dir.trim_end_matches('/'),
+                    out.width,
+                    out.height,
+                    args.format.extension()
+                );
+                let path = files.output(&rel)?;
+                std::fs::write(&path, &out.bytes)
+                    .map_err(|e| io_error(&format!("output {rel:?}"), &e))?;
+                outputs.push(json!({
+                    "path": files.relative(&path),
+                    "width": out.width,
+                    "height": out.height,
+                    "bytes": out.bytes.len(),
+                }));
+                let pct = 20 + 80 * (i + 1) / n;
+                cx2.progress(
+                    u8::try_from(pct).unwrap_or(100),
+                    Some(format!("{}/{n} outputs", i + 1)),
+                );
+            }
+            Ok(outputs)
+        })
+        .await
+        .map_err(|e| JobError::retryable(format!("resize task failed: {e}")))??;
+        Ok(json!({ "outputs": outputs }))
+    }
+
+    fn validate(&self, payload: &Value) -> Result<(), InvalidField> {
+        self.parse(payload).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn size(width: u32, height: Option<u32>, fit: Fit) -> Size {
+        Size { width, height, fit }
+    }
+
+    #[test]
+    fn geometry_of_each_fit() {
+        assert_eq!(
+            geometry(4000, 3000, size(800, None, Fit::Contain)),
+            (800, 600, false)
+        );
+        assert_eq!(
+            geometry(4000, 3000, size(800, Some(800), Fit::Contain)),
+            (800, 600, false)
+        );
+        assert_eq!(
+            geometry(4000, 3000, size(300, Some(300), Fit::Cover)),
+            (300, 300, true)
+        );
+        assert_eq!(
+            geometry(4000, 3000, size(100, Some(50), Fit::Exact)),
+            (100, 50, false)
+        );
+        assert_eq!(
+            geometry(10, 1000, size(1, None, Fit::Contain)),
+            (1, 100, false)
+        );
+    }
+
+    #[test]
+    fn stems() {
+        assert_eq!(stem("uploads/cat photo.jpg"), "cat_photo");
+        assert_eq!(stem("https://x.test/a/b.png?x=1"), "b");
+        assert_eq!(stem("https://x.test/"), "image");
+    }
+}

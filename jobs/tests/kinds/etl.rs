@@ -1,0 +1,275 @@
+//! `etl.sync` from an axum API on 127.0.0.1:0 (5 cursor pages, one 503, a bearer token) into
+//! SQLite and into the local PostgreSQL.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use axum::Json;
+use axum::Router;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use hopper_jobs::JobsConfig;
+use serde_json::{Value, json};
+
+use crate::common::{self, bad_field, is_permanent, ok, run};
+
+const PAGES: u32 = 5;
+const PER_PAGE: u32 = 10;
+const TOKEN: &str = "s3cret-token";
+const PG_URL: &str = "postgres://postgres@127.0.0.1:5432/test";
+
+#[derive(Default)]
+struct Api {
+    requests: AtomicU32,
+    /// Requests for page 3 so far; the first one gets a 503.
+    page3: AtomicU32,
+}
+
+/// `GET /orders?after=cN`: page N of 5 (page 1 without `after`), `next` null on the last.
+async fn orders(
+    State(api): State<Arc<Api>>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    api.requests.fetch_add(1, Ordering::SeqCst);
+    if headers.get("authorization").and_then(|v| v.to_str().ok())
+        != Some(&format!("Bearer {TOKEN}"))
+    {
+        return StatusCode::UNAUTHORIZED.into_response();
+    }
+    let page: u32 = match q.get("after") {
+        None => 1,
+        Some(c) => match c.strip_prefix('c').and_then(|n| n.parse().ok()) {
+            Some(n) if (1..=PAGES).contains(&n) => n,
+            _ => return StatusCode::BAD_REQUEST.into_response(),
+        },
+    };
+    if page == 3 && api.page3.fetch_add(1, Ordering::SeqCst) == 0 {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    }
+    let items: Vec<Value> = (1..=PER_PAGE)
+        .map(|i| {
+            let id = (page - 1) * PER_PAGE + i;
+            json!({"id": id, "customer": {"name": format!("Cliente {id} €")}, "amount": {"total": f64::from(id) * 1.5}, "paid": id.is_multiple_of(2)})
+        })
+        .collect();
+    let next = if page < PAGES {
+        json!(format!("c{}", page + 1))
+    } else {
+        Value::Null
+    };
+    Json(json!({"result": {"items": items}, "meta": {"next": next}})).into_response()
+}
+
+async fn api() -> (String, Arc<Api>) {
+    let state = Arc::new(Api::default());
+    let app = Router::new()
+        .route("/orders", get(orders))
+        .route("/gone", get(|| async { StatusCode::NOT_FOUND }))
+        .with_state(Arc::clone(&state));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (base, state)
+}
+
+fn etl_config(dir: &std::path::Path) -> JobsConfig {
+    let mut config = common::config(dir);
+    config.etl.tokens.insert("orders_api".into(), TOKEN.into());
+    config.etl.databases.insert("pg".into(), PG_URL.into());
+    config
+}
+
+fn payload(base: &str, database: &str, table: &str) -> Value {
+    json!({
+        "source": {
+            "url": format!("{base}/orders"),
+            "pagination": {"cursor": {"param": "after", "next": "meta.next"}},
+            "items": "result.items",
+            "token": "orders_api",
+        },
+        "target": {
+            "database": database,
+            "table": table,
+            "key": "id",
+            "columns": {"id": "id", "customer": "customer.name", "total": "amount.total", "paid": "paid"},
+            "types": {"id": "integer", "total": "real", "paid": "boolean"},
+        },
+    })
+}
+
+#[tokio::test]
+async fn syncs_into_sqlite_and_resumes_from_the_cursor() {
+    let (base, api) = api().await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = etl_config(tmp.path());
+    let registry = common::registry(&config);
+    let p = payload(&base, "sqlite:etl/orders.db", "orders");
+
+    let first = ok(run(&registry, "etl.sync", p.clone()).await);
+    assert_eq!(first["pages"], PAGES);
+    assert_eq!(first["rows_upserted"], PAGES * PER_PAGE);
+    assert_eq!(first["rows_new"], PAGES * PER_PAGE);
+    assert_eq!(first["cursor"], "c5");
+    assert_eq!(
+        api.requests.load(Ordering::SeqCst),
+        PAGES + 1,
+        "one 503 retried once"
+    );
+
+    let conn = rusqlite::Connection::open(config.files_dir.join("etl/orders.db")).expect("open");
+    let (n, total, customer): (i64, f64, String) = conn
+        .query_row(
+            "SELECT (SELECT COUNT(*) FROM orders), total, customer FROM orders WHERE id = 37",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .expect("row 37");
+    assert_eq!((n, total, customer.as_str()), (50, 55.5, "Cliente 37 €"));
+
+    let second = ok(run(&registry, "etl.sync", p).await);
+    assert_eq!(second["rows_new"], 0, "{second}");
+    assert_eq!(
+        second["pages"], 1,
+        "resumed from the stored cursor: {second}"
+    );
+    let n: i64 = conn
+        .query_row("SELECT COUNT(*) FROM orders", [], |r| r.get(0))
+        .expect("count");
+    assert_eq!(n, 50);
+}
+
+#[tokio::test]
+async fn syncs_into_postgres() {
+    let (base, _api) = api().await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = common::registry(&etl_config(tmp.path()));
+    let table = format!(
+        "etl_test_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    let p = payload(&base, "pg", &table);
+    let first = run(&registry, "etl.sync", p.clone()).await;
+    let second = run(&registry, "etl.sync", p).await;
+
+    let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let check = client
+        .query_one(&format!("SELECT COUNT(*), SUM(total), bool_and(paid) FILTER (WHERE id % 2 = 0) FROM \"{table}\""), &[])
+        .await;
+    client
+        .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
+        .await
+        .expect("drop");
+    client
+        .execute("DELETE FROM hopper_etl_state WHERE target = $1", &[&table])
+        .await
+        .expect("clean state");
+
+    let first = ok(first);
+    assert_eq!(first["rows_new"], PAGES * PER_PAGE);
+    assert_eq!(first["cursor"], "c5");
+    let second = ok(second);
+    assert_eq!(second["rows_new"], 0);
+    assert_eq!(second["rows_upserted"], PER_PAGE);
+    let row = check.expect("query");
+    assert_eq!(row.get::<_, i64>(0), 50);
+    assert_eq!(
+        row.get::<_, f64>(1),
+        (1..=50).map(|i| f64::from(i) * 1.5).sum::<f64>()
+    );
+    assert!(row.get::<_, bool>(2));
+}
+
+#[tokio::test]
+async fn client_errors_are_permanent() {
+    let (base, _api) = api().await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = etl_config(tmp.path());
+    config.etl.tokens.insert("wrong".into(), "nope".into());
+    let registry = common::registry(&config);
+    let mut p = payload(&base, "sqlite:etl/x.db", "x");
+    p["source"]["url"] = json!(format!("{base}/gone"));
+    let ran = run(&registry, "etl.sync", p.clone()).await;
+    assert!(is_permanent(&ran.result), "404: {:?}", ran.result);
+    p["source"]["url"] = json!(format!("{base}/orders"));
+    p["source"]["token"] = json!("wrong");
+    let ran = run(&registry, "etl.sync", p).await;
+    assert!(is_permanent(&ran.result), "401: {:?}", ran.result);
+}
+
+#[tokio::test]
+async fn validate_names_the_field() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = common::registry(&etl_config(tmp.path()));
+    let k = "etl.sync";
+    let good = payload("http://127.0.0.1:1", "sqlite:etl/a.db", "orders");
+    assert!(common::validate(&registry, k, &good).is_ok());
+    let with = |f: &dyn Fn(&mut Value)| {
+        let mut p = good.clone();
+        f(&mut p);
+        p
+    };
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            with(&|p| p["source"]["token"] = json!("unknown"))
+        ),
+        "payload.source.token"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            with(&|p| p["source"]["url"] = json!("ftp://x"))
+        ),
+        "payload.source.url"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            with(&|p| p["target"]["database"] = json!("nowhere"))
+        ),
+        "payload.target.database"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            with(&|p| p["target"]["database"] = json!("sqlite:../a.db"))
+        ),
+        "payload.target.database"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            with(&|p| p["target"]["table"] = json!("a; drop"))
+        ),
+        "payload.target.table"
+    );
+    assert_eq!(
+        bad_field(&registry, k, with(&|p| p["target"]["key"] = json!("nope"))),
+        "payload.target.key"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            with(&|p| p["target"]["types"]["id"] = json!("decimal"))
+        ),
+        "payload.target.types.id"
+    );
+}

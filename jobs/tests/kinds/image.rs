@@ -1,0 +1,352 @@
+//! `image.resize` on generated images, a crafted oversized header, and a URL source.
+
+use std::io::Cursor;
+use std::time::Instant;
+
+use image::codecs::jpeg::JpegEncoder;
+use image::{ImageBuffer, ImageEncoder, Rgb};
+use serde_json::json;
+
+use crate::common::{self, bad_field, is_permanent, ok, run};
+
+/// A 4000x3000 JPEG with enough detail to be a fair decode and resize workload.
+fn photo_jpeg(w: u32, h: u32) -> Vec<u8> {
+    let img = ImageBuffer::from_fn(w, h, |x, y| {
+        Rgb([(x % 256) as u8, (y % 256) as u8, ((x * y) % 251) as u8])
+    });
+    let mut out = Vec::new();
+    JpegEncoder::new_with_quality(Cursor::new(&mut out), 85)
+        .write_image(img.as_raw(), w, h, image::ExtendedColorType::Rgb8)
+        .expect("encode");
+    out
+}
+
+fn crc32(bytes: &[u8]) -> u32 {
+    let mut crc = 0xFFFF_FFFFu32;
+    for &b in bytes {
+        crc ^= u32::from(b);
+        for _ in 0..8 {
+            crc = if crc & 1 == 1 {
+                (crc >> 1) ^ 0xEDB8_8320
+            } else {
+                crc >> 1
+            };
+        }
+    }
+    !crc
+}
+
+/// A PNG whose header claims `w` x `h` pixels, with a valid IHDR checksum and a token IDAT.
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut chunk = |kind: &[u8], data: &[u8]| {
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        let mut body = kind.to_vec();
+        body.extend_from_slice(data);
+        out.extend_from_slice(&body);
+        out.extend_from_slice(&crc32(&body).to_be_bytes());
+    };
+    let mut ihdr = Vec::new();
+    ihdr.extend_from_slice(&w.to_be_bytes());
+    ihdr.extend_from_slice(&h.to_be_bytes());
+    ihdr.extend_from_slice(&[8, 2, 0, 0, 0]); // 8-bit RGB
+    chunk(b"IHDR", &ihdr);
+    chunk(b"IDAT", &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01]);
+    chunk(b"IEND", &[]);
+    out
+}
+
+#[tokio::test]
+async fn resizes_a_photo_to_three_sizes() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(config.files_dir.join("uploads")).expect("mkdir");
+    std::fs::write(
+        config.files_dir.join("uploads/photo.jpg"),
+        photo_jpeg(4000, 3000),
+    )
+    .expect("write");
+    let registry = common::registry(&config);
+    let ran = run(
+        &registry,
+        "image.resize",
+        json!({
+            "source": "uploads/photo.jpg",
+            "sizes": [
+                {"width": 1600},
+                {"width": 400, "height": 400, "fit": "cover"},
+                {"width": 120, "height": 90, "fit": "exact"},
+            ],
+            "quality": 80,
+        }),
+    )
+    .await;
+    assert!(
+        ran.progress.len() >= 3,
+        "progress per output: {:?}",
+        ran.progress
+    );
+    let result = ok(ran);
+    let outputs = result["outputs"].as_array().expect("outputs");
+    let expected = [(1600, 1200), (400, 400), (120, 90)];
+    assert_eq!(outputs.len(), 3);
+    for (out, (w, h)) in outputs.iter().zip(expected) {
+        assert_eq!(
+            (out["width"].as_u64(), out["height"].as_u64()),
+            (Some(w), Some(h))
+        );
+        let path = config.files_dir.join(out["path"].as_str().expect("path"));
+        assert!(
+            path.starts_with(config.files_dir.join("resized")),
+            "{path:?}"
+        );
+        let bytes = std::fs::read(&path).expect("output written");
+        assert_eq!(out["bytes"].as_u64(), Some(bytes.len() as u64));
+        let img = image::load_from_memory(&bytes).expect("output decodes");
+        assert_eq!((img.width(), img.height()), (w as u32, h as u32));
+    }
+}
+
+#[tokio::test]
+async fn png_and_webp_keep_alpha() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    let img = ImageBuffer::from_fn(64, 32, |x, _| image::Rgba([200, 10, 10, (x * 4) as u8]));
+    std::fs::create_dir_all(&config.files_dir).expect("mkdir");
+    img.save(config.files_dir.join("a.png")).expect("save");
+    let registry = common::registry(&config);
+    for format in ["png", "webp"] {
+        let result = ok(run(
+            &registry,
+            "image.resize",
+            json!({"source": "a.png", "sizes": [{"width": 16, "height": 16}], "format": format, "output_dir": "out"}),
+        )
+        .await);
+        let out = &result["outputs"][0];
+        assert_eq!(
+            (out["width"].as_u64(), out["height"].as_u64()),
+            (Some(16), Some(8))
+        );
+        let decoded = image::open(config.files_dir.join(out["path"].as_str().expect("path")))
+            .expect("decodes");
+        assert!(decoded.color().has_alpha(), "{format} lost alpha");
+    }
+}
+
+#[tokio::test]
+async fn oversized_header_is_permanent() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files_dir).expect("mkdir");
+    std::fs::write(
+        config.files_dir.join("bomb.png"),
+        png_claiming(100_000, 100_000),
+    )
+    .expect("write");
+    std::fs::write(config.files_dir.join("junk.jpg"), b"not an image at all").expect("write");
+    let registry = common::registry(&config);
+    let started = Instant::now();
+    for source in ["bomb.png", "junk.jpg", "missing.jpg"] {
+        let ran = run(
+            &registry,
+            "image.resize",
+            json!({"source": source, "sizes": [{"width": 100}]}),
+        )
+        .await;
+        assert!(is_permanent(&ran.result), "{source}: {:?}", ran.result);
+    }
+    assert!(
+        started.elapsed().as_secs() < 5,
+        "the bomb was not refused from its header"
+    );
+}
+
+#[tokio::test]
+async fn url_sources_and_their_errors() {
+    use axum::Router;
+    use axum::http::StatusCode;
+    use axum::routing::get;
+
+    let jpeg = photo_jpeg(64, 48);
+    let app = Router::new()
+        .route("/cat.jpg", get(move || async move { jpeg.clone() }))
+        .route(
+            "/busy.jpg",
+            get(|| async { StatusCode::SERVICE_UNAVAILABLE }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = common::config(tmp.path());
+    config.max_download_bytes = 1_000_000;
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "image.resize",
+        json!({"source": format!("{base}/cat.jpg"), "sizes": [{"width": 32}]}),
+    )
+    .await);
+    assert_eq!(result["outputs"][0]["path"], "resized/cat_32x24.jpg");
+
+    let missing = run(
+        &registry,
+        "image.resize",
+        json!({"source": format!("{base}/nope.jpg"), "sizes": [{"width": 32}]}),
+    )
+    .await;
+    assert!(is_permanent(&missing.result), "404: {:?}", missing.result);
+    let busy = run(
+        &registry,
+        "image.resize",
+        json!({"source": format!("{base}/busy.jpg"), "sizes": [{"width": 32}]}),
+    )
+    .await;
+    assert!(common::is_retryable(&busy.result), "503: {:?}", busy.result);
+
+    config.max_download_bytes = 100;
+    let registry = common::registry(&config);
+    let big = run(
+        &registry,
+        "image.resize",
+        json!({"source": format!("{base}/cat.jpg"), "sizes": [{"width": 32}]}),
+    )
+    .await;
+    assert!(
+        is_permanent(&big.result),
+        "over the limit: {:?}",
+        big.result
+    );
+}
+
+#[tokio::test]
+async fn validate_names_the_field() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = common::registry(&common::config(tmp.path()));
+    let k = "image.resize";
+    assert!(
+        common::validate(
+            &registry,
+            k,
+            &json!({"source": "a.jpg", "sizes": [{"width": 10}]})
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"source": "a.jpg", "sizes": [{"width": "x"}]})
+        ),
+        "payload.sizes[0].width"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"source": "a.jpg", "sizes": [{"width": 10}, {"width": 0}]})
+        ),
+        "payload.sizes[1].width"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"source": "a.jpg", "sizes": [{"width": 10, "fit": "cover"}]})
+        ),
+        "payload.sizes[0].height"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"source": "/etc/passwd", "sizes": [{"width": 10}]})
+        ),
+        "payload.source"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"source": "a.jpg", "sizes": [{"width": 10}], "quality": 0})
+        ),
+        "payload.quality"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"source": "a.jpg", "sizes": [{"width": 10}], "format": "gif"})
+        ),
+        "payload.format"
+    );
+    assert_eq!(
+        bad_field(&registry, k, json!({"source": "a.jpg", "sizes": []})),
+        "payload.sizes"
+    );
+}
+
+/// Throughput of the whole handler (decode, 3 resizes, encode, write), and of the image
+/// crate's own Lanczos3 resize for comparison. Run with
+/// `cargo test -p hopper-jobs --release --test kinds -- --ignored --nocapture resize_throughput`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn resize_throughput() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files_dir).expect("mkdir");
+    let jpeg = photo_jpeg(4000, 3000);
+    std::fs::write(config.files_dir.join("photo.jpg"), &jpeg).expect("write");
+    let registry = common::registry(&config);
+    let payload = json!({"source": "photo.jpg", "sizes": [
+        {"width": 1600}, {"width": 400, "height": 400, "fit": "cover"}, {"width": 120, "height": 90, "fit": "exact"}]});
+    let n = 10;
+    let started = Instant::now();
+    for _ in 0..n {
+        ok(run(&registry, "image.resize", payload.clone()).await);
+    }
+    let per = started.elapsed().as_secs_f64() / f64::from(n);
+    eprintln!(
+        "image.resize 4000x3000 -> 3 sizes: {:.1} ms/image, {:.2} images/s",
+        per * 1e3,
+        1.0 / per
+    );
+
+    let img = image::load_from_memory(&jpeg).expect("decode");
+    let started = Instant::now();
+    let decoded = image::load_from_memory(&jpeg).expect("decode");
+    let decode = started.elapsed().as_secs_f64();
+    drop(decoded);
+    let sizes = [(1600, 1200), (400, 400), (120, 90)];
+    let started = Instant::now();
+    for (w, h) in sizes {
+        let _ = img.resize_exact(w, h, image::imageops::FilterType::Lanczos3);
+    }
+    let image_crate = started.elapsed().as_secs_f64();
+    let rgb = img.to_rgb8();
+    let src = fast_image_resize::images::Image::from_vec_u8(
+        4000,
+        3000,
+        rgb.into_raw(),
+        fast_image_resize::PixelType::U8x3,
+    )
+    .expect("buffer");
+    let mut resizer = fast_image_resize::Resizer::new();
+    let started = Instant::now();
+    for (w, h) in sizes {
+        let mut dst =
+            fast_image_resize::images::Image::new(w, h, fast_image_resize::PixelType::U8x3);
+        resizer.resize(&src, &mut dst, None).expect("resize");
+    }
+    let fir = started.elapsed().as_secs_f64();
+    eprintln!(
+        "decode {:.1} ms; Lanczos3 resize to the 3 sizes: image crate {:.1} ms, fast_image_resize {:.1} ms ({:?})",
+        decode * 1e3,
+        image_crate * 1e3,
+        fir * 1e3,
+        resizer.cpu_extensions(),
+    );
+}

@@ -1,0 +1,16 @@
+//! The job kinds driven through `Handler::run` against real parts on loopback: an SMTP
+//! server speaking enough SMTP, an axum JSON API, SQLite files, the local PostgreSQL, real
+//! images and PDFs on disk. One test binary, one module per kind.
+
+mod common;
+
+#[cfg(feature = "cleanup")]
+mod cleanup;
+#[cfg(feature = "email")]
+mod email;
+#[cfg(feature = "etl")]
+mod etl;
+#[cfg(feature = "image")]
+mod image;
+#[cfg(feature = "pdf")]
+mod pdf;

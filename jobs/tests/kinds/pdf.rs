@@ -1,0 +1,204 @@
+//! `pdf.report`: a 500-row report, read back (page count with lopdf, text with `pdftotext`
+//! when installed, else lopdf's extractor), and a report from an etl-style SQLite table.
+
+use std::path::Path;
+use std::time::Instant;
+
+use hopper_jobs::pdf::{FIRST_PAGE_ROWS, ROWS_PER_PAGE};
+use serde_json::{Value, json};
+
+use crate::common::{self, bad_field, is_permanent, ok, run};
+
+fn rows(n: usize) -> Vec<Value> {
+    (1..=n)
+        .map(|i| {
+            let name = if i == n {
+                "Zoë Last-Row".to_owned()
+            } else {
+                format!("Élodie Müller {i}")
+            };
+            json!([i, name, i as f64 * 12.5, "ça coûte 12 € — très cher"])
+        })
+        .collect()
+}
+
+/// The text of a PDF: poppler's `pdftotext` when present (an independent reader), else lopdf.
+fn pdf_text(path: &Path) -> String {
+    if let Ok(out) = std::process::Command::new("pdftotext")
+        .arg(path)
+        .arg("-")
+        .output()
+        && out.status.success()
+    {
+        return String::from_utf8_lossy(&out.stdout).into_owned();
+    }
+    let doc = lopdf::Document::load(path).expect("pdf loads");
+    let pages: Vec<u32> = doc.get_pages().keys().copied().collect();
+    doc.extract_text(&pages).expect("text extracts")
+}
+
+fn page_count(path: &Path) -> usize {
+    lopdf::Document::load(path)
+        .expect("pdf loads")
+        .get_pages()
+        .len()
+}
+
+#[tokio::test]
+async fn five_hundred_rows_paginate_with_header_and_euro() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(config.files_dir.join("brand")).expect("mkdir");
+    image::RgbImage::from_fn(120, 60, |x, _| image::Rgb([x as u8, 80, 160]))
+        .save(config.files_dir.join("brand/logo.png"))
+        .expect("logo");
+    let registry = common::registry(&config);
+    let ran = run(
+        &registry,
+        "pdf.report",
+        json!({
+            "title": "Rapport trimestriel été 2025",
+            "subtitle": "Ventes en € par client",
+            "columns": ["id", "client", "montant €", "note"],
+            "rows": rows(500),
+            "footer": "Confidentiel — usage interne",
+            "logo": "brand/logo.png",
+            "output": "reports/q3.pdf",
+        }),
+    )
+    .await;
+    assert!(!ran.progress.is_empty());
+    let result = ok(ran);
+    let expected = 1 + (500 - FIRST_PAGE_ROWS).div_ceil(ROWS_PER_PAGE);
+    assert_eq!(result["pages"], expected);
+    assert_eq!(result["path"], "reports/q3.pdf");
+    let path = config.files_dir.join("reports/q3.pdf");
+    assert_eq!(page_count(&path), expected);
+    let text = pdf_text(&path);
+    assert!(
+        text.contains("Rapport trimestriel été 2025"),
+        "title missing"
+    );
+    assert!(text.contains("Zoë Last-Row"), "last row missing");
+    assert!(text.contains('€'), "euro sign missing");
+    assert!(
+        text.contains(&format!("Page {expected} of {expected}")),
+        "page numbers missing"
+    );
+    // The header is repeated: "montant €" once per page.
+    assert_eq!(
+        text.matches("montant €").count(),
+        expected,
+        "header not on every page"
+    );
+}
+
+#[tokio::test]
+async fn rows_from_an_etl_sqlite_table() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(config.files_dir.join("etl")).expect("mkdir");
+    let conn = rusqlite::Connection::open(config.files_dir.join("etl/shop.db")).expect("open");
+    conn.execute_batch(
+        "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total REAL);
+         INSERT INTO orders VALUES (1, 'Ana', 10.5), (2, 'Bjørn', 20.25), (3, 'Çelik', 7);",
+    )
+    .expect("seed");
+    drop(conn);
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "pdf.report",
+        json!({"title": "Orders", "input": {"table": "orders", "database": "sqlite:etl/shop.db", "pages": 1}}),
+    )
+    .await);
+    assert_eq!(result["pages"], 1);
+    assert_eq!(result["rows"], 3);
+    let text = pdf_text(
+        &config
+            .files_dir
+            .join(result["path"].as_str().expect("path")),
+    );
+    assert!(
+        text.contains("Bjørn") && text.contains("customer") && text.contains("20.25"),
+        "{text}"
+    );
+
+    let missing = run(
+        &registry,
+        "pdf.report",
+        json!({"title": "x", "input": {"table": "nope", "database": "sqlite:etl/shop.db"}}),
+    )
+    .await;
+    assert!(is_permanent(&missing.result), "{:?}", missing.result);
+}
+
+#[tokio::test]
+async fn validate_names_the_field() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = common::registry(&common::config(tmp.path()));
+    let k = "pdf.report";
+    assert!(
+        common::validate(
+            &registry,
+            k,
+            &json!({"title": "t", "columns": ["a"], "rows": [[1]]})
+        )
+        .is_ok()
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"title": "", "columns": ["a"], "rows": []})
+        ),
+        "payload.title"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"title": "t", "columns": [], "rows": []})
+        ),
+        "payload.columns"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"title": "t", "columns": ["a"], "rows": [1]})
+        ),
+        "payload.rows[0]"
+    );
+    assert_eq!(
+        bad_field(
+            &registry,
+            k,
+            json!({"title": "t", "columns": ["a"], "rows": [], "output": "../x.pdf"})
+        ),
+        "payload.output"
+    );
+    assert_eq!(
+        bad_field(&registry, k, json!({"title": "t", "columns": ["a"]})),
+        "payload.rows"
+    );
+}
+
+/// Pages per second of a 5,000-row report. Run with
+/// `cargo test -p hopper-jobs --release --test kinds -- --ignored --nocapture pdf_throughput`.
+#[tokio::test]
+#[ignore = "a measurement, not a check"]
+async fn pdf_throughput() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = common::registry(&common::config(tmp.path()));
+    let payload = json!({"title": "Bench €", "columns": ["id", "client", "montant €", "note"], "rows": rows(5000)});
+    let started = Instant::now();
+    let result = ok(run(&registry, "pdf.report", payload).await);
+    let secs = started.elapsed().as_secs_f64();
+    let pages = result["pages"].as_f64().unwrap_or(0.0);
+    eprintln!(
+        "pdf.report: {pages} pages in {:.0} ms, {:.0} pages/s",
+        secs * 1e3,
+        pages / secs
+    );
+}
