@@ -1,5 +1,6 @@
 -- cancel.lua: cancels a job in any non-final state and appends `job.cancelled`. A running
--- job keeps its lease token, so the worker's next heartbeat learns it was cancelled.
+-- job keeps its lease token, so the worker's next heartbeat learns it was cancelled. A chain
+-- step also cancels the waiting steps after it.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  now, ms
@@ -12,7 +13,8 @@ local now = tonumber(ARGV[1])
 local cap = ARGV[2]
 local id = ARGV[3]
 local jk = job_key(id)
-local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'priority', 'run_at', 'seq')
+local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'priority', 'run_at', 'seq', 'chain_index',
+  'chain_next')
 local st = f[1]
 if not st then
   return { 'nf' }
@@ -27,9 +29,12 @@ elseif st == 'scheduled' or st == 'retrying' then
 elseif st == 'running' then
   redis.call('ZREM', K .. 'running', id)
 end
-local ev = event(cap, 'job.cancelled', id, f[2], now, f[3])
+local ev = event(cap, 'job.cancelled', id, f[2], now, f[3] or 0)
 redis.call('HSET', jk, 'lease_until', '', 'state', 'cancelled', 'finished_at', now, 'evn', ev)
 redis.call('ZADD', K .. 'cancelled', now, id)
 move(st, 'cancelled')
+if f[8] and f[8] ~= '' then
+  chain_cancel_rest(id, f[7], f[8], 'cancelled', now, cap)
+end
 flush_counts()
 return { 'ok', redis.call('HGETALL', jk) }

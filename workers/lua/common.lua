@@ -3,15 +3,21 @@
 --
 -- KEYS[1] of every script is the queue's key prefix "{<prefix>:<queue>}:". Every key a script
 -- touches is KEYS[1] .. suffix, so all of them share one hash tag and one Cluster slot:
---   job:<id>   hash, one per job (fields mirror `Job`, plus `seq`, `ev0`, `evn`); an optional
---              field is absent or '' when it has no value
+--   job:<id>   hash, one per job: the fields of `Job` but `id` and `queue` (the key says
+--              them), plus `seq`, `ev0` and `evn` (the ids of its first and last stream
+--              entries); a chain step has `chain_id`, `chain_index` and, unless it is the
+--              last, `chain_next`. An optional field is absent or '' when it has no value,
+--              and a missing counter (attempt, lease_token, interruptions,
+--              interruption_streak, progress) is 0: a fresh job stores only what it must.
+--              A `waiting` chain step is in none of the zsets below but `all`: only its
+--              predecessor's success moves it.
 --   all        zset, every job id at score 0 (lexicographic index, newest first by id)
 --   queued     zset, score = priority, member = qmember(run_at, seq, id)
 --   due        zset of scheduled and retrying ids, score = due time (ms)
 --   running    zset of running ids, score = lease deadline (ms)
 --   succeeded, dead, cancelled   zsets of finished ids, score = finished_at (ms)
 --   counts     hash state -> number of jobs
---   events     stream of events, trimmed to about ARGV cap entries
+--   events     stream of events (see "Events" below), trimmed to about ARGV cap entries
 --   signal     list of wake-up tokens, BLPOPed by idle workers
 --   unique     hash unique_key -> id
 --   seq        counter, enqueue order
@@ -36,12 +42,13 @@ end
 
 -- State counts, summed per script and written with one HINCRBY per state at the end.
 local counts = {}
-local function move(from, to)
+local function move(from, to, n)
+  n = n or 1
   if from then
-    counts[from] = (counts[from] or 0) - 1
+    counts[from] = (counts[from] or 0) - n
   end
   if to then
-    counts[to] = (counts[to] or 0) + 1
+    counts[to] = (counts[to] or 0) + n
   end
 end
 local function flush_counts()
@@ -52,17 +59,50 @@ local function flush_counts()
   end
 end
 
--- Appends one event to the queue's stream (trimmed approximately to `cap`) and returns its id.
--- `extra` is a flat list of more field/value pairs: p (progress), m (message), r (result
--- JSON), e (error).
+-- Events. A stream entry is `at <ms>` followed by one or more events, each starting with
+-- `t <type>`, then `j <id>`, `k <kind>`, `a <attempt>` and optional `p` (progress), `m`
+-- (message), `r` (result JSON), `e` (error). The hot scripts (enqueue, fetch, finish) write
+-- one entry per call holding all of its events: one XADD instead of one per job. The stream is
+-- trimmed approximately to `cap` entries.
+
+-- Appends one entry with one event and returns its id.
 local function event(cap, typ, id, kind, at, attempt, extra)
-  local args = { K .. 'events', 'MAXLEN', '~', cap, '*', 't', typ, 'j', id, 'k', kind, 'at', at, 'a', attempt }
+  local args = { K .. 'events', 'MAXLEN', '~', cap, '*', 'at', at, 't', typ, 'j', id, 'k', kind, 'a', attempt }
   if extra then
     for i = 1, #extra do
       args[#args + 1] = extra[i]
     end
   end
   return redis.call('XADD', unpack(args))
+end
+
+-- The events of a batch, written as one entry by flush_events. Lua's unpack takes at most
+-- about 8,000 values: callers bound their batches (500 jobs of at most 12 values each).
+local evbuf = {}
+local function add_event(typ, id, kind, attempt, xk, xv)
+  local n = #evbuf
+  evbuf[n + 1] = 't'
+  evbuf[n + 2] = typ
+  evbuf[n + 3] = 'j'
+  evbuf[n + 4] = id
+  evbuf[n + 5] = 'k'
+  evbuf[n + 6] = kind
+  evbuf[n + 7] = 'a'
+  evbuf[n + 8] = attempt
+  if xk then
+    evbuf[n + 9] = xk
+    evbuf[n + 10] = xv
+  end
+end
+
+-- Appends the buffered events as one entry; returns its id, or nil when there were none.
+local function flush_events(cap, at)
+  if #evbuf == 0 then
+    return nil
+  end
+  local id = redis.call('XADD', K .. 'events', 'MAXLEN', '~', cap, '*', 'at', at, unpack(evbuf))
+  evbuf = {}
+  return id
 end
 
 -- Wakes up to `n` (at most 8) workers blocked on this queue. The list is trimmed so that it
@@ -92,20 +132,104 @@ local function stat(name, now, n)
   end
 end
 
+-- Chains. Every step of a chain is on the same queue (`link_chain` puts them there), so a
+-- chain is walked through `chain_next` links inside this queue's slot. A walk stops at a
+-- step it has seen already, so hand-made links that loop cannot hang Redis.
+
+-- The payload JSON object `payload` with its top-level `input` set to the JSON text `input`.
+-- The common case (no `input` key yet) splices the text, so the payload's numbers and empty
+-- arrays stay exactly as they were; replacing an existing `input` goes through cjson, which
+-- turns empty arrays into {} and keeps only 14 significant digits of a number.
+local function with_input(payload, input)
+  if string.find(payload, '"input"', 1, true) then
+    local ok, obj = pcall(cjson.decode, payload)
+    if ok and type(obj) == 'table' and obj.input ~= nil then
+      local ok2, value = pcall(cjson.decode, input)
+      if ok2 then
+        obj.input = value
+        return cjson.encode(obj)
+      end
+    end
+  end
+  local open = string.find(payload, '{', 1, true)
+  if not open or string.match(payload, '^%s*{%s*}%s*$') then
+    return '{"input":' .. input .. '}'
+  end
+  return '{"input":' .. input .. ',' .. string.sub(payload, open + 1)
+end
+
+-- After chain step `index` succeeded with the JSON text `result`: its successor `next_id`, if
+-- still `waiting`, becomes `queued` now with `input` = result (job.enqueued, "chain: step N
+-- succeeded"). Returns 1 when a step was queued (the caller signals a worker), else 0.
+local function chain_promote(next_id, index, result, now, cap)
+  local jk = job_key(next_id)
+  local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'priority', 'seq', 'payload')
+  if f[1] ~= 'waiting' then
+    return 0
+  end
+  local ev = event(cap, 'job.enqueued', next_id, f[2], now, f[3] or 0, { 'm', 'chain: step ' .. index .. ' succeeded' })
+  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'payload', with_input(f[6], result), 'evn', ev)
+  redis.call('ZADD', K .. 'queued', f[4], qmember(now, tonumber(f[5]), next_id))
+  move('waiting', 'queued')
+  return 1
+end
+
+-- After chain step `index` (`id`) ended `how` ('dead' or 'cancelled'): every later step of
+-- the chain that is `waiting` is cancelled, with the reason as its last error and in its
+-- job.cancelled event. `next_id` is the step's `chain_next` (nil or '' for the last step).
+local function chain_cancel_rest(id, index, next_id, how, now, cap)
+  local reason = 'chain: step ' .. index .. ' (' .. id .. ') is ' .. how
+  local cur, seen = next_id, {}
+  while cur and cur ~= '' and not seen[cur] do
+    seen[cur] = true
+    local jk = job_key(cur)
+    local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'chain_next')
+    if f[1] == 'waiting' then
+      local ev = event(cap, 'job.cancelled', cur, f[2], now, f[3] or 0, { 'm', reason })
+      redis.call('HSET', jk, 'state', 'cancelled', 'finished_at', now, 'last_error', reason, 'evn', ev)
+      redis.call('ZADD', K .. 'cancelled', now, cur)
+      move('waiting', 'cancelled')
+    end
+    cur = f[4]
+  end
+end
+
+-- After a chain step was retried: every later step that is `cancelled` goes back to
+-- `waiting` (no event: it has not run, and its predecessor's success will queue it).
+local function chain_resume_rest(next_id)
+  local cur, seen = next_id, {}
+  while cur and cur ~= '' and not seen[cur] do
+    seen[cur] = true
+    local jk = job_key(cur)
+    local f = redis.call('HMGET', jk, 'state', 'chain_next')
+    if f[1] == 'cancelled' then
+      redis.call('ZREM', K .. 'cancelled', cur)
+      redis.call('HSET', jk, 'state', 'waiting')
+      redis.call('HDEL', jk, 'finished_at', 'last_error')
+      move('cancelled', 'waiting')
+    end
+    cur = f[2]
+  end
+end
+
 -- A finished (dead or cancelled) job back to `queued` with a fresh set of retries, behind
 -- the jobs already queued at its priority; `job.enqueued` with message "retried". The last
--- error is kept. Used by retry.lua and retry_all_dead.lua.
+-- error is kept. A chain step's cancelled successors go back to `waiting`. Used by retry.lua
+-- and retry_all_dead.lua.
 local function requeue(id, st, now, cap)
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'kind', 'priority')
+  local f = redis.call('HMGET', jk, 'kind', 'priority', 'chain_next')
   local seq = redis.call('INCR', K .. 'seq')
   redis.call('ZREM', K .. st, id)
   local ev = event(cap, 'job.enqueued', id, f[1], now, 0, { 'm', 'retried' })
   redis.call('HSET', jk, 'state', 'queued', 'attempt', 0, 'run_at', now, 'seq', seq,
-    'interruption_streak', 0, 'progress', 0, 'evn', ev)
-  redis.call('HDEL', jk, 'finished_at', 'lease_until', 'result', 'progress_message')
+    'interruption_streak', 0, 'evn', ev)
+  redis.call('HDEL', jk, 'finished_at', 'lease_until', 'result', 'progress', 'progress_message')
   redis.call('ZADD', K .. 'queued', f[2], qmember(now, seq, id))
   move(st, 'queued')
+  if f[3] and f[3] ~= '' then
+    chain_resume_rest(f[3])
+  end
 end
 
 -- ---------------------------------------------------------------------------------------

@@ -1,81 +1,121 @@
--- enqueue.lua: stores new jobs of one queue, each `queued` or (run_at in the future)
--- `scheduled`, and appends `job.enqueued` for each.
+-- enqueue.lua: stores new jobs of one queue, each `queued`, `scheduled` (run_at in the
+-- future) or `waiting` (a chain step after the first), and appends `job.enqueued` for each,
+-- all in one stream entry.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  now, ms
 -- ARGV[2]  event stream cap
--- ARGV[3]  queue name
--- ARGV[4]  n, the number of jobs; then 8 values per job:
+-- ARGV[3]  n, the number of jobs (at most 500); then 11 values per job:
 --          id, kind, payload (JSON), priority, run_at ('' or past = now), max_retries,
---          timeout_ms ('' = none), unique_key ('' = none)
+--          timeout_ms ('' = none), unique_key ('' = none), chain_id ('' = not a chain step),
+--          chain_index, chain_next ('' = none)
 -- Returns  a flat array, two entries per job in order: the id (the existing job's id when
 --          the unique key or the id was taken), then 1 if created or 0 if not.
 
 local now = tonumber(ARGV[1])
 local cap = ARGV[2]
-local queue = ARGV[3]
-local n = tonumber(ARGV[4])
+local n = tonumber(ARGV[3])
 
 local out = {}
-local woken = 0
-local last_seq = redis.call('INCRBY', K .. 'seq', n)
+-- ARGV base, state and due time of each job to create.
+local bases, states, ats = {}, {}, {}
+local taken_ids, taken_keys = {}, {}
 for i = 0, n - 1 do
-  local b = 5 + i * 8
-  local id, kind, payload, priority = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3]
-  local run_at, max_retries, timeout_ms, unique = ARGV[b + 4], ARGV[b + 5], ARGV[b + 6], ARGV[b + 7]
-  local jk = job_key(id)
+  local b = 4 + i * 11
+  local id, unique = ARGV[b], ARGV[b + 7]
   local existing = nil
   if unique ~= '' then
-    local other = redis.call('HGET', K .. 'unique', unique)
-    if other and redis.call('EXISTS', job_key(other)) == 1 then
+    local other = taken_keys[unique] or redis.call('HGET', K .. 'unique', unique)
+    if other and (taken_keys[unique] or redis.call('EXISTS', job_key(other)) == 1) then
       existing = other
     end
   end
-  if not existing and redis.call('EXISTS', jk) == 1 then
+  if not existing and (taken_ids[id] or redis.call('EXISTS', job_key(id)) == 1) then
     existing = id
   end
   if existing then
     out[#out + 1] = existing
     out[#out + 1] = 0
   else
-    local seq = last_seq - n + 1 + i
     -- A run time in the past is simply now: it does not jump the line.
-    local at = now
-    if run_at ~= '' and tonumber(run_at) > now then
+    local at, state = now, 'queued'
+    local run_at, chain_id = ARGV[b + 4], ARGV[b + 8]
+    if chain_id ~= '' and tonumber(ARGV[b + 9]) > 0 then
+      -- A later chain step runs when the step before it succeeds, not at a time.
+      state = 'waiting'
+    elseif run_at ~= '' and tonumber(run_at) > now then
       at = tonumber(run_at)
-    end
-    local state = 'queued'
-    if at > now then
       state = 'scheduled'
     end
-    local ev = event(cap, 'job.enqueued', id, kind, now, 0)
-    local fields = { 'id', id, 'queue', queue, 'kind', kind, 'payload', payload, 'priority', priority,
-      'state', state, 'run_at', at, 'attempt', 0, 'max_retries', max_retries, 'interruptions', 0,
-      'interruption_streak', 0, 'lease_token', 0, 'progress', 0, 'created_at', now, 'seq', seq,
-      'ev0', ev, 'evn', ev }
-    if timeout_ms ~= '' then
-      fields[#fields + 1] = 'timeout_ms'
-      fields[#fields + 1] = timeout_ms
-    end
+    taken_ids[id] = true
     if unique ~= '' then
-      fields[#fields + 1] = 'unique_key'
-      fields[#fields + 1] = unique
-      redis.call('HSET', K .. 'unique', unique, id)
+      taken_keys[unique] = id
     end
-    redis.call('HSET', jk, unpack(fields))
-    redis.call('ZADD', K .. 'all', 0, id)
-    if state == 'queued' then
-      redis.call('ZADD', K .. 'queued', priority, qmember(at, seq, id))
-    else
-      redis.call('ZADD', K .. 'due', at, id)
-    end
-    move(nil, state)
-    woken = woken + 1
+    bases[#bases + 1] = b
+    states[#states + 1] = state
+    ats[#ats + 1] = at
+    add_event('job.enqueued', id, ARGV[b + 1], 0)
     out[#out + 1] = id
     out[#out + 1] = 1
   end
 end
--- Scheduled jobs wake waiters too, so that they shorten their wait to the new due time.
-signal(woken)
+
+if #bases > 0 then
+  local ev = flush_events(cap, now)
+  local last_seq = redis.call('INCRBY', K .. 'seq', #bases)
+  local all, queued, due, unique = {}, {}, {}, {}
+  for i = 1, #bases do
+    local b, state, at = bases[i], states[i], ats[i]
+    local id, priority = ARGV[b], ARGV[b + 3]
+    local seq = last_seq - #bases + i
+    -- Zero counters, empty optional fields and the id and queue (known from the key) are not
+    -- stored: a missing field reads as 0 or none.
+    local fields = { 'kind', ARGV[b + 1], 'payload', ARGV[b + 2], 'priority', priority, 'state', state,
+      'run_at', at, 'max_retries', ARGV[b + 5], 'created_at', now, 'seq', seq, 'ev0', ev, 'evn', ev }
+    if ARGV[b + 6] ~= '' then
+      fields[#fields + 1] = 'timeout_ms'
+      fields[#fields + 1] = ARGV[b + 6]
+    end
+    if ARGV[b + 8] ~= '' then
+      fields[#fields + 1] = 'chain_id'
+      fields[#fields + 1] = ARGV[b + 8]
+      fields[#fields + 1] = 'chain_index'
+      fields[#fields + 1] = ARGV[b + 9]
+      if ARGV[b + 10] ~= '' then
+        fields[#fields + 1] = 'chain_next'
+        fields[#fields + 1] = ARGV[b + 10]
+      end
+    end
+    if ARGV[b + 7] ~= '' then
+      fields[#fields + 1] = 'unique_key'
+      fields[#fields + 1] = ARGV[b + 7]
+      unique[#unique + 1] = ARGV[b + 7]
+      unique[#unique + 1] = id
+    end
+    redis.call('HSET', job_key(id), unpack(fields))
+    all[#all + 1] = 0
+    all[#all + 1] = id
+    if state == 'queued' then
+      queued[#queued + 1] = priority
+      queued[#queued + 1] = qmember(at, seq, id)
+    elseif state == 'scheduled' then
+      due[#due + 1] = at
+      due[#due + 1] = id
+    end
+    move(nil, state)
+  end
+  redis.call('ZADD', K .. 'all', unpack(all))
+  if #queued > 0 then
+    redis.call('ZADD', K .. 'queued', unpack(queued))
+  end
+  if #due > 0 then
+    redis.call('ZADD', K .. 'due', unpack(due))
+  end
+  if #unique > 0 then
+    redis.call('HSET', K .. 'unique', unpack(unique))
+  end
+  -- Scheduled jobs wake waiters too, so that they shorten their wait to the new due time.
+  signal((#queued + #due) / 2)
+end
 flush_counts()
 return out

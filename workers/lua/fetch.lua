@@ -1,18 +1,24 @@
 -- fetch.lua: promotes due jobs of one queue, then leases up to ARGV[2] jobs in priority
 -- order (lowest priority number, earliest due, first enqueued): `queued -> running`,
--- attempt + 1, lease_token + 1, lease deadline now + lease; appends `job.started` for each.
+-- attempt + 1, lease_token + 1, lease deadline now + lease; appends `job.started` for each,
+-- all in one stream entry.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  now, ms
--- ARGV[2]  max jobs to lease
+-- ARGV[2]  max jobs to lease (at most 500: the events of one call go in one XADD)
 -- ARGV[3]  lease length, ms
 -- ARGV[4]  event stream cap
 -- ARGV[5]  at most this many due jobs are promoted per call (bounds the work per call; the
 --          rest are promoted by the next fetches)
--- Returns  an array, one entry per leased job: the job's hash as a flat field/value array *as
---          it was before the lease* (the caller applies the same changes: state running,
---          attempt + 1, lease_token + 1, lease_until, started_at = now, progress 0, no message).
---          Patching on the client keeps the script from rebuilding every job's hash in Lua.
+-- Returns  an array, one entry per leased job: an array of the job's fields *as they were
+--          before the lease*, in the order of FIELDS below but with the id in place of the
+--          state (a missing field is nil). The caller applies the changes (state running,
+--          attempt + 1, lease_token + 1, lease_until, started_at = now, progress 0, no
+--          message): returning what HMGET read keeps the script from building tables.
+
+local FIELDS = { 'state', 'attempt', 'lease_token', 'kind', 'payload', 'priority', 'run_at', 'max_retries',
+  'timeout_ms', 'interruptions', 'interruption_streak', 'last_error', 'unique_key', 'created_at', 'chain_id',
+  'chain_index', 'chain_next', 'progress', 'progress_message' }
 
 local now = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
@@ -36,39 +42,40 @@ if #due > 0 then
 end
 
 local out = {}
-local deadline = now + lease
+if max > 500 then
+  max = 500
+end
 local popped = {}
 if max > 0 then
   popped = redis.call('ZPOPMIN', K .. 'queued', max)
 end
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], QPREFIX + 1)
-  local jk = job_key(id)
-  local raw = redis.call('HGETALL', jk)
-  local state, attempt, token, kind, message
-  for j = 1, #raw, 2 do
-    local f = raw[j]
-    if f == 'state' then
-      state = raw[j + 1]
-    elseif f == 'attempt' then
-      attempt = raw[j + 1]
-    elseif f == 'lease_token' then
-      token = raw[j + 1]
-    elseif f == 'kind' then
-      kind = raw[j + 1]
-    elseif f == 'progress_message' then
-      message = raw[j + 1]
+  local f = redis.call('HMGET', job_key(id), unpack(FIELDS))
+  if f[1] == 'queued' then
+    add_event('job.started', id, f[4], (tonumber(f[2]) or 0) + 1)
+    f[1] = id
+    out[#out + 1] = f
+  end
+end
+if #out > 0 then
+  local ev = flush_events(cap, now)
+  local deadline = now + lease
+  local running = {}
+  for i = 1, #out do
+    local f = out[i]
+    local id = f[1]
+    local jk = job_key(id)
+    redis.call('HSET', jk, 'state', 'running', 'attempt', (tonumber(f[2]) or 0) + 1, 'lease_token',
+      (tonumber(f[3]) or 0) + 1, 'lease_until', deadline, 'started_at', now, 'evn', ev)
+    if f[18] or f[19] then
+      redis.call('HDEL', jk, 'progress', 'progress_message')
     end
+    running[#running + 1] = deadline
+    running[#running + 1] = id
   end
-  if state == 'queued' then
-    attempt = tonumber(attempt) + 1
-    local ev = event(cap, 'job.started', id, kind, now, attempt)
-    redis.call('HSET', jk, 'state', 'running', 'attempt', attempt, 'lease_token', tonumber(token) + 1,
-      'lease_until', deadline, 'started_at', now, 'progress', 0, 'progress_message', '', 'evn', ev)
-    redis.call('ZADD', K .. 'running', deadline, id)
-    move('queued', 'running')
-    out[#out + 1] = raw
-  end
+  redis.call('ZADD', K .. 'running', unpack(running))
+  move('queued', 'running', #out)
 end
 flush_counts()
 return out

@@ -1,14 +1,18 @@
 -- finish.lua: ends attempts of one queue. Each entry is applied only while the job is
 -- `running` under the same lease token; otherwise it is refused (lease lost) and changes
--- nothing.
+-- nothing. The events of the entries applied go in one stream entry.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  now, ms
 -- ARGV[2]  event stream cap
--- ARGV[3]  n, the number of entries; then 5 values per entry: id, lease token, outcome, a, b
---          outcome 'ok'      a = result JSON            -> succeeded (progress 100), job.succeeded
+-- ARGV[3]  n, the number of entries (at most 500); then 5 values per entry: id, lease token,
+--          outcome, a, b
+--          outcome 'ok'      a = result JSON            -> succeeded (progress 100), job.succeeded;
+--                                                          a chain step queues the next step
+--                                                          with `input` = the result
 --                  'retry'   a = due ms, b = error      -> retrying,  job.retrying
---                  'dead'    a = error                  -> dead,      job.dead
+--                  'dead'    a = error                  -> dead,      job.dead; a chain step
+--                                                          cancels the waiting steps after it
 --                  'snooze'  a = due ms                 -> scheduled, attempt - 1,
 --                                                          job.enqueued with message "snoozed"
 --                  'release' a = reason                 -> queued at once, attempt - 1,
@@ -21,60 +25,101 @@ local n = tonumber(ARGV[3])
 
 local out = {}
 local ok_n, fail_n, wake = 0, 0, 0
+-- Entries applied: the ARGV base of each and the fields HMGET read.
+-- The same lease twice in one call: only the first is applied, as if in two calls.
+local bases, fields, seen = {}, {}, {}
 for i = 0, n - 1 do
   local b = 4 + i * 5
-  local id, token, code, a, bb = ARGV[b], ARGV[b + 1], ARGV[b + 2], ARGV[b + 3], ARGV[b + 4]
-  local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'state', 'lease_token', 'kind', 'attempt', 'priority', 'run_at', 'seq')
-  if f[1] ~= 'running' or f[2] ~= token then
+  local id, token, code = ARGV[b], ARGV[b + 1], ARGV[b + 2]
+  local f = redis.call('HMGET', job_key(id), 'state', 'lease_token', 'kind', 'attempt', 'interruption_streak',
+    'chain_index', 'chain_next')
+  if f[1] ~= 'running' or f[2] ~= token or seen[id] then
     out[#out + 1] = 0
   else
-    local kind = f[3]
-    local attempt = tonumber(f[4])
-    redis.call('ZREM', K .. 'running', id)
+    local kind, attempt = f[3], tonumber(f[4]) or 0
     if code == 'ok' then
-      local ev = event(cap, 'job.succeeded', id, kind, now, attempt, { 'r', a })
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'succeeded', 'result', a, 'finished_at', now, 'progress', 100,
-        'interruption_streak', 0, 'evn', ev)
-      redis.call('ZADD', K .. 'succeeded', now, id)
+      add_event('job.succeeded', id, kind, attempt, 'r', ARGV[b + 3])
+    elseif code == 'retry' then
+      add_event('job.retrying', id, kind, attempt, 'e', ARGV[b + 4])
+    elseif code == 'dead' then
+      add_event('job.dead', id, kind, attempt, 'e', ARGV[b + 3])
+    elseif code == 'snooze' then
+      -- No event type names "scheduled": a snooze is recorded as enqueued again, for later.
+      add_event('job.enqueued', id, kind, attempt - 1, 'm', 'snoozed')
+    elseif code == 'release' then
+      add_event('job.interrupted', id, kind, attempt, 'm', ARGV[b + 3])
+    else
+      return redis.error_reply('finish.lua: unknown outcome ' .. tostring(code))
+    end
+    seen[id] = true
+    bases[#bases + 1] = b
+    fields[#fields + 1] = f
+    out[#out + 1] = 1
+  end
+end
+
+if #bases > 0 then
+  local ev = flush_events(cap, now)
+  local stopped, succeeded, dead = {}, {}, {}
+  for i = 1, #bases do
+    local b, f = bases[i], fields[i]
+    local id, code, a = ARGV[b], ARGV[b + 2], ARGV[b + 3]
+    local jk = job_key(id)
+    local attempt = tonumber(f[4]) or 0
+    stopped[#stopped + 1] = id
+    -- An attempt that ended normally ends an interruption streak.
+    if f[5] and f[5] ~= '0' and code ~= 'release' then
+      redis.call('HSET', jk, 'interruption_streak', 0)
+    end
+    if code == 'ok' then
+      redis.call('HSET', jk, 'lease_until', '', 'state', 'succeeded', 'result', a, 'finished_at', now,
+        'progress', 100, 'evn', ev)
+      succeeded[#succeeded + 1] = now
+      succeeded[#succeeded + 1] = id
       move('running', 'succeeded')
       ok_n = ok_n + 1
+      if f[7] then
+        wake = wake + chain_promote(f[7], f[6], a, now, cap)
+      end
     elseif code == 'retry' then
       local at = tonumber(a)
-      local ev = event(cap, 'job.retrying', id, kind, now, attempt, { 'e', bb })
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'retrying', 'run_at', at, 'last_error', bb,
-        'interruption_streak', 0, 'evn', ev)
+      redis.call('HSET', jk, 'lease_until', '', 'state', 'retrying', 'run_at', at, 'last_error', ARGV[b + 4],
+        'evn', ev)
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'retrying')
       fail_n = fail_n + 1
       wake = wake + 1
     elseif code == 'dead' then
-      local ev = event(cap, 'job.dead', id, kind, now, attempt, { 'e', a })
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'dead', 'last_error', a, 'finished_at', now,
-        'interruption_streak', 0, 'evn', ev)
-      redis.call('ZADD', K .. 'dead', now, id)
+      redis.call('HSET', jk, 'lease_until', '', 'state', 'dead', 'last_error', a, 'finished_at', now, 'evn', ev)
+      dead[#dead + 1] = now
+      dead[#dead + 1] = id
       move('running', 'dead')
       fail_n = fail_n + 1
+      if f[7] then
+        chain_cancel_rest(id, f[6], f[7], 'dead', now, cap)
+      end
     elseif code == 'snooze' then
       local at = tonumber(a)
-      -- No event type names "scheduled": a snooze is recorded as enqueued again, for later.
-      local ev = event(cap, 'job.enqueued', id, kind, now, attempt - 1, { 'm', 'snoozed' })
       redis.call('HSET', jk, 'lease_until', '', 'state', 'scheduled', 'run_at', at, 'attempt', attempt - 1,
-        'interruption_streak', 0, 'evn', ev)
+        'evn', ev)
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'scheduled')
       wake = wake + 1
-    elseif code == 'release' then
-      -- Back at its old place in line (its run_at and sequence are unchanged).
-      local ev = event(cap, 'job.interrupted', id, kind, now, attempt, { 'm', a })
+    else
+      -- 'release': back at its old place in line (its run_at and sequence are unchanged).
+      local q = redis.call('HMGET', jk, 'priority', 'run_at', 'seq')
       redis.call('HSET', jk, 'lease_until', '', 'state', 'queued', 'attempt', attempt - 1, 'evn', ev)
-      redis.call('ZADD', K .. 'queued', f[5], qmember(tonumber(f[6]), tonumber(f[7]), id))
+      redis.call('ZADD', K .. 'queued', q[1], qmember(tonumber(q[2]), tonumber(q[3]), id))
       move('running', 'queued')
       wake = wake + 1
-    else
-      return redis.error_reply('finish.lua: unknown outcome ' .. tostring(code))
     end
-    out[#out + 1] = 1
+  end
+  redis.call('ZREM', K .. 'running', unpack(stopped))
+  if #succeeded > 0 then
+    redis.call('ZADD', K .. 'succeeded', unpack(succeeded))
+  end
+  if #dead > 0 then
+    redis.call('ZADD', K .. 'dead', unpack(dead))
   end
 end
 stat('ok', now, ok_n)

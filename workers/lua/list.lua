@@ -11,7 +11,8 @@
 -- ARGV[5]  scan budget: at most this many ids looked at
 -- Returns  {last id scanned ('' = none), more, exhausted, job, job, ...} where more is 1 when
 --          another match exists after the jobs returned, exhausted is 1 when the scan reached
---          the oldest job, and each job is its hash as a flat field/value array.
+--          the oldest job, and each job is two entries: its id, then its hash as a flat
+--          field/value array.
 
 local cursor, st, kind = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
@@ -35,10 +36,11 @@ for i = 1, #ids do
     keep = redis.call('EXISTS', jk) == 1
   end
   if keep then
-    if #jobs >= want then
+    if #jobs >= want * 2 then
       more = 1
       break
     end
+    jobs[#jobs + 1] = id
     jobs[#jobs + 1] = redis.call('HGETALL', jk)
   end
   last = id

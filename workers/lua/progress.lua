@@ -23,7 +23,7 @@ if ARGV[6] == '1' then
   extra[3] = 'm'
   extra[4] = ARGV[7]
 end
-local ev = event(cap, 'job.progress', id, f[3], now, f[4], extra)
+local ev = event(cap, 'job.progress', id, f[3], now, f[4] or 0, extra)
 if ARGV[6] == '1' then
   redis.call('HSET', jk, 'progress', percent, 'progress_message', ARGV[7], 'evn', ev)
 else

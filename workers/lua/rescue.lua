@@ -1,6 +1,7 @@
 -- rescue.lua: returns running jobs of one queue whose lease expired (deadline < now) to
 -- `queued` at their old place in line (attempt - 1, interruptions + 1, streak + 1,
--- `job.interrupted`), or to `dead` (`job.dead`) once interrupted ARGV[3] times in a row.
+-- `job.interrupted`), or to `dead` (`job.dead`) once interrupted ARGV[3] times in a row (a
+-- chain step that dies so cancels the waiting steps after it).
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  now, ms
@@ -20,15 +21,15 @@ for i = 1, #ids do
   local jk = job_key(id)
   redis.call('ZREM', K .. 'running', id)
   local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'interruptions', 'interruption_streak',
-    'priority', 'run_at', 'seq')
+    'priority', 'run_at', 'seq', 'chain_index', 'chain_next')
   if f[1] == 'running' then
-    local run = tonumber(f[3])
+    local run = tonumber(f[3]) or 0
     local attempt = run - 1
     if attempt < 0 then
       attempt = 0
     end
-    local interruptions = tonumber(f[4]) + 1
-    local streak = tonumber(f[5]) + 1
+    local interruptions = (tonumber(f[4]) or 0) + 1
+    local streak = (tonumber(f[5]) or 0) + 1
     if streak >= max_int then
       local err = 'poison pill: interrupted ' .. streak .. ' times in a row (its lease expired each time)'
       local ev = event(cap, 'job.dead', id, f[2], now, run, { 'e', err })
@@ -37,6 +38,9 @@ for i = 1, #ids do
       redis.call('ZADD', K .. 'dead', now, id)
       move('running', 'dead')
       failed = failed + 1
+      if f[10] and f[10] ~= '' then
+        chain_cancel_rest(id, f[9], f[10], 'dead', now, cap)
+      end
     else
       local ev = event(cap, 'job.interrupted', id, f[2], now, run, { 'm', 'lease expired' })
       redis.call('HSET', jk, 'lease_until', '', 'state', 'queued', 'attempt', attempt, 'interruptions', interruptions,

@@ -613,6 +613,80 @@ async fn heartbeat_cancel_retry_and_rescue() {
     );
 }
 
+/// What the shared chain cases do not see: counts under `waiting`, a payload that keeps its
+/// numbers and empty arrays (and an existing `input` replaced), and a poison-pill step that
+/// cancels the rest, which `retry_all_dead` resumes.
+#[tokio::test]
+async fn chains_count_waiting_splice_input_and_survive_poison() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let steps = hopper_workers::job::link_chain(vec![
+        job("a").queue("c"),
+        NewJob::new("b", json!({"big": 12_345_678_901_234_567_i64, "tags": []})),
+        NewJob::new("c", json!({"input": "old", "n": 1})),
+    ]);
+    let ids: Vec<JobId> = steps.iter().map(|s| s.id.clone()).collect();
+    b.enqueue(steps).await.expect("enqueue");
+    let counts = b.queues().await.expect("queues")[0].counts.clone();
+    assert_eq!((counts.queued, counts.waiting), (1, 2));
+
+    let got = b.fetch("c", 10, LEASE).await.expect("fetch");
+    assert_eq!(got.len(), 1, "waiting steps are not fetched");
+    b.finish(vec![finish(
+        got[0].lease(),
+        Outcome::Succeeded {
+            result: json!({"rows": [1, 2]}),
+        },
+    )])
+    .await
+    .expect("finish");
+    let second = b.fetch("c", 10, LEASE).await.expect("fetch");
+    assert_eq!(
+        second[0].payload,
+        json!({"input": {"rows": [1, 2]}, "big": 12_345_678_901_234_567_i64, "tags": []})
+    );
+    let events = b.history(&ids[1]).await.expect("history");
+    assert_eq!(
+        events[1].message.as_deref(),
+        Some("chain: step 0 succeeded")
+    );
+
+    // The second step's lease runs out three times: a poison pill, and the third is cancelled.
+    for round in 0..3 {
+        if round > 0 {
+            b.fetch("c", 10, LEASE).await.expect("fetch");
+        }
+        f.clock.advance(31_000);
+        b.rescue(3).await.expect("rescue");
+    }
+    let third = b.get(&ids[2]).await.expect("get").expect("job");
+    assert_eq!(third.state, JobState::Cancelled);
+    assert_eq!(
+        third.last_error.as_deref(),
+        Some(format!("chain: step 1 ({}) is dead", ids[1]).as_str())
+    );
+    let counts = b.queues().await.expect("queues")[0].counts.clone();
+    assert_eq!((counts.dead, counts.cancelled, counts.waiting), (1, 1, 0));
+
+    assert_eq!(b.retry_all_dead(Some("c")).await.expect("retry"), 1);
+    let third = b.get(&ids[2]).await.expect("get").expect("job");
+    assert_eq!(
+        (third.state, third.finished_at, third.last_error),
+        (JobState::Waiting, None, None)
+    );
+    let counts = b.queues().await.expect("queues")[0].counts.clone();
+    assert_eq!((counts.queued, counts.cancelled, counts.waiting), (1, 0, 1));
+    let second = b.fetch("c", 10, LEASE).await.expect("fetch");
+    b.finish(vec![finish(
+        second[0].lease(),
+        Outcome::Succeeded { result: json!(7) },
+    )])
+    .await
+    .expect("finish");
+    let third = b.fetch("c", 10, LEASE).await.expect("fetch");
+    assert_eq!(third[0].payload, json!({"input": 7, "n": 1}));
+}
+
 #[tokio::test]
 async fn unique_keys_and_duplicate_ids() {
     let f = fixture().await;
@@ -764,6 +838,54 @@ async fn events_merge_queues_and_resume_after_an_id() {
     ));
 }
 
+/// A batch's events share one stream entry: they still page one by one, in order, each with
+/// its own id, and a job's history holds only its own.
+#[tokio::test]
+async fn batched_events_page_one_by_one() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let ids: Vec<JobId> = b
+        .enqueue(vec![job("k"), job("k"), job("k"), job("k").queue("z")])
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    let got = b.fetch("default", 3, LEASE).await.expect("fetch");
+    b.finish(
+        got.iter()
+            .map(|j| finish(j.lease(), Outcome::Succeeded { result: json!({}) }))
+            .collect(),
+    )
+    .await
+    .expect("finish");
+    let all = b.events(None, 100).await.expect("events");
+    assert_eq!(all.len(), 10, "{all:?}");
+    let distinct: std::collections::HashSet<&str> = all.iter().map(|e| e.id.as_str()).collect();
+    assert_eq!(distinct.len(), 10, "every event has its own id");
+    for limit in [1, 2, 3] {
+        let mut paged = Vec::new();
+        let mut after: Option<String> = None;
+        loop {
+            let page = b.events(after.as_deref(), limit).await.expect("events");
+            let Some(last) = page.last() else {
+                break;
+            };
+            after = Some(last.id.clone());
+            paged.extend(page);
+        }
+        assert_eq!(paged, all, "limit {limit}");
+    }
+    let history = b.history(&ids[1]).await.expect("history");
+    assert_eq!(
+        history.iter().map(|e| e.kind_of_event).collect::<Vec<_>>(),
+        vec![EventType::Enqueued, EventType::Started, EventType::Succeeded]
+    );
+    assert!(history.iter().all(|e| e.job_id == ids[1] && e.kind == "k"));
+    assert_eq!(history[1].attempt, 1);
+    assert_eq!(history[2].result, Some(json!({})));
+}
+
 #[tokio::test]
 async fn purge_and_drop_queue_remove_everything() {
     let f = fixture().await;
@@ -805,7 +927,7 @@ async fn purge_and_drop_queue_remove_everything() {
         0
     );
     assert_eq!(
-        b.purge(&[JobState::Succeeded], T0 + 10, 3)
+        b.purge(&[JobState::Succeeded], T0 + 10, 2)
             .await
             .expect("purge"),
         450
@@ -818,9 +940,14 @@ async fn purge_and_drop_queue_remove_everything() {
             .expect("enqueue")[0]
             .created
     );
-    let events = b.events(None, 1000).await.expect("events");
-    // Each queue's stream keeps its newest 3; one enqueue event was added since.
-    assert_eq!(events.len(), 5);
+    let events = b.events(None, 5000).await.expect("events");
+    // Each queue's stream keeps its newest 2 entries, and an entry holds the events of one
+    // script call: `default` keeps the fetch (450 started) and the finish (450 succeeded) but
+    // not the enqueue; one enqueue entry was added since; `other` has its one.
+    assert_eq!(events.len(), 902);
+    assert!(events.iter().all(|e| e.queue == "other"
+        || e.kind_of_event != EventType::Enqueued
+        || e.job_id != ids[1]));
 
     assert_eq!(b.drop_queue("default").await.expect("drop"), 1);
     assert_eq!(b.drop_queue("other").await.expect("drop"), 1);
@@ -902,6 +1029,14 @@ async fn drain_throughput() {
             .collect()
     };
     let mut conn = raw_conn();
+    let used_memory = |conn: &mut redis::Connection| -> u64 {
+        let info: String = redis::cmd("INFO").arg("memory").query(conn).expect("info");
+        info.lines()
+            .find_map(|l| l.strip_prefix("used_memory:"))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    let memory_before = used_memory(&mut conn);
     let t = Instant::now();
     for chunk in 0..N / 1000 {
         let jobs = (0..1000).map(|_| job("sys.noop").queue("bench")).collect();
@@ -910,6 +1045,10 @@ async fn drain_throughput() {
             .unwrap_or_else(|e| panic!("enqueue chunk {chunk}: {e}"));
     }
     let enqueue_s = t.elapsed().as_secs_f64();
+    eprintln!(
+        "  memory per queued job: {:.0} bytes (INFO memory used_memory delta / N)",
+        used_memory(&mut conn).saturating_sub(memory_before) as f64 / N as f64
+    );
     let before = stats(&mut conn);
     let t = Instant::now();
     let mut tasks = Vec::new();

@@ -60,7 +60,9 @@ use crate::broker::{
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventType};
-use crate::job::{InvalidField, Job, JobId, JobState, Lease, Millis, NewJob, valid_name};
+use crate::job::{
+    ChainLink, InvalidField, Job, JobId, JobState, Lease, Millis, NewJob, valid_name,
+};
 
 /// How long one command may take before it fails (the redis crate's 500 ms default is fatal
 /// under load: a large batch times out although it was applied).
@@ -78,6 +80,8 @@ const WARN_EVERY: Duration = Duration::from_secs(10);
 const ENQUEUE_CHUNK: usize = 500;
 /// Entries per finish / heartbeat script call.
 const FINISH_CHUNK: usize = 500;
+/// Jobs leased per fetch call at most (fetch.lua's bound).
+const FETCH_MAX: usize = 500;
 /// Due jobs promoted per fetch call.
 const PROMOTE_LIMIT: usize = 1000;
 /// Jobs per call of the batch scripts (retry_all_dead, rescue, purge, drop_queue).
@@ -545,8 +549,8 @@ impl RedisBroker {
                 return Err(corrupt("short reply from list.lua"));
             };
             pos = string(&last)?;
-            for v in it {
-                if let Some(job) = job_from_fields(&v)? {
+            while let (Some(id), Some(hash)) = (it.next(), it.next()) {
+                if let Some(job) = job_from_fields(&hash, &string(&id)?, queue)? {
                     jobs.push(job);
                 }
             }
@@ -561,14 +565,15 @@ impl RedisBroker {
         Ok((jobs, Some(pos)))
     }
 
-    /// Stream entries `start..=end` (either may be exclusive with `(`) of one queue.
+    /// The events of stream entries `start..=end` (either may be exclusive with `(`) of one
+    /// queue, and how many entries they came from.
     async fn read_stream(
         &self,
         queue: &str,
         start: &str,
         end: &str,
         count: usize,
-    ) -> BrokerResult<Vec<(StreamId, Event)>> {
+    ) -> BrokerResult<(Vec<(Pos, Event)>, usize)> {
         let v: Value = self
             .query(
                 redis::cmd("XRANGE")
@@ -646,7 +651,8 @@ fn array(v: Value) -> BrokerResult<Vec<Value>> {
 }
 
 /// A job from its hash as a flat field/value array; `None` for an empty hash (no such job).
-fn job_from_fields(v: &Value) -> BrokerResult<Option<Job>> {
+/// The hash does not store the id and the queue (its key names them), nor zero counters.
+fn job_from_fields(v: &Value, id: &str, queue: &str) -> BrokerResult<Option<Job>> {
     let Value::Array(items) = v else {
         return Err(corrupt(format!("expected a job hash, got {v:?}")));
     };
@@ -659,57 +665,176 @@ fn job_from_fields(v: &Value) -> BrokerResult<Option<Job>> {
             m.insert(k, val);
         }
     }
-    let id = m.get("id").copied().unwrap_or("?");
-    let req = |f: &str| {
-        m.get(f)
-            .copied()
-            .ok_or_else(|| corrupt(format!("job {id} has no field {f}")))
+    let raw = RawJob {
+        id,
+        queue,
+        state: m.get("state").copied(),
+        attempt: m.get("attempt").copied(),
+        lease_token: m.get("lease_token").copied(),
+        kind: m.get("kind").copied(),
+        payload: m.get("payload").copied(),
+        priority: m.get("priority").copied(),
+        run_at: m.get("run_at").copied(),
+        max_retries: m.get("max_retries").copied(),
+        timeout_ms: m.get("timeout_ms").copied(),
+        interruptions: m.get("interruptions").copied(),
+        interruption_streak: m.get("interruption_streak").copied(),
+        last_error: m.get("last_error").copied(),
+        unique_key: m.get("unique_key").copied(),
+        created_at: m.get("created_at").copied(),
+        chain_id: m.get("chain_id").copied(),
+        chain_index: m.get("chain_index").copied(),
+        chain_next: m.get("chain_next").copied(),
+        progress: m.get("progress").copied(),
+        progress_message: m.get("progress_message").copied(),
+        lease_until: m.get("lease_until").copied(),
+        result: m.get("result").copied(),
+        started_at: m.get("started_at").copied(),
+        finished_at: m.get("finished_at").copied(),
     };
-    let opt = |f: &str| m.get(f).copied().filter(|s| !s.is_empty());
-    let num = |f: &str| -> BrokerResult<i64> {
-        parse_num(req(f)?).ok_or_else(|| corrupt(format!("job {id}: field {f} is not a number")))
+    raw.decode().map(Some)
+}
+
+/// A job leased by fetch.lua: its fields in the order of that script's `FIELDS`, with the id
+/// in place of the state, as they were before the lease.
+fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
+    let Value::Array(f) = v else {
+        return Err(corrupt(format!("expected a fetched job, got {v:?}")));
     };
-    let opt_num = |f: &str| -> BrokerResult<Option<i64>> {
-        opt(f)
-            .map(|s| {
-                parse_num(s).ok_or_else(|| corrupt(format!("job {id}: field {f} is not a number")))
-            })
-            .transpose()
-    };
-    let small = |f: &str| -> BrokerResult<u32> {
-        u32::try_from(num(f)?).map_err(|_| corrupt(format!("job {id}: field {f} out of range")))
-    };
-    let json = |f: &str, s: &str| {
-        serde_json::from_str(s).map_err(|e| corrupt(format!("job {id}: field {f}: {e}")))
-    };
-    let state_s = req("state")?;
-    Ok(Some(Job {
-        id: JobId(req("id")?.to_owned()),
-        queue: req("queue")?.to_owned(),
-        kind: req("kind")?.to_owned(),
-        payload: json("payload", req("payload")?)?,
-        priority: u8::try_from(num("priority")?)
-            .map_err(|_| corrupt(format!("job {id}: bad priority")))?,
-        state: JobState::parse(state_s)
-            .ok_or_else(|| corrupt(format!("job {id}: unknown state {state_s}")))?,
-        run_at: num("run_at")?,
-        attempt: small("attempt")?,
-        max_retries: small("max_retries")?,
-        timeout_ms: opt_num("timeout_ms")?.and_then(|t| u64::try_from(t).ok()),
-        interruptions: small("interruptions")?,
-        interruption_streak: small("interruption_streak")?,
-        lease_token: u64::try_from(num("lease_token")?)
-            .map_err(|_| corrupt(format!("job {id}: bad lease_token")))?,
-        lease_until: opt_num("lease_until")?,
-        progress: u8::try_from(opt_num("progress")?.unwrap_or(0).clamp(0, 100)).unwrap_or(0),
-        progress_message: opt("progress_message").map(str::to_owned),
-        result: opt("result").map(|s| json("result", s)).transpose()?,
-        last_error: opt("last_error").map(str::to_owned),
-        unique_key: opt("unique_key").map(str::to_owned),
-        created_at: num("created_at")?,
-        started_at: opt_num("started_at")?,
-        finished_at: opt_num("finished_at")?,
-    }))
+    if f.len() < 19 {
+        return Err(corrupt("fetch.lua answered a short job"));
+    }
+    let id = text(&f[0]).ok_or_else(|| corrupt("fetch.lua answered a job without an id"))?;
+    RawJob {
+        id,
+        queue,
+        state: Some("queued"),
+        attempt: text(&f[1]),
+        lease_token: text(&f[2]),
+        kind: text(&f[3]),
+        payload: text(&f[4]),
+        priority: text(&f[5]),
+        run_at: text(&f[6]),
+        max_retries: text(&f[7]),
+        timeout_ms: text(&f[8]),
+        interruptions: text(&f[9]),
+        interruption_streak: text(&f[10]),
+        last_error: text(&f[11]),
+        unique_key: text(&f[12]),
+        created_at: text(&f[13]),
+        chain_id: text(&f[14]),
+        chain_index: text(&f[15]),
+        chain_next: text(&f[16]),
+        progress: text(&f[17]),
+        progress_message: text(&f[18]),
+        lease_until: None,
+        result: None,
+        started_at: None,
+        finished_at: None,
+    }
+    .decode()
+}
+
+/// `None` for an absent or empty field ('' is how scripts clear a field in place).
+fn nonempty(v: Option<&str>) -> Option<&str> {
+    v.filter(|s| !s.is_empty())
+}
+
+/// A job's stored fields as text, however they were read (`None`: absent).
+struct RawJob<'a> {
+    id: &'a str,
+    queue: &'a str,
+    state: Option<&'a str>,
+    attempt: Option<&'a str>,
+    lease_token: Option<&'a str>,
+    kind: Option<&'a str>,
+    payload: Option<&'a str>,
+    priority: Option<&'a str>,
+    run_at: Option<&'a str>,
+    max_retries: Option<&'a str>,
+    timeout_ms: Option<&'a str>,
+    interruptions: Option<&'a str>,
+    interruption_streak: Option<&'a str>,
+    last_error: Option<&'a str>,
+    unique_key: Option<&'a str>,
+    created_at: Option<&'a str>,
+    chain_id: Option<&'a str>,
+    chain_index: Option<&'a str>,
+    chain_next: Option<&'a str>,
+    progress: Option<&'a str>,
+    progress_message: Option<&'a str>,
+    lease_until: Option<&'a str>,
+    result: Option<&'a str>,
+    started_at: Option<&'a str>,
+    finished_at: Option<&'a str>,
+}
+
+impl RawJob<'_> {
+    fn decode(&self) -> BrokerResult<Job> {
+        let id = self.id;
+        let req = |f: &str, v: Option<&str>| -> BrokerResult<String> {
+            v.map(str::to_owned)
+                .ok_or_else(|| corrupt(format!("job {id} has no field {f}")))
+        };
+        let opt_num = |f: &str, v: Option<&str>| -> BrokerResult<Option<i64>> {
+            v.filter(|s| !s.is_empty())
+                .map(|s| {
+                    parse_num(s)
+                        .ok_or_else(|| corrupt(format!("job {id}: field {f} is not a number")))
+                })
+                .transpose()
+        };
+        let num = |f: &str, v: Option<&str>| -> BrokerResult<i64> {
+            opt_num(f, v)?.ok_or_else(|| corrupt(format!("job {id} has no field {f}")))
+        };
+        // Counters are not stored while 0.
+        let count = |f: &str, v: Option<&str>| -> BrokerResult<u32> {
+            u32::try_from(opt_num(f, v)?.unwrap_or(0))
+                .map_err(|_| corrupt(format!("job {id}: field {f} out of range")))
+        };
+        let json = |f: &str, s: &str| -> BrokerResult<serde_json::Value> {
+            serde_json::from_str(s).map_err(|e| corrupt(format!("job {id}: field {f}: {e}")))
+        };
+        let state_s = req("state", self.state)?;
+        Ok(Job {
+            id: JobId(id.to_owned()),
+            queue: self.queue.to_owned(),
+            kind: req("kind", self.kind)?,
+            payload: json("payload", &req("payload", self.payload)?)?,
+            priority: u8::try_from(num("priority", self.priority)?)
+                .map_err(|_| corrupt(format!("job {id}: bad priority")))?,
+            state: JobState::parse(&state_s)
+                .ok_or_else(|| corrupt(format!("job {id}: unknown state {state_s}")))?,
+            run_at: num("run_at", self.run_at)?,
+            attempt: count("attempt", self.attempt)?,
+            max_retries: count("max_retries", self.max_retries)?,
+            timeout_ms: opt_num("timeout_ms", self.timeout_ms)?.and_then(|t| u64::try_from(t).ok()),
+            interruptions: count("interruptions", self.interruptions)?,
+            interruption_streak: count("interruption_streak", self.interruption_streak)?,
+            lease_token: u64::try_from(opt_num("lease_token", self.lease_token)?.unwrap_or(0))
+                .map_err(|_| corrupt(format!("job {id}: bad lease_token")))?,
+            lease_until: opt_num("lease_until", self.lease_until)?,
+            progress: u8::try_from(opt_num("progress", self.progress)?.unwrap_or(0).clamp(0, 100))
+                .unwrap_or(0),
+            progress_message: nonempty(self.progress_message).map(str::to_owned),
+            result: nonempty(self.result).map(|s| json("result", s)).transpose()?,
+            last_error: nonempty(self.last_error).map(str::to_owned),
+            unique_key: nonempty(self.unique_key).map(str::to_owned),
+            created_at: num("created_at", self.created_at)?,
+            started_at: opt_num("started_at", self.started_at)?,
+            finished_at: opt_num("finished_at", self.finished_at)?,
+            chain: match nonempty(self.chain_id) {
+                Some(chain_id) => Some(ChainLink {
+                    id: JobId(chain_id.to_owned()),
+                    index: opt_num("chain_index", self.chain_index)?
+                        .and_then(|i| u32::try_from(i).ok())
+                        .unwrap_or(0),
+                    next: nonempty(self.chain_next).map(|n| JobId(n.to_owned())),
+                }),
+                None => None,
+            },
+        })
+    }
 }
 
 /// A stream entry id, `<ms>-<seq>`, ordered numerically.
@@ -735,15 +860,45 @@ impl std::fmt::Display for StreamId {
     }
 }
 
-/// Where a client is in the merged event log: `<stream id>@<queue>`.
-fn parse_event_id(s: &str) -> Option<(StreamId, &str)> {
-    let (sid, queue) = s.split_once('@')?;
-    Some((StreamId::parse(sid)?, queue))
+/// Where an event is in its queue's stream: the entry, and its place in that entry (an
+/// entry holds the events of one script call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pos {
+    sid: StreamId,
+    sub: u32,
 }
 
-fn parse_entries(v: &Value, queue: &str) -> BrokerResult<Vec<(StreamId, Event)>> {
+/// An event id: `<stream id>@<queue>` for an entry's first event, `<stream id>.<n>@<queue>`
+/// for its n-th after that.
+fn event_id(pos: Pos, queue: &str) -> String {
+    if pos.sub == 0 {
+        format!("{}@{queue}", pos.sid)
+    } else {
+        format!("{}.{}@{queue}", pos.sid, pos.sub)
+    }
+}
+
+/// Where a client is in the merged event log (see [`event_id`]).
+fn parse_event_id(s: &str) -> Option<(Pos, &str)> {
+    let (pos, queue) = s.split_once('@')?;
+    let (sid, sub) = match pos.split_once('.') {
+        Some((sid, sub)) => (sid, sub.parse().ok()?),
+        None => (pos, 0),
+    };
+    Some((
+        Pos {
+            sid: StreamId::parse(sid)?,
+            sub,
+        },
+        queue,
+    ))
+}
+
+/// The events of stream entries (see `common.lua`: `at <ms>`, then events each starting with
+/// `t <type>`), with their positions; and how many entries there were.
+fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usize)> {
     let Value::Array(entries) = v else {
-        return Ok(Vec::new());
+        return Ok((Vec::new(), 0));
     };
     let mut out = Vec::with_capacity(entries.len());
     for entry in entries {
@@ -755,47 +910,69 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<Vec<(StreamId, Event)>>
         };
         let sid_s = string(sid)?;
         let sid = StreamId::parse(&sid_s).ok_or_else(|| corrupt(format!("stream id {sid_s}")))?;
-        let mut m: HashMap<&str, &str> = HashMap::with_capacity(fields.len() / 2);
+        let bad = |what: &str| corrupt(format!("event {sid}: {what}"));
+        let mut at: Option<i64> = None;
+        let mut sub = 0u32;
+        let mut current: Option<Event> = None;
         for pair in fields.chunks_exact(2) {
-            if let (Some(k), Some(val)) = (text(&pair[0]), text(&pair[1])) {
-                m.insert(k, val);
+            let (Some(k), Some(val)) = (text(&pair[0]), text(&pair[1])) else {
+                continue;
+            };
+            if k == "t" {
+                if let Some(e) = current.take() {
+                    out.push((Pos { sid, sub }, e));
+                    sub += 1;
+                }
+                let mut e = Event {
+                    id: String::new(),
+                    kind_of_event: EventType::parse(val)
+                        .ok_or_else(|| bad(&format!("unknown type {val}")))?,
+                    job_id: JobId(String::new()),
+                    queue: queue.to_owned(),
+                    kind: String::new(),
+                    at: at.unwrap_or(0),
+                    attempt: 0,
+                    progress: None,
+                    message: None,
+                    result: None,
+                    error: None,
+                };
+                e.id = event_id(Pos { sid, sub }, queue);
+                current = Some(e);
+                continue;
+            }
+            if k == "at" {
+                at = Some(parse_num(val).ok_or_else(|| bad("at"))?);
+                if let Some(e) = current.as_mut() {
+                    e.at = at.unwrap_or(0);
+                }
+                continue;
+            }
+            let Some(e) = current.as_mut() else {
+                continue;
+            };
+            match k {
+                "j" => e.job_id = JobId(val.to_owned()),
+                "k" => val.clone_into(&mut e.kind),
+                "a" => {
+                    e.attempt = u32::try_from(parse_num(val).ok_or_else(|| bad("a"))?).unwrap_or(0);
+                }
+                "p" => e.progress = parse_num(val).and_then(|p| u8::try_from(p).ok()),
+                "m" => e.message = Some(val.to_owned()),
+                "r" => {
+                    e.result = Some(
+                        serde_json::from_str(val).map_err(|e| bad(&format!("result: {e}")))?,
+                    );
+                }
+                "e" => e.error = Some(val.to_owned()),
+                _ => {}
             }
         }
-        let get = |f: &str| {
-            m.get(f)
-                .copied()
-                .ok_or_else(|| corrupt(format!("event {sid} has no field {f}")))
-        };
-        let t = get("t")?;
-        let num = |f: &str| {
-            get(f).and_then(|s| parse_num(s).ok_or_else(|| corrupt(format!("event {sid}: {f}"))))
-        };
-        out.push((
-            sid,
-            Event {
-                id: format!("{sid}@{queue}"),
-                kind_of_event: EventType::parse(t)
-                    .ok_or_else(|| corrupt(format!("event {sid}: unknown type {t}")))?,
-                job_id: JobId(get("j")?.to_owned()),
-                queue: queue.to_owned(),
-                kind: get("k")?.to_owned(),
-                at: num("at")?,
-                attempt: u32::try_from(num("a")?).unwrap_or(0),
-                progress: m
-                    .get("p")
-                    .and_then(|s| parse_num(s))
-                    .and_then(|p| u8::try_from(p).ok()),
-                message: m.get("m").map(|s| (*s).to_owned()),
-                result: m
-                    .get("r")
-                    .map(|s| serde_json::from_str(s))
-                    .transpose()
-                    .map_err(|e| corrupt(format!("event {sid}: result: {e}")))?,
-                error: m.get("e").map(|s| (*s).to_owned()),
-            },
-        ));
+        if let Some(e) = current {
+            out.push((Pos { sid, sub }, e));
+        }
     }
-    Ok(out)
+    Ok((out, entries.len()))
 }
 
 /// What cancel.lua and retry.lua answer.
@@ -805,12 +982,12 @@ enum Answer {
     State(JobState),
 }
 
-fn answer(v: Value) -> BrokerResult<Answer> {
+fn answer(v: Value, id: &JobId, queue: &str) -> BrokerResult<Answer> {
     let items = array(v)?;
     match items.first().and_then(text) {
         Some("ok") => items
             .get(1)
-            .map(job_from_fields)
+            .map(|h| job_from_fields(h, id.as_str(), queue))
             .transpose()?
             .flatten()
             .map(|j| Answer::Ok(Box::new(j)))
@@ -888,10 +1065,7 @@ impl Broker for RedisBroker {
                 let mut index = redis::cmd("HSET");
                 index.arg(self.jobq_key());
                 let mut cmd = self.eval(&SCRIPTS.enqueue, queue);
-                cmd.arg(now)
-                    .arg(self.event_cap)
-                    .arg(*queue)
-                    .arg(chunk.len());
+                cmd.arg(now).arg(self.event_cap).arg(chunk.len());
                 for &i in chunk {
                     let j = &jobs[i];
                     index.arg(j.id.as_str()).arg(*queue);
@@ -905,6 +1079,13 @@ impl Broker for RedisBroker {
                         .arg(j.max_retries)
                         .arg(j.timeout_ms.map(|t| t.to_string()).unwrap_or_default())
                         .arg(j.unique_key.as_deref().unwrap_or(""));
+                    match &j.chain {
+                        Some(c) => cmd
+                            .arg(c.id.as_str())
+                            .arg(c.index)
+                            .arg(c.next.as_ref().map_or("", JobId::as_str)),
+                        None => cmd.arg("").arg(0).arg(""),
+                    };
                 }
                 pipe.add_command(index).ignore();
                 pipe.add_command(cmd);
@@ -941,7 +1122,7 @@ impl Broker for RedisBroker {
         let now = self.clock.now_ms();
         let mut cmd = self.eval(&SCRIPTS.fetch, queue);
         cmd.arg(now)
-            .arg(max)
+            .arg(max.min(FETCH_MAX))
             .arg(ms(lease))
             .arg(self.event_cap)
             .arg(PROMOTE_LIMIT);
@@ -949,17 +1130,16 @@ impl Broker for RedisBroker {
         let lease_until = now.saturating_add(ms(lease));
         let mut jobs = Vec::with_capacity(reply.len());
         for v in &reply {
-            // fetch.lua returns each hash as it was before the lease: apply what it wrote.
-            if let Some(mut job) = job_from_fields(v)? {
-                job.state = JobState::Running;
-                job.attempt += 1;
-                job.lease_token += 1;
-                job.lease_until = Some(lease_until);
-                job.started_at = Some(now);
-                job.progress = 0;
-                job.progress_message = None;
-                jobs.push(job);
-            }
+            // fetch.lua returns each job as it was before the lease: apply what it wrote.
+            let mut job = job_from_fetch(v, queue)?;
+            job.state = JobState::Running;
+            job.attempt += 1;
+            job.lease_token += 1;
+            job.lease_until = Some(lease_until);
+            job.started_at = Some(now);
+            job.progress = 0;
+            job.progress_message = None;
+            jobs.push(job);
         }
         if !jobs.is_empty() {
             let mut cache = self.leased.lock().map_err(|_| poisoned())?;
@@ -1139,7 +1319,7 @@ impl Broker for RedisBroker {
         cmd.arg(self.clock.now_ms())
             .arg(self.event_cap)
             .arg(id.as_str());
-        match answer(self.query(&cmd).await?)? {
+        match answer(self.query(&cmd).await?, id, &queue)? {
             Answer::Ok(job) => Ok(*job),
             Answer::NotFound => Err(BrokerError::NotFound(id.clone())),
             Answer::State(state) => Err(BrokerError::Conflict {
@@ -1159,7 +1339,7 @@ impl Broker for RedisBroker {
         cmd.arg(self.clock.now_ms())
             .arg(self.event_cap)
             .arg(id.as_str());
-        match answer(self.query(&cmd).await?)? {
+        match answer(self.query(&cmd).await?, id, &queue)? {
             Answer::Ok(job) => Ok(*job),
             Answer::NotFound => Err(BrokerError::NotFound(id.clone())),
             Answer::State(state) => Err(BrokerError::Conflict {
@@ -1228,7 +1408,7 @@ impl Broker for RedisBroker {
         let v: Value = self
             .query(redis::cmd("HGETALL").arg(format!("{}job:{}", self.base(&queue), id)))
             .await?;
-        job_from_fields(&v)
+        job_from_fields(&v, id.as_str(), &queue)
     }
 
     async fn history(&self, id: &JobId) -> BrokerResult<Vec<Event>> {
@@ -1250,12 +1430,11 @@ impl Broker for RedisBroker {
         let mut out = Vec::new();
         let mut start = first.clone();
         loop {
-            let chunk = self.read_stream(&queue, &start, last, STREAM_CHUNK).await?;
-            let n = chunk.len();
+            let (chunk, n) = self.read_stream(&queue, &start, last, STREAM_CHUNK).await?;
             let Some((tail, _)) = chunk.last() else {
                 break;
             };
-            start = format!("({tail}");
+            start = format!("({}", tail.sid);
             out.extend(
                 chunk
                     .into_iter()
@@ -1374,19 +1553,23 @@ impl Broker for RedisBroker {
         for round in 0..2 {
             let mut pipe = redis::pipe();
             pipe.cmd("TIME");
+            // Events are ordered by (stream id, queue, place in the entry).
             for q in &names {
-                let start = match &after {
-                    None => "-".to_owned(),
+                let (start, count) = match &after {
+                    None => ("-".to_owned(), limit),
                     // Same stream id in a queue sorting after the cursor's: not yet seen.
-                    Some((sid, cq)) if q.as_str() > *cq => sid.to_string(),
-                    Some((sid, _)) => format!("({sid}"),
+                    Some((pos, cq)) if q.as_str() > *cq => (pos.sid.to_string(), limit),
+                    // The cursor's own entry may hold events not yet seen; it may also hold
+                    // none, so read one entry more.
+                    Some((pos, cq)) if q.as_str() == *cq => (pos.sid.to_string(), limit + 1),
+                    Some((pos, _)) => (format!("({}", pos.sid), limit),
                 };
                 pipe.cmd("XRANGE")
                     .arg(format!("{}events", self.base(q)))
                     .arg(start)
                     .arg("+")
                     .arg("COUNT")
-                    .arg(limit);
+                    .arg(count);
             }
             let replies: Vec<Value> = self.query_pipe(&pipe).await?;
             let (time, streams) = replies
@@ -1398,19 +1581,25 @@ impl Broker for RedisBroker {
                 + time.get(1).copied().unwrap_or(0) / 1000;
             let mut merged = Vec::new();
             for (q, v) in names.iter().zip(streams) {
+                let seen = |pos: &Pos| match &after {
+                    Some((cursor, cq)) => q.as_str() == *cq && pos <= cursor,
+                    None => false,
+                };
                 merged.extend(
                     parse_entries(v, q)?
+                        .0
                         .into_iter()
-                        .map(|(sid, e)| (sid, q.clone(), e)),
+                        .filter(|(pos, _)| !seen(pos))
+                        .map(|(pos, e)| (pos, q.clone(), e)),
                 );
             }
-            merged.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+            merged.sort_by(|a, b| (a.0.sid, &a.1, a.0.sub).cmp(&(b.0.sid, &b.1, b.0.sub)));
             merged.truncate(limit);
             // Another stream may still get an entry in the current millisecond with a lower
             // sequence than one already read: hand out only finished milliseconds.
             let settled = merged
                 .iter()
-                .take_while(|(sid, _, _)| sid.ms < server_ms)
+                .take_while(|(pos, _, _)| pos.sid.ms < server_ms)
                 .count();
             if settled == merged.len() || round == 1 {
                 merged.truncate(settled);
