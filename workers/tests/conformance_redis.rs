@@ -879,7 +879,11 @@ async fn batched_events_page_one_by_one() {
     let history = b.history(&ids[1]).await.expect("history");
     assert_eq!(
         history.iter().map(|e| e.kind_of_event).collect::<Vec<_>>(),
-        vec![EventType::Enqueued, EventType::Started, EventType::Succeeded]
+        vec![
+            EventType::Enqueued,
+            EventType::Started,
+            EventType::Succeeded
+        ]
     );
     assert!(history.iter().all(|e| e.job_id == ids[1] && e.kind == "k"));
     assert_eq!(history[1].attempt, 1);

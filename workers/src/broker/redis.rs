@@ -23,21 +23,41 @@
 //! a crash in between leaves an index entry pointing to no job (`get` says not found), never a
 //! job that cannot be found.
 //!
+//! The job hash stores neither the id nor the queue (its key names both) nor counters that
+//! are 0, and fetch.lua reads it with one `HMGET` of fixed fields: a queued no-op job costs
+//! about 850 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its
+//! share of a stream entry).
+//!
 //! # Events
 //!
-//! Each queue has its own stream. An event id is `<stream id>@<queue>`; [`Broker::events`]
-//! merges the streams ordered by (stream id, queue) and holds back the current millisecond, so
-//! that an event appended later to another queue's stream can never sort before one already
-//! handed out. A job's history is the part of its queue's stream between the ids of its first
-//! and last events (kept in the job hash as `ev0` and `evn`), filtered by job id.
+//! Each queue has its own stream. Every state change appends its event, but the hot scripts
+//! (enqueue, fetch, finish) put all the events of one call in *one* stream entry (one `XADD`
+//! per call rather than per job; see `common.lua` for the entry format). An event id is
+//! `<stream id>@<queue>` for the first event of an entry and `<stream id>.<n>@<queue>` for the
+//! n-th after it; [`Broker::events`] merges the streams ordered by (stream id, queue, place in
+//! the entry) and holds back the current millisecond, so that an event appended later to
+//! another queue's stream can never sort before one already handed out. A job's history is the
+//! part of its queue's stream between the ids of its first and last entries (kept in the job
+//! hash as `ev0` and `evn`), filtered by job id.
+//!
+//! # Chains
+//!
+//! A chain step's hash carries `chain_id`, `chain_index` and `chain_next`; every step is on
+//! the chain's queue, so the scripts walk `chain_next` links inside one slot. The step after a
+//! succeeded one gets the result as its payload's `input`: spliced into the payload text when
+//! the payload has no `input` yet (numbers and empty arrays stay exact), otherwise replaced
+//! through Redis' cjson, which keeps 14 significant digits of a number and turns an empty
+//! array into `{}`.
 //!
 //! # Limits, on purpose
 //!
 //! - Listing walks the queue's `all` index newest first and filters in Lua, at most
 //!   1,000 ids per call; a very sparse filter over a huge queue gives a short page
 //!   with a cursor rather than blocking Redis.
-//! - Event retention is per queue stream: `purge(.., keep_events)` keeps the newest
-//!   `keep_events` of *each* queue, and purged jobs' events stay until trimmed.
+//! - Event retention is per queue stream and counts stream entries: `purge(.., keep_events)`
+//!   and the event cap keep the newest `keep_events` entries of *each* queue, which hold at
+//!   least that many events (an entry of a batch holds up to 500). Purged jobs' events stay
+//!   until trimmed.
 //! - Keys are Cluster-ready (one slot per queue), but the client is a plain one, and
 //!   `wait_for_work` `BLPOP`s several queues' keys at once: a standalone (or Sentinel-fronted)
 //!   Redis is what runs today.
@@ -814,10 +834,16 @@ impl RawJob<'_> {
             lease_token: u64::try_from(opt_num("lease_token", self.lease_token)?.unwrap_or(0))
                 .map_err(|_| corrupt(format!("job {id}: bad lease_token")))?,
             lease_until: opt_num("lease_until", self.lease_until)?,
-            progress: u8::try_from(opt_num("progress", self.progress)?.unwrap_or(0).clamp(0, 100))
-                .unwrap_or(0),
+            progress: u8::try_from(
+                opt_num("progress", self.progress)?
+                    .unwrap_or(0)
+                    .clamp(0, 100),
+            )
+            .unwrap_or(0),
             progress_message: nonempty(self.progress_message).map(str::to_owned),
-            result: nonempty(self.result).map(|s| json("result", s)).transpose()?,
+            result: nonempty(self.result)
+                .map(|s| json("result", s))
+                .transpose()?,
             last_error: nonempty(self.last_error).map(str::to_owned),
             unique_key: nonempty(self.unique_key).map(str::to_owned),
             created_at: num("created_at", self.created_at)?,
@@ -960,9 +986,8 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usi
                 "p" => e.progress = parse_num(val).and_then(|p| u8::try_from(p).ok()),
                 "m" => e.message = Some(val.to_owned()),
                 "r" => {
-                    e.result = Some(
-                        serde_json::from_str(val).map_err(|e| bad(&format!("result: {e}")))?,
-                    );
+                    e.result =
+                        Some(serde_json::from_str(val).map_err(|e| bad(&format!("result: {e}")))?);
                 }
                 "e" => e.error = Some(val.to_owned()),
                 _ => {}
