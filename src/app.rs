@@ -22,9 +22,6 @@ use tokio_util::task::TaskTracker;
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError};
 
-/// How often finished jobs and old events are purged per `[retention]`.
-const RETENTION_EVERY: Duration = Duration::from_secs(60);
-
 /// Opens the broker `[broker]` names.
 pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Broker>> {
     hopper_workers::broker::open(&config.broker.url, &config.broker.prefix, clock)
@@ -35,12 +32,21 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<d
 /// The job kinds this process knows: the diagnostic `sys.*` kinds unless
 /// `[worker] diagnostics = false`, and every kind of `hopper-jobs`.
 pub fn build_registry(config: &Config) -> Result<Registry> {
+    build_registry_with(config, None)
+}
+
+/// [`build_registry`] for a process that holds the broker: `cleanup.purge` can then run the
+/// retention of job records.
+fn build_registry_with(
+    config: &Config,
+    records: Option<hopper_jobs::RecordsHandle>,
+) -> Result<Registry> {
     let mut registry = Registry::new();
     if config.worker.diagnostics {
         hopper_workers::diagnostics::register(&mut registry)
             .context("registering the diagnostic kinds")?;
     }
-    hopper_jobs::register_all(&mut registry, &config.jobs_config())
+    hopper_jobs::register_all_with(&mut registry, &config.jobs_config(), records)
         .context("registering the job kinds")?;
     Ok(registry)
 }
@@ -71,7 +77,14 @@ pub async fn serve(
     }
     let clock = clock::system();
     let broker = open_broker(&config, clock.clone()).await?;
-    let registry = Arc::new(build_registry(&config)?);
+    let registry = Arc::new(build_registry_with(
+        &config,
+        Some(Arc::new(Retention {
+            broker: broker.clone(),
+            retention: config.retention.clone(),
+            clock: clock.clone(),
+        })),
+    )?);
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
 
@@ -101,7 +114,6 @@ pub async fn serve(
         clock.clone(),
         shutdown.clone(),
     )?;
-    spawn_retention(&tracker, broker.clone(), &config, clock, shutdown.clone());
 
     tracing::info!(
         broker = broker.name(),
@@ -129,7 +141,14 @@ pub async fn serve(
 pub async fn worker(config: Config, shutdown: CancellationToken) -> Result<()> {
     let clock = clock::system();
     let broker = open_broker(&config, clock.clone()).await?;
-    let registry = Arc::new(build_registry(&config)?);
+    let registry = Arc::new(build_registry_with(
+        &config,
+        Some(Arc::new(Retention {
+            broker: broker.clone(),
+            retention: config.retention.clone(),
+            clock: clock.clone(),
+        })),
+    )?);
     let tracker = TaskTracker::new();
     let pool = Pool::new(
         broker.clone(),
@@ -146,7 +165,6 @@ pub async fn worker(config: Config, shutdown: CancellationToken) -> Result<()> {
         clock.clone(),
         shutdown.clone(),
     )?;
-    spawn_retention(&tracker, broker.clone(), &config, clock, shutdown.clone());
     tracing::info!(
         broker = broker.name(),
         queues = %config.worker.queues.join(","),
@@ -187,9 +205,6 @@ async fn join_pool(task: Option<JoinHandle<Result<()>>>) -> Result<()> {
     }
 }
 
-/// Every [`RETENTION_EVERY`], deletes succeeded jobs older than `[retention] succeeded`, dead
-/// and cancelled jobs older than `[retention] dead`, and trims the event log to
-/// `[retention] events`. Running it on several nodes at once is harmless.
 /// Runs the `[[schedule]]` entries. Every process runs them: each tick's job has a unique key,
 /// so the broker keeps one however many processes enqueue it.
 fn spawn_schedules(
@@ -200,9 +215,17 @@ fn spawn_schedules(
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let schedules = config
+    let mut schedules = config
         .schedules()
         .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    // Retention runs as a job like any other (once per tick across nodes, visible in the
+    // history), when this build has the `cleanup.purge` kind.
+    if registry.get("cleanup.purge").is_some() {
+        schedules.push(
+            hopper_workers::schedule::Schedule::new(config.retention_schedule())
+                .map_err(|e| anyhow::anyhow!("retention.cron: {}", e.message))?,
+        );
+    }
     for s in &schedules {
         let kind = &s.spec().kind;
         if registry.get(kind).is_none() {
@@ -218,39 +241,42 @@ fn spawn_schedules(
     Ok(())
 }
 
-fn spawn_retention(
-    tracker: &TaskTracker,
+/// The engine's retention, run by `cleanup.purge {"records": true}` jobs: deletes finished
+/// jobs past `[retention]` and trims the event log.
+#[derive(Debug)]
+struct Retention {
     broker: Arc<dyn Broker>,
-    config: &Config,
+    retention: crate::config::RetentionConfig,
     clock: Arc<dyn Clock>,
-    shutdown: CancellationToken,
-) {
-    let r = config.retention.clone();
-    let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-    let (succeeded_ms, dead_ms) = (ms(r.succeeded), ms(r.dead));
-    tracker.spawn(async move {
-        let mut tick = tokio::time::interval(RETENTION_EVERY);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                () = shutdown.cancelled() => return,
-                _ = tick.tick() => {}
-            }
-            let now = clock.now_ms();
-            let rounds = [
-                (&[JobState::Succeeded][..], now.saturating_sub(succeeded_ms)),
-                (
-                    &[JobState::Dead, JobState::Cancelled][..],
-                    now.saturating_sub(dead_ms),
-                ),
-            ];
-            for (states, before) in rounds {
-                match broker.purge(states, before, r.events).await {
-                    Ok(0) => {}
-                    Ok(n) => tracing::info!(jobs = n, ?states, "purged old jobs"),
-                    Err(e) => tracing::warn!(error = %e, "retention purge failed"),
-                }
-            }
+}
+
+#[async_trait::async_trait]
+impl hopper_jobs::cleanup::RecordPurger for Retention {
+    async fn purge_records(&self) -> hopper_workers::JobResult {
+        let r = &self.retention;
+        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
+        let now = self.clock.now_ms();
+        let succeeded = self
+            .broker
+            .purge(
+                &[JobState::Succeeded],
+                now.saturating_sub(ms(r.succeeded)),
+                r.events,
+            )
+            .await
+            .map_err(hopper_workers::JobError::retryable)?;
+        let dead = self
+            .broker
+            .purge(
+                &[JobState::Dead, JobState::Cancelled],
+                now.saturating_sub(ms(r.dead)),
+                r.events,
+            )
+            .await
+            .map_err(hopper_workers::JobError::retryable)?;
+        if succeeded + dead > 0 {
+            tracing::info!(succeeded, dead, "retention purged old jobs");
         }
-    });
+        Ok(serde_json::json!({ "succeeded_purged": succeeded, "dead_purged": dead }))
+    }
 }

@@ -25,6 +25,10 @@ use serde::{Deserialize, Serialize};
 /// Where the config is looked for when `--config` is not given, in order.
 pub const SEARCH_PATH: [&str; 2] = ["config.toml", "/etc/hopper/config.toml"];
 
+/// The queue of Hopper's own maintenance jobs (retention); every pool serves it, one job at a
+/// time, besides its `[worker] queues`.
+pub const MAINTENANCE_QUEUE: &str = "hopper.maintenance";
+
 /// Overrides `[broker] url`.
 pub const ENV_BROKER: &str = "HOPPER_BROKER";
 /// Overrides `[auth] tokens` (comma-separated).
@@ -307,6 +311,9 @@ pub struct RetentionConfig {
     pub dead: Duration,
     /// The event log keeps this many newest events. Default `100000`.
     pub events: u64,
+    /// When the retention job (`cleanup.purge {"records": true}` on queue
+    /// `hopper.maintenance`) runs: cron with seconds. Default `"0 * * * * *"` (every minute).
+    pub cron: String,
 }
 
 impl Default for RetentionConfig {
@@ -315,6 +322,7 @@ impl Default for RetentionConfig {
             succeeded: Duration::from_secs(7 * 86_400),
             dead: Duration::from_secs(30 * 86_400),
             events: 100_000,
+            cron: "0 * * * * *".to_owned(),
         }
     }
 }
@@ -426,6 +434,20 @@ impl Config {
         }
     }
 
+    /// The built-in retention schedule: `cleanup.purge {"records": true}` on the maintenance
+    /// queue, per `[retention] cron`.
+    pub fn retention_schedule(&self) -> schedule::ScheduleSpec {
+        schedule::ScheduleSpec {
+            name: "hopper.retention".to_owned(),
+            cron: self.retention.cron.clone(),
+            kind: "cleanup.purge".to_owned(),
+            payload: serde_json::json!({ "records": true }),
+            queue: MAINTENANCE_QUEUE.to_owned(),
+            priority: hopper_workers::job::MAX_PRIORITY,
+            max_retries: self.retry.max_retries,
+        }
+    }
+
     /// The engine's definition of a `[[schedule]]` entry.
     pub fn schedule_spec(&self, sc: &ScheduleConfig) -> schedule::ScheduleSpec {
         schedule::ScheduleSpec {
@@ -530,6 +552,10 @@ impl Config {
         }
         if let Err(e) = self.jobs_config().validate() {
             p.push(e.to_string());
+        }
+
+        if let Err(e) = schedule::Schedule::new(self.retention_schedule()) {
+            p.push(format!("retention.cron: {}", e.message));
         }
 
         let mut seen = HashSet::new();
@@ -648,6 +674,12 @@ impl Config {
                     paused: q.is_some_and(|q| q.paused),
                 }
             })
+            // Last, so that real work is fetched first; one slot at most.
+            .chain(std::iter::once(QueueSpec {
+                name: MAINTENANCE_QUEUE.to_owned(),
+                concurrency: Some(1),
+                paused: false,
+            }))
             .collect();
         PoolConfig {
             concurrency: self.worker.concurrency,
@@ -825,7 +857,8 @@ mod tests {
         .unwrap();
         let pc = c.pool_config();
         assert_eq!(pc.concurrency, 4);
-        assert_eq!(pc.queues.len(), 2);
+        assert_eq!(pc.queues.len(), 3, "a, b and the maintenance queue");
+        assert_eq!(pc.queues[2].name, MAINTENANCE_QUEUE);
         assert_eq!(pc.queues[0].concurrency, None);
         assert_eq!(pc.queues[1].concurrency, Some(2));
         assert!(pc.queues[1].paused);

@@ -202,6 +202,12 @@ pub fn prepare_step(
              takes a delay",
         )));
     }
+    if req.unique_key.is_some() {
+        return Err(named(FieldError::invalid(
+            "unique_key",
+            "only the first step of a chain may have a unique key (it names the whole chain)",
+        )));
+    }
     if let Some(q) = &req.queue
         && q != queue
     {

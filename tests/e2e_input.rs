@@ -91,7 +91,7 @@ async fn bad_requests_are_refused_with_the_field_named() {
     // Nothing was enqueued.
     let page: Value = api
         .http
-        .get(format!("{}/v1/jobs", api.base))
+        .get(format!("{}/v1/jobs?queue=default", api.base))
         .send()
         .await
         .unwrap()

@@ -255,3 +255,48 @@ async fn schedule_fires_once_per_tick_across_processes() {
         "{inside} ticks enqueued in 5 s: {ticks:?}"
     );
 }
+
+/// Retention runs as a `cleanup.purge {"records": true}` job on the maintenance queue: a
+/// succeeded job past `[retention] succeeded` is deleted, history and all.
+#[tokio::test]
+async fn retention_job_purges_old_jobs() {
+    let s = Scratch::new();
+    s.write_config("[retention]\nsucceeded = \"1s\"\ncron = \"* * * * * *\"\n");
+    let d = s.start(&["serve"]);
+    let api = Api::new(d.wait_addr());
+    let id = api
+        .enqueue_ok(json!({"kind": "sys.noop", "payload": {}}))
+        .await;
+    api.wait_state(&id, "succeeded", T).await;
+    let deadline = std::time::Instant::now() + T;
+    loop {
+        let r = api
+            .http
+            .get(format!("{}/v1/jobs/{id}", api.base))
+            .send()
+            .await
+            .unwrap();
+        if r.status().as_u16() == 404 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "never purged");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let purges = s.cli_json(&[
+        "jobs",
+        "--queue",
+        "hopper.maintenance",
+        "--state",
+        "succeeded",
+    ]);
+    let purges = purges
+        .as_array()
+        .unwrap_or_else(|| purges["jobs"].as_array().unwrap());
+    assert!(
+        purges
+            .iter()
+            .any(|j| j["kind"] == "cleanup.purge"
+                && j["result"]["succeeded_purged"].as_u64() >= Some(1)),
+        "{purges:#?}"
+    );
+}

@@ -58,10 +58,20 @@ fn default_glob() -> String {
     "*".to_owned()
 }
 
+/// Deletes the engine's own old records (finished jobs and events past `[retention]`). The
+/// shell implements it over the broker, so this crate never sees one.
+#[async_trait]
+pub trait RecordPurger: Send + Sync + std::fmt::Debug + 'static {
+    /// Purges what retention allows; returns a small summary for the job's result.
+    async fn purge_records(&self) -> Result<Value, JobError>;
+}
+
 /// `cleanup.purge`.
 #[derive(Debug)]
 pub struct Purge {
     files: FilesDir,
+    /// Set in processes that can reach the broker: runs payloads of `{"records": true}`.
+    records: Option<std::sync::Arc<dyn RecordPurger>>,
 }
 
 struct Checked {
@@ -75,7 +85,40 @@ impl Purge {
     pub fn new(config: &JobsConfig) -> Self {
         Self {
             files: FilesDir::new(&config.files_dir),
+            records: None,
         }
+    }
+
+    /// Also purges the engine's records, for payloads of `{"records": true}` (the built-in
+    /// retention schedule).
+    #[must_use]
+    pub fn with_records(mut self, records: std::sync::Arc<dyn RecordPurger>) -> Self {
+        self.records = Some(records);
+        self
+    }
+
+    /// A `{"records": true}` payload: retention of job records rather than files. Nothing
+    /// else may be set beside it (but a chain `input`).
+    fn records_mode(payload: &Value) -> Result<bool, InvalidField> {
+        let Some(flag) = payload.get("records") else {
+            return Ok(false);
+        };
+        if flag != &Value::Bool(true) {
+            return Err(InvalidField::new(
+                "payload.records",
+                "must be true when given",
+            ));
+        }
+        if let Some(other) = payload
+            .as_object()
+            .and_then(|m| m.keys().find(|k| *k != "records" && *k != "input"))
+        {
+            return Err(InvalidField::new(
+                format!("payload.{other}"),
+                "a records purge takes no other field",
+            ));
+        }
+        Ok(true)
     }
 
     fn parse(&self, payload: &Value) -> Result<Checked, InvalidField> {
@@ -170,6 +213,14 @@ impl Walk<'_> {
 #[async_trait]
 impl Handler for Purge {
     async fn run(&self, cx: JobContext) -> JobResult {
+        if Self::records_mode(cx.payload()).map_err(payload::permanent)? {
+            return match &self.records {
+                Some(records) => records.purge_records().await,
+                None => Err(JobError::permanent(
+                    "records purge is not available in this process (no broker)",
+                )),
+            };
+        }
         let checked = self.parse(cx.payload()).map_err(payload::permanent)?;
         let files = self.files.clone();
         let cx2 = cx.clone();
@@ -211,6 +262,9 @@ impl Handler for Purge {
     }
 
     fn validate(&self, payload: &Value) -> Result<(), InvalidField> {
+        if Self::records_mode(payload)? {
+            return Ok(());
+        }
         self.parse(payload).map(|_| ())
     }
 }

@@ -53,6 +53,13 @@ pub mod pdf;
 
 pub use config::{EtlConfig, JobsConfig, SmtpConfig};
 
+/// The purger of the engine's records handed to `cleanup.purge`.
+#[cfg(feature = "cleanup")]
+pub type RecordsHandle = std::sync::Arc<dyn cleanup::RecordPurger>;
+/// Without the `cleanup` kind there is nothing to hand a purger to.
+#[cfg(not(feature = "cleanup"))]
+pub type RecordsHandle = std::convert::Infallible;
+
 use hopper_workers::Registry;
 use hopper_workers::handler::RegistryError;
 
@@ -88,6 +95,26 @@ pub enum JobsError {
     allow(unused_variables)
 )]
 pub fn register_all(registry: &mut Registry, config: &JobsConfig) -> Result<(), JobsError> {
+    register_all_with(registry, config, None)
+}
+
+/// [`register_all`], with the purger of the engine's own records that `cleanup.purge` runs
+/// for `{"records": true}` payloads (the built-in retention schedule).
+#[cfg_attr(
+    not(any(
+        feature = "email",
+        feature = "image",
+        feature = "pdf",
+        feature = "etl",
+        feature = "cleanup"
+    )),
+    allow(unused_variables)
+)]
+pub fn register_all_with(
+    registry: &mut Registry,
+    config: &JobsConfig,
+    records: Option<RecordsHandle>,
+) -> Result<(), JobsError> {
     config.validate()?;
     #[cfg(feature = "http")]
     let http = http::client(config)?;
@@ -100,6 +127,13 @@ pub fn register_all(registry: &mut Registry, config: &JobsConfig) -> Result<(), 
     #[cfg(feature = "etl")]
     registry.register(etl::KIND, etl::Sync::new(config, http.clone())?)?;
     #[cfg(feature = "cleanup")]
-    registry.register(cleanup::KIND, cleanup::Purge::new(config))?;
+    {
+        let purge = cleanup::Purge::new(config);
+        let purge = match records {
+            Some(r) => purge.with_records(r),
+            None => purge,
+        };
+        registry.register(cleanup::KIND, purge)?;
+    }
     Ok(())
 }

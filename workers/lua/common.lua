@@ -216,17 +216,53 @@ end
 -- the jobs already queued at its priority; `job.enqueued` with message "retried". The last
 -- error is kept. A chain step's cancelled successors go back to `waiting`. Used by retry.lua
 -- and retry_all_dead.lua.
+-- The step before step `index` (> 0) of the chain whose first step is `chain_id`, found by
+-- walking `chain_next` links from the first step; nil when a link is missing.
+local function chain_predecessor(chain_id, index)
+  local cur, seen = chain_id, {}
+  for _ = 1, index - 1 do
+    if not cur or cur == '' or seen[cur] then
+      return nil
+    end
+    seen[cur] = true
+    cur = redis.call('HGET', job_key(cur), 'chain_next')
+  end
+  if not cur or cur == '' then
+    return nil
+  end
+  return cur
+end
+
 local function requeue(id, st, now, cap)
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'kind', 'priority', 'chain_next')
+  local f = redis.call('HMGET', jk, 'kind', 'priority', 'chain_next', 'chain_id', 'chain_index',
+    'payload')
   local seq = redis.call('INCR', K .. 'seq')
   redis.call('ZREM', K .. st, id)
   local ev = event(cap, 'job.enqueued', id, f[1], now, 0, { 'm', 'retried' })
-  redis.call('HSET', jk, 'state', 'queued', 'attempt', 0, 'run_at', now, 'seq', seq,
+  -- A later chain step runs with its predecessor's result: queued with it when the
+  -- predecessor succeeded, else back to waiting for it.
+  local target = 'queued'
+  local index = tonumber(f[5] or '0') or 0
+  if f[4] and f[4] ~= '' and index > 0 then
+    local pred = chain_predecessor(f[4], index)
+    local p = {}
+    if pred then
+      p = redis.call('HMGET', job_key(pred), 'state', 'result')
+    end
+    if p[1] == 'succeeded' and p[2] and p[2] ~= '' then
+      redis.call('HSET', jk, 'payload', with_input(f[6], p[2]))
+    else
+      target = 'waiting'
+    end
+  end
+  redis.call('HSET', jk, 'state', target, 'attempt', 0, 'run_at', now, 'seq', seq,
     'interruption_streak', 0, 'evn', ev)
   redis.call('HDEL', jk, 'finished_at', 'lease_until', 'result', 'progress', 'progress_message')
-  redis.call('ZADD', K .. 'queued', f[2], qmember(now, seq, id))
-  move(st, 'queued')
+  if target == 'queued' then
+    redis.call('ZADD', K .. 'queued', f[2], qmember(now, seq, id))
+  end
+  move(st, target)
   if f[3] and f[3] ~= '' then
     chain_resume_rest(f[3])
   end

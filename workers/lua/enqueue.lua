@@ -20,11 +20,32 @@ local out = {}
 -- ARGV base, state and due time of each job to create.
 local bases, states, ats = {}, {}, {}
 local taken_ids, taken_keys = {}, {}
+-- Chains whose first step exists already (its unique key is taken), by chain id: the whole
+-- chain is that earlier one, and none of its steps is created again.
+local existing_chains = {}
 for i = 0, n - 1 do
   local b = 4 + i * 11
   local id, unique = ARGV[b], ARGV[b + 7]
+  local chain_id, chain_index = ARGV[b + 8], tonumber(ARGV[b + 9]) or 0
   local existing = nil
-  if unique ~= '' then
+  if chain_id ~= '' and existing_chains[chain_id] then
+    -- The existing chain's step at this index.
+    local step, seen = existing_chains[chain_id], {}
+    for _ = 1, chain_index do
+      if not step or seen[step] then
+        step = nil
+        break
+      end
+      seen[step] = true
+      local nxt = redis.call('HGET', job_key(step), 'chain_next')
+      if nxt and nxt ~= '' then
+        step = nxt
+      else
+        step = nil
+      end
+    end
+    existing = step or id
+  elseif unique ~= '' then
     local other = taken_keys[unique] or redis.call('HGET', K .. 'unique', unique)
     if other and (taken_keys[unique] or redis.call('EXISTS', job_key(other)) == 1) then
       existing = other
@@ -32,6 +53,9 @@ for i = 0, n - 1 do
   end
   if not existing and (taken_ids[id] or redis.call('EXISTS', job_key(id)) == 1) then
     existing = id
+  end
+  if existing and chain_id ~= '' and chain_index == 0 then
+    existing_chains[chain_id] = existing
   end
   if existing then
     out[#out + 1] = existing

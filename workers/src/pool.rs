@@ -30,7 +30,7 @@ use serde_json::Value;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{debug, info, warn};
+use tracing::{debug, error, info, warn};
 
 use crate::broker::{Broker, Finish, LeaseStatus, Outcome};
 use crate::clock::Clock;
@@ -132,6 +132,10 @@ struct Running {
     lease: Lease,
     token: CancellationToken,
     reason: Arc<AtomicU8>,
+    /// The handler has returned and its completion waits for the acknowledger: the lease is
+    /// still heartbeated (a slow write must not let the job be rescued and run again), but
+    /// there is nothing left to stop.
+    finishing: bool,
 }
 
 impl Running {
@@ -164,19 +168,23 @@ impl PoolHandle {
     pub fn cancel_local(&self, id: &JobId) -> bool {
         let map = lock(&self.running);
         match map.get(id) {
-            Some(r) => {
+            Some(r) if !r.finishing => {
                 r.stop(StopReason::Cancelled);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
-    /// How many jobs run in this pool now.
+    /// How many handlers run in this pool now.
     pub fn running(&self) -> usize {
-        lock(&self.running).len()
+        lock(&self.running)
+            .values()
+            .filter(|r| !r.finishing)
+            .count()
     }
 
+    /// Leases to heartbeat: running handlers, and completions not yet written.
     fn leases(&self) -> Vec<Lease> {
         lock(&self.running)
             .values()
@@ -184,23 +192,57 @@ impl PoolHandle {
             .collect()
     }
 
-    /// Stops the handler of `id` if it still runs here; false when it had already ended.
-    fn stop(&self, id: &JobId, reason: StopReason) -> bool {
-        match lock(&self.running).get(id) {
-            Some(r) => {
+    /// Records a new attempt. An entry left by an older attempt of the same job (its lease
+    /// expired and this pool fetched the job again) is stopped: its writes would be refused.
+    fn insert(&self, running: Running) {
+        let mut map = lock(&self.running);
+        if let Some(old) = map.insert(running.lease.job_id.clone(), running)
+            && !old.finishing
+        {
+            old.stop(StopReason::LeaseLost);
+        }
+    }
+
+    /// Marks an attempt's handler as done, its completion on the way to the broker.
+    fn finishing(&self, lease: &Lease) {
+        if let Some(r) = lock(&self.running).get_mut(&lease.job_id)
+            && r.lease.token == lease.token
+        {
+            r.finishing = true;
+        }
+    }
+
+    /// Forgets an attempt (only that attempt: a newer one of the same job stays).
+    fn remove(&self, lease: &Lease) {
+        let mut map = lock(&self.running);
+        if map
+            .get(&lease.job_id)
+            .is_some_and(|r| r.lease.token == lease.token)
+        {
+            map.remove(&lease.job_id);
+        }
+    }
+
+    /// Stops the handler of this attempt if it still runs here; false when it had already
+    /// ended (or a newer attempt runs instead).
+    fn stop(&self, lease: &Lease, reason: StopReason) -> bool {
+        match lock(&self.running).get(&lease.job_id) {
+            Some(r) if r.lease.token == lease.token && !r.finishing => {
                 r.stop(reason);
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
     fn stop_all(&self, reason: StopReason) -> usize {
         let map = lock(&self.running);
-        for r in map.values() {
+        let mut n = 0;
+        for r in map.values().filter(|r| !r.finishing) {
             r.stop(reason);
+            n += 1;
         }
-        map.len()
+        n
     }
 }
 
@@ -279,7 +321,7 @@ impl Pool {
 
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
-        service_tasks.spawn(acknowledge(broker.clone(), finish_rx));
+        service_tasks.spawn(acknowledge(broker.clone(), finish_rx, handle.clone()));
         service_tasks.spawn(write_progress(
             broker.clone(),
             progress_rx,
@@ -376,6 +418,9 @@ async fn fetch_loop(
     while !shutdown.is_cancelled() {
         let mut saturated = false;
         let mut failed = false;
+        // Queues with a free slot: the only ones worth waiting on (a queue at its own limit
+        // may well have work, which would wake us at once, again and again).
+        let mut open: Vec<String> = Vec::with_capacity(active.len());
         for queue in &active {
             let free = slots.available_permits();
             if free == 0 {
@@ -386,11 +431,21 @@ async fn fetch_loop(
             if want == 0 {
                 continue;
             }
-            let fetched = tokio::select! {
-                () = shutdown.cancelled() => break,
-                r = broker.fetch(queue, want, shared.config.lease) => r,
-            };
-            match fetched {
+            open.push(queue.clone());
+            // Not raced against shutdown: a fetch dropped half-way may still lease jobs in
+            // the broker, which would then sit `running` until their lease expired.
+            match broker.fetch(queue, want, shared.config.lease).await {
+                Ok(batch) if shutdown.is_cancelled() => {
+                    for job in batch {
+                        let _ = shared.finish_tx.send(Finish {
+                            lease: job.lease(),
+                            outcome: Outcome::Released {
+                                reason: "worker shutting down".into(),
+                            },
+                        });
+                    }
+                    break;
+                }
                 Ok(batch) => {
                     backoff = Duration::from_millis(100);
                     saturated |= batch.len() == want;
@@ -420,10 +475,18 @@ async fn fetch_loop(
             }
             continue;
         }
+        if open.is_empty() {
+            // Free slots, but every queue is at its own limit: wait for one of its jobs to end.
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(QUEUE_LIMIT_WAIT) => {}
+            }
+            continue;
+        }
         if !saturated {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                r = broker.wait_for_work(&active, shared.config.idle_wait) => {
+                r = broker.wait_for_work(&open, shared.config.idle_wait) => {
                     if let Err(e) = r {
                         warn!(error = %e, "waiting for work failed");
                         tokio::time::sleep(backoff).await;
@@ -434,6 +497,9 @@ async fn fetch_loop(
     }
     debug!("fetch loop stopped");
 }
+
+/// How often a pool whose queues are all at their own limit looks again.
+const QUEUE_LIMIT_WAIT: Duration = Duration::from_millis(50);
 
 /// Takes the slots for a fetched job and spawns its task.
 fn start_job(
@@ -479,17 +545,16 @@ async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
     let token = CancellationToken::new();
     let reason = Arc::new(AtomicU8::new(StopReason::None as u8));
     let lease = job.lease();
-    lock(&shared.handle.running).insert(
-        job.id.clone(),
-        Running {
-            lease: lease.clone(),
-            token: token.clone(),
-            reason: reason.clone(),
-        },
-    );
+    shared.handle.insert(Running {
+        lease: lease.clone(),
+        token: token.clone(),
+        reason: reason.clone(),
+        finishing: false,
+    });
     let job = Arc::new(job);
     let result = execute(shared, job.clone(), token).await;
-    lock(&shared.handle.running).remove(&job.id);
+    // Until the acknowledger has written the outcome, the lease stays heartbeated.
+    shared.handle.finishing(&lease);
 
     let now = shared.clock.now_ms();
     let outcome = match result {
@@ -500,6 +565,7 @@ async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
             // Cancelled: the broker already says so. Lease lost: another attempt owns it.
             StopReason::Cancelled | StopReason::LeaseLost | StopReason::None => {
                 debug!(job = %job.id, "attempt stopped");
+                shared.handle.remove(&lease);
                 return None;
             }
         },
@@ -538,6 +604,9 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
+/// How long a job of a kind this worker does not know waits before it is offered again.
+const NO_HANDLER_SNOOZE: Duration = Duration::from_secs(5);
+
 /// How running a handler ended.
 enum Execution {
     Done(Result<Value, JobError>),
@@ -548,10 +617,10 @@ enum Execution {
 /// Runs the handler under its timeout, catching panics, until it returns or is told to stop.
 async fn execute(shared: &Shared, job: Arc<Job>, token: CancellationToken) -> Execution {
     let Some(handler) = shared.registry.get(&job.kind).cloned() else {
-        return Execution::Done(Err(JobError::retryable(format!(
-            "no handler for kind {:?} on this worker",
-            job.kind
-        ))));
+        // Another node may know the kind (a rolling deploy, a feature left out here): give
+        // the job back for later without spending one of its attempts.
+        warn!(job = %job.id, kind = %job.kind, "no handler for this kind here; snoozing the job");
+        return Execution::Done(Err(JobError::snooze(NO_HANDLER_SNOOZE)));
     };
     let timeout = job
         .timeout_ms
@@ -596,8 +665,14 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
 
 /// Writes completions in batches: whatever has accumulated since the last write goes in one
 /// call. A broker that is down is retried with backoff, never dropping a completion: a
-/// completion lost here would make the job run again after its lease expires.
-async fn acknowledge(broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedReceiver<Finish>) {
+/// completion lost here would make the job run again after its lease expires. A batch that
+/// keeps failing for another reason is written one completion at a time, so one bad entry
+/// cannot hold back the others.
+async fn acknowledge(
+    broker: Arc<dyn Broker>,
+    mut rx: mpsc::UnboundedReceiver<Finish>,
+    handle: PoolHandle,
+) {
     const MAX_BATCH: usize = 512;
     while let Some(first) = rx.recv().await {
         let mut batch = vec![first];
@@ -607,31 +682,56 @@ async fn acknowledge(broker: Arc<dyn Broker>, mut rx: mpsc::UnboundedReceiver<Fi
                 Err(_) => break,
             }
         }
-        let mut backoff = Duration::from_millis(50);
-        loop {
-            match broker.finish(batch.clone()).await {
-                Ok(results) => {
-                    for (f, r) in batch.iter().zip(results) {
-                        if let Err(e) = r {
-                            match e {
-                                BrokerError::LeaseLost(_) => warn!(
-                                    job = %f.lease.job_id,
-                                    token = f.lease.token,
-                                    "completion refused: stale lease token (another attempt owns the job)"
-                                ),
-                                other => {
-                                    warn!(job = %f.lease.job_id, error = %other, "completion failed")
-                                }
-                            }
+        if !write_completions(&*broker, &batch).await {
+            for one in batch.chunks(1) {
+                if !write_completions(&*broker, one).await {
+                    error!(
+                        job = %one[0].lease.job_id,
+                        "completion could not be written; the job will run again after its lease"
+                    );
+                }
+            }
+        }
+        for f in &batch {
+            handle.remove(&f.lease);
+        }
+    }
+}
+
+/// Writes one batch of completions, retrying while the broker is unavailable (for as long as
+/// it takes) and up to three times on other errors. False when it gave up.
+async fn write_completions(broker: &dyn Broker, batch: &[Finish]) -> bool {
+    let mut backoff = Duration::from_millis(50);
+    let mut failures = 0;
+    loop {
+        match broker.finish(batch.to_vec()).await {
+            Ok(results) => {
+                for (f, r) in batch.iter().zip(results) {
+                    match r {
+                        Ok(()) => {}
+                        Err(BrokerError::LeaseLost(_)) => warn!(
+                            job = %f.lease.job_id,
+                            token = f.lease.token,
+                            "completion refused: stale lease token (another attempt owns the job)"
+                        ),
+                        Err(other) => {
+                            warn!(job = %f.lease.job_id, error = %other, "completion failed");
                         }
                     }
-                    break;
                 }
-                Err(e) => {
-                    warn!(error = %e, jobs = batch.len(), "writing completions failed; retrying");
-                    tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                return true;
+            }
+            Err(e) => {
+                if !matches!(e, BrokerError::Unavailable(_)) {
+                    failures += 1;
+                    if failures >= 3 {
+                        warn!(error = %e, jobs = batch.len(), "writing completions keeps failing");
+                        return false;
+                    }
                 }
+                warn!(error = %e, jobs = batch.len(), "writing completions failed; retrying");
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(5));
             }
         }
     }
@@ -694,12 +794,12 @@ async fn heartbeat(
                         // A handler that ended since the leases were read has nothing to stop;
                         // its completion meets the same fence and is refused there.
                         LeaseStatus::Cancelled => {
-                            if handle.stop(&l.job_id, StopReason::Cancelled) {
+                            if handle.stop(l, StopReason::Cancelled) {
                                 info!(job = %l.job_id, "job cancelled: stopped its handler");
                             }
                         }
                         LeaseStatus::Lost => {
-                            if handle.stop(&l.job_id, StopReason::LeaseLost) {
+                            if handle.stop(l, StopReason::LeaseLost) {
                                 warn!(job = %l.job_id, "lease lost: stopped its handler");
                             }
                         }

@@ -68,17 +68,25 @@ impl Schedule {
     }
 
     /// The last tick at or before `at` and after `since`, if any: the tick to catch up on
-    /// at start-up.
+    /// at start-up. Looks back a minute, then an hour, a day, up to `since`, so that a
+    /// per-second schedule does not walk a week of ticks.
     pub fn last_between(&self, since: Millis, at: Millis) -> Option<Millis> {
-        let mut last = None;
-        for t in self.cron.after(&to_datetime(since)) {
-            let ms = t.timestamp_millis();
-            if ms > at {
-                break;
+        const STEPS: [i64; 4] = [60_000, 3_600_000, 86_400_000, i64::MAX];
+        for back in STEPS {
+            let from = at.saturating_sub(back).max(since);
+            let mut last = None;
+            for t in self.cron.after(&to_datetime(from)) {
+                let ms = t.timestamp_millis();
+                if ms > at {
+                    break;
+                }
+                last = Some(ms);
             }
-            last = Some(ms);
+            if last.is_some() || from == since {
+                return last;
+            }
         }
-        last
+        None
     }
 
     /// The job of the tick at `tick`.
@@ -136,21 +144,42 @@ pub async fn run(
             if let Some(tick) = *n
                 && tick <= now
             {
-                enqueue(&*broker, s, tick).await;
-                *n = s.next_after(now.max(tick));
+                // A tick that could not be enqueued (the broker is away) is tried again
+                // until the next tick is due, rather than lost.
+                let following = s.next_after(now.max(tick));
+                let done = enqueue(&*broker, s, tick).await;
+                *n = if done || following.is_none_or(|f| f <= now) {
+                    following
+                } else {
+                    Some(tick)
+                };
+            }
+        }
+        if next.iter().flatten().any(|t| *t <= clock.now_ms()) {
+            // Something is still due (a failed enqueue): do not spin on it.
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(RETRY_WAIT) => {}
             }
         }
     }
 }
 
-async fn enqueue(broker: &dyn Broker, schedule: &Schedule, tick: Millis) {
+/// Wait between tries of a tick whose enqueue failed.
+const RETRY_WAIT: Duration = Duration::from_millis(500);
+
+/// Enqueues a tick's job; true when it exists now (created, or already there).
+async fn enqueue(broker: &dyn Broker, schedule: &Schedule, tick: Millis) -> bool {
     match broker.enqueue(vec![schedule.job_for(tick)]).await {
-        Ok(r) if r.first().is_some_and(|e| e.created) => {
-            info!(schedule = %schedule.spec.name, tick, "scheduled job enqueued");
+        Ok(r) => {
+            if r.first().is_some_and(|e| e.created) {
+                info!(schedule = %schedule.spec.name, tick, "scheduled job enqueued");
+            }
+            true
         }
-        Ok(_) => {}
         Err(e) => {
-            warn!(schedule = %schedule.spec.name, tick, error = %e, "scheduled job not enqueued")
+            warn!(schedule = %schedule.spec.name, tick, error = %e, "scheduled job not enqueued yet");
+            false
         }
     }
 }
@@ -178,6 +207,12 @@ mod tests {
         assert_eq!(s.next_after(1_000), Some(2_000));
         assert_eq!(s.next_after(1_500), Some(2_000));
         assert_eq!(s.last_between(0, 5_500), Some(5_000));
+        // A week back, per second: found from the last minute, not by walking the week.
+        let week = 7 * 86_400_000;
+        assert_eq!(
+            s.last_between(1_700_000_000_000 - week, 1_700_000_000_500),
+            Some(1_700_000_000_000)
+        );
         let job = s.job_for(5_000);
         assert_eq!(job.unique_key.as_deref(), Some("schedule:tick:5000"));
         assert_eq!(job.run_at, Some(5_000));

@@ -115,6 +115,8 @@ macro_rules! conformance_suite {
             chain_passes_results_in_order,
             chain_dead_step_cancels_rest_and_retry_resumes,
             chain_cancel_cancels_rest,
+            chain_replay_with_taken_key_creates_nothing,
+            chain_retry_of_later_step_waits_for_predecessor,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
@@ -1425,4 +1427,101 @@ pub async fn chain_cancel_cancels_rest(b: Arc<dyn Broker>, _clock: Arc<ManualClo
     b.retry(&ids[1]).await.expect("retry the cancelled step");
     assert_eq!(get(&b, &ids[1]).await.state, JobState::Queued);
     assert_eq!(get(&b, &ids[2]).await.state, JobState::Waiting);
+}
+
+/// A chain whose first step's unique key is taken (an `Idempotency-Key` replay) is the earlier
+/// chain: no step is created again, and each answer names the earlier chain's step.
+pub async fn chain_replay_with_taken_key_creates_nothing(
+    b: Arc<dyn Broker>,
+    _clock: Arc<ManualClock>,
+) {
+    let make = || {
+        link_chain(vec![
+            job("test.a").queue("chain").unique_key("idem:1"),
+            job("test.b").queue("chain"),
+            job("test.c").queue("chain"),
+        ])
+    };
+    let first: Vec<JobId> = b
+        .enqueue(make())
+        .await
+        .expect("enqueue")
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    let replay = b.enqueue(make()).await.expect("enqueue replay");
+    assert!(
+        replay.iter().all(|a| !a.created),
+        "nothing is created: {replay:?}"
+    );
+    let ids: Vec<JobId> = replay.into_iter().map(|a| a.id).collect();
+    assert_eq!(ids, first, "the answers name the earlier chain's steps");
+    let page = b
+        .list(&JobFilter {
+            queue: Some("chain".into()),
+            limit: 100,
+            ..JobFilter::default()
+        })
+        .await
+        .expect("list");
+    assert_eq!(page.jobs.len(), 3, "no orphan steps were left waiting");
+}
+
+/// Retrying a later step whose predecessor has not succeeded puts it back to `waiting` (it
+/// needs that step's result); once the predecessor succeeds it runs with the result.
+pub async fn chain_retry_of_later_step_waits_for_predecessor(
+    b: Arc<dyn Broker>,
+    _clock: Arc<ManualClock>,
+) {
+    let ids = enqueue_chain(&b, "chain").await;
+    let first = fetch_expect(&b, "chain", &ids[0]).await;
+    finish(
+        &b,
+        first.lease(),
+        Outcome::Dead {
+            error: "boom".into(),
+        },
+    )
+    .await
+    .expect("finish dead");
+    assert_eq!(get(&b, &ids[1]).await.state, JobState::Cancelled);
+    let retried = b.retry(&ids[1]).await.expect("retry the second step");
+    assert_eq!(
+        retried.state,
+        JobState::Waiting,
+        "it waits for its predecessor"
+    );
+    assert!(fetch_one(&b, "chain").await.is_none(), "nothing to run yet");
+
+    b.retry(&ids[0]).await.expect("retry the first step");
+    let first = fetch_expect(&b, "chain", &ids[0]).await;
+    finish(
+        &b,
+        first.lease(),
+        Outcome::Succeeded {
+            result: json!({"n": 7}),
+        },
+    )
+    .await
+    .expect("finish first");
+    let second = fetch_expect(&b, "chain", &ids[1]).await;
+    assert_eq!(second.payload["input"], json!({"n": 7}));
+    finish(&b, second.lease(), ok())
+        .await
+        .expect("finish second");
+    // Retrying a later step whose predecessor succeeded queues it with that result.
+    let third = fetch_expect(&b, "chain", &ids[2]).await;
+    finish(
+        &b,
+        third.lease(),
+        Outcome::Dead {
+            error: "boom".into(),
+        },
+    )
+    .await
+    .expect("finish third dead");
+    let again = b.retry(&ids[2]).await.expect("retry the third step");
+    assert_eq!(again.state, JobState::Queued);
+    let third = fetch_expect(&b, "chain", &ids[2]).await;
+    assert_eq!(third.payload["input"], json!({"ok": true}));
 }

@@ -243,6 +243,13 @@ mod sql {
         last_error = ?4 \
         WHERE chain_id = ?1 AND chain_index > ?2 AND state = 'waiting' \
         RETURNING id, queue, kind, attempt";
+    pub const CHAIN_STEP: &str = "SELECT id FROM jobs WHERE chain_id = ?1 AND chain_index = ?2";
+    pub const CHAIN_PREDECESSOR: &str =
+        "SELECT state, result FROM jobs WHERE chain_id = ?1 AND chain_index = ?2";
+    /// A retried later step: queued with its predecessor's result, or waiting for it.
+    pub const CHAIN_REQUEUE_STEP: &str = "UPDATE jobs SET state = ?2, \
+        payload = CASE WHEN ?3 IS NULL THEN payload ELSE json_set(payload, '$.input', json(?3)) END \
+        WHERE id = ?1";
     pub const CHAIN_RESUME_REST: &str = "UPDATE jobs SET state = 'waiting', finished_at = NULL, \
         last_error = NULL \
         WHERE chain_id = ?1 AND chain_index > ?2 AND state = 'cancelled'";
@@ -373,11 +380,31 @@ impl Broker for SqliteBroker {
                 let mut out = Vec::with_capacity(jobs.len());
                 let mut find = conn.prepare_cached(sql::FIND_UNIQUE)?;
                 let mut insert = conn.prepare_cached(sql::INSERT_JOB)?;
+                // Chains whose first step exists already (its unique key is taken): the whole
+                // chain is that earlier one; none of its steps is created again.
+                let mut existing_chains: std::collections::HashMap<JobId, JobId> =
+                    std::collections::HashMap::new();
                 for job in jobs {
+                    if let Some(link) = &job.chain
+                        && let Some(first) = existing_chains.get(&link.id)
+                    {
+                        let step: Option<String> = conn
+                            .prepare_cached(sql::CHAIN_STEP)?
+                            .query_row(params![first.as_str(), i64::from(link.index)], |r| r.get(0))
+                            .optional()?;
+                        out.push(Enqueued {
+                            id: step.map_or_else(|| job.id.clone(), JobId),
+                            created: false,
+                        });
+                        continue;
+                    }
                     if let Some(key) = &job.unique_key {
                         let existing: Option<String> =
                             find.query_row([key], |r| r.get(0)).optional()?;
                         if let Some(id) = existing {
+                            if let Some(link) = &job.chain {
+                                existing_chains.insert(link.id.clone(), JobId(id.clone()));
+                            }
                             out.push(Enqueued {
                                 id: JobId(id),
                                 created: false,
@@ -554,9 +581,14 @@ impl Broker for SqliteBroker {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        let requeues = batch
-            .iter()
-            .any(|f| matches!(f.outcome, Outcome::Released { .. } | Outcome::Snooze { .. }));
+        // Released and snoozed jobs are due again; a success may have queued a chain's next
+        // step. Waking is cheap: a pool with nothing to do fetches once and waits again.
+        let requeues = batch.iter().any(|f| {
+            matches!(
+                f.outcome,
+                Outcome::Released { .. } | Outcome::Snooze { .. } | Outcome::Succeeded { .. }
+            )
+        });
         let answers = self
             .write(move |conn, now| {
                 let mut out = Vec::with_capacity(batch.len());
@@ -629,7 +661,11 @@ impl Broker for SqliteBroker {
                     job.attempt,
                     &retried(),
                 )?;
-                if let Some(link) = &job.chain {
+                let mut job = job;
+                if let Some(link) = job.chain.clone() {
+                    if let Some(state) = chain_requeue_step(conn, &job.id, &link)? {
+                        job.state = state;
+                    }
                     chain_resume_rest(conn, link.id.as_str(), link.index)?;
                 }
                 Ok(job)
@@ -675,6 +711,7 @@ impl Broker for SqliteBroker {
                         .collect::<Result<Vec<_>, _>>()?;
                     for ((id, queue, kind, attempt), link) in &rows {
                         if let Some(link) = link {
+                            chain_requeue_step(conn, id, link)?;
                             chain_resume_rest(conn, link.id.as_str(), link.index)?;
                         }
                         append_event(
@@ -1206,6 +1243,32 @@ fn chain_cancel_rest(
     Ok(())
 }
 
+/// A retried later step of a chain runs with its predecessor's result: queued with it as
+/// `input` when the predecessor succeeded, else back to `waiting` for it. Returns the state
+/// it set, if it changed the step.
+fn chain_requeue_step(
+    conn: &Connection,
+    id: &JobId,
+    link: &ChainLink,
+) -> Result<Option<JobState>, Fail> {
+    if link.index == 0 {
+        return Ok(None);
+    }
+    let pred: Option<(String, Option<String>)> = conn
+        .prepare_cached(sql::CHAIN_PREDECESSOR)?
+        .query_row(params![link.id.as_str(), i64::from(link.index - 1)], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })
+        .optional()?;
+    let (state, input) = match pred {
+        Some((st, result)) if st == JobState::Succeeded.as_str() => (JobState::Queued, result),
+        _ => (JobState::Waiting, None),
+    };
+    conn.prepare_cached(sql::CHAIN_REQUEUE_STEP)?
+        .execute(params![id.as_str(), state.as_str(), input])?;
+    Ok(Some(state))
+}
+
 /// Puts the steps cancelled after a retried step back to `waiting`.
 fn chain_resume_rest(conn: &Connection, chain_id: &str, index: u32) -> Result<(), Fail> {
     conn.prepare_cached(sql::CHAIN_RESUME_REST)?
@@ -1486,7 +1549,24 @@ fn writer_gone() -> BrokerError {
 
 // ---- Opening and migrations ------------------------------------------------------------------
 
+/// Opens the file, retrying while another process holds it locked: two processes opening a
+/// new file at once race to switch it to WAL and migrate it, and switching the journal mode
+/// does not wait on the busy timeout.
 fn open_connections(path: &Path) -> BrokerResult<(Connection, Connection)> {
+    let deadline = std::time::Instant::now() + BUSY_TIMEOUT;
+    let mut wait = Duration::from_millis(10);
+    loop {
+        match open_connections_once(path) {
+            Err(BrokerError::Unavailable(_)) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_connections_once(path: &Path) -> BrokerResult<(Connection, Connection)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             BrokerError::Config(format!("cannot create directory {}: {e}", dir.display()))
