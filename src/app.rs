@@ -35,6 +35,23 @@ pub fn build_registry(config: &Config) -> Result<Registry> {
     build_registry_with(config, None)
 }
 
+/// The registry of a `serve` or `worker` process: every kind, with `cleanup.purge` able to
+/// run the retention of job records on `broker`.
+fn node_registry(
+    config: &Config,
+    broker: &Arc<dyn Broker>,
+    clock: &Arc<dyn Clock>,
+) -> Result<Registry> {
+    build_registry_with(
+        config,
+        Some(Arc::new(Retention {
+            broker: broker.clone(),
+            retention: config.retention.clone(),
+            clock: clock.clone(),
+        })),
+    )
+}
+
 /// [`build_registry`] for a process that holds the broker: `cleanup.purge` can then run the
 /// retention of job records.
 fn build_registry_with(
@@ -77,14 +94,7 @@ pub async fn serve(
     }
     let clock = clock::system();
     let broker = open_broker(&config, clock.clone()).await?;
-    let registry = Arc::new(build_registry_with(
-        &config,
-        Some(Arc::new(Retention {
-            broker: broker.clone(),
-            retention: config.retention.clone(),
-            clock: clock.clone(),
-        })),
-    )?);
+    let registry = Arc::new(node_registry(&config, &broker, &clock)?);
     let config = Arc::new(config);
     let tracker = TaskTracker::new();
 
@@ -141,14 +151,7 @@ pub async fn serve(
 pub async fn worker(config: Config, shutdown: CancellationToken) -> Result<()> {
     let clock = clock::system();
     let broker = open_broker(&config, clock.clone()).await?;
-    let registry = Arc::new(build_registry_with(
-        &config,
-        Some(Arc::new(Retention {
-            broker: broker.clone(),
-            retention: config.retention.clone(),
-            clock: clock.clone(),
-        })),
-    )?);
+    let registry = Arc::new(node_registry(&config, &broker, &clock)?);
     let tracker = TaskTracker::new();
     let pool = Pool::new(
         broker.clone(),

@@ -18,7 +18,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::util::{Api, Scratch};
+use crate::util::{Api, Scratch, step_ids};
 
 const T: Duration = Duration::from_secs(60);
 const PAGES: u32 = 3;
@@ -141,12 +141,7 @@ async fn etl_to_pdf_to_email() {
         }))
         .await;
     assert_eq!(status, 201, "{first}");
-    let ids: Vec<String> = first["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = step_ids(&first);
     let mail = api.wait_state(&ids[2], "succeeded", T).await;
     let etl = api.job(&ids[0]).await;
     assert_eq!(etl["result"]["rows_new"], PAGES * PER_PAGE, "{etl:#}");

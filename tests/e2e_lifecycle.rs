@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::util::{Api, Scratch, events, ms};
+use crate::util::{Api, Scratch, events, ms, step_ids};
 
 const T: Duration = Duration::from_secs(20);
 
@@ -178,12 +178,7 @@ async fn chain_runs_in_order_and_resumes_after_retry() {
         }))
         .await;
     assert_eq!(status, 201, "{first}");
-    let ids: Vec<String> = first["steps"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|s| s["id"].as_str().unwrap().to_owned())
-        .collect();
+    let ids = step_ids(&first);
     assert_eq!(ids.len(), 3);
 
     api.wait_state(&ids[0], "running", T).await;

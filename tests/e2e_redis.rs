@@ -758,5 +758,11 @@ async fn readme_tour_on_redis() {
         REDIS_PORT,
         &["SMEMBERS", &format!("{}:queues", keys.prefix)],
     );
-    assert_eq!(String::from_utf8_lossy(&members.stdout).trim(), "default");
+    let mut queues: Vec<String> = String::from_utf8_lossy(&members.stdout)
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    queues.sort();
+    // `default`, and the maintenance queue of the retention job.
+    assert_eq!(queues, ["default", "hopper.maintenance"]);
 }

@@ -337,3 +337,13 @@ pub fn ms(v: &Value) -> i64 {
         other => panic!("not a timestamp: {other}"),
     }
 }
+
+/// The ids of a chain's steps, in order, from the answer to `POST /v1/jobs` with `then`.
+pub fn step_ids(enqueued: &Value) -> Vec<String> {
+    enqueued["steps"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no steps in {enqueued}"))
+        .iter()
+        .map(|s| s["id"].as_str().unwrap().to_owned())
+        .collect()
+}
