@@ -41,6 +41,9 @@ pub enum Workload {
     Latency,
 }
 
+/// Pool slots of a bench run that does not say.
+pub const DEFAULT_CONCURRENCY: usize = 64;
+
 /// `hopper bench` flags.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
@@ -51,7 +54,8 @@ pub struct BenchArgs {
     /// Jobs to enqueue (drain).
     #[arg(long, default_value_t = 100_000)]
     pub jobs: u64,
-    /// Pool slots (default: [worker] concurrency).
+    /// Pool slots. Default 64, the concurrency the peers' numbers in README were measured at
+    /// (not `[worker] concurrency`, which is sized for real jobs, not no-ops).
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Jobs per second (latency).
@@ -90,7 +94,7 @@ pub async fn run(args: BenchArgs, config: &Config, shutdown: CancellationToken) 
     if let Some(url) = &args.broker {
         config.broker.url.clone_from(url);
     }
-    let concurrency = args.concurrency.unwrap_or(config.worker.concurrency);
+    let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     if concurrency == 0 {
         bail!(crate::cli::CliError::Usage(
             "--concurrency must be at least 1".into()
