@@ -8,7 +8,9 @@
 --              entries); a chain step has `chain_id`, `chain_index` and, unless it is the
 --              last, `chain_next`. An optional field is absent or '' when it has no value,
 --              and a missing counter (attempt, lease_token, interruptions,
---              interruption_streak, progress) is 0: a fresh job stores only what it must.
+--              interruption_streak, progress) is 0 (progress is 100 once succeeded): a fresh
+--              job stores only what it must. `lease_until` means something only while the
+--              job is `running`: finish.lua leaves the last deadline behind.
 --              A `waiting` chain step is in none of the zsets below but `all`: only its
 --              predecessor's success moves it.
 --   all        zset, every job id at score 0 (lexicographic index, newest first by id)
@@ -38,6 +40,18 @@ local function qmember(run_at, seq, id)
     run_at = 0
   end
   return string.format('%015.0f%016.0f', run_at, seq) .. id
+end
+
+-- The decimal text of an integer, memoized per call: a number passed to redis.call is
+-- converted with a sprintf each time, which the hot scripts' per-job arguments avoid.
+local itoa_memo = {}
+local function itoa(n)
+  local s = itoa_memo[n]
+  if not s then
+    s = tostring(n)
+    itoa_memo[n] = s
+  end
+  return s
 end
 
 -- State counts, summed per script and written with one HINCRBY per state at the end.

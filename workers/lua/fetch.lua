@@ -10,15 +10,11 @@
 -- ARGV[4]  event stream cap
 -- ARGV[5]  at most this many due jobs are promoted per call (bounds the work per call; the
 --          rest are promoted by the next fetches)
--- Returns  an array, one entry per leased job: an array of the job's fields *as they were
---          before the lease*, in the order of FIELDS below but with the id in place of the
---          state (a missing field is nil). The caller applies the changes (state running,
---          attempt + 1, lease_token + 1, lease_until, started_at = now, progress 0, no
---          message): returning what HMGET read keeps the script from building tables.
-
-local FIELDS = { 'state', 'attempt', 'lease_token', 'kind', 'payload', 'priority', 'run_at', 'max_retries',
-  'timeout_ms', 'interruptions', 'interruption_streak', 'last_error', 'unique_key', 'created_at', 'chain_id',
-  'chain_index', 'chain_next', 'progress', 'progress_message' }
+-- Returns  an array, one entry per leased job: the job's hash as a flat field/value array
+--          *as it was before the lease* (HGETALL), followed by the job's id as its last (odd)
+--          element. The caller applies the changes (state running, attempt + 1,
+--          lease_token + 1, lease_until, started_at = now, progress 0, no message): returning
+--          what HGETALL read keeps the script from building tables.
 
 local now = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
@@ -49,26 +45,50 @@ local popped = {}
 if max > 0 then
   popped = redis.call('ZPOPMIN', K .. 'queued', max)
 end
+-- Per leased job: its id, the hash read, attempt and lease token before the lease, and
+-- whether it has progress to clear.
+local ids, keys, attempts, tokens, clear = {}, {}, {}, {}, {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], QPREFIX + 1)
-  local f = redis.call('HMGET', job_key(id), unpack(FIELDS))
-  if f[1] == 'queued' then
-    add_event('job.started', id, f[4], (tonumber(f[2]) or 0) + 1)
-    f[1] = id
-    out[#out + 1] = f
+  local jk = job_key(id)
+  local f = redis.call('HGETALL', jk)
+  local st, attempt, token, kind, prog
+  for j = 1, #f, 2 do
+    local k = f[j]
+    if k == 'state' then
+      st = f[j + 1]
+    elseif k == 'attempt' then
+      attempt = f[j + 1]
+    elseif k == 'lease_token' then
+      token = f[j + 1]
+    elseif k == 'kind' then
+      kind = f[j + 1]
+    elseif k == 'progress' or k == 'progress_message' then
+      prog = true
+    end
+  end
+  if st == 'queued' then
+    local n = #ids + 1
+    attempt = itoa((tonumber(attempt) or 0) + 1)
+    add_event('job.started', id, kind, attempt)
+    ids[n] = id
+    keys[n] = jk
+    attempts[n] = attempt
+    tokens[n] = itoa((tonumber(token) or 0) + 1)
+    clear[n] = prog
+    f[#f + 1] = id
+    out[n] = f
   end
 end
 if #out > 0 then
   local ev = flush_events(cap, now)
-  local deadline = now + lease
+  local deadline = itoa(now + lease)
   local running = {}
-  for i = 1, #out do
-    local f = out[i]
-    local id = f[1]
-    local jk = job_key(id)
-    redis.call('HSET', jk, 'state', 'running', 'attempt', (tonumber(f[2]) or 0) + 1, 'lease_token',
-      (tonumber(f[3]) or 0) + 1, 'lease_until', deadline, 'started_at', now, 'evn', ev)
-    if f[18] or f[19] then
+  for i = 1, #ids do
+    local id, jk = ids[i], keys[i]
+    redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
+      'lease_until', deadline, 'started_at', ARGV[1], 'evn', ev)
+    if clear[i] then
       redis.call('HDEL', jk, 'progress', 'progress_message')
     end
     running[#running + 1] = deadline

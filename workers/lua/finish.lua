@@ -7,7 +7,9 @@
 -- ARGV[2]  event stream cap
 -- ARGV[3]  n, the number of entries (at most 500); then 5 values per entry: id, lease token,
 --          outcome, a, b
---          outcome 'ok'      a = result JSON            -> succeeded (progress 100), job.succeeded;
+--          outcome 'ok'      a = result JSON            -> succeeded, job.succeeded (progress
+--                                                          is not written: a succeeded job's
+--                                                          progress reads as 100);
 --                                                          a chain step queues the next step
 --                                                          with `input` = the result
 --                  'retry'   a = due ms, b = error      -> retrying,  job.retrying
@@ -20,23 +22,26 @@
 -- Returns  an array of n integers: 1 applied, 0 lease lost.
 
 local now = tonumber(ARGV[1])
+local now_s = ARGV[1]
 local cap = ARGV[2]
 local n = tonumber(ARGV[3])
 
 local out = {}
 local ok_n, fail_n, wake = 0, 0, 0
--- Entries applied: the ARGV base of each and the fields HMGET read.
+-- Entries applied: the ARGV base of each, the fields HMGET read and the job's key.
 -- The same lease twice in one call: only the first is applied, as if in two calls.
-local bases, fields, seen = {}, {}, {}
+local bases, fields, keys, seen = {}, {}, {}, {}
 for i = 0, n - 1 do
   local b = 4 + i * 5
   local id, token, code = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local f = redis.call('HMGET', job_key(id), 'state', 'lease_token', 'kind', 'attempt', 'interruption_streak',
-    'chain_index', 'chain_next')
+  local jk = job_key(id)
+  local f = redis.call('HMGET', jk, 'state', 'lease_token', 'kind', 'attempt', 'interruption_streak',
+    'chain_next')
   if f[1] ~= 'running' or f[2] ~= token or seen[id] then
     out[#out + 1] = 0
   else
-    local kind, attempt = f[3], tonumber(f[4]) or 0
+    -- The attempt as text for the events (the stored text, '0' when absent).
+    local kind, attempt = f[3], f[4] or '0'
     if code == 'ok' then
       add_event('job.succeeded', id, kind, attempt, 'r', ARGV[b + 3])
     elseif code == 'retry' then
@@ -45,7 +50,7 @@ for i = 0, n - 1 do
       add_event('job.dead', id, kind, attempt, 'e', ARGV[b + 3])
     elseif code == 'snooze' then
       -- No event type names "scheduled": a snooze is recorded as enqueued again, for later.
-      add_event('job.enqueued', id, kind, attempt - 1, 'm', 'snoozed')
+      add_event('job.enqueued', id, kind, tonumber(attempt) - 1, 'm', 'snoozed')
     elseif code == 'release' then
       add_event('job.interrupted', id, kind, attempt, 'm', ARGV[b + 3])
     else
@@ -54,6 +59,7 @@ for i = 0, n - 1 do
     seen[id] = true
     bases[#bases + 1] = b
     fields[#fields + 1] = f
+    keys[#keys + 1] = jk
     out[#out + 1] = 1
   end
 end
@@ -64,7 +70,7 @@ if #bases > 0 then
   for i = 1, #bases do
     local b, f = bases[i], fields[i]
     local id, code, a = ARGV[b], ARGV[b + 2], ARGV[b + 3]
-    local jk = job_key(id)
+    local jk = keys[i]
     local attempt = tonumber(f[4]) or 0
     stopped[#stopped + 1] = id
     -- An attempt that ended normally ends an interruption streak.
@@ -72,35 +78,34 @@ if #bases > 0 then
       redis.call('HSET', jk, 'interruption_streak', 0)
     end
     if code == 'ok' then
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'succeeded', 'result', a, 'finished_at', now,
-        'progress', 100, 'evn', ev)
-      succeeded[#succeeded + 1] = now
+      redis.call('HSET', jk, 'state', 'succeeded', 'result', a, 'finished_at', now_s, 'evn', ev)
+      succeeded[#succeeded + 1] = now_s
       succeeded[#succeeded + 1] = id
       move('running', 'succeeded')
       ok_n = ok_n + 1
-      if f[7] then
-        wake = wake + chain_promote(f[7], f[6], a, now, cap)
+      if f[6] then
+        wake = wake + chain_promote(f[6], redis.call('HGET', jk, 'chain_index'), a, now, cap)
       end
     elseif code == 'retry' then
       local at = tonumber(a)
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'retrying', 'run_at', at, 'last_error', ARGV[b + 4],
+      redis.call('HSET', jk, 'state', 'retrying', 'run_at', at, 'last_error', ARGV[b + 4],
         'evn', ev)
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'retrying')
       fail_n = fail_n + 1
       wake = wake + 1
     elseif code == 'dead' then
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'dead', 'last_error', a, 'finished_at', now, 'evn', ev)
-      dead[#dead + 1] = now
+      redis.call('HSET', jk, 'state', 'dead', 'last_error', a, 'finished_at', now_s, 'evn', ev)
+      dead[#dead + 1] = now_s
       dead[#dead + 1] = id
       move('running', 'dead')
       fail_n = fail_n + 1
-      if f[7] then
-        chain_cancel_rest(id, f[6], f[7], 'dead', now, cap)
+      if f[6] then
+        chain_cancel_rest(id, redis.call('HGET', jk, 'chain_index'), f[6], 'dead', now, cap)
       end
     elseif code == 'snooze' then
       local at = tonumber(a)
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'scheduled', 'run_at', at, 'attempt', attempt - 1,
+      redis.call('HSET', jk, 'state', 'scheduled', 'run_at', at, 'attempt', attempt - 1,
         'evn', ev)
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'scheduled')
@@ -108,7 +113,7 @@ if #bases > 0 then
     else
       -- 'release': back at its old place in line (its run_at and sequence are unchanged).
       local q = redis.call('HMGET', jk, 'priority', 'run_at', 'seq')
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'queued', 'attempt', attempt - 1, 'evn', ev)
+      redis.call('HSET', jk, 'state', 'queued', 'attempt', attempt - 1, 'evn', ev)
       redis.call('ZADD', K .. 'queued', q[1], qmember(tonumber(q[2]), tonumber(q[3]), id))
       move('running', 'queued')
       wake = wake + 1

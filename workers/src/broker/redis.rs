@@ -24,7 +24,9 @@
 //! job that cannot be found.
 //!
 //! The job hash stores neither the id nor the queue (its key names both) nor counters that
-//! are 0, and fetch.lua reads it with one `HMGET` of fixed fields: a queued no-op job costs
+//! are 0 (nor the progress of a succeeded job, which is always 100; `lease_until` is read
+//! only while the job runs, so finishing does not clear it), and fetch.lua reads it
+//! with one `HGETALL` and hands it over as read: a queued no-op job costs
 //! about 850 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its
 //! share of a stream entry).
 //!
@@ -679,6 +681,11 @@ fn job_from_fields(v: &Value, id: &str, queue: &str) -> BrokerResult<Option<Job>
     if items.is_empty() {
         return Ok(None);
     }
+    job_from_pairs(items, id, queue).map(Some)
+}
+
+/// A job from the field/value pairs of its hash.
+fn job_from_pairs(items: &[Value], id: &str, queue: &str) -> BrokerResult<Job> {
     let mut m: HashMap<&str, &str> = HashMap::with_capacity(items.len() / 2);
     for pair in items.chunks_exact(2) {
         if let (Some(k), Some(val)) = (text(&pair[0]), text(&pair[1])) {
@@ -712,47 +719,20 @@ fn job_from_fields(v: &Value, id: &str, queue: &str) -> BrokerResult<Option<Job>
         started_at: m.get("started_at").copied(),
         finished_at: m.get("finished_at").copied(),
     };
-    raw.decode().map(Some)
+    raw.decode()
 }
 
-/// A job leased by fetch.lua: its fields in the order of that script's `FIELDS`, with the id
-/// in place of the state, as they were before the lease.
+/// A job leased by fetch.lua: its hash as a flat field/value array as it was before the
+/// lease, followed by its id.
 fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
     let Value::Array(f) = v else {
         return Err(corrupt(format!("expected a fetched job, got {v:?}")));
     };
-    if f.len() < 19 {
-        return Err(corrupt("fetch.lua answered a short job"));
-    }
-    let id = text(&f[0]).ok_or_else(|| corrupt("fetch.lua answered a job without an id"))?;
-    RawJob {
-        id,
-        queue,
-        state: Some("queued"),
-        attempt: text(&f[1]),
-        lease_token: text(&f[2]),
-        kind: text(&f[3]),
-        payload: text(&f[4]),
-        priority: text(&f[5]),
-        run_at: text(&f[6]),
-        max_retries: text(&f[7]),
-        timeout_ms: text(&f[8]),
-        interruptions: text(&f[9]),
-        interruption_streak: text(&f[10]),
-        last_error: text(&f[11]),
-        unique_key: text(&f[12]),
-        created_at: text(&f[13]),
-        chain_id: text(&f[14]),
-        chain_index: text(&f[15]),
-        chain_next: text(&f[16]),
-        progress: text(&f[17]),
-        progress_message: text(&f[18]),
-        lease_until: None,
-        result: None,
-        started_at: None,
-        finished_at: None,
-    }
-    .decode()
+    let Some((id, fields)) = f.split_last() else {
+        return Err(corrupt("fetch.lua answered an empty job"));
+    };
+    let id = text(id).ok_or_else(|| corrupt("fetch.lua answered a job without an id"))?;
+    job_from_pairs(fields, id, queue)
 }
 
 /// `None` for an absent or empty field ('' is how scripts clear a field in place).
@@ -816,6 +796,20 @@ impl RawJob<'_> {
             serde_json::from_str(s).map_err(|e| corrupt(format!("job {id}: field {f}: {e}")))
         };
         let state_s = req("state", self.state)?;
+        let state = JobState::parse(&state_s)
+            .ok_or_else(|| corrupt(format!("job {id}: unknown state {state_s}")))?;
+        // A succeeded job's progress is 100, whatever it was before: finish.lua does not
+        // write it.
+        let progress = if state == JobState::Succeeded {
+            100
+        } else {
+            u8::try_from(
+                opt_num("progress", self.progress)?
+                    .unwrap_or(0)
+                    .clamp(0, 100),
+            )
+            .unwrap_or(0)
+        };
         Ok(Job {
             id: JobId(id.to_owned()),
             queue: self.queue.to_owned(),
@@ -823,8 +817,7 @@ impl RawJob<'_> {
             payload: json("payload", &req("payload", self.payload)?)?,
             priority: u8::try_from(num("priority", self.priority)?)
                 .map_err(|_| corrupt(format!("job {id}: bad priority")))?,
-            state: JobState::parse(&state_s)
-                .ok_or_else(|| corrupt(format!("job {id}: unknown state {state_s}")))?,
+            state,
             run_at: num("run_at", self.run_at)?,
             attempt: count("attempt", self.attempt)?,
             max_retries: count("max_retries", self.max_retries)?,
@@ -833,13 +826,13 @@ impl RawJob<'_> {
             interruption_streak: count("interruption_streak", self.interruption_streak)?,
             lease_token: u64::try_from(opt_num("lease_token", self.lease_token)?.unwrap_or(0))
                 .map_err(|_| corrupt(format!("job {id}: bad lease_token")))?,
-            lease_until: opt_num("lease_until", self.lease_until)?,
-            progress: u8::try_from(
-                opt_num("progress", self.progress)?
-                    .unwrap_or(0)
-                    .clamp(0, 100),
-            )
-            .unwrap_or(0),
+            // Only a running job has a lease; finish.lua leaves the last deadline behind.
+            lease_until: if state == JobState::Running {
+                opt_num("lease_until", self.lease_until)?
+            } else {
+                None
+            },
+            progress,
             progress_message: nonempty(self.progress_message).map(str::to_owned),
             result: nonempty(self.result)
                 .map(|s| json("result", s))
