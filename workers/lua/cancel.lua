@@ -13,8 +13,7 @@ local now = tonumber(ARGV[1])
 local cap = ARGV[2]
 local id = ARGV[3]
 local jk = job_key(id)
-local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'priority', 'run_at', 'seq', 'chain_index',
-  'chain_next')
+local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'run_at', 'seq', 'chain_index', 'chain_next')
 local st = f[1]
 if not st then
   return { 'nf' }
@@ -23,7 +22,7 @@ if st == 'succeeded' or st == 'dead' or st == 'cancelled' then
   return { 'final', st }
 end
 if st == 'queued' then
-  redis.call('ZREM', K .. 'queued', qmember(tonumber(f[5]), tonumber(f[6]), id))
+  redis.call('ZREM', K .. 'queued', qmember(tonumber(f[4]), tonumber(f[5]), id))
 elseif st == 'scheduled' or st == 'retrying' then
   redis.call('ZREM', K .. 'due', id)
 elseif st == 'running' then
@@ -33,8 +32,8 @@ local ev = event(cap, 'job.cancelled', id, f[2], now, f[3] or 0)
 redis.call('HSET', jk, 'lease_until', '', 'state', 'cancelled', 'finished_at', now, 'evn', ev)
 redis.call('ZADD', K .. 'cancelled', now, id)
 move(st, 'cancelled')
-if f[8] and f[8] ~= '' then
-  chain_cancel_rest(id, f[7], f[8], 'cancelled', now, cap)
+if f[7] and f[7] ~= '' then
+  chain_cancel_rest(id, f[6], f[7], 'cancelled', now, cap)
 end
 flush_counts()
 return { 'ok', redis.call('HGETALL', jk) }

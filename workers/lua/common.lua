@@ -4,9 +4,14 @@
 -- KEYS[1] of every script is the queue's key prefix "{<prefix>:<queue>}:". Every key a script
 -- touches is KEYS[1] .. suffix, so all of them share one hash tag and one Cluster slot:
 --   job:<id>   hash, one per job: the fields of `Job` but `id` and `queue` (the key says
---              them), plus `seq`, `ev0` and `evn` (the ids of its first and last stream
---              entries); a chain step has `chain_id`, `chain_index` and, unless it is the
---              last, `chain_next`. An optional field is absent or '' when it has no value,
+--              them), plus `seq` and `evn` (the id of its last stream entry). The fields
+--              never changed after enqueue are packed into one field `d`:
+--                <ev0>|<priority>|<max_retries>|<timeout_ms or ''>|<created_at>|<payload JSON>
+--              (ev0 is the id of its first stream entry; only the payload, last, may hold a
+--              '|'; a chain step's payload is rewritten when it gets its `input`); `kind`,
+--              `unique_key` and a chain step's `chain_id`, `chain_index` and, unless it is the
+--              last, `chain_next` are fields of their own (scripts and listing read them
+--              alone). An optional field is absent or '' when it has no value,
 --              and a missing counter (attempt, lease_token, interruptions,
 --              interruption_streak, progress) is 0 (progress is 100 once succeeded): a fresh
 --              job stores only what it must. `lease_until` means something only while the
@@ -26,6 +31,16 @@
 --   stat:ok:<second>, stat:fail:<second>   per-second counters, expire after 120 s
 
 local K = KEYS[1]
+
+-- The priority (text) in a job's packed field `d` (see the layout above).
+local function d_priority(d)
+  return string.match(d, '^[^|]*|(%d+)|')
+end
+
+-- A job's packed field `d` split into everything before the payload, and the payload.
+local function d_split(d)
+  return string.match(d, '^([^|]*|[^|]*|[^|]*|[^|]*|[^|]*|)(.*)$')
+end
 
 local function job_key(id)
   return K .. 'job:' .. id
@@ -177,13 +192,14 @@ end
 -- succeeded"). Returns 1 when a step was queued (the caller signals a worker), else 0.
 local function chain_promote(next_id, index, result, now, cap)
   local jk = job_key(next_id)
-  local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'priority', 'seq', 'payload')
+  local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'seq', 'd')
   if f[1] ~= 'waiting' then
     return 0
   end
   local ev = event(cap, 'job.enqueued', next_id, f[2], now, f[3] or 0, { 'm', 'chain: step ' .. index .. ' succeeded' })
-  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'payload', with_input(f[6], result), 'evn', ev)
-  redis.call('ZADD', K .. 'queued', f[4], qmember(now, tonumber(f[5]), next_id))
+  local head, payload = d_split(f[5])
+  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'd', head .. with_input(payload, result), 'evn', ev)
+  redis.call('ZADD', K .. 'queued', d_priority(f[5]), qmember(now, tonumber(f[4]), next_id))
   move('waiting', 'queued')
   return 1
 end
@@ -249,8 +265,8 @@ end
 
 local function requeue(id, st, now, cap)
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'kind', 'priority', 'chain_next', 'chain_id', 'chain_index',
-    'payload')
+  local f = redis.call('HMGET', jk, 'kind', 'd', 'chain_next', 'chain_id', 'chain_index')
+  local priority = d_priority(f[2])
   local seq = redis.call('INCR', K .. 'seq')
   redis.call('ZREM', K .. st, id)
   local ev = event(cap, 'job.enqueued', id, f[1], now, 0, { 'm', 'retried' })
@@ -265,7 +281,8 @@ local function requeue(id, st, now, cap)
       p = redis.call('HMGET', job_key(pred), 'state', 'result')
     end
     if p[1] == 'succeeded' and p[2] and p[2] ~= '' then
-      redis.call('HSET', jk, 'payload', with_input(f[6], p[2]))
+      local head, payload = d_split(f[2])
+      redis.call('HSET', jk, 'd', head .. with_input(payload, p[2]))
     else
       target = 'waiting'
     end
@@ -274,7 +291,7 @@ local function requeue(id, st, now, cap)
     'interruption_streak', 0, 'evn', ev)
   redis.call('HDEL', jk, 'finished_at', 'lease_until', 'result', 'progress', 'progress_message')
   if target == 'queued' then
-    redis.call('ZADD', K .. 'queued', f[2], qmember(now, seq, id))
+    redis.call('ZADD', K .. 'queued', priority, qmember(now, seq, id))
   end
   move(st, target)
   if f[3] and f[3] ~= '' then

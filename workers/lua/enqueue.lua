@@ -5,10 +5,11 @@
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  now, ms
 -- ARGV[2]  event stream cap
--- ARGV[3]  n, the number of jobs (at most 500); then 11 values per job:
---          id, kind, payload (JSON), priority, run_at ('' or past = now), max_retries,
---          timeout_ms ('' = none), unique_key ('' = none), chain_id ('' = not a chain step),
---          chain_index, chain_next ('' = none)
+-- ARGV[3]  n, the number of jobs (at most 500); then 9 values per job:
+--          id, kind, packed ("<priority>|<max_retries>|<timeout_ms or ''>|<created_at>|
+--          <payload JSON>": the job's field `d` but its leading "<ev0>|", see common.lua),
+--          priority, run_at ('' or past = now), unique_key ('' = none), chain_id ('' = not
+--          a chain step), chain_index, chain_next ('' = none)
 -- Returns  a flat array, two entries per job in order: the id (the existing job's id when
 --          the unique key or the id was taken), then 1 if created or 0 if not.
 
@@ -24,9 +25,9 @@ local taken_ids, taken_keys = {}, {}
 -- chain is that earlier one, and none of its steps is created again.
 local existing_chains = {}
 for i = 0, n - 1 do
-  local b = 4 + i * 11
-  local id, unique = ARGV[b], ARGV[b + 7]
-  local chain_id, chain_index = ARGV[b + 8], tonumber(ARGV[b + 9]) or 0
+  local b = 4 + i * 9
+  local id, unique = ARGV[b], ARGV[b + 5]
+  local chain_id, chain_index = ARGV[b + 6], tonumber(ARGV[b + 7]) or 0
   local existing = nil
   if chain_id ~= '' and existing_chains[chain_id] then
     -- The existing chain's step at this index.
@@ -63,8 +64,8 @@ for i = 0, n - 1 do
   else
     -- A run time in the past is simply now: it does not jump the line.
     local at, state = now, 'queued'
-    local run_at, chain_id = ARGV[b + 4], ARGV[b + 8]
-    if chain_id ~= '' and tonumber(ARGV[b + 9]) > 0 then
+    local run_at = ARGV[b + 4]
+    if chain_id ~= '' and chain_index > 0 then
       -- A later chain step runs when the step before it succeeds, not at a time.
       state = 'waiting'
     elseif run_at ~= '' and tonumber(run_at) > now then
@@ -88,32 +89,29 @@ if #bases > 0 then
   local ev = flush_events(cap, now)
   local last_seq = redis.call('INCRBY', K .. 'seq', #bases)
   local all, queued, due, unique = {}, {}, {}, {}
+  local ev_bar = ev .. '|'
   for i = 1, #bases do
     local b, state, at = bases[i], states[i], ats[i]
     local id, priority = ARGV[b], ARGV[b + 3]
     local seq = last_seq - #bases + i
     -- Zero counters, empty optional fields and the id and queue (known from the key) are not
     -- stored: a missing field reads as 0 or none.
-    local fields = { 'kind', ARGV[b + 1], 'payload', ARGV[b + 2], 'priority', priority, 'state', state,
-      'run_at', at, 'max_retries', ARGV[b + 5], 'created_at', now, 'seq', seq, 'ev0', ev, 'evn', ev }
+    local fields = { 'kind', ARGV[b + 1], 'd', ev_bar .. ARGV[b + 2], 'state', state, 'run_at', at,
+      'seq', seq, 'evn', ev }
     if ARGV[b + 6] ~= '' then
-      fields[#fields + 1] = 'timeout_ms'
-      fields[#fields + 1] = ARGV[b + 6]
-    end
-    if ARGV[b + 8] ~= '' then
       fields[#fields + 1] = 'chain_id'
-      fields[#fields + 1] = ARGV[b + 8]
+      fields[#fields + 1] = ARGV[b + 6]
       fields[#fields + 1] = 'chain_index'
-      fields[#fields + 1] = ARGV[b + 9]
-      if ARGV[b + 10] ~= '' then
+      fields[#fields + 1] = ARGV[b + 7]
+      if ARGV[b + 8] ~= '' then
         fields[#fields + 1] = 'chain_next'
-        fields[#fields + 1] = ARGV[b + 10]
+        fields[#fields + 1] = ARGV[b + 8]
       end
     end
-    if ARGV[b + 7] ~= '' then
+    if ARGV[b + 5] ~= '' then
       fields[#fields + 1] = 'unique_key'
-      fields[#fields + 1] = ARGV[b + 7]
-      unique[#unique + 1] = ARGV[b + 7]
+      fields[#fields + 1] = ARGV[b + 5]
+      unique[#unique + 1] = ARGV[b + 5]
       unique[#unique + 1] = id
     end
     redis.call('HSET', job_key(id), unpack(fields))

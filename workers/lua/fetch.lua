@@ -26,9 +26,9 @@ local due = redis.call('ZRANGEBYSCORE', K .. 'due', '-inf', now, 'LIMIT', 0, pro
 for i = 1, #due do
   local id = due[i]
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'state', 'priority', 'run_at', 'seq')
+  local f = redis.call('HMGET', jk, 'state', 'd', 'run_at', 'seq')
   if f[1] == 'scheduled' or f[1] == 'retrying' then
-    redis.call('ZADD', K .. 'queued', f[2], qmember(tonumber(f[3]), tonumber(f[4]), id))
+    redis.call('ZADD', K .. 'queued', d_priority(f[2]), qmember(tonumber(f[3]), tonumber(f[4]), id))
     redis.call('HSET', jk, 'state', 'queued')
     move(f[1], 'queued')
   end

@@ -112,9 +112,9 @@ if #bases > 0 then
       wake = wake + 1
     else
       -- 'release': back at its old place in line (its run_at and sequence are unchanged).
-      local q = redis.call('HMGET', jk, 'priority', 'run_at', 'seq')
+      local q = redis.call('HMGET', jk, 'd', 'run_at', 'seq')
       redis.call('HSET', jk, 'state', 'queued', 'attempt', attempt - 1, 'evn', ev)
-      redis.call('ZADD', K .. 'queued', q[1], qmember(tonumber(q[2]), tonumber(q[3]), id))
+      redis.call('ZADD', K .. 'queued', d_priority(q[1]), qmember(tonumber(q[2]), tonumber(q[3]), id))
       move('running', 'queued')
       wake = wake + 1
     end

@@ -21,7 +21,7 @@ for i = 1, #ids do
   local jk = job_key(id)
   redis.call('ZREM', K .. 'running', id)
   local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'interruptions', 'interruption_streak',
-    'priority', 'run_at', 'seq', 'chain_index', 'chain_next')
+    'd', 'run_at', 'seq', 'chain_index', 'chain_next')
   if f[1] == 'running' then
     local run = tonumber(f[3]) or 0
     local attempt = run - 1
@@ -45,7 +45,7 @@ for i = 1, #ids do
       local ev = event(cap, 'job.interrupted', id, f[2], now, run, { 'm', 'lease expired' })
       redis.call('HSET', jk, 'lease_until', '', 'state', 'queued', 'attempt', attempt, 'interruptions', interruptions,
         'interruption_streak', streak, 'evn', ev)
-      redis.call('ZADD', K .. 'queued', f[6], qmember(tonumber(f[7]), tonumber(f[8]), id))
+      redis.call('ZADD', K .. 'queued', d_priority(f[6]), qmember(tonumber(f[7]), tonumber(f[8]), id))
       move('running', 'queued')
       requeued = requeued + 1
     end

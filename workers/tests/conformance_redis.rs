@@ -687,6 +687,48 @@ async fn chains_count_waiting_splice_input_and_survive_poison() {
     assert_eq!(third[0].payload, json!({"input": 7, "n": 1}));
 }
 
+/// The fields fixed at enqueue are packed into one hash field `d` (payload last): a payload
+/// holding the separator, a timeout and a priority come back exactly, from `get`, `fetch` and
+/// `history`, and a fresh job's hash stays small.
+#[tokio::test]
+async fn packed_fields_round_trip() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let payload = json!({"a|b": "x|y||", "n": [1, 2.5, -3], "e": []});
+    let j = NewJob::new("k.packed", payload.clone())
+        .priority(7)
+        .max_retries(4)
+        .timeout(Duration::from_millis(1234))
+        .unique_key("u|1");
+    let plain = NewJob::new("k.plain", json!({}));
+    b.enqueue(vec![j.clone(), plain.clone()])
+        .await
+        .expect("enqueue");
+    let mut conn = raw_conn();
+    let fields: Vec<String> = redis::cmd("HKEYS")
+        .arg(format!("{{{}:default}}:job:{}", f.prefix, plain.id))
+        .query(&mut conn)
+        .expect("hkeys");
+    assert_eq!(fields.len(), 6, "fresh job hash: {fields:?}");
+    let got = b.get(&j.id).await.expect("get").expect("job");
+    assert_eq!(got.payload, payload);
+    assert_eq!(got.priority, 7);
+    assert_eq!(got.max_retries, 4);
+    assert_eq!(got.timeout_ms, Some(1234));
+    assert_eq!(got.unique_key.as_deref(), Some("u|1"));
+    assert_eq!(got.created_at, T0);
+    let leased = b.fetch("default", 10, LEASE).await.expect("fetch");
+    assert_eq!(leased.len(), 2);
+    let got = leased.iter().find(|l| l.id == j.id).expect("leased");
+    assert_eq!(got.payload, payload);
+    assert_eq!(got.timeout_ms, Some(1234));
+    let plain_got = leased.iter().find(|l| l.id == plain.id).expect("leased");
+    assert_eq!(plain_got.timeout_ms, None);
+    assert_eq!(plain_got.priority, plain.priority);
+    let events = b.history(&j.id).await.expect("history");
+    assert_eq!(events.len(), 2, "{events:?}");
+}
+
 #[tokio::test]
 async fn unique_keys_and_duplicate_ids() {
     let f = fixture().await;

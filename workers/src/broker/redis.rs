@@ -25,8 +25,12 @@
 //!
 //! The job hash stores neither the id nor the queue (its key names both) nor counters that
 //! are 0 (nor the progress of a succeeded job, which is always 100; `lease_until` is read
-//! only while the job runs, so finishing does not clear it), and fetch.lua reads it
-//! with one `HGETALL` and hands it over as read: a queued no-op job costs
+//! only while the job runs, so finishing does not clear it). The fields fixed at enqueue but
+//! `kind`, `unique_key` and the chain links (first event id, priority, max retries, timeout,
+//! creation time and payload) are packed into one field `d` that only the client decodes (the
+//! scripts read the priority from it, and rewrite it when a chain step gets its `input`). A
+//! fresh job's hash is six fields, and fetch.lua reads it with one `HGETALL` and hands it over
+//! as read: a queued no-op job costs
 //! about 850 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its
 //! share of a stream entry).
 //!
@@ -40,7 +44,7 @@
 //! the entry) and holds back the current millisecond, so that an event appended later to
 //! another queue's stream can never sort before one already handed out. A job's history is the
 //! part of its queue's stream between the ids of its first and last entries (kept in the job
-//! hash as `ev0` and `evn`), filtered by job id.
+//! hash as the head of `d` and as `evn`), filtered by job id.
 //!
 //! # Chains
 //!
@@ -692,6 +696,19 @@ fn job_from_pairs(items: &[Value], id: &str, queue: &str) -> BrokerResult<Job> {
             m.insert(k, val);
         }
     }
+    // The fields never changed after enqueue, packed in `d` (see common.lua):
+    // <ev0>|<priority>|<max_retries>|<timeout_ms>|<created_at>|<payload>.
+    let mut packed = [None; 5];
+    if let Some(d) = m.get("d") {
+        let mut parts = d.splitn(6, '|').skip(1);
+        for slot in &mut packed {
+            *slot = parts.next();
+        }
+        if packed[4].is_none() {
+            return Err(corrupt(format!("job {id}: bad field d")));
+        }
+    }
+    let [priority, max_retries, timeout_ms, created_at, payload] = packed;
     let raw = RawJob {
         id,
         queue,
@@ -699,16 +716,16 @@ fn job_from_pairs(items: &[Value], id: &str, queue: &str) -> BrokerResult<Job> {
         attempt: m.get("attempt").copied(),
         lease_token: m.get("lease_token").copied(),
         kind: m.get("kind").copied(),
-        payload: m.get("payload").copied(),
-        priority: m.get("priority").copied(),
+        payload,
+        priority,
         run_at: m.get("run_at").copied(),
-        max_retries: m.get("max_retries").copied(),
-        timeout_ms: m.get("timeout_ms").copied(),
+        max_retries,
+        timeout_ms,
         interruptions: m.get("interruptions").copied(),
         interruption_streak: m.get("interruption_streak").copied(),
         last_error: m.get("last_error").copied(),
         unique_key: m.get("unique_key").copied(),
-        created_at: m.get("created_at").copied(),
+        created_at,
         chain_id: m.get("chain_id").copied(),
         chain_index: m.get("chain_index").copied(),
         chain_next: m.get("chain_next").copied(),
@@ -1087,15 +1104,21 @@ impl Broker for RedisBroker {
                 for &i in chunk {
                     let j = &jobs[i];
                     index.arg(j.id.as_str()).arg(*queue);
-                    let payload =
-                        serde_json::to_string(&j.payload).map_err(BrokerError::backend)?;
+                    // The job's packed field `d` but its leading "<ev0>|" (see common.lua).
+                    let mut packed = format!(
+                        "{}|{}|{}|{now}|",
+                        j.priority,
+                        j.max_retries,
+                        j.timeout_ms.map(|t| t.to_string()).unwrap_or_default()
+                    );
+                    packed.push_str(
+                        &serde_json::to_string(&j.payload).map_err(BrokerError::backend)?,
+                    );
                     cmd.arg(j.id.as_str())
                         .arg(&j.kind)
-                        .arg(payload)
+                        .arg(packed)
                         .arg(j.priority)
                         .arg(j.run_at.map(|t| t.to_string()).unwrap_or_default())
-                        .arg(j.max_retries)
-                        .arg(j.timeout_ms.map(|t| t.to_string()).unwrap_or_default())
                         .arg(j.unique_key.as_deref().unwrap_or(""));
                     match &j.chain {
                         Some(c) => cmd
@@ -1433,20 +1456,24 @@ impl Broker for RedisBroker {
         let Some(queue) = self.queue_of(id).await? else {
             return Ok(Vec::new());
         };
-        // The job's first and last event ids bound the part of the stream to read.
+        // The job's first and last event ids bound the part of the stream to read (the first
+        // leads its packed field `d`).
         let bounds: Vec<Option<String>> = self
             .query(
                 redis::cmd("HMGET")
                     .arg(format!("{}job:{}", self.base(&queue), id))
-                    .arg("ev0")
+                    .arg("d")
                     .arg("evn"),
             )
             .await?;
-        let (Some(Some(first)), Some(Some(last))) = (bounds.first(), bounds.get(1)) else {
+        let (Some(Some(d)), Some(Some(last))) = (bounds.first(), bounds.get(1)) else {
             return Ok(Vec::new());
         };
+        let Some((first, _)) = d.split_once('|') else {
+            return Err(corrupt(format!("job {id}: bad field d")));
+        };
         let mut out = Vec::new();
-        let mut start = first.clone();
+        let mut start = first.to_owned();
         loop {
             let (chunk, n) = self.read_stream(&queue, &start, last, STREAM_CHUNK).await?;
             let Some((tail, _)) = chunk.last() else {
