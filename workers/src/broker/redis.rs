@@ -31,7 +31,7 @@
 //! scripts read the priority from it, and rewrite it when a chain step gets its `input`). A
 //! fresh job's hash is six fields, and fetch.lua reads it with one `HGETALL` and hands it over
 //! as read: a queued no-op job costs
-//! about 850 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its
+//! about 810 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its
 //! share of a stream entry).
 //!
 //! # Events
