@@ -84,16 +84,6 @@ pub enum JobsError {
 /// hopper_jobs::register_all(&mut registry, &hopper_jobs::JobsConfig::default())?;
 /// # Ok::<(), hopper_jobs::JobsError>(())
 /// ```
-#[cfg_attr(
-    not(any(
-        feature = "email",
-        feature = "image",
-        feature = "pdf",
-        feature = "etl",
-        feature = "cleanup"
-    )),
-    allow(unused_variables)
-)]
 pub fn register_all(registry: &mut Registry, config: &JobsConfig) -> Result<(), JobsError> {
     register_all_with(registry, config, None)
 }

@@ -388,6 +388,33 @@ impl RedisBroker {
         format!("{}:queues", self.prefix)
     }
 
+    /// Runs a one-job script (cancel.lua, retry.lua: ARGV now, event cap, id) and turns its
+    /// answer into the job, `NotFound`, or a `Conflict` with `refusal` as the message.
+    async fn change_one(
+        &self,
+        script: &Lua,
+        id: &JobId,
+        refusal: &'static str,
+    ) -> BrokerResult<Job> {
+        let queue = self
+            .queue_of(id)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(id.clone()))?;
+        let mut cmd = self.eval(script, &queue);
+        cmd.arg(self.clock.now_ms())
+            .arg(self.event_cap)
+            .arg(id.as_str());
+        match answer(self.query(&cmd).await?, id, &queue)? {
+            Answer::Ok(job) => Ok(*job),
+            Answer::NotFound => Err(BrokerError::NotFound(id.clone())),
+            Answer::State(state) => Err(BrokerError::Conflict {
+                id: id.clone(),
+                state,
+                message: refusal,
+            }),
+        }
+    }
+
     fn err(&self, e: RedisError) -> BrokerError {
         if is_unavailable(&e) {
             self.health.failed(&self.url, &e);
@@ -1352,43 +1379,17 @@ impl Broker for RedisBroker {
     }
 
     async fn cancel(&self, id: &JobId) -> BrokerResult<Job> {
-        let queue = self
-            .queue_of(id)
-            .await?
-            .ok_or_else(|| BrokerError::NotFound(id.clone()))?;
-        let mut cmd = self.eval(&SCRIPTS.cancel, &queue);
-        cmd.arg(self.clock.now_ms())
-            .arg(self.event_cap)
-            .arg(id.as_str());
-        match answer(self.query(&cmd).await?, id, &queue)? {
-            Answer::Ok(job) => Ok(*job),
-            Answer::NotFound => Err(BrokerError::NotFound(id.clone())),
-            Answer::State(state) => Err(BrokerError::Conflict {
-                id: id.clone(),
-                state,
-                message: "a finished job cannot be cancelled",
-            }),
-        }
+        self.change_one(&SCRIPTS.cancel, id, "a finished job cannot be cancelled")
+            .await
     }
 
     async fn retry(&self, id: &JobId) -> BrokerResult<Job> {
-        let queue = self
-            .queue_of(id)
-            .await?
-            .ok_or_else(|| BrokerError::NotFound(id.clone()))?;
-        let mut cmd = self.eval(&SCRIPTS.retry, &queue);
-        cmd.arg(self.clock.now_ms())
-            .arg(self.event_cap)
-            .arg(id.as_str());
-        match answer(self.query(&cmd).await?, id, &queue)? {
-            Answer::Ok(job) => Ok(*job),
-            Answer::NotFound => Err(BrokerError::NotFound(id.clone())),
-            Answer::State(state) => Err(BrokerError::Conflict {
-                id: id.clone(),
-                state,
-                message: "only dead or cancelled jobs can be retried",
-            }),
-        }
+        self.change_one(
+            &SCRIPTS.retry,
+            id,
+            "only dead or cancelled jobs can be retried",
+        )
+        .await
     }
 
     async fn retry_all_dead(&self, queue: Option<&str>) -> BrokerResult<u64> {
