@@ -766,3 +766,136 @@ async fn readme_tour_on_redis() {
     // `default`, and the maintenance queue of the retention job.
     assert_eq!(queues, ["default", "hopper.maintenance"]);
 }
+
+/// `rediss://`: a `redis-server` of the test's own speaking only TLS, with a self-signed
+/// certificate the daemon is told to trust through `SSL_CERT_FILE`; a job runs through it.
+/// Without that trust the connection is refused: the certificate is really checked.
+#[tokio::test]
+async fn tls_broker_runs_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = |name: &str| dir.path().join(name);
+    let (ca, cert, key) = (p("ca.pem"), p("cert.pem"), p("key.pem"));
+    std::fs::write(
+        p("ext.cnf"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+         keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    // A test CA, and a server certificate for 127.0.0.1 signed by it.
+    let openssl = |args: &[&str]| {
+        let st = Command::new("openssl")
+            .current_dir(dir.path())
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run openssl to make test certificates: {e}"));
+        assert!(st.success(), "openssl {args:?}");
+    };
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=hopper-test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.pem",
+    ]);
+    openssl(&[
+        "req",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-subj",
+        "/CN=127.0.0.1",
+        "-keyout",
+        "key.pem",
+        "-out",
+        "server.csr",
+    ]);
+    openssl(&[
+        "x509",
+        "-req",
+        "-in",
+        "server.csr",
+        "-CA",
+        "ca.pem",
+        "-CAkey",
+        "ca.key",
+        "-CAcreateserial",
+        "-days",
+        "1",
+        "-extfile",
+        "ext.cnf",
+        "-out",
+        "cert.pem",
+    ]);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("redis-server")
+        .args([
+            "--port",
+            "0",
+            "--bind",
+            "127.0.0.1",
+            "--tls-port",
+            &port.to_string(),
+        ])
+        .arg("--tls-cert-file")
+        .arg(&cert)
+        .arg("--tls-key-file")
+        .arg(&key)
+        .arg("--tls-ca-cert-file")
+        .arg(&ca)
+        .args([
+            "--tls-auth-clients",
+            "no",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .arg("--dir")
+        .arg(dir.path())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "TLS redis-server never listened");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let url = format!("rediss://127.0.0.1:{port}/0");
+
+    // Not trusted: refused.
+    let untrusted = Scratch::new().with_env("SSL_CERT_FILE", "/nonexistent.pem");
+    untrusted.write_config_with_broker(&url, "tls", "");
+    let out = untrusted.cli(&["queues"]);
+    assert!(
+        !out.status.success(),
+        "an untrusted certificate was accepted"
+    );
+
+    let s = Scratch::new().with_env("SSL_CERT_FILE", ca.to_str().unwrap());
+    s.write_config_with_broker(&url, "tls", "");
+    let d = s.start(&["serve"]);
+    let api = Api::new(d.wait_addr());
+    let id = api
+        .enqueue_ok(json!({"kind": "sys.noop", "payload": {}}))
+        .await;
+    api.wait_state(&id, "succeeded", T).await;
+    drop(d);
+    let _ = server.kill();
+    let _ = server.wait();
+}

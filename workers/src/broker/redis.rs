@@ -67,7 +67,8 @@
 //! - Keys are Cluster-ready (one slot per queue), but the client is a plain one, and
 //!   `wait_for_work` `BLPOP`s several queues' keys at once: a standalone (or Sentinel-fronted)
 //!   Redis is what runs today.
-//! - `rediss://` is refused with a configuration error: this build has no TLS.
+//! - `rediss://` connects with TLS (rustls): the server's certificate is checked against the
+//!   system's roots (or the file `SSL_CERT_FILE` names).
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -295,10 +296,9 @@ impl RedisBroker {
     pub async fn connect(url: &str, prefix: &str, clock: Arc<dyn Clock>) -> BrokerResult<Self> {
         let shown = redact(url);
         if url.starts_with("rediss://") {
-            return Err(BrokerError::Config(format!(
-                "{shown}: rediss:// (TLS) is not supported by this build; use redis:// on a \
-                 trusted network or a TLS tunnel (stunnel, spiped) to Redis"
-            )));
+            // rustls needs one process-wide crypto provider; ring is the one built in. An
+            // error means one is installed already, which is as good.
+            let _ = rustls::crypto::ring::default_provider().install_default();
         }
         if prefix.is_empty()
             || prefix.contains(['{', '}'])
