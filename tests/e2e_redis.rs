@@ -841,7 +841,7 @@ async fn tls_broker_runs_jobs() {
         .local_addr()
         .unwrap()
         .port();
-    let mut server = Command::new("redis-server")
+    let server = Command::new("redis-server")
         .args([
             "--port",
             "0",
@@ -871,6 +871,8 @@ async fn tls_broker_runs_jobs() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start redis-server: {e}"));
+    // Killed however the test ends.
+    let _server = KillOnDrop(server);
     let deadline = Instant::now() + Duration::from_secs(10);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
         assert!(Instant::now() < deadline, "TLS redis-server never listened");
@@ -895,7 +897,14 @@ async fn tls_broker_runs_jobs() {
         .enqueue_ok(json!({"kind": "sys.noop", "payload": {}}))
         .await;
     api.wait_state(&id, "succeeded", T).await;
-    drop(d);
-    let _ = server.kill();
-    let _ = server.wait();
+}
+
+/// A child process killed when dropped.
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
