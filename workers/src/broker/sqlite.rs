@@ -581,24 +581,19 @@ impl Broker for SqliteBroker {
         if batch.is_empty() {
             return Ok(Vec::new());
         }
-        // Released and snoozed jobs are due again; a success may have queued a chain's next
-        // step. Waking is cheap: a pool with nothing to do fetches once and waits again.
-        let requeues = batch.iter().any(|f| {
-            matches!(
-                f.outcome,
-                Outcome::Released { .. } | Outcome::Snooze { .. } | Outcome::Succeeded { .. }
-            )
-        });
-        let answers = self
+        // Wake this process's pools only when a job became due: a release, a snooze, or a
+        // chain step queued by its predecessor's success.
+        let (answers, requeued) = self
             .write(move |conn, now| {
                 let mut out = Vec::with_capacity(batch.len());
+                let mut requeued = false;
                 for f in batch {
-                    out.push(finish_one(conn, now, f)?);
+                    out.push(finish_one(conn, now, f, &mut requeued)?);
                 }
-                Ok(out)
+                Ok((out, requeued))
             })
             .await?;
-        if requeues {
+        if requeued {
             self.wake();
         }
         Ok(answers)
@@ -1056,7 +1051,15 @@ impl Broker for SqliteBroker {
 }
 
 /// Ends one attempt. A stale lease is an answer (`LeaseLost`), not a failure of the batch.
-fn finish_one(conn: &Connection, now: Millis, f: Finish) -> Result<BrokerResult<()>, Fail> {
+/// `requeued` is set when the attempt's end made a job due (a release, a snooze, a chain's
+/// next step).
+fn finish_one(
+    conn: &Connection,
+    now: Millis,
+    f: Finish,
+    requeued: &mut bool,
+) -> Result<BrokerResult<()>, Fail> {
+    let makes_due = matches!(f.outcome, Outcome::Released { .. } | Outcome::Snooze { .. });
     let id = f.lease.job_id.as_str();
     let token = token_to_i64(f.lease.token);
     let (text, arg3, arg4, event, data): (&str, SqlValue, SqlValue, EventType, EventData) =
@@ -1144,11 +1147,12 @@ fn finish_one(conn: &Connection, now: Millis, f: Finish) -> Result<BrokerResult<
         attempt,
         &data,
     )?;
+    *requeued |= makes_due;
     if let Some(link) = link {
         match event {
             EventType::Succeeded => {
                 if let (Some(next), Some(result)) = (&link.next, &data.result) {
-                    chain_promote(conn, now, next, result, link.index)?;
+                    *requeued |= chain_promote(conn, now, next, result, link.index)?;
                 }
             }
             _ => chain_cancel_rest(conn, now, &link, &f.lease.job_id, "dead")?,
@@ -1174,14 +1178,15 @@ fn chain_from_columns(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<ChainLi
     }))
 }
 
-/// Queues the step after a succeeded one, handing it the result as `input`.
+/// Queues the step after a succeeded one, handing it the result as `input`. True when it was
+/// waiting and is queued now.
 fn chain_promote(
     conn: &Connection,
     now: Millis,
     next: &JobId,
     result: &Value,
     index: u32,
-) -> Result<(), Fail> {
+) -> Result<bool, Fail> {
     let row = conn
         .prepare_cached(sql::CHAIN_PROMOTE)?
         .query_row(
@@ -1204,8 +1209,9 @@ fn chain_promote(
             attempt,
             &data,
         )?;
+        return Ok(true);
     }
-    Ok(())
+    Ok(false)
 }
 
 /// Cancels the waiting steps after a step that ended `dead` or `cancelled`.
