@@ -344,15 +344,21 @@ impl Job {
     pub fn lease(&self) -> Lease {
         Lease {
             job_id: self.id.clone(),
+            queue: self.queue.clone(),
             token: self.lease_token,
         }
     }
 }
 
-/// Proof that a worker holds a running job: the job and the epoch of its attempt.
+/// Proof that a worker holds a running job: the job, its queue and the epoch of its attempt.
+///
+/// The queue travels with the lease so that every write of the attempt (heartbeat, progress,
+/// finish) knows where the job lives without a lookup: a Redis broker addresses a job's keys
+/// by its queue.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct Lease {
     pub job_id: JobId,
+    pub queue: String,
     pub token: u64,
 }
 

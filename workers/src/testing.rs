@@ -624,6 +624,7 @@ pub async fn finish_batch_answers_each_entry(b: Arc<dyn Broker>, _clock: Arc<Man
     let jc = fetch_expect(&b, "default", &c).await;
     let stale = Lease {
         job_id: a.clone(),
+        queue: ja.queue.clone(),
         token: ja.lease_token + 100,
     };
     let answers = b
@@ -639,6 +640,7 @@ pub async fn finish_batch_answers_each_entry(b: Arc<dyn Broker>, _clock: Arc<Man
             Finish {
                 lease: Lease {
                     job_id: JobId::generate(),
+                    queue: "default".into(),
                     token: 1,
                 },
                 outcome: ok(),
@@ -727,6 +729,7 @@ pub async fn heartbeat_extends_and_reports(b: Arc<dyn Broker>, clock: Arc<Manual
     b.cancel(&c).await.expect("cancel");
     let unknown = Lease {
         job_id: JobId::generate(),
+        queue: "default".into(),
         token: 1,
     };
     assert_eq!(

@@ -257,9 +257,6 @@ pub struct RedisBroker {
     /// Dedicated connections for `BLPOP`, which would stall every other command queued behind
     /// it on the shared multiplexed connection.
     blocking: Mutex<Vec<MultiplexedConnection>>,
-    /// Queue of each job this process leased, so that finish and heartbeat (which carry only a
-    /// job id) skip the id -> queue lookup on the hot path.
-    leased: Mutex<HashMap<String, String>>,
     health: Health,
 }
 
@@ -360,7 +357,6 @@ impl RedisBroker {
             clock,
             event_cap: DEFAULT_EVENT_CAP,
             blocking: Mutex::new(Vec::new()),
-            leased: Mutex::new(HashMap::new()),
             health: Health::default(),
         };
         broker.load_scripts().await?;
@@ -485,44 +481,9 @@ impl RedisBroker {
         Ok(names)
     }
 
-    /// The queue of each id: from the lease cache, else from the global index.
-    async fn queues_of<'a>(
-        &self,
-        ids: impl ExactSizeIterator<Item = &'a JobId>,
-    ) -> BrokerResult<Vec<Option<String>>> {
-        let ids: Vec<&JobId> = ids.collect();
-        let mut out: Vec<Option<String>> = {
-            let cache = self.leased.lock().map_err(|_| poisoned())?;
-            ids.iter()
-                .map(|id| cache.get(id.as_str()).cloned())
-                .collect()
-        };
-        let missing: Vec<usize> = (0..ids.len()).filter(|&i| out[i].is_none()).collect();
-        if !missing.is_empty() {
-            let mut cmd = redis::cmd("HMGET");
-            cmd.arg(self.jobq_key());
-            for &i in &missing {
-                cmd.arg(ids[i].as_str());
-            }
-            let found: Vec<Option<String>> = self.query(&cmd).await?;
-            for (&i, q) in missing.iter().zip(found) {
-                out[i] = q;
-            }
-        }
-        Ok(out)
-    }
-
     async fn queue_of(&self, id: &JobId) -> BrokerResult<Option<String>> {
         self.query(redis::cmd("HGET").arg(self.jobq_key()).arg(id.as_str()))
             .await
-    }
-
-    fn forget_leases<'a>(&self, ids: impl Iterator<Item = &'a JobId>) {
-        if let Ok(mut cache) = self.leased.lock() {
-            for id in ids {
-                cache.remove(id.as_str());
-            }
-        }
     }
 
     async fn blocking_conn(&self) -> BrokerResult<MultiplexedConnection> {
@@ -1209,12 +1170,6 @@ impl Broker for RedisBroker {
             job.progress_message = None;
             jobs.push(job);
         }
-        if !jobs.is_empty() {
-            let mut cache = self.leased.lock().map_err(|_| poisoned())?;
-            for j in &jobs {
-                cache.insert(j.id.0.clone(), j.queue.clone());
-            }
-        }
         Ok(jobs)
     }
 
@@ -1271,7 +1226,7 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         let now = self.clock.now_ms();
-        let queues = self.queues_of(leases.iter().map(|l| &l.job_id)).await?;
+        let queues: Vec<Option<String>> = leases.iter().map(|l| Some(l.queue.clone())).collect();
         let calls = group(&queues, FINISH_CHUNK);
         let mut pipe = redis::pipe();
         for (q, idx) in &calls {
@@ -1295,13 +1250,6 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        self.forget_leases(
-            leases
-                .iter()
-                .zip(&out)
-                .filter(|(_, s)| **s == LeaseStatus::Lost)
-                .map(|(l, _)| &l.job_id),
-        );
         Ok(out)
     }
 
@@ -1311,13 +1259,7 @@ impl Broker for RedisBroker {
         percent: u8,
         message: Option<String>,
     ) -> BrokerResult<()> {
-        let queue = self
-            .queues_of(std::iter::once(&lease.job_id))
-            .await?
-            .pop()
-            .flatten()
-            .ok_or_else(|| BrokerError::LeaseLost(lease.job_id.clone()))?;
-        let mut cmd = self.eval(&SCRIPTS.progress, &queue);
+        let mut cmd = self.eval(&SCRIPTS.progress, &lease.queue);
         cmd.arg(self.clock.now_ms())
             .arg(self.event_cap)
             .arg(lease.job_id.as_str())
@@ -1336,9 +1278,8 @@ impl Broker for RedisBroker {
             return Ok(Vec::new());
         }
         let now = self.clock.now_ms();
-        let queues = self
-            .queues_of(batch.iter().map(|f| &f.lease.job_id))
-            .await?;
+        let queues: Vec<Option<String>> =
+            batch.iter().map(|f| Some(f.lease.queue.clone())).collect();
         let calls = group(&queues, FINISH_CHUNK);
         let mut pipe = redis::pipe();
         for (q, idx) in &calls {
@@ -1364,7 +1305,6 @@ impl Broker for RedisBroker {
                 }
             }
         }
-        self.forget_leases(batch.iter().map(|f| &f.lease.job_id));
         Ok(batch
             .iter()
             .zip(applied)
