@@ -470,7 +470,7 @@ impl Config {
 
     /// Every `[[schedule]]`, parsed. Fails on the first bad cron expression (which `validate`
     /// has reported already).
-    pub fn schedules(&self) -> Result<Vec<schedule::Schedule>, hopper_workers::job::InvalidField> {
+    pub fn schedules(&self) -> Result<Vec<schedule::Schedule>, hopper_workers::FieldError> {
         self.schedules
             .iter()
             .map(|sc| schedule::Schedule::new(self.schedule_spec(sc)))

@@ -9,6 +9,7 @@
 
 use std::time::Duration;
 
+pub use hopper_workers::FieldError;
 use hopper_workers::Registry;
 use hopper_workers::handler::INPUT_KEY;
 use hopper_workers::job::{JobId, Millis, NewJob};
@@ -43,38 +44,6 @@ impl EnqueueRequest {
             max_retries: None,
             timeout: None,
             unique_key: None,
-        }
-    }
-}
-
-/// Why a request was refused: the field, a stable code and a message for people.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct FieldError {
-    pub field: String,
-    /// `invalid_field`, `missing_field`, `unknown_field`, `unknown_kind` or `not_supported`.
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn invalid(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            code: "invalid_field",
-            message: message.into(),
-        }
-    }
-
-    pub fn with_code(
-        code: &'static str,
-        field: impl Into<String>,
-        message: impl Into<String>,
-    ) -> Self {
-        Self {
-            field: field.into(),
-            code,
-            message: message.into(),
         }
     }
 }
@@ -123,9 +92,7 @@ fn prepare_checked(
         map.entry(INPUT_KEY)
             .or_insert_with(|| serde_json::json!({}));
     }
-    handler
-        .validate(&checked)
-        .map_err(|e| FieldError::invalid(e.field, e.message))?;
+    handler.validate(&checked)?;
     if req.delay.is_some() && req.run_at.is_some() {
         return Err(FieldError::invalid(
             "delay",
@@ -170,8 +137,7 @@ fn prepare_checked(
         unique_key: req.unique_key,
         chain: None,
     };
-    job.validate()
-        .map_err(|e| FieldError::invalid(e.field, e.message))?;
+    job.validate()?;
     Ok(job)
 }
 

@@ -19,7 +19,7 @@ use std::time::{Duration, SystemTime};
 
 use async_trait::async_trait;
 use globset::{GlobBuilder, GlobMatcher};
-use hopper_workers::job::InvalidField;
+use hopper_workers::FieldError;
 use hopper_workers::{Handler, JobContext, JobError, JobResult};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -99,12 +99,12 @@ impl Purge {
 
     /// A `{"records": true}` payload: retention of job records rather than files. Nothing
     /// else may be set beside it (but a chain `input`).
-    fn records_mode(payload: &Value) -> Result<bool, InvalidField> {
+    fn records_mode(payload: &Value) -> Result<bool, FieldError> {
         let Some(flag) = payload.get("records") else {
             return Ok(false);
         };
         if flag != &Value::Bool(true) {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.records",
                 "must be true when given",
             ));
@@ -113,7 +113,7 @@ impl Purge {
             .as_object()
             .and_then(|m| m.keys().find(|k| *k != "records" && *k != "input"))
         {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 format!("payload.{other}"),
                 "a records purge takes no other field",
             ));
@@ -121,15 +121,15 @@ impl Purge {
         Ok(true)
     }
 
-    fn parse(&self, payload: &Value) -> Result<Checked, InvalidField> {
+    fn parse(&self, payload: &Value) -> Result<Checked, FieldError> {
         let args: Args = payload::parse(payload)?;
-        check_relative(&args.dir).map_err(|m| InvalidField::new("payload.dir", m))?;
+        check_relative(&args.dir).map_err(|m| FieldError::new("payload.dir", m))?;
         let age = humantime::parse_duration(&args.older_than)
-            .map_err(|e| InvalidField::new("payload.older_than", format!("{e} (e.g. \"7d\")")))?;
+            .map_err(|e| FieldError::new("payload.older_than", format!("{e} (e.g. \"7d\")")))?;
         let matcher = GlobBuilder::new(&args.glob)
             .literal_separator(true)
             .build()
-            .map_err(|e| InvalidField::new("payload.glob", e.to_string()))?
+            .map_err(|e| FieldError::new("payload.glob", e.to_string()))?
             .compile_matcher();
         let by_name = !args.glob.contains('/');
         Ok(Checked {
@@ -261,7 +261,7 @@ impl Handler for Purge {
         }))
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), InvalidField> {
+    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
         if Self::records_mode(payload)? {
             return Ok(());
         }

@@ -30,7 +30,7 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use async_trait::async_trait;
-use hopper_workers::job::InvalidField;
+use hopper_workers::FieldError;
 use hopper_workers::{Handler, JobContext, JobError, JobResult};
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
@@ -151,40 +151,34 @@ impl SendEmail {
         })
     }
 
-    fn parse(&self, payload: &Value) -> Result<Args, InvalidField> {
+    fn parse(&self, payload: &Value) -> Result<Args, FieldError> {
         let args: Args = payload::parse(payload)?;
         if args.to.is_empty() {
-            return Err(InvalidField::new(
-                "payload.to",
-                "needs at least one address",
-            ));
+            return Err(FieldError::new("payload.to", "needs at least one address"));
         }
         for (name, list) in [("to", &args.to), ("cc", &args.cc), ("bcc", &args.bcc)] {
             for (i, addr) in list.iter().enumerate() {
                 addr.parse::<Mailbox>().map_err(|e| {
-                    InvalidField::new(format!("payload.{name}[{i}]"), format!("{addr:?}: {e}"))
+                    FieldError::new(format!("payload.{name}[{i}]"), format!("{addr:?}: {e}"))
                 })?;
             }
         }
         if let Some(r) = &args.reply_to {
             r.parse::<Mailbox>()
-                .map_err(|e| InvalidField::new("payload.reply_to", e.to_string()))?;
+                .map_err(|e| FieldError::new("payload.reply_to", e.to_string()))?;
         }
         if args.subject.contains(['\r', '\n']) {
-            return Err(InvalidField::new(
-                "payload.subject",
-                "must be a single line",
-            ));
+            return Err(FieldError::new("payload.subject", "must be a single line"));
         }
         if args.text.is_none() && args.html.is_none() {
-            return Err(InvalidField::new("payload.text", "give text, html or both"));
+            return Err(FieldError::new("payload.text", "give text, html or both"));
         }
         for (i, a) in args.attachments.iter().enumerate() {
             check_relative(&a.path)
-                .map_err(|m| InvalidField::new(format!("payload.attachments[{i}].path"), m))?;
+                .map_err(|m| FieldError::new(format!("payload.attachments[{i}].path"), m))?;
             if let Some(ct) = &a.content_type {
                 ContentType::parse(ct).map_err(|e| {
-                    InvalidField::new(
+                    FieldError::new(
                         format!("payload.attachments[{i}].content_type"),
                         e.to_string(),
                     )
@@ -392,7 +386,7 @@ impl Handler for SendEmail {
         }
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), InvalidField> {
+    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
         self.parse(payload).map(|_| ())
     }
 }

@@ -43,7 +43,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
-use hopper_workers::job::InvalidField;
+use hopper_workers::FieldError;
 use hopper_workers::{Handler, JobContext, JobError, JobResult};
 use reqwest::Client;
 use serde::Deserialize;
@@ -208,11 +208,11 @@ impl Sync {
         })
     }
 
-    fn parse(&self, payload: &Value) -> Result<Args, InvalidField> {
+    fn parse(&self, payload: &Value) -> Result<Args, FieldError> {
         let args: Args = payload::parse(payload)?;
         let s = &args.source;
         if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.source.url",
                 "must be an http:// or https:// URL",
             ));
@@ -220,7 +220,7 @@ impl Sync {
         if let Some(t) = &s.token
             && !self.tokens.contains_key(t)
         {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.source.token",
                 format!("no token named {t:?} in [etl] tokens"),
             ));
@@ -229,7 +229,7 @@ impl Sync {
             Some(Pagination::Cursor { param, .. } | Pagination::Page { param, .. })
                 if param.is_empty() =>
             {
-                return Err(InvalidField::new(
+                return Err(FieldError::new(
                     "payload.source.pagination.param",
                     "must not be empty",
                 ));
@@ -238,9 +238,9 @@ impl Sync {
         }
         let t = &args.target;
         if let Some(rel) = t.database.strip_prefix("sqlite:") {
-            check_relative(rel).map_err(|m| InvalidField::new("payload.target.database", m))?;
+            check_relative(rel).map_err(|m| FieldError::new("payload.target.database", m))?;
         } else if !self.postgres.contains_key(&t.database) {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.target.database",
                 format!(
                     "{:?} is neither sqlite:<file> nor a database named in [etl] databases",
@@ -249,34 +249,34 @@ impl Sync {
             ));
         }
         if !valid_ident(&t.table) || t.table == STATE_TABLE {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.target.table",
                 "must be letters, digits and '_' (not starting with a digit), and not the state table",
             ));
         }
         if t.columns.is_empty() {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.target.columns",
                 "needs at least one column",
             ));
         }
         if let Some(c) = t.columns.keys().find(|c| !valid_ident(c)) {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 format!("payload.target.columns.{c}"),
                 "column names are letters, digits and '_', not starting with a digit",
             ));
         }
         if t.key.is_empty() {
-            return Err(InvalidField::new("payload.target.key", "needs a column"));
+            return Err(FieldError::new("payload.target.key", "needs a column"));
         }
         if let Some(k) = t.key.iter().find(|k| !t.columns.contains_key(*k)) {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.target.key",
                 format!("{k:?} is not one of the columns"),
             ));
         }
         if let Some(c) = t.types.keys().find(|c| !t.columns.contains_key(*c)) {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 format!("payload.target.types.{c}"),
                 "is not one of the columns",
             ));
@@ -284,7 +284,7 @@ impl Sync {
         if let Some(m) = args.max_pages
             && !(1..=MAX_MAX_PAGES).contains(&m)
         {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.max_pages",
                 format!("must be between 1 and {MAX_MAX_PAGES}"),
             ));
@@ -510,7 +510,7 @@ impl Handler for Sync {
         }))
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), InvalidField> {
+    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
         self.parse(payload).map(|_| ())
     }
 }

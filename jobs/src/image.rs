@@ -32,7 +32,7 @@ use ::image::{DynamicImage, ExtendedColorType, ImageEncoder};
 use async_trait::async_trait;
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
-use hopper_workers::job::InvalidField;
+use hopper_workers::FieldError;
 use hopper_workers::{Handler, JobContext, JobError, JobResult};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -132,7 +132,7 @@ impl Resize {
         }
     }
 
-    fn parse(&self, payload: &Value) -> Result<Args, InvalidField> {
+    fn parse(&self, payload: &Value) -> Result<Args, FieldError> {
         let mut args: Args = payload::parse(payload)?;
         if args.source.is_empty()
             && let Some(path) = args
@@ -144,36 +144,36 @@ impl Resize {
             args.source = path.to_owned();
         }
         if args.source.is_empty() {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.source",
                 "give a path under the files directory or an http(s) URL",
             ));
         }
         if !is_url(&args.source) {
-            check_relative(&args.source).map_err(|m| InvalidField::new("payload.source", m))?;
+            check_relative(&args.source).map_err(|m| FieldError::new("payload.source", m))?;
         }
         if args.sizes.is_empty() || args.sizes.len() > MAX_SIZES {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.sizes",
                 format!("needs 1 to {MAX_SIZES} sizes"),
             ));
         }
         for (i, s) in args.sizes.iter().enumerate() {
             if s.width == 0 || s.width > MAX_SIDE {
-                return Err(InvalidField::new(
+                return Err(FieldError::new(
                     format!("payload.sizes[{i}].width"),
                     format!("must be between 1 and {MAX_SIDE}"),
                 ));
             }
             match s.height {
                 Some(h) if h == 0 || h > MAX_SIDE => {
-                    return Err(InvalidField::new(
+                    return Err(FieldError::new(
                         format!("payload.sizes[{i}].height"),
                         format!("must be between 1 and {MAX_SIDE}"),
                     ));
                 }
                 None if s.fit != Fit::Contain => {
-                    return Err(InvalidField::new(
+                    return Err(FieldError::new(
                         format!("payload.sizes[{i}].height"),
                         "is required with fit \"cover\" or \"exact\"",
                     ));
@@ -182,12 +182,12 @@ impl Resize {
             }
         }
         if !(1..=100).contains(&args.quality) {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.quality",
                 "must be between 1 and 100",
             ));
         }
-        check_relative(&args.output_dir).map_err(|m| InvalidField::new("payload.output_dir", m))?;
+        check_relative(&args.output_dir).map_err(|m| FieldError::new("payload.output_dir", m))?;
         Ok(args)
     }
 }
@@ -379,7 +379,7 @@ impl Handler for Resize {
         Ok(json!({ "outputs": outputs }))
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), InvalidField> {
+    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
         self.parse(payload).map(|_| ())
     }
 }

@@ -2,14 +2,14 @@
 //! that fails, name the field (`payload.sizes[0].width`), so the API's 400 and a dead job's
 //! `last_error` both point at it. Semantic checks stay in each kind.
 
+use hopper_workers::FieldError;
 use hopper_workers::JobError;
-use hopper_workers::job::InvalidField;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Deserializer};
 use serde_json::Value;
 
 /// Parses a payload, naming the first field that does not fit `T`.
-pub(crate) fn parse<T: DeserializeOwned>(payload: &Value) -> Result<T, InvalidField> {
+pub(crate) fn parse<T: DeserializeOwned>(payload: &Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(payload).map_err(|e| {
         let path = e.path().to_string();
         let field = if path == "." || path.is_empty() {
@@ -17,13 +17,13 @@ pub(crate) fn parse<T: DeserializeOwned>(payload: &Value) -> Result<T, InvalidFi
         } else {
             format!("payload.{path}")
         };
-        InvalidField::new(field, e.into_inner().to_string())
+        FieldError::new(field, e.into_inner().to_string())
     })
 }
 
 /// A bad payload found at run time (a payload enqueued before validation existed, or by a
 /// chain): it will never get better, so it is permanent.
-pub(crate) fn permanent(e: InvalidField) -> JobError {
+pub(crate) fn permanent(e: FieldError) -> JobError {
     JobError::permanent(format!("invalid payload: {e}"))
 }
 

@@ -23,7 +23,7 @@
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use hopper_workers::job::InvalidField;
+use hopper_workers::FieldError;
 use hopper_workers::{Handler, JobContext, JobError, JobResult};
 use printpdf::{
     Color, FontId, Greyscale, Mm, Op, PaintMode, ParsedFont, PdfDocument, PdfFontHandle, PdfPage,
@@ -122,13 +122,13 @@ impl Report {
         })
     }
 
-    fn parse(&self, payload: &Value) -> Result<Args, InvalidField> {
+    fn parse(&self, payload: &Value) -> Result<Args, FieldError> {
         let args: Args = payload::parse(payload)?;
         if args.title.trim().is_empty() {
-            return Err(InvalidField::new("payload.title", "must not be empty"));
+            return Err(FieldError::new("payload.title", "must not be empty"));
         }
         if args.columns.len() > MAX_COLUMNS {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.columns",
                 format!("at most {MAX_COLUMNS} columns"),
             ));
@@ -136,21 +136,21 @@ impl Report {
         let from_table =
             args.rows.is_none() && args.input.as_ref().is_some_and(|i| i.get("rows").is_none());
         if args.columns.is_empty() && !from_table {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.columns",
                 "needs at least one column",
             ));
         }
         if let Some(rows) = &args.rows {
             if rows.len() > MAX_ROWS {
-                return Err(InvalidField::new(
+                return Err(FieldError::new(
                     "payload.rows",
                     format!("at most {MAX_ROWS} rows"),
                 ));
             }
             for (i, r) in rows.iter().enumerate() {
                 if !r.is_array() && !r.is_object() {
-                    return Err(InvalidField::new(
+                    return Err(FieldError::new(
                         format!("payload.rows[{i}]"),
                         "must be an array of values or an object",
                     ));
@@ -158,7 +158,7 @@ impl Report {
             }
         }
         if args.rows.is_none() && args.input.is_none() {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.rows",
                 "give rows, or run as a chain step whose input has rows or a table",
             ));
@@ -168,7 +168,7 @@ impl Report {
             ("payload.output", &args.output),
         ] {
             if let Some(p) = path {
-                check_relative(p).map_err(|m| InvalidField::new(field, m))?;
+                check_relative(p).map_err(|m| FieldError::new(field, m))?;
             }
         }
         Ok(args)
@@ -617,7 +617,7 @@ impl Handler for Report {
         .map_err(|e| JobError::retryable(format!("report task failed: {e}")))?
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), InvalidField> {
+    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
         self.parse(payload).map(|_| ())
     }
 }

@@ -12,8 +12,8 @@ use async_trait::async_trait;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::field::FieldError;
 use crate::handler::{Handler, JobContext, JobError, JobResult, Registry, RegistryError};
-use crate::job::InvalidField;
 
 /// Registers the three `sys.*` kinds.
 pub fn register(registry: &mut Registry) -> Result<(), RegistryError> {
@@ -70,10 +70,10 @@ impl Handler for Sleep {
         Ok(json!({ "slept_ms": args.ms }))
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), InvalidField> {
+    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
         match payload.get("ms") {
             Some(v) if v.is_u64() => Ok(()),
-            _ => Err(InvalidField::new(
+            _ => Err(FieldError::new(
                 "payload.ms",
                 "must be a non-negative integer (milliseconds)",
             )),
@@ -110,11 +110,11 @@ impl Handler for Fail {
         }
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), InvalidField> {
+    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
         if let Some(t) = payload.get("times")
             && !t.is_u64()
         {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.times",
                 "must be a non-negative integer",
             ));
@@ -122,7 +122,7 @@ impl Handler for Fail {
         if let Some(p) = payload.get("permanent")
             && !p.is_boolean()
         {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "payload.permanent",
                 "must be true or false",
             ));

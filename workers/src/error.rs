@@ -1,7 +1,8 @@
 //! Errors of the engine. No broker library type appears here: SQLite and Redis errors are
 //! boxed into [`BrokerError::Backend`] inside their implementations.
 
-use crate::job::{InvalidField, JobId, JobState};
+use crate::field::FieldError;
+use crate::job::{JobId, JobState};
 
 /// A boxed error from a broker's storage library.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
@@ -24,7 +25,7 @@ pub enum BrokerError {
     LeaseLost(JobId),
     /// The request itself is bad.
     #[error("invalid {0}")]
-    Invalid(#[from] InvalidField),
+    Invalid(#[from] FieldError),
     /// The broker cannot be reached right now; the operation may be retried.
     #[error("broker unavailable: {0}")]
     Unavailable(#[source] BoxError),

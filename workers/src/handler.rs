@@ -16,7 +16,8 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::job::{InvalidField, Job, Lease};
+use crate::field::FieldError;
+use crate::job::{Job, Lease};
 
 /// The payload key under which a chain step receives its predecessor's result.
 pub const INPUT_KEY: &str = "input";
@@ -187,7 +188,7 @@ pub trait Handler: Send + Sync + 'static {
 
     /// Checks a payload before it is enqueued, naming the bad field. Defaults to accepting
     /// any JSON object.
-    fn validate(&self, _payload: &Value) -> Result<(), InvalidField> {
+    fn validate(&self, _payload: &Value) -> Result<(), FieldError> {
         Ok(())
     }
 

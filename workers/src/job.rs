@@ -11,6 +11,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+pub use crate::field::FieldError;
+
 /// Milliseconds since the Unix epoch. All broker timestamps use it: it is what both SQLite
 /// and Redis store cheaply, and it orders correctly as an integer.
 pub type Millis = i64;
@@ -251,27 +253,27 @@ impl NewJob {
     }
 
     /// Checks the fields every broker relies on. Returns the first bad field and why.
-    pub fn validate(&self) -> Result<(), InvalidField> {
+    pub fn validate(&self) -> Result<(), FieldError> {
         if self.kind.is_empty() || self.kind.len() > 128 {
-            return Err(InvalidField::new("kind", "must be 1 to 128 characters"));
+            return Err(FieldError::new("kind", "must be 1 to 128 characters"));
         }
         if !valid_name(&self.queue) {
-            return Err(InvalidField::new(
+            return Err(FieldError::new(
                 "queue",
                 "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
             ));
         }
         if self.priority > MAX_PRIORITY {
-            return Err(InvalidField::new("priority", "must be between 0 and 9"));
+            return Err(FieldError::new("priority", "must be between 0 and 9"));
         }
         if !self.payload.is_object() {
-            return Err(InvalidField::new("payload", "must be a JSON object"));
+            return Err(FieldError::new("payload", "must be a JSON object"));
         }
         if self.max_retries > 1000 {
-            return Err(InvalidField::new("max_retries", "must be at most 1000"));
+            return Err(FieldError::new("max_retries", "must be at most 1000"));
         }
         if self.timeout_ms == Some(0) {
-            return Err(InvalidField::new("timeout", "must be greater than zero"));
+            return Err(FieldError::new("timeout", "must be greater than zero"));
         }
         Ok(())
     }
@@ -284,23 +286,6 @@ pub fn valid_name(name: &str) -> bool {
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
-}
-
-/// A field of a request that is not acceptable, and why.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {message}")]
-pub struct InvalidField {
-    pub field: String,
-    pub message: String,
-}
-
-impl InvalidField {
-    pub fn new(field: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            message: message.into(),
-        }
-    }
 }
 
 /// A job as stored, with everything that happened to it so far.

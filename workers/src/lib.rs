@@ -3,6 +3,7 @@
 //! # Layout
 //!
 //! - [`job`]: the job model and its states.
+//! - [`field`]: [`FieldError`], the one shape of a refused request field.
 //! - [`event`]: the events every state change appends to a durable log.
 //! - [`broker`]: the [`Broker`](broker::Broker) trait and its SQLite (`broker::sqlite`) and
 //!   Redis (`broker::redis`) implementations.
@@ -21,6 +22,7 @@ pub mod clock;
 pub mod diagnostics;
 pub mod error;
 pub mod event;
+pub mod field;
 pub mod handler;
 pub mod job;
 pub mod pool;
@@ -31,5 +33,6 @@ pub mod testing;
 
 pub use broker::Broker;
 pub use error::{BrokerError, BrokerResult};
+pub use field::FieldError;
 pub use handler::{Handler, JobContext, JobError, JobResult, Registry};
 pub use job::{Job, JobId, JobState, Lease, NewJob};

@@ -19,7 +19,8 @@ use tracing::{info, warn};
 
 use crate::broker::Broker;
 use crate::clock::Clock;
-use crate::job::{InvalidField, Millis, NewJob};
+use crate::field::FieldError;
+use crate::job::{Millis, NewJob};
 
 /// One periodic job.
 #[derive(Clone, Debug, PartialEq)]
@@ -44,9 +45,9 @@ pub struct Schedule {
 
 impl Schedule {
     /// Parses the cron expression; the error names the schedule.
-    pub fn new(spec: ScheduleSpec) -> Result<Self, InvalidField> {
+    pub fn new(spec: ScheduleSpec) -> Result<Self, FieldError> {
         let cron = cron::Schedule::from_str(&spec.cron).map_err(|e| {
-            InvalidField::new(
+            FieldError::new(
                 format!("schedule.{}.cron", spec.name),
                 format!("{:?} is not a cron expression with seconds: {e}", spec.cron),
             )

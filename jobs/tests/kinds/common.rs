@@ -4,8 +4,8 @@ use std::path::Path;
 use std::sync::Arc;
 
 use hopper_jobs::JobsConfig;
+use hopper_workers::FieldError;
 use hopper_workers::handler::ProgressUpdate;
-use hopper_workers::job::InvalidField;
 use hopper_workers::{Job, JobContext, JobId, JobResult, JobState, Registry};
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -73,7 +73,7 @@ pub async fn run(registry: &Registry, kind: &str, payload: Value) -> Ran {
 }
 
 /// What `validate` says about `payload`.
-pub fn validate(registry: &Registry, kind: &str, payload: &Value) -> Result<(), InvalidField> {
+pub fn validate(registry: &Registry, kind: &str, payload: &Value) -> Result<(), FieldError> {
     registry
         .get(kind)
         .expect("kind registered")

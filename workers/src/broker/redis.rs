@@ -87,9 +87,7 @@ use crate::broker::{
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventType};
-use crate::job::{
-    ChainLink, InvalidField, Job, JobId, JobState, Lease, Millis, NewJob, valid_name,
-};
+use crate::job::{ChainLink, FieldError, Job, JobId, JobState, Lease, Millis, NewJob, valid_name};
 
 /// How long one command may take before it fails (the redis crate's 500 ms default is fatal
 /// under load: a large batch times out although it was applied).
@@ -610,7 +608,7 @@ fn check_queue(queue: &str) -> BrokerResult<()> {
     if valid_name(queue) {
         Ok(())
     } else {
-        Err(BrokerError::Invalid(InvalidField::new(
+        Err(BrokerError::Invalid(FieldError::new(
             "queue",
             "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
         )))
@@ -1532,7 +1530,7 @@ impl Broker for RedisBroker {
         let after = match after {
             None => None,
             Some(s) => Some(parse_event_id(s).ok_or_else(|| {
-                BrokerError::Invalid(InvalidField::new("since", "not an event id of this broker"))
+                BrokerError::Invalid(FieldError::new("since", "not an event id of this broker"))
             })?),
         };
         let names = self.queue_names().await?;

@@ -49,7 +49,7 @@ use crate::broker::{
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventData, EventType};
-use crate::job::{ChainLink, InvalidField, Job, JobId, JobState, Lease, Millis, NewJob};
+use crate::job::{ChainLink, FieldError, Job, JobId, JobState, Lease, Millis, NewJob};
 
 /// How long a writer waits for another process's write lock before giving up (`Unavailable`).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -838,7 +838,7 @@ impl Broker for SqliteBroker {
         let cursor = match &filter.cursor {
             Some(c) => Some(
                 c.parse::<i64>()
-                    .map_err(|_| InvalidField::new("cursor", "not a cursor this broker issued"))?,
+                    .map_err(|_| FieldError::new("cursor", "not a cursor this broker issued"))?,
             ),
             None => None,
         };
@@ -949,7 +949,7 @@ impl Broker for SqliteBroker {
         let after = match after {
             Some(a) => a
                 .parse::<i64>()
-                .map_err(|_| InvalidField::new("since", "not an event id this broker issued"))?,
+                .map_err(|_| FieldError::new("since", "not an event id this broker issued"))?,
             None => 0,
         };
         if limit == 0 {
