@@ -12,7 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::job::JobState;
-use hopper_workers::pool::Pool;
+use hopper_workers::pool::{Pool, PoolHandle};
 use hopper_workers::{Broker, Registry};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -20,7 +20,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
-use crate::config::{Config, ConfigError};
+use crate::config::{Config, ConfigError, Settings};
 
 /// Opens the broker `[broker]` names.
 pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Broker>> {
@@ -31,22 +31,22 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<d
 
 /// The job kinds this process knows: the diagnostic `sys.*` kinds unless
 /// `[worker] diagnostics = false`, and every kind of `hopper-jobs`.
-pub fn build_registry(config: &Config) -> Result<Registry> {
-    build_registry_with(config, None)
+pub fn build_registry(settings: &Settings) -> Result<Registry> {
+    build_registry_with(settings, None)
 }
 
 /// The registry of a `serve` or `worker` process: every kind, with `cleanup.purge` able to
 /// run the retention of job records on `broker`.
 fn node_registry(
-    config: &Config,
+    settings: &Settings,
     broker: &Arc<dyn Broker>,
     clock: &Arc<dyn Clock>,
 ) -> Result<Registry> {
     build_registry_with(
-        config,
+        settings,
         Some(Arc::new(Retention {
             broker: broker.clone(),
-            retention: config.retention.clone(),
+            retention: settings.config.retention.clone(),
             clock: clock.clone(),
         })),
     )
@@ -55,17 +55,88 @@ fn node_registry(
 /// [`build_registry`] for a process that holds the broker: `cleanup.purge` can then run the
 /// retention of job records.
 fn build_registry_with(
-    config: &Config,
+    settings: &Settings,
     records: Option<hopper_jobs::RecordsHandle>,
 ) -> Result<Registry> {
     let mut registry = Registry::new();
-    if config.worker.diagnostics {
+    if settings.config.worker.diagnostics {
         hopper_workers::diagnostics::register(&mut registry)
             .context("registering the diagnostic kinds")?;
     }
-    hopper_jobs::register_all_with(&mut registry, &config.jobs_config(), records)
+    hopper_jobs::register_all_with(&mut registry, &settings.jobs, records)
         .context("registering the job kinds")?;
     Ok(registry)
+}
+
+/// The parts of a running node, built once for `serve` and `worker` alike: the broker, the
+/// registry of kinds, the pool (unless the node runs none) and the schedules, every task
+/// tracked.
+struct Node {
+    broker: Arc<dyn Broker>,
+    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
+    config: Arc<Config>,
+    tracker: TaskTracker,
+    pool: Option<(PoolHandle, JoinHandle<Result<()>>)>,
+}
+
+impl Node {
+    /// Opens the broker and starts the pool (when `workers`) and the schedules; everything
+    /// stops on `shutdown`.
+    async fn start(
+        settings: Settings,
+        workers: bool,
+        shutdown: &CancellationToken,
+    ) -> Result<Self> {
+        let clock = clock::system();
+        let broker = open_broker(&settings.config, clock.clone()).await?;
+        let registry = Arc::new(node_registry(&settings, &broker, &clock)?);
+        let tracker = TaskTracker::new();
+        let pool = workers.then(|| {
+            let pool = Pool::new(
+                broker.clone(),
+                registry.clone(),
+                settings.pool.clone(),
+                clock.clone(),
+            );
+            let handle = pool.handle();
+            (handle, spawn_pool(&tracker, pool, shutdown.clone()))
+        });
+        spawn_schedules(
+            &tracker,
+            broker.clone(),
+            &settings,
+            &registry,
+            clock.clone(),
+            shutdown.clone(),
+        )?;
+        let config = Arc::new(settings.config);
+        Ok(Self {
+            broker,
+            registry,
+            clock,
+            config,
+            tracker,
+            pool,
+        })
+    }
+
+    /// Waits for the pool to drain (it does once `shutdown` fires, or when it fails), then
+    /// for every other task.
+    async fn stop(self, shutdown: &CancellationToken) -> Result<()> {
+        self.tracker.close();
+        let pooled = match self.pool {
+            None => Ok(()),
+            Some((_, task)) => task
+                .await
+                .context("the worker pool task panicked")
+                .and_then(|ran| ran),
+        };
+        shutdown.cancel();
+        self.tracker.wait().await;
+        tracing::info!("stopped");
+        pooled
+    }
 }
 
 /// Runs the HTTP API on `listener` and, unless `no_workers`, the worker pool, until
@@ -74,7 +145,7 @@ fn build_registry_with(
 /// Logs `listening on ADDR` once the broker is open and requests are accepted. Refuses a
 /// non-loopback listener when no auth tokens are configured.
 pub async fn serve(
-    config: Config,
+    settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
     no_workers: bool,
@@ -82,7 +153,7 @@ pub async fn serve(
     let addr = listener
         .local_addr()
         .context("reading the listen address")?;
-    if !addr.ip().is_loopback() && config.auth.tokens.is_empty() {
+    if !addr.ip().is_loopback() && settings.config.auth.tokens.is_empty() {
         return Err(ConfigError::Invalid {
             origin: "server.listen".into(),
             problems: vec![format!(
@@ -92,45 +163,22 @@ pub async fn serve(
         }
         .into());
     }
-    let clock = clock::system();
-    let broker = open_broker(&config, clock.clone()).await?;
-    let registry = Arc::new(node_registry(&config, &broker, &clock)?);
-    let config = Arc::new(config);
-    let tracker = TaskTracker::new();
-
+    let node = Node::start(settings, !no_workers, &shutdown).await?;
     let mut state = AppState::new(
-        broker.clone(),
-        registry.clone(),
-        clock.clone(),
-        config.clone(),
+        node.broker.clone(),
+        node.registry.clone(),
+        node.clock.clone(),
+        node.config.clone(),
     );
-    let pool_task = if no_workers {
-        None
-    } else {
-        let pool = Pool::new(
-            broker.clone(),
-            registry.clone(),
-            config.pool_config(),
-            clock.clone(),
-        );
-        state = state.with_pool(pool.handle());
-        Some(spawn_pool(&tracker, pool, &config, shutdown.clone()))
-    };
-    spawn_schedules(
-        &tracker,
-        broker.clone(),
-        &config,
-        &registry,
-        clock.clone(),
-        shutdown.clone(),
-    )?;
-
+    if let Some((handle, _)) = &node.pool {
+        state = state.with_pool(handle.clone());
+    }
     tracing::info!(
-        broker = broker.name(),
+        broker = node.broker.name(),
         workers = if no_workers {
             0
         } else {
-            config.worker.concurrency
+            node.config.worker.concurrency
         },
         "listening on {addr}"
     );
@@ -140,46 +188,20 @@ pub async fn serve(
         .context("serving HTTP");
     // However the server ended, stop the rest and wait for it.
     shutdown.cancel();
-    tracker.close();
-    let pooled = join_pool(pool_task).await;
-    tracker.wait().await;
-    tracing::info!("stopped");
-    served.and(pooled)
+    let stopped = node.stop(&shutdown).await;
+    served.and(stopped)
 }
 
 /// Runs only the worker pool (a worker node) until `shutdown` fires and the pool has drained.
-pub async fn worker(config: Config, shutdown: CancellationToken) -> Result<()> {
-    let clock = clock::system();
-    let broker = open_broker(&config, clock.clone()).await?;
-    let registry = Arc::new(node_registry(&config, &broker, &clock)?);
-    let tracker = TaskTracker::new();
-    let pool = Pool::new(
-        broker.clone(),
-        registry.clone(),
-        config.pool_config(),
-        clock.clone(),
-    );
-    let pool_task = spawn_pool(&tracker, pool, &config, shutdown.clone());
-    spawn_schedules(
-        &tracker,
-        broker.clone(),
-        &config,
-        &registry,
-        clock.clone(),
-        shutdown.clone(),
-    )?;
+pub async fn worker(settings: Settings, shutdown: CancellationToken) -> Result<()> {
+    let node = Node::start(settings, true, &shutdown).await?;
     tracing::info!(
-        broker = broker.name(),
-        queues = %config.worker.queues.join(","),
-        concurrency = config.worker.concurrency,
+        broker = node.broker.name(),
+        queues = %node.config.worker.queues.join(","),
+        concurrency = node.config.worker.concurrency,
         "worker started"
     );
-    tracker.close();
-    let pooled = join_pool(Some(pool_task)).await;
-    shutdown.cancel();
-    tracker.wait().await;
-    tracing::info!("stopped");
-    pooled
+    node.stop(&shutdown).await
 }
 
 /// Runs the pool; if it fails, the whole process shuts down (a server whose jobs silently
@@ -187,10 +209,8 @@ pub async fn worker(config: Config, shutdown: CancellationToken) -> Result<()> {
 fn spawn_pool(
     tracker: &TaskTracker,
     pool: Pool,
-    config: &Config,
     shutdown: CancellationToken,
 ) -> JoinHandle<Result<()>> {
-    tracing::debug!(queues = ?config.worker.queues, "starting the worker pool");
     tracker.spawn(async move {
         let ran = pool.run(shutdown.clone()).await;
         if let Err(e) = &ran {
@@ -201,33 +221,21 @@ fn spawn_pool(
     })
 }
 
-async fn join_pool(task: Option<JoinHandle<Result<()>>>) -> Result<()> {
-    match task {
-        None => Ok(()),
-        Some(t) => t.await.context("the worker pool task panicked")?,
-    }
-}
-
 /// Runs the `[[schedule]]` entries. Every process runs them: each tick's job has a unique key,
 /// so the broker keeps one however many processes enqueue it.
 fn spawn_schedules(
     tracker: &TaskTracker,
     broker: Arc<dyn Broker>,
-    config: &Config,
+    settings: &Settings,
     registry: &Registry,
     clock: Arc<dyn Clock>,
     shutdown: CancellationToken,
 ) -> Result<()> {
-    let mut schedules = config
-        .schedules()
-        .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+    let mut schedules = settings.schedules.clone();
     // Retention runs as a job like any other (once per tick across nodes, visible in the
     // history), when this build has the `cleanup.purge` kind.
     if registry.get("cleanup.purge").is_some() {
-        schedules.push(
-            hopper_workers::schedule::Schedule::new(config.retention_schedule())
-                .map_err(|e| anyhow::anyhow!("retention.cron: {}", e.message))?,
-        );
+        schedules.push(settings.retention.clone());
     }
     for s in &schedules {
         let kind = &s.spec().kind;

@@ -16,13 +16,13 @@ use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::job::{JobId, NewJob};
-use hopper_workers::pool::{Pool, QueueSpec};
+use hopper_workers::pool::{Pool, PoolConfig, QueueSpec};
 use hopper_workers::{Broker, JobContext, JobResult, Registry};
 use serde::Serialize;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Config;
+use crate::config::Settings;
 use crate::out;
 
 /// Jobs per enqueue round-trip in the drain workload.
@@ -89,14 +89,14 @@ pub struct Report {
 }
 
 /// Runs the workload `args` names and prints its report.
-pub async fn run(args: BenchArgs, config: &Config, shutdown: CancellationToken) -> Result<()> {
-    let mut config = config.clone();
+pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationToken) -> Result<()> {
+    let mut config = settings.config.clone();
     if let Some(url) = &args.broker {
         config.broker.url.clone_from(url);
     }
     let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     if concurrency == 0 {
-        bail!(crate::cli::CliError::Usage(
+        bail!(crate::exit::CliError::Usage(
             "--concurrency must be at least 1".into()
         ));
     }
@@ -106,7 +106,7 @@ pub async fn run(args: BenchArgs, config: &Config, shutdown: CancellationToken) 
     let bench = Bench {
         broker: broker.clone(),
         clock,
-        config,
+        pool: settings.pool.clone(),
         queue: queue.clone(),
         concurrency,
         shutdown,
@@ -132,7 +132,8 @@ pub async fn run(args: BenchArgs, config: &Config, shutdown: CancellationToken) 
 struct Bench {
     broker: Arc<dyn Broker>,
     clock: Arc<dyn Clock>,
-    config: Config,
+    /// `[worker]` and `[retry]`, as checked; the bench overrides concurrency and queues.
+    pool: PoolConfig,
     queue: String,
     concurrency: usize,
     shutdown: CancellationToken,
@@ -144,7 +145,7 @@ impl Bench {
         &self,
         registry: Registry,
     ) -> (CancellationToken, tokio::task::JoinHandle<Result<()>>) {
-        let mut pc = self.config.pool_config();
+        let mut pc = self.pool.clone();
         pc.concurrency = self.concurrency;
         pc.queues = vec![QueueSpec {
             name: self.queue.clone(),
@@ -208,7 +209,7 @@ impl Bench {
 
     async fn latency(&self, rate: u64, duration: Duration) -> Result<Report> {
         if rate == 0 {
-            bail!(crate::cli::CliError::Usage(
+            bail!(crate::exit::CliError::Usage(
                 "--rate must be at least 1".into()
             ));
         }

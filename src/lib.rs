@@ -9,11 +9,13 @@
 //!
 //! - [`cli`]: the `hopper` commands and their exit codes; inspection commands talk to the
 //!   broker directly.
+//! - [`exit`]: the exit codes of every command.
 //! - [`config`]: the typed `config.toml`, its defaults, environment overrides, `validate()`.
 //! - [`app`]: wiring: broker + registry + pool + HTTP server ([`app::serve`]) or the pool
 //!   alone ([`app::worker`]); retention purges.
 //! - [`api`]: the HTTP API, built by [`api::router`] from an [`api::AppState`].
-//! - [`enqueue`]: the one path from an enqueue request (HTTP or CLI) to a checked job.
+//! - [`service`]: what both front doors call: submit a job or a chain, look one up.
+//!   [`service::submit`] is the one place a new job is checked.
 //! - [`view`]: the JSON shapes of jobs and events (RFC 3339 times).
 //! - [`bench`]: `hopper bench`, the drain and latency workloads.
 //! - [`shutdown`]: Ctrl-C and SIGTERM.
@@ -24,7 +26,8 @@ pub mod app;
 pub mod bench;
 pub mod cli;
 pub mod config;
-pub mod enqueue;
+pub mod exit;
 pub mod out;
+pub mod service;
 pub mod shutdown;
 pub mod view;

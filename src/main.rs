@@ -1,5 +1,5 @@
 //! The `hopper` binary: parses the command line, sets up logging, runs the command, and turns
-//! its error into a message on stderr and an exit code (see `hopper::cli::exit_code`).
+//! its error into a message on stderr and an exit code (see `hopper::exit::exit_code`).
 
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
@@ -35,5 +35,5 @@ fn main() -> ExitCode {
 /// Prints the whole error chain and picks the exit code.
 fn fail(err: &anyhow::Error) -> ExitCode {
     let _ = writeln!(std::io::stderr().lock(), "hopper: {err:#}");
-    ExitCode::from(cli::exit_code(err))
+    ExitCode::from(hopper::exit::exit_code(err))
 }

@@ -4,12 +4,13 @@
 //! render every timestamp as an RFC 3339 string with milliseconds (`2030-01-01T00:00:00.000Z`)
 //! and otherwise keep the engine's field names, which are stable wire names already.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
 use hopper_workers::broker::QueueStats;
 use hopper_workers::event::{Event, EventType};
 use hopper_workers::job::{ChainLink, Job, JobId, JobState, Millis};
+use hopper_workers::time::Timestamp;
 use serde::Serialize;
+
+use crate::service::JobDetail;
 use serde_json::Value;
 
 /// A job as the API and `--json` show it.
@@ -120,20 +121,13 @@ pub struct JobWithHistory {
     pub steps: Vec<StepView>,
 }
 
-impl JobWithHistory {
-    pub fn new(job: &Job, history: &[Event]) -> Self {
+impl From<&JobDetail> for JobWithHistory {
+    fn from(d: &JobDetail) -> Self {
         Self {
-            job: job.into(),
-            history: history.iter().map(EventView::from).collect(),
-            steps: Vec::new(),
+            job: (&d.job).into(),
+            history: d.history.iter().map(EventView::from).collect(),
+            steps: steps_of(&d.steps),
         }
-    }
-
-    /// Adds the steps of the job's chain.
-    #[must_use]
-    pub fn with_steps(mut self, steps: &[Job]) -> Self {
-        self.steps = steps_of(steps);
-        self
     }
 }
 
@@ -212,90 +206,7 @@ pub fn merge_configured_queues(
     stats
 }
 
-/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds. Times before the epoch
-/// (never stored) render as the epoch.
+/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
 pub fn rfc3339(ms: Millis) -> String {
-    let t = UNIX_EPOCH + Duration::from_millis(u64::try_from(ms).unwrap_or(0));
-    humantime::format_rfc3339_millis(t).to_string()
-}
-
-/// Parses an RFC 3339 timestamp with a time zone (`Z` or `±HH:MM`) into milliseconds since
-/// the epoch. `None` for anything else, including a timestamp without a zone: guessing one
-/// would run jobs hours early or late.
-pub fn parse_rfc3339(s: &str) -> Option<Millis> {
-    let s = s.trim();
-    let (local, offset_s) = if let Some(rest) = s.strip_suffix(['Z', 'z']) {
-        (rest, 0i64)
-    } else {
-        let split = s.len().checked_sub(6)?;
-        let (rest, off) = (s.get(..split)?, s.get(split..)?);
-        let b = off.as_bytes();
-        let sign = match b.first()? {
-            b'+' => 1,
-            b'-' => -1,
-            _ => return None,
-        };
-        if b.get(3) != Some(&b':') {
-            return None;
-        }
-        let hh: i64 = off.get(1..3)?.parse().ok()?;
-        let mm: i64 = off.get(4..6)?.parse().ok()?;
-        if hh > 23 || mm > 59 {
-            return None;
-        }
-        (rest, sign * (hh * 3600 + mm * 60))
-    };
-    // `local` has no zone left; humantime reads it as UTC, and the offset is applied below.
-    if local.len() < 19 || !local.is_char_boundary(10) || !matches!(&local[10..11], "T" | "t") {
-        return None;
-    }
-    let t = humantime::parse_rfc3339_weak(local).ok()?;
-    let ms = i64::try_from(t.duration_since(UNIX_EPOCH).ok()?.as_millis()).ok()?;
-    Some(ms - offset_s * 1000)
-}
-
-/// Now, in milliseconds since the epoch (for the CLI, which has no engine clock).
-pub fn now_ms() -> Millis {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn rfc3339_round_trips() {
-        assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000Z");
-        let ms = 1_900_000_000_123;
-        assert_eq!(parse_rfc3339(&rfc3339(ms)), Some(ms));
-    }
-
-    #[test]
-    fn offsets_are_applied() {
-        let z = parse_rfc3339("2030-01-01T12:00:00Z");
-        assert!(z.is_some());
-        assert_eq!(parse_rfc3339("2030-01-01T14:00:00+02:00"), z);
-        assert_eq!(parse_rfc3339("2030-01-01T07:30:00-04:30"), z);
-        assert_eq!(
-            parse_rfc3339("2030-01-01T12:00:00.250Z").map(|m| m - z.unwrap_or(0)),
-            Some(250)
-        );
-    }
-
-    #[test]
-    fn zoneless_and_garbage_are_refused() {
-        for bad in [
-            "2030-01-01T12:00:00",
-            "2030-01-01 12:00:00Z",
-            "tomorrow",
-            "",
-            "2030-13-01T00:00:00Z",
-            "2030-01-01T00:00:00+2:00",
-        ] {
-            assert_eq!(parse_rfc3339(bad), None, "{bad}");
-        }
-    }
+    Timestamp::from_millis(ms).to_rfc3339()
 }

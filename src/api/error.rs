@@ -10,7 +10,7 @@ use axum::response::{IntoResponse, Response};
 use hopper_workers::BrokerError;
 use serde_json::{Value, json};
 
-use crate::enqueue::FieldError;
+use crate::service::{FieldError, SubmitError};
 
 /// An API failure: HTTP status, stable code, message, and the request field at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -86,6 +86,15 @@ impl From<FieldError> for ApiError {
     }
 }
 
+impl From<SubmitError> for ApiError {
+    fn from(e: SubmitError) -> Self {
+        match e {
+            SubmitError::Field(e) => e.into(),
+            SubmitError::Broker(e) => e.into(),
+        }
+    }
+}
+
 impl From<BrokerError> for ApiError {
     fn from(e: BrokerError) -> Self {
         match e {
@@ -93,7 +102,7 @@ impl From<BrokerError> for ApiError {
             BrokerError::Conflict { .. } | BrokerError::LeaseLost(_) => {
                 Self::new(StatusCode::CONFLICT, "conflict", e.to_string())
             }
-            BrokerError::Invalid(f) => Self::field("invalid_field", f.field, f.message),
+            BrokerError::Invalid(f) => f.into(),
             BrokerError::Unavailable(_) => {
                 tracing::warn!(error = %e, "broker unavailable");
                 Self::new(

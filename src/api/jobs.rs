@@ -8,11 +8,12 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use hopper_workers::broker::JobFilter;
-use hopper_workers::job::{JobId, JobState, MAX_PRIORITY, link_chain};
+use hopper_workers::job::{JobId, JobState, MAX_PRIORITY};
+use hopper_workers::time::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::{ApiError, AppState, JsonBody};
-use crate::enqueue::{self, EnqueueRequest, FieldError};
+use crate::service::{EnqueueRequest, FieldError};
 use crate::view::{self, JobPageView, JobView, JobWithHistory, JobWithSteps};
 
 /// Jobs per page when `limit` is not given, and the most a page may hold.
@@ -32,39 +33,13 @@ pub async fn enqueue(
     {
         req.unique_key = Some(format!("idem:{key}"));
     }
-    let now = st.clock.now_ms();
-    let first = enqueue::prepare(req, &st.registry, st.config.retry.max_retries, now)?;
-    let mut steps = vec![first];
-    for (i, step) in then.into_iter().enumerate() {
-        steps.push(enqueue::prepare_step(
-            step,
-            &format!("then[{i}]"),
-            &steps[0].queue,
-            &st.registry,
-            st.config.retry.max_retries,
-            now,
-        )?);
-    }
-    let steps = link_chain(steps);
-    let done = st.broker.enqueue(steps).await?;
-    let first = done
-        .first()
-        .ok_or_else(|| ApiError::internal("the broker answered an enqueue with nothing"))?;
-    let job =
-        st.broker.get(&first.id).await?.ok_or_else(|| {
-            ApiError::internal(format!("job {} vanished after enqueue", first.id))
-        })?;
-    let status = if first.created {
+    let done = st.service.submit(req, then).await?;
+    let status = if done.created {
         StatusCode::CREATED
     } else {
         StatusCode::OK
     };
-    let steps = if done.len() > 1 {
-        st.broker.chain(&first.id).await?
-    } else {
-        Vec::new()
-    };
-    Ok((status, Json(JobWithSteps::new(&job, &steps))))
+    Ok((status, Json(JobWithSteps::new(&done.job, &done.steps))))
 }
 
 /// `GET /v1/jobs/{id}`: the job and its history.
@@ -73,17 +48,12 @@ pub async fn get_one(
     Path(id): Path<String>,
 ) -> Result<Json<JobWithHistory>, ApiError> {
     let id = JobId(id);
-    let job = st
-        .broker
-        .get(&id)
+    let found = st
+        .service
+        .lookup(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-    let history = st.broker.history(&id).await?;
-    let steps = match &job.chain {
-        Some(link) => st.broker.chain(&link.id).await?,
-        None => Vec::new(),
-    };
-    Ok(Json(JobWithHistory::new(&job, &history).with_steps(&steps)))
+    Ok(Json(JobWithHistory::from(&found)))
 }
 
 /// `GET /v1/jobs?queue=&state=&kind=&limit=&cursor=`: a page, newest first.
@@ -190,21 +160,8 @@ fn parse_enqueue(body: Value) -> Result<(EnqueueRequest, Vec<EnqueueRequest>), A
         let Value::Array(steps) = steps else {
             return Err(FieldError::invalid("then", "must be an array of steps").into());
         };
-        if steps.len() > MAX_CHAIN_STEPS {
-            return Err(FieldError::invalid(
-                "then",
-                format!(
-                    "a chain has at most {} steps after the first",
-                    MAX_CHAIN_STEPS
-                ),
-            )
-            .into());
-        }
         for (i, step) in steps.into_iter().enumerate() {
-            let at = |mut e: FieldError| {
-                e.field = format!("then[{i}].{}", e.field);
-                e
-            };
+            let at = |e: FieldError| e.under(&format!("then[{i}]"));
             let Value::Object(mut sm) = step else {
                 return Err(FieldError::invalid(format!("then[{i}]"), "must be an object").into());
             };
@@ -220,9 +177,6 @@ fn parse_enqueue(body: Value) -> Result<(EnqueueRequest, Vec<EnqueueRequest>), A
     }
     Ok((parse_fields(&mut m)?, then))
 }
-
-/// Most steps after the first in one chain.
-const MAX_CHAIN_STEPS: usize = 31;
 
 /// Reads one job's fields (the body, or a step of `then`).
 fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError> {
@@ -255,12 +209,11 @@ fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError
     }
     if let Some(v) = take(m, "run_at") {
         let s = string(v, "run_at")?;
-        req.run_at = Some(view::parse_rfc3339(&s).ok_or_else(|| {
-            FieldError::invalid(
-                "run_at",
-                format!("{s:?} is not an RFC 3339 time with a zone, e.g. 2030-01-01T09:00:00Z"),
-            )
-        })?);
+        req.run_at = Some(
+            Timestamp::parse(&s)
+                .map_err(|e| FieldError::invalid("run_at", e.to_string()))?
+                .as_millis(),
+        );
     }
     if let Some(v) = take(m, "max_retries") {
         req.max_retries = Some(

@@ -2,7 +2,8 @@
 //!
 //! [`router`] builds the whole API from an [`AppState`] and binds nothing, so tests drive it
 //! with `tower::ServiceExt::oneshot` and `crate::app` serves it on a listener. Handlers are
-//! thin: they parse the request, call the broker through the `Broker` trait, and render views
+//! thin: they parse the request, call the [`Service`] (submit, lookup) or the broker through
+//! the `Broker` trait, and render views
 //! (`crate::view`). Every error, including axum's own rejections, an unknown route and a
 //! timeout, is JSON `{"error": {"code", "message", "field"?}}` (see [`error`]).
 //!
@@ -30,6 +31,7 @@ use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 use crate::config::Config;
+use crate::service::Service;
 pub use error::{ApiError, JsonBody};
 
 /// How long one request may take before it is answered 503 `timeout`. Every route is a few
@@ -39,13 +41,14 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// What the handlers share. Cheap to clone.
 #[derive(Clone, Debug)]
 pub struct AppState {
+    /// For the operations that need no checking: list, cancel, retry, queues, ping.
     pub broker: Arc<dyn Broker>,
-    /// The kinds this process accepts: enqueueing an unknown kind is a 422.
-    pub registry: Arc<Registry>,
+    /// Submit and lookup, shared with the CLI. Its registry holds the kinds this process
+    /// accepts: enqueueing an unknown kind is a 422.
+    pub service: Service,
     /// The pool of this process, if it runs one, so a cancel stops a local handler at once
     /// (remote handlers learn it on their next heartbeat).
     pub pool: Option<PoolHandle>,
-    pub clock: Arc<dyn Clock>,
     /// Defaults (`[retry] max_retries`), auth tokens, body limit, configured queues.
     pub config: Arc<Config>,
 }
@@ -59,10 +62,9 @@ impl AppState {
         config: Arc<Config>,
     ) -> Self {
         Self {
+            service: Service::new(broker.clone(), registry, clock, config.retry.max_retries),
             broker,
-            registry,
             pool: None,
-            clock,
             config,
         }
     }

@@ -14,6 +14,7 @@
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`diagnostics`]: the built-in `sys.noop`, `sys.sleep` and `sys.fail` kinds.
 //! - [`schedule`]: cron schedules, one job per tick across any number of nodes.
+//! - [`time`]: [`Timestamp`](time::Timestamp): millis inside, RFC 3339 on the wire.
 //! - [`clock`]: injectable time.
 //! - `testing` (feature `test-util`): the broker conformance suite.
 
@@ -30,6 +31,7 @@ pub mod retry;
 pub mod schedule;
 #[cfg(feature = "test-util")]
 pub mod testing;
+pub mod time;
 
 pub use broker::Broker;
 pub use error::{BrokerError, BrokerResult};

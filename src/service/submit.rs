@@ -1,7 +1,8 @@
-//! Turning a request to enqueue (an HTTP body or `hopper enqueue` flags) into a checked
-//! [`NewJob`].
+//! Where a new job is checked: a request to enqueue (an HTTP body or `hopper enqueue` flags,
+//! already typed) becomes a [`NewJob`] here, and nowhere else.
 //!
-//! Both front doors go through [`prepare`], so they accept and refuse the same things: the kind
+//! Both front doors reach [`prepare`] through `Service::submit`, so they accept and refuse the
+//! same things: the kind
 //! must be registered, the payload must be an object the kind's
 //! [`Handler::validate`](hopper_workers::Handler::validate) accepts, and the job must pass
 //! [`NewJob::validate`]. Every refusal names the field it is about. Parsing the HTTP body's
@@ -152,10 +153,7 @@ pub fn prepare_step(
     default_max_retries: u32,
     now: Millis,
 ) -> Result<NewJob, FieldError> {
-    let named = |mut e: FieldError| {
-        e.field = format!("{at}.{}", e.field);
-        e
-    };
+    let named = |e: FieldError| e.under(at);
     if req.delay.is_some() || req.run_at.is_some() {
         let field = if req.delay.is_some() {
             "delay"

@@ -1,0 +1,87 @@
+//! `hopper enqueue`: flags to an [`EnqueueRequest`], submitted through the same
+//! `crate::service` as `POST /v1/jobs`; refusals name the flag they came from.
+
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use hopper_workers::Broker;
+use serde_json::Value;
+
+use super::inspect::{eprint_line, service};
+use super::{CliError, EnqueueArgs};
+use crate::config::Settings;
+use crate::out;
+use crate::service::{EnqueueRequest, SubmitError};
+
+/// A payload flag's JSON, given inline or as @FILE.
+fn read_payload(text: Option<&str>, flag: &str) -> Result<Value> {
+    let Some(text) = text else {
+        return Ok(serde_json::json!({}));
+    };
+    let (text, from) = match text.strip_prefix('@') {
+        Some(file) => (
+            std::fs::read_to_string(file)
+                .with_context(|| format!("reading the payload file {file}"))?,
+            format!(" in {file}"),
+        ),
+        None => (text.to_owned(), String::new()),
+    };
+    Ok(serde_json::from_str(&text)
+        .map_err(|e| CliError::Usage(format!("{flag}: not valid JSON{from}: {e}")))?)
+}
+
+/// Enqueues the job (and the chain of `--then` steps) and prints the id of each, in order.
+pub(super) async fn run(
+    args: EnqueueArgs,
+    settings: &Settings,
+    broker: Arc<dyn Broker>,
+) -> Result<()> {
+    let payload = read_payload(args.payload.as_deref(), "--payload")?;
+    let first = EnqueueRequest {
+        queue: args.queue,
+        priority: args.priority,
+        delay: args.delay,
+        max_retries: args.max_retries,
+        timeout: args.timeout,
+        unique_key: args.unique_key,
+        ..EnqueueRequest::new(args.kind, payload)
+    };
+    let mut then = Vec::with_capacity(args.then.len());
+    for step in &args.then {
+        let (kind, payload) = match step.split_once('=') {
+            Some((kind, json)) => (kind, read_payload(Some(json), "--then")?),
+            None => (step.as_str(), serde_json::json!({})),
+        };
+        then.push(EnqueueRequest::new(kind, payload));
+    }
+    let done = match service(settings, broker)?.submit(first, then).await {
+        Ok(done) => done,
+        Err(SubmitError::Field(e)) if e.field.starts_with("then") => {
+            return Err(CliError::Usage(format!("--then {}: {}", e.field, e.message)).into());
+        }
+        Err(SubmitError::Field(e)) => {
+            return Err(CliError::Usage(format!("{}: {}", flag_of(&e.field), e.message)).into());
+        }
+        Err(SubmitError::Broker(e)) => return Err(e).context("enqueueing"),
+    };
+    if !done.created {
+        eprint_line("a job with this unique key exists already; its id:");
+    }
+    if done.steps.is_empty() {
+        out::line(done.job.id)?;
+    }
+    for step in done.steps {
+        out::line(step.id)?;
+    }
+    Ok(())
+}
+
+/// The flag (or argument) a request field came from, for messages.
+fn flag_of(field: &str) -> String {
+    match field {
+        "kind" => "KIND".into(),
+        "payload" => "--payload".into(),
+        f if f.starts_with("payload.") => format!("--payload ({f})"),
+        f => format!("--{}", f.replace('_', "-")),
+    }
+}

@@ -1,0 +1,291 @@
+//! The inspection commands: `queues`, `jobs`, `job`, `retry` and `cancel`. They talk to the
+//! broker directly (lookups through `crate::service`), so they work on a worker node with no
+//! API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Result, bail};
+use hopper_workers::broker::JobFilter;
+use hopper_workers::job::JobId;
+use hopper_workers::{Broker, BrokerError};
+use serde_json::Value;
+
+use super::{CliError, Command};
+use crate::config::Settings;
+use crate::service::Service;
+use crate::view::{self, JobPageView, JobView, JobWithHistory};
+use crate::{app, out};
+
+/// Runs one inspection command.
+pub(super) async fn run(
+    command: Command,
+    settings: &Settings,
+    broker: Arc<dyn Broker>,
+) -> Result<()> {
+    match command {
+        Command::Enqueue(args) => super::enqueue::run(args, settings, broker).await,
+        Command::Queues { json } => {
+            let stats = view::merge_configured_queues(broker.queues().await?, &settings.config);
+            if json {
+                return Ok(out::json(&stats)?);
+            }
+            let rows: Vec<Vec<String>> = stats
+                .iter()
+                .map(|q| {
+                    let c = &q.counts;
+                    let mut row = vec![q.queue.clone()];
+                    row.extend(
+                        [
+                            c.queued,
+                            c.scheduled,
+                            c.running,
+                            c.retrying,
+                            c.dead,
+                            c.succeeded,
+                        ]
+                        .map(|n| n.to_string()),
+                    );
+                    row.push(if q.paused { "yes" } else { "" }.to_owned());
+                    row
+                })
+                .collect();
+            Ok(out::table(
+                &[
+                    "queue",
+                    ">queued",
+                    ">scheduled",
+                    ">running",
+                    ">retrying",
+                    ">dead",
+                    ">succeeded",
+                    "paused",
+                ],
+                &rows,
+            )?)
+        }
+        Command::Jobs {
+            queue,
+            state,
+            kind,
+            limit,
+            cursor,
+            json,
+        } => {
+            let page = broker
+                .list(&JobFilter {
+                    queue,
+                    state,
+                    kind,
+                    limit,
+                    cursor,
+                })
+                .await?;
+            if json {
+                return Ok(out::json(&JobPageView {
+                    jobs: page.jobs.iter().map(JobView::from).collect(),
+                    next_cursor: page.next_cursor,
+                })?);
+            }
+            let rows: Vec<Vec<String>> = page
+                .jobs
+                .iter()
+                .map(|j| {
+                    vec![
+                        j.id.to_string(),
+                        j.queue.clone(),
+                        j.kind.clone(),
+                        j.state.to_string(),
+                        j.priority.to_string(),
+                        j.attempt.to_string(),
+                        view::rfc3339(j.created_at),
+                    ]
+                })
+                .collect();
+            out::table(
+                &[
+                    "id", "queue", "kind", "state", ">prio", ">attempt", "created",
+                ],
+                &rows,
+            )?;
+            if let Some(c) = page.next_cursor {
+                out::line(format!("(more: --cursor {c})"))?;
+            }
+            Ok(())
+        }
+        Command::Job { id, json } => {
+            let id = JobId(id);
+            let found = service(settings, broker)?
+                .lookup(&id)
+                .await?
+                .ok_or_else(|| CliError::NotFound(format!("job {id} not found")))?;
+            let shown = JobWithHistory::from(&found);
+            if json {
+                return Ok(out::json(&shown)?);
+            }
+            print_job(&shown)
+        }
+        Command::Retry {
+            ids,
+            all_dead,
+            queue,
+        } => {
+            if all_dead {
+                let n = broker.retry_all_dead(queue.as_deref()).await?;
+                out::line(format!("{n} {} retried", plural(n)))?;
+                return Ok(());
+            }
+            let broker = &broker;
+            each(ids, "retried", |id| async move { broker.retry(&id).await }).await
+        }
+        Command::Cancel { ids } => {
+            let broker = &broker;
+            each(
+                ids,
+                "cancelled",
+                |id| async move { broker.cancel(&id).await },
+            )
+            .await
+        }
+        Command::Serve { .. }
+        | Command::Worker { .. }
+        | Command::Bench(_)
+        | Command::CheckConfig { .. } => Ok(()),
+    }
+}
+
+/// Applies `op` to every id, reports each failure on stderr, prints how many succeeded.
+/// Fails (exit 3 if every failure was a missing job, else 1) when any id failed.
+async fn each<F, Fut>(ids: Vec<String>, verb: &str, op: F) -> Result<()>
+where
+    F: Fn(JobId) -> Fut,
+    Fut: Future<Output = Result<hopper_workers::Job, BrokerError>>,
+{
+    let (mut done, mut missing, mut failed) = (0u64, 0u64, 0u64);
+    for id in ids {
+        match op(JobId(id.clone())).await {
+            Ok(_) => done += 1,
+            Err(BrokerError::NotFound(_)) => {
+                missing += 1;
+                eprint_line(&format!("job {id} not found"));
+            }
+            Err(e) => {
+                failed += 1;
+                eprint_line(&format!("{id}: {e}"));
+            }
+        }
+    }
+    out::line(format!("{done} {} {verb}", plural(done)))?;
+    match (missing, failed) {
+        (0, 0) => Ok(()),
+        (m, 0) => Err(CliError::NotFound(format!("{m} {} not found", plural(m))).into()),
+        (m, f) => bail!("{} {} not {verb}", m + f, plural(m + f)),
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 { "job" } else { "jobs" }
+}
+
+/// A message for the operator on stderr (results go to stdout).
+pub(super) fn eprint_line(msg: &str) {
+    use std::io::Write;
+    let _ = writeln!(std::io::stderr().lock(), "{msg}");
+}
+
+fn print_job(j: &JobWithHistory) -> Result<()> {
+    let v = &j.job;
+    let mut lines = vec![
+        ("id", v.id.to_string()),
+        ("kind", v.kind.clone()),
+        ("queue", v.queue.clone()),
+        ("state", v.state.to_string()),
+        ("priority", v.priority.to_string()),
+        (
+            "attempt",
+            format!("{} (max retries {})", v.attempt, v.max_retries),
+        ),
+        ("run at", v.run_at.clone()),
+        ("created", v.created_at.clone()),
+    ];
+    let mut opt = |k: &'static str, val: Option<String>| {
+        if let Some(val) = val {
+            lines.push((k, val));
+        }
+    };
+    opt("started", v.started_at.clone());
+    opt("finished", v.finished_at.clone());
+    opt(
+        "progress",
+        (v.progress > 0).then(|| match &v.progress_message {
+            Some(m) => format!("{}% {m}", v.progress),
+            None => format!("{}%", v.progress),
+        }),
+    );
+    opt(
+        "interruptions",
+        (v.interruptions > 0).then(|| v.interruptions.to_string()),
+    );
+    opt("unique key", v.unique_key.clone());
+    opt(
+        "timeout",
+        v.timeout_ms
+            .map(|ms| humantime::format_duration(Duration::from_millis(ms)).to_string()),
+    );
+    opt("last error", v.last_error.clone());
+    opt("result", v.result.as_ref().map(Value::to_string));
+    lines.push(("payload", v.payload.to_string()));
+    let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
+    for (k, val) in &lines {
+        out::line(format!("{k:<width$}  {val}"))?;
+    }
+    if !j.steps.is_empty() {
+        out::line("")?;
+        out::line("chain:")?;
+        for step in &j.steps {
+            let here = if step.id == v.id { "  <- this job" } else { "" };
+            out::line(format!(
+                "  {}. {}  {}  {}{here}",
+                step.index, step.kind, step.state, step.id
+            ))?;
+        }
+    }
+    out::line("")?;
+    out::line("history:")?;
+    let rows: Vec<Vec<String>> = j
+        .history
+        .iter()
+        .map(|e| {
+            let detail = [
+                e.progress.map(|p| format!("{p}%")),
+                e.message.clone(),
+                e.error.clone(),
+                e.result.as_ref().map(Value::to_string),
+            ]
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>()
+            .join(" ");
+            vec![
+                e.at.clone(),
+                e.kind_of_event.as_str().to_owned(),
+                e.attempt.to_string(),
+                detail,
+            ]
+        })
+        .collect();
+    out::table(&["at", "event", ">attempt", "detail"], &rows)?;
+    Ok(())
+}
+
+/// The service of a one-shot command: the broker the config names and every kind this build
+/// knows, so `hopper enqueue` accepts exactly what `POST /v1/jobs` accepts.
+pub(super) fn service(settings: &Settings, broker: Arc<dyn Broker>) -> Result<Service> {
+    let registry = Arc::new(app::build_registry(settings)?);
+    Ok(Service::new(
+        broker,
+        registry,
+        hopper_workers::clock::system(),
+        settings.config.retry.max_retries,
+    ))
+}

@@ -1,0 +1,253 @@
+//! The command line (DESIGN §7): flags, and what each command does.
+//!
+//! `serve` and `worker` hand over to `crate::app`; `bench` to `crate::bench`. The inspection
+//! commands (`enqueue`, `queues`, `jobs`, `job`, `retry`, `cancel`) talk to the broker
+//! directly, so they work on a worker node with no API. Results go to stdout (`crate::out`),
+//! logs and errors to stderr. Exit codes: 0 ok, 1 failure, 2 bad usage or bad config, 3 not
+//! found (`crate::exit`).
+//!
+//! - `enqueue`: `hopper enqueue`, through the same `crate::service` as `POST /v1/jobs`.
+//! - `inspect`: `queues`, `jobs`, `job`, `retry`, `cancel`.
+
+mod enqueue;
+mod inspect;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+use hopper_workers::clock;
+use hopper_workers::job::JobState;
+use tokio_util::sync::CancellationToken;
+
+use crate::bench::BenchArgs;
+use crate::config::{Config, Loaded};
+pub use crate::exit::{CliError, exit_code};
+use crate::{app, out, shutdown};
+
+/// Hopper: a durable job queue on SQLite or Redis.
+#[derive(Debug, Parser)]
+#[command(name = "hopper", version, about, propagate_version = true)]
+pub struct Cli {
+    /// Config file (default: ./config.toml, then /etc/hopper/config.toml, then built-in
+    /// defaults).
+    #[arg(long, global = true, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the HTTP API and the worker pool.
+    Serve {
+        /// Listen address, IP:PORT (overrides [server] listen).
+        #[arg(long, value_name = "ADDR")]
+        listen: Option<SocketAddr>,
+        /// Serve the API only; run no jobs in this process.
+        #[arg(long)]
+        no_workers: bool,
+    },
+    /// Run a worker node: the pool only, no API.
+    Worker {
+        /// Queues to take jobs from, comma-separated (overrides [worker] queues).
+        #[arg(long, value_delimiter = ',', value_name = "A,B")]
+        queues: Vec<String>,
+        /// Jobs run at once (overrides [worker] concurrency).
+        #[arg(long, value_name = "N")]
+        concurrency: Option<usize>,
+    },
+    /// Enqueue a job; prints its id.
+    Enqueue(EnqueueArgs),
+    /// Show queues with their job counts by state.
+    Queues {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List jobs, newest first.
+    Jobs {
+        #[arg(long, value_name = "Q")]
+        queue: Option<String>,
+        /// queued, scheduled, running, retrying, dead, succeeded, cancelled or waiting.
+        #[arg(long, value_name = "S", value_parser = parse_state)]
+        state: Option<JobState>,
+        #[arg(long, value_name = "K")]
+        kind: Option<String>,
+        #[arg(long, value_name = "N", default_value_t = 50)]
+        limit: usize,
+        /// Continue after a previous page (its next_cursor).
+        #[arg(long)]
+        cursor: Option<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show one job and its history.
+    Job {
+        id: String,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put dead or cancelled jobs back in their queue; prints how many.
+    Retry {
+        #[arg(required_unless_present = "all_dead", value_name = "ID")]
+        ids: Vec<String>,
+        /// Every dead job (of --queue, or of all queues).
+        #[arg(long, conflicts_with = "ids")]
+        all_dead: bool,
+        #[arg(long, requires = "all_dead", value_name = "Q")]
+        queue: Option<String>,
+    },
+    /// Cancel jobs that have not finished.
+    Cancel {
+        #[arg(required = true, value_name = "ID")]
+        ids: Vec<String>,
+    },
+    /// Check a config file (default: the one `--config` or the search path picks).
+    CheckConfig { path: Option<PathBuf> },
+    /// Measure throughput (drain) or pickup latency on a broker.
+    Bench(BenchArgs),
+}
+
+/// `hopper enqueue` flags.
+#[derive(Debug, clap::Args)]
+pub struct EnqueueArgs {
+    /// The job kind, e.g. sys.noop.
+    pub kind: String,
+    /// The payload: a JSON object, or @FILE to read it from a file.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub payload: Option<String>,
+    #[arg(long, value_name = "Q")]
+    pub queue: Option<String>,
+    /// 0 (most urgent) to 9; default 5.
+    #[arg(long, value_name = "P")]
+    pub priority: Option<u8>,
+    /// Run no earlier than this from now, e.g. 30s.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub delay: Option<Duration>,
+    #[arg(long, value_name = "N")]
+    pub max_retries: Option<u32>,
+    /// Per-attempt time limit, e.g. 5m.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub timeout: Option<Duration>,
+    /// At most one job with this key exists; a duplicate prints the first job's id.
+    #[arg(long, value_name = "KEY")]
+    pub unique_key: Option<String>,
+    /// A later step of a chain: KIND, or KIND=JSON, or KIND=@FILE. Repeat for more steps; each
+    /// runs when the one before succeeds, with its result as `input`. Prints every step's id.
+    #[arg(long, value_name = "KIND[=JSON|@FILE]")]
+    pub then: Vec<String>,
+}
+
+impl Command {
+    /// The log level when `RUST_LOG` is unset: daemons say what they do, one-shot commands
+    /// keep stderr for problems.
+    pub fn default_log_level(&self) -> &'static str {
+        match self {
+            Command::Serve { .. } | Command::Worker { .. } | Command::Bench(_) => "info",
+            _ => "warn",
+        }
+    }
+}
+
+/// Runs the command.
+pub async fn run(cli: Cli) -> Result<()> {
+    if let Command::CheckConfig { path } = &cli.command {
+        return check_config(path.as_deref().or(cli.config.as_deref()));
+    }
+    let Loaded { mut config, path } = Config::load(cli.config.as_deref())?;
+    let origin = path.map_or_else(
+        || "(built-in defaults)".to_owned(),
+        |p| p.display().to_string(),
+    );
+    match cli.command {
+        Command::Serve { listen, no_workers } => {
+            if let Some(addr) = listen {
+                config.server.listen = addr.to_string();
+            }
+            let settings = config.check(&origin)?;
+            let addr = settings.listen;
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("cannot listen on {addr}"))?;
+            app::serve(settings, listener, on_signal(), no_workers).await
+        }
+        Command::Worker {
+            queues,
+            concurrency,
+        } => {
+            if !queues.is_empty() {
+                config.worker.queues = queues;
+            }
+            if let Some(n) = concurrency {
+                config.worker.concurrency = n;
+            }
+            app::worker(config.check(&origin)?, on_signal()).await
+        }
+        Command::Bench(args) => crate::bench::run(args, &config.check(&origin)?, on_signal()).await,
+        Command::CheckConfig { .. } => Ok(()),
+        command => {
+            let settings = config.check(&origin)?;
+            let broker = app::open_broker(&settings.config, clock::system()).await?;
+            inspect::run(command, &settings, broker).await
+        }
+    }
+}
+
+/// A token cancelled by the first Ctrl-C or SIGTERM. A second signal exits at once, for a
+/// drain that takes longer than the operator will wait.
+fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let t = token.clone();
+    // The process-level watcher: it lives as long as the process, so nothing awaits it.
+    tokio::spawn(async move {
+        shutdown::shutdown_signal().await;
+        tracing::info!("shutting down (again to exit at once)");
+        t.cancel();
+        shutdown::shutdown_signal().await;
+        tracing::warn!("second signal: exiting without waiting");
+        std::process::exit(130);
+    });
+    token
+}
+
+fn check_config(path: Option<&std::path::Path>) -> Result<()> {
+    let loaded = Config::load(path)?;
+    loaded.config.check(&loaded.origin())?;
+    out::line(format!("{}: ok", loaded.origin()))?;
+    Ok(())
+}
+
+fn parse_state(s: &str) -> Result<JobState, String> {
+    JobState::parse(s).ok_or_else(|| {
+        let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
+        format!("one of {}", names.join(", "))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use clap::CommandFactory;
+
+    use super::*;
+
+    #[test]
+    fn cli_is_well_formed() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn bad_usage_exits_2() {
+        let err = Cli::try_parse_from(["hopper", "retry"])
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        let err = Cli::try_parse_from(["hopper", "jobs", "--state", "sleeping"])
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+    }
+}

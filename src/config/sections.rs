@@ -1,0 +1,282 @@
+//! The sections of `config.toml`, one struct each, as the file spells them. Every field's doc
+//! states its default; `config.toml` at the repository's root lists them all (a test keeps
+//! the two in step).
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::duration_str;
+
+/// `[files]`: where job inputs and outputs live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Job inputs given as relative paths, and every output. Default `"data/files"`.
+    pub dir: PathBuf,
+    /// Where `email.send` writes `.eml` files when `[smtp] url` is empty. Default `"data/outbox"`.
+    pub outbox: PathBuf,
+    /// Largest download `image.resize` accepts, in bytes. Default 50 MiB.
+    pub max_download_bytes: u64,
+    /// Largest image (width x height) decoded. Default 100,000,000.
+    pub image_max_pixels: u64,
+}
+
+impl Default for FilesConfig {
+    fn default() -> Self {
+        let d = hopper_jobs::JobsConfig::default();
+        Self {
+            dir: d.files_dir,
+            outbox: d.outbox_dir,
+            max_download_bytes: d.max_download_bytes,
+            image_max_pixels: d.image_max_pixels,
+        }
+    }
+}
+
+/// `[smtp]`: the mail relay of `email.send`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SmtpSection {
+    /// `smtp://HOST:PORT` (STARTTLS when offered), `smtps://HOST:465` (TLS), with optional
+    /// `user:password@`. Default `""`: no relay, mail goes to `[files] outbox` as `.eml` files.
+    pub url: String,
+    /// The sender of every message. Default `""` (required when `url` is set).
+    pub from: String,
+}
+
+impl std::fmt::Debug for SmtpSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may carry a password.
+        f.debug_struct("SmtpSection")
+            .field("url", &if self.url.is_empty() { "" } else { "<set>" })
+            .field("from", &self.from)
+            .finish()
+    }
+}
+
+/// `[etl]`: named secrets and databases `etl.sync` payloads refer to (payloads never carry
+/// secrets).
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct EtlSection {
+    /// Bearer tokens by name: `source.token = "crm"` sends `tokens.crm`. Default none.
+    pub tokens: std::collections::BTreeMap<String, String>,
+    /// PostgreSQL URLs by name: `target.database = "warehouse"`. Default none.
+    pub databases: std::collections::BTreeMap<String, String>,
+}
+
+impl std::fmt::Debug for EtlSection {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtlSection")
+            .field("tokens", &self.tokens.keys().collect::<Vec<_>>())
+            .field("databases", &self.databases.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// `[http]`: outgoing HTTP of job kinds (image downloads, ETL pages).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Time limit of one request. Default `"30s"`.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            timeout: hopper_jobs::JobsConfig::default().http_timeout,
+        }
+    }
+}
+
+/// `[[schedule]]`: a job enqueued on every tick of a cron expression, once per tick however
+/// many `serve` and `worker` processes run.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ScheduleConfig {
+    /// Stable name, unique among schedules. Required.
+    pub name: String,
+    /// Cron expression with seconds: "sec min hour day-of-month month day-of-week". Required.
+    pub cron: String,
+    /// Job kind. Required.
+    pub kind: String,
+    /// Payload of each job. Default `{}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<toml::Table>,
+    /// Queue of each job. Default `"default"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Priority of each job. Default 5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+}
+
+/// `[server]`: the HTTP API.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServerConfig {
+    /// Address to listen on, `IP:PORT`. Default `"127.0.0.1:8080"`. A non-loopback address
+    /// needs `[auth] tokens`.
+    pub listen: String,
+    /// Largest accepted request body, in bytes. Default `1048576` (1 MiB).
+    pub body_limit: usize,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: "127.0.0.1:8080".into(),
+            body_limit: 1024 * 1024,
+        }
+    }
+}
+
+/// `[broker]`: where jobs are stored.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BrokerConfig {
+    /// `sqlite://PATH` or `redis://HOST:PORT/DB`. Default `"sqlite://data/hopper.db"`.
+    /// Overridden by `HOPPER_BROKER`.
+    pub url: String,
+    /// Prefix of every Redis key (unused by SQLite). Default `"hopper"`.
+    pub prefix: String,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            url: "sqlite://data/hopper.db".into(),
+            prefix: "hopper".into(),
+        }
+    }
+}
+
+/// `[worker]`: the worker pool of `serve` and `worker`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WorkerConfig {
+    /// Jobs run at once by this process. Default `16`.
+    pub concurrency: usize,
+    /// Queues this process fetches from. Default `["default"]`.
+    pub queues: Vec<String>,
+    /// How long a fetched job stays leased without a heartbeat. Default `"30s"`.
+    #[serde(with = "duration_str")]
+    pub lease: Duration,
+    /// How often leases of running jobs are extended; less than `lease`. Default `"10s"`.
+    #[serde(with = "duration_str")]
+    pub heartbeat: Duration,
+    /// On shutdown, how long running jobs may finish before they are cancelled and released.
+    /// Default `"25s"`.
+    #[serde(with = "duration_str")]
+    pub shutdown_grace: Duration,
+    /// Per-attempt time limit of jobs that set none. Default `"30m"`.
+    #[serde(with = "duration_str")]
+    pub job_timeout: Duration,
+    /// Register the diagnostic kinds `sys.noop`, `sys.sleep`, `sys.fail`. Default `true`.
+    pub diagnostics: bool,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            queues: vec!["default".into()],
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(25),
+            job_timeout: Duration::from_secs(30 * 60),
+            diagnostics: true,
+        }
+    }
+}
+
+/// `[[queue]]`: settings of one queue.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct QueueConfig {
+    /// The queue's name. Required.
+    pub name: String,
+    /// At most this many of its jobs run at once per process. Default: no limit of its own.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub concurrency: Option<usize>,
+    /// A paused queue accepts jobs but runs none. Default `false`.
+    pub paused: bool,
+}
+
+/// `[retry]`: what happens after a failed attempt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Retries of a job that does not say. Default `3`.
+    pub max_retries: u32,
+    /// Bound of the first retry's wait; doubles per attempt (full jitter). Default `"1s"`.
+    #[serde(with = "duration_str")]
+    pub backoff_base: Duration,
+    /// No retry waits longer. Default `"1h"`.
+    #[serde(with = "duration_str")]
+    pub backoff_max: Duration,
+    /// A job whose worker died this many times in a row goes to `dead`. Default `3`.
+    pub max_interruptions: u32,
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_retries: 3,
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(3600),
+            max_interruptions: 3,
+        }
+    }
+}
+
+/// `[auth]`: who may call the API.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AuthConfig {
+    /// Bearer tokens accepted on `/v1`. Default `[]`: no auth, and the server then only
+    /// listens on loopback. Overridden by `HOPPER_TOKENS` (comma-separated).
+    pub tokens: Vec<String>,
+}
+
+// Tokens are secrets: keep them out of logs and panics.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthConfig")
+            .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .finish()
+    }
+}
+
+/// `[retention]`: how long finished jobs and events are kept.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RetentionConfig {
+    /// Succeeded jobs are deleted this long after they finish. Default `"7d"`.
+    #[serde(with = "duration_str")]
+    pub succeeded: Duration,
+    /// Dead and cancelled jobs are deleted this long after they finished. Default `"30d"`.
+    #[serde(with = "duration_str")]
+    pub dead: Duration,
+    /// The event log keeps this many newest events. Default `100000`.
+    pub events: u64,
+    /// When the retention job (`cleanup.purge {"records": true}` on queue
+    /// `hopper.maintenance`) runs: cron with seconds. Default `"0 * * * * *"` (every minute).
+    pub cron: String,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        Self {
+            succeeded: Duration::from_secs(7 * 86_400),
+            dead: Duration::from_secs(30 * 86_400),
+            events: 100_000,
+            cron: "0 * * * * *".to_owned(),
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The one check of a config: [`Config::settings`] walks every section, reports every
+//! problem at once (each starting with the key it is about), and returns [`Settings`]: the
+//! values the rest of the shell needs, parsed here and nowhere else.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use hopper_workers::job::valid_name;
+use hopper_workers::pool::{PoolConfig, QueueSpec};
+use hopper_workers::retry::RetryPolicy;
+use hopper_workers::schedule::{self, Schedule};
+
+use super::{Config, ConfigError, MAINTENANCE_QUEUE, QueueConfig, ScheduleConfig};
+
+/// A checked config and what was parsed from it.
+#[derive(Clone, Debug)]
+pub struct Settings {
+    /// The config as written (after environment overrides).
+    pub config: Config,
+    /// `[server] listen`.
+    pub listen: SocketAddr,
+    /// The pool's settings: `[worker]`, `[[queue]]` and `[retry]`.
+    pub pool: PoolConfig,
+    /// The `[[schedule]]` entries.
+    pub schedules: Vec<Schedule>,
+    /// The built-in retention schedule (`[retention] cron`).
+    pub retention: Schedule,
+    /// The job kinds' settings: `[files]`, `[smtp]`, `[etl]`, `[http]`.
+    pub jobs: hopper_jobs::JobsConfig,
+}
+
+impl Config {
+    /// Checks the whole config once and returns what later code needs; on failure, every
+    /// problem, each starting with the key it is about.
+    pub fn settings(&self) -> Result<Settings, Vec<String>> {
+        let mut p = Vec::new();
+        let listen = self.check_server(&mut p);
+        self.check_broker(&mut p);
+        self.check_worker(&mut p);
+        let jobs = self.jobs_config();
+        if !self.smtp.url.is_empty() && self.smtp.from.is_empty() {
+            p.push("smtp.from: is required when smtp.url is set".into());
+        }
+        if let Err(e) = jobs.validate() {
+            p.push(e.to_string());
+        }
+        let retention = Schedule::new(self.retention_schedule())
+            .map_err(|e| p.push(format!("retention.cron: {}", e.message)))
+            .ok();
+        let schedules = self.check_schedules(&mut p);
+        self.check_queues(&mut p);
+        self.check_retry(&mut p);
+        for (i, t) in self.auth.tokens.iter().enumerate() {
+            if t.is_empty() || t.chars().any(|c| c.is_whitespace() || c.is_control()) {
+                p.push(format!(
+                    "auth.tokens[{i}]: must be non-empty, without spaces or control characters"
+                ));
+            }
+        }
+        if self.retention.events == 0 {
+            p.push("retention.events: must be at least 1".into());
+        }
+        match (listen, retention) {
+            (Some(listen), Some(retention)) if p.is_empty() => Ok(Settings {
+                config: self.clone(),
+                listen,
+                pool: self.pool_config(),
+                schedules,
+                retention,
+                jobs,
+            }),
+            _ => Err(p),
+        }
+    }
+
+    /// [`Config::settings`], the problems only.
+    pub fn validate(&self) -> Result<(), Vec<String>> {
+        self.settings().map(drop)
+    }
+
+    /// [`Config::settings`], its problems as a [`ConfigError`] labelled with where the config
+    /// came from.
+    pub fn check(&self, origin: &str) -> Result<Settings, ConfigError> {
+        self.settings().map_err(|problems| ConfigError::Invalid {
+            origin: origin.to_owned(),
+            problems,
+        })
+    }
+
+    fn check_server(&self, p: &mut Vec<String>) -> Option<SocketAddr> {
+        if self.server.body_limit == 0 {
+            p.push("server.body_limit: must be greater than 0".into());
+        }
+        match self.server.listen.parse::<SocketAddr>() {
+            Err(_) => {
+                p.push(format!(
+                    "server.listen: {:?} is not IP:PORT (e.g. \"127.0.0.1:8080\")",
+                    self.server.listen
+                ));
+                None
+            }
+            Ok(addr) if !addr.ip().is_loopback() && self.auth.tokens.is_empty() => {
+                p.push(format!(
+                    "server.listen: {addr} is not a loopback address and [auth] tokens is \
+                     empty; set tokens (or HOPPER_TOKENS) before exposing the API"
+                ));
+                None
+            }
+            Ok(addr) => Some(addr),
+        }
+    }
+
+    fn check_broker(&self, p: &mut Vec<String>) {
+        let url = &self.broker.url;
+        if let Some(path) = url.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                p.push("broker.url: sqlite:// needs a path, e.g. sqlite://data/hopper.db".into());
+            }
+        } else if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+            p.push(format!(
+                "broker.url: {url:?} is not sqlite://PATH or redis://HOST:PORT/DB"
+            ));
+        }
+        if !valid_name(&self.broker.prefix) {
+            p.push(format!(
+                "broker.prefix: {:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                self.broker.prefix
+            ));
+        }
+    }
+
+    fn check_worker(&self, p: &mut Vec<String>) {
+        let w = &self.worker;
+        if w.concurrency == 0 {
+            p.push("worker.concurrency: must be at least 1".into());
+        }
+        if w.queues.is_empty() {
+            p.push("worker.queues: must name at least one queue".into());
+        }
+        let mut seen = HashSet::new();
+        for q in &w.queues {
+            if !valid_name(q) {
+                p.push(format!(
+                    "worker.queues: {q:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
+                ));
+            } else if !seen.insert(q.as_str()) {
+                p.push(format!("worker.queues: {q:?} is listed twice"));
+            }
+        }
+        if w.lease < Duration::from_secs(1) {
+            p.push("worker.lease: must be at least 1s".into());
+        }
+        if w.heartbeat.is_zero() {
+            p.push("worker.heartbeat: must be greater than 0".into());
+        } else if w.heartbeat >= w.lease {
+            p.push(format!(
+                "worker.heartbeat: {} must be shorter than worker.lease ({})",
+                humantime::format_duration(w.heartbeat),
+                humantime::format_duration(w.lease)
+            ));
+        }
+        if w.job_timeout.is_zero() {
+            p.push("worker.job_timeout: must be greater than 0".into());
+        }
+    }
+
+    fn check_schedules(&self, p: &mut Vec<String>) -> Vec<Schedule> {
+        let mut schedules = Vec::new();
+        let mut seen = HashSet::new();
+        for (i, sc) in self.schedules.iter().enumerate() {
+            if sc.name.is_empty() {
+                p.push(format!("schedule[{i}].name: is required"));
+            } else if !seen.insert(sc.name.as_str()) {
+                p.push(format!(
+                    "schedule[{i}].name: {:?} is declared twice",
+                    sc.name
+                ));
+            }
+            if sc.kind.is_empty() {
+                p.push(format!("schedule[{i}].kind: is required"));
+            }
+            match Schedule::new(self.schedule_spec(sc)) {
+                Ok(s) => schedules.push(s),
+                Err(e) => p.push(format!("schedule[{i}].cron: {}", e.message)),
+            }
+            if let Some(q) = &sc.queue
+                && !valid_name(q)
+            {
+                p.push(format!(
+                    "schedule[{i}].queue: {q:?} is not a valid queue name"
+                ));
+            }
+            if sc.priority.is_some_and(|pr| pr > 9) {
+                p.push(format!("schedule[{i}].priority: must be 0 to 9"));
+            }
+        }
+        schedules
+    }
+
+    fn check_queues(&self, p: &mut Vec<String>) {
+        let mut seen = HashSet::new();
+        for (i, q) in self.queues.iter().enumerate() {
+            if !valid_name(&q.name) {
+                p.push(format!(
+                    "queue[{i}].name: {:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
+                    q.name
+                ));
+            } else if !seen.insert(q.name.as_str()) {
+                p.push(format!("queue[{i}].name: {:?} is declared twice", q.name));
+            }
+            if q.concurrency == Some(0) {
+                p.push(format!("queue[{i}].concurrency: must be at least 1"));
+            }
+        }
+    }
+
+    fn check_retry(&self, p: &mut Vec<String>) {
+        let r = &self.retry;
+        if r.max_retries > 1000 {
+            p.push("retry.max_retries: must be at most 1000".into());
+        }
+        if r.backoff_base > r.backoff_max {
+            p.push(format!(
+                "retry.backoff_base: {} is longer than retry.backoff_max ({})",
+                humantime::format_duration(r.backoff_base),
+                humantime::format_duration(r.backoff_max)
+            ));
+        }
+        if r.max_interruptions == 0 {
+            p.push("retry.max_interruptions: must be at least 1".into());
+        }
+    }
+
+    /// The job kinds' settings (`[files]`, `[smtp]`, `[etl]`, `[http]`).
+    fn jobs_config(&self) -> hopper_jobs::JobsConfig {
+        hopper_jobs::JobsConfig {
+            files_dir: self.files.dir.clone(),
+            outbox_dir: self.files.outbox.clone(),
+            smtp: (!self.smtp.url.is_empty()).then(|| hopper_jobs::SmtpConfig {
+                url: self.smtp.url.clone(),
+                from: self.smtp.from.clone(),
+            }),
+            etl: hopper_jobs::EtlConfig {
+                tokens: self.etl.tokens.clone(),
+                databases: self.etl.databases.clone(),
+            },
+            http_timeout: self.http.timeout,
+            max_download_bytes: self.files.max_download_bytes,
+            image_max_pixels: self.files.image_max_pixels,
+        }
+    }
+
+    /// The built-in retention schedule: `cleanup.purge {"records": true}` on the maintenance
+    /// queue, per `[retention] cron`.
+    fn retention_schedule(&self) -> schedule::ScheduleSpec {
+        schedule::ScheduleSpec {
+            name: "hopper.retention".to_owned(),
+            cron: self.retention.cron.clone(),
+            kind: "cleanup.purge".to_owned(),
+            payload: serde_json::json!({ "records": true }),
+            queue: MAINTENANCE_QUEUE.to_owned(),
+            priority: hopper_workers::job::MAX_PRIORITY,
+            max_retries: self.retry.max_retries,
+        }
+    }
+
+    /// The engine's definition of a `[[schedule]]` entry.
+    fn schedule_spec(&self, sc: &ScheduleConfig) -> schedule::ScheduleSpec {
+        schedule::ScheduleSpec {
+            name: sc.name.clone(),
+            cron: sc.cron.clone(),
+            kind: sc.kind.clone(),
+            payload: sc
+                .payload
+                .as_ref()
+                .and_then(|t| serde_json::to_value(t).ok())
+                .unwrap_or_else(|| serde_json::json!({})),
+            queue: sc
+                .queue
+                .clone()
+                .unwrap_or_else(|| hopper_workers::job::DEFAULT_QUEUE.to_owned()),
+            priority: sc.priority.unwrap_or(hopper_workers::job::DEFAULT_PRIORITY),
+            max_retries: self.retry.max_retries,
+        }
+    }
+
+    /// The retry policy of the pool.
+    fn retry_policy(&self) -> RetryPolicy {
+        RetryPolicy {
+            base: self.retry.backoff_base,
+            max: self.retry.backoff_max,
+            jitter: true,
+        }
+    }
+
+    /// The pool's settings: `[worker]`, the `[[queue]]` entries of the queues it serves, and
+    /// `[retry]`.
+    fn pool_config(&self) -> PoolConfig {
+        let queues = self
+            .worker
+            .queues
+            .iter()
+            .map(|name| {
+                let q = self.queue(name);
+                QueueSpec {
+                    name: name.clone(),
+                    concurrency: q.and_then(|q| q.concurrency),
+                    paused: q.is_some_and(|q| q.paused),
+                }
+            })
+            // Last, so that real work is fetched first; one slot at most.
+            .chain(std::iter::once(QueueSpec {
+                name: MAINTENANCE_QUEUE.to_owned(),
+                concurrency: Some(1),
+                paused: false,
+            }))
+            .collect();
+        PoolConfig {
+            concurrency: self.worker.concurrency,
+            queues,
+            lease: self.worker.lease,
+            heartbeat: self.worker.heartbeat,
+            shutdown_grace: self.worker.shutdown_grace,
+            job_timeout: self.worker.job_timeout,
+            retry: self.retry_policy(),
+            max_interruptions: self.retry.max_interruptions,
+            ..PoolConfig::default()
+        }
+    }
+
+    /// The `[[queue]]` entry of `name`, if declared.
+    pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
+        self.queues.iter().find(|q| q.name == name)
+    }
+}

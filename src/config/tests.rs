@@ -1,0 +1,154 @@
+//! Tests of the config: the committed file, parsing, the one check, overrides.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::time::Duration;
+
+use super::*;
+
+const COMMITTED: &str = include_str!("../../config.toml");
+
+#[test]
+fn committed_config_is_the_default() {
+    let parsed = Config::from_toml(COMMITTED, Path::new("config.toml")).unwrap();
+    assert_eq!(parsed, Config::default());
+    assert!(Config::default().validate().is_ok());
+}
+
+#[test]
+fn committed_config_lists_every_key() {
+    // Every key the defaults serialize to appears in the committed file, so a new field
+    // cannot be added without documenting it there.
+    let defaults = toml::Table::try_from(Config::default()).unwrap();
+    for (section, table) in &defaults {
+        let Some(table) = table.as_table() else {
+            continue;
+        };
+        assert!(
+            COMMITTED.contains(&format!("[{section}]")),
+            "config.toml lacks [{section}]"
+        );
+        for key in table.keys() {
+            assert!(
+                COMMITTED
+                    .lines()
+                    .any(|l| l.trim_start().starts_with(&format!("{key} ="))),
+                "config.toml lacks {section}.{key}"
+            );
+        }
+    }
+    for key in ["[[queue]]", "name =", "concurrency =", "paused ="] {
+        assert!(COMMITTED.contains(key), "config.toml lacks {key}");
+    }
+}
+
+#[test]
+fn unknown_key_is_named_with_the_file() {
+    let err = Config::from_toml(
+        "[worker]\nconcurency = 4\n",
+        Path::new("/etc/hopper/config.toml"),
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(err.contains("/etc/hopper/config.toml"), "{err}");
+    assert!(err.contains("concurency"), "{err}");
+
+    let err = Config::from_toml("[sever]\n", Path::new("c.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("sever"), "{err}");
+}
+
+#[test]
+fn durations_parse_and_bad_ones_are_named() {
+    let c = Config::from_toml(
+        "[worker]\nlease = \"2m\"\nheartbeat = \"500ms\"\n[retention]\ndead = \"1d\"\n",
+        Path::new("c.toml"),
+    )
+    .unwrap();
+    assert_eq!(c.worker.lease, Duration::from_secs(120));
+    assert_eq!(c.worker.heartbeat, Duration::from_millis(500));
+    assert_eq!(c.retention.dead, Duration::from_secs(86_400));
+
+    let err = Config::from_toml("[worker]\nlease = \"soon\"\n", Path::new("c.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("lease") && err.contains("soon"), "{err}");
+}
+
+#[test]
+fn validate_reports_every_problem() {
+    let mut c = Config::default();
+    c.worker.concurrency = 0;
+    c.worker.heartbeat = Duration::from_secs(60);
+    c.server.listen = "nowhere".into();
+    c.broker.url = "postgres://x".into();
+    c.queues.push(QueueConfig {
+        name: "a b".into(),
+        concurrency: Some(0),
+        paused: false,
+    });
+    let problems = c.validate().unwrap_err();
+    for key in [
+        "worker.concurrency",
+        "worker.heartbeat",
+        "server.listen",
+        "broker.url",
+        "queue[0].name",
+        "queue[0].concurrency",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(key)),
+            "{key} missing from {problems:#?}"
+        );
+    }
+    assert_eq!(problems.len(), 6, "{problems:#?}");
+}
+
+#[test]
+fn public_listen_needs_tokens() {
+    let mut c = Config::default();
+    c.server.listen = "0.0.0.0:8080".into();
+    let problems = c.validate().unwrap_err();
+    assert!(problems[0].contains("tokens"), "{problems:?}");
+    c.auth.tokens = vec!["s3cret".into()];
+    assert!(c.validate().is_ok());
+}
+
+#[test]
+fn env_overrides_are_typed() {
+    let mut c = Config::default();
+    c.apply_env(|k| match k {
+        ENV_BROKER => Some("redis://127.0.0.1:6379/0".into()),
+        ENV_TOKENS => Some("a, b,,c".into()),
+        _ => None,
+    });
+    assert_eq!(c.broker.url, "redis://127.0.0.1:6379/0");
+    assert_eq!(c.auth.tokens, vec!["a", "b", "c"]);
+}
+
+#[test]
+fn pool_config_maps_queues() {
+    let c = Config::from_toml(
+        "[worker]\nqueues = [\"a\", \"b\"]\nconcurrency = 4\n\
+         [[queue]]\nname = \"b\"\nconcurrency = 2\npaused = true\n",
+        Path::new("c.toml"),
+    )
+    .unwrap();
+    let pc = c.settings().unwrap().pool;
+    assert_eq!(pc.concurrency, 4);
+    assert_eq!(pc.queues.len(), 3, "a, b and the maintenance queue");
+    assert_eq!(pc.queues[2].name, MAINTENANCE_QUEUE);
+    assert_eq!(pc.queues[0].concurrency, None);
+    assert_eq!(pc.queues[1].concurrency, Some(2));
+    assert!(pc.queues[1].paused);
+    assert_eq!(pc.retry.base, Duration::from_secs(1));
+}
+
+#[test]
+fn tokens_are_not_debug_printed() {
+    let mut c = Config::default();
+    c.auth.tokens = vec!["hunter2".into()];
+    assert!(!format!("{c:?}").contains("hunter2"));
+}

@@ -1,0 +1,59 @@
+//! Exit codes of the `hopper` command: 0 ok, 1 failure, 2 bad usage or bad config, 3 not
+//! found. Every command (the CLI's and `hopper bench`) reports through these, so the codes are
+//! the same wherever an error comes from.
+
+use hopper_workers::BrokerError;
+
+use crate::config::ConfigError;
+
+/// Failures with their own exit code.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// Exit 2.
+    #[error("{0}")]
+    Usage(String),
+    /// Exit 3.
+    #[error("{0}")]
+    NotFound(String),
+}
+
+/// The exit code for an error: 2 for bad usage or config, 3 for not found, else 1.
+pub fn exit_code(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if cause.is::<ConfigError>() {
+            return 2;
+        }
+        if let Some(e) = cause.downcast_ref::<CliError>() {
+            return match e {
+                CliError::Usage(_) => 2,
+                CliError::NotFound(_) => 3,
+            };
+        }
+        if let Some(BrokerError::NotFound(_)) = cause.downcast_ref::<BrokerError>() {
+            return 3;
+        }
+    }
+    1
+}
+
+#[cfg(test)]
+mod tests {
+    use hopper_workers::job::JobId;
+
+    use super::*;
+
+    #[test]
+    fn exit_codes_follow_the_error() {
+        let nf: anyhow::Error = CliError::NotFound("x".into()).into();
+        assert_eq!(exit_code(&nf), 3);
+        let nf: anyhow::Error = BrokerError::NotFound(JobId("x".into())).into();
+        assert_eq!(exit_code(&nf.context("getting the job")), 3);
+        let cfg: anyhow::Error = ConfigError::Invalid {
+            origin: "c.toml".into(),
+            problems: vec![],
+        }
+        .into();
+        assert_eq!(exit_code(&cfg), 2);
+        assert_eq!(exit_code(&anyhow::anyhow!("boom")), 1);
+    }
+}

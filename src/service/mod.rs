@@ -1,0 +1,157 @@
+//! The job operations both front doors offer: the HTTP API (`crate::api`) and the CLI
+//! (`crate::cli`) call the same [`Service`], so they accept, refuse and answer the same things.
+//!
+//! - [`submit`]: where a new job (or chain) is checked: an [`EnqueueRequest`] becomes a
+//!   [`NewJob`](hopper_workers::NewJob) here and nowhere else.
+//! - [`Service::submit`] stores a job or a chain; [`Service::lookup`] reads one back with its
+//!   history and the steps of its chain.
+//!
+//! This module knows no HTTP and no terminal: it speaks the engine's types and
+//! [`FieldError`]s, and each front door renders them its own way.
+
+pub mod submit;
+
+use std::sync::Arc;
+
+use hopper_workers::clock::Clock;
+use hopper_workers::event::Event;
+use hopper_workers::job::{Job, JobId, link_chain};
+use hopper_workers::{Broker, BrokerError, Registry};
+
+pub use submit::{EnqueueRequest, FieldError};
+
+/// Most steps after the first in one chain.
+pub const MAX_CHAIN_STEPS: usize = 31;
+
+/// Submit and lookup over one broker and one registry of kinds. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Service {
+    broker: Arc<dyn Broker>,
+    registry: Arc<Registry>,
+    clock: Arc<dyn Clock>,
+    /// `[retry] max_retries`, for requests that do not say.
+    default_max_retries: u32,
+}
+
+/// What [`Service::submit`] stored (or found, for a taken `unique_key`).
+#[derive(Clone, Debug)]
+pub struct Submitted {
+    /// False when the first step's `unique_key` was taken: nothing was created, and `job` is
+    /// the existing job.
+    pub created: bool,
+    /// The job, or the first step of the chain.
+    pub job: Job,
+    /// Every step of the chain in order, the first included; empty for a single job.
+    pub steps: Vec<Job>,
+}
+
+/// A job with what happened to it and, when it is a step of a chain, every step.
+#[derive(Clone, Debug)]
+pub struct JobDetail {
+    pub job: Job,
+    pub history: Vec<Event>,
+    pub steps: Vec<Job>,
+}
+
+/// Why a submission was not stored.
+#[derive(Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// The request is wrong; nothing was stored.
+    #[error(transparent)]
+    Field(#[from] FieldError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+impl Service {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        registry: Arc<Registry>,
+        clock: Arc<dyn Clock>,
+        default_max_retries: u32,
+    ) -> Self {
+        Self {
+            broker,
+            registry,
+            clock,
+            default_max_retries,
+        }
+    }
+
+    /// The broker underneath, for the operations that need no checking (list, cancel, retry).
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// The kinds this process accepts.
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    /// Checks and stores a job, or a chain when `then` is not empty (the steps run in order on
+    /// the first step's queue, each receiving the previous result as `input`), all or none.
+    /// A step's refusals name it: `then[0].kind`.
+    pub async fn submit(
+        &self,
+        first: EnqueueRequest,
+        then: Vec<EnqueueRequest>,
+    ) -> Result<Submitted, SubmitError> {
+        if then.len() > MAX_CHAIN_STEPS {
+            return Err(FieldError::invalid(
+                "then",
+                format!("a chain has at most {MAX_CHAIN_STEPS} steps after the first"),
+            )
+            .into());
+        }
+        let now = self.clock.now_ms();
+        let first = submit::prepare(first, &self.registry, self.default_max_retries, now)?;
+        let mut steps = vec![first];
+        for (i, step) in then.into_iter().enumerate() {
+            steps.push(submit::prepare_step(
+                step,
+                &format!("then[{i}]"),
+                &steps[0].queue,
+                &self.registry,
+                self.default_max_retries,
+                now,
+            )?);
+        }
+        let chained = steps.len() > 1;
+        let done = self.broker.enqueue(link_chain(steps)).await?;
+        let first = done.first().ok_or_else(|| {
+            BrokerError::Backend("the broker answered an enqueue with nothing".into())
+        })?;
+        let job = self
+            .broker
+            .get(&first.id)
+            .await?
+            .ok_or_else(|| BrokerError::NotFound(first.id.clone()))?;
+        let steps = if chained {
+            self.broker.chain(&first.id).await?
+        } else {
+            Vec::new()
+        };
+        Ok(Submitted {
+            created: first.created,
+            job,
+            steps,
+        })
+    }
+
+    /// A job, its history and its chain's steps; `None` when no job has this id.
+    pub async fn lookup(&self, id: &JobId) -> Result<Option<JobDetail>, BrokerError> {
+        let Some(job) = self.broker.get(id).await? else {
+            return Ok(None);
+        };
+        let history = self.broker.history(id).await?;
+        let steps = match &job.chain {
+            Some(link) => self.broker.chain(&link.id).await?,
+            None => Vec::new(),
+        };
+        Ok(Some(JobDetail {
+            job,
+            history,
+            steps,
+        }))
+    }
+}
