@@ -1,0 +1,128 @@
+//! One attempt: finds the handler, runs it under its timeout with panics caught, and turns
+//! what it returned into the [`Outcome`] the broker records (retry policy included).
+
+use super::*;
+
+/// Runs one attempt and decides its outcome. `None` when there is nothing to write (the job
+/// was cancelled or its lease lost meanwhile).
+pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
+    let token = CancellationToken::new();
+    let reason = Arc::new(AtomicU8::new(StopReason::None as u8));
+    let lease = job.lease();
+    shared.handle.insert(Running {
+        lease: lease.clone(),
+        token: token.clone(),
+        reason: reason.clone(),
+        finishing: false,
+    });
+    let job = Arc::new(job);
+    let result = execute(shared, job.clone(), token).await;
+    // Until the acknowledger has written the outcome, the lease stays heartbeated.
+    shared.handle.finishing(&lease);
+
+    let now = shared.clock.now_ms();
+    let outcome = match result {
+        Execution::Stopped => match StopReason::from_u8(reason.load(Ordering::SeqCst)) {
+            StopReason::Shutdown => Outcome::Released {
+                reason: "worker shutting down".into(),
+            },
+            // Cancelled: the broker already says so. Lease lost: another attempt owns it.
+            StopReason::Cancelled | StopReason::LeaseLost | StopReason::None => {
+                debug!(job = %job.id, "attempt stopped");
+                shared.handle.remove(&lease);
+                return None;
+            }
+        },
+        Execution::Done(Ok(result)) => Outcome::Succeeded { result },
+        Execution::Done(Err(JobError::Permanent { message })) => Outcome::Dead { error: message },
+        Execution::Done(Err(JobError::Snooze(d))) => Outcome::Snooze {
+            at: now.saturating_add(millis(d)),
+        },
+        Execution::Done(Err(JobError::Retryable {
+            message,
+            retry_after,
+        })) => failed(shared, &job, now, message, retry_after),
+    };
+    Some(Finish { lease, outcome })
+}
+
+/// A failed attempt: retry after the backoff while retries are left, else dead.
+pub(super) fn failed(
+    shared: &Shared,
+    job: &Job,
+    now: Millis,
+    error: String,
+    retry_after: Option<Duration>,
+) -> Outcome {
+    if job.attempt > job.max_retries {
+        return Outcome::Dead { error };
+    }
+    let wait = retry_after.unwrap_or_else(|| shared.config.retry.delay(job.attempt));
+    Outcome::Retry {
+        at: now.saturating_add(millis(wait)),
+        error,
+    }
+}
+
+pub(super) fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
+/// How long a job of a kind this worker does not know waits before it is offered again.
+pub(super) const NO_HANDLER_SNOOZE: Duration = Duration::from_secs(5);
+
+/// How running a handler ended.
+pub(super) enum Execution {
+    Done(Result<Value, JobError>),
+    /// Told to stop (cancel, lost lease, hard shutdown) before it finished.
+    Stopped,
+}
+
+/// Runs the handler under its timeout, catching panics, until it returns or is told to stop.
+pub(super) async fn execute(shared: &Shared, job: Arc<Job>, token: CancellationToken) -> Execution {
+    let Some(handler) = shared.registry.get(&job.kind).cloned() else {
+        // Another node may know the kind (a rolling deploy, a feature left out here): give
+        // the job back for later without spending one of its attempts.
+        warn!(job = %job.id, kind = %job.kind, "no handler for this kind here; snoozing the job");
+        return Execution::Done(Err(JobError::snooze(NO_HANDLER_SNOOZE)));
+    };
+    let timeout = job
+        .timeout_ms
+        .map(Duration::from_millis)
+        .or_else(|| handler.timeout())
+        .unwrap_or(shared.config.job_timeout);
+    let cx = JobContext::new(job, token.clone(), Some(shared.progress_tx.clone()));
+    let run = AssertUnwindSafe(handler.run(cx)).catch_unwind();
+    tokio::select! {
+        // A handler that honours the token returns promptly by itself; one that does not is
+        // dropped here, which ends it at its next await point.
+        () = token.cancelled() => Execution::Stopped,
+        r = tokio::time::timeout(timeout, run) => match r {
+            Err(_) => Execution::Done(Err(JobError::retryable(format!(
+                "timed out after {}",
+                humantime::format_duration(timeout)
+            )))),
+            Ok(Err(panic)) => Execution::Done(Err(JobError::retryable(format!(
+                "handler panicked: {}",
+                panic_message(panic.as_ref())
+            )))),
+            Ok(Ok(result)) => {
+                if token.is_cancelled() {
+                    Execution::Stopped
+                } else {
+                    Execution::Done(result)
+                }
+            }
+        },
+    }
+}
+
+pub(super) fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
+    if let Some(s) = panic.downcast_ref::<&str>() {
+        (*s).to_owned()
+    } else if let Some(s) = panic.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "unknown panic".to_owned()
+    }
+}

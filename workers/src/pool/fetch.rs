@@ -1,0 +1,158 @@
+//! The fetch loop: asks the broker for no more jobs than there are free slots (per queue too),
+//! blocks in `wait_for_work` when there is nothing to do, and starts each job in its own task.
+
+use super::*;
+
+/// Fetches and starts jobs until `shutdown` fires.
+pub(super) async fn fetch_loop(
+    broker: &Arc<dyn Broker>,
+    shared: &Arc<Shared>,
+    jobs: &TaskTracker,
+    concurrency: usize,
+    shutdown: &CancellationToken,
+) {
+    let slots = Arc::new(Semaphore::new(concurrency));
+    let queue_slots: HashMap<String, Arc<Semaphore>> = shared
+        .config
+        .queues
+        .iter()
+        .filter_map(|q| {
+            q.concurrency
+                .map(|c| (q.name.clone(), Arc::new(Semaphore::new(c.max(1)))))
+        })
+        .collect();
+    let active: Vec<String> = shared
+        .config
+        .queues
+        .iter()
+        .filter(|q| !q.paused)
+        .map(|q| q.name.clone())
+        .collect();
+    if active.is_empty() {
+        warn!("every queue of this pool is paused: nothing will run");
+    }
+    let mut backoff = Duration::from_millis(100);
+
+    while !shutdown.is_cancelled() {
+        let mut saturated = false;
+        let mut failed = false;
+        // Queues with a free slot: the only ones worth waiting on (a queue at its own limit
+        // may well have work, which would wake us at once, again and again).
+        let mut open: Vec<String> = Vec::with_capacity(active.len());
+        for queue in &active {
+            let free = slots.available_permits();
+            if free == 0 {
+                break;
+            }
+            let queue_sem = queue_slots.get(queue);
+            let want = queue_sem.map_or(free, |s| s.available_permits().min(free));
+            if want == 0 {
+                continue;
+            }
+            open.push(queue.clone());
+            // Not raced against shutdown: a fetch dropped half-way may still lease jobs in
+            // the broker, which would then sit `running` until their lease expired.
+            match broker.fetch(queue, want, shared.config.lease).await {
+                Ok(batch) if shutdown.is_cancelled() => {
+                    for job in batch {
+                        let _ = shared.finish_tx.send(Finish {
+                            lease: job.lease(),
+                            outcome: Outcome::Released {
+                                reason: "worker shutting down".into(),
+                            },
+                        });
+                    }
+                    break;
+                }
+                Ok(batch) => {
+                    backoff = Duration::from_millis(100);
+                    saturated |= batch.len() == want;
+                    for job in batch {
+                        start_job(shared, jobs, &slots, queue_sem, job);
+                    }
+                }
+                Err(e) => {
+                    warn!(queue, error = %e, "fetch failed; retrying");
+                    failed = true;
+                }
+            }
+        }
+        if failed {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(backoff) => {}
+            }
+            backoff = (backoff * 2).min(Duration::from_secs(5));
+            continue;
+        }
+        if slots.available_permits() == 0 {
+            // Every slot is busy: wait for one to free up, without holding it.
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                permit = slots.acquire() => drop(permit),
+            }
+            continue;
+        }
+        if open.is_empty() {
+            // Free slots, but every queue is at its own limit: wait for one of its jobs to end.
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                () = tokio::time::sleep(QUEUE_LIMIT_WAIT) => {}
+            }
+            continue;
+        }
+        if !saturated {
+            tokio::select! {
+                () = shutdown.cancelled() => break,
+                r = broker.wait_for_work(&open, shared.config.idle_wait) => {
+                    if let Err(e) = r {
+                        warn!(error = %e, "waiting for work failed");
+                        tokio::time::sleep(backoff).await;
+                    }
+                }
+            }
+        }
+    }
+    debug!("fetch loop stopped");
+}
+
+/// How often a pool whose queues are all at their own limit looks again.
+pub(super) const QUEUE_LIMIT_WAIT: Duration = Duration::from_millis(50);
+
+/// Takes the slots for a fetched job and spawns its task.
+pub(super) fn start_job(
+    shared: &Arc<Shared>,
+    jobs: &TaskTracker,
+    slots: &Arc<Semaphore>,
+    queue_sem: Option<&Arc<Semaphore>>,
+    job: Job,
+) {
+    // The fetch asked for no more jobs than free permits and only this loop takes permits,
+    // so these cannot fail; if they ever did, the job is given back rather than overrun.
+    let slot = slots.clone().try_acquire_owned().ok();
+    let queue_slot = match queue_sem {
+        Some(s) => s.clone().try_acquire_owned().ok().map(Some),
+        None => Some(None),
+    };
+    let (Some(slot), Some(queue_slot)) = (slot, queue_slot) else {
+        warn!(job = %job.id, "fetched more jobs than free slots; releasing one");
+        let _ = shared.finish_tx.send(Finish {
+            lease: job.lease(),
+            outcome: Outcome::Released {
+                reason: "no free slot".into(),
+            },
+        });
+        return;
+    };
+    let shared = shared.clone();
+    jobs.spawn(async move {
+        let finish = run_job(&shared, job).await;
+        if let Some(finish) = finish {
+            // The acknowledger outlives every job task, so this only fails if the pool's
+            // run() was dropped mid-way, in which case the lease will expire and be rescued.
+            let _ = shared.finish_tx.send(finish);
+        }
+        drop(queue_slot);
+        drop(slot);
+    });
+}

@@ -1,0 +1,256 @@
+//! The worker pool: runs jobs from a broker on a bounded number of async slots.
+//!
+//! It owns *when* and *how* a job runs, never *what* it does (that is a
+//! [`Handler`](crate::handler::Handler)):
+//!
+//! - **Fetch up to free slots.** One semaphore permit per slot (and per queue, when a queue has
+//!   its own limit); a fetch asks for no more jobs than there are free permits, so no job waits
+//!   in a local buffer while another node is idle. With nothing to do it blocks in
+//!   [`Broker::wait_for_work`] instead of polling.
+//! - **Outcomes become transitions.** Ok -> `succeeded`; a retryable error -> `retrying` after the
+//!   [`RetryPolicy`] backoff while `attempt <= max_retries`, else `dead`; a permanent error ->
+//!   `dead`; snooze -> `scheduled`. A timeout and a panic are retryable failures.
+//! - **Leases.** A heartbeat task extends the leases of every running job in one call; a lease
+//!   found lost or a job found cancelled stops its handler. A rescuer returns expired leases
+//!   (of any node) to the queue.
+//! - **Batching.** Completions go through one acknowledger task that writes whatever has
+//!   accumulated in one [`Broker::finish`] call; progress reports are coalesced per job.
+//! - **Two-phase shutdown.** When `shutdown` fires: stop fetching, let running jobs finish within
+//!   `shutdown_grace`, then cancel the rest and release their leases at once (`queued` again,
+//!   the attempt not counted) so another node picks them up without waiting for the lease.
+
+//!
+//! - `running`: the jobs running in this pool, and the [`PoolHandle`] that stops one.
+//! - `fetch`: the fetch loop: slots, per-queue limits, waiting for work.
+//! - `execute`: one attempt: the handler under its timeout, panics caught, the outcome.
+//! - `writes`: the acknowledger: completions and progress, batched.
+//! - `leases`: heartbeats and the rescuer.
+
+mod execute;
+mod fetch;
+mod leases;
+mod running;
+mod writes;
+
+use std::collections::HashMap;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::FutureExt;
+use serde_json::Value;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{debug, error, info, warn};
+
+use crate::broker::{Broker, Finish, LeaseStatus, Outcome};
+use crate::clock::Clock;
+use crate::error::{BrokerError, BrokerResult};
+use crate::handler::{JobContext, JobError, ProgressUpdate, Registry};
+use crate::job::{Job, JobId, Lease, Millis};
+use crate::retry::RetryPolicy;
+
+use execute::run_job;
+use fetch::fetch_loop;
+use leases::{heartbeat, rescue};
+pub use running::PoolHandle;
+use running::{Running, StopReason};
+use writes::{acknowledge, write_progress};
+
+/// One queue the pool serves.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueSpec {
+    pub name: String,
+    /// At most this many of its jobs run at once in this pool; `None`: only the pool's limit.
+    pub concurrency: Option<usize>,
+    /// A paused queue is not fetched from.
+    pub paused: bool,
+}
+
+impl QueueSpec {
+    /// A queue with no limit of its own.
+    pub fn new(name: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            concurrency: None,
+            paused: false,
+        }
+    }
+}
+
+/// How the pool runs. The shell builds it from `config.toml` (`[worker]`, `[[queue]]`, `[retry]`).
+#[derive(Clone, Debug)]
+pub struct PoolConfig {
+    /// Slots: jobs running at once. Defaults to 16.
+    pub concurrency: usize,
+    /// Queues served, fetched in this order. Defaults to `default`.
+    pub queues: Vec<QueueSpec>,
+    /// How long a fetched job is held without a heartbeat. Defaults to 30 s.
+    pub lease: Duration,
+    /// How often leases are extended (and cancellations noticed). Defaults to 10 s.
+    pub heartbeat: Duration,
+    /// How long running jobs may finish after a shutdown signal. Defaults to 25 s.
+    pub shutdown_grace: Duration,
+    /// Per-attempt time limit when neither the job nor its kind sets one. Defaults to 30 min.
+    pub job_timeout: Duration,
+    /// Backoff between attempts.
+    pub retry: RetryPolicy,
+    /// Interruptions in a row after which a job is dead (poison pill). Defaults to 3.
+    pub max_interruptions: u32,
+    /// How often expired leases are looked for. Defaults to 1 s.
+    pub rescue_interval: Duration,
+    /// Longest idle wait for new work before fetching again anyway. Defaults to 1 s.
+    pub idle_wait: Duration,
+}
+
+impl Default for PoolConfig {
+    fn default() -> Self {
+        Self {
+            concurrency: 16,
+            queues: vec![QueueSpec::new(crate::job::DEFAULT_QUEUE)],
+            lease: Duration::from_secs(30),
+            heartbeat: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(25),
+            job_timeout: Duration::from_secs(1800),
+            retry: RetryPolicy::default(),
+            max_interruptions: 3,
+            rescue_interval: Duration::from_secs(1),
+            idle_wait: Duration::from_secs(1),
+        }
+    }
+}
+
+/// The worker pool.
+#[derive(Debug)]
+pub struct Pool {
+    broker: Arc<dyn Broker>,
+    registry: Arc<Registry>,
+    config: PoolConfig,
+    clock: Arc<dyn Clock>,
+    handle: PoolHandle,
+}
+
+/// What a job task needs, shared by all of them.
+#[derive(Debug)]
+struct Shared {
+    registry: Arc<Registry>,
+    config: PoolConfig,
+    clock: Arc<dyn Clock>,
+    handle: PoolHandle,
+    finish_tx: mpsc::UnboundedSender<Finish>,
+    progress_tx: mpsc::UnboundedSender<ProgressUpdate>,
+}
+
+impl Pool {
+    /// A pool over `broker` running the kinds of `registry`.
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        registry: Arc<Registry>,
+        config: PoolConfig,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        Self {
+            broker,
+            registry,
+            config,
+            clock,
+            handle: PoolHandle::default(),
+        }
+    }
+
+    /// A handle for cancelling jobs running in this pool.
+    pub fn handle(&self) -> PoolHandle {
+        self.handle.clone()
+    }
+
+    /// Runs until `shutdown` fires, then drains within the grace period, releases the rest,
+    /// flushes every completion to the broker and returns.
+    pub async fn run(self, shutdown: CancellationToken) -> BrokerResult<()> {
+        let Pool {
+            broker,
+            registry,
+            config,
+            clock,
+            handle,
+        } = self;
+        let concurrency = config.concurrency.max(1);
+        info!(
+            broker = broker.name(),
+            concurrency,
+            queues = ?config.queues.iter().map(|q| q.name.as_str()).collect::<Vec<_>>(),
+            "worker pool started"
+        );
+
+        // Background services stop on `services`, after the jobs are done, so that the last
+        // completions are still written and leases still extended while jobs drain.
+        let services = CancellationToken::new();
+        let service_tasks = TaskTracker::new();
+        let jobs = TaskTracker::new();
+
+        let (finish_tx, finish_rx) = mpsc::unbounded_channel();
+        let (progress_tx, progress_rx) = mpsc::unbounded_channel();
+        service_tasks.spawn(acknowledge(broker.clone(), finish_rx, handle.clone()));
+        service_tasks.spawn(write_progress(
+            broker.clone(),
+            progress_rx,
+            services.clone(),
+        ));
+        service_tasks.spawn(heartbeat(
+            broker.clone(),
+            handle.clone(),
+            config.lease,
+            config.heartbeat,
+            services.clone(),
+        ));
+        service_tasks.spawn(rescue(
+            broker.clone(),
+            config.max_interruptions,
+            config.rescue_interval,
+            services.clone(),
+        ));
+
+        let shared = Arc::new(Shared {
+            registry,
+            config: config.clone(),
+            clock,
+            handle: handle.clone(),
+            finish_tx,
+            progress_tx,
+        });
+
+        fetch_loop(&broker, &shared, &jobs, concurrency, &shutdown).await;
+
+        // Phase 1: drain within the grace period.
+        jobs.close();
+        let running = handle.running();
+        if running > 0 {
+            info!(
+                running,
+                grace = ?config.shutdown_grace,
+                "shutting down: waiting for running jobs"
+            );
+        }
+        if tokio::time::timeout(config.shutdown_grace, jobs.wait())
+            .await
+            .is_err()
+        {
+            // Phase 2: stop the rest and give them back at once.
+            let n = handle.stop_all(StopReason::Shutdown);
+            warn!(
+                jobs = n,
+                "shutdown grace period over: releasing running jobs"
+            );
+            jobs.wait().await;
+        }
+        // Every job task has ended and dropped its senders; dropping ours lets the
+        // acknowledger drain and exit.
+        drop(shared);
+        services.cancel();
+        service_tasks.close();
+        service_tasks.wait().await;
+        info!("worker pool stopped");
+        Ok(())
+    }
+}

@@ -1,0 +1,154 @@
+//! The jobs running in this pool: each one's lease and stop signal, so a heartbeat's answer,
+//! a local cancel or the shutdown can stop exactly the handlers they mean.
+
+use super::*;
+
+/// Why a handler was told to stop before it finished.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub(super) enum StopReason {
+    None = 0,
+    /// A user cancelled the job; the broker already has it `cancelled`.
+    Cancelled = 1,
+    /// Another attempt owns the job now; nothing this attempt writes would be accepted.
+    LeaseLost = 2,
+    /// Hard shutdown: give the job back.
+    Shutdown = 3,
+}
+
+impl StopReason {
+    pub(super) fn from_u8(v: u8) -> Self {
+        match v {
+            1 => StopReason::Cancelled,
+            2 => StopReason::LeaseLost,
+            3 => StopReason::Shutdown,
+            _ => StopReason::None,
+        }
+    }
+}
+
+/// A job running in this pool: how to stop it, and why it was stopped.
+#[derive(Debug)]
+pub(super) struct Running {
+    pub(super) lease: Lease,
+    pub(super) token: CancellationToken,
+    pub(super) reason: Arc<AtomicU8>,
+    /// The handler has returned and its completion waits for the acknowledger: the lease is
+    /// still heartbeated (a slow write must not let the job be rescued and run again), but
+    /// there is nothing left to stop.
+    pub(super) finishing: bool,
+}
+
+impl Running {
+    /// Records the first reason only: a job cancelled by a user stays "cancelled" even if a
+    /// shutdown follows.
+    pub(super) fn stop(&self, reason: StopReason) {
+        let _ = self.reason.compare_exchange(
+            StopReason::None as u8,
+            reason as u8,
+            Ordering::SeqCst,
+            Ordering::SeqCst,
+        );
+        self.token.cancel();
+    }
+}
+
+/// Jobs running in this process, by id.
+type RunningMap = Arc<Mutex<HashMap<JobId, Running>>>;
+
+/// A handle to a running pool, for the API of the same process.
+#[derive(Clone, Debug, Default)]
+pub struct PoolHandle {
+    running: RunningMap,
+}
+
+impl PoolHandle {
+    /// Tells the handler of `id`, if it runs in this process, to stop at once (the broker has
+    /// already recorded the cancel). True if it was running here. Handlers in other processes
+    /// learn of a cancel at their next heartbeat.
+    pub fn cancel_local(&self, id: &JobId) -> bool {
+        let map = lock(&self.running);
+        match map.get(id) {
+            Some(r) if !r.finishing => {
+                r.stop(StopReason::Cancelled);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// How many handlers run in this pool now.
+    pub fn running(&self) -> usize {
+        lock(&self.running)
+            .values()
+            .filter(|r| !r.finishing)
+            .count()
+    }
+
+    /// Leases to heartbeat: running handlers, and completions not yet written.
+    pub(super) fn leases(&self) -> Vec<Lease> {
+        lock(&self.running)
+            .values()
+            .map(|r| r.lease.clone())
+            .collect()
+    }
+
+    /// Records a new attempt. An entry left by an older attempt of the same job (its lease
+    /// expired and this pool fetched the job again) is stopped: its writes would be refused.
+    pub(super) fn insert(&self, running: Running) {
+        let mut map = lock(&self.running);
+        if let Some(old) = map.insert(running.lease.job_id.clone(), running)
+            && !old.finishing
+        {
+            old.stop(StopReason::LeaseLost);
+        }
+    }
+
+    /// Marks an attempt's handler as done, its completion on the way to the broker.
+    pub(super) fn finishing(&self, lease: &Lease) {
+        if let Some(r) = lock(&self.running).get_mut(&lease.job_id)
+            && r.lease.token == lease.token
+        {
+            r.finishing = true;
+        }
+    }
+
+    /// Forgets an attempt (only that attempt: a newer one of the same job stays).
+    pub(super) fn remove(&self, lease: &Lease) {
+        let mut map = lock(&self.running);
+        if map
+            .get(&lease.job_id)
+            .is_some_and(|r| r.lease.token == lease.token)
+        {
+            map.remove(&lease.job_id);
+        }
+    }
+
+    /// Stops the handler of this attempt if it still runs here; false when it had already
+    /// ended (or a newer attempt runs instead).
+    pub(super) fn stop(&self, lease: &Lease, reason: StopReason) -> bool {
+        match lock(&self.running).get(&lease.job_id) {
+            Some(r) if r.lease.token == lease.token && !r.finishing => {
+                r.stop(reason);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    pub(super) fn stop_all(&self, reason: StopReason) -> usize {
+        let map = lock(&self.running);
+        let mut n = 0;
+        for r in map.values().filter(|r| !r.finishing) {
+            r.stop(reason);
+            n += 1;
+        }
+        n
+    }
+}
+
+/// Locks a std mutex, recovering from poisoning: the map stays consistent because every
+/// critical section is a single insert, remove or read.
+pub(super) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
