@@ -8,7 +8,7 @@ use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use hopper_workers::broker::JobFilter;
-use hopper_workers::job::{JobId, JobState, MAX_PRIORITY};
+use hopper_workers::job::{JobId, JobState, PRIORITY_RULE};
 use hopper_workers::time::Timestamp;
 use serde_json::{Map, Value, json};
 
@@ -178,7 +178,8 @@ fn parse_enqueue(body: Value) -> Result<(EnqueueRequest, Vec<EnqueueRequest>), A
     Ok((parse_fields(&mut m)?, then))
 }
 
-/// Reads one job's fields (the body, or a step of `then`).
+/// Reads one job's fields (the body, or a step of `then`) into their types; the rules they must
+/// follow are checked once, by `crate::service::submit`.
 fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError> {
     let kind = match take(m, "kind") {
         None => {
@@ -195,14 +196,8 @@ fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError
         req.queue = Some(string(v, "queue")?);
     }
     if let Some(v) = take(m, "priority") {
-        req.priority = Some(
-            v.as_u64()
-                .and_then(|n| u8::try_from(n).ok())
-                .filter(|p| *p <= MAX_PRIORITY)
-                .ok_or_else(|| {
-                    FieldError::invalid("priority", "must be an integer from 0 (most urgent) to 9")
-                })?,
-        );
+        // The range is the engine's rule (`NewJob::validate`); here only the type.
+        req.priority = Some(int(v, "priority", PRIORITY_RULE)?);
     }
     if let Some(v) = take(m, "delay") {
         req.delay = Some(duration(v, "delay")?);
@@ -216,13 +211,7 @@ fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError
         );
     }
     if let Some(v) = take(m, "max_retries") {
-        req.max_retries = Some(
-            v.as_u64()
-                .and_then(|n| u32::try_from(n).ok())
-                .ok_or_else(|| {
-                    FieldError::invalid("max_retries", "must be a non-negative integer")
-                })?,
-        );
+        req.max_retries = Some(int(v, "max_retries", "must be a non-negative integer")?);
     }
     if let Some(v) = take(m, "timeout") {
         req.timeout = Some(duration(v, "timeout")?);
@@ -244,6 +233,13 @@ fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError
 /// Removes `key`; `null` counts as absent.
 fn take(m: &mut Map<String, Value>, key: &str) -> Option<Value> {
     m.remove(key).filter(|v| !v.is_null())
+}
+
+/// A non-negative integer that fits `T`.
+fn int<T: TryFrom<u64>>(v: Value, field: &str, rule: &str) -> Result<T, FieldError> {
+    v.as_u64()
+        .and_then(|n| T::try_from(n).ok())
+        .ok_or_else(|| FieldError::invalid(field, rule))
 }
 
 fn string(v: Value, field: &str) -> Result<String, FieldError> {

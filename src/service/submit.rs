@@ -100,17 +100,6 @@ fn prepare_checked(
             "give delay or run_at, not both",
         ));
     }
-    if req.timeout.is_some_and(|t| t.is_zero()) {
-        return Err(FieldError::invalid("timeout", "must be greater than zero"));
-    }
-    if let Some(key) = &req.unique_key
-        && (key.is_empty() || key.len() > 256)
-    {
-        return Err(FieldError::invalid(
-            "unique_key",
-            "must be 1 to 256 characters",
-        ));
-    }
 
     let run_at = match (req.delay, req.run_at) {
         (Some(d), _) if !d.is_zero() => {

@@ -19,6 +19,8 @@ pub type Millis = i64;
 
 /// Highest (least urgent) priority. 0 is the most urgent.
 pub const MAX_PRIORITY: u8 = 9;
+/// How a refused priority is explained, wherever it is refused.
+pub const PRIORITY_RULE: &str = "must be an integer from 0 (most urgent) to 9";
 /// Priority of a job that does not say.
 pub const DEFAULT_PRIORITY: u8 = 5;
 /// Queue of a job that does not say.
@@ -264,7 +266,7 @@ impl NewJob {
             ));
         }
         if self.priority > MAX_PRIORITY {
-            return Err(FieldError::new("priority", "must be between 0 and 9"));
+            return Err(FieldError::new("priority", PRIORITY_RULE));
         }
         if !self.payload.is_object() {
             return Err(FieldError::new("payload", "must be a JSON object"));
@@ -274,6 +276,11 @@ impl NewJob {
         }
         if self.timeout_ms == Some(0) {
             return Err(FieldError::new("timeout", "must be greater than zero"));
+        }
+        if let Some(key) = &self.unique_key
+            && (key.is_empty() || key.len() > 256)
+        {
+            return Err(FieldError::new("unique_key", "must be 1 to 256 characters"));
         }
         Ok(())
     }
