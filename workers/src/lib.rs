@@ -15,7 +15,7 @@
 //! - [`diagnostics`]: the built-in `sys.noop`, `sys.sleep` and `sys.fail` kinds.
 //! - [`schedule`]: cron schedules, one job per tick across any number of nodes.
 //! - [`clock`]: injectable time.
-//! - `testing` (feature `test-util`): the broker conformance suite.
+//! - `testing` (feature `test-util`): the broker conformance suite, one file per topic.
 
 pub mod broker;
 pub mod clock;
