@@ -4,12 +4,12 @@
 use std::sync::Arc;
 
 use super::{
-    LEASE, ManualClock, assert_lease_lost, enqueue, fetch_expect, fetch_one, finish, get,
-    history_types, job, last_event, make_dead, make_succeeded, ok,
+    LEASE, ManualClock, assert_conflict, assert_lease_lost, assert_not_found, enqueue, enqueue_ids,
+    fetch_expect, fetch_one, finish, get, history_types, job, last_event, make_dead,
+    make_succeeded, ok, succeed_all,
 };
 use crate::broker::{Broker, LeaseStatus};
 use crate::clock::Clock;
-use crate::error::BrokerError;
 use crate::event::EventType;
 use crate::job::{JobId, JobState};
 
@@ -45,43 +45,12 @@ pub async fn cancel_non_final_and_conflict_on_final(b: Arc<dyn Broker>, clock: A
     assert_lease_lost(finish(&b, r.lease(), ok()).await, "finish after cancel");
     assert_eq!(get(&b, &running).await.state, JobState::Cancelled);
 
-    let again = b.cancel(&queued).await;
-    assert!(
-        matches!(
-            again,
-            Err(BrokerError::Conflict {
-                state: JobState::Cancelled,
-                ..
-            })
-        ),
-        "got {again:?}"
-    );
+    assert_conflict(b.cancel(&queued).await, JobState::Cancelled);
     let done = make_succeeded(&b, "default").await;
-    let r = b.cancel(&done).await;
-    assert!(
-        matches!(
-            r,
-            Err(BrokerError::Conflict {
-                state: JobState::Succeeded,
-                ..
-            })
-        ),
-        "got {r:?}"
-    );
+    assert_conflict(b.cancel(&done).await, JobState::Succeeded);
     let dead = make_dead(&b, "default").await;
-    let r = b.cancel(&dead).await;
-    assert!(
-        matches!(
-            r,
-            Err(BrokerError::Conflict {
-                state: JobState::Dead,
-                ..
-            })
-        ),
-        "got {r:?}"
-    );
-    let r = b.cancel(&JobId::generate()).await;
-    assert!(matches!(r, Err(BrokerError::NotFound(_))), "got {r:?}");
+    assert_conflict(b.cancel(&dead).await, JobState::Dead);
+    assert_not_found(b.cancel(&JobId::generate()).await);
 }
 
 /// Retry puts dead and cancelled jobs back with fresh attempts; anything else is a conflict.
@@ -112,42 +81,11 @@ pub async fn retry_dead_and_cancelled_only(b: Arc<dyn Broker>, clock: Arc<Manual
         JobState::Queued
     );
 
-    let r = b.retry(&cancelled).await;
-    assert!(
-        matches!(
-            r,
-            Err(BrokerError::Conflict {
-                state: JobState::Queued,
-                ..
-            })
-        ),
-        "got {r:?}"
-    );
-    let r = b.retry(&dead).await;
-    assert!(
-        matches!(
-            r,
-            Err(BrokerError::Conflict {
-                state: JobState::Running,
-                ..
-            })
-        ),
-        "got {r:?}"
-    );
+    assert_conflict(b.retry(&cancelled).await, JobState::Queued);
+    assert_conflict(b.retry(&dead).await, JobState::Running);
     let done = make_succeeded(&b, "other").await;
-    let r = b.retry(&done).await;
-    assert!(
-        matches!(
-            r,
-            Err(BrokerError::Conflict {
-                state: JobState::Succeeded,
-                ..
-            })
-        ),
-        "got {r:?}"
-    );
-    let r = b.retry(&JobId::generate()).await;
-    assert!(matches!(r, Err(BrokerError::NotFound(_))), "got {r:?}");
+    assert_conflict(b.retry(&done).await, JobState::Succeeded);
+    assert_not_found(b.retry(&JobId::generate()).await);
 }
 
 /// `retry_all_dead` counts what it retried and honours the queue filter.
@@ -255,4 +193,46 @@ pub async fn drop_queue_removes_jobs_and_events(b: Arc<dyn Broker>, _clock: Arc<
 pub async fn ping_answers(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     b.ping().await.expect("ping");
     assert!(!b.name().is_empty());
+}
+
+/// Purge counts what it deleted, only in the states asked for, and a purged job's unique key
+/// is free again; `drop_queue` counts what it removed, and a broker with no jobs lists no
+/// queues.
+pub async fn purge_frees_unique_keys_and_drop_queue_counts(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let t0 = clock.now_ms();
+    let ids = enqueue_ids(
+        &*b,
+        (0..450)
+            .map(|i| job("k").unique_key(format!("u{i}")))
+            .collect(),
+    )
+    .await;
+    let got = b.fetch("default", 450, LEASE).await.expect("fetch");
+    assert_eq!(got.len(), 450);
+    b.finish(succeed_all(&got)).await.expect("finish");
+    enqueue(&b, job("k").queue("other")).await;
+    clock.advance(10);
+    let cut = t0 + 10;
+    assert_eq!(
+        b.purge(&[JobState::Dead], cut, 1_000_000)
+            .await
+            .expect("purge"),
+        0
+    );
+    assert_eq!(
+        b.purge(&[JobState::Succeeded], cut, 1_000_000)
+            .await
+            .expect("purge"),
+        450
+    );
+    assert_eq!(b.get(&ids[0]).await.expect("get"), None);
+    // The unique key is free again once its job is gone.
+    enqueue(&b, job("k").unique_key("u0")).await;
+
+    assert_eq!(b.drop_queue("default").await.expect("drop"), 1);
+    assert_eq!(b.drop_queue("other").await.expect("drop"), 1);
+    assert!(b.queues().await.expect("queues").is_empty());
 }

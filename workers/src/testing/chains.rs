@@ -5,10 +5,10 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{ManualClock, fetch_expect, fetch_one, finish, get, job, last_event, ok};
+use super::{LEASE, ManualClock, fetch_expect, fetch_one, finish, get, job, last_event, ok};
 use crate::broker::{Broker, JobFilter, Outcome};
 use crate::event::EventType;
-use crate::job::{JobId, JobState, link_chain};
+use crate::job::{JobId, JobState, NewJob, link_chain};
 
 /// Enqueues a three-step chain on `queue` and returns its step ids.
 async fn enqueue_chain(b: &Arc<dyn Broker>, queue: &str) -> Vec<JobId> {
@@ -236,4 +236,80 @@ pub async fn chain_retry_of_later_step_waits_for_predecessor(
     assert_eq!(again.state, JobState::Queued);
     let third = fetch_expect(&b, "chain", &ids[2]).await;
     assert_eq!(third.payload["input"], json!({"ok": true}));
+}
+
+/// Steps waiting are counted under `waiting`; a step's payload keeps its big numbers and empty
+/// arrays when the predecessor's result is spliced in (an existing `input` is replaced); and a
+/// step that becomes a poison pill cancels the rest, which `retry_all_dead` resumes.
+pub async fn chain_counts_waiting_splices_input_and_survives_poison(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let steps = link_chain(vec![
+        job("a").queue("c"),
+        NewJob::new("b", json!({"big": 12_345_678_901_234_567_i64, "tags": []})),
+        NewJob::new("c", json!({"input": "old", "n": 1})),
+    ]);
+    let ids: Vec<JobId> = steps.iter().map(|s| s.id.clone()).collect();
+    b.enqueue(steps).await.expect("enqueue");
+    let counts = b.queues().await.expect("queues")[0].counts.clone();
+    assert_eq!((counts.queued, counts.waiting), (1, 2));
+
+    let got = b.fetch("c", 10, LEASE).await.expect("fetch");
+    assert_eq!(got.len(), 1, "waiting steps are not fetched");
+    finish(
+        &b,
+        got[0].lease(),
+        Outcome::Succeeded {
+            result: json!({"rows": [1, 2]}),
+        },
+    )
+    .await
+    .expect("finish");
+    let second = b.fetch("c", 10, LEASE).await.expect("fetch");
+    assert_eq!(
+        second[0].payload,
+        json!({"input": {"rows": [1, 2]}, "big": 12_345_678_901_234_567_i64, "tags": []})
+    );
+    let events = b.history(&ids[1]).await.expect("history");
+    assert_eq!(
+        events[1].message.as_deref(),
+        Some("chain: step 0 succeeded")
+    );
+
+    // The second step's lease runs out three times: a poison pill, and the third is cancelled.
+    for round in 0..3 {
+        if round > 0 {
+            b.fetch("c", 10, LEASE).await.expect("fetch");
+        }
+        clock.advance(31_000);
+        b.rescue(3).await.expect("rescue");
+    }
+    let third = get(&b, &ids[2]).await;
+    assert_eq!(third.state, JobState::Cancelled);
+    assert_eq!(
+        third.last_error.as_deref(),
+        Some(format!("chain: step 1 ({}) is dead", ids[1]).as_str())
+    );
+    let counts = b.queues().await.expect("queues")[0].counts.clone();
+    assert_eq!((counts.dead, counts.cancelled, counts.waiting), (1, 1, 0));
+
+    assert_eq!(b.retry_all_dead(Some("c")).await.expect("retry"), 1);
+    let third = get(&b, &ids[2]).await;
+    assert_eq!(
+        (third.state, third.finished_at, third.last_error),
+        (JobState::Waiting, None, None)
+    );
+    let counts = b.queues().await.expect("queues")[0].counts.clone();
+    assert_eq!((counts.queued, counts.cancelled, counts.waiting), (1, 0, 1));
+    let second = b.fetch("c", 10, LEASE).await.expect("fetch");
+    finish(
+        &b,
+        second[0].lease(),
+        Outcome::Succeeded { result: json!(7) },
+    )
+    .await
+    .expect("finish");
+    let third = b.fetch("c", 10, LEASE).await.expect("fetch");
+    assert_eq!(third[0].payload, json!({"input": 7, "n": 1}));
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{ManualClock, enqueue, fetch_one, get, history_types, job, types};
+use super::{LEASE, ManualClock, enqueue, fetch_one, get, history_types, job, types};
 use crate::broker::{Broker, Enqueued};
 use crate::clock::Clock;
 use crate::error::BrokerError;
@@ -84,7 +84,8 @@ pub async fn enqueue_is_all_or_none(b: Arc<dyn Broker>, _clock: Arc<ManualClock>
     assert!(fetch_one(&b, "default").await.is_none());
 }
 
-/// A taken `unique_key` returns the existing job and creates nothing, also inside one batch.
+/// A taken `unique_key` returns the existing job and creates nothing, also inside one batch
+/// and when the very same job is sent again.
 pub async fn unique_key_returns_existing(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     let first = enqueue(&b, job("test.u").unique_key("k1")).await;
     let dup = job("test.u").unique_key("k1");
@@ -125,4 +126,49 @@ pub async fn unique_key_returns_existing(b: Arc<dyn Broker>, _clock: Arc<ManualC
     );
     assert_eq!(b.get(&c.id).await.expect("get"), None);
     assert_eq!(get(&b, &a.id).await.unique_key.as_deref(), Some("k2"));
+
+    // The very same job sent again (a client retrying its request) is the job already stored.
+    let again = b.enqueue(vec![a.clone()]).await.expect("enqueue again");
+    assert_eq!(
+        again,
+        vec![Enqueued {
+            id: a.id.clone(),
+            created: false
+        }]
+    );
+    let queued = b.queues().await.expect("queues")[0].counts.queued;
+    assert_eq!(queued, 3, "k1, k2 and the plain job");
+}
+
+/// Every field fixed at enqueue comes back exactly from `get`, `fetch` and `history`: a
+/// payload holding `|` (Redis packs these fields into one string), numbers and empty arrays,
+/// a priority, a timeout, a unique key; and a job without a timeout has none.
+pub async fn fields_round_trip_exactly(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let payload = json!({"a|b": "x|y||", "n": [1, 2.5, -3], "e": []});
+    let j = NewJob::new("k.packed", payload.clone())
+        .priority(7)
+        .max_retries(4)
+        .timeout(Duration::from_millis(1234))
+        .unique_key("u|1");
+    let plain = NewJob::new("k.plain", json!({}));
+    b.enqueue(vec![j.clone(), plain.clone()])
+        .await
+        .expect("enqueue");
+    let got = get(&b, &j.id).await;
+    assert_eq!(got.payload, payload);
+    assert_eq!(got.priority, 7);
+    assert_eq!(got.max_retries, 4);
+    assert_eq!(got.timeout_ms, Some(1234));
+    assert_eq!(got.unique_key.as_deref(), Some("u|1"));
+    assert_eq!(got.created_at, clock.now_ms());
+    let leased = b.fetch("default", 10, LEASE).await.expect("fetch");
+    assert_eq!(leased.len(), 2);
+    let got = leased.iter().find(|l| l.id == j.id).expect("leased");
+    assert_eq!(got.payload, payload);
+    assert_eq!(got.timeout_ms, Some(1234));
+    let plain_got = leased.iter().find(|l| l.id == plain.id).expect("leased");
+    assert_eq!(plain_got.timeout_ms, None);
+    assert_eq!(plain_got.priority, plain.priority);
+    let events = b.history(&j.id).await.expect("history");
+    assert_eq!(events.len(), 2, "{events:?}");
 }

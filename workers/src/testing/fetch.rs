@@ -6,7 +6,10 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::{LEASE, LEASE_MS, ManualClock, enqueue, fetch_expect, fetch_one, get, job, last_event};
+use super::{
+    LEASE, LEASE_MS, ManualClock, drain, enqueue, enqueue_ids, fetch_expect, fetch_one, get, job,
+    last_event,
+};
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::event::EventType;
@@ -166,4 +169,63 @@ pub async fn wait_for_work_returns(b: Arc<dyn Broker>, _clock: Arc<ManualClock>)
         .expect("waiter task");
     assert!(waited < Duration::from_secs(10));
     assert!(fetch_one(&b, "default").await.is_some());
+}
+
+/// One fetch of several takes them by priority, then due time, then first in first out; a
+/// `run_at` in the past is simply now and does not jump the line.
+pub async fn batch_fetch_takes_priority_then_due_time_then_fifo(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let t0 = clock.now_ms();
+    let mut jobs = Vec::new();
+    for (i, p) in [5u8, 9, 0, 5, 0, 9, 5, 1].into_iter().enumerate() {
+        jobs.push(job("k").priority(p).unique_key(format!("u{i}")));
+    }
+    jobs.push(job("k").priority(5).run_at(t0 - 10));
+    let ids = enqueue_ids(&*b, jobs).await;
+    let first = b.fetch("default", 4, LEASE).await.expect("fetch");
+    let rest = b.fetch("default", 100, LEASE).await.expect("fetch");
+    let order: Vec<&JobId> = first.iter().chain(&rest).map(|j| &j.id).collect();
+    let want: Vec<&JobId> = [2, 4, 7, 0, 3, 6, 8, 1, 5]
+        .iter()
+        .map(|&i| &ids[i])
+        .collect();
+    assert_eq!(order, want);
+    assert_eq!(first.len(), 4);
+    for j in first.iter().chain(&rest) {
+        assert_eq!(j.state, JobState::Running);
+        assert_eq!(j.attempt, 1);
+        assert_eq!(j.lease_token, 1);
+        assert_eq!(j.lease_until, Some(t0 + LEASE_MS));
+        assert_eq!(j.started_at, Some(t0));
+    }
+    assert!(
+        b.fetch("default", 10, LEASE)
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    assert_eq!(get(&b, &ids[0]).await.state, JobState::Running);
+}
+
+/// A backlog of 2 500 jobs falling due at once is fetched in full and counted (Redis promotes
+/// due jobs in bounded steps: none may be left behind).
+pub async fn large_due_backlog_is_fetched_in_full(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let at = clock.now_ms() + 1000;
+    let jobs: Vec<NewJob> = (0..2500).map(|_| job("k").run_at(at)).collect();
+    let res = b.enqueue(jobs).await.expect("enqueue");
+    assert!(res.iter().all(|e| e.created));
+    assert!(
+        b.fetch("default", 10, LEASE)
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    clock.advance(1000);
+    assert_eq!(drain(&*b, "default", 64).await.len(), 2500);
+    let stats = b.queues().await.expect("queues");
+    assert_eq!(stats[0].counts.succeeded, 2500);
+    assert_eq!(stats[0].counts.scheduled, 0);
+    assert_eq!(stats[0].processed_last_minute, 2500);
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    LEASE, ManualClock, assert_lease_lost, enqueue, fetch_expect, fetch_one, finish, get,
-    history_types, job, last_event, ok,
+    LEASE, ManualClock, assert_conflict, assert_lease_lost, assert_not_found, enqueue, enqueue_ids,
+    fetch_expect, fetch_leased, fetch_one, finish, get, history_types, job, last_event, ok,
 };
 use crate::broker::{Broker, LeaseStatus, Outcome};
 use crate::clock::Clock;
@@ -17,12 +17,7 @@ use crate::job::{JobId, JobState, Lease};
 /// After a rescue and a new fetch, the first attempt's writes are all refused.
 pub async fn stale_token_refused_after_rescue(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.stale")).await;
-    let first = b
-        .fetch("default", 1, Duration::from_secs(10))
-        .await
-        .expect("fetch")
-        .pop()
-        .expect("a job");
+    let first = fetch_leased(&b, "default", Duration::from_secs(10)).await;
     clock.advance(10_001);
     assert_eq!(b.rescue(3).await.expect("rescue"), vec![id.clone()]);
     let second = fetch_expect(&b, "default", &id).await;
@@ -55,18 +50,8 @@ pub async fn heartbeat_extends_and_reports(b: Arc<dyn Broker>, clock: Arc<Manual
     let lease = Duration::from_secs(10);
     let a = enqueue(&b, job("test.hb")).await;
     let c = enqueue(&b, job("test.hb")).await;
-    let ja = b
-        .fetch("default", 1, lease)
-        .await
-        .expect("fetch")
-        .pop()
-        .expect("a");
-    let jc = b
-        .fetch("default", 1, lease)
-        .await
-        .expect("fetch")
-        .pop()
-        .expect("c");
+    let ja = fetch_leased(&b, "default", lease).await;
+    let jc = fetch_leased(&b, "default", lease).await;
     assert_eq!((&ja.id, &jc.id), (&a, &c));
 
     clock.advance(8_000);
@@ -137,12 +122,7 @@ pub async fn poison_pill_after_max_interruptions(b: Arc<dyn Broker>, clock: Arc<
         let clock = clock.clone();
         let id = id.clone();
         async move {
-            let j = b
-                .fetch("default", 1, lease)
-                .await
-                .expect("fetch")
-                .pop()
-                .expect("due");
+            let j = fetch_leased(&b, "default", lease).await;
             assert_eq!(j.id, id);
             clock.advance(1_001);
             assert_eq!(b.rescue(3).await.expect("rescue"), vec![id.clone()]);
@@ -190,12 +170,7 @@ pub async fn poison_pill_after_max_interruptions(b: Arc<dyn Broker>, clock: Arc<
 /// Progress is recorded with its event, and refused once the lease is stale or the job done.
 pub async fn progress_recorded_and_fenced(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.p")).await;
-    let first = b
-        .fetch("default", 1, Duration::from_secs(5))
-        .await
-        .expect("fetch")
-        .pop()
-        .expect("a job");
+    let first = fetch_leased(&b, "default", Duration::from_secs(5)).await;
     b.progress(&first.lease(), 40, Some("reading".into()))
         .await
         .expect("progress");
@@ -221,4 +196,92 @@ pub async fn progress_recorded_and_fenced(b: Arc<dyn Broker>, clock: Arc<ManualC
         "progress after finishing",
     );
     assert_eq!(get(&b, &id).await.progress, 100);
+}
+
+/// One job's whole lease story on a small queue: a heartbeat extends a held lease and reports a
+/// cancelled and a stale one, progress is fenced, cancel and retry refuse final, running and
+/// unknown jobs; the extended lease then runs out three times (a poison pill), and retrying
+/// brings back the cancelled and the dead jobs.
+pub async fn heartbeat_cancel_retry_and_rescue(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let t0 = clock.now_ms();
+    let ids = enqueue_ids(&*b, vec![job("k"), job("k"), job("k").run_at(t0 + 10_000)]).await;
+    let got = b.fetch("default", 2, LEASE).await.expect("fetch");
+    clock.advance(20_000);
+    let cancelled = b.cancel(&ids[1]).await.expect("cancel");
+    assert_eq!(cancelled.state, JobState::Cancelled);
+    let mut stale = got[0].lease();
+    stale.token = 0;
+    let hb = b
+        .heartbeat(&[got[0].lease(), got[1].lease(), stale], LEASE)
+        .await
+        .expect("heartbeat");
+    assert_eq!(
+        hb,
+        vec![LeaseStatus::Held, LeaseStatus::Cancelled, LeaseStatus::Lost]
+    );
+    assert_eq!(get(&b, &ids[0]).await.lease_until, Some(t0 + 50_000));
+    assert_lease_lost(
+        b.progress(&got[1].lease(), 50, None).await,
+        "progress on a cancelled job",
+    );
+    b.progress(&got[0].lease(), 40, Some("reading".into()))
+        .await
+        .expect("progress");
+    let j = get(&b, &ids[0]).await;
+    assert_eq!(
+        (j.progress, j.progress_message.as_deref()),
+        (40, Some("reading"))
+    );
+
+    // Cancel a scheduled job; a final job cannot be cancelled; an unknown one is not found.
+    assert_eq!(
+        b.cancel(&ids[2]).await.expect("cancel").state,
+        JobState::Cancelled
+    );
+    assert_conflict(b.cancel(&ids[2]).await, JobState::Cancelled);
+    assert_not_found(b.cancel(&JobId::from("nope")).await);
+    assert_not_found(b.retry(&JobId::from("nope")).await);
+    assert_conflict(b.retry(&ids[0]).await, JobState::Running);
+
+    // The lease of job 0 (extended to t0 + 50 s) runs out: interrupted, queued, then a poison
+    // pill.
+    clock.advance(29_000);
+    assert!(b.rescue(3).await.expect("rescue").is_empty());
+    for round in 1..=3u32 {
+        clock.advance(30_000);
+        let rescued = b.rescue(3).await.expect("rescue");
+        assert_eq!(rescued, vec![ids[0].clone()], "round {round}");
+        let j = get(&b, &ids[0]).await;
+        assert_eq!(
+            (j.interruptions, j.interruption_streak, j.attempt),
+            (round, round, 0)
+        );
+        if round < 3 {
+            assert_eq!(j.state, JobState::Queued);
+            let again = b.fetch("default", 1, LEASE).await.expect("fetch");
+            assert_eq!(again[0].id, ids[0]);
+            clock.advance(1);
+        } else {
+            assert_eq!(j.state, JobState::Dead);
+            assert!(
+                j.last_error
+                    .unwrap_or_default()
+                    .contains("interrupted 3 times")
+            );
+        }
+    }
+
+    // Retry one cancelled job, then every dead one.
+    let j = b.retry(&ids[1]).await.expect("retry");
+    assert_eq!(
+        (j.state, j.attempt, j.finished_at),
+        (JobState::Queued, 0, None)
+    );
+    assert_eq!(b.retry_all_dead(None).await.expect("retry all"), 1);
+    assert_eq!(get(&b, &ids[0]).await.state, JobState::Queued);
+    let counts = &b.queues().await.expect("queues")[0].counts;
+    assert_eq!(
+        (counts.queued, counts.cancelled, counts.dead, counts.running),
+        (2, 1, 0, 0)
+    );
 }

@@ -6,8 +6,8 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::{
-    ManualClock, assert_lease_lost, enqueue, fetch_expect, fetch_one, finish, get, history_types,
-    job, last_event, ok, types,
+    LEASE, ManualClock, RAN_AND_SUCCEEDED, assert_lease_lost, enqueue, enqueue_ids, fetch_expect,
+    fetch_one, finish, get, history_types, job, last_event, ok, types,
 };
 use crate::broker::{Broker, Finish, Outcome};
 use crate::clock::Clock;
@@ -38,14 +38,7 @@ pub async fn finish_succeeded(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     assert_eq!(done.finished_at, Some(clock.now_ms()));
     assert_eq!(done.started_at, Some(clock.now_ms() - 250));
     let history = b.history(&id).await.expect("history");
-    assert_eq!(
-        types(&history),
-        vec![
-            EventType::Enqueued,
-            EventType::Started,
-            EventType::Succeeded
-        ]
-    );
+    assert_eq!(types(&history), RAN_AND_SUCCEEDED);
     assert_eq!(history[2].result, Some(result));
     assert_eq!(history[2].attempt, 1);
 
@@ -200,4 +193,115 @@ pub async fn finish_batch_answers_each_entry(b: Arc<dyn Broker>, _clock: Arc<Man
     assert_eq!(get(&b, &a).await.state, JobState::Running);
     assert_eq!(get(&b, &c).await.state, JobState::Succeeded);
     assert!(b.finish(Vec::new()).await.expect("empty finish").is_empty());
+}
+
+/// One finish batch with every outcome at once, and a stale token among them: each entry is
+/// recorded as its own outcome, the stale one refused, a spent lease refused again; then the
+/// released job is first in line and the snoozed and retried ones follow as they fall due.
+pub async fn finish_batch_mixes_outcomes_and_refuses_stale_tokens(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let t0 = clock.now_ms();
+    let ids = enqueue_ids(&*b, (0..5).map(|_| job("k")).collect()).await;
+    let got = b.fetch("default", 5, LEASE).await.expect("fetch");
+    let mut stale = got[0].lease();
+    stale.token += 1;
+    let entries = [
+        (stale, Outcome::Succeeded { result: json!(1) }),
+        (
+            got[0].lease(),
+            Outcome::Succeeded {
+                result: json!({"n": 1}),
+            },
+        ),
+        (
+            got[1].lease(),
+            Outcome::Retry {
+                at: t0 + 5000,
+                error: "flaky".into(),
+            },
+        ),
+        (
+            got[2].lease(),
+            Outcome::Dead {
+                error: "bad".into(),
+            },
+        ),
+        (got[3].lease(), Outcome::Snooze { at: t0 + 1000 }),
+        (
+            got[4].lease(),
+            Outcome::Released {
+                reason: "shutdown".into(),
+            },
+        ),
+    ];
+    let res = b
+        .finish(
+            entries
+                .into_iter()
+                .map(|(lease, outcome)| Finish { lease, outcome })
+                .collect(),
+        )
+        .await
+        .expect("finish");
+    assert!(matches!(res[0], Err(BrokerError::LeaseLost(_))));
+    assert!(res[1..].iter().all(Result::is_ok), "{res:?}");
+    // Same lease twice: the second is refused.
+    assert_lease_lost(
+        finish(&b, got[0].lease(), Outcome::Dead { error: "x".into() }).await,
+        "a spent lease",
+    );
+
+    let j = get(&b, &ids[0]).await;
+    assert_eq!(
+        (j.state, j.result.clone(), j.finished_at),
+        (JobState::Succeeded, Some(json!({"n": 1})), Some(t0))
+    );
+    assert_eq!(j.lease_until, None);
+    let j = get(&b, &ids[1]).await;
+    assert_eq!(
+        (j.state, j.run_at, j.attempt),
+        (JobState::Retrying, t0 + 5000, 1)
+    );
+    assert_eq!(j.last_error.as_deref(), Some("flaky"));
+    assert_eq!(get(&b, &ids[2]).await.state, JobState::Dead);
+    let j = get(&b, &ids[3]).await;
+    assert_eq!(
+        (j.state, j.attempt, j.run_at),
+        (JobState::Scheduled, 0, t0 + 1000)
+    );
+    let j = get(&b, &ids[4]).await;
+    assert_eq!(
+        (j.state, j.attempt, j.interruptions),
+        (JobState::Queued, 0, 0)
+    );
+
+    let next = b.fetch("default", 10, LEASE).await.expect("fetch");
+    assert_eq!(
+        next.iter().map(|j| &j.id).collect::<Vec<_>>(),
+        vec![&ids[4]]
+    );
+    assert_eq!((next[0].attempt, next[0].lease_token), (1, 2));
+    clock.advance(5000);
+    let next = b.fetch("default", 10, LEASE).await.expect("fetch");
+    assert_eq!(
+        next.iter().map(|j| &j.id).collect::<Vec<_>>(),
+        vec![&ids[3], &ids[1]]
+    );
+    assert_eq!(next[1].attempt, 2);
+
+    let stats = b.queues().await.expect("queues");
+    assert_eq!(stats.len(), 1);
+    assert_eq!(stats[0].counts.running, 3);
+    assert_eq!(stats[0].counts.succeeded, 1);
+    assert_eq!(stats[0].counts.dead, 1);
+    assert_eq!(stats[0].processed_last_minute, 1);
+    assert_eq!(stats[0].failed_last_minute, 2);
+    clock.advance(61_000);
+    let stats = b.queues().await.expect("queues");
+    assert_eq!(
+        (stats[0].processed_last_minute, stats[0].failed_last_minute),
+        (0, 0)
+    );
 }
