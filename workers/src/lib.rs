@@ -16,7 +16,7 @@
 //! - [`schedule`]: cron schedules, one job per tick across any number of nodes.
 //! - [`time`]: [`Timestamp`](time::Timestamp): millis inside, RFC 3339 on the wire.
 //! - [`clock`]: injectable time.
-//! - `testing` (feature `test-util`): the broker conformance suite.
+//! - `testing` (feature `test-util`): the broker conformance suite, one file per topic.
 
 pub mod broker;
 pub mod clock;

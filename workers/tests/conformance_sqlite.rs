@@ -3,18 +3,16 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
+use hopper_workers::broker::Broker;
 use hopper_workers::broker::sqlite::SqliteBroker;
-use hopper_workers::broker::{Broker, Finish, Outcome};
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::job::{JobState, NewJob};
-use hopper_workers::testing::temp_sqlite;
+use hopper_workers::testing::{drain, temp_sqlite};
 use serde_json::json;
 
 hopper_workers::conformance_suite!(|clock: Arc<dyn Clock>| temp_sqlite(clock));
-
-const LEASE: Duration = Duration::from_secs(30);
 
 /// Two instances on one file, fetching concurrently, never hand out the same job twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -40,28 +38,9 @@ async fn two_instances_on_one_file_never_share_a_job() {
 
     let mut tasks = Vec::new();
     for broker in [one.clone(), two.clone(), one.clone(), two.clone()] {
-        tasks.push(tokio::spawn(async move {
-            let mut mine = Vec::new();
-            loop {
-                let jobs = broker.fetch("default", 16, LEASE).await.expect("fetch");
-                if jobs.is_empty() {
-                    return mine;
-                }
-                let batch = jobs
-                    .iter()
-                    .map(|j| Finish {
-                        lease: j.lease(),
-                        outcome: Outcome::Succeeded {
-                            result: json!(null),
-                        },
-                    })
-                    .collect();
-                for answer in broker.finish(batch).await.expect("finish") {
-                    answer.expect("the lease is held by whoever fetched it");
-                }
-                mine.extend(jobs.into_iter().map(|j| j.id));
-            }
-        }));
+        tasks.push(tokio::spawn(
+            async move { drain(&*broker, "default", 16).await },
+        ));
     }
     let mut seen = HashSet::new();
     for t in tasks {
@@ -133,26 +112,9 @@ async fn drain_throughput() {
     let mut tasks = Vec::new();
     for _ in 0..FETCHERS {
         let b = b.clone();
-        tasks.push(tokio::spawn(async move {
-            let mut done = 0usize;
-            loop {
-                let jobs = b.fetch("bench", 64, LEASE).await.expect("fetch");
-                if jobs.is_empty() {
-                    return done;
-                }
-                let batch: Vec<Finish> = jobs
-                    .iter()
-                    .map(|j| Finish {
-                        lease: j.lease(),
-                        outcome: Outcome::Succeeded {
-                            result: json!(null),
-                        },
-                    })
-                    .collect();
-                done += batch.len();
-                b.finish(batch).await.expect("finish");
-            }
-        }));
+        tasks.push(tokio::spawn(
+            async move { drain(&*b, "bench", 64).await.len() },
+        ));
     }
     let mut processed = 0;
     for t in tasks {

@@ -1,0 +1,174 @@
+//! What `enqueue` stores: every field as given, a batch all or none, and a taken
+//! `unique_key` answered with the existing job instead of a new one.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+use super::{LEASE, ManualClock, enqueue, fetch_one, get, history_types, job, types};
+use crate::broker::{Broker, Enqueued};
+use crate::clock::Clock;
+use crate::error::BrokerError;
+use crate::event::EventType;
+use crate::job::{JobId, JobState, NewJob};
+
+/// A job is stored as given, starts `queued`, and its history opens with `job.enqueued`.
+pub async fn enqueue_get_history(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let now = clock.now_ms();
+    let new = NewJob::new("test.echo", json!({"n": 1, "s": "x"}))
+        .queue("q1")
+        .priority(3)
+        .max_retries(2)
+        .timeout(Duration::from_secs(5));
+    let answers = b.enqueue(vec![new.clone()]).await.expect("enqueue");
+    assert_eq!(
+        answers,
+        vec![Enqueued {
+            id: new.id.clone(),
+            created: true
+        }]
+    );
+
+    let j = get(&b, &new.id).await;
+    assert_eq!(j.id, new.id);
+    assert_eq!(j.queue, "q1");
+    assert_eq!(j.kind, "test.echo");
+    assert_eq!(j.payload, json!({"n": 1, "s": "x"}));
+    assert_eq!(j.priority, 3);
+    assert_eq!(j.state, JobState::Queued);
+    assert_eq!(j.run_at, now);
+    assert_eq!(j.attempt, 0);
+    assert_eq!(j.max_retries, 2);
+    assert_eq!(j.timeout_ms, Some(5000));
+    assert_eq!(j.interruptions, 0);
+    assert_eq!(j.progress, 0);
+    assert_eq!(j.result, None);
+    assert_eq!(j.last_error, None);
+    assert_eq!(j.created_at, now);
+    assert_eq!(j.started_at, None);
+    assert_eq!(j.finished_at, None);
+
+    let history = b.history(&new.id).await.expect("history");
+    assert_eq!(types(&history), vec![EventType::Enqueued]);
+    let e = &history[0];
+    assert_eq!(e.job_id, new.id);
+    assert_eq!(e.queue, "q1");
+    assert_eq!(e.kind, "test.echo");
+    assert_eq!(e.at, now);
+    assert_eq!(e.attempt, 0);
+
+    let missing = JobId::generate();
+    assert_eq!(b.get(&missing).await.expect("get missing"), None);
+    assert!(
+        b.history(&missing)
+            .await
+            .expect("history missing")
+            .is_empty()
+    );
+    assert!(
+        b.enqueue(Vec::new())
+            .await
+            .expect("empty enqueue")
+            .is_empty()
+    );
+}
+
+/// A batch with one invalid job creates nothing.
+pub async fn enqueue_is_all_or_none(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
+    let good = job("test.ok");
+    let bad = job("test.bad").priority(12);
+    let r = b.enqueue(vec![good.clone(), bad]).await;
+    assert!(matches!(r, Err(BrokerError::Invalid(_))), "got {r:?}");
+    assert_eq!(b.get(&good.id).await.expect("get"), None);
+    assert!(fetch_one(&b, "default").await.is_none());
+}
+
+/// A taken `unique_key` returns the existing job and creates nothing, also inside one batch
+/// and when the very same job is sent again.
+pub async fn unique_key_returns_existing(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
+    let first = enqueue(&b, job("test.u").unique_key("k1")).await;
+    let dup = job("test.u").unique_key("k1");
+    let answers = b.enqueue(vec![dup.clone()]).await.expect("enqueue dup");
+    assert_eq!(
+        answers,
+        vec![Enqueued {
+            id: first.clone(),
+            created: false
+        }]
+    );
+    assert_eq!(b.get(&dup.id).await.expect("get"), None);
+    assert_eq!(history_types(&b, &first).await, vec![EventType::Enqueued]);
+
+    let a = job("test.u").unique_key("k2");
+    let c = job("test.u").unique_key("k2");
+    let plain = job("test.u");
+    let answers = b
+        .enqueue(vec![a.clone(), c.clone(), plain.clone()])
+        .await
+        .expect("enqueue batch");
+    assert_eq!(
+        answers,
+        vec![
+            Enqueued {
+                id: a.id.clone(),
+                created: true
+            },
+            Enqueued {
+                id: a.id.clone(),
+                created: false
+            },
+            Enqueued {
+                id: plain.id.clone(),
+                created: true
+            },
+        ]
+    );
+    assert_eq!(b.get(&c.id).await.expect("get"), None);
+    assert_eq!(get(&b, &a.id).await.unique_key.as_deref(), Some("k2"));
+
+    // The very same job sent again (a client retrying its request) is the job already stored.
+    let again = b.enqueue(vec![a.clone()]).await.expect("enqueue again");
+    assert_eq!(
+        again,
+        vec![Enqueued {
+            id: a.id.clone(),
+            created: false
+        }]
+    );
+    let queued = b.queues().await.expect("queues")[0].counts.queued;
+    assert_eq!(queued, 3, "k1, k2 and the plain job");
+}
+
+/// Every field fixed at enqueue comes back exactly from `get`, `fetch` and `history`: a
+/// payload holding `|` (Redis packs these fields into one string), numbers and empty arrays,
+/// a priority, a timeout, a unique key; and a job without a timeout has none.
+pub async fn fields_round_trip_exactly(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let payload = json!({"a|b": "x|y||", "n": [1, 2.5, -3], "e": []});
+    let j = NewJob::new("k.packed", payload.clone())
+        .priority(7)
+        .max_retries(4)
+        .timeout(Duration::from_millis(1234))
+        .unique_key("u|1");
+    let plain = NewJob::new("k.plain", json!({}));
+    b.enqueue(vec![j.clone(), plain.clone()])
+        .await
+        .expect("enqueue");
+    let got = get(&b, &j.id).await;
+    assert_eq!(got.payload, payload);
+    assert_eq!(got.priority, 7);
+    assert_eq!(got.max_retries, 4);
+    assert_eq!(got.timeout_ms, Some(1234));
+    assert_eq!(got.unique_key.as_deref(), Some("u|1"));
+    assert_eq!(got.created_at, clock.now_ms());
+    let leased = b.fetch("default", 10, LEASE).await.expect("fetch");
+    assert_eq!(leased.len(), 2);
+    let got = leased.iter().find(|l| l.id == j.id).expect("leased");
+    assert_eq!(got.payload, payload);
+    assert_eq!(got.timeout_ms, Some(1234));
+    let plain_got = leased.iter().find(|l| l.id == plain.id).expect("leased");
+    assert_eq!(plain_got.timeout_ms, None);
+    assert_eq!(plain_got.priority, plain.priority);
+    let events = b.history(&j.id).await.expect("history");
+    assert_eq!(events.len(), 2, "{events:?}");
+}

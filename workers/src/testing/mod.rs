@@ -1,0 +1,381 @@
+//! The broker conformance suite (feature `test-util`): every lifecycle case written once, run
+//! against every [`Broker`].
+//!
+//! Each case is a `pub async fn(Arc<dyn Broker>, Arc<ManualClock>)`. The broker under test must
+//! read time only through the clock it was built with, so a case moves time with
+//! [`ManualClock::advance`] instead of sleeping. A broker's test file is one macro call:
+//!
+//! ```ignore
+//! // workers/tests/conformance_sqlite.rs
+//! hopper_workers::conformance_suite!(|clock| async move {
+//!     let dir = tempfile::tempdir().expect("tempdir");
+//!     let broker = SqliteBroker::open(dir.path().join("t.db"), clock).await.expect("open");
+//!     (Arc::new(broker) as Arc<dyn Broker>, dir) // the guard lives as long as the test
+//! });
+//! ```
+//!
+//! The factory gets an `Arc<dyn Clock>` and returns a fresh, isolated broker: either an
+//! `Arc<dyn Broker>`, or `(Arc<dyn Broker>, guard)` where the guard (a temp dir, say) is kept
+//! alive until the case ends. It does not own the pool or the API: those have their own tests.
+//!
+//! This file holds the case list (the macro), the factory plumbing and the helpers the cases
+//! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `outcomes`
+//! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `admin` (cancel, retry,
+//! purge, drop) and `inspect` (list, queues, events). A case that only one broker can pass does
+//! not belong here: it stays in that broker's test file, saying why.
+
+// One file per topic. Each case is `pub` in its topic and re-exported here, so the macro (and
+// any caller) names it `testing::<case>` whichever file it lives in.
+mod admin;
+mod chains;
+mod enqueue;
+mod fetch;
+mod inspect;
+mod leases;
+mod outcomes;
+
+pub use admin::*;
+pub use chains::*;
+pub use enqueue::*;
+pub use fetch::*;
+pub use inspect::*;
+pub use leases::*;
+pub use outcomes::*;
+
+use std::any::Any;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::json;
+
+pub use crate::clock::ManualClock;
+
+use crate::broker::{Broker, Finish, JobFilter, Outcome};
+use crate::clock::Clock;
+use crate::error::BrokerError;
+use crate::event::{Event, EventType};
+use crate::job::{Job, JobId, JobState, Lease, NewJob};
+
+/// Where every case's clock starts: a fixed, realistic time (2023-11-14T22:13:20Z).
+pub const START: i64 = 1_700_000_000_000;
+/// The lease cases fetch with unless they say otherwise.
+pub const LEASE: Duration = Duration::from_secs(30);
+const LEASE_MS: i64 = 30_000;
+
+/// What a conformance factory may return: a broker, or a broker and a guard to keep alive.
+pub trait TestBroker {
+    /// The broker and whatever must outlive it.
+    fn split(self) -> (Arc<dyn Broker>, Box<dyn Any + Send>);
+}
+
+impl TestBroker for Arc<dyn Broker> {
+    fn split(self) -> (Arc<dyn Broker>, Box<dyn Any + Send>) {
+        (self, Box::new(()))
+    }
+}
+
+impl<G: Send + 'static> TestBroker for (Arc<dyn Broker>, G) {
+    fn split(self) -> (Arc<dyn Broker>, Box<dyn Any + Send>) {
+        (self.0, Box::new(self.1))
+    }
+}
+
+/// A fresh manual clock at [`START`], and the same clock as the `dyn Clock` a factory takes.
+pub fn clocks() -> (Arc<ManualClock>, Arc<dyn Clock>) {
+    let clock = ManualClock::new(START);
+    let dyn_clock: Arc<dyn Clock> = clock.clone();
+    (clock, dyn_clock)
+}
+
+/// An SQLite broker on a file in a fresh temporary directory (removed when the guard drops).
+///
+/// # Panics
+///
+/// When the directory or the database cannot be created: this is test support.
+#[cfg(feature = "sqlite")]
+pub async fn temp_sqlite(clock: Arc<dyn Clock>) -> (Arc<dyn Broker>, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("create a temporary directory");
+    let broker = crate::broker::sqlite::SqliteBroker::open(dir.path().join("hopper.db"), clock)
+        .await
+        .expect("open the SQLite broker");
+    (Arc::new(broker), dir)
+}
+
+/// Expands to one `#[tokio::test]` per conformance case, each on a fresh broker from
+/// `$factory` (a closure taking `Arc<dyn Clock>` and returning a future of a [`TestBroker`]).
+/// The calling crate needs `tokio` with the `macros` and `rt` features.
+#[macro_export]
+macro_rules! conformance_suite {
+    ($factory:expr) => {
+        $crate::conformance_suite!(@cases $factory;
+            // enqueue.rs
+            enqueue_get_history,
+            enqueue_is_all_or_none,
+            unique_key_returns_existing,
+            fields_round_trip_exactly,
+            // fetch.rs
+            strict_priority_fifo_within_level,
+            batch_fetch_takes_priority_then_due_time_then_fifo,
+            delayed_job_waits_for_run_at,
+            large_due_backlog_is_fetched_in_full,
+            fetch_respects_max_and_never_repeats,
+            concurrent_fetches_never_share_a_job,
+            wait_for_work_returns,
+            // outcomes.rs
+            finish_succeeded,
+            finish_retry_then_dead,
+            finish_snooze,
+            finish_released,
+            finish_batch_answers_each_entry,
+            finish_batch_mixes_outcomes_and_refuses_stale_tokens,
+            // leases.rs
+            stale_token_refused_after_rescue,
+            heartbeat_extends_and_reports,
+            rescue_counts_interruption_not_attempt,
+            poison_pill_after_max_interruptions,
+            progress_recorded_and_fenced,
+            heartbeat_cancel_retry_and_rescue,
+            // admin.rs
+            cancel_non_final_and_conflict_on_final,
+            retry_dead_and_cancelled_only,
+            retry_all_dead_counts_and_filters,
+            purge_finished_and_trim_events,
+            purge_frees_unique_keys_and_drop_queue_counts,
+            drop_queue_removes_jobs_and_events,
+            ping_answers,
+            // inspect.rs
+            list_filters_and_cursor,
+            list_pages_a_batch_across_queues_with_filters,
+            queues_counts,
+            events_resume_after_id,
+            events_merge_queues_and_page_one_at_a_time,
+            batched_events_page_one_by_one,
+            // chains.rs
+            chain_passes_results_in_order,
+            chain_dead_step_cancels_rest_and_retry_resumes,
+            chain_cancel_cancels_rest,
+            chain_replay_with_taken_key_creates_nothing,
+            chain_retry_of_later_step_waits_for_predecessor,
+            chain_counts_waiting_splices_input_and_survives_poison,
+        );
+    };
+    (@cases $factory:expr; $($case:ident),* $(,)?) => {
+        $(
+            #[::tokio::test]
+            async fn $case() {
+                let (clock, dyn_clock) = $crate::testing::clocks();
+                let factory = $factory;
+                let (broker, _guard) =
+                    $crate::testing::TestBroker::split(factory(dyn_clock).await);
+                $crate::testing::$case(broker, clock).await;
+            }
+        )*
+    };
+}
+
+// ---- Helpers ---------------------------------------------------------------------------------
+
+fn job(kind: &str) -> NewJob {
+    NewJob::new(kind, json!({}))
+}
+
+async fn enqueue(b: &Arc<dyn Broker>, job: NewJob) -> JobId {
+    let answers = b.enqueue(vec![job]).await.expect("enqueue");
+    assert_eq!(answers.len(), 1, "one answer per job");
+    assert!(answers[0].created, "a new job is created");
+    answers[0].id.clone()
+}
+
+async fn get(b: &Arc<dyn Broker>, id: &JobId) -> Job {
+    b.get(id).await.expect("get").expect("the job exists")
+}
+
+async fn fetch_one(b: &Arc<dyn Broker>, queue: &str) -> Option<Job> {
+    let mut jobs = b.fetch(queue, 1, LEASE).await.expect("fetch");
+    assert!(
+        jobs.len() <= 1,
+        "fetch(max = 1) returned {} jobs",
+        jobs.len()
+    );
+    jobs.pop()
+}
+
+/// The one job `fetch` leases from `queue` for `lease`.
+async fn fetch_leased(b: &Arc<dyn Broker>, queue: &str, lease: Duration) -> Job {
+    let mut jobs = b.fetch(queue, 1, lease).await.expect("fetch");
+    assert_eq!(jobs.len(), 1, "fetch(max = 1) of a due job");
+    jobs.remove(0)
+}
+
+async fn fetch_expect(b: &Arc<dyn Broker>, queue: &str, id: &JobId) -> Job {
+    let job = fetch_one(b, queue).await.expect("a job is due");
+    assert_eq!(&job.id, id, "the expected job is fetched");
+    job
+}
+
+async fn finish(b: &Arc<dyn Broker>, lease: Lease, outcome: Outcome) -> Result<(), BrokerError> {
+    let mut answers = b
+        .finish(vec![Finish { lease, outcome }])
+        .await
+        .expect("finish round-trip");
+    assert_eq!(answers.len(), 1, "one answer per entry");
+    answers.remove(0)
+}
+
+fn ok() -> Outcome {
+    Outcome::Succeeded {
+        result: json!({"ok": true}),
+    }
+}
+
+/// The history of a job that ran once and succeeded.
+const RAN_AND_SUCCEEDED: [EventType; 3] = [
+    EventType::Enqueued,
+    EventType::Started,
+    EventType::Succeeded,
+];
+
+fn types(events: &[Event]) -> Vec<EventType> {
+    events.iter().map(|e| e.kind_of_event).collect()
+}
+
+async fn history_types(b: &Arc<dyn Broker>, id: &JobId) -> Vec<EventType> {
+    types(&b.history(id).await.expect("history"))
+}
+
+async fn last_event(b: &Arc<dyn Broker>, id: &JobId) -> Event {
+    b.history(id)
+        .await
+        .expect("history")
+        .pop()
+        .expect("the job has events")
+}
+
+fn assert_lease_lost(r: Result<(), BrokerError>, what: &str) {
+    assert!(
+        matches!(r, Err(BrokerError::LeaseLost(_))),
+        "{what}: expected LeaseLost, got {r:?}"
+    );
+}
+
+/// A job that ran once and died, in `queue`.
+async fn make_dead(b: &Arc<dyn Broker>, queue: &str) -> JobId {
+    let id = enqueue(b, job("test.dead").queue(queue)).await;
+    let j = fetch_expect(b, queue, &id).await;
+    finish(
+        b,
+        j.lease(),
+        Outcome::Dead {
+            error: "boom".into(),
+        },
+    )
+    .await
+    .expect("finish dead");
+    id
+}
+
+/// A job that ran once and succeeded, in `queue`.
+async fn make_succeeded(b: &Arc<dyn Broker>, queue: &str) -> JobId {
+    let id = enqueue(b, job("test.ok").queue(queue)).await;
+    let j = fetch_expect(b, queue, &id).await;
+    finish(b, j.lease(), ok()).await.expect("finish ok");
+    id
+}
+
+fn assert_not_found<T: std::fmt::Debug>(r: Result<T, BrokerError>) {
+    assert!(
+        matches!(r, Err(BrokerError::NotFound(_))),
+        "expected NotFound, got {r:?}"
+    );
+}
+
+fn assert_conflict(r: Result<Job, BrokerError>, state: JobState) {
+    assert!(
+        matches!(r, Err(BrokerError::Conflict { state: s, .. }) if s == state),
+        "expected a conflict in state {state:?}, got {r:?}"
+    );
+}
+
+/// Enqueues `jobs` in one call and returns the ids it answered, in order.
+///
+/// # Panics
+///
+/// When the call fails: this is test support.
+pub async fn enqueue_ids(b: &dyn Broker, jobs: Vec<NewJob>) -> Vec<JobId> {
+    let answers = b.enqueue(jobs).await.expect("enqueue");
+    answers.into_iter().map(|e| e.id).collect()
+}
+
+/// A `finish` batch that ends every one of `jobs` as succeeded, with a `null` result.
+pub fn succeed_all(jobs: &[Job]) -> Vec<Finish> {
+    jobs.iter()
+        .map(|j| Finish {
+            lease: j.lease(),
+            outcome: Outcome::Succeeded {
+                result: json!(null),
+            },
+        })
+        .collect()
+}
+
+/// Fetches `queue` up to `max` jobs at a time, finishing each batch as succeeded, until nothing
+/// is due; returns the ids in the order they were fetched.
+///
+/// # Panics
+///
+/// When a call fails or a lease is refused: this is test support.
+pub async fn drain(b: &dyn Broker, queue: &str, max: usize) -> Vec<JobId> {
+    let mut done = Vec::new();
+    loop {
+        let jobs = b.fetch(queue, max, LEASE).await.expect("fetch");
+        if jobs.is_empty() {
+            return done;
+        }
+        for answer in b.finish(succeed_all(&jobs)).await.expect("finish") {
+            answer.expect("the lease is held by whoever fetched it");
+        }
+        done.extend(jobs.into_iter().map(|j| j.id));
+    }
+}
+
+/// The whole event log, read `limit` events at a time, each page resuming after the last id.
+async fn events_paged(b: &Arc<dyn Broker>, limit: usize) -> Vec<Event> {
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = b.events(after.as_deref(), limit).await.expect("events");
+        let Some(last) = page.last() else {
+            return paged;
+        };
+        assert!(
+            page.len() <= limit,
+            "a page of {} for limit {limit}",
+            page.len()
+        );
+        after = Some(last.id.clone());
+        paged.extend(page);
+    }
+}
+
+/// Every job, newest first, paged through the cursor `limit` at a time.
+async fn list_paged(b: &Arc<dyn Broker>, limit: usize) -> Vec<JobId> {
+    let mut paged = Vec::new();
+    let mut cursor = None;
+    for _ in 0..100 {
+        let page = b
+            .list(&JobFilter {
+                limit,
+                cursor: cursor.clone(),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list page");
+        assert!(page.jobs.len() <= limit);
+        cursor = page.next_cursor.clone();
+        paged.extend(page.jobs.into_iter().map(|j| j.id));
+        if cursor.is_none() {
+            return paged;
+        }
+    }
+    panic!("paging did not end after 100 pages");
+}
