@@ -125,8 +125,8 @@ pub const DEFAULT_EVENT_CAP: u64 = 100_000;
 macro_rules! lua {
     ($file:literal) => {
         Lua::new(concat!(
-            include_str!("../../lua/common.lua"),
-            include_str!(concat!("../../lua/", $file))
+            include_str!("../../../lua/common.lua"),
+            include_str!(concat!("../../../lua/", $file))
         ))
     };
 }
