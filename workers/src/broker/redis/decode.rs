@@ -1,0 +1,237 @@
+//! Redis replies -> Hopper types: a job from its hash (as `HGETALL`, fetch.lua or list.lua hand
+//! it over), the answers of the one-job scripts, and the typed error for data the broker did
+//! not write.
+//!
+//! It owns the reading of the stored fields, including the packed field `d` (see `keys.rs` for
+//! what the hash holds and why). It sends nothing: the callers run the commands and pass their
+//! replies in. Stream entries are read into events by `events.rs`, which shares the small
+//! readers here ([`text`], [`string`], [`parse_num`]).
+
+use std::collections::HashMap;
+
+use redis::Value;
+
+use crate::error::{BrokerError, BrokerResult};
+use crate::job::{ChainLink, Job, JobId, JobState};
+
+/// Redis returned something the broker did not write: a corrupt or foreign key.
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected data in Redis: {0}")]
+struct Corrupt(String);
+
+pub(super) fn corrupt(message: impl Into<String>) -> BrokerError {
+    BrokerError::Backend(Box::new(Corrupt(message.into())))
+}
+
+pub(super) fn text(v: &Value) -> Option<&str> {
+    match v {
+        Value::BulkString(b) => std::str::from_utf8(b).ok(),
+        Value::SimpleString(s) => Some(s),
+        _ => None,
+    }
+}
+
+pub(super) fn string(v: &Value) -> BrokerResult<String> {
+    text(v)
+        .map(str::to_owned)
+        .ok_or_else(|| corrupt(format!("expected a string, got {v:?}")))
+}
+
+pub(super) fn int(v: &Value) -> BrokerResult<i64> {
+    match v {
+        Value::Int(i) => Ok(*i),
+        other => text(other)
+            .and_then(parse_num)
+            .ok_or_else(|| corrupt(format!("expected an integer, got {other:?}"))),
+    }
+}
+
+/// Integers written by Lua are plain digits; accept a float form too, should one appear.
+pub(super) fn parse_num(s: &str) -> Option<i64> {
+    s.parse::<i64>().ok().or_else(|| {
+        s.parse::<f64>()
+            .ok()
+            .filter(|f| f.is_finite())
+            .map(|f| f as i64)
+    })
+}
+
+fn array(v: Value) -> BrokerResult<Vec<Value>> {
+    match v {
+        Value::Array(a) => Ok(a),
+        Value::Nil => Ok(Vec::new()),
+        other => Err(corrupt(format!("expected an array, got {other:?}"))),
+    }
+}
+
+/// A job from its hash as a flat field/value array; `None` for an empty hash (no such job).
+/// The hash does not store the id and the queue (its key names them), nor zero counters.
+pub(super) fn job_from_fields(v: &Value, id: &str, queue: &str) -> BrokerResult<Option<Job>> {
+    let Value::Array(items) = v else {
+        return Err(corrupt(format!("expected a job hash, got {v:?}")));
+    };
+    if items.is_empty() {
+        return Ok(None);
+    }
+    job_from_pairs(items, id, queue).map(Some)
+}
+
+/// The fields fixed at enqueue, packed in `d` after the job's first event id (see
+/// common.lua): `<ev0>|<priority>|<max_retries>|<timeout_ms>|<created_at>|<payload>`.
+const PACKED: [&str; 5] = [
+    "priority",
+    "max_retries",
+    "timeout_ms",
+    "created_at",
+    "payload",
+];
+
+/// A job from the field/value pairs of its hash.
+fn job_from_pairs(items: &[Value], id: &str, queue: &str) -> BrokerResult<Job> {
+    let mut m: HashMap<&str, &str> = HashMap::with_capacity(items.len() / 2 + PACKED.len());
+    for pair in items.chunks_exact(2) {
+        if let (Some(k), Some(val)) = (text(&pair[0]), text(&pair[1])) {
+            m.insert(k, val);
+        }
+    }
+    // The packed fields are read from `d` alone: a hash field of the same name is not ours.
+    for name in PACKED {
+        m.remove(name);
+    }
+    if let Some(d) = m.get("d").copied() {
+        let parts: Vec<&str> = d.splitn(PACKED.len() + 1, '|').skip(1).collect();
+        if parts.len() < PACKED.len() {
+            return Err(corrupt(format!("job {id}: bad field d")));
+        }
+        m.extend(PACKED.into_iter().zip(parts));
+    }
+    decode(&m, id, queue)
+}
+
+/// A job leased by fetch.lua: its hash as a flat field/value array as it was before the
+/// lease, followed by its id.
+pub(super) fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
+    let Value::Array(f) = v else {
+        return Err(corrupt(format!("expected a fetched job, got {v:?}")));
+    };
+    let Some((id, fields)) = f.split_last() else {
+        return Err(corrupt("fetch.lua answered an empty job"));
+    };
+    let id = text(id).ok_or_else(|| corrupt("fetch.lua answered a job without an id"))?;
+    job_from_pairs(fields, id, queue)
+}
+
+/// `None` for an absent or empty field ('' is how scripts clear a field in place).
+fn nonempty(v: Option<&str>) -> Option<&str> {
+    v.filter(|s| !s.is_empty())
+}
+
+/// A job from its stored fields as text, under their own names and the names of `d`'s parts.
+fn decode(fields: &HashMap<&str, &str>, id: &str, queue: &str) -> BrokerResult<Job> {
+    let get = |f: &str| fields.get(f).copied();
+    let req = |f: &str| -> BrokerResult<String> {
+        get(f)
+            .map(str::to_owned)
+            .ok_or_else(|| corrupt(format!("job {id} has no field {f}")))
+    };
+    let opt_num = |f: &str| -> BrokerResult<Option<i64>> {
+        get(f)
+            .filter(|s| !s.is_empty())
+            .map(|s| {
+                parse_num(s).ok_or_else(|| corrupt(format!("job {id}: field {f} is not a number")))
+            })
+            .transpose()
+    };
+    let num = |f: &str| -> BrokerResult<i64> {
+        opt_num(f)?.ok_or_else(|| corrupt(format!("job {id} has no field {f}")))
+    };
+    // Counters are not stored while 0.
+    let count = |f: &str| -> BrokerResult<u32> {
+        u32::try_from(opt_num(f)?.unwrap_or(0))
+            .map_err(|_| corrupt(format!("job {id}: field {f} out of range")))
+    };
+    let json = |f: &str, s: &str| -> BrokerResult<serde_json::Value> {
+        serde_json::from_str(s).map_err(|e| corrupt(format!("job {id}: field {f}: {e}")))
+    };
+    let state_s = req("state")?;
+    let state = JobState::parse(&state_s)
+        .ok_or_else(|| corrupt(format!("job {id}: unknown state {state_s}")))?;
+    // A succeeded job's progress is 100, whatever it was before: finish.lua does not
+    // write it.
+    let progress = if state == JobState::Succeeded {
+        100
+    } else {
+        u8::try_from(opt_num("progress")?.unwrap_or(0).clamp(0, 100)).unwrap_or(0)
+    };
+    Ok(Job {
+        id: JobId(id.to_owned()),
+        queue: queue.to_owned(),
+        kind: req("kind")?,
+        payload: json("payload", &req("payload")?)?,
+        priority: u8::try_from(num("priority")?)
+            .map_err(|_| corrupt(format!("job {id}: bad priority")))?,
+        state,
+        run_at: num("run_at")?,
+        attempt: count("attempt")?,
+        max_retries: count("max_retries")?,
+        timeout_ms: opt_num("timeout_ms")?.and_then(|t| u64::try_from(t).ok()),
+        interruptions: count("interruptions")?,
+        interruption_streak: count("interruption_streak")?,
+        lease_token: u64::try_from(opt_num("lease_token")?.unwrap_or(0))
+            .map_err(|_| corrupt(format!("job {id}: bad lease_token")))?,
+        // Only a running job has a lease; finish.lua leaves the last deadline behind.
+        lease_until: if state == JobState::Running {
+            opt_num("lease_until")?
+        } else {
+            None
+        },
+        progress,
+        progress_message: nonempty(get("progress_message")).map(str::to_owned),
+        result: nonempty(get("result"))
+            .map(|s| json("result", s))
+            .transpose()?,
+        last_error: nonempty(get("last_error")).map(str::to_owned),
+        unique_key: nonempty(get("unique_key")).map(str::to_owned),
+        created_at: num("created_at")?,
+        started_at: opt_num("started_at")?,
+        finished_at: opt_num("finished_at")?,
+        chain: match nonempty(get("chain_id")) {
+            Some(chain_id) => Some(ChainLink {
+                id: JobId(chain_id.to_owned()),
+                index: opt_num("chain_index")?
+                    .and_then(|i| u32::try_from(i).ok())
+                    .unwrap_or(0),
+                next: nonempty(get("chain_next")).map(|n| JobId(n.to_owned())),
+            }),
+            None => None,
+        },
+    })
+}
+
+/// What cancel.lua and retry.lua answer.
+pub(super) enum Answer {
+    Ok(Box<Job>),
+    NotFound,
+    State(JobState),
+}
+
+pub(super) fn answer(v: Value, id: &JobId, queue: &str) -> BrokerResult<Answer> {
+    let items = array(v)?;
+    match items.first().and_then(text) {
+        Some("ok") => items
+            .get(1)
+            .map(|h| job_from_fields(h, id.as_str(), queue))
+            .transpose()?
+            .flatten()
+            .map(|j| Answer::Ok(Box::new(j)))
+            .ok_or_else(|| corrupt("script answered ok without a job")),
+        Some("nf") => Ok(Answer::NotFound),
+        Some("final" | "state") => {
+            let s = items.get(1).and_then(text).unwrap_or("");
+            JobState::parse(s)
+                .map(Answer::State)
+                .ok_or_else(|| corrupt(format!("unknown state {s}")))
+        }
+        _ => Err(corrupt("unexpected script answer")),
+    }
+}

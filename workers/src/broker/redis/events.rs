@@ -1,0 +1,306 @@
+//! The event streams: event ids, stream entries -> events, a job's history and the merged log.
+//!
+//! Each queue has its own stream. Every state change appends its event, but the hot scripts
+//! (enqueue, fetch, finish) put all the events of one call in *one* stream entry (one `XADD`
+//! per call rather than per job; see `common.lua` for the entry format). An event id is
+//! `<stream id>@<queue>` for the first event of an entry and `<stream id>.<n>@<queue>` for the
+//! n-th after it; [`Broker::events`] merges the streams ordered by (stream id, queue, place in
+//! the entry) and holds back the current millisecond, so that an event appended later to
+//! another queue's stream can never sort before one already handed out. A job's history is the
+//! part of its queue's stream between the ids of its first and last entries (kept in the job
+//! hash as the head of `d` and as `evn`), filtered by job id.
+//!
+//! The scripts write the events, in the same call as the change they record; this file only
+//! reads them. Trimming the streams is `purge`'s (`read.rs`) and the scripts' (the event cap).
+//!
+//! [`Broker::events`]: crate::broker::Broker::events
+
+use std::time::Duration;
+
+use redis::{FromRedisValue, Value};
+
+use super::RedisBroker;
+use super::decode::{corrupt, parse_num, string, text};
+use crate::error::{BrokerError, BrokerResult};
+use crate::event::{Event, EventType};
+use crate::job::{FieldError, JobId};
+
+/// Stream entries read per round-trip by `history` and `events`.
+const STREAM_CHUNK: usize = 1000;
+
+/// A stream entry id, `<ms>-<seq>`, ordered numerically.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct StreamId {
+    ms: u64,
+    seq: u64,
+}
+
+impl StreamId {
+    fn parse(s: &str) -> Option<Self> {
+        let (ms, seq) = s.split_once('-')?;
+        Some(Self {
+            ms: ms.parse().ok()?,
+            seq: seq.parse().ok()?,
+        })
+    }
+}
+
+impl std::fmt::Display for StreamId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}-{}", self.ms, self.seq)
+    }
+}
+
+/// Where an event is in its queue's stream: the entry, and its place in that entry (an
+/// entry holds the events of one script call).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+struct Pos {
+    sid: StreamId,
+    sub: u32,
+}
+
+/// An event id: `<stream id>@<queue>` for an entry's first event, `<stream id>.<n>@<queue>`
+/// for its n-th after that.
+fn event_id(pos: Pos, queue: &str) -> String {
+    if pos.sub == 0 {
+        format!("{}@{queue}", pos.sid)
+    } else {
+        format!("{}.{}@{queue}", pos.sid, pos.sub)
+    }
+}
+
+/// Where a client is in the merged event log (see [`event_id`]).
+fn parse_event_id(s: &str) -> Option<(Pos, &str)> {
+    let (pos, queue) = s.split_once('@')?;
+    let (sid, sub) = match pos.split_once('.') {
+        Some((sid, sub)) => (sid, sub.parse().ok()?),
+        None => (pos, 0),
+    };
+    Some((
+        Pos {
+            sid: StreamId::parse(sid)?,
+            sub,
+        },
+        queue,
+    ))
+}
+
+/// The events of stream entries (see `common.lua`: `at <ms>`, then events each starting with
+/// `t <type>`), with their positions; and how many entries there were.
+fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usize)> {
+    let Value::Array(entries) = v else {
+        return Ok((Vec::new(), 0));
+    };
+    let mut out = Vec::with_capacity(entries.len());
+    for entry in entries {
+        let Value::Array(parts) = entry else {
+            return Err(corrupt("stream entry is not an array"));
+        };
+        let [sid, Value::Array(fields)] = parts.as_slice() else {
+            return Err(corrupt("stream entry without fields"));
+        };
+        let sid_s = string(sid)?;
+        let sid = StreamId::parse(&sid_s).ok_or_else(|| corrupt(format!("stream id {sid_s}")))?;
+        let bad = |what: &str| corrupt(format!("event {sid}: {what}"));
+        let mut at: Option<i64> = None;
+        let mut sub = 0u32;
+        let mut current: Option<Event> = None;
+        for pair in fields.chunks_exact(2) {
+            let (Some(k), Some(val)) = (text(&pair[0]), text(&pair[1])) else {
+                continue;
+            };
+            if k == "t" {
+                if let Some(e) = current.take() {
+                    out.push((Pos { sid, sub }, e));
+                    sub += 1;
+                }
+                let mut e = Event {
+                    id: String::new(),
+                    kind_of_event: EventType::parse(val)
+                        .ok_or_else(|| bad(&format!("unknown type {val}")))?,
+                    job_id: JobId(String::new()),
+                    queue: queue.to_owned(),
+                    kind: String::new(),
+                    at: at.unwrap_or(0),
+                    attempt: 0,
+                    progress: None,
+                    message: None,
+                    result: None,
+                    error: None,
+                };
+                e.id = event_id(Pos { sid, sub }, queue);
+                current = Some(e);
+                continue;
+            }
+            if k == "at" {
+                at = Some(parse_num(val).ok_or_else(|| bad("at"))?);
+                if let Some(e) = current.as_mut() {
+                    e.at = at.unwrap_or(0);
+                }
+                continue;
+            }
+            let Some(e) = current.as_mut() else {
+                continue;
+            };
+            match k {
+                "j" => e.job_id = JobId(val.to_owned()),
+                "k" => val.clone_into(&mut e.kind),
+                "a" => {
+                    e.attempt = u32::try_from(parse_num(val).ok_or_else(|| bad("a"))?).unwrap_or(0);
+                }
+                "p" => e.progress = parse_num(val).and_then(|p| u8::try_from(p).ok()),
+                "m" => e.message = Some(val.to_owned()),
+                "r" => {
+                    e.result =
+                        Some(serde_json::from_str(val).map_err(|e| bad(&format!("result: {e}")))?);
+                }
+                "e" => e.error = Some(val.to_owned()),
+                _ => {}
+            }
+        }
+        if let Some(e) = current {
+            out.push((Pos { sid, sub }, e));
+        }
+    }
+    Ok((out, entries.len()))
+}
+
+/// A job's events, oldest first; none for an unknown job.
+pub(super) async fn history(broker: &RedisBroker, id: &JobId) -> BrokerResult<Vec<Event>> {
+    let Some(queue) = broker.queue_of(id).await? else {
+        return Ok(Vec::new());
+    };
+    // The job's first and last event ids bound the part of the stream to read (the first
+    // leads its packed field `d`).
+    let bounds: Vec<Option<String>> = broker
+        .query(
+            redis::cmd("HMGET")
+                .arg(broker.job_key(&queue, id))
+                .arg("d")
+                .arg("evn"),
+        )
+        .await?;
+    let (Some(Some(d)), Some(Some(last))) = (bounds.first(), bounds.get(1)) else {
+        return Ok(Vec::new());
+    };
+    let Some((first, _)) = d.split_once('|') else {
+        return Err(corrupt(format!("job {id}: bad field d")));
+    };
+    let mut out = Vec::new();
+    let mut start = first.to_owned();
+    loop {
+        let (chunk, n) = read_stream(broker, &queue, &start, last, STREAM_CHUNK).await?;
+        let Some((tail, _)) = chunk.last() else {
+            break;
+        };
+        start = format!("({}", tail.sid);
+        out.extend(
+            chunk
+                .into_iter()
+                .map(|(_, e)| e)
+                .filter(|e| &e.job_id == id),
+        );
+        if n < STREAM_CHUNK {
+            break;
+        }
+    }
+    Ok(out)
+}
+
+/// Up to `limit` events of every queue after the event id `after`, oldest first.
+pub(super) async fn since(
+    broker: &RedisBroker,
+    after: Option<&str>,
+    limit: usize,
+) -> BrokerResult<Vec<Event>> {
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let after = match after {
+        None => None,
+        Some(s) => Some(parse_event_id(s).ok_or_else(|| {
+            BrokerError::Invalid(FieldError::new("since", "not an event id of this broker"))
+        })?),
+    };
+    let names = broker.queue_names().await?;
+    for round in 0..2 {
+        let mut pipe = redis::pipe();
+        pipe.cmd("TIME");
+        // Events are ordered by (stream id, queue, place in the entry).
+        for q in &names {
+            let (start, count) = match &after {
+                None => ("-".to_owned(), limit),
+                // Same stream id in a queue sorting after the cursor's: not yet seen.
+                Some((pos, cq)) if q.as_str() > *cq => (pos.sid.to_string(), limit),
+                // The cursor's own entry may hold events not yet seen; it may also hold
+                // none, so read one entry more.
+                Some((pos, cq)) if q.as_str() == *cq => (pos.sid.to_string(), limit + 1),
+                Some((pos, _)) => (format!("({}", pos.sid), limit),
+            };
+            pipe.cmd("XRANGE")
+                .arg(broker.events_key(q))
+                .arg(start)
+                .arg("+")
+                .arg("COUNT")
+                .arg(count);
+        }
+        let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
+        let (time, streams) = replies
+            .split_first()
+            .ok_or_else(|| corrupt("no reply to TIME"))?;
+        let time: Vec<u64> =
+            Vec::from_redis_value_ref(time).map_err(|e| corrupt(format!("TIME: {e}")))?;
+        let server_ms =
+            time.first().copied().unwrap_or(0) * 1000 + time.get(1).copied().unwrap_or(0) / 1000;
+        let mut merged = Vec::new();
+        for (q, v) in names.iter().zip(streams) {
+            let seen = |pos: &Pos| match &after {
+                Some((cursor, cq)) => q.as_str() == *cq && pos <= cursor,
+                None => false,
+            };
+            merged.extend(
+                parse_entries(v, q)?
+                    .0
+                    .into_iter()
+                    .filter(|(pos, _)| !seen(pos))
+                    .map(|(pos, e)| (pos, q.clone(), e)),
+            );
+        }
+        merged.sort_by(|a, b| (a.0.sid, &a.1, a.0.sub).cmp(&(b.0.sid, &b.1, b.0.sub)));
+        merged.truncate(limit);
+        // Another stream may still get an entry in the current millisecond with a lower
+        // sequence than one already read: hand out only finished milliseconds.
+        let settled = merged
+            .iter()
+            .take_while(|(pos, _, _)| pos.sid.ms < server_ms)
+            .count();
+        if settled == merged.len() || round == 1 {
+            merged.truncate(settled);
+            return Ok(merged.into_iter().map(|(_, _, e)| e).collect());
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(Vec::new())
+}
+
+/// The events of stream entries `start..=end` (either may be exclusive with `(`) of one
+/// queue, and how many entries they came from.
+async fn read_stream(
+    broker: &RedisBroker,
+    queue: &str,
+    start: &str,
+    end: &str,
+    count: usize,
+) -> BrokerResult<(Vec<(Pos, Event)>, usize)> {
+    let v: Value = broker
+        .query(
+            redis::cmd("XRANGE")
+                .arg(broker.events_key(queue))
+                .arg(start)
+                .arg(end)
+                .arg("COUNT")
+                .arg(count),
+        )
+        .await?;
+    parse_entries(&v, queue)
+}

@@ -1,0 +1,124 @@
+//! The key layout: the names of every key the broker and its scripts use, the checks on the
+//! prefix and queue names that go into them, and the two global indexes outside any queue.
+//!
+//! Every key of one queue starts with `{<prefix>:<queue>}:`, so all of them share one hash tag
+//! and every script touches one Cluster slot. The per-queue keys are listed in
+//! `workers/lua/common.lua`; in short: `job:<id>` (a hash per job), `all` (every id, a
+//! lexicographic index for newest-first listing), `queued` (score = priority, member = fixed-width
+//! due time + enqueue sequence + id, so strict priority then earliest due then FIFO, with no
+//! double-precision limit), `due` (scheduled and retrying ids by due time), `running` (by lease
+//! deadline), `succeeded` / `dead` / `cancelled` (by finish time), `counts` (state -> count, kept
+//! by every script so that `queues()` is O(1) per queue), `events` (a stream), `signal` (wake-up
+//! tokens for `BLPOP`), `unique` (unique key -> id), `seq` and per-second `stat:*` counters.
+//!
+//! Two keys are global, outside any queue's slot: `<prefix>:queues` (a set of queue names) and
+//! `<prefix>:jobq` (a hash id -> queue, because `get`, `cancel` and `retry` know only an id).
+//! They are written by the client in the same pipeline as the enqueue script, *before* it runs:
+//! a crash in between leaves an index entry pointing to no job (`get` says not found), never a
+//! job that cannot be found.
+//!
+//! The job hash stores neither the id nor the queue (its key names both) nor counters that
+//! are 0 (nor the progress of a succeeded job, which is always 100; `lease_until` is read
+//! only while the job runs, so finishing does not clear it). The fields fixed at enqueue but
+//! `kind`, `unique_key` and the chain links (first event id, priority, max retries, timeout,
+//! creation time and payload) are packed into one field `d` that only the client decodes (the
+//! scripts read the priority from it, and rewrite it when a chain step gets its `input`). A
+//! fresh job's hash is six fields, and fetch.lua reads it with one `HGETALL` and hands it over
+//! as read: a queued no-op job costs
+//! about 810 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its
+//! share of a stream entry).
+//!
+//! The names are written out here and in `common.lua` by hand: they outlive deploys, so a
+//! rename is a data migration, not a refactoring. What is stored under them is the scripts'
+//! business, and reading it back `decode.rs`'s.
+
+use super::RedisBroker;
+use crate::error::{BrokerError, BrokerResult};
+use crate::job::{FieldError, JobId, valid_name};
+
+/// Refuses a prefix that would break the hash tag (braces) or the commands (spaces).
+pub(super) fn check_prefix(prefix: &str) -> BrokerResult<()> {
+    if prefix.is_empty() || prefix.contains(['{', '}']) || prefix.chars().any(char::is_whitespace) {
+        return Err(BrokerError::Config(format!(
+            "redis key prefix {prefix:?}: must be non-empty, without braces or spaces"
+        )));
+    }
+    Ok(())
+}
+
+pub(super) fn check_queue(queue: &str) -> BrokerResult<()> {
+    if valid_name(queue) {
+        Ok(())
+    } else {
+        Err(BrokerError::Invalid(FieldError::new(
+            "queue",
+            "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+        )))
+    }
+}
+
+impl RedisBroker {
+    /// The key prefix of one queue: `{<prefix>:<queue>}:`.
+    pub(super) fn base(&self, queue: &str) -> String {
+        format!("{{{}:{}}}:", self.prefix, queue)
+    }
+
+    pub(super) fn job_key(&self, queue: &str, id: &JobId) -> String {
+        format!("{}job:{}", self.base(queue), id)
+    }
+
+    pub(super) fn events_key(&self, queue: &str) -> String {
+        format!("{}events", self.base(queue))
+    }
+
+    pub(super) fn due_key(&self, queue: &str) -> String {
+        format!("{}due", self.base(queue))
+    }
+
+    pub(super) fn signal_key(&self, queue: &str) -> String {
+        format!("{}signal", self.base(queue))
+    }
+
+    pub(super) fn jobq_key(&self) -> String {
+        format!("{}:jobq", self.prefix)
+    }
+
+    pub(super) fn queues_key(&self) -> String {
+        format!("{}:queues", self.prefix)
+    }
+
+    /// Every queue that has had a job, sorted.
+    pub(super) async fn queue_names(&self) -> BrokerResult<Vec<String>> {
+        let mut names: Vec<String> = self
+            .query(redis::cmd("SMEMBERS").arg(self.queues_key()))
+            .await?;
+        names.sort();
+        Ok(names)
+    }
+
+    /// `queue` (checked) when there is one, every queue otherwise.
+    pub(super) async fn queue_or_all(&self, queue: Option<&str>) -> BrokerResult<Vec<String>> {
+        match queue {
+            Some(q) => {
+                check_queue(q)?;
+                Ok(vec![q.to_owned()])
+            }
+            None => self.queue_names().await,
+        }
+    }
+
+    /// The queue a job id is on, from the global index.
+    pub(super) async fn queue_of(&self, id: &JobId) -> BrokerResult<Option<String>> {
+        self.query(redis::cmd("HGET").arg(self.jobq_key()).arg(id.as_str()))
+            .await
+    }
+
+    /// Drops ids from the global index (jobs purged, dropped, or never created).
+    pub(super) async fn unindex(&self, ids: &[String]) -> BrokerResult<()> {
+        for chunk in ids.chunks(1000) {
+            self.query::<()>(redis::cmd("HDEL").arg(self.jobq_key()).arg(chunk))
+                .await?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,426 @@
+//! A job's path through the broker: enqueue, fetch, the wait for work, heartbeats, progress,
+//! finish, and the moves an operator or the pool's rescue makes on it (cancel, retry, retry of
+//! all dead jobs, rescue of expired leases).
+//!
+//! Each step is one script call per queue (batched, and pipelined across queues), so a change
+//! and its event are atomic; this file packs the arguments and unpacks the replies. What a step
+//! means is the [`Broker`] trait's, what a script does is its header's (`workers/lua/`).
+//!
+//! [`Broker`]: crate::broker::Broker
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use redis::{Cmd, Value};
+
+use super::RedisBroker;
+use super::decode::{Answer, answer, corrupt, int, job_from_fetch, string};
+use super::keys::check_queue;
+use super::scripts::{BATCH, Lua, SCRIPTS};
+use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
+use crate::error::{BrokerError, BrokerResult};
+use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+
+/// Jobs per enqueue script call: bounds how long one call blocks Redis (a few ms).
+const ENQUEUE_CHUNK: usize = 500;
+/// Entries per finish / heartbeat script call.
+const FINISH_CHUNK: usize = 500;
+/// Jobs leased per fetch call at most (fetch.lua's bound).
+const FETCH_MAX: usize = 500;
+/// Due jobs promoted per fetch call.
+const PROMOTE_LIMIT: usize = 1000;
+
+pub(super) async fn enqueue(
+    broker: &RedisBroker,
+    jobs: Vec<NewJob>,
+) -> BrokerResult<Vec<Enqueued>> {
+    for j in &jobs {
+        j.validate()?;
+    }
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = broker.clock.now_ms();
+    let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
+    let calls = group(&queues, ENQUEUE_CHUNK);
+    let mut names: Vec<&str> = calls.iter().map(|(q, _)| *q).collect();
+    names.dedup();
+    let mut pipe = redis::pipe();
+    pipe.cmd("SADD")
+        .arg(broker.queues_key())
+        .arg(names)
+        .ignore();
+    for (queue, chunk) in &calls {
+        // The id index first: see `keys.rs` for why.
+        let mut index = redis::cmd("HSET");
+        index.arg(broker.jobq_key());
+        let mut cmd = broker.eval(&SCRIPTS.enqueue, queue);
+        cmd.arg(now).arg(broker.event_cap).arg(chunk.len());
+        for &i in chunk {
+            index.arg(jobs[i].id.as_str()).arg(*queue);
+            job_args(&mut cmd, &jobs[i], now)?;
+        }
+        pipe.add_command(index).ignore();
+        pipe.add_command(cmd);
+    }
+    let replies: Vec<Vec<Value>> = broker.query_pipe(&pipe).await?;
+    let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    let mut stale_index = Vec::new();
+    for ((_, idx), reply) in calls.iter().zip(replies) {
+        if reply.len() != idx.len() * 2 {
+            return Err(corrupt("enqueue.lua answered the wrong number of entries"));
+        }
+        for (&i, pair) in idx.iter().zip(reply.chunks_exact(2)) {
+            let id = JobId(string(&pair[0])?);
+            let created = int(&pair[1])? == 1;
+            if id != jobs[i].id {
+                // A duplicate of a unique job: the id written to the index names nothing.
+                stale_index.push(jobs[i].id.0.clone());
+            }
+            out[i] = Some(Enqueued { id, created });
+        }
+    }
+    if !stale_index.is_empty() {
+        broker.unindex(&stale_index).await?;
+    }
+    out.into_iter()
+        .map(|e| e.ok_or_else(|| corrupt("enqueue.lua skipped a job")))
+        .collect()
+}
+
+/// Adds one job's ARGV for enqueue.lua: id, kind, packed fields, priority, run_at, unique key
+/// and chain links.
+fn job_args(cmd: &mut Cmd, j: &NewJob, now: Millis) -> BrokerResult<()> {
+    // The job's packed field `d` but its leading "<ev0>|" (see common.lua).
+    let mut packed = format!(
+        "{}|{}|{}|{now}|",
+        j.priority,
+        j.max_retries,
+        j.timeout_ms.map(|t| t.to_string()).unwrap_or_default()
+    );
+    packed.push_str(&serde_json::to_string(&j.payload).map_err(BrokerError::backend)?);
+    cmd.arg(j.id.as_str())
+        .arg(&j.kind)
+        .arg(packed)
+        .arg(j.priority)
+        .arg(j.run_at.map(|t| t.to_string()).unwrap_or_default())
+        .arg(j.unique_key.as_deref().unwrap_or(""));
+    match &j.chain {
+        Some(c) => cmd
+            .arg(c.id.as_str())
+            .arg(c.index)
+            .arg(c.next.as_ref().map_or("", JobId::as_str)),
+        None => cmd.arg("").arg(0).arg(""),
+    };
+    Ok(())
+}
+
+pub(super) async fn fetch(
+    broker: &RedisBroker,
+    queue: &str,
+    max: usize,
+    lease: Duration,
+) -> BrokerResult<Vec<Job>> {
+    check_queue(queue)?;
+    let now = broker.clock.now_ms();
+    let mut cmd = broker.eval(&SCRIPTS.fetch, queue);
+    cmd.arg(now)
+        .arg(max.min(FETCH_MAX))
+        .arg(ms(lease))
+        .arg(broker.event_cap)
+        .arg(PROMOTE_LIMIT);
+    let reply: Vec<Value> = broker.query(&cmd).await?;
+    let lease_until = now.saturating_add(ms(lease));
+    let mut jobs = Vec::with_capacity(reply.len());
+    for v in &reply {
+        // fetch.lua returns each job as it was before the lease: apply what it wrote.
+        let mut job = job_from_fetch(v, queue)?;
+        job.state = JobState::Running;
+        job.attempt += 1;
+        job.lease_token += 1;
+        job.lease_until = Some(lease_until);
+        job.started_at = Some(now);
+        job.progress = 0;
+        job.progress_message = None;
+        jobs.push(job);
+    }
+    Ok(jobs)
+}
+
+pub(super) async fn wait_for_work(
+    broker: &RedisBroker,
+    queues: &[String],
+    timeout: Duration,
+) -> BrokerResult<()> {
+    if queues.is_empty() {
+        tokio::time::sleep(timeout).await;
+        return Ok(());
+    }
+    for q in queues {
+        check_queue(q)?;
+    }
+    // Due jobs carry no signal when their time comes: wait no longer than the earliest.
+    let now = broker.clock.now_ms();
+    let mut pipe = redis::pipe();
+    for q in queues {
+        pipe.cmd("ZRANGE")
+            .arg(broker.due_key(q))
+            .arg(0)
+            .arg(0)
+            .arg("WITHSCORES");
+    }
+    let dues: Vec<Vec<(String, f64)>> = broker.query_pipe(&pipe).await?;
+    let mut wait = timeout;
+    for (_, due) in dues.iter().flatten() {
+        let due = *due as i64;
+        if due <= now {
+            return Ok(());
+        }
+        wait = wait.min(Duration::from_millis(u64::try_from(due - now).unwrap_or(0)));
+    }
+    if wait < Duration::from_millis(1) {
+        return Ok(());
+    }
+    let signals: Vec<String> = queues.iter().map(|q| broker.signal_key(q)).collect();
+    broker.blpop(&signals, wait).await
+}
+
+pub(super) async fn heartbeat(
+    broker: &RedisBroker,
+    leases: &[Lease],
+    lease: Duration,
+) -> BrokerResult<Vec<LeaseStatus>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = broker.clock.now_ms();
+    let queues: Vec<&str> = leases.iter().map(|l| l.queue.as_str()).collect();
+    let codes = per_lease(broker, &queues, |q, idx| {
+        let mut cmd = broker.eval(&SCRIPTS.heartbeat, q);
+        cmd.arg(now).arg(ms(lease)).arg(idx.len());
+        for &i in idx {
+            cmd.arg(leases[i].job_id.as_str()).arg(leases[i].token);
+        }
+        Ok(cmd)
+    })
+    .await?;
+    Ok(codes
+        .into_iter()
+        .map(|r| match r {
+            1 => LeaseStatus::Held,
+            2 => LeaseStatus::Cancelled,
+            _ => LeaseStatus::Lost,
+        })
+        .collect())
+}
+
+pub(super) async fn progress(
+    broker: &RedisBroker,
+    lease: &Lease,
+    percent: u8,
+    message: Option<String>,
+) -> BrokerResult<()> {
+    let mut cmd = broker.eval(&SCRIPTS.progress, &lease.queue);
+    cmd.arg(broker.clock.now_ms())
+        .arg(broker.event_cap)
+        .arg(lease.job_id.as_str())
+        .arg(lease.token)
+        .arg(percent.min(100))
+        .arg(if message.is_some() { "1" } else { "0" })
+        .arg(message.as_deref().unwrap_or(""));
+    match broker.query::<i64>(&cmd).await? {
+        1 => Ok(()),
+        _ => Err(BrokerError::LeaseLost(lease.job_id.clone())),
+    }
+}
+
+pub(super) async fn finish(
+    broker: &RedisBroker,
+    batch: Vec<Finish>,
+) -> BrokerResult<Vec<BrokerResult<()>>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now = broker.clock.now_ms();
+    let queues: Vec<&str> = batch.iter().map(|f| f.lease.queue.as_str()).collect();
+    let codes = per_lease(broker, &queues, |q, idx| {
+        let mut cmd = broker.eval(&SCRIPTS.finish, q);
+        cmd.arg(now).arg(broker.event_cap).arg(idx.len());
+        for &i in idx {
+            let f = &batch[i];
+            let (code, a, b) = outcome_args(&f.outcome)?;
+            cmd.arg(f.lease.job_id.as_str())
+                .arg(f.lease.token)
+                .arg(code)
+                .arg(a)
+                .arg(b);
+        }
+        Ok(cmd)
+    })
+    .await?;
+    Ok(batch
+        .iter()
+        .zip(codes)
+        .map(|(f, r)| {
+            if r == 1 {
+                Ok(())
+            } else {
+                Err(BrokerError::LeaseLost(f.lease.job_id.clone()))
+            }
+        })
+        .collect())
+}
+
+pub(super) async fn cancel(broker: &RedisBroker, id: &JobId) -> BrokerResult<Job> {
+    change_one(
+        broker,
+        &SCRIPTS.cancel,
+        id,
+        "a finished job cannot be cancelled",
+    )
+    .await
+}
+
+pub(super) async fn retry(broker: &RedisBroker, id: &JobId) -> BrokerResult<Job> {
+    change_one(
+        broker,
+        &SCRIPTS.retry,
+        id,
+        "only dead or cancelled jobs can be retried",
+    )
+    .await
+}
+
+pub(super) async fn retry_all_dead(broker: &RedisBroker, queue: Option<&str>) -> BrokerResult<u64> {
+    let queues = broker.queue_or_all(queue).await?;
+    let mut total = 0u64;
+    for q in &queues {
+        loop {
+            let mut cmd = broker.eval(&SCRIPTS.retry_all_dead, q);
+            cmd.arg(broker.clock.now_ms())
+                .arg(broker.event_cap)
+                .arg(BATCH);
+            let n: u64 = broker.query(&cmd).await?;
+            total += n;
+            if n < BATCH as u64 {
+                break;
+            }
+        }
+    }
+    Ok(total)
+}
+
+pub(super) async fn rescue(
+    broker: &RedisBroker,
+    max_interruptions: u32,
+) -> BrokerResult<Vec<JobId>> {
+    let mut pending = broker.queue_names().await?;
+    let mut rescued = Vec::new();
+    // One pipelined call per queue; queues that filled a batch go round again.
+    while !pending.is_empty() {
+        let now = broker.clock.now_ms();
+        let mut pipe = redis::pipe();
+        for q in &pending {
+            let mut cmd = broker.eval(&SCRIPTS.rescue, q);
+            cmd.arg(now)
+                .arg(broker.event_cap)
+                .arg(max_interruptions)
+                .arg(BATCH);
+            pipe.add_command(cmd);
+        }
+        let replies: Vec<Vec<String>> = broker.query_pipe(&pipe).await?;
+        let mut again = Vec::new();
+        for (q, ids) in pending.into_iter().zip(replies) {
+            if ids.len() >= BATCH {
+                again.push(q);
+            }
+            rescued.extend(ids.into_iter().map(JobId));
+        }
+        pending = again;
+    }
+    Ok(rescued)
+}
+
+/// Runs a one-job script (cancel.lua, retry.lua: ARGV now, event cap, id) and turns its
+/// answer into the job, `NotFound`, or a `Conflict` with `refusal` as the message.
+async fn change_one(
+    broker: &RedisBroker,
+    script: &Lua,
+    id: &JobId,
+    refusal: &'static str,
+) -> BrokerResult<Job> {
+    let queue = broker
+        .queue_of(id)
+        .await?
+        .ok_or_else(|| BrokerError::NotFound(id.clone()))?;
+    let mut cmd = broker.eval(script, &queue);
+    cmd.arg(broker.clock.now_ms())
+        .arg(broker.event_cap)
+        .arg(id.as_str());
+    match answer(broker.query(&cmd).await?, id, &queue)? {
+        Answer::Ok(job) => Ok(*job),
+        Answer::NotFound => Err(BrokerError::NotFound(id.clone())),
+        Answer::State(state) => Err(BrokerError::Conflict {
+            id: id.clone(),
+            state,
+            message: refusal,
+        }),
+    }
+}
+
+/// Outcome -> (code, a, b) as finish.lua reads them.
+fn outcome_args(o: &Outcome) -> BrokerResult<(&'static str, String, String)> {
+    Ok(match o {
+        Outcome::Succeeded { result } => (
+            "ok",
+            serde_json::to_string(result).map_err(BrokerError::backend)?,
+            String::new(),
+        ),
+        Outcome::Retry { at, error } => ("retry", at.to_string(), error.clone()),
+        Outcome::Dead { error } => ("dead", error.clone(), String::new()),
+        Outcome::Snooze { at } => ("snooze", at.to_string(), String::new()),
+        Outcome::Released { reason } => ("release", reason.clone(), String::new()),
+    })
+}
+
+/// Runs a per-lease script (heartbeat.lua, finish.lua) for entries on `queues`: one call per
+/// queue and chunk, made by `call` from the queue and its entries' indices, all in one
+/// pipeline. Returns each entry's reply code, 0 for an entry a call did not answer.
+async fn per_lease(
+    broker: &RedisBroker,
+    queues: &[&str],
+    call: impl Fn(&str, &[usize]) -> BrokerResult<Cmd>,
+) -> BrokerResult<Vec<i64>> {
+    let calls = group(queues, FINISH_CHUNK);
+    let mut pipe = redis::pipe();
+    for (q, idx) in &calls {
+        pipe.add_command(call(q, idx)?);
+    }
+    let replies: Vec<Vec<i64>> = broker.query_pipe(&pipe).await?;
+    let mut codes = vec![0; queues.len()];
+    for ((_, idx), reply) in calls.iter().zip(replies) {
+        for (&i, r) in idx.iter().zip(reply) {
+            codes[i] = r;
+        }
+    }
+    Ok(codes)
+}
+
+/// The indices of `queues` grouped by queue (in name order), in chunks of `chunk`.
+fn group<'q>(queues: &[&'q str], chunk: usize) -> Vec<(&'q str, Vec<usize>)> {
+    let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
+    for (i, q) in queues.iter().enumerate() {
+        by.entry(q).or_default().push(i);
+    }
+    let mut out = Vec::new();
+    for (q, idx) in by {
+        for c in idx.chunks(chunk) {
+            out.push((q, c.to_vec()));
+        }
+    }
+    out
+}
+
+fn ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,226 @@
+//! The Redis broker: jobs in Redis, every multi-key step one Lua script (`workers/lua/*.lua`).
+//!
+//! This module owns the Redis side of the [`Broker`] seam: the key layout, the scripts' calling
+//! conventions, the connections and the translation between Redis replies and Hopper types. It
+//! does not decide anything about jobs: the pool says what happens, the scripts record it
+//! atomically.
+//!
+//! # Layout
+//!
+//! - `mod.rs` (here): [`RedisBroker`], [`connect`], and the [`Broker`] impl, which only says
+//!   which file answers each call.
+//! - `conn.rs`: the connections (a [`ConnectionManager`](redis::aio::ConnectionManager) for
+//!   everything but blocking pops, a few dedicated connections for `BLPOP`), TLS, and what a
+//!   failure means, with outage logging.
+//! - `keys.rs`: the key layout (one hash tag per queue) and the two global indexes.
+//! - `scripts.rs`: loading the Lua scripts and calling them.
+//! - `decode.rs`: replies -> jobs and script answers.
+//! - `lifecycle.rs`: a job's path: enqueue, fetch, wait, heartbeat, progress, finish, cancel,
+//!   retry, rescue.
+//! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
+//! - `events.rs`: the event streams, event ids, a job's history and the merged log.
+//!
+//! # Chains
+//!
+//! A chain step's hash carries `chain_id`, `chain_index` and `chain_next`; every step is on
+//! the chain's queue, so the scripts walk `chain_next` links inside one slot. The step after a
+//! succeeded one gets the result as its payload's `input`: spliced into the payload text when
+//! the payload has no `input` yet (numbers and empty arrays stay exact), otherwise replaced
+//! through Redis' cjson, which keeps 14 significant digits of a number and turns an empty
+//! array into `{}`.
+//!
+//! # Limits, on purpose
+//!
+//! - Listing walks the queue's `all` index newest first and filters in Lua, at most
+//!   1,000 ids per call; a very sparse filter over a huge queue gives a short page
+//!   with a cursor rather than blocking Redis.
+//! - Event retention is per queue stream and counts stream entries: `purge(.., keep_events)`
+//!   and the event cap keep the newest `keep_events` entries of *each* queue, which hold at
+//!   least that many events (an entry of a batch holds up to 500). Purged jobs' events stay
+//!   until trimmed.
+//! - Keys are Cluster-ready (one slot per queue), but the client is a plain one, and
+//!   `wait_for_work` `BLPOP`s several queues' keys at once: a standalone (or Sentinel-fronted)
+//!   Redis is what runs today.
+//! - `rediss://` connects with TLS (rustls): the server's certificate is checked against the
+//!   system's roots (or the file `SSL_CERT_FILE` names).
+
+mod conn;
+mod decode;
+mod events;
+mod keys;
+mod lifecycle;
+mod read;
+mod scripts;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redis::Client;
+use redis::aio::{ConnectionManager, MultiplexedConnection};
+
+use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use crate::clock::Clock;
+use crate::error::BrokerResult;
+use crate::event::Event;
+use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+
+use self::conn::Health;
+
+/// Default bound of each queue's event stream (approximate, trimmed as events are added).
+pub const DEFAULT_EVENT_CAP: u64 = 100_000;
+
+/// Connects the Redis broker at `url` (see [`RedisBroker::connect`]).
+pub async fn connect(
+    url: &str,
+    prefix: &str,
+    clock: Arc<dyn Clock>,
+) -> BrokerResult<Arc<dyn Broker>> {
+    Ok(Arc::new(RedisBroker::connect(url, prefix, clock).await?))
+}
+
+/// The Redis implementation of [`Broker`].
+pub struct RedisBroker {
+    client: Client,
+    conn: ConnectionManager,
+    /// The URL without credentials, for messages.
+    url: String,
+    prefix: String,
+    clock: Arc<dyn Clock>,
+    event_cap: u64,
+    /// Dedicated connections for `BLPOP`, which would stall every other command queued behind
+    /// it on the shared multiplexed connection.
+    blocking: Mutex<Vec<MultiplexedConnection>>,
+    health: Health,
+}
+
+impl std::fmt::Debug for RedisBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RedisBroker")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .field("event_cap", &self.event_cap)
+            .finish_non_exhaustive()
+    }
+}
+
+impl RedisBroker {
+    /// Connects to `url` (`redis://[user:password@]host:port/db`) and keeps every key under
+    /// `prefix`. Refuses a Redis whose `maxmemory-policy` is not `noeviction`: an evicting
+    /// Redis drops jobs silently.
+    pub async fn connect(url: &str, prefix: &str, clock: Arc<dyn Clock>) -> BrokerResult<Self> {
+        let shown = conn::redact(url);
+        keys::check_prefix(prefix)?;
+        let (client, conn) = conn::open(url, &shown).await?;
+        let broker = Self {
+            client,
+            conn,
+            url: shown,
+            prefix: prefix.to_owned(),
+            clock,
+            event_cap: DEFAULT_EVENT_CAP,
+            blocking: Mutex::new(Vec::new()),
+            health: Health::default(),
+        };
+        broker.load_scripts().await?;
+        Ok(broker)
+    }
+
+    /// Bounds each queue's event stream to about `cap` entries (default
+    /// [`DEFAULT_EVENT_CAP`]); older events are trimmed as new ones are added.
+    #[must_use]
+    pub fn with_event_cap(mut self, cap: u64) -> Self {
+        self.event_cap = cap.max(1);
+        self
+    }
+}
+
+/// Each call is answered by the file that owns its concern (see the module docs' layout).
+#[async_trait]
+impl Broker for RedisBroker {
+    fn name(&self) -> &'static str {
+        "redis"
+    }
+
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
+        lifecycle::enqueue(self, jobs).await
+    }
+
+    async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>> {
+        lifecycle::fetch(self, queue, max, lease).await
+    }
+
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
+        lifecycle::wait_for_work(self, queues, timeout).await
+    }
+
+    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<LeaseStatus>> {
+        lifecycle::heartbeat(self, leases, lease).await
+    }
+
+    async fn progress(
+        &self,
+        lease: &Lease,
+        percent: u8,
+        message: Option<String>,
+    ) -> BrokerResult<()> {
+        lifecycle::progress(self, lease, percent, message).await
+    }
+
+    async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
+        lifecycle::finish(self, batch).await
+    }
+
+    async fn cancel(&self, id: &JobId) -> BrokerResult<Job> {
+        lifecycle::cancel(self, id).await
+    }
+
+    async fn retry(&self, id: &JobId) -> BrokerResult<Job> {
+        lifecycle::retry(self, id).await
+    }
+
+    async fn retry_all_dead(&self, queue: Option<&str>) -> BrokerResult<u64> {
+        lifecycle::retry_all_dead(self, queue).await
+    }
+
+    async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {
+        lifecycle::rescue(self, max_interruptions).await
+    }
+
+    async fn get(&self, id: &JobId) -> BrokerResult<Option<Job>> {
+        read::get(self, id).await
+    }
+
+    async fn history(&self, id: &JobId) -> BrokerResult<Vec<Event>> {
+        events::history(self, id).await
+    }
+
+    async fn list(&self, filter: &JobFilter) -> BrokerResult<JobPage> {
+        read::list(self, filter).await
+    }
+
+    async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
+        read::queues(self).await
+    }
+
+    async fn events(&self, after: Option<&str>, limit: usize) -> BrokerResult<Vec<Event>> {
+        events::since(self, after, limit).await
+    }
+
+    async fn purge(
+        &self,
+        states: &[JobState],
+        before: Millis,
+        keep_events: u64,
+    ) -> BrokerResult<u64> {
+        read::purge(self, states, before, keep_events).await
+    }
+
+    async fn drop_queue(&self, queue: &str) -> BrokerResult<u64> {
+        read::drop_queue(self, queue).await
+    }
+
+    async fn ping(&self) -> BrokerResult<()> {
+        self.query::<()>(&redis::cmd("PING")).await
+    }
+}

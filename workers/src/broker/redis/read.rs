@@ -1,0 +1,212 @@
+//! What operators ask of the broker (a job, a page of jobs, the queues and their counts) and
+//! the two deletions they order (`purge`, `drop_queue`).
+//!
+//! None of this is on a job's path through the pool: these calls read the per-queue indexes
+//! and counters the scripts keep (see `keys.rs`), or delete finished jobs in batches through
+//! purge.lua and drop_queue.lua, which never touch a running job's lease. A job's history and
+//! the event log are `events.rs`'s.
+
+use std::collections::HashMap;
+
+use redis::{FromRedisValue, Value};
+
+use super::RedisBroker;
+use super::decode::{corrupt, int, job_from_fields, string};
+use super::keys::check_queue;
+use super::scripts::{BATCH, SCRIPTS};
+use crate::broker::{JobFilter, JobPage, QueueStats, StateCounts};
+use crate::error::BrokerResult;
+use crate::job::{Job, JobId, JobState, Millis};
+
+/// Ids a list call looks at, and how many calls one page may take.
+const LIST_BUDGET: usize = 1000;
+const LIST_MAX_CALLS: usize = 32;
+/// Largest page `list` returns.
+const LIST_MAX_LIMIT: usize = 1000;
+
+/// The job `id`, if the index and its hash both have it.
+pub(super) async fn get(broker: &RedisBroker, id: &JobId) -> BrokerResult<Option<Job>> {
+    let Some(queue) = broker.queue_of(id).await? else {
+        return Ok(None);
+    };
+    let v: Value = broker
+        .query(redis::cmd("HGETALL").arg(broker.job_key(&queue, id)))
+        .await?;
+    job_from_fields(&v, id.as_str(), &queue)
+}
+
+/// A page of jobs, newest first, across the queues the filter names.
+pub(super) async fn list(broker: &RedisBroker, filter: &JobFilter) -> BrokerResult<JobPage> {
+    let limit = filter.limit.min(LIST_MAX_LIMIT);
+    if limit == 0 {
+        return Ok(JobPage::default());
+    }
+    let queues = broker.queue_or_all(filter.queue.as_deref()).await?;
+    let cursor = filter.cursor.as_deref().unwrap_or("");
+    let state = filter.state.map(JobState::as_str).unwrap_or("");
+    let kind = filter.kind.as_deref().unwrap_or("");
+    let mut jobs = Vec::new();
+    // The lowest id at or above which every queue has been read completely.
+    let mut floor: Option<String> = None;
+    for q in &queues {
+        let (js, resume) = list_queue(broker, q, cursor, state, kind, limit).await?;
+        jobs.extend(js);
+        if let Some(p) = resume
+            && floor.as_ref().is_none_or(|f| p > *f)
+        {
+            floor = Some(p);
+        }
+    }
+    jobs.sort_by(|a, b| b.id.cmp(&a.id));
+    if jobs.len() > limit {
+        let cut = jobs[limit - 1].id.0.clone();
+        if floor.as_ref().is_none_or(|f| cut > *f) {
+            floor = Some(cut);
+        }
+    }
+    if let Some(f) = &floor {
+        jobs.retain(|j| j.id.0 >= *f);
+    }
+    jobs.truncate(limit);
+    Ok(JobPage {
+        jobs,
+        next_cursor: floor,
+    })
+}
+
+/// One queue's part of a listing: jobs newest first from `cursor` (exclusive), and where
+/// to continue (`None` when nothing matching is left).
+async fn list_queue(
+    broker: &RedisBroker,
+    queue: &str,
+    cursor: &str,
+    state: &str,
+    kind: &str,
+    want: usize,
+) -> BrokerResult<(Vec<Job>, Option<String>)> {
+    let mut jobs = Vec::new();
+    let mut pos = cursor.to_owned();
+    for _ in 0..LIST_MAX_CALLS {
+        let mut cmd = broker.eval(&SCRIPTS.list, queue);
+        cmd.arg(&pos)
+            .arg(state)
+            .arg(kind)
+            .arg(want - jobs.len())
+            .arg(LIST_BUDGET);
+        let reply: Vec<Value> = broker.query(&cmd).await?;
+        let mut it = reply.into_iter();
+        let (Some(last), Some(more), Some(exhausted)) = (it.next(), it.next(), it.next()) else {
+            return Err(corrupt("short reply from list.lua"));
+        };
+        pos = string(&last)?;
+        while let (Some(id), Some(hash)) = (it.next(), it.next()) {
+            if let Some(job) = job_from_fields(&hash, &string(&id)?, queue)? {
+                jobs.push(job);
+            }
+        }
+        if int(&more)? == 1 {
+            return Ok((jobs, Some(pos)));
+        }
+        if int(&exhausted)? == 1 {
+            return Ok((jobs, None));
+        }
+    }
+    // Scan budget spent on a sparse filter: a short page, continued from where it stopped.
+    Ok((jobs, Some(pos)))
+}
+
+/// Every queue that holds jobs, with its counts and last minute's throughput.
+pub(super) async fn queues(broker: &RedisBroker) -> BrokerResult<Vec<QueueStats>> {
+    let names = broker.queue_names().await?;
+    if names.is_empty() {
+        return Ok(Vec::new());
+    }
+    let now_s = broker.clock.now_ms().div_euclid(1000);
+    let mut pipe = redis::pipe();
+    for q in &names {
+        let base = broker.base(q);
+        pipe.cmd("HGETALL").arg(format!("{base}counts"));
+        for name in ["ok", "fail"] {
+            let keys: Vec<String> = (now_s - 59..=now_s)
+                .map(|s| format!("{base}stat:{name}:{s}"))
+                .collect();
+            pipe.cmd("MGET").arg(keys);
+        }
+    }
+    let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
+    let mut out = Vec::new();
+    for (q, r) in names.iter().zip(replies.chunks_exact(3)) {
+        let counts_map: HashMap<String, i64> = HashMap::from_redis_value_ref(&r[0])
+            .map_err(|e| corrupt(format!("counts of {q}: {e}")))?;
+        let mut counts = StateCounts::default();
+        for (st, n) in counts_map {
+            if let Some(state) = JobState::parse(&st) {
+                *counts.get_mut(state) = u64::try_from(n).unwrap_or(0);
+            }
+        }
+        if JobState::ALL.iter().all(|s| counts.get(*s) == 0) {
+            continue;
+        }
+        let sum = |v: &Value| -> BrokerResult<u64> {
+            let xs: Vec<Option<u64>> =
+                Vec::from_redis_value_ref(v).map_err(|e| corrupt(format!("stats of {q}: {e}")))?;
+            Ok(xs.into_iter().flatten().sum())
+        };
+        out.push(QueueStats {
+            queue: q.clone(),
+            counts,
+            paused: false,
+            processed_last_minute: sum(&r[1])?,
+            failed_last_minute: sum(&r[2])?,
+        });
+    }
+    Ok(out)
+}
+
+/// Deletes the final jobs in `states` finished before `before`, and trims each queue's
+/// stream to its newest `keep_events` entries.
+pub(super) async fn purge(
+    broker: &RedisBroker,
+    states: &[JobState],
+    before: Millis,
+    keep_events: u64,
+) -> BrokerResult<u64> {
+    let finals: Vec<String> = states
+        .iter()
+        .filter(|s| s.is_final())
+        .map(|s| s.as_str().to_owned())
+        .collect();
+    let mut total = 0u64;
+    for q in broker.queue_names().await? {
+        if !finals.is_empty() {
+            let mut args = vec![before.to_string(), BATCH.to_string()];
+            args.extend(finals.iter().cloned());
+            let ids = broker.drain_batches(&SCRIPTS.purge, &q, &args).await?;
+            broker.unindex(&ids).await?;
+            total += ids.len() as u64;
+        }
+        // The bound is per queue stream (each queue keeps its newest `keep_events`).
+        broker
+            .query::<()>(
+                redis::cmd("XTRIM")
+                    .arg(broker.events_key(&q))
+                    .arg("MAXLEN")
+                    .arg(keep_events),
+            )
+            .await?;
+    }
+    Ok(total)
+}
+
+/// Deletes a queue and every job on it.
+pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResult<u64> {
+    check_queue(queue)?;
+    let ids = broker
+        .drain_batches(&SCRIPTS.drop_queue, queue, &[BATCH.to_string()])
+        .await?;
+    broker.unindex(&ids).await?;
+    broker
+        .query::<()>(redis::cmd("SREM").arg(broker.queues_key()).arg(queue))
+        .await?;
+    Ok(ids.len() as u64)
+}
