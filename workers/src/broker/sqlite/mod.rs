@@ -81,11 +81,11 @@ struct Migration {
 const MIGRATIONS: &[Migration] = &[
     Migration {
         version: 1,
-        sql: include_str!("../../migrations/sqlite/0001_init.sql"),
+        sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
     },
     Migration {
         version: 2,
-        sql: include_str!("../../migrations/sqlite/0002_chains.sql"),
+        sql: include_str!("../../../migrations/sqlite/0002_chains.sql"),
     },
 ];
 
