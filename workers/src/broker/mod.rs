@@ -34,6 +34,7 @@
 pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
+mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;

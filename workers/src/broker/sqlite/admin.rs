@@ -1,0 +1,256 @@
+//! The operator's writes: cancel, retry, retry every dead job, purge, drop a queue.
+//!
+//! It owns the commands a person (CLI, HTTP API) or housekeeping issues, as opposed to the
+//! pool's (`super::lifecycle`). Bulk commands work in chunks of [`CHUNK`] rows, each chunk its
+//! own write, so that the pool's fetches and acks get a turn between them instead of waiting
+//! behind one long transaction; a bulk command is therefore not atomic as a whole, only chunk by
+//! chunk. What a retry does to a chain is `super::chain`'s.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
+
+use super::SqliteBroker;
+use super::chain;
+use super::error::Fail;
+use super::events::{RETRIED, append_event, note};
+use super::rows::{
+    Owner, bad_column, chain_from_columns, job_from_row, owner_from_row, to_i64, to_u64,
+};
+use super::sql;
+use crate::error::{BrokerError, BrokerResult};
+use crate::event::{EventData, EventType};
+use crate::job::{Job, JobId, JobState, Millis};
+
+/// Rows changed per transaction by bulk maintenance (retry of all dead, purge, drop), so other
+/// writers get a turn between chunks.
+const CHUNK: i64 = 500;
+/// Event rows trimmed per transaction.
+const TRIM_CHUNK: i64 = 10_000;
+
+pub(super) async fn cancel(broker: &SqliteBroker, id: &JobId) -> BrokerResult<Job> {
+    let id = id.clone();
+    broker
+        .write(move |conn, now| {
+            let job = conn
+                .prepare_cached(sql::CANCEL)?
+                .query_row(params![id.as_str(), now], job_from_row)
+                .optional()?;
+            let Some(job) = job else {
+                return Err(refusal(
+                    conn,
+                    id,
+                    "only a job that has not finished can be cancelled",
+                ));
+            };
+            let owner = Owner::of(&job);
+            append_event(
+                conn,
+                &owner,
+                EventType::Cancelled,
+                now,
+                &EventData::default(),
+            )?;
+            if let Some(link) = &job.chain {
+                chain::cancel_rest(conn, now, link, &job.id, "cancelled")?;
+            }
+            Ok(job)
+        })
+        .await
+}
+
+pub(super) async fn retry(broker: &SqliteBroker, id: &JobId) -> BrokerResult<Job> {
+    let id = id.clone();
+    let job = broker
+        .write(move |conn, now| {
+            let job = conn
+                .prepare_cached(sql::RETRY)?
+                .query_row(params![id.as_str(), now], job_from_row)
+                .optional()?;
+            let Some(mut job) = job else {
+                return Err(refusal(
+                    conn,
+                    id,
+                    "only a dead or cancelled job can be retried",
+                ));
+            };
+            append_event(
+                conn,
+                &Owner::of(&job),
+                EventType::Enqueued,
+                now,
+                &note(RETRIED),
+            )?;
+            if let Some(link) = job.chain.clone()
+                && let Some(state) = chain::retried(conn, &job.id, &link)?
+            {
+                job.state = state;
+            }
+            Ok(job)
+        })
+        .await?;
+    broker.wake();
+    Ok(job)
+}
+
+pub(super) async fn retry_all_dead(
+    broker: &SqliteBroker,
+    queue: Option<&str>,
+) -> BrokerResult<u64> {
+    let queue = queue.map(str::to_owned);
+    // Counted first, so that jobs dying again while we work cannot keep us looping.
+    let total = {
+        let queue = queue.clone();
+        broker
+            .read(move |conn, _| {
+                let n: i64 = match &queue {
+                    Some(q) => conn
+                        .prepare_cached(sql::COUNT_DEAD_IN)?
+                        .query_row([q], |r| r.get(0))?,
+                    None => conn
+                        .prepare_cached(sql::COUNT_DEAD)?
+                        .query_row([], |r| r.get(0))?,
+                };
+                Ok(n)
+            })
+            .await?
+    };
+    let mut done: i64 = 0;
+    while done < total {
+        let queue = queue.clone();
+        let limit = CHUNK.min(total - done);
+        let n = broker
+            .write(move |conn, now| retry_dead_chunk(conn, now, queue.as_deref(), limit))
+            .await?;
+        if n > 0 {
+            broker.wake();
+        }
+        done += n;
+        if n < limit {
+            break;
+        }
+    }
+    Ok(to_u64(done))
+}
+
+/// Retries up to `limit` dead jobs (of `queue`, or of all); returns how many.
+fn retry_dead_chunk(
+    conn: &Connection,
+    now: Millis,
+    queue: Option<&str>,
+    limit: i64,
+) -> Result<i64, Fail> {
+    let text = match queue {
+        Some(_) => sql::RETRY_DEAD_CHUNK_IN,
+        None => sql::RETRY_DEAD_CHUNK,
+    };
+    let rows = conn
+        .prepare_cached(text)?
+        .query_map(params![now, queue, limit], |r| {
+            Ok((owner_from_row(r)?, chain_from_columns(r, 4)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    let data = note(RETRIED);
+    for (owner, link) in &rows {
+        if let Some(link) = link {
+            chain::retried(conn, &owner.id, link)?;
+        }
+        append_event(conn, owner, EventType::Enqueued, now, &data)?;
+    }
+    Ok(to_i64(rows.len()))
+}
+
+pub(super) async fn purge(
+    broker: &SqliteBroker,
+    states: &[JobState],
+    before: Millis,
+    keep_events: u64,
+) -> BrokerResult<u64> {
+    let mut deleted: u64 = 0;
+    // Only finished jobs are ever purged, whatever the caller asks.
+    for state in states.iter().copied().filter(|s| s.is_final()) {
+        let args = vec![
+            SqlValue::Text(state.as_str().to_owned()),
+            SqlValue::Integer(before),
+        ];
+        deleted += delete_jobs(broker, sql::PURGE_CHUNK, args).await?;
+    }
+    let keep = i64::try_from(keep_events).unwrap_or(i64::MAX);
+    let cut: Option<i64> = broker
+        .read(move |conn, _| {
+            Ok(conn
+                .prepare_cached(sql::EVENT_CUT)?
+                .query_row([keep], |r| r.get(0))
+                .optional()?)
+        })
+        .await?;
+    if let Some(cut) = cut {
+        loop {
+            let n = broker
+                .write(move |conn, _| {
+                    Ok(conn
+                        .prepare_cached(sql::TRIM_EVENTS_CHUNK)?
+                        .execute(params![cut, TRIM_CHUNK])?)
+                })
+                .await?;
+            if to_i64(n) < TRIM_CHUNK {
+                break;
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+pub(super) async fn drop_queue(broker: &SqliteBroker, queue: &str) -> BrokerResult<u64> {
+    delete_jobs(
+        broker,
+        sql::DROP_CHUNK,
+        vec![SqlValue::Text(queue.to_owned())],
+    )
+    .await
+}
+
+/// Deletes jobs and their events a chunk at a time, until a chunk comes back short. `text`
+/// takes `args` and then the chunk size, deletes at most that many jobs and returns their ids.
+async fn delete_jobs(
+    broker: &SqliteBroker,
+    text: &'static str,
+    args: Vec<SqlValue>,
+) -> BrokerResult<u64> {
+    let mut deleted: u64 = 0;
+    loop {
+        let args = args.clone();
+        let n = broker
+            .write(move |conn, _| {
+                let bound = args.into_iter().chain([SqlValue::Integer(CHUNK)]);
+                let ids = conn
+                    .prepare_cached(text)?
+                    .query_map(params_from_iter(bound), |r| r.get::<_, String>(0))?
+                    .collect::<Result<Vec<_>, _>>()?;
+                let mut events = conn.prepare_cached(sql::DELETE_JOB_EVENTS)?;
+                for id in &ids {
+                    events.execute([id])?;
+                }
+                Ok(to_i64(ids.len()))
+            })
+            .await?;
+        deleted += to_u64(n);
+        if n < CHUNK {
+            return Ok(deleted);
+        }
+    }
+}
+
+/// Why an update matched no row: the job is missing, or its state forbids the change.
+fn refusal(conn: &Connection, id: JobId, message: &'static str) -> Fail {
+    let state: Result<Option<String>, _> = conn
+        .prepare_cached(sql::STATE_OF)
+        .and_then(|mut s| s.query_row([id.as_str()], |r| r.get(0)).optional());
+    match state {
+        Err(e) => Fail::Sql(e),
+        Ok(None) => BrokerError::NotFound(id).into(),
+        Ok(Some(st)) => match JobState::parse(&st) {
+            Some(state) => BrokerError::Conflict { id, state, message }.into(),
+            None => bad_column(&st).into(),
+        },
+    }
+}

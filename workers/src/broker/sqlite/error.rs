@@ -1,0 +1,91 @@
+//! How SQLite failures become [`BrokerError`]s.
+//!
+//! It owns [`Fail`], what every closure run on a connection fails with, and the one rule that
+//! sorts SQLite errors: a busy or locked database is `Unavailable` (another process holds the
+//! write lock; worth retrying), anything else is `Backend`. It does not own the failures of a
+//! whole write batch, which the writer thread reports (`super::writer::BatchFailure`, built on
+//! [`is_busy`]). Everything here is private to the broker so that no rusqlite type reaches a
+//! public signature.
+
+use rusqlite::ErrorCode;
+
+use super::rows::BadColumn;
+use crate::error::BrokerError;
+
+/// What a closure run on a connection fails with: SQLite, JSON, or a broker answer such as
+/// `NotFound`.
+pub(super) enum Fail {
+    Sql(rusqlite::Error),
+    Broker(BrokerError),
+}
+
+impl From<rusqlite::Error> for Fail {
+    fn from(e: rusqlite::Error) -> Self {
+        Fail::Sql(e)
+    }
+}
+
+impl From<BrokerError> for Fail {
+    fn from(e: BrokerError) -> Self {
+        Fail::Broker(e)
+    }
+}
+
+impl From<serde_json::Error> for Fail {
+    fn from(e: serde_json::Error) -> Self {
+        Fail::Broker(BrokerError::backend(e))
+    }
+}
+
+impl From<BadColumn> for Fail {
+    fn from(e: BadColumn) -> Self {
+        Fail::Broker(BrokerError::backend(e))
+    }
+}
+
+impl Fail {
+    pub fn into_broker(self) -> BrokerError {
+        match self {
+            Fail::Sql(e) => sql_error(e),
+            Fail::Broker(e) => e,
+        }
+    }
+}
+
+/// SQLite gave up waiting for another connection's lock: worth retrying, not a broken broker.
+pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
+    )
+}
+
+pub(super) fn sql_error(e: rusqlite::Error) -> BrokerError {
+    if is_busy(&e) {
+        BrokerError::Unavailable(Box::new(e))
+    } else {
+        BrokerError::Backend(Box::new(e))
+    }
+}
+
+/// The writer thread is gone (it panicked, or the broker is being dropped): nothing can be
+/// written any more.
+pub(super) fn writer_gone() -> BrokerError {
+    BrokerError::Unavailable("the SQLite writer thread has stopped".into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn busy_is_unavailable() {
+        let busy = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_BUSY),
+            None,
+        );
+        assert!(matches!(sql_error(busy), BrokerError::Unavailable(_)));
+        let other = rusqlite::Error::QueryReturnedNoRows;
+        assert!(matches!(sql_error(other), BrokerError::Backend(_)));
+    }
+}

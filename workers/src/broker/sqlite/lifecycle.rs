@@ -1,0 +1,402 @@
+//! The worker's path through the broker: enqueue, fetch, heartbeat, progress, finish, rescue.
+//!
+//! It owns the writes the pool makes many times a second, each one closure run by the writer
+//! thread inside its batch's transaction, with the event it appends. It does not own the
+//! operator's commands (cancel, retry, purge: `super::admin`), the reads (`super::read`), nor
+//! what a step's end does to the rest of its chain (`super::chain`, called from here). Each
+//! function wakes this process's waiting pools (`SqliteBroker::wake`) only when its write made
+//! a job due, so that a busy pool is not woken for nothing.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{Connection, OptionalExtension, Row, params};
+
+use super::SqliteBroker;
+use super::chain;
+use super::error::Fail;
+use super::events::{LEASE_EXPIRED, SNOOZED, append_event, failure, note};
+use super::rows::{
+    Owner, chain_from_columns, duration_ms, job_from_row, owner_from_row, to_i64, token_to_i64,
+};
+use super::sql;
+use crate::broker::validate::validate_batch;
+use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
+use crate::error::{BrokerError, BrokerResult};
+use crate::event::{EventData, EventType};
+use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+
+/// Most jobs one fetch leases.
+const MAX_FETCH: usize = 1000;
+
+pub(super) async fn enqueue(
+    broker: &SqliteBroker,
+    jobs: Vec<NewJob>,
+) -> BrokerResult<Vec<Enqueued>> {
+    validate_batch(&jobs)?;
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let answers = broker
+        .write(move |conn, now| {
+            let mut out = Vec::with_capacity(jobs.len());
+            // Chains whose first step exists already (its unique key is taken): the whole
+            // chain is that earlier one; none of its steps is created again.
+            let mut existing_chains: HashMap<JobId, JobId> = HashMap::new();
+            for job in jobs {
+                out.push(enqueue_one(conn, now, job, &mut existing_chains)?);
+            }
+            Ok(out)
+        })
+        .await?;
+    if answers.iter().any(|a| a.created) {
+        broker.wake();
+    }
+    Ok(answers)
+}
+
+/// Stores one job of an enqueue batch, unless its unique key is taken or its chain exists.
+fn enqueue_one(
+    conn: &Connection,
+    now: Millis,
+    job: NewJob,
+    existing_chains: &mut HashMap<JobId, JobId>,
+) -> Result<Enqueued, Fail> {
+    if let Some(link) = &job.chain
+        && let Some(first) = existing_chains.get(&link.id)
+    {
+        let step: Option<String> = conn
+            .prepare_cached(sql::CHAIN_STEP)?
+            .query_row(params![first.as_str(), i64::from(link.index)], |r| r.get(0))
+            .optional()?;
+        return Ok(Enqueued {
+            id: step.map_or_else(|| job.id.clone(), JobId),
+            created: false,
+        });
+    }
+    if let Some(key) = &job.unique_key {
+        let existing: Option<String> = conn
+            .prepare_cached(sql::FIND_UNIQUE)?
+            .query_row([key], |r| r.get(0))
+            .optional()?;
+        if let Some(id) = existing {
+            if let Some(link) = &job.chain {
+                existing_chains.insert(link.id.clone(), JobId(id.clone()));
+            }
+            return Ok(Enqueued {
+                id: JobId(id),
+                created: false,
+            });
+        }
+    }
+    let waiting = job.chain.as_ref().is_some_and(|c| c.index > 0);
+    let (state, run_at) = match job.run_at {
+        _ if waiting => (JobState::Waiting, now),
+        Some(at) if at > now => (JobState::Scheduled, at),
+        _ => (JobState::Queued, now),
+    };
+    let chain = job.chain.as_ref();
+    conn.prepare_cached(sql::INSERT_JOB)?.execute(params![
+        job.id.as_str(),
+        job.queue,
+        job.kind,
+        serde_json::to_string(&job.payload)?,
+        i64::from(job.priority),
+        state.as_str(),
+        run_at,
+        i64::from(job.max_retries),
+        job.timeout_ms.map(to_i64),
+        job.unique_key,
+        now,
+        chain.map(|c| c.id.as_str()),
+        chain.map_or(0, |c| i64::from(c.index)),
+        chain.and_then(|c| c.next.as_ref()).map(JobId::as_str),
+    ])?;
+    let owner = Owner {
+        id: job.id,
+        queue: job.queue,
+        kind: job.kind,
+        attempt: 0,
+    };
+    append_event(
+        conn,
+        &owner,
+        EventType::Enqueued,
+        now,
+        &EventData::default(),
+    )?;
+    Ok(Enqueued {
+        id: owner.id,
+        created: true,
+    })
+}
+
+pub(super) async fn fetch(
+    broker: &SqliteBroker,
+    queue: &str,
+    max: usize,
+    lease: Duration,
+) -> BrokerResult<Vec<Job>> {
+    if max == 0 {
+        return Ok(Vec::new());
+    }
+    let queue = queue.to_owned();
+    let max = to_i64(max.min(MAX_FETCH));
+    let lease_ms = duration_ms(lease);
+    broker
+        .write(move |conn, now| {
+            conn.prepare_cached(sql::PROMOTE_DUE)?
+                .execute(params![queue, now])?;
+            let mut jobs = conn
+                .prepare_cached(sql::FETCH)?
+                .query_map(
+                    params![queue, max, now.saturating_add(lease_ms), now],
+                    |row| Ok((row.get::<_, i64>(0)?, job_from_row(row)?)),
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            // RETURNING has no defined order: restore the fetch order.
+            jobs.sort_by_key(|(seq, j)| (j.priority, j.run_at, *seq));
+            let jobs: Vec<Job> = jobs.into_iter().map(|(_, j)| j).collect();
+            for job in &jobs {
+                let owner = Owner::of(job);
+                append_event(conn, &owner, EventType::Started, now, &EventData::default())?;
+            }
+            Ok(jobs)
+        })
+        .await
+}
+
+pub(super) async fn heartbeat(
+    broker: &SqliteBroker,
+    leases: &[Lease],
+    lease: Duration,
+) -> BrokerResult<Vec<LeaseStatus>> {
+    if leases.is_empty() {
+        return Ok(Vec::new());
+    }
+    let leases = leases.to_vec();
+    let lease_ms = duration_ms(lease);
+    broker
+        .write(move |conn, now| {
+            let until = now.saturating_add(lease_ms);
+            let mut extend = conn.prepare_cached(sql::HEARTBEAT)?;
+            let mut state = conn.prepare_cached(sql::LEASE_STATE)?;
+            let mut out = Vec::with_capacity(leases.len());
+            for l in &leases {
+                let token = token_to_i64(l.token);
+                if extend.execute(params![l.job_id.as_str(), token, until])? == 1 {
+                    out.push(LeaseStatus::Held);
+                    continue;
+                }
+                let st: Option<String> = state
+                    .query_row(params![l.job_id.as_str(), token], |r| r.get(0))
+                    .optional()?;
+                out.push(if st.as_deref() == Some(JobState::Cancelled.as_str()) {
+                    LeaseStatus::Cancelled
+                } else {
+                    LeaseStatus::Lost
+                });
+            }
+            Ok(out)
+        })
+        .await
+}
+
+pub(super) async fn progress(
+    broker: &SqliteBroker,
+    lease: &Lease,
+    percent: u8,
+    message: Option<String>,
+) -> BrokerResult<()> {
+    let lease = lease.clone();
+    let percent = percent.min(100);
+    broker
+        .write(move |conn, now| {
+            let owner = conn
+                .prepare_cached(sql::PROGRESS)?
+                .query_row(
+                    params![
+                        lease.job_id.as_str(),
+                        token_to_i64(lease.token),
+                        i64::from(percent),
+                        message
+                    ],
+                    owner_from_row,
+                )
+                .optional()?;
+            let Some(owner) = owner else {
+                return Err(BrokerError::LeaseLost(lease.job_id).into());
+            };
+            let data = EventData {
+                progress: Some(percent),
+                message,
+                ..EventData::default()
+            };
+            append_event(conn, &owner, EventType::Progress, now, &data)?;
+            Ok(())
+        })
+        .await
+}
+
+pub(super) async fn finish(
+    broker: &SqliteBroker,
+    batch: Vec<Finish>,
+) -> BrokerResult<Vec<BrokerResult<()>>> {
+    if batch.is_empty() {
+        return Ok(Vec::new());
+    }
+    // Wake this process's pools only when a job became due: a release, a snooze, or a chain
+    // step queued by its predecessor's success.
+    let (answers, requeued) = broker
+        .write(move |conn, now| {
+            let mut out = Vec::with_capacity(batch.len());
+            let mut requeued = false;
+            for f in batch {
+                out.push(finish_one(conn, now, f, &mut requeued)?);
+            }
+            Ok((out, requeued))
+        })
+        .await?;
+    if requeued {
+        broker.wake();
+    }
+    Ok(answers)
+}
+
+/// The fenced update that ends an attempt with `outcome`, and its third parameter and fourth
+/// (`None` for the statements that declare only three).
+fn finish_statement(
+    outcome: &Outcome,
+    now: Millis,
+) -> Result<(&'static str, SqlValue, Option<SqlValue>), Fail> {
+    use SqlValue::{Integer, Text};
+    Ok(match outcome {
+        Outcome::Succeeded { result } => (
+            sql::FINISH_SUCCEEDED,
+            Text(serde_json::to_string(result)?),
+            Some(Integer(now)),
+        ),
+        Outcome::Retry { at, error } => {
+            (sql::FINISH_RETRY, Integer(*at), Some(Text(error.clone())))
+        }
+        Outcome::Dead { error } => (sql::FINISH_DEAD, Text(error.clone()), Some(Integer(now))),
+        Outcome::Snooze { at } => (sql::FINISH_SNOOZE, Integer(*at), None),
+        Outcome::Released { .. } => (sql::FINISH_RELEASED, Integer(now), None),
+    })
+}
+
+/// The event an attempt's end appends.
+fn finish_event(outcome: Outcome) -> (EventType, EventData) {
+    match outcome {
+        Outcome::Succeeded { result } => (
+            EventType::Succeeded,
+            EventData {
+                result: Some(result),
+                ..EventData::default()
+            },
+        ),
+        Outcome::Retry { error, .. } => (EventType::Retrying, failure(error)),
+        Outcome::Dead { error } => (EventType::Dead, failure(error)),
+        Outcome::Snooze { .. } => (EventType::Enqueued, note(SNOOZED)),
+        Outcome::Released { reason } => (EventType::Interrupted, note(reason)),
+    }
+}
+
+/// Ends one attempt. A stale lease is an answer (`LeaseLost`), not a failure of the batch.
+/// `requeued` is set when the attempt's end made a job due (a release, a snooze, a chain's
+/// next step).
+fn finish_one(
+    conn: &Connection,
+    now: Millis,
+    f: Finish,
+    requeued: &mut bool,
+) -> Result<BrokerResult<()>, Fail> {
+    let makes_due = matches!(f.outcome, Outcome::Released { .. } | Outcome::Snooze { .. });
+    let id = f.lease.job_id.as_str();
+    let token = token_to_i64(f.lease.token);
+    let (text, arg3, arg4) = finish_statement(&f.outcome, now)?;
+    let (event, data) = finish_event(f.outcome);
+    let mut stmt = conn.prepare_cached(text)?;
+    // Succeeded and dead also return the job's chain link, to move its chain along.
+    let decode = |r: &Row<'_>| -> rusqlite::Result<_> {
+        let link = if r.as_ref().column_count() > 4 {
+            chain_from_columns(r, 4)?
+        } else {
+            None
+        };
+        Ok((owner_from_row(r)?, link))
+    };
+    let row = match arg4 {
+        Some(arg4) => stmt.query_row(params![id, token, arg3, arg4], decode),
+        None => stmt.query_row(params![id, token, arg3], decode),
+    }
+    .optional()?;
+    let Some((owner, link)) = row else {
+        return Ok(Err(BrokerError::LeaseLost(f.lease.job_id)));
+    };
+    append_event(conn, &owner, event, now, &data)?;
+    *requeued |= makes_due;
+    if let Some(link) = link {
+        match event {
+            EventType::Succeeded => {
+                if let (Some(next), Some(result)) = (&link.next, &data.result) {
+                    *requeued |= chain::promote_next(conn, now, next, result, link.index)?;
+                }
+            }
+            _ => chain::cancel_rest(conn, now, &link, &owner.id, "dead")?,
+        }
+    }
+    Ok(Ok(()))
+}
+
+pub(super) async fn rescue(
+    broker: &SqliteBroker,
+    max_interruptions: u32,
+) -> BrokerResult<Vec<JobId>> {
+    let max = i64::from(max_interruptions);
+    let (ids, any_requeued) = broker
+        .write(move |conn, now| {
+            let mut ids = Vec::new();
+            let interrupted = note(LEASE_EXPIRED);
+            let poisoned = conn
+                .prepare_cached(sql::RESCUE_POISON)?
+                .query_map(params![now, max], |r| {
+                    Ok((
+                        owner_from_row(r)?,
+                        r.get::<_, String>(4)?,
+                        chain_from_columns(r, 5)?,
+                    ))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            for (owner, error, link) in poisoned {
+                if let Some(link) = &link {
+                    chain::cancel_rest(conn, now, link, &owner.id, "dead")?;
+                }
+                append_event(conn, &owner, EventType::Interrupted, now, &interrupted)?;
+                // The interrupted attempt is not counted: `job.dead` carries the attempt as
+                // the row now stores it.
+                let dead = Owner {
+                    attempt: owner.attempt.saturating_sub(1),
+                    ..owner
+                };
+                append_event(conn, &dead, EventType::Dead, now, &failure(error))?;
+                ids.push(dead.id);
+            }
+            let requeued = conn
+                .prepare_cached(sql::RESCUE)?
+                .query_map(params![now], owner_from_row)?
+                .collect::<Result<Vec<_>, _>>()?;
+            let any_requeued = !requeued.is_empty();
+            for owner in requeued {
+                append_event(conn, &owner, EventType::Interrupted, now, &interrupted)?;
+                ids.push(owner.id);
+            }
+            Ok((ids, any_requeued))
+        })
+        .await?;
+    if any_requeued {
+        broker.wake();
+    }
+    Ok(ids)
+}

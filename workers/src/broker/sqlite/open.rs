@@ -1,0 +1,164 @@
+//! Opening the database file: its two connections, their settings, and schema migrations.
+//!
+//! It owns everything that happens before the first command: creating the file and its
+//! directory, switching it to WAL, bringing its schema up to date (`workers/migrations/sqlite`,
+//! recorded in `PRAGMA user_version`) and making the reader connection read-only. It does not
+//! start the writer thread (`super::writer`) nor hand the connections out (`super`).
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rusqlite::{Connection, OpenFlags};
+
+use super::error::sql_error;
+use super::sql;
+use crate::error::{BrokerError, BrokerResult};
+
+/// How long a writer waits for another process's write lock before giving up (`Unavailable`).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// One schema migration: its `user_version` after it is applied, and its SQL.
+struct Migration {
+    version: i64,
+    sql: &'static str,
+}
+
+/// Every migration, in order. Append only.
+const MIGRATIONS: &[Migration] = &[
+    Migration {
+        version: 1,
+        sql: include_str!("../../../migrations/sqlite/0001_init.sql"),
+    },
+    Migration {
+        version: 2,
+        sql: include_str!("../../../migrations/sqlite/0002_chains.sql"),
+    },
+];
+
+/// Opens the file, retrying while another process holds it locked: two processes opening a
+/// new file at once race to switch it to WAL and migrate it, and switching the journal mode
+/// does not wait on the busy timeout. Returns the writer's connection, then the reader's.
+pub(super) fn open_connections(path: &Path) -> BrokerResult<(Connection, Connection)> {
+    let deadline = Instant::now() + BUSY_TIMEOUT;
+    let mut wait = Duration::from_millis(10);
+    loop {
+        match open_connections_once(path) {
+            Err(BrokerError::Unavailable(_)) if Instant::now() < deadline => {
+                std::thread::sleep(wait);
+                wait = (wait * 2).min(Duration::from_millis(200));
+            }
+            other => return other,
+        }
+    }
+}
+
+fn open_connections_once(path: &Path) -> BrokerResult<(Connection, Connection)> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).map_err(|e| {
+            BrokerError::Config(format!("cannot create directory {}: {e}", dir.display()))
+        })?;
+    }
+    let writer = connect(path).map_err(sql_error)?;
+    // WAL is a property of the file: set once, by the writer, outside any transaction.
+    let mode: String = writer
+        .query_row(sql::JOURNAL_MODE_WAL, [], |r| r.get(0))
+        .map_err(sql_error)?;
+    if !mode.eq_ignore_ascii_case("wal") {
+        return Err(BrokerError::Config(format!(
+            "{}: cannot switch to WAL mode (journal_mode is {mode})",
+            path.display()
+        )));
+    }
+    migrate(&writer)?;
+    let reader = connect(path).map_err(sql_error)?;
+    // The reader must never write, even by mistake.
+    reader
+        .pragma_update(None, "query_only", true)
+        .map_err(sql_error)?;
+    Ok((writer, reader))
+}
+
+fn connect(path: &Path) -> rusqlite::Result<Connection> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    // In WAL mode NORMAL syncs at checkpoints, not at every commit: a power cut may lose the
+    // last commits but never corrupts the file; a process crash loses nothing.
+    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.set_prepared_statement_cache_capacity(64);
+    Ok(conn)
+}
+
+/// Applies every migration newer than the file's `user_version`, in one transaction that also
+/// records the new version; `BEGIN IMMEDIATE` keeps two processes from migrating at once.
+fn migrate(conn: &Connection) -> BrokerResult<()> {
+    let run = || -> rusqlite::Result<Result<(), BrokerError>> {
+        conn.execute_batch(sql::BEGIN)?;
+        let current: i64 = conn.query_row(sql::USER_VERSION, [], |r| r.get(0))?;
+        let latest = MIGRATIONS.last().map_or(0, |m| m.version);
+        if current > latest {
+            conn.execute_batch(sql::ROLLBACK)?;
+            return Ok(Err(BrokerError::Config(format!(
+                "the database has schema version {current}, newer than this hopper knows ({latest})"
+            ))));
+        }
+        for m in MIGRATIONS.iter().filter(|m| m.version > current) {
+            conn.execute_batch(m.sql)?;
+            conn.pragma_update(None, "user_version", m.version)?;
+        }
+        conn.execute_batch(sql::COMMIT)?;
+        Ok(Ok(()))
+    };
+    match run() {
+        Ok(answer) => answer,
+        Err(e) => {
+            if !conn.is_autocommit() {
+                let _ = conn.execute_batch(sql::ROLLBACK);
+            }
+            Err(sql_error(e))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::broker::sqlite::rows::to_i64;
+
+    #[test]
+    fn migrations_are_numbered_in_order() {
+        for (i, m) in MIGRATIONS.iter().enumerate() {
+            assert_eq!(
+                m.version,
+                to_i64(i + 1),
+                "migration {i} has version {}",
+                m.version
+            );
+            assert!(!m.sql.trim().is_empty());
+        }
+    }
+
+    #[test]
+    fn schema_is_applied_once_and_newer_schemas_are_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("a/b/hopper.db");
+        let (w, _r) = open_connections(&path).expect("first open creates the file");
+        let version: i64 = w
+            .query_row(sql::USER_VERSION, [], |r| r.get(0))
+            .expect("user_version");
+        assert_eq!(version, to_i64(MIGRATIONS.len()));
+        drop(w);
+        open_connections(&path).expect("reopen applies nothing");
+
+        let conn = Connection::open(&path).expect("open");
+        conn.pragma_update(None, "user_version", 99)
+            .expect("set version");
+        drop(conn);
+        let err = open_connections(&path).expect_err("a newer schema is refused");
+        assert!(matches!(err, BrokerError::Config(_)), "got {err:?}");
+    }
+}

@@ -1,0 +1,195 @@
+//! The read path: get, history, list, queues, events, ping.
+//!
+//! It owns every operation that only reads, run on the reader connection (`SqliteBroker::read`,
+//! off the async runtime), which in WAL mode never waits for the writer thread nor holds it up.
+//! It does not write, not even an event: the reader connection is opened `query_only`
+//! (`super::open`). Page sizes are capped here, so that one request cannot read the whole file.
+
+use rusqlite::types::Value as SqlValue;
+use rusqlite::{OptionalExtension, params, params_from_iter};
+
+use super::SqliteBroker;
+use super::rows::{event_from_row, job_from_row, to_i64, to_u64};
+use super::sql;
+use crate::broker::{JobFilter, JobPage, QueueStats};
+use crate::error::BrokerResult;
+use crate::event::{Event, EventType};
+use crate::job::{FieldError, Job, JobId, JobState};
+
+/// Largest page of `list`, and the page size when the filter asks for 0.
+const MAX_PAGE: usize = 1000;
+const DEFAULT_PAGE: usize = 100;
+/// Largest page of `events`.
+const MAX_EVENTS_PAGE: usize = 10_000;
+/// How far back `queues` counts recent outcomes (`processed_last_minute`, `failed_last_minute`).
+const RECENT_MS: i64 = 60_000;
+
+pub(super) async fn get(broker: &SqliteBroker, id: &JobId) -> BrokerResult<Option<Job>> {
+    let id = id.clone();
+    broker
+        .read(move |conn, _| {
+            Ok(conn
+                .prepare_cached(sql::GET)?
+                .query_row([id.as_str()], job_from_row)
+                .optional()?)
+        })
+        .await
+}
+
+pub(super) async fn history(broker: &SqliteBroker, id: &JobId) -> BrokerResult<Vec<Event>> {
+    let id = id.clone();
+    broker
+        .read(move |conn, _| {
+            Ok(conn
+                .prepare_cached(sql::HISTORY)?
+                .query_map([id.as_str()], event_from_row)?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+}
+
+pub(super) async fn list(broker: &SqliteBroker, filter: &JobFilter) -> BrokerResult<JobPage> {
+    let limit = match filter.limit {
+        0 => DEFAULT_PAGE,
+        n => n.min(MAX_PAGE),
+    };
+    let cursor = match &filter.cursor {
+        Some(c) => Some(
+            c.parse::<i64>()
+                .map_err(|_| FieldError::new("cursor", "not a cursor this broker issued"))?,
+        ),
+        None => None,
+    };
+    // Only the filters given become clauses (see `sql::LIST`).
+    let mut text = String::from(sql::LIST);
+    let mut args: Vec<SqlValue> = Vec::new();
+    let mut clause = |part: &str, arg: SqlValue| {
+        text.push_str(part);
+        args.push(arg);
+    };
+    if let Some(q) = &filter.queue {
+        clause(sql::LIST_QUEUE, SqlValue::Text(q.clone()));
+    }
+    if let Some(st) = filter.state {
+        clause(sql::LIST_STATE, SqlValue::Text(st.as_str().to_owned()));
+    }
+    if let Some(k) = &filter.kind {
+        clause(sql::LIST_KIND, SqlValue::Text(k.clone()));
+    }
+    if let Some(c) = cursor {
+        clause(sql::LIST_AFTER_CURSOR, SqlValue::Integer(c));
+    }
+    // One more than asked tells whether another page follows.
+    clause(sql::LIST_NEWEST_FIRST, SqlValue::Integer(to_i64(limit + 1)));
+    broker
+        .read(move |conn, _| {
+            let mut rows = conn
+                .prepare_cached(&text)?
+                .query_map(params_from_iter(args), |row| {
+                    Ok((row.get::<_, i64>(0)?, job_from_row(row)?))
+                })?
+                .collect::<Result<Vec<_>, _>>()?;
+            let next_cursor = if rows.len() > limit {
+                rows.truncate(limit);
+                rows.last().map(|(seq, _)| seq.to_string())
+            } else {
+                None
+            };
+            Ok(JobPage {
+                jobs: rows.into_iter().map(|(_, j)| j).collect(),
+                next_cursor,
+            })
+        })
+        .await
+}
+
+pub(super) async fn queues(broker: &SqliteBroker) -> BrokerResult<Vec<QueueStats>> {
+    broker
+        .read(move |conn, now| {
+            // One read transaction, so counts and recent outcomes describe the same moment.
+            let tx = conn.unchecked_transaction()?;
+            let mut stats: Vec<QueueStats> = Vec::new();
+            {
+                let mut counts = tx.prepare_cached(sql::COUNTS)?;
+                let mut rows = counts.query([])?;
+                while let Some(row) = rows.next()? {
+                    let queue: String = row.get(0)?;
+                    let state: String = row.get(1)?;
+                    let n: i64 = row.get(2)?;
+                    if let Some(st) = JobState::parse(&state) {
+                        *entry(&mut stats, &queue).counts.get_mut(st) += to_u64(n);
+                    }
+                }
+                let mut recent = tx.prepare_cached(sql::RECENT_OUTCOMES)?;
+                let mut rows = recent.query([now.saturating_sub(RECENT_MS)])?;
+                while let Some(row) = rows.next()? {
+                    let queue: String = row.get(0)?;
+                    let kind: String = row.get(1)?;
+                    let n = to_u64(row.get(2)?);
+                    // Only queues that still hold jobs are listed.
+                    let Some(s) = stats.iter_mut().find(|s| s.queue == queue) else {
+                        continue;
+                    };
+                    if kind == EventType::Succeeded.as_str() {
+                        s.processed_last_minute += n;
+                    } else {
+                        s.failed_last_minute += n;
+                    }
+                }
+            }
+            tx.finish()?;
+            stats.sort_by(|a, b| a.queue.cmp(&b.queue));
+            Ok(stats)
+        })
+        .await
+}
+
+/// The stats of `queue`, added empty when it is not there yet.
+fn entry<'a>(stats: &'a mut Vec<QueueStats>, queue: &str) -> &'a mut QueueStats {
+    let i = match stats.iter().position(|s| s.queue == queue) {
+        Some(i) => i,
+        None => {
+            stats.push(QueueStats {
+                queue: queue.to_owned(),
+                ..QueueStats::default()
+            });
+            stats.len() - 1
+        }
+    };
+    &mut stats[i]
+}
+
+pub(super) async fn events(
+    broker: &SqliteBroker,
+    after: Option<&str>,
+    limit: usize,
+) -> BrokerResult<Vec<Event>> {
+    let after = match after {
+        Some(a) => a
+            .parse::<i64>()
+            .map_err(|_| FieldError::new("since", "not an event id this broker issued"))?,
+        None => 0,
+    };
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
+    let limit = to_i64(limit.min(MAX_EVENTS_PAGE));
+    broker
+        .read(move |conn, _| {
+            Ok(conn
+                .prepare_cached(sql::EVENTS_AFTER)?
+                .query_map(params![after, limit], event_from_row)?
+                .collect::<Result<Vec<_>, _>>()?)
+        })
+        .await
+}
+
+pub(super) async fn ping(broker: &SqliteBroker) -> BrokerResult<()> {
+    broker
+        .read(|conn, _| {
+            conn.prepare_cached(sql::PING)?
+                .query_row([], |r| r.get::<_, i64>(0))?;
+            Ok(())
+        })
+        .await
+}

@@ -1,0 +1,163 @@
+//! From SQLite values to Hopper types: row decoders and integer conversions.
+//!
+//! It owns the reading of the column lists `super::sql` spells out, and the conversions between
+//! SQLite's `i64` and Hopper's unsigned numbers. It does not run statements. A stored value this
+//! version cannot read is a conversion error ([`BadColumn`]), never a panic or a guess, because
+//! a newer `hopper` may share the file.
+
+use std::time::Duration;
+
+use rusqlite::Row;
+use serde_json::Value;
+
+use crate::event::{Event, EventType};
+use crate::job::{ChainLink, Job, JobId, JobState};
+
+/// The job a changed row belongs to, as its events name it: the `id, queue, kind, attempt`
+/// that fenced updates and bulk updates return first.
+pub(super) struct Owner {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    pub attempt: u32,
+}
+
+impl Owner {
+    /// The owner of a job already decoded in full.
+    pub fn of(job: &Job) -> Self {
+        Self {
+            id: job.id.clone(),
+            queue: job.queue.clone(),
+            kind: job.kind.clone(),
+            attempt: job.attempt,
+        }
+    }
+}
+
+/// Decodes `id, queue, kind, attempt` (columns 0 to 3).
+pub(super) fn owner_from_row(r: &Row<'_>) -> rusqlite::Result<Owner> {
+    Ok(Owner {
+        id: JobId(r.get(0)?),
+        queue: r.get(1)?,
+        kind: r.get(2)?,
+        attempt: to_u32(r.get(3)?),
+    })
+}
+
+/// Reads `chain_id, chain_index[, chain_next]` starting at column `at`; `chain_next` is read
+/// only when the statement returns it.
+pub(super) fn chain_from_columns(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<ChainLink>> {
+    let Some(id) = r.get::<_, Option<String>>(at)? else {
+        return Ok(None);
+    };
+    let next = if r.as_ref().column_count() > at + 2 {
+        r.get::<_, Option<String>>(at + 2)?.map(JobId)
+    } else {
+        None
+    };
+    Ok(Some(ChainLink {
+        id: JobId(id),
+        index: to_u32(r.get(at + 1)?),
+        next,
+    }))
+}
+
+/// Decodes the job columns of `super::sql` (column 0, `seq`, is left to the caller).
+pub(super) fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
+    let state: String = r.get(6)?;
+    Ok(Job {
+        id: JobId(r.get(1)?),
+        queue: r.get(2)?,
+        kind: r.get(3)?,
+        payload: json_column(r, 4)?.unwrap_or(Value::Null),
+        priority: u8::try_from(r.get::<_, i64>(5)?).unwrap_or(u8::MAX),
+        state: JobState::parse(&state).ok_or_else(|| conversion(6, bad_column(&state)))?,
+        run_at: r.get(7)?,
+        attempt: to_u32(r.get(8)?),
+        max_retries: to_u32(r.get(9)?),
+        timeout_ms: r
+            .get::<_, Option<i64>>(10)?
+            .map(|v| u64::try_from(v).unwrap_or(0)),
+        interruptions: to_u32(r.get(11)?),
+        interruption_streak: to_u32(r.get(12)?),
+        lease_token: u64::try_from(r.get::<_, i64>(13)?).unwrap_or(0),
+        lease_until: r.get(14)?,
+        progress: u8::try_from(r.get::<_, i64>(15)?).unwrap_or(0),
+        progress_message: r.get(16)?,
+        result: json_column(r, 17)?,
+        last_error: r.get(18)?,
+        unique_key: r.get(19)?,
+        created_at: r.get(20)?,
+        started_at: r.get(21)?,
+        finished_at: r.get(22)?,
+        chain: chain_from_columns(r, 23)?,
+    })
+}
+
+/// Decodes the event columns of `super::sql`.
+pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
+    let kind_of_event: String = r.get(1)?;
+    Ok(Event {
+        id: r.get::<_, i64>(0)?.to_string(),
+        kind_of_event: EventType::parse(&kind_of_event)
+            .ok_or_else(|| conversion(1, bad_column(&kind_of_event)))?,
+        job_id: JobId(r.get(2)?),
+        queue: r.get(3)?,
+        kind: r.get(4)?,
+        at: r.get(5)?,
+        attempt: to_u32(r.get(6)?),
+        progress: r
+            .get::<_, Option<i64>>(7)?
+            .map(|p| u8::try_from(p).unwrap_or(0)),
+        message: r.get(8)?,
+        result: json_column(r, 9)?,
+        error: r.get(10)?,
+    })
+}
+
+fn json_column(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<Value>> {
+    match r.get::<_, Option<String>>(idx)? {
+        Some(text) => serde_json::from_str(&text)
+            .map(Some)
+            .map_err(|e| conversion(idx, e)),
+        None => Ok(None),
+    }
+}
+
+fn conversion(idx: usize, e: impl std::error::Error + Send + Sync + 'static) -> rusqlite::Error {
+    rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, Box::new(e))
+}
+
+/// A stored value this version does not know (a newer `hopper` wrote it, or the file was edited).
+#[derive(Debug, thiserror::Error)]
+#[error("unexpected value {0:?} in the database")]
+pub(super) struct BadColumn(String);
+
+pub(super) fn bad_column(value: &str) -> BadColumn {
+    BadColumn(value.to_owned())
+}
+
+// ---- Numbers ---------------------------------------------------------------------------------
+
+pub(super) fn to_i64<T: TryInto<i64>>(v: T) -> i64 {
+    v.try_into().unwrap_or(i64::MAX)
+}
+
+pub(super) fn to_u32(v: i64) -> u32 {
+    u32::try_from(v.max(0)).unwrap_or(u32::MAX)
+}
+
+/// A count SQLite returned, as Hopper reports it (a negative count cannot happen; it reads 0).
+pub(super) fn to_u64(v: i64) -> u64 {
+    u64::try_from(v).unwrap_or(0)
+}
+
+/// Lease tokens are `u64` in Hopper and `i64` in SQLite; they start at 0 and grow by one per
+/// fetch, so the high bit is never reached.
+pub(super) fn token_to_i64(token: u64) -> i64 {
+    i64::try_from(token).unwrap_or(i64::MAX)
+}
+
+pub(super) fn duration_ms(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}

@@ -1,0 +1,205 @@
+//! The SQL of every operation, in one place, as named constants.
+//!
+//! It owns statement text only: which statement runs when, and what its rows mean, is the
+//! business of the files that run them. The schema itself is not here but in the migrations
+//! (`workers/migrations/sqlite/*.sql`, applied by `super::open`). Column lists are spelled out
+//! so that a query and its row decoder (`super::rows`) can be checked side by side; statements
+//! that end an attempt or move a chain return `id, queue, kind, attempt` first, the columns of
+//! `super::rows::Owner`, so that one decoder serves them all.
+
+/// The columns `super::rows::job_from_row` decodes, `seq` first.
+macro_rules! job_columns {
+    () => {
+        "seq, id, queue, kind, payload, priority, state, run_at, attempt, max_retries, \
+         timeout_ms, interruptions, interruption_streak, lease_token, lease_until, progress, \
+         progress_message, result, last_error, unique_key, created_at, started_at, finished_at, \
+         chain_id, chain_index, chain_next"
+    };
+}
+
+/// The columns `super::rows::event_from_row` decodes.
+macro_rules! event_columns {
+    () => {
+        "id, type, job_id, queue, kind, at, attempt, progress, message, result, error"
+    };
+}
+
+/// What a retry resets: the job starts over, queued, with a fresh set of attempts. Shared by
+/// the single retry and the bulk one so that the two cannot drift apart.
+macro_rules! start_over {
+    () => {
+        "state = 'queued', attempt = 0, interruption_streak = 0, finished_at = NULL, \
+         lease_until = NULL, progress = 0, progress_message = NULL"
+    };
+}
+
+// Transactions. `BEGIN IMMEDIATE` takes the write lock up front (see the module docs of
+// `super`); every command of a batch runs in its own savepoint.
+pub const BEGIN: &str = "BEGIN IMMEDIATE";
+pub const COMMIT: &str = "COMMIT";
+pub const ROLLBACK: &str = "ROLLBACK";
+pub const SAVEPOINT: &str = "SAVEPOINT op";
+pub const RELEASE: &str = "RELEASE op";
+pub const ROLLBACK_TO: &str = "ROLLBACK TO op";
+
+// Opening. WAL is a property of the file; `user_version` records the schema version.
+pub const JOURNAL_MODE_WAL: &str = "PRAGMA journal_mode = WAL";
+pub const USER_VERSION: &str = "PRAGMA user_version";
+
+pub const INSERT_EVENT: &str = "INSERT INTO events \
+    (job_id, queue, kind, type, at, attempt, progress, message, result, error) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
+
+pub const FIND_UNIQUE: &str = "SELECT id FROM jobs WHERE unique_key = ?1";
+pub const INSERT_JOB: &str = "INSERT INTO jobs \
+    (id, queue, kind, payload, priority, state, run_at, max_retries, timeout_ms, unique_key, \
+     created_at, chain_id, chain_index, chain_next) \
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+
+/// Due scheduled and retrying jobs become queued, keeping their due time as `run_at` so they
+/// line up as if queued then.
+pub const PROMOTE_DUE: &str = "UPDATE jobs SET state = 'queued' \
+    WHERE queue = ?1 AND state IN ('scheduled', 'retrying') AND run_at <= ?2";
+pub const FETCH: &str = concat!(
+    "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
+     lease_until = ?3, started_at = COALESCE(started_at, ?4) \
+     WHERE seq IN (SELECT seq FROM jobs WHERE queue = ?1 AND state = 'queued' \
+                   ORDER BY priority, run_at, seq LIMIT ?2) \
+     RETURNING ",
+    job_columns!()
+);
+
+// Finishing an attempt. Each is fenced by the lease token and the running state; the attempt
+// returned is the one that ended (for its event). Succeeded and dead also return the chain
+// link, to move the chain along.
+pub const FINISH_SUCCEEDED: &str = "UPDATE jobs SET state = 'succeeded', result = ?3, \
+    finished_at = ?4, progress = 100, interruption_streak = 0, lease_until = NULL \
+    WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
+    RETURNING id, queue, kind, attempt, chain_id, chain_index, chain_next";
+pub const FINISH_RETRY: &str = "UPDATE jobs SET state = 'retrying', run_at = ?3, \
+    last_error = ?4, interruption_streak = 0, lease_until = NULL \
+    WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
+    RETURNING id, queue, kind, attempt";
+pub const FINISH_DEAD: &str = "UPDATE jobs SET state = 'dead', last_error = ?3, \
+    finished_at = ?4, interruption_streak = 0, lease_until = NULL \
+    WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
+    RETURNING id, queue, kind, attempt, chain_id, chain_index, chain_next";
+pub const FINISH_SNOOZE: &str = "UPDATE jobs SET state = 'scheduled', run_at = ?3, \
+    attempt = MAX(attempt - 1, 0), interruption_streak = 0, lease_until = NULL \
+    WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
+    RETURNING id, queue, kind, attempt + 1";
+pub const FINISH_RELEASED: &str = "UPDATE jobs SET state = 'queued', run_at = ?3, \
+    attempt = MAX(attempt - 1, 0), lease_until = NULL \
+    WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
+    RETURNING id, queue, kind, attempt + 1";
+
+pub const HEARTBEAT: &str = "UPDATE jobs SET lease_until = ?3 \
+    WHERE id = ?1 AND lease_token = ?2 AND state = 'running'";
+pub const LEASE_STATE: &str = "SELECT state FROM jobs WHERE id = ?1 AND lease_token = ?2";
+pub const PROGRESS: &str = "UPDATE jobs SET progress = ?3, progress_message = ?4 \
+    WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
+    RETURNING id, queue, kind, attempt";
+
+pub const STATE_OF: &str = "SELECT state FROM jobs WHERE id = ?1";
+pub const CANCEL: &str = concat!(
+    "UPDATE jobs SET state = 'cancelled', finished_at = ?2, lease_until = NULL \
+     WHERE id = ?1 AND state NOT IN ('succeeded', 'dead', 'cancelled') RETURNING ",
+    job_columns!()
+);
+pub const RETRY: &str = concat!(
+    "UPDATE jobs SET ",
+    start_over!(),
+    ", run_at = ?2 WHERE id = ?1 AND state IN ('dead', 'cancelled') RETURNING ",
+    job_columns!()
+);
+pub const COUNT_DEAD: &str = "SELECT count(*) FROM jobs WHERE state = 'dead'";
+pub const COUNT_DEAD_IN: &str = "SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'dead'";
+// Two texts rather than `?2 IS NULL OR queue = ?2`, which would keep SQLite from using the
+// queue's index.
+pub const RETRY_DEAD_CHUNK: &str = concat!(
+    "UPDATE jobs SET ",
+    start_over!(),
+    ", run_at = ?1 WHERE seq IN (SELECT seq FROM jobs WHERE state = 'dead' LIMIT ?3) \
+     RETURNING id, queue, kind, attempt, chain_id, chain_index"
+);
+pub const RETRY_DEAD_CHUNK_IN: &str = concat!(
+    "UPDATE jobs SET ",
+    start_over!(),
+    ", run_at = ?1 \
+     WHERE seq IN (SELECT seq FROM jobs WHERE queue = ?2 AND state = 'dead' LIMIT ?3) \
+     RETURNING id, queue, kind, attempt, chain_id, chain_index"
+);
+
+// Rescue. SET expressions read the row as it was, RETURNING as it is now: the attempt returned
+// is the interrupted one.
+pub const RESCUE_POISON: &str = "UPDATE jobs SET state = 'dead', \
+    attempt = MAX(attempt - 1, 0), interruptions = interruptions + 1, \
+    interruption_streak = interruption_streak + 1, \
+    last_error = 'poison pill: interrupted ' || (interruption_streak + 1) || ' times in a row', \
+    finished_at = ?1, lease_until = NULL \
+    WHERE state = 'running' AND lease_until < ?1 AND ?2 > 0 AND interruption_streak + 1 >= ?2 \
+    RETURNING id, queue, kind, attempt + 1, last_error, chain_id, chain_index";
+pub const RESCUE: &str = "UPDATE jobs SET state = 'queued', \
+    attempt = MAX(attempt - 1, 0), interruptions = interruptions + 1, \
+    interruption_streak = interruption_streak + 1, lease_until = NULL \
+    WHERE state = 'running' AND lease_until < ?1 \
+    RETURNING id, queue, kind, attempt + 1";
+
+pub const GET: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE id = ?1");
+pub const HISTORY: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE job_id = ?1 ORDER BY id"
+);
+pub const EVENTS_AFTER: &str = concat!(
+    "SELECT ",
+    event_columns!(),
+    " FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
+);
+pub const COUNTS: &str = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state";
+pub const RECENT_OUTCOMES: &str = "SELECT queue, type, count(*) FROM events \
+    WHERE type IN ('job.succeeded', 'job.retrying', 'job.dead') AND at >= ?1 \
+    GROUP BY queue, type";
+
+// The parts `list` builds its query from: only the filters given become clauses, so SQLite can
+// pick the index that fits (`?1 IS NULL OR ...` would defeat it). The text varies over 16
+// shapes at most, each cached as a prepared statement.
+pub const LIST: &str = concat!("SELECT ", job_columns!(), " FROM jobs WHERE 1");
+pub const LIST_QUEUE: &str = " AND queue = ?";
+pub const LIST_STATE: &str = " AND state = ?";
+pub const LIST_KIND: &str = " AND kind = ?";
+/// Jobs older than the cursor, which is the `seq` of the last job of the previous page.
+pub const LIST_AFTER_CURSOR: &str = " AND seq < ?";
+pub const LIST_NEWEST_FIRST: &str = " ORDER BY seq DESC LIMIT ?";
+
+pub const PURGE_CHUNK: &str = "DELETE FROM jobs WHERE seq IN \
+    (SELECT seq FROM jobs WHERE state = ?1 AND finished_at < ?2 LIMIT ?3) RETURNING id";
+pub const DELETE_JOB_EVENTS: &str = "DELETE FROM events WHERE job_id = ?1";
+pub const EVENT_CUT: &str = "SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1";
+pub const TRIM_EVENTS_CHUNK: &str = "DELETE FROM events WHERE id IN \
+    (SELECT id FROM events WHERE id <= ?1 ORDER BY id LIMIT ?2)";
+pub const DROP_CHUNK: &str = "DELETE FROM jobs WHERE seq IN \
+    (SELECT seq FROM jobs WHERE queue = ?1 LIMIT ?2) RETURNING id";
+
+// Chains. The step after a succeeded one is queued with its result as `input`; the waiting
+// steps after a dead or cancelled one are cancelled; retrying a step puts the steps cancelled
+// after it back to waiting.
+pub const CHAIN_PROMOTE: &str = "UPDATE jobs SET state = 'queued', run_at = ?3, \
+    payload = json_set(payload, '$.input', json(?2)) \
+    WHERE id = ?1 AND state = 'waiting' RETURNING id, queue, kind, attempt";
+pub const CHAIN_CANCEL_REST: &str = "UPDATE jobs SET state = 'cancelled', finished_at = ?3, \
+    last_error = ?4 \
+    WHERE chain_id = ?1 AND chain_index > ?2 AND state = 'waiting' \
+    RETURNING id, queue, kind, attempt";
+pub const CHAIN_STEP: &str = "SELECT id FROM jobs WHERE chain_id = ?1 AND chain_index = ?2";
+pub const CHAIN_PREDECESSOR: &str =
+    "SELECT state, result FROM jobs WHERE chain_id = ?1 AND chain_index = ?2";
+/// A retried later step: queued with its predecessor's result, or waiting for it.
+pub const CHAIN_REQUEUE_STEP: &str = "UPDATE jobs SET state = ?2, \
+    payload = CASE WHEN ?3 IS NULL THEN payload ELSE json_set(payload, '$.input', json(?3)) END \
+    WHERE id = ?1";
+pub const CHAIN_RESUME_REST: &str = "UPDATE jobs SET state = 'waiting', finished_at = NULL, \
+    last_error = NULL \
+    WHERE chain_id = ?1 AND chain_index > ?2 AND state = 'cancelled'";
+
+pub const PING: &str = "SELECT 1";

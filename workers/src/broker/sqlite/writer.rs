@@ -1,0 +1,184 @@
+//! The writer thread: the one owner of the write connection, running commands in batches.
+//!
+//! It owns the command type ([`WriteOp`], built by `SqliteBroker::write` in `super`), the
+//! thread's loop ([`run_writer`]) and the transaction around each batch: one `BEGIN IMMEDIATE`
+//! for everything queued, each command in its own savepoint so that a failed one rolls back
+//! alone, and answers sent only after `COMMIT`, so that nobody is told "done" about a write
+//! that was lost. It knows nothing of jobs: what a command does is the closure it carries.
+
+use std::sync::Arc;
+use std::sync::mpsc;
+
+use rusqlite::Connection;
+use tokio::sync::oneshot;
+
+use super::error::{Fail, is_busy};
+use super::sql;
+use crate::clock::Clock;
+use crate::error::{BrokerError, BrokerResult};
+use crate::job::Millis;
+
+/// Most commands in one transaction; bounds how long one commit keeps the others waiting.
+const MAX_BATCH: usize = 512;
+
+/// A command for the writer thread: run inside the batch's transaction, then answer.
+pub(super) trait WriteOp: Send {
+    /// Runs the command; true when it succeeded (its savepoint is kept).
+    fn run(&mut self, conn: &Connection, now: Millis) -> bool;
+    /// The batch failed as a whole: whatever `run` produced is void.
+    fn fail(&mut self, why: &BatchFailure);
+    /// Sends the answer (after the commit).
+    fn answer(self: Box<Self>);
+}
+
+/// The one [`WriteOp`]: a closure, its result once run, and where the answer goes.
+pub(super) struct Op<T, F> {
+    work: Option<F>,
+    result: Option<BrokerResult<T>>,
+    reply: oneshot::Sender<BrokerResult<T>>,
+}
+
+impl<T, F> Op<T, F> {
+    pub fn new(work: F, reply: oneshot::Sender<BrokerResult<T>>) -> Self {
+        Self {
+            work: Some(work),
+            result: None,
+            reply,
+        }
+    }
+}
+
+impl<T, F> WriteOp for Op<T, F>
+where
+    T: Send,
+    F: FnOnce(&Connection, Millis) -> Result<T, Fail> + Send,
+{
+    fn run(&mut self, conn: &Connection, now: Millis) -> bool {
+        let Some(work) = self.work.take() else {
+            return false;
+        };
+        let result = work(conn, now).map_err(Fail::into_broker);
+        let ok = result.is_ok();
+        self.result = Some(result);
+        ok
+    }
+
+    fn fail(&mut self, why: &BatchFailure) {
+        self.work = None;
+        self.result = Some(Err(why.to_error()));
+    }
+
+    fn answer(self: Box<Self>) {
+        let result = self
+            .result
+            .unwrap_or_else(|| Err(BatchFailure::new("command was not run").to_error()));
+        // The caller may have stopped waiting (e.g. a timed-out fetch); nothing to tell then.
+        let _ = self.reply.send(result);
+    }
+}
+
+/// A failure that ends a whole batch (its transaction could not begin or commit). Kept as text
+/// so that every command of the batch gets its own copy.
+#[derive(Clone, Debug, thiserror::Error)]
+#[error("{message}")]
+pub(super) struct BatchFailure {
+    busy: bool,
+    message: String,
+}
+
+impl BatchFailure {
+    fn new(message: &str) -> Self {
+        Self {
+            busy: false,
+            message: message.to_owned(),
+        }
+    }
+
+    /// A failed transaction statement (`what`); busy stays busy, so the caller may retry.
+    fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Self {
+        move |e| Self {
+            busy: is_busy(&e),
+            message: format!("{what}: {e}"),
+        }
+    }
+
+    fn to_error(&self) -> BrokerError {
+        if self.busy {
+            BrokerError::Unavailable(Box::new(self.clone()))
+        } else {
+            BrokerError::Backend(Box::new(self.clone()))
+        }
+    }
+}
+
+/// The writer thread: runs until every `SqliteBroker` handle is dropped.
+pub(super) fn run_writer(
+    conn: Connection,
+    clock: Arc<dyn Clock>,
+    rx: mpsc::Receiver<Box<dyn WriteOp>>,
+) {
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(op) => batch.push(op),
+                Err(_) => break,
+            }
+        }
+        run_batch(&conn, clock.as_ref(), &mut batch);
+        for op in batch {
+            op.answer();
+        }
+    }
+}
+
+/// Runs a batch in one transaction; when the transaction as a whole fails, every command of
+/// the batch is told so (even one that ran: its work was rolled back with the rest).
+fn run_batch(conn: &Connection, clock: &dyn Clock, batch: &mut [Box<dyn WriteOp>]) {
+    if let Err(why) = try_batch(conn, clock, batch) {
+        rollback(conn);
+        tracing::warn!(error = %why, commands = batch.len(), "sqlite write batch failed");
+        for op in batch.iter_mut() {
+            op.fail(&why);
+        }
+    }
+}
+
+/// The transaction of [`run_batch`], each command in its own savepoint.
+fn try_batch(
+    conn: &Connection,
+    clock: &dyn Clock,
+    batch: &mut [Box<dyn WriteOp>],
+) -> Result<(), BatchFailure> {
+    exec(conn, sql::BEGIN).map_err(BatchFailure::sql("begin"))?;
+    for op in batch.iter_mut() {
+        exec(conn, sql::SAVEPOINT).map_err(BatchFailure::sql("savepoint"))?;
+        let ok = op.run(conn, clock.now_ms());
+        if conn.is_autocommit() {
+            // SQLite rolled the whole transaction back on its own (e.g. disk full): every
+            // earlier command of the batch is void too.
+            return Err(BatchFailure::new(
+                "the transaction was rolled back by SQLite",
+            ));
+        }
+        if !ok {
+            exec(conn, sql::ROLLBACK_TO).map_err(BatchFailure::sql("savepoint"))?;
+        }
+        exec(conn, sql::RELEASE).map_err(BatchFailure::sql("savepoint"))?;
+    }
+    exec(conn, sql::COMMIT).map_err(BatchFailure::sql("commit"))
+}
+
+fn exec(conn: &Connection, text: &str) -> rusqlite::Result<()> {
+    conn.prepare_cached(text)?.execute([])?;
+    Ok(())
+}
+
+/// Ends an open transaction; a no-op when there is none (it never began, or SQLite ended it).
+fn rollback(conn: &Connection) {
+    if !conn.is_autocommit()
+        && let Err(e) = conn.execute_batch(sql::ROLLBACK)
+    {
+        tracing::error!(error = %e, "sqlite rollback failed");
+    }
+}
