@@ -40,7 +40,7 @@ impl Broker for Unreachable {
     fn name(&self) -> &'static str {
         "unreachable"
     }
-    async fn enqueue(&self, _: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
+    async fn store(&self, _: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
         down()
     }
     async fn fetch(&self, _: &str, _: usize, _: Duration) -> BrokerResult<Vec<Job>> {

@@ -117,23 +117,32 @@ impl Service {
             )?);
         }
         let chained = steps.len() > 1;
-        let done = self.broker.enqueue(link_chain(steps)).await?;
-        let first = done.first().ok_or_else(|| {
-            BrokerError::Backend("the broker answered an enqueue with nothing".into())
-        })?;
-        let job = self
+        let mut done = self
             .broker
-            .get(&first.id)
-            .await?
-            .ok_or_else(|| BrokerError::NotFound(first.id.clone()))?;
+            .enqueue(link_chain(steps))
+            .await
+            .map_err(|e| match e {
+                // The engine's rules are checked at the broker seam; name the step at fault
+                // as the request does.
+                BrokerError::Invalid(f) => SubmitError::Field(step_field(f)),
+                e => SubmitError::Broker(e),
+            })?;
+        if done.is_empty() {
+            return Err(
+                BrokerError::Backend("the broker answered an enqueue with nothing".into()).into(),
+            );
+        }
+        let first = done.remove(0);
         let steps = if chained {
-            self.broker.chain(&first.id).await?
+            std::iter::once(first.job.clone())
+                .chain(done.into_iter().map(|e| e.job))
+                .collect()
         } else {
             Vec::new()
         };
         Ok(Submitted {
             created: first.created,
-            job,
+            job: first.job,
             steps,
         })
     }
@@ -153,5 +162,35 @@ impl Service {
             history,
             steps,
         }))
+    }
+}
+
+/// A field the broker named in a batch (`jobs[2].priority`) as the request names it: the
+/// first job's fields plainly, a later step's under `then[i]`.
+fn step_field(mut f: FieldError) -> FieldError {
+    let Some(rest) = f.field.strip_prefix("jobs[") else {
+        return f;
+    };
+    let Some((index, field)) = rest.split_once("].") else {
+        return f;
+    };
+    f.field = match index.parse::<usize>() {
+        Ok(0) => field.to_owned(),
+        Ok(i) => format!("then[{}].{field}", i - 1),
+        Err(_) => return f,
+    };
+    f
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batch_fields_name_the_step() {
+        let named = |field: &str| step_field(FieldError::new(field, "x")).field;
+        assert_eq!(named("priority"), "priority");
+        assert_eq!(named("jobs[0].priority"), "priority");
+        assert_eq!(named("jobs[3].timeout"), "then[2].timeout");
     }
 }

@@ -4,8 +4,11 @@
 //! Both front doors reach [`prepare`] through `Service::submit`, so they accept and refuse the
 //! same things: the kind
 //! must be registered, the payload must be an object the kind's
-//! [`Handler::validate`](hopper_workers::Handler::validate) accepts, and the job must pass
-//! [`NewJob::validate`]. Every refusal names the field it is about. Parsing the HTTP body's
+//! [`Handler::validate`](hopper_workers::Handler::validate) accepts, and the request's own
+//! rules hold (a delay or a run time, not both; the rules of chains). The engine's rules of a
+//! job (queue name, priority range, timeout, unique key) are [`NewJob::validate`]'s, checked
+//! at the broker seam (`Broker::enqueue`) for every caller. Every refusal names the field it
+//! is about. Parsing the HTTP body's
 //! JSON is the API's business (`crate::api`), not this module's.
 
 use std::time::Duration;
@@ -127,7 +130,6 @@ fn prepare_checked(
         unique_key: req.unique_key,
         chain: None,
     };
-    job.validate()?;
     Ok(job)
 }
 
@@ -178,7 +180,12 @@ mod tests {
 
     use serde_json::json;
 
+    use std::sync::Arc;
+
+    use hopper_workers::clock;
+
     use super::*;
+    use crate::service::{Service, SubmitError};
 
     fn registry() -> Registry {
         let mut r = Registry::new();
@@ -186,9 +193,19 @@ mod tests {
         r
     }
 
-    fn field(req: EnqueueRequest) -> (String, &'static str) {
-        let e = prepare(req, &registry(), 3, 1_000).unwrap_err();
-        (e.field, e.code)
+    /// The field a submission is refused for, through the whole path: these checks, the
+    /// kind's, and the engine's at the broker seam (a real SQLite file).
+    async fn field(req: EnqueueRequest) -> (String, &'static str) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hopper.db");
+        let broker = hopper_workers::broker::sqlite::open(path.to_str().unwrap(), clock::system())
+            .await
+            .unwrap();
+        let service = Service::new(broker, Arc::new(registry()), clock::system(), 3);
+        match service.submit(req, Vec::new()).await {
+            Err(SubmitError::Field(e)) => (e.field, e.code),
+            other => panic!("expected a refused field, got {other:?}"),
+        }
     }
 
     #[test]
@@ -234,29 +251,31 @@ mod tests {
         assert!(ok.is_ok());
     }
 
-    #[test]
-    fn refusals_name_the_field() {
+    #[tokio::test]
+    async fn refusals_name_the_field() {
         assert_eq!(
-            field(EnqueueRequest::new("nope", json!({}))),
+            field(EnqueueRequest::new("nope", json!({}))).await,
             ("kind".into(), "unknown_kind")
         );
         assert_eq!(
-            field(EnqueueRequest::new("sys.noop", json!([]))).0,
+            field(EnqueueRequest::new("sys.noop", json!([]))).await.0,
             "payload"
         );
         assert_eq!(
-            field(EnqueueRequest::new("sys.sleep", json!({"ms": "x"}))).0,
+            field(EnqueueRequest::new("sys.sleep", json!({"ms": "x"})))
+                .await
+                .0,
             "payload.ms"
         );
         let mut req = EnqueueRequest::new("sys.noop", json!({}));
         req.priority = Some(12);
-        assert_eq!(field(req).0, "priority");
+        assert_eq!(field(req).await.0, "priority");
         let mut req = EnqueueRequest::new("sys.noop", json!({}));
         req.queue = Some("a b".into());
-        assert_eq!(field(req).0, "queue");
+        assert_eq!(field(req).await.0, "queue");
         let mut req = EnqueueRequest::new("sys.noop", json!({}));
         req.delay = Some(Duration::from_secs(1));
         req.run_at = Some(5);
-        assert_eq!(field(req).0, "delay");
+        assert_eq!(field(req).await.0, "delay");
     }
 }

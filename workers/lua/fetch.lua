@@ -11,9 +11,11 @@
 -- ARGV[5]  at most this many due jobs are promoted per call (bounds the work per call; the
 --          rest are promoted by the next fetches)
 -- Returns  an array, one entry per leased job: the job's hash as a flat field/value array
---          *as it was before the lease* (HGETALL), followed by the job's id as its last (odd)
---          element. The caller applies the changes (state running, attempt + 1,
---          lease_token + 1, lease_until, started_at = now, progress 0, no message): returning
+--          as HGETALL read it before the lease, then the fields the lease wrote (state,
+--          attempt, lease_token, lease_until, started_at, and progress and progress_message
+--          cleared as ''), which a reader taking the last value of each field sees as the job
+--          now stored, then the job's id as its last (odd) element. This script is the one
+--          place the lease transition is computed; the caller only decodes. Appending to
 --          what HGETALL read keeps the script from building tables.
 
 local now = tonumber(ARGV[1])
@@ -21,6 +23,7 @@ local max = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local cap = ARGV[4]
 local promote = tonumber(ARGV[5])
+local deadline = itoa(now + lease)
 
 local due = redis.call('ZRANGEBYSCORE', K .. 'due', '-inf', now, 'LIMIT', 0, promote)
 for i = 1, #due do
@@ -70,19 +73,27 @@ for i = 1, #popped, 2 do
   if st == 'queued' then
     local n = #ids + 1
     attempt = itoa((tonumber(attempt) or 0) + 1)
+    token = itoa((tonumber(token) or 0) + 1)
     add_event('job.started', id, kind, attempt)
     ids[n] = id
     keys[n] = jk
     attempts[n] = attempt
-    tokens[n] = itoa((tonumber(token) or 0) + 1)
+    tokens[n] = token
     clear[n] = prog
-    f[#f + 1] = id
+    local m = #f
+    f[m + 1], f[m + 2] = 'state', 'running'
+    f[m + 3], f[m + 4] = 'attempt', attempt
+    f[m + 5], f[m + 6] = 'lease_token', token
+    f[m + 7], f[m + 8] = 'lease_until', deadline
+    f[m + 9], f[m + 10] = 'started_at', ARGV[1]
+    f[m + 11], f[m + 12] = 'progress', ''
+    f[m + 13], f[m + 14] = 'progress_message', ''
+    f[m + 15] = id
     out[n] = f
   end
 end
 if #out > 0 then
   local ev = flush_events(cap, now)
-  local deadline = itoa(now + lease)
   local running = {}
   for i = 1, #ids do
     local id, jk = ids[i], keys[i]

@@ -254,6 +254,43 @@ impl NewJob {
         self
     }
 
+    /// The job as a broker first stores it at `now`: `waiting` when it is a later step of a
+    /// chain (it runs when the step before it succeeds), `scheduled` when `run_at` is in the
+    /// future, else `queued` (a run time in the past is simply now: it does not jump the
+    /// line). This is the one statement of that rule; brokers store what it returns.
+    pub fn stored(&self, now: Millis) -> Job {
+        let (state, run_at) = match self.run_at {
+            _ if self.chain.as_ref().is_some_and(|c| c.index > 0) => (JobState::Waiting, now),
+            Some(at) if at > now => (JobState::Scheduled, at),
+            _ => (JobState::Queued, now),
+        };
+        Job {
+            id: self.id.clone(),
+            queue: self.queue.clone(),
+            kind: self.kind.clone(),
+            payload: self.payload.clone(),
+            priority: self.priority,
+            state,
+            run_at,
+            attempt: 0,
+            max_retries: self.max_retries,
+            timeout_ms: self.timeout_ms,
+            interruptions: 0,
+            interruption_streak: 0,
+            lease_token: 0,
+            lease_until: None,
+            progress: 0,
+            progress_message: None,
+            result: None,
+            last_error: None,
+            unique_key: self.unique_key.clone(),
+            chain: self.chain.clone(),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+        }
+    }
+
     /// Checks the fields every broker relies on. Returns the first bad field and why.
     pub fn validate(&self) -> Result<(), FieldError> {
         if self.kind.is_empty() || self.kind.len() > 128 {

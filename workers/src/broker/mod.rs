@@ -34,7 +34,6 @@
 pub mod redis;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
-mod validate;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -48,11 +47,13 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
 use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
 
-/// The result of enqueueing one job.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+/// The result of enqueueing one job: the job as the broker stored it, so a caller never has
+/// to read back what it just wrote.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Enqueued {
-    /// The job's id: the new one, or the existing job's when its `unique_key` was taken.
-    pub id: JobId,
+    /// The new job as stored; or the existing job, as it is now, when its `unique_key` (or its
+    /// chain's) was taken.
+    pub job: Job,
     /// False when a job with the same `unique_key` already existed and nothing was created.
     pub created: bool,
 }
@@ -172,10 +173,35 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Short name for logs and `hopper bench` output: `"sqlite"` or `"redis"`.
     fn name(&self) -> &'static str;
 
-    /// Stores new jobs, all or none, each `queued` (or `scheduled` when `run_at` is in the
-    /// future), appending `job.enqueued` for each. A job whose `unique_key` is taken is not
-    /// created; its entry in the answer names the existing job.
-    async fn enqueue(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>>;
+    /// Stores new jobs, all or none, each as [`NewJob::stored`] says, appending
+    /// `job.enqueued` for each, and answers each job as stored. A job whose `unique_key` is
+    /// taken is not created; its entry in the answer is the existing job.
+    ///
+    /// This is the seam every new job passes, whoever sends it (the API, the CLI, schedules,
+    /// benchmarks), so it is where the engine's rules of a job ([`NewJob::validate`]) are
+    /// checked, once, before anything is stored: one invalid job fails the whole batch with
+    /// [`BrokerError::Invalid`] naming its field (`jobs[1].priority` in a batch of several).
+    /// Brokers implement [`Broker::store`], not this.
+    async fn enqueue(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
+        let several = jobs.len() > 1;
+        for (i, job) in jobs.iter().enumerate() {
+            job.validate().map_err(|e| {
+                BrokerError::Invalid(if several {
+                    e.under(&format!("jobs[{i}]"))
+                } else {
+                    e
+                })
+            })?;
+        }
+        if jobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.store(jobs).await
+    }
+
+    /// [`Broker::enqueue`]'s storage half: stores a non-empty batch of checked jobs, all or
+    /// none, and answers each as stored.
+    async fn store(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>>;
 
     /// Leases up to `max` due jobs of `queue` in priority order: `-> running`, attempt + 1,
     /// a new lease token, lease deadline now + `lease`; appends `job.started` for each.

@@ -19,7 +19,7 @@ async fn enqueue_chain(b: &Arc<dyn Broker>, queue: &str) -> Vec<JobId> {
     ]);
     let answers = b.enqueue(steps).await.expect("enqueue chain");
     assert!(answers.iter().all(|a| a.created));
-    answers.into_iter().map(|a| a.id).collect()
+    answers.into_iter().map(|a| a.job.id).collect()
 }
 
 /// A chain's later steps wait; each runs after its predecessor succeeds, with the
@@ -159,14 +159,14 @@ pub async fn chain_replay_with_taken_key_creates_nothing(
         .await
         .expect("enqueue")
         .into_iter()
-        .map(|a| a.id)
+        .map(|a| a.job.id)
         .collect();
     let replay = b.enqueue(make()).await.expect("enqueue replay");
     assert!(
         replay.iter().all(|a| !a.created),
         "nothing is created: {replay:?}"
     );
-    let ids: Vec<JobId> = replay.into_iter().map(|a| a.id).collect();
+    let ids: Vec<JobId> = replay.into_iter().map(|a| a.job.id).collect();
     assert_eq!(ids, first, "the answers name the earlier chain's steps");
     let page = b
         .list(&JobFilter {

@@ -22,13 +22,7 @@ pub async fn enqueue_get_history(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
         .max_retries(2)
         .timeout(Duration::from_secs(5));
     let answers = b.enqueue(vec![new.clone()]).await.expect("enqueue");
-    assert_eq!(
-        answers,
-        vec![Enqueued {
-            id: new.id.clone(),
-            created: true
-        }]
-    );
+    assert_eq!(answered(&answers), vec![(new.id.clone(), true)]);
 
     let j = get(&b, &new.id).await;
     assert_eq!(j.id, new.id);
@@ -90,13 +84,7 @@ pub async fn unique_key_returns_existing(b: Arc<dyn Broker>, _clock: Arc<ManualC
     let first = enqueue(&b, job("test.u").unique_key("k1")).await;
     let dup = job("test.u").unique_key("k1");
     let answers = b.enqueue(vec![dup.clone()]).await.expect("enqueue dup");
-    assert_eq!(
-        answers,
-        vec![Enqueued {
-            id: first.clone(),
-            created: false
-        }]
-    );
+    assert_eq!(answered(&answers), vec![(first.clone(), false)]);
     assert_eq!(b.get(&dup.id).await.expect("get"), None);
     assert_eq!(history_types(&b, &first).await, vec![EventType::Enqueued]);
 
@@ -108,20 +96,11 @@ pub async fn unique_key_returns_existing(b: Arc<dyn Broker>, _clock: Arc<ManualC
         .await
         .expect("enqueue batch");
     assert_eq!(
-        answers,
+        answered(&answers),
         vec![
-            Enqueued {
-                id: a.id.clone(),
-                created: true
-            },
-            Enqueued {
-                id: a.id.clone(),
-                created: false
-            },
-            Enqueued {
-                id: plain.id.clone(),
-                created: true
-            },
+            (a.id.clone(), true),
+            (a.id.clone(), false),
+            (plain.id.clone(), true),
         ]
     );
     assert_eq!(b.get(&c.id).await.expect("get"), None);
@@ -129,13 +108,7 @@ pub async fn unique_key_returns_existing(b: Arc<dyn Broker>, _clock: Arc<ManualC
 
     // The very same job sent again (a client retrying its request) is the job already stored.
     let again = b.enqueue(vec![a.clone()]).await.expect("enqueue again");
-    assert_eq!(
-        again,
-        vec![Enqueued {
-            id: a.id.clone(),
-            created: false
-        }]
-    );
+    assert_eq!(answered(&again), vec![(a.id.clone(), false)]);
     let queued = b.queues().await.expect("queues")[0].counts.queued;
     assert_eq!(queued, 3, "k1, k2 and the plain job");
 }
@@ -171,4 +144,45 @@ pub async fn fields_round_trip_exactly(b: Arc<dyn Broker>, clock: Arc<ManualCloc
     assert_eq!(plain_got.priority, plain.priority);
     let events = b.history(&j.id).await.expect("history");
     assert_eq!(events.len(), 2, "{events:?}");
+}
+
+/// What an enqueue answered, as (id, created) pairs.
+fn answered(answers: &[Enqueued]) -> Vec<(JobId, bool)> {
+    answers
+        .iter()
+        .map(|e| (e.job.id.clone(), e.created))
+        .collect()
+}
+
+/// The enqueue answer is each job as stored: exactly what a read gives back, for a queued,
+/// a scheduled and a waiting job, and for a taken unique key.
+pub async fn enqueue_answers_jobs_as_stored(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let now = clock.now_ms();
+    let queued = job("test.q").unique_key("as-stored");
+    let scheduled = job("test.s").run_at(now + 60_000);
+    let steps = crate::job::link_chain(vec![job("test.c0"), job("test.c1")]);
+    let mut batch = vec![queued.clone(), scheduled];
+    batch.extend(steps);
+    let answers = b.enqueue(batch).await.expect("enqueue");
+    assert_eq!(answers.len(), 4);
+    let states: Vec<JobState> = answers.iter().map(|e| e.job.state).collect();
+    assert_eq!(
+        states,
+        vec![
+            JobState::Queued,
+            JobState::Scheduled,
+            JobState::Queued,
+            JobState::Waiting
+        ]
+    );
+    for e in &answers {
+        assert!(e.created);
+        assert_eq!(e.job, get(&b, &e.job.id).await, "answered as stored");
+    }
+    let again = b
+        .enqueue(vec![job("test.q").unique_key("as-stored")])
+        .await
+        .expect("enqueue again");
+    assert!(!again[0].created);
+    assert_eq!(again[0].job, get(&b, &queued.id).await, "the existing job");
 }

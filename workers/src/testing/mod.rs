@@ -110,6 +110,7 @@ macro_rules! conformance_suite {
         $crate::conformance_suite!(@cases $factory;
             // enqueue.rs
             enqueue_get_history,
+            enqueue_answers_jobs_as_stored,
             enqueue_is_all_or_none,
             unique_key_returns_existing,
             fields_round_trip_exactly,
@@ -183,7 +184,7 @@ async fn enqueue(b: &Arc<dyn Broker>, job: NewJob) -> JobId {
     let answers = b.enqueue(vec![job]).await.expect("enqueue");
     assert_eq!(answers.len(), 1, "one answer per job");
     assert!(answers[0].created, "a new job is created");
-    answers[0].id.clone()
+    answers[0].job.id.clone()
 }
 
 async fn get(b: &Arc<dyn Broker>, id: &JobId) -> Job {
@@ -303,7 +304,7 @@ fn assert_conflict(r: Result<Job, BrokerError>, state: JobState) {
 /// When the call fails: this is test support.
 pub async fn enqueue_ids(b: &dyn Broker, jobs: Vec<NewJob>) -> Vec<JobId> {
     let answers = b.enqueue(jobs).await.expect("enqueue");
-    answers.into_iter().map(|e| e.id).collect()
+    answers.into_iter().map(|e| e.job.id).collect()
 }
 
 /// A `finish` batch that ends every one of `jobs` as succeeded, with a `null` result.

@@ -19,7 +19,7 @@ use super::keys::check_queue;
 use super::scripts::{BATCH, Lua, SCRIPTS};
 use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
 use crate::error::{BrokerError, BrokerResult};
-use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+use crate::job::{Job, JobId, Lease, Millis, NewJob};
 
 /// Jobs per enqueue script call: bounds how long one call blocks Redis (a few ms).
 const ENQUEUE_CHUNK: usize = 500;
@@ -30,16 +30,7 @@ const FETCH_MAX: usize = 500;
 /// Due jobs promoted per fetch call.
 const PROMOTE_LIMIT: usize = 1000;
 
-pub(super) async fn enqueue(
-    broker: &RedisBroker,
-    jobs: Vec<NewJob>,
-) -> BrokerResult<Vec<Enqueued>> {
-    for j in &jobs {
-        j.validate()?;
-    }
-    if jobs.is_empty() {
-        return Ok(Vec::new());
-    }
+pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
     let now = broker.clock.now_ms();
     let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
     let calls = group(&queues, ENQUEUE_CHUNK);
@@ -64,7 +55,8 @@ pub(super) async fn enqueue(
         pipe.add_command(cmd);
     }
     let replies: Vec<Vec<Value>> = broker.query_pipe(&pipe).await?;
-    let mut out: Vec<Option<Enqueued>> = vec![None; jobs.len()];
+    // Per job: the id enqueue.lua answered, and whether it created the job.
+    let mut answered: Vec<Option<(JobId, bool)>> = vec![None; jobs.len()];
     let mut stale_index = Vec::new();
     for ((_, idx), reply) in calls.iter().zip(replies) {
         if reply.len() != idx.len() * 2 {
@@ -77,15 +69,26 @@ pub(super) async fn enqueue(
                 // A duplicate of a unique job: the id written to the index names nothing.
                 stale_index.push(jobs[i].id.0.clone());
             }
-            out[i] = Some(Enqueued { id, created });
+            answered[i] = Some((id, created));
         }
     }
     if !stale_index.is_empty() {
         broker.unindex(&stale_index).await?;
     }
-    out.into_iter()
-        .map(|e| e.ok_or_else(|| corrupt("enqueue.lua skipped a job")))
-        .collect()
+    let mut out = Vec::with_capacity(jobs.len());
+    for (new, answer) in jobs.iter().zip(answered) {
+        let (id, created) = answer.ok_or_else(|| corrupt("enqueue.lua skipped a job"))?;
+        let job = if created {
+            new.stored(now)
+        } else {
+            // Only a taken unique key (or id) reads the existing job back.
+            super::read::get(broker, &id)
+                .await?
+                .unwrap_or_else(|| new.stored(now))
+        };
+        out.push(Enqueued { job, created });
+    }
+    Ok(out)
 }
 
 /// Adds one job's ARGV for enqueue.lua: id, kind, packed fields, priority, run_at, unique key
@@ -130,21 +133,8 @@ pub(super) async fn fetch(
         .arg(broker.event_cap)
         .arg(PROMOTE_LIMIT);
     let reply: Vec<Value> = broker.query(&cmd).await?;
-    let lease_until = now.saturating_add(ms(lease));
-    let mut jobs = Vec::with_capacity(reply.len());
-    for v in &reply {
-        // fetch.lua returns each job as it was before the lease: apply what it wrote.
-        let mut job = job_from_fetch(v, queue)?;
-        job.state = JobState::Running;
-        job.attempt += 1;
-        job.lease_token += 1;
-        job.lease_until = Some(lease_until);
-        job.started_at = Some(now);
-        job.progress = 0;
-        job.progress_message = None;
-        jobs.push(job);
-    }
-    Ok(jobs)
+    // fetch.lua computes the lease and answers each job as it now stands.
+    reply.iter().map(|v| job_from_fetch(v, queue)).collect()
 }
 
 pub(super) async fn wait_for_work(

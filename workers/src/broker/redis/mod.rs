@@ -142,8 +142,8 @@ impl Broker for RedisBroker {
         "redis"
     }
 
-    async fn enqueue(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
-        lifecycle::enqueue(self, jobs).await
+    async fn store(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
+        lifecycle::store(self, jobs).await
     }
 
     async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>> {

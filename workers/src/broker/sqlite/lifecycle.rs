@@ -21,7 +21,6 @@ use super::rows::{
     Owner, chain_from_columns, duration_ms, job_from_row, owner_from_row, to_i64, token_to_i64,
 };
 use super::sql;
-use crate::broker::validate::validate_batch;
 use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{EventData, EventType};
@@ -30,14 +29,7 @@ use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
 /// Most jobs one fetch leases.
 const MAX_FETCH: usize = 1000;
 
-pub(super) async fn enqueue(
-    broker: &SqliteBroker,
-    jobs: Vec<NewJob>,
-) -> BrokerResult<Vec<Enqueued>> {
-    validate_batch(&jobs)?;
-    if jobs.is_empty() {
-        return Ok(Vec::new());
-    }
+pub(super) async fn store(broker: &SqliteBroker, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
     let answers = broker
         .write(move |conn, now| {
             let mut out = Vec::with_capacity(jobs.len());
@@ -45,7 +37,7 @@ pub(super) async fn enqueue(
             // chain is that earlier one; none of its steps is created again.
             let mut existing_chains: HashMap<JobId, JobId> = HashMap::new();
             for job in jobs {
-                out.push(enqueue_one(conn, now, job, &mut existing_chains)?);
+                out.push(store_one(conn, now, job, &mut existing_chains)?);
             }
             Ok(out)
         })
@@ -56,46 +48,47 @@ pub(super) async fn enqueue(
     Ok(answers)
 }
 
-/// Stores one job of an enqueue batch, unless its unique key is taken or its chain exists.
-fn enqueue_one(
+/// Stores one job of an enqueue batch, unless its unique key is taken or its chain exists;
+/// answers the job as stored, or the existing one.
+fn store_one(
     conn: &Connection,
     now: Millis,
-    job: NewJob,
+    new: NewJob,
     existing_chains: &mut HashMap<JobId, JobId>,
 ) -> Result<Enqueued, Fail> {
-    if let Some(link) = &job.chain
+    if let Some(link) = &new.chain
         && let Some(first) = existing_chains.get(&link.id)
     {
         let step: Option<String> = conn
             .prepare_cached(sql::CHAIN_STEP)?
             .query_row(params![first.as_str(), i64::from(link.index)], |r| r.get(0))
             .optional()?;
+        // A chain shorter than this replay: nothing of it stands at this index.
+        let id = step.map_or_else(|| new.id.clone(), JobId);
+        let job = existing(conn, &id)?.unwrap_or_else(|| new.stored(now));
         return Ok(Enqueued {
-            id: step.map_or_else(|| job.id.clone(), JobId),
+            job,
             created: false,
         });
     }
-    if let Some(key) = &job.unique_key {
-        let existing: Option<String> = conn
+    if let Some(key) = &new.unique_key {
+        let taken: Option<String> = conn
             .prepare_cached(sql::FIND_UNIQUE)?
             .query_row([key], |r| r.get(0))
             .optional()?;
-        if let Some(id) = existing {
-            if let Some(link) = &job.chain {
-                existing_chains.insert(link.id.clone(), JobId(id.clone()));
+        if let Some(id) = taken.map(JobId)
+            && let Some(job) = existing(conn, &id)?
+        {
+            if let Some(link) = &new.chain {
+                existing_chains.insert(link.id.clone(), id);
             }
             return Ok(Enqueued {
-                id: JobId(id),
+                job,
                 created: false,
             });
         }
     }
-    let waiting = job.chain.as_ref().is_some_and(|c| c.index > 0);
-    let (state, run_at) = match job.run_at {
-        _ if waiting => (JobState::Waiting, now),
-        Some(at) if at > now => (JobState::Scheduled, at),
-        _ => (JobState::Queued, now),
-    };
+    let job = new.stored(now);
     let chain = job.chain.as_ref();
     conn.prepare_cached(sql::INSERT_JOB)?.execute(params![
         job.id.as_str(),
@@ -103,33 +96,32 @@ fn enqueue_one(
         job.kind,
         serde_json::to_string(&job.payload)?,
         i64::from(job.priority),
-        state.as_str(),
-        run_at,
+        job.state.as_str(),
+        job.run_at,
         i64::from(job.max_retries),
         job.timeout_ms.map(to_i64),
         job.unique_key,
-        now,
+        job.created_at,
         chain.map(|c| c.id.as_str()),
         chain.map_or(0, |c| i64::from(c.index)),
         chain.and_then(|c| c.next.as_ref()).map(JobId::as_str),
     ])?;
-    let owner = Owner {
-        id: job.id,
-        queue: job.queue,
-        kind: job.kind,
-        attempt: 0,
-    };
     append_event(
         conn,
-        &owner,
+        &Owner::of(&job),
         EventType::Enqueued,
         now,
         &EventData::default(),
     )?;
-    Ok(Enqueued {
-        id: owner.id,
-        created: true,
-    })
+    Ok(Enqueued { job, created: true })
+}
+
+/// A stored job, read inside the enqueue's transaction.
+fn existing(conn: &Connection, id: &JobId) -> Result<Option<Job>, Fail> {
+    Ok(conn
+        .prepare_cached(sql::GET)?
+        .query_row([id.as_str()], job_from_row)
+        .optional()?)
 }
 
 pub(super) async fn fetch(
