@@ -13,6 +13,12 @@
 //! - Only regular files and symlinks are deleted, never directories.
 //!
 //! Result: `{"deleted": n, "bytes": n, "dry_run": bool, "files": [first 100 relative paths]}`.
+//!
+//! `{"records": true}` (and nothing else) purges the engine's own old records instead, through
+//! the [`RecordPurger`] the shell hands over: the built-in retention schedule.
+//!
+//! [`Purge`] is a [`Kind`]: its payload is [`PurgeArgs`]; the two modes, the age and the glob
+//! are its `check`.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -20,42 +26,42 @@ use std::time::{Duration, SystemTime};
 use async_trait::async_trait;
 use globset::{GlobBuilder, GlobMatcher};
 use hopper_workers::FieldError;
-use hopper_workers::{Handler, JobContext, JobError, JobResult};
-use serde::Deserialize;
+use hopper_workers::{JobContext, JobError, JobResult, Kind};
+use serde::de::IgnoredAny;
+use serde::{Deserialize, Deserializer};
 use serde_json::{Value, json};
 
 use crate::JobsConfig;
 use crate::files::{FilesDir, check_relative, io_error};
-use crate::payload;
 
-/// The kind's stable name.
-pub const KIND: &str = "cleanup.purge";
 /// The result lists at most this many paths.
 pub const LISTED_FILES: usize = 100;
 /// Directories deeper than this are not entered.
 const MAX_DEPTH: usize = 64;
 
+/// The payload of `cleanup.purge`: files (`older_than` and the optional rest), or
+/// `{"records": true}` alone. The file fields are optional here so that a records payload can
+/// be told apart, and a file field beside `records` named; `check` requires `older_than`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Args {
-    #[serde(default = "default_dir")]
-    dir: String,
-    older_than: String,
-    #[serde(default = "default_glob")]
-    glob: String,
-    #[serde(default)]
-    dry_run: bool,
+pub struct PurgeArgs {
+    #[serde(default, deserialize_with = "only_true")]
+    records: bool,
+    dir: Option<String>,
+    dry_run: Option<bool>,
+    glob: Option<String>,
+    older_than: Option<String>,
     /// A chain predecessor's result: accepted, not used.
     #[serde(default, rename = "input")]
-    _input: Option<serde::de::IgnoredAny>,
+    _input: Option<IgnoredAny>,
 }
 
-fn default_dir() -> String {
-    ".".to_owned()
-}
-
-fn default_glob() -> String {
-    "*".to_owned()
+/// `records` may only be `true` (leaving it out means files).
+fn only_true<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
+    match Value::deserialize(d)? {
+        Value::Bool(true) => Ok(true),
+        _ => Err(serde::de::Error::custom("must be true when given")),
+    }
 }
 
 /// Deletes the engine's own old records (finished jobs and events past `[retention]`). The
@@ -74,11 +80,41 @@ pub struct Purge {
     records: Option<std::sync::Arc<dyn RecordPurger>>,
 }
 
-struct Checked {
-    args: Args,
+/// A file purge, checked: what the walk needs.
+struct Plan {
+    dir: String,
     age: Duration,
     matcher: GlobMatcher,
     by_name: bool,
+    dry_run: bool,
+}
+
+impl Plan {
+    /// The file purge `args` describe, or the field that makes it impossible.
+    fn of(args: &PurgeArgs) -> Result<Self, FieldError> {
+        let older_than = args
+            .older_than
+            .as_deref()
+            // Worded as serde words a missing field, which it was before `records` existed.
+            .ok_or_else(|| FieldError::new("payload", "missing field `older_than`"))?;
+        let dir = args.dir.clone().unwrap_or_else(|| ".".to_owned());
+        check_relative(&dir).map_err(|m| FieldError::new("payload.dir", m))?;
+        let age = humantime::parse_duration(older_than)
+            .map_err(|e| FieldError::new("payload.older_than", format!("{e} (e.g. \"7d\")")))?;
+        let glob = args.glob.as_deref().unwrap_or("*");
+        let matcher = GlobBuilder::new(glob)
+            .literal_separator(true)
+            .build()
+            .map_err(|e| FieldError::new("payload.glob", e.to_string()))?
+            .compile_matcher();
+        Ok(Self {
+            dir,
+            age,
+            matcher,
+            by_name: !glob.contains('/'),
+            dry_run: args.dry_run.unwrap_or(false),
+        })
+    }
 }
 
 impl Purge {
@@ -96,49 +132,6 @@ impl Purge {
         self.records = Some(records);
         self
     }
-
-    /// A `{"records": true}` payload: retention of job records rather than files. Nothing
-    /// else may be set beside it (but a chain `input`).
-    fn records_mode(payload: &Value) -> Result<bool, FieldError> {
-        let Some(flag) = payload.get("records") else {
-            return Ok(false);
-        };
-        if flag != &Value::Bool(true) {
-            return Err(FieldError::new(
-                "payload.records",
-                "must be true when given",
-            ));
-        }
-        if let Some(other) = payload
-            .as_object()
-            .and_then(|m| m.keys().find(|k| *k != "records" && *k != "input"))
-        {
-            return Err(FieldError::new(
-                format!("payload.{other}"),
-                "a records purge takes no other field",
-            ));
-        }
-        Ok(true)
-    }
-
-    fn parse(&self, payload: &Value) -> Result<Checked, FieldError> {
-        let args: Args = payload::parse(payload)?;
-        check_relative(&args.dir).map_err(|m| FieldError::new("payload.dir", m))?;
-        let age = humantime::parse_duration(&args.older_than)
-            .map_err(|e| FieldError::new("payload.older_than", format!("{e} (e.g. \"7d\")")))?;
-        let matcher = GlobBuilder::new(&args.glob)
-            .literal_separator(true)
-            .build()
-            .map_err(|e| FieldError::new("payload.glob", e.to_string()))?
-            .compile_matcher();
-        let by_name = !args.glob.contains('/');
-        Ok(Checked {
-            args,
-            age,
-            matcher,
-            by_name,
-        })
-    }
 }
 
 #[derive(Default)]
@@ -149,7 +142,7 @@ struct Tally {
 }
 
 struct Walk<'a> {
-    checked: &'a Checked,
+    plan: &'a Plan,
     cutoff: SystemTime,
     base: PathBuf,
     tally: Tally,
@@ -182,16 +175,16 @@ impl Walk<'_> {
                 continue;
             }
             let rel = path.strip_prefix(&self.base).unwrap_or(&path);
-            let matched = if self.checked.by_name {
-                self.checked.matcher.is_match(entry.file_name())
+            let matched = if self.plan.by_name {
+                self.plan.matcher.is_match(entry.file_name())
             } else {
-                self.checked.matcher.is_match(rel)
+                self.plan.matcher.is_match(rel)
             };
             let old = meta.modified().is_ok_and(|m| m < self.cutoff);
             if !(matched && old) {
                 continue;
             }
-            if !self.checked.args.dry_run {
+            if !self.plan.dry_run {
                 match std::fs::remove_file(&path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
@@ -210,10 +203,12 @@ impl Walk<'_> {
     }
 }
 
-#[async_trait]
-impl Handler for Purge {
-    async fn run(&self, cx: JobContext) -> JobResult {
-        if Self::records_mode(cx.payload()).map_err(payload::permanent)? {
+impl Kind for Purge {
+    const NAME: &'static str = "cleanup.purge";
+    type Args = PurgeArgs;
+
+    async fn run(&self, cx: JobContext, args: PurgeArgs) -> JobResult {
+        if args.records {
             return match &self.records {
                 Some(records) => records.purge_records().await,
                 None => Err(JobError::permanent(
@@ -221,31 +216,33 @@ impl Handler for Purge {
                 )),
             };
         }
-        let checked = self.parse(cx.payload()).map_err(payload::permanent)?;
+        // `check` has passed, so this cannot fail; but a panic is no way to say so.
+        let plan =
+            Plan::of(&args).map_err(|e| JobError::permanent(format!("invalid payload: {e}")))?;
         let files = self.files.clone();
         let cx2 = cx.clone();
         let tally = tokio::task::spawn_blocking(move || -> Result<(Tally, bool), JobError> {
             // `existing` canonicalizes: a `dir` that is (or passes through) a symlink leading
             // out of the files directory is refused here.
-            let base = files.existing(&checked.args.dir)?;
+            let base = files.existing(&plan.dir)?;
             if !std::fs::metadata(&base).is_ok_and(|m| m.is_dir()) {
                 return Err(JobError::permanent(format!(
                     "dir {:?} is not a directory",
-                    checked.args.dir
+                    plan.dir
                 )));
             }
             let cutoff = SystemTime::now()
-                .checked_sub(checked.age)
+                .checked_sub(plan.age)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             let mut walk = Walk {
-                checked: &checked,
+                plan: &plan,
                 cutoff,
                 base: base.clone(),
                 tally: Tally::default(),
                 cx: &cx2,
             };
             walk.dir(&base, 0)?;
-            Ok((walk.tally, checked.args.dry_run))
+            Ok((walk.tally, plan.dry_run))
         })
         .await
         .map_err(|e| JobError::retryable(format!("cleanup task failed: {e}")))??;
@@ -261,10 +258,62 @@ impl Handler for Purge {
         }))
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
-        if Self::records_mode(payload)? {
-            return Ok(());
+    /// A records purge takes no file field; a file purge needs a valid age, dir and glob.
+    fn check(&self, args: &PurgeArgs) -> Result<(), FieldError> {
+        if !args.records {
+            return Plan::of(args).map(drop);
         }
-        self.parse(payload).map(|_| ())
+        // Alphabetical, the order the untyped check met the keys in, so the same one is named.
+        let given = [
+            ("dir", args.dir.is_some()),
+            ("dry_run", args.dry_run.is_some()),
+            ("glob", args.glob.is_some()),
+            ("older_than", args.older_than.is_some()),
+        ];
+        match given.iter().find(|(_, set)| *set) {
+            Some((field, _)) => Err(FieldError::new(
+                format!("payload.{field}"),
+                "a records purge takes no other field",
+            )),
+            None => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hopper_workers::Registry;
+
+    fn validate(payload: Value) -> Result<(), FieldError> {
+        let mut registry = Registry::new();
+        registry
+            .add(Purge::new(&JobsConfig::default()))
+            .expect("registered");
+        registry
+            .get("cleanup.purge")
+            .expect("registered")
+            .validate(&payload)
+    }
+
+    #[test]
+    fn a_records_purge_takes_nothing_else() {
+        assert!(validate(json!({"records": true})).is_ok());
+        assert!(validate(json!({"records": true, "input": {"deleted": 0}})).is_ok());
+        let e = validate(json!({"records": false})).expect_err("false");
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("payload.records", "must be true when given")
+        );
+        let e = validate(json!({"records": true, "dry_run": true, "glob": "*"})).expect_err("mix");
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("payload.dry_run", "a records purge takes no other field")
+        );
+        let e = validate(json!({"dry_run": true})).expect_err("no age");
+        assert_eq!(
+            (e.field.as_str(), e.message.as_str()),
+            ("payload", "missing field `older_than`")
+        );
     }
 }

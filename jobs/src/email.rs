@@ -25,35 +25,35 @@
 //! retried message carries the same id and receivers can drop duplicates.
 //!
 //! Result: `{"message_id", "recipients": n}`, plus `"outbox": path` when written to a file.
+//!
+//! [`SendEmail`] is a [`Kind`]: its payload is [`EmailArgs`], the address and attachment rules
+//! serde cannot express are its `check`.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use async_trait::async_trait;
 use hopper_workers::FieldError;
-use hopper_workers::{Handler, JobContext, JobError, JobResult};
+use hopper_workers::{JobContext, JobError, JobResult, Kind};
 use lettre::message::header::ContentType;
 use lettre::message::{Attachment, Mailbox, MultiPart, SinglePart};
 use lettre::transport::smtp::AsyncSmtpTransportBuilder;
 use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::files::{FilesDir, check_relative, io_error};
-use crate::payload::{self, one_or_many};
+use crate::payload::one_or_many;
 use crate::{JobsConfig, JobsError};
-
-/// The kind's stable name.
-pub const KIND: &str = "email.send";
 
 /// Sender used for outbox files when no `[smtp] from` is configured.
 const OUTBOX_FROM: &str = "Hopper <hopper@localhost>";
 /// Attachments larger than this in total make the job fail permanently: relays refuse them.
 pub const MAX_ATTACHMENT_BYTES: u64 = 25 * 1024 * 1024;
 
+/// The payload of `email.send` (see the module docs).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Args {
+pub struct EmailArgs {
     #[serde(deserialize_with = "one_or_many")]
     to: Vec<String>,
     #[serde(default, deserialize_with = "one_or_many")]
@@ -68,9 +68,9 @@ struct Args {
     attachments: Vec<AttachmentArgs>,
     #[serde(default = "yes")]
     attach_input: bool,
-    /// A chain predecessor's result.
+    /// A chain predecessor's result: the files it names are attached.
     #[serde(default)]
-    input: Option<Value>,
+    input: Option<PrevFiles>,
 }
 
 fn yes() -> bool {
@@ -83,6 +83,30 @@ struct AttachmentArgs {
     path: String,
     filename: Option<String>,
     content_type: Option<String>,
+}
+
+/// The part of a chain predecessor's result `email.send` reads: the file at `path` (e.g.
+/// `pdf.report`'s) and the files at `outputs[].path` (e.g. `image.resize`'s).
+#[derive(Debug, Deserialize)]
+struct PrevFiles {
+    path: Option<String>,
+    #[serde(default)]
+    outputs: Vec<PrevOutput>,
+}
+
+#[derive(Debug, Deserialize)]
+struct PrevOutput {
+    path: Option<String>,
+}
+
+impl PrevFiles {
+    /// The files named, in order: `path`, then each output's.
+    fn paths(&self) -> impl Iterator<Item = String> + '_ {
+        self.path
+            .iter()
+            .chain(self.outputs.iter().filter_map(|o| o.path.as_ref()))
+            .cloned()
+    }
 }
 
 /// Where messages go.
@@ -151,43 +175,6 @@ impl SendEmail {
         })
     }
 
-    fn parse(&self, payload: &Value) -> Result<Args, FieldError> {
-        let args: Args = payload::parse(payload)?;
-        if args.to.is_empty() {
-            return Err(FieldError::new("payload.to", "needs at least one address"));
-        }
-        for (name, list) in [("to", &args.to), ("cc", &args.cc), ("bcc", &args.bcc)] {
-            for (i, addr) in list.iter().enumerate() {
-                addr.parse::<Mailbox>().map_err(|e| {
-                    FieldError::new(format!("payload.{name}[{i}]"), format!("{addr:?}: {e}"))
-                })?;
-            }
-        }
-        if let Some(r) = &args.reply_to {
-            r.parse::<Mailbox>()
-                .map_err(|e| FieldError::new("payload.reply_to", e.to_string()))?;
-        }
-        if args.subject.contains(['\r', '\n']) {
-            return Err(FieldError::new("payload.subject", "must be a single line"));
-        }
-        if args.text.is_none() && args.html.is_none() {
-            return Err(FieldError::new("payload.text", "give text, html or both"));
-        }
-        for (i, a) in args.attachments.iter().enumerate() {
-            check_relative(&a.path)
-                .map_err(|m| FieldError::new(format!("payload.attachments[{i}].path"), m))?;
-            if let Some(ct) = &a.content_type {
-                ContentType::parse(ct).map_err(|e| {
-                    FieldError::new(
-                        format!("payload.attachments[{i}].content_type"),
-                        e.to_string(),
-                    )
-                })?;
-            }
-        }
-        Ok(args)
-    }
-
     fn from(&self) -> Result<Mailbox, JobError> {
         match &self.delivery {
             Delivery::Smtp { from, .. } => Ok(from.clone()),
@@ -198,14 +185,16 @@ impl SendEmail {
     }
 
     /// Reads every attachment: the payload's, then the chain input's.
-    async fn attachments(&self, args: &Args) -> Result<Vec<SinglePart>, JobError> {
+    async fn attachments(&self, args: &EmailArgs) -> Result<Vec<SinglePart>, JobError> {
         let mut wanted: Vec<(String, Option<String>, Option<String>)> = args
             .attachments
             .iter()
             .map(|a| (a.path.clone(), a.filename.clone(), a.content_type.clone()))
             .collect();
-        if args.attach_input {
-            wanted.extend(input_paths(args.input.as_ref()).map(|p| (p, None, None)));
+        if args.attach_input
+            && let Some(input) = &args.input
+        {
+            wanted.extend(input.paths().map(|p| (p, None, None)));
         }
         let mut parts = Vec::with_capacity(wanted.len());
         let mut total = 0u64;
@@ -235,7 +224,7 @@ impl SendEmail {
     fn build(
         &self,
         cx: &JobContext,
-        args: &Args,
+        args: &EmailArgs,
         files: Vec<SinglePart>,
     ) -> Result<Message, JobError> {
         let from = self.from()?;
@@ -293,21 +282,6 @@ enum Body {
     Multi(MultiPart),
 }
 
-/// Files named by a chain input: `input.path` and each `input.outputs[].path`.
-fn input_paths(input: Option<&Value>) -> impl Iterator<Item = String> + '_ {
-    let single = input
-        .and_then(|i| i.get("path"))
-        .and_then(Value::as_str)
-        .map(str::to_owned);
-    let outputs = input
-        .and_then(|i| i.get("outputs"))
-        .and_then(Value::as_array)
-        .into_iter()
-        .flatten()
-        .filter_map(|o| o.get("path").and_then(Value::as_str).map(str::to_owned));
-    single.into_iter().chain(outputs)
-}
-
 fn file_name(path: &Path) -> String {
     path.file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -351,10 +325,11 @@ fn smtp_error(e: &lettre::transport::smtp::Error) -> JobError {
     }
 }
 
-#[async_trait]
-impl Handler for SendEmail {
-    async fn run(&self, cx: JobContext) -> JobResult {
-        let args = self.parse(cx.payload()).map_err(payload::permanent)?;
+impl Kind for SendEmail {
+    const NAME: &'static str = "email.send";
+    type Args = EmailArgs;
+
+    async fn run(&self, cx: JobContext, args: EmailArgs) -> JobResult {
         let files = self.attachments(&args).await?;
         let message = self.build(&cx, &args, files)?;
         cx.progress(50, Some("message built".to_owned()));
@@ -386,8 +361,42 @@ impl Handler for SendEmail {
         }
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
-        self.parse(payload).map(|_| ())
+    /// The rules serde cannot express: addresses that parse, a one-line subject, a body,
+    /// attachments under the files directory.
+    fn check(&self, args: &EmailArgs) -> Result<(), FieldError> {
+        if args.to.is_empty() {
+            return Err(FieldError::new("payload.to", "needs at least one address"));
+        }
+        for (name, list) in [("to", &args.to), ("cc", &args.cc), ("bcc", &args.bcc)] {
+            for (i, addr) in list.iter().enumerate() {
+                addr.parse::<Mailbox>().map_err(|e| {
+                    FieldError::new(format!("payload.{name}[{i}]"), format!("{addr:?}: {e}"))
+                })?;
+            }
+        }
+        if let Some(r) = &args.reply_to {
+            r.parse::<Mailbox>()
+                .map_err(|e| FieldError::new("payload.reply_to", e.to_string()))?;
+        }
+        if args.subject.contains(['\r', '\n']) {
+            return Err(FieldError::new("payload.subject", "must be a single line"));
+        }
+        if args.text.is_none() && args.html.is_none() {
+            return Err(FieldError::new("payload.text", "give text, html or both"));
+        }
+        for (i, a) in args.attachments.iter().enumerate() {
+            check_relative(&a.path)
+                .map_err(|m| FieldError::new(format!("payload.attachments[{i}].path"), m))?;
+            if let Some(ct) = &a.content_type {
+                ContentType::parse(ct).map_err(|e| {
+                    FieldError::new(
+                        format!("payload.attachments[{i}].content_type"),
+                        e.to_string(),
+                    )
+                })?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -22,6 +22,9 @@
 //! missing file or an HTTP 4xx are permanent; network errors, timeouts, 429 and 5xx retryable.
 //!
 //! Result: `{"outputs": [{"path", "width", "height", "bytes"}]}` with the real dimensions.
+//!
+//! [`Resize`] is a [`Kind`]: its payload is [`ResizeArgs`], the geometry limits and paths are
+//! its `check`.
 
 use std::io::Cursor;
 
@@ -29,31 +32,27 @@ use ::image::codecs::jpeg::JpegEncoder;
 use ::image::codecs::png::PngEncoder;
 use ::image::codecs::webp::WebPEncoder;
 use ::image::{DynamicImage, ExtendedColorType, ImageEncoder};
-use async_trait::async_trait;
 use fast_image_resize::images::Image;
 use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
 use hopper_workers::FieldError;
-use hopper_workers::{Handler, JobContext, JobError, JobResult};
+use hopper_workers::{JobContext, JobError, JobResult, Kind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::decode::decode_limited;
 use crate::files::{FilesDir, check_relative, io_error};
-use crate::payload;
 use crate::{JobsConfig, http};
-
-/// The kind's stable name.
-pub const KIND: &str = "image.resize";
 
 /// At most this many outputs per job.
 pub const MAX_SIZES: usize = 32;
 /// No output side may exceed this.
 pub const MAX_SIDE: u32 = 16_384;
 
+/// The payload of `image.resize` (see the module docs).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Args {
-    /// Defaults to a chain input's `path`.
+pub struct ResizeArgs {
+    /// Defaults to a chain input's `path`; read it through `source()`.
     #[serde(default)]
     source: String,
     sizes: Vec<Size>,
@@ -63,8 +62,26 @@ struct Args {
     quality: u8,
     #[serde(default = "default_output_dir")]
     output_dir: String,
+    /// A chain predecessor's result: its file is the default source.
     #[serde(default)]
-    input: Option<Value>,
+    input: Option<PrevFile>,
+}
+
+/// The part of a chain predecessor's result `image.resize` reads: the file at `path` (e.g.
+/// `pdf.report`'s, or any kind's single output file).
+#[derive(Debug, Deserialize)]
+struct PrevFile {
+    path: Option<String>,
+}
+
+impl ResizeArgs {
+    /// The source: the payload's, else the chain input's `path`; `""` when neither is given.
+    fn source(&self) -> &str {
+        match (&self.source[..], &self.input) {
+            ("", Some(PrevFile { path: Some(path) })) => path.as_str(),
+            (source, _) => source,
+        }
+    }
 }
 
 fn default_quality() -> u8 {
@@ -130,65 +147,6 @@ impl Resize {
             max_download_bytes: config.max_download_bytes,
             max_pixels: config.image_max_pixels,
         }
-    }
-
-    fn parse(&self, payload: &Value) -> Result<Args, FieldError> {
-        let mut args: Args = payload::parse(payload)?;
-        if args.source.is_empty()
-            && let Some(path) = args
-                .input
-                .as_ref()
-                .and_then(|i| i.get("path"))
-                .and_then(Value::as_str)
-        {
-            args.source = path.to_owned();
-        }
-        if args.source.is_empty() {
-            return Err(FieldError::new(
-                "payload.source",
-                "give a path under the files directory or an http(s) URL",
-            ));
-        }
-        if !is_url(&args.source) {
-            check_relative(&args.source).map_err(|m| FieldError::new("payload.source", m))?;
-        }
-        if args.sizes.is_empty() || args.sizes.len() > MAX_SIZES {
-            return Err(FieldError::new(
-                "payload.sizes",
-                format!("needs 1 to {MAX_SIZES} sizes"),
-            ));
-        }
-        for (i, s) in args.sizes.iter().enumerate() {
-            if s.width == 0 || s.width > MAX_SIDE {
-                return Err(FieldError::new(
-                    format!("payload.sizes[{i}].width"),
-                    format!("must be between 1 and {MAX_SIDE}"),
-                ));
-            }
-            match s.height {
-                Some(h) if h == 0 || h > MAX_SIDE => {
-                    return Err(FieldError::new(
-                        format!("payload.sizes[{i}].height"),
-                        format!("must be between 1 and {MAX_SIDE}"),
-                    ));
-                }
-                None if s.fit != Fit::Contain => {
-                    return Err(FieldError::new(
-                        format!("payload.sizes[{i}].height"),
-                        "is required with fit \"cover\" or \"exact\"",
-                    ));
-                }
-                _ => {}
-            }
-        }
-        if !(1..=100).contains(&args.quality) {
-            return Err(FieldError::new(
-                "payload.quality",
-                "must be between 1 and 100",
-            ));
-        }
-        check_relative(&args.output_dir).map_err(|m| FieldError::new("payload.output_dir", m))?;
-        Ok(args)
     }
 }
 
@@ -317,26 +275,28 @@ impl Work {
     }
 }
 
-#[async_trait]
-impl Handler for Resize {
-    async fn run(&self, cx: JobContext) -> JobResult {
-        let args = self.parse(cx.payload()).map_err(payload::permanent)?;
-        let bytes = if is_url(&args.source) {
+impl Kind for Resize {
+    const NAME: &'static str = "image.resize";
+    type Args = ResizeArgs;
+
+    async fn run(&self, cx: JobContext, args: ResizeArgs) -> JobResult {
+        let source = args.source().to_owned();
+        let bytes = if is_url(&source) {
             tokio::select! {
                 () = cx.cancelled() => return Err(JobError::retryable("cancelled while downloading")),
-                body = http::download(&self.http, &args.source, self.max_download_bytes) => body?,
+                body = http::download(&self.http, &source, self.max_download_bytes) => body?,
             }
         } else {
-            let path = self.files.existing(&args.source)?;
+            let path = self.files.existing(&source)?;
             tokio::fs::read(&path)
                 .await
-                .map_err(|e| io_error(&format!("source {:?}", args.source), &e))?
+                .map_err(|e| io_error(&format!("source {source:?}"), &e))?
         };
         cx.progress(5, Some("source read".to_owned()));
 
         let files = self.files.clone();
         let max_pixels = self.max_pixels;
-        let stem = stem(&args.source);
+        let stem = stem(&source);
         let cx2 = cx.clone();
         let outputs = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, JobError> {
             let img = decode_limited(&bytes, max_pixels, "source")?;
@@ -379,8 +339,56 @@ impl Handler for Resize {
         Ok(json!({ "outputs": outputs }))
     }
 
-    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
-        self.parse(payload).map(|_| ())
+    /// The rules serde cannot express: a source, sizes within limits, paths under the files
+    /// directory.
+    fn check(&self, args: &ResizeArgs) -> Result<(), FieldError> {
+        let source = args.source();
+        if source.is_empty() {
+            return Err(FieldError::new(
+                "payload.source",
+                "give a path under the files directory or an http(s) URL",
+            ));
+        }
+        if !is_url(source) {
+            check_relative(source).map_err(|m| FieldError::new("payload.source", m))?;
+        }
+        if args.sizes.is_empty() || args.sizes.len() > MAX_SIZES {
+            return Err(FieldError::new(
+                "payload.sizes",
+                format!("needs 1 to {MAX_SIZES} sizes"),
+            ));
+        }
+        for (i, s) in args.sizes.iter().enumerate() {
+            if s.width == 0 || s.width > MAX_SIDE {
+                return Err(FieldError::new(
+                    format!("payload.sizes[{i}].width"),
+                    format!("must be between 1 and {MAX_SIDE}"),
+                ));
+            }
+            match s.height {
+                Some(h) if h == 0 || h > MAX_SIDE => {
+                    return Err(FieldError::new(
+                        format!("payload.sizes[{i}].height"),
+                        format!("must be between 1 and {MAX_SIDE}"),
+                    ));
+                }
+                None if s.fit != Fit::Contain => {
+                    return Err(FieldError::new(
+                        format!("payload.sizes[{i}].height"),
+                        "is required with fit \"cover\" or \"exact\"",
+                    ));
+                }
+                _ => {}
+            }
+        }
+        if !(1..=100).contains(&args.quality) {
+            return Err(FieldError::new(
+                "payload.quality",
+                "must be between 1 and 100",
+            ));
+        }
+        check_relative(&args.output_dir).map_err(|m| FieldError::new("payload.output_dir", m))?;
+        Ok(())
     }
 }
 

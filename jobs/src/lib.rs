@@ -1,23 +1,28 @@
 //! Hopper's job kinds: what each kind of job *does*. The engine (`hopper-workers`) knows how
-//! to run a job; this crate only implements [`Handler`](hopper_workers::Handler)s and registers
-//! them. It never sees a broker, a queue or the HTTP API.
+//! to run a job; this crate only implements [`Kind`](hopper_workers::Kind)s (a payload
+//! struct, a `check`, one `run`) and registers them. It never sees a broker, a queue or the
+//! HTTP API.
 //!
 //! # Layout
 //!
 //! - [`config`]: [`JobsConfig`], the `[smtp]`, `[files]` and `[etl]` settings the shell embeds.
 //! - [`files`]: relative paths under the files directory, and the refusal to leave it.
-//! - `payload` (private): payload parsing that names the bad field (`payload.sizes[0].width`).
+//! - `payload` (private): serde helpers several payload types share (one string or a list,
+//!   SQL identifiers); parsing itself is the engine's.
 //! - `http` (private, feature `http`): the shared HTTP client and status classification.
 //! - `decode` (private): decoding untrusted images within limits.
 //! - [`email`] (feature `email`): `email.send`.
 //! - [`image`] (feature `image`): `image.resize`.
-//! - [`pdf`] (feature `pdf`): `pdf.report`.
-//! - [`etl`] (feature `etl`): `etl.sync`.
+//! - [`pdf`] (feature `pdf`): `pdf.report`, with `pdf/table.rs` (where rows come from) and
+//!   `pdf/layout.rs` (font, page geometry, drawing).
+//! - [`etl`] (feature `etl`): `etl.sync`, with `etl/source.rs` (fetching pages),
+//!   `etl/mapping.rs` (items to rows) and `etl/target.rs` (the SQL).
 //! - [`cleanup`] (feature `cleanup`): `cleanup.purge`.
 //!
 //! Every kind receives its clients (SMTP transport, HTTP client, database pools) when it is
 //! registered, sorts its failures into retryable and permanent ones, and checks payloads in
-//! [`Handler::validate`](hopper_workers::Handler::validate) so that the API can answer 400
+//! [`Kind::check`](hopper_workers::Kind::check) (reached through
+//! [`Handler::validate`](hopper_workers::Handler::validate)) so that the API can answer 400
 //! before anything is enqueued.
 
 pub mod config;
@@ -61,7 +66,7 @@ pub type RecordsHandle = std::sync::Arc<dyn cleanup::RecordPurger>;
 pub type RecordsHandle = std::convert::Infallible;
 
 use hopper_workers::Registry;
-use hopper_workers::handler::RegistryError;
+use hopper_workers::registry::RegistryError;
 
 /// Why the job kinds could not be registered: a configuration problem found at start-up.
 #[derive(Debug, thiserror::Error)]
@@ -109,13 +114,13 @@ pub fn register_all_with(
     #[cfg(feature = "http")]
     let http = http::client(config)?;
     #[cfg(feature = "email")]
-    registry.register(email::KIND, email::SendEmail::new(config)?)?;
+    registry.add(email::SendEmail::new(config)?)?;
     #[cfg(feature = "image")]
-    registry.register(image::KIND, image::Resize::new(config, http.clone()))?;
+    registry.add(image::Resize::new(config, http.clone()))?;
     #[cfg(feature = "pdf")]
-    registry.register(pdf::KIND, pdf::Report::new(config)?)?;
+    registry.add(pdf::Report::new(config)?)?;
     #[cfg(feature = "etl")]
-    registry.register(etl::KIND, etl::Sync::new(config, http.clone())?)?;
+    registry.add(etl::Sync::new(config, http.clone())?)?;
     #[cfg(feature = "cleanup")]
     {
         let purge = cleanup::Purge::new(config);
@@ -123,7 +128,7 @@ pub fn register_all_with(
             Some(r) => purge.with_records(r),
             None => purge,
         };
-        registry.register(cleanup::KIND, purge)?;
+        registry.add(purge)?;
     }
     Ok(())
 }

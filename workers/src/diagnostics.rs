@@ -1,25 +1,29 @@
 //! The built-in diagnostic kinds, used by tests, benchmarks and a newcomer's first try:
 //!
-//! - `sys.noop`: returns `{}` at once.
+//! - `sys.noop`: returns `{}` at once, whatever its payload.
 //! - `sys.sleep {"ms"}`: sleeps `ms` milliseconds, reporting progress, and stops at once when
 //!   cancelled.
 //! - `sys.fail {"times", "permanent"}`: fails the first `times` attempts (default: every
 //!   attempt), permanently when `permanent` is true; then succeeds.
+//!
+//! Each is a [`Kind`]; this module owns their payloads and behaviour, nothing else. All three
+//! may be later steps of a chain: they accept an `input` and ignore it.
 
 use std::time::Duration;
 
-use async_trait::async_trait;
 use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::de::IgnoredAny;
+use serde_json::json;
 
-use crate::field::FieldError;
-use crate::handler::{Handler, JobContext, JobError, JobResult, Registry, RegistryError};
+use crate::handler::{JobContext, JobError, JobResult};
+use crate::kind::Kind;
+use crate::registry::{Registry, RegistryError};
 
 /// Registers the three `sys.*` kinds.
 pub fn register(registry: &mut Registry) -> Result<(), RegistryError> {
-    registry.register("sys.noop", Noop)?;
-    registry.register("sys.sleep", Sleep)?;
-    registry.register("sys.fail", Fail)?;
+    registry.add(Noop)?;
+    registry.add(Sleep)?;
+    registry.add(Fail)?;
     Ok(())
 }
 
@@ -27,17 +31,24 @@ pub fn register(registry: &mut Registry) -> Result<(), RegistryError> {
 #[derive(Debug)]
 pub struct Noop;
 
-#[async_trait]
-impl Handler for Noop {
-    async fn run(&self, _cx: JobContext) -> JobResult {
+impl Kind for Noop {
+    const NAME: &'static str = "sys.noop";
+    /// Any payload: `sys.noop` is also the kind to enqueue junk with.
+    type Args = IgnoredAny;
+
+    async fn run(&self, _cx: JobContext, _args: IgnoredAny) -> JobResult {
         Ok(json!({}))
     }
 }
 
-#[derive(Deserialize)]
+/// The payload of `sys.sleep`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct SleepArgs {
-    ms: u64,
+pub struct SleepArgs {
+    /// How long to sleep, in milliseconds.
+    pub ms: u64,
+    #[serde(default, rename = "input")]
+    _input: Option<IgnoredAny>,
 }
 
 /// `sys.sleep`.
@@ -47,10 +58,11 @@ pub struct Sleep;
 /// Progress is reported in this many steps.
 const SLEEP_STEPS: u64 = 10;
 
-#[async_trait]
-impl Handler for Sleep {
-    async fn run(&self, cx: JobContext) -> JobResult {
-        let args: SleepArgs = cx.parse()?;
+impl Kind for Sleep {
+    const NAME: &'static str = "sys.sleep";
+    type Args = SleepArgs;
+
+    async fn run(&self, cx: JobContext, args: SleepArgs) -> JobResult {
         let step = Duration::from_millis(args.ms / SLEEP_STEPS);
         let rest = Duration::from_millis(args.ms % SLEEP_STEPS);
         for i in 1..=SLEEP_STEPS {
@@ -69,34 +81,30 @@ impl Handler for Sleep {
         }
         Ok(json!({ "slept_ms": args.ms }))
     }
-
-    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
-        match payload.get("ms") {
-            Some(v) if v.is_u64() => Ok(()),
-            _ => Err(FieldError::new(
-                "payload.ms",
-                "must be a non-negative integer (milliseconds)",
-            )),
-        }
-    }
 }
 
-#[derive(Deserialize)]
+/// The payload of `sys.fail`.
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct FailArgs {
-    times: Option<u32>,
+pub struct FailArgs {
+    /// Fail this many attempts, then succeed; `None` fails every attempt.
+    pub times: Option<u32>,
+    /// Fail permanently rather than retryably.
     #[serde(default)]
-    permanent: bool,
+    pub permanent: bool,
+    #[serde(default, rename = "input")]
+    _input: Option<IgnoredAny>,
 }
 
 /// `sys.fail`.
 #[derive(Debug)]
 pub struct Fail;
 
-#[async_trait]
-impl Handler for Fail {
-    async fn run(&self, cx: JobContext) -> JobResult {
-        let args: FailArgs = cx.parse()?;
+impl Kind for Fail {
+    const NAME: &'static str = "sys.fail";
+    type Args = FailArgs;
+
+    async fn run(&self, cx: JobContext, args: FailArgs) -> JobResult {
         let attempt = cx.attempt();
         let fails = args.times.is_none_or(|t| attempt <= t);
         if !fails {
@@ -108,25 +116,5 @@ impl Handler for Fail {
         } else {
             Err(JobError::retryable(message))
         }
-    }
-
-    fn validate(&self, payload: &Value) -> Result<(), FieldError> {
-        if let Some(t) = payload.get("times")
-            && !t.is_u64()
-        {
-            return Err(FieldError::new(
-                "payload.times",
-                "must be a non-negative integer",
-            ));
-        }
-        if let Some(p) = payload.get("permanent")
-            && !p.is_boolean()
-        {
-            return Err(FieldError::new(
-                "payload.permanent",
-                "must be true or false",
-            ));
-        }
-        Ok(())
     }
 }

@@ -1,23 +1,29 @@
-//! The handler API: what a job kind implements, and what it gets while it runs.
+//! The handler API: the object-safe [`Handler`] the pool runs, the [`JobContext`] it runs
+//! with, and the [`JobError`] it may answer. Job kinds are written against the typed
+//! [`Kind`](crate::Kind) (`crate::kind`), which an adapter turns into a `Handler`; a raw
+//! `Handler` is for code that reads the payload itself (benchmarks, tests). This module
+//! does not own the registry (`crate::registry`) nor payload parsing (`crate::kind`).
 //!
 //! A handler is small and boring: parse the payload, do the work, report progress, return a
 //! result or a [`JobError`]. It never sees the broker: the pool turns its answer into a state
 //! change (`crate::pool`). `?` on any error means "failed, retry per policy"; permanent
 //! failures and snoozes are explicit.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use serde::de::DeserializeOwned;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::field::FieldError;
 use crate::job::{Job, Lease};
+
+// The registry lived here before `crate::registry`; the pool and older callers import it
+// from this path.
+pub use crate::registry::{Registry, RegistryError};
 
 /// The payload key under which a chain step receives its predecessor's result.
 pub const INPUT_KEY: &str = "input";
@@ -129,24 +135,11 @@ impl JobContext {
         &self.job.payload
     }
 
-    /// The payload parsed into the handler's type; a payload that does not parse is a
-    /// permanent failure (it will never parse).
-    ///
-    /// The chain `input` key is left out, so payload types may deny unknown fields; read the
-    /// input with [`JobContext::input`].
-    pub fn parse<T: DeserializeOwned>(&self) -> Result<T, JobError> {
-        let mut payload = self.job.payload.clone();
-        if let Some(map) = payload.as_object_mut() {
-            map.remove(INPUT_KEY);
-        }
-        serde_json::from_value(payload)
-            .map_err(|e| JobError::permanent(format!("invalid payload: {e}")))
-    }
-
     /// The result of the previous step of this job's chain, if it is a later step of one.
     ///
     /// When a step succeeds, the next step's payload receives its result under the reserved
     /// key `input`, so a step that was enqueued on its own can be given an input by hand too.
+    /// A typed [`Kind`](crate::Kind) reads it as the `input` field of its `Args` instead.
     pub fn input(&self) -> Option<&Value> {
         self.job.payload.get(INPUT_KEY)
     }
@@ -180,7 +173,8 @@ impl JobContext {
     }
 }
 
-/// The code for one job kind.
+/// The code for one job kind, as the pool runs it: the raw payload in, an outcome out.
+/// A kind written as a [`Kind`](crate::Kind) gets this from [`Registry::add`].
 #[async_trait]
 pub trait Handler: Send + Sync + 'static {
     /// Runs one attempt.
@@ -195,55 +189,5 @@ pub trait Handler: Send + Sync + 'static {
     /// This kind's per-attempt time limit, when it differs from the pool's default.
     fn timeout(&self) -> Option<Duration> {
         None
-    }
-}
-
-/// Error from [`Registry::register`].
-#[derive(Debug, thiserror::Error)]
-pub enum RegistryError {
-    #[error("job kind {0:?} is registered twice")]
-    Duplicate(String),
-}
-
-/// Job kinds by name: what the pool can run and what the API accepts.
-#[derive(Clone, Default)]
-pub struct Registry {
-    handlers: BTreeMap<String, Arc<dyn Handler>>,
-}
-
-impl fmt::Debug for Registry {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_list().entries(self.handlers.keys()).finish()
-    }
-}
-
-impl Registry {
-    /// An empty registry.
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    /// Registers `handler` for `kind` (a stable dotted name such as `email.send`).
-    pub fn register(
-        &mut self,
-        kind: impl Into<String>,
-        handler: impl Handler,
-    ) -> Result<(), RegistryError> {
-        let kind = kind.into();
-        if self.handlers.contains_key(&kind) {
-            return Err(RegistryError::Duplicate(kind));
-        }
-        self.handlers.insert(kind, Arc::new(handler));
-        Ok(())
-    }
-
-    /// The handler of `kind`.
-    pub fn get(&self, kind: &str) -> Option<&Arc<dyn Handler>> {
-        self.handlers.get(kind)
-    }
-
-    /// Registered kinds, sorted.
-    pub fn kinds(&self) -> impl Iterator<Item = &str> {
-        self.handlers.keys().map(String::as_str)
     }
 }

@@ -7,8 +7,11 @@
 //! - [`event`]: the events every state change appends to a durable log.
 //! - [`broker`]: the [`Broker`](broker::Broker) trait and its SQLite (`broker::sqlite`) and
 //!   Redis (`broker::redis`) implementations.
-//! - [`handler`]: what a job kind implements ([`Handler`](handler::Handler)), the
-//!   [`JobContext`](handler::JobContext) it runs with, and the [`Registry`](handler::Registry).
+//! - [`handler`]: the object-safe [`Handler`](handler::Handler) the pool runs, the
+//!   [`JobContext`](handler::JobContext) it runs with, and [`JobError`](handler::JobError).
+//! - [`kind`]: what a job kind implements, [`Kind`](kind::Kind) (a typed payload and one
+//!   `run`), payload parsing that names the bad field, and the adapter into a `Handler`.
+//! - [`registry`]: the [`Registry`](registry::Registry) of kinds by their stable name.
 //! - [`pool`]: the worker pool: fetch up to free slots, run with timeouts and cancellation,
 //!   heartbeats, rescue of expired leases, two-phase shutdown.
 //! - [`retry`]: exponential backoff with full jitter.
@@ -26,7 +29,9 @@ pub mod event;
 pub mod field;
 pub mod handler;
 pub mod job;
+pub mod kind;
 pub mod pool;
+pub mod registry;
 pub mod retry;
 pub mod schedule;
 #[cfg(feature = "test-util")]
@@ -36,5 +41,7 @@ pub mod time;
 pub use broker::Broker;
 pub use error::{BrokerError, BrokerResult};
 pub use field::FieldError;
-pub use handler::{Handler, JobContext, JobError, JobResult, Registry};
+pub use handler::{Handler, JobContext, JobError, JobResult};
 pub use job::{Job, JobId, JobState, Lease, NewJob};
+pub use kind::Kind;
+pub use registry::Registry;

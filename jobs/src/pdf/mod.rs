@@ -1,0 +1,222 @@
+//! `pdf.report`: a table as a multi-page A4 PDF. This module owns the payload, where the rows
+//! come from, and the page layout: a title block (with an optional logo) on the first page,
+//! the table header repeated on every page, a footer and "Page i of N" at the bottom. Text is
+//! set in DejaVu Sans, embedded in the file, so accents, `€` and most European scripts
+//! render. Layout and encoding run in `spawn_blocking`.
+//!
+//! Payload:
+//!
+//! ```json
+//! {"title": "Q3 sales", "subtitle": "EMEA", "columns": ["region", "total €"],
+//!  "rows": [["Île-de-France", 1234.5], ...], "footer": "Confidential",
+//!  "logo": "brand/logo.png", "output": "reports/q3.pdf"}
+//! ```
+//!
+//! Rows come from, in order: `rows` (each an array, or an object read by column name);
+//! a chain input's `input.rows`; or a chain input's `input.table` and `input.database`
+//! (an `etl.sync` result with a `sqlite:<file>` database: the table is read from that file,
+//! all of its columns unless `columns` picks some). Numbers are right-aligned; text too wide
+//! for its column is cut with `…`. The default output is `reports/<job id>.pdf`.
+//!
+//! Result: `{"path", "pages", "rows"}`.
+//!
+//! [`Report`] is a [`Kind`]: its payload is [`ReportArgs`], the limits and paths are its
+//! `check`. Layout: `table` (where the rows come from), `layout` (the font, the page
+//! geometry and drawing); this file holds the payload, the kind and its run.
+
+use std::sync::Arc;
+
+use hopper_workers::FieldError;
+use hopper_workers::{JobContext, JobError, JobResult, Kind};
+use printpdf::{ParsedFont, RawImage};
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use crate::decode::decode_limited;
+use crate::files::{FilesDir, check_relative, io_error};
+use crate::{JobsConfig, JobsError};
+
+mod layout;
+mod table;
+
+pub use layout::{FIRST_PAGE_ROWS, ROWS_PER_PAGE, page_count};
+use layout::{FONT, render};
+use table::{Table, table_from_json, table_from_sqlite};
+
+/// Reports longer than this are refused: a PDF of 2,500 pages is nobody's report.
+pub const MAX_ROWS: usize = 100_000;
+/// At most this many columns.
+pub const MAX_COLUMNS: usize = 40;
+
+/// The payload of `pdf.report` (see the module docs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportArgs {
+    title: String,
+    subtitle: Option<String>,
+    #[serde(default)]
+    columns: Vec<String>,
+    rows: Option<Vec<Value>>,
+    footer: Option<String>,
+    logo: Option<String>,
+    output: Option<String>,
+    /// A chain predecessor's result: where the rows come from when `rows` is not given.
+    #[serde(default)]
+    input: Option<PrevTable>,
+}
+
+/// The part of a chain predecessor's result `pdf.report` reads: its `rows`, or the `table`
+/// and `database` it wrote (an `etl.sync` result).
+#[derive(Debug, Deserialize)]
+struct PrevTable {
+    rows: Option<Vec<Value>>,
+    table: Option<String>,
+    database: Option<String>,
+}
+
+/// `pdf.report`.
+#[derive(Debug)]
+pub struct Report {
+    files: FilesDir,
+    font: Arc<ParsedFont>,
+    max_pixels: u64,
+}
+
+impl Report {
+    /// The handler; parses the embedded font once.
+    pub fn new(config: &JobsConfig) -> Result<Self, JobsError> {
+        let font = ParsedFont::from_bytes(FONT, 0, &mut Vec::new()).ok_or(JobsError::Client {
+            what: "report font",
+            message: "the embedded DejaVu Sans does not parse".into(),
+        })?;
+        Ok(Self {
+            files: FilesDir::new(&config.files_dir),
+            font: Arc::new(font),
+            max_pixels: config.image_max_pixels,
+        })
+    }
+}
+
+impl Kind for Report {
+    const NAME: &'static str = "pdf.report";
+    type Args = ReportArgs;
+
+    async fn run(&self, cx: JobContext, args: ReportArgs) -> JobResult {
+        let files = self.files.clone();
+        let font = Arc::clone(&self.font);
+        let max_pixels = self.max_pixels;
+        let output = args
+            .output
+            .clone()
+            .unwrap_or_else(|| format!("reports/{}.pdf", cx.job().id));
+        let cx2 = cx.clone();
+        tokio::task::spawn_blocking(move || {
+            let table = load_table(&files, &args)?;
+            cx2.progress(20, Some(format!("{} rows loaded", table.rows.len())));
+            let logo = match &args.logo {
+                Some(rel) => {
+                    let path = files.existing(rel)?;
+                    let bytes =
+                        std::fs::read(&path).map_err(|e| io_error(&format!("logo {rel:?}"), &e))?;
+                    let img = decode_limited(&bytes, max_pixels, "logo")?;
+                    Some(
+                        RawImage::from_dynamic_image(::image::DynamicImage::ImageRgb8(
+                            img.into_rgb8(),
+                        ))
+                        .map_err(|e| JobError::permanent(format!("logo: {e}")))?,
+                    )
+                }
+                None => None,
+            };
+            if cx2.is_cancelled() {
+                return Err(JobError::retryable("cancelled before rendering"));
+            }
+            let (bytes, pages) = render(&font, &args, &table, logo);
+            cx2.progress(90, Some(format!("{pages} pages rendered")));
+            let path = files.output(&output)?;
+            let tmp = path.with_extension("pdf.tmp");
+            std::fs::write(&tmp, &bytes)
+                .map_err(|e| io_error(&format!("output {output:?}"), &e))?;
+            std::fs::rename(&tmp, &path)
+                .map_err(|e| io_error(&format!("output {output:?}"), &e))?;
+            Ok(json!({ "path": files.relative(&path), "pages": pages, "rows": table.rows.len() }))
+        })
+        .await
+        .map_err(|e| JobError::retryable(format!("report task failed: {e}")))?
+    }
+
+    /// The rules serde cannot express: a title, columns and rows within limits (or a chain
+    /// input to read them from), paths under the files directory.
+    fn check(&self, args: &ReportArgs) -> Result<(), FieldError> {
+        if args.title.trim().is_empty() {
+            return Err(FieldError::new("payload.title", "must not be empty"));
+        }
+        if args.columns.len() > MAX_COLUMNS {
+            return Err(FieldError::new(
+                "payload.columns",
+                format!("at most {MAX_COLUMNS} columns"),
+            ));
+        }
+        let from_table =
+            args.rows.is_none() && args.input.as_ref().is_some_and(|i| i.rows.is_none());
+        if args.columns.is_empty() && !from_table {
+            return Err(FieldError::new(
+                "payload.columns",
+                "needs at least one column",
+            ));
+        }
+        if let Some(rows) = &args.rows {
+            if rows.len() > MAX_ROWS {
+                return Err(FieldError::new(
+                    "payload.rows",
+                    format!("at most {MAX_ROWS} rows"),
+                ));
+            }
+            for (i, r) in rows.iter().enumerate() {
+                if !r.is_array() && !r.is_object() {
+                    return Err(FieldError::new(
+                        format!("payload.rows[{i}]"),
+                        "must be an array of values or an object",
+                    ));
+                }
+            }
+        }
+        if args.rows.is_none() && args.input.is_none() {
+            return Err(FieldError::new(
+                "payload.rows",
+                "give rows, or run as a chain step whose input has rows or a table",
+            ));
+        }
+        for (field, path) in [
+            ("payload.logo", &args.logo),
+            ("payload.output", &args.output),
+        ] {
+            if let Some(p) = path {
+                check_relative(p).map_err(|m| FieldError::new(field, m))?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The rows, from wherever the payload says (see the module docs for the order).
+fn load_table(files: &FilesDir, args: &ReportArgs) -> Result<Table, JobError> {
+    if let Some(rows) = &args.rows {
+        return table_from_json(args.columns.clone(), rows, "payload.rows");
+    }
+    let input = args
+        .input
+        .as_ref()
+        .ok_or_else(|| JobError::permanent("invalid payload: no rows"))?;
+    if let Some(rows) = &input.rows {
+        return table_from_json(args.columns.clone(), rows, "input.rows");
+    }
+    match (&input.table, &input.database) {
+        (Some(table), Some(database)) => {
+            table_from_sqlite(files, database, table, args.columns.clone())
+        }
+        _ => Err(JobError::permanent(
+            "input has neither rows nor a table and database to read them from",
+        )),
+    }
+}
