@@ -120,7 +120,7 @@ impl Plan {
 impl Purge {
     pub fn new(config: &JobsConfig) -> Self {
         Self {
-            files: FilesDir::new(&config.files_dir),
+            files: FilesDir::new(&config.files.dir),
             records: None,
         }
     }

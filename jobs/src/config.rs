@@ -1,115 +1,116 @@
-//! The job kinds' settings: one typed struct the shell embeds from `config.toml` (`[smtp]`,
-//! `[files]`, `[etl]`). This module owns the field names, their defaults and the checks that
-//! can be made before anything runs; it does not read files or the environment.
+//! The job kinds' settings: the `[files]`, `[smtp]`, `[etl]` and `[http]` sections of
+//! `config.toml`, declared once here and embedded as they are by the shell's config. This
+//! module owns the field names, their defaults and the checks that can be made before anything
+//! runs; it does not read files or the environment.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::{Deserialize, Serialize};
 
 use crate::JobsError;
 
-/// Settings of every job kind. Each field's doc states its default; durations are written
-/// as humantime strings (`"30s"`, `"2m"`).
-#[derive(Clone, PartialEq, Deserialize)]
+/// Settings of every job kind: the `[files]`, `[smtp]`, `[etl]` and `[http]` sections of
+/// `config.toml`, declared here once, in the shape the file has; the shell embeds each
+/// section as it is.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct JobsConfig {
-    /// Where job inputs given as relative paths and all outputs live. Default `data/files`.
-    pub files_dir: PathBuf,
-    /// Where `email.send` writes `.eml` files when no `[smtp]` is configured.
-    /// Default `data/outbox`.
-    pub outbox_dir: PathBuf,
-    /// The SMTP relay. Default none: mail goes to the outbox.
-    pub smtp: Option<SmtpConfig>,
-    /// Named secrets and databases for `etl.sync`. Default empty.
+    pub files: FilesConfig,
+    pub smtp: SmtpConfig,
     pub etl: EtlConfig,
-    /// Time limit of one HTTP request (image download, one ETL page), e.g. `"30s"`.
-    /// Default 30 s.
-    #[serde(deserialize_with = "duration")]
-    pub http_timeout: Duration,
+    pub http: HttpConfig,
+}
+
+impl JobsConfig {
+    /// Checks what can be checked without connecting; every problem, each starting with the
+    /// key it is about.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        if self.files.dir.as_os_str().is_empty() {
+            p.push("files.dir: must not be empty".to_owned());
+        }
+        if self.files.image_max_pixels == 0 {
+            p.push("files.image_max_pixels: must be greater than zero".to_owned());
+        }
+        if self.http.timeout.is_zero() {
+            p.push("http.timeout: must be greater than zero".to_owned());
+        }
+        if self.smtp.relay().is_some() && !self.smtp.from.contains('@') {
+            p.push("smtp.from: is required when smtp.url is set: an email address".to_owned());
+        }
+        for name in self.etl.databases.keys() {
+            if name.starts_with("sqlite:") {
+                p.push(format!(
+                    "etl.databases.{name}: names starting with \"sqlite:\" are reserved for \
+                     SQLite files"
+                ));
+            }
+        }
+        p
+    }
+
+    /// [`JobsConfig::problems`], the first one as an error.
+    pub fn validate(&self) -> Result<(), JobsError> {
+        match self.problems().into_iter().next() {
+            None => Ok(()),
+            Some(problem) => {
+                let (key, message) = problem.split_once(": ").unwrap_or(("config", &problem));
+                Err(JobsError::Config {
+                    key: key.to_owned(),
+                    message: message.to_owned(),
+                })
+            }
+        }
+    }
+}
+
+/// `[files]`: where job inputs and outputs live.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct FilesConfig {
+    /// Job inputs given as relative paths, and every output. Default `"data/files"`.
+    pub dir: PathBuf,
+    /// Where `email.send` writes `.eml` files when `[smtp] url` is empty. Default `"data/outbox"`.
+    pub outbox: PathBuf,
     /// Largest download `image.resize` accepts, in bytes. Default 50 MiB.
     pub max_download_bytes: u64,
-    /// Largest image (width x height) `image.resize` and a report logo decode. Default 100 M.
+    /// Largest image (width x height) `image.resize` and a report logo decode.
+    /// Default 100,000,000.
     pub image_max_pixels: u64,
 }
 
-impl Default for JobsConfig {
+impl Default for FilesConfig {
     fn default() -> Self {
         Self {
-            files_dir: PathBuf::from("data/files"),
-            outbox_dir: PathBuf::from("data/outbox"),
-            smtp: None,
-            etl: EtlConfig::default(),
-            http_timeout: Duration::from_secs(30),
+            dir: PathBuf::from("data/files"),
+            outbox: PathBuf::from("data/outbox"),
             max_download_bytes: 50 * 1024 * 1024,
             image_max_pixels: 100_000_000,
         }
     }
 }
 
-impl fmt::Debug for JobsConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("JobsConfig")
-            .field("files_dir", &self.files_dir)
-            .field("outbox_dir", &self.outbox_dir)
-            .field("smtp", &self.smtp)
-            .field("etl", &self.etl)
-            .field("http_timeout", &self.http_timeout)
-            .field("max_download_bytes", &self.max_download_bytes)
-            .field("image_max_pixels", &self.image_max_pixels)
-            .finish()
-    }
-}
-
-impl JobsConfig {
-    /// Checks what can be checked without connecting, naming the key of the first problem.
-    pub fn validate(&self) -> Result<(), JobsError> {
-        let bad = |key: &str, message: &str| {
-            Err(JobsError::Config {
-                key: key.to_owned(),
-                message: message.to_owned(),
-            })
-        };
-        if self.files_dir.as_os_str().is_empty() {
-            return bad("files.dir", "must not be empty");
-        }
-        if self.http_timeout.is_zero() {
-            return bad("http_timeout", "must be greater than zero");
-        }
-        if self.image_max_pixels == 0 {
-            return bad("image_max_pixels", "must be greater than zero");
-        }
-        if let Some(smtp) = &self.smtp {
-            if smtp.url.is_empty() {
-                return bad("smtp.url", "must not be empty");
-            }
-            if !smtp.from.contains('@') {
-                return bad("smtp.from", "must be an email address");
-            }
-        }
-        for name in self.etl.databases.keys() {
-            if name.starts_with("sqlite:") {
-                return bad(
-                    &format!("etl.databases.{name}"),
-                    "names starting with \"sqlite:\" are reserved for SQLite files",
-                );
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The SMTP relay `email.send` delivers through.
-#[derive(Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// `[smtp]`: the mail relay of `email.send`.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct SmtpConfig {
     /// `smtp://host:25` (plain), `smtp://host:587?tls=required` (STARTTLS), or
-    /// `smtps://host:465` (TLS); credentials as `smtp://user:password@host`. Required.
+    /// `smtps://host:465` (TLS); credentials as `smtp://user:password@host`. Default `""`: no
+    /// relay, mail goes to `[files] outbox` as `.eml` files.
     pub url: String,
-    /// The sender address of every message, e.g. `Hopper <hopper@example.com>`. Required.
+    /// The sender of every message, e.g. `Hopper <hopper@example.com>`. Default `""`
+    /// (required when `url` is set).
     pub from: String,
+}
+
+impl SmtpConfig {
+    /// The relay, when one is configured.
+    pub fn relay(&self) -> Option<&Self> {
+        (!self.url.is_empty()).then_some(self)
+    }
 }
 
 impl fmt::Debug for SmtpConfig {
@@ -121,11 +122,12 @@ impl fmt::Debug for SmtpConfig {
     }
 }
 
-/// Named secrets and databases for `etl.sync`: a payload names them, it never carries them.
-#[derive(Clone, Default, PartialEq, Deserialize)]
+/// `[etl]`: named secrets and databases `etl.sync` payloads refer to: a payload names them,
+/// it never carries them.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EtlConfig {
-    /// Bearer tokens by name (`source.token` in a payload). Default none.
+    /// Bearer tokens by name: `source.token = "crm"` sends `tokens.crm`. Default none.
     pub tokens: BTreeMap<String, String>,
     /// PostgreSQL URLs by name (`target.database` in a payload), e.g.
     /// `warehouse = "postgres://etl@db/warehouse"`. Default none.
@@ -148,6 +150,23 @@ impl fmt::Debug for EtlConfig {
     }
 }
 
+/// `[http]`: outgoing HTTP of job kinds (image downloads, ETL pages).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct HttpConfig {
+    /// Time limit of one request. Default `"30s"`.
+    #[serde(with = "duration_str")]
+    pub timeout: Duration,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        Self {
+            timeout: Duration::from_secs(30),
+        }
+    }
+}
+
 /// A URL with its password (if any) replaced, for logs and debug output.
 fn redact_url(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
@@ -160,9 +179,25 @@ fn redact_url(url: &str) -> String {
     }
 }
 
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    let s = String::deserialize(d)?;
-    humantime::parse_duration(&s).map_err(serde::de::Error::custom)
+/// Durations as humantime strings (`"30s"`, `"2m"`, `"7d"`), both ways; the shell's config
+/// uses it too, so every duration in `config.toml` reads and fails alike.
+pub mod duration_str {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&humantime::format_duration(*d))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(|e| {
+            serde::de::Error::custom(format!(
+                "invalid duration {text:?} ({e}); expected e.g. \"500ms\", \"30s\", \"5m\", \"1h\", \"7d\""
+            ))
+        })
+    }
 }
 
 #[cfg(test)]
@@ -174,12 +209,12 @@ mod tests {
         let c: JobsConfig = serde_json::from_value(serde_json::json!({})).expect("empty");
         assert_eq!(c, JobsConfig::default());
         let c: JobsConfig = serde_json::from_value(serde_json::json!({
-            "http_timeout": "5s",
+            "http": {"timeout": "5s"},
             "smtp": {"url": "smtp://localhost:25", "from": "a@b.c"},
             "etl": {"tokens": {"gh": "secret"}}
         }))
         .expect("parse");
-        assert_eq!(c.http_timeout, Duration::from_secs(5));
+        assert_eq!(c.http.timeout, Duration::from_secs(5));
         assert!(!format!("{c:?}").contains("secret"));
         assert!(serde_json::from_value::<JobsConfig>(serde_json::json!({"nope": 1})).is_err());
     }

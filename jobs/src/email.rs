@@ -145,7 +145,7 @@ impl SendEmail {
     /// The handler for `config`: SMTP when `[smtp]` is set, else the outbox.
     pub fn new(config: &JobsConfig) -> Result<Self, JobsError> {
         let delivery =
-            match &config.smtp {
+            match config.smtp.relay() {
                 Some(smtp) => {
                     let from = smtp
                         .from
@@ -166,12 +166,12 @@ impl SendEmail {
                     }
                 }
                 None => Delivery::Outbox {
-                    dir: config.outbox_dir.clone(),
+                    dir: config.files.outbox.clone(),
                 },
             };
         Ok(Self {
             delivery,
-            files: FilesDir::new(&config.files_dir),
+            files: FilesDir::new(&config.files.dir),
         })
     }
 

@@ -13,8 +13,8 @@ use crate::{JobsConfig, JobsError};
 /// The shared client: per-request timeout from the config, rustls, redirects followed.
 pub(crate) fn client(config: &JobsConfig) -> Result<Client, JobsError> {
     Client::builder()
-        .timeout(config.http_timeout)
-        .connect_timeout(config.http_timeout.min(Duration::from_secs(10)))
+        .timeout(config.http.timeout)
+        .connect_timeout(config.http.timeout.min(Duration::from_secs(10)))
         .user_agent(concat!("hopper/", env!("CARGO_PKG_VERSION")))
         .build()
         .map_err(|e| JobsError::Client {

@@ -142,10 +142,10 @@ impl Resize {
     /// The handler, with the shared HTTP client.
     pub fn new(config: &JobsConfig, http: reqwest::Client) -> Self {
         Self {
-            files: FilesDir::new(&config.files_dir),
+            files: FilesDir::new(&config.files.dir),
             http,
-            max_download_bytes: config.max_download_bytes,
-            max_pixels: config.image_max_pixels,
+            max_download_bytes: config.files.max_download_bytes,
+            max_pixels: config.files.image_max_pixels,
         }
     }
 }

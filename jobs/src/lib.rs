@@ -56,7 +56,7 @@ pub mod image;
 #[cfg(feature = "pdf")]
 pub mod pdf;
 
-pub use config::{EtlConfig, JobsConfig, SmtpConfig};
+pub use config::{EtlConfig, FilesConfig, HttpConfig, JobsConfig, SmtpConfig};
 
 /// The purger of the engine's records handed to `cleanup.purge`.
 #[cfg(feature = "cleanup")]

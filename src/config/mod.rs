@@ -55,10 +55,11 @@ pub struct Config {
     /// `[[schedule]]` tables: periodic jobs. Default: none.
     #[serde(rename = "schedule")]
     pub schedules: Vec<ScheduleConfig>,
-    pub files: FilesConfig,
-    pub smtp: SmtpSection,
-    pub etl: EtlSection,
-    pub http: HttpConfig,
+    /// The job kinds' sections, declared by `hopper-jobs` (`hopper_jobs::config`).
+    pub files: hopper_jobs::FilesConfig,
+    pub smtp: hopper_jobs::SmtpConfig,
+    pub etl: hopper_jobs::EtlConfig,
+    pub http: hopper_jobs::HttpConfig,
 }
 
 /// Why a config could not be loaded or is not usable. The shell exits 2 on any of these.
@@ -150,22 +151,4 @@ impl Config {
     }
 }
 
-/// Durations as humantime strings (`"30s"`, `"2m"`, `"7d"`), both ways.
-pub mod duration_str {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer, Serializer};
-
-    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_str(&humantime::format_duration(*d))
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
-            serde::de::Error::custom(format!(
-                "invalid duration {text:?} ({e}); expected e.g. \"500ms\", \"30s\", \"5m\", \"1h\", \"7d\""
-            ))
-        })
-    }
-}
+pub use hopper_jobs::config::duration_str;

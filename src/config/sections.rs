@@ -3,96 +3,11 @@
 //! the two in step).
 
 use std::fmt;
-use std::path::PathBuf;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::duration_str;
-
-/// `[files]`: where job inputs and outputs live.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct FilesConfig {
-    /// Job inputs given as relative paths, and every output. Default `"data/files"`.
-    pub dir: PathBuf,
-    /// Where `email.send` writes `.eml` files when `[smtp] url` is empty. Default `"data/outbox"`.
-    pub outbox: PathBuf,
-    /// Largest download `image.resize` accepts, in bytes. Default 50 MiB.
-    pub max_download_bytes: u64,
-    /// Largest image (width x height) decoded. Default 100,000,000.
-    pub image_max_pixels: u64,
-}
-
-impl Default for FilesConfig {
-    fn default() -> Self {
-        let d = hopper_jobs::JobsConfig::default();
-        Self {
-            dir: d.files_dir,
-            outbox: d.outbox_dir,
-            max_download_bytes: d.max_download_bytes,
-            image_max_pixels: d.image_max_pixels,
-        }
-    }
-}
-
-/// `[smtp]`: the mail relay of `email.send`.
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct SmtpSection {
-    /// `smtp://HOST:PORT` (STARTTLS when offered), `smtps://HOST:465` (TLS), with optional
-    /// `user:password@`. Default `""`: no relay, mail goes to `[files] outbox` as `.eml` files.
-    pub url: String,
-    /// The sender of every message. Default `""` (required when `url` is set).
-    pub from: String,
-}
-
-impl std::fmt::Debug for SmtpSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may carry a password.
-        f.debug_struct("SmtpSection")
-            .field("url", &if self.url.is_empty() { "" } else { "<set>" })
-            .field("from", &self.from)
-            .finish()
-    }
-}
-
-/// `[etl]`: named secrets and databases `etl.sync` payloads refer to (payloads never carry
-/// secrets).
-#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct EtlSection {
-    /// Bearer tokens by name: `source.token = "crm"` sends `tokens.crm`. Default none.
-    pub tokens: std::collections::BTreeMap<String, String>,
-    /// PostgreSQL URLs by name: `target.database = "warehouse"`. Default none.
-    pub databases: std::collections::BTreeMap<String, String>,
-}
-
-impl std::fmt::Debug for EtlSection {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EtlSection")
-            .field("tokens", &self.tokens.keys().collect::<Vec<_>>())
-            .field("databases", &self.databases.keys().collect::<Vec<_>>())
-            .finish()
-    }
-}
-
-/// `[http]`: outgoing HTTP of job kinds (image downloads, ETL pages).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct HttpConfig {
-    /// Time limit of one request. Default `"30s"`.
-    #[serde(with = "duration_str")]
-    pub timeout: Duration,
-}
-
-impl Default for HttpConfig {
-    fn default() -> Self {
-        Self {
-            timeout: hopper_jobs::JobsConfig::default().http_timeout,
-        }
-    }
-}
+use hopper_jobs::config::duration_str;
 
 /// `[[schedule]]`: a job enqueued on every tick of a cron expression, once per tick however
 /// many `serve` and `worker` processes run.

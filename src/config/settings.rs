@@ -39,12 +39,7 @@ impl Config {
         self.check_broker(&mut p);
         self.check_worker(&mut p);
         let jobs = self.jobs_config();
-        if !self.smtp.url.is_empty() && self.smtp.from.is_empty() {
-            p.push("smtp.from: is required when smtp.url is set".into());
-        }
-        if let Err(e) = jobs.validate() {
-            p.push(e.to_string());
-        }
+        p.extend(jobs.problems());
         let retention = Schedule::new(self.retention_schedule())
             .map_err(|e| p.push(format!("retention.cron: {}", e.message)))
             .ok();
@@ -235,19 +230,10 @@ impl Config {
     /// The job kinds' settings (`[files]`, `[smtp]`, `[etl]`, `[http]`).
     fn jobs_config(&self) -> hopper_jobs::JobsConfig {
         hopper_jobs::JobsConfig {
-            files_dir: self.files.dir.clone(),
-            outbox_dir: self.files.outbox.clone(),
-            smtp: (!self.smtp.url.is_empty()).then(|| hopper_jobs::SmtpConfig {
-                url: self.smtp.url.clone(),
-                from: self.smtp.from.clone(),
-            }),
-            etl: hopper_jobs::EtlConfig {
-                tokens: self.etl.tokens.clone(),
-                databases: self.etl.databases.clone(),
-            },
-            http_timeout: self.http.timeout,
-            max_download_bytes: self.files.max_download_bytes,
-            image_max_pixels: self.files.image_max_pixels,
+            files: self.files.clone(),
+            smtp: self.smtp.clone(),
+            etl: self.etl.clone(),
+            http: self.http.clone(),
         }
     }
 

@@ -123,8 +123,8 @@ impl Sync {
             let pool = Pool::builder(manager)
                 .max_size(PG_POOL_SIZE)
                 .runtime(Runtime::Tokio1)
-                .create_timeout(Some(config.http_timeout))
-                .wait_timeout(Some(config.http_timeout))
+                .create_timeout(Some(config.http.timeout))
+                .wait_timeout(Some(config.http.timeout))
                 .build()
                 .map_err(|e| JobsError::Client {
                     what: "PostgreSQL pool",
@@ -133,7 +133,7 @@ impl Sync {
             postgres.insert(name.clone(), pool);
         }
         Ok(Self {
-            files: FilesDir::new(&config.files_dir),
+            files: FilesDir::new(&config.files.dir),
             http,
             tokens: config.etl.tokens.clone(),
             postgres,

@@ -90,9 +90,9 @@ impl Report {
             message: "the embedded DejaVu Sans does not parse".into(),
         })?;
         Ok(Self {
-            files: FilesDir::new(&config.files_dir),
+            files: FilesDir::new(&config.files.dir),
             font: Arc::new(font),
-            max_pixels: config.image_max_pixels,
+            max_pixels: config.files.image_max_pixels,
         })
     }
 }

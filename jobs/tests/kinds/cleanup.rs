@@ -22,7 +22,7 @@ fn write(path: &Path, bytes: usize) {
 async fn deletes_old_matching_files_and_never_follows_symlinks() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = common::config(tmp.path());
-    let files = config.files_dir.clone();
+    let files = config.files.dir.clone();
     let outside = tmp.path().join("outside");
     write(&files.join("old.tmp"), 100);
     write(&files.join("new.tmp"), 10);
@@ -84,8 +84,8 @@ async fn refuses_dirs_outside_the_files_dir() {
     let outside = tmp.path().join("outside");
     write(&outside.join("victim.tmp"), 7);
     age(&outside.join("victim.tmp"), 10);
-    std::fs::create_dir_all(&config.files_dir).expect("mkdir");
-    std::os::unix::fs::symlink(&outside, config.files_dir.join("out_dir")).expect("link");
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, config.files.dir.join("out_dir")).expect("link");
     let registry = common::registry(&config);
     let ran = run(
         &registry,

@@ -35,11 +35,10 @@ pub fn job(kind: &str, payload: Value) -> Job {
 
 /// A config whose files and outbox live in `dir`.
 pub fn config(dir: &Path) -> JobsConfig {
-    JobsConfig {
-        files_dir: dir.join("files"),
-        outbox_dir: dir.join("outbox"),
-        ..JobsConfig::default()
-    }
+    let mut config = JobsConfig::default();
+    config.files.dir = dir.join("files");
+    config.files.outbox = dir.join("outbox");
+    config
 }
 
 /// Every kind registered with `config`.

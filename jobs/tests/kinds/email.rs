@@ -89,10 +89,10 @@ async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<Received>) {
 
 fn smtp_config(dir: &std::path::Path, port: u16) -> JobsConfig {
     JobsConfig {
-        smtp: Some(SmtpConfig {
+        smtp: SmtpConfig {
             url: format!("smtp://127.0.0.1:{port}"),
             from: "Hopper <hopper@example.com>".into(),
-        }),
+        },
         ..common::config(dir)
     }
 }
@@ -103,10 +103,10 @@ async fn sends_multipart_with_attachments_and_chain_input() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = smtp_config(tmp.path(), port);
     let attachment: Vec<u8> = (0..=255u8).cycle().take(70_000).collect();
-    std::fs::create_dir_all(config.files_dir.join("docs")).expect("mkdir");
-    std::fs::create_dir_all(config.files_dir.join("reports")).expect("mkdir");
-    std::fs::write(config.files_dir.join("docs/a.bin"), &attachment).expect("write");
-    std::fs::write(config.files_dir.join("reports/q3.pdf"), b"%PDF-1.7 fake").expect("write");
+    std::fs::create_dir_all(config.files.dir.join("docs")).expect("mkdir");
+    std::fs::create_dir_all(config.files.dir.join("reports")).expect("mkdir");
+    std::fs::write(config.files.dir.join("docs/a.bin"), &attachment).expect("write");
+    std::fs::write(config.files.dir.join("reports/q3.pdf"), b"%PDF-1.7 fake").expect("write");
     let registry = common::registry(&config);
 
     let result = ok(run(
@@ -229,7 +229,7 @@ async fn without_smtp_writes_the_outbox() {
     )
     .await);
     let path = result["outbox"].as_str().expect("outbox path");
-    assert!(path.starts_with(config.outbox_dir.to_str().expect("utf-8")));
+    assert!(path.starts_with(config.files.outbox.to_str().expect("utf-8")));
     let bytes = std::fs::read(path).expect("eml written");
     let msg = MessageParser::default().parse(&bytes).expect("parse");
     assert_eq!(msg.subject(), Some("Outbox"));

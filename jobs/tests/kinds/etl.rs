@@ -122,7 +122,7 @@ async fn syncs_into_sqlite_and_resumes_from_the_cursor() {
         "one 503 retried once"
     );
 
-    let conn = rusqlite::Connection::open(config.files_dir.join("etl/orders.db")).expect("open");
+    let conn = rusqlite::Connection::open(config.files.dir.join("etl/orders.db")).expect("open");
     let (n, total, customer): (i64, f64, String) = conn
         .query_row(
             "SELECT (SELECT COUNT(*) FROM orders), total, customer FROM orders WHERE id = 37",

@@ -60,9 +60,9 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
 async fn resizes_a_photo_to_three_sizes() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = common::config(tmp.path());
-    std::fs::create_dir_all(config.files_dir.join("uploads")).expect("mkdir");
+    std::fs::create_dir_all(config.files.dir.join("uploads")).expect("mkdir");
     std::fs::write(
-        config.files_dir.join("uploads/photo.jpg"),
+        config.files.dir.join("uploads/photo.jpg"),
         photo_jpeg(4000, 3000),
     )
     .expect("write");
@@ -95,9 +95,9 @@ async fn resizes_a_photo_to_three_sizes() {
             (out["width"].as_u64(), out["height"].as_u64()),
             (Some(w), Some(h))
         );
-        let path = config.files_dir.join(out["path"].as_str().expect("path"));
+        let path = config.files.dir.join(out["path"].as_str().expect("path"));
         assert!(
-            path.starts_with(config.files_dir.join("resized")),
+            path.starts_with(config.files.dir.join("resized")),
             "{path:?}"
         );
         let bytes = std::fs::read(&path).expect("output written");
@@ -112,8 +112,8 @@ async fn png_and_webp_keep_alpha() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = common::config(tmp.path());
     let img = ImageBuffer::from_fn(64, 32, |x, _| image::Rgba([200, 10, 10, (x * 4) as u8]));
-    std::fs::create_dir_all(&config.files_dir).expect("mkdir");
-    img.save(config.files_dir.join("a.png")).expect("save");
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    img.save(config.files.dir.join("a.png")).expect("save");
     let registry = common::registry(&config);
     for format in ["png", "webp"] {
         let result = ok(run(
@@ -127,7 +127,7 @@ async fn png_and_webp_keep_alpha() {
             (out["width"].as_u64(), out["height"].as_u64()),
             (Some(16), Some(8))
         );
-        let decoded = image::open(config.files_dir.join(out["path"].as_str().expect("path")))
+        let decoded = image::open(config.files.dir.join(out["path"].as_str().expect("path")))
             .expect("decodes");
         assert!(decoded.color().has_alpha(), "{format} lost alpha");
     }
@@ -137,13 +137,13 @@ async fn png_and_webp_keep_alpha() {
 async fn oversized_header_is_permanent() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = common::config(tmp.path());
-    std::fs::create_dir_all(&config.files_dir).expect("mkdir");
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
     std::fs::write(
-        config.files_dir.join("bomb.png"),
+        config.files.dir.join("bomb.png"),
         png_claiming(100_000, 100_000),
     )
     .expect("write");
-    std::fs::write(config.files_dir.join("junk.jpg"), b"not an image at all").expect("write");
+    std::fs::write(config.files.dir.join("junk.jpg"), b"not an image at all").expect("write");
     let registry = common::registry(&config);
     let started = Instant::now();
     for source in ["bomb.png", "junk.jpg", "missing.jpg"] {
@@ -182,7 +182,7 @@ async fn url_sources_and_their_errors() {
 
     let tmp = tempfile::tempdir().expect("tmp");
     let mut config = common::config(tmp.path());
-    config.max_download_bytes = 1_000_000;
+    config.files.max_download_bytes = 1_000_000;
     let registry = common::registry(&config);
     let result = ok(run(
         &registry,
@@ -207,7 +207,7 @@ async fn url_sources_and_their_errors() {
     .await;
     assert!(common::is_retryable(&busy.result), "503: {:?}", busy.result);
 
-    config.max_download_bytes = 100;
+    config.files.max_download_bytes = 100;
     let registry = common::registry(&config);
     let big = run(
         &registry,
@@ -297,9 +297,9 @@ async fn validate_names_the_field() {
 async fn resize_throughput() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = common::config(tmp.path());
-    std::fs::create_dir_all(&config.files_dir).expect("mkdir");
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
     let jpeg = photo_jpeg(4000, 3000);
-    std::fs::write(config.files_dir.join("photo.jpg"), &jpeg).expect("write");
+    std::fs::write(config.files.dir.join("photo.jpg"), &jpeg).expect("write");
     let registry = common::registry(&config);
     let payload = json!({"source": "photo.jpg", "sizes": [
         {"width": 1600}, {"width": 400, "height": 400, "fit": "cover"}, {"width": 120, "height": 90, "fit": "exact"}]});

@@ -48,9 +48,9 @@ fn page_count(path: &Path) -> usize {
 async fn five_hundred_rows_paginate_with_header_and_euro() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = common::config(tmp.path());
-    std::fs::create_dir_all(config.files_dir.join("brand")).expect("mkdir");
+    std::fs::create_dir_all(config.files.dir.join("brand")).expect("mkdir");
     image::RgbImage::from_fn(120, 60, |x, _| image::Rgb([x as u8, 80, 160]))
-        .save(config.files_dir.join("brand/logo.png"))
+        .save(config.files.dir.join("brand/logo.png"))
         .expect("logo");
     let registry = common::registry(&config);
     let ran = run(
@@ -72,7 +72,7 @@ async fn five_hundred_rows_paginate_with_header_and_euro() {
     let expected = 1 + (500 - FIRST_PAGE_ROWS).div_ceil(ROWS_PER_PAGE);
     assert_eq!(result["pages"], expected);
     assert_eq!(result["path"], "reports/q3.pdf");
-    let path = config.files_dir.join("reports/q3.pdf");
+    let path = config.files.dir.join("reports/q3.pdf");
     assert_eq!(page_count(&path), expected);
     let text = pdf_text(&path);
     assert!(
@@ -97,8 +97,8 @@ async fn five_hundred_rows_paginate_with_header_and_euro() {
 async fn rows_from_an_etl_sqlite_table() {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = common::config(tmp.path());
-    std::fs::create_dir_all(config.files_dir.join("etl")).expect("mkdir");
-    let conn = rusqlite::Connection::open(config.files_dir.join("etl/shop.db")).expect("open");
+    std::fs::create_dir_all(config.files.dir.join("etl")).expect("mkdir");
+    let conn = rusqlite::Connection::open(config.files.dir.join("etl/shop.db")).expect("open");
     conn.execute_batch(
         "CREATE TABLE orders (id INTEGER PRIMARY KEY, customer TEXT, total REAL);
          INSERT INTO orders VALUES (1, 'Ana', 10.5), (2, 'Bjørn', 20.25), (3, 'Çelik', 7);",
@@ -116,7 +116,8 @@ async fn rows_from_an_etl_sqlite_table() {
     assert_eq!(result["rows"], 3);
     let text = pdf_text(
         &config
-            .files_dir
+            .files
+            .dir
             .join(result["path"].as_str().expect("path")),
     );
     assert!(
