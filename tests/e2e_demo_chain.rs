@@ -1,11 +1,11 @@
 //! The README's demo chain through the real daemon: `etl.sync` pulls a paginated JSON API
 //! into SQLite, `pdf.report` renders the synced rows, `email.send` mails the PDF; a real SMTP
-//! listener and a real HTTP API run inside the test on 127.0.0.1:0.
+//! listener and a real HTTP API run inside the test on 127.0.0.1:0 (`util::peers`); the orders
+//! that API serves are this file's.
 
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use axum::extract::Query;
 use axum::http::{HeaderMap, StatusCode};
@@ -14,13 +14,10 @@ use axum::routing::get;
 use axum::{Json, Router};
 use mail_parser::{MessageParser, MimeHeaders};
 use serde_json::{Value, json};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
-use tokio::sync::mpsc;
 
-use crate::util::{Api, Scratch, step_ids};
+use crate::util::peers::{serve_http, smtp_server};
+use crate::util::{Scratch, step_ids, wait};
 
-const T: Duration = Duration::from_secs(60);
 const PAGES: u32 = 3;
 const PER_PAGE: u32 = 40;
 
@@ -43,69 +40,12 @@ async fn orders(headers: HeaderMap, Query(q): Query<HashMap<String, String>>) ->
     Json(json!({"items": items, "next": next})).into_response()
 }
 
-/// A real SMTP listener, just enough of the protocol for lettre; each message's DATA is sent
-/// on the channel.
-async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<Vec<u8>>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    let (tx, rx) = mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        while let Ok((stream, _)) = listener.accept().await {
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let (read, mut write) = stream.into_split();
-                let mut lines = BufReader::new(read);
-                let _ = write.write_all(b"220 test ESMTP\r\n").await;
-                let mut line = String::new();
-                loop {
-                    line.clear();
-                    if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let cmd = line.to_ascii_uppercase();
-                    let reply: &[u8] = if cmd.starts_with("EHLO") {
-                        b"250-test\r\n250 8BITMIME\r\n"
-                    } else if cmd.starts_with("DATA") {
-                        let _ = write.write_all(b"354 go ahead\r\n").await;
-                        let mut data = Vec::new();
-                        loop {
-                            line.clear();
-                            if lines.read_line(&mut line).await.unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == ".\r\n" {
-                                break;
-                            }
-                            data.extend_from_slice(
-                                line.strip_prefix('.').unwrap_or(&line).as_bytes(),
-                            );
-                        }
-                        let _ = tx.send(data);
-                        b"250 queued\r\n"
-                    } else if cmd.starts_with("QUIT") {
-                        let _ = write.write_all(b"221 bye\r\n").await;
-                        return;
-                    } else {
-                        b"250 OK\r\n"
-                    };
-                    if write.write_all(reply).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (port, rx)
-}
-
 /// etl.sync -> pdf.report (of the synced rows) -> email.send (the PDF attached): every step
 /// succeeds and the SMTP server receives the PDF.
 #[tokio::test]
 async fn etl_to_pdf_to_email() {
-    let app = Router::new().route("/orders", get(orders));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let source = format!("http://{}/orders", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    let api_addr = serve_http(Router::new().route("/orders", get(orders))).await;
+    let source = format!("http://{api_addr}/orders");
     let (smtp_port, mut inbox) = smtp_server().await;
 
     let s = Scratch::new();
@@ -114,8 +54,7 @@ async fn etl_to_pdf_to_email() {
          from = \"Hopper <hopper@example.com>\"\n\n[etl]\ntokens = {{ orders = \"t0ken\" }}\n",
         files = s.path().join("files").display()
     ));
-    let d = s.start(&["serve"]);
-    let api = Api::new(d.wait_addr());
+    let (_d, api) = s.serve(&[]);
     let (status, first) = api
         .enqueue(json!({
             "kind": "etl.sync",
@@ -142,17 +81,14 @@ async fn etl_to_pdf_to_email() {
         .await;
     assert_eq!(status, 201, "{first}");
     let ids = step_ids(&first);
-    let mail = api.wait_state(&ids[2], "succeeded", T).await;
+    let mail = api.wait_state(&ids[2], "succeeded").await;
     let etl = api.job(&ids[0]).await;
     assert_eq!(etl["result"]["rows_new"], PAGES * PER_PAGE, "{etl:#}");
     let pdf = api.job(&ids[1]).await;
     let pages = pdf["result"]["pages"].as_u64().unwrap();
     assert!(pages >= 3, "{pdf:#}");
 
-    let data = tokio::time::timeout(T, inbox.recv())
-        .await
-        .unwrap()
-        .unwrap();
+    let data = wait::within("the mail", inbox.recv()).await.unwrap();
     let msg = MessageParser::default().parse(&data).unwrap();
     assert_eq!(msg.subject(), Some("Orders"));
     let pdf_part = msg

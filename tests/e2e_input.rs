@@ -1,46 +1,22 @@
-//! Bad input gets a clear error naming the problem, and nothing is enqueued.
+//! Bad input gets a clear error naming the problem, and nothing is enqueued: HTTP requests
+//! refused with a 4xx naming the field, unknown config keys, bad CLI flags.
 
 #![allow(clippy::unwrap_used)]
 
 use serde_json::{Value, json};
 
-use crate::util::{Api, Scratch};
+use crate::util::Scratch;
 
 /// Each bad request gets its status and a JSON error naming the field; the queue stays empty.
 #[tokio::test]
 async fn bad_requests_are_refused_with_the_field_named() {
     let s = Scratch::new();
-    s.write_config("[server]\n");
-    // `[server]` twice would be invalid TOML: write the body limit into the generated section.
-    let cfg = std::fs::read_to_string(s.path().join("config.toml")).unwrap();
-    let cfg = cfg
-        .replace(
-            "listen = \"127.0.0.1:0\"",
-            "listen = \"127.0.0.1:0\"\nbody_limit = 4096",
-        )
-        .replace("\n[server]\n\n", "\n");
-    std::fs::write(s.path().join("config.toml"), cfg).unwrap();
-    let d = s.start(&["serve", "--no-workers"]);
-    let api = Api::new(d.wait_addr());
+    s.write_config_with_server("body_limit = 4096\n", "");
+    let (_d, api) = s.serve(&["--no-workers"]);
 
-    let raw = |body: &'static str| {
-        let http = api.http.clone();
-        let url = format!("{}/v1/jobs", api.base);
-        async move {
-            let r = http
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<Value>().await.unwrap_or(Value::Null),
-            )
-        }
-    };
-    let (st, body) = raw("{not json").await;
+    let (st, body) = api
+        .post_raw("/v1/jobs", "application/json", "{not json")
+        .await;
     assert_eq!(st, 400, "{body}");
     assert!(body["error"]["message"].is_string(), "{body}");
 
@@ -89,15 +65,7 @@ async fn bad_requests_are_refused_with_the_field_named() {
     assert_eq!(st, 404);
 
     // Nothing was enqueued.
-    let page: Value = api
-        .http
-        .get(format!("{}/v1/jobs?queue=default", api.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let page = api.get_json("/v1/jobs", &[("queue", "default")]).await;
     assert_eq!(page["jobs"].as_array().unwrap().len(), 0, "{page}");
 }
 
@@ -105,8 +73,7 @@ async fn bad_requests_are_refused_with_the_field_named() {
 /// `check-config`.
 #[test]
 fn unknown_config_key_is_named() {
-    let s = Scratch::new();
-    s.write_config("[worker]\nconcurency = 4\n");
+    let s = Scratch::with_config("[worker]\nconcurency = 4\n");
     for args in [&["check-config"][..], &["queues"][..]] {
         let out = s.cli(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
@@ -118,8 +85,7 @@ fn unknown_config_key_is_named() {
 /// A bad CLI flag exits 2 with a usage message; a bad value names the flag.
 #[test]
 fn bad_cli_flags_exit_2() {
-    let s = Scratch::new();
-    s.write_config("");
+    let s = Scratch::with_config("");
     let out = s.cli(&["jobs", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
@@ -129,10 +95,6 @@ fn bad_cli_flags_exit_2() {
     let out = s.cli(&["job", "does-not-exist"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     // Nothing was enqueued by the refused command.
-    let jobs = s.cli_json(&["jobs"]);
-    let n = jobs
-        .as_array()
-        .map(Vec::len)
-        .unwrap_or_else(|| jobs["jobs"].as_array().map(Vec::len).unwrap_or(0));
-    assert_eq!(n, 0, "{jobs}");
+    let jobs = s.cli_jobs(&[]);
+    assert_eq!(jobs.len(), 0, "{jobs:#?}");
 }

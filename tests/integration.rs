@@ -3,7 +3,7 @@
 //!
 //! One test binary (like ripgrep's `tests/tests.rs`); each module is one area.
 
-/// Starting daemons and running the CLI in a scratch directory.
+/// Fixtures: daemons and the CLI in a scratch directory, the HTTP API, waiting, Redis, peers.
 mod util;
 
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.
@@ -12,10 +12,11 @@ mod e2e_demo_chain;
 mod e2e_failures;
 /// Bad input: HTTP 4xx naming the field, unknown config keys, bad CLI flags.
 mod e2e_input;
-/// Priorities, delays, retries with backoff, dead jobs and retrying them.
+/// Priorities, delays, retries with backoff, dead jobs and retrying them, chains, schedules
+/// across processes, retention.
 mod e2e_lifecycle;
 /// The Redis broker: three nodes through a SIGKILL and a SIGSTOP past the lease, a Redis
-/// restart under load, and the README tour with `HOPPER_BROKER`.
+/// restart under load, the README tour with `HOPPER_BROKER`, and a TLS broker.
 mod e2e_redis;
 /// The newcomer's path: `serve` with no config, enqueue over HTTP, inspect with the CLI.
 mod e2e_tour;
