@@ -1,4 +1,5 @@
-//! Wiring: builds the broker, the registry of job kinds and the worker pool from a [`Config`],
+//! Wiring: builds a node (the broker, the registry of job kinds, the worker pool, the
+//! schedules, `hopper.retention`) once from checked [`Settings`],
 //! and runs them with the HTTP API ([`serve`]) or alone ([`worker`]) until a shutdown token
 //! fires.
 //!
@@ -7,12 +8,11 @@
 //! (`hopper_workers::pool::Pool::run`); this module only decides *when* it starts.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::{Context, Result};
 use hopper_workers::clock::{self, Clock};
-use hopper_workers::job::JobState;
 use hopper_workers::pool::{Pool, PoolHandle};
+use hopper_workers::retention::{Retention, RetentionPolicy};
 use hopper_workers::{Broker, Registry};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -32,39 +32,33 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<d
 /// The job kinds this process knows: the diagnostic `sys.*` kinds unless
 /// `[worker] diagnostics = false`, and every kind of `hopper-jobs`.
 pub fn build_registry(settings: &Settings) -> Result<Registry> {
-    build_registry_with(settings, None)
-}
-
-/// The registry of a `serve` or `worker` process: every kind, with `cleanup.purge` able to
-/// run the retention of job records on `broker`.
-fn node_registry(
-    settings: &Settings,
-    broker: &Arc<dyn Broker>,
-    clock: &Arc<dyn Clock>,
-) -> Result<Registry> {
-    build_registry_with(
-        settings,
-        Some(Arc::new(Retention {
-            broker: broker.clone(),
-            retention: settings.config.retention.clone(),
-            clock: clock.clone(),
-        })),
-    )
-}
-
-/// [`build_registry`] for a process that holds the broker: `cleanup.purge` can then run the
-/// retention of job records.
-fn build_registry_with(
-    settings: &Settings,
-    records: Option<hopper_jobs::RecordsHandle>,
-) -> Result<Registry> {
     let mut registry = Registry::new();
     if settings.config.worker.diagnostics {
         hopper_workers::diagnostics::register(&mut registry)
             .context("registering the diagnostic kinds")?;
     }
-    hopper_jobs::register_all_with(&mut registry, &settings.jobs, records)
+    hopper_jobs::register_all(&mut registry, &settings.jobs)
         .context("registering the job kinds")?;
+    Ok(registry)
+}
+
+/// The registry of a `serve` or `worker` process: every kind of [`build_registry`], and the
+/// engine's `hopper.retention` over this node's broker.
+fn node_registry(
+    settings: &Settings,
+    broker: &Arc<dyn Broker>,
+    clock: &Arc<dyn Clock>,
+) -> Result<Registry> {
+    let mut registry = build_registry(settings)?;
+    let r = &settings.config.retention;
+    let policy = RetentionPolicy {
+        succeeded: r.succeeded,
+        dead: r.dead,
+        events: r.events,
+    };
+    registry
+        .add(Retention::new(broker.clone(), policy, clock.clone()))
+        .context("registering hopper.retention")?;
     Ok(registry)
 }
 
@@ -232,11 +226,9 @@ fn spawn_schedules(
     shutdown: CancellationToken,
 ) -> Result<()> {
     let mut schedules = settings.schedules.clone();
-    // Retention runs as a job like any other (once per tick across nodes, visible in the
-    // history), when this build has the `cleanup.purge` kind.
-    if registry.get("cleanup.purge").is_some() {
-        schedules.push(settings.retention.clone());
-    }
+    // Retention runs as a job like any other: once per tick across nodes, visible in the
+    // history.
+    schedules.push(settings.retention.clone());
     for s in &schedules {
         let kind = &s.spec().kind;
         if registry.get(kind).is_none() {
@@ -250,44 +242,4 @@ fn spawn_schedules(
         broker, schedules, clock, shutdown,
     ));
     Ok(())
-}
-
-/// The engine's retention, run by `cleanup.purge {"records": true}` jobs: deletes finished
-/// jobs past `[retention]` and trims the event log.
-#[derive(Debug)]
-struct Retention {
-    broker: Arc<dyn Broker>,
-    retention: crate::config::RetentionConfig,
-    clock: Arc<dyn Clock>,
-}
-
-#[async_trait::async_trait]
-impl hopper_jobs::cleanup::RecordPurger for Retention {
-    async fn purge_records(&self) -> hopper_workers::JobResult {
-        let r = &self.retention;
-        let ms = |d: Duration| i64::try_from(d.as_millis()).unwrap_or(i64::MAX);
-        let now = self.clock.now_ms();
-        let succeeded = self
-            .broker
-            .purge(
-                &[JobState::Succeeded],
-                now.saturating_sub(ms(r.succeeded)),
-                r.events,
-            )
-            .await
-            .map_err(hopper_workers::JobError::retryable)?;
-        let dead = self
-            .broker
-            .purge(
-                &[JobState::Dead, JobState::Cancelled],
-                now.saturating_sub(ms(r.dead)),
-                r.events,
-            )
-            .await
-            .map_err(hopper_workers::JobError::retryable)?;
-        if succeeded + dead > 0 {
-            tracing::info!(succeeded, dead, "retention purged old jobs");
-        }
-        Ok(serde_json::json!({ "succeeded_purged": succeeded, "dead_purged": dead }))
-    }
 }

@@ -12,7 +12,7 @@
 //! - [`exit`]: the exit codes of every command.
 //! - [`config`]: the typed `config.toml`, its defaults, environment overrides, `validate()`.
 //! - [`app`]: wiring: broker + registry + pool + HTTP server ([`app::serve`]) or the pool
-//!   alone ([`app::worker`]); retention purges.
+//!   alone ([`app::worker`]), a node built once.
 //! - [`api`]: the HTTP API, built by [`api::router`] from an [`api::AppState`].
 //! - [`service`]: what both front doors call: submit a job or a chain, look one up.
 //!   [`service::submit`] is the one place a new job is checked.

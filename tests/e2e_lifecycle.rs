@@ -237,7 +237,7 @@ async fn schedule_fires_once_per_tick_across_processes() {
     );
 }
 
-/// Retention runs as a `cleanup.purge {"records": true}` job on the maintenance queue: a
+/// Retention runs as a `hopper.retention` job on the maintenance queue: a
 /// succeeded job past `[retention] succeeded` is deleted, history and all.
 #[tokio::test]
 async fn retention_job_purges_old_jobs() {
@@ -257,10 +257,8 @@ async fn retention_job_purges_old_jobs() {
     .await;
     let purges = s.cli_jobs(&["--queue", "hopper.maintenance", "--state", "succeeded"]);
     assert!(
-        purges
-            .iter()
-            .any(|j| j["kind"] == "cleanup.purge"
-                && j["result"]["succeeded_purged"].as_u64() >= Some(1)),
+        purges.iter().any(|j| j["kind"] == "hopper.retention"
+            && j["result"]["succeeded_purged"].as_u64() >= Some(1)),
         "{purges:#?}"
     );
 }

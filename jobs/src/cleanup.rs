@@ -14,22 +14,19 @@
 //!
 //! Result: `{"deleted": n, "bytes": n, "dry_run": bool, "files": [first 100 relative paths]}`.
 //!
-//! `{"records": true}` (and nothing else) purges the engine's own old records instead, through
-//! the [`RecordPurger`] the shell hands over: the built-in retention schedule.
-//!
-//! [`Purge`] is a [`Kind`]: its payload is [`PurgeArgs`]; the two modes, the age and the glob
-//! are its `check`.
+//! [`Purge`] is a [`Kind`]: its payload is [`PurgeArgs`]; the age, the directory and the glob
+//! are its `check`. The engine's own records (old jobs and events) are not this kind's: they
+//! are `hopper.retention`'s, in the engine.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use async_trait::async_trait;
 use globset::{GlobBuilder, GlobMatcher};
 use hopper_workers::FieldError;
 use hopper_workers::{JobContext, JobError, JobResult, Kind};
+use serde::Deserialize;
 use serde::de::IgnoredAny;
-use serde::{Deserialize, Deserializer};
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::JobsConfig;
 use crate::files::{FilesDir, check_relative, io_error};
@@ -39,45 +36,37 @@ pub const LISTED_FILES: usize = 100;
 /// Directories deeper than this are not entered.
 const MAX_DEPTH: usize = 64;
 
-/// The payload of `cleanup.purge`: files (`older_than` and the optional rest), or
-/// `{"records": true}` alone. The file fields are optional here so that a records payload can
-/// be told apart, and a file field beside `records` named; `check` requires `older_than`.
+/// The payload of `cleanup.purge`.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct PurgeArgs {
-    #[serde(default, deserialize_with = "only_true")]
-    records: bool,
-    dir: Option<String>,
-    dry_run: Option<bool>,
-    glob: Option<String>,
-    older_than: Option<String>,
+    /// Relative to the files directory. Default `"."`.
+    #[serde(default = "here")]
+    dir: String,
+    #[serde(default)]
+    dry_run: bool,
+    /// Default `"*"`.
+    #[serde(default = "any")]
+    glob: String,
+    /// How old a file must be to go, e.g. `"7d"`. Required.
+    older_than: String,
     /// A chain predecessor's result: accepted, not used.
     #[serde(default, rename = "input")]
     _input: Option<IgnoredAny>,
 }
 
-/// `records` may only be `true` (leaving it out means files).
-fn only_true<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
-    match Value::deserialize(d)? {
-        Value::Bool(true) => Ok(true),
-        _ => Err(serde::de::Error::custom("must be true when given")),
-    }
+fn here() -> String {
+    ".".to_owned()
 }
 
-/// Deletes the engine's own old records (finished jobs and events past `[retention]`). The
-/// shell implements it over the broker, so this crate never sees one.
-#[async_trait]
-pub trait RecordPurger: Send + Sync + std::fmt::Debug + 'static {
-    /// Purges what retention allows; returns a small summary for the job's result.
-    async fn purge_records(&self) -> Result<Value, JobError>;
+fn any() -> String {
+    "*".to_owned()
 }
 
 /// `cleanup.purge`.
 #[derive(Debug)]
 pub struct Purge {
     files: FilesDir,
-    /// Set in processes that can reach the broker: runs payloads of `{"records": true}`.
-    records: Option<std::sync::Arc<dyn RecordPurger>>,
 }
 
 /// A file purge, checked: what the walk needs.
@@ -92,16 +81,11 @@ struct Plan {
 impl Plan {
     /// The file purge `args` describe, or the field that makes it impossible.
     fn of(args: &PurgeArgs) -> Result<Self, FieldError> {
-        let older_than = args
-            .older_than
-            .as_deref()
-            // Worded as serde words a missing field, which it was before `records` existed.
-            .ok_or_else(|| FieldError::new("payload", "missing field `older_than`"))?;
-        let dir = args.dir.clone().unwrap_or_else(|| ".".to_owned());
+        let dir = args.dir.clone();
         check_relative(&dir).map_err(|m| FieldError::new("payload.dir", m))?;
-        let age = humantime::parse_duration(older_than)
+        let age = humantime::parse_duration(&args.older_than)
             .map_err(|e| FieldError::new("payload.older_than", format!("{e} (e.g. \"7d\")")))?;
-        let glob = args.glob.as_deref().unwrap_or("*");
+        let glob = args.glob.as_str();
         let matcher = GlobBuilder::new(glob)
             .literal_separator(true)
             .build()
@@ -112,7 +96,7 @@ impl Plan {
             age,
             matcher,
             by_name: !glob.contains('/'),
-            dry_run: args.dry_run.unwrap_or(false),
+            dry_run: args.dry_run,
         })
     }
 }
@@ -121,16 +105,7 @@ impl Purge {
     pub fn new(config: &JobsConfig) -> Self {
         Self {
             files: FilesDir::new(&config.files.dir),
-            records: None,
         }
-    }
-
-    /// Also purges the engine's records, for payloads of `{"records": true}` (the built-in
-    /// retention schedule).
-    #[must_use]
-    pub fn with_records(mut self, records: std::sync::Arc<dyn RecordPurger>) -> Self {
-        self.records = Some(records);
-        self
     }
 }
 
@@ -208,14 +183,6 @@ impl Kind for Purge {
     type Args = PurgeArgs;
 
     async fn run(&self, cx: JobContext, args: PurgeArgs) -> JobResult {
-        if args.records {
-            return match &self.records {
-                Some(records) => records.purge_records().await,
-                None => Err(JobError::permanent(
-                    "records purge is not available in this process (no broker)",
-                )),
-            };
-        }
         // `check` has passed, so this cannot fail; but a panic is no way to say so.
         let plan =
             Plan::of(&args).map_err(|e| JobError::permanent(format!("invalid payload: {e}")))?;
@@ -258,32 +225,18 @@ impl Kind for Purge {
         }))
     }
 
-    /// A records purge takes no file field; a file purge needs a valid age, dir and glob.
+    /// A valid age, dir and glob.
     fn check(&self, args: &PurgeArgs) -> Result<(), FieldError> {
-        if !args.records {
-            return Plan::of(args).map(drop);
-        }
-        // Alphabetical, the order the untyped check met the keys in, so the same one is named.
-        let given = [
-            ("dir", args.dir.is_some()),
-            ("dry_run", args.dry_run.is_some()),
-            ("glob", args.glob.is_some()),
-            ("older_than", args.older_than.is_some()),
-        ];
-        match given.iter().find(|(_, set)| *set) {
-            Some((field, _)) => Err(FieldError::new(
-                format!("payload.{field}"),
-                "a records purge takes no other field",
-            )),
-            None => Ok(()),
-        }
+        Plan::of(args).map(drop)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
     use hopper_workers::Registry;
+    use serde_json::Value;
+
+    use super::*;
 
     fn validate(payload: Value) -> Result<(), FieldError> {
         let mut registry = Registry::new();
@@ -297,23 +250,12 @@ mod tests {
     }
 
     #[test]
-    fn a_records_purge_takes_nothing_else() {
-        assert!(validate(json!({"records": true})).is_ok());
-        assert!(validate(json!({"records": true, "input": {"deleted": 0}})).is_ok());
-        let e = validate(json!({"records": false})).expect_err("false");
-        assert_eq!(
-            (e.field.as_str(), e.message.as_str()),
-            ("payload.records", "must be true when given")
-        );
-        let e = validate(json!({"records": true, "dry_run": true, "glob": "*"})).expect_err("mix");
-        assert_eq!(
-            (e.field.as_str(), e.message.as_str()),
-            ("payload.dry_run", "a records purge takes no other field")
-        );
+    fn the_age_is_required_and_records_are_not_this_kinds() {
         let e = validate(json!({"dry_run": true})).expect_err("no age");
-        assert_eq!(
-            (e.field.as_str(), e.message.as_str()),
-            ("payload", "missing field `older_than`")
-        );
+        assert_eq!(e.field, "payload");
+        assert!(e.message.contains("older_than"), "{e}");
+        let e = validate(json!({"records": true})).expect_err("records");
+        assert!(e.message.contains("records"), "{e}");
+        assert!(validate(json!({"older_than": "7d", "input": {"deleted": 0}})).is_ok());
     }
 }

@@ -58,13 +58,6 @@ pub mod pdf;
 
 pub use config::{EtlConfig, FilesConfig, HttpConfig, JobsConfig, SmtpConfig};
 
-/// The purger of the engine's records handed to `cleanup.purge`.
-#[cfg(feature = "cleanup")]
-pub type RecordsHandle = std::sync::Arc<dyn cleanup::RecordPurger>;
-/// Without the `cleanup` kind there is nothing to hand a purger to.
-#[cfg(not(feature = "cleanup"))]
-pub type RecordsHandle = std::convert::Infallible;
-
 use hopper_workers::Registry;
 use hopper_workers::registry::RegistryError;
 
@@ -89,12 +82,6 @@ pub enum JobsError {
 /// hopper_jobs::register_all(&mut registry, &hopper_jobs::JobsConfig::default())?;
 /// # Ok::<(), hopper_jobs::JobsError>(())
 /// ```
-pub fn register_all(registry: &mut Registry, config: &JobsConfig) -> Result<(), JobsError> {
-    register_all_with(registry, config, None)
-}
-
-/// [`register_all`], with the purger of the engine's own records that `cleanup.purge` runs
-/// for `{"records": true}` payloads (the built-in retention schedule).
 #[cfg_attr(
     not(any(
         feature = "email",
@@ -105,11 +92,7 @@ pub fn register_all(registry: &mut Registry, config: &JobsConfig) -> Result<(), 
     )),
     allow(unused_variables)
 )]
-pub fn register_all_with(
-    registry: &mut Registry,
-    config: &JobsConfig,
-    records: Option<RecordsHandle>,
-) -> Result<(), JobsError> {
+pub fn register_all(registry: &mut Registry, config: &JobsConfig) -> Result<(), JobsError> {
     config.validate()?;
     #[cfg(feature = "http")]
     let http = http::client(config)?;
@@ -122,13 +105,6 @@ pub fn register_all_with(
     #[cfg(feature = "etl")]
     registry.add(etl::Sync::new(config, http.clone())?)?;
     #[cfg(feature = "cleanup")]
-    {
-        let purge = cleanup::Purge::new(config);
-        let purge = match records {
-            Some(r) => purge.with_records(r),
-            None => purge,
-        };
-        registry.add(purge)?;
-    }
+    registry.add(cleanup::Purge::new(config))?;
     Ok(())
 }

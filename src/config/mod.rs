@@ -32,7 +32,7 @@ pub const SEARCH_PATH: [&str; 2] = ["config.toml", "/etc/hopper/config.toml"];
 
 /// The queue of Hopper's own maintenance jobs (retention); every pool serves it, one job at a
 /// time, besides its `[worker] queues`.
-pub const MAINTENANCE_QUEUE: &str = "hopper.maintenance";
+pub use hopper_workers::retention::MAINTENANCE_QUEUE;
 
 /// Overrides `[broker] url`.
 pub const ENV_BROKER: &str = "HOPPER_BROKER";

@@ -180,7 +180,7 @@ pub struct RetentionConfig {
     pub dead: Duration,
     /// The event log keeps this many newest events. Default `100000`.
     pub events: u64,
-    /// When the retention job (`cleanup.purge {"records": true}` on queue
+    /// When the retention job (`hopper.retention` on queue
     /// `hopper.maintenance`) runs: cron with seconds. Default `"0 * * * * *"` (every minute).
     pub cron: String,
 }

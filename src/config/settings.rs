@@ -237,18 +237,10 @@ impl Config {
         }
     }
 
-    /// The built-in retention schedule: `cleanup.purge {"records": true}` on the maintenance
-    /// queue, per `[retention] cron`.
+    /// The built-in retention schedule: `hopper.retention` on the maintenance queue, per
+    /// `[retention] cron`.
     fn retention_schedule(&self) -> schedule::ScheduleSpec {
-        schedule::ScheduleSpec {
-            name: "hopper.retention".to_owned(),
-            cron: self.retention.cron.clone(),
-            kind: "cleanup.purge".to_owned(),
-            payload: serde_json::json!({ "records": true }),
-            queue: MAINTENANCE_QUEUE.to_owned(),
-            priority: hopper_workers::job::MAX_PRIORITY,
-            max_retries: self.retry.max_retries,
-        }
+        hopper_workers::retention::Retention::schedule(&self.retention.cron, self.retry.max_retries)
     }
 
     /// The engine's definition of a `[[schedule]]` entry.

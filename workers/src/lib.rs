@@ -16,6 +16,7 @@
 //!   heartbeats, rescue of expired leases, two-phase shutdown.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`diagnostics`]: the built-in `sys.noop`, `sys.sleep` and `sys.fail` kinds.
+//! - [`retention`]: `hopper.retention`, the engine's own clean-up, run as a scheduled job.
 //! - [`schedule`]: cron schedules, one job per tick across any number of nodes.
 //! - [`time`]: [`Timestamp`](time::Timestamp): millis inside, RFC 3339 on the wire.
 //! - [`clock`]: injectable time.
@@ -32,6 +33,7 @@ pub mod job;
 pub mod kind;
 pub mod pool;
 pub mod registry;
+pub mod retention;
 pub mod retry;
 pub mod schedule;
 #[cfg(feature = "test-util")]

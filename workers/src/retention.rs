@@ -1,0 +1,102 @@
+//! Retention: Hopper's own clean-up, as a job like any other. `hopper.retention` deletes
+//! finished jobs past their age and trims the event log; a schedule enqueues it on the
+//! maintenance queue once per tick across every node, so its runs show in the history and
+//! retry like any job.
+//!
+//! It lives in the engine beside the diagnostics because it needs nothing but the broker: a
+//! node registers it with its broker ([`Retention::new`]), and [`Retention::schedule`] is its
+//! schedule. What a kind does with user files (`cleanup.purge`) is `hopper-jobs`' business.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::Deserialize;
+use serde_json::json;
+
+use crate::broker::Broker;
+use crate::clock::Clock;
+use crate::handler::{JobContext, JobError, JobResult};
+use crate::job::{JobState, MAX_PRIORITY};
+use crate::kind::Kind;
+use crate::schedule::ScheduleSpec;
+
+/// The queue of Hopper's own maintenance jobs; every pool serves it, one job at a time,
+/// besides the queues it is configured for.
+pub const MAINTENANCE_QUEUE: &str = "hopper.maintenance";
+
+/// How long finished jobs and events are kept (`[retention]`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RetentionPolicy {
+    /// Succeeded jobs are deleted this long after they finish.
+    pub succeeded: Duration,
+    /// Dead and cancelled jobs are deleted this long after they finish.
+    pub dead: Duration,
+    /// The event log keeps this many newest events.
+    pub events: u64,
+}
+
+/// `hopper.retention`: applies a [`RetentionPolicy`] to a broker.
+#[derive(Debug)]
+pub struct Retention {
+    broker: Arc<dyn Broker>,
+    policy: RetentionPolicy,
+    clock: Arc<dyn Clock>,
+}
+
+/// The payload of `hopper.retention`: nothing (the policy is the node's config).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionArgs {}
+
+impl Retention {
+    pub fn new(broker: Arc<dyn Broker>, policy: RetentionPolicy, clock: Arc<dyn Clock>) -> Self {
+        Self {
+            broker,
+            policy,
+            clock,
+        }
+    }
+
+    /// The schedule that runs it: on `cron` (with seconds), on [`MAINTENANCE_QUEUE`], at the
+    /// lowest priority.
+    pub fn schedule(cron: &str, max_retries: u32) -> ScheduleSpec {
+        ScheduleSpec {
+            name: "hopper.retention".to_owned(),
+            cron: cron.to_owned(),
+            kind: Self::NAME.to_owned(),
+            payload: json!({}),
+            queue: MAINTENANCE_QUEUE.to_owned(),
+            priority: MAX_PRIORITY,
+            max_retries,
+        }
+    }
+}
+
+impl Kind for Retention {
+    const NAME: &'static str = "hopper.retention";
+    type Args = RetentionArgs;
+
+    async fn run(&self, _cx: JobContext, _args: RetentionArgs) -> JobResult {
+        let p = &self.policy;
+        let now = self.clock.now_ms();
+        let before = |age: Duration| now.saturating_sub(crate::time::duration_ms(age));
+        let succeeded = self
+            .broker
+            .purge(&[JobState::Succeeded], before(p.succeeded), p.events)
+            .await
+            .map_err(JobError::retryable)?;
+        let dead = self
+            .broker
+            .purge(
+                &[JobState::Dead, JobState::Cancelled],
+                before(p.dead),
+                p.events,
+            )
+            .await
+            .map_err(JobError::retryable)?;
+        if succeeded + dead > 0 {
+            tracing::info!(succeeded, dead, "retention purged old jobs");
+        }
+        Ok(json!({ "succeeded_purged": succeeded, "dead_purged": dead }))
+    }
+}
