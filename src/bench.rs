@@ -76,16 +76,36 @@ pub struct BenchArgs {
 /// contract of DESIGN §9.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
+    /// `drain` or `latency`.
     pub workload: &'static str,
+    /// `sqlite` or `redis`.
     pub broker: String,
+    /// Jobs enqueued (and, for `drain`, processed).
     pub jobs: u64,
+    /// Worker slots of the bench pool.
     pub concurrency: usize,
+    /// Jobs stored per second by the enqueuer.
     pub enqueue_jobs_per_s: Option<f64>,
+    /// Jobs finished per second while draining.
     pub processed_jobs_per_s: Option<f64>,
+    /// Pickup latency (start - due) percentiles and maximum, in milliseconds.
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub max_ms: Option<f64>,
+}
+
+impl Report {
+    /// A report of `workload` over `jobs` jobs, every measure still unset.
+    fn new(workload: &'static str, bench: &Bench, jobs: u64) -> Self {
+        Self {
+            workload,
+            broker: bench.broker.name().into(),
+            jobs,
+            concurrency: bench.concurrency,
+            ..Self::default()
+        }
+    }
 }
 
 /// Runs the workload `args` names and prints its report.
@@ -197,13 +217,9 @@ impl Bench {
         waited?;
 
         Ok(Report {
-            workload: "drain",
-            broker: self.broker.name().into(),
-            jobs: n,
-            concurrency: self.concurrency,
             enqueue_jobs_per_s: Some(per_s(n, enqueue_s)),
             processed_jobs_per_s: Some(per_s(n, processed_s)),
-            ..Report::default()
+            ..Report::new("drain", self, n)
         })
     }
 
@@ -270,16 +286,12 @@ impl Bench {
             .clone();
         ms.sort_unstable();
         Ok(Report {
-            workload: "latency",
-            broker: self.broker.name().into(),
-            jobs: sent,
-            concurrency: self.concurrency,
             enqueue_jobs_per_s: Some(per_s(sent, send_s)),
-            processed_jobs_per_s: None,
             p50_ms: percentile(&ms, 0.50),
             p95_ms: percentile(&ms, 0.95),
             p99_ms: percentile(&ms, 0.99),
             max_ms: ms.last().map(|m| *m as f64),
+            ..Report::new("latency", self, sent)
         })
     }
 

@@ -28,16 +28,7 @@
 pub mod config;
 pub mod files;
 // With every kind disabled, nothing parses payloads.
-#[cfg_attr(
-    not(any(
-        feature = "email",
-        feature = "image",
-        feature = "pdf",
-        feature = "etl",
-        feature = "cleanup"
-    )),
-    allow(dead_code)
-)]
+#[cfg_attr(not(feature = "kind"), allow(dead_code))]
 mod payload;
 
 #[cfg(any(feature = "image", feature = "pdf"))]
@@ -82,16 +73,7 @@ pub enum JobsError {
 /// hopper_jobs::register_all(&mut registry, &hopper_jobs::JobsConfig::default())?;
 /// # Ok::<(), hopper_jobs::JobsError>(())
 /// ```
-#[cfg_attr(
-    not(any(
-        feature = "email",
-        feature = "image",
-        feature = "pdf",
-        feature = "etl",
-        feature = "cleanup"
-    )),
-    allow(unused_variables)
-)]
+#[cfg_attr(not(feature = "kind"), allow(unused_variables))]
 pub fn register_all(registry: &mut Registry, config: &JobsConfig) -> Result<(), JobsError> {
     config.validate()?;
     #[cfg(feature = "http")]

@@ -22,16 +22,23 @@ use serde_json::Value;
 /// A request to enqueue, fields already typed; `None` means "the default".
 #[derive(Clone, Debug, PartialEq)]
 pub struct EnqueueRequest {
+    /// A registered kind.
     pub kind: String,
+    /// A JSON object, checked by the kind.
     pub payload: Value,
+    /// Default `"default"`.
     pub queue: Option<String>,
+    /// 0 (most urgent) to 9; default 5.
     pub priority: Option<u8>,
     /// Run no earlier than now + delay. Exclusive with `run_at`.
     pub delay: Option<Duration>,
     /// Run no earlier than this. Exclusive with `delay`.
     pub run_at: Option<Millis>,
+    /// Default `[retry] max_retries`.
     pub max_retries: Option<u32>,
+    /// Per-attempt limit; default the kind's, else `[worker] job_timeout`.
     pub timeout: Option<Duration>,
+    /// At most one job with this key exists.
     pub unique_key: Option<String>,
 }
 

@@ -129,22 +129,23 @@ fn quote(ident: &str) -> String {
     format!("\"{ident}\"")
 }
 
+/// Quoted identifiers, comma-separated.
+fn quoted<'a>(idents: impl Iterator<Item = &'a str>) -> String {
+    idents.map(quote).collect::<Vec<_>>().join(", ")
+}
+
 fn column_list(spec: &Spec) -> String {
-    spec.columns
-        .iter()
-        .map(|(c, _, _)| quote(c))
-        .collect::<Vec<_>>()
-        .join(", ")
+    quoted(spec.columns.iter().map(|(c, _, _)| c.as_str()))
+}
+
+/// The key columns, quoted.
+fn key_list(spec: &Spec) -> String {
+    quoted(spec.key.iter().map(String::as_str))
 }
 
 /// `ON CONFLICT (...) DO UPDATE SET ...`, or `DO NOTHING` when every column is the key.
 fn on_conflict(spec: &Spec) -> String {
-    let key = spec
-        .key
-        .iter()
-        .map(|k| quote(k))
-        .collect::<Vec<_>>()
-        .join(", ");
+    let key = key_list(spec);
     let updates: Vec<String> = spec
         .columns
         .iter()
@@ -267,12 +268,7 @@ impl Db {
 
     /// Creates the target and state tables when missing; returns the stored position.
     pub(super) async fn prepare(&mut self, spec: &Spec) -> Result<Option<String>, JobError> {
-        let key = spec
-            .key
-            .iter()
-            .map(|k| quote(k))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let key = key_list(spec);
         match self {
             Db::Sqlite(_) => {
                 let spec = spec.clone();
