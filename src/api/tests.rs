@@ -16,7 +16,8 @@ use hopper_workers::broker::{Enqueued, Finish, JobFilter, JobPage, LeaseStatus, 
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::error::{BrokerError, BrokerResult};
 use hopper_workers::event::Event;
-use hopper_workers::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+use hopper_workers::job::{Job, JobId, JobState, Lease, NewJob};
+use hopper_workers::time::Millis;
 use hopper_workers::{Broker, Registry};
 use http_body_util::BodyExt;
 use serde_json::Value;

@@ -63,7 +63,8 @@ use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, Q
 use crate::clock::Clock;
 use crate::error::BrokerResult;
 use crate::event::Event;
-use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::time::{Millis, Timestamp};
 
 use self::conn::Health;
 
@@ -213,7 +214,7 @@ impl Broker for RedisBroker {
         before: Millis,
         keep_events: u64,
     ) -> BrokerResult<u64> {
-        read::purge(self, states, before, keep_events).await
+        read::purge(self, states, Timestamp::from_millis(before), keep_events).await
     }
 
     async fn drop_queue(&self, queue: &str) -> BrokerResult<u64> {
