@@ -257,7 +257,8 @@ impl Bench {
                 if n == 0 {
                     continue;
                 }
-                let at = self.clock.now_ms();
+                // The payload carries a plain number: milliseconds since the epoch.
+                let at = self.clock.now().as_millis();
                 let batch = (0..n)
                     .map(|_| {
                         NewJob::new(LATENCY_KIND, json!({ "enqueued_at_ms": at }))
@@ -341,7 +342,7 @@ struct Pickup {
 #[async_trait]
 impl hopper_workers::Handler for Pickup {
     async fn run(&self, cx: JobContext) -> JobResult {
-        let now = self.clock.now_ms();
+        let now = self.clock.now().as_millis();
         let at = cx
             .payload()
             .get("enqueued_at_ms")

@@ -16,7 +16,8 @@
 //! - [`api`]: the HTTP API, built by [`api::router`] from an [`api::AppState`].
 //! - [`service`]: what both front doors call: submit a job or a chain, look one up.
 //!   [`service::submit`] is the one place a new job is checked.
-//! - [`view`]: the JSON shapes of jobs and events (RFC 3339 times).
+//! - [`view`]: the JSON shown around jobs (a job's history and chain steps) and the queue
+//!   listing; jobs and events serialize themselves.
 //! - [`bench`]: `hopper bench`, the drain and latency workloads.
 //! - [`shutdown`]: Ctrl-C and SIGTERM.
 //! - [`out`]: writing results to stdout (lines, JSON, tables).

@@ -1,73 +1,17 @@
-//! The wire shapes of jobs and events, shared by the HTTP API and the CLI's `--json` output.
+//! The JSON shapes the HTTP API and the CLI's `--json` output add around jobs and events.
 //!
-//! The engine stores times as milliseconds since the epoch; users read RFC 3339. These views
-//! render every timestamp as an RFC 3339 string with milliseconds (`2030-01-01T00:00:00.000Z`)
-//! and otherwise keep the engine's field names, which are stable wire names already.
+//! A [`Job`] and an [`Event`] serialize as clients see them already (stable field names, RFC
+//! 3339 times through `hopper_workers::time::Timestamp`, the engine's bookkeeping left out),
+//! so they go on the wire as they are, and so does a page of them
+//! (`hopper_workers::broker::JobPage`). This module owns only what is shown *with* a job: its
+//! chain's steps and its history; and the queue listing.
 
 use hopper_workers::broker::QueueStats;
-use hopper_workers::event::{Event, EventType};
-use hopper_workers::job::{ChainLink, Job, JobId, JobState, Millis};
-use hopper_workers::time::Timestamp;
+use hopper_workers::event::Event;
+use hopper_workers::job::{Job, JobId, JobState};
 use serde::Serialize;
 
 use crate::service::JobDetail;
-use serde_json::Value;
-
-/// A job as the API and `--json` show it.
-#[derive(Clone, Debug, Serialize)]
-pub struct JobView {
-    pub id: JobId,
-    pub queue: String,
-    pub kind: String,
-    pub payload: Value,
-    pub priority: u8,
-    pub state: JobState,
-    pub run_at: String,
-    pub attempt: u32,
-    pub max_retries: u32,
-    pub timeout_ms: Option<u64>,
-    pub interruptions: u32,
-    pub progress: u8,
-    pub progress_message: Option<String>,
-    pub result: Option<Value>,
-    pub last_error: Option<String>,
-    pub unique_key: Option<String>,
-    pub lease_until: Option<String>,
-    pub created_at: String,
-    pub started_at: Option<String>,
-    pub finished_at: Option<String>,
-    /// The job's place in its chain, if it is a step of one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub chain: Option<ChainLink>,
-}
-
-impl From<&Job> for JobView {
-    fn from(j: &Job) -> Self {
-        Self {
-            id: j.id.clone(),
-            queue: j.queue.clone(),
-            kind: j.kind.clone(),
-            payload: j.payload.clone(),
-            priority: j.priority,
-            state: j.state,
-            run_at: rfc3339(j.run_at),
-            attempt: j.attempt,
-            max_retries: j.max_retries,
-            timeout_ms: j.timeout_ms,
-            interruptions: j.interruptions,
-            progress: j.progress,
-            progress_message: j.progress_message.clone(),
-            result: j.result.clone(),
-            last_error: j.last_error.clone(),
-            unique_key: j.unique_key.clone(),
-            lease_until: j.lease_until.map(rfc3339),
-            created_at: rfc3339(j.created_at),
-            started_at: j.started_at.map(rfc3339),
-            finished_at: j.finished_at.map(rfc3339),
-            chain: j.chain.clone(),
-        }
-    }
-}
 
 /// One step of a chain, as a job's `steps` list shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -96,15 +40,15 @@ fn steps_of(steps: &[Job]) -> Vec<StepView> {
 #[derive(Clone, Debug, Serialize)]
 pub struct JobWithSteps {
     #[serde(flatten)]
-    pub job: JobView,
+    pub job: Job,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepView>,
 }
 
 impl JobWithSteps {
-    pub fn new(job: &Job, steps: &[Job]) -> Self {
+    pub fn new(job: Job, steps: &[Job]) -> Self {
         Self {
-            job: job.into(),
+            job,
             steps: steps_of(steps),
         }
     }
@@ -115,66 +59,20 @@ impl JobWithSteps {
 #[derive(Clone, Debug, Serialize)]
 pub struct JobWithHistory {
     #[serde(flatten)]
-    pub job: JobView,
-    pub history: Vec<EventView>,
+    pub job: Job,
+    pub history: Vec<Event>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepView>,
 }
 
-impl From<&JobDetail> for JobWithHistory {
-    fn from(d: &JobDetail) -> Self {
+impl From<JobDetail> for JobWithHistory {
+    fn from(d: JobDetail) -> Self {
         Self {
-            job: (&d.job).into(),
-            history: d.history.iter().map(EventView::from).collect(),
+            job: d.job,
+            history: d.history,
             steps: steps_of(&d.steps),
         }
     }
-}
-
-/// An event as the API and `--json` show it (DESIGN §5).
-#[derive(Clone, Debug, Serialize)]
-pub struct EventView {
-    pub id: String,
-    #[serde(rename = "type")]
-    pub kind_of_event: EventType,
-    pub job_id: JobId,
-    pub queue: String,
-    pub kind: String,
-    pub at: String,
-    pub attempt: u32,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub progress: Option<u8>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub message: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub result: Option<Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-impl From<&Event> for EventView {
-    fn from(e: &Event) -> Self {
-        Self {
-            id: e.id.clone(),
-            kind_of_event: e.kind_of_event,
-            job_id: e.job_id.clone(),
-            queue: e.queue.clone(),
-            kind: e.kind.clone(),
-            at: rfc3339(e.at),
-            attempt: e.attempt,
-            progress: e.progress,
-            message: e.message.clone(),
-            result: e.result.clone(),
-            error: e.error.clone(),
-        }
-    }
-}
-
-/// A page of jobs.
-#[derive(Clone, Debug, Serialize)]
-pub struct JobPageView {
-    pub jobs: Vec<JobView>,
-    pub next_cursor: Option<String>,
 }
 
 /// Adds the queues the config names (served or declared) that hold no jobs yet, and takes
@@ -206,7 +104,91 @@ pub fn merge_configured_queues(
     stats
 }
 
-/// Milliseconds since the epoch as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(ms: Millis) -> String {
-    Timestamp::from_millis(ms).to_rfc3339()
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hopper_workers::broker::JobPage;
+    use hopper_workers::event::EventType;
+    use hopper_workers::job::ChainLink;
+    use serde_json::json;
+
+    /// As the `JobView` and `EventView` mirrors this module had before jobs and events carried
+    /// `Timestamp`s printed them.
+    const DETAIL: &str = concat!(
+        r#"{"id":"j1","queue":"q","kind":"k","payload":{"a":1},"priority":5,"#,
+        r#""state":"succeeded","run_at":"2030-01-01T00:00:00.000Z","attempt":2,"max_retries":3,"#,
+        r#""timeout_ms":5000,"interruptions":1,"progress":100,"progress_message":"done","#,
+        r#""result":{"ok":true},"last_error":"boom","unique_key":"u","#,
+        r#""lease_until":"2030-01-01T00:00:00.250Z","created_at":"2029-12-31T23:59:59.000Z","#,
+        r#""started_at":"2030-01-01T00:00:00.001Z","finished_at":"2030-01-01T00:00:00.999Z","#,
+        r#""chain":{"id":"j1","index":0,"next":"j2"},"history":[{"id":"e1","#,
+        r#""type":"job.progress","job_id":"j1","queue":"q","kind":"k","#,
+        r#""at":"2030-01-01T00:00:00.000Z","attempt":2,"progress":50,"message":"half"}],"#,
+        r#""steps":[{"id":"j1","index":0,"kind":"k","state":"succeeded","last_error":"boom"},"#,
+        r#"{"id":"j2","index":0,"kind":"k","state":"succeeded","last_error":"boom"}]}"#,
+    );
+    const PAGE: &str = concat!(
+        r#"{"jobs":[{"id":"j2","queue":"q","kind":"k","payload":{"a":1},"priority":5,"#,
+        r#""state":"succeeded","run_at":"2030-01-01T00:00:00.000Z","attempt":2,"max_retries":3,"#,
+        r#""timeout_ms":null,"interruptions":1,"progress":100,"progress_message":"done","#,
+        r#""result":null,"last_error":"boom","unique_key":"u","lease_until":null,"#,
+        r#""created_at":"2029-12-31T23:59:59.000Z","started_at":null,"finished_at":null}],"#,
+        r#""next_cursor":null}"#,
+    );
+
+    fn job(id: &str) -> Job {
+        serde_json::from_value(json!({
+            "id": id, "queue": "q", "kind": "k", "payload": {"a": 1}, "priority": 5,
+            "state": "succeeded", "run_at": 1_893_456_000_000_i64, "attempt": 2,
+            "max_retries": 3, "timeout_ms": 5000, "interruptions": 1,
+            "interruption_streak": 1, "lease_token": 7, "lease_until": 1_893_456_000_250_i64,
+            "progress": 100, "progress_message": "done", "result": {"ok": true},
+            "last_error": "boom", "unique_key": "u", "created_at": 1_893_455_999_000_i64,
+            "started_at": 1_893_456_000_001_i64, "finished_at": 1_893_456_000_999_i64,
+        }))
+        .expect("a job")
+    }
+
+    /// What clients see is pinned here, byte for byte: field names, order, RFC 3339 with
+    /// milliseconds, and which fields are left out.
+    #[test]
+    fn the_wire_shape_of_jobs_and_events_is_stable() {
+        let mut first = job("j1");
+        first.chain = Some(ChainLink {
+            id: JobId::from("j1"),
+            index: 0,
+            next: Some(JobId::from("j2")),
+        });
+        let mut bare = job("j2");
+        bare.lease_until = None;
+        bare.started_at = None;
+        bare.finished_at = None;
+        bare.timeout_ms = None;
+        bare.result = None;
+        let event = Event {
+            id: "e1".into(),
+            kind_of_event: EventType::Progress,
+            job_id: JobId::from("j1"),
+            queue: "q".into(),
+            kind: "k".into(),
+            at: first.run_at,
+            attempt: 2,
+            progress: Some(50),
+            message: Some("half".into()),
+            result: None,
+            error: None,
+        };
+        let detail = JobDetail {
+            job: first.clone(),
+            history: vec![event],
+            steps: vec![first, bare.clone()],
+        };
+        let shown = serde_json::to_string(&JobWithHistory::from(detail)).expect("json");
+        assert_eq!(shown, DETAIL);
+        let page = JobPage {
+            jobs: vec![bare],
+            next_cursor: None,
+        };
+        assert_eq!(serde_json::to_string(&page).expect("json"), PAGE);
+    }
 }

@@ -7,14 +7,14 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use hopper_workers::broker::JobFilter;
-use hopper_workers::job::{JobId, JobState, PRIORITY_RULE};
+use hopper_workers::broker::{JobFilter, JobPage};
+use hopper_workers::job::{Job, JobId, JobState, PRIORITY_RULE};
 use hopper_workers::time::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::{ApiError, AppState, JsonBody};
 use crate::service::{EnqueueRequest, FieldError};
-use crate::view::{self, JobPageView, JobView, JobWithHistory, JobWithSteps};
+use crate::view::{self, JobWithHistory, JobWithSteps};
 
 /// Jobs per page when `limit` is not given, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 50;
@@ -39,7 +39,7 @@ pub async fn enqueue(
     } else {
         StatusCode::OK
     };
-    Ok((status, Json(JobWithSteps::new(&done.job, &done.steps))))
+    Ok((status, Json(JobWithSteps::new(done.job, &done.steps))))
 }
 
 /// `GET /v1/jobs/{id}`: the job and its history.
@@ -53,14 +53,14 @@ pub async fn get_one(
         .lookup(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("job {id} not found")))?;
-    Ok(Json(JobWithHistory::from(&found)))
+    Ok(Json(JobWithHistory::from(found)))
 }
 
 /// `GET /v1/jobs?queue=&state=&kind=&limit=&cursor=`: a page, newest first.
 pub async fn list(
     State(st): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<JobPageView>, ApiError> {
+) -> Result<Json<JobPage>, ApiError> {
     let Query(params) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let mut filter = JobFilter {
@@ -104,20 +104,15 @@ pub async fn list(
             }
         }
     }
-    let page = st.broker.list(&filter).await?;
-    Ok(Json(JobPageView {
-        jobs: page.jobs.iter().map(JobView::from).collect(),
-        next_cursor: page.next_cursor,
-    }))
+    Ok(Json(st.broker.list(&filter).await?))
 }
 
 /// `POST /v1/jobs/{id}/retry`: `dead` or `cancelled` -> `queued`; 409 otherwise.
 pub async fn retry(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
-    let job = st.broker.retry(&JobId(id)).await?;
-    Ok(Json(JobView::from(&job)))
+) -> Result<Json<Job>, ApiError> {
+    Ok(Json(st.broker.retry(&JobId(id)).await?))
 }
 
 /// `POST /v1/jobs/{id}/cancel`: any non-final state -> `cancelled`; 409 when final. A handler
@@ -125,7 +120,7 @@ pub async fn retry(
 pub async fn cancel(
     State(st): State<AppState>,
     Path(id): Path<String>,
-) -> Result<Json<JobView>, ApiError> {
+) -> Result<Json<Job>, ApiError> {
     let id = JobId(id);
     let job = st.broker.cancel(&id).await?;
     // After the broker: the stopped handler's late writes then meet a cancelled job and are
@@ -135,7 +130,7 @@ pub async fn cancel(
     {
         tracing::debug!(job = %id, "stopped the local handler of a cancelled job");
     }
-    Ok(Json(JobView::from(&job)))
+    Ok(Json(job))
 }
 
 /// `GET /v1/queues`: per queue, counts by state, paused, processed and failed in the last
@@ -204,11 +199,8 @@ fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError
     }
     if let Some(v) = take(m, "run_at") {
         let s = string(v, "run_at")?;
-        req.run_at = Some(
-            Timestamp::parse(&s)
-                .map_err(|e| FieldError::invalid("run_at", e.to_string()))?
-                .as_millis(),
-        );
+        req.run_at =
+            Some(Timestamp::parse(&s).map_err(|e| FieldError::invalid("run_at", e.to_string()))?);
     }
     if let Some(v) = take(m, "max_retries") {
         req.max_retries = Some(int(v, "max_retries", "must be a non-negative integer")?);

@@ -16,7 +16,8 @@ use hopper_workers::broker::{Enqueued, Finish, JobFilter, JobPage, LeaseStatus, 
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::error::{BrokerError, BrokerResult};
 use hopper_workers::event::Event;
-use hopper_workers::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+use hopper_workers::job::{Job, JobId, JobState, Lease, NewJob};
+use hopper_workers::time::Timestamp;
 use hopper_workers::{Broker, Registry};
 use http_body_util::BodyExt;
 use serde_json::Value;
@@ -85,7 +86,7 @@ impl Broker for Unreachable {
     async fn events(&self, _: Option<&str>, _: usize) -> BrokerResult<Vec<Event>> {
         down()
     }
-    async fn purge(&self, _: &[JobState], _: Millis, _: u64) -> BrokerResult<u64> {
+    async fn purge(&self, _: &[JobState], _: Timestamp, _: u64) -> BrokerResult<u64> {
         down()
     }
     async fn drop_queue(&self, _: &str) -> BrokerResult<u64> {

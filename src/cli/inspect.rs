@@ -8,13 +8,14 @@ use std::time::Duration;
 use anyhow::{Result, bail};
 use hopper_workers::broker::JobFilter;
 use hopper_workers::job::JobId;
+use hopper_workers::time::Timestamp;
 use hopper_workers::{Broker, BrokerError};
 use serde_json::Value;
 
 use super::{CliError, Command};
 use crate::config::Settings;
 use crate::service::Service;
-use crate::view::{self, JobPageView, JobView, JobWithHistory};
+use crate::view::{self, JobWithHistory};
 use crate::{app, out};
 
 /// Runs one inspection command.
@@ -82,10 +83,7 @@ pub(super) async fn run(
                 })
                 .await?;
             if json {
-                return Ok(out::json(&JobPageView {
-                    jobs: page.jobs.iter().map(JobView::from).collect(),
-                    next_cursor: page.next_cursor,
-                })?);
+                return Ok(out::json(&page)?);
             }
             let rows: Vec<Vec<String>> = page
                 .jobs
@@ -98,7 +96,7 @@ pub(super) async fn run(
                         j.state.to_string(),
                         j.priority.to_string(),
                         j.attempt.to_string(),
-                        view::rfc3339(j.created_at),
+                        j.created_at.to_rfc3339(),
                     ]
                 })
                 .collect();
@@ -119,7 +117,7 @@ pub(super) async fn run(
                 .lookup(&id)
                 .await?
                 .ok_or_else(|| CliError::NotFound(format!("job {id} not found")))?;
-            let shown = JobWithHistory::from(&found);
+            let shown = JobWithHistory::from(found);
             if json {
                 return Ok(out::json(&shown)?);
             }
@@ -205,16 +203,16 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
             "attempt",
             format!("{} (max retries {})", v.attempt, v.max_retries),
         ),
-        ("run at", v.run_at.clone()),
-        ("created", v.created_at.clone()),
+        ("run at", v.run_at.to_rfc3339()),
+        ("created", v.created_at.to_rfc3339()),
     ];
     let mut opt = |k: &'static str, val: Option<String>| {
         if let Some(val) = val {
             lines.push((k, val));
         }
     };
-    opt("started", v.started_at.clone());
-    opt("finished", v.finished_at.clone());
+    opt("started", v.started_at.map(Timestamp::to_rfc3339));
+    opt("finished", v.finished_at.map(Timestamp::to_rfc3339));
     opt(
         "progress",
         (v.progress > 0).then(|| match &v.progress_message {
@@ -267,7 +265,7 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
             .collect::<Vec<_>>()
             .join(" ");
             vec![
-                e.at.clone(),
+                e.at.to_rfc3339(),
                 e.kind_of_event.as_str().to_owned(),
                 e.attempt.to_string(),
                 detail,

@@ -103,7 +103,7 @@ impl Service {
             )
             .into());
         }
-        let now = self.clock.now_ms();
+        let now = self.clock.now();
         let first = submit::prepare(first, &self.registry, self.default_max_retries, now)?;
         let mut steps = vec![first];
         for (i, step) in then.into_iter().enumerate() {

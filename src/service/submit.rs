@@ -16,7 +16,8 @@ use std::time::Duration;
 pub use hopper_workers::FieldError;
 use hopper_workers::Registry;
 use hopper_workers::handler::INPUT_KEY;
-use hopper_workers::job::{JobId, Millis, NewJob};
+use hopper_workers::job::{JobId, NewJob};
+use hopper_workers::time::Timestamp;
 use serde_json::Value;
 
 /// A request to enqueue, fields already typed; `None` means "the default".
@@ -33,7 +34,7 @@ pub struct EnqueueRequest {
     /// Run no earlier than now + delay. Exclusive with `run_at`.
     pub delay: Option<Duration>,
     /// Run no earlier than this. Exclusive with `delay`.
-    pub run_at: Option<Millis>,
+    pub run_at: Option<Timestamp>,
     /// Default `[retry] max_retries`.
     pub max_retries: Option<u32>,
     /// Per-attempt limit; default the kind's, else `[worker] job_timeout`.
@@ -65,7 +66,7 @@ pub fn prepare(
     req: EnqueueRequest,
     registry: &Registry,
     default_max_retries: u32,
-    now: Millis,
+    now: Timestamp,
 ) -> Result<NewJob, FieldError> {
     prepare_checked(req, registry, default_max_retries, now, false)
 }
@@ -74,7 +75,7 @@ fn prepare_checked(
     req: EnqueueRequest,
     registry: &Registry,
     default_max_retries: u32,
-    now: Millis,
+    now: Timestamp,
     chain_step: bool,
 ) -> Result<NewJob, FieldError> {
     let Some(handler) = registry.get(&req.kind) else {
@@ -112,13 +113,11 @@ fn prepare_checked(
     }
 
     let run_at = match (req.delay, req.run_at) {
-        (Some(d), _) if !d.is_zero() => {
-            Some(now.saturating_add(i64::try_from(d.as_millis()).unwrap_or(i64::MAX)))
-        }
+        (Some(d), _) if !d.is_zero() => Some(now + d),
         (_, Some(at)) if at > now => Some(at),
         _ => None,
     };
-    let job = NewJob {
+    let mut job = NewJob {
         id: JobId::generate(),
         queue: req
             .queue
@@ -130,13 +129,13 @@ fn prepare_checked(
             .unwrap_or(hopper_workers::job::DEFAULT_PRIORITY),
         run_at,
         max_retries: req.max_retries.unwrap_or(default_max_retries),
-        timeout_ms: req
-            .timeout
-            .or_else(|| handler.timeout())
-            .map(|t| u64::try_from(t.as_millis()).unwrap_or(u64::MAX)),
+        timeout_ms: None,
         unique_key: req.unique_key,
         chain: None,
     };
+    if let Some(timeout) = req.timeout.or_else(|| handler.timeout()) {
+        job = job.timeout(timeout);
+    }
     Ok(job)
 }
 
@@ -149,7 +148,7 @@ pub fn prepare_step(
     queue: &str,
     registry: &Registry,
     default_max_retries: u32,
-    now: Millis,
+    now: Timestamp,
 ) -> Result<NewJob, FieldError> {
     let named = |e: FieldError| e.under(at);
     if req.delay.is_some() || req.run_at.is_some() {
@@ -219,11 +218,11 @@ mod tests {
     fn defaults_and_delay() {
         let mut req = EnqueueRequest::new("sys.noop", json!({}));
         req.delay = Some(Duration::from_secs(2));
-        let job = prepare(req, &registry(), 7, 1_000).unwrap();
+        let job = prepare(req, &registry(), 7, Timestamp::from_millis(1_000)).unwrap();
         assert_eq!(job.queue, "default");
         assert_eq!(job.priority, 5);
         assert_eq!(job.max_retries, 7);
-        assert_eq!(job.run_at, Some(3_000));
+        assert_eq!(job.run_at, Some(Timestamp::from_millis(3_000)));
     }
 
     #[test]
@@ -231,11 +230,11 @@ mod tests {
         let r = registry();
         let mut step = EnqueueRequest::new("sys.noop", json!({}));
         step.queue = Some("other".into());
-        let e = prepare_step(step, "then[1]", "default", &r, 3, 0).unwrap_err();
+        let e = prepare_step(step, "then[1]", "default", &r, 3, Timestamp::EPOCH).unwrap_err();
         assert_eq!(e.field, "then[1].queue");
         let mut step = EnqueueRequest::new("sys.noop", json!({}));
         step.delay = Some(Duration::from_secs(1));
-        let e = prepare_step(step, "then[0]", "default", &r, 3, 0).unwrap_err();
+        let e = prepare_step(step, "then[0]", "default", &r, 3, Timestamp::EPOCH).unwrap_err();
         assert_eq!(e.field, "then[0].delay");
         let e = prepare_step(
             EnqueueRequest::new("nope", json!({})),
@@ -243,7 +242,7 @@ mod tests {
             "default",
             &r,
             3,
-            0,
+            Timestamp::EPOCH,
         )
         .unwrap_err();
         assert_eq!((e.field.as_str(), e.code), ("then[2].kind", "unknown_kind"));
@@ -253,7 +252,7 @@ mod tests {
             "q",
             &r,
             3,
-            0,
+            Timestamp::EPOCH,
         );
         assert!(ok.is_ok());
     }
@@ -282,7 +281,7 @@ mod tests {
         assert_eq!(field(req).await.0, "queue");
         let mut req = EnqueueRequest::new("sys.noop", json!({}));
         req.delay = Some(Duration::from_secs(1));
-        req.run_at = Some(5);
+        req.run_at = Some(Timestamp::from_millis(5));
         assert_eq!(field(req).await.0, "delay");
     }
 }

@@ -7,7 +7,8 @@
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-use crate::job::{JobId, Millis};
+use crate::job::JobId;
+use crate::time::Timestamp;
 
 /// What happened. The wire names are stable.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -73,8 +74,8 @@ pub struct Event {
     pub job_id: JobId,
     pub queue: String,
     pub kind: String,
-    /// Milliseconds since the Unix epoch.
-    pub at: Millis,
+    /// When it happened; RFC 3339 on the wire.
+    pub at: Timestamp,
     pub attempt: u32,
     #[serde(skip_serializing_if = "Option::is_none", default)]
     pub progress: Option<u8>,

@@ -12,10 +12,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use crate::field::FieldError;
-
-/// Milliseconds since the Unix epoch. All broker timestamps use it: it is what both SQLite
-/// and Redis store cheaply, and it orders correctly as an integer.
-pub type Millis = i64;
+use crate::time::Timestamp;
 
 /// Highest (least urgent) priority. 0 is the most urgent.
 pub const MAX_PRIORITY: u8 = 9;
@@ -141,7 +138,7 @@ pub struct NewJob {
     pub payload: Value,
     pub priority: u8,
     /// When the job may first run; `None` means now.
-    pub run_at: Option<Millis>,
+    pub run_at: Option<Timestamp>,
     pub max_retries: u32,
     /// Per-attempt time limit in milliseconds; `None` uses the pool's default.
     pub timeout_ms: Option<u64>,
@@ -228,7 +225,7 @@ impl NewJob {
 
     /// Sets the first run time.
     #[must_use]
-    pub fn run_at(mut self, at: Millis) -> Self {
+    pub fn run_at(mut self, at: Timestamp) -> Self {
         self.run_at = Some(at);
         self
     }
@@ -258,7 +255,7 @@ impl NewJob {
     /// chain (it runs when the step before it succeeds), `scheduled` when `run_at` is in the
     /// future, else `queued` (a run time in the past is simply now: it does not jump the
     /// line). This is the one statement of that rule; brokers store what it returns.
-    pub fn stored(&self, now: Millis) -> Job {
+    pub fn stored(&self, now: Timestamp) -> Job {
         let (state, run_at) = match self.run_at {
             _ if self.chain.as_ref().is_some_and(|c| c.index > 0) => (JobState::Waiting, now),
             Some(at) if at > now => (JobState::Scheduled, at),
@@ -278,16 +275,16 @@ impl NewJob {
             interruptions: 0,
             interruption_streak: 0,
             lease_token: 0,
-            lease_until: None,
             progress: 0,
             progress_message: None,
             result: None,
             last_error: None,
             unique_key: self.unique_key.clone(),
-            chain: self.chain.clone(),
+            lease_until: None,
             created_at: now,
             started_at: None,
             finished_at: None,
+            chain: self.chain.clone(),
         }
     }
 
@@ -333,6 +330,13 @@ pub fn valid_name(name: &str) -> bool {
 }
 
 /// A job as stored, with everything that happened to it so far.
+///
+/// Its JSON is what the HTTP API and `hopper ... --json` show, so field names and their order
+/// are a stable wire shape and times are RFC 3339 ([`Timestamp`]). Two fields are the engine's
+/// bookkeeping and have never been shown: `interruption_streak` (the rescue's poison-pill
+/// counter) and `lease_token` (the fence of the current attempt, which only the worker holding
+/// the lease uses). They are not serialized, and read as 0 when absent; a job read back from
+/// its JSON is therefore not fenced to any attempt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Job {
     pub id: JobId,
@@ -342,7 +346,7 @@ pub struct Job {
     pub priority: u8,
     pub state: JobState,
     /// When the job is (or was) due to run.
-    pub run_at: Millis,
+    pub run_at: Timestamp,
     /// Handler runs started so far, not counting interrupted ones.
     pub attempt: u32,
     pub max_retries: u32,
@@ -350,22 +354,24 @@ pub struct Job {
     /// Attempts cut short because the worker died (lease expired), in total.
     pub interruptions: u32,
     /// Interruptions since the last attempt that ended normally; drives the poison-pill cut-off.
+    #[serde(skip_serializing, default)]
     pub interruption_streak: u32,
     /// Epoch of the current (or last) lease; every write of an attempt must carry it.
+    #[serde(skip_serializing, default)]
     pub lease_token: u64,
-    /// When the current lease runs out, while running.
-    pub lease_until: Option<Millis>,
     pub progress: u8,
     pub progress_message: Option<String>,
     pub result: Option<Value>,
     pub last_error: Option<String>,
     pub unique_key: Option<String>,
+    /// When the current lease runs out, while running.
+    pub lease_until: Option<Timestamp>,
+    pub created_at: Timestamp,
+    pub started_at: Option<Timestamp>,
+    pub finished_at: Option<Timestamp>,
     /// This job's place in a chain, if it is a step of one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<ChainLink>,
-    pub created_at: Millis,
-    pub started_at: Option<Millis>,
-    pub finished_at: Option<Millis>,
 }
 
 impl Job {

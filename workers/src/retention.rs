@@ -78,18 +78,17 @@ impl Kind for Retention {
 
     async fn run(&self, _cx: JobContext, _args: RetentionArgs) -> JobResult {
         let p = &self.policy;
-        let now = self.clock.now_ms();
-        let before = |age: Duration| now.saturating_sub(crate::time::duration_ms(age));
+        let now = self.clock.now();
         let succeeded = self
             .broker
-            .purge(&[JobState::Succeeded], before(p.succeeded), p.events)
+            .purge(&[JobState::Succeeded], now - p.succeeded, p.events)
             .await
             .map_err(JobError::retryable)?;
         let dead = self
             .broker
             .purge(
                 &[JobState::Dead, JobState::Cancelled],
-                before(p.dead),
+                now - p.dead,
                 p.events,
             )
             .await

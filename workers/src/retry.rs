@@ -32,11 +32,16 @@ impl RetryPolicy {
     /// The upper bound of the wait after failed attempt number `attempt` (from 1):
     /// `min(max, base * 2^(attempt-1))`.
     pub fn bound(&self, attempt: u32) -> Duration {
-        let exp = attempt.saturating_sub(1).min(40);
-        let factor = 1u64 << exp;
-        let base_ms = u64::try_from(self.base.as_millis()).unwrap_or(u64::MAX);
-        let max_ms = u64::try_from(self.max.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(base_ms.saturating_mul(factor).min(max_ms))
+        let mut bound = self.base;
+        // At most 40 doublings (a millisecond base is then past 30 years), and none once past
+        // `max`: a huge attempt number costs nothing.
+        for _ in 1..attempt.min(41) {
+            if bound >= self.max {
+                break;
+            }
+            bound = bound.saturating_mul(2);
+        }
+        bound.min(self.max)
     }
 
     /// The wait after failed attempt number `attempt`.
@@ -45,8 +50,7 @@ impl RetryPolicy {
         if !self.jitter || bound.is_zero() {
             return bound;
         }
-        let ms = u64::try_from(bound.as_millis()).unwrap_or(u64::MAX);
-        Duration::from_millis(rand::rng().random_range(0..=ms))
+        rand::rng().random_range(Duration::ZERO..=bound)
     }
 }
 

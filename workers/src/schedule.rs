@@ -20,7 +20,8 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::field::FieldError;
-use crate::job::{Millis, NewJob};
+use crate::job::NewJob;
+use crate::time::Timestamp;
 
 /// One periodic job.
 #[derive(Clone, Debug, PartialEq)]
@@ -61,27 +62,32 @@ impl Schedule {
     }
 
     /// The first tick strictly after `at`.
-    pub fn next_after(&self, at: Millis) -> Option<Millis> {
+    pub fn next_after(&self, at: Timestamp) -> Option<Timestamp> {
         self.cron
             .after(&to_datetime(at))
             .next()
-            .map(|t| t.timestamp_millis())
+            .map(|t| Timestamp::from_millis(t.timestamp_millis()))
     }
 
     /// The last tick at or before `at` and after `since`, if any: the tick to catch up on
     /// at start-up. Looks back a minute, then an hour, a day, up to `since`, so that a
     /// per-second schedule does not walk a week of ticks.
-    pub fn last_between(&self, since: Millis, at: Millis) -> Option<Millis> {
-        const STEPS: [i64; 4] = [60_000, 3_600_000, 86_400_000, i64::MAX];
+    pub fn last_between(&self, since: Timestamp, at: Timestamp) -> Option<Timestamp> {
+        const STEPS: [Duration; 4] = [
+            Duration::from_secs(60),
+            Duration::from_secs(3600),
+            Duration::from_secs(86_400),
+            Duration::MAX,
+        ];
         for back in STEPS {
-            let from = at.saturating_sub(back).max(since);
+            let from = (at - back).max(since);
             let mut last = None;
             for t in self.cron.after(&to_datetime(from)) {
-                let ms = t.timestamp_millis();
-                if ms > at {
+                let t = Timestamp::from_millis(t.timestamp_millis());
+                if t > at {
                     break;
                 }
-                last = Some(ms);
+                last = Some(t);
             }
             if last.is_some() || from == since {
                 return last;
@@ -91,25 +97,25 @@ impl Schedule {
     }
 
     /// The job of the tick at `tick`.
-    pub fn job_for(&self, tick: Millis) -> NewJob {
+    pub fn job_for(&self, tick: Timestamp) -> NewJob {
         let s = &self.spec;
         NewJob::new(s.kind.clone(), s.payload.clone())
             .queue(s.queue.clone())
             .priority(s.priority)
             .max_retries(s.max_retries)
             .run_at(tick)
-            .unique_key(format!("schedule:{}:{tick}", s.name))
+            .unique_key(format!("schedule:{}:{}", s.name, tick.as_millis()))
     }
 }
 
-fn to_datetime(ms: Millis) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms)
+fn to_datetime(at: Timestamp) -> DateTime<Utc> {
+    Utc.timestamp_millis_opt(at.as_millis())
         .single()
         .unwrap_or(DateTime::<Utc>::UNIX_EPOCH)
 }
 
 /// How far back start-up looks for a missed tick.
-const CATCH_UP_WINDOW_MS: i64 = 7 * 24 * 3600 * 1000;
+const CATCH_UP_WINDOW: Duration = Duration::from_secs(7 * 24 * 3600);
 
 /// Enqueues each schedule's ticks until `shutdown` fires.
 pub async fn run(
@@ -121,26 +127,26 @@ pub async fn run(
     if schedules.is_empty() {
         return;
     }
-    let start = clock.now_ms();
+    let start = clock.now();
     // Catch up: the most recent tick not after now, once per schedule. If it was enqueued
     // already (by this process before a restart, or another node), its unique key says so.
     for s in &schedules {
-        if let Some(tick) = s.last_between(start - CATCH_UP_WINDOW_MS, start) {
+        if let Some(tick) = s.last_between(start - CATCH_UP_WINDOW, start) {
             enqueue(&*broker, s, tick).await;
         }
     }
-    let mut next: Vec<Option<Millis>> = schedules.iter().map(|s| s.next_after(start)).collect();
+    let mut next: Vec<Option<Timestamp>> = schedules.iter().map(|s| s.next_after(start)).collect();
     info!(schedules = schedules.len(), "scheduler started");
     loop {
         let Some(due) = next.iter().flatten().min().copied() else {
             return;
         };
-        let wait = Duration::from_millis(u64::try_from(due - clock.now_ms()).unwrap_or(0));
+        let wait = due.since(clock.now());
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
-        let now = clock.now_ms();
+        let now = clock.now();
         for (s, n) in schedules.iter().zip(next.iter_mut()) {
             if let Some(tick) = *n
                 && tick <= now
@@ -156,7 +162,7 @@ pub async fn run(
                 };
             }
         }
-        if next.iter().flatten().any(|t| *t <= clock.now_ms()) {
+        if next.iter().flatten().any(|t| *t <= clock.now()) {
             // Something is still due (a failed enqueue): do not spin on it.
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -170,8 +176,11 @@ pub async fn run(
 const RETRY_WAIT: Duration = Duration::from_millis(500);
 
 /// Enqueues a tick's job; true when it exists now (created, or already there).
-async fn enqueue(broker: &dyn Broker, schedule: &Schedule, tick: Millis) -> bool {
-    match broker.enqueue(vec![schedule.job_for(tick)]).await {
+async fn enqueue(broker: &dyn Broker, schedule: &Schedule, tick: Timestamp) -> bool {
+    let job = schedule.job_for(tick);
+    // Logged as its milliseconds, the number in the tick's unique key.
+    let tick = tick.as_millis();
+    match broker.enqueue(vec![job]).await {
         Ok(r) => {
             if r.first().is_some_and(|e| e.created) {
                 info!(schedule = %schedule.spec.name, tick, "scheduled job enqueued");
@@ -202,21 +211,25 @@ mod tests {
         .expect("valid cron")
     }
 
+    fn t(ms: i64) -> Timestamp {
+        Timestamp::from_millis(ms)
+    }
+
     #[test]
     fn ticks_and_keys() {
         let s = every_second();
-        assert_eq!(s.next_after(1_000), Some(2_000));
-        assert_eq!(s.next_after(1_500), Some(2_000));
-        assert_eq!(s.last_between(0, 5_500), Some(5_000));
+        assert_eq!(s.next_after(t(1_000)), Some(t(2_000)));
+        assert_eq!(s.next_after(t(1_500)), Some(t(2_000)));
+        assert_eq!(s.last_between(t(0), t(5_500)), Some(t(5_000)));
         // A week back, per second: found from the last minute, not by walking the week.
         let week = 7 * 86_400_000;
         assert_eq!(
-            s.last_between(1_700_000_000_000 - week, 1_700_000_000_500),
-            Some(1_700_000_000_000)
+            s.last_between(t(1_700_000_000_000 - week), t(1_700_000_000_500)),
+            Some(t(1_700_000_000_000))
         );
-        let job = s.job_for(5_000);
+        let job = s.job_for(t(5_000));
         assert_eq!(job.unique_key.as_deref(), Some("schedule:tick:5000"));
-        assert_eq!(job.run_at, Some(5_000));
+        assert_eq!(job.run_at, Some(t(5_000)));
     }
 
     #[test]

@@ -6,6 +6,7 @@
 //! Reading the current time is [`crate::clock`]'s business, not this module's.
 
 use std::fmt;
+use std::ops::{Add, Sub};
 use std::time::Duration;
 
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -100,16 +101,61 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// `t + d` is [`Timestamp::saturating_add`]: a time far enough out to overflow is "never"
+/// either way.
+impl Add<Duration> for Timestamp {
+    type Output = Self;
+
+    fn add(self, d: Duration) -> Self {
+        self.saturating_add(d)
+    }
+}
+
+/// `t - d` is [`Timestamp::saturating_sub`].
+impl Sub<Duration> for Timestamp {
+    type Output = Self;
+
+    fn sub(self, d: Duration) -> Self {
+        self.saturating_sub(d)
+    }
+}
+
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&self.to_rfc3339())
     }
 }
 
+/// Reads RFC 3339 (what [`Serialize`] writes) or a plain integer of milliseconds: jobs and
+/// events were written with integer times before they carried a `Timestamp`, and a job built
+/// from JSON by hand (tests, fixtures) is simplest with `"run_at": 0`.
 impl<'de> Deserialize<'de> for Timestamp {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let text = String::deserialize(d)?;
-        Self::parse(&text).map_err(serde::de::Error::custom)
+        d.deserialize_any(TimestampVisitor)
+    }
+}
+
+struct TimestampVisitor;
+
+impl serde::de::Visitor<'_> for TimestampVisitor {
+    type Value = Timestamp;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an RFC 3339 time with a zone, or milliseconds since the Unix epoch")
+    }
+
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Timestamp, E> {
+        Timestamp::parse(v).map_err(E::custom)
+    }
+
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Timestamp, E> {
+        Ok(Timestamp::from_millis(v))
+    }
+
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Timestamp, E> {
+        i64::try_from(v)
+            .map(Timestamp::from_millis)
+            .map_err(|_| E::custom(format!("{v} ms is out of range")))
     }
 }
 
@@ -127,7 +173,14 @@ mod tests {
         let t = Timestamp::from_millis(1_900_000_000_123);
         assert_eq!(Timestamp::parse(&t.to_rfc3339()), Ok(t));
         let json = serde_json::to_string(&t).expect("serialize");
+        assert_eq!(json, "\"2030-03-17T17:46:40.123Z\"");
         assert_eq!(serde_json::from_str::<Timestamp>(&json).ok(), Some(t));
+        assert_eq!(
+            serde_json::from_str::<Timestamp>("1900000000123").ok(),
+            Some(t)
+        );
+        assert!(serde_json::from_str::<Timestamp>("\"tomorrow\"").is_err());
+        assert!(serde_json::from_str::<Timestamp>("1.5").is_err());
     }
 
     #[test]
@@ -177,6 +230,8 @@ mod tests {
             Duration::from_millis(600)
         );
         assert_eq!(Timestamp::from_millis(400).since(t), Duration::ZERO);
+        assert_eq!(t + Duration::from_millis(5), Timestamp::from_millis(1_005));
+        assert_eq!(t - Duration::from_millis(5), Timestamp::from_millis(995));
         assert_eq!(
             Timestamp::from_millis(i64::MAX)
                 .saturating_add(Duration::MAX)

@@ -14,11 +14,12 @@ use hopper_workers::broker::redis::RedisBroker;
 use hopper_workers::broker::{Broker, Finish, Outcome};
 use hopper_workers::clock::{Clock, ManualClock};
 use hopper_workers::event::EventType;
-use hopper_workers::testing::{drain, enqueue_ids, succeed_all};
+use hopper_workers::testing::{drain, enqueue_ids, ms, succeed_all};
+use hopper_workers::time::Timestamp;
 use hopper_workers::{BrokerError, JobState, NewJob};
 use serde_json::json;
 
-const T0: i64 = 1_800_000_000_000;
+const T0: Timestamp = Timestamp::from_millis(1_800_000_000_000);
 
 fn redis_url() -> String {
     std::env::var("HOPPER_TEST_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
@@ -176,7 +177,7 @@ async fn every_key_of_a_queue_shares_one_slot() {
     let mut jobs = vec![
         job("a").queue("mail"),
         job("b").queue("mail").unique_key("k1"),
-        job("c").queue("mail").run_at(T0 + 60_000),
+        job("c").queue("mail").run_at(T0 + ms(60_000)),
     ];
     jobs.push(job("d").queue("img"));
     b.enqueue(jobs).await.expect("enqueue");
@@ -272,7 +273,7 @@ async fn an_idle_waiter_wakes_on_enqueue_without_polling() {
 async fn a_due_job_caps_the_wait() {
     let f = fixture().await;
     let b = &f.broker;
-    b.enqueue(vec![job("k").run_at(T0 + 150)])
+    b.enqueue(vec![job("k").run_at(T0 + ms(150))])
         .await
         .expect("enqueue");
     let queues = vec!["default".to_string()];
@@ -340,7 +341,7 @@ async fn purge_trims_streams_by_entry_and_drop_queue_leaves_no_keys() {
         .await
         .expect("enqueue");
     f.clock.advance(10);
-    b.purge(&[JobState::Succeeded], T0 + 10, 2)
+    b.purge(&[JobState::Succeeded], T0 + ms(10), 2)
         .await
         .expect("purge");
     b.enqueue(vec![job("k").unique_key("u0")])

@@ -45,7 +45,8 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
-use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::time::Timestamp;
 
 /// The result of enqueueing one job: the job as the broker stored it, so a caller never has
 /// to read back what it just wrote.
@@ -64,11 +65,11 @@ pub enum Outcome {
     /// `running -> succeeded` with the handler's result.
     Succeeded { result: Value },
     /// `running -> retrying`, due again at `at`.
-    Retry { at: Millis, error: String },
+    Retry { at: Timestamp, error: String },
     /// `running -> dead` (retries exhausted, or a permanent failure).
     Dead { error: String },
     /// `running -> scheduled` at `at`; the attempt is not counted.
-    Snooze { at: Millis },
+    Snooze { at: Timestamp },
     /// `running -> queued` at once, the attempt not counted: the worker is shutting down and
     /// gives the job back instead of letting its lease run out. Emits `job.interrupted`.
     Released { reason: String },
@@ -260,10 +261,11 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// Deletes finished jobs that finished before `before`, of the given states, and trims
     /// the event log to its newest `keep_events` entries. Returns the jobs deleted.
+    ///
     async fn purge(
         &self,
         states: &[JobState],
-        before: Millis,
+        before: Timestamp,
         keep_events: u64,
     ) -> BrokerResult<u64>;
 

@@ -20,7 +20,7 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
     // Until the acknowledger has written the outcome, the lease stays heartbeated.
     shared.handle.finishing(&lease);
 
-    let now = shared.clock.now_ms();
+    let now = shared.clock.now();
     let outcome = match result {
         Execution::Stopped => match StopReason::from_u8(reason.load(Ordering::SeqCst)) {
             StopReason::Shutdown => Outcome::Released {
@@ -35,9 +35,7 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
         },
         Execution::Done(Ok(result)) => Outcome::Succeeded { result },
         Execution::Done(Err(JobError::Permanent { message })) => Outcome::Dead { error: message },
-        Execution::Done(Err(JobError::Snooze(d))) => Outcome::Snooze {
-            at: now.saturating_add(millis(d)),
-        },
+        Execution::Done(Err(JobError::Snooze(d))) => Outcome::Snooze { at: now + d },
         Execution::Done(Err(JobError::Retryable {
             message,
             retry_after,
@@ -50,7 +48,7 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
 pub(super) fn failed(
     shared: &Shared,
     job: &Job,
-    now: Millis,
+    now: Timestamp,
     error: String,
     retry_after: Option<Duration>,
 ) -> Outcome {
@@ -59,13 +57,9 @@ pub(super) fn failed(
     }
     let wait = retry_after.unwrap_or_else(|| shared.config.retry.delay(job.attempt));
     Outcome::Retry {
-        at: now.saturating_add(millis(wait)),
+        at: now + wait,
         error,
     }
-}
-
-pub(super) fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
 /// How long a job of a kind this worker does not know waits before it is offered again.

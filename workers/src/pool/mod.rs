@@ -49,8 +49,9 @@ use crate::broker::{Broker, Finish, LeaseStatus, Outcome};
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::handler::{JobContext, JobError, ProgressUpdate, Registry};
-use crate::job::{Job, JobId, Lease, Millis};
+use crate::job::{Job, JobId, Lease};
 use crate::retry::RetryPolicy;
+use crate::time::Timestamp;
 
 use execute::run_job;
 use fetch::fetch_loop;

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use super::{
     LEASE, ManualClock, assert_conflict, assert_lease_lost, assert_not_found, enqueue, enqueue_ids,
     fetch_expect, fetch_one, finish, get, history_types, job, last_event, make_dead,
-    make_succeeded, ok, succeed_all,
+    make_succeeded, ms, ok, succeed_all,
 };
 use crate::broker::{Broker, LeaseStatus};
 use crate::clock::Clock;
@@ -16,7 +16,7 @@ use crate::job::{JobId, JobState};
 /// Cancel works from every non-final state and is a conflict from a final one.
 pub async fn cancel_non_final_and_conflict_on_final(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let queued = enqueue(&b, job("test.cancel")).await;
-    let scheduled = enqueue(&b, job("test.cancel").run_at(clock.now_ms() + 60_000)).await;
+    let scheduled = enqueue(&b, job("test.cancel").run_at(clock.now() + ms(60_000))).await;
     let running = enqueue(&b, job("test.cancel").priority(0)).await;
     let r = fetch_expect(&b, "default", &running).await;
 
@@ -24,7 +24,7 @@ pub async fn cancel_non_final_and_conflict_on_final(b: Arc<dyn Broker>, clock: A
         let j = b.cancel(id).await.expect("cancel");
         assert_eq!(&j.id, id);
         assert_eq!(j.state, JobState::Cancelled);
-        assert_eq!(j.finished_at, Some(clock.now_ms()));
+        assert_eq!(j.finished_at, Some(clock.now()));
         assert_eq!(get(&b, id).await.state, JobState::Cancelled);
         assert_eq!(last_event(&b, id).await.kind_of_event, EventType::Cancelled);
     }
@@ -67,7 +67,7 @@ pub async fn retry_dead_and_cancelled_only(b: Arc<dyn Broker>, clock: Arc<Manual
         "the last error is kept"
     );
     assert_eq!(j.finished_at, None);
-    assert_eq!(j.run_at, clock.now_ms());
+    assert_eq!(j.run_at, clock.now());
     let e = last_event(&b, &dead).await;
     assert_eq!(e.kind_of_event, EventType::Enqueued);
     assert_eq!(e.message.as_deref(), Some("retried"));
@@ -121,7 +121,7 @@ pub async fn purge_finished_and_trim_events(b: Arc<dyn Broker>, clock: Arc<Manua
     let old_dead = make_dead(&b, "default").await;
     let old_cancelled = enqueue(&b, job("test.c")).await;
     b.cancel(&old_cancelled).await.expect("cancel");
-    let cut = clock.now_ms() + 1;
+    let cut = clock.now() + ms(1);
     clock.advance(10_000);
     let new_ok = make_succeeded(&b, "default").await;
     let queued = enqueue(&b, job("test.q")).await;
@@ -142,7 +142,7 @@ pub async fn purge_finished_and_trim_events(b: Arc<dyn Broker>, clock: Arc<Manua
     let n = b
         .purge(
             &[JobState::Queued, JobState::Running],
-            clock.now_ms() + 1,
+            clock.now() + ms(1),
             1_000_000,
         )
         .await
@@ -152,7 +152,9 @@ pub async fn purge_finished_and_trim_events(b: Arc<dyn Broker>, clock: Arc<Manua
 
     let before = b.events(None, 1000).await.expect("events");
     assert!(before.len() > 2);
-    b.purge(&[], 0, 2).await.expect("trim");
+    b.purge(&[], crate::time::Timestamp::EPOCH, 2)
+        .await
+        .expect("trim");
     let after = b.events(None, 1000).await.expect("events");
     assert_eq!(
         after,
@@ -202,7 +204,7 @@ pub async fn purge_frees_unique_keys_and_drop_queue_counts(
     b: Arc<dyn Broker>,
     clock: Arc<ManualClock>,
 ) {
-    let t0 = clock.now_ms();
+    let t0 = clock.now();
     let ids = enqueue_ids(
         &*b,
         (0..450)
@@ -215,7 +217,7 @@ pub async fn purge_frees_unique_keys_and_drop_queue_counts(
     b.finish(succeed_all(&got)).await.expect("finish");
     enqueue(&b, job("k").queue("other")).await;
     clock.advance(10);
-    let cut = t0 + 10;
+    let cut = t0 + ms(10);
     assert_eq!(
         b.purge(&[JobState::Dead], cut, 1_000_000)
             .await

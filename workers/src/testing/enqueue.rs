@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use super::{LEASE, ManualClock, enqueue, fetch_one, get, history_types, job, types};
+use super::{LEASE, ManualClock, enqueue, fetch_one, get, history_types, job, ms, types};
 use crate::broker::{Broker, Enqueued};
 use crate::clock::Clock;
 use crate::error::BrokerError;
@@ -15,7 +15,7 @@ use crate::job::{JobId, JobState, NewJob};
 
 /// A job is stored as given, starts `queued`, and its history opens with `job.enqueued`.
 pub async fn enqueue_get_history(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
-    let now = clock.now_ms();
+    let now = clock.now();
     let new = NewJob::new("test.echo", json!({"n": 1, "s": "x"}))
         .queue("q1")
         .priority(3)
@@ -133,7 +133,7 @@ pub async fn fields_round_trip_exactly(b: Arc<dyn Broker>, clock: Arc<ManualCloc
     assert_eq!(got.max_retries, 4);
     assert_eq!(got.timeout_ms, Some(1234));
     assert_eq!(got.unique_key.as_deref(), Some("u|1"));
-    assert_eq!(got.created_at, clock.now_ms());
+    assert_eq!(got.created_at, clock.now());
     let leased = b.fetch("default", 10, LEASE).await.expect("fetch");
     assert_eq!(leased.len(), 2);
     let got = leased.iter().find(|l| l.id == j.id).expect("leased");
@@ -157,9 +157,9 @@ fn answered(answers: &[Enqueued]) -> Vec<(JobId, bool)> {
 /// The enqueue answer is each job as stored: exactly what a read gives back, for a queued,
 /// a scheduled and a waiting job, and for a taken unique key.
 pub async fn enqueue_answers_jobs_as_stored(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
-    let now = clock.now_ms();
+    let now = clock.now();
     let queued = job("test.q").unique_key("as-stored");
-    let scheduled = job("test.s").run_at(now + 60_000);
+    let scheduled = job("test.s").run_at(now + ms(60_000));
     let steps = crate::job::link_chain(vec![job("test.c0"), job("test.c1")]);
     let mut batch = vec![queued.clone(), scheduled];
     batch.extend(steps);

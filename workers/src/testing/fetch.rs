@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    LEASE, LEASE_MS, ManualClock, drain, enqueue, enqueue_ids, fetch_expect, fetch_one, get, job,
-    last_event,
+    LEASE, ManualClock, drain, enqueue, enqueue_ids, fetch_expect, fetch_one, get, job, last_event,
+    ms,
 };
 use crate::broker::Broker;
 use crate::clock::Clock;
@@ -41,7 +41,7 @@ pub async fn strict_priority_fifo_within_level(b: Arc<dyn Broker>, _clock: Arc<M
 /// A job with a future `run_at` is `scheduled`, not fetched early, and fetched once due ahead
 /// of less urgent queued jobs.
 pub async fn delayed_job_waits_for_run_at(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
-    let at = clock.now_ms() + 10_000;
+    let at = clock.now() + ms(10_000);
     let delayed = enqueue(&b, job("test.later").priority(0).run_at(at)).await;
     let j = get(&b, &delayed).await;
     assert_eq!(j.state, JobState::Scheduled);
@@ -57,7 +57,7 @@ pub async fn delayed_job_waits_for_run_at(b: Arc<dyn Broker>, clock: Arc<ManualC
     assert_eq!(still.id, other, "the delayed job is still not due");
 
     // A past run_at is simply "now".
-    let past = enqueue(&b, job("test.past").run_at(clock.now_ms() - 50_000)).await;
+    let past = enqueue(&b, job("test.past").run_at(clock.now() - ms(50_000))).await;
     assert_eq!(get(&b, &past).await.state, JobState::Queued);
 
     clock.advance(1);
@@ -74,7 +74,7 @@ pub async fn fetch_respects_max_and_never_repeats(b: Arc<dyn Broker>, clock: Arc
         ids.insert(enqueue(&b, job("test.f")).await);
     }
     enqueue(&b, job("test.f").queue("other")).await;
-    let now = clock.now_ms();
+    let now = clock.now();
 
     let mut seen = HashSet::new();
     for (max, expect) in [(3, 3), (3, 3), (10, 4), (10, 0)] {
@@ -85,7 +85,7 @@ pub async fn fetch_respects_max_and_never_repeats(b: Arc<dyn Broker>, clock: Arc
             assert!(seen.insert(j.id.clone()), "job {} fetched twice", j.id);
             assert_eq!(j.state, JobState::Running);
             assert_eq!(j.attempt, 1);
-            assert_eq!(j.lease_until, Some(now + LEASE_MS));
+            assert_eq!(j.lease_until, Some(now + LEASE));
             assert_eq!(j.started_at, Some(now));
             let stored = get(&b, &j.id).await;
             assert_eq!(stored.state, JobState::Running);
@@ -177,12 +177,12 @@ pub async fn batch_fetch_takes_priority_then_due_time_then_fifo(
     b: Arc<dyn Broker>,
     clock: Arc<ManualClock>,
 ) {
-    let t0 = clock.now_ms();
+    let t0 = clock.now();
     let mut jobs = Vec::new();
     for (i, p) in [5u8, 9, 0, 5, 0, 9, 5, 1].into_iter().enumerate() {
         jobs.push(job("k").priority(p).unique_key(format!("u{i}")));
     }
-    jobs.push(job("k").priority(5).run_at(t0 - 10));
+    jobs.push(job("k").priority(5).run_at(t0 - ms(10)));
     let ids = enqueue_ids(&*b, jobs).await;
     let first = b.fetch("default", 4, LEASE).await.expect("fetch");
     let rest = b.fetch("default", 100, LEASE).await.expect("fetch");
@@ -197,7 +197,7 @@ pub async fn batch_fetch_takes_priority_then_due_time_then_fifo(
         assert_eq!(j.state, JobState::Running);
         assert_eq!(j.attempt, 1);
         assert_eq!(j.lease_token, 1);
-        assert_eq!(j.lease_until, Some(t0 + LEASE_MS));
+        assert_eq!(j.lease_until, Some(t0 + LEASE));
         assert_eq!(j.started_at, Some(t0));
     }
     assert!(
@@ -212,7 +212,7 @@ pub async fn batch_fetch_takes_priority_then_due_time_then_fifo(
 /// A backlog of 2 500 jobs falling due at once is fetched in full and counted (Redis promotes
 /// due jobs in bounded steps: none may be left behind).
 pub async fn large_due_backlog_is_fetched_in_full(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
-    let at = clock.now_ms() + 1000;
+    let at = clock.now() + ms(1000);
     let jobs: Vec<NewJob> = (0..2500).map(|_| job("k").run_at(at)).collect();
     let res = b.enqueue(jobs).await.expect("enqueue");
     assert!(res.iter().all(|e| e.created));

@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::{
     LEASE, ManualClock, RAN_AND_SUCCEEDED, enqueue, enqueue_ids, events_paged, fetch_expect,
-    finish, job, list_paged, make_dead, make_succeeded, types,
+    finish, job, list_paged, make_dead, make_succeeded, ms, types,
 };
 use crate::broker::{Broker, Finish, JobFilter, Outcome};
 use crate::clock::Clock;
@@ -133,13 +133,17 @@ pub async fn queues_counts(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
         &b,
         j.lease(),
         Outcome::Retry {
-            at: clock.now_ms() + 60_000,
+            at: clock.now() + ms(60_000),
             error: "later".into(),
         },
     )
     .await
     .expect("retry");
-    enqueue(&b, job("test.s").queue("a").run_at(clock.now_ms() + 60_000)).await;
+    enqueue(
+        &b,
+        job("test.s").queue("a").run_at(clock.now() + ms(60_000)),
+    )
+    .await;
     enqueue(&b, job("test.q").queue("a")).await;
     enqueue(&b, job("test.q").queue("a")).await;
     b.fetch("a", 1, LEASE).await.expect("fetch");

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{
     LEASE, ManualClock, assert_conflict, assert_lease_lost, assert_not_found, enqueue, enqueue_ids,
-    fetch_expect, fetch_leased, fetch_one, finish, get, history_types, job, last_event, ok,
+    fetch_expect, fetch_leased, fetch_one, finish, get, history_types, job, last_event, ms, ok,
 };
 use crate::broker::{Broker, LeaseStatus, Outcome};
 use crate::clock::Clock;
@@ -61,7 +61,10 @@ pub async fn heartbeat_extends_and_reports(b: Arc<dyn Broker>, clock: Arc<Manual
             .expect("heartbeat"),
         vec![LeaseStatus::Held, LeaseStatus::Held]
     );
-    assert_eq!(get(&b, &a).await.lease_until, Some(clock.now_ms() + 10_000));
+    assert_eq!(
+        get(&b, &a).await.lease_until,
+        Some(clock.now() + ms(10_000))
+    );
     clock.advance(8_000);
     assert!(
         b.rescue(3).await.expect("rescue").is_empty(),
@@ -140,7 +143,7 @@ pub async fn poison_pill_after_max_interruptions(b: Arc<dyn Broker>, clock: Arc<
         &b,
         j.lease(),
         Outcome::Retry {
-            at: clock.now_ms(),
+            at: clock.now(),
             error: "flaky".into(),
         },
     )
@@ -203,8 +206,12 @@ pub async fn progress_recorded_and_fenced(b: Arc<dyn Broker>, clock: Arc<ManualC
 /// unknown jobs; the extended lease then runs out three times (a poison pill), and retrying
 /// brings back the cancelled and the dead jobs.
 pub async fn heartbeat_cancel_retry_and_rescue(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
-    let t0 = clock.now_ms();
-    let ids = enqueue_ids(&*b, vec![job("k"), job("k"), job("k").run_at(t0 + 10_000)]).await;
+    let t0 = clock.now();
+    let ids = enqueue_ids(
+        &*b,
+        vec![job("k"), job("k"), job("k").run_at(t0 + ms(10_000))],
+    )
+    .await;
     let got = b.fetch("default", 2, LEASE).await.expect("fetch");
     clock.advance(20_000);
     let cancelled = b.cancel(&ids[1]).await.expect("cancel");
@@ -219,7 +226,7 @@ pub async fn heartbeat_cancel_retry_and_rescue(b: Arc<dyn Broker>, clock: Arc<Ma
         hb,
         vec![LeaseStatus::Held, LeaseStatus::Cancelled, LeaseStatus::Lost]
     );
-    assert_eq!(get(&b, &ids[0]).await.lease_until, Some(t0 + 50_000));
+    assert_eq!(get(&b, &ids[0]).await.lease_until, Some(t0 + ms(50_000)));
     assert_lease_lost(
         b.progress(&got[1].lease(), 50, None).await,
         "progress on a cancelled job",

@@ -55,12 +55,18 @@ use crate::clock::Clock;
 use crate::error::BrokerError;
 use crate::event::{Event, EventType};
 use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::time::Timestamp;
 
 /// Where every case's clock starts: a fixed, realistic time (2023-11-14T22:13:20Z).
-pub const START: i64 = 1_700_000_000_000;
+pub const START: Timestamp = Timestamp::from_millis(1_700_000_000_000);
 /// The lease cases fetch with unless they say otherwise.
 pub const LEASE: Duration = Duration::from_secs(30);
-const LEASE_MS: i64 = 30_000;
+
+/// `n` milliseconds: cases move times by plain numbers (`clock.now() + ms(5_000)`), the way
+/// they move the clock (`clock.advance(5_000)`).
+pub fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
 
 /// What a conformance factory may return: a broker, or a broker and a guard to keep alive.
 pub trait TestBroker {

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::{
     LEASE, ManualClock, RAN_AND_SUCCEEDED, assert_lease_lost, enqueue, enqueue_ids, fetch_expect,
-    fetch_one, finish, get, history_types, job, last_event, ok, types,
+    fetch_one, finish, get, history_types, job, last_event, ms, ok, types,
 };
 use crate::broker::{Broker, Finish, Outcome};
 use crate::clock::Clock;
@@ -35,8 +35,8 @@ pub async fn finish_succeeded(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     assert_eq!(done.result, Some(result.clone()));
     assert_eq!(done.progress, 100);
     assert_eq!(done.attempt, 1);
-    assert_eq!(done.finished_at, Some(clock.now_ms()));
-    assert_eq!(done.started_at, Some(clock.now_ms() - 250));
+    assert_eq!(done.finished_at, Some(clock.now()));
+    assert_eq!(done.started_at, Some(clock.now() - ms(250)));
     let history = b.history(&id).await.expect("history");
     assert_eq!(types(&history), RAN_AND_SUCCEEDED);
     assert_eq!(history[2].result, Some(result));
@@ -50,7 +50,7 @@ pub async fn finish_succeeded(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
 pub async fn finish_retry_then_dead(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.retry")).await;
     let first = fetch_expect(&b, "default", &id).await;
-    let at = clock.now_ms() + 5_000;
+    let at = clock.now() + ms(5_000);
     finish(
         &b,
         first.lease(),
@@ -94,7 +94,7 @@ pub async fn finish_retry_then_dead(b: Arc<dyn Broker>, clock: Arc<ManualClock>)
     assert_eq!(j.state, JobState::Dead);
     assert_eq!(j.attempt, 2);
     assert_eq!(j.last_error.as_deref(), Some("fatal"));
-    assert_eq!(j.finished_at, Some(clock.now_ms()));
+    assert_eq!(j.finished_at, Some(clock.now()));
     let e = last_event(&b, &id).await;
     assert_eq!(e.kind_of_event, EventType::Dead);
     assert_eq!(e.error.as_deref(), Some("fatal"));
@@ -106,7 +106,7 @@ pub async fn finish_retry_then_dead(b: Arc<dyn Broker>, clock: Arc<ManualClock>)
 pub async fn finish_snooze(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.snooze")).await;
     let j = fetch_expect(&b, "default", &id).await;
-    let at = clock.now_ms() + 1_000;
+    let at = clock.now() + ms(1_000);
     finish(&b, j.lease(), Outcome::Snooze { at })
         .await
         .expect("finish snooze");
@@ -202,7 +202,7 @@ pub async fn finish_batch_mixes_outcomes_and_refuses_stale_tokens(
     b: Arc<dyn Broker>,
     clock: Arc<ManualClock>,
 ) {
-    let t0 = clock.now_ms();
+    let t0 = clock.now();
     let ids = enqueue_ids(&*b, (0..5).map(|_| job("k")).collect()).await;
     let got = b.fetch("default", 5, LEASE).await.expect("fetch");
     let mut stale = got[0].lease();
@@ -218,7 +218,7 @@ pub async fn finish_batch_mixes_outcomes_and_refuses_stale_tokens(
         (
             got[1].lease(),
             Outcome::Retry {
-                at: t0 + 5000,
+                at: t0 + ms(5000),
                 error: "flaky".into(),
             },
         ),
@@ -228,7 +228,7 @@ pub async fn finish_batch_mixes_outcomes_and_refuses_stale_tokens(
                 error: "bad".into(),
             },
         ),
-        (got[3].lease(), Outcome::Snooze { at: t0 + 1000 }),
+        (got[3].lease(), Outcome::Snooze { at: t0 + ms(1000) }),
         (
             got[4].lease(),
             Outcome::Released {
@@ -262,14 +262,14 @@ pub async fn finish_batch_mixes_outcomes_and_refuses_stale_tokens(
     let j = get(&b, &ids[1]).await;
     assert_eq!(
         (j.state, j.run_at, j.attempt),
-        (JobState::Retrying, t0 + 5000, 1)
+        (JobState::Retrying, t0 + ms(5000), 1)
     );
     assert_eq!(j.last_error.as_deref(), Some("flaky"));
     assert_eq!(get(&b, &ids[2]).await.state, JobState::Dead);
     let j = get(&b, &ids[3]).await;
     assert_eq!(
         (j.state, j.attempt, j.run_at),
-        (JobState::Scheduled, 0, t0 + 1000)
+        (JobState::Scheduled, 0, t0 + ms(1000))
     );
     let j = get(&b, &ids[4]).await;
     assert_eq!(

@@ -13,6 +13,7 @@ use redis::Value;
 
 use crate::error::{BrokerError, BrokerResult};
 use crate::job::{ChainLink, Job, JobId, JobState};
+use crate::time::Timestamp;
 
 /// Redis returned something the broker did not write: a corrupt or foreign key.
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +146,9 @@ fn decode(fields: &HashMap<&str, &str>, id: &str, queue: &str) -> BrokerResult<J
     let num = |f: &str| -> BrokerResult<i64> {
         opt_num(f)?.ok_or_else(|| corrupt(format!("job {id} has no field {f}")))
     };
+    // Times are stored as integer milliseconds (the scripts compare and score them).
+    let time = |f: &str| num(f).map(Timestamp::from_millis);
+    let opt_time = |f: &str| opt_num(f).map(|t| t.map(Timestamp::from_millis));
     // Counters are not stored while 0.
     let count = |f: &str| -> BrokerResult<u32> {
         u32::try_from(opt_num(f)?.unwrap_or(0))
@@ -171,7 +175,7 @@ fn decode(fields: &HashMap<&str, &str>, id: &str, queue: &str) -> BrokerResult<J
         priority: u8::try_from(num("priority")?)
             .map_err(|_| corrupt(format!("job {id}: bad priority")))?,
         state,
-        run_at: num("run_at")?,
+        run_at: time("run_at")?,
         attempt: count("attempt")?,
         max_retries: count("max_retries")?,
         timeout_ms: opt_num("timeout_ms")?.and_then(|t| u64::try_from(t).ok()),
@@ -181,7 +185,7 @@ fn decode(fields: &HashMap<&str, &str>, id: &str, queue: &str) -> BrokerResult<J
             .map_err(|_| corrupt(format!("job {id}: bad lease_token")))?,
         // Only a running job has a lease; finish.lua leaves the last deadline behind.
         lease_until: if state == JobState::Running {
-            opt_num("lease_until")?
+            opt_time("lease_until")?
         } else {
             None
         },
@@ -192,9 +196,9 @@ fn decode(fields: &HashMap<&str, &str>, id: &str, queue: &str) -> BrokerResult<J
             .transpose()?,
         last_error: nonempty(get("last_error")).map(str::to_owned),
         unique_key: nonempty(get("unique_key")).map(str::to_owned),
-        created_at: num("created_at")?,
-        started_at: opt_num("started_at")?,
-        finished_at: opt_num("finished_at")?,
+        created_at: time("created_at")?,
+        started_at: opt_time("started_at")?,
+        finished_at: opt_time("finished_at")?,
         chain: match nonempty(get("chain_id")) {
             Some(chain_id) => Some(ChainLink {
                 id: JobId(chain_id.to_owned()),

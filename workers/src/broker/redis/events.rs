@@ -24,6 +24,7 @@ use super::decode::{corrupt, parse_num, string, text};
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventType};
 use crate::job::{FieldError, JobId};
+use crate::time::Timestamp;
 
 /// Stream entries read per round-trip by `history` and `events`.
 const STREAM_CHUNK: usize = 1000;
@@ -102,7 +103,7 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usi
         let sid_s = string(sid)?;
         let sid = StreamId::parse(&sid_s).ok_or_else(|| corrupt(format!("stream id {sid_s}")))?;
         let bad = |what: &str| corrupt(format!("event {sid}: {what}"));
-        let mut at: Option<i64> = None;
+        let mut at = Timestamp::EPOCH;
         let mut sub = 0u32;
         let mut current: Option<Event> = None;
         for pair in fields.chunks_exact(2) {
@@ -121,7 +122,7 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usi
                     job_id: JobId(String::new()),
                     queue: queue.to_owned(),
                     kind: String::new(),
-                    at: at.unwrap_or(0),
+                    at,
                     attempt: 0,
                     progress: None,
                     message: None,
@@ -133,9 +134,9 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usi
                 continue;
             }
             if k == "at" {
-                at = Some(parse_num(val).ok_or_else(|| bad("at"))?);
+                at = Timestamp::from_millis(parse_num(val).ok_or_else(|| bad("at"))?);
                 if let Some(e) = current.as_mut() {
-                    e.at = at.unwrap_or(0);
+                    e.at = at;
                 }
                 continue;
             }

@@ -5,6 +5,10 @@
 //! Each step is one script call per queue (batched, and pipelined across queues), so a change
 //! and its event are atomic; this file packs the arguments and unpacks the replies. What a step
 //! means is the [`Broker`] trait's, what a script does is its header's (`workers/lua/`).
+//! The scripts take and keep times as integer milliseconds: every [`Timestamp`] and lease
+//! `Duration` becomes one here, as it is packed (a `Timestamp` argument through its
+//! `ToRedisArgs`, below; one inside a packed string through `as_millis`, never `Display`,
+//! which is RFC 3339).
 //!
 //! [`Broker`]: crate::broker::Broker
 
@@ -19,7 +23,19 @@ use super::keys::check_queue;
 use super::scripts::{BATCH, Lua, SCRIPTS};
 use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
 use crate::error::{BrokerError, BrokerResult};
-use crate::job::{Job, JobId, Lease, Millis, NewJob};
+use crate::job::{Job, JobId, Lease, NewJob};
+use crate::time::{Timestamp, duration_ms};
+
+/// A time goes to the scripts as its integer milliseconds, what they compare and score by.
+impl redis::ToRedisArgs for Timestamp {
+    fn write_redis_args<W: ?Sized + redis::RedisWrite>(&self, out: &mut W) {
+        self.as_millis().write_redis_args(out);
+    }
+
+    fn describe_numeric_behavior(&self) -> redis::NumericBehavior {
+        self.as_millis().describe_numeric_behavior()
+    }
+}
 
 /// Jobs per enqueue script call: bounds how long one call blocks Redis (a few ms).
 const ENQUEUE_CHUNK: usize = 500;
@@ -31,7 +47,7 @@ const FETCH_MAX: usize = 500;
 const PROMOTE_LIMIT: usize = 1000;
 
 pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
-    let now = broker.clock.now_ms();
+    let now = broker.clock.now();
     let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
     let calls = group(&queues, ENQUEUE_CHUNK);
     let mut names: Vec<&str> = calls.iter().map(|(q, _)| *q).collect();
@@ -93,20 +109,25 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
 
 /// Adds one job's ARGV for enqueue.lua: id, kind, packed fields, priority, run_at, unique key
 /// and chain links.
-fn job_args(cmd: &mut Cmd, j: &NewJob, now: Millis) -> BrokerResult<()> {
+fn job_args(cmd: &mut Cmd, j: &NewJob, now: Timestamp) -> BrokerResult<()> {
     // The job's packed field `d` but its leading "<ev0>|" (see common.lua).
     let mut packed = format!(
-        "{}|{}|{}|{now}|",
+        "{}|{}|{}|{}|",
         j.priority,
         j.max_retries,
-        j.timeout_ms.map(|t| t.to_string()).unwrap_or_default()
+        j.timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
+        now.as_millis(),
     );
     packed.push_str(&serde_json::to_string(&j.payload).map_err(BrokerError::backend)?);
     cmd.arg(j.id.as_str())
         .arg(&j.kind)
         .arg(packed)
         .arg(j.priority)
-        .arg(j.run_at.map(|t| t.to_string()).unwrap_or_default())
+        .arg(
+            j.run_at
+                .map(|t| t.as_millis().to_string())
+                .unwrap_or_default(),
+        )
         .arg(j.unique_key.as_deref().unwrap_or(""));
     match &j.chain {
         Some(c) => cmd
@@ -125,11 +146,10 @@ pub(super) async fn fetch(
     lease: Duration,
 ) -> BrokerResult<Vec<Job>> {
     check_queue(queue)?;
-    let now = broker.clock.now_ms();
     let mut cmd = broker.eval(&SCRIPTS.fetch, queue);
-    cmd.arg(now)
+    cmd.arg(broker.clock.now())
         .arg(max.min(FETCH_MAX))
-        .arg(ms(lease))
+        .arg(duration_ms(lease))
         .arg(broker.event_cap)
         .arg(PROMOTE_LIMIT);
     let reply: Vec<Value> = broker.query(&cmd).await?;
@@ -150,7 +170,7 @@ pub(super) async fn wait_for_work(
         check_queue(q)?;
     }
     // Due jobs carry no signal when their time comes: wait no longer than the earliest.
-    let now = broker.clock.now_ms();
+    let now = broker.clock.now();
     let mut pipe = redis::pipe();
     for q in queues {
         pipe.cmd("ZRANGE")
@@ -162,11 +182,12 @@ pub(super) async fn wait_for_work(
     let dues: Vec<Vec<(String, f64)>> = broker.query_pipe(&pipe).await?;
     let mut wait = timeout;
     for (_, due) in dues.iter().flatten() {
-        let due = *due as i64;
+        // Scores are the due time's milliseconds, exact in an f64 for any date in reach.
+        let due = Timestamp::from_millis(*due as i64);
         if due <= now {
             return Ok(());
         }
-        wait = wait.min(Duration::from_millis(u64::try_from(due - now).unwrap_or(0)));
+        wait = wait.min(due.since(now));
     }
     if wait < Duration::from_millis(1) {
         return Ok(());
@@ -183,11 +204,12 @@ pub(super) async fn heartbeat(
     if leases.is_empty() {
         return Ok(Vec::new());
     }
-    let now = broker.clock.now_ms();
+    let now = broker.clock.now();
+    let lease_ms = duration_ms(lease);
     let queues: Vec<&str> = leases.iter().map(|l| l.queue.as_str()).collect();
     let codes = per_lease(broker, &queues, |q, idx| {
         let mut cmd = broker.eval(&SCRIPTS.heartbeat, q);
-        cmd.arg(now).arg(ms(lease)).arg(idx.len());
+        cmd.arg(now).arg(lease_ms).arg(idx.len());
         for &i in idx {
             cmd.arg(leases[i].job_id.as_str()).arg(leases[i].token);
         }
@@ -211,7 +233,7 @@ pub(super) async fn progress(
     message: Option<String>,
 ) -> BrokerResult<()> {
     let mut cmd = broker.eval(&SCRIPTS.progress, &lease.queue);
-    cmd.arg(broker.clock.now_ms())
+    cmd.arg(broker.clock.now())
         .arg(broker.event_cap)
         .arg(lease.job_id.as_str())
         .arg(lease.token)
@@ -231,7 +253,7 @@ pub(super) async fn finish(
     if batch.is_empty() {
         return Ok(Vec::new());
     }
-    let now = broker.clock.now_ms();
+    let now = broker.clock.now();
     let queues: Vec<&str> = batch.iter().map(|f| f.lease.queue.as_str()).collect();
     let codes = per_lease(broker, &queues, |q, idx| {
         let mut cmd = broker.eval(&SCRIPTS.finish, q);
@@ -287,9 +309,7 @@ pub(super) async fn retry_all_dead(broker: &RedisBroker, queue: Option<&str>) ->
     for q in &queues {
         loop {
             let mut cmd = broker.eval(&SCRIPTS.retry_all_dead, q);
-            cmd.arg(broker.clock.now_ms())
-                .arg(broker.event_cap)
-                .arg(BATCH);
+            cmd.arg(broker.clock.now()).arg(broker.event_cap).arg(BATCH);
             let n: u64 = broker.query(&cmd).await?;
             total += n;
             if n < BATCH as u64 {
@@ -308,7 +328,7 @@ pub(super) async fn rescue(
     let mut rescued = Vec::new();
     // One pipelined call per queue; queues that filled a batch go round again.
     while !pending.is_empty() {
-        let now = broker.clock.now_ms();
+        let now = broker.clock.now();
         let mut pipe = redis::pipe();
         for q in &pending {
             let mut cmd = broker.eval(&SCRIPTS.rescue, q);
@@ -344,7 +364,7 @@ async fn change_one(
         .await?
         .ok_or_else(|| BrokerError::NotFound(id.clone()))?;
     let mut cmd = broker.eval(script, &queue);
-    cmd.arg(broker.clock.now_ms())
+    cmd.arg(broker.clock.now())
         .arg(broker.event_cap)
         .arg(id.as_str());
     match answer(broker.query(&cmd).await?, id, &queue)? {
@@ -366,9 +386,9 @@ fn outcome_args(o: &Outcome) -> BrokerResult<(&'static str, String, String)> {
             serde_json::to_string(result).map_err(BrokerError::backend)?,
             String::new(),
         ),
-        Outcome::Retry { at, error } => ("retry", at.to_string(), error.clone()),
+        Outcome::Retry { at, error } => ("retry", at.as_millis().to_string(), error.clone()),
         Outcome::Dead { error } => ("dead", error.clone(), String::new()),
-        Outcome::Snooze { at } => ("snooze", at.to_string(), String::new()),
+        Outcome::Snooze { at } => ("snooze", at.as_millis().to_string(), String::new()),
         Outcome::Released { reason } => ("release", reason.clone(), String::new()),
     })
 }
@@ -409,8 +429,4 @@ fn group<'q>(queues: &[&'q str], chunk: usize) -> Vec<(&'q str, Vec<usize>)> {
         }
     }
     out
-}
-
-fn ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }

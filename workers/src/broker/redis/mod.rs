@@ -63,7 +63,8 @@ use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, Q
 use crate::clock::Clock;
 use crate::error::BrokerResult;
 use crate::event::Event;
-use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::time::Timestamp;
 
 use self::conn::Health;
 
@@ -210,7 +211,7 @@ impl Broker for RedisBroker {
     async fn purge(
         &self,
         states: &[JobState],
-        before: Millis,
+        before: Timestamp,
         keep_events: u64,
     ) -> BrokerResult<u64> {
         read::purge(self, states, before, keep_events).await

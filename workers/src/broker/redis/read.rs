@@ -16,7 +16,8 @@ use super::keys::check_queue;
 use super::scripts::{BATCH, SCRIPTS};
 use crate::broker::{JobFilter, JobPage, QueueStats, StateCounts};
 use crate::error::BrokerResult;
-use crate::job::{Job, JobId, JobState, Millis};
+use crate::job::{Job, JobId, JobState};
+use crate::time::Timestamp;
 
 /// Ids a list call looks at, and how many calls one page may take.
 const LIST_BUDGET: usize = 1000;
@@ -121,7 +122,7 @@ pub(super) async fn queues(broker: &RedisBroker) -> BrokerResult<Vec<QueueStats>
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let now_s = broker.clock.now_ms().div_euclid(1000);
+    let now_s = broker.clock.now().as_millis().div_euclid(1000);
     let mut pipe = redis::pipe();
     for q in &names {
         let base = broker.base(q);
@@ -168,7 +169,7 @@ pub(super) async fn queues(broker: &RedisBroker) -> BrokerResult<Vec<QueueStats>
 pub(super) async fn purge(
     broker: &RedisBroker,
     states: &[JobState],
-    before: Millis,
+    before: Timestamp,
     keep_events: u64,
 ) -> BrokerResult<u64> {
     let finals: Vec<String> = states
@@ -179,7 +180,7 @@ pub(super) async fn purge(
     let mut total = 0u64;
     for q in broker.queue_names().await? {
         if !finals.is_empty() {
-            let mut args = vec![before.to_string(), BATCH.to_string()];
+            let mut args = vec![before.as_millis().to_string(), BATCH.to_string()];
             args.extend(finals.iter().cloned());
             let ids = broker.drain_batches(&SCRIPTS.purge, &q, &args).await?;
             broker.unindex(&ids).await?;

@@ -19,7 +19,8 @@ use super::rows::{
 use super::sql;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{EventData, EventType};
-use crate::job::{Job, JobId, JobState, Millis};
+use crate::job::{Job, JobId, JobState};
+use crate::time::Timestamp;
 
 /// Rows changed per transaction by bulk maintenance (retry of all dead, purge, drop), so other
 /// writers get a turn between chunks.
@@ -135,7 +136,7 @@ pub(super) async fn retry_all_dead(
 /// Retries up to `limit` dead jobs (of `queue`, or of all); returns how many.
 fn retry_dead_chunk(
     conn: &Connection,
-    now: Millis,
+    now: Timestamp,
     queue: Option<&str>,
     limit: i64,
 ) -> Result<i64, Fail> {
@@ -162,7 +163,7 @@ fn retry_dead_chunk(
 pub(super) async fn purge(
     broker: &SqliteBroker,
     states: &[JobState],
-    before: Millis,
+    before: Timestamp,
     keep_events: u64,
 ) -> BrokerResult<u64> {
     let mut deleted: u64 = 0;
@@ -170,7 +171,7 @@ pub(super) async fn purge(
     for state in states.iter().copied().filter(|s| s.is_final()) {
         let args = vec![
             SqlValue::Text(state.as_str().to_owned()),
-            SqlValue::Integer(before),
+            SqlValue::Integer(before.as_millis()),
         ];
         deleted += delete_jobs(broker, sql::PURGE_CHUNK, args).await?;
     }

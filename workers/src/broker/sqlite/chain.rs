@@ -15,13 +15,14 @@ use super::events::{append_event, note};
 use super::rows::owner_from_row;
 use super::sql;
 use crate::event::EventType;
-use crate::job::{ChainLink, JobId, JobState, Millis};
+use crate::job::{ChainLink, JobId, JobState};
+use crate::time::Timestamp;
 
 /// Queues the step after a succeeded one, handing it the result as `input`. True when it was
 /// waiting and is queued now.
 pub(super) fn promote_next(
     conn: &Connection,
-    now: Millis,
+    now: Timestamp,
     next: &JobId,
     result: &Value,
     index: u32,
@@ -44,7 +45,7 @@ pub(super) fn promote_next(
 /// Cancels the waiting steps after a step that ended `how` (`dead` or `cancelled`).
 pub(super) fn cancel_rest(
     conn: &Connection,
-    now: Millis,
+    now: Timestamp,
     link: &ChainLink,
     step: &JobId,
     how: &str,

@@ -11,14 +11,14 @@ use super::error::Fail;
 use super::rows::Owner;
 use super::sql;
 use crate::event::{EventData, EventType};
-use crate::job::Millis;
+use crate::time::Timestamp;
 
 /// Appends one event about `owner`'s job, at `owner.attempt`.
 pub(super) fn append_event(
     conn: &Connection,
     owner: &Owner,
     event: EventType,
-    at: Millis,
+    at: Timestamp,
     data: &EventData,
 ) -> Result<(), Fail> {
     let result = match &data.result {

@@ -17,14 +17,13 @@ use super::SqliteBroker;
 use super::chain;
 use super::error::Fail;
 use super::events::{LEASE_EXPIRED, SNOOZED, append_event, failure, note};
-use super::rows::{
-    Owner, chain_from_columns, duration_ms, job_from_row, owner_from_row, to_i64, token_to_i64,
-};
+use super::rows::{Owner, chain_from_columns, job_from_row, owner_from_row, to_i64, token_to_i64};
 use super::sql;
 use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{EventData, EventType};
-use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::time::Timestamp;
 
 /// Most jobs one fetch leases.
 const MAX_FETCH: usize = 1000;
@@ -52,7 +51,7 @@ pub(super) async fn store(broker: &SqliteBroker, jobs: Vec<NewJob>) -> BrokerRes
 /// answers the job as stored, or the existing one.
 fn store_one(
     conn: &Connection,
-    now: Millis,
+    now: Timestamp,
     new: NewJob,
     existing_chains: &mut HashMap<JobId, JobId>,
 ) -> Result<Enqueued, Fail> {
@@ -135,17 +134,15 @@ pub(super) async fn fetch(
     }
     let queue = queue.to_owned();
     let max = to_i64(max.min(MAX_FETCH));
-    let lease_ms = duration_ms(lease);
     broker
         .write(move |conn, now| {
             conn.prepare_cached(sql::PROMOTE_DUE)?
                 .execute(params![queue, now])?;
             let mut jobs = conn
                 .prepare_cached(sql::FETCH)?
-                .query_map(
-                    params![queue, max, now.saturating_add(lease_ms), now],
-                    |row| Ok((row.get::<_, i64>(0)?, job_from_row(row)?)),
-                )?
+                .query_map(params![queue, max, now + lease, now], |row| {
+                    Ok((row.get::<_, i64>(0)?, job_from_row(row)?))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             // RETURNING has no defined order: restore the fetch order.
             jobs.sort_by_key(|(seq, j)| (j.priority, j.run_at, *seq));
@@ -168,10 +165,9 @@ pub(super) async fn heartbeat(
         return Ok(Vec::new());
     }
     let leases = leases.to_vec();
-    let lease_ms = duration_ms(lease);
     broker
         .write(move |conn, now| {
-            let until = now.saturating_add(lease_ms);
+            let until = now + lease;
             let mut extend = conn.prepare_cached(sql::HEARTBEAT)?;
             let mut state = conn.prepare_cached(sql::LEASE_STATE)?;
             let mut out = Vec::with_capacity(leases.len());
@@ -260,21 +256,21 @@ pub(super) async fn finish(
 /// (`None` for the statements that declare only three).
 fn finish_statement(
     outcome: &Outcome,
-    now: Millis,
+    now: Timestamp,
 ) -> Result<(&'static str, SqlValue, Option<SqlValue>), Fail> {
-    use SqlValue::{Integer, Text};
+    use SqlValue::Text;
+    // Times are stored as their integer milliseconds (see `super::rows`).
+    let time = |t: Timestamp| SqlValue::Integer(t.as_millis());
     Ok(match outcome {
         Outcome::Succeeded { result } => (
             sql::FINISH_SUCCEEDED,
             Text(serde_json::to_string(result)?),
-            Some(Integer(now)),
+            Some(time(now)),
         ),
-        Outcome::Retry { at, error } => {
-            (sql::FINISH_RETRY, Integer(*at), Some(Text(error.clone())))
-        }
-        Outcome::Dead { error } => (sql::FINISH_DEAD, Text(error.clone()), Some(Integer(now))),
-        Outcome::Snooze { at } => (sql::FINISH_SNOOZE, Integer(*at), None),
-        Outcome::Released { .. } => (sql::FINISH_RELEASED, Integer(now), None),
+        Outcome::Retry { at, error } => (sql::FINISH_RETRY, time(*at), Some(Text(error.clone()))),
+        Outcome::Dead { error } => (sql::FINISH_DEAD, Text(error.clone()), Some(time(now))),
+        Outcome::Snooze { at } => (sql::FINISH_SNOOZE, time(*at), None),
+        Outcome::Released { .. } => (sql::FINISH_RELEASED, time(now), None),
     })
 }
 
@@ -300,7 +296,7 @@ fn finish_event(outcome: Outcome) -> (EventType, EventData) {
 /// next step).
 fn finish_one(
     conn: &Connection,
-    now: Millis,
+    now: Timestamp,
     f: Finish,
     requeued: &mut bool,
 ) -> Result<BrokerResult<()>, Fail> {

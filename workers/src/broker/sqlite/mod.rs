@@ -73,7 +73,8 @@ use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, Q
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
-use crate::job::{Job, JobId, JobState, Lease, Millis, NewJob};
+use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::time::Timestamp;
 
 /// Longest [`Broker::wait_for_work`] sleep: other processes sharing the file cannot notify us,
 /// so this is how late at worst we notice their enqueues.
@@ -146,7 +147,7 @@ impl SqliteBroker {
     async fn write<T, F>(&self, f: F) -> BrokerResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, Millis) -> Result<T, Fail> + Send + 'static,
+        F: FnOnce(&Connection, Timestamp) -> Result<T, Fail> + Send + 'static,
     {
         let (reply, answer) = oneshot::channel();
         self.writer
@@ -159,10 +160,10 @@ impl SqliteBroker {
     async fn read<T, F>(&self, f: F) -> BrokerResult<T>
     where
         T: Send + 'static,
-        F: FnOnce(&Connection, Millis) -> Result<T, Fail> + Send + 'static,
+        F: FnOnce(&Connection, Timestamp) -> Result<T, Fail> + Send + 'static,
     {
         let reader = self.reader.clone();
-        let now = self.clock.now_ms();
+        let now = self.clock.now();
         tokio::task::spawn_blocking(move || {
             // A panic while holding the lock leaves the connection itself intact.
             let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
@@ -256,7 +257,7 @@ impl Broker for SqliteBroker {
     async fn purge(
         &self,
         states: &[JobState],
-        before: Millis,
+        before: Timestamp,
         keep_events: u64,
     ) -> BrokerResult<u64> {
         admin::purge(self, states, before, keep_events).await

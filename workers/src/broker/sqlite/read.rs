@@ -5,6 +5,8 @@
 //! It does not write, not even an event: the reader connection is opened `query_only`
 //! (`super::open`). Page sizes are capped here, so that one request cannot read the whole file.
 
+use std::time::Duration;
+
 use rusqlite::types::Value as SqlValue;
 use rusqlite::{OptionalExtension, params, params_from_iter};
 
@@ -22,7 +24,7 @@ const DEFAULT_PAGE: usize = 100;
 /// Largest page of `events`.
 const MAX_EVENTS_PAGE: usize = 10_000;
 /// How far back `queues` counts recent outcomes (`processed_last_minute`, `failed_last_minute`).
-const RECENT_MS: i64 = 60_000;
+const RECENT: Duration = Duration::from_secs(60);
 
 pub(super) async fn get(broker: &SqliteBroker, id: &JobId) -> BrokerResult<Option<Job>> {
     let id = id.clone();
@@ -121,7 +123,7 @@ pub(super) async fn queues(broker: &SqliteBroker) -> BrokerResult<Vec<QueueStats
                     }
                 }
                 let mut recent = tx.prepare_cached(sql::RECENT_OUTCOMES)?;
-                let mut rows = recent.query([now.saturating_sub(RECENT_MS)])?;
+                let mut rows = recent.query([now - RECENT])?;
                 while let Some(row) = rows.next()? {
                     let queue: String = row.get(0)?;
                     let kind: String = row.get(1)?;

@@ -1,17 +1,18 @@
 //! From SQLite values to Hopper types: row decoders and integer conversions.
 //!
 //! It owns the reading of the column lists `super::sql` spells out, and the conversions between
-//! SQLite's `i64` and Hopper's unsigned numbers. It does not run statements. A stored value this
+//! SQLite's `i64` and Hopper's unsigned numbers and [`Timestamp`]s (stored as integer
+//! milliseconds, which order and compare in SQL). It does not run statements. A stored value this
 //! version cannot read is a conversion error ([`BadColumn`]), never a panic or a guess, because
 //! a newer `hopper` may share the file.
 
-use std::time::Duration;
-
 use rusqlite::Row;
+use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use serde_json::Value;
 
 use crate::event::{Event, EventType};
 use crate::job::{ChainLink, Job, JobId, JobState};
+use crate::time::Timestamp;
 
 /// The job a changed row belongs to, as its events name it: the `id, queue, kind, attempt`
 /// that fenced updates and bulk updates return first.
@@ -158,6 +159,18 @@ pub(super) fn token_to_i64(token: u64) -> i64 {
     i64::try_from(token).unwrap_or(i64::MAX)
 }
 
-pub(super) fn duration_ms(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+// ---- Times -----------------------------------------------------------------------------------
+
+/// A time is bound as its integer milliseconds: the schema's `run_at`, `lease_until`, `at`...
+/// columns are integers, compared and ordered in SQL.
+impl ToSql for Timestamp {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_millis()))
+    }
+}
+
+impl FromSql for Timestamp {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        i64::column_result(value).map(Timestamp::from_millis)
+    }
 }

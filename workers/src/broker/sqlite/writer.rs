@@ -16,7 +16,7 @@ use super::error::{Fail, is_busy};
 use super::sql;
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
-use crate::job::Millis;
+use crate::time::Timestamp;
 
 /// Most commands in one transaction; bounds how long one commit keeps the others waiting.
 const MAX_BATCH: usize = 512;
@@ -24,7 +24,7 @@ const MAX_BATCH: usize = 512;
 /// A command for the writer thread: run inside the batch's transaction, then answer.
 pub(super) trait WriteOp: Send {
     /// Runs the command; true when it succeeded (its savepoint is kept).
-    fn run(&mut self, conn: &Connection, now: Millis) -> bool;
+    fn run(&mut self, conn: &Connection, now: Timestamp) -> bool;
     /// The batch failed as a whole: whatever `run` produced is void.
     fn fail(&mut self, why: &BatchFailure);
     /// Sends the answer (after the commit).
@@ -51,9 +51,9 @@ impl<T, F> Op<T, F> {
 impl<T, F> WriteOp for Op<T, F>
 where
     T: Send,
-    F: FnOnce(&Connection, Millis) -> Result<T, Fail> + Send,
+    F: FnOnce(&Connection, Timestamp) -> Result<T, Fail> + Send,
 {
-    fn run(&mut self, conn: &Connection, now: Millis) -> bool {
+    fn run(&mut self, conn: &Connection, now: Timestamp) -> bool {
         let Some(work) = self.work.take() else {
             return false;
         };
@@ -153,7 +153,7 @@ fn try_batch(
     exec(conn, sql::BEGIN).map_err(BatchFailure::sql("begin"))?;
     for op in batch.iter_mut() {
         exec(conn, sql::SAVEPOINT).map_err(BatchFailure::sql("savepoint"))?;
-        let ok = op.run(conn, clock.now_ms());
+        let ok = op.run(conn, clock.now());
         if conn.is_autocommit() {
             // SQLite rolled the whole transaction back on its own (e.g. disk full): every
             // earlier command of the batch is void too.
