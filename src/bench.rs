@@ -88,11 +88,30 @@ pub struct Report {
     pub enqueue_jobs_per_s: Option<f64>,
     /// Jobs finished per second while draining.
     pub processed_jobs_per_s: Option<f64>,
-    /// Pickup latency (start - due) percentiles and maximum, in milliseconds.
+    /// Pickup latency (start - due), for the `latency` workload; `null`s otherwise.
+    #[serde(flatten)]
+    pub pickup: PickupLatency,
+}
+
+/// Percentiles and maximum of the pickup latency, in milliseconds.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PickupLatency {
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
     pub p99_ms: Option<f64>,
     pub max_ms: Option<f64>,
+}
+
+impl PickupLatency {
+    /// From samples in whole milliseconds, sorted.
+    fn of(sorted: &[u64]) -> Self {
+        Self {
+            p50_ms: percentile(sorted, 0.50),
+            p95_ms: percentile(sorted, 0.95),
+            p99_ms: percentile(sorted, 0.99),
+            max_ms: sorted.last().map(|m| *m as f64),
+        }
+    }
 }
 
 impl Report {
@@ -288,10 +307,7 @@ impl Bench {
         ms.sort_unstable();
         Ok(Report {
             enqueue_jobs_per_s: Some(per_s(sent, send_s)),
-            p50_ms: percentile(&ms, 0.50),
-            p95_ms: percentile(&ms, 0.95),
-            p99_ms: percentile(&ms, 0.99),
-            max_ms: ms.last().map(|m| *m as f64),
+            pickup: PickupLatency::of(&ms),
             ..Report::new("latency", self, sent)
         })
     }
@@ -396,10 +412,10 @@ fn print_table(r: &Report) -> std::io::Result<()> {
             r.concurrency.to_string(),
             f(r.enqueue_jobs_per_s),
             f(r.processed_jobs_per_s),
-            f(r.p50_ms),
-            f(r.p95_ms),
-            f(r.p99_ms),
-            f(r.max_ms),
+            f(r.pickup.p50_ms),
+            f(r.pickup.p95_ms),
+            f(r.pickup.p99_ms),
+            f(r.pickup.max_ms),
         ]],
     )
 }

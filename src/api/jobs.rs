@@ -13,6 +13,7 @@ use hopper_workers::time::Timestamp;
 use serde_json::{Map, Value, json};
 
 use super::{ApiError, AppState, JsonBody};
+use crate::service::submit::Start;
 use crate::service::{EnqueueRequest, FieldError};
 use crate::view::{self, JobWithHistory, JobWithSteps};
 
@@ -194,13 +195,21 @@ fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError
         // The range is the engine's rule (`NewJob::validate`); here only the type.
         req.priority = Some(int(v, "priority", PRIORITY_RULE)?);
     }
-    if let Some(v) = take(m, "delay") {
-        req.delay = Some(duration(v, "delay")?);
-    }
-    if let Some(v) = take(m, "run_at") {
-        let s = string(v, "run_at")?;
-        req.run_at =
-            Some(Timestamp::parse(&s).map_err(|e| FieldError::invalid("run_at", e.to_string()))?);
+    match (take(m, "delay"), take(m, "run_at")) {
+        (Some(_), Some(_)) => {
+            return Err(FieldError::invalid(
+                "delay",
+                "give delay or run_at, not both",
+            ));
+        }
+        (Some(v), None) => req.start = Some(Start::After(duration(v, "delay")?)),
+        (None, Some(v)) => {
+            let s = string(v, "run_at")?;
+            let at =
+                Timestamp::parse(&s).map_err(|e| FieldError::invalid("run_at", e.to_string()))?;
+            req.start = Some(Start::At(at));
+        }
+        (None, None) => {}
     }
     if let Some(v) = take(m, "max_retries") {
         req.max_retries = Some(int(v, "max_retries", "must be a non-negative integer")?);

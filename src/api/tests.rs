@@ -209,6 +209,15 @@ async fn bad_enqueue_bodies_name_the_field() {
             "delay",
         ),
         (r#"{"kind":"sys.noop","run_at":"tomorrow"}"#, "run_at"),
+        (r#"{"kind":"sys.noop","delay":"10000y"}"#, "delay"),
+        (
+            r#"{"kind":"sys.noop","run_at":"9999-12-31T00:00:00Z"}"#,
+            "run_at",
+        ),
+        (
+            r#"{"kind":"sys.noop","run_at":"1969-12-31T23:59:59Z"}"#,
+            "run_at",
+        ),
         (
             r#"{"kind":"sys.noop","run_at":"2030-01-01T00:00:00"}"#,
             "run_at",

@@ -11,6 +11,7 @@ use super::inspect::{eprint_line, service};
 use super::{CliError, EnqueueArgs};
 use crate::config::Settings;
 use crate::out;
+use crate::service::submit::Start;
 use crate::service::{EnqueueRequest, SubmitError};
 
 /// A payload flag's JSON, given inline or as @FILE.
@@ -40,7 +41,7 @@ pub(super) async fn run(
     let first = EnqueueRequest {
         queue: args.queue,
         priority: args.priority,
-        delay: args.delay,
+        start: args.delay.map(Start::After),
         max_retries: args.max_retries,
         timeout: args.timeout,
         unique_key: args.unique_key,

@@ -31,16 +31,52 @@ pub struct EnqueueRequest {
     pub queue: Option<String>,
     /// 0 (most urgent) to 9; default 5.
     pub priority: Option<u8>,
-    /// Run no earlier than now + delay. Exclusive with `run_at`.
-    pub delay: Option<Duration>,
-    /// Run no earlier than this. Exclusive with `delay`.
-    pub run_at: Option<Timestamp>,
+    /// When the job may first run; default now.
+    pub start: Option<Start>,
     /// Default `[retry] max_retries`.
     pub max_retries: Option<u32>,
     /// Per-attempt limit; default the kind's, else `[worker] job_timeout`.
     pub timeout: Option<Duration>,
     /// At most one job with this key exists.
     pub unique_key: Option<String>,
+}
+
+/// When a job may first run: after a delay, or at a time (the request's `delay` or `run_at`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Start {
+    After(Duration),
+    At(Timestamp),
+}
+
+/// How far ahead a job may be scheduled: far enough for any calendar, near enough that every
+/// time shown stays an ordinary date.
+pub const MAX_AHEAD: Duration = Duration::from_secs(100 * 366 * 86_400);
+
+impl Start {
+    /// The request field it came from.
+    pub fn field(self) -> &'static str {
+        match self {
+            Start::After(_) => "delay",
+            Start::At(_) => "run_at",
+        }
+    }
+
+    /// The first run time, `None` for now (a time in the past is now: it does not jump the
+    /// line). Refused beyond [`MAX_AHEAD`].
+    pub fn resolve(self, now: Timestamp) -> Result<Option<Timestamp>, FieldError> {
+        let at = match self {
+            Start::After(d) if d > MAX_AHEAD => None,
+            Start::After(d) => Some(now + d),
+            Start::At(at) => Some(at).filter(|at| at.since(now) <= MAX_AHEAD),
+        };
+        match at {
+            None => Err(FieldError::invalid(
+                self.field(),
+                "must be at most 100 years ahead",
+            )),
+            Some(at) => Ok((at > now).then_some(at)),
+        }
+    }
 }
 
 impl EnqueueRequest {
@@ -51,8 +87,7 @@ impl EnqueueRequest {
             payload,
             queue: None,
             priority: None,
-            delay: None,
-            run_at: None,
+            start: None,
             max_retries: None,
             timeout: None,
             unique_key: None,
@@ -61,7 +96,7 @@ impl EnqueueRequest {
 }
 
 /// Checks `req` against `registry` and the engine's rules, filling defaults (`max_retries`
-/// from `[retry]`). `now` anchors `delay`.
+/// from `[retry]`). `now` anchors a delay.
 pub fn prepare(
     req: EnqueueRequest,
     registry: &Registry,
@@ -105,17 +140,9 @@ fn prepare_checked(
             .or_insert_with(|| serde_json::json!({}));
     }
     handler.validate(&checked)?;
-    if req.delay.is_some() && req.run_at.is_some() {
-        return Err(FieldError::invalid(
-            "delay",
-            "give delay or run_at, not both",
-        ));
-    }
-
-    let run_at = match (req.delay, req.run_at) {
-        (Some(d), _) if !d.is_zero() => Some(now + d),
-        (_, Some(at)) if at > now => Some(at),
-        _ => None,
+    let run_at = match req.start {
+        Some(start) => start.resolve(now)?,
+        None => None,
     };
     let mut job = NewJob {
         id: JobId::generate(),
@@ -151,14 +178,9 @@ pub fn prepare_step(
     now: Timestamp,
 ) -> Result<NewJob, FieldError> {
     let named = |e: FieldError| e.under(at);
-    if req.delay.is_some() || req.run_at.is_some() {
-        let field = if req.delay.is_some() {
-            "delay"
-        } else {
-            "run_at"
-        };
+    if let Some(start) = req.start {
         return Err(named(FieldError::invalid(
-            field,
+            start.field(),
             "a chain step runs as soon as the step before it succeeds; only the first step \
              takes a delay",
         )));
@@ -217,7 +239,7 @@ mod tests {
     #[test]
     fn defaults_and_delay() {
         let mut req = EnqueueRequest::new("sys.noop", json!({}));
-        req.delay = Some(Duration::from_secs(2));
+        req.start = Some(Start::After(Duration::from_secs(2)));
         let job = prepare(req, &registry(), 7, Timestamp::from_millis(1_000)).unwrap();
         assert_eq!(job.queue, "default");
         assert_eq!(job.priority, 5);
@@ -233,7 +255,7 @@ mod tests {
         let e = prepare_step(step, "then[1]", "default", &r, 3, Timestamp::EPOCH).unwrap_err();
         assert_eq!(e.field, "then[1].queue");
         let mut step = EnqueueRequest::new("sys.noop", json!({}));
-        step.delay = Some(Duration::from_secs(1));
+        step.start = Some(Start::After(Duration::from_secs(1)));
         let e = prepare_step(step, "then[0]", "default", &r, 3, Timestamp::EPOCH).unwrap_err();
         assert_eq!(e.field, "then[0].delay");
         let e = prepare_step(
@@ -280,8 +302,10 @@ mod tests {
         req.queue = Some("a b".into());
         assert_eq!(field(req).await.0, "queue");
         let mut req = EnqueueRequest::new("sys.noop", json!({}));
-        req.delay = Some(Duration::from_secs(1));
-        req.run_at = Some(Timestamp::from_millis(5));
+        req.start = Some(Start::After(Duration::from_secs(101 * 366 * 86_400)));
         assert_eq!(field(req).await.0, "delay");
+        let mut req = EnqueueRequest::new("sys.noop", json!({}));
+        req.start = Some(Start::At(Timestamp::parse("2999-01-01T00:00:00Z").unwrap()));
+        assert_eq!(field(req).await.0, "run_at");
     }
 }

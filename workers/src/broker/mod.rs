@@ -30,6 +30,8 @@
 //!   `cancelled` cancels the waiting steps after it; retrying it puts them back to `waiting`
 //! ```
 
+#[cfg(any(feature = "sqlite", feature = "redis"))]
+mod delegate;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]

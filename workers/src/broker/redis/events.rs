@@ -209,7 +209,7 @@ pub(super) async fn history(broker: &RedisBroker, id: &JobId) -> BrokerResult<Ve
 }
 
 /// Up to `limit` events of every queue after the event id `after`, oldest first.
-pub(super) async fn since(
+pub(super) async fn events(
     broker: &RedisBroker,
     after: Option<&str>,
     limit: usize,

@@ -201,9 +201,6 @@ pub(super) async fn heartbeat(
     leases: &[Lease],
     lease: Duration,
 ) -> BrokerResult<Vec<LeaseStatus>> {
-    if leases.is_empty() {
-        return Ok(Vec::new());
-    }
     let now = broker.clock.now();
     let lease_ms = duration_ms(lease);
     let queues: Vec<&str> = leases.iter().map(|l| l.queue.as_str()).collect();
@@ -250,9 +247,6 @@ pub(super) async fn finish(
     broker: &RedisBroker,
     batch: Vec<Finish>,
 ) -> BrokerResult<Vec<BrokerResult<()>>> {
-    if batch.is_empty() {
-        return Ok(Vec::new());
-    }
     let now = broker.clock.now();
     let queues: Vec<&str> = batch.iter().map(|f| f.lease.queue.as_str()).collect();
     let codes = per_lease(broker, &queues, |q, idx| {

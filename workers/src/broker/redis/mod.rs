@@ -53,18 +53,13 @@ mod read;
 mod scripts;
 
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
 
-use async_trait::async_trait;
 use redis::Client;
 use redis::aio::{ConnectionManager, MultiplexedConnection};
 
-use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::error::BrokerResult;
-use crate::event::Event;
-use crate::job::{Job, JobId, JobState, Lease, NewJob};
-use crate::time::Timestamp;
 
 use self::conn::Health;
 
@@ -136,92 +131,9 @@ impl RedisBroker {
     }
 }
 
-/// Each call is answered by the file that owns its concern (see the module docs' layout).
-#[async_trait]
-impl Broker for RedisBroker {
-    fn name(&self) -> &'static str {
-        "redis"
-    }
-
-    async fn store(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
-        lifecycle::store(self, jobs).await
-    }
-
-    async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>> {
-        lifecycle::fetch(self, queue, max, lease).await
-    }
-
-    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
-        lifecycle::wait_for_work(self, queues, timeout).await
-    }
-
-    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<LeaseStatus>> {
-        lifecycle::heartbeat(self, leases, lease).await
-    }
-
-    async fn progress(
-        &self,
-        lease: &Lease,
-        percent: u8,
-        message: Option<String>,
-    ) -> BrokerResult<()> {
-        lifecycle::progress(self, lease, percent, message).await
-    }
-
-    async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
-        lifecycle::finish(self, batch).await
-    }
-
-    async fn cancel(&self, id: &JobId) -> BrokerResult<Job> {
-        lifecycle::cancel(self, id).await
-    }
-
-    async fn retry(&self, id: &JobId) -> BrokerResult<Job> {
-        lifecycle::retry(self, id).await
-    }
-
-    async fn retry_all_dead(&self, queue: Option<&str>) -> BrokerResult<u64> {
-        lifecycle::retry_all_dead(self, queue).await
-    }
-
-    async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {
-        lifecycle::rescue(self, max_interruptions).await
-    }
-
-    async fn get(&self, id: &JobId) -> BrokerResult<Option<Job>> {
-        read::get(self, id).await
-    }
-
-    async fn history(&self, id: &JobId) -> BrokerResult<Vec<Event>> {
-        events::history(self, id).await
-    }
-
-    async fn list(&self, filter: &JobFilter) -> BrokerResult<JobPage> {
-        read::list(self, filter).await
-    }
-
-    async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
-        read::queues(self).await
-    }
-
-    async fn events(&self, after: Option<&str>, limit: usize) -> BrokerResult<Vec<Event>> {
-        events::since(self, after, limit).await
-    }
-
-    async fn purge(
-        &self,
-        states: &[JobState],
-        before: Timestamp,
-        keep_events: u64,
-    ) -> BrokerResult<u64> {
-        read::purge(self, states, before, keep_events).await
-    }
-
-    async fn drop_queue(&self, queue: &str) -> BrokerResult<u64> {
-        read::drop_queue(self, queue).await
-    }
-
-    async fn ping(&self) -> BrokerResult<()> {
-        self.query::<()>(&redis::cmd("PING")).await
-    }
-}
+// The trait's operations, each answered by the module that owns its concern.
+crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
+    store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
+    progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
+    retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
+    queues: read, events: events, purge: read, drop_queue: read, ping: read);

@@ -211,3 +211,8 @@ pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResul
         .await?;
     Ok(ids.len() as u64)
 }
+
+/// `PING`: the broker answers (`/readyz`).
+pub(super) async fn ping(broker: &RedisBroker) -> BrokerResult<()> {
+    broker.query::<()>(&redis::cmd("PING")).await
+}

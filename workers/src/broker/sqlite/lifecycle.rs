@@ -123,6 +123,21 @@ fn existing(conn: &Connection, id: &JobId) -> Result<Option<Job>, Fail> {
         .optional()?)
 }
 
+/// One signal for every queue: a wake-up for another queue is a harmless early return. Other
+/// processes on the same file cannot signal, hence the bound of [`CROSS_PROCESS_POLL`](super::CROSS_PROCESS_POLL).
+pub(super) async fn wait_for_work(
+    broker: &SqliteBroker,
+    _queues: &[String],
+    timeout: Duration,
+) -> BrokerResult<()> {
+    let _ = tokio::time::timeout(
+        timeout.min(super::CROSS_PROCESS_POLL),
+        broker.work.notified(),
+    )
+    .await;
+    Ok(())
+}
+
 pub(super) async fn fetch(
     broker: &SqliteBroker,
     queue: &str,
@@ -161,9 +176,6 @@ pub(super) async fn heartbeat(
     leases: &[Lease],
     lease: Duration,
 ) -> BrokerResult<Vec<LeaseStatus>> {
-    if leases.is_empty() {
-        return Ok(Vec::new());
-    }
     let leases = leases.to_vec();
     broker
         .write(move |conn, now| {
@@ -231,9 +243,6 @@ pub(super) async fn finish(
     broker: &SqliteBroker,
     batch: Vec<Finish>,
 ) -> BrokerResult<Vec<BrokerResult<()>>> {
-    if batch.is_empty() {
-        return Ok(Vec::new());
-    }
     // Wake this process's pools only when a job became due: a release, a snooze, or a chain
     // step queued by its predecessor's success.
     let (answers, requeued) = broker

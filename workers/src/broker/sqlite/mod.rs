@@ -63,17 +63,14 @@ use std::sync::mpsc;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
-use async_trait::async_trait;
 use rusqlite::Connection;
 use tokio::sync::{Notify, oneshot};
 
 use self::error::{Fail, writer_gone};
 use self::writer::{Op, WriteOp};
-use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
-use crate::event::Event;
-use crate::job::{Job, JobId, JobState, Lease, NewJob};
 use crate::time::Timestamp;
 
 /// Longest [`Broker::wait_for_work`] sleep: other processes sharing the file cannot notify us,
@@ -181,93 +178,9 @@ impl SqliteBroker {
     }
 }
 
-#[async_trait]
-impl Broker for SqliteBroker {
-    fn name(&self) -> &'static str {
-        "sqlite"
-    }
-
-    async fn store(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
-        lifecycle::store(self, jobs).await
-    }
-
-    async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>> {
-        lifecycle::fetch(self, queue, max, lease).await
-    }
-
-    async fn wait_for_work(&self, _queues: &[String], timeout: Duration) -> BrokerResult<()> {
-        // One signal for every queue: a wake-up for another queue is a harmless early return.
-        let _ = tokio::time::timeout(timeout.min(CROSS_PROCESS_POLL), self.work.notified()).await;
-        Ok(())
-    }
-
-    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<LeaseStatus>> {
-        lifecycle::heartbeat(self, leases, lease).await
-    }
-
-    async fn progress(
-        &self,
-        lease: &Lease,
-        percent: u8,
-        message: Option<String>,
-    ) -> BrokerResult<()> {
-        lifecycle::progress(self, lease, percent, message).await
-    }
-
-    async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
-        lifecycle::finish(self, batch).await
-    }
-
-    async fn cancel(&self, id: &JobId) -> BrokerResult<Job> {
-        admin::cancel(self, id).await
-    }
-
-    async fn retry(&self, id: &JobId) -> BrokerResult<Job> {
-        admin::retry(self, id).await
-    }
-
-    async fn retry_all_dead(&self, queue: Option<&str>) -> BrokerResult<u64> {
-        admin::retry_all_dead(self, queue).await
-    }
-
-    async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {
-        lifecycle::rescue(self, max_interruptions).await
-    }
-
-    async fn get(&self, id: &JobId) -> BrokerResult<Option<Job>> {
-        read::get(self, id).await
-    }
-
-    async fn history(&self, id: &JobId) -> BrokerResult<Vec<Event>> {
-        read::history(self, id).await
-    }
-
-    async fn list(&self, filter: &JobFilter) -> BrokerResult<JobPage> {
-        read::list(self, filter).await
-    }
-
-    async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
-        read::queues(self).await
-    }
-
-    async fn events(&self, after: Option<&str>, limit: usize) -> BrokerResult<Vec<Event>> {
-        read::events(self, after, limit).await
-    }
-
-    async fn purge(
-        &self,
-        states: &[JobState],
-        before: Timestamp,
-        keep_events: u64,
-    ) -> BrokerResult<u64> {
-        admin::purge(self, states, before, keep_events).await
-    }
-
-    async fn drop_queue(&self, queue: &str) -> BrokerResult<u64> {
-        admin::drop_queue(self, queue).await
-    }
-
-    async fn ping(&self) -> BrokerResult<()> {
-        read::ping(self).await
-    }
-}
+// The trait's operations, each answered by the module that owns its concern.
+crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
+    store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
+    progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
+    rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
+    purge: admin, drop_queue: admin, ping: read);

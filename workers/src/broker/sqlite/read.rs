@@ -8,9 +8,10 @@
 use std::time::Duration;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{OptionalExtension, params, params_from_iter};
+use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::SqliteBroker;
+use super::error::Fail;
 use super::rows::{event_from_row, job_from_row, to_i64, to_u64};
 use super::sql;
 use crate::broker::{JobFilter, JobPage, QueueStats};
@@ -27,27 +28,33 @@ const MAX_EVENTS_PAGE: usize = 10_000;
 const RECENT: Duration = Duration::from_secs(60);
 
 pub(super) async fn get(broker: &SqliteBroker, id: &JobId) -> BrokerResult<Option<Job>> {
-    let id = id.clone();
-    broker
-        .read(move |conn, _| {
-            Ok(conn
-                .prepare_cached(sql::GET)?
-                .query_row([id.as_str()], job_from_row)
-                .optional()?)
-        })
-        .await
+    by_id(broker, id, |conn, id| {
+        Ok(conn
+            .prepare_cached(sql::GET)?
+            .query_row([id], job_from_row)
+            .optional()?)
+    })
+    .await
 }
 
 pub(super) async fn history(broker: &SqliteBroker, id: &JobId) -> BrokerResult<Vec<Event>> {
+    by_id(broker, id, |conn, id| {
+        Ok(conn
+            .prepare_cached(sql::HISTORY)?
+            .query_map([id], event_from_row)?
+            .collect::<Result<Vec<_>, _>>()?)
+    })
+    .await
+}
+
+/// Runs a read about one job on a read connection.
+async fn by_id<T: Send + 'static>(
+    broker: &SqliteBroker,
+    id: &JobId,
+    read: impl FnOnce(&Connection, &str) -> Result<T, Fail> + Send + 'static,
+) -> BrokerResult<T> {
     let id = id.clone();
-    broker
-        .read(move |conn, _| {
-            Ok(conn
-                .prepare_cached(sql::HISTORY)?
-                .query_map([id.as_str()], event_from_row)?
-                .collect::<Result<Vec<_>, _>>()?)
-        })
-        .await
+    broker.read(move |conn, _| read(conn, id.as_str())).await
 }
 
 pub(super) async fn list(broker: &SqliteBroker, filter: &JobFilter) -> BrokerResult<JobPage> {

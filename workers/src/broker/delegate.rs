@@ -1,0 +1,153 @@
+//! How a broker implementation answers the [`Broker`](super::Broker) trait: each operation is
+//! a function of one of its modules, taking the broker first (`lifecycle::fetch(self, queue,
+//! max, lease)`), so a broker's files are cut by concern, not by the trait's shape. The
+//! hand-off from the trait to those functions is written once, here, for every broker: a
+//! change of a trait method's signature is then made in the trait and in this one place.
+
+/// Implements [`Broker`](crate::broker::Broker) for a broker type by calling, for each
+/// operation, the function of the same name in the module given for it (`fetch: lifecycle`
+/// calls `lifecycle::fetch(self, …)`). Every operation is named, in the trait's order. The
+/// invoking module need only have the modules it names in scope.
+macro_rules! delegate_broker {
+    (
+        $broker:ty, $name:literal,
+        store: $store:ident, fetch: $fetch:ident, wait_for_work: $wait:ident,
+        heartbeat: $heartbeat:ident, progress: $progress:ident, finish: $finish:ident,
+        cancel: $cancel:ident, retry: $retry:ident, retry_all_dead: $retry_all_dead:ident,
+        rescue: $rescue:ident, get: $get:ident, history: $history:ident, list: $list:ident,
+        queues: $queues:ident, events: $events:ident, purge: $purge:ident,
+        drop_queue: $drop_queue:ident, ping: $ping:ident $(,)?
+    ) => {
+        // An anonymous constant, so that the names the signatures use are imported here and
+        // nowhere else in the invoking module.
+        const _: () = {
+            use $crate::broker::delegate::prelude::*;
+
+            #[async_trait::async_trait]
+            impl $crate::broker::Broker for $broker {
+                fn name(&self) -> &'static str {
+                    $name
+                }
+
+                async fn store(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
+                    $store::store(self, jobs).await
+                }
+
+                async fn fetch(
+                    &self,
+                    queue: &str,
+                    max: usize,
+                    lease: Duration,
+                ) -> BrokerResult<Vec<Job>> {
+                    $fetch::fetch(self, queue, max, lease).await
+                }
+
+                async fn wait_for_work(
+                    &self,
+                    queues: &[String],
+                    timeout: Duration,
+                ) -> BrokerResult<()> {
+                    $wait::wait_for_work(self, queues, timeout).await
+                }
+
+                // An empty batch is answered without a round trip, by every broker alike.
+                async fn heartbeat(
+                    &self,
+                    leases: &[Lease],
+                    lease: Duration,
+                ) -> BrokerResult<Vec<LeaseStatus>> {
+                    if leases.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    $heartbeat::heartbeat(self, leases, lease).await
+                }
+
+                async fn progress(
+                    &self,
+                    lease: &Lease,
+                    percent: u8,
+                    message: Option<String>,
+                ) -> BrokerResult<()> {
+                    $progress::progress(self, lease, percent, message).await
+                }
+
+                async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
+                    if batch.is_empty() {
+                        return Ok(Vec::new());
+                    }
+                    $finish::finish(self, batch).await
+                }
+
+                async fn cancel(&self, id: &JobId) -> BrokerResult<Job> {
+                    $cancel::cancel(self, id).await
+                }
+
+                async fn retry(&self, id: &JobId) -> BrokerResult<Job> {
+                    $retry::retry(self, id).await
+                }
+
+                async fn retry_all_dead(&self, queue: Option<&str>) -> BrokerResult<u64> {
+                    $retry_all_dead::retry_all_dead(self, queue).await
+                }
+
+                async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {
+                    $rescue::rescue(self, max_interruptions).await
+                }
+
+                async fn get(&self, id: &JobId) -> BrokerResult<Option<Job>> {
+                    $get::get(self, id).await
+                }
+
+                async fn history(&self, id: &JobId) -> BrokerResult<Vec<Event>> {
+                    $history::history(self, id).await
+                }
+
+                async fn list(&self, filter: &JobFilter) -> BrokerResult<JobPage> {
+                    $list::list(self, filter).await
+                }
+
+                async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
+                    $queues::queues(self).await
+                }
+
+                async fn events(
+                    &self,
+                    after: Option<&str>,
+                    limit: usize,
+                ) -> BrokerResult<Vec<Event>> {
+                    $events::events(self, after, limit).await
+                }
+
+                async fn purge(
+                    &self,
+                    states: &[JobState],
+                    before: Timestamp,
+                    keep: u64,
+                ) -> BrokerResult<u64> {
+                    $purge::purge(self, states, before, keep).await
+                }
+
+                async fn drop_queue(&self, queue: &str) -> BrokerResult<u64> {
+                    $drop_queue::drop_queue(self, queue).await
+                }
+
+                async fn ping(&self) -> BrokerResult<()> {
+                    $ping::ping(self).await
+                }
+            }
+        };
+    };
+}
+
+pub(crate) use delegate_broker;
+
+/// The names the trait's signatures use, imported by [`delegate_broker`]'s expansion.
+pub(crate) mod prelude {
+    pub(crate) use std::time::Duration;
+
+    pub(crate) use crate::broker::{Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+    pub(crate) use crate::error::BrokerResult;
+    pub(crate) use crate::event::Event;
+    pub(crate) use crate::job::{Job, JobId, JobState, Lease, NewJob};
+    pub(crate) use crate::time::Timestamp;
+}
