@@ -96,9 +96,13 @@ pub struct Report {
 /// Percentiles and maximum of the pickup latency, in milliseconds.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct PickupLatency {
+    /// Half of the jobs started within this.
     pub p50_ms: Option<f64>,
+    /// 95 % of them.
     pub p95_ms: Option<f64>,
+    /// 99 % of them.
     pub p99_ms: Option<f64>,
+    /// The slowest.
     pub max_ms: Option<f64>,
 }
 

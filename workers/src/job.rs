@@ -359,14 +359,21 @@ pub struct Job {
     /// Epoch of the current (or last) lease; every write of an attempt must carry it.
     #[serde(skip_serializing, default)]
     pub lease_token: u64,
+    /// The last progress reported by the running attempt, 0 to 100 (100 once succeeded).
     pub progress: u8,
+    /// The message of that report, if it had one.
     pub progress_message: Option<String>,
+    /// What the handler returned, once succeeded.
     pub result: Option<Value>,
+    /// Why the last attempt failed (or why the job was cancelled or went dead).
     pub last_error: Option<String>,
+    /// At most one job with this key exists; a duplicate enqueue returns this job.
     pub unique_key: Option<String>,
     /// When the current lease runs out, while running.
     pub lease_until: Option<Timestamp>,
+    /// When the job was enqueued.
     pub created_at: Timestamp,
+    /// When its first attempt started.
     pub started_at: Option<Timestamp>,
     pub finished_at: Option<Timestamp>,
     /// This job's place in a chain, if it is a step of one.
