@@ -107,13 +107,14 @@ pub struct PickupLatency {
 }
 
 impl PickupLatency {
-    /// From samples in whole milliseconds, sorted.
-    fn of(sorted: &[u64]) -> Self {
+    /// From samples in microseconds, sorted; reported in milliseconds with their fraction.
+    fn of(sorted_us: &[u64]) -> Self {
+        let ms = |us: Option<f64>| us.map(|us| us / 1000.0);
         Self {
-            p50_ms: percentile(sorted, 0.50),
-            p95_ms: percentile(sorted, 0.95),
-            p99_ms: percentile(sorted, 0.99),
-            max_ms: sorted.last().map(|m| *m as f64),
+            p50_ms: ms(percentile(sorted_us, 0.50)),
+            p95_ms: ms(percentile(sorted_us, 0.95)),
+            p99_ms: ms(percentile(sorted_us, 0.99)),
+            max_ms: ms(sorted_us.last().map(|us| *us as f64)),
         }
     }
 }
@@ -257,7 +258,6 @@ impl Bench {
         registry.register(
             LATENCY_KIND,
             Pickup {
-                clock: self.clock.clone(),
                 samples: samples.clone(),
             },
         )?;
@@ -280,11 +280,12 @@ impl Bench {
                 if n == 0 {
                     continue;
                 }
-                // The payload carries a plain number: milliseconds since the epoch.
-                let at = self.clock.now().as_millis();
+                // The payload carries a plain number: microseconds since the epoch, so that
+                // a p99 under a millisecond can be told apart from one of 1.9 ms.
+                let at = micros_now();
                 let batch = (0..n)
                     .map(|_| {
-                        NewJob::new(LATENCY_KIND, json!({ "enqueued_at_ms": at }))
+                        NewJob::new(LATENCY_KIND, json!({ "enqueued_at_us": at }))
                             .queue(&self.queue)
                             .max_retries(0)
                     })
@@ -304,14 +305,14 @@ impl Bench {
         task.await.context("bench pool panicked")??;
         waited?;
 
-        let mut ms: Vec<u64> = samples
+        let mut us: Vec<u64> = samples
             .lock()
             .map_err(|_| anyhow::anyhow!("latency samples poisoned"))?
             .clone();
-        ms.sort_unstable();
+        us.sort_unstable();
         Ok(Report {
             enqueue_jobs_per_s: Some(per_s(sent, send_s)),
-            pickup: PickupLatency::of(&ms),
+            pickup: PickupLatency::of(&us),
             ..Report::new("latency", self, sent)
         })
     }
@@ -353,22 +354,28 @@ impl Bench {
     }
 }
 
-/// `bench.latency`: records how long after its enqueue the job started.
+/// `bench.latency`: records how long after its enqueue the job started, in microseconds.
 struct Pickup {
-    clock: Arc<dyn Clock>,
     samples: Arc<Mutex<Vec<u64>>>,
+}
+
+/// The wall clock in microseconds since the epoch (the engine's clock counts milliseconds).
+fn micros_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
 }
 
 #[async_trait]
 impl hopper_workers::Handler for Pickup {
     async fn run(&self, cx: JobContext) -> JobResult {
-        let now = self.clock.now().as_millis();
+        let now = micros_now();
         let at = cx
             .payload()
-            .get("enqueued_at_ms")
-            .and_then(serde_json::Value::as_i64)
+            .get("enqueued_at_us")
+            .and_then(serde_json::Value::as_u64)
             .unwrap_or(now);
-        let waited = u64::try_from(now - at).unwrap_or(0);
+        let waited = now.saturating_sub(at);
         if let Ok(mut s) = self.samples.lock() {
             s.push(waited);
         }
@@ -396,6 +403,7 @@ fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
 
 fn print_table(r: &Report) -> std::io::Result<()> {
     let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"));
+    let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.3}"));
     out::table(
         &[
             "workload",
@@ -416,10 +424,11 @@ fn print_table(r: &Report) -> std::io::Result<()> {
             r.concurrency.to_string(),
             f(r.enqueue_jobs_per_s),
             f(r.processed_jobs_per_s),
-            f(r.pickup.p50_ms),
-            f(r.pickup.p95_ms),
-            f(r.pickup.p99_ms),
-            f(r.pickup.max_ms),
+            // Latencies to the microsecond: a p99 of 0.4 ms is not one of 1.9 ms.
+            ms(r.pickup.p50_ms),
+            ms(r.pickup.p95_ms),
+            ms(r.pickup.p99_ms),
+            ms(r.pickup.max_ms),
         ]],
     )
 }
@@ -427,6 +436,16 @@ fn print_table(r: &Report) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pickup_latency_keeps_fractions_of_a_millisecond() {
+        let us: Vec<u64> = (1..=100).map(|i| i * 19).collect();
+        let p = PickupLatency::of(&us);
+        assert_eq!(p.p50_ms, Some(0.95));
+        assert_eq!(p.p99_ms, Some(1.881));
+        assert_eq!(p.max_ms, Some(1.9));
+        assert_eq!(PickupLatency::of(&[]).p50_ms, None);
+    }
 
     #[test]
     fn nearest_rank_percentiles() {

@@ -17,6 +17,21 @@ pub enum CliError {
     NotFound(String),
 }
 
+/// The error and its causes as one line, `outer: inner: innermost`, each cause once: a link
+/// whose text already ends with its cause's text (errors that print their source and also
+/// return it) does not repeat it.
+pub fn message(err: &anyhow::Error) -> String {
+    let mut links: Vec<String> = Vec::new();
+    for cause in err.chain() {
+        let text = cause.to_string();
+        if links.last().is_some_and(|prev| prev.ends_with(&text)) {
+            continue;
+        }
+        links.push(text);
+    }
+    links.join(": ")
+}
+
 /// The exit code for an error: 2 for bad usage or config, 3 for not found, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
@@ -41,6 +56,19 @@ mod tests {
     use hopper_workers::job::JobId;
 
     use super::*;
+
+    #[test]
+    fn a_cause_printed_by_its_error_is_not_repeated() {
+        let io = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let inner = anyhow::Error::new(BrokerError::Unavailable(Box::new(io)));
+        let err = inner.context("opening broker redis://h");
+        assert_eq!(
+            message(&err),
+            "opening broker redis://h: broker unavailable: refused"
+        );
+        let plain = anyhow::anyhow!("root").context("middle").context("top");
+        assert_eq!(message(&plain), "top: middle: root");
+    }
 
     #[test]
     fn exit_codes_follow_the_error() {

@@ -34,6 +34,10 @@ fn main() -> ExitCode {
 
 /// Prints the whole error chain and picks the exit code.
 fn fail(err: &anyhow::Error) -> ExitCode {
-    let _ = writeln!(std::io::stderr().lock(), "hopper: {err:#}");
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "hopper: {}",
+        hopper::exit::message(err)
+    );
     ExitCode::from(hopper::exit::exit_code(err))
 }

@@ -45,8 +45,16 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
-    pub fn internal(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", message)
+    /// A 500 that tells the client nothing of the failure but a reference: the detail goes
+    /// to the log under that reference (`error_id`), never to the client.
+    pub fn internal(detail: impl std::fmt::Display) -> Self {
+        let id = uuid::Uuid::now_v7();
+        tracing::error!(error_id = %id, error = %detail, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            format!("internal error; the server log has the detail under error_id {id}"),
+        )
     }
 
     /// The JSON body.
@@ -111,10 +119,7 @@ impl From<BrokerError> for ApiError {
                     e.to_string(),
                 )
             }
-            BrokerError::Backend(_) | BrokerError::Config(_) => {
-                tracing::error!(error = %e, "broker failed");
-                Self::internal(e.to_string())
-            }
+            BrokerError::Backend(_) | BrokerError::Config(_) => Self::internal(e),
         }
     }
 }
@@ -200,4 +205,15 @@ pub async fn json_errors(res: Response) -> Response {
         HeaderValue::from_static("application/json"),
     );
     Response::from_parts(parts, Body::from(err.body().to_string()))
+}
+
+/// The answer to a handler that panicked: a 500 like any internal error, with the panic's
+/// message only in the log, so no handler bug ever drops a connection.
+pub fn panicked(panic: Box<dyn std::any::Any + Send + 'static>) -> Response {
+    let detail = panic
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| panic.downcast_ref::<&str>().copied())
+        .unwrap_or("a panic without a message");
+    ApiError::internal(format_args!("handler panicked: {detail}")).into_response()
 }

@@ -27,6 +27,7 @@ use hopper_workers::clock::Clock;
 use hopper_workers::pool::PoolHandle;
 use hopper_workers::{Broker, Registry};
 use serde_json::json;
+use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
@@ -105,6 +106,7 @@ pub fn router(state: AppState) -> Router {
             REQUEST_TIMEOUT,
         ))
         .layer(middleware::map_response(error::json_errors))
+        .layer(CatchPanicLayer::custom(error::panicked))
         .layer(TraceLayer::new_for_http())
 }
 

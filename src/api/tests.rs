@@ -27,13 +27,36 @@ use super::{AppState, router};
 use crate::config::Config;
 
 /// A broker that is never reachable.
-#[derive(Debug)]
-struct Unreachable;
+/// A broker that fails every call, in one of three ways.
+#[derive(Debug, Default)]
+struct Unreachable {
+    fault: Fault,
+}
 
-fn down<T>() -> BrokerResult<T> {
-    Err(BrokerError::Unavailable(
-        "test broker is unreachable".into(),
-    ))
+#[derive(Debug, Default, Clone, Copy)]
+enum Fault {
+    /// The broker cannot be reached (503).
+    #[default]
+    Down,
+    /// The broker answers with an internal failure whose text must not reach clients (500).
+    Broken,
+    /// A bug: the call panics (500, the connection kept).
+    Panics,
+}
+
+/// What the faulty calls carry; a test checks it never reaches a client.
+const SECRET_DETAIL: &str = "secret-detail-of-the-failure";
+
+impl Unreachable {
+    fn down<T>(&self) -> BrokerResult<T> {
+        match self.fault {
+            Fault::Down => Err(BrokerError::Unavailable(
+                "test broker is unreachable".into(),
+            )),
+            Fault::Broken => Err(BrokerError::Config(SECRET_DETAIL.into())),
+            Fault::Panics => panic!("{SECRET_DETAIL}"),
+        }
+    }
 }
 
 #[async_trait]
@@ -42,58 +65,58 @@ impl Broker for Unreachable {
         "unreachable"
     }
     async fn store(&self, _: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
-        down()
+        self.down()
     }
     async fn fetch(&self, _: &str, _: usize, _: Duration) -> BrokerResult<Vec<Job>> {
-        down()
+        self.down()
     }
     async fn wait_for_work(&self, _: &[String], _: Duration) -> BrokerResult<()> {
-        down()
+        self.down()
     }
     async fn heartbeat(&self, _: &[Lease], _: Duration) -> BrokerResult<Vec<LeaseStatus>> {
-        down()
+        self.down()
     }
     async fn progress(&self, _: &Lease, _: u8, _: Option<String>) -> BrokerResult<()> {
-        down()
+        self.down()
     }
     async fn finish(&self, _: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
-        down()
+        self.down()
     }
     async fn cancel(&self, _: &JobId) -> BrokerResult<Job> {
-        down()
+        self.down()
     }
     async fn retry(&self, _: &JobId) -> BrokerResult<Job> {
-        down()
+        self.down()
     }
     async fn retry_all_dead(&self, _: Option<&str>) -> BrokerResult<u64> {
-        down()
+        self.down()
     }
     async fn rescue(&self, _: u32) -> BrokerResult<Vec<JobId>> {
-        down()
+        self.down()
     }
     async fn get(&self, _: &JobId) -> BrokerResult<Option<Job>> {
-        down()
+        self.down()
     }
     async fn history(&self, _: &JobId) -> BrokerResult<Vec<Event>> {
-        down()
+        self.down()
     }
     async fn list(&self, _: &JobFilter) -> BrokerResult<JobPage> {
-        down()
+        self.down()
     }
     async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
-        down()
+        self.down()
     }
     async fn events(&self, _: Option<&str>, _: usize) -> BrokerResult<Vec<Event>> {
-        down()
+        self.down()
     }
     async fn purge(&self, _: &[JobState], _: Timestamp, _: u64) -> BrokerResult<u64> {
-        down()
+        self.down()
     }
     async fn drop_queue(&self, _: &str) -> BrokerResult<u64> {
-        down()
+        self.down()
     }
     async fn ping(&self) -> BrokerResult<()> {
-        down()
+        self.down()
     }
 }
 
@@ -108,7 +131,7 @@ fn state_with(broker: Arc<dyn Broker>, config: Config) -> AppState {
 }
 
 fn offline() -> AppState {
-    state_with(Arc::new(Unreachable), Config::default())
+    state_with(Arc::new(Unreachable::default()), Config::default())
 }
 
 /// A real SQLite broker in a temporary directory (kept alive by the returned guard).
@@ -279,7 +302,7 @@ async fn bad_enqueue_bodies_name_the_field() {
 async fn oversized_body_is_413_json() {
     let mut config = Config::default();
     config.server.body_limit = 64;
-    let st = state_with(Arc::new(Unreachable), config);
+    let st = state_with(Arc::new(Unreachable::default()), config);
     let big = format!(
         r#"{{"kind":"sys.noop","payload":{{"pad":"{}"}}}}"#,
         "x".repeat(200)
@@ -334,7 +357,7 @@ async fn routes_and_methods_answer_json() {
 async fn tokens_guard_v1_only() {
     let mut config = Config::default();
     config.auth.tokens = vec!["s3cret".into()];
-    let st = state_with(Arc::new(Unreachable), config);
+    let st = state_with(Arc::new(Unreachable::default()), config);
     refused(
         call(&st, Method::GET, "/v1/queues", &[], None).await,
         401,
@@ -523,4 +546,25 @@ async fn chain_enqueue_lists_every_step() {
     assert_eq!(shown["chain"]["index"], 2);
     assert_eq!(shown["chain"]["id"], job["id"]);
     assert_eq!(shown["steps"].as_array().unwrap().len(), 3);
+}
+
+/// A failure inside the server is a 500 in the API's shape with a reference, never the
+/// failure's own text, and never a dropped connection, even when a handler panics.
+#[tokio::test]
+async fn internal_failures_answer_500_without_their_detail() {
+    for fault in [Fault::Broken, Fault::Panics] {
+        let st = state_with(Arc::new(Unreachable { fault }), Config::default());
+        for uri in ["/v1/queues", "/v1/jobs"] {
+            let (status, body) = call(&st, Method::GET, uri, &[], None).await;
+            assert_eq!(
+                status,
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "{fault:?} {uri}: {body}"
+            );
+            assert_eq!(body["error"]["code"], "internal", "{body}");
+            let text = body.to_string();
+            assert!(!text.contains(SECRET_DETAIL), "{fault:?} leaked: {text}");
+            assert!(text.contains("error_id"), "{text}");
+        }
+    }
 }

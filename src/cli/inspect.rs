@@ -106,6 +106,13 @@ pub(super) async fn run(
                 ],
                 &rows,
             )?;
+            if rows.is_empty() {
+                // Say where we looked: an empty table from the wrong broker looks the same.
+                eprint_line(&format!(
+                    "(no jobs match in {})",
+                    shown_url(&settings.config.broker.url)
+                ));
+            }
             if let Some(c) = page.next_cursor {
                 out::line(format!("(more: --cursor {c})"))?;
             }
@@ -286,4 +293,62 @@ pub(super) fn service(settings: &Settings, broker: Arc<dyn Broker>) -> Result<Se
         hopper_workers::clock::system(),
         settings.config.retry.max_retries,
     ))
+}
+
+/// A read-only command on an SQLite broker whose file does not exist would create an empty
+/// database and show nothing: more likely the wrong directory or config. Refuse, saying where
+/// Hopper looked and why.
+pub(super) fn refuse_missing_database(url: &str, origin: &str) -> Result<()> {
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return Ok(());
+    };
+    if std::path::Path::new(path).exists() {
+        return Ok(());
+    }
+    Err(CliError::Usage(format!(
+        "no job database at {path} (broker {url}, from {origin}); run this where `hopper serve` \
+         runs, or name the broker with --config or HOPPER_BROKER"
+    ))
+    .into())
+}
+
+/// A broker URL to show: without a password.
+pub(super) fn shown_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn shown_urls_hide_credentials() {
+        assert_eq!(
+            shown_url("redis://:s3cret@h:6379/0"),
+            "redis://***@h:6379/0"
+        );
+        assert_eq!(
+            shown_url("sqlite://data/hopper.db"),
+            "sqlite://data/hopper.db"
+        );
+    }
+
+    #[test]
+    fn a_missing_sqlite_file_is_refused_not_created() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("nope.db");
+        let url = format!("sqlite://{}", path.display());
+        let err = refuse_missing_database(&url, "c.toml").unwrap_err();
+        assert!(err.to_string().contains("no job database"), "{err}");
+        assert_eq!(crate::exit::exit_code(&err), 2);
+        assert!(!path.exists());
+        assert!(refuse_missing_database("redis://h/0", "c.toml").is_ok());
+    }
 }

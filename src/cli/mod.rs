@@ -189,6 +189,9 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::CheckConfig { .. } => Ok(()),
         command => {
             let settings = config.check(&origin)?;
+            if !matches!(command, Command::Enqueue(_)) {
+                inspect::refuse_missing_database(&settings.config.broker.url, &origin)?;
+            }
             let broker = app::open_broker(&settings.config, clock::system()).await?;
             inspect::run(command, &settings, broker).await
         }
