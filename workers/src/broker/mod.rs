@@ -47,7 +47,8 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
-use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::field::FieldError;
+use crate::job::{Job, JobId, JobState, Lease, NewJob, valid_name};
 use crate::time::Timestamp;
 
 /// The result of enqueueing one job: the job as the broker stored it, so a caller never has
@@ -96,15 +97,54 @@ pub enum LeaseStatus {
 }
 
 /// Filters for [`Broker::list`]. Pages run newest first.
+///
+/// A queue or kind that no job can have (a queue name [`NewJob::validate`] would refuse, an
+/// empty kind or one over 128 characters) is a client's mistake, refused with
+/// [`BrokerError::Invalid`] naming `queue` or `kind`, on every broker; a valid name that no job
+/// has is an empty page. So is a `cursor` the broker never issued (naming `cursor`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobFilter {
     pub queue: Option<String>,
     pub state: Option<JobState>,
     pub kind: Option<String>,
-    /// At most this many jobs (the broker may cap it).
+    /// At most this many jobs (the broker caps it at 1,000); 0 means the default page of 100.
     pub limit: usize,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+impl JobFilter {
+    /// The page size a broker uses for `limit` 0.
+    pub const DEFAULT_LIMIT: usize = 100;
+    /// The largest page a broker returns.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// Refuses a queue or kind name no job can have (see [`NewJob::validate`] for the rules),
+    /// so that both brokers answer it alike. Brokers call it first thing in `list`.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if let Some(q) = &self.queue
+            && !valid_name(q)
+        {
+            return Err(FieldError::new(
+                "queue",
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if let Some(k) = &self.kind
+            && (k.is_empty() || k.len() > 128)
+        {
+            return Err(FieldError::new("kind", "must be 1 to 128 characters"));
+        }
+        Ok(())
+    }
+
+    /// The page size to read: `limit`, or the default for 0, capped.
+    pub fn page_size(&self) -> usize {
+        match self.limit {
+            0 => Self::DEFAULT_LIMIT,
+            n => n.min(Self::MAX_LIMIT),
+        }
+    }
 }
 
 /// A page of jobs.

@@ -1,5 +1,5 @@
-//! Cases where the brokers used to answer the same input differently (issue 8): a chain step
-//! retried after retention purged its predecessor, unique keys per queue, a multi-call batch
+//! Cases where the brokers used to answer the same input differently, or both wrongly (issue
+//! 8): purge keeping a chain whole while any of its steps remain, unique keys per queue, a multi-call batch
 //! refused whole, the first start kept, garbage cursors and filter names refused, and a job
 //! handed back at shutdown recorded as released, not interrupted.
 
@@ -7,9 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
-use super::{
-    LEASE, ManualClock, enqueue, fetch_expect, fetch_one, finish, get, job, last_event, ok,
-};
+use super::{ManualClock, enqueue, fetch_expect, fetch_one, finish, get, job, last_event, ok};
 use crate::broker::{Broker, JobFilter, Outcome};
 use crate::clock::Clock;
 use crate::error::BrokerError;
@@ -41,11 +39,11 @@ async fn all_jobs(b: &Arc<dyn Broker>) -> Vec<JobId> {
     .collect()
 }
 
-/// A dead later step whose predecessor retention purged runs again when retried, with the
-/// input its predecessor gave it (kept in its payload), and the chain goes on after it; a step
-/// cancelled before it ever got an input is queued as stored, never left waiting for a step
-/// that no longer exists.
-pub async fn chain_retry_after_predecessor_purged_runs_with_stored_input(
+/// Purge never deletes a chain step while a later step of its chain exists: a dead later step
+/// retried after retention ran still finds its predecessor's result (and a step cancelled
+/// before it ever got one is queued with it), instead of waiting forever for a step that is
+/// gone. A chain whose steps are all due for purging goes as a whole, in one call.
+pub async fn purge_keeps_a_chain_step_while_a_later_step_exists(
     b: Arc<dyn Broker>,
     clock: Arc<ManualClock>,
 ) {
@@ -81,42 +79,55 @@ pub async fn chain_retry_after_predecessor_purged_runs_with_stored_input(
         .purge(&[JobState::Succeeded], clock.now(), 1_000_000)
         .await
         .expect("purge succeeded");
-    assert_eq!(purged, 1, "the succeeded first step is purged");
-    assert_eq!(b.get(&ids[0]).await.expect("get"), None);
+    assert_eq!(purged, 0, "the first step is kept while later steps exist");
+    assert_eq!(get(&b, &ids[0]).await.state, JobState::Succeeded);
+    let purged = b
+        .purge(&[JobState::Dead], clock.now(), 1_000_000)
+        .await
+        .expect("purge dead");
+    assert_eq!(
+        purged, 0,
+        "the dead step is kept while the cancelled one exists"
+    );
 
     let retried = b.retry(&ids[1]).await.expect("retry the dead step");
-    assert_eq!(
-        retried.state,
-        JobState::Queued,
-        "its predecessor is gone: it cannot wait for it"
-    );
+    assert_eq!(retried.state, JobState::Queued, "its predecessor succeeded");
     let second = fetch_expect(&b, "chain", &ids[1]).await;
-    assert_eq!(second.payload["input"], json!({"n": 1}), "the stored input");
+    assert_eq!(second.payload["input"], json!({"n": 1}));
     finish(&b, second.lease(), ok())
         .await
         .expect("finish second");
     let third = fetch_expect(&b, "chain", &ids[2]).await;
     assert_eq!(third.payload["input"], json!({"ok": true}));
     finish(&b, third.lease(), ok()).await.expect("finish third");
+    clock.advance(1_000);
+    let purged = b
+        .purge(&[JobState::Succeeded], clock.now(), 1_000_000)
+        .await
+        .expect("purge the chain");
+    assert_eq!(purged, 3, "a chain due for purging goes whole");
+    for id in &ids {
+        assert_eq!(b.get(id).await.expect("get"), None);
+    }
 
-    // A step cancelled while waiting, whose predecessor then succeeded and was purged.
+    // A step cancelled while waiting, whose predecessor then succeeded.
     let steps = link_chain(vec![job("test.x").queue("c2"), job("test.y").queue("c2")]);
     let (x, y) = (steps[0].id.clone(), steps[1].id.clone());
     b.enqueue(steps).await.expect("enqueue chain");
     b.cancel(&y).await.expect("cancel the waiting step");
     let jx = fetch_expect(&b, "c2", &x).await;
-    finish(&b, jx.lease(), ok()).await.expect("finish x");
+    finish(&b, jx.lease(), Outcome::Succeeded { result: json!("x") })
+        .await
+        .expect("finish x");
     clock.advance(1_000);
-    b.purge(&[JobState::Succeeded], clock.now(), 1_000_000)
+    let purged = b
+        .purge(&[JobState::Succeeded], clock.now(), 1_000_000)
         .await
         .expect("purge");
-    assert_eq!(b.get(&x).await.expect("get"), None);
-    assert_eq!(
-        b.retry(&y).await.expect("retry y").state,
-        JobState::Queued,
-        "never waiting for a purged step"
-    );
-    fetch_expect(&b, "c2", &y).await;
+    assert_eq!(purged, 0);
+    assert_eq!(b.retry(&y).await.expect("retry y").state, JobState::Queued);
+    let jy = fetch_expect(&b, "c2", &y).await;
+    assert_eq!(jy.payload["input"], json!("x"));
 }
 
 /// A unique key is unique within a queue: the same key on another queue is another job, in
@@ -256,7 +267,11 @@ pub async fn garbage_cursors_and_filter_names_are_refused(
         assert_invalid(r, "cursor", &format!("list cursor {garbage:?}"));
         for limit in [10, 0] {
             let r = b.events(Some(garbage), limit).await;
-            assert_invalid(r, "since", &format!("events after {garbage:?}, limit {limit}"));
+            assert_invalid(
+                r,
+                "since",
+                &format!("events after {garbage:?}, limit {limit}"),
+            );
         }
     }
     let long_kind = "k".repeat(129);
@@ -314,7 +329,11 @@ pub async fn garbage_cursors_and_filter_names_are_refused(
         .expect("a valid name with no jobs");
     assert!(none.jobs.is_empty() && none.next_cursor.is_none());
     let default_page = b.list(&JobFilter::default()).await.expect("limit 0");
-    assert_eq!(default_page.jobs.len(), 3, "a limit of 0 is the default page");
+    assert_eq!(
+        default_page.jobs.len(),
+        3,
+        "a limit of 0 is the default page"
+    );
 }
 
 /// A job handed back at shutdown gets `job.released` (not `job.interrupted`): it was not
@@ -340,7 +359,10 @@ pub async fn released_job_is_recorded_as_released(b: Arc<dyn Broker>, clock: Arc
     assert_eq!(e.message.as_deref(), Some("shutting down"));
     assert_eq!(e.attempt, 1, "the attempt that was handed back");
     let r = get(&b, &id).await;
-    assert_eq!((r.state, r.attempt, r.interruptions), (JobState::Queued, 0, 1));
+    assert_eq!(
+        (r.state, r.attempt, r.interruptions),
+        (JobState::Queued, 0, 1)
+    );
     let interrupted = b
         .history(&id)
         .await

@@ -168,7 +168,7 @@ macro_rules! conformance_suite {
             chain_retry_of_later_step_waits_for_predecessor,
             chain_counts_waiting_splices_input_and_survives_poison,
             // agreement.rs
-            chain_retry_after_predecessor_purged_runs_with_stored_input,
+            purge_keeps_a_chain_step_while_a_later_step_exists,
             unique_key_is_per_queue,
             multi_queue_batch_with_invalid_job_stores_nothing,
             large_batch_over_two_queues_with_invalid_last_job_stores_nothing,
