@@ -1,7 +1,7 @@
 -- fetch.lua: promotes due jobs of one queue, then leases up to ARGV[2] jobs in priority
 -- order (lowest priority number, earliest due, first enqueued): `queued -> running`,
--- attempt + 1, lease_token + 1, lease deadline now + lease; appends `job.started` for each,
--- all in one stream entry.
+-- attempt + 1, lease_token + 1, lease deadline now + lease, `started_at` now on its first
+-- start only; appends `job.started` for each, all in one stream entry.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  now, ms
@@ -12,11 +12,11 @@
 --          rest are promoted by the next fetches)
 -- Returns  an array, one entry per leased job: the job's hash as a flat field/value array
 --          as HGETALL read it before the lease, then the fields the lease wrote (state,
---          attempt, lease_token, lease_until, started_at, and progress and progress_message
---          cleared as ''), which a reader taking the last value of each field sees as the job
---          now stored, then the job's id as its last (odd) element. This script is the one
---          place the lease transition is computed; the caller only decodes. Appending to
---          what HGETALL read keeps the script from building tables.
+--          attempt, lease_token, lease_until, progress and progress_message cleared as '',
+--          and started_at unless it was set), which a reader taking the last value of each
+--          field sees as the job now stored, then the job's id as its last (odd) element.
+--          This script is the one place the lease transition is computed; the caller only
+--          decodes. Appending to what HGETALL read keeps the script from building tables.
 
 local now = tonumber(ARGV[1])
 local max = tonumber(ARGV[2])
@@ -48,14 +48,14 @@ local popped = {}
 if max > 0 then
   popped = redis.call('ZPOPMIN', K .. 'queued', max)
 end
--- Per leased job: its id, the hash read, attempt and lease token before the lease, and
--- whether it has progress to clear.
-local ids, keys, attempts, tokens, clear = {}, {}, {}, {}, {}
+-- Per leased job: its id, the hash read, attempt and lease token before the lease, whether
+-- it has progress to clear, and whether it has started before (`started_at` is the first).
+local ids, keys, attempts, tokens, clear, started = {}, {}, {}, {}, {}, {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], QPREFIX + 1)
   local jk = job_key(id)
   local f = redis.call('HGETALL', jk)
-  local st, attempt, token, kind, prog
+  local st, attempt, token, kind, prog, began
   for j = 1, #f, 2 do
     local k = f[j]
     if k == 'state' then
@@ -68,6 +68,8 @@ for i = 1, #popped, 2 do
       kind = f[j + 1]
     elseif k == 'progress' or k == 'progress_message' then
       prog = true
+    elseif k == 'started_at' then
+      began = true
     end
   end
   if st == 'queued' then
@@ -80,15 +82,20 @@ for i = 1, #popped, 2 do
     attempts[n] = attempt
     tokens[n] = token
     clear[n] = prog
+    started[n] = began
     local m = #f
     f[m + 1], f[m + 2] = 'state', 'running'
     f[m + 3], f[m + 4] = 'attempt', attempt
     f[m + 5], f[m + 6] = 'lease_token', token
     f[m + 7], f[m + 8] = 'lease_until', deadline
-    f[m + 9], f[m + 10] = 'started_at', ARGV[1]
-    f[m + 11], f[m + 12] = 'progress', ''
-    f[m + 13], f[m + 14] = 'progress_message', ''
-    f[m + 15] = id
+    f[m + 9], f[m + 10] = 'progress', ''
+    f[m + 11], f[m + 12] = 'progress_message', ''
+    m = m + 12
+    if not began then
+      f[m + 1], f[m + 2] = 'started_at', ARGV[1]
+      m = m + 2
+    end
+    f[m + 1] = id
     out[n] = f
   end
 end
@@ -97,8 +104,13 @@ if #out > 0 then
   local running = {}
   for i = 1, #ids do
     local id, jk = ids[i], keys[i]
-    redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
-      'lease_until', deadline, 'started_at', ARGV[1], 'evn', ev)
+    if started[i] then
+      redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
+        'lease_until', deadline, 'evn', ev)
+    else
+      redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
+        'lease_until', deadline, 'started_at', ARGV[1], 'evn', ev)
+    end
     if clear[i] then
       redis.call('HDEL', jk, 'progress', 'progress_message')
     end

@@ -18,7 +18,8 @@
 --                  'snooze'  a = due ms                 -> scheduled, attempt - 1,
 --                                                          job.enqueued with message "snoozed"
 --                  'release' a = reason                 -> queued at once, attempt - 1,
---                                                          job.interrupted (not an interruption)
+--                                                          job.released (not an interruption:
+--                                                          interruptions and streak unchanged)
 -- Returns  an array of n integers: 1 applied, 0 lease lost.
 
 local now = tonumber(ARGV[1])
@@ -52,7 +53,7 @@ for i = 0, n - 1 do
       -- No event type names "scheduled": a snooze is recorded as enqueued again, for later.
       add_event('job.enqueued', id, kind, tonumber(attempt) - 1, 'm', 'snoozed')
     elseif code == 'release' then
-      add_event('job.interrupted', id, kind, attempt, 'm', ARGV[b + 3])
+      add_event('job.released', id, kind, attempt, 'm', ARGV[b + 3])
     else
       return redis.error_reply('finish.lua: unknown outcome ' .. tostring(code))
     end

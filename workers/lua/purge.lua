@@ -1,36 +1,67 @@
--- purge.lua: deletes up to ARGV[2] finished jobs of one queue that finished before ARGV[1],
--- of the given states (others are ignored), with their unique keys. Called repeatedly until
--- it returns fewer than ARGV[2] ids.
+-- purge.lua: deletes up to ARGV[2] jobs of one queue in the final state ARGV[3] that finished
+-- before ARGV[1], with their unique keys. A chain step whose next step still exists is kept
+-- (and skipped): a later step retried must find its predecessor, so a chain is purged from
+-- its end (see the chain notes in `workers/src/broker/mod.rs`). Looks at most 4 x ARGV[2]
+-- candidates per call; the caller calls again with the returned skip until done.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  before, ms (exclusive)
--- ARGV[2]  batch size
--- ARGV[3..] states: any of 'succeeded', 'dead', 'cancelled'
--- Returns  the ids deleted (the caller removes them from the global id -> queue index).
+-- ARGV[2]  batch size: at most this many jobs deleted
+-- ARGV[3]  state: 'succeeded', 'dead' or 'cancelled' (any other deletes nothing)
+-- ARGV[4]  skip: how many candidates at the front of the state's range earlier calls kept
+-- Returns  {skip, done, id, id, ...}: the skip to pass next (ARGV[4] plus the candidates kept
+--          by this call), 1 when the range was read to its end (else 0), then the ids deleted
+--          (the caller removes them from the global id -> queue index).
 
 local before = ARGV[1]
 local limit = tonumber(ARGV[2])
+local st = ARGV[3]
+local skip = tonumber(ARGV[4])
+if st ~= 'succeeded' and st ~= 'dead' and st ~= 'cancelled' then
+  return { skip, 1 }
+end
 local out = {}
-for a = 3, #ARGV do
-  local st = ARGV[a]
-  if (st == 'succeeded' or st == 'dead' or st == 'cancelled') and #out < limit then
-    local ids = redis.call('ZRANGEBYSCORE', K .. st, '-inf', '(' .. before, 'LIMIT', 0, limit - #out)
-    for i = 1, #ids do
-      local id = ids[i]
-      local jk = job_key(id)
-      local u = redis.call('HGET', jk, 'unique_key')
-      if u and redis.call('HGET', K .. 'unique', u) == id then
-        redis.call('HDEL', K .. 'unique', u)
+local budget = limit * 4
+local done = 0
+while true do
+  local want = limit - #out
+  if want > budget then
+    want = budget
+  end
+  if want <= 0 then
+    break
+  end
+  local ids = redis.call('ZRANGEBYSCORE', K .. st, '-inf', '(' .. before, 'LIMIT', skip, want)
+  budget = budget - #ids
+  local gone = {}
+  for i = 1, #ids do
+    local id = ids[i]
+    local jk = job_key(id)
+    local f = redis.call('HMGET', jk, 'unique_key', 'chain_next')
+    if f[2] and f[2] ~= '' and redis.call('EXISTS', job_key(f[2])) == 1 then
+      skip = skip + 1
+    else
+      if f[1] and redis.call('HGET', K .. 'unique', f[1]) == id then
+        redis.call('HDEL', K .. 'unique', f[1])
       end
       redis.call('DEL', jk)
       redis.call('ZREM', K .. 'all', id)
       move(st, nil)
+      gone[#gone + 1] = id
       out[#out + 1] = id
     end
-    if #ids > 0 then
-      redis.call('ZREM', K .. st, unpack(ids))
-    end
+  end
+  if #gone > 0 then
+    redis.call('ZREM', K .. st, unpack(gone))
+  end
+  if #ids < want then
+    done = 1
+    break
   end
 end
 flush_counts()
-return out
+local reply = { skip, done }
+for i = 1, #out do
+  reply[#reply + 1] = out[i]
+end
+return reply

@@ -27,13 +27,18 @@ pub enum EventType {
     Dead,
     #[serde(rename = "job.cancelled")]
     Cancelled,
+    /// A running job whose lease expired (its worker died): counted in `interruptions`.
     #[serde(rename = "job.interrupted")]
     Interrupted,
+    /// A running job its worker handed back at shutdown: queued again at once, neither an
+    /// attempt nor an interruption.
+    #[serde(rename = "job.released")]
+    Released,
 }
 
 impl EventType {
     /// Every type.
-    pub const ALL: [EventType; 8] = [
+    pub const ALL: [EventType; 9] = [
         EventType::Enqueued,
         EventType::Started,
         EventType::Progress,
@@ -42,6 +47,7 @@ impl EventType {
         EventType::Dead,
         EventType::Cancelled,
         EventType::Interrupted,
+        EventType::Released,
     ];
 
     /// The stable wire name.
@@ -55,6 +61,7 @@ impl EventType {
             EventType::Dead => "job.dead",
             EventType::Cancelled => "job.cancelled",
             EventType::Interrupted => "job.interrupted",
+            EventType::Released => "job.released",
         }
     }
 

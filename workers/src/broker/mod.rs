@@ -29,6 +29,15 @@
 //!   becomes `queued` with that result under `payload.input`; a step that ends `dead` or
 //!   `cancelled` cancels the waiting steps after it; retrying it puts them back to `waiting`
 //! ```
+//!
+//! Chains and retention: a retried later step runs with its predecessor's result (queued
+//! with it when the predecessor succeeded, else `waiting` until it does), so it needs its
+//! predecessor to exist. [`Broker::purge`] therefore never deletes a chain step while the step
+//! after it exists: a chain is purged from its end, each step once every later step is gone,
+//! and a chain whose steps are all due goes whole in one call. A succeeded step whose later
+//! step died is kept as long as the dead one is (`[retention] dead`, not `succeeded`). The
+//! other way out, running a retried step with the input it stored, was not taken: a step
+//! cancelled before its predecessor succeeded has no input to run with.
 
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 mod delegate;
@@ -47,7 +56,8 @@ use serde_json::Value;
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
-use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::field::FieldError;
+use crate::job::{Job, JobId, JobState, Lease, NewJob, valid_name};
 use crate::time::Timestamp;
 
 /// The result of enqueueing one job: the job as the broker stored it, so a caller never has
@@ -73,7 +83,9 @@ pub enum Outcome {
     /// `running -> scheduled` at `at`; the attempt is not counted.
     Snooze { at: Timestamp },
     /// `running -> queued` at once, the attempt not counted: the worker is shutting down and
-    /// gives the job back instead of letting its lease run out. Emits `job.interrupted`.
+    /// gives the job back instead of letting its lease run out. Emits `job.released`, not
+    /// `job.interrupted`: nothing went wrong with the job, so `interruptions` and the
+    /// poison-pill streak stay as they were (a release neither counts nor forgives one).
     Released { reason: String },
 }
 
@@ -96,15 +108,54 @@ pub enum LeaseStatus {
 }
 
 /// Filters for [`Broker::list`]. Pages run newest first.
+///
+/// A queue or kind that no job can have (a queue name [`NewJob::validate`] would refuse, an
+/// empty kind or one over 128 characters) is a client's mistake, refused with
+/// [`BrokerError::Invalid`] naming `queue` or `kind`, on every broker; a valid name that no job
+/// has is an empty page. So is a `cursor` the broker never issued (naming `cursor`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct JobFilter {
     pub queue: Option<String>,
     pub state: Option<JobState>,
     pub kind: Option<String>,
-    /// At most this many jobs (the broker may cap it).
+    /// At most this many jobs (the broker caps it at 1,000); 0 means the default page of 100.
     pub limit: usize,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+}
+
+impl JobFilter {
+    /// The page size a broker uses for `limit` 0.
+    pub const DEFAULT_LIMIT: usize = 100;
+    /// The largest page a broker returns.
+    pub const MAX_LIMIT: usize = 1000;
+
+    /// Refuses a queue or kind name no job can have (see [`NewJob::validate`] for the rules),
+    /// so that both brokers answer it alike. Brokers call it first thing in `list`.
+    pub fn check(&self) -> Result<(), FieldError> {
+        if let Some(q) = &self.queue
+            && !valid_name(q)
+        {
+            return Err(FieldError::new(
+                "queue",
+                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+            ));
+        }
+        if let Some(k) = &self.kind
+            && (k.is_empty() || k.len() > 128)
+        {
+            return Err(FieldError::new("kind", "must be 1 to 128 characters"));
+        }
+        Ok(())
+    }
+
+    /// The page size to read: `limit`, or the default for 0, capped.
+    pub fn page_size(&self) -> usize {
+        match self.limit {
+            0 => Self::DEFAULT_LIMIT,
+            n => n.min(Self::MAX_LIMIT),
+        }
+    }
 }
 
 /// A page of jobs.
@@ -180,6 +231,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// `job.enqueued` for each, and answers each job as stored. A job whose `unique_key` is
     /// taken is not created; its entry in the answer is the existing job.
     ///
+    /// A `unique_key` (an `Idempotency-Key`, a schedule's tick) is unique **within a queue**:
+    /// the same key on two queues names two jobs. Per queue keeps every Redis key of a job in
+    /// its queue's Cluster slot, and loses nothing: a chain's steps all live on its queue and a
+    /// schedule has a fixed queue. A key is free again once its job is purged.
+    ///
+    /// All or none, and its one limit: every job is checked below before anything is
+    /// stored, so bad input fails the whole batch. SQLite stores a batch in one transaction.
+    /// Redis stores it in one script call per queue and per 500 jobs, pipelined: should the
+    /// connection to Redis fail between two of those calls, the calls already run stand (each
+    /// of them whole), and the caller, which sees the error, may retry the batch; with unique
+    /// keys the retry creates only what is missing.
+    ///
     /// This is the seam every new job passes, whoever sends it (the API, the CLI, schedules,
     /// benchmarks), so it is where the engine's rules of a job ([`NewJob::validate`]) are
     /// checked, once, before anything is stored: one invalid job fails the whole batch with
@@ -207,7 +270,9 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     async fn store(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>>;
 
     /// Leases up to `max` due jobs of `queue` in priority order: `-> running`, attempt + 1,
-    /// a new lease token, lease deadline now + `lease`; appends `job.started` for each.
+    /// a new lease token, lease deadline now + `lease`, `started_at` now if the job never
+    /// started before (it is the first start, kept across attempts and retries); appends
+    /// `job.started` for each.
     async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>>;
 
     /// Returns when work may be available in one of `queues`, or after `timeout`. Must not
@@ -251,19 +316,21 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// A job's events, oldest first.
     async fn history(&self, id: &JobId) -> BrokerResult<Vec<Event>>;
 
-    /// A page of jobs, newest first.
+    /// A page of jobs, newest first. A filter naming a queue or kind no job can have, or a
+    /// cursor this broker did not issue, is [`BrokerError::Invalid`] (see [`JobFilter`]).
     async fn list(&self, filter: &JobFilter) -> BrokerResult<JobPage>;
 
     /// Every queue that holds jobs, with counts by state.
     async fn queues(&self) -> BrokerResult<Vec<QueueStats>>;
 
     /// Events after the event id `after` (from the start of the log when `None`), oldest
-    /// first, at most `limit`.
+    /// first, at most `limit`. An `after` this broker did not issue is
+    /// [`BrokerError::Invalid`] naming `since`, whatever the limit.
     async fn events(&self, after: Option<&str>, limit: usize) -> BrokerResult<Vec<Event>>;
 
     /// Deletes finished jobs that finished before `before`, of the given states, and trims
-    /// the event log to its newest `keep_events` entries. Returns the jobs deleted.
-    ///
+    /// the event log to its newest `keep_events` entries. Returns the jobs deleted. A chain
+    /// step is kept while the step after it exists (see "Chains and retention" above).
     async fn purge(
         &self,
         states: &[JobState],

@@ -21,12 +21,14 @@
 //! This file holds the case list (the macro), the factory plumbing and the helpers the cases
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `outcomes`
 //! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `admin` (cancel, retry,
-//! purge, drop) and `inspect` (list, queues, events). A case that only one broker can pass does
+//! purge, drop), `inspect` (list, queues, events) and `agreement` (inputs on which the brokers
+//! once answered differently). A case that only one broker can pass does
 //! not belong here: it stays in that broker's test file, saying why.
 
 // One file per topic. Each case is `pub` in its topic and re-exported here, so the macro (and
 // any caller) names it `testing::<case>` whichever file it lives in.
 mod admin;
+mod agreement;
 mod chains;
 mod enqueue;
 mod fetch;
@@ -35,6 +37,7 @@ mod leases;
 mod outcomes;
 
 pub use admin::*;
+pub use agreement::*;
 pub use chains::*;
 pub use enqueue::*;
 pub use fetch::*;
@@ -164,6 +167,14 @@ macro_rules! conformance_suite {
             chain_replay_with_taken_key_creates_nothing,
             chain_retry_of_later_step_waits_for_predecessor,
             chain_counts_waiting_splices_input_and_survives_poison,
+            // agreement.rs
+            purge_keeps_a_chain_step_while_a_later_step_exists,
+            unique_key_is_per_queue,
+            multi_queue_batch_with_invalid_job_stores_nothing,
+            large_batch_over_two_queues_with_invalid_last_job_stores_nothing,
+            started_at_is_the_first_start,
+            garbage_cursors_and_filter_names_are_refused,
+            released_job_is_recorded_as_released,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -126,7 +126,8 @@ pub async fn finish_snooze(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     assert_eq!(again.attempt, 1);
 }
 
-/// `running -> queued` at once (shutdown), not an attempt and not an interruption.
+/// `running -> queued` at once (shutdown), not an attempt and not an interruption:
+/// `job.released`.
 pub async fn finish_released(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.release")).await;
     let j = fetch_expect(&b, "default", &id).await;
@@ -144,7 +145,7 @@ pub async fn finish_released(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     assert_eq!(r.attempt, 0);
     assert_eq!(r.interruptions, 0);
     let e = last_event(&b, &id).await;
-    assert_eq!(e.kind_of_event, EventType::Interrupted);
+    assert_eq!(e.kind_of_event, EventType::Released);
     assert_eq!(e.message.as_deref(), Some("shutting down"));
 
     let again = fetch_expect(&b, "default", &id).await;

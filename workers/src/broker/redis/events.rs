@@ -214,15 +214,20 @@ pub(super) async fn events(
     after: Option<&str>,
     limit: usize,
 ) -> BrokerResult<Vec<Event>> {
-    if limit == 0 {
-        return Ok(Vec::new());
-    }
+    // Checked before anything else, as SQLite does: a bad position is refused whatever the
+    // limit.
     let after = match after {
         None => None,
         Some(s) => Some(parse_event_id(s).ok_or_else(|| {
-            BrokerError::Invalid(FieldError::new("since", "not an event id of this broker"))
+            BrokerError::Invalid(FieldError::new(
+                "since",
+                "not an event id this broker issued",
+            ))
         })?),
     };
+    if limit == 0 {
+        return Ok(Vec::new());
+    }
     let names = broker.queue_names().await?;
     for round in 0..2 {
         let mut pipe = redis::pipe();

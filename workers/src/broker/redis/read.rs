@@ -16,14 +16,12 @@ use super::keys::check_queue;
 use super::scripts::{BATCH, SCRIPTS};
 use crate::broker::{JobFilter, JobPage, QueueStats, StateCounts};
 use crate::error::BrokerResult;
-use crate::job::{Job, JobId, JobState};
+use crate::job::{FieldError, Job, JobId, JobState};
 use crate::time::Timestamp;
 
 /// Ids a list call looks at, and how many calls one page may take.
 const LIST_BUDGET: usize = 1000;
 const LIST_MAX_CALLS: usize = 32;
-/// Largest page `list` returns.
-const LIST_MAX_LIMIT: usize = 1000;
 
 /// The job `id`, if the index and its hash both have it.
 pub(super) async fn get(broker: &RedisBroker, id: &JobId) -> BrokerResult<Option<Job>> {
@@ -38,12 +36,18 @@ pub(super) async fn get(broker: &RedisBroker, id: &JobId) -> BrokerResult<Option
 
 /// A page of jobs, newest first, across the queues the filter names.
 pub(super) async fn list(broker: &RedisBroker, filter: &JobFilter) -> BrokerResult<JobPage> {
-    let limit = filter.limit.min(LIST_MAX_LIMIT);
-    if limit == 0 {
-        return Ok(JobPage::default());
-    }
+    filter.check()?;
+    let limit = filter.page_size();
+    // A cursor is a job id, which this broker generates as a UUID (`JobId::generate`):
+    // anything else was not issued here, and would list from an arbitrary place.
+    let cursor = match filter.cursor.as_deref() {
+        Some(c) if uuid::Uuid::try_parse(c).is_ok() => c,
+        Some(_) => {
+            return Err(FieldError::new("cursor", "not a cursor this broker issued").into());
+        }
+        None => "",
+    };
     let queues = broker.queue_or_all(filter.queue.as_deref()).await?;
-    let cursor = filter.cursor.as_deref().unwrap_or("");
     let state = filter.state.map(JobState::as_str).unwrap_or("");
     let kind = filter.kind.as_deref().unwrap_or("");
     let mut jobs = Vec::new();
@@ -179,12 +183,18 @@ pub(super) async fn purge(
         .collect();
     let mut total = 0u64;
     for q in broker.queue_names().await? {
-        if !finals.is_empty() {
-            let mut args = vec![before.as_millis().to_string(), BATCH.to_string()];
-            args.extend(finals.iter().cloned());
-            let ids = broker.drain_batches(&SCRIPTS.purge, &q, &args).await?;
-            broker.unindex(&ids).await?;
-            total += ids.len() as u64;
+        // A chain step is kept while the step after it exists (purge.lua): deleting a step
+        // may free the one before it, so rounds repeat until one deletes nothing, and a chain
+        // due whole goes in one call.
+        loop {
+            let mut round = 0u64;
+            for st in &finals {
+                round += purge_state(broker, &q, st, before).await?;
+            }
+            total += round;
+            if round == 0 {
+                break;
+            }
         }
         // The bound is per queue stream (each queue keeps its newest `keep_events`).
         broker
@@ -197,6 +207,33 @@ pub(super) async fn purge(
             .await?;
     }
     Ok(total)
+}
+
+/// One pass of purge.lua over the jobs of `queue` in the final state `state` finished before
+/// `before`, a batch per call; returns how many it deleted.
+async fn purge_state(
+    broker: &RedisBroker,
+    queue: &str,
+    state: &str,
+    before: Timestamp,
+) -> BrokerResult<u64> {
+    let mut deleted = 0u64;
+    let mut skip: i64 = 0;
+    loop {
+        let mut cmd = broker.eval(&SCRIPTS.purge, queue);
+        cmd.arg(before).arg(BATCH).arg(state).arg(skip);
+        let reply: Vec<Value> = broker.query(&cmd).await?;
+        let [next, done, ids @ ..] = reply.as_slice() else {
+            return Err(corrupt("short reply from purge.lua"));
+        };
+        let ids = ids.iter().map(string).collect::<BrokerResult<Vec<_>>>()?;
+        broker.unindex(&ids).await?;
+        deleted += ids.len() as u64;
+        skip = int(next)?;
+        if int(done)? == 1 {
+            return Ok(deleted);
+        }
+    }
 }
 
 /// Deletes a queue and every job on it.

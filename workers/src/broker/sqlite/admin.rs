@@ -167,13 +167,22 @@ pub(super) async fn purge(
     keep_events: u64,
 ) -> BrokerResult<u64> {
     let mut deleted: u64 = 0;
-    // Only finished jobs are ever purged, whatever the caller asks.
-    for state in states.iter().copied().filter(|s| s.is_final()) {
-        let args = vec![
-            SqlValue::Text(state.as_str().to_owned()),
-            SqlValue::Integer(before.as_millis()),
-        ];
-        deleted += delete_jobs(broker, sql::PURGE_CHUNK, args).await?;
+    // Only finished jobs are ever purged, whatever the caller asks. A chain step is kept while
+    // the step after it exists (`sql::PURGE_CHUNK`): deleting a step's successor may free it,
+    // so rounds repeat until one deletes nothing, and a chain due whole goes in one call.
+    loop {
+        let mut round: u64 = 0;
+        for state in states.iter().copied().filter(|s| s.is_final()) {
+            let args = vec![
+                SqlValue::Text(state.as_str().to_owned()),
+                SqlValue::Integer(before.as_millis()),
+            ];
+            round += delete_jobs(broker, sql::PURGE_CHUNK, args).await?;
+        }
+        deleted += round;
+        if round == 0 {
+            break;
+        }
     }
     let keep = i64::try_from(keep_events).unwrap_or(i64::MAX);
     let cut: Option<i64> = broker

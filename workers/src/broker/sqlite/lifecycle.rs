@@ -73,7 +73,7 @@ fn store_one(
     if let Some(key) = &new.unique_key {
         let taken: Option<String> = conn
             .prepare_cached(sql::FIND_UNIQUE)?
-            .query_row([key], |r| r.get(0))
+            .query_row(params![new.queue, key], |r| r.get(0))
             .optional()?;
         if let Some(id) = taken.map(JobId)
             && let Some(job) = existing(conn, &id)?
@@ -296,7 +296,7 @@ fn finish_event(outcome: Outcome) -> (EventType, EventData) {
         Outcome::Retry { error, .. } => (EventType::Retrying, failure(error)),
         Outcome::Dead { error } => (EventType::Dead, failure(error)),
         Outcome::Snooze { .. } => (EventType::Enqueued, note(SNOOZED)),
-        Outcome::Released { reason } => (EventType::Interrupted, note(reason)),
+        Outcome::Released { reason } => (EventType::Released, note(reason)),
     }
 }
 

@@ -33,6 +33,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 2,
         sql: include_str!("../../../migrations/sqlite/0002_chains.sql"),
     },
+    Migration {
+        version: 3,
+        sql: include_str!("../../../migrations/sqlite/0003_unique_per_queue.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a

@@ -19,9 +19,6 @@ use crate::error::BrokerResult;
 use crate::event::{Event, EventType};
 use crate::job::{FieldError, Job, JobId, JobState};
 
-/// Largest page of `list`, and the page size when the filter asks for 0.
-const MAX_PAGE: usize = 1000;
-const DEFAULT_PAGE: usize = 100;
 /// Largest page of `events`.
 const MAX_EVENTS_PAGE: usize = 10_000;
 /// How far back `queues` counts recent outcomes (`processed_last_minute`, `failed_last_minute`).
@@ -58,14 +55,15 @@ async fn by_id<T: Send + 'static>(
 }
 
 pub(super) async fn list(broker: &SqliteBroker, filter: &JobFilter) -> BrokerResult<JobPage> {
-    let limit = match filter.limit {
-        0 => DEFAULT_PAGE,
-        n => n.min(MAX_PAGE),
-    };
+    let limit = filter.page_size();
+    filter.check()?;
+    // A cursor is the `seq` of a job, never negative.
     let cursor = match &filter.cursor {
         Some(c) => Some(
             c.parse::<i64>()
-                .map_err(|_| FieldError::new("cursor", "not a cursor this broker issued"))?,
+                .ok()
+                .filter(|c| *c >= 0)
+                .ok_or_else(|| FieldError::new("cursor", "not a cursor this broker issued"))?,
         ),
         None => None,
     };
@@ -174,9 +172,12 @@ pub(super) async fn events(
     limit: usize,
 ) -> BrokerResult<Vec<Event>> {
     let after = match after {
+        // An event id is a rowid, never negative.
         Some(a) => a
             .parse::<i64>()
-            .map_err(|_| FieldError::new("since", "not an event id this broker issued"))?,
+            .ok()
+            .filter(|a| *a >= 0)
+            .ok_or_else(|| FieldError::new("since", "not an event id this broker issued"))?,
         None => 0,
     };
     if limit == 0 {

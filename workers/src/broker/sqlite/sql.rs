@@ -50,7 +50,8 @@ pub const INSERT_EVENT: &str = "INSERT INTO events \
     (job_id, queue, kind, type, at, attempt, progress, message, result, error) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
-pub const FIND_UNIQUE: &str = "SELECT id FROM jobs WHERE unique_key = ?1";
+/// A unique key is unique within its queue (`0003_unique_per_queue.sql`).
+pub const FIND_UNIQUE: &str = "SELECT id FROM jobs WHERE queue = ?1 AND unique_key = ?2";
 pub const INSERT_JOB: &str = "INSERT INTO jobs \
     (id, queue, kind, payload, priority, state, run_at, max_retries, timeout_ms, unique_key, \
      created_at, chain_id, chain_index, chain_next) \
@@ -172,8 +173,13 @@ pub const LIST_KIND: &str = " AND kind = ?";
 pub const LIST_AFTER_CURSOR: &str = " AND seq < ?";
 pub const LIST_NEWEST_FIRST: &str = " ORDER BY seq DESC LIMIT ?";
 
+/// A chain step is purged only once the step after it is gone, so that a later step retried
+/// finds its predecessor (see the chain notes of `crate::broker`): a chain goes from its end.
 pub const PURGE_CHUNK: &str = "DELETE FROM jobs WHERE seq IN \
-    (SELECT seq FROM jobs WHERE state = ?1 AND finished_at < ?2 LIMIT ?3) RETURNING id";
+    (SELECT seq FROM jobs WHERE state = ?1 AND finished_at < ?2 \
+     AND (chain_next IS NULL \
+          OR NOT EXISTS (SELECT 1 FROM jobs AS later WHERE later.id = jobs.chain_next)) \
+     LIMIT ?3) RETURNING id";
 pub const DELETE_JOB_EVENTS: &str = "DELETE FROM events WHERE job_id = ?1";
 pub const EVENT_CUT: &str = "SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1";
 pub const TRIM_EVENTS_CHUNK: &str = "DELETE FROM events WHERE id IN \
