@@ -37,7 +37,7 @@ pub struct EnqueueRequest {
     pub max_retries: Option<u32>,
     /// Per-attempt limit; default the kind's, else `[worker] job_timeout`.
     pub timeout: Option<Duration>,
-    /// At most one job with this key exists.
+    /// At most one job of the queue has this key.
     pub unique_key: Option<String>,
 }
 

@@ -142,7 +142,8 @@ pub struct NewJob {
     pub max_retries: u32,
     /// Per-attempt time limit in milliseconds; `None` uses the pool's default.
     pub timeout_ms: Option<u64>,
-    /// At most one job with this key exists; enqueueing a duplicate returns the first one.
+    /// At most one job with this key exists in its queue; enqueueing a duplicate returns the
+    /// first one.
     pub unique_key: Option<String>,
     /// This job's place in a chain, if it is a step of one. Steps after the first are
     /// enqueued `waiting`.
@@ -367,7 +368,7 @@ pub struct Job {
     pub result: Option<Value>,
     /// Why the last attempt failed (or why the job was cancelled or went dead).
     pub last_error: Option<String>,
-    /// At most one job with this key exists; a duplicate enqueue returns this job.
+    /// At most one job of its queue has this key; a duplicate enqueue returns this job.
     pub unique_key: Option<String>,
     /// When the current lease runs out, while running.
     pub lease_until: Option<Timestamp>,
