@@ -109,6 +109,23 @@ fn raw_conn() -> redis::Connection {
         .expect("raw Redis connection")
 }
 
+/// The ids of the clients blocked in `BLPOP` right now (any test's: Redis is shared).
+fn blocked_clients() -> std::collections::BTreeSet<String> {
+    let list: String = redis::cmd("CLIENT")
+        .arg("LIST")
+        .query(&mut raw_conn())
+        .expect("client list");
+    list.lines()
+        .filter(|l| {
+            l.split(' ')
+                .any(|f| f.strip_prefix("flags=").is_some_and(|v| v.contains('b')))
+                && l.contains(" cmd=blpop")
+        })
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_owned)
+        .collect()
+}
+
 fn keys_of(prefix: &str) -> Vec<String> {
     let mut conn = raw_conn();
     let mut keys = Vec::new();
@@ -241,6 +258,7 @@ async fn an_idle_waiter_wakes_on_enqueue_without_polling() {
         t.elapsed()
     );
 
+    let before = blocked_clients();
     let waiter = {
         let b = b.clone();
         let queues = queues.clone();
@@ -252,7 +270,17 @@ async fn an_idle_waiter_wakes_on_enqueue_without_polling() {
             t.elapsed()
         })
     };
-    tokio::time::sleep(Duration::from_millis(200)).await;
+    // Enqueue only once the waiter is blocked in `BLPOP` (a client blocked now that was not
+    // before), so that what wakes it is the enqueue's signal, not a token already there.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while blocked_clients().is_subset(&before) {
+        assert!(
+            Instant::now() < deadline,
+            "the waiter never blocked in BLPOP"
+        );
+        assert!(!waiter.is_finished(), "the waiter returned with no work");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
     let sent = Instant::now();
     b.enqueue(vec![job("k").queue("wake")])
         .await
