@@ -20,8 +20,8 @@
 //!
 //! This file holds the case list (the macro), the factory plumbing and the helpers the cases
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `outcomes`
-//! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `admin` (cancel, retry,
-//! purge, drop) and `inspect` (list, queues, events). A case that only one broker can pass does
+//! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `payloads` (JSON
+//! that comes back exactly), `admin` (cancel, retry, purge, drop) and `inspect` (list, queues, events). A case that only one broker can pass does
 //! not belong here: it stays in that broker's test file, saying why.
 
 // One file per topic. Each case is `pub` in its topic and re-exported here, so the macro (and
@@ -33,6 +33,7 @@ mod fetch;
 mod inspect;
 mod leases;
 mod outcomes;
+mod payloads;
 
 pub use admin::*;
 pub use chains::*;
@@ -41,6 +42,7 @@ pub use fetch::*;
 pub use inspect::*;
 pub use leases::*;
 pub use outcomes::*;
+pub use payloads::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -164,6 +166,10 @@ macro_rules! conformance_suite {
             chain_replay_with_taken_key_creates_nothing,
             chain_retry_of_later_step_waits_for_predecessor,
             chain_counts_waiting_splices_input_and_survives_poison,
+            // payloads.rs
+            payloads_and_results_round_trip_exactly,
+            chain_payloads_stay_exact_through_promote_and_retry,
+            chain_payloads_stay_exact_through_cancel_and_retry,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
