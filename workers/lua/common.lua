@@ -8,10 +8,13 @@
 --              never changed after enqueue are packed into one field `d`:
 --                <ev0>|<priority>|<max_retries>|<timeout_ms or ''>|<created_at>|<payload JSON>
 --              (ev0 is the id of its first stream entry; only the payload, last, may hold a
---              '|'; a chain step's payload is rewritten when it gets its `input`); `kind`,
+--              '|'; `d` is never rewritten); `kind`,
 --              `unique_key` and a chain step's `chain_id`, `chain_index` and, unless it is the
 --              last, `chain_next` are fields of their own (scripts and listing read them
---              alone). An optional field is absent or '' when it has no value,
+--              alone). A chain step that got its predecessor's result keeps it, as the
+--              JSON text finish.lua received, in `input`: the client sets it as the
+--              payload's top-level `input` when it reads the job. An optional field is
+--              absent or '' when it has no value,
 --              and a missing counter (attempt, lease_token, interruptions,
 --              interruption_streak, progress) is 0 (progress is 100 once succeeded): a fresh
 --              job stores only what it must. `lease_until` means something only while the
@@ -35,11 +38,6 @@ local K = KEYS[1]
 -- The priority (text) in a job's packed field `d` (see the layout above).
 local function d_priority(d)
   return string.match(d, '^[^|]*|(%d+)|')
-end
-
--- A job's packed field `d` split into everything before the payload, and the payload.
-local function d_split(d)
-  return string.match(d, '^([^|]*|[^|]*|[^|]*|[^|]*|[^|]*|)(.*)$')
 end
 
 local function job_key(id)
@@ -165,31 +163,11 @@ end
 -- chain is walked through `chain_next` links inside this queue's slot. A walk stops at a
 -- step it has seen already, so hand-made links that loop cannot hang Redis.
 
--- The payload JSON object `payload` with its top-level `input` set to the JSON text `input`.
--- The common case (no `input` key yet) splices the text, so the payload's numbers and empty
--- arrays stay exactly as they were; replacing an existing `input` goes through cjson, which
--- turns empty arrays into {} and keeps only 14 significant digits of a number.
-local function with_input(payload, input)
-  if string.find(payload, '"input"', 1, true) then
-    local ok, obj = pcall(cjson.decode, payload)
-    if ok and type(obj) == 'table' and obj.input ~= nil then
-      local ok2, value = pcall(cjson.decode, input)
-      if ok2 then
-        obj.input = value
-        return cjson.encode(obj)
-      end
-    end
-  end
-  local open = string.find(payload, '{', 1, true)
-  if not open or string.match(payload, '^%s*{%s*}%s*$') then
-    return '{"input":' .. input .. '}'
-  end
-  return '{"input":' .. input .. ',' .. string.sub(payload, open + 1)
-end
-
 -- After chain step `index` succeeded with the JSON text `result`: its successor `next_id`, if
 -- still `waiting`, becomes `queued` now with `input` = result (job.enqueued, "chain: step N
 -- succeeded"). Returns 1 when a step was queued (the caller signals a worker), else 0.
+-- The result is stored as the text it came as, in the step's field `input`: no script ever
+-- decodes or re-encodes JSON (cjson turns [] into {} and rounds numbers to 14 digits).
 local function chain_promote(next_id, index, result, now, cap)
   local jk = job_key(next_id)
   local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'seq', 'd')
@@ -197,8 +175,7 @@ local function chain_promote(next_id, index, result, now, cap)
     return 0
   end
   local ev = event(cap, 'job.enqueued', next_id, f[2], now, f[3] or 0, { 'm', 'chain: step ' .. index .. ' succeeded' })
-  local head, payload = d_split(f[5])
-  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'd', head .. with_input(payload, result), 'evn', ev)
+  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'input', result, 'evn', ev)
   redis.call('ZADD', K .. 'queued', d_priority(f[5]), qmember(now, tonumber(f[4]), next_id))
   move('waiting', 'queued')
   return 1
@@ -281,8 +258,7 @@ local function requeue(id, st, now, cap)
       p = redis.call('HMGET', job_key(pred), 'state', 'result')
     end
     if p[1] == 'succeeded' and p[2] and p[2] ~= '' then
-      local head, payload = d_split(f[2])
-      redis.call('HSET', jk, 'd', head .. with_input(payload, p[2]))
+      redis.call('HSET', jk, 'input', p[2])
     else
       target = 'waiting'
     end

@@ -22,7 +22,8 @@
 //! only while the job runs, so finishing does not clear it). The fields fixed at enqueue but
 //! `kind`, `unique_key` and the chain links (first event id, priority, max retries, timeout,
 //! creation time and payload) are packed into one field `d` that only the client decodes (the
-//! scripts read the priority from it, and rewrite it when a chain step gets its `input`). A
+//! scripts read the priority from it and never rewrite it: a chain step's `input` is a field
+//! of its own). A
 //! fresh job's hash is six fields, and fetch.lua reads it with one `HGETALL` and hands it over
 //! as read: a queued no-op job costs
 //! about 810 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its

@@ -24,10 +24,11 @@
 //!
 //! A chain step's hash carries `chain_id`, `chain_index` and `chain_next`; every step is on
 //! the chain's queue, so the scripts walk `chain_next` links inside one slot. The step after a
-//! succeeded one gets the result as its payload's `input`: spliced into the payload text when
-//! the payload has no `input` yet (numbers and empty arrays stay exact), otherwise replaced
-//! through Redis' cjson, which keeps 14 significant digits of a number and turns an empty
-//! array into `{}`.
+//! succeeded one gets the result as its payload's `input`: the scripts store the result's JSON
+//! text as it came in the step's field `input` and never touch the payload (Lua's cjson would
+//! turn `[]` into `{}` and round integers beyond 2^53); `decode.rs` sets it as the payload's
+//! top-level `input` (replacing one the payload had) when it reads the job, as SQLite's
+//! `json_set(payload, '$.input', ..)` does. A payload that is not an object gets no `input`.
 //!
 //! # Limits, on purpose
 //!
