@@ -523,3 +523,119 @@ async fn drain_throughput() {
     );
     b.drop_queue("bench").await.expect("drop");
 }
+
+/// A node's clock, off from the real one by a fixed amount: what a node with a wrong clock
+/// reads.
+#[derive(Debug)]
+struct SkewedClock {
+    offset_ms: i64,
+}
+
+impl Clock for SkewedClock {
+    fn now(&self) -> Timestamp {
+        let real = hopper_workers::clock::SystemClock.now();
+        Timestamp::from_millis(real.as_millis() + self.offset_ms)
+    }
+}
+
+/// Leases, due times and rescue follow Redis' clock, not the calling node's: a node whose clock
+/// runs 20 s fast never takes a job whose 10 s lease is live (not by rescue, not by fetch), a
+/// node 20 s slow cannot shorten a lease by renewing it, and a retry a fast node schedules is
+/// due after its backoff, not its backoff plus the skew. (The suite runs the Redis broker on
+/// its manual clock instead; this test runs it as deployed, on Redis' `TIME`.)
+#[tokio::test]
+async fn leases_and_due_times_follow_redis_time_not_the_node_clock() {
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let node = |offset_ms: i64| {
+        let prefix = prefix.clone();
+        async move {
+            let clock: Arc<dyn Clock> = Arc::new(SkewedClock { offset_ms });
+            connect(&prefix, clock).await
+        }
+    };
+    let honest = node(0).await;
+    let fast = node(20_000).await;
+    let slow = node(-20_000).await;
+    let lease = Duration::from_secs(10);
+    let server_ms = || -> i64 {
+        let (s, us): (i64, i64) = redis::cmd("TIME").query(&mut raw_conn()).expect("TIME");
+        s * 1000 + us / 1000
+    };
+
+    honest
+        .enqueue(vec![job("k").queue("skew")])
+        .await
+        .expect("enqueue");
+    let held = honest.fetch("skew", 1, lease).await.expect("fetch");
+    assert_eq!(held.len(), 1);
+    let until = held[0].lease_until.expect("a running job has a lease");
+    let now = server_ms();
+    assert!(
+        (now + 5_000..=now + 10_000).contains(&until.as_millis()),
+        "a 10 s lease ends 10 s after Redis' now ({now}), not the node's: {until:?}"
+    );
+
+    assert_eq!(
+        fast.rescue(3).await.expect("rescue"),
+        Vec::new(),
+        "rescued a live lease"
+    );
+    assert!(
+        fast.fetch("skew", 10, lease)
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+
+    // A slow node renewing the lease extends it from Redis' now, not 20 s in the past.
+    let renewed = slow
+        .heartbeat(&[held[0].lease()], lease)
+        .await
+        .expect("heartbeat");
+    assert_eq!(renewed, vec![hopper_workers::broker::LeaseStatus::Held]);
+    assert_eq!(
+        honest.rescue(3).await.expect("rescue"),
+        Vec::new(),
+        "the renewal shortened the lease"
+    );
+    let job_now = honest.get(&held[0].id).await.expect("get").expect("job");
+    assert_eq!(job_now.state, JobState::Running);
+    assert_eq!(job_now.lease_token, held[0].lease_token);
+
+    // A fast node's retry with a 1 s backoff is due in about 1 s, not 21 s.
+    fast.enqueue(vec![job("r").queue("skew-retry")])
+        .await
+        .expect("enqueue");
+    let got = fast.fetch("skew-retry", 1, lease).await.expect("fetch");
+    let at = SkewedClock { offset_ms: 20_000 }.now() + ms(1_000);
+    fast.finish(vec![finish(
+        got[0].lease(),
+        Outcome::Retry {
+            at,
+            error: "again".into(),
+        },
+    )])
+    .await
+    .expect("finish")
+    .remove(0)
+    .expect("the lease is held");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if !honest
+            .fetch("skew-retry", 1, lease)
+            .await
+            .expect("fetch")
+            .is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a retry due in 1 s was not due 15 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
