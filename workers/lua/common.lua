@@ -35,6 +35,24 @@
 
 local K = KEYS[1]
 
+-- Time. Every lease, due time and rescue decision is made on one clock, Redis' own (`TIME`),
+-- so that nodes whose clocks disagree still agree on whether a lease is live: a node 20 s
+-- fast must not take a job whose 30 s lease has 15 s left. A script's ARGV `now` is '' for
+-- that; a number there is a test's manual clock (the broker's `with_clock_time`), used as is.
+-- Redis 7 replicates scripts by their effects, so calling `TIME` before writing is allowed.
+local function clock_ms(arg)
+  if arg and arg ~= '' then
+    return tonumber(arg)
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The decimal text of integer milliseconds (tostring would switch to an exponent).
+local function ms_text(n)
+  return string.format('%.0f', n)
+end
+
 -- The priority (text) in a job's packed field `d` (see the layout above).
 local function d_priority(d)
   return string.match(d, '^[^|]*|(%d+)|')

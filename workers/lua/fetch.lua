@@ -4,7 +4,7 @@
 -- all in one stream entry.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  max jobs to lease (at most 500: the events of one call go in one XADD)
 -- ARGV[3]  lease length, ms
 -- ARGV[4]  event stream cap
@@ -18,12 +18,13 @@
 --          place the lease transition is computed; the caller only decodes. Appending to
 --          what HGETALL read keeps the script from building tables.
 
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
+local now_s = ms_text(now)
 local max = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local cap = ARGV[4]
 local promote = tonumber(ARGV[5])
-local deadline = itoa(now + lease)
+local deadline = ms_text(now + lease)
 
 local due = redis.call('ZRANGEBYSCORE', K .. 'due', '-inf', now, 'LIMIT', 0, promote)
 for i = 1, #due do
@@ -85,7 +86,7 @@ for i = 1, #popped, 2 do
     f[m + 3], f[m + 4] = 'attempt', attempt
     f[m + 5], f[m + 6] = 'lease_token', token
     f[m + 7], f[m + 8] = 'lease_until', deadline
-    f[m + 9], f[m + 10] = 'started_at', ARGV[1]
+    f[m + 9], f[m + 10] = 'started_at', now_s
     f[m + 11], f[m + 12] = 'progress', ''
     f[m + 13], f[m + 14] = 'progress_message', ''
     f[m + 15] = id
@@ -98,7 +99,7 @@ if #out > 0 then
   for i = 1, #ids do
     local id, jk = ids[i], keys[i]
     redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
-      'lease_until', deadline, 'started_at', ARGV[1], 'evn', ev)
+      'lease_until', deadline, 'started_at', now_s, 'evn', ev)
     if clear[i] then
       redis.call('HDEL', jk, 'progress', 'progress_message')
     end

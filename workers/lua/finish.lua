@@ -3,7 +3,7 @@
 -- nothing. The events of the entries applied go in one stream entry.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  n, the number of entries (at most 500); then 5 values per entry: id, lease token,
 --          outcome, a, b
@@ -12,17 +12,21 @@
 --                                                          progress reads as 100);
 --                                                          a chain step queues the next step
 --                                                          with `input` = the result
---                  'retry'   a = due ms, b = error      -> retrying,  job.retrying
+--                  'retry'   a = delay ms, b = error    -> retrying,  job.retrying, due
+--                                                          now + delay (a delay, not a
+--                                                          time: the caller's clock may
+--                                                          be off)
 --                  'dead'    a = error                  -> dead,      job.dead; a chain step
 --                                                          cancels the waiting steps after it
---                  'snooze'  a = due ms                 -> scheduled, attempt - 1,
+--                  'snooze'  a = delay ms               -> scheduled at now + delay,
+--                                                          attempt - 1,
 --                                                          job.enqueued with message "snoozed"
 --                  'release' a = reason                 -> queued at once, attempt - 1,
 --                                                          job.interrupted (not an interruption)
 -- Returns  an array of n integers: 1 applied, 0 lease lost.
 
-local now = tonumber(ARGV[1])
-local now_s = ARGV[1]
+local now = clock_ms(ARGV[1])
+local now_s = ms_text(now)
 local cap = ARGV[2]
 local n = tonumber(ARGV[3])
 
@@ -87,7 +91,7 @@ if #bases > 0 then
         wake = wake + chain_promote(f[6], redis.call('HGET', jk, 'chain_index'), a, now, cap)
       end
     elseif code == 'retry' then
-      local at = tonumber(a)
+      local at = ms_text(now + tonumber(a))
       redis.call('HSET', jk, 'state', 'retrying', 'run_at', at, 'last_error', ARGV[b + 4],
         'evn', ev)
       redis.call('ZADD', K .. 'due', at, id)
@@ -104,7 +108,7 @@ if #bases > 0 then
         chain_cancel_rest(id, redis.call('HGET', jk, 'chain_index'), f[6], 'dead', now, cap)
       end
     elseif code == 'snooze' then
-      local at = tonumber(a)
+      local at = ms_text(now + tonumber(a))
       redis.call('HSET', jk, 'state', 'scheduled', 'run_at', at, 'attempt', attempt - 1,
         'evn', ev)
       redis.call('ZADD', K .. 'due', at, id)

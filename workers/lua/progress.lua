@@ -1,7 +1,7 @@
 -- progress.lua: records a running job's progress and appends `job.progress`.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  id
 -- ARGV[4]  lease token
@@ -10,7 +10,7 @@
 -- ARGV[7]  message
 -- Returns  1 recorded, 0 lease lost (not running under this token).
 
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local id, token, percent = ARGV[3], ARGV[4], ARGV[5]
 local jk = job_key(id)

@@ -4,16 +4,16 @@
 -- chain step that dies so cancels the waiting steps after it).
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  max interruptions in a row before a job is dead (a poison pill)
 -- ARGV[4]  at most this many jobs per call
 -- Returns  the ids rescued (queued or dead).
 
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local max_int = tonumber(ARGV[3])
-local ids = redis.call('ZRANGEBYSCORE', K .. 'running', '-inf', '(' .. ARGV[1], 'LIMIT', 0, tonumber(ARGV[4]))
+local ids = redis.call('ZRANGEBYSCORE', K .. 'running', '-inf', '(' .. ms_text(now), 'LIMIT', 0, tonumber(ARGV[4]))
 local out = {}
 local requeued, failed = 0, 0
 for i = 1, #ids do

@@ -77,7 +77,8 @@ fn unique_prefix() -> String {
 
 hopper_workers::conformance_suite!(|clock: Arc<dyn Clock>| async move {
     let prefix = unique_prefix();
-    let broker = connect(&prefix, clock).await;
+    // The suite moves a manual clock: the broker decides by it instead of by Redis' TIME.
+    let broker = connect(&prefix, clock).await.with_clock_time();
     (Arc::new(broker) as Arc<dyn Broker>, Cleanup { prefix })
 });
 
@@ -92,7 +93,7 @@ struct Fixture {
 async fn fixture() -> Fixture {
     let prefix = unique_prefix();
     let clock = ManualClock::new(T0);
-    let broker = connect(&prefix, clock.clone()).await;
+    let broker = connect(&prefix, clock.clone()).await.with_clock_time();
     Fixture {
         broker: Arc::new(broker),
         clock,

@@ -30,6 +30,19 @@
 //! top-level `input` (replacing one the payload had) when it reads the job, as SQLite's
 //! `json_set(payload, '$.input', ..)` does. A payload that is not an object gets no `input`.
 //!
+//! # Time
+//!
+//! Every lease, due time and rescue decision is made on Redis' clock: the scripts read `TIME`
+//! (`clock_ms` in `common.lua`), so nodes whose clocks disagree still agree on whether a lease
+//! is live, and a node whose clock runs 20 s fast never rescues a job still running elsewhere.
+//! The times the pool hands over are made relative first: a retry's or a snooze's `at` is
+//! turned into a delay against the clock that computed it (this node's), and the script adds
+//! that delay to Redis' time, so a node's skew cancels out. Times a caller gives as times stay
+//! absolute and are read on Redis' clock: a job's `run_at`, and the `before` of `purge`.
+//! Reads that bucket or compare by time (`queues`' last minute, `wait_for_work`'s earliest
+//! due job) ask Redis for `TIME` too. [`RedisBroker::with_clock_time`] makes the scripts use
+//! the broker's [`Clock`] instead, for tests that move a manual clock.
+//!
 //! # Limits, on purpose
 //!
 //! - Listing walks the queue's `all` index newest first and filters in Lua, at most
@@ -84,6 +97,8 @@ pub struct RedisBroker {
     url: String,
     prefix: String,
     clock: Arc<dyn Clock>,
+    /// Whether the scripts take their time from `clock` (tests) rather than Redis' `TIME`.
+    clock_time: bool,
     event_cap: u64,
     /// Dedicated connections for `BLPOP`, which would stall every other command queued behind
     /// it on the shared multiplexed connection.
@@ -115,12 +130,23 @@ impl RedisBroker {
             url: shown,
             prefix: prefix.to_owned(),
             clock,
+            clock_time: false,
             event_cap: DEFAULT_EVENT_CAP,
             blocking: Mutex::new(Vec::new()),
             health: Health::default(),
         };
         broker.load_scripts().await?;
         Ok(broker)
+    }
+
+    /// Decides leases, due times and rescue by the clock the broker was given instead of by
+    /// Redis' own clock (`TIME`): for tests, which move a manual clock instead of sleeping.
+    /// Never for a deployment: nodes whose clocks disagree would then disagree on whether a
+    /// lease is live (see "Time" in the module docs).
+    #[must_use]
+    pub fn with_clock_time(mut self) -> Self {
+        self.clock_time = true;
+        self
     }
 
     /// Bounds each queue's event stream to about `cap` entries (default

@@ -122,7 +122,8 @@ pub(super) async fn queues(broker: &RedisBroker) -> BrokerResult<Vec<QueueStats>
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let now_s = broker.clock.now().as_millis().div_euclid(1000);
+    // The per-second counters are keyed by the scripts' clock: read them by it.
+    let now_s = broker.now().await?.as_millis().div_euclid(1000);
     let mut pipe = redis::pipe();
     for q in &names {
         let base = broker.base(q);
