@@ -640,3 +640,54 @@ async fn leases_and_due_times_follow_redis_time_not_the_node_clock() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// Rescue looks only at queues that may hold running jobs: a queue whose jobs all finished
+/// leaves the index of leased queues at the next rescue (so a node's once-a-second rescue does
+/// not grow with every queue ever used), and a queue that leases a job again is back in it, its
+/// expired lease rescued.
+#[tokio::test]
+async fn rescue_visits_only_queues_with_running_jobs() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let leased = || -> Vec<String> {
+        let mut v: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:leased", f.prefix))
+            .query(&mut raw_conn())
+            .expect("smembers");
+        v.sort();
+        v
+    };
+    for i in 0..20 {
+        let q = format!("q{i:02}");
+        b.enqueue(vec![job("k").queue(&q)]).await.expect("enqueue");
+        let got = b.fetch(&q, 1, LEASE).await.expect("fetch");
+        b.finish(succeed_all(&got)).await.expect("finish");
+    }
+    b.enqueue(vec![job("k").queue("busy")])
+        .await
+        .expect("enqueue");
+    let running = b.fetch("busy", 1, LEASE).await.expect("fetch");
+    assert_eq!(running.len(), 1);
+    assert_eq!(b.rescue(3).await.expect("rescue"), Vec::new());
+    assert_eq!(
+        leased(),
+        vec!["busy".to_string()],
+        "only the queue with a running job"
+    );
+
+    f.clock.advance(30_001);
+    assert_eq!(
+        b.rescue(3).await.expect("rescue"),
+        vec![running[0].id.clone()]
+    );
+    assert_eq!(b.rescue(3).await.expect("rescue"), Vec::new());
+    assert!(leased().is_empty(), "nothing runs: {:?}", leased());
+
+    let again = b.fetch("busy", 1, LEASE).await.expect("fetch");
+    assert_eq!(leased(), vec!["busy".to_string()]);
+    f.clock.advance(30_001);
+    assert_eq!(
+        b.rescue(3).await.expect("rescue"),
+        vec![again[0].id.clone()]
+    );
+}
