@@ -237,7 +237,8 @@ async fn every_key_of_a_queue_shares_one_slot() {
         assert!(
             k.starts_with(&format!("{{{}:", f.prefix))
                 || *k == format!("{}:jobq", f.prefix)
-                || *k == format!("{}:queues", f.prefix),
+                || *k == format!("{}:queues", f.prefix)
+                || *k == format!("{}:leased", f.prefix),
             "unexpected key {k}"
         );
     }

@@ -158,7 +158,14 @@ pub(super) async fn fetch(
         .arg(duration_ms(lease))
         .arg(broker.event_cap)
         .arg(PROMOTE_LIMIT);
-    let reply: Vec<Value> = broker.query(&cmd).await?;
+    // After the script: rescue visits the queues in this index (see `keys.rs`).
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd);
+    pipe.cmd("SADD")
+        .arg(broker.leased_key())
+        .arg(queue)
+        .ignore();
+    let (reply,): (Vec<Value>,) = broker.query_pipe(&pipe).await?;
     // fetch.lua computes the lease and answers each job as it now stands.
     reply.iter().map(|v| job_from_fetch(v, queue)).collect()
 }
@@ -328,9 +335,14 @@ pub(super) async fn rescue(
     broker: &RedisBroker,
     max_interruptions: u32,
 ) -> BrokerResult<Vec<JobId>> {
-    let mut pending = broker.queue_names().await?;
+    // Only the queues that may hold running jobs (see `keys.rs`), not every queue ever used.
+    let mut pending: Vec<String> = broker
+        .query(redis::cmd("SMEMBERS").arg(broker.leased_key()))
+        .await?;
     let mut rescued = Vec::new();
-    // One pipelined call per queue; queues that filled a batch go round again.
+    let mut idle = Vec::new();
+    // One pipelined call per queue, and how many jobs still run there; queues that filled a
+    // batch go round again.
     while !pending.is_empty() {
         let now = broker.now_arg();
         let mut pipe = redis::pipe();
@@ -341,18 +353,51 @@ pub(super) async fn rescue(
                 .arg(max_interruptions)
                 .arg(BATCH);
             pipe.add_command(cmd);
+            pipe.cmd("ZCARD").arg(broker.running_key(q));
         }
-        let replies: Vec<Vec<String>> = broker.query_pipe(&pipe).await?;
+        let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
         let mut again = Vec::new();
-        for (q, ids) in pending.into_iter().zip(replies) {
+        for (q, pair) in pending.into_iter().zip(replies.chunks_exact(2)) {
+            let ids: Vec<String> = redis::FromRedisValue::from_redis_value_ref(&pair[0])
+                .map_err(|e| corrupt(format!("rescue.lua: {e}")))?;
             if ids.len() >= BATCH {
                 again.push(q);
+            } else if int(&pair[1])? == 0 {
+                idle.push(q);
             }
             rescued.extend(ids.into_iter().map(JobId));
         }
         pending = again;
     }
+    forget_idle(broker, &idle).await?;
     Ok(rescued)
+}
+
+/// Drops queues with nothing running from the index of leased queues. A fetch may lease a job
+/// there between the look and the removal: it adds the queue after its script, so a second
+/// look after the removal sees its job, and the queue goes back.
+async fn forget_idle(broker: &RedisBroker, idle: &[String]) -> BrokerResult<()> {
+    if idle.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    pipe.cmd("SREM").arg(broker.leased_key()).arg(idle).ignore();
+    for q in idle {
+        pipe.cmd("ZCARD").arg(broker.running_key(q));
+    }
+    let running: Vec<i64> = broker.query_pipe(&pipe).await?;
+    let busy: Vec<&String> = idle
+        .iter()
+        .zip(running)
+        .filter(|(_, n)| *n > 0)
+        .map(|(q, _)| q)
+        .collect();
+    if !busy.is_empty() {
+        broker
+            .query::<()>(redis::cmd("SADD").arg(broker.leased_key()).arg(busy))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Runs a one-job script (cancel.lua, retry.lua: ARGV now, event cap, id) and turns its

@@ -12,7 +12,7 @@
 //! - `conn.rs`: the connections (a [`ConnectionManager`](redis::aio::ConnectionManager) for
 //!   everything but blocking pops, a few dedicated connections for `BLPOP`), TLS, and what a
 //!   failure means, with outage logging.
-//! - `keys.rs`: the key layout (one hash tag per queue) and the two global indexes.
+//! - `keys.rs`: the key layout (one hash tag per queue) and the three global indexes.
 //! - `scripts.rs`: loading the Lua scripts and calling them.
 //! - `decode.rs`: replies -> jobs and script answers.
 //! - `lifecycle.rs`: a job's path: enqueue, fetch, wait, heartbeat, progress, finish, cancel,
@@ -136,6 +136,15 @@ impl RedisBroker {
             health: Health::default(),
         };
         broker.load_scripts().await?;
+        // Queues used before the index of leased queues existed may hold running jobs.
+        broker
+            .query::<()>(
+                redis::cmd("SUNIONSTORE")
+                    .arg(broker.leased_key())
+                    .arg(broker.leased_key())
+                    .arg(broker.queues_key()),
+            )
+            .await?;
         Ok(broker)
     }
 

@@ -207,9 +207,10 @@ pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResul
         .drain_batches(&SCRIPTS.drop_queue, queue, &[BATCH.to_string()])
         .await?;
     broker.unindex(&ids).await?;
-    broker
-        .query::<()>(redis::cmd("SREM").arg(broker.queues_key()).arg(queue))
-        .await?;
+    let mut pipe = redis::pipe();
+    pipe.cmd("SREM").arg(broker.queues_key()).arg(queue).ignore();
+    pipe.cmd("SREM").arg(broker.leased_key()).arg(queue).ignore();
+    broker.query_pipe::<()>(&pipe).await?;
     Ok(ids.len() as u64)
 }
 
