@@ -348,7 +348,7 @@ async fn packed_fields_keep_a_fresh_job_hash_small() {
         .arg(format!("{{{}:default}}:job:{}", f.prefix, plain.id))
         .query(&mut conn)
         .expect("hkeys");
-    assert_eq!(fields.len(), 6, "fresh job hash: {fields:?}");
+    assert_eq!(fields.len(), 5, "fresh job hash: {fields:?}");
 }
 
 /// Purge trims each queue's event stream by entries, and dropping every queue leaves only the
@@ -691,4 +691,53 @@ async fn rescue_visits_only_queues_with_running_jobs() {
         b.rescue(3).await.expect("rescue"),
         vec![again[0].id.clone()]
     );
+}
+
+/// A job's history costs its own events, not the queue's: the job hash lists the stream
+/// entries that hold its events after the first (field `evs`; the first leads `d`), and
+/// `history` reads just those, however many entries other jobs added in between.
+#[tokio::test]
+async fn history_reads_only_the_jobs_own_stream_entries() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let mine = job("k.mine").queue("hist").priority(9);
+    b.enqueue(vec![mine.clone()]).await.expect("enqueue");
+    for _ in 0..300 {
+        b.enqueue(vec![job("k.other").queue("hist")])
+            .await
+            .expect("enqueue");
+    }
+    // Everything else first (priority 0 < 9), one fetch call each: many entries in between.
+    let others = drain(&**b, "hist", 1).await;
+    assert_eq!(others.len(), 301);
+    assert_eq!(
+        others.last(),
+        Some(&mine.id),
+        "the low-priority job runs last"
+    );
+    let events = b.history(&mine.id).await.expect("history");
+    assert_eq!(
+        events.iter().map(|e| e.kind_of_event).collect::<Vec<_>>(),
+        vec![
+            EventType::Enqueued,
+            EventType::Started,
+            EventType::Succeeded
+        ]
+    );
+    let key = format!("{{{}:hist}}:job:{}", f.prefix, mine.id);
+    let evs: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("evs")
+        .query(&mut raw_conn())
+        .expect("hget");
+    assert_eq!(
+        evs.as_deref().map(|s| s.split(' ').count()),
+        Some(2),
+        "the started and succeeded entries: {evs:?}"
+    );
+    let stream_len: usize = redis::cmd("XLEN")
+        .arg(format!("{{{}:hist}}:events", f.prefix))
+        .query(&mut raw_conn())
+        .expect("xlen");
+    assert!(stream_len > 600, "entries in between: {stream_len}");
 }

@@ -208,8 +208,14 @@ pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResul
         .await?;
     broker.unindex(&ids).await?;
     let mut pipe = redis::pipe();
-    pipe.cmd("SREM").arg(broker.queues_key()).arg(queue).ignore();
-    pipe.cmd("SREM").arg(broker.leased_key()).arg(queue).ignore();
+    pipe.cmd("SREM")
+        .arg(broker.queues_key())
+        .arg(queue)
+        .ignore();
+    pipe.cmd("SREM")
+        .arg(broker.leased_key())
+        .arg(queue)
+        .ignore();
     broker.query_pipe::<()>(&pipe).await?;
     Ok(ids.len() as u64)
 }
