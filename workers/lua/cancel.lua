@@ -13,7 +13,7 @@ local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local id = ARGV[3]
 local jk = job_key(id)
-local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'run_at', 'seq', 'chain_index', 'chain_next')
+local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'run_at', 'seq', 'chain_index', 'chain_next', 'evs')
 local st = f[1]
 if not st then
   return { 'nf' }
@@ -29,7 +29,7 @@ elseif st == 'running' then
   redis.call('ZREM', K .. 'running', id)
 end
 local ev = event(cap, 'job.cancelled', id, f[2], now, f[3] or 0)
-redis.call('HSET', jk, 'lease_until', '', 'state', 'cancelled', 'finished_at', now, 'evn', ev)
+redis.call('HSET', jk, 'lease_until', '', 'state', 'cancelled', 'finished_at', now, 'evs', evs_add(f[8], ev))
 redis.call('ZADD', K .. 'cancelled', now, id)
 move(st, 'cancelled')
 if f[7] and f[7] ~= '' then

@@ -4,7 +4,9 @@
 -- KEYS[1] of every script is the queue's key prefix "{<prefix>:<queue>}:". Every key a script
 -- touches is KEYS[1] .. suffix, so all of them share one hash tag and one Cluster slot:
 --   job:<id>   hash, one per job: the fields of `Job` but `id` and `queue` (the key says
---              them), plus `seq` and `evn` (the id of its last stream entry). The fields
+--              them), plus `seq` and `evs` (the ids of the stream entries holding its events
+--              after the first, oldest first, space-separated: a job's history reads just
+--              those; a job stored before `evs` existed has `evn`, its last entry's id). The fields
 --              never changed after enqueue are packed into one field `d`:
 --                <ev0>|<priority>|<max_retries>|<timeout_ms or ''>|<created_at>|<payload JSON>
 --              (ev0 is the id of its first stream entry; only the payload, last, may hold a
@@ -110,6 +112,17 @@ end
 -- one entry per call holding all of its events: one XADD instead of one per job. The stream is
 -- trimmed approximately to `cap` entries.
 
+-- A job's `evs` with the stream entry `ev` added (once: an entry may hold two of its events).
+local function evs_add(evs, ev)
+  if not evs or evs == '' then
+    return ev
+  end
+  if evs == ev or string.sub(evs, -#ev - 1) == ' ' .. ev then
+    return evs
+  end
+  return evs .. ' ' .. ev
+end
+
 -- Appends one entry with one event and returns its id.
 local function event(cap, typ, id, kind, at, attempt, extra)
   local args = { K .. 'events', 'MAXLEN', '~', cap, '*', 'at', at, 't', typ, 'j', id, 'k', kind, 'a', attempt }
@@ -188,12 +201,12 @@ end
 -- decodes or re-encodes JSON (cjson turns [] into {} and rounds numbers to 14 digits).
 local function chain_promote(next_id, index, result, now, cap)
   local jk = job_key(next_id)
-  local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'seq', 'd')
+  local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'seq', 'd', 'evs')
   if f[1] ~= 'waiting' then
     return 0
   end
   local ev = event(cap, 'job.enqueued', next_id, f[2], now, f[3] or 0, { 'm', 'chain: step ' .. index .. ' succeeded' })
-  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'input', result, 'evn', ev)
+  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'input', result, 'evs', evs_add(f[6], ev))
   redis.call('ZADD', K .. 'queued', d_priority(f[5]), qmember(now, tonumber(f[4]), next_id))
   move('waiting', 'queued')
   return 1
@@ -208,10 +221,11 @@ local function chain_cancel_rest(id, index, next_id, how, now, cap)
   while cur and cur ~= '' and not seen[cur] do
     seen[cur] = true
     local jk = job_key(cur)
-    local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'chain_next')
+    local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'chain_next', 'evs')
     if f[1] == 'waiting' then
       local ev = event(cap, 'job.cancelled', cur, f[2], now, f[3] or 0, { 'm', reason })
-      redis.call('HSET', jk, 'state', 'cancelled', 'finished_at', now, 'last_error', reason, 'evn', ev)
+      redis.call('HSET', jk, 'state', 'cancelled', 'finished_at', now, 'last_error', reason,
+        'evs', evs_add(f[5], ev))
       redis.call('ZADD', K .. 'cancelled', now, cur)
       move('waiting', 'cancelled')
     end
@@ -260,7 +274,7 @@ end
 
 local function requeue(id, st, now, cap)
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'kind', 'd', 'chain_next', 'chain_id', 'chain_index')
+  local f = redis.call('HMGET', jk, 'kind', 'd', 'chain_next', 'chain_id', 'chain_index', 'evs')
   local priority = d_priority(f[2])
   local seq = redis.call('INCR', K .. 'seq')
   redis.call('ZREM', K .. st, id)
@@ -282,7 +296,7 @@ local function requeue(id, st, now, cap)
     end
   end
   redis.call('HSET', jk, 'state', target, 'attempt', 0, 'run_at', now, 'seq', seq,
-    'interruption_streak', 0, 'evn', ev)
+    'interruption_streak', 0, 'evs', evs_add(f[6], ev))
   redis.call('HDEL', jk, 'finished_at', 'lease_until', 'result', 'progress', 'progress_message')
   if target == 'queued' then
     redis.call('ZADD', K .. 'queued', priority, qmember(now, seq, id))

@@ -97,9 +97,9 @@ if #bases > 0 then
     local id, priority = ARGV[b], ARGV[b + 3]
     local seq = last_seq - #bases + i
     -- Zero counters, empty optional fields and the id and queue (known from the key) are not
-    -- stored: a missing field reads as 0 or none.
+    -- stored: a missing field reads as 0 or none. Nor is `evs`: the first entry leads `d`.
     local fields = { 'kind', ARGV[b + 1], 'd', ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9], 'state', state, 'run_at', at,
-      'seq', seq, 'evn', ev }
+      'seq', seq }
     if ARGV[b + 6] ~= '' then
       fields[#fields + 1] = 'chain_id'
       fields[#fields + 1] = ARGV[b + 6]

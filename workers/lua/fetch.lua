@@ -51,12 +51,12 @@ if max > 0 then
 end
 -- Per leased job: its id, the hash read, attempt and lease token before the lease, and
 -- whether it has progress to clear.
-local ids, keys, attempts, tokens, clear = {}, {}, {}, {}, {}
+local ids, keys, attempts, tokens, clear, evss = {}, {}, {}, {}, {}, {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], QPREFIX + 1)
   local jk = job_key(id)
   local f = redis.call('HGETALL', jk)
-  local st, attempt, token, kind, prog
+  local st, attempt, token, kind, prog, evs
   for j = 1, #f, 2 do
     local k = f[j]
     if k == 'state' then
@@ -69,6 +69,8 @@ for i = 1, #popped, 2 do
       kind = f[j + 1]
     elseif k == 'progress' or k == 'progress_message' then
       prog = true
+    elseif k == 'evs' then
+      evs = f[j + 1]
     end
   end
   if st == 'queued' then
@@ -81,6 +83,7 @@ for i = 1, #popped, 2 do
     attempts[n] = attempt
     tokens[n] = token
     clear[n] = prog
+    evss[n] = evs
     local m = #f
     f[m + 1], f[m + 2] = 'state', 'running'
     f[m + 3], f[m + 4] = 'attempt', attempt
@@ -99,7 +102,7 @@ if #out > 0 then
   for i = 1, #ids do
     local id, jk = ids[i], keys[i]
     redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
-      'lease_until', deadline, 'started_at', now_s, 'evn', ev)
+      'lease_until', deadline, 'started_at', now_s, 'evs', evs_add(evss[i], ev))
     if clear[i] then
       redis.call('HDEL', jk, 'progress', 'progress_message')
     end

@@ -40,7 +40,7 @@ for i = 0, n - 1 do
   local id, token, code = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local jk = job_key(id)
   local f = redis.call('HMGET', jk, 'state', 'lease_token', 'kind', 'attempt', 'interruption_streak',
-    'chain_next')
+    'chain_next', 'evs')
   if f[1] ~= 'running' or f[2] ~= token or seen[id] then
     out[#out + 1] = 0
   else
@@ -76,13 +76,14 @@ if #bases > 0 then
     local id, code, a = ARGV[b], ARGV[b + 2], ARGV[b + 3]
     local jk = keys[i]
     local attempt = tonumber(f[4]) or 0
+    local evs = evs_add(f[7], ev)
     stopped[#stopped + 1] = id
     -- An attempt that ended normally ends an interruption streak.
     if f[5] and f[5] ~= '0' and code ~= 'release' then
       redis.call('HSET', jk, 'interruption_streak', 0)
     end
     if code == 'ok' then
-      redis.call('HSET', jk, 'state', 'succeeded', 'result', a, 'finished_at', now_s, 'evn', ev)
+      redis.call('HSET', jk, 'state', 'succeeded', 'result', a, 'finished_at', now_s, 'evs', evs)
       succeeded[#succeeded + 1] = now_s
       succeeded[#succeeded + 1] = id
       move('running', 'succeeded')
@@ -93,13 +94,13 @@ if #bases > 0 then
     elseif code == 'retry' then
       local at = ms_text(now + tonumber(a))
       redis.call('HSET', jk, 'state', 'retrying', 'run_at', at, 'last_error', ARGV[b + 4],
-        'evn', ev)
+        'evs', evs)
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'retrying')
       fail_n = fail_n + 1
       wake = wake + 1
     elseif code == 'dead' then
-      redis.call('HSET', jk, 'state', 'dead', 'last_error', a, 'finished_at', now_s, 'evn', ev)
+      redis.call('HSET', jk, 'state', 'dead', 'last_error', a, 'finished_at', now_s, 'evs', evs)
       dead[#dead + 1] = now_s
       dead[#dead + 1] = id
       move('running', 'dead')
@@ -110,14 +111,14 @@ if #bases > 0 then
     elseif code == 'snooze' then
       local at = ms_text(now + tonumber(a))
       redis.call('HSET', jk, 'state', 'scheduled', 'run_at', at, 'attempt', attempt - 1,
-        'evn', ev)
+        'evs', evs)
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'scheduled')
       wake = wake + 1
     else
       -- 'release': back at its old place in line (its run_at and sequence are unchanged).
       local q = redis.call('HMGET', jk, 'd', 'run_at', 'seq')
-      redis.call('HSET', jk, 'state', 'queued', 'attempt', attempt - 1, 'evn', ev)
+      redis.call('HSET', jk, 'state', 'queued', 'attempt', attempt - 1, 'evs', evs)
       redis.call('ZADD', K .. 'queued', d_priority(q[1]), qmember(tonumber(q[2]), tonumber(q[3]), id))
       move('running', 'queued')
       wake = wake + 1
