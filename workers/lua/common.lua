@@ -4,14 +4,19 @@
 -- KEYS[1] of every script is the queue's key prefix "{<prefix>:<queue>}:". Every key a script
 -- touches is KEYS[1] .. suffix, so all of them share one hash tag and one Cluster slot:
 --   job:<id>   hash, one per job: the fields of `Job` but `id` and `queue` (the key says
---              them), plus `seq` and `evn` (the id of its last stream entry). The fields
+--              them), plus `seq` and `evs` (the ids of the stream entries holding its events
+--              after the first, oldest first, space-separated: a job's history reads just
+--              those; a job stored before `evs` existed has `evn`, its last entry's id). The fields
 --              never changed after enqueue are packed into one field `d`:
 --                <ev0>|<priority>|<max_retries>|<timeout_ms or ''>|<created_at>|<payload JSON>
 --              (ev0 is the id of its first stream entry; only the payload, last, may hold a
---              '|'; a chain step's payload is rewritten when it gets its `input`); `kind`,
+--              '|'; `d` is never rewritten); `kind`,
 --              `unique_key` and a chain step's `chain_id`, `chain_index` and, unless it is the
 --              last, `chain_next` are fields of their own (scripts and listing read them
---              alone). An optional field is absent or '' when it has no value,
+--              alone). A chain step that got its predecessor's result keeps it, as the
+--              JSON text finish.lua received, in `input`: the client sets it as the
+--              payload's top-level `input` when it reads the job. An optional field is
+--              absent or '' when it has no value,
 --              and a missing counter (attempt, lease_token, interruptions,
 --              interruption_streak, progress) is 0 (progress is 100 once succeeded): a fresh
 --              job stores only what it must. `lease_until` means something only while the
@@ -32,14 +37,27 @@
 
 local K = KEYS[1]
 
+-- Time. Every lease, due time and rescue decision is made on one clock, Redis' own (`TIME`),
+-- so that nodes whose clocks disagree still agree on whether a lease is live: a node 20 s
+-- fast must not take a job whose 30 s lease has 15 s left. A script's ARGV `now` is '' for
+-- that; a number there is a test's manual clock (the broker's `with_clock_time`), used as is.
+-- Redis 7 replicates scripts by their effects, so calling `TIME` before writing is allowed.
+local function clock_ms(arg)
+  if arg and arg ~= '' then
+    return tonumber(arg)
+  end
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
+-- The decimal text of integer milliseconds (tostring would switch to an exponent).
+local function ms_text(n)
+  return string.format('%.0f', n)
+end
+
 -- The priority (text) in a job's packed field `d` (see the layout above).
 local function d_priority(d)
   return string.match(d, '^[^|]*|(%d+)|')
-end
-
--- A job's packed field `d` split into everything before the payload, and the payload.
-local function d_split(d)
-  return string.match(d, '^([^|]*|[^|]*|[^|]*|[^|]*|[^|]*|)(.*)$')
 end
 
 local function job_key(id)
@@ -93,6 +111,17 @@ end
 -- (message), `r` (result JSON), `e` (error). The hot scripts (enqueue, fetch, finish) write
 -- one entry per call holding all of its events: one XADD instead of one per job. The stream is
 -- trimmed approximately to `cap` entries.
+
+-- A job's `evs` with the stream entry `ev` added (once: an entry may hold two of its events).
+local function evs_add(evs, ev)
+  if not evs or evs == '' then
+    return ev
+  end
+  if evs == ev or string.sub(evs, -#ev - 1) == ' ' .. ev then
+    return evs
+  end
+  return evs .. ' ' .. ev
+end
 
 -- Appends one entry with one event and returns its id.
 local function event(cap, typ, id, kind, at, attempt, extra)
@@ -165,40 +194,19 @@ end
 -- chain is walked through `chain_next` links inside this queue's slot. A walk stops at a
 -- step it has seen already, so hand-made links that loop cannot hang Redis.
 
--- The payload JSON object `payload` with its top-level `input` set to the JSON text `input`.
--- The common case (no `input` key yet) splices the text, so the payload's numbers and empty
--- arrays stay exactly as they were; replacing an existing `input` goes through cjson, which
--- turns empty arrays into {} and keeps only 14 significant digits of a number.
-local function with_input(payload, input)
-  if string.find(payload, '"input"', 1, true) then
-    local ok, obj = pcall(cjson.decode, payload)
-    if ok and type(obj) == 'table' and obj.input ~= nil then
-      local ok2, value = pcall(cjson.decode, input)
-      if ok2 then
-        obj.input = value
-        return cjson.encode(obj)
-      end
-    end
-  end
-  local open = string.find(payload, '{', 1, true)
-  if not open or string.match(payload, '^%s*{%s*}%s*$') then
-    return '{"input":' .. input .. '}'
-  end
-  return '{"input":' .. input .. ',' .. string.sub(payload, open + 1)
-end
-
 -- After chain step `index` succeeded with the JSON text `result`: its successor `next_id`, if
 -- still `waiting`, becomes `queued` now with `input` = result (job.enqueued, "chain: step N
 -- succeeded"). Returns 1 when a step was queued (the caller signals a worker), else 0.
+-- The result is stored as the text it came as, in the step's field `input`: no script ever
+-- decodes or re-encodes JSON (cjson turns [] into {} and rounds numbers to 14 digits).
 local function chain_promote(next_id, index, result, now, cap)
   local jk = job_key(next_id)
-  local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'seq', 'd')
+  local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'seq', 'd', 'evs')
   if f[1] ~= 'waiting' then
     return 0
   end
   local ev = event(cap, 'job.enqueued', next_id, f[2], now, f[3] or 0, { 'm', 'chain: step ' .. index .. ' succeeded' })
-  local head, payload = d_split(f[5])
-  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'd', head .. with_input(payload, result), 'evn', ev)
+  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'input', result, 'evs', evs_add(f[6], ev))
   redis.call('ZADD', K .. 'queued', d_priority(f[5]), qmember(now, tonumber(f[4]), next_id))
   move('waiting', 'queued')
   return 1
@@ -213,10 +221,11 @@ local function chain_cancel_rest(id, index, next_id, how, now, cap)
   while cur and cur ~= '' and not seen[cur] do
     seen[cur] = true
     local jk = job_key(cur)
-    local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'chain_next')
+    local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'chain_next', 'evs')
     if f[1] == 'waiting' then
       local ev = event(cap, 'job.cancelled', cur, f[2], now, f[3] or 0, { 'm', reason })
-      redis.call('HSET', jk, 'state', 'cancelled', 'finished_at', now, 'last_error', reason, 'evn', ev)
+      redis.call('HSET', jk, 'state', 'cancelled', 'finished_at', now, 'last_error', reason,
+        'evs', evs_add(f[5], ev))
       redis.call('ZADD', K .. 'cancelled', now, cur)
       move('waiting', 'cancelled')
     end
@@ -265,7 +274,7 @@ end
 
 local function requeue(id, st, now, cap)
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'kind', 'd', 'chain_next', 'chain_id', 'chain_index')
+  local f = redis.call('HMGET', jk, 'kind', 'd', 'chain_next', 'chain_id', 'chain_index', 'evs')
   local priority = d_priority(f[2])
   local seq = redis.call('INCR', K .. 'seq')
   redis.call('ZREM', K .. st, id)
@@ -281,14 +290,13 @@ local function requeue(id, st, now, cap)
       p = redis.call('HMGET', job_key(pred), 'state', 'result')
     end
     if p[1] == 'succeeded' and p[2] and p[2] ~= '' then
-      local head, payload = d_split(f[2])
-      redis.call('HSET', jk, 'd', head .. with_input(payload, p[2]))
+      redis.call('HSET', jk, 'input', p[2])
     else
       target = 'waiting'
     end
   end
   redis.call('HSET', jk, 'state', target, 'attempt', 0, 'run_at', now, 'seq', seq,
-    'interruption_streak', 0, 'evn', ev)
+    'interruption_streak', 0, 'evs', evs_add(f[6], ev))
   redis.call('HDEL', jk, 'finished_at', 'lease_until', 'result', 'progress', 'progress_message')
   if target == 'queued' then
     redis.call('ZADD', K .. 'queued', priority, qmember(now, seq, id))

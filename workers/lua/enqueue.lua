@@ -3,17 +3,19 @@
 -- all in one stream entry.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
--- ARGV[3]  n, the number of jobs (at most 500); then 9 values per job:
---          id, kind, packed ("<priority>|<max_retries>|<timeout_ms or ''>|<created_at>|
---          <payload JSON>": the job's field `d` but its leading "<ev0>|", see common.lua),
---          priority, run_at ('' or past = now), unique_key ('' = none), chain_id ('' = not
---          a chain step), chain_index, chain_next ('' = none)
+-- ARGV[3]  n, the number of jobs (at most 500); then 10 values per job:
+--          id, kind, head ("<priority>|<max_retries>|<timeout_ms or ''>|": the job's field
+--          `d` up to its creation time, see common.lua), priority, run_at ('' or past = now),
+--          unique_key ('' = none), chain_id ('' = not a chain step), chain_index, chain_next
+--          ('' = none), payload JSON
 -- Returns  a flat array, two entries per job in order: the id (the existing job's id when
---          the unique key or the id was taken), then 1 if created or 0 if not.
+--          the unique key or the id was taken), then 1 if created or 0 if not; then the
+--          time the jobs were created at, ms (their `created_at`, and `run_at` unless later).
 
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
+local now_s = ms_text(now)
 local cap = ARGV[2]
 local n = tonumber(ARGV[3])
 
@@ -25,7 +27,7 @@ local taken_ids, taken_keys = {}, {}
 -- chain is that earlier one, and none of its steps is created again.
 local existing_chains = {}
 for i = 0, n - 1 do
-  local b = 4 + i * 9
+  local b = 4 + i * 10
   local id, unique = ARGV[b], ARGV[b + 5]
   local chain_id, chain_index = ARGV[b + 6], tonumber(ARGV[b + 7]) or 0
   local existing = nil
@@ -95,9 +97,9 @@ if #bases > 0 then
     local id, priority = ARGV[b], ARGV[b + 3]
     local seq = last_seq - #bases + i
     -- Zero counters, empty optional fields and the id and queue (known from the key) are not
-    -- stored: a missing field reads as 0 or none.
-    local fields = { 'kind', ARGV[b + 1], 'd', ev_bar .. ARGV[b + 2], 'state', state, 'run_at', at,
-      'seq', seq, 'evn', ev }
+    -- stored: a missing field reads as 0 or none. Nor is `evs`: the first entry leads `d`.
+    local fields = { 'kind', ARGV[b + 1], 'd', ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9], 'state', state, 'run_at', at,
+      'seq', seq }
     if ARGV[b + 6] ~= '' then
       fields[#fields + 1] = 'chain_id'
       fields[#fields + 1] = ARGV[b + 6]
@@ -140,4 +142,5 @@ if #bases > 0 then
   signal((#queued + #due) / 2)
 end
 flush_counts()
+out[#out + 1] = now_s
 return out

@@ -4,7 +4,7 @@
 -- start only; appends `job.started` for each, all in one stream entry.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  max jobs to lease (at most 500: the events of one call go in one XADD)
 -- ARGV[3]  lease length, ms
 -- ARGV[4]  event stream cap
@@ -18,12 +18,13 @@
 --          This script is the one place the lease transition is computed; the caller only
 --          decodes. Appending to what HGETALL read keeps the script from building tables.
 
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
+local now_s = ms_text(now)
 local max = tonumber(ARGV[2])
 local lease = tonumber(ARGV[3])
 local cap = ARGV[4]
 local promote = tonumber(ARGV[5])
-local deadline = itoa(now + lease)
+local deadline = ms_text(now + lease)
 
 local due = redis.call('ZRANGEBYSCORE', K .. 'due', '-inf', now, 'LIMIT', 0, promote)
 for i = 1, #due do
@@ -49,13 +50,14 @@ if max > 0 then
   popped = redis.call('ZPOPMIN', K .. 'queued', max)
 end
 -- Per leased job: its id, the hash read, attempt and lease token before the lease, whether
--- it has progress to clear, and whether it has started before (`started_at` is the first).
-local ids, keys, attempts, tokens, clear, started = {}, {}, {}, {}, {}, {}
+-- it has progress to clear, whether it has started before (`started_at` is the first), and
+-- the stream ids of its later events.
+local ids, keys, attempts, tokens, clear, started, evss = {}, {}, {}, {}, {}, {}, {}
 for i = 1, #popped, 2 do
   local id = string.sub(popped[i], QPREFIX + 1)
   local jk = job_key(id)
   local f = redis.call('HGETALL', jk)
-  local st, attempt, token, kind, prog, began
+  local st, attempt, token, kind, prog, began, evs
   for j = 1, #f, 2 do
     local k = f[j]
     if k == 'state' then
@@ -70,6 +72,8 @@ for i = 1, #popped, 2 do
       prog = true
     elseif k == 'started_at' then
       began = true
+    elseif k == 'evs' then
+      evs = f[j + 1]
     end
   end
   if st == 'queued' then
@@ -83,6 +87,7 @@ for i = 1, #popped, 2 do
     tokens[n] = token
     clear[n] = prog
     started[n] = began
+    evss[n] = evs
     local m = #f
     f[m + 1], f[m + 2] = 'state', 'running'
     f[m + 3], f[m + 4] = 'attempt', attempt
@@ -92,7 +97,7 @@ for i = 1, #popped, 2 do
     f[m + 11], f[m + 12] = 'progress_message', ''
     m = m + 12
     if not began then
-      f[m + 1], f[m + 2] = 'started_at', ARGV[1]
+      f[m + 1], f[m + 2] = 'started_at', now_s
       m = m + 2
     end
     f[m + 1] = id
@@ -106,10 +111,10 @@ if #out > 0 then
     local id, jk = ids[i], keys[i]
     if started[i] then
       redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
-        'lease_until', deadline, 'evn', ev)
+        'lease_until', deadline, 'evs', evs_add(evss[i], ev))
     else
       redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
-        'lease_until', deadline, 'started_at', ARGV[1], 'evn', ev)
+        'lease_until', deadline, 'started_at', now_s, 'evs', evs_add(evss[i], ev))
     end
     if clear[i] then
       redis.call('HDEL', jk, 'progress', 'progress_message')

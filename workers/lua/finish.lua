@@ -3,7 +3,7 @@
 -- nothing. The events of the entries applied go in one stream entry.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  n, the number of entries (at most 500); then 5 values per entry: id, lease token,
 --          outcome, a, b
@@ -12,18 +12,22 @@
 --                                                          progress reads as 100);
 --                                                          a chain step queues the next step
 --                                                          with `input` = the result
---                  'retry'   a = due ms, b = error      -> retrying,  job.retrying
+--                  'retry'   a = delay ms, b = error    -> retrying,  job.retrying, due
+--                                                          now + delay (a delay, not a
+--                                                          time: the caller's clock may
+--                                                          be off)
 --                  'dead'    a = error                  -> dead,      job.dead; a chain step
 --                                                          cancels the waiting steps after it
---                  'snooze'  a = due ms                 -> scheduled, attempt - 1,
+--                  'snooze'  a = delay ms               -> scheduled at now + delay,
+--                                                          attempt - 1,
 --                                                          job.enqueued with message "snoozed"
 --                  'release' a = reason                 -> queued at once, attempt - 1,
 --                                                          job.released (not an interruption:
 --                                                          interruptions and streak unchanged)
 -- Returns  an array of n integers: 1 applied, 0 lease lost.
 
-local now = tonumber(ARGV[1])
-local now_s = ARGV[1]
+local now = clock_ms(ARGV[1])
+local now_s = ms_text(now)
 local cap = ARGV[2]
 local n = tonumber(ARGV[3])
 
@@ -37,7 +41,7 @@ for i = 0, n - 1 do
   local id, token, code = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local jk = job_key(id)
   local f = redis.call('HMGET', jk, 'state', 'lease_token', 'kind', 'attempt', 'interruption_streak',
-    'chain_next')
+    'chain_next', 'evs')
   if f[1] ~= 'running' or f[2] ~= token or seen[id] then
     out[#out + 1] = 0
   else
@@ -73,13 +77,14 @@ if #bases > 0 then
     local id, code, a = ARGV[b], ARGV[b + 2], ARGV[b + 3]
     local jk = keys[i]
     local attempt = tonumber(f[4]) or 0
+    local evs = evs_add(f[7], ev)
     stopped[#stopped + 1] = id
     -- An attempt that ended normally ends an interruption streak.
     if f[5] and f[5] ~= '0' and code ~= 'release' then
       redis.call('HSET', jk, 'interruption_streak', 0)
     end
     if code == 'ok' then
-      redis.call('HSET', jk, 'state', 'succeeded', 'result', a, 'finished_at', now_s, 'evn', ev)
+      redis.call('HSET', jk, 'state', 'succeeded', 'result', a, 'finished_at', now_s, 'evs', evs)
       succeeded[#succeeded + 1] = now_s
       succeeded[#succeeded + 1] = id
       move('running', 'succeeded')
@@ -88,15 +93,15 @@ if #bases > 0 then
         wake = wake + chain_promote(f[6], redis.call('HGET', jk, 'chain_index'), a, now, cap)
       end
     elseif code == 'retry' then
-      local at = tonumber(a)
+      local at = ms_text(now + tonumber(a))
       redis.call('HSET', jk, 'state', 'retrying', 'run_at', at, 'last_error', ARGV[b + 4],
-        'evn', ev)
+        'evs', evs)
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'retrying')
       fail_n = fail_n + 1
       wake = wake + 1
     elseif code == 'dead' then
-      redis.call('HSET', jk, 'state', 'dead', 'last_error', a, 'finished_at', now_s, 'evn', ev)
+      redis.call('HSET', jk, 'state', 'dead', 'last_error', a, 'finished_at', now_s, 'evs', evs)
       dead[#dead + 1] = now_s
       dead[#dead + 1] = id
       move('running', 'dead')
@@ -105,16 +110,16 @@ if #bases > 0 then
         chain_cancel_rest(id, redis.call('HGET', jk, 'chain_index'), f[6], 'dead', now, cap)
       end
     elseif code == 'snooze' then
-      local at = tonumber(a)
+      local at = ms_text(now + tonumber(a))
       redis.call('HSET', jk, 'state', 'scheduled', 'run_at', at, 'attempt', attempt - 1,
-        'evn', ev)
+        'evs', evs)
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'scheduled')
       wake = wake + 1
     else
       -- 'release': back at its old place in line (its run_at and sequence are unchanged).
       local q = redis.call('HMGET', jk, 'd', 'run_at', 'seq')
-      redis.call('HSET', jk, 'state', 'queued', 'attempt', attempt - 1, 'evn', ev)
+      redis.call('HSET', jk, 'state', 'queued', 'attempt', attempt - 1, 'evs', evs)
       redis.call('ZADD', K .. 'queued', d_priority(q[1]), qmember(tonumber(q[2]), tonumber(q[3]), id))
       move('running', 'queued')
       wake = wake + 1

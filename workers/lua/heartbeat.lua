@@ -1,15 +1,15 @@
 -- heartbeat.lua: extends the leases of running jobs of one queue.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  lease length, ms
 -- ARGV[3]  n; then 2 values per lease: id, lease token
 -- Returns  an array of n integers: 1 held (extended to now + lease), 2 cancelled by a user
 --          (same token, state cancelled), 0 lost (another attempt owns it, or it no longer
 --          runs).
 
-local now = tonumber(ARGV[1])
-local deadline = now + tonumber(ARGV[2])
+local now = clock_ms(ARGV[1])
+local deadline = ms_text(now + tonumber(ARGV[2]))
 local n = tonumber(ARGV[3])
 
 local out = {}

@@ -2,13 +2,13 @@
 -- retries), behind the jobs already queued at its priority; appends `job.enqueued`.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  id
 -- Returns  {'ok', job hash as a flat field/value array}, {'nf'} when there is no such job,
 --          or {'state', state} when the job is neither dead nor cancelled.
 
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local id = ARGV[3]
 local jk = job_key(id)

@@ -3,12 +3,12 @@
 -- blocked for more than a few milliseconds by a large dead set.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  now, ms
+-- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  batch size
 -- Returns  the number of jobs re-queued.
 
-local now = tonumber(ARGV[1])
+local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local ids = redis.call('ZRANGE', K .. 'dead', 0, tonumber(ARGV[3]) - 1)
 for i = 1, #ids do

@@ -11,6 +11,11 @@
 //!   when it is stale, so a worker presumed dead can never overwrite a newer attempt.
 //! - **Strict priorities, FIFO inside a level.** Fetch takes the due job with the lowest
 //!   priority number, then the earliest due time, then the earliest enqueued.
+//! - **One clock per store.** Whether a lease is live and whether a job is due is decided on
+//!   one clock that every node sharing the store agrees on: the local clock for SQLite (one
+//!   machine), Redis' own (`TIME`) for Redis, never a calling node's. The due times the pool
+//!   hands over ([`Outcome::Retry`], [`Outcome::Snooze`]) are read as delays from the caller's
+//!   clock, so that a node whose clock is off still schedules a retry after its backoff.
 //! - **Due work is promoted by fetch.** `scheduled` and `retrying` jobs whose time has come are
 //!   fetched as if queued at their due time: no separate poller has to run for them to start.
 //!

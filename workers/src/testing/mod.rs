@@ -20,9 +20,10 @@
 //!
 //! This file holds the case list (the macro), the factory plumbing and the helpers the cases
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `outcomes`
-//! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `admin` (cancel, retry,
-//! purge, drop), `inspect` (list, queues, events) and `agreement` (inputs on which the brokers
-//! once answered differently). A case that only one broker can pass does
+//! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `payloads` (JSON
+//! that comes back exactly), `admin` (cancel, retry, purge, drop), `inspect` (list, queues,
+//! events) and `agreement` (inputs on which the brokers once answered differently). A case
+//! that only one broker can pass does
 //! not belong here: it stays in that broker's test file, saying why.
 
 // One file per topic. Each case is `pub` in its topic and re-exported here, so the macro (and
@@ -35,6 +36,7 @@ mod fetch;
 mod inspect;
 mod leases;
 mod outcomes;
+mod payloads;
 
 pub use admin::*;
 pub use agreement::*;
@@ -44,6 +46,7 @@ pub use fetch::*;
 pub use inspect::*;
 pub use leases::*;
 pub use outcomes::*;
+pub use payloads::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -175,6 +178,10 @@ macro_rules! conformance_suite {
             started_at_is_the_first_start,
             garbage_cursors_and_filter_names_are_refused,
             released_job_is_recorded_as_released,
+            // payloads.rs
+            payloads_and_results_round_trip_exactly,
+            chain_payloads_stay_exact_through_promote_and_retry,
+            chain_payloads_stay_exact_through_cancel_and_retry,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -157,6 +157,10 @@ fn decode(fields: &HashMap<&str, &str>, id: &str, queue: &str) -> BrokerResult<J
     let json = |f: &str, s: &str| -> BrokerResult<serde_json::Value> {
         serde_json::from_str(s).map_err(|e| corrupt(format!("job {id}: field {f}: {e}")))
     };
+    // A chain step's input: its predecessor's result, as the JSON text it was stored as.
+    let input = nonempty(get("input"))
+        .map(|s| json("input", s))
+        .transpose()?;
     let state_s = req("state")?;
     let state = JobState::parse(&state_s)
         .ok_or_else(|| corrupt(format!("job {id}: unknown state {state_s}")))?;
@@ -171,7 +175,7 @@ fn decode(fields: &HashMap<&str, &str>, id: &str, queue: &str) -> BrokerResult<J
         id: JobId(id.to_owned()),
         queue: queue.to_owned(),
         kind: req("kind")?,
-        payload: json("payload", &req("payload")?)?,
+        payload: with_input(json("payload", &req("payload")?)?, input),
         priority: u8::try_from(num("priority")?)
             .map_err(|_| corrupt(format!("job {id}: bad priority")))?,
         state,
@@ -210,6 +214,18 @@ fn decode(fields: &HashMap<&str, &str>, id: &str, queue: &str) -> BrokerResult<J
             None => None,
         },
     })
+}
+
+/// The payload with its top-level `input` set to a chain step's `input`, if it has one; a
+/// payload that is not an object is left as it is (as SQLite's `json_set` leaves it).
+fn with_input(
+    mut payload: serde_json::Value,
+    input: Option<serde_json::Value>,
+) -> serde_json::Value {
+    if let (Some(input), Some(map)) = (input, payload.as_object_mut()) {
+        map.insert("input".to_owned(), input);
+    }
+    payload
 }
 
 /// What cancel.lua and retry.lua answer.

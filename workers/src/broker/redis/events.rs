@@ -6,9 +6,12 @@
 //! `<stream id>@<queue>` for the first event of an entry and `<stream id>.<n>@<queue>` for the
 //! n-th after it; [`Broker::events`] merges the streams ordered by (stream id, queue, place in
 //! the entry) and holds back the current millisecond, so that an event appended later to
-//! another queue's stream can never sort before one already handed out. A job's history is the
-//! part of its queue's stream between the ids of its first and last entries (kept in the job
-//! hash as the head of `d` and as `evn`), filtered by job id.
+//! another queue's stream can never sort before one already handed out. A job's history is read
+//! from the stream entries that hold its events, which its hash lists (the first as the head of
+//! `d`, the others in `evs`), so it costs the job's own entries, not the queue's traffic in
+//! between; each entry is filtered by job id, as it may hold other jobs' events too. A job
+//! stored before `evs` existed has only its last entry's id (`evn`): its history is the part
+//! of the stream between its first and last entries, filtered the same way.
 //!
 //! The scripts write the events, in the same call as the change they record; this file only
 //! reads them. Trimming the streams is `purge`'s (`read.rs`) and the scripts' (the event cap).
@@ -171,26 +174,85 @@ pub(super) async fn history(broker: &RedisBroker, id: &JobId) -> BrokerResult<Ve
     let Some(queue) = broker.queue_of(id).await? else {
         return Ok(Vec::new());
     };
-    // The job's first and last event ids bound the part of the stream to read (the first
-    // leads its packed field `d`).
-    let bounds: Vec<Option<String>> = broker
+    // The job's first entry leads its packed field `d`; `evs` lists the others.
+    let fields: Vec<Option<String>> = broker
         .query(
             redis::cmd("HMGET")
                 .arg(broker.job_key(&queue, id))
                 .arg("d")
+                .arg("evs")
                 .arg("evn"),
         )
         .await?;
-    let (Some(Some(d)), Some(Some(last))) = (bounds.first(), bounds.get(1)) else {
+    let field = |i: usize| fields.get(i).cloned().flatten();
+    let Some(d) = field(0) else {
         return Ok(Vec::new());
     };
     let Some((first, _)) = d.split_once('|') else {
         return Err(corrupt(format!("job {id}: bad field d")));
     };
+    let evs = field(1).unwrap_or_default();
+    let later = evs.split(' ').filter(|s| !s.is_empty());
+    match field(2) {
+        // Stored before `evs`: read the range up to its last entry.
+        Some(evn) => {
+            let last = later.chain([evn.as_str()]).fold(first, |last, e| {
+                match (StreamId::parse(last), StreamId::parse(e)) {
+                    (Some(a), Some(b)) if b > a => e,
+                    _ => last,
+                }
+            });
+            history_range(broker, &queue, id, first, last).await
+        }
+        None => {
+            let entries: Vec<&str> = std::iter::once(first).chain(later).collect();
+            history_entries(broker, &queue, id, &entries).await
+        }
+    }
+}
+
+/// A job's events from the stream entries `entries` (an entry trimmed away reads as none).
+async fn history_entries(
+    broker: &RedisBroker,
+    queue: &str,
+    id: &JobId,
+    entries: &[&str],
+) -> BrokerResult<Vec<Event>> {
+    let mut out = Vec::new();
+    for chunk in entries.chunks(STREAM_CHUNK) {
+        let mut pipe = redis::pipe();
+        for e in chunk {
+            pipe.cmd("XRANGE")
+                .arg(broker.events_key(queue))
+                .arg(*e)
+                .arg(*e);
+        }
+        let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
+        for v in &replies {
+            out.extend(
+                parse_entries(v, queue)?
+                    .0
+                    .into_iter()
+                    .map(|(_, e)| e)
+                    .filter(|e| &e.job_id == id),
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// A job's events from the part of the stream between its first and last entries.
+async fn history_range(
+    broker: &RedisBroker,
+    queue: &str,
+    id: &JobId,
+    first: &str,
+    last: &str,
+) -> BrokerResult<Vec<Event>> {
     let mut out = Vec::new();
     let mut start = first.to_owned();
     loop {
-        let (chunk, n) = read_stream(broker, &queue, &start, last, STREAM_CHUNK).await?;
+        let (chunk, n) = read_stream(broker, queue, &start, last, STREAM_CHUNK).await?;
         let Some((tail, _)) = chunk.last() else {
             break;
         };

@@ -1,5 +1,5 @@
 //! The key layout: the names of every key the broker and its scripts use, the checks on the
-//! prefix and queue names that go into them, and the two global indexes outside any queue.
+//! prefix and queue names that go into them, and the three global indexes outside any queue.
 //!
 //! Every key of one queue starts with `{<prefix>:<queue>}:`, so all of them share one hash tag
 //! and every script touches one Cluster slot. The per-queue keys are listed in
@@ -11,19 +11,26 @@
 //! by every script so that `queues()` is O(1) per queue), `events` (a stream), `signal` (wake-up
 //! tokens for `BLPOP`), `unique` (unique key -> id), `seq` and per-second `stat:*` counters.
 //!
-//! Two keys are global, outside any queue's slot: `<prefix>:queues` (a set of queue names) and
-//! `<prefix>:jobq` (a hash id -> queue, because `get`, `cancel` and `retry` know only an id).
-//! They are written by the client in the same pipeline as the enqueue script, *before* it runs:
+//! Three keys are global, outside any queue's slot: `<prefix>:queues` (a set of queue names) and
+//! `<prefix>:jobq` (a hash id -> queue, because `get`, `cancel` and `retry` know only an id)
+//! are written by the client in the same pipeline as the enqueue script, *before* it runs:
 //! a crash in between leaves an index entry pointing to no job (`get` says not found), never a
-//! job that cannot be found.
+//! job that cannot be found. `<prefix>:leased` (a set of the queues that may hold running jobs)
+//! is what rescue visits, so that its work follows the queues in use, not every queue ever
+//! used: the client adds the queue in the same pipeline as each fetch, *after* the script (an
+//! entry for a queue with nothing running costs one look); rescue removes a queue whose
+//! `running` zset it found empty, then looks again and puts it back if a fetch leased a job
+//! in between (see `lifecycle.rs`). A node that connects adds every queue of `queues` once,
+//! so that jobs leased before this index existed are rescued too.
 //!
 //! The job hash stores neither the id nor the queue (its key names both) nor counters that
 //! are 0 (nor the progress of a succeeded job, which is always 100; `lease_until` is read
 //! only while the job runs, so finishing does not clear it). The fields fixed at enqueue but
 //! `kind`, `unique_key` and the chain links (first event id, priority, max retries, timeout,
 //! creation time and payload) are packed into one field `d` that only the client decodes (the
-//! scripts read the priority from it, and rewrite it when a chain step gets its `input`). A
-//! fresh job's hash is six fields, and fetch.lua reads it with one `HGETALL` and hands it over
+//! scripts read the priority from it and never rewrite it: a chain step's `input` is a field
+//! of its own). A
+//! fresh job's hash is five fields, and fetch.lua reads it with one `HGETALL` and hands it over
 //! as read: a queued no-op job costs
 //! about 810 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its
 //! share of a stream entry).
@@ -81,6 +88,14 @@ impl RedisBroker {
 
     pub(super) fn jobq_key(&self) -> String {
         format!("{}:jobq", self.prefix)
+    }
+
+    pub(super) fn running_key(&self, queue: &str) -> String {
+        format!("{}running", self.base(queue))
+    }
+
+    pub(super) fn leased_key(&self) -> String {
+        format!("{}:leased", self.prefix)
     }
 
     pub(super) fn queues_key(&self) -> String {

@@ -8,7 +8,8 @@
 //! The scripts take and keep times as integer milliseconds: every [`Timestamp`] and lease
 //! `Duration` becomes one here, as it is packed (a `Timestamp` argument through its
 //! `ToRedisArgs`, below; one inside a packed string through `as_millis`, never `Display`,
-//! which is RFC 3339).
+//! which is RFC 3339). A script's `now` is Redis' own unless the broker runs on its clock
+//! (see "Time" in `mod.rs`): [`RedisBroker::now_arg`] says which.
 //!
 //! [`Broker`]: crate::broker::Broker
 
@@ -47,7 +48,7 @@ const FETCH_MAX: usize = 500;
 const PROMOTE_LIMIT: usize = 1000;
 
 pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
-    let now = broker.clock.now();
+    let now_arg = broker.now_arg();
     let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
     let calls = group(&queues, ENQUEUE_CHUNK);
     let mut names: Vec<&str> = calls.iter().map(|(q, _)| *q).collect();
@@ -62,30 +63,34 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
         let mut index = redis::cmd("HSET");
         index.arg(broker.jobq_key());
         let mut cmd = broker.eval(&SCRIPTS.enqueue, queue);
-        cmd.arg(now).arg(broker.event_cap).arg(chunk.len());
+        cmd.arg(&now_arg).arg(broker.event_cap).arg(chunk.len());
         for &i in chunk {
             index.arg(jobs[i].id.as_str()).arg(*queue);
-            job_args(&mut cmd, &jobs[i], now)?;
+            job_args(&mut cmd, &jobs[i])?;
         }
         pipe.add_command(index).ignore();
         pipe.add_command(cmd);
     }
     let replies: Vec<Vec<Value>> = broker.query_pipe(&pipe).await?;
-    // Per job: the id enqueue.lua answered, and whether it created the job.
-    let mut answered: Vec<Option<(JobId, bool)>> = vec![None; jobs.len()];
+    // Per job: the id enqueue.lua answered, whether it created the job, and when.
+    let mut answered: Vec<Option<(JobId, bool, Timestamp)>> = vec![None; jobs.len()];
     let mut stale_index = Vec::new();
     for ((_, idx), reply) in calls.iter().zip(replies) {
-        if reply.len() != idx.len() * 2 {
+        let Some((now, pairs)) = reply.split_last() else {
+            return Err(corrupt("enqueue.lua answered nothing"));
+        };
+        let now = Timestamp::from_millis(int(now)?);
+        if pairs.len() != idx.len() * 2 {
             return Err(corrupt("enqueue.lua answered the wrong number of entries"));
         }
-        for (&i, pair) in idx.iter().zip(reply.chunks_exact(2)) {
+        for (&i, pair) in idx.iter().zip(pairs.chunks_exact(2)) {
             let id = JobId(string(&pair[0])?);
             let created = int(&pair[1])? == 1;
             if id != jobs[i].id {
                 // A duplicate of a unique job: the id written to the index names nothing.
                 stale_index.push(jobs[i].id.0.clone());
             }
-            answered[i] = Some((id, created));
+            answered[i] = Some((id, created, now));
         }
     }
     if !stale_index.is_empty() {
@@ -93,7 +98,7 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     }
     let mut out = Vec::with_capacity(jobs.len());
     for (new, answer) in jobs.iter().zip(answered) {
-        let (id, created) = answer.ok_or_else(|| corrupt("enqueue.lua skipped a job"))?;
+        let (id, created, now) = answer.ok_or_else(|| corrupt("enqueue.lua skipped a job"))?;
         let job = if created {
             new.stored(now)
         } else {
@@ -107,21 +112,21 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     Ok(out)
 }
 
-/// Adds one job's ARGV for enqueue.lua: id, kind, packed fields, priority, run_at, unique key
-/// and chain links.
-fn job_args(cmd: &mut Cmd, j: &NewJob, now: Timestamp) -> BrokerResult<()> {
-    // The job's packed field `d` but its leading "<ev0>|" (see common.lua).
-    let mut packed = format!(
-        "{}|{}|{}|{}|",
+/// Adds one job's ARGV for enqueue.lua: id, kind, the head of its packed fields, priority,
+/// run_at, unique key, chain links and payload.
+fn job_args(cmd: &mut Cmd, j: &NewJob) -> BrokerResult<()> {
+    // The job's packed field `d` up to its creation time, which the script adds (see
+    // common.lua): the time is Redis'.
+    let head = format!(
+        "{}|{}|{}|",
         j.priority,
         j.max_retries,
         j.timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
-        now.as_millis(),
     );
-    packed.push_str(&serde_json::to_string(&j.payload).map_err(BrokerError::backend)?);
+    let payload = serde_json::to_string(&j.payload).map_err(BrokerError::backend)?;
     cmd.arg(j.id.as_str())
         .arg(&j.kind)
-        .arg(packed)
+        .arg(head)
         .arg(j.priority)
         .arg(
             j.run_at
@@ -136,6 +141,7 @@ fn job_args(cmd: &mut Cmd, j: &NewJob, now: Timestamp) -> BrokerResult<()> {
             .arg(c.next.as_ref().map_or("", JobId::as_str)),
         None => cmd.arg("").arg(0).arg(""),
     };
+    cmd.arg(payload);
     Ok(())
 }
 
@@ -147,12 +153,19 @@ pub(super) async fn fetch(
 ) -> BrokerResult<Vec<Job>> {
     check_queue(queue)?;
     let mut cmd = broker.eval(&SCRIPTS.fetch, queue);
-    cmd.arg(broker.clock.now())
+    cmd.arg(broker.now_arg())
         .arg(max.min(FETCH_MAX))
         .arg(duration_ms(lease))
         .arg(broker.event_cap)
         .arg(PROMOTE_LIMIT);
-    let reply: Vec<Value> = broker.query(&cmd).await?;
+    // After the script: rescue visits the queues in this index (see `keys.rs`).
+    let mut pipe = redis::pipe();
+    pipe.add_command(cmd);
+    pipe.cmd("SADD")
+        .arg(broker.leased_key())
+        .arg(queue)
+        .ignore();
+    let (reply,): (Vec<Value>,) = broker.query_pipe(&pipe).await?;
     // fetch.lua computes the lease and answers each job as it now stands.
     reply.iter().map(|v| job_from_fetch(v, queue)).collect()
 }
@@ -169,8 +182,9 @@ pub(super) async fn wait_for_work(
     for q in queues {
         check_queue(q)?;
     }
-    // Due jobs carry no signal when their time comes: wait no longer than the earliest.
-    let now = broker.clock.now();
+    // Due jobs carry no signal when their time comes: wait no longer than the earliest, by
+    // the clock the scripts promote them by.
+    let now = broker.now().await?;
     let mut pipe = redis::pipe();
     for q in queues {
         pipe.cmd("ZRANGE")
@@ -201,12 +215,12 @@ pub(super) async fn heartbeat(
     leases: &[Lease],
     lease: Duration,
 ) -> BrokerResult<Vec<LeaseStatus>> {
-    let now = broker.clock.now();
+    let now = broker.now_arg();
     let lease_ms = duration_ms(lease);
     let queues: Vec<&str> = leases.iter().map(|l| l.queue.as_str()).collect();
     let codes = per_lease(broker, &queues, |q, idx| {
         let mut cmd = broker.eval(&SCRIPTS.heartbeat, q);
-        cmd.arg(now).arg(lease_ms).arg(idx.len());
+        cmd.arg(&now).arg(lease_ms).arg(idx.len());
         for &i in idx {
             cmd.arg(leases[i].job_id.as_str()).arg(leases[i].token);
         }
@@ -230,7 +244,7 @@ pub(super) async fn progress(
     message: Option<String>,
 ) -> BrokerResult<()> {
     let mut cmd = broker.eval(&SCRIPTS.progress, &lease.queue);
-    cmd.arg(broker.clock.now())
+    cmd.arg(broker.now_arg())
         .arg(broker.event_cap)
         .arg(lease.job_id.as_str())
         .arg(lease.token)
@@ -247,14 +261,17 @@ pub(super) async fn finish(
     broker: &RedisBroker,
     batch: Vec<Finish>,
 ) -> BrokerResult<Vec<BrokerResult<()>>> {
-    let now = broker.clock.now();
+    // The pool's due times were computed on this node's clock: as delays from its now they
+    // mean the same on Redis' clock, whatever this one's skew (see "Time" in mod.rs).
+    let local_now = broker.clock.now();
+    let now = broker.now_arg_at(local_now);
     let queues: Vec<&str> = batch.iter().map(|f| f.lease.queue.as_str()).collect();
     let codes = per_lease(broker, &queues, |q, idx| {
         let mut cmd = broker.eval(&SCRIPTS.finish, q);
-        cmd.arg(now).arg(broker.event_cap).arg(idx.len());
+        cmd.arg(&now).arg(broker.event_cap).arg(idx.len());
         for &i in idx {
             let f = &batch[i];
-            let (code, a, b) = outcome_args(&f.outcome)?;
+            let (code, a, b) = outcome_args(&f.outcome, local_now)?;
             cmd.arg(f.lease.job_id.as_str())
                 .arg(f.lease.token)
                 .arg(code)
@@ -303,7 +320,7 @@ pub(super) async fn retry_all_dead(broker: &RedisBroker, queue: Option<&str>) ->
     for q in &queues {
         loop {
             let mut cmd = broker.eval(&SCRIPTS.retry_all_dead, q);
-            cmd.arg(broker.clock.now()).arg(broker.event_cap).arg(BATCH);
+            cmd.arg(broker.now_arg()).arg(broker.event_cap).arg(BATCH);
             let n: u64 = broker.query(&cmd).await?;
             total += n;
             if n < BATCH as u64 {
@@ -318,31 +335,69 @@ pub(super) async fn rescue(
     broker: &RedisBroker,
     max_interruptions: u32,
 ) -> BrokerResult<Vec<JobId>> {
-    let mut pending = broker.queue_names().await?;
+    // Only the queues that may hold running jobs (see `keys.rs`), not every queue ever used.
+    let mut pending: Vec<String> = broker
+        .query(redis::cmd("SMEMBERS").arg(broker.leased_key()))
+        .await?;
     let mut rescued = Vec::new();
-    // One pipelined call per queue; queues that filled a batch go round again.
+    let mut idle = Vec::new();
+    // One pipelined call per queue, and how many jobs still run there; queues that filled a
+    // batch go round again.
     while !pending.is_empty() {
-        let now = broker.clock.now();
+        let now = broker.now_arg();
         let mut pipe = redis::pipe();
         for q in &pending {
             let mut cmd = broker.eval(&SCRIPTS.rescue, q);
-            cmd.arg(now)
+            cmd.arg(&now)
                 .arg(broker.event_cap)
                 .arg(max_interruptions)
                 .arg(BATCH);
             pipe.add_command(cmd);
+            pipe.cmd("ZCARD").arg(broker.running_key(q));
         }
-        let replies: Vec<Vec<String>> = broker.query_pipe(&pipe).await?;
+        let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
         let mut again = Vec::new();
-        for (q, ids) in pending.into_iter().zip(replies) {
+        for (q, pair) in pending.into_iter().zip(replies.chunks_exact(2)) {
+            let ids: Vec<String> = redis::FromRedisValue::from_redis_value_ref(&pair[0])
+                .map_err(|e| corrupt(format!("rescue.lua: {e}")))?;
             if ids.len() >= BATCH {
                 again.push(q);
+            } else if int(&pair[1])? == 0 {
+                idle.push(q);
             }
             rescued.extend(ids.into_iter().map(JobId));
         }
         pending = again;
     }
+    forget_idle(broker, &idle).await?;
     Ok(rescued)
+}
+
+/// Drops queues with nothing running from the index of leased queues. A fetch may lease a job
+/// there between the look and the removal: it adds the queue after its script, so a second
+/// look after the removal sees its job, and the queue goes back.
+async fn forget_idle(broker: &RedisBroker, idle: &[String]) -> BrokerResult<()> {
+    if idle.is_empty() {
+        return Ok(());
+    }
+    let mut pipe = redis::pipe();
+    pipe.cmd("SREM").arg(broker.leased_key()).arg(idle).ignore();
+    for q in idle {
+        pipe.cmd("ZCARD").arg(broker.running_key(q));
+    }
+    let running: Vec<i64> = broker.query_pipe(&pipe).await?;
+    let busy: Vec<&String> = idle
+        .iter()
+        .zip(running)
+        .filter(|(_, n)| *n > 0)
+        .map(|(q, _)| q)
+        .collect();
+    if !busy.is_empty() {
+        broker
+            .query::<()>(redis::cmd("SADD").arg(broker.leased_key()).arg(busy))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Runs a one-job script (cancel.lua, retry.lua: ARGV now, event cap, id) and turns its
@@ -358,7 +413,7 @@ async fn change_one(
         .await?
         .ok_or_else(|| BrokerError::NotFound(id.clone()))?;
     let mut cmd = broker.eval(script, &queue);
-    cmd.arg(broker.clock.now())
+    cmd.arg(broker.now_arg())
         .arg(broker.event_cap)
         .arg(id.as_str());
     match answer(broker.query(&cmd).await?, id, &queue)? {
@@ -372,17 +427,19 @@ async fn change_one(
     }
 }
 
-/// Outcome -> (code, a, b) as finish.lua reads them.
-fn outcome_args(o: &Outcome) -> BrokerResult<(&'static str, String, String)> {
+/// Outcome -> (code, a, b) as finish.lua reads them; due times become delays from `now`, the
+/// time of the clock that computed them.
+fn outcome_args(o: &Outcome, now: Timestamp) -> BrokerResult<(&'static str, String, String)> {
+    let delay = |at: &Timestamp| (at.as_millis() - now.as_millis()).to_string();
     Ok(match o {
         Outcome::Succeeded { result } => (
             "ok",
             serde_json::to_string(result).map_err(BrokerError::backend)?,
             String::new(),
         ),
-        Outcome::Retry { at, error } => ("retry", at.as_millis().to_string(), error.clone()),
+        Outcome::Retry { at, error } => ("retry", delay(at), error.clone()),
         Outcome::Dead { error } => ("dead", error.clone(), String::new()),
-        Outcome::Snooze { at } => ("snooze", at.as_millis().to_string(), String::new()),
+        Outcome::Snooze { at } => ("snooze", delay(at), String::new()),
         Outcome::Released { reason } => ("release", reason.clone(), String::new()),
     })
 }
@@ -408,6 +465,33 @@ async fn per_lease(
         }
     }
     Ok(codes)
+}
+
+impl RedisBroker {
+    /// The `now` a script takes: '' for Redis' own clock, or the broker's clock's time in
+    /// milliseconds when it runs on that (see "Time" in `mod.rs`).
+    pub(super) fn now_arg(&self) -> String {
+        self.now_arg_at(self.clock.now())
+    }
+
+    /// [`RedisBroker::now_arg`] with the broker's clock read already as `now`.
+    fn now_arg_at(&self, now: Timestamp) -> String {
+        if self.clock_time {
+            now.as_millis().to_string()
+        } else {
+            String::new()
+        }
+    }
+
+    /// The time the scripts decide by: Redis' `TIME`, or the broker's clock (see
+    /// [`RedisBroker::now_arg`]).
+    pub(super) async fn now(&self) -> BrokerResult<Timestamp> {
+        if self.clock_time {
+            return Ok(self.clock.now());
+        }
+        let (s, us): (i64, i64) = self.query(&redis::cmd("TIME")).await?;
+        Ok(Timestamp::from_millis(s * 1000 + us / 1000))
+    }
 }
 
 /// The indices of `queues` grouped by queue (in name order), in chunks of `chunk`.

@@ -12,7 +12,7 @@
 //! - `conn.rs`: the connections (a [`ConnectionManager`](redis::aio::ConnectionManager) for
 //!   everything but blocking pops, a few dedicated connections for `BLPOP`), TLS, and what a
 //!   failure means, with outage logging.
-//! - `keys.rs`: the key layout (one hash tag per queue) and the two global indexes.
+//! - `keys.rs`: the key layout (one hash tag per queue) and the three global indexes.
 //! - `scripts.rs`: loading the Lua scripts and calling them.
 //! - `decode.rs`: replies -> jobs and script answers.
 //! - `lifecycle.rs`: a job's path: enqueue, fetch, wait, heartbeat, progress, finish, cancel,
@@ -24,10 +24,24 @@
 //!
 //! A chain step's hash carries `chain_id`, `chain_index` and `chain_next`; every step is on
 //! the chain's queue, so the scripts walk `chain_next` links inside one slot. The step after a
-//! succeeded one gets the result as its payload's `input`: spliced into the payload text when
-//! the payload has no `input` yet (numbers and empty arrays stay exact), otherwise replaced
-//! through Redis' cjson, which keeps 14 significant digits of a number and turns an empty
-//! array into `{}`.
+//! succeeded one gets the result as its payload's `input`: the scripts store the result's JSON
+//! text as it came in the step's field `input` and never touch the payload (Lua's cjson would
+//! turn `[]` into `{}` and round integers beyond 2^53); `decode.rs` sets it as the payload's
+//! top-level `input` (replacing one the payload had) when it reads the job, as SQLite's
+//! `json_set(payload, '$.input', ..)` does. A payload that is not an object gets no `input`.
+//!
+//! # Time
+//!
+//! Every lease, due time and rescue decision is made on Redis' clock: the scripts read `TIME`
+//! (`clock_ms` in `common.lua`), so nodes whose clocks disagree still agree on whether a lease
+//! is live, and a node whose clock runs 20 s fast never rescues a job still running elsewhere.
+//! The times the pool hands over are made relative first: a retry's or a snooze's `at` is
+//! turned into a delay against the clock that computed it (this node's), and the script adds
+//! that delay to Redis' time, so a node's skew cancels out. Times a caller gives as times stay
+//! absolute and are read on Redis' clock: a job's `run_at`, and the `before` of `purge`.
+//! Reads that bucket or compare by time (`queues`' last minute, `wait_for_work`'s earliest
+//! due job) ask Redis for `TIME` too. [`RedisBroker::with_clock_time`] makes the scripts use
+//! the broker's [`Clock`] instead, for tests that move a manual clock.
 //!
 //! # Limits, on purpose
 //!
@@ -83,6 +97,8 @@ pub struct RedisBroker {
     url: String,
     prefix: String,
     clock: Arc<dyn Clock>,
+    /// Whether the scripts take their time from `clock` (tests) rather than Redis' `TIME`.
+    clock_time: bool,
     event_cap: u64,
     /// Dedicated connections for `BLPOP`, which would stall every other command queued behind
     /// it on the shared multiplexed connection.
@@ -114,12 +130,32 @@ impl RedisBroker {
             url: shown,
             prefix: prefix.to_owned(),
             clock,
+            clock_time: false,
             event_cap: DEFAULT_EVENT_CAP,
             blocking: Mutex::new(Vec::new()),
             health: Health::default(),
         };
         broker.load_scripts().await?;
+        // Queues used before the index of leased queues existed may hold running jobs.
+        broker
+            .query::<()>(
+                redis::cmd("SUNIONSTORE")
+                    .arg(broker.leased_key())
+                    .arg(broker.leased_key())
+                    .arg(broker.queues_key()),
+            )
+            .await?;
         Ok(broker)
+    }
+
+    /// Decides leases, due times and rescue by the clock the broker was given instead of by
+    /// Redis' own clock (`TIME`): for tests, which move a manual clock instead of sleeping.
+    /// Never for a deployment: nodes whose clocks disagree would then disagree on whether a
+    /// lease is live (see "Time" in the module docs).
+    #[must_use]
+    pub fn with_clock_time(mut self) -> Self {
+        self.clock_time = true;
+        self
     }
 
     /// Bounds each queue's event stream to about `cap` entries (default

@@ -126,7 +126,8 @@ pub(super) async fn queues(broker: &RedisBroker) -> BrokerResult<Vec<QueueStats>
     if names.is_empty() {
         return Ok(Vec::new());
     }
-    let now_s = broker.clock.now().as_millis().div_euclid(1000);
+    // The per-second counters are keyed by the scripts' clock: read them by it.
+    let now_s = broker.now().await?.as_millis().div_euclid(1000);
     let mut pipe = redis::pipe();
     for q in &names {
         let base = broker.base(q);
@@ -243,9 +244,16 @@ pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResul
         .drain_batches(&SCRIPTS.drop_queue, queue, &[BATCH.to_string()])
         .await?;
     broker.unindex(&ids).await?;
-    broker
-        .query::<()>(redis::cmd("SREM").arg(broker.queues_key()).arg(queue))
-        .await?;
+    let mut pipe = redis::pipe();
+    pipe.cmd("SREM")
+        .arg(broker.queues_key())
+        .arg(queue)
+        .ignore();
+    pipe.cmd("SREM")
+        .arg(broker.leased_key())
+        .arg(queue)
+        .ignore();
+    broker.query_pipe::<()>(&pipe).await?;
     Ok(ids.len() as u64)
 }
 

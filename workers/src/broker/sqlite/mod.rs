@@ -23,6 +23,10 @@
 //! writer wait for the other instead of failing at once. Another process cannot wake this
 //! one's [`Broker::wait_for_work`], so that wait is capped at [`CROSS_PROCESS_POLL`].
 //!
+//! Leases, due times and rescue are decided by the broker's [`Clock`],
+//! the local one, by design: every process sharing the file runs on the same machine and so
+//! reads the same clock. (Redis, shared by many machines, decides by its own clock instead.)
+//!
 //! # Where the trait leaves a choice
 //!
 //! The conformance suite (`crate::testing`) pins what both brokers must agree on; beyond it:

@@ -1,0 +1,222 @@
+//! Redis as deployed across nodes and over time: leases and due times on Redis' clock whatever
+//! a node's clock says, rescue that visits only the queues with running jobs, and a job's
+//! history that reads only its own stream entries. Part of the `conformance_redis` test
+//! binary (its fixtures are the parent module's).
+
+use super::*;
+
+/// A node's clock, off from the real one by a fixed amount: what a node with a wrong clock
+/// reads.
+#[derive(Debug)]
+struct SkewedClock {
+    offset_ms: i64,
+}
+
+impl Clock for SkewedClock {
+    fn now(&self) -> Timestamp {
+        let real = hopper_workers::clock::SystemClock.now();
+        Timestamp::from_millis(real.as_millis() + self.offset_ms)
+    }
+}
+
+/// Leases, due times and rescue follow Redis' clock, not the calling node's: a node whose clock
+/// runs 20 s fast never takes a job whose 10 s lease is live (not by rescue, not by fetch), a
+/// node 20 s slow cannot shorten a lease by renewing it, and a retry a fast node schedules is
+/// due after its backoff, not its backoff plus the skew. (The suite runs the Redis broker on
+/// its manual clock instead; this test runs it as deployed, on Redis' `TIME`.)
+#[tokio::test]
+async fn leases_and_due_times_follow_redis_time_not_the_node_clock() {
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let node = |offset_ms: i64| {
+        let prefix = prefix.clone();
+        async move {
+            let clock: Arc<dyn Clock> = Arc::new(SkewedClock { offset_ms });
+            connect(&prefix, clock).await
+        }
+    };
+    let honest = node(0).await;
+    let fast = node(20_000).await;
+    let slow = node(-20_000).await;
+    let lease = Duration::from_secs(10);
+    let server_ms = || -> i64 {
+        let (s, us): (i64, i64) = redis::cmd("TIME").query(&mut raw_conn()).expect("TIME");
+        s * 1000 + us / 1000
+    };
+
+    honest
+        .enqueue(vec![job("k").queue("skew")])
+        .await
+        .expect("enqueue");
+    let held = honest.fetch("skew", 1, lease).await.expect("fetch");
+    assert_eq!(held.len(), 1);
+    let until = held[0].lease_until.expect("a running job has a lease");
+    let now = server_ms();
+    assert!(
+        (now + 5_000..=now + 10_000).contains(&until.as_millis()),
+        "a 10 s lease ends 10 s after Redis' now ({now}), not the node's: {until:?}"
+    );
+
+    assert_eq!(
+        fast.rescue(3).await.expect("rescue"),
+        Vec::new(),
+        "rescued a live lease"
+    );
+    assert!(
+        fast.fetch("skew", 10, lease)
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+
+    // A slow node renewing the lease extends it from Redis' now, not 20 s in the past.
+    let renewed = slow
+        .heartbeat(&[held[0].lease()], lease)
+        .await
+        .expect("heartbeat");
+    assert_eq!(renewed, vec![hopper_workers::broker::LeaseStatus::Held]);
+    assert_eq!(
+        honest.rescue(3).await.expect("rescue"),
+        Vec::new(),
+        "the renewal shortened the lease"
+    );
+    let job_now = honest.get(&held[0].id).await.expect("get").expect("job");
+    assert_eq!(job_now.state, JobState::Running);
+    assert_eq!(job_now.lease_token, held[0].lease_token);
+
+    // A fast node's retry with a 1 s backoff is due in about 1 s, not 21 s.
+    fast.enqueue(vec![job("r").queue("skew-retry")])
+        .await
+        .expect("enqueue");
+    let got = fast.fetch("skew-retry", 1, lease).await.expect("fetch");
+    let at = SkewedClock { offset_ms: 20_000 }.now() + ms(1_000);
+    fast.finish(vec![finish(
+        got[0].lease(),
+        Outcome::Retry {
+            at,
+            error: "again".into(),
+        },
+    )])
+    .await
+    .expect("finish")
+    .remove(0)
+    .expect("the lease is held");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if !honest
+            .fetch("skew-retry", 1, lease)
+            .await
+            .expect("fetch")
+            .is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a retry due in 1 s was not due 15 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Rescue looks only at queues that may hold running jobs: a queue whose jobs all finished
+/// leaves the index of leased queues at the next rescue (so a node's once-a-second rescue does
+/// not grow with every queue ever used), and a queue that leases a job again is back in it, its
+/// expired lease rescued.
+#[tokio::test]
+async fn rescue_visits_only_queues_with_running_jobs() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let leased = || -> Vec<String> {
+        let mut v: Vec<String> = redis::cmd("SMEMBERS")
+            .arg(format!("{}:leased", f.prefix))
+            .query(&mut raw_conn())
+            .expect("smembers");
+        v.sort();
+        v
+    };
+    for i in 0..20 {
+        let q = format!("q{i:02}");
+        b.enqueue(vec![job("k").queue(&q)]).await.expect("enqueue");
+        let got = b.fetch(&q, 1, LEASE).await.expect("fetch");
+        b.finish(succeed_all(&got)).await.expect("finish");
+    }
+    b.enqueue(vec![job("k").queue("busy")])
+        .await
+        .expect("enqueue");
+    let running = b.fetch("busy", 1, LEASE).await.expect("fetch");
+    assert_eq!(running.len(), 1);
+    assert_eq!(b.rescue(3).await.expect("rescue"), Vec::new());
+    assert_eq!(
+        leased(),
+        vec!["busy".to_string()],
+        "only the queue with a running job"
+    );
+
+    f.clock.advance(30_001);
+    assert_eq!(
+        b.rescue(3).await.expect("rescue"),
+        vec![running[0].id.clone()]
+    );
+    assert_eq!(b.rescue(3).await.expect("rescue"), Vec::new());
+    assert!(leased().is_empty(), "nothing runs: {:?}", leased());
+
+    let again = b.fetch("busy", 1, LEASE).await.expect("fetch");
+    assert_eq!(leased(), vec!["busy".to_string()]);
+    f.clock.advance(30_001);
+    assert_eq!(
+        b.rescue(3).await.expect("rescue"),
+        vec![again[0].id.clone()]
+    );
+}
+
+/// A job's history costs its own events, not the queue's: the job hash lists the stream
+/// entries that hold its events after the first (field `evs`; the first leads `d`), and
+/// `history` reads just those, however many entries other jobs added in between.
+#[tokio::test]
+async fn history_reads_only_the_jobs_own_stream_entries() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let mine = job("k.mine").queue("hist").priority(9);
+    b.enqueue(vec![mine.clone()]).await.expect("enqueue");
+    for _ in 0..300 {
+        b.enqueue(vec![job("k.other").queue("hist")])
+            .await
+            .expect("enqueue");
+    }
+    // Everything else first (priority 0 < 9), one fetch call each: many entries in between.
+    let others = drain(&**b, "hist", 1).await;
+    assert_eq!(others.len(), 301);
+    assert_eq!(
+        others.last(),
+        Some(&mine.id),
+        "the low-priority job runs last"
+    );
+    let events = b.history(&mine.id).await.expect("history");
+    assert_eq!(
+        events.iter().map(|e| e.kind_of_event).collect::<Vec<_>>(),
+        vec![
+            EventType::Enqueued,
+            EventType::Started,
+            EventType::Succeeded
+        ]
+    );
+    let key = format!("{{{}:hist}}:job:{}", f.prefix, mine.id);
+    let evs: Option<String> = redis::cmd("HGET")
+        .arg(&key)
+        .arg("evs")
+        .query(&mut raw_conn())
+        .expect("hget");
+    assert_eq!(
+        evs.as_deref().map(|s| s.split(' ').count()),
+        Some(2),
+        "the started and succeeded entries: {evs:?}"
+    );
+    let stream_len: usize = redis::cmd("XLEN")
+        .arg(format!("{{{}:hist}}:events", f.prefix))
+        .query(&mut raw_conn())
+        .expect("xlen");
+    assert!(stream_len > 600, "entries in between: {stream_len}");
+}
