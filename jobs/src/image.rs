@@ -15,8 +15,9 @@
 //! Fits: `contain` (default) scales to fit inside width x height keeping the aspect ratio
 //! (with no height, to the width); `cover` fills width x height exactly, cropping the centre;
 //! `exact` stretches to width x height. `quality` applies to JPEG (WebP output is lossless).
-//! Outputs are written to `<output_dir>/<source stem>_<w>x<h>.<ext>` under the files
-//! directory, so a retry overwrites its own files.
+//! Outputs are written to `<output_dir>/<job id>/<source stem>_<w>x<h>.<ext>` under the
+//! files directory: no other job writes there (ten jobs resizing the same source to the same
+//! sizes keep ten sets of files), and a retry overwrites its own files.
 //!
 //! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes`, a
 //! missing file or an HTTP 4xx are permanent; network errors, timeouts, 429 and 5xx retryable.
@@ -182,6 +183,26 @@ fn stem(source: &str) -> String {
     }
 }
 
+/// A job id as one path component: ids are UUIDs, but a job is data, so anything else is
+/// reduced to the same safe alphabet rather than trusted.
+fn path_safe(id: &str) -> String {
+    let clean: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "job".to_owned()
+    } else {
+        clean
+    }
+}
+
 /// Output dimensions, and whether the source is cropped to the output's aspect first.
 fn geometry(src_w: u32, src_h: u32, size: Size) -> (u32, u32, bool) {
     let scale_to = |scale: f64, side: u32| ((f64::from(side) * scale).round() as u32).max(1);
@@ -297,6 +318,7 @@ impl Kind for Resize {
         let files = self.files.clone();
         let max_pixels = self.max_pixels;
         let stem = stem(&source);
+        let job_dir = path_safe(cx.job().id.as_str());
         let cx2 = cx.clone();
         let outputs = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, JobError> {
             let img = decode_limited(&bytes, max_pixels, "source")?;
@@ -311,7 +333,7 @@ impl Kind for Resize {
                 }
                 let out = work.resize(*size, args.format, args.quality)?;
                 let rel = format!(
-                    "{}/{stem}_{}x{}.{}",
+                    "{}/{job_dir}/{stem}_{}x{}.{}",
                     args.output_dir.trim_end_matches('/'),
                     out.width,
                     out.height,
