@@ -49,9 +49,13 @@ async fn etl_to_pdf_to_email() {
     let (smtp_port, mut inbox) = smtp_server().await;
 
     let s = Scratch::new();
+    // The API is on loopback, which outgoing requests reach only when allowed; the token is
+    // bound to it (plain http: the explicit opt-in of an http:// url_prefix).
     s.write_config(&format!(
         "[files]\ndir = \"{files}\"\n\n[smtp]\nurl = \"smtp://127.0.0.1:{smtp_port}\"\n\
-         from = \"Hopper <hopper@example.com>\"\n\n[etl]\ntokens = {{ orders = \"t0ken\" }}\n",
+         from = \"Hopper <hopper@example.com>\"\n\n[etl]\n\
+         tokens = {{ orders = {{ token = \"t0ken\", url_prefix = \"http://{api_addr}/\" }} }}\n\n\
+         [http]\nallow_hosts = [\"127.0.0.1\"]\n",
         files = s.path().join("files").display()
     ));
     let (_d, api) = s.serve(&[]);

@@ -5,10 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::JobsError;
 
@@ -40,6 +42,16 @@ impl JobsConfig {
         }
         if self.smtp.relay().is_some() && !self.smtp.from.contains('@') {
             p.push("smtp.from: is required when smtp.url is set: an email address".to_owned());
+        }
+        for entry in &self.http.allow_hosts {
+            if let Err(why) = AllowHost::parse(entry) {
+                p.push(format!("http.allow_hosts: {entry:?} {why}"));
+            }
+        }
+        for (name, token) in &self.etl.tokens {
+            if let Err(why) = token.prefix() {
+                p.push(format!("etl.tokens.{name}.url_prefix: {why}"));
+            }
         }
         for name in self.etl.databases.keys() {
             if name.starts_with("sqlite:") {
@@ -127,8 +139,10 @@ impl fmt::Debug for SmtpConfig {
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct EtlConfig {
-    /// Bearer tokens by name: `source.token = "crm"` sends `tokens.crm`. Default none.
-    pub tokens: BTreeMap<String, String>,
+    /// Bearer tokens by name, each bound to the URLs it may be sent to:
+    /// `tokens.crm = { token = "…", url_prefix = "https://api.crm.example/" }`; a payload with
+    /// `source.token = "crm"` must fetch a URL under that prefix. Default none.
+    pub tokens: BTreeMap<String, EtlToken>,
     /// PostgreSQL URLs by name (`target.database` in a payload), e.g.
     /// `warehouse = "postgres://etl@db/warehouse"`. Default none.
     pub databases: BTreeMap<String, String>,
@@ -150,6 +164,91 @@ impl fmt::Debug for EtlConfig {
     }
 }
 
+/// One entry of `[etl] tokens`: a bearer token and the URLs it may be sent to.
+///
+/// ```toml
+/// [etl]
+/// tokens.crm = { token = "s3cr3t", url_prefix = "https://api.crm.example/v1/" }
+/// ```
+#[derive(Clone, PartialEq, Serialize)]
+pub struct EtlToken {
+    /// The secret, sent as `Authorization: Bearer <token>`.
+    pub token: String,
+    /// Every URL the token is sent to starts with this (compared after both are normalized:
+    /// host case, default port, `..` segments). An `https://` prefix keeps the token off
+    /// plain HTTP; an `http://` prefix is the explicit opt-in to send it in clear.
+    pub url_prefix: String,
+}
+
+impl EtlToken {
+    /// The prefix, normalized as URLs are before they are compared with it; or why it is
+    /// unusable.
+    pub fn prefix(&self) -> Result<String, &'static str> {
+        let url = url::Url::parse(&self.url_prefix)
+            .map_err(|_| "must be an absolute http:// or https:// URL")?;
+        if !matches!(url.scheme(), "http" | "https") {
+            return Err("must be an http:// or https:// URL");
+        }
+        if url.host().is_none() {
+            return Err("must name a host");
+        }
+        if url.query().is_some() || url.fragment().is_some() {
+            return Err("must not have a query or fragment");
+        }
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err("must not carry credentials");
+        }
+        Ok(url.to_string())
+    }
+
+    /// True when `url` (normalized by parsing) is one the token may be sent to.
+    pub fn covers(&self, url: &url::Url) -> bool {
+        self.prefix().is_ok_and(|p| url.as_str().starts_with(&p))
+    }
+}
+
+/// A table `{ token, url_prefix }`. A bare string (an unbound token) is refused with the way
+/// forward, and without echoing it: it is a secret.
+impl<'de> Deserialize<'de> for EtlToken {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Bound {
+            token: String,
+            url_prefix: String,
+        }
+        struct Table;
+        impl<'de> Visitor<'de> for Table {
+            type Value = EtlToken;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(r#"a table { token = "…", url_prefix = "https://api.example.com/" }"#)
+            }
+            fn visit_str<E: de::Error>(self, _secret: &str) -> Result<EtlToken, E> {
+                Err(E::custom(
+                    r#"a token is bound to the URLs it may be sent to: write { token = "…", url_prefix = "https://api.example.com/" }"#,
+                ))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<EtlToken, A::Error> {
+                let b = Bound::deserialize(de::value::MapAccessDeserializer::new(map))?;
+                Ok(EtlToken {
+                    token: b.token,
+                    url_prefix: b.url_prefix,
+                })
+            }
+        }
+        d.deserialize_any(Table)
+    }
+}
+
+impl fmt::Debug for EtlToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtlToken")
+            .field("token", &"***")
+            .field("url_prefix", &self.url_prefix)
+            .finish()
+    }
+}
+
 /// `[http]`: outgoing HTTP of job kinds (image downloads, ETL pages).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -157,13 +256,85 @@ pub struct HttpConfig {
     /// Time limit of one request. Default `"30s"`.
     #[serde(with = "duration_str")]
     pub timeout: Duration,
+    /// Non-public hosts jobs may reach anyway: host names (`"files.internal"`, allowed
+    /// whatever they resolve to), addresses (`"127.0.0.1"`, `"::1"`) and networks
+    /// (`"10.0.0.0/8"`, `"fd00::/8"`). Loopback, private, link-local (cloud metadata) and
+    /// other non-public addresses are refused otherwise. Default none.
+    pub allow_hosts: Vec<String>,
 }
 
 impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             timeout: Duration::from_secs(30),
+            allow_hosts: Vec::new(),
         }
+    }
+}
+
+/// One parsed entry of `[http] allow_hosts`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AllowHost {
+    /// A host name, lowercase, without a trailing dot.
+    Name(String),
+    /// An address and a prefix length (32 or 128 for a single address).
+    Net(IpAddr, u8),
+}
+
+impl AllowHost {
+    /// Parses `"name"`, `"ip"` or `"ip/len"`; or says why not.
+    pub fn parse(entry: &str) -> Result<Self, &'static str> {
+        if let Some((ip, len)) = entry.split_once('/') {
+            let ip: IpAddr = ip.parse().map_err(|_| "is not an IP network (IP/len)")?;
+            let max = if ip.is_ipv4() { 32 } else { 128 };
+            return match len.parse::<u8>() {
+                Ok(len) if len <= max => Ok(Self::Net(ip, len)),
+                _ => Err("has a prefix length out of range"),
+            };
+        }
+        if let Ok(ip) = entry.parse::<IpAddr>() {
+            return Ok(Self::Net(ip, if ip.is_ipv4() { 32 } else { 128 }));
+        }
+        let name = entry.trim_end_matches('.').to_ascii_lowercase();
+        let label_ok = |l: &str| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        };
+        if name.is_empty() || name.len() > 253 || !name.split('.').all(label_ok) {
+            return Err("is neither a host name, an IP address nor an IP network");
+        }
+        if name.bytes().all(|b| b.is_ascii_digit() || b == b'.') {
+            return Err("is not a valid IP address");
+        }
+        Ok(Self::Name(name))
+    }
+
+    /// True when `ip` is in this network (never for a name).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let Self::Net(net, len) = self else {
+            return false;
+        };
+        let (net, ip, len) = match (net, canonical(ip)) {
+            (IpAddr::V4(n), IpAddr::V4(i)) => (
+                u128::from(n.to_bits()),
+                u128::from(i.to_bits()),
+                u32::from(*len) + 96,
+            ),
+            (IpAddr::V6(n), IpAddr::V6(i)) => (n.to_bits(), i.to_bits(), u32::from(*len)),
+            _ => return false,
+        };
+        let mask = u128::MAX.checked_shl(128 - len).unwrap_or(0);
+        net & mask == ip & mask
+    }
+}
+
+/// An IPv4-mapped IPv6 address (`::ffff:a.b.c.d`) as the IPv4 address it is.
+pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
     }
 }
 
@@ -211,7 +382,7 @@ mod tests {
         let c: JobsConfig = serde_json::from_value(serde_json::json!({
             "http": {"timeout": "5s"},
             "smtp": {"url": "smtp://localhost:25", "from": "a@b.c"},
-            "etl": {"tokens": {"gh": "secret"}}
+            "etl": {"tokens": {"gh": {"token": "secret", "url_prefix": "https://api.github.com/"}}}
         }))
         .expect("parse");
         assert_eq!(c.http.timeout, Duration::from_secs(5));

@@ -15,8 +15,14 @@
 //! Fits: `contain` (default) scales to fit inside width x height keeping the aspect ratio
 //! (with no height, to the width); `cover` fills width x height exactly, cropping the centre;
 //! `exact` stretches to width x height. `quality` applies to JPEG (WebP output is lossless).
-//! Outputs are written to `<output_dir>/<source stem>_<w>x<h>.<ext>` under the files
-//! directory, so a retry overwrites its own files.
+//! Outputs are written to `<output_dir>/<job id>/<source stem>_<w>x<h>.<ext>` under the
+//! files directory: no other job writes there (ten jobs resizing the same source to the same
+//! sizes keep ten sets of files), and a retry overwrites its own files.
+//!
+//! `source` is an `http://` or `https://` URL (fetched as "Outgoing requests" in the README
+//! says: public addresses only unless `[http] allow_hosts` lists them, redirects checked hop
+//! by hop) or a relative path under the files directory; anything else that starts like a
+//! URL (`file:`, `ftp:`, `gopher:`) is refused.
 //!
 //! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes`, a
 //! missing file or an HTTP 4xx are permanent; network errors, timeouts, 429 and 5xx retryable.
@@ -39,9 +45,10 @@ use hopper_workers::{JobContext, JobError, JobResult, Kind};
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+use crate::JobsConfig;
 use crate::decode::decode_limited;
 use crate::files::{FilesDir, check_relative, io_error};
-use crate::{JobsConfig, http};
+use crate::http::{self, HttpClient, parse_url};
 
 /// At most this many outputs per job.
 pub const MAX_SIZES: usize = 32;
@@ -133,14 +140,14 @@ impl Format {
 #[derive(Debug)]
 pub struct Resize {
     files: FilesDir,
-    http: reqwest::Client,
+    http: HttpClient,
     max_download_bytes: u64,
     max_pixels: u64,
 }
 
 impl Resize {
     /// The handler, with the shared HTTP client.
-    pub fn new(config: &JobsConfig, http: reqwest::Client) -> Self {
+    pub fn new(config: &JobsConfig, http: HttpClient) -> Self {
         Self {
             files: FilesDir::new(&config.files.dir),
             http,
@@ -150,8 +157,14 @@ impl Resize {
     }
 }
 
+/// True when `s` starts like a URL (`scheme:`), which is then never a path, whatever the
+/// scheme: `file:`, `gopher:` and `ftp:` sources are refused, not read as odd file names.
 fn is_url(s: &str) -> bool {
-    s.starts_with("http://") || s.starts_with("https://")
+    let scheme = s.split_once(':').map_or("", |(scheme, _)| scheme);
+    scheme.starts_with(|c: char| c.is_ascii_alphabetic())
+        && scheme
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '+' | '-' | '.'))
 }
 
 /// The file-name stem of the outputs: the source's, reduced to a safe alphabet.
@@ -177,6 +190,26 @@ fn stem(source: &str) -> String {
         .collect();
     if clean.is_empty() {
         "image".to_owned()
+    } else {
+        clean
+    }
+}
+
+/// A job id as one path component: ids are UUIDs, but a job is data, so anything else is
+/// reduced to the same safe alphabet rather than trusted.
+fn path_safe(id: &str) -> String {
+    let clean: String = id
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if clean.is_empty() {
+        "job".to_owned()
     } else {
         clean
     }
@@ -282,9 +315,12 @@ impl Kind for Resize {
     async fn run(&self, cx: JobContext, args: ResizeArgs) -> JobResult {
         let source = args.source().to_owned();
         let bytes = if is_url(&source) {
+            let url = parse_url(&source).ok_or_else(|| {
+                JobError::permanent(format!("source {source:?} is not an http(s) URL"))
+            })?;
             tokio::select! {
                 () = cx.cancelled() => return Err(JobError::retryable("cancelled while downloading")),
-                body = http::download(&self.http, &source, self.max_download_bytes) => body?,
+                body = http::download(&self.http, url, self.max_download_bytes) => body?,
             }
         } else {
             let path = self.files.existing(&source)?;
@@ -297,6 +333,7 @@ impl Kind for Resize {
         let files = self.files.clone();
         let max_pixels = self.max_pixels;
         let stem = stem(&source);
+        let job_dir = path_safe(cx.job().id.as_str());
         let cx2 = cx.clone();
         let outputs = tokio::task::spawn_blocking(move || -> Result<Vec<Value>, JobError> {
             let img = decode_limited(&bytes, max_pixels, "source")?;
@@ -311,7 +348,7 @@ impl Kind for Resize {
                 }
                 let out = work.resize(*size, args.format, args.quality)?;
                 let rel = format!(
-                    "{}/{stem}_{}x{}.{}",
+                    "{}/{job_dir}/{stem}_{}x{}.{}",
                     args.output_dir.trim_end_matches('/'),
                     out.width,
                     out.height,
@@ -351,6 +388,12 @@ impl Kind for Resize {
         }
         if !is_url(source) {
             check_relative(source).map_err(|m| FieldError::new("payload.source", m))?;
+        } else if parse_url(source).is_none() {
+            return Err(FieldError::new(
+                "payload.source",
+                "must be an http:// or https:// URL with a host (and no credentials), or a \
+                 path under the files directory",
+            ));
         }
         if args.sizes.is_empty() || args.sizes.len() > MAX_SIZES {
             return Err(FieldError::new(

@@ -9,7 +9,9 @@
 //! - [`files`]: relative paths under the files directory, and the refusal to leave it.
 //! - `payload` (private): serde helpers several payload types share (one string or a list,
 //!   SQL identifiers); parsing itself is the engine's.
-//! - `http` (private, feature `http`): the shared HTTP client and status classification.
+//! - `http` (private, feature `http`): the shared [`HttpClient`] (redirects followed and
+//!   checked hop by hop), status classification; `http/guard.rs`: which addresses outgoing
+//!   requests may reach (`[http] allow_hosts`).
 //! - `decode` (private): decoding untrusted images within limits.
 //! - [`email`] (feature `email`): `email.send`.
 //! - [`image`] (feature `image`): `image.resize`.
@@ -47,7 +49,9 @@ pub mod image;
 #[cfg(feature = "pdf")]
 pub mod pdf;
 
-pub use config::{EtlConfig, FilesConfig, HttpConfig, JobsConfig, SmtpConfig};
+pub use config::{EtlConfig, EtlToken, FilesConfig, HttpConfig, JobsConfig, SmtpConfig};
+#[cfg(feature = "http")]
+pub use http::HttpClient;
 
 use hopper_workers::Registry;
 use hopper_workers::registry::RegistryError;
@@ -77,7 +81,7 @@ pub enum JobsError {
 pub fn register_all(registry: &mut Registry, config: &JobsConfig) -> Result<(), JobsError> {
     config.validate()?;
     #[cfg(feature = "http")]
-    let http = http::client(config)?;
+    let http = HttpClient::new(config)?;
     #[cfg(feature = "email")]
     registry.add(email::SendEmail::new(config)?)?;
     #[cfg(feature = "image")]

@@ -1,7 +1,8 @@
 //! `etl.sync`: pages of JSON items from an HTTP API, upserted into a table of an SQLite file
 //! under the files directory or of a configured PostgreSQL database. This module owns the
 //! payload, pagination, the in-job retries of one page request, the cursor kept between runs
-//! and the SQL. Secrets and database URLs stay in `[etl]`: a payload names them.
+//! and the SQL. Secrets and database URLs stay in `[etl]`: a payload names them, and a named
+//! token is only accepted for (and only sent to) URLs under its `url_prefix`.
 //!
 //! Payload:
 //!
@@ -47,14 +48,14 @@ use std::collections::BTreeMap;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod, Runtime};
 use hopper_workers::FieldError;
 use hopper_workers::{JobContext, JobError, JobResult, Kind};
-use reqwest::Client;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::json;
 use tokio_postgres::NoTls;
 
+use crate::config::EtlToken;
 use crate::files::FilesDir;
-use crate::{JobsConfig, JobsError};
+use crate::{HttpClient, JobsConfig, JobsError};
 
 mod mapping;
 mod source;
@@ -89,8 +90,8 @@ pub struct SyncArgs {
 /// `etl.sync`.
 pub struct Sync {
     files: FilesDir,
-    http: Client,
-    tokens: BTreeMap<String, String>,
+    http: HttpClient,
+    tokens: BTreeMap<String, EtlToken>,
     postgres: BTreeMap<String, Pool>,
 }
 
@@ -106,7 +107,7 @@ impl std::fmt::Debug for Sync {
 impl Sync {
     /// The handler, with the shared HTTP client and one lazily connected pool per configured
     /// PostgreSQL URL (nothing connects until a job needs it).
-    pub fn new(config: &JobsConfig, http: Client) -> Result<Self, JobsError> {
+    pub fn new(config: &JobsConfig, http: HttpClient) -> Result<Self, JobsError> {
         let mut postgres = BTreeMap::new();
         for (name, url) in &config.etl.databases {
             let pg: tokio_postgres::Config = url.parse().map_err(|e| JobsError::Config {
@@ -150,9 +151,7 @@ impl Kind for Sync {
         let mut db = Db::open(&self.files, &self.postgres, &args.target.database).await?;
         let stored = db.prepare(&spec).await?;
         let max_pages = args.max_pages.unwrap_or(DEFAULT_MAX_PAGES);
-        let token = (args.source.token.as_ref())
-            .and_then(|name| self.tokens.get(name))
-            .map(String::as_str);
+        let token = (args.source.token.as_ref()).and_then(|name| self.tokens.get(name));
 
         // The position that fetches the current page: a cursor, or a page number.
         let mut position = args.source.first_position(stored.clone());

@@ -8,12 +8,14 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use hopper_workers::{FieldError, JobContext, JobError};
-use reqwest::Client;
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::mapping::json_path;
-use crate::http::{is_retryable_status, request_error, retry_after, status_error};
+use crate::config::EtlToken;
+use crate::http::{
+    HttpClient, is_retryable_status, parse_url, request_error, retry_after, status_error,
+};
 
 /// Tries of one page request before the job gives the attempt up.
 const PAGE_TRIES: u32 = 4;
@@ -42,23 +44,33 @@ enum Pagination {
 }
 
 impl Source {
-    /// The rules serde cannot express: an http(s) URL, a token named in `tokens`, a
-    /// pagination parameter.
-    pub(super) fn check(&self, tokens: &BTreeMap<String, String>) -> Result<(), FieldError> {
+    /// The rules serde cannot express: an http(s) URL, a token named in `tokens` whose
+    /// `url_prefix` covers that URL, a pagination parameter.
+    pub(super) fn check(&self, tokens: &BTreeMap<String, EtlToken>) -> Result<(), FieldError> {
         let s = self;
-        if !(s.url.starts_with("http://") || s.url.starts_with("https://")) {
+        let Some(url) = parse_url(&s.url) else {
             return Err(FieldError::new(
                 "payload.source.url",
-                "must be an http:// or https:// URL",
+                "must be an http:// or https:// URL with a host (and no credentials)",
             ));
-        }
-        if let Some(t) = &s.token
-            && !tokens.contains_key(t)
-        {
-            return Err(FieldError::new(
-                "payload.source.token",
-                format!("no token named {t:?} in [etl] tokens"),
-            ));
+        };
+        if let Some(name) = &s.token {
+            let Some(token) = tokens.get(name) else {
+                return Err(FieldError::new(
+                    "payload.source.token",
+                    format!("no token named {name:?} in [etl] tokens"),
+                ));
+            };
+            if !token.covers(&url) {
+                return Err(FieldError::new(
+                    "payload.source.url",
+                    format!(
+                        "must start with {:?}, the url_prefix of token {name:?}: the token is \
+                         not sent anywhere else",
+                        token.prefix().unwrap_or_default()
+                    ),
+                ));
+            }
         }
         match &s.pagination {
             Some(Pagination::Cursor { param, .. } | Pagination::Page { param, .. })
@@ -114,8 +126,8 @@ impl Source {
 
 /// Fetches one page, retrying transient failures inside the job.
 pub(super) async fn fetch(
-    http: &Client,
-    token: Option<&str>,
+    http: &HttpClient,
+    token: Option<&EtlToken>,
     cx: &JobContext,
     source: &Source,
     position: Option<&str>,
@@ -123,18 +135,17 @@ pub(super) async fn fetch(
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let mut req = http.get(&source.url);
+        let mut url = parse_url(&source.url).ok_or_else(|| {
+            JobError::permanent(format!("source.url {:?} is not an http(s) URL", source.url))
+        })?;
         if let (Some(p), Some(pos)) = (&source.pagination, position) {
             let param = match p {
                 Pagination::Cursor { param, .. } | Pagination::Page { param, .. } => param,
             };
-            req = req.query(&[(param.as_str(), pos)]);
-        }
-        if let Some(secret) = token {
-            req = req.bearer_auth(secret);
+            url.query_pairs_mut().append_pair(param, pos);
         }
         let what = format!("GET {}", source.url);
-        let outcome = match req.send().await {
+        let outcome = match http.get(url, token).await {
             Ok(resp) if resp.status().is_success() => {
                 return resp.json::<Value>().await.map_err(|e| {
                     if e.is_decode() {
@@ -149,10 +160,8 @@ pub(super) async fn fetch(
                 (status_error(&what, resp.status(), resp.headers()), wait)
             }
             Ok(resp) => return Err(status_error(&what, resp.status(), resp.headers())),
-            Err(e) => match request_error(&what, &e) {
-                permanent @ JobError::Permanent { .. } => return Err(permanent),
-                other => (other, None),
-            },
+            Err(permanent @ JobError::Permanent { .. }) => return Err(permanent),
+            Err(other) => (other, None),
         };
         let (error, asked) = outcome;
         let wait = asked.unwrap_or(BACKOFF_BASE * 2u32.pow(attempt - 1));

@@ -33,12 +33,35 @@ pub fn job(kind: &str, payload: Value) -> Job {
     .expect("a job from its required fields")
 }
 
-/// A config whose files and outbox live in `dir`.
+/// A config whose files and outbox live in `dir`, and whose outgoing requests may reach the
+/// tests' peers on 127.0.0.1 (`[http] allow_hosts`; loopback is refused by default).
 pub fn config(dir: &Path) -> JobsConfig {
     let mut config = JobsConfig::default();
     config.files.dir = dir.join("files");
     config.files.outbox = dir.join("outbox");
+    config.http.allow_hosts = vec!["127.0.0.1".to_owned()];
     config
+}
+
+/// Serves `app` on `ip`, port 0, until the test ends; returns `http://ip:port`.
+#[allow(dead_code)]
+pub async fn serve(ip: &str, app: axum::Router) -> String {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    base
+}
+
+/// The message of a failed run.
+pub fn error_message(r: &JobResult) -> String {
+    match r {
+        Ok(v) => panic!("expected a failure, got {v}"),
+        Err(
+            hopper_workers::JobError::Permanent { message }
+            | hopper_workers::JobError::Retryable { message, .. },
+        ) => message.clone(),
+        Err(e) => format!("{e:?}"),
+    }
 }
 
 /// Every kind registered with `config`.

@@ -11,7 +11,7 @@ use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use hopper_jobs::JobsConfig;
+use hopper_jobs::{EtlToken, JobsConfig};
 use serde_json::{Value, json};
 
 use crate::common::{self, bad_field, is_permanent, ok, run};
@@ -78,9 +78,22 @@ async fn api() -> (String, Arc<Api>) {
     (base, state)
 }
 
-fn etl_config(dir: &std::path::Path) -> JobsConfig {
+/// A token bound to the URLs under `url_prefix`.
+pub fn token(secret: &str, url_prefix: &str) -> EtlToken {
+    EtlToken {
+        token: secret.to_owned(),
+        url_prefix: url_prefix.to_owned(),
+    }
+}
+
+/// Files under `dir`; the token `orders_api` bound to the test API at `base` (plain http: an
+/// explicit opt-in of its `url_prefix`); the PostgreSQL database `pg`.
+fn etl_config(dir: &std::path::Path, base: &str) -> JobsConfig {
     let mut config = common::config(dir);
-    config.etl.tokens.insert("orders_api".into(), TOKEN.into());
+    config
+        .etl
+        .tokens
+        .insert("orders_api".into(), token(TOKEN, &format!("{base}/")));
     config.etl.databases.insert("pg".into(), PG_URL.into());
     config
 }
@@ -107,7 +120,7 @@ fn payload(base: &str, database: &str, table: &str) -> Value {
 async fn syncs_into_sqlite_and_resumes_from_the_cursor() {
     let (base, api) = api().await;
     let tmp = tempfile::tempdir().expect("tmp");
-    let config = etl_config(tmp.path());
+    let config = etl_config(tmp.path(), &base);
     let registry = common::registry(&config);
     let p = payload(&base, "sqlite:etl/orders.db", "orders");
 
@@ -148,7 +161,7 @@ async fn syncs_into_sqlite_and_resumes_from_the_cursor() {
 async fn syncs_into_postgres() {
     let (base, _api) = api().await;
     let tmp = tempfile::tempdir().expect("tmp");
-    let registry = common::registry(&etl_config(tmp.path()));
+    let registry = common::registry(&etl_config(tmp.path(), &base));
     let table = format!(
         "etl_test_{}_{}",
         std::process::id(),
@@ -195,8 +208,11 @@ async fn syncs_into_postgres() {
 async fn client_errors_are_permanent() {
     let (base, _api) = api().await;
     let tmp = tempfile::tempdir().expect("tmp");
-    let mut config = etl_config(tmp.path());
-    config.etl.tokens.insert("wrong".into(), "nope".into());
+    let mut config = etl_config(tmp.path(), &base);
+    config
+        .etl
+        .tokens
+        .insert("wrong".into(), token("nope", &format!("{base}/")));
     let registry = common::registry(&config);
     let mut p = payload(&base, "sqlite:etl/x.db", "x");
     p["source"]["url"] = json!(format!("{base}/gone"));
@@ -211,9 +227,10 @@ async fn client_errors_are_permanent() {
 #[tokio::test]
 async fn validate_names_the_field() {
     let tmp = tempfile::tempdir().expect("tmp");
-    let registry = common::registry(&etl_config(tmp.path()));
+    let base = "http://127.0.0.1:1";
+    let registry = common::registry(&etl_config(tmp.path(), base));
     let k = "etl.sync";
-    let good = payload("http://127.0.0.1:1", "sqlite:etl/a.db", "orders");
+    let good = payload(base, "sqlite:etl/a.db", "orders");
     assert!(common::validate(&registry, k, &good).is_ok());
     let with = |f: &dyn Fn(&mut Value)| {
         let mut p = good.clone();

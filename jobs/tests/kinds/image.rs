@@ -107,6 +107,48 @@ async fn resizes_a_photo_to_three_sizes() {
     }
 }
 
+/// Two jobs of the same source and sizes, run at once, each keep their own output: the
+/// paths differ, and each file is the one its job wrote (its byte count, its quality).
+#[tokio::test]
+async fn concurrent_jobs_do_not_overwrite_each_other() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(config.files.dir.join("uploads")).expect("mkdir");
+    std::fs::write(
+        config.files.dir.join("uploads/big.jpg"),
+        photo_jpeg(800, 600),
+    )
+    .expect("write");
+    let registry = common::registry(&config);
+    let payload = |quality: u8| {
+        json!({"source": "uploads/big.jpg", "sizes": [{"width": 400}, {"width": 40, "height": 40, "fit": "cover"}],
+               "quality": quality})
+    };
+    let (a, b) = tokio::join!(
+        run(&registry, "image.resize", payload(10)),
+        run(&registry, "image.resize", payload(95)),
+    );
+    let (a, b) = (ok(a), ok(b));
+    let mut paths = std::collections::HashSet::new();
+    for result in [&a, &b] {
+        let outputs = result["outputs"].as_array().expect("outputs");
+        for (out, (w, h)) in outputs.iter().zip([(400, 300), (40, 40)]) {
+            let rel = out["path"].as_str().expect("path");
+            assert!(paths.insert(rel.to_owned()), "two jobs wrote {rel}");
+            let bytes = std::fs::read(config.files.dir.join(rel)).expect("output exists");
+            assert_eq!(
+                out["bytes"].as_u64(),
+                Some(bytes.len() as u64),
+                "{rel} is not the file its job wrote"
+            );
+            let img = image::load_from_memory_with_format(&bytes, image::ImageFormat::Jpeg)
+                .expect("a JPEG");
+            assert_eq!((img.width(), img.height()), (w, h), "{rel}");
+        }
+    }
+    assert_eq!(paths.len(), 4);
+}
+
 #[tokio::test]
 async fn png_and_webp_keep_alpha() {
     let tmp = tempfile::tempdir().expect("tmp");
@@ -190,7 +232,13 @@ async fn url_sources_and_their_errors() {
         json!({"source": format!("{base}/cat.jpg"), "sizes": [{"width": 32}]}),
     )
     .await);
-    assert_eq!(result["outputs"][0]["path"], "resized/cat_32x24.jpg");
+    let path = result["outputs"][0]["path"].as_str().expect("path");
+    assert!(
+        path.starts_with("resized/")
+            && path.ends_with("/cat_32x24.jpg")
+            && path.split('/').count() == 3,
+        "{path}"
+    );
 
     let missing = run(
         &registry,

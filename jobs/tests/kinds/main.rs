@@ -6,6 +6,8 @@ mod common;
 
 #[cfg(feature = "cleanup")]
 mod cleanup;
+#[cfg(all(feature = "image", feature = "etl"))]
+mod egress;
 #[cfg(feature = "email")]
 mod email;
 #[cfg(feature = "etl")]
