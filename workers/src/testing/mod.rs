@@ -16,13 +16,15 @@
 //!
 //! The factory gets an `Arc<dyn Clock>` and returns a fresh, isolated broker: either an
 //! `Arc<dyn Broker>`, or `(Arc<dyn Broker>, guard)` where the guard (a temp dir, say) is kept
-//! alive until the case ends. It does not own the pool or the API: those have their own tests.
+//! alive until the case ends. It does not own the API: that has its own tests.
 //!
 //! This file holds the case list (the macro), the factory plumbing and the helpers the cases
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `outcomes`
 //! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `admin` (cancel, retry,
-//! purge, drop) and `inspect` (list, queues, events). A case that only one broker can pass does
-//! not belong here: it stays in that broker's test file, saying why.
+//! purge, drop), `inspect` (list, queues, events) and `pool` (an in-process pool over the
+//! broker under test: timeouts, panics, retries, leases running out, unserved kinds;
+//! `partition` is the wrapper that cuts a pool off from its broker). A case that only one
+//! broker can pass does not belong here: it stays in that broker's test file, saying why.
 
 // One file per topic. Each case is `pub` in its topic and re-exported here, so the macro (and
 // any caller) names it `testing::<case>` whichever file it lives in.
@@ -33,6 +35,8 @@ mod fetch;
 mod inspect;
 mod leases;
 mod outcomes;
+mod partition;
+mod pool;
 
 pub use admin::*;
 pub use chains::*;
@@ -41,6 +45,8 @@ pub use fetch::*;
 pub use inspect::*;
 pub use leases::*;
 pub use outcomes::*;
+pub use partition::Partitioned;
+pub use pool::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -164,6 +170,11 @@ macro_rules! conformance_suite {
             chain_replay_with_taken_key_creates_nothing,
             chain_retry_of_later_step_waits_for_predecessor,
             chain_counts_waiting_splices_input_and_survives_poison,
+            // pool.rs
+            pool_times_out_a_stuck_handler,
+            pool_turns_a_panic_into_a_failed_attempt,
+            pool_runs_a_failing_job_max_retries_plus_one_times,
+            pool_stops_a_handler_whose_lease_ran_out_unrenewed,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
