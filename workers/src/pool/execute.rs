@@ -9,8 +9,12 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
     let token = CancellationToken::new();
     let reason = Arc::new(AtomicU8::new(StopReason::None as u8));
     let lease = job.lease();
+    let lease_until = job
+        .lease_until
+        .unwrap_or_else(|| shared.clock.now() + shared.config.lease);
     shared.handle.insert(Running {
         lease: lease.clone(),
+        lease_until,
         token: token.clone(),
         reason: reason.clone(),
         finishing: false,
@@ -27,7 +31,12 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
                 reason: "worker shutting down".into(),
             },
             // Cancelled: the broker already says so. Lease lost: another attempt owns it.
-            StopReason::Cancelled | StopReason::LeaseLost | StopReason::None => {
+            // Lease expired: another attempt may own it by now; either way the write would be
+            // refused, and the job runs again after a rescue.
+            StopReason::Cancelled
+            | StopReason::LeaseLost
+            | StopReason::LeaseExpired
+            | StopReason::None => {
                 debug!(job = %job.id, "attempt stopped");
                 shared.handle.remove(&lease);
                 return None;

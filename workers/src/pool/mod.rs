@@ -11,8 +11,9 @@
 //!   [`RetryPolicy`] backoff while `attempt <= max_retries`, else `dead`; a permanent error ->
 //!   `dead`; snooze -> `scheduled`. A timeout and a panic are retryable failures.
 //! - **Leases.** A heartbeat task extends the leases of every running job in one call; a lease
-//!   found lost or a job found cancelled stops its handler. A rescuer returns expired leases
-//!   (of any node) to the queue.
+//!   found lost or a job found cancelled stops its handler, and so does a lease whose deadline
+//!   passes without a successful heartbeat (the broker unreachable): by then another node may
+//!   run the job. A rescuer returns expired leases (of any node) to the queue.
 //! - **Batching.** Completions go through one acknowledger task that writes whatever has
 //!   accumulated in one [`Broker::finish`] call; progress reports are coalesced per job.
 //! - **Two-phase shutdown.** When `shutdown` fires: stop fetching, let running jobs finish within
@@ -24,7 +25,7 @@
 //! - `fetch`: the fetch loop: slots, per-queue limits, waiting for work.
 //! - `execute`: one attempt: the handler under its timeout, panics caught, the outcome.
 //! - `writes`: the acknowledger: completions and progress, batched.
-//! - `leases`: heartbeats and the rescuer.
+//! - `leases`: heartbeats, the expiry watch and the rescuer.
 
 mod execute;
 mod fetch;
@@ -55,7 +56,7 @@ use crate::time::Timestamp;
 
 use execute::run_job;
 use fetch::fetch_loop;
-use leases::{heartbeat, rescue};
+use leases::{expire, heartbeat, rescue};
 pub use running::PoolHandle;
 use running::{Running, StopReason};
 use writes::{acknowledge, write_progress};
@@ -201,10 +202,12 @@ impl Pool {
         service_tasks.spawn(heartbeat(
             broker.clone(),
             handle.clone(),
+            clock.clone(),
             config.lease,
             config.heartbeat,
             services.clone(),
         ));
+        service_tasks.spawn(expire(handle.clone(), clock.clone(), services.clone()));
         service_tasks.spawn(rescue(
             broker.clone(),
             config.max_interruptions,

@@ -44,7 +44,7 @@ enum Act {
     HoldFirst,
 }
 
-/// What test handlers saw: runs started, and runs that noticed they were told to stop.
+/// What test handlers saw: runs started, and runs that ended because they were told to stop.
 #[derive(Debug, Default)]
 struct Probe {
     runs: AtomicU32,
@@ -58,6 +58,15 @@ impl Probe {
 
     fn stopped(&self) -> u32 {
         self.stopped.load(Ordering::SeqCst)
+    }
+}
+
+/// Counts a stopped run when dropped.
+struct Stopped(Arc<Probe>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        self.0.stopped.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -77,8 +86,10 @@ impl Handler for TestHandler {
             Act::Panic => panic!("boom on run {run}"),
             Act::Fail => Err(JobError::retryable(format!("fail #{run}"))),
             Act::HoldFirst if run == 1 => {
+                // Counted however the run ends: by returning on the signal, or by being dropped
+                // by the pool, which races the handler against the same signal.
+                let _stopped = Stopped(self.probe.clone());
                 cx.cancelled().await;
-                self.probe.stopped.fetch_add(1, Ordering::SeqCst);
                 Err(JobError::retryable("stopped"))
             }
             Act::HoldFirst => Ok(json!({"run": run})),
