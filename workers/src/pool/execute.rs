@@ -44,7 +44,10 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
         },
         Execution::Done(Ok(result)) => Outcome::Succeeded { result },
         Execution::Done(Err(JobError::Permanent { message })) => Outcome::Dead { error: message },
-        Execution::Done(Err(JobError::Snooze(d))) => Outcome::Snooze { at: now + d },
+        Execution::Done(Err(JobError::Snooze(d))) => Outcome::Snooze {
+            at: now + d,
+            reason: None,
+        },
         Execution::Done(Err(JobError::Retryable {
             message,
             retry_after,

@@ -105,6 +105,10 @@ pub struct PoolConfig {
     pub rescue_interval: Duration,
     /// Longest idle wait for new work before fetching again anyway. Defaults to 1 s.
     pub idle_wait: Duration,
+    /// How long a job of a kind this pool does not serve is put off (snoozed, every 5 s,
+    /// saying so in its `last_error`) before it goes dead, counted from the first time it
+    /// was put off. Defaults to 1 h.
+    pub unknown_kind_grace: Duration,
 }
 
 impl Default for PoolConfig {
@@ -120,6 +124,7 @@ impl Default for PoolConfig {
             max_interruptions: 3,
             rescue_interval: Duration::from_secs(1),
             idle_wait: Duration::from_secs(1),
+            unknown_kind_grace: Duration::from_secs(3600),
         }
     }
 }

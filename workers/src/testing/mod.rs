@@ -138,6 +138,7 @@ macro_rules! conformance_suite {
             finish_succeeded,
             finish_retry_then_dead,
             finish_snooze,
+            finish_snooze_records_its_reason,
             finish_released,
             finish_batch_answers_each_entry,
             finish_batch_mixes_outcomes_and_refuses_stale_tokens,
@@ -175,6 +176,7 @@ macro_rules! conformance_suite {
             pool_turns_a_panic_into_a_failed_attempt,
             pool_runs_a_failing_job_max_retries_plus_one_times,
             pool_stops_a_handler_whose_lease_ran_out_unrenewed,
+            pool_snoozes_an_unserved_kind_then_buries_it,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -347,3 +347,68 @@ pub async fn pool_stops_a_handler_whose_lease_ran_out_unrenewed(
         ]
     );
 }
+
+/// A job whose kind no worker here serves is put off (not an attempt), saying so in its
+/// `last_error` with the time it was first put off; once that is `unknown_kind_grace` ago it
+/// goes dead with the reason, instead of being snoozed forever.
+pub async fn pool_snoozes_an_unserved_kind_then_buries_it(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let probe = Arc::new(Probe::default());
+    let pool = start(
+        b.clone(),
+        registry(&probe, &[("test.served", Act::Fail)]),
+        PoolConfig {
+            unknown_kind_grace: Duration::from_secs(3600),
+            ..config()
+        },
+        &clock,
+    );
+    let since = clock.now();
+    let id = enqueue(&b, job("test.unserved")).await;
+    let reason = format!("no worker serves kind test.unserved (since {since})");
+    let j = job_until(&b, &id, "the unserved job to be snoozed", |j| {
+        j.state == JobState::Scheduled && j.last_error.is_some()
+    })
+    .await;
+    assert_eq!(j.last_error.as_deref(), Some(reason.as_str()));
+    assert_eq!(j.attempt, 0, "a snooze is not an attempt");
+    assert!(j.run_at > since);
+
+    // Offered again later, still unserved: the same reason, still since the first time.
+    clock.advance(10_000);
+    let deadline = tokio::time::Instant::now() + PATIENCE;
+    loop {
+        let history = history_types(&b, &id).await;
+        if history.iter().filter(|t| **t == EventType::Started).count() >= 2 {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited {PATIENCE:?} for a second offer; history {history:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let j = job_until(&b, &id, "the second snooze to be written", |j| {
+        j.state == JobState::Scheduled
+    })
+    .await;
+    assert_eq!(j.last_error.as_deref(), Some(reason.as_str()));
+
+    // Past the grace: dead, saying why.
+    clock.advance(3_600_000);
+    let dead = job_until(&b, &id, "the unserved job to be dead", |j| {
+        j.state == JobState::Dead
+    })
+    .await;
+    pool.stop().await;
+    assert_eq!(
+        dead.last_error,
+        Some(format!(
+            "no worker served kind test.unserved from {since} to {} (unknown_kind_grace 1h)",
+            clock.now()
+        ))
+    );
+    assert_eq!(probe.runs(), 0);
+}
