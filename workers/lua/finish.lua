@@ -15,8 +15,9 @@
 --                  'retry'   a = due ms, b = error      -> retrying,  job.retrying
 --                  'dead'    a = error                  -> dead,      job.dead; a chain step
 --                                                          cancels the waiting steps after it
---                  'snooze'  a = due ms                 -> scheduled, attempt - 1,
---                                                          job.enqueued with message "snoozed"
+--                  'snooze'  a = due ms, b = reason     -> scheduled, attempt - 1,
+--                                                          job.enqueued with message "snoozed";
+--                                                          last_error = the reason unless empty
 --                  'release' a = reason                 -> queued at once, attempt - 1,
 --                                                          job.interrupted (not an interruption)
 -- Returns  an array of n integers: 1 applied, 0 lease lost.
@@ -107,6 +108,9 @@ if #bases > 0 then
       local at = tonumber(a)
       redis.call('HSET', jk, 'state', 'scheduled', 'run_at', at, 'attempt', attempt - 1,
         'evn', ev)
+      if ARGV[b + 4] ~= '' then
+        redis.call('HSET', jk, 'last_error', ARGV[b + 4])
+      end
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'scheduled')
       wake = wake + 1

@@ -382,7 +382,11 @@ fn outcome_args(o: &Outcome) -> BrokerResult<(&'static str, String, String)> {
         ),
         Outcome::Retry { at, error } => ("retry", at.as_millis().to_string(), error.clone()),
         Outcome::Dead { error } => ("dead", error.clone(), String::new()),
-        Outcome::Snooze { at, .. } => ("snooze", at.as_millis().to_string(), String::new()),
+        Outcome::Snooze { at, reason } => (
+            "snooze",
+            at.as_millis().to_string(),
+            reason.clone().unwrap_or_default(),
+        ),
         Outcome::Released { reason } => ("release", reason.clone(), String::new()),
     })
 }
