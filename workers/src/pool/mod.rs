@@ -24,6 +24,8 @@
 //! - `running`: the jobs running in this pool, and the [`PoolHandle`] that stops one.
 //! - `fetch`: the fetch loop: slots, per-queue limits, waiting for work.
 //! - `execute`: one attempt: the handler under its timeout, panics caught, the outcome.
+//! - `unserved`: a job of a kind this pool has no handler for: snoozed saying why, then dead
+//!   after `unknown_kind_grace`.
 //! - `writes`: the acknowledger: completions and progress, batched.
 //! - `leases`: heartbeats, the expiry watch and the rescuer.
 
@@ -31,6 +33,7 @@ mod execute;
 mod fetch;
 mod leases;
 mod running;
+mod unserved;
 mod writes;
 
 use std::collections::HashMap;
@@ -49,7 +52,7 @@ use tracing::{debug, error, info, warn};
 use crate::broker::{Broker, Finish, LeaseStatus, Outcome};
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
-use crate::handler::{JobContext, JobError, ProgressUpdate, Registry};
+use crate::handler::{Handler, JobContext, JobError, ProgressUpdate, Registry};
 use crate::job::{Job, JobId, Lease};
 use crate::retry::RetryPolicy;
 use crate::time::Timestamp;
@@ -59,6 +62,7 @@ use fetch::fetch_loop;
 use leases::{expire, heartbeat, rescue};
 pub use running::PoolHandle;
 use running::{Running, StopReason};
+use unserved::unserved;
 use writes::{acknowledge, write_progress};
 
 /// One queue the pool serves.
