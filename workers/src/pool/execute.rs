@@ -39,8 +39,8 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
                 reason: "worker shutting down".into(),
             },
             // Cancelled: the broker already says so. Lease lost: another attempt owns it.
-            // Lease expired: another attempt may own it by now; either way the write would be
-            // refused, and the job runs again after a rescue.
+            // Lease expired: another node may rescue and run the job from now on, so this
+            // attempt ends nothing; the job runs again after a rescue.
             StopReason::Cancelled
             | StopReason::LeaseLost
             | StopReason::LeaseExpired
