@@ -59,6 +59,7 @@ async fn wait_counts(api: &Api, what: &str, done: impl Fn(&Value) -> bool) {
 
 const REFUSED: &str = "completion refused: stale lease token";
 const LOST: &str = "lease lost: stopped its handler";
+const EXPIRED: &str = "lease ran out without a successful heartbeat";
 
 /// One `serve --no-workers` takes 5,000 `sys.sleep` jobs of 1-20 ms over HTTP, then three
 /// `worker`s on the same Redis (lease 2 s, heartbeat 500 ms) run them. Midway one worker is
@@ -67,12 +68,14 @@ const LOST: &str = "lease lost: stopped its handler";
 ///
 /// Afterwards every job succeeded on its first attempt; the only jobs started more than once
 /// are those interrupted, with one extra start per interruption; and every job interrupted
-/// while the worker was frozen had a write of its stale attempt refused by the lease token:
-/// its late completion ("completion refused: stale lease token"), or, when the resumed
-/// worker's heartbeat got there first, the heartbeat ("lease lost: stopped its handler"),
-/// which stops the handler before it completes. Which of the two wins is a race inside the
-/// resumed process (both are logged when the handler finished just as the heartbeat found the
-/// lease lost), so the test counts both.
+/// while the worker was frozen had its stale attempt refused by the lease token or stopped:
+/// its late completion refused ("completion refused: stale lease token"), or, when the
+/// resumed worker's heartbeat got there first, the heartbeat refused ("lease lost: stopped
+/// its handler"), which stops the handler before it completes, or, when the resumed worker's
+/// lease watch woke first, the handler stopped because its lease had run out unrenewed
+/// ("lease ran out without a successful heartbeat"), before it wrote anything. Which wins is a race inside the resumed process (more
+/// than one is logged when the handler finished just as the heartbeat found the lease lost),
+/// so the test counts them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_survive_a_kill_and_a_freeze() {
     const JOBS: usize = 5000;
@@ -211,18 +214,24 @@ async fn three_workers_survive_a_kill_and_a_freeze() {
     assert!(by_kill > 0, "the killed worker held no job");
     assert!(!by_stop.is_empty(), "the frozen worker held no job");
 
-    // The stale writes: each job interrupted while the worker was frozen had its completion
-    // or its heartbeat refused by the lease token, in that worker's log (or, should the live
+    // The stale attempts: each job interrupted while the worker was frozen had its completion
+    // or its heartbeat refused by the lease token, or its handler stopped for a lease run out,
+    // in that worker's log (or, should the live
     // worker have been starved past its own lease, in that one's), and no other job did.
     // Log lines may trail the last success a little.
     let (frozen, live) = (&workers[1], &workers[2]);
     let refused_writes = || {
         let refused: BTreeSet<String> = frozen.logged_jobs(REFUSED).into_iter().collect();
-        let stopped: BTreeSet<String> = frozen.logged_jobs(LOST).into_iter().collect();
+        let stopped: BTreeSet<String> = frozen
+            .logged_jobs(LOST)
+            .into_iter()
+            .chain(frozen.logged_jobs(EXPIRED))
+            .collect();
         let live_lost: BTreeSet<String> = live
             .logged_jobs(REFUSED)
             .into_iter()
             .chain(live.logged_jobs(LOST))
+            .chain(live.logged_jobs(EXPIRED))
             .collect();
         (refused, stopped, live_lost)
     };
@@ -244,7 +253,9 @@ async fn three_workers_survive_a_kill_and_a_freeze() {
     let refusals = frozen.logged_jobs(REFUSED);
     let refused: BTreeSet<&String> = refusals.iter().collect();
     assert!(
-        !refused.is_empty() || !frozen.logged_jobs(LOST).is_empty(),
+        !refused.is_empty()
+            || !frozen.logged_jobs(LOST).is_empty()
+            || !frozen.logged_jobs(EXPIRED).is_empty(),
         "the frozen worker had no write refused"
     );
     assert_eq!(

@@ -94,6 +94,11 @@ pub struct WorkerConfig {
     pub job_timeout: Duration,
     /// Register the diagnostic kinds `sys.noop`, `sys.sleep`, `sys.fail`. Default `true`.
     pub diagnostics: bool,
+    /// How long a job of a kind no worker serves is put off (snoozed every 5 s, its
+    /// `last_error` saying so) before it goes dead, from the first time it was put off.
+    /// Default `"1h"`.
+    #[serde(with = "duration_str")]
+    pub unknown_kind_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -106,6 +111,7 @@ impl Default for WorkerConfig {
             shutdown_grace: Duration::from_secs(25),
             job_timeout: Duration::from_secs(30 * 60),
             diagnostics: true,
+            unknown_kind_grace: Duration::from_secs(3600),
         }
     }
 }

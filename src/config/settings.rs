@@ -303,6 +303,7 @@ impl Config {
             job_timeout: self.worker.job_timeout,
             retry: self.retry_policy(),
             max_interruptions: self.retry.max_interruptions,
+            unknown_kind_grace: self.worker.unknown_kind_grace,
             ..PoolConfig::default()
         }
     }

@@ -18,9 +18,10 @@
 --                                                          be off)
 --                  'dead'    a = error                  -> dead,      job.dead; a chain step
 --                                                          cancels the waiting steps after it
---                  'snooze'  a = delay ms               -> scheduled at now + delay,
+--                  'snooze'  a = delay ms, b = reason   -> scheduled at now + delay,
 --                                                          attempt - 1,
---                                                          job.enqueued with message "snoozed"
+--                                                          job.enqueued with message "snoozed";
+--                                                          last_error = the reason unless empty
 --                  'release' a = reason                 -> queued at once, attempt - 1,
 --                                                          job.released (not an interruption:
 --                                                          interruptions and streak unchanged)
@@ -113,6 +114,9 @@ if #bases > 0 then
       local at = ms_text(now + tonumber(a))
       redis.call('HSET', jk, 'state', 'scheduled', 'run_at', at, 'attempt', attempt - 1,
         'evs', evs)
+      if ARGV[b + 4] ~= '' then
+        redis.call('HSET', jk, 'last_error', ARGV[b + 4])
+      end
       redis.call('ZADD', K .. 'due', at, id)
       move('running', 'scheduled')
       wake = wake + 1

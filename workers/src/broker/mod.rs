@@ -85,8 +85,13 @@ pub enum Outcome {
     Retry { at: Timestamp, error: String },
     /// `running -> dead` (retries exhausted, or a permanent failure).
     Dead { error: String },
-    /// `running -> scheduled` at `at`; the attempt is not counted.
-    Snooze { at: Timestamp },
+    /// `running -> scheduled` at `at`; the attempt is not counted. A `reason` is recorded as
+    /// the job's `last_error`, so that a job that keeps being put off says why (a kind no
+    /// worker serves); without one, `last_error` is left as it was.
+    Snooze {
+        at: Timestamp,
+        reason: Option<String>,
+    },
     /// `running -> queued` at once, the attempt not counted: the worker is shutting down and
     /// gives the job back instead of letting its lease run out. Emits `job.released`, not
     /// `job.interrupted`: nothing went wrong with the job, so `interruptions` and the

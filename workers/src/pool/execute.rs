@@ -1,22 +1,34 @@
-//! One attempt: finds the handler, runs it under its timeout with panics caught, and turns
-//! what it returned into the [`Outcome`] the broker records (retry policy included).
+//! One attempt: finds the handler (a kind without one is `unserved`'s), runs it under its
+//! timeout with panics caught, and turns what it returned into the [`Outcome`] the broker
+//! records (retry policy included).
 
 use super::*;
 
 /// Runs one attempt and decides its outcome. `None` when there is nothing to write (the job
 /// was cancelled or its lease lost meanwhile).
 pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
+    let Some(handler) = shared.registry.get(&job.kind).cloned() else {
+        let outcome = unserved(&shared.config, &job, shared.clock.now());
+        return Some(Finish {
+            lease: job.lease(),
+            outcome,
+        });
+    };
     let token = CancellationToken::new();
     let reason = Arc::new(AtomicU8::new(StopReason::None as u8));
     let lease = job.lease();
+    let lease_until = job
+        .lease_until
+        .unwrap_or_else(|| shared.clock.now() + shared.config.lease);
     shared.handle.insert(Running {
         lease: lease.clone(),
+        lease_until,
         token: token.clone(),
         reason: reason.clone(),
         finishing: false,
     });
     let job = Arc::new(job);
-    let result = execute(shared, job.clone(), token).await;
+    let result = execute(shared, handler, job.clone(), token).await;
     // Until the acknowledger has written the outcome, the lease stays heartbeated.
     shared.handle.finishing(&lease);
 
@@ -27,7 +39,12 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
                 reason: "worker shutting down".into(),
             },
             // Cancelled: the broker already says so. Lease lost: another attempt owns it.
-            StopReason::Cancelled | StopReason::LeaseLost | StopReason::None => {
+            // Lease expired: another node may rescue and run the job from now on, so this
+            // attempt ends nothing; the job runs again after a rescue.
+            StopReason::Cancelled
+            | StopReason::LeaseLost
+            | StopReason::LeaseExpired
+            | StopReason::None => {
                 debug!(job = %job.id, "attempt stopped");
                 shared.handle.remove(&lease);
                 return None;
@@ -35,7 +52,10 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
         },
         Execution::Done(Ok(result)) => Outcome::Succeeded { result },
         Execution::Done(Err(JobError::Permanent { message })) => Outcome::Dead { error: message },
-        Execution::Done(Err(JobError::Snooze(d))) => Outcome::Snooze { at: now + d },
+        Execution::Done(Err(JobError::Snooze(d))) => Outcome::Snooze {
+            at: now + d,
+            reason: None,
+        },
         Execution::Done(Err(JobError::Retryable {
             message,
             retry_after,
@@ -62,9 +82,6 @@ pub(super) fn failed(
     }
 }
 
-/// How long a job of a kind this worker does not know waits before it is offered again.
-pub(super) const NO_HANDLER_SNOOZE: Duration = Duration::from_secs(5);
-
 /// How running a handler ended.
 pub(super) enum Execution {
     Done(Result<Value, JobError>),
@@ -73,13 +90,12 @@ pub(super) enum Execution {
 }
 
 /// Runs the handler under its timeout, catching panics, until it returns or is told to stop.
-pub(super) async fn execute(shared: &Shared, job: Arc<Job>, token: CancellationToken) -> Execution {
-    let Some(handler) = shared.registry.get(&job.kind).cloned() else {
-        // Another node may know the kind (a rolling deploy, a feature left out here): give
-        // the job back for later without spending one of its attempts.
-        warn!(job = %job.id, kind = %job.kind, "no handler for this kind here; snoozing the job");
-        return Execution::Done(Err(JobError::snooze(NO_HANDLER_SNOOZE)));
-    };
+pub(super) async fn execute(
+    shared: &Shared,
+    handler: Arc<dyn Handler>,
+    job: Arc<Job>,
+    token: CancellationToken,
+) -> Execution {
     let timeout = job
         .timeout_ms
         .map(Duration::from_millis)

@@ -1,14 +1,16 @@
 //! Leases: the heartbeat extends every running job's lease in one call and stops handlers
-//! whose lease is lost or whose job was cancelled; the rescuer returns expired leases (of any
-//! node) to their queue.
+//! whose lease is lost or whose job was cancelled; the expiry watch stops handlers whose lease
+//! ran out without a successful heartbeat (the broker was unreachable); the rescuer returns
+//! expired leases (of any node) to their queue.
 
 use super::*;
 
 /// Extends the leases of every running job, and stops handlers whose job was cancelled or
-/// whose lease was lost.
+/// whose lease was lost. A failed heartbeat only logs: [`expire`] stops what it left unrenewed.
 pub(super) async fn heartbeat(
     broker: Arc<dyn Broker>,
     handle: PoolHandle,
+    clock: Arc<dyn Clock>,
     lease: Duration,
     every: Duration,
     stop: CancellationToken,
@@ -25,11 +27,14 @@ pub(super) async fn heartbeat(
         if leases.is_empty() {
             continue;
         }
+        // The broker extends from its own reading of the time, later than this one, so the
+        // deadline recorded here is never later than the real one.
+        let sent = clock.now();
         match broker.heartbeat(&leases, lease).await {
             Ok(statuses) => {
                 for (l, st) in leases.iter().zip(statuses) {
                     match st {
-                        LeaseStatus::Held => {}
+                        LeaseStatus::Held => handle.extended(l, sent + lease),
                         // A handler that ended since the leases were read has nothing to stop;
                         // its completion meets the same fence and is refused there.
                         LeaseStatus::Cancelled => {
@@ -46,6 +51,36 @@ pub(super) async fn heartbeat(
                 }
             }
             Err(e) => warn!(error = %e, "heartbeat failed"),
+        }
+    }
+}
+
+/// The longest the expiry watch sleeps: deadlines only move later, but a clock may be moved
+/// (tests) or jump.
+const EXPIRY_CHECK: Duration = Duration::from_millis(250);
+
+/// Stops each handler once its lease's deadline passes with no successful heartbeat since:
+/// from then on the broker may give the job to another node (its rescuer runs the moment the
+/// deadline passes), and this attempt could not write its result anyway. The handler is
+/// cancelled and nothing is written for it; the job runs again after a rescue. A heartbeat
+/// that hangs (a stalled connection) cannot delay this: the watch runs on its own.
+pub(super) async fn expire(handle: PoolHandle, clock: Arc<dyn Clock>, stop: CancellationToken) {
+    loop {
+        let now = clock.now();
+        for job in handle.expire(now) {
+            warn!(
+                %job,
+                "lease ran out without a successful heartbeat (broker unreachable?): \
+                 stopped its handler; the job will run again after a rescue"
+            );
+        }
+        let wait = handle
+            .next_deadline()
+            .map_or(EXPIRY_CHECK, |d| d.since(now).min(EXPIRY_CHECK))
+            .max(Duration::from_millis(1));
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(wait) => {}
         }
     }
 }

@@ -11,8 +11,9 @@
 //!   [`RetryPolicy`] backoff while `attempt <= max_retries`, else `dead`; a permanent error ->
 //!   `dead`; snooze -> `scheduled`. A timeout and a panic are retryable failures.
 //! - **Leases.** A heartbeat task extends the leases of every running job in one call; a lease
-//!   found lost or a job found cancelled stops its handler. A rescuer returns expired leases
-//!   (of any node) to the queue.
+//!   found lost or a job found cancelled stops its handler, and so does a lease whose deadline
+//!   passes without a successful heartbeat (the broker unreachable): by then another node may
+//!   run the job. A rescuer returns expired leases (of any node) to the queue.
 //! - **Batching.** Completions go through one acknowledger task that writes whatever has
 //!   accumulated in one [`Broker::finish`] call; progress reports are coalesced per job.
 //! - **Two-phase shutdown.** When `shutdown` fires: stop fetching, let running jobs finish within
@@ -23,13 +24,16 @@
 //! - `running`: the jobs running in this pool, and the [`PoolHandle`] that stops one.
 //! - `fetch`: the fetch loop: slots, per-queue limits, waiting for work.
 //! - `execute`: one attempt: the handler under its timeout, panics caught, the outcome.
+//! - `unserved`: a job of a kind this pool has no handler for: snoozed saying why, then dead
+//!   after `unknown_kind_grace`.
 //! - `writes`: the acknowledger: completions and progress, batched.
-//! - `leases`: heartbeats and the rescuer.
+//! - `leases`: heartbeats, the expiry watch and the rescuer.
 
 mod execute;
 mod fetch;
 mod leases;
 mod running;
+mod unserved;
 mod writes;
 
 use std::collections::HashMap;
@@ -48,16 +52,17 @@ use tracing::{debug, error, info, warn};
 use crate::broker::{Broker, Finish, LeaseStatus, Outcome};
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
-use crate::handler::{JobContext, JobError, ProgressUpdate, Registry};
+use crate::handler::{Handler, JobContext, JobError, ProgressUpdate, Registry};
 use crate::job::{Job, JobId, Lease};
 use crate::retry::RetryPolicy;
 use crate::time::Timestamp;
 
 use execute::run_job;
 use fetch::fetch_loop;
-use leases::{heartbeat, rescue};
+use leases::{expire, heartbeat, rescue};
 pub use running::PoolHandle;
 use running::{Running, StopReason};
+use unserved::unserved;
 use writes::{acknowledge, write_progress};
 
 /// One queue the pool serves.
@@ -104,6 +109,10 @@ pub struct PoolConfig {
     pub rescue_interval: Duration,
     /// Longest idle wait for new work before fetching again anyway. Defaults to 1 s.
     pub idle_wait: Duration,
+    /// How long a job of a kind this pool does not serve is put off (snoozed, every 5 s,
+    /// saying so in its `last_error`) before it goes dead, counted from the first time it
+    /// was put off. Defaults to 1 h.
+    pub unknown_kind_grace: Duration,
 }
 
 impl Default for PoolConfig {
@@ -119,6 +128,7 @@ impl Default for PoolConfig {
             max_interruptions: 3,
             rescue_interval: Duration::from_secs(1),
             idle_wait: Duration::from_secs(1),
+            unknown_kind_grace: Duration::from_secs(3600),
         }
     }
 }
@@ -201,10 +211,12 @@ impl Pool {
         service_tasks.spawn(heartbeat(
             broker.clone(),
             handle.clone(),
+            clock.clone(),
             config.lease,
             config.heartbeat,
             services.clone(),
         ));
+        service_tasks.spawn(expire(handle.clone(), clock.clone(), services.clone()));
         service_tasks.spawn(rescue(
             broker.clone(),
             config.max_interruptions,

@@ -1,5 +1,6 @@
-//! The jobs running in this pool: each one's lease and stop signal, so a heartbeat's answer,
-//! a local cancel or the shutdown can stop exactly the handlers they mean.
+//! The jobs running in this pool: each one's lease, the deadline it was last known to hold
+//! until, and its stop signal, so a heartbeat's answer, a lease running out unrenewed, a local
+//! cancel or the shutdown can stop exactly the handlers they mean.
 
 use super::*;
 
@@ -14,6 +15,9 @@ pub(super) enum StopReason {
     LeaseLost = 2,
     /// Hard shutdown: give the job back.
     Shutdown = 3,
+    /// The lease ran out without a successful heartbeat (the broker was unreachable): the job
+    /// may already run elsewhere, and nothing this attempt writes would be accepted.
+    LeaseExpired = 4,
 }
 
 impl StopReason {
@@ -22,6 +26,7 @@ impl StopReason {
             1 => StopReason::Cancelled,
             2 => StopReason::LeaseLost,
             3 => StopReason::Shutdown,
+            4 => StopReason::LeaseExpired,
             _ => StopReason::None,
         }
     }
@@ -31,6 +36,10 @@ impl StopReason {
 #[derive(Debug)]
 pub(super) struct Running {
     pub(super) lease: Lease,
+    /// Until when the lease is surely held: its deadline at fetch, then, at each successful
+    /// heartbeat, the time the heartbeat was sent plus the lease (the broker extended it from
+    /// a later time, so the real deadline is never earlier).
+    pub(super) lease_until: Timestamp,
     pub(super) token: CancellationToken,
     pub(super) reason: Arc<AtomicU8>,
     /// The handler has returned and its completion waits for the acknowledger: the lease is
@@ -134,6 +143,38 @@ impl PoolHandle {
             }
             _ => false,
         }
+    }
+
+    /// Records that a heartbeat sent at `sent` extended this attempt's lease to `until`.
+    pub(super) fn extended(&self, lease: &Lease, until: Timestamp) {
+        if let Some(r) = lock(&self.running).get_mut(&lease.job_id)
+            && r.lease.token == lease.token
+        {
+            r.lease_until = r.lease_until.max(until);
+        }
+    }
+
+    /// Stops every handler whose lease is not known to be held at `now` (no heartbeat
+    /// succeeded in time): another node may rescue and run its job from then on. Returns the
+    /// jobs stopped now; a handler already told to stop is not counted again.
+    pub(super) fn expire(&self, now: Timestamp) -> Vec<JobId> {
+        let map = lock(&self.running);
+        map.values()
+            .filter(|r| !r.finishing && !r.token.is_cancelled() && r.lease_until <= now)
+            .map(|r| {
+                r.stop(StopReason::LeaseExpired);
+                r.lease.job_id.clone()
+            })
+            .collect()
+    }
+
+    /// The earliest lease deadline of a handler still running.
+    pub(super) fn next_deadline(&self) -> Option<Timestamp> {
+        lock(&self.running)
+            .values()
+            .filter(|r| !r.finishing && !r.token.is_cancelled())
+            .map(|r| r.lease_until)
+            .min()
     }
 
     pub(super) fn stop_all(&self, reason: StopReason) -> usize {

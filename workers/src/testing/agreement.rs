@@ -212,7 +212,10 @@ pub async fn started_at_is_the_first_start(b: Arc<dyn Broker>, clock: Arc<Manual
             at: clock.now(),
             error: "again".into(),
         },
-        Outcome::Snooze { at: clock.now() },
+        Outcome::Snooze {
+            at: clock.now(),
+            reason: None,
+        },
         Outcome::Released {
             reason: "shutting down".into(),
         },

@@ -16,15 +16,17 @@
 //!
 //! The factory gets an `Arc<dyn Clock>` and returns a fresh, isolated broker: either an
 //! `Arc<dyn Broker>`, or `(Arc<dyn Broker>, guard)` where the guard (a temp dir, say) is kept
-//! alive until the case ends. It does not own the pool or the API: those have their own tests.
+//! alive until the case ends. It does not own the API: that has its own tests.
 //!
 //! This file holds the case list (the macro), the factory plumbing and the helpers the cases
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `outcomes`
 //! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `payloads` (JSON
 //! that comes back exactly), `admin` (cancel, retry, purge, drop), `inspect` (list, queues,
-//! events) and `agreement` (inputs on which the brokers once answered differently). A case
-//! that only one broker can pass does
-//! not belong here: it stays in that broker's test file, saying why.
+//! events), `agreement` (inputs on which the brokers once answered differently) and `pool` (an
+//! in-process pool over the broker under test: timeouts, panics, retries, leases running out,
+//! unserved kinds; `partition` is the wrapper that cuts a pool off from its broker). A case
+//! that only one broker can pass does not belong here: it stays in that broker's test file,
+//! saying why.
 
 // One file per topic. Each case is `pub` in its topic and re-exported here, so the macro (and
 // any caller) names it `testing::<case>` whichever file it lives in.
@@ -36,7 +38,9 @@ mod fetch;
 mod inspect;
 mod leases;
 mod outcomes;
+mod partition;
 mod payloads;
+mod pool;
 
 pub use admin::*;
 pub use agreement::*;
@@ -46,7 +50,9 @@ pub use fetch::*;
 pub use inspect::*;
 pub use leases::*;
 pub use outcomes::*;
+pub use partition::Partitioned;
 pub use payloads::*;
+pub use pool::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -138,6 +144,7 @@ macro_rules! conformance_suite {
             finish_succeeded,
             finish_retry_then_dead,
             finish_snooze,
+            finish_snooze_records_its_reason,
             finish_released,
             finish_batch_answers_each_entry,
             finish_batch_mixes_outcomes_and_refuses_stale_tokens,
@@ -182,6 +189,12 @@ macro_rules! conformance_suite {
             payloads_and_results_round_trip_exactly,
             chain_payloads_stay_exact_through_promote_and_retry,
             chain_payloads_stay_exact_through_cancel_and_retry,
+            // pool.rs
+            pool_times_out_a_stuck_handler,
+            pool_turns_a_panic_into_a_failed_attempt,
+            pool_runs_a_failing_job_max_retries_plus_one_times,
+            pool_stops_a_handler_whose_lease_ran_out_unrenewed,
+            pool_snoozes_an_unserved_kind_then_buries_it,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

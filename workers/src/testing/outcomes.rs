@@ -107,7 +107,7 @@ pub async fn finish_snooze(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.snooze")).await;
     let j = fetch_expect(&b, "default", &id).await;
     let at = clock.now() + ms(1_000);
-    finish(&b, j.lease(), Outcome::Snooze { at })
+    finish(&b, j.lease(), Outcome::Snooze { at, reason: None })
         .await
         .expect("finish snooze");
     let s = get(&b, &id).await;
@@ -124,6 +124,56 @@ pub async fn finish_snooze(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     clock.advance(1_000);
     let again = fetch_expect(&b, "default", &id).await;
     assert_eq!(again.attempt, 1);
+}
+
+/// A snooze with a reason records it as the job's `last_error` (so a job put off again and
+/// again says why); a snooze without one leaves `last_error` as it was.
+pub async fn finish_snooze_records_its_reason(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let id = enqueue(&b, job("test.snooze").max_retries(3)).await;
+    let j = fetch_expect(&b, "default", &id).await;
+    finish(
+        &b,
+        j.lease(),
+        Outcome::Retry {
+            at: clock.now(),
+            error: "flaky".into(),
+        },
+    )
+    .await
+    .expect("finish retry");
+    let j = fetch_expect(&b, "default", &id).await;
+    finish(
+        &b,
+        j.lease(),
+        Outcome::Snooze {
+            at: clock.now(),
+            reason: None,
+        },
+    )
+    .await
+    .expect("finish snooze without a reason");
+    assert_eq!(get(&b, &id).await.last_error.as_deref(), Some("flaky"));
+
+    let j = fetch_expect(&b, "default", &id).await;
+    let at = clock.now() + ms(5_000);
+    finish(
+        &b,
+        j.lease(),
+        Outcome::Snooze {
+            at,
+            reason: Some("no worker serves kind test.snooze".into()),
+        },
+    )
+    .await
+    .expect("finish snooze with a reason");
+    let s = get(&b, &id).await;
+    assert_eq!(s.state, JobState::Scheduled);
+    assert_eq!(s.run_at, at);
+    assert_eq!(s.attempt, 1, "snoozed attempts are not counted");
+    assert_eq!(
+        s.last_error.as_deref(),
+        Some("no worker serves kind test.snooze")
+    );
 }
 
 /// `running -> queued` at once (shutdown), not an attempt and not an interruption:
@@ -229,7 +279,13 @@ pub async fn finish_batch_mixes_outcomes_and_refuses_stale_tokens(
                 error: "bad".into(),
             },
         ),
-        (got[3].lease(), Outcome::Snooze { at: t0 + ms(1000) }),
+        (
+            got[3].lease(),
+            Outcome::Snooze {
+                at: t0 + ms(1000),
+                reason: None,
+            },
+        ),
         (
             got[4].lease(),
             Outcome::Released {

@@ -439,7 +439,7 @@ fn outcome_args(o: &Outcome, now: Timestamp) -> BrokerResult<(&'static str, Stri
         ),
         Outcome::Retry { at, error } => ("retry", delay(at), error.clone()),
         Outcome::Dead { error } => ("dead", error.clone(), String::new()),
-        Outcome::Snooze { at } => ("snooze", delay(at), String::new()),
+        Outcome::Snooze { at, reason } => ("snooze", delay(at), reason.clone().unwrap_or_default()),
         Outcome::Released { reason } => ("release", reason.clone(), String::new()),
     })
 }

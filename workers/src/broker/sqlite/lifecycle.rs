@@ -278,7 +278,11 @@ fn finish_statement(
         ),
         Outcome::Retry { at, error } => (sql::FINISH_RETRY, time(*at), Some(Text(error.clone()))),
         Outcome::Dead { error } => (sql::FINISH_DEAD, Text(error.clone()), Some(time(now))),
-        Outcome::Snooze { at } => (sql::FINISH_SNOOZE, time(*at), None),
+        Outcome::Snooze { at, reason } => (
+            sql::FINISH_SNOOZE,
+            time(*at),
+            Some(reason.clone().map_or(SqlValue::Null, Text)),
+        ),
         Outcome::Released { .. } => (sql::FINISH_RELEASED, time(now), None),
     })
 }

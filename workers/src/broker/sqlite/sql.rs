@@ -86,7 +86,8 @@ pub const FINISH_DEAD: &str = "UPDATE jobs SET state = 'dead', last_error = ?3, 
     WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
     RETURNING id, queue, kind, attempt, chain_id, chain_index, chain_next";
 pub const FINISH_SNOOZE: &str = "UPDATE jobs SET state = 'scheduled', run_at = ?3, \
-    attempt = MAX(attempt - 1, 0), interruption_streak = 0, lease_until = NULL \
+    attempt = MAX(attempt - 1, 0), interruption_streak = 0, lease_until = NULL, \
+    last_error = COALESCE(?4, last_error) \
     WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
     RETURNING id, queue, kind, attempt + 1";
 pub const FINISH_RELEASED: &str = "UPDATE jobs SET state = 'queued', run_at = ?3, \

@@ -1,0 +1,167 @@
+//! A broker a test can cut off: [`Partitioned`] wraps any [`Broker`] and, while cut, answers
+//! every call with [`BrokerError::Unavailable`], as a node that lost its network would see it.
+//! Other nodes keep using the wrapped broker directly, so a pool over a `Partitioned` can be
+//! cut off while the rest of the cluster goes on. It does not pause time or the broker itself:
+//! a case that needs a real stalled connection starts its own `redis-server` and stops it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+
+use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use crate::error::{BrokerError, BrokerResult};
+use crate::event::Event;
+use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::time::Timestamp;
+
+/// A broker that fails every call while [`Partitioned::cut`] is in force.
+#[derive(Debug)]
+pub struct Partitioned {
+    inner: Arc<dyn Broker>,
+    cut: AtomicBool,
+    /// Held shared by every call that reached the broker, so that [`Partitioned::cut`] can
+    /// wait for those in flight: a call that got through before the cut must not land after
+    /// the test has moved on (say, moved the clock past a lease).
+    in_flight: tokio::sync::RwLock<()>,
+}
+
+/// The broker, reached: holds the call's share of [`Partitioned::in_flight`] until the call's
+/// statement ends.
+struct Reached<'a> {
+    broker: &'a dyn Broker,
+    _call: tokio::sync::RwLockReadGuard<'a, ()>,
+}
+
+impl std::ops::Deref for Reached<'_> {
+    type Target = dyn Broker;
+
+    fn deref(&self) -> &Self::Target {
+        self.broker
+    }
+}
+
+impl Partitioned {
+    /// `inner`, reachable until cut.
+    pub fn new(inner: Arc<dyn Broker>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            cut: AtomicBool::new(false),
+            in_flight: tokio::sync::RwLock::new(()),
+        })
+    }
+
+    /// From now on every call fails as unreachable; returns once the calls that got through
+    /// before have ended.
+    pub async fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        drop(self.in_flight.write().await);
+    }
+
+    /// Calls reach the broker again.
+    pub fn heal(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+
+    async fn reach(&self) -> BrokerResult<Reached<'_>> {
+        let call = self.in_flight.read().await;
+        if self.cut.load(Ordering::SeqCst) {
+            Err(BrokerError::Unavailable("partitioned by the test".into()))
+        } else {
+            Ok(Reached {
+                broker: &*self.inner,
+                _call: call,
+            })
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for Partitioned {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn store(&self, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
+        self.reach().await?.store(jobs).await
+    }
+
+    async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>> {
+        self.reach().await?.fetch(queue, max, lease).await
+    }
+
+    async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
+        self.reach().await?.wait_for_work(queues, timeout).await
+    }
+
+    async fn heartbeat(&self, leases: &[Lease], lease: Duration) -> BrokerResult<Vec<LeaseStatus>> {
+        self.reach().await?.heartbeat(leases, lease).await
+    }
+
+    async fn progress(
+        &self,
+        lease: &Lease,
+        percent: u8,
+        message: Option<String>,
+    ) -> BrokerResult<()> {
+        self.reach().await?.progress(lease, percent, message).await
+    }
+
+    async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
+        self.reach().await?.finish(batch).await
+    }
+
+    async fn cancel(&self, id: &JobId) -> BrokerResult<Job> {
+        self.reach().await?.cancel(id).await
+    }
+
+    async fn retry(&self, id: &JobId) -> BrokerResult<Job> {
+        self.reach().await?.retry(id).await
+    }
+
+    async fn retry_all_dead(&self, queue: Option<&str>) -> BrokerResult<u64> {
+        self.reach().await?.retry_all_dead(queue).await
+    }
+
+    async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {
+        self.reach().await?.rescue(max_interruptions).await
+    }
+
+    async fn get(&self, id: &JobId) -> BrokerResult<Option<Job>> {
+        self.reach().await?.get(id).await
+    }
+
+    async fn history(&self, id: &JobId) -> BrokerResult<Vec<Event>> {
+        self.reach().await?.history(id).await
+    }
+
+    async fn list(&self, filter: &JobFilter) -> BrokerResult<JobPage> {
+        self.reach().await?.list(filter).await
+    }
+
+    async fn queues(&self) -> BrokerResult<Vec<QueueStats>> {
+        self.reach().await?.queues().await
+    }
+
+    async fn events(&self, after: Option<&str>, limit: usize) -> BrokerResult<Vec<Event>> {
+        self.reach().await?.events(after, limit).await
+    }
+
+    async fn purge(
+        &self,
+        states: &[JobState],
+        before: Timestamp,
+        keep_events: u64,
+    ) -> BrokerResult<u64> {
+        self.reach().await?.purge(states, before, keep_events).await
+    }
+
+    async fn drop_queue(&self, queue: &str) -> BrokerResult<u64> {
+        self.reach().await?.drop_queue(queue).await
+    }
+
+    async fn ping(&self) -> BrokerResult<()> {
+        self.reach().await?.ping().await
+    }
+}
