@@ -54,7 +54,8 @@ impl JobError {
         }
     }
 
-    /// A failure worth retrying, not before `after`.
+    /// A failure worth retrying, not before `after` (kept within the retry policy's maximum
+    /// wait, `[retry] backoff_max`).
     pub fn retry_after(message: impl fmt::Display, after: Duration) -> Self {
         JobError::Retryable {
             message: message.to_string(),

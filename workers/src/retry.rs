@@ -52,11 +52,36 @@ impl RetryPolicy {
         }
         rand::rng().random_range(Duration::ZERO..=bound)
     }
+
+    /// The wait after failed attempt `attempt` when the handler asked for `asked` (e.g. a
+    /// server's `Retry-After`): what it asked, but never longer than `max` (a server's
+    /// "retry in 10 years" is not a schedule), else the backoff.
+    pub fn wait(&self, attempt: u32, asked: Option<Duration>) -> Duration {
+        match asked {
+            Some(asked) => asked.min(self.max),
+            None => self.delay(attempt),
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_asked_wait_is_kept_within_the_maximum() {
+        let p = RetryPolicy {
+            base: Duration::from_millis(100),
+            max: Duration::from_secs(3600),
+            jitter: false,
+        };
+        assert_eq!(
+            p.wait(1, Some(Duration::from_secs(30))),
+            Duration::from_secs(30)
+        );
+        assert_eq!(p.wait(1, Some(Duration::MAX)), Duration::from_secs(3600));
+        assert_eq!(p.wait(2, None), Duration::from_millis(200));
+    }
 
     #[test]
     fn bound_doubles_and_caps() {

@@ -75,7 +75,7 @@ pub(super) fn failed(
     if job.attempt > job.max_retries {
         return Outcome::Dead { error };
     }
-    let wait = retry_after.unwrap_or_else(|| shared.config.retry.delay(job.attempt));
+    let wait = shared.config.retry.wait(job.attempt, retry_after);
     Outcome::Retry {
         at: now + wait,
         error,
