@@ -20,7 +20,7 @@
 //!
 //! This file holds the case list (the macro), the factory plumbing and the helpers the cases
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `outcomes`
-//! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `admin` (cancel, retry,
+//! (finish), `promotion` (a huge backlog falling due), `leases` (heartbeats, fencing, rescue, progress), `chains`, `admin` (cancel, retry,
 //! purge, drop) and `inspect` (list, queues, events). A case that only one broker can pass does
 //! not belong here: it stays in that broker's test file, saying why.
 
@@ -33,6 +33,7 @@ mod fetch;
 mod inspect;
 mod leases;
 mod outcomes;
+mod promotion;
 
 pub use admin::*;
 pub use chains::*;
@@ -41,6 +42,7 @@ pub use fetch::*;
 pub use inspect::*;
 pub use leases::*;
 pub use outcomes::*;
+pub use promotion::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -128,6 +130,8 @@ macro_rules! conformance_suite {
             fetch_respects_max_and_never_repeats,
             concurrent_fetches_never_share_a_job,
             wait_for_work_returns,
+            // promotion.rs
+            huge_due_backlog_is_promoted_in_bounded_steps_in_order,
             // outcomes.rs
             finish_succeeded,
             finish_retry_then_dead,
