@@ -54,6 +54,7 @@ mod events;
 mod lifecycle;
 mod open;
 mod read;
+mod readers;
 mod rows;
 mod sql;
 mod writer;
