@@ -19,10 +19,11 @@
 //! alive until the case ends. It does not own the pool or the API: those have their own tests.
 //!
 //! This file holds the case list (the macro), the factory plumbing and the helpers the cases
-//! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `outcomes`
-//! (finish), `promotion` (a huge backlog falling due), `leases` (heartbeats, fencing, rescue, progress), `chains`, `admin` (cancel, retry,
-//! purge, drop) and `inspect` (list, queues, events). A case that only one broker can pass does
-//! not belong here: it stays in that broker's test file, saying why.
+//! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `promotion`
+//! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
+//! rescue, progress), `chains`, `admin` (cancel, retry, purge, drop) and `inspect` (list,
+//! queues, events). A case that only one broker can pass does not belong here: it stays in
+//! that broker's test file, saying why.
 
 // One file per topic. Each case is `pub` in its topic and re-exported here, so the macro (and
 // any caller) names it `testing::<case>` whichever file it lives in.
