@@ -13,6 +13,8 @@
 //!   priority number, then the earliest due time, then the earliest enqueued.
 //! - **Due work is promoted by fetch.** `scheduled` and `retrying` jobs whose time has come are
 //!   fetched as if queued at their due time: no separate poller has to run for them to start.
+//!   Each fetch promotes at most 1 000 of them, earliest due first, so that its work stays
+//!   bounded however many jobs fall due at once; the rest follow over the next fetches.
 //!
 //! Policy lives elsewhere: *whether* a failed job retries, and when, is the pool's decision
 //! (`crate::pool`, `crate::retry`); the broker records what it is told.
