@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use hopper_workers::broker::OpenOptions;
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::pool::{Pool, PoolHandle};
 use hopper_workers::retention::{Retention, RetentionPolicy};
@@ -24,7 +25,11 @@ use crate::config::{Config, ConfigError, Settings};
 
 /// Opens the broker `[broker]` names.
 pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Broker>> {
-    hopper_workers::broker::open(&config.broker.url, &config.broker.prefix, clock)
+    let options = OpenOptions {
+        prefix: config.broker.prefix.clone(),
+        durability: config.broker.durability,
+    };
+    hopper_workers::broker::open_with(&config.broker.url, &options, clock)
         .await
         .with_context(|| format!("opening broker {}", config.broker.url))
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use hopper_jobs::config::duration_str;
+use hopper_workers::broker::Durability;
 
 /// `[[schedule]]`: a job enqueued on every tick of a cron expression, once per tick however
 /// many `serve` and `worker` processes run.
@@ -60,6 +61,11 @@ pub struct BrokerConfig {
     pub url: String,
     /// Prefix of every Redis key (unused by SQLite). Default `"hopper"`.
     pub prefix: String,
+    /// What an acknowledged write (an enqueue answered 201) survives, SQLite only: `"full"`
+    /// (on disk before it is acknowledged: survives a power loss) or `"normal"` (survives a
+    /// crash of the process; a power loss may take the last writes). Default `"full"`. A
+    /// Redis broker's durability is the Redis server's `appendfsync`.
+    pub durability: Durability,
 }
 
 impl Default for BrokerConfig {
@@ -67,6 +73,7 @@ impl Default for BrokerConfig {
         Self {
             url: "sqlite://data/hopper.db".into(),
             prefix: "hopper".into(),
+            durability: Durability::Full,
         }
     }
 }

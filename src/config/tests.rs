@@ -78,6 +78,20 @@ fn durations_parse_and_bad_ones_are_named() {
 }
 
 #[test]
+fn durability_parses_and_bad_values_are_named() {
+    use hopper_workers::broker::Durability;
+    assert_eq!(Config::default().broker.durability, Durability::Full);
+    let c = Config::from_toml("[broker]\ndurability = \"normal\"\n", Path::new("c.toml")).unwrap();
+    assert_eq!(c.broker.durability, Durability::Normal);
+
+    let err = Config::from_toml("[broker]\ndurability = \"fast\"\n", Path::new("c.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("durability") && err.contains("fast"), "{err}");
+    assert!(err.contains("full") && err.contains("normal"), "{err}");
+}
+
+#[test]
 fn validate_reports_every_problem() {
     let mut c = Config::default();
     c.worker.concurrency = 0;

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hopper_workers::broker::Broker;
-use hopper_workers::broker::sqlite::SqliteBroker;
+use hopper_workers::broker::sqlite::{SqliteBroker, SqliteOptions};
+use hopper_workers::broker::{Broker, Durability};
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::job::{JobState, NewJob};
 use hopper_workers::testing::{drain, temp_sqlite};
@@ -81,6 +81,49 @@ async fn reopen_keeps_jobs() {
         .expect("open by URL");
     assert_eq!(via_url.name(), "sqlite");
     assert!(via_url.get(&id).await.expect("get").is_some());
+}
+
+/// With `durability = full` (one fsync per commit), many concurrent single-job enqueues still
+/// share commits: the writer thread batches whatever queued while it was committing, so the
+/// cost is one fsync per batch, not per job. Counts commits; asserts no timing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_enqueues_share_commits_under_full_durability() {
+    const JOBS: u64 = 2_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let options = SqliteOptions {
+        durability: Durability::Full,
+        ..SqliteOptions::default()
+    };
+    let b = Arc::new(
+        SqliteBroker::open_with(dir.path().join("hopper.db"), options, clock::system())
+            .await
+            .expect("open"),
+    );
+    let before = b.commits();
+    let tasks: Vec<_> = (0..JOBS)
+        .map(|i| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                b.enqueue(vec![NewJob::new("test.one", json!({ "i": i }))])
+                    .await
+                    .expect("enqueue")
+            })
+        })
+        .collect();
+    for t in tasks {
+        assert!(t.await.expect("task")[0].created);
+    }
+    let commits = b.commits() - before;
+    let stats = b.queues().await.expect("queues");
+    assert_eq!(stats[0].counts.queued, JOBS, "every enqueue is stored");
+    eprintln!("{JOBS} concurrent enqueues, durability full: {commits} commits");
+    assert!(commits >= 1);
+    // Far fewer commits (fsyncs) than jobs; the margin is wide so that a loaded machine,
+    // which spreads the enqueues out, cannot fail it.
+    assert!(
+        commits * 4 <= JOBS,
+        "{JOBS} enqueues took {commits} commits: the writer is not batching"
+    );
 }
 
 /// Rough throughput: enqueue 20 000 jobs, then drain them with fetches of 64 and one finish

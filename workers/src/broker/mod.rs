@@ -18,6 +18,8 @@
 //!   clock, so that a node whose clock is off still schedules a retry after its backoff.
 //! - **Due work is promoted by fetch.** `scheduled` and `retrying` jobs whose time has come are
 //!   fetched as if queued at their due time: no separate poller has to run for them to start.
+//!   Each fetch promotes at most 1 000 of them, earliest due first, so that its work stays
+//!   bounded however many jobs fall due at once; the rest follow over the next fetches.
 //!
 //! Policy lives elsewhere: *whether* a failed job retries, and when, is the pool's decision
 //! (`crate::pool`, `crate::retry`); the broker records what it is told.
@@ -370,14 +372,77 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     }
 }
 
+/// What an acknowledged write survives, where Hopper chooses it (`[broker] durability`).
+///
+/// SQLite only: a Redis broker's durability is the Redis server's own `appendonly` and
+/// `appendfsync` settings, which Hopper does not change.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Durability {
+    /// A write is on disk before it is acknowledged (an enqueue answered 201 survives a power
+    /// loss). SQLite: `synchronous = FULL`, one fsync of the WAL per commit; the writer
+    /// thread commits many writes together, so this is one fsync per batch, not per job.
+    #[default]
+    Full,
+    /// A write survives a crash of the process, but the last writes acknowledged before a
+    /// power loss or OS crash may be lost (the file is never corrupted). SQLite:
+    /// `synchronous = NORMAL`, the WAL fsynced only at checkpoints.
+    Normal,
+}
+
+/// How [`open_with`] sets a broker up beyond its URL.
+#[derive(Clone, Debug)]
+pub struct OpenOptions {
+    /// Prefix of every Redis key (unused by SQLite).
+    pub prefix: String,
+    /// What an acknowledged write survives (SQLite only).
+    pub durability: Durability,
+}
+
+impl OpenOptions {
+    /// Every key under `prefix`, every other option at its default.
+    pub fn new(prefix: impl Into<String>) -> Self {
+        Self {
+            prefix: prefix.into(),
+            durability: Durability::default(),
+        }
+    }
+}
+
 /// Opens the broker a URL names: `sqlite://PATH` (the file and its directory are created on
-/// first use) or `redis://HOST:PORT/DB` / `rediss://…` with every key under `prefix`.
+/// first use) or `redis://HOST:PORT/DB` / `rediss://…` with every key under `prefix`; every
+/// other option at its default (see [`open_with`]).
 pub async fn open(url: &str, prefix: &str, clock: Arc<dyn Clock>) -> BrokerResult<Arc<dyn Broker>> {
+    open_with(url, &OpenOptions::new(prefix), clock).await
+}
+
+/// Opens the broker a URL names (see [`open`]) with `options`.
+///
+/// ```no_run
+/// # async fn demo() -> hopper_workers::BrokerResult<()> {
+/// use hopper_workers::broker::{Durability, OpenOptions, open_with};
+/// let options = OpenOptions {
+///     durability: Durability::Normal,
+///     ..OpenOptions::new("hopper")
+/// };
+/// let broker = open_with("sqlite://data/hopper.db", &options, hopper_workers::clock::system()).await?;
+/// # Ok(()) }
+/// ```
+pub async fn open_with(
+    url: &str,
+    options: &OpenOptions,
+    clock: Arc<dyn Clock>,
+) -> BrokerResult<Arc<dyn Broker>> {
+    let prefix = options.prefix.as_str();
     if let Some(path) = url.strip_prefix("sqlite://") {
         #[cfg(feature = "sqlite")]
         {
             let _ = prefix;
-            return sqlite::open(path, clock).await;
+            let options = sqlite::SqliteOptions {
+                durability: options.durability,
+                ..sqlite::SqliteOptions::default()
+            };
+            return sqlite::open_with(path, options, clock).await;
         }
         #[cfg(not(feature = "sqlite"))]
         return Err(BrokerError::Config(format!(

@@ -19,14 +19,14 @@
 //! alive until the case ends. It does not own the API: that has its own tests.
 //!
 //! This file holds the case list (the macro), the factory plumbing and the helpers the cases
-//! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `outcomes`
-//! (finish), `leases` (heartbeats, fencing, rescue, progress), `chains`, `payloads` (JSON
-//! that comes back exactly), `admin` (cancel, retry, purge, drop), `inspect` (list, queues,
-//! events), `agreement` (inputs on which the brokers once answered differently) and `pool` (an
-//! in-process pool over the broker under test: timeouts, panics, retries, leases running out,
-//! unserved kinds; `partition` is the wrapper that cuts a pool off from its broker). A case
-//! that only one broker can pass does not belong here: it stays in that broker's test file,
-//! saying why.
+//! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `promotion`
+//! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
+//! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
+//! retry, purge, drop), `inspect` (list, queues, events), `agreement` (inputs on which the
+//! brokers once answered differently) and `pool` (an in-process pool over the broker under
+//! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
+//! wrapper that cuts a pool off from its broker). A case that only one broker can pass does
+//! not belong here: it stays in that broker's test file, saying why.
 
 // One file per topic. Each case is `pub` in its topic and re-exported here, so the macro (and
 // any caller) names it `testing::<case>` whichever file it lives in.
@@ -41,6 +41,7 @@ mod outcomes;
 mod partition;
 mod payloads;
 mod pool;
+mod promotion;
 
 pub use admin::*;
 pub use agreement::*;
@@ -53,6 +54,7 @@ pub use outcomes::*;
 pub use partition::Partitioned;
 pub use payloads::*;
 pub use pool::*;
+pub use promotion::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -140,6 +142,8 @@ macro_rules! conformance_suite {
             fetch_respects_max_and_never_repeats,
             concurrent_fetches_never_share_a_job,
             wait_for_work_returns,
+            // promotion.rs
+            huge_due_backlog_is_promoted_in_bounded_steps_in_order,
             // outcomes.rs
             finish_succeeded,
             finish_retry_then_dead,

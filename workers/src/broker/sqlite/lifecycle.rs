@@ -27,6 +27,11 @@ use crate::time::Timestamp;
 
 /// Most jobs one fetch leases.
 const MAX_FETCH: usize = 1000;
+/// Most due jobs one fetch promotes (`scheduled`/`retrying` -> `queued`), earliest due first:
+/// a backlog of a million jobs falling due at once is promoted over many fetches, each a
+/// bounded write, instead of one statement holding the write lock for all of them. The same
+/// bound as the Redis broker's (`crate::testing::PROMOTE_BOUND` checks both).
+const MAX_PROMOTE: i64 = 1000;
 
 pub(super) async fn store(broker: &SqliteBroker, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
     let answers = broker
@@ -152,7 +157,7 @@ pub(super) async fn fetch(
     broker
         .write(move |conn, now| {
             conn.prepare_cached(sql::PROMOTE_DUE)?
-                .execute(params![queue, now])?;
+                .execute(params![queue, now, MAX_PROMOTE])?;
             let mut jobs = conn
                 .prepare_cached(sql::FETCH)?
                 .query_map(params![queue, max, now + lease, now], |row| {

@@ -11,9 +11,19 @@
 //!   `BEGIN IMMEDIATE` transaction, each command inside its own savepoint so a failed command
 //!   rolls back alone. Answers go out through oneshot channels only after `COMMIT`, so nobody
 //!   is told "done" about a write that was lost. Batching is what makes many small writes
-//!   (fetches, acks, heartbeats from many slots) cheap: one commit for all of them.
-//! - **One reader connection** behind a mutex, used from `spawn_blocking`, for `get`,
-//!   `history`, `list`, `queues` and `events`. In WAL mode readers never block the writer.
+//!   (enqueues, fetches, acks, heartbeats from many slots) cheap: one commit, and so under
+//!   [`Durability::Full`] one fsync, for all of them ([`SqliteBroker::commits`] counts them).
+//! - **A few read connections** (`readers`, [`SqliteOptions::readers`]), each lent to one read
+//!   at a time on a blocking thread, for `get`, `history`, `list`, `queues`, `events` and
+//!   `ping`. In WAL mode readers never block the writer nor each other, so a slow `list` does
+//!   not hold up `/readyz`.
+//!
+//! # Durability
+//!
+//! [`SqliteOptions::durability`] sets `PRAGMA synchronous` on every connection: `FULL` (the
+//! default) fsyncs the WAL at every commit, so an acknowledged write survives a power loss;
+//! `NORMAL` fsyncs only at checkpoints (a power loss may take the last acknowledged writes,
+//! a process crash takes none).
 //!
 //! # Several processes, one file
 //!
@@ -48,7 +58,8 @@
 //! - `read`: everything that only reads (get, history, list, queues, events, ping).
 //! - `chain`: what a step's end or retry does to the other steps of its chain.
 //! - `events`: appending to the event log, inside the write that changed the job.
-//! - `writer`: the writer thread and its batches; `open`: connections and migrations.
+//! - `writer`: the writer thread and its batches; `readers`: the pool of read connections;
+//!   `open`: connections, their settings and migrations.
 //! - `sql`: the text of every statement; `rows`: decoding rows; `error`: mapping errors.
 
 mod admin;
@@ -58,21 +69,25 @@ mod events;
 mod lifecycle;
 mod open;
 mod read;
+mod readers;
 mod rows;
 mod sql;
 mod writer;
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use rusqlite::Connection;
 use tokio::sync::{Notify, oneshot};
 
 use self::error::{Fail, writer_gone};
+pub use self::readers::DEFAULT_READERS;
+use self::readers::Readers;
 use self::writer::{Op, WriteOp};
-use crate::broker::Broker;
+use crate::broker::{Broker, Durability};
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::time::Timestamp;
@@ -87,7 +102,9 @@ pub struct SqliteBroker {
     path: PathBuf,
     clock: Arc<dyn Clock>,
     writer: mpsc::Sender<Box<dyn WriteOp>>,
-    reader: Arc<Mutex<Connection>>,
+    /// Transactions the writer thread has committed.
+    commits: Arc<AtomicU64>,
+    readers: Readers,
     /// Woken by this instance's writes that make work available.
     work: Arc<Notify>,
 }
@@ -100,14 +117,44 @@ impl std::fmt::Debug for SqliteBroker {
     }
 }
 
-/// Opens the SQLite broker at `path` (see [`SqliteBroker::open`]).
+/// How a [`SqliteBroker`] is opened.
+#[derive(Clone, Debug)]
+pub struct SqliteOptions {
+    /// What an acknowledged write survives (`PRAGMA synchronous`). Default [`Durability::Full`].
+    pub durability: Durability,
+    /// Read connections: how many reads run at once. Default [`DEFAULT_READERS`]; at least 1.
+    pub readers: usize,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        Self {
+            durability: Durability::default(),
+            readers: DEFAULT_READERS,
+        }
+    }
+}
+
+/// Opens the SQLite broker at `path` with default options (see [`SqliteBroker::open`]).
 pub async fn open(path: &str, clock: Arc<dyn Clock>) -> BrokerResult<Arc<dyn Broker>> {
-    Ok(Arc::new(SqliteBroker::open(path, clock).await?))
+    open_with(path, SqliteOptions::default(), clock).await
+}
+
+/// Opens the SQLite broker at `path` with `options` (see [`SqliteBroker::open_with`]).
+pub async fn open_with(
+    path: &str,
+    options: SqliteOptions,
+    clock: Arc<dyn Clock>,
+) -> BrokerResult<Arc<dyn Broker>> {
+    Ok(Arc::new(
+        SqliteBroker::open_with(path, options, clock).await?,
+    ))
 }
 
 impl SqliteBroker {
-    /// Opens (creating on first use, with its parent directory) the database at `path`,
-    /// brings its schema up to date, and starts the writer thread.
+    /// Opens (creating on first use, with its parent directory) the database at `path` with
+    /// default options ([`SqliteOptions`]: durability full), brings its schema up to date,
+    /// and starts the writer thread.
     ///
     /// ```no_run
     /// # async fn demo() -> hopper_workers::BrokerResult<()> {
@@ -116,25 +163,47 @@ impl SqliteBroker {
     /// # Ok(()) }
     /// ```
     pub async fn open(path: impl AsRef<Path>, clock: Arc<dyn Clock>) -> BrokerResult<Self> {
+        Self::open_with(path, SqliteOptions::default(), clock).await
+    }
+
+    /// [`SqliteBroker::open`] with `options`.
+    ///
+    /// ```no_run
+    /// # async fn demo() -> hopper_workers::BrokerResult<()> {
+    /// use hopper_workers::broker::Durability;
+    /// use hopper_workers::broker::sqlite::{SqliteBroker, SqliteOptions};
+    /// let options = SqliteOptions { durability: Durability::Normal, ..SqliteOptions::default() };
+    /// let broker =
+    ///     SqliteBroker::open_with("data/hopper.db", options, hopper_workers::clock::system()).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn open_with(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+        clock: Arc<dyn Clock>,
+    ) -> BrokerResult<Self> {
         let path = path.as_ref().to_path_buf();
         let opened = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || open::open_connections(&path))
+            tokio::task::spawn_blocking(move || open::open_connections(&path, &options))
                 .await
                 .map_err(BrokerError::backend)??
         };
-        let (write_conn, read_conn) = opened;
+        let (write_conn, read_conns) = opened;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteOp>>();
         let writer_clock = clock.clone();
+        let commits = Arc::new(AtomicU64::new(0));
+        let writer_commits = commits.clone();
         std::thread::Builder::new()
             .name("hopper-sqlite-writer".into())
-            .spawn(move || writer::run_writer(write_conn, writer_clock, rx))
+            .spawn(move || writer::run_writer(write_conn, writer_clock, rx, &writer_commits))
             .map_err(|e| BrokerError::Backend(Box::new(e)))?;
         Ok(Self {
             path,
             clock,
             writer: tx,
-            reader: Arc::new(Mutex::new(read_conn)),
+            commits,
+            readers: Readers::new(read_conns),
             work: Arc::new(Notify::new()),
         })
     }
@@ -142,6 +211,12 @@ impl SqliteBroker {
     /// The database file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Transactions the writer thread has committed since this broker was opened: under
+    /// [`Durability::Full`], each is one fsync of the WAL, however many writes it carried.
+    pub fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the writer thread inside the current batch's transaction.
@@ -157,21 +232,16 @@ impl SqliteBroker {
         answer.await.map_err(|_| writer_gone())?
     }
 
-    /// Runs `f` on the reader connection, off the async runtime.
+    /// Runs `f` on a read connection, off the async runtime.
     async fn read<T, F>(&self, f: F) -> BrokerResult<T>
     where
         T: Send + 'static,
         F: FnOnce(&Connection, Timestamp) -> Result<T, Fail> + Send + 'static,
     {
-        let reader = self.reader.clone();
         let now = self.clock.now();
-        tokio::task::spawn_blocking(move || {
-            // A panic while holding the lock leaves the connection itself intact.
-            let conn = reader.lock().unwrap_or_else(PoisonError::into_inner);
-            f(&conn, now).map_err(Fail::into_broker)
-        })
-        .await
-        .map_err(BrokerError::backend)?
+        self.readers
+            .run(move |conn| f(conn, now).map_err(Fail::into_broker))
+            .await
     }
 
     fn wake(&self) {
@@ -188,3 +258,30 @@ crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
     purge: admin, drop_queue: admin, ping: read);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The durability an opened broker was given is what its writer and its readers run
+    /// with: `PRAGMA synchronous` 2 (FULL) by default, 1 (NORMAL) when asked.
+    #[tokio::test]
+    async fn durability_reaches_the_writer_and_the_readers() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let normal = SqliteOptions {
+            durability: Durability::Normal,
+            ..SqliteOptions::default()
+        };
+        for (options, expected) in [(SqliteOptions::default(), 2), (normal, 1)] {
+            let path = dir.path().join(format!("{:?}.db", options.durability));
+            let broker = SqliteBroker::open_with(&path, options, crate::clock::system())
+                .await
+                .expect("open");
+            let pragma = |conn: &Connection, _| -> Result<i64, Fail> {
+                Ok(conn.query_row("PRAGMA synchronous", [], |r| r.get(0))?)
+            };
+            assert_eq!(broker.write(pragma).await.expect("write"), expected);
+            assert_eq!(broker.read(pragma).await.expect("read"), expected);
+        }
+    }
+}

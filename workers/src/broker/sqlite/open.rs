@@ -1,17 +1,20 @@
-//! Opening the database file: its two connections, their settings, and schema migrations.
+//! Opening the database file: its connections, their settings, and schema migrations.
 //!
 //! It owns everything that happens before the first command: creating the file and its
 //! directory, switching it to WAL, bringing its schema up to date (`workers/migrations/sqlite`,
-//! recorded in `PRAGMA user_version`) and making the reader connection read-only. It does not
-//! start the writer thread (`super::writer`) nor hand the connections out (`super`).
+//! recorded in `PRAGMA user_version`), setting every connection's `synchronous` from the
+//! broker's [`Durability`] and making the read connections read-only. It does not start the
+//! writer thread (`super::writer`) nor hand the connections out (`super`, `super::readers`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use rusqlite::{Connection, OpenFlags};
 
+use super::SqliteOptions;
 use super::error::sql_error;
 use super::sql;
+use crate::broker::Durability;
 use crate::error::{BrokerError, BrokerResult};
 
 /// How long a writer waits for another process's write lock before giving up (`Unavailable`).
@@ -41,12 +44,16 @@ const MIGRATIONS: &[Migration] = &[
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a
 /// new file at once race to switch it to WAL and migrate it, and switching the journal mode
-/// does not wait on the busy timeout. Returns the writer's connection, then the reader's.
-pub(super) fn open_connections(path: &Path) -> BrokerResult<(Connection, Connection)> {
+/// does not wait on the busy timeout. Returns the writer's connection, then the readers'
+/// (`options.readers` of them, at least one).
+pub(super) fn open_connections(
+    path: &Path,
+    options: &SqliteOptions,
+) -> BrokerResult<(Connection, Vec<Connection>)> {
     let deadline = Instant::now() + BUSY_TIMEOUT;
     let mut wait = Duration::from_millis(10);
     loop {
-        match open_connections_once(path) {
+        match open_connections_once(path, options) {
             Err(BrokerError::Unavailable(_)) if Instant::now() < deadline => {
                 std::thread::sleep(wait);
                 wait = (wait * 2).min(Duration::from_millis(200));
@@ -56,13 +63,16 @@ pub(super) fn open_connections(path: &Path) -> BrokerResult<(Connection, Connect
     }
 }
 
-fn open_connections_once(path: &Path) -> BrokerResult<(Connection, Connection)> {
+fn open_connections_once(
+    path: &Path,
+    options: &SqliteOptions,
+) -> BrokerResult<(Connection, Vec<Connection>)> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).map_err(|e| {
             BrokerError::Config(format!("cannot create directory {}: {e}", dir.display()))
         })?;
     }
-    let writer = connect(path).map_err(sql_error)?;
+    let writer = connect(path, options.durability).map_err(sql_error)?;
     // WAL is a property of the file: set once, by the writer, outside any transaction.
     let mode: String = writer
         .query_row(sql::JOURNAL_MODE_WAL, [], |r| r.get(0))
@@ -74,15 +84,19 @@ fn open_connections_once(path: &Path) -> BrokerResult<(Connection, Connection)> 
         )));
     }
     migrate(&writer)?;
-    let reader = connect(path).map_err(sql_error)?;
-    // The reader must never write, even by mistake.
-    reader
-        .pragma_update(None, "query_only", true)
+    let readers = (0..options.readers.max(1))
+        .map(|_| {
+            let reader = connect(path, options.durability)?;
+            // A reader must never write, even by mistake.
+            reader.pragma_update(None, "query_only", true)?;
+            Ok(reader)
+        })
+        .collect::<rusqlite::Result<Vec<_>>>()
         .map_err(sql_error)?;
-    Ok((writer, reader))
+    Ok((writer, readers))
 }
 
-fn connect(path: &Path) -> rusqlite::Result<Connection> {
+fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -90,11 +104,20 @@ fn connect(path: &Path) -> rusqlite::Result<Connection> {
             | OpenFlags::SQLITE_OPEN_NO_MUTEX,
     )?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
-    // In WAL mode NORMAL syncs at checkpoints, not at every commit: a power cut may lose the
-    // last commits but never corrupts the file; a process crash loses nothing.
-    conn.pragma_update(None, "synchronous", "NORMAL")?;
+    conn.pragma_update(None, "synchronous", synchronous(durability))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// `PRAGMA synchronous` for a durability. In WAL mode, FULL fsyncs the WAL at every commit, so
+/// a committed (and so acknowledged) write survives a power cut; NORMAL fsyncs only at
+/// checkpoints: a power cut or OS crash may lose the last commits (never corrupting the file),
+/// a process crash loses nothing. The writer's group commit makes FULL one fsync per batch.
+fn synchronous(durability: Durability) -> &'static str {
+    match durability {
+        Durability::Full => "FULL",
+        Durability::Normal => "NORMAL",
+    }
 }
 
 /// Applies every migration newer than the file's `user_version`, in one transaction that also
@@ -150,19 +173,42 @@ mod tests {
     fn schema_is_applied_once_and_newer_schemas_are_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("a/b/hopper.db");
-        let (w, _r) = open_connections(&path).expect("first open creates the file");
+        let options = SqliteOptions::default();
+        let (w, _r) = open_connections(&path, &options).expect("first open creates the file");
         let version: i64 = w
             .query_row(sql::USER_VERSION, [], |r| r.get(0))
             .expect("user_version");
         assert_eq!(version, to_i64(MIGRATIONS.len()));
         drop(w);
-        open_connections(&path).expect("reopen applies nothing");
+        open_connections(&path, &options).expect("reopen applies nothing");
 
         let conn = Connection::open(&path).expect("open");
         conn.pragma_update(None, "user_version", 99)
             .expect("set version");
         drop(conn);
-        let err = open_connections(&path).expect_err("a newer schema is refused");
+        let err = open_connections(&path, &options).expect_err("a newer schema is refused");
         assert!(matches!(err, BrokerError::Config(_)), "got {err:?}");
+    }
+
+    /// `[broker] durability` reaches every connection: `PRAGMA synchronous` reads 2 (FULL)
+    /// or 1 (NORMAL) on the writer's and on each reader's.
+    #[test]
+    fn durability_sets_synchronous_on_every_connection() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (durability, expected) in [(Durability::Full, 2), (Durability::Normal, 1)] {
+            let options = SqliteOptions {
+                durability,
+                ..SqliteOptions::default()
+            };
+            let path = dir.path().join(format!("{durability:?}.db"));
+            let (w, readers) = open_connections(&path, &options).expect("open");
+            assert_eq!(readers.len(), options.readers);
+            for (i, conn) in std::iter::once(&w).chain(&readers).enumerate() {
+                let got: i64 = conn
+                    .query_row("PRAGMA synchronous", [], |r| r.get(0))
+                    .expect("synchronous");
+                assert_eq!(got, expected, "{durability:?}: connection {i}");
+            }
+        }
     }
 }

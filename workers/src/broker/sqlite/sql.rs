@@ -58,9 +58,12 @@ pub const INSERT_JOB: &str = "INSERT INTO jobs \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
 
 /// Due scheduled and retrying jobs become queued, keeping their due time as `run_at` so they
-/// line up as if queued then.
+/// line up as if queued then; at most `?3` of them, earliest due first (a walk of `jobs_due`),
+/// so that one fetch does bounded work however many jobs fell due at once.
 pub const PROMOTE_DUE: &str = "UPDATE jobs SET state = 'queued' \
-    WHERE queue = ?1 AND state IN ('scheduled', 'retrying') AND run_at <= ?2";
+    WHERE seq IN (SELECT seq FROM jobs \
+                  WHERE queue = ?1 AND state IN ('scheduled', 'retrying') AND run_at <= ?2 \
+                  ORDER BY run_at, seq LIMIT ?3)";
 pub const FETCH: &str = concat!(
     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
      lease_until = ?3, started_at = COALESCE(started_at, ?4) \

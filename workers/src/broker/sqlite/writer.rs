@@ -7,6 +7,7 @@
 //! that was lost. It knows nothing of jobs: what a command does is the closure it carries.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 
 use rusqlite::Connection;
@@ -111,11 +112,13 @@ impl BatchFailure {
     }
 }
 
-/// The writer thread: runs until every `SqliteBroker` handle is dropped.
+/// The writer thread: runs until every `SqliteBroker` handle is dropped. Counts each batch it
+/// commits in `commits` (under `synchronous = FULL`, one fsync each).
 pub(super) fn run_writer(
     conn: Connection,
     clock: Arc<dyn Clock>,
     rx: mpsc::Receiver<Box<dyn WriteOp>>,
+    commits: &AtomicU64,
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
@@ -125,7 +128,9 @@ pub(super) fn run_writer(
                 Err(_) => break,
             }
         }
-        run_batch(&conn, clock.as_ref(), &mut batch);
+        if run_batch(&conn, clock.as_ref(), &mut batch) {
+            commits.fetch_add(1, Ordering::Relaxed);
+        }
         for op in batch {
             op.answer();
         }
@@ -133,15 +138,18 @@ pub(super) fn run_writer(
 }
 
 /// Runs a batch in one transaction; when the transaction as a whole fails, every command of
-/// the batch is told so (even one that ran: its work was rolled back with the rest).
-fn run_batch(conn: &Connection, clock: &dyn Clock, batch: &mut [Box<dyn WriteOp>]) {
-    if let Err(why) = try_batch(conn, clock, batch) {
-        rollback(conn);
-        tracing::warn!(error = %why, commands = batch.len(), "sqlite write batch failed");
-        for op in batch.iter_mut() {
-            op.fail(&why);
-        }
+/// the batch is told so (even one that ran: its work was rolled back with the rest). True
+/// when the batch committed.
+fn run_batch(conn: &Connection, clock: &dyn Clock, batch: &mut [Box<dyn WriteOp>]) -> bool {
+    let Err(why) = try_batch(conn, clock, batch) else {
+        return true;
+    };
+    rollback(conn);
+    tracing::warn!(error = %why, commands = batch.len(), "sqlite write batch failed");
+    for op in batch.iter_mut() {
+        op.fail(&why);
     }
+    false
 }
 
 /// The transaction of [`run_batch`], each command in its own savepoint.
