@@ -383,6 +383,21 @@ pub struct Job {
 }
 
 impl Job {
+    /// The job as a lease starts its next attempt at `now`: running, attempt + 1, a new lease
+    /// token, the lease running until `lease_until`, progress cleared, `started_at` set on its
+    /// first start only. This is the rule every broker stores (SQLite's fetch statement,
+    /// Redis' fetch.lua); a broker that reads a job back as it was before its lease applies
+    /// it here, with the time its store used.
+    pub fn begin_attempt(&mut self, now: Timestamp, lease_until: Timestamp) {
+        self.state = JobState::Running;
+        self.attempt += 1;
+        self.lease_token += 1;
+        self.lease_until = Some(lease_until);
+        self.started_at.get_or_insert(now);
+        self.progress = 0;
+        self.progress_message = None;
+    }
+
     /// The lease of the current attempt.
     pub fn lease(&self) -> Lease {
         Lease {

@@ -109,8 +109,8 @@ fn job_from_pairs(items: &[Value], id: &str, queue: &str) -> BrokerResult<Job> {
     decode(&m, id, queue)
 }
 
-/// A job leased by fetch.lua: its hash as a flat field/value array, the fields the lease
-/// wrote after the ones they replace, then its id.
+/// A job leased by fetch.lua: its hash as a flat field/value array as it was before the
+/// lease, then its id.
 pub(super) fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
     let Value::Array(f) = v else {
         return Err(corrupt(format!("expected a fetched job, got {v:?}")));

@@ -166,8 +166,22 @@ pub(super) async fn fetch(
         .arg(queue)
         .ignore();
     let (reply,): (Vec<Value>,) = broker.query_pipe(&pipe).await?;
-    // fetch.lua computes the lease and answers each job as it now stands.
-    reply.iter().map(|v| job_from_fetch(v, queue)).collect()
+    // fetch.lua answers the time it ran at and the deadline it wrote, then each job as it was
+    // before the lease; the lease is applied as it was stored.
+    let [now, deadline, jobs @ ..] = reply.as_slice() else {
+        return Err(corrupt("fetch.lua answered without its time"));
+    };
+    let (now, deadline) = (
+        Timestamp::from_millis(int(now)?),
+        Timestamp::from_millis(int(deadline)?),
+    );
+    jobs.iter()
+        .map(|v| {
+            let mut job = job_from_fetch(v, queue)?;
+            job.begin_attempt(now, deadline);
+            Ok(job)
+        })
+        .collect()
 }
 
 pub(super) async fn wait_for_work(
