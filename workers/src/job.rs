@@ -256,17 +256,17 @@ impl NewJob {
     /// chain (it runs when the step before it succeeds), `scheduled` when `run_at` is in the
     /// future, else `queued` (a run time in the past is simply now: it does not jump the
     /// line). This is the one statement of that rule; brokers store what it returns.
-    pub fn stored(&self, now: Timestamp) -> Job {
+    pub fn stored(self, now: Timestamp) -> Job {
         let (state, run_at) = match self.run_at {
             _ if self.chain.as_ref().is_some_and(|c| c.index > 0) => (JobState::Waiting, now),
             Some(at) if at > now => (JobState::Scheduled, at),
             _ => (JobState::Queued, now),
         };
         Job {
-            id: self.id.clone(),
-            queue: self.queue.clone(),
-            kind: self.kind.clone(),
-            payload: self.payload.clone(),
+            id: self.id,
+            queue: self.queue,
+            kind: self.kind,
+            payload: self.payload,
             priority: self.priority,
             state,
             run_at,
@@ -280,12 +280,12 @@ impl NewJob {
             progress_message: None,
             result: None,
             last_error: None,
-            unique_key: self.unique_key.clone(),
+            unique_key: self.unique_key,
             lease_until: None,
             created_at: now,
             started_at: None,
             finished_at: None,
-            chain: self.chain.clone(),
+            chain: self.chain,
         }
     }
 

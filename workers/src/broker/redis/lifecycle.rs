@@ -97,7 +97,7 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
         broker.unindex(&stale_index).await?;
     }
     let mut out = Vec::with_capacity(jobs.len());
-    for (new, answer) in jobs.iter().zip(answered) {
+    for (new, answer) in jobs.into_iter().zip(answered) {
         let (id, created, now) = answer.ok_or_else(|| corrupt("enqueue.lua skipped a job"))?;
         let job = if created {
             new.stored(now)
