@@ -94,7 +94,7 @@ pub struct Report {
 }
 
 /// Percentiles and maximum of the pickup latency, in milliseconds.
-#[derive(Clone, Debug, Default, Serialize)]
+#[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct PickupLatency {
     /// Half of the jobs started within this.
     pub p50_ms: Option<f64>,

@@ -41,7 +41,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::files::{FilesDir, check_relative, io_error};
+use crate::files::{FilesDir, check_relative, io_error, safe_name};
 use crate::payload::one_or_many;
 use crate::{JobsConfig, JobsError};
 
@@ -405,16 +405,7 @@ impl Kind for SendEmail {
 async fn write_outbox(dir: &Path, job_id: &str, bytes: &[u8]) -> Result<PathBuf, JobError> {
     let io = |e: std::io::Error| io_error("outbox", &e);
     tokio::fs::create_dir_all(dir).await.map_err(io)?;
-    let name: String = job_id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let name = safe_name(job_id);
     let path = dir.join(format!("{name}.eml"));
     let tmp = dir.join(format!(".{name}.eml.tmp"));
     tokio::fs::write(&tmp, bytes).await.map_err(io)?;

@@ -2,7 +2,8 @@
 //! job reads or writes outside it. This module owns that rule, checked twice: lexically when
 //! a payload is validated (no absolute path, no `..`), and against the real file system when
 //! a job runs (canonical paths, so a symlink cannot lead out). It also sorts I/O errors into
-//! retryable and permanent ones. It does not decide file names: each kind does.
+//! retryable and permanent ones. It does not decide file names (each kind does), only the
+//! alphabet a job id is reduced to when a name is made of it ([`safe_name`]).
 
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -176,6 +177,20 @@ pub(crate) fn io_error(what: &str, e: &io::Error) -> JobError {
         | AlreadyExists => JobError::permanent(message),
         _ => JobError::retryable(message),
     }
+}
+
+/// `s` with every character but ASCII letters, digits and `-` replaced by `_`: a job id (a
+/// UUID, but a job is data) made safe to use in a file or directory name.
+pub(crate) fn safe_name(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -47,7 +47,7 @@ use serde_json::{Value, json};
 
 use crate::JobsConfig;
 use crate::decode::decode_limited;
-use crate::files::{FilesDir, check_relative, io_error};
+use crate::files::{FilesDir, check_relative, io_error, safe_name};
 use crate::http::{self, HttpClient, parse_url};
 
 /// At most this many outputs per job.
@@ -198,16 +198,7 @@ fn stem(source: &str) -> String {
 /// A job id as one path component: ids are UUIDs, but a job is data, so anything else is
 /// reduced to the same safe alphabet rather than trusted.
 fn path_safe(id: &str) -> String {
-    let clean: String = id
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let clean = safe_name(id);
     if clean.is_empty() {
         "job".to_owned()
     } else {

@@ -6,7 +6,7 @@ use std::time::{Duration, SystemTime};
 use filetime::FileTime;
 use serde_json::json;
 
-use crate::common::{self, bad_field, is_permanent, ok, run};
+use crate::common::{self, is_permanent, ok, run};
 
 fn age(path: &Path, days: u64) {
     let t = FileTime::from_system_time(SystemTime::now() - Duration::from_secs(days * 86_400));
@@ -96,36 +96,15 @@ async fn refuses_dirs_outside_the_files_dir() {
     assert!(is_permanent(&ran.result), "{:?}", ran.result);
     assert!(outside.join("victim.tmp").exists());
 
-    assert_eq!(
-        bad_field(
-            &registry,
-            "cleanup.purge",
-            json!({"dir": "../", "older_than": "1d"})
-        ),
-        "payload.dir"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            "cleanup.purge",
-            json!({"dir": "/tmp", "older_than": "1d"})
-        ),
-        "payload.dir"
-    );
-    assert_eq!(
-        bad_field(&registry, "cleanup.purge", json!({"older_than": "soon"})),
-        "payload.older_than"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            "cleanup.purge",
-            json!({"older_than": "1d", "glob": "a[" })
-        ),
-        "payload.glob"
-    );
-    assert_eq!(
-        bad_field(&registry, "cleanup.purge", json!({"glob": "*"})),
-        "payload"
+    common::assert_refused(
+        &registry,
+        "cleanup.purge",
+        vec![
+            (json!({"dir": "../", "older_than": "1d"}), "payload.dir"),
+            (json!({"dir": "/tmp", "older_than": "1d"}), "payload.dir"),
+            (json!({"older_than": "soon"}), "payload.older_than"),
+            (json!({"older_than": "1d", "glob": "a[" }), "payload.glob"),
+            (json!({"glob": "*"}), "payload"),
+        ],
     );
 }

@@ -109,6 +109,32 @@ pub fn bad_field(registry: &Registry, kind: &str, payload: Value) -> String {
         .field
 }
 
+/// Asserts that `validate` accepts `payload`.
+pub fn assert_valid(registry: &Registry, kind: &str, payload: &Value) {
+    let answer = validate(registry, kind, payload);
+    assert!(answer.is_ok(), "{kind}: {payload} refused: {answer:?}");
+}
+
+/// Asserts that `validate` refuses each payload of `cases`, naming the field given with it.
+pub fn assert_refused<F: AsRef<str>>(registry: &Registry, kind: &str, cases: Vec<(Value, F)>) {
+    for (payload, field) in cases {
+        let what = payload.to_string();
+        assert_eq!(
+            bad_field(registry, kind, payload),
+            field.as_ref(),
+            "{kind}: {what}"
+        );
+    }
+}
+
+/// Every kind registered with [`config`] over a fresh temporary directory, and the directory
+/// (removed when the guard drops).
+pub fn temp_registry() -> (tempfile::TempDir, Registry) {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = registry(&config(tmp.path()));
+    (tmp, registry)
+}
+
 pub fn ok(ran: Ran) -> Value {
     match ran.result {
         Ok(v) => v,

@@ -11,6 +11,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use hopper_jobs::{EtlToken, JobsConfig};
+use hopper_workers::Registry;
 use serde_json::{Value, json};
 
 use crate::common::{self, bad_field, error_message, is_permanent, ok, run};
@@ -94,6 +95,14 @@ async fn loopback_is_refused_unless_allowed() {
     assert!(error_message(&ran.result).contains("169.254.169.254"));
 }
 
+/// Runs `image.resize` on the picture at `url`, asserts the run failed for good, and answers
+/// its error message.
+async fn resize_refused(registry: &Registry, url: &str) -> String {
+    let ran = run(registry, "image.resize", resize(url)).await;
+    assert!(is_permanent(&ran.result), "{url}: {:?}", ran.result);
+    error_message(&ran.result)
+}
+
 #[tokio::test]
 async fn a_name_resolving_to_loopback_is_refused() {
     let (base, hits) = counting_peer("127.0.0.1").await;
@@ -102,14 +111,7 @@ async fn a_name_resolving_to_loopback_is_refused() {
     // Allowing 127.0.0.1 allows that address whatever name leads to it; without it, the
     // name `localhost` is checked after resolution like any other.
     let registry = common::registry(&no_allow_list(tmp.path()));
-    let ran = run(
-        &registry,
-        "image.resize",
-        resize(&format!("http://localhost:{port}/cat.jpg")),
-    )
-    .await;
-    assert!(is_permanent(&ran.result), "{:?}", ran.result);
-    let message = error_message(&ran.result);
+    let message = resize_refused(&registry, &format!("http://localhost:{port}/cat.jpg")).await;
     assert!(message.contains("localhost"), "names the host: {message}");
     assert_eq!(hits.load(Ordering::SeqCst), 0, "no request was sent");
 
@@ -170,14 +172,7 @@ async fn redirects_are_checked_on_every_hop() {
         ("to-metadata", "169.254.169.254"),
         ("to-file", "file"),
     ] {
-        let ran = run(
-            &registry,
-            "image.resize",
-            resize(&format!("{redirector}/{path}")),
-        )
-        .await;
-        assert!(is_permanent(&ran.result), "{path}: {:?}", ran.result);
-        let message = error_message(&ran.result);
+        let message = resize_refused(&registry, &format!("{redirector}/{path}")).await;
         assert!(message.contains(host), "{path}: names {host}: {message}");
     }
     assert_eq!(other_hits.load(Ordering::SeqCst), 0, "127.0.0.2 reached");

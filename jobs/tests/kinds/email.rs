@@ -7,7 +7,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 
-use crate::common::{self, bad_field, is_permanent, is_retryable, ok, run};
+use crate::common::{self, is_permanent, is_retryable, ok, run};
 
 /// One message as the server received it.
 struct Received {
@@ -186,17 +186,18 @@ async fn sends_multipart_with_attachments_and_chain_input() {
     assert!(!String::from_utf8_lossy(&got.data).contains("d@example.com"));
 }
 
+/// Sends a one-line mail to `to` through the SMTP server on `port`, with a config of its own.
+async fn send_to(port: u16, to: &str) -> common::Ran {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = common::registry(&smtp_config(tmp.path(), port));
+    let payload = json!({"to": to, "subject": "x", "text": "x"});
+    run(&registry, "email.send", payload).await
+}
+
 #[tokio::test]
 async fn refused_recipient_is_permanent() {
     let (port, _inbox) = smtp_server().await;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let registry = common::registry(&smtp_config(tmp.path(), port));
-    let ran = run(
-        &registry,
-        "email.send",
-        json!({"to": "refused@example.com", "subject": "x", "text": "x"}),
-    )
-    .await;
+    let ran = send_to(port, "refused@example.com").await;
     assert!(is_permanent(&ran.result), "{:?}", ran.result);
 }
 
@@ -206,14 +207,7 @@ async fn server_down_is_retryable() {
         let l = TcpListener::bind("127.0.0.1:0").await.expect("bind");
         l.local_addr().expect("addr").port()
     };
-    let tmp = tempfile::tempdir().expect("tmp");
-    let registry = common::registry(&smtp_config(tmp.path(), port));
-    let ran = run(
-        &registry,
-        "email.send",
-        json!({"to": "a@example.com", "subject": "x", "text": "x"}),
-    )
-    .await;
+    let ran = send_to(port, "a@example.com").await;
     assert!(is_retryable(&ran.result), "{:?}", ran.result);
 }
 
@@ -239,8 +233,7 @@ async fn without_smtp_writes_the_outbox() {
 
 #[tokio::test]
 async fn validate_names_the_field() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let registry = common::registry(&common::config(tmp.path()));
+    let (_tmp, registry) = common::temp_registry();
     let base = json!({"to": "a@example.com", "subject": "s", "text": "t"});
     assert!(common::validate(&registry, "email.send", &base).is_ok());
     let with = |k: &str, v: serde_json::Value| {
@@ -248,32 +241,18 @@ async fn validate_names_the_field() {
         p[k] = v;
         p
     };
-    assert_eq!(
-        bad_field(&registry, "email.send", with("to", json!("nope"))),
-        "payload.to[0]"
-    );
-    assert_eq!(
-        bad_field(&registry, "email.send", with("cc", json!(["a@b.c", "x"]))),
-        "payload.cc[1]"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            "email.send",
-            with("attachments", json!([{"path": "../etc/passwd"}]))
-        ),
-        "payload.attachments[0].path"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            "email.send",
-            json!({"to": "a@b.c", "subject": "s"})
-        ),
-        "payload.text"
-    );
-    assert_eq!(
-        bad_field(&registry, "email.send", with("subject", json!(3))),
-        "payload.subject"
+    common::assert_refused(
+        &registry,
+        "email.send",
+        vec![
+            (with("to", json!("nope")), "payload.to[0]"),
+            (with("cc", json!(["a@b.c", "x"])), "payload.cc[1]"),
+            (
+                with("attachments", json!([{"path": "../etc/passwd"}])),
+                "payload.attachments[0].path",
+            ),
+            (json!({"to": "a@b.c", "subject": "s"}), "payload.text"),
+            (with("subject", json!(3)), "payload.subject"),
+        ],
     );
 }

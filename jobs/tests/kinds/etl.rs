@@ -14,7 +14,7 @@ use axum::routing::get;
 use hopper_jobs::{EtlToken, JobsConfig};
 use serde_json::{Value, json};
 
-use crate::common::{self, bad_field, is_permanent, ok, run};
+use crate::common::{self, is_permanent, ok, run};
 
 const PAGES: u32 = 5;
 const PER_PAGE: u32 = 10;
@@ -232,61 +232,29 @@ async fn validate_names_the_field() {
     let k = "etl.sync";
     let good = payload(base, "sqlite:etl/a.db", "orders");
     assert!(common::validate(&registry, k, &good).is_ok());
-    let with = |f: &dyn Fn(&mut Value)| {
+    // The good payload with the value at the dotted `path` replaced.
+    let with = |path: &str, value: Value| {
         let mut p = good.clone();
-        f(&mut p);
+        let mut at = &mut p;
+        for key in path.split('.') {
+            at = &mut at[key];
+        }
+        *at = value;
         p
     };
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            with(&|p| p["source"]["token"] = json!("unknown"))
-        ),
-        "payload.source.token"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            with(&|p| p["source"]["url"] = json!("ftp://x"))
-        ),
-        "payload.source.url"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            with(&|p| p["target"]["database"] = json!("nowhere"))
-        ),
-        "payload.target.database"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            with(&|p| p["target"]["database"] = json!("sqlite:../a.db"))
-        ),
-        "payload.target.database"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            with(&|p| p["target"]["table"] = json!("a; drop"))
-        ),
-        "payload.target.table"
-    );
-    assert_eq!(
-        bad_field(&registry, k, with(&|p| p["target"]["key"] = json!("nope"))),
-        "payload.target.key"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            with(&|p| p["target"]["types"]["id"] = json!("decimal"))
-        ),
-        "payload.target.types.id"
-    );
+    // Each bad value, put in its place of the good payload: the field named is that place.
+    let refused = [
+        ("source.token", json!("unknown")),
+        ("source.url", json!("ftp://x")),
+        ("target.database", json!("nowhere")),
+        ("target.database", json!("sqlite:../a.db")),
+        ("target.table", json!("a; drop")),
+        ("target.key", json!("nope")),
+        ("target.types.id", json!("decimal")),
+    ];
+    let cases = refused
+        .into_iter()
+        .map(|(path, value)| (with(path, value), format!("payload.{path}")))
+        .collect();
+    common::assert_refused(&registry, k, cases);
 }

@@ -3,11 +3,12 @@
 use std::io::Cursor;
 use std::time::Instant;
 
+use hopper_jobs::JobsConfig;
 use image::codecs::jpeg::JpegEncoder;
 use image::{ImageBuffer, ImageEncoder, Rgb};
 use serde_json::json;
 
-use crate::common::{self, bad_field, is_permanent, ok, run};
+use crate::common::{self, is_permanent, ok, run};
 
 /// A 4000x3000 JPEG with enough detail to be a fair decode and resize workload.
 fn photo_jpeg(w: u32, h: u32) -> Vec<u8> {
@@ -56,16 +57,18 @@ fn png_claiming(w: u32, h: u32) -> Vec<u8> {
     out
 }
 
-#[tokio::test]
-async fn resizes_a_photo_to_three_sizes() {
+/// A config over a fresh temporary directory (the guard) whose `uploads/name` holds `bytes`.
+fn with_upload(name: &str, bytes: &[u8]) -> (tempfile::TempDir, JobsConfig) {
     let tmp = tempfile::tempdir().expect("tmp");
     let config = common::config(tmp.path());
     std::fs::create_dir_all(config.files.dir.join("uploads")).expect("mkdir");
-    std::fs::write(
-        config.files.dir.join("uploads/photo.jpg"),
-        photo_jpeg(4000, 3000),
-    )
-    .expect("write");
+    std::fs::write(config.files.dir.join("uploads").join(name), bytes).expect("write");
+    (tmp, config)
+}
+
+#[tokio::test]
+async fn resizes_a_photo_to_three_sizes() {
+    let (_tmp, config) = with_upload("photo.jpg", &photo_jpeg(4000, 3000));
     let registry = common::registry(&config);
     let ran = run(
         &registry,
@@ -111,14 +114,7 @@ async fn resizes_a_photo_to_three_sizes() {
 /// paths differ, and each file is the one its job wrote (its byte count, its quality).
 #[tokio::test]
 async fn concurrent_jobs_do_not_overwrite_each_other() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let config = common::config(tmp.path());
-    std::fs::create_dir_all(config.files.dir.join("uploads")).expect("mkdir");
-    std::fs::write(
-        config.files.dir.join("uploads/big.jpg"),
-        photo_jpeg(800, 600),
-    )
-    .expect("write");
+    let (_tmp, config) = with_upload("big.jpg", &photo_jpeg(800, 600));
     let registry = common::registry(&config);
     let payload = |quality: u8| {
         json!({"source": "uploads/big.jpg", "sizes": [{"width": 400}, {"width": 40, "height": 40, "fit": "cover"}],
@@ -272,68 +268,43 @@ async fn url_sources_and_their_errors() {
 
 #[tokio::test]
 async fn validate_names_the_field() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let registry = common::registry(&common::config(tmp.path()));
+    let (_tmp, registry) = common::temp_registry();
     let k = "image.resize";
-    assert!(
-        common::validate(
-            &registry,
-            k,
-            &json!({"source": "a.jpg", "sizes": [{"width": 10}]})
-        )
-        .is_ok()
+    common::assert_valid(
+        &registry,
+        k,
+        &json!({"source": "a.jpg", "sizes": [{"width": 10}]}),
     );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"source": "a.jpg", "sizes": [{"width": "x"}]})
-        ),
-        "payload.sizes[0].width"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"source": "a.jpg", "sizes": [{"width": 10}, {"width": 0}]})
-        ),
-        "payload.sizes[1].width"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"source": "a.jpg", "sizes": [{"width": 10, "fit": "cover"}]})
-        ),
-        "payload.sizes[0].height"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"source": "/etc/passwd", "sizes": [{"width": 10}]})
-        ),
-        "payload.source"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"source": "a.jpg", "sizes": [{"width": 10}], "quality": 0})
-        ),
-        "payload.quality"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"source": "a.jpg", "sizes": [{"width": 10}], "format": "gif"})
-        ),
-        "payload.format"
-    );
-    assert_eq!(
-        bad_field(&registry, k, json!({"source": "a.jpg", "sizes": []})),
-        "payload.sizes"
+    common::assert_refused(
+        &registry,
+        k,
+        vec![
+            (
+                json!({"source": "a.jpg", "sizes": [{"width": "x"}]}),
+                "payload.sizes[0].width",
+            ),
+            (
+                json!({"source": "a.jpg", "sizes": [{"width": 10}, {"width": 0}]}),
+                "payload.sizes[1].width",
+            ),
+            (
+                json!({"source": "a.jpg", "sizes": [{"width": 10, "fit": "cover"}]}),
+                "payload.sizes[0].height",
+            ),
+            (
+                json!({"source": "/etc/passwd", "sizes": [{"width": 10}]}),
+                "payload.source",
+            ),
+            (
+                json!({"source": "a.jpg", "sizes": [{"width": 10}], "quality": 0}),
+                "payload.quality",
+            ),
+            (
+                json!({"source": "a.jpg", "sizes": [{"width": 10}], "format": "gif"}),
+                "payload.format",
+            ),
+            (json!({"source": "a.jpg", "sizes": []}), "payload.sizes"),
+        ],
     );
 }
 

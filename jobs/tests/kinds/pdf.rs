@@ -7,7 +7,7 @@ use std::time::Instant;
 use hopper_jobs::pdf::{FIRST_PAGE_ROWS, ROWS_PER_PAGE};
 use serde_json::{Value, json};
 
-use crate::common::{self, bad_field, is_permanent, ok, run};
+use crate::common::{self, is_permanent, ok, run};
 
 fn rows(n: usize) -> Vec<Value> {
     (1..=n)
@@ -136,52 +136,35 @@ async fn rows_from_an_etl_sqlite_table() {
 
 #[tokio::test]
 async fn validate_names_the_field() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let registry = common::registry(&common::config(tmp.path()));
+    let (_tmp, registry) = common::temp_registry();
     let k = "pdf.report";
-    assert!(
-        common::validate(
-            &registry,
-            k,
-            &json!({"title": "t", "columns": ["a"], "rows": [[1]]})
-        )
-        .is_ok()
+    common::assert_valid(
+        &registry,
+        k,
+        &json!({"title": "t", "columns": ["a"], "rows": [[1]]}),
     );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"title": "", "columns": ["a"], "rows": []})
-        ),
-        "payload.title"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"title": "t", "columns": [], "rows": []})
-        ),
-        "payload.columns"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"title": "t", "columns": ["a"], "rows": [1]})
-        ),
-        "payload.rows[0]"
-    );
-    assert_eq!(
-        bad_field(
-            &registry,
-            k,
-            json!({"title": "t", "columns": ["a"], "rows": [], "output": "../x.pdf"})
-        ),
-        "payload.output"
-    );
-    assert_eq!(
-        bad_field(&registry, k, json!({"title": "t", "columns": ["a"]})),
-        "payload.rows"
+    common::assert_refused(
+        &registry,
+        k,
+        vec![
+            (
+                json!({"title": "", "columns": ["a"], "rows": []}),
+                "payload.title",
+            ),
+            (
+                json!({"title": "t", "columns": [], "rows": []}),
+                "payload.columns",
+            ),
+            (
+                json!({"title": "t", "columns": ["a"], "rows": [1]}),
+                "payload.rows[0]",
+            ),
+            (
+                json!({"title": "t", "columns": ["a"], "rows": [], "output": "../x.pdf"}),
+                "payload.output",
+            ),
+            (json!({"title": "t", "columns": ["a"]}), "payload.rows"),
+        ],
     );
 }
 
@@ -190,8 +173,7 @@ async fn validate_names_the_field() {
 #[tokio::test]
 #[ignore = "a measurement, not a check"]
 async fn pdf_throughput() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let registry = common::registry(&common::config(tmp.path()));
+    let (_tmp, registry) = common::temp_registry();
     let payload = json!({"title": "Bench €", "columns": ["id", "client", "montant €", "note"], "rows": rows(5000)});
     let started = Instant::now();
     let result = ok(run(&registry, "pdf.report", payload).await);

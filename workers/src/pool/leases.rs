@@ -15,14 +15,9 @@ pub(super) async fn heartbeat(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut tick = ticker(every);
     tick.tick().await;
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    while ticked(&mut tick, &stop).await {
         let leases = handle.leases();
         if leases.is_empty() {
             continue;
@@ -92,13 +87,8 @@ pub(super) async fn rescue(
     every: Duration,
     stop: CancellationToken,
 ) {
-    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            () = stop.cancelled() => break,
-            _ = tick.tick() => {}
-        }
+    let mut tick = ticker(every);
+    while ticked(&mut tick, &stop).await {
         match broker.rescue(max_interruptions).await {
             Ok(ids) if !ids.is_empty() => {
                 info!(jobs = ids.len(), "rescued jobs whose lease expired");
@@ -106,5 +96,21 @@ pub(super) async fn rescue(
             Ok(_) => {}
             Err(e) => debug!(error = %e, "rescue failed"),
         }
+    }
+}
+
+/// The timer of a periodic task: every `every` (at least every 10 ms), its first tick at once;
+/// a tick missed while the task was busy is taken late, not made up in a burst.
+fn ticker(every: Duration) -> tokio::time::Interval {
+    let mut tick = tokio::time::interval(every.max(Duration::from_millis(10)));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    tick
+}
+
+/// Waits for the next tick: `true` when it came, `false` once `stop` is cancelled first.
+async fn ticked(tick: &mut tokio::time::Interval, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        () = stop.cancelled() => false,
+        _ = tick.tick() => true,
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::support::{bury, enqueue_chain, filter, pass_on, release};
 use super::{ManualClock, enqueue, fetch_expect, fetch_one, finish, get, job, last_event, ok};
 use crate::broker::{Broker, JobFilter, Outcome};
 use crate::clock::Clock;
@@ -39,6 +40,14 @@ async fn all_jobs(b: &Arc<dyn Broker>) -> Vec<JobId> {
     .collect()
 }
 
+/// Purges every job in `state` that finished before now (no batch limit to speak of); answers
+/// how many went.
+async fn purge_now(b: &Arc<dyn Broker>, clock: &ManualClock, state: JobState) -> u64 {
+    b.purge(&[state], clock.now(), 1_000_000)
+        .await
+        .expect("purge")
+}
+
 /// Purge never deletes a chain step while a later step of its chain exists: a dead later step
 /// retried after retention ran still finds its predecessor's result (and a step cancelled
 /// before it ever got one is queued with it), instead of waiting forever for a step that is
@@ -47,44 +56,15 @@ pub async fn purge_keeps_a_chain_step_while_a_later_step_exists(
     b: Arc<dyn Broker>,
     clock: Arc<ManualClock>,
 ) {
-    let steps = link_chain(vec![
-        job("test.a").queue("chain"),
-        job("test.b").queue("chain"),
-        job("test.c").queue("chain"),
-    ]);
-    let ids: Vec<JobId> = steps.iter().map(|s| s.id.clone()).collect();
-    b.enqueue(steps).await.expect("enqueue chain");
+    let ids = enqueue_chain(&b, "chain", 3).await;
     let first = fetch_expect(&b, "chain", &ids[0]).await;
-    finish(
-        &b,
-        first.lease(),
-        Outcome::Succeeded {
-            result: json!({"n": 1}),
-        },
-    )
-    .await
-    .expect("finish first");
-    let second = fetch_expect(&b, "chain", &ids[1]).await;
-    finish(
-        &b,
-        second.lease(),
-        Outcome::Dead {
-            error: "boom".into(),
-        },
-    )
-    .await
-    .expect("finish second dead");
+    let second = pass_on(&b, "chain", &first, json!({"n": 1}), &ids[1]).await;
+    bury(&b, &second, "boom").await;
     clock.advance(1_000);
-    let purged = b
-        .purge(&[JobState::Succeeded], clock.now(), 1_000_000)
-        .await
-        .expect("purge succeeded");
+    let purged = purge_now(&b, &clock, JobState::Succeeded).await;
     assert_eq!(purged, 0, "the first step is kept while later steps exist");
     assert_eq!(get(&b, &ids[0]).await.state, JobState::Succeeded);
-    let purged = b
-        .purge(&[JobState::Dead], clock.now(), 1_000_000)
-        .await
-        .expect("purge dead");
+    let purged = purge_now(&b, &clock, JobState::Dead).await;
     assert_eq!(
         purged, 0,
         "the dead step is kept while the cancelled one exists"
@@ -94,17 +74,10 @@ pub async fn purge_keeps_a_chain_step_while_a_later_step_exists(
     assert_eq!(retried.state, JobState::Queued, "its predecessor succeeded");
     let second = fetch_expect(&b, "chain", &ids[1]).await;
     assert_eq!(second.payload["input"], json!({"n": 1}));
-    finish(&b, second.lease(), ok())
-        .await
-        .expect("finish second");
-    let third = fetch_expect(&b, "chain", &ids[2]).await;
-    assert_eq!(third.payload["input"], json!({"ok": true}));
+    let third = pass_on(&b, "chain", &second, json!({"ok": true}), &ids[2]).await;
     finish(&b, third.lease(), ok()).await.expect("finish third");
     clock.advance(1_000);
-    let purged = b
-        .purge(&[JobState::Succeeded], clock.now(), 1_000_000)
-        .await
-        .expect("purge the chain");
+    let purged = purge_now(&b, &clock, JobState::Succeeded).await;
     assert_eq!(purged, 3, "a chain due for purging goes whole");
     for id in &ids {
         assert_eq!(b.get(id).await.expect("get"), None);
@@ -120,10 +93,7 @@ pub async fn purge_keeps_a_chain_step_while_a_later_step_exists(
         .await
         .expect("finish x");
     clock.advance(1_000);
-    let purged = b
-        .purge(&[JobState::Succeeded], clock.now(), 1_000_000)
-        .await
-        .expect("purge");
+    let purged = purge_now(&b, &clock, JobState::Succeeded).await;
     assert_eq!(purged, 0);
     assert_eq!(b.retry(&y).await.expect("retry y").state, JobState::Queued);
     let jy = fetch_expect(&b, "c2", &y).await;
@@ -233,15 +203,7 @@ pub async fn started_at_is_the_first_start(b: Arc<dyn Broker>, clock: Arc<Manual
     b.rescue(10).await.expect("rescue");
     let j = fetch_expect(&b, "default", &id).await;
     assert_eq!(j.started_at, Some(first), "after an expired lease");
-    finish(
-        &b,
-        j.lease(),
-        Outcome::Dead {
-            error: "boom".into(),
-        },
-    )
-    .await
-    .expect("finish dead");
+    bury(&b, &j, "boom").await;
     b.retry(&id).await.expect("retry");
     clock.advance(1_000);
     let j = fetch_expect(&b, "default", &id).await;
@@ -279,55 +241,18 @@ pub async fn garbage_cursors_and_filter_names_are_refused(
     }
     let long_kind = "k".repeat(129);
     let refused: [(&str, JobFilter); 5] = [
-        (
-            "queue",
-            JobFilter {
-                queue: Some("{".into()),
-                ..JobFilter::default()
-            },
-        ),
-        (
-            "queue",
-            JobFilter {
-                queue: Some(String::new()),
-                ..JobFilter::default()
-            },
-        ),
-        (
-            "queue",
-            JobFilter {
-                queue: Some("a b".into()),
-                kind: Some("test.g".into()),
-                ..JobFilter::default()
-            },
-        ),
-        (
-            "kind",
-            JobFilter {
-                kind: Some(String::new()),
-                ..JobFilter::default()
-            },
-        ),
-        (
-            "kind",
-            JobFilter {
-                queue: Some("a".into()),
-                kind: Some(long_kind),
-                ..JobFilter::default()
-            },
-        ),
+        ("queue", filter(Some("{"), None, 0)),
+        ("queue", filter(Some(""), None, 0)),
+        ("queue", filter(Some("a b"), Some("test.g"), 0)),
+        ("kind", filter(None, Some(""), 0)),
+        ("kind", filter(Some("a"), Some(&long_kind), 0)),
     ];
     for (field, filter) in refused {
         let what = format!("{filter:?}");
         assert_invalid(b.list(&filter).await, field, &what);
     }
     let none = b
-        .list(&JobFilter {
-            queue: Some("nowhere".into()),
-            kind: Some("{".into()),
-            limit: 10,
-            ..JobFilter::default()
-        })
+        .list(&filter(Some("nowhere"), Some("{"), 10))
         .await
         .expect("a valid name with no jobs");
     assert!(none.jobs.is_empty() && none.next_cursor.is_none());
@@ -348,15 +273,7 @@ pub async fn released_job_is_recorded_as_released(b: Arc<dyn Broker>, clock: Arc
     clock.advance(PAST_LEASE);
     b.rescue(10).await.expect("rescue");
     let j = fetch_expect(&b, "default", &id).await;
-    finish(
-        &b,
-        j.lease(),
-        Outcome::Released {
-            reason: "shutting down".into(),
-        },
-    )
-    .await
-    .expect("release");
+    release(&b, &j).await;
     let e = last_event(&b, &id).await;
     assert_eq!(e.kind_of_event, EventType::Released);
     assert_eq!(e.message.as_deref(), Some("shutting down"));

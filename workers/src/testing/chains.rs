@@ -5,27 +5,16 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::support::{bury, enqueue_chain, filter, pass_on, succeed_with};
 use super::{LEASE, ManualClock, fetch_expect, fetch_one, finish, get, job, last_event, ok};
-use crate::broker::{Broker, JobFilter, Outcome};
+use crate::broker::Broker;
 use crate::event::EventType;
 use crate::job::{JobId, JobState, NewJob, link_chain};
-
-/// Enqueues a three-step chain on `queue` and returns its step ids.
-async fn enqueue_chain(b: &Arc<dyn Broker>, queue: &str) -> Vec<JobId> {
-    let steps = link_chain(vec![
-        job("test.a").queue(queue),
-        job("test.b").queue(queue),
-        job("test.c").queue(queue),
-    ]);
-    let answers = b.enqueue(steps).await.expect("enqueue chain");
-    assert!(answers.iter().all(|a| a.created));
-    answers.into_iter().map(|a| a.job.id).collect()
-}
 
 /// A chain's later steps wait; each runs after its predecessor succeeds, with the
 /// predecessor's result as `input`, and `chain()` lists the steps in order.
 pub async fn chain_passes_results_in_order(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
-    let ids = enqueue_chain(&b, "chain").await;
+    let ids = enqueue_chain(&b, "chain", 3).await;
     assert_eq!(get(&b, &ids[0]).await.state, JobState::Queued);
     assert_eq!(get(&b, &ids[1]).await.state, JobState::Waiting);
     assert_eq!(get(&b, &ids[2]).await.state, JobState::Waiting);
@@ -41,29 +30,9 @@ pub async fn chain_passes_results_in_order(b: Arc<dyn Broker>, _clock: Arc<Manua
         fetch_one(&b, "chain").await.is_none(),
         "a waiting step is never fetched"
     );
-    finish(
-        &b,
-        first.lease(),
-        Outcome::Succeeded {
-            result: json!({"rows": 3}),
-        },
-    )
-    .await
-    .expect("finish first");
-    let second = fetch_expect(&b, "chain", &ids[1]).await;
-    assert_eq!(second.payload["input"], json!({"rows": 3}));
+    let second = pass_on(&b, "chain", &first, json!({"rows": 3}), &ids[1]).await;
     assert_eq!(get(&b, &ids[2]).await.state, JobState::Waiting);
-    finish(
-        &b,
-        second.lease(),
-        Outcome::Succeeded {
-            result: json!({"path": "r.pdf"}),
-        },
-    )
-    .await
-    .expect("finish second");
-    let third = fetch_expect(&b, "chain", &ids[2]).await;
-    assert_eq!(third.payload["input"], json!({"path": "r.pdf"}));
+    let third = pass_on(&b, "chain", &second, json!({"path": "r.pdf"}), &ids[2]).await;
     let link = third.chain.clone().expect("a chain step knows its chain");
     assert_eq!((link.id, link.index, link.next), (ids[0].clone(), 2, None));
     finish(&b, third.lease(), ok()).await.expect("finish third");
@@ -83,19 +52,11 @@ pub async fn chain_dead_step_cancels_rest_and_retry_resumes(
     b: Arc<dyn Broker>,
     _clock: Arc<ManualClock>,
 ) {
-    let ids = enqueue_chain(&b, "chain").await;
+    let ids = enqueue_chain(&b, "chain", 3).await;
     let first = fetch_expect(&b, "chain", &ids[0]).await;
     finish(&b, first.lease(), ok()).await.expect("finish first");
     let second = fetch_expect(&b, "chain", &ids[1]).await;
-    finish(
-        &b,
-        second.lease(),
-        Outcome::Dead {
-            error: "boom".into(),
-        },
-    )
-    .await
-    .expect("finish dead");
+    bury(&b, &second, "boom").await;
     let third = get(&b, &ids[2]).await;
     assert_eq!(third.state, JobState::Cancelled);
     assert!(
@@ -129,7 +90,7 @@ pub async fn chain_dead_step_cancels_rest_and_retry_resumes(
 
 /// Cancelling a step (running or waiting) cancels the steps after it, not the ones before.
 pub async fn chain_cancel_cancels_rest(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
-    let ids = enqueue_chain(&b, "chain").await;
+    let ids = enqueue_chain(&b, "chain", 3).await;
     let first = fetch_expect(&b, "chain", &ids[0]).await;
     finish(&b, first.lease(), ok()).await.expect("finish first");
     b.cancel(&ids[1]).await.expect("cancel the second step");
@@ -169,11 +130,7 @@ pub async fn chain_replay_with_taken_key_creates_nothing(
     let ids: Vec<JobId> = replay.into_iter().map(|a| a.job.id).collect();
     assert_eq!(ids, first, "the answers name the earlier chain's steps");
     let page = b
-        .list(&JobFilter {
-            queue: Some("chain".into()),
-            limit: 100,
-            ..JobFilter::default()
-        })
+        .list(&filter(Some("chain"), None, 100))
         .await
         .expect("list");
     assert_eq!(page.jobs.len(), 3, "no orphan steps were left waiting");
@@ -185,17 +142,9 @@ pub async fn chain_retry_of_later_step_waits_for_predecessor(
     b: Arc<dyn Broker>,
     _clock: Arc<ManualClock>,
 ) {
-    let ids = enqueue_chain(&b, "chain").await;
+    let ids = enqueue_chain(&b, "chain", 3).await;
     let first = fetch_expect(&b, "chain", &ids[0]).await;
-    finish(
-        &b,
-        first.lease(),
-        Outcome::Dead {
-            error: "boom".into(),
-        },
-    )
-    .await
-    .expect("finish dead");
+    bury(&b, &first, "boom").await;
     assert_eq!(get(&b, &ids[1]).await.state, JobState::Cancelled);
     let retried = b.retry(&ids[1]).await.expect("retry the second step");
     assert_eq!(
@@ -207,31 +156,13 @@ pub async fn chain_retry_of_later_step_waits_for_predecessor(
 
     b.retry(&ids[0]).await.expect("retry the first step");
     let first = fetch_expect(&b, "chain", &ids[0]).await;
-    finish(
-        &b,
-        first.lease(),
-        Outcome::Succeeded {
-            result: json!({"n": 7}),
-        },
-    )
-    .await
-    .expect("finish first");
-    let second = fetch_expect(&b, "chain", &ids[1]).await;
-    assert_eq!(second.payload["input"], json!({"n": 7}));
+    let second = pass_on(&b, "chain", &first, json!({"n": 7}), &ids[1]).await;
     finish(&b, second.lease(), ok())
         .await
         .expect("finish second");
     // Retrying a later step whose predecessor succeeded queues it with that result.
     let third = fetch_expect(&b, "chain", &ids[2]).await;
-    finish(
-        &b,
-        third.lease(),
-        Outcome::Dead {
-            error: "boom".into(),
-        },
-    )
-    .await
-    .expect("finish third dead");
+    bury(&b, &third, "boom").await;
     let again = b.retry(&ids[2]).await.expect("retry the third step");
     assert_eq!(again.state, JobState::Queued);
     let third = fetch_expect(&b, "chain", &ids[2]).await;
@@ -257,15 +188,7 @@ pub async fn chain_counts_waiting_splices_input_and_survives_poison(
 
     let got = b.fetch("c", 10, LEASE).await.expect("fetch");
     assert_eq!(got.len(), 1, "waiting steps are not fetched");
-    finish(
-        &b,
-        got[0].lease(),
-        Outcome::Succeeded {
-            result: json!({"rows": [1, 2]}),
-        },
-    )
-    .await
-    .expect("finish");
+    succeed_with(&b, &got[0], json!({"rows": [1, 2]})).await;
     let second = b.fetch("c", 10, LEASE).await.expect("fetch");
     assert_eq!(
         second[0].payload,
@@ -303,13 +226,7 @@ pub async fn chain_counts_waiting_splices_input_and_survives_poison(
     let counts = b.queues().await.expect("queues")[0].counts.clone();
     assert_eq!((counts.queued, counts.cancelled, counts.waiting), (1, 0, 1));
     let second = b.fetch("c", 10, LEASE).await.expect("fetch");
-    finish(
-        &b,
-        second[0].lease(),
-        Outcome::Succeeded { result: json!(7) },
-    )
-    .await
-    .expect("finish");
+    succeed_with(&b, &second[0], json!(7)).await;
     let third = b.fetch("c", 10, LEASE).await.expect("fetch");
     assert_eq!(third[0].payload, json!({"input": 7, "n": 1}));
 }

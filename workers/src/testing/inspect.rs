@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::support::filter;
 use super::{
     LEASE, ManualClock, RAN_AND_SUCCEEDED, enqueue, enqueue_ids, events_paged, fetch_expect,
     finish, job, list_paged, make_dead, make_succeeded, ms, types,
@@ -95,12 +96,7 @@ pub async fn list_pages_a_batch_across_queues_with_filters(
     assert_eq!(paged, newest_first);
 
     let page = b
-        .list(&JobFilter {
-            queue: Some("odd".into()),
-            kind: Some("late".into()),
-            limit: 10,
-            ..JobFilter::default()
-        })
+        .list(&filter(Some("odd"), Some("late"), 10))
         .await
         .expect("list");
     assert_eq!(

@@ -5,11 +5,12 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::support::retry_at;
 use super::{
     LEASE, ManualClock, assert_conflict, assert_lease_lost, assert_not_found, enqueue, enqueue_ids,
     fetch_expect, fetch_leased, fetch_one, finish, get, history_types, job, last_event, ms, ok,
 };
-use crate::broker::{Broker, LeaseStatus, Outcome};
+use crate::broker::{Broker, LeaseStatus};
 use crate::clock::Clock;
 use crate::event::EventType;
 use crate::job::{JobId, JobState, Lease};
@@ -139,16 +140,7 @@ pub async fn poison_pill_after_max_interruptions(b: Arc<dyn Broker>, clock: Arc<
     interrupt(JobState::Queued).await;
     // An attempt that ends normally (here: a retry) breaks the streak.
     let j = fetch_expect(&b, "default", &id).await;
-    finish(
-        &b,
-        j.lease(),
-        Outcome::Retry {
-            at: clock.now(),
-            error: "flaky".into(),
-        },
-    )
-    .await
-    .expect("retry");
+    retry_at(&b, &j, clock.now()).await;
     assert_eq!(get(&b, &id).await.interruption_streak, 0);
 
     interrupt(JobState::Queued).await;

@@ -42,6 +42,7 @@ mod partition;
 mod payloads;
 mod pool;
 mod promotion;
+mod support;
 
 pub use admin::*;
 pub use agreement::*;

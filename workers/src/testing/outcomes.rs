@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use serde_json::json;
 
+use super::support::{bury, release, retry_at, snooze, succeed_with};
 use super::{
     LEASE, ManualClock, RAN_AND_SUCCEEDED, assert_lease_lost, enqueue, enqueue_ids, fetch_expect,
     fetch_one, finish, get, history_types, job, last_event, ms, ok, types,
@@ -21,15 +22,7 @@ pub async fn finish_succeeded(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let j = fetch_expect(&b, "default", &id).await;
     clock.advance(250);
     let result = json!({"answer": 42});
-    finish(
-        &b,
-        j.lease(),
-        Outcome::Succeeded {
-            result: result.clone(),
-        },
-    )
-    .await
-    .expect("finish");
+    succeed_with(&b, &j, result.clone()).await;
     let done = get(&b, &id).await;
     assert_eq!(done.state, JobState::Succeeded);
     assert_eq!(done.result, Some(result.clone()));
@@ -51,16 +44,7 @@ pub async fn finish_retry_then_dead(b: Arc<dyn Broker>, clock: Arc<ManualClock>)
     let id = enqueue(&b, job("test.retry")).await;
     let first = fetch_expect(&b, "default", &id).await;
     let at = clock.now() + ms(5_000);
-    finish(
-        &b,
-        first.lease(),
-        Outcome::Retry {
-            at,
-            error: "flaky".into(),
-        },
-    )
-    .await
-    .expect("finish retry");
+    retry_at(&b, &first, at).await;
     let j = get(&b, &id).await;
     assert_eq!(j.state, JobState::Retrying);
     assert_eq!(j.run_at, at);
@@ -81,15 +65,7 @@ pub async fn finish_retry_then_dead(b: Arc<dyn Broker>, clock: Arc<ManualClock>)
         "first attempt's lease",
     );
 
-    finish(
-        &b,
-        second.lease(),
-        Outcome::Dead {
-            error: "fatal".into(),
-        },
-    )
-    .await
-    .expect("finish dead");
+    bury(&b, &second, "fatal").await;
     let j = get(&b, &id).await;
     assert_eq!(j.state, JobState::Dead);
     assert_eq!(j.attempt, 2);
@@ -107,9 +83,7 @@ pub async fn finish_snooze(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.snooze")).await;
     let j = fetch_expect(&b, "default", &id).await;
     let at = clock.now() + ms(1_000);
-    finish(&b, j.lease(), Outcome::Snooze { at, reason: None })
-        .await
-        .expect("finish snooze");
+    snooze(&b, &j, at, None).await;
     let s = get(&b, &id).await;
     assert_eq!(s.state, JobState::Scheduled);
     assert_eq!(s.run_at, at);
@@ -131,41 +105,14 @@ pub async fn finish_snooze(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
 pub async fn finish_snooze_records_its_reason(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.snooze").max_retries(3)).await;
     let j = fetch_expect(&b, "default", &id).await;
-    finish(
-        &b,
-        j.lease(),
-        Outcome::Retry {
-            at: clock.now(),
-            error: "flaky".into(),
-        },
-    )
-    .await
-    .expect("finish retry");
+    retry_at(&b, &j, clock.now()).await;
     let j = fetch_expect(&b, "default", &id).await;
-    finish(
-        &b,
-        j.lease(),
-        Outcome::Snooze {
-            at: clock.now(),
-            reason: None,
-        },
-    )
-    .await
-    .expect("finish snooze without a reason");
+    snooze(&b, &j, clock.now(), None).await;
     assert_eq!(get(&b, &id).await.last_error.as_deref(), Some("flaky"));
 
     let j = fetch_expect(&b, "default", &id).await;
     let at = clock.now() + ms(5_000);
-    finish(
-        &b,
-        j.lease(),
-        Outcome::Snooze {
-            at,
-            reason: Some("no worker serves kind test.snooze".into()),
-        },
-    )
-    .await
-    .expect("finish snooze with a reason");
+    snooze(&b, &j, at, Some("no worker serves kind test.snooze")).await;
     let s = get(&b, &id).await;
     assert_eq!(s.state, JobState::Scheduled);
     assert_eq!(s.run_at, at);
@@ -181,15 +128,7 @@ pub async fn finish_snooze_records_its_reason(b: Arc<dyn Broker>, clock: Arc<Man
 pub async fn finish_released(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.release")).await;
     let j = fetch_expect(&b, "default", &id).await;
-    finish(
-        &b,
-        j.lease(),
-        Outcome::Released {
-            reason: "shutting down".into(),
-        },
-    )
-    .await
-    .expect("finish released");
+    release(&b, &j).await;
     let r = get(&b, &id).await;
     assert_eq!(r.state, JobState::Queued);
     assert_eq!(r.attempt, 0);

@@ -99,13 +99,8 @@ impl Broker for Partitioned {
         self.reach().await?.heartbeat(leases, lease).await
     }
 
-    async fn progress(
-        &self,
-        lease: &Lease,
-        percent: u8,
-        message: Option<String>,
-    ) -> BrokerResult<()> {
-        self.reach().await?.progress(lease, percent, message).await
+    async fn progress(&self, lease: &Lease, percent: u8, note: Option<String>) -> BrokerResult<()> {
+        self.reach().await?.progress(lease, percent, note).await
     }
 
     async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {

@@ -8,8 +8,9 @@ use std::sync::Arc;
 
 use serde_json::{Value, json};
 
-use super::{ManualClock, fetch_expect, finish, get};
-use crate::broker::{Broker, Outcome};
+use super::support::{bury, succeed_with};
+use super::{ManualClock, fetch_expect, get};
+use crate::broker::Broker;
 use crate::job::{Job, JobId, JobState, NewJob, link_chain};
 
 /// Every value a lossy JSON round-trip damages, nested once.
@@ -77,12 +78,6 @@ async fn enqueue_pair(b: &Arc<dyn Broker>, queue: &str) -> Vec<JobId> {
     answers.into_iter().map(|a| a.job.id).collect()
 }
 
-async fn succeed_with(b: &Arc<dyn Broker>, j: &Job, result: Value) {
-    finish(b, j.lease(), Outcome::Succeeded { result })
-        .await
-        .expect("finish succeeded");
-}
-
 /// A plain job's payload and result come back byte for byte (as JSON text), from `get`,
 /// from a fetch, and from the `job.succeeded` event.
 pub async fn payloads_and_results_round_trip_exactly(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
@@ -120,15 +115,7 @@ pub async fn chain_payloads_stay_exact_through_promote_and_retry(
     let second = fetch_expect(&b, "pc", &ids[1]).await;
     assert_payload(&b, &second, &expected, "the promoted step").await;
 
-    finish(
-        &b,
-        second.lease(),
-        Outcome::Dead {
-            error: "boom".into(),
-        },
-    )
-    .await
-    .expect("finish dead");
+    bury(&b, &second, "boom").await;
     let retried = b.retry(&ids[1]).await.expect("retry the dead step");
     assert_eq!(retried.state, JobState::Queued);
     assert_eq!(text(&retried.payload), text(&expected), "retry answers it");
@@ -136,15 +123,7 @@ pub async fn chain_payloads_stay_exact_through_promote_and_retry(
     assert_payload(&b, &second, &expected, "the retried step").await;
 
     // Dead again, then every dead job retried at once: the same path in bulk.
-    finish(
-        &b,
-        second.lease(),
-        Outcome::Dead {
-            error: "boom".into(),
-        },
-    )
-    .await
-    .expect("finish dead");
+    bury(&b, &second, "boom").await;
     assert_eq!(b.retry_all_dead(Some("pc")).await.expect("retry all"), 1);
     let second = fetch_expect(&b, "pc", &ids[1]).await;
     assert_payload(&b, &second, &expected, "the step retried in bulk").await;

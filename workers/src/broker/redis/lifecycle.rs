@@ -229,8 +229,8 @@ pub(super) async fn heartbeat(
     leases: &[Lease],
     lease: Duration,
 ) -> BrokerResult<Vec<LeaseStatus>> {
-    let now = broker.now_arg();
     let lease_ms = duration_ms(lease);
+    let now = broker.now_arg();
     let queues: Vec<&str> = leases.iter().map(|l| l.queue.as_str()).collect();
     let codes = per_lease(broker, &queues, |q, idx| {
         let mut cmd = broker.eval(&SCRIPTS.heartbeat, q);

@@ -166,20 +166,20 @@ fn entry<'a>(stats: &'a mut Vec<QueueStats>, queue: &str) -> &'a mut QueueStats 
     &mut stats[i]
 }
 
+/// The rowid an event id this broker issued stands for (never negative).
+fn event_rowid(id: &str) -> Result<i64, FieldError> {
+    id.parse::<i64>()
+        .ok()
+        .filter(|a| *a >= 0)
+        .ok_or_else(|| FieldError::new("since", "not an event id this broker issued"))
+}
+
 pub(super) async fn events(
     broker: &SqliteBroker,
     after: Option<&str>,
     limit: usize,
 ) -> BrokerResult<Vec<Event>> {
-    let after = match after {
-        // An event id is a rowid, never negative.
-        Some(a) => a
-            .parse::<i64>()
-            .ok()
-            .filter(|a| *a >= 0)
-            .ok_or_else(|| FieldError::new("since", "not an event id this broker issued"))?,
-        None => 0,
-    };
+    let after = after.map(event_rowid).transpose()?.unwrap_or(0);
     if limit == 0 {
         return Ok(Vec::new());
     }
