@@ -7,7 +7,8 @@
 -- ARGV[2]  event stream cap
 -- ARGV[3]  n, the number of jobs (at most 500); then 10 values per job:
 --          id, kind, head ("<priority>|<max_retries>|<timeout_ms or ''>|": the job's field
---          `d` up to its creation time, see common.lua), priority, run_at ('' or past = now),
+--          `d` up to its creation time, see common.lua), priority, delay (ms until the job may
+--          run, as the caller's clock reckoned it from its `run_at`; '' or <= 0 = now),
 --          unique_key ('' = none), chain_id ('' = not a chain step), chain_index, chain_next
 --          ('' = none), payload JSON
 -- Returns  a flat array, two entries per job in order: the id (the existing job's id when
@@ -66,12 +67,14 @@ for i = 0, n - 1 do
   else
     -- A run time in the past is simply now: it does not jump the line.
     local at, state = now, 'queued'
-    local run_at = ARGV[b + 4]
+    -- A delay, not a time: counted from this script's clock (Redis'), so a caller whose
+    -- clock is off does not shift the job by its error.
+    local delay = tonumber(ARGV[b + 4]) or 0
     if chain_id ~= '' and chain_index > 0 then
       -- A later chain step runs when the step before it succeeds, not at a time.
       state = 'waiting'
-    elseif run_at ~= '' and tonumber(run_at) > now then
-      at = tonumber(run_at)
+    elseif delay > 0 then
+      at = now + delay
       state = 'scheduled'
     end
     taken_ids[id] = true

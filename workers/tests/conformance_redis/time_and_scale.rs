@@ -121,6 +121,52 @@ async fn leases_and_due_times_follow_redis_time_not_the_node_clock() {
     }
 }
 
+/// A delay asked of a node whose clock runs 20 s fast (or slow) is a delay on Redis' clock:
+/// a job delayed by 1 s is due about 1 s later, not 21 s later (nor at once).
+#[tokio::test]
+async fn a_delay_from_a_skewed_node_counts_on_redis_time() {
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let fast: Arc<dyn Clock> = Arc::new(SkewedClock { offset_ms: 20_000 });
+    let slow: Arc<dyn Clock> = Arc::new(SkewedClock { offset_ms: -20_000 });
+    let fast_node = connect(&prefix, fast.clone()).await;
+    let slow_node = connect(&prefix, slow.clone()).await;
+    let lease = Duration::from_secs(10);
+
+    let later = job("d").queue("skew-delay").run_at(fast.now() + ms(1_000));
+    fast_node.enqueue(vec![later]).await.expect("enqueue");
+    let early = job("e")
+        .queue("skew-delay-slow")
+        .run_at(slow.now() + ms(3_000));
+    slow_node.enqueue(vec![early]).await.expect("enqueue");
+    assert!(
+        slow_node
+            .fetch("skew-delay-slow", 1, lease)
+            .await
+            .expect("fetch")
+            .is_empty(),
+        "a job delayed by 3 s on a slow node ran at once"
+    );
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if !slow_node
+            .fetch("skew-delay", 1, lease)
+            .await
+            .expect("fetch")
+            .is_empty()
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a job delayed by 1 s on a fast node was not due 15 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Rescue looks only at queues that may hold running jobs: a queue whose jobs all finished
 /// leaves the index of leased queues at the next rescue (so a node's once-a-second rescue does
 /// not grow with every queue ever used), and a queue that leases a job again is back in it, its

@@ -49,6 +49,8 @@ const PROMOTE_LIMIT: usize = 1000;
 
 pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
     let now_arg = broker.now_arg();
+    // Run times go to the script as delays from this node's now (see `job_args`).
+    let local_now = broker.clock.now();
     let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
     let calls = group(&queues, ENQUEUE_CHUNK);
     let mut names: Vec<&str> = calls.iter().map(|(q, _)| *q).collect();
@@ -66,7 +68,7 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
         cmd.arg(&now_arg).arg(broker.event_cap).arg(chunk.len());
         for &i in chunk {
             index.arg(jobs[i].id.as_str()).arg(*queue);
-            job_args(&mut cmd, &jobs[i])?;
+            job_args(&mut cmd, &jobs[i], local_now)?;
         }
         pipe.add_command(index).ignore();
         pipe.add_command(cmd);
@@ -114,7 +116,11 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
 
 /// Adds one job's ARGV for enqueue.lua: id, kind, the head of its packed fields, priority,
 /// run_at, unique key, chain links and payload.
-fn job_args(cmd: &mut Cmd, j: &NewJob) -> BrokerResult<()> {
+///
+/// A `run_at` goes as the delay from `local_now`, this node's clock, which the script adds
+/// to its own (Redis') now: a node whose clock is off delays the job by what it was asked,
+/// not by what it was asked plus its error.
+fn job_args(cmd: &mut Cmd, j: &NewJob, local_now: Timestamp) -> BrokerResult<()> {
     // The job's packed field `d` up to its creation time, which the script adds (see
     // common.lua): the time is Redis'.
     let head = format!(
@@ -130,7 +136,7 @@ fn job_args(cmd: &mut Cmd, j: &NewJob) -> BrokerResult<()> {
         .arg(j.priority)
         .arg(
             j.run_at
-                .map(|t| t.as_millis().to_string())
+                .map(|t| (t.as_millis() - local_now.as_millis()).to_string())
                 .unwrap_or_default(),
         )
         .arg(j.unique_key.as_deref().unwrap_or(""));
