@@ -15,6 +15,8 @@ mod e2e_input;
 /// Priorities, delays, retries with backoff, dead jobs and retrying them, chains, schedules
 /// across processes, retention.
 mod e2e_lifecycle;
+/// Queue controls: pause, resume and retry-dead over HTTP and the CLI, across processes.
+mod e2e_queues;
 /// The Redis broker: three nodes through a SIGKILL and a SIGSTOP past the lease, a Redis
 /// restart under load, the README tour with `HOPPER_BROKER`, and a TLS broker.
 mod e2e_redis;

@@ -11,6 +11,7 @@
 
 pub mod error;
 mod jobs;
+mod queues;
 #[cfg(test)]
 mod tests;
 
@@ -94,6 +95,9 @@ pub fn router(state: AppState) -> Router {
         .route("/jobs/{id}/retry", post(jobs::retry))
         .route("/jobs/{id}/cancel", post(jobs::cancel))
         .route("/queues", get(jobs::queues))
+        .route("/queues/{name}/pause", post(queues::pause))
+        .route("/queues/{name}/resume", post(queues::resume))
+        .route("/queues/{name}/retry-dead", post(queues::retry_dead))
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)

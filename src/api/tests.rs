@@ -91,6 +91,12 @@ impl Broker for Unreachable {
     async fn retry_all_dead(&self, _: Option<&str>) -> BrokerResult<u64> {
         self.down()
     }
+    async fn pause(&self, _: &str) -> BrokerResult<()> {
+        self.down()
+    }
+    async fn resume(&self, _: &str) -> BrokerResult<()> {
+        self.down()
+    }
     async fn rescue(&self, _: u32) -> BrokerResult<Vec<JobId>> {
         self.down()
     }

@@ -155,7 +155,9 @@ pub(super) async fn run(
         Command::Serve { .. }
         | Command::Worker { .. }
         | Command::Bench(_)
-        | Command::CheckConfig { .. } => Ok(()),
+        | Command::CheckConfig { .. }
+        | Command::Pause { .. }
+        | Command::Resume { .. } => Ok(()),
     }
 }
 

@@ -11,6 +11,7 @@
 
 mod enqueue;
 mod inspect;
+mod queue_ctl;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -104,6 +105,16 @@ pub enum Command {
         #[arg(required = true, value_name = "ID")]
         ids: Vec<String>,
     },
+    /// Pause a queue on every node: its jobs wait (new ones are still accepted) until resumed.
+    Pause {
+        #[arg(value_name = "QUEUE")]
+        queue: String,
+    },
+    /// Resume a paused queue: its jobs run again.
+    Resume {
+        #[arg(value_name = "QUEUE")]
+        queue: String,
+    },
     /// Check a config file (default: the one `--config` or the search path picks).
     CheckConfig { path: Option<PathBuf> },
     /// Measure throughput (drain) or pickup latency on a broker.
@@ -187,6 +198,12 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(args) => crate::bench::run(args, &config.check(&origin)?, on_signal()).await,
         Command::CheckConfig { .. } => Ok(()),
+        command @ (Command::Pause { .. } | Command::Resume { .. }) => {
+            let settings = config.check(&origin)?;
+            inspect::refuse_missing_database(&settings.config.broker.url, &origin)?;
+            let broker = app::open_broker(&settings.config, clock::system()).await?;
+            queue_ctl::run(command, &settings, broker).await
+        }
         command => {
             let settings = config.check(&origin)?;
             if !matches!(command, Command::Enqueue(_)) {

@@ -132,7 +132,9 @@ pub struct QueueConfig {
     /// At most this many of its jobs run at once per process. Default: no limit of its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
-    /// A paused queue accepts jobs but runs none. Default `false`.
+    /// A paused queue accepts jobs but runs none, in the processes that read this config.
+    /// Default `false`. `hopper pause QUEUE` (or `POST /v1/queues/{name}/pause`) pauses it
+    /// in the broker instead, for every node; a queue is paused when either says so.
     pub paused: bool,
 }
 

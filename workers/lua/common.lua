@@ -31,6 +31,7 @@
 --   counts     hash state -> number of jobs
 --   events     stream of events (see "Events" below), trimmed to about ARGV cap entries
 --   signal     list of wake-up tokens, BLPOPed by idle workers
+--   paused     string, present while an operator has paused the queue (fetch leases nothing)
 --   unique     hash unique_key -> id
 --   seq        counter, enqueue order
 --   stat:ok:<second>, stat:fail:<second>   per-second counters, expire after 120 s

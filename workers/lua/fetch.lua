@@ -10,6 +10,9 @@
 -- ARGV[4]  event stream cap
 -- ARGV[5]  at most this many due jobs are promoted per call (bounds the work per call; the
 --          rest are promoted by the next fetches)
+-- A paused queue (its `paused` key set, see common.lua) has its due jobs promoted but leases
+-- none: the answer is the time and deadline alone.
+--
 -- Returns  an array: the time this call ran at (ms) and the lease deadline it wrote, then one
 --          entry per leased job: the job's hash as a flat field/value array as HGETALL read
 --          it before the lease, followed by its id as its last (odd) element. The caller
@@ -44,6 +47,11 @@ end
 
 -- The time and deadline first; the jobs from index 3.
 local out = { now_s, deadline }
+-- A paused queue leases nothing. Its due jobs were promoted above all the same, so that they
+-- wait as `queued` and a worker's wait_for_work does not keep finding them due.
+if redis.call('EXISTS', K .. 'paused') == 1 then
+  return out
+end
 if max > 500 then
   max = 500
 end

@@ -529,3 +529,64 @@ async fn drain_throughput() {
     );
     b.drop_queue("bench").await.expect("drop");
 }
+
+/// A pause is stored in Redis, in the queue's hash tag: another node's broker handle (a new
+/// connection under the same prefix) leases nothing from the paused queue at once, sees it
+/// paused, and its worker blocked on the queue is woken by the resume.
+#[tokio::test]
+async fn pause_is_honoured_by_another_node_and_resume_wakes_it() {
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let one: Arc<dyn Broker> = Arc::new(connect(&prefix, hopper_workers::clock::system()).await);
+    let two: Arc<dyn Broker> = Arc::new(connect(&prefix, hopper_workers::clock::system()).await);
+    one.pause("held").await.expect("pause");
+    assert_eq!(
+        redis::cmd("EXISTS")
+            .arg(format!("{{{prefix}:held}}:paused"))
+            .query::<i64>(&mut raw_conn())
+            .expect("exists"),
+        1,
+        "the pause is a key in the queue's slot"
+    );
+    one.enqueue(vec![NewJob::new("test.held", json!({})).queue("held")])
+        .await
+        .expect("enqueue");
+    assert!(
+        two.fetch("held", 10, ms(30_000))
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    let stats = two.queues().await.expect("queues");
+    assert!(stats.iter().any(|s| s.queue == "held" && s.paused));
+
+    let waiter = {
+        let two = two.clone();
+        tokio::spawn(async move {
+            let began = Instant::now();
+            two.wait_for_work(&["held".to_owned()], Duration::from_secs(30))
+                .await
+                .expect("wait");
+            began.elapsed()
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    one.resume("held").await.expect("resume");
+    let waited = tokio::time::timeout(Duration::from_secs(60), waiter)
+        .await
+        .expect("the waiter returns")
+        .expect("the waiter did not panic");
+    assert!(
+        waited < Duration::from_secs(30),
+        "woken by the resume, not the timeout"
+    );
+    assert_eq!(
+        two.fetch("held", 10, ms(30_000))
+            .await
+            .expect("fetch")
+            .len(),
+        1
+    );
+}

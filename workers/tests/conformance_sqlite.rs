@@ -206,3 +206,46 @@ async fn a_failed_command_rolls_back_alone() {
         "test.a"
     );
 }
+
+/// A pause is stored in the file: another instance on it (as another process would) leases
+/// nothing from the paused queue at once, and a broker opened afterwards still sees it.
+#[tokio::test]
+async fn pause_is_honoured_by_another_instance_and_survives_reopening() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("hopper.db");
+    let one = SqliteBroker::open(&path, clock::system())
+        .await
+        .expect("open one");
+    let two = SqliteBroker::open(&path, clock::system())
+        .await
+        .expect("open two");
+    one.pause("held").await.expect("pause");
+    one.enqueue(vec![NewJob::new("test.held", json!({})).queue("held")])
+        .await
+        .expect("enqueue");
+    assert!(
+        two.fetch("held", 10, std::time::Duration::from_secs(30))
+            .await
+            .expect("fetch")
+            .is_empty()
+    );
+    drop(one);
+    drop(two);
+    let three = SqliteBroker::open(&path, clock::system())
+        .await
+        .expect("reopen");
+    let stats = three.queues().await.expect("queues");
+    assert!(
+        stats.iter().any(|s| s.queue == "held" && s.paused),
+        "{stats:?}"
+    );
+    three.resume("held").await.expect("resume");
+    assert_eq!(
+        three
+            .fetch("held", 10, std::time::Duration::from_secs(30))
+            .await
+            .expect("fetch")
+            .len(),
+        1
+    );
+}

@@ -16,7 +16,8 @@ macro_rules! delegate_broker {
         cancel: $cancel:ident, retry: $retry:ident, retry_all_dead: $retry_all_dead:ident,
         rescue: $rescue:ident, get: $get:ident, history: $history:ident, list: $list:ident,
         queues: $queues:ident, events: $events:ident, purge: $purge:ident,
-        drop_queue: $drop_queue:ident, ping: $ping:ident $(,)?
+        drop_queue: $drop_queue:ident, ping: $ping:ident, pause: $pause:ident,
+        resume: $resume:ident $(,)?
     ) => {
         // An anonymous constant, so that the names the signatures use are imported here and
         // nowhere else in the invoking module.
@@ -88,6 +89,14 @@ macro_rules! delegate_broker {
 
                 async fn retry_all_dead(&self, queue: Option<&str>) -> BrokerResult<u64> {
                     $retry_all_dead::retry_all_dead(self, queue).await
+                }
+
+                async fn pause(&self, queue: &str) -> BrokerResult<()> {
+                    $pause::pause(self, queue).await
+                }
+
+                async fn resume(&self, queue: &str) -> BrokerResult<()> {
+                    $resume::resume(self, queue).await
                 }
 
                 async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {

@@ -317,6 +317,19 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Retries every dead job (of one queue, or of all); returns how many.
     async fn retry_all_dead(&self, queue: Option<&str>) -> BrokerResult<u64>;
 
+    /// Pauses `queue`, for every node sharing this broker: from the next [`Broker::fetch`]
+    /// on, no fetch leases its jobs (it answers none), while it still accepts new ones and
+    /// its running jobs finish. The check is the broker's, in the fetch itself, so a pause
+    /// is honoured at once by every node, not when each node next reads its settings.
+    /// Idempotent; the pause is stored and outlives every process. [`Broker::queues`] lists
+    /// a paused queue, with `paused` set, even before it holds a job. A queue name no job
+    /// can have is [`BrokerError::Invalid`] naming `queue`.
+    async fn pause(&self, queue: &str) -> BrokerResult<()>;
+
+    /// Lifts [`Broker::pause`]: the queue's jobs are fetched again, and waiting workers are
+    /// woken. Idempotent; resuming a queue that is not paused does nothing.
+    async fn resume(&self, queue: &str) -> BrokerResult<()>;
+
     /// Returns running jobs whose lease expired to `queued` (an interruption, not a failed
     /// attempt; `job.interrupted`), or to `dead` once a job has been interrupted
     /// `max_interruptions` times in a row. Returns the rescued ids.

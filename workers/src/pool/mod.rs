@@ -15,7 +15,8 @@
 //!   passes without a successful heartbeat (the broker unreachable): by then another node may
 //!   run the job. A rescuer returns expired leases (of any node) to the queue.
 //! - **Batching.** Completions go through one acknowledger task that writes whatever has
-//!   accumulated in one [`Broker::finish`] call; progress reports are coalesced per job.
+//!   accumulated in one [`Broker::finish`] call; progress reports are coalesced per job, at
+//!   most one write per job every 100 ms, and a job's last report is written before its end.
 //! - **Two-phase shutdown.** When `shutdown` fires: stop fetching, let running jobs finish within
 //!   `shutdown_grace`, then cancel the rest and release their leases at once (`queued` again,
 //!   the attempt not counted) so another node picks them up without waiting for the lease.
@@ -44,7 +45,7 @@ use std::time::Duration;
 
 use futures::FutureExt;
 use serde_json::Value;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
@@ -202,12 +203,14 @@ impl Pool {
 
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
-        service_tasks.spawn(acknowledge(broker.clone(), finish_rx, handle.clone()));
-        service_tasks.spawn(write_progress(
+        let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        service_tasks.spawn(acknowledge(
             broker.clone(),
-            progress_rx,
-            services.clone(),
+            finish_rx,
+            handle.clone(),
+            flush_tx,
         ));
+        service_tasks.spawn(write_progress(broker.clone(), progress_rx, flush_rx));
         service_tasks.spawn(heartbeat(
             broker.clone(),
             handle.clone(),

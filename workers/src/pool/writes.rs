@@ -1,5 +1,13 @@
 //! The acknowledger: completions and progress reports go to the broker in batches, one
 //! call for whatever has accumulated, retried while the broker is unreachable.
+//!
+//! Progress is coalesced: a handler may report as often as it likes (a send on a channel,
+//! never a wait), but each job's reports reach the broker at most once per
+//! [`PROGRESS_EVERY`] (so at most ten `job.progress` events a second per job), each time the
+//! latest one. The last report before a job's state changes is never dropped: before the
+//! acknowledger writes a batch of completions, it asks the progress writer to flush those
+//! jobs' pending reports and waits for it, so the final report lands in the history right
+//! before the job's end, not after it (where the broker would refuse it as a stale lease).
 
 use super::*;
 
@@ -12,6 +20,7 @@ pub(super) async fn acknowledge(
     broker: Arc<dyn Broker>,
     mut rx: mpsc::UnboundedReceiver<Finish>,
     handle: PoolHandle,
+    flush: mpsc::UnboundedSender<Flush>,
 ) {
     const MAX_BATCH: usize = 512;
     while let Some(first) = rx.recv().await {
@@ -21,6 +30,12 @@ pub(super) async fn acknowledge(
                 Ok(f) => batch.push(f),
                 Err(_) => break,
             }
+        }
+        // The jobs' last progress first. A progress writer that is gone has nothing to flush.
+        let (done, flushed) = oneshot::channel();
+        let jobs = batch.iter().map(|f| f.lease.job_id.clone()).collect();
+        if flush.send(Flush { jobs, done }).is_ok() {
+            let _ = flushed.await;
         }
         if !write_completions(&*broker, &batch).await {
             for one in batch.chunks(1) {
@@ -77,30 +92,66 @@ pub(super) async fn write_completions(broker: &dyn Broker, batch: &[Finish]) -> 
     }
 }
 
-/// Writes progress reports, keeping only the latest per job and writing at most ten times a
-/// second, so a chatty handler cannot flood the broker.
+/// How often each job's latest progress report is written, at most.
+pub(super) const PROGRESS_EVERY: Duration = Duration::from_millis(100);
+
+/// The acknowledger's request to write the pending progress of `jobs` now, answered on
+/// `done` once written.
+#[derive(Debug)]
+pub(super) struct Flush {
+    jobs: Vec<JobId>,
+    done: oneshot::Sender<()>,
+}
+
+/// Writes progress reports, keeping only the latest per job and writing each job's at most
+/// once per [`PROGRESS_EVERY`], so a chatty handler cannot flood the broker or the event log;
+/// flushes a job's pending report when the acknowledger is about to end its attempt.
+///
+/// It runs until the acknowledger has gone (the flush channel closed), not until a stop
+/// token: the acknowledger is the last to need it, for the completions it still writes
+/// during shutdown.
 pub(super) async fn write_progress(
     broker: Arc<dyn Broker>,
     mut rx: mpsc::UnboundedReceiver<ProgressUpdate>,
-    stop: CancellationToken,
+    mut flushes: mpsc::UnboundedReceiver<Flush>,
 ) {
     let mut pending: HashMap<JobId, ProgressUpdate> = HashMap::new();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut reports_open = true;
+    let mut tick = tokio::time::interval(PROGRESS_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            () = stop.cancelled() => break,
-            u = rx.recv() => match u {
+            // Flushes first: a completion waits on each.
+            biased;
+            f = flushes.recv() => {
+                let Some(Flush { jobs, done }) = f else { break };
+                // Every report a handler made before returning was sent before its
+                // completion, hence before this flush: take them all in first.
+                while let Ok(u) = rx.try_recv() {
+                    pending.insert(u.lease.job_id.clone(), u);
+                }
+                for id in &jobs {
+                    if let Some(u) = pending.remove(id) {
+                        write_one(&*broker, u).await;
+                    }
+                }
+                let _ = done.send(());
+            }
+            u = rx.recv(), if reports_open => match u {
                 Some(u) => { pending.insert(u.lease.job_id.clone(), u); }
-                None => break,
+                None => reports_open = false,
             },
             _ = tick.tick(), if !pending.is_empty() => {
                 for (_, u) in pending.drain() {
-                    if let Err(e) = broker.progress(&u.lease, u.percent, u.message).await {
-                        debug!(job = %u.lease.job_id, error = %e, "progress not written");
-                    }
+                    write_one(&*broker, u).await;
                 }
             }
         }
+    }
+}
+
+async fn write_one(broker: &dyn Broker, u: ProgressUpdate) {
+    if let Err(e) = broker.progress(&u.lease, u.percent, u.message).await {
+        debug!(job = %u.lease.job_id, error = %e, "progress not written");
     }
 }

@@ -22,7 +22,8 @@
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `promotion`
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
-//! retry, purge, drop), `inspect` (list, queues, events), `agreement` (inputs on which the
+//! retry, purge, drop), `pausing` (pause and resume a queue), `progress` (coalescing, through a
+//! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
 //! wrapper that cuts a pool off from its broker). A case that only one broker can pass does
@@ -39,8 +40,10 @@ mod inspect;
 mod leases;
 mod outcomes;
 mod partition;
+mod pausing;
 mod payloads;
 mod pool;
+mod progress;
 mod promotion;
 mod support;
 
@@ -53,8 +56,10 @@ pub use inspect::*;
 pub use leases::*;
 pub use outcomes::*;
 pub use partition::Partitioned;
+pub use pausing::*;
 pub use payloads::*;
 pub use pool::*;
+pub use progress::*;
 pub use promotion::*;
 
 use std::any::Any;
@@ -200,6 +205,11 @@ macro_rules! conformance_suite {
             pool_runs_a_failing_job_max_retries_plus_one_times,
             pool_stops_a_handler_whose_lease_ran_out_unrenewed,
             pool_snoozes_an_unserved_kind_then_buries_it,
+            // pausing.rs
+            paused_queue_accepts_jobs_but_is_not_fetched,
+            pause_refuses_an_invalid_queue_name,
+            // progress.rs
+            pool_coalesces_progress_and_keeps_the_last_report,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

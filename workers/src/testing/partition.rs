@@ -119,6 +119,14 @@ impl Broker for Partitioned {
         self.reach().await?.retry_all_dead(queue).await
     }
 
+    async fn pause(&self, queue: &str) -> BrokerResult<()> {
+        self.reach().await?.pause(queue).await
+    }
+
+    async fn resume(&self, queue: &str) -> BrokerResult<()> {
+        self.reach().await?.resume(queue).await
+    }
+
     async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {
         self.reach().await?.rescue(max_interruptions).await
     }

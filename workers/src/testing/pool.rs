@@ -116,7 +116,7 @@ fn registry(probe: &Arc<Probe>, kinds: &[(&str, Act)]) -> Arc<Registry> {
 
 /// A pool that notices everything quickly: heartbeats, rescues and idle waits every 50 ms,
 /// retries due at once, a 30 s lease (on the case's clock).
-fn config() -> PoolConfig {
+pub(super) fn config() -> PoolConfig {
     PoolConfig {
         concurrency: 4,
         lease: Duration::from_secs(30),
@@ -135,12 +135,12 @@ fn config() -> PoolConfig {
 }
 
 /// A pool running in its own task until [`Started::stop`].
-struct Started {
+pub(super) struct Started {
     shutdown: CancellationToken,
     task: JoinHandle<BrokerResult<()>>,
 }
 
-fn start(
+pub(super) fn start(
     broker: Arc<dyn Broker>,
     registry: Arc<Registry>,
     config: PoolConfig,
@@ -165,7 +165,7 @@ fn start_plain(
 }
 
 impl Started {
-    async fn stop(self) {
+    pub(super) async fn stop(self) {
         self.shutdown.cancel();
         tokio::time::timeout(PATIENCE, self.task)
             .await
@@ -205,7 +205,7 @@ async fn until(what: &str, mut cond: impl FnMut() -> bool) {
 }
 
 /// Polls the job until `cond` holds; returns it as it then was.
-async fn job_until(
+pub(super) async fn job_until(
     b: &Arc<dyn Broker>,
     id: &JobId,
     what: &str,

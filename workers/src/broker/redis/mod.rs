@@ -19,6 +19,7 @@
 //!   retry, rescue.
 //! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
 //! - `events.rs`: the event streams, event ids, a job's history and the merged log.
+//! - `pausing.rs`: pausing and resuming a queue (its `paused` key; fetch.lua honours it).
 //!
 //! # Chains
 //!
@@ -63,6 +64,7 @@ mod decode;
 mod events;
 mod keys;
 mod lifecycle;
+mod pausing;
 mod read;
 mod scripts;
 
@@ -172,4 +174,5 @@ crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
     progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
     retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
-    queues: read, events: events, purge: read, drop_queue: read, ping: read);
+    queues: read, events: events, purge: read, drop_queue: read, ping: read, pause: pausing,
+    resume: pausing);

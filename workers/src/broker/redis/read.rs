@@ -138,10 +138,11 @@ pub(super) async fn queues(broker: &RedisBroker) -> BrokerResult<Vec<QueueStats>
                 .collect();
             pipe.cmd("MGET").arg(keys);
         }
+        pipe.cmd("EXISTS").arg(format!("{base}paused"));
     }
     let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
     let mut out = Vec::new();
-    for (q, r) in names.iter().zip(replies.chunks_exact(3)) {
+    for (q, r) in names.iter().zip(replies.chunks_exact(4)) {
         let counts_map: HashMap<String, i64> = HashMap::from_redis_value_ref(&r[0])
             .map_err(|e| corrupt(format!("counts of {q}: {e}")))?;
         let mut counts = StateCounts::default();
@@ -150,7 +151,10 @@ pub(super) async fn queues(broker: &RedisBroker) -> BrokerResult<Vec<QueueStats>
                 *counts.get_mut(state) = u64::try_from(n).unwrap_or(0);
             }
         }
-        if JobState::ALL.iter().all(|s| counts.get(*s) == 0) {
+        let paused = int(&r[3])? == 1;
+        // A queue that held jobs once stays in the index; listed are those that hold jobs
+        // now, and paused ones, which an operator wants to see even while empty.
+        if !paused && JobState::ALL.iter().all(|s| counts.get(*s) == 0) {
             continue;
         }
         let sum = |v: &Value| -> BrokerResult<u64> {
@@ -161,7 +165,7 @@ pub(super) async fn queues(broker: &RedisBroker) -> BrokerResult<Vec<QueueStats>
         out.push(QueueStats {
             queue: q.clone(),
             counts,
-            paused: false,
+            paused,
             processed_last_minute: sum(&r[1])?,
             failed_last_minute: sum(&r[2])?,
         });

@@ -158,6 +158,14 @@ pub(super) async fn fetch(
         .write(move |conn, now| {
             conn.prepare_cached(sql::PROMOTE_DUE)?
                 .execute(params![queue, now, MAX_PROMOTE])?;
+            // Due jobs are promoted even in a paused queue, so that they wait as `queued`
+            // and a worker's `wait_for_work` does not keep finding them due.
+            let paused: bool = conn
+                .prepare_cached(sql::IS_PAUSED)?
+                .query_row([&queue], |r| r.get(0))?;
+            if paused {
+                return Ok(Vec::new());
+            }
             let mut jobs = conn
                 .prepare_cached(sql::FETCH)?
                 .query_map(params![queue, max, now + lease, now], |row| {

@@ -60,6 +60,7 @@
 //! - `events`: appending to the event log, inside the write that changed the job.
 //! - `writer`: the writer thread and its batches; `readers`: the pool of read connections;
 //!   `open`: connections, their settings and migrations.
+//! - `pausing`: queues paused and resumed by an operator (fetch checks the pause itself).
 //! - `sql`: the text of every statement; `rows`: decoding rows; `error`: mapping errors.
 
 mod admin;
@@ -68,6 +69,7 @@ mod error;
 mod events;
 mod lifecycle;
 mod open;
+mod pausing;
 mod read;
 mod readers;
 mod rows;
@@ -257,7 +259,7 @@ crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
     progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
-    purge: admin, drop_queue: admin, ping: read);
+    purge: admin, drop_queue: admin, ping: read, pause: pausing, resume: pausing);
 
 #[cfg(test)]
 mod tests {

@@ -40,6 +40,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 3,
         sql: include_str!("../../../migrations/sqlite/0003_unique_per_queue.sql"),
     },
+    Migration {
+        version: 4,
+        sql: include_str!("../../../migrations/sqlite/0004_paused_queues.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a

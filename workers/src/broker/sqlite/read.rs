@@ -127,6 +127,12 @@ pub(super) async fn queues(broker: &SqliteBroker) -> BrokerResult<Vec<QueueStats
                         *entry(&mut stats, &queue).counts.get_mut(st) += to_u64(n);
                     }
                 }
+                let mut paused = tx.prepare_cached(sql::PAUSED_QUEUES)?;
+                let mut rows = paused.query([])?;
+                while let Some(row) = rows.next()? {
+                    let queue: String = row.get(0)?;
+                    entry(&mut stats, &queue).paused = true;
+                }
                 let mut recent = tx.prepare_cached(sql::RECENT_OUTCOMES)?;
                 let mut rows = recent.query([now - RECENT])?;
                 while let Some(row) = rows.next()? {

@@ -213,3 +213,10 @@ pub const CHAIN_RESUME_REST: &str = "UPDATE jobs SET state = 'waiting', finished
     WHERE chain_id = ?1 AND chain_index > ?2 AND state = 'cancelled'";
 
 pub const PING: &str = "SELECT 1";
+
+// Paused queues (`super::pausing`; fetch and queues read them too).
+pub const PAUSE: &str = "INSERT INTO paused_queues (queue, paused_at) VALUES (?1, ?2) \
+    ON CONFLICT (queue) DO NOTHING";
+pub const RESUME: &str = "DELETE FROM paused_queues WHERE queue = ?1";
+pub const IS_PAUSED: &str = "SELECT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1)";
+pub const PAUSED_QUEUES: &str = "SELECT queue FROM paused_queues";

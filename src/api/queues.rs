@@ -1,0 +1,62 @@
+//! The queue controls of the HTTP API: pause, resume and retry every dead job of one queue
+//! (`POST /v1/queues/{name}/pause`, `/resume`, `/retry-dead`).
+//!
+//! A pause is stored in the broker (`Broker::pause`), so every node sharing it stops leasing
+//! the queue's jobs from its next fetch on, and it outlives every process; a paused queue
+//! still accepts jobs. `[[queue]] paused = true` in a node's config stays a pause of its own:
+//! a queue is paused when either says so, and these routes answer what the two add up to.
+//! The listing (`GET /v1/queues`) is `super::jobs`'.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use hopper_workers::job::valid_name;
+use serde_json::{Value, json};
+
+use super::{ApiError, AppState};
+
+/// `POST /v1/queues/{name}/pause`: `{"queue", "paused": true}`.
+pub async fn pause(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check(&name)?;
+    st.broker.pause(&name).await?;
+    tracing::info!(queue = %name, "queue paused");
+    Ok(Json(json!({ "queue": name, "paused": true })))
+}
+
+/// `POST /v1/queues/{name}/resume`: `{"queue", "paused"}`, still `true` when this node's
+/// config pauses the queue.
+pub async fn resume(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check(&name)?;
+    st.broker.resume(&name).await?;
+    tracing::info!(queue = %name, "queue resumed");
+    let paused = st.config.queues.iter().any(|q| q.name == name && q.paused);
+    Ok(Json(json!({ "queue": name, "paused": paused })))
+}
+
+/// `POST /v1/queues/{name}/retry-dead`: `{"queue", "retried": N}`.
+pub async fn retry_dead(
+    State(st): State<AppState>,
+    Path(name): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    check(&name)?;
+    let retried = st.broker.retry_all_dead(Some(&name)).await?;
+    Ok(Json(json!({ "queue": name, "retried": retried })))
+}
+
+/// A queue name no job can have is the client's mistake, named after the path segment.
+fn check(name: &str) -> Result<(), ApiError> {
+    if valid_name(name) {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            "invalid_field",
+            "name",
+            "a queue name is 1 to 64 characters of letters, digits, '-', '_' or '.'",
+        ))
+    }
+}

@@ -1,0 +1,117 @@
+//! The queue controls against the real binary: pause, resume and retry every dead job of a
+//! queue, over HTTP (`POST /v1/queues/{name}/pause|resume|retry-dead`) and from the CLI
+//! (`hopper pause|resume QUEUE`), on one node and across processes sharing one broker.
+//!
+//! "Stays queued" can only be seen by waiting a while and looking: those waits are short and
+//! assert nothing about speed; every wait for something to happen has the fixtures' deadline.
+
+#![allow(clippy::unwrap_used)]
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::util::redis::{RedisKeys, SHARED_URL};
+use crate::util::{Api, Scratch, events, sleep};
+
+/// How long a paused queue is watched for a job that should not start.
+const WATCH: Duration = Duration::from_millis(1500);
+
+/// `paused` of `queue` in `GET /v1/queues`.
+async fn api_paused(api: &Api, queue: &str) -> Value {
+    let q = api.get_json("/v1/queues", &[]).await;
+    q["queues"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|q| q["queue"] == queue)
+        .map_or(Value::Null, |q| q["paused"].clone())
+}
+
+/// Pauses `queue` through `api`, checks its answer, enqueues a job on it and sees it stay
+/// queued for a while; returns the job's id.
+async fn pause_and_hold(api: &Api, queue: &str) -> String {
+    let (status, body) = api.post(&format!("/v1/queues/{queue}/pause")).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"queue": queue, "paused": true}));
+    let mut job = sleep(10);
+    job["queue"] = json!(queue);
+    let id = api.enqueue_ok(job).await;
+    tokio::time::sleep(WATCH).await;
+    let job = api.job(&id).await;
+    assert_eq!(
+        job["state"], "queued",
+        "a paused queue's job waits: {job:#}"
+    );
+    id
+}
+
+/// A pause through the API holds new jobs (which are still accepted) and shows in
+/// `GET /v1/queues` and `hopper queues`; `hopper resume` runs them; retry-dead answers how many
+/// it retried; a bad queue name is a 400 naming `name`.
+#[tokio::test]
+async fn pause_holds_jobs_resume_runs_them_and_retry_dead_counts() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+
+    let id = pause_and_hold(&api, "default").await;
+    assert_eq!(api_paused(&api, "default").await, json!(true));
+    assert_eq!(s.cli_queue("default").unwrap()["paused"], json!(true));
+
+    let out = s.cli_ok(&["resume", "default"]);
+    assert!(out.contains("resumed"), "{out}");
+    api.wait_state(&id, "succeeded").await;
+    assert_eq!(api_paused(&api, "default").await, json!(false));
+
+    let out = s.cli_ok(&["pause", "default"]);
+    assert!(out.contains("paused"), "{out}");
+    assert_eq!(api_paused(&api, "default").await, json!(true));
+    let (status, body) = api.post("/v1/queues/default/resume").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"queue": "default", "paused": false}));
+
+    let dead = api
+        .enqueue_ok(json!({"kind": "sys.fail", "payload": {"times": 1, "permanent": true}}))
+        .await;
+    api.wait_state(&dead, "dead").await;
+    let (status, body) = api.post("/v1/queues/default/retry-dead").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body, json!({"queue": "default", "retried": 1}));
+    // It runs again (and fails again: a retried job starts its attempts over).
+    api.wait_job(&dead, |j| {
+        events(j, "job.started").len() == 2 && j["state"] == "dead"
+    })
+    .await;
+
+    for route in ["pause", "resume", "retry-dead"] {
+        let (status, body) = api.post(&format!("/v1/queues/no%20spaces/{route}")).await;
+        assert_eq!(status, 400, "{route}: {body}");
+        assert_eq!(body["error"]["field"], "name", "{route}: {body}");
+    }
+    let out = s.cli(&["pause", "no spaces"]);
+    assert!(!out.status.success(), "an invalid queue name fails the CLI");
+}
+
+/// Two processes on one broker: an API node (`serve --no-workers`) pauses a queue and a
+/// separate `hopper worker` honours it; resumed through the CLI, the worker runs the job.
+async fn honoured_across_processes(s: &Scratch) {
+    let (_api_d, api) = s.serve(&["--no-workers"]);
+    let _w = s.start(&["worker"]);
+    let id = pause_and_hold(&api, "default").await;
+    s.cli_ok(&["resume", "default"]);
+    api.wait_state(&id, "succeeded").await;
+}
+
+#[tokio::test]
+async fn pause_is_honoured_by_another_process_on_sqlite() {
+    let s = Scratch::with_config("");
+    honoured_across_processes(&s).await;
+}
+
+#[tokio::test]
+async fn pause_is_honoured_by_another_process_on_redis() {
+    let keys = RedisKeys::claim();
+    let s = Scratch::new();
+    s.write_config_with_broker(SHARED_URL, &keys.prefix, "");
+    honoured_across_processes(&s).await;
+}

@@ -1,0 +1,94 @@
+//! Pausing a queue in the broker: a paused queue keeps accepting jobs, but no fetch leases
+//! them (on any node sharing the broker) until it is resumed, and `queues` says it is paused.
+//! The pool's side of a pause (that it idles instead of spinning) is `pool`'s business, and
+//! the `[[queue]] paused` config flag is the shell's.
+
+use std::sync::Arc;
+
+use super::{ManualClock, enqueue, fetch_expect, fetch_one, get, job, ms};
+use crate::broker::Broker;
+use crate::clock::Clock;
+use crate::error::BrokerError;
+use crate::job::JobState;
+
+/// Whether `queues` lists `queue` as paused (`None` when it does not list it).
+async fn paused(b: &Arc<dyn Broker>, queue: &str) -> Option<bool> {
+    b.queues()
+        .await
+        .expect("queues")
+        .into_iter()
+        .find(|s| s.queue == queue)
+        .map(|s| s.paused)
+}
+
+/// A paused queue accepts jobs and leases none of them, due or queued, while other queues
+/// run; resumed, it is fetched from again in the usual order. Pause and resume are
+/// idempotent, and `queues` reports the pause, even for a queue that holds no job yet.
+pub async fn paused_queue_accepts_jobs_but_is_not_fetched(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    b.pause("held").await.expect("pause an empty queue");
+    assert_eq!(
+        paused(&b, "held").await,
+        Some(true),
+        "an empty paused queue is listed"
+    );
+    b.pause("held").await.expect("pausing twice is fine");
+
+    let first = enqueue(&b, job("test.held").queue("held")).await;
+    let later = enqueue(
+        &b,
+        job("test.held")
+            .queue("held")
+            .run_at(clock.now() + ms(1_000)),
+    )
+    .await;
+    let other = enqueue(&b, job("test.free").queue("free")).await;
+    assert_eq!(
+        get(&b, &first).await.state,
+        JobState::Queued,
+        "a paused queue accepts jobs"
+    );
+    assert!(
+        fetch_one(&b, "held").await.is_none(),
+        "a paused queue is not fetched from"
+    );
+    clock.advance(2_000);
+    assert!(
+        fetch_one(&b, "held").await.is_none(),
+        "nor when its scheduled jobs fall due"
+    );
+    fetch_expect(&b, "free", &other).await;
+    assert_eq!(paused(&b, "held").await, Some(true));
+    assert_eq!(paused(&b, "free").await, Some(false));
+    let stats = b.queues().await.expect("queues");
+    let held = stats
+        .iter()
+        .find(|s| s.queue == "held")
+        .expect("held listed");
+    assert_eq!(
+        held.counts.queued + held.counts.scheduled,
+        2,
+        "its jobs wait"
+    );
+
+    b.resume("held").await.expect("resume");
+    b.resume("held").await.expect("resuming twice is fine");
+    assert_eq!(paused(&b, "held").await, Some(false));
+    fetch_expect(&b, "held", &first).await;
+    fetch_expect(&b, "held", &later).await;
+    b.resume("never-paused")
+        .await
+        .expect("resuming a queue never paused is fine");
+}
+
+/// A queue name no job can have is refused, naming `queue`, by pause and resume alike.
+pub async fn pause_refuses_an_invalid_queue_name(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
+    for r in [b.pause("no spaces").await, b.resume("").await] {
+        match r {
+            Err(BrokerError::Invalid(e)) => assert_eq!(e.field, "queue", "{e}"),
+            other => panic!("expected Invalid naming queue, got {other:?}"),
+        }
+    }
+}
