@@ -155,6 +155,7 @@ pub(super) async fn run(
         Command::Serve { .. }
         | Command::Worker { .. }
         | Command::Bench(_)
+        | Command::Tail(_)
         | Command::CheckConfig { .. } => Ok(()),
     }
 }
