@@ -1,5 +1,5 @@
 //! Exit codes of the `hopper` command: 0 ok, 1 failure, 2 bad usage or bad config, 3 not
-//! found. Every command (the CLI's and `hopper bench`) reports through these, so the codes are
+//! found (and 4 for `hopper tail --job` on a cancelled job). Every command (the CLI's and `hopper bench`) reports through these, so the codes are
 //! the same wherever an error comes from.
 
 use hopper_workers::BrokerError;
@@ -15,6 +15,10 @@ pub enum CliError {
     /// Exit 3.
     #[error("{0}")]
     NotFound(String),
+    /// A command that reports an outcome as its exit code: `hopper tail --job` exits 1 when
+    /// the job is dead, 4 when it was cancelled.
+    #[error("{message}")]
+    Ended { message: String, code: u8 },
 }
 
 /// The error and its causes as one line, `outer: inner: innermost`, each cause once: a link
@@ -42,6 +46,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             return match e {
                 CliError::Usage(_) => 2,
                 CliError::NotFound(_) => 3,
+                CliError::Ended { code, .. } => *code,
             };
         }
         if let Some(BrokerError::NotFound(_)) = cause.downcast_ref::<BrokerError>() {

@@ -20,5 +20,8 @@ mod e2e_queues;
 /// The Redis broker: three nodes through a SIGKILL and a SIGSTOP past the lease, a Redis
 /// restart under load, the README tour with `HOPPER_BROKER`, and a TLS broker.
 mod e2e_redis;
+/// `hopper tail`: following the event log of a broker or of a remote node's WebSocket, with
+/// a job's exit code.
+mod e2e_tail;
 /// The newcomer's path: `serve` with no config, enqueue over HTTP, inspect with the CLI.
 mod e2e_tour;

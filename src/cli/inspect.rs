@@ -157,7 +157,8 @@ pub(super) async fn run(
         | Command::Bench(_)
         | Command::CheckConfig { .. }
         | Command::Pause { .. }
-        | Command::Resume { .. } => Ok(()),
+        | Command::Resume { .. }
+        | Command::Tail(_) => Ok(()),
     }
 }
 

@@ -4,14 +4,16 @@
 //! commands (`enqueue`, `queues`, `jobs`, `job`, `retry`, `cancel`) talk to the broker
 //! directly, so they work on a worker node with no API. Results go to stdout (`crate::out`),
 //! logs and errors to stderr. Exit codes: 0 ok, 1 failure, 2 bad usage or bad config, 3 not
-//! found (`crate::exit`).
+//! found, 4 a cancelled job for `tail --job` (`crate::exit`).
 //!
 //! - `enqueue`: `hopper enqueue`, through the same `crate::service` as `POST /v1/jobs`.
 //! - `inspect`: `queues`, `jobs`, `job`, `retry`, `cancel`.
+//! - `tail`: `hopper tail`, following the event stream of the broker or of a remote node.
 
 mod enqueue;
 mod inspect;
 mod queue_ctl;
+mod tail;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -115,6 +117,9 @@ pub enum Command {
         #[arg(value_name = "QUEUE")]
         queue: String,
     },
+    /// Follow the event stream: one line per event, as it happens. With --job, exit with how
+    /// the job ended: 0 succeeded, 1 dead, 4 cancelled.
+    Tail(tail::TailArgs),
     /// Check a config file (default: the one `--config` or the search path picks).
     CheckConfig { path: Option<PathBuf> },
     /// Measure throughput (drain) or pickup latency on a broker.
@@ -203,6 +208,13 @@ pub async fn run(cli: Cli) -> Result<()> {
             inspect::refuse_missing_database(&settings.config.broker.url, &origin)?;
             let broker = app::open_broker(&settings.config, clock::system()).await?;
             queue_ctl::run(command, &settings, broker).await
+        }
+        Command::Tail(args) if args.server.is_some() => tail::run_remote(args).await,
+        Command::Tail(args) => {
+            let settings = config.check(&origin)?;
+            inspect::refuse_missing_database(&settings.config.broker.url, &origin)?;
+            let broker = app::open_broker(&settings.config, clock::system()).await?;
+            tail::run_local(args, broker).await
         }
         command => {
             let settings = config.check(&origin)?;

@@ -7,6 +7,8 @@
 //! - `redis`: the shared Redis with a prefix of a test's own, and `redis-server`s of a test's
 //!   own, plain or TLS.
 //! - `peers`: in-test HTTP and SMTP peers for the jobs to talk to.
+//! - `follow`: a long-running CLI command (`hopper tail`) read line by line ([`Follow`]).
+//! - `ws_peer`: an in-test WebSocket server speaking the `/v1/events` contract.
 //!
 //! The tests say what they check; the set-up and the waiting live here.
 
@@ -14,10 +16,13 @@
 
 mod api;
 mod daemon;
+mod follow;
 pub mod peers;
 pub mod redis;
 pub mod wait;
+pub mod ws_peer;
 
 pub use api::{Api, count, events, ms, noop, sleep, step_ids};
 pub use daemon::{Daemon, Scratch};
+pub use follow::Follow;
 pub use wait::now_ms;

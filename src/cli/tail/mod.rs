@@ -1,0 +1,255 @@
+//! `hopper tail`: follows the event stream in the terminal, one line per event (or one JSON
+//! event per line with `--json`), filtered by job, queue and kind. With `--job` it shows the
+//! job's history, draws a progress bar on a terminal's stderr, and exits with how the job
+//! ended: 0 succeeded, 1 dead, 4 cancelled (3 when there is no such job).
+//!
+//! This file owns the flags, the filter, how an event is shown and how a job's end becomes
+//! an exit code. Where events come from is `local` (the broker the config names, polled
+//! through `Broker::events`, the durable resumable log) or `remote` (a node's
+//! `GET /v1/events` WebSocket, with `--server`). It does not serve the stream: that is
+//! `crate::api`.
+
+mod local;
+mod remote;
+
+use std::io::IsTerminal;
+use std::sync::Arc;
+
+use anyhow::Result;
+use hopper_workers::Broker;
+use hopper_workers::event::{Event, EventType};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use super::CliError;
+use crate::out;
+
+/// `hopper tail` flags.
+#[derive(Debug, clap::Args)]
+pub struct TailArgs {
+    /// Follow one job: show its history, then its events, and exit when it ends (0 succeeded,
+    /// 1 dead, 4 cancelled).
+    #[arg(long, value_name = "ID")]
+    pub job: Option<String>,
+    #[arg(long, value_name = "Q")]
+    pub queue: Option<String>,
+    #[arg(long, value_name = "K")]
+    pub kind: Option<String>,
+    /// Start right after this event id (an event's `id`); default: from now on.
+    #[arg(long, value_name = "CURSOR")]
+    pub since: Option<String>,
+    /// Print each event as one line of JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// Follow a remote node's `/v1/events` WebSocket instead of the configured broker, e.g.
+    /// http://10.0.0.5:8080.
+    #[arg(long, value_name = "URL")]
+    pub server: Option<String>,
+    /// The API token for --server (sent as `Authorization: Bearer`).
+    #[arg(long, value_name = "T", requires = "server", env = "HOPPER_TOKEN")]
+    pub token: Option<String>,
+}
+
+/// Follows the configured broker's event log.
+pub(super) async fn run_local(args: TailArgs, broker: Arc<dyn Broker>) -> Result<()> {
+    local::run(Printer::new(&args), &args, broker).await
+}
+
+/// Follows a remote node's WebSocket (`--server`).
+pub(super) async fn run_remote(args: TailArgs) -> Result<()> {
+    remote::run(Printer::new(&args), &args).await
+}
+
+/// Which events are shown.
+struct Filter {
+    job: Option<String>,
+    queue: Option<String>,
+    kind: Option<String>,
+}
+
+impl From<&TailArgs> for Filter {
+    fn from(args: &TailArgs) -> Self {
+        Self {
+            job: args.job.clone(),
+            queue: args.queue.clone(),
+            kind: args.kind.clone(),
+        }
+    }
+}
+
+impl Filter {
+    fn matches(&self, e: &Event) -> bool {
+        self.job.as_ref().is_none_or(|j| *j == e.job_id.0)
+            && self.queue.as_ref().is_none_or(|q| *q == e.queue)
+            && self.kind.as_ref().is_none_or(|k| *k == e.kind)
+    }
+}
+
+/// Shows events: lines on stdout, and with `--job` on a terminal a progress bar on stderr.
+struct Printer {
+    json: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Printer {
+    fn new(args: &TailArgs) -> Self {
+        let bar = (args.job.is_some() && std::io::stderr().is_terminal()).then(|| {
+            let bar = ProgressBar::new(100);
+            if let Ok(style) =
+                ProgressStyle::with_template("{bar:40.cyan/blue} {pos:>3}% {wide_msg}")
+            {
+                bar.set_style(style);
+            }
+            bar
+        });
+        Self {
+            json: args.json,
+            bar,
+        }
+    }
+
+    /// Prints one event (and moves the bar on a progress event).
+    fn show(&self, e: &Event) -> Result<()> {
+        let text = if self.json {
+            serde_json::to_string(e)?
+        } else {
+            line(e)
+        };
+        match &self.bar {
+            Some(bar) => {
+                if let Some(p) = e.progress {
+                    bar.set_position(u64::from(p));
+                }
+                bar.set_message(
+                    e.message
+                        .clone()
+                        .unwrap_or_else(|| e.kind_of_event.as_str().to_owned()),
+                );
+                bar.suspend(|| out::line(text))?;
+            }
+            None => out::line(text)?,
+        }
+        Ok(())
+    }
+
+    /// A note for the operator on stderr, above the bar when there is one.
+    fn note(&self, msg: &str) {
+        match &self.bar {
+            Some(bar) => bar.suspend(|| super::inspect::eprint_line(msg)),
+            None => super::inspect::eprint_line(msg),
+        }
+    }
+
+    fn finish(&self, ended: &str) {
+        if let Some(bar) = &self.bar {
+            bar.abandon_with_message(ended.to_owned());
+        }
+    }
+}
+
+/// One event as a line: time, type, queue, kind, job, attempt, then what it carries.
+fn line(e: &Event) -> String {
+    let detail = [
+        e.progress.map(|p| format!("{p}%")),
+        e.message.clone(),
+        e.error.clone(),
+        e.result.as_ref().map(|r| r.to_string()),
+    ]
+    .into_iter()
+    .flatten()
+    .collect::<Vec<_>>()
+    .join(" ");
+    format!(
+        "{}  {:<15}  {}  {}  {}  #{}  {detail}",
+        e.at.to_rfc3339(),
+        e.kind_of_event.as_str(),
+        e.queue,
+        e.kind,
+        e.job_id,
+        e.attempt,
+    )
+    .trim_end()
+    .to_owned()
+}
+
+/// How a followed job ended, if `ty` ends it: the exit code and what to say.
+fn ending(ty: EventType) -> Option<(u8, &'static str)> {
+    match ty {
+        EventType::Succeeded => Some((0, "succeeded")),
+        EventType::Dead => Some((1, "dead")),
+        EventType::Cancelled => Some((4, "cancelled")),
+        _ => None,
+    }
+}
+
+/// Ends `tail --job` with the job's exit code: Ok for success, else the error whose code is
+/// 1 (dead) or 4 (cancelled).
+fn ended(printer: &Printer, job: &str, code: u8, state: &str, error: Option<&str>) -> Result<()> {
+    printer.finish(state);
+    if code == 0 {
+        return Ok(());
+    }
+    let message = match error {
+        Some(err) => format!("job {job} is {state}: {err}"),
+        None => format!("job {job} is {state}"),
+    };
+    Err(CliError::Ended { message, code }.into())
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use hopper_workers::job::JobId;
+    use hopper_workers::time::Timestamp;
+
+    use super::*;
+
+    fn ev(ty: EventType, progress: Option<u8>) -> Event {
+        Event {
+            id: "7".into(),
+            kind_of_event: ty,
+            job_id: JobId("j1".into()),
+            queue: "default".into(),
+            kind: "sys.sleep".into(),
+            at: Timestamp::from_millis(0),
+            attempt: 1,
+            progress,
+            message: None,
+            result: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn a_line_says_what_happened_to_which_job() {
+        let l = line(&ev(EventType::Progress, Some(40)));
+        assert_eq!(
+            l,
+            "1970-01-01T00:00:00.000Z  job.progress     default  sys.sleep  j1  #1  40%"
+        );
+    }
+
+    #[test]
+    fn the_filter_keeps_what_every_flag_names() {
+        let f = Filter {
+            job: None,
+            queue: Some("default".into()),
+            kind: Some("sys.noop".into()),
+        };
+        assert!(!f.matches(&ev(EventType::Started, None)));
+        let f = Filter {
+            job: Some("j1".into()),
+            queue: Some("default".into()),
+            kind: None,
+        };
+        assert!(f.matches(&ev(EventType::Started, None)));
+    }
+
+    #[test]
+    fn final_events_map_to_exit_codes() {
+        assert_eq!(ending(EventType::Succeeded).map(|e| e.0), Some(0));
+        assert_eq!(ending(EventType::Dead).map(|e| e.0), Some(1));
+        assert_eq!(ending(EventType::Cancelled).map(|e| e.0), Some(4));
+        assert_eq!(ending(EventType::Retrying), None);
+    }
+}

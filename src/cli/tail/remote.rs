@@ -1,0 +1,213 @@
+//! `hopper tail --server URL`: follows a node's `GET /v1/events` WebSocket. Frames are JSON
+//! events (their `id` a cursor), plus `{"type":"gap"}` (events before the cursor were trimmed
+//! by retention) and `{"type":"lagged","resume":CURSOR}` (this client fell behind and is
+//! dropped: reconnect from CURSOR). A close with code 4001 is a refused token (exit 2).
+//!
+//! When the server goes away, it reconnects with the last cursor it showed, so the stream
+//! resumes with nothing skipped or repeated, and says so on stderr. It does not show events
+//! (`super`) nor serve them (`crate::api`).
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use hopper_workers::event::Event;
+use serde_json::Value;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::HeaderValue;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::{Error as WsError, Message};
+
+use super::{CliError, Printer, TailArgs, ended, ending};
+
+/// The close code of a refused token (the stream's contract).
+const BAD_TOKEN: u16 = 4001;
+/// First and longest pause between two connection attempts.
+const BACKOFF_MIN: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why a connection ended.
+enum Ended {
+    /// Gone (closed, reset, refused): try again from the cursor.
+    Lost(String),
+    /// The server told us to resume from this cursor.
+    Lagged(String),
+}
+
+pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
+    let base = args.server.as_deref().unwrap_or_default();
+    let endpoint = ws_base(base)?;
+    let mut cursor = args.since.clone();
+    let mut lost: Option<String> = None;
+    let mut backoff = BACKOFF_MIN;
+    loop {
+        let url = events_url(&endpoint, args, cursor.as_deref());
+        let mut request = url
+            .as_str()
+            .into_client_request()
+            .map_err(|e| CliError::Usage(format!("--server {base}: {e}")))?;
+        if let Some(token) = &args.token {
+            let value = HeaderValue::from_str(&format!("Bearer {token}"))
+                .map_err(|_| CliError::Usage("--token: not a valid header value".into()))?;
+            request.headers_mut().insert("authorization", value);
+        }
+        let ws = match tokio_tungstenite::connect_async(request).await {
+            Ok((ws, _)) => ws,
+            Err(WsError::Http(resp)) if resp.status().is_client_error() => {
+                let body = resp
+                    .body()
+                    .as_deref()
+                    .map(String::from_utf8_lossy)
+                    .unwrap_or_default()
+                    .into_owned();
+                return Err(CliError::Usage(format!(
+                    "{base} refused the stream ({}): {body}",
+                    resp.status()
+                ))
+                .into());
+            }
+            Err(e) => {
+                if lost.is_none() {
+                    printer.note(&format!("cannot reach {base} ({e}); reconnecting…"));
+                    lost = Some(e.to_string());
+                }
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+                continue;
+            }
+        };
+        backoff = BACKOFF_MIN;
+        match (&lost, &cursor) {
+            (Some(_), Some(c)) => printer.note(&format!("resumed after {c}")),
+            (Some(_), None) => printer.note("reconnected"),
+            (None, _) => printer.note(&format!("following {base}")),
+        }
+        let (_, mut frames) = ws.split();
+        let why = loop {
+            let Some(frame) = frames.next().await else {
+                break Ended::Lost("the connection closed".into());
+            };
+            let text = match frame {
+                Ok(Message::Text(t)) => t,
+                Ok(Message::Close(close)) => {
+                    if let Some(c) = &close
+                        && c.code == CloseCode::from(BAD_TOKEN)
+                    {
+                        return Err(CliError::Usage(format!(
+                            "{base} refused the token: {}",
+                            c.reason
+                        ))
+                        .into());
+                    }
+                    break Ended::Lost(match close {
+                        Some(c) => format!("closed ({}): {}", c.code, c.reason),
+                        None => "closed".into(),
+                    });
+                }
+                // Pings are answered by the library; nothing else is part of the contract.
+                Ok(_) => continue,
+                Err(e) => break Ended::Lost(e.to_string()),
+            };
+            let value: Value = serde_json::from_str(&text)
+                .with_context(|| format!("{base} sent a frame that is not JSON"))?;
+            match value.get("type").and_then(Value::as_str) {
+                Some("gap") => printer.note(
+                    "gap: events before the cursor were dropped by retention; \
+                     continuing from the oldest kept",
+                ),
+                Some("lagged") => {
+                    let resume = value.get("resume").and_then(Value::as_str);
+                    break Ended::Lagged(resume.unwrap_or_default().to_owned());
+                }
+                _ => {
+                    let e: Event = serde_json::from_value(value)
+                        .with_context(|| format!("{base} sent a frame that is not an event"))?;
+                    cursor = Some(e.id.clone());
+                    printer.show(&e)?;
+                    if let (Some(job), Some((code, state))) = (&args.job, ending(e.kind_of_event))
+                        && e.job_id.0 == *job
+                    {
+                        return ended(&printer, job, code, state, e.error.as_deref());
+                    }
+                }
+            }
+        };
+        match why {
+            Ended::Lagged(resume) => {
+                printer.note(&format!(
+                    "fell behind the server; reconnecting from {resume}…"
+                ));
+                if !resume.is_empty() {
+                    cursor = Some(resume);
+                }
+                lost = Some("lagged".into());
+            }
+            Ended::Lost(why) => {
+                printer.note(&format!("{why}; reconnecting…"));
+                lost = Some(why);
+                tokio::time::sleep(backoff).await;
+            }
+        }
+    }
+}
+
+/// The WebSocket base of `--server`: `http` becomes `ws`; a trailing `/` goes.
+fn ws_base(server: &str) -> Result<String> {
+    let server = server.trim_end_matches('/');
+    if server.starts_with("https://") || server.starts_with("wss://") {
+        // This build's WebSocket client speaks no TLS; say so rather than retry forever.
+        return Err(CliError::Usage(format!(
+            "--server {server}: TLS is not supported here; use http:// (e.g. through an SSH tunnel)"
+        ))
+        .into());
+    }
+    let rest = [("http://", "ws://"), ("ws://", "ws://")]
+        .iter()
+        .find_map(|(from, to)| server.strip_prefix(from).map(|r| format!("{to}{r}")));
+    rest.ok_or_else(|| {
+        CliError::Usage(format!("--server {server}: expected http://HOST:PORT")).into()
+    })
+}
+
+/// `BASE/v1/events?…` with the filters and the cursor.
+fn events_url(base: &str, args: &TailArgs, since: Option<&str>) -> String {
+    let params = [
+        ("job", args.job.as_deref()),
+        ("queue", args.queue.as_deref()),
+        ("kind", args.kind.as_deref()),
+        ("since", since),
+    ];
+    let query: Vec<String> = params
+        .iter()
+        .filter_map(|(k, v)| v.map(|v| format!("{k}={}", encode(v))))
+        .collect();
+    format!("{base}/v1/events?{}", query.join("&"))
+}
+
+/// Percent-encodes everything but RFC 3986's unreserved characters.
+fn encode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    #[test]
+    fn urls_carry_filters_and_the_cursor_encoded() {
+        assert_eq!(ws_base("http://h:8080/").unwrap(), "ws://h:8080");
+        assert!(ws_base("https://h").is_err());
+        assert!(ws_base("h:8080").is_err());
+        assert_eq!(encode("17-3@mail q"), "17-3%40mail%20q");
+    }
+}

@@ -1,0 +1,257 @@
+//! `hopper tail`: following the event log in the terminal, through the real binary. Against
+//! the broker of the config (a real SQLite file with a real `serve` running the jobs), and
+//! with `--server` against an in-test WebSocket peer speaking the `/v1/events` contract,
+//! restarted mid-stream.
+
+#![allow(clippy::unwrap_used)]
+
+use serde_json::{Value, json};
+
+use crate::util::ws_peer::{WsPeer, event};
+use crate::util::{Follow, Scratch, wait};
+
+/// Parses a `--json` line as an event, failing the test with the line when it is not one.
+fn parse_event(line: &str) -> Value {
+    let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+    assert!(v["id"].is_string() && v["type"].is_string(), "{line}");
+    v
+}
+
+/// Runs `hopper ARGS` to its end off the async runtime.
+async fn cli(s: &Scratch, args: &[&str]) -> std::process::Output {
+    let dir = s.path().to_owned();
+    let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    tokio::task::spawn_blocking(move || {
+        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hopper"));
+        cmd.current_dir(&dir)
+            .env("NO_COLOR", "1")
+            .env_remove("HOPPER_BROKER")
+            .env_remove("RUST_LOG")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .args(&args);
+        cmd.output().unwrap()
+    })
+    .await
+    .unwrap()
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+/// `tail --job` on a running `sys.sleep` job follows it to the end: its progress shows (plain
+/// lines, stdout not being a terminal), then its success, and the exit code is 0.
+#[tokio::test]
+async fn tail_job_exits_0_when_it_succeeds_and_shows_progress() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({"kind": "sys.sleep", "payload": {"ms": 1500}}))
+        .await;
+    let out = wait::within("tail --job", cli(&s, &["tail", "--job", &id])).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    let progress: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.contains("job.progress"))
+        .collect();
+    assert!(progress.len() >= 3, "too little progress shown:\n{stdout}");
+    assert!(stdout.contains("50%"), "{stdout}");
+    let last = stdout.lines().last().unwrap();
+    assert!(
+        last.contains("job.succeeded") && last.contains(&id),
+        "{stdout}"
+    );
+
+    // Already final: its history at once, the same exit code.
+    let again = cli(&s, &["tail", "--job", &id]).await;
+    assert_eq!(again.status.code(), Some(0));
+    assert!(text(&again.stdout).contains("job.succeeded"));
+}
+
+/// A job that fails permanently ends `dead`: exit 1, with the error shown.
+#[tokio::test]
+async fn tail_job_exits_1_when_it_dies() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({"kind": "sys.fail", "payload": {"times": 99, "permanent": true}}))
+        .await;
+    let out = wait::within("tail --job", cli(&s, &["tail", "--job", &id])).await;
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("job.dead"), "{stdout}");
+    assert!(text(&out.stderr).contains("dead"), "{}", text(&out.stderr));
+}
+
+/// A running job cancelled while `tail` follows it: exit 4. A job that does not exist: 3.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_job_exits_4_when_cancelled_and_3_when_missing() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({"kind": "sys.sleep", "payload": {"ms": 60000}}))
+        .await;
+    api.wait_state(&id, "running").await;
+    let mut tail = Follow::start(&s, &["tail", "--job", &id]);
+    // It follows: the job's start is shown before the cancel.
+    let started = wait::until_blocking("tail shows the start", || {
+        let line = tail.next_line();
+        if line.contains("job.started") {
+            Ok(line)
+        } else {
+            Err(line)
+        }
+    });
+    assert!(started.contains(&id));
+    let (status, _) = api.post(&format!("/v1/jobs/{id}/cancel")).await;
+    assert_eq!(status, 200);
+    let (status, rest) = tokio::task::block_in_place(|| tail.wait_exit());
+    assert_eq!(status.code(), Some(4), "{rest:?}\n{}", tail.stderr());
+    assert!(rest.iter().any(|l| l.contains("job.cancelled")), "{rest:?}");
+
+    let missing = cli(&s, &["tail", "--job", "nope"]).await;
+    assert_eq!(missing.status.code(), Some(3));
+    assert!(text(&missing.stderr).contains("not found"));
+}
+
+/// `--json` prints each event as one JSON line, in the log's order (each job's events in its
+/// history's order), and `--since CURSOR` starts exactly after that cursor.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_json_is_ordered_and_since_resumes_exactly_after_the_cursor() {
+    let s = Scratch::with_config("[worker]\nconcurrency = 1\n");
+    let (_d, api) = s.serve(&[]);
+    let tail = Follow::start(&s, &["tail", "--json", "--queue", "default"]);
+    // Started from the end of the log: give it a moment to reach it, then make events.
+    tail.wait_stderr("following");
+    let a = api
+        .enqueue_ok(json!({"kind": "sys.sleep", "payload": {"ms": 1000}}))
+        .await;
+    let b = api
+        .enqueue_ok(json!({"kind": "sys.noop", "payload": {}}))
+        .await;
+    api.wait_state(&a, "succeeded").await;
+    api.wait_state(&b, "succeeded").await;
+    let history = |id: &str| -> Vec<Value> { s.cli_job(id)["history"].as_array().unwrap().clone() };
+    let (ha, hb) = (history(&a), history(&b));
+    let total = ha.len() + hb.len();
+    let seen: Vec<Value> = tokio::task::block_in_place(|| tail.lines(total))
+        .iter()
+        .map(|l| parse_event(l))
+        .collect();
+    let ids = |evs: &[Value], job: &str| -> Vec<String> {
+        evs.iter()
+            .filter(|e| e["job_id"] == job)
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&seen, &a), ids(&ha, &a));
+    assert_eq!(ids(&seen, &b), ids(&hb, &b));
+    assert!(seen.iter().any(|e| e["type"] == "job.progress"));
+    drop(tail);
+
+    // Resume after a's start: exactly what the first follower saw after it, in its order.
+    let cursor = ha[1]["id"].as_str().unwrap().to_owned();
+    assert_eq!(ha[1]["type"], "job.started");
+    let at = seen
+        .iter()
+        .position(|e| e["id"] == cursor.as_str())
+        .unwrap();
+    let want: Vec<&Value> = seen[at + 1..].iter().collect();
+    let resumed = Follow::start(
+        &s,
+        &["tail", "--json", "--queue", "default", "--since", &cursor],
+    );
+    let got: Vec<Value> = tokio::task::block_in_place(|| resumed.lines(want.len()))
+        .iter()
+        .map(|l| parse_event(l))
+        .collect();
+    assert_eq!(got.iter().collect::<Vec<_>>(), want);
+    std::thread::sleep(std::time::Duration::from_millis(300));
+    assert!(resumed.pending().is_empty(), "{:?}", resumed.pending());
+}
+
+/// `--server`: follows a remote node's WebSocket with the token as a bearer header, prints its
+/// frames, and when the server goes away reconnects with the last cursor it printed, saying
+/// so; the job's final event ends it with the job's exit code.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_server_reconnects_with_its_last_cursor_after_a_restart() {
+    let s = Scratch::with_config("");
+    let mut peer = WsPeer::start().await;
+    let tail = Follow::start(
+        &s,
+        &[
+            "tail",
+            "--server",
+            &peer.url(),
+            "--token",
+            "s3cret",
+            "--job",
+            "j1",
+            "--json",
+        ],
+    );
+    let mut conn = peer.accept().await;
+    assert!(conn.uri.starts_with("/v1/events?"), "{}", conn.uri);
+    assert_eq!(conn.query("job").as_deref(), Some("j1"));
+    assert_eq!(conn.query("since"), None);
+    assert_eq!(conn.authorization.as_deref(), Some("Bearer s3cret"));
+    conn.send(&event("c1", "job.started", "j1", None)).await;
+    conn.send(&event("c2", "job.progress", "j1", Some(40)))
+        .await;
+    let first = tokio::task::block_in_place(|| tail.lines(2));
+    assert_eq!(parse_event(&first[1])["id"], "c2");
+
+    // The server restarts: the connection drops and nobody listens for a while.
+    drop(conn);
+    let addr = peer.stop();
+    tokio::task::block_in_place(|| tail.wait_stderr("reconnecting"));
+    let mut peer = WsPeer::restart(addr).await;
+    let mut conn = peer.accept().await;
+    assert_eq!(conn.query("since").as_deref(), Some("c2"));
+    assert_eq!(conn.query("job").as_deref(), Some("j1"));
+    tokio::task::block_in_place(|| tail.wait_stderr("resumed after c2"));
+    conn.send(&json!({"type": "gap"})).await;
+    conn.send(&event("c3", "job.progress", "j1", Some(80)))
+        .await;
+    conn.send(&event("c4", "job.succeeded", "j1", None)).await;
+    let mut tail = tail;
+    let (status, rest) = tokio::task::block_in_place(|| tail.wait_exit());
+    assert_eq!(status.code(), Some(0), "{rest:?}\n{}", tail.stderr());
+    let ids: Vec<Value> = rest.iter().map(|l| parse_event(l)["id"].clone()).collect();
+    assert_eq!(ids, vec![json!("c3"), json!("c4")]);
+    assert!(tail.stderr().contains("gap"), "{}", tail.stderr());
+}
+
+/// A server that closes with 4001 refused the token: exit 2 with its reason. A `lagged`
+/// frame makes the client resume from the cursor it names.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_server_bad_token_exits_2_and_lagged_resumes() {
+    let s = Scratch::with_config("");
+    let mut peer = WsPeer::start().await;
+    let tail = Follow::start(&s, &["tail", "--server", &peer.url(), "--queue", "mail"]);
+    let mut conn = peer.accept().await;
+    assert_eq!(conn.query("queue").as_deref(), Some("mail"));
+    assert_eq!(conn.authorization, None);
+    conn.send(&event("c7", "job.enqueued", "j9", None)).await;
+    tokio::task::block_in_place(|| tail.next_line());
+    conn.send(&json!({"type": "lagged", "resume": "c8"})).await;
+    let conn = peer.accept().await;
+    assert_eq!(conn.query("since").as_deref(), Some("c8"));
+    conn.close(4001, "invalid token").await;
+    let mut tail = tail;
+    let (status, _) = tokio::task::block_in_place(|| tail.wait_exit());
+    assert_eq!(status.code(), Some(2), "{}", tail.stderr());
+    assert!(tail.stderr().contains("invalid token"), "{}", tail.stderr());
+}
