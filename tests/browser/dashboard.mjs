@@ -140,6 +140,10 @@ try {
     .some((r) => Number(r.dataset.progress) > 0));
   await page.screenshot({ path: join(shots, 'dashboard.png') });
 
+  await page.emulateMedia({ colorScheme: 'dark' });
+  await page.screenshot({ path: join(shots, 'dashboard-dark.png') });
+  await page.emulateMedia({ colorScheme: 'light' });
+
   step('the job page: payload, result, history');
   await row(sleeper).locator('a.job-link').click();
   await page.locator('#job-view[data-id="' + sleeper + '"]').waitFor();
@@ -180,6 +184,29 @@ try {
   }));
   await live.locator(`#jobs tr[data-id="${running.id}"][data-progress="97"]`).waitFor({ timeout: 5000 });
   await live.locator(`#jobs tr[data-id="${running.id}"] .msg`, { hasText: 'almost there' }).waitFor();
+
+  // The queue routes are another part's; this tab stands in for them to check what the buttons
+  // send (a GET on them, the page's probe, answers 405 where they exist).
+  step('queue controls: Pause and Retry all dead post to the queue routes');
+  const posted = [];
+  await live.route(/\/v1\/queues\/[^/]+\/(pause|resume|retry-dead)$/, (route) => {
+    const req = route.request();
+    if (req.method() !== 'POST') return route.fulfill({ status: 405, contentType: 'application/json', body: '{"error":{"code":"method_not_allowed","message":"no"}}' });
+    posted.push([new URL(req.url()).pathname, req.headers().authorization]);
+    const retried = req.url().endsWith('retry-dead') ? { retried: 1 } : {};
+    return route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ queue: 'default', ...retried }) });
+  });
+  await live.reload();
+  await live.locator('#token-dialog').waitFor({ state: 'hidden' });
+  const card = live.locator('.queue-card[data-queue="default"]');
+  await card.locator('button[data-action="pause"]:not([disabled])').click();
+  await live.locator('#toast', { hasText: 'Queue default paused' }).waitFor();
+  await card.locator('button[data-action="retry-dead"]:not([disabled])').click();
+  await live.locator('#toast', { hasText: 'of default queued again' }).waitFor();
+  const want = [['/v1/queues/default/pause', `Bearer ${token}`], ['/v1/queues/default/retry-dead', `Bearer ${token}`]];
+  if (JSON.stringify(posted) !== JSON.stringify(want)) throw new Error(`queue buttons posted ${JSON.stringify(posted)}`);
+  await live.locator('#conn[data-mode="live"]').waitFor();
+
   server.close({ code: 4001, reason: 'token revoked' });
   await live.locator('#token-dialog').waitFor({ state: 'visible' });
   await live.locator('#token-error', { hasText: 'refused' }).waitFor();
