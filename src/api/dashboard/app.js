@@ -540,6 +540,12 @@ function tick() {
 
 // ---------------------------------------------------------------- wiring
 
+// Another page of jobs starts at its top, not where the pager was.
+function toTable() {
+  const panel = $('#jobs').closest('.panel');
+  if (panel.getBoundingClientRect().top < 0) panel.scrollIntoView({ block: 'start' });
+}
+
 function init() {
   $('#filter-queue').addEventListener('change', (e) => setFilters({ queue: e.target.value }));
   $('#filter-state').addEventListener('change', (e) => setFilters({ state: e.target.value }));
@@ -549,10 +555,12 @@ function init() {
     if (!state.next) return;
     state.cursors.push(state.next);
     refreshJobs();
+    toTable();
   });
   $('#newer').addEventListener('click', () => {
     if (state.cursors.length > 1) state.cursors.pop();
     refreshJobs();
+    toTable();
   });
   $('#forget-token').hidden = !token;
   $('#forget-token').addEventListener('click', () => {
