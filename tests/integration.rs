@@ -6,6 +6,8 @@
 /// Fixtures: daemons and the CLI in a scratch directory, the HTTP API, waiting, Redis, peers.
 mod util;
 
+/// The dashboard at `GET /`, in a real headless Chromium.
+mod e2e_dashboard;
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.
 mod e2e_demo_chain;
 /// A worker killed mid-job, cancel, graceful and hard shutdown, durability across SIGKILL.

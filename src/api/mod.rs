@@ -9,6 +9,7 @@
 //!
 //! Not here yet: the WebSocket event stream, `/metrics`, `/openapi.json` and the dashboard.
 
+mod dashboard;
 pub mod error;
 mod jobs;
 mod queues;
@@ -101,6 +102,7 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
     Router::new()
         .nest("/v1", v1)
+        .merge(dashboard::router())
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)

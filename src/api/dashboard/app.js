@@ -1,0 +1,579 @@
+// Hopper's dashboard: one vanilla-JS app, no build step, served from the binary.
+//
+// It is a plain client of the public API: GET /v1/queues, GET /v1/jobs (one page at a time,
+// never everything), GET /v1/jobs/{id}, the job and queue actions, and the event stream
+// ws://HOST/v1/events. With the stream it redraws on events; without it (an older server, a
+// proxy that drops WebSockets) it polls every second or two, and says which in the header.
+// Redraws are batched into animation frames, so a burst of events costs one redraw.
+const FINAL = new Set(['succeeded', 'dead', 'cancelled']);
+const STATES = ['queued', 'running', 'scheduled', 'retrying', 'waiting', 'succeeded', 'dead', 'cancelled'];
+const PAGE = 50;
+const POLL_MS = 1000;           // jobs list and job page without the stream
+const QUEUES_POLL_MS = 2000;    // queue counts without the stream
+const LIVE_SAFETY_MS = 10000;   // with the stream, a full refresh now and then all the same
+const SPARK_SAMPLES = 60;
+const TOKEN_KEY = 'hopper.token';
+
+import { EventStream } from './stream.js';
+import { $, h, svg, toast, ago, when, shortId, debounce } from './util.js';
+
+// ---------------------------------------------------------------- the API, with the token
+
+let token = sessionStorage.getItem(TOKEN_KEY) || '';
+let asking = null; // the token prompt in progress, shared by every request that met a 401
+
+class ApiError extends Error {
+  constructor(status, body) {
+    super(body?.error?.message || `HTTP ${status}`);
+    this.status = status;
+    this.code = body?.error?.code;
+  }
+}
+
+async function api(method, path) {
+  for (;;) {
+    const headers = { accept: 'application/json' };
+    if (token) headers.authorization = `Bearer ${token}`;
+    const res = await fetch(path, { method, headers, cache: 'no-store' });
+    if (res.status === 401) {
+      await askToken(token ? 'That token was refused.' : '');
+      continue;
+    }
+    const body = await res.json().catch(() => null);
+    if (!res.ok) throw new ApiError(res.status, body);
+    return body;
+  }
+}
+
+function askToken(why) {
+  if (asking) return asking;
+  const dialog = $('#token-dialog');
+  $('#token-error').textContent = why;
+  $('#token-input').value = '';
+  asking = new Promise((resolve) => {
+    const form = $('#token-form');
+    form.onsubmit = (e) => {
+      e.preventDefault();
+      const t = $('#token-input').value.trim();
+      if (!t) return;
+      token = t;
+      sessionStorage.setItem(TOKEN_KEY, t);
+      $('#forget-token').hidden = false;
+      dialog.close();
+      asking = null;
+      resolve();
+      // The stream was refused too (4001) or never tried with a token: try it now.
+      stream.restart();
+    };
+    // Escape would leave the page without data and without a way back.
+    dialog.oncancel = (e) => e.preventDefault();
+  });
+  if (!dialog.open) dialog.showModal();
+  $('#token-input').focus();
+  return asking;
+}
+
+// ---------------------------------------------------------------- state
+
+const state = {
+  route: { view: 'list' },
+  filters: { queue: '', state: '', kind: '' },
+  cursors: [null],          // the cursor of each page up to the one shown
+  next: null,               // next_cursor of the page shown
+  jobs: [],
+  queues: [],
+  spark: new Map(),         // queue -> [processed_last_minute samples]
+  kinds: new Set(),
+  job: null,                // the job page's job (with history)
+  queueRoutes: null,        // pause/resume/retry-dead there? null: not known yet
+};
+
+// ---------------------------------------------------------------- routing (the URL hash)
+
+function parseHash() {
+  const raw = location.hash.replace(/^#\/?/, '');
+  const [path, query] = raw.split('?');
+  const m = /^jobs\/(.+)$/.exec(path || '');
+  if (m) return { route: { view: 'job', id: decodeURIComponent(m[1]) }, filters: null };
+  const p = new URLSearchParams(query || '');
+  return {
+    route: { view: 'list' },
+    filters: { queue: p.get('queue') || '', state: p.get('state') || '', kind: p.get('kind') || '' },
+  };
+}
+
+function listHash(f) {
+  const p = new URLSearchParams();
+  for (const k of ['queue', 'state', 'kind']) if (f[k]) p.set(k, f[k]);
+  const q = p.toString();
+  return q ? `#/?${q}` : '#/';
+}
+
+function setFilters(f) {
+  const next = { ...state.filters, ...f };
+  location.hash = listHash(next);
+}
+
+function onRoute() {
+  const { route, filters } = parseHash();
+  state.route = route;
+  $('#list-view').hidden = route.view !== 'list';
+  $('#job-view').hidden = route.view !== 'job';
+  if (route.view === 'list') {
+    const changed = JSON.stringify(filters) !== JSON.stringify(state.filters);
+    state.filters = filters;
+    $('#filter-queue').value = filters.queue;
+    $('#filter-state').value = filters.state;
+    if (document.activeElement !== $('#filter-kind')) $('#filter-kind').value = filters.kind;
+    if (changed) { state.cursors = [null]; state.jobs = []; }
+    document.title = 'Hopper';
+    refreshJobs();
+    refreshQueues();
+  } else {
+    state.job = null;
+    $('#job-view').replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
+    refreshJob();
+  }
+  window.scrollTo(0, 0);
+}
+
+// ---------------------------------------------------------------- fetching
+
+// One request of each sort at a time: a slow broker gets no pile-up from the timers.
+function single(fn) {
+  let running = false;
+  let again = false;
+  const run = async () => {
+    if (running) { again = true; return; }
+    running = true;
+    try { await fn(); } catch (e) { onFetchError(e); } finally {
+      running = false;
+      if (again) { again = false; run(); }
+    }
+  };
+  return run;
+}
+
+let lastError = '';
+function onFetchError(e) {
+  const msg = e instanceof ApiError ? e.message : 'the server does not answer';
+  if (msg !== lastError) toast(`Could not refresh: ${msg}`, true);
+  lastError = msg;
+  setConn(stream.live ? 'live' : 'offline');
+}
+function fetched() {
+  if (lastError) { lastError = ''; setConn(stream.live ? 'live' : 'polling'); }
+}
+
+const refreshQueues = single(async () => {
+  const body = await api('GET', '/v1/queues');
+  fetched();
+  state.queues = body.queues || [];
+  for (const q of state.queues) {
+    const s = state.spark.get(q.queue) || [];
+    s.push(q.processed_last_minute || 0);
+    if (s.length > SPARK_SAMPLES) s.shift();
+    state.spark.set(q.queue, s);
+  }
+  if (state.queueRoutes === null && state.queues.length) probeQueueRoutes(state.queues[0].queue);
+  schedule(renderQueues);
+});
+
+const refreshJobs = single(async () => {
+  if (state.route.view !== 'list') return;
+  const p = new URLSearchParams({ limit: String(PAGE) });
+  for (const k of ['queue', 'state', 'kind']) if (state.filters[k]) p.set(k, state.filters[k]);
+  const cursor = state.cursors[state.cursors.length - 1];
+  if (cursor) p.set('cursor', cursor);
+  const page = await api('GET', `/v1/jobs?${p}`);
+  fetched();
+  state.jobs = page.jobs || [];
+  state.next = page.next_cursor || null;
+  for (const j of state.jobs) state.kinds.add(j.kind);
+  schedule(renderJobs);
+});
+
+const refreshJob = single(async () => {
+  if (state.route.view !== 'job') return;
+  const id = state.route.id;
+  try {
+    const job = await api('GET', `/v1/jobs/${encodeURIComponent(id)}`);
+    fetched();
+    if (state.route.view === 'job' && state.route.id === id) { state.job = job; schedule(renderJob); }
+  } catch (e) {
+    if (e instanceof ApiError && e.status === 404) {
+      $('#job-view').replaceChildren(h('div', { class: 'panel empty' }, `No job ${id}. `, h('a', { href: '#/' }, 'Back to the list')));
+      return;
+    }
+    throw e;
+  }
+});
+
+// Are the queue routes there? A GET on a POST-only route answers 405 where it exists and 404
+// where it does not, and changes nothing.
+async function probeQueueRoutes(name) {
+  state.queueRoutes = false;
+  try {
+    const headers = token ? { authorization: `Bearer ${token}` } : {};
+    const res = await fetch(`/v1/queues/${encodeURIComponent(name)}/pause`, { headers });
+    state.queueRoutes = res.status !== 404;
+  } catch { state.queueRoutes = false; }
+  schedule(renderQueues);
+}
+
+// ---------------------------------------------------------------- actions
+
+async function act(label, method, path, then) {
+  try {
+    const body = await api(method, path);
+    toast(label(body));
+  } catch (e) {
+    toast(e.message, true);
+  }
+  then?.();
+}
+
+function retryJob(id) {
+  act(() => `Job ${shortId(id)} queued again`, 'POST', `/v1/jobs/${encodeURIComponent(id)}/retry`, refreshAll);
+}
+function cancelJob(id) {
+  if (!confirm(`Cancel job ${id}?`)) return;
+  act(() => `Job ${shortId(id)} cancelled`, 'POST', `/v1/jobs/${encodeURIComponent(id)}/cancel`, refreshAll);
+}
+function queueAction(name, what) {
+  if (what === 'retry-dead' && !confirm(`Retry every dead job of ${name}?`)) return;
+  const path = `/v1/queues/${encodeURIComponent(name)}/${what}`;
+  const label = (b) => what === 'retry-dead'
+    ? `${typeof b?.retried === 'number' ? b.retried : 'The'} dead job${b?.retried === 1 ? '' : 's'} of ${name} queued again`
+    : `Queue ${name} ${what === 'pause' ? 'paused' : 'resumed'}`;
+  act(label, 'POST', path, refreshAll);
+}
+
+function refreshAll() {
+  refreshQueues();
+  if (state.route.view === 'list') refreshJobs(); else refreshJob();
+}
+
+// ---------------------------------------------------------------- rendering
+
+// Redraws are queued and run once per animation frame, whatever the number of events.
+const pending = new Set();
+let frame = 0;
+function schedule(fn) {
+  pending.add(fn);
+  if (!frame) frame = requestAnimationFrame(() => {
+    frame = 0;
+    const fns = [...pending];
+    pending.clear();
+    for (const f of fns) f();
+  });
+}
+
+function badge(s) {
+  return h('span', { class: 'badge', 'data-state': s }, s);
+}
+
+function progress(p, s, msg) {
+  const pct = s === 'succeeded' ? 100 : Math.max(0, Math.min(100, p || 0));
+  const fill = h('span');
+  fill.style.width = `${pct}%`;
+  return h('div', { class: 'progress', 'data-state': s },
+    h('div', { class: 'bar', role: 'progressbar', 'aria-valuenow': pct, 'aria-valuemin': 0, 'aria-valuemax': 100 }, fill),
+    h('span', { class: 'pct' }, `${pct}%`),
+    msg ? h('span', { class: 'msg', title: msg }, msg) : null);
+}
+
+function renderQueues() {
+  const grid = $('#queues');
+  if (!state.queues.length) {
+    grid.replaceChildren(h('p', { class: 'muted' }, 'No queues yet: enqueue a job to see one.'));
+  } else {
+    grid.replaceChildren(...state.queues.map(queueCard));
+  }
+  const sel = $('#filter-queue');
+  const want = ['', ...state.queues.map((q) => q.queue)];
+  if (state.filters.queue && !want.includes(state.filters.queue)) want.push(state.filters.queue);
+  const have = [...sel.options].map((o) => o.value);
+  if (want.join('\n') !== have.join('\n')) {
+    sel.replaceChildren(...want.map((v) => h('option', { value: v }, v || 'all')));
+    sel.value = state.filters.queue;
+  }
+}
+
+function renderKinds() {
+  const list = $('#kinds');
+  if (list.options.length !== state.kinds.size) {
+    list.replaceChildren(...[...state.kinds].sort().map((k) => h('option', { value: k })));
+  }
+}
+
+function queueCard(q) {
+  const counts = q.counts || {};
+  const samples = state.spark.get(q.queue) || [];
+  const routes = state.queueRoutes;
+  const disabledWhy = routes === false ? 'This server has no queue controls' : null;
+  return h('article', { class: 'queue-card', dataset: { queue: q.queue } },
+    h('header', {},
+      h('span', { class: 'name', title: q.queue }, q.queue),
+      q.paused ? h('span', { class: 'paused' }, 'paused') : null),
+    h('div', { class: 'counts' }, STATES.map((s) => {
+      const n = counts[s] || 0;
+      return h('div', {
+        class: `count${n ? '' : ' zero'}`, 'data-state': s, title: `Show ${s} jobs of ${q.queue}`,
+        onclick: () => setFilters({ queue: q.queue, state: s }),
+      }, h('b', { 'data-count': s }, n.toLocaleString()), h('span', {}, s));
+    })),
+    h('div', { class: 'spark' }, sparkline(samples),
+      h('div', { class: 'rate' }, h('b', {}, (q.processed_last_minute || 0).toLocaleString()), ' /min',
+        q.failed_last_minute ? h('div', { class: 'error' }, `${q.failed_last_minute} failed`) : null)),
+    routes === false ? null : h('div', { class: 'actions' },
+      h('button', {
+        type: 'button', class: 'small', disabled: routes !== true, title: disabledWhy,
+        'data-action': q.paused ? 'resume' : 'pause',
+        onclick: () => queueAction(q.queue, q.paused ? 'resume' : 'pause'),
+      }, q.paused ? 'Resume' : 'Pause'),
+      h('button', {
+        type: 'button', class: 'small danger', disabled: routes !== true || !counts.dead,
+        'data-action': 'retry-dead', onclick: () => queueAction(q.queue, 'retry-dead'),
+      }, `Retry all dead${counts.dead ? ` (${counts.dead.toLocaleString()})` : ''}`)));
+}
+
+function sparkline(samples) {
+  const w = 100, hgt = 30;
+  const el = svg('svg', { viewBox: `0 0 ${w} ${hgt}`, preserveAspectRatio: 'none', 'aria-label': 'jobs processed per minute, recent samples' });
+  if (samples.length < 2) return el;
+  const max = Math.max(1, ...samples);
+  const step = w / (SPARK_SAMPLES - 1);
+  const x0 = w - step * (samples.length - 1);
+  const pts = samples.map((v, i) => `${(x0 + i * step).toFixed(1)},${(hgt - 1 - (v / max) * (hgt - 3)).toFixed(1)}`);
+  el.append(svg('polygon', { points: `${x0.toFixed(1)},${hgt} ${pts.join(' ')} ${w},${hgt}` }));
+  el.append(svg('polyline', { points: pts.join(' ') }));
+  return el;
+}
+
+const rows = new Map(); // job id -> { tr, sig }
+
+function renderJobs() {
+  const tbody = $('#jobs tbody');
+  const keep = new Set();
+  let prev = null;
+  for (const j of state.jobs) {
+    keep.add(j.id);
+    let r = rows.get(j.id);
+    const sig = [j.state, j.progress, j.progress_message, j.attempt, j.queue].join('|');
+    if (!r) { r = { tr: h('tr'), sig: '' }; rows.set(j.id, r); }
+    if (r.sig !== sig) { fillRow(r.tr, j); r.sig = sig; }
+    r.tr.querySelector('.col-time').textContent = ago(j.created_at);
+    // Move only what is out of place, so a steady list costs no layout.
+    const want = prev ? prev.nextSibling : tbody.firstChild;
+    if (want !== r.tr) tbody.insertBefore(r.tr, want);
+    prev = r.tr;
+  }
+  for (const [id, r] of rows) if (!keep.has(id)) { r.tr.remove(); rows.delete(id); }
+  $('#jobs-empty').hidden = state.jobs.length > 0;
+  const n = state.cursors.length;
+  $('#newer').disabled = n <= 1;
+  $('#older').disabled = !state.next;
+  $('#page-info').textContent = state.jobs.length ? `page ${n} · newest first` : '';
+  renderKinds();
+}
+
+function fillRow(tr, j) {
+  tr.dataset.id = j.id;
+  tr.dataset.state = j.state;
+  tr.dataset.progress = j.state === 'succeeded' ? 100 : (j.progress || 0);
+  const href = `#/jobs/${encodeURIComponent(j.id)}`;
+  tr.replaceChildren(
+    h('td', {}, h('a', { class: 'job-link', href }, h('span', { class: 'kind' }, j.kind), h('span', { class: 'id', title: j.id }, shortId(j.id)))),
+    h('td', { class: 'col-queue' }, j.queue),
+    h('td', {}, badge(j.state)),
+    h('td', { class: 'col-progress' }, progress(j.progress, j.state, j.progress_message)),
+    h('td', { class: 'col-attempt' }, `${j.attempt} / ${j.max_retries + 1}`),
+    h('td', { class: 'col-time', title: when(j.created_at) }),
+    h('td', { class: 'col-actions' }, actions(j, 'small')));
+}
+
+function actions(j, size) {
+  const out = [];
+  if (j.state === 'dead' || j.state === 'cancelled') {
+    out.push(h('button', { type: 'button', class: size, 'data-action': 'retry', onclick: () => retryJob(j.id) }, 'Retry'));
+  }
+  if (!FINAL.has(j.state)) {
+    out.push(h('button', { type: 'button', class: `${size} danger`, 'data-action': 'cancel', onclick: () => cancelJob(j.id) }, 'Cancel'));
+  }
+  return out;
+}
+
+// A progress event moves the bar at once, without waiting for the next page.
+function applyProgress(ev) {
+  const r = rows.get(ev.job_id);
+  if (r) {
+    const j = state.jobs.find((x) => x.id === ev.job_id);
+    if (j && !FINAL.has(j.state)) {
+      j.progress = ev.progress;
+      j.progress_message = ev.message ?? j.progress_message;
+      schedule(renderJobs);
+    }
+  }
+  if (state.job && state.job.id === ev.job_id && !FINAL.has(state.job.state)) {
+    state.job.progress = ev.progress;
+    state.job.progress_message = ev.message ?? state.job.progress_message;
+    schedule(renderJob);
+  }
+}
+
+function renderJob() {
+  const j = state.job;
+  if (!j) return;
+  document.title = `${j.kind} · ${j.state} · Hopper`;
+  const json = (v) => JSON.stringify(v, null, 2);
+  const facts = [
+    ['Queue', h('a', { href: listHash({ queue: j.queue }) }, j.queue)],
+    ['Attempt', `${j.attempt} of ${j.max_retries + 1}`],
+    ['Priority', j.priority],
+    ['Created', when(j.created_at)],
+    ['Run at', when(j.run_at)],
+    ['Started', when(j.started_at)],
+    ['Finished', when(j.finished_at)],
+    ['Lease until', when(j.lease_until)],
+    ['Timeout', j.timeout_ms ? `${j.timeout_ms} ms` : '—'],
+    ['Interruptions', j.interruptions ?? 0],
+    ['Unique key', j.unique_key || '—'],
+  ];
+  const history = (j.history || []).slice(-500);
+  const view = $('#job-view');
+  view.dataset.id = j.id;
+  view.replaceChildren(
+    h('div', {}, h('a', { href: listHash(state.filters) }, '← All jobs')),
+    h('section', { class: 'panel job-head', 'data-state': j.state },
+      h('div', { class: 'title' },
+        h('h2', {}, j.kind), badge(j.state),
+        h('div', { class: 'actions' }, actions(j, ''))),
+      h('div', { class: 'id' }, j.id),
+      progress(j.progress, j.state, j.progress_message),
+      h('dl', { class: 'facts' }, facts.map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v))))),
+    h('div', { class: 'job-grid' },
+      h('section', { class: 'panel' }, h('h3', {}, 'Payload'), h('pre', { 'data-field': 'payload' }, json(j.payload))),
+      h('section', { class: 'panel' }, h('h3', {}, 'Result'),
+        h('pre', { 'data-field': 'result' }, j.result === null || j.result === undefined ? '—' : json(j.result))),
+      j.last_error ? h('section', { class: 'panel' }, h('h3', {}, 'Last error'),
+        h('pre', { class: 'error-text', 'data-field': 'last_error' }, j.last_error)) : null,
+      j.steps?.length ? h('section', { class: 'panel' }, h('h3', {}, 'Chain'),
+        h('ol', { class: 'steps' }, j.steps.map((s) => h('li', { class: s.id === j.id ? 'current' : '' },
+          h('span', { class: 'n' }, s.index + 1),
+          s.id === j.id ? h('span', {}, s.kind) : h('a', { href: `#/jobs/${encodeURIComponent(s.id)}` }, s.kind),
+          badge(s.state),
+          s.last_error ? h('span', { class: 'error', title: s.last_error }, '⚠') : null)))) : null,
+      h('section', { class: 'panel' }, h('h3', {}, `History (${(j.history || []).length})`),
+        h('ol', { class: 'history' }, history.map(historyItem)))));
+}
+
+const KNOWN = new Set(['id', 'type', 'job_id', 'queue', 'kind', 'at', 'attempt', 'progress', 'message']);
+function historyItem(ev) {
+  const detail = [];
+  if (ev.progress !== undefined) detail.push(`${ev.progress}%`);
+  if (ev.message) detail.push(ev.message);
+  for (const [k, v] of Object.entries(ev)) {
+    if (!KNOWN.has(k)) detail.push(`${k}: ${typeof v === 'string' ? v : JSON.stringify(v)}`);
+  }
+  return h('li', { 'data-type': ev.type },
+    h('span', { class: 'what' }, ev.type.replace(/^job\./, '')),
+    h('span', { class: 'when', title: ev.at }, `${new Date(ev.at).toLocaleTimeString()} · attempt ${ev.attempt}`),
+    detail.length ? h('div', { class: 'detail' }, detail.join(' · ')) : null);
+}
+
+// ---------------------------------------------------------------- the event stream
+
+function setConn(mode) {
+  const el = $('#conn');
+  if (el.dataset.mode === mode) return;
+  el.dataset.mode = mode;
+  el.textContent = { live: 'live', polling: 'polling', offline: 'server unreachable', connecting: 'connecting…' }[mode];
+  el.title = {
+    live: 'Following the event stream',
+    polling: 'The event stream is not available: refreshing every second or two',
+    offline: 'The server does not answer: retrying',
+    connecting: 'Connecting',
+  }[mode];
+}
+
+const stream = new EventStream({
+  token: () => token,
+  onOpen: () => { setConn('live'); refreshAll(); }, // whatever happened while away
+  onClose: () => { if (!lastError) setConn('polling'); },
+  onRefused: () => askToken('The event stream refused the token.'),
+  onEvent,
+});
+
+function onEvent(ev) {
+  // Behind or past retention: the pages shown are refetched rather than patched.
+  if (ev.type === 'lagged' || ev.type === 'gap') { refreshAll(); return; }
+  if (ev.type === 'job.progress') { applyProgress(ev); return; }
+  // Any other change moves counts and may move the list: refetch both, debounced.
+  onChange();
+  if (state.job && state.job.id === ev.job_id) onJobChange();
+}
+
+const onChange = debounce(() => { refreshQueues(); refreshJobs(); }, 300);
+const onJobChange = debounce(() => refreshJob(), 200);
+
+// ---------------------------------------------------------------- the clock
+
+let lastQueues = 0;
+let lastList = 0;
+function tick() {
+  if (document.hidden) return;
+  const now = Date.now();
+  const every = stream.live ? LIVE_SAFETY_MS : POLL_MS;
+  if (now - lastQueues >= (stream.live ? LIVE_SAFETY_MS / 2 : QUEUES_POLL_MS)) { lastQueues = now; refreshQueues(); }
+  if (now - lastList >= every) {
+    lastList = now;
+    if (state.route.view === 'list') refreshJobs();
+    else if (state.job && !FINAL.has(state.job.state)) refreshJob();
+  }
+  // Relative times move even when nothing else does.
+  if (state.route.view === 'list') for (const j of state.jobs) {
+    const r = rows.get(j.id);
+    if (r) r.tr.querySelector('.col-time').textContent = ago(j.created_at);
+  }
+}
+
+// ---------------------------------------------------------------- wiring
+
+// Another page of jobs starts at its top, not where the pager was.
+function toTable() {
+  const panel = $('#jobs').closest('.panel');
+  if (panel.getBoundingClientRect().top < 0) panel.scrollIntoView({ block: 'start' });
+}
+
+function init() {
+  $('#filter-queue').addEventListener('change', (e) => setFilters({ queue: e.target.value }));
+  $('#filter-state').addEventListener('change', (e) => setFilters({ state: e.target.value }));
+  $('#filter-kind').addEventListener('input', debounce((e) => setFilters({ kind: e.target.value.trim() }), 350));
+  $('#clear-filters').addEventListener('click', () => { $('#filter-kind').value = ''; location.hash = '#/'; });
+  $('#older').addEventListener('click', () => {
+    if (!state.next) return;
+    state.cursors.push(state.next);
+    refreshJobs();
+    toTable();
+  });
+  $('#newer').addEventListener('click', () => {
+    if (state.cursors.length > 1) state.cursors.pop();
+    refreshJobs();
+    toTable();
+  });
+  $('#forget-token').hidden = !token;
+  $('#forget-token').addEventListener('click', () => {
+    sessionStorage.removeItem(TOKEN_KEY);
+    token = '';
+    location.reload();
+  });
+  document.addEventListener('visibilitychange', () => { if (!document.hidden) refreshAll(); });
+  window.addEventListener('hashchange', onRoute);
+  setConn('connecting');
+  onRoute();
+  stream.start();
+  setInterval(tick, 250);
+}
+
+init();

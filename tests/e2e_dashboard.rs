@@ -1,0 +1,121 @@
+//! The dashboard at `GET /`: served from the binary without a token, and driven in a real
+//! headless Chromium (Debian's `chromium`, through playwright-core from `tests/browser/`)
+//! against a real `hopper serve` on a temp SQLite file.
+//!
+//! The browser half lives in `tests/browser/dashboard.mjs`; this side starts the daemon, runs
+//! node, and fails (never skips) when node, chromium or playwright-core are missing: `.ci/run`
+//! installs them.
+
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::util::Scratch;
+
+/// The token the dashboard is asked for: the daemons of these tests require one.
+const TOKEN: &str = "dash-test-token";
+
+fn with_token() -> Scratch {
+    Scratch::with_config(&format!(
+        "[worker]\nconcurrency = 4\n[auth]\ntokens = [\"{TOKEN}\"]\n"
+    ))
+}
+
+/// The page and its assets need no token (the API calls they make carry it), and say what
+/// they are; the API behind them still does.
+#[tokio::test]
+async fn dashboard_is_served_without_a_token() {
+    let s = with_token();
+    let (_d, api) = s.serve(&[]);
+    for (path, kind, needle) in [
+        ("/", "text/html", "<title>Hopper</title>"),
+        ("/dashboard/app.js", "text/javascript", "/v1/jobs"),
+        ("/dashboard/stream.js", "text/javascript", "/v1/events"),
+        (
+            "/dashboard/util.js",
+            "text/javascript",
+            "export function h(",
+        ),
+        ("/dashboard/app.css", "text/css", "prefers-color-scheme"),
+    ] {
+        let resp = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200, "GET {path}");
+        let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
+        assert!(ct.starts_with(kind), "GET {path}: content-type {ct}");
+        let body = resp.text().await.unwrap();
+        assert!(body.contains(needle), "GET {path} lacks {needle:?}");
+    }
+    let (status, body) = api
+        .call(reqwest::Method::GET, "/dashboard/nope.js", None)
+        .await;
+    assert_eq!(status, 404, "{body}");
+    assert_eq!(body["error"]["code"], "not_found");
+    let resp = api
+        .http
+        .get(format!("{}/v1/queues", api.base))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.status(),
+        401,
+        "the API behind the page still needs the token"
+    );
+}
+
+/// The acceptance test in a real browser: the token prompt, a `sys.sleep` job's bar moving to
+/// succeeded, Retry on a dead job running it again, Cancel on a running one, the job page.
+/// Screenshots land in `target/dashboard*.png`.
+#[test]
+fn dashboard_in_headless_chromium() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let script = root.join("tests/browser/dashboard.mjs");
+    let chromium = which("chromium").unwrap_or_else(|| {
+        panic!("chromium is not installed: `apt-get install -y chromium` (.ci/run does it)")
+    });
+    let node = which("node")
+        .unwrap_or_else(|| panic!("node is not installed: `apt-get install -y nodejs npm`"));
+    assert!(
+        root.join("tests/browser/node_modules/playwright-core")
+            .is_dir(),
+        "playwright-core is missing: run `npm ci` in tests/browser (.ci/run does it)"
+    );
+    let shots = root.join("target");
+    std::fs::create_dir_all(&shots).unwrap();
+
+    let s = with_token();
+    let (daemon, api) = s.serve(&[]);
+    let out = Command::new(node)
+        .arg(&script)
+        .arg(&api.base)
+        .arg(TOKEN)
+        .arg(&shots)
+        .env("CHROMIUM", &chromium)
+        .env("BROWSER_PROFILE", s.path().join("chromium-profile"))
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "the browser test failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- daemon\n{}",
+        out.status,
+        daemon.log_text()
+    );
+    assert!(shots.join("dashboard.png").is_file());
+}
+
+/// The first `name` on `PATH`.
+fn which(name: &str) -> Option<PathBuf> {
+    std::env::var_os("PATH").and_then(|paths| {
+        std::env::split_paths(&paths)
+            .map(|dir| dir.join(name))
+            .find(|p| p.is_file())
+    })
+}
