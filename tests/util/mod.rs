@@ -7,6 +7,7 @@
 //! - `redis`: the shared Redis with a prefix of a test's own, and `redis-server`s of a test's
 //!   own, plain or TLS.
 //! - `peers`: in-test HTTP and SMTP peers for the jobs to talk to.
+//! - `stream`: a WebSocket and an SSE client of `GET /v1/events`.
 //!
 //! The tests say what they check; the set-up and the waiting live here.
 
@@ -16,6 +17,7 @@ mod api;
 mod daemon;
 pub mod peers;
 pub mod redis;
+pub mod stream;
 pub mod wait;
 
 pub use api::{Api, count, events, ms, noop, sleep, step_ids};
