@@ -204,7 +204,11 @@ async fn without_a_valid_token_the_socket_closes_with_4001() {
         .to_owned();
     for ws in &mut sockets {
         let frames = read_until(ws, |f| f["job_id"] == id.as_str() && succeeded(f)).await;
-        assert_eq!(frames[0]["type"], "job.enqueued");
+        let mine: Vec<&Value> = frames
+            .iter()
+            .filter(|f| f["job_id"] == id.as_str())
+            .collect();
+        assert_eq!(mine[0]["type"], "job.enqueued", "{frames:?}");
     }
     // SSE and the page answer 401 without a token, like the rest of /v1.
     let (status, _) = api.call(reqwest::Method::GET, "/v1/events", None).await;
@@ -293,6 +297,76 @@ async fn a_client_that_stops_reading_gets_lagged_and_memory_stays_bounded() {
     assert!(peak < 300 * 1024, "server RSS {peak} KiB");
     wait::until("the server still answers", async || {
         Ok::<_, String>(api.get_json("/readyz", &[]).await)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_retention_gets_a_gap_frame_then_the_oldest_events() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let broker = hopper_workers::broker::open_with(
+        &s.broker_url(),
+        &OpenOptions::new("hopper"),
+        hopper_workers::clock::system(),
+    )
+    .await
+    .unwrap();
+    let batch = (0..10)
+        .map(|_| NewJob::new("sys.noop", json!({})))
+        .collect();
+    broker.enqueue(batch).await.unwrap();
+    let old = broker.events(None, 1).await.unwrap()[0].id.clone();
+    // Retention trims the log to its newest 3 events.
+    broker
+        .purge(&[], hopper_workers::time::Timestamp::EPOCH, 3)
+        .await
+        .unwrap();
+    let kept = ids(api.get_json("/v1/events", &[]).await["events"]
+        .as_array()
+        .unwrap());
+    assert_eq!(kept.len(), 3);
+    let page = api.get_json("/v1/events", &[("since", &old)]).await;
+    assert_eq!(page["gap"], true);
+
+    let mut ws = connect(&ws_url(&api.base, &format!("since={old}"))).await;
+    assert_eq!(stream::next_json(&mut ws).await, json!({"type": "gap"}));
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        replayed.push(stream::next_json(&mut ws).await);
+    }
+    assert_eq!(ids(&replayed), kept);
+    // A cursor still in the log is no gap.
+    let mut ws = connect(&ws_url(&api.base, &format!("since={}", kept[0]))).await;
+    assert_eq!(stream::next_json(&mut ws).await["id"], kept[1].as_str());
+}
+
+#[tokio::test]
+async fn streams_past_max_connections_are_503() {
+    let s = Scratch::new();
+    s.write_config_with_server("max_connections = 1", "");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let first = connect(&ws_url(&api.base, "")).await;
+    match connect_with(&ws_url(&api.base, ""), &[]).await {
+        Err(WsError::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("a second stream was not refused: {other:?}"),
+    }
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/events", api.base))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    // The JSON page is not a stream: it is served.
+    api.get_json("/v1/events", &[]).await;
+    close(first).await;
+    wait::until("the closed stream's slot was never freed", async || {
+        connect_with(&ws_url(&api.base, ""), &[])
+            .await
+            .map_err(|e| e.to_string())
     })
     .await;
 }

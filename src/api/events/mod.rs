@@ -32,6 +32,7 @@ use serde_json::json;
 
 pub use hub::Hub;
 
+use self::feed::Feed;
 use self::filter::{DEFAULT_LIMIT, EventQuery};
 use super::{ApiError, AppState, constant_time_eq};
 
@@ -69,19 +70,34 @@ pub async fn events(
         st.hub.broker().events(Some(since), 0).await?;
     }
     match upgrade {
+        Ok(upgrade) if !authorized => Ok(ws::refuse(upgrade, admit(&st)?)),
         Ok(upgrade) => {
             let admitted = admit(&st)?;
-            Ok(ws::upgrade(
-                upgrade,
-                st.hub.clone(),
-                query,
-                authorized,
-                admitted,
-            ))
+            let feed = open(&st, query).await?;
+            Ok(ws::upgrade(upgrade, st.hub.clone(), feed, admitted))
         }
-        Err(_) if sse => Ok(sse::stream(st.hub.clone(), query, admit(&st)?)),
+        Err(_) if sse => {
+            let admitted = admit(&st)?;
+            let feed = open(&st, query).await?;
+            Ok(sse::stream(st.hub.clone(), feed, admitted))
+        }
         Err(_) => page(&st, &query).await,
     }
+}
+
+/// Opens the feed before the stream's response, so that a stream without `since` holds every
+/// event appended after the server answered: a client that connects, then enqueues, sees its
+/// job's `job.enqueued`.
+async fn open(st: &AppState, query: EventQuery) -> Result<Feed, ApiError> {
+    Feed::open(&st.hub, query.filter, query.since)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopping",
+                "the server is stopping",
+            )
+        })
 }
 
 /// One page of the log: `{"events": [...], "next": CURSOR, "gap": bool}`.

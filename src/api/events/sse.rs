@@ -15,26 +15,17 @@ use axum::response::{IntoResponse, Response};
 use tokio::sync::mpsc;
 
 use super::feed::{Feed, Frame};
-use super::filter::EventQuery;
 use super::hub::{Admitted, Hub};
 
 /// Frames buffered between the feed and the response body.
 const BUFFER: usize = 64;
 
-/// The SSE response for `query`.
-pub fn stream(hub: Hub, query: EventQuery, admitted: Admitted) -> Response {
+/// The SSE response streaming `feed`.
+pub fn stream(hub: Hub, mut feed: Feed, admitted: Admitted) -> Response {
     let (tx, rx) = mpsc::channel::<SseEvent>(BUFFER);
     let stopping = hub.stopping();
     tokio::spawn(async move {
         let _admitted = admitted;
-        let mut feed = match Feed::open(&hub, query.filter, query.since).await {
-            Ok(Some(feed)) => feed,
-            Ok(None) => return,
-            Err(e) => {
-                tracing::warn!(error = %e, "event stream: opening the feed failed");
-                return;
-            }
-        };
         loop {
             let frame = tokio::select! {
                 () = stopping.cancelled() => return,

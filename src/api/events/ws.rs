@@ -16,7 +16,6 @@ use futures::{SinkExt, StreamExt};
 
 use super::PROTOCOL;
 use super::feed::{Feed, Frame};
-use super::filter::EventQuery;
 use super::hub::{Admitted, Hub};
 
 /// How often the server pings.
@@ -28,29 +27,29 @@ const INTERNAL: u16 = 1011;
 /// Close code when the server stops ("going away").
 const GOING_AWAY: u16 = 1001;
 
-/// Answers the upgrade and runs the stream on the upgraded connection.
-pub fn upgrade(
-    upgrade: WebSocketUpgrade,
-    hub: Hub,
-    query: EventQuery,
-    authorized: bool,
-    admitted: Admitted,
-) -> Response {
+/// Answers the upgrade and runs `feed` on the upgraded connection.
+pub fn upgrade(upgrade: WebSocketUpgrade, hub: Hub, feed: Feed, admitted: Admitted) -> Response {
     upgrade
         .protocols([PROTOCOL])
         .on_upgrade(move |socket| async move {
             let _admitted = admitted;
-            if authorized {
-                run(socket, hub, query).await;
-            } else {
-                close(
-                    socket,
-                    UNAUTHORIZED,
-                    "unauthorized: pass a token as Authorization: Bearer, ?token= or the \
-                     protocol token.TOKEN",
-                )
-                .await;
-            }
+            run(socket, hub, feed).await;
+        })
+}
+
+/// Answers the upgrade, then closes with 4001: a browser can read a close code, not a 401.
+pub fn refuse(upgrade: WebSocketUpgrade, admitted: Admitted) -> Response {
+    upgrade
+        .protocols([PROTOCOL])
+        .on_upgrade(move |socket| async move {
+            let _admitted = admitted;
+            close(
+                socket,
+                UNAUTHORIZED,
+                "unauthorized: pass a token as Authorization: Bearer, ?token= or the \
+                 protocol token.TOKEN",
+            )
+            .await;
         })
 }
 
@@ -66,16 +65,8 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
     .await;
 }
 
-async fn run(socket: WebSocket, hub: Hub, query: EventQuery) {
+async fn run(socket: WebSocket, hub: Hub, mut feed: Feed) {
     let stopping = hub.stopping();
-    let mut feed = match Feed::open(&hub, query.filter, query.since).await {
-        Ok(Some(feed)) => feed,
-        Ok(None) => return close(socket, GOING_AWAY, "the server is stopping").await,
-        Err(e) => {
-            tracing::warn!(error = %e, "event stream: opening the feed failed");
-            return close(socket, INTERNAL, "reading the event log failed").await;
-        }
-    };
     let (mut tx, mut rx) = socket.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
