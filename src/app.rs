@@ -172,6 +172,8 @@ pub async fn serve(
     if let Some((handle, _)) = &node.pool {
         state = state.with_pool(handle.clone());
     }
+    // One reader of the event log for every stream this process serves.
+    node.tracker.spawn(state.hub.clone().run(shutdown.clone()));
     tracing::info!(
         broker = node.broker.name(),
         workers = if no_workers {

@@ -13,7 +13,8 @@
 //! - [`config`]: the typed `config.toml`, its defaults, environment overrides, `validate()`.
 //! - [`app`]: wiring: broker + registry + pool + HTTP server ([`app::serve`]) or the pool
 //!   alone ([`app::worker`]), a node built once.
-//! - [`api`]: the HTTP API, built by [`api::router`] from an [`api::AppState`].
+//! - [`api`]: the HTTP API, built by [`api::router`] from an [`api::AppState`]; its
+//!   `events` module streams `GET /v1/events` from one reader of the event log per process.
 //! - [`service`]: what both front doors call: submit a job or a chain, look one up.
 //!   [`service::submit`] is the one place a new job is checked.
 //! - [`view`]: the JSON shown around jobs (a job's history and chain steps) and the queue

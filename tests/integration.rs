@@ -10,6 +10,8 @@ mod util;
 mod e2e_dashboard;
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.
 mod e2e_demo_chain;
+/// `GET /v1/events`: WebSocket, SSE and JSON page; resume, lag, auth, across processes.
+mod e2e_events;
 /// A worker killed mid-job, cancel, graceful and hard shutdown, durability across SIGKILL.
 mod e2e_failures;
 /// Bad input: HTTP 4xx naming the field, unknown config keys, bad CLI flags.

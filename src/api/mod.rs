@@ -7,10 +7,14 @@
 //! (`crate::view`). Every error, including axum's own rejections, an unknown route and a
 //! timeout, is JSON `{"error": {"code", "message", "field"?}}` (see [`error`]).
 //!
-//! Not here yet: the WebSocket event stream, `/metrics`, `/openapi.json` and the dashboard.
+//! `GET /v1/events` (WebSocket, SSE, JSON page) is [`events`]'s, with its own auth (a
+//! WebSocket is closed with 4001 rather than refused with 401).
+//!
+//! Not here yet: `/metrics`, `/openapi.json` and the dashboard.
 
 mod dashboard;
 pub mod error;
+pub mod events;
 mod jobs;
 mod queues;
 #[cfg(test)]
@@ -54,6 +58,9 @@ pub struct AppState {
     pub pool: Option<PoolHandle>,
     /// Defaults (`[retry] max_retries`), auth tokens, body limit, configured queues.
     pub config: Arc<Config>,
+    /// The process's one reader of the event log, feeding every `/v1/events` stream. It reads
+    /// once `crate::app` runs it ([`events::Hub::run`]).
+    pub hub: events::Hub,
 }
 
 impl AppState {
@@ -66,6 +73,7 @@ impl AppState {
     ) -> Self {
         Self {
             service: Service::new(broker.clone(), registry, clock, config.retry.max_retries),
+            hub: events::Hub::new(broker.clone()),
             broker,
             pool: None,
             config,
@@ -99,7 +107,9 @@ pub fn router(state: AppState) -> Router {
         .route("/queues/{name}/pause", post(queues::pause))
         .route("/queues/{name}/resume", post(queues::resume))
         .route("/queues/{name}/retry-dead", post(queues::retry_dead))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token));
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+        // After the layer: the events route checks tokens itself.
+        .route("/events", get(events::events));
     Router::new()
         .nest("/v1", v1)
         .merge(dashboard::router())

@@ -87,6 +87,9 @@ impl Config {
         if self.server.body_limit == 0 {
             p.push("server.body_limit: must be greater than 0".into());
         }
+        if self.server.max_connections == 0 {
+            p.push("server.max_connections: must be greater than 0".into());
+        }
         match self.server.listen.parse::<SocketAddr>() {
             Err(_) => {
                 p.push(format!(

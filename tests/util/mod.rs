@@ -9,6 +9,7 @@
 //! - `peers`: in-test HTTP and SMTP peers for the jobs to talk to.
 //! - `follow`: a long-running CLI command (`hopper tail`) read line by line ([`Follow`]).
 //! - `ws_peer`: an in-test WebSocket server speaking the `/v1/events` contract.
+//! - `stream`: a WebSocket and an SSE client of `GET /v1/events`.
 //!
 //! The tests say what they check; the set-up and the waiting live here.
 
@@ -19,6 +20,7 @@ mod daemon;
 mod follow;
 pub mod peers;
 pub mod redis;
+pub mod stream;
 pub mod wait;
 pub mod ws_peer;
 

@@ -1,0 +1,186 @@
+//! One client's stream of frames: the replay of what it missed, then the live events, with no
+//! gap and no duplicate at the seam; a `gap` frame when its cursor is older than retention,
+//! and a final `lagged` frame when it fell behind. The WebSocket and SSE transports both read
+//! a [`Feed`]; neither knows about the seam.
+//!
+//! The seam: the feed subscribes to the hub *first*, then reads the hub's position `(seq, id)`.
+//! Every event the hub broadcasts after that has a greater `seq` and is in the receiver; every
+//! event up to it is in the broker's log up to `id`. So the feed replays from the broker after
+//! `since` up to and including `id`, then drops received events with `seq` up to the position.
+//!
+//! A gap: the cursor's event is no longer in the log (retention trimmed it). Detected without
+//! comparing ids (they are opaque, and broker-specific): the first event after `since` is the
+//! oldest the log still holds, and it is not `since` itself. A cursor at the very start of a
+//! never-trimmed log (SQLite's `0`) is therefore a gap only once the log was trimmed.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+
+use hopper_workers::BrokerError;
+use hopper_workers::event::Event;
+use serde_json::json;
+use tokio::sync::broadcast::{self, error::RecvError};
+
+use super::filter::EventFilter;
+use super::hub::{Hub, HubEvent};
+
+/// Events read from the broker per replay round-trip.
+const REPLAY_PAGE: usize = 1000;
+
+/// What a transport sends next.
+#[derive(Debug)]
+pub enum Frame {
+    /// An event, with its id and JSON.
+    Event { id: String, json: String },
+    /// The cursor was older than retention: events were lost between it and what follows.
+    Gap,
+    /// The client fell behind; it should reconnect with `since = resume`. The last frame.
+    Lagged { resume: Option<String> },
+}
+
+impl Frame {
+    /// The frame's JSON text.
+    pub fn json(&self) -> String {
+        match self {
+            Frame::Event { json, .. } => json.clone(),
+            Frame::Gap => json!({ "type": "gap" }).to_string(),
+            Frame::Lagged { resume } => json!({ "type": "lagged", "resume": resume }).to_string(),
+        }
+    }
+}
+
+/// One client's position in the stream.
+pub struct Feed {
+    hub: Hub,
+    rx: broadcast::Receiver<Arc<HubEvent>>,
+    filter: EventFilter,
+    /// Replayed events not yet handed out.
+    pending: VecDeque<Event>,
+    /// Where the replay reads next; `None` once the replay reached the hub's position.
+    replay_after: Option<Option<String>>,
+    /// The hub's position when the feed subscribed: the replay ends at `id`, and received
+    /// events up to `seq` were replayed.
+    until_id: Option<String>,
+    until_seq: u64,
+    /// The last event handed out or passed over by the filter: where a client resumes.
+    resume: Option<String>,
+    gap: bool,
+    done: bool,
+}
+
+impl Feed {
+    /// Opens a feed after `since` (live only when `None`). `None` when the hub stopped.
+    pub async fn open(
+        hub: &Hub,
+        filter: EventFilter,
+        since: Option<String>,
+    ) -> Result<Option<Self>, BrokerError> {
+        let Some((rx, position)) = hub.subscribe().await else {
+            return Ok(None);
+        };
+        let gap = match &since {
+            Some(s) => is_gap(hub, s).await?,
+            None => false,
+        };
+        let resume = since.clone().or_else(|| position.id.clone());
+        // Nothing to replay when the client starts live, or stands at the hub's position.
+        let replay_after = match &since {
+            Some(s) if Some(s) != position.id.as_ref() && position.id.is_some() => {
+                Some(Some(s.clone()))
+            }
+            _ => None,
+        };
+        Ok(Some(Self {
+            hub: hub.clone(),
+            rx,
+            filter,
+            pending: VecDeque::new(),
+            replay_after,
+            until_id: position.id,
+            until_seq: position.seq,
+            resume,
+            gap,
+            done: false,
+        }))
+    }
+
+    /// The next frame; `None` when the stream ended (after `Lagged`, or the hub stopped).
+    pub async fn next(&mut self) -> Result<Option<Frame>, BrokerError> {
+        if self.done {
+            return Ok(None);
+        }
+        if std::mem::take(&mut self.gap) {
+            return Ok(Some(Frame::Gap));
+        }
+        loop {
+            if let Some(e) = self.pending.pop_front() {
+                self.resume = Some(e.id.clone());
+                if self.filter.matches(&e) {
+                    let json = serde_json::to_string(&e).map_err(BrokerError::backend)?;
+                    return Ok(Some(Frame::Event { id: e.id, json }));
+                }
+                continue;
+            }
+            if let Some(after) = self.replay_after.take() {
+                self.replay_page(after).await?;
+                continue;
+            }
+            match self.rx.recv().await {
+                Ok(ev) if ev.seq <= self.until_seq => {}
+                Ok(ev) => {
+                    self.resume = Some(ev.event.id.clone());
+                    if self.filter.matches(&ev.event) {
+                        return Ok(Some(Frame::Event {
+                            id: ev.event.id.clone(),
+                            json: ev.json.clone(),
+                        }));
+                    }
+                }
+                Err(RecvError::Lagged(_)) => {
+                    self.done = true;
+                    return Ok(Some(Frame::Lagged {
+                        resume: self.resume.clone(),
+                    }));
+                }
+                Err(RecvError::Closed) => {
+                    self.done = true;
+                    return Ok(None);
+                }
+            }
+        }
+    }
+
+    /// Reads one page of the replay into `pending`, up to the hub's position.
+    async fn replay_page(&mut self, after: Option<String>) -> Result<(), BrokerError> {
+        let page = self
+            .hub
+            .broker()
+            .events(after.as_deref(), REPLAY_PAGE)
+            .await?;
+        let Some(last) = page.last().map(|e| e.id.clone()) else {
+            return Ok(());
+        };
+        for e in page {
+            let at_end = Some(&e.id) == self.until_id.as_ref();
+            self.pending.push_back(e);
+            if at_end {
+                return Ok(());
+            }
+        }
+        self.replay_after = Some(Some(last));
+        Ok(())
+    }
+}
+
+/// Whether `since` is older than what the log retains (see the module docs).
+pub async fn is_gap(hub: &Hub, since: &str) -> Result<bool, BrokerError> {
+    let broker = hub.broker();
+    let next = broker.events(Some(since), 1).await?;
+    let Some(next) = next.first() else {
+        return Ok(false);
+    };
+    let oldest = broker.events(None, 1).await?;
+    Ok(oldest
+        .first()
+        .is_some_and(|o| o.id == next.id && o.id != since))
+}

@@ -1,0 +1,177 @@
+//! The query of `GET /v1/events`: which events a client wants (`job`, `queue`, `kind`, `type`,
+//! comma lists), where it resumes (`since`), the page size (`limit`) and the `token` a browser
+//! passes where it cannot set a header.
+//!
+//! Parsing refuses anything it does not know, naming the parameter, so that a typo is a 400
+//! before a WebSocket upgrade instead of a stream that silently matches nothing. Whether a
+//! `since` cursor is one the broker issued is the broker's to say (`super::check_since`).
+
+use std::collections::HashSet;
+
+use hopper_workers::event::{Event, EventType};
+use hopper_workers::job::valid_name;
+
+use crate::api::ApiError;
+
+/// What one client follows. An empty set matches everything.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventFilter {
+    pub jobs: HashSet<String>,
+    pub queues: HashSet<String>,
+    pub kinds: HashSet<String>,
+    pub types: HashSet<EventType>,
+}
+
+impl EventFilter {
+    /// Whether `e` is one the client asked for.
+    pub fn matches(&self, e: &Event) -> bool {
+        (self.jobs.is_empty() || self.jobs.contains(e.job_id.as_str()))
+            && (self.queues.is_empty() || self.queues.contains(&e.queue))
+            && (self.kinds.is_empty() || self.kinds.contains(&e.kind))
+            && (self.types.is_empty() || self.types.contains(&e.kind_of_event))
+    }
+}
+
+/// The parsed query string.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct EventQuery {
+    pub filter: EventFilter,
+    /// The cursor to resume after (`since`, or the `Last-Event-ID` header for SSE).
+    pub since: Option<String>,
+    /// Page size of the JSON page; ignored by the streams.
+    pub limit: Option<usize>,
+    /// A token passed as `?token=` (EventSource and browsers' WebSocket cannot set headers).
+    pub token: Option<String>,
+}
+
+/// The largest JSON page.
+pub const MAX_LIMIT: usize = 1000;
+/// The JSON page size when `limit` is not given.
+pub const DEFAULT_LIMIT: usize = 100;
+
+impl EventQuery {
+    /// Parses `pairs` (the decoded query string), refusing unknown parameters and bad values
+    /// with a 400 naming the parameter.
+    pub fn parse(pairs: &[(String, String)]) -> Result<Self, ApiError> {
+        let mut q = EventQuery::default();
+        for (key, value) in pairs {
+            match key.as_str() {
+                "job" => {
+                    for id in items(key, value)? {
+                        if id.len() > 64 {
+                            return Err(bad(key, "job ids are at most 64 characters"));
+                        }
+                        q.filter.jobs.insert(id.to_owned());
+                    }
+                }
+                "queue" => {
+                    for name in items(key, value)? {
+                        if !valid_name(name) {
+                            return Err(bad(
+                                key,
+                                "queue names are 1 to 64 characters of letters, digits, '-', '_' or '.'",
+                            ));
+                        }
+                        q.filter.queues.insert(name.to_owned());
+                    }
+                }
+                "kind" => {
+                    for kind in items(key, value)? {
+                        if kind.len() > 128 {
+                            return Err(bad(key, "kinds are 1 to 128 characters"));
+                        }
+                        q.filter.kinds.insert(kind.to_owned());
+                    }
+                }
+                "type" => {
+                    for name in items(key, value)? {
+                        let t = EventType::parse(name).ok_or_else(|| {
+                            let known: Vec<_> = EventType::ALL.iter().map(|t| t.as_str()).collect();
+                            bad(
+                                key,
+                                format!("unknown event type {name:?}; known: {}", known.join(", ")),
+                            )
+                        })?;
+                        q.filter.types.insert(t);
+                    }
+                }
+                "since" => {
+                    if value.is_empty() {
+                        return Err(bad(key, "must be an event id"));
+                    }
+                    q.since = Some(value.clone());
+                }
+                "limit" => {
+                    let n = value
+                        .parse::<usize>()
+                        .ok()
+                        .filter(|n| (1..=MAX_LIMIT).contains(n))
+                        .ok_or_else(|| bad(key, format!("must be 1 to {MAX_LIMIT}")))?;
+                    q.limit = Some(n);
+                }
+                "token" => q.token = Some(value.clone()),
+                _ => {
+                    return Err(bad(
+                        key,
+                        "unknown parameter; known: job, queue, kind, type, since, limit, token",
+                    ));
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// The non-empty items of a comma list.
+fn items<'a>(key: &str, value: &'a str) -> Result<Vec<&'a str>, ApiError> {
+    let list: Vec<&str> = value.split(',').map(str::trim).collect();
+    if list.iter().any(|s| s.is_empty()) {
+        return Err(bad(key, "must be a comma list without empty items"));
+    }
+    Ok(list)
+}
+
+fn bad(key: &str, message: impl Into<String>) -> ApiError {
+    ApiError::field(
+        "invalid_parameter",
+        key,
+        format!("{key}: {}", message.into()),
+    )
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+
+    fn parse(q: &[(&str, &str)]) -> Result<EventQuery, ApiError> {
+        let pairs: Vec<(String, String)> = q
+            .iter()
+            .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+            .collect();
+        EventQuery::parse(&pairs)
+    }
+
+    #[test]
+    fn bad_values_name_their_parameter() {
+        for (k, v) in [
+            ("type", "job.exploded"),
+            ("queue", "no spaces"),
+            ("queue", "a,,b"),
+            ("limit", "0"),
+            ("limit", "x"),
+            ("since", ""),
+            ("colour", "red"),
+        ] {
+            let e = parse(&[(k, v)]).expect_err(k);
+            assert_eq!(e.field.as_deref(), Some(k));
+        }
+    }
+
+    #[test]
+    fn comma_lists_fill_the_filter() {
+        let q = parse(&[("type", "job.progress,job.succeeded"), ("queue", "a,b")]).unwrap();
+        assert_eq!(q.filter.types.len(), 2);
+        assert_eq!(q.filter.queues.len(), 2);
+    }
+}

@@ -1,0 +1,204 @@
+//! The hub: the one reader of the broker's event log in this process, fanning every new event
+//! out to all the streams connected here.
+//!
+//! [`Hub::run`] follows `Broker::events(after, limit)` (the durable, merged log every node
+//! writes to, so it sees events of jobs run by any process) and publishes each event once,
+//! serialized once, on a bounded `broadcast` channel. A thousand clients are a thousand
+//! receivers of that channel, not a thousand pollers of the broker; and the channel's ring is
+//! the only buffer of events, so a client that stops reading costs no memory: it falls behind
+//! the ring and is told so (`Lagged`, see `super::feed`).
+//!
+//! Besides the events, the hub publishes its *position*: the sequence number and id of the
+//! last event it broadcast. A new stream subscribes first and reads the position second, so it
+//! knows which broadcast events its own replay from the broker already covers (`super::feed`).
+//!
+//! Not here: filtering, replay and the wire formats (`feed`, `ws`, `sse`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use hopper_workers::Broker;
+use hopper_workers::event::Event;
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Events held for slow receivers: past this many, a receiver that has not read lags.
+pub const CAPACITY: usize = 16_384;
+/// Events read from the broker per round-trip.
+const PAGE: usize = 1000;
+/// How long the hub waits before asking the broker again when the log had nothing new. Short,
+/// because it is the delivery latency of an idle stream; one query per interval per process.
+const IDLE_POLL: Duration = Duration::from_millis(20);
+/// How long the hub waits after a broker error before trying again.
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+
+/// One event as broadcast: its place in this hub's sequence, the event, and its JSON frame.
+#[derive(Debug)]
+pub struct HubEvent {
+    pub seq: u64,
+    pub event: Event,
+    pub json: String,
+}
+
+/// Where the hub is: the last event it broadcast (`seq` 0 and the log's last id before it
+/// started, when it has broadcast nothing yet).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub seq: u64,
+    pub id: Option<String>,
+}
+
+/// The shared end of the hub: subscribe, read the position, count connections. Cheap to
+/// clone.
+#[derive(Clone, Debug)]
+pub struct Hub {
+    broker: Arc<dyn Broker>,
+    tx: broadcast::Sender<Arc<HubEvent>>,
+    position: Arc<watch::Sender<Option<Position>>>,
+    connections: Arc<AtomicUsize>,
+    /// Fires when the process stops, so that every stream closes and graceful shutdown ends.
+    shutdown: CancellationToken,
+}
+
+/// A counted connection; the count drops with it.
+#[derive(Debug)]
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Hub {
+    /// A hub over `broker`, not yet reading (see [`Hub::run`]). Streams opened before it runs
+    /// wait for it.
+    pub fn new(broker: Arc<dyn Broker>) -> Self {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        Self {
+            broker,
+            tx,
+            position: Arc::new(watch::Sender::new(None)),
+            connections: Arc::new(AtomicUsize::new(0)),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// The broker the hub reads (streams replay from it).
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// Fires when the hub stops.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Counts one more connection, unless `max` are open.
+    pub fn admit(&self, max: usize) -> Option<Admitted> {
+        let admitted = self
+            .connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok();
+        admitted.then(|| Admitted(self.connections.clone()))
+    }
+
+    /// Subscribes, then waits until the hub has caught up with the log, and answers the
+    /// receiver with the position at that moment: every event broadcast after it (`seq`
+    /// greater) is in the receiver; those up to it are in the broker's log up to `id`.
+    /// `None` when the hub stopped.
+    pub async fn subscribe(&self) -> Option<(broadcast::Receiver<Arc<HubEvent>>, Position)> {
+        let rx = self.tx.subscribe();
+        let mut watch = self.position.subscribe();
+        let position = tokio::select! {
+            p = watch.wait_for(Option::is_some) => p.ok()?.clone()?,
+            () = self.shutdown.cancelled() => return None,
+        };
+        Some((rx, position))
+    }
+
+    /// Follows the log until `shutdown` fires: first to its end (without broadcasting the
+    /// past), then every new event as it comes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let stop = self.shutdown.clone();
+        let _stop_streams = stop.drop_guard();
+        let Some(mut cursor) = self.catch_up(&shutdown).await else {
+            return;
+        };
+        let mut seq = 0u64;
+        self.position.send_replace(Some(Position {
+            seq,
+            id: cursor.clone(),
+        }));
+        tracing::debug!(after = ?cursor, "event hub following the log");
+        loop {
+            let page = tokio::select! {
+                () = shutdown.cancelled() => return,
+                page = self.broker.events(cursor.as_deref(), PAGE) => page,
+            };
+            let wait = match page {
+                Ok(events) if events.is_empty() => IDLE_POLL,
+                Ok(events) => {
+                    for event in events {
+                        seq += 1;
+                        cursor = Some(event.id.clone());
+                        self.publish(seq, event);
+                    }
+                    self.position.send_replace(Some(Position {
+                        seq,
+                        id: cursor.clone(),
+                    }));
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "event hub: reading the event log failed; retrying");
+                    ERROR_BACKOFF
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(wait) => {}
+            }
+        }
+    }
+
+    /// Pages to the end of the log; answers the last event's id (`None` for an empty log),
+    /// or `None` when `shutdown` fired first.
+    async fn catch_up(&self, shutdown: &CancellationToken) -> Option<Option<String>> {
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = tokio::select! {
+                () = shutdown.cancelled() => return None,
+                page = self.broker.events(cursor.as_deref(), 10 * PAGE) => page,
+            };
+            match page {
+                Ok(events) => match events.last() {
+                    Some(last) => cursor = Some(last.id.clone()),
+                    None => return Some(cursor),
+                },
+                Err(e) => {
+                    tracing::warn!(error = %e, "event hub: reading the event log failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return None,
+                        () = tokio::time::sleep(ERROR_BACKOFF) => {}
+                    }
+                }
+            }
+        }
+    }
+
+    fn publish(&self, seq: u64, event: Event) {
+        let json = match serde_json::to_string(&event) {
+            Ok(json) => json,
+            Err(e) => {
+                tracing::error!(error = %e, id = %event.id, "event hub: an event did not serialize");
+                return;
+            }
+        };
+        // No receiver is not an error: nobody is listening right now.
+        let _ = self.tx.send(Arc::new(HubEvent { seq, event, json }));
+    }
+}

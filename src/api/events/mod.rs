@@ -1,0 +1,174 @@
+//! `GET /v1/events`: the live, resumable stream of job events, three ways.
+//!
+//! - a WebSocket (`ws`) when the request is an upgrade;
+//! - Server-Sent Events (`sse`) when it accepts `text/event-stream`;
+//! - otherwise one JSON page, `{"events": [...], "next": CURSOR}`, for scripts.
+//!
+//! All three take the same query (`filter`) and resume from `since` (or SSE's
+//! `Last-Event-ID`). The streams read the process's one [`Hub`] and replay from the broker
+//! through a `feed::Feed`. This module owns what comes before a stream starts: parsing (bad
+//! parameters are a 400 naming them, before any upgrade), the `since` cursor check, the
+//! connection limit (`[server] max_connections`, 503 past it) and auth.
+//!
+//! Auth here is the route's own, not the `/v1` middleware's: with `[auth] tokens` set, a
+//! WebSocket without a valid token is *accepted and closed with code 4001*, which a browser
+//! can read (a 401 on the upgrade is only an opaque failure to it); SSE and the JSON page
+//! answer 401 like the rest of `/v1`. The token may come from `Authorization: Bearer`, a
+//! `token` query parameter, or (WebSocket) a `Sec-WebSocket-Protocol` entry `token.TOKEN`
+//! offered beside `hopper`, which the server echoes back.
+
+mod feed;
+mod filter;
+mod hub;
+mod sse;
+mod ws;
+
+use axum::extract::ws::WebSocketUpgrade;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+
+pub use hub::Hub;
+
+use self::feed::Feed;
+use self::filter::{DEFAULT_LIMIT, EventQuery};
+use super::{ApiError, AppState, constant_time_eq};
+
+/// The WebSocket subprotocol the server speaks (and echoes back when offered).
+pub const PROTOCOL: &str = "hopper";
+/// The prefix of a `Sec-WebSocket-Protocol` entry carrying a token.
+const TOKEN_PROTOCOL: &str = "token.";
+
+/// `GET /v1/events`.
+pub async fn events(
+    State(st): State<AppState>,
+    Query(pairs): Query<Vec<(String, String)>>,
+    headers: HeaderMap,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Result<Response, ApiError> {
+    let mut query = EventQuery::parse(&pairs)?;
+    let sse = upgrade.is_err() && accepts_sse(&headers);
+    if sse && query.since.is_none() {
+        query.since = headers
+            .get("last-event-id")
+            .and_then(|v| v.to_str().ok())
+            .filter(|v| !v.is_empty())
+            .map(str::to_owned);
+    }
+    let authorized = authorized(&st, &headers, &query);
+    if !authorized && upgrade.is_err() {
+        return Err(ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "this server needs a token: an Authorization: Bearer TOKEN header or ?token=TOKEN",
+        ));
+    }
+    if authorized && let Some(since) = &query.since {
+        // A cursor the broker never issued is the client's mistake, refused before the stream.
+        st.hub.broker().events(Some(since), 0).await?;
+    }
+    match upgrade {
+        Ok(upgrade) if !authorized => Ok(ws::refuse(upgrade, admit(&st)?)),
+        Ok(upgrade) => {
+            let admitted = admit(&st)?;
+            let feed = open(&st, query).await?;
+            Ok(ws::upgrade(upgrade, st.hub.clone(), feed, admitted))
+        }
+        Err(_) if sse => {
+            let admitted = admit(&st)?;
+            let feed = open(&st, query).await?;
+            Ok(sse::stream(st.hub.clone(), feed, admitted))
+        }
+        Err(_) => page(&st, &query).await,
+    }
+}
+
+/// Opens the feed before the stream's response, so that a stream without `since` holds every
+/// event appended after the server answered: a client that connects, then enqueues, sees its
+/// job's `job.enqueued`.
+async fn open(st: &AppState, query: EventQuery) -> Result<Feed, ApiError> {
+    Feed::open(&st.hub, query.filter, query.since)
+        .await?
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "stopping",
+                "the server is stopping",
+            )
+        })
+}
+
+/// One page of the log: `{"events": [...], "next": CURSOR, "gap": bool}`.
+async fn page(st: &AppState, query: &EventQuery) -> Result<Response, ApiError> {
+    let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
+    let gap = match &query.since {
+        Some(s) => feed::is_gap(&st.hub, s).await?,
+        None => false,
+    };
+    let page = st.broker.events(query.since.as_deref(), limit).await?;
+    let next = page
+        .last()
+        .map(|e| e.id.clone())
+        .or_else(|| query.since.clone());
+    let events: Vec<_> = page
+        .into_iter()
+        .filter(|e| query.filter.matches(e))
+        .collect();
+    Ok(axum::Json(json!({ "events": events, "next": next, "gap": gap })).into_response())
+}
+
+fn admit(st: &AppState) -> Result<hub::Admitted, ApiError> {
+    st.hub
+        .admit(st.config.server.max_connections)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too_many_connections",
+                format!(
+                    "this server already streams to [server] max_connections = {} clients",
+                    st.config.server.max_connections
+                ),
+            )
+        })
+}
+
+fn accepts_sse(headers: &HeaderMap) -> bool {
+    headers
+        .get_all(header::ACCEPT)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .any(|v| v.contains("text/event-stream"))
+}
+
+/// Whether the request carries a valid token (or none is needed), from any of the three places.
+fn authorized(st: &AppState, headers: &HeaderMap, query: &EventQuery) -> bool {
+    let tokens = &st.config.auth.tokens;
+    if tokens.is_empty() {
+        return true;
+    }
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, t)| t.trim().to_owned());
+    let protocols = headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL))
+        .map(str::to_owned);
+    let presented: Vec<String> = bearer
+        .into_iter()
+        .chain(query.token.clone())
+        .chain(protocols)
+        .collect();
+    presented.iter().any(|t| {
+        tokens
+            .iter()
+            .any(|k| constant_time_eq(k.as_bytes(), t.as_bytes()))
+    })
+}

@@ -1,0 +1,62 @@
+//! The Server-Sent Events transport, for `curl -N` and the browser's `EventSource`: each event
+//! as `id: CURSOR` and `data: JSON` (so `Last-Event-ID` resumes it), a `gap` or `lagged` frame
+//! as `event: gap` / `event: lagged`, and a comment every 20 s to keep proxies from closing an
+//! idle stream.
+//!
+//! A task reads the feed into a small channel the response body drains; when the client stops
+//! reading, the channel fills, the task waits, and the hub's bounded ring decides when it has
+//! lagged, as for a WebSocket.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+
+use super::feed::{Feed, Frame};
+use super::hub::{Admitted, Hub};
+
+/// Frames buffered between the feed and the response body.
+const BUFFER: usize = 64;
+
+/// The SSE response streaming `feed`.
+pub fn stream(hub: Hub, mut feed: Feed, admitted: Admitted) -> Response {
+    let (tx, rx) = mpsc::channel::<SseEvent>(BUFFER);
+    let stopping = hub.stopping();
+    tokio::spawn(async move {
+        let _admitted = admitted;
+        loop {
+            let frame = tokio::select! {
+                () = stopping.cancelled() => return,
+                () = tx.closed() => return,
+                frame = feed.next() => frame,
+            };
+            let event = match frame {
+                Ok(Some(Frame::Event { id, json })) => SseEvent::default().id(id).data(json),
+                Ok(Some(frame @ Frame::Gap)) => SseEvent::default().event("gap").data(frame.json()),
+                Ok(Some(frame @ Frame::Lagged { .. })) => {
+                    let _ = tx
+                        .send(SseEvent::default().event("lagged").data(frame.json()))
+                        .await;
+                    return;
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: reading the event log failed");
+                    return;
+                }
+            };
+            tokio::select! {
+                () = stopping.cancelled() => return,
+                sent = tx.send(event) => if sent.is_err() { return },
+            }
+        }
+    });
+    let body = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
+    });
+    Sse::new(body)
+        .keep_alive(KeepAlive::new().interval(Duration::from_secs(20)))
+        .into_response()
+}

@@ -1,0 +1,123 @@
+//! The WebSocket transport: one text frame per event (the event's JSON), a `gap` frame first
+//! when the cursor is older than retention, and a `lagged` frame then a close when the client
+//! fell behind.
+//!
+//! Liveness: the server pings every [`PING_EVERY`]; a peer that misses two pongs in a row is
+//! dropped, and so is one whose send stays blocked that long (it stopped reading). Neither
+//! costs memory meanwhile: the feed's buffer is the hub's bounded ring (see `hub`).
+//!
+//! Auth failures arrive here already upgraded and leave with close code 4001 and a reason.
+
+use std::time::Duration;
+
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::response::Response;
+use futures::{SinkExt, StreamExt};
+
+use super::PROTOCOL;
+use super::feed::{Feed, Frame};
+use super::hub::{Admitted, Hub};
+
+/// How often the server pings.
+pub const PING_EVERY: Duration = Duration::from_secs(20);
+/// Close code of a refused token (4000-4999 are the application's).
+pub const UNAUTHORIZED: u16 = 4001;
+/// Close code when the server fails to read the log (RFC 6455 "internal error").
+const INTERNAL: u16 = 1011;
+/// Close code when the server stops ("going away").
+const GOING_AWAY: u16 = 1001;
+
+/// Answers the upgrade and runs `feed` on the upgraded connection.
+pub fn upgrade(upgrade: WebSocketUpgrade, hub: Hub, feed: Feed, admitted: Admitted) -> Response {
+    upgrade
+        .protocols([PROTOCOL])
+        .on_upgrade(move |socket| async move {
+            let _admitted = admitted;
+            run(socket, hub, feed).await;
+        })
+}
+
+/// Answers the upgrade, then closes with 4001: a browser can read a close code, not a 401.
+pub fn refuse(upgrade: WebSocketUpgrade, admitted: Admitted) -> Response {
+    upgrade
+        .protocols([PROTOCOL])
+        .on_upgrade(move |socket| async move {
+            let _admitted = admitted;
+            close(
+                socket,
+                UNAUTHORIZED,
+                "unauthorized: pass a token as Authorization: Bearer, ?token= or the \
+                 protocol token.TOKEN",
+            )
+            .await;
+        })
+}
+
+async fn close(mut socket: WebSocket, code: u16, reason: &str) {
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(
+        Duration::from_secs(5),
+        socket.send(Message::Close(Some(frame))),
+    )
+    .await;
+}
+
+async fn run(socket: WebSocket, hub: Hub, mut feed: Feed) {
+    let stopping = hub.stopping();
+    let (mut tx, mut rx) = socket.split();
+    let mut ping = tokio::time::interval(PING_EVERY);
+    ping.tick().await;
+    let mut unanswered = 0u32;
+    let (code, reason) = loop {
+        tokio::select! {
+            () = stopping.cancelled() => break (GOING_AWAY, "the server is stopping"),
+            incoming = rx.next() => match incoming {
+                Some(Ok(Message::Pong(_))) => unanswered = 0,
+                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                Some(Ok(_)) => {}
+            },
+            _ = ping.tick() => {
+                if unanswered >= 2 {
+                    tracing::debug!("event stream: peer missed two pongs; dropping it");
+                    return;
+                }
+                unanswered += 1;
+                if !send(&mut tx, Message::Ping(Vec::new().into())).await {
+                    return;
+                }
+            }
+            frame = feed.next() => match frame {
+                Ok(Some(frame)) => {
+                    let last = matches!(frame, Frame::Lagged { .. });
+                    if !send(&mut tx, Message::Text(frame.json().into())).await {
+                        return;
+                    }
+                    if last {
+                        break (1008, "lagged: reconnect with since=resume");
+                    }
+                }
+                Ok(None) => break (GOING_AWAY, "the server is stopping"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "event stream: reading the event log failed");
+                    break (INTERNAL, "reading the event log failed");
+                }
+            },
+        }
+    };
+    let frame = CloseFrame {
+        code,
+        reason: reason.into(),
+    };
+    let _ = tokio::time::timeout(PING_EVERY, tx.send(Message::Close(Some(frame)))).await;
+}
+
+/// Sends one message; false when the peer is gone or has not read for two ping intervals.
+async fn send(tx: &mut futures::stream::SplitSink<WebSocket, Message>, msg: Message) -> bool {
+    matches!(
+        tokio::time::timeout(2 * PING_EVERY, tx.send(msg)).await,
+        Ok(Ok(()))
+    )
+}

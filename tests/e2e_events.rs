@@ -1,0 +1,372 @@
+//! `GET /v1/events` against the real binary (Hopper issue 9): a real WebSocket client
+//! (tokio-tungstenite) sees a job's events in order, resumes with `since` without a gap or a
+//! duplicate, follows jobs run by another process on Redis, is told `lagged` when it stops
+//! reading (while the server's memory stays bounded), and is closed with 4001 without a
+//! token; SSE resumes from `Last-Event-ID`; bad filters are 400s naming the parameter.
+
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashSet;
+
+use hopper_workers::NewJob;
+use hopper_workers::broker::OpenOptions;
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Error as WsError;
+
+use crate::util::redis::{RedisKeys, SHARED_URL};
+use crate::util::stream::{self, Next, Sse, close, connect, connect_with, read_until, ws_url};
+use crate::util::{Scratch, sleep, wait};
+
+fn types(frames: &[Value]) -> Vec<&str> {
+    frames.iter().map(|f| f["type"].as_str().unwrap()).collect()
+}
+
+fn ids(frames: &[Value]) -> Vec<String> {
+    frames
+        .iter()
+        .map(|f| f["id"].as_str().unwrap().to_owned())
+        .collect()
+}
+
+fn succeeded(f: &Value) -> bool {
+    f["type"] == "job.succeeded"
+}
+
+#[tokio::test]
+async fn a_sleep_job_streams_enqueued_started_progress_succeeded_in_order() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let mut ws = connect(&ws_url(&api.base, "queue=default&kind=sys.sleep")).await;
+    let id = api.enqueue_ok(sleep(1500)).await;
+    let frames = read_until(&mut ws, succeeded).await;
+    assert!(
+        frames.iter().all(|f| f["job_id"] == id.as_str()),
+        "{frames:?}"
+    );
+    let t = types(&frames);
+    assert_eq!(t.first(), Some(&"job.enqueued"), "{t:?}");
+    assert_eq!(t.get(1), Some(&"job.started"), "{t:?}");
+    assert_eq!(t.last(), Some(&"job.succeeded"), "{t:?}");
+    let progress = &frames[2..frames.len() - 1];
+    assert!(progress.len() >= 3, "several progress events: {t:?}");
+    assert!(
+        progress.iter().all(|f| f["type"] == "job.progress"),
+        "{t:?}"
+    );
+    let pcts: Vec<u64> = progress
+        .iter()
+        .map(|f| f["progress"].as_u64().unwrap())
+        .collect();
+    assert!(
+        pcts.windows(2).all(|w| w[0] <= w[1]),
+        "progress only grows: {pcts:?}"
+    );
+    // The frames are the history's events, ids and all.
+    let history = api.job(&id).await["history"].as_array().unwrap().clone();
+    assert_eq!(ids(&frames), ids(&history));
+    close(ws).await;
+}
+
+#[tokio::test]
+async fn reconnecting_with_since_yields_exactly_the_missed_events() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let mut ws = connect(&ws_url(&api.base, "")).await;
+    let id = api.enqueue_ok(sleep(2000)).await;
+    let seen = read_until(&mut ws, |f| f["type"] == "job.progress").await;
+    let cursor = seen.last().unwrap()["id"].as_str().unwrap().to_owned();
+    close(ws).await;
+    api.wait_state(&id, "succeeded").await;
+    // Other traffic in between, that the filter leaves out.
+    api.enqueue_ok(sleep(1)).await;
+
+    let mut ws = connect(&ws_url(&api.base, &format!("since={cursor}&job={id}"))).await;
+    let missed = read_until(&mut ws, succeeded).await;
+    let history = api.job(&id).await["history"].as_array().unwrap().clone();
+    let all = ids(&history);
+    let at = all.iter().position(|i| *i == cursor).unwrap();
+    assert_eq!(
+        ids(&missed),
+        all[at + 1..],
+        "exactly the events after the cursor"
+    );
+    assert_eq!(ids(&seen).last(), all.get(at));
+
+    // Live after the replay, with no duplicate at the seam: a new job's events arrive once.
+    let mut ws2 = connect(&ws_url(&api.base, &format!("since={cursor}"))).await;
+    let id2 = api.enqueue_ok(sleep(1)).await;
+    let frames = read_until(&mut ws2, |f| f["job_id"] == id2.as_str() && succeeded(f)).await;
+    let unique: HashSet<String> = ids(&frames).into_iter().collect();
+    assert_eq!(unique.len(), frames.len(), "no event twice: {frames:?}");
+    close(ws).await;
+    close(ws2).await;
+}
+
+#[tokio::test]
+async fn the_json_page_and_sse_resume_from_a_cursor() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let id = api.enqueue_ok(sleep(1)).await;
+    api.wait_state(&id, "succeeded").await;
+    let page = api.get_json("/v1/events", &[("job", &id)]).await;
+    let events = page["events"].as_array().unwrap().clone();
+    assert_eq!(types(&events).last(), Some(&"job.succeeded"));
+    let first = events[0]["id"].as_str().unwrap().to_owned();
+    let rest = api
+        .get_json("/v1/events", &[("job", &id), ("since", &first)])
+        .await;
+    assert_eq!(ids(rest["events"].as_array().unwrap()), ids(&events)[1..]);
+
+    let url = format!("{}/v1/events?job={id}", api.base);
+    let mut sse = Sse::open(&url, &[("last-event-id", &first)]).await;
+    for want in &ids(&events)[1..] {
+        let f = sse.next().await;
+        assert_eq!(f.id.as_deref(), Some(want.as_str()));
+        assert_eq!(f.data["id"], want.as_str());
+    }
+    // Then live.
+    let id2 = api.enqueue_ok(sleep(1)).await;
+    let url = format!("{}/v1/events?job={id2}", api.base);
+    let mut live = Sse::open(&url, &[]).await;
+    let mut seen = Vec::new();
+    while seen.last().is_none_or(|t: &String| t != "job.succeeded") {
+        seen.push(live.next().await.data["type"].as_str().unwrap().to_owned());
+    }
+    assert_eq!(seen.first().map(String::as_str), Some("job.enqueued"));
+}
+
+#[tokio::test]
+async fn bad_filters_are_400_naming_the_parameter_before_the_upgrade() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    for (query, field) in [
+        ("type=job.exploded", "type"),
+        ("queue=no%20spaces", "queue"),
+        ("since=garbage", "since"),
+        ("colour=red", "colour"),
+    ] {
+        let (status, body) = api
+            .call(reqwest::Method::GET, &format!("/v1/events?{query}"), None)
+            .await;
+        assert_eq!(status, 400, "{query}: {body}");
+        assert_eq!(body["error"]["field"], field, "{query}: {body}");
+        match connect_with(&ws_url(&api.base, query), &[]).await {
+            Err(WsError::Http(res)) => assert_eq!(res.status(), 400, "{query}"),
+            other => panic!("{query}: the upgrade was not refused: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn without_a_valid_token_the_socket_closes_with_4001() {
+    let s = Scratch::with_config("[auth]\ntokens = [\"s3cret\"]\n");
+    let (_d, api) = s.serve(&[]);
+    for (query, headers) in [
+        ("", vec![]),
+        ("token=wrong", vec![]),
+        ("", vec![("authorization", "Bearer wrong")]),
+    ] {
+        let mut ws = connect_with(&ws_url(&api.base, query), &headers)
+            .await
+            .unwrap();
+        match stream::next(&mut ws).await {
+            Next::Closed(Some(frame)) => {
+                assert_eq!(u16::from(frame.code), 4001, "{query} {headers:?}");
+                assert!(frame.reason.contains("unauthorized"), "{}", frame.reason);
+            }
+            other => panic!("{query} {headers:?}: not closed with 4001: {other:?}"),
+        }
+    }
+    // A good token in each of the three places streams events.
+    let url = ws_url(&api.base, "");
+    let url_q = ws_url(&api.base, "token=s3cret");
+    let mut sockets = vec![
+        connect_with(&url, &[("authorization", "Bearer s3cret")])
+            .await
+            .unwrap(),
+        connect_with(&url_q, &[]).await.unwrap(),
+        connect_with(&url, &[("sec-websocket-protocol", "hopper, token.s3cret")])
+            .await
+            .unwrap(),
+    ];
+    let res = api
+        .http
+        .post(format!("{}/v1/jobs", api.base))
+        .bearer_auth("s3cret")
+        .json(&sleep(1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let id = res.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for ws in &mut sockets {
+        let frames = read_until(ws, |f| f["job_id"] == id.as_str() && succeeded(f)).await;
+        let mine: Vec<&Value> = frames
+            .iter()
+            .filter(|f| f["job_id"] == id.as_str())
+            .collect();
+        assert_eq!(mine[0]["type"], "job.enqueued", "{frames:?}");
+    }
+    // SSE and the page answer 401 without a token, like the rest of /v1.
+    let (status, _) = api.call(reqwest::Method::GET, "/v1/events", None).await;
+    assert_eq!(status, 401);
+    let (status, _) = api
+        .call(reqwest::Method::GET, "/v1/events?token=s3cret", None)
+        .await;
+    assert_eq!(status, 200);
+}
+
+#[tokio::test]
+async fn api_nodes_on_one_redis_stream_a_job_run_by_a_worker_process() {
+    let keys = RedisKeys::claim();
+    let s = Scratch::new();
+    s.write_config_with_broker(SHARED_URL, &keys.prefix, "");
+    let (_a, api_a) = s.serve(&["--no-workers"]);
+    let (_b, api_b) = s.serve(&["--no-workers"]);
+    let mut ws_a = connect(&ws_url(&api_a.base, "")).await;
+    let mut ws_b = connect(&ws_url(&api_b.base, "")).await;
+    let id = api_a.enqueue_ok(sleep(500)).await;
+    let _worker = s.start(&["worker"]);
+    let done = |f: &Value| f["job_id"] == id.as_str() && succeeded(f);
+    let a = read_until(&mut ws_a, done).await;
+    let b = read_until(&mut ws_b, done).await;
+    assert_eq!(ids(&a), ids(&b), "both nodes deliver the same events");
+    assert!(types(&a).contains(&"job.started"), "{a:?}");
+    let history = api_b.job(&id).await["history"].as_array().unwrap().clone();
+    let mine: Vec<Value> = a
+        .iter()
+        .filter(|f| f["job_id"] == id.as_str())
+        .cloned()
+        .collect();
+    assert_eq!(ids(&mine), ids(&history), "{a:?}");
+}
+
+/// The server's resident memory, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    let line = status.lines().find(|l| l.starts_with("VmRSS:")).unwrap();
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+#[tokio::test]
+async fn a_client_that_stops_reading_gets_lagged_and_memory_stays_bounded() {
+    let s = Scratch::with_config("");
+    let (d, api) = s.serve(&["--no-workers"]);
+    let mut idle = connect(&ws_url(&api.base, "")).await;
+    // Another process writes 100,000 events to the same file; this client reads none of them.
+    let broker = hopper_workers::broker::open_with(
+        &s.broker_url(),
+        &OpenOptions::new("hopper"),
+        hopper_workers::clock::system(),
+    )
+    .await
+    .unwrap();
+    let mut peak = 0;
+    for _ in 0..100 {
+        let batch = (0..1000)
+            .map(|_| NewJob::new("sys.noop", json!({})))
+            .collect();
+        broker.enqueue(batch).await.unwrap();
+        peak = peak.max(rss_kib(d.pid()));
+    }
+    let last = broker.events(None, 1).await.unwrap();
+    assert!(!last.is_empty());
+    // Reading again: what the socket buffered, then `lagged` with a cursor, then the close.
+    let mut frames = 0u64;
+    let lagged = loop {
+        match stream::next(&mut idle).await {
+            Next::Json(v) if v["type"] == "lagged" => break v,
+            Next::Json(_) => frames += 1,
+            Next::Closed(f) => panic!("closed without lagged after {frames} frames: {f:?}"),
+        }
+        peak = peak.max(rss_kib(d.pid()));
+    };
+    assert!(frames < 100_000, "the client was cut off before the end");
+    let resume = lagged["resume"].as_str().unwrap().to_owned();
+    assert!(matches!(stream::next(&mut idle).await, Next::Closed(_)));
+    // The cursor resumes where the client left off.
+    let rest = api
+        .get_json("/v1/events", &[("since", &resume), ("limit", "1")])
+        .await;
+    assert_eq!(rest["events"].as_array().unwrap().len(), 1);
+    peak = peak.max(rss_kib(d.pid()));
+    eprintln!("slow consumer: {frames} frames before lagged; server peak VmRSS {peak} KiB");
+    assert!(peak < 300 * 1024, "server RSS {peak} KiB");
+    wait::until("the server still answers", async || {
+        Ok::<_, String>(api.get_json("/readyz", &[]).await)
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn a_cursor_older_than_retention_gets_a_gap_frame_then_the_oldest_events() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let broker = hopper_workers::broker::open_with(
+        &s.broker_url(),
+        &OpenOptions::new("hopper"),
+        hopper_workers::clock::system(),
+    )
+    .await
+    .unwrap();
+    let batch = (0..10)
+        .map(|_| NewJob::new("sys.noop", json!({})))
+        .collect();
+    broker.enqueue(batch).await.unwrap();
+    let old = broker.events(None, 1).await.unwrap()[0].id.clone();
+    // Retention trims the log to its newest 3 events.
+    broker
+        .purge(&[], hopper_workers::time::Timestamp::EPOCH, 3)
+        .await
+        .unwrap();
+    let kept = ids(api.get_json("/v1/events", &[]).await["events"]
+        .as_array()
+        .unwrap());
+    assert_eq!(kept.len(), 3);
+    let page = api.get_json("/v1/events", &[("since", &old)]).await;
+    assert_eq!(page["gap"], true);
+
+    let mut ws = connect(&ws_url(&api.base, &format!("since={old}"))).await;
+    assert_eq!(stream::next_json(&mut ws).await, json!({"type": "gap"}));
+    let mut replayed = Vec::new();
+    for _ in 0..3 {
+        replayed.push(stream::next_json(&mut ws).await);
+    }
+    assert_eq!(ids(&replayed), kept);
+    // A cursor still in the log is no gap.
+    let mut ws = connect(&ws_url(&api.base, &format!("since={}", kept[0]))).await;
+    assert_eq!(stream::next_json(&mut ws).await["id"], kept[1].as_str());
+}
+
+#[tokio::test]
+async fn streams_past_max_connections_are_503() {
+    let s = Scratch::new();
+    s.write_config_with_server("max_connections = 1", "");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let first = connect(&ws_url(&api.base, "")).await;
+    match connect_with(&ws_url(&api.base, ""), &[]).await {
+        Err(WsError::Http(res)) => assert_eq!(res.status(), 503),
+        other => panic!("a second stream was not refused: {other:?}"),
+    }
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/events", api.base))
+        .header("accept", "text/event-stream")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 503);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "too_many_connections");
+    // The JSON page is not a stream: it is served.
+    api.get_json("/v1/events", &[]).await;
+    close(first).await;
+    wait::until("the closed stream's slot was never freed", async || {
+        connect_with(&ws_url(&api.base, ""), &[])
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+}
