@@ -182,8 +182,13 @@ try {
     id: '999999', type: 'job.progress', job_id: running.id, queue: 'default', kind: running.kind,
     at: new Date().toISOString(), attempt: 1, progress: 97, message: 'almost there',
   }));
-  await live.locator(`#jobs tr[data-id="${running.id}"][data-progress="97"]`).waitFor({ timeout: 5000 });
-  await live.locator(`#jobs tr[data-id="${running.id}"] .msg`, { hasText: 'almost there' }).waitFor();
+  // Bar and message in one look: the real job goes on running meanwhile, and a refresh of the
+  // list (the page's own, on a loaded machine) may replace the stand-in's values right after.
+  await live.waitForFunction((id) => {
+    const tr = document.querySelector(`#jobs tr[data-id="${id}"]`);
+    const msg = tr && tr.querySelector('.msg');
+    return tr && tr.dataset.progress === '97' && msg && msg.textContent.includes('almost there');
+  }, running.id, { timeout: 5000, polling: 'raf' });
 
   // The queue routes are another part's; this tab stands in for them to check what the buttons
   // send (a GET on them, the page's probe, answers 405 where they exist).
