@@ -44,10 +44,12 @@ pub(super) async fn run(
                             c.retrying,
                             c.dead,
                             c.succeeded,
+                            c.cancelled,
+                            c.waiting,
                         ]
                         .map(|n| n.to_string()),
                     );
-                    row.push(if q.paused { "yes" } else { "" }.to_owned());
+                    row.push(if q.paused { "yes" } else { "no" }.to_owned());
                     row
                 })
                 .collect();
@@ -60,6 +62,8 @@ pub(super) async fn run(
                     ">retrying",
                     ">dead",
                     ">succeeded",
+                    ">cancelled",
+                    ">waiting",
                     "paused",
                 ],
                 &rows,
@@ -250,13 +254,21 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
     if !j.steps.is_empty() {
         out::line("")?;
         out::line("chain:")?;
-        for step in &j.steps {
-            let here = if step.id == v.id { "  <- this job" } else { "" };
-            out::line(format!(
-                "  {}. {}  {}  {}{here}",
-                step.index, step.kind, step.state, step.id
-            ))?;
-        }
+        let rows: Vec<Vec<String>> = j
+            .steps
+            .iter()
+            .map(|step| {
+                let here = if step.id == v.id { "<- this job" } else { "" };
+                vec![
+                    format!("{}.", step.index),
+                    step.kind.clone(),
+                    step.state.to_string(),
+                    step.id.to_string(),
+                    here.to_owned(),
+                ]
+            })
+            .collect();
+        out::table(&[">step", "kind", "state", "id", ""], &rows)?;
     }
     out::line("")?;
     out::line("history:")?;
