@@ -420,3 +420,29 @@ async fn a_peer_that_misses_two_pongs_is_dropped_and_a_live_one_stays() {
     assert!(!reader.is_finished());
     reader.abort();
 }
+
+/// An SSE client connected (and reading) does not hold `serve` up: on SIGTERM its stream ends
+/// and the process exits promptly and cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_exits_promptly_on_sigterm_with_an_sse_client_connected() {
+    let s = Scratch::new();
+    s.write_config("");
+    let (mut d, api) = s.serve(&[]);
+    let mut sse = Sse::open(&format!("{}/v1/events", api.base), &[]).await;
+    let id = api.enqueue_ok(sleep(10)).await;
+    // The stream is live (its task runs) before the signal.
+    loop {
+        if sse.next().await.data["job_id"] == id.as_str() {
+            break;
+        }
+    }
+    let asked = std::time::Instant::now();
+    let status = tokio::task::block_in_place(|| d.stop("TERM"));
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}\n{}", d.log_text());
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "serve took {took:?} to stop:\n{}",
+        d.log_text()
+    );
+}
