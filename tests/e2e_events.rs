@@ -370,3 +370,79 @@ async fn streams_past_max_connections_are_503() {
     })
     .await;
 }
+
+/// Liveness: with `[server] ws_ping_interval = "1s"`, a client that never answers pings (no
+/// WebSocket library on its side, so no pong) is dropped after missing two pongs, while a
+/// normal client connected all along still streams. The default (20 s) would take a minute.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_that_misses_two_pongs_is_dropped_and_a_live_one_stays() {
+    use crate::util::silent_ws::SilentWs;
+
+    let s = Scratch::new();
+    s.write_config_with_server("ws_ping_interval = \"1s\"", "");
+    let (_d, api) = s.serve(&[]);
+    // The live client reads all the time (tungstenite answers each ping as it reads).
+    let mut live = connect(&ws_url(&api.base, "")).await;
+    let (tx, mut frames) = tokio::sync::mpsc::unbounded_channel();
+    let reader = tokio::spawn(async move {
+        loop {
+            match stream::next(&mut live).await {
+                Next::Json(v) => {
+                    if tx.send(v).is_err() {
+                        return;
+                    }
+                }
+                Next::Closed(f) => panic!("the live client was closed: {f:?}"),
+            }
+        }
+    });
+
+    let mut silent = SilentWs::connect(&api.base).await;
+    let (closed, read) = silent.wait_closed(wait::DEADLINE).await;
+    let took = closed.expect("the silent client was never dropped");
+    // Two unanswered pings came (2 bytes each, empty), then the third tick dropped it.
+    assert!(read >= 4, "only {read} bytes came before the close");
+    assert!(
+        took < std::time::Duration::from_secs(30),
+        "dropped after {took:?}: not by the 1 s ping"
+    );
+
+    let id = api.enqueue_ok(sleep(10)).await;
+    wait::within("the live client sees the new job", async {
+        while let Some(v) = frames.recv().await {
+            if v["job_id"] == id.as_str() && v["type"] == "job.enqueued" {
+                return;
+            }
+        }
+        panic!("the live client's reader ended");
+    })
+    .await;
+    assert!(!reader.is_finished());
+    reader.abort();
+}
+
+/// An SSE client connected (and reading) does not hold `serve` up: on SIGTERM its stream ends
+/// and the process exits promptly and cleanly.
+#[tokio::test(flavor = "multi_thread")]
+async fn serve_exits_promptly_on_sigterm_with_an_sse_client_connected() {
+    let s = Scratch::new();
+    s.write_config("");
+    let (mut d, api) = s.serve(&[]);
+    let mut sse = Sse::open(&format!("{}/v1/events", api.base), &[]).await;
+    let id = api.enqueue_ok(sleep(10)).await;
+    // The stream is live (its task runs) before the signal.
+    loop {
+        if sse.next().await.data["job_id"] == id.as_str() {
+            break;
+        }
+    }
+    let asked = std::time::Instant::now();
+    let status = tokio::task::block_in_place(|| d.stop("TERM"));
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}\n{}", d.log_text());
+    assert!(
+        took < std::time::Duration::from_secs(10),
+        "serve took {took:?} to stop:\n{}",
+        d.log_text()
+    );
+}

@@ -255,3 +255,63 @@ async fn tail_server_bad_token_exits_2_and_lagged_resumes() {
     assert_eq!(status.code(), Some(2), "{}", tail.stderr());
     assert!(tail.stderr().contains("invalid token"), "{}", tail.stderr());
 }
+
+/// `--server` against the real `serve`: `tail --job` first asks `GET /v1/jobs/{id}`, so a job
+/// already final shows its history and exits at once with its code (0 succeeded, 1 dead), a
+/// missing one exits 3, and a refused token exits 2 with the server's message.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_server_job_already_final_exits_at_once_and_missing_exits_3() {
+    let s = Scratch::with_config("[auth]\ntokens = [\"s3cret\"]\n");
+    let (d, api) = s.serve(&[]);
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", "Bearer s3cret".parse().unwrap());
+    let api = crate::util::Api {
+        http: reqwest::Client::builder()
+            .default_headers(headers)
+            .build()
+            .unwrap(),
+        ..api
+    };
+    let base = d.wait_addr();
+    let ok = api
+        .enqueue_ok(json!({"kind": "sys.noop", "payload": {}}))
+        .await;
+    let dead = api
+        .enqueue_ok(json!({"kind": "sys.fail", "payload": {"times": 99, "permanent": true}}))
+        .await;
+    api.wait_state(&ok, "succeeded").await;
+    api.wait_state(&dead, "dead").await;
+    let tail = |job: &str, token: &str| {
+        let args = [
+            "tail", "--server", &base, "--token", token, "--job", job, "--json",
+        ]
+        .map(str::to_owned);
+        let s = &s;
+        async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            wait::within("tail --server --job", cli(s, &args)).await
+        }
+    };
+
+    let out = tail(&ok, "s3cret").await;
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let shown: Vec<Value> = text(&out.stdout).lines().map(parse_event).collect();
+    assert_eq!(shown.first().unwrap()["type"], "job.enqueued");
+    assert_eq!(shown.last().unwrap()["type"], "job.succeeded");
+
+    let out = tail(&dead, "s3cret").await;
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).contains("job.dead"));
+
+    let out = tail("nope", "s3cret").await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    let out = tail(&ok, "wrong").await;
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("401"), "{}", text(&out.stderr));
+}

@@ -44,6 +44,11 @@ pub struct ServerConfig {
     /// Most `GET /v1/events` streams (WebSocket and SSE) open at once; past it a new one is
     /// answered 503. Default `10000`.
     pub max_connections: usize,
+    /// How often the server pings each `GET /v1/events` WebSocket; a peer that misses two
+    /// pongs in a row (or whose send stays blocked for two intervals) is dropped. At least
+    /// `"1s"`. Default `"20s"`.
+    #[serde(with = "duration_str")]
+    pub ws_ping_interval: Duration,
 }
 
 impl Default for ServerConfig {
@@ -52,6 +57,7 @@ impl Default for ServerConfig {
             listen: "127.0.0.1:8080".into(),
             body_limit: 1024 * 1024,
             max_connections: 10_000,
+            ws_ping_interval: Duration::from_secs(20),
         }
     }
 }

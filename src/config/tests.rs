@@ -97,6 +97,7 @@ fn validate_reports_every_problem() {
     c.worker.concurrency = 0;
     c.worker.heartbeat = Duration::from_secs(60);
     c.server.listen = "nowhere".into();
+    c.server.ws_ping_interval = Duration::from_millis(500);
     c.broker.url = "postgres://x".into();
     c.queues.push(QueueConfig {
         name: "a b".into(),
@@ -108,6 +109,7 @@ fn validate_reports_every_problem() {
         "worker.concurrency",
         "worker.heartbeat",
         "server.listen",
+        "server.ws_ping_interval",
         "broker.url",
         "queue[0].name",
         "queue[0].concurrency",
@@ -117,7 +119,7 @@ fn validate_reports_every_problem() {
             "{key} missing from {problems:#?}"
         );
     }
-    assert_eq!(problems.len(), 6, "{problems:#?}");
+    assert_eq!(problems.len(), 7, "{problems:#?}");
 }
 
 #[test]

@@ -10,6 +10,7 @@
 //! - `follow`: a long-running CLI command (`hopper tail`) read line by line ([`Follow`]).
 //! - `ws_peer`: an in-test WebSocket server speaking the `/v1/events` contract.
 //! - `stream`: a WebSocket and an SSE client of `GET /v1/events`.
+//! - `silent_ws`: a WebSocket client that never answers a ping.
 //!
 //! The tests say what they check; the set-up and the waiting live here.
 
@@ -20,6 +21,7 @@ mod daemon;
 mod follow;
 pub mod peers;
 pub mod redis;
+pub mod silent_ws;
 pub mod stream;
 pub mod wait;
 pub mod ws_peer;

@@ -1,7 +1,9 @@
 //! An in-test WebSocket server speaking the `GET /v1/events` contract, for `hopper tail
 //! --server`: a real peer on 127.0.0.1 (tokio-tungstenite's server side) that hands each
 //! accepted connection to the test, which sends real frames and closes or drops it. Stopping
-//! it and starting it again on the same address is a server restart.
+//! it and starting it again on the same address is a server restart. A plain HTTP request
+//! (`tail --job` first asks `GET /v1/jobs/{id}`) is answered with that job, running, with no
+//! history yet.
 //!
 //! It does not build Hopper's own stream server (that is `src/api/events/`); it only speaks
 //! the wire contract the client is written against.
@@ -57,7 +59,10 @@ impl WsPeer {
         let addr = listener.local_addr().unwrap();
         let (tx, accepted) = mpsc::unbounded_channel();
         let task = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                if answer_plain_http(&mut stream).await {
+                    continue;
+                }
                 let seen = Arc::new(Mutex::new((String::new(), None)));
                 let keep = seen.clone();
                 // The handshake callback's error type is tungstenite's, large by design.
@@ -111,6 +116,40 @@ impl WsPeer {
         self.task.abort();
         self.addr
     }
+}
+
+/// Answers a request that is not a WebSocket upgrade (the job lookup) and says so; leaves an
+/// upgrade unread for the handshake.
+async fn answer_plain_http(stream: &mut TcpStream) -> bool {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut buf = vec![0u8; 8192];
+    let head = loop {
+        let n = stream.peek(&mut buf).await.unwrap_or(0);
+        let seen = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if let Some(end) = seen.find("\r\n\r\n") {
+            break seen[..end + 4].to_owned();
+        }
+        if n == 0 || n == buf.len() {
+            return false;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    if head.to_ascii_lowercase().contains("upgrade: websocket") {
+        return false;
+    }
+    let mut consumed = vec![0u8; head.len()];
+    let _ = stream.read_exact(&mut consumed).await;
+    let path = head.split_whitespace().nth(1).unwrap_or_default();
+    let id = path.rsplit('/').next().unwrap_or_default();
+    let body = serde_json::json!({"id": id, "state": "running", "history": []}).to_string();
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+         connection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = stream.write_all(resp.as_bytes()).await;
+    let _ = stream.shutdown().await;
+    true
 }
 
 impl Conn {

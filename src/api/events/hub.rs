@@ -12,6 +12,10 @@
 //! last event it broadcast. A new stream subscribes first and reads the position second, so it
 //! knows which broadcast events its own replay from the broker already covers (`super::feed`).
 //!
+//! The hub also tracks the tasks streams spawn (an SSE stream's feeder, see `sse`): they stop
+//! when the hub stops, and [`Hub::run`] returns only once they have, so the node's tracker
+//! that runs the hub waits for them too.
+//!
 //! Not here: filtering, replay and the wire formats (`feed`, `ws`, `sse`).
 
 use std::sync::Arc;
@@ -22,6 +26,7 @@ use hopper_workers::Broker;
 use hopper_workers::event::Event;
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// Events held for slow receivers: past this many, a receiver that has not read lags.
 pub const CAPACITY: usize = 16_384;
@@ -59,6 +64,8 @@ pub struct Hub {
     connections: Arc<AtomicUsize>,
     /// Fires when the process stops, so that every stream closes and graceful shutdown ends.
     shutdown: CancellationToken,
+    /// The streams' own tasks, waited for when the hub stops.
+    tasks: TaskTracker,
 }
 
 /// A counted connection; the count drops with it.
@@ -82,6 +89,7 @@ impl Hub {
             position: Arc::new(watch::Sender::new(None)),
             connections: Arc::new(AtomicUsize::new(0)),
             shutdown: CancellationToken::new(),
+            tasks: TaskTracker::new(),
         }
     }
 
@@ -93,6 +101,14 @@ impl Hub {
     /// Fires when the hub stops.
     pub fn stopping(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Runs a stream's task, tracked: it must end once [`Hub::stopping`] fires.
+    pub fn spawn<F>(&self, task: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        self.tasks.spawn(task);
     }
 
     /// Counts one more connection, unless `max` are open.
@@ -121,8 +137,16 @@ impl Hub {
     }
 
     /// Follows the log until `shutdown` fires: first to its end (without broadcasting the
-    /// past), then every new event as it comes.
+    /// past), then every new event as it comes. Returns once the streams' tasks have ended.
     pub async fn run(self, shutdown: CancellationToken) {
+        let tasks = self.tasks.clone();
+        self.follow(shutdown).await;
+        // `follow` fired `stopping` as it returned: the tasks are on their way out.
+        tasks.close();
+        tasks.wait().await;
+    }
+
+    async fn follow(self, shutdown: CancellationToken) {
         let stop = self.shutdown.clone();
         let _stop_streams = stop.drop_guard();
         let Some(mut cursor) = self.catch_up(&shutdown).await else {

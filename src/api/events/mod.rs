@@ -74,7 +74,8 @@ pub async fn events(
         Ok(upgrade) => {
             let admitted = admit(&st)?;
             let feed = open(&st, query).await?;
-            Ok(ws::upgrade(upgrade, st.hub.clone(), feed, admitted))
+            let ping = st.config.server.ws_ping_interval;
+            Ok(ws::upgrade(upgrade, st.hub.clone(), feed, admitted, ping))
         }
         Err(_) if sse => {
             let admitted = admit(&st)?;

@@ -5,7 +5,8 @@
 //!
 //! A task reads the feed into a small channel the response body drains; when the client stops
 //! reading, the channel fills, the task waits, and the hub's bounded ring decides when it has
-//! lagged, as for a WebSocket.
+//! lagged, as for a WebSocket. The task is the hub's (tracked, see `Hub::spawn`) and ends when
+//! the hub stops, which ends the response body, so graceful shutdown is not held up.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -24,7 +25,7 @@ const BUFFER: usize = 64;
 pub fn stream(hub: Hub, mut feed: Feed, admitted: Admitted) -> Response {
     let (tx, rx) = mpsc::channel::<SseEvent>(BUFFER);
     let stopping = hub.stopping();
-    tokio::spawn(async move {
+    hub.spawn(async move {
         let _admitted = admitted;
         loop {
             let frame = tokio::select! {

@@ -2,8 +2,9 @@
 //! when the cursor is older than retention, and a `lagged` frame then a close when the client
 //! fell behind.
 //!
-//! Liveness: the server pings every [`PING_EVERY`]; a peer that misses two pongs in a row is
-//! dropped, and so is one whose send stays blocked that long (it stopped reading). Neither
+//! Liveness: the server pings every `[server] ws_ping_interval` (20 s by default); a peer that
+//! misses two pongs in a row is dropped, and so is one whose send stays blocked for two
+//! intervals (it stopped reading). Neither
 //! costs memory meanwhile: the feed's buffer is the hub's bounded ring (see `hub`).
 //!
 //! Auth failures arrive here already upgraded and leave with close code 4001 and a reason.
@@ -18,8 +19,6 @@ use super::PROTOCOL;
 use super::feed::{Feed, Frame};
 use super::hub::{Admitted, Hub};
 
-/// How often the server pings.
-pub const PING_EVERY: Duration = Duration::from_secs(20);
 /// Close code of a refused token (4000-4999 are the application's).
 pub const UNAUTHORIZED: u16 = 4001;
 /// Close code when the server fails to read the log (RFC 6455 "internal error").
@@ -27,13 +26,20 @@ const INTERNAL: u16 = 1011;
 /// Close code when the server stops ("going away").
 const GOING_AWAY: u16 = 1001;
 
-/// Answers the upgrade and runs `feed` on the upgraded connection.
-pub fn upgrade(upgrade: WebSocketUpgrade, hub: Hub, feed: Feed, admitted: Admitted) -> Response {
+/// Answers the upgrade and runs `feed` on the upgraded connection, dropping a silent peer
+/// and pinging every `ping`.
+pub fn upgrade(
+    upgrade: WebSocketUpgrade,
+    hub: Hub,
+    feed: Feed,
+    admitted: Admitted,
+    ping: Duration,
+) -> Response {
     upgrade
         .protocols([PROTOCOL])
         .on_upgrade(move |socket| async move {
             let _admitted = admitted;
-            run(socket, hub, feed).await;
+            run(socket, hub, feed, ping).await;
         })
 }
 
@@ -65,10 +71,12 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
     .await;
 }
 
-async fn run(socket: WebSocket, hub: Hub, mut feed: Feed) {
+async fn run(socket: WebSocket, hub: Hub, mut feed: Feed, every: Duration) {
     let stopping = hub.stopping();
     let (mut tx, mut rx) = socket.split();
-    let mut ping = tokio::time::interval(PING_EVERY);
+    // A stuck send is given two intervals, like a missing pong.
+    let patience = 2 * every;
+    let mut ping = tokio::time::interval(every);
     ping.tick().await;
     let mut unanswered = 0u32;
     let (code, reason) = loop {
@@ -85,14 +93,14 @@ async fn run(socket: WebSocket, hub: Hub, mut feed: Feed) {
                     return;
                 }
                 unanswered += 1;
-                if !send(&mut tx, Message::Ping(Vec::new().into())).await {
+                if !send(&mut tx, Message::Ping(Vec::new().into()), patience).await {
                     return;
                 }
             }
             frame = feed.next() => match frame {
                 Ok(Some(frame)) => {
                     let last = matches!(frame, Frame::Lagged { .. });
-                    if !send(&mut tx, Message::Text(frame.json().into())).await {
+                    if !send(&mut tx, Message::Text(frame.json().into()), patience).await {
                         return;
                     }
                     if last {
@@ -111,13 +119,17 @@ async fn run(socket: WebSocket, hub: Hub, mut feed: Feed) {
         code,
         reason: reason.into(),
     };
-    let _ = tokio::time::timeout(PING_EVERY, tx.send(Message::Close(Some(frame)))).await;
+    let _ = tokio::time::timeout(every, tx.send(Message::Close(Some(frame)))).await;
 }
 
-/// Sends one message; false when the peer is gone or has not read for two ping intervals.
-async fn send(tx: &mut futures::stream::SplitSink<WebSocket, Message>, msg: Message) -> bool {
+/// Sends one message; false when the peer is gone or has not read within `patience`.
+async fn send(
+    tx: &mut futures::stream::SplitSink<WebSocket, Message>,
+    msg: Message,
+    patience: Duration,
+) -> bool {
     matches!(
-        tokio::time::timeout(2 * PING_EVERY, tx.send(msg)).await,
+        tokio::time::timeout(patience, tx.send(msg)).await,
         Ok(Ok(()))
     )
 }

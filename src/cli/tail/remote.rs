@@ -3,6 +3,11 @@
 //! by retention) and `{"type":"lagged","resume":CURSOR}` (this client fell behind and is
 //! dropped: reconnect from CURSOR). A close with code 4001 is a refused token (exit 2).
 //!
+//! With `--job` it first asks `GET /v1/jobs/{id}`: a job already final shows its history and
+//! ends at once with its exit code (a missing one exits 3, a refused token 2); otherwise the
+//! stream starts right after the last event of that history, so nothing is missed between
+//! the two requests. `https://` servers are reached over TLS (rustls), the stream as `wss://`.
+//!
 //! When the server goes away, it reconnects with the last cursor it showed, so the stream
 //! resumes with nothing skipped or repeated, and says so on stderr. It does not show events
 //! (`super`) nor serve them (`crate::api`).
@@ -12,6 +17,8 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use futures::StreamExt;
 use hopper_workers::event::Event;
+use hopper_workers::job::JobState;
+use serde::Deserialize;
 use serde_json::Value;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
@@ -38,6 +45,27 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
     let base = args.server.as_deref().unwrap_or_default();
     let endpoint = ws_base(base)?;
     let mut cursor = args.since.clone();
+    if let Some(job) = &args.job {
+        let found = lookup(&printer, base, job, args.token.as_deref()).await?;
+        let state = JobState::parse(&found.state);
+        let final_now = state.is_some_and(JobState::is_final);
+        if args.since.is_none() || final_now {
+            for e in &found.history {
+                printer.show(e)?;
+            }
+            if let Some(last) = found.history.last() {
+                cursor = Some(last.id.clone());
+            }
+        }
+        if final_now {
+            let (code, state) = match state {
+                Some(JobState::Succeeded) => (0, "succeeded"),
+                Some(JobState::Dead) => (1, "dead"),
+                _ => (4, "cancelled"),
+            };
+            return ended(&printer, job, code, state, found.last_error.as_deref());
+        }
+    }
     let mut lost: Option<String> = None;
     let mut backoff = BACKOFF_MIN;
     loop {
@@ -151,22 +179,86 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
     }
 }
 
-/// The WebSocket base of `--server`: `http` becomes `ws`; a trailing `/` goes.
+/// What `GET /v1/jobs/{id}` says of the followed job (the fields `tail` needs).
+#[derive(Deserialize)]
+struct Found {
+    state: String,
+    #[serde(default)]
+    last_error: Option<String>,
+    #[serde(default)]
+    history: Vec<Event>,
+}
+
+/// Asks the server for `job`, waiting for a server that cannot be reached (or answers 5xx)
+/// as the stream does; a 404 is exit 3, any other refusal (401: the token) exit 2.
+async fn lookup(printer: &Printer, base: &str, job: &str, token: Option<&str>) -> Result<Found> {
+    let url = format!("{}/v1/jobs/{}", http_base(base)?, encode(job));
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .context("building the HTTP client")?;
+    let mut backoff = BACKOFF_MIN;
+    let mut said = false;
+    loop {
+        let mut request = http.get(&url);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let failed = match request.send().await {
+            Ok(resp) if resp.status().is_success() => {
+                return resp
+                    .json::<Found>()
+                    .await
+                    .with_context(|| format!("{base} answered GET /v1/jobs/{job} with no job"));
+            }
+            Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
+                return Err(CliError::NotFound(format!("job {job} not found")).into());
+            }
+            Ok(resp) if resp.status().is_client_error() => {
+                let status = resp.status();
+                let body = resp.text().await.unwrap_or_default();
+                return Err(CliError::Usage(format!(
+                    "{base} refused GET /v1/jobs/{job} ({status}): {}",
+                    body.trim()
+                ))
+                .into());
+            }
+            Ok(resp) => format!("it answered {}", resp.status()),
+            Err(e) => e.to_string(),
+        };
+        if !said {
+            printer.note(&format!("cannot reach {base} ({failed}); retrying…"));
+            said = true;
+        }
+        tokio::time::sleep(backoff).await;
+        backoff = (backoff * 2).min(BACKOFF_MAX);
+    }
+}
+
+/// The WebSocket base of `--server`: `http` becomes `ws`, `https` `wss`; a trailing `/` goes.
 fn ws_base(server: &str) -> Result<String> {
+    rebase(server, &[("http://", "ws://"), ("https://", "wss://")])
+}
+
+/// The HTTP base of `--server` (for the job lookup): `ws` becomes `http`, `wss` `https`.
+fn http_base(server: &str) -> Result<String> {
+    rebase(server, &[("ws://", "http://"), ("wss://", "https://")])
+}
+
+/// `server` without its trailing `/`, its scheme changed by `map` (other known schemes kept).
+fn rebase(server: &str, map: &[(&str, &str)]) -> Result<String> {
     let server = server.trim_end_matches('/');
-    if server.starts_with("https://") || server.starts_with("wss://") {
-        // This build's WebSocket client speaks no TLS; say so rather than retry forever.
+    let known = ["http://", "https://", "ws://", "wss://"];
+    if !known.iter().any(|k| server.starts_with(k)) {
         return Err(CliError::Usage(format!(
-            "--server {server}: TLS is not supported here; use http:// (e.g. through an SSH tunnel)"
+            "--server {server}: expected http://HOST:PORT or https://HOST"
         ))
         .into());
     }
-    let rest = [("http://", "ws://"), ("ws://", "ws://")]
+    Ok(map
         .iter()
-        .find_map(|(from, to)| server.strip_prefix(from).map(|r| format!("{to}{r}")));
-    rest.ok_or_else(|| {
-        CliError::Usage(format!("--server {server}: expected http://HOST:PORT")).into()
-    })
+        .find_map(|(from, to)| server.strip_prefix(from).map(|r| format!("{to}{r}")))
+        .unwrap_or_else(|| server.to_owned()))
 }
 
 /// `BASE/v1/events?…` with the filters and the cursor.
@@ -206,8 +298,21 @@ mod tests {
     #[test]
     fn urls_carry_filters_and_the_cursor_encoded() {
         assert_eq!(ws_base("http://h:8080/").unwrap(), "ws://h:8080");
-        assert!(ws_base("https://h").is_err());
         assert!(ws_base("h:8080").is_err());
+        assert_eq!(encode("17-3@mail q"), "17-3%40mail%20q");
+    }
+
+    #[test]
+    fn https_servers_are_followed_over_wss_and_looked_up_over_https() {
+        assert_eq!(ws_base("https://h.example/").unwrap(), "wss://h.example");
+        assert_eq!(ws_base("wss://h.example").unwrap(), "wss://h.example");
+        assert_eq!(
+            http_base("https://h.example/").unwrap(),
+            "https://h.example"
+        );
+        assert_eq!(http_base("wss://h.example").unwrap(), "https://h.example");
+        assert_eq!(http_base("ws://h:1").unwrap(), "http://h:1");
+        assert!(http_base("ftp://h").is_err());
         assert_eq!(encode("17-3@mail q"), "17-3%40mail%20q");
     }
 }
