@@ -67,10 +67,29 @@ async fn dashboard_is_served_without_a_token() {
         401,
         "the API behind the page still needs the token"
     );
+    // The page enables its queue buttons when a GET on a POST-only queue route answers
+    // anything but 404 (405 here, changing nothing); a route that is not there answers 404.
+    for (path, status) in [
+        ("/v1/queues/default/pause", 405),
+        ("/v1/queues/default/resume", 405),
+        ("/v1/queues/default/retry-dead", 405),
+        ("/v1/queues/default/nope", 404),
+    ] {
+        let resp = api
+            .http
+            .get(format!("{}{path}", api.base))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), status, "GET {path} (the page's probe)");
+    }
 }
 
-/// The acceptance test in a real browser: the token prompt, a `sys.sleep` job's bar moving to
-/// succeeded, Retry on a dead job running it again, Cancel on a running one, the job page.
+/// The acceptance test in a real browser against the real server: the token prompt and the
+/// live stream, a `sys.sleep` job's bar moved by real progress frames to succeeded, Retry on a
+/// dead job running it again, Cancel on a running one, Pause / Resume and Retry all dead on a
+/// queue card, a wrong token closed with 4001, `lagged` (a stand-in), the job page.
 /// Screenshots land in `target/dashboard*.png`.
 #[test]
 fn dashboard_in_headless_chromium() {

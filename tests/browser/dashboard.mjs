@@ -2,9 +2,11 @@
 // tests/e2e_dashboard.rs: `node dashboard.mjs BASE_URL TOKEN SCREENSHOT_DIR`, with CHROMIUM
 // (the browser binary) and BROWSER_PROFILE (a fresh directory) in the environment.
 //
-// It drives the page as a user would (token prompt, buttons) and talks to the API itself only
-// to enqueue jobs and to read the truth the page must show. Every wait has a generous deadline:
-// the machine running it may be loaded.
+// It drives the page as a user would (token prompt, buttons) against the real server, its real
+// event stream and its real queue routes, and talks to the API itself only to enqueue jobs and
+// to read the truth the page must show. Only a `lagged` frame, which the server sends to a
+// reader that fell a whole buffer behind, comes from a stand-in stream. Every wait has a
+// generous deadline: the machine running it may be loaded.
 
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
@@ -43,6 +45,49 @@ const browser = await chromium.launchPersistentContext(profile, {
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
   ],
 });
+// What the page does on the wire, recorded in the page itself with one clock: every fetch
+// (start, end of headers) and every WebSocket (url, opened, close code). Installed in every tab
+// before the app's scripts run.
+await browser.addInitScript(() => {
+  const log = { fetches: [], sockets: [], bars: [] };
+  window.__wire = log;
+  const realFetch = window.fetch;
+  window.fetch = async function (input, init) {
+    const rec = { url: String(input instanceof Request ? input.url : input), start: performance.now(), end: Infinity };
+    log.fetches.push(rec);
+    try { return await realFetch.call(this, input, init); } finally { rec.end = performance.now(); }
+  };
+  const RealWebSocket = window.WebSocket;
+  window.WebSocket = class extends RealWebSocket {
+    constructor(url, protocols) {
+      super(url, protocols);
+      const rec = { url: String(url), opened: false, closed: null };
+      log.sockets.push(rec);
+      this.addEventListener('open', () => { rec.opened = true; });
+      this.addEventListener('close', (e) => { rec.closed = { code: e.code, reason: e.reason }; });
+    }
+  };
+  // Every change of a row's progress, with its time: [{ id, p, t }].
+  const last = new Map();
+  const look = () => {
+    for (const tr of document.querySelectorAll('#jobs tr[data-id]')) {
+      const p = Number(tr.dataset.progress);
+      if (last.get(tr.dataset.id) !== p) {
+        last.set(tr.dataset.id, p);
+        log.bars.push({ id: tr.dataset.id, p, t: performance.now() });
+      }
+    }
+  };
+  document.addEventListener('DOMContentLoaded', () => {
+    new MutationObserver(look).observe(document.querySelector('#jobs tbody'), {
+      subtree: true, childList: true, attributes: true, attributeFilter: ['data-progress'],
+    });
+  });
+});
+
+const wire = (p) => p.evaluate(() => window.__wire);
+const listFetches = (w) => w.fetches.filter((f) => new URL(f.url, 'http://x').pathname === '/v1/jobs');
+
 let page;
 try {
   page = browser.pages()[0] ?? await browser.newPage();
@@ -51,20 +96,32 @@ try {
   page.on('console', (m) => { if (m.type() === 'error') console.log(`console: ${m.text()}`); });
   // Cancel and "Retry all dead" ask first; the user says yes.
   page.on('dialog', (d) => d.accept());
+  // The real frames the page's stream receives.
+  const frames = [];
+  page.on('websocket', (ws) => ws.on('framereceived', ({ payload }) => {
+    try { frames.push(JSON.parse(payload)); } catch { /* not an event */ }
+  }));
 
-  step('open the dashboard: the server needs a token, so the page asks for one');
+  step('open the dashboard: the server needs a token, so the page asks for one, then goes live');
   await page.goto(base + '/');
   await page.locator('#token-dialog').waitFor({ state: 'visible' });
   await page.fill('#token-input', token);
   await page.click('#token-save');
   await page.locator('#token-dialog').waitFor({ state: 'hidden' });
   await page.locator('.queue-card[data-queue="default"]').waitFor();
+  // "live" is the real /v1/events WebSocket, opened with the token in the query.
+  await page.locator('#conn[data-mode="live"]').waitFor();
+  {
+    const open = (await wire(page)).sockets.filter((s) => s.opened && !s.closed);
+    if (open.length !== 1) throw new Error(`open event streams: ${JSON.stringify(open)}`);
+    const url = new URL(open[0].url);
+    if (url.pathname !== '/v1/events' || url.searchParams.get('token') !== token) throw new Error(`the stream's url: ${open[0].url}`);
+  }
 
-  step('a sys.sleep job: its bar moves, then it succeeds');
+  step('a sys.sleep job: real job.progress frames move its bar, then it succeeds');
   const sleeper = await enqueue('sys.sleep', { ms: 4000 });
   const row = (id) => page.locator(`#jobs tr[data-id="${id}"]`);
   await row(sleeper).waitFor();
-  const seen = new Set();
   const t0 = Date.now();
   for (;;) {
     // One read of the row, so that state, number and bar are of the same redraw.
@@ -73,16 +130,25 @@ try {
       progress: Number(tr.dataset.progress),
       width: tr.querySelector('.bar > span').style.width,
     }));
-    if (progress > 0 && progress < 100) {
-      if (width !== `${progress}%`) throw new Error(`bar width ${width} for progress ${progress}`);
-      seen.add(progress);
-    }
+    if (progress > 0 && progress < 100 && width !== `${progress}%`) throw new Error(`bar width ${width} for progress ${progress}`);
     if (state === 'succeeded') break;
     if (Date.now() - t0 > DEADLINE) throw new Error(`sleeper still ${state} after ${DEADLINE} ms`);
     await page.waitForTimeout(100);
   }
-  if (seen.size < 2) throw new Error(`the bar did not move: saw progress ${[...seen]}`);
-  step(`the bar went through ${[...seen].sort((a, b) => a - b).join(', ')} %`);
+  {
+    // A move of the bar no jobs-list response could have drawn: none had arrived in the second
+    // before it (time to parse and draw, generously) nor was under way. Those moves came from
+    // the stream, and each shows a value a real frame carried.
+    const w = await wire(page);
+    const polls = listFetches(w);
+    const moves = w.bars.filter((b) => b.id === sleeper && b.p > 0 && b.p < 100);
+    const byFrame = moves.filter((b) => !polls.some((f) => f.start < b.t && b.t < f.end + 1000));
+    const sent = new Set(frames.filter((f) => f.type === 'job.progress' && f.job_id === sleeper).map((f) => f.progress));
+    const unsent = byFrame.filter((b) => !sent.has(b.p));
+    step(`the bar went through ${moves.map((b) => b.p).join(', ')} %; ${byFrame.length} moves with no list poll near; frames carried ${[...sent].join(', ')}`);
+    if (byFrame.length < 2) throw new Error(`the bar moved ${byFrame.length} times between list polls: ${JSON.stringify({ moves, polls })}`);
+    if (unsent.length) throw new Error(`the bar showed values no frame carried: ${JSON.stringify(unsent)}`);
+  }
   await page.locator(`#jobs tr[data-id="${sleeper}"] .bar > span`).evaluate((e) => {
     if (e.style.width !== '100%') throw new Error(`a succeeded job's bar is ${e.style.width}`);
   });
@@ -100,9 +166,12 @@ try {
     () => document.querySelectorAll('#job-view .history li[data-type="job.started"]').length === 2,
   );
   await page.locator('#job-view .job-head[data-state="dead"]').waitFor();
-  const retried = await api('GET', `/v1/jobs/${failer}`);
-  const runs = retried.history.filter((e) => e.type === 'job.started').length;
-  if (runs !== 2 || retried.state !== 'dead') throw new Error(`the retried job: ${runs} runs, ${retried.state}`);
+  const runsOf = async (id) => {
+    const j = await api('GET', `/v1/jobs/${id}`);
+    return { state: j.state, runs: j.history.filter((e) => e.type === 'job.started').length };
+  };
+  const retried = await runsOf(failer);
+  if (retried.runs !== 2 || retried.state !== 'dead') throw new Error(`the retried job: ${JSON.stringify(retried)}`);
   await page.goBack();
   await row(failer).waitFor();
 
@@ -129,6 +198,40 @@ try {
     (n) => document.querySelector('.queue-card[data-queue="default"] [data-count="succeeded"]')?.textContent.trim() === String(n),
     q.counts.succeeded,
   );
+
+  step('Pause on the queue card: a new job stays queued; Resume: it runs');
+  const card = page.locator('.queue-card[data-queue="default"]');
+  await card.locator('button[data-action="pause"]:not([disabled])').click();
+  await page.locator('#toast', { hasText: 'Queue default paused' }).waitFor();
+  await card.locator('header .paused').waitFor();
+  if (!(await api('GET', '/v1/queues')).queues.find((x) => x.queue === 'default').paused) throw new Error('the broker does not say default is paused');
+  const held = await enqueue('sys.sleep', { ms: 300 });
+  await page.locator(`#jobs tr[data-id="${held}"][data-state="queued"]`).waitFor();
+  const heldFrom = Date.now();
+  while (Date.now() - heldFrom < 2000) {
+    const s = await row(held).getAttribute('data-state');
+    if (s !== 'queued') throw new Error(`a job of a paused queue is ${s}`);
+    await page.waitForTimeout(200);
+  }
+  const stillHeld = await runsOf(held);
+  if (stillHeld.state !== 'queued' || stillHeld.runs !== 0) throw new Error(`a job of a paused queue: ${JSON.stringify(stillHeld)}`);
+  await card.locator('button[data-action="resume"]').click();
+  await page.locator('#toast', { hasText: 'Queue default resumed' }).waitFor();
+  await page.locator(`#jobs tr[data-id="${held}"][data-state="succeeded"]`).waitFor();
+  await card.locator('button[data-action="pause"]').waitFor();
+  if (await card.locator('header .paused').count()) throw new Error('the card still says paused');
+
+  step('Retry all dead on the queue card: the dead job runs again');
+  await card.locator('button[data-action="retry-dead"]:not([disabled])', { hasText: '(1)' }).click();
+  await page.locator('#toast', { hasText: '1 dead job of default queued again' }).waitFor();
+  const t1 = Date.now();
+  for (;;) {
+    const again = await runsOf(failer);
+    if (again.runs === 3 && again.state === 'dead') break;
+    if (Date.now() - t1 > DEADLINE) throw new Error(`after Retry all dead: ${JSON.stringify(again)}`);
+    await page.waitForTimeout(200);
+  }
+  await page.locator(`#jobs tr[data-id="${failer}"][data-state="dead"]`).waitFor();
 
   // A few more jobs, so the screenshot shows a dashboard at work.
   await enqueue('sys.sleep', { ms: 30000 });
@@ -157,68 +260,55 @@ try {
   await page.goBack();
   await row(sleeper).waitFor();
 
-  // The stream itself is tested against the server in Rust; here, what the page does with its
-  // frames, on a second tab whose /v1/events is a stand-in under the test's control.
-  step('the live path: a progress frame moves the bar at once; a 4001 close asks for the token');
-  const running = (await api('GET', '/v1/jobs?state=running&queue=default')).jobs[0];
-  if (!running) throw new Error('no running job left for the live check');
-  const live = await browser.newPage();
-  live.setDefaultTimeout(DEADLINE);
-  live.on('dialog', (d) => d.accept());
-  let server;
-  await live.routeWebSocket(/\/v1\/events/, (ws) => {
-    server = ws;
-    const url = new URL(ws.url());
-    if (url.searchParams.get('token') !== token) ws.close({ code: 4001, reason: 'bad token' });
-  });
-  await live.goto(base + '/');
-  // A new tab has its own session storage: it asks again.
-  await live.locator('#token-dialog').waitFor({ state: 'visible' });
-  await live.fill('#token-input', token);
-  await live.click('#token-save');
-  await live.locator('#conn[data-mode="live"]').waitFor();
-  await live.locator(`#jobs tr[data-id="${running.id}"]`).waitFor();
-  server.send(JSON.stringify({
-    id: '999999', type: 'job.progress', job_id: running.id, queue: 'default', kind: running.kind,
-    at: new Date().toISOString(), attempt: 1, progress: 97, message: 'almost there',
-  }));
-  // Bar and message in one look: the real job goes on running meanwhile, and a refresh of the
-  // list (the page's own, on a loaded machine) may replace the stand-in's values right after.
-  await live.waitForFunction((id) => {
-    const tr = document.querySelector(`#jobs tr[data-id="${id}"]`);
-    const msg = tr && tr.querySelector('.msg');
-    return tr && tr.dataset.progress === '97' && msg && msg.textContent.includes('almost there');
-  }, running.id, { timeout: 5000, polling: 'raf' });
+  step('a bad stored token: the real stream closes with 4001 and the page asks again');
+  const tab = await browser.newPage();
+  tab.setDefaultTimeout(DEADLINE);
+  tab.on('pageerror', (e) => console.log(`page error (second tab): ${e.stack || e}`));
+  tab.on('dialog', (d) => d.accept());
+  const wrong = `not-${token}`;
+  // The tab's first load finds a wrong token in its session storage; its reloads keep the one
+  // the user gives.
+  await tab.addInitScript((t) => {
+    if (sessionStorage.getItem('test.seeded')) return;
+    sessionStorage.setItem('test.seeded', '1');
+    sessionStorage.setItem('hopper.token', t);
+  }, wrong);
+  await tab.goto(base + '/');
+  await tab.locator('#token-dialog').waitFor({ state: 'visible' });
+  await tab.waitForFunction(() => window.__wire.sockets.some((s) => s.closed));
+  {
+    const refused = (await wire(tab)).sockets.find((s) => s.closed);
+    if (refused.closed.code !== 4001 || new URL(refused.url).searchParams.get('token') !== wrong) {
+      throw new Error(`the stream with a wrong token: ${JSON.stringify(refused)}`);
+    }
+  }
+  await tab.locator('#token-error', { hasText: 'refused' }).waitFor();
+  await tab.fill('#token-input', token);
+  await tab.click('#token-save');
+  await tab.locator('#conn[data-mode="live"]').waitFor();
 
-  // The queue routes are another part's; this tab stands in for them to check what the buttons
-  // send (a GET on them, the page's probe, answers 405 where they exist).
-  step('queue controls: Pause and Retry all dead post to the queue routes');
-  const posted = [];
-  await live.route(/\/v1\/queues\/[^/]+\/(pause|resume|retry-dead)$/, (route) => {
-    const req = route.request();
-    if (req.method() !== 'POST') return route.fulfill({ status: 405, contentType: 'application/json', body: '{"error":{"code":"method_not_allowed","message":"no"}}' });
-    posted.push([new URL(req.url()).pathname, req.headers().authorization]);
-    const retried = req.url().endsWith('retry-dead') ? { retried: 1 } : {};
-    return route.fulfill({ status: 200, contentType: 'application/json', body: JSON.stringify({ queue: 'default', ...retried }) });
-  });
-  await live.reload();
-  await live.locator('#token-dialog').waitFor({ state: 'hidden' });
-  const card = live.locator('.queue-card[data-queue="default"]');
-  await card.locator('button[data-action="pause"]:not([disabled])').click();
-  await live.locator('#toast', { hasText: 'Queue default paused' }).waitFor();
-  await card.locator('button[data-action="retry-dead"]:not([disabled])').click();
-  await live.locator('#toast', { hasText: 'of default queued again' }).waitFor();
-  const want = [['/v1/queues/default/pause', `Bearer ${token}`], ['/v1/queues/default/retry-dead', `Bearer ${token}`]];
-  if (JSON.stringify(posted) !== JSON.stringify(want)) throw new Error(`queue buttons posted ${JSON.stringify(posted)}`);
-  await live.locator('#conn[data-mode="live"]').waitFor();
-
-  server.close({ code: 4001, reason: 'token revoked' });
-  await live.locator('#token-dialog').waitFor({ state: 'visible' });
-  await live.locator('#token-error', { hasText: 'refused' }).waitFor();
-  await live.fill('#token-input', token);
-  await live.click('#token-save');
-  await live.locator('#conn[data-mode="live"]').waitFor();
-  await live.close();
+  // The real server sends `lagged` only to a reader that fell behind by its whole buffer,
+  // which a test cannot bring about on demand in a browser: a stand-in sends the same frame
+  // and close (1008) to check what the page does with them.
+  step('lagged (a stand-in stream): the page refetches its lists and reconnects');
+  const standIns = [];
+  await tab.routeWebSocket(/\/v1\/events/, (ws) => { standIns.push(ws); });
+  await tab.reload();
+  await tab.locator('#token-dialog').waitFor({ state: 'hidden' });
+  await tab.locator('#conn[data-mode="live"]').waitFor();
+  await tab.locator('.queue-card[data-queue="default"]').waitFor();
+  await tab.waitForFunction(() => window.__wire.fetches.every((f) => f.end < Infinity));
+  const before = listFetches(await wire(tab)).length;
+  standIns[0].send(JSON.stringify({ type: 'lagged', resume: '12345' }));
+  standIns[0].close({ code: 1008, reason: 'lagged: reconnect with since=resume' });
+  await tab.waitForFunction((n) => window.__wire.fetches.filter((f) => new URL(f.url, location.href).pathname === '/v1/jobs').length > n, before);
+  const t2 = Date.now();
+  while (standIns.length < 2) {
+    if (Date.now() - t2 > DEADLINE) throw new Error('the page did not reconnect after lagged');
+    await tab.waitForTimeout(100);
+  }
+  await tab.locator('#conn[data-mode="live"]').waitFor();
+  await tab.close();
 
   step('narrow screen: the page still fits');
   await page.setViewportSize({ width: 420, height: 900 });

@@ -245,7 +245,9 @@ function queueAction(name, what) {
   const path = `/v1/queues/${encodeURIComponent(name)}/${what}`;
   const label = (b) => what === 'retry-dead'
     ? `${typeof b?.retried === 'number' ? b.retried : 'The'} dead job${b?.retried === 1 ? '' : 's'} of ${name} queued again`
-    : `Queue ${name} ${what === 'pause' ? 'paused' : 'resumed'}`;
+    : what === 'pause' ? `Queue ${name} paused`
+      // Resume answers `paused: true` when this node's own config pauses the queue.
+      : b?.paused ? `Queue ${name} resumed in the broker, still paused by the server's config` : `Queue ${name} resumed`;
   act(label, 'POST', path, refreshAll);
 }
 
