@@ -12,6 +12,10 @@
 //! last event it broadcast. A new stream subscribes first and reads the position second, so it
 //! knows which broadcast events its own replay from the broker already covers (`super::feed`).
 //!
+//! Between reads of an idle log the hub sleeps [`IDLE_POLL`], unless [`Hub::wake`] says an
+//! event was just appended in this process (a writer that knows calls it; others' events
+//! still arrive within the poll).
+//!
 //! Not here: filtering, replay and the wire formats (`feed`, `ws`, `sse`).
 
 use std::sync::Arc;
@@ -20,7 +24,7 @@ use std::time::Duration;
 
 use hopper_workers::Broker;
 use hopper_workers::event::Event;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 
 /// Events held for slow receivers: past this many, a receiver that has not read lags.
@@ -57,6 +61,8 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<HubEvent>>,
     position: Arc<watch::Sender<Option<Position>>>,
     connections: Arc<AtomicUsize>,
+    /// Cuts an idle wait short (see [`Hub::wake`]).
+    appended: Arc<Notify>,
     /// Fires when the process stops, so that every stream closes and graceful shutdown ends.
     shutdown: CancellationToken,
 }
@@ -81,6 +87,7 @@ impl Hub {
             tx,
             position: Arc::new(watch::Sender::new(None)),
             connections: Arc::new(AtomicUsize::new(0)),
+            appended: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
         }
     }
@@ -93,6 +100,12 @@ impl Hub {
     /// Fires when the hub stops.
     pub fn stopping(&self) -> CancellationToken {
         self.shutdown.clone()
+    }
+
+    /// Tells the hub an event was just appended, so that it reads the log now rather than at
+    /// the end of its idle wait. A wake while it is reading is kept for its next wait.
+    pub fn wake(&self) {
+        self.appended.notify_one();
     }
 
     /// Counts one more connection, unless `max` are open.
@@ -140,7 +153,14 @@ impl Hub {
                 page = self.broker.events(cursor.as_deref(), PAGE) => page,
             };
             let wait = match page {
-                Ok(events) if events.is_empty() => IDLE_POLL,
+                Ok(events) if events.is_empty() => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = self.appended.notified() => {}
+                        () = tokio::time::sleep(IDLE_POLL) => {}
+                    }
+                    continue;
+                }
                 Ok(events) => {
                     for event in events {
                         seq += 1;
