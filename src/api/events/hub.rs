@@ -16,6 +16,10 @@
 //! when the hub stops, and [`Hub::run`] returns only once they have, so the node's tracker
 //! that runs the hub waits for them too.
 //!
+//! Between reads of an idle log the hub sleeps [`IDLE_POLL`], unless [`Hub::wake`] says an
+//! event was just appended in this process (a writer that knows calls it; others' events
+//! still arrive within the poll).
+//!
 //! Not here: filtering, replay and the wire formats (`feed`, `ws`, `sse`).
 
 use std::sync::Arc;
@@ -24,7 +28,7 @@ use std::time::Duration;
 
 use hopper_workers::Broker;
 use hopper_workers::event::Event;
-use tokio::sync::{broadcast, watch};
+use tokio::sync::{Notify, broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -62,6 +66,8 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<HubEvent>>,
     position: Arc<watch::Sender<Option<Position>>>,
     connections: Arc<AtomicUsize>,
+    /// Cuts an idle wait short (see [`Hub::wake`]).
+    appended: Arc<Notify>,
     /// Fires when the process stops, so that every stream closes and graceful shutdown ends.
     shutdown: CancellationToken,
     /// The streams' own tasks, waited for when the hub stops.
@@ -88,6 +94,7 @@ impl Hub {
             tx,
             position: Arc::new(watch::Sender::new(None)),
             connections: Arc::new(AtomicUsize::new(0)),
+            appended: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
@@ -109,6 +116,12 @@ impl Hub {
         F: Future<Output = ()> + Send + 'static,
     {
         self.tasks.spawn(task);
+    }
+
+    /// Tells the hub an event was just appended, so that it reads the log now rather than at
+    /// the end of its idle wait. A wake while it is reading is kept for its next wait.
+    pub fn wake(&self) {
+        self.appended.notify_one();
     }
 
     /// Counts one more connection, unless `max` are open.
@@ -164,7 +177,14 @@ impl Hub {
                 page = self.broker.events(cursor.as_deref(), PAGE) => page,
             };
             let wait = match page {
-                Ok(events) if events.is_empty() => IDLE_POLL,
+                Ok(events) if events.is_empty() => {
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = self.appended.notified() => {}
+                        () = tokio::time::sleep(IDLE_POLL) => {}
+                    }
+                    continue;
+                }
                 Ok(events) => {
                     for event in events {
                         seq += 1;

@@ -1,28 +1,31 @@
-//! `hopper bench`: the two workloads of DESIGN §9, run against a real broker with the real
-//! pool in this process.
+//! `hopper bench`: the workloads of DESIGN §9 and issue 9, run against a real broker with the
+//! real pool in this process. This module owns the flags, the report and its printing, and
+//! what the workloads share (the pool on the bench queue, waiting for it to finish); each
+//! workload is its own file:
 //!
-//! - **drain**: enqueue N `sys.noop` jobs in batches of 1000, then start the pool and time
-//!   until all have finished. Reports enqueue and processing throughput.
-//! - **latency**: with the pool running, enqueue `bench.latency` jobs at a steady rate for a
-//!   while (10 s by default), each carrying its enqueue time; the handler records how long it
-//!   waited to start. Reports p50, p95, p99 and max pickup latency.
+//! - `drain`: enqueue N no-op jobs, then time the pool draining them.
+//! - `latency`: a steady rate of jobs; pickup latency percentiles.
+//! - `events`: jobs that report progress while WebSocket clients follow the queue through an
+//!   API started in this process; delivery latency percentiles and memory.
 //!
 //! Each run uses its own queue (`bench-<uuid>`) and drops it afterwards, even when it fails.
 
-use std::sync::{Arc, Mutex};
+mod drain;
+mod events;
+mod latency;
+
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
-use async_trait::async_trait;
 use hopper_workers::clock::{self, Clock};
-use hopper_workers::job::{JobId, NewJob};
+use hopper_workers::job::JobId;
 use hopper_workers::pool::{Pool, PoolConfig, QueueSpec};
-use hopper_workers::{Broker, JobContext, JobResult, Registry};
+use hopper_workers::{Broker, Registry};
 use serde::Serialize;
-use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::Settings;
+use crate::config::{Config, Settings};
 use crate::out;
 
 /// Jobs per enqueue round-trip in the drain workload.
@@ -31,14 +34,13 @@ const BATCH: usize = 1000;
 const POLL: Duration = Duration::from_millis(50);
 /// A run that makes no progress for this long is abandoned.
 const STALL: Duration = Duration::from_secs(30);
-/// The kind only `bench` registers.
-const LATENCY_KIND: &str = "bench.latency";
 
 /// Which workload.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
     Drain,
     Latency,
+    Events,
 }
 
 /// Pool slots of a bench run that does not say.
@@ -48,7 +50,8 @@ pub const DEFAULT_CONCURRENCY: usize = 64;
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
     /// drain: enqueue N jobs, then time the pool draining them; latency: steady rate, pickup
-    /// latency percentiles.
+    /// latency percentiles; events: jobs reporting progress while WebSocket clients follow
+    /// the queue, delivery latency percentiles and memory.
     #[arg(long, value_enum, default_value_t = Workload::Drain)]
     pub workload: Workload,
     /// Jobs to enqueue (drain).
@@ -58,10 +61,14 @@ pub struct BenchArgs {
     /// (not `[worker] concurrency`, which is sized for real jobs, not no-ops).
     #[arg(long)]
     pub concurrency: Option<usize>,
-    /// Jobs per second (latency).
-    #[arg(long, default_value_t = 1000)]
-    pub rate: u64,
-    /// How long to enqueue for (latency).
+    /// Jobs per second (latency, default 1000); events per second (events, default 4000:
+    /// each job appends 3 progress events and its completion).
+    #[arg(long)]
+    pub rate: Option<u64>,
+    /// WebSocket clients following the bench queue (events).
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
+    /// How long to enqueue for (latency, events).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Broker URL (default: [broker] url).
@@ -91,6 +98,36 @@ pub struct Report {
     /// Pickup latency (start - due), for the `latency` workload; `null`s otherwise.
     #[serde(flatten)]
     pub pickup: PickupLatency,
+    /// Event delivery, for the `events` workload; `null`s otherwise.
+    #[serde(flatten)]
+    pub delivery: Delivery,
+}
+
+/// What the `events` workload measured.
+#[derive(Clone, Copy, Debug, Default, Serialize)]
+pub struct Delivery {
+    /// WebSocket clients that followed the bench queue.
+    pub clients: Option<usize>,
+    /// Events the workers appended and the rate counts: 3 progress and 1 completion per job.
+    pub events: Option<u64>,
+    /// Those events per second, from the first enqueue to the last job's end.
+    pub events_per_s: Option<f64>,
+    /// Progress frames received and measured, over all clients.
+    pub delivered: Option<u64>,
+    /// Clients told `lagged` (they fell behind the server's buffer).
+    pub lagged_clients: Option<usize>,
+    /// Clients that did not receive every job's completion.
+    pub incomplete_clients: Option<usize>,
+    /// Delivery latency of progress events (appended -> frame received), in ms.
+    pub delivery_p50_ms: Option<f64>,
+    pub delivery_p95_ms: Option<f64>,
+    pub delivery_p99_ms: Option<f64>,
+    pub delivery_max_ms: Option<f64>,
+    /// The bench process's resident memory at the end (`VmRSS`), in MB: server, pool and
+    /// clients together.
+    pub rss_mb: Option<f64>,
+    /// Its peak (`VmHWM`), in MB.
+    pub peak_rss_mb: Option<f64>,
 }
 
 /// Percentiles and maximum of the pickup latency, in milliseconds.
@@ -151,13 +188,23 @@ pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationTok
         broker: broker.clone(),
         clock,
         pool: settings.pool.clone(),
+        config,
         queue: queue.clone(),
         concurrency,
         shutdown,
     };
     let ran = match args.workload {
         Workload::Drain => bench.drain(args.jobs).await,
-        Workload::Latency => bench.latency(args.rate, args.duration).await,
+        Workload::Latency => {
+            bench
+                .latency(args.rate.unwrap_or(1000), args.duration)
+                .await
+        }
+        Workload::Events => {
+            bench
+                .events(args.rate.unwrap_or(4000), args.duration, args.clients)
+                .await
+        }
     };
     // Clean up whatever happened.
     match broker.drop_queue(&queue).await {
@@ -178,6 +225,8 @@ struct Bench {
     clock: Arc<dyn Clock>,
     /// `[worker]` and `[retry]`, as checked; the bench overrides concurrency and queues.
     pool: PoolConfig,
+    /// The whole config, for the API the `events` workload starts.
+    config: Config,
     queue: String,
     concurrency: usize,
     shutdown: CancellationToken,
@@ -206,115 +255,6 @@ impl Bench {
         let token = stop.clone();
         let task = tokio::spawn(async move { pool.run(token).await.context("bench pool") });
         (stop, task)
-    }
-
-    async fn drain(&self, n: u64) -> Result<Report> {
-        let mut registry = Registry::new();
-        hopper_workers::diagnostics::register(&mut registry)?;
-
-        let started = Instant::now();
-        let mut left = n;
-        while left > 0 {
-            if self.shutdown.is_cancelled() {
-                bail!("interrupted");
-            }
-            let size = usize::try_from(left).unwrap_or(BATCH).min(BATCH);
-            let batch = (0..size)
-                .map(|_| {
-                    NewJob::new("sys.noop", json!({}))
-                        .queue(&self.queue)
-                        .max_retries(0)
-                })
-                .collect();
-            self.broker.enqueue(batch).await.context("enqueueing")?;
-            left -= size as u64;
-        }
-        let enqueue_s = started.elapsed().as_secs_f64();
-        tracing::info!(jobs = n, seconds = enqueue_s, "enqueued; starting the pool");
-
-        let (stop, task) = self.start_pool(registry);
-        let started = Instant::now();
-        let waited = self.wait_done(n, &task).await;
-        let processed_s = started.elapsed().as_secs_f64();
-        stop.cancel();
-        task.await.context("bench pool panicked")??;
-        waited?;
-
-        Ok(Report {
-            enqueue_jobs_per_s: Some(per_s(n, enqueue_s)),
-            processed_jobs_per_s: Some(per_s(n, processed_s)),
-            ..Report::new("drain", self, n)
-        })
-    }
-
-    async fn latency(&self, rate: u64, duration: Duration) -> Result<Report> {
-        if rate == 0 {
-            bail!(crate::exit::CliError::Usage(
-                "--rate must be at least 1".into()
-            ));
-        }
-        let samples = Arc::new(Mutex::new(Vec::new()));
-        let mut registry = Registry::new();
-        registry.register(
-            LATENCY_KIND,
-            Pickup {
-                samples: samples.clone(),
-            },
-        )?;
-        let (stop, task) = self.start_pool(registry);
-
-        let total = u64::try_from((u128::from(rate) * duration.as_millis() / 1000).max(1))
-            .unwrap_or(u64::MAX);
-        let mut sent = 0u64;
-        let started = Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(5));
-        let enqueued: Result<()> = async {
-            while sent < total {
-                tokio::select! {
-                    () = self.shutdown.cancelled() => bail!("interrupted"),
-                    _ = tick.tick() => {}
-                }
-                // Catch up to where a perfectly steady sender would be by now.
-                let due = ((rate as f64) * started.elapsed().as_secs_f64()) as u64;
-                let n = due.min(total) - sent.min(due.min(total));
-                if n == 0 {
-                    continue;
-                }
-                // The payload carries a plain number: microseconds since the epoch, so that
-                // a p99 under a millisecond can be told apart from one of 1.9 ms.
-                let at = micros_now();
-                let batch = (0..n)
-                    .map(|_| {
-                        NewJob::new(LATENCY_KIND, json!({ "enqueued_at_us": at }))
-                            .queue(&self.queue)
-                            .max_retries(0)
-                    })
-                    .collect();
-                self.broker.enqueue(batch).await.context("enqueueing")?;
-                sent += n;
-            }
-            Ok(())
-        }
-        .await;
-        let send_s = started.elapsed().as_secs_f64();
-        let waited = match enqueued {
-            Ok(()) => self.wait_done(sent, &task).await,
-            Err(e) => Err(e),
-        };
-        stop.cancel();
-        task.await.context("bench pool panicked")??;
-        waited?;
-
-        let mut us: Vec<u64> = samples
-            .lock()
-            .map_err(|_| anyhow::anyhow!("latency samples poisoned"))?
-            .clone();
-        us.sort_unstable();
-        Ok(Report {
-            enqueue_jobs_per_s: Some(per_s(sent, send_s)),
-            pickup: PickupLatency::of(&us),
-            ..Report::new("latency", self, sent)
-        })
     }
 
     /// Polls the bench queue until `n` jobs have finished; fails when the pool stops, the run
@@ -354,33 +294,11 @@ impl Bench {
     }
 }
 
-/// `bench.latency`: records how long after its enqueue the job started, in microseconds.
-struct Pickup {
-    samples: Arc<Mutex<Vec<u64>>>,
-}
-
 /// The wall clock in microseconds since the epoch (the engine's clock counts milliseconds).
 fn micros_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX))
-}
-
-#[async_trait]
-impl hopper_workers::Handler for Pickup {
-    async fn run(&self, cx: JobContext) -> JobResult {
-        let now = micros_now();
-        let at = cx
-            .payload()
-            .get("enqueued_at_us")
-            .and_then(serde_json::Value::as_u64)
-            .unwrap_or(now);
-        let waited = now.saturating_sub(at);
-        if let Ok(mut s) = self.samples.lock() {
-            s.push(waited);
-        }
-        Ok(json!({}))
-    }
 }
 
 fn per_s(n: u64, seconds: f64) -> f64 {
@@ -404,6 +322,43 @@ fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
 fn print_table(r: &Report) -> std::io::Result<()> {
     let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"));
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.3}"));
+    if r.workload == "events" {
+        let d = &r.delivery;
+        let n = |v: Option<usize>| v.map_or_else(|| "-".to_owned(), |x| x.to_string());
+        return out::table(
+            &[
+                "workload",
+                "broker",
+                ">clients",
+                ">events",
+                ">events/s",
+                ">delivered",
+                ">lagged",
+                ">p50 ms",
+                ">p95 ms",
+                ">p99 ms",
+                ">max ms",
+                ">rss MB",
+                ">peak MB",
+            ],
+            &[vec![
+                r.workload.to_owned(),
+                r.broker.clone(),
+                n(d.clients),
+                d.events.map_or_else(|| "-".to_owned(), |x| x.to_string()),
+                f(d.events_per_s),
+                d.delivered
+                    .map_or_else(|| "-".to_owned(), |x| x.to_string()),
+                n(d.lagged_clients),
+                ms(d.delivery_p50_ms),
+                ms(d.delivery_p95_ms),
+                ms(d.delivery_p99_ms),
+                ms(d.delivery_max_ms),
+                f(d.rss_mb),
+                f(d.peak_rss_mb),
+            ]],
+        );
+    }
     out::table(
         &[
             "workload",
@@ -471,6 +426,14 @@ mod tests {
             "p95_ms",
             "p99_ms",
             "max_ms",
+            "clients",
+            "events",
+            "delivery_p50_ms",
+            "delivery_p95_ms",
+            "delivery_p99_ms",
+            "delivery_max_ms",
+            "rss_mb",
+            "peak_rss_mb",
         ] {
             assert!(v.get(k).is_some(), "{k} missing");
         }
