@@ -34,7 +34,6 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
 use futures::StreamExt;
-use hopper_workers::job::NewJob;
 use hopper_workers::{Broker, JobContext, JobResult, Registry};
 use serde::Deserialize;
 use serde_json::json;
@@ -193,14 +192,7 @@ impl Bench {
             if n == 0 {
                 continue;
             }
-            let batch = (0..n)
-                .map(|_| {
-                    NewJob::new(EVENTS_KIND, json!({}))
-                        .queue(&self.queue)
-                        .max_retries(0)
-                })
-                .collect();
-            self.broker.enqueue(batch).await.context("enqueueing")?;
+            self.enqueue_many(EVENTS_KIND, &json!({}), n).await?;
             sent += n;
         }
         Ok(())

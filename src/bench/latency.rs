@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
-use hopper_workers::job::NewJob;
 use hopper_workers::{JobContext, JobResult, Registry};
 use serde_json::json;
 
@@ -55,14 +54,8 @@ impl Bench {
                 // The payload carries a plain number: microseconds since the epoch, so that
                 // a p99 under a millisecond can be told apart from one of 1.9 ms.
                 let at = micros_now();
-                let batch = (0..n)
-                    .map(|_| {
-                        NewJob::new(LATENCY_KIND, json!({ "enqueued_at_us": at }))
-                            .queue(&self.queue)
-                            .max_retries(0)
-                    })
-                    .collect();
-                self.broker.enqueue(batch).await.context("enqueueing")?;
+                self.enqueue_many(LATENCY_KIND, &json!({ "enqueued_at_us": at }), n)
+                    .await?;
                 sent += n;
             }
             Ok(())

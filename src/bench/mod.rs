@@ -233,6 +233,19 @@ struct Bench {
 }
 
 impl Bench {
+    /// Enqueues `n` jobs of `kind`, each with `payload`, on the bench queue, without retries.
+    async fn enqueue_many(&self, kind: &str, payload: &serde_json::Value, n: u64) -> Result<()> {
+        let batch = (0..n)
+            .map(|_| {
+                hopper_workers::job::NewJob::new(kind, payload.clone())
+                    .queue(&self.queue)
+                    .max_retries(0)
+            })
+            .collect();
+        self.broker.enqueue(batch).await.context("enqueueing")?;
+        Ok(())
+    }
+
     /// A pool on the bench queue only, run until the returned token is cancelled.
     fn start_pool(
         &self,

@@ -294,12 +294,7 @@ impl NewJob {
         if self.kind.is_empty() || self.kind.len() > 128 {
             return Err(FieldError::new("kind", "must be 1 to 128 characters"));
         }
-        if !valid_name(&self.queue) {
-            return Err(FieldError::new(
-                "queue",
-                "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
-            ));
-        }
+        check_queue(&self.queue)?;
         if self.priority > MAX_PRIORITY {
             return Err(FieldError::new("priority", PRIORITY_RULE));
         }
@@ -318,6 +313,18 @@ impl NewJob {
             return Err(FieldError::new("unique_key", "must be 1 to 256 characters"));
         }
         Ok(())
+    }
+}
+
+/// A queue name, checked: `Err` names the field `queue` and says the rule.
+pub fn check_queue(queue: &str) -> Result<(), FieldError> {
+    if valid_name(queue) {
+        Ok(())
+    } else {
+        Err(FieldError::new(
+            "queue",
+            "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
+        ))
     }
 }
 

@@ -41,7 +41,7 @@
 
 use super::RedisBroker;
 use crate::error::{BrokerError, BrokerResult};
-use crate::job::{FieldError, JobId, valid_name};
+use crate::job::JobId;
 
 /// Refuses a prefix that would break the hash tag (braces) or the commands (spaces).
 pub(super) fn check_prefix(prefix: &str) -> BrokerResult<()> {
@@ -54,14 +54,7 @@ pub(super) fn check_prefix(prefix: &str) -> BrokerResult<()> {
 }
 
 pub(super) fn check_queue(queue: &str) -> BrokerResult<()> {
-    if valid_name(queue) {
-        Ok(())
-    } else {
-        Err(BrokerError::Invalid(FieldError::new(
-            "queue",
-            "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
-        )))
-    }
+    Ok(crate::job::check_queue(queue)?)
 }
 
 impl RedisBroker {

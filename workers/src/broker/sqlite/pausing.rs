@@ -10,18 +10,10 @@ use rusqlite::params;
 
 use super::SqliteBroker;
 use super::sql;
-use crate::error::{BrokerError, BrokerResult};
-use crate::job::{FieldError, valid_name};
+use crate::error::BrokerResult;
 
 fn check_queue(queue: &str) -> BrokerResult<()> {
-    if valid_name(queue) {
-        Ok(())
-    } else {
-        Err(BrokerError::Invalid(FieldError::new(
-            "queue",
-            "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
-        )))
-    }
+    Ok(crate::job::check_queue(queue)?)
 }
 
 pub(super) async fn pause(broker: &SqliteBroker, queue: &str) -> BrokerResult<()> {
