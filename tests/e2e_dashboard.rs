@@ -11,7 +11,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::Scratch;
+use crate::util::{Api, Scratch};
 
 /// The token the dashboard is asked for: the daemons of these tests require one.
 const TOKEN: &str = "dash-test-token";
@@ -20,6 +20,15 @@ fn with_token() -> Scratch {
     Scratch::with_config(&format!(
         "[worker]\nconcurrency = 4\n[auth]\ntokens = [\"{TOKEN}\"]\n"
     ))
+}
+
+/// `GET path` on the daemon, with `token` as the bearer when given: the raw response.
+async fn get(api: &Api, path: &str, token: Option<&str>) -> reqwest::Response {
+    let mut req = api.http.get(format!("{}{path}", api.base));
+    if let Some(token) = token {
+        req = req.bearer_auth(token);
+    }
+    req.send().await.unwrap()
 }
 
 /// The page and its assets need no token (the API calls they make carry it), and say what
@@ -39,12 +48,7 @@ async fn dashboard_is_served_without_a_token() {
         ),
         ("/dashboard/app.css", "text/css", "prefers-color-scheme"),
     ] {
-        let resp = api
-            .http
-            .get(format!("{}{path}", api.base))
-            .send()
-            .await
-            .unwrap();
+        let resp = get(&api, path, None).await;
         assert_eq!(resp.status(), 200, "GET {path}");
         let ct = resp.headers()["content-type"].to_str().unwrap().to_owned();
         assert!(ct.starts_with(kind), "GET {path}: content-type {ct}");
@@ -56,12 +60,7 @@ async fn dashboard_is_served_without_a_token() {
         .await;
     assert_eq!(status, 404, "{body}");
     assert_eq!(body["error"]["code"], "not_found");
-    let resp = api
-        .http
-        .get(format!("{}/v1/queues", api.base))
-        .send()
-        .await
-        .unwrap();
+    let resp = get(&api, "/v1/queues", None).await;
     assert_eq!(
         resp.status(),
         401,
@@ -75,13 +74,7 @@ async fn dashboard_is_served_without_a_token() {
         ("/v1/queues/default/retry-dead", 405),
         ("/v1/queues/default/nope", 404),
     ] {
-        let resp = api
-            .http
-            .get(format!("{}{path}", api.base))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .unwrap();
+        let resp = get(&api, path, Some(TOKEN)).await;
         assert_eq!(resp.status(), status, "GET {path} (the page's probe)");
     }
 }

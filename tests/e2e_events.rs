@@ -7,9 +7,10 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use hopper_workers::NewJob;
-use hopper_workers::broker::OpenOptions;
+use hopper_workers::broker::{Broker, OpenOptions};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
@@ -251,25 +252,33 @@ fn rss_kib(pid: u32) -> u64 {
     line.split_whitespace().nth(1).unwrap().parse().unwrap()
 }
 
+/// The scratch config's broker, opened directly: another process writing to the same log.
+async fn open_broker(s: &Scratch) -> Arc<dyn Broker> {
+    hopper_workers::broker::open_with(
+        &s.broker_url(),
+        &OpenOptions::new("hopper"),
+        hopper_workers::clock::system(),
+    )
+    .await
+    .unwrap()
+}
+
+/// Enqueues `n` `sys.noop` jobs in one batch.
+async fn enqueue_noops(broker: &dyn Broker, n: usize) {
+    let batch = (0..n).map(|_| NewJob::new("sys.noop", json!({}))).collect();
+    broker.enqueue(batch).await.unwrap();
+}
+
 #[tokio::test]
 async fn a_client_that_stops_reading_gets_lagged_and_memory_stays_bounded() {
     let s = Scratch::with_config("");
     let (d, api) = s.serve(&["--no-workers"]);
     let mut idle = connect(&ws_url(&api.base, "")).await;
     // Another process writes 100,000 events to the same file; this client reads none of them.
-    let broker = hopper_workers::broker::open_with(
-        &s.broker_url(),
-        &OpenOptions::new("hopper"),
-        hopper_workers::clock::system(),
-    )
-    .await
-    .unwrap();
+    let broker = open_broker(&s).await;
     let mut peak = 0;
     for _ in 0..100 {
-        let batch = (0..1000)
-            .map(|_| NewJob::new("sys.noop", json!({})))
-            .collect();
-        broker.enqueue(batch).await.unwrap();
+        enqueue_noops(&*broker, 1000).await;
         peak = peak.max(rss_kib(d.pid()));
     }
     let last = broker.events(None, 1).await.unwrap();
@@ -305,17 +314,8 @@ async fn a_client_that_stops_reading_gets_lagged_and_memory_stays_bounded() {
 async fn a_cursor_older_than_retention_gets_a_gap_frame_then_the_oldest_events() {
     let s = Scratch::with_config("");
     let (_d, api) = s.serve(&["--no-workers"]);
-    let broker = hopper_workers::broker::open_with(
-        &s.broker_url(),
-        &OpenOptions::new("hopper"),
-        hopper_workers::clock::system(),
-    )
-    .await
-    .unwrap();
-    let batch = (0..10)
-        .map(|_| NewJob::new("sys.noop", json!({})))
-        .collect();
-    broker.enqueue(batch).await.unwrap();
+    let broker = open_broker(&s).await;
+    enqueue_noops(&*broker, 10).await;
     let old = broker.events(None, 1).await.unwrap()[0].id.clone();
     // Retention trims the log to its newest 3 events.
     broker

@@ -40,6 +40,15 @@ fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Runs `tail --job ID` to its end (within the test's deadline), checks its exit code, and
+/// returns its stdout and stderr.
+async fn tail_job_to_its_end(s: &Scratch, id: &str, code: i32) -> (String, String) {
+    let out = wait::within("tail --job", cli(s, &["tail", "--job", id])).await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(code), "{stdout}\n{stderr}");
+    (stdout, stderr)
+}
+
 /// `tail --job` on a running `sys.sleep` job follows it to the end: its progress shows (plain
 /// lines, stdout not being a terminal), then its success, and the exit code is 0.
 #[tokio::test]
@@ -49,14 +58,7 @@ async fn tail_job_exits_0_when_it_succeeds_and_shows_progress() {
     let id = api
         .enqueue_ok(json!({"kind": "sys.sleep", "payload": {"ms": 1500}}))
         .await;
-    let out = wait::within("tail --job", cli(&s, &["tail", "--job", &id])).await;
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
+    let (stdout, _) = tail_job_to_its_end(&s, &id, 0).await;
     let progress: Vec<&str> = stdout
         .lines()
         .filter(|l| l.contains("job.progress"))
@@ -83,16 +85,9 @@ async fn tail_job_exits_1_when_it_dies() {
     let id = api
         .enqueue_ok(json!({"kind": "sys.fail", "payload": {"times": 99, "permanent": true}}))
         .await;
-    let out = wait::within("tail --job", cli(&s, &["tail", "--job", &id])).await;
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(1),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
+    let (stdout, stderr) = tail_job_to_its_end(&s, &id, 1).await;
     assert!(stdout.contains("job.dead"), "{stdout}");
-    assert!(text(&out.stderr).contains("dead"), "{}", text(&out.stderr));
+    assert!(stderr.contains("dead"), "{stderr}");
 }
 
 /// A running job cancelled while `tail` follows it: exit 4. A job that does not exist: 3.
