@@ -19,10 +19,7 @@ pub async fn pause(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    check(&name)?;
-    st.broker.pause(&name).await?;
-    tracing::info!(queue = %name, "queue paused");
-    Ok(Json(json!({ "queue": name, "paused": true })))
+    set_paused(&st, name, true).await
 }
 
 /// `POST /v1/queues/{name}/resume`: `{"queue", "paused"}`, still `true` when this node's
@@ -31,11 +28,24 @@ pub async fn resume(
     State(st): State<AppState>,
     Path(name): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
+    set_paused(&st, name, false).await
+}
+
+/// Stores the pause (or its end) of queue `name` in the broker and answers whether the queue
+/// is now paused: by the broker, or by this node's config.
+async fn set_paused(st: &AppState, name: String, paused: bool) -> Result<Json<Value>, ApiError> {
     check(&name)?;
-    st.broker.resume(&name).await?;
-    tracing::info!(queue = %name, "queue resumed");
-    let paused = st.config.queues.iter().any(|q| q.name == name && q.paused);
-    Ok(Json(json!({ "queue": name, "paused": paused })))
+    if paused {
+        st.broker.pause(&name).await?;
+        tracing::info!(queue = %name, "queue paused");
+    } else {
+        st.broker.resume(&name).await?;
+        tracing::info!(queue = %name, "queue resumed");
+    }
+    let by_config = st.config.queues.iter().any(|q| q.name == name && q.paused);
+    Ok(Json(
+        json!({ "queue": name, "paused": paused || by_config }),
+    ))
 }
 
 /// `POST /v1/queues/{name}/retry-dead`: `{"queue", "retried": N}`.

@@ -252,12 +252,11 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
         out::line(format!("{k:<width$}  {val}"))?;
     }
     if !j.steps.is_empty() {
-        out::line("")?;
-        out::line("chain:")?;
-        let rows: Vec<Vec<String>> = j
-            .steps
-            .iter()
-            .map(|step| {
+        section(
+            "chain",
+            &[">step", "kind", "state", "id", ""],
+            &j.steps,
+            |step| {
                 let here = if step.id == v.id { "<- this job" } else { "" };
                 vec![
                     format!("{}.", step.index),
@@ -266,16 +265,14 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
                     step.id.to_string(),
                     here.to_owned(),
                 ]
-            })
-            .collect();
-        out::table(&[">step", "kind", "state", "id", ""], &rows)?;
+            },
+        )?;
     }
-    out::line("")?;
-    out::line("history:")?;
-    let rows: Vec<Vec<String>> = j
-        .history
-        .iter()
-        .map(|e| {
+    section(
+        "history",
+        &["at", "event", ">attempt", "detail"],
+        &j.history,
+        |e| {
             let detail = [
                 e.progress.map(|p| format!("{p}%")),
                 e.message.clone(),
@@ -292,9 +289,21 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
                 e.attempt.to_string(),
                 detail,
             ]
-        })
-        .collect();
-    out::table(&["at", "event", ">attempt", "detail"], &rows)?;
+        },
+    )
+}
+
+/// A blank line, `title:`, then a table of `items`, one row each.
+fn section<T>(
+    title: &str,
+    header: &[&str],
+    items: &[T],
+    row: impl Fn(&T) -> Vec<String>,
+) -> Result<()> {
+    out::line("")?;
+    out::line(format!("{title}:"))?;
+    let rows: Vec<Vec<String>> = items.iter().map(row).collect();
+    out::table(header, &rows)?;
     Ok(())
 }
 

@@ -56,33 +56,24 @@ impl EventQuery {
         let mut q = EventQuery::default();
         for (key, value) in pairs {
             match key.as_str() {
-                "job" => {
-                    for id in items(key, value)? {
-                        if id.len() > 64 {
-                            return Err(bad(key, "job ids are at most 64 characters"));
-                        }
-                        q.filter.jobs.insert(id.to_owned());
-                    }
-                }
-                "queue" => {
-                    for name in items(key, value)? {
-                        if !valid_name(name) {
-                            return Err(bad(
-                                key,
-                                "queue names are 1 to 64 characters of letters, digits, '-', '_' or '.'",
-                            ));
-                        }
-                        q.filter.queues.insert(name.to_owned());
-                    }
-                }
-                "kind" => {
-                    for kind in items(key, value)? {
-                        if kind.len() > 128 {
-                            return Err(bad(key, "kinds are 1 to 128 characters"));
-                        }
-                        q.filter.kinds.insert(kind.to_owned());
-                    }
-                }
+                "job" => q.filter.jobs.extend(checked_items(
+                    key,
+                    value,
+                    |id| id.len() <= 64,
+                    "job ids are at most 64 characters",
+                )?),
+                "queue" => q.filter.queues.extend(checked_items(
+                    key,
+                    value,
+                    valid_name,
+                    "queue names are 1 to 64 characters of letters, digits, '-', '_' or '.'",
+                )?),
+                "kind" => q.filter.kinds.extend(checked_items(
+                    key,
+                    value,
+                    |kind| kind.len() <= 128,
+                    "kinds are 1 to 128 characters",
+                )?),
                 "type" => {
                     for name in items(key, value)? {
                         let t = EventType::parse(name).ok_or_else(|| {
@@ -129,6 +120,25 @@ fn items<'a>(key: &str, value: &'a str) -> Result<Vec<&'a str>, ApiError> {
         return Err(bad(key, "must be a comma list without empty items"));
     }
     Ok(list)
+}
+
+/// The items of a comma list, each owned; one that fails `ok` is a 400 saying `rule`.
+fn checked_items(
+    key: &str,
+    value: &str,
+    ok: impl Fn(&str) -> bool,
+    rule: &str,
+) -> Result<Vec<String>, ApiError> {
+    items(key, value)?
+        .into_iter()
+        .map(|item| {
+            if ok(item) {
+                Ok(item.to_owned())
+            } else {
+                Err(bad(key, rule))
+            }
+        })
+        .collect()
 }
 
 fn bad(key: &str, message: impl Into<String>) -> ApiError {
