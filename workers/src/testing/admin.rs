@@ -4,9 +4,9 @@
 use std::sync::Arc;
 
 use super::{
-    LEASE, ManualClock, assert_conflict, assert_lease_lost, assert_not_found, enqueue, enqueue_ids,
-    fetch_expect, fetch_one, finish, get, history_types, job, last_event, make_dead,
-    make_succeeded, ms, ok, succeed_all,
+    LEASE, ManualClock, assert_conflict, assert_lease_lost, assert_none_fetched, assert_not_found,
+    enqueue, enqueue_ids, fetch_expect, fetch_one, finish, get, history_types, job, last_event,
+    make_dead, make_succeeded, ms, ok, succeed_all,
 };
 use crate::broker::{Broker, LeaseStatus};
 use crate::clock::Clock;
@@ -28,15 +28,9 @@ pub async fn cancel_non_final_and_conflict_on_final(b: Arc<dyn Broker>, clock: A
         assert_eq!(get(&b, id).await.state, JobState::Cancelled);
         assert_eq!(last_event(&b, id).await.kind_of_event, EventType::Cancelled);
     }
-    assert!(
-        fetch_one(&b, "default").await.is_none(),
-        "cancelled jobs are not fetched"
-    );
+    assert_none_fetched(&b, "default", "cancelled jobs are not fetched").await;
     clock.advance(60_000);
-    assert!(
-        fetch_one(&b, "default").await.is_none(),
-        "nor when their time comes"
-    );
+    assert_none_fetched(&b, "default", "nor when their time comes").await;
 
     assert_eq!(
         b.heartbeat(&[r.lease()], LEASE).await.expect("heartbeat"),

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use serde_json::json;
 
 use super::support::{bury, enqueue_chain, filter, pass_on, succeed_with};
-use super::{LEASE, ManualClock, fetch_expect, fetch_one, finish, get, job, last_event, ok};
+use super::{
+    LEASE, ManualClock, assert_none_fetched, fetch_expect, finish, get, job, last_event, ok,
+};
 use crate::broker::Broker;
 use crate::event::EventType;
 use crate::job::{JobId, JobState, NewJob, link_chain};
@@ -26,10 +28,7 @@ pub async fn chain_passes_results_in_order(b: Arc<dyn Broker>, _clock: Arc<Manua
     );
 
     let first = fetch_expect(&b, "chain", &ids[0]).await;
-    assert!(
-        fetch_one(&b, "chain").await.is_none(),
-        "a waiting step is never fetched"
-    );
+    assert_none_fetched(&b, "chain", "a waiting step is never fetched").await;
     let second = pass_on(&b, "chain", &first, json!({"rows": 3}), &ids[1]).await;
     assert_eq!(get(&b, &ids[2]).await.state, JobState::Waiting);
     let third = pass_on(&b, "chain", &second, json!({"path": "r.pdf"}), &ids[2]).await;
@@ -152,7 +151,7 @@ pub async fn chain_retry_of_later_step_waits_for_predecessor(
         JobState::Waiting,
         "it waits for its predecessor"
     );
-    assert!(fetch_one(&b, "chain").await.is_none(), "nothing to run yet");
+    assert_none_fetched(&b, "chain", "nothing to run yet").await;
 
     b.retry(&ids[0]).await.expect("retry the first step");
     let first = fetch_expect(&b, "chain", &ids[0]).await;

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::{
-    LEASE, ManualClock, drain, enqueue, enqueue_ids, fetch_expect, fetch_one, get, job, last_event,
-    ms,
+    LEASE, ManualClock, assert_none_fetched, drain, enqueue, enqueue_ids, fetch_expect, fetch_one,
+    get, job, last_event, ms,
 };
 use crate::broker::Broker;
 use crate::clock::Clock;
@@ -46,7 +46,7 @@ pub async fn delayed_job_waits_for_run_at(b: Arc<dyn Broker>, clock: Arc<ManualC
     let j = get(&b, &delayed).await;
     assert_eq!(j.state, JobState::Scheduled);
     assert_eq!(j.run_at, at);
-    assert!(fetch_one(&b, "default").await.is_none(), "not due yet");
+    assert_none_fetched(&b, "default", "not due yet").await;
 
     let now_job = enqueue(&b, job("test.now").priority(5)).await;
     let other = enqueue(&b, job("test.now").priority(5)).await;

@@ -243,6 +243,12 @@ async fn get(b: &Arc<dyn Broker>, id: &JobId) -> Job {
     b.get(id).await.expect("get").expect("the job exists")
 }
 
+/// Asserts that a fetch from `queue` leases nothing, saying `why` when it does.
+async fn assert_none_fetched(b: &Arc<dyn Broker>, queue: &str, why: &str) {
+    let job = fetch_one(b, queue).await;
+    assert!(job.is_none(), "{why}: fetched {job:?}");
+}
+
 async fn fetch_one(b: &Arc<dyn Broker>, queue: &str) -> Option<Job> {
     let mut jobs = b.fetch(queue, 1, LEASE).await.expect("fetch");
     assert!(

@@ -7,8 +7,9 @@ use serde_json::json;
 
 use super::support::{bury, release, retry_at, snooze, succeed_with};
 use super::{
-    LEASE, ManualClock, RAN_AND_SUCCEEDED, assert_lease_lost, enqueue, enqueue_ids, fetch_expect,
-    fetch_one, finish, get, history_types, job, last_event, ms, ok, types,
+    LEASE, ManualClock, RAN_AND_SUCCEEDED, assert_lease_lost, assert_none_fetched, enqueue,
+    enqueue_ids, fetch_expect, fetch_one, finish, get, history_types, job, last_event, ms, ok,
+    types,
 };
 use crate::broker::{Broker, Finish, Outcome};
 use crate::clock::Clock;
@@ -55,7 +56,7 @@ pub async fn finish_retry_then_dead(b: Arc<dyn Broker>, clock: Arc<ManualClock>)
     assert_eq!(e.kind_of_event, EventType::Retrying);
     assert_eq!(e.error.as_deref(), Some("flaky"));
 
-    assert!(fetch_one(&b, "default").await.is_none(), "not due yet");
+    assert_none_fetched(&b, "default", "not due yet").await;
     clock.advance(5_000);
     let second = fetch_expect(&b, "default", &id).await;
     assert_eq!(second.attempt, 2);

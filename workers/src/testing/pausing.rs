@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use super::{ManualClock, enqueue, fetch_expect, fetch_one, get, job, ms};
+use super::{ManualClock, assert_none_fetched, enqueue, fetch_expect, get, job, ms};
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::error::BrokerError;
@@ -50,15 +50,9 @@ pub async fn paused_queue_accepts_jobs_but_is_not_fetched(
         JobState::Queued,
         "a paused queue accepts jobs"
     );
-    assert!(
-        fetch_one(&b, "held").await.is_none(),
-        "a paused queue is not fetched from"
-    );
+    assert_none_fetched(&b, "held", "a paused queue is not fetched from").await;
     clock.advance(2_000);
-    assert!(
-        fetch_one(&b, "held").await.is_none(),
-        "nor when its scheduled jobs fall due"
-    );
+    assert_none_fetched(&b, "held", "nor when its scheduled jobs fall due").await;
     fetch_expect(&b, "free", &other).await;
     assert_eq!(paused(&b, "held").await, Some(true));
     assert_eq!(paused(&b, "free").await, Some(false));
