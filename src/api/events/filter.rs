@@ -56,24 +56,9 @@ impl EventQuery {
         let mut q = EventQuery::default();
         for (key, value) in pairs {
             match key.as_str() {
-                "job" => q.filter.jobs.extend(checked_items(
-                    key,
-                    value,
-                    |id| id.len() <= 64,
-                    "job ids are at most 64 characters",
-                )?),
-                "queue" => q.filter.queues.extend(checked_items(
-                    key,
-                    value,
-                    valid_name,
-                    "queue names are 1 to 64 characters of letters, digits, '-', '_' or '.'",
-                )?),
-                "kind" => q.filter.kinds.extend(checked_items(
-                    key,
-                    value,
-                    |kind| kind.len() <= 128,
-                    "kinds are 1 to 128 characters",
-                )?),
+                "job" => q.filter.jobs.extend(checked_items(key, value, &JOB_ID)?),
+                "queue" => q.filter.queues.extend(checked_items(key, value, &QUEUE)?),
+                "kind" => q.filter.kinds.extend(checked_items(key, value, &KIND)?),
                 "type" => {
                     for name in items(key, value)? {
                         let t = EventType::parse(name).ok_or_else(|| {
@@ -122,20 +107,27 @@ fn items<'a>(key: &str, value: &'a str) -> Result<Vec<&'a str>, ApiError> {
     Ok(list)
 }
 
-/// The items of a comma list, each owned; one that fails `ok` is a 400 saying `rule`.
-fn checked_items(
-    key: &str,
-    value: &str,
-    ok: impl Fn(&str) -> bool,
-    rule: &str,
-) -> Result<Vec<String>, ApiError> {
+/// What each item of a `job`, `queue` or `kind` list must be: a test, and the 400's message
+/// when an item fails it.
+struct Rule(fn(&str) -> bool, &'static str);
+
+const JOB_ID: Rule = Rule(|id| id.len() <= 64, "job ids are at most 64 characters");
+const QUEUE: Rule = Rule(
+    valid_name,
+    "queue names are 1 to 64 characters of letters, digits, '-', '_' or '.'",
+);
+const KIND: Rule = Rule(|kind| kind.len() <= 128, "kinds are 1 to 128 characters");
+
+/// The items of a comma list, each owned; one that breaks `rule` is a 400 saying so.
+fn checked_items(key: &str, value: &str, rule: &Rule) -> Result<Vec<String>, ApiError> {
+    let Rule(ok, message) = rule;
     items(key, value)?
         .into_iter()
         .map(|item| {
             if ok(item) {
                 Ok(item.to_owned())
             } else {
-                Err(bad(key, rule))
+                Err(bad(key, *message))
             }
         })
         .collect()
