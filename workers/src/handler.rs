@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -110,6 +111,8 @@ pub struct JobContext {
     job: Arc<Job>,
     cancel: CancellationToken,
     progress: Option<mpsc::UnboundedSender<ProgressUpdate>>,
+    /// The pool's count of reports sent and not yet written, if it keeps one.
+    unwritten: Option<Arc<AtomicUsize>>,
 }
 
 impl JobContext {
@@ -123,7 +126,17 @@ impl JobContext {
             job,
             cancel,
             progress,
+            unwritten: None,
         }
+    }
+
+    /// The same context, counting each report it sends in `unwritten` (the pool's count of
+    /// reports not yet written, so that ending an attempt waits for the progress writer only
+    /// when a report may still be on its way).
+    #[must_use]
+    pub fn counting_reports(mut self, unwritten: Arc<AtomicUsize>) -> Self {
+        self.unwritten = Some(unwritten);
+        self
     }
 
     /// The job being run.
@@ -164,12 +177,19 @@ impl JobContext {
     /// Reports progress (clamped to 0..=100). Never blocks; the pool coalesces and writes it.
     pub fn progress(&self, percent: u8, message: impl Into<Option<String>>) {
         if let Some(tx) = &self.progress {
-            // A closed channel means the pool is gone; the report has nowhere to go.
-            let _ = tx.send(ProgressUpdate {
+            // Counted before it is sent, so the writer never uncounts it first.
+            if let Some(n) = &self.unwritten {
+                n.fetch_add(1, Ordering::SeqCst);
+            }
+            let sent = tx.send(ProgressUpdate {
                 lease: self.job.lease(),
                 percent: percent.min(100),
                 message: message.into(),
             });
+            // A closed channel means the pool is gone; the report has nowhere to go.
+            if let (Err(_), Some(n)) = (sent, &self.unwritten) {
+                n.fetch_sub(1, Ordering::SeqCst);
+            }
         }
     }
 }

@@ -39,7 +39,7 @@ mod writes;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -153,6 +153,9 @@ struct Shared {
     handle: PoolHandle,
     finish_tx: mpsc::UnboundedSender<Finish>,
     progress_tx: mpsc::UnboundedSender<ProgressUpdate>,
+    /// Progress reports sent by handlers and not yet written (or superseded): while it is 0,
+    /// ending an attempt need not wait for the progress writer.
+    unwritten: Arc<AtomicUsize>,
 }
 
 impl Pool {
@@ -204,13 +207,20 @@ impl Pool {
         let (finish_tx, finish_rx) = mpsc::unbounded_channel();
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
+        let unwritten = Arc::new(AtomicUsize::new(0));
         service_tasks.spawn(acknowledge(
             broker.clone(),
             finish_rx,
             handle.clone(),
             flush_tx,
+            unwritten.clone(),
         ));
-        service_tasks.spawn(write_progress(broker.clone(), progress_rx, flush_rx));
+        service_tasks.spawn(write_progress(
+            broker.clone(),
+            progress_rx,
+            flush_rx,
+            unwritten.clone(),
+        ));
         service_tasks.spawn(heartbeat(
             broker.clone(),
             handle.clone(),
@@ -234,6 +244,7 @@ impl Pool {
             handle: handle.clone(),
             finish_tx,
             progress_tx,
+            unwritten,
         });
 
         fetch_loop(&broker, &shared, &jobs, concurrency, &shutdown).await;

@@ -21,6 +21,7 @@ pub(super) async fn acknowledge(
     mut rx: mpsc::UnboundedReceiver<Finish>,
     handle: PoolHandle,
     flush: mpsc::UnboundedSender<Flush>,
+    unwritten: Arc<AtomicUsize>,
 ) {
     const MAX_BATCH: usize = 512;
     while let Some(first) = rx.recv().await {
@@ -31,11 +32,16 @@ pub(super) async fn acknowledge(
                 Err(_) => break,
             }
         }
-        // The jobs' last progress first. A progress writer that is gone has nothing to flush.
-        let (done, flushed) = oneshot::channel();
-        let jobs = batch.iter().map(|f| f.lease.job_id.clone()).collect();
-        if flush.send(Flush { jobs, done }).is_ok() {
-            let _ = flushed.await;
+        // The jobs' last progress first. A handler sends its reports before its completion,
+        // so with none unwritten there is nothing to wait for: most jobs report nothing, and
+        // their completions do not pay the round trip. A progress writer that is gone has
+        // nothing to flush.
+        if unwritten.load(Ordering::SeqCst) > 0 {
+            let (done, flushed) = oneshot::channel();
+            let jobs = batch.iter().map(|f| f.lease.job_id.clone()).collect();
+            if flush.send(Flush { jobs, done }).is_ok() {
+                let _ = flushed.await;
+            }
         }
         if !write_completions(&*broker, &batch).await {
             for one in batch.chunks(1) {
@@ -114,7 +120,12 @@ pub(super) async fn write_progress(
     broker: Arc<dyn Broker>,
     mut rx: mpsc::UnboundedReceiver<ProgressUpdate>,
     mut flushes: mpsc::UnboundedReceiver<Flush>,
+    unwritten: Arc<AtomicUsize>,
 ) {
+    // A report leaves the count when it is written or superseded by a later one.
+    let done_with = |n: usize| {
+        unwritten.fetch_sub(n, Ordering::SeqCst);
+    };
     let mut pending: HashMap<JobId, ProgressUpdate> = HashMap::new();
     let mut reports_open = true;
     let mut tick = tokio::time::interval(PROGRESS_EVERY);
@@ -128,22 +139,30 @@ pub(super) async fn write_progress(
                 // Every report a handler made before returning was sent before its
                 // completion, hence before this flush: take them all in first.
                 while let Ok(u) = rx.try_recv() {
-                    pending.insert(u.lease.job_id.clone(), u);
+                    if pending.insert(u.lease.job_id.clone(), u).is_some() {
+                        done_with(1);
+                    }
                 }
                 for id in &jobs {
                     if let Some(u) = pending.remove(id) {
                         write_one(&*broker, u).await;
+                        done_with(1);
                     }
                 }
                 let _ = done.send(());
             }
             u = rx.recv(), if reports_open => match u {
-                Some(u) => { pending.insert(u.lease.job_id.clone(), u); }
+                Some(u) => {
+                    if pending.insert(u.lease.job_id.clone(), u).is_some() {
+                        done_with(1);
+                    }
+                }
                 None => reports_open = false,
             },
             _ = tick.tick(), if !pending.is_empty() => {
                 for (_, u) in pending.drain() {
                     write_one(&*broker, u).await;
+                    done_with(1);
                 }
             }
         }
