@@ -115,6 +115,9 @@ impl Broker for Unreachable {
     async fn events(&self, _: Option<&str>, _: usize) -> BrokerResult<Vec<Event>> {
         self.down()
     }
+    async fn wait_for_events(&self, _: Option<&str>, _: Duration) -> BrokerResult<()> {
+        self.down()
+    }
     async fn purge(&self, _: &[JobState], _: Timestamp, _: u64) -> BrokerResult<u64> {
         self.down()
     }

@@ -16,8 +16,8 @@
 //! WebSocket. Writing directly skips the pool's progress coalescing, which would otherwise
 //! hold a report for up to 100 ms (it exists to spare the log, not to delay events).
 //!
-//! The handler wakes the hub after each write ([`Hub::wake`]) so that the hub reads the log at
-//! once instead of at the end of its 20 ms idle poll.
+//! The hub learns of each write as a node's hub does, from the broker
+//! (`Broker::wait_for_events`): nothing here wakes it.
 //!
 //! Samples go into one shared histogram (exact to the microsecond below 1.024 ms, then within
 //! 0.2 %), not into a list: a thousand clients at thousands of events a second would make the
@@ -42,7 +42,6 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use super::{Bench, Delivery, Report, micros_now, per_s};
-use crate::api::events::Hub;
 use crate::api::{self, AppState};
 
 /// The kind only `bench` registers for this workload.
@@ -80,7 +79,6 @@ impl Bench {
             self.clock.clone(),
             Arc::new(self.config.clone()),
         );
-        let hub_handle = state.hub.clone();
         let hub = tokio::spawn(state.hub.clone().run(stop.clone()));
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
@@ -95,7 +93,7 @@ impl Bench {
         );
 
         let ran = self
-            .follow_and_produce(addr, &hub_handle, jobs, rate, clients, &stop)
+            .follow_and_produce(addr, jobs, rate, clients, &stop)
             .await;
         stop.cancel();
         let _ = server.await;
@@ -106,7 +104,6 @@ impl Bench {
     async fn follow_and_produce(
         &self,
         addr: std::net::SocketAddr,
-        hub: &Hub,
         jobs: u64,
         rate: u64,
         clients: usize,
@@ -130,7 +127,6 @@ impl Bench {
             EVENTS_KIND,
             Emit {
                 broker: self.broker.clone(),
-                hub: hub.clone(),
             },
         )?;
         let (pool_stop, pool) = self.start_pool(registry);
@@ -263,8 +259,6 @@ where
 /// clock in microseconds, then succeeds.
 struct Emit {
     broker: Arc<dyn Broker>,
-    /// Woken after each write, as a node's pool would wake its hub.
-    hub: Hub,
 }
 
 #[async_trait]
@@ -277,7 +271,6 @@ impl hopper_workers::Handler for Emit {
             if let Err(e) = self.broker.progress(&lease, percent, Some(message)).await {
                 tracing::debug!(error = %e, "bench progress not written");
             }
-            self.hub.wake();
         }
         Ok(json!({}))
     }

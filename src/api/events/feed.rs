@@ -16,10 +16,11 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 
+use axum::extract::ws::Utf8Bytes;
 use hopper_workers::BrokerError;
 use hopper_workers::event::Event;
 use serde_json::json;
-use tokio::sync::broadcast::{self, error::RecvError};
+use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
 use super::filter::EventFilter;
 use super::hub::{Hub, HubEvent};
@@ -30,21 +31,23 @@ const REPLAY_PAGE: usize = 1000;
 /// What a transport sends next.
 #[derive(Debug)]
 pub enum Frame {
-    /// An event, with its id and JSON.
-    Event { id: String, json: String },
-    /// The cursor was older than retention: events were lost between it and what follows.
+    /// An event, as the hub shares it with every stream (replayed ones are wrapped alike).
+    Event(Arc<HubEvent>),
+    /// The client's cursor is older than what the log retains.
     Gap,
-    /// The client fell behind; it should reconnect with `since = resume`. The last frame.
+    /// The client fell behind: the last frame, with the cursor to reconnect with.
     Lagged { resume: Option<String> },
 }
 
 impl Frame {
-    /// The frame's JSON text.
-    pub fn json(&self) -> String {
+    /// The frame's JSON text (an event's is shared, not copied).
+    pub fn text(&self) -> Utf8Bytes {
         match self {
-            Frame::Event { json, .. } => json.clone(),
-            Frame::Gap => json!({ "type": "gap" }).to_string(),
-            Frame::Lagged { resume } => json!({ "type": "lagged", "resume": resume }).to_string(),
+            Frame::Event(e) => e.text.clone(),
+            Frame::Gap => json!({ "type": "gap" }).to_string().into(),
+            Frame::Lagged { resume } => json!({ "type": "lagged", "resume": resume })
+                .to_string()
+                .into(),
         }
     }
 }
@@ -62,8 +65,12 @@ pub struct Feed {
     /// events up to `seq` were replayed.
     until_id: Option<String>,
     until_seq: u64,
-    /// The last event handed out or passed over by the filter: where a client resumes.
+    /// The last replayed event handed out or passed over by the filter, or the cursor the
+    /// feed opened at: where a client resumes until a live event is received.
     resume: Option<String>,
+    /// The last live event handed out or passed over: where a client resumes once there is
+    /// one (kept as the shared event, so that following the stream copies no id).
+    last_live: Option<Arc<HubEvent>>,
     gap: bool,
     done: bool,
 }
@@ -83,7 +90,7 @@ impl Feed {
             None => false,
         };
         let resume = since.clone().or_else(|| position.id.clone());
-        // Nothing to replay when the client starts live, or stands at the hub's position.
+        // Nothing to replay when the client is where the hub is, or the log is empty.
         let replay_after = match &since {
             Some(s) if Some(s) != position.id.as_ref() && position.id.is_some() => {
                 Some(Some(s.clone()))
@@ -99,54 +106,96 @@ impl Feed {
             until_id: position.id,
             until_seq: position.seq,
             resume,
+            last_live: None,
             gap,
             done: false,
         }))
     }
 
-    /// The next frame; `None` when the stream ended (after `Lagged`, or the hub stopped).
+    /// The next frame; `None` once the stream is over (the hub stopped, or after `lagged`).
     pub async fn next(&mut self) -> Result<Option<Frame>, BrokerError> {
+        loop {
+            if let Some(frame) = self.ready()? {
+                return Ok(Some(frame));
+            }
+            if self.done {
+                return Ok(None);
+            }
+            if let Some(after) = self.replay_after.take() {
+                self.replay_page(after).await?;
+                continue;
+            }
+            let received = match self.rx.recv().await {
+                Ok(ev) => Ok(ev),
+                Err(RecvError::Lagged(_)) => Err(TryRecvError::Lagged(0)),
+                Err(RecvError::Closed) => Err(TryRecvError::Closed),
+            };
+            if let Some(frame) = self.take(received) {
+                return Ok(Some(frame));
+            }
+        }
+    }
+
+    /// The next frame if it is ready now, without waiting or reading the broker: how a
+    /// transport gathers what arrived together into one write.
+    pub fn ready(&mut self) -> Result<Option<Frame>, BrokerError> {
         if self.done {
             return Ok(None);
         }
         if std::mem::take(&mut self.gap) {
             return Ok(Some(Frame::Gap));
         }
+        while let Some(e) = self.pending.pop_front() {
+            self.resume = Some(e.id.clone());
+            if self.filter.matches(&e) {
+                return Ok(Some(Frame::Event(Arc::new(HubEvent::new(0, e)?))));
+            }
+        }
+        if self.replay_after.is_some() {
+            return Ok(None);
+        }
         loop {
-            if let Some(e) = self.pending.pop_front() {
-                self.resume = Some(e.id.clone());
-                if self.filter.matches(&e) {
-                    let json = serde_json::to_string(&e).map_err(BrokerError::backend)?;
-                    return Ok(Some(Frame::Event { id: e.id, json }));
-                }
-                continue;
+            let received = self.rx.try_recv();
+            if matches!(received, Err(TryRecvError::Empty)) {
+                return Ok(None);
             }
-            if let Some(after) = self.replay_after.take() {
-                self.replay_page(after).await?;
-                continue;
+            if let Some(frame) = self.take(received) {
+                return Ok(Some(frame));
             }
-            match self.rx.recv().await {
-                Ok(ev) if ev.seq <= self.until_seq => {}
-                Ok(ev) => {
-                    self.resume = Some(ev.event.id.clone());
-                    if self.filter.matches(&ev.event) {
-                        return Ok(Some(Frame::Event {
-                            id: ev.event.id.clone(),
-                            json: ev.json.clone(),
-                        }));
-                    }
-                }
-                Err(RecvError::Lagged(_)) => {
-                    self.done = true;
-                    return Ok(Some(Frame::Lagged {
-                        resume: self.resume.clone(),
-                    }));
-                }
-                Err(RecvError::Closed) => {
-                    self.done = true;
-                    return Ok(None);
-                }
+            if self.done {
+                return Ok(None);
             }
+        }
+    }
+
+    /// What a received broadcast means for this feed: a frame to send, or nothing (replayed
+    /// already, filtered out, or the end).
+    fn take(&mut self, received: Result<Arc<HubEvent>, TryRecvError>) -> Option<Frame> {
+        match received {
+            Ok(ev) if ev.seq <= self.until_seq => None,
+            Ok(ev) => {
+                let matches = self.filter.matches(&ev.event);
+                self.last_live = Some(ev.clone());
+                matches.then_some(Frame::Event(ev))
+            }
+            Err(TryRecvError::Lagged(_)) => {
+                self.done = true;
+                Some(Frame::Lagged {
+                    resume: self.resume(),
+                })
+            }
+            Err(TryRecvError::Closed | TryRecvError::Empty) => {
+                self.done = true;
+                None
+            }
+        }
+    }
+
+    /// Where a client resumes: the last event handed out or passed over.
+    fn resume(&self) -> Option<String> {
+        match &self.last_live {
+            Some(ev) => Some(ev.event.id.clone()),
+            None => self.resume.clone(),
         }
     }
 

@@ -16,9 +16,9 @@
 //! when the hub stops, and [`Hub::run`] returns only once they have, so the node's tracker
 //! that runs the hub waits for them too.
 //!
-//! Between reads of an idle log the hub sleeps [`IDLE_POLL`], unless [`Hub::wake`] says an
-//! event was just appended in this process (a writer that knows calls it; others' events
-//! still arrive within the poll).
+//! Between reads of an idle log the hub waits on the broker ([`Broker::wait_for_events`]): a
+//! Redis broker blocks on the streams, so an event from any node wakes it at once; a SQLite
+//! broker is woken by this process's writes, and other processes' within [`IDLE_POLL`].
 //!
 //! Not here: filtering, replay and the wire formats (`feed`, `ws`, `sse`).
 
@@ -26,9 +26,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use hopper_workers::Broker;
+use axum::extract::ws::Utf8Bytes;
 use hopper_workers::event::Event;
-use tokio::sync::{Notify, broadcast, watch};
+use hopper_workers::{Broker, BrokerError};
+use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -36,18 +37,30 @@ use tokio_util::task::TaskTracker;
 pub const CAPACITY: usize = 16_384;
 /// Events read from the broker per round-trip.
 const PAGE: usize = 1000;
-/// How long the hub waits before asking the broker again when the log had nothing new. Short,
-/// because it is the delivery latency of an idle stream; one query per interval per process.
+/// Longest wait on the broker when the log had nothing new. Short, because it bounds how late
+/// an event the broker cannot signal arrives (another process's, on SQLite); one query per
+/// interval per process.
 const IDLE_POLL: Duration = Duration::from_millis(20);
 /// How long the hub waits after a broker error before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
 
-/// One event as broadcast: its place in this hub's sequence, the event, and its JSON frame.
+/// One event as broadcast: its place in this hub's sequence, the event, and its JSON text,
+/// serialized once for every stream.
 #[derive(Debug)]
 pub struct HubEvent {
     pub seq: u64,
     pub event: Event,
-    pub json: String,
+    pub text: Utf8Bytes,
+}
+
+impl HubEvent {
+    /// The event at `seq` (0 for one read from the broker rather than broadcast).
+    pub fn new(seq: u64, event: Event) -> Result<Self, BrokerError> {
+        let text = serde_json::to_string(&event)
+            .map_err(BrokerError::backend)?
+            .into();
+        Ok(Self { seq, event, text })
+    }
 }
 
 /// Where the hub is: the last event it broadcast (`seq` 0 and the log's last id before it
@@ -66,8 +79,6 @@ pub struct Hub {
     tx: broadcast::Sender<Arc<HubEvent>>,
     position: Arc<watch::Sender<Option<Position>>>,
     connections: Arc<AtomicUsize>,
-    /// Cuts an idle wait short (see [`Hub::wake`]).
-    appended: Arc<Notify>,
     /// Fires when the process stops, so that every stream closes and graceful shutdown ends.
     shutdown: CancellationToken,
     /// The streams' own tasks, waited for when the hub stops.
@@ -94,7 +105,6 @@ impl Hub {
             tx,
             position: Arc::new(watch::Sender::new(None)),
             connections: Arc::new(AtomicUsize::new(0)),
-            appended: Arc::new(Notify::new()),
             shutdown: CancellationToken::new(),
             tasks: TaskTracker::new(),
         }
@@ -116,12 +126,6 @@ impl Hub {
         F: Future<Output = ()> + Send + 'static,
     {
         self.tasks.spawn(task);
-    }
-
-    /// Tells the hub an event was just appended, so that it reads the log now rather than at
-    /// the end of its idle wait. A wake while it is reading is kept for its next wait.
-    pub fn wake(&self) {
-        self.appended.notify_one();
     }
 
     /// Counts one more connection, unless `max` are open.
@@ -178,12 +182,17 @@ impl Hub {
             };
             let wait = match page {
                 Ok(events) if events.is_empty() => {
-                    tokio::select! {
+                    let waited = tokio::select! {
                         () = shutdown.cancelled() => return,
-                        () = self.appended.notified() => {}
-                        () = tokio::time::sleep(IDLE_POLL) => {}
+                        waited = self.broker.wait_for_events(cursor.as_deref(), IDLE_POLL) => waited,
+                    };
+                    match waited {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "event hub: waiting on the event log failed; retrying");
+                            ERROR_BACKOFF
+                        }
                     }
-                    continue;
                 }
                 Ok(events) => {
                     for event in events {
@@ -235,14 +244,13 @@ impl Hub {
     }
 
     fn publish(&self, seq: u64, event: Event) {
-        let json = match serde_json::to_string(&event) {
-            Ok(json) => json,
-            Err(e) => {
-                tracing::error!(error = %e, id = %event.id, "event hub: an event did not serialize");
-                return;
+        let id = event.id.clone();
+        match HubEvent::new(seq, event) {
+            // No receiver is not an error: nobody is listening right now.
+            Ok(ev) => {
+                let _ = self.tx.send(Arc::new(ev));
             }
-        };
-        // No receiver is not an error: nobody is listening right now.
-        let _ = self.tx.send(Arc::new(HubEvent { seq, event, json }));
+            Err(e) => tracing::error!(error = %e, %id, "event hub: an event did not serialize"),
+        }
     }
 }

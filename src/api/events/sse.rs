@@ -34,11 +34,19 @@ pub fn stream(hub: Hub, mut feed: Feed, admitted: Admitted) -> Response {
                 frame = feed.next() => frame,
             };
             let event = match frame {
-                Ok(Some(Frame::Event { id, json })) => SseEvent::default().id(id).data(json),
-                Ok(Some(frame @ Frame::Gap)) => SseEvent::default().event("gap").data(frame.json()),
+                Ok(Some(Frame::Event(ev))) => SseEvent::default()
+                    .id(ev.event.id.as_str())
+                    .data(ev.text.as_str()),
+                Ok(Some(frame @ Frame::Gap)) => {
+                    SseEvent::default().event("gap").data(frame.text().as_str())
+                }
                 Ok(Some(frame @ Frame::Lagged { .. })) => {
                     let _ = tx
-                        .send(SseEvent::default().event("lagged").data(frame.json()))
+                        .send(
+                            SseEvent::default()
+                                .event("lagged")
+                                .data(frame.text().as_str()),
+                        )
                         .await;
                     return;
                 }

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::response::Response;
+use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
+use hopper_workers::BrokerError;
 
 use super::PROTOCOL;
 use super::feed::{Feed, Frame};
@@ -98,15 +100,15 @@ async fn run(socket: WebSocket, hub: Hub, mut feed: Feed, every: Duration) {
                 }
             }
             frame = feed.next() => match frame {
-                Ok(Some(frame)) => {
-                    let last = matches!(frame, Frame::Lagged { .. });
-                    if !send(&mut tx, Message::Text(frame.json().into()), patience).await {
-                        return;
+                Ok(Some(frame)) => match write(&mut tx, &mut feed, frame, patience).await {
+                    Written::All => {}
+                    Written::Lagged => break (1008, "lagged: reconnect with since=resume"),
+                    Written::Failed => return,
+                    Written::FeedFailed(e) => {
+                        tracing::warn!(error = %e, "event stream: reading the event log failed");
+                        break (INTERNAL, "reading the event log failed");
                     }
-                    if last {
-                        break (1008, "lagged: reconnect with since=resume");
-                    }
-                }
+                },
                 Ok(None) => break (GOING_AWAY, "the server is stopping"),
                 Err(e) => {
                     tracing::warn!(error = %e, "event stream: reading the event log failed");
@@ -123,11 +125,54 @@ async fn run(socket: WebSocket, hub: Hub, mut feed: Feed, every: Duration) {
 }
 
 /// Sends one message; false when the peer is gone or has not read within `patience`.
-async fn send(
-    tx: &mut futures::stream::SplitSink<WebSocket, Message>,
-    msg: Message,
+/// Most frames written before one flush.
+const WRITE_BATCH: usize = 256;
+
+/// How [`write`] ended.
+enum Written {
+    All,
+    /// The last frame written was `lagged`: the stream is over.
+    Lagged,
+    /// The peer is gone or too slow.
+    Failed,
+    FeedFailed(BrokerError),
+}
+
+/// Writes `first` and every frame ready behind it (up to [`WRITE_BATCH`]), then flushes once:
+/// a busy stream costs one write to the socket per burst of events, not one per event.
+async fn write(
+    tx: &mut SplitSink<WebSocket, Message>,
+    feed: &mut Feed,
+    first: Frame,
     patience: Duration,
-) -> bool {
+) -> Written {
+    let burst = async {
+        let mut frame = first;
+        for _ in 0..WRITE_BATCH {
+            let lagged = matches!(frame, Frame::Lagged { .. });
+            if tx.feed(Message::Text(frame.text())).await.is_err() {
+                return Written::Failed;
+            }
+            if lagged {
+                return Written::Lagged;
+            }
+            frame = match feed.ready() {
+                Ok(Some(next)) => next,
+                Ok(None) => break,
+                Err(e) => return Written::FeedFailed(e),
+            };
+        }
+        Written::All
+    };
+    let written = match tokio::time::timeout(patience, burst).await {
+        Ok(w) => w,
+        Err(_) => return Written::Failed,
+    };
+    let flushed = matches!(tokio::time::timeout(patience, tx.flush()).await, Ok(Ok(())));
+    if flushed { written } else { Written::Failed }
+}
+
+async fn send(tx: &mut SplitSink<WebSocket, Message>, msg: Message, patience: Duration) -> bool {
     matches!(
         tokio::time::timeout(patience, tx.send(msg)).await,
         Ok(Ok(()))

@@ -15,7 +15,8 @@ macro_rules! delegate_broker {
         heartbeat: $heartbeat:ident, progress: $progress:ident, finish: $finish:ident,
         cancel: $cancel:ident, retry: $retry:ident, retry_all_dead: $retry_all_dead:ident,
         rescue: $rescue:ident, get: $get:ident, history: $history:ident, list: $list:ident,
-        queues: $queues:ident, events: $events:ident, purge: $purge:ident,
+        queues: $queues:ident, events: $events:ident, wait_for_events: $wait_events:ident,
+        purge: $purge:ident,
         drop_queue: $drop_queue:ident, ping: $ping:ident, pause: $pause:ident,
         resume: $resume:ident $(,)?
     ) => {
@@ -125,6 +126,14 @@ macro_rules! delegate_broker {
                     limit: usize,
                 ) -> BrokerResult<Vec<Event>> {
                     $events::events(self, after, limit).await
+                }
+
+                async fn wait_for_events(
+                    &self,
+                    after: Option<&str>,
+                    timeout: Duration,
+                ) -> BrokerResult<()> {
+                    $wait_events::wait_for_events(self, after, timeout).await
                 }
 
                 async fn purge(

@@ -353,6 +353,12 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// [`BrokerError::Invalid`] naming `since`, whatever the limit.
     async fn events(&self, after: Option<&str>, limit: usize) -> BrokerResult<Vec<Event>>;
 
+    /// Returns when the log may hold events after the event id `after` (any event when
+    /// `None`), or after `timeout`: how a follower of [`Broker::events`] waits without
+    /// polling. May return early (spuriously); never busy-polls. An `after` this broker did
+    /// not issue is [`BrokerError::Invalid`] naming `since`, as for `events`.
+    async fn wait_for_events(&self, after: Option<&str>, timeout: Duration) -> BrokerResult<()>;
+
     /// Deletes finished jobs that finished before `before`, of the given states, and trims
     /// the event log to its newest `keep_events` entries. Returns the jobs deleted. A chain
     /// step is kept while the step after it exists (see "Chains and retention" above).

@@ -3,6 +3,7 @@
 
 use std::collections::HashSet;
 use std::sync::Arc;
+use std::time::Duration;
 
 use serde_json::json;
 
@@ -201,6 +202,42 @@ pub async fn events_resume_after_id(b: Arc<dyn Broker>, _clock: Arc<ManualClock>
     assert_eq!(types(&new), vec![EventType::Started]);
     assert_eq!(new[0].job_id, j.id);
     assert_eq!(new[0].attempt, 1);
+}
+
+/// A follower of the log waits for the next event instead of polling: `wait_for_events`
+/// returns at once when events follow the cursor, and when one is appended while it waits
+/// (the timeout here is far longer than the test's deadline); a cursor the broker never
+/// issued is refused.
+pub async fn wait_for_events_wakes_on_an_append(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
+    const LONG: Duration = Duration::from_secs(60);
+    const DEADLINE: Duration = Duration::from_secs(20);
+    enqueue(&b, job("test.w").queue("m")).await;
+    let first = b.events(None, 10).await.expect("events");
+    // Queues on both sides of the cursor's, known before the waits (a queue created during a
+    // wait may be noticed only at its timeout).
+    enqueue(&b, job("test.w").queue("a")).await;
+    enqueue(&b, job("test.w").queue("z")).await;
+    tokio::time::timeout(DEADLINE, b.wait_for_events(Some(&first[0].id), LONG))
+        .await
+        .expect("an event after the cursor: no wait")
+        .expect("wait_for_events");
+
+    for queue in ["a", "m", "z"] {
+        let all = b.events(None, 100).await.expect("events");
+        let cursor = all.last().map(|e| e.id.clone());
+        let writer = b.clone();
+        let append = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            enqueue(&writer, job("test.w").queue(queue)).await;
+        });
+        tokio::time::timeout(DEADLINE, b.wait_for_events(cursor.as_deref(), LONG))
+            .await
+            .unwrap_or_else(|_| panic!("an append to queue {queue} wakes the wait"))
+            .expect("wait_for_events");
+        append.await.expect("append task");
+    }
+    let r = b.wait_for_events(Some("garbage"), LONG).await;
+    assert!(matches!(r, Err(BrokerError::Invalid(_))), "got {r:?}");
 }
 
 /// Events of several queues form one log: it reads whole or one event at a time alike, each

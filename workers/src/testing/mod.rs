@@ -180,6 +180,7 @@ macro_rules! conformance_suite {
             events_resume_after_id,
             events_merge_queues_and_page_one_at_a_time,
             batched_events_page_one_by_one,
+            wait_for_events_wakes_on_an_append,
             // chains.rs
             chain_passes_results_in_order,
             chain_dead_step_cancels_rest_and_retry_resumes,

@@ -151,6 +151,10 @@ impl Broker for Partitioned {
         self.reach().await?.events(after, limit).await
     }
 
+    async fn wait_for_events(&self, after: Option<&str>, timeout: Duration) -> BrokerResult<()> {
+        self.reach().await?.wait_for_events(after, timeout).await
+    }
+
     async fn purge(
         &self,
         states: &[JobState],

@@ -2,7 +2,7 @@
 //!
 //! This file owns opening the client (TLS for `rediss://`, timeouts, the reconnect backoff of
 //! the shared [`ConnectionManager`], the refusal of an evicting Redis), running one command or
-//! pipeline on it, the few dedicated connections kept for `BLPOP` (which would stall every
+//! pipeline on it, the few dedicated connections kept for `BLPOP` and `XREAD BLOCK` (which would stall every
 //! command queued behind it on the shared multiplexed connection), and the translation of a
 //! [`RedisError`] into a [`BrokerError`], with one warning every few seconds while Redis is
 //! unreachable rather than one per failed call. It does not know what it sends: keys are
@@ -203,9 +203,16 @@ impl RedisBroker {
     /// `BLPOP`s `keys` for at most `wait` on a dedicated connection. Returns as well when the
     /// reply is late; a connection that answered is kept for the next wait.
     pub(super) async fn blpop(&self, keys: &[String], wait: Duration) -> BrokerResult<()> {
-        let mut conn = self.blocking_conn().await?;
         let mut cmd = redis::cmd("BLPOP");
         cmd.arg(keys).arg(format!("{:.3}", wait.as_secs_f64()));
+        self.block(&cmd, wait).await
+    }
+
+    /// Runs a blocking command (`BLPOP`, `XREAD BLOCK`) that gives up after `wait` on a
+    /// dedicated connection, ignoring its reply. Returns as well when the reply is late; a
+    /// connection that answered is kept for the next wait.
+    pub(super) async fn block(&self, cmd: &Cmd, wait: Duration) -> BrokerResult<()> {
+        let mut conn = self.blocking_conn().await?;
         match tokio::time::timeout(wait + BLOCK_SLACK, cmd.query_async::<Value>(&mut conn)).await {
             Ok(res) => {
                 self.settle(res)?;

@@ -346,9 +346,79 @@ pub(super) async fn events(
             merged.truncate(settled);
             return Ok(merged.into_iter().map(|(_, _, e)| e).collect());
         }
-        tokio::time::sleep(Duration::from_millis(2)).await;
+        let into_ms = time.get(1).copied().unwrap_or(0) % 1000;
+        sleep_exactly(Duration::from_micros(1000 - into_ms + SETTLE_SLACK_US)).await;
     }
     Ok(Vec::new())
+}
+
+/// Past the end of the server's current millisecond, the time [`events`] waits for it to
+/// settle: beyond the millisecond itself, what the clocks of this process and Redis may
+/// disagree on within one machine's scheduling.
+const SETTLE_SLACK_US: u64 = 100;
+
+/// Sleeps `d` with the precision of the OS rather than of tokio's timer, whose millisecond
+/// ticks would double the wait for a millisecond to end (a thread of the blocking pool
+/// sleeps instead).
+async fn sleep_exactly(d: Duration) {
+    if tokio::task::spawn_blocking(move || std::thread::sleep(d))
+        .await
+        .is_err()
+    {
+        tokio::time::sleep(d).await;
+    }
+}
+
+/// Waits, with one `XREAD BLOCK` over every queue's stream, for an entry after the event id
+/// `after`, or for `timeout`. A queue created meanwhile is not waited on (the timeout bounds
+/// that), nor is the rest of the entry `after` points into (its events were written together,
+/// so a reader that stopped inside it had a page full, and reads again before waiting).
+pub(super) async fn wait_for_events(
+    broker: &RedisBroker,
+    after: Option<&str>,
+    timeout: Duration,
+) -> BrokerResult<()> {
+    let after = match after {
+        None => None,
+        Some(s) => Some(parse_event_id(s).ok_or_else(|| {
+            BrokerError::Invalid(FieldError::new(
+                "since",
+                "not an event id this broker issued",
+            ))
+        })?),
+    };
+    let names = broker.queue_names().await?;
+    let block_ms = u64::try_from(timeout.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    if names.is_empty() {
+        tokio::time::sleep(timeout).await;
+        return Ok(());
+    }
+    let mut cmd = redis::cmd("XREAD");
+    cmd.arg("COUNT")
+        .arg(1)
+        .arg("BLOCK")
+        .arg(block_ms)
+        .arg("STREAMS");
+    for q in &names {
+        cmd.arg(broker.events_key(q));
+    }
+    for q in &names {
+        // XREAD answers entries strictly after the id given.
+        let from = match &after {
+            None => "0-0".to_owned(),
+            // The cursor's stream id in a queue sorting after the cursor's is not yet seen.
+            Some((pos, cq)) if q.as_str() > *cq => match (pos.sid.ms, pos.sid.seq) {
+                (ms, seq) if seq > 0 => format!("{ms}-{}", seq - 1),
+                (0, _) => "0-0".to_owned(),
+                (ms, _) => format!("{}-{}", ms - 1, u64::MAX),
+            },
+            Some((pos, _)) => pos.sid.to_string(),
+        };
+        cmd.arg(from);
+    }
+    broker.block(&cmd, Duration::from_millis(block_ms)).await
 }
 
 /// The events of stream entries `start..=end` (either may be exclusive with `(`) of one

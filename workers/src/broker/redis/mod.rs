@@ -174,5 +174,5 @@ crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
     progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
     retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
-    queues: read, events: events, purge: read, drop_queue: read, ping: read, pause: pausing,
-    resume: pausing);
+    queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,
+    ping: read, pause: pausing, resume: pausing);

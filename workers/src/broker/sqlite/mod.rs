@@ -83,7 +83,7 @@ use std::sync::mpsc;
 use std::time::Duration;
 
 use rusqlite::Connection;
-use tokio::sync::{Notify, oneshot};
+use tokio::sync::{Notify, oneshot, watch};
 
 use self::error::{Fail, writer_gone};
 pub use self::readers::DEFAULT_READERS;
@@ -109,6 +109,9 @@ pub struct SqliteBroker {
     readers: Readers,
     /// Woken by this instance's writes that make work available.
     work: Arc<Notify>,
+    /// Bumped after each of this instance's writes (most append events): what
+    /// [`Broker::wait_for_events`] waits on.
+    written: watch::Sender<u64>,
 }
 
 impl std::fmt::Debug for SqliteBroker {
@@ -207,6 +210,7 @@ impl SqliteBroker {
             commits,
             readers: Readers::new(read_conns),
             work: Arc::new(Notify::new()),
+            written: watch::Sender::new(0),
         })
     }
 
@@ -231,7 +235,9 @@ impl SqliteBroker {
         self.writer
             .send(Box::new(Op::new(f, reply)))
             .map_err(|_| writer_gone())?;
-        answer.await.map_err(|_| writer_gone())?
+        let answer = answer.await.map_err(|_| writer_gone())?;
+        self.written.send_modify(|n| *n = n.wrapping_add(1));
+        answer
     }
 
     /// Runs `f` on a read connection, off the async runtime.
@@ -259,7 +265,8 @@ crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
     progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
-    purge: admin, drop_queue: admin, ping: read, pause: pausing, resume: pausing);
+    wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,
+    resume: pausing);
 
 #[cfg(test)]
 mod tests {

@@ -200,6 +200,31 @@ pub(super) async fn events(
         .await
 }
 
+/// Waits for this instance's next write, unless the log already holds events after `after`;
+/// at most [`CROSS_PROCESS_POLL`](super::CROSS_PROCESS_POLL), as other processes' writes to
+/// the file cannot wake us.
+pub(super) async fn wait_for_events(
+    broker: &SqliteBroker,
+    after: Option<&str>,
+    timeout: Duration,
+) -> BrokerResult<()> {
+    let after = after.map(event_rowid).transpose()?.unwrap_or(0);
+    // Subscribed before looking, so that a write between the look and the wait still wakes.
+    let mut written = broker.written.subscribe();
+    let appended = broker
+        .read(move |conn, _| {
+            Ok(conn
+                .prepare_cached(sql::EVENTS_EXIST_AFTER)?
+                .query_row(params![after], |r| r.get::<_, bool>(0))?)
+        })
+        .await?;
+    if !appended {
+        let _ =
+            tokio::time::timeout(timeout.min(super::CROSS_PROCESS_POLL), written.changed()).await;
+    }
+    Ok(())
+}
+
 pub(super) async fn ping(broker: &SqliteBroker) -> BrokerResult<()> {
     broker
         .read(|conn, _| {

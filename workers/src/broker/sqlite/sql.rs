@@ -161,6 +161,7 @@ pub const EVENTS_AFTER: &str = concat!(
     event_columns!(),
     " FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
 );
+pub const EVENTS_EXIST_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE id > ?1)";
 pub const COUNTS: &str = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state";
 pub const RECENT_OUTCOMES: &str = "SELECT queue, type, count(*) FROM events \
     WHERE type IN ('job.succeeded', 'job.retrying', 'job.dead') AND at >= ?1 \
