@@ -450,3 +450,32 @@ async fn serve_exits_promptly_on_sigterm_with_an_sse_client_connected() {
         d.log_text()
     );
 }
+
+/// `hopper bench --workload events`: clients in a process of their own receive every progress
+/// event of every job, and the report says so, with the memory of both processes.
+#[test]
+fn the_events_bench_delivers_every_progress_event_to_every_client() {
+    let s = Scratch::new();
+    let r = s.cli_json(&[
+        "bench",
+        "--workload",
+        "events",
+        "--clients",
+        "3",
+        "--rate",
+        "400",
+        "--duration",
+        "1s",
+    ]);
+    let jobs = r["jobs"].as_u64().unwrap();
+    assert!(jobs > 0, "{r}");
+    assert_eq!(r["delivered"].as_u64(), Some(jobs * 3 * 3), "{r}");
+    assert_eq!(r["lagged_clients"], 0, "{r}");
+    assert_eq!(r["incomplete_clients"], 0, "{r}");
+    assert!(r["delivery_p99_ms"].as_f64().is_some(), "{r}");
+    assert!(r["rss_mb"].as_f64().is_some_and(|m| m > 0.0), "{r}");
+    assert!(
+        r["clients_peak_rss_mb"].as_f64().is_some_and(|m| m > 0.0),
+        "{r}"
+    );
+}

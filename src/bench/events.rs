@@ -1,12 +1,13 @@
 //! The `events` workload: how fast the live event stream delivers, and what it costs.
 //!
 //! The bench starts, in this process, what a node runs: the pool (on the bench queue only),
-//! the event [`Hub`] and the HTTP API (`crate::api::router`) on `127.0.0.1:0`, over the
-//! bench's broker. N WebSocket clients (tokio-tungstenite) follow the bench queue over
-//! `GET /v1/events?queue=Q`, while `bench.events` jobs are enqueued at a steady rate. Each
-//! job appends 3 `job.progress` events and then completes (`job.succeeded`): `--rate` counts
-//! those 4 per job. The log also carries each job's `job.enqueued` and `job.started`, which
-//! the clients receive too but which are not counted in the rate.
+//! the event hub and the HTTP API (`crate::api::router`) on `127.0.0.1:0`, over the bench's
+//! broker; and, in a child process (`super::clients`), N WebSocket clients (tokio-tungstenite)
+//! following the bench queue over `GET /v1/events?queue=Q`. Then `bench.events` jobs are
+//! enqueued at a steady rate. Each job appends 3 `job.progress` events and then completes
+//! (`job.succeeded`): `--rate` counts those 4 per job. The log also carries each job's
+//! `job.enqueued` and `job.started`, which the clients receive too but which are not counted
+//! in the rate.
 //!
 //! Delivery latency is measured on progress events only (completion events carry no
 //! timestamp of ours): the handler writes each progress through `Broker::progress` itself,
@@ -19,28 +20,26 @@
 //! The hub learns of each write as a node's hub does, from the broker
 //! (`Broker::wait_for_events`): nothing here wakes it.
 //!
-//! Samples go into one shared histogram (exact to the microsecond below 1.024 ms, then within
-//! 0.2 %), not into a list: a thousand clients at thousands of events a second would make the
-//! list the largest thing in the process, and the process's memory is part of the report.
-//! That memory (`VmRSS` at the end, `VmHWM` the peak) is the whole process's: server, pool
-//! and clients together, so it overstates the server's.
+//! The memory reported (`VmRSS` at the end, `VmHWM` the peak) is this process's: the server
+//! with the pool and the producer, not the clients (whose peak is reported apart).
 //!
-//! Not here: the report and its printing (`super`), the other workloads.
+//! Not here: the clients (`clients`), the report and its printing (`super`), the other
+//! workloads.
 
+use std::process::Stdio;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 use async_trait::async_trait;
-use futures::StreamExt;
 use hopper_workers::{Broker, JobContext, JobResult, Registry};
-use serde::Deserialize;
 use serde_json::json;
+use tokio::io::{AsyncBufReadExt, BufReader, Lines};
 use tokio::net::TcpListener;
-use tokio_tungstenite::tungstenite::Message;
+use tokio::process::{Child, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
+use super::clients::{READY, STAMP, Summary};
 use super::{Bench, Delivery, Report, micros_now, per_s};
 use crate::api::{self, AppState};
 
@@ -49,10 +48,10 @@ const EVENTS_KIND: &str = "bench.events";
 /// Progress events each job appends; with its completion, the events `--rate` counts per job.
 const PROGRESS_PER_JOB: u64 = 3;
 const EVENTS_PER_JOB: u64 = PROGRESS_PER_JOB + 1;
-/// Marks the bench's timestamp in a progress message.
-const STAMP: &str = "bench-us:";
 /// How long the clients may take, after the last job finished, to receive everything.
 const DELIVERY_DEADLINE: Duration = Duration::from_secs(60);
+/// How long the client process may take to connect every client.
+const CONNECT_DEADLINE: Duration = Duration::from_secs(120);
 
 impl Bench {
     pub(super) async fn events(
@@ -109,17 +108,8 @@ impl Bench {
         clients: usize,
         stop: &CancellationToken,
     ) -> Result<Report> {
-        let shared = Arc::new(Shared::default());
         let url = format!("ws://{addr}/v1/events?queue={}", self.queue);
-        let mut followers = Vec::with_capacity(clients);
-        for _ in 0..clients {
-            // Connected one by one, before any job: each has its stream open (the server
-            // subscribes before answering the upgrade) when the first event is appended.
-            let (ws, _) = tokio_tungstenite::connect_async(url.as_str())
-                .await
-                .with_context(|| format!("connecting a client to {url}"))?;
-            followers.push(tokio::spawn(follow(ws, shared.clone(), jobs, stop.clone())));
-        }
+        let mut child = Clients::start(&url, clients, jobs, stop).await?;
         tracing::info!(clients, jobs, "clients connected; producing events");
 
         let mut registry = Registry::new();
@@ -142,16 +132,14 @@ impl Bench {
         pool.await.context("bench pool panicked")??;
         produced?;
 
-        // Every client stops once it has every completion (or lagged); give them time.
-        let all = futures::future::join_all(followers);
-        if tokio::time::timeout(DELIVERY_DEADLINE, all).await.is_err() {
-            tracing::warn!("some clients had not received every event; stopping them");
-            stop.cancel();
-        }
+        // The clients stop once each has every completion (or lagged); give them time.
+        let summary = child.finish(DELIVERY_DEADLINE).await?;
         let (rss_mb, peak_rss_mb) = memory();
-        let incomplete = shared.incomplete.load(Ordering::Acquire);
-        if incomplete > 0 {
-            tracing::warn!(clients = incomplete, "clients that missed events");
+        if summary.incomplete_clients > 0 {
+            tracing::warn!(
+                clients = summary.incomplete_clients,
+                "clients that missed events"
+            );
         }
         let events = jobs * EVENTS_PER_JOB;
         Ok(Report {
@@ -159,15 +147,16 @@ impl Bench {
                 clients: Some(clients),
                 events: Some(events),
                 events_per_s: Some(per_s(events, produce_s)),
-                delivered: Some(shared.latency.count()),
-                lagged_clients: Some(shared.lagged.load(Ordering::Acquire)),
-                incomplete_clients: Some(incomplete),
-                delivery_p50_ms: shared.latency.percentile_ms(0.50),
-                delivery_p95_ms: shared.latency.percentile_ms(0.95),
-                delivery_p99_ms: shared.latency.percentile_ms(0.99),
-                delivery_max_ms: shared.latency.max_ms(),
+                delivered: Some(summary.delivered),
+                lagged_clients: Some(summary.lagged_clients),
+                incomplete_clients: Some(summary.incomplete_clients),
+                delivery_p50_ms: summary.p50_ms,
+                delivery_p95_ms: summary.p95_ms,
+                delivery_p99_ms: summary.p99_ms,
+                delivery_max_ms: summary.max_ms,
                 rss_mb,
                 peak_rss_mb,
+                clients_peak_rss_mb: summary.peak_rss_mb,
             },
             ..Report::new("events", self, jobs)
         })
@@ -195,63 +184,59 @@ impl Bench {
     }
 }
 
-/// What the clients share: the latency histogram and how many of them lagged or missed events.
-#[derive(Default)]
-struct Shared {
-    latency: Histogram,
-    lagged: AtomicUsize,
-    incomplete: AtomicUsize,
+/// The client process: `hopper bench --follow URL` (see `super::clients`).
+struct Clients {
+    child: Child,
+    lines: Lines<BufReader<ChildStdout>>,
 }
 
-/// The fields of a frame a client looks at.
-#[derive(Deserialize)]
-struct FrameView<'a> {
-    #[serde(rename = "type")]
-    kind: &'a str,
-    #[serde(default)]
-    message: Option<&'a str>,
-}
-
-/// One client: reads frames until it has seen `jobs` completions, lagged, or is stopped.
-async fn follow<S>(mut ws: S, shared: Arc<Shared>, jobs: u64, stop: CancellationToken)
-where
-    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
-{
-    let mut done = 0u64;
-    while done < jobs {
-        let msg = tokio::select! {
-            () = stop.cancelled() => break,
-            msg = ws.next() => msg,
+impl Clients {
+    /// Starts the child and waits until every client is connected.
+    async fn start(url: &str, clients: usize, jobs: u64, stop: &CancellationToken) -> Result<Self> {
+        let exe = std::env::current_exe().context("finding this program to start the clients")?;
+        let mut child = Command::new(exe)
+            .args(["bench", "--follow", url, "--clients"])
+            .arg(clients.to_string())
+            .arg("--jobs")
+            .arg(jobs.to_string())
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .context("starting the client process")?;
+        let stdout = child
+            .stdout
+            .take()
+            .context("the client process has no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = tokio::select! {
+            () = stop.cancelled() => bail!("interrupted"),
+            line = tokio::time::timeout(CONNECT_DEADLINE, lines.next_line()) => line,
         };
-        let text = match msg {
-            Some(Ok(Message::Text(text))) => text,
-            Some(Ok(_)) => continue,
-            Some(Err(_)) | None => break,
-        };
-        let now = micros_now();
-        let Ok(frame) = serde_json::from_str::<FrameView<'_>>(text.as_str()) else {
-            continue;
-        };
-        match frame.kind {
-            "job.progress" => {
-                if let Some(at) = frame
-                    .message
-                    .and_then(|m| m.strip_prefix(STAMP))
-                    .and_then(|t| t.parse::<u64>().ok())
-                {
-                    shared.latency.record(now.saturating_sub(at));
-                }
-            }
-            "job.succeeded" | "job.dead" | "job.cancelled" => done += 1,
-            "lagged" => {
-                shared.lagged.fetch_add(1, Ordering::AcqRel);
-                break;
-            }
-            _ => {}
+        match ready {
+            Ok(Ok(Some(line))) if line == READY => Ok(Self { child, lines }),
+            Ok(Ok(other)) => bail!("the client process did not connect its clients: {other:?}"),
+            Ok(Err(e)) => Err(e).context("reading the client process"),
+            Err(_) => bail!("the clients did not connect within {CONNECT_DEADLINE:?}"),
         }
     }
-    if done < jobs {
-        shared.incomplete.fetch_add(1, Ordering::AcqRel);
+
+    /// Waits at most `deadline` for the clients to receive everything (then tells them to
+    /// stop, by closing their stdin), and reads what they measured.
+    async fn finish(&mut self, deadline: Duration) -> Result<Summary> {
+        let last = match tokio::time::timeout(deadline, self.lines.next_line()).await {
+            Ok(line) => line,
+            Err(_) => {
+                tracing::warn!("some clients had not received every event; stopping them");
+                drop(self.child.stdin.take());
+                self.lines.next_line().await
+            }
+        };
+        let last = last
+            .context("reading the client process")?
+            .context("the client process ended without a summary")?;
+        let _ = self.child.wait().await;
+        serde_json::from_str(&last).with_context(|| format!("the clients' summary: {last}"))
     }
 }
 
@@ -277,7 +262,7 @@ impl hopper_workers::Handler for Emit {
 }
 
 /// This process's resident memory now (`VmRSS`) and at its peak (`VmHWM`), in MB.
-fn memory() -> (Option<f64>, Option<f64>) {
+pub(super) fn memory() -> (Option<f64>, Option<f64>) {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
         return (None, None);
     };
@@ -291,125 +276,9 @@ fn memory() -> (Option<f64>, Option<f64>) {
     (field("VmRSS:"), field("VmHWM:"))
 }
 
-/// Bits of a value kept exactly: below `2^EXACT_BITS` µs every microsecond has its bucket;
-/// above, `2^(EXACT_BITS - 1)` buckets per power of two (relative error under 0.2 %).
-const EXACT_BITS: u32 = 10;
-const HALF: usize = 1 << (EXACT_BITS - 1);
-const EXACT: usize = 1 << EXACT_BITS;
-/// Latencies up to 2^40 µs (12 days) have a bucket; longer ones count as that.
-const TOP_EXPONENT: usize = 40 - EXACT_BITS as usize;
-
-/// A histogram of microseconds that many tasks record into at once.
-pub(super) struct Histogram {
-    buckets: Vec<AtomicU64>,
-    max: AtomicU64,
-    count: AtomicU64,
-}
-
-impl Default for Histogram {
-    fn default() -> Self {
-        Self {
-            buckets: (0..EXACT + TOP_EXPONENT * HALF)
-                .map(|_| AtomicU64::new(0))
-                .collect(),
-            max: AtomicU64::new(0),
-            count: AtomicU64::new(0),
-        }
-    }
-}
-
-impl Histogram {
-    pub(super) fn record(&self, us: u64) {
-        let i = bucket(us).min(self.buckets.len() - 1);
-        if let Some(b) = self.buckets.get(i) {
-            b.fetch_add(1, Ordering::Relaxed);
-        }
-        self.max.fetch_max(us, Ordering::Relaxed);
-        self.count.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub(super) fn count(&self) -> u64 {
-        self.count.load(Ordering::Acquire)
-    }
-
-    /// The nearest-rank percentile `q`, in milliseconds (the lower bound of its bucket).
-    pub(super) fn percentile_ms(&self, q: f64) -> Option<f64> {
-        let n = self.count();
-        if n == 0 {
-            return None;
-        }
-        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
-        let mut seen = 0u64;
-        for (i, b) in self.buckets.iter().enumerate() {
-            seen += b.load(Ordering::Acquire);
-            if seen >= rank {
-                return Some(floor(i) as f64 / 1000.0);
-            }
-        }
-        self.max_ms()
-    }
-
-    pub(super) fn max_ms(&self) -> Option<f64> {
-        (self.count() > 0).then(|| self.max.load(Ordering::Acquire) as f64 / 1000.0)
-    }
-}
-
-/// The bucket of `us`.
-fn bucket(us: u64) -> usize {
-    let Ok(v) = usize::try_from(us) else {
-        return usize::MAX;
-    };
-    if v < EXACT {
-        return v;
-    }
-    // v has at least EXACT_BITS + 1 significant bits; keep the top EXACT_BITS.
-    let shift = (usize::BITS - v.leading_zeros() - EXACT_BITS) as usize;
-    EXACT + (shift - 1) * HALF + ((v >> shift) - HALF)
-}
-
-/// The smallest value in bucket `i`.
-fn floor(i: usize) -> u64 {
-    if i < EXACT {
-        return i as u64;
-    }
-    let k = i - EXACT;
-    let shift = k / HALF + 1;
-    ((k % HALF + HALF) as u64) << shift
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn buckets_are_exact_below_a_millisecond_and_close_above() {
-        for us in [0u64, 1, 999, 1023] {
-            assert_eq!(floor(bucket(us)), us);
-        }
-        for us in [1024u64, 1025, 2047, 2048, 2_500, 49_999, 3_000_000] {
-            let f = floor(bucket(us));
-            assert!(
-                f <= us && (us - f) as f64 <= us as f64 * 0.002,
-                "{us} -> {f}"
-            );
-        }
-    }
-
-    #[test]
-    fn histogram_percentiles_in_milliseconds() {
-        let h = Histogram::default();
-        for us in 1..=1000u64 {
-            h.record(us);
-        }
-        assert_eq!(h.count(), 1000);
-        assert_eq!(h.percentile_ms(0.50), Some(0.5));
-        assert_eq!(h.percentile_ms(0.95), Some(0.95));
-        assert_eq!(h.percentile_ms(0.99), Some(0.99));
-        assert_eq!(h.max_ms(), Some(1.0));
-        h.record(40_000);
-        assert_eq!(h.max_ms(), Some(40.0));
-        assert_eq!(Histogram::default().percentile_ms(0.5), None);
-    }
 
     #[test]
     fn memory_is_read_from_proc() {

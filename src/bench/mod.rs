@@ -10,6 +10,7 @@
 //!
 //! Each run uses its own queue (`bench-<uuid>`) and drops it afterwards, even when it fails.
 
+mod clients;
 mod drain;
 mod events;
 mod latency;
@@ -77,6 +78,10 @@ pub struct BenchArgs {
     /// Print only one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Internal: run only the events workload's WebSocket clients against this URL (the
+    /// workload starts itself with it, so that clients and server are measured apart).
+    #[arg(long, hide = true, value_name = "URL")]
+    pub follow: Option<String>,
 }
 
 /// What a run measured; fields that do not apply are `null`. The field names are the
@@ -123,11 +128,13 @@ pub struct Delivery {
     pub delivery_p95_ms: Option<f64>,
     pub delivery_p99_ms: Option<f64>,
     pub delivery_max_ms: Option<f64>,
-    /// The bench process's resident memory at the end (`VmRSS`), in MB: server, pool and
-    /// clients together.
+    /// The bench process's resident memory at the end (`VmRSS`), in MB: the server with the
+    /// pool and the producer (the clients run in a process of their own).
     pub rss_mb: Option<f64>,
     /// Its peak (`VmHWM`), in MB.
     pub peak_rss_mb: Option<f64>,
+    /// The client process's peak, in MB.
+    pub clients_peak_rss_mb: Option<f64>,
 }
 
 /// Percentiles and maximum of the pickup latency, in milliseconds.
@@ -171,6 +178,9 @@ impl Report {
 
 /// Runs the workload `args` names and prints its report.
 pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationToken) -> Result<()> {
+    if let Some(url) = &args.follow {
+        return clients::run(url, args.clients, args.jobs).await;
+    }
     let mut config = settings.config.clone();
     if let Some(url) = &args.broker {
         config.broker.url.clone_from(url);
@@ -351,8 +361,9 @@ fn print_table(r: &Report) -> std::io::Result<()> {
                 ">p95 ms",
                 ">p99 ms",
                 ">max ms",
-                ">rss MB",
-                ">peak MB",
+                ">server rss MB",
+                ">server peak MB",
+                ">clients peak MB",
             ],
             &[vec![
                 r.workload.to_owned(),
@@ -369,6 +380,7 @@ fn print_table(r: &Report) -> std::io::Result<()> {
                 ms(d.delivery_max_ms),
                 f(d.rss_mb),
                 f(d.peak_rss_mb),
+                f(d.clients_peak_rss_mb),
             ]],
         );
     }
@@ -447,6 +459,7 @@ mod tests {
             "delivery_max_ms",
             "rss_mb",
             "peak_rss_mb",
+            "clients_peak_rss_mb",
         ] {
             assert!(v.get(k).is_some(), "{k} missing");
         }

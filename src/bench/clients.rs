@@ -1,0 +1,269 @@
+//! The `events` workload's clients: N WebSocket clients following one URL, measuring how late
+//! each progress frame arrives, in a process of their own.
+//!
+//! `hopper bench --workload events` starts this side as a child process (`hopper bench
+//! --follow URL`, a hidden flag), so that the server's memory and CPU are measured apart from
+//! the clients'; as the issue puts it, the clients are peers on loopback. The child connects
+//! every client, prints `ready`, follows until each client has seen every job's completion (or
+//! lagged, or the parent closed its stdin), then prints one JSON line, [`Summary`].
+//!
+//! A sample is the arrival time minus the microsecond wall-clock stamp the job's handler put
+//! in the progress message just before writing it (`STAMP`): both processes read the same
+//! clock. Samples go into one shared histogram (exact to the microsecond below 1.024 ms, then
+//! within 0.2 %), not into a list: a thousand clients at thousands of events a second would
+//! make the list the largest thing in the process.
+//!
+//! Not here: the server, the jobs and the report (`events`, `super`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use anyhow::{Context, Result};
+use futures::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio::io::AsyncBufReadExt;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_util::sync::CancellationToken;
+
+use super::micros_now;
+
+/// Marks the bench's timestamp in a progress message.
+pub(super) const STAMP: &str = "bench-us:";
+/// What the child prints once every client is connected.
+pub(super) const READY: &str = "ready";
+
+/// What the clients measured, printed by the child as its last line.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub(super) struct Summary {
+    /// Progress frames received and measured, over all clients.
+    pub delivered: u64,
+    pub lagged_clients: usize,
+    pub incomplete_clients: usize,
+    pub p50_ms: Option<f64>,
+    pub p95_ms: Option<f64>,
+    pub p99_ms: Option<f64>,
+    pub max_ms: Option<f64>,
+    /// The client process's peak resident memory, in MB.
+    pub peak_rss_mb: Option<f64>,
+}
+
+/// The child's side: connects `clients` clients to `url`, says [`READY`], follows until every
+/// client saw `jobs` completions (or stdin closed: the parent gave up), prints the [`Summary`].
+pub(super) async fn run(url: &str, clients: usize, jobs: u64) -> Result<()> {
+    let shared = Arc::new(Shared::default());
+    let stop = CancellationToken::new();
+    let mut followers = Vec::with_capacity(clients);
+    for _ in 0..clients {
+        // Connected one by one, before any job: the server subscribes each stream before it
+        // answers the upgrade, so each is open when the first event is appended.
+        let (ws, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .with_context(|| format!("connecting a client to {url}"))?;
+        followers.push(tokio::spawn(follow(ws, shared.clone(), jobs, stop.clone())));
+    }
+    crate::out::line(READY)?;
+    // The parent closes our stdin when it stops waiting.
+    let parent_gone = {
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut lines = tokio::io::BufReader::new(tokio::io::stdin()).lines();
+            while let Ok(Some(_)) = lines.next_line().await {}
+            stop.cancel();
+        })
+    };
+    futures::future::join_all(followers).await;
+    parent_gone.abort();
+    let summary = Summary {
+        delivered: shared.latency.count(),
+        lagged_clients: shared.lagged.load(Ordering::Acquire),
+        incomplete_clients: shared.incomplete.load(Ordering::Acquire),
+        p50_ms: shared.latency.percentile_ms(0.50),
+        p95_ms: shared.latency.percentile_ms(0.95),
+        p99_ms: shared.latency.percentile_ms(0.99),
+        max_ms: shared.latency.max_ms(),
+        peak_rss_mb: super::events::memory().1,
+    };
+    crate::out::line(&serde_json::to_string(&summary)?)?;
+    Ok(())
+}
+
+/// What the clients share: the latency histogram and how many of them lagged or missed events.
+#[derive(Default)]
+struct Shared {
+    latency: Histogram,
+    lagged: AtomicUsize,
+    incomplete: AtomicUsize,
+}
+
+/// The fields of a frame a client looks at.
+#[derive(Deserialize)]
+struct FrameView<'a> {
+    #[serde(rename = "type")]
+    kind: &'a str,
+    #[serde(default)]
+    message: Option<&'a str>,
+}
+
+/// One client: reads frames until it has seen `jobs` completions, lagged, or is stopped.
+async fn follow<S>(mut ws: S, shared: Arc<Shared>, jobs: u64, stop: CancellationToken)
+where
+    S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
+{
+    let mut done = 0u64;
+    while done < jobs {
+        let msg = tokio::select! {
+            () = stop.cancelled() => break,
+            msg = ws.next() => msg,
+        };
+        let text = match msg {
+            Some(Ok(Message::Text(text))) => text,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => break,
+        };
+        let now = micros_now();
+        let Ok(frame) = serde_json::from_str::<FrameView<'_>>(text.as_str()) else {
+            continue;
+        };
+        match frame.kind {
+            "job.progress" => {
+                if let Some(at) = frame
+                    .message
+                    .and_then(|m| m.strip_prefix(STAMP))
+                    .and_then(|t| t.parse::<u64>().ok())
+                {
+                    shared.latency.record(now.saturating_sub(at));
+                }
+            }
+            "job.succeeded" | "job.dead" | "job.cancelled" => done += 1,
+            "lagged" => {
+                shared.lagged.fetch_add(1, Ordering::AcqRel);
+                break;
+            }
+            _ => {}
+        }
+    }
+    if done < jobs {
+        shared.incomplete.fetch_add(1, Ordering::AcqRel);
+    }
+}
+
+/// Bits of a value kept exactly: below `2^EXACT_BITS` µs every microsecond has its bucket;
+/// above, `2^(EXACT_BITS - 1)` buckets per power of two (relative error under 0.2 %).
+const EXACT_BITS: u32 = 10;
+const HALF: usize = 1 << (EXACT_BITS - 1);
+const EXACT: usize = 1 << EXACT_BITS;
+/// Latencies up to 2^40 µs (12 days) have a bucket; longer ones count as that.
+const TOP_EXPONENT: usize = 40 - EXACT_BITS as usize;
+
+/// A histogram of microseconds that many tasks record into at once.
+pub(super) struct Histogram {
+    buckets: Vec<AtomicU64>,
+    max: AtomicU64,
+    count: AtomicU64,
+}
+
+impl Default for Histogram {
+    fn default() -> Self {
+        Self {
+            buckets: (0..EXACT + TOP_EXPONENT * HALF)
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            max: AtomicU64::new(0),
+            count: AtomicU64::new(0),
+        }
+    }
+}
+
+impl Histogram {
+    pub(super) fn record(&self, us: u64) {
+        let i = bucket(us).min(self.buckets.len() - 1);
+        if let Some(b) = self.buckets.get(i) {
+            b.fetch_add(1, Ordering::Relaxed);
+        }
+        self.max.fetch_max(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(super) fn count(&self) -> u64 {
+        self.count.load(Ordering::Acquire)
+    }
+
+    /// The nearest-rank percentile `q`, in milliseconds (the lower bound of its bucket).
+    pub(super) fn percentile_ms(&self, q: f64) -> Option<f64> {
+        let n = self.count();
+        if n == 0 {
+            return None;
+        }
+        let rank = ((q * n as f64).ceil() as u64).clamp(1, n);
+        let mut seen = 0u64;
+        for (i, b) in self.buckets.iter().enumerate() {
+            seen += b.load(Ordering::Acquire);
+            if seen >= rank {
+                return Some(floor(i) as f64 / 1000.0);
+            }
+        }
+        self.max_ms()
+    }
+
+    pub(super) fn max_ms(&self) -> Option<f64> {
+        (self.count() > 0).then(|| self.max.load(Ordering::Acquire) as f64 / 1000.0)
+    }
+}
+
+/// The bucket of `us`.
+fn bucket(us: u64) -> usize {
+    let Ok(v) = usize::try_from(us) else {
+        return usize::MAX;
+    };
+    if v < EXACT {
+        return v;
+    }
+    // v has at least EXACT_BITS + 1 significant bits; keep the top EXACT_BITS.
+    let shift = (usize::BITS - v.leading_zeros() - EXACT_BITS) as usize;
+    EXACT + (shift - 1) * HALF + ((v >> shift) - HALF)
+}
+
+/// The smallest value in bucket `i`.
+fn floor(i: usize) -> u64 {
+    if i < EXACT {
+        return i as u64;
+    }
+    let k = i - EXACT;
+    let shift = k / HALF + 1;
+    ((k % HALF + HALF) as u64) << shift
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_exact_below_a_millisecond_and_close_above() {
+        for us in [0u64, 1, 999, 1023] {
+            assert_eq!(floor(bucket(us)), us);
+        }
+        for us in [1024u64, 1025, 2047, 2048, 2_500, 49_999, 3_000_000] {
+            let f = floor(bucket(us));
+            assert!(
+                f <= us && (us - f) as f64 <= us as f64 * 0.002,
+                "{us} -> {f}"
+            );
+        }
+    }
+
+    #[test]
+    fn histogram_percentiles_in_milliseconds() {
+        let h = Histogram::default();
+        for us in 1..=1000u64 {
+            h.record(us);
+        }
+        assert_eq!(h.count(), 1000);
+        assert_eq!(h.percentile_ms(0.50), Some(0.5));
+        assert_eq!(h.percentile_ms(0.95), Some(0.95));
+        assert_eq!(h.percentile_ms(0.99), Some(0.99));
+        assert_eq!(h.max_ms(), Some(1.0));
+        h.record(40_000);
+        assert_eq!(h.max_ms(), Some(40.0));
+        assert_eq!(Histogram::default().percentile_ms(0.5), None);
+    }
+}
