@@ -5,10 +5,12 @@
 //!   [`NewJob`](hopper_workers::NewJob) here and nowhere else.
 //! - [`Service::submit`] stores a job or a chain; [`Service::lookup`] reads one back with its
 //!   history and the steps of its chain.
+//! - `coalesce`: single jobs submitted at the same time reach the broker in one call.
 //!
 //! This module knows no HTTP and no terminal: it speaks the engine's types and
 //! [`FieldError`]s, and each front door renders them its own way.
 
+mod coalesce;
 pub mod submit;
 
 use std::sync::Arc;
@@ -31,6 +33,8 @@ pub struct Service {
     clock: Arc<dyn Clock>,
     /// `[retry] max_retries`, for requests that do not say.
     default_max_retries: u32,
+    /// Single jobs submitted together, stored together.
+    coalescer: Arc<coalesce::Coalescer>,
 }
 
 /// What [`Service::submit`] stored (or found, for a taken `unique_key`).
@@ -71,6 +75,7 @@ impl Service {
         default_max_retries: u32,
     ) -> Self {
         Self {
+            coalescer: Arc::new(coalesce::Coalescer::new(broker.clone())),
             broker,
             registry,
             clock,
@@ -117,16 +122,20 @@ impl Service {
             )?);
         }
         let chained = steps.len() > 1;
-        let mut done = self
-            .broker
-            .enqueue(link_chain(steps))
-            .await
-            .map_err(|e| match e {
-                // The engine's rules are checked at the broker seam; name the step at fault
-                // as the request does.
-                BrokerError::Invalid(f) => SubmitError::Field(step_field(f)),
-                e => SubmitError::Broker(e),
-            })?;
+        let stored = if chained {
+            self.broker.enqueue(link_chain(steps)).await
+        } else {
+            match steps.pop() {
+                Some(job) => self.coalescer.enqueue(job).await.map(|e| vec![e]),
+                None => Ok(Vec::new()),
+            }
+        };
+        let mut done = stored.map_err(|e| match e {
+            // The engine's rules are checked at the broker seam; name the step at fault
+            // as the request does.
+            BrokerError::Invalid(f) => SubmitError::Field(step_field(f)),
+            e => SubmitError::Broker(e),
+        })?;
         if done.is_empty() {
             return Err(
                 BrokerError::Backend("the broker answered an enqueue with nothing".into()).into(),
