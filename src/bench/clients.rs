@@ -23,6 +23,7 @@ use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::io::AsyncBufReadExt;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_util::sync::CancellationToken;
 
 use super::micros_now;
@@ -47,6 +48,14 @@ pub(super) struct Summary {
     pub peak_rss_mb: Option<f64>,
 }
 
+/// A client's socket buffers: the library's 128 KiB each way, times a thousand clients, would
+/// be most of this process's memory.
+fn socket() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(16 * 1024)
+        .write_buffer_size(4 * 1024)
+}
+
 /// The child's side: connects `clients` clients to `url`, says [`READY`], follows until every
 /// client saw `jobs` completions (or stdin closed: the parent gave up), prints the [`Summary`].
 pub(super) async fn run(url: &str, clients: usize, jobs: u64) -> Result<()> {
@@ -56,7 +65,7 @@ pub(super) async fn run(url: &str, clients: usize, jobs: u64) -> Result<()> {
     for _ in 0..clients {
         // Connected one by one, before any job: the server subscribes each stream before it
         // answers the upgrade, so each is open when the first event is appended.
-        let (ws, _) = tokio_tungstenite::connect_async(url)
+        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(socket()), false)
             .await
             .with_context(|| format!("connecting a client to {url}"))?;
         followers.push(tokio::spawn(follow(ws, shared.clone(), jobs, stop.clone())));

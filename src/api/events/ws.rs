@@ -23,6 +23,14 @@ use super::hub::{Admitted, Hub};
 
 /// Close code of a refused token (4000-4999 are the application's).
 pub const UNAUTHORIZED: u16 = 4001;
+/// A stream's socket buffers. The library's defaults (128 KiB each way) would make a thousand
+/// streams cost a quarter of a gigabyte; a client sends only pongs and a close, and the
+/// writer flushes every burst, so a few KiB in and a burst's worth out are enough. Past
+/// `MAX_WRITE_BUFFER` unflushed (a peer that stopped reading), the stream fails rather than
+/// grows.
+const READ_BUFFER: usize = 4 * 1024;
+const WRITE_BUFFER: usize = 32 * 1024;
+const MAX_WRITE_BUFFER: usize = 1024 * 1024;
 /// Close code when the server fails to read the log (RFC 6455 "internal error").
 const INTERNAL: u16 = 1011;
 /// Close code when the server stops ("going away").
@@ -39,6 +47,9 @@ pub fn upgrade(
 ) -> Response {
     upgrade
         .protocols([PROTOCOL])
+        .read_buffer_size(READ_BUFFER)
+        .write_buffer_size(WRITE_BUFFER)
+        .max_write_buffer_size(MAX_WRITE_BUFFER)
         .on_upgrade(move |socket| async move {
             let _admitted = admitted;
             run(socket, hub, feed, ping).await;
