@@ -3,10 +3,11 @@
 //! accepted or refused exactly as that body would be), enqueued in batches of
 //! `[server] max_batch` through the broker the config names.
 //!
-//! The file is streamed: one batch of lines is held at a time, whatever the file's size. Each
-//! batch is one `Service::submit_batch`, all or none, committed before the next is read. So a
-//! bad line stops the run with the batches before its own enqueued and nothing of its own
-//! batch: the error names the line, the field, and the lines that stayed enqueued. Blank lines
+//! The file is streamed: at most two batches of lines are held at a time (one being stored
+//! while the next is read), whatever the file's size. Each batch is one
+//! `Service::submit_batch`, all or none, committed before the next one is sent. So a bad line
+//! stops the run with the batches before its own enqueued and nothing of its own batch: the
+//! error names the line, the field, and the lines that stayed enqueued. Blank lines
 //! are skipped (and counted). Not here: single-job flags (`super::enqueue`).
 
 use std::io::IsTerminal;
@@ -18,13 +19,14 @@ use hopper_workers::Broker;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::Value;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, BufReader};
+use tokio::task::JoinHandle;
 
 use super::CliError;
 use super::inspect::service;
 use crate::api::job_body;
 use crate::config::Settings;
 use crate::out;
-use crate::service::{BatchError, FieldError, Service, Submission};
+use crate::service::{BatchError, FieldError, Service, Submission, Submitted};
 
 /// Enqueues every line of `path` (`-`: stdin) and prints a summary.
 pub(super) async fn run(path: &str, settings: &Settings, broker: Arc<dyn Broker>) -> Result<()> {
@@ -45,6 +47,7 @@ pub(super) async fn run(path: &str, settings: &Settings, broker: Arc<dyn Broker>
         enqueued: 0,
         existing: 0,
         committed_to: 0,
+        in_flight: None,
     };
     let done = run.feed(input).await;
     run.bar.finish_and_clear();
@@ -78,10 +81,24 @@ struct Run {
     existing: u64,
     /// The last line of the last batch committed.
     committed_to: u64,
+    /// The batch being stored while the next one is read, if any.
+    in_flight: Option<InFlight>,
+}
+
+/// A batch being stored: the task storing it, and where its jobs came from.
+struct InFlight {
+    task: JoinHandle<Result<Vec<Submitted>, BatchError>>,
+    /// The line number of each job.
+    numbers: Vec<u64>,
+    /// The last line read with it, and the bytes read up to it.
+    last: u64,
+    bytes: u64,
 }
 
 impl Run {
-    /// Reads, checks and enqueues every line, a batch at a time.
+    /// Reads, checks and enqueues every line, a batch at a time. One batch is stored while
+    /// the next is read and parsed, never two at once, so batches are committed in order and a
+    /// refusal always knows which lines went before it.
     async fn feed(&mut self, input: Box<dyn AsyncBufRead + Unpin + Send>) -> Result<()> {
         let mut lines = input.lines();
         let mut batch = Vec::with_capacity(self.max);
@@ -90,35 +107,71 @@ impl Run {
         let mut line_no: u64 = 0;
         let mut bytes: u64 = 0;
         loop {
-            let line = lines
-                .next_line()
-                .await
-                .with_context(|| format!("reading line {}", line_no + 1))?;
+            let line = match lines.next_line().await {
+                Ok(line) => line,
+                Err(e) => {
+                    self.settle().await?;
+                    return Err(
+                        anyhow::Error::new(e).context(format!("reading line {}", line_no + 1))
+                    );
+                }
+            };
             let Some(line) = line else { break };
             line_no += 1;
             bytes += line.len() as u64 + 1;
             if line.trim().is_empty() {
                 continue;
             }
-            batch.push(parse(&line).map_err(|e| self.refused(line_no, &e))?);
+            match parse(&line) {
+                Ok(job) => batch.push(job),
+                Err(e) => {
+                    self.settle().await?;
+                    return Err(self.refused(line_no, &e));
+                }
+            }
             numbers.push(line_no);
             if batch.len() == self.max {
-                self.submit(std::mem::take(&mut batch), &numbers, line_no)
-                    .await?;
-                numbers.clear();
-                self.bar.set_position(bytes);
+                self.settle().await?;
+                self.launch(
+                    std::mem::take(&mut batch),
+                    std::mem::take(&mut numbers),
+                    line_no,
+                    bytes,
+                );
             }
         }
+        self.settle().await?;
         if !batch.is_empty() {
-            self.submit(batch, &numbers, line_no).await?;
+            self.launch(batch, numbers, line_no, bytes);
+            self.settle().await?;
         }
         Ok(())
     }
 
-    /// Enqueues one batch, whose jobs came from the lines `numbers`, the last line read being
-    /// `last`.
-    async fn submit(&mut self, batch: Vec<Submission>, numbers: &[u64], last: u64) -> Result<()> {
-        let done = match self.service.submit_batch(batch).await {
+    /// Starts storing a batch, whose jobs came from the lines `numbers`, the last line read
+    /// being `last`. The batch before it must be settled.
+    fn launch(&mut self, batch: Vec<Submission>, numbers: Vec<u64>, last: u64, bytes: u64) {
+        let service = self.service.clone();
+        self.in_flight = Some(InFlight {
+            task: tokio::spawn(async move { service.submit_batch(batch).await }),
+            numbers,
+            last,
+            bytes,
+        });
+    }
+
+    /// Waits for the batch being stored, if any, and counts it; a refusal names its line.
+    async fn settle(&mut self) -> Result<()> {
+        let Some(InFlight {
+            task,
+            numbers,
+            last,
+            bytes,
+        }) = self.in_flight.take()
+        else {
+            return Ok(());
+        };
+        let done = match task.await.context("storing a batch")? {
             Ok(done) => done,
             Err(BatchError::Job { index, error }) => {
                 let line = numbers.get(index).copied().unwrap_or(last);
@@ -137,6 +190,7 @@ impl Run {
         self.existing += existing;
         self.committed_to = last;
         let seconds = self.started.elapsed().as_secs_f64();
+        self.bar.set_position(bytes);
         self.bar.set_message(format!(
             "{} jobs, {:.0} jobs/s",
             self.enqueued,

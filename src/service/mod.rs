@@ -14,7 +14,6 @@ pub mod submit;
 
 use std::sync::Arc;
 
-use hopper_workers::broker::Enqueued;
 use hopper_workers::clock::Clock;
 use hopper_workers::event::Event;
 use hopper_workers::job::{Job, JobId, NewJob, link_chain};
@@ -164,20 +163,18 @@ impl Service {
         let mut done = done.into_iter();
         let mut out = Vec::with_capacity(sizes.len());
         for n in sizes {
-            let mut steps: Vec<Enqueued> = done.by_ref().take(n).collect();
-            if steps.is_empty() {
-                // Every submission is at least one job, and the lengths were checked above.
+            // Every submission is at least one job, and the answer's length was checked above.
+            let Some(first) = done.next() else {
                 return Err(BatchError::Broker(BrokerError::Backend(
                     "the broker answered a job with nothing".into(),
                 )));
-            }
-            let first = steps.remove(0);
-            let steps = if steps.is_empty() {
-                Vec::new()
-            } else {
+            };
+            let steps = if n > 1 {
                 std::iter::once(first.job.clone())
-                    .chain(steps.into_iter().map(|e| e.job))
+                    .chain(done.by_ref().take(n - 1).map(|e| e.job))
                     .collect()
+            } else {
+                Vec::new()
             };
             out.push(Submitted {
                 created: first.created,
