@@ -196,6 +196,33 @@ fn enqueue_file(s: &Scratch) {
 
     let out = s.cli(&["enqueue", "--file", "missing.ndjson"]);
     assert_eq!(out.status.code(), Some(1));
+
+    // `-` reads stdin.
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hopper"))
+        .current_dir(s.path())
+        .env_remove("HOPPER_BROKER")
+        .args(["--config", "config.toml", "enqueue", "--file", "-"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write as _;
+        let mut stdin = child.stdin.take().unwrap();
+        for _ in 0..10 {
+            writeln!(stdin, "{}", on("stdin")).unwrap();
+        }
+    }
+    let out = child.wait_with_output().unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains("enqueued 10 jobs"), "{said}");
+    assert_eq!(s.cli_counts("stdin")["queued"], 10);
 }
 
 /// A chain whose unique key is taken is the existing chain, every step of it, wherever it
