@@ -14,12 +14,15 @@
 //! - [`app`]: wiring: broker + registry + pool + HTTP server ([`app::serve`]) or the pool
 //!   alone ([`app::worker`]), a node built once.
 //! - [`api`]: the HTTP API, built by [`api::router`] from an [`api::AppState`]; its
-//!   `events` module streams `GET /v1/events` from one reader of the event log per process.
-//! - [`service`]: what both front doors call: submit a job or a chain, look one up.
+//!   `events` module streams `GET /v1/events` from one reader of the event log per process;
+//!   `job_body` reads one job's JSON for `POST /v1/jobs`, `POST /v1/jobs/batch` and
+//!   `hopper enqueue --file`.
+//! - [`service`]: what both front doors call: submit a job or a chain, or a batch of them;
+//!   look one up.
 //!   [`service::submit`] is the one place a new job is checked.
 //! - [`view`]: the JSON shown around jobs (a job's history and chain steps) and the queue
 //!   listing; jobs and events serialize themselves.
-//! - [`bench`]: `hopper bench`, the drain and latency workloads.
+//! - [`bench`]: `hopper bench`, the drain, enqueue-batch, latency and events workloads.
 //! - [`shutdown`]: Ctrl-C and SIGTERM.
 //! - [`out`]: writing results to stdout (lines, JSON, tables).
 

@@ -6,6 +6,8 @@
 /// Fixtures: daemons and the CLI in a scratch directory, the HTTP API, waiting, Redis, peers.
 mod util;
 
+/// Bulk enqueue: `POST /v1/jobs/batch` and `hopper enqueue --file`, on SQLite and Redis.
+mod e2e_batch;
 /// The dashboard at `GET /`, in a real headless Chromium.
 mod e2e_dashboard;
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.

@@ -1,20 +1,18 @@
 //! The `/v1/jobs` and `/v1/queues` handlers.
 //!
-//! The enqueue body is read field by field from a JSON object rather than through one serde
-//! struct, so that every refusal (wrong type, out of range, unknown key) names its field.
+//! The enqueue body's fields are read by `super::job_body`, shared with the batch route and
+//! `hopper enqueue --file`.
 
 use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use hopper_workers::broker::{JobFilter, JobPage};
-use hopper_workers::job::{Job, JobId, JobState, PRIORITY_RULE};
-use hopper_workers::time::Timestamp;
-use serde_json::{Map, Value, json};
+use hopper_workers::job::{Job, JobId, JobState};
+use serde_json::{Value, json};
 
-use super::{ApiError, AppState, JsonBody};
-use crate::service::submit::Start;
-use crate::service::{EnqueueRequest, FieldError};
+use super::{ApiError, AppState, JsonBody, job_body};
+use crate::service::Submission;
 use crate::view::{self, JobWithHistory, JobWithSteps};
 
 /// Jobs per page when `limit` is not given, and the most a page may hold.
@@ -28,7 +26,17 @@ pub async fn enqueue(
     headers: HeaderMap,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<JobWithSteps>), ApiError> {
-    let (mut req, then) = parse_enqueue(body)?;
+    let Value::Object(m) = body else {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            "invalid_json",
+            "the request body must be a JSON object",
+        ));
+    };
+    let Submission {
+        first: mut req,
+        then,
+    } = job_body::read(m)?;
     if req.unique_key.is_none()
         && let Some(key) = idempotency_key(&headers)?
     {
@@ -139,126 +147,6 @@ pub async fn cancel(
 pub async fn queues(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stats = view::merge_configured_queues(st.broker.queues().await?, &st.config);
     Ok(Json(json!({ "queues": stats })))
-}
-
-/// Reads the enqueue body's fields, and the steps of `then` (a chain); `prepare` then checks
-/// them against the registry. A step's refusals name it: `then[0].kind`.
-fn parse_enqueue(body: Value) -> Result<(EnqueueRequest, Vec<EnqueueRequest>), ApiError> {
-    let Value::Object(mut m) = body else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_json",
-            "the request body must be a JSON object",
-        ));
-    };
-    let mut then = Vec::new();
-    if let Some(steps) = take(&mut m, "then") {
-        let Value::Array(steps) = steps else {
-            return Err(FieldError::invalid("then", "must be an array of steps").into());
-        };
-        for (i, step) in steps.into_iter().enumerate() {
-            let at = |e: FieldError| e.under(&format!("then[{i}]"));
-            let Value::Object(mut sm) = step else {
-                return Err(FieldError::invalid(format!("then[{i}]"), "must be an object").into());
-            };
-            if sm.contains_key("then") {
-                return Err(at(FieldError::invalid(
-                    "then",
-                    "a step cannot have its own then",
-                ))
-                .into());
-            }
-            then.push(parse_fields(&mut sm).map_err(at)?);
-        }
-    }
-    Ok((parse_fields(&mut m)?, then))
-}
-
-/// Reads one job's fields (the body, or a step of `then`) into their types; the rules they must
-/// follow are checked once, by `crate::service::submit`.
-fn parse_fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError> {
-    let kind = match take(m, "kind") {
-        None => {
-            return Err(FieldError::with_code(
-                "missing_field",
-                "kind",
-                "is required",
-            ));
-        }
-        Some(v) => string(v, "kind")?,
-    };
-    let mut req = EnqueueRequest::new(kind, take(m, "payload").unwrap_or_else(|| json!({})));
-    if let Some(v) = take(m, "queue") {
-        req.queue = Some(string(v, "queue")?);
-    }
-    if let Some(v) = take(m, "priority") {
-        // The range is the engine's rule (`NewJob::validate`); here only the type.
-        req.priority = Some(int(v, "priority", PRIORITY_RULE)?);
-    }
-    match (take(m, "delay"), take(m, "run_at")) {
-        (Some(_), Some(_)) => {
-            return Err(FieldError::invalid(
-                "delay",
-                "give delay or run_at, not both",
-            ));
-        }
-        (Some(v), None) => req.start = Some(Start::After(duration(v, "delay")?)),
-        (None, Some(v)) => {
-            let s = string(v, "run_at")?;
-            let at =
-                Timestamp::parse(&s).map_err(|e| FieldError::invalid("run_at", e.to_string()))?;
-            req.start = Some(Start::At(at));
-        }
-        (None, None) => {}
-    }
-    if let Some(v) = take(m, "max_retries") {
-        req.max_retries = Some(int(v, "max_retries", "must be a non-negative integer")?);
-    }
-    if let Some(v) = take(m, "timeout") {
-        req.timeout = Some(duration(v, "timeout")?);
-    }
-    if let Some(v) = take(m, "unique_key") {
-        req.unique_key = Some(string(v, "unique_key")?);
-    }
-    if let Some(key) = m.keys().next() {
-        return Err(FieldError::with_code(
-            "unknown_field",
-            key.clone(),
-            "unknown field; known: kind, payload, queue, priority, delay, run_at, max_retries, \
-             timeout, unique_key, then",
-        ));
-    }
-    Ok(req)
-}
-
-/// Removes `key`; `null` counts as absent.
-fn take(m: &mut Map<String, Value>, key: &str) -> Option<Value> {
-    m.remove(key).filter(|v| !v.is_null())
-}
-
-/// A non-negative integer that fits `T`.
-fn int<T: TryFrom<u64>>(v: Value, field: &str, rule: &str) -> Result<T, FieldError> {
-    v.as_u64()
-        .and_then(|n| T::try_from(n).ok())
-        .ok_or_else(|| FieldError::invalid(field, rule))
-}
-
-fn string(v: Value, field: &str) -> Result<String, FieldError> {
-    match v {
-        Value::String(s) => Ok(s),
-        _ => Err(FieldError::invalid(field, "must be a string")),
-    }
-}
-
-fn duration(v: Value, field: &str) -> Result<std::time::Duration, FieldError> {
-    let s = string(v, field)
-        .map_err(|_| FieldError::invalid(field, "must be a duration string such as \"30s\""))?;
-    humantime::parse_duration(s.trim()).map_err(|e| {
-        FieldError::invalid(
-            field,
-            format!("{s:?} is not a duration ({e}); write e.g. \"500ms\", \"30s\", \"5m\""),
-        )
-    })
 }
 
 /// The `Idempotency-Key` header, if present and printable.

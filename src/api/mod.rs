@@ -7,14 +7,19 @@
 //! (`crate::view`). Every error, including axum's own rejections, an unknown route and a
 //! timeout, is JSON `{"error": {"code", "message", "field"?}}` (see [`error`]).
 //!
+//! `POST /v1/jobs` reads its body with `job_body`, which `POST /v1/jobs/batch` ([`batch`])
+//! and `hopper enqueue --file` share.
+//!
 //! `GET /v1/events` (WebSocket, SSE, JSON page) is [`events`]'s, with its own auth (a
 //! WebSocket is closed with 4001 rather than refused with 401).
 //!
 //! Not here yet: `/metrics`, `/openapi.json` and the dashboard.
 
+mod batch;
 mod dashboard;
 pub mod error;
 pub mod events;
+pub(crate) mod job_body;
 mod jobs;
 mod queues;
 #[cfg(test)]
@@ -100,6 +105,7 @@ pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit;
     let v1 = Router::new()
         .route("/jobs", post(jobs::enqueue).get(jobs::list))
+        .route("/jobs/batch", post(batch::enqueue_batch))
         .route("/jobs/{id}", get(jobs::get_one))
         .route("/jobs/{id}/retry", post(jobs::retry))
         .route("/jobs/{id}/cancel", post(jobs::cancel))

@@ -4,12 +4,15 @@
 //! workload is its own file:
 //!
 //! - `drain`: enqueue N no-op jobs, then time the pool draining them.
+//! - `batch`: `enqueue-batch`, N no-op jobs through `POST /v1/jobs/batch` of an API started in
+//!   this process; bulk enqueue throughput.
 //! - `latency`: a steady rate of jobs; pickup latency percentiles.
 //! - `events`: jobs that report progress while WebSocket clients follow the queue through an
 //!   API started in this process; delivery latency percentiles and memory.
 //!
 //! Each run uses its own queue (`bench-<uuid>`) and drops it afterwards, even when it fails.
 
+mod batch;
 mod clients;
 mod drain;
 mod events;
@@ -40,6 +43,7 @@ const STALL: Duration = Duration::from_secs(30);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum Workload {
     Drain,
+    EnqueueBatch,
     Latency,
     Events,
 }
@@ -50,12 +54,13 @@ pub const DEFAULT_CONCURRENCY: usize = 64;
 /// `hopper bench` flags.
 #[derive(Clone, Debug, clap::Args)]
 pub struct BenchArgs {
-    /// drain: enqueue N jobs, then time the pool draining them; latency: steady rate, pickup
-    /// latency percentiles; events: jobs reporting progress while WebSocket clients follow
-    /// the queue, delivery latency percentiles and memory.
+    /// drain: enqueue N jobs, then time the pool draining them; enqueue-batch: N jobs through
+    /// POST /v1/jobs/batch ([server] max_batch a request), jobs stored per second; latency:
+    /// steady rate, pickup latency percentiles; events: jobs reporting progress while
+    /// WebSocket clients follow the queue, delivery latency percentiles and memory.
     #[arg(long, value_enum, default_value_t = Workload::Drain)]
     pub workload: Workload,
-    /// Jobs to enqueue (drain).
+    /// Jobs to enqueue (drain, enqueue-batch).
     #[arg(long, default_value_t = 100_000)]
     pub jobs: u64,
     /// Pool slots. Default 64, the concurrency the peers' numbers in README were measured at
@@ -66,7 +71,8 @@ pub struct BenchArgs {
     /// each job appends 3 progress events and its completion).
     #[arg(long)]
     pub rate: Option<u64>,
-    /// WebSocket clients following the bench queue (events).
+    /// WebSocket clients following the bench queue (events); HTTP clients posting batches at
+    /// once (enqueue-batch).
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
     /// How long to enqueue for (latency, events).
@@ -88,13 +94,13 @@ pub struct BenchArgs {
 /// contract of DESIGN §9.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
-    /// `drain` or `latency`.
+    /// `drain`, `enqueue-batch`, `latency` or `events`.
     pub workload: &'static str,
     /// `sqlite` or `redis`.
     pub broker: String,
     /// Jobs enqueued (and, for `drain`, processed).
     pub jobs: u64,
-    /// Worker slots of the bench pool.
+    /// Worker slots of the bench pool; for `enqueue-batch`, the HTTP clients posting at once.
     pub concurrency: usize,
     /// Jobs stored per second by the enqueuer.
     pub enqueue_jobs_per_s: Option<f64>,
@@ -205,6 +211,7 @@ pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationTok
     };
     let ran = match args.workload {
         Workload::Drain => bench.drain(args.jobs).await,
+        Workload::EnqueueBatch => bench.enqueue_batch(args.jobs, args.clients).await,
         Workload::Latency => {
             bench
                 .latency(args.rate.unwrap_or(1000), args.duration)

@@ -1,5 +1,6 @@
 //! `hopper enqueue`: flags to an [`EnqueueRequest`], submitted through the same
-//! `crate::service` as `POST /v1/jobs`; refusals name the flag they came from.
+//! `crate::service` as `POST /v1/jobs`; refusals name the flag they came from. `--file` is
+//! `super::enqueue_file`'s.
 
 use std::sync::Arc;
 
@@ -37,6 +38,12 @@ pub(super) async fn run(
     settings: &Settings,
     broker: Arc<dyn Broker>,
 ) -> Result<()> {
+    if let Some(path) = &args.file {
+        return super::enqueue_file::run(path, settings, broker).await;
+    }
+    let Some(kind) = args.kind else {
+        return Err(CliError::Usage("give a KIND, or --file PATH".into()).into());
+    };
     let payload = read_payload(args.payload.as_deref(), "--payload")?;
     let first = EnqueueRequest {
         queue: args.queue,
@@ -45,7 +52,7 @@ pub(super) async fn run(
         max_retries: args.max_retries,
         timeout: args.timeout,
         unique_key: args.unique_key,
-        ..EnqueueRequest::new(args.kind, payload)
+        ..EnqueueRequest::new(kind, payload)
     };
     let mut then = Vec::with_capacity(args.then.len());
     for step in &args.then {

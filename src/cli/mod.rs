@@ -7,10 +7,13 @@
 //! found, 4 a cancelled job for `tail --job` (`crate::exit`).
 //!
 //! - `enqueue`: `hopper enqueue`, through the same `crate::service` as `POST /v1/jobs`.
+//! - `enqueue_file`: `hopper enqueue --file`, a newline-delimited JSON file of jobs in
+//!   batches, as `POST /v1/jobs/batch` takes them.
 //! - `inspect`: `queues`, `jobs`, `job`, `retry`, `cancel`.
 //! - `tail`: `hopper tail`, following the event stream of the broker or of a remote node.
 
 mod enqueue;
+mod enqueue_file;
 mod inspect;
 mod queue_ctl;
 mod tail;
@@ -62,7 +65,7 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         concurrency: Option<usize>,
     },
-    /// Enqueue a job; prints its id.
+    /// Enqueue a job; prints its id. With --file, every job of a newline-delimited JSON file.
     Enqueue(EnqueueArgs),
     /// Show queues with their job counts by state.
     Queues {
@@ -130,7 +133,20 @@ pub enum Command {
 #[derive(Debug, clap::Args)]
 pub struct EnqueueArgs {
     /// The job kind, e.g. sys.noop.
-    pub kind: String,
+    #[arg(required_unless_present = "file")]
+    pub kind: Option<String>,
+    /// Enqueue every line of this newline-delimited JSON file (`-`: stdin) instead, one job a
+    /// line as `POST /v1/jobs` takes it, in batches of `[server] max_batch`. A bad line stops
+    /// the run (exit 2) naming the line; the batches before its own stay enqueued.
+    #[arg(
+        long,
+        value_name = "PATH|-",
+        conflicts_with_all = [
+            "kind", "payload", "queue", "priority", "delay", "max_retries", "timeout",
+            "unique_key", "then",
+        ],
+    )]
+    pub file: Option<String>,
     /// The payload: a JSON object, or @FILE to read it from a file.
     #[arg(long, value_name = "JSON|@FILE")]
     pub payload: Option<String>,

@@ -34,6 +34,9 @@ pub const SEARCH_PATH: [&str; 2] = ["config.toml", "/etc/hopper/config.toml"];
 /// time, besides its `[worker] queues`.
 pub use hopper_workers::retention::MAINTENANCE_QUEUE;
 
+/// The largest `[server] max_batch` accepted.
+pub const MAX_BATCH: usize = 100_000;
+
 /// Overrides `[broker] url`.
 pub const ENV_BROKER: &str = "HOPPER_BROKER";
 /// Overrides `[auth] tokens` (comma-separated).

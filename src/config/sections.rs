@@ -41,6 +41,9 @@ pub struct ServerConfig {
     pub listen: String,
     /// Largest accepted request body, in bytes. Default `1048576` (1 MiB).
     pub body_limit: usize,
+    /// Most jobs in one `POST /v1/jobs/batch` (more is a 413 naming `jobs`), and the batch
+    /// size of `hopper enqueue --file`. 1 to 100000. Default `1000`.
+    pub max_batch: usize,
     /// Most `GET /v1/events` streams (WebSocket and SSE) open at once; past it a new one is
     /// answered 503. Default `10000`.
     pub max_connections: usize,
@@ -56,6 +59,7 @@ impl Default for ServerConfig {
         Self {
             listen: "127.0.0.1:8080".into(),
             body_limit: 1024 * 1024,
+            max_batch: 1000,
             max_connections: 10_000,
             ws_ping_interval: Duration::from_secs(20),
         }

@@ -11,7 +11,7 @@ use hopper_workers::pool::{PoolConfig, QueueSpec};
 use hopper_workers::retry::RetryPolicy;
 use hopper_workers::schedule::{self, Schedule};
 
-use super::{Config, ConfigError, MAINTENANCE_QUEUE, QueueConfig, ScheduleConfig};
+use super::{Config, ConfigError, MAINTENANCE_QUEUE, MAX_BATCH, QueueConfig, ScheduleConfig};
 
 /// A checked config and what was parsed from it.
 #[derive(Clone, Debug)]
@@ -86,6 +86,11 @@ impl Config {
     fn check_server(&self, p: &mut Vec<String>) -> Option<SocketAddr> {
         if self.server.body_limit == 0 {
             p.push("server.body_limit: must be greater than 0".into());
+        }
+        if !(1..=MAX_BATCH).contains(&self.server.max_batch) {
+            // One batch is one SQLite transaction: a huge one would hold the writer, and every
+            // other write, for as long as it takes.
+            p.push(format!("server.max_batch: must be from 1 to {MAX_BATCH}"));
         }
         if self.server.max_connections == 0 {
             p.push("server.max_connections: must be greater than 0".into());

@@ -98,6 +98,7 @@ fn validate_reports_every_problem() {
     c.worker.heartbeat = Duration::from_secs(60);
     c.server.listen = "nowhere".into();
     c.server.ws_ping_interval = Duration::from_millis(500);
+    c.server.max_batch = 0;
     c.broker.url = "postgres://x".into();
     c.queues.push(QueueConfig {
         name: "a b".into(),
@@ -110,6 +111,7 @@ fn validate_reports_every_problem() {
         "worker.heartbeat",
         "server.listen",
         "server.ws_ping_interval",
+        "server.max_batch",
         "broker.url",
         "queue[0].name",
         "queue[0].concurrency",
@@ -119,7 +121,7 @@ fn validate_reports_every_problem() {
             "{key} missing from {problems:#?}"
         );
     }
-    assert_eq!(problems.len(), 7, "{problems:#?}");
+    assert_eq!(problems.len(), 8, "{problems:#?}");
 }
 
 #[test]

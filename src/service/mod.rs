@@ -3,8 +3,9 @@
 //!
 //! - [`submit`]: where a new job (or chain) is checked: an [`EnqueueRequest`] becomes a
 //!   [`NewJob`](hopper_workers::NewJob) here and nowhere else.
-//! - [`Service::submit`] stores a job or a chain; [`Service::lookup`] reads one back with its
-//!   history and the steps of its chain.
+//! - [`Service::submit`] stores a job or a chain; [`Service::submit_batch`] many of them in
+//!   one broker call, all or none; [`Service::lookup`] reads one back with its history and the
+//!   steps of its chain.
 //! - `coalesce`: single jobs submitted at the same time reach the broker in one call.
 //!
 //! This module knows no HTTP and no terminal: it speaks the engine's types and
@@ -17,7 +18,8 @@ use std::sync::Arc;
 
 use hopper_workers::clock::Clock;
 use hopper_workers::event::Event;
-use hopper_workers::job::{Job, JobId, link_chain};
+use hopper_workers::job::{Job, JobId, NewJob, link_chain};
+use hopper_workers::time::Timestamp;
 use hopper_workers::{Broker, BrokerError, Registry};
 
 pub use submit::{EnqueueRequest, FieldError};
@@ -35,6 +37,14 @@ pub struct Service {
     default_max_retries: u32,
     /// Single jobs submitted together, stored together.
     coalescer: Arc<coalesce::Coalescer>,
+}
+
+/// One job to submit, as a request gives it: the job, and the later steps of its chain
+/// (empty for a single job).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Submission {
+    pub first: EnqueueRequest,
+    pub then: Vec<EnqueueRequest>,
 }
 
 /// What [`Service::submit`] stored (or found, for a taken `unique_key`).
@@ -63,6 +73,17 @@ pub enum SubmitError {
     /// The request is wrong; nothing was stored.
     #[error(transparent)]
     Field(#[from] FieldError),
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+}
+
+/// Why a batch was not stored. Nothing of it was.
+#[derive(Debug, thiserror::Error)]
+pub enum BatchError {
+    /// The submission at `index` is wrong; `error` names its field as [`Service::submit`]
+    /// would (`priority`, `then[0].kind`).
+    #[error("job {index}: {error}")]
+    Job { index: usize, error: FieldError },
     #[error(transparent)]
     Broker(#[from] BrokerError),
 }
@@ -101,17 +122,103 @@ impl Service {
         first: EnqueueRequest,
         then: Vec<EnqueueRequest>,
     ) -> Result<Submitted, SubmitError> {
-        if then.len() > MAX_CHAIN_STEPS {
+        if then.is_empty() {
+            // A single job goes with the others submitted at the same time (`coalesce`).
+            let job = submit::prepare(
+                first,
+                &self.registry,
+                self.default_max_retries,
+                self.clock.now(),
+            )?;
+            let stored = self.coalescer.enqueue(job).await.map_err(|e| match e {
+                BrokerError::Invalid(f) => SubmitError::Field(f),
+                e => SubmitError::Broker(e),
+            })?;
+            return Ok(Submitted {
+                created: stored.created,
+                job: stored.job,
+                steps: Vec::new(),
+            });
+        }
+        match self.submit_batch(vec![Submission { first, then }]).await {
+            Ok(mut done) => done.pop().ok_or_else(|| {
+                BrokerError::Backend("the broker answered an enqueue with nothing".into()).into()
+            }),
+            Err(BatchError::Job { error, .. }) => Err(SubmitError::Field(error)),
+            Err(BatchError::Broker(e)) => Err(e.into()),
+        }
+    }
+
+    /// Checks and stores many jobs (each a job or a chain, as [`Service::submit`] takes it)
+    /// in one broker call, all or none, and answers each in order. The first job refused is
+    /// named by its index, its field as [`Service::submit`] would name it.
+    pub async fn submit_batch(&self, batch: Vec<Submission>) -> Result<Vec<Submitted>, BatchError> {
+        let now = self.clock.now();
+        // How many broker jobs each submission became: 1, or the steps of its chain.
+        let mut sizes = Vec::with_capacity(batch.len());
+        let mut jobs = Vec::with_capacity(batch.len());
+        for (index, s) in batch.into_iter().enumerate() {
+            let steps = self
+                .prepare(s, now)
+                .map_err(|error| BatchError::Job { index, error })?;
+            sizes.push(steps.len());
+            jobs.extend(steps);
+        }
+        let total = jobs.len();
+        let done = self.broker.enqueue(jobs).await.map_err(|e| match e {
+            // The engine's rules are checked at the broker seam; name the job (and step) at
+            // fault as the request does.
+            BrokerError::Invalid(f) => {
+                let (index, error) = locate(f, &sizes);
+                BatchError::Job { index, error }
+            }
+            e => BatchError::Broker(e),
+        })?;
+        if done.len() != total {
+            return Err(BatchError::Broker(BrokerError::Backend(
+                format!(
+                    "the broker answered {} of {total} enqueued jobs",
+                    done.len()
+                )
+                .into(),
+            )));
+        }
+        let mut done = done.into_iter();
+        let mut out = Vec::with_capacity(sizes.len());
+        for n in sizes {
+            // Every submission is at least one job, and the answer's length was checked above.
+            let Some(first) = done.next() else {
+                return Err(BatchError::Broker(BrokerError::Backend(
+                    "the broker answered a job with nothing".into(),
+                )));
+            };
+            let steps = if n > 1 {
+                std::iter::once(first.job.clone())
+                    .chain(done.by_ref().take(n - 1).map(|e| e.job))
+                    .collect()
+            } else {
+                Vec::new()
+            };
+            out.push(Submitted {
+                created: first.created,
+                job: first.job,
+                steps,
+            });
+        }
+        Ok(out)
+    }
+
+    /// One submission's jobs, checked: the job, or the linked steps of its chain.
+    fn prepare(&self, s: Submission, now: Timestamp) -> Result<Vec<NewJob>, FieldError> {
+        if s.then.len() > MAX_CHAIN_STEPS {
             return Err(FieldError::invalid(
                 "then",
                 format!("a chain has at most {MAX_CHAIN_STEPS} steps after the first"),
-            )
-            .into());
+            ));
         }
-        let now = self.clock.now();
-        let first = submit::prepare(first, &self.registry, self.default_max_retries, now)?;
+        let first = submit::prepare(s.first, &self.registry, self.default_max_retries, now)?;
         let mut steps = vec![first];
-        for (i, step) in then.into_iter().enumerate() {
+        for (i, step) in s.then.into_iter().enumerate() {
             steps.push(submit::prepare_step(
                 step,
                 &format!("then[{i}]"),
@@ -121,39 +228,7 @@ impl Service {
                 now,
             )?);
         }
-        let chained = steps.len() > 1;
-        let stored = if chained {
-            self.broker.enqueue(link_chain(steps)).await
-        } else {
-            match steps.pop() {
-                Some(job) => self.coalescer.enqueue(job).await.map(|e| vec![e]),
-                None => Ok(Vec::new()),
-            }
-        };
-        let mut done = stored.map_err(|e| match e {
-            // The engine's rules are checked at the broker seam; name the step at fault
-            // as the request does.
-            BrokerError::Invalid(f) => SubmitError::Field(step_field(f)),
-            e => SubmitError::Broker(e),
-        })?;
-        if done.is_empty() {
-            return Err(
-                BrokerError::Backend("the broker answered an enqueue with nothing".into()).into(),
-            );
-        }
-        let first = done.remove(0);
-        let steps = if chained {
-            std::iter::once(first.job.clone())
-                .chain(done.into_iter().map(|e| e.job))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Ok(Submitted {
-            created: first.created,
-            job: first.job,
-            steps,
-        })
+        Ok(link_chain(steps))
     }
 
     /// A job, its history and its chain's steps; `None` when no job has this id.
@@ -174,21 +249,33 @@ impl Service {
     }
 }
 
-/// A field the broker named in a batch (`jobs[2].priority`) as the request names it: the
-/// first job's fields plainly, a later step's under `then[i]`.
-fn step_field(mut f: FieldError) -> FieldError {
-    let Some(rest) = f.field.strip_prefix("jobs[") else {
-        return f;
+/// A field the broker named in its batch (`jobs[5].priority`: the broker's batch is every
+/// submission's jobs, one after the other) as the request names it: the submission's index
+/// (`sizes` holds how many jobs each became), and the field plainly for its first job or
+/// under `then[i]` for a later step. A field named without `jobs[…]` is the only job's.
+fn locate(mut f: FieldError, sizes: &[usize]) -> (usize, FieldError) {
+    let Some((flat, rest)) = f
+        .field
+        .strip_prefix("jobs[")
+        .and_then(|r| r.split_once(']'))
+        .and_then(|(i, rest)| Some((i.parse::<usize>().ok()?, rest.to_owned())))
+    else {
+        return (0, f);
     };
-    let Some((index, field)) = rest.split_once("].") else {
-        return f;
-    };
-    f.field = match index.parse::<usize>() {
-        Ok(0) => field.to_owned(),
-        Ok(i) => format!("then[{}].{field}", i - 1),
-        Err(_) => return f,
-    };
-    f
+    let rest = rest.strip_prefix('.').unwrap_or(&rest).to_owned();
+    let mut start = 0;
+    for (index, &n) in sizes.iter().enumerate() {
+        if flat < start + n {
+            let step = flat - start;
+            f.field = rest;
+            if step > 0 {
+                f = f.under(&format!("then[{}]", step - 1));
+            }
+            return (index, f);
+        }
+        start += n;
+    }
+    (0, f)
 }
 
 #[cfg(test)]
@@ -196,10 +283,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn batch_fields_name_the_step() {
-        let named = |field: &str| step_field(FieldError::new(field, "x")).field;
-        assert_eq!(named("priority"), "priority");
-        assert_eq!(named("jobs[0].priority"), "priority");
-        assert_eq!(named("jobs[3].timeout"), "then[2].timeout");
+    fn batch_fields_name_the_job_and_step() {
+        // A chain of 4 steps alone, then a batch of a single job, a chain of 3, a single job.
+        let chain = |field: &str| {
+            let (i, f) = locate(FieldError::new(field, "x"), &[4]);
+            (i, f.field)
+        };
+        assert_eq!(chain("priority"), (0, "priority".into()));
+        assert_eq!(chain("jobs[0].priority"), (0, "priority".into()));
+        assert_eq!(chain("jobs[3].timeout"), (0, "then[2].timeout".into()));
+        let batch = |field: &str| {
+            let (i, f) = locate(FieldError::new(field, "x"), &[1, 3, 1]);
+            (i, f.field)
+        };
+        assert_eq!(batch("jobs[0].queue"), (0, "queue".into()));
+        assert_eq!(batch("jobs[1].queue"), (1, "queue".into()));
+        assert_eq!(batch("jobs[3].timeout"), (1, "then[1].timeout".into()));
+        assert_eq!(batch("jobs[4].unique_key"), (2, "unique_key".into()));
+        assert_eq!(batch("jobs[4]"), (2, String::new()));
     }
 }

@@ -5,7 +5,8 @@
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
--- ARGV[3]  n, the number of jobs (at most 500); then 10 values per job:
+-- ARGV[3]  n, the number of jobs (at most 500, but a chain is never split across calls:
+--          a call may run over by the rest of one); then 10 values per job:
 --          id, kind, head ("<priority>|<max_retries>|<timeout_ms or ''>|": the job's field
 --          `d` up to its creation time, see common.lua), priority, delay (ms until the job may
 --          run, as the caller's clock reckoned it from its `run_at`; '' or <= 0 = now),

@@ -52,7 +52,11 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     // Run times go to the script as delays from this node's now (see `job_args`).
     let local_now = broker.clock.now();
     let queues: Vec<&str> = jobs.iter().map(|j| j.queue.as_str()).collect();
-    let calls = group(&queues, ENQUEUE_CHUNK);
+    // A chain goes whole into one call: enqueue.lua recognises a chain whose unique key is
+    // taken by its first step, within the call.
+    let calls = group(&queues, ENQUEUE_CHUNK, |i| {
+        jobs[i].chain.as_ref().is_none_or(|c| c.index == 0)
+    });
     let mut names: Vec<&str> = calls.iter().map(|(q, _)| *q).collect();
     names.dedup();
     let mut pipe = redis::pipe();
@@ -472,7 +476,7 @@ async fn per_lease(
     queues: &[&str],
     call: impl Fn(&str, &[usize]) -> BrokerResult<Cmd>,
 ) -> BrokerResult<Vec<i64>> {
-    let calls = group(queues, FINISH_CHUNK);
+    let calls = group(queues, FINISH_CHUNK, |_| true);
     let mut pipe = redis::pipe();
     for (q, idx) in &calls {
         pipe.add_command(call(q, idx)?);
@@ -514,16 +518,28 @@ impl RedisBroker {
     }
 }
 
-/// The indices of `queues` grouped by queue (in name order), in chunks of `chunk`.
-fn group<'q>(queues: &[&'q str], chunk: usize) -> Vec<(&'q str, Vec<usize>)> {
+/// The indices of `queues` grouped by queue (in name order), in chunks of `chunk`; a chunk
+/// ends only before an index `may_cut` allows, so it may run over by what it keeps together.
+fn group<'q>(
+    queues: &[&'q str],
+    chunk: usize,
+    may_cut: impl Fn(usize) -> bool,
+) -> Vec<(&'q str, Vec<usize>)> {
     let mut by: BTreeMap<&str, Vec<usize>> = BTreeMap::new();
     for (i, q) in queues.iter().enumerate() {
         by.entry(q).or_default().push(i);
     }
     let mut out = Vec::new();
     for (q, idx) in by {
-        for c in idx.chunks(chunk) {
-            out.push((q, c.to_vec()));
+        let mut current = Vec::with_capacity(chunk.min(idx.len()));
+        for i in idx {
+            if current.len() >= chunk && may_cut(i) {
+                out.push((q, std::mem::take(&mut current)));
+            }
+            current.push(i);
+        }
+        if !current.is_empty() {
+            out.push((q, current));
         }
     }
     out
