@@ -51,9 +51,10 @@ local function clock_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The decimal text of integer milliseconds (tostring would switch to an exponent).
+-- The decimal text of integer milliseconds (tostring would switch to an exponent). '%d', not
+-- '%.0f': an integer conversion, not libc's float printing (which showed in Redis' profile).
 local function ms_text(n)
-  return string.format('%.0f', n)
+  return string.format('%d', n)
 end
 
 -- The priority (text) in a job's packed field `d` (see the layout above).
@@ -73,7 +74,7 @@ local function qmember(run_at, seq, id)
   if run_at < 0 then
     run_at = 0
   end
-  return string.format('%015.0f%016.0f', run_at, seq) .. id
+  return string.format('%015d%016d', run_at, seq) .. id
 end
 
 -- The decimal text of an integer, memoized per call: a number passed to redis.call is
@@ -159,7 +160,7 @@ local function flush_events(cap, at)
   if #evbuf == 0 then
     return nil
   end
-  local id = redis.call('XADD', K .. 'events', 'MAXLEN', '~', cap, '*', 'at', at, unpack(evbuf))
+  local id = redis.call('XADD', K .. 'events', 'MAXLEN', '~', cap, '*', 'at', ms_text(at), unpack(evbuf))
   evbuf = {}
   return id
 end

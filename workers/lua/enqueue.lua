@@ -84,7 +84,7 @@ for i = 0, n - 1 do
     bases[#bases + 1] = b
     states[#states + 1] = state
     ats[#ats + 1] = at
-    add_event('job.enqueued', id, ARGV[b + 1], 0)
+    add_event('job.enqueued', id, ARGV[b + 1], '0')
     out[#out + 1] = id
     out[#out + 1] = 1
   end
@@ -99,10 +99,12 @@ if #bases > 0 then
     local b, state, at = bases[i], states[i], ats[i]
     local id, priority = ARGV[b], ARGV[b + 3]
     local seq = last_seq - #bases + i
+    -- Numbers go to redis.call as text made here: Redis would print each with '%.17g'.
+    local at_s = at == now and now_s or ms_text(at)
     -- Zero counters, empty optional fields and the id and queue (known from the key) are not
     -- stored: a missing field reads as 0 or none. Nor is `evs`: the first entry leads `d`.
-    local fields = { 'kind', ARGV[b + 1], 'd', ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9], 'state', state, 'run_at', at,
-      'seq', seq }
+    local fields = { 'kind', ARGV[b + 1], 'd', ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9], 'state', state, 'run_at', at_s,
+      'seq', ms_text(seq) }
     if ARGV[b + 6] ~= '' then
       fields[#fields + 1] = 'chain_id'
       fields[#fields + 1] = ARGV[b + 6]
@@ -120,13 +122,13 @@ if #bases > 0 then
       unique[#unique + 1] = id
     end
     redis.call('HSET', job_key(id), unpack(fields))
-    all[#all + 1] = 0
+    all[#all + 1] = '0'
     all[#all + 1] = id
     if state == 'queued' then
       queued[#queued + 1] = priority
       queued[#queued + 1] = qmember(at, seq, id)
     elseif state == 'scheduled' then
-      due[#due + 1] = at
+      due[#due + 1] = at_s
       due[#due + 1] = id
     end
     move(nil, state)
