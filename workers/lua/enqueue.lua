@@ -93,7 +93,8 @@ end
 if #bases > 0 then
   local ev = flush_events(cap, now)
   local last_seq = redis.call('INCRBY', K .. 'seq', #bases)
-  local all, queued, due, unique = {}, {}, {}, {}
+  -- Queued jobs by priority (text), in enqueue order, for their lanes (see common.lua).
+  local all, queued, levels, nqueued, due, unique = {}, {}, {}, 0, {}, {}
   local ev_bar = ev .. '|'
   for i = 1, #bases do
     local b, state, at = bases[i], states[i], ats[i]
@@ -125,8 +126,14 @@ if #bases > 0 then
     all[#all + 1] = '0'
     all[#all + 1] = id
     if state == 'queued' then
-      queued[#queued + 1] = priority
-      queued[#queued + 1] = qmember(at, seq, id)
+      local lane = queued[priority]
+      if not lane then
+        lane = {}
+        queued[priority] = lane
+        levels[#levels + 1] = priority
+      end
+      lane[#lane + 1] = qmember(at, seq, id)
+      nqueued = nqueued + 1
     elseif state == 'scheduled' then
       due[#due + 1] = at_s
       due[#due + 1] = id
@@ -134,8 +141,8 @@ if #bases > 0 then
     move(nil, state)
   end
   redis.call('ZADD', K .. 'all', unpack(all))
-  if #queued > 0 then
-    redis.call('ZADD', K .. 'queued', unpack(queued))
+  for _, p in ipairs(levels) do
+    enqueue_lane(p, queued[p])
   end
   if #due > 0 then
     redis.call('ZADD', K .. 'due', unpack(due))
@@ -144,7 +151,7 @@ if #bases > 0 then
     redis.call('HSET', K .. 'unique', unpack(unique))
   end
   -- Scheduled jobs wake waiters too, so that they shorten their wait to the new due time.
-  signal((#queued + #due) / 2)
+  signal(nqueued + #due / 2)
 end
 flush_counts()
 out[#out + 1] = now_s
