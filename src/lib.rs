@@ -22,7 +22,8 @@
 //!   [`service::submit`] is the one place a new job is checked.
 //! - [`view`]: the JSON shown around jobs (a job's history and chain steps) and the queue
 //!   listing; jobs and events serialize themselves.
-//! - [`bench`]: `hopper bench`, the drain, enqueue-batch, latency and events workloads.
+//! - [`bench`]: `hopper bench`, the drain, enqueue-batch, latency and events workloads, and the CPU
+//!   each job cost (this process, Redis).
 //! - [`shutdown`]: Ctrl-C and SIGTERM.
 //! - [`out`]: writing results to stdout (lines, JSON, tables).
 

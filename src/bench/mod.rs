@@ -10,10 +10,13 @@
 //! - `events`: jobs that report progress while WebSocket clients follow the queue through an
 //!   API started in this process; delivery latency percentiles and memory.
 //!
+//! - `cpu`: the CPU counters (this process's, Redis') read around every workload.
+//!
 //! Each run uses its own queue (`bench-<uuid>`) and drops it afterwards, even when it fails.
 
 mod batch;
 mod clients;
+mod cpu;
 mod drain;
 mod events;
 mod latency;
@@ -112,6 +115,11 @@ pub struct Report {
     /// Event delivery, for the `events` workload; `null`s otherwise.
     #[serde(flatten)]
     pub delivery: Delivery,
+    /// The Redis server's CPU time (user + system) over the run, per job, in µs; `null` when
+    /// the broker is not Redis or `INFO cpu` could not be read.
+    pub broker_cpu_us_per_job: Option<f64>,
+    /// This process's CPU time (user + system, every thread) over the run, per job, in µs.
+    pub process_cpu_us_per_job: Option<f64>,
 }
 
 /// What the `events` workload measured.
@@ -209,6 +217,8 @@ pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationTok
         concurrency,
         shutdown,
     };
+    let redis_url = (broker.name() == "redis").then_some(bench.config.broker.url.as_str());
+    let cpu_before = cpu::snapshot(redis_url).await;
     let ran = match args.workload {
         Workload::Drain => bench.drain(args.jobs).await,
         Workload::EnqueueBatch => bench.enqueue_batch(args.jobs, args.clients).await,
@@ -223,12 +233,15 @@ pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationTok
                 .await
         }
     };
+    let cpu_after = cpu::snapshot(redis_url).await;
     // Clean up whatever happened.
     match broker.drop_queue(&queue).await {
         Ok(n) => tracing::debug!(jobs = n, %queue, "dropped the bench queue"),
         Err(e) => tracing::warn!(error = %e, %queue, "could not drop the bench queue"),
     }
-    let report = ran?;
+    let mut report = ran?;
+    (report.process_cpu_us_per_job, report.broker_cpu_us_per_job) =
+        cpu_before.per_job(&cpu_after, report.jobs);
     if args.json {
         out::json(&report)?;
     } else {
@@ -371,6 +384,8 @@ fn print_table(r: &Report) -> std::io::Result<()> {
                 ">server rss MB",
                 ">server peak MB",
                 ">clients peak MB",
+                ">broker µs/job",
+                ">process µs/job",
             ],
             &[vec![
                 r.workload.to_owned(),
@@ -388,6 +403,8 @@ fn print_table(r: &Report) -> std::io::Result<()> {
                 f(d.rss_mb),
                 f(d.peak_rss_mb),
                 f(d.clients_peak_rss_mb),
+                f(r.broker_cpu_us_per_job),
+                f(r.process_cpu_us_per_job),
             ]],
         );
     }
@@ -403,6 +420,8 @@ fn print_table(r: &Report) -> std::io::Result<()> {
             ">p95 ms",
             ">p99 ms",
             ">max ms",
+            ">broker µs/job",
+            ">process µs/job",
         ],
         &[vec![
             r.workload.to_owned(),
@@ -416,6 +435,8 @@ fn print_table(r: &Report) -> std::io::Result<()> {
             ms(r.pickup.p95_ms),
             ms(r.pickup.p99_ms),
             ms(r.pickup.max_ms),
+            f(r.broker_cpu_us_per_job),
+            f(r.process_cpu_us_per_job),
         ]],
     )
 }
@@ -467,6 +488,8 @@ mod tests {
             "rss_mb",
             "peak_rss_mb",
             "clients_peak_rss_mb",
+            "broker_cpu_us_per_job",
+            "process_cpu_us_per_job",
         ] {
             assert!(v.get(k).is_some(), "{k} missing");
         }

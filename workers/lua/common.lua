@@ -24,7 +24,15 @@
 --              A `waiting` chain step is in none of the zsets below but `all`: only its
 --              predecessor's success moves it.
 --   all        zset, every job id at score 0 (lexicographic index, newest first by id)
---   queued     zset, score = priority, member = qmember(run_at, seq, id)
+--   queued     zset, score = priority, member = qmember(run_at, seq, id): jobs that became
+--              queued after their enqueue (promoted, released, rescued, retried, a chain's
+--              next step) or whose enqueue could not keep a lane in order
+--   lane:<p>   list of qmember(run_at, seq, id) of jobs enqueued `queued` at priority p, in
+--              the order they were enqueued, which is queue order (same run_at = the call's
+--              now, increasing seq); a push and a pop instead of a zset insert and a zset pop.
+--              An entry whose job is no longer `queued` under that seq (cancelled) is left
+--              for fetch to skip: a cancel does not scan the list.
+--   lanes      zset of the priorities p that may have a non-empty lane:<p> (score = member = p)
 --   due        zset of scheduled and retrying ids, score = due time (ms)
 --   running    zset of running ids, score = lease deadline (ms)
 --   succeeded, dead, cancelled   zsets of finished ids, score = finished_at (ms)
@@ -51,9 +59,10 @@ local function clock_ms(arg)
   return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 end
 
--- The decimal text of integer milliseconds (tostring would switch to an exponent).
+-- The decimal text of integer milliseconds (tostring would switch to an exponent). '%d', not
+-- '%.0f': an integer conversion, not libc's float printing (which showed in Redis' profile).
 local function ms_text(n)
-  return string.format('%.0f', n)
+  return string.format('%d', n)
 end
 
 -- The priority (text) in a job's packed field `d` (see the layout above).
@@ -73,7 +82,91 @@ local function qmember(run_at, seq, id)
   if run_at < 0 then
     run_at = 0
   end
-  return string.format('%015.0f%016.0f', run_at, seq) .. id
+  return string.format('%015d%016d', run_at, seq) .. id
+end
+
+-- Whether queue entry `a` (priority pa, member ma) comes before `b` (pb, mb): priority, then
+-- the fixed-width due time and sequence, compared as numbers (Lua compares strings with
+-- strcoll, whose order depends on Redis' locale).
+local function qbefore(pa, ma, pb, mb)
+  if pa ~= pb then
+    return pa < pb
+  end
+  local ra, rb = tonumber(string.sub(ma, 1, 15)), tonumber(string.sub(mb, 1, 15))
+  if ra ~= rb then
+    return ra < rb
+  end
+  return tonumber(string.sub(ma, 16, QPREFIX)) < tonumber(string.sub(mb, 16, QPREFIX))
+end
+
+-- Removes and returns, in queue order, the first `need` entries (members) of the queued zset
+-- and the lanes together.
+local function take_queued(need)
+  local zs = redis.call('ZRANGE', K .. 'queued', 0, need - 1, 'WITHSCORES')
+  local lanes = {}
+  for _, lv in ipairs(redis.call('ZRANGE', K .. 'lanes', 0, -1)) do
+    local items = redis.call('LRANGE', K .. 'lane:' .. lv, 0, need - 1)
+    if #items == 0 then
+      redis.call('ZREM', K .. 'lanes', lv)
+    else
+      lanes[#lanes + 1] = { lv = lv, p = tonumber(lv), items = items, i = 1 }
+    end
+  end
+  local taken, zi = {}, 1
+  while #taken < need do
+    local bp, bm, bl
+    if zi <= #zs then
+      bp, bm = tonumber(zs[zi + 1]), zs[zi]
+    end
+    for _, l in ipairs(lanes) do
+      local m = l.items[l.i]
+      if m and (not bm or qbefore(l.p, m, bp, bm)) then
+        bp, bm, bl = l.p, m, l
+      end
+    end
+    if not bm then
+      break
+    end
+    taken[#taken + 1] = bm
+    if bl then
+      bl.i = bl.i + 1
+    else
+      zi = zi + 2
+    end
+  end
+  if zi > 1 then
+    redis.call('ZPOPMIN', K .. 'queued', (zi - 1) / 2)
+  end
+  for _, l in ipairs(lanes) do
+    if l.i > 1 then
+      local key = K .. 'lane:' .. l.lv
+      redis.call('LPOP', key, l.i - 1)
+      if l.i > #l.items and redis.call('LLEN', key) == 0 then
+        redis.call('ZREM', K .. 'lanes', l.lv)
+      end
+    end
+  end
+  return taken
+end
+
+-- Queues freshly enqueued entries of priority `p` (text), given in queue order: appended to
+-- the lane, or into the zset when the lane's last entry comes after the first of them (a
+-- clock set back), so that a lane stays in order.
+local function enqueue_lane(p, members)
+  local key = K .. 'lane:' .. p
+  local last = redis.call('LINDEX', key, -1)
+  local pn = tonumber(p)
+  if last and qbefore(pn, members[1], pn, last) then
+    local z = {}
+    for i = 1, #members do
+      z[#z + 1] = p
+      z[#z + 1] = members[i]
+    end
+    redis.call('ZADD', K .. 'queued', unpack(z))
+    return
+  end
+  redis.call('RPUSH', key, unpack(members))
+  redis.call('ZADD', K .. 'lanes', p, p)
 end
 
 -- The decimal text of an integer, memoized per call: a number passed to redis.call is
@@ -159,7 +252,7 @@ local function flush_events(cap, at)
   if #evbuf == 0 then
     return nil
   end
-  local id = redis.call('XADD', K .. 'events', 'MAXLEN', '~', cap, '*', 'at', at, unpack(evbuf))
+  local id = redis.call('XADD', K .. 'events', 'MAXLEN', '~', cap, '*', 'at', ms_text(at), unpack(evbuf))
   evbuf = {}
   return id
 end

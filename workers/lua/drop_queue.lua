@@ -15,7 +15,10 @@ if #ids > 0 then
   redis.call('ZREM', K .. 'all', unpack(ids))
 end
 if #ids < limit then
+  for _, lv in ipairs(redis.call('ZRANGE', K .. 'lanes', 0, -1)) do
+    redis.call('DEL', K .. 'lane:' .. lv)
+  end
   redis.call('DEL', K .. 'all', K .. 'queued', K .. 'due', K .. 'running', K .. 'succeeded', K .. 'dead',
-    K .. 'cancelled', K .. 'counts', K .. 'events', K .. 'signal', K .. 'unique', K .. 'seq')
+    K .. 'cancelled', K .. 'lanes', K .. 'counts', K .. 'events', K .. 'signal', K .. 'unique', K .. 'seq')
 end
 return ids

@@ -85,7 +85,7 @@ for i = 0, n - 1 do
     bases[#bases + 1] = b
     states[#states + 1] = state
     ats[#ats + 1] = at
-    add_event('job.enqueued', id, ARGV[b + 1], 0)
+    add_event('job.enqueued', id, ARGV[b + 1], '0')
     out[#out + 1] = id
     out[#out + 1] = 1
   end
@@ -94,16 +94,19 @@ end
 if #bases > 0 then
   local ev = flush_events(cap, now)
   local last_seq = redis.call('INCRBY', K .. 'seq', #bases)
-  local all, queued, due, unique = {}, {}, {}, {}
+  -- Queued jobs by priority (text), in enqueue order, for their lanes (see common.lua).
+  local all, queued, levels, nqueued, due, unique = {}, {}, {}, 0, {}, {}
   local ev_bar = ev .. '|'
   for i = 1, #bases do
     local b, state, at = bases[i], states[i], ats[i]
     local id, priority = ARGV[b], ARGV[b + 3]
     local seq = last_seq - #bases + i
+    -- Numbers go to redis.call as text made here: Redis would print each with '%.17g'.
+    local at_s = at == now and now_s or ms_text(at)
     -- Zero counters, empty optional fields and the id and queue (known from the key) are not
     -- stored: a missing field reads as 0 or none. Nor is `evs`: the first entry leads `d`.
-    local fields = { 'kind', ARGV[b + 1], 'd', ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9], 'state', state, 'run_at', at,
-      'seq', seq }
+    local fields = { 'kind', ARGV[b + 1], 'd', ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9], 'state', state, 'run_at', at_s,
+      'seq', ms_text(seq) }
     if ARGV[b + 6] ~= '' then
       fields[#fields + 1] = 'chain_id'
       fields[#fields + 1] = ARGV[b + 6]
@@ -121,20 +124,26 @@ if #bases > 0 then
       unique[#unique + 1] = id
     end
     redis.call('HSET', job_key(id), unpack(fields))
-    all[#all + 1] = 0
+    all[#all + 1] = '0'
     all[#all + 1] = id
     if state == 'queued' then
-      queued[#queued + 1] = priority
-      queued[#queued + 1] = qmember(at, seq, id)
+      local lane = queued[priority]
+      if not lane then
+        lane = {}
+        queued[priority] = lane
+        levels[#levels + 1] = priority
+      end
+      lane[#lane + 1] = qmember(at, seq, id)
+      nqueued = nqueued + 1
     elseif state == 'scheduled' then
-      due[#due + 1] = at
+      due[#due + 1] = at_s
       due[#due + 1] = id
     end
     move(nil, state)
   end
   redis.call('ZADD', K .. 'all', unpack(all))
-  if #queued > 0 then
-    redis.call('ZADD', K .. 'queued', unpack(queued))
+  for _, p in ipairs(levels) do
+    enqueue_lane(p, queued[p])
   end
   if #due > 0 then
     redis.call('ZADD', K .. 'due', unpack(due))
@@ -143,7 +152,7 @@ if #bases > 0 then
     redis.call('HSET', K .. 'unique', unpack(unique))
   end
   -- Scheduled jobs wake waiters too, so that they shorten their wait to the new due time.
-  signal((#queued + #due) / 2)
+  signal(nqueued + #due / 2)
 end
 flush_counts()
 out[#out + 1] = now_s

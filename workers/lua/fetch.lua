@@ -55,51 +55,64 @@ end
 if max > 500 then
   max = 500
 end
-local popped = {}
-if max > 0 then
-  popped = redis.call('ZPOPMIN', K .. 'queued', max)
-end
 -- Per leased job: its id, the hash read, attempt and lease token before the lease, whether
 -- it has progress to clear, whether it has started before (`started_at` is the first), and
 -- the stream ids of its later events.
 local ids, keys, attempts, tokens, clear, started, evss = {}, {}, {}, {}, {}, {}, {}
-for i = 1, #popped, 2 do
-  local id = string.sub(popped[i], QPREFIX + 1)
-  local jk = job_key(id)
-  local f = redis.call('HGETALL', jk)
-  local st, attempt, token, kind, prog, began, evs
-  for j = 1, #f, 2 do
-    local k = f[j]
-    if k == 'state' then
-      st = f[j + 1]
-    elseif k == 'attempt' then
-      attempt = f[j + 1]
-    elseif k == 'lease_token' then
-      token = f[j + 1]
-    elseif k == 'kind' then
-      kind = f[j + 1]
-    elseif k == 'progress' or k == 'progress_message' then
-      prog = true
-    elseif k == 'started_at' then
-      began = true
-    elseif k == 'evs' then
-      evs = f[j + 1]
+-- An entry is the job's only while the job is `queued` under the entry's sequence: a lane
+-- keeps the entries of cancelled jobs (see common.lua). Entries taken and skipped are made
+-- up for by taking more, a bounded number of times.
+local rounds = 0
+while max > 0 and #ids < max and rounds < 8 do
+  rounds = rounds + 1
+  local need = max - #ids
+  local popped = take_queued(need)
+  local stale = false
+  for i = 1, #popped do
+    local id = string.sub(popped[i], QPREFIX + 1)
+    local jk = job_key(id)
+    local f = redis.call('HGETALL', jk)
+    local st, attempt, token, kind, prog, began, evs, seq
+    for j = 1, #f, 2 do
+      local k = f[j]
+      if k == 'state' then
+        st = f[j + 1]
+      elseif k == 'seq' then
+        seq = f[j + 1]
+      elseif k == 'attempt' then
+        attempt = f[j + 1]
+      elseif k == 'lease_token' then
+        token = f[j + 1]
+      elseif k == 'kind' then
+        kind = f[j + 1]
+      elseif k == 'progress' or k == 'progress_message' then
+        prog = true
+      elseif k == 'started_at' then
+        began = true
+      elseif k == 'evs' then
+        evs = f[j + 1]
+      end
+    end
+    if st == 'queued' and tonumber(seq) == tonumber(string.sub(popped[i], 16, QPREFIX)) then
+      local n = #ids + 1
+      attempt = itoa((tonumber(attempt) or 0) + 1)
+      token = itoa((tonumber(token) or 0) + 1)
+      add_event('job.started', id, kind, attempt)
+      ids[n] = id
+      keys[n] = jk
+      attempts[n] = attempt
+      tokens[n] = token
+      clear[n] = prog
+      started[n] = began
+      evss[n] = evs
+      f[#f + 1] = id
+      out[n + 2] = f
+    else
+      stale = true
     end
   end
-  if st == 'queued' then
-    local n = #ids + 1
-    attempt = itoa((tonumber(attempt) or 0) + 1)
-    token = itoa((tonumber(token) or 0) + 1)
-    add_event('job.started', id, kind, attempt)
-    ids[n] = id
-    keys[n] = jk
-    attempts[n] = attempt
-    tokens[n] = token
-    clear[n] = prog
-    started[n] = began
-    evss[n] = evs
-    f[#f + 1] = id
-    out[n + 2] = f
+  if not stale or #popped < need then
+    break
   end
 end
 if #ids > 0 then

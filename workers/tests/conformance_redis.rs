@@ -355,6 +355,51 @@ async fn packed_fields_keep_a_fresh_job_hash_small() {
     assert_eq!(fields.len(), 5, "fresh job hash: {fields:?}");
 }
 
+/// The ids one fetch of at most `max` jobs of `default` leased, in order.
+async fn fetch_ids(b: &RedisBroker, max: usize) -> Vec<hopper_workers::job::JobId> {
+    let got = b.fetch("default", max, LEASE).await.expect("fetch");
+    got.into_iter().map(|j| j.id).collect()
+}
+
+/// Jobs enqueued `queued` wait in a list per priority (see common.lua), and a cancel leaves the
+/// job's entry there: a fetch skips it and still leases as many jobs as it was asked for, and a
+/// cancelled job that is retried runs once, in its new place in line.
+#[tokio::test]
+async fn a_cancelled_job_left_in_its_lane_is_skipped_and_its_retry_runs_once() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let ids = enqueue_ids(&**b, (0..4).map(|_| job("k")).collect()).await;
+    b.cancel(&ids[0]).await.expect("cancel");
+    b.cancel(&ids[2]).await.expect("cancel");
+    b.retry(&ids[2]).await.expect("retry");
+    assert_eq!(
+        fetch_ids(b, 1).await,
+        vec![ids[1].clone()],
+        "the cancelled head is skipped"
+    );
+    assert_eq!(
+        fetch_ids(b, 10).await,
+        vec![ids[3].clone(), ids[2].clone()],
+        "the retried job runs once, behind the jobs queued before its retry"
+    );
+    assert!(fetch_ids(b, 10).await.is_empty(), "nothing is leased twice");
+}
+
+/// A lane stays in queue order when the clock goes back between two enqueues: the later
+/// enqueue, due earlier, is fetched first, as its due time says.
+#[tokio::test]
+async fn a_clock_set_back_keeps_queue_order() {
+    let f = fixture().await;
+    let b = &f.broker;
+    f.clock.set(T0 + ms(1000));
+    let late = enqueue_ids(&**b, vec![job("k"), job("k")]).await;
+    f.clock.set(T0);
+    let early = enqueue_ids(&**b, vec![job("k")]).await;
+    let higher = enqueue_ids(&**b, vec![job("k").priority(0)]).await;
+    let want: Vec<_> = higher.iter().chain(&early).chain(&late).cloned().collect();
+    assert_eq!(fetch_ids(b, 10).await, want);
+}
+
 /// Purge trims each queue's event stream by entries, and dropping every queue leaves only the
 /// statistics keys behind. What purge deletes and counts, and the unique key it frees, is the
 /// suite's `purge_frees_unique_keys_and_drop_queue_counts`.

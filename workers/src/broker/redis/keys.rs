@@ -4,9 +4,11 @@
 //! Every key of one queue starts with `{<prefix>:<queue>}:`, so all of them share one hash tag
 //! and every script touches one Cluster slot. The per-queue keys are listed in
 //! `workers/lua/common.lua`; in short: `job:<id>` (a hash per job), `all` (every id, a
-//! lexicographic index for newest-first listing), `queued` (score = priority, member = fixed-width
-//! due time + enqueue sequence + id, so strict priority then earliest due then FIFO, with no
-//! double-precision limit), `due` (scheduled and retrying ids by due time), `running` (by lease
+//! lexicographic index for newest-first listing), `lane:<priority>` (a list per priority of the
+//! jobs enqueued `queued`, in queue order; `lanes` names the priorities that have one) and
+//! `queued` (the jobs queued later; score = priority, member = fixed-width due time + enqueue
+//! sequence + id, so strict priority then earliest due then FIFO, with no double-precision
+//! limit; fetch merges it with the lanes in that order), `due` (scheduled and retrying ids by due time), `running` (by lease
 //! deadline), `succeeded` / `dead` / `cancelled` (by finish time), `counts` (state -> count, kept
 //! by every script so that `queues()` is O(1) per queue), `events` (a stream), `signal` (wake-up
 //! tokens for `BLPOP`), `unique` (unique key -> id), `seq` and per-second `stat:*` counters.
