@@ -9,10 +9,11 @@
 //! - **One writer thread** owns the write connection. Every write is a command sent over a
 //!   channel; the thread drains whatever is queued and runs the whole batch in one
 //!   `BEGIN IMMEDIATE` transaction, each command inside its own savepoint so a failed command
-//!   rolls back alone. Answers go out through oneshot channels only after `COMMIT`, so nobody
-//!   is told "done" about a write that was lost. Batching is what makes many small writes
-//!   (enqueues, fetches, acks, heartbeats from many slots) cheap: one commit, and so under
-//!   [`Durability::Full`] one fsync, for all of them ([`SqliteBroker::commits`] counts them).
+//!   rolls back alone; commands sent while the batch runs join it before the commit. Answers
+//!   go out through oneshot channels only after `COMMIT`, so nobody is told "done" about a
+//!   write that was lost. Batching is what makes many small writes (enqueues, fetches, acks,
+//!   heartbeats from many slots) cheap: one commit, and so under [`Durability::Full`] one
+//!   fsync, for all of them ([`SqliteBroker::commits`] counts them).
 //! - **A few read connections** (`readers`, [`SqliteOptions::readers`]), each lent to one read
 //!   at a time on a blocking thread, for `get`, `history`, `list`, `queues`, `events` and
 //!   `ping`. In WAL mode readers never block the writer nor each other, so a slow `list` does
@@ -78,7 +79,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -88,7 +89,7 @@ use tokio::sync::{Notify, oneshot, watch};
 use self::error::{Fail, writer_gone};
 pub use self::readers::DEFAULT_READERS;
 use self::readers::Readers;
-use self::writer::{Op, WriteOp};
+use self::writer::{Op, WriteOp, WriterStats};
 use crate::broker::{Broker, Durability};
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
@@ -104,8 +105,8 @@ pub struct SqliteBroker {
     path: PathBuf,
     clock: Arc<dyn Clock>,
     writer: mpsc::Sender<Box<dyn WriteOp>>,
-    /// Transactions the writer thread has committed.
-    commits: Arc<AtomicU64>,
+    /// What the writer thread has done (commits, commands, time).
+    stats: Arc<WriterStats>,
     readers: Readers,
     /// Woken by this instance's writes that make work available.
     work: Arc<Notify>,
@@ -197,17 +198,19 @@ impl SqliteBroker {
         let (write_conn, read_conns) = opened;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteOp>>();
         let writer_clock = clock.clone();
-        let commits = Arc::new(AtomicU64::new(0));
-        let writer_commits = commits.clone();
+        let stats = Arc::new(WriterStats::default());
+        let writer_stats = stats.clone();
         std::thread::Builder::new()
             .name("hopper-sqlite-writer".into())
-            .spawn(move || writer::run_writer(write_conn, writer_clock, rx, &writer_commits))
+            .spawn(move || {
+                writer::run_writer(write_conn, writer_clock, rx, &writer_stats);
+            })
             .map_err(|e| BrokerError::Backend(Box::new(e)))?;
         Ok(Self {
             path,
             clock,
             writer: tx,
-            commits,
+            stats,
             readers: Readers::new(read_conns),
             work: Arc::new(Notify::new()),
             written: watch::Sender::new(0),
@@ -222,7 +225,7 @@ impl SqliteBroker {
     /// Transactions the writer thread has committed since this broker was opened: under
     /// [`Durability::Full`], each is one fsync of the WAL, however many writes it carried.
     pub fn commits(&self) -> u64 {
-        self.commits.load(Ordering::Relaxed)
+        self.stats.commits.load(Ordering::Relaxed)
     }
 
     /// Runs `f` on the writer thread inside the current batch's transaction.
@@ -292,5 +295,61 @@ mod tests {
             assert_eq!(broker.write(pragma).await.expect("write"), expected);
             assert_eq!(broker.read(pragma).await.expect("read"), expected);
         }
+    }
+
+    /// A command sent while a batch runs joins that batch's transaction instead of waiting
+    /// out its commit (and fsync) for one of its own: the pool's fetch and its acknowledger's
+    /// finish arrive microseconds apart and share one commit.
+    #[tokio::test]
+    async fn a_command_sent_while_a_batch_runs_joins_its_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = Arc::new(
+            SqliteBroker::open(dir.path().join("t.db"), crate::clock::system())
+                .await
+                .expect("open"),
+        );
+        let before = broker.commits();
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let (go, go_rx) = std::sync::mpsc::channel::<()>();
+        let first = {
+            let broker = broker.clone();
+            tokio::spawn(async move {
+                broker
+                    .write(move |_, _| {
+                        let _ = started_tx.send(());
+                        // Holds the batch open until the second command is queued.
+                        let _ = go_rx.recv();
+                        Ok(1)
+                    })
+                    .await
+            })
+        };
+        tokio::task::spawn_blocking(move || started.recv())
+            .await
+            .expect("join")
+            .expect("the first command runs");
+        let (reply, second) = oneshot::channel();
+        broker
+            .writer
+            .send(Box::new(Op::new(|_: &Connection, _| Ok(2), reply)))
+            .expect("send");
+        go.send(()).expect("go");
+        assert_eq!(first.await.expect("join").expect("first"), 1);
+        assert_eq!(second.await.expect("answer").expect("second"), 2);
+        assert_eq!(broker.commits() - before, 1, "both commands in one commit");
+    }
+
+    /// The writer keeps its savepoint journal in memory (`temp_store` 2): on disk it was a
+    /// temporary file written at every batch.
+    #[tokio::test]
+    async fn the_writer_keeps_temporary_storage_in_memory() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = SqliteBroker::open(dir.path().join("t.db"), crate::clock::system())
+            .await
+            .expect("open");
+        let pragma = |conn: &Connection, _| -> Result<i64, Fail> {
+            Ok(conn.query_row("PRAGMA temp_store", [], |r| r.get(0))?)
+        };
+        assert_eq!(broker.write(pragma).await.expect("write"), 2);
     }
 }

@@ -3,8 +3,9 @@
 //! It owns everything that happens before the first command: creating the file and its
 //! directory, switching it to WAL, bringing its schema up to date (`workers/migrations/sqlite`,
 //! recorded in `PRAGMA user_version`), setting every connection's `synchronous` from the
-//! broker's [`Durability`] and making the read connections read-only. It does not start the
-//! writer thread (`super::writer`) nor hand the connections out (`super`, `super::readers`).
+//! broker's [`Durability`], keeping the writer's temporary storage in memory, and making the
+//! read connections read-only. It does not start the writer thread (`super::writer`) nor hand
+//! the connections out (`super`, `super::readers`).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -77,6 +78,7 @@ fn open_connections_once(
         })?;
     }
     let writer = connect(path, options.durability).map_err(sql_error)?;
+    writer_settings(&writer).map_err(sql_error)?;
     // WAL is a property of the file: set once, by the writer, outside any transaction.
     let mode: String = writer
         .query_row(sql::JOURNAL_MODE_WAL, [], |r| r.get(0))
@@ -111,6 +113,15 @@ fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> 
     conn.pragma_update(None, "synchronous", synchronous(durability))?;
     conn.set_prepared_statement_cache_capacity(64);
     Ok(conn)
+}
+
+/// The writer's own setting: `temp_store = MEMORY` keeps the savepoint journal in memory.
+/// Each command of a batch runs in a savepoint, so every page a batch touches again is copied
+/// there; on disk that journal was a temporary file, opened per batch and written with four
+/// times as many `pwrite`s as the WAL (strace of a 5,000-job drain: 73,820 against 18,097),
+/// never synced and never read unless a command failed. It holds at most one batch's pages.
+fn writer_settings(conn: &Connection) -> rusqlite::Result<()> {
+    conn.pragma_update(None, "temp_store", "MEMORY")
 }
 
 /// `PRAGMA synchronous` for a durability. In WAL mode, FULL fsyncs the WAL at every commit, so
