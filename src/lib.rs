@@ -14,7 +14,8 @@
 //! - [`app`]: wiring: broker + registry + pool + HTTP server ([`app::serve`]) or the pool
 //!   alone ([`app::worker`]), a node built once.
 //! - [`api`]: the HTTP API, built by [`api::router`] from an [`api::AppState`]; its
-//!   `events` module streams `GET /v1/events` from one reader of the event log per process.
+//!   `events` module streams `GET /v1/events` from one reader of the event log per process;
+//!   its `openapi` module serves the OpenAPI document generated from the same route list.
 //! - [`service`]: what both front doors call: submit a job or a chain, look one up.
 //!   [`service::submit`] is the one place a new job is checked.
 //! - [`view`]: the JSON shown around jobs (a job's history and chain steps) and the queue
