@@ -21,6 +21,7 @@
 //! - [`view`]: the JSON shown around jobs (a job's history and chain steps) and the queue
 //!   listing; jobs and events serialize themselves.
 //! - [`bench`]: `hopper bench`, the drain and latency workloads.
+//! - [`logging`]: the log's level and format (`[log] format`: text or JSON lines).
 //! - [`shutdown`]: Ctrl-C and SIGTERM.
 //! - [`out`]: writing results to stdout (lines, JSON, tables).
 
@@ -30,6 +31,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod logging;
 pub mod out;
 pub mod service;
 pub mod shutdown;
