@@ -156,10 +156,11 @@ pub struct ErrorBody {
 /// What went wrong.
 #[derive(Serialize, ToSchema)]
 pub struct ErrorDetail {
-    /// Stable, for programs: `invalid_json`, `invalid_field`, `missing_field`,
-    /// `unknown_field`, `invalid_parameter`, `invalid_query`, `unknown_kind`, `not_found`,
-    /// `conflict`, `unauthorized`, `payload_too_large`, `method_not_allowed`,
-    /// `too_many_connections`, `stopping`, `broker_unavailable`, `timeout`, `internal`.
+    /// Stable, for programs: `invalid_json`, `invalid_body`, `invalid_field`,
+    /// `missing_field`, `unknown_field`, `invalid_parameter`, `invalid_query`, `unknown_kind`,
+    /// `not_found`, `conflict`, `unauthorized`, `payload_too_large`, `method_not_allowed`,
+    /// `too_many_connections`, `stopping`, `broker_unavailable`, `timeout`, `internal`, and
+    /// `error` for any other status.
     pub code: String,
     /// For people; may change.
     pub message: String,
