@@ -16,7 +16,8 @@
 //! - [`api`]: the HTTP API, built by [`api::router`] from an [`api::AppState`]; its
 //!   `events` module streams `GET /v1/events` from one reader of the event log per process;
 //!   `job_body` reads one job's JSON for `POST /v1/jobs`, `POST /v1/jobs/batch` and
-//!   `hopper enqueue --file`.
+//!   `hopper enqueue --file`; `openapi` serves the OpenAPI document generated from the same
+//!   route list.
 //! - [`service`]: what both front doors call: submit a job or a chain, or a batch of them;
 //!   look one up.
 //!   [`service::submit`] is the one place a new job is checked.
@@ -24,6 +25,7 @@
 //!   listing; jobs and events serialize themselves.
 //! - [`bench`]: `hopper bench`, the drain, enqueue-batch, latency and events workloads, and the CPU
 //!   each job cost (this process, Redis).
+//! - [`logging`]: the log's level and format (`[log] format`: text or JSON lines).
 //! - [`shutdown`]: Ctrl-C and SIGTERM.
 //! - [`out`]: writing results to stdout (lines, JSON, tables).
 
@@ -33,6 +35,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod logging;
 pub mod out;
 pub mod service;
 pub mod shutdown;

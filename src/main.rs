@@ -1,23 +1,22 @@
 //! The `hopper` binary: parses the command line, sets up logging, runs the command, and turns
 //! its error into a message on stderr and an exit code (see `hopper::exit::exit_code`).
 
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::process::ExitCode;
 
 use clap::Parser;
 use hopper::cli::{self, Cli};
-use tracing_subscriber::EnvFilter;
+use hopper::config::Config;
 
 fn main() -> ExitCode {
     // Exits 2 with clap's usage message on bad flags.
     let cli = Cli::parse();
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(cli.command.default_log_level()));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
-        .init();
+    // The log format is the config's; a config that cannot be read gets the default here, and
+    // the command then reports why it cannot be read.
+    let format = Config::load(cli.config.as_deref())
+        .map(|l| l.config.log.format)
+        .unwrap_or_default();
+    hopper::logging::init(format, cli.command.default_log_level());
 
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()

@@ -21,6 +21,8 @@ mod e2e_input;
 /// Priorities, delays, retries with backoff, dead jobs and retrying them, chains, schedules
 /// across processes, retention.
 mod e2e_lifecycle;
+/// The daemon's log: JSON lines (`[log] format`) and the job's fields on every line it causes.
+mod e2e_logs;
 /// Queue controls: pause, resume and retry-dead over HTTP and the CLI, across processes.
 mod e2e_queues;
 /// The Redis broker: three nodes through a SIGKILL and a SIGSTOP past the lease, a Redis

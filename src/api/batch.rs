@@ -13,6 +13,7 @@ use axum::http::{HeaderMap, StatusCode};
 use serde::Serialize;
 use serde_json::Value;
 
+use super::openapi::{BatchAnswerDoc, BatchDoc, ErrorBody};
 use super::{ApiError, AppState, JsonBody, job_body};
 use crate::service::{BatchError, FieldError};
 use crate::view::JobWithSteps;
@@ -33,6 +34,18 @@ pub struct JobAnswer {
 
 /// `POST /v1/jobs/batch`: 201 when any job was created, 200 when every one already existed
 /// (each job's own status is in the answer); 400 naming `jobs[i].field` with nothing stored.
+#[utoipa::path(post, path = "/jobs/batch", tag = "jobs",
+    request_body(content = BatchDoc, content_type = "application/json",
+        description = "Read as JSON whatever the `Content-Type` says"),
+    responses(
+        (status = 201, description = "Stored, all of it; at least one job was created", body = BatchAnswerDoc),
+        (status = 200, description = "Every job's `unique_key` was taken: nothing was created", body = BatchAnswerDoc),
+        (status = 400, description = "`invalid_json`, `invalid_field`, `missing_field`, \
+            `unknown_field`: `field` names the job and its field (`jobs[2].priority`, \
+            `jobs[0].then[1].kind`), or `Idempotency-Key` (a batch takes none); nothing was stored", body = ErrorBody),
+        (status = 409, description = "`conflict`: the broker refused the write", body = ErrorBody),
+        (status = 422, description = "`unknown_kind`: no handler registers a job's kind", body = ErrorBody),
+    ))]
 pub async fn enqueue_batch(
     State(st): State<AppState>,
     headers: HeaderMap,

@@ -11,6 +11,10 @@ use hopper_workers::broker::{JobFilter, JobPage};
 use hopper_workers::job::{Job, JobId, JobState};
 use serde_json::{Value, json};
 
+use super::openapi::{
+    EnqueueDoc, ErrorBody, JobDoc, JobPageDoc, JobWithHistoryDoc, JobWithStepsDoc, ListQuery,
+    QueueList,
+};
 use super::{ApiError, AppState, JsonBody, job_body};
 use crate::service::Submission;
 use crate::view::{self, JobWithHistory, JobWithSteps};
@@ -21,6 +25,20 @@ const MAX_LIMIT: usize = 1000;
 
 /// `POST /v1/jobs`: 201 with the new job; 200 with the existing one when its `unique_key`
 /// (or `Idempotency-Key`) was already taken.
+#[utoipa::path(post, path = "/jobs", tag = "jobs",
+    params(("Idempotency-Key" = Option<String>, Header, max_length = 200,
+        description = "Used as the `unique_key` (prefixed `idem:`) when the body gives none")),
+    request_body(content = EnqueueDoc, content_type = "application/json",
+        description = "Read as JSON whatever the `Content-Type` says"),
+    responses(
+        (status = 201, description = "Enqueued", body = JobWithStepsDoc),
+        (status = 200, description = "The `unique_key` (or `Idempotency-Key`) was taken: the \
+            existing job", body = JobWithStepsDoc),
+        (status = 400, description = "`invalid_json`, `invalid_field`, `missing_field`, \
+            `unknown_field`: `field` names the field (`then[0].kind` in a step)", body = ErrorBody),
+        (status = 409, description = "`conflict`: the broker refused the write", body = ErrorBody),
+        (status = 422, description = "`unknown_kind`: no handler registers that kind", body = ErrorBody),
+    ))]
 pub async fn enqueue(
     State(st): State<AppState>,
     headers: HeaderMap,
@@ -52,6 +70,12 @@ pub async fn enqueue(
 }
 
 /// `GET /v1/jobs/{id}`: the job and its history.
+#[utoipa::path(get, path = "/jobs/{id}", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "The job, its history and its chain's steps", body = JobWithHistoryDoc),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+    ))]
 pub async fn get_one(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -66,6 +90,12 @@ pub async fn get_one(
 }
 
 /// `GET /v1/jobs?queue=&state=&kind=&limit=&cursor=`: a page, newest first.
+#[utoipa::path(get, path = "/jobs", tag = "jobs", params(ListQuery),
+    responses(
+        (status = 200, description = "A page of jobs, newest first", body = JobPageDoc),
+        (status = 400, description = "`invalid_field`, `unknown_field`, `invalid_query`: \
+            `field` names the parameter", body = ErrorBody),
+    ))]
 pub async fn list(
     State(st): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
@@ -117,6 +147,13 @@ pub async fn list(
 }
 
 /// `POST /v1/jobs/{id}/retry`: `dead` or `cancelled` -> `queued`; 409 otherwise.
+#[utoipa::path(post, path = "/jobs/{id}/retry", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Queued again", body = JobDoc),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: the job is neither `dead` nor `cancelled`", body = ErrorBody),
+    ))]
 pub async fn retry(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -126,6 +163,13 @@ pub async fn retry(
 
 /// `POST /v1/jobs/{id}/cancel`: any non-final state -> `cancelled`; 409 when final. A handler
 /// running in this process is told to stop at once.
+#[utoipa::path(post, path = "/jobs/{id}/cancel", tag = "jobs",
+    params(("id" = String, Path, description = "The job's id")),
+    responses(
+        (status = 200, description = "Cancelled", body = JobDoc),
+        (status = 404, description = "`not_found`", body = ErrorBody),
+        (status = 409, description = "`conflict`: the job already finished", body = ErrorBody),
+    ))]
 pub async fn cancel(
     State(st): State<AppState>,
     Path(id): Path<String>,
@@ -144,6 +188,8 @@ pub async fn cancel(
 
 /// `GET /v1/queues`: per queue, counts by state, paused, processed and failed in the last
 /// minute.
+#[utoipa::path(get, path = "/queues", tag = "queues",
+    responses((status = 200, description = "Every queue's numbers", body = QueueList)))]
 pub async fn queues(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let stats = view::merge_configured_queues(st.broker.queues().await?, &st.config);
     Ok(Json(json!({ "queues": stats })))

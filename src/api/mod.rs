@@ -13,7 +13,11 @@
 //! `GET /v1/events` (WebSocket, SSE, JSON page) is [`events`]'s, with its own auth (a
 //! WebSocket is closed with 4001 rather than refused with 401).
 //!
-//! Not here yet: `/metrics`, `/openapi.json` and the dashboard.
+//! [`routes`] is the one list of the API's routes: each is registered with its OpenAPI
+//! annotation (`utoipa_axum::routes!`), so `GET /openapi.json` ([`openapi`]) documents exactly
+//! what the router serves. Only the dashboard, `/openapi.json` and `/docs` are outside it.
+//!
+//! Not here yet: `/metrics`.
 
 mod batch;
 mod dashboard;
@@ -21,6 +25,7 @@ pub mod error;
 pub mod events;
 pub(crate) mod job_body;
 mod jobs;
+pub mod openapi;
 mod queues;
 #[cfg(test)]
 mod tests;
@@ -33,7 +38,6 @@ use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
 use hopper_workers::clock::Clock;
 use hopper_workers::pool::PoolHandle;
 use hopper_workers::{Broker, Registry};
@@ -41,6 +45,8 @@ use serde_json::json;
 use tower_http::catch_panic::CatchPanicLayer;
 use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 use crate::config::Config;
 use crate::service::Service;
@@ -103,24 +109,11 @@ impl AppState {
 /// ```
 pub fn router(state: AppState) -> Router {
     let body_limit = state.config.server.body_limit;
-    let v1 = Router::new()
-        .route("/jobs", post(jobs::enqueue).get(jobs::list))
-        .route("/jobs/batch", post(batch::enqueue_batch))
-        .route("/jobs/{id}", get(jobs::get_one))
-        .route("/jobs/{id}/retry", post(jobs::retry))
-        .route("/jobs/{id}/cancel", post(jobs::cancel))
-        .route("/queues", get(jobs::queues))
-        .route("/queues/{name}/pause", post(queues::pause))
-        .route("/queues/{name}/resume", post(queues::resume))
-        .route("/queues/{name}/retry-dead", post(queues::retry_dead))
-        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
-        // After the layer: the events route checks tokens itself.
-        .route("/events", get(events::events));
+    let (api, doc) = routes(state.config.clone()).split_for_parts();
     Router::new()
-        .nest("/v1", v1)
+        .merge(api)
         .merge(dashboard::router())
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .merge(openapi::router(openapi::finish(doc)))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
@@ -132,9 +125,36 @@ pub fn router(state: AppState) -> Router {
         .layer(TraceLayer::new_for_http())
 }
 
+/// Every API route, with its OpenAPI operation. `config` is only read by the auth layer.
+fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
+    let v1 = OpenApiRouter::new()
+        .routes(routes!(jobs::enqueue, jobs::list))
+        .routes(routes!(batch::enqueue_batch))
+        .routes(routes!(jobs::get_one))
+        .routes(routes!(jobs::retry))
+        .routes(routes!(jobs::cancel))
+        .routes(routes!(jobs::queues))
+        .routes(routes!(queues::pause))
+        .routes(routes!(queues::resume))
+        .routes(routes!(queues::retry_dead))
+        .route_layer(middleware::from_fn_with_state(config, require_token))
+        // After the layer: the events route checks tokens itself.
+        .routes(routes!(events::events));
+    OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
+        .nest("/v1", v1)
+        .routes(routes!(healthz))
+        .routes(routes!(readyz))
+}
+
+/// The OpenAPI document of [`router`], as `GET /openapi.json` serves it.
+pub fn document() -> utoipa::openapi::OpenApi {
+    // Tokens change what a request gets, never the document.
+    openapi::finish(routes(Arc::default()).split_for_parts().1)
+}
+
 /// With `[auth] tokens` set, lets a request through only with `Authorization: Bearer TOKEN`.
-async fn require_token(State(st): State<AppState>, req: Request, next: Next) -> Response {
-    let tokens = &st.config.auth.tokens;
+async fn require_token(State(config): State<Arc<Config>>, req: Request, next: Next) -> Response {
+    let tokens = &config.auth.tokens;
     if tokens.is_empty() {
         return next.run(req).await;
     }
@@ -172,11 +192,15 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Liveness: the process answers.
+#[utoipa::path(get, path = "/healthz", tag = "health",
+    responses((status = 200, description = "The process answers", body = openapi::Health)))]
 async fn healthz() -> impl IntoResponse {
     axum::Json(json!({ "status": "ok" }))
 }
 
 /// Readiness: the broker answers.
+#[utoipa::path(get, path = "/readyz", tag = "health",
+    responses((status = 200, description = "The broker answers", body = openapi::Ready)))]
 async fn readyz(State(st): State<AppState>) -> Response {
     match st.broker.ping().await {
         Ok(()) => {

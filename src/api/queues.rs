@@ -12,9 +12,16 @@ use axum::extract::{Path, State};
 use hopper_workers::job::valid_name;
 use serde_json::{Value, json};
 
+use super::openapi::{ErrorBody, QueuePaused, QueueRetried};
 use super::{ApiError, AppState};
 
 /// `POST /v1/queues/{name}/pause`: `{"queue", "paused": true}`.
+#[utoipa::path(post, path = "/queues/{name}/pause", tag = "queues",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name")),
+    responses(
+        (status = 200, description = "Paused for every node sharing the broker", body = QueuePaused),
+        (status = 400, description = "`invalid_field`: `name` is not a queue name", body = ErrorBody),
+    ))]
 pub async fn pause(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -24,6 +31,12 @@ pub async fn pause(
 
 /// `POST /v1/queues/{name}/resume`: `{"queue", "paused"}`, still `true` when this node's
 /// config pauses the queue.
+#[utoipa::path(post, path = "/queues/{name}/resume", tag = "queues",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name")),
+    responses(
+        (status = 200, description = "Resumed; `paused` stays true when this node's config pauses it", body = QueuePaused),
+        (status = 400, description = "`invalid_field`: `name` is not a queue name", body = ErrorBody),
+    ))]
 pub async fn resume(
     State(st): State<AppState>,
     Path(name): Path<String>,
@@ -49,6 +62,12 @@ async fn set_paused(st: &AppState, name: String, paused: bool) -> Result<Json<Va
 }
 
 /// `POST /v1/queues/{name}/retry-dead`: `{"queue", "retried": N}`.
+#[utoipa::path(post, path = "/queues/{name}/retry-dead", tag = "queues",
+    params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name")),
+    responses(
+        (status = 200, description = "Every dead job of the queue queued again", body = QueueRetried),
+        (status = 400, description = "`invalid_field`: `name` is not a queue name", body = ErrorBody),
+    ))]
 pub async fn retry_dead(
     State(st): State<AppState>,
     Path(name): Path<String>,

@@ -24,6 +24,8 @@ use serde_json::Value;
 use tower::ServiceExt;
 
 use super::{AppState, router};
+
+mod openapi;
 use crate::config::Config;
 
 /// A broker that is never reachable.

@@ -55,6 +55,7 @@ pub struct Config {
     pub retry: RetryConfig,
     pub auth: AuthConfig,
     pub retention: RetentionConfig,
+    pub log: LogConfig,
     /// `[[schedule]]` tables: periodic jobs. Default: none.
     #[serde(rename = "schedule")]
     pub schedules: Vec<ScheduleConfig>,

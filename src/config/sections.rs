@@ -197,6 +197,25 @@ impl fmt::Debug for AuthConfig {
     }
 }
 
+/// `[log]`: how the process writes its log (to stderr; the level is `RUST_LOG`'s).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct LogConfig {
+    /// `"text"` (one human-readable line per event) or `"json"` (one JSON object per line,
+    /// for a log collector). Default `"text"`.
+    pub format: LogFormat,
+}
+
+/// The format of the log lines.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogFormat {
+    #[default]
+    #[serde(rename = "text")]
+    Text,
+    #[serde(rename = "json")]
+    Json,
+}
+
 /// `[retention]`: how long finished jobs and events are kept.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

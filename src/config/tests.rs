@@ -92,6 +92,19 @@ fn durability_parses_and_bad_values_are_named() {
 }
 
 #[test]
+fn log_format_parses_and_bad_values_are_named() {
+    assert_eq!(Config::default().log.format, LogFormat::Text);
+    let c = Config::from_toml("[log]\nformat = \"json\"\n", Path::new("c.toml")).unwrap();
+    assert_eq!(c.log.format, LogFormat::Json);
+
+    let err = Config::from_toml("[log]\nformat = \"xml\"\n", Path::new("c.toml"))
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("format") && err.contains("xml"), "{err}");
+    assert!(err.contains("text") && err.contains("json"), "{err}");
+}
+
+#[test]
 fn validate_reports_every_problem() {
     let mut c = Config::default();
     c.worker.concurrency = 0;

@@ -34,6 +34,7 @@ pub use hub::Hub;
 
 use self::feed::Feed;
 use self::filter::{DEFAULT_LIMIT, EventQuery};
+use super::openapi::{ErrorBody, EventPageDoc, EventsQuery};
 use super::{ApiError, AppState, constant_time_eq};
 
 /// The WebSocket subprotocol the server speaks (and echoes back when offered).
@@ -42,6 +43,22 @@ pub const PROTOCOL: &str = "hopper";
 const TOKEN_PROTOCOL: &str = "token.";
 
 /// `GET /v1/events`.
+#[utoipa::path(get, path = "/events", tag = "events", params(EventsQuery),
+    description = "Documented here in its JSON page form. The same route also streams: a \
+        WebSocket when the request is an upgrade (subprotocol `hopper`; the token may also be \
+        offered as a `token.TOKEN` subprotocol entry, and a WebSocket without a valid token is \
+        accepted and closed with code 4001), and Server-Sent Events when it accepts \
+        `text/event-stream` (resuming from `Last-Event-ID`). Streams send each event as a JSON \
+        frame, a `{\"type\": \"gap\"}` frame when `since` is older than the log retains, and a \
+        last `{\"type\": \"lagged\", \"resume\"}` frame to a client that fell behind.",
+    security(("bearer" = []), ("query_token" = [])),
+    responses(
+        (status = 200, description = "One page of the event log", body = EventPageDoc),
+        (status = 400, description = "`invalid_parameter`: `field` names the parameter; an \
+            event id the broker never issued as `since`", body = ErrorBody),
+        (status = 503, description = "`too_many_connections` (streams past `[server] \
+            max_connections`), `stopping`, `broker_unavailable`, `timeout`", body = ErrorBody),
+    ))]
 pub async fn events(
     State(st): State<AppState>,
     Query(pairs): Query<Vec<(String, String)>>,

@@ -61,6 +61,11 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
             retry_after,
         })) => failed(shared, &job, now, message, retry_after),
     };
+    match &outcome {
+        Outcome::Retry { at, error } => info!(%error, retry_at = %at, "attempt failed; retrying"),
+        Outcome::Dead { error } => warn!(%error, "attempt failed; the job is dead"),
+        _ => {}
+    }
     Some(Finish { lease, outcome })
 }
 

@@ -1,6 +1,8 @@
 //! The fetch loop: asks the broker for no more jobs than there are free slots (per queue too),
 //! blocks in `wait_for_work` when there is nothing to do, and starts each job in its own task.
 
+use tracing::Instrument;
+
 use super::*;
 
 /// Fetches and starts jobs until `shutdown` fires.
@@ -145,14 +147,25 @@ pub(super) fn start_job(
         return;
     };
     let shared = shared.clone();
-    jobs.spawn(async move {
-        let finish = run_job(&shared, job).await;
-        if let Some(finish) = finish {
-            // The acknowledger outlives every job task, so this only fails if the pool's
-            // run() was dropped mid-way, in which case the lease will expire and be rescued.
-            let _ = shared.finish_tx.send(finish);
+    // Every line the attempt causes (the pool's, the handler's) carries the job's fields.
+    let span = tracing::info_span!(
+        "job",
+        job_id = %job.id,
+        queue = %job.queue,
+        kind = %job.kind,
+        attempt = job.attempt,
+    );
+    jobs.spawn(
+        async move {
+            let finish = run_job(&shared, job).await;
+            if let Some(finish) = finish {
+                // The acknowledger outlives every job task, so this only fails if the pool's
+                // run() was dropped mid-way, in which case the lease will expire and be rescued.
+                let _ = shared.finish_tx.send(finish);
+            }
+            drop(queue_slot);
+            drop(slot);
         }
-        drop(queue_slot);
-        drop(slot);
-    });
+        .instrument(span),
+    );
 }
