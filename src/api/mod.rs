@@ -13,6 +13,8 @@
 //! `GET /v1/events` (WebSocket, SSE, JSON page) is [`events`]'s, with its own auth (a
 //! WebSocket is closed with 4001 rather than refused with 401).
 //!
+//! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
+//!
 //! Not here yet: `/metrics`, `/openapi.json` and the dashboard.
 
 mod batch;
@@ -22,6 +24,7 @@ pub mod events;
 pub(crate) mod job_body;
 mod jobs;
 mod queues;
+pub mod rate_limit;
 #[cfg(test)]
 mod tests;
 
@@ -116,6 +119,9 @@ pub fn router(state: AppState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
         // After the layer: the events route checks tokens itself.
         .route("/events", get(events::events));
+    // Around every /v1 route, the events stream included; outside the auth check, so a
+    // client flooding with wrong tokens is limited by its address.
+    let v1 = rate_limit::wrap(v1, &state.config);
     Router::new()
         .nest("/v1", v1)
         .merge(dashboard::router())
