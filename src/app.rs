@@ -7,6 +7,7 @@
 //! only when all of them have. The two-phase drain of running jobs is the pool's own
 //! (`hopper_workers::pool::Pool::run`); this module only decides *when* it starts.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -183,7 +184,9 @@ pub async fn serve(
         },
         "listening on {addr}"
     );
-    let served = axum::serve(listener, api::router(state))
+    // With the peer's address, which `[server] rate_limit` keys on when auth is off.
+    let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("serving HTTP");

@@ -17,7 +17,7 @@
 //!   `events` module streams `GET /v1/events` from one reader of the event log per process;
 //!   `job_body` reads one job's JSON for `POST /v1/jobs`, `POST /v1/jobs/batch` and
 //!   `hopper enqueue --file`; `openapi` serves the OpenAPI document generated from the same
-//!   route list.
+//!   route list; `rate_limit` enforces `[server] rate_limit` on `/v1`.
 //! - [`service`]: what both front doors call: submit a job or a chain, or a batch of them;
 //!   look one up.
 //!   [`service::submit`] is the one place a new job is checked.

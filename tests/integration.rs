@@ -25,6 +25,8 @@ mod e2e_lifecycle;
 mod e2e_logs;
 /// Queue controls: pause, resume and retry-dead over HTTP and the CLI, across processes.
 mod e2e_queues;
+/// `[server] rate_limit`: 429 with Retry-After per token or address, bad rates refused.
+mod e2e_ratelimit;
 /// The Redis broker: three nodes through a SIGKILL and a SIGSTOP past the lease, a Redis
 /// restart under load, the README tour with `HOPPER_BROKER`, and a TLS broker.
 mod e2e_redis;

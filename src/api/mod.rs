@@ -17,6 +17,8 @@
 //! annotation (`utoipa_axum::routes!`), so `GET /openapi.json` ([`openapi`]) documents exactly
 //! what the router serves. Only the dashboard, `/openapi.json` and `/docs` are outside it.
 //!
+//! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
+//!
 //! Not here yet: `/metrics`.
 
 mod batch;
@@ -27,6 +29,7 @@ pub(crate) mod job_body;
 mod jobs;
 pub mod openapi;
 mod queues;
+pub mod rate_limit;
 #[cfg(test)]
 mod tests;
 
@@ -137,9 +140,15 @@ fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
         .routes(routes!(queues::pause))
         .routes(routes!(queues::resume))
         .routes(routes!(queues::retry_dead))
-        .route_layer(middleware::from_fn_with_state(config, require_token))
+        .route_layer(middleware::from_fn_with_state(
+            config.clone(),
+            require_token,
+        ))
         // After the layer: the events route checks tokens itself.
         .routes(routes!(events::events));
+    // Around every /v1 route, the events stream included; outside the auth check, so a
+    // client flooding with wrong tokens is limited by its address.
+    let v1 = rate_limit::wrap(v1, &config);
     OpenApiRouter::with_openapi(<openapi::ApiDoc as utoipa::OpenApi>::openapi())
         .nest("/v1", v1)
         .routes(routes!(healthz))

@@ -93,6 +93,12 @@ const SHARED_RESPONSES: &[(&str, &str)] = &[
         "`unauthorized`: the server has `[auth] tokens` and the request carries none of them",
     ),
     (
+        "RateLimited",
+        "`rate_limited`: more requests than `[server] rate_limit` allows this client (its \
+         token, or its address without auth); the `Retry-After` header says in how many seconds \
+         to try again",
+    ),
+    (
         "PayloadTooLarge",
         "`payload_too_large`: the body is larger than `[server] body_limit`",
     ),
@@ -127,6 +133,7 @@ fn add_shared(op: &mut Operation, under_v1: bool) {
     };
     if under_v1 {
         add("401", "Unauthorized");
+        add("429", "RateLimited");
     }
     if op.request_body.is_some() {
         add("413", "PayloadTooLarge");

@@ -10,11 +10,13 @@
 //!
 //! - `sections`: one struct per `[section]`, each field's doc stating its default.
 //! - `settings`: [`Settings`] and the check that builds them.
+//! - `rate`: [`RateLimit`], the syntax of `[server] rate_limit`.
 //!
 //! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes its default,
 //! a misspelt one is an error naming it. The committed `config.toml` lists every key with its
 //! default; a test keeps the two in step.
 
+mod rate;
 mod sections;
 mod settings;
 #[cfg(test)]
@@ -24,6 +26,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use rate::{Per, RateLimit};
 pub use sections::*;
 pub use settings::Settings;
 

@@ -10,6 +10,8 @@ use serde::{Deserialize, Serialize};
 use hopper_jobs::config::duration_str;
 use hopper_workers::broker::Durability;
 
+use super::RateLimit;
+
 /// `[[schedule]]`: a job enqueued on every tick of a cron expression, once per tick however
 /// many `serve` and `worker` processes run.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -52,6 +54,14 @@ pub struct ServerConfig {
     /// `"1s"`. Default `"20s"`.
     #[serde(with = "duration_str")]
     pub ws_ping_interval: Duration,
+    /// Requests a second (`"500/s"`) or a minute (`"30000/m"`) one token may make on `/v1`
+    /// (with `[auth] tokens` empty: one client address); past it a request is answered 429
+    /// with `Retry-After`. `"off"`: no limit. Default `"off"`.
+    pub rate_limit: RateLimit,
+    /// How many requests past the steady rate a client may make at once. At least 1. Default:
+    /// one second's worth of `rate_limit` (rounded up).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rate_limit_burst: Option<u32>,
 }
 
 impl Default for ServerConfig {
@@ -62,6 +72,8 @@ impl Default for ServerConfig {
             max_batch: 1000,
             max_connections: 10_000,
             ws_ping_interval: Duration::from_secs(20),
+            rate_limit: RateLimit::Off,
+            rate_limit_burst: None,
         }
     }
 }

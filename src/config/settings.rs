@@ -95,6 +95,9 @@ impl Config {
         if self.server.max_connections == 0 {
             p.push("server.max_connections: must be greater than 0".into());
         }
+        if self.server.rate_limit_burst == Some(0) {
+            p.push("server.rate_limit_burst: must be at least 1".into());
+        }
         if self.server.ws_ping_interval < Duration::from_secs(1) {
             // Faster pings would drop healthy clients on a busy network for nothing.
             p.push("server.ws_ping_interval: must be at least \"1s\"".into());
