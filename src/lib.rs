@@ -17,6 +17,8 @@
 //!   `events` module streams `GET /v1/events` from one reader of the event log per process;
 //!   `job_body` reads one job's JSON for `POST /v1/jobs`, `POST /v1/jobs/batch` and
 //!   `hopper enqueue --file`.
+//! - [`metrics`]: `GET /metrics`: the Prometheus recorder, the gauges read at scrape time
+//!   (queue depth, worker slots), HTTP and event-stream metrics.
 //! - [`service`]: what both front doors call: submit a job or a chain, or a batch of them;
 //!   look one up.
 //!   [`service::submit`] is the one place a new job is checked.
@@ -32,6 +34,7 @@ pub mod bench;
 pub mod cli;
 pub mod config;
 pub mod exit;
+pub mod metrics;
 pub mod out;
 pub mod service;
 pub mod shutdown;

@@ -21,6 +21,9 @@ mod e2e_input;
 /// Priorities, delays, retries with backoff, dead jobs and retrying them, chains, schedules
 /// across processes, retention.
 mod e2e_lifecycle;
+/// `GET /metrics`: outcome counters and queue gauges after a known mix of jobs, parsed as
+/// Prometheus text; the token rule; `hopper worker`'s `metrics_listen`.
+mod e2e_metrics;
 /// Queue controls: pause, resume and retry-dead over HTTP and the CLI, across processes.
 mod e2e_queues;
 /// The Redis broker: three nodes through a SIGKILL and a SIGSTOP past the lease, a Redis

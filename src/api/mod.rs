@@ -13,7 +13,12 @@
 //! `GET /v1/events` (WebSocket, SSE, JSON page) is [`events`]'s, with its own auth (a
 //! WebSocket is closed with 4001 rather than refused with 401).
 //!
-//! Not here yet: `/metrics`, `/openapi.json` and the dashboard.
+//! `GET /metrics` (Prometheus text, `crate::metrics`) asks for the same bearer token as
+//! `/v1` when `[auth] tokens` is set: unlike `/healthz` it names queues and kinds and shows
+//! the traffic, and Prometheus sends a token (`authorization` in a scrape config). Every
+//! request is counted under its route template by `crate::metrics::track_http`.
+//!
+//! Not here yet: `/openapi.json`.
 
 mod batch;
 mod dashboard;
@@ -66,6 +71,8 @@ pub struct AppState {
     /// The process's one reader of the event log, feeding every `/v1/events` stream. It reads
     /// once `crate::app` runs it ([`events::Hub::run`]).
     pub hub: events::Hub,
+    /// What `GET /metrics` reads: the cached queue counts, this process's pool slots.
+    pub scrape: crate::metrics::Scrape,
 }
 
 impl AppState {
@@ -79,6 +86,7 @@ impl AppState {
         Self {
             service: Service::new(broker.clone(), registry, clock, config.retry.max_retries),
             hub: events::Hub::new(broker.clone()),
+            scrape: crate::metrics::Scrape::new(broker.clone()),
             broker,
             pool: None,
             config,
@@ -88,6 +96,9 @@ impl AppState {
     /// The same state, cancelling local handlers through `pool`.
     #[must_use]
     pub fn with_pool(mut self, pool: PoolHandle) -> Self {
+        self.scrape = self
+            .scrape
+            .with_pool(pool.clone(), self.config.worker.concurrency);
         self.pool = Some(pool);
         self
     }
@@ -119,6 +130,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .nest("/v1", v1)
         .merge(dashboard::router())
+        .merge(metrics_routes(&state))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .with_state(state)
@@ -129,7 +141,42 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::map_response(error::json_errors))
         .layer(CatchPanicLayer::custom(error::panicked))
+        // Outside the others, so that it counts the status the client gets.
+        .layer(middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http())
+}
+
+/// `GET /metrics` alone, as `hopper worker` serves it on `[worker] metrics_listen`: the same
+/// handler and auth as in [`router`].
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .merge(metrics_routes(&state))
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(middleware::map_response(error::json_errors))
+        .layer(CatchPanicLayer::custom(error::panicked))
+}
+
+fn metrics_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics_text))
+        .route_layer(middleware::from_fn_with_state(state.clone(), require_token))
+}
+
+/// `GET /metrics`: every `hopper_*` family in the Prometheus text format.
+async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let text = st.scrape.render().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// With `[auth] tokens` set, lets a request through only with `Authorization: Bearer TOKEN`.
