@@ -13,6 +13,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use hopper_workers::broker::OpenOptions;
 use hopper_workers::clock::{self, Clock};
+use hopper_workers::metrics::Metered;
 use hopper_workers::pool::{Pool, PoolHandle};
 use hopper_workers::retention::{Retention, RetentionPolicy};
 use hopper_workers::{Broker, Registry};
@@ -88,8 +89,12 @@ impl Node {
         workers: bool,
         shutdown: &CancellationToken,
     ) -> Result<Self> {
+        // Installed before anything records.
+        crate::metrics::handle();
         let clock = clock::system();
-        let broker = open_broker(&settings.config, clock.clone()).await?;
+        let broker: Arc<dyn Broker> = Arc::new(Metered::new(
+            open_broker(&settings.config, clock.clone()).await?,
+        ));
         let registry = Arc::new(node_registry(&settings, &broker, &clock)?);
         let tracker = TaskTracker::new();
         let pool = workers.then(|| {
@@ -196,9 +201,41 @@ pub async fn serve(
     served.and(stopped)
 }
 
-/// Runs only the worker pool (a worker node) until `shutdown` fires and the pool has drained.
+/// Runs only the worker pool (a worker node) until `shutdown` fires and the pool has drained,
+/// and `GET /metrics` on `[worker] metrics_listen` if set.
 pub async fn worker(settings: Settings, shutdown: CancellationToken) -> Result<()> {
+    // Bound first: a taken port fails the start before any job is fetched.
+    let metrics = match settings.metrics_listen {
+        None => None,
+        Some(addr) => Some((
+            addr,
+            TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding [worker] metrics_listen {addr}"))?,
+        )),
+    };
     let node = Node::start(settings, true, &shutdown).await?;
+    if let Some((addr, listener)) = metrics {
+        let mut state = AppState::new(
+            node.broker.clone(),
+            node.registry.clone(),
+            node.clock.clone(),
+            node.config.clone(),
+        );
+        if let Some((handle, _)) = &node.pool {
+            state = state.with_pool(handle.clone());
+        }
+        let stop = shutdown.clone();
+        node.tracker.spawn(async move {
+            let served = axum::serve(listener, api::metrics_router(state))
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await;
+            if let Err(e) = served {
+                tracing::error!(error = %e, "serving /metrics failed");
+            }
+        });
+        tracing::info!("serving /metrics on {addr}");
+    }
     tracing::info!(
         broker = node.broker.name(),
         queues = %node.config.worker.queues.join(","),

@@ -18,6 +18,8 @@
 //!   `job_body` reads one job's JSON for `POST /v1/jobs`, `POST /v1/jobs/batch` and
 //!   `hopper enqueue --file`; `openapi` serves the OpenAPI document generated from the same
 //!   route list; `rate_limit` enforces `[server] rate_limit` on `/v1`.
+//! - [`metrics`]: `GET /metrics`: the Prometheus recorder, the gauges read at scrape time
+//!   (queue depth, worker slots), HTTP and event-stream metrics.
 //! - [`service`]: what both front doors call: submit a job or a chain, or a batch of them;
 //!   look one up.
 //!   [`service::submit`] is the one place a new job is checked.
@@ -36,6 +38,7 @@ pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod logging;
+pub mod metrics;
 pub mod out;
 pub mod service;
 pub mod shutdown;

@@ -23,6 +23,9 @@ mod e2e_input;
 mod e2e_lifecycle;
 /// The daemon's log: JSON lines (`[log] format`) and the job's fields on every line it causes.
 mod e2e_logs;
+/// `GET /metrics`: outcome counters and queue gauges after a known mix of jobs, parsed as
+/// Prometheus text; the token rule; `hopper worker`'s `metrics_listen`.
+mod e2e_metrics;
 /// Queue controls: pause, resume and retry-dead over HTTP and the CLI, across processes.
 mod e2e_queues;
 /// `[server] rate_limit`: 429 with Retry-After per token or address, bad rates refused.

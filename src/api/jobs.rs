@@ -176,6 +176,12 @@ pub async fn cancel(
 ) -> Result<Json<Job>, ApiError> {
     let id = JobId(id);
     let job = st.broker.cancel(&id).await?;
+    // Counted here, not by the pool: once per cancel, whether or not a handler was running.
+    hopper_workers::metrics::job_finished(
+        &job.queue,
+        &job.kind,
+        hopper_workers::metrics::Outcome::Cancelled,
+    );
     // After the broker: the stopped handler's late writes then meet a cancelled job and are
     // refused, instead of racing the cancel.
     if let Some(pool) = &st.pool

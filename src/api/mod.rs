@@ -15,11 +15,15 @@
 //!
 //! [`routes`] is the one list of the API's routes: each is registered with its OpenAPI
 //! annotation (`utoipa_axum::routes!`), so `GET /openapi.json` ([`openapi`]) documents exactly
-//! what the router serves. Only the dashboard, `/openapi.json` and `/docs` are outside it.
+//! what the router serves. Only the dashboard, `/openapi.json`, `/docs` and `/metrics` (not
+//! JSON) are outside it.
 //!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
 //!
-//! Not here yet: `/metrics`.
+//! `GET /metrics` (Prometheus text, `crate::metrics`) asks for the same bearer token as
+//! `/v1` when `[auth] tokens` is set: unlike `/healthz` it names queues and kinds and shows
+//! the traffic, and Prometheus sends a token (`authorization` in a scrape config). Every
+//! request is counted under its route template by `crate::metrics::track_http`.
 
 mod batch;
 mod dashboard;
@@ -75,6 +79,8 @@ pub struct AppState {
     /// The process's one reader of the event log, feeding every `/v1/events` stream. It reads
     /// once `crate::app` runs it ([`events::Hub::run`]).
     pub hub: events::Hub,
+    /// What `GET /metrics` reads: the cached queue counts, this process's pool slots.
+    pub scrape: crate::metrics::Scrape,
 }
 
 impl AppState {
@@ -88,6 +94,7 @@ impl AppState {
         Self {
             service: Service::new(broker.clone(), registry, clock, config.retry.max_retries),
             hub: events::Hub::new(broker.clone()),
+            scrape: crate::metrics::Scrape::new(broker.clone()),
             broker,
             pool: None,
             config,
@@ -97,6 +104,9 @@ impl AppState {
     /// The same state, cancelling local handlers through `pool`.
     #[must_use]
     pub fn with_pool(mut self, pool: PoolHandle) -> Self {
+        self.scrape = self
+            .scrape
+            .with_pool(pool.clone(), self.config.worker.concurrency);
         self.pool = Some(pool);
         self
     }
@@ -117,6 +127,7 @@ pub fn router(state: AppState) -> Router {
         .merge(api)
         .merge(dashboard::router())
         .merge(openapi::router(openapi::finish(doc)))
+        .merge(metrics_routes(&state))
         .with_state(state)
         .layer(DefaultBodyLimit::max(body_limit))
         .layer(TimeoutLayer::with_status_code(
@@ -125,6 +136,8 @@ pub fn router(state: AppState) -> Router {
         ))
         .layer(middleware::map_response(error::json_errors))
         .layer(CatchPanicLayer::custom(error::panicked))
+        // Outside the others, so that it counts the status the client gets.
+        .layer(middleware::from_fn(crate::metrics::track_http))
         .layer(TraceLayer::new_for_http())
 }
 
@@ -159,6 +172,42 @@ fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
 pub fn document() -> utoipa::openapi::OpenApi {
     // Tokens change what a request gets, never the document.
     openapi::finish(routes(Arc::default()).split_for_parts().1)
+}
+
+/// `GET /metrics` alone, as `hopper worker` serves it on `[worker] metrics_listen`: the same
+/// handler and auth as in [`router`].
+pub fn metrics_router(state: AppState) -> Router {
+    Router::new()
+        .merge(metrics_routes(&state))
+        .with_state(state)
+        .layer(TimeoutLayer::with_status_code(
+            StatusCode::SERVICE_UNAVAILABLE,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(middleware::map_response(error::json_errors))
+        .layer(CatchPanicLayer::custom(error::panicked))
+}
+
+fn metrics_routes(state: &AppState) -> Router<AppState> {
+    Router::new()
+        .route("/metrics", axum::routing::get(metrics_text))
+        .route_layer(middleware::from_fn_with_state(
+            state.config.clone(),
+            require_token,
+        ))
+}
+
+/// `GET /metrics`: every `hopper_*` family in the Prometheus text format.
+async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> {
+    let text = st.scrape.render().await?;
+    Ok((
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        text,
+    )
+        .into_response())
 }
 
 /// With `[auth] tokens` set, lets a request through only with `Authorization: Bearer TOKEN`.

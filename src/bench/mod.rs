@@ -206,7 +206,11 @@ pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationTok
         ));
     }
     let clock = clock::system();
-    let broker = crate::app::open_broker(&config, clock.clone()).await?;
+    // Recorded and timed as in `serve` and `worker`, so the figures include what metrics cost.
+    crate::metrics::handle();
+    let broker: Arc<dyn Broker> = Arc::new(hopper_workers::metrics::Metered::new(
+        crate::app::open_broker(&config, clock.clone()).await?,
+    ));
     let queue = format!("bench-{}", JobId::generate());
     let bench = Bench {
         broker: broker.clone(),

@@ -132,6 +132,10 @@ pub struct WorkerConfig {
     /// Default `"1h"`.
     #[serde(with = "duration_str")]
     pub unknown_kind_grace: Duration,
+    /// Where `hopper worker` serves `GET /metrics` (IP:PORT); loopback unless `[auth] tokens`
+    /// is set, which it then asks for. Default: none, no listener (`hopper serve` has
+    /// `/metrics` on its API port).
+    pub metrics_listen: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -145,6 +149,7 @@ impl Default for WorkerConfig {
             job_timeout: Duration::from_secs(30 * 60),
             diagnostics: true,
             unknown_kind_grace: Duration::from_secs(3600),
+            metrics_listen: None,
         }
     }
 }

@@ -20,6 +20,8 @@ pub struct Settings {
     pub config: Config,
     /// `[server] listen`.
     pub listen: SocketAddr,
+    /// `[worker] metrics_listen`: where `hopper worker` serves `GET /metrics`, if anywhere.
+    pub metrics_listen: Option<SocketAddr>,
     /// The pool's settings: `[worker]`, `[[queue]]` and `[retry]`.
     pub pool: PoolConfig,
     /// The `[[schedule]]` entries.
@@ -38,6 +40,7 @@ impl Config {
         let listen = self.check_server(&mut p);
         self.check_broker(&mut p);
         self.check_worker(&mut p);
+        let metrics_listen = self.check_metrics_listen(&mut p);
         let jobs = self.jobs_config();
         p.extend(jobs.problems());
         let retention = Schedule::new(self.retention_schedule())
@@ -60,6 +63,7 @@ impl Config {
             (Some(listen), Some(retention)) if p.is_empty() => Ok(Settings {
                 config: self.clone(),
                 listen,
+                metrics_listen,
                 pool: self.pool_config(),
                 schedules,
                 retention,
@@ -114,6 +118,28 @@ impl Config {
                 p.push(format!(
                     "server.listen: {addr} is not a loopback address and [auth] tokens is \
                      empty; set tokens (or HOPPER_TOKENS) before exposing the API"
+                ));
+                None
+            }
+            Ok(addr) => Some(addr),
+        }
+    }
+
+    /// `[worker] metrics_listen`: an address, loopback unless tokens guard it (the same rule
+    /// as `[server] listen`).
+    fn check_metrics_listen(&self, p: &mut Vec<String>) -> Option<SocketAddr> {
+        let listen = self.worker.metrics_listen.as_deref()?;
+        match listen.parse::<SocketAddr>() {
+            Err(_) => {
+                p.push(format!(
+                    "worker.metrics_listen: {listen:?} is not IP:PORT (e.g. \"127.0.0.1:9464\")"
+                ));
+                None
+            }
+            Ok(addr) if !addr.ip().is_loopback() && self.auth.tokens.is_empty() => {
+                p.push(format!(
+                    "worker.metrics_listen: {addr} is not a loopback address and [auth] tokens \
+                     is empty; set tokens (or HOPPER_TOKENS) before exposing /metrics"
                 ));
                 None
             }

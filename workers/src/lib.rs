@@ -14,6 +14,9 @@
 //! - [`registry`]: the [`Registry`](registry::Registry) of kinds by their stable name.
 //! - [`pool`]: the worker pool: fetch up to free slots, run with timeouts and cancellation,
 //!   heartbeats, rescue of expired leases, two-phase shutdown.
+//! - [`metrics`]: the `hopper_*` metrics the engine records (job outcomes, run and pickup
+//!   times, leases, heartbeats) and [`Metered`](metrics::Metered), a broker that times every
+//!   call.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`diagnostics`]: the built-in `sys.noop`, `sys.sleep` and `sys.fail` kinds.
 //! - [`retention`]: `hopper.retention`, the engine's own clean-up, run as a scheduled job.
@@ -31,6 +34,7 @@ pub mod field;
 pub mod handler;
 pub mod job;
 pub mod kind;
+pub mod metrics;
 pub mod pool;
 pub mod registry;
 pub mod retention;

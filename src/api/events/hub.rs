@@ -245,9 +245,11 @@ impl Hub {
 
     fn publish(&self, seq: u64, event: Event) {
         let id = event.id.clone();
+        let kind = event.kind_of_event.as_str();
         match HubEvent::new(seq, event) {
             // No receiver is not an error: nobody is listening right now.
             Ok(ev) => {
+                crate::metrics::event_published(kind);
                 let _ = self.tx.send(Arc::new(ev));
             }
             Err(e) => tracing::error!(error = %e, %id, "event hub: an event did not serialize"),

@@ -85,6 +85,8 @@ async fn close(mut socket: WebSocket, code: u16, reason: &str) {
 }
 
 async fn run(socket: WebSocket, hub: Hub, mut feed: Feed, every: Duration) {
+    // Counted open until this returns, however it returns.
+    let _open = crate::metrics::WsConnection::open();
     let stopping = hub.stopping();
     let (mut tx, mut rx) = socket.split();
     // A stuck send is given two intervals, like a missing pong.

@@ -1,6 +1,10 @@
 //! One attempt: finds the handler (a kind without one is `unserved`'s), runs it under its
 //! timeout with panics caught, and turns what it returned into the [`Outcome`] the broker
-//! records (retry policy included).
+//! records (retry policy included). Each attempt's end is counted here
+//! ([`crate::metrics::job_finished`]), with its run and pickup times: this is where the
+//! outcome is decided and the job's queue and kind are still at hand (the acknowledger sees
+//! only leases). Cancels are counted by whoever cancels (the API), not here, so that a cancel
+//! is counted once whether or not a handler was running.
 
 use super::*;
 
@@ -9,6 +13,9 @@ use super::*;
 pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
     let Some(handler) = shared.registry.get(&job.kind).cloned() else {
         let outcome = unserved(&shared.config, &job, shared.clock.now());
+        if matches!(outcome, Outcome::Dead { .. }) {
+            meter::job_finished(&job.queue, &job.kind, meter::Outcome::Dead);
+        }
         return Some(Finish {
             lease: job.lease(),
             outcome,
@@ -27,24 +34,28 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
         reason: reason.clone(),
         finishing: false,
     });
+    meter::job_picked_up(&job.queue, shared.clock.now().since(job.run_at));
     let job = Arc::new(job);
+    let started = Instant::now();
     let result = execute(shared, handler, job.clone(), token).await;
+    meter::job_ran(&job.queue, &job.kind, started.elapsed());
     // Until the acknowledger has written the outcome, the lease stays heartbeated.
     shared.handle.finishing(&lease);
 
     let now = shared.clock.now();
     let outcome = match result {
         Execution::Stopped => match StopReason::from_u8(reason.load(Ordering::SeqCst)) {
+            // Counted as interrupted below, with the other outcomes.
             StopReason::Shutdown => Outcome::Released {
                 reason: "worker shutting down".into(),
             },
             // Cancelled: the broker already says so. Lease lost: another attempt owns it.
             // Lease expired: another node may rescue and run the job from now on, so this
             // attempt ends nothing; the job runs again after a rescue.
-            StopReason::Cancelled
-            | StopReason::LeaseLost
-            | StopReason::LeaseExpired
-            | StopReason::None => {
+            stopped => {
+                if matches!(stopped, StopReason::LeaseLost | StopReason::LeaseExpired) {
+                    meter::job_finished(&job.queue, &job.kind, meter::Outcome::Interrupted);
+                }
                 debug!(job = %job.id, "attempt stopped");
                 shared.handle.remove(&lease);
                 return None;
@@ -65,6 +76,16 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
         Outcome::Retry { at, error } => info!(%error, retry_at = %at, "attempt failed; retrying"),
         Outcome::Dead { error } => warn!(%error, "attempt failed; the job is dead"),
         _ => {}
+    }
+    let counted = match &outcome {
+        Outcome::Succeeded { .. } => Some(meter::Outcome::Succeeded),
+        Outcome::Retry { .. } => Some(meter::Outcome::Retrying),
+        Outcome::Dead { .. } => Some(meter::Outcome::Dead),
+        Outcome::Released { .. } => Some(meter::Outcome::Interrupted),
+        Outcome::Snooze { .. } => None,
+    };
+    if let Some(o) = counted {
+        meter::job_finished(&job.queue, &job.kind, o);
     }
     Some(Finish { lease, outcome })
 }

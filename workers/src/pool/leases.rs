@@ -39,13 +39,17 @@ pub(super) async fn heartbeat(
                         }
                         LeaseStatus::Lost => {
                             if handle.stop(l, StopReason::LeaseLost) {
+                                meter::leases_lost(1);
                                 warn!(job = %l.job_id, "lease lost: stopped its handler");
                             }
                         }
                     }
                 }
             }
-            Err(e) => warn!(error = %e, "heartbeat failed"),
+            Err(e) => {
+                meter::heartbeat_failed();
+                warn!(error = %e, "heartbeat failed");
+            }
         }
     }
 }
@@ -63,6 +67,7 @@ pub(super) async fn expire(handle: PoolHandle, clock: Arc<dyn Clock>, stop: Canc
     loop {
         let now = clock.now();
         for job in handle.expire(now) {
+            meter::leases_lost(1);
             warn!(
                 %job,
                 "lease ran out without a successful heartbeat (broker unreachable?): \

@@ -41,7 +41,7 @@ use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures::FutureExt;
 use serde_json::Value;
@@ -55,6 +55,7 @@ use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::handler::{Handler, JobContext, JobError, ProgressUpdate, Registry};
 use crate::job::{Job, JobId, Lease};
+use crate::metrics as meter;
 use crate::retry::RetryPolicy;
 use crate::time::Timestamp;
 

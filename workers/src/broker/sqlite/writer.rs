@@ -22,6 +22,8 @@ use crate::time::Timestamp;
 
 /// Most commands in one transaction; bounds how long one commit keeps the others waiting.
 const MAX_BATCH: usize = 512;
+/// How long after its `BEGIN` a batch still takes commands sent meanwhile (see `try_batch`).
+const JOIN_WINDOW: Duration = Duration::from_millis(1);
 
 /// A command for the writer thread: run inside the batch's transaction, then answer.
 pub(super) trait WriteOp: Send {
@@ -200,7 +202,8 @@ fn run_batch(
 }
 
 /// The transaction of [`run_batch`], each command in its own savepoint. Commands sent while
-/// the batch ran join it before the commit (up to [`MAX_BATCH`]): the pool's fetch and its
+/// the batch ran join it before the commit (up to [`MAX_BATCH`], and only within
+/// [`JOIN_WINDOW`] of its start): the pool's fetch and its
 /// acknowledger's finish are sent a few microseconds apart, and each would otherwise wait out
 /// the other's whole commit and sync; together they share one.
 fn try_batch(
@@ -218,7 +221,10 @@ fn try_batch(
             run_one(conn, clock, op.as_mut())?;
             next += 1;
         }
-        if !take_queued(rx, batch) {
+        // Joining is bounded in time: every command already in the batch waits for its
+        // commit, and a batch that kept taking what a busy pool sends would hold each of
+        // them for as long as it ran (up to 512 commands: ~10 ms of delay on every write).
+        if started.elapsed() >= JOIN_WINDOW || !take_queued(rx, batch) {
             break;
         }
     }

@@ -1,0 +1,199 @@
+//! `GET /metrics`: the process's Prometheus recorder, the gauges read at scrape time, and the
+//! shell's own `hopper_*` metrics (HTTP requests, event streams, published events).
+//!
+//! The recorder is installed once per process ([`handle`]); everything recorded through the
+//! `metrics` facade, the engine's job and broker metrics included
+//! (`hopper_workers::metrics`), is rendered by it. Gauges that describe state rather than
+//! count happenings (queue depth, worker slots) are computed when scraped, from a cache of
+//! the broker's `queues()` at most [`QUEUES_MAX_AGE`] old ([`Scrape`]): nothing polls the
+//! broker while nobody scrapes, and a burst of scrapes costs one broker call a second.
+//!
+//! Not here: the route and its auth (`crate::api`), the listener of `hopper worker`
+//! (`crate::app`).
+
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{MatchedPath, Request};
+use axum::middleware::Next;
+use axum::response::Response;
+use hopper_workers::job::JobState;
+use hopper_workers::pool::PoolHandle;
+use hopper_workers::{Broker, BrokerResult};
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Jobs by `queue` and `state` (gauge).
+pub const QUEUE_JOBS: &str = "hopper_queue_jobs";
+/// This process's worker slots by `state`, `busy` or `idle` (gauge).
+pub const WORKER_SLOTS: &str = "hopper_worker_slots";
+/// HTTP requests by `route` (the matched route template) and `status`.
+pub const HTTP_REQUESTS: &str = "hopper_http_requests_total";
+/// Seconds per HTTP request by `route`.
+pub const HTTP_REQUEST_SECONDS: &str = "hopper_http_request_seconds";
+/// Open WebSocket event streams (gauge).
+pub const WS_CONNECTIONS: &str = "hopper_ws_connections";
+/// Events the hub published to its streams, by `type`.
+pub const EVENTS_PUBLISHED: &str = "hopper_events_published_total";
+
+/// How old the cached `queues()` may be when a scrape reads it.
+pub const QUEUES_MAX_AGE: Duration = Duration::from_secs(1);
+
+/// Histogram buckets (seconds), one set for every `_seconds` family: from a fast broker call
+/// (0.5 ms) to the default job timeout (30 min).
+const BUCKETS: [f64; 18] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 300.0, 1800.0,
+];
+
+/// The route label of a request that matched no route: one value, however many paths.
+const UNMATCHED: &str = "unmatched";
+
+/// The process's recorder, installed on first use; `None` if another recorder was installed
+/// first (then nothing is rendered, and `/metrics` says so).
+pub fn handle() -> Option<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<Option<PrometheusHandle>> = OnceLock::new();
+    HANDLE.get_or_init(install).as_ref()
+}
+
+fn install() -> Option<PrometheusHandle> {
+    let recorder = match PrometheusBuilder::new().set_buckets(&BUCKETS) {
+        Ok(b) => b.build_recorder(),
+        Err(e) => {
+            tracing::error!(error = %e, "metrics: bad histogram buckets");
+            return None;
+        }
+    };
+    let handle = recorder.handle();
+    if let Err(e) = metrics::set_global_recorder(recorder) {
+        tracing::warn!(error = %e, "metrics: another recorder is installed; /metrics is empty");
+        return None;
+    }
+    describe();
+    Some(handle)
+}
+
+/// The `# HELP` lines.
+fn describe() {
+    use hopper_workers::metrics as engine;
+    metrics::describe_gauge!(QUEUE_JOBS, "Jobs by queue and state.");
+    metrics::describe_gauge!(WORKER_SLOTS, "Worker slots of this process, busy or idle.");
+    metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
+    metrics::describe_histogram!(HTTP_REQUEST_SECONDS, "HTTP request time by route template.");
+    metrics::describe_gauge!(WS_CONNECTIONS, "Open WebSocket event streams.");
+    metrics::describe_counter!(EVENTS_PUBLISHED, "Events published to streams, by type.");
+    metrics::describe_counter!(engine::JOBS_FINISHED, "Attempts ended, by outcome.");
+    metrics::describe_histogram!(engine::JOB_RUN_SECONDS, "Handler run time.");
+    metrics::describe_histogram!(engine::JOB_PICKUP_SECONDS, "Time from due to started.");
+    metrics::describe_counter!(engine::HEARTBEAT_FAILURES, "Heartbeat calls that failed.");
+    metrics::describe_counter!(engine::LEASES_LOST, "Handlers stopped for a lost lease.");
+    metrics::describe_histogram!(
+        engine::BROKER_CALL_SECONDS,
+        "Broker call time by operation."
+    );
+    metrics::describe_counter!(engine::BROKER_ERRORS, "Broker calls that failed.");
+}
+
+/// What a scrape reads besides the recorder: the broker (through a cache) and the pool.
+#[derive(Clone, Debug)]
+pub struct Scrape {
+    broker: Arc<dyn Broker>,
+    /// When the queue gauges were last set; held across the broker call, so concurrent
+    /// scrapes wait for one call instead of each making their own.
+    refreshed: Arc<tokio::sync::Mutex<Option<Instant>>>,
+    /// The pool of this process and its slots, if it runs one.
+    pool: Option<(PoolHandle, usize)>,
+}
+
+impl Scrape {
+    /// Queue gauges from `broker`; no worker slots until [`Scrape::with_pool`].
+    pub fn new(broker: Arc<dyn Broker>) -> Self {
+        Self {
+            broker,
+            refreshed: Arc::default(),
+            pool: None,
+        }
+    }
+
+    /// Reports the slots of `pool`, `concurrency` in all.
+    #[must_use]
+    pub fn with_pool(mut self, pool: PoolHandle, concurrency: usize) -> Self {
+        self.pool = Some((pool, concurrency));
+        self
+    }
+
+    /// Sets the scrape-time gauges and renders every metric in the Prometheus text format.
+    pub async fn render(&self) -> BrokerResult<String> {
+        self.refresh_queues().await?;
+        if let Some((pool, concurrency)) = &self.pool {
+            let busy = pool.running().min(*concurrency);
+            metrics::gauge!(WORKER_SLOTS, "state" => "busy").set(busy as f64);
+            metrics::gauge!(WORKER_SLOTS, "state" => "idle").set((concurrency - busy) as f64);
+        }
+        Ok(handle().map_or_else(String::new, |h| {
+            h.run_upkeep();
+            h.render()
+        }))
+    }
+
+    async fn refresh_queues(&self) -> BrokerResult<()> {
+        let mut refreshed = self.refreshed.lock().await;
+        if refreshed.is_some_and(|at| at.elapsed() < QUEUES_MAX_AGE) {
+            return Ok(());
+        }
+        for q in self.broker.queues().await? {
+            for state in JobState::ALL {
+                metrics::gauge!(
+                    QUEUE_JOBS,
+                    "queue" => q.queue.clone(),
+                    "state" => state.as_str(),
+                )
+                .set(q.counts.get(state) as f64);
+            }
+        }
+        *refreshed = Some(Instant::now());
+        Ok(())
+    }
+}
+
+/// Middleware: counts and times each request under its route template (`/v1/jobs/{id}`),
+/// never its raw path, so the label's values are as many as the routes.
+pub async fn track_http(req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or_else(|| UNMATCHED.to_owned(), |p| p.as_str().to_owned());
+    let started = Instant::now();
+    let response = next.run(req).await;
+    metrics::histogram!(HTTP_REQUEST_SECONDS, "route" => route.clone())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!(
+        HTTP_REQUESTS,
+        "route" => route,
+        "status" => response.status().as_str().to_owned(),
+    )
+    .increment(1);
+    response
+}
+
+/// Counts one open WebSocket stream in [`WS_CONNECTIONS`] for as long as it lives.
+#[derive(Debug)]
+pub struct WsConnection(());
+
+impl WsConnection {
+    /// Counts a stream opened.
+    pub fn open() -> Self {
+        metrics::gauge!(WS_CONNECTIONS).increment(1.0);
+        Self(())
+    }
+}
+
+impl Drop for WsConnection {
+    fn drop(&mut self) {
+        metrics::gauge!(WS_CONNECTIONS).decrement(1.0);
+    }
+}
+
+/// Counts one event published by the hub.
+pub fn event_published(kind: &'static str) {
+    metrics::counter!(EVENTS_PUBLISHED, "type" => kind).increment(1);
+}

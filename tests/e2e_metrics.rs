@@ -1,0 +1,250 @@
+//! `GET /metrics`: a known mix of jobs run by a real `hopper serve` on a SQLite file, then
+//! scraped and read with a Prometheus text parser (`prometheus-parse`): outcome counters,
+//! queue gauges, histograms, route templates; the token rule; `hopper worker`'s
+//! `[worker] metrics_listen`.
+
+#![allow(clippy::unwrap_used)]
+
+use openmetrics_parser::prometheus::parse_prometheus;
+use openmetrics_parser::{MetricsExposition, PrometheusType, PrometheusValue};
+use serde_json::json;
+
+use crate::util::{Scratch, noop, sleep, wait};
+
+type Scrape = MetricsExposition<PrometheusType, PrometheusValue>;
+
+/// GETs `url` (with `token` as a bearer token if given) and parses the text; panics unless
+/// it is a 200 that the Prometheus text grammar accepts whole.
+async fn scrape(url: &str, token: Option<&str>) -> Scrape {
+    let mut req = reqwest::Client::new().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    let resp = req.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let content_type = resp.headers()["content-type"].to_str().unwrap().to_owned();
+    assert!(content_type.starts_with("text/plain"), "{content_type}");
+    let text = resp.text().await.unwrap();
+    parse_prometheus(&text).unwrap_or_else(|e| panic!("not Prometheus text ({e}):\n{text}"))
+}
+
+/// The values of family `metric` whose labels include `labels`.
+fn samples<'a>(
+    s: &'a Scrape,
+    metric: &str,
+    labels: &'a [(&str, &str)],
+) -> impl Iterator<Item = (Vec<(String, String)>, &'a PrometheusValue)> {
+    s.families
+        .get(metric)
+        .into_iter()
+        .flat_map(|f| f.iter_samples())
+        .filter_map(move |x| {
+            let set = x.get_labelset().unwrap();
+            let pairs: Vec<(String, String)> =
+                set.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+            let has = |k: &str, v: &str| pairs.iter().any(|(pk, pv)| pk == k && pv == v);
+            labels
+                .iter()
+                .all(|(k, v)| has(k, v))
+                .then_some((pairs, &x.value))
+        })
+}
+
+/// The sum of the counter or gauge values of `metric` with `labels` (0 when there is none).
+fn value(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(s, metric, labels)
+        .map(|(_, v)| match v {
+            PrometheusValue::Counter(c) => c.value.as_f64(),
+            PrometheusValue::Gauge(g) | PrometheusValue::Unknown(g) => g.as_f64(),
+            other => panic!("{metric} is not a single value: {other:?}"),
+        })
+        .sum()
+}
+
+/// The number of observations of histogram `metric` with `labels`.
+fn observed(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(s, metric, labels)
+        .map(|(_, v)| match v {
+            PrometheusValue::Histogram(h) => h.count.unwrap_or(0) as f64,
+            other => panic!("{metric} is not a histogram: {other:?}"),
+        })
+        .sum()
+}
+
+fn finished(s: &Scrape, kind: &str, outcome: &str) -> f64 {
+    value(
+        s,
+        "hopper_jobs_finished_total",
+        &[("queue", "default"), ("kind", kind), ("outcome", outcome)],
+    )
+}
+
+/// 5 `sys.noop`; 2 `sys.fail` failing once (2 retrying, 2 succeeded); 1 failing for ever with
+/// one retry (1 retrying, 1 dead); 1 failing permanently (1 dead); 1 long `sys.sleep`
+/// cancelled. The scrape shows exactly those outcomes, the queue's counts by state, run and
+/// pickup histograms, busy and idle slots, broker call times, and HTTP requests under their
+/// route templates only.
+#[tokio::test]
+async fn metrics_count_a_known_mix_of_jobs() {
+    let s = Scratch::with_config("[retry]\nbackoff_base = \"10ms\"\nbackoff_max = \"50ms\"\n");
+    let (_d, api) = s.serve(&[]);
+    let url = format!("{}/metrics", api.base);
+    let mut ids = api.enqueue_n(5, &noop()).await;
+    for _ in 0..2 {
+        ids.push(
+            api.enqueue_ok(json!({"kind": "sys.fail", "payload": {"times": 1}, "max_retries": 3}))
+                .await,
+        );
+    }
+    let forever = api
+        .enqueue_ok(json!({"kind": "sys.fail", "payload": {"times": 99}, "max_retries": 1}))
+        .await;
+    let permanent = api
+        .enqueue_ok(json!({"kind": "sys.fail", "payload": {"permanent": true}}))
+        .await;
+    let long = api.enqueue_ok(sleep(600_000)).await;
+    api.wait_all(&ids, "succeeded").await;
+    api.wait_state(&forever, "dead").await;
+    api.wait_state(&permanent, "dead").await;
+    api.wait_state(&long, "running").await;
+    let (status, body) = api.post(&format!("/v1/jobs/{long}/cancel")).await;
+    assert_eq!(status, 200, "{body}");
+
+    // Every outcome above was counted before its state was written, but the queue gauges come
+    // from a cache up to a second old: wait for them to show the cancel.
+    let m = wait::until("the queue gauges to show the cancelled job", async || {
+        let m = scrape(&url, None).await;
+        let cancelled = value(
+            &m,
+            "hopper_queue_jobs",
+            &[("queue", "default"), ("state", "cancelled")],
+        );
+        if cancelled == 1.0 {
+            Ok(m)
+        } else {
+            Err(format!("cancelled = {cancelled}"))
+        }
+    })
+    .await;
+
+    assert_eq!(finished(&m, "sys.noop", "succeeded"), 5.0);
+    assert_eq!(finished(&m, "sys.fail", "succeeded"), 2.0);
+    assert_eq!(finished(&m, "sys.fail", "retrying"), 3.0);
+    assert_eq!(finished(&m, "sys.fail", "dead"), 2.0);
+    assert_eq!(finished(&m, "sys.sleep", "cancelled"), 1.0);
+    assert_eq!(finished(&m, "sys.sleep", "interrupted"), 0.0);
+    for (state, n) in [
+        ("succeeded", 7.0),
+        ("dead", 2.0),
+        ("cancelled", 1.0),
+        ("queued", 0.0),
+        ("running", 0.0),
+        ("retrying", 0.0),
+    ] {
+        let got = value(
+            &m,
+            "hopper_queue_jobs",
+            &[("queue", "default"), ("state", state)],
+        );
+        assert_eq!(got, n, "hopper_queue_jobs state={state}");
+    }
+
+    // Attempts started: 5 noop, 2 * 2 failing once, 2 failing for ever, 1 permanent, 1 sleep.
+    // Each has a run time once its handler returned, the cancelled sleep's once it stopped.
+    let runs = observed(&m, "hopper_job_run_seconds", &[("queue", "default")]);
+    assert!(runs >= 12.0, "hopper_job_run_seconds count {runs}");
+    let noop_runs = observed(
+        &m,
+        "hopper_job_run_seconds",
+        &[("queue", "default"), ("kind", "sys.noop")],
+    );
+    assert_eq!(noop_runs, 5.0);
+    let pickups = observed(&m, "hopper_job_pickup_seconds", &[("queue", "default")]);
+    assert_eq!(pickups, 13.0, "one pickup per attempt started");
+
+    let busy = value(&m, "hopper_worker_slots", &[("state", "busy")]);
+    let idle = value(&m, "hopper_worker_slots", &[("state", "idle")]);
+    assert_eq!(busy + idle, 16.0, "busy {busy} idle {idle}");
+    assert!(observed(&m, "hopper_broker_call_seconds", &[("op", "fetch")]) > 0.0);
+    assert!(observed(&m, "hopper_broker_call_seconds", &[("op", "finish")]) > 0.0);
+
+    let job_gets = value(
+        &m,
+        "hopper_http_requests_total",
+        &[("route", "/v1/jobs/{id}"), ("status", "200")],
+    );
+    let routes: Vec<String> = samples(&m, "hopper_http_requests_total", &[])
+        .flat_map(|(labels, _)| labels.into_iter().filter(|(k, _)| k == "route"))
+        .map(|(_, v)| v)
+        .collect();
+    assert!(
+        job_gets >= 1.0,
+        "GET /v1/jobs/{{id}} counted under its template: {routes:?}"
+    );
+    assert_eq!(
+        value(
+            &m,
+            "hopper_http_requests_total",
+            &[("route", "/v1/jobs/{id}/cancel"), ("status", "200")],
+        ),
+        1.0
+    );
+    let raw: Vec<_> = routes
+        .iter()
+        .filter(|r| r.contains(long.as_str()))
+        .collect();
+    assert!(raw.is_empty(), "a raw path became a label: {raw:?}");
+    assert!(
+        value(
+            &m,
+            "hopper_events_published_total",
+            &[("type", "job.succeeded")]
+        ) >= 7.0
+    );
+}
+
+/// With `[auth] tokens`, `/metrics` asks for one like `/v1` does; `/healthz` does not.
+#[tokio::test]
+async fn metrics_need_the_token_when_tokens_are_set() {
+    let s = Scratch::with_config("[auth]\ntokens = [\"s3cret\"]\n");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let url = format!("{}/metrics", api.base);
+    let refused = reqwest::get(&url).await.unwrap();
+    assert_eq!(refused.status(), 401);
+    let wrong = reqwest::Client::new()
+        .get(&url)
+        .bearer_auth("nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    scrape(&url, Some("s3cret")).await;
+    let health = reqwest::get(format!("{}/healthz", api.base)).await.unwrap();
+    assert_eq!(health.status(), 200);
+}
+
+/// `hopper worker` with `[worker] metrics_listen` serves `/metrics` there, counting the jobs
+/// it ran.
+#[tokio::test]
+async fn worker_serves_metrics_on_metrics_listen() {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let s = Scratch::with_config(&format!(
+        "[worker]\nmetrics_listen = \"127.0.0.1:{port}\"\n"
+    ));
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let w = s.start(&["worker"]);
+    w.wait_log("serving /metrics on");
+    let ids = api.enqueue_n(3, &noop()).await;
+    api.wait_all(&ids, "succeeded").await;
+    let m = scrape(&format!("http://127.0.0.1:{port}/metrics"), None).await;
+    assert_eq!(finished(&m, "sys.noop", "succeeded"), 3.0);
+    assert_eq!(
+        value(&m, "hopper_worker_slots", &[("state", "busy")])
+            + value(&m, "hopper_worker_slots", &[("state", "idle")]),
+        16.0
+    );
+}

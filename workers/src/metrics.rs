@@ -1,0 +1,187 @@
+//! The engine's metrics: the `hopper_*` names it records and where, through the `metrics`
+//! facade, and [`Metered`], a [`Broker`] that times every call.
+//!
+//! Recording goes to whatever recorder the process installed (the shell installs a Prometheus
+//! one); with none installed every call here is a no-op. Names and label values are stable
+//! strings written out here, so dashboards can be shared (DESIGN §6, `GET /metrics`).
+//!
+//! Not here: rendering, the `/metrics` route and the scrape-time gauges (queue depth, worker
+//! slots), which are the shell's (`hopper::metrics`).
+
+use std::future::Future;
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+
+use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use crate::error::BrokerResult;
+use crate::event::Event;
+use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::time::Timestamp;
+
+/// Attempts ended, by `queue`, `kind` and `outcome` (one of [`Outcome`]'s names).
+pub const JOBS_FINISHED: &str = "hopper_jobs_finished_total";
+/// Seconds a handler ran, by `queue` and `kind`.
+pub const JOB_RUN_SECONDS: &str = "hopper_job_run_seconds";
+/// Seconds from a job being due to its attempt starting, by `queue`.
+pub const JOB_PICKUP_SECONDS: &str = "hopper_job_pickup_seconds";
+/// Heartbeat calls that failed (each covers every lease of the pool).
+pub const HEARTBEAT_FAILURES: &str = "hopper_heartbeat_failures_total";
+/// Handlers stopped because their lease was lost or ran out.
+pub const LEASES_LOST: &str = "hopper_leases_lost_total";
+/// Seconds per broker call, by `op` (the trait method's name).
+pub const BROKER_CALL_SECONDS: &str = "hopper_broker_call_seconds";
+/// Broker calls that returned an error, by `op`.
+pub const BROKER_ERRORS: &str = "hopper_broker_errors_total";
+
+/// How an attempt ended, as the `outcome` label of [`JOBS_FINISHED`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Succeeded,
+    Retrying,
+    Dead,
+    Cancelled,
+    /// Stopped before it ended: a lost or expired lease, or released at shutdown.
+    Interrupted,
+}
+
+impl Outcome {
+    /// The stable label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Succeeded => "succeeded",
+            Outcome::Retrying => "retrying",
+            Outcome::Dead => "dead",
+            Outcome::Cancelled => "cancelled",
+            Outcome::Interrupted => "interrupted",
+        }
+    }
+}
+
+/// Counts one attempt's end.
+pub fn job_finished(queue: &str, kind: &str, outcome: Outcome) {
+    metrics::counter!(
+        JOBS_FINISHED,
+        "queue" => queue.to_owned(),
+        "kind" => kind.to_owned(),
+        "outcome" => outcome.as_str(),
+    )
+    .increment(1);
+}
+
+/// Records how long a handler ran.
+pub fn job_ran(queue: &str, kind: &str, took: Duration) {
+    metrics::histogram!(
+        JOB_RUN_SECONDS,
+        "queue" => queue.to_owned(),
+        "kind" => kind.to_owned(),
+    )
+    .record(took.as_secs_f64());
+}
+
+/// Records how long a job waited past its due time before its attempt started.
+pub fn job_picked_up(queue: &str, waited: Duration) {
+    metrics::histogram!(JOB_PICKUP_SECONDS, "queue" => queue.to_owned())
+        .record(waited.as_secs_f64());
+}
+
+/// Counts a failed heartbeat call.
+pub fn heartbeat_failed() {
+    metrics::counter!(HEARTBEAT_FAILURES).increment(1);
+}
+
+/// Counts handlers stopped for a lost or expired lease.
+pub fn leases_lost(n: u64) {
+    metrics::counter!(LEASES_LOST).increment(n);
+}
+
+/// A [`Broker`] that records, for every call, its time in [`BROKER_CALL_SECONDS`] and its
+/// failure in [`BROKER_ERRORS`], labelled with the trait method's name, then answers what
+/// the inner broker answered.
+///
+/// The two waits (`wait_for_work`, `wait_for_events`) are counted when they fail but not
+/// timed: they last as long as there is nothing to do, which says nothing of the broker.
+///
+/// ```no_run
+/// # fn demo(broker: std::sync::Arc<dyn hopper_workers::Broker>) {
+/// use std::sync::Arc;
+/// let broker: Arc<dyn hopper_workers::Broker> =
+///     Arc::new(hopper_workers::metrics::Metered::new(broker));
+/// # }
+/// ```
+#[derive(Debug)]
+pub struct Metered {
+    inner: std::sync::Arc<dyn Broker>,
+}
+
+impl Metered {
+    /// Wraps `inner`.
+    pub fn new(inner: std::sync::Arc<dyn Broker>) -> Self {
+        Self { inner }
+    }
+}
+
+/// Runs one broker call, timing it (unless `timed` is false) and counting its failure.
+async fn call<T>(
+    op: &'static str,
+    timed: bool,
+    f: impl Future<Output = BrokerResult<T>>,
+) -> BrokerResult<T> {
+    let started = Instant::now();
+    let r = f.await;
+    if timed {
+        metrics::histogram!(BROKER_CALL_SECONDS, "op" => op)
+            .record(started.elapsed().as_secs_f64());
+    }
+    if r.is_err() {
+        metrics::counter!(BROKER_ERRORS, "op" => op).increment(1);
+    }
+    r
+}
+
+/// Each trait method as `name(args) -> T` becomes a call of the inner broker's method of
+/// the same name through [`call`]; `untimed` marks the waits.
+macro_rules! metered {
+    ($( $(#[$untimed:ident])? fn $op:ident(&self $(, $arg:ident: $ty:ty)*) -> $ret:ty; )*) => {
+        #[async_trait]
+        impl Broker for Metered {
+            fn name(&self) -> &'static str {
+                self.inner.name()
+            }
+            $(
+                async fn $op(&self $(, $arg: $ty)*) -> BrokerResult<$ret> {
+                    let timed = !metered!(@untimed $($untimed)?);
+                    call(stringify!($op), timed, self.inner.$op($($arg),*)).await
+                }
+            )*
+        }
+    };
+    (@untimed untimed) => { true };
+    (@untimed) => { false };
+}
+
+metered! {
+    fn store(&self, jobs: Vec<NewJob>) -> Vec<Enqueued>;
+    fn fetch(&self, queue: &str, max: usize, lease: Duration) -> Vec<Job>;
+    #[untimed]
+    fn wait_for_work(&self, queues: &[String], timeout: Duration) -> ();
+    fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Vec<LeaseStatus>;
+    fn progress(&self, lease: &Lease, percent: u8, message: Option<String>) -> ();
+    fn finish(&self, batch: Vec<Finish>) -> Vec<BrokerResult<()>>;
+    fn cancel(&self, id: &JobId) -> Job;
+    fn retry(&self, id: &JobId) -> Job;
+    fn retry_all_dead(&self, queue: Option<&str>) -> u64;
+    fn pause(&self, queue: &str) -> ();
+    fn resume(&self, queue: &str) -> ();
+    fn rescue(&self, max_interruptions: u32) -> Vec<JobId>;
+    fn get(&self, id: &JobId) -> Option<Job>;
+    fn history(&self, id: &JobId) -> Vec<Event>;
+    fn list(&self, filter: &JobFilter) -> JobPage;
+    fn queues(&self) -> Vec<QueueStats>;
+    fn events(&self, after: Option<&str>, limit: usize) -> Vec<Event>;
+    #[untimed]
+    fn wait_for_events(&self, after: Option<&str>, timeout: Duration) -> ();
+    fn purge(&self, states: &[JobState], before: Timestamp, keep: u64) -> u64;
+    fn drop_queue(&self, queue: &str) -> u64;
+    fn ping(&self) -> ();
+}
