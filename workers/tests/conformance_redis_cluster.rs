@@ -362,3 +362,121 @@ async fn refuses_malformed_cluster_urls_clearly() {
         .expect_err("db 9");
     assert!(!err.to_string().contains("s3cret"), "{err}");
 }
+
+/// `n` queue names (`bench0`, `bench1`, ...), each on a different primary when the cluster
+/// has that many; any names on a standalone Redis (for the same run without shards).
+fn queues_on_distinct_primaries(prefix: &str, n: usize) -> Vec<String> {
+    let nodes = primaries();
+    if nodes.is_empty() {
+        return (0..n).map(|i| format!("bench{i}")).collect();
+    }
+    let mut conn = node_conn(&nodes[0]);
+    // (first slot, last slot, primary's port) of every range.
+    let ranges: Vec<(i64, i64, i64)> = {
+        let v: Vec<redis::Value> = redis::cmd("CLUSTER")
+            .arg("SLOTS")
+            .query(&mut conn)
+            .expect("slots");
+        v.into_iter()
+            .filter_map(|r| match r {
+                redis::Value::Array(p) => match (p.first(), p.get(1), p.get(2)) {
+                    (
+                        Some(redis::Value::Int(a)),
+                        Some(redis::Value::Int(b)),
+                        Some(redis::Value::Array(node)),
+                    ) => match node.get(1) {
+                        Some(redis::Value::Int(port)) => Some((*a, *b, *port)),
+                        _ => None,
+                    },
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    };
+    let mut taken = BTreeSet::new();
+    let mut out = Vec::new();
+    for i in 0..1000 {
+        let q = format!("bench{i}");
+        let slot: i64 = redis::cmd("CLUSTER")
+            .arg("KEYSLOT")
+            .arg(format!("{{{prefix}:{q}}}:"))
+            .query(&mut conn)
+            .expect("keyslot");
+        let port = ranges
+            .iter()
+            .find(|(a, b, _)| (*a..=*b).contains(&slot))
+            .map(|r| r.2);
+        if let Some(port) = port
+            && (taken.len() >= nodes.len() || taken.insert(port))
+        {
+            out.push(q);
+            if out.len() == n {
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// How drain throughput grows with shards: `QUEUES` queues (default 3), each on its own
+/// primary, `JOBS` no-op jobs (default 60,000) spread over them, drained by `FETCHERS`
+/// fetch/finish loops per queue (default 4) of up to `SLOTS` jobs (default 16), the broker
+/// alone (no pool). `cargo test --release -p hopper-workers --features test-util --test
+/// conformance_redis_cluster -- --ignored --nocapture drain_by_shards`; the cluster is
+/// `HOPPER_TEST_REDIS_CLUSTER_URL` (a `redis://` URL runs the same queues on one Redis).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a benchmark, run by hand"]
+async fn drain_by_shards() {
+    let env = |k: &str, d: usize| {
+        std::env::var(k)
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(d)
+    };
+    let (n_queues, jobs, fetchers, slots) = (
+        env("QUEUES", 3),
+        env("JOBS", 60_000),
+        env("FETCHERS", 4),
+        env("SLOTS", 16),
+    );
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let b = Arc::new(connect(&prefix, system()).await);
+    let queues = queues_on_distinct_primaries(&prefix, n_queues);
+    let t = Instant::now();
+    for chunk in 0..jobs / 1000 {
+        let batch = (0..1000)
+            .map(|i| job("sys.noop").queue(&queues[(chunk * 1000 + i) % queues.len()]))
+            .collect();
+        b.enqueue(batch).await.expect("enqueue");
+    }
+    let enqueue_s = t.elapsed().as_secs_f64();
+    let t = Instant::now();
+    let mut tasks = Vec::new();
+    for q in &queues {
+        for _ in 0..fetchers {
+            let (b, q) = (b.clone(), q.clone());
+            tasks.push(tokio::spawn(async move {
+                hopper_workers::testing::drain(&*b, &q, slots).await.len()
+            }));
+        }
+    }
+    let mut done = 0;
+    for t in tasks {
+        done += t.await.expect("task");
+    }
+    let drain_s = t.elapsed().as_secs_f64();
+    assert_eq!(done, jobs / 1000 * 1000);
+    eprintln!(
+        "{} queues {queues:?}: enqueue {:.0} jobs/s, drain {:.0} jobs/s",
+        queues.len(),
+        done as f64 / enqueue_s,
+        done as f64 / drain_s
+    );
+    for q in &queues {
+        b.drop_queue(q).await.expect("drop");
+    }
+}
