@@ -1,5 +1,5 @@
-//! The Redis broker end to end (Hopper issue 3): several nodes on one Redis with a worker
-//! killed and another frozen past its lease, a Redis restart under load, the README tour
+//! The Redis broker end to end (Hopper issue 3): several nodes on one Redis (and on a Redis
+//! Cluster) with a worker killed and another frozen past its lease, a Redis restart under load, the README tour
 //! with `HOPPER_BROKER`, and a broker reached over TLS.
 //!
 //! The shared Redis is the one CI starts on 127.0.0.1:6379 (db 0); a test that cannot reach it
@@ -17,7 +17,9 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde_json::{Value, json};
 
-use crate::util::redis::{RedisKeys, RedisServer, SHARED_URL, unique_prefix};
+use crate::util::redis::{
+    CLUSTER_URL, ClusterKeys, RedisKeys, RedisServer, SHARED_URL, unique_prefix,
+};
 use crate::util::{Api, Daemon, Scratch, count, events, ms, noop, now_ms, sleep, wait};
 
 /// The two load tests take this, so they do not compete for the CPU with each other: on a
@@ -78,16 +80,29 @@ const EXPIRED: &str = "lease ran out without a successful heartbeat";
 /// so the test counts them all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn three_workers_survive_a_kill_and_a_freeze() {
+    let keys = RedisKeys::claim();
+    kill_and_freeze(SHARED_URL, &keys.prefix).await;
+}
+
+/// [`three_workers_survive_a_kill_and_a_freeze`] on the 3-master Redis Cluster of CI: the
+/// queue's keys on one shard, the global indexes (jobs by id, queues, leased queues) on
+/// others, and every pipeline that spans them split by slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_workers_on_a_redis_cluster_survive_a_kill_and_a_freeze() {
+    let keys = ClusterKeys::claim();
+    kill_and_freeze(CLUSTER_URL, &keys.prefix).await;
+}
+
+async fn kill_and_freeze(url: &str, prefix: &str) {
     const JOBS: usize = 5000;
     const ENQUEUERS: usize = 8;
     const CONCURRENCY: u64 = 16;
     const LEASE_MS: i64 = 2000;
     let _heavy = HEAVY.lock().await;
-    let keys = RedisKeys::claim();
     let s = Scratch::new();
     s.write_config_with_broker(
-        SHARED_URL,
-        &keys.prefix,
+        url,
+        prefix,
         &format!("[worker]\nlease = \"2s\"\nheartbeat = \"500ms\"\nconcurrency = {CONCURRENCY}\n"),
     );
     let (_api_d, api) = s.serve(&["--no-workers"]);

@@ -82,7 +82,9 @@ impl Default for ServerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
-    /// `sqlite://PATH` or `redis://HOST:PORT/DB`. Default `"sqlite://data/hopper.db"`.
+    /// `sqlite://PATH`, `redis://HOST:PORT/DB` or a Redis Cluster's
+    /// `redis-cluster://HOST:PORT,HOST:PORT,...` (`rediss://`, `rediss-cluster://` with TLS).
+    /// Default `"sqlite://data/hopper.db"`.
     /// Overridden by `HOPPER_BROKER`.
     pub url: String,
     /// Prefix of every Redis key (unused by SQLite). Default `"hopper"`.

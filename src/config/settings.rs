@@ -153,9 +153,20 @@ impl Config {
             if path.is_empty() {
                 p.push("broker.url: sqlite:// needs a path, e.g. sqlite://data/hopper.db".into());
             }
+        } else if let Some(nodes) = url
+            .strip_prefix("redis-cluster://")
+            .or_else(|| url.strip_prefix("rediss-cluster://"))
+        {
+            if let Err(why) = check_cluster_nodes(nodes) {
+                p.push(format!(
+                    "broker.url: {why}; expected \
+                     redis-cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]"
+                ));
+            }
         } else if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
             p.push(format!(
-                "broker.url: {url:?} is not sqlite://PATH or redis://HOST:PORT/DB"
+                "broker.url: {url:?} is not sqlite://PATH, redis://HOST:PORT/DB or \
+                 redis-cluster://HOST:PORT,HOST:PORT"
             ));
         }
         if !valid_name(&self.broker.prefix) {
@@ -353,4 +364,25 @@ impl Config {
     pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
         self.queues.iter().find(|q| q.name == name)
     }
+}
+
+/// Checks the part of a `redis-cluster://` URL after the scheme: optional credentials, then
+/// one or more `HOST:PORT` separated by commas, and at most a trailing `/` or `/0` (a cluster
+/// has one database). The message never repeats the credentials.
+fn check_cluster_nodes(rest: &str) -> Result<(), String> {
+    let hosts = rest.rfind('@').map_or(rest, |at| &rest[at + 1..]);
+    let hosts = match hosts.split_once('/') {
+        Some((h, "" | "0")) => h,
+        Some(_) => return Err("a Redis Cluster has only database 0".into()),
+        None => hosts,
+    };
+    for node in hosts.split(',') {
+        let ok = node
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            return Err(format!("Redis Cluster node {node:?} is not HOST:PORT"));
+        }
+    }
+    Ok(())
 }

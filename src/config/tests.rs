@@ -183,3 +183,37 @@ fn tokens_are_not_debug_printed() {
     c.auth.tokens = vec!["hunter2".into()];
     assert!(!format!("{c:?}").contains("hunter2"));
 }
+
+#[test]
+fn cluster_urls_are_checked() {
+    for good in [
+        "redis-cluster://127.0.0.1:7101,127.0.0.1:7102",
+        "rediss-cluster://u:p@h:1/",
+        "redis-cluster://h:1/0",
+    ] {
+        let mut c = Config::default();
+        c.broker.url = good.into();
+        assert!(c.validate().is_ok(), "{good}: {:?}", c.validate());
+    }
+    for bad in [
+        "redis-cluster://",
+        "redis-cluster://h",
+        "redis-cluster://h:1,",
+        "redis-cluster://h:x",
+        "redis-cluster://u:s3cret@h:1/2",
+    ] {
+        let mut c = Config::default();
+        c.broker.url = bad.into();
+        let problems = c.validate().unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("broker.url") && p.contains("redis-cluster://")),
+            "{bad}: {problems:?}"
+        );
+        assert!(
+            problems.iter().all(|p| !p.contains("s3cret")),
+            "{problems:?}"
+        );
+    }
+}

@@ -1,5 +1,6 @@
 //! Redis for the tests: the shared Redis of CI on 127.0.0.1:6379 with a key prefix of a
-//! test's own ([`RedisKeys`]), and `redis-server`s a test runs itself ([`RedisServer`]),
+//! test's own ([`RedisKeys`]), the same on the Redis Cluster of CI on 127.0.0.1:7101-7103
+//! ([`ClusterKeys`]), and `redis-server`s a test runs itself ([`RedisServer`]),
 //! plain with AOF or speaking only TLS. Redis is driven with `redis-cli`, as an operator would.
 //!
 //! It does not start `hopper`; a test points a [`super::Scratch`] config at these URLs.
@@ -120,6 +121,94 @@ impl Drop for RedisKeys {
             let _ = redis_cli(SHARED_PORT, &args);
         }
         let left = self.list();
+        if !left.is_empty() && !std::thread::panicking() {
+            panic!(
+                "keys of prefix {} left after cleanup: {left:?}",
+                self.prefix
+            );
+        }
+    }
+}
+
+/// The first node of the Redis Cluster of CI (`.ci/run` starts 7101-7103).
+pub const CLUSTER_SEED_PORT: u16 = 7101;
+/// The URL of the Redis Cluster of CI.
+pub const CLUSTER_URL: &str = "redis-cluster://127.0.0.1:7101,127.0.0.1:7102,127.0.0.1:7103";
+
+/// A unique key prefix on the Redis Cluster of CI; every key containing it is deleted from
+/// every primary on drop, as [`RedisKeys`] does on the shared Redis.
+pub struct ClusterKeys {
+    pub prefix: String,
+}
+
+impl ClusterKeys {
+    /// Fails the test at once, saying why, when the cluster is not up.
+    pub fn claim() -> Self {
+        let out = redis_cli(CLUSTER_SEED_PORT, &["CLUSTER", "INFO"]);
+        let said = String::from_utf8_lossy(&out.stdout);
+        if !said.contains("cluster_state:ok") {
+            panic!(
+                "these tests need a Redis Cluster on 127.0.0.1:{CLUSTER_SEED_PORT}-7103 (.ci/run \
+                 starts one), but CLUSTER INFO answered: {said} {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Self {
+            prefix: unique_prefix(),
+        }
+    }
+
+    /// The ports of the cluster's primaries.
+    fn primaries() -> Vec<u16> {
+        let out = redis_cli(CLUSTER_SEED_PORT, &["CLUSTER", "NODES"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|line| {
+                let mut parts = line.split(' ');
+                let addr = parts.nth(1)?;
+                let flags = parts.next()?;
+                let port = addr.split('@').next()?.rsplit_once(':')?.1;
+                flags
+                    .contains("master")
+                    .then(|| port.parse().ok())
+                    .flatten()
+            })
+            .collect()
+    }
+
+    fn list(port: u16, prefix: &str) -> Vec<String> {
+        let pattern = format!("*{prefix}*");
+        let out = redis_cli(port, &["--scan", "--pattern", &pattern]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| !l.is_empty())
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl Drop for ClusterKeys {
+    fn drop(&mut self) {
+        let mut left = Vec::new();
+        for port in Self::primaries() {
+            let keys = Self::list(port, &self.prefix);
+            // One key per command (a node refuses a multi-key UNLINK across slots), all in
+            // one `redis-cli` reading them from stdin.
+            let script: String = keys.iter().map(|k| format!("UNLINK {k}\n")).collect();
+            if let Ok(mut child) = Command::new("redis-cli")
+                .args(["-h", "127.0.0.1", "-p", &port.to_string()])
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .spawn()
+            {
+                if let Some(mut stdin) = child.stdin.take() {
+                    use std::io::Write;
+                    let _ = stdin.write_all(script.as_bytes());
+                }
+                let _ = child.wait();
+            }
+            left.extend(Self::list(port, &self.prefix));
+        }
         if !left.is_empty() && !std::thread::panicking() {
             panic!(
                 "keys of prefix {} left after cleanup: {left:?}",

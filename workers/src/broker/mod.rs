@@ -429,8 +429,9 @@ impl OpenOptions {
 }
 
 /// Opens the broker a URL names: `sqlite://PATH` (the file and its directory are created on
-/// first use) or `redis://HOST:PORT/DB` / `rediss://…` with every key under `prefix`; every
-/// other option at its default (see [`open_with`]).
+/// first use), or `redis://HOST:PORT/DB` / `rediss://…` / a Redis Cluster's
+/// `redis-cluster://HOST:PORT,HOST:PORT…` / `rediss-cluster://…` with every key under
+/// `prefix`; every other option at its default (see [`open_with`]).
 pub async fn open(url: &str, prefix: &str, clock: Arc<dyn Clock>) -> BrokerResult<Arc<dyn Broker>> {
     open_with(url, &OpenOptions::new(prefix), clock).await
 }
@@ -468,7 +469,15 @@ pub async fn open_with(
             "{path}: built without the sqlite feature"
         )));
     }
-    if url.starts_with("redis://") || url.starts_with("rediss://") {
+    if [
+        "redis://",
+        "rediss://",
+        "redis-cluster://",
+        "rediss-cluster://",
+    ]
+    .iter()
+    .any(|scheme| url.starts_with(scheme))
+    {
         #[cfg(feature = "redis")]
         {
             return redis::connect(url, prefix, clock).await;
@@ -479,6 +488,7 @@ pub async fn open_with(
         ));
     }
     Err(BrokerError::Config(format!(
-        "unsupported broker URL {url:?}: expected sqlite://PATH or redis://HOST:PORT/DB"
+        "unsupported broker URL {url:?}: expected sqlite://PATH, redis://HOST:PORT/DB or \
+         redis-cluster://HOST:PORT,HOST:PORT"
     )))
 }

@@ -7,17 +7,27 @@
 //! [`RedisError`] into a [`BrokerError`], with one warning every few seconds while Redis is
 //! unreachable rather than one per failed call. It does not know what it sends: keys are
 //! `keys.rs`'s, scripts `scripts.rs`'s, and replies are read by the caller.
+//!
+//! A Redis Cluster (`redis-cluster://`) is behind the same calls: [`Shared`] is either
+//! connection, a [`Pipe`] is split by slot on a cluster and a blocking wait blocks once per
+//! slot, each on a connection to that slot's node (how, is `cluster.rs`'s).
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use std::collections::HashMap;
+
+use futures::future::{FutureExt, select_all};
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, MultiplexedConnection};
+use redis::cluster_async::ClusterConnection;
 use redis::{
-    AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisResult, Value,
+    AsyncConnectionConfig, Client, Cmd, FromRedisValue, Pipeline, RedisError, RedisResult,
+    ToRedisArgs, Value,
 };
 
 use super::RedisBroker;
+use super::cluster::{self, ClusterUrl, Nodes};
 use super::decode::corrupt;
 use super::scripts::is_noscript;
 use crate::error::{BrokerError, BrokerResult};
@@ -80,13 +90,85 @@ fn poisoned() -> BrokerError {
     corrupt("a lock of the Redis broker was poisoned by a panic")
 }
 
-/// Opens the client for `url` and its shared connection, and checks that Redis does not evict;
+/// The shared connection every non-blocking command goes through: to one Redis, or to a
+/// cluster (which routes each command to the node of its key).
+#[derive(Clone)]
+pub(super) enum Shared {
+    Single(ConnectionManager),
+    Cluster(ClusterConnection),
+}
+
+/// Where the dedicated connections of blocking waits go: the one Redis, or the node that
+/// serves the slot waited on.
+pub(super) enum Blocking {
+    Single(Client),
+    Cluster(Nodes),
+}
+
+/// A pipeline as the broker builds it: redis' [`Pipeline`], and which of its commands are
+/// ignored (which the redis crate keeps to itself, and a cluster's split needs).
+#[derive(Default)]
+pub(super) struct Pipe {
+    pipe: Pipeline,
+    ignored: Vec<bool>,
+}
+
+impl Pipe {
+    pub(super) fn new() -> Self {
+        Self::default()
+    }
+
+    /// Starts a command; [`Self::arg`] adds to it.
+    pub(super) fn cmd(&mut self, name: &str) -> &mut Self {
+        self.pipe.cmd(name);
+        self.ignored.push(false);
+        self
+    }
+
+    pub(super) fn arg<T: ToRedisArgs>(&mut self, arg: T) -> &mut Self {
+        self.pipe.arg(arg);
+        self
+    }
+
+    pub(super) fn add_command(&mut self, cmd: Cmd) -> &mut Self {
+        self.pipe.add_command(cmd);
+        self.ignored.push(false);
+        self
+    }
+
+    /// Leaves the last command's reply out of the answer.
+    pub(super) fn ignore(&mut self) -> &mut Self {
+        self.pipe.ignore();
+        if let Some(last) = self.ignored.last_mut() {
+            *last = true;
+        }
+        self
+    }
+
+    pub(super) fn commands(&self) -> impl Iterator<Item = &Cmd> {
+        self.pipe.cmd_iter()
+    }
+
+    pub(super) fn is_ignored(&self, i: usize) -> bool {
+        self.ignored.get(i).copied().unwrap_or(false)
+    }
+}
+
+/// Opens the client for `url` (`redis://`, `rediss://`, `redis-cluster://` or
+/// `rediss-cluster://`) and its shared connection, and checks that Redis does not evict;
 /// `shown` is the URL without credentials, for messages.
-pub(super) async fn open(url: &str, shown: &str) -> BrokerResult<(Client, ConnectionManager)> {
-    if url.starts_with("rediss://") {
+pub(super) async fn open(url: &str, shown: &str) -> BrokerResult<(Blocking, Shared)> {
+    if url.starts_with("rediss") {
         // rustls needs one process-wide crypto provider; ring is the one built in. An
         // error means one is installed already, which is as good.
         let _ = rustls::crypto::ring::default_provider().install_default();
+    }
+    if cluster::is_cluster_url(url) {
+        let parsed = ClusterUrl::parse(url, shown)?;
+        let (mut conn, nodes) =
+            cluster::open(&parsed, shown, CONNECTION_TIMEOUT, RESPONSE_TIMEOUT).await?;
+        check_no_eviction(&mut conn, shown).await?;
+        return Ok((Blocking::Cluster(nodes), Shared::Cluster(conn)));
     }
     let client = Client::open(url)
         .map_err(|e| BrokerError::Config(format!("{shown}: not a usable Redis URL: {e}")))?;
@@ -103,12 +185,15 @@ pub(super) async fn open(url: &str, shown: &str) -> BrokerResult<(Client, Connec
             BrokerError::Unavailable(format!("cannot connect to Redis at {shown}: {e}").into())
         })?;
     check_no_eviction(&mut conn, shown).await?;
-    Ok((client, conn))
+    Ok((Blocking::Single(client), Shared::Single(conn)))
 }
 
 /// Refuses a Redis whose `maxmemory-policy` is not `noeviction`: an evicting Redis drops jobs
-/// silently.
-async fn check_no_eviction(conn: &mut ConnectionManager, shown: &str) -> BrokerResult<()> {
+/// silently. On a cluster, the node asked is any one of them.
+async fn check_no_eviction(
+    conn: &mut impl redis::aio::ConnectionLike,
+    shown: &str,
+) -> BrokerResult<()> {
     let policy: Result<Vec<String>, RedisError> = redis::cmd("CONFIG")
         .arg("GET")
         .arg("maxmemory-policy")
@@ -144,14 +229,19 @@ async fn check_no_eviction(conn: &mut ConnectionManager, shown: &str) -> BrokerR
 #[derive(Clone, Copy)]
 enum Request<'a> {
     One(&'a Cmd),
-    Pipe(&'a Pipeline),
+    Pipe(&'a Pipe),
 }
 
 impl Request<'_> {
-    async fn send<T: FromRedisValue>(self, conn: &mut ConnectionManager) -> RedisResult<T> {
-        match self {
-            Self::One(cmd) => cmd.query_async(conn).await,
-            Self::Pipe(pipe) => pipe.query_async(conn).await,
+    async fn send<T: FromRedisValue>(self, conn: &mut Shared) -> RedisResult<T> {
+        match (self, conn) {
+            (Self::One(cmd), Shared::Single(c)) => cmd.query_async(c).await,
+            (Self::One(cmd), Shared::Cluster(c)) => cmd.query_async(c).await,
+            (Self::Pipe(pipe), Shared::Single(c)) => pipe.pipe.query_async(c).await,
+            (Self::Pipe(pipe), Shared::Cluster(c)) => {
+                let v = cluster::send_pipe(c, pipe).await?;
+                Ok(T::from_redis_value(v)?)
+            }
         }
     }
 }
@@ -186,7 +276,7 @@ impl RedisBroker {
 
     /// Runs a pipeline in one round-trip; like [`Self::query`] for lost scripts. Pipelines that
     /// are retried hold only idempotent index writes besides their scripts, which did not run.
-    pub(super) async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipeline) -> BrokerResult<T> {
+    pub(super) async fn query_pipe<T: FromRedisValue>(&self, pipe: &Pipe) -> BrokerResult<T> {
         self.send(Request::Pipe(pipe)).await
     }
 
@@ -200,23 +290,87 @@ impl RedisBroker {
         self.settle(res)
     }
 
-    /// `BLPOP`s `keys` for at most `wait` on a dedicated connection. Returns as well when the
-    /// reply is late; a connection that answered is kept for the next wait.
+    /// `BLPOP`s `keys` for at most `wait` (on a cluster, one `BLPOP` per slot; see
+    /// [`Self::block_by_slot`]).
     pub(super) async fn blpop(&self, keys: &[String], wait: Duration) -> BrokerResult<()> {
-        let mut cmd = redis::cmd("BLPOP");
-        cmd.arg(keys).arg(format!("{:.3}", wait.as_secs_f64()));
-        self.block(&cmd, wait).await
+        let secs = format!("{:.3}", wait.as_secs_f64());
+        self.block_by_slot(
+            keys,
+            |k| k,
+            |group| {
+                let mut cmd = redis::cmd("BLPOP");
+                for k in group {
+                    cmd.arg(k.as_str());
+                }
+                cmd.arg(&secs);
+                cmd
+            },
+            wait,
+        )
+        .await
+    }
+
+    /// Runs the blocking command `make` builds from `items` (each naming its key by
+    /// `key_of`) and returns when it does. On a cluster, where one command cannot span slots,
+    /// `make` builds one command per slot's items, each blocks on a connection to its slot's
+    /// node, and the first to return ends the wait (the others are dropped with their
+    /// connections).
+    pub(super) async fn block_by_slot<I>(
+        &self,
+        items: &[I],
+        key_of: impl Fn(&I) -> &str,
+        make: impl Fn(&[&I]) -> Cmd,
+        wait: Duration,
+    ) -> BrokerResult<()> {
+        let Blocking::Cluster(_) = &self.blocking_to else {
+            let all: Vec<&I> = items.iter().collect();
+            return self.block(&make(&all), None, wait).await;
+        };
+        let mut groups: Vec<(u16, Vec<&I>)> = Vec::new();
+        for item in items {
+            let slot = cluster::key_slot_number(key_of(item));
+            match groups.iter_mut().find(|(s, _)| *s == slot) {
+                Some((_, g)) => g.push(item),
+                None => groups.push((slot, vec![item])),
+            }
+        }
+        let waits: Vec<_> = groups
+            .iter()
+            .filter_map(|(_, g)| {
+                let key = key_of(g.first()?).to_owned();
+                let cmd = make(g);
+                Some(async move { self.block(&cmd, Some(&key), wait).await }.boxed())
+            })
+            .collect();
+        if waits.is_empty() {
+            return Ok(());
+        }
+        select_all(waits).await.0
     }
 
     /// Runs a blocking command (`BLPOP`, `XREAD BLOCK`) that gives up after `wait` on a
-    /// dedicated connection, ignoring its reply. Returns as well when the reply is late; a
-    /// connection that answered is kept for the next wait.
-    pub(super) async fn block(&self, cmd: &Cmd, wait: Duration) -> BrokerResult<()> {
-        let mut conn = self.blocking_conn().await?;
+    /// dedicated connection (to the node that serves `key`'s slot, on a cluster), ignoring
+    /// its reply. Returns as well when the reply is late; a connection that answered is kept
+    /// for the next wait.
+    pub(super) async fn block(
+        &self,
+        cmd: &Cmd,
+        key: Option<&str>,
+        wait: Duration,
+    ) -> BrokerResult<()> {
+        let (node, mut conn) = self.blocking_conn(key).await?;
         match tokio::time::timeout(wait + BLOCK_SLACK, cmd.query_async::<Value>(&mut conn)).await {
+            Ok(Err(e)) if matches!(e.code(), Some("MOVED" | "ASK")) => {
+                // The slot moved: the map is read again next time; this wait ends early,
+                // which costs the caller one look for work, never a job.
+                if let Blocking::Cluster(nodes) = &self.blocking_to {
+                    nodes.forget();
+                }
+                Ok(())
+            }
             Ok(res) => {
                 self.settle(res)?;
-                self.return_blocking(conn);
+                self.return_blocking(node, conn);
                 Ok(())
             }
             // A reply may still arrive on that connection: drop it rather than reuse it.
@@ -224,25 +378,54 @@ impl RedisBroker {
         }
     }
 
-    async fn blocking_conn(&self) -> BrokerResult<MultiplexedConnection> {
-        let idle = self.blocking.lock().map_err(|_| poisoned())?.pop();
+    /// An idle dedicated connection to the node of `key` (the one Redis when standalone),
+    /// or a new one; with the node's address, under which it goes back.
+    async fn blocking_conn(
+        &self,
+        key: Option<&str>,
+    ) -> BrokerResult<(String, MultiplexedConnection)> {
+        let (node, client) = match (&self.blocking_to, key) {
+            (Blocking::Single(client), _) => (String::new(), client.clone()),
+            (Blocking::Cluster(nodes), key) => {
+                let Shared::Cluster(shared) = &self.conn else {
+                    return Err(corrupt(
+                        "a cluster's blocking wait without a cluster connection",
+                    ));
+                };
+                nodes
+                    .client_for(shared, key.unwrap_or_default())
+                    .await
+                    .map_err(|e| self.err(e))?
+            }
+        };
+        let idle = self
+            .blocking
+            .lock()
+            .map_err(|_| poisoned())?
+            .get_mut(&node)
+            .and_then(Vec::pop);
         if let Some(c) = idle {
-            return Ok(c);
+            return Ok((node, c));
         }
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(CONNECTION_TIMEOUT))
             .set_response_timeout(None);
-        self.client
+        let conn = client
             .get_multiplexed_async_connection_with_config(&config)
             .await
-            .map_err(|e| self.err(e))
+            .map_err(|e| self.err(e))?;
+        Ok((node, conn))
     }
 
-    fn return_blocking(&self, conn: MultiplexedConnection) {
-        if let Ok(mut idle) = self.blocking.lock()
-            && idle.len() < MAX_IDLE_BLOCKING
-        {
-            idle.push(conn);
+    fn return_blocking(&self, node: String, conn: MultiplexedConnection) {
+        if let Ok(mut idle) = self.blocking.lock() {
+            let idle = idle.entry(node).or_default();
+            if idle.len() < MAX_IDLE_BLOCKING {
+                idle.push(conn);
+            }
         }
     }
 }
+
+/// Idle dedicated connections for blocking waits, by node (`""` for a standalone Redis).
+pub(super) type IdleBlocking = Mutex<HashMap<String, Vec<MultiplexedConnection>>>;

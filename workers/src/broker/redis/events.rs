@@ -23,6 +23,7 @@ use std::time::Duration;
 use redis::{FromRedisValue, Value};
 
 use super::RedisBroker;
+use super::conn::Pipe;
 use super::decode::{corrupt, parse_num, string, text};
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventType};
@@ -220,7 +221,7 @@ async fn history_entries(
 ) -> BrokerResult<Vec<Event>> {
     let mut out = Vec::new();
     for chunk in entries.chunks(STREAM_CHUNK) {
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipe::new();
         for e in chunk {
             pipe.cmd("XRANGE")
                 .arg(broker.events_key(queue))
@@ -292,7 +293,7 @@ pub(super) async fn events(
     }
     let names = broker.queue_names().await?;
     for round in 0..2 {
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipe::new();
         pipe.cmd("TIME");
         // Events are ordered by (stream id, queue, place in the entry).
         for q in &names {
@@ -369,7 +370,8 @@ async fn sleep_exactly(d: Duration) {
     }
 }
 
-/// Waits, with one `XREAD BLOCK` over every queue's stream, for an entry after the event id
+/// Waits, with one `XREAD BLOCK` over every queue's stream (one per slot on a cluster), for an
+/// entry after the event id
 /// `after`, or for `timeout`. A queue created meanwhile is not waited on (the timeout bounds
 /// that), nor is the rest of the entry `after` points into (its events were written together,
 /// so a reader that stopped inside it had a page full, and reads again before waiting).
@@ -395,30 +397,45 @@ pub(super) async fn wait_for_events(
         tokio::time::sleep(timeout).await;
         return Ok(());
     }
-    let mut cmd = redis::cmd("XREAD");
-    cmd.arg("COUNT")
-        .arg(1)
-        .arg("BLOCK")
-        .arg(block_ms)
-        .arg("STREAMS");
-    for q in &names {
-        cmd.arg(broker.events_key(q));
-    }
-    for q in &names {
-        // XREAD answers entries strictly after the id given.
-        let from = match &after {
-            None => "0-0".to_owned(),
-            // The cursor's stream id in a queue sorting after the cursor's is not yet seen.
-            Some((pos, cq)) if q.as_str() > *cq => match (pos.sid.ms, pos.sid.seq) {
-                (ms, seq) if seq > 0 => format!("{ms}-{}", seq - 1),
-                (0, _) => "0-0".to_owned(),
-                (ms, _) => format!("{}-{}", ms - 1, u64::MAX),
+    // (stream, the id to read after) per queue; XREAD answers entries strictly after it.
+    let streams: Vec<(String, String)> = names
+        .iter()
+        .map(|q| {
+            let from = match &after {
+                None => "0-0".to_owned(),
+                // The cursor's stream id in a queue sorting after the cursor's is not yet seen.
+                Some((pos, cq)) if q.as_str() > *cq => match (pos.sid.ms, pos.sid.seq) {
+                    (ms, seq) if seq > 0 => format!("{ms}-{}", seq - 1),
+                    (0, _) => "0-0".to_owned(),
+                    (ms, _) => format!("{}-{}", ms - 1, u64::MAX),
+                },
+                Some((pos, _)) => pos.sid.to_string(),
+            };
+            (broker.events_key(q), from)
+        })
+        .collect();
+    broker
+        .block_by_slot(
+            &streams,
+            |(key, _)| key,
+            |group| {
+                let mut cmd = redis::cmd("XREAD");
+                cmd.arg("COUNT")
+                    .arg(1)
+                    .arg("BLOCK")
+                    .arg(block_ms)
+                    .arg("STREAMS");
+                for (key, _) in group {
+                    cmd.arg(key);
+                }
+                for (_, from) in group {
+                    cmd.arg(from);
+                }
+                cmd
             },
-            Some((pos, _)) => pos.sid.to_string(),
-        };
-        cmd.arg(from);
-    }
-    broker.block(&cmd, Duration::from_millis(block_ms)).await
+            Duration::from_millis(block_ms),
+        )
+        .await
 }
 
 /// The events of stream entries `start..=end` (either may be exclusive with `(`) of one

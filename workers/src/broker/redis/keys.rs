@@ -23,7 +23,9 @@
 //! entry for a queue with nothing running costs one look); rescue removes a queue whose
 //! `running` zset it found empty, then looks again and puts it back if a fetch leased a job
 //! in between (see `lifecycle.rs`). A node that connects adds every queue of `queues` once,
-//! so that jobs leased before this index existed are rescued too.
+//! so that jobs leased before this index existed are rescued too. On a Redis Cluster the three
+//! global keys live in slots of their own: `cluster.rs` splits such a pipeline by slot and
+//! keeps these orders (global writes before or after the queue's scripts, as written).
 //!
 //! The job hash stores neither the id nor the queue (its key names both) nor counters that
 //! are 0 (nor the progress of a succeeded job, which is always 100; `lease_until` is read

@@ -19,6 +19,7 @@ use std::time::Duration;
 use redis::{Cmd, Value};
 
 use super::RedisBroker;
+use super::conn::Pipe;
 use super::decode::{Answer, answer, corrupt, int, job_from_fetch, string};
 use super::keys::check_queue;
 use super::scripts::{BATCH, Lua, SCRIPTS};
@@ -59,7 +60,7 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     });
     let mut names: Vec<&str> = calls.iter().map(|(q, _)| *q).collect();
     names.dedup();
-    let mut pipe = redis::pipe();
+    let mut pipe = Pipe::new();
     pipe.cmd("SADD")
         .arg(broker.queues_key())
         .arg(names)
@@ -169,7 +170,7 @@ pub(super) async fn fetch(
         .arg(broker.event_cap)
         .arg(PROMOTE_LIMIT);
     // After the script: rescue visits the queues in this index (see `keys.rs`).
-    let mut pipe = redis::pipe();
+    let mut pipe = Pipe::new();
     pipe.add_command(cmd);
     pipe.cmd("SADD")
         .arg(broker.leased_key())
@@ -209,7 +210,7 @@ pub(super) async fn wait_for_work(
     // Due jobs carry no signal when their time comes: wait no longer than the earliest, by
     // the clock the scripts promote them by.
     let now = broker.now().await?;
-    let mut pipe = redis::pipe();
+    let mut pipe = Pipe::new();
     for q in queues {
         pipe.cmd("ZRANGE")
             .arg(broker.due_key(q))
@@ -369,7 +370,7 @@ pub(super) async fn rescue(
     // batch go round again.
     while !pending.is_empty() {
         let now = broker.now_arg();
-        let mut pipe = redis::pipe();
+        let mut pipe = Pipe::new();
         for q in &pending {
             let mut cmd = broker.eval(&SCRIPTS.rescue, q);
             cmd.arg(&now)
@@ -404,7 +405,7 @@ async fn forget_idle(broker: &RedisBroker, idle: &[String]) -> BrokerResult<()> 
     if idle.is_empty() {
         return Ok(());
     }
-    let mut pipe = redis::pipe();
+    let mut pipe = Pipe::new();
     pipe.cmd("SREM").arg(broker.leased_key()).arg(idle).ignore();
     for q in idle {
         pipe.cmd("ZCARD").arg(broker.running_key(q));
@@ -477,7 +478,7 @@ async fn per_lease(
     call: impl Fn(&str, &[usize]) -> BrokerResult<Cmd>,
 ) -> BrokerResult<Vec<i64>> {
     let calls = group(queues, FINISH_CHUNK, |_| true);
-    let mut pipe = redis::pipe();
+    let mut pipe = Pipe::new();
     for (q, idx) in &calls {
         pipe.add_command(call(q, idx)?);
     }

@@ -9,9 +9,11 @@
 //!
 //! - `mod.rs` (here): [`RedisBroker`], [`connect`], and the [`Broker`] impl, which only says
 //!   which file answers each call.
-//! - `conn.rs`: the connections (a [`ConnectionManager`](redis::aio::ConnectionManager) for
-//!   everything but blocking pops, a few dedicated connections for `BLPOP`), TLS, and what a
-//!   failure means, with outage logging.
+//! - `conn.rs`: the connections (a [`ConnectionManager`](redis::aio::ConnectionManager), or a
+//!   cluster connection, for everything but blocking waits; a few dedicated connections for
+//!   `BLPOP` and `XREAD BLOCK`), TLS, and what a failure means, with outage logging.
+//! - `cluster.rs`: Redis Cluster: its URLs, pipelines split by slot, and the node of a slot
+//!   for blocking waits.
 //! - `keys.rs`: the key layout (one hash tag per queue) and the three global indexes.
 //! - `scripts.rs`: loading the Lua scripts and calling them.
 //! - `decode.rs`: replies -> jobs and script answers.
@@ -53,12 +55,16 @@
 //!   and the event cap keep the newest `keep_events` entries of *each* queue, which hold at
 //!   least that many events (an entry of a batch holds up to 500). Purged jobs' events stay
 //!   until trimmed.
-//! - Keys are Cluster-ready (one slot per queue), but the client is a plain one, and
-//!   `wait_for_work` `BLPOP`s several queues' keys at once: a standalone (or Sentinel-fronted)
-//!   Redis is what runs today.
+//! - Redis Cluster (`redis-cluster://`): each queue is one slot, so one queue's throughput is
+//!   one shard's; queues spread over the shards. A wait for work or events blocks once per
+//!   slot waited on (a dedicated connection each); the merged event log holds back the
+//!   current millisecond by the clock of one node, so nodes' clocks must agree within a
+//!   millisecond or so for its order across queues (NTP on one LAN does that). The
+//!   `maxmemory-policy` check asks one node.
 //! - `rediss://` connects with TLS (rustls): the server's certificate is checked against the
 //!   system's roots (or the file `SSL_CERT_FILE` names).
 
+mod cluster;
 mod conn;
 mod decode;
 mod events;
@@ -68,16 +74,13 @@ mod pausing;
 mod read;
 mod scripts;
 
-use std::sync::{Arc, Mutex};
-
-use redis::Client;
-use redis::aio::{ConnectionManager, MultiplexedConnection};
+use std::sync::Arc;
 
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::error::BrokerResult;
 
-use self::conn::Health;
+use self::conn::{Blocking, Health, IdleBlocking, Shared};
 
 /// Default bound of each queue's event stream (approximate, trimmed as events are added).
 pub const DEFAULT_EVENT_CAP: u64 = 100_000;
@@ -93,8 +96,9 @@ pub async fn connect(
 
 /// The Redis implementation of [`Broker`].
 pub struct RedisBroker {
-    client: Client,
-    conn: ConnectionManager,
+    /// Where blocking waits connect: the Redis, or the node of a cluster's slot.
+    blocking_to: Blocking,
+    conn: Shared,
     /// The URL without credentials, for messages.
     url: String,
     prefix: String,
@@ -102,9 +106,9 @@ pub struct RedisBroker {
     /// Whether the scripts take their time from `clock` (tests) rather than Redis' `TIME`.
     clock_time: bool,
     event_cap: u64,
-    /// Dedicated connections for `BLPOP`, which would stall every other command queued behind
-    /// it on the shared multiplexed connection.
-    blocking: Mutex<Vec<MultiplexedConnection>>,
+    /// Idle dedicated connections for `BLPOP` and `XREAD BLOCK` (by node), which would stall
+    /// every other command queued behind them on the shared multiplexed connection.
+    blocking: IdleBlocking,
     health: Health,
 }
 
@@ -119,34 +123,35 @@ impl std::fmt::Debug for RedisBroker {
 }
 
 impl RedisBroker {
-    /// Connects to `url` (`redis://[user:password@]host:port/db`) and keeps every key under
-    /// `prefix`. Refuses a Redis whose `maxmemory-policy` is not `noeviction`: an evicting
+    /// Connects to `url` (`redis://[user:password@]host:port/db`, `rediss://` with TLS, or a
+    /// Redis Cluster: `redis-cluster://[user:password@]host:port[,host:port...]`,
+    /// `rediss-cluster://` with TLS) and keeps every key under `prefix`. Refuses a Redis whose `maxmemory-policy` is not `noeviction`: an evicting
     /// Redis drops jobs silently.
     pub async fn connect(url: &str, prefix: &str, clock: Arc<dyn Clock>) -> BrokerResult<Self> {
         let shown = conn::redact(url);
         keys::check_prefix(prefix)?;
-        let (client, conn) = conn::open(url, &shown).await?;
+        let (blocking_to, conn) = conn::open(url, &shown).await?;
         let broker = Self {
-            client,
+            blocking_to,
             conn,
             url: shown,
             prefix: prefix.to_owned(),
             clock,
             clock_time: false,
             event_cap: DEFAULT_EVENT_CAP,
-            blocking: Mutex::new(Vec::new()),
+            blocking: IdleBlocking::default(),
             health: Health::default(),
         };
         broker.load_scripts().await?;
-        // Queues used before the index of leased queues existed may hold running jobs.
-        broker
-            .query::<()>(
-                redis::cmd("SUNIONSTORE")
-                    .arg(broker.leased_key())
-                    .arg(broker.leased_key())
-                    .arg(broker.queues_key()),
-            )
-            .await?;
+        // Queues used before the index of leased queues existed may hold running jobs. Read
+        // and added in two steps, as the two sets are in different Cluster slots (a queue
+        // created in between is added by its first fetch).
+        let names = broker.queue_names().await?;
+        if !names.is_empty() {
+            broker
+                .query::<()>(redis::cmd("SADD").arg(broker.leased_key()).arg(names))
+                .await?;
+        }
         Ok(broker)
     }
 

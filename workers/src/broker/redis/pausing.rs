@@ -6,13 +6,14 @@
 //! next fetch on, and `read::queues` reports it.
 
 use super::RedisBroker;
+use super::conn::Pipe;
 use super::keys::check_queue;
 use crate::error::BrokerResult;
 
 pub(super) async fn pause(broker: &RedisBroker, queue: &str) -> BrokerResult<()> {
     check_queue(queue)?;
     // The queue joins the index of queues, so `queues` lists it even before it holds a job.
-    let mut pipe = redis::pipe();
+    let mut pipe = Pipe::new();
     pipe.cmd("SET")
         .arg(format!("{}paused", broker.base(queue)))
         .arg(1)
@@ -29,7 +30,7 @@ pub(super) async fn resume(broker: &RedisBroker, queue: &str) -> BrokerResult<()
     let base = broker.base(queue);
     // Wake the workers blocked on the queue at once (as common.lua's `signal` does), rather
     // than at the end of their idle wait.
-    let mut pipe = redis::pipe();
+    let mut pipe = Pipe::new();
     pipe.cmd("DEL").arg(format!("{base}paused")).ignore();
     pipe.cmd("LPUSH")
         .arg(broker.signal_key(queue))

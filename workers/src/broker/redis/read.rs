@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use redis::{FromRedisValue, Value};
 
 use super::RedisBroker;
+use super::conn::Pipe;
 use super::decode::{corrupt, int, job_from_fields, string};
 use super::keys::check_queue;
 use super::scripts::{BATCH, SCRIPTS};
@@ -128,7 +129,7 @@ pub(super) async fn queues(broker: &RedisBroker) -> BrokerResult<Vec<QueueStats>
     }
     // The per-second counters are keyed by the scripts' clock: read them by it.
     let now_s = broker.now().await?.as_millis().div_euclid(1000);
-    let mut pipe = redis::pipe();
+    let mut pipe = Pipe::new();
     for q in &names {
         let base = broker.base(q);
         pipe.cmd("HGETALL").arg(format!("{base}counts"));
@@ -248,7 +249,7 @@ pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResul
         .drain_batches(&SCRIPTS.drop_queue, queue, &[BATCH.to_string()])
         .await?;
     broker.unindex(&ids).await?;
-    let mut pipe = redis::pipe();
+    let mut pipe = Pipe::new();
     pipe.cmd("SREM")
         .arg(broker.queues_key())
         .arg(queue)

@@ -1,6 +1,7 @@
 //! The Lua scripts of `workers/lua/` as the broker calls them: each one compiled into the
 //! binary with the shared helpers of `common.lua` in front, loaded with `SCRIPT LOAD` when the
-//! broker connects (and again when Redis says `NOSCRIPT`, see `conn.rs`), and called with
+//! broker connects (on every node of a cluster; and again when Redis says `NOSCRIPT`, see
+//! `conn.rs` and `cluster.rs`), and called with
 //! `EVALSHA` on one queue's key prefix.
 //!
 //! It owns the calling convention (one key, the queue's prefix; the ARGV each caller adds) and
@@ -12,6 +13,7 @@ use std::sync::LazyLock;
 use redis::{Cmd, RedisError, Script};
 
 use super::RedisBroker;
+use super::conn::Shared;
 use crate::error::BrokerResult;
 
 /// Jobs per call of the batch scripts (retry_all_dead, rescue, purge, drop_queue).
@@ -24,6 +26,10 @@ pub(super) struct Lua {
 }
 
 impl Lua {
+    pub(super) fn code(&self) -> &'static str {
+        self.code
+    }
+
     fn new(code: &'static str) -> Self {
         Self {
             code,
@@ -41,7 +47,7 @@ macro_rules! scripts {
         }
 
         impl Scripts {
-            fn all(&self) -> Vec<&Lua> {
+            pub(super) fn all(&self) -> Vec<&Lua> {
                 vec![$(&self.$name),*]
             }
         }
@@ -76,16 +82,23 @@ pub(super) fn is_noscript(e: &RedisError) -> bool {
 }
 
 impl RedisBroker {
-    /// Loads every script in one round-trip.
+    /// Loads every script in one round-trip (on a cluster, on every node: see `cluster.rs`).
     pub(super) async fn load_scripts(&self) -> BrokerResult<()> {
-        let mut pipe = redis::pipe();
-        for s in SCRIPTS.all() {
-            pipe.cmd("SCRIPT").arg("LOAD").arg(s.code).ignore();
+        match &self.conn {
+            Shared::Single(conn) => {
+                let mut pipe = redis::pipe();
+                for s in SCRIPTS.all() {
+                    pipe.cmd("SCRIPT").arg("LOAD").arg(s.code).ignore();
+                }
+                let mut conn = conn.clone();
+                pipe.query_async::<()>(&mut conn)
+                    .await
+                    .map_err(|e| self.err(e))
+            }
+            Shared::Cluster(conn) => super::cluster::load_scripts(conn)
+                .await
+                .map_err(|e| self.err(e)),
         }
-        let mut conn = self.conn.clone();
-        pipe.query_async::<()>(&mut conn)
-            .await
-            .map_err(|e| self.err(e))
     }
 
     /// `EVALSHA <script> 1 <queue prefix>`; the caller adds the ARGV.
