@@ -210,20 +210,37 @@ async fn metrics_text(State(st): State<AppState>) -> Result<Response, ApiError> 
         .into_response())
 }
 
+/// The token of an `Authorization: Bearer TOKEN` header, if the request has one.
+pub(crate) fn bearer_token(headers: &axum::http::HeaderMap) -> Option<&str> {
+    headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim())
+}
+
+/// The WebSocket subprotocol that carries a token (`token.TOKEN`): browsers cannot set headers
+/// on a WebSocket.
+const TOKEN_PROTOCOL: &str = "token.";
+
+/// The tokens offered as `Sec-WebSocket-Protocol` entries `token.TOKEN`.
+pub(crate) fn protocol_tokens(headers: &axum::http::HeaderMap) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL))
+}
+
 /// With `[auth] tokens` set, lets a request through only with `Authorization: Bearer TOKEN`.
 async fn require_token(State(config): State<Arc<Config>>, req: Request, next: Next) -> Response {
     let tokens = &config.auth.tokens;
     if tokens.is_empty() {
         return next.run(req).await;
     }
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, token)| token.trim());
-    match presented {
+    match bearer_token(req.headers()) {
         Some(t)
             if tokens
                 .iter()

@@ -39,9 +39,6 @@ use crate::config::{Config, Per, RateLimit};
 /// The limiter's map is not swept while it holds fewer clients than this.
 const SWEEP_MIN: usize = 1024;
 
-/// The prefix of a `Sec-WebSocket-Protocol` entry carrying a token (as `/v1/events` reads it).
-const TOKEN_PROTOCOL: &str = "token.";
-
 /// `v1` with the limit of `config` in front of every route, or as it is when the limit is off.
 pub fn wrap(v1: OpenApiRouter<AppState>, config: &Arc<Config>) -> OpenApiRouter<AppState> {
     match Limiter::new(config.clone(), DefaultClock::default()) {
@@ -155,12 +152,7 @@ fn quota(rate: RateLimit, burst: Option<u32>) -> Option<Quota> {
 /// `Authorization: Bearer` header, the `token` query parameter, `Sec-WebSocket-Protocol`
 /// entries `token.TOKEN`.
 fn presented<'a>(headers: &'a HeaderMap, query: Option<&str>) -> impl Iterator<Item = String> + 'a {
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned());
+    let bearer = super::bearer_token(headers).map(str::to_owned);
     let from_query: Vec<String> = query
         .and_then(|q| {
             Query::<Vec<(String, String)>>::try_from_uri(&format!("/?{q}").parse().ok()?).ok()
@@ -173,13 +165,7 @@ fn presented<'a>(headers: &'a HeaderMap, query: Option<&str>) -> impl Iterator<I
                 .collect()
         })
         .unwrap_or_default();
-    let protocols = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL))
-        .map(str::to_owned);
+    let protocols = super::protocol_tokens(headers).map(str::to_owned);
     bearer.into_iter().chain(from_query).chain(protocols)
 }
 

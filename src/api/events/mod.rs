@@ -39,8 +39,6 @@ use super::{ApiError, AppState, constant_time_eq};
 
 /// The WebSocket subprotocol the server speaks (and echoes back when offered).
 pub const PROTOCOL: &str = "hopper";
-/// The prefix of a `Sec-WebSocket-Protocol` entry carrying a token.
-const TOKEN_PROTOCOL: &str = "token.";
 
 /// `GET /v1/events`.
 #[utoipa::path(get, path = "/events", tag = "events", params(EventsQuery),
@@ -166,19 +164,8 @@ fn authorized(st: &AppState, headers: &HeaderMap, query: &EventQuery) -> bool {
     if tokens.is_empty() {
         return true;
     }
-    let bearer = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().split_once(' '))
-        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
-        .map(|(_, t)| t.trim().to_owned());
-    let protocols = headers
-        .get_all(header::SEC_WEBSOCKET_PROTOCOL)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|p| p.trim().strip_prefix(TOKEN_PROTOCOL))
-        .map(str::to_owned);
+    let bearer = super::bearer_token(headers).map(str::to_owned);
+    let protocols = super::protocol_tokens(headers).map(str::to_owned);
     let presented: Vec<String> = bearer
         .into_iter()
         .chain(query.token.clone())
