@@ -5,9 +5,12 @@
 //!
 //! Every task started here is tracked and stops on the token; [`serve`] and [`worker`] return
 //! only when all of them have. The two-phase drain of running jobs is the pool's own
-//! (`hopper_workers::pool::Pool::run`); this module only decides *when* it starts.
+//! (`hopper_workers::pool::Pool::run`); this module only decides *when* it starts. Under
+//! systemd (`NOTIFY_SOCKET` set) it says `READY=1` once the broker answered, the pool runs and
+//! (for `serve`) the API listens, and leaves the rest of the conversation to [`systemd`].
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -24,6 +27,11 @@ use tokio_util::task::TaskTracker;
 
 use crate::api::{self, AppState};
 use crate::config::{Config, ConfigError, Settings};
+use crate::systemd;
+
+/// Test-only fault hook (not a setting): while the file this names exists, the fetch loop
+/// blocks, as a hung one would (`PoolConfig::fault_block_fetch_file`). Unset: no cost.
+const FAULT_BLOCK_FETCH_FILE: &str = "HOPPER_FAULT_BLOCK_FETCH_FILE";
 
 /// Opens the broker `[broker]` names.
 pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<dyn Broker>> {
@@ -79,6 +87,9 @@ struct Node {
     config: Arc<Config>,
     tracker: TaskTracker,
     pool: Option<(PoolHandle, JoinHandle<Result<()>>)>,
+    /// Cancelled once the pool has drained (at once without a pool), for the tasks that
+    /// outlive `shutdown` until then (telling systemd the stop is under way).
+    drained: CancellationToken,
 }
 
 impl Node {
@@ -95,15 +106,18 @@ impl Node {
         let broker: Arc<dyn Broker> = Arc::new(Metered::new(
             open_broker(&settings.config, clock.clone()).await?,
         ));
+        // A node is only up (READY=1 under systemd) once its broker answers.
+        broker
+            .ping()
+            .await
+            .with_context(|| format!("the broker {} does not answer", broker.name()))?;
         let registry = Arc::new(node_registry(&settings, &broker, &clock)?);
         let tracker = TaskTracker::new();
         let pool = workers.then(|| {
-            let pool = Pool::new(
-                broker.clone(),
-                registry.clone(),
-                settings.pool.clone(),
-                clock.clone(),
-            );
+            let mut config = settings.pool.clone();
+            config.fault_block_fetch_file =
+                std::env::var_os(FAULT_BLOCK_FETCH_FILE).map(PathBuf::from);
+            let pool = Pool::new(broker.clone(), registry.clone(), config, clock.clone());
             let handle = pool.handle();
             (handle, spawn_pool(&tracker, pool, shutdown.clone()))
         });
@@ -123,7 +137,25 @@ impl Node {
             config,
             tracker,
             pool,
+            drained: CancellationToken::new(),
         })
+    }
+
+    /// Under systemd: `READY=1` now, then status lines, watchdog pings and the stop
+    /// notifications, in a tracked task that ends once the node has drained.
+    fn notify_ready(&self, label: String, shutdown: &CancellationToken) {
+        let Some(notifier) = systemd::Notifier::from_env() else {
+            return;
+        };
+        let pool = self.pool.as_ref().map(|(handle, _)| handle.clone());
+        notifier.ready(&label);
+        self.tracker.spawn(notifier.run(
+            pool,
+            label,
+            self.config.worker.shutdown_grace,
+            shutdown.clone(),
+            self.drained.clone(),
+        ));
     }
 
     /// Waits for the pool to drain (it does once `shutdown` fires, or when it fails), then
@@ -137,6 +169,7 @@ impl Node {
                 .context("the worker pool task panicked")
                 .and_then(|ran| ran),
         };
+        self.drained.cancel();
         shutdown.cancel();
         self.tracker.wait().await;
         tracing::info!("stopped");
@@ -189,6 +222,7 @@ pub async fn serve(
         },
         "listening on {addr}"
     );
+    node.notify_ready(format!("serving on {addr}"), &shutdown);
     // With the peer's address, which `[server] rate_limit` keys on when auth is off.
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let served = axum::serve(listener, app)
@@ -241,6 +275,10 @@ pub async fn worker(settings: Settings, shutdown: CancellationToken) -> Result<(
         queues = %node.config.worker.queues.join(","),
         concurrency = node.config.worker.concurrency,
         "worker started"
+    );
+    node.notify_ready(
+        format!("worker on {}", node.config.worker.queues.join(",")),
+        &shutdown,
     );
     node.stop(&shutdown).await
 }

@@ -29,6 +29,9 @@
 //!   each job cost (this process, Redis).
 //! - [`logging`]: the log's level and format (`[log] format`: text or JSON lines).
 //! - [`shutdown`]: Ctrl-C and SIGTERM.
+//! - [`systemd`]: the notify protocol of `Type=notify` units: `READY=1`, `STATUS=`, a
+//!   watchdog fed only while the pool makes progress, `STOPPING=1` and stop-timeout
+//!   extensions.
 //! - [`out`]: writing results to stdout (lines, JSON, tables).
 
 pub mod api;
@@ -42,4 +45,5 @@ pub mod metrics;
 pub mod out;
 pub mod service;
 pub mod shutdown;
+pub mod systemd;
 pub mod view;

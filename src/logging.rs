@@ -1,5 +1,6 @@
 //! The process's log: where it goes (stderr), its level (`RUST_LOG`, else the command's
-//! default) and its format (`[log] format`: text or JSON lines).
+//! default) and its format (`[log] format`: text or JSON lines; text without its own
+//! timestamps when stderr is the systemd journal).
 //!
 //! This module owns setting up the `tracing` subscriber, once, at start-up; what is logged is
 //! each part's own business. A job's fields (`job_id`, `queue`, `kind`, `attempt`) come from
@@ -20,6 +21,11 @@ pub fn init(format: LogFormat, default_level: &str) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match format {
+        // Under systemd with stderr going to the journal (`JOURNAL_STREAM` set), the journal
+        // stamps each line itself: a second timestamp would only clutter `journalctl`.
+        LogFormat::Text if stderr_is_journal() => {
+            builder.without_time().with_ansi(false).init();
+        }
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .init(),
@@ -32,4 +38,20 @@ pub fn init(format: LogFormat, default_level: &str) {
             .with_span_list(false)
             .init(),
     }
+}
+
+/// True when stderr is the systemd journal's stream: `JOURNAL_STREAM` (`DEVICE:INODE`, set by
+/// systemd) names the very file stderr is, not one inherited from a parent.
+fn stderr_is_journal() -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Some(stream) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = stream.to_str().and_then(|s| s.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    std::fs::metadata("/proc/self/fd/2").is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }

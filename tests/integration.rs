@@ -33,6 +33,9 @@ mod e2e_ratelimit;
 /// The Redis broker: three nodes through a SIGKILL and a SIGSTOP past the lease, a Redis
 /// restart under load, the README tour with `HOPPER_BROKER`, and a TLS broker.
 mod e2e_redis;
+/// systemd's notify protocol (READY, STATUS, a watchdog that stops when the fetch loop hangs,
+/// STOPPING) on a socket the test binds, and a rolling restart of three worker nodes.
+mod e2e_systemd;
 /// `hopper tail`: following the event log of a broker or of a remote node's WebSocket, with
 /// a job's exit code.
 mod e2e_tail;

@@ -1,5 +1,7 @@
 //! The fetch loop: asks the broker for no more jobs than there are free slots (per queue too),
 //! blocks in `wait_for_work` when there is nothing to do, and starts each job in its own task.
+//! Every wait is bounded by [`BEAT`], and every round is recorded in the pool's liveness, so a
+//! supervisor can tell an idle loop from a hung one.
 
 use tracing::Instrument;
 
@@ -34,8 +36,13 @@ pub(super) async fn fetch_loop(
         warn!("every queue of this pool is paused: nothing will run");
     }
     let mut backoff = Duration::from_millis(100);
+    let live = shared.handle.liveness();
 
     while !shutdown.is_cancelled() {
+        live.fetch_beat();
+        if let Some(path) = &shared.config.fault_block_fetch_file {
+            fault_block(path, shutdown).await;
+        }
         let mut saturated = false;
         let mut failed = false;
         // Queues with a free slot: the only ones worth waiting on (a queue at its own limit
@@ -80,18 +87,19 @@ pub(super) async fn fetch_loop(
             }
         }
         if failed {
-            tokio::select! {
-                () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(backoff) => {}
+            if !live.fetch_pause(backoff, shutdown).await {
+                break;
             }
             backoff = (backoff * 2).min(Duration::from_secs(5));
             continue;
         }
         if slots.available_permits() == 0 {
-            // Every slot is busy: wait for one to free up, without holding it.
+            // Every slot is busy: wait for one to free up, without holding it (and go round
+            // every beat meanwhile: jobs may well run for an hour).
             tokio::select! {
                 () = shutdown.cancelled() => break,
                 permit = slots.acquire() => drop(permit),
+                () = tokio::time::sleep(BEAT) => {}
             }
             continue;
         }
@@ -106,16 +114,32 @@ pub(super) async fn fetch_loop(
         if !saturated {
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                r = broker.wait_for_work(&open, shared.config.idle_wait) => {
+                r = broker.wait_for_work(&open, shared.config.idle_wait.min(BEAT)) => {
                     if let Err(e) = r {
                         warn!(error = %e, "waiting for work failed");
-                        tokio::time::sleep(backoff).await;
+                        live.fetch_pause(backoff, shutdown).await;
                     }
                 }
             }
         }
     }
     debug!("fetch loop stopped");
+}
+
+/// The test-only fault hook: blocks while `path` exists (or until shutdown), as a fetch loop
+/// hung inside an iteration would, without recording any round.
+async fn fault_block(path: &std::path::Path, shutdown: &CancellationToken) {
+    if !path.exists() {
+        return;
+    }
+    warn!(path = %path.display(), "fault hook: the fetch loop is blocked while this file exists");
+    while path.exists() {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+    }
+    info!("fault hook: the fetch loop runs again");
 }
 
 /// How often a pool whose queues are all at their own limit looks again.

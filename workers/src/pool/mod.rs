@@ -29,16 +29,20 @@
 //!   after `unknown_kind_grace`.
 //! - `writes`: the acknowledger: completions and progress, batched.
 //! - `leases`: heartbeats, the expiry watch and the rescuer.
+//! - `liveness`: the loops' vital signs ([`Vitals`]) for a supervisor such as systemd's
+//!   watchdog, and the test-only fault hook that blocks the fetch loop.
 
 mod execute;
 mod fetch;
 mod leases;
+mod liveness;
 mod running;
 mod unserved;
 mod writes;
 
 use std::collections::HashMap;
 use std::panic::AssertUnwindSafe;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -62,6 +66,8 @@ use crate::time::Timestamp;
 use execute::run_job;
 use fetch::fetch_loop;
 use leases::{expire, heartbeat, rescue};
+use liveness::Liveness;
+pub use liveness::{BEAT, Vitals};
 pub use running::PoolHandle;
 use running::{Running, StopReason};
 use unserved::unserved;
@@ -115,6 +121,10 @@ pub struct PoolConfig {
     /// saying so in its `last_error`) before it goes dead, counted from the first time it
     /// was put off. Defaults to 1 h.
     pub unknown_kind_grace: Duration,
+    /// Test-only fault hook: while this file exists, the fetch loop blocks inside an
+    /// iteration (until the file is gone or shutdown), as a hung loop would; the watchdog
+    /// tests use it. `None` (the default): no check at all.
+    pub fault_block_fetch_file: Option<PathBuf>,
 }
 
 impl Default for PoolConfig {
@@ -131,6 +141,7 @@ impl Default for PoolConfig {
             rescue_interval: Duration::from_secs(1),
             idle_wait: Duration::from_secs(1),
             unknown_kind_grace: Duration::from_secs(3600),
+            fault_block_fetch_file: None,
         }
     }
 }
@@ -209,6 +220,7 @@ impl Pool {
         let (progress_tx, progress_rx) = mpsc::unbounded_channel();
         let (flush_tx, flush_rx) = mpsc::unbounded_channel();
         let unwritten = Arc::new(AtomicUsize::new(0));
+        handle.liveness().set_slots(concurrency);
         service_tasks.spawn(acknowledge(
             broker.clone(),
             finish_rx,

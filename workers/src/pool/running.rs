@@ -69,6 +69,8 @@ type RunningMap = Arc<Mutex<HashMap<JobId, Running>>>;
 #[derive(Clone, Debug, Default)]
 pub struct PoolHandle {
     running: RunningMap,
+    /// The loops' vital signs (`liveness`), read by [`PoolHandle::vitals`].
+    pub(super) liveness: Arc<Liveness>,
 }
 
 impl PoolHandle {

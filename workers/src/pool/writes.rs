@@ -24,7 +24,15 @@ pub(super) async fn acknowledge(
     unwritten: Arc<AtomicUsize>,
 ) {
     const MAX_BATCH: usize = 512;
-    while let Some(first) = rx.recv().await {
+    let live = handle.liveness();
+    loop {
+        live.acknowledger_beat();
+        // Bounded, so an idle acknowledger still goes round (and a watchdog sees it alive).
+        let first = match tokio::time::timeout(BEAT, rx.recv()).await {
+            Err(_idle) => continue,
+            Ok(None) => break,
+            Ok(Some(f)) => f,
+        };
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
             match rx.try_recv() {
@@ -43,9 +51,9 @@ pub(super) async fn acknowledge(
                 let _ = flushed.await;
             }
         }
-        if !write_completions(&*broker, &batch).await {
+        if !write_completions(&*broker, &batch, live).await {
             for one in batch.chunks(1) {
-                if !write_completions(&*broker, one).await {
+                if !write_completions(&*broker, one, live).await {
                     error!(
                         job = %one[0].lease.job_id,
                         "completion could not be written; the job will run again after its lease"
@@ -56,15 +64,22 @@ pub(super) async fn acknowledge(
         for f in &batch {
             handle.remove(&f.lease);
         }
+        live.finished(batch.len());
     }
 }
 
 /// Writes one batch of completions, retrying while the broker is unavailable (for as long as
-/// it takes) and up to three times on other errors. False when it gave up.
-pub(super) async fn write_completions(broker: &dyn Broker, batch: &[Finish]) -> bool {
+/// it takes) and up to three times on other errors. False when it gave up. Each try counts
+/// as a round of the acknowledger: retrying against a broker that is down is not a stall.
+pub(super) async fn write_completions(
+    broker: &dyn Broker,
+    batch: &[Finish],
+    live: &Liveness,
+) -> bool {
     let mut backoff = Duration::from_millis(50);
     let mut failures = 0;
     loop {
+        live.acknowledger_beat();
         match broker.finish(batch.to_vec()).await {
             Ok(results) => {
                 for (f, r) in batch.iter().zip(results) {
