@@ -13,7 +13,8 @@
 //!   `run`), payload parsing that names the bad field, and the adapter into a `Handler`.
 //! - [`registry`]: the [`Registry`](registry::Registry) of kinds by their stable name.
 //! - [`pool`]: the worker pool: fetch up to free slots, run with timeouts and cancellation,
-//!   heartbeats, rescue of expired leases, two-phase shutdown.
+//!   heartbeats, rescue of expired leases, two-phase shutdown, and its vital signs
+//!   ([`Vitals`](pool::Vitals)) for a watchdog.
 //! - [`metrics`]: the `hopper_*` metrics the engine records (job outcomes, run and pickup
 //!   times, leases, heartbeats) and [`Metered`](metrics::Metered), a broker that times every
 //!   call.

@@ -23,14 +23,15 @@
 
 //!
 //! - `running`: the jobs running in this pool, and the [`PoolHandle`] that stops one.
-//! - `fetch`: the fetch loop: slots, per-queue limits, waiting for work.
+//! - `fetch`: the fetch loop: slots, per-queue limits, waiting for work; the test-only fault
+//!   hook that blocks it.
 //! - `execute`: one attempt: the handler under its timeout, panics caught, the outcome.
 //! - `unserved`: a job of a kind this pool has no handler for: snoozed saying why, then dead
 //!   after `unknown_kind_grace`.
 //! - `writes`: the acknowledger: completions and progress, batched.
 //! - `leases`: heartbeats, the expiry watch and the rescuer.
 //! - `liveness`: the loops' vital signs ([`Vitals`]) for a supervisor such as systemd's
-//!   watchdog, and the test-only fault hook that blocks the fetch loop.
+//!   watchdog.
 
 mod execute;
 mod fetch;
