@@ -23,7 +23,7 @@
 
 //!
 //! - `running`: the jobs running in this pool, and the [`PoolHandle`] that stops one.
-//! - `fetch`: the fetch loop: slots, per-queue limits, waiting for work.
+//! - `fetch`: the fetch loop: slots, per-queue limits and rates, waiting for work.
 //! - `execute`: one attempt: the handler under its timeout, panics caught, the outcome.
 //! - `unserved`: a job of a kind this pool has no handler for: snoozed saying why, then dead
 //!   after `unknown_kind_grace`.
@@ -50,7 +50,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::broker::{Broker, Finish, LeaseStatus, Outcome};
+use crate::broker::{Broker, Finish, JobRate, LeaseStatus, Outcome};
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::handler::{Handler, JobContext, JobError, ProgressUpdate, Registry};
@@ -75,6 +75,9 @@ pub struct QueueSpec {
     pub concurrency: Option<usize>,
     /// A paused queue is not fetched from.
     pub paused: bool,
+    /// At most this many of its jobs start per period, counted by the broker across every
+    /// node (see [`Broker::fetch_rated`]); `None`: no rate, and a plain [`Broker::fetch`].
+    pub rate: Option<JobRate>,
 }
 
 impl QueueSpec {
@@ -84,6 +87,7 @@ impl QueueSpec {
             name: name.into(),
             concurrency: None,
             paused: false,
+            rate: None,
         }
     }
 }

@@ -10,7 +10,9 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use crate::broker::{
+    Broker, Enqueued, Finish, JobFilter, JobPage, JobRate, LeaseStatus, QueueStats, RatedFetch,
+};
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
 use crate::job::{Job, JobId, JobState, Lease, NewJob};
@@ -89,6 +91,23 @@ impl Broker for Partitioned {
 
     async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>> {
         self.reach().await?.fetch(queue, max, lease).await
+    }
+
+    async fn fetch_rated(
+        &self,
+        queue: &str,
+        max: usize,
+        lease: Duration,
+        rate: JobRate,
+    ) -> BrokerResult<RatedFetch> {
+        self.reach()
+            .await?
+            .fetch_rated(queue, max, lease, rate)
+            .await
+    }
+
+    async fn rate_held_until(&self, queue: &str) -> BrokerResult<Option<Timestamp>> {
+        self.reach().await?.rate_held_until(queue).await
     }
 
     async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {
