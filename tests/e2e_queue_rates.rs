@@ -54,7 +54,14 @@ fn run_and_count(s: &Scratch, n: usize) {
             Err(counts.to_string())
         }
     });
-    let done: Vec<Value> = s.cli_jobs(&["--queue", "rated", "--state", "succeeded", "--limit", "1000"]);
+    let done: Vec<Value> = s.cli_jobs(&[
+        "--queue",
+        "rated",
+        "--state",
+        "succeeded",
+        "--limit",
+        "1000",
+    ]);
     assert_eq!(done.len(), JOBS);
     let mut per_second: BTreeMap<i64, usize> = BTreeMap::new();
     for j in &done {
@@ -65,7 +72,10 @@ fn run_and_count(s: &Scratch, n: usize) {
     // rate's count, within 10 %.
     let seconds: Vec<(i64, usize)> = per_second.into_iter().collect();
     let whole = &seconds[1..seconds.len() - 1];
-    assert!(whole.len() >= 4, "starts spread over too few seconds: {seconds:?}");
+    assert!(
+        whole.len() >= 4,
+        "starts spread over too few seconds: {seconds:?}"
+    );
     let (low, high) = (RATE * 9 / 10, RATE * 11 / 10);
     for (second, starts) in whole {
         assert!(

@@ -32,7 +32,7 @@ pub const TOLERANCE_MS: f64 = 100.0;
 /// ```
 /// use std::time::Duration;
 /// use hopper_workers::broker::JobRate;
-/// let rate = JobRate::new(20, Duration::from_secs(1)).unwrap();
+/// let rate = JobRate::new(20, Duration::from_secs(1)).expect("a rate");
 /// assert_eq!(rate.interval_ms(), 50.0);
 /// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,7 +71,11 @@ impl JobRate {
         }
         let owed = ((now - from) / self.interval_ms()).floor() + 1.0;
         // `owed` is at least 1 and bounded by the tolerance over the interval.
-        let owed = if owed >= max as f64 { max } else { owed as usize };
+        let owed = if owed >= max as f64 {
+            max
+        } else {
+            owed as usize
+        };
         (owed, from)
     }
 
@@ -113,7 +117,7 @@ mod tests {
 
     #[test]
     fn an_idle_queue_saves_up_a_tenth_of_a_second() {
-        let rate = JobRate::new(20, Duration::from_secs(1)).unwrap();
+        let rate = JobRate::new(20, Duration::from_secs(1)).expect("a rate");
         // 100 ms of tolerance at 50 ms each: three jobs at once, then one per interval.
         let (n, from) = rate.allowed(None, 10_000.0, 50);
         assert_eq!(n, 3);
@@ -125,7 +129,7 @@ mod tests {
 
     #[test]
     fn a_late_fetch_makes_up_for_its_lateness() {
-        let rate = JobRate::new(20, Duration::from_secs(1)).unwrap();
+        let rate = JobRate::new(20, Duration::from_secs(1)).expect("a rate");
         // Due at 10 000, fetched 60 ms late: two jobs, and no time lost.
         let (n, from) = rate.allowed(Some(10_000.0), 10_060.0, 50);
         assert_eq!((n, from), (2, 10_000.0));
@@ -134,7 +138,7 @@ mod tests {
 
     #[test]
     fn per_minute_rates_space_starts_out() {
-        let rate = JobRate::new(10, Duration::from_secs(60)).unwrap();
+        let rate = JobRate::new(10, Duration::from_secs(60)).expect("a rate");
         assert_eq!(rate.interval_ms(), 6000.0);
         let (n, from) = rate.allowed(None, 0.0, 5);
         assert_eq!(n, 1);

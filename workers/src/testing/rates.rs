@@ -66,7 +66,10 @@ pub async fn rated_fetch_starts_no_more_than_the_rate(b: Arc<dyn Broker>, clock:
     );
     for second in 1..5 {
         let n = per_second.get(&second).copied().unwrap_or(0);
-        assert!((19..=21).contains(&n), "second {second}: {n} starts, not ~20");
+        assert!(
+            (19..=21).contains(&n),
+            "second {second}: {n} starts, not ~20"
+        );
     }
     assert!(started.len() < ids.len(), "the rate held some jobs back");
     for id in ids.iter().filter(|id| !started.contains(id)).take(20) {
