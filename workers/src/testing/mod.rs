@@ -23,7 +23,7 @@
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
 //! retry, purge, drop), `pausing` (pause and resume a queue), `rates` (job rate limits
-//! across handles), `progress` (coalescing, through a
+//! across handles, and a pool that sleeps while its queue is held), `progress` (coalescing, through a
 //! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
@@ -217,6 +217,7 @@ macro_rules! conformance_suite {
             // rates.rs
             rated_fetch_starts_no_more_than_the_rate,
             rated_fetch_spaces_a_per_minute_rate,
+            pool_sleeps_while_its_queue_is_held_by_its_rate,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

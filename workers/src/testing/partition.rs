@@ -5,7 +5,7 @@
 //! a case that needs a real stalled connection starts its own `redis-server` and stops it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -27,6 +27,9 @@ pub struct Partitioned {
     /// wait for those in flight: a call that got through before the cut must not land after
     /// the test has moved on (say, moved the clock past a lease).
     in_flight: tokio::sync::RwLock<()>,
+    /// Calls of [`Broker::fetch_rated`] so far, reached or not: how a case tells a pool that
+    /// sleeps while its queue is held from one that keeps asking.
+    rated_fetches: AtomicU64,
 }
 
 /// The broker, reached: holds the call's share of [`Partitioned::in_flight`] until the call's
@@ -51,7 +54,13 @@ impl Partitioned {
             inner,
             cut: AtomicBool::new(false),
             in_flight: tokio::sync::RwLock::new(()),
+            rated_fetches: AtomicU64::new(0),
         })
+    }
+
+    /// How many times [`Broker::fetch_rated`] was called through this wrapper.
+    pub fn rated_fetches(&self) -> u64 {
+        self.rated_fetches.load(Ordering::SeqCst)
     }
 
     /// From now on every call fails as unreachable; returns once the calls that got through
@@ -100,6 +109,7 @@ impl Broker for Partitioned {
         lease: Duration,
         rate: JobRate,
     ) -> BrokerResult<RatedFetch> {
+        self.rated_fetches.fetch_add(1, Ordering::SeqCst);
         self.reach()
             .await?
             .fetch_rated(queue, max, lease, rate)

@@ -8,10 +8,14 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use super::partition::Partitioned;
+use super::pool::{config, start};
 use super::{LEASE, ManualClock, START, enqueue_ids, get, job, ms};
-use crate::broker::{Broker, JobRate};
+use crate::broker::{Broker, JobFilter, JobRate};
 use crate::clock::Clock;
+use crate::handler::Registry;
 use crate::job::JobState;
+use crate::pool::QueueSpec;
 
 /// Twenty starts a second.
 fn twenty_per_second() -> JobRate {
@@ -121,4 +125,60 @@ pub async fn rated_fetch_spaces_a_per_minute_rate(b: Arc<dyn Broker>, clock: Arc
     let free = (0..5).map(|_| job("test.free").queue("free")).collect();
     enqueue_ids(&*b, free).await;
     assert_eq!(b.fetch("free", 5, LEASE).await.expect("fetch").len(), 5);
+}
+
+/// A pool whose queue is held by its rate sleeps until the broker allows the next start
+/// instead of asking again and again (its idle wait here is 50 ms): with one start a minute
+/// allowed, it starts one job, leaves the others `queued` on attempt 0, and in the second
+/// that follows calls the broker at most a few times.
+pub async fn pool_sleeps_while_its_queue_is_held_by_its_rate(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let rate = JobRate::new(1, Duration::from_secs(60)).expect("a rate");
+    let jobs = (0..3).map(|_| job("sys.noop").queue("slow")).collect();
+    enqueue_ids(&*b, jobs).await;
+    let counted = Partitioned::new(b.clone());
+    let mut registry = Registry::new();
+    crate::diagnostics::register(&mut registry).expect("the diagnostic kinds");
+    let mut cfg = config();
+    cfg.queues = vec![QueueSpec {
+        rate: Some(rate),
+        ..QueueSpec::new("slow")
+    }];
+    let pool = start(counted.clone(), Arc::new(registry), cfg, &clock);
+    let done = |state| {
+        let b = b.clone();
+        async move {
+            b.list(&JobFilter {
+                queue: Some("slow".into()),
+                state: Some(state),
+                ..JobFilter::default()
+            })
+            .await
+            .expect("list")
+            .jobs
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while done(JobState::Succeeded).await.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "no job started");
+        tokio::time::sleep(ms(20)).await;
+    }
+    let before = counted.rated_fetches();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let during = counted.rated_fetches() - before;
+    pool.stop().await;
+    assert_eq!(
+        done(JobState::Succeeded).await.len(),
+        1,
+        "one start a minute"
+    );
+    let waiting = done(JobState::Queued).await;
+    assert_eq!(waiting.len(), 2, "the others wait queued");
+    assert!(waiting.iter().all(|j| j.attempt == 0), "{waiting:?}");
+    assert!(
+        during <= 2,
+        "{during} rated fetches in a second while the queue was held: the pool polls"
+    );
 }
