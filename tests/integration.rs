@@ -26,6 +26,9 @@ mod e2e_logs;
 /// `GET /metrics`: outcome counters and queue gauges after a known mix of jobs, parsed as
 /// Prometheus text; the token rule; `hopper worker`'s `metrics_listen`.
 mod e2e_metrics;
+/// `[[queue]] rate_limit`: worker processes on Redis and on one SQLite file together start
+/// no more of a queue's jobs a second than its rate.
+mod e2e_queue_rates;
 /// Queue controls: pause, resume and retry-dead over HTTP and the CLI, across processes.
 mod e2e_queues;
 /// `[server] rate_limit`: 429 with Retry-After per token or address, bad rates refused.

@@ -12,7 +12,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
-use hopper_workers::broker::{Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use hopper_workers::broker::{
+    Enqueued, Finish, JobFilter, JobPage, JobRate, LeaseStatus, QueueStats, RatedFetch,
+};
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::error::{BrokerError, BrokerResult};
 use hopper_workers::event::Event;
@@ -70,6 +72,18 @@ impl Broker for Unreachable {
         self.down()
     }
     async fn fetch(&self, _: &str, _: usize, _: Duration) -> BrokerResult<Vec<Job>> {
+        self.down()
+    }
+    async fn fetch_rated(
+        &self,
+        _: &str,
+        _: usize,
+        _: Duration,
+        _: JobRate,
+    ) -> BrokerResult<RatedFetch> {
+        self.down()
+    }
+    async fn rate_held_until(&self, _: &str) -> BrokerResult<Option<Timestamp>> {
         self.down()
     }
     async fn wait_for_work(&self, _: &[String], _: Duration) -> BrokerResult<()> {

@@ -291,6 +291,7 @@ impl Bench {
             name: self.queue.clone(),
             concurrency: None,
             paused: false,
+            rate: None,
         }];
         let pool = Pool::new(
             self.broker.clone(),

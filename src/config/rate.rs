@@ -1,12 +1,16 @@
-//! [`RateLimit`], the value of `[server] rate_limit`: `"off"` or a count per second or per
-//! minute (`"500/s"`, `"30000/m"`), parsed once when the config is read.
+//! [`RateLimit`], the value of `[server] rate_limit` and `[[queue]] rate_limit`: `"off"` or a
+//! count per second or per minute (`"500/s"`, `"30000/m"`), parsed once when the config is
+//! read.
 //!
-//! This file owns the syntax only; the limiter that enforces it is `crate::api::rate_limit`.
+//! This file owns the syntax only; the limiter that enforces the server's is
+//! `crate::api::rate_limit`, a queue's is the broker's (`hopper_workers::broker::rate`).
 
 use std::fmt;
 use std::num::NonZeroU32;
 use std::str::FromStr;
+use std::time::Duration;
 
+use hopper_workers::broker::JobRate;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 /// The period of a [`RateLimit`].
@@ -35,6 +39,25 @@ pub enum RateLimit {
 }
 
 impl RateLimit {
+    /// Whether this is `"off"`.
+    pub fn is_off(&self) -> bool {
+        matches!(self, Self::Off)
+    }
+
+    /// The rate as the broker enforces a queue's (`[[queue]] rate_limit`); `None` when off.
+    pub fn job_rate(self) -> Option<JobRate> {
+        match self {
+            Self::Off => None,
+            Self::Every { count, per } => JobRate::new(
+                count.get(),
+                match per {
+                    Per::Second => Duration::from_secs(1),
+                    Per::Minute => Duration::from_secs(60),
+                },
+            ),
+        }
+    }
+
     /// Requests a second, rounded up (at least 1): the default burst. `None` when off.
     pub fn per_second_ceil(self) -> Option<u32> {
         match self {

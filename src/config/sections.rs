@@ -169,6 +169,12 @@ pub struct QueueConfig {
     /// Default `false`. `hopper pause QUEUE` (or `POST /v1/queues/{name}/pause`) pauses it
     /// in the broker instead, for every node; a queue is paused when either says so.
     pub paused: bool,
+    /// At most this many of its jobs start, across every node sharing the broker: `"COUNT/s"`
+    /// or `"COUNT/m"` (e.g. `"100/s"`, `"10/m"`), or `"off"`. Default `"off"`. Enforced by
+    /// the broker in the fetch itself; a job held back stays queued. Nodes whose configs give
+    /// different rates each apply their own to the one shared budget.
+    #[serde(skip_serializing_if = "RateLimit::is_off")]
+    pub rate_limit: RateLimit,
 }
 
 /// `[retry]`: what happens after a failed attempt.

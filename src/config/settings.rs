@@ -337,6 +337,7 @@ impl Config {
                     name: name.clone(),
                     concurrency: q.and_then(|q| q.concurrency),
                     paused: q.is_some_and(|q| q.paused),
+                    rate: q.and_then(|q| q.rate_limit.job_rate()),
                 }
             })
             // Last, so that real work is fetched first; one slot at most.
@@ -344,6 +345,7 @@ impl Config {
                 name: MAINTENANCE_QUEUE.to_owned(),
                 concurrency: Some(1),
                 paused: false,
+                rate: None,
             }))
             .collect();
         PoolConfig {

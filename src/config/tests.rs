@@ -117,6 +117,7 @@ fn validate_reports_every_problem() {
         name: "a b".into(),
         concurrency: Some(0),
         paused: false,
+        rate_limit: RateLimit::Off,
     });
     let problems = c.validate().unwrap_err();
     for key in [

@@ -40,6 +40,8 @@
 --   events     stream of events (see "Events" below), trimmed to about ARGV cap entries
 --   signal     list of wake-up tokens, BLPOPed by idle workers
 --   paused     string, present while an operator has paused the queue (fetch leases nothing)
+--   rate       string, a float of ms: when the queue's job rate next allows a start; written
+--              only by a rated fetch (see fetch.lua), absent for a queue without a rate
 --   unique     hash unique_key -> id
 --   seq        counter, enqueue order
 --   stat:ok:<second>, stat:fail:<second>   per-second counters, expire after 120 s

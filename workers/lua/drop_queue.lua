@@ -19,6 +19,6 @@ if #ids < limit then
     redis.call('DEL', K .. 'lane:' .. lv)
   end
   redis.call('DEL', K .. 'all', K .. 'queued', K .. 'due', K .. 'running', K .. 'succeeded', K .. 'dead',
-    K .. 'cancelled', K .. 'lanes', K .. 'counts', K .. 'events', K .. 'signal', K .. 'unique', K .. 'seq')
+    K .. 'cancelled', K .. 'lanes', K .. 'counts', K .. 'events', K .. 'signal', K .. 'unique', K .. 'seq', K .. 'rate')
 end
 return ids

@@ -10,10 +10,17 @@
 -- ARGV[4]  event stream cap
 -- ARGV[5]  at most this many due jobs are promoted per call (bounds the work per call; the
 --          rest are promoted by the next fetches)
+-- ARGV[6]  (rated fetch only) ms between two starts of the queue's job rate (a float)
+-- ARGV[7]  (rated fetch only) the rate's tolerance, ms (see workers/src/broker/rate.rs)
 -- A paused queue (its `paused` key set, see common.lua) has its due jobs promoted but leases
--- none: the answer is the time and deadline alone.
+-- none: the answer is the time and deadline alone (and, rated, the third entry).
+-- A rated fetch leases no more jobs than the queue's rate allows now, by GCRA on the key
+-- `rate` (the earliest time the next job may start, ms, a float; the rule is
+-- workers/src/broker/rate.rs's), and advances that key by the jobs it leased. An unrated
+-- fetch neither reads nor writes it.
 --
--- Returns  an array: the time this call ran at (ms) and the lease deadline it wrote, then one
+-- Returns  an array: the time this call ran at (ms) and the lease deadline it wrote, (rated
+--          only) when the rate next allows a start if later than now (ms text) or '', then one
 --          entry per leased job: the job's hash as a flat field/value array as HGETALL read
 --          it before the lease, followed by its id as its last (odd) element. The caller
 --          applies the lease (`Job::begin_attempt` in workers/src/job.rs, the rule this
@@ -45,8 +52,19 @@ if #due > 0 then
   redis.call('ZREM', K .. 'due', unpack(due))
 end
 
--- The time and deadline first; the jobs from index 3.
+-- The time and deadline first (and the rate's answer, rated); then the jobs.
 local out = { now_s, deadline }
+local interval = ARGV[6] and tonumber(ARGV[6])
+local rate_from
+if interval then
+  out[3] = ''
+  rate_from = now - tonumber(ARGV[7])
+  local stored = redis.call('GET', K .. 'rate')
+  if stored and tonumber(stored) > rate_from then
+    rate_from = tonumber(stored)
+  end
+end
+local head = #out
 -- A paused queue leases nothing. Its due jobs were promoted above all the same, so that they
 -- wait as `queued` and a worker's wait_for_work does not keep finding them due.
 if redis.call('EXISTS', K .. 'paused') == 1 then
@@ -54,6 +72,15 @@ if redis.call('EXISTS', K .. 'paused') == 1 then
 end
 if max > 500 then
   max = 500
+end
+if interval then
+  local allowed = 0
+  if rate_from <= now then
+    allowed = math.floor((now - rate_from) / interval) + 1
+  end
+  if allowed < max then
+    max = allowed
+  end
 end
 -- Per leased job: its id, the hash read, attempt and lease token before the lease, whether
 -- it has progress to clear, whether it has started before (`started_at` is the first), and
@@ -106,7 +133,7 @@ while max > 0 and #ids < max and rounds < 8 do
       started[n] = began
       evss[n] = evs
       f[#f + 1] = id
-      out[n + 2] = f
+      out[n + head] = f
     else
       stale = true
     end
@@ -135,6 +162,15 @@ if #ids > 0 then
   end
   redis.call('ZADD', K .. 'running', unpack(running))
   move('queued', 'running', #ids)
+end
+if interval then
+  local next_start = rate_from + interval * #ids
+  if #ids > 0 then
+    redis.call('SET', K .. 'rate', string.format('%.3f', next_start))
+  end
+  if next_start > now then
+    out[3] = string.format('%.3f', next_start)
+  end
 end
 flush_counts()
 return out

@@ -6,7 +6,8 @@
 //! - [`field`]: [`FieldError`], the one shape of a refused request field.
 //! - [`event`]: the events every state change appends to a durable log.
 //! - [`broker`]: the [`Broker`](broker::Broker) trait and its SQLite (`broker::sqlite`) and
-//!   Redis (`broker::redis`) implementations.
+//!   Redis (`broker::redis`) implementations; `broker::rate`, the per-queue job rate rule
+//!   both apply in their fetch.
 //! - [`handler`]: the object-safe [`Handler`](handler::Handler) the pool runs, the
 //!   [`JobContext`](handler::JobContext) it runs with, and [`JobError`](handler::JobError).
 //! - [`kind`]: what a job kind implements, [`Kind`](kind::Kind) (a typed payload and one

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use crate::broker::{
+    Broker, Enqueued, Finish, JobFilter, JobPage, JobRate, LeaseStatus, QueueStats, RatedFetch,
+};
 use crate::error::BrokerResult;
 use crate::event::Event;
 use crate::job::{Job, JobId, JobState, Lease, NewJob};
@@ -163,6 +165,8 @@ macro_rules! metered {
 metered! {
     fn store(&self, jobs: Vec<NewJob>) -> Vec<Enqueued>;
     fn fetch(&self, queue: &str, max: usize, lease: Duration) -> Vec<Job>;
+    fn fetch_rated(&self, queue: &str, max: usize, lease: Duration, rate: JobRate) -> RatedFetch;
+    fn rate_held_until(&self, queue: &str) -> Option<Timestamp>;
     #[untimed]
     fn wait_for_work(&self, queues: &[String], timeout: Duration) -> ();
     fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Vec<LeaseStatus>;

@@ -11,7 +11,8 @@
 macro_rules! delegate_broker {
     (
         $broker:ty, $name:literal,
-        store: $store:ident, fetch: $fetch:ident, wait_for_work: $wait:ident,
+        store: $store:ident, fetch: $fetch:ident, fetch_rated: $fetch_rated:ident,
+        rate_held_until: $rate_held:ident, wait_for_work: $wait:ident,
         heartbeat: $heartbeat:ident, progress: $progress:ident, finish: $finish:ident,
         cancel: $cancel:ident, retry: $retry:ident, retry_all_dead: $retry_all_dead:ident,
         rescue: $rescue:ident, get: $get:ident, history: $history:ident, list: $list:ident,
@@ -42,6 +43,20 @@ macro_rules! delegate_broker {
                     lease: Duration,
                 ) -> BrokerResult<Vec<Job>> {
                     $fetch::fetch(self, queue, max, lease).await
+                }
+
+                async fn fetch_rated(
+                    &self,
+                    queue: &str,
+                    max: usize,
+                    lease: Duration,
+                    rate: JobRate,
+                ) -> BrokerResult<RatedFetch> {
+                    $fetch_rated::fetch_rated(self, queue, max, lease, rate).await
+                }
+
+                async fn rate_held_until(&self, queue: &str) -> BrokerResult<Option<Timestamp>> {
+                    $rate_held::rate_held_until(self, queue).await
                 }
 
                 async fn wait_for_work(
@@ -163,7 +178,9 @@ pub(crate) use delegate_broker;
 pub(crate) mod prelude {
     pub(crate) use std::time::Duration;
 
-    pub(crate) use crate::broker::{Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+    pub(crate) use crate::broker::{
+        Enqueued, Finish, JobFilter, JobPage, JobRate, LeaseStatus, QueueStats, RatedFetch,
+    };
     pub(crate) use crate::error::BrokerResult;
     pub(crate) use crate::event::Event;
     pub(crate) use crate::job::{Job, JobId, JobState, Lease, NewJob};

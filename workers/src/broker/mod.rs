@@ -48,6 +48,7 @@
 
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 mod delegate;
+pub mod rate;
 #[cfg(feature = "redis")]
 pub mod redis;
 #[cfg(feature = "sqlite")]
@@ -66,6 +67,8 @@ use crate::event::Event;
 use crate::field::FieldError;
 use crate::job::{Job, JobId, JobState, Lease, NewJob, valid_name};
 use crate::time::Timestamp;
+
+pub use rate::{JobRate, RatedFetch};
 
 /// The result of enqueueing one job: the job as the broker stored it, so a caller never has
 /// to read back what it just wrote.
@@ -286,6 +289,28 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// started before (it is the first start, kept across attempts and retries); appends
     /// `job.started` for each.
     async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>>;
+
+    /// [`Broker::fetch`] under a job rate (`[[queue]] rate_limit`): leases no more jobs than
+    /// `rate` allows now, and advances the queue's rate state in the same transaction or
+    /// script as the lease, so that every node fetching with a rate shares one budget (see
+    /// [`rate`]). A job held back stays `queued`, its attempt untouched. When the rate allows
+    /// no further start now, [`RatedFetch::held_for`] says how long until it does. Nodes that
+    /// give the same queue different rates each apply their own to the shared state. The
+    /// pool calls [`Broker::fetch`] for a queue without a rate, which costs nothing extra.
+    async fn fetch_rated(
+        &self,
+        queue: &str,
+        max: usize,
+        lease: Duration,
+        rate: JobRate,
+    ) -> BrokerResult<RatedFetch>;
+
+    /// When `queue`'s rate next allows a start, if that is later than now (the broker's
+    /// clock); `None` when the queue has no rate state or its rate allows a start now. One
+    /// cheap read, writing nothing: a queue with `queued` jobs and `Some` here is held back
+    /// by its rate ("why is my job not running"). The time is the one the last rated fetch
+    /// stored, under that node's rate.
+    async fn rate_held_until(&self, queue: &str) -> BrokerResult<Option<Timestamp>>;
 
     /// Returns when work may be available in one of `queues`, or after `timeout`. Must not
     /// busy-poll; may return early (spuriously).

@@ -2,6 +2,10 @@
 //! blocks in `wait_for_work` when there is nothing to do, and starts each job in its own task.
 //! Every wait is bounded by [`BEAT`], and every round is recorded in the pool's liveness, so a
 //! supervisor can tell an idle loop from a hung one.
+//!
+//! A queue with a job rate is fetched through [`Broker::fetch_rated`]; when the broker says its
+//! rate allows no start for a while, the loop leaves that queue alone until then (no polling)
+//! and waits for the others' work at most that long (and at most a [`BEAT`]).
 
 use tracing::Instrument;
 
@@ -35,6 +39,14 @@ pub(super) async fn fetch_loop(
     if active.is_empty() {
         warn!("every queue of this pool is paused: nothing will run");
     }
+    let rates: HashMap<String, JobRate> = shared
+        .config
+        .queues
+        .iter()
+        .filter_map(|q| q.rate.map(|r| (q.name.clone(), r)))
+        .collect();
+    // Rated queues whose rate allows no start before the instant given.
+    let mut held: HashMap<String, Instant> = HashMap::new();
     let mut backoff = Duration::from_millis(100);
     let live = shared.handle.liveness();
 
@@ -48,20 +60,39 @@ pub(super) async fn fetch_loop(
         // Queues with a free slot: the only ones worth waiting on (a queue at its own limit
         // may well have work, which would wake us at once, again and again).
         let mut open: Vec<String> = Vec::with_capacity(active.len());
+        let now = Instant::now();
+        held.retain(|_, until| *until > now);
         for queue in &active {
             let free = slots.available_permits();
             if free == 0 {
                 break;
+            }
+            if held.contains_key(queue) {
+                continue;
             }
             let queue_sem = queue_slots.get(queue);
             let want = queue_sem.map_or(free, |s| s.available_permits().min(free));
             if want == 0 {
                 continue;
             }
-            open.push(queue.clone());
             // Not raced against shutdown: a fetch dropped half-way may still lease jobs in
             // the broker, which would then sit `running` until their lease expired.
-            match broker.fetch(queue, want, shared.config.lease).await {
+            let fetched = match rates.get(queue) {
+                None => broker.fetch(queue, want, shared.config.lease).await,
+                Some(rate) => broker
+                    .fetch_rated(queue, want, shared.config.lease, *rate)
+                    .await
+                    .map(|f| {
+                        if let Some(wait) = f.held_for {
+                            held.insert(queue.clone(), Instant::now() + wait);
+                        }
+                        f.jobs
+                    }),
+            };
+            if !held.contains_key(queue) {
+                open.push(queue.clone());
+            }
+            match fetched {
                 Ok(batch) if shutdown.is_cancelled() => {
                     for job in batch {
                         let _ = shared.finish_tx.send(Finish {
@@ -75,7 +106,9 @@ pub(super) async fn fetch_loop(
                 }
                 Ok(batch) => {
                     backoff = Duration::from_millis(100);
-                    saturated |= batch.len() == want;
+                    // A rated queue that filled the request but is now held has nothing more
+                    // to give this round.
+                    saturated |= batch.len() == want && !held.contains_key(queue);
                     for job in batch {
                         start_job(shared, jobs, &slots, queue_sem, job);
                     }
@@ -103,18 +136,33 @@ pub(super) async fn fetch_loop(
             }
             continue;
         }
+        // The first rated queue to be allowed a start again.
+        let next_allowed = held
+            .values()
+            .min()
+            .map(|until| until.saturating_duration_since(Instant::now()));
         if open.is_empty() {
-            // Free slots, but every queue is at its own limit: wait for one of its jobs to end.
+            // Free slots, but every queue is at its own limit (wait for one of its jobs to
+            // end) or held by its rate (wait until it may start one).
+            let at_limit = active.len() > held.len();
+            let wait = match next_allowed {
+                Some(rated) if at_limit => rated.min(QUEUE_LIMIT_WAIT),
+                Some(rated) => rated,
+                None => QUEUE_LIMIT_WAIT,
+            };
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                () = tokio::time::sleep(QUEUE_LIMIT_WAIT) => {}
+                () = tokio::time::sleep(wait.min(BEAT)) => {}
             }
             continue;
         }
         if !saturated {
+            let idle_wait = next_allowed.map_or(shared.config.idle_wait, |rated| {
+                rated.min(shared.config.idle_wait)
+            });
             tokio::select! {
                 () = shutdown.cancelled() => break,
-                r = broker.wait_for_work(&open, shared.config.idle_wait.min(BEAT)) => {
+                r = broker.wait_for_work(&open, idle_wait.min(BEAT)) => {
                     if let Err(e) = r {
                         warn!(error = %e, "waiting for work failed");
                         live.fetch_pause(backoff, shutdown).await;

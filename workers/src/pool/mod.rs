@@ -23,8 +23,8 @@
 
 //!
 //! - `running`: the jobs running in this pool, and the [`PoolHandle`] that stops one.
-//! - `fetch`: the fetch loop: slots, per-queue limits, waiting for work; the test-only fault
-//!   hook that blocks it.
+//! - `fetch`: the fetch loop: slots, per-queue limits and rates, waiting for work; the
+//!   test-only fault hook that blocks it.
 //! - `execute`: one attempt: the handler under its timeout, panics caught, the outcome.
 //! - `unserved`: a job of a kind this pool has no handler for: snoozed saying why, then dead
 //!   after `unknown_kind_grace`.
@@ -55,7 +55,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, error, info, warn};
 
-use crate::broker::{Broker, Finish, LeaseStatus, Outcome};
+use crate::broker::{Broker, Finish, JobRate, LeaseStatus, Outcome};
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
 use crate::handler::{Handler, JobContext, JobError, ProgressUpdate, Registry};
@@ -82,6 +82,9 @@ pub struct QueueSpec {
     pub concurrency: Option<usize>,
     /// A paused queue is not fetched from.
     pub paused: bool,
+    /// At most this many of its jobs start per period, counted by the broker across every
+    /// node (see [`Broker::fetch_rated`]); `None`: no rate, and a plain [`Broker::fetch`].
+    pub rate: Option<JobRate>,
 }
 
 impl QueueSpec {
@@ -91,6 +94,7 @@ impl QueueSpec {
             name: name.into(),
             concurrency: None,
             paused: false,
+            rate: None,
         }
     }
 }

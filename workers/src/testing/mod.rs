@@ -22,7 +22,8 @@
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `promotion`
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
-//! retry, purge, drop), `pausing` (pause and resume a queue), `progress` (coalescing, through a
+//! retry, purge, drop), `pausing` (pause and resume a queue), `rates` (job rate limits
+//! across handles, and a pool that sleeps while its queue is held), `progress` (coalescing, through a
 //! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
@@ -45,6 +46,7 @@ mod payloads;
 mod pool;
 mod progress;
 mod promotion;
+mod rates;
 mod support;
 
 pub use admin::*;
@@ -61,6 +63,7 @@ pub use payloads::*;
 pub use pool::*;
 pub use progress::*;
 pub use promotion::*;
+pub use rates::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -211,6 +214,10 @@ macro_rules! conformance_suite {
             pause_refuses_an_invalid_queue_name,
             // progress.rs
             pool_coalesces_progress_and_keeps_the_last_report,
+            // rates.rs
+            rated_fetch_starts_no_more_than_the_rate,
+            rated_fetch_spaces_a_per_minute_rate,
+            pool_sleeps_while_its_queue_is_held_by_its_rate,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

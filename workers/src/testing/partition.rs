@@ -5,12 +5,14 @@
 //! a case that needs a real stalled connection starts its own `redis-server` and stops it.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_trait::async_trait;
 
-use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use crate::broker::{
+    Broker, Enqueued, Finish, JobFilter, JobPage, JobRate, LeaseStatus, QueueStats, RatedFetch,
+};
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
 use crate::job::{Job, JobId, JobState, Lease, NewJob};
@@ -25,6 +27,9 @@ pub struct Partitioned {
     /// wait for those in flight: a call that got through before the cut must not land after
     /// the test has moved on (say, moved the clock past a lease).
     in_flight: tokio::sync::RwLock<()>,
+    /// Calls of [`Broker::fetch_rated`] so far, reached or not: how a case tells a pool that
+    /// sleeps while its queue is held from one that keeps asking.
+    rated_fetches: AtomicU64,
 }
 
 /// The broker, reached: holds the call's share of [`Partitioned::in_flight`] until the call's
@@ -49,7 +54,13 @@ impl Partitioned {
             inner,
             cut: AtomicBool::new(false),
             in_flight: tokio::sync::RwLock::new(()),
+            rated_fetches: AtomicU64::new(0),
         })
+    }
+
+    /// How many times [`Broker::fetch_rated`] was called through this wrapper.
+    pub fn rated_fetches(&self) -> u64 {
+        self.rated_fetches.load(Ordering::SeqCst)
     }
 
     /// From now on every call fails as unreachable; returns once the calls that got through
@@ -89,6 +100,24 @@ impl Broker for Partitioned {
 
     async fn fetch(&self, queue: &str, max: usize, lease: Duration) -> BrokerResult<Vec<Job>> {
         self.reach().await?.fetch(queue, max, lease).await
+    }
+
+    async fn fetch_rated(
+        &self,
+        queue: &str,
+        max: usize,
+        lease: Duration,
+        rate: JobRate,
+    ) -> BrokerResult<RatedFetch> {
+        self.rated_fetches.fetch_add(1, Ordering::SeqCst);
+        self.reach()
+            .await?
+            .fetch_rated(queue, max, lease, rate)
+            .await
+    }
+
+    async fn rate_held_until(&self, queue: &str) -> BrokerResult<Option<Timestamp>> {
+        self.reach().await?.rate_held_until(queue).await
     }
 
     async fn wait_for_work(&self, queues: &[String], timeout: Duration) -> BrokerResult<()> {

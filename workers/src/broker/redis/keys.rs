@@ -11,7 +11,8 @@
 //! limit; fetch merges it with the lanes in that order), `due` (scheduled and retrying ids by due time), `running` (by lease
 //! deadline), `succeeded` / `dead` / `cancelled` (by finish time), `counts` (state -> count, kept
 //! by every script so that `queues()` is O(1) per queue), `events` (a stream), `signal` (wake-up
-//! tokens for `BLPOP`), `unique` (unique key -> id), `seq` and per-second `stat:*` counters.
+//! tokens for `BLPOP`), `unique` (unique key -> id), `seq`, `rate` (a rated queue's next start,
+//! see `rating.rs`) and per-second `stat:*` counters.
 //!
 //! Three keys are global, outside any queue's slot: `<prefix>:queues` (a set of queue names) and
 //! `<prefix>:jobq` (a hash id -> queue, because `get`, `cancel` and `retry` know only an id)

@@ -23,6 +23,7 @@ use super::conn::Pipe;
 use super::decode::{Answer, answer, corrupt, int, job_from_fetch, string};
 use super::keys::check_queue;
 use super::scripts::{BATCH, Lua, SCRIPTS};
+use crate::broker::rate::{self, JobRate, RatedFetch, TOLERANCE_MS};
 use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
 use crate::error::{BrokerError, BrokerResult};
 use crate::job::{Job, JobId, Lease, NewJob};
@@ -162,6 +163,18 @@ pub(super) async fn fetch(
     max: usize,
     lease: Duration,
 ) -> BrokerResult<Vec<Job>> {
+    Ok(run_fetch(broker, queue, max, lease, None).await?.jobs)
+}
+
+/// One call of fetch.lua, with a rate (`super::rating`) or without (exactly the unrated
+/// script call, no argument or key more).
+pub(super) async fn run_fetch(
+    broker: &RedisBroker,
+    queue: &str,
+    max: usize,
+    lease: Duration,
+    rate: Option<JobRate>,
+) -> BrokerResult<RatedFetch> {
     check_queue(queue)?;
     let mut cmd = broker.eval(&SCRIPTS.fetch, queue);
     cmd.arg(broker.now_arg())
@@ -169,6 +182,9 @@ pub(super) async fn fetch(
         .arg(duration_ms(lease))
         .arg(broker.event_cap)
         .arg(PROMOTE_LIMIT);
+    if let Some(rate) = rate {
+        cmd.arg(rate.interval_ms()).arg(TOLERANCE_MS);
+    }
     // After the script: rescue visits the queues in this index (see `keys.rs`).
     let mut pipe = Pipe::new();
     pipe.add_command(cmd);
@@ -177,22 +193,41 @@ pub(super) async fn fetch(
         .arg(queue)
         .ignore();
     let (reply,): (Vec<Value>,) = broker.query_pipe(&pipe).await?;
-    // fetch.lua answers the time it ran at and the deadline it wrote, then each job as it was
-    // before the lease; the lease is applied as it was stored.
-    let [now, deadline, jobs @ ..] = reply.as_slice() else {
+    // fetch.lua answers the time it ran at and the deadline it wrote (and, rated, when the
+    // rate next allows a start), then each job as it was before the lease; the lease is
+    // applied as it was stored.
+    let [now, deadline, rest @ ..] = reply.as_slice() else {
         return Err(corrupt("fetch.lua answered without its time"));
     };
     let (now, deadline) = (
         Timestamp::from_millis(int(now)?),
         Timestamp::from_millis(int(deadline)?),
     );
-    jobs.iter()
+    let (held_for, jobs) = match (rate, rest) {
+        (None, jobs) => (None, jobs),
+        (Some(_), [held, jobs @ ..]) => {
+            let held = string(held)?;
+            let held_for = if held.is_empty() {
+                None
+            } else {
+                let next: f64 = held
+                    .parse()
+                    .map_err(|_| corrupt("fetch.lua answered a bad rate time"))?;
+                rate::held_for(next, now.as_millis() as f64)
+            };
+            (held_for, jobs)
+        }
+        (Some(_), []) => return Err(corrupt("fetch.lua answered without its rate")),
+    };
+    let jobs = jobs
+        .iter()
         .map(|v| {
             let mut job = job_from_fetch(v, queue)?;
             job.begin_attempt(now, deadline);
             Ok(job)
         })
-        .collect()
+        .collect::<BrokerResult<Vec<Job>>>()?;
+    Ok(RatedFetch { jobs, held_for })
 }
 
 pub(super) async fn wait_for_work(

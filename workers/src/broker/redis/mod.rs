@@ -22,6 +22,7 @@
 //! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
 //! - `events.rs`: the event streams, event ids, a job's history and the merged log.
 //! - `pausing.rs`: pausing and resuming a queue (its `paused` key; fetch.lua honours it).
+//! - `rating.rs`: job rate limits (its `rate` key; fetch.lua advances it).
 //!
 //! # Chains
 //!
@@ -71,6 +72,7 @@ mod events;
 mod keys;
 mod lifecycle;
 mod pausing;
+mod rating;
 mod read;
 mod scripts;
 
@@ -176,7 +178,8 @@ impl RedisBroker {
 
 // The trait's operations, each answered by the module that owns its concern.
 crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
-    store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
+    store: lifecycle, fetch: lifecycle, fetch_rated: rating, rate_held_until: rating,
+    wait_for_work: lifecycle, heartbeat: lifecycle,
     progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
     retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
     queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,

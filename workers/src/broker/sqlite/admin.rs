@@ -211,12 +211,20 @@ pub(super) async fn purge(
 }
 
 pub(super) async fn drop_queue(broker: &SqliteBroker, queue: &str) -> BrokerResult<u64> {
-    delete_jobs(
+    let deleted = delete_jobs(
         broker,
         sql::DROP_CHUNK,
         vec![SqlValue::Text(queue.to_owned())],
     )
-    .await
+    .await?;
+    let queue = queue.to_owned();
+    broker
+        .write(move |conn, _| {
+            conn.prepare_cached(sql::DROP_RATE)?.execute([queue])?;
+            Ok(())
+        })
+        .await?;
+    Ok(deleted)
 }
 
 /// Deletes jobs and their events a chunk at a time, until a chunk comes back short. `text`

@@ -153,35 +153,57 @@ pub(super) async fn fetch(
         return Ok(Vec::new());
     }
     let queue = queue.to_owned();
-    let max = to_i64(max.min(MAX_FETCH));
     broker
         .write(move |conn, now| {
-            conn.prepare_cached(sql::PROMOTE_DUE)?
-                .execute(params![queue, now, MAX_PROMOTE])?;
-            // Due jobs are promoted even in a paused queue, so that they wait as `queued`
-            // and a worker's `wait_for_work` does not keep finding them due.
-            let paused: bool = conn
-                .prepare_cached(sql::IS_PAUSED)?
-                .query_row([&queue], |r| r.get(0))?;
-            if paused {
+            if !promote_unless_paused(conn, &queue, now)? {
                 return Ok(Vec::new());
             }
-            let mut jobs = conn
-                .prepare_cached(sql::FETCH)?
-                .query_map(params![queue, max, now + lease, now], |row| {
-                    Ok((row.get::<_, i64>(0)?, job_from_row(row)?))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
-            // RETURNING has no defined order: restore the fetch order.
-            jobs.sort_by_key(|(seq, j)| (j.priority, j.run_at, *seq));
-            let jobs: Vec<Job> = jobs.into_iter().map(|(_, j)| j).collect();
-            for job in &jobs {
-                let owner = Owner::of(job);
-                append_event(conn, &owner, EventType::Started, now, &EventData::default())?;
-            }
-            Ok(jobs)
+            lease_queued(conn, &queue, max, lease, now)
         })
         .await
+}
+
+/// A fetch's first step: promotes the queue's due jobs, and says whether it may lease any
+/// (false when the queue is paused).
+pub(super) fn promote_unless_paused(
+    conn: &Connection,
+    queue: &str,
+    now: Timestamp,
+) -> Result<bool, Fail> {
+    conn.prepare_cached(sql::PROMOTE_DUE)?
+        .execute(params![queue, now, MAX_PROMOTE])?;
+    // Due jobs are promoted even in a paused queue, so that they wait as `queued`
+    // and a worker's `wait_for_work` does not keep finding them due.
+    let paused: bool = conn
+        .prepare_cached(sql::IS_PAUSED)?
+        .query_row([queue], |r| r.get(0))?;
+    Ok(!paused)
+}
+
+/// A fetch's second step: leases up to `max` queued jobs in priority order and appends their
+/// `job.started` events.
+pub(super) fn lease_queued(
+    conn: &Connection,
+    queue: &str,
+    max: usize,
+    lease: Duration,
+    now: Timestamp,
+) -> Result<Vec<Job>, Fail> {
+    let max = to_i64(max.min(MAX_FETCH));
+    let mut jobs = conn
+        .prepare_cached(sql::FETCH)?
+        .query_map(params![queue, max, now + lease, now], |row| {
+            Ok((row.get::<_, i64>(0)?, job_from_row(row)?))
+        })?
+        .collect::<Result<Vec<_>, _>>()?;
+    // RETURNING has no defined order: restore the fetch order.
+    jobs.sort_by_key(|(seq, j)| (j.priority, j.run_at, *seq));
+    let jobs: Vec<Job> = jobs.into_iter().map(|(_, j)| j).collect();
+    for job in &jobs {
+        let owner = Owner::of(job);
+        append_event(conn, &owner, EventType::Started, now, &EventData::default())?;
+    }
+    Ok(jobs)
 }
 
 pub(super) async fn heartbeat(

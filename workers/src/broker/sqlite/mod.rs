@@ -62,6 +62,7 @@
 //! - `writer`: the writer thread and its batches; `readers`: the pool of read connections;
 //!   `open`: connections, their settings and migrations.
 //! - `pausing`: queues paused and resumed by an operator (fetch checks the pause itself).
+//! - `rating`: job rate limits: a rated fetch and the read of a queue's held-until time.
 //! - `sql`: the text of every statement; `rows`: decoding rows; `error`: mapping errors.
 
 mod admin;
@@ -71,6 +72,7 @@ mod events;
 mod lifecycle;
 mod open;
 mod pausing;
+mod rating;
 mod read;
 mod readers;
 mod rows;
@@ -265,7 +267,8 @@ impl SqliteBroker {
 
 // The trait's operations, each answered by the module that owns its concern.
 crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
-    store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
+    store: lifecycle, fetch: lifecycle, fetch_rated: rating, rate_held_until: rating,
+    wait_for_work: lifecycle, heartbeat: lifecycle,
     progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
     wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,

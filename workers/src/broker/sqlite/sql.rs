@@ -221,3 +221,9 @@ pub const PAUSE: &str = "INSERT INTO paused_queues (queue, paused_at) VALUES (?1
 pub const RESUME: &str = "DELETE FROM paused_queues WHERE queue = ?1";
 pub const IS_PAUSED: &str = "SELECT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1)";
 pub const PAUSED_QUEUES: &str = "SELECT queue FROM paused_queues";
+
+// Job rate limits (`super::rating`): a queue's `next` start, ms on the broker's clock.
+pub const RATE_NEXT: &str = "SELECT next_start FROM queue_rates WHERE queue = ?1";
+pub const SET_RATE_NEXT: &str = "INSERT INTO queue_rates (queue, next_start) VALUES (?1, ?2) \
+    ON CONFLICT (queue) DO UPDATE SET next_start = excluded.next_start";
+pub const DROP_RATE: &str = "DELETE FROM queue_rates WHERE queue = ?1";
