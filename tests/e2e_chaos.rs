@@ -29,7 +29,15 @@ const FIELDS: [&str; 12] = [
 #[test]
 fn a_small_sqlite_campaign_prints_a_consistent_ledger_and_cleans_up() {
     let out = Command::new(env!("CARGO_BIN_EXE_hopper"))
-        .args(["chaos", "--broker", "sqlite", "--jobs", "200", "--workers", "2"])
+        .args([
+            "chaos",
+            "--broker",
+            "sqlite",
+            "--jobs",
+            "200",
+            "--workers",
+            "2",
+        ])
         .args(["--duration", "240s", "--seed", "7"])
         .env("NO_COLOR", "1")
         .env_remove("RUST_LOG")
@@ -56,14 +64,22 @@ fn a_small_sqlite_campaign_prints_a_consistent_ledger_and_cleans_up() {
     got.sort_unstable();
     assert_eq!(got, expected, "{report}");
 
-    let n = |k: &str| report[k].as_u64().unwrap_or_else(|| panic!("{k} in {report}"));
+    let n = |k: &str| {
+        report[k]
+            .as_u64()
+            .unwrap_or_else(|| panic!("{k} in {report}"))
+    };
     assert_eq!(report["broker"], "sqlite");
     assert_eq!(n("jobs"), 200);
     assert_eq!(n("acknowledged"), 200);
     assert_eq!(n("lost"), 0, "{stderr}");
     // Every acknowledged job started at least once; every start beyond one per job is an
     // interruption, and a job completes twice only after one.
-    assert_eq!(n("starts"), n("acknowledged") + n("interruptions"), "{report}");
+    assert_eq!(
+        n("starts"),
+        n("acknowledged") + n("interruptions"),
+        "{report}"
+    );
     assert!(n("completed_twice") <= n("interruptions"), "{report}");
     assert_eq!(n("redis_restarts"), 0);
     assert_eq!(n("stops"), 1, "{report}");

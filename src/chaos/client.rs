@@ -116,7 +116,10 @@ impl Api {
     pub(super) async fn counts(&self) -> Option<HashMap<String, u64>> {
         let url = format!("{}/v1/queues", self.base);
         let v: Value = self.http.get(url).send().await.ok()?.json().await.ok()?;
-        let q = v["queues"].as_array()?.iter().find(|q| q["queue"] == QUEUE)?;
+        let q = v["queues"]
+            .as_array()?
+            .iter()
+            .find(|q| q["queue"] == QUEUE)?;
         let counts = q["counts"].as_object()?;
         Some(
             counts
