@@ -71,10 +71,11 @@ impl Proc {
     /// SIGTERM, and SIGKILL if it has not exited within `grace`.
     pub(super) async fn terminate(&mut self, grace: Duration) {
         // A process that already exited has nothing to stop.
-        if self.signal(Signal::SIGCONT).is_ok() && self.signal(Signal::SIGTERM).is_ok() {
-            if tokio::time::timeout(grace, self.child.wait()).await.is_ok() {
-                return;
-            }
+        if self.signal(Signal::SIGCONT).is_ok()
+            && self.signal(Signal::SIGTERM).is_ok()
+            && tokio::time::timeout(grace, self.child.wait()).await.is_ok()
+        {
+            return;
         }
         let _ = self.child.kill().await;
     }
@@ -275,10 +276,10 @@ impl Cluster {
         let url = format!("{}/readyz", self.base);
         let deadline = Instant::now() + READY_WITHIN;
         loop {
-            if let Ok(r) = client.get(&url).send().await {
-                if r.status().is_success() {
-                    return Ok(());
-                }
+            if let Ok(r) = client.get(&url).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
             }
             self.check_alive()?;
             if Instant::now() > deadline {
@@ -319,14 +320,12 @@ async fn wait_redis(port: u16) -> Result<()> {
     loop {
         if let Ok(mut s) = tokio::net::TcpStream::connect(addr).await {
             let mut buf = [0u8; 64];
-            if s.write_all(b"PING\r\n").await.is_ok() {
-                if let Ok(Ok(n)) =
+            if s.write_all(b"PING\r\n").await.is_ok()
+                && let Ok(Ok(n)) =
                     tokio::time::timeout(Duration::from_secs(1), s.read(&mut buf)).await
-                {
-                    if buf.get(..n).is_some_and(|b| b.starts_with(b"+PONG")) {
-                        return Ok(());
-                    }
-                }
+                && buf.get(..n).is_some_and(|b| b.starts_with(b"+PONG"))
+            {
+                return Ok(());
             }
         }
         if Instant::now() > deadline {
