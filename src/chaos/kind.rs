@@ -8,7 +8,7 @@
 //! either whole or absent when the process is killed; the page cache keeps what was written
 //! when the process dies, so no fsync is needed (the machine itself does not crash).
 //!
-//! Not here: reading the ledger back ([`super::ledger`]).
+//! Not here: reading the ledger back (`ledger`).
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;

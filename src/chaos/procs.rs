@@ -31,7 +31,8 @@ use super::Broker;
 /// The lease every worker of a campaign takes: short, so a stopped or killed worker's jobs
 /// come back within seconds.
 pub(super) const LEASE: Duration = Duration::from_secs(2);
-/// How often leases are extended (a third of [`LEASE`]-ish).
+/// How often leases are extended: under a third of [`LEASE`], so one lost heartbeat does
+/// not cost a lease.
 const HEARTBEAT: Duration = Duration::from_millis(600);
 /// The queue the campaign's jobs go to.
 pub(super) const QUEUE: &str = "chaos";
