@@ -45,7 +45,8 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<d
 }
 
 /// The job kinds this process knows: the diagnostic `sys.*` kinds unless
-/// `[worker] diagnostics = false`, and every kind of `hopper-jobs`.
+/// `[worker] diagnostics = false`, every kind of `hopper-jobs`, and `chaos.ledger` in the
+/// processes `hopper chaos` starts.
 pub fn build_registry(settings: &Settings) -> Result<Registry> {
     let mut registry = Registry::new();
     if settings.config.worker.diagnostics {
@@ -54,6 +55,9 @@ pub fn build_registry(settings: &Settings) -> Result<Registry> {
     }
     hopper_jobs::register_all(&mut registry, &settings.jobs)
         .context("registering the job kinds")?;
+    if let Some(dir) = &settings.chaos_ledger {
+        crate::chaos::register_ledger(&mut registry, dir)?;
+    }
     Ok(registry)
 }
 

@@ -27,6 +27,11 @@
 //!   listing; jobs and events serialize themselves.
 //! - [`bench`]: `hopper bench`, the drain, enqueue-batch, latency and events workloads, and the CPU
 //!   each job cost (this process, Redis).
+//! - [`chaos`]: `hopper chaos`, a fault campaign on processes of its own (broker, API,
+//!   workers) that kills, stops and restarts them while `chaos.ledger` jobs run, then prints
+//!   a ledger of lost and duplicated jobs; one file each for the driver (`mod`), the
+//!   processes, the faults, the HTTP client, the ledger kind, the ledger check, the log
+//!   count and the report.
 //! - [`logging`]: the log's level and format (`[log] format`: text or JSON lines).
 //! - [`shutdown`]: Ctrl-C and SIGTERM.
 //! - [`systemd`]: the notify protocol of `Type=notify` units: `READY=1`, `STATUS=`, a
@@ -37,6 +42,7 @@
 pub mod api;
 pub mod app;
 pub mod bench;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod exit;

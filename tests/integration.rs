@@ -8,6 +8,8 @@ mod util;
 
 /// Bulk enqueue: `POST /v1/jobs/batch` and `hopper enqueue --file`, on SQLite and Redis.
 mod e2e_batch;
+/// `hopper chaos`: a small fault campaign's ledger, and its kind kept out of normal use.
+mod e2e_chaos;
 /// The dashboard at `GET /`, in a real headless Chromium.
 mod e2e_dashboard;
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.

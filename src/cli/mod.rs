@@ -1,6 +1,7 @@
 //! The command line (DESIGN §7): flags, and what each command does.
 //!
-//! `serve` and `worker` hand over to `crate::app`; `bench` to `crate::bench`. The inspection
+//! `serve` and `worker` hand over to `crate::app`; `bench` to `crate::bench`; `chaos` to
+//! `crate::chaos`. The inspection
 //! commands (`enqueue`, `queues`, `jobs`, `job`, `retry`, `cancel`) talk to the broker
 //! directly, so they work on a worker node with no API. Results go to stdout (`crate::out`),
 //! logs and errors to stderr. Exit codes: 0 ok, 1 failure, 2 bad usage or bad config, 3 not
@@ -29,6 +30,7 @@ use hopper_workers::job::JobState;
 use tokio_util::sync::CancellationToken;
 
 use crate::bench::BenchArgs;
+use crate::chaos::ChaosArgs;
 use crate::config::{Config, Loaded};
 pub use crate::exit::{CliError, exit_code};
 use crate::{app, out, shutdown};
@@ -55,6 +57,9 @@ pub enum Command {
         /// Serve the API only; run no jobs in this process.
         #[arg(long)]
         no_workers: bool,
+        /// Offer `chaos.ledger`, writing its ledger in DIR: set by `hopper chaos` only.
+        #[arg(long, hide = true, value_name = "DIR")]
+        chaos_ledger: Option<PathBuf>,
     },
     /// Run a worker node: the pool only, no API.
     Worker {
@@ -64,6 +69,9 @@ pub enum Command {
         /// Jobs run at once (overrides [worker] concurrency).
         #[arg(long, value_name = "N")]
         concurrency: Option<usize>,
+        /// Offer `chaos.ledger`, writing its ledger in DIR: set by `hopper chaos` only.
+        #[arg(long, hide = true, value_name = "DIR")]
+        chaos_ledger: Option<PathBuf>,
     },
     /// Enqueue a job; prints its id. With --file, every job of a newline-delimited JSON file.
     Enqueue(EnqueueArgs),
@@ -127,6 +135,10 @@ pub enum Command {
     CheckConfig { path: Option<PathBuf> },
     /// Measure throughput (drain) or pickup latency on a broker.
     Bench(BenchArgs),
+    /// Run a fault campaign on processes of its own (a private broker, an API, N workers):
+    /// kill, stop and restart them while jobs run, then print a ledger of lost and duplicated
+    /// jobs as one JSON line. Exits 1 when a job was lost or completed twice unexplained.
+    Chaos(ChaosArgs),
 }
 
 /// `hopper enqueue` flags.
@@ -177,7 +189,10 @@ impl Command {
     /// keep stderr for problems.
     pub fn default_log_level(&self) -> &'static str {
         match self {
-            Command::Serve { .. } | Command::Worker { .. } | Command::Bench(_) => "info",
+            Command::Serve { .. }
+            | Command::Worker { .. }
+            | Command::Bench(_)
+            | Command::Chaos(_) => "info",
             _ => "warn",
         }
     }
@@ -188,17 +203,26 @@ pub async fn run(cli: Cli) -> Result<()> {
     if let Command::CheckConfig { path } = &cli.command {
         return check_config(path.as_deref().or(cli.config.as_deref()));
     }
+    // The campaign writes the config of its own processes; it reads none.
+    if let Command::Chaos(args) = cli.command {
+        return crate::chaos::run(args, on_signal()).await;
+    }
     let Loaded { mut config, path } = Config::load(cli.config.as_deref())?;
     let origin = path.map_or_else(
         || "(built-in defaults)".to_owned(),
         |p| p.display().to_string(),
     );
     match cli.command {
-        Command::Serve { listen, no_workers } => {
+        Command::Serve {
+            listen,
+            no_workers,
+            chaos_ledger,
+        } => {
             if let Some(addr) = listen {
                 config.server.listen = addr.to_string();
             }
-            let settings = config.check(&origin)?;
+            let mut settings = config.check(&origin)?;
+            settings.chaos_ledger = chaos_ledger;
             let addr = settings.listen;
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
@@ -208,6 +232,7 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Worker {
             queues,
             concurrency,
+            chaos_ledger,
         } => {
             if !queues.is_empty() {
                 config.worker.queues = queues;
@@ -215,10 +240,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             if let Some(n) = concurrency {
                 config.worker.concurrency = n;
             }
-            app::worker(config.check(&origin)?, on_signal()).await
+            let mut settings = config.check(&origin)?;
+            settings.chaos_ledger = chaos_ledger;
+            app::worker(settings, on_signal()).await
         }
         Command::Bench(args) => crate::bench::run(args, &config.check(&origin)?, on_signal()).await,
-        Command::CheckConfig { .. } => Ok(()),
+        Command::CheckConfig { .. } | Command::Chaos(_) => Ok(()),
         command @ (Command::Pause { .. } | Command::Resume { .. }) => {
             let settings = config.check(&origin)?;
             inspect::refuse_missing_database(&settings.config.broker.url, &origin)?;

@@ -30,6 +30,10 @@ pub struct Settings {
     pub retention: Schedule,
     /// The job kinds' settings: `[files]`, `[smtp]`, `[etl]`, `[http]`.
     pub jobs: hopper_jobs::JobsConfig,
+    /// Where the `chaos.ledger` kind writes, in the processes `hopper chaos` starts (their
+    /// hidden `--chaos-ledger DIR` flag, never the config file); `None` everywhere else, and
+    /// then the kind is not offered.
+    pub chaos_ledger: Option<std::path::PathBuf>,
 }
 
 impl Config {
@@ -68,6 +72,7 @@ impl Config {
                 schedules,
                 retention,
                 jobs,
+                chaos_ledger: None,
             }),
             _ => Err(p),
         }
