@@ -30,6 +30,9 @@ pub struct Settings {
     pub retention: Schedule,
     /// The job kinds' settings: `[files]`, `[smtp]`, `[etl]`, `[http]`.
     pub jobs: hopper_jobs::JobsConfig,
+    /// The `[[subscription]]` entries (their kinds are checked against the registry when a
+    /// node starts: `crate::app::check_kinds`).
+    pub bus: crate::bus::Bus,
 }
 
 impl Config {
@@ -47,6 +50,7 @@ impl Config {
             .map_err(|e| p.push(format!("retention.cron: {}", e.message)))
             .ok();
         let schedules = self.check_schedules(&mut p);
+        let bus = crate::bus::Bus::compile(&self.subscriptions, &mut p);
         self.check_queues(&mut p);
         self.check_retry(&mut p);
         for (i, t) in self.auth.tokens.iter().enumerate() {
@@ -68,6 +72,7 @@ impl Config {
                 schedules,
                 retention,
                 jobs,
+                bus,
             }),
             _ => Err(p),
         }

@@ -22,7 +22,8 @@
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `promotion`
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
-//! retry, purge, drop), `pausing` (pause and resume a queue), `progress` (coalescing, through a
+//! retry, purge, drop), `pausing` (pause and resume a queue), `publish` (a publish's fan-out and its replay, named
+//! cursors in the event log), `progress` (coalescing, through a
 //! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
@@ -45,6 +46,7 @@ mod payloads;
 mod pool;
 mod progress;
 mod promotion;
+mod publish;
 mod support;
 
 pub use admin::*;
@@ -61,6 +63,7 @@ pub use payloads::*;
 pub use pool::*;
 pub use progress::*;
 pub use promotion::*;
+pub use publish::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -211,6 +214,9 @@ macro_rules! conformance_suite {
             pause_refuses_an_invalid_queue_name,
             // progress.rs
             pool_coalesces_progress_and_keeps_the_last_report,
+            // publish.rs
+            publish_fan_out_is_replayed_by_its_keys,
+            cursors_are_saved_and_replaced,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

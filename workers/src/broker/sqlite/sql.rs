@@ -221,3 +221,6 @@ pub const PAUSE: &str = "INSERT INTO paused_queues (queue, paused_at) VALUES (?1
 pub const RESUME: &str = "DELETE FROM paused_queues WHERE queue = ?1";
 pub const IS_PAUSED: &str = "SELECT EXISTS (SELECT 1 FROM paused_queues WHERE queue = ?1)";
 pub const PAUSED_QUEUES: &str = "SELECT queue FROM paused_queues";
+pub const CURSOR: &str = "SELECT value FROM cursors WHERE name = ?1";
+pub const SAVE_CURSOR: &str = "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3) \
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";
