@@ -8,6 +8,9 @@ mod util;
 
 /// Bulk enqueue: `POST /v1/jobs/batch` and `hopper enqueue --file`, on SQLite and Redis.
 mod e2e_batch;
+/// The event bus: `POST /v1/publish` and `hopper publish` fanning out to `[[subscription]]`
+/// jobs, idempotency keys, and `job.dead` relayed exactly once across nodes and restarts.
+mod e2e_bus;
 /// The dashboard at `GET /`, in a real headless Chromium.
 mod e2e_dashboard;
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.

@@ -159,6 +159,7 @@ pub(super) async fn run(
         Command::Serve { .. }
         | Command::Worker { .. }
         | Command::Bench(_)
+        | Command::Publish(_)
         | Command::CheckConfig { .. }
         | Command::Pause { .. }
         | Command::Resume { .. }
