@@ -256,3 +256,41 @@ async fn a_dead_job_makes_exactly_one_alert_across_nodes_and_restarts() {
     want.sort_by_key(|v| v.to_string());
     assert_eq!(jobs, want.iter().collect::<Vec<_>>());
 }
+
+/// A subscription to a kind this build does not have is a config error naming it (exit 2),
+/// from `check-config` and from `serve` before it listens.
+#[test]
+fn an_unknown_subscription_kind_is_a_config_error() {
+    let s = Scratch::with_config(
+        "[[subscription]]\ntopic = \"user.created\"\nkind = \"no.such\"\n",
+    );
+    for args in [&["check-config"][..], &["serve"][..]] {
+        let out = s.cli(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("subscription[0].kind"), "{args:?}: {err}");
+    }
+}
+
+/// `hopper bench --workload publish`, run small: every publish made 3 jobs, the rates agree
+/// with that, and the bench queue is gone afterwards.
+#[test]
+fn the_publish_bench_reports_consistent_figures() {
+    let s = Scratch::with_config("");
+    let r = s.cli_json(&["bench", "--workload", "publish", "--jobs", "40", "--clients", "2"]);
+    assert_eq!(r["workload"], "publish", "{r}");
+    assert_eq!(r["broker"], "sqlite", "{r}");
+    assert_eq!((r["publishes"].as_u64(), r["jobs"].as_u64()), (Some(40), Some(120)), "{r}");
+    assert_eq!(r["concurrency"], 2, "{r}");
+    let publishes = r["publishes_per_s"].as_f64().unwrap();
+    let jobs = r["enqueue_jobs_per_s"].as_f64().unwrap();
+    assert!(publishes > 0.0, "{r}");
+    // Both rounded to 0.1 from one elapsed time.
+    assert!((jobs - 3.0 * publishes).abs() <= 0.5, "{r}");
+    assert!(r["processed_jobs_per_s"].is_null(), "{r}");
+    let queues = s.cli_json(&["queues"]);
+    assert!(
+        !queues.as_array().unwrap().iter().any(|q| q["queue"].as_str().unwrap().starts_with("bench-")),
+        "{queues}"
+    );
+}
