@@ -61,7 +61,12 @@ async fn publish_fans_out_runs_and_replays(s: &Scratch, api: &Api) {
     let jobs = first["jobs"].as_array().unwrap();
     assert_eq!(
         jobs.iter()
-            .map(|j| (j["subscription"].clone(), j["kind"].clone(), j["queue"].clone(), j["created"].clone()))
+            .map(|j| (
+                j["subscription"].clone(),
+                j["kind"].clone(),
+                j["queue"].clone(),
+                j["created"].clone()
+            ))
             .collect::<Vec<_>>(),
         vec![
             (json!(0), json!("sys.sleep"), json!("mail"), json!(true)),
@@ -70,7 +75,11 @@ async fn publish_fans_out_runs_and_replays(s: &Scratch, api: &Api) {
     );
     let ids = ids(&first);
     let sleep_job = api.wait_state(&ids[0], "succeeded").await;
-    assert_eq!(sleep_job["payload"], json!({"ms": 5}), "a lone expression keeps its type");
+    assert_eq!(
+        sleep_job["payload"],
+        json!({"ms": 5}),
+        "a lone expression keeps its type"
+    );
     assert!(sleep_job["result"].is_object(), "{sleep_job:#}");
     let noop = api.wait_state(&ids[1], "succeeded").await;
     assert_eq!(
@@ -84,16 +93,41 @@ async fn publish_fans_out_runs_and_replays(s: &Scratch, api: &Api) {
     assert_eq!(replay["duplicate"], true, "{replay}");
     assert_eq!(self::ids(&replay), ids, "the replay answers the first jobs");
     for q in ["mail", "crm"] {
-        assert_eq!(count(&api.counts(q).await, "succeeded"), 1, "{q}: nothing new");
+        assert_eq!(
+            count(&api.counts(q).await, "succeeded"),
+            1,
+            "{q}: nothing new"
+        );
     }
 
     let (status, none) = publish(api, json!({"topic": "nobody.listens", "data": {}})).await;
-    assert_eq!((status, none["matched"].clone(), none["jobs"].clone()), (200, json!(0), json!([])));
+    assert_eq!(
+        (status, none["matched"].clone(), none["jobs"].clone()),
+        (200, json!(0), json!([]))
+    );
 
     // The CLI, through the broker: the same fan-out, the same key rule.
-    let out = s.cli_json(&["publish", "user.created", "--data", r#"{"ms":1,"name":"B","email":"b@x"}"#, "--key", "cli-1"]);
-    assert_eq!((out["matched"].clone(), out["duplicate"].clone()), (json!(2), json!(false)), "{out}");
-    let again = s.cli_json(&["publish", "user.created", "--data", r#"{"ms":1,"name":"B","email":"b@x"}"#, "--key", "cli-1"]);
+    let out = s.cli_json(&[
+        "publish",
+        "user.created",
+        "--data",
+        r#"{"ms":1,"name":"B","email":"b@x"}"#,
+        "--key",
+        "cli-1",
+    ]);
+    assert_eq!(
+        (out["matched"].clone(), out["duplicate"].clone()),
+        (json!(2), json!(false)),
+        "{out}"
+    );
+    let again = s.cli_json(&[
+        "publish",
+        "user.created",
+        "--data",
+        r#"{"ms":1,"name":"B","email":"b@x"}"#,
+        "--key",
+        "cli-1",
+    ]);
     assert_eq!(again["duplicate"], true, "{again}");
     assert_eq!(self::ids(&again), self::ids(&out));
     let out = s.cli(&["publish", "user.created", "--data", "[1]"]);
@@ -115,7 +149,10 @@ async fn bad_publishes_name_the_field_and_store_nothing(api: &Api) {
         (json!({"topic": "user.created", "extra": 1}), "extra"),
         // The `crm` subscription's template needs data.email: nothing is stored, not even the
         // `mail` job whose template was fine.
-        (json!({"topic": "user.created", "data": {"ms": 1, "name": "C"}}), "data"),
+        (
+            json!({"topic": "user.created", "data": {"ms": 1, "name": "C"}}),
+            "data",
+        ),
     ] {
         let (status, answer) = publish(api, body.clone()).await;
         assert_eq!(status, 400, "{body} -> {answer}");
@@ -130,7 +167,12 @@ async fn publish_on_sqlite() {
     let (_d, api) = s.serve(&[]);
     publish_fans_out_runs_and_replays(&s, &api).await;
     bad_publishes_name_the_field_and_store_nothing(&api).await;
-    let text = reqwest::get(format!("{}/metrics", api_base(&api))).await.unwrap().text().await.unwrap();
+    let text = reqwest::get(format!("{}/metrics", api_base(&api)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     assert!(
         text.lines().any(|l| l.starts_with("hopper_publish_total")
             && l.contains(r#"topic="(unmatched)""#)
@@ -149,7 +191,11 @@ async fn publish_on_sqlite() {
 async fn publish_on_redis() {
     let keys = RedisKeys::claim();
     let s = Scratch::new();
-    s.write_config_with_broker(SHARED_URL, &keys.prefix, &format!("{WORKER}{SUBSCRIPTIONS}"));
+    s.write_config_with_broker(
+        SHARED_URL,
+        &keys.prefix,
+        &format!("{WORKER}{SUBSCRIPTIONS}"),
+    );
     let (_d, api) = s.serve(&[]);
     publish_fans_out_runs_and_replays(&s, &api).await;
     bad_publishes_name_the_field_and_store_nothing(&api).await;
@@ -188,7 +234,12 @@ filter = { kind = "sys.fail" }
 async fn alerts(api: &Api) -> (Vec<Value>, usize) {
     let mut payloads = Vec::new();
     for state in ["queued", "running", "succeeded"] {
-        payloads.extend(api.all_jobs("alerts", state).await.into_iter().map(|j| j["payload"].clone()));
+        payloads.extend(
+            api.all_jobs("alerts", state)
+                .await
+                .into_iter()
+                .map(|j| j["payload"].clone()),
+        );
     }
     let mut doomed = 0;
     for state in ["queued", "running", "retrying", "dead"] {
@@ -208,7 +259,8 @@ async fn a_dead_job_makes_exactly_one_alert_across_nodes_and_restarts() {
     let (mut a, api) = s.serve(&[]);
     let (mut b, api_b) = s.serve(&[]);
 
-    let dies = json!({"kind": "sys.fail", "queue": "work", "max_retries": 1, "payload": {"times": 99}});
+    let dies =
+        json!({"kind": "sys.fail", "queue": "work", "max_retries": 1, "payload": {"times": 99}});
     let first = api.enqueue_ok(dies.clone()).await;
     api.wait_state(&first, "dead").await;
     let (payloads, _) = wait::until("one alert for the dead job", async || {
@@ -221,11 +273,19 @@ async fn a_dead_job_makes_exactly_one_alert_across_nodes_and_restarts() {
     })
     .await;
     assert_eq!(payloads[0]["job"], json!(first));
-    assert_eq!(payloads[0]["attempt"], json!(2), "the event's fields are the data");
+    assert_eq!(
+        payloads[0]["attempt"],
+        json!(2),
+        "the event's fields are the data"
+    );
     // The doomed alert job dies; its death (and everything else) triggers nothing more.
     wait::until("the doomed job dies", async || {
         let dead = api.all_jobs("doomed", "dead").await.len();
-        if dead == 1 { Ok(()) } else { Err(format!("{dead} dead")) }
+        if dead == 1 {
+            Ok(())
+        } else {
+            Err(format!("{dead} dead"))
+        }
     })
     .await;
     tokio::time::sleep(std::time::Duration::from_secs(2)).await;
@@ -252,7 +312,7 @@ async fn a_dead_job_makes_exactly_one_alert_across_nodes_and_restarts() {
     assert_eq!(doomed, 2);
     let mut jobs: Vec<&Value> = payloads_now.iter().map(|p| &p["job"]).collect();
     jobs.sort_by_key(|v| v.to_string());
-    let mut want = vec![json!(first), json!(second)];
+    let mut want = [json!(first), json!(second)];
     want.sort_by_key(|v| v.to_string());
     assert_eq!(jobs, want.iter().collect::<Vec<_>>());
 }
@@ -261,9 +321,8 @@ async fn a_dead_job_makes_exactly_one_alert_across_nodes_and_restarts() {
 /// from `check-config` and from `serve` before it listens.
 #[test]
 fn an_unknown_subscription_kind_is_a_config_error() {
-    let s = Scratch::with_config(
-        "[[subscription]]\ntopic = \"user.created\"\nkind = \"no.such\"\n",
-    );
+    let s =
+        Scratch::with_config("[[subscription]]\ntopic = \"user.created\"\nkind = \"no.such\"\n");
     for args in [&["check-config"][..], &["serve"][..]] {
         let out = s.cli(args);
         let err = String::from_utf8_lossy(&out.stderr);
@@ -277,10 +336,22 @@ fn an_unknown_subscription_kind_is_a_config_error() {
 #[test]
 fn the_publish_bench_reports_consistent_figures() {
     let s = Scratch::with_config("");
-    let r = s.cli_json(&["bench", "--workload", "publish", "--jobs", "40", "--clients", "2"]);
+    let r = s.cli_json(&[
+        "bench",
+        "--workload",
+        "publish",
+        "--jobs",
+        "40",
+        "--clients",
+        "2",
+    ]);
     assert_eq!(r["workload"], "publish", "{r}");
     assert_eq!(r["broker"], "sqlite", "{r}");
-    assert_eq!((r["publishes"].as_u64(), r["jobs"].as_u64()), (Some(40), Some(120)), "{r}");
+    assert_eq!(
+        (r["publishes"].as_u64(), r["jobs"].as_u64()),
+        (Some(40), Some(120)),
+        "{r}"
+    );
     assert_eq!(r["concurrency"], 2, "{r}");
     let publishes = r["publishes_per_s"].as_f64().unwrap();
     let jobs = r["enqueue_jobs_per_s"].as_f64().unwrap();
@@ -290,7 +361,11 @@ fn the_publish_bench_reports_consistent_figures() {
     assert!(r["processed_jobs_per_s"].is_null(), "{r}");
     let queues = s.cli_json(&["queues"]);
     assert!(
-        !queues.as_array().unwrap().iter().any(|q| q["queue"].as_str().unwrap().starts_with("bench-")),
+        !queues
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|q| q["queue"].as_str().unwrap().starts_with("bench-")),
         "{queues}"
     );
 }

@@ -473,7 +473,12 @@ pub struct PublishedJobDoc {
 pub struct PublishDoc {
     /// Dot-separated segments of letters, digits, `-` or `_`; not under `job.` (Hopper's own
     /// job events).
-    #[schema(min_length = 1, max_length = 255, pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$", example = "user.created")]
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$",
+        example = "user.created"
+    )]
     pub topic: String,
     /// A JSON object; the subscriptions' payload templates see it as `data`. Default `{}`.
     pub data: Option<serde_json::Map<String, Value>>,

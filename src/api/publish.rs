@@ -85,9 +85,5 @@ fn read(body: Value) -> Result<Publish, ApiError> {
         Some(Value::String(k)) => Some(k),
         Some(_) => return Err(FieldError::invalid("key", "must be a string").into()),
     };
-    Ok(Publish {
-        topic,
-        data,
-        key,
-    })
+    Ok(Publish { topic, data, key })
 }

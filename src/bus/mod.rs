@@ -157,7 +157,9 @@ impl Bus {
             if let Some(q) = &filter.queue
                 && !valid_name(q)
             {
-                p.push(format!("{at}.filter.queue: {q:?} is not a valid queue name"));
+                p.push(format!(
+                    "{at}.filter.queue: {q:?} is not a valid queue name"
+                ));
             }
             if let (Some(pattern), Some(payload)) = (pattern, payload) {
                 subscriptions.push(Subscription {
@@ -207,7 +209,11 @@ impl Bus {
 
     /// Publishes a client's event: checks it, then stores one job per matching subscription
     /// in one broker batch, all or none. See the module docs for the key.
-    pub async fn publish(&self, service: &Service, req: Publish) -> Result<Published, PublishError> {
+    pub async fn publish(
+        &self,
+        service: &Service,
+        req: Publish,
+    ) -> Result<Published, PublishError> {
         check_topic(&req.topic)?;
         if req.topic.split('.').next() == Some(JOB_TOPICS) {
             return Err(FieldError::invalid(
@@ -238,9 +244,7 @@ impl Bus {
         event: &Event,
     ) -> Result<Published, PublishError> {
         let topic = event.kind_of_event.as_str();
-        let matching: Vec<&Subscription> = self
-            .event_subscriptions(event)
-            .collect();
+        let matching: Vec<&Subscription> = self.event_subscriptions(event).collect();
         let data = serde_json::to_value(event).map_err(BrokerError::backend)?;
         fan_out(service, &matching, topic, data, Some(event.id.clone())).await
     }

@@ -108,7 +108,11 @@ async fn start(service: &Service) -> Result<Option<String>, BrokerError> {
 
 /// Relays one page after `cursor`; answers the new cursor, saved, or `None` when the log had
 /// nothing new.
-async fn step(bus: &Bus, service: &Service, cursor: Option<&str>) -> Result<Option<String>, BrokerError> {
+async fn step(
+    bus: &Bus,
+    service: &Service,
+    cursor: Option<&str>,
+) -> Result<Option<String>, BrokerError> {
     let broker = service.broker();
     let page = broker.events(cursor, PAGE).await?;
     let Some(last) = page.last().map(|e| e.id.clone()) else {

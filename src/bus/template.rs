@@ -62,7 +62,11 @@ impl Template {
 
     /// The payload for one event; the error names the key and says what failed.
     pub fn render(&self, context: &Value) -> Result<Value, (String, String)> {
-        render(&self.root, &minijinja::Value::from(minijinja::value::Serde(context)), "")
+        render(
+            &self.root,
+            &minijinja::Value::from(minijinja::value::Serde(context)),
+            "",
+        )
     }
 }
 
@@ -103,9 +107,9 @@ fn compile_value(value: &toml::Value, at: &str) -> Result<Node, (String, String)
                 .collect::<Result<_, _>>()?,
         ),
         toml::Value::Table(t) => compile_table(t, at)?,
-        other => Node::Plain(
-            serde_json::to_value(other).map_err(|e| (at.to_owned(), e.to_string()))?,
-        ),
+        other => {
+            Node::Plain(serde_json::to_value(other).map_err(|e| (at.to_owned(), e.to_string()))?)
+        }
     })
 }
 

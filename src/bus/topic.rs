@@ -15,8 +15,7 @@ const TOPIC_RULE: &str = "must be 1 to 255 characters: dot-separated segments of
 
 fn valid_segment(s: &str) -> bool {
     !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
 }
 
@@ -61,7 +60,10 @@ impl Pattern {
                      alone ('*' one segment, '#' any number)"
                 )),
             })
-            .collect::<Result<_, _>>()?;
+            .collect::<Result<Vec<_>, _>>()?;
+        // `#.#` means what `#` means; collapsing keeps the match from retrying each split.
+        let mut segments = segments;
+        segments.dedup_by(|a, b| *a == Segment::Any && *b == Segment::Any);
         Ok(Self {
             text: text.to_owned(),
             segments,
@@ -93,7 +95,9 @@ impl Pattern {
 fn matches_from(pattern: &[Segment], words: &[&str]) -> bool {
     match pattern.split_first() {
         None => words.is_empty(),
-        Some((Segment::Any, rest)) => (0..=words.len()).any(|skip| matches_from(rest, &words[skip..])),
+        Some((Segment::Any, rest)) => {
+            (0..=words.len()).any(|skip| matches_from(rest, &words[skip..]))
+        }
         Some((Segment::One, rest)) => !words.is_empty() && matches_from(rest, &words[1..]),
         Some((Segment::Word(w), rest)) => {
             words.first().is_some_and(|first| first == w) && matches_from(rest, &words[1..])
@@ -124,6 +128,7 @@ mod tests {
         assert!(m("*.created", "order.created"));
         assert!(m("a.#.z", "a.z"));
         assert!(m("a.#.z", "a.b.c.z"));
+        assert!(m("#.#.z", "a.b.z"));
         assert!(!m("a.#.z", "a.b.c"));
     }
 

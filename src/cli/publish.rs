@@ -34,7 +34,11 @@ pub struct PublishArgs {
 }
 
 /// Publishes and prints what was created.
-pub(super) async fn run(args: PublishArgs, settings: &Settings, broker: Arc<dyn Broker>) -> Result<()> {
+pub(super) async fn run(
+    args: PublishArgs,
+    settings: &Settings,
+    broker: Arc<dyn Broker>,
+) -> Result<()> {
     let data = match args.data.as_deref() {
         None => serde_json::json!({}),
         Some(text) => {

@@ -29,8 +29,12 @@ pub async fn publish_fan_out_is_replayed_by_its_keys(b: Arc<dyn Broker>, _clock:
     let first = b.enqueue(fan_out("k1")).await.expect("publish");
     assert!(first.iter().all(|e| e.created), "every job is new");
     let replay = b.enqueue(fan_out("k1")).await.expect("replay");
-    assert!(replay.iter().all(|e| !e.created), "a replay creates nothing");
-    let ids = |v: &[crate::broker::Enqueued]| v.iter().map(|e| e.job.id.clone()).collect::<Vec<_>>();
+    assert!(
+        replay.iter().all(|e| !e.created),
+        "a replay creates nothing"
+    );
+    let ids =
+        |v: &[crate::broker::Enqueued]| v.iter().map(|e| e.job.id.clone()).collect::<Vec<_>>();
     assert_eq!(ids(&replay), ids(&first), "a replay answers the first jobs");
     let other = b.enqueue(fan_out("k2")).await.expect("another key");
     assert!(other.iter().all(|e| e.created), "another key is new jobs");
@@ -65,7 +69,10 @@ pub async fn cursors_are_saved_and_replaced(b: Arc<dyn Broker>, _clock: Arc<Manu
         "a saved cursor is an id the log resumes after"
     );
     b.save_cursor("relay", "later").await.expect("replace");
-    assert_eq!(b.cursor("relay").await.expect("cursor").as_deref(), Some("later"));
+    assert_eq!(
+        b.cursor("relay").await.expect("cursor").as_deref(),
+        Some("later")
+    );
     assert_eq!(b.cursor("other").await.expect("cursor"), None, "per name");
     for bad in [String::new(), "x".repeat(129)] {
         match b.save_cursor(&bad, "1").await {

@@ -13,11 +13,7 @@ pub(super) async fn cursor(broker: &RedisBroker, name: &str) -> BrokerResult<Opt
         .await
 }
 
-pub(super) async fn save_cursor(
-    broker: &RedisBroker,
-    name: &str,
-    value: &str,
-) -> BrokerResult<()> {
+pub(super) async fn save_cursor(broker: &RedisBroker, name: &str, value: &str) -> BrokerResult<()> {
     broker
         .query(redis::cmd("SET").arg(broker.cursor_key(name)).arg(value))
         .await
