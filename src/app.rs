@@ -1,5 +1,6 @@
 //! Wiring: builds a node (the broker, the registry of job kinds, the worker pool, the
-//! schedules, `hopper.retention`) once from checked [`Settings`],
+//! schedules, `hopper.retention`, and in `serve` the relay of job events to
+//! `[[subscription]]`s) once from checked [`Settings`],
 //! and runs them with the HTTP API ([`serve`]) or alone ([`worker`]) until a shutdown token
 //! fires.
 //!
@@ -61,6 +62,19 @@ pub fn build_registry(settings: &Settings) -> Result<Registry> {
     Ok(registry)
 }
 
+/// Refuses `[[subscription]]` kinds `registry` does not know, as a config problem (exit 2).
+pub fn check_subscription_kinds(settings: &Settings, registry: &Registry) -> Result<()> {
+    let problems = settings.bus.check_kinds(registry);
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(ConfigError::Invalid {
+        origin: "[[subscription]]".into(),
+        problems,
+    }
+    .into())
+}
+
 /// The registry of a `serve` or `worker` process: every kind of [`build_registry`], and the
 /// engine's `hopper.retention` over this node's broker.
 fn node_registry(
@@ -116,6 +130,7 @@ impl Node {
             .await
             .with_context(|| format!("the broker {} does not answer", broker.name()))?;
         let registry = Arc::new(node_registry(&settings, &broker, &clock)?);
+        check_subscription_kinds(&settings, &registry)?;
         let tracker = TaskTracker::new();
         let pool = workers.then(|| {
             let mut config = settings.pool.clone();
@@ -205,18 +220,28 @@ pub async fn serve(
         }
         .into());
     }
+    let bus = settings.bus.clone();
     let node = Node::start(settings, !no_workers, &shutdown).await?;
     let mut state = AppState::new(
         node.broker.clone(),
         node.registry.clone(),
         node.clock.clone(),
         node.config.clone(),
-    );
+    )
+    .with_bus(bus.clone());
     if let Some((handle, _)) = &node.pool {
         state = state.with_pool(handle.clone());
     }
     // One reader of the event log for every stream this process serves.
     node.tracker.spawn(state.hub.clone().run(shutdown.clone()));
+    // Job events as topics (`job.dead`), once across every node (see `crate::bus`).
+    if bus.takes_job_events() {
+        node.tracker.spawn(crate::bus::run_relay(
+            bus,
+            state.service.clone(),
+            shutdown.clone(),
+        ));
+    }
     tracing::info!(
         broker = node.broker.name(),
         workers = if no_workers {

@@ -18,6 +18,8 @@
 //!   `job_body` reads one job's JSON for `POST /v1/jobs`, `POST /v1/jobs/batch` and
 //!   `hopper enqueue --file`; `openapi` serves the OpenAPI document generated from the same
 //!   route list; `rate_limit` enforces `[server] rate_limit` on `/v1`.
+//! - [`bus`]: the event bus: `[[subscription]]`s, `POST /v1/publish`'s fan-out into one
+//!   batch of jobs, and the relay of job events (`job.dead`) to it.
 //! - [`metrics`]: `GET /metrics`: the Prometheus recorder, the gauges read at scrape time
 //!   (queue depth, worker slots), HTTP and event-stream metrics.
 //! - [`service`]: what both front doors call: submit a job or a chain, or a batch of them;
@@ -43,6 +45,7 @@ pub mod api;
 pub mod app;
 pub mod bench;
 pub mod chaos;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod exit;

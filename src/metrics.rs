@@ -91,6 +91,11 @@ fn describe() {
         "Broker call time by operation."
     );
     metrics::describe_counter!(engine::BROKER_ERRORS, "Broker calls that failed.");
+    metrics::describe_counter!(
+        crate::bus::PUBLISH_TOTAL,
+        "Events published to the bus, by the first matching subscription's topic pattern \
+         (\"(unmatched)\" when none matched) and whether any matched."
+    );
 }
 
 /// What a scrape reads besides the recorder: the broker (through a cache) and the pool.

@@ -10,6 +10,9 @@ mod util;
 mod e2e_batch;
 /// `hopper chaos`: a small fault campaign's ledger, and its kind kept out of normal use.
 mod e2e_chaos;
+/// The event bus: `POST /v1/publish` and `hopper publish` fanning out to `[[subscription]]`
+/// jobs, idempotency keys, and `job.dead` relayed exactly once across nodes and restarts.
+mod e2e_bus;
 /// The dashboard at `GET /`, in a real headless Chromium.
 mod e2e_dashboard;
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.

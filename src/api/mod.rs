@@ -18,6 +18,9 @@
 //! what the router serves. Only the dashboard, `/openapi.json`, `/docs` and `/metrics` (not
 //! JSON) are outside it.
 //!
+//! `POST /v1/publish` is `publish`'s: an event fanned out to `[[subscription]]` jobs by
+//! `crate::bus`.
+//!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
 //!
 //! `GET /metrics` (Prometheus text, `crate::metrics`) asks for the same bearer token as
@@ -32,6 +35,7 @@ pub mod events;
 pub(crate) mod job_body;
 mod jobs;
 pub mod openapi;
+mod publish;
 mod queues;
 pub mod rate_limit;
 #[cfg(test)]
@@ -81,6 +85,8 @@ pub struct AppState {
     pub hub: events::Hub,
     /// What `GET /metrics` reads: the cached queue counts, this process's pool slots.
     pub scrape: crate::metrics::Scrape,
+    /// The `[[subscription]]`s `POST /v1/publish` fans out to (none by default).
+    pub bus: crate::bus::Bus,
 }
 
 impl AppState {
@@ -98,7 +104,15 @@ impl AppState {
             broker,
             pool: None,
             config,
+            bus: crate::bus::Bus::default(),
         }
+    }
+
+    /// The same state, publishing to `bus`'s subscriptions.
+    #[must_use]
+    pub fn with_bus(mut self, bus: crate::bus::Bus) -> Self {
+        self.bus = bus;
+        self
     }
 
     /// The same state, cancelling local handlers through `pool`.
@@ -153,6 +167,7 @@ fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
         .routes(routes!(queues::pause))
         .routes(routes!(queues::resume))
         .routes(routes!(queues::retry_dead))
+        .routes(routes!(publish::publish))
         .route_layer(middleware::from_fn_with_state(
             config.clone(),
             require_token,

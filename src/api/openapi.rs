@@ -50,6 +50,7 @@ pub const QUERY_TOKEN: &str = "query_token";
         (name = "jobs", description = "Enqueue, list, inspect, retry and cancel jobs"),
         (name = "queues", description = "Queue statistics and controls"),
         (name = "events", description = "The live, resumable stream of job events"),
+        (name = "bus", description = "Publish an event: one job per matching subscription"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]
@@ -435,7 +436,57 @@ pub struct BatchJobDoc {
     pub job: JobWithStepsDoc,
 }
 
+/// The answer of `POST /v1/publish`.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Published)]
+pub struct PublishedDoc {
+    /// The topic published.
+    pub topic: String,
+    /// How many subscriptions matched: one job each.
+    pub matched: u64,
+    /// True when the `key` was published before: nothing was created, and `jobs` are the
+    /// jobs that first publish created.
+    pub duplicate: bool,
+    /// One per matching subscription, in config order.
+    pub jobs: Vec<PublishedJobDoc>,
+}
+
+/// One job of a publish.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PublishedJob)]
+pub struct PublishedJobDoc {
+    /// The index of the `[[subscription]]` that made it.
+    pub subscription: u64,
+    pub id: String,
+    pub kind: String,
+    pub queue: String,
+    /// False when the key was published before: this job is that publish's.
+    pub created: bool,
+}
+
 // ---- Request bodies and query parameters ------------------------------------------------------
+
+/// The body of `POST /v1/publish`. Unknown fields are refused (400 `unknown_field`); `null`
+/// counts as absent.
+#[derive(Serialize, ToSchema)]
+#[schema(as = PublishRequest)]
+pub struct PublishDoc {
+    /// Dot-separated segments of letters, digits, `-` or `_`; not under `job.` (Hopper's own
+    /// job events).
+    #[schema(
+        min_length = 1,
+        max_length = 255,
+        pattern = "^[A-Za-z0-9_-]+(\\.[A-Za-z0-9_-]+)*$",
+        example = "user.created"
+    )]
+    pub topic: String,
+    /// A JSON object; the subscriptions' payload templates see it as `data`. Default `{}`.
+    pub data: Option<serde_json::Map<String, Value>>,
+    /// Idempotency key: publishing it again creates nothing and answers the first jobs
+    /// (`duplicate`), for as long as those jobs are kept (at least 24 h by default).
+    #[schema(min_length = 1, max_length = 200)]
+    pub key: Option<String>,
+}
 
 /// The body of `POST /v1/jobs/batch`.
 #[derive(Serialize, ToSchema)]

@@ -113,6 +113,12 @@ impl Broker for Unreachable {
     async fn resume(&self, _: &str) -> BrokerResult<()> {
         self.down()
     }
+    async fn cursor(&self, _: &str) -> BrokerResult<Option<String>> {
+        self.down()
+    }
+    async fn save_cursor(&self, _: &str, _: &str) -> BrokerResult<()> {
+        self.down()
+    }
     async fn rescue(&self, _: u32) -> BrokerResult<Vec<JobId>> {
         self.down()
     }

@@ -6,6 +6,8 @@
 //! - `drain`: enqueue N no-op jobs, then time the pool draining them.
 //! - `batch`: `enqueue-batch`, N no-op jobs through `POST /v1/jobs/batch` of an API started in
 //!   this process; bulk enqueue throughput.
+//! - `publish`: N events through `POST /v1/publish` of an API started in this process, each
+//!   fanned out to 3 subscriptions; publishes and jobs created per second.
 //! - `latency`: a steady rate of jobs; pickup latency percentiles.
 //! - `events`: jobs that report progress while WebSocket clients follow the queue through an
 //!   API started in this process; delivery latency percentiles and memory.
@@ -20,6 +22,7 @@ mod cpu;
 mod drain;
 mod events;
 mod latency;
+mod publish;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -49,6 +52,7 @@ pub enum Workload {
     EnqueueBatch,
     Latency,
     Events,
+    Publish,
 }
 
 /// Pool slots of a bench run that does not say.
@@ -60,10 +64,11 @@ pub struct BenchArgs {
     /// drain: enqueue N jobs, then time the pool draining them; enqueue-batch: N jobs through
     /// POST /v1/jobs/batch ([server] max_batch a request), jobs stored per second; latency:
     /// steady rate, pickup latency percentiles; events: jobs reporting progress while
-    /// WebSocket clients follow the queue, delivery latency percentiles and memory.
+    /// WebSocket clients follow the queue, delivery latency percentiles and memory; publish:
+    /// POST /v1/publish with 3 subscriptions, publishes and jobs created per second.
     #[arg(long, value_enum, default_value_t = Workload::Drain)]
     pub workload: Workload,
-    /// Jobs to enqueue (drain, enqueue-batch).
+    /// Jobs to enqueue (drain, enqueue-batch); events to publish (publish: 3 jobs each).
     #[arg(long, default_value_t = 100_000)]
     pub jobs: u64,
     /// Pool slots. Default 64, the concurrency the peers' numbers in README were measured at
@@ -74,8 +79,8 @@ pub struct BenchArgs {
     /// each job appends 3 progress events and its completion).
     #[arg(long)]
     pub rate: Option<u64>,
-    /// WebSocket clients following the bench queue (events); HTTP clients posting batches at
-    /// once (enqueue-batch).
+    /// WebSocket clients following the bench queue (events); HTTP clients posting batches
+    /// (enqueue-batch) or publishes (publish) at once.
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
     /// How long to enqueue for (latency, events).
@@ -97,7 +102,7 @@ pub struct BenchArgs {
 /// contract of DESIGN §9.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
-    /// `drain`, `enqueue-batch`, `latency` or `events`.
+    /// `drain`, `enqueue-batch`, `latency`, `events` or `publish`.
     pub workload: &'static str,
     /// `sqlite` or `redis`.
     pub broker: String,
@@ -105,8 +110,13 @@ pub struct Report {
     pub jobs: u64,
     /// Worker slots of the bench pool; for `enqueue-batch`, the HTTP clients posting at once.
     pub concurrency: usize,
-    /// Jobs stored per second by the enqueuer.
+    /// Jobs stored per second by the enqueuer (for `publish`, jobs created by publishes).
     pub enqueue_jobs_per_s: Option<f64>,
+    /// Events published, for the `publish` workload (each creating one job per
+    /// subscription: `jobs` is this times 3).
+    pub publishes: Option<u64>,
+    /// Those publishes per second.
+    pub publishes_per_s: Option<f64>,
     /// Jobs finished per second while draining.
     pub processed_jobs_per_s: Option<f64>,
     /// Pickup latency (start - due), for the `latency` workload; `null`s otherwise.
@@ -236,6 +246,7 @@ pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationTok
                 .events(args.rate.unwrap_or(4000), args.duration, args.clients)
                 .await
         }
+        Workload::Publish => bench.publish(args.jobs, args.clients).await,
     };
     let cpu_after = cpu::snapshot(redis_url).await;
     // Clean up whatever happened.
@@ -413,6 +424,32 @@ fn print_table(r: &Report) -> std::io::Result<()> {
             ]],
         );
     }
+    if r.workload == "publish" {
+        return out::table(
+            &[
+                "workload",
+                "broker",
+                ">publishes",
+                ">jobs",
+                ">clients",
+                ">publishes/s",
+                ">jobs/s",
+                ">broker µs/job",
+                ">process µs/job",
+            ],
+            &[vec![
+                r.workload.to_owned(),
+                r.broker.clone(),
+                r.publishes.unwrap_or(0).to_string(),
+                r.jobs.to_string(),
+                r.concurrency.to_string(),
+                f(r.publishes_per_s),
+                f(r.enqueue_jobs_per_s),
+                f(r.broker_cpu_us_per_job),
+                f(r.process_cpu_us_per_job),
+            ]],
+        );
+    }
     out::table(
         &[
             "workload",
@@ -479,6 +516,8 @@ mod tests {
             "jobs",
             "concurrency",
             "enqueue_jobs_per_s",
+            "publishes",
+            "publishes_per_s",
             "processed_jobs_per_s",
             "p50_ms",
             "p95_ms",

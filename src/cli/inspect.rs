@@ -160,6 +160,7 @@ pub(super) async fn run(
         | Command::Worker { .. }
         | Command::Bench(_)
         | Command::Chaos(_)
+        | Command::Publish(_)
         | Command::CheckConfig { .. }
         | Command::Pause { .. }
         | Command::Resume { .. }

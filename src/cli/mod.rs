@@ -10,12 +10,14 @@
 //! - `enqueue`: `hopper enqueue`, through the same `crate::service` as `POST /v1/jobs`.
 //! - `enqueue_file`: `hopper enqueue --file`, a newline-delimited JSON file of jobs in
 //!   batches, as `POST /v1/jobs/batch` takes them.
+//! - `publish`: `hopper publish`, through the same `crate::bus` as `POST /v1/publish`.
 //! - `inspect`: `queues`, `jobs`, `job`, `retry`, `cancel`.
 //! - `tail`: `hopper tail`, following the event stream of the broker or of a remote node.
 
 mod enqueue;
 mod enqueue_file;
 mod inspect;
+mod publish;
 mod queue_ctl;
 mod tail;
 
@@ -75,6 +77,8 @@ pub enum Command {
     },
     /// Enqueue a job; prints its id. With --file, every job of a newline-delimited JSON file.
     Enqueue(EnqueueArgs),
+    /// Publish an event: one job per matching [[subscription]]; prints each job's id.
+    Publish(publish::PublishArgs),
     /// Show queues with their job counts by state.
     Queues {
         #[arg(long)]
@@ -259,6 +263,11 @@ pub async fn run(cli: Cli) -> Result<()> {
             let broker = app::open_broker(&settings.config, clock::system()).await?;
             tail::run_local(args, broker).await
         }
+        Command::Publish(args) => {
+            let settings = config.check(&origin)?;
+            let broker = app::open_broker(&settings.config, clock::system()).await?;
+            publish::run(args, &settings, broker).await
+        }
         command => {
             let settings = config.check(&origin)?;
             if !matches!(command, Command::Enqueue(_)) {
@@ -289,7 +298,10 @@ fn on_signal() -> CancellationToken {
 
 fn check_config(path: Option<&std::path::Path>) -> Result<()> {
     let loaded = Config::load(path)?;
-    loaded.config.check(&loaded.origin())?;
+    let settings = loaded.config.check(&loaded.origin())?;
+    if !settings.bus.subscriptions().is_empty() {
+        app::check_subscription_kinds(&settings, &app::build_registry(&settings)?)?;
+    }
     out::line(format!("{}: ok", loaded.origin()))?;
     Ok(())
 }

@@ -62,6 +62,9 @@ pub struct Config {
     /// `[[schedule]]` tables: periodic jobs. Default: none.
     #[serde(rename = "schedule")]
     pub schedules: Vec<ScheduleConfig>,
+    /// `[[subscription]]` tables: jobs enqueued for published events. Default: none.
+    #[serde(rename = "subscription")]
+    pub subscriptions: Vec<SubscriptionConfig>,
     /// The job kinds' sections, declared by `hopper-jobs` (`hopper_jobs::config`).
     pub files: hopper_jobs::FilesConfig,
     pub smtp: hopper_jobs::SmtpConfig,

@@ -34,6 +34,46 @@ pub struct ScheduleConfig {
     pub priority: Option<u8>,
 }
 
+/// `[[subscription]]`: a job enqueued for every event published on a matching topic
+/// (`POST /v1/publish`, `hopper publish`, and Hopper's own `job.*` events). See `crate::bus`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionConfig {
+    /// The topics it takes: dot-separated segments, `*` standing for exactly one segment and
+    /// `#` for any number of them (`user.created`, `user.*`, `billing.#`, `job.dead`).
+    /// Required.
+    pub topic: String,
+    /// Kind of each job. Required; a kind this build does not register is refused at start.
+    pub kind: String,
+    /// Queue of each job. Default `"default"`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Priority of each job. Default 5.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub priority: Option<u8>,
+    /// Payload of each job: a table whose strings are minijinja templates over `data`,
+    /// `topic` and `key`. A string that is one `{{ expression }}` and nothing else takes the
+    /// expression's JSON value (a number, an object...); any other string is rendered as
+    /// text. Other values are copied. Default `{}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub payload: Option<toml::Table>,
+    /// For `job.*` topics only: take only events of jobs of this queue and/or kind.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub filter: Option<SubscriptionFilter>,
+}
+
+/// `[[subscription]] filter`: which jobs' events a `job.*` subscription takes.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SubscriptionFilter {
+    /// Only events of jobs of this queue. Default: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub queue: Option<String>,
+    /// Only events of jobs of this kind. Default: any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+}
+
 /// `[server]`: the HTTP API.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]

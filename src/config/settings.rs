@@ -34,6 +34,9 @@ pub struct Settings {
     /// hidden `--chaos-ledger DIR` flag, never the config file); `None` everywhere else, and
     /// then the kind is not offered.
     pub chaos_ledger: Option<std::path::PathBuf>,
+    /// The `[[subscription]]` entries (their kinds are checked against the registry when a
+    /// node starts: `crate::app::check_kinds`).
+    pub bus: crate::bus::Bus,
 }
 
 impl Config {
@@ -51,6 +54,7 @@ impl Config {
             .map_err(|e| p.push(format!("retention.cron: {}", e.message)))
             .ok();
         let schedules = self.check_schedules(&mut p);
+        let bus = crate::bus::Bus::compile(&self.subscriptions, &mut p);
         self.check_queues(&mut p);
         self.check_retry(&mut p);
         for (i, t) in self.auth.tokens.iter().enumerate() {
@@ -73,6 +77,7 @@ impl Config {
                 retention,
                 jobs,
                 chaos_ledger: None,
+                bus,
             }),
             _ => Err(p),
         }

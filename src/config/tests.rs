@@ -218,3 +218,47 @@ fn cluster_urls_are_checked() {
         );
     }
 }
+
+#[test]
+fn subscriptions_are_checked_naming_index_and_key() {
+    let config = Config::from_toml(
+        r#"
+[[subscription]]
+topic = "user.created"
+kind = "sys.noop"
+payload = { to = "{{ data.email }}", n = "{{ data.n }}" }
+
+[[subscription]]
+topic = "user.cre*"
+kind = ""
+queue = "a b"
+priority = 12
+payload = { to = "{{ data. }}", nested = { s = "{% if %}" } }
+
+[[subscription]]
+topic = "user.created"
+kind = "sys.noop"
+filter = { queue = "default" }
+"#,
+        Path::new("c.toml"),
+    )
+    .unwrap();
+    let problems = config.validate().unwrap_err();
+    for want in [
+        "subscription[1].topic:",
+        "subscription[1].kind: is required",
+        "subscription[1].queue:",
+        "subscription[1].priority:",
+        "subscription[1].payload.",
+        "subscription[2].filter:",
+    ] {
+        assert!(
+            problems.iter().any(|p| p.starts_with(want)),
+            "{want} in {problems:#?}"
+        );
+    }
+    assert!(
+        !problems.iter().any(|p| p.starts_with("subscription[0]")),
+        "{problems:#?}"
+    );
+}

@@ -242,3 +242,32 @@ fn schema_mirrors_match_the_wire_types() {
         .collect();
     assert_eq!(names("EventType"), types);
 }
+
+/// `POST /v1/publish`'s answer schema names exactly the fields `Published` serializes.
+#[test]
+fn the_publish_answer_mirror_matches_its_wire_type() {
+    use crate::bus::{Published, PublishedJob};
+    let doc = doc();
+    let job = PublishedJob {
+        subscription: 0,
+        id: JobId::from("j"),
+        kind: "k".into(),
+        queue: "q".into(),
+        created: true,
+    };
+    let answer = Published {
+        topic: "t".into(),
+        matched: 1,
+        duplicate: false,
+        jobs: vec![job.clone()],
+    };
+    assert_eq!(
+        properties(&doc, "Published"),
+        keys(serde_json::to_value(&answer).unwrap())
+    );
+    assert_eq!(
+        properties(&doc, "PublishedJob"),
+        keys(serde_json::to_value(&job).unwrap())
+    );
+    assert!(doc["paths"]["/v1/publish"]["post"].is_object());
+}

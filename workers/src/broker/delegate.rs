@@ -19,7 +19,7 @@ macro_rules! delegate_broker {
         queues: $queues:ident, events: $events:ident, wait_for_events: $wait_events:ident,
         purge: $purge:ident,
         drop_queue: $drop_queue:ident, ping: $ping:ident, pause: $pause:ident,
-        resume: $resume:ident $(,)?
+        resume: $resume:ident, cursor: $cursor:ident $(,)?
     ) => {
         // An anonymous constant, so that the names the signatures use are imported here and
         // nowhere else in the invoking module.
@@ -113,6 +113,16 @@ macro_rules! delegate_broker {
 
                 async fn resume(&self, queue: &str) -> BrokerResult<()> {
                     $resume::resume(self, queue).await
+                }
+
+                async fn cursor(&self, name: &str) -> BrokerResult<Option<String>> {
+                    $crate::broker::check_cursor_name(name)?;
+                    $cursor::cursor(self, name).await
+                }
+
+                async fn save_cursor(&self, name: &str, value: &str) -> BrokerResult<()> {
+                    $crate::broker::check_cursor_name(name)?;
+                    $cursor::save_cursor(self, name, value).await
                 }
 
                 async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {

@@ -400,6 +400,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Checks that the broker answers (`/readyz`).
     async fn ping(&self) -> BrokerResult<()>;
 
+    /// A named position in the event log (an event id [`Broker::events`] issued) that a
+    /// reader of the log saved with [`Broker::save_cursor`], so that it resumes where it
+    /// stopped on any node sharing this broker and after any restart; `None` until first
+    /// saved. The job-event relay of `[[subscription]]` keeps its place here. A name is 1 to
+    /// 128 characters, else [`BrokerError::Invalid`] naming `cursor`.
+    async fn cursor(&self, name: &str) -> BrokerResult<Option<String>>;
+
+    /// Stores a named cursor (see [`Broker::cursor`]), replacing its value: the last writer
+    /// wins, so two readers of the same name may move it back a little, which a reader that
+    /// is idempotent per event (the relay is, by event id) tolerates.
+    async fn save_cursor(&self, name: &str, value: &str) -> BrokerResult<()>;
+
     /// The steps of the chain whose first step is `first`, in order (just that job when it
     /// is not a chain; empty when it does not exist). Follows each step's `next` link.
     async fn chain(&self, first: &JobId) -> BrokerResult<Vec<Job>> {
@@ -414,6 +426,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         }
         Ok(steps)
     }
+}
+
+/// Refuses a cursor name no broker stores (see [`Broker::cursor`]).
+pub fn check_cursor_name(name: &str) -> Result<(), FieldError> {
+    if name.is_empty() || name.len() > 128 {
+        return Err(FieldError::new("cursor", "must be 1 to 128 characters"));
+    }
+    Ok(())
 }
 
 /// What an acknowledged write survives, where Hopper chooses it (`[broker] durability`).

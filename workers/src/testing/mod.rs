@@ -23,7 +23,8 @@
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
 //! retry, purge, drop), `pausing` (pause and resume a queue), `rates` (job rate limits
-//! across handles, and a pool that sleeps while its queue is held), `progress` (coalescing, through a
+//! across handles, and a pool that sleeps while its queue is held), `publish` (a publish's
+//! fan-out and its replay, named cursors in the event log), `progress` (coalescing, through a
 //! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
@@ -47,6 +48,7 @@ mod pool;
 mod progress;
 mod promotion;
 mod rates;
+mod publish;
 mod support;
 
 pub use admin::*;
@@ -64,6 +66,7 @@ pub use pool::*;
 pub use progress::*;
 pub use promotion::*;
 pub use rates::*;
+pub use publish::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -218,6 +221,9 @@ macro_rules! conformance_suite {
             rated_fetch_starts_no_more_than_the_rate,
             rated_fetch_spaces_a_per_minute_rate,
             pool_sleeps_while_its_queue_is_held_by_its_rate,
+            // publish.rs
+            publish_fan_out_is_replayed_by_its_keys,
+            cursors_are_saved_and_replaced,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -148,6 +148,14 @@ impl Broker for Partitioned {
         self.reach().await?.retry_all_dead(queue).await
     }
 
+    async fn cursor(&self, name: &str) -> BrokerResult<Option<String>> {
+        self.reach().await?.cursor(name).await
+    }
+
+    async fn save_cursor(&self, name: &str, value: &str) -> BrokerResult<()> {
+        self.reach().await?.save_cursor(name, value).await
+    }
+
     async fn pause(&self, queue: &str) -> BrokerResult<()> {
         self.reach().await?.pause(queue).await
     }

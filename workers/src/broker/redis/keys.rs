@@ -96,6 +96,11 @@ impl RedisBroker {
         format!("{}:leased", self.prefix)
     }
 
+    /// A named cursor in the event log (`Broker::cursor`): a string, outside any queue.
+    pub(super) fn cursor_key(&self, name: &str) -> String {
+        format!("{}:cursor:{name}", self.prefix)
+    }
+
     pub(super) fn queues_key(&self) -> String {
         format!("{}:queues", self.prefix)
     }

@@ -21,6 +21,7 @@
 //!   retry, rescue.
 //! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
 //! - `events.rs`: the event streams, event ids, a job's history and the merged log.
+//! - `cursors.rs`: named places in the event log its readers keep (`<prefix>:cursor:<name>`).
 //! - `pausing.rs`: pausing and resuming a queue (its `paused` key; fetch.lua honours it).
 //! - `rating.rs`: job rate limits (its `rate` key; fetch.lua advances it).
 //!
@@ -67,6 +68,7 @@
 
 mod cluster;
 mod conn;
+mod cursors;
 mod decode;
 mod events;
 mod keys;
@@ -183,4 +185,4 @@ crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
     retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
     queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,
-    ping: read, pause: pausing, resume: pausing);
+    ping: read, pause: pausing, resume: pausing, cursor: cursors);

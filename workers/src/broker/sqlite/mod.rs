@@ -61,12 +61,14 @@
 //! - `events`: appending to the event log, inside the write that changed the job.
 //! - `writer`: the writer thread and its batches; `readers`: the pool of read connections;
 //!   `open`: connections, their settings and migrations.
+//! - `cursors`: named places in the event log its readers keep (`Broker::cursor`).
 //! - `pausing`: queues paused and resumed by an operator (fetch checks the pause itself).
 //! - `rating`: job rate limits: a rated fetch and the read of a queue's held-until time.
 //! - `sql`: the text of every statement; `rows`: decoding rows; `error`: mapping errors.
 
 mod admin;
 mod chain;
+mod cursors;
 mod error;
 mod events;
 mod lifecycle;
@@ -272,7 +274,7 @@ crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
     wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,
-    resume: pausing);
+    resume: pausing, cursor: cursors);
 
 #[cfg(test)]
 mod tests {

@@ -49,6 +49,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 5,
         sql: include_str!("../../../migrations/sqlite/0005_queue_rates.sql"),
     },
+    Migration {
+        version: 6,
+        sql: include_str!("../../../migrations/sqlite/0006_cursors.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a

@@ -227,3 +227,6 @@ pub const RATE_NEXT: &str = "SELECT next_start FROM queue_rates WHERE queue = ?1
 pub const SET_RATE_NEXT: &str = "INSERT INTO queue_rates (queue, next_start) VALUES (?1, ?2) \
     ON CONFLICT (queue) DO UPDATE SET next_start = excluded.next_start";
 pub const DROP_RATE: &str = "DELETE FROM queue_rates WHERE queue = ?1";
+pub const CURSOR: &str = "SELECT value FROM cursors WHERE name = ?1";
+pub const SAVE_CURSOR: &str = "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3) \
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";
