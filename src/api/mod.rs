@@ -18,6 +18,8 @@
 //! what the router serves. Only the dashboard, `/openapi.json`, `/docs` and `/metrics` (not
 //! JSON) are outside it.
 //!
+//! `GET /v1/workers` (`workers`) lists the worker nodes registered in the broker.
+//!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
 //!
 //! `GET /metrics` (Prometheus text, `crate::metrics`) asks for the same bearer token as
@@ -36,6 +38,7 @@ mod queues;
 pub mod rate_limit;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -92,7 +95,8 @@ impl AppState {
         config: Arc<Config>,
     ) -> Self {
         Self {
-            service: Service::new(broker.clone(), registry, clock, config.retry.max_retries),
+            service: Service::new(broker.clone(), registry, clock, config.retry.max_retries)
+                .with_paused_queues(config.paused_queues()),
             hub: events::Hub::new(broker.clone()),
             scrape: crate::metrics::Scrape::new(broker.clone()),
             broker,
@@ -153,6 +157,7 @@ fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
         .routes(routes!(queues::pause))
         .routes(routes!(queues::resume))
         .routes(routes!(queues::retry_dead))
+        .routes(routes!(workers::list))
         .route_layer(middleware::from_fn_with_state(
             config.clone(),
             require_token,

@@ -316,7 +316,8 @@ pub(super) fn service(settings: &Settings, broker: Arc<dyn Broker>) -> Result<Se
         registry,
         hopper_workers::clock::system(),
         settings.config.retry.max_retries,
-    ))
+    )
+    .with_paused_queues(settings.config.paused_queues()))
 }
 
 /// A read-only command on an SQLite broker whose file does not exist would create an empty

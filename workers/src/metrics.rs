@@ -17,6 +17,7 @@ use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, Q
 use crate::error::BrokerResult;
 use crate::event::Event;
 use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::nodes::WorkerNode;
 use crate::time::Timestamp;
 
 /// Attempts ended, by `queue`, `kind` and `outcome` (one of [`Outcome`]'s names).
@@ -184,4 +185,8 @@ metered! {
     fn purge(&self, states: &[JobState], before: Timestamp, keep: u64) -> u64;
     fn drop_queue(&self, queue: &str) -> u64;
     fn ping(&self) -> ();
+    fn ready_ahead(&self, queue: &str, priority: u8) -> u64;
+    fn register_node(&self, node: &WorkerNode) -> ();
+    fn deregister_node(&self, id: &str) -> ();
+    fn nodes(&self) -> Vec<WorkerNode>;
 }

@@ -22,7 +22,8 @@
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `promotion`
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
-//! retry, purge, drop), `pausing` (pause and resume a queue), `progress` (coalescing, through a
+//! retry, purge, drop), `pausing` (pause and resume a queue), `nodes` (the registry of worker
+//! nodes, ready jobs ahead of a priority), `progress` (coalescing, through a
 //! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
@@ -38,6 +39,7 @@ mod enqueue;
 mod fetch;
 mod inspect;
 mod leases;
+mod nodes;
 mod outcomes;
 mod partition;
 mod pausing;
@@ -54,6 +56,7 @@ pub use enqueue::*;
 pub use fetch::*;
 pub use inspect::*;
 pub use leases::*;
+pub use nodes::*;
 pub use outcomes::*;
 pub use partition::Partitioned;
 pub use pausing::*;
@@ -209,6 +212,9 @@ macro_rules! conformance_suite {
             // pausing.rs
             paused_queue_accepts_jobs_but_is_not_fetched,
             pause_refuses_an_invalid_queue_name,
+            // nodes.rs
+            nodes_register_refresh_expire_and_deregister,
+            ready_ahead_counts_queued_jobs_at_or_above_a_priority,
             // progress.rs
             pool_coalesces_progress_and_keeps_the_last_report,
         );

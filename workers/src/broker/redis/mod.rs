@@ -22,6 +22,8 @@
 //! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
 //! - `events.rs`: the event streams, event ids, a job's history and the merged log.
 //! - `pausing.rs`: pausing and resuming a queue (its `paused` key; fetch.lua honours it).
+//! - `nodes.rs`: the registry of worker nodes (two keys in the tag `{<prefix>}`), and the
+//!   count of ready jobs ahead of a priority.
 //!
 //! # Chains
 //!
@@ -70,6 +72,7 @@ mod decode;
 mod events;
 mod keys;
 mod lifecycle;
+mod nodes;
 mod pausing;
 mod read;
 mod scripts;
@@ -180,4 +183,5 @@ crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
     retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
     queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,
-    ping: read, pause: pausing, resume: pausing);
+    ping: read, pause: pausing, resume: pausing, ready_ahead: nodes, register_node: nodes,
+    deregister_node: nodes, nodes: nodes);

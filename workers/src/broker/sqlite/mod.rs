@@ -62,6 +62,7 @@
 //! - `writer`: the writer thread and its batches; `readers`: the pool of read connections;
 //!   `open`: connections, their settings and migrations.
 //! - `pausing`: queues paused and resumed by an operator (fetch checks the pause itself).
+//! - `nodes`: the registry of worker nodes, and the count of ready jobs ahead of a priority.
 //! - `sql`: the text of every statement; `rows`: decoding rows; `error`: mapping errors.
 
 mod admin;
@@ -69,6 +70,7 @@ mod chain;
 mod error;
 mod events;
 mod lifecycle;
+mod nodes;
 mod open;
 mod pausing;
 mod read;
@@ -269,7 +271,8 @@ crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
     wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,
-    resume: pausing);
+    resume: pausing, ready_ahead: nodes, register_node: nodes, deregister_node: nodes,
+    nodes: nodes);
 
 #[cfg(test)]
 mod tests {
