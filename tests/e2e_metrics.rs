@@ -219,7 +219,11 @@ async fn cancels_from_the_cli_and_the_api_are_counted_once() {
         wait::until(&format!("{n} cancels counted"), async || {
             let m = scrape(&url, None).await;
             let counted = finished(&m, "sys.noop", "cancelled");
-            if counted == n { Ok(()) } else { Err(format!("{counted}")) }
+            if counted == n {
+                Ok(())
+            } else {
+                Err(format!("{counted}"))
+            }
         })
         .await;
     };

@@ -56,7 +56,9 @@ async fn waiting_says_run_at_chain_paused_and_no_worker() {
         .enqueue_ok(json!({"kind": "sys.fail", "payload": {"times": 99}, "max_retries": 3}))
         .await;
     let job = api
-        .wait_job(&failing, |j| j["state"] == "retrying" && reason(j) == "run_at")
+        .wait_job(&failing, |j| {
+            j["state"] == "retrying" && reason(j) == "run_at"
+        })
         .await;
     let message = job["waiting"]["message"].as_str().unwrap();
     assert!(message.contains("retrying"), "{message}");
@@ -200,11 +202,7 @@ async fn workers_are_listed_on_redis_and_gone_once_stopped() {
     for w in [&w1, &w2] {
         assert!(pids.contains(&u64::from(w.pid())), "{nodes:#?}");
     }
-    let first = nodes
-        .iter()
-        .find(|n| n["pid"] == w1.pid())
-        .unwrap()
-        .clone();
+    let first = nodes.iter().find(|n| n["pid"] == w1.pid()).unwrap().clone();
     assert!(!first["host"].as_str().unwrap().is_empty(), "{first:#}");
     assert_eq!(first["slots_total"], 3);
     assert_eq!(first["slots_busy"], 0);

@@ -245,7 +245,12 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
         v.timeout_ms
             .map(|ms| humantime::format_duration(Duration::from_millis(ms)).to_string()),
     );
-    opt("waiting", j.waiting.as_ref().map(|w| format!("{} ({})", w.message, w.reason)));
+    opt(
+        "waiting",
+        j.waiting
+            .as_ref()
+            .map(|w| format!("{} ({})", w.message, w.reason)),
+    );
     opt("last error", v.last_error.clone());
     opt("result", v.result.as_ref().map(Value::to_string));
     lines.push(("payload", v.payload.to_string()));

@@ -52,7 +52,10 @@ where
             }
         }
         event.record(&mut Fields(&mut line));
-        line.put("target", Value::String(event.metadata().target().to_owned()));
+        line.put(
+            "target",
+            Value::String(event.metadata().target().to_owned()),
+        );
         writeln!(writer, "{line}")
     }
 }

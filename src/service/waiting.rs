@@ -91,10 +91,9 @@ pub async fn explain(
 ) -> Result<Option<Waiting>, BrokerError> {
     let q = &job.queue;
     match job.state {
-        JobState::Running
-        | JobState::Succeeded
-        | JobState::Dead
-        | JobState::Cancelled => return Ok(None),
+        JobState::Running | JobState::Succeeded | JobState::Dead | JobState::Cancelled => {
+            return Ok(None);
+        }
         JobState::Waiting => {
             let index = job.chain.as_ref().map_or(0, |c| c.index);
             let before = steps
@@ -166,10 +165,7 @@ pub async fn explain(
         };
         return Ok(Some(Waiting::new(Reason::NoWorker, message)));
     }
-    if serving
-        .iter()
-        .all(|n| n.queue(q).is_some_and(|l| l.paused))
-    {
+    if serving.iter().all(|n| n.queue(q).is_some_and(|l| l.paused)) {
         return Ok(Some(Waiting::new(
             Reason::QueuePaused,
             format!(

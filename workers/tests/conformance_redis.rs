@@ -40,7 +40,10 @@ impl Drop for Cleanup {
         };
         // Keys are `{<prefix>:<queue>}:...`, `{<prefix>}:...` (the registry of nodes) and
         // `<prefix>:...`.
-        for pattern in [format!("{{{}[:}}]*", self.prefix), format!("{}:*", self.prefix)] {
+        for pattern in [
+            format!("{{{}[:}}]*", self.prefix),
+            format!("{}:*", self.prefix),
+        ] {
             let keys: Vec<String> = match redis::cmd("SCAN")
                 .cursor_arg(0)
                 .arg("MATCH")

@@ -17,7 +17,9 @@ pub(super) struct QueueBusy(Mutex<HashMap<String, u64>>);
 impl QueueBusy {
     fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, u64>> {
         // A poisoned map only means a panic elsewhere while counting; the counts stay usable.
-        self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     pub(super) fn started(&self, queue: &str) {
@@ -38,7 +40,11 @@ impl QueueBusy {
 /// Who this node is, fixed for the pool's run.
 fn identity(clock: &Arc<dyn Clock>) -> (String, String, u32, Timestamp) {
     let host = gethostname::gethostname().to_string_lossy().into_owned();
-    let host = if host.is_empty() { "unknown".into() } else { host };
+    let host = if host.is_empty() {
+        "unknown".into()
+    } else {
+        host
+    };
     let pid = std::process::id();
     let id = format!(
         "{}:{pid}:{}",

@@ -118,10 +118,7 @@ pub async fn ready_ahead_counts_queued_jobs_at_or_above_a_priority(
     assert_eq!(ahead(0).await, 1);
     assert_eq!(ahead(5).await, 3);
     assert_eq!(ahead(9).await, 4);
-    let fetched = b
-        .fetch("ahead", 1, super::LEASE)
-        .await
-        .expect("fetch");
+    let fetched = b.fetch("ahead", 1, super::LEASE).await.expect("fetch");
     assert_eq!(fetched.len(), 1);
     assert_eq!(ahead(5).await, 2, "a running job is not ahead");
     assert_eq!(b.ready_ahead("nothing-here", 9).await.expect("empty"), 0);

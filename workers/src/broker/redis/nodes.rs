@@ -92,8 +92,8 @@ pub(super) async fn nodes(broker: &RedisBroker) -> BrokerResult<Vec<WorkerNode>>
     for ((id, at), entry) in seen.iter().zip(entries) {
         // Deregistered between the two reads.
         let Some(json) = entry else { continue };
-        let mut node: WorkerNode = serde_json::from_str(&json)
-            .map_err(|e| corrupt(format!("worker node {id}: {e}")))?;
+        let mut node: WorkerNode =
+            serde_json::from_str(&json).map_err(|e| corrupt(format!("worker node {id}: {e}")))?;
         node.last_seen = Timestamp::from_millis(*at);
         nodes.push(node);
     }

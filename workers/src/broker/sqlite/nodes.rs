@@ -22,8 +22,11 @@ pub(super) async fn register_node(broker: &SqliteBroker, node: &WorkerNode) -> B
             let json = serde_json::to_string(&node)?;
             conn.prepare_cached(sql::NODES_EXPIRE)?
                 .execute([now.saturating_sub(NODE_TTL).as_millis()])?;
-            conn.prepare_cached(sql::NODE_UPSERT)?
-                .execute(params![node.id, now.as_millis(), json])?;
+            conn.prepare_cached(sql::NODE_UPSERT)?.execute(params![
+                node.id,
+                now.as_millis(),
+                json
+            ])?;
             Ok(())
         })
         .await
