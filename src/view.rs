@@ -12,6 +12,7 @@ use hopper_workers::job::{Job, JobId, JobState};
 use serde::Serialize;
 
 use crate::service::JobDetail;
+use crate::service::waiting::Waiting;
 
 /// One step of a chain, as a job's `steps` list shows it.
 #[derive(Clone, Debug, Serialize)]
@@ -63,6 +64,8 @@ pub struct JobWithHistory {
     pub history: Vec<Event>,
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub steps: Vec<StepView>,
+    /// Why the job is not running yet; null when it runs or is finished.
+    pub waiting: Option<Waiting>,
 }
 
 impl From<JobDetail> for JobWithHistory {
@@ -71,6 +74,7 @@ impl From<JobDetail> for JobWithHistory {
             job: d.job,
             history: d.history,
             steps: steps_of(&d.steps),
+            waiting: d.waiting,
         }
     }
 }
@@ -125,7 +129,8 @@ mod tests {
         r#""type":"job.progress","job_id":"j1","queue":"q","kind":"k","#,
         r#""at":"2030-01-01T00:00:00.000Z","attempt":2,"progress":50,"message":"half"}],"#,
         r#""steps":[{"id":"j1","index":0,"kind":"k","state":"succeeded","last_error":"boom"},"#,
-        r#"{"id":"j2","index":0,"kind":"k","state":"succeeded","last_error":"boom"}]}"#,
+        r#"{"id":"j2","index":0,"kind":"k","state":"succeeded","last_error":"boom"}],"#,
+        r#""waiting":null}"#,
     );
     const PAGE: &str = concat!(
         r#"{"jobs":[{"id":"j2","queue":"q","kind":"k","payload":{"a":1},"priority":5,"#,
@@ -182,6 +187,7 @@ mod tests {
             job: first.clone(),
             history: vec![event],
             steps: vec![first, bare.clone()],
+            waiting: None,
         };
         let shown = serde_json::to_string(&JobWithHistory::from(detail)).expect("json");
         assert_eq!(shown, DETAIL);

@@ -112,6 +112,7 @@ async fn metrics_count_a_known_mix_of_jobs() {
 
     // Every outcome above was counted before its state was written, but the queue gauges come
     // from a cache up to a second old: wait for them to show the cancel.
+    // The cancel is counted from the event log, as the hub reads it.
     let m = wait::until("the queue gauges to show the cancelled job", async || {
         let m = scrape(&url, None).await;
         let cancelled = value(
@@ -119,7 +120,7 @@ async fn metrics_count_a_known_mix_of_jobs() {
             "hopper_queue_jobs",
             &[("queue", "default"), ("state", "cancelled")],
         );
-        if cancelled == 1.0 {
+        if cancelled == 1.0 && finished(&m, "sys.sleep", "cancelled") == 1.0 {
             Ok(m)
         } else {
             Err(format!("cancelled = {cancelled}"))
@@ -201,6 +202,41 @@ async fn metrics_count_a_known_mix_of_jobs() {
             &[("type", "job.succeeded")]
         ) >= 7.0
     );
+}
+
+/// A cancel is counted wherever it happens: `hopper cancel` in another process (which no
+/// scrape reaches) as well as `POST /v1/jobs/{id}/cancel`, each once, read from the event log
+/// by the server's hub.
+#[tokio::test]
+async fn cancels_from_the_cli_and_the_api_are_counted_once() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let url = format!("{}/metrics", api.base);
+    let later = json!({"kind": "sys.noop", "delay": "1h"});
+    let by_cli = api.enqueue_ok(later.clone()).await;
+    let by_api = api.enqueue_ok(later).await;
+    let cancelled = async |n: f64| {
+        wait::until(&format!("{n} cancels counted"), async || {
+            let m = scrape(&url, None).await;
+            let counted = finished(&m, "sys.noop", "cancelled");
+            if counted == n {
+                Ok(())
+            } else {
+                Err(format!("{counted}"))
+            }
+        })
+        .await;
+    };
+    let out = s.cli_ok(&["cancel", &by_cli]);
+    assert!(out.contains("1 job cancelled"), "{out}");
+    cancelled(1.0).await;
+    let (status, body) = api.post(&format!("/v1/jobs/{by_api}/cancel")).await;
+    assert_eq!(status, 200, "{body}");
+    cancelled(2.0).await;
+    // Once each: the hub has read past both events; nothing counts them again.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let m = scrape(&url, None).await;
+    assert_eq!(finished(&m, "sys.noop", "cancelled"), 2.0);
 }
 
 /// With `[auth] tokens`, `/metrics` asks for one like `/v1` does; `/healthz` does not.

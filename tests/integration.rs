@@ -49,3 +49,6 @@ mod e2e_systemd;
 mod e2e_tail;
 /// The newcomer's path: `serve` with no config, enqueue over HTTP, inspect with the CLI.
 mod e2e_tour;
+/// "Why is my job not running" (`waiting` of a job, one test per reason) and the registry of
+/// worker nodes (`GET /v1/workers`, `hopper workers`) on SQLite and Redis.
+mod e2e_why;

@@ -175,13 +175,9 @@ pub async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<Job>, ApiError> {
     let id = JobId(id);
+    // Counted in `hopper_jobs_finished_total` by the event hub, which reads the cancel from
+    // the log like any other process's (`super::events::hub`).
     let job = st.broker.cancel(&id).await?;
-    // Counted here, not by the pool: once per cancel, whether or not a handler was running.
-    hopper_workers::metrics::job_finished(
-        &job.queue,
-        &job.kind,
-        hopper_workers::metrics::Outcome::Cancelled,
-    );
     // After the broker: the stopped handler's late writes then meet a cancelled job and are
     // refused, instead of racing the cancel.
     if let Some(pool) = &st.pool

@@ -20,6 +20,7 @@
 //!
 //! `POST /v1/publish` is `publish`'s: an event fanned out to `[[subscription]]` jobs by
 //! `crate::bus`.
+//! `GET /v1/workers` (`workers`) lists the worker nodes registered in the broker.
 //!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
 //!
@@ -40,6 +41,7 @@ mod queues;
 pub mod rate_limit;
 #[cfg(test)]
 mod tests;
+mod workers;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -98,7 +100,8 @@ impl AppState {
         config: Arc<Config>,
     ) -> Self {
         Self {
-            service: Service::new(broker.clone(), registry, clock, config.retry.max_retries),
+            service: Service::new(broker.clone(), registry, clock, config.retry.max_retries)
+                .with_paused_queues(config.paused_queues()),
             hub: events::Hub::new(broker.clone()),
             scrape: crate::metrics::Scrape::new(broker.clone()),
             broker,
@@ -168,6 +171,7 @@ fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
         .routes(routes!(queues::resume))
         .routes(routes!(queues::retry_dead))
         .routes(routes!(publish::publish))
+        .routes(routes!(workers::list))
         .route_layer(middleware::from_fn_with_state(
             config.clone(),
             require_token,

@@ -49,6 +49,7 @@ pub const QUERY_TOKEN: &str = "query_token";
     tags(
         (name = "jobs", description = "Enqueue, list, inspect, retry and cancel jobs"),
         (name = "queues", description = "Queue statistics and controls"),
+        (name = "workers", description = "The worker nodes serving the queues"),
         (name = "events", description = "The live, resumable stream of job events"),
         (name = "bus", description = "Publish an event: one job per matching subscription"),
         (name = "health", description = "Liveness and readiness probes"),
@@ -282,6 +283,8 @@ pub struct JobWithHistoryDoc {
     /// Present when the job is a step of a chain.
     #[schema(nullable = false)]
     pub steps: Option<Vec<StepDoc>>,
+    /// Why the job is not running yet; null when it runs or is finished.
+    pub waiting: Option<WaitingDoc>,
 }
 
 /// A page of jobs, newest first.
@@ -384,6 +387,66 @@ pub struct QueueStatsDoc {
 pub struct QueueList {
     /// Every queue with jobs or named by the config, by name.
     pub queues: Vec<QueueStatsDoc>,
+}
+
+/// One queue as a worker node serves it.
+#[derive(Serialize, ToSchema)]
+#[schema(as = QueueLoad)]
+pub struct QueueLoadDoc {
+    pub queue: String,
+    /// Its jobs running on the node now.
+    pub busy: u64,
+    /// Its `[[queue]] concurrency` on the node, if it has one.
+    pub limit: Option<u64>,
+    /// Paused by the node's config.
+    pub paused: bool,
+}
+
+/// A worker node, as it last registered.
+#[derive(Serialize, ToSchema)]
+#[schema(as = WorkerNode)]
+pub struct WorkerNodeDoc {
+    /// Unique per process run.
+    pub id: String,
+    pub host: String,
+    pub pid: u32,
+    #[schema(format = DateTime)]
+    pub started_at: String,
+    /// When the broker last heard from it (every few seconds while it runs).
+    #[schema(format = DateTime)]
+    pub last_seen: String,
+    pub queues: Vec<QueueLoadDoc>,
+    /// The job kinds it runs.
+    pub kinds: Vec<String>,
+    pub slots_total: u64,
+    pub slots_busy: u64,
+}
+
+/// `GET /v1/workers`.
+#[derive(Serialize, ToSchema)]
+pub struct WorkerList {
+    /// Every node heard from in the last minute, by host and pid.
+    pub workers: Vec<WorkerNodeDoc>,
+}
+
+/// Why a job is not running yet (`waiting` of `GET /v1/jobs/{id}`).
+#[derive(Serialize, ToSchema)]
+#[schema(as = Waiting)]
+pub struct WaitingDoc {
+    /// `run_at`, `chain_predecessor`, `queue_paused`, `no_worker`, `queue_concurrency` or
+    /// `behind` (README, "Why is my job not running").
+    pub reason: String,
+    /// The same for people.
+    pub message: String,
+    /// `run_at`: when it is due.
+    #[schema(nullable = false, format = DateTime)]
+    pub until: Option<String>,
+    /// `chain_predecessor`: the step it waits for.
+    #[schema(nullable = false)]
+    pub predecessor: Option<String>,
+    /// `behind`: ready jobs ahead of it.
+    #[schema(nullable = false)]
+    pub ahead: Option<u64>,
 }
 
 /// `POST /v1/queues/{name}/pause` and `/resume`.

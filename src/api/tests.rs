@@ -19,6 +19,7 @@ use hopper_workers::clock::{self, Clock};
 use hopper_workers::error::{BrokerError, BrokerResult};
 use hopper_workers::event::Event;
 use hopper_workers::job::{Job, JobId, JobState, Lease, NewJob};
+use hopper_workers::nodes::WorkerNode;
 use hopper_workers::time::Timestamp;
 use hopper_workers::{Broker, Registry};
 use http_body_util::BodyExt;
@@ -147,6 +148,18 @@ impl Broker for Unreachable {
         self.down()
     }
     async fn ping(&self) -> BrokerResult<()> {
+        self.down()
+    }
+    async fn ready_ahead(&self, _: &str, _: u8) -> BrokerResult<u64> {
+        self.down()
+    }
+    async fn register_node(&self, _: &WorkerNode) -> BrokerResult<()> {
+        self.down()
+    }
+    async fn deregister_node(&self, _: &str) -> BrokerResult<()> {
+        self.down()
+    }
+    async fn nodes(&self) -> BrokerResult<Vec<WorkerNode>> {
         self.down()
     }
 }

@@ -164,6 +164,7 @@ pub(super) async fn run(
         | Command::CheckConfig { .. }
         | Command::Pause { .. }
         | Command::Resume { .. }
+        | Command::Workers { .. }
         | Command::Tail(_) => Ok(()),
     }
 }
@@ -246,6 +247,12 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
         v.timeout_ms
             .map(|ms| humantime::format_duration(Duration::from_millis(ms)).to_string()),
     );
+    opt(
+        "waiting",
+        j.waiting
+            .as_ref()
+            .map(|w| format!("{} ({})", w.message, w.reason)),
+    );
     opt("last error", v.last_error.clone());
     opt("result", v.result.as_ref().map(Value::to_string));
     lines.push(("payload", v.payload.to_string()));
@@ -318,7 +325,8 @@ pub(super) fn service(settings: &Settings, broker: Arc<dyn Broker>) -> Result<Se
         registry,
         hopper_workers::clock::system(),
         settings.config.retry.max_retries,
-    ))
+    )
+    .with_paused_queues(settings.config.paused_queues()))
 }
 
 /// A read-only command on an SQLite broker whose file does not exist would create an empty

@@ -13,6 +13,7 @@
 //! - `publish`: `hopper publish`, through the same `crate::bus` as `POST /v1/publish`.
 //! - `inspect`: `queues`, `jobs`, `job`, `retry`, `cancel`.
 //! - `tail`: `hopper tail`, following the event stream of the broker or of a remote node.
+//! - `workers`: `hopper workers`, the worker nodes registered in the broker.
 
 mod enqueue;
 mod enqueue_file;
@@ -20,6 +21,7 @@ mod inspect;
 mod publish;
 mod queue_ctl;
 mod tail;
+mod workers;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -81,6 +83,12 @@ pub enum Command {
     Publish(publish::PublishArgs),
     /// Show queues with their job counts by state.
     Queues {
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the worker nodes heard from in the last minute: host, pid, queues, kinds, busy
+    /// slots, last seen.
+    Workers {
         #[arg(long)]
         json: bool,
     },
@@ -255,6 +263,12 @@ pub async fn run(cli: Cli) -> Result<()> {
             inspect::refuse_missing_database(&settings.config.broker.url, &origin)?;
             let broker = app::open_broker(&settings.config, clock::system()).await?;
             queue_ctl::run(command, &settings, broker).await
+        }
+        Command::Workers { json } => {
+            let settings = config.check(&origin)?;
+            inspect::refuse_missing_database(&settings.config.broker.url, &origin)?;
+            let broker = app::open_broker(&settings.config, clock::system()).await?;
+            workers::run(&*broker, json).await
         }
         Command::Tail(args) if args.server.is_some() => tail::run_remote(args).await,
         Command::Tail(args) => {

@@ -111,6 +111,15 @@ impl Loaded {
 }
 
 impl Config {
+    /// The queues `[[queue]] paused` pauses in this config.
+    pub fn paused_queues(&self) -> Vec<String> {
+        self.queues
+            .iter()
+            .filter(|q| q.paused)
+            .map(|q| q.name.clone())
+            .collect()
+    }
+
     /// Parses TOML text; `path` only labels errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {

@@ -5,7 +5,7 @@
 //!   [`NewJob`](hopper_workers::NewJob) here and nowhere else.
 //! - [`Service::submit`] stores a job or a chain; [`Service::submit_batch`] many of them in
 //!   one broker call, all or none; [`Service::lookup`] reads one back with its history and the
-//!   steps of its chain.
+//!   steps of its chain, and why it is not running yet ([`waiting`]).
 //! - `coalesce`: single jobs submitted at the same time reach the broker in one call.
 //!
 //! This module knows no HTTP and no terminal: it speaks the engine's types and
@@ -13,6 +13,7 @@
 
 mod coalesce;
 pub mod submit;
+pub mod waiting;
 
 use std::sync::Arc;
 
@@ -37,6 +38,9 @@ pub struct Service {
     default_max_retries: u32,
     /// Single jobs submitted together, stored together.
     coalescer: Arc<coalesce::Coalescer>,
+    /// The queues this process's config pauses (`[[queue]] paused`), which a lookup reports
+    /// as paused like a pause stored in the broker.
+    paused_by_config: Arc<Vec<String>>,
 }
 
 /// One job to submit, as a request gives it: the job, and the later steps of its chain
@@ -65,6 +69,8 @@ pub struct JobDetail {
     pub job: Job,
     pub history: Vec<Event>,
     pub steps: Vec<Job>,
+    /// Why it is not running yet; `None` when it runs or is finished.
+    pub waiting: Option<waiting::Waiting>,
 }
 
 /// Why a submission was not stored.
@@ -101,7 +107,16 @@ impl Service {
             registry,
             clock,
             default_max_retries,
+            paused_by_config: Arc::default(),
         }
+    }
+
+    /// Reports jobs of these queues as waiting for a pause (`[[queue]] paused` of this
+    /// process's config).
+    #[must_use]
+    pub fn with_paused_queues(mut self, queues: Vec<String>) -> Self {
+        self.paused_by_config = Arc::new(queues);
+        self
     }
 
     /// The broker underneath, for the operations that need no checking (list, cancel, retry).
@@ -231,7 +246,8 @@ impl Service {
         Ok(link_chain(steps))
     }
 
-    /// A job, its history and its chain's steps; `None` when no job has this id.
+    /// A job, its history, its chain's steps and why it is not running yet; `None` when no
+    /// job has this id.
     pub async fn lookup(&self, id: &JobId) -> Result<Option<JobDetail>, BrokerError> {
         let Some(job) = self.broker.get(id).await? else {
             return Ok(None);
@@ -241,10 +257,14 @@ impl Service {
             Some(link) => self.broker.chain(&link.id).await?,
             None => Vec::new(),
         };
+        let paused_here = self.paused_by_config.contains(&job.queue);
+        let waiting =
+            waiting::explain(&*self.broker, &job, &steps, paused_here, self.clock.now()).await?;
         Ok(Some(JobDetail {
             job,
             history,
             steps,
+            waiting,
         }))
     }
 }

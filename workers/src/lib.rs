@@ -19,6 +19,8 @@
 //! - [`metrics`]: the `hopper_*` metrics the engine records (job outcomes, run and pickup
 //!   times, leases, heartbeats) and [`Metered`](metrics::Metered), a broker that times every
 //!   call.
+//! - [`nodes`]: the registry of worker nodes: [`WorkerNode`](nodes::WorkerNode), what each
+//!   pool tells the broker about itself (queues, kinds, busy slots) every few seconds.
 //! - [`retry`]: exponential backoff with full jitter.
 //! - [`diagnostics`]: the built-in `sys.noop`, `sys.sleep` and `sys.fail` kinds.
 //! - [`retention`]: `hopper.retention`, the engine's own clean-up, run as a scheduled job.
@@ -37,6 +39,7 @@ pub mod handler;
 pub mod job;
 pub mod kind;
 pub mod metrics;
+pub mod nodes;
 pub mod pool;
 pub mod registry;
 pub mod retention;

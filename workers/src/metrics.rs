@@ -19,6 +19,7 @@ use crate::broker::{
 use crate::error::BrokerResult;
 use crate::event::Event;
 use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::nodes::WorkerNode;
 use crate::time::Timestamp;
 
 /// Attempts ended, by `queue`, `kind` and `outcome` (one of [`Outcome`]'s names).
@@ -190,4 +191,8 @@ metered! {
     fn ping(&self) -> ();
     fn cursor(&self, name: &str) -> Option<String>;
     fn save_cursor(&self, name: &str, value: &str) -> ();
+    fn ready_ahead(&self, queue: &str, priority: u8) -> u64;
+    fn register_node(&self, node: &WorkerNode) -> ();
+    fn deregister_node(&self, id: &str) -> ();
+    fn nodes(&self) -> Vec<WorkerNode>;
 }

@@ -38,8 +38,12 @@ impl Drop for Cleanup {
         let Ok(mut conn) = client.get_connection() else {
             return;
         };
-        // Keys are `{<prefix>:<queue>}:...` and `<prefix>:...`.
-        for pattern in [format!("{{{}:*", self.prefix), format!("{}:*", self.prefix)] {
+        // Keys are `{<prefix>:<queue>}:...`, `{<prefix>}:...` (the registry of nodes) and
+        // `<prefix>:...`.
+        for pattern in [
+            format!("{{{}[:}}]*", self.prefix),
+            format!("{}:*", self.prefix),
+        ] {
             let keys: Vec<String> = match redis::cmd("SCAN")
                 .cursor_arg(0)
                 .arg("MATCH")

@@ -64,7 +64,7 @@ fn node_conn(node: &str) -> redis::Connection {
 /// The keys of `prefix` on `node`.
 fn keys_on(conn: &mut redis::Connection, prefix: &str) -> Vec<String> {
     let mut out = Vec::new();
-    for pattern in [format!("{{{prefix}:*"), format!("{prefix}:*")] {
+    for pattern in [format!("{{{prefix}[:}}]*"), format!("{prefix}:*")] {
         if let Ok(it) = redis::cmd("SCAN")
             .cursor_arg(0)
             .arg("MATCH")

@@ -20,6 +20,10 @@
 //! Redis broker blocks on the streams, so an event from any node wakes it at once; a SQLite
 //! broker is woken by this process's writes, and other processes' within [`IDLE_POLL`].
 //!
+//! Reading every event, the hub is also where cancellations are counted
+//! (`hopper_jobs_finished_total{outcome="cancelled"}`), whoever made them: a job is cancelled
+//! by a write to the broker from any process, and only the log sees them all.
+//!
 //! Not here: filtering, replay and the wire formats (`feed`, `ws`, `sse`).
 
 use std::sync::Arc;
@@ -27,7 +31,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
-use hopper_workers::event::Event;
+use hopper_workers::event::{Event, EventType};
 use hopper_workers::{Broker, BrokerError};
 use tokio::sync::{broadcast, watch};
 use tokio_util::sync::CancellationToken;
@@ -246,6 +250,16 @@ impl Hub {
     fn publish(&self, seq: u64, event: Event) {
         let id = event.id.clone();
         let kind = event.kind_of_event.as_str();
+        if event.kind_of_event == EventType::Cancelled {
+            // Counted here, from the log, and nowhere else: a cancel made by `hopper cancel`
+            // (a process no scrape reaches), by another node's API or by a chain whose step
+            // died is then counted like one made by this node's API, and each once.
+            hopper_workers::metrics::job_finished(
+                &event.queue,
+                &event.kind,
+                hopper_workers::metrics::Outcome::Cancelled,
+            );
+        }
         match HubEvent::new(seq, event) {
             // No receiver is not an error: nobody is listening right now.
             Ok(ev) => {

@@ -8,6 +8,8 @@ use axum::http::{Method, Request, StatusCode, header};
 use hopper_workers::broker::{QueueStats, StateCounts};
 use hopper_workers::event::{Event, EventType};
 use hopper_workers::job::{ChainLink, Job, JobId, JobState};
+use hopper_workers::nodes::{QueueLoad, WorkerNode};
+use hopper_workers::time::Timestamp;
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tower::ServiceExt;
@@ -222,6 +224,42 @@ fn schema_mirrors_match_the_wire_types() {
     assert_eq!(
         properties(&doc, "StateCounts"),
         keys(serde_json::to_value(StateCounts::default()).unwrap())
+    );
+    let load = QueueLoad {
+        queue: "q".into(),
+        busy: 1,
+        limit: Some(2),
+        paused: false,
+    };
+    let node = WorkerNode {
+        id: "h:1:x".into(),
+        host: "h".into(),
+        pid: 1,
+        started_at: Timestamp::EPOCH,
+        last_seen: Timestamp::EPOCH,
+        queues: vec![load.clone()],
+        kinds: vec!["k".into()],
+        slots_total: 2,
+        slots_busy: 1,
+    };
+    assert_eq!(
+        properties(&doc, "WorkerNode"),
+        keys(serde_json::to_value(&node).unwrap())
+    );
+    assert_eq!(
+        properties(&doc, "QueueLoad"),
+        keys(serde_json::to_value(&load).unwrap())
+    );
+    let waiting = crate::service::waiting::Waiting {
+        reason: "behind",
+        message: "m".into(),
+        until: Some(Timestamp::EPOCH),
+        predecessor: Some(JobId::from("p")),
+        ahead: Some(1),
+    };
+    assert_eq!(
+        properties(&doc, "Waiting"),
+        keys(serde_json::to_value(&waiting).unwrap())
     );
     let names = |schema: &str| -> BTreeSet<String> {
         doc["components"]["schemas"][schema]["enum"]

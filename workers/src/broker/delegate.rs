@@ -19,7 +19,10 @@ macro_rules! delegate_broker {
         queues: $queues:ident, events: $events:ident, wait_for_events: $wait_events:ident,
         purge: $purge:ident,
         drop_queue: $drop_queue:ident, ping: $ping:ident, pause: $pause:ident,
-        resume: $resume:ident, cursor: $cursor:ident $(,)?
+        resume: $resume:ident, cursor: $cursor:ident,
+        ready_ahead: $ready_ahead:ident,
+        register_node: $register_node:ident, deregister_node: $deregister_node:ident,
+        nodes: $nodes:ident $(,)?
     ) => {
         // An anonymous constant, so that the names the signatures use are imported here and
         // nowhere else in the invoking module.
@@ -177,6 +180,25 @@ macro_rules! delegate_broker {
                 async fn ping(&self) -> BrokerResult<()> {
                     $ping::ping(self).await
                 }
+
+                async fn ready_ahead(&self, queue: &str, priority: u8) -> BrokerResult<u64> {
+                    $ready_ahead::ready_ahead(self, queue, priority).await
+                }
+
+                async fn register_node(&self, node: &WorkerNode) -> BrokerResult<()> {
+                    $crate::broker::check_node_id(&node.id)?;
+                    $register_node::register_node(self, node).await
+                }
+
+                async fn deregister_node(&self, id: &str) -> BrokerResult<()> {
+                    $deregister_node::deregister_node(self, id).await
+                }
+
+                async fn nodes(&self) -> BrokerResult<Vec<WorkerNode>> {
+                    let mut nodes = $nodes::nodes(self).await?;
+                    $crate::nodes::sort_nodes(&mut nodes);
+                    Ok(nodes)
+                }
             }
         };
     };
@@ -194,5 +216,6 @@ pub(crate) mod prelude {
     pub(crate) use crate::error::BrokerResult;
     pub(crate) use crate::event::Event;
     pub(crate) use crate::job::{Job, JobId, JobState, Lease, NewJob};
+    pub(crate) use crate::nodes::WorkerNode;
     pub(crate) use crate::time::Timestamp;
 }

@@ -66,6 +66,7 @@ use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
 use crate::field::FieldError;
 use crate::job::{Job, JobId, JobState, Lease, NewJob, valid_name};
+use crate::nodes::WorkerNode;
 use crate::time::Timestamp;
 
 pub use rate::{JobRate, RatedFetch};
@@ -412,6 +413,25 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// is idempotent per event (the relay is, by event id) tolerates.
     async fn save_cursor(&self, name: &str, value: &str) -> BrokerResult<()>;
 
+    /// Jobs of `queue` that are `queued` (ready to be fetched) at `priority` or a more urgent
+    /// one: how many a queued job at that priority may have to wait behind. A cheap count,
+    /// not a walk: Redis counts its lanes and its `queued` zset, which may still hold entries
+    /// of jobs cancelled since they were queued (never more than the queue's `queued` count).
+    async fn ready_ahead(&self, queue: &str, priority: u8) -> BrokerResult<u64>;
+
+    /// Records a worker node in the registry of nodes (`crate::nodes`), or refreshes its
+    /// entry, stamping `last_seen` with the broker's clock; entries silent for longer than
+    /// [`NODE_TTL`](crate::nodes::NODE_TTL) are dropped on the way. An id that is empty, over
+    /// 200 characters or holds whitespace is [`BrokerError::Invalid`] naming `id`.
+    async fn register_node(&self, node: &WorkerNode) -> BrokerResult<()>;
+
+    /// Drops a node's entry (a node shutting down). Unknown ids are ignored.
+    async fn deregister_node(&self, id: &str) -> BrokerResult<()>;
+
+    /// The nodes heard from within [`NODE_TTL`](crate::nodes::NODE_TTL), sorted by host, pid
+    /// and id ([`sort_nodes`](crate::nodes::sort_nodes)).
+    async fn nodes(&self) -> BrokerResult<Vec<WorkerNode>>;
+
     /// The steps of the chain whose first step is `first`, in order (just that job when it
     /// is not a chain; empty when it does not exist). Follows each step's `next` link.
     async fn chain(&self, first: &JobId) -> BrokerResult<Vec<Job>> {
@@ -432,6 +452,17 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 pub fn check_cursor_name(name: &str) -> Result<(), FieldError> {
     if name.is_empty() || name.len() > 128 {
         return Err(FieldError::new("cursor", "must be 1 to 128 characters"));
+    }
+    Ok(())
+}
+
+/// Refuses a node id no registry stores (see [`Broker::register_node`]).
+pub fn check_node_id(id: &str) -> Result<(), FieldError> {
+    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_whitespace) {
+        return Err(FieldError::new(
+            "id",
+            "must be 1 to 200 characters without whitespace",
+        ));
     }
     Ok(())
 }

@@ -219,6 +219,7 @@ pub(super) fn start_job(
         return;
     };
     let shared = shared.clone();
+    shared.busy.started(&job.queue);
     // Every line the attempt causes (the pool's, the handler's) carries the job's fields.
     let span = tracing::info_span!(
         "job",
@@ -229,7 +230,9 @@ pub(super) fn start_job(
     );
     jobs.spawn(
         async move {
+            let queue = job.queue.clone();
             let finish = run_job(&shared, job).await;
+            shared.busy.ended(&queue);
             if let Some(finish) = finish {
                 // The acknowledger outlives every job task, so this only fails if the pool's
                 // run() was dropped mid-way, in which case the lease will expire and be rescued.

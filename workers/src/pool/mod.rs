@@ -32,11 +32,14 @@
 //! - `leases`: heartbeats, the expiry watch and the rescuer.
 //! - `liveness`: the loops' vital signs ([`Vitals`]) for a supervisor such as systemd's
 //!   watchdog.
+//! - `presence`: this pool's entry in the registry of worker nodes (`crate::nodes`), refreshed
+//!   every few seconds and dropped at shutdown; and the per-queue count of running jobs it shows.
 
 mod execute;
 mod fetch;
 mod leases;
 mod liveness;
+mod presence;
 mod running;
 mod unserved;
 mod writes;
@@ -173,6 +176,8 @@ struct Shared {
     /// Progress reports sent by handlers and not yet written (or superseded): while it is 0,
     /// ending an attempt need not wait for the progress writer.
     unwritten: Arc<AtomicUsize>,
+    /// Jobs of each queue running now, for the registry of nodes.
+    busy: Arc<presence::QueueBusy>,
 }
 
 impl Pool {
@@ -263,7 +268,19 @@ impl Pool {
             finish_tx,
             progress_tx,
             unwritten,
+            busy: Arc::new(presence::QueueBusy::default()),
         });
+        service_tasks.spawn(presence::register(
+            broker.clone(),
+            presence::Presence {
+                config: config.clone(),
+                registry: shared.registry.clone(),
+                clock: shared.clock.clone(),
+                handle: handle.clone(),
+                busy: shared.busy.clone(),
+            },
+            services.clone(),
+        ));
 
         fetch_loop(&broker, &shared, &jobs, concurrency, &shutdown).await;
 

@@ -23,7 +23,8 @@
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
 //! retry, purge, drop), `pausing` (pause and resume a queue), `rates` (job rate limits
-//! across handles, and a pool that sleeps while its queue is held), `publish` (a publish's
+//! across handles, and a pool that sleeps while its queue is held), `nodes` (the registry of worker
+//! nodes, ready jobs ahead of a priority), `publish` (a publish's
 //! fan-out and its replay, named cursors in the event log), `progress` (coalescing, through a
 //! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
@@ -40,6 +41,7 @@ mod enqueue;
 mod fetch;
 mod inspect;
 mod leases;
+mod nodes;
 mod outcomes;
 mod partition;
 mod pausing;
@@ -58,6 +60,7 @@ pub use enqueue::*;
 pub use fetch::*;
 pub use inspect::*;
 pub use leases::*;
+pub use nodes::*;
 pub use outcomes::*;
 pub use partition::Partitioned;
 pub use pausing::*;
@@ -215,6 +218,9 @@ macro_rules! conformance_suite {
             // pausing.rs
             paused_queue_accepts_jobs_but_is_not_fetched,
             pause_refuses_an_invalid_queue_name,
+            // nodes.rs
+            nodes_register_refresh_expire_and_deregister,
+            ready_ahead_counts_queued_jobs_at_or_above_a_priority,
             // progress.rs
             pool_coalesces_progress_and_keeps_the_last_report,
             // rates.rs

@@ -16,6 +16,7 @@ use crate::broker::{
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
 use crate::job::{Job, JobId, JobState, Lease, NewJob};
+use crate::nodes::WorkerNode;
 use crate::time::Timestamp;
 
 /// A broker that fails every call while [`Partitioned::cut`] is in force.
@@ -207,5 +208,21 @@ impl Broker for Partitioned {
 
     async fn ping(&self) -> BrokerResult<()> {
         self.reach().await?.ping().await
+    }
+
+    async fn ready_ahead(&self, queue: &str, priority: u8) -> BrokerResult<u64> {
+        self.reach().await?.ready_ahead(queue, priority).await
+    }
+
+    async fn register_node(&self, node: &WorkerNode) -> BrokerResult<()> {
+        self.reach().await?.register_node(node).await
+    }
+
+    async fn deregister_node(&self, id: &str) -> BrokerResult<()> {
+        self.reach().await?.deregister_node(id).await
+    }
+
+    async fn nodes(&self) -> BrokerResult<Vec<WorkerNode>> {
+        self.reach().await?.nodes().await
     }
 }

@@ -28,6 +28,9 @@
 //! global keys live in slots of their own: `cluster.rs` splits such a pipeline by slot and
 //! keeps these orders (global writes before or after the queue's scripts, as written).
 //!
+//! The registry of worker nodes lives in a hash tag of its own, `{<prefix>}` (a queue's is
+//! `{<prefix>:<queue>}`, never that): `{<prefix>}:nodes` and `{<prefix>}:seen`, see `nodes.rs`.
+//!
 //! The job hash stores neither the id nor the queue (its key names both) nor counters that
 //! are 0 (nor the progress of a succeeded job, which is always 100; `lease_until` is read
 //! only while the job runs, so finishing does not clear it). The fields fixed at enqueue but

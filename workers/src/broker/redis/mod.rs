@@ -24,6 +24,8 @@
 //! - `cursors.rs`: named places in the event log its readers keep (`<prefix>:cursor:<name>`).
 //! - `pausing.rs`: pausing and resuming a queue (its `paused` key; fetch.lua honours it).
 //! - `rating.rs`: job rate limits (its `rate` key; fetch.lua advances it).
+//! - `nodes.rs`: the registry of worker nodes (two keys in the tag `{<prefix>}`), and the
+//!   count of ready jobs ahead of a priority.
 //!
 //! # Chains
 //!
@@ -73,6 +75,7 @@ mod decode;
 mod events;
 mod keys;
 mod lifecycle;
+mod nodes;
 mod pausing;
 mod rating;
 mod read;
@@ -185,4 +188,6 @@ crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
     retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
     queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,
-    ping: read, pause: pausing, resume: pausing, cursor: cursors);
+    ping: read, pause: pausing, resume: pausing, cursor: cursors,
+    ready_ahead: nodes, register_node: nodes,
+    deregister_node: nodes, nodes: nodes);

@@ -64,6 +64,7 @@
 //! - `cursors`: named places in the event log its readers keep (`Broker::cursor`).
 //! - `pausing`: queues paused and resumed by an operator (fetch checks the pause itself).
 //! - `rating`: job rate limits: a rated fetch and the read of a queue's held-until time.
+//! - `nodes`: the registry of worker nodes, and the count of ready jobs ahead of a priority.
 //! - `sql`: the text of every statement; `rows`: decoding rows; `error`: mapping errors.
 
 mod admin;
@@ -72,6 +73,7 @@ mod cursors;
 mod error;
 mod events;
 mod lifecycle;
+mod nodes;
 mod open;
 mod pausing;
 mod rating;
@@ -274,7 +276,9 @@ crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
     wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,
-    resume: pausing, cursor: cursors);
+    resume: pausing, cursor: cursors,
+    ready_ahead: nodes, register_node: nodes, deregister_node: nodes,
+    nodes: nodes);
 
 #[cfg(test)]
 mod tests {

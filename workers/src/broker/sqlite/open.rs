@@ -53,6 +53,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 6,
         sql: include_str!("../../../migrations/sqlite/0006_cursors.sql"),
     },
+    Migration {
+        version: 7,
+        sql: include_str!("../../../migrations/sqlite/0007_worker_nodes.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a

@@ -230,3 +230,13 @@ pub const DROP_RATE: &str = "DELETE FROM queue_rates WHERE queue = ?1";
 pub const CURSOR: &str = "SELECT value FROM cursors WHERE name = ?1";
 pub const SAVE_CURSOR: &str = "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3) \
     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";
+// The registry of worker nodes (`super::nodes`).
+pub const NODE_UPSERT: &str = "INSERT INTO worker_nodes (id, last_seen, node) VALUES (?1, ?2, ?3) \
+     ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, node = excluded.node";
+pub const NODES_EXPIRE: &str = "DELETE FROM worker_nodes WHERE last_seen < ?1";
+pub const NODE_DELETE: &str = "DELETE FROM worker_nodes WHERE id = ?1";
+pub const NODES: &str = "SELECT last_seen, node FROM worker_nodes WHERE last_seen >= ?1";
+
+/// Queued jobs of a queue at a priority or a more urgent one (an index range of `jobs_fetch`).
+pub const READY_AHEAD: &str =
+    "SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'queued' AND priority <= ?2";

@@ -5,7 +5,9 @@
 //! This module owns setting up the `tracing` subscriber, once, at start-up; what is logged is
 //! each part's own business. A job's fields (`job_id`, `queue`, `kind`, `attempt`) come from
 //! the span the worker pool opens around each attempt: text lines show it as a
-//! `job{…}:` prefix, JSON lines as a `"span"` object.
+//! `job{…}:` prefix, JSON lines ([`json`]) as top-level fields beside the event's own.
+
+pub mod json;
 
 use std::io::IsTerminal;
 
@@ -29,13 +31,10 @@ pub fn init(format: LogFormat, default_level: &str) {
         LogFormat::Text => builder
             .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
             .init(),
-        // One object per line: the event's fields at the top level beside `message`, the
-        // innermost span's fields under `span`.
+        // One object per line, every span's fields and the event's at the top level.
         LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
+            .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+            .event_format(json::FlatJson)
             .init(),
     }
 }
