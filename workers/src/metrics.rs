@@ -13,7 +13,10 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::broker::{Broker, Enqueued, Finish, JobFilter, JobPage, LeaseStatus, QueueStats};
+use crate::broker::{
+    Appended, Broker, Enqueued, Finish, InboxEntry, JobFilter, JobPage, LeaseStatus, NewInboxEntry,
+    QueueStats, WebPush,
+};
 use crate::error::BrokerResult;
 use crate::event::Event;
 use crate::job::{Job, JobId, JobState, Lease, NewJob};
@@ -184,4 +187,11 @@ metered! {
     fn purge(&self, states: &[JobState], before: Timestamp, keep: u64) -> u64;
     fn drop_queue(&self, queue: &str) -> u64;
     fn ping(&self) -> ();
+    fn inbox_append(&self, entry: &NewInboxEntry, keep: Duration) -> Appended;
+    fn inbox_read(&self, user: Option<&str>, after: Option<&str>, limit: usize, keep: Duration) -> Vec<InboxEntry>;
+    #[untimed]
+    fn inbox_wait(&self, after: Option<&str>, timeout: Duration) -> ();
+    fn push_subscribe(&self, user: &str, sub: &WebPush) -> bool;
+    fn push_subscriptions(&self, user: &str) -> Vec<WebPush>;
+    fn push_unsubscribe(&self, user: &str, endpoint: &str) -> bool;
 }

@@ -22,7 +22,8 @@
 //! share; the cases live by topic: `enqueue`, `fetch` (order, due work, waiting), `promotion`
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
-//! retry, purge, drop), `pausing` (pause and resume a queue), `progress` (coalescing, through a
+//! retry, purge, drop), `pausing` (pause and resume a queue), `inbox` (users' notification
+//! inboxes and Web Push subscriptions), `progress` (coalescing, through a
 //! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
@@ -36,6 +37,7 @@ mod agreement;
 mod chains;
 mod enqueue;
 mod fetch;
+mod inbox;
 mod inspect;
 mod leases;
 mod outcomes;
@@ -52,6 +54,7 @@ pub use agreement::*;
 pub use chains::*;
 pub use enqueue::*;
 pub use fetch::*;
+pub use inbox::*;
 pub use inspect::*;
 pub use leases::*;
 pub use outcomes::*;
@@ -211,6 +214,11 @@ macro_rules! conformance_suite {
             pause_refuses_an_invalid_queue_name,
             // progress.rs
             pool_coalesces_progress_and_keeps_the_last_report,
+            // inbox.rs
+            inbox_appends_once_per_id_and_reads_per_user,
+            inbox_drops_entries_older_than_keep,
+            inbox_wait_returns_on_an_append,
+            push_subscriptions_upsert_list_and_remove,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -22,6 +22,8 @@
 //! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
 //! - `events.rs`: the event streams, event ids, a job's history and the merged log.
 //! - `pausing.rs`: pausing and resuming a queue (its `paused` key; fetch.lua honours it).
+//! - `inbox.rs`: users' notification inboxes and Web Push subscriptions, under one hash tag
+//!   of their own (`{<prefix>:@inbox}:`).
 //!
 //! # Chains
 //!
@@ -68,6 +70,7 @@ mod cluster;
 mod conn;
 mod decode;
 mod events;
+mod inbox;
 mod keys;
 mod lifecycle;
 mod pausing;
@@ -180,4 +183,4 @@ crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
     retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
     queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,
-    ping: read, pause: pausing, resume: pausing);
+    ping: read, pause: pausing, resume: pausing, inbox: inbox);

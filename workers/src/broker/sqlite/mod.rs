@@ -62,12 +62,14 @@
 //! - `writer`: the writer thread and its batches; `readers`: the pool of read connections;
 //!   `open`: connections, their settings and migrations.
 //! - `pausing`: queues paused and resumed by an operator (fetch checks the pause itself).
+//! - `inbox`: users' notification inboxes and Web Push subscriptions.
 //! - `sql`: the text of every statement; `rows`: decoding rows; `error`: mapping errors.
 
 mod admin;
 mod chain;
 mod error;
 mod events;
+mod inbox;
 mod lifecycle;
 mod open;
 mod pausing;
@@ -269,7 +271,7 @@ crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
     wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,
-    resume: pausing);
+    resume: pausing, inbox: inbox);
 
 #[cfg(test)]
 mod tests {
