@@ -18,6 +18,9 @@
 //!   `job_body` reads one job's JSON for `POST /v1/jobs`, `POST /v1/jobs/batch` and
 //!   `hopper enqueue --file`; `openapi` serves the OpenAPI document generated from the same
 //!   route list; `rate_limit` enforces `[server] rate_limit` on `/v1`.
+//! - [`notify`]: user notifications' ports over the broker (a user's inbox, their Web Push
+//!   subscriptions) for `notify.send`, and users' JWTs; `api::notifications` streams the
+//!   inbox (`GET /v1/notifications`), `api::push` stores the subscriptions.
 //! - [`metrics`]: `GET /metrics`: the Prometheus recorder, the gauges read at scrape time
 //!   (queue depth, worker slots), HTTP and event-stream metrics.
 //! - [`service`]: what both front doors call: submit a job or a chain, or a batch of them;
@@ -39,6 +42,7 @@ pub mod config;
 pub mod exit;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod out;
 pub mod service;
 pub mod shutdown;
