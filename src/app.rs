@@ -180,7 +180,8 @@ pub async fn serve(
     }
     // One reader of the event log for every stream this process serves.
     node.tracker.spawn(state.hub.clone().run(shutdown.clone()));
-    node.tracker.spawn(state.inbox.clone().run(shutdown.clone()));
+    node.tracker
+        .spawn(state.inbox.clone().run(shutdown.clone()));
     tracing::info!(
         broker = node.broker.name(),
         workers = if no_workers {

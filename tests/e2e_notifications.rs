@@ -200,8 +200,14 @@ async fn bad_expired_or_missing_jwts_are_closed_with_4001() {
     let s = Scratch::with_config(AUTH);
     let (_d, api) = s.serve(&["--no-workers"]);
     for (query, says) in [
-        (format!("token={}", jwt_with(SECRET, "42", -3600)), "expired"),
-        (format!("token={}", jwt_with("another-secret", "42", 3600)), "signature"),
+        (
+            format!("token={}", jwt_with(SECRET, "42", -3600)),
+            "expired",
+        ),
+        (
+            format!("token={}", jwt_with("another-secret", "42", 3600)),
+            "signature",
+        ),
         ("token=not.a.jwt".to_owned(), "unauthorized"),
         (String::new(), "missing token"),
     ] {
@@ -319,7 +325,13 @@ fn subscription(endpoint: &str) -> Value {
 }
 
 /// `method path` with `Authorization: Bearer token` (none when empty) and a JSON body.
-async fn call(api: &Api, method: Method, path: &str, token: &str, body: Option<&Value>) -> (u16, Value) {
+async fn call(
+    api: &Api,
+    method: Method,
+    path: &str,
+    token: &str,
+    body: Option<&Value>,
+) -> (u16, Value) {
     let mut req = reqwest::Client::new().request(method, format!("{}{path}", api.base));
     if !token.is_empty() {
         req = req.bearer_auth(token);
@@ -358,16 +370,28 @@ async fn push_subscriptions_are_stored_listed_and_deleted_per_user() {
         .iter()
         .map(|s| s["endpoint"].as_str().unwrap())
         .collect();
-    assert_eq!(endpoints, [a["endpoint"].as_str().unwrap(), b["endpoint"].as_str().unwrap()]);
+    assert_eq!(
+        endpoints,
+        [
+            a["endpoint"].as_str().unwrap(),
+            b["endpoint"].as_str().unwrap()
+        ]
+    );
     // The port reads what the route stored.
     let (_, broker) = inbox(&s.broker_url(), "hopper").await;
     let port = hopper::notify::BrokerPushSubscriptions::new(broker);
-    let listed = hopper_jobs::notify::ports::PushSubscriptions::list(&port, "42").await.unwrap();
+    let listed = hopper_jobs::notify::ports::PushSubscriptions::list(&port, "42")
+        .await
+        .unwrap();
     assert_eq!(listed.len(), 2);
 
     // Another user's JWT, no token, a bad token.
     let (status, body) = call(&api, Method::GET, path, &jwt("43"), None).await;
-    assert_eq!((status, body["error"]["code"].as_str()), (403, Some("forbidden")), "{body}");
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (403, Some("forbidden")),
+        "{body}"
+    );
     let (status, _) = call(&api, Method::GET, path, "", None).await;
     assert_eq!(status, 401);
     let (status, _) = call(&api, Method::GET, path, &jwt_with("nope", "42", 3600), None).await;
@@ -396,7 +420,11 @@ async fn push_subscriptions_are_stored_listed_and_deleted_per_user() {
 
     // DELETE needs the endpoint; forgets it once.
     let (status, body) = call(&api, Method::DELETE, path, &me, None).await;
-    assert_eq!((status, body["error"]["field"].as_str()), (400, Some("endpoint")), "{body}");
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("endpoint")),
+        "{body}"
+    );
     let del = format!("{path}?endpoint=https%3A%2F%2Fpush.example.net%2Fsend%2Fa");
     let (status, _) = call(&api, Method::DELETE, &del, &me, None).await;
     assert_eq!(status, 204);

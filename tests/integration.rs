@@ -26,11 +26,11 @@ mod e2e_logs;
 /// `GET /metrics`: outcome counters and queue gauges after a known mix of jobs, parsed as
 /// Prometheus text; the token rule; `hopper worker`'s `metrics_listen`.
 mod e2e_metrics;
-/// Queue controls: pause, resume and retry-dead over HTTP and the CLI, across processes.
-mod e2e_queues;
 /// `GET /v1/notifications` (JWT, replay, live across nodes, 4001, rate limit) and a user's
 /// Web Push subscriptions.
 mod e2e_notifications;
+/// Queue controls: pause, resume and retry-dead over HTTP and the CLI, across processes.
+mod e2e_queues;
 /// `[server] rate_limit`: 429 with Retry-After per token or address, bad rates refused.
 mod e2e_ratelimit;
 /// The Redis broker: three nodes through a SIGKILL and a SIGSTOP past the lease, a Redis

@@ -68,8 +68,8 @@ pub struct EndpointQuery {
 }
 
 /// `POST /v1/users/{id}/push-subscriptions`.
-#[utoipa::path(post, path = "/users/{id}/push-subscriptions", tag = "notifications",
-    params(("id" = String, Path, description = "The user's id (a JWT's `sub`)")),
+#[utoipa::path(post, path = "/users/{user}/push-subscriptions", tag = "notifications",
+    params(("user" = String, Path, description = "The user's id (a JWT's `sub`)")),
     request_body(content = PushSubscriptionDoc, description = "`PushSubscription.toJSON()`; other fields (`expirationTime`) are ignored"),
     security(("bearer" = [])),
     responses(
@@ -96,12 +96,12 @@ pub async fn subscribe(
 }
 
 /// `GET /v1/users/{id}/push-subscriptions`.
-#[utoipa::path(get, path = "/users/{id}/push-subscriptions", tag = "notifications",
-    params(("id" = String, Path, description = "The user's id (a JWT's `sub`)")),
+#[utoipa::path(get, path = "/users/{user}/push-subscriptions", tag = "notifications",
+    params(("user" = String, Path, description = "The user's id (a JWT's `sub`)")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The user's subscriptions, by endpoint", body = PushSubscriptionList),
-        (status = 400, description = "`invalid_field`: `id` is not a user id", body = ErrorBody),
+        (status = 400, description = "`invalid_field`: `user` is not a user id", body = ErrorBody),
         (status = 403, description = "`forbidden`: a JWT of another user", body = ErrorBody),
     ))]
 pub async fn list(
@@ -121,12 +121,12 @@ pub async fn list(
 }
 
 /// `DELETE /v1/users/{id}/push-subscriptions?endpoint=URL`.
-#[utoipa::path(delete, path = "/users/{id}/push-subscriptions", tag = "notifications",
-    params(("id" = String, Path, description = "The user's id (a JWT's `sub`)"), EndpointQuery),
+#[utoipa::path(delete, path = "/users/{user}/push-subscriptions", tag = "notifications",
+    params(("user" = String, Path, description = "The user's id (a JWT's `sub`)"), EndpointQuery),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Forgotten"),
-        (status = 400, description = "`missing_field` / `invalid_field`: `endpoint` or `id`", body = ErrorBody),
+        (status = 400, description = "`missing_field` / `invalid_field`: `endpoint` or `user`", body = ErrorBody),
         (status = 403, description = "`forbidden`: a JWT of another user", body = ErrorBody),
         (status = 404, description = "`not_found`: the user has no subscription at that endpoint", body = ErrorBody),
     ))]
@@ -155,7 +155,7 @@ pub async fn unsubscribe(
 
 /// The user id, once the request may act for it (see the module docs).
 fn authorize(st: &AppState, headers: &HeaderMap, id: &str) -> Result<String, ApiError> {
-    check_name("id", id).map_err(|e| ApiError::field("invalid_field", "id", e.message))?;
+    check_name("user", id).map_err(|e| ApiError::field("invalid_field", "user", e.message))?;
     let tokens = &st.config.auth.tokens;
     if tokens.is_empty() {
         return Ok(id.to_owned());
@@ -201,11 +201,7 @@ fn parse(body: &Value) -> Result<WebPush, ApiError> {
     };
     let text = |v: Option<&Value>, field: &str| -> Result<String, ApiError> {
         match v {
-            None | Some(Value::Null) => Err(ApiError::field(
-                "missing_field",
-                field,
-                "is required",
-            )),
+            None | Some(Value::Null) => Err(ApiError::field("missing_field", field, "is required")),
             Some(Value::String(s)) => Ok(s.clone()),
             Some(_) => Err(ApiError::field("invalid_field", field, "must be a string")),
         }
@@ -235,7 +231,7 @@ fn parse(body: &Value) -> Result<WebPush, ApiError> {
         }
     };
     let p256dh = text(keys.get("p256dh"), "keys.p256dh")?;
-    if !decodes_to(&p256dh, 65).is_some_and(|b| b.first() == Some(&4)) {
+    if decodes_to(&p256dh, 65).is_none_or(|b| b.first() != Some(&4)) {
         return Err(ApiError::field(
             "invalid_field",
             "keys.p256dh",

@@ -220,7 +220,11 @@ impl fmt::Debug for AuthConfig {
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
             .field(
                 "jwt_secret",
-                &if self.jwt_secret.is_empty() { "" } else { "[redacted]" },
+                &if self.jwt_secret.is_empty() {
+                    ""
+                } else {
+                    "[redacted]"
+                },
             )
             .field("jwt_public_key", &self.jwt_public_key)
             .finish()

@@ -76,13 +76,13 @@ impl Verifier {
         };
         let mut validation = Validation::new(header.alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
-        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => "expired token",
-                ErrorKind::InvalidSignature => "bad signature",
-                ErrorKind::MissingRequiredClaim(_) => "token without exp or sub",
-                _ => "invalid token",
-            }
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => "expired token",
+            ErrorKind::InvalidSignature => "bad signature",
+            ErrorKind::MissingRequiredClaim(_) => "token without exp or sub",
+            _ => "invalid token",
         })?;
         let sub = data.claims.sub;
         if hopper_workers::broker::inbox::check_name("sub", &sub).is_err() {

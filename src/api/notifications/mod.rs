@@ -83,7 +83,10 @@ pub async fn notifications(
     let keep = st.config.notify.keep;
     if let Some(since) = &query.since {
         // A cursor the broker never issued is the client's mistake, refused before the stream.
-        st.inbox.broker().inbox_read(None, Some(since), 0, keep).await?;
+        st.inbox
+            .broker()
+            .inbox_read(None, Some(since), 0, keep)
+            .await?;
     }
     let Ok(upgrade) = upgrade else {
         return Err(ApiError::new(
@@ -111,8 +114,10 @@ pub async fn notifications(
         .or(query.token)
         .or_else(|| super::protocol_tokens(&headers).next().map(str::to_owned));
     let user = match presented.as_deref() {
-        None => Err("missing token: pass a JWT as ?token=, Authorization: Bearer or the \
-                     protocol token.JWT"),
+        None => Err(
+            "missing token: pass a JWT as ?token=, Authorization: Bearer or the \
+                     protocol token.JWT",
+        ),
         Some(token) => verifier.verify(token),
     };
     // Small buffers, as the event stream's (see `events::ws`): a client only sends pongs.
@@ -124,7 +129,12 @@ pub async fn notifications(
     Ok(match user {
         Err(reason) => upgrade.on_upgrade(move |socket| async move {
             let _admitted = admitted;
-            stream::close(socket, stream::UNAUTHORIZED, &format!("unauthorized: {reason}")).await;
+            stream::close(
+                socket,
+                stream::UNAUTHORIZED,
+                &format!("unauthorized: {reason}"),
+            )
+            .await;
         }),
         Ok(user) => {
             let session = stream::Session {

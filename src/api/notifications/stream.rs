@@ -251,4 +251,3 @@ async fn send_close(tx: &mut Tx, code: u16, reason: &str, patience: Duration) ->
     };
     send(tx, Message::Close(Some(frame)), patience).await
 }
-

@@ -191,11 +191,7 @@ macro_rules! delegate_broker {
                     $inbox::push_subscriptions(self, user).await
                 }
 
-                async fn push_unsubscribe(
-                    &self,
-                    user: &str,
-                    endpoint: &str,
-                ) -> BrokerResult<bool> {
+                async fn push_unsubscribe(&self, user: &str, endpoint: &str) -> BrokerResult<bool> {
                     $inbox::push_unsubscribe(self, user, endpoint).await
                 }
             }

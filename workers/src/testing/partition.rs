@@ -186,7 +186,10 @@ impl Broker for Partitioned {
         limit: usize,
         keep: Duration,
     ) -> BrokerResult<Vec<InboxEntry>> {
-        self.reach().await?.inbox_read(user, after, limit, keep).await
+        self.reach()
+            .await?
+            .inbox_read(user, after, limit, keep)
+            .await
     }
 
     async fn inbox_wait(&self, after: Option<&str>, timeout: Duration) -> BrokerResult<()> {
