@@ -17,3 +17,20 @@ pub mod push_store;
 
 pub use inbox::BrokerInbox;
 pub use push_store::BrokerPushSubscriptions;
+
+use std::sync::Arc;
+
+use hopper_jobs::notify::ports::{Inbox, PushSubscriptions};
+use hopper_workers::Broker;
+
+/// The two ports over `broker`, as `notify.send` is given them when it is registered:
+/// notifications kept for `[notify] keep`.
+pub fn ports(
+    broker: Arc<dyn Broker>,
+    notify: &hopper_jobs::NotifyConfig,
+) -> (Arc<dyn Inbox>, Arc<dyn PushSubscriptions>) {
+    (
+        Arc::new(BrokerInbox::new(broker.clone(), notify.keep)),
+        Arc::new(BrokerPushSubscriptions::new(broker)),
+    )
+}
