@@ -165,6 +165,30 @@ async fn a_notification_delivered_while_offline_is_replayed_on_reconnect() {
     close(ws).await;
 }
 
+/// The client's `since` may be ahead of the server's one inbox reader (which follows another
+/// process's appends within a poll): what the reader broadcasts up to `since` is not sent.
+#[tokio::test]
+async fn a_since_ahead_of_the_servers_reader_gets_nothing_twice() {
+    let s = Scratch::with_config(AUTH);
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let (port, broker) = inbox(&s.broker_url(), "hopper").await;
+    for round in 0..5 {
+        let first = format!("s{round}-a");
+        let entry = hopper_workers::broker::NewInboxEntry {
+            id: first.clone(),
+            user: "42".into(),
+            body: serde_json::to_value(note(&first, "42")).unwrap(),
+        };
+        let cursor = broker.inbox_append(&entry, DAY).await.unwrap().cursor;
+        // At once, before the server's reader has likely seen it.
+        let mut ws = connect_as(&api, "42", &format!("since={cursor}")).await;
+        let next = format!("s{round}-b");
+        port.deliver(&note(&next, "42")).await.unwrap();
+        expect_notification(&mut ws, &next).await;
+        close(ws).await;
+    }
+}
+
 #[tokio::test]
 async fn api_nodes_on_one_redis_both_stream_a_notification_appended_elsewhere() {
     let keys = RedisKeys::claim();

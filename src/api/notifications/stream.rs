@@ -3,8 +3,10 @@
 //! limit on the live ones; pings; and the close.
 //!
 //! The seam: the connection subscribes to the hub (which has caught up with the log) before
-//! it reads its replay from the broker, so every entry appended after that read arrives live;
-//! an entry both replayed and received live is sent once (by id).
+//! it reads its replay from the broker, so every entry appended after that read arrives live.
+//! A live entry whose cursor is not after the last one sent (or `since`) is skipped
+//! ([`compare_cursors`]): it was replayed already, or came before `since` from a hub that is
+//! behind the client (which saw it on another node, or in an earlier connection's replay).
 //!
 //! The rate limit (`[notify] max_messages_per_minute`, a GCRA with a minute's worth of
 //! burst) applies to live notifications only: a replay is what the client asked for. A live
@@ -14,7 +16,6 @@
 //! second after the run's first drop, whichever is first; reconnecting with `since=CURSOR`
 //! replays what was dropped.
 
-use std::collections::HashSet;
 use std::num::NonZeroU32;
 use std::time::Duration;
 
@@ -22,7 +23,7 @@ use axum::extract::ws::{CloseFrame, Message, WebSocket};
 use futures::stream::SplitSink;
 use futures::{SinkExt, StreamExt};
 use governor::{DefaultDirectRateLimiter, Quota, RateLimiter};
-use hopper_workers::broker::inbox::MAX_INBOX_PAGE;
+use hopper_workers::broker::inbox::{MAX_INBOX_PAGE, compare_cursors};
 use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
@@ -104,7 +105,8 @@ pub async fn run(socket: WebSocket, s: Session) {
     };
     // The replay: everything kept after `since`, page by page, not rate-limited.
     let mut last = s.since.clone();
-    let mut replayed = HashSet::new();
+    // The newest cursor sent or dropped: live entries up to it are not sent again.
+    let mut seen = s.since.clone();
     loop {
         let page = match s
             .hub
@@ -126,7 +128,7 @@ pub async fn run(socket: WebSocket, s: Session) {
                 return;
             }
             last = Some(entry.cursor.clone());
-            replayed.insert(entry.id);
+            seen = Some(entry.cursor);
         }
         if !full {
             break;
@@ -170,9 +172,16 @@ pub async fn run(socket: WebSocket, s: Session) {
             }
             received = live.recv() => match received {
                 Ok(entry) => {
-                    if entry.user != s.user || replayed.remove(&entry.id) {
+                    if entry.user != s.user {
                         continue;
                     }
+                    let newer = seen.as_deref().is_none_or(|seen| {
+                        compare_cursors(&entry.cursor, seen) == Some(std::cmp::Ordering::Greater)
+                    });
+                    if !newer {
+                        continue;
+                    }
+                    seen = Some(entry.cursor.clone());
                     if limiter.check().is_err() {
                         let d = drops.get_or_insert_with(|| Drops {
                             count: 0,

@@ -12,14 +12,18 @@
 //!   ones are appended, and never read back;
 //! - a reader follows either one user's entries (a connection's replay) or every user's (the
 //!   one reader per process that feeds the live connections), after a *cursor*: an entry's
-//!   opaque, broker-issued position in the log; a cursor the broker did not issue is
-//!   [`BrokerError::Invalid`](crate::BrokerError::Invalid) naming `since`;
+//!   broker-issued position in the log; a cursor the broker did not issue is
+//!   [`BrokerError::Invalid`](crate::BrokerError::Invalid) naming `since`. Cursors are
+//!   ordered, on every broker, as [`compare_cursors`] says: a reader that got an entry
+//!   twice (replayed, then live from a reader that lagged behind) can tell;
 //! - a wait returns when the log may hold entries after a cursor, woken by any process's
 //!   append on Redis, by this process's at once and other processes' within a poll on SQLite
 //!   (as [`Broker::wait_for_events`](super::Broker::wait_for_events)).
 //!
 //! What a notification says is the shell's business: the broker keeps its JSON `body` as
 //! given. Nothing here knows a JWT, a channel or a WebSocket.
+
+use std::cmp::Ordering;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -61,6 +65,17 @@ pub fn check_name(field: &str, value: &str) -> Result<(), FieldError> {
         ));
     }
     Ok(())
+}
+
+/// The order of two cursors of one broker's inbox log: `Greater` when `a` was appended after
+/// `b`. Every broker's cursors are decimal numbers joined by `-` (SQLite: the row's `seq`;
+/// Redis: the stream id, `ms-seq`), ordered number by number. `None` when either is not such
+/// a cursor.
+pub fn compare_cursors(a: &str, b: &str) -> Option<Ordering> {
+    fn parts(s: &str) -> Option<Vec<u64>> {
+        s.split('-').map(|p| p.parse::<u64>().ok()).collect()
+    }
+    Some(parts(a)?.cmp(&parts(b)?))
 }
 
 /// A kept notification, as read back.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde_json::json;
 
 use super::ManualClock;
+use crate::broker::inbox::compare_cursors;
 use crate::broker::{Broker, NewInboxEntry, WebPush};
 use crate::error::BrokerError;
 
@@ -67,6 +68,13 @@ pub async fn inbox_appends_once_per_id_and_reads_per_user(
     assert_eq!(mine[0].cursor, first.cursor);
     let all = b.inbox_read(None, None, 100, HOUR).await.expect("read all");
     assert_eq!(ids(&all), ["n1", "n2", "n3"]);
+    for pair in all.windows(2) {
+        assert_eq!(
+            compare_cursors(&pair[1].cursor, &pair[0].cursor),
+            Some(std::cmp::Ordering::Greater),
+            "cursors order as appended: {pair:?}"
+        );
+    }
     assert_eq!(all[1].user, "43");
     let after = b
         .inbox_read(Some("42"), Some(&first.cursor), 100, HOUR)
