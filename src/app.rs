@@ -242,6 +242,8 @@ pub async fn serve(
             shutdown.clone(),
         ));
     }
+    node.tracker
+        .spawn(state.inbox.clone().run(shutdown.clone()));
     tracing::info!(
         broker = node.broker.name(),
         workers = if no_workers {

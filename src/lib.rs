@@ -20,6 +20,9 @@
 //!   route list; `rate_limit` enforces `[server] rate_limit` on `/v1`.
 //! - [`bus`]: the event bus: `[[subscription]]`s, `POST /v1/publish`'s fan-out into one
 //!   batch of jobs, and the relay of job events (`job.dead`) to it.
+//! - [`notify`]: user notifications' ports over the broker (a user's inbox, their Web Push
+//!   subscriptions) for `notify.send`, and users' JWTs; `api::notifications` streams the
+//!   inbox (`GET /v1/notifications`), `api::push` stores the subscriptions.
 //! - [`metrics`]: `GET /metrics`: the Prometheus recorder, the gauges read at scrape time
 //!   (queue depth, worker slots), HTTP and event-stream metrics.
 //! - [`service`]: what both front doors call: submit a job or a chain, or a batch of them;
@@ -44,13 +47,14 @@
 pub mod api;
 pub mod app;
 pub mod bench;
-pub mod chaos;
 pub mod bus;
+pub mod chaos;
 pub mod cli;
 pub mod config;
 pub mod exit;
 pub mod logging;
 pub mod metrics;
+pub mod notify;
 pub mod out;
 pub mod service;
 pub mod shutdown;

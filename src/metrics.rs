@@ -32,6 +32,8 @@ pub const HTTP_REQUESTS: &str = "hopper_http_requests_total";
 pub const HTTP_REQUEST_SECONDS: &str = "hopper_http_request_seconds";
 /// Open WebSocket event streams (gauge).
 pub const WS_CONNECTIONS: &str = "hopper_ws_connections";
+/// Open `GET /v1/notifications` WebSockets (gauge).
+pub const NOTIFICATION_CONNECTIONS: &str = "hopper_notification_connections";
 /// Events the hub published to its streams, by `type`.
 pub const EVENTS_PUBLISHED: &str = "hopper_events_published_total";
 
@@ -80,6 +82,10 @@ fn describe() {
     metrics::describe_counter!(HTTP_REQUESTS, "HTTP requests by route template and status.");
     metrics::describe_histogram!(HTTP_REQUEST_SECONDS, "HTTP request time by route template.");
     metrics::describe_gauge!(WS_CONNECTIONS, "Open WebSocket event streams.");
+    metrics::describe_gauge!(
+        NOTIFICATION_CONNECTIONS,
+        "Open WebSocket notification streams."
+    );
     metrics::describe_counter!(EVENTS_PUBLISHED, "Events published to streams, by type.");
     metrics::describe_counter!(engine::JOBS_FINISHED, "Attempts ended, by outcome.");
     metrics::describe_histogram!(engine::JOB_RUN_SECONDS, "Handler run time.");

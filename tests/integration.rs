@@ -8,11 +8,11 @@ mod util;
 
 /// Bulk enqueue: `POST /v1/jobs/batch` and `hopper enqueue --file`, on SQLite and Redis.
 mod e2e_batch;
-/// `hopper chaos`: a small fault campaign's ledger, and its kind kept out of normal use.
-mod e2e_chaos;
 /// The event bus: `POST /v1/publish` and `hopper publish` fanning out to `[[subscription]]`
 /// jobs, idempotency keys, and `job.dead` relayed exactly once across nodes and restarts.
 mod e2e_bus;
+/// `hopper chaos`: a small fault campaign's ledger, and its kind kept out of normal use.
+mod e2e_chaos;
 /// The dashboard at `GET /`, in a real headless Chromium.
 mod e2e_dashboard;
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.
@@ -31,6 +31,9 @@ mod e2e_logs;
 /// `GET /metrics`: outcome counters and queue gauges after a known mix of jobs, parsed as
 /// Prometheus text; the token rule; `hopper worker`'s `metrics_listen`.
 mod e2e_metrics;
+/// `GET /v1/notifications` (JWT, replay, live across nodes, 4001, rate limit) and a user's
+/// Web Push subscriptions.
+mod e2e_notifications;
 /// `[[queue]] rate_limit`: worker processes on Redis and on one SQLite file together start
 /// no more of a queue's jobs a second than its rate.
 mod e2e_queue_rates;

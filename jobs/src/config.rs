@@ -24,6 +24,7 @@ pub struct JobsConfig {
     pub smtp: SmtpConfig,
     pub etl: EtlConfig,
     pub http: HttpConfig,
+    pub notify: NotifyConfig,
 }
 
 impl JobsConfig {
@@ -39,6 +40,12 @@ impl JobsConfig {
         }
         if self.http.timeout.is_zero() {
             p.push("http.timeout: must be greater than zero".to_owned());
+        }
+        if self.notify.keep < Duration::from_secs(1) {
+            p.push("notify.keep: must be at least \"1s\"".to_owned());
+        }
+        if self.notify.max_messages_per_minute == 0 {
+            p.push("notify.max_messages_per_minute: must be at least 1".to_owned());
         }
         if self.smtp.relay().is_some() && !self.smtp.from.contains('@') {
             p.push("smtp.from: is required when smtp.url is set: an email address".to_owned());
@@ -101,6 +108,29 @@ impl Default for FilesConfig {
             outbox: PathBuf::from("data/outbox"),
             max_download_bytes: 50 * 1024 * 1024,
             image_max_pixels: 100_000_000,
+        }
+    }
+}
+
+/// `[notify]`: user notifications (`notify.send`, `GET /v1/notifications`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// How long a user's inbox keeps a notification for replay to a client that connects
+    /// later. Default `"24h"`; at least `"1s"`.
+    #[serde(with = "duration_str")]
+    pub keep: Duration,
+    /// Live notifications one `GET /v1/notifications` connection receives per minute; past
+    /// it they are dropped from that connection (kept in the inbox) and it gets a
+    /// `rate_limited` frame. Default 60; at least 1.
+    pub max_messages_per_minute: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            keep: Duration::from_secs(24 * 3600),
+            max_messages_per_minute: 60,
         }
     }
 }

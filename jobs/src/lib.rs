@@ -20,6 +20,8 @@
 //! - [`etl`] (feature `etl`): `etl.sync`, with `etl/source.rs` (fetching pages),
 //!   `etl/mapping.rs` (items to rows) and `etl/target.rs` (the SQL).
 //! - [`cleanup`] (feature `cleanup`): `cleanup.purge`.
+//! - [`notify`] (feature `notify`): `notify/ports.rs`, what `notify.send` needs from the shell
+//!   (a user's inbox, their Web Push subscriptions), implemented by `hopper::notify`.
 //!
 //! Every kind receives its clients (SMTP transport, HTTP client, database pools) when it is
 //! registered, sorts its failures into retryable and permanent ones, and checks payloads in
@@ -46,10 +48,17 @@ pub mod email;
 pub mod etl;
 #[cfg(feature = "image")]
 pub mod image;
+/// `notify.send`'s seam with the shell: the ports it delivers through (`notify/ports.rs`).
+#[cfg(feature = "notify")]
+pub mod notify {
+    pub mod ports;
+}
 #[cfg(feature = "pdf")]
 pub mod pdf;
 
-pub use config::{EtlConfig, EtlToken, FilesConfig, HttpConfig, JobsConfig, SmtpConfig};
+pub use config::{
+    EtlConfig, EtlToken, FilesConfig, HttpConfig, JobsConfig, NotifyConfig, SmtpConfig,
+};
 #[cfg(feature = "http")]
 pub use http::HttpClient;
 

@@ -21,6 +21,9 @@
 //! `POST /v1/publish` is `publish`'s: an event fanned out to `[[subscription]]` jobs by
 //! `crate::bus`.
 //! `GET /v1/workers` (`workers`) lists the worker nodes registered in the broker.
+//! `GET /v1/notifications` ([`notifications`]) streams a user's notifications to the user a
+//! JWT names; `/v1/users/{id}/push-subscriptions` (`push`) stores their Web Push
+//! subscriptions. Both check auth themselves (see each module).
 //!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
 //!
@@ -35,8 +38,10 @@ pub mod error;
 pub mod events;
 pub(crate) mod job_body;
 mod jobs;
+pub mod notifications;
 pub mod openapi;
 mod publish;
+mod push;
 mod queues;
 pub mod rate_limit;
 #[cfg(test)]
@@ -89,6 +94,11 @@ pub struct AppState {
     pub scrape: crate::metrics::Scrape,
     /// The `[[subscription]]`s `POST /v1/publish` fans out to (none by default).
     pub bus: crate::bus::Bus,
+    /// The process's one reader of the users' inboxes, feeding every `/v1/notifications`
+    /// connection. It reads once `crate::app` runs it ([`notifications::InboxHub::run`]).
+    pub inbox: notifications::InboxHub,
+    /// Users' JWTs, when `[auth] jwt_secret` or `jwt_public_key` is set.
+    pub jwt: Option<Arc<crate::notify::jwt::Verifier>>,
 }
 
 impl AppState {
@@ -103,6 +113,15 @@ impl AppState {
             service: Service::new(broker.clone(), registry, clock, config.retry.max_retries)
                 .with_paused_queues(config.paused_queues()),
             hub: events::Hub::new(broker.clone()),
+            inbox: notifications::InboxHub::new(broker.clone()),
+            // `Config::check` refused a key that does not load; a config that skipped it
+            // (tests) gets no JWT auth rather than a panic.
+            jwt: crate::notify::jwt::Verifier::from_config(&config.auth)
+                .unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "user JWTs are off");
+                    None
+                })
+                .map(Arc::new),
             scrape: crate::metrics::Scrape::new(broker.clone()),
             broker,
             pool: None,
@@ -176,8 +195,11 @@ fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
             config.clone(),
             require_token,
         ))
-        // After the layer: the events route checks tokens itself.
-        .routes(routes!(events::events));
+        // After the layer: these routes check tokens themselves (the notifications stream
+        // takes users' JWTs, push subscriptions either).
+        .routes(routes!(events::events))
+        .routes(routes!(notifications::notifications))
+        .routes(routes!(push::subscribe, push::list, push::unsubscribe));
     // Around every /v1 route, the events stream included; outside the auth check, so a
     // client flooding with wrong tokens is limited by its address.
     let v1 = rate_limit::wrap(v1, &config);

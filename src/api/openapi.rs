@@ -52,6 +52,7 @@ pub const QUERY_TOKEN: &str = "query_token";
         (name = "workers", description = "The worker nodes serving the queues"),
         (name = "events", description = "The live, resumable stream of job events"),
         (name = "bus", description = "Publish an event: one job per matching subscription"),
+        (name = "notifications", description = "Users' notifications (WebSocket, JWT) and Web Push subscriptions"),
         (name = "health", description = "Liveness and readiness probes"),
     )
 )]
@@ -81,7 +82,10 @@ pub fn finish(mut doc: OpenApi) -> OpenApi {
     }
     for (path, item) in &mut doc.paths.paths {
         let under_v1 = path.starts_with("/v1/");
-        for op in [&mut item.get, &mut item.post].into_iter().flatten() {
+        for op in [&mut item.get, &mut item.post, &mut item.delete]
+            .into_iter()
+            .flatten()
+        {
             add_shared(op, under_v1);
         }
     }

@@ -13,7 +13,8 @@ use async_trait::async_trait;
 use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use hopper_workers::broker::{
-    Enqueued, Finish, JobFilter, JobPage, JobRate, LeaseStatus, QueueStats, RatedFetch,
+    Appended, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
+    NewInboxEntry, QueueStats, RatedFetch, WebPush,
 };
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::error::{BrokerError, BrokerResult};
@@ -160,6 +161,31 @@ impl Broker for Unreachable {
         self.down()
     }
     async fn nodes(&self) -> BrokerResult<Vec<WorkerNode>> {
+        self.down()
+    }
+
+    async fn inbox_append(&self, _: &NewInboxEntry, _: Duration) -> BrokerResult<Appended> {
+        self.down()
+    }
+    async fn inbox_read(
+        &self,
+        _: Option<&str>,
+        _: Option<&str>,
+        _: usize,
+        _: Duration,
+    ) -> BrokerResult<Vec<InboxEntry>> {
+        self.down()
+    }
+    async fn inbox_wait(&self, _: Option<&str>, _: Duration) -> BrokerResult<()> {
+        self.down()
+    }
+    async fn push_subscribe(&self, _: &str, _: &WebPush) -> BrokerResult<bool> {
+        self.down()
+    }
+    async fn push_subscriptions(&self, _: &str) -> BrokerResult<Vec<WebPush>> {
+        self.down()
+    }
+    async fn push_unsubscribe(&self, _: &str, _: &str) -> BrokerResult<bool> {
         self.down()
     }
 }

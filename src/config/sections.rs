@@ -251,6 +251,12 @@ pub struct AuthConfig {
     /// Bearer tokens accepted on `/v1`. Default `[]`: no auth, and the server then only
     /// listens on loopback. Overridden by `HOPPER_TOKENS` (comma-separated).
     pub tokens: Vec<String>,
+    /// The HS256 secret that signs users' JWTs (`GET /v1/notifications`, a user's push
+    /// subscriptions). Default `""`: none. A secret: never logged nor shown.
+    pub jwt_secret: String,
+    /// A PEM file with the public key that verifies users' RS256 (RSA) or EdDSA (Ed25519)
+    /// JWTs. Default `""`: none.
+    pub jwt_public_key: String,
 }
 
 // Tokens are secrets: keep them out of logs and panics.
@@ -258,6 +264,15 @@ impl fmt::Debug for AuthConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AuthConfig")
             .field("tokens", &format_args!("[{} redacted]", self.tokens.len()))
+            .field(
+                "jwt_secret",
+                &if self.jwt_secret.is_empty() {
+                    ""
+                } else {
+                    "[redacted]"
+                },
+            )
+            .field("jwt_public_key", &self.jwt_public_key)
             .finish()
     }
 }

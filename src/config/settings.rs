@@ -64,6 +64,9 @@ impl Config {
                 ));
             }
         }
+        if let Err(e) = crate::notify::jwt::Verifier::from_config(&self.auth) {
+            p.push(e);
+        }
         if self.retention.events == 0 {
             p.push("retention.events: must be at least 1".into());
         }
@@ -296,6 +299,7 @@ impl Config {
             smtp: self.smtp.clone(),
             etl: self.etl.clone(),
             http: self.http.clone(),
+            notify: self.notify.clone(),
         }
     }
 

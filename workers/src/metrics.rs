@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 
 use crate::broker::{
-    Broker, Enqueued, Finish, JobFilter, JobPage, JobRate, LeaseStatus, QueueStats, RatedFetch,
+    Appended, Broker, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
+    NewInboxEntry, QueueStats, RatedFetch, WebPush,
 };
 use crate::error::BrokerResult;
 use crate::event::Event;
@@ -195,4 +196,11 @@ metered! {
     fn register_node(&self, node: &WorkerNode) -> ();
     fn deregister_node(&self, id: &str) -> ();
     fn nodes(&self) -> Vec<WorkerNode>;
+    fn inbox_append(&self, entry: &NewInboxEntry, keep: Duration) -> Appended;
+    fn inbox_read(&self, user: Option<&str>, after: Option<&str>, limit: usize, keep: Duration) -> Vec<InboxEntry>;
+    #[untimed]
+    fn inbox_wait(&self, after: Option<&str>, timeout: Duration) -> ();
+    fn push_subscribe(&self, user: &str, sub: &WebPush) -> bool;
+    fn push_subscriptions(&self, user: &str) -> Vec<WebPush>;
+    fn push_unsubscribe(&self, user: &str, endpoint: &str) -> bool;
 }

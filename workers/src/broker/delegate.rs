@@ -6,7 +6,8 @@
 
 /// Implements [`Broker`](crate::broker::Broker) for a broker type by calling, for each
 /// operation, the function of the same name in the module given for it (`fetch: lifecycle`
-/// calls `lifecycle::fetch(self, …)`). Every operation is named, in the trait's order. The
+/// calls `lifecycle::fetch(self, …)`). Every job operation is named, in the trait's order;
+/// `inbox` names the module answering the six inbox and Web Push operations. The
 /// invoking module need only have the modules it names in scope.
 macro_rules! delegate_broker {
     (
@@ -22,7 +23,8 @@ macro_rules! delegate_broker {
         resume: $resume:ident, cursor: $cursor:ident,
         ready_ahead: $ready_ahead:ident,
         register_node: $register_node:ident, deregister_node: $deregister_node:ident,
-        nodes: $nodes:ident $(,)?
+        nodes: $nodes:ident,
+        inbox: $inbox:ident $(,)?
     ) => {
         // An anonymous constant, so that the names the signatures use are imported here and
         // nowhere else in the invoking module.
@@ -199,6 +201,47 @@ macro_rules! delegate_broker {
                     $crate::nodes::sort_nodes(&mut nodes);
                     Ok(nodes)
                 }
+
+                async fn inbox_append(
+                    &self,
+                    entry: &NewInboxEntry,
+                    keep: Duration,
+                ) -> BrokerResult<Appended> {
+                    entry.check()?;
+                    $inbox::inbox_append(self, entry, keep).await
+                }
+
+                async fn inbox_read(
+                    &self,
+                    user: Option<&str>,
+                    after: Option<&str>,
+                    limit: usize,
+                    keep: Duration,
+                ) -> BrokerResult<Vec<InboxEntry>> {
+                    let limit = limit.min($crate::broker::inbox::MAX_INBOX_PAGE);
+                    $inbox::inbox_read(self, user, after, limit, keep).await
+                }
+
+                async fn inbox_wait(
+                    &self,
+                    after: Option<&str>,
+                    timeout: Duration,
+                ) -> BrokerResult<()> {
+                    $inbox::inbox_wait(self, after, timeout).await
+                }
+
+                async fn push_subscribe(&self, user: &str, sub: &WebPush) -> BrokerResult<bool> {
+                    $crate::broker::inbox::check_name("user", user)?;
+                    $inbox::push_subscribe(self, user, sub).await
+                }
+
+                async fn push_subscriptions(&self, user: &str) -> BrokerResult<Vec<WebPush>> {
+                    $inbox::push_subscriptions(self, user).await
+                }
+
+                async fn push_unsubscribe(&self, user: &str, endpoint: &str) -> BrokerResult<bool> {
+                    $inbox::push_unsubscribe(self, user, endpoint).await
+                }
             }
         };
     };
@@ -211,7 +254,8 @@ pub(crate) mod prelude {
     pub(crate) use std::time::Duration;
 
     pub(crate) use crate::broker::{
-        Enqueued, Finish, JobFilter, JobPage, JobRate, LeaseStatus, QueueStats, RatedFetch,
+        Appended, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
+        NewInboxEntry, QueueStats, RatedFetch, WebPush,
     };
     pub(crate) use crate::error::BrokerResult;
     pub(crate) use crate::event::Event;

@@ -48,6 +48,7 @@
 
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 mod delegate;
+pub mod inbox;
 pub mod rate;
 #[cfg(feature = "redis")]
 pub mod redis;
@@ -69,6 +70,7 @@ use crate::job::{Job, JobId, JobState, Lease, NewJob, valid_name};
 use crate::nodes::WorkerNode;
 use crate::time::Timestamp;
 
+pub use self::inbox::{Appended, InboxEntry, NewInboxEntry, WebPush};
 pub use rate::{JobRate, RatedFetch};
 
 /// The result of enqueueing one job: the job as the broker stored it, so a caller never has
@@ -431,6 +433,38 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// The nodes heard from within [`NODE_TTL`](crate::nodes::NODE_TTL), sorted by host, pid
     /// and id ([`sort_nodes`](crate::nodes::sort_nodes)).
     async fn nodes(&self) -> BrokerResult<Vec<WorkerNode>>;
+    /// Keeps `entry` in its user's inbox (see [`inbox`] for the log's rules) and wakes the
+    /// inbox's waiters; first drops every entry older than `keep`. Idempotent by
+    /// `entry.id` while that entry is kept: a second append answers its cursor and appends
+    /// nothing. An empty or over-long id or user is [`BrokerError::Invalid`] naming it.
+    async fn inbox_append(&self, entry: &NewInboxEntry, keep: Duration) -> BrokerResult<Appended>;
+
+    /// Up to `limit` (capped at [`inbox::MAX_INBOX_PAGE`]) inbox entries after the cursor
+    /// `after` (from the oldest kept when `None`), oldest first: one user's, or every user's
+    /// when `user` is `None`. Entries older than `keep` are not read. A cursor this broker
+    /// did not issue is [`BrokerError::Invalid`] naming `since`, whatever the limit.
+    async fn inbox_read(
+        &self,
+        user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+        keep: Duration,
+    ) -> BrokerResult<Vec<InboxEntry>>;
+
+    /// Returns when the inbox may hold entries (of any user) after the cursor `after` (any
+    /// entry when `None`), or after `timeout`; may return early, never busy-polls. A cursor
+    /// this broker did not issue is [`BrokerError::Invalid`] naming `since`.
+    async fn inbox_wait(&self, after: Option<&str>, timeout: Duration) -> BrokerResult<()>;
+
+    /// Stores a Web Push subscription of `user`, replacing the keys of one with the same
+    /// endpoint. True when it is new.
+    async fn push_subscribe(&self, user: &str, sub: &WebPush) -> BrokerResult<bool>;
+
+    /// The Web Push subscriptions of `user`, by endpoint.
+    async fn push_subscriptions(&self, user: &str) -> BrokerResult<Vec<WebPush>>;
+
+    /// Forgets the subscription of `user` at `endpoint`. True when there was one.
+    async fn push_unsubscribe(&self, user: &str, endpoint: &str) -> BrokerResult<bool>;
 
     /// The steps of the chain whose first step is `first`, in order (just that job when it
     /// is not a chain; empty when it does not exist). Follows each step's `next` link.

@@ -23,7 +23,8 @@
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
 //! retry, purge, drop), `pausing` (pause and resume a queue), `rates` (job rate limits
-//! across handles, and a pool that sleeps while its queue is held), `nodes` (the registry of worker
+//! across handles, and a pool that sleeps while its queue is held), `inbox` (users' notification
+//! inboxes and Web Push subscriptions), `nodes` (the registry of worker
 //! nodes, ready jobs ahead of a priority), `publish` (a publish's
 //! fan-out and its replay, named cursors in the event log), `progress` (coalescing, through a
 //! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
@@ -39,6 +40,7 @@ mod agreement;
 mod chains;
 mod enqueue;
 mod fetch;
+mod inbox;
 mod inspect;
 mod leases;
 mod nodes;
@@ -49,8 +51,8 @@ mod payloads;
 mod pool;
 mod progress;
 mod promotion;
-mod rates;
 mod publish;
+mod rates;
 mod support;
 
 pub use admin::*;
@@ -58,6 +60,7 @@ pub use agreement::*;
 pub use chains::*;
 pub use enqueue::*;
 pub use fetch::*;
+pub use inbox::*;
 pub use inspect::*;
 pub use leases::*;
 pub use nodes::*;
@@ -68,8 +71,8 @@ pub use payloads::*;
 pub use pool::*;
 pub use progress::*;
 pub use promotion::*;
-pub use rates::*;
 pub use publish::*;
+pub use rates::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -230,6 +233,11 @@ macro_rules! conformance_suite {
             // publish.rs
             publish_fan_out_is_replayed_by_its_keys,
             cursors_are_saved_and_replaced,
+            // inbox.rs
+            inbox_appends_once_per_id_and_reads_per_user,
+            inbox_drops_entries_older_than_keep,
+            inbox_wait_returns_on_an_append,
+            push_subscriptions_upsert_list_and_remove,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -11,7 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::broker::{
-    Broker, Enqueued, Finish, JobFilter, JobPage, JobRate, LeaseStatus, QueueStats, RatedFetch,
+    Appended, Broker, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
+    NewInboxEntry, QueueStats, RatedFetch, WebPush,
 };
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
@@ -224,5 +225,38 @@ impl Broker for Partitioned {
 
     async fn nodes(&self) -> BrokerResult<Vec<WorkerNode>> {
         self.reach().await?.nodes().await
+    }
+
+    async fn inbox_append(&self, entry: &NewInboxEntry, keep: Duration) -> BrokerResult<Appended> {
+        self.reach().await?.inbox_append(entry, keep).await
+    }
+
+    async fn inbox_read(
+        &self,
+        user: Option<&str>,
+        after: Option<&str>,
+        limit: usize,
+        keep: Duration,
+    ) -> BrokerResult<Vec<InboxEntry>> {
+        self.reach()
+            .await?
+            .inbox_read(user, after, limit, keep)
+            .await
+    }
+
+    async fn inbox_wait(&self, after: Option<&str>, timeout: Duration) -> BrokerResult<()> {
+        self.reach().await?.inbox_wait(after, timeout).await
+    }
+
+    async fn push_subscribe(&self, user: &str, sub: &WebPush) -> BrokerResult<bool> {
+        self.reach().await?.push_subscribe(user, sub).await
+    }
+
+    async fn push_subscriptions(&self, user: &str) -> BrokerResult<Vec<WebPush>> {
+        self.reach().await?.push_subscriptions(user).await
+    }
+
+    async fn push_unsubscribe(&self, user: &str, endpoint: &str) -> BrokerResult<bool> {
+        self.reach().await?.push_unsubscribe(user, endpoint).await
     }
 }

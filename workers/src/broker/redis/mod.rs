@@ -26,6 +26,8 @@
 //! - `rating.rs`: job rate limits (its `rate` key; fetch.lua advances it).
 //! - `nodes.rs`: the registry of worker nodes (two keys in the tag `{<prefix>}`), and the
 //!   count of ready jobs ahead of a priority.
+//! - `inbox.rs`: users' notification inboxes and Web Push subscriptions, under one hash tag
+//!   of their own (`{<prefix>:@inbox}:`).
 //!
 //! # Chains
 //!
@@ -73,6 +75,7 @@ mod conn;
 mod cursors;
 mod decode;
 mod events;
+mod inbox;
 mod keys;
 mod lifecycle;
 mod nodes;
@@ -190,4 +193,4 @@ crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,
     ping: read, pause: pausing, resume: pausing, cursor: cursors,
     ready_ahead: nodes, register_node: nodes,
-    deregister_node: nodes, nodes: nodes);
+    deregister_node: nodes, nodes: nodes, inbox: inbox);

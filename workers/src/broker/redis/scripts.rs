@@ -74,6 +74,7 @@ scripts! {
     purge: "purge.lua",
     drop_queue: "drop_queue.lua",
     list: "list.lua",
+    inbox_append: "inbox_append.lua",
 }
 
 /// Whether Redis no longer has a script (a restart, `SCRIPT FLUSH`): reload and call again.

@@ -1,5 +1,5 @@
 //! Named cursors in the event log: a row in `cursors` per name
-//! (`workers/migrations/sqlite/0005_cursors.sql`).
+//! (`workers/migrations/sqlite/0006_cursors.sql`).
 //!
 //! It owns storing and reading them; what a cursor means is its reader's business (the
 //! shell's job-event relay).

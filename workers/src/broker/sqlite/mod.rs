@@ -65,6 +65,7 @@
 //! - `pausing`: queues paused and resumed by an operator (fetch checks the pause itself).
 //! - `rating`: job rate limits: a rated fetch and the read of a queue's held-until time.
 //! - `nodes`: the registry of worker nodes, and the count of ready jobs ahead of a priority.
+//! - `inbox`: users' notification inboxes and Web Push subscriptions.
 //! - `sql`: the text of every statement; `rows`: decoding rows; `error`: mapping errors.
 
 mod admin;
@@ -72,6 +73,7 @@ mod chain;
 mod cursors;
 mod error;
 mod events;
+mod inbox;
 mod lifecycle;
 mod nodes;
 mod open;
@@ -278,7 +280,7 @@ crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,
     resume: pausing, cursor: cursors,
     ready_ahead: nodes, register_node: nodes, deregister_node: nodes,
-    nodes: nodes);
+    nodes: nodes, inbox: inbox);
 
 #[cfg(test)]
 mod tests {

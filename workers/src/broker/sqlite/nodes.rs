@@ -1,5 +1,5 @@
 //! The registry of worker nodes (`crate::nodes`): a row per node in `worker_nodes`
-//! (`workers/migrations/sqlite/0005_worker_nodes.sql`), its entry stored as JSON, and the
+//! (`workers/migrations/sqlite/0007_worker_nodes.sql`), its entry stored as JSON, and the
 //! count of ready jobs ahead of a priority that "why is my job not running" asks for.
 //!
 //! It owns only storing and reading entries; what goes in them is the pool's business.

@@ -57,6 +57,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 7,
         sql: include_str!("../../../migrations/sqlite/0007_worker_nodes.sql"),
     },
+    Migration {
+        version: 8,
+        sql: include_str!("../../../migrations/sqlite/0008_inbox.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a

@@ -240,3 +240,21 @@ pub const NODES: &str = "SELECT last_seen, node FROM worker_nodes WHERE last_see
 /// Queued jobs of a queue at a priority or a more urgent one (an index range of `jobs_fetch`).
 pub const READY_AHEAD: &str =
     "SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'queued' AND priority <= ?2";
+// Users' inboxes and Web Push subscriptions (`0008_inbox.sql`, `super::inbox`).
+pub const INBOX_TRIM: &str = "DELETE FROM inbox WHERE at < ?1";
+pub const INBOX_INSERT: &str = "INSERT INTO inbox (id, user, at, body) VALUES (?1, ?2, ?3, ?4) \
+    ON CONFLICT (id) DO NOTHING";
+pub const INBOX_SEQ_OF: &str = "SELECT seq FROM inbox WHERE id = ?1";
+pub const INBOX_READ_ALL: &str = "SELECT seq, id, user, at, body FROM inbox \
+    WHERE seq > ?1 AND at >= ?2 ORDER BY seq LIMIT ?3";
+pub const INBOX_READ_USER: &str = "SELECT seq, id, user, at, body FROM inbox \
+    WHERE user = ?1 AND seq > ?2 AND at >= ?3 ORDER BY seq LIMIT ?4";
+pub const INBOX_EXISTS_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM inbox WHERE seq > ?1)";
+pub const PUSH_UPSERT: &str = "INSERT INTO push_subscriptions \
+    (user, endpoint, p256dh, auth, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
+    ON CONFLICT (user, endpoint) DO UPDATE SET p256dh = excluded.p256dh, auth = excluded.auth";
+pub const PUSH_EXISTS: &str =
+    "SELECT EXISTS (SELECT 1 FROM push_subscriptions WHERE user = ?1 AND endpoint = ?2)";
+pub const PUSH_LIST: &str = "SELECT endpoint, p256dh, auth FROM push_subscriptions \
+    WHERE user = ?1 ORDER BY endpoint";
+pub const PUSH_DELETE: &str = "DELETE FROM push_subscriptions WHERE user = ?1 AND endpoint = ?2";

@@ -1,0 +1,193 @@
+//! The inbox hub: the one reader of the broker's inbox log in this process, handing every new
+//! notification to the `GET /v1/notifications` connections open here.
+//!
+//! [`InboxHub::run`] follows [`Broker::inbox_read`] over every user (the log all nodes append
+//! to), waiting on [`Broker::inbox_wait`] when it is idle (Redis: a blocking read that any
+//! node's append wakes; SQLite: this process's appends at once, other processes' within a
+//! poll), and broadcasts each entry once, rendered once, on a bounded channel. A connection
+//! is a receiver that keeps its own user's entries: a thousand connections are a thousand
+//! receivers, not a thousand pollers.
+//!
+//! It publishes whether it has caught up with the log: a connection subscribes first and
+//! waits for that second, so every entry appended after its replay's read reaches it live
+//! (`super::stream` drops the ones its replay already sent).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+use hopper_workers::Broker;
+use hopper_workers::broker::InboxEntry;
+use hopper_workers::broker::inbox::MAX_INBOX_PAGE;
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, watch};
+use tokio_util::sync::CancellationToken;
+
+/// Entries held for slow receivers: past this many, a receiver that has not read lags.
+pub const CAPACITY: usize = 4096;
+/// The longest wait on the broker between reads of an idle log.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+/// How long the hub waits after a broker error before trying again.
+const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// The hub reads every entry after its cursor, however old: it follows the log, and `keep`
+/// only decides what a replay returns.
+const ALL: Duration = Duration::MAX;
+
+/// One kept notification as connections send it: its user, id, cursor and frame text.
+#[derive(Debug)]
+pub struct Live {
+    pub user: String,
+    pub id: String,
+    pub cursor: String,
+    pub text: Utf8Bytes,
+}
+
+impl Live {
+    /// An entry and its frame: `{"type": "notification", "id", "cursor", "user", "kind",
+    /// "title", "body", "data", "at"}` (the notification's own `type` becomes `kind`, as
+    /// `type` names the frame).
+    pub fn new(entry: InboxEntry) -> Self {
+        let mut frame = match entry.body {
+            Value::Object(map) => map,
+            other => {
+                let mut map = serde_json::Map::new();
+                map.insert("body".into(), other);
+                map
+            }
+        };
+        if let Some(kind) = frame.remove("type") {
+            frame.insert("kind".into(), kind);
+        }
+        frame.insert("type".into(), json!("notification"));
+        frame.insert("id".into(), json!(entry.id));
+        frame.insert("user".into(), json!(entry.user));
+        frame.insert("cursor".into(), json!(entry.cursor));
+        frame.insert("at".into(), json!(entry.at));
+        Self {
+            text: Value::Object(frame).to_string().into(),
+            user: entry.user,
+            id: entry.id,
+            cursor: entry.cursor,
+        }
+    }
+}
+
+/// The shared end of the hub. Cheap to clone.
+#[derive(Clone, Debug)]
+pub struct InboxHub {
+    broker: Arc<dyn Broker>,
+    tx: broadcast::Sender<Arc<Live>>,
+    caught_up: Arc<watch::Sender<bool>>,
+    connections: Arc<AtomicUsize>,
+    /// Fires when the hub stops, so that every connection closes.
+    shutdown: CancellationToken,
+}
+
+/// A counted connection; the count drops with it.
+#[derive(Debug)]
+pub struct Admitted(Arc<AtomicUsize>);
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl InboxHub {
+    /// A hub over `broker`, not yet reading (see [`InboxHub::run`]).
+    pub fn new(broker: Arc<dyn Broker>) -> Self {
+        let (tx, _) = broadcast::channel(CAPACITY);
+        Self {
+            broker,
+            tx,
+            caught_up: Arc::new(watch::Sender::new(false)),
+            connections: Arc::new(AtomicUsize::new(0)),
+            shutdown: CancellationToken::new(),
+        }
+    }
+
+    /// The broker the hub reads (connections replay from it).
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// Fires when the hub stops.
+    pub fn stopping(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+
+    /// Counts one more connection, unless `max` are open.
+    pub fn admit(&self, max: usize) -> Option<Admitted> {
+        self.connections
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .is_ok()
+            .then(|| Admitted(self.connections.clone()))
+    }
+
+    /// Subscribes, then waits until the hub has caught up with the log: every entry
+    /// appended after this returns reaches the receiver. `None` when the hub stopped.
+    pub async fn subscribe(&self) -> Option<broadcast::Receiver<Arc<Live>>> {
+        let rx = self.tx.subscribe();
+        let mut caught_up = self.caught_up.subscribe();
+        tokio::select! {
+            r = caught_up.wait_for(|c| *c) => r.ok()?,
+            () = self.shutdown.cancelled() => return None,
+        };
+        Some(rx)
+    }
+
+    /// Follows the log until `shutdown` fires: first to its end (without broadcasting the
+    /// past), then every new entry as it comes.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let _stop_connections = self.shutdown.clone().drop_guard();
+        let mut cursor: Option<String> = None;
+        let mut caught_up = false;
+        loop {
+            let page = tokio::select! {
+                () = shutdown.cancelled() => return,
+                page = self.broker.inbox_read(None, cursor.as_deref(), MAX_INBOX_PAGE, ALL) => page,
+            };
+            let pause = match page {
+                Ok(entries) if entries.is_empty() => {
+                    if !caught_up {
+                        caught_up = true;
+                        self.caught_up.send_replace(true);
+                        tracing::debug!(after = ?cursor, "inbox hub following the log");
+                    }
+                    let waited = tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        w = self.broker.inbox_wait(cursor.as_deref(), IDLE_WAIT) => w,
+                    };
+                    match waited {
+                        Ok(()) => continue,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "inbox hub: waiting on the inbox failed; retrying");
+                            ERROR_BACKOFF
+                        }
+                    }
+                }
+                Ok(entries) => {
+                    for entry in entries {
+                        cursor = Some(entry.cursor.clone());
+                        if caught_up {
+                            // No receiver is not an error: nobody is connected right now.
+                            let _ = self.tx.send(Arc::new(Live::new(entry)));
+                        }
+                    }
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbox hub: reading the inbox failed; retrying");
+                    ERROR_BACKOFF
+                }
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}

@@ -1,0 +1,93 @@
+//! Users' JWTs: who a `GET /v1/notifications` connection (or a push-subscription request)
+//! belongs to. The token's `sub` is the user id; `exp` is required (60 s of leeway for
+//! clocks). HS256 tokens are verified with `[auth] jwt_secret`, RS256 and EdDSA (Ed25519)
+//! ones with the public key in the PEM file `[auth] jwt_public_key`; any other algorithm is
+//! refused, whatever the token's header says.
+//!
+//! A refusal says why in a few stable words (`expired token`, `bad signature`), never echoing
+//! the token or the key.
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+
+use crate::config::AuthConfig;
+
+/// Verifies users' JWTs with the configured keys.
+pub struct Verifier {
+    secret: Option<DecodingKey>,
+    public: Option<(DecodingKey, Algorithm)>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier")
+            .field("hs256", &self.secret.is_some())
+            .field("public", &self.public.as_ref().map(|(_, a)| *a))
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+struct Claims {
+    #[serde(default)]
+    sub: String,
+}
+
+impl Verifier {
+    /// The verifier `[auth]` configures: `Ok(None)` when neither `jwt_secret` nor
+    /// `jwt_public_key` is set; an error naming the key when the public key file cannot be
+    /// read or is neither an RSA nor an Ed25519 public key in PEM.
+    pub fn from_config(auth: &AuthConfig) -> Result<Option<Self>, String> {
+        let secret = if auth.jwt_secret.is_empty() {
+            None
+        } else {
+            Some(
+                DecodingKey::from_secret(auth.jwt_secret.as_bytes())
+                    .map_err(|_| "auth.jwt_secret: not usable as an HS256 key".to_owned())?,
+            )
+        };
+        let public = if auth.jwt_public_key.is_empty() {
+            None
+        } else {
+            let path = &auth.jwt_public_key;
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("auth.jwt_public_key: cannot read {path}: {e}"))?;
+            let key = DecodingKey::from_rsa_pem(&pem)
+                .map(|k| (k, Algorithm::RS256))
+                .or_else(|_| DecodingKey::from_ed_pem(&pem).map(|k| (k, Algorithm::EdDSA)))
+                .map_err(|_| {
+                    format!(
+                        "auth.jwt_public_key: {path} is not an RSA or Ed25519 public key in PEM"
+                    )
+                })?;
+            Some(key)
+        };
+        Ok((secret.is_some() || public.is_some()).then_some(Self { secret, public }))
+    }
+
+    /// The user a token names (`sub`), or why it is refused.
+    pub fn verify(&self, token: &str) -> Result<String, &'static str> {
+        let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
+        let key = match (header.alg, &self.secret, &self.public) {
+            (Algorithm::HS256, Some(secret), _) => secret,
+            (alg, _, Some((key, expected))) if alg == *expected => key,
+            _ => return Err("token algorithm not accepted"),
+        };
+        let mut validation = Validation::new(header.alg);
+        validation.set_required_spec_claims(&["exp", "sub"]);
+        let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
+            .kind()
+        {
+            ErrorKind::ExpiredSignature => "expired token",
+            ErrorKind::InvalidSignature => "bad signature",
+            ErrorKind::MissingRequiredClaim(_) => "token without exp or sub",
+            _ => "invalid token",
+        })?;
+        let sub = data.claims.sub;
+        if hopper_workers::broker::inbox::check_name("sub", &sub).is_err() {
+            return Err("token sub is not a user id");
+        }
+        Ok(sub)
+    }
+}

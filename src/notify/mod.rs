@@ -1,0 +1,36 @@
+//! The shell's side of user notifications: the ports `notify.send` delivers through
+//! (`hopper_jobs::notify::ports`), implemented over the broker, and the users' JWTs.
+//!
+//! - [`inbox`]: [`BrokerInbox`], the `Inbox` port: keeps a notification in its user's inbox
+//!   for `[notify] keep`, which wakes the `GET /v1/notifications` connections of every node
+//!   (`crate::api::notifications` streams it).
+//! - [`push_store`]: [`BrokerPushSubscriptions`], the `PushSubscriptions` port over the
+//!   subscriptions `POST /v1/users/{id}/push-subscriptions` stores.
+//! - [`jwt`]: [`jwt::Verifier`], a user's identity from a JWT (`[auth] jwt_secret`,
+//!   `jwt_public_key`).
+//!
+//! Not here: the `notify.send` kind itself (`hopper_jobs`), the HTTP routes (`crate::api`).
+
+pub mod inbox;
+pub mod jwt;
+pub mod push_store;
+
+pub use inbox::BrokerInbox;
+pub use push_store::BrokerPushSubscriptions;
+
+use std::sync::Arc;
+
+use hopper_jobs::notify::ports::{Inbox, PushSubscriptions};
+use hopper_workers::Broker;
+
+/// The two ports over `broker`, as `notify.send` is given them when it is registered:
+/// notifications kept for `[notify] keep`.
+pub fn ports(
+    broker: Arc<dyn Broker>,
+    notify: &hopper_jobs::NotifyConfig,
+) -> (Arc<dyn Inbox>, Arc<dyn PushSubscriptions>) {
+    (
+        Arc::new(BrokerInbox::new(broker.clone(), notify.keep)),
+        Arc::new(BrokerPushSubscriptions::new(broker)),
+    )
+}
