@@ -67,6 +67,7 @@ pub struct Config {
     pub smtp: hopper_jobs::SmtpConfig,
     pub etl: hopper_jobs::EtlConfig,
     pub http: hopper_jobs::HttpConfig,
+    pub notify: hopper_jobs::NotifyConfig,
 }
 
 /// Why a config could not be loaded or is not usable. The shell exits 2 on any of these.

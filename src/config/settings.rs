@@ -279,13 +279,14 @@ impl Config {
         }
     }
 
-    /// The job kinds' settings (`[files]`, `[smtp]`, `[etl]`, `[http]`).
+    /// The job kinds' settings (`[files]`, `[smtp]`, `[etl]`, `[http]`, `[notify]`).
     fn jobs_config(&self) -> hopper_jobs::JobsConfig {
         hopper_jobs::JobsConfig {
             files: self.files.clone(),
             smtp: self.smtp.clone(),
             etl: self.etl.clone(),
             http: self.http.clone(),
+            notify: self.notify.clone(),
         }
     }
 

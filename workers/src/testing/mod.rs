@@ -23,7 +23,7 @@
 //! (a huge backlog falling due at once), `outcomes` (finish), `leases` (heartbeats, fencing,
 //! rescue, progress), `chains`, `payloads` (JSON that comes back exactly), `admin` (cancel,
 //! retry, purge, drop), `pausing` (pause and resume a queue), `progress` (coalescing, through a
-//! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
+//! pool), `checkpoints` (saved under the lease, kept across retries), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
 //! wrapper that cuts a pool off from its broker). A case that only one broker can pass does
@@ -34,6 +34,7 @@
 mod admin;
 mod agreement;
 mod chains;
+mod checkpoints;
 mod enqueue;
 mod fetch;
 mod inspect;
@@ -50,6 +51,7 @@ mod support;
 pub use admin::*;
 pub use agreement::*;
 pub use chains::*;
+pub use checkpoints::*;
 pub use enqueue::*;
 pub use fetch::*;
 pub use inspect::*;
@@ -211,6 +213,9 @@ macro_rules! conformance_suite {
             pause_refuses_an_invalid_queue_name,
             // progress.rs
             pool_coalesces_progress_and_keeps_the_last_report,
+            // checkpoints.rs
+            checkpoint_saved_fenced_and_kept_across_retries,
+            pool_hands_a_saved_checkpoint_to_the_retry,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

@@ -282,6 +282,21 @@ pub(super) async fn progress(
     }
 }
 
+pub(super) async fn checkpoint(
+    broker: &RedisBroker,
+    lease: &Lease,
+    value: &serde_json::Value,
+) -> BrokerResult<()> {
+    let mut cmd = broker.eval(&SCRIPTS.checkpoint, &lease.queue);
+    cmd.arg(lease.job_id.as_str())
+        .arg(lease.token)
+        .arg(value.to_string());
+    match broker.query::<i64>(&cmd).await? {
+        1 => Ok(()),
+        _ => Err(BrokerError::LeaseLost(lease.job_id.clone())),
+    }
+}
+
 pub(super) async fn finish(
     broker: &RedisBroker,
     batch: Vec<Finish>,

@@ -177,7 +177,7 @@ impl RedisBroker {
 // The trait's operations, each answered by the module that owns its concern.
 crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
-    progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
+    progress: lifecycle, checkpoint: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
     retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
     queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,
     ping: read, pause: pausing, resume: pausing);

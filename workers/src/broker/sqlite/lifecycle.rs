@@ -252,6 +252,28 @@ pub(super) async fn progress(
         .await
 }
 
+pub(super) async fn checkpoint(
+    broker: &SqliteBroker,
+    lease: &Lease,
+    value: &serde_json::Value,
+) -> BrokerResult<()> {
+    let lease = lease.clone();
+    let text = value.to_string();
+    broker
+        .write(move |conn, _now| {
+            let saved = conn.prepare_cached(sql::CHECKPOINT)?.execute(params![
+                lease.job_id.as_str(),
+                token_to_i64(lease.token),
+                text
+            ])?;
+            if saved == 0 {
+                return Err(BrokerError::LeaseLost(lease.job_id).into());
+            }
+            Ok(())
+        })
+        .await
+}
+
 pub(super) async fn finish(
     broker: &SqliteBroker,
     batch: Vec<Finish>,

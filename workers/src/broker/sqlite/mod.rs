@@ -266,7 +266,7 @@ impl SqliteBroker {
 // The trait's operations, each answered by the module that owns its concern.
 crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     store: lifecycle, fetch: lifecycle, wait_for_work: lifecycle, heartbeat: lifecycle,
-    progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
+    progress: lifecycle, checkpoint: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
     wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,
     resume: pausing);

@@ -45,6 +45,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 4,
         sql: include_str!("../../../migrations/sqlite/0004_paused_queues.sql"),
     },
+    Migration {
+        version: 5,
+        sql: include_str!("../../../migrations/sqlite/0005_checkpoint.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a
