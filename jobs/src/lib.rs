@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: [`JobsConfig`], the `[smtp]`, `[files]` and `[etl]` settings the shell embeds.
+//! - [`config`]: [`JobsConfig`], the `[smtp]`, `[files]`, `[etl]`, `[http]` and `[notify]`
+//!   settings the shell embeds.
 //! - [`files`]: relative paths under the files directory, and the refusal to leave it.
 //! - `payload` (private): serde helpers several payload types share (one string or a list,
 //!   SQL identifiers); parsing itself is the engine's.
@@ -20,6 +21,12 @@
 //! - [`etl`] (feature `etl`): `etl.sync`, with `etl/source.rs` (fetching pages),
 //!   `etl/mapping.rs` (items to rows) and `etl/target.rs` (the SQL).
 //! - [`cleanup`] (feature `cleanup`): `cleanup.purge`.
+//! - [`notify`] (feature `notify`): `notify.send`, with `notify/channels.rs`,
+//!   `notify/record.rs` (the delivery record kept in the job's checkpoint), `notify/email.rs`,
+//!   `notify/webhook.rs`, `notify/push.rs` (Web Push), `notify/breaker.rs` (a circuit
+//!   breaker per endpoint) and `notify/ports.rs` (the inbox and push subscriptions the shell
+//!   provides). Not registered by [`register_all`]: it needs those ports, so the shell calls
+//!   [`notify::register_notify`].
 //!
 //! Every kind receives its clients (SMTP transport, HTTP client, database pools) when it is
 //! registered, sorts its failures into retryable and permanent ones, and checks payloads in
@@ -46,10 +53,14 @@ pub mod email;
 pub mod etl;
 #[cfg(feature = "image")]
 pub mod image;
+#[cfg(feature = "notify")]
+pub mod notify;
 #[cfg(feature = "pdf")]
 pub mod pdf;
 
-pub use config::{EtlConfig, EtlToken, FilesConfig, HttpConfig, JobsConfig, SmtpConfig};
+pub use config::{
+    EtlConfig, EtlToken, FilesConfig, HttpConfig, JobsConfig, NotifyConfig, SmtpConfig,
+};
 #[cfg(feature = "http")]
 pub use http::HttpClient;
 
