@@ -82,6 +82,7 @@ pub enum JobsError {
 
 /// Registers every kind enabled by this crate's features, building the shared clients once:
 /// one HTTP client, one pooled SMTP transport, one lazily connected pool per PostgreSQL URL.
+/// All but `notify.send`, which needs the shell's ports: see [`notify::register_notify`].
 ///
 /// ```no_run
 /// let mut registry = hopper_workers::Registry::new();

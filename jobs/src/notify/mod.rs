@@ -182,8 +182,7 @@ fn count(channel: Channel, outcome: &Outcome, started: Instant) {
         Outcome::Failed { .. } => "failed",
         Outcome::Skipped { .. } => "skipped",
     };
-    metrics::counter!(NOTIFICATIONS, "channel" => channel.name(), "outcome" => label)
-        .increment(1);
+    metrics::counter!(NOTIFICATIONS, "channel" => channel.name(), "outcome" => label).increment(1);
     metrics::histogram!(DELIVERY_SECONDS, "channel" => channel.name())
         .record(started.elapsed().as_secs_f64());
 }
@@ -282,7 +281,11 @@ impl SendNotification {
                 return Ok(());
             }
         };
-        if subs.is_empty() && record.channels.get(ch.name()).is_none_or(|c| c.endpoints.is_empty())
+        if subs.is_empty()
+            && record
+                .channels
+                .get(ch.name())
+                .is_none_or(|c| c.endpoints.is_empty())
         {
             record.set_channel(ch.name(), Outcome::skipped("no push subscriptions"));
             return Ok(());
@@ -385,7 +388,10 @@ impl Kind for SendNotification {
     /// once, a type usable as a template name, an address that parses.
     fn check(&self, args: &NotifyArgs) -> Result<(), FieldError> {
         if args.user.trim().is_empty() || args.user.len() > 256 {
-            return Err(FieldError::new("payload.user", "must be 1 to 256 characters"));
+            return Err(FieldError::new(
+                "payload.user",
+                "must be 1 to 256 characters",
+            ));
         }
         if args.title.is_empty() || args.title.contains(['\r', '\n']) {
             return Err(FieldError::new(

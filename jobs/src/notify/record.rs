@@ -151,7 +151,11 @@ impl Record {
         let mut retryable = Vec::new();
         let mut permanent = Vec::new();
         for (name, c) in &self.channels {
-            if let Some(Outcome::Failed { error, retryable: r }) = &c.outcome {
+            if let Some(Outcome::Failed {
+                error,
+                retryable: r,
+            }) = &c.outcome
+            {
                 let line = format!("{name}: {error}");
                 if *r {
                     retryable.push(line);

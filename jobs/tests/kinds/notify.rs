@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use aes_gcm::aead::Aead;
-use aes_gcm::{Aes128Gcm, KeyInit as _, Nonce};
+use aes_gcm::{Aes128Gcm, Nonce};
 use async_trait::async_trait;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
@@ -21,7 +21,9 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
 use hkdf::Hkdf;
 use hmac::{Hmac, KeyInit, Mac};
-use hopper_jobs::notify::ports::{Inbox, Notification, PushKeys, PushSubscription, PushSubscriptions};
+use hopper_jobs::notify::ports::{
+    Inbox, Notification, PushKeys, PushSubscription, PushSubscriptions,
+};
 use hopper_jobs::notify::register_notify;
 use hopper_jobs::{JobsConfig, SmtpConfig};
 use hopper_workers::broker::sqlite::SqliteBroker;
@@ -36,7 +38,6 @@ use p256::elliptic_curve::sec1::ToSec1Point;
 use p256::{PublicKey, SecretKey};
 use serde_json::{Value, json};
 use sha2::Sha256;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use crate::common;
@@ -155,9 +156,7 @@ async fn hook(State(h): State<Arc<Hooks>>, headers: HeaderMap, body: Bytes) -> S
 }
 
 fn hook_app(h: Arc<Hooks>) -> axum::Router {
-    axum::Router::new()
-        .route("/hook", post(hook))
-        .with_state(h)
+    axum::Router::new().route("/hook", post(hook)).with_state(h)
 }
 
 // ---- The Web Push service ---------------------------------------------------------------------
@@ -205,7 +204,8 @@ impl Browser {
         let prk = Hkdf::<Sha256>::new(Some(salt), &ikm);
         let mut cek = [0u8; 16];
         let mut nonce = [0u8; 12];
-        prk.expand(b"Content-Encoding: aes128gcm\0", &mut cek).ok()?;
+        prk.expand(b"Content-Encoding: aes128gcm\0", &mut cek)
+            .ok()?;
         prk.expand(b"Content-Encoding: nonce\0", &mut nonce).ok()?;
         let mut plain = Aes128Gcm::new_from_slice(&cek)
             .ok()?
@@ -265,12 +265,10 @@ fn check_vapid(headers: &HeaderMap, vapid_public: &str, origin: &str) -> Result<
     key.verify(signing_input.as_bytes(), &sig)
         .map_err(|e| format!("bad JWT signature: {e}"))?;
     let (header, claims) = signing_input.split_once('.').ok_or("JWT shape")?;
-    let header: Value =
-        serde_json::from_slice(&B64.decode(header).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
-    let claims: Value =
-        serde_json::from_slice(&B64.decode(claims).map_err(|e| e.to_string())?)
-            .map_err(|e| e.to_string())?;
+    let header: Value = serde_json::from_slice(&B64.decode(header).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
+    let claims: Value = serde_json::from_slice(&B64.decode(claims).map_err(|e| e.to_string())?)
+        .map_err(|e| e.to_string())?;
     if header["alg"] != "ES256" {
         return Err(format!("alg {}", header["alg"]));
     }
@@ -299,7 +297,10 @@ async fn push_in(
     }
     let origin = s.origin.lock().expect("lock").clone();
     let checked = check_vapid(&headers, &s.vapid_public, &origin).and_then(|()| {
-        (headers.get("content-encoding").and_then(|v| v.to_str().ok()) == Some("aes128gcm")
+        (headers
+            .get("content-encoding")
+            .and_then(|v| v.to_str().ok())
+            == Some("aes128gcm")
             && headers.contains_key("ttl"))
         .then_some(())
         .ok_or_else(|| "missing Content-Encoding or TTL".to_owned())
@@ -315,7 +316,10 @@ async fn push_in(
             StatusCode::CREATED
         }
         None => {
-            s.problems.lock().expect("lock").push("undecryptable".into());
+            s.problems
+                .lock()
+                .expect("lock")
+                .push("undecryptable".into());
             StatusCode::BAD_REQUEST
         }
     }
@@ -389,7 +393,10 @@ impl Harness {
             if cond(&job) {
                 return job;
             }
-            assert!(Instant::now() < deadline, "timed out waiting for {what}: {job:?}");
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {what}: {job:?}"
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -441,9 +448,15 @@ fn check_refuses_bad_payloads_naming_the_field() {
         &registry,
         "notify.send",
         vec![
-            (json!({"user": "42", "body": "b", "channels": ["email"]}), "payload"),
+            (
+                json!({"user": "42", "body": "b", "channels": ["email"]}),
+                "payload",
+            ),
             (with("channels", json!(["sms"])), "payload.channels[0]"),
-            (with("channels", json!(["email", "email"])), "payload.channels[1]"),
+            (
+                with("channels", json!(["email", "email"])),
+                "payload.channels[1]",
+            ),
             (with("channels", json!([])), "payload.channels"),
             (with("email", json!("not an address")), "payload.email"),
             (with("type", json!("../etc/passwd")), "payload.type"),
@@ -504,7 +517,11 @@ async fn delivers_to_all_four_channels_and_records_each() {
     let subs = Arc::new(MemorySubscriptions::default());
     subs.subs.lock().expect("lock").insert(
         "42".into(),
-        vec![service.browser.subscription(format!("{push_base}/push/dev1"))],
+        vec![
+            service
+                .browser
+                .subscription(format!("{push_base}/push/dev1")),
+        ],
     );
 
     let inbox = Arc::new(RecordingInbox::default());
@@ -532,13 +549,20 @@ async fn delivers_to_all_four_channels_and_records_each() {
             "{ch}: {result}"
         );
     }
-    assert_eq!(job.checkpoint, Some(result.clone()), "the record is the checkpoint");
+    assert_eq!(
+        job.checkpoint,
+        Some(result.clone()),
+        "the record is the checkpoint"
+    );
 
     // websocket: the inbox, with the job id as the notification's id.
     let got = inbox.got.lock().expect("lock").clone();
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].id, id.to_string());
-    assert_eq!((got[0].user.as_str(), got[0].kind.as_str()), ("42", "welcome"));
+    assert_eq!(
+        (got[0].user.as_str(), got[0].kind.as_str()),
+        ("42", "welcome")
+    );
 
     // email: both parts, from the type's text template and the default HTML one (escaped).
     let mail = mails.recv().await.expect("an email");
@@ -589,7 +613,9 @@ async fn a_down_webhook_is_retried_without_resending_the_email() {
     smtp(&mut config, smtp_port);
     // A port with nothing listening on it (yet).
     let port = {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
         l.local_addr().expect("addr").port()
     };
     config.notify.webhooks = vec![format!("http://127.0.0.1:{port}/hook")];
@@ -619,7 +645,10 @@ async fn a_down_webhook_is_retried_without_resending_the_email() {
         "{failing:?}"
     );
     assert_eq!(
-        failing.checkpoint.as_ref().map(|c| c["channels"]["email"]["state"].clone()),
+        failing
+            .checkpoint
+            .as_ref()
+            .map(|c| c["channels"]["email"]["state"].clone()),
         Some(json!("delivered"))
     );
 
@@ -630,9 +659,14 @@ async fn a_down_webhook_is_retried_without_resending_the_email() {
     let app = hook_app(hooks.clone());
     tokio::spawn(async move { axum::serve(listener, app).await });
     let job = h
-        .until(&id, "the job to succeed", |j| j.state == JobState::Succeeded)
+        .until(&id, "the job to succeed", |j| {
+            j.state == JobState::Succeeded
+        })
         .await;
-    assert_eq!(job.result.expect("result")["channels"]["webhook"]["state"], "delivered");
+    assert_eq!(
+        job.result.expect("result")["channels"]["webhook"]["state"],
+        "delivered"
+    );
     assert_eq!(hooks.verified.lock().expect("lock").len(), 1);
     // Exactly one email, however many attempts.
     mails.recv().await.expect("the email");
@@ -669,17 +703,24 @@ async fn an_open_circuit_waits_without_spending_attempts_then_probes() {
     // The circuit is open now: a second notification waits too, reaching nobody.
     let second = h.enqueue(payload, 10).await;
     let done_first = h
-        .until(&first, "the first to succeed", |j| j.state == JobState::Succeeded)
+        .until(&first, "the first to succeed", |j| {
+            j.state == JobState::Succeeded
+        })
         .await;
     let done_second = h
-        .until(&second, "the second to succeed", |j| j.state == JobState::Succeeded)
+        .until(&second, "the second to succeed", |j| {
+            j.state == JobState::Succeeded
+        })
         .await;
     assert_eq!(
         hooks.hits.load(Ordering::SeqCst),
         7,
         "5 failures, then one probe and one more delivery: nothing sent while open"
     );
-    assert_eq!(done_first.attempt, 6, "5 failed attempts and the delivery; waits not counted");
+    assert_eq!(
+        done_first.attempt, 6,
+        "5 failed attempts and the delivery; waits not counted"
+    );
     assert_eq!(done_second.attempt, 1, "the second only waited");
     let history = h.broker.history(&second).await.expect("history");
     assert!(
@@ -724,7 +765,13 @@ async fn a_gone_push_subscription_is_removed() {
             service.browser.subscription(gone.clone()),
         ],
     );
-    let h = Harness::start(tmp, &config, Arc::new(RecordingInbox::default()), subs.clone()).await;
+    let h = Harness::start(
+        tmp,
+        &config,
+        Arc::new(RecordingInbox::default()),
+        subs.clone(),
+    )
+    .await;
     let id = h
         .enqueue(
             json!({"user": "5", "title": "T", "body": "B", "channels": ["push", "email"]}),
@@ -732,7 +779,9 @@ async fn a_gone_push_subscription_is_removed() {
         )
         .await;
     let job = h
-        .until(&id, "the job to succeed", |j| j.state == JobState::Succeeded)
+        .until(&id, "the job to succeed", |j| {
+            j.state == JobState::Succeeded
+        })
         .await;
     let result = job.result.expect("result");
     assert_eq!(result["channels"]["push"]["state"], "delivered", "{result}");
