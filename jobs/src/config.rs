@@ -213,10 +213,9 @@ impl NotifyConfig {
         if self.breaker_cooldown.is_zero() {
             p.push("notify.breaker_cooldown: must be greater than zero".to_owned());
         }
-        if !self.vapid_private_key.as_os_str().is_empty()
-            && !(self.vapid_subject.starts_with("mailto:")
-                || self.vapid_subject.starts_with("https://"))
-        {
+        let subject_ok =
+            self.vapid_subject.starts_with("mailto:") || self.vapid_subject.starts_with("https://");
+        if !self.vapid_private_key.as_os_str().is_empty() && !subject_ok {
             p.push(
                 "notify.vapid_subject: must be a mailto: or https:// URL when \
                  notify.vapid_private_key is set"
