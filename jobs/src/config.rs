@@ -496,12 +496,44 @@ mod tests {
         let c: JobsConfig = serde_json::from_value(serde_json::json!({
             "http": {"timeout": "5s"},
             "smtp": {"url": "smtp://localhost:25", "from": "a@b.c"},
-            "etl": {"tokens": {"gh": {"token": "secret", "url_prefix": "https://api.github.com/"}}}
+            "etl": {"tokens": {"gh": {"token": "tok-3f9a", "url_prefix": "https://api.github.com/"}}}
         }))
         .expect("parse");
         assert_eq!(c.http.timeout, Duration::from_secs(5));
-        assert!(!format!("{c:?}").contains("secret"));
+        assert!(!format!("{c:?}").contains("tok-3f9a"));
         assert!(serde_json::from_value::<JobsConfig>(serde_json::json!({"nope": 1})).is_err());
+    }
+
+    #[test]
+    fn notify_problems_name_their_key_and_hide_the_secret() {
+        let mut n = NotifyConfig {
+            webhook_secret: "whsec_hidden".into(),
+            ..NotifyConfig::default()
+        };
+        assert!(n.problems().is_empty());
+        assert!(!format!("{n:?}").contains("whsec_hidden"));
+        n.webhooks = vec!["ftp://x/".into(), "https://u:p@h/".into()];
+        n.webhook_secret.clear();
+        n.breaker_failures = 0;
+        n.vapid_private_key = "vapid.pem".into();
+        n.vapid_subject = "ops@example.com".into();
+        let p = n.problems();
+        let keys: Vec<&str> = p.iter().filter_map(|l| l.split(':').next()).collect();
+        assert_eq!(
+            keys,
+            [
+                "notify.webhooks",
+                "notify.webhooks",
+                "notify.webhook_secret",
+                "notify.breaker_failures",
+                "notify.vapid_subject"
+            ],
+            "{p:?}"
+        );
+        assert!(
+            !p.iter().any(|l| l.contains("u:p")),
+            "no credentials echoed"
+        );
     }
 
     #[test]

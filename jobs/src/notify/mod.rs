@@ -24,6 +24,8 @@
 //! timeout, unreachable): the job retries with its backoff. Only endpoints whose circuit is
 //! open left to do: the job snoozes until the earliest probe, its attempts not spent. Only
 //! permanent failures left (a 4xx webhook answer): dead, the record in its checkpoint.
+//! Retrying a dead notification (`hopper retry`) starts at attempt 1, which tries every
+//! failed delivery again and still sends nothing that was delivered.
 //!
 //! Files: `channels.rs` (the channel names), `record.rs` (the delivery record), `email.rs`,
 //! `webhook.rs`, `push.rs` (one channel each), `breaker.rs` (the circuit breaker per
@@ -345,6 +347,10 @@ impl Kind for SendNotification {
             data: args.data,
         };
         let mut record = Record::from_checkpoint(cx.checkpoint());
+        if cx.attempt() == 1 {
+            // A fresh start (`hopper retry` of a dead job): failed deliveries are tried again.
+            record.forget_failures();
+        }
         let mut attempt = Attempt::default();
         for &ch in &args.channels {
             if record.channel_done(ch.name()) {

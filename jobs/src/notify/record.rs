@@ -89,6 +89,19 @@ impl Record {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
+    /// Forgets every failure, keeping what was delivered or skipped: how a job's first
+    /// attempt reads the record, so that `hopper retry` of a dead notification tries its
+    /// failed deliveries again (permanent ones included) and nothing delivered twice.
+    pub fn forget_failures(&mut self) {
+        for c in self.channels.values_mut() {
+            c.endpoints
+                .retain(|_, o| !matches!(o, Outcome::Failed { .. }));
+            if matches!(c.outcome, Some(Outcome::Failed { .. })) {
+                c.outcome = None;
+            }
+        }
+    }
+
     /// True when `channel` (as a whole) needs no more work.
     pub fn channel_done(&self, channel: &str) -> bool {
         self.channels
@@ -196,5 +209,14 @@ mod tests {
         assert!(!back.endpoint_done("webhook", "http://b/"));
         assert_eq!(back.failures().0, vec!["webhook: http://b/: HTTP 500"]);
         assert_eq!(Record::from_checkpoint(Some(json!(3))), Record::default());
+
+        let mut again = back;
+        again.set_channel("email", Outcome::permanent("550"));
+        again.forget_failures();
+        assert!(!again.channel_done("email"));
+        assert!(!again.channel_done("webhook"));
+        assert!(again.endpoint_done("webhook", "http://a/"));
+        assert!(!again.endpoint_done("webhook", "http://b/"));
+        assert!(again.channel_done("push"));
     }
 }

@@ -800,3 +800,75 @@ async fn a_gone_push_subscription_is_removed() {
     assert_eq!(left.len(), 1);
     assert!(left[0].endpoint.ends_with("/push/ok"));
 }
+
+/// A webhook answering 400 fails that channel for good: the job goes dead without spending
+/// its retries, its checkpoint saying which channel failed and which was delivered. Retried
+/// by hand once the receiver is fixed, it delivers the webhook and nothing else again.
+#[tokio::test]
+async fn a_refused_webhook_is_a_permanent_failure_recorded_in_the_checkpoint() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = base_config(tmp.path());
+    let refuse = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let flag = refuse.clone();
+    let refusing = axum::Router::new().route(
+        "/hook",
+        post(move || {
+            let flag = flag.clone();
+            async move {
+                if flag.load(Ordering::SeqCst) {
+                    StatusCode::BAD_REQUEST
+                } else {
+                    StatusCode::OK
+                }
+            }
+        }),
+    );
+    let base = common::serve("127.0.0.1", refusing).await;
+    config.notify.webhooks = vec![format!("{base}/hook")];
+    let inbox = Arc::new(RecordingInbox::default());
+    let h = Harness::start(
+        tmp,
+        &config,
+        inbox.clone(),
+        Arc::new(MemorySubscriptions::default()),
+    )
+    .await;
+    let id = h
+        .enqueue(
+            json!({"user": "3", "title": "T", "body": "B", "channels": ["webhook", "websocket"]}),
+            5,
+        )
+        .await;
+    let job = h
+        .until(&id, "the job to be dead", |j| j.state == JobState::Dead)
+        .await;
+    assert_eq!(job.attempt, 1, "no retries spent on a permanent failure");
+    assert!(
+        job.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("webhook") && e.contains("400")),
+        "{job:?}"
+    );
+    let record = job.checkpoint.expect("the record");
+    assert_eq!(record["channels"]["webhook"]["state"], "failed");
+    assert_eq!(record["channels"]["webhook"]["retryable"], false);
+    assert_eq!(record["channels"]["websocket"]["state"], "delivered");
+    assert_eq!(inbox.got.lock().expect("lock").len(), 1);
+
+    refuse.store(false, Ordering::SeqCst);
+    h.broker.retry(&id).await.expect("retry the dead job");
+    let job = h
+        .until(&id, "the retried job to succeed", |j| {
+            j.state == JobState::Succeeded
+        })
+        .await;
+    assert_eq!(
+        job.result.expect("result")["channels"]["webhook"]["state"],
+        "delivered"
+    );
+    assert_eq!(
+        inbox.got.lock().expect("lock").len(),
+        1,
+        "the inbox is not delivered twice"
+    );
+}
