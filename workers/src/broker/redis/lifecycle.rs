@@ -1,6 +1,6 @@
 //! A job's path through the broker: enqueue, fetch, the wait for work, heartbeats, progress,
-//! finish, and the moves an operator or the pool's rescue makes on it (cancel, retry, retry of
-//! all dead jobs, rescue of expired leases).
+//! checkpoints, finish, and the moves an operator or the pool's rescue makes on it (cancel,
+//! retry, retry of all dead jobs, rescue of expired leases).
 //!
 //! Each step is one script call per queue (batched, and pipelined across queues), so a change
 //! and its event are atomic; this file packs the arguments and unpacks the replies. What a step

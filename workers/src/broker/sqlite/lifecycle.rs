@@ -1,4 +1,5 @@
-//! The worker's path through the broker: enqueue, fetch, heartbeat, progress, finish, rescue.
+//! The worker's path through the broker: enqueue, fetch, heartbeat, progress, checkpoint, finish,
+//! rescue.
 //!
 //! It owns the writes the pool makes many times a second, each one closure run by the writer
 //! thread inside its batch's transaction, with the event it appends. It does not own the
