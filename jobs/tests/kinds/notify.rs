@@ -872,3 +872,38 @@ async fn a_refused_webhook_is_a_permanent_failure_recorded_in_the_checkpoint() {
         "the inbox is not delivered twice"
     );
 }
+
+/// Webhooks obey `[http] allow_hosts` like every outgoing request of a job: a loopback URL
+/// that is not listed is refused, for good, and nothing is sent.
+#[tokio::test]
+async fn webhooks_obey_allow_hosts() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = base_config(tmp.path());
+    config.http.allow_hosts.clear();
+    let hooks = Arc::new(Hooks::default());
+    let base = common::serve("127.0.0.1", hook_app(hooks.clone())).await;
+    config.notify.webhooks = vec![format!("{base}/hook")];
+    let h = Harness::start(
+        tmp,
+        &config,
+        Arc::new(RecordingInbox::default()),
+        Arc::new(MemorySubscriptions::default()),
+    )
+    .await;
+    let id = h
+        .enqueue(
+            json!({"user": "1", "title": "T", "body": "B", "channels": ["webhook"]}),
+            5,
+        )
+        .await;
+    let job = h
+        .until(&id, "the job to be dead", |j| j.state == JobState::Dead)
+        .await;
+    assert!(
+        job.last_error
+            .as_deref()
+            .is_some_and(|e| e.contains("allow_hosts")),
+        "{job:?}"
+    );
+    assert_eq!(hooks.hits.load(Ordering::SeqCst), 0);
+}
