@@ -193,39 +193,6 @@ fn parse_key(text: &str) -> Option<SecretKey> {
     SecretKey::from_slice(&raw).ok()
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use p256::pkcs8::EncodePrivateKey;
-
-    #[test]
-    fn reads_pem_and_raw_keys() {
-        let key = SecretKey::from_slice(&[7u8; 32]).expect("a key");
-        let sec1 = key.to_sec1_pem(Default::default()).expect("sec1");
-        let pkcs8 = key.to_pkcs8_pem(Default::default()).expect("pkcs8");
-        let raw = B64.encode(key.to_bytes());
-        for text in [sec1.as_str(), pkcs8.as_str(), raw.as_str()] {
-            assert_eq!(
-                parse_key(text.trim()).map(|k| k.to_bytes()),
-                Some(key.to_bytes())
-            );
-        }
-        assert!(parse_key("not a key").is_none());
-    }
-
-    #[test]
-    fn refuses_oversized_payloads_and_bad_keys() {
-        let ua = SecretKey::from_slice(&[9u8; 32]).expect("a key");
-        let p256dh = B64.encode(ua.public_key().to_sec1_point(false).as_bytes());
-        let auth = B64.encode([1u8; 16]);
-        let body = encrypt(&p256dh, &auth, b"hi").expect("encrypts");
-        // salt, record size, key id length, key id, then "hi" + delimiter + tag.
-        assert_eq!(body.len(), 16 + 4 + 1 + 65 + 2 + 1 + 16);
-        assert!(encrypt(&p256dh, &auth, &vec![b'x'; MAX_PAYLOAD + 1]).is_err());
-        assert!(encrypt("AAAA", &auth, b"hi").is_err());
-    }
-}
-
 /// Encrypts `plaintext` for a subscription (RFC 8291 section 3.4): one `aes128gcm` record
 /// under a fresh ephemeral key and salt.
 pub fn encrypt(p256dh: &str, auth: &str, plaintext: &[u8]) -> Result<Vec<u8>, String> {
@@ -284,4 +251,37 @@ pub fn encrypt(p256dh: &str, auth: &str, plaintext: &[u8]) -> Result<Vec<u8>, St
     out.extend_from_slice(keyid);
     out.extend_from_slice(&sealed);
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use p256::pkcs8::EncodePrivateKey;
+
+    #[test]
+    fn reads_pem_and_raw_keys() {
+        let key = SecretKey::from_slice(&[7u8; 32]).expect("a key");
+        let sec1 = key.to_sec1_pem(Default::default()).expect("sec1");
+        let pkcs8 = key.to_pkcs8_pem(Default::default()).expect("pkcs8");
+        let raw = B64.encode(key.to_bytes());
+        for text in [sec1.as_str(), pkcs8.as_str(), raw.as_str()] {
+            assert_eq!(
+                parse_key(text.trim()).map(|k| k.to_bytes()),
+                Some(key.to_bytes())
+            );
+        }
+        assert!(parse_key("not a key").is_none());
+    }
+
+    #[test]
+    fn refuses_oversized_payloads_and_bad_keys() {
+        let ua = SecretKey::from_slice(&[9u8; 32]).expect("a key");
+        let p256dh = B64.encode(ua.public_key().to_sec1_point(false).as_bytes());
+        let auth = B64.encode([1u8; 16]);
+        let body = encrypt(&p256dh, &auth, b"hi").expect("encrypts");
+        // salt, record size, key id length, key id, then "hi" + delimiter + tag.
+        assert_eq!(body.len(), 16 + 4 + 1 + 65 + 2 + 1 + 16);
+        assert!(encrypt(&p256dh, &auth, &vec![b'x'; MAX_PAYLOAD + 1]).is_err());
+        assert!(encrypt("AAAA", &auth, b"hi").is_err());
+    }
 }
