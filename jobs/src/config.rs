@@ -1,4 +1,4 @@
-//! The job kinds' settings: the `[files]`, `[smtp]`, `[etl]` and `[http]` sections of
+//! The job kinds' settings: the `[files]`, `[smtp]`, `[etl]`, `[http]` and `[notify]` sections of
 //! `config.toml`, declared once here and embedded as they are by the shell's config. This
 //! module owns the field names, their defaults and the checks that can be made before anything
 //! runs; it does not read files or the environment.
@@ -14,7 +14,7 @@ use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::JobsError;
 
-/// Settings of every job kind: the `[files]`, `[smtp]`, `[etl]` and `[http]` sections of
+/// Settings of every job kind: the `[files]`, `[smtp]`, `[etl]`, `[http]` and `[notify]` sections of
 /// `config.toml`, declared here once, in the shape the file has; the shell embeds each
 /// section as it is.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
@@ -55,6 +55,7 @@ impl JobsConfig {
                 p.push(format!("http.allow_hosts: {entry:?} {why}"));
             }
         }
+        p.extend(self.notify.problems());
         for (name, token) in &self.etl.tokens {
             if let Err(why) = token.prefix() {
                 p.push(format!("etl.tokens.{name}.url_prefix: {why}"));
@@ -112,29 +113,6 @@ impl Default for FilesConfig {
     }
 }
 
-/// `[notify]`: user notifications (`notify.send`, `GET /v1/notifications`).
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(default, deny_unknown_fields)]
-pub struct NotifyConfig {
-    /// How long a user's inbox keeps a notification for replay to a client that connects
-    /// later. Default `"24h"`; at least `"1s"`.
-    #[serde(with = "duration_str")]
-    pub keep: Duration,
-    /// Live notifications one `GET /v1/notifications` connection receives per minute; past
-    /// it they are dropped from that connection (kept in the inbox) and it gets a
-    /// `rate_limited` frame. Default 60; at least 1.
-    pub max_messages_per_minute: u32,
-}
-
-impl Default for NotifyConfig {
-    fn default() -> Self {
-        Self {
-            keep: Duration::from_secs(24 * 3600),
-            max_messages_per_minute: 60,
-        }
-    }
-}
-
 /// `[smtp]`: the mail relay of `email.send`.
 #[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -160,6 +138,112 @@ impl fmt::Debug for SmtpConfig {
         f.debug_struct("SmtpConfig")
             .field("url", &redact_url(&self.url))
             .field("from", &self.from)
+            .finish()
+    }
+}
+
+/// `[notify]`: the channels of `notify.send` and the user side of notifications.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NotifyConfig {
+    /// A directory of email templates (minijinja): `TYPE.txt.j2` and `TYPE.html.j2` per
+    /// notification type, falling back to `default.txt.j2` / `default.html.j2`, then to the
+    /// built-in ones. Default `""`: the built-in templates only.
+    pub templates: PathBuf,
+    /// URLs every notification with the `webhook` channel is POSTed to. Default none.
+    pub webhooks: Vec<String>,
+    /// The HMAC-SHA256 key of the `Hopper-Signature` header; required with `webhooks`.
+    /// Never logged or shown. Default `""`.
+    pub webhook_secret: String,
+    /// Consecutive failures of one endpoint (a webhook URL, a push service origin) that open
+    /// its circuit. Default 5.
+    pub breaker_failures: u32,
+    /// How long an open circuit waits before one probe; doubles after each failed probe, up
+    /// to an hour. Default `"30s"`.
+    #[serde(with = "duration_str")]
+    pub breaker_cooldown: Duration,
+    /// The VAPID private key (P-256) of Web Push: a file holding a PEM (SEC1 or PKCS#8) key
+    /// or the raw 32-byte key in base64url. Default `""`: the `push` channel is skipped.
+    pub vapid_private_key: PathBuf,
+    /// The VAPID `sub` claim: `mailto:ops@example.com` or an `https://` URL. Default `""`
+    /// (required with `vapid_private_key`).
+    pub vapid_subject: String,
+    /// How long a user's inbox keeps a notification for replay on reconnect. Default `"24h"`.
+    #[serde(with = "duration_str")]
+    pub keep: Duration,
+    /// Most notifications one `GET /v1/notifications` connection receives per minute; the
+    /// excess is dropped with a `rate_limited` frame. Default 60.
+    pub max_messages_per_minute: u32,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        Self {
+            templates: PathBuf::new(),
+            webhooks: Vec::new(),
+            webhook_secret: String::new(),
+            breaker_failures: 5,
+            breaker_cooldown: Duration::from_secs(30),
+            vapid_private_key: PathBuf::new(),
+            vapid_subject: String::new(),
+            keep: Duration::from_secs(24 * 3600),
+            max_messages_per_minute: 60,
+        }
+    }
+}
+
+impl NotifyConfig {
+    /// What is wrong with the section, each problem starting with its key.
+    pub fn problems(&self) -> Vec<String> {
+        let mut p = Vec::new();
+        for (i, url) in self.webhooks.iter().enumerate() {
+            let ok = url::Url::parse(url).is_ok_and(|u| {
+                matches!(u.scheme(), "http" | "https")
+                    && u.host().is_some()
+                    && u.username().is_empty()
+                    && u.password().is_none()
+            });
+            if !ok {
+                p.push(format!(
+                    "notify.webhooks: entry {i} is not an http(s) URL with a host and no \
+                     credentials"
+                ));
+            }
+        }
+        if !self.webhooks.is_empty() && self.webhook_secret.is_empty() {
+            p.push("notify.webhook_secret: is required when notify.webhooks is set".to_owned());
+        }
+        if self.breaker_failures == 0 {
+            p.push("notify.breaker_failures: must be greater than zero".to_owned());
+        }
+        if self.breaker_cooldown.is_zero() {
+            p.push("notify.breaker_cooldown: must be greater than zero".to_owned());
+        }
+        let subject_ok =
+            self.vapid_subject.starts_with("mailto:") || self.vapid_subject.starts_with("https://");
+        if !self.vapid_private_key.as_os_str().is_empty() && !subject_ok {
+            p.push(
+                "notify.vapid_subject: must be a mailto: or https:// URL when \
+                 notify.vapid_private_key is set"
+                    .to_owned(),
+            );
+        }
+        p
+    }
+}
+
+impl fmt::Debug for NotifyConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NotifyConfig")
+            .field("templates", &self.templates)
+            .field("webhooks", &self.webhooks)
+            .field("webhook_secret", &"***")
+            .field("breaker_failures", &self.breaker_failures)
+            .field("breaker_cooldown", &self.breaker_cooldown)
+            .field("vapid_private_key", &self.vapid_private_key)
+            .field("vapid_subject", &self.vapid_subject)
+            .field("keep", &self.keep)
+            .field("max_messages_per_minute", &self.max_messages_per_minute)
             .finish()
     }
 }
@@ -412,12 +496,44 @@ mod tests {
         let c: JobsConfig = serde_json::from_value(serde_json::json!({
             "http": {"timeout": "5s"},
             "smtp": {"url": "smtp://localhost:25", "from": "a@b.c"},
-            "etl": {"tokens": {"gh": {"token": "secret", "url_prefix": "https://api.github.com/"}}}
+            "etl": {"tokens": {"gh": {"token": "tok-3f9a", "url_prefix": "https://api.github.com/"}}}
         }))
         .expect("parse");
         assert_eq!(c.http.timeout, Duration::from_secs(5));
-        assert!(!format!("{c:?}").contains("secret"));
+        assert!(!format!("{c:?}").contains("tok-3f9a"));
         assert!(serde_json::from_value::<JobsConfig>(serde_json::json!({"nope": 1})).is_err());
+    }
+
+    #[test]
+    fn notify_problems_name_their_key_and_hide_the_secret() {
+        let mut n = NotifyConfig {
+            webhook_secret: "whsec_hidden".into(),
+            ..NotifyConfig::default()
+        };
+        assert!(n.problems().is_empty());
+        assert!(!format!("{n:?}").contains("whsec_hidden"));
+        n.webhooks = vec!["ftp://x/".into(), "https://u:p@h/".into()];
+        n.webhook_secret.clear();
+        n.breaker_failures = 0;
+        n.vapid_private_key = "vapid.pem".into();
+        n.vapid_subject = "ops@example.com".into();
+        let p = n.problems();
+        let keys: Vec<&str> = p.iter().filter_map(|l| l.split(':').next()).collect();
+        assert_eq!(
+            keys,
+            [
+                "notify.webhooks",
+                "notify.webhooks",
+                "notify.webhook_secret",
+                "notify.breaker_failures",
+                "notify.vapid_subject"
+            ],
+            "{p:?}"
+        );
+        assert!(
+            !p.iter().any(|l| l.contains("u:p")),
+            "no credentials echoed"
+        );
     }
 
     #[test]

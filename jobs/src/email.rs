@@ -175,7 +175,35 @@ impl SendEmail {
         })
     }
 
-    fn from(&self) -> Result<Mailbox, JobError> {
+    /// Hands `message` to the relay, or writes it into the outbox as `<name>.eml` (answering
+    /// its path). Shared with `notify.send`'s email channel.
+    pub(crate) async fn deliver(
+        &self,
+        cx: &JobContext,
+        message: Message,
+        name: &str,
+    ) -> Result<Option<PathBuf>, JobError> {
+        match &self.delivery {
+            Delivery::Smtp {
+                builder, transport, ..
+            } => {
+                let transport = transport.get_or_init(|| (**builder).clone().build());
+                tokio::select! {
+                    () = cx.cancelled() => Err(JobError::retryable("cancelled while sending")),
+                    sent = transport.send(message) => {
+                        sent.map_err(|e| smtp_error(&e))?;
+                        Ok(None)
+                    }
+                }
+            }
+            Delivery::Outbox { dir } => write_outbox(dir, name, &message.formatted())
+                .await
+                .map(Some),
+        }
+    }
+
+    /// The sender of every message: `[smtp] from`, or a local one for the outbox.
+    pub(crate) fn from(&self) -> Result<Mailbox, JobError> {
         match &self.delivery {
             Delivery::Smtp { from, .. } => Ok(from.clone()),
             Delivery::Outbox { .. } => OUTBOX_FROM
@@ -339,25 +367,13 @@ impl Kind for SendEmail {
             .get_raw("Message-ID")
             .unwrap_or_default()
             .to_owned();
-        match &self.delivery {
-            Delivery::Smtp {
-                builder, transport, ..
-            } => {
-                let transport = transport.get_or_init(|| (**builder).clone().build());
-                tokio::select! {
-                    () = cx.cancelled() => return Err(JobError::retryable("cancelled while sending")),
-                    sent = transport.send(message) => { sent.map_err(|e| smtp_error(&e))?; }
-                }
-                Ok(json!({ "message_id": message_id, "recipients": recipients }))
-            }
-            Delivery::Outbox { dir } => {
-                let path = write_outbox(dir, cx.job().id.as_str(), &message.formatted()).await?;
-                Ok(json!({
-                    "message_id": message_id,
-                    "recipients": recipients,
-                    "outbox": path.display().to_string(),
-                }))
-            }
+        match self.deliver(&cx, message, cx.job().id.as_str()).await? {
+            None => Ok(json!({ "message_id": message_id, "recipients": recipients })),
+            Some(path) => Ok(json!({
+                "message_id": message_id,
+                "recipients": recipients,
+                "outbox": path.display().to_string(),
+            })),
         }
     }
 

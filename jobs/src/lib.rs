@@ -5,7 +5,8 @@
 //!
 //! # Layout
 //!
-//! - [`config`]: [`JobsConfig`], the `[smtp]`, `[files]` and `[etl]` settings the shell embeds.
+//! - [`config`]: [`JobsConfig`], the `[smtp]`, `[files]`, `[etl]`, `[http]` and `[notify]`
+//!   settings the shell embeds.
 //! - [`files`]: relative paths under the files directory, and the refusal to leave it.
 //! - `payload` (private): serde helpers several payload types share (one string or a list,
 //!   SQL identifiers); parsing itself is the engine's.
@@ -20,8 +21,12 @@
 //! - [`etl`] (feature `etl`): `etl.sync`, with `etl/source.rs` (fetching pages),
 //!   `etl/mapping.rs` (items to rows) and `etl/target.rs` (the SQL).
 //! - [`cleanup`] (feature `cleanup`): `cleanup.purge`.
-//! - [`notify`] (feature `notify`): `notify/ports.rs`, what `notify.send` needs from the shell
-//!   (a user's inbox, their Web Push subscriptions), implemented by `hopper::notify`.
+//! - [`notify`] (feature `notify`): `notify.send`, with `notify/channels.rs`,
+//!   `notify/record.rs` (the delivery record kept in the job's checkpoint), `notify/email.rs`,
+//!   `notify/webhook.rs`, `notify/push.rs` (Web Push), `notify/breaker.rs` (a circuit
+//!   breaker per endpoint) and `notify/ports.rs` (the inbox and push subscriptions the shell
+//!   provides). Not registered by [`register_all`]: it needs those ports, so the shell calls
+//!   [`notify::register_notify`].
 //!
 //! Every kind receives its clients (SMTP transport, HTTP client, database pools) when it is
 //! registered, sorts its failures into retryable and permanent ones, and checks payloads in
@@ -48,11 +53,8 @@ pub mod email;
 pub mod etl;
 #[cfg(feature = "image")]
 pub mod image;
-/// `notify.send`'s seam with the shell: the ports it delivers through (`notify/ports.rs`).
 #[cfg(feature = "notify")]
-pub mod notify {
-    pub mod ports;
-}
+pub mod notify;
 #[cfg(feature = "pdf")]
 pub mod pdf;
 
@@ -80,6 +82,7 @@ pub enum JobsError {
 
 /// Registers every kind enabled by this crate's features, building the shared clients once:
 /// one HTTP client, one pooled SMTP transport, one lazily connected pool per PostgreSQL URL.
+/// All but `notify.send`, which needs the shell's ports: see [`notify::register_notify`].
 ///
 /// ```no_run
 /// let mut registry = hopper_workers::Registry::new();

@@ -253,6 +253,10 @@ pub struct JobDoc {
     /// Present on a step of a chain.
     #[schema(nullable = false)]
     pub chain: Option<ChainLinkDoc>,
+    /// What an earlier attempt saved to resume from (e.g. the channels of a notification
+    /// already delivered), kept across retries: any JSON. Absent until one is saved.
+    #[schema(nullable = false)]
+    pub checkpoint: Option<Value>,
 }
 
 /// One step of a chain, as a job's `steps` list shows it.

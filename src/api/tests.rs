@@ -97,6 +97,9 @@ impl Broker for Unreachable {
     async fn progress(&self, _: &Lease, _: u8, _: Option<String>) -> BrokerResult<()> {
         self.down()
     }
+    async fn checkpoint(&self, _: &Lease, _: &serde_json::Value) -> BrokerResult<()> {
+        self.down()
+    }
     async fn finish(&self, _: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
         self.down()
     }

@@ -292,7 +292,7 @@ impl Config {
         }
     }
 
-    /// The job kinds' settings (`[files]`, `[smtp]`, `[etl]`, `[http]`).
+    /// The job kinds' settings (`[files]`, `[smtp]`, `[etl]`, `[http]`, `[notify]`).
     fn jobs_config(&self) -> hopper_jobs::JobsConfig {
         hopper_jobs::JobsConfig {
             files: self.files.clone(),

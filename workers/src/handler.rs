@@ -11,6 +11,7 @@
 
 use std::fmt;
 use std::sync::Arc;
+use std::sync::Mutex;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
@@ -19,6 +20,7 @@ use serde_json::Value;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use crate::broker::Broker;
 use crate::field::FieldError;
 use crate::job::{Job, Lease};
 
@@ -105,7 +107,8 @@ pub struct ProgressUpdate {
     pub message: Option<String>,
 }
 
-/// What a running handler gets: the job, a cancellation signal and a progress reporter.
+/// What a running handler gets: the job, a cancellation signal, a progress reporter and the
+/// job's checkpoint.
 #[derive(Clone, Debug)]
 pub struct JobContext {
     job: Arc<Job>,
@@ -113,6 +116,11 @@ pub struct JobContext {
     progress: Option<mpsc::UnboundedSender<ProgressUpdate>>,
     /// The pool's count of reports sent and not yet written, if it keeps one.
     unwritten: Option<Arc<AtomicUsize>>,
+    /// The checkpoint as this attempt last saw it: the job's, then each one saved.
+    checkpoint: Arc<Mutex<Option<Value>>>,
+    /// Where saved checkpoints go (the pool's broker); none for a handler run on its own,
+    /// whose checkpoints then live only as long as the context.
+    checkpoints: Option<Arc<dyn Broker>>,
 }
 
 impl JobContext {
@@ -122,12 +130,50 @@ impl JobContext {
         cancel: CancellationToken,
         progress: Option<mpsc::UnboundedSender<ProgressUpdate>>,
     ) -> Self {
+        let checkpoint = Arc::new(Mutex::new(job.checkpoint.clone()));
         Self {
             job,
             cancel,
             progress,
             unwritten: None,
+            checkpoint,
+            checkpoints: None,
         }
+    }
+
+    /// The same context, saving checkpoints to `broker` under the job's lease (the pool's).
+    #[must_use]
+    pub fn saving_checkpoints(mut self, broker: Arc<dyn Broker>) -> Self {
+        self.checkpoints = Some(broker);
+        self
+    }
+
+    /// The job's checkpoint: what this attempt or an earlier one of the same job last saved
+    /// with [`save_checkpoint`](Self::save_checkpoint), if anything.
+    pub fn checkpoint(&self) -> Option<Value> {
+        self.checkpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Saves `value` as the job's checkpoint, replacing the one before, and returns once the
+    /// broker stored it: later attempts of the job (retries, snoozes, a rescue after a crash)
+    /// read it with [`checkpoint`](Self::checkpoint), and `GET /v1/jobs/{id}` shows it. Use
+    /// it to remember work done that must not be done twice (a message sent). A lost lease
+    /// (another attempt owns the job) or an unreachable broker is a retryable error.
+    pub async fn save_checkpoint(&self, value: Value) -> Result<(), JobError> {
+        *self
+            .checkpoint
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(value.clone());
+        if let Some(broker) = &self.checkpoints {
+            broker
+                .checkpoint(&self.job.lease(), &value)
+                .await
+                .map_err(|e| JobError::retryable(format!("saving the checkpoint: {e}")))?;
+        }
+        Ok(())
     }
 
     /// The same context, counting each report it sends in `unwritten` (the pool's count of

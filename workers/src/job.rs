@@ -286,6 +286,7 @@ impl NewJob {
             started_at: None,
             finished_at: None,
             chain: self.chain,
+            checkpoint: None,
         }
     }
 
@@ -387,6 +388,11 @@ pub struct Job {
     /// This job's place in a chain, if it is a step of one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chain: Option<ChainLink>,
+    /// What an earlier attempt saved with
+    /// [`JobContext::save_checkpoint`](crate::JobContext::save_checkpoint) (e.g. which
+    /// channels of a notification were delivered), kept across retries.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Value>,
 }
 
 impl Job {

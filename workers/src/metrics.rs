@@ -12,6 +12,7 @@ use std::future::Future;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
+use serde_json::Value;
 
 use crate::broker::{
     Appended, Broker, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
@@ -173,6 +174,7 @@ metered! {
     fn wait_for_work(&self, queues: &[String], timeout: Duration) -> ();
     fn heartbeat(&self, leases: &[Lease], lease: Duration) -> Vec<LeaseStatus>;
     fn progress(&self, lease: &Lease, percent: u8, message: Option<String>) -> ();
+    fn checkpoint(&self, lease: &Lease, value: &Value) -> ();
     fn finish(&self, batch: Vec<Finish>) -> Vec<BrokerResult<()>>;
     fn cancel(&self, id: &JobId) -> Job;
     fn retry(&self, id: &JobId) -> Job;

@@ -91,6 +91,30 @@ impl HttpClient {
     }
 }
 
+impl HttpClient {
+    /// `POST url` with `headers` and `body`, the URL checked by the guard first; redirects are
+    /// not followed (a POST is not replayed elsewhere): a 3xx answer is returned as it is.
+    /// A refused URL is a permanent failure; other errors are sorted by [`request_error`].
+    pub(crate) async fn post(
+        &self,
+        url: &Url,
+        headers: HeaderMap,
+        body: Vec<u8>,
+    ) -> Result<Response, JobError> {
+        let what = format!("POST {url}");
+        self.guard
+            .check_url(url)
+            .map_err(|e| JobError::permanent(format!("{what}: {e}")))?;
+        self.client
+            .post(url.clone())
+            .headers(headers)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| request_error(&what, &e))
+    }
+}
+
 /// A payload's URL, parsed (and so normalized) as requests and token prefixes see it; `None`
 /// when it is not an absolute http(s) URL with a host and no credentials.
 pub(crate) fn parse_url(s: &str) -> Option<Url> {

@@ -10,14 +10,14 @@ use tokio::sync::mpsc;
 use crate::common::{self, is_permanent, is_retryable, ok, run};
 
 /// One message as the server received it.
-struct Received {
-    recipients: Vec<String>,
-    data: Vec<u8>,
+pub(crate) struct Received {
+    pub(crate) recipients: Vec<String>,
+    pub(crate) data: Vec<u8>,
 }
 
 /// Speaks enough SMTP for lettre: greeting, EHLO/HELO, MAIL, RCPT (550 for any address
 /// containing "refused"), DATA (with dot-unstuffing), RSET, NOOP, QUIT.
-async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<Received>) {
+pub(crate) async fn smtp_server() -> (u16, mpsc::UnboundedReceiver<Received>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let port = listener.local_addr().expect("addr").port();
     let (tx, rx) = mpsc::unbounded_channel();

@@ -14,5 +14,7 @@ mod email;
 mod etl;
 #[cfg(feature = "image")]
 mod image;
+#[cfg(feature = "notify")]
+mod notify;
 #[cfg(feature = "pdf")]
 mod pdf;

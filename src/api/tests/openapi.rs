@@ -194,6 +194,7 @@ fn schema_mirrors_match_the_wire_types() {
         index: 0,
         next: Some(JobId::from("k")),
     });
+    job.checkpoint = Some(json!({"email": "delivered"}));
     let chain = serde_json::to_value(&job.chain).unwrap();
     assert_eq!(
         properties(&doc, "Job"),

@@ -14,7 +14,7 @@ macro_rules! delegate_broker {
         $broker:ty, $name:literal,
         store: $store:ident, fetch: $fetch:ident, fetch_rated: $fetch_rated:ident,
         rate_held_until: $rate_held:ident, wait_for_work: $wait:ident,
-        heartbeat: $heartbeat:ident, progress: $progress:ident, finish: $finish:ident,
+        heartbeat: $heartbeat:ident, progress: $progress:ident, checkpoint: $checkpoint:ident, finish: $finish:ident,
         cancel: $cancel:ident, retry: $retry:ident, retry_all_dead: $retry_all_dead:ident,
         rescue: $rescue:ident, get: $get:ident, history: $history:ident, list: $list:ident,
         queues: $queues:ident, events: $events:ident, wait_for_events: $wait_events:ident,
@@ -91,6 +91,10 @@ macro_rules! delegate_broker {
                     message: Option<String>,
                 ) -> BrokerResult<()> {
                     $progress::progress(self, lease, percent, message).await
+                }
+
+                async fn checkpoint(&self, lease: &Lease, value: &Value) -> BrokerResult<()> {
+                    $checkpoint::checkpoint(self, lease, value).await
                 }
 
                 async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
@@ -252,6 +256,8 @@ pub(crate) use delegate_broker;
 /// The names the trait's signatures use, imported by [`delegate_broker`]'s expansion.
 pub(crate) mod prelude {
     pub(crate) use std::time::Duration;
+
+    pub(crate) use serde_json::Value;
 
     pub(crate) use crate::broker::{
         Appended, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,

@@ -331,6 +331,11 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         message: Option<String>,
     ) -> BrokerResult<()>;
 
+    /// Saves a running job's checkpoint (see [`Job::checkpoint`]), replacing the one before:
+    /// kept across the job's retries, shown with the job. No event. `LeaseLost` when the
+    /// lease's token is stale or the job no longer runs.
+    async fn checkpoint(&self, lease: &Lease, value: &Value) -> BrokerResult<()>;
+
     /// Ends attempts, in one transaction or round-trip. Each entry's answer is `Ok`, or
     /// `LeaseLost` when its token is stale (the attempt's result is then discarded).
     async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>>;

@@ -128,7 +128,8 @@ pub(super) async fn execute(
         .or_else(|| handler.timeout())
         .unwrap_or(shared.config.job_timeout);
     let cx = JobContext::new(job, token.clone(), Some(shared.progress_tx.clone()))
-        .counting_reports(shared.unwritten.clone());
+        .counting_reports(shared.unwritten.clone())
+        .saving_checkpoints(shared.broker.clone());
     let run = AssertUnwindSafe(handler.run(cx)).catch_unwind();
     tokio::select! {
         // A handler that honours the token returns promptly by itself; one that does not is

@@ -167,6 +167,8 @@ pub struct Pool {
 /// What a job task needs, shared by all of them.
 #[derive(Debug)]
 struct Shared {
+    /// Where handlers' checkpoints are saved.
+    broker: Arc<dyn Broker>,
     registry: Arc<Registry>,
     config: PoolConfig,
     clock: Arc<dyn Clock>,
@@ -261,6 +263,7 @@ impl Pool {
         ));
 
         let shared = Arc::new(Shared {
+            broker: broker.clone(),
             registry,
             config: config.clone(),
             clock,

@@ -27,7 +27,7 @@
 //! inboxes and Web Push subscriptions), `nodes` (the registry of worker
 //! nodes, ready jobs ahead of a priority), `publish` (a publish's
 //! fan-out and its replay, named cursors in the event log), `progress` (coalescing, through a
-//! pool), `inspect` (list, queues, events), `agreement` (inputs on which the
+//! pool), `checkpoints` (saved under the lease, kept across retries), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
 //! wrapper that cuts a pool off from its broker). A case that only one broker can pass does
@@ -38,6 +38,7 @@
 mod admin;
 mod agreement;
 mod chains;
+mod checkpoints;
 mod enqueue;
 mod fetch;
 mod inbox;
@@ -58,6 +59,7 @@ mod support;
 pub use admin::*;
 pub use agreement::*;
 pub use chains::*;
+pub use checkpoints::*;
 pub use enqueue::*;
 pub use fetch::*;
 pub use inbox::*;
@@ -238,6 +240,9 @@ macro_rules! conformance_suite {
             inbox_drops_entries_older_than_keep,
             inbox_wait_returns_on_an_append,
             push_subscriptions_upsert_list_and_remove,
+            // checkpoints.rs
+            checkpoint_saved_fenced_and_kept_across_retries,
+            pool_hands_a_saved_checkpoint_to_the_retry,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

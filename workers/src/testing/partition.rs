@@ -134,6 +134,10 @@ impl Broker for Partitioned {
         self.reach().await?.progress(lease, percent, note).await
     }
 
+    async fn checkpoint(&self, lease: &Lease, value: &serde_json::Value) -> BrokerResult<()> {
+        self.reach().await?.checkpoint(lease, value).await
+    }
+
     async fn finish(&self, batch: Vec<Finish>) -> BrokerResult<Vec<BrokerResult<()>>> {
         self.reach().await?.finish(batch).await
     }

@@ -213,6 +213,9 @@ fn decode(fields: &HashMap<&str, &str>, id: &str, queue: &str) -> BrokerResult<J
             }),
             None => None,
         },
+        checkpoint: nonempty(get("checkpoint"))
+            .map(|s| json("checkpoint", s))
+            .transpose()?,
     })
 }
 

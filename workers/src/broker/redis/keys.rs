@@ -37,7 +37,7 @@
 //! `kind`, `unique_key` and the chain links (first event id, priority, max retries, timeout,
 //! creation time and payload) are packed into one field `d` that only the client decodes (the
 //! scripts read the priority from it and never rewrite it: a chain step's `input` is a field
-//! of its own). A
+//! of its own, and so is a job's `checkpoint`, JSON text written by checkpoint.lua). A
 //! fresh job's hash is five fields, and fetch.lua reads it with one `HGETALL` and hands it over
 //! as read: a queued no-op job costs
 //! about 810 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its

@@ -1,6 +1,6 @@
 //! A job's path through the broker: enqueue, fetch, the wait for work, heartbeats, progress,
-//! finish, and the moves an operator or the pool's rescue makes on it (cancel, retry, retry of
-//! all dead jobs, rescue of expired leases).
+//! checkpoints, finish, and the moves an operator or the pool's rescue makes on it (cancel,
+//! retry, retry of all dead jobs, rescue of expired leases).
 //!
 //! Each step is one script call per queue (batched, and pipelined across queues), so a change
 //! and its event are atomic; this file packs the arguments and unpacks the replies. What a step
@@ -311,6 +311,21 @@ pub(super) async fn progress(
         .arg(percent.min(100))
         .arg(if message.is_some() { "1" } else { "0" })
         .arg(message.as_deref().unwrap_or(""));
+    match broker.query::<i64>(&cmd).await? {
+        1 => Ok(()),
+        _ => Err(BrokerError::LeaseLost(lease.job_id.clone())),
+    }
+}
+
+pub(super) async fn checkpoint(
+    broker: &RedisBroker,
+    lease: &Lease,
+    value: &serde_json::Value,
+) -> BrokerResult<()> {
+    let mut cmd = broker.eval(&SCRIPTS.checkpoint, &lease.queue);
+    cmd.arg(lease.job_id.as_str())
+        .arg(lease.token)
+        .arg(value.to_string());
     match broker.query::<i64>(&cmd).await? {
         1 => Ok(()),
         _ => Err(BrokerError::LeaseLost(lease.job_id.clone())),

@@ -17,8 +17,8 @@
 //! - `keys.rs`: the key layout (one hash tag per queue) and the three global indexes.
 //! - `scripts.rs`: loading the Lua scripts and calling them.
 //! - `decode.rs`: replies -> jobs and script answers.
-//! - `lifecycle.rs`: a job's path: enqueue, fetch, wait, heartbeat, progress, finish, cancel,
-//!   retry, rescue.
+//! - `lifecycle.rs`: a job's path: enqueue, fetch, wait, heartbeat, progress, checkpoint,
+//!   finish, cancel, retry, rescue.
 //! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
 //! - `events.rs`: the event streams, event ids, a job's history and the merged log.
 //! - `cursors.rs`: named places in the event log its readers keep (`<prefix>:cursor:<name>`).
@@ -188,7 +188,7 @@ impl RedisBroker {
 crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     store: lifecycle, fetch: lifecycle, fetch_rated: rating, rate_held_until: rating,
     wait_for_work: lifecycle, heartbeat: lifecycle,
-    progress: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
+    progress: lifecycle, checkpoint: lifecycle, finish: lifecycle, cancel: lifecycle, retry: lifecycle,
     retry_all_dead: lifecycle, rescue: lifecycle, get: read, history: events, list: read,
     queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,
     ping: read, pause: pausing, resume: pausing, cursor: cursors,

@@ -67,6 +67,7 @@ scripts! {
     finish: "finish.lua",
     heartbeat: "heartbeat.lua",
     progress: "progress.lua",
+    checkpoint: "checkpoint.lua",
     cancel: "cancel.lua",
     retry: "retry.lua",
     retry_all_dead: "retry_all_dead.lua",

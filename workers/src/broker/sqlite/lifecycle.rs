@@ -1,4 +1,5 @@
-//! The worker's path through the broker: enqueue, fetch, heartbeat, progress, finish, rescue.
+//! The worker's path through the broker: enqueue, fetch, heartbeat, progress, checkpoint, finish,
+//! rescue.
 //!
 //! It owns the writes the pool makes many times a second, each one closure run by the writer
 //! thread inside its batch's transaction, with the event it appends. It does not own the
@@ -269,6 +270,28 @@ pub(super) async fn progress(
                 ..EventData::default()
             };
             append_event(conn, &owner, EventType::Progress, now, &data)?;
+            Ok(())
+        })
+        .await
+}
+
+pub(super) async fn checkpoint(
+    broker: &SqliteBroker,
+    lease: &Lease,
+    value: &serde_json::Value,
+) -> BrokerResult<()> {
+    let lease = lease.clone();
+    let text = value.to_string();
+    broker
+        .write(move |conn, _now| {
+            let saved = conn.prepare_cached(sql::CHECKPOINT)?.execute(params![
+                lease.job_id.as_str(),
+                token_to_i64(lease.token),
+                text
+            ])?;
+            if saved == 0 {
+                return Err(BrokerError::LeaseLost(lease.job_id).into());
+            }
             Ok(())
         })
         .await

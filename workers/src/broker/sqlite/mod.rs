@@ -54,7 +54,8 @@
 //! connection ([`SqliteBroker::write`], [`SqliteBroker::read`]); the [`Broker`] impl below only
 //! says which file does the work:
 //!
-//! - `lifecycle`: the pool's writes (enqueue, fetch, heartbeat, progress, finish, rescue).
+//! - `lifecycle`: the pool's writes (enqueue, fetch, heartbeat, progress, checkpoint, finish,
+//!   rescue).
 //! - `admin`: the operator's writes (cancel, retry, retry all dead, purge, drop a queue).
 //! - `read`: everything that only reads (get, history, list, queues, events, ping).
 //! - `chain`: what a step's end or retry does to the other steps of its chain.
@@ -275,7 +276,7 @@ impl SqliteBroker {
 crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     store: lifecycle, fetch: lifecycle, fetch_rated: rating, rate_held_until: rating,
     wait_for_work: lifecycle, heartbeat: lifecycle,
-    progress: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
+    progress: lifecycle, checkpoint: lifecycle, finish: lifecycle, cancel: admin, retry: admin, retry_all_dead: admin,
     rescue: lifecycle, get: read, history: read, list: read, queues: read, events: read,
     wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,
     resume: pausing, cursor: cursors,

@@ -61,6 +61,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 8,
         sql: include_str!("../../../migrations/sqlite/0008_inbox.sql"),
     },
+    Migration {
+        version: 9,
+        sql: include_str!("../../../migrations/sqlite/0009_checkpoint.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a

@@ -92,6 +92,7 @@ pub(super) fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
         started_at: r.get(21)?,
         finished_at: r.get(22)?,
         chain: chain_from_columns(r, 23)?,
+        checkpoint: json_column(r, 26)?,
     })
 }
 

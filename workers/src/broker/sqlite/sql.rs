@@ -13,7 +13,7 @@ macro_rules! job_columns {
         "seq, id, queue, kind, payload, priority, state, run_at, attempt, max_retries, \
          timeout_ms, interruptions, interruption_streak, lease_token, lease_until, progress, \
          progress_message, result, last_error, unique_key, created_at, started_at, finished_at, \
-         chain_id, chain_index, chain_next"
+         chain_id, chain_index, chain_next, checkpoint"
     };
 }
 
@@ -104,6 +104,9 @@ pub const LEASE_STATE: &str = "SELECT state FROM jobs WHERE id = ?1 AND lease_to
 pub const PROGRESS: &str = "UPDATE jobs SET progress = ?3, progress_message = ?4 \
     WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
     RETURNING id, queue, kind, attempt";
+
+pub const CHECKPOINT: &str = "UPDATE jobs SET checkpoint = ?3 \
+    WHERE id = ?1 AND lease_token = ?2 AND state = 'running'";
 
 pub const STATE_OF: &str = "SELECT state FROM jobs WHERE id = ?1";
 pub const CANCEL: &str = concat!(

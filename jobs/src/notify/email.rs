@@ -1,0 +1,103 @@
+//! The `email` channel: the notification rendered with its type's templates and sent through
+//! `email.send`'s transport (the `[smtp]` relay, or the outbox), as `multipart/alternative`
+//! with a text and an HTML part.
+//!
+//! Templates (minijinja) come from `[notify] templates`: `TYPE.txt.j2` and `TYPE.html.j2`,
+//! else `default.txt.j2` and `default.html.j2`, else the built-in ones below; each part is
+//! looked up on its own. Variables: `title`, `body`, `data` (the payload's JSON) and `user`.
+//! The HTML part is auto-escaped. The subject is the title. The `Message-ID` is derived from
+//! the job id (`<JOB.email@DOMAIN>`), the same on every retry.
+
+use std::path::PathBuf;
+
+use hopper_workers::{JobContext, JobError};
+use lettre::Message;
+use lettre::message::{Mailbox, MultiPart};
+use minijinja::Environment;
+use serde_json::json;
+
+use super::ports::Notification;
+use crate::email::SendEmail;
+
+/// The text part when no template file applies.
+const BUILTIN_TEXT: &str = "{{ title }}\n\n{{ body }}\n";
+/// The HTML part when no template file applies.
+const BUILTIN_HTML: &str = "<!doctype html>\n<html><body>\n<h1>{{ title }}</h1>\n\
+    <p>{{ body }}</p>\n</body></html>\n";
+
+/// Renders and sends notification emails.
+pub(super) struct Mailer {
+    pub(super) transport: SendEmail,
+    /// `[notify] templates`; empty for the built-in templates only.
+    pub(super) templates: PathBuf,
+}
+
+impl Mailer {
+    /// The source of `kind`'s template with extension `ext` (`txt` or `html`).
+    async fn source(&self, kind: &str, ext: &str) -> Result<String, JobError> {
+        if !self.templates.as_os_str().is_empty() {
+            for name in [kind, "default"] {
+                let path = self.templates.join(format!("{name}.{ext}.j2"));
+                match tokio::fs::read_to_string(&path).await {
+                    Ok(text) => return Ok(text),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(JobError::retryable(format!(
+                            "template {}: {e}",
+                            path.display()
+                        )));
+                    }
+                }
+            }
+        }
+        Ok(if ext == "html" {
+            BUILTIN_HTML
+        } else {
+            BUILTIN_TEXT
+        }
+        .to_owned())
+    }
+
+    /// The text and HTML parts of `n`.
+    pub(super) async fn render(&self, n: &Notification) -> Result<(String, String), JobError> {
+        let text_src = self.source(&n.kind, "txt").await?;
+        let html_src = self.source(&n.kind, "html").await?;
+        let mut env = Environment::new();
+        // Names ending in .html are auto-escaped, .txt ones are not.
+        env.add_template_owned("notification.txt", text_src)
+            .and_then(|()| env.add_template_owned("notification.html", html_src))
+            .map_err(|e| JobError::permanent(format!("template of type {:?}: {e}", n.kind)))?;
+        let vars = json!({"title": n.title, "body": n.body, "data": n.data, "user": n.user});
+        let render = |name: &str| {
+            env.get_template(name)
+                .and_then(|t| t.render(&vars))
+                .map_err(|e| JobError::permanent(format!("rendering {name}: {e}")))
+        };
+        Ok((render("notification.txt")?, render("notification.html")?))
+    }
+
+    /// Renders `n` and sends it to `to`.
+    pub(super) async fn send(
+        &self,
+        cx: &JobContext,
+        n: &Notification,
+        to: &str,
+    ) -> Result<(), JobError> {
+        let (text, html) = self.render(n).await?;
+        let from = self.transport.from()?;
+        let to: Mailbox = to
+            .parse()
+            .map_err(|e| JobError::permanent(format!("address {to:?}: {e}")))?;
+        let name = format!("{}.email", cx.job().id);
+        let message = Message::builder()
+            .from(from.clone())
+            .to(to)
+            .subject(n.title.clone())
+            .message_id(Some(format!("<{name}@{}>", from.email.domain())))
+            .date_now()
+            .multipart(MultiPart::alternative_plain_html(text, html))
+            .map_err(|e| JobError::permanent(format!("cannot build the message: {e}")))?;
+        self.transport.deliver(cx, message, &name).await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,444 @@
+//! `notify.send`: one notification delivered to a user over several channels, each one
+//! delivered and recorded on its own.
+//!
+//! Payload:
+//!
+//! ```json
+//! {"user": "42", "type": "welcome", "title": "Hello", "body": "Welcome aboard",
+//!  "data": {"any": "json"}, "channels": ["websocket", "email", "push", "webhook"],
+//!  "email": "ada@example.com"}
+//! ```
+//!
+//! `type` (default `"default"`) selects the email templates; `email` is the address of the
+//! `email` channel (without it that channel is skipped).
+//!
+//! **Delivery record.** Every delivery (a channel; for `webhook` each URL, for `push` each
+//! subscription) is recorded as `delivered`, `failed` (with the error) or `skipped` (with
+//! why) in the job's checkpoint, saved after each one. A retry reads it back and sends only
+//! what is not done yet, so a failing webhook is retried without sending the email twice.
+//! Each channel's idempotency key is `<job id>.<channel>` (`Hopper-Id` of webhooks, the
+//! email's `Message-ID`); the inbox notification's id is the job id.
+//!
+//! **Outcome.** Every channel delivered or skipped: succeeded, the record as the result
+//! (`{"channels": {"email": {"state": "delivered"}, ...}}`). A retryable failure (5xx,
+//! timeout, unreachable): the job retries with its backoff. Only endpoints whose circuit is
+//! open left to do: the job snoozes until the earliest probe, its attempts not spent. Only
+//! permanent failures left (a 4xx webhook answer): dead, the record in its checkpoint.
+//! Retrying a dead notification (`hopper retry`) starts at attempt 1, which tries every
+//! failed delivery again and still sends nothing that was delivered.
+//!
+//! Files: `channels.rs` (the channel names), `record.rs` (the delivery record), `email.rs`,
+//! `webhook.rs`, `push.rs` (one channel each), `breaker.rs` (the circuit breaker per
+//! endpoint), `ports.rs` (what the kind needs from the shell: the inbox and the push
+//! subscriptions, implemented over the broker by `hopper::notify`).
+
+pub mod breaker;
+pub mod channels;
+mod email;
+pub mod ports;
+pub mod push;
+pub mod record;
+pub mod webhook;
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hopper_workers::{FieldError, JobContext, JobError, JobResult, Kind, Registry};
+use lettre::message::Mailbox;
+use serde::Deserialize;
+use serde::de::IgnoredAny;
+use serde_json::{Value, json};
+
+use self::breaker::Breakers;
+use self::channels::Channel;
+use self::email::Mailer;
+use self::ports::{Inbox, Notification, PushSubscriptions};
+use self::push::Pusher;
+use self::record::{Outcome, Record};
+use self::webhook::Webhooks;
+use crate::email::SendEmail;
+use crate::http::HttpClient;
+use crate::{JobsConfig, JobsError};
+
+/// Deliveries by `channel` and `outcome` (`delivered`, `failed`, `skipped`, `waiting` for an
+/// open circuit).
+pub const NOTIFICATIONS: &str = "hopper_notifications_total";
+/// Seconds per delivery attempt, by `channel`.
+pub const DELIVERY_SECONDS: &str = "hopper_notify_delivery_seconds";
+/// 1 while the circuit of `endpoint` (a webhook URL, a push service origin) is open.
+pub const CIRCUIT_OPEN: &str = "hopper_notify_circuit_open";
+
+/// The payload of `notify.send` (see the module docs).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NotifyArgs {
+    user: String,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+    title: String,
+    body: String,
+    #[serde(default)]
+    data: Value,
+    channels: Vec<Channel>,
+    #[serde(default)]
+    email: Option<String>,
+    /// A chain predecessor's result: accepted, not read.
+    #[serde(default, rename = "input")]
+    _input: Option<IgnoredAny>,
+}
+
+/// `notify.send`.
+pub struct SendNotification {
+    inbox: Arc<dyn Inbox>,
+    subscriptions: Arc<dyn PushSubscriptions>,
+    mailer: Mailer,
+    webhooks: Webhooks,
+    urls: Vec<String>,
+    pusher: Option<Pusher>,
+    breakers: Arc<Breakers>,
+}
+
+impl std::fmt::Debug for SendNotification {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SendNotification")
+            .field("webhooks", &self.urls)
+            .field("push", &self.pusher.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Registers `notify.send`, delivering to `inbox` and to the subscriptions of
+/// `subscriptions` (the shell's broker-backed ports), with the `[notify]`, `[smtp]` and
+/// `[http]` settings of `config`.
+pub fn register_notify(
+    registry: &mut Registry,
+    config: &JobsConfig,
+    inbox: Arc<dyn Inbox>,
+    subscriptions: Arc<dyn PushSubscriptions>,
+) -> Result<(), JobsError> {
+    registry.add(SendNotification::new(config, inbox, subscriptions)?)?;
+    Ok(())
+}
+
+impl SendNotification {
+    /// The kind for `config`, delivering through the two ports.
+    pub fn new(
+        config: &JobsConfig,
+        inbox: Arc<dyn Inbox>,
+        subscriptions: Arc<dyn PushSubscriptions>,
+    ) -> Result<Self, JobsError> {
+        config.validate()?;
+        let n = &config.notify;
+        let client = HttpClient::new(config)?;
+        let pusher = if n.vapid_private_key.as_os_str().is_empty() {
+            None
+        } else {
+            Some(Pusher::load(
+                client.clone(),
+                &n.vapid_private_key,
+                &n.vapid_subject,
+            )?)
+        };
+        Ok(Self {
+            inbox,
+            subscriptions,
+            mailer: Mailer {
+                transport: SendEmail::new(config)?,
+                templates: n.templates.clone(),
+            },
+            webhooks: Webhooks {
+                client,
+                secret: n.webhook_secret.clone(),
+            },
+            urls: n.webhooks.clone(),
+            pusher,
+            breakers: Arc::new(Breakers::new(n.breaker_failures, n.breaker_cooldown)),
+        })
+    }
+
+    /// The circuits of this kind's endpoints.
+    pub fn breakers(&self) -> Arc<Breakers> {
+        Arc::clone(&self.breakers)
+    }
+}
+
+/// What one attempt found besides its record: whether a delivery failed in a way a retry may
+/// fix, and the earliest probe of an open circuit it had to wait for.
+#[derive(Default)]
+struct Attempt {
+    retry: bool,
+    wait: Option<Duration>,
+}
+
+impl Attempt {
+    fn wait(&mut self, d: Duration) {
+        self.wait = Some(self.wait.map_or(d, |w| w.min(d)));
+    }
+}
+
+/// Counts one delivery's outcome.
+fn count(channel: Channel, outcome: &Outcome, started: Instant) {
+    let label = match outcome {
+        Outcome::Delivered => "delivered",
+        Outcome::Failed { .. } => "failed",
+        Outcome::Skipped { .. } => "skipped",
+    };
+    metrics::counter!(NOTIFICATIONS, "channel" => channel.name(), "outcome" => label).increment(1);
+    metrics::histogram!(DELIVERY_SECONDS, "channel" => channel.name())
+        .record(started.elapsed().as_secs_f64());
+}
+
+/// A retryable or permanent job error as a delivery outcome.
+fn outcome_of(r: Result<(), JobError>, attempt: &mut Attempt) -> Outcome {
+    match r {
+        Ok(()) => Outcome::Delivered,
+        Err(JobError::Permanent { message }) => Outcome::permanent(message),
+        Err(e) => {
+            attempt.retry = true;
+            Outcome::retryable(webhook::describe(&e))
+        }
+    }
+}
+
+impl SendNotification {
+    async fn save(cx: &JobContext, record: &Record) -> Result<(), JobError> {
+        cx.save_checkpoint(record.to_value()).await
+    }
+
+    /// The `webhook` channel: each URL on its own, behind its circuit.
+    async fn webhooks(
+        &self,
+        cx: &JobContext,
+        n: &Notification,
+        record: &mut Record,
+        attempt: &mut Attempt,
+    ) -> Result<(), JobError> {
+        let ch = Channel::Webhook;
+        if self.urls.is_empty() {
+            record.set_channel(ch.name(), Outcome::skipped("no webhooks configured"));
+            return Ok(());
+        }
+        let id = ch.idempotency_key(cx.job().id.as_str());
+        let body = json!({
+            "id": id, "type": n.kind, "user": n.user, "title": n.title, "body": n.body,
+            "data": n.data,
+        })
+        .to_string();
+        for url in &self.urls {
+            if record.endpoint_done(ch.name(), url) {
+                continue;
+            }
+            if let Err(wait) = self.breakers.admit(url) {
+                attempt.wait(wait);
+                metrics::counter!(NOTIFICATIONS, "channel" => ch.name(), "outcome" => "waiting")
+                    .increment(1);
+                record.set_endpoint(
+                    ch.name(),
+                    url,
+                    Outcome::retryable("circuit open: waiting for the next probe"),
+                );
+                continue;
+            }
+            let started = Instant::now();
+            let sent = self.webhooks.send(url, &id, body.as_bytes()).await;
+            if sent.endpoint_failed {
+                attempt.retry = true;
+                self.breakers.failure(url);
+            } else {
+                self.breakers.success(url);
+            }
+            count(ch, &sent.outcome, started);
+            record.set_endpoint(ch.name(), url, sent.outcome);
+            Self::save(cx, record).await?;
+        }
+        record.settle_endpoints(ch.name());
+        Ok(())
+    }
+
+    /// The `push` channel: each subscription on its own, behind its push service's circuit.
+    async fn push(
+        &self,
+        cx: &JobContext,
+        n: &Notification,
+        record: &mut Record,
+        attempt: &mut Attempt,
+    ) -> Result<(), JobError> {
+        let ch = Channel::Push;
+        let Some(pusher) = &self.pusher else {
+            record.set_channel(
+                ch.name(),
+                Outcome::skipped("Web Push is not configured ([notify] vapid_private_key)"),
+            );
+            return Ok(());
+        };
+        let subs = match self.subscriptions.list(&n.user).await {
+            Ok(s) => s,
+            Err(e) => {
+                attempt.retry = true;
+                record.set_channel(
+                    ch.name(),
+                    Outcome::retryable(format!("listing subscriptions: {e}")),
+                );
+                return Ok(());
+            }
+        };
+        if subs.is_empty()
+            && record
+                .channels
+                .get(ch.name())
+                .is_none_or(|c| c.endpoints.is_empty())
+        {
+            record.set_channel(ch.name(), Outcome::skipped("no push subscriptions"));
+            return Ok(());
+        }
+        let payload = serde_json::to_vec(n).unwrap_or_default();
+        for sub in &subs {
+            if record.endpoint_done(ch.name(), &sub.endpoint) {
+                continue;
+            }
+            let origin = reqwest::Url::parse(&sub.endpoint)
+                .map(|u| push::origin(&u))
+                .unwrap_or_else(|_| sub.endpoint.clone());
+            if let Err(wait) = self.breakers.admit(&origin) {
+                attempt.wait(wait);
+                metrics::counter!(NOTIFICATIONS, "channel" => ch.name(), "outcome" => "waiting")
+                    .increment(1);
+                record.set_endpoint(
+                    ch.name(),
+                    &sub.endpoint,
+                    Outcome::retryable("circuit open: waiting for the next probe"),
+                );
+                continue;
+            }
+            let started = Instant::now();
+            let pushed = pusher.send(sub, &payload).await;
+            if pushed.sent.endpoint_failed {
+                attempt.retry = true;
+                self.breakers.failure(&origin);
+            } else {
+                self.breakers.success(&origin);
+            }
+            if pushed.gone
+                && let Err(e) = self.subscriptions.remove(&n.user, &sub.endpoint).await
+            {
+                tracing::warn!(user = %n.user, error = %e, "could not remove a gone push subscription");
+            }
+            count(ch, &pushed.sent.outcome, started);
+            record.set_endpoint(ch.name(), &sub.endpoint, pushed.sent.outcome);
+            Self::save(cx, record).await?;
+        }
+        record.settle_endpoints(ch.name());
+        Ok(())
+    }
+}
+
+impl Kind for SendNotification {
+    const NAME: &'static str = "notify.send";
+    type Args = NotifyArgs;
+
+    async fn run(&self, cx: JobContext, args: NotifyArgs) -> JobResult {
+        let n = Notification {
+            id: cx.job().id.to_string(),
+            user: args.user,
+            kind: args.kind.unwrap_or_else(|| "default".to_owned()),
+            title: args.title,
+            body: args.body,
+            data: args.data,
+        };
+        let mut record = Record::from_checkpoint(cx.checkpoint());
+        if cx.attempt() == 1 {
+            // A fresh start (`hopper retry` of a dead job): failed deliveries are tried again.
+            record.forget_failures();
+        }
+        let mut attempt = Attempt::default();
+        for &ch in &args.channels {
+            if record.channel_done(ch.name()) {
+                continue;
+            }
+            let started = Instant::now();
+            match ch {
+                Channel::Websocket => {
+                    let r = self.inbox.deliver(&n).await.map_err(JobError::retryable);
+                    let outcome = outcome_of(r, &mut attempt);
+                    count(ch, &outcome, started);
+                    record.set_channel(ch.name(), outcome);
+                }
+                Channel::Email => {
+                    let outcome = match &args.email {
+                        None => Outcome::skipped("no email address (payload.email)"),
+                        Some(to) => outcome_of(self.mailer.send(&cx, &n, to).await, &mut attempt),
+                    };
+                    count(ch, &outcome, started);
+                    record.set_channel(ch.name(), outcome);
+                }
+                Channel::Webhook => self.webhooks(&cx, &n, &mut record, &mut attempt).await?,
+                Channel::Push => self.push(&cx, &n, &mut record, &mut attempt).await?,
+            }
+            Self::save(&cx, &record).await?;
+        }
+        let (retryable, permanent) = record.failures();
+        if attempt.retry {
+            return Err(JobError::retryable(retryable.join("; ")));
+        }
+        if let Some(wait) = attempt.wait {
+            return Err(JobError::snooze(wait));
+        }
+        if !permanent.is_empty() {
+            return Err(JobError::permanent(permanent.join("; ")));
+        }
+        Ok(record.to_value())
+    }
+
+    /// The rules serde cannot express: a user, a one-line title, known channels each listed
+    /// once, a type usable as a template name, an address that parses.
+    fn check(&self, args: &NotifyArgs) -> Result<(), FieldError> {
+        if args.user.trim().is_empty() || args.user.len() > 256 {
+            return Err(FieldError::new(
+                "payload.user",
+                "must be 1 to 256 characters",
+            ));
+        }
+        if args.title.is_empty() || args.title.contains(['\r', '\n']) {
+            return Err(FieldError::new(
+                "payload.title",
+                "must be a non-empty single line",
+            ));
+        }
+        if let Some(kind) = &args.kind {
+            let ok = !kind.is_empty()
+                && kind.len() <= 64
+                && !kind.starts_with('.')
+                && !kind.contains("..")
+                && kind
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+            if !ok {
+                return Err(FieldError::new(
+                    "payload.type",
+                    "must be 1 to 64 letters, digits, '_', '-' or '.' (it names a template)",
+                ));
+            }
+        }
+        if args.channels.is_empty() {
+            return Err(FieldError::new(
+                "payload.channels",
+                "needs at least one of websocket, email, push, webhook",
+            ));
+        }
+        let mut seen = HashSet::new();
+        for (i, ch) in args.channels.iter().enumerate() {
+            if !seen.insert(*ch) {
+                return Err(FieldError::new(
+                    format!("payload.channels[{i}]"),
+                    format!("{} is listed twice", ch.name()),
+                ));
+            }
+        }
+        if let Some(to) = &args.email {
+            to.parse::<Mailbox>()
+                .map_err(|e| FieldError::new("payload.email", format!("{to:?}: {e}")))?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,222 @@
+//! The delivery record of one `notify.send` job: per delivery (a channel, or one endpoint of
+//! a channel that has several: each webhook URL, each push subscription), whether it was
+//! delivered, failed or skipped. It is the job's checkpoint, saved after every delivery, so a
+//! retry sends only what has not been delivered yet, and it becomes the job's result.
+//!
+//! This module owns the record's shape and its reading back; the channels decide what goes in.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+/// How one delivery went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "state", rename_all = "lowercase")]
+pub enum Outcome {
+    /// Done; never sent again by a retry of the job.
+    Delivered,
+    /// Not done. `retryable` failures are tried again by the job's next attempt (or after
+    /// its endpoint's circuit cool-down); the others never will be.
+    Failed { error: String, retryable: bool },
+    /// Nothing to deliver, and why (no address, no subscriptions, nothing configured).
+    Skipped { why: String },
+}
+
+impl Outcome {
+    /// A failure a later attempt may get past.
+    pub fn retryable(error: impl Into<String>) -> Self {
+        Outcome::Failed {
+            error: error.into(),
+            retryable: true,
+        }
+    }
+
+    /// A failure no later attempt will get past.
+    pub fn permanent(error: impl Into<String>) -> Self {
+        Outcome::Failed {
+            error: error.into(),
+            retryable: false,
+        }
+    }
+
+    /// A skip, with why.
+    pub fn skipped(why: impl Into<String>) -> Self {
+        Outcome::Skipped { why: why.into() }
+    }
+
+    /// True when a later attempt has nothing more to do for this delivery.
+    pub fn is_final(&self) -> bool {
+        !matches!(
+            self,
+            Outcome::Failed {
+                retryable: true,
+                ..
+            }
+        )
+    }
+}
+
+/// One channel's entry: its outcome, and for a channel with several endpoints, each one's.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChannelRecord {
+    /// The channel as a whole: delivered when every endpoint was (or the single delivery),
+    /// failed when one failed, skipped when there was nothing to deliver.
+    #[serde(flatten)]
+    pub outcome: Option<Outcome>,
+    /// Per endpoint (webhook URL, push endpoint), for channels that have several.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub endpoints: BTreeMap<String, Outcome>,
+}
+
+/// The whole record, keyed by channel name.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    pub channels: BTreeMap<String, ChannelRecord>,
+}
+
+impl Record {
+    /// The record an earlier attempt saved in the job's checkpoint; empty when there is
+    /// none or it is not a record (a checkpoint written by another version).
+    pub fn from_checkpoint(checkpoint: Option<Value>) -> Self {
+        checkpoint
+            .and_then(|v| serde_json::from_value(v).ok())
+            .unwrap_or_default()
+    }
+
+    /// The record as the job's checkpoint and result.
+    pub fn to_value(&self) -> Value {
+        serde_json::to_value(self).unwrap_or(Value::Null)
+    }
+
+    /// Forgets every failure, keeping what was delivered or skipped: how a job's first
+    /// attempt reads the record, so that `hopper retry` of a dead notification tries its
+    /// failed deliveries again (permanent ones included) and nothing delivered twice.
+    pub fn forget_failures(&mut self) {
+        for c in self.channels.values_mut() {
+            c.endpoints
+                .retain(|_, o| !matches!(o, Outcome::Failed { .. }));
+            if matches!(c.outcome, Some(Outcome::Failed { .. })) {
+                c.outcome = None;
+            }
+        }
+    }
+
+    /// True when `channel` (as a whole) needs no more work.
+    pub fn channel_done(&self, channel: &str) -> bool {
+        self.channels
+            .get(channel)
+            .and_then(|c| c.outcome.as_ref())
+            .is_some_and(Outcome::is_final)
+    }
+
+    /// True when `endpoint` of `channel` needs no more work.
+    pub fn endpoint_done(&self, channel: &str, endpoint: &str) -> bool {
+        self.channels
+            .get(channel)
+            .and_then(|c| c.endpoints.get(endpoint))
+            .is_some_and(Outcome::is_final)
+    }
+
+    /// Sets `channel`'s outcome.
+    pub fn set_channel(&mut self, channel: &str, outcome: Outcome) {
+        self.channels.entry(channel.to_owned()).or_default().outcome = Some(outcome);
+    }
+
+    /// Sets one endpoint's outcome of `channel`.
+    pub fn set_endpoint(&mut self, channel: &str, endpoint: &str, outcome: Outcome) {
+        self.channels
+            .entry(channel.to_owned())
+            .or_default()
+            .endpoints
+            .insert(endpoint.to_owned(), outcome);
+    }
+
+    /// Sums up `channel`'s endpoints into its own outcome: the first retryable failure, else
+    /// the first permanent one, else delivered (when at least one was) or skipped.
+    pub fn settle_endpoints(&mut self, channel: &str) {
+        let Some(c) = self.channels.get_mut(channel) else {
+            return;
+        };
+        let failed = |retryable_wanted: bool| {
+            c.endpoints.iter().find_map(|(e, o)| match o {
+                Outcome::Failed { error, retryable } if *retryable == retryable_wanted => {
+                    Some(Outcome::Failed {
+                        error: format!("{e}: {error}"),
+                        retryable: *retryable,
+                    })
+                }
+                _ => None,
+            })
+        };
+        let outcome = failed(true).or_else(|| failed(false)).unwrap_or_else(|| {
+            if c.endpoints.values().any(|o| *o == Outcome::Delivered) {
+                Outcome::Delivered
+            } else {
+                Outcome::skipped("nothing to deliver")
+            }
+        });
+        c.outcome = Some(outcome);
+    }
+
+    /// The failures of channels, `channel: error` each, retryable ones first.
+    pub fn failures(&self) -> (Vec<String>, Vec<String>) {
+        let mut retryable = Vec::new();
+        let mut permanent = Vec::new();
+        for (name, c) in &self.channels {
+            if let Some(Outcome::Failed {
+                error,
+                retryable: r,
+            }) = &c.outcome
+            {
+                let line = format!("{name}: {error}");
+                if *r {
+                    retryable.push(line);
+                } else {
+                    permanent.push(line);
+                }
+            }
+        }
+        (retryable, permanent)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_trips_through_the_checkpoint() {
+        let mut r = Record::default();
+        r.set_channel("email", Outcome::Delivered);
+        r.set_endpoint("webhook", "http://a/", Outcome::Delivered);
+        r.set_endpoint("webhook", "http://b/", Outcome::retryable("HTTP 500"));
+        r.settle_endpoints("webhook");
+        r.set_channel("push", Outcome::skipped("no push subscriptions"));
+        let v = r.to_value();
+        assert_eq!(v["channels"]["email"], json!({"state": "delivered"}));
+        assert_eq!(v["channels"]["webhook"]["state"], "failed");
+        assert_eq!(
+            v["channels"]["push"],
+            json!({"state": "skipped", "why": "no push subscriptions"})
+        );
+        let back = Record::from_checkpoint(Some(v));
+        assert_eq!(back, r);
+        assert!(back.channel_done("email"));
+        assert!(!back.channel_done("webhook"));
+        assert!(back.endpoint_done("webhook", "http://a/"));
+        assert!(!back.endpoint_done("webhook", "http://b/"));
+        assert_eq!(back.failures().0, vec!["webhook: http://b/: HTTP 500"]);
+        assert_eq!(Record::from_checkpoint(Some(json!(3))), Record::default());
+
+        let mut again = back;
+        again.set_channel("email", Outcome::permanent("550"));
+        again.forget_failures();
+        assert!(!again.channel_done("email"));
+        assert!(!again.channel_done("webhook"));
+        assert!(again.endpoint_done("webhook", "http://a/"));
+        assert!(!again.endpoint_done("webhook", "http://b/"));
+        assert!(again.channel_done("push"));
+    }
+}
