@@ -46,9 +46,11 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<d
 }
 
 /// The job kinds this process knows: the diagnostic `sys.*` kinds unless
-/// `[worker] diagnostics = false`, every kind of `hopper-jobs`, and `chaos.ledger` in the
-/// processes `hopper chaos` starts.
-pub fn build_registry(settings: &Settings) -> Result<Registry> {
+/// `[worker] diagnostics = false`, every kind of `hopper-jobs`, `notify.send` delivering
+/// through `broker` (its inbox and push subscriptions; without a broker, as in
+/// `hopper check-config`, known but unable to deliver), and `chaos.ledger` in the processes
+/// `hopper chaos` starts.
+pub fn build_registry(settings: &Settings, broker: Option<&Arc<dyn Broker>>) -> Result<Registry> {
     let mut registry = Registry::new();
     if settings.config.worker.diagnostics {
         hopper_workers::diagnostics::register(&mut registry)
@@ -56,6 +58,9 @@ pub fn build_registry(settings: &Settings) -> Result<Registry> {
     }
     hopper_jobs::register_all(&mut registry, &settings.jobs)
         .context("registering the job kinds")?;
+    let (inbox, subscriptions) = crate::notify::ports_or_offline(broker, &settings.jobs.notify);
+    hopper_jobs::notify::register_notify(&mut registry, &settings.jobs, inbox, subscriptions)
+        .context("registering notify.send")?;
     if let Some(dir) = &settings.chaos_ledger {
         crate::chaos::register_ledger(&mut registry, dir)?;
     }
@@ -82,7 +87,7 @@ fn node_registry(
     broker: &Arc<dyn Broker>,
     clock: &Arc<dyn Clock>,
 ) -> Result<Registry> {
-    let mut registry = build_registry(settings)?;
+    let mut registry = build_registry(settings, Some(broker))?;
     let r = &settings.config.retention;
     let policy = RetentionPolicy {
         succeeded: r.succeeded,

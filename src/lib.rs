@@ -21,8 +21,9 @@
 //! - [`bus`]: the event bus: `[[subscription]]`s, `POST /v1/publish`'s fan-out into one
 //!   batch of jobs, and the relay of job events (`job.dead`) to it.
 //! - [`notify`]: user notifications' ports over the broker (a user's inbox, their Web Push
-//!   subscriptions) for `notify.send`, and users' JWTs; `api::notifications` streams the
-//!   inbox (`GET /v1/notifications`), `api::push` stores the subscriptions.
+//!   subscriptions) for `notify.send` (registered by [`app`]), and users' JWTs;
+//!   `api::notifications` streams the inbox (`GET /v1/notifications`), `api::push` stores
+//!   the subscriptions.
 //! - [`metrics`]: `GET /metrics`: the Prometheus recorder, the gauges read at scrape time
 //!   (queue depth, worker slots), HTTP and event-stream metrics.
 //! - [`service`]: what both front doors call: submit a job or a chain, or a batch of them;

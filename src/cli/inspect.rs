@@ -319,7 +319,7 @@ fn section<T>(
 /// The service of a one-shot command: the broker the config names and every kind this build
 /// knows, so `hopper enqueue` accepts exactly what `POST /v1/jobs` accepts.
 pub(super) fn service(settings: &Settings, broker: Arc<dyn Broker>) -> Result<Service> {
-    let registry = Arc::new(app::build_registry(settings)?);
+    let registry = Arc::new(app::build_registry(settings, Some(&broker))?);
     Ok(Service::new(
         broker,
         registry,

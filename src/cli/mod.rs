@@ -314,7 +314,7 @@ fn check_config(path: Option<&std::path::Path>) -> Result<()> {
     let loaded = Config::load(path)?;
     let settings = loaded.config.check(&loaded.origin())?;
     if !settings.bus.subscriptions().is_empty() {
-        app::check_subscription_kinds(&settings, &app::build_registry(&settings)?)?;
+        app::check_subscription_kinds(&settings, &app::build_registry(&settings, None)?)?;
     }
     out::line(format!("{}: ok", loaded.origin()))?;
     Ok(())

@@ -8,20 +8,37 @@
 //!   subscriptions `POST /v1/users/{id}/push-subscriptions` stores.
 //! - [`jwt`]: [`jwt::Verifier`], a user's identity from a JWT (`[auth] jwt_secret`,
 //!   `jwt_public_key`).
+//! - [`offline`]: [`Offline`], ports that refuse every call, for `hopper check-config` (which
+//!   knows `notify.send` without opening the broker).
 //!
 //! Not here: the `notify.send` kind itself (`hopper_jobs`), the HTTP routes (`crate::api`).
 
 pub mod inbox;
 pub mod jwt;
+pub mod offline;
 pub mod push_store;
 
 pub use inbox::BrokerInbox;
+pub use offline::Offline;
 pub use push_store::BrokerPushSubscriptions;
 
 use std::sync::Arc;
 
 use hopper_jobs::notify::ports::{Inbox, PushSubscriptions};
 use hopper_workers::Broker;
+
+/// The two ports over `broker`, as `notify.send` is given them when it is registered:
+/// notifications kept for `[notify] keep`. Without a broker (`hopper check-config`), the
+/// [`Offline`] ones.
+pub fn ports_or_offline(
+    broker: Option<&Arc<dyn Broker>>,
+    notify: &hopper_jobs::NotifyConfig,
+) -> (Arc<dyn Inbox>, Arc<dyn PushSubscriptions>) {
+    match broker {
+        Some(b) => ports(b.clone(), notify),
+        None => (Arc::new(Offline), Arc::new(Offline)),
+    }
+}
 
 /// The two ports over `broker`, as `notify.send` is given them when it is registered:
 /// notifications kept for `[notify] keep`.
