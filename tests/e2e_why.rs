@@ -137,6 +137,33 @@ async fn waiting_says_queue_concurrency_when_every_node_is_at_its_limit() {
     assert_eq!(narrow["busy"], 1, "{narrow:#}");
 }
 
+/// A ready job of a queue whose `[[queue]] rate_limit` allows no further start yet (one a
+/// minute; the worker idle) says the queue is at its rate, naming the rate and when the next
+/// start is allowed, over HTTP and in `hopper job`.
+#[tokio::test]
+async fn waiting_says_queue_rate_while_the_rate_holds_jobs_back() {
+    let s = Scratch::with_config(
+        "[worker]\nqueues = [\"rated\"]\nconcurrency = 4\n\n\
+         [[queue]]\nname = \"rated\"\nrate_limit = \"1/m\"\n",
+    );
+    let (_d, api) = s.serve(&[]);
+    let mut job = noop();
+    job["queue"] = json!("rated");
+    let first = api.enqueue_ok(job.clone()).await;
+    api.wait_state(&first, "succeeded").await;
+    let held = api.enqueue_ok(job).await;
+    let waiting = api.wait_job(&held, |j| reason(j) == "queue_rate").await;
+    assert_eq!(waiting["state"], "queued", "{waiting:#}");
+    assert_eq!(waiting["attempt"], 0, "{waiting:#}");
+    let message = waiting["waiting"]["message"].as_str().unwrap();
+    assert!(message.contains("rate limit (1/m)"), "{waiting:#}");
+    let until = crate::util::ms(&waiting["waiting"]["until"]);
+    let started = crate::util::ms(&api.job(&first).await["started_at"]);
+    assert!(until > started, "{waiting:#}");
+    let cli = s.cli_json(&["job", &held]);
+    assert_eq!(cli["waiting"]["reason"], "queue_rate", "{cli:#}");
+}
+
 /// Stops `worker` (SIGSTOP) while it holds no write of the SQLite file, which `probe` (a
 /// write) proves: stopped in the middle of one, it would hold every other writer off.
 fn stop_idle(s: &Scratch, worker: &Daemon, probe: &[&str]) {

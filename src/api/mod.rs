@@ -111,7 +111,8 @@ impl AppState {
     ) -> Self {
         Self {
             service: Service::new(broker.clone(), registry, clock, config.retry.max_retries)
-                .with_paused_queues(config.paused_queues()),
+                .with_paused_queues(config.paused_queues())
+                .with_queue_rates(config.queue_rates()),
             hub: events::Hub::new(broker.clone()),
             inbox: notifications::InboxHub::new(broker.clone()),
             // `Config::check` refused a key that does not load; a config that skipped it

@@ -441,12 +441,12 @@ pub struct WorkerList {
 #[derive(Serialize, ToSchema)]
 #[schema(as = Waiting)]
 pub struct WaitingDoc {
-    /// `run_at`, `chain_predecessor`, `queue_paused`, `no_worker`, `queue_concurrency` or
-    /// `behind` (README, "Why is my job not running").
+    /// `run_at`, `chain_predecessor`, `queue_paused`, `no_worker`, `queue_concurrency`,
+    /// `queue_rate` or `behind` (README, "Why is my job not running").
     pub reason: String,
     /// The same for people.
     pub message: String,
-    /// `run_at`: when it is due.
+    /// `run_at`: when it is due; `queue_rate`: when the queue's rate next allows a start.
     #[schema(nullable = false, format = DateTime)]
     pub until: Option<String>,
     /// `chain_predecessor`: the step it waits for.

@@ -326,7 +326,8 @@ pub(super) fn service(settings: &Settings, broker: Arc<dyn Broker>) -> Result<Se
         hopper_workers::clock::system(),
         settings.config.retry.max_retries,
     )
-    .with_paused_queues(settings.config.paused_queues()))
+    .with_paused_queues(settings.config.paused_queues())
+    .with_queue_rates(settings.config.queue_rates()))
 }
 
 /// A read-only command on an SQLite broker whose file does not exist would create an empty

@@ -121,6 +121,15 @@ impl Config {
             .collect()
     }
 
+    /// The queues `[[queue]] rate_limit` rates in this config, each with its rate as written.
+    pub fn queue_rates(&self) -> std::collections::HashMap<String, String> {
+        self.queues
+            .iter()
+            .filter(|q| !q.rate_limit.is_off())
+            .map(|q| (q.name.clone(), q.rate_limit.to_string()))
+            .collect()
+    }
+
     /// Parses TOML text; `path` only labels errors.
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {

@@ -15,6 +15,7 @@ mod coalesce;
 pub mod submit;
 pub mod waiting;
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use hopper_workers::clock::Clock;
@@ -41,6 +42,9 @@ pub struct Service {
     /// The queues this process's config pauses (`[[queue]] paused`), which a lookup reports
     /// as paused like a pause stored in the broker.
     paused_by_config: Arc<Vec<String>>,
+    /// The queues this process's config rates (`[[queue]] rate_limit`), with the rate as
+    /// written, which a lookup names when the rate holds a job back.
+    rates_by_config: Arc<HashMap<String, String>>,
 }
 
 /// One job to submit, as a request gives it: the job, and the later steps of its chain
@@ -108,6 +112,7 @@ impl Service {
             clock,
             default_max_retries,
             paused_by_config: Arc::default(),
+            rates_by_config: Arc::default(),
         }
     }
 
@@ -116,6 +121,14 @@ impl Service {
     #[must_use]
     pub fn with_paused_queues(mut self, queues: Vec<String>) -> Self {
         self.paused_by_config = Arc::new(queues);
+        self
+    }
+
+    /// Names these rates (queue, `[[queue]] rate_limit` as written) when a lookup finds a
+    /// job held back by its queue's rate.
+    #[must_use]
+    pub fn with_queue_rates(mut self, rates: HashMap<String, String>) -> Self {
+        self.rates_by_config = Arc::new(rates);
         self
     }
 
@@ -257,9 +270,11 @@ impl Service {
             Some(link) => self.broker.chain(&link.id).await?,
             None => Vec::new(),
         };
-        let paused_here = self.paused_by_config.contains(&job.queue);
-        let waiting =
-            waiting::explain(&*self.broker, &job, &steps, paused_here, self.clock.now()).await?;
+        let here = waiting::QueueConfig {
+            paused: self.paused_by_config.contains(&job.queue),
+            rate: self.rates_by_config.get(&job.queue).map(String::as_str),
+        };
+        let waiting = waiting::explain(&*self.broker, &job, &steps, here, self.clock.now()).await?;
         Ok(Some(JobDetail {
             job,
             history,

@@ -4,10 +4,10 @@
 //!
 //! Every reason lives here, in [`Reason`] (its code, written out by hand: clients match on
 //! it) and in [`explain`], which checks them in order and stops at the first that holds.
-//! Adding a reason is a variant, its arm in [`Reason::code`] and its check in [`explain`];
-//! the place for "queue at its rate limit" is marked there. The facts come from the broker:
-//! the job, its chain, the queue's pause, the registry of worker nodes
-//! (`hopper_workers::nodes`) and a count of ready jobs. This module does not decide anything
+//! Adding a reason is a variant, its arm in [`Reason::code`] and its check in [`explain`].
+//! The facts come from the broker: the job, its chain, the queue's pause, the registry of
+//! worker nodes (`hopper_workers::nodes`), the queue's rate state
+//! ([`Broker::rate_held_until`]) and a count of ready jobs. This module does not decide anything
 //! about the job; it only reads.
 
 use hopper_workers::job::{Job, JobId, JobState};
@@ -31,6 +31,8 @@ pub enum Reason {
     /// Every node serving its queue is at that queue's `[[queue]] concurrency` or has no free
     /// slot.
     QueueConcurrency,
+    /// Its queue's `[[queue]] rate_limit` allows no further start until `until`.
+    QueueRate,
     /// Ready, behind `ahead` ready jobs of its queue of a higher or equal priority.
     Behind,
 }
@@ -44,6 +46,7 @@ impl Reason {
             Reason::QueuePaused => "queue_paused",
             Reason::NoWorker => "no_worker",
             Reason::QueueConcurrency => "queue_concurrency",
+            Reason::QueueRate => "queue_rate",
             Reason::Behind => "behind",
         }
     }
@@ -56,7 +59,7 @@ pub struct Waiting {
     pub reason: &'static str,
     /// The same for people, naming the queue, the time, the step or the count.
     pub message: String,
-    /// `run_at`: when it is due.
+    /// `run_at`: when it is due; `queue_rate`: when the queue's rate next allows a start.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub until: Option<Timestamp>,
     /// `chain_predecessor`: the step it waits for.
@@ -79,14 +82,24 @@ impl Waiting {
     }
 }
 
+/// What the asking process's config says of the job's queue.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct QueueConfig<'a> {
+    /// `[[queue]] paused`.
+    pub paused: bool,
+    /// `[[queue]] rate_limit` as written (`"10/s"`), when set: named in the `queue_rate`
+    /// message.
+    pub rate: Option<&'a str>,
+}
+
 /// Why `job` (with its chain's `steps`, empty for a single job) is not running at `now`, or
-/// `None` when it runs or is finished. `paused_here`: the asking process's config pauses the
+/// `None` when it runs or is finished. `here`: what the asking process's config says of the
 /// job's queue.
 pub async fn explain(
     broker: &dyn Broker,
     job: &Job,
     steps: &[Job],
-    paused_here: bool,
+    here: QueueConfig<'_>,
     now: Timestamp,
 ) -> Result<Option<Waiting>, BrokerError> {
     let q = &job.queue;
@@ -143,7 +156,7 @@ pub async fn explain(
             format!("queue {q} is paused (hopper resume {q} lifts it)"),
         )));
     }
-    if paused_here {
+    if here.paused {
         return Ok(Some(Waiting::new(
             Reason::QueuePaused,
             format!("queue {q} is paused in this node's config ([[queue]] paused)"),
@@ -188,8 +201,20 @@ pub async fn explain(
             ),
         )));
     }
-    // "Queue at its rate limit" belongs here, once queues have rate limits: a reason
-    // variant, its code, and a check of the broker's rate state.
+    // The rate state is the one the last rated fetch stored (any node's): held means the
+    // workers are idle for this queue until then, whatever this process's config says.
+    if let Some(until) = broker.rate_held_until(q).await? {
+        let rate = match here.rate {
+            Some(r) => format!(" ({r})"),
+            None => String::new(),
+        };
+        let mut w = Waiting::new(
+            Reason::QueueRate,
+            format!("queue {q} is at its rate limit{rate}: the next start is allowed at {until}"),
+        );
+        w.until = Some(until);
+        return Ok(Some(w));
+    }
 
     let mut ahead = broker.ready_ahead(q, job.priority).await?;
     if job.state == JobState::Queued {
