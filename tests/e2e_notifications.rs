@@ -19,12 +19,13 @@ use reqwest::Method;
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
+use crate::util::inbox_client::{
+    AUTH, SECRET, connect_as, expect_notification, jwt, jwt_with, url,
+};
 use crate::util::redis::{RedisKeys, SHARED_URL};
 use crate::util::stream::{self, Next, Socket, close, connect_with, next_json};
-use crate::util::{Api, Scratch, now_ms};
+use crate::util::{Scratch, now_ms};
 
-const SECRET: &str = "notify-test-secret";
-const AUTH: &str = "[auth]\njwt_secret = \"notify-test-secret\"\n";
 const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// An Ed25519 key pair made for this test (`openssl genpkey -algorithm ed25519`).
 const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\n\
@@ -33,33 +34,6 @@ const ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\n\
 const ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\n\
     MCowBQYDK2VwAyEA24C2BbAZn5qNTstpA2aLsfhVRNI7l383V94gmr0Q/kE=\n\
     -----END PUBLIC KEY-----\n";
-
-/// An HS256 JWT for `sub`, expiring `exp_in_s` seconds from now (negative: expired), signed
-/// with `secret`.
-fn jwt_with(secret: &str, sub: &str, exp_in_s: i64) -> String {
-    let exp = now_ms() / 1000 + exp_in_s;
-    jsonwebtoken::encode(
-        &Header::new(Algorithm::HS256),
-        &json!({ "sub": sub, "exp": exp }),
-        &EncodingKey::from_secret(secret.as_bytes()).unwrap(),
-    )
-    .unwrap()
-}
-
-fn jwt(sub: &str) -> String {
-    jwt_with(SECRET, sub, 3600)
-}
-
-fn url(api: &Api, query: &str) -> String {
-    let addr = api.base.trim_start_matches("http://");
-    format!("ws://{addr}/v1/notifications?{query}")
-}
-
-/// Connects as `sub` with the token in the query.
-async fn connect_as(api: &Api, sub: &str, query: &str) -> Socket {
-    let q = format!("token={}&{query}", jwt(sub));
-    connect_with(&url(api, &q), &[]).await.unwrap()
-}
 
 fn note(id: &str, user: &str) -> Notification {
     Notification {
@@ -82,13 +56,6 @@ async fn inbox(url: &str, prefix: &str) -> (BrokerInbox, Arc<dyn Broker>) {
     .await
     .unwrap();
     (BrokerInbox::new(broker.clone(), DAY), broker)
-}
-
-async fn expect_notification(ws: &mut Socket, id: &str) -> Value {
-    let f = next_json(ws).await;
-    assert_eq!(f["type"], "notification", "{f}");
-    assert_eq!(f["id"], id, "{f}");
-    f
 }
 
 async fn expect_close(ws: &mut Socket, code: u16, says: &str) {
@@ -348,27 +315,6 @@ fn subscription(endpoint: &str) -> Value {
     })
 }
 
-/// `method path` with `Authorization: Bearer token` (none when empty) and a JSON body.
-async fn call(
-    api: &Api,
-    method: Method,
-    path: &str,
-    token: &str,
-    body: Option<&Value>,
-) -> (u16, Value) {
-    let mut req = reqwest::Client::new().request(method, format!("{}{path}", api.base));
-    if !token.is_empty() {
-        req = req.bearer_auth(token);
-    }
-    if let Some(b) = body {
-        req = req.json(b);
-    }
-    let res = req.send().await.unwrap();
-    let status = res.status().as_u16();
-    let text = res.text().await.unwrap();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
-}
-
 #[tokio::test]
 async fn push_subscriptions_are_stored_listed_and_deleted_per_user() {
     let s = Scratch::with_config(&format!("{AUTH}tokens = [\"app-token\"]\n"));
@@ -376,17 +322,17 @@ async fn push_subscriptions_are_stored_listed_and_deleted_per_user() {
     let path = "/v1/users/42/push-subscriptions";
     let me = jwt("42");
     let a = subscription("https://push.example.net/send/a");
-    let (status, body) = call(&api, Method::POST, path, &me, Some(&a)).await;
+    let (status, body) = api.call_as(Method::POST, path, &me, Some(&a)).await;
     assert_eq!(status, 201, "{body}");
     assert_eq!(body["subscription"]["endpoint"], a["endpoint"]);
     assert_eq!(body["subscription"]["keys"], a["keys"]);
-    let (status, _) = call(&api, Method::POST, path, &me, Some(&a)).await;
+    let (status, _) = api.call_as(Method::POST, path, &me, Some(&a)).await;
     assert_eq!(status, 200, "the same endpoint again replaces it");
     // The application's token acts for any user.
     let b = subscription("https://push.example.net/send/b");
-    let (status, _) = call(&api, Method::POST, path, "app-token", Some(&b)).await;
+    let (status, _) = api.call_as(Method::POST, path, "app-token", Some(&b)).await;
     assert_eq!(status, 201);
-    let (status, body) = call(&api, Method::GET, path, &me, None).await;
+    let (status, body) = api.call_as(Method::GET, path, &me, None).await;
     assert_eq!(status, 200, "{body}");
     let endpoints: Vec<&str> = body["subscriptions"]
         .as_array()
@@ -410,15 +356,17 @@ async fn push_subscriptions_are_stored_listed_and_deleted_per_user() {
     assert_eq!(listed.len(), 2);
 
     // Another user's JWT, no token, a bad token.
-    let (status, body) = call(&api, Method::GET, path, &jwt("43"), None).await;
+    let (status, body) = api.call_as(Method::GET, path, &jwt("43"), None).await;
     assert_eq!(
         (status, body["error"]["code"].as_str()),
         (403, Some("forbidden")),
         "{body}"
     );
-    let (status, _) = call(&api, Method::GET, path, "", None).await;
+    let (status, _) = api.call_as(Method::GET, path, "", None).await;
     assert_eq!(status, 401);
-    let (status, _) = call(&api, Method::GET, path, &jwt_with("nope", "42", 3600), None).await;
+    let (status, _) = api
+        .call_as(Method::GET, path, &jwt_with("nope", "42", 3600), None)
+        .await;
     assert_eq!(status, 401);
 
     // Bad bodies: 400 naming the field, nothing stored.
@@ -437,23 +385,23 @@ async fn push_subscriptions_are_stored_listed_and_deleted_per_user() {
         (short_auth, "keys.auth"),
         (no_auth, "keys.auth"),
     ] {
-        let (status, answer) = call(&api, Method::POST, path, &me, Some(&body)).await;
+        let (status, answer) = api.call_as(Method::POST, path, &me, Some(&body)).await;
         assert_eq!(status, 400, "{body}: {answer}");
         assert_eq!(answer["error"]["field"], field, "{body}: {answer}");
     }
 
     // DELETE needs the endpoint; forgets it once.
-    let (status, body) = call(&api, Method::DELETE, path, &me, None).await;
+    let (status, body) = api.call_as(Method::DELETE, path, &me, None).await;
     assert_eq!(
         (status, body["error"]["field"].as_str()),
         (400, Some("endpoint")),
         "{body}"
     );
     let del = format!("{path}?endpoint=https%3A%2F%2Fpush.example.net%2Fsend%2Fa");
-    let (status, _) = call(&api, Method::DELETE, &del, &me, None).await;
+    let (status, _) = api.call_as(Method::DELETE, &del, &me, None).await;
     assert_eq!(status, 204);
-    let (status, body) = call(&api, Method::DELETE, &del, &me, None).await;
+    let (status, body) = api.call_as(Method::DELETE, &del, &me, None).await;
     assert_eq!(status, 404, "{body}");
-    let (_, body) = call(&api, Method::GET, path, &me, None).await;
+    let (_, body) = api.call_as(Method::GET, path, &me, None).await;
     assert_eq!(body["subscriptions"].as_array().unwrap().len(), 1, "{body}");
 }

@@ -34,6 +34,9 @@ mod e2e_metrics;
 /// `GET /v1/notifications` (JWT, replay, live across nodes, 4001, rate limit) and a user's
 /// Web Push subscriptions.
 mod e2e_notifications;
+/// `notify.send` end to end: all four channels to real peers (WebSocket as user 42 and not
+/// 43, SMTP, Web Push decrypted, signed webhook) on SQLite and Redis; a down webhook retried.
+mod e2e_notify_send;
 /// `[[queue]] rate_limit`: worker processes on Redis and on one SQLite file together start
 /// no more of a queue's jobs a second than its rate.
 mod e2e_queue_rates;

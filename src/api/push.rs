@@ -7,8 +7,10 @@
 //! registering itself; another user's id is a 403). Without tokens, like the rest of `/v1`,
 //! anyone may call them.
 //!
-//! A subscription is checked before it is stored: `endpoint` an `https` URL (at most 2,048
-//! bytes), `keys.p256dh` the base64url of an uncompressed P-256 point (65 bytes, `0x04`
+//! A subscription is checked before it is stored: `endpoint` an `https` URL, or an `http`
+//! one on a loopback host (`localhost`, `127.0.0.1`, `[::1]`: the exception browsers make for
+//! secure contexts, for a push service on the same machine; delivering to it still needs
+//! `[http] allow_hosts`), at most 2,048 bytes, `keys.p256dh` the base64url of an uncompressed P-256 point (65 bytes, `0x04`
 //! first), `keys.auth` the base64url of 16 bytes; each refusal a 400 naming the field.
 
 use axum::Json;
@@ -207,14 +209,13 @@ fn parse(body: &Value) -> Result<WebPush, ApiError> {
         }
     };
     let endpoint = text(obj.get("endpoint"), "endpoint")?;
-    let https = url::Url::parse(&endpoint)
-        .ok()
-        .filter(|u| u.scheme() == "https" && u.host_str().is_some_and(|h| !h.is_empty()));
-    if endpoint.len() > MAX_ENDPOINT || https.is_none() {
+    if endpoint.len() > MAX_ENDPOINT || !secure_endpoint(&endpoint) {
         return Err(ApiError::field(
             "invalid_field",
             "endpoint",
-            format!("must be an https URL of at most {MAX_ENDPOINT} bytes"),
+            format!(
+                "must be an https URL (http only on localhost) of at most {MAX_ENDPOINT} bytes"
+            ),
         ));
     }
     let keys = match obj.get("keys") {
@@ -260,4 +261,22 @@ fn decodes_to(text: &str, len: usize) -> Option<Vec<u8>> {
         .or_else(|_| URL_SAFE.decode(text))
         .ok()
         .filter(|b| b.len() == len)
+}
+
+/// An `https` URL with a host, or an `http` one on a loopback host.
+fn secure_endpoint(endpoint: &str) -> bool {
+    let Ok(u) = url::Url::parse(endpoint) else {
+        return false;
+    };
+    let loopback = match u.host() {
+        Some(url::Host::Domain(d)) => d.eq_ignore_ascii_case("localhost"),
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    match u.scheme() {
+        "https" => u.host_str().is_some_and(|h| !h.is_empty()),
+        "http" => loopback,
+        _ => false,
+    }
 }

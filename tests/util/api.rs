@@ -41,6 +41,25 @@ impl Api {
         answer(req).await
     }
 
+    /// `method path` with `token` as a bearer token (none when empty) and `body` as JSON;
+    /// returns (status, body).
+    pub async fn call_as(
+        &self,
+        method: Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> (u16, Value) {
+        let mut req = reqwest::Client::new().request(method, format!("{}{path}", self.base));
+        if !token.is_empty() {
+            req = req.bearer_auth(token);
+        }
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        answer(req).await
+    }
+
     /// `POST path` with `body` sent as is, under `content_type`; returns (status, body).
     pub async fn post_raw(&self, path: &str, content_type: &str, body: &str) -> (u16, Value) {
         let req = self

@@ -7,6 +7,9 @@
 //! - `redis`: the shared Redis with a prefix of a test's own, and `redis-server`s of a test's
 //!   own, plain or TLS.
 //! - `peers`: in-test HTTP and SMTP peers for the jobs to talk to.
+//! - `notify_peers`: the webhook receiver (HMAC checked) and Web Push service (VAPID checked,
+//!   payload decrypted) of `notify.send`, shared with `jobs/tests/kinds`.
+//! - `inbox_client`: a user's JWT and WebSocket on `GET /v1/notifications`.
 //! - `follow`: a long-running CLI command (`hopper tail`) read line by line ([`Follow`]).
 //! - `ws_peer`: an in-test WebSocket server speaking the `/v1/events` contract.
 //! - `stream`: a WebSocket and an SSE client of `GET /v1/events`.
@@ -19,6 +22,8 @@
 mod api;
 mod daemon;
 mod follow;
+pub mod inbox_client;
+pub mod notify_peers;
 pub mod peers;
 pub mod redis;
 pub mod silent_ws;

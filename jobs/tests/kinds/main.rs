@@ -16,5 +16,9 @@ mod etl;
 mod image;
 #[cfg(feature = "notify")]
 mod notify;
+/// The webhook receiver and Web Push service, shared with the workspace's end-to-end tests.
+#[cfg(feature = "notify")]
+#[path = "../../../tests/util/notify_peers.rs"]
+mod notify_peers;
 #[cfg(feature = "pdf")]
 mod pdf;

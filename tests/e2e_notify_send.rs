@@ -1,0 +1,237 @@
+//! `notify.send` end to end through the real `hopper serve` (Hopper issue 12's acceptance):
+//! one job to all four channels for user 42 reaches a WebSocket client on
+//! `GET /v1/notifications` authenticated as 42 (and not one authenticated as 43, connected at
+//! the same time), an in-test SMTP server (text and HTML parts), a Web Push service that
+//! checks the VAPID JWT and decrypts the payload with the keys of the subscription registered
+//! through `POST /v1/users/42/push-subscriptions`, and a webhook receiver that verifies
+//! `Hopper-Signature`; on SQLite and on Redis. Then the outage: with the webhook receiver
+//! down the job retries, and once it is back the webhook is delivered, the email sent once.
+
+#![allow(clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use mail_parser::MessageParser;
+use reqwest::Method;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::util::inbox_client::{AUTH, connect_as, expect_notification};
+use crate::util::notify_peers::{
+    Hooks, PushService, VAPID_SUBJECT, WEBHOOK_SECRET, hook_app, random_key, vapid_key_file_text,
+};
+use crate::util::peers::{serve_http, smtp_server};
+use crate::util::redis::{RedisKeys, SHARED_URL};
+use crate::util::stream::{close, next_json};
+use crate::util::{Api, Scratch, wait};
+
+/// The config sections of a node delivering to these peers: the SMTP port, the webhook URL,
+/// the VAPID key file; loopback allowed for the jobs' requests, short retry backoffs.
+fn notify_config(smtp_port: u16, webhook: &str, vapid_file: &std::path::Path) -> String {
+    format!(
+        "{AUTH}\n[smtp]\nurl = \"smtp://127.0.0.1:{smtp_port}\"\n\
+         from = \"Hopper <hopper@example.com>\"\n\n\
+         [http]\nallow_hosts = [\"127.0.0.1\"]\n\n\
+         [notify]\nwebhooks = [\"{webhook}\"]\nwebhook_secret = \"{WEBHOOK_SECRET}\"\n\
+         vapid_private_key = \"{}\"\nvapid_subject = \"{VAPID_SUBJECT}\"\n\
+         breaker_failures = 1000\n\n\
+         [retry]\nbackoff_base = \"200ms\"\nbackoff_max = \"1s\"\n",
+        vapid_file.display()
+    )
+}
+
+/// Where the scratch directory's daemon keeps its jobs.
+enum On {
+    Sqlite,
+    Redis(RedisKeys),
+}
+
+/// Writes the config for `on` with `extra`.
+fn write_config(s: &Scratch, on: &On, extra: &str) {
+    match on {
+        On::Sqlite => s.write_config(extra),
+        On::Redis(keys) => s.write_config_with_broker(SHARED_URL, &keys.prefix, extra),
+    };
+}
+
+/// The next email the SMTP server receives, parsed: (subject, text, html).
+async fn next_mail(mails: &mut mpsc::UnboundedReceiver<Vec<u8>>) -> (String, String, String) {
+    let data = wait::within("an email", mails.recv()).await.unwrap();
+    let parsed = MessageParser::default().parse(&data).unwrap();
+    (
+        parsed.subject().unwrap_or_default().to_owned(),
+        parsed.body_text(0).unwrap_or_default().into_owned(),
+        parsed.body_html(0).unwrap_or_default().into_owned(),
+    )
+}
+
+/// Waits until the job is finished (succeeded or dead) and returns it.
+async fn finished(api: &Api, id: &str) -> Value {
+    api.wait_job(id, |j| j["state"] == "succeeded" || j["state"] == "dead")
+        .await
+}
+
+async fn all_four_channels(on: On) {
+    let (smtp_port, mut mails) = smtp_server().await;
+    let hooks = Arc::new(Hooks::default());
+    let hook_addr = serve_http(hook_app(hooks.clone())).await;
+    let vapid = random_key();
+    let push = Arc::new(PushService::new(&vapid));
+    let push_addr = serve_http(push.app()).await;
+    *push.origin.lock().unwrap() = format!("http://{push_addr}");
+
+    let s = Scratch::new();
+    let vapid_file = s.path().join("vapid.key");
+    std::fs::write(&vapid_file, vapid_key_file_text(&vapid)).unwrap();
+    let webhook = format!("http://{hook_addr}/hook");
+    write_config(&s, &on, &notify_config(smtp_port, &webhook, &vapid_file));
+    let (_d, api) = s.serve(&[]);
+
+    // The browser registers itself (its own JWT) with the push service's endpoint.
+    let subscription = push
+        .browser
+        .subscription(format!("http://{push_addr}/push/dev1"));
+    let (status, body) = api
+        .call_as(
+            Method::POST,
+            "/v1/users/42/push-subscriptions",
+            &crate::util::inbox_client::jwt("42"),
+            Some(&serde_json::to_value(&subscription).unwrap()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    let mut ws42 = connect_as(&api, "42", "").await;
+    let mut ws43 = connect_as(&api, "43", "").await;
+    let id = api
+        .enqueue_ok(json!({
+            "kind": "notify.send",
+            "payload": {
+                "user": "42", "title": "Welcome <Ada>", "body": "Glad & here",
+                "data": {"plan": "pro"}, "email": "ada@example.com",
+                "channels": ["websocket", "email", "push", "webhook"],
+            },
+        }))
+        .await;
+
+    let job = finished(&api, &id).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    for ch in ["websocket", "email", "push", "webhook"] {
+        assert_eq!(
+            job["result"]["channels"][ch]["state"], "delivered",
+            "{ch}: {job:#}"
+        );
+    }
+
+    // websocket: 42 gets it, with the job id as its id.
+    let f = expect_notification(&mut ws42, &id).await;
+    assert_eq!(f["user"], "42", "{f}");
+    assert_eq!(f["title"], "Welcome <Ada>", "{f}");
+    assert_eq!(f["data"]["plan"], "pro", "{f}");
+
+    // email: a text and an HTML part (escaped).
+    let (subject, text, html) = next_mail(&mut mails).await;
+    assert_eq!(subject, "Welcome <Ada>");
+    assert!(text.contains("Glad & here"), "{text}");
+    assert!(html.contains("Welcome &lt;Ada&gt;"), "{html}");
+
+    // push: the VAPID JWT checked and the payload decrypted with the subscription's keys.
+    assert!(
+        push.problems.lock().unwrap().is_empty(),
+        "{:?}",
+        push.problems.lock().unwrap()
+    );
+    let pushed = push.decrypted.lock().unwrap().clone();
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(pushed[0]["id"], id.as_str());
+    assert_eq!(pushed[0]["title"], "Welcome <Ada>");
+
+    // webhook: the signature verified, the channel's idempotency key sent.
+    let verified = hooks.verified.lock().unwrap().clone();
+    assert_eq!(verified.len(), 1, "{verified:?}");
+    assert_eq!(verified[0].0, format!("{id}.webhook"));
+    assert_eq!(verified[0].1["user"], "42");
+
+    // 43 got nothing of 42's: its first frame is a notification of its own, sent afterwards.
+    let own = api
+        .enqueue_ok(json!({
+            "kind": "notify.send",
+            "payload": {"user": "43", "title": "T", "body": "B", "channels": ["websocket"]},
+        }))
+        .await;
+    let f = next_json(&mut ws43).await;
+    assert_eq!(f["id"], own.as_str(), "43 received another user's: {f}");
+    close(ws42).await;
+    close(ws43).await;
+}
+
+#[tokio::test]
+async fn notify_send_reaches_all_four_channels_on_sqlite() {
+    all_four_channels(On::Sqlite).await;
+}
+
+#[tokio::test]
+async fn notify_send_reaches_all_four_channels_on_redis() {
+    all_four_channels(On::Redis(RedisKeys::claim())).await;
+}
+
+/// The webhook receiver is down: the job retries (the email already delivered, recorded in
+/// its checkpoint); once the receiver is back on its port, the webhook is delivered and the
+/// job succeeds, with exactly one email sent.
+#[tokio::test]
+async fn a_down_webhook_is_retried_until_it_is_back_and_the_email_is_sent_once() {
+    let (smtp_port, mut mails) = smtp_server().await;
+    // A port with nothing listening on it (yet).
+    let port = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let s = Scratch::new();
+    let vapid_file = s.path().join("vapid.key");
+    std::fs::write(&vapid_file, vapid_key_file_text(&random_key())).unwrap();
+    let webhook = format!("http://127.0.0.1:{port}/hook");
+    write_config(
+        &s,
+        &On::Sqlite,
+        &notify_config(smtp_port, &webhook, &vapid_file),
+    );
+    let (_d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({
+            "kind": "notify.send",
+            "max_retries": 100,
+            "payload": {"user": "7", "title": "T", "body": "B", "email": "u7@example.com",
+                        "channels": ["email", "webhook"]},
+        }))
+        .await;
+    let failing = api
+        .wait_job(&id, |j| j["attempt"].as_u64().unwrap_or(0) >= 3)
+        .await;
+    assert_ne!(failing["state"], "succeeded", "{failing:#}");
+    assert!(
+        failing["last_error"]
+            .as_str()
+            .is_some_and(|e| e.contains("webhook")),
+        "{failing:#}"
+    );
+    assert_eq!(
+        failing["checkpoint"]["channels"]["email"]["state"], "delivered",
+        "{failing:#}"
+    );
+
+    let hooks = Arc::new(Hooks::default());
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the receiver comes back on its port");
+    let app = hook_app(hooks.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let job = finished(&api, &id).await;
+    assert_eq!(job["state"], "succeeded", "{job:#}");
+    assert_eq!(job["result"]["channels"]["webhook"]["state"], "delivered");
+    assert_eq!(hooks.verified.lock().unwrap().len(), 1);
+    // Exactly one email, however many attempts.
+    next_mail(&mut mails).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(mails.try_recv().is_err(), "the email was sent twice");
+}
