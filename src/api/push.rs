@@ -35,7 +35,7 @@ const MAX_ENDPOINT: usize = 2048;
 /// A Web Push subscription, as `PushSubscription.toJSON()` gives it.
 #[derive(Serialize, Deserialize, ToSchema)]
 pub struct PushSubscriptionDoc {
-    /// The push service's URL for this browser (https).
+    /// The push service's URL for this browser (https; http only on a loopback host).
     pub endpoint: String,
     pub keys: PushKeysDoc,
 }
