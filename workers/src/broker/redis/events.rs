@@ -114,15 +114,28 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usi
             let (Some(k), Some(val)) = (text(&pair[0]), text(&pair[1])) else {
                 continue;
             };
-            if k == "t" {
+            if k == "t" || k == "v" {
                 if let Some(e) = current.take() {
                     out.push((Pos { sid, sub }, e));
                     sub += 1;
                 }
+                // `t <type>` starts an event whose other parts follow in fields of their own;
+                // `v "<type> <attempt> <id> <kind>"` holds all four (see common.lua).
+                let (typ, packed) = if k == "v" {
+                    let mut parts = val.splitn(4, ' ');
+                    let (Some(typ), Some(attempt), Some(job), Some(kind)) =
+                        (parts.next(), parts.next(), parts.next(), parts.next())
+                    else {
+                        return Err(bad("packed event"));
+                    };
+                    (typ, Some((attempt, job, kind)))
+                } else {
+                    (val, None)
+                };
                 let mut e = Event {
                     id: String::new(),
-                    kind_of_event: EventType::parse(val)
-                        .ok_or_else(|| bad(&format!("unknown type {val}")))?,
+                    kind_of_event: EventType::parse(typ)
+                        .ok_or_else(|| bad(&format!("unknown type {typ}")))?,
                     job_id: JobId(String::new()),
                     queue: queue.to_owned(),
                     kind: String::new(),
@@ -133,6 +146,12 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usi
                     result: None,
                     error: None,
                 };
+                if let Some((attempt, job, kind)) = packed {
+                    e.attempt = u32::try_from(parse_num(attempt).ok_or_else(|| bad("a"))?)
+                        .unwrap_or(0);
+                    e.job_id = JobId(job.to_owned());
+                    kind.clone_into(&mut e.kind);
+                }
                 e.id = event_id(Pos { sid, sub }, queue);
                 current = Some(e);
                 continue;
