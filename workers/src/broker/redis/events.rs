@@ -91,7 +91,8 @@ fn parse_event_id(s: &str) -> Option<(Pos, &str)> {
 }
 
 /// The events of stream entries (see `common.lua`: `at <ms>`, then events each starting with
-/// `t <type>`), with their positions; and how many entries there were.
+/// `t <type>`, or with `v "<type> <attempt> <id> <kind>"` where the hot scripts wrote them),
+/// with their positions; and how many entries there were.
 fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usize)> {
     let Value::Array(entries) = v else {
         return Ok((Vec::new(), 0));
@@ -477,4 +478,53 @@ async fn read_stream(
         )
         .await?;
     parse_entries(&v, queue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// One stream entry as XRANGE answers it: its id, then its fields and values.
+    fn entry(sid: &str, fields: &[&str]) -> Value {
+        Value::Array(vec![
+            bulk(sid),
+            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+        ])
+    }
+
+    #[test]
+    fn packed_and_spelled_out_events_read_alike() -> BrokerResult<()> {
+        let entries = Value::Array(vec![entry(
+            "5-0",
+            &[
+                "at", "1000", "v", "job.started 2 j1 send mail", "v",
+                "job.succeeded 1 j2 k", "r", "[1]", "t", "job.dead", "j", "j3", "k", "x y",
+                "a", "3", "e", "boom",
+            ],
+        )]);
+        let (events, n) = parse_entries(&entries, "q")?;
+        assert_eq!(n, 1);
+        let got: Vec<_> = events
+            .iter()
+            .map(|(_, e)| (e.job_id.as_str(), e.kind.as_str(), e.attempt, e.at.as_millis()))
+            .collect();
+        assert_eq!(
+            got,
+            [("j1", "send mail", 2, 1000), ("j2", "k", 1, 1000), ("j3", "x y", 3, 1000)]
+        );
+        assert_eq!(events[1].1.result, Some(serde_json::json!([1])));
+        assert_eq!(events[2].1.error.as_deref(), Some("boom"));
+        assert_eq!(events[1].1.id, "5-0.1@q");
+        Ok(())
+    }
+
+    #[test]
+    fn a_packed_event_missing_parts_is_refused() {
+        let entries = Value::Array(vec![entry("5-0", &["at", "1", "v", "job.started 2"])]);
+        assert!(parse_entries(&entries, "q").is_err());
+    }
 }
