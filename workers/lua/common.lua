@@ -34,7 +34,8 @@
 --              for fetch to skip: a cancel does not scan the list.
 --   lanes      zset of the priorities p that may have a non-empty lane:<p> (score = member = p)
 --   due        zset of scheduled and retrying ids, score = due time (ms)
---   running    zset of running ids, score = lease deadline (ms)
+--   running    zset of running ids, score = lease deadline (ms), and RUNNING_PIN at +inf
+--              (see below), so that only `ZCOUNT running -inf (+inf` counts the running jobs
 --   succeeded, dead, cancelled   zsets of finished ids, score = finished_at (ms)
 --   counts     hash state -> number of jobs
 --   events     stream of events (see "Events" below), trimmed to about ARGV cap entries
@@ -73,6 +74,15 @@ end
 local function job_key(id)
   return K .. 'job:' .. id
 end
+
+-- A member of the `running` zset that is no job: fetch.lua adds it (at +inf, where no lease
+-- deadline ever is) with every lease, and it is longer than Redis' zset-max-listpack-value
+-- (64 bytes by default). A zset holding a member that long is a skiplist, not a listpack: a
+-- listpack of a few dozen running jobs is scanned end to end by every ZADD and ZREM, which
+-- cost three times as much per job (callgrind: 20k instructions a job for the lease's ZADD
+-- and ZREM against 6k). It keeps the key in place once a queue has leased a job; nothing
+-- reads it (rescue looks only at scores below now).
+local RUNNING_PIN = '~ not a job: keeps this zset a skiplist (see common.lua, RUNNING_PIN) ~~~~~~~~'
 
 -- Member of the `queued` zset. The score is the priority alone; members with one score sort
 -- by bytes, so a fixed-width due time, then a fixed-width enqueue sequence, then the id give

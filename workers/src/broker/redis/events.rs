@@ -148,8 +148,8 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usi
                     error: None,
                 };
                 if let Some((attempt, job, kind)) = packed {
-                    e.attempt = u32::try_from(parse_num(attempt).ok_or_else(|| bad("a"))?)
-                        .unwrap_or(0);
+                    e.attempt =
+                        u32::try_from(parse_num(attempt).ok_or_else(|| bad("a"))?).unwrap_or(0);
                     e.job_id = JobId(job.to_owned());
                     kind.clone_into(&mut e.kind);
                 }
@@ -501,20 +501,46 @@ mod tests {
         let entries = Value::Array(vec![entry(
             "5-0",
             &[
-                "at", "1000", "v", "job.started 2 j1 send mail", "v",
-                "job.succeeded 1 j2 k", "r", "[1]", "t", "job.dead", "j", "j3", "k", "x y",
-                "a", "3", "e", "boom",
+                "at",
+                "1000",
+                "v",
+                "job.started 2 j1 send mail",
+                "v",
+                "job.succeeded 1 j2 k",
+                "r",
+                "[1]",
+                "t",
+                "job.dead",
+                "j",
+                "j3",
+                "k",
+                "x y",
+                "a",
+                "3",
+                "e",
+                "boom",
             ],
         )]);
         let (events, n) = parse_entries(&entries, "q")?;
         assert_eq!(n, 1);
         let got: Vec<_> = events
             .iter()
-            .map(|(_, e)| (e.job_id.as_str(), e.kind.as_str(), e.attempt, e.at.as_millis()))
+            .map(|(_, e)| {
+                (
+                    e.job_id.as_str(),
+                    e.kind.as_str(),
+                    e.attempt,
+                    e.at.as_millis(),
+                )
+            })
             .collect();
         assert_eq!(
             got,
-            [("j1", "send mail", 2, 1000), ("j2", "k", 1, 1000), ("j3", "x y", 3, 1000)]
+            [
+                ("j1", "send mail", 2, 1000),
+                ("j2", "k", 1, 1000),
+                ("j3", "x y", 3, 1000)
+            ]
         );
         assert_eq!(events[1].1.result, Some(serde_json::json!([1])));
         assert_eq!(events[2].1.error.as_deref(), Some("boom"));
