@@ -13,6 +13,12 @@
 //! stored before `evs` existed has only its last entry's id (`evn`): its history is the part
 //! of the stream between its first and last entries, filtered the same way.
 //!
+//! An event in an entry starts either with `t <type>` (its job id, kind and attempt in fields
+//! `j`, `k`, `a` of their own) or, as the hot scripts write it since the stream's share of a
+//! job's Redis work was cut, with one field `v "<type> <attempt> <id> <kind>"`. Both are read,
+//! so streams written before the packed form still read the same; there is no production data
+//! to migrate yet, and none needed.
+//!
 //! The scripts write the events, in the same call as the change they record; this file only
 //! reads them. Trimming the streams is `purge`'s (`read.rs`) and the scripts' (the event cap).
 //!
