@@ -144,7 +144,7 @@ while max > 0 and #ids < max and rounds < 8 do
 end
 if #ids > 0 then
   local ev = flush_events(cap, now)
-  local running = {}
+  local running = { '+inf', RUNNING_PIN }
   for i = 1, #ids do
     local id, jk = ids[i], keys[i]
     if started[i] then

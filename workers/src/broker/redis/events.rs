@@ -13,6 +13,12 @@
 //! stored before `evs` existed has only its last entry's id (`evn`): its history is the part
 //! of the stream between its first and last entries, filtered the same way.
 //!
+//! An event in an entry starts either with `t <type>` (its job id, kind and attempt in fields
+//! `j`, `k`, `a` of their own) or, as the hot scripts write it since the stream's share of a
+//! job's Redis work was cut, with one field `v "<type> <attempt> <id> <kind>"`. Both are read,
+//! so streams written before the packed form still read the same; there is no production data
+//! to migrate yet, and none needed.
+//!
 //! The scripts write the events, in the same call as the change they record; this file only
 //! reads them. Trimming the streams is `purge`'s (`read.rs`) and the scripts' (the event cap).
 //!
@@ -91,7 +97,8 @@ fn parse_event_id(s: &str) -> Option<(Pos, &str)> {
 }
 
 /// The events of stream entries (see `common.lua`: `at <ms>`, then events each starting with
-/// `t <type>`), with their positions; and how many entries there were.
+/// `t <type>`, or with `v "<type> <attempt> <id> <kind>"` where the hot scripts wrote them),
+/// with their positions; and how many entries there were.
 fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usize)> {
     let Value::Array(entries) = v else {
         return Ok((Vec::new(), 0));
@@ -114,15 +121,28 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usi
             let (Some(k), Some(val)) = (text(&pair[0]), text(&pair[1])) else {
                 continue;
             };
-            if k == "t" {
+            if k == "t" || k == "v" {
                 if let Some(e) = current.take() {
                     out.push((Pos { sid, sub }, e));
                     sub += 1;
                 }
+                // `t <type>` starts an event whose other parts follow in fields of their own;
+                // `v "<type> <attempt> <id> <kind>"` holds all four (see common.lua).
+                let (typ, packed) = if k == "v" {
+                    let mut parts = val.splitn(4, ' ');
+                    let (Some(typ), Some(attempt), Some(job), Some(kind)) =
+                        (parts.next(), parts.next(), parts.next(), parts.next())
+                    else {
+                        return Err(bad("packed event"));
+                    };
+                    (typ, Some((attempt, job, kind)))
+                } else {
+                    (val, None)
+                };
                 let mut e = Event {
                     id: String::new(),
-                    kind_of_event: EventType::parse(val)
-                        .ok_or_else(|| bad(&format!("unknown type {val}")))?,
+                    kind_of_event: EventType::parse(typ)
+                        .ok_or_else(|| bad(&format!("unknown type {typ}")))?,
                     job_id: JobId(String::new()),
                     queue: queue.to_owned(),
                     kind: String::new(),
@@ -133,6 +153,12 @@ fn parse_entries(v: &Value, queue: &str) -> BrokerResult<(Vec<(Pos, Event)>, usi
                     result: None,
                     error: None,
                 };
+                if let Some((attempt, job, kind)) = packed {
+                    e.attempt =
+                        u32::try_from(parse_num(attempt).ok_or_else(|| bad("a"))?).unwrap_or(0);
+                    e.job_id = JobId(job.to_owned());
+                    kind.clone_into(&mut e.kind);
+                }
                 e.id = event_id(Pos { sid, sub }, queue);
                 current = Some(e);
                 continue;
@@ -458,4 +484,79 @@ async fn read_stream(
         )
         .await?;
     parse_entries(&v, queue)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bulk(s: &str) -> Value {
+        Value::BulkString(s.as_bytes().to_vec())
+    }
+
+    /// One stream entry as XRANGE answers it: its id, then its fields and values.
+    fn entry(sid: &str, fields: &[&str]) -> Value {
+        Value::Array(vec![
+            bulk(sid),
+            Value::Array(fields.iter().map(|f| bulk(f)).collect()),
+        ])
+    }
+
+    #[test]
+    fn packed_and_spelled_out_events_read_alike() -> BrokerResult<()> {
+        let entries = Value::Array(vec![entry(
+            "5-0",
+            &[
+                "at",
+                "1000",
+                "v",
+                "job.started 2 j1 send mail",
+                "v",
+                "job.succeeded 1 j2 k",
+                "r",
+                "[1]",
+                "t",
+                "job.dead",
+                "j",
+                "j3",
+                "k",
+                "x y",
+                "a",
+                "3",
+                "e",
+                "boom",
+            ],
+        )]);
+        let (events, n) = parse_entries(&entries, "q")?;
+        assert_eq!(n, 1);
+        let got: Vec<_> = events
+            .iter()
+            .map(|(_, e)| {
+                (
+                    e.job_id.as_str(),
+                    e.kind.as_str(),
+                    e.attempt,
+                    e.at.as_millis(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("j1", "send mail", 2, 1000),
+                ("j2", "k", 1, 1000),
+                ("j3", "x y", 3, 1000)
+            ]
+        );
+        assert_eq!(events[1].1.result, Some(serde_json::json!([1])));
+        assert_eq!(events[2].1.error.as_deref(), Some("boom"));
+        assert_eq!(events[1].1.id, "5-0.1@q");
+        Ok(())
+    }
+
+    #[test]
+    fn a_packed_event_missing_parts_is_refused() {
+        let entries = Value::Array(vec![entry("5-0", &["at", "1", "v", "job.started 2"])]);
+        assert!(parse_entries(&entries, "q").is_err());
+    }
 }

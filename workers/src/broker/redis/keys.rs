@@ -9,7 +9,8 @@
 //! `queued` (the jobs queued later; score = priority, member = fixed-width due time + enqueue
 //! sequence + id, so strict priority then earliest due then FIFO, with no double-precision
 //! limit; fetch merges it with the lanes in that order), `due` (scheduled and retrying ids by due time), `running` (by lease
-//! deadline), `succeeded` / `dead` / `cancelled` (by finish time), `counts` (state -> count, kept
+//! deadline, plus one long non-job member at +inf that keeps it a skiplist: count it with
+//! `ZCOUNT .. -inf (+inf`), `succeeded` / `dead` / `cancelled` (by finish time), `counts` (state -> count, kept
 //! by every script so that `queues()` is O(1) per queue), `events` (a stream), `signal` (wake-up
 //! tokens for `BLPOP`), `unique` (unique key -> id), `seq`, `rate` (a rated queue's next start,
 //! see `rating.rs`) and per-second `stat:*` counters.

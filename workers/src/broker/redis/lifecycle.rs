@@ -428,7 +428,7 @@ pub(super) async fn rescue(
                 .arg(max_interruptions)
                 .arg(BATCH);
             pipe.add_command(cmd);
-            pipe.cmd("ZCARD").arg(broker.running_key(q));
+            running_count(&mut pipe, broker, q);
         }
         let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
         let mut again = Vec::new();
@@ -448,6 +448,15 @@ pub(super) async fn rescue(
     Ok(rescued)
 }
 
+/// Adds to `pipe` the count of `queue`'s running jobs: its `running` zset's members below
+/// +inf, which leaves out the pin at +inf that keeps the zset a skiplist (see common.lua).
+fn running_count(pipe: &mut Pipe, broker: &RedisBroker, queue: &str) {
+    pipe.cmd("ZCOUNT")
+        .arg(broker.running_key(queue))
+        .arg("-inf")
+        .arg("(+inf");
+}
+
 /// Drops queues with nothing running from the index of leased queues. A fetch may lease a job
 /// there between the look and the removal: it adds the queue after its script, so a second
 /// look after the removal sees its job, and the queue goes back.
@@ -458,7 +467,7 @@ async fn forget_idle(broker: &RedisBroker, idle: &[String]) -> BrokerResult<()> 
     let mut pipe = Pipe::new();
     pipe.cmd("SREM").arg(broker.leased_key()).arg(idle).ignore();
     for q in idle {
-        pipe.cmd("ZCARD").arg(broker.running_key(q));
+        running_count(&mut pipe, broker, q);
     }
     let running: Vec<i64> = broker.query_pipe(&pipe).await?;
     let busy: Vec<&String> = idle
