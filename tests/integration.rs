@@ -13,6 +13,9 @@ mod e2e_batch;
 mod e2e_bus;
 /// `hopper chaos`: a small fault campaign's ledger, and its kind kept out of normal use.
 mod e2e_chaos;
+/// The circuit breakers of notification endpoints shared through the broker, shown in
+/// `GET /v1/circuits`, `hopper queues` and `/metrics`.
+mod e2e_circuits;
 /// The dashboard at `GET /`, in a real headless Chromium.
 mod e2e_dashboard;
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.
