@@ -8,6 +8,8 @@ mod util;
 
 /// Bulk enqueue: `POST /v1/jobs/batch` and `hopper enqueue --file`, on SQLite and Redis.
 mod e2e_batch;
+/// `hopper bench --workload notify`, run small: notifications delivered to WebSocket users.
+mod e2e_bench_notify;
 /// The event bus: `POST /v1/publish` and `hopper publish` fanning out to `[[subscription]]`
 /// jobs, idempotency keys, and `job.dead` relayed exactly once across nodes and restarts.
 mod e2e_bus;
