@@ -363,6 +363,34 @@ pub(super) fn shown_url(url: &str) -> String {
     }
 }
 
+/// After the queue table, the notification endpoints whose circuit is open or half-open (none:
+/// nothing is printed).
+fn print_circuits(circuits: &[CircuitView]) -> std::io::Result<()> {
+    if circuits.is_empty() {
+        return Ok(());
+    }
+    out::line(String::new())?;
+    let rows: Vec<Vec<String>> = circuits
+        .iter()
+        .map(|c| {
+            vec![
+                c.endpoint.clone(),
+                c.state.replace('_', "-"),
+                c.failures.to_string(),
+                if c.probing {
+                    "probing".to_owned()
+                } else {
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        c.probe_in_ms.div_ceil(1000),
+                    ))
+                    .to_string()
+                },
+            ]
+        })
+        .collect();
+    out::table(&["circuit", "state", ">failures", "probe in"], &rows)
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -392,32 +420,4 @@ mod tests {
         assert!(!path.exists());
         assert!(refuse_missing_database("redis://h/0", "c.toml").is_ok());
     }
-}
-
-/// After the queue table, the notification endpoints whose circuit is open or half-open (none:
-/// nothing is printed).
-fn print_circuits(circuits: &[CircuitView]) -> std::io::Result<()> {
-    if circuits.is_empty() {
-        return Ok(());
-    }
-    out::line(String::new())?;
-    let rows: Vec<Vec<String>> = circuits
-        .iter()
-        .map(|c| {
-            vec![
-                c.endpoint.clone(),
-                c.state.replace('_', "-"),
-                c.failures.to_string(),
-                if c.probing {
-                    "probing".to_owned()
-                } else {
-                    humantime::format_duration(std::time::Duration::from_secs(
-                        c.probe_in_ms.div_ceil(1000),
-                    ))
-                    .to_string()
-                },
-            ]
-        })
-        .collect();
-    out::table(&["circuit", "state", ">failures", "probe in"], &rows)
 }
