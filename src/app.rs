@@ -47,7 +47,7 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<d
 
 /// The job kinds this process knows: the diagnostic `sys.*` kinds unless
 /// `[worker] diagnostics = false`, every kind of `hopper-jobs`, `notify.send` delivering
-/// through `broker` (its inbox and push subscriptions; without a broker, as in
+/// through `broker` (its inbox, push subscriptions and shared circuits; without a broker, as in
 /// `hopper check-config`, known but unable to deliver), and `chaos.ledger` in the processes
 /// `hopper chaos` starts.
 pub fn build_registry(settings: &Settings, broker: Option<&Arc<dyn Broker>>) -> Result<Registry> {
@@ -58,9 +58,22 @@ pub fn build_registry(settings: &Settings, broker: Option<&Arc<dyn Broker>>) -> 
     }
     hopper_jobs::register_all(&mut registry, &settings.jobs)
         .context("registering the job kinds")?;
-    let (inbox, subscriptions) = crate::notify::ports_or_offline(broker, &settings.jobs.notify);
-    hopper_jobs::notify::register_notify(&mut registry, &settings.jobs, inbox, subscriptions)
-        .context("registering notify.send")?;
+    match broker {
+        // Inbox, push subscriptions and the circuits every node's breakers share.
+        Some(broker) => crate::notify::register(&mut registry, &settings.jobs, broker.clone())
+            .context("registering notify.send")?,
+        None => {
+            let (inbox, subscriptions) =
+                crate::notify::ports_or_offline(None, &settings.jobs.notify);
+            hopper_jobs::notify::register_notify(
+                &mut registry,
+                &settings.jobs,
+                inbox,
+                subscriptions,
+            )
+            .context("registering notify.send")?;
+        }
+    }
     if let Some(dir) = &settings.chaos_ledger {
         crate::chaos::register_ledger(&mut registry, dir)?;
     }

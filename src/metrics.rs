@@ -4,19 +4,21 @@
 //! The recorder is installed once per process ([`handle`]); everything recorded through the
 //! `metrics` facade, the engine's job and broker metrics included
 //! (`hopper_workers::metrics`), is rendered by it. Gauges that describe state rather than
-//! count happenings (queue depth, worker slots) are computed when scraped, from a cache of
-//! the broker's `queues()` at most [`QUEUES_MAX_AGE`] old ([`Scrape`]): nothing polls the
+//! count happenings (queue depth, worker slots, the open circuits of notification endpoints) are computed when scraped, from a cache of
+//! the broker's `queues()` (and `circuits()`) at most [`QUEUES_MAX_AGE`] old ([`Scrape`]): nothing polls the
 //! broker while nobody scrapes, and a burst of scrapes costs one broker call a second.
 //!
 //! Not here: the route and its auth (`crate::api`), the listener of `hopper worker`
 //! (`crate::app`).
 
+use std::collections::HashSet;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use axum::extract::{MatchedPath, Request};
 use axum::middleware::Next;
 use axum::response::Response;
+use hopper_jobs::notify::CIRCUIT_OPEN;
 use hopper_workers::job::JobState;
 use hopper_workers::pool::PoolHandle;
 use hopper_workers::{Broker, BrokerResult};
@@ -113,6 +115,8 @@ pub struct Scrape {
     refreshed: Arc<tokio::sync::Mutex<Option<Instant>>>,
     /// The pool of this process and its slots, if it runs one.
     pool: Option<(PoolHandle, usize)>,
+    /// The endpoints whose `hopper_notify_circuit_open` the last refresh set to 1.
+    open_circuits: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 impl Scrape {
@@ -122,6 +126,7 @@ impl Scrape {
             broker,
             refreshed: Arc::default(),
             pool: None,
+            open_circuits: Arc::default(),
         }
     }
 
@@ -161,7 +166,33 @@ impl Scrape {
                 .set(q.counts.get(state) as f64);
             }
         }
+        self.refresh_circuits().await?;
         *refreshed = Some(Instant::now());
+        Ok(())
+    }
+
+    /// `hopper_notify_circuit_open` from the circuits shared in the broker, so that any node
+    /// shows every open circuit (1), and 0 for one that closed since the last refresh.
+    async fn refresh_circuits(&self) -> BrokerResult<()> {
+        let open: HashSet<String> = self
+            .broker
+            .circuits()
+            .await?
+            .into_iter()
+            .filter(|c| c.open_for.is_some())
+            .map(|c| c.endpoint)
+            .collect();
+        let mut last = self
+            .open_circuits
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        for closed in last.difference(&open) {
+            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => closed.clone()).set(0.0);
+        }
+        for endpoint in &open {
+            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => endpoint.clone()).set(1.0);
+        }
+        *last = open;
         Ok(())
     }
 }

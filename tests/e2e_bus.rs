@@ -375,7 +375,7 @@ fn the_publish_bench_reports_consistent_figures() {
     assert!(r["processed_jobs_per_s"].is_null(), "{r}");
     let queues = s.cli_json(&["queues"]);
     assert!(
-        !queues
+        !queues["queues"]
             .as_array()
             .unwrap()
             .iter()

@@ -81,7 +81,7 @@ async fn dashboard_is_served_without_a_token() {
 
 /// The acceptance test in a real browser against the real server: the token prompt and the
 /// live stream, a `sys.sleep` job's bar moved by real progress frames to succeeded, Retry on a
-/// dead job running it again, Cancel on a running one, Pause / Resume and Retry all dead on a
+/// dead job running it again, an open circuit of a notification endpoint, Cancel on a running one, Pause / Resume and Retry all dead on a
 /// queue card, a wrong token closed with 4001, `lagged` (a stand-in), the job page.
 /// Screenshots land in `target/dashboard*.png`.
 #[test]
@@ -103,6 +103,7 @@ fn dashboard_in_headless_chromium() {
 
     let s = with_token();
     let (daemon, api) = s.serve(&[]);
+    open_a_circuit(&s.broker_url());
     let out = Command::new(node)
         .arg(&script)
         .arg(&api.base)
@@ -121,6 +122,31 @@ fn dashboard_in_headless_chromium() {
         daemon.log_text()
     );
     assert!(shots.join("dashboard.png").is_file());
+}
+
+/// Stores an open circuit of a webhook URL with a secret in its query in the broker at
+/// `url`, as a worker node's breaker would.
+fn open_a_circuit(url: &str) {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let broker = hopper_workers::broker::open_with(
+            url,
+            &hopper_workers::broker::OpenOptions::new("hopper"),
+            hopper_workers::clock::system(),
+        )
+        .await
+        .unwrap();
+        broker
+            .save_circuit(&hopper_workers::broker::Circuit {
+                endpoint: "https://hooks.example/in?token=s3cret".into(),
+                failures: 5,
+                open_for: Some(std::time::Duration::from_secs(3600)),
+                cooldown: std::time::Duration::from_secs(3600),
+                probing: false,
+            })
+            .await
+            .unwrap();
+    });
 }
 
 /// The first `name` on `PATH`.

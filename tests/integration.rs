@@ -8,11 +8,16 @@ mod util;
 
 /// Bulk enqueue: `POST /v1/jobs/batch` and `hopper enqueue --file`, on SQLite and Redis.
 mod e2e_batch;
+/// `hopper bench --workload notify`, run small: notifications delivered to WebSocket users.
+mod e2e_bench_notify;
 /// The event bus: `POST /v1/publish` and `hopper publish` fanning out to `[[subscription]]`
 /// jobs, idempotency keys, and `job.dead` relayed exactly once across nodes and restarts.
 mod e2e_bus;
 /// `hopper chaos`: a small fault campaign's ledger, and its kind kept out of normal use.
 mod e2e_chaos;
+/// The circuit breakers of notification endpoints shared through the broker, shown in
+/// `GET /v1/circuits`, `hopper queues` and `/metrics`.
+mod e2e_circuits;
 /// The dashboard at `GET /`, in a real headless Chromium.
 mod e2e_dashboard;
 /// The demo chain: etl.sync -> pdf.report -> email.send, with real HTTP and SMTP peers.

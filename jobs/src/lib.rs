@@ -24,8 +24,9 @@
 //! - [`notify`] (feature `notify`): `notify.send`, with `notify/channels.rs`,
 //!   `notify/record.rs` (the delivery record kept in the job's checkpoint), `notify/email.rs`,
 //!   `notify/webhook.rs`, `notify/push.rs` (Web Push), `notify/breaker.rs` (a circuit
-//!   breaker per endpoint) and `notify/ports.rs` (the inbox and push subscriptions the shell
-//!   provides). Not registered by [`register_all`]: it needs those ports, so the shell calls
+//!   breaker per endpoint), `notify/ports.rs` (the inbox and push subscriptions the shell
+//!   provides) and `notify/circuits.rs` (the store through which breakers share their state,
+//!   also the shell's). Not registered by [`register_all`]: it needs those ports, so the shell calls
 //!   [`notify::register_notify`].
 //!
 //! Every kind receives its clients (SMTP transport, HTTP client, database pools) when it is

@@ -20,7 +20,8 @@
 //!
 //! `POST /v1/publish` is `publish`'s: an event fanned out to `[[subscription]]` jobs by
 //! `crate::bus`.
-//! `GET /v1/workers` (`workers`) lists the worker nodes registered in the broker.
+//! `GET /v1/workers` (`workers`) lists the worker nodes registered in the broker;
+//! `GET /v1/circuits` (`circuits`) the notification endpoints whose circuit is open.
 //! `GET /v1/notifications` ([`notifications`]) streams a user's notifications to the user a
 //! JWT names; `/v1/users/{id}/push-subscriptions` (`push`) stores their Web Push
 //! subscriptions. Both check auth themselves (see each module).
@@ -33,6 +34,7 @@
 //! request is counted under its route template by `crate::metrics::track_http`.
 
 mod batch;
+mod circuits;
 mod dashboard;
 pub mod error;
 pub mod events;
@@ -192,6 +194,7 @@ fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
         .routes(routes!(queues::retry_dead))
         .routes(routes!(publish::publish))
         .routes(routes!(workers::list))
+        .routes(routes!(circuits::list))
         .route_layer(middleware::from_fn_with_state(
             config.clone(),
             require_token,

@@ -437,6 +437,31 @@ pub struct WorkerList {
     pub workers: Vec<WorkerNodeDoc>,
 }
 
+/// An endpoint of `notify.send` whose circuit breaker is open or half-open.
+#[derive(Serialize, ToSchema)]
+#[schema(as = Circuit)]
+pub struct CircuitDoc {
+    /// The webhook URL or push service origin, without credentials, query or fragment.
+    pub endpoint: String,
+    /// `open` (deliveries wait) or `half_open` (a probe may go or is under way).
+    pub state: String,
+    /// Consecutive failures that opened it.
+    pub failures: u32,
+    /// Milliseconds until its probe may go (0 when half-open).
+    pub probe_in_ms: u64,
+    /// The current cool-down, in milliseconds.
+    pub cooldown_ms: u64,
+    /// A probe is under way on some node.
+    pub probing: bool,
+}
+
+/// `GET /v1/circuits`.
+#[derive(Serialize, ToSchema)]
+pub struct CircuitList {
+    /// By endpoint.
+    pub circuits: Vec<CircuitDoc>,
+}
+
 /// Why a job is not running yet (`waiting` of `GET /v1/jobs/{id}`).
 #[derive(Serialize, ToSchema)]
 #[schema(as = Waiting)]

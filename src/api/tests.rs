@@ -191,6 +191,14 @@ impl Broker for Unreachable {
     async fn push_unsubscribe(&self, _: &str, _: &str) -> BrokerResult<bool> {
         self.down()
     }
+
+    async fn circuits(&self) -> BrokerResult<Vec<hopper_workers::broker::Circuit>> {
+        self.down()
+    }
+
+    async fn save_circuit(&self, _: &hopper_workers::broker::Circuit) -> BrokerResult<()> {
+        self.down()
+    }
 }
 
 fn registry() -> Arc<Registry> {

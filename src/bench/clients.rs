@@ -13,7 +13,13 @@
 //! within 0.2 %), not into a list: a thousand clients at thousands of events a second would
 //! make the list the largest thing in the process.
 //!
-//! Not here: the server, the jobs and the report (`events`, `super`).
+//! The `notify` workload uses the same child for `GET /v1/notifications`: when the URL is that
+//! route, client `i` connects as the user `<user prefix><i>` with a JWT it signs with the
+//! secret the parent passes in [`SECRET_ENV`] (never on the command line), counts
+//! `notification` frames instead of completions, and measures each from the microsecond stamp
+//! the producer put in its `data` ([`DATA_STAMP`]). A `rate_limited` frame counts as lagged.
+//!
+//! Not here: the server, the jobs and the report (`events`, `notify`, `super`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -32,6 +38,34 @@ use super::micros_now;
 pub(super) const STAMP: &str = "bench-us:";
 /// What the child prints once every client is connected.
 pub(super) const READY: &str = "ready";
+/// The environment variable through which the `notify` workload hands its clients the JWT
+/// secret of its API.
+pub(super) const SECRET_ENV: &str = "HOPPER_BENCH_JWT_SECRET";
+/// The key of a notification's `data` holding the producer's microsecond stamp.
+pub(super) const DATA_STAMP: &str = "bench_us";
+/// The route whose URL makes the child follow notifications rather than job events.
+pub(super) const NOTIFICATIONS_PATH: &str = "/v1/notifications";
+
+/// Client `i`'s user in the `notify` workload, whose users all start with `prefix`.
+pub(super) fn bench_user(prefix: &str, i: usize) -> String {
+    format!("{prefix}{i}")
+}
+
+/// An HS256 JWT for `user`, valid for a day, signed with `secret`.
+pub(super) fn bench_jwt(secret: &str, user: &str) -> Result<String> {
+    let exp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+        + 24 * 3600;
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes())
+        .context("the bench's JWT secret")?;
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &serde_json::json!({ "sub": user, "exp": exp }),
+        &key,
+    )
+    .context("signing a bench user's JWT")
+}
 
 /// What the clients measured, printed by the child as its last line.
 #[derive(Debug, Default, Serialize, Deserialize)]
@@ -57,17 +91,32 @@ fn socket() -> WebSocketConfig {
 }
 
 /// The child's side: connects `clients` clients to `url`, says [`READY`], follows until every
-/// client saw `jobs` completions (or stdin closed: the parent gave up), prints the [`Summary`].
-pub(super) async fn run(url: &str, clients: usize, jobs: u64) -> Result<()> {
+/// client saw `jobs` completions (or, on `GET /v1/notifications`, `jobs` notifications each;
+/// or stdin closed: the parent gave up), prints the [`Summary`]. `users` is the prefix of the
+/// notification clients' user ids.
+pub(super) async fn run(url: &str, clients: usize, jobs: u64, users: &str) -> Result<()> {
     let shared = Arc::new(Shared::default());
     let stop = CancellationToken::new();
+    let notifications = url.contains(NOTIFICATIONS_PATH);
+    let secret = if notifications {
+        std::env::var(SECRET_ENV).with_context(|| format!("{SECRET_ENV} is not set"))?
+    } else {
+        String::new()
+    };
     let mut followers = Vec::with_capacity(clients);
-    for _ in 0..clients {
+    for i in 0..clients {
         // Connected one by one, before any job: the server subscribes each stream before it
         // answers the upgrade, so each is open when the first event is appended.
-        let (ws, _) = tokio_tungstenite::connect_async_with_config(url, Some(socket()), false)
-            .await
-            .with_context(|| format!("connecting a client to {url}"))?;
+        let target = if notifications {
+            let jwt = bench_jwt(&secret, &bench_user(users, i))?;
+            format!("{url}?token={jwt}")
+        } else {
+            url.to_owned()
+        };
+        let (ws, _) =
+            tokio_tungstenite::connect_async_with_config(target.as_str(), Some(socket()), false)
+                .await
+                .with_context(|| format!("connecting a client to {url}"))?;
         followers.push(tokio::spawn(follow(ws, shared.clone(), jobs, stop.clone())));
     }
     crate::out::line(READY)?;
@@ -111,9 +160,20 @@ struct FrameView<'a> {
     kind: &'a str,
     #[serde(default)]
     message: Option<&'a str>,
+    /// A notification's `data`, where the `notify` workload stamps it.
+    #[serde(default)]
+    data: Option<StampView>,
 }
 
-/// One client: reads frames until it has seen `jobs` completions, lagged, or is stopped.
+/// The producer's stamp in a notification's `data`.
+#[derive(Deserialize)]
+struct StampView {
+    #[serde(default)]
+    bench_us: Option<u64>,
+}
+
+/// One client: reads frames until it has seen `jobs` completions (or notifications), lagged
+/// (or was rate limited), or is stopped.
 async fn follow<S>(mut ws: S, shared: Arc<Shared>, jobs: u64, stop: CancellationToken)
 where
     S: futures::Stream<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin,
@@ -144,7 +204,13 @@ where
                 }
             }
             "job.succeeded" | "job.dead" | "job.cancelled" => done += 1,
-            "lagged" => {
+            "notification" => {
+                if let Some(at) = frame.data.and_then(|d| d.bench_us) {
+                    shared.latency.record(now.saturating_sub(at));
+                }
+                done += 1;
+            }
+            "lagged" | "rate_limited" => {
                 shared.lagged.fetch_add(1, Ordering::AcqRel);
                 break;
             }

@@ -109,7 +109,7 @@ impl Bench {
         stop: &CancellationToken,
     ) -> Result<Report> {
         let url = format!("ws://{addr}/v1/events?queue={}", self.queue);
-        let mut child = Clients::start(&url, clients, jobs, stop).await?;
+        let mut child = Clients::start(&url, clients, jobs, None, stop).await?;
         tracing::info!(clients, jobs, "clients connected; producing events");
 
         let mut registry = Registry::new();
@@ -148,6 +148,7 @@ impl Bench {
                 events: Some(events),
                 events_per_s: Some(per_s(events, produce_s)),
                 delivered: Some(summary.delivered),
+                delivered_per_s: None,
                 lagged_clients: Some(summary.lagged_clients),
                 incomplete_clients: Some(summary.incomplete_clients),
                 delivery_p50_ms: summary.p50_ms,
@@ -185,20 +186,33 @@ impl Bench {
 }
 
 /// The client process: `hopper bench --follow URL` (see `super::clients`).
-struct Clients {
+pub(super) struct Clients {
     child: Child,
     lines: Lines<BufReader<ChildStdout>>,
 }
 
 impl Clients {
-    /// Starts the child and waits until every client is connected.
-    async fn start(url: &str, clients: usize, jobs: u64, stop: &CancellationToken) -> Result<Self> {
+    /// Starts the child and waits until every client is connected. `users` (notification
+    /// clients only): their user ids' prefix and the JWT secret, handed over in the child's
+    /// environment.
+    pub(super) async fn start(
+        url: &str,
+        clients: usize,
+        jobs: u64,
+        users: Option<(&str, &str)>,
+        stop: &CancellationToken,
+    ) -> Result<Self> {
         let exe = std::env::current_exe().context("finding this program to start the clients")?;
-        let mut child = Command::new(exe)
-            .args(["bench", "--follow", url, "--clients"])
+        let mut cmd = Command::new(exe);
+        cmd.args(["bench", "--follow", url, "--clients"])
             .arg(clients.to_string())
             .arg("--jobs")
-            .arg(jobs.to_string())
+            .arg(jobs.to_string());
+        if let Some((prefix, secret)) = users {
+            cmd.args(["--follow-users", prefix])
+                .env(super::clients::SECRET_ENV, secret);
+        }
+        let mut child = cmd
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .kill_on_drop(true)
@@ -223,7 +237,7 @@ impl Clients {
 
     /// Waits at most `deadline` for the clients to receive everything (then tells them to
     /// stop, by closing their stdin), and reads what they measured.
-    async fn finish(&mut self, deadline: Duration) -> Result<Summary> {
+    pub(super) async fn finish(&mut self, deadline: Duration) -> Result<Summary> {
         let last = match tokio::time::timeout(deadline, self.lines.next_line()).await {
             Ok(line) => line,
             Err(_) => {

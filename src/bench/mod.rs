@@ -12,6 +12,10 @@
 //! - `events`: jobs that report progress while WebSocket clients follow the queue through an
 //!   API started in this process; delivery latency percentiles and memory.
 //!
+//! - `notify`: N WebSocket users on `GET /v1/notifications` of an API started in this process
+//!   while notifications are appended to their inboxes at a steady rate; notifications
+//!   delivered per second, delivery latency percentiles and memory.
+//!
 //! - `cpu`: the CPU counters (this process's, Redis') read around every workload.
 //!
 //! Each run uses its own queue (`bench-<uuid>`) and drops it afterwards, even when it fails.
@@ -22,6 +26,7 @@ mod cpu;
 mod drain;
 mod events;
 mod latency;
+mod notify;
 mod publish;
 
 use std::sync::Arc;
@@ -53,6 +58,7 @@ pub enum Workload {
     Latency,
     Events,
     Publish,
+    Notify,
 }
 
 /// Pool slots of a bench run that does not say.
@@ -65,7 +71,9 @@ pub struct BenchArgs {
     /// POST /v1/jobs/batch ([server] max_batch a request), jobs stored per second; latency:
     /// steady rate, pickup latency percentiles; events: jobs reporting progress while
     /// WebSocket clients follow the queue, delivery latency percentiles and memory; publish:
-    /// POST /v1/publish with 3 subscriptions, publishes and jobs created per second.
+    /// POST /v1/publish with 3 subscriptions, publishes and jobs created per second; notify:
+    /// notifications appended to the inboxes of --clients WebSocket users on
+    /// GET /v1/notifications, delivered per second, delivery latency percentiles and memory.
     #[arg(long, value_enum, default_value_t = Workload::Drain)]
     pub workload: Workload,
     /// Jobs to enqueue (drain, enqueue-batch); events to publish (publish: 3 jobs each).
@@ -76,14 +84,15 @@ pub struct BenchArgs {
     #[arg(long)]
     pub concurrency: Option<usize>,
     /// Jobs per second (latency, default 1000); events per second (events, default 4000:
-    /// each job appends 3 progress events and its completion).
+    /// each job appends 3 progress events and its completion); notifications per second
+    /// (notify, default 1000, spread evenly over the users).
     #[arg(long)]
     pub rate: Option<u64>,
-    /// WebSocket clients following the bench queue (events); HTTP clients posting batches
-    /// (enqueue-batch) or publishes (publish) at once.
+    /// WebSocket clients following the bench queue (events) or connected as users (notify);
+    /// HTTP clients posting batches (enqueue-batch) or publishes (publish) at once.
     #[arg(long, default_value_t = 1)]
     pub clients: usize,
-    /// How long to enqueue for (latency, events).
+    /// How long to enqueue for (latency, events, notify).
     #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
     pub duration: Duration,
     /// Broker URL (default: [broker] url).
@@ -96,13 +105,17 @@ pub struct BenchArgs {
     /// workload starts itself with it, so that clients and server are measured apart).
     #[arg(long, hide = true, value_name = "URL")]
     pub follow: Option<String>,
+    /// Internal: with `--follow` of `GET /v1/notifications`, the prefix of the clients' user
+    /// ids (the `notify` workload passes it, and the JWT secret in the environment).
+    #[arg(long, hide = true, value_name = "PREFIX")]
+    pub follow_users: Option<String>,
 }
 
 /// What a run measured; fields that do not apply are `null`. The field names are the
 /// contract of DESIGN §9.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct Report {
-    /// `drain`, `enqueue-batch`, `latency`, `events` or `publish`.
+    /// `drain`, `enqueue-batch`, `latency`, `events`, `publish` or `notify`.
     pub workload: &'static str,
     /// `sqlite` or `redis`.
     pub broker: String,
@@ -132,7 +145,8 @@ pub struct Report {
     pub process_cpu_us_per_job: Option<f64>,
 }
 
-/// What the `events` workload measured.
+/// What the `events` and `notify` workloads measured (for `notify`, `events` counts the
+/// notifications appended).
 #[derive(Clone, Copy, Debug, Default, Serialize)]
 pub struct Delivery {
     /// WebSocket clients that followed the bench queue.
@@ -141,9 +155,11 @@ pub struct Delivery {
     pub events: Option<u64>,
     /// Those events per second, from the first enqueue to the last job's end.
     pub events_per_s: Option<f64>,
-    /// Progress frames received and measured, over all clients.
+    /// Progress frames (notify: notifications) received and measured, over all clients.
     pub delivered: Option<u64>,
-    /// Clients told `lagged` (they fell behind the server's buffer).
+    /// Those per second, from the first append to the last delivery (notify).
+    pub delivered_per_s: Option<f64>,
+    /// Clients told `lagged` (they fell behind the server's buffer; notify: `rate_limited`).
     pub lagged_clients: Option<usize>,
     /// Clients that did not receive every job's completion.
     pub incomplete_clients: Option<usize>,
@@ -203,7 +219,8 @@ impl Report {
 /// Runs the workload `args` names and prints its report.
 pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationToken) -> Result<()> {
     if let Some(url) = &args.follow {
-        return clients::run(url, args.clients, args.jobs).await;
+        let users = args.follow_users.as_deref().unwrap_or_default();
+        return clients::run(url, args.clients, args.jobs, users).await;
     }
     let mut config = settings.config.clone();
     if let Some(url) = &args.broker {
@@ -247,6 +264,11 @@ pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationTok
                 .await
         }
         Workload::Publish => bench.publish(args.jobs, args.clients).await,
+        Workload::Notify => {
+            bench
+                .notify(args.rate.unwrap_or(1000), args.duration, args.clients)
+                .await
+        }
     };
     let cpu_after = cpu::snapshot(redis_url).await;
     // Clean up whatever happened.
@@ -381,7 +403,7 @@ fn percentile(sorted: &[u64], q: f64) -> Option<f64> {
 fn print_table(r: &Report) -> std::io::Result<()> {
     let f = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.1}"));
     let ms = |v: Option<f64>| v.map_or_else(|| "-".to_owned(), |x| format!("{x:.3}"));
-    if r.workload == "events" {
+    if r.workload == "events" || r.workload == "notify" {
         let d = &r.delivery;
         let n = |v: Option<usize>| v.map_or_else(|| "-".to_owned(), |x| x.to_string());
         return out::table(
@@ -392,6 +414,7 @@ fn print_table(r: &Report) -> std::io::Result<()> {
                 ">events",
                 ">events/s",
                 ">delivered",
+                ">delivered/s",
                 ">lagged",
                 ">p50 ms",
                 ">p95 ms",
@@ -411,6 +434,7 @@ fn print_table(r: &Report) -> std::io::Result<()> {
                 f(d.events_per_s),
                 d.delivered
                     .map_or_else(|| "-".to_owned(), |x| x.to_string()),
+                f(d.delivered_per_s),
                 n(d.lagged_clients),
                 ms(d.delivery_p50_ms),
                 ms(d.delivery_p95_ms),

@@ -1,4 +1,5 @@
-//! The inspection commands: `queues`, `jobs`, `job`, `retry` and `cancel`. They talk to the
+//! The inspection commands: `queues` (with the open circuits of notification endpoints),
+//! `jobs`, `job`, `retry` and `cancel`. They talk to the
 //! broker directly (lookups through `crate::service`), so they work on a worker node with no
 //! API.
 
@@ -14,6 +15,7 @@ use serde_json::Value;
 
 use super::{CliError, Command};
 use crate::config::Settings;
+use crate::notify::circuits::{CircuitView, open_circuits};
 use crate::service::Service;
 use crate::view::{self, JobWithHistory};
 use crate::{app, out};
@@ -28,8 +30,11 @@ pub(super) async fn run(
         Command::Enqueue(args) => super::enqueue::run(args, settings, broker).await,
         Command::Queues { json } => {
             let stats = view::merge_configured_queues(broker.queues().await?, &settings.config);
+            let circuits = open_circuits(&*broker).await?;
             if json {
-                return Ok(out::json(&stats)?);
+                return Ok(out::json(
+                    &serde_json::json!({"queues": stats, "circuits": circuits}),
+                )?);
             }
             let rows: Vec<Vec<String>> = stats
                 .iter()
@@ -53,7 +58,7 @@ pub(super) async fn run(
                     row
                 })
                 .collect();
-            Ok(out::table(
+            out::table(
                 &[
                     "queue",
                     ">queued",
@@ -67,7 +72,9 @@ pub(super) async fn run(
                     "paused",
                 ],
                 &rows,
-            )?)
+            )?;
+            print_circuits(&circuits)?;
+            Ok(())
         }
         Command::Jobs {
             queue,
@@ -355,6 +362,34 @@ pub(super) fn shown_url(url: &str) -> String {
         }
         _ => url.to_owned(),
     }
+}
+
+/// After the queue table, the notification endpoints whose circuit is open or half-open (none:
+/// nothing is printed).
+fn print_circuits(circuits: &[CircuitView]) -> std::io::Result<()> {
+    if circuits.is_empty() {
+        return Ok(());
+    }
+    out::line(String::new())?;
+    let rows: Vec<Vec<String>> = circuits
+        .iter()
+        .map(|c| {
+            vec![
+                c.endpoint.clone(),
+                c.state.replace('_', "-"),
+                c.failures.to_string(),
+                if c.probing {
+                    "probing".to_owned()
+                } else {
+                    humantime::format_duration(std::time::Duration::from_secs(
+                        c.probe_in_ms.div_ceil(1000),
+                    ))
+                    .to_string()
+                },
+            ]
+        })
+        .collect();
+    out::table(&["circuit", "state", ">failures", "probe in"], &rows)
 }
 
 #[cfg(test)]

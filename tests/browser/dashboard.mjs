@@ -118,6 +118,14 @@ try {
     if (url.pathname !== '/v1/events' || url.searchParams.get('token') !== token) throw new Error(`the stream's url: ${open[0].url}`);
   }
 
+  step('an open circuit (stored in the broker by the Rust side) shows under the queues, without its query');
+  {
+    const circuit = page.locator('#circuits tr[data-endpoint="https://hooks.example/in"][data-state="open"]');
+    await circuit.waitFor();
+    const text = await page.locator('#circuits').textContent();
+    if (text.includes('s3cret')) throw new Error(`the circuit shows its query: ${text}`);
+  }
+
   step('a sys.sleep job: real job.progress frames move its bar, then it succeeds');
   const sleeper = await enqueue('sys.sleep', { ms: 4000 });
   const row = (id) => page.locator(`#jobs tr[data-id="${id}"]`);

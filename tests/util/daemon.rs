@@ -146,7 +146,7 @@ impl Scratch {
     /// The entry of `queue` in `hopper queues --json`, if it is listed.
     pub fn cli_queue(&self, queue: &str) -> Option<Value> {
         let queues = self.cli_json(&["queues"]);
-        queues
+        queues["queues"]
             .as_array()
             .unwrap_or_else(|| panic!("queues are not a list: {queues}"))
             .iter()

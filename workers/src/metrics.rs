@@ -15,8 +15,8 @@ use async_trait::async_trait;
 use serde_json::Value;
 
 use crate::broker::{
-    Appended, Broker, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
-    NewInboxEntry, QueueStats, RatedFetch, WebPush,
+    Appended, Broker, Circuit, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate,
+    LeaseStatus, NewInboxEntry, QueueStats, RatedFetch, WebPush,
 };
 use crate::error::BrokerResult;
 use crate::event::Event;
@@ -205,4 +205,6 @@ metered! {
     fn push_subscribe(&self, user: &str, sub: &WebPush) -> bool;
     fn push_subscriptions(&self, user: &str) -> Vec<WebPush>;
     fn push_unsubscribe(&self, user: &str, endpoint: &str) -> bool;
+    fn circuits(&self) -> Vec<Circuit>;
+    fn save_circuit(&self, circuit: &Circuit) -> ();
 }

@@ -5,19 +5,31 @@
 //! each failed probe, up to [`MAX_COOLDOWN`]; once it has passed, one delivery is let through
 //! as the probe, and its outcome closes the circuit or opens it again.
 //!
-//! The state is per worker process (not shared through the broker): each process finds out
-//! for itself that an endpoint is down, after at most `breaker_failures` failures of its own.
-//! This module owns the state machine and the `hopper_notify_circuit_open` gauge; the
-//! channels decide what counts as a failure (5xx, timeouts, refused connections).
+//! **Shared state.** With a [`Circuits`] store ([`Breakers::shared`], the broker in the
+//! shell), every node reads an endpoint's circuit before a delivery and writes it back after
+//! one, so the nodes agree: failures are counted across nodes, a circuit one node opened
+//! holds back every node, and one probe goes at a time (a probe holds the circuit for up to
+//! [`PROBE_WINDOW`], after which another node may probe). Concurrent writes are last-writer
+//! wins, which may lose a failure count (the circuit opens one failure later). When the store
+//! cannot be reached, each process goes on with its own state (logged), as without a store.
+//!
+//! This module owns the state machine and the `hopper_notify_circuit_open` gauge (1 while
+//! this process sees the endpoint's circuit open); the channels decide what counts as a
+//! failure (5xx, timeouts, refused connections).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use super::CIRCUIT_OPEN;
+use super::circuits::{CircuitState, Circuits};
 
 /// The longest cool-down of an open circuit.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
+
+/// How long a probe holds a shared circuit: other nodes wait that long for its outcome before
+/// one of them probes (the prober may have died).
+pub const PROBE_WINDOW: Duration = Duration::from_secs(60);
 
 /// The state of one endpoint.
 #[derive(Debug, Default)]
@@ -32,12 +44,52 @@ struct Circuit {
     probing: bool,
 }
 
-/// Every endpoint's circuit, shared by all jobs of the process.
-#[derive(Debug)]
+impl Circuit {
+    /// The circuit a shared state describes, read now.
+    fn from_shared(s: &CircuitState) -> Self {
+        let now = Instant::now();
+        Self {
+            failures: s.failures,
+            open_until: s.open_for.map(|d| now + d),
+            cooldown: s.cooldown,
+            // A probe whose window passed is presumed lost: another may go.
+            probing: s.probing && s.open_for.is_some_and(|d| !d.is_zero()),
+        }
+    }
+
+    /// Its shared state, `probe` holding it for [`PROBE_WINDOW`].
+    fn to_shared(&self, probe: bool) -> CircuitState {
+        let now = Instant::now();
+        CircuitState {
+            failures: self.failures,
+            open_for: if probe {
+                Some(PROBE_WINDOW)
+            } else {
+                self.open_until.map(|u| u.saturating_duration_since(now))
+            },
+            cooldown: self.cooldown,
+            probing: probe || self.probing,
+        }
+    }
+}
+
+/// Every endpoint's circuit, shared by all jobs of the process (and, with a store, by every
+/// node).
 pub struct Breakers {
     failures: u32,
     cooldown: Duration,
     circuits: Mutex<HashMap<String, Circuit>>,
+    store: Option<Arc<dyn Circuits>>,
+}
+
+impl std::fmt::Debug for Breakers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Breakers")
+            .field("failures", &self.failures)
+            .field("cooldown", &self.cooldown)
+            .field("shared", &self.store.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Breakers {
@@ -47,6 +99,69 @@ impl Breakers {
             failures: failures.max(1),
             cooldown: cooldown.max(Duration::from_millis(1)),
             circuits: Mutex::new(HashMap::new()),
+            store: None,
+        }
+    }
+
+    /// New breakers with the same settings, and no state yet.
+    pub fn with_settings(&self) -> Self {
+        Self::new(self.failures, self.cooldown)
+    }
+
+    /// The same breakers, sharing their state through `store` (see the module docs).
+    #[must_use]
+    pub fn shared(mut self, store: Arc<dyn Circuits>) -> Self {
+        self.store = Some(store);
+        self
+    }
+
+    /// Takes the store's view of `endpoint`, when there is a store and it answers.
+    async fn pull(&self, endpoint: &str) {
+        let Some(store) = &self.store else { return };
+        let shared = match store.load(endpoint).await {
+            Ok(s) => s,
+            Err(error) => {
+                tracing::warn!(endpoint, %error, "circuit store unreachable: using this node's state");
+                return;
+            }
+        };
+        let (was_open, is_open) = {
+            let mut circuits = self.circuits();
+            let was_open = circuits
+                .get(endpoint)
+                .is_some_and(|c| c.open_until.is_some());
+            match &shared {
+                Some(s) => {
+                    circuits.insert(endpoint.to_owned(), Circuit::from_shared(s));
+                }
+                None => {
+                    circuits.remove(endpoint);
+                }
+            }
+            (
+                was_open,
+                shared.as_ref().is_some_and(|s| s.open_for.is_some()),
+            )
+        };
+        if was_open != is_open {
+            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => endpoint.to_owned()).set(if is_open {
+                1.0
+            } else {
+                0.0
+            });
+        }
+    }
+
+    /// Writes this node's view of `endpoint` to the store, when there is one.
+    async fn push(&self, endpoint: &str, probe: bool) {
+        let Some(store) = &self.store else { return };
+        let state = self
+            .circuits()
+            .get(endpoint)
+            .map(|c| c.to_shared(probe))
+            .unwrap_or_default();
+        if let Err(error) = store.save(endpoint, &state).await {
+            tracing::warn!(endpoint, %error, "circuit store unreachable: state kept on this node only");
         }
     }
 
@@ -60,13 +175,22 @@ impl Breakers {
     /// delivery is probing it): try again after `wait`. When the cool-down has passed, the
     /// caller's delivery is the probe and must be reported with [`Self::success`] or
     /// [`Self::failure`].
-    pub fn admit(&self, endpoint: &str) -> Result<(), Duration> {
+    pub async fn admit(&self, endpoint: &str) -> Result<(), Duration> {
+        self.pull(endpoint).await;
+        if self.admit_local(endpoint)? {
+            self.push(endpoint, true).await;
+        }
+        Ok(())
+    }
+
+    /// [`Self::admit`] on this node's state: `Ok(true)` for a probe.
+    fn admit_local(&self, endpoint: &str) -> Result<bool, Duration> {
         let mut circuits = self.circuits();
         let Some(c) = circuits.get_mut(endpoint) else {
-            return Ok(());
+            return Ok(false);
         };
         let Some(until) = c.open_until else {
-            return Ok(());
+            return Ok(false);
         };
         let now = Instant::now();
         if c.probing {
@@ -76,25 +200,32 @@ impl Breakers {
             return Err(until - now);
         }
         c.probing = true;
-        Ok(())
+        Ok(true)
     }
 
     /// `endpoint` answered: its circuit closes and its failures are forgotten.
-    pub fn success(&self, endpoint: &str) {
-        let was_open = self
-            .circuits()
-            .remove(endpoint)
-            .is_some_and(|c| c.open_until.is_some());
-        if was_open {
+    pub async fn success(&self, endpoint: &str) {
+        let Some(was) = self.circuits().remove(endpoint) else {
+            return;
+        };
+        if was.open_until.is_some() {
             tracing::info!(endpoint, "circuit closed: the probe succeeded");
             metrics::gauge!(CIRCUIT_OPEN, "endpoint" => endpoint.to_owned()).set(0.0);
         }
+        self.push(endpoint, false).await;
     }
 
     /// `endpoint` failed (5xx, timeout, unreachable). Opens its circuit after enough
     /// consecutive failures, or again (for twice as long) after a failed probe. Returns the
     /// cool-down when this failure opened the circuit.
-    pub fn failure(&self, endpoint: &str) -> Option<Duration> {
+    pub async fn failure(&self, endpoint: &str) -> Option<Duration> {
+        let opened = self.failure_local(endpoint);
+        self.push(endpoint, false).await;
+        opened
+    }
+
+    /// [`Self::failure`] on this node's state.
+    fn failure_local(&self, endpoint: &str) -> Option<Duration> {
         let mut circuits = self.circuits();
         let c = circuits.entry(endpoint.to_owned()).or_default();
         let opened = if c.open_until.is_some() {
@@ -149,40 +280,40 @@ impl Breakers {
 mod tests {
     use super::*;
 
-    #[test]
-    fn opens_after_n_failures_probes_once_and_doubles() {
+    #[tokio::test]
+    async fn opens_after_n_failures_probes_once_and_doubles() {
         let b = Breakers::new(3, Duration::from_millis(40));
         for _ in 0..2 {
-            assert!(b.admit("e").is_ok());
-            assert_eq!(b.failure("e"), None);
+            assert!(b.admit("e").await.is_ok());
+            assert_eq!(b.failure("e").await, None);
         }
-        assert!(b.admit("e").is_ok());
-        assert_eq!(b.failure("e"), Some(Duration::from_millis(40)));
-        assert!(b.admit("e").is_err(), "open");
-        assert!(b.admit("other").is_ok(), "per endpoint");
+        assert!(b.admit("e").await.is_ok());
+        assert_eq!(b.failure("e").await, Some(Duration::from_millis(40)));
+        assert!(b.admit("e").await.is_err(), "open");
+        assert!(b.admit("other").await.is_ok(), "per endpoint");
         std::thread::sleep(Duration::from_millis(50));
-        assert!(b.admit("e").is_ok(), "the probe");
-        assert!(b.admit("e").is_err(), "one probe at a time");
-        assert_eq!(b.failure("e"), Some(Duration::from_millis(80)));
+        assert!(b.admit("e").await.is_ok(), "the probe");
+        assert!(b.admit("e").await.is_err(), "one probe at a time");
+        assert_eq!(b.failure("e").await, Some(Duration::from_millis(80)));
         assert_eq!(b.open().len(), 1);
         std::thread::sleep(Duration::from_millis(90));
-        assert!(b.admit("e").is_ok(), "the second probe");
-        b.success("e");
-        assert!(b.admit("e").is_ok());
+        assert!(b.admit("e").await.is_ok(), "the second probe");
+        b.success("e").await;
+        assert!(b.admit("e").await.is_ok());
         assert!(b.open().is_empty());
-        assert_eq!(b.failure("e"), None, "failures start over");
+        assert_eq!(b.failure("e").await, None, "failures start over");
     }
 
-    #[test]
-    fn cooldown_stops_doubling_at_an_hour() {
+    #[tokio::test]
+    async fn cooldown_stops_doubling_at_an_hour() {
         let b = Breakers::new(1, Duration::from_secs(2000));
-        b.failure("e");
+        b.failure("e").await;
         {
             let mut c = b.circuits();
             let c = c.get_mut("e").expect("circuit");
             c.open_until = Some(Instant::now());
         }
-        assert!(b.admit("e").is_ok());
-        assert_eq!(b.failure("e"), Some(MAX_COOLDOWN));
+        assert!(b.admit("e").await.is_ok());
+        assert_eq!(b.failure("e").await, Some(MAX_COOLDOWN));
     }
 }

@@ -30,10 +30,12 @@
 //! Files: `channels.rs` (the channel names), `record.rs` (the delivery record), `email.rs`,
 //! `webhook.rs`, `push.rs` (one channel each), `breaker.rs` (the circuit breaker per
 //! endpoint), `ports.rs` (what the kind needs from the shell: the inbox and the push
-//! subscriptions, implemented over the broker by `hopper::notify`).
+//! subscriptions, implemented over the broker by `hopper::notify`), `circuits.rs` (the port
+//! through which the breakers share their state between nodes, also the shell's).
 
 pub mod breaker;
 pub mod channels;
+pub mod circuits;
 mod email;
 pub mod ports;
 pub mod push;
@@ -52,6 +54,7 @@ use serde_json::{Value, json};
 
 use self::breaker::Breakers;
 use self::channels::Channel;
+use self::circuits::Circuits;
 use self::email::Mailer;
 use self::ports::{Inbox, Notification, PushSubscriptions};
 use self::push::Pusher;
@@ -157,6 +160,14 @@ impl SendNotification {
         })
     }
 
+    /// The same kind, its circuit breakers sharing their state through `store` (the broker,
+    /// in the shell) so that every node agrees on which endpoints are down.
+    #[must_use]
+    pub fn with_circuits(mut self, store: Arc<dyn Circuits>) -> Self {
+        self.breakers = Arc::new(self.breakers.with_settings().shared(store));
+        self
+    }
+
     /// The circuits of this kind's endpoints.
     pub fn breakers(&self) -> Arc<Breakers> {
         Arc::clone(&self.breakers)
@@ -229,7 +240,7 @@ impl SendNotification {
             if record.endpoint_done(ch.name(), url) {
                 continue;
             }
-            if let Err(wait) = self.breakers.admit(url) {
+            if let Err(wait) = self.breakers.admit(url).await {
                 attempt.wait(wait);
                 metrics::counter!(NOTIFICATIONS, "channel" => ch.name(), "outcome" => "waiting")
                     .increment(1);
@@ -244,9 +255,9 @@ impl SendNotification {
             let sent = self.webhooks.send(url, &id, body.as_bytes()).await;
             if sent.endpoint_failed {
                 attempt.retry = true;
-                self.breakers.failure(url);
+                self.breakers.failure(url).await;
             } else {
-                self.breakers.success(url);
+                self.breakers.success(url).await;
             }
             count(ch, &sent.outcome, started);
             record.set_endpoint(ch.name(), url, sent.outcome);
@@ -300,7 +311,7 @@ impl SendNotification {
             let origin = reqwest::Url::parse(&sub.endpoint)
                 .map(|u| push::origin(&u))
                 .unwrap_or_else(|_| sub.endpoint.clone());
-            if let Err(wait) = self.breakers.admit(&origin) {
+            if let Err(wait) = self.breakers.admit(&origin).await {
                 attempt.wait(wait);
                 metrics::counter!(NOTIFICATIONS, "channel" => ch.name(), "outcome" => "waiting")
                     .increment(1);
@@ -315,9 +326,9 @@ impl SendNotification {
             let pushed = pusher.send(sub, &payload).await;
             if pushed.sent.endpoint_failed {
                 attempt.retry = true;
-                self.breakers.failure(&origin);
+                self.breakers.failure(&origin).await;
             } else {
-                self.breakers.success(&origin);
+                self.breakers.success(&origin).await;
             }
             if pushed.gone
                 && let Err(e) = self.subscriptions.remove(&n.user, &sub.endpoint).await

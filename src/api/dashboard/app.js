@@ -1,6 +1,7 @@
 // Hopper's dashboard: one vanilla-JS app, no build step, served from the binary.
 //
-// It is a plain client of the public API: GET /v1/queues, GET /v1/jobs (one page at a time,
+// It is a plain client of the public API: GET /v1/queues (and GET /v1/circuits, the
+// notification endpoints whose circuit breaker is open), GET /v1/jobs (one page at a time,
 // never everything), GET /v1/jobs/{id}, the job and queue actions, and the event stream
 // ws://HOST/v1/events. With the stream it redraws on events; without it (an older server, a
 // proxy that drops WebSockets) it polls every second or two, and says which in the header.
@@ -82,6 +83,7 @@ const state = {
   next: null,               // next_cursor of the page shown
   jobs: [],
   queues: [],
+  circuits: [],             // open and half-open circuits of notification endpoints
   spark: new Map(),         // queue -> [processed_last_minute samples]
   kinds: new Set(),
   job: null,                // the job page's job (with history)
@@ -129,6 +131,7 @@ function onRoute() {
     document.title = 'Hopper';
     refreshJobs();
     refreshQueues();
+    refreshCircuits();
   } else {
     state.job = null;
     $('#job-view').replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
@@ -177,6 +180,18 @@ const refreshQueues = single(async () => {
   }
   if (state.queueRoutes === null && state.queues.length) probeQueueRoutes(state.queues[0].queue);
   schedule(renderQueues);
+});
+
+// The open circuits; a server without the route (404) has none to show.
+const refreshCircuits = single(async () => {
+  try {
+    const body = await api('GET', '/v1/circuits');
+    state.circuits = body.circuits || [];
+  } catch (e) {
+    if (!(e instanceof ApiError && e.status === 404)) throw e;
+    state.circuits = [];
+  }
+  schedule(renderCircuits);
 });
 
 const refreshJobs = single(async () => {
@@ -253,6 +268,7 @@ function queueAction(name, what) {
 
 function refreshAll() {
   refreshQueues();
+  refreshCircuits();
   if (state.route.view === 'list') refreshJobs(); else refreshJob();
 }
 
@@ -283,6 +299,23 @@ function progress(p, s, msg) {
     h('div', { class: 'bar', role: 'progressbar', 'aria-valuenow': pct, 'aria-valuemin': 0, 'aria-valuemax': 100 }, fill),
     h('span', { class: 'pct' }, `${pct}%`),
     msg ? h('span', { class: 'msg', title: msg }, msg) : null);
+}
+
+function renderCircuits() {
+  const box = $('#circuits');
+  box.hidden = !state.circuits.length;
+  if (!state.circuits.length) { box.replaceChildren(); return; }
+  const rows = state.circuits.map((c) => h('tr', { 'data-endpoint': c.endpoint, 'data-state': c.state },
+    h('td', { class: 'endpoint', title: c.endpoint }, c.endpoint),
+    h('td', {}, h('span', { class: 'circuit-state' }, c.state.replace('_', '-'))),
+    h('td', {}, String(c.failures)),
+    h('td', {}, c.probing ? 'probing' : c.probe_in_ms > 0 ? `in ${Math.ceil(c.probe_in_ms / 1000)} s` : 'now')));
+  box.replaceChildren(
+    h('div', { class: 'toolbar' }, h('h2', {}, 'Open circuits'),
+      h('span', { class: 'muted' }, 'Notification endpoints that keep failing: deliveries to them wait for a probe')),
+    h('div', { class: 'table-wrap' }, h('table', {},
+      h('thead', {}, h('tr', {}, h('th', {}, 'Endpoint'), h('th', {}, 'State'), h('th', {}, 'Failures'), h('th', {}, 'Probe'))),
+      h('tbody', {}, ...rows))));
 }
 
 function renderQueues() {
@@ -527,7 +560,7 @@ function tick() {
   if (document.hidden) return;
   const now = Date.now();
   const every = stream.live ? LIVE_SAFETY_MS : POLL_MS;
-  if (now - lastQueues >= (stream.live ? LIVE_SAFETY_MS / 2 : QUEUES_POLL_MS)) { lastQueues = now; refreshQueues(); }
+  if (now - lastQueues >= (stream.live ? LIVE_SAFETY_MS / 2 : QUEUES_POLL_MS)) { lastQueues = now; refreshQueues(); refreshCircuits(); }
   if (now - lastList >= every) {
     lastList = now;
     if (state.route.view === 'list') refreshJobs();

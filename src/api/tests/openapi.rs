@@ -60,6 +60,7 @@ async fn the_served_document_is_openapi_3_1_and_is_the_routers() {
         "/v1/jobs/{id}",
         "/v1/events",
         "/v1/queues",
+        "/v1/circuits",
         "/healthz",
         "/readyz",
     ] {
@@ -229,6 +230,18 @@ fn schema_mirrors_match_the_wire_types() {
     assert_eq!(
         properties(&doc, "StateCounts"),
         keys(serde_json::to_value(StateCounts::default()).unwrap())
+    );
+    let circuit = crate::notify::circuits::CircuitView {
+        endpoint: "https://hooks.example/in".into(),
+        state: "open",
+        failures: 5,
+        probe_in_ms: 1,
+        cooldown_ms: 2,
+        probing: false,
+    };
+    assert_eq!(
+        properties(&doc, "Circuit"),
+        keys(serde_json::to_value(&circuit).unwrap())
     );
     let load = QueueLoad {
         queue: "q".into(),

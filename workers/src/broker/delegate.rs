@@ -7,7 +7,8 @@
 /// Implements [`Broker`](crate::broker::Broker) for a broker type by calling, for each
 /// operation, the function of the same name in the module given for it (`fetch: lifecycle`
 /// calls `lifecycle::fetch(self, …)`). Every job operation is named, in the trait's order;
-/// `inbox` names the module answering the six inbox and Web Push operations. The
+/// `inbox` names the module answering the six inbox and Web Push operations, `circuits` the
+/// one answering the two circuit operations. The
 /// invoking module need only have the modules it names in scope.
 macro_rules! delegate_broker {
     (
@@ -24,7 +25,7 @@ macro_rules! delegate_broker {
         ready_ahead: $ready_ahead:ident,
         register_node: $register_node:ident, deregister_node: $deregister_node:ident,
         nodes: $nodes:ident,
-        inbox: $inbox:ident $(,)?
+        inbox: $inbox:ident, circuits: $circuits:ident $(,)?
     ) => {
         // An anonymous constant, so that the names the signatures use are imported here and
         // nowhere else in the invoking module.
@@ -246,6 +247,17 @@ macro_rules! delegate_broker {
                 async fn push_unsubscribe(&self, user: &str, endpoint: &str) -> BrokerResult<bool> {
                     $inbox::push_unsubscribe(self, user, endpoint).await
                 }
+
+                async fn circuits(&self) -> BrokerResult<Vec<Circuit>> {
+                    let mut all = $circuits::circuits(self).await?;
+                    all.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
+                    Ok(all)
+                }
+
+                async fn save_circuit(&self, circuit: &Circuit) -> BrokerResult<()> {
+                    circuit.check()?;
+                    $circuits::save_circuit(self, circuit).await
+                }
             }
         };
     };
@@ -260,7 +272,7 @@ pub(crate) mod prelude {
     pub(crate) use serde_json::Value;
 
     pub(crate) use crate::broker::{
-        Appended, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
+        Appended, Circuit, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
         NewInboxEntry, QueueStats, RatedFetch, WebPush,
     };
     pub(crate) use crate::error::BrokerResult;

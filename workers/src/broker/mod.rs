@@ -46,6 +46,7 @@
 //! other way out, running a retried step with the input it stored, was not taken: a step
 //! cancelled before its predecessor succeeded has no input to run with.
 
+pub mod circuits;
 #[cfg(any(feature = "sqlite", feature = "redis"))]
 mod delegate;
 pub mod inbox;
@@ -70,6 +71,7 @@ use crate::job::{Job, JobId, JobState, Lease, NewJob, valid_name};
 use crate::nodes::WorkerNode;
 use crate::time::Timestamp;
 
+pub use self::circuits::Circuit;
 pub use self::inbox::{Appended, InboxEntry, NewInboxEntry, WebPush};
 pub use rate::{JobRate, RatedFetch};
 
@@ -470,6 +472,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// Forgets the subscription of `user` at `endpoint`. True when there was one.
     async fn push_unsubscribe(&self, user: &str, endpoint: &str) -> BrokerResult<bool>;
+
+    /// The circuits of `notify.send`'s endpoints that are open or counting failures (see
+    /// [`circuits`]), by endpoint.
+    async fn circuits(&self) -> BrokerResult<Vec<Circuit>>;
+
+    /// Stores one endpoint's circuit, replacing the one it had (the last writer wins); a
+    /// circuit neither open nor counting failures is forgotten. An empty or over-long
+    /// endpoint is [`BrokerError::Invalid`] naming `endpoint`.
+    async fn save_circuit(&self, circuit: &Circuit) -> BrokerResult<()>;
 
     /// The steps of the chain whose first step is `first`, in order (just that job when it
     /// is not a chain; empty when it does not exist). Follows each step's `next` link.

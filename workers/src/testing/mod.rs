@@ -27,7 +27,8 @@
 //! inboxes and Web Push subscriptions), `nodes` (the registry of worker
 //! nodes, ready jobs ahead of a priority), `publish` (a publish's
 //! fan-out and its replay, named cursors in the event log), `progress` (coalescing, through a
-//! pool), `checkpoints` (saved under the lease, kept across retries), `inspect` (list, queues, events), `agreement` (inputs on which the
+//! pool), `checkpoints` (saved under the lease, kept across retries), `circuits` (the
+//! circuit breakers of `notify.send`'s endpoints), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
 //! wrapper that cuts a pool off from its broker). A case that only one broker can pass does
@@ -39,6 +40,7 @@ mod admin;
 mod agreement;
 mod chains;
 mod checkpoints;
+mod circuits;
 mod enqueue;
 mod fetch;
 mod inbox;
@@ -60,6 +62,7 @@ pub use admin::*;
 pub use agreement::*;
 pub use chains::*;
 pub use checkpoints::*;
+pub use circuits::*;
 pub use enqueue::*;
 pub use fetch::*;
 pub use inbox::*;
@@ -243,6 +246,8 @@ macro_rules! conformance_suite {
             // checkpoints.rs
             checkpoint_saved_fenced_and_kept_across_retries,
             pool_hands_a_saved_checkpoint_to_the_retry,
+            // circuits.rs
+            circuits_are_shared_count_down_and_close,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

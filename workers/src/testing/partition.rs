@@ -11,8 +11,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use crate::broker::{
-    Appended, Broker, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
-    NewInboxEntry, QueueStats, RatedFetch, WebPush,
+    Appended, Broker, Circuit, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate,
+    LeaseStatus, NewInboxEntry, QueueStats, RatedFetch, WebPush,
 };
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
@@ -262,5 +262,13 @@ impl Broker for Partitioned {
 
     async fn push_unsubscribe(&self, user: &str, endpoint: &str) -> BrokerResult<bool> {
         self.reach().await?.push_unsubscribe(user, endpoint).await
+    }
+
+    async fn circuits(&self) -> BrokerResult<Vec<Circuit>> {
+        self.reach().await?.circuits().await
+    }
+
+    async fn save_circuit(&self, circuit: &Circuit) -> BrokerResult<()> {
+        self.reach().await?.save_circuit(circuit).await
     }
 }

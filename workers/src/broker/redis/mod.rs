@@ -28,6 +28,8 @@
 //!   count of ready jobs ahead of a priority.
 //! - `inbox.rs`: users' notification inboxes and Web Push subscriptions, under one hash tag
 //!   of their own (`{<prefix>:@inbox}:`).
+//! - `circuits.rs`: the circuit breakers of `notify.send`'s endpoints, one hash in the tag
+//!   `{<prefix>}` (`{<prefix>}:circuits`).
 //!
 //! # Chains
 //!
@@ -70,6 +72,7 @@
 //! - `rediss://` connects with TLS (rustls): the server's certificate is checked against the
 //!   system's roots (or the file `SSL_CERT_FILE` names).
 
+mod circuits;
 mod cluster;
 mod conn;
 mod cursors;
@@ -193,4 +196,5 @@ crate::broker::delegate::delegate_broker!(RedisBroker, "redis",
     queues: read, events: events, wait_for_events: events, purge: read, drop_queue: read,
     ping: read, pause: pausing, resume: pausing, cursor: cursors,
     ready_ahead: nodes, register_node: nodes,
-    deregister_node: nodes, nodes: nodes, inbox: inbox);
+    deregister_node: nodes, nodes: nodes, inbox: inbox,
+    circuits: circuits);

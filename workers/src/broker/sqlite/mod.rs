@@ -67,10 +67,12 @@
 //! - `rating`: job rate limits: a rated fetch and the read of a queue's held-until time.
 //! - `nodes`: the registry of worker nodes, and the count of ready jobs ahead of a priority.
 //! - `inbox`: users' notification inboxes and Web Push subscriptions.
+//! - `circuits`: the circuit breakers of `notify.send`'s endpoints (`Broker::circuits`).
 //! - `sql`: the text of every statement; `rows`: decoding rows; `error`: mapping errors.
 
 mod admin;
 mod chain;
+mod circuits;
 mod cursors;
 mod error;
 mod events;
@@ -281,7 +283,8 @@ crate::broker::delegate::delegate_broker!(SqliteBroker, "sqlite",
     wait_for_events: read, purge: admin, drop_queue: admin, ping: read, pause: pausing,
     resume: pausing, cursor: cursors,
     ready_ahead: nodes, register_node: nodes, deregister_node: nodes,
-    nodes: nodes, inbox: inbox);
+    nodes: nodes, inbox: inbox,
+    circuits: circuits);
 
 #[cfg(test)]
 mod tests {

@@ -65,6 +65,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 9,
         sql: include_str!("../../../migrations/sqlite/0009_checkpoint.sql"),
     },
+    Migration {
+        version: 10,
+        sql: include_str!("../../../migrations/sqlite/0010_circuits.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a

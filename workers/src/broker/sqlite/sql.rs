@@ -233,6 +233,13 @@ pub const DROP_RATE: &str = "DELETE FROM queue_rates WHERE queue = ?1";
 pub const CURSOR: &str = "SELECT value FROM cursors WHERE name = ?1";
 pub const SAVE_CURSOR: &str = "INSERT INTO cursors (name, value, updated_at) VALUES (?1, ?2, ?3) \
     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at";
+// The circuit breakers of `notify.send`'s endpoints (`super::circuits`).
+pub const CIRCUITS: &str =
+    "SELECT endpoint, failures, open_until, cooldown_ms, probing FROM circuits ORDER BY endpoint";
+pub const SAVE_CIRCUIT: &str = "INSERT INTO circuits (endpoint, failures, open_until, cooldown_ms, probing) \
+    VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (endpoint) DO UPDATE SET failures = excluded.failures, \
+    open_until = excluded.open_until, cooldown_ms = excluded.cooldown_ms, probing = excluded.probing";
+pub const DROP_CIRCUIT: &str = "DELETE FROM circuits WHERE endpoint = ?1";
 // The registry of worker nodes (`super::nodes`).
 pub const NODE_UPSERT: &str = "INSERT INTO worker_nodes (id, last_seen, node) VALUES (?1, ?2, ?3) \
      ON CONFLICT (id) DO UPDATE SET last_seen = excluded.last_seen, node = excluded.node";
