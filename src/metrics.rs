@@ -180,7 +180,8 @@ impl Scrape {
             .await?
             .into_iter()
             .filter(|c| c.open_for.is_some())
-            .map(|c| c.endpoint)
+            // Never the whole URL: it may carry the webhook's secret.
+            .map(|c| hopper_jobs::notify::breaker::label(&c.endpoint))
             .collect();
         let mut last = self
             .open_circuits

@@ -177,7 +177,18 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(error::panicked))
         // Outside the others, so that it counts the status the client gets.
         .layer(middleware::from_fn(crate::metrics::track_http))
-        .layer(TraceLayer::new_for_http())
+        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+}
+
+/// The span of one request: its method and path, never its query string, which may carry a
+/// token (`GET /v1/notifications?token=JWT`, `GET /v1/events?token=…`).
+fn request_span(request: &axum::http::Request<axum::body::Body>) -> tracing::Span {
+    tracing::debug_span!(
+        "request",
+        method = %request.method(),
+        path = %request.uri().path(),
+        version = ?request.version(),
+    )
 }
 
 /// Every API route, with its OpenAPI operation. `config` is only read by the auth layer.

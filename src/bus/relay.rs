@@ -150,7 +150,21 @@ async fn relay(bus: &Bus, service: &Service, event: &Event) -> Result<(), Broker
             }
             Ok(())
         }
-        Err(PublishError::Broker(e)) => Err(e),
+        // The broker could not be reached or failed: the same event is tried again later.
+        Err(PublishError::Broker(e @ (BrokerError::Unavailable(_) | BrokerError::Backend(_)))) => {
+            Err(e)
+        }
+        // The broker refused this event's jobs (invalid, a conflict): retrying would not change
+        // that and would hold back every later event, so it is logged and passed.
+        Err(PublishError::Broker(e)) => {
+            tracing::warn!(
+                event = %event.id,
+                job = %event.job_id,
+                error = %e,
+                "job event not published"
+            );
+            Ok(())
+        }
         // The event's data does not fit a subscription's template or kind: retrying would not
         // change that, so it is logged and passed.
         Err(PublishError::Field(e)) => {

@@ -152,7 +152,10 @@ async fn campaign(
         Instant::now(),
         args.broker == Broker::Redis,
     );
-    let deadline = started + args.duration;
+    // A duration past what the clock can count means "no deadline" in practice.
+    let deadline = started
+        .checked_add(args.duration)
+        .unwrap_or_else(|| started + Duration::from_secs(100 * 365 * 24 * 3600));
     let mut next_report = Instant::now() + Duration::from_secs(1);
     let mut finished = 0;
     loop {

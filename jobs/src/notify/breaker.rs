@@ -21,6 +21,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use sha2::{Digest, Sha256};
+
 use super::CIRCUIT_OPEN;
 use super::circuits::{CircuitState, Circuits};
 
@@ -121,7 +123,7 @@ impl Breakers {
         let shared = match store.load(endpoint).await {
             Ok(s) => s,
             Err(error) => {
-                tracing::warn!(endpoint, %error, "circuit store unreachable: using this node's state");
+                tracing::warn!(endpoint = %label(endpoint), %error, "circuit store unreachable: using this node's state");
                 return;
             }
         };
@@ -144,7 +146,7 @@ impl Breakers {
             )
         };
         if was_open != is_open {
-            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => endpoint.to_owned()).set(if is_open {
+            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => label(endpoint)).set(if is_open {
                 1.0
             } else {
                 0.0
@@ -161,7 +163,7 @@ impl Breakers {
             .map(|c| c.to_shared(probe))
             .unwrap_or_default();
         if let Err(error) = store.save(endpoint, &state).await {
-            tracing::warn!(endpoint, %error, "circuit store unreachable: state kept on this node only");
+            tracing::warn!(endpoint = %label(endpoint), %error, "circuit store unreachable: state kept on this node only");
         }
     }
 
@@ -209,8 +211,8 @@ impl Breakers {
             return;
         };
         if was.open_until.is_some() {
-            tracing::info!(endpoint, "circuit closed: the probe succeeded");
-            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => endpoint.to_owned()).set(0.0);
+            tracing::info!(endpoint = %label(endpoint), "circuit closed: the probe succeeded");
+            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => label(endpoint)).set(0.0);
         }
         self.push(endpoint, false).await;
     }
@@ -251,11 +253,11 @@ impl Breakers {
         };
         if let Some(cooldown) = opened {
             tracing::warn!(
-                endpoint,
+                endpoint = %label(endpoint),
                 cooldown = %humantime::format_duration(cooldown),
                 "circuit open: deliveries wait"
             );
-            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => endpoint.to_owned()).set(1.0);
+            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => label(endpoint)).set(1.0);
         }
         opened
     }
@@ -315,5 +317,43 @@ mod tests {
         }
         assert!(b.admit("e").await.is_ok());
         assert_eq!(b.failure("e").await, Some(MAX_COOLDOWN));
+    }
+}
+
+/// How an endpoint is named in metric labels and log lines: its scheme, host and port, then,
+/// when it has a path or a query, `/…` and the first 8 hex digits of the whole URL's SHA-256.
+/// Webhook URLs often carry their secret in the path or query (Slack's
+/// `/services/T…/B…/XXXX`, `?token=`) and push endpoints are capability URLs, so neither is
+/// ever shown whole; the hash still tells two endpoints of one host apart.
+pub fn label(endpoint: &str) -> String {
+    let digest = Sha256::digest(endpoint.as_bytes());
+    let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
+    match url::Url::parse(endpoint) {
+        Ok(u) if u.host_str().is_some() => {
+            let origin = u.origin().ascii_serialization();
+            if (u.path().is_empty() || u.path() == "/") && u.query().is_none() {
+                origin
+            } else {
+                format!("{origin}/…#{short}")
+            }
+        }
+        _ => format!("endpoint#{short}"),
+    }
+}
+
+#[cfg(test)]
+mod label_tests {
+    use super::label;
+
+    #[test]
+    fn labels_hide_paths_and_queries_but_tell_endpoints_apart() {
+        let a = label("https://hooks.slack.com/services/T0/B0/s3cret");
+        let b = label("https://hooks.slack.com/services/T0/B0/other");
+        assert!(a.starts_with("https://hooks.slack.com/…#"), "{a}");
+        assert!(!a.contains("s3cret"));
+        assert_ne!(a, b);
+        assert!(!label("https://h.example/in?token=abc").contains("abc"));
+        assert_eq!(label("https://push.example"), "https://push.example");
+        assert!(label("not a url").starts_with("endpoint#"));
     }
 }

@@ -404,10 +404,15 @@ impl Kind for SendNotification {
     /// The rules serde cannot express: a user, a one-line title, known channels each listed
     /// once, a type usable as a template name, an address that parses.
     fn check(&self, args: &NotifyArgs) -> Result<(), FieldError> {
-        if args.user.trim().is_empty() || args.user.len() > 256 {
+        // As the inbox stores users (`NewInboxEntry::check`): refused here, not by every
+        // attempt until the job is dead.
+        if args.user.trim().is_empty()
+            || args.user.len() > 256
+            || args.user.chars().any(char::is_control)
+        {
             return Err(FieldError::new(
                 "payload.user",
-                "must be 1 to 256 characters",
+                "must be 1 to 256 bytes without control characters",
             ));
         }
         if args.title.is_empty() || args.title.contains(['\r', '\n']) {

@@ -106,14 +106,31 @@ pub fn held_until(next: Option<f64>, now: Timestamp) -> Option<Timestamp> {
     (at > now).then_some(at)
 }
 
-/// How long from `now` until `next` (ms), when `next` is later.
+/// Longest wait [`held_for`] answers: a stored `next` far in the future (a clock that jumped,
+/// a damaged key) holds the queue for an hour at most, then the broker's rule decides again.
+const LONGEST_HOLD: Duration = Duration::from_secs(3600);
+
+/// How long from `now` until `next` (ms), when `next` is later; at most [`LONGEST_HOLD`].
+/// Any stored value is safe here, infinite or not a number included.
 pub fn held_for(next: f64, now: f64) -> Option<Duration> {
-    (next > now).then(|| Duration::from_secs_f64((next - now) / 1000.0))
+    if next.is_nan() || next <= now {
+        return None;
+    }
+    let wait = Duration::try_from_secs_f64((next - now) / 1000.0).unwrap_or(LONGEST_HOLD);
+    Some(wait.min(LONGEST_HOLD))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_damaged_next_start_holds_an_hour_at_most() {
+        assert_eq!(held_for(f64::INFINITY, 0.0), Some(LONGEST_HOLD));
+        assert_eq!(held_for(1e300, 0.0), Some(LONGEST_HOLD));
+        assert_eq!(held_for(f64::NAN, 0.0), None);
+        assert_eq!(held_for(1500.0, 1000.0), Some(Duration::from_millis(500)));
+    }
 
     #[test]
     fn an_idle_queue_saves_up_a_tenth_of_a_second() {
