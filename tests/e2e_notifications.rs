@@ -405,3 +405,45 @@ async fn push_subscriptions_are_stored_listed_and_deleted_per_user() {
     let (_, body) = api.call_as(Method::GET, path, &me, None).await;
     assert_eq!(body["subscriptions"].as_array().unwrap().len(), 1, "{body}");
 }
+
+/// Past `MAX_PUSH_SUBSCRIPTIONS` (20) a user's new endpoint is a 400 naming `endpoint`; an
+/// endpoint the user has already is still replaced, and another user is unaffected.
+async fn push_subscriptions_are_capped_per_user(api: &crate::util::Api) {
+    let path = "/v1/users/42/push-subscriptions";
+    for i in 0..20 {
+        let sub = subscription(&format!("https://push.example.net/send/{i}"));
+        let (status, body) = api.call(Method::POST, path, Some(&sub)).await;
+        assert_eq!(status, 201, "{i}: {body}");
+    }
+    let extra = subscription("https://push.example.net/send/20");
+    let (status, body) = api.call(Method::POST, path, Some(&extra)).await;
+    assert_eq!(
+        (status, body["error"]["field"].as_str()),
+        (400, Some("endpoint")),
+        "{body}"
+    );
+    let again = subscription("https://push.example.net/send/7");
+    let (status, body) = api.call(Method::POST, path, Some(&again)).await;
+    assert_eq!(status, 200, "re-registering an endpoint still works: {body}");
+    let (_, body) = api.call(Method::GET, path, None).await;
+    assert_eq!(body["subscriptions"].as_array().unwrap().len(), 20, "{body}");
+    let other = "/v1/users/43/push-subscriptions";
+    let (status, body) = api.call(Method::POST, other, Some(&extra)).await;
+    assert_eq!(status, 201, "{body}");
+}
+
+#[tokio::test]
+async fn push_subscriptions_are_capped_per_user_on_sqlite() {
+    let s = Scratch::new();
+    let (_d, api) = s.serve(&["--no-workers"]);
+    push_subscriptions_are_capped_per_user(&api).await;
+}
+
+#[tokio::test]
+async fn push_subscriptions_are_capped_per_user_on_redis() {
+    let keys = RedisKeys::claim();
+    let s = Scratch::new();
+    s.write_config_with_broker(SHARED_URL, &keys.prefix, "");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    push_subscriptions_are_capped_per_user(&api).await;
+}

@@ -11,7 +11,9 @@
 //! one on a loopback host (`localhost`, `127.0.0.1`, `[::1]`: the exception browsers make for
 //! secure contexts, for a push service on the same machine; delivering to it still needs
 //! `[http] allow_hosts`), at most 2,048 bytes, `keys.p256dh` the base64url of an uncompressed P-256 point (65 bytes, `0x04`
-//! first), `keys.auth` the base64url of 16 bytes; each refusal a 400 naming the field.
+//! first), `keys.auth` the base64url of 16 bytes; each refusal a 400 naming the field. A user
+//! has at most `MAX_PUSH_SUBSCRIPTIONS` (20): the broker refuses a new endpoint past it, a 400
+//! naming `endpoint`; re-registering one the user has is still a replacement.
 
 use axum::Json;
 use axum::extract::{Path, Query, State};
@@ -77,7 +79,7 @@ pub struct EndpointQuery {
     responses(
         (status = 201, description = "Stored", body = PushSubscriptionAnswer),
         (status = 200, description = "The user had this endpoint already: its keys replaced", body = PushSubscriptionAnswer),
-        (status = 400, description = "`invalid_json`, `invalid_field`, `missing_field`: `field` names it", body = ErrorBody),
+        (status = 400, description = "`invalid_json`, `invalid_field`, `missing_field`: `field` names it (`endpoint` also when the user has 20 subscriptions already)", body = ErrorBody),
         (status = 403, description = "`forbidden`: a JWT of another user", body = ErrorBody),
     ))]
 pub async fn subscribe(

@@ -35,6 +35,10 @@ use crate::time::Timestamp;
 pub const MAX_INBOX_PAGE: usize = 1000;
 /// The longest user id and notification id the inbox stores.
 pub const MAX_INBOX_NAME: usize = 256;
+/// The most Web Push subscriptions one user may have (every `notify.send` to the user fans out
+/// to all of them): past it, a new endpoint is refused (see [`too_many_push_subscriptions`]);
+/// one the user has already is still replaced.
+pub const MAX_PUSH_SUBSCRIPTIONS: usize = 20;
 
 /// A notification to keep in its user's inbox.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -53,6 +57,17 @@ impl NewInboxEntry {
         check_name("user", &self.user)?;
         check_name("id", &self.id)
     }
+}
+
+/// The refusal of a new endpoint for a user who has [`MAX_PUSH_SUBSCRIPTIONS`] already,
+/// naming `endpoint`.
+pub fn too_many_push_subscriptions() -> FieldError {
+    FieldError::new(
+        "endpoint",
+        format!(
+            "a user may have at most {MAX_PUSH_SUBSCRIPTIONS} push subscriptions: delete one first"
+        ),
+    )
 }
 
 /// Refuses an empty or over-long user id or notification id (1 to [`MAX_INBOX_NAME`] bytes,

@@ -464,7 +464,9 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     async fn inbox_wait(&self, after: Option<&str>, timeout: Duration) -> BrokerResult<()>;
 
     /// Stores a Web Push subscription of `user`, replacing the keys of one with the same
-    /// endpoint. True when it is new.
+    /// endpoint. True when it is new. A new endpoint for a user who has
+    /// [`inbox::MAX_PUSH_SUBSCRIPTIONS`] already is [`BrokerError::Invalid`] naming `endpoint`,
+    /// decided in one step with the write.
     async fn push_subscribe(&self, user: &str, sub: &WebPush) -> BrokerResult<bool>;
 
     /// The Web Push subscriptions of `user`, by endpoint.

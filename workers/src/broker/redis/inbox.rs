@@ -21,6 +21,7 @@ use super::RedisBroker;
 use super::conn::Pipe;
 use super::decode::{corrupt, string, text};
 use super::scripts::SCRIPTS;
+use crate::broker::inbox::{MAX_PUSH_SUBSCRIPTIONS, too_many_push_subscriptions};
 use crate::broker::{Appended, InboxEntry, NewInboxEntry, WebPush};
 use crate::error::BrokerResult;
 use crate::field::FieldError;
@@ -163,6 +164,12 @@ struct Keys {
     auth: String,
 }
 
+/// `HSET` of one subscription unless the endpoint is new and the user has `ARGV[3]` already
+/// (then -1), in one step so that two registrations at once cannot both pass the cap.
+const PUSH_SUBSCRIBE: &str = "if redis.call('HEXISTS', KEYS[1], ARGV[1]) == 0 \
+    and redis.call('HLEN', KEYS[1]) >= tonumber(ARGV[3]) then return -1 end \
+    return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])";
+
 pub(super) async fn push_subscribe(
     broker: &RedisBroker,
     user: &str,
@@ -175,12 +182,18 @@ pub(super) async fn push_subscribe(
     .map_err(crate::BrokerError::backend)?;
     let added: i64 = broker
         .query(
-            redis::cmd("HSET")
+            redis::cmd("EVAL")
+                .arg(PUSH_SUBSCRIBE)
+                .arg(1)
                 .arg(broker.inbox_key(&format!("push:{user}")))
                 .arg(&sub.endpoint)
-                .arg(keys),
+                .arg(keys)
+                .arg(MAX_PUSH_SUBSCRIPTIONS),
         )
         .await?;
+    if added < 0 {
+        return Err(too_many_push_subscriptions().into());
+    }
     Ok(added > 0)
 }
 

@@ -12,8 +12,9 @@ use rusqlite::{Row, params};
 use super::SqliteBroker;
 use super::error::Fail;
 use super::sql;
+use crate::broker::inbox::{MAX_PUSH_SUBSCRIPTIONS, too_many_push_subscriptions};
 use crate::broker::{Appended, InboxEntry, NewInboxEntry, WebPush};
-use crate::error::BrokerResult;
+use crate::error::{BrokerError, BrokerResult};
 use crate::field::FieldError;
 use crate::time::Timestamp;
 
@@ -132,6 +133,14 @@ pub(super) async fn push_subscribe(
             let existed: bool = conn
                 .prepare_cached(sql::PUSH_EXISTS)?
                 .query_row(params![user, sub.endpoint], |r| r.get(0))?;
+            if !existed {
+                let count: i64 = conn
+                    .prepare_cached(sql::PUSH_COUNT)?
+                    .query_row([&user], |r| r.get(0))?;
+                if usize::try_from(count).unwrap_or(usize::MAX) >= MAX_PUSH_SUBSCRIPTIONS {
+                    return Err(BrokerError::from(too_many_push_subscriptions()).into());
+                }
+            }
             conn.prepare_cached(sql::PUSH_UPSERT)?.execute(params![
                 user,
                 sub.endpoint,

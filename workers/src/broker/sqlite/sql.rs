@@ -265,6 +265,7 @@ pub const PUSH_UPSERT: &str = "INSERT INTO push_subscriptions \
     ON CONFLICT (user, endpoint) DO UPDATE SET p256dh = excluded.p256dh, auth = excluded.auth";
 pub const PUSH_EXISTS: &str =
     "SELECT EXISTS (SELECT 1 FROM push_subscriptions WHERE user = ?1 AND endpoint = ?2)";
+pub const PUSH_COUNT: &str = "SELECT COUNT(*) FROM push_subscriptions WHERE user = ?1";
 pub const PUSH_LIST: &str = "SELECT endpoint, p256dh, auth FROM push_subscriptions \
     WHERE user = ?1 ORDER BY endpoint";
 pub const PUSH_DELETE: &str = "DELETE FROM push_subscriptions WHERE user = ?1 AND endpoint = ?2";
