@@ -30,6 +30,9 @@ pub const CAPACITY: usize = 4096;
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 /// How long the hub waits after a broker error before trying again.
 const ERROR_BACKOFF: Duration = Duration::from_secs(1);
+/// The longest a new connection waits for the hub to catch up with the log (the broker may be
+/// down at start) before it is closed with 1011, giving back its `max_connections` slot.
+pub const CATCH_UP_WAIT: Duration = Duration::from_secs(10);
 /// The hub reads every entry after its cursor, however old: it follows the log, and `keep`
 /// only decides what a replay returns.
 const ALL: Duration = Duration::MAX;
@@ -71,6 +74,17 @@ impl Live {
             cursor: entry.cursor,
         }
     }
+}
+
+/// What [`InboxHub::subscribe`] gives a connection.
+#[derive(Debug)]
+pub enum Subscription {
+    /// Caught up: every entry appended from now on reaches this receiver.
+    Live(broadcast::Receiver<Arc<Live>>),
+    /// The hub stopped (the server is stopping).
+    Stopped,
+    /// The hub did not catch up within the wait (the broker is unreachable or slow).
+    NotReady,
 }
 
 /// The shared end of the hub. Cheap to clone.
@@ -127,16 +141,21 @@ impl InboxHub {
             .then(|| Admitted(self.connections.clone()))
     }
 
-    /// Subscribes, then waits until the hub has caught up with the log: every entry
-    /// appended after this returns reaches the receiver. `None` when the hub stopped.
-    pub async fn subscribe(&self) -> Option<broadcast::Receiver<Arc<Live>>> {
+    /// Subscribes, then waits until the hub has caught up with the log, at most `wait`
+    /// ([`CATCH_UP_WAIT`] in the route): every entry appended after this returns
+    /// [`Subscription::Live`] reaches the receiver.
+    pub async fn subscribe(&self, wait: Duration) -> Subscription {
         let rx = self.tx.subscribe();
         let mut caught_up = self.caught_up.subscribe();
         tokio::select! {
-            r = caught_up.wait_for(|c| *c) => r.ok()?,
-            () = self.shutdown.cancelled() => return None,
-        };
-        Some(rx)
+            r = tokio::time::timeout(wait, caught_up.wait_for(|c| *c)) => match r {
+                Ok(Ok(_)) => Subscription::Live(rx),
+                // The sender lives in `self`: it cannot be gone while we hold it.
+                Ok(Err(_)) => Subscription::Stopped,
+                Err(_) => Subscription::NotReady,
+            },
+            () = self.shutdown.cancelled() => Subscription::Stopped,
+        }
     }
 
     /// Follows the log until `shutdown` fires: first to its end (without broadcasting the
@@ -189,5 +208,45 @@ impl InboxHub {
                 () = tokio::time::sleep(pause) => {}
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn sqlite_hub(dir: &tempfile::TempDir) -> InboxHub {
+        let url = format!("sqlite://{}", dir.path().join("hub.db").display());
+        let broker = hopper_workers::broker::open_with(
+            &url,
+            &hopper_workers::broker::OpenOptions::new("hopper"),
+            hopper_workers::clock::system(),
+        )
+        .await
+        .expect("open a SQLite broker");
+        InboxHub::new(broker)
+    }
+
+    #[tokio::test]
+    async fn a_connection_stops_waiting_for_a_hub_that_has_not_caught_up() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Not running: as when the broker is down at start, it never catches up.
+        let hub = sqlite_hub(&dir).await;
+        let sub = hub.subscribe(Duration::from_millis(50)).await;
+        assert!(matches!(sub, Subscription::NotReady), "{sub:?}");
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_live_once_the_hub_has_caught_up_and_told_when_it_stops() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let hub = sqlite_hub(&dir).await;
+        let stop = CancellationToken::new();
+        let running = tokio::spawn(hub.clone().run(stop.clone()));
+        let sub = hub.subscribe(Duration::from_secs(60)).await;
+        assert!(matches!(sub, Subscription::Live(_)), "{sub:?}");
+        stop.cancel();
+        running.await.expect("the hub stops");
+        let sub = hub.subscribe(Duration::from_secs(60)).await;
+        assert!(matches!(sub, Subscription::Stopped), "{sub:?}");
     }
 }

@@ -28,7 +28,7 @@ use serde_json::json;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::hub::{InboxHub, Live};
+use super::hub::{CATCH_UP_WAIT, InboxHub, Live, Subscription};
 
 /// Close code of a refused JWT (4000-4999 are the application's).
 pub const UNAUTHORIZED: u16 = 4001;
@@ -99,9 +99,17 @@ pub async fn run(socket: WebSocket, s: Session) {
     let stopping = s.hub.stopping();
     let (mut tx, mut rx_peer) = socket.split();
     let patience = 2 * s.ping;
-    let Some(mut live) = s.hub.subscribe().await else {
-        let _ = send_close(&mut tx, GOING_AWAY, "the server is stopping", patience).await;
-        return;
+    let mut live = match s.hub.subscribe(CATCH_UP_WAIT).await {
+        Subscription::Live(rx) => rx,
+        Subscription::Stopped => {
+            let _ = send_close(&mut tx, GOING_AWAY, "the server is stopping", patience).await;
+            return;
+        }
+        Subscription::NotReady => {
+            tracing::warn!("notifications: the inbox hub has not caught up with the inbox; closing");
+            let _ = send_close(&mut tx, INTERNAL, "the inbox is not available yet", patience).await;
+            return;
+        }
     };
     // The replay: everything kept after `since`, page by page, not rate-limited.
     let mut last = s.since.clone();
