@@ -5,12 +5,15 @@
 //!   [`Bus::publish`], what `POST /v1/publish` and `hopper publish` call.
 //! - `topic`: topics and the AMQP-style patterns (`user.*`, `#`) that match them.
 //! - `template`: a subscription's `payload`, minijinja templates over `{data, topic, key}`.
+//! - `identity`: a subscription's stable id, part of its jobs' unique keys.
 //! - `relay`: Hopper's own job events (`job.dead`, …) published as topics, exactly once
 //!   across nodes and restarts.
 //!
 //! **Idempotency lives in the broker, in the same atomic step as the jobs.** Every job a
-//! publish creates carries the unique key `publish:<key>:<subscription index>` (a fresh key
-//! when the publisher gave none), and unique keys are the broker's own (per queue, stored in
+//! publish creates carries the unique key `publish:<key>:<subscription id>` (a fresh key
+//! when the publisher gave none; the id a short hash of the subscription's content, see
+//! `identity`, so that reordering `[[subscription]]`s between a crash and a replay keeps
+//! each one's keys), and unique keys are the broker's own (per queue, stored in
 //! the same transaction or script as the job), on SQLite, Redis and Redis Cluster alike. A
 //! replay of a key therefore creates nothing and answers the first jobs, flagged
 //! `duplicate`; a retry after a failure half-way (a Redis connection lost between two
@@ -24,6 +27,7 @@
 //! Not here: the HTTP and CLI front doors (`crate::api::publish`, `crate::cli`), the job
 //! checks (`crate::service`).
 
+mod identity;
 mod relay;
 pub mod template;
 pub mod topic;
@@ -57,15 +61,25 @@ pub const JOB_TOPICS: &str = "job";
 /// One `[[subscription]]`, checked.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Subscription {
-    /// Its place in the config: `subscription[index]` in messages, and part of its jobs'
-    /// unique keys.
+    /// Its place in the config: `subscription[index]` in messages and answers.
     pub index: usize,
+    /// Its stable id (a short hash of its content, see `identity`), part of its jobs'
+    /// unique keys: the same wherever the subscription stands in the config.
+    pub id: String,
     pub pattern: Pattern,
     pub kind: String,
     pub queue: Option<String>,
     pub priority: Option<u8>,
     pub payload: Template,
     pub filter: SubscriptionFilter,
+}
+
+impl Subscription {
+    /// The unique key of the job this subscription makes for a publish of `key`:
+    /// `publish:<key>:<id>`.
+    pub fn unique_key(&self, key: &str) -> String {
+        format!("{KEY_PREFIX}{key}:{}", self.id)
+    }
 }
 
 /// Every subscription of the config. Cheap to clone.
@@ -125,7 +139,8 @@ impl Bus {
     /// ([`Bus::check_kinds`]): which exist depends on the build and the config.
     pub fn compile(configs: &[SubscriptionConfig], p: &mut Vec<String>) -> Self {
         let mut subscriptions = Vec::with_capacity(configs.len());
-        for (index, c) in configs.iter().enumerate() {
+        let ids = identity::subscription_ids(configs);
+        for ((index, c), id) in configs.iter().enumerate().zip(ids) {
             let at = format!("subscription[{index}]");
             let pattern = Pattern::parse(&c.topic)
                 .map_err(|e| p.push(format!("{at}.topic: {e}")))
@@ -164,6 +179,7 @@ impl Bus {
             if let (Some(pattern), Some(payload)) = (pattern, payload) {
                 subscriptions.push(Subscription {
                     index,
+                    id,
                     pattern,
                     kind: c.kind.clone(),
                     queue: c.queue.clone(),
@@ -300,7 +316,7 @@ async fn fan_out(
         let req = EnqueueRequest {
             queue: s.queue.clone(),
             priority: s.priority,
-            unique_key: Some(format!("{KEY_PREFIX}{key}:{}", s.index)),
+            unique_key: Some(s.unique_key(&key)),
             ..EnqueueRequest::new(s.kind.clone(), payload)
         };
         batch.push(Submission {
@@ -338,4 +354,41 @@ async fn fan_out(
         duplicate: jobs.iter().all(|j| !j.created),
         jobs,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn configs(text: &str) -> Vec<SubscriptionConfig> {
+        #[derive(serde::Deserialize)]
+        struct File {
+            subscription: Vec<SubscriptionConfig>,
+        }
+        toml::from_str::<File>(text)
+            .expect("subscriptions")
+            .subscription
+    }
+
+    #[test]
+    fn reordering_subscriptions_keeps_each_ones_unique_key() {
+        let a = "[[subscription]]\ntopic = \"user.*\"\nkind = \"email\"\npayload = { to = \"{{ data.email }}\" }\n";
+        let b = "[[subscription]]\ntopic = \"user.*\"\nkind = \"webhook\"\nqueue = \"hooks\"\n";
+        let mut p = Vec::new();
+        let before = Bus::compile(&configs(&format!("{a}{b}")), &mut p);
+        let after = Bus::compile(&configs(&format!("{b}{a}")), &mut p);
+        assert!(p.is_empty(), "{p:?}");
+        let keys = |bus: &Bus, kind: &str| {
+            bus.subscriptions()
+                .iter()
+                .find(|s| s.kind == kind)
+                .map(|s| s.unique_key("k1"))
+                .expect("the subscription")
+        };
+        for kind in ["email", "webhook"] {
+            assert_eq!(keys(&before, kind), keys(&after, kind), "{kind}");
+            assert!(keys(&before, kind).starts_with("publish:k1:"), "{kind}");
+        }
+        assert_ne!(keys(&before, "email"), keys(&before, "webhook"));
+    }
 }
