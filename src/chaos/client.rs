@@ -33,6 +33,9 @@ pub(super) struct Api {
 pub(super) struct Final {
     pub state: String,
     pub interruptions: u64,
+    /// The lease token of the completion the broker accepted (its result's `token`), once
+    /// succeeded.
+    pub accepted_token: Option<u64>,
 }
 
 impl Api {
@@ -160,6 +163,7 @@ impl Api {
                     Final {
                         state: job["state"].as_str().unwrap_or_default().to_owned(),
                         interruptions: job["interruptions"].as_u64().unwrap_or(0),
+                        accepted_token: job["result"]["token"].as_u64(),
                     },
                 );
             }

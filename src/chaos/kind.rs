@@ -8,6 +8,10 @@
 //! either whole or absent when the process is killed; the page cache keeps what was written
 //! when the process dies, so no fsync is needed (the machine itself does not crash).
 //!
+//! A `done` line is written before the completion is acknowledged, so it does not say whether
+//! the broker took it; the job's result does: `{"token": LEASE_TOKEN}`, the token of the
+//! completion the broker accepted.
+//!
 //! Not here: reading the ledger back (`ledger`).
 
 use std::fs::{File, OpenOptions};
@@ -90,6 +94,8 @@ impl Kind for Ledger {
             () = tokio::time::sleep(Duration::from_millis(args.ms)) => {}
         }
         self.append("done", &cx)?;
-        Ok(json!({}))
+        // The broker keeps the result of the completion it accepted: its lease token tells
+        // the check which of the `done` lines that was (`ledger`).
+        Ok(json!({ "token": cx.job().lease_token }))
     }
 }

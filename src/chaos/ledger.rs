@@ -7,6 +7,11 @@
 //!   at work when the job was interrupted (its lease expired and it was fetched again: a
 //!   second lease token in its `start` lines, or interruptions counted by the broker);
 //!   without an interruption it is a fencing bug, and the campaign fails.
+//! - `unexplained` also counts a succeeded job whose completion the broker accepted (the lease
+//!   token of its result, see `kind`) is not the newest lease the ledger shows it started
+//!   under, or has no `done` line: the broker took a stale token's completion. A `done` line
+//!   is written before the acknowledgement, so without this a stale completion the broker
+//!   wrongly accepted would look like one it refused.
 //! - `interruptions`: starts that were not the job's one counted completion, i.e. every start
 //!   beyond the first per completed job (a job is only started again after its lease
 //!   expired).
@@ -101,6 +106,22 @@ pub(super) fn check(
             continue;
         }
         t.interruptions += e.starts.saturating_sub(1);
+        if let Some(accepted) = broker.and_then(|f| f.accepted_token)
+            && (!e.done.contains(&accepted) || e.tokens.iter().any(|t| *t > accepted))
+        {
+            t.unexplained += 1;
+            if t.examples.len() < 10 {
+                t.examples.push(format!(
+                    "{id}: the broker accepted the completion of lease {accepted}, \
+                     not the newest one (started under {:?}, completed under {:?})",
+                    e.tokens, e.done
+                ));
+            }
+            if e.done.len() > 1 {
+                t.completed_twice += 1;
+            }
+            continue;
+        }
         if e.done.len() > 1 {
             t.completed_twice += 1;
             let fetched_again = e.tokens.len() > 1;
@@ -132,7 +153,57 @@ mod tests {
         Final {
             state: state.into(),
             interruptions,
+            accepted_token: None,
         }
+    }
+
+    fn accepted(interruptions: u64, token: u64) -> Final {
+        Final {
+            accepted_token: Some(token),
+            ..done("succeeded", interruptions)
+        }
+    }
+
+    #[test]
+    fn a_stale_completion_the_broker_accepted_is_unexplained() {
+        let dir = tempfile::tempdir().unwrap();
+        // f's lease 1 expired, lease 2 started; both wrote `done` before acknowledging.
+        std::fs::write(
+            dir.path().join("ledger-1.log"),
+            "start f 1 1 1 0
+start f 1 2 1 9
+done f 1 1 1 10
+done f 1 2 1 15
+             start g 1 1 1 0
+start g 1 2 1 9
+done g 1 1 1 10
+done g 1 2 1 15
+             start h 1 3 1 0
+done h 1 3 1 5
+             start i 1 1 1 0
+done i 1 1 1 5
+",
+        )
+        .unwrap();
+        let finals = HashMap::from([
+            // The broker took lease 1's: stale, as lease 2 had started.
+            ("f".to_owned(), accepted(1, 1)),
+            // The broker took lease 2's and refused lease 1's: at-least-once, explained.
+            ("g".to_owned(), accepted(1, 2)),
+            // The broker names a completion no `done` line shows.
+            ("h".to_owned(), accepted(0, 4)),
+            ("i".to_owned(), accepted(0, 1)),
+        ]);
+        let ids: Vec<String> = ["f", "g", "h", "i"].map(String::from).into();
+        let t = check(dir.path(), &ids, &finals).unwrap();
+        assert_eq!(t.lost, 0, "{t:?}");
+        assert_eq!(t.completed_twice, 2, "{t:?}");
+        assert_eq!(t.unexplained, 2, "{t:?}"); // f and h
+        assert!(
+            t.examples.iter().any(|e| e.starts_with("f:")),
+            "{:?}",
+            t.examples
+        );
     }
 
     #[test]

@@ -39,13 +39,15 @@ pub struct Report {
 
 impl Report {
     /// Prints the report as the last line on stdout; an error when the campaign failed,
-    /// `unexplained` being the jobs completed twice without an interruption.
+    /// `unexplained` being the jobs completed twice without an interruption, or whose accepted
+    /// completion was a stale lease's.
     pub fn finish(&self, unexplained: u64) -> anyhow::Result<()> {
         crate::out::json(self)?;
         if self.lost > 0 || unexplained > 0 {
             return Err(CliError::Ended {
                 message: format!(
-                    "chaos: {} lost, {unexplained} completed twice without an interruption",
+                    "chaos: {} lost, {unexplained} completed twice without an interruption \
+                     or under a stale lease",
                     self.lost
                 ),
                 code: 1,
