@@ -424,9 +424,16 @@ async fn push_subscriptions_are_capped_per_user(api: &crate::util::Api) {
     );
     let again = subscription("https://push.example.net/send/7");
     let (status, body) = api.call(Method::POST, path, Some(&again)).await;
-    assert_eq!(status, 200, "re-registering an endpoint still works: {body}");
+    assert_eq!(
+        status, 200,
+        "re-registering an endpoint still works: {body}"
+    );
     let (_, body) = api.call(Method::GET, path, None).await;
-    assert_eq!(body["subscriptions"].as_array().unwrap().len(), 20, "{body}");
+    assert_eq!(
+        body["subscriptions"].as_array().unwrap().len(),
+        20,
+        "{body}"
+    );
     let other = "/v1/users/43/push-subscriptions";
     let (status, body) = api.call(Method::POST, other, Some(&extra)).await;
     assert_eq!(status, 201, "{body}");

@@ -107,9 +107,15 @@ mod tests {
         let c = sub("billing.#", "email", "{ to = \"{{ data.email }}\" }");
         let ids = subscription_ids(&[a.clone(), b.clone(), c.clone()]);
         let reordered = subscription_ids(&[c, a, b]);
-        assert_eq!(reordered, vec![ids[2].clone(), ids[0].clone(), ids[1].clone()]);
+        assert_eq!(
+            reordered,
+            vec![ids[2].clone(), ids[0].clone(), ids[1].clone()]
+        );
         assert_eq!(ids[0].len(), ID_LEN);
-        assert!(ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2], "{ids:?}");
+        assert!(
+            ids[0] != ids[1] && ids[1] != ids[2] && ids[0] != ids[2],
+            "{ids:?}"
+        );
     }
 
     #[test]

@@ -106,8 +106,16 @@ pub async fn run(socket: WebSocket, s: Session) {
             return;
         }
         Subscription::NotReady => {
-            tracing::warn!("notifications: the inbox hub has not caught up with the inbox; closing");
-            let _ = send_close(&mut tx, INTERNAL, "the inbox is not available yet", patience).await;
+            tracing::warn!(
+                "notifications: the inbox hub has not caught up with the inbox; closing"
+            );
+            let _ = send_close(
+                &mut tx,
+                INTERNAL,
+                "the inbox is not available yet",
+                patience,
+            )
+            .await;
             return;
         }
     };
