@@ -15,10 +15,9 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use hopper_workers::Registry;
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use super::{Bench, Report, per_s};
-use crate::api::{self, AppState};
+use crate::api::AppState;
 
 impl Bench {
     pub(super) async fn enqueue_batch(&self, n: u64, clients: usize) -> Result<Report> {
@@ -36,17 +35,7 @@ impl Bench {
             self.clock.clone(),
             Arc::new(self.config.clone()),
         );
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the bench API to 127.0.0.1:0")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the bench API address")?;
-        let server = tokio::spawn(
-            axum::serve(listener, api::router(state))
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let (addr, server) = super::serve_api(state, &stop).await?;
         let ran = self
             .post_batches(&format!("http://{addr}/v1/jobs/batch"), n, clients)
             .await;

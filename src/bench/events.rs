@@ -35,13 +35,12 @@ use async_trait::async_trait;
 use hopper_workers::{Broker, JobContext, JobResult, Registry};
 use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader, Lines};
-use tokio::net::TcpListener;
 use tokio::process::{Child, ChildStdout, Command};
 use tokio_util::sync::CancellationToken;
 
 use super::clients::{READY, STAMP, Summary};
 use super::{Bench, Delivery, Report, micros_now, per_s};
-use crate::api::{self, AppState};
+use crate::api::AppState;
 
 /// The kind only `bench` registers for this workload.
 const EVENTS_KIND: &str = "bench.events";
@@ -79,17 +78,7 @@ impl Bench {
             Arc::new(self.config.clone()),
         );
         let hub = tokio::spawn(state.hub.clone().run(stop.clone()));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the bench API to 127.0.0.1:0")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the bench API address")?;
-        let server = tokio::spawn(
-            axum::serve(listener, api::router(state))
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let (addr, server) = super::serve_api(state, &stop).await?;
 
         let ran = self
             .follow_and_produce(addr, jobs, rate, clients, &stop)

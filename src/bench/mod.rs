@@ -507,6 +507,30 @@ fn print_table(r: &Report) -> std::io::Result<()> {
     )
 }
 
+/// Serves the API of `state` on `127.0.0.1:0` until `stop` fires, for the workloads that drive
+/// it over HTTP or WebSocket: its address, and the server's task to await once stopped.
+async fn serve_api(
+    state: crate::api::AppState,
+    stop: &CancellationToken,
+) -> Result<(
+    std::net::SocketAddr,
+    tokio::task::JoinHandle<std::io::Result<()>>,
+)> {
+    use std::future::IntoFuture;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .context("binding the bench API to 127.0.0.1:0")?;
+    let addr = listener
+        .local_addr()
+        .context("reading the bench API address")?;
+    let server = tokio::spawn(
+        axum::serve(listener, crate::api::router(state))
+            .with_graceful_shutdown(stop.clone().cancelled_owned())
+            .into_future(),
+    );
+    Ok((addr, server))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

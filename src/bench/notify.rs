@@ -30,12 +30,11 @@ use hopper_jobs::notify::ports::{Inbox, Notification};
 use hopper_workers::Registry;
 use hopper_workers::job::JobId;
 use serde_json::json;
-use tokio::net::TcpListener;
 
 use super::clients::{DATA_STAMP, NOTIFICATIONS_PATH, bench_user};
 use super::events::{Clients, memory};
 use super::{Bench, Delivery, Report, micros_now, per_s};
-use crate::api::{self, AppState};
+use crate::api::AppState;
 use crate::notify::BrokerInbox;
 
 /// How long the clients may take, after the last append, to receive everything.
@@ -76,17 +75,7 @@ impl Bench {
             Arc::new(config),
         );
         let reader = tokio::spawn(state.inbox.clone().run(stop.clone()));
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .context("binding the bench API to 127.0.0.1:0")?;
-        let addr = listener
-            .local_addr()
-            .context("reading the bench API address")?;
-        let server = tokio::spawn(
-            axum::serve(listener, api::router(state))
-                .with_graceful_shutdown(stop.clone().cancelled_owned())
-                .into_future(),
-        );
+        let (addr, server) = super::serve_api(state, &stop).await?;
 
         let users = format!("{}-", self.queue);
         let url = format!("ws://{addr}{NOTIFICATIONS_PATH}");

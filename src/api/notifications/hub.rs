@@ -148,13 +148,16 @@ impl InboxHub {
         let rx = self.tx.subscribe();
         let mut caught_up = self.caught_up.subscribe();
         tokio::select! {
+            // A stopped hub stays caught up: its shutdown is looked at first, so that a
+            // connection to it is told so rather than left live on a reader that is gone.
+            biased;
+            () = self.shutdown.cancelled() => Subscription::Stopped,
             r = tokio::time::timeout(wait, caught_up.wait_for(|c| *c)) => match r {
                 Ok(Ok(_)) => Subscription::Live(rx),
                 // The sender lives in `self`: it cannot be gone while we hold it.
                 Ok(Err(_)) => Subscription::Stopped,
                 Err(_) => Subscription::NotReady,
             },
-            () = self.shutdown.cancelled() => Subscription::Stopped,
         }
     }
 
