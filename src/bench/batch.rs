@@ -9,10 +9,8 @@
 //! dropped afterwards), the report's printing (`super`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Result, bail};
 use hopper_workers::Registry;
 use serde_json::json;
 
@@ -62,55 +60,14 @@ impl Bench {
         let full = body(size);
         let last = body(n % size);
         let batches = n.div_ceil(size);
-        let next = Arc::new(AtomicU64::new(0));
-        let http = reqwest::Client::new();
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..clients {
-            let (http, url, next, full, last) = (
-                http.clone(),
-                url.to_owned(),
-                next.clone(),
-                full.clone(),
-                last.clone(),
-            );
-            let shutdown = self.shutdown.clone();
-            let last_is_short = !n.is_multiple_of(size);
-            tasks.spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= batches {
-                        return Ok(());
-                    }
-                    if shutdown.is_cancelled() {
-                        bail!("interrupted");
-                    }
-                    let body = if i + 1 == batches && last_is_short {
-                        last.clone()
-                    } else {
-                        full.clone()
-                    };
-                    let res = http
-                        .post(&url)
-                        .header("content-type", "application/json")
-                        .body(body)
-                        .send()
-                        .await
-                        .context("posting a batch")?;
-                    let status = res.status();
-                    let answer = res.bytes().await.context("reading a batch's answer")?;
-                    if status != reqwest::StatusCode::CREATED {
-                        bail!(
-                            "a batch was answered {status}: {}",
-                            String::from_utf8_lossy(&answer)
-                        );
-                    }
-                }
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.context("a bench client panicked")??;
-        }
-        Ok(started.elapsed().as_secs_f64())
+        let last_is_short = !n.is_multiple_of(size);
+        self.post_created(url, batches, clients, "batch", move |i| {
+            if i + 1 == batches && last_is_short {
+                last.clone()
+            } else {
+                full.clone()
+            }
+        })
+        .await
     }
 }

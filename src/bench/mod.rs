@@ -531,6 +531,68 @@ async fn serve_api(
     Ok((addr, server))
 }
 
+impl Bench {
+    /// Posts `count` JSON bodies (`body(i)` for each `i` below `count`) to `url` from `clients`
+    /// concurrent clients, each answer expected `201 Created` (`what` names a request in
+    /// errors); returns the seconds taken. The HTTP workloads' (enqueue-batch, publish) loop.
+    async fn post_created<F>(
+        &self,
+        url: &str,
+        count: u64,
+        clients: usize,
+        what: &'static str,
+        body: F,
+    ) -> Result<f64>
+    where
+        F: Fn(u64) -> axum::body::Bytes + Send + Sync + 'static,
+    {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        let next = Arc::new(AtomicU64::new(0));
+        let body = Arc::new(body);
+        let http = reqwest::Client::new();
+        let started = Instant::now();
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..clients {
+            let (http, url, next, body) =
+                (http.clone(), url.to_owned(), next.clone(), body.clone());
+            let shutdown = self.shutdown.clone();
+            tasks.spawn(async move {
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= count {
+                        return Ok(());
+                    }
+                    if shutdown.is_cancelled() {
+                        bail!("interrupted");
+                    }
+                    let res = http
+                        .post(&url)
+                        .header("content-type", "application/json")
+                        .body(body(i))
+                        .send()
+                        .await
+                        .with_context(|| format!("posting a {what}"))?;
+                    let status = res.status();
+                    let answer = res
+                        .bytes()
+                        .await
+                        .with_context(|| format!("reading a {what}'s answer"))?;
+                    if status != reqwest::StatusCode::CREATED {
+                        bail!(
+                            "a {what} was answered {status}: {}",
+                            String::from_utf8_lossy(&answer)
+                        );
+                    }
+                }
+            });
+        }
+        while let Some(done) = tasks.join_next().await {
+            done.context("a bench client panicked")??;
+        }
+        Ok(started.elapsed().as_secs_f64())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,8 +10,6 @@
 //! report's printing (`super`).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use hopper_workers::Registry;
@@ -89,45 +87,12 @@ n = "{{ data.n }}""#,
 
     /// Posts `n` publishes from `clients` concurrent clients; returns the seconds taken.
     async fn post_publishes(&self, url: &str, n: u64, clients: usize) -> Result<f64> {
-        let next = Arc::new(AtomicU64::new(0));
-        let http = reqwest::Client::new();
         let run = self.queue.clone();
-        let started = Instant::now();
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..clients {
-            let (http, url, next, run) = (http.clone(), url.to_owned(), next.clone(), run.clone());
-            let shutdown = self.shutdown.clone();
-            tasks.spawn(async move {
-                loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        return Ok(());
-                    }
-                    if shutdown.is_cancelled() {
-                        bail!("interrupted");
-                    }
-                    let body = json!({"topic": TOPIC, "key": format!("{run}-{i}"),
-                        "data": {"email": format!("u{i}@example.com"), "name": "Ann", "n": i}});
-                    let res = http
-                        .post(&url)
-                        .json(&body)
-                        .send()
-                        .await
-                        .context("publishing")?;
-                    let status = res.status();
-                    let answer = res.bytes().await.context("reading a publish's answer")?;
-                    if status != reqwest::StatusCode::CREATED {
-                        bail!(
-                            "a publish was answered {status}: {}",
-                            String::from_utf8_lossy(&answer)
-                        );
-                    }
-                }
-            });
-        }
-        while let Some(done) = tasks.join_next().await {
-            done.context("a bench client panicked")??;
-        }
-        Ok(started.elapsed().as_secs_f64())
+        self.post_created(url, n, clients, "publish", move |i| {
+            let body = json!({"topic": TOPIC, "key": format!("{run}-{i}"),
+                "data": {"email": format!("u{i}@example.com"), "name": "Ann", "n": i}});
+            axum::body::Bytes::from(body.to_string())
+        })
+        .await
     }
 }
