@@ -88,6 +88,11 @@ async fn run(socket: WebSocket, hub: Hub, mut feed: Feed, every: Duration) {
     // Counted open until this returns, however it returns.
     let _open = crate::metrics::WsConnection::open();
     let stopping = hub.stopping();
+    // Made and registered once, not once per wakeup: every stream waits on the same token, so
+    // a fresh wait per event would register with (and contend on) its one list of waiters
+    // a thousand times per event.
+    let stopped = stopping.cancelled();
+    tokio::pin!(stopped);
     let (mut tx, mut rx) = socket.split();
     // A stuck send is given two intervals, like a missing pong.
     let patience = 2 * every;
@@ -96,7 +101,7 @@ async fn run(socket: WebSocket, hub: Hub, mut feed: Feed, every: Duration) {
     let mut unanswered = 0u32;
     let (code, reason) = loop {
         tokio::select! {
-            () = stopping.cancelled() => break (GOING_AWAY, "the server is stopping"),
+            () = &mut stopped => break (GOING_AWAY, "the server is stopping"),
             incoming = rx.next() => match incoming {
                 Some(Ok(Message::Pong(_))) => unanswered = 0,
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return,
