@@ -315,6 +315,33 @@ async fn a_client_that_stops_reading_gets_lagged_and_memory_stays_bounded() {
 }
 
 #[tokio::test]
+async fn a_replay_longer_than_one_write_burst_loses_no_event() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let broker = open_broker(&s).await;
+    // Far more events than one write of the socket gathers (256 frames): the replay has them
+    // all ready at once.
+    enqueue_noops(&*broker, 700).await;
+    let first = broker.events(None, 1).await.unwrap()[0].id.clone();
+    let want = ids(&api
+        .get_json("/v1/events", &[("since", &first), ("limit", "1000")])
+        .await["events"]
+        .as_array()
+        .unwrap()
+        .clone());
+    assert!(want.len() >= 699, "{} events", want.len());
+    let last = want.last().unwrap().clone();
+    let mut ws = connect(&ws_url(&api.base, &format!("since={first}"))).await;
+    let got = read_until(&mut ws, |f| f["id"] == last.as_str()).await;
+    assert_eq!(
+        ids(&got),
+        want,
+        "every event after the cursor, once, in order"
+    );
+    close(ws).await;
+}
+
+#[tokio::test]
 async fn a_cursor_older_than_retention_gets_a_gap_frame_then_the_oldest_events() {
     let s = Scratch::with_config("");
     let (_d, api) = s.serve(&["--no-workers"]);

@@ -166,7 +166,8 @@ async fn write(
 ) -> Written {
     let burst = async {
         let mut frame = first;
-        for _ in 0..WRITE_BATCH {
+        let mut written = 0;
+        loop {
             let lagged = matches!(frame, Frame::Lagged { .. });
             if tx.feed(Message::Text(frame.text())).await.is_err() {
                 return Written::Failed;
@@ -174,13 +175,17 @@ async fn write(
             if lagged {
                 return Written::Lagged;
             }
+            written += 1;
+            // Checked before taking the next frame: one taken and not written would be lost.
+            if written == WRITE_BATCH {
+                return Written::All;
+            }
             frame = match feed.ready() {
                 Ok(Some(next)) => next,
-                Ok(None) => break,
+                Ok(None) => return Written::All,
                 Err(e) => return Written::FeedFailed(e),
             };
         }
-        Written::All
     };
     let written = match tokio::time::timeout(patience, burst).await {
         Ok(w) => w,
