@@ -20,6 +20,9 @@
 //! Redis broker blocks on the streams, so an event from any node wakes it at once; a SQLite
 //! broker is woken by this process's writes, and other processes' within [`IDLE_POLL`].
 //!
+//! With many streams connected, the hub pauses after each page it publishes ([`pace`]): every
+//! page wakes every stream, so fewer, fuller pages cost a thousand streams fewer writes.
+//!
 //! Reading every event, the hub is also where cancellations are counted
 //! (`hopper_jobs_finished_total{outcome="cancelled"}`), whoever made them: a job is cancelled
 //! by a write to the broker from any process, and only the log sees them all.
