@@ -152,7 +152,9 @@ local function take_queued(need)
   for _, l in ipairs(lanes) do
     if l.i > 1 then
       local key = K .. 'lane:' .. l.lv
-      redis.call('LPOP', key, l.i - 1)
+      -- LTRIM, not LPOP with a count: the entries are in hand already, and LPOP would send
+      -- each back, into a Lua string again.
+      redis.call('LTRIM', key, l.i - 1, -1)
       if l.i > #l.items and redis.call('LLEN', key) == 0 then
         redis.call('ZREM', K .. 'lanes', l.lv)
       end
