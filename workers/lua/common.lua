@@ -49,6 +49,12 @@
 
 local K = KEYS[1]
 
+-- The globals the scripts use, as locals: in Lua 5.1 every use of a global is a look-up in
+-- the globals table, a local is a register (and an upvalue in the helpers below). The hot
+-- scripts read ARGV and call redis.call, string.* and tonumber a few dozen times per job.
+local ARGV, redis, string, tonumber, tostring, unpack = ARGV, redis, string, tonumber, tostring, unpack
+local ipairs, pairs, math = ipairs, pairs, math
+
 -- Time. Every lease, due time and rescue decision is made on one clock, Redis' own (`TIME`),
 -- so that nodes whose clocks disagree still agree on whether a lease is live: a node 20 s
 -- fast must not take a job whose 30 s lease has 15 s left. A script's ARGV `now` is '' for

@@ -110,6 +110,8 @@ if #bases > 0 then
   -- Queued jobs by priority (text), in enqueue order, for their lanes (see common.lua).
   local all, queued, levels, nqueued, due, unique = {}, {}, {}, 0, {}, {}
   local ev_bar = ev .. '|'
+  -- A lane entry's due time is the call's now: its fixed-width text (qmember's) made once.
+  local now_pad = string.format('%015d', now < 0 and 0 or now)
   for i = 1, #bases do
     local b, state, at = bases[i], states[i], ats[i]
     local id, priority = ARGV[b], ARGV[b + 3]
@@ -152,7 +154,7 @@ if #bases > 0 then
         queued[priority] = lane
         levels[#levels + 1] = priority
       end
-      lane[#lane + 1] = qmember(at, seq, id)
+      lane[#lane + 1] = now_pad .. string.format('%016d', seq) .. id
       nqueued = nqueued + 1
     elseif state == 'scheduled' then
       due[#due + 1] = at_s
