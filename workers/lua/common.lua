@@ -49,6 +49,12 @@
 
 local K = KEYS[1]
 
+-- The globals the scripts use, as locals: in Lua 5.1 every use of a global is a look-up in
+-- the globals table, a local is a register (and an upvalue in the helpers below). The hot
+-- scripts read ARGV and call redis.call, string.* and tonumber a few dozen times per job.
+local ARGV, redis, string, tonumber, tostring, unpack = ARGV, redis, string, tonumber, tostring, unpack
+local ipairs, pairs, math = ipairs, pairs, math
+
 -- Time. Every lease, due time and rescue decision is made on one clock, Redis' own (`TIME`),
 -- so that nodes whose clocks disagree still agree on whether a lease is live: a node 20 s
 -- fast must not take a job whose 30 s lease has 15 s left. A script's ARGV `now` is '' for
@@ -152,7 +158,9 @@ local function take_queued(need)
   for _, l in ipairs(lanes) do
     if l.i > 1 then
       local key = K .. 'lane:' .. l.lv
-      redis.call('LPOP', key, l.i - 1)
+      -- LTRIM, not LPOP with a count: the entries are in hand already, and LPOP would send
+      -- each back, into a Lua string again.
+      redis.call('LTRIM', key, l.i - 1, -1)
       if l.i > #l.items and redis.call('LLEN', key) == 0 then
         redis.call('ZREM', K .. 'lanes', l.lv)
       end

@@ -23,7 +23,7 @@ local n = tonumber(ARGV[3])
 
 local out = {}
 -- ARGV base, state and due time of each job to create.
-local bases, states, ats = {}, {}, {}
+local bases, created_keys, states, ats = {}, {}, {}, {}
 local taken_ids, taken_keys = {}, {}
 -- Chains whose first step exists already (its unique key is taken), by chain id: the whole
 -- chain is that earlier one, and none of its steps is created again.
@@ -31,9 +31,10 @@ local existing_chains = {}
 -- Whether any id of the call names a stored job: one EXISTS over all of them, so that the
 -- usual call (fresh ids) does not pay a command per job (a per-job EXISTS was 3% of a job's
 -- Redis work, counted with callgrind over a simulated drain).
+-- The job keys, made once for the EXISTS and the HSETs.
 local any_taken = false
+local jks = {}
 if n > 0 then
-  local jks = {}
   for i = 0, n - 1 do
     jks[i + 1] = job_key(ARGV[4 + i * 10])
   end
@@ -94,6 +95,7 @@ for i = 0, n - 1 do
       taken_keys[unique] = id
     end
     bases[#bases + 1] = b
+    created_keys[#created_keys + 1] = jks[i + 1]
     states[#states + 1] = state
     ats[#ats + 1] = at
     add_event('job.enqueued', id, ARGV[b + 1], '0')
@@ -108,6 +110,8 @@ if #bases > 0 then
   -- Queued jobs by priority (text), in enqueue order, for their lanes (see common.lua).
   local all, queued, levels, nqueued, due, unique = {}, {}, {}, 0, {}, {}
   local ev_bar = ev .. '|'
+  -- A lane entry's due time is the call's now: its fixed-width text (qmember's) made once.
+  local now_pad = string.format('%015d', now < 0 and 0 or now)
   for i = 1, #bases do
     local b, state, at = bases[i], states[i], ats[i]
     local id, priority = ARGV[b], ARGV[b + 3]
@@ -116,25 +120,31 @@ if #bases > 0 then
     local at_s = at == now and now_s or ms_text(at)
     -- Zero counters, empty optional fields and the id and queue (known from the key) are not
     -- stored: a missing field reads as 0 or none. Nor is `evs`: the first entry leads `d`.
-    local fields = { 'kind', ARGV[b + 1], 'd', ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9], 'state', state, 'run_at', at_s,
-      'seq', ms_text(seq) }
-    if ARGV[b + 6] ~= '' then
-      fields[#fields + 1] = 'chain_id'
-      fields[#fields + 1] = ARGV[b + 6]
-      fields[#fields + 1] = 'chain_index'
-      fields[#fields + 1] = ARGV[b + 7]
-      if ARGV[b + 8] ~= '' then
-        fields[#fields + 1] = 'chain_next'
-        fields[#fields + 1] = ARGV[b + 8]
+    local d, seq_s = ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9], ms_text(seq)
+    if ARGV[b + 6] == '' and ARGV[b + 5] == '' then
+      -- The usual job, neither a chain step nor unique: its fields go straight to HSET,
+      -- without a table built and unpacked per job.
+      redis.call('HSET', created_keys[i], 'kind', ARGV[b + 1], 'd', d, 'state', state, 'run_at', at_s, 'seq', seq_s)
+    else
+      local fields = { 'kind', ARGV[b + 1], 'd', d, 'state', state, 'run_at', at_s, 'seq', seq_s }
+      if ARGV[b + 6] ~= '' then
+        fields[#fields + 1] = 'chain_id'
+        fields[#fields + 1] = ARGV[b + 6]
+        fields[#fields + 1] = 'chain_index'
+        fields[#fields + 1] = ARGV[b + 7]
+        if ARGV[b + 8] ~= '' then
+          fields[#fields + 1] = 'chain_next'
+          fields[#fields + 1] = ARGV[b + 8]
+        end
       end
+      if ARGV[b + 5] ~= '' then
+        fields[#fields + 1] = 'unique_key'
+        fields[#fields + 1] = ARGV[b + 5]
+        unique[#unique + 1] = ARGV[b + 5]
+        unique[#unique + 1] = id
+      end
+      redis.call('HSET', created_keys[i], unpack(fields))
     end
-    if ARGV[b + 5] ~= '' then
-      fields[#fields + 1] = 'unique_key'
-      fields[#fields + 1] = ARGV[b + 5]
-      unique[#unique + 1] = ARGV[b + 5]
-      unique[#unique + 1] = id
-    end
-    redis.call('HSET', job_key(id), unpack(fields))
     all[#all + 1] = '0'
     all[#all + 1] = id
     if state == 'queued' then
@@ -144,7 +154,7 @@ if #bases > 0 then
         queued[priority] = lane
         levels[#levels + 1] = priority
       end
-      lane[#lane + 1] = qmember(at, seq, id)
+      lane[#lane + 1] = now_pad .. string.format('%016d', seq) .. id
       nqueued = nqueued + 1
     elseif state == 'scheduled' then
       due[#due + 1] = at_s
