@@ -1,7 +1,7 @@
 //! One attempt: finds the handler (a kind without one is `unserved`'s), runs it under its
 //! timeout with panics caught, and turns what it returned into the [`Outcome`] the broker
-//! records (retry policy included). Each attempt's end is counted here
-//! ([`crate::metrics::job_finished`]), with its run and pickup times: this is where the
+//! records (retry policy included). Each attempt's end is counted here (the pool's kept
+//! [`crate::metrics::JobMeters`] of the job's queue and kind), with its run and pickup times: this is where the
 //! outcome is decided and the job's queue and kind are still at hand (the acknowledger sees
 //! only leases). Cancels are counted by whoever cancels (the API), not here, so that a cancel
 //! is counted once whether or not a handler was running.
@@ -11,10 +11,11 @@ use super::*;
 /// Runs one attempt and decides its outcome. `None` when there is nothing to write (the job
 /// was cancelled or its lease lost meanwhile).
 pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
+    let meters = shared.meters.of(&job.queue, &job.kind);
     let Some(handler) = shared.registry.get(&job.kind).cloned() else {
         let outcome = unserved(&shared.config, &job, shared.clock.now());
         if matches!(outcome, Outcome::Dead { .. }) {
-            meter::job_finished(&job.queue, &job.kind, meter::Outcome::Dead);
+            meters.finished(meter::Outcome::Dead);
         }
         return Some(Finish {
             lease: job.lease(),
@@ -34,11 +35,11 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
         reason: reason.clone(),
         finishing: false,
     });
-    meter::job_picked_up(&job.queue, shared.clock.now().since(job.run_at));
+    meters.picked_up(shared.clock.now().since(job.run_at));
     let job = Arc::new(job);
     let started = Instant::now();
     let result = execute(shared, handler, job.clone(), token).await;
-    meter::job_ran(&job.queue, &job.kind, started.elapsed());
+    meters.ran(started.elapsed());
     // Until the acknowledger has written the outcome, the lease stays heartbeated.
     shared.handle.finishing(&lease);
 
@@ -54,7 +55,7 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
             // attempt ends nothing; the job runs again after a rescue.
             stopped => {
                 if matches!(stopped, StopReason::LeaseLost | StopReason::LeaseExpired) {
-                    meter::job_finished(&job.queue, &job.kind, meter::Outcome::Interrupted);
+                    meters.finished(meter::Outcome::Interrupted);
                 }
                 debug!(job = %job.id, "attempt stopped");
                 shared.handle.remove(&lease);
@@ -85,7 +86,7 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
         Outcome::Snooze { .. } => None,
     };
     if let Some(o) = counted {
-        meter::job_finished(&job.queue, &job.kind, o);
+        meters.finished(o);
     }
     Some(Finish { lease, outcome })
 }

@@ -180,6 +180,8 @@ struct Shared {
     unwritten: Arc<AtomicUsize>,
     /// Jobs of each queue running now, for the registry of nodes.
     busy: Arc<presence::QueueBusy>,
+    /// The job metrics' handles, resolved once per queue and kind.
+    meters: meter::JobMetrics,
 }
 
 impl Pool {
@@ -272,6 +274,7 @@ impl Pool {
             progress_tx,
             unwritten,
             busy: Arc::new(presence::QueueBusy::default()),
+            meters: meter::JobMetrics::default(),
         });
         service_tasks.spawn(presence::register(
             broker.clone(),
