@@ -150,6 +150,7 @@ impl Node {
         let registry = Arc::new(node_registry(&settings, &broker, &clock)?);
         check_subscription_kinds(&settings, &registry)?;
         let tracker = TaskTracker::new();
+        tracker.spawn(crate::metrics::upkeep(shutdown.clone()));
         let pool = workers.then(|| {
             let mut config = settings.pool.clone();
             config.fault_block_fetch_file =
