@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
+use axum::serve::ListenerExt;
 use hopper_workers::broker::OpenOptions;
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::metrics::Metered;
@@ -275,7 +276,7 @@ pub async fn serve(
     node.notify_ready(format!("serving on {addr}"), &shutdown);
     // With the peer's address, which `[server] rate_limit` keys on when auth is off.
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener, app)
+    let served = axum::serve(listener.tap_io(api::no_delay), app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("serving HTTP");

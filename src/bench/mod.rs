@@ -517,6 +517,8 @@ async fn serve_api(
     tokio::task::JoinHandle<std::io::Result<()>>,
 )> {
     use std::future::IntoFuture;
+
+    use axum::serve::ListenerExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
         .context("binding the bench API to 127.0.0.1:0")?;
@@ -524,9 +526,12 @@ async fn serve_api(
         .local_addr()
         .context("reading the bench API address")?;
     let server = tokio::spawn(
-        axum::serve(listener, crate::api::router(state))
-            .with_graceful_shutdown(stop.clone().cancelled_owned())
-            .into_future(),
+        axum::serve(
+            listener.tap_io(crate::api::no_delay),
+            crate::api::router(state),
+        )
+        .with_graceful_shutdown(stop.clone().cancelled_owned())
+        .into_future(),
     );
     Ok((addr, server))
 }

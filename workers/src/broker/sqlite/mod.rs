@@ -121,9 +121,11 @@ pub struct SqliteBroker {
     readers: Readers,
     /// Woken by this instance's writes that make work available.
     work: Arc<Notify>,
-    /// Bumped after each of this instance's writes (most append events): what
-    /// [`Broker::wait_for_events`] waits on.
-    written: watch::Sender<u64>,
+    /// Bumped by the writer thread after each of its commits (most append events): what
+    /// [`Broker::wait_for_events`] waits on. Bumped there, not when a caller's task has its
+    /// answer: under load that task may wake milliseconds after the commit, and the event
+    /// hub would learn of the rows that much later.
+    written: Arc<watch::Sender<u64>>,
 }
 
 impl std::fmt::Debug for SqliteBroker {
@@ -211,10 +213,13 @@ impl SqliteBroker {
         let writer_clock = clock.clone();
         let stats = Arc::new(WriterStats::default());
         let writer_stats = stats.clone();
+        let written = Arc::new(watch::Sender::new(0u64));
+        let bump = written.clone();
         std::thread::Builder::new()
             .name("hopper-sqlite-writer".into())
             .spawn(move || {
-                writer::run_writer(write_conn, writer_clock, rx, &writer_stats);
+                let committed = || bump.send_modify(|n| *n = n.wrapping_add(1));
+                writer::run_writer(write_conn, writer_clock, rx, &writer_stats, &committed);
             })
             .map_err(|e| BrokerError::Backend(Box::new(e)))?;
         Ok(Self {
@@ -224,7 +229,7 @@ impl SqliteBroker {
             stats,
             readers: Readers::new(read_conns),
             work: Arc::new(Notify::new()),
-            written: watch::Sender::new(0),
+            written,
         })
     }
 
@@ -249,9 +254,7 @@ impl SqliteBroker {
         self.writer
             .send(Box::new(Op::new(f, reply)))
             .map_err(|_| writer_gone())?;
-        let answer = answer.await.map_err(|_| writer_gone())?;
-        self.written.send_modify(|n| *n = n.wrapping_add(1));
-        answer
+        answer.await.map_err(|_| writer_gone())?
     }
 
     /// Runs `f` on a read connection, off the async runtime.

@@ -144,22 +144,26 @@ impl WriterStats {
 }
 
 /// The writer thread: runs until every `SqliteBroker` handle is dropped, counting what it
-/// does in `stats` (logged at debug level when it stops).
+/// does in `stats` (logged at debug level when it stops). `committed` is called after each
+/// commit, from this thread and before the batch's answers go out, so that whoever follows
+/// the log hears of the new rows at once rather than once a caller's task has woken.
 pub(super) fn run_writer(
     conn: Connection,
     clock: Arc<dyn Clock>,
     rx: mpsc::Receiver<Box<dyn WriteOp>>,
     stats: &WriterStats,
+    committed: &dyn Fn(),
 ) {
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         take_queued(&rx, &mut batch);
-        let committed = run_batch(&conn, clock.as_ref(), &rx, &mut batch, stats);
+        let ok = run_batch(&conn, clock.as_ref(), &rx, &mut batch, stats);
         stats
             .commands
             .fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if committed {
+        if ok {
             stats.commits.fetch_add(1, Ordering::Relaxed);
+            committed();
         }
         for op in batch {
             op.answer();
