@@ -69,6 +69,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 10,
         sql: include_str!("../../../migrations/sqlite/0010_circuits.sql"),
     },
+    Migration {
+        version: 11,
+        sql: include_str!("../../../migrations/sqlite/0011_outcome_index.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a
@@ -126,7 +130,9 @@ fn open_connections_once(
     Ok((writer, readers))
 }
 
-fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+/// A connection with the settings every one of them shares (busy timeout, `synchronous`,
+/// statement cache).
+pub(super) fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE
@@ -249,5 +255,34 @@ mod tests {
                 assert_eq!(got, expected, "{durability:?}: connection {i}");
             }
         }
+    }
+
+    /// The statements whose speed rests on the schema keep their plan: the outcome count walks
+    /// the partial index `events_outcome_at` (its `type IN` list matches the index's), and a
+    /// fetch bound with a new limit is not prepared again (`sql::FETCH`'s `LIMIT +?2`).
+    #[test]
+    fn hot_statements_keep_their_plans() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (w, _r) =
+            open_connections(&dir.path().join("p.db"), &SqliteOptions::default()).expect("open");
+        let plan: Vec<String> = w
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", sql::RECENT_OUTCOMES))
+            .expect("explain")
+            .query_map([0], |r| r.get(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        assert!(
+            plan.iter().any(|step| step.contains("events_outcome_at")),
+            "{plan:?}"
+        );
+
+        let mut fetch = w.prepare(sql::FETCH).expect("prepare");
+        for limit in 1..=3 {
+            fetch
+                .execute(rusqlite::params!["q", limit, 0, 0])
+                .expect("fetch");
+        }
+        assert_eq!(fetch.get_status(rusqlite::StatementStatus::RePrepare), 0);
     }
 }
