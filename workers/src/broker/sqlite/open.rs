@@ -292,7 +292,10 @@ mod tests {
         let insert: Vec<String> = w
             .prepare(&format!("EXPLAIN {}", sql::INSERT_EVENT))
             .expect("explain")
-            .query_map([], |r| r.get(1))
+            .query_map(
+                rusqlite::params_from_iter(std::iter::repeat_n(SqlValue::Null, 10)),
+                |r| r.get(1),
+            )
             .expect("program")
             .collect::<Result<_, _>>()
             .expect("opcodes");
