@@ -18,9 +18,6 @@
 //!   at a time on a blocking thread, for `get`, `history`, `list`, `queues`, `events` and
 //!   `ping`. In WAL mode readers never block the writer nor each other, so a slow `list` does
 //!   not hold up `/readyz`.
-//! - **One checkpointer thread** (`checkpointer`) copies the WAL back into the file when a
-//!   commit has taken it past 1,000 pages, which SQLite would otherwise do inside that commit,
-//!   on the writer thread.
 //!
 //! # Durability
 //!
@@ -64,8 +61,7 @@
 //! - `chain`: what a step's end or retry does to the other steps of its chain.
 //! - `events`: appending to the event log, inside the write that changed the job.
 //! - `writer`: the writer thread and its batches; `readers`: the pool of read connections;
-//!   `open`: connections, their settings and migrations; `checkpointer`: the thread that
-//!   copies the WAL into the file off the writer's path.
+//!   `open`: connections, their settings and migrations.
 //! - `cursors`: named places in the event log its readers keep (`Broker::cursor`).
 //! - `pausing`: queues paused and resumed by an operator (fetch checks the pause itself).
 //! - `rating`: job rate limits: a rated fetch and the read of a queue's held-until time.
@@ -76,7 +72,6 @@
 
 mod admin;
 mod chain;
-mod checkpointer;
 mod circuits;
 mod cursors;
 mod error;
@@ -207,13 +202,9 @@ impl SqliteBroker {
         let path = path.as_ref().to_path_buf();
         let opened = {
             let path = path.clone();
-            tokio::task::spawn_blocking(move || {
-                let (mut writer, readers) = open::open_connections(&path, &options)?;
-                checkpointer::start(&path, options.durability, &mut writer)?;
-                Ok::<_, BrokerError>((writer, readers))
-            })
-            .await
-            .map_err(BrokerError::backend)??
+            tokio::task::spawn_blocking(move || open::open_connections(&path, &options))
+                .await
+                .map_err(BrokerError::backend)??
         };
         let (write_conn, read_conns) = opened;
         let (tx, rx) = mpsc::channel::<Box<dyn WriteOp>>();

@@ -131,9 +131,9 @@ fn open_connections_once(
     Ok((writer, readers))
 }
 
-/// A connection with the settings every one of them shares (busy timeout, `synchronous`,
-/// statement cache).
-pub(super) fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
+/// A connection with the settings every one of them shares (busy timeout, planner stability,
+/// `synchronous`, statement cache).
+fn connect(path: &Path, durability: Durability) -> rusqlite::Result<Connection> {
     let conn = Connection::open_with_flags(
         path,
         OpenFlags::SQLITE_OPEN_READ_WRITE

@@ -45,8 +45,6 @@ pub const ROLLBACK_TO: &str = "ROLLBACK TO op";
 // Opening. WAL is a property of the file; `user_version` records the schema version.
 pub const JOURNAL_MODE_WAL: &str = "PRAGMA journal_mode = WAL";
 pub const USER_VERSION: &str = "PRAGMA user_version";
-/// The checkpointer thread's copy of the WAL into the file (`super::checkpointer`).
-pub const WAL_CHECKPOINT: &str = "PRAGMA wal_checkpoint(PASSIVE)";
 
 pub const INSERT_EVENT: &str = "INSERT INTO events \
     (job_id, queue, kind, type, at, attempt, progress, message, result, error) \
