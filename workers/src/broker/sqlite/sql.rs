@@ -166,9 +166,11 @@ pub const EVENTS_AFTER: &str = concat!(
 );
 pub const EVENTS_EXIST_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE id > ?1)";
 pub const COUNTS: &str = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state";
+/// Its condition on `type` is the WHERE of the partial index `events_outcome_at`
+/// (`0011_outcome_index.sql`), word for word, so that SQLite uses it.
 pub const RECENT_OUTCOMES: &str = "SELECT queue, type, count(*) FROM events \
-    WHERE type IN ('job.succeeded', 'job.retrying', 'job.dead') AND at >= ?1 \
-    GROUP BY queue, type";
+    WHERE (type = 'job.succeeded' OR type = 'job.retrying' OR type = 'job.dead') \
+    AND at >= ?1 GROUP BY queue, type";
 
 // The parts `list` builds its query from: only the filters given become clauses, so SQLite can
 // pick the index that fits (`?1 IS NULL OR ...` would defeat it). The text varies over 16
