@@ -5,7 +5,7 @@
 //! transaction as its state change (the broker's atomicity guarantee). It does not read the log
 //! (`history` and `events` are in `super::read`) nor trim it (`super::admin`).
 
-use rusqlite::{CachedStatement, Connection, params};
+use rusqlite::{Connection, params};
 
 use super::error::Fail;
 use super::rows::Owner;
@@ -40,38 +40,35 @@ pub(super) fn append_event(
     Ok(())
 }
 
-/// The `job.enqueued` events of one enqueue batch, appended through one prepared statement.
+/// The `job.enqueued` events of one enqueue batch, appended by one statement at its end.
 ///
-/// A batch of a thousand jobs appends a thousand events that differ only in their job: the
-/// statement is fetched from the cache once (not once per job), and the columns every one of
-/// them shares (type, time, attempt, and the empty data) are bound once, since a statement
-/// keeps its bindings from one execution to the next. Per job, only the job's own columns are
-/// bound. Its rows are the ones [`append_event`] would write for `EventData::default()`.
-pub(super) struct EnqueuedEvents<'c> {
-    stmt: CachedStatement<'c>,
+/// A batch of a thousand jobs appends a thousand events that differ only in their job. One
+/// `INSERT ... SELECT` over the jobs the batch created writes them all, instead of a statement
+/// run (with its cursors opened, its bindings set, and the `AUTOINCREMENT` counter read and
+/// written) per job. The jobs a batch creates are the rows after the last one before it (the
+/// writer thread is the only writer, and `seq` is the next rowid), in the order they were
+/// inserted, so the events keep the order of the jobs. Its rows are the ones
+/// [`append_event`] would write for `EventData::default()`.
+#[derive(Default)]
+pub(super) struct EnqueuedEvents {
+    /// The `seq` of the batch's first created job, once there is one.
+    first: Option<i64>,
 }
 
-impl<'c> EnqueuedEvents<'c> {
-    /// Prepares the batch's statement, with the columns its events share bound.
-    pub fn new(conn: &'c Connection, at: Timestamp) -> Result<Self, Fail> {
-        let mut stmt = conn.prepare_cached(sql::INSERT_EVENT)?;
-        let none: Option<&str> = None;
-        stmt.raw_bind_parameter(4, EventType::Enqueued.as_str())?;
-        stmt.raw_bind_parameter(5, at)?;
-        stmt.raw_bind_parameter(7, none)?;
-        stmt.raw_bind_parameter(8, none)?;
-        stmt.raw_bind_parameter(9, none)?;
-        stmt.raw_bind_parameter(10, none)?;
-        Ok(Self { stmt })
+impl EnqueuedEvents {
+    /// Notes a job the batch just inserted (its row is the connection's last insert).
+    pub fn created(&mut self, conn: &Connection) {
+        if self.first.is_none() {
+            self.first = Some(conn.last_insert_rowid());
+        }
     }
 
-    /// Appends the `job.enqueued` event of `owner`'s job, at `owner.attempt`.
-    pub fn append(&mut self, owner: &Owner) -> Result<(), Fail> {
-        self.stmt.raw_bind_parameter(1, owner.id.as_str())?;
-        self.stmt.raw_bind_parameter(2, owner.queue.as_str())?;
-        self.stmt.raw_bind_parameter(3, owner.kind.as_str())?;
-        self.stmt.raw_bind_parameter(6, i64::from(owner.attempt))?;
-        self.stmt.raw_execute()?;
+    /// Appends the `job.enqueued` event of every job the batch created, at `at`.
+    pub fn append(self, conn: &Connection, at: Timestamp) -> Result<(), Fail> {
+        if let Some(first) = self.first {
+            conn.prepare_cached(sql::INSERT_ENQUEUED_EVENTS)?
+                .execute(params![first, at])?;
+        }
         Ok(())
     }
 }

@@ -42,10 +42,10 @@ pub(super) async fn store(broker: &SqliteBroker, jobs: Vec<NewJob>) -> BrokerRes
             // chain is that earlier one; none of its steps is created again.
             let mut existing_chains: HashMap<JobId, JobId> = HashMap::new();
             // Prepared once for the whole batch rather than fetched from the statement cache
-            // twice per job.
+            // for each job; the events are appended by one statement after the last job.
             let mut inserts = Inserts {
                 job: conn.prepare_cached(sql::INSERT_JOB)?,
-                events: EnqueuedEvents::new(conn, now)?,
+                events: EnqueuedEvents::default(),
             };
             for job in jobs {
                 out.push(store_one(
@@ -56,6 +56,7 @@ pub(super) async fn store(broker: &SqliteBroker, jobs: Vec<NewJob>) -> BrokerRes
                     &mut inserts,
                 )?);
             }
+            inserts.events.append(conn, now)?;
             Ok(out)
         })
         .await?;
@@ -124,14 +125,15 @@ fn store_one(
         chain.map_or(0, |c| i64::from(c.index)),
         chain.and_then(|c| c.next.as_ref()).map(JobId::as_str),
     ])?;
-    inserts.events.append(&Owner::of(&job))?;
+    inserts.events.created(conn);
     Ok(Enqueued { job, created: true })
 }
 
-/// The two statements every job of an enqueue batch runs, held for the whole batch.
+/// What every job of an enqueue batch writes: its row, through a statement held for the whole
+/// batch, and its event, appended with the others at the batch's end.
 struct Inserts<'c> {
     job: CachedStatement<'c>,
-    events: EnqueuedEvents<'c>,
+    events: EnqueuedEvents,
 }
 
 /// A stored job, read inside the enqueue's transaction.
