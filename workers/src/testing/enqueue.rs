@@ -146,6 +146,57 @@ pub async fn fields_round_trip_exactly(b: Arc<dyn Broker>, clock: Arc<ManualCloc
     assert_eq!(events.len(), 2, "{events:?}");
 }
 
+/// A batch appends one `job.enqueued` event per job it created, none for a job that existed
+/// already (its unique key taken, before the batch or earlier in it), in the batch's order,
+/// each carrying its own job's queue, kind and attempt 0.
+pub async fn batch_appends_one_event_per_created_job(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let taken = enqueue(&b, job("test.before").unique_key("t")).await;
+    let before = b.events(None, 1000).await.expect("events").len();
+    let first = job("test.a");
+    let dup_before = job("test.b").unique_key("t");
+    let keyed = job("test.c").unique_key("u");
+    let dup_within = job("test.d").unique_key("u");
+    let last = NewJob::new("test.e", json!({"n": 1}));
+    let answers = b
+        .enqueue(vec![
+            first.clone(),
+            dup_before,
+            keyed.clone(),
+            dup_within,
+            last.clone(),
+        ])
+        .await
+        .expect("enqueue batch");
+    assert_eq!(
+        answered(&answers),
+        vec![
+            (first.id.clone(), true),
+            (taken, false),
+            (keyed.id.clone(), true),
+            (keyed.id.clone(), false),
+            (last.id.clone(), true),
+        ]
+    );
+    let events = b.events(None, 1000).await.expect("events");
+    let appended: Vec<(EventType, JobId, String, u32)> = events[before..]
+        .iter()
+        .map(|e| (e.kind_of_event, e.job_id.clone(), e.kind.clone(), e.attempt))
+        .collect();
+    assert_eq!(
+        appended,
+        vec![
+            (EventType::Enqueued, first.id, "test.a".to_owned(), 0),
+            (EventType::Enqueued, keyed.id, "test.c".to_owned(), 0),
+            (EventType::Enqueued, last.id, "test.e".to_owned(), 0),
+        ]
+    );
+    assert!(
+        events[before..]
+            .iter()
+            .all(|e| e.at == clock.now() && e.queue == "default" && e.error.is_none())
+    );
+}
+
 /// What an enqueue answered, as (id, created) pairs.
 fn answered(answers: &[Enqueued]) -> Vec<(JobId, bool)> {
     answers

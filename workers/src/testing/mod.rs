@@ -156,6 +156,7 @@ macro_rules! conformance_suite {
             enqueue_answers_jobs_as_stored,
             enqueue_is_all_or_none,
             unique_key_returns_existing,
+            batch_appends_one_event_per_created_job,
             fields_round_trip_exactly,
             // fetch.rs
             strict_priority_fifo_within_level,

@@ -40,6 +40,39 @@ pub(super) fn append_event(
     Ok(())
 }
 
+/// The `job.enqueued` events of one enqueue batch, appended by one statement at its end.
+///
+/// A batch of a thousand jobs appends a thousand events that differ only in their job. One
+/// `INSERT ... SELECT` over the jobs the batch created writes them all, instead of a statement
+/// run (with its cursors opened, its bindings set, and the `AUTOINCREMENT` counter read and
+/// written) per job. The jobs a batch creates are the rows after the last one before it (the
+/// writer thread is the only writer, and `seq` is the next rowid), in the order they were
+/// inserted, so the events keep the order of the jobs. Its rows are the ones
+/// [`append_event`] would write for `EventData::default()`.
+#[derive(Default)]
+pub(super) struct EnqueuedEvents {
+    /// The `seq` of the batch's first created job, once there is one.
+    first: Option<i64>,
+}
+
+impl EnqueuedEvents {
+    /// Notes a job the batch just inserted (its row is the connection's last insert).
+    pub fn created(&mut self, conn: &Connection) {
+        if self.first.is_none() {
+            self.first = Some(conn.last_insert_rowid());
+        }
+    }
+
+    /// Appends the `job.enqueued` event of every job the batch created, at `at`.
+    pub fn append(self, conn: &Connection, at: Timestamp) -> Result<(), Fail> {
+        if let Some(first) = self.first {
+            conn.prepare_cached(sql::INSERT_ENQUEUED_EVENTS)?
+                .execute(params![first, at])?;
+        }
+        Ok(())
+    }
+}
+
 /// Event data that carries only a message ("retried", "lease expired", a chain's reason).
 pub(super) fn note(message: impl Into<String>) -> EventData {
     EventData {

@@ -12,12 +12,12 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use rusqlite::types::Value as SqlValue;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{CachedStatement, Connection, OptionalExtension, Row, params};
 
 use super::SqliteBroker;
 use super::chain;
 use super::error::Fail;
-use super::events::{LEASE_EXPIRED, SNOOZED, append_event, failure, note};
+use super::events::{EnqueuedEvents, LEASE_EXPIRED, SNOOZED, append_event, failure, note};
 use super::rows::{Owner, chain_from_columns, job_from_row, owner_from_row, to_i64, token_to_i64};
 use super::sql;
 use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
@@ -41,9 +41,22 @@ pub(super) async fn store(broker: &SqliteBroker, jobs: Vec<NewJob>) -> BrokerRes
             // Chains whose first step exists already (its unique key is taken): the whole
             // chain is that earlier one; none of its steps is created again.
             let mut existing_chains: HashMap<JobId, JobId> = HashMap::new();
+            // Prepared once for the whole batch rather than fetched from the statement cache
+            // for each job; the events are appended by one statement after the last job.
+            let mut inserts = Inserts {
+                job: conn.prepare_cached(sql::INSERT_JOB)?,
+                events: EnqueuedEvents::default(),
+            };
             for job in jobs {
-                out.push(store_one(conn, now, job, &mut existing_chains)?);
+                out.push(store_one(
+                    conn,
+                    now,
+                    job,
+                    &mut existing_chains,
+                    &mut inserts,
+                )?);
             }
+            inserts.events.append(conn, now)?;
             Ok(out)
         })
         .await?;
@@ -60,6 +73,7 @@ fn store_one(
     now: Timestamp,
     new: NewJob,
     existing_chains: &mut HashMap<JobId, JobId>,
+    inserts: &mut Inserts<'_>,
 ) -> Result<Enqueued, Fail> {
     if let Some(link) = &new.chain
         && let Some(first) = existing_chains.get(&link.id)
@@ -95,7 +109,7 @@ fn store_one(
     }
     let job = new.stored(now);
     let chain = job.chain.as_ref();
-    conn.prepare_cached(sql::INSERT_JOB)?.execute(params![
+    inserts.job.execute(params![
         job.id.as_str(),
         job.queue,
         job.kind,
@@ -111,14 +125,15 @@ fn store_one(
         chain.map_or(0, |c| i64::from(c.index)),
         chain.and_then(|c| c.next.as_ref()).map(JobId::as_str),
     ])?;
-    append_event(
-        conn,
-        &Owner::of(&job),
-        EventType::Enqueued,
-        now,
-        &EventData::default(),
-    )?;
+    inserts.events.created(conn);
     Ok(Enqueued { job, created: true })
+}
+
+/// What every job of an enqueue batch writes: its row, through a statement held for the whole
+/// batch, and its event, appended with the others at the batch's end.
+struct Inserts<'c> {
+    job: CachedStatement<'c>,
+    events: EnqueuedEvents,
 }
 
 /// A stored job, read inside the enqueue's transaction.

@@ -50,6 +50,11 @@ pub const INSERT_EVENT: &str = "INSERT INTO events \
     (job_id, queue, kind, type, at, attempt, progress, message, result, error) \
     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)";
 
+/// The `job.enqueued` events of the jobs an enqueue batch created: the rows from `?1`, the
+/// batch's first, in their order (`super::events::EnqueuedEvents`).
+pub const INSERT_ENQUEUED_EVENTS: &str = "INSERT INTO events (job_id, queue, kind, type, at, attempt) \
+    SELECT id, queue, kind, 'job.enqueued', ?2, attempt FROM jobs WHERE seq >= ?1 ORDER BY seq";
+
 /// A unique key is unique within its queue (`0003_unique_per_queue.sql`).
 pub const FIND_UNIQUE: &str = "SELECT id FROM jobs WHERE queue = ?1 AND unique_key = ?2";
 pub const INSERT_JOB: &str = "INSERT INTO jobs \
