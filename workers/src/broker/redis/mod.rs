@@ -19,6 +19,8 @@
 //! - `decode.rs`: replies -> jobs and script answers.
 //! - `lifecycle.rs`: a job's path: enqueue, fetch, wait, heartbeat, progress, checkpoint,
 //!   finish, cancel, retry, rescue.
+//! - `due_hint.rs`: each queue's earliest due time as its last fetch answered it, which
+//!   spares the idle wait after that fetch its own round trips.
 //! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
 //! - `events.rs`: the event streams, event ids, a job's history and the merged log.
 //! - `cursors.rs`: named places in the event log its readers keep (`<prefix>:cursor:<name>`).
@@ -77,6 +79,7 @@ mod cluster;
 mod conn;
 mod cursors;
 mod decode;
+mod due_hint;
 mod events;
 mod inbox;
 mod keys;
@@ -94,6 +97,7 @@ use crate::clock::Clock;
 use crate::error::BrokerResult;
 
 use self::conn::{Blocking, Health, IdleBlocking, Shared};
+use self::due_hint::DueHints;
 
 /// Default bound of each queue's event stream (approximate, trimmed as events are added).
 pub const DEFAULT_EVENT_CAP: u64 = 100_000;
@@ -123,6 +127,9 @@ pub struct RedisBroker {
     /// every other command queued behind them on the shared multiplexed connection.
     blocking: IdleBlocking,
     health: Health,
+    /// What the last fetches answered about their queues' earliest due jobs, for the wait
+    /// that follows them.
+    due_hints: DueHints,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -154,6 +161,7 @@ impl RedisBroker {
             event_cap: DEFAULT_EVENT_CAP,
             blocking: IdleBlocking::default(),
             health: Health::default(),
+            due_hints: DueHints::default(),
         };
         broker.load_scripts().await?;
         // Queues used before the index of leased queues existed may hold running jobs. Read
