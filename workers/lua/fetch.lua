@@ -98,10 +98,15 @@ local ids, keys, attempts, tokens, clear, started, evss = {}, {}, {}, {}, {}, {}
 -- keeps the entries of cancelled jobs (see common.lua). Entries taken and skipped are made
 -- up for by taking more, a bounded number of times.
 local rounds = 0
+-- Whether this call took every queued entry there was.
+local drained = false
 while max > 0 and #ids < max and rounds < 8 do
   rounds = rounds + 1
   local need = max - #ids
   local popped = take_queued(need)
+  if #popped < need then
+    drained = true
+  end
   local stale = false
   for i = 1, #popped do
     local id = string.sub(popped[i], QPREFIX + 1)
@@ -179,6 +184,12 @@ if interval then
   if next_start > now then
     out[4] = string.format('%.3f', next_start)
   end
+end
+-- Nothing left queued and nothing scheduled: the wake-up tokens left (an enqueue of n jobs
+-- pushes up to 8) would only wake workers to find nothing, each a fetch and a BLPOP more.
+-- Whatever is queued or scheduled later pushes its own.
+if drained and not next_due[2] then
+  redis.call('DEL', K .. 'signal')
 end
 flush_counts()
 return out
