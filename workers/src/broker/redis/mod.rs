@@ -53,7 +53,10 @@
 //! that delay to Redis' time, so a node's skew cancels out. Times a caller gives as times stay
 //! absolute and are read on Redis' clock: a job's `run_at`, and the `before` of `purge`.
 //! Reads that bucket or compare by time (`queues`' last minute, `wait_for_work`'s earliest
-//! due job) ask Redis for `TIME` too. [`RedisBroker::with_clock_time`] makes the scripts use
+//! due job) ask Redis for `TIME` too, or take it from a script that read it: the wait after a
+//! fetch takes fetch.lua's delay to the earliest due job, counted from this node's clock when
+//! the reply came (`due_hint.rs`), which is off by no more than the round trip.
+//! [`RedisBroker::with_clock_time`] makes the scripts use
 //! the broker's [`Clock`] instead, for tests that move a manual clock.
 //!
 //! # Limits, on purpose
