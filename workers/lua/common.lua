@@ -276,7 +276,8 @@ end
 
 -- Wakes up to `n` (at most 8) workers blocked on this queue. The list is trimmed so that it
 -- stays a handful of tokens when nobody is waiting; a leftover token only causes one spurious
--- (harmless) wake-up.
+-- (harmless) wake-up, and a fetch that leaves nothing queued or scheduled drops them all
+-- (fetch.lua).
 local function signal(n)
   if n <= 0 then
     return

@@ -13,21 +13,25 @@
 -- ARGV[6]  (rated fetch only) ms between two starts of the queue's job rate (a float)
 -- ARGV[7]  (rated fetch only) the rate's tolerance, ms (see workers/src/broker/rate.rs)
 -- A paused queue (its `paused` key set, see common.lua) has its due jobs promoted but leases
--- none: the answer is the time and deadline alone (and, rated, the third entry).
+-- none: the answer is the time, deadline and earliest due alone (and, rated, the fourth entry).
 -- A rated fetch leases no more jobs than the queue's rate allows now, by GCRA on the key
 -- `rate` (the earliest time the next job may start, ms, a float; the rule is
 -- workers/src/broker/rate.rs's), and advances that key by the jobs it leased. An unrated
 -- fetch neither reads nor writes it.
 --
--- Returns  an array: the time this call ran at (ms) and the lease deadline it wrote, (rated
---          only) when the rate next allows a start if later than now (ms text) or '', then one
+-- Returns  an array: the time this call ran at (ms), the lease deadline it wrote, how long
+--          until the queue's earliest due job (ms text, <= 0 when one is due already) or ''
+--          when none is scheduled, (rated only) when the rate next allows a start if later
+--          than now (ms text) or '', then one
 --          entry per leased job: the job's hash as a flat field/value array as HGETALL read
 --          it before the lease, followed by its id as its last (odd) element. The caller
 --          applies the lease (`Job::begin_attempt` in workers/src/job.rs, the rule this
 --          script stores) with the time and deadline given here: the script's clock may be
 --          Redis', which the caller cannot read. Returning what HGETALL read, with the time
 --          once per call, keeps the script from building or echoing per-job fields: echoing
---          the 7 changed fields of every job cost 12% of drain throughput.
+--          the 7 changed fields of every job cost 12% of drain throughput. The earliest due
+--          time lets an idle worker block on the signal list straight away (see
+--          workers/src/broker/redis/due_hint.rs): no TIME and ZRANGE round trips of its own.
 
 local now = clock_ms(ARGV[1])
 local now_s = ms_text(now)
@@ -52,12 +56,16 @@ if #due > 0 then
   redis.call('ZREM', K .. 'due', unpack(due))
 end
 
--- The time and deadline first (and the rate's answer, rated); then the jobs.
-local out = { now_s, deadline }
+-- The time, deadline and earliest due job first (and the rate's answer, rated); then the jobs.
+local next_due = redis.call('ZRANGE', K .. 'due', 0, 0, 'WITHSCORES')
+local out = { now_s, deadline, '' }
+if next_due[2] then
+  out[3] = ms_text(tonumber(next_due[2]) - now)
+end
 local interval = ARGV[6] and tonumber(ARGV[6])
 local rate_from
 if interval then
-  out[3] = ''
+  out[4] = ''
   rate_from = now - tonumber(ARGV[7])
   local stored = redis.call('GET', K .. 'rate')
   if stored and tonumber(stored) > rate_from then
@@ -90,10 +98,15 @@ local ids, keys, attempts, tokens, clear, started, evss = {}, {}, {}, {}, {}, {}
 -- keeps the entries of cancelled jobs (see common.lua). Entries taken and skipped are made
 -- up for by taking more, a bounded number of times.
 local rounds = 0
+-- Whether this call took every queued entry there was.
+local drained = false
 while max > 0 and #ids < max and rounds < 8 do
   rounds = rounds + 1
   local need = max - #ids
   local popped = take_queued(need)
+  if #popped < need then
+    drained = true
+  end
   local stale = false
   for i = 1, #popped do
     local id = string.sub(popped[i], QPREFIX + 1)
@@ -169,8 +182,14 @@ if interval then
     redis.call('SET', K .. 'rate', string.format('%.3f', next_start))
   end
   if next_start > now then
-    out[3] = string.format('%.3f', next_start)
+    out[4] = string.format('%.3f', next_start)
   end
+end
+-- Nothing left queued and nothing scheduled: the wake-up tokens left (an enqueue of n jobs
+-- pushes up to 8) would only wake workers to find nothing, each a fetch and a BLPOP more.
+-- Whatever is queued or scheduled later pushes its own.
+if drained and not next_due[2] then
+  redis.call('DEL', K .. 'signal')
 end
 flush_counts()
 return out

@@ -193,16 +193,29 @@ pub(super) async fn run_fetch(
         .arg(queue)
         .ignore();
     let (reply,): (Vec<Value>,) = broker.query_pipe(&pipe).await?;
-    // fetch.lua answers the time it ran at and the deadline it wrote (and, rated, when the
-    // rate next allows a start), then each job as it was before the lease; the lease is
-    // applied as it was stored.
-    let [now, deadline, rest @ ..] = reply.as_slice() else {
+    // fetch.lua answers the time it ran at, the deadline it wrote and how long until the
+    // queue's earliest due job (and, rated, when the rate next allows a start), then each job
+    // as it was before the lease; the lease is applied as it was stored.
+    let [now, deadline, next_due, rest @ ..] = reply.as_slice() else {
         return Err(corrupt("fetch.lua answered without its time"));
     };
     let (now, deadline) = (
         Timestamp::from_millis(int(now)?),
         Timestamp::from_millis(int(deadline)?),
     );
+    let next_due = string(next_due)?;
+    let due_in = if next_due.is_empty() {
+        None
+    } else {
+        Some(
+            next_due
+                .parse::<i64>()
+                .map_err(|_| corrupt("fetch.lua answered a bad due time"))?,
+        )
+    };
+    // The delay is Redis' (or the broker clock's): kept from this node's now, as the wait
+    // that uses it reads this node's clock.
+    broker.due_hints.record(queue, broker.clock.now(), due_in);
     let (held_for, jobs) = match (rate, rest) {
         (None, jobs) => (None, jobs),
         (Some(_), [held, jobs @ ..]) => {
@@ -243,7 +256,17 @@ pub(super) async fn wait_for_work(
         check_queue(q)?;
     }
     // Due jobs carry no signal when their time comes: wait no longer than the earliest, by
-    // the clock the scripts promote them by.
+    // the clock the scripts promote them by. The fetch just before this wait answered it
+    // (see `due_hint.rs`); without that, look.
+    let local_now = broker.clock.now();
+    if let Some(earliest) = broker.due_hints.take(queues, local_now) {
+        let wait = match earliest {
+            Some(due) if due <= local_now => return Ok(()),
+            Some(due) => timeout.min(due.since(local_now)),
+            None => timeout,
+        };
+        return block_for_signal(broker, queues, wait).await;
+    }
     let now = broker.now().await?;
     let mut pipe = Pipe::new();
     for q in queues {
@@ -263,6 +286,15 @@ pub(super) async fn wait_for_work(
         }
         wait = wait.min(due.since(now));
     }
+    block_for_signal(broker, queues, wait).await
+}
+
+/// Blocks until a script signals one of `queues` (see `signal` in common.lua), or `wait`.
+async fn block_for_signal(
+    broker: &RedisBroker,
+    queues: &[String],
+    wait: Duration,
+) -> BrokerResult<()> {
     if wait < Duration::from_millis(1) {
         return Ok(());
     }

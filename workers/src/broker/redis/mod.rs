@@ -19,6 +19,8 @@
 //! - `decode.rs`: replies -> jobs and script answers.
 //! - `lifecycle.rs`: a job's path: enqueue, fetch, wait, heartbeat, progress, checkpoint,
 //!   finish, cancel, retry, rescue.
+//! - `due_hint.rs`: each queue's earliest due time as its last fetch answered it, which
+//!   spares the idle wait after that fetch its own round trips.
 //! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
 //! - `events.rs`: the event streams, event ids, a job's history and the merged log.
 //! - `cursors.rs`: named places in the event log its readers keep (`<prefix>:cursor:<name>`).
@@ -51,7 +53,10 @@
 //! that delay to Redis' time, so a node's skew cancels out. Times a caller gives as times stay
 //! absolute and are read on Redis' clock: a job's `run_at`, and the `before` of `purge`.
 //! Reads that bucket or compare by time (`queues`' last minute, `wait_for_work`'s earliest
-//! due job) ask Redis for `TIME` too. [`RedisBroker::with_clock_time`] makes the scripts use
+//! due job) ask Redis for `TIME` too, or take it from a script that read it: the wait after a
+//! fetch takes fetch.lua's delay to the earliest due job, counted from this node's clock when
+//! the reply came (`due_hint.rs`), which is off by no more than the round trip.
+//! [`RedisBroker::with_clock_time`] makes the scripts use
 //! the broker's [`Clock`] instead, for tests that move a manual clock.
 //!
 //! # Limits, on purpose
@@ -77,6 +82,7 @@ mod cluster;
 mod conn;
 mod cursors;
 mod decode;
+mod due_hint;
 mod events;
 mod inbox;
 mod keys;
@@ -94,6 +100,7 @@ use crate::clock::Clock;
 use crate::error::BrokerResult;
 
 use self::conn::{Blocking, Health, IdleBlocking, Shared};
+use self::due_hint::DueHints;
 
 /// Default bound of each queue's event stream (approximate, trimmed as events are added).
 pub const DEFAULT_EVENT_CAP: u64 = 100_000;
@@ -123,6 +130,9 @@ pub struct RedisBroker {
     /// every other command queued behind them on the shared multiplexed connection.
     blocking: IdleBlocking,
     health: Health,
+    /// What the last fetches answered about their queues' earliest due jobs, for the wait
+    /// that follows them.
+    due_hints: DueHints,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -154,6 +164,7 @@ impl RedisBroker {
             event_cap: DEFAULT_EVENT_CAP,
             blocking: IdleBlocking::default(),
             health: Health::default(),
+            due_hints: DueHints::default(),
         };
         broker.load_scripts().await?;
         // Queues used before the index of leased queues existed may hold running jobs. Read
