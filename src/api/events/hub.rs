@@ -155,13 +155,33 @@ impl Hub {
     /// greater) is in the receiver; those up to it are in the broker's log up to `id`.
     /// `None` when the hub stopped.
     pub async fn subscribe(&self) -> Option<(broadcast::Receiver<Arc<HubEvent>>, Position)> {
-        let rx = self.tx.subscribe();
         let mut watch = self.position.subscribe();
-        let position = tokio::select! {
-            p = watch.wait_for(Option::is_some) => p.ok()?.clone()?,
+        tokio::select! {
+            p = watch.wait_for(Option::is_some) => { p.ok()?; }
             () = self.shutdown.cancelled() => return None,
         };
+        // Under the position's read lock: [`Hub::broadcast`] sends a page and moves the
+        // position under its write lock, so the receiver and the position read here are of the
+        // same moment. (Subscribing first and reading the position after, unlocked, could land
+        // in the middle of a page: the receiver would miss the page's first events, and the
+        // position, not yet moved, would say the replay need not cover them.)
+        let position = self.position.borrow();
+        let rx = self.tx.subscribe();
+        let position = position.clone()?;
         Some((rx, position))
+    }
+
+    /// Sends `page` (the events after the hub's position, in order) and moves the position
+    /// to its last event, as one step for [`Hub::subscribe`]: the watch's write lock is held
+    /// throughout.
+    fn broadcast(&self, page: Vec<Arc<HubEvent>>, to: Position) {
+        self.position.send_modify(|position| {
+            for ev in page {
+                // No receiver is not an error: nobody is listening right now.
+                let _ = self.tx.send(ev);
+            }
+            *position = Some(to);
+        });
     }
 
     /// Follows the log until `shutdown` fires: first to its end (without broadcasting the
@@ -206,15 +226,21 @@ impl Hub {
                     }
                 }
                 Ok(events) => {
+                    let mut page = Vec::with_capacity(events.len());
                     for event in events {
-                        seq += 1;
                         cursor = Some(event.id.clone());
-                        self.publish(seq, event);
+                        if let Some(ev) = self.prepare(seq + 1, event) {
+                            seq += 1;
+                            page.push(ev);
+                        }
                     }
-                    self.position.send_replace(Some(Position {
-                        seq,
-                        id: cursor.clone(),
-                    }));
+                    self.broadcast(
+                        page,
+                        Position {
+                            seq,
+                            id: cursor.clone(),
+                        },
+                    );
                     let pause = pace(self.tx.receiver_count());
                     if !pause.is_zero() {
                         tokio::select! {
@@ -261,7 +287,9 @@ impl Hub {
         }
     }
 
-    fn publish(&self, seq: u64, event: Event) {
+    /// Counts `event` and serializes it as the broadcast at `seq`; `None` (logged) when it
+    /// does not serialize.
+    fn prepare(&self, seq: u64, event: Event) -> Option<Arc<HubEvent>> {
         let id = event.id.clone();
         let kind = event.kind_of_event.as_str();
         if event.kind_of_event == EventType::Cancelled {
@@ -275,12 +303,14 @@ impl Hub {
             );
         }
         match HubEvent::new(seq, event) {
-            // No receiver is not an error: nobody is listening right now.
             Ok(ev) => {
                 crate::metrics::event_published(kind);
-                let _ = self.tx.send(Arc::new(ev));
+                Some(Arc::new(ev))
             }
-            Err(e) => tracing::error!(error = %e, %id, "event hub: an event did not serialize"),
+            Err(e) => {
+                tracing::error!(error = %e, %id, "event hub: an event did not serialize");
+                None
+            }
         }
     }
 }
@@ -306,7 +336,88 @@ fn pace(streams: usize) -> Duration {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use std::sync::atomic::AtomicBool;
+
+    use hopper_workers::JobId;
+    use hopper_workers::time::Timestamp;
+
     use super::*;
+
+    fn event(n: u64) -> Event {
+        Event {
+            id: n.to_string(),
+            kind_of_event: EventType::Enqueued,
+            job_id: JobId::generate(),
+            queue: "default".into(),
+            kind: "sys.noop".into(),
+            at: Timestamp::EPOCH,
+            attempt: 0,
+            progress: None,
+            message: None,
+            result: None,
+            error: None,
+        }
+    }
+
+    /// A stream that subscribes while a page is being broadcast gets a receiver and a
+    /// position of the same moment: the first event it receives is the one right after the
+    /// position, never a later one (the events between would be neither replayed nor
+    /// received: lost).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_stream_subscribing_during_a_page_misses_none_of_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("hopper.db");
+        let broker = hopper_workers::broker::sqlite::open(
+            path.to_str().unwrap(),
+            hopper_workers::clock::system(),
+        )
+        .await
+        .unwrap();
+        let hub = Hub::new(broker);
+        hub.position
+            .send_replace(Some(Position { seq: 0, id: None }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let publisher = {
+            let (hub, stop) = (hub.clone(), stop.clone());
+            std::thread::spawn(move || {
+                let mut seq = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let page = (0..200)
+                        .map(|_| {
+                            seq += 1;
+                            Arc::new(HubEvent::new(seq, event(seq)).unwrap())
+                        })
+                        .collect();
+                    hub.broadcast(
+                        page,
+                        Position {
+                            seq,
+                            id: Some(seq.to_string()),
+                        },
+                    );
+                    std::thread::sleep(Duration::from_micros(50));
+                }
+            })
+        };
+        let mut checked = 0;
+        for _ in 0..3000 {
+            let (mut rx, position) = hub.subscribe().await.unwrap();
+            match rx.recv().await {
+                Ok(first) => {
+                    assert_eq!(first.seq, position.seq + 1, "the receiver skipped events");
+                    checked += 1;
+                }
+                // Overrun before the first read (a slow moment): nothing to check.
+                Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(e) => panic!("{e}"),
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+        publisher.join().unwrap();
+        assert!(checked > 1000, "only {checked} subscriptions checked");
+    }
 
     #[test]
     fn the_pace_grows_with_the_streams_and_is_bounded() {
