@@ -294,7 +294,7 @@ impl Daemon {
                 .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
                 // The state is the field after the command name, which is in parentheses
                 // and may itself hold spaces or parentheses.
-                .filter_map(|stat| Some(stat.rsplit_once(") ")?.1.chars().next()?))
+                .filter_map(|stat| stat.rsplit_once(") ")?.1.chars().next())
                 .filter(|state| !matches!(state, 'T' | 't'))
                 .map(String::from)
                 .collect();
