@@ -68,8 +68,11 @@ fn run_and_count(s: &Scratch, n: usize) {
         assert_eq!(j["attempt"], 1, "a job started more than once: {j}");
         *per_second.entry(ms(&j["started_at"]) / 1000).or_default() += 1;
     }
-    // The first and last seconds are partial; every whole second between them holds the
-    // rate's count, within 10 %.
+    // The first and last seconds are partial. No whole second between them holds more than
+    // the rate's count (10 % over for where the second's edge falls), and the median one holds
+    // the rate within 10 %: the rate is what the nodes reach, not only a cap. A single slow
+    // second is not a failure: a loaded machine (CI's) can keep a worker off the CPU for a
+    // while, which starts fewer jobs, never more.
     let seconds: Vec<(i64, usize)> = per_second.into_iter().collect();
     let whole = &seconds[1..seconds.len() - 1];
     assert!(
@@ -79,10 +82,17 @@ fn run_and_count(s: &Scratch, n: usize) {
     let (low, high) = (RATE * 9 / 10, RATE * 11 / 10);
     for (second, starts) in whole {
         assert!(
-            (low..=high).contains(starts),
-            "second {second}: {starts} starts, not {RATE} within 10% (all: {seconds:?})"
+            *starts <= high,
+            "second {second}: {starts} starts, over the rate {RATE} (all: {seconds:?})"
         );
     }
+    let mut counts: Vec<usize> = whole.iter().map(|(_, n)| *n).collect();
+    counts.sort_unstable();
+    let median = counts[counts.len() / 2];
+    assert!(
+        median >= low,
+        "the median second started {median}, not {RATE} within 10% (all: {seconds:?})"
+    );
 }
 
 /// Three worker processes on the shared Redis.
