@@ -3,8 +3,9 @@
 //! and a final `lagged` frame when it fell behind. The WebSocket and SSE transports both read
 //! a [`Feed`]; neither knows about the seam.
 //!
-//! The seam: the feed subscribes to the hub *first*, then reads the hub's position `(seq, id)`.
-//! Every event the hub broadcasts after that has a greater `seq` and is in the receiver; every
+//! The seam: the feed subscribes to the hub and reads the hub's position `(seq, id)` in one
+//! step (the hub never sends part of a page between the two, see `Hub::subscribe`). Every
+//! event the hub broadcasts after that has a greater `seq` and is in the receiver; every
 //! event up to it is in the broker's log up to `id`. So the feed replays from the broker after
 //! `since` up to and including `id`, then drops received events with `seq` up to the position.
 //!
