@@ -26,8 +26,19 @@ use crate::util::{Api, Daemon, Scratch, count, events, ms, noop, now_ms, sleep, 
 /// small machine that alone could stretch a heartbeat past a 2 s lease.
 static HEAVY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
-/// Waits until `lease_ms` after `since` has passed and no running job holds an expired lease
-/// any more: every lease a frozen or dead worker held has been rescued.
+/// The time from which a worker just killed (and reaped) or frozen holds no lease it did not
+/// hold before. The signal alone does not say: `kill` takes a while to run on a loaded machine,
+/// the worker fetches and heartbeats meanwhile, and Redis may run a command it sent just
+/// before it halted a little later. A read of the queue's running jobs through `api` sent
+/// now comes back only after Redis has run every command already in its socket from the
+/// halted worker, so none of that worker's leases runs past the time returned plus the lease.
+async fn halted_at(api: &Api) -> i64 {
+    api.all_jobs("default", "running").await;
+    now_ms()
+}
+
+/// Waits until `lease_ms` after `since` (from [`halted_at`]) has passed and no running job
+/// holds an expired lease any more: every lease a frozen or dead worker held has been rescued.
 async fn wait_expired_leases_rescued(api: &Api, since: i64, lease_ms: i64) {
     tokio::time::sleep(Duration::from_millis(
         u64::try_from(since + lease_ms - now_ms()).unwrap_or(0),
@@ -138,8 +149,8 @@ async fn kill_and_freeze(url: &str, prefix: &str) {
         count(c, "succeeded") >= JOBS as u64 / 10 && count(c, "running") > 2 * CONCURRENCY
     })
     .await;
-    let killed_at = now_ms();
     workers[0].stop("KILL");
+    let killed_at = halted_at(&api).await;
     wait_expired_leases_rescued(&api, killed_at, LEASE_MS).await;
 
     // Freeze workers[1] while it surely holds jobs: with more jobs running than the other
@@ -153,9 +164,11 @@ async fn kill_and_freeze(url: &str, prefix: &str) {
         holding
     })
     .await;
+    // Every job the killed worker held was rescued before this: a job interrupted from now on
+    // was interrupted by the freeze.
     let stopped_at = now_ms();
-    workers[1].signal("STOP");
-    wait_expired_leases_rescued(&api, stopped_at, LEASE_MS).await;
+    workers[1].freeze();
+    wait_expired_leases_rescued(&api, halted_at(&api).await, LEASE_MS).await;
     // The freeze itself: twice the lease, whatever the rescue took.
     tokio::time::sleep(Duration::from_millis(
         u64::try_from(stopped_at + 2 * LEASE_MS - now_ms()).unwrap_or(0),

@@ -282,6 +282,30 @@ impl Daemon {
         self.wait_exit()
     }
 
+    /// Sends SIGSTOP and waits until every thread of the process is stopped: `kill` returns
+    /// once the signal is queued, while a thread on another CPU may still be finishing a
+    /// write to the broker.
+    pub fn freeze(&self) {
+        self.signal("STOP");
+        let tasks = PathBuf::from(format!("/proc/{}/task", self.pid()));
+        wait::until_blocking("the process did not stop", || {
+            let running: Vec<String> = std::fs::read_dir(&tasks)
+                .map_err(|e| e.to_string())?
+                .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("stat")).ok())
+                // The state is the field after the command name, which is in parentheses
+                // and may itself hold spaces or parentheses.
+                .filter_map(|stat| stat.rsplit_once(") ")?.1.chars().next())
+                .filter(|state| !matches!(state, 'T' | 't'))
+                .map(String::from)
+                .collect();
+            if running.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("threads in states {running:?}"))
+            }
+        });
+    }
+
     /// Fails the test when the process has exited.
     pub fn assert_running(&mut self) {
         assert!(
