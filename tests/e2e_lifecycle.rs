@@ -13,6 +13,10 @@ use crate::util::{Scratch, events, ms, noop, now_ms, step_ids, wait};
 
 /// With one slot, 20 jobs of priority 9 enqueued before 20 of priority 0 all start after the
 /// priority-0 ones, except the one already running when the urgent ones arrived.
+///
+/// The urgent ones arrive in one batch (`POST /v1/jobs/batch`, all or none): one at a time, a
+/// loaded machine could take longer to send the next than the slot takes to run the last,
+/// and the free slot would rightly take a low one in between.
 #[tokio::test]
 async fn strict_priority_with_one_slot() {
     let s = Scratch::with_config("[worker]\nconcurrency = 1\n");
@@ -21,7 +25,21 @@ async fn strict_priority_with_one_slot() {
     let low = json!({"kind": "sys.sleep", "payload": {"ms": 10}, "priority": 9});
     let low = api.enqueue_n(20, &low).await;
     let high = json!({"kind": "sys.sleep", "payload": {"ms": 10}, "priority": 0});
-    let high = api.enqueue_n(20, &high).await;
+    let (status, body) = api
+        .call(
+            Method::POST,
+            "/v1/jobs/batch",
+            Some(&json!({ "jobs": vec![high; 20] })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    let high: Vec<String> = body["jobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["job"]["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(high.len(), 20, "{body:#}");
     let mut started = Vec::new();
     for id in low.iter().chain(&high) {
         let job = api.wait_state(id, "succeeded").await;
