@@ -68,8 +68,12 @@ fn run_and_count(s: &Scratch, n: usize) {
         assert_eq!(j["attempt"], 1, "a job started more than once: {j}");
         *per_second.entry(ms(&j["started_at"]) / 1000).or_default() += 1;
     }
-    // The first and last seconds are partial; every whole second between them holds the
-    // rate's count, within 10 %.
+    // The first and last seconds are partial. No whole second between them holds more than
+    // the rate's count plus 10 %: the limit, which holds however loaded the machine. The
+    // median whole second holds at least the count less 10 %: the rate is reached. One
+    // second may fall short when the machine starves the workers for longer than the
+    // limiter's tolerance (100 ms), as the starts missed then are not made up later; a
+    // limiter that held the queue back would lower every second.
     let seconds: Vec<(i64, usize)> = per_second.into_iter().collect();
     let whole = &seconds[1..seconds.len() - 1];
     assert!(
@@ -79,10 +83,17 @@ fn run_and_count(s: &Scratch, n: usize) {
     let (low, high) = (RATE * 9 / 10, RATE * 11 / 10);
     for (second, starts) in whole {
         assert!(
-            (low..=high).contains(starts),
-            "second {second}: {starts} starts, not {RATE} within 10% (all: {seconds:?})"
+            *starts <= high,
+            "second {second}: {starts} starts, more than {RATE} plus 10% (all: {seconds:?})"
         );
     }
+    let mut counts: Vec<usize> = whole.iter().map(|(_, n)| *n).collect();
+    counts.sort_unstable();
+    let median = counts[counts.len() / 2];
+    assert!(
+        median >= low,
+        "the median second had {median} starts, not {RATE} less 10% (all: {seconds:?})"
+    );
 }
 
 /// Three worker processes on the shared Redis.
