@@ -441,7 +441,9 @@ async fn push_subscriptions_are_capped_per_user(api: &crate::util::Api) {
 
 #[tokio::test]
 async fn push_subscriptions_are_capped_per_user_on_sqlite() {
-    let s = Scratch::new();
+    // A config with a free port: with none, `serve` goes for 127.0.0.1:8080, which
+    // `e2e_tour` holds on purpose while it runs.
+    let s = Scratch::with_config("");
     let (_d, api) = s.serve(&["--no-workers"]);
     push_subscriptions_are_capped_per_user(&api).await;
 }

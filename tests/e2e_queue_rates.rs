@@ -69,10 +69,11 @@ fn run_and_count(s: &Scratch, n: usize) {
         *per_second.entry(ms(&j["started_at"]) / 1000).or_default() += 1;
     }
     // The first and last seconds are partial. No whole second between them holds more than
-    // the rate's count (10 % over for where the second's edge falls), and the median one holds
-    // the rate within 10 %: the rate is what the nodes reach, not only a cap. A single slow
-    // second is not a failure: a loaded machine (CI's) can keep a worker off the CPU for a
-    // while, which starts fewer jobs, never more.
+    // the rate's count plus 10 %: the limit, which holds however loaded the machine. The
+    // median whole second holds at least the count less 10 %: the rate is reached. One
+    // second may fall short when the machine starves the workers for longer than the
+    // limiter's tolerance (100 ms), as the starts missed then are not made up later; a
+    // limiter that held the queue back would lower every second.
     let seconds: Vec<(i64, usize)> = per_second.into_iter().collect();
     let whole = &seconds[1..seconds.len() - 1];
     assert!(
@@ -83,7 +84,7 @@ fn run_and_count(s: &Scratch, n: usize) {
     for (second, starts) in whole {
         assert!(
             *starts <= high,
-            "second {second}: {starts} starts, over the rate {RATE} (all: {seconds:?})"
+            "second {second}: {starts} starts, more than {RATE} plus 10% (all: {seconds:?})"
         );
     }
     let mut counts: Vec<usize> = whole.iter().map(|(_, n)| *n).collect();
@@ -91,7 +92,7 @@ fn run_and_count(s: &Scratch, n: usize) {
     let median = counts[counts.len() / 2];
     assert!(
         median >= low,
-        "the median second started {median}, not {RATE} within 10% (all: {seconds:?})"
+        "the median second had {median} starts, not {RATE} less 10% (all: {seconds:?})"
     );
 }
 

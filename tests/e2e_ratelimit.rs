@@ -90,16 +90,20 @@ async fn a_burst_past_the_limit_is_told_when_to_come_back() {
             "{path} was limited"
         );
     }
-    // A burst again, not one request: by the time one request came after the checks above,
-    // a slow machine had refilled the allowance (5 a second) and it passed.
+    // A burst of its own, not one request: the allowance gains one every 200 ms, and the
+    // requests above may well have taken that long on a loaded machine.
     let events = burst(&api.http, &format!("{}/v1/events", api.base), None, 20).await;
-    assert!(limited(&events) > 0, "the events route was not limited");
-    let refused = events
-        .iter()
-        .find(|a| a.status == StatusCode::TOO_MANY_REQUESTS)
-        .unwrap();
+    assert!(
+        limited(&events) > 0,
+        "20 requests to the events route: none limited"
+    );
 
-    let wait: u64 = refused.retry_after.as_deref().unwrap().parse().unwrap();
+    let wait: u64 = events
+        .iter()
+        .find_map(|a| a.retry_after.as_deref())
+        .unwrap()
+        .parse()
+        .unwrap();
     tokio::time::sleep(Duration::from_secs(wait)).await;
     let after = get(&api.http, &jobs, None).await;
     assert_eq!(after.status, StatusCode::OK, "{}", after.body);

@@ -70,6 +70,32 @@ async fn wait_counts(api: &Api, what: &str, done: impl Fn(&Value) -> bool) {
     .await;
 }
 
+/// Waits until `jobs` jobs of the `default` queue succeeded, for as long as more keep
+/// succeeding: how fast thousands of jobs drain depends on the CPU the workers get, so the
+/// deadline ([`wait::DEADLINE`]) runs from the last job seen to succeed, and catches a stall
+/// rather than a slow machine.
+async fn wait_drained(api: &Api, jobs: u64) {
+    let mut succeeded = 0;
+    let mut deadline = std::time::Instant::now() + wait::DEADLINE;
+    loop {
+        let c = api.counts("default").await;
+        let now = count(&c, "succeeded");
+        if now == jobs {
+            return;
+        }
+        if now > succeeded {
+            succeeded = now;
+            deadline = std::time::Instant::now() + wait::DEADLINE;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not all jobs succeeded, none for {:?}; last seen: {c}",
+            wait::DEADLINE
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 const REFUSED: &str = "completion refused: stale lease token";
 const LOST: &str = "lease lost: stopped its handler";
 const EXPIRED: &str = "lease ran out without a successful heartbeat";
@@ -176,10 +202,7 @@ async fn kill_and_freeze(url: &str, prefix: &str) {
     .await;
     workers[1].signal("CONT");
 
-    wait_counts(&api, "not all jobs succeeded", |c| {
-        count(c, "succeeded") == JOBS as u64
-    })
-    .await;
+    wait_drained(&api, JOBS as u64).await;
 
     // The CLI agrees, straight from Redis: every job succeeded, nothing else left.
     let counts = s.cli_counts("default");
