@@ -43,7 +43,7 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<d
     };
     hopper_workers::broker::open_with(&config.broker.url, &options, clock)
         .await
-        .with_context(|| format!("opening broker {}", config.broker.url))
+        .with_context(|| format!("opening broker {}", config.broker.shown_url()))
 }
 
 /// The job kinds this process knows: the diagnostic `sys.*` kinds unless

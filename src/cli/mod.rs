@@ -101,7 +101,8 @@ pub enum Command {
         state: Option<JobState>,
         #[arg(long, value_name = "K")]
         kind: Option<String>,
-        #[arg(long, value_name = "N", default_value_t = 50)]
+        /// Jobs per page, 1 to 1000.
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = parse_limit)]
         limit: usize,
         /// Continue after a previous page (its next_cursor).
         #[arg(long)]
@@ -313,11 +314,22 @@ fn on_signal() -> CancellationToken {
 fn check_config(path: Option<&std::path::Path>) -> Result<()> {
     let loaded = Config::load(path)?;
     let settings = loaded.config.check(&loaded.origin())?;
+    // Built as `serve` builds it (without a broker), so a setting only a job kind can judge
+    // (`smtp.url`) is refused here too, not first at start.
+    let registry = app::build_registry(&settings, None)?;
     if !settings.bus.subscriptions().is_empty() {
-        app::check_subscription_kinds(&settings, &app::build_registry(&settings, None)?)?;
+        app::check_subscription_kinds(&settings, &registry)?;
     }
     out::line(format!("{}: ok", loaded.origin()))?;
     Ok(())
+}
+
+/// A page size, as `GET /v1/jobs` takes it: 1 to 1000.
+fn parse_limit(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| "must be an integer from 1 to 1000".to_owned())
 }
 
 fn parse_state(s: &str) -> Result<JobState, String> {
@@ -350,5 +362,11 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert_eq!(err.exit_code(), 2);
+        for limit in ["0", "1001", "-1", "x"] {
+            let err = Cli::try_parse_from(["hopper", "jobs", "--limit", limit])
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "--limit {limit}");
+        }
     }
 }

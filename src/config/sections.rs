@@ -136,6 +136,24 @@ pub struct BrokerConfig {
     pub durability: Durability,
 }
 
+impl BrokerConfig {
+    /// The `url` as it may be shown (errors, logs, listings): any `user:password@` replaced
+    /// by `***@`, since a Redis URL may carry its password.
+    pub fn shown_url(&self) -> String {
+        shown_url(&self.url)
+    }
+}
+
+/// `redis://:s3cret@h:6379/0` -> `redis://***@h:6379/0`; a URL without credentials as it is.
+pub fn shown_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
+}
+
 impl Default for BrokerConfig {
     fn default() -> Self {
         Self {
