@@ -235,3 +235,46 @@ async fn a_repeated_query_parameter_is_refused() {
         .await;
     assert!(!page["events"].as_array().unwrap().is_empty(), "{page}");
 }
+
+/// A `[[schedule]]` of a kind this build does not have, or with a payload its kind refuses,
+/// is a config error naming it (exit 2) from `check-config` and from `serve`: the payload is
+/// fixed, so every tick would otherwise enqueue a job that goes straight to `dead`.
+#[test]
+fn a_schedule_its_kind_refuses_is_a_config_error() {
+    for (schedule, key) in [
+        ("kind = \"no.such\"\n", "schedule[0].kind"),
+        (
+            "kind = \"sys.sleep\"\npayload = { ms = \"long\" }\n",
+            "schedule[0].payload.ms",
+        ),
+    ] {
+        let s = Scratch::with_config(&format!(
+            "[[schedule]]\nname = \"tick\"\ncron = \"* * * * * *\"\n{schedule}"
+        ));
+        for args in [&["check-config"][..], &["serve"]] {
+            let out = s.cli(args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{schedule} {args:?}: {err}");
+            assert!(err.contains(key), "{schedule} {args:?}: {err}");
+        }
+        assert_eq!(s.cli_jobs(&[]).len(), 0, "{schedule}");
+    }
+}
+
+/// An SSE client resuming from a `Last-Event-ID` this broker never issued (one from a Redis
+/// broker, here on SQLite) is refused with the header named, not a `since` it never sent.
+#[tokio::test]
+async fn a_foreign_last_event_id_is_refused_naming_the_header() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/events", api.base))
+        .header("Accept", "text/event-stream")
+        .header("Last-Event-ID", "1732000000000-0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "Last-Event-ID", "{body}");
+}

@@ -317,9 +317,7 @@ fn check_config(path: Option<&std::path::Path>) -> Result<()> {
     // Built as `serve` builds it (without a broker), so a setting only a job kind can judge
     // (`smtp.url`) is refused here too, not first at start.
     let registry = app::build_registry(&settings, None)?;
-    if !settings.bus.subscriptions().is_empty() {
-        app::check_subscription_kinds(&settings, &registry)?;
-    }
+    app::check_kinds(&settings, &registry)?;
     out::line(format!("{}: ok", loaded.origin()))?;
     Ok(())
 }
