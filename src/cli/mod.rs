@@ -177,16 +177,18 @@ pub struct EnqueueArgs {
     pub payload: Option<String>,
     #[arg(long, value_name = "Q")]
     pub queue: Option<String>,
+    // The numbers and durations take values starting with '-' (`--delay -5s`), so that a
+    // negative one is refused by their parser, naming the flag, rather than read as a flag.
     /// 0 (most urgent) to 9; default 5.
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
     pub priority: Option<u8>,
     /// Run no earlier than this from now, e.g. 30s.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub delay: Option<Duration>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_retries: Option<u32>,
     /// Per-attempt time limit, e.g. 5m.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
     /// At most one job with this key exists; a duplicate prints the first job's id.
     #[arg(long, value_name = "KEY")]
@@ -322,6 +324,14 @@ fn check_config(path: Option<&std::path::Path>) -> Result<()> {
     Ok(())
 }
 
+/// A duration such as `30s`; a negative one is refused as such.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err("must not be negative".to_owned());
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e}; write e.g. 500ms, 30s, 5m"))
+}
+
 /// A page size, as `GET /v1/jobs` takes it: 1 to 1000.
 fn parse_limit(s: &str) -> Result<usize, String> {
     s.parse::<usize>()
@@ -357,6 +367,27 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.exit_code(), 2);
         let err = Cli::try_parse_from(["hopper", "jobs", "--state", "sleeping"])
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        for (flag, value, says) in [
+            ("--delay", "-5s", "negative"),
+            ("--timeout", "-1m", "negative"),
+            ("--delay", "soon", "--delay"),
+            ("--priority", "-1", "--priority"),
+            ("--max-retries", "-1", "--max-retries"),
+        ] {
+            let err = Cli::try_parse_from(["hopper", "enqueue", "sys.noop", flag, value])
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag} {value}"
+            );
+            assert!(err.to_string().contains(says), "{flag} {value}: {err}");
+        }
+        let err = Cli::try_parse_from(["hopper", "bench", "--jobs", "0"])
             .map(|_| ())
             .unwrap_err();
         assert_eq!(err.exit_code(), 2);
