@@ -118,8 +118,8 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[broker]`: where jobs are stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `[broker]`: where jobs are stored. Its `Debug` shows the URL without its password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `sqlite://PATH`, `redis://HOST:PORT/DB` or a Redis Cluster's
@@ -134,6 +134,16 @@ pub struct BrokerConfig {
     /// crash of the process; a power loss may take the last writes). Default `"full"`. A
     /// Redis broker's durability is the Redis server's `appendfsync`.
     pub durability: Durability,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.shown_url())
+            .field("prefix", &self.prefix)
+            .field("durability", &self.durability)
+            .finish()
+    }
 }
 
 impl BrokerConfig {
