@@ -158,6 +158,8 @@ fn bad_cli_values_exit_2() {
         &["pause", "a b"],
         &["resume", ""],
         &["retry", "--all-dead", "--queue", "a b"],
+        &["tail", "--queue", "a b"],
+        &["tail", "--kind", ""],
     ] {
         let out = s.cli(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
