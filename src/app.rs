@@ -43,7 +43,7 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<d
     };
     hopper_workers::broker::open_with(&config.broker.url, &options, clock)
         .await
-        .with_context(|| format!("opening broker {}", config.broker.url))
+        .with_context(|| format!("opening broker {}", config.broker.shown_url()))
 }
 
 /// The job kinds this process knows: the diagnostic `sys.*` kinds unless
@@ -81,14 +81,49 @@ pub fn build_registry(settings: &Settings, broker: Option<&Arc<dyn Broker>>) -> 
     Ok(registry)
 }
 
-/// Refuses `[[subscription]]` kinds `registry` does not know, as a config problem (exit 2).
-pub fn check_subscription_kinds(settings: &Settings, registry: &Registry) -> Result<()> {
-    let problems = settings.bus.check_kinds(registry);
+/// Refuses, as a config problem (exit 2), `[[subscription]]` and `[[schedule]]` kinds
+/// `registry` does not know, and a schedule payload its kind refuses: a schedule's payload is
+/// fixed, so one the kind refuses would enqueue a job bound for `dead` at every tick.
+pub fn check_kinds(settings: &Settings, registry: &Registry) -> Result<()> {
+    let mut problems = settings.bus.check_kinds(registry);
+    for schedule in &settings.schedules {
+        let spec = schedule.spec();
+        // Named as written: names are unique (`Config::check`), so the index is found.
+        let at = settings
+            .config
+            .schedules
+            .iter()
+            .position(|c| c.name == spec.name)
+            .map_or_else(
+                || format!("schedule {:?}", spec.name),
+                |i| format!("schedule[{i}]"),
+            );
+        match registry.get(&spec.kind) {
+            None => problems.push(format!(
+                "{at}.kind: no job kind {:?} is registered (known: {})",
+                spec.kind,
+                registry.kinds().collect::<Vec<_>>().join(", ")
+            )),
+            Some(handler) => {
+                if let Err(e) = handler.validate(&spec.payload) {
+                    problems.push(format!("{at}.{}: {}", e.field, e.message));
+                }
+            }
+        }
+    }
     if problems.is_empty() {
         return Ok(());
     }
+    let origin: Vec<&str> = [
+        ("subscription", "[[subscription]]"),
+        ("schedule", "[[schedule]]"),
+    ]
+    .into_iter()
+    .filter(|(key, _)| problems.iter().any(|p| p.starts_with(key)))
+    .map(|(_, table)| table)
+    .collect();
     Err(ConfigError::Invalid {
-        origin: "[[subscription]]".into(),
+        origin: origin.join(" / "),
         problems,
     }
     .into())
@@ -149,7 +184,7 @@ impl Node {
             .await
             .with_context(|| format!("the broker {} does not answer", broker.name()))?;
         let registry = Arc::new(node_registry(&settings, &broker, &clock)?);
-        check_subscription_kinds(&settings, &registry)?;
+        check_kinds(&settings, &registry)?;
         let tracker = TaskTracker::new();
         tracker.spawn(crate::metrics::upkeep(shutdown.clone()));
         let pool = workers.then(|| {

@@ -36,7 +36,8 @@ pub fn message(err: &anyhow::Error) -> String {
     links.join(": ")
 }
 
-/// The exit code for an error: 2 for bad usage or config, 3 for not found, else 1.
+/// The exit code for an error: 2 for bad usage or config (a value the broker refused as
+/// invalid included), 3 for not found, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<ConfigError>() {
@@ -49,8 +50,18 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
                 CliError::Ended { code, .. } => *code,
             };
         }
-        if let Some(BrokerError::NotFound(_)) = cause.downcast_ref::<BrokerError>() {
-            return 3;
+        // A job kind's setting it cannot use (`smtp.url`, `etl.databases.*`) is a bad config
+        // like any other, with the key named.
+        if let Some(hopper_jobs::JobsError::Config { .. }) =
+            cause.downcast_ref::<hopper_jobs::JobsError>()
+        {
+            return 2;
+        }
+        match cause.downcast_ref::<BrokerError>() {
+            Some(BrokerError::NotFound(_)) => return 3,
+            // A value the broker refused as input (a queue name, a kind, a cursor): bad usage.
+            Some(BrokerError::Invalid(_)) => return 2,
+            _ => {}
         }
     }
     1
@@ -58,6 +69,7 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
 
 #[cfg(test)]
 mod tests {
+    use hopper_workers::FieldError;
     use hopper_workers::job::JobId;
 
     use super::*;
@@ -87,6 +99,15 @@ mod tests {
         }
         .into();
         assert_eq!(exit_code(&cfg), 2);
+        let refused: anyhow::Error =
+            BrokerError::Invalid(FieldError::new("queue", "must be 1 to 64 characters")).into();
+        assert_eq!(exit_code(&refused.context("cannot pause queue \"a b\"")), 2);
+        let smtp: anyhow::Error = hopper_jobs::JobsError::Config {
+            key: "smtp.url".into(),
+            message: "empty host".into(),
+        }
+        .into();
+        assert_eq!(exit_code(&smtp.context("registering the job kinds")), 2);
         assert_eq!(exit_code(&anyhow::anyhow!("boom")), 1);
     }
 }

@@ -98,3 +98,185 @@ fn bad_cli_flags_exit_2() {
     let jobs = s.cli_jobs(&[]);
     assert_eq!(jobs.len(), 0, "{jobs:#?}");
 }
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// A broker URL's password never reaches an error: not when the broker is down, not when the
+/// URL is unusable (which is a config problem, exit 2, found by `check-config` too).
+#[test]
+fn broker_passwords_stay_out_of_errors() {
+    let down = Scratch::with_config("").with_env("HOPPER_BROKER", "redis://:hunter2@127.0.0.1:1/0");
+    let out = down.cli(&["queues"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = stderr(&out);
+    assert!(!err.contains("hunter2"), "{err}");
+    assert!(err.contains("redis://***@127.0.0.1:1/0"), "{err}");
+
+    for url in [
+        "redis://u:hunter2@127.0.0.1:99999/0",
+        "redis://u:hunter2@127.0.0.1:6379/x",
+        "postgres://u:hunter2@db/jobs",
+    ] {
+        let bad = Scratch::with_config("").with_env("HOPPER_BROKER", url);
+        for args in [&["check-config"][..], &["queues"], &["serve"]] {
+            let out = bad.cli(args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{url} {args:?}: {err}");
+            assert!(err.contains("broker.url"), "{url} {args:?}: {err}");
+            assert!(!err.contains("hunter2"), "{url} {args:?}: {err}");
+        }
+    }
+}
+
+/// A setting only a job kind can judge (`smtp.url`) is a config problem like any other:
+/// `check-config` finds it, and `serve` refuses it with exit 2 naming the key.
+#[test]
+fn an_unusable_smtp_url_is_a_config_error() {
+    let s = Scratch::with_config("[smtp]\nurl = \"smtp://mailer:hunter2@:25\"\nfrom = \"a@b.c\"\n");
+    for args in [&["check-config"][..], &["serve"]] {
+        let out = s.cli(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("smtp.url"), "{args:?}: {err}");
+        assert!(!err.contains("hunter2"), "{args:?}: {err}");
+    }
+}
+
+/// A value the broker refuses (a queue name, a kind) is bad usage, exit 2, by every command
+/// that takes one; a page size out of range too.
+#[test]
+fn bad_cli_values_exit_2() {
+    let s = Scratch::with_config("");
+    s.cli_ok(&["enqueue", "sys.noop"]);
+    for args in [
+        &["jobs", "--queue", "a b"][..],
+        &["jobs", "--kind", ""],
+        &["jobs", "--limit", "0"],
+        &["jobs", "--limit", "100000"],
+        &["pause", "a b"],
+        &["resume", ""],
+        &["retry", "--all-dead", "--queue", "a b"],
+        &["tail", "--queue", "a b"],
+        &["tail", "--kind", ""],
+    ] {
+        let out = s.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        assert!(!stderr(&out).is_empty(), "{args:?}");
+    }
+    let out = s.cli(&["retry", "--all-dead", "--queue", "a b"]);
+    assert!(stderr(&out).contains("--queue"), "{out:?}");
+}
+
+/// `enqueue --file`: a line longer than `[server] body_limit` (the largest body the API
+/// takes) or not UTF-8 is a refused line, exit 2 naming it, and nothing of its batch is
+/// enqueued.
+#[test]
+fn enqueue_file_refuses_a_huge_or_binary_line() {
+    let s = Scratch::new();
+    s.write_config_with_server("body_limit = 4096\n", "");
+    let ok = r#"{"kind": "sys.noop"}"#;
+    let huge = format!(
+        r#"{{"kind": "sys.noop", "payload": {{"blob": "{}"}}}}"#,
+        "x".repeat(100_000)
+    );
+    std::fs::write(
+        s.path().join("huge.ndjson"),
+        format!("{ok}\n{huge}\n{ok}\n"),
+    )
+    .unwrap();
+    let out = s.cli(&["enqueue", "--file", "huge.ndjson"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("line 2") && err.contains("body_limit"),
+        "{err}"
+    );
+    assert!(err.contains("nothing was enqueued"), "{err}");
+
+    let mut binary = format!("{ok}\n").into_bytes();
+    binary.extend_from_slice(b"{\"kind\": \"sys.noop\", \"queue\": \"\xff\"}\n");
+    std::fs::write(s.path().join("binary.ndjson"), binary).unwrap();
+    let out = s.cli(&["enqueue", "--file", "binary.ndjson"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("line 2") && err.contains("UTF-8"), "{err}");
+
+    assert_eq!(s.cli_jobs(&[]).len(), 0);
+    // A line of exactly the limit is taken, as a body of that size would be.
+    let padded = format!(
+        r#"{{"kind": "sys.noop", "payload": {{"pad": "{}"}}}}"#,
+        "y".repeat(4096 - 44)
+    );
+    assert_eq!(padded.len(), 4096);
+    std::fs::write(s.path().join("edge.ndjson"), format!("{padded}\r\n")).unwrap();
+    s.cli_ok(&["enqueue", "--file", "edge.ndjson"]);
+    assert_eq!(s.cli_jobs(&[]).len(), 1);
+}
+
+/// A query parameter that takes one value, given twice, is refused naming it instead of
+/// silently read as its last value; the list parameters of `/v1/events` may repeat.
+#[tokio::test]
+async fn a_repeated_query_parameter_is_refused() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    api.enqueue_ok(json!({"kind": "sys.noop"})).await;
+    for (path, field) in [
+        ("/v1/jobs?state=queued&state=dead", "state"),
+        ("/v1/jobs?limit=1&queue=default&limit=5", "limit"),
+        ("/v1/events?limit=1&limit=2", "limit"),
+        ("/v1/events?since=1&since=2", "since"),
+    ] {
+        let (st, body) = api.call(reqwest::Method::GET, path, None).await;
+        assert_eq!(st, 400, "{path}: {body}");
+        assert_eq!(body["error"]["field"], field, "{path}: {body}");
+    }
+    let page = api
+        .get_json("/v1/events", &[("queue", "default"), ("queue", "other")])
+        .await;
+    assert!(!page["events"].as_array().unwrap().is_empty(), "{page}");
+}
+
+/// A `[[schedule]]` of a kind this build does not have, or with a payload its kind refuses,
+/// is a config error naming it (exit 2) from `check-config` and from `serve`: the payload is
+/// fixed, so every tick would otherwise enqueue a job that goes straight to `dead`.
+#[test]
+fn a_schedule_its_kind_refuses_is_a_config_error() {
+    for (schedule, key) in [
+        ("kind = \"no.such\"\n", "schedule[0].kind"),
+        (
+            "kind = \"sys.sleep\"\npayload = { ms = \"long\" }\n",
+            "schedule[0].payload.ms",
+        ),
+    ] {
+        let s = Scratch::with_config(&format!(
+            "[[schedule]]\nname = \"tick\"\ncron = \"* * * * * *\"\n{schedule}"
+        ));
+        for args in [&["check-config"][..], &["serve"]] {
+            let out = s.cli(args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{schedule} {args:?}: {err}");
+            assert!(err.contains(key), "{schedule} {args:?}: {err}");
+        }
+        assert_eq!(s.cli_jobs(&[]).len(), 0, "{schedule}");
+    }
+}
+
+/// An SSE client resuming from a `Last-Event-ID` this broker never issued (one from a Redis
+/// broker, here on SQLite) is refused with the header named, not a `since` it never sent.
+#[tokio::test]
+async fn a_foreign_last_event_id_is_refused_naming_the_header() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let res = reqwest::Client::new()
+        .get(format!("{}/v1/events", api.base))
+        .header("Accept", "text/event-stream")
+        .header("Last-Event-ID", "1732000000000-0")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let body: Value = res.json().await.unwrap();
+    assert_eq!(body["error"]["field"], "Last-Event-ID", "{body}");
+}

@@ -192,13 +192,37 @@ pub async fn json_errors(res: Response) -> Response {
         StatusCode::SERVICE_UNAVAILABLE | StatusCode::REQUEST_TIMEOUT => {
             ApiError::new(status, "timeout", "the request did not complete in time")
         }
+        // An extractor's rejection (a path segment or query string that is not UTF-8 or
+        // not well-formed): its own text says what was wrong, so it is kept as the message.
+        StatusCode::BAD_REQUEST => {
+            let (parts, body) = res.into_parts();
+            let text = axum::body::to_bytes(body, REJECTION_TEXT_LIMIT)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+                .unwrap_or_default();
+            let message = if text.is_empty() {
+                "the request could not be read".to_owned()
+            } else {
+                text
+            };
+            let err = ApiError::new(status, "invalid_request", message);
+            return json_response(parts, &err);
+        }
         _ => ApiError::new(
             status,
             "error",
             status.canonical_reason().unwrap_or("error"),
         ),
     };
-    let (mut parts, _) = res.into_parts();
+    let (parts, _) = res.into_parts();
+    json_response(parts, &err)
+}
+
+/// The most of a rejection's text kept as an error's message.
+const REJECTION_TEXT_LIMIT: usize = 4096;
+
+/// `parts` (status and headers kept) with `err` as the JSON body.
+fn json_response(mut parts: axum::http::response::Parts, err: &ApiError) -> Response {
     parts.headers.remove(header::CONTENT_LENGTH);
     parts.headers.insert(
         header::CONTENT_TYPE,

@@ -106,7 +106,18 @@ pub async fn list(
         limit: DEFAULT_LIMIT,
         ..JobFilter::default()
     };
+    let mut seen: Vec<String> = Vec::new();
     for (key, value) in params {
+        // Each parameter holds one value: a repeated one would otherwise be read as its last,
+        // and `state=queued&state=dead` answer only the dead jobs without saying so.
+        if seen.contains(&key) {
+            return Err(ApiError::field(
+                "invalid_field",
+                key,
+                "given more than once; each parameter takes one value",
+            ));
+        }
+        seen.push(key.clone());
         match key.as_str() {
             "queue" => filter.queue = Some(value),
             "kind" => filter.kind = Some(value),

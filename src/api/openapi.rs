@@ -172,8 +172,9 @@ pub struct ErrorDetail {
     /// Stable, for programs: `invalid_json`, `invalid_body`, `invalid_field`,
     /// `missing_field`, `unknown_field`, `invalid_parameter`, `invalid_query`, `unknown_kind`,
     /// `not_found`, `conflict`, `unauthorized`, `payload_too_large`, `method_not_allowed`,
-    /// `too_many_connections`, `stopping`, `broker_unavailable`, `timeout`, `internal`, and
-    /// `error` for any other status.
+    /// `too_many_connections`, `stopping`, `broker_unavailable`, `timeout`, `internal`,
+    /// `invalid_request` (a path or query axum could not read, e.g. not UTF-8), and `error`
+    /// for any other status.
     pub code: String,
     /// For people; may change.
     pub message: String,

@@ -649,3 +649,24 @@ async fn internal_failures_answer_500_without_their_detail() {
         }
     }
 }
+
+/// A path segment that is not UTF-8 is refused by axum's extractor before any handler: the
+/// answer still says what was wrong, under a code of its own, not a bare "Bad Request".
+#[tokio::test]
+async fn a_path_that_is_not_utf8_is_refused_saying_so() {
+    let st = offline();
+    for uri in [
+        "/v1/jobs/%FF/cancel",
+        "/v1/queues/%FF/pause",
+        "/v1/jobs/%C3%28",
+    ] {
+        let method = if uri.ends_with("%28") {
+            Method::GET
+        } else {
+            Method::POST
+        };
+        let (status, body) = call(&st, method, uri, &[], None).await;
+        refused((status, body.clone()), 400, "invalid_request", None);
+        assert_ne!(body["error"]["message"], "Bad Request", "{uri}: {body}");
+    }
+}

@@ -77,7 +77,8 @@ pub struct BenchArgs {
     #[arg(long, value_enum, default_value_t = Workload::Drain)]
     pub workload: Workload,
     /// Jobs to enqueue (drain, enqueue-batch); events to publish (publish: 3 jobs each).
-    #[arg(long, default_value_t = 100_000)]
+    /// At least 1.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub jobs: u64,
     /// Pool slots. Default 64, the concurrency the peers' numbers in README were measured at
     /// (not `[worker] concurrency`, which is sized for real jobs, not no-ops).

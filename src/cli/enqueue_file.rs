@@ -8,7 +8,9 @@
 //! `Service::submit_batch`, all or none, committed before the next one is sent. So a bad line
 //! stops the run with the batches before its own enqueued and nothing of its own batch: the
 //! error names the line, the field, and the lines that stayed enqueued. Blank lines
-//! are skipped (and counted). Not here: single-job flags (`super::enqueue`).
+//! are skipped (and counted). A line is held whole only up to `[server] body_limit` (the
+//! largest body `POST /v1/jobs` takes): a longer one, or one that is not UTF-8, is a refused
+//! line like any other. Not here: single-job flags (`super::enqueue`).
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -42,6 +44,7 @@ pub(super) async fn run(path: &str, settings: &Settings, broker: Arc<dyn Broker>
     let mut run = Run {
         service: service(settings, broker)?,
         max: settings.config.server.max_batch,
+        line_limit: settings.config.server.body_limit,
         bar: progress_bar(size),
         started: Instant::now(),
         enqueued: 0,
@@ -74,6 +77,8 @@ struct Run {
     service: Service,
     /// Jobs per batch: `[server] max_batch`.
     max: usize,
+    /// The longest line: `[server] body_limit`, the largest body `POST /v1/jobs` takes.
+    line_limit: usize,
     bar: ProgressBar,
     started: Instant,
     /// Jobs answered so far, the existing ones (a taken `unique_key`) included.
@@ -99,16 +104,16 @@ impl Run {
     /// Reads, checks and enqueues every line, a batch at a time. One batch is stored while
     /// the next is read and parsed, never two at once, so batches are committed in order and a
     /// refusal always knows which lines went before it.
-    async fn feed(&mut self, input: Box<dyn AsyncBufRead + Unpin + Send>) -> Result<()> {
-        let mut lines = input.lines();
+    async fn feed(&mut self, mut input: Box<dyn AsyncBufRead + Unpin + Send>) -> Result<()> {
+        let mut raw = Vec::new();
         let mut batch = Vec::with_capacity(self.max);
         // The line number of each job of `batch`.
         let mut numbers = Vec::with_capacity(self.max);
         let mut line_no: u64 = 0;
         let mut bytes: u64 = 0;
         loop {
-            let line = match lines.next_line().await {
-                Ok(line) => line,
+            let read = match next_line(&mut input, &mut raw, self.line_limit).await {
+                Ok(read) => read,
                 Err(e) => {
                     self.settle().await?;
                     return Err(
@@ -116,13 +121,32 @@ impl Run {
                     );
                 }
             };
-            let Some(line) = line else { break };
-            line_no += 1;
-            bytes += line.len() as u64 + 1;
+            match read {
+                Read::End => break,
+                Read::Line => line_no += 1,
+                Read::TooLong => {
+                    self.settle().await?;
+                    let e = FieldError::invalid(
+                        "",
+                        format!(
+                            "longer than [server] body_limit ({} bytes), the most a job's \
+                             body may be",
+                            self.line_limit
+                        ),
+                    );
+                    return Err(self.refused(line_no + 1, &e));
+                }
+            }
+            bytes += raw.len() as u64 + 1;
+            let Ok(line) = std::str::from_utf8(&raw) else {
+                self.settle().await?;
+                let e = FieldError::invalid("", "not UTF-8 text");
+                return Err(self.refused(line_no, &e));
+            };
             if line.trim().is_empty() {
                 continue;
             }
-            match parse(&line) {
+            match parse(line) {
                 Ok(job) => batch.push(job),
                 Err(e) => {
                     self.settle().await?;
@@ -221,6 +245,61 @@ impl Run {
     }
 }
 
+/// What [`next_line`] read.
+#[derive(Debug, PartialEq, Eq)]
+enum Read {
+    /// A line, in the buffer without its line ending.
+    Line,
+    /// A line longer than the limit: the run stops there, so the rest of it is not read.
+    TooLong,
+    /// The end of the input.
+    End,
+}
+
+/// Reads the next line of `input` into `buf` (cleared first), without its `\n` or `\r\n`,
+/// holding at most `limit` bytes of it: a longer line is [`Read::TooLong`], not a line held
+/// whole in memory however long it is. Bytes are not checked as UTF-8 here.
+async fn next_line(
+    input: &mut (dyn AsyncBufRead + Unpin + Send),
+    buf: &mut Vec<u8>,
+    limit: usize,
+) -> std::io::Result<Read> {
+    buf.clear();
+    let mut any = false;
+    loop {
+        let chunk = input.fill_buf().await?;
+        if chunk.is_empty() {
+            return Ok(match (any, buf.len() > limit) {
+                (false, _) => Read::End,
+                (true, true) => Read::TooLong,
+                (true, false) => Read::Line,
+            });
+        }
+        any = true;
+        let (part, used, ended) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (&chunk[..i], i + 1, true),
+            None => (chunk, chunk.len(), false),
+        };
+        // A `\r` before the `\n` is the line ending's, not the line's: it may take the
+        // line one byte past the limit without making it too long.
+        if buf.len() + part.len() > limit + 1 {
+            return Ok(Read::TooLong);
+        }
+        buf.extend_from_slice(part);
+        input.consume(used);
+        if ended {
+            if buf.last() == Some(&b'\r') {
+                buf.pop();
+            }
+            return Ok(if buf.len() > limit {
+                Read::TooLong
+            } else {
+                Read::Line
+            });
+        }
+    }
+}
+
 /// One line as a job, refused as `POST /v1/jobs` would refuse it as a body.
 fn parse(line: &str) -> Result<Submission, FieldError> {
     match serde_json::from_str::<Value>(line) {
@@ -258,5 +337,54 @@ fn rate(n: u64, seconds: f64) -> f64 {
         n as f64 / seconds
     } else {
         0.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// Every line of `input` as [`next_line`] reads it with `limit`.
+    async fn read_all(input: &'static [u8], limit: usize) -> Vec<(Read, String)> {
+        let mut reader: Box<dyn AsyncBufRead + Unpin + Send> =
+            Box::new(BufReader::with_capacity(4, input));
+        let mut buf = Vec::new();
+        let mut out = Vec::new();
+        loop {
+            let read = next_line(&mut reader, &mut buf, limit).await.unwrap();
+            let text = String::from_utf8_lossy(&buf).into_owned();
+            match read {
+                Read::End => return out,
+                Read::TooLong => {
+                    out.push((read, String::new()));
+                    return out;
+                }
+                Read::Line => out.push((read, text)),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn lines_are_read_up_to_the_limit() {
+        let lines = read_all(b"ab\r\n\nabcd\nabc", 4).await;
+        let texts: Vec<&str> = lines.iter().map(|(_, t)| t.as_str()).collect();
+        assert_eq!(texts, ["ab", "", "abcd", "abc"]);
+        assert!(lines.iter().all(|(r, _)| *r == Read::Line));
+        // A line ending in \r\n exactly at the limit is not too long.
+        assert_eq!(
+            read_all(b"abcd\r\n", 4).await,
+            [(Read::Line, "abcd".into())]
+        );
+        for long in [&b"abcde\nab\n"[..], b"abcde", b"abcdefghijklmnop\n"] {
+            let lines = read_all(long, 4).await;
+            assert_eq!(
+                lines.last().map(|(r, _)| r),
+                Some(&Read::TooLong),
+                "{long:?}"
+            );
+        }
+        assert_eq!(read_all(b"", 4).await, []);
     }
 }

@@ -8,13 +8,13 @@ use std::time::Duration;
 
 use anyhow::{Result, bail};
 use hopper_workers::broker::JobFilter;
-use hopper_workers::job::JobId;
+use hopper_workers::job::{JobId, check_queue};
 use hopper_workers::time::Timestamp;
 use hopper_workers::{Broker, BrokerError};
 use serde_json::Value;
 
 use super::{CliError, Command};
-use crate::config::Settings;
+use crate::config::{Settings, shown_url};
 use crate::notify::circuits::{CircuitView, open_circuits};
 use crate::service::Service;
 use crate::view::{self, JobWithHistory};
@@ -147,6 +147,12 @@ pub(super) async fn run(
             queue,
         } => {
             if all_dead {
+                // The broker reads an invalid name as a queue with no dead jobs: refuse it here,
+                // so a typo is not answered "0 jobs retried".
+                if let Some(q) = &queue {
+                    check_queue(q)
+                        .map_err(|e| CliError::Usage(format!("--queue: {}", e.message)))?;
+                }
                 let n = broker.retry_all_dead(queue.as_deref()).await?;
                 out::line(format!("{n} {} retried", plural(n)))?;
                 return Ok(());
@@ -352,16 +358,6 @@ pub(super) fn refuse_missing_database(url: &str, origin: &str) -> Result<()> {
          runs, or name the broker with --config or HOPPER_BROKER"
     ))
     .into())
-}
-
-/// A broker URL to show: without a password.
-pub(super) fn shown_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
 }
 
 /// After the queue table, the notification endpoints whose circuit is open or half-open (none:

@@ -101,7 +101,8 @@ pub enum Command {
         state: Option<JobState>,
         #[arg(long, value_name = "K")]
         kind: Option<String>,
-        #[arg(long, value_name = "N", default_value_t = 50)]
+        /// Jobs per page, 1 to 1000.
+        #[arg(long, value_name = "N", default_value_t = 50, value_parser = parse_limit)]
         limit: usize,
         /// Continue after a previous page (its next_cursor).
         #[arg(long)]
@@ -176,16 +177,18 @@ pub struct EnqueueArgs {
     pub payload: Option<String>,
     #[arg(long, value_name = "Q")]
     pub queue: Option<String>,
+    // The numbers and durations take values starting with '-' (`--delay -5s`), so that a
+    // negative one is refused by their parser, naming the flag, rather than read as a flag.
     /// 0 (most urgent) to 9; default 5.
-    #[arg(long, value_name = "P")]
+    #[arg(long, value_name = "P", allow_hyphen_values = true)]
     pub priority: Option<u8>,
     /// Run no earlier than this from now, e.g. 30s.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub delay: Option<Duration>,
-    #[arg(long, value_name = "N")]
+    #[arg(long, value_name = "N", allow_hyphen_values = true)]
     pub max_retries: Option<u32>,
     /// Per-attempt time limit, e.g. 5m.
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration, allow_hyphen_values = true)]
     pub timeout: Option<Duration>,
     /// At most one job with this key exists; a duplicate prints the first job's id.
     #[arg(long, value_name = "KEY")]
@@ -313,11 +316,28 @@ fn on_signal() -> CancellationToken {
 fn check_config(path: Option<&std::path::Path>) -> Result<()> {
     let loaded = Config::load(path)?;
     let settings = loaded.config.check(&loaded.origin())?;
-    if !settings.bus.subscriptions().is_empty() {
-        app::check_subscription_kinds(&settings, &app::build_registry(&settings, None)?)?;
-    }
+    // Built as `serve` builds it (without a broker), so a setting only a job kind can judge
+    // (`smtp.url`) is refused here too, not first at start.
+    let registry = app::build_registry(&settings, None)?;
+    app::check_kinds(&settings, &registry)?;
     out::line(format!("{}: ok", loaded.origin()))?;
     Ok(())
+}
+
+/// A duration such as `30s`; a negative one is refused as such.
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    if s.trim_start().starts_with('-') {
+        return Err("must not be negative".to_owned());
+    }
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{e}; write e.g. 500ms, 30s, 5m"))
+}
+
+/// A page size, as `GET /v1/jobs` takes it: 1 to 1000.
+fn parse_limit(s: &str) -> Result<usize, String> {
+    s.parse::<usize>()
+        .ok()
+        .filter(|n| (1..=1000).contains(n))
+        .ok_or_else(|| "must be an integer from 1 to 1000".to_owned())
 }
 
 fn parse_state(s: &str) -> Result<JobState, String> {
@@ -350,5 +370,32 @@ mod tests {
             .map(|_| ())
             .unwrap_err();
         assert_eq!(err.exit_code(), 2);
+        for (flag, value, says) in [
+            ("--delay", "-5s", "negative"),
+            ("--timeout", "-1m", "negative"),
+            ("--delay", "soon", "--delay"),
+            ("--priority", "-1", "--priority"),
+            ("--max-retries", "-1", "--max-retries"),
+        ] {
+            let err = Cli::try_parse_from(["hopper", "enqueue", "sys.noop", flag, value])
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(
+                err.kind(),
+                clap::error::ErrorKind::ValueValidation,
+                "{flag} {value}"
+            );
+            assert!(err.to_string().contains(says), "{flag} {value}: {err}");
+        }
+        let err = Cli::try_parse_from(["hopper", "bench", "--jobs", "0"])
+            .map(|_| ())
+            .unwrap_err();
+        assert_eq!(err.exit_code(), 2);
+        for limit in ["0", "1001", "-1", "x"] {
+            let err = Cli::try_parse_from(["hopper", "jobs", "--limit", limit])
+                .map(|_| ())
+                .unwrap_err();
+            assert_eq!(err.exit_code(), 2, "--limit {limit}");
+        }
     }
 }

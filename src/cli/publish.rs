@@ -55,7 +55,7 @@ pub(super) async fn run(
         return Err(CliError::Usage("--data: must be a JSON object".into()).into());
     }
     let service = service(settings, broker)?;
-    app::check_subscription_kinds(settings, service.registry())?;
+    app::check_kinds(settings, service.registry())?;
     let req = Publish {
         topic: args.topic,
         data,

@@ -118,8 +118,8 @@ impl Default for ServerConfig {
     }
 }
 
-/// `[broker]`: where jobs are stored.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+/// `[broker]`: where jobs are stored. Its `Debug` shows the URL without its password.
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct BrokerConfig {
     /// `sqlite://PATH`, `redis://HOST:PORT/DB` or a Redis Cluster's
@@ -134,6 +134,34 @@ pub struct BrokerConfig {
     /// crash of the process; a power loss may take the last writes). Default `"full"`. A
     /// Redis broker's durability is the Redis server's `appendfsync`.
     pub durability: Durability,
+}
+
+impl std::fmt::Debug for BrokerConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BrokerConfig")
+            .field("url", &self.shown_url())
+            .field("prefix", &self.prefix)
+            .field("durability", &self.durability)
+            .finish()
+    }
+}
+
+impl BrokerConfig {
+    /// The `url` as it may be shown (errors, logs, listings): any `user:password@` replaced
+    /// by `***@`, since a Redis URL may carry its password.
+    pub fn shown_url(&self) -> String {
+        shown_url(&self.url)
+    }
+}
+
+/// `redis://:s3cret@h:6379/0` -> `redis://***@h:6379/0`; a URL without credentials as it is.
+pub fn shown_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Default for BrokerConfig {

@@ -11,7 +11,9 @@ use hopper_workers::pool::{PoolConfig, QueueSpec};
 use hopper_workers::retry::RetryPolicy;
 use hopper_workers::schedule::{self, Schedule};
 
-use super::{Config, ConfigError, MAINTENANCE_QUEUE, MAX_BATCH, QueueConfig, ScheduleConfig};
+use super::{
+    Config, ConfigError, MAINTENANCE_QUEUE, MAX_BATCH, QueueConfig, ScheduleConfig, shown_url,
+};
 
 /// A checked config and what was parsed from it.
 #[derive(Clone, Debug)]
@@ -176,10 +178,21 @@ impl Config {
                      redis-cluster://[USER:PASSWORD@]HOST:PORT[,HOST:PORT...]"
                 ));
             }
-        } else if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        } else if url.starts_with("redis://") || url.starts_with("rediss://") {
+            // Parsed as the broker will parse it, without connecting, so a bad port or
+            // database number is a config problem here rather than a failure at start.
+            if let Err(e) = redis::Client::open(url.as_str()) {
+                p.push(format!(
+                    "broker.url: {:?} is not a usable Redis URL ({e}); expected \
+                     redis://[USER:PASSWORD@]HOST:PORT/DB",
+                    shown_url(url)
+                ));
+            }
+        } else {
             p.push(format!(
-                "broker.url: {url:?} is not sqlite://PATH, redis://HOST:PORT/DB or \
-                 redis-cluster://HOST:PORT,HOST:PORT"
+                "broker.url: {:?} is not sqlite://PATH, redis://HOST:PORT/DB or \
+                 redis-cluster://HOST:PORT,HOST:PORT",
+                shown_url(url)
             ));
         }
         if !valid_name(&self.broker.prefix) {

@@ -182,7 +182,11 @@ fn pool_config_maps_queues() {
 fn tokens_are_not_debug_printed() {
     let mut c = Config::default();
     c.auth.tokens = vec!["hunter2".into()];
-    assert!(!format!("{c:?}").contains("hunter2"));
+    c.broker.url = "redis://:hunter3@127.0.0.1:6379/0".into();
+    let shown = format!("{c:?}");
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(!shown.contains("hunter3"), "{shown}");
+    assert!(shown.contains("redis://***@127.0.0.1:6379/0"), "{shown}");
 }
 
 #[test]

@@ -69,8 +69,7 @@ impl Pusher {
             key: "notify.vapid_private_key".into(),
             message,
         };
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| bad(format!("cannot read {}: {e}", path.display())))?;
+        let text = std::fs::read_to_string(path).map_err(|e| bad(unreadable(path, &e)))?;
         let secret = parse_key(text.trim())
             .ok_or_else(|| bad(format!("{} holds no P-256 private key", path.display())))?;
         let public = B64.encode(secret.public_key().to_sec1_point(false).as_bytes());
@@ -179,6 +178,30 @@ pub(super) fn origin(url: &Url) -> String {
 }
 
 /// A P-256 private key from PEM (SEC1 or PKCS#8) or raw base64url.
+/// Why the key file `path` could not be read, naming it, unless the value looks like key
+/// material pasted where a path belongs: the message reaches the terminal and the journal, and
+/// a private key must not.
+fn unreadable(path: &Path, e: &std::io::Error) -> String {
+    let value = path.to_string_lossy();
+    let value = value.trim();
+    let key_like = value.contains("BEGIN")
+        || parse_key(value).is_some()
+        || (value.len() >= 32
+            && value
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'+' | b'='))
+            && !value.starts_with('/'));
+    if key_like {
+        format!(
+            "cannot read the file it names ({}); the value looks like a key rather than a \
+             path, so it is not shown: write the key to a file and set this to that file's path",
+            e.kind()
+        )
+    } else {
+        format!("cannot read {}: {e}", path.display())
+    }
+}
+
 fn parse_key(text: &str) -> Option<SecretKey> {
     if text.contains("BEGIN EC PRIVATE KEY") {
         return SecretKey::from_sec1_pem(text).ok();
@@ -271,6 +294,31 @@ mod tests {
             );
         }
         assert!(parse_key("not a key").is_none());
+    }
+
+    #[test]
+    fn a_key_given_where_its_file_belongs_is_not_echoed() {
+        let key = SecretKey::from_slice(&[7u8; 32]).expect("a key");
+        let raw = B64.encode(key.to_bytes());
+        let pem = key.to_sec1_pem(Default::default()).expect("sec1");
+        let client = HttpClient::new(&crate::JobsConfig::default()).expect("a client");
+        for value in [
+            raw.as_str(),
+            pem.as_str(),
+            "MHcCAQEEIBvZ3bTruncatedKeyMaterialXyZ09",
+        ] {
+            let err = Pusher::load(client.clone(), Path::new(value), "mailto:a@b.c")
+                .err()
+                .expect("no such file")
+                .to_string();
+            assert!(err.contains("notify.vapid_private_key"), "{err}");
+            assert!(!err.contains(value.trim()), "{err}");
+        }
+        let err = Pusher::load(client, Path::new("/etc/hopper/vapid.pem"), "mailto:a@b.c")
+            .err()
+            .expect("no such file")
+            .to_string();
+        assert!(err.contains("/etc/hopper/vapid.pem"), "{err}");
     }
 
     #[test]

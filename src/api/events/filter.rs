@@ -69,7 +69,14 @@ impl EventQuery {
     /// with a 400 naming the parameter.
     pub fn parse(pairs: &[(String, String)]) -> Result<Self, ApiError> {
         let mut q = EventQuery::default();
-        for (key, value) in pairs {
+        for (i, (key, value)) in pairs.iter().enumerate() {
+            // `job`, `queue`, `kind` and `type` are lists and may be repeated; the others hold
+            // one value, which a repeat would silently replace.
+            if matches!(key.as_str(), "since" | "limit" | "token")
+                && pairs[..i].iter().any(|(k, _)| k == key)
+            {
+                return Err(bad(key, "given more than once; it takes one value"));
+            }
             match key.as_str() {
                 "job" => q.filter.jobs.extend(checked_items(key, value, &JOB_ID)?),
                 "queue" => q.filter.queues.extend(checked_items(key, value, &QUEUE)?),
@@ -183,6 +190,16 @@ mod tests {
             let e = parse(&[(k, v)]).expect_err(k);
             assert_eq!(e.field.as_deref(), Some(k));
         }
+    }
+
+    #[test]
+    fn a_single_valued_parameter_given_twice_is_refused() {
+        for k in ["since", "limit", "token"] {
+            let e = parse(&[(k, "5"), ("queue", "a"), (k, "6")]).expect_err(k);
+            assert_eq!(e.field.as_deref(), Some(k));
+        }
+        let q = parse(&[("queue", "a"), ("queue", "b"), ("type", "job.dead")]).unwrap();
+        assert_eq!(q.filter.queues.len(), 2);
     }
 
     #[test]

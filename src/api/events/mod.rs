@@ -65,12 +65,15 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let mut query = EventQuery::parse(&pairs)?;
     let sse = upgrade.is_err() && accepts_sse(&headers);
+    // Where the cursor came from, to name it in a refusal: the client sent no `since`.
+    let mut since_field = "since";
     if sse && query.since.is_none() {
         query.since = headers
             .get("last-event-id")
             .and_then(|v| v.to_str().ok())
             .filter(|v| !v.is_empty())
             .map(str::to_owned);
+        since_field = "Last-Event-ID";
     }
     let authorized = authorized(&st, &headers, &query);
     if !authorized && upgrade.is_err() {
@@ -82,7 +85,13 @@ pub async fn events(
     }
     if authorized && let Some(since) = &query.since {
         // A cursor the broker never issued is the client's mistake, refused before the stream.
-        st.hub.broker().events(Some(since), 0).await?;
+        st.hub.broker().events(Some(since), 0).await.map_err(|e| {
+            let mut e = ApiError::from(e);
+            if e.field.as_deref() == Some("since") {
+                e.field = Some(since_field.to_owned());
+            }
+            e
+        })?;
     }
     match upgrade {
         Ok(upgrade) if !authorized => Ok(ws::refuse(upgrade, admit(&st)?)),

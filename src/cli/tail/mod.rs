@@ -18,6 +18,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use hopper_workers::Broker;
 use hopper_workers::event::{Event, EventType};
+use hopper_workers::job::check_queue;
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
@@ -51,12 +52,37 @@ pub struct TailArgs {
 
 /// Follows the configured broker's event log.
 pub(super) async fn run_local(args: TailArgs, broker: Arc<dyn Broker>) -> Result<()> {
+    check(&args)?;
     local::run(Printer::new(&args), &args, broker).await
 }
 
 /// Follows a remote node's WebSocket (`--server`).
 pub(super) async fn run_remote(args: TailArgs) -> Result<()> {
+    check(&args)?;
     remote::run(Printer::new(&args), &args).await
+}
+
+/// Refuses a filter no event can match (as `GET /v1/events` does), naming the flag: it would
+/// otherwise follow forever showing nothing.
+fn check(args: &TailArgs) -> Result<(), CliError> {
+    if let Some(q) = &args.queue
+        && let Err(e) = check_queue(q)
+    {
+        return Err(CliError::Usage(format!("--queue: {}", e.message)));
+    }
+    if let Some(k) = &args.kind
+        && (k.is_empty() || k.len() > 128)
+    {
+        return Err(CliError::Usage(
+            "--kind: must be 1 to 128 characters".into(),
+        ));
+    }
+    if let Some(j) = &args.job
+        && j.is_empty()
+    {
+        return Err(CliError::Usage("--job: must be a job id".into()));
+    }
+    Ok(())
 }
 
 /// Which events are shown.
@@ -243,6 +269,31 @@ mod tests {
             kind: None,
         };
         assert!(f.matches(&ev(EventType::Started, None)));
+    }
+
+    #[test]
+    fn a_filter_nothing_can_match_is_bad_usage() {
+        let args = |queue: Option<&str>, kind: Option<&str>, job: Option<&str>| TailArgs {
+            job: job.map(str::to_owned),
+            queue: queue.map(str::to_owned),
+            kind: kind.map(str::to_owned),
+            since: None,
+            json: false,
+            server: None,
+            token: None,
+        };
+        for (a, flag) in [
+            (args(Some("a b"), None, None), "--queue"),
+            (args(Some(""), None, None), "--queue"),
+            (args(None, Some(""), None), "--kind"),
+            (args(None, None, Some("")), "--job"),
+        ] {
+            match check(&a) {
+                Err(CliError::Usage(m)) => assert!(m.starts_with(flag), "{m}"),
+                other => panic!("{a:?}: {other:?}"),
+            }
+        }
+        assert!(check(&args(Some("default"), Some("sys.noop"), Some("j1"))).is_ok());
     }
 
     #[test]
