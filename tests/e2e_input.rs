@@ -128,6 +128,13 @@ fn broker_passwords_stay_out_of_errors() {
             assert!(!err.contains("hunter2"), "{url} {args:?}: {err}");
         }
     }
+    // `bench --broker` opens its URL without the config's check: the broker's own error
+    // hides the password too.
+    let out = down.cli(&["bench", "--broker", "redi://:hunter2@h/0", "--jobs", "1"]);
+    let err = stderr(&out);
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("unsupported broker URL"), "{err}");
+    assert!(!err.contains("hunter2"), "{err}");
 }
 
 /// A setting only a job kind can judge (`smtp.url`) is a config problem like any other:
@@ -261,6 +268,13 @@ fn a_schedule_its_kind_refuses_is_a_config_error() {
         }
         assert_eq!(s.cli_jobs(&[]).len(), 0, "{schedule}");
     }
+    // The engine's own kind is registered by every node, not by the registry `check-config`
+    // builds without a broker: a schedule of it is good config.
+    let s = Scratch::with_config(
+        "[[schedule]]\nname = \"purge\"\ncron = \"0 * * * * *\"\nkind = \"hopper.retention\"\n",
+    );
+    let out = s.cli(&["check-config"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
 /// An SSE client resuming from a `Last-Event-ID` this broker never issued (one from a Redis

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 use hopper_jobs::config::duration_str;
 use hopper_workers::broker::Durability;
+pub use hopper_workers::broker::shown_url;
 
 use super::RateLimit;
 
@@ -151,16 +152,6 @@ impl BrokerConfig {
     /// by `***@`, since a Redis URL may carry its password.
     pub fn shown_url(&self) -> String {
         shown_url(&self.url)
-    }
-}
-
-/// `redis://:s3cret@h:6379/0` -> `redis://***@h:6379/0`; a URL without credentials as it is.
-pub fn shown_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme), Some(at)) if at > scheme => {
-            format!("{}***{}", &url[..scheme + 3], &url[at..])
-        }
-        _ => url.to_owned(),
     }
 }
 

@@ -177,7 +177,6 @@ pub(super) fn origin(url: &Url) -> String {
     url.origin().ascii_serialization()
 }
 
-/// A P-256 private key from PEM (SEC1 or PKCS#8) or raw base64url.
 /// Why the key file `path` could not be read, naming it, unless the value looks like key
 /// material pasted where a path belongs: the message reaches the terminal and the journal, and
 /// a private key must not.
@@ -202,6 +201,7 @@ fn unreadable(path: &Path, e: &std::io::Error) -> String {
     }
 }
 
+/// A P-256 private key from PEM (SEC1 or PKCS#8) or raw base64url.
 fn parse_key(text: &str) -> Option<SecretKey> {
     if text.contains("BEGIN EC PRIVATE KEY") {
         return SecretKey::from_sec1_pem(text).ok();

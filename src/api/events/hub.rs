@@ -9,8 +9,9 @@
 //! the ring and is told so (`Lagged`, see `super::feed`).
 //!
 //! Besides the events, the hub publishes its *position*: the sequence number and id of the
-//! last event it broadcast. A new stream subscribes first and reads the position second, so it
-//! knows which broadcast events its own replay from the broker already covers (`super::feed`).
+//! last event it broadcast. A new stream subscribes and reads the position in one step (a page
+//! is sent and the position moved under the position's lock), so it knows which broadcast
+//! events its own replay from the broker already covers (`super::feed`).
 //!
 //! The hub also tracks the tasks streams spawn (an SSE stream's feeder, see `sse`): they stop
 //! when the hub stops, and [`Hub::run`] returns only once they have, so the node's tracker

@@ -31,8 +31,10 @@ pub struct TailArgs {
     /// 1 dead, 4 cancelled).
     #[arg(long, value_name = "ID")]
     pub job: Option<String>,
+    /// Only events of these queues (a comma list).
     #[arg(long, value_name = "Q")]
     pub queue: Option<String>,
+    /// Only events of these job kinds (a comma list).
     #[arg(long, value_name = "K")]
     pub kind: Option<String>,
     /// Start right after this event id (an event's `id`); default: from now on.
@@ -65,17 +67,18 @@ pub(super) async fn run_remote(args: TailArgs) -> Result<()> {
 /// Refuses a filter no event can match (as `GET /v1/events` does), naming the flag: it would
 /// otherwise follow forever showing nothing.
 fn check(args: &TailArgs) -> Result<(), CliError> {
-    if let Some(q) = &args.queue
-        && let Err(e) = check_queue(q)
-    {
-        return Err(CliError::Usage(format!("--queue: {}", e.message)));
+    // Each a comma list, as the server reads them: every item must be able to match.
+    for q in args.queue.iter().flat_map(|q| q.split(',')) {
+        if let Err(e) = check_queue(q) {
+            return Err(CliError::Usage(format!("--queue: {}", e.message)));
+        }
     }
-    if let Some(k) = &args.kind
-        && (k.is_empty() || k.len() > 128)
-    {
-        return Err(CliError::Usage(
-            "--kind: must be 1 to 128 characters".into(),
-        ));
+    for k in args.kind.iter().flat_map(|k| k.split(',')) {
+        if k.is_empty() || k.len() > 128 {
+            return Err(CliError::Usage(
+                "--kind: must be 1 to 128 characters".into(),
+            ));
+        }
     }
     if let Some(j) = &args.job
         && j.is_empty()
@@ -104,9 +107,11 @@ impl From<&TailArgs> for Filter {
 
 impl Filter {
     fn matches(&self, e: &Event) -> bool {
-        self.job.as_ref().is_none_or(|j| *j == e.job_id.0)
-            && self.queue.as_ref().is_none_or(|q| *q == e.queue)
-            && self.kind.as_ref().is_none_or(|k| *k == e.kind)
+        // Comma lists, as `GET /v1/events` reads them.
+        let any = |list: &str, value: &str| list.split(',').any(|item| item == value);
+        self.job.as_ref().is_none_or(|j| any(j, &e.job_id.0))
+            && self.queue.as_ref().is_none_or(|q| any(q, &e.queue))
+            && self.kind.as_ref().is_none_or(|k| any(k, &e.kind))
     }
 }
 
@@ -269,6 +274,12 @@ mod tests {
             kind: None,
         };
         assert!(f.matches(&ev(EventType::Started, None)));
+        let f = Filter {
+            job: None,
+            queue: Some("other,default".into()),
+            kind: Some("sys.noop,sys.sleep".into()),
+        };
+        assert!(f.matches(&ev(EventType::Started, None)), "comma lists");
     }
 
     #[test]
@@ -294,6 +305,11 @@ mod tests {
             }
         }
         assert!(check(&args(Some("default"), Some("sys.noop"), Some("j1"))).is_ok());
+        assert!(
+            check(&args(Some("a,b"), Some("k1,k2"), None)).is_ok(),
+            "comma lists"
+        );
+        assert!(check(&args(Some("a,a b"), None, None)).is_err());
     }
 
     #[test]

@@ -616,7 +616,19 @@ pub async fn open_with(
         ));
     }
     Err(BrokerError::Config(format!(
-        "unsupported broker URL {url:?}: expected sqlite://PATH, redis://HOST:PORT/DB or \
-         redis-cluster://HOST:PORT,HOST:PORT"
+        "unsupported broker URL {:?}: expected sqlite://PATH, redis://HOST:PORT/DB or \
+         redis-cluster://HOST:PORT,HOST:PORT",
+        shown_url(url)
     )))
+}
+
+/// A broker URL as it may be shown (errors, logs, `hopper queues`): `redis://:s3cret@h:6379/0`
+/// -> `redis://***@h:6379/0`; a URL without credentials as it is.
+pub fn shown_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            format!("{}***{}", &url[..scheme + 3], &url[at..])
+        }
+        _ => url.to_owned(),
+    }
 }

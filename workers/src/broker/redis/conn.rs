@@ -74,14 +74,6 @@ impl Health {
     }
 }
 
-/// `redis://user:secret@host/0` -> `redis://host/0`.
-pub(super) fn redact(url: &str) -> String {
-    match (url.split_once("://"), url.rfind('@')) {
-        (Some((scheme, _)), Some(at)) => format!("{scheme}://{}", &url[at + 1..]),
-        _ => url.to_owned(),
-    }
-}
-
 fn is_unavailable(e: &RedisError) -> bool {
     e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
 }

@@ -151,7 +151,7 @@ impl RedisBroker {
     /// `rediss-cluster://` with TLS) and keeps every key under `prefix`. Refuses a Redis whose `maxmemory-policy` is not `noeviction`: an evicting
     /// Redis drops jobs silently.
     pub async fn connect(url: &str, prefix: &str, clock: Arc<dyn Clock>) -> BrokerResult<Self> {
-        let shown = conn::redact(url);
+        let shown = super::shown_url(url);
         keys::check_prefix(prefix)?;
         let (blocking_to, conn) = conn::open(url, &shown).await?;
         let broker = Self {
