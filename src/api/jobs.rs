@@ -21,7 +21,7 @@ use crate::view::{self, JobWithHistory, JobWithSteps};
 
 /// Jobs per page when `limit` is not given, and the most a page may hold.
 const DEFAULT_LIMIT: usize = 50;
-const MAX_LIMIT: usize = 1000;
+pub(crate) const MAX_LIMIT: usize = 1000;
 
 /// `POST /v1/jobs`: 201 with the new job; 200 with the existing one when its `unique_key`
 /// (or `Idempotency-Key`) was already taken.

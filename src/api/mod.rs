@@ -53,6 +53,9 @@ mod workers;
 use std::sync::Arc;
 use std::time::Duration;
 
+/// The most jobs a page of `GET /v1/jobs` holds (the CLI's `--limit` takes the same range).
+pub(crate) use jobs::MAX_LIMIT;
+
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Request, State};
 use axum::http::{StatusCode, header};

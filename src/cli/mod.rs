@@ -334,10 +334,12 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 
 /// A page size, as `GET /v1/jobs` takes it: 1 to 1000.
 fn parse_limit(s: &str) -> Result<usize, String> {
+    // The API's own page limit: the CLI and `GET /v1/jobs` take the same range.
+    use crate::api::MAX_LIMIT;
     s.parse::<usize>()
         .ok()
-        .filter(|n| (1..=1000).contains(n))
-        .ok_or_else(|| "must be an integer from 1 to 1000".to_owned())
+        .filter(|n| (1..=MAX_LIMIT).contains(n))
+        .ok_or_else(|| format!("must be an integer from 1 to {MAX_LIMIT}"))
 }
 
 fn parse_state(s: &str) -> Result<JobState, String> {
