@@ -218,6 +218,7 @@ macro_rules! conformance_suite {
             payloads_and_results_round_trip_exactly,
             chain_payloads_stay_exact_through_promote_and_retry,
             chain_payloads_stay_exact_through_cancel_and_retry,
+            free_text_round_trips_through_a_fetch,
             // pool.rs
             pool_times_out_a_stuck_handler,
             pool_turns_a_panic_into_a_failed_attempt,

@@ -2,7 +2,9 @@
 //! text of what `get` returns and of what a fetch (a handler) receives, through every path a
 //! chain step's payload takes (promotion, retry of a dead later step, cancel and retry of the
 //! chain). The values are the ones a JSON round-trip through a lossy codec breaks: empty arrays
-//! and objects, an integer beyond 2^53, short and tiny floats, non-ASCII text and `null`.
+//! and objects, an integer beyond 2^53, short and tiny floats, non-ASCII text and `null`. And
+//! a job's free text (its unique key, its last error) comes back exactly from a fetch, whatever
+//! bytes a broker might use to pack a fetched job: NUL, `|`, line breaks, `ÿ` (U+00FF).
 
 use std::sync::Arc;
 
@@ -11,6 +13,8 @@ use serde_json::{Value, json};
 use super::support::{bury, succeed_with};
 use super::{ManualClock, fetch_expect, get};
 use crate::broker::Broker;
+use crate::broker::{Finish, Outcome};
+use crate::clock::Clock;
 use crate::job::{Job, JobId, JobState, NewJob, link_chain};
 
 /// Every value a lossy JSON round-trip damages, nested once.
@@ -154,4 +158,52 @@ pub async fn chain_payloads_stay_exact_through_cancel_and_retry(
     b.retry(&ids[1]).await.expect("retry the second step");
     let second = fetch_expect(&b, "pk", &ids[1]).await;
     assert_payload(&b, &second, &expected, "the second step retried").await;
+}
+
+/// Text holding every byte a packed reply might split on, and then some.
+const AWKWARD_TEXT: &str =
+    "nul\u{0}pipe|tab\tline\nreturn\r del\u{7f} \u{ff}\u{fe} \"q\" \u{1F600} end";
+
+/// A fetched job carries its unique key and last error exactly, on its first fetch and on the
+/// fetch of its retry.
+pub async fn free_text_round_trips_through_a_fetch(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let job = NewJob::new("test.t", json!({}))
+        .queue("t")
+        .unique_key(AWKWARD_TEXT);
+    let id = super::enqueue(&b, job).await;
+    let first = fetch_expect(&b, "t", &id).await;
+    assert_eq!(
+        first.unique_key.as_deref(),
+        Some(AWKWARD_TEXT),
+        "the first fetch's unique key"
+    );
+    let error = format!("failed: {AWKWARD_TEXT}");
+    let at = clock.now();
+    let answers = b
+        .finish(vec![Finish {
+            lease: first.lease(),
+            outcome: Outcome::Retry {
+                at,
+                error: error.clone(),
+            },
+        }])
+        .await
+        .expect("finish round-trip");
+    assert!(
+        answers.iter().all(Result::is_ok),
+        "the retry is applied: {answers:?}"
+    );
+    clock.advance(1_000);
+    let second = fetch_expect(&b, "t", &id).await;
+    assert_eq!(
+        second.unique_key.as_deref(),
+        Some(AWKWARD_TEXT),
+        "the retry's unique key"
+    );
+    assert_eq!(
+        second.last_error.as_deref(),
+        Some(error.as_str()),
+        "the retry's last error"
+    );
+    assert_eq!(second.attempt, 2, "the second attempt");
 }

@@ -1,5 +1,5 @@
-//! Redis replies -> Hopper types: a job from its hash (as `HGETALL`, fetch.lua or list.lua hand
-//! it over), the answers of the one-job scripts, and the typed error for data the broker did
+//! Redis replies -> Hopper types: a job from its hash (as `HGETALL` or list.lua hand it over,
+//! or packed into one string by fetch.lua), the answers of the one-job scripts, and the typed error for data the broker did
 //! not write.
 //!
 //! It owns the reading of the stored fields, including the packed field `d` (see `keys.rs` for
@@ -85,13 +85,24 @@ const PACKED: [&str; 5] = [
     "payload",
 ];
 
-/// A job from the field/value pairs of its hash.
+/// A job from the field/value pairs of its hash as Redis values (a value that is not text is
+/// passed over).
 fn job_from_pairs(items: &[Value], id: &str, queue: &str) -> BrokerResult<Job> {
+    let pairs = items
+        .chunks_exact(2)
+        .filter_map(|pair| Some((text(&pair[0])?, text(&pair[1])?)));
+    job_from_texts(pairs, id, queue)
+}
+
+/// A job from the field/value pairs of its hash.
+fn job_from_texts<'a>(
+    pairs: impl Iterator<Item = (&'a str, &'a str)>,
+    id: &str,
+    queue: &str,
+) -> BrokerResult<Job> {
     let mut m = Fields::default();
-    for pair in items.chunks_exact(2) {
-        if let (Some(k), Some(val)) = (text(&pair[0]), text(&pair[1])) {
-            m.set(k, Some(val));
-        }
+    for (k, val) in pairs {
+        m.set(k, Some(val));
     }
     // The packed fields are read from `d` alone: a hash field of the same name is not ours.
     for name in PACKED {
@@ -163,17 +174,32 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// A job leased by fetch.lua: its hash as a flat field/value array as it was before the
-/// lease, then its id.
+/// The byte fetch.lua joins a job's parts with (its `JOINER`): no UTF-8 text holds it.
+const JOINER: u8 = 0xFF;
+
+/// A job leased by fetch.lua: its hash's fields and values as they were before the lease,
+/// then its id, joined by [`JOINER`] into one string. Every part must be UTF-8 and the parts
+/// must pair up: a value holding the joiner (only a value Hopper did not write can) makes the
+/// job corrupt, never a job with shifted fields.
 pub(super) fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
-    let Value::Array(f) = v else {
+    let Value::BulkString(packed) = v else {
         return Err(corrupt(format!("expected a fetched job, got {v:?}")));
     };
-    let Some((id, fields)) = f.split_last() else {
+    let parts = packed
+        .split(|b| *b == JOINER)
+        .map(std::str::from_utf8)
+        .collect::<Result<Vec<&str>, _>>()
+        .map_err(|_| corrupt("fetch.lua answered a job that is not UTF-8"))?;
+    let Some((id, fields)) = parts.split_last() else {
         return Err(corrupt("fetch.lua answered an empty job"));
     };
-    let id = text(id).ok_or_else(|| corrupt("fetch.lua answered a job without an id"))?;
-    job_from_pairs(fields, id, queue)
+    if fields.len() % 2 != 0 {
+        return Err(corrupt(format!(
+            "job {id}: fetch.lua answered fields that do not pair up"
+        )));
+    }
+    let pairs = fields.chunks_exact(2).map(|pair| (pair[0], pair[1]));
+    job_from_texts(pairs, id, queue)
 }
 
 /// `None` for an absent or empty field ('' is how scripts clear a field in place).
@@ -310,5 +336,59 @@ pub(super) fn answer(v: Value, id: &JobId, queue: &str) -> BrokerResult<Answer> 
                 .ok_or_else(|| corrupt(format!("unknown state {s}")))
         }
         _ => Err(corrupt("unexpected script answer")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A fetched job as fetch.lua answers it: `parts` joined by 0xFF.
+    fn packed(parts: &[&[u8]]) -> Value {
+        Value::BulkString(parts.join(&JOINER))
+    }
+
+    const FRESH: [&[u8]; 10] = [
+        b"kind",
+        b"test.k",
+        b"d",
+        b"1-0|5|3||1700000000000|{\"a\":\"x|y\"}",
+        b"state",
+        b"queued",
+        b"run_at",
+        b"1700000000000",
+        b"seq",
+        b"7",
+    ];
+
+    #[test]
+    fn a_fetched_job_is_read_from_its_packed_parts() {
+        let mut parts = FRESH.to_vec();
+        parts.extend([&b"unique_key"[..], "nul\0 ÿ|".as_bytes(), b"job-1"]);
+        let job = job_from_fetch(&packed(&parts), "q").expect("a job");
+        assert_eq!(job.id.as_str(), "job-1");
+        assert_eq!(job.queue, "q");
+        assert_eq!(job.kind, "test.k");
+        assert_eq!(job.payload, serde_json::json!({"a": "x|y"}));
+        assert_eq!(job.priority, 5);
+        assert_eq!(job.state, JobState::Queued);
+        assert_eq!(job.unique_key.as_deref(), Some("nul\0 ÿ|"));
+    }
+
+    #[test]
+    fn a_value_holding_the_joiner_makes_the_job_corrupt_not_shifted() {
+        let mut parts = FRESH.to_vec();
+        // A value someone else wrote, holding 0xFF once: the parts no longer pair up.
+        parts.extend([&b"last_error"[..], b"a\xffb", b"job-1"]);
+        let err = job_from_fetch(&packed(&parts), "q").expect_err("corrupt");
+        assert!(err.to_string().contains("unexpected data"), "{err}");
+    }
+
+    #[test]
+    fn a_fetched_job_that_is_not_utf8_is_corrupt() {
+        let mut parts = FRESH.to_vec();
+        parts.extend([&b"last_error"[..], b"\xc3", b"job-1"]);
+        assert!(job_from_fetch(&packed(&parts), "q").is_err());
+        assert!(job_from_fetch(&Value::Array(Vec::new()), "q").is_err());
     }
 }
