@@ -1,6 +1,6 @@
 //! Redis replies -> Hopper types: a job from its hash (as `HGETALL` or list.lua hand it over,
-//! or packed into one string by fetch.lua), the answers of the one-job scripts, and the typed error for data the broker did
-//! not write.
+//! or packed into one string by fetch.lua), the answers of the one-job scripts, and the typed
+//! error for data the broker did not write.
 //!
 //! It owns the reading of the stored fields, including the packed field `d` (see `keys.rs` for
 //! what the hash holds and why). It sends nothing: the callers run the commands and pass their
