@@ -452,16 +452,9 @@ pub(crate) fn canonical(ip: IpAddr) -> IpAddr {
     }
 }
 
-/// A URL with its password (if any) replaced, for logs and debug output.
+/// A URL as logs and debug output show it: the engine's one rule (credentials replaced).
 fn redact_url(url: &str) -> String {
-    match (url.find("://"), url.rfind('@')) {
-        (Some(scheme_end), Some(at)) if at > scheme_end => {
-            let userinfo = &url[scheme_end + 3..at];
-            let user = userinfo.split(':').next().unwrap_or_default();
-            format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..])
-        }
-        _ => url.to_owned(),
-    }
+    hopper_workers::broker::shown_url(url)
 }
 
 /// Durations as humantime strings (`"30s"`, `"2m"`, `"7d"`), both ways; the shell's config
@@ -540,7 +533,7 @@ mod tests {
     fn redacts_passwords() {
         assert_eq!(
             redact_url("postgres://u:pw@h/db"),
-            "postgres://u:***@h/db".to_owned()
+            "postgres://***@h/db".to_owned()
         );
         assert_eq!(redact_url("smtp://h:25"), "smtp://h:25");
     }
