@@ -77,6 +77,51 @@ async fn tail_job_exits_0_when_it_succeeds_and_shows_progress() {
     assert!(text(&again.stdout).contains("job.succeeded"));
 }
 
+/// On a terminal, `tail --job` draws a bar; a job that succeeds leaves it full, whatever its
+/// handler last reported (`sys.sleep` reports up to 90%), as `hopper job` shows 100%. Run
+/// under `script`, so that stderr is a real terminal.
+#[tokio::test]
+async fn tail_job_bar_ends_full_when_the_job_succeeds() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({"kind": "sys.sleep", "payload": {"ms": 1000}}))
+        .await;
+    let dir = s.path().to_owned();
+    let command = format!(
+        "{} --config {} tail --job {id}",
+        env!("CARGO_BIN_EXE_hopper"),
+        dir.join("config.toml").display()
+    );
+    let out = wait::within(
+        "tail --job on a terminal",
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("script")
+                .current_dir(&dir)
+                .env("NO_COLOR", "1")
+                .env_remove("HOPPER_BROKER")
+                .env_remove("RUST_LOG")
+                .args(["-qec", &command, "/dev/null"])
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}\n{}", text(&out.stderr));
+    assert!(shown.contains("job.progress"), "no bar drawn:\n{shown}");
+    // The bar's last drawing, after the job's lines.
+    let last = shown
+        .rsplit('\r')
+        .find(|part| !part.trim().is_empty())
+        .unwrap_or("");
+    assert!(
+        last.contains("100% succeeded"),
+        "the bar ends short of full: {last:?}\n{shown}"
+    );
+}
+
 /// A job that fails permanently ends `dead`: exit 1, with the error shown.
 #[tokio::test]
 async fn tail_job_exits_1_when_it_dies() {
