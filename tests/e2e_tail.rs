@@ -166,6 +166,52 @@ async fn tail_job_exits_4_when_cancelled_and_3_when_missing() {
     assert!(text(&missing.stderr).contains("not found"));
 }
 
+/// `--server --job` tells a missing job (the API's 404, exit 3) from a 404 of something that is
+/// not a Hopper API at that address, say a proxy answering every path with an empty 404: that
+/// is a wrong `--server` (exit 2, said so), not a missing job.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_server_job_tells_a_missing_job_from_a_server_that_is_not_hopper() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let missing = "01a22e08-83e9-762c-9c6e-25a90b984a64";
+    let out = cli(&s, &["tail", "--server", &api.base, "--job", missing]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A real HTTP server that is not Hopper: every request gets an empty 404.
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = other.local_addr().unwrap();
+    let serving = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut conn, _)) = other.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let server = format!("http://{addr}");
+    let out = cli(&s, &["tail", "--server", &server, "--job", missing]).await;
+    serving.abort();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is --server the address of a Hopper API?")
+            && !stderr.contains("not found"),
+        "{stderr}"
+    );
+}
+
 /// `--json` prints each event as one JSON line, in the log's order (each job's events in its
 /// history's order), and `--since CURSOR` starts exactly after that cursor.
 #[tokio::test(flavor = "multi_thread")]
