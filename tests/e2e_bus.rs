@@ -165,6 +165,19 @@ async fn bad_publishes_name_the_field_and_store_nothing(api: &Api) {
         assert_eq!(status, 400, "{body} -> {answer}");
         assert_eq!(answer["error"]["field"], field, "{body} -> {answer}");
     }
+    // The refusal quotes the template that failed, not minijinja's `<string>`.
+    let (_, answer) = publish(
+        api,
+        json!({"topic": "user.created", "data": {"ms": 1, "name": "C"}}),
+    )
+    .await;
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("undefined value")
+            && message.contains("in \"{{ data.name }} <{{ data.email }}>\"")
+            && !message.contains("<string>"),
+        "{answer}"
+    );
     assert_eq!(stored().await, before);
 }
 

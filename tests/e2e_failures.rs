@@ -1,5 +1,5 @@
 //! Failures a job queue must survive: a worker killed mid-job, a cancel, graceful and hard
-//! shutdown, and the daemon killed with jobs still queued. Each case waits for the outcome it
+//! shutdown (also with the log's reader gone), and the daemon killed with jobs still queued. Each case waits for the outcome it
 //! checks; the scenarios are sized so that the wrong outcome (a job waiting out its full
 //! sleep, a drain waiting out its full grace) cannot happen within the wait's deadline.
 
@@ -129,4 +129,68 @@ async fn sigkill_loses_no_enqueued_job() {
         assert_eq!(job["attempt"], 1, "{job:#}");
         assert_eq!(events(&job, "job.started").len(), 1, "{job:#}");
     }
+}
+
+/// Kills (SIGKILL) and reaps the child when dropped, so a test that fails leaves no process.
+struct Reaped(std::process::Child);
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A daemon whose stderr has lost its reader (a log shipper that died, `hopper serve 2>&1 |
+/// head`) still stops on SIGTERM: a log line it cannot write is dropped, rather than panicking
+/// the task that watches for signals (which left the process deaf to SIGTERM and Ctrl-C).
+#[test]
+fn sigterm_stops_a_daemon_whose_log_reader_is_gone() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+
+    let s = Scratch::with_config("");
+    let child = Command::new(env!("CARGO_BIN_EXE_hopper"))
+        .current_dir(s.path())
+        .env("NO_COLOR", "1")
+        .env("RUST_LOG", "info")
+        .env_remove("HOPPER_BROKER")
+        .arg("--config")
+        .arg(s.path().join("config.toml"))
+        .arg("serve")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut child = Reaped(child);
+    let mut lines = BufReader::new(child.0.stderr.take().unwrap()).lines();
+    assert!(
+        lines
+            .by_ref()
+            .any(|l| l.is_ok_and(|l| l.contains("listening on"))),
+        "the daemon did not start"
+    );
+    // The pipe's only read end goes: every later log line fails to write.
+    drop(lines);
+
+    let pid = child.0.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = child.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGTERM did not stop a daemon whose log reader is gone"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
 }

@@ -174,6 +174,16 @@ fn bad_cli_values_exit_2() {
     }
     let out = s.cli(&["retry", "--all-dead", "--queue", "a b"]);
     assert!(stderr(&out).contains("--queue"), "{out:?}");
+    // A bare `retry` names both ways to say which jobs; ids and --all-dead do not mix.
+    let out = s.cli(&["retry"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    assert!(stderr(&out).contains("--all-dead"), "{out:?}");
+    let out = s.cli(&[
+        "retry",
+        "--all-dead",
+        "01a22e08-83e9-762c-9c6e-25a90b984a64",
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
 
 /// `enqueue --file`: a line longer than `[server] body_limit` (the largest body the API

@@ -77,6 +77,51 @@ async fn tail_job_exits_0_when_it_succeeds_and_shows_progress() {
     assert!(text(&again.stdout).contains("job.succeeded"));
 }
 
+/// On a terminal, `tail --job` draws a bar; a job that succeeds leaves it full, whatever its
+/// handler last reported (`sys.sleep` reports up to 90%), as `hopper job` shows 100%. Run
+/// under `script`, so that stderr is a real terminal.
+#[tokio::test]
+async fn tail_job_bar_ends_full_when_the_job_succeeds() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({"kind": "sys.sleep", "payload": {"ms": 1000}}))
+        .await;
+    let dir = s.path().to_owned();
+    let command = format!(
+        "{} --config {} tail --job {id}",
+        env!("CARGO_BIN_EXE_hopper"),
+        dir.join("config.toml").display()
+    );
+    let out = wait::within(
+        "tail --job on a terminal",
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new("script")
+                .current_dir(&dir)
+                .env("NO_COLOR", "1")
+                .env_remove("HOPPER_BROKER")
+                .env_remove("RUST_LOG")
+                .args(["-qec", &command, "/dev/null"])
+                .output()
+                .unwrap()
+        }),
+    )
+    .await
+    .unwrap();
+    let shown = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{shown}\n{}", text(&out.stderr));
+    assert!(shown.contains("job.progress"), "no bar drawn:\n{shown}");
+    // The bar's last drawing, after the job's lines.
+    let last = shown
+        .rsplit('\r')
+        .find(|part| !part.trim().is_empty())
+        .unwrap_or("");
+    assert!(
+        last.contains("100% succeeded"),
+        "the bar ends short of full: {last:?}\n{shown}"
+    );
+}
+
 /// A job that fails permanently ends `dead`: exit 1, with the error shown.
 #[tokio::test]
 async fn tail_job_exits_1_when_it_dies() {
@@ -119,6 +164,52 @@ async fn tail_job_exits_4_when_cancelled_and_3_when_missing() {
     let missing = cli(&s, &["tail", "--job", "nope"]).await;
     assert_eq!(missing.status.code(), Some(3));
     assert!(text(&missing.stderr).contains("not found"));
+}
+
+/// `--server --job` tells a missing job (the API's 404, exit 3) from a 404 of something that is
+/// not a Hopper API at that address, say a proxy answering every path with an empty 404: that
+/// is a wrong `--server` (exit 2, said so), not a missing job.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_server_job_tells_a_missing_job_from_a_server_that_is_not_hopper() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let missing = "01a22e08-83e9-762c-9c6e-25a90b984a64";
+    let out = cli(&s, &["tail", "--server", &api.base, "--job", missing]).await;
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("not found"),
+        "{}",
+        text(&out.stderr)
+    );
+
+    // A real HTTP server that is not Hopper: every request gets an empty 404.
+    let other = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = other.local_addr().unwrap();
+    let serving = tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        loop {
+            let Ok((mut conn, _)) = other.accept().await else {
+                return;
+            };
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf).await;
+            let _ = conn
+                .write_all(
+                    b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\nconnection: close\r\n\r\n",
+                )
+                .await;
+        }
+    });
+    let server = format!("http://{addr}");
+    let out = cli(&s, &["tail", "--server", &server, "--job", missing]).await;
+    serving.abort();
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("is --server the address of a Hopper API?")
+            && !stderr.contains("not found"),
+        "{stderr}"
+    );
 }
 
 /// `--json` prints each event as one JSON line, in the log's order (each job's events in its

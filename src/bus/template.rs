@@ -87,15 +87,18 @@ fn compile_table(table: &toml::Table, at: &str) -> Result<Node, (String, String)
 }
 
 fn compile_value(value: &toml::Value, at: &str) -> Result<Node, (String, String)> {
-    let bad = |e: minijinja::Error| (at.to_owned(), e.to_string());
     Ok(match value {
         toml::Value::String(s) => match lone_expression(s) {
             Some(expr) => {
-                env().compile_expression(expr).map_err(bad)?;
+                env()
+                    .compile_expression(expr)
+                    .map_err(|e| (at.to_owned(), why(&e, s)))?;
                 Node::Expr(expr.to_owned())
             }
             None => {
-                env().template_from_str(s).map_err(bad)?;
+                env()
+                    .template_from_str(s)
+                    .map_err(|e| (at.to_owned(), why(&e, s)))?;
                 Node::Text(s.clone())
             }
         },
@@ -113,10 +116,23 @@ fn compile_value(value: &toml::Value, at: &str) -> Result<Node, (String, String)
     })
 }
 
+/// What failed, quoting the template: minijinja's own text names an anonymous template
+/// `<string>`, which tells the reader nothing.
+fn why(e: &minijinja::Error, template: &str) -> String {
+    match e.detail() {
+        Some(detail) => format!("{}: {detail}, in {template:?}", e.kind()),
+        None => format!("{} in {template:?}", e.kind()),
+    }
+}
+
 fn render(node: &Node, context: &minijinja::Value, at: &str) -> Result<Value, (String, String)> {
     let bad = |e: minijinja::Error| (at.to_owned(), e.to_string());
     Ok(match node {
-        Node::Text(s) => Value::String(env().render_str(s, context.clone()).map_err(bad)?),
+        Node::Text(s) => Value::String(
+            env()
+                .render_str(s, context.clone())
+                .map_err(|e| (at.to_owned(), why(&e, s)))?,
+        ),
         Node::Expr(expr) => {
             let value = env()
                 .compile_expression(expr)

@@ -117,12 +117,15 @@ pub enum Command {
         json: bool,
     },
     /// Put dead or cancelled jobs back in their queue; prints how many.
+    // Job ids or --all-dead, one of the two: a bare `hopper retry` names both in its error.
+    #[command(group(clap::ArgGroup::new("which").required(true).args(["ids", "all_dead"])))]
     Retry {
-        #[arg(required_unless_present = "all_dead", value_name = "ID")]
+        #[arg(value_name = "ID")]
         ids: Vec<String>,
         /// Every dead job (of --queue, or of all queues).
-        #[arg(long, conflicts_with = "ids")]
+        #[arg(long)]
         all_dead: bool,
+        /// With --all-dead: only this queue's dead jobs.
         #[arg(long, requires = "all_dead", value_name = "Q")]
         queue: Option<String>,
     },

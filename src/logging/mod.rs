@@ -1,6 +1,6 @@
-//! The process's log: where it goes (stderr), its level (`RUST_LOG`, else the command's
-//! default) and its format (`[log] format`: text or JSON lines; text without its own
-//! timestamps when stderr is the systemd journal).
+//! The process's log: where it goes (stderr; a line stderr cannot take is dropped), its level
+//! (`RUST_LOG`, else the command's default) and its format (`[log] format`: text or JSON
+//! lines; text without its own timestamps when stderr is the systemd journal).
 //!
 //! This module owns setting up the `tracing` subscriber, once, at start-up; what is logged is
 //! each part's own business. A job's fields (`job_id`, `queue`, `kind`, `attempt`) come from
@@ -19,9 +19,14 @@ use crate::config::LogFormat;
 pub fn init(format: LogFormat, default_level: &str) {
     let filter =
         EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    // A line that cannot be written (stderr's reader gone: a log shipper that died, `| head`)
+    // is dropped. tracing-subscriber would otherwise report it with `eprintln!`, which panics
+    // on that same broken stderr, killing whichever task logged: the signal watcher among
+    // them, leaving the daemon deaf to SIGTERM.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .log_internal_errors(false);
     match format {
         // Under systemd with stderr going to the journal (`JOURNAL_STREAM` set), the journal
         // stamps each line itself: a second timestamp would only clutter `journalctl`.

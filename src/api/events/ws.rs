@@ -65,8 +65,8 @@ pub fn refuse(upgrade: WebSocketUpgrade, admitted: Admitted) -> Response {
             close(
                 socket,
                 UNAUTHORIZED,
-                "unauthorized: pass a token as Authorization: Bearer, ?token= or the \
-                 protocol token.TOKEN",
+                "unauthorized: no valid token (missing or wrong); pass one as \
+                 Authorization: Bearer, ?token= or the protocol token.TOKEN",
             )
             .await;
         })

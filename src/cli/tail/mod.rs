@@ -170,8 +170,13 @@ impl Printer {
         }
     }
 
-    fn finish(&self, ended: &str) {
+    /// Leaves the bar with how the job ended; full when it succeeded, whatever the handler last
+    /// reported (the job's own `progress` is 100 then).
+    fn finish(&self, ended: &str, succeeded: bool) {
         if let Some(bar) = &self.bar {
+            if succeeded {
+                bar.set_position(100);
+            }
             bar.abandon_with_message(ended.to_owned());
         }
     }
@@ -215,7 +220,7 @@ fn ending(ty: EventType) -> Option<(u8, &'static str)> {
 /// Ends `tail --job` with the job's exit code: Ok for success, else the error whose code is
 /// 1 (dead) or 4 (cancelled).
 fn ended(printer: &Printer, job: &str, code: u8, state: &str, error: Option<&str>) -> Result<()> {
-    printer.finish(state);
+    printer.finish(state, code == 0);
     if code == 0 {
         return Ok(());
     }

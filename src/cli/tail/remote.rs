@@ -4,9 +4,10 @@
 //! dropped: reconnect from CURSOR). A close with code 4001 is a refused token (exit 2).
 //!
 //! With `--job` it first asks `GET /v1/jobs/{id}`: a job already final shows its history and
-//! ends at once with its exit code (a missing one exits 3, a refused token 2); otherwise the
-//! stream starts right after the last event of that history, so nothing is missed between
-//! the two requests. `https://` servers are reached over TLS (rustls), the stream as `wss://`.
+//! ends at once with its exit code (a missing one exits 3, a refused token 2, a 404 that is
+//! not a Hopper API's answer 2); otherwise the stream starts right after the last event of
+//! that history, so nothing is missed between the two requests. `https://` servers are
+//! reached over TLS (rustls), the stream as `wss://`.
 //!
 //! When the server goes away, it reconnects with the last cursor it showed, so the stream
 //! resumes with nothing skipped or repeated, and says so on stderr. It does not show events
@@ -212,7 +213,8 @@ async fn lookup(printer: &Printer, base: &str, job: &str, token: Option<&str>) -
                     .with_context(|| format!("{base} answered GET /v1/jobs/{job} with no job"));
             }
             Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
-                return Err(CliError::NotFound(format!("job {job} not found")).into());
+                let body = resp.text().await.unwrap_or_default();
+                return Err(not_found(base, job, &body));
             }
             Ok(resp) if resp.status().is_client_error() => {
                 let status = resp.status();
@@ -233,6 +235,29 @@ async fn lookup(printer: &Printer, base: &str, job: &str, token: Option<&str>) -
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// A 404 to `GET /v1/jobs/{job}`. In the API's error shape (code `not_found`) there is no such
+/// job (exit 3); any other 404, say an empty one, comes from something that is not a Hopper
+/// API (another server at that address), which is a mistake in `--server` (exit 2), not a
+/// missing job.
+fn not_found(base: &str, job: &str, body: &str) -> anyhow::Error {
+    let hopper = serde_json::from_str::<Value>(body)
+        .is_ok_and(|v| v["error"]["code"].as_str() == Some("not_found"));
+    if hopper {
+        return CliError::NotFound(format!("job {job} not found")).into();
+    }
+    let body: String = body.trim().chars().take(200).collect();
+    let body = if body.is_empty() {
+        "(no body)".to_owned()
+    } else {
+        body
+    };
+    CliError::Usage(format!(
+        "{base} answered GET /v1/jobs/{job} with 404 Not Found, not in a Hopper API's error \
+         shape: is --server the address of a Hopper API? {body}"
+    ))
+    .into()
 }
 
 /// The WebSocket base of `--server`: `http` becomes `ws`, `https` `wss`; a trailing `/` goes.
