@@ -2,7 +2,7 @@
 calls of 64, then finished (succeeded) in calls of 64, with the ARGV the broker sends.
 
 usage: drive.py PREFIX ENQUEUE_SHA FETCH_SHA FINISH_SHA N; PH=e|ef|efi (default efi) picks
-the phases.
+the phases; PAYLOAD sets the jobs' payload JSON (default {"n":1}).
 """
 import os
 import sys
@@ -14,7 +14,7 @@ def cmd(*a):
     out.write(b'*%d\r\n' % len(a) + b''.join(b'$%d\r\n%s\r\n' % (len(x), x) for x in a))
 K = '{%s:bench}:' % prefix
 ids = ['%032x' % (i + 1) for i in range(n)]
-payload = '{"n":1}'
+payload = os.environ.get('PAYLOAD', '{"n":1}')
 for s in range(0, n, 500):
     args = ['EVALSHA', enq, 1, K, '', 10000, min(500, n - s)]
     for id in ids[s:s+500]:

@@ -5,6 +5,7 @@
 #   ./measure.sh current            # the scripts of workers/lua/ (common.lua prepended)
 #   ./measure.sh prototype          # this directory's packed-string prototype
 #   PH=e ./measure.sh current       # enqueue only (PH=ef: enqueue + fetch)
+#   PAYLOAD='{"text":"...100 bytes..."}' ./measure.sh current   # another payload
 #
 # 2,000 jobs: enqueued in calls of 500, fetched and finished in calls of 64. The figure is the
 # run's total minus the same run with 0 jobs (server start-up, SCRIPT LOAD), divided by 2,000.
