@@ -215,6 +215,45 @@ async fn publish_on_redis() {
     bad_publishes_name_the_field_and_store_nothing(&api).await;
 }
 
+/// `{"x": {"x": ... 1}}` with `levels` objects.
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!(1), |v, _| json!({ "x": v }))
+}
+
+/// A template that nests `data` deeper than it came (here two levels) cannot make a job that
+/// the broker stores but cannot read back: such a job failed every fetch of its queue, so no
+/// job of `default` ran again, and listing or reading it answered 500. The publish is a 400
+/// naming `data`; nothing is stored; the queue keeps running.
+#[tokio::test]
+async fn a_publish_nested_too_deep_for_its_job_is_refused_and_the_queue_runs_on() {
+    let s = Scratch::with_config(
+        "[[subscription]]\ntopic = \"deep.*\"\nkind = \"sys.noop\"\n\
+         payload = { a = { b = \"{{ data }}\" } }\n",
+    );
+    let (_d, api) = s.serve(&[]);
+    // The body nests 127 levels (the most JSON parsing takes), its job's payload 128.
+    let (status, answer) = publish(&api, json!({"topic": "deep.a", "data": nested(126)})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "data", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nests more than"),
+        "{answer}"
+    );
+    let (status, listed) = api.call(Method::GET, "/v1/jobs?queue=default", None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["jobs"], json!([]), "nothing stored");
+
+    let (status, ok) = publish(&api, json!({"topic": "deep.a", "data": nested(3)})).await;
+    assert_eq!(status, 201, "{ok}");
+    let job = api.wait_state(&ids(&ok)[0], "succeeded").await;
+    assert_eq!(job["payload"]["a"]["b"], nested(3));
+    let id = api.enqueue_ok(json!({"kind": "sys.noop"})).await;
+    api.wait_state(&id, "succeeded").await;
+}
+
 fn api_base(api: &Api) -> String {
     api.base.clone()
 }
