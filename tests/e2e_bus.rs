@@ -228,6 +228,99 @@ async fn publish_on_redis() {
     bad_publishes_name_the_field_and_store_nothing(&api).await;
 }
 
+/// `{"x": {"x": ... 1}}` with `levels` objects.
+fn nested(levels: usize) -> Value {
+    (0..levels).fold(json!(1), |v, _| json!({ "x": v }))
+}
+
+/// A template that nests `data` deeper than it came (here two levels) cannot make a job that
+/// the broker stores but cannot read back: such a job failed every fetch of its queue, so no
+/// job of `default` ran again, and listing or reading it answered 500. The publish is a 400
+/// naming `data`; nothing is stored; the queue keeps running.
+#[tokio::test]
+async fn a_publish_nested_too_deep_for_its_job_is_refused_and_the_queue_runs_on() {
+    let s = Scratch::with_config(
+        "[[subscription]]\ntopic = \"deep.*\"\nkind = \"sys.noop\"\n\
+         payload = { a = { b = \"{{ data }}\" } }\n",
+    );
+    let (_d, api) = s.serve(&[]);
+    // The body nests 127 levels (the most JSON parsing takes), its job's payload 128.
+    let (status, answer) = publish(&api, json!({"topic": "deep.a", "data": nested(126)})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "data", "{answer}");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("nests more than"),
+        "{answer}"
+    );
+    let (status, listed) = api.call(Method::GET, "/v1/jobs?queue=default", None).await;
+    assert_eq!(status, 200, "{listed}");
+    assert_eq!(listed["jobs"], json!([]), "nothing stored");
+
+    let (status, ok) = publish(&api, json!({"topic": "deep.a", "data": nested(3)})).await;
+    assert_eq!(status, 201, "{ok}");
+    let job = api.wait_state(&ids(&ok)[0], "succeeded").await;
+    assert_eq!(job["payload"]["a"]["b"], nested(3));
+    let id = api.enqueue_ok(json!({"kind": "sys.noop"})).await;
+    api.wait_state(&id, "succeeded").await;
+}
+
+/// A publish is rendered while its request waits: a subscription template looping over
+/// `data`'s lists within each other held the request (and a thread of the API) for as long
+/// as it ran, and one repeating a long string filled the memory. Both are bounded now: a 400
+/// naming `data`, quickly, and nothing stored.
+#[tokio::test]
+async fn a_runaway_subscription_template_is_a_400_not_a_hung_request() {
+    let s = Scratch::with_config(
+        "[[subscription]]\ntopic = \"grid.made\"\nkind = \"sys.noop\"\n\
+         payload = { n = \"{% for r in data.rows %}{% for c in data.rows %}{% if r == c %}={% endif %}{% endfor %}{% endfor %}\" }\n\n\
+         [[subscription]]\ntopic = \"wide.made\"\nkind = \"sys.noop\"\n\
+         payload = { text = \"{% for r in data.rows %}{{ data.text }}{% endfor %}\" }\n",
+    );
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let rows: Vec<u32> = (0..3000).collect();
+    let started = std::time::Instant::now();
+    for (body, says) in [
+        (
+            json!({"topic": "grid.made", "data": {"rows": rows}}),
+            "fuel",
+        ),
+        (
+            json!({"topic": "wide.made",
+                   "data": {"rows": &rows[..1000], "text": "x".repeat(100_000)}}),
+            "bytes",
+        ),
+    ] {
+        let (status, answer) = publish(&api, body).await;
+        assert_eq!(status, 400, "{answer}");
+        assert_eq!(answer["error"]["field"], "data", "{answer}");
+        assert!(
+            answer["error"]["message"].as_str().unwrap().contains(says),
+            "{answer}"
+        );
+    }
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(30),
+        "{:?}",
+        started.elapsed()
+    );
+    let (status, listed) = api.call(Method::GET, "/v1/jobs?queue=default", None).await;
+    assert_eq!(
+        (status, listed["jobs"].clone()),
+        (200, json!([])),
+        "nothing stored"
+    );
+    // An ordinary publish of the same subscriptions goes through.
+    let (status, ok) = publish(
+        &api,
+        json!({"topic": "grid.made", "data": {"rows": [1, 2]}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{ok}");
+}
+
 fn api_base(api: &Api) -> String {
     api.base.clone()
 }

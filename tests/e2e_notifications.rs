@@ -201,6 +201,20 @@ async fn bad_expired_or_missing_jwts_are_closed_with_4001() {
         ),
         ("token=not.a.jwt".to_owned(), "unauthorized"),
         (String::new(), "missing token"),
+        // Valid only from an hour on (`nbf`, RFC 7519 4.1.5): not yet.
+        (
+            format!(
+                "token={}",
+                jsonwebtoken::encode(
+                    &Header::new(Algorithm::HS256),
+                    &json!({"sub": "42", "exp": now_ms() / 1000 + 7200,
+                            "nbf": now_ms() / 1000 + 3600}),
+                    &EncodingKey::from_secret(SECRET.as_bytes()).unwrap(),
+                )
+                .unwrap()
+            ),
+            "not valid yet",
+        ),
     ] {
         let mut ws = connect_with(&url(&api, &query), &[]).await.unwrap();
         expect_close(&mut ws, 4001, says).await;

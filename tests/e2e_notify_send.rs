@@ -235,3 +235,83 @@ async fn a_down_webhook_is_retried_until_it_is_back_and_the_email_is_sent_once()
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(mails.try_recv().is_err(), "the email was sent twice");
 }
+
+/// A webhook URL's path and query are often its secret (Slack's `/services/…`, `?token=`):
+/// the job's record, its errors, its history and the log name each URL as `GET /v1/circuits`
+/// does (`http://host:port/…#HASH`), also when the connection fails (reqwest's own message
+/// carries the URL). And a 429 with `Retry-After` is retried after it, not within the job's
+/// sub-second backoff (it used to be hammered until the job was dead).
+#[tokio::test]
+async fn webhook_urls_stay_out_of_the_job_and_a_429_is_retried_after_its_retry_after() {
+    let busy = axum::Router::new().fallback(|| async {
+        (
+            axum::http::StatusCode::TOO_MANY_REQUESTS,
+            [("retry-after", "600")],
+            "slow down",
+        )
+    });
+    let busy_addr = serve_http(busy).await;
+    // A port with nothing listening on it.
+    let closed = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let secrets = ["PATHSECRET1", "QUERYSECRET1", "PATHSECRET2", "QUERYSECRET2"];
+    let refused = format!("http://127.0.0.1:{closed}/services/PATHSECRET1?token=QUERYSECRET1");
+    let limited = format!("http://{busy_addr}/in/PATHSECRET2?sig=QUERYSECRET2");
+    let s = Scratch::with_config(&format!(
+        "[http]\nallow_hosts = [\"127.0.0.1\"]\n\n\
+         [notify]\nwebhooks = [\"{refused}\", \"{limited}\"]\n\
+         webhook_secret = \"{WEBHOOK_SECRET}\"\nbreaker_failures = 1000\n\n\
+         [retry]\nbackoff_base = \"100ms\"\nbackoff_max = \"1h\"\n"
+    ));
+    let (d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({
+            "kind": "notify.send",
+            "payload": {"user": "7", "title": "T", "body": "B", "channels": ["webhook"]},
+        }))
+        .await;
+    let job = api.wait_job(&id, |j| j["state"] == "retrying").await;
+
+    let endpoints = job["checkpoint"]["channels"]["webhook"]["endpoints"]
+        .as_object()
+        .unwrap();
+    assert_eq!(endpoints.len(), 2, "{job:#}");
+    for (name, outcome) in endpoints {
+        assert!(name.starts_with("http://127.0.0.1:"), "{name}");
+        assert!(name.contains("/…#"), "{name}");
+        assert_eq!(outcome["state"], "failed", "{job:#}");
+        assert_eq!(outcome["retryable"], true, "{job:#}");
+    }
+    let errors: Vec<&str> = endpoints
+        .values()
+        .map(|o| o["error"].as_str().unwrap())
+        .collect();
+    assert!(errors.iter().any(|e| e.contains("HTTP 429")), "{errors:?}");
+    assert!(
+        errors.iter().any(|e| e.contains("error sending request")),
+        "{errors:?}"
+    );
+    let text = job.to_string();
+    let log = d.log_text();
+    for secret in secrets {
+        assert!(!text.contains(secret), "{secret} in the job: {job:#}");
+        assert!(!log.contains(secret), "{secret} in the log: {log}");
+    }
+
+    // The next attempt waits the 600 s asked for, not the 100 ms backoff.
+    let failed_at = job["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|e| e["type"] == "job.retrying")
+        .map(|e| e["at"].clone())
+        .unwrap();
+    let at = |v: &Value| serde_json::from_value::<hopper_workers::time::Timestamp>(v.clone());
+    let wait = at(&job["run_at"]).unwrap().since(at(&failed_at).unwrap());
+    assert!(
+        wait >= Duration::from_secs(590),
+        "retried after {wait:?}: {job:#}"
+    );
+}

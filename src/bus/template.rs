@@ -11,7 +11,9 @@
 //!
 //! Templates are checked when the config is loaded ([`Template::compile`]) and parsed again
 //! for each event: a template is a few dozen bytes, parsing it costs microseconds, and the
-//! environment then borrows nothing.
+//! environment then borrows nothing. A render is bounded ([`RENDER_FUEL`] instructions,
+//! [`MAX_RENDERED`] bytes a string): past either, the publish is refused like a template
+//! that fails.
 
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Map, Value};
@@ -33,14 +35,60 @@ enum Node {
     Plain(Value),
 }
 
+/// Instructions one string's render may run (minijinja's fuel): a publish is rendered while
+/// its request waits, and a template looping over `data`'s lists within each other would
+/// otherwise hold a thread of the API for hours.
+pub const RENDER_FUEL: u64 = 5_000_000;
+/// The most bytes one rendered string may have.
+pub const MAX_RENDERED: usize = 8 * 1024 * 1024;
+
 /// The one environment every template is rendered in.
 fn env() -> &'static Environment<'static> {
     static ENV: std::sync::OnceLock<Environment<'static>> = std::sync::OnceLock::new();
     ENV.get_or_init(|| {
         let mut env = Environment::new();
         env.set_undefined_behavior(UndefinedBehavior::SemiStrict);
+        env.set_fuel(Some(RENDER_FUEL));
         env
     })
+}
+
+/// Renders the text template `s`, refusing output past [`MAX_RENDERED`].
+fn render_text(s: &str, context: &minijinja::Value) -> Result<String, String> {
+    let mut out = Capped::default();
+    env()
+        .template_from_str(s)
+        .and_then(|t| t.render_captured_to(context.clone(), &mut out).map(drop))
+        .map_err(|e| {
+            if out.over {
+                format!("renders more than {MAX_RENDERED} bytes")
+            } else {
+                why(&e, s)
+            }
+        })?;
+    String::from_utf8(out.buf).map_err(|e| e.to_string())
+}
+
+/// A buffer that refuses to grow past [`MAX_RENDERED`].
+#[derive(Default)]
+struct Capped {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + buf.len() > MAX_RENDERED {
+            self.over = true;
+            return Err(std::io::Error::other("the rendered string is too large"));
+        }
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// The expression of a string that is exactly one `{{ … }}`, if it is one.
@@ -128,11 +176,9 @@ fn why(e: &minijinja::Error, template: &str) -> String {
 fn render(node: &Node, context: &minijinja::Value, at: &str) -> Result<Value, (String, String)> {
     let bad = |e: minijinja::Error| (at.to_owned(), e.to_string());
     Ok(match node {
-        Node::Text(s) => Value::String(
-            env()
-                .render_str(s, context.clone())
-                .map_err(|e| (at.to_owned(), why(&e, s)))?,
-        ),
+        Node::Text(s) => {
+            Value::String(render_text(s, context).map_err(|why| (at.to_owned(), why))?)
+        }
         Node::Expr(expr) => {
             let value = env()
                 .compile_expression(expr)

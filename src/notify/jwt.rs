@@ -1,8 +1,9 @@
 //! Users' JWTs: who a `GET /v1/notifications` connection (or a push-subscription request)
 //! belongs to. The token's `sub` is the user id; `exp` is required (60 s of leeway for
-//! clocks). HS256 tokens are verified with `[auth] jwt_secret`, RS256 and EdDSA (Ed25519)
-//! ones with the public key in the PEM file `[auth] jwt_public_key`; any other algorithm is
-//! refused, whatever the token's header says.
+//! clocks), and an `nbf` (not before), when present, is honoured with the same leeway. HS256
+//! tokens are verified with `[auth] jwt_secret`, RS256 and EdDSA (Ed25519) ones with the
+//! public key in the PEM file `[auth] jwt_public_key`; any other algorithm is refused,
+//! whatever the token's header says.
 //!
 //! A refusal says why in a few stable words (`expired token`, `bad signature`), never echoing
 //! the token or the key.
@@ -76,10 +77,14 @@ impl Verifier {
         };
         let mut validation = Validation::new(header.alg);
         validation.set_required_spec_claims(&["exp", "sub"]);
+        // A token that says when it starts to be valid is refused before then (RFC 7519
+        // 4.1.5); the same leeway as `exp`.
+        validation.validate_nbf = true;
         let data = jsonwebtoken::decode::<Claims>(token, key, &validation).map_err(|e| match e
             .kind()
         {
             ErrorKind::ExpiredSignature => "expired token",
+            ErrorKind::ImmatureSignature => "token not valid yet (nbf)",
             ErrorKind::InvalidSignature => "bad signature",
             ErrorKind::MissingRequiredClaim(_) => "token without exp or sub",
             _ => "invalid token",

@@ -6,7 +6,8 @@
 //! must be registered, the payload must be an object the kind's
 //! [`Handler::validate`](hopper_workers::Handler::validate) accepts, and the request's own
 //! rules hold (a delay or a run time, not both; the rules of chains). The engine's rules of a
-//! job (queue name, priority range, timeout, unique key) are [`NewJob::validate`]'s, checked
+//! job (queue name, priority range, timeout, unique key, payload depth) are
+//! [`NewJob::validate`]'s, checked
 //! at the broker seam (`Broker::enqueue`) for every caller. Every refusal names the field it
 //! is about. Parsing the HTTP body's
 //! JSON is the API's business (`crate::api`), not this module's.

@@ -22,6 +22,11 @@ pub const PRIORITY_RULE: &str = "must be an integer from 0 (most urgent) to 9";
 pub const DEFAULT_PRIORITY: u8 = 5;
 /// Queue of a job that does not say.
 pub const DEFAULT_QUEUE: &str = "default";
+/// How deep a payload may nest (objects and arrays within one another). Every broker reads a
+/// stored payload back with serde_json, which refuses more than 128 levels: a deeper payload
+/// would be stored, then be unreadable, and every fetch of its queue would fail on it. The
+/// margin leaves room for what is nested around a payload later (a chain step's `input`).
+pub const MAX_PAYLOAD_DEPTH: usize = 100;
 
 /// A job's id: a UUIDv7 string, so ids sort by creation time.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
@@ -302,6 +307,12 @@ impl NewJob {
         if !self.payload.is_object() {
             return Err(FieldError::new("payload", "must be a JSON object"));
         }
+        if nests_deeper_than(&self.payload, MAX_PAYLOAD_DEPTH) {
+            return Err(FieldError::new(
+                "payload",
+                format!("nests more than {MAX_PAYLOAD_DEPTH} levels of objects and arrays"),
+            ));
+        }
         if self.max_retries > 1000 {
             return Err(FieldError::new("max_retries", "must be at most 1000"));
         }
@@ -315,6 +326,22 @@ impl NewJob {
         }
         Ok(())
     }
+}
+
+/// True when `value` has more than `limit` levels of objects and arrays one within another
+/// (a scalar has none, `{}` one). Walked with a stack of its own, not by recursion.
+pub fn nests_deeper_than(value: &Value, limit: usize) -> bool {
+    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
+    while let Some((v, above)) = stack.pop() {
+        let depth = above + 1;
+        match v {
+            Value::Array(_) | Value::Object(_) if depth > limit => return true,
+            Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth))),
+            Value::Object(map) => stack.extend(map.values().map(|c| (c, depth))),
+            _ => {}
+        }
+    }
+    false
 }
 
 /// A queue name, checked: `Err` names the field `queue` and says the rule.
@@ -458,6 +485,31 @@ mod tests {
         let mut bad = ok;
         bad.payload = serde_json::json!([1]);
         assert_eq!(bad.validate().map_err(|e| e.field), Err("payload".into()));
+    }
+
+    /// `{"x": {"x": ... 1}}` with `levels` objects.
+    fn nested(levels: usize) -> Value {
+        (0..levels).fold(serde_json::json!(1), |v, _| serde_json::json!({ "x": v }))
+    }
+
+    #[test]
+    fn payloads_nest_no_deeper_than_a_broker_reads_back() {
+        assert!(!nests_deeper_than(&serde_json::json!(1), 0));
+        assert!(nests_deeper_than(&serde_json::json!([]), 0));
+        assert!(!nests_deeper_than(&serde_json::json!({"a": [1, {}]}), 3));
+        assert!(nests_deeper_than(
+            &serde_json::json!({"a": [1, {"b": []}]}),
+            3
+        ));
+        let ok = NewJob::new("sys.noop", nested(MAX_PAYLOAD_DEPTH));
+        assert!(ok.validate().is_ok());
+        let deep = NewJob::new("sys.noop", nested(MAX_PAYLOAD_DEPTH + 1));
+        assert_eq!(deep.validate().map_err(|e| e.field), Err("payload".into()));
+        // The limit keeps what is stored readable, a chain step's `input` around it included.
+        let text = serde_json::json!({ "input": nested(MAX_PAYLOAD_DEPTH) }).to_string();
+        assert!(serde_json::from_str::<Value>(&text).is_ok());
+        // A value built in memory past any parser's limit is judged too.
+        assert!(nests_deeper_than(&nested(1000), MAX_PAYLOAD_DEPTH));
     }
 
     #[test]

@@ -95,13 +95,16 @@ impl HttpClient {
     /// `POST url` with `headers` and `body`, the URL checked by the guard first; redirects are
     /// not followed (a POST is not replayed elsewhere): a 3xx answer is returned as it is.
     /// A refused URL is a permanent failure; other errors are sorted by [`request_error`].
+    /// Errors name the URL as `shown` says, never whole: the URLs posted to (webhooks, push
+    /// endpoints) may carry a secret in their path or query.
     pub(crate) async fn post(
         &self,
         url: &Url,
+        shown: &str,
         headers: HeaderMap,
         body: Vec<u8>,
     ) -> Result<Response, JobError> {
-        let what = format!("POST {url}");
+        let what = format!("POST {shown}");
         self.guard
             .check_url(url)
             .map_err(|e| JobError::permanent(format!("{what}: {e}")))?;
@@ -111,7 +114,7 @@ impl HttpClient {
             .body(body)
             .send()
             .await
-            .map_err(|e| request_error(&what, &e))
+            .map_err(|e| request_error(&what, &e.without_url()))
     }
 }
 

@@ -6,7 +6,10 @@
 //! else `default.txt.j2` and `default.html.j2`, else the built-in ones below; each part is
 //! looked up on its own. Variables: `title`, `body`, `data` (the payload's JSON) and `user`.
 //! The HTML part is auto-escaped. The subject is the title. The `Message-ID` is derived from
-//! the job id (`<JOB.email@DOMAIN>`), the same on every retry.
+//! the job id (`<JOB.email@DOMAIN>`), the same on every retry. A render is bounded: at most
+//! [`RENDER_FUEL`] template instructions and [`MAX_RENDERED`] bytes a part, else the delivery
+//! fails for good (a template looping over the payload's lists within each other would run
+//! for hours and fill the memory, and a job's timeout cannot stop a render).
 
 use std::path::PathBuf;
 
@@ -24,6 +27,66 @@ const BUILTIN_TEXT: &str = "{{ title }}\n\n{{ body }}\n";
 /// The HTML part when no template file applies.
 const BUILTIN_HTML: &str = "<!doctype html>\n<html><body>\n<h1>{{ title }}</h1>\n\
     <p>{{ body }}</p>\n</body></html>\n";
+
+/// Instructions one part's render may run (minijinja's fuel): a template looping over the
+/// payload's lists within itself (rows × columns) would otherwise run on for hours, past the
+/// job's timeout, which cannot interrupt it.
+pub const RENDER_FUEL: u64 = 20_000_000;
+/// The most bytes one rendered part may have.
+pub const MAX_RENDERED: usize = 10 * 1024 * 1024;
+
+/// Renders both parts of a notification of type `kind`.
+fn render_parts(
+    kind: &str,
+    text_src: String,
+    html_src: String,
+    vars: &serde_json::Value,
+) -> Result<(String, String), JobError> {
+    let mut env = Environment::new();
+    env.set_fuel(Some(RENDER_FUEL));
+    // Names ending in .html are auto-escaped, .txt ones are not.
+    env.add_template_owned("notification.txt", text_src)
+        .and_then(|()| env.add_template_owned("notification.html", html_src))
+        .map_err(|e| JobError::permanent(format!("template of type {kind:?}: {e}")))?;
+    let render = |name: &str| {
+        let mut out = Capped::default();
+        env.get_template(name)
+            .and_then(|t| t.render_captured_to(vars, &mut out).map(drop))
+            .map_err(|e| {
+                let e = if out.over {
+                    format!("the part is over {MAX_RENDERED} bytes")
+                } else {
+                    e.to_string()
+                };
+                JobError::permanent(format!("rendering {name} of type {kind:?}: {e}"))
+            })?;
+        String::from_utf8(out.buf)
+            .map_err(|e| JobError::permanent(format!("rendering {name}: {e}")))
+    };
+    Ok((render("notification.txt")?, render("notification.html")?))
+}
+
+/// A buffer that refuses to grow past [`MAX_RENDERED`].
+#[derive(Default)]
+struct Capped {
+    buf: Vec<u8>,
+    over: bool,
+}
+
+impl std::io::Write for Capped {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.buf.len() + buf.len() > MAX_RENDERED {
+            self.over = true;
+            return Err(std::io::Error::other("the rendered part is too large"));
+        }
+        self.buf.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// Renders and sends notification emails.
 pub(super) struct Mailer {
@@ -58,22 +121,16 @@ impl Mailer {
         .to_owned())
     }
 
-    /// The text and HTML parts of `n`.
+    /// The text and HTML parts of `n`, rendered off the runtime's threads within
+    /// [`RENDER_FUEL`] and [`MAX_RENDERED`].
     pub(super) async fn render(&self, n: &Notification) -> Result<(String, String), JobError> {
         let text_src = self.source(&n.kind, "txt").await?;
         let html_src = self.source(&n.kind, "html").await?;
-        let mut env = Environment::new();
-        // Names ending in .html are auto-escaped, .txt ones are not.
-        env.add_template_owned("notification.txt", text_src)
-            .and_then(|()| env.add_template_owned("notification.html", html_src))
-            .map_err(|e| JobError::permanent(format!("template of type {:?}: {e}", n.kind)))?;
+        let kind = n.kind.clone();
         let vars = json!({"title": n.title, "body": n.body, "data": n.data, "user": n.user});
-        let render = |name: &str| {
-            env.get_template(name)
-                .and_then(|t| t.render(&vars))
-                .map_err(|e| JobError::permanent(format!("rendering {name}: {e}")))
-        };
-        Ok((render("notification.txt")?, render("notification.html")?))
+        tokio::task::spawn_blocking(move || render_parts(&kind, text_src, html_src, &vars))
+            .await
+            .map_err(|e| JobError::retryable(format!("rendering the email: {e}")))?
     }
 
     /// Renders `n` and sends it to `to`.

@@ -14,14 +14,17 @@
 //!
 //! **Delivery record.** Every delivery (a channel; for `webhook` each URL, for `push` each
 //! subscription) is recorded as `delivered`, `failed` (with the error) or `skipped` (with
-//! why) in the job's checkpoint, saved after each one. A retry reads it back and sends only
+//! why) in the job's checkpoint, saved after each one. An endpoint is named there, and in
+//! errors, by its [`breaker::label`] (scheme, host, port, `/…#HASH`), never whole: a webhook
+//! URL's path or query may be its secret, a push endpoint is a capability URL. A retry reads it back and sends only
 //! what is not done yet, so a failing webhook is retried without sending the email twice.
 //! Each channel's idempotency key is `<job id>.<channel>` (`Hopper-Id` of webhooks, the
 //! email's `Message-ID`); the inbox notification's id is the job id.
 //!
 //! **Outcome.** Every channel delivered or skipped: succeeded, the record as the result
 //! (`{"channels": {"email": {"state": "delivered"}, ...}}`). A retryable failure (5xx,
-//! timeout, unreachable): the job retries with its backoff. Only endpoints whose circuit is
+//! timeout, unreachable): the job retries with its backoff, or after the longest
+//! `Retry-After` (seconds) a failed endpoint answered with (within `[retry] backoff_max`). Only endpoints whose circuit is
 //! open left to do: the job snoozes until the earliest probe, its attempts not spent. Only
 //! permanent failures left (a 4xx webhook answer): dead, the record in its checkpoint.
 //! Retrying a dead notification (`hopper retry`) starts at attempt 1, which tries every
@@ -175,16 +178,26 @@ impl SendNotification {
 }
 
 /// What one attempt found besides its record: whether a delivery failed in a way a retry may
-/// fix, and the earliest probe of an open circuit it had to wait for.
+/// fix, the longest `Retry-After` a failed endpoint asked for, and the earliest probe of an
+/// open circuit it had to wait for.
 #[derive(Default)]
 struct Attempt {
     retry: bool,
+    retry_after: Option<Duration>,
     wait: Option<Duration>,
 }
 
 impl Attempt {
     fn wait(&mut self, d: Duration) {
         self.wait = Some(self.wait.map_or(d, |w| w.min(d)));
+    }
+
+    /// Takes in one endpoint's failed delivery.
+    fn endpoint_failed(&mut self, sent: &webhook::Sent) {
+        self.retry = true;
+        if let Some(d) = sent.retry_after {
+            self.retry_after = Some(self.retry_after.map_or(d, |a| a.max(d)));
+        }
     }
 }
 
@@ -237,7 +250,8 @@ impl SendNotification {
         })
         .to_string();
         for url in &self.urls {
-            if record.endpoint_done(ch.name(), url) {
+            let shown = breaker::label(url);
+            if record.endpoint_done(ch.name(), &shown) || record.endpoint_done(ch.name(), url) {
                 continue;
             }
             if let Err(wait) = self.breakers.admit(url).await {
@@ -246,21 +260,21 @@ impl SendNotification {
                     .increment(1);
                 record.set_endpoint(
                     ch.name(),
-                    url,
+                    &shown,
                     Outcome::retryable("circuit open: waiting for the next probe"),
                 );
                 continue;
             }
             let started = Instant::now();
-            let sent = self.webhooks.send(url, &id, body.as_bytes()).await;
+            let sent = self.webhooks.send(url, &shown, &id, body.as_bytes()).await;
             if sent.endpoint_failed {
-                attempt.retry = true;
+                attempt.endpoint_failed(&sent);
                 self.breakers.failure(url).await;
             } else {
                 self.breakers.success(url).await;
             }
             count(ch, &sent.outcome, started);
-            record.set_endpoint(ch.name(), url, sent.outcome);
+            record.set_endpoint(ch.name(), &shown, sent.outcome);
             Self::save(cx, record).await?;
         }
         record.settle_endpoints(ch.name());
@@ -305,7 +319,10 @@ impl SendNotification {
         }
         let payload = serde_json::to_vec(n).unwrap_or_default();
         for sub in &subs {
-            if record.endpoint_done(ch.name(), &sub.endpoint) {
+            let shown = breaker::label(&sub.endpoint);
+            if record.endpoint_done(ch.name(), &shown)
+                || record.endpoint_done(ch.name(), &sub.endpoint)
+            {
                 continue;
             }
             let origin = reqwest::Url::parse(&sub.endpoint)
@@ -317,15 +334,15 @@ impl SendNotification {
                     .increment(1);
                 record.set_endpoint(
                     ch.name(),
-                    &sub.endpoint,
+                    &shown,
                     Outcome::retryable("circuit open: waiting for the next probe"),
                 );
                 continue;
             }
             let started = Instant::now();
-            let pushed = pusher.send(sub, &payload).await;
+            let pushed = pusher.send(sub, &shown, &payload).await;
             if pushed.sent.endpoint_failed {
-                attempt.retry = true;
+                attempt.endpoint_failed(&pushed.sent);
                 self.breakers.failure(&origin).await;
             } else {
                 self.breakers.success(&origin).await;
@@ -336,7 +353,7 @@ impl SendNotification {
                 tracing::warn!(user = %n.user, error = %e, "could not remove a gone push subscription");
             }
             count(ch, &pushed.sent.outcome, started);
-            record.set_endpoint(ch.name(), &sub.endpoint, pushed.sent.outcome);
+            record.set_endpoint(ch.name(), &shown, pushed.sent.outcome);
             Self::save(cx, record).await?;
         }
         record.settle_endpoints(ch.name());
@@ -390,7 +407,11 @@ impl Kind for SendNotification {
         }
         let (retryable, permanent) = record.failures();
         if attempt.retry {
-            return Err(JobError::retryable(retryable.join("; ")));
+            let message = retryable.join("; ");
+            return Err(match attempt.retry_after {
+                Some(after) => JobError::retry_after(message, after),
+                None => JobError::retryable(message),
+            });
         }
         if let Some(wait) = attempt.wait {
             return Err(JobError::snooze(wait));

@@ -9,8 +9,9 @@
 //! allow_hosts` applies to subscription endpoints (which users supply) like to any URL.
 //!
 //! Answers: 2xx delivered; 404 or 410 means the subscription is gone: it is removed and the
-//! delivery skipped; 408, 429, 5xx, timeouts and network errors are retryable and count
-//! against the push service's circuit breaker; any other answer is a permanent failure.
+//! delivery skipped; 408, 429, 5xx, timeouts and network errors are retryable (not before the
+//! answer's `Retry-After`, when it gives one) and count against the push service's circuit
+//! breaker; any other answer is a permanent failure.
 
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -32,9 +33,9 @@ use sha2::Sha256;
 
 use super::ports::PushSubscription;
 use super::record::Outcome;
-use super::webhook::{Sent, describe};
+use super::webhook::Sent;
 use crate::JobsError;
-use crate::http::{HttpClient, is_retryable_status};
+use crate::http::HttpClient;
 
 /// The record size announced in the header: one record holds the whole payload.
 const RECORD_SIZE: u32 = 4096;
@@ -96,21 +97,19 @@ impl Pusher {
         format!("{signing_input}.{}", B64.encode(sig.to_bytes()))
     }
 
-    /// Encrypts `payload` for `sub` and POSTs it to its endpoint.
-    pub(super) async fn send(&self, sub: &PushSubscription, payload: &[u8]) -> Pushed {
-        let fail = |outcome: Outcome| Pushed {
-            sent: Sent {
-                outcome,
-                endpoint_failed: false,
-            },
+    /// Encrypts `payload` for `sub` and POSTs it to its endpoint; errors name the endpoint as
+    /// `shown` (its [`label`](super::breaker::label)).
+    pub(super) async fn send(&self, sub: &PushSubscription, shown: &str, payload: &[u8]) -> Pushed {
+        let fail = |why: String| Pushed {
+            sent: Sent::permanent(why),
             gone: false,
         };
         let Ok(url) = Url::parse(&sub.endpoint) else {
-            return fail(Outcome::permanent("the endpoint is not a URL"));
+            return fail("the endpoint is not a URL".to_owned());
         };
         let body = match encrypt(&sub.keys.p256dh, &sub.keys.auth, payload) {
             Ok(b) => b,
-            Err(why) => return fail(Outcome::permanent(why)),
+            Err(why) => return fail(why),
         };
         let mut headers = HeaderMap::new();
         headers.insert(
@@ -124,51 +123,26 @@ impl Pusher {
         if let Ok(v) = HeaderValue::from_str(&auth) {
             headers.insert(AUTHORIZATION, v);
         }
-        match self.client.post(&url, headers, body).await {
-            Ok(resp) if resp.status().is_success() => Pushed {
-                sent: Sent {
-                    outcome: Outcome::Delivered,
-                    endpoint_failed: false,
-                },
-                gone: false,
-            },
+        let sent = match self.client.post(&url, shown, headers, body).await {
+            Ok(resp) if resp.status().is_success() => Sent::delivered(),
             Ok(resp) if matches!(resp.status(), StatusCode::NOT_FOUND | StatusCode::GONE) => {
-                Pushed {
+                return Pushed {
                     sent: Sent {
                         outcome: Outcome::skipped(format!(
                             "the subscription is gone (HTTP {}): removed",
                             resp.status()
                         )),
                         endpoint_failed: false,
+                        retry_after: None,
                     },
                     gone: true,
-                }
+                };
             }
-            Ok(resp) => {
-                let status = resp.status();
-                let retryable = is_retryable_status(status);
-                let error = format!("HTTP {status}");
-                Pushed {
-                    sent: Sent {
-                        outcome: if retryable {
-                            Outcome::retryable(error)
-                        } else {
-                            Outcome::permanent(error)
-                        },
-                        endpoint_failed: retryable,
-                    },
-                    gone: false,
-                }
-            }
-            Err(JobError::Permanent { message }) => fail(Outcome::permanent(message)),
-            Err(e) => Pushed {
-                sent: Sent {
-                    outcome: Outcome::retryable(describe(&e)),
-                    endpoint_failed: true,
-                },
-                gone: false,
-            },
-        }
+            Ok(resp) => Sent::status(resp.status(), resp.headers()),
+            Err(JobError::Permanent { message }) => Sent::permanent(message),
+            Err(e) => Sent::unreachable(&e),
+        };
+        Pushed { sent, gone: false }
     }
 }
 

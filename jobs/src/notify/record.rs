@@ -64,7 +64,8 @@ pub struct ChannelRecord {
     /// failed when one failed, skipped when there was nothing to deliver.
     #[serde(flatten)]
     pub outcome: Option<Outcome>,
-    /// Per endpoint (webhook URL, push endpoint), for channels that have several.
+    /// Per endpoint (webhook URL, push endpoint, each named by its `breaker::label`, not
+    /// whole), for channels that have several.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub endpoints: BTreeMap<String, Outcome>,
 }

@@ -10,19 +10,20 @@
 //! constant time, and refuses timestamps too far from its clock (replays).
 //!
 //! 2xx is delivered; 408, 429, 5xx, timeouts and network errors are retryable (and count
-//! against the URL's circuit breaker); any other answer is a permanent failure of that URL.
+//! against the URL's circuit breaker), not before the answer's `Retry-After` (in seconds) when
+//! it gives one; any other answer is a permanent failure of that URL.
 //! Requests go through the shared client, so `[http] allow_hosts` applies.
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
 use hopper_workers::JobError;
-use reqwest::Url;
 use reqwest::header::{CONTENT_TYPE, HeaderMap, HeaderValue};
+use reqwest::{StatusCode, Url};
 use sha2::Sha256;
 
 use super::record::Outcome;
-use crate::http::{HttpClient, is_retryable_status};
+use crate::http::{HttpClient, is_retryable_status, retry_after};
 
 /// The signature header.
 pub const SIGNATURE_HEADER: &str = "Hopper-Signature";
@@ -59,16 +60,63 @@ pub(super) struct Sent {
     pub(super) outcome: Outcome,
     /// True when the endpoint itself failed (5xx, timeout, unreachable).
     pub(super) endpoint_failed: bool,
+    /// How long the endpoint asked to be left alone (`Retry-After` of a 429 or 503), when it
+    /// failed and said.
+    pub(super) retry_after: Option<Duration>,
+}
+
+impl Sent {
+    pub(super) fn delivered() -> Self {
+        Self {
+            outcome: Outcome::Delivered,
+            endpoint_failed: false,
+            retry_after: None,
+        }
+    }
+
+    /// A failure no later try gets past; the endpoint itself is fine.
+    pub(super) fn permanent(error: impl Into<String>) -> Self {
+        Self {
+            outcome: Outcome::permanent(error),
+            endpoint_failed: false,
+            retry_after: None,
+        }
+    }
+
+    /// The endpoint could not be reached (timeout, refused connection): retryable.
+    pub(super) fn unreachable(error: &JobError) -> Self {
+        Self {
+            outcome: Outcome::retryable(describe(error)),
+            endpoint_failed: true,
+            retry_after: None,
+        }
+    }
+
+    /// An unsuccessful answer: 408, 429 and 5xx retryable (after its `Retry-After`, when it
+    /// gives one in seconds), any other permanent.
+    pub(super) fn status(status: StatusCode, headers: &HeaderMap) -> Self {
+        let error = format!("HTTP {status}");
+        if !is_retryable_status(status) {
+            return Self::permanent(error);
+        }
+        let retry_after = retry_after(headers);
+        Self {
+            outcome: Outcome::retryable(match retry_after {
+                Some(d) => format!("{error} (Retry-After: {}s)", d.as_secs()),
+                None => error,
+            }),
+            endpoint_failed: true,
+            retry_after,
+        }
+    }
 }
 
 impl Webhooks {
-    /// POSTs `body` to `url` with `id` as its idempotency key.
-    pub(super) async fn send(&self, url: &str, id: &str, body: &[u8]) -> Sent {
+    /// POSTs `body` to `url` with `id` as its idempotency key; errors name the URL as
+    /// `shown` (its [`label`](super::breaker::label)).
+    pub(super) async fn send(&self, url: &str, shown: &str, id: &str, body: &[u8]) -> Sent {
         let Ok(parsed) = Url::parse(url) else {
-            return Sent {
-                outcome: Outcome::permanent("not a URL"),
-                endpoint_failed: false,
-            };
+            return Sent::permanent("not a URL");
         };
         let t = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -81,32 +129,15 @@ impl Webhooks {
         if let Ok(v) = HeaderValue::from_str(&signature(self.secret.as_bytes(), t, body)) {
             headers.insert(SIGNATURE_HEADER, v);
         }
-        match self.client.post(&parsed, headers, body.to_vec()).await {
-            Ok(resp) if resp.status().is_success() => Sent {
-                outcome: Outcome::Delivered,
-                endpoint_failed: false,
-            },
-            Ok(resp) => {
-                let status = resp.status();
-                let retryable = is_retryable_status(status);
-                let error = format!("HTTP {status}");
-                Sent {
-                    outcome: if retryable {
-                        Outcome::retryable(error)
-                    } else {
-                        Outcome::permanent(error)
-                    },
-                    endpoint_failed: retryable,
-                }
-            }
-            Err(JobError::Permanent { message }) => Sent {
-                outcome: Outcome::permanent(message),
-                endpoint_failed: false,
-            },
-            Err(e) => Sent {
-                outcome: Outcome::retryable(describe(&e)),
-                endpoint_failed: true,
-            },
+        match self
+            .client
+            .post(&parsed, shown, headers, body.to_vec())
+            .await
+        {
+            Ok(resp) if resp.status().is_success() => Sent::delivered(),
+            Ok(resp) => Sent::status(resp.status(), resp.headers()),
+            Err(JobError::Permanent { message }) => Sent::permanent(message),
+            Err(e) => Sent::unreachable(&e),
         }
     }
 }

@@ -510,8 +510,10 @@ async fn a_gone_push_subscription_is_removed() {
         .await;
     let result = job.result.expect("result");
     assert_eq!(result["channels"]["push"]["state"], "delivered", "{result}");
+    // The record names an endpoint by its label, never whole (a capability URL).
+    assert!(!result.to_string().contains(&gone), "{result}");
     assert_eq!(
-        result["channels"]["push"]["endpoints"][&gone]["state"],
+        result["channels"]["push"]["endpoints"][&hopper_jobs::notify::breaker::label(&gone)]["state"],
         "skipped"
     );
     assert_eq!(result["channels"]["email"]["state"], "skipped");
@@ -631,4 +633,78 @@ async fn webhooks_obey_allow_hosts() {
         "{job:?}"
     );
     assert_eq!(hooks.hits.load(Ordering::SeqCst), 0);
+}
+
+/// A template that loops over the payload's lists within each other (a table: rows × columns)
+/// ran for hours, its output filling the memory, past the job's timeout (which cannot stop a
+/// render) and through shutdown. A render is bounded: out of fuel, or a part over
+/// `MAX_RENDERED` bytes, and the email fails for good, quickly, the other channels delivered.
+#[tokio::test]
+async fn a_runaway_email_template_fails_for_good_instead_of_running_for_hours() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = base_config(tmp.path());
+    let templates = tmp.path().join("templates");
+    std::fs::create_dir_all(&templates).expect("mkdir");
+    std::fs::write(
+        templates.join("table.txt.j2"),
+        "{% for r in data.rows %}{% for c in data.cols %}{% if r == c %}={% endif %}{% endfor %}{% endfor %}",
+    )
+    .expect("write");
+    std::fs::write(
+        templates.join("wide.txt.j2"),
+        "{% for r in data.rows %}{{ data.text }}{% endfor %}",
+    )
+    .expect("write");
+    config.notify.templates = templates;
+    let inbox = Arc::new(RecordingInbox::default());
+    let h = Harness::start(
+        tmp,
+        &config,
+        inbox.clone(),
+        Arc::new(MemorySubscriptions::default()),
+    )
+    .await;
+    let many: Vec<u32> = (0..20_000).collect();
+    let started = Instant::now();
+    let table = h
+        .enqueue(
+            json!({"user": "3", "type": "table", "title": "T", "body": "B",
+                   "email": "u3@example.com", "channels": ["email", "websocket"],
+                   "data": {"rows": many, "cols": many}}),
+            5,
+        )
+        .await;
+    // 1,000 copies of 100 kB: 100 MB of text from a few thousand instructions.
+    let wide = h
+        .enqueue(
+            json!({"user": "3", "type": "wide", "title": "T", "body": "B",
+                   "email": "u3@example.com", "channels": ["email"],
+                   "data": {"rows": &many[..1000], "text": "x".repeat(100_000)}}),
+            5,
+        )
+        .await;
+    for (id, says) in [(&table, "fuel"), (&wide, "bytes")] {
+        let job = h
+            .until(id, "the job to be dead", |j| j.state == JobState::Dead)
+            .await;
+        assert_eq!(job.attempt, 1, "a render that cannot end is not retried");
+        let record = job.checkpoint.expect("the record");
+        let email = &record["channels"]["email"];
+        assert_eq!(email["state"], "failed", "{record}");
+        assert_eq!(email["retryable"], false, "{record}");
+        assert!(
+            email["error"].as_str().is_some_and(|e| e.contains(says)),
+            "{record}"
+        );
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "took {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        inbox.got.lock().expect("lock").len(),
+        1,
+        "the websocket one"
+    );
 }
