@@ -7,6 +7,7 @@
 //! is counted once whether or not a handler was running.
 
 use super::*;
+use crate::job::{MAX_PAYLOAD_DEPTH, nests_deeper_than};
 
 /// Runs one attempt and decides its outcome. `None` when there is nothing to write (the job
 /// was cancelled or its lease lost meanwhile).
@@ -62,6 +63,16 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
                 return None;
             }
         },
+        // A result a broker could not read back would make the job unreadable: dead instead
+        // (a next run would answer the same), saying why.
+        Execution::Done(Ok(result)) if nests_deeper_than(&result, MAX_PAYLOAD_DEPTH) => {
+            Outcome::Dead {
+                error: format!(
+                    "the handler's result nests more than {MAX_PAYLOAD_DEPTH} levels of objects \
+                     and arrays, more than can be stored and read back"
+                ),
+            }
+        }
         Execution::Done(Ok(result)) => Outcome::Succeeded { result },
         Execution::Done(Err(JobError::Permanent { message })) => Outcome::Dead { error: message },
         Execution::Done(Err(JobError::Snooze(d))) => Outcome::Snooze {

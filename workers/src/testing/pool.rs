@@ -43,6 +43,8 @@ enum Act {
     Fail,
     /// The first run waits until it is told to stop; later runs succeed at once.
     HoldFirst,
+    /// Succeeds with a result nested deeper than a broker reads back.
+    DeepResult,
 }
 
 /// What test handlers saw: runs started, and runs that ended because they were told to stop.
@@ -94,6 +96,7 @@ impl Handler for TestHandler {
                 Err(JobError::retryable("stopped"))
             }
             Act::HoldFirst => Ok(json!({"run": run})),
+            Act::DeepResult => Ok((0..200).fold(json!(1), |v, _| json!([v]))),
         }
     }
 }
@@ -268,6 +271,45 @@ pub async fn pool_turns_a_panic_into_a_failed_attempt(b: Arc<dyn Broker>, clock:
     // succeeds at once).
     let next = enqueue(&b, job("test.ok")).await;
     job_until(&b, &next, "a job after the panics to succeed", |j| {
+        j.state == JobState::Succeeded
+    })
+    .await;
+    pool.stop().await;
+}
+
+/// A handler's result nested deeper than a broker reads back (serde_json refuses more than
+/// 128 levels) would make its job unreadable, and every read of it (the job's page, listings,
+/// the event bus's relay) fail: the job is dead instead, at once (the next run would answer
+/// the same), saying why, and stays readable; the queue runs on.
+pub async fn pool_buries_a_result_nested_too_deep_to_read_back(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let probe = Arc::new(Probe::default());
+    let kinds = [("test.deep", Act::DeepResult), ("test.ok", Act::HoldFirst)];
+    let pool = start_plain(&b, &probe, &kinds, &clock);
+    let id = enqueue(&b, job("test.deep").max_retries(3)).await;
+    let j = job_until(&b, &id, "the deep result's job to be dead", |j| {
+        j.state == JobState::Dead
+    })
+    .await;
+    assert_eq!(
+        j.attempt, 1,
+        "not retried: the next run would answer the same"
+    );
+    assert!(j.result.is_none(), "no result stored");
+    let error = j.last_error.unwrap_or_default();
+    assert!(error.contains("nests more than"), "{error}");
+    assert!(
+        b.list(&super::support::filter(Some(&j.queue), None, 10))
+            .await
+            .is_ok(),
+        "the queue's listing reads"
+    );
+    // The slot is free and the queue runs on (run 2 of the probe: the hold-first handler
+    // succeeds at once).
+    let next = enqueue(&b, job("test.ok")).await;
+    job_until(&b, &next, "a job after it to succeed", |j| {
         j.state == JobState::Succeeded
     })
     .await;
