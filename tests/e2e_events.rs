@@ -34,6 +34,10 @@ fn succeeded(f: &Value) -> bool {
     f["type"] == "job.succeeded"
 }
 
+/// A config whose retention job runs once a year, not at the next minute: the tests that
+/// compare whole logs then see only their own events (and the job's one `job.enqueued`).
+const QUIET: &str = "[retention]\ncron = \"0 0 0 1 1 *\"\n";
+
 #[tokio::test]
 async fn a_sleep_job_streams_enqueued_started_progress_succeeded_in_order() {
     let s = Scratch::with_config("");
@@ -358,7 +362,7 @@ async fn a_replay_longer_than_one_write_burst_loses_no_event() {
 
 #[tokio::test]
 async fn a_cursor_older_than_retention_gets_a_gap_frame_then_the_oldest_events() {
-    let s = Scratch::with_config("");
+    let s = Scratch::with_config(QUIET);
     let (_d, api) = s.serve(&["--no-workers"]);
     let broker = open_broker(&s).await;
     enqueue_noops(&*broker, 10).await;
@@ -521,10 +525,6 @@ fn the_events_bench_delivers_every_progress_event_to_every_client() {
         "{r}"
     );
 }
-
-/// A config whose retention job runs once a year, not at the next minute: the tests that
-/// compare whole logs then see only their own events (and the job's one `job.enqueued`).
-const QUIET: &str = "[retention]\ncron = \"0 0 0 1 1 *\"\n";
 
 /// Every id of the log, oldest first, read by another process than the server's.
 async fn log_ids(broker: &dyn Broker) -> Vec<String> {
