@@ -15,7 +15,7 @@ use hopper_workers::broker::{Broker, OpenOptions};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use crate::util::redis::{RedisKeys, SHARED_URL};
+use crate::util::redis::{CLUSTER_URL, ClusterKeys, RedisKeys, SHARED_URL};
 use crate::util::stream::{self, Next, Sse, close, connect, connect_with, read_until, ws_url};
 use crate::util::{Scratch, noop, sleep, wait};
 
@@ -650,8 +650,19 @@ async fn a_cursor_another_process_just_issued_is_no_gap() {
 #[tokio::test]
 async fn on_redis_a_cursor_from_the_future_is_a_gap_and_one_just_issued_is_not() {
     let keys = RedisKeys::claim();
+    future_and_fresh_cursors(SHARED_URL, &keys.prefix).await;
+}
+
+/// The same on a Redis Cluster, where the log merges streams on several shards.
+#[tokio::test]
+async fn on_a_redis_cluster_a_cursor_from_the_future_is_a_gap_and_one_just_issued_is_not() {
+    let keys = ClusterKeys::claim();
+    future_and_fresh_cursors(CLUSTER_URL, &keys.prefix).await;
+}
+
+async fn future_and_fresh_cursors(url: &str, prefix: &str) {
     let s = Scratch::new();
-    s.write_config_with_broker(SHARED_URL, &keys.prefix, QUIET);
+    s.write_config_with_broker(url, prefix, QUIET);
     let (_a, api_a) = s.serve(&["--no-workers"]);
     let (_b, api_b) = s.serve(&["--no-workers"]);
     let id = api_b.enqueue_ok(noop()).await;
