@@ -1,6 +1,7 @@
 //! `GET /v1/events` against the real binary (Hopper issue 9): a real WebSocket client
 //! (tokio-tungstenite) sees a job's events in order, resumes with `since` without a gap or a
-//! duplicate, follows jobs run by another process on Redis, is told `lagged` when it stops
+//! duplicate (a cursor older than retention or past the end of the log is told `gap`; one
+//! another process just issued is not), follows jobs run by another process on Redis, is told `lagged` when it stops
 //! reading (while the server's memory stays bounded), and is closed with 4001 without a
 //! token; SSE resumes from `Last-Event-ID`; bad filters are 400s naming the parameter.
 
@@ -14,9 +15,9 @@ use hopper_workers::broker::{Broker, OpenOptions};
 use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Error as WsError;
 
-use crate::util::redis::{RedisKeys, SHARED_URL};
+use crate::util::redis::{CLUSTER_URL, ClusterKeys, RedisKeys, SHARED_URL};
 use crate::util::stream::{self, Next, Sse, close, connect, connect_with, read_until, ws_url};
-use crate::util::{Scratch, sleep, wait};
+use crate::util::{Scratch, noop, sleep, wait};
 
 fn types(frames: &[Value]) -> Vec<&str> {
     frames.iter().map(|f| f["type"].as_str().unwrap()).collect()
@@ -32,6 +33,10 @@ fn ids(frames: &[Value]) -> Vec<String> {
 fn succeeded(f: &Value) -> bool {
     f["type"] == "job.succeeded"
 }
+
+/// A config whose retention job runs once a year, not at the next minute: the tests that
+/// compare whole logs then see only their own events (and the job's one `job.enqueued`).
+const QUIET: &str = "[retention]\ncron = \"0 0 0 1 1 *\"\n";
 
 #[tokio::test]
 async fn a_sleep_job_streams_enqueued_started_progress_succeeded_in_order() {
@@ -357,7 +362,7 @@ async fn a_replay_longer_than_one_write_burst_loses_no_event() {
 
 #[tokio::test]
 async fn a_cursor_older_than_retention_gets_a_gap_frame_then_the_oldest_events() {
-    let s = Scratch::with_config("");
+    let s = Scratch::with_config(QUIET);
     let (_d, api) = s.serve(&["--no-workers"]);
     let broker = open_broker(&s).await;
     enqueue_noops(&*broker, 10).await;
@@ -519,4 +524,189 @@ fn the_events_bench_delivers_every_progress_event_to_every_client() {
         r["clients_peak_rss_mb"].as_f64().is_some_and(|m| m > 0.0),
         "{r}"
     );
+}
+
+/// Every id of the log, oldest first, read by another process than the server's.
+async fn log_ids(broker: &dyn Broker) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    loop {
+        let page = broker
+            .events(out.last().map(String::as_str), 1000)
+            .await
+            .unwrap();
+        if page.is_empty() {
+            return out;
+        }
+        out.extend(page.into_iter().map(|e| e.id));
+    }
+}
+
+/// Frames until the one with id `last`: none of them a gap nor an event of `known` (the log up
+/// to the client's cursor, which the client has).
+async fn read_on_after(ws: &mut stream::Socket, last: &str, known: &[String], round: usize) {
+    let frames = read_until(ws, |f| f["id"] == last).await;
+    for f in &frames {
+        let id = f["id"].as_str();
+        assert!(
+            id.is_some_and(|id| !known.iter().any(|k| k == id)),
+            "round {round}: not a gap nor an event up to the cursor again: {f} in {frames:?}"
+        );
+    }
+}
+
+/// A cursor kept from before the database file was replaced (`rm hopper.db`, a restore) is
+/// past the end of the new log: one gap, then the new log from its start, then live.
+#[tokio::test]
+async fn a_cursor_from_before_the_database_was_wiped_gets_a_gap_then_the_new_log() {
+    let s = Scratch::with_config(QUIET);
+    let (mut d, api) = s.serve(&[]);
+    let before = api.enqueue_n(5, &noop()).await;
+    api.wait_all(&before, "succeeded").await;
+    let old = api.get_json("/v1/events", &[("limit", "1000")]).await["next"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert!(d.stop("TERM").success());
+    for file in ["hopper.db", "hopper.db-wal", "hopper.db-shm"] {
+        let _ = std::fs::remove_file(s.path().join(file));
+    }
+    let (_d, api) = s.serve(&[]);
+    let id = api.enqueue_ok(noop()).await;
+    api.wait_state(&id, "succeeded").await;
+    let log = ids(
+        api.get_json("/v1/events", &[("limit", "1000")]).await["events"]
+            .as_array()
+            .unwrap(),
+    );
+    let history = ids(api.job(&id).await["history"].as_array().unwrap());
+    assert!(
+        history.len() >= 3 && history.iter().all(|h| log.contains(h)),
+        "{log:?}"
+    );
+    assert!(
+        !log.contains(&old),
+        "the new log is shorter than the old: {old} {log:?}"
+    );
+
+    let page = api.get_json("/v1/events", &[("since", &old)]).await;
+    assert_eq!(page["gap"], true, "{page}");
+    assert_eq!(ids(page["events"].as_array().unwrap()), log);
+    assert_eq!(page["next"], log.last().unwrap().as_str());
+
+    let mut ws = connect(&ws_url(&api.base, &format!("since={old}"))).await;
+    assert_eq!(stream::next_json(&mut ws).await, json!({"type": "gap"}));
+    let last = log.last().unwrap().clone();
+    let replayed = read_until(&mut ws, |f| f["id"] == last.as_str()).await;
+    assert_eq!(ids(&replayed), log);
+    // Then live, with nothing twice at the seam.
+    let id2 = api.enqueue_ok(noop()).await;
+    let live = read_until(&mut ws, |f| f["job_id"] == id2.as_str() && succeeded(f)).await;
+    assert_eq!(types(&live).first(), Some(&"job.enqueued"), "{live:?}");
+    assert!(live.iter().all(|f| f["job_id"] == id2.as_str()), "{live:?}");
+    close(ws).await;
+
+    let url = format!("{}/v1/events", api.base);
+    let mut sse = Sse::open(&url, &[("last-event-id", &old)]).await;
+    let gap = sse.next().await;
+    assert_eq!(gap.event.as_deref(), Some("gap"));
+    assert_eq!(gap.data, json!({"type": "gap"}));
+    assert_eq!(
+        sse.next().await.id.as_deref(),
+        log.first().map(String::as_str)
+    );
+}
+
+/// A cursor another process issued a moment ago may be ahead of what this server's hub has
+/// read yet (on SQLite it sees another process's writes within a poll): it is no gap, and the
+/// stream goes on after it, without the events up to it again.
+#[tokio::test]
+async fn a_cursor_another_process_just_issued_is_no_gap() {
+    let s = Scratch::with_config(QUIET);
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let broker = open_broker(&s).await;
+    enqueue_noops(&*broker, 1).await;
+    for round in 0..5 {
+        enqueue_noops(&*broker, 1).await;
+        let known = log_ids(&*broker).await;
+        let fresh = known.last().unwrap().clone();
+        let mut ws = connect(&ws_url(&api.base, &format!("since={fresh}"))).await;
+        let page = api.get_json("/v1/events", &[("since", &fresh)]).await;
+        assert_eq!(page["gap"], false, "round {round}: {page}");
+        assert!(
+            !ids(page["events"].as_array().unwrap())
+                .iter()
+                .any(|id| known.contains(id)),
+            "round {round}: {page}"
+        );
+        enqueue_noops(&*broker, 1).await;
+        let next = log_ids(&*broker).await.last().unwrap().clone();
+        read_on_after(&mut ws, &next, &known, round).await;
+        close(ws).await;
+    }
+}
+
+/// On Redis: an event id of the broker's form from far in the future (a wrong clock, another
+/// Redis) is a gap; one another API node just issued is not.
+#[tokio::test]
+async fn on_redis_a_cursor_from_the_future_is_a_gap_and_one_just_issued_is_not() {
+    let keys = RedisKeys::claim();
+    future_and_fresh_cursors(SHARED_URL, &keys.prefix).await;
+}
+
+/// The same on a Redis Cluster, where the log merges streams on several shards.
+#[tokio::test]
+async fn on_a_redis_cluster_a_cursor_from_the_future_is_a_gap_and_one_just_issued_is_not() {
+    let keys = ClusterKeys::claim();
+    future_and_fresh_cursors(CLUSTER_URL, &keys.prefix).await;
+}
+
+async fn future_and_fresh_cursors(url: &str, prefix: &str) {
+    let s = Scratch::new();
+    s.write_config_with_broker(url, prefix, QUIET);
+    let (_a, api_a) = s.serve(&["--no-workers"]);
+    let (_b, api_b) = s.serve(&["--no-workers"]);
+    let id = api_b.enqueue_ok(noop()).await;
+    let log = wait::until("the enqueued event in the log", async || {
+        let page = api_a.get_json("/v1/events", &[]).await;
+        let log = ids(page["events"].as_array().unwrap());
+        if log.is_empty() {
+            Err(page.to_string())
+        } else {
+            Ok(log)
+        }
+    })
+    .await;
+
+    let future = "99999999999999-0@default";
+    let page = api_a.get_json("/v1/events", &[("since", future)]).await;
+    assert_eq!(page["gap"], true, "{page}");
+    assert_eq!(ids(page["events"].as_array().unwrap()), log);
+    let mut ws = connect(&ws_url(&api_a.base, &format!("since={future}"))).await;
+    assert_eq!(stream::next_json(&mut ws).await, json!({"type": "gap"}));
+    let last = log.last().unwrap().clone();
+    let replayed = read_until(&mut ws, |f| f["id"] == last.as_str()).await;
+    assert_eq!(ids(&replayed), log);
+    assert!(replayed.iter().any(|f| f["job_id"] == id.as_str()));
+    close(ws).await;
+
+    for round in 0..3 {
+        let id = api_b.enqueue_ok(noop()).await;
+        let all = ids(
+            api_b.get_json("/v1/events", &[("limit", "1000")]).await["events"]
+                .as_array()
+                .unwrap(),
+        );
+        let page = api_b.get_json("/v1/events", &[("job", &id)]).await;
+        let fresh = page["events"][0]["id"].as_str().unwrap().to_owned();
+        let at = all.iter().position(|i| *i == fresh).unwrap();
+        let known = &all[..=at];
+        let mut ws = connect(&ws_url(&api_a.base, &format!("since={fresh}"))).await;
+        let page = api_a.get_json("/v1/events", &[("since", &fresh)]).await;
+        assert_eq!(page["gap"], false, "round {round}: {page}");
+        let id2 = api_b.enqueue_ok(noop()).await;
+        let page = api_b.get_json("/v1/events", &[("job", &id2)]).await;
+        let next = page["events"][0]["id"].as_str().unwrap().to_owned();
+        read_on_after(&mut ws, &next, known, round).await;
+        close(ws).await;
+    }
 }

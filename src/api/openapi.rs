@@ -361,7 +361,8 @@ pub struct EventPageDoc {
     pub events: Vec<EventDoc>,
     /// Pass back as `since` for what follows; `null` when the log is empty.
     pub next: Option<String>,
-    /// The `since` cursor was older than the log retains: events were missed.
+    /// The `since` cursor was older than the log retains, or past its end (then `events` is
+    /// the log from its oldest event): events were missed.
     pub gap: bool,
 }
 

@@ -1,7 +1,7 @@
 //! One client's stream of frames: the replay of what it missed, then the live events, with no
-//! gap and no duplicate at the seam; a `gap` frame when its cursor is older than retention,
-//! and a final `lagged` frame when it fell behind. The WebSocket and SSE transports both read
-//! a [`Feed`]; neither knows about the seam.
+//! gap and no duplicate at the seam; a `gap` frame when its cursor is older than retention or
+//! past the end of the log, and a final `lagged` frame when it fell behind. The WebSocket and
+//! SSE transports both read a [`Feed`]; neither knows about the seam.
 //!
 //! The seam: the feed subscribes to the hub and reads the hub's position `(seq, id)` in one
 //! step (the hub never sends part of a page between the two, see `Hub::subscribe`). Every
@@ -9,10 +9,11 @@
 //! event up to it is in the broker's log up to `id`. So the feed replays from the broker after
 //! `since` up to and including `id`, then drops received events with `seq` up to the position.
 //!
-//! A gap: the cursor's event is no longer in the log (retention trimmed it). Detected without
-//! comparing ids (they are opaque, and broker-specific): the first event after `since` is the
-//! oldest the log still holds, and it is not `since` itself. A cursor at the very start of a
-//! never-trimmed log (SQLite's `0`) is therefore a gap only once the log was trimmed.
+//! Where `since` is decides the rest (`super::cursor`): behind the position, the replay above
+//! (after a `gap` frame when retention trimmed the cursor's event); past the end of the log, a
+//! `gap` frame and the replay from the log's start; ahead of the position (a cursor another
+//! process issued before this hub read its event), no replay, and the received events up to
+//! the cursor, which the client has, are passed over.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -23,6 +24,7 @@ use hopper_workers::event::Event;
 use serde_json::json;
 use tokio::sync::broadcast::{self, error::RecvError, error::TryRecvError};
 
+use super::cursor::{self, Cursor};
 use super::filter::EventFilter;
 use super::hub::{Hub, HubEvent};
 
@@ -34,7 +36,7 @@ const REPLAY_PAGE: usize = 1000;
 pub enum Frame {
     /// An event, as the hub shares it with every stream (replayed ones are wrapped alike).
     Event(Arc<HubEvent>),
-    /// The client's cursor is older than what the log retains.
+    /// The client's cursor is older than what the log retains, or past its end.
     Gap,
     /// The client fell behind: the last frame, with the cursor to reconnect with.
     Lagged { resume: Option<String> },
@@ -66,6 +68,9 @@ pub struct Feed {
     /// events up to `seq` were replayed.
     until_id: Option<String>,
     until_seq: u64,
+    /// Ids of received events the client already has (its cursor was ahead of the hub's
+    /// position), in the log's order: passed over, up to the last of them.
+    skip: Vec<String>,
     /// The last replayed event handed out or passed over by the filter, or the cursor the
     /// feed opened at: where a client resumes until a live event is received.
     resume: Option<String>,
@@ -86,17 +91,25 @@ impl Feed {
         let Some((rx, position)) = hub.subscribe().await else {
             return Ok(None);
         };
-        let gap = match &since {
-            Some(s) => is_gap(hub, s).await?,
-            None => false,
-        };
-        let resume = since.clone().or_else(|| position.id.clone());
-        // Nothing to replay when the client is where the hub is, or the log is empty.
-        let replay_after = match &since {
-            Some(s) if Some(s) != position.id.as_ref() && position.id.is_some() => {
-                Some(Some(s.clone()))
+        let located = match &since {
+            Some(s) => {
+                Some(cursor::locate(hub.broker().as_ref(), s, position.id.as_deref()).await?)
             }
-            _ => None,
+            None => None,
+        };
+        let gap = located.as_ref().is_some_and(Cursor::gap);
+        let resume = since.clone().or_else(|| position.id.clone());
+        // Where the replay reads from; none when the client is where the hub is, or nothing
+        // precedes the hub's position (the events after it come live).
+        let (replay_after, skip) = match (located, &since) {
+            (Some(Cursor::Behind { .. }), Some(s))
+                if Some(s) != position.id.as_ref() && position.id.is_some() =>
+            {
+                (Some(Some(s.clone())), Vec::new())
+            }
+            (Some(Cursor::PastEnd), _) if position.id.is_some() => (Some(None), Vec::new()),
+            (Some(Cursor::Ahead { skip }), _) => (None, skip),
+            _ => (None, Vec::new()),
         };
         Ok(Some(Self {
             hub: hub.clone(),
@@ -106,6 +119,7 @@ impl Feed {
             replay_after,
             until_id: position.id,
             until_seq: position.seq,
+            skip,
             resume,
             last_live: None,
             gap,
@@ -173,7 +187,7 @@ impl Feed {
     /// already, filtered out, or the end).
     fn take(&mut self, received: Result<Arc<HubEvent>, TryRecvError>) -> Option<Frame> {
         match received {
-            Ok(ev) if ev.seq <= self.until_seq => None,
+            Ok(ev) if ev.seq <= self.until_seq || self.has(&ev) => None,
             Ok(ev) => {
                 let matches = self.filter.matches(&ev.event);
                 self.last_live = Some(ev.clone());
@@ -188,6 +202,24 @@ impl Feed {
             Err(TryRecvError::Closed | TryRecvError::Empty) => {
                 self.done = true;
                 None
+            }
+        }
+    }
+
+    /// Whether the client already has the received `ev` (see `skip`). The hub broadcasts the
+    /// log in order, so an event not among them means the client's cursor is behind.
+    fn has(&mut self, ev: &HubEvent) -> bool {
+        if self.skip.is_empty() {
+            return false;
+        }
+        match self.skip.iter().position(|id| *id == ev.event.id) {
+            Some(at) => {
+                self.skip.drain(..=at);
+                true
+            }
+            None => {
+                self.skip.clear();
+                false
             }
         }
     }
@@ -220,17 +252,4 @@ impl Feed {
         self.replay_after = Some(Some(last));
         Ok(())
     }
-}
-
-/// Whether `since` is older than what the log retains (see the module docs).
-pub async fn is_gap(hub: &Hub, since: &str) -> Result<bool, BrokerError> {
-    let broker = hub.broker();
-    let next = broker.events(Some(since), 1).await?;
-    let Some(next) = next.first() else {
-        return Ok(false);
-    };
-    let oldest = broker.events(None, 1).await?;
-    Ok(oldest
-        .first()
-        .is_some_and(|o| o.id == next.id && o.id != since))
 }

@@ -172,6 +172,12 @@ impl Hub {
         Some((rx, position))
     }
 
+    /// The id of the last event the hub read, without waiting: `None` before it caught up
+    /// with the log, or while the log it read was empty.
+    pub fn position_id(&self) -> Option<String> {
+        self.position.borrow().as_ref().and_then(|p| p.id.clone())
+    }
+
     /// Sends `page` (the events after the hub's position, in order) and moves the position
     /// to its last event, as one step for [`Hub::subscribe`]: the watch's write lock is held
     /// throughout.

@@ -7,8 +7,10 @@
 //! All three take the same query (`filter`) and resume from `since` (or SSE's
 //! `Last-Event-ID`). The streams read the process's one [`Hub`] and replay from the broker
 //! through a `feed::Feed`. This module owns what comes before a stream starts: parsing (bad
-//! parameters are a 400 naming them, before any upgrade), the `since` cursor check, the
-//! connection limit (`[server] max_connections`, 503 past it) and auth.
+//! parameters are a 400 naming them, before any upgrade), the `since` cursor check (a cursor
+//! not of the broker's form is a 400; one older than retention or past the end of the log is
+//! a gap, see `cursor`), the connection limit (`[server] max_connections`, 503 past it) and
+//! auth.
 //!
 //! Auth here is the route's own, not the `/v1` middleware's: with `[auth] tokens` set, a
 //! WebSocket without a valid token is *accepted and closed with code 4001*, which a browser
@@ -17,6 +19,7 @@
 //! `token` query parameter, or (WebSocket) a `Sec-WebSocket-Protocol` entry `token.TOKEN`
 //! offered beside `hopper`, which the server echoes back.
 
+mod cursor;
 mod feed;
 mod filter;
 mod hub;
@@ -32,6 +35,7 @@ use serde_json::json;
 
 pub use hub::Hub;
 
+use self::cursor::Cursor;
 use self::feed::Feed;
 use self::filter::{DEFAULT_LIMIT, EventQuery};
 use super::openapi::{ErrorBody, EventPageDoc, EventsQuery};
@@ -47,8 +51,9 @@ pub const PROTOCOL: &str = "hopper";
         offered as a `token.TOKEN` subprotocol entry, and a WebSocket without a valid token is \
         accepted and closed with code 4001), and Server-Sent Events when it accepts \
         `text/event-stream` (resuming from `Last-Event-ID`). Streams send each event as a JSON \
-        frame, a `{\"type\": \"gap\"}` frame when `since` is older than the log retains, and a \
-        last `{\"type\": \"lagged\", \"resume\"}` frame to a client that fell behind.",
+        frame, a `{\"type\": \"gap\"}` frame when `since` is older than the log retains or \
+        past its end (then the log from its oldest event follows), and a last \
+        `{\"type\": \"lagged\", \"resume\"}` frame to a client that fell behind.",
     security(("bearer" = []), ("query_token" = [])),
     responses(
         (status = 200, description = "One page of the event log", body = EventPageDoc),
@@ -125,14 +130,23 @@ async fn open(st: &AppState, query: EventQuery) -> Result<Feed, ApiError> {
         })
 }
 
-/// One page of the log: `{"events": [...], "next": CURSOR, "gap": bool}`.
+/// One page of the log: `{"events": [...], "next": CURSOR, "gap": bool}`. After a gap, the
+/// page is the oldest events the log holds (`cursor`).
 async fn page(st: &AppState, query: &EventQuery) -> Result<Response, ApiError> {
     let limit = query.limit.unwrap_or(DEFAULT_LIMIT);
-    let gap = match &query.since {
-        Some(s) => feed::is_gap(&st.hub, s).await?,
-        None => false,
+    let located = match &query.since {
+        Some(s) => {
+            let hub_at = st.hub.position_id();
+            Some(cursor::locate(st.broker.as_ref(), s, hub_at.as_deref()).await?)
+        }
+        None => None,
     };
-    let page = st.broker.events(query.since.as_deref(), limit).await?;
+    let gap = located.as_ref().is_some_and(Cursor::gap);
+    let after = match located {
+        Some(Cursor::PastEnd) => None,
+        _ => query.since.as_deref(),
+    };
+    let page = st.broker.events(after, limit).await?;
     let next = page
         .last()
         .map(|e| e.id.clone())

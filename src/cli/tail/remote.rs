@@ -1,7 +1,8 @@
 //! `hopper tail --server URL`: follows a node's `GET /v1/events` WebSocket. Frames are JSON
-//! events (their `id` a cursor), plus `{"type":"gap"}` (events before the cursor were trimmed
-//! by retention) and `{"type":"lagged","resume":CURSOR}` (this client fell behind and is
-//! dropped: reconnect from CURSOR). A close with code 4001 is a refused token (exit 2).
+//! events (their `id` a cursor), plus `{"type":"gap"}` (the log no longer holds the cursor:
+//! retention trimmed it, or the broker's data was replaced) and
+//! `{"type":"lagged","resume":CURSOR}` (this client fell behind and is dropped: reconnect from
+//! CURSOR). A close with code 4001 is a refused token (exit 2).
 //!
 //! With `--job` it first asks `GET /v1/jobs/{id}`: a job already final shows its history and
 //! ends at once with its exit code (a missing one exits 3, a refused token 2, a 404 that is
@@ -141,8 +142,8 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
                 .with_context(|| format!("{base} sent a frame that is not JSON"))?;
             match value.get("type").and_then(Value::as_str) {
                 Some("gap") => printer.note(
-                    "gap: events before the cursor were dropped by retention; \
-                     continuing from the oldest kept",
+                    "gap: the log no longer holds the cursor (trimmed by retention, or the \
+                     broker's data was replaced); continuing from the oldest event kept",
                 ),
                 Some("lagged") => {
                     let resume = value.get("resume").and_then(Value::as_str);
