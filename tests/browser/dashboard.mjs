@@ -291,6 +291,17 @@ try {
     }
   }
   await tab.locator('#token-error', { hasText: 'refused' }).waitFor();
+  // A token pasted with a curly quote can never go in a header: the prompt says so and stays,
+  // rather than every request failing as if the server were gone.
+  await tab.fill('#token-input', `${token}\u201d`);
+  await tab.click('#token-save');
+  await tab.locator('#token-error', { hasText: 'printable ASCII' }).waitFor();
+  await tab.waitForTimeout(1500);
+  if (!(await tab.locator('#token-dialog').isVisible())) throw new Error('the prompt closed on a token no header can carry');
+  {
+    const mode = await tab.locator('#conn').getAttribute('data-mode');
+    if (mode === 'offline') throw new Error('a token no header can carry shows the server as unreachable');
+  }
   await tab.fill('#token-input', token);
   await tab.click('#token-save');
   await tab.locator('#conn[data-mode="live"]').waitFor();

@@ -57,6 +57,12 @@ function askToken(why) {
       e.preventDefault();
       const t = $('#token-input').value.trim();
       if (!t) return;
+      // A header carries printable ASCII only: a pasted curly quote or non-breaking space
+      // would make every request fail in the browser, which looks like a server gone.
+      if (!/^[\x20-\x7e]+$/.test(t)) {
+        $('#token-error').textContent = 'A token is printable ASCII: this one has other characters (a curly quote, a non-breaking space?).';
+        return;
+      }
       token = t;
       sessionStorage.setItem(TOKEN_KEY, t);
       $('#forget-token').hidden = false;
