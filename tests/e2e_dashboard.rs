@@ -2,9 +2,10 @@
 //! headless Chromium (Debian's `chromium`, through playwright-core from `tests/browser/`)
 //! against a real `hopper serve` on a temp SQLite file.
 //!
-//! The browser half lives in `tests/browser/dashboard.mjs`; this side starts the daemon, runs
-//! node, and fails (never skips) when node, chromium or playwright-core are missing: `.ci/run`
-//! installs them.
+//! The browser halves live in `tests/browser/` (`dashboard.mjs`: the tour of the page;
+//! `busy.mjs`: the page while jobs stream through the server); this side starts the daemon,
+//! runs node, and fails (never skips) when node, chromium or playwright-core are missing:
+//! `.ci/run` installs them.
 
 #![allow(clippy::unwrap_used)]
 
