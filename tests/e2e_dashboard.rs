@@ -2,16 +2,17 @@
 //! headless Chromium (Debian's `chromium`, through playwright-core from `tests/browser/`)
 //! against a real `hopper serve` on a temp SQLite file.
 //!
-//! The browser half lives in `tests/browser/dashboard.mjs`; this side starts the daemon, runs
-//! node, and fails (never skips) when node, chromium or playwright-core are missing: `.ci/run`
-//! installs them.
+//! The browser halves live in `tests/browser/` (`dashboard.mjs`: the tour of the page;
+//! `busy.mjs`: the page while jobs stream through the server); this side starts the daemon,
+//! runs node, and fails (never skips) when node, chromium or playwright-core are missing:
+//! `.ci/run` installs them.
 
 #![allow(clippy::unwrap_used)]
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use crate::util::{Api, Scratch};
+use crate::util::{Api, Daemon, Scratch};
 
 /// The token the dashboard is asked for: the daemons of these tests require one.
 const TOKEN: &str = "dash-test-token";
@@ -86,8 +87,29 @@ async fn dashboard_is_served_without_a_token() {
 /// Screenshots land in `target/dashboard*.png`.
 #[test]
 fn dashboard_in_headless_chromium() {
+    let s = with_token();
+    let (daemon, api) = s.serve(&[]);
+    open_a_circuit(&s.broker_url());
+    run_browser_script("dashboard.mjs", &s, &api, &daemon);
+    let shots = Path::new(env!("CARGO_MANIFEST_DIR")).join("target");
+    assert!(shots.join("dashboard.png").is_file());
+}
+
+/// The page on a server that jobs stream through without a pause: the list keeps up with the
+/// events (a job shows within seconds, not at the next safety refresh), and redraws keep a
+/// focused button's focus and a scrolled payload's scroll; the queue cards' counts and buttons
+/// work from the keyboard.
+#[test]
+fn dashboard_keeps_up_with_a_busy_server() {
+    let s = with_token();
+    let (daemon, api) = s.serve(&[]);
+    run_browser_script("busy.mjs", &s, &api, &daemon);
+}
+
+/// Runs `tests/browser/SCRIPT` in node against the daemon at `api`, with Debian's chromium and
+/// a fresh profile under the scratch directory; fails with its output and the daemon's log.
+fn run_browser_script(script: &str, s: &Scratch, api: &Api, daemon: &Daemon) {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let script = root.join("tests/browser/dashboard.mjs");
     let chromium = which("chromium").unwrap_or_else(|| {
         panic!("chromium is not installed: `apt-get install -y chromium` (.ci/run does it)")
     });
@@ -100,12 +122,8 @@ fn dashboard_in_headless_chromium() {
     );
     let shots = root.join("target");
     std::fs::create_dir_all(&shots).unwrap();
-
-    let s = with_token();
-    let (daemon, api) = s.serve(&[]);
-    open_a_circuit(&s.broker_url());
     let out = Command::new(node)
-        .arg(&script)
+        .arg(root.join("tests/browser").join(script))
         .arg(&api.base)
         .arg(TOKEN)
         .arg(&shots)
@@ -117,11 +135,10 @@ fn dashboard_in_headless_chromium() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
         out.status.success(),
-        "the browser test failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- daemon\n{}",
+        "the browser test {script} failed ({}):\n--- stdout\n{stdout}\n--- stderr\n{stderr}\n--- daemon\n{}",
         out.status,
         daemon.log_text()
     );
-    assert!(shots.join("dashboard.png").is_file());
 }
 
 /// Stores an open circuit of a webhook URL with a secret in its query in the broker at

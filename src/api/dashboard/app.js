@@ -16,7 +16,7 @@ const SPARK_SAMPLES = 60;
 const TOKEN_KEY = 'hopper.token';
 
 import { EventStream } from './stream.js';
-import { $, h, svg, toast, ago, when, shortId, debounce } from './util.js';
+import { $, h, svg, arrange, toast, ago, when, shortId, debounce, coalesce } from './util.js';
 
 // ---------------------------------------------------------------- the API, with the token
 
@@ -57,6 +57,12 @@ function askToken(why) {
       e.preventDefault();
       const t = $('#token-input').value.trim();
       if (!t) return;
+      // A header carries printable ASCII only: a pasted curly quote or non-breaking space
+      // would make every request fail in the browser, which looks like a server gone.
+      if (!/^[\x20-\x7e]+$/.test(t)) {
+        $('#token-error').textContent = 'A token is printable ASCII: this one has other characters (a curly quote, a non-breaking space?).';
+        return;
+      }
       token = t;
       sessionStorage.setItem(TOKEN_KEY, t);
       $('#forget-token').hidden = false;
@@ -134,6 +140,7 @@ function onRoute() {
     refreshCircuits();
   } else {
     state.job = null;
+    jobParts = null;
     $('#job-view').replaceChildren(h('p', { class: 'muted' }, 'Loading…'));
     refreshJob();
   }
@@ -217,6 +224,7 @@ const refreshJob = single(async () => {
     if (state.route.view === 'job' && state.route.id === id) { state.job = job; schedule(renderJob); }
   } catch (e) {
     if (e instanceof ApiError && e.status === 404) {
+      jobParts = null;
       $('#job-view').replaceChildren(h('div', { class: 'panel empty' }, `No job ${id}. `, h('a', { href: '#/' }, 'Back to the list')));
       return;
     }
@@ -321,9 +329,12 @@ function renderCircuits() {
 function renderQueues() {
   const grid = $('#queues');
   if (!state.queues.length) {
+    cards.clear();
     grid.replaceChildren(h('p', { class: 'muted' }, 'No queues yet: enqueue a job to see one.'));
   } else {
-    grid.replaceChildren(...state.queues.map(queueCard));
+    const names = new Set(state.queues.map((q) => q.queue));
+    for (const name of cards.keys()) if (!names.has(name)) cards.delete(name);
+    arrange(grid, state.queues.map(queueCard));
   }
   const sel = $('#filter-queue');
   const want = ['', ...state.queues.map((q) => q.queue)];
@@ -342,35 +353,63 @@ function renderKinds() {
   }
 }
 
+// The queue cards, one a queue, kept from one redraw to the next and updated in place: a
+// button or count the user has focused (or is pressing) stays the same element.
+const cards = new Map(); // queue -> { el, q, head, name, pausedTag, counts, spark, actions, pause, retryDead }
+
 function queueCard(q) {
+  let c = cards.get(q.queue);
+  if (!c) c = newQueueCard(q.queue);
+  c.q = q;
   const counts = q.counts || {};
-  const samples = state.spark.get(q.queue) || [];
   const routes = state.queueRoutes;
-  const disabledWhy = routes === false ? 'This server has no queue controls' : null;
-  return h('article', { class: 'queue-card', dataset: { queue: q.queue } },
-    h('header', {},
-      h('span', { class: 'name', title: q.queue }, q.queue),
-      q.paused ? h('span', { class: 'paused' }, 'paused') : null),
-    h('div', { class: 'counts' }, STATES.map((s) => {
-      const n = counts[s] || 0;
-      return h('div', {
-        class: `count${n ? '' : ' zero'}`, 'data-state': s, title: `Show ${s} jobs of ${q.queue}`,
-        onclick: () => setFilters({ queue: q.queue, state: s }),
-      }, h('b', { 'data-count': s }, n.toLocaleString()), h('span', {}, s));
-    })),
-    h('div', { class: 'spark' }, sparkline(samples),
-      h('div', { class: 'rate' }, h('b', {}, (q.processed_last_minute || 0).toLocaleString()), ' /min',
-        q.failed_last_minute ? h('div', { class: 'error' }, `${q.failed_last_minute} failed`) : null)),
-    routes === false ? null : h('div', { class: 'actions' },
-      h('button', {
-        type: 'button', class: 'small', disabled: routes !== true, title: disabledWhy,
-        'data-action': q.paused ? 'resume' : 'pause',
-        onclick: () => queueAction(q.queue, q.paused ? 'resume' : 'pause'),
-      }, q.paused ? 'Resume' : 'Pause'),
-      h('button', {
-        type: 'button', class: 'small danger', disabled: routes !== true || !counts.dead,
-        'data-action': 'retry-dead', onclick: () => queueAction(q.queue, 'retry-dead'),
-      }, `Retry all dead${counts.dead ? ` (${counts.dead.toLocaleString()})` : ''}`)));
+  const head = q.paused ? [c.name, c.pausedTag] : [c.name];
+  if (c.head.childNodes.length !== head.length) c.head.replaceChildren(...head);
+  for (const s of STATES) {
+    const n = counts[s] || 0;
+    const { link, num } = c.counts.get(s);
+    link.classList.toggle('zero', !n);
+    link.href = listHash({ ...state.filters, queue: q.queue, state: s });
+    num.textContent = n.toLocaleString();
+  }
+  c.spark.replaceChildren(sparkline(state.spark.get(q.queue) || []),
+    h('div', { class: 'rate' }, h('b', {}, (q.processed_last_minute || 0).toLocaleString()), ' /min',
+      q.failed_last_minute ? h('div', { class: 'error' }, `${q.failed_last_minute} failed`) : null));
+  const what = q.paused ? 'resume' : 'pause';
+  c.pause.disabled = routes !== true;
+  c.pause.title = routes === false ? 'This server has no queue controls' : '';
+  c.pause.dataset.action = what;
+  c.pause.textContent = q.paused ? 'Resume' : 'Pause';
+  c.retryDead.disabled = routes !== true || !counts.dead;
+  c.retryDead.textContent = `Retry all dead${counts.dead ? ` (${counts.dead.toLocaleString()})` : ''}`;
+  const parts = routes === false ? [c.head, c.countsBox, c.spark] : [c.head, c.countsBox, c.spark, c.actions];
+  arrange(c.el, parts);
+  return c.el;
+}
+
+function newQueueCard(name) {
+  const c = {};
+  c.name = h('span', { class: 'name', title: name }, name);
+  c.pausedTag = h('span', { class: 'paused' }, 'paused');
+  c.head = h('header', {}, c.name);
+  // Each count is a link to the queue's jobs in that state: Tab reaches it, Enter follows it.
+  c.counts = new Map(STATES.map((s) => {
+    const num = h('b', { 'data-count': s });
+    const link = h('a', { class: 'count', 'data-state': s, title: `Show ${s} jobs of ${name}` }, num, h('span', {}, s));
+    return [s, { link, num }];
+  }));
+  c.countsBox = h('div', { class: 'counts' }, [...c.counts.values()].map((x) => x.link));
+  c.spark = h('div', { class: 'spark' });
+  c.pause = h('button', {
+    type: 'button', class: 'small', onclick: () => queueAction(name, c.q.paused ? 'resume' : 'pause'),
+  });
+  c.retryDead = h('button', {
+    type: 'button', class: 'small danger', 'data-action': 'retry-dead', onclick: () => queueAction(name, 'retry-dead'),
+  });
+  c.actions = h('div', { class: 'actions' }, c.pause, c.retryDead);
+  c.el = h('article', { class: 'queue-card', dataset: { queue: name } });
+  cards.set(name, c);
+  return c;
 }
 
 function sparkline(samples) {
@@ -457,50 +496,96 @@ function applyProgress(ev) {
   }
 }
 
+// The job page's parts, kept while one job is shown and each rebuilt only when what it shows
+// changed: a progress event or a poll redraws the bar, not the payload the user scrolled, the
+// error they are selecting or the button they focused.
+let jobParts = null; // { id, parts: Map(key -> { sig, el }), head, history }
+
+/** The element of part `key`: the one shown while `sig` is unchanged, else `build()`'s in its place. */
+function part(key, sig, build) {
+  const p = jobParts.parts.get(key);
+  if (p && p.sig === sig) return p.el;
+  // A part with nothing to show keeps its slot, hidden.
+  const el = build() || h('section', { hidden: true });
+  p?.el.replaceWith(el);
+  jobParts.parts.set(key, { sig, el });
+  return el;
+}
+
 function renderJob() {
   const j = state.job;
   if (!j) return;
   document.title = `${j.kind} · ${j.state} · Hopper`;
+  const view = $('#job-view');
+  const fresh = !jobParts || jobParts.id !== j.id;
+  if (fresh) jobParts = { id: j.id, parts: new Map() };
   const json = (v) => JSON.stringify(v, null, 2);
   const facts = [
-    ['Queue', h('a', { href: listHash({ queue: j.queue }) }, j.queue)],
+    ['Queue', j.queue, listHash({ queue: j.queue })],
     ['Attempt', `${j.attempt} of ${j.max_retries + 1}`],
-    ['Priority', j.priority],
+    ['Priority', String(j.priority)],
     ['Created', when(j.created_at)],
     ['Run at', when(j.run_at)],
     ['Started', when(j.started_at)],
     ['Finished', when(j.finished_at)],
     ['Lease until', when(j.lease_until)],
     ['Timeout', j.timeout_ms ? `${j.timeout_ms} ms` : '—'],
-    ['Interruptions', j.interruptions ?? 0],
+    ['Interruptions', String(j.interruptions ?? 0)],
     ['Unique key', j.unique_key || '—'],
   ];
-  const history = (j.history || []).slice(-500);
-  const view = $('#job-view');
-  view.dataset.id = j.id;
-  view.replaceChildren(
-    h('div', {}, h('a', { href: listHash(state.filters) }, '← All jobs')),
-    h('section', { class: 'panel job-head', 'data-state': j.state },
-      h('div', { class: 'title' },
-        h('h2', {}, j.kind), badge(j.state),
-        h('div', { class: 'actions' }, actions(j, ''))),
-      h('div', { class: 'id' }, j.id),
-      progress(j.progress, j.state, j.progress_message),
-      h('dl', { class: 'facts' }, facts.map(([k, v]) => h('div', {}, h('dt', {}, k), h('dd', {}, v))))),
-    h('div', { class: 'job-grid' },
-      h('section', { class: 'panel' }, h('h3', {}, 'Payload'), h('pre', { 'data-field': 'payload' }, json(j.payload))),
-      h('section', { class: 'panel' }, h('h3', {}, 'Result'),
-        h('pre', { 'data-field': 'result' }, j.result === null || j.result === undefined ? '—' : json(j.result))),
-      j.last_error ? h('section', { class: 'panel' }, h('h3', {}, 'Last error'),
-        h('pre', { class: 'error-text', 'data-field': 'last_error' }, j.last_error)) : null,
-      j.steps?.length ? h('section', { class: 'panel' }, h('h3', {}, 'Chain'),
-        h('ol', { class: 'steps' }, j.steps.map((s) => h('li', { class: s.id === j.id ? 'current' : '' },
-          h('span', { class: 'n' }, s.index + 1),
-          s.id === j.id ? h('span', {}, s.kind) : h('a', { href: `#/jobs/${encodeURIComponent(s.id)}` }, s.kind),
-          badge(s.state),
-          s.last_error ? h('span', { class: 'error', title: s.last_error }, '⚠') : null)))) : null,
-      h('section', { class: 'panel' }, h('h3', {}, `History (${(j.history || []).length})`),
-        h('ol', { class: 'history' }, history.map(historyItem)))));
+  const payload = json(j.payload);
+  const result = j.result === null || j.result === undefined ? '—' : json(j.result);
+  const back = listHash(state.filters);
+  const parts = {
+    back: part('back', back, () => h('div', {}, h('a', { href: back }, '← All jobs'))),
+    title: part('title', JSON.stringify([j.kind, j.state]), () => h('div', { class: 'title' },
+      h('h2', {}, j.kind), badge(j.state),
+      h('div', { class: 'actions' }, actions(j, '')))),
+    progress: part('progress', JSON.stringify([j.progress, j.state, j.progress_message]),
+      () => progress(j.progress, j.state, j.progress_message)),
+    facts: part('facts', JSON.stringify(facts), () => h('dl', { class: 'facts' },
+      facts.map(([k, v, href]) => h('div', {}, h('dt', {}, k), h('dd', { title: v }, href ? h('a', { href }, v) : v))))),
+    payload: part('payload', payload, () => h('section', { class: 'panel' }, h('h3', {}, 'Payload'),
+      h('pre', { 'data-field': 'payload' }, payload))),
+    result: part('result', result, () => h('section', { class: 'panel' }, h('h3', {}, 'Result'),
+      h('pre', { 'data-field': 'result' }, result))),
+    error: part('error', j.last_error || '', () => j.last_error ? h('section', { class: 'panel' }, h('h3', {}, 'Last error'),
+      h('pre', { class: 'error-text', 'data-field': 'last_error' }, j.last_error)) : null),
+    chain: part('chain', JSON.stringify(j.steps || []), () => j.steps?.length ? h('section', { class: 'panel' }, h('h3', {}, 'Chain'),
+      h('ol', { class: 'steps' }, j.steps.map((s) => h('li', { class: s.id === j.id ? 'current' : '' },
+        h('span', { class: 'n' }, s.index + 1),
+        s.id === j.id ? h('span', {}, s.kind) : h('a', { href: `#/jobs/${encodeURIComponent(s.id)}` }, s.kind),
+        badge(s.state),
+        s.last_error ? h('span', { class: 'error', title: s.last_error }, '⚠') : null)))) : null),
+  };
+  if (fresh) {
+    const ol = h('ol', { class: 'history' });
+    const title = h('h3', {});
+    jobParts.history = { title, ol, first: undefined, count: 0 };
+    jobParts.head = h('section', { class: 'panel job-head' },
+      parts.title, h('div', { class: 'id' }, j.id), parts.progress, parts.facts);
+    view.replaceChildren(parts.back, jobParts.head,
+      h('div', { class: 'job-grid' }, parts.payload, parts.result, parts.error, parts.chain,
+        h('section', { class: 'panel' }, title, ol)));
+    view.dataset.id = j.id;
+  }
+  jobParts.head.dataset.state = j.state;
+  renderHistory(j.history || []);
+}
+
+// The history only grows: new events are appended to the list shown, which keeps its scroll.
+function renderHistory(all) {
+  const hist = jobParts.history;
+  const shown = all.slice(-500);
+  hist.title.textContent = `History (${all.length})`;
+  const first = shown[0]?.id;
+  if (first !== undefined && first === hist.first && shown.length >= hist.count) {
+    hist.ol.append(...shown.slice(hist.count).map(historyItem));
+  } else {
+    hist.ol.replaceChildren(...shown.map(historyItem));
+  }
+  hist.first = first;
+  hist.count = shown.length;
 }
 
 const KNOWN = new Set(['id', 'type', 'job_id', 'queue', 'kind', 'at', 'attempt', 'progress', 'message']);
@@ -544,13 +629,15 @@ function onEvent(ev) {
   // Behind or past retention: the pages shown are refetched rather than patched.
   if (ev.type === 'lagged' || ev.type === 'gap') { refreshAll(); return; }
   if (ev.type === 'job.progress') { applyProgress(ev); return; }
-  // Any other change moves counts and may move the list: refetch both, debounced.
+  // Any other change moves counts and may move the list: refetch both, once for a burst of
+  // events. Coalesced, not debounced: a server that never pauses must not starve the page of
+  // refreshes until the safety tick.
   onChange();
   if (state.job && state.job.id === ev.job_id) onJobChange();
 }
 
-const onChange = debounce(() => { refreshQueues(); refreshJobs(); }, 300);
-const onJobChange = debounce(() => refreshJob(), 200);
+const onChange = coalesce(() => { refreshQueues(); refreshJobs(); }, 300);
+const onJobChange = coalesce(() => refreshJob(), 200);
 
 // ---------------------------------------------------------------- the clock
 

@@ -1,5 +1,6 @@
-// Small helpers of the dashboard: building elements (text only, never HTML from data), toasts,
-// times and debouncing. No state of the app lives here.
+// Small helpers of the dashboard: building elements (text only, never HTML from data), putting
+// them in order without disturbing the ones in place, toasts, times, debouncing and coalescing.
+// No state of the app lives here.
 
 export const $ = (sel) => document.querySelector(sel);
 
@@ -18,6 +19,21 @@ export function h(tag, attrs, ...children) {
     el.append(c instanceof Node ? c : String(c));
   }
   return el;
+}
+
+/**
+ * Makes `nodes` the children of `parent`, in order, moving only what is out of place: a node
+ * that stays keeps its focus, scroll and selection (a removed and re-added node loses them).
+ */
+export function arrange(parent, nodes) {
+  const keep = new Set(nodes);
+  for (const c of [...parent.childNodes]) if (!keep.has(c)) c.remove();
+  let prev = null;
+  for (const n of nodes) {
+    const want = prev ? prev.nextSibling : parent.firstChild;
+    if (want !== n) parent.insertBefore(n, want);
+    prev = n;
+  }
 }
 
 const SVG = 'http://www.w3.org/2000/svg';
@@ -54,4 +70,12 @@ export function shortId(id) {
 export function debounce(fn, ms) {
   let t;
   return (...a) => { clearTimeout(t); t = setTimeout(() => fn(...a), ms); };
+}
+/**
+ * Runs `fn` `ms` after the first of a run of calls, once for all of them. Unlike a debounce,
+ * a steady stream of calls still runs it every `ms`, rather than never.
+ */
+export function coalesce(fn, ms) {
+  let t = 0;
+  return () => { if (!t) t = setTimeout(() => { t = 0; fn(); }, ms); };
 }

@@ -1,0 +1,160 @@
+// The dashboard on a busy server, in a real headless Chromium, started by tests/e2e_dashboard.rs:
+// `node busy.mjs BASE_URL TOKEN SCREENSHOT_DIR`, with CHROMIUM and BROWSER_PROFILE in the
+// environment, against a `hopper serve` whose workers take the `default` queue only.
+//
+// While jobs stream through the server without a pause, the list must keep up (a job enqueued
+// shows within a couple of seconds, not at the next safety refresh), and the redraws must not
+// get in the user's way: a focused button keeps its focus, a scrolled payload its scroll, and
+// every control works from the keyboard.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+import { join } from 'node:path';
+
+const [base, token, shots] = process.argv.slice(2);
+if (!base || !token || !shots) throw new Error('usage: busy.mjs BASE_URL TOKEN SCREENSHOT_DIR');
+const DEADLINE = 60_000;
+/** How soon a change must show while the stream is live (the page's safety refresh is 10 s). */
+const PROMPTLY = 2500;
+
+async function api(method, path, body) {
+  const res = await fetch(base + path, {
+    method,
+    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
+    body: body === undefined ? undefined : JSON.stringify(body),
+  });
+  const text = await res.text();
+  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
+  return JSON.parse(text);
+}
+const enqueue = (kind, payload, queue = 'default') => api('POST', '/v1/jobs', { kind, payload, queue }).then((j) => j.id);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function step(what) {
+  console.log(`[${new Date().toISOString()}] ${what}`);
+}
+
+/** Keeps events flowing: ten `sys.noop` jobs every 100 ms until `stop()`. */
+function busy() {
+  let on = true;
+  let count = 0;
+  const done = (async () => {
+    while (on) {
+      const jobs = Array.from({ length: 10 }, () => ({ kind: 'sys.noop', payload: {}, queue: 'default' }));
+      await api('POST', '/v1/jobs/batch', { jobs });
+      count += jobs.length;
+      await sleep(100);
+    }
+  })();
+  return { stop: async () => { on = false; await done; return count; } };
+}
+
+const profile = process.env.BROWSER_PROFILE;
+mkdirSync(profile, { recursive: true });
+const browser = await chromium.launchPersistentContext(profile, {
+  executablePath: process.env.CHROMIUM,
+  headless: true,
+  viewport: { width: 1360, height: 900 },
+  args: [
+    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+    '--disable-background-networking', '--disable-component-update', '--disable-sync',
+  ],
+});
+// The token is in the tab's session storage, as after the prompt (dashboard.mjs tests that).
+await browser.addInitScript((t) => sessionStorage.setItem('hopper.token', t), token);
+
+let page;
+let traffic = null;
+try {
+  page = browser.pages()[0] ?? await browser.newPage();
+  page.setDefaultTimeout(DEADLINE);
+  page.on('pageerror', (e) => console.log(`page error: ${e.stack || e}`));
+  page.on('dialog', (d) => d.accept());
+  const focused = () => page.evaluate(() => {
+    const a = document.activeElement;
+    return { tag: a.tagName, action: a.dataset.action ?? null, card: a.closest('.queue-card')?.dataset.queue ?? null };
+  });
+
+  step('jobs stream through the server without a pause; the list filtered on queue "held" is open');
+  // A job of `held` stays queued (no worker takes that queue), so it is there to be seen.
+  await enqueue('sys.noop', {}, 'held');
+  await page.goto(`${base}/#/?queue=held`);
+  await page.locator('#conn[data-mode="live"]').waitFor();
+  await page.locator('.queue-card[data-queue="held"]').waitFor();
+  traffic = busy();
+  await sleep(1000);
+
+  step('each job enqueued while the stream is busy shows within a couple of seconds');
+  for (let i = 0; i < 4; i++) {
+    const id = await enqueue('sys.noop', { marker: i }, 'held');
+    const t0 = Date.now();
+    await page.locator(`#jobs tr[data-id="${id}"]`).waitFor({ timeout: 15_000 });
+    const took = Date.now() - t0;
+    step(`job ${i} of held showed after ${took} ms`);
+    if (took > PROMPTLY) throw new Error(`a job enqueued on a busy server showed after ${took} ms (more than ${PROMPTLY} ms)`);
+    await sleep(1500);
+  }
+
+  step('a focused queue button keeps its focus while the cards are redrawn, and works from the keyboard');
+  const card = page.locator('.queue-card[data-queue="default"]');
+  await card.locator('button[data-action="pause"]:not([disabled])').focus();
+  await sleep(6000);
+  {
+    const f = await focused();
+    if (f.tag !== 'BUTTON' || f.action !== 'pause' || f.card !== 'default') throw new Error(`after 6 s of redraws the focus is on ${JSON.stringify(f)}`);
+  }
+  await page.keyboard.press('Enter');
+  await page.locator('#toast', { hasText: 'Queue default paused' }).waitFor();
+  await card.locator('button[data-action="resume"]').waitFor();
+  {
+    const f = await focused();
+    if (f.action !== 'resume' || f.card !== 'default') throw new Error(`after Pause the focus is on ${JSON.stringify(f)}`);
+  }
+  await page.keyboard.press('Enter');
+  await page.locator('#toast', { hasText: 'Queue default resumed' }).waitFor();
+  await card.locator('button[data-action="pause"]').waitFor();
+
+  step('a count of a queue card is reached with Tab and opens its jobs with Enter');
+  {
+    const count = page.locator('.queue-card[data-queue="held"] [data-state="queued"]:has([data-count="queued"])');
+    await count.focus();
+    const isFocused = await count.evaluate((el) => el === document.activeElement);
+    if (!isFocused) throw new Error('a count of a queue card cannot take the keyboard focus');
+    await page.keyboard.press('Enter');
+    await page.waitForFunction(() => location.hash.includes('state=queued') && location.hash.includes('queue=held'));
+    const shown = await page.locator('#filter-state').inputValue();
+    if (shown !== 'queued') throw new Error(`Enter on the queued count filters on ${shown}`);
+  }
+
+  step('the job page of a running job: progress redraws keep the payload\'s scroll and the focus on Cancel');
+  const sleeper = await enqueue('sys.sleep', { ms: 6000, input: 'a line of the payload\n'.repeat(20_000) });
+  await page.goto(`${base}/#/jobs/${sleeper}`);
+  await page.locator(`#job-view[data-id="${sleeper}"] .job-head[data-state="running"]`).waitFor();
+  const pre = page.locator('#job-view [data-field="payload"]');
+  await pre.evaluate((el) => { el.scrollTop = 1000; window.__payload = el; });
+  await page.locator('#job-view button[data-action="cancel"]').focus();
+  await page.waitForFunction(() => Number(document.querySelector('#job-view .job-head .bar')?.getAttribute('aria-valuenow')) >= 50);
+  {
+    const kept = await page.evaluate(() => ({
+      same: window.__payload === document.querySelector('#job-view [data-field="payload"]'),
+      scrollTop: document.querySelector('#job-view [data-field="payload"]').scrollTop,
+      focus: document.activeElement.dataset.action ?? document.activeElement.tagName,
+    }));
+    if (!kept.same || kept.scrollTop !== 1000) throw new Error(`after progress redraws the payload is ${JSON.stringify(kept)}`);
+    if (kept.focus !== 'cancel') throw new Error(`after progress redraws the focus is on ${kept.focus}`);
+  }
+  await page.keyboard.press('Enter');
+  await page.locator('#job-view .job-head[data-state="cancelled"]').waitFor();
+  await page.locator('#job-view button[data-action="retry"]').waitFor();
+  const sent = await traffic.stop();
+  traffic = null;
+  step(`${sent} jobs streamed meanwhile`);
+  await page.screenshot({ path: join(shots, 'dashboard-busy.png') });
+  step('done');
+} catch (e) {
+  if (page) await page.screenshot({ path: join(shots, 'dashboard-busy-failure.png') }).catch(() => {});
+  throw e;
+} finally {
+  await traffic?.stop().catch(() => {});
+  await browser.close();
+}
