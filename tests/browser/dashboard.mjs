@@ -93,7 +93,13 @@ try {
   page = browser.pages()[0] ?? await browser.newPage();
   page.setDefaultTimeout(DEADLINE);
   page.on('pageerror', (e) => console.log(`page error: ${e.stack || e}`));
-  page.on('console', (m) => { if (m.type() === 'error') console.log(`console: ${m.text()}`); });
+  // Console errors (a failed request shows as one), checked while the page has a good token.
+  const consoleErrors = [];
+  page.on('console', (m) => {
+    if (m.type() !== 'error') return;
+    console.log(`console: ${m.text()}`);
+    consoleErrors.push(m.text());
+  });
   // Cancel and "Retry all dead" ask first; the user says yes.
   page.on('dialog', (d) => d.accept());
   // The real frames the page's stream receives.
@@ -108,6 +114,8 @@ try {
   await page.fill('#token-input', token);
   await page.click('#token-save');
   await page.locator('#token-dialog').waitFor({ state: 'hidden' });
+  // The requests refused before the token was given are behind us.
+  consoleErrors.length = 0;
   await page.locator('.queue-card[data-queue="default"]').waitFor();
   // "live" is the real /v1/events WebSocket, opened with the token in the query.
   await page.locator('#conn[data-mode="live"]').waitFor();
@@ -254,6 +262,8 @@ try {
   await page.emulateMedia({ colorScheme: 'dark' });
   await page.screenshot({ path: join(shots, 'dashboard-dark.png') });
   await page.emulateMedia({ colorScheme: 'light' });
+
+  if (consoleErrors.length) throw new Error(`console errors with a good token: ${JSON.stringify(consoleErrors)}`);
 
   step('the job page: payload, result, history');
   await row(sleeper).locator('a.job-link').click();

@@ -93,7 +93,6 @@ const state = {
   spark: new Map(),         // queue -> [processed_last_minute samples]
   kinds: new Set(),
   job: null,                // the job page's job (with history)
-  queueRoutes: null,        // pause/resume/retry-dead there? null: not known yet
 };
 
 // ---------------------------------------------------------------- routing (the URL hash)
@@ -185,7 +184,6 @@ const refreshQueues = single(async () => {
     if (s.length > SPARK_SAMPLES) s.shift();
     state.spark.set(q.queue, s);
   }
-  if (state.queueRoutes === null && state.queues.length) probeQueueRoutes(state.queues[0].queue);
   schedule(renderQueues);
 });
 
@@ -231,18 +229,6 @@ const refreshJob = single(async () => {
     throw e;
   }
 });
-
-// Are the queue routes there? A GET on a POST-only route answers 405 where it exists and 404
-// where it does not, and changes nothing.
-async function probeQueueRoutes(name) {
-  state.queueRoutes = false;
-  try {
-    const headers = token ? { authorization: `Bearer ${token}` } : {};
-    const res = await fetch(`/v1/queues/${encodeURIComponent(name)}/pause`, { headers });
-    state.queueRoutes = res.status !== 404;
-  } catch { state.queueRoutes = false; }
-  schedule(renderQueues);
-}
 
 // ---------------------------------------------------------------- actions
 
@@ -362,7 +348,6 @@ function queueCard(q) {
   if (!c) c = newQueueCard(q.queue);
   c.q = q;
   const counts = q.counts || {};
-  const routes = state.queueRoutes;
   const head = q.paused ? [c.name, c.pausedTag] : [c.name];
   if (c.head.childNodes.length !== head.length) c.head.replaceChildren(...head);
   for (const s of STATES) {
@@ -376,14 +361,11 @@ function queueCard(q) {
     h('div', { class: 'rate' }, h('b', {}, (q.processed_last_minute || 0).toLocaleString()), ' /min',
       q.failed_last_minute ? h('div', { class: 'error' }, `${q.failed_last_minute} failed`) : null));
   const what = q.paused ? 'resume' : 'pause';
-  c.pause.disabled = routes !== true;
-  c.pause.title = routes === false ? 'This server has no queue controls' : '';
   c.pause.dataset.action = what;
   c.pause.textContent = q.paused ? 'Resume' : 'Pause';
-  c.retryDead.disabled = routes !== true || !counts.dead;
+  c.retryDead.disabled = !counts.dead;
   c.retryDead.textContent = `Retry all dead${counts.dead ? ` (${counts.dead.toLocaleString()})` : ''}`;
-  const parts = routes === false ? [c.head, c.countsBox, c.spark] : [c.head, c.countsBox, c.spark, c.actions];
-  arrange(c.el, parts);
+  arrange(c.el, [c.head, c.countsBox, c.spark, c.actions]);
   return c.el;
 }
 
