@@ -278,6 +278,22 @@ try {
   await page.goBack();
   await row(sleeper).waitFor();
 
+  step("a delayed job's page says why it is not running (the API's waiting reason)");
+  {
+    const later = (await api('POST', '/v1/jobs', { kind: 'sys.noop', payload: {}, delay: '1h' })).id;
+    await page.goto(`${base}/#/jobs/${encodeURIComponent(later)}`);
+    const waiting = page.locator(`#job-view[data-id="${later}"] [data-field="waiting"][data-reason="run_at"]`);
+    await waiting.waitFor();
+    const text = await waiting.textContent();
+    if (!/not running/.test(text) || !/due/i.test(text)) throw new Error(`the waiting line: ${text}`);
+    // A running or finished job has none.
+    await page.goto(`${base}/#/jobs/${encodeURIComponent(sleeper)}`);
+    await page.locator(`#job-view[data-id="${sleeper}"] .history li[data-type="job.succeeded"]`).waitFor();
+    if (await page.locator('#job-view [data-field="waiting"]').count()) throw new Error('a finished job says why it is waiting');
+    await page.goto(`${base}/#/`);
+    await row(sleeper).waitFor();
+  }
+
   step('a bad stored token: the real stream closes with 4001 and the page asks again');
   const tab = await browser.newPage();
   tab.setDefaultTimeout(DEADLINE);

@@ -525,6 +525,10 @@ function renderJob() {
       h('div', { class: 'actions' }, actions(j, '')))),
     progress: part('progress', JSON.stringify([j.progress, j.state, j.progress_message]),
       () => progress(j.progress, j.state, j.progress_message)),
+    // Why a job that is not running yet is not (the API's `waiting`; null once it runs).
+    waiting: part('waiting', JSON.stringify(j.waiting || null), () => j.waiting ? h('div', {
+      class: 'waiting', 'data-field': 'waiting', 'data-reason': j.waiting.reason,
+    }, h('span', { class: 'muted' }, 'Why it is not running: '), j.waiting.message) : null),
     facts: part('facts', JSON.stringify(facts), () => h('dl', { class: 'facts' },
       facts.map(([k, v, href]) => h('div', {}, h('dt', {}, k), h('dd', { title: v }, href ? h('a', { href }, v) : v))))),
     payload: part('payload', payload, () => h('section', { class: 'panel' }, h('h3', {}, 'Payload'),
@@ -545,7 +549,7 @@ function renderJob() {
     const title = h('h3', {});
     jobParts.history = { title, ol, first: undefined, count: 0 };
     jobParts.head = h('section', { class: 'panel job-head' },
-      parts.title, h('div', { class: 'id' }, j.id), parts.progress, parts.facts);
+      parts.title, h('div', { class: 'id' }, j.id), parts.progress, parts.waiting, parts.facts);
     view.replaceChildren(parts.back, jobParts.head,
       h('div', { class: 'job-grid' }, parts.payload, parts.result, parts.error, parts.chain,
         h('section', { class: 'panel' }, title, ol)));
