@@ -258,3 +258,51 @@ async fn validate_names_the_field() {
         .collect();
     common::assert_refused(&registry, k, cases);
 }
+
+/// A page over `[files] max_download_bytes` is refused as it streams in, like an
+/// `image.resize` download: an API (or anything a payload's URL reaches) answering with an
+/// endless body cannot make the worker hold it in memory until the timeout.
+#[tokio::test]
+async fn an_endless_page_is_refused_at_the_download_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A server that answers 200 with a JSON array that never ends (no Content-Length: the
+    // body runs until the connection closes), writing until the client goes away.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n[";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk = "{\"id\": 1, \"pad\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"},".repeat(100);
+                while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = common::config(tmp.path());
+    config.files.max_download_bytes = 64 * 1024;
+    config.http.timeout = std::time::Duration::from_secs(5);
+    let registry = common::registry(&config);
+    let p = json!({
+        "source": {"url": format!("{base}/endless")},
+        "target": {"database": "sqlite:etl/endless.db", "table": "endless", "key": "id",
+                   "columns": {"id": "id", "pad": "pad"}},
+    });
+    let started = std::time::Instant::now();
+    let ran = run(&registry, "etl.sync", p).await;
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{:?}", ran.result);
+    assert!(message.contains("65536-byte download limit"), "{message}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "read until the timeout: {:?}",
+        started.elapsed()
+    );
+}
