@@ -95,7 +95,8 @@ pub struct FilesConfig {
     pub dir: PathBuf,
     /// Where `email.send` writes `.eml` files when `[smtp] url` is empty. Default `"data/outbox"`.
     pub outbox: PathBuf,
-    /// Largest download `image.resize` accepts, in bytes. Default 50 MiB.
+    /// Largest download accepted, in bytes: an `image.resize` source, one `etl.sync` page.
+    /// Default 50 MiB.
     pub max_download_bytes: u64,
     /// Largest image (width x height) `image.resize` and a report logo decode.
     /// Default 100,000,000.

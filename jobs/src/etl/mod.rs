@@ -33,7 +33,8 @@
 //! **Errors:** one page request is tried up to 4 times on network errors, timeouts, 429 and
 //! 5xx, waiting per `Retry-After` (seconds) or a doubling backoff; then (or when the server
 //! asks for a wait over 10 s) the job fails retryable with that wait. Other 4xx, a body that
-//! is not JSON, items that are not an array and SQL errors on the data are permanent.
+//! is not JSON or is over `[files] max_download_bytes`, items that are not an array and SQL
+//! errors on the data are permanent.
 //!
 //! Result: `{"pages", "rows_upserted", "rows_new", "rows_skipped", "cursor", "table",
 //! "database"}`.
@@ -91,6 +92,8 @@ pub struct SyncArgs {
 pub struct Sync {
     files: FilesDir,
     http: HttpClient,
+    /// `[files] max_download_bytes`: the largest page body read.
+    max_page_bytes: u64,
     tokens: BTreeMap<String, EtlToken>,
     postgres: BTreeMap<String, Pool>,
 }
@@ -136,6 +139,7 @@ impl Sync {
         Ok(Self {
             files: FilesDir::new(&config.files.dir),
             http,
+            max_page_bytes: config.files.max_download_bytes,
             tokens: config.etl.tokens.clone(),
             postgres,
         })
@@ -158,8 +162,15 @@ impl Kind for Sync {
         let mut cursor = stored;
         let (mut pages, mut upserted, mut new, mut skipped) = (0u32, 0u64, 0u64, 0u64);
         loop {
-            let body =
-                source::fetch(&self.http, token, &cx, &args.source, position.as_deref()).await?;
+            let body = source::fetch(
+                &self.http,
+                self.max_page_bytes,
+                token,
+                &cx,
+                &args.source,
+                position.as_deref(),
+            )
+            .await?;
             let items = args.source.items(&body)?;
             if items.is_empty() {
                 break;
