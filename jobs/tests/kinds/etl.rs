@@ -280,7 +280,8 @@ async fn an_endless_page_is_refused_at_the_download_limit() {
                 if socket.write_all(head.as_bytes()).await.is_err() {
                     return;
                 }
-                let chunk = "{\"id\": 1, \"pad\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"},".repeat(100);
+                let chunk =
+                    "{\"id\": 1, \"pad\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"},".repeat(100);
                 while socket.write_all(chunk.as_bytes()).await.is_ok() {}
             });
         }
