@@ -307,3 +307,81 @@ async fn an_endless_page_is_refused_at_the_download_limit() {
         started.elapsed()
     );
 }
+
+/// A `json` column holds each item's value as JSON, whatever its JSON type: a string is
+/// stored as the JSON string `"…"`, not as bare text (which PostgreSQL refused as invalid
+/// JSON, failing the whole sync for good) nor as a number or text SQLite types by itself.
+#[tokio::test]
+async fn json_columns_hold_json_of_every_type() {
+    let values = [
+        json!("just a string"),
+        json!({"a": [1, 2]}),
+        json!([true, null]),
+        json!(42),
+        json!(1.5),
+        json!(false),
+    ];
+    let items: Vec<Value> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"id": i, "v": v}))
+        .collect();
+    let body = json!({ "items": items });
+    let app = Router::new().route("/j", get(move || async move { Json(body) }));
+    let base = common::serve("127.0.0.1", app).await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = etl_config(tmp.path(), &base);
+    let registry = common::registry(&config);
+    let table = format!("etl_json_{}", std::process::id());
+    let p = |database: &str| {
+        json!({
+            "source": {"url": format!("{base}/j"), "items": "items"},
+            "target": {"database": database, "table": table, "key": "id",
+                       "columns": {"id": "id", "v": "v"},
+                       "types": {"id": "integer", "v": "json"}},
+        })
+    };
+
+    let sqlite = run(&registry, "etl.sync", p("sqlite:etl/json.db")).await;
+    let pg = run(&registry, "etl.sync", p("pg")).await;
+    let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let stored = client
+        .query(&format!("SELECT v::text FROM \"{table}\" ORDER BY id"), &[])
+        .await;
+    client
+        .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
+        .await
+        .expect("drop");
+    client
+        .execute("DELETE FROM hopper_etl_state WHERE target = $1", &[&table])
+        .await
+        .expect("clean state");
+
+    assert_eq!(ok(sqlite)["rows_new"], values.len());
+    let conn = rusqlite::Connection::open(config.files.dir.join("etl/json.db")).expect("open");
+    let mut stmt = conn
+        .prepare(&format!("SELECT typeof(v), v FROM \"{table}\" ORDER BY id"))
+        .expect("select");
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    for ((ty, text), want) in rows.iter().zip(&values) {
+        assert_eq!(ty, "text", "{want}");
+        let got: Value = serde_json::from_str(text).expect("sqlite holds JSON text");
+        assert_eq!(&got, want);
+    }
+    assert_eq!(rows.len(), values.len());
+
+    assert_eq!(ok(pg)["rows_new"], values.len());
+    let rows = stored.expect("pg rows");
+    let got: Vec<Value> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).expect("jsonb"))
+        .collect();
+    assert_eq!(got, values);
+}
