@@ -20,7 +20,8 @@
 //!
 //! Paths are dotted with optional indexes (`result.items`, `data[0].id`); `""` is the whole
 //! response or item. `types` are `text`, `integer`, `real`, `boolean` or `json` (default: the
-//! JSON value as is in SQLite, `text` in PostgreSQL). The table is created when missing with
+//! JSON value as is in SQLite, `text` in PostgreSQL); a `json` column holds every value as
+//! JSON text (a string as `"…"`), `jsonb` in PostgreSQL. The table is created when missing with
 //! the key as its primary key; rows are upserted (`INSERT ... ON CONFLICT (key) DO UPDATE`),
 //! so a run repeated is harmless. Items whose key is null are skipped.
 //!

@@ -201,6 +201,8 @@ fn sqlite_value(v: Value, ty: Option<ColType>) -> rusqlite::types::Value {
     use rusqlite::types::Value as S;
     match v {
         Value::Null => S::Null,
+        // A `json` column holds JSON text for every value, a string included (`"a"`).
+        v if ty == Some(ColType::Json) => S::Text(v.to_string()),
         Value::Bool(b) => S::Integer(i64::from(b)),
         Value::Number(n) => match n.as_i64() {
             Some(i) if ty != Some(ColType::Real) => S::Integer(i),
@@ -211,10 +213,12 @@ fn sqlite_value(v: Value, ty: Option<ColType>) -> rusqlite::types::Value {
     }
 }
 
-fn postgres_text(v: &Value) -> Option<String> {
+/// The text form of `v` that PostgreSQL casts to the column's type: a string as it is, except
+/// for a `jsonb` column, which needs it as JSON (`"a"`, not bare `a`).
+fn postgres_text(v: &Value, ty: Option<ColType>) -> Option<String> {
     match v {
         Value::Null => None,
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) if ty != Some(ColType::Json) => Some(s.clone()),
         other => Some(other.to_string()),
     }
 }
@@ -431,7 +435,11 @@ impl Db {
                     .map_err(pg)?;
                 let (mut upserted, mut new) = (0u64, 0u64);
                 for row in &rows {
-                    let texts: Vec<Option<String>> = row.iter().map(postgres_text).collect();
+                    let texts: Vec<Option<String>> = row
+                        .iter()
+                        .zip(&spec.columns)
+                        .map(|(v, (_, _, t))| postgres_text(v, *t))
+                        .collect();
                     let params: Vec<&(dyn ToSql + std::marker::Sync)> = texts
                         .iter()
                         .map(|t| t as &(dyn ToSql + std::marker::Sync))
