@@ -308,6 +308,55 @@ async fn validate_names_the_field() {
     );
 }
 
+/// An output is held to `[files] image_max_pixels` like a source: a 1x1 image blown up to
+/// 16384x16384 is a gigabyte of pixels and a minute of CPU per size, from a 70-byte upload.
+/// A box over the limit is refused before anything is enqueued; a width-only size whose
+/// height follows from the source is refused when the source is known, before allocating.
+#[tokio::test]
+async fn outputs_are_held_to_the_pixel_limit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = common::config(tmp.path());
+    config.files.image_max_pixels = 1_000_000;
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    ImageBuffer::from_fn(1, 100, |_, _| Rgb([1u8, 2, 3]))
+        .save(config.files.dir.join("thin.png"))
+        .expect("save");
+    let registry = common::registry(&config);
+    let k = "image.resize";
+    for fit in ["exact", "cover", "contain"] {
+        let e = common::validate(
+            &registry,
+            k,
+            &json!({"source": "thin.png", "sizes": [{"width": 10}, {"width": 2000, "height": 2000, "fit": fit}]}),
+        )
+        .expect_err(fit);
+        assert_eq!(e.field, "payload.sizes[1]", "{fit}");
+        assert!(e.message.contains("image_max_pixels"), "{e}");
+    }
+    common::assert_valid(
+        &registry,
+        k,
+        &json!({"source": "thin.png", "sizes": [{"width": 1000, "height": 1000, "fit": "exact"}]}),
+    );
+
+    // 1x100 to a width of 2000: 2000 x 16384 (the side limit), 32 million pixels.
+    let started = Instant::now();
+    let ran = run(
+        &registry,
+        k,
+        json!({"source": "thin.png", "sizes": [{"width": 2000}], "format": "png"}),
+    )
+    .await;
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{message}");
+    assert!(message.contains("2000x16384"), "{message}");
+    assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
+    assert!(
+        !config.files.dir.join("resized").exists(),
+        "nothing written"
+    );
+}
+
 /// Throughput of the whole handler (decode, 3 resizes, encode, write), and of the image
 /// crate's own Lanczos3 resize for comparison. Run with
 /// `cargo test -p hopper-jobs --release --test kinds -- --ignored --nocapture resize_throughput`.
