@@ -98,7 +98,8 @@ pub struct FilesConfig {
     /// Largest download accepted, in bytes: an `image.resize` source, one `etl.sync` page.
     /// Default 50 MiB.
     pub max_download_bytes: u64,
-    /// Largest image (width x height) `image.resize` and a report logo decode.
+    /// Largest image (width x height) `image.resize` and a report logo decode, and largest
+    /// output `image.resize` makes.
     /// Default 100,000,000.
     pub image_max_pixels: u64,
 }

@@ -24,8 +24,13 @@
 //! by hop) or a relative path under the files directory; anything else that starts like a
 //! URL (`file:`, `ftp:`, `gopher:`) is refused.
 //!
-//! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes`, a
-//! missing file or an HTTP 4xx are permanent; network errors, timeouts, 429 and 5xx retryable.
+//! Outputs are held to `[files] image_max_pixels` like sources: a `width` x `height` box over
+//! it is refused by `check`; a width-only size whose height (from the source's aspect) takes
+//! it over fails the job before its pixels are allocated.
+//!
+//! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes`, an
+//! output over `image_max_pixels`, a missing file or an HTTP 4xx are permanent; network
+//! errors, timeouts, 429 and 5xx retryable.
 //!
 //! Result: `{"outputs": [{"path", "width", "height", "bytes"}]}` with the real dimensions.
 //!
@@ -269,8 +274,23 @@ impl Work {
         })
     }
 
-    fn resize(&mut self, size: Size, format: Format, quality: u8) -> Result<Output, JobError> {
+    fn resize(
+        &mut self,
+        size: Size,
+        format: Format,
+        quality: u8,
+        max_pixels: u64,
+    ) -> Result<Output, JobError> {
         let (width, height, crop) = geometry(self.src_w, self.src_h, size);
+        // `check` holds a box to the limit; a width-only size's height follows from the
+        // source, known only now. Either way, refused before a pixel is allocated.
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > max_pixels {
+            return Err(JobError::permanent(format!(
+                "output {width}x{height} is {pixels} pixels, over [files] image_max_pixels \
+                 ({max_pixels})"
+            )));
+        }
         let mut dst = Image::new(width, height, self.src.pixel_type());
         let mut options =
             ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
@@ -337,7 +357,7 @@ impl Kind for Resize {
                 if cx2.is_cancelled() {
                     return Err(JobError::retryable("cancelled while resizing"));
                 }
-                let out = work.resize(*size, args.format, args.quality)?;
+                let out = work.resize(*size, args.format, args.quality, max_pixels)?;
                 let rel = format!(
                     "{}/{job_dir}/{stem}_{}x{}.{}",
                     args.output_dir.trim_end_matches('/'),
@@ -410,6 +430,15 @@ impl Kind for Resize {
                     return Err(FieldError::new(
                         format!("payload.sizes[{i}].height"),
                         "is required with fit \"cover\" or \"exact\"",
+                    ));
+                }
+                Some(h) if u64::from(s.width) * u64::from(h) > self.max_pixels => {
+                    return Err(FieldError::new(
+                        format!("payload.sizes[{i}]"),
+                        format!(
+                            "{}x{h} is over [files] image_max_pixels ({} pixels)",
+                            s.width, self.max_pixels
+                        ),
                     ));
                 }
                 _ => {}
