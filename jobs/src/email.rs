@@ -13,7 +13,8 @@
 //! ```
 //!
 //! At least one of `text` and `html` (both: `multipart/alternative`). Attachment paths are
-//! relative to the files directory and may not leave it.
+//! relative to the files directory and may not leave it; each must be a regular file, and
+//! together they may not exceed [`MAX_ATTACHMENT_BYTES`] (sized before they are read).
 //!
 //! **Chain input rule:** as a later step of a chain, the previous step's result arrives as
 //! `input`. Unless `attach_input` is false, the file at `input.path` (e.g. `pdf.report`'s
@@ -228,15 +229,8 @@ impl SendEmail {
         let mut total = 0u64;
         for (rel, filename, content_type) in wanted {
             let path = self.files.existing(&rel)?;
-            let body = tokio::fs::read(&path)
-                .await
-                .map_err(|e| io_error(&format!("attachment {rel:?}"), &e))?;
+            let body = read_attachment(&path, &rel, MAX_ATTACHMENT_BYTES - total).await?;
             total += body.len() as u64;
-            if total > MAX_ATTACHMENT_BYTES {
-                return Err(JobError::permanent(format!(
-                    "attachments exceed {MAX_ATTACHMENT_BYTES} bytes"
-                )));
-            }
             let filename = filename.unwrap_or_else(|| file_name(&path));
             let content_type = match content_type {
                 Some(ct) => ContentType::parse(&ct)
@@ -303,6 +297,39 @@ impl SendEmail {
         };
         built.map_err(|e| JobError::permanent(format!("cannot build the message: {e}")))
     }
+}
+
+/// Reads the attachment at `path` (`rel` in messages) if it is a regular file of at most
+/// `room` bytes: sized before it is read, so a huge file is refused without being loaded,
+/// and read through a cap, so a file growing meanwhile cannot take more. A FIFO or device
+/// (whose read may never end) is refused.
+async fn read_attachment(path: &Path, rel: &str, room: u64) -> Result<Vec<u8>, JobError> {
+    use tokio::io::AsyncReadExt;
+    let io = |e: std::io::Error| io_error(&format!("attachment {rel:?}"), &e);
+    let too_big = || {
+        JobError::permanent(format!(
+            "attachment {rel:?}: attachments are limited to {MAX_ATTACHMENT_BYTES} bytes in total"
+        ))
+    };
+    let meta = tokio::fs::metadata(path).await.map_err(io)?;
+    if !meta.is_file() {
+        return Err(JobError::permanent(format!(
+            "attachment {rel:?}: not a regular file"
+        )));
+    }
+    if meta.len() > room {
+        return Err(too_big());
+    }
+    let file = tokio::fs::File::open(path).await.map_err(io)?;
+    let mut body = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(room + 1)
+        .read_to_end(&mut body)
+        .await
+        .map_err(io)?;
+    if body.len() as u64 > room {
+        return Err(too_big());
+    }
+    Ok(body)
 }
 
 enum Body {
