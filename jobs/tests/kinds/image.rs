@@ -357,6 +357,30 @@ async fn outputs_are_held_to_the_pixel_limit() {
     );
 }
 
+/// A source file is held to `[files] max_download_bytes` like a URL source, sized before it
+/// is read: a huge file (here 1 TiB, sparse) dropped where an image was expected fails the
+/// job for good instead of being loaded whole (which failed to allocate, an error retried as
+/// if memory might free up).
+#[tokio::test]
+async fn a_huge_source_file_is_refused_unread() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    std::fs::File::create(config.files.dir.join("huge.jpg"))
+        .and_then(|f| f.set_len(1 << 40))
+        .expect("sparse file");
+    let registry = common::registry(&config);
+    let ran = run(
+        &registry,
+        "image.resize",
+        json!({"source": "huge.jpg", "sizes": [{"width": 10}]}),
+    )
+    .await;
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{message}");
+    assert!(message.contains("download limit"), "{message}");
+}
+
 /// Throughput of the whole handler (decode, 3 resizes, encode, write), and of the image
 /// crate's own Lanczos3 resize for comparison. Run with
 /// `cargo test -p hopper-jobs --release --test kinds -- --ignored --nocapture resize_throughput`.

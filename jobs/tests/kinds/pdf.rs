@@ -134,6 +134,29 @@ async fn rows_from_an_etl_sqlite_table() {
     assert!(is_permanent(&missing.result), "{:?}", missing.result);
 }
 
+/// A logo is held to `[files] max_download_bytes`, sized before it is read: a huge file
+/// (1 TiB, sparse) fails the report for good instead of being loaded whole (which failed to
+/// allocate, an error retried as if memory might free up).
+#[tokio::test]
+async fn a_huge_logo_is_refused_unread() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    std::fs::File::create(config.files.dir.join("logo.png"))
+        .and_then(|f| f.set_len(1 << 40))
+        .expect("sparse file");
+    let registry = common::registry(&config);
+    let ran = run(
+        &registry,
+        "pdf.report",
+        json!({"title": "t", "columns": ["a"], "rows": [[1]], "logo": "logo.png"}),
+    )
+    .await;
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{message}");
+    assert!(message.contains("download limit"), "{message}");
+}
+
 #[tokio::test]
 async fn validate_names_the_field() {
     let (_tmp, registry) = common::temp_registry();
