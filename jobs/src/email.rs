@@ -42,7 +42,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::files::{FilesDir, check_relative, io_error, safe_name};
+use crate::files::{FilesDir, check_relative, io_error, read_capped, safe_name};
 use crate::payload::one_or_many;
 use crate::{JobsConfig, JobsError};
 
@@ -229,7 +229,18 @@ impl SendEmail {
         let mut total = 0u64;
         for (rel, filename, content_type) in wanted {
             let path = self.files.existing(&rel)?;
-            let body = read_attachment(&path, &rel, MAX_ATTACHMENT_BYTES - total).await?;
+            let room = MAX_ATTACHMENT_BYTES - total;
+            let what = format!("attachment {rel:?}");
+            let file = path.clone();
+            let body = tokio::task::spawn_blocking(move || {
+                read_capped(&file, &what, room, || {
+                    JobError::permanent(format!(
+                        "{what}: attachments are limited to {MAX_ATTACHMENT_BYTES} bytes in total"
+                    ))
+                })
+            })
+            .await
+            .map_err(|e| JobError::retryable(format!("attachment task failed: {e}")))??;
             total += body.len() as u64;
             let filename = filename.unwrap_or_else(|| file_name(&path));
             let content_type = match content_type {
@@ -297,39 +308,6 @@ impl SendEmail {
         };
         built.map_err(|e| JobError::permanent(format!("cannot build the message: {e}")))
     }
-}
-
-/// Reads the attachment at `path` (`rel` in messages) if it is a regular file of at most
-/// `room` bytes: sized before it is read, so a huge file is refused without being loaded,
-/// and read through a cap, so a file growing meanwhile cannot take more. A FIFO or device
-/// (whose read may never end) is refused.
-async fn read_attachment(path: &Path, rel: &str, room: u64) -> Result<Vec<u8>, JobError> {
-    use tokio::io::AsyncReadExt;
-    let io = |e: std::io::Error| io_error(&format!("attachment {rel:?}"), &e);
-    let too_big = || {
-        JobError::permanent(format!(
-            "attachment {rel:?}: attachments are limited to {MAX_ATTACHMENT_BYTES} bytes in total"
-        ))
-    };
-    let meta = tokio::fs::metadata(path).await.map_err(io)?;
-    if !meta.is_file() {
-        return Err(JobError::permanent(format!(
-            "attachment {rel:?}: not a regular file"
-        )));
-    }
-    if meta.len() > room {
-        return Err(too_big());
-    }
-    let file = tokio::fs::File::open(path).await.map_err(io)?;
-    let mut body = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
-    file.take(room + 1)
-        .read_to_end(&mut body)
-        .await
-        .map_err(io)?;
-    if body.len() as u64 > room {
-        return Err(too_big());
-    }
-    Ok(body)
 }
 
 enum Body {

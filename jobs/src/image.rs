@@ -28,7 +28,8 @@
 //! it is refused by `check`; a width-only size whose height (from the source's aspect) takes
 //! it over fails the job before its pixels are allocated.
 //!
-//! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes`, an
+//! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes` (a URL's
+//! body or a file's size), an
 //! output over `image_max_pixels`, a missing file or an HTTP 4xx are permanent; network
 //! errors, timeouts, 429 and 5xx retryable.
 //!
@@ -52,7 +53,7 @@ use serde_json::{Value, json};
 
 use crate::JobsConfig;
 use crate::decode::decode_limited;
-use crate::files::{FilesDir, check_relative, io_error, safe_name};
+use crate::files::{FilesDir, check_relative, io_error, read_capped, safe_name};
 use crate::http::{self, HttpClient, parse_url};
 
 /// At most this many outputs per job.
@@ -335,9 +336,15 @@ impl Kind for Resize {
             }
         } else {
             let path = self.files.existing(&source)?;
-            tokio::fs::read(&path)
-                .await
-                .map_err(|e| io_error(&format!("source {source:?}"), &e))?
+            let what = format!("source {source:?}");
+            let max = self.max_download_bytes;
+            tokio::task::spawn_blocking(move || {
+                read_capped(&path, &what, max, || {
+                    JobError::permanent(format!("{what}: over the {max}-byte download limit"))
+                })
+            })
+            .await
+            .map_err(|e| JobError::retryable(format!("source read task failed: {e}")))??
         };
         cx.progress(5, Some("source read".to_owned()));
 

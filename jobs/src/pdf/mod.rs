@@ -16,7 +16,9 @@
 //! a chain input's `input.rows`; or a chain input's `input.table` and `input.database`
 //! (an `etl.sync` result with a `sqlite:<file>` database: the table is read from that file,
 //! all of its columns unless `columns` picks some). Numbers are right-aligned; text too wide
-//! for its column is cut with `…`. The default output is `reports/<job id>.pdf`.
+//! for its column is cut with `…`. The default output is `reports/<job id>.pdf`. The logo, a
+//! file under the files directory, is held to `[files] max_download_bytes` and
+//! `image_max_pixels`.
 //!
 //! Result: `{"path", "pages", "rows"}`.
 //!
@@ -33,7 +35,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::decode::decode_limited;
-use crate::files::{FilesDir, check_relative, io_error};
+use crate::files::{FilesDir, check_relative, io_error, read_capped};
 use crate::{JobsConfig, JobsError};
 
 mod layout;
@@ -80,6 +82,8 @@ pub struct Report {
     files: FilesDir,
     font: Arc<ParsedFont>,
     max_pixels: u64,
+    /// `[files] max_download_bytes`: the largest logo file read.
+    max_logo_bytes: u64,
 }
 
 impl Report {
@@ -93,6 +97,7 @@ impl Report {
             files: FilesDir::new(&config.files.dir),
             font: Arc::new(font),
             max_pixels: config.files.image_max_pixels,
+            max_logo_bytes: config.files.max_download_bytes,
         })
     }
 }
@@ -105,6 +110,7 @@ impl Kind for Report {
         let files = self.files.clone();
         let font = Arc::clone(&self.font);
         let max_pixels = self.max_pixels;
+        let max_bytes = self.max_logo_bytes;
         let output = args
             .output
             .clone()
@@ -116,8 +122,12 @@ impl Kind for Report {
             let logo = match &args.logo {
                 Some(rel) => {
                     let path = files.existing(rel)?;
-                    let bytes =
-                        std::fs::read(&path).map_err(|e| io_error(&format!("logo {rel:?}"), &e))?;
+                    let what = format!("logo {rel:?}");
+                    let bytes = read_capped(&path, &what, max_bytes, || {
+                        JobError::permanent(format!(
+                            "{what}: over the {max_bytes}-byte download limit"
+                        ))
+                    })?;
                     let img = decode_limited(&bytes, max_pixels, "logo")?;
                     Some(
                         RawImage::from_dynamic_image(::image::DynamicImage::ImageRgb8(
