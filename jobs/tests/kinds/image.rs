@@ -381,6 +381,65 @@ async fn a_huge_source_file_is_refused_unread() {
     assert!(message.contains("download limit"), "{message}");
 }
 
+/// `jpeg` with an EXIF APP1 segment saying `orientation` (1 to 8) inserted after its SOI.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec(); // big-endian, IFD at offset 8
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // one value
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]); // padding of the value field
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec(); // SOI
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&u16::try_from(app1.len() + 2).expect("short").to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A phone photo is stored sideways with an EXIF orientation saying how to show it; outputs
+/// are turned upright (the orientation applied), not left sideways with the aspect swapped.
+#[tokio::test]
+async fn exif_orientation_is_applied() {
+    // 200x100 stored: left half red, right half blue. Orientation 6 (turn 90 degrees
+    // clockwise to show): shown 100x200, red on top, blue below.
+    let stored = ImageBuffer::from_fn(200, 100, |x, _| {
+        if x < 100 {
+            Rgb([255u8, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
+    let mut jpeg = Vec::new();
+    JpegEncoder::new_with_quality(Cursor::new(&mut jpeg), 95)
+        .write_image(stored.as_raw(), 200, 100, image::ExtendedColorType::Rgb8)
+        .expect("encode");
+    let (_tmp, config) = with_upload("phone.jpg", &with_exif_orientation(&jpeg, 6));
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "image.resize",
+        json!({"source": "uploads/phone.jpg", "sizes": [{"width": 50}], "format": "png"}),
+    )
+    .await);
+    let out = &result["outputs"][0];
+    assert_eq!(
+        (out["width"].as_u64(), out["height"].as_u64()),
+        (Some(50), Some(100)),
+        "{result}"
+    );
+    let img = image::open(config.files.dir.join(out["path"].as_str().expect("path")))
+        .expect("decodes")
+        .into_rgb8();
+    let (top, bottom) = (img.get_pixel(25, 10), img.get_pixel(25, 90));
+    assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+    assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+}
+
 /// Throughput of the whole handler (decode, 3 resizes, encode, write), and of the image
 /// crate's own Lanczos3 resize for comparison. Run with
 /// `cargo test -p hopper-jobs --release --test kinds -- --ignored --nocapture resize_throughput`.
