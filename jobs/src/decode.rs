@@ -1,16 +1,19 @@
 //! Decoding untrusted images within limits, shared by `image.resize` and the `pdf.report`
 //! logo. The header's dimensions are checked before a single pixel is allocated, and the
 //! decoder runs under `image::Limits`, so a decompression bomb or a header claiming
-//! 100000 x 100000 fails permanently instead of exhausting memory. Call it from
+//! 100000 x 100000 fails permanently instead of exhausting memory. The image's EXIF
+//! orientation is applied, so a photo stored sideways comes out upright. Call it from
 //! `spawn_blocking`: decoding is CPU work.
 
 use std::io::Cursor;
 
-use ::image::{DynamicImage, ImageReader, Limits};
+use ::image::metadata::Orientation;
+use ::image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 use hopper_workers::JobError;
 
 /// Decodes `bytes` (any enabled format, sniffed from the content) if the image has at most
-/// `max_pixels` pixels. Every failure is permanent: the same bytes fail the same way.
+/// `max_pixels` pixels, turned as its EXIF orientation says. Every failure is permanent: the
+/// same bytes fail the same way.
 pub(crate) fn decode_limited(
     bytes: &[u8],
     max_pixels: u64,
@@ -45,7 +48,12 @@ pub(crate) fn decode_limited(
             "{what}: {w}x{h} is {pixels} pixels, over the limit of {max_pixels}"
         )));
     }
-    reader(limits)?
-        .decode()
-        .map_err(|e| JobError::permanent(format!("{what}: cannot decode: {e}")))
+    let cannot =
+        |e: ::image::ImageError| JobError::permanent(format!("{what}: cannot decode: {e}"));
+    let mut decoder = reader(limits)?.into_decoder().map_err(cannot)?;
+    // Photos are often stored sideways with an EXIF orientation saying how to show them.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(cannot)?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
