@@ -440,6 +440,47 @@ async fn exif_orientation_is_applied() {
     assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
 }
 
+/// JPEG has no alpha: a transparent source (a logo on nothing) is laid on white, as a viewer
+/// shows it, not stripped of its alpha, which turned every transparent pixel (stored as
+/// transparent black, as most editors do) black.
+#[tokio::test]
+async fn jpeg_of_a_transparent_image_is_on_white() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    // Left half transparent black, right half opaque red.
+    ImageBuffer::from_fn(64, 32, |x, _| {
+        if x < 32 {
+            image::Rgba([0u8, 0, 0, 0])
+        } else {
+            image::Rgba([255, 0, 0, 255])
+        }
+    })
+    .save(config.files.dir.join("logo.png"))
+    .expect("save");
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "image.resize",
+        json!({"source": "logo.png", "sizes": [{"width": 64}], "format": "jpeg", "quality": 95}),
+    )
+    .await);
+    let path = config
+        .files
+        .dir
+        .join(result["outputs"][0]["path"].as_str().expect("path"));
+    let img = image::open(path).expect("decodes").into_rgb8();
+    let (clear, red) = (img.get_pixel(8, 16), img.get_pixel(56, 16));
+    assert!(
+        clear.0.iter().all(|&c| c > 240),
+        "transparent became {clear:?}"
+    );
+    assert!(
+        red[0] > 220 && red[1] < 40 && red[2] < 40,
+        "red became {red:?}"
+    );
+}
+
 /// Throughput of the whole handler (decode, 3 resizes, encode, write), and of the image
 /// crate's own Lanczos3 resize for comparison. Run with
 /// `cargo test -p hopper-jobs --release --test kinds -- --ignored --nocapture resize_throughput`.

@@ -157,6 +157,57 @@ async fn a_huge_logo_is_refused_unread() {
     assert!(message.contains("download limit"), "{message}");
 }
 
+/// A logo's transparency is kept (a soft mask in the PDF), not stripped: stripping it turned
+/// every transparent pixel (stored as transparent black, as most editors do) into a black
+/// box on the page.
+#[tokio::test]
+async fn a_transparent_logo_stays_transparent() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    // Left half transparent black, right half opaque dark blue.
+    image::ImageBuffer::from_fn(64, 32, |x, _| {
+        if x < 32 {
+            image::Rgba([0u8, 0, 0, 0])
+        } else {
+            image::Rgba([0, 0, 128, 255])
+        }
+    })
+    .save(config.files.dir.join("logo.png"))
+    .expect("save");
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "pdf.report",
+        json!({"title": "t", "columns": ["a"], "rows": [[1]], "logo": "logo.png", "output": "r.pdf"}),
+    )
+    .await);
+    assert_eq!(result["path"], "r.pdf");
+    let doc = lopdf::Document::load(config.files.dir.join("r.pdf")).expect("pdf loads");
+    let with_mask: Vec<&lopdf::Stream> = doc
+        .objects
+        .values()
+        .filter_map(|o| o.as_stream().ok())
+        .filter(|s| s.dict.get(b"SMask").is_ok())
+        .collect();
+    assert_eq!(with_mask.len(), 1, "the logo has no soft mask");
+    let mask_ref = with_mask[0]
+        .dict
+        .get(b"SMask")
+        .and_then(lopdf::Object::as_reference)
+        .expect("SMask reference");
+    let mask = doc
+        .get_object(mask_ref)
+        .and_then(lopdf::Object::as_stream)
+        .expect("mask stream");
+    let alpha = mask
+        .decompressed_content()
+        .unwrap_or_else(|_| mask.content.clone());
+    assert_eq!(alpha.len(), 64 * 32);
+    assert_eq!(alpha[8], 0, "transparent half masked out");
+    assert_eq!(alpha[56], 255, "opaque half shown");
+}
+
 #[tokio::test]
 async fn validate_names_the_field() {
     let (_tmp, registry) = common::temp_registry();
