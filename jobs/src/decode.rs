@@ -2,7 +2,8 @@
 //! logo. The header's dimensions are checked before a single pixel is allocated, and the
 //! decoder runs under `image::Limits`, so a decompression bomb or a header claiming
 //! 100000 x 100000 fails permanently instead of exhausting memory. The image's EXIF
-//! orientation is applied, so a photo stored sideways comes out upright. Call it from
+//! orientation is applied, so a photo stored sideways comes out upright. [`on_white`] lays a
+//! transparent image on white for an output without alpha. Call these from
 //! `spawn_blocking`: decoding is CPU work.
 
 use std::io::Cursor;
@@ -56,4 +57,25 @@ pub(crate) fn decode_limited(
     let mut img = DynamicImage::from_decoder(decoder).map_err(cannot)?;
     img.apply_orientation(orientation);
     Ok(img)
+}
+
+/// `img` as RGB for an output without alpha (JPEG): a transparent pixel is laid on white, as
+/// a viewer shows it, rather than losing its alpha (most editors store transparent pixels as
+/// transparent black, which would come out black).
+#[cfg(feature = "image")]
+pub(crate) fn on_white(img: DynamicImage) -> ::image::RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    ::image::RgbImage::from_fn(w, h, |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        let a = u32::from(a);
+        // c * a + 255 * (1 - a), rounded, in 0..=255.
+        let mix = |c: u8| {
+            u8::try_from((u32::from(c) * a + 255 * (255 - a) + 127) / 255).unwrap_or(u8::MAX)
+        };
+        ::image::Rgb([mix(r), mix(g), mix(b)])
+    })
 }

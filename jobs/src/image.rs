@@ -15,6 +15,7 @@
 //! Fits: `contain` (default) scales to fit inside width x height keeping the aspect ratio
 //! (with no height, to the width); `cover` fills width x height exactly, cropping the centre;
 //! `exact` stretches to width x height. `quality` applies to JPEG (WebP output is lossless).
+//! PNG and WebP keep a source's transparency; JPEG, which has none, lays it on white.
 //! Outputs are written to `<output_dir>/<job id>/<source stem>_<w>x<h>.<ext>` under the
 //! files directory: no other job writes there (ten jobs resizing the same source to the same
 //! sizes keep ten sets of files), and a retry overwrites its own files.
@@ -52,7 +53,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::JobsConfig;
-use crate::decode::decode_limited;
+use crate::decode::{decode_limited, on_white};
 use crate::files::{FilesDir, check_relative, io_error, read_capped, safe_name};
 use crate::http::{self, HttpClient, parse_url};
 
@@ -248,7 +249,8 @@ struct Work {
 
 impl Work {
     fn new(img: DynamicImage, format: Format) -> Result<Self, JobError> {
-        // JPEG has no alpha; keep it for PNG and WebP only when the source has it.
+        // JPEG has no alpha (a transparent source is laid on white); keep it for PNG and WebP
+        // only when the source has it.
         let keep_alpha = format != Format::Jpeg && img.color().has_alpha();
         let (w, h) = (img.width(), img.height());
         let (buf, pixel, color) = if keep_alpha {
@@ -259,7 +261,7 @@ impl Work {
             )
         } else {
             (
-                img.into_rgb8().into_raw(),
+                on_white(img).into_raw(),
                 PixelType::U8x3,
                 ExtendedColorType::Rgb8,
             )

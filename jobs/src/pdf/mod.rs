@@ -129,11 +129,17 @@ impl Kind for Report {
                         ))
                     })?;
                     let img = decode_limited(&bytes, max_pixels, "logo")?;
+                    // 8-bit RGB, or RGBA when the logo has transparency: the PDF keeps it as
+                    // a soft mask rather than painting transparent pixels (often transparent
+                    // black) as they are stored.
+                    let img = if img.color().has_alpha() {
+                        ::image::DynamicImage::ImageRgba8(img.into_rgba8())
+                    } else {
+                        ::image::DynamicImage::ImageRgb8(img.into_rgb8())
+                    };
                     Some(
-                        RawImage::from_dynamic_image(::image::DynamicImage::ImageRgb8(
-                            img.into_rgb8(),
-                        ))
-                        .map_err(|e| JobError::permanent(format!("logo: {e}")))?,
+                        RawImage::from_dynamic_image(img)
+                            .map_err(|e| JobError::permanent(format!("logo: {e}")))?,
                     )
                 }
                 None => None,
