@@ -208,6 +208,38 @@ async fn a_transparent_logo_stays_transparent() {
     assert_eq!(alpha[56], 255, "opaque half shown");
 }
 
+/// The report is written through a temporary file beside its output; a symlink planted in
+/// that temporary file's place (say by another local user sharing the files directory) is
+/// replaced, never written through to its target outside the files directory.
+#[tokio::test]
+async fn the_temporary_file_is_not_written_through_a_symlink() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    let outside = tmp.path().join("outside.txt");
+    std::fs::write(&outside, b"precious").expect("write");
+    std::fs::create_dir_all(config.files.dir.join("reports")).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, config.files.dir.join("reports/q3.pdf.tmp"))
+        .expect("link");
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "pdf.report",
+        json!({"title": "t", "columns": ["a"], "rows": [[1]], "output": "reports/q3.pdf"}),
+    )
+    .await);
+    assert_eq!(result["path"], "reports/q3.pdf");
+    assert!(
+        std::fs::read(&outside).expect("read") == b"precious",
+        "written through the link"
+    );
+    assert!(
+        std::fs::symlink_metadata(config.files.dir.join("reports/q3.pdf"))
+            .is_ok_and(|m| m.file_type().is_file()),
+        "the report is a file of its own"
+    );
+    assert_eq!(page_count(&config.files.dir.join("reports/q3.pdf")), 1);
+}
+
 #[tokio::test]
 async fn validate_names_the_field() {
     let (_tmp, registry) = common::temp_registry();
