@@ -151,8 +151,7 @@ impl Kind for Report {
             cx2.progress(90, Some(format!("{pages} pages rendered")));
             let path = files.output(&output)?;
             let tmp = path.with_extension("pdf.tmp");
-            std::fs::write(&tmp, &bytes)
-                .map_err(|e| io_error(&format!("output {output:?}"), &e))?;
+            write_new(&tmp, &bytes).map_err(|e| io_error(&format!("output {output:?}"), &e))?;
             std::fs::rename(&tmp, &path)
                 .map_err(|e| io_error(&format!("output {output:?}"), &e))?;
             Ok(json!({ "path": files.relative(&path), "pages": pages, "rows": table.rows.len() }))
@@ -213,6 +212,23 @@ impl Kind for Report {
         }
         Ok(())
     }
+}
+
+/// Writes `bytes` to a new file at `path`, replacing whatever is there (a leftover of a failed
+/// try, or a symlink planted in its place) rather than writing through it: `create_new`
+/// refuses to follow a symlink that appears in between.
+fn write_new(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// The rows, from wherever the payload says (see the module docs for the order).
