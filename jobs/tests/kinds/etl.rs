@@ -385,3 +385,30 @@ async fn json_columns_hold_json_of_every_type() {
         .collect();
     assert_eq!(got, values);
 }
+
+/// Table names the databases resolve elsewhere are refused with a 400: the state table in
+/// any case (SQLite names are case-insensitive, so `HOPPER_ETL_STATE` was the state table
+/// itself, and a payload could rewrite other syncs' cursors), and the prefixes the databases
+/// reserve (`pg_class` was created in `public` but written in `pg_catalog`, which comes
+/// first in the search path; `sqlite_*` are SQLite's own).
+#[tokio::test]
+async fn table_names_the_database_resolves_elsewhere_are_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let base = "http://127.0.0.1:1";
+    let registry = common::registry(&etl_config(tmp.path(), base));
+    let mut p = payload(base, "sqlite:etl/a.db", "orders");
+    for table in [
+        "HOPPER_ETL_STATE",
+        "Hopper_Etl_State",
+        "pg_class",
+        "PG_description",
+        "sqlite_master",
+        "sqlite_stat1",
+    ] {
+        p["target"]["table"] = json!(table);
+        let e = common::validate(&registry, "etl.sync", &p).expect_err(table);
+        assert_eq!(e.field, "payload.target.table", "{table}");
+    }
+    p["target"]["table"] = json!("pgsql_orders");
+    assert!(common::validate(&registry, "etl.sync", &p).is_ok());
+}
