@@ -21,8 +21,9 @@
 //! Paths are dotted with optional indexes (`result.items`, `data[0].id`); `""` is the whole
 //! response or item. `types` are `text`, `integer`, `real`, `boolean` or `json` (default: the
 //! JSON value as is in SQLite, `text` in PostgreSQL); a `json` column holds every value as
-//! JSON text (a string as `"…"`), `jsonb` in PostgreSQL. The table is created when missing with
-//! the key as its primary key; rows are upserted (`INSERT ... ON CONFLICT (key) DO UPDATE`),
+//! JSON text (a string as `"…"`), `jsonb` in PostgreSQL. The table (letters, digits and
+//! `_`; not the state table, nor `pg_*` or `sqlite_*`, which the databases resolve to their
+//! own) is created when missing with the key as its primary key; rows are upserted (`INSERT ... ON CONFLICT (key) DO UPDATE`),
 //! so a run repeated is harmless. Items whose key is null are skipped.
 //!
 //! **Cursor:** after each page, its rows and the position that fetched it are committed in

@@ -49,10 +49,13 @@ impl Target {
                 ),
             ));
         }
-        if !valid_ident(&t.table) || t.table == STATE_TABLE {
+        if !valid_ident(&t.table) || resolves_elsewhere(&t.table) {
             return Err(FieldError::new(
                 "payload.target.table",
-                "must be letters, digits and '_' (not starting with a digit), and not the state table",
+                format!(
+                    "must be letters, digits and '_' (not starting with a digit), not the state \
+                     table {STATE_TABLE} and not starting with pg_ or sqlite_ (the databases' own)"
+                ),
             ));
         }
         if t.columns.is_empty() {
@@ -84,6 +87,15 @@ impl Target {
         }
         Ok(())
     }
+}
+
+/// True for a table name that is not a table of the sync's own: the state table in any case
+/// (SQLite compares names case-insensitively), or a prefix the databases reserve (in
+/// PostgreSQL `pg_catalog` is searched before `public`, so `pg_class` would be created in one
+/// and written in the other; `sqlite_*` are SQLite's own).
+fn resolves_elsewhere(table: &str) -> bool {
+    let lower = table.to_ascii_lowercase();
+    lower == STATE_TABLE || lower.starts_with("pg_") || lower.starts_with("sqlite_")
 }
 
 /// A column's type, when the payload gives one.
