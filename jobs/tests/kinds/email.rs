@@ -1,4 +1,5 @@
-//! `email.send` against a small SMTP server on 127.0.0.1:0, and into the outbox.
+//! `email.send` against a small SMTP server on 127.0.0.1:0, and into the outbox; attachments
+//! that are huge or not regular files.
 
 use hopper_jobs::{JobsConfig, SmtpConfig};
 use mail_parser::{MessageParser, MimeHeaders};

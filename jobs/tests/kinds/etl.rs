@@ -1,5 +1,6 @@
 //! `etl.sync` from an axum API on 127.0.0.1:0 (5 cursor pages, one 503, a bearer token) into
-//! SQLite and into the local PostgreSQL.
+//! SQLite and into the local PostgreSQL; `json` columns; an endless page against the download
+//! limit; table names the databases resolve elsewhere.
 
 use std::collections::HashMap;
 use std::sync::Arc;

@@ -1,4 +1,5 @@
-//! `image.resize` on generated images, a crafted oversized header, and a URL source.
+//! `image.resize` on generated images (transparent, EXIF-rotated), a crafted oversized header,
+//! a huge source file, outputs over the pixel limit, and a URL source.
 
 use std::io::Cursor;
 use std::time::Instant;

@@ -1,5 +1,6 @@
 //! `pdf.report`: a 500-row report, read back (page count with lopdf, text with `pdftotext`
-//! when installed, else lopdf's extractor), and a report from an etl-style SQLite table.
+//! when installed, else lopdf's extractor), a report from an etl-style SQLite table, logos
+//! (transparent, huge) and a symlink planted at the temporary file.
 
 use std::path::Path;
 use std::time::Instant;
