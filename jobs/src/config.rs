@@ -95,9 +95,11 @@ pub struct FilesConfig {
     pub dir: PathBuf,
     /// Where `email.send` writes `.eml` files when `[smtp] url` is empty. Default `"data/outbox"`.
     pub outbox: PathBuf,
-    /// Largest download `image.resize` accepts, in bytes. Default 50 MiB.
+    /// Largest download or input file accepted, in bytes: an `image.resize` source (URL or
+    /// file), one `etl.sync` page, a report logo. Default 50 MiB.
     pub max_download_bytes: u64,
-    /// Largest image (width x height) `image.resize` and a report logo decode.
+    /// Largest image (width x height) `image.resize` and a report logo decode, and largest
+    /// output `image.resize` makes.
     /// Default 100,000,000.
     pub image_max_pixels: u64,
 }

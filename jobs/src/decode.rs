@@ -1,16 +1,20 @@
 //! Decoding untrusted images within limits, shared by `image.resize` and the `pdf.report`
 //! logo. The header's dimensions are checked before a single pixel is allocated, and the
 //! decoder runs under `image::Limits`, so a decompression bomb or a header claiming
-//! 100000 x 100000 fails permanently instead of exhausting memory. Call it from
+//! 100000 x 100000 fails permanently instead of exhausting memory. The image's EXIF
+//! orientation is applied, so a photo stored sideways comes out upright. [`on_white`] lays a
+//! transparent image on white for an output without alpha. Call these from
 //! `spawn_blocking`: decoding is CPU work.
 
 use std::io::Cursor;
 
-use ::image::{DynamicImage, ImageReader, Limits};
+use ::image::metadata::Orientation;
+use ::image::{DynamicImage, ImageDecoder, ImageReader, Limits};
 use hopper_workers::JobError;
 
 /// Decodes `bytes` (any enabled format, sniffed from the content) if the image has at most
-/// `max_pixels` pixels. Every failure is permanent: the same bytes fail the same way.
+/// `max_pixels` pixels, turned as its EXIF orientation says. Every failure is permanent: the
+/// same bytes fail the same way.
 pub(crate) fn decode_limited(
     bytes: &[u8],
     max_pixels: u64,
@@ -45,7 +49,33 @@ pub(crate) fn decode_limited(
             "{what}: {w}x{h} is {pixels} pixels, over the limit of {max_pixels}"
         )));
     }
-    reader(limits)?
-        .decode()
-        .map_err(|e| JobError::permanent(format!("{what}: cannot decode: {e}")))
+    let cannot =
+        |e: ::image::ImageError| JobError::permanent(format!("{what}: cannot decode: {e}"));
+    let mut decoder = reader(limits)?.into_decoder().map_err(cannot)?;
+    // Photos are often stored sideways with an EXIF orientation saying how to show them.
+    let orientation = decoder.orientation().unwrap_or(Orientation::NoTransforms);
+    let mut img = DynamicImage::from_decoder(decoder).map_err(cannot)?;
+    img.apply_orientation(orientation);
+    Ok(img)
+}
+
+/// `img` as RGB for an output without alpha (JPEG): a transparent pixel is laid on white, as
+/// a viewer shows it, rather than losing its alpha (most editors store transparent pixels as
+/// transparent black, which would come out black).
+#[cfg(feature = "image")]
+pub(crate) fn on_white(img: DynamicImage) -> ::image::RgbImage {
+    if !img.color().has_alpha() {
+        return img.into_rgb8();
+    }
+    let rgba = img.into_rgba8();
+    let (w, h) = rgba.dimensions();
+    ::image::RgbImage::from_fn(w, h, |x, y| {
+        let [r, g, b, a] = rgba.get_pixel(x, y).0;
+        let a = u32::from(a);
+        // c * a + 255 * (1 - a), rounded, in 0..=255.
+        let mix = |c: u8| {
+            u8::try_from((u32::from(c) * a + 255 * (255 - a) + 127) / 255).unwrap_or(u8::MAX)
+        };
+        ::image::Rgb([mix(r), mix(g), mix(b)])
+    })
 }

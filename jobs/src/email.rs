@@ -13,7 +13,8 @@
 //! ```
 //!
 //! At least one of `text` and `html` (both: `multipart/alternative`). Attachment paths are
-//! relative to the files directory and may not leave it.
+//! relative to the files directory and may not leave it; each must be a regular file, and
+//! together they may not exceed [`MAX_ATTACHMENT_BYTES`] (sized before they are read).
 //!
 //! **Chain input rule:** as a later step of a chain, the previous step's result arrives as
 //! `input`. Unless `attach_input` is false, the file at `input.path` (e.g. `pdf.report`'s
@@ -41,7 +42,7 @@ use lettre::{AsyncSmtpTransport, AsyncTransport, Message, Tokio1Executor};
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::files::{FilesDir, check_relative, io_error, safe_name};
+use crate::files::{FilesDir, check_relative, io_error, read_capped, safe_name};
 use crate::payload::one_or_many;
 use crate::{JobsConfig, JobsError};
 
@@ -228,15 +229,19 @@ impl SendEmail {
         let mut total = 0u64;
         for (rel, filename, content_type) in wanted {
             let path = self.files.existing(&rel)?;
-            let body = tokio::fs::read(&path)
-                .await
-                .map_err(|e| io_error(&format!("attachment {rel:?}"), &e))?;
+            let room = MAX_ATTACHMENT_BYTES - total;
+            let what = format!("attachment {rel:?}");
+            let file = path.clone();
+            let body = tokio::task::spawn_blocking(move || {
+                read_capped(&file, &what, room, || {
+                    JobError::permanent(format!(
+                        "{what}: attachments are limited to {MAX_ATTACHMENT_BYTES} bytes in total"
+                    ))
+                })
+            })
+            .await
+            .map_err(|e| JobError::retryable(format!("attachment task failed: {e}")))??;
             total += body.len() as u64;
-            if total > MAX_ATTACHMENT_BYTES {
-                return Err(JobError::permanent(format!(
-                    "attachments exceed {MAX_ATTACHMENT_BYTES} bytes"
-                )));
-            }
             let filename = filename.unwrap_or_else(|| file_name(&path));
             let content_type = match content_type {
                 Some(ct) => ContentType::parse(&ct)

@@ -1,8 +1,9 @@
 //! The files directory (`[files] dir`): every path a payload gives is relative to it, and no
 //! job reads or writes outside it. This module owns that rule, checked twice: lexically when
 //! a payload is validated (no absolute path, no `..`), and against the real file system when
-//! a job runs (canonical paths, so a symlink cannot lead out). It also sorts I/O errors into
-//! retryable and permanent ones. It does not decide file names (each kind does), only the
+//! a job runs (canonical paths, so a symlink cannot lead out). It also reads input files
+//! within a size limit ([`read_capped`]) and sorts I/O errors into retryable and permanent
+//! ones. It does not decide file names (each kind does), only the
 //! alphabet a job id is reduced to when a name is made of it ([`safe_name`]).
 
 use std::io;
@@ -165,6 +166,38 @@ impl FilesDir {
             .to_string_lossy()
             .into_owned()
     }
+}
+
+/// The bytes of the regular file at `path` (named `what` in errors) if it holds at most
+/// `max_bytes`; else the error `over` makes. The size is checked before reading, so a huge
+/// file is refused without being loaded, and the read is capped, so a file growing meanwhile
+/// cannot take more. A FIFO or device (whose read may never end) is refused. Blocking: call
+/// it from `spawn_blocking`.
+pub(crate) fn read_capped(
+    path: &Path,
+    what: &str,
+    max_bytes: u64,
+    over: impl Fn() -> JobError,
+) -> Result<Vec<u8>, JobError> {
+    use std::io::Read;
+    let io = |e: io::Error| io_error(what, &e);
+    let meta = std::fs::metadata(path).map_err(io)?;
+    if !meta.is_file() {
+        return Err(JobError::permanent(format!("{what}: not a regular file")));
+    }
+    if meta.len() > max_bytes {
+        return Err(over());
+    }
+    let mut body = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::fs::File::open(path)
+        .map_err(io)?
+        .take(max_bytes.saturating_add(1))
+        .read_to_end(&mut body)
+        .map_err(io)?;
+    if body.len() as u64 > max_bytes {
+        return Err(over());
+    }
+    Ok(body)
 }
 
 /// Sorts an I/O error: a missing file or a refused permission will not fix itself, a full

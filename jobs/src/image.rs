@@ -15,6 +15,7 @@
 //! Fits: `contain` (default) scales to fit inside width x height keeping the aspect ratio
 //! (with no height, to the width); `cover` fills width x height exactly, cropping the centre;
 //! `exact` stretches to width x height. `quality` applies to JPEG (WebP output is lossless).
+//! PNG and WebP keep a source's transparency; JPEG, which has none, lays it on white.
 //! Outputs are written to `<output_dir>/<job id>/<source stem>_<w>x<h>.<ext>` under the
 //! files directory: no other job writes there (ten jobs resizing the same source to the same
 //! sizes keep ten sets of files), and a retry overwrites its own files.
@@ -24,8 +25,14 @@
 //! by hop) or a relative path under the files directory; anything else that starts like a
 //! URL (`file:`, `ftp:`, `gopher:`) is refused.
 //!
-//! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes`, a
-//! missing file or an HTTP 4xx are permanent; network errors, timeouts, 429 and 5xx retryable.
+//! Outputs are held to `[files] image_max_pixels` like sources: a `width` x `height` box over
+//! it is refused by `check`; a width-only size whose height (from the source's aspect) takes
+//! it over fails the job before its pixels are allocated.
+//!
+//! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes` (a URL's
+//! body or a file's size), an
+//! output over `image_max_pixels`, a missing file or an HTTP 4xx are permanent; network
+//! errors, timeouts, 429 and 5xx retryable.
 //!
 //! Result: `{"outputs": [{"path", "width", "height", "bytes"}]}` with the real dimensions.
 //!
@@ -46,8 +53,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::JobsConfig;
-use crate::decode::decode_limited;
-use crate::files::{FilesDir, check_relative, io_error, safe_name};
+use crate::decode::{decode_limited, on_white};
+use crate::files::{FilesDir, check_relative, io_error, read_capped, safe_name};
 use crate::http::{self, HttpClient, parse_url};
 
 /// At most this many outputs per job.
@@ -242,7 +249,8 @@ struct Work {
 
 impl Work {
     fn new(img: DynamicImage, format: Format) -> Result<Self, JobError> {
-        // JPEG has no alpha; keep it for PNG and WebP only when the source has it.
+        // JPEG has no alpha (a transparent source is laid on white); keep it for PNG and WebP
+        // only when the source has it.
         let keep_alpha = format != Format::Jpeg && img.color().has_alpha();
         let (w, h) = (img.width(), img.height());
         let (buf, pixel, color) = if keep_alpha {
@@ -253,7 +261,7 @@ impl Work {
             )
         } else {
             (
-                img.into_rgb8().into_raw(),
+                on_white(img).into_raw(),
                 PixelType::U8x3,
                 ExtendedColorType::Rgb8,
             )
@@ -269,8 +277,23 @@ impl Work {
         })
     }
 
-    fn resize(&mut self, size: Size, format: Format, quality: u8) -> Result<Output, JobError> {
+    fn resize(
+        &mut self,
+        size: Size,
+        format: Format,
+        quality: u8,
+        max_pixels: u64,
+    ) -> Result<Output, JobError> {
         let (width, height, crop) = geometry(self.src_w, self.src_h, size);
+        // `check` holds a box to the limit; a width-only size's height follows from the
+        // source, known only now. Either way, refused before a pixel is allocated.
+        let pixels = u64::from(width) * u64::from(height);
+        if pixels > max_pixels {
+            return Err(JobError::permanent(format!(
+                "output {width}x{height} is {pixels} pixels, over [files] image_max_pixels \
+                 ({max_pixels})"
+            )));
+        }
         let mut dst = Image::new(width, height, self.src.pixel_type());
         let mut options =
             ResizeOptions::new().resize_alg(ResizeAlg::Convolution(FilterType::Lanczos3));
@@ -315,9 +338,15 @@ impl Kind for Resize {
             }
         } else {
             let path = self.files.existing(&source)?;
-            tokio::fs::read(&path)
-                .await
-                .map_err(|e| io_error(&format!("source {source:?}"), &e))?
+            let what = format!("source {source:?}");
+            let max = self.max_download_bytes;
+            tokio::task::spawn_blocking(move || {
+                read_capped(&path, &what, max, || {
+                    JobError::permanent(format!("{what}: over the {max}-byte download limit"))
+                })
+            })
+            .await
+            .map_err(|e| JobError::retryable(format!("source read task failed: {e}")))??
         };
         cx.progress(5, Some("source read".to_owned()));
 
@@ -337,7 +366,7 @@ impl Kind for Resize {
                 if cx2.is_cancelled() {
                     return Err(JobError::retryable("cancelled while resizing"));
                 }
-                let out = work.resize(*size, args.format, args.quality)?;
+                let out = work.resize(*size, args.format, args.quality, max_pixels)?;
                 let rel = format!(
                     "{}/{job_dir}/{stem}_{}x{}.{}",
                     args.output_dir.trim_end_matches('/'),
@@ -410,6 +439,15 @@ impl Kind for Resize {
                     return Err(FieldError::new(
                         format!("payload.sizes[{i}].height"),
                         "is required with fit \"cover\" or \"exact\"",
+                    ));
+                }
+                Some(h) if u64::from(s.width) * u64::from(h) > self.max_pixels => {
+                    return Err(FieldError::new(
+                        format!("payload.sizes[{i}]"),
+                        format!(
+                            "{}x{h} is over [files] image_max_pixels ({} pixels)",
+                            s.width, self.max_pixels
+                        ),
                     ));
                 }
                 _ => {}

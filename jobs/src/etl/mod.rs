@@ -20,8 +20,10 @@
 //!
 //! Paths are dotted with optional indexes (`result.items`, `data[0].id`); `""` is the whole
 //! response or item. `types` are `text`, `integer`, `real`, `boolean` or `json` (default: the
-//! JSON value as is in SQLite, `text` in PostgreSQL). The table is created when missing with
-//! the key as its primary key; rows are upserted (`INSERT ... ON CONFLICT (key) DO UPDATE`),
+//! JSON value as is in SQLite, `text` in PostgreSQL); a `json` column holds every value as
+//! JSON text (a string as `"…"`), `jsonb` in PostgreSQL. The table (letters, digits and
+//! `_`; not the state table, nor `pg_*` or `sqlite_*`, which the databases resolve to their
+//! own) is created when missing with the key as its primary key; rows are upserted (`INSERT ... ON CONFLICT (key) DO UPDATE`),
 //! so a run repeated is harmless. Items whose key is null are skipped.
 //!
 //! **Cursor:** after each page, its rows and the position that fetched it are committed in
@@ -33,7 +35,8 @@
 //! **Errors:** one page request is tried up to 4 times on network errors, timeouts, 429 and
 //! 5xx, waiting per `Retry-After` (seconds) or a doubling backoff; then (or when the server
 //! asks for a wait over 10 s) the job fails retryable with that wait. Other 4xx, a body that
-//! is not JSON, items that are not an array and SQL errors on the data are permanent.
+//! is not JSON or is over `[files] max_download_bytes`, items that are not an array and SQL
+//! errors on the data are permanent.
 //!
 //! Result: `{"pages", "rows_upserted", "rows_new", "rows_skipped", "cursor", "table",
 //! "database"}`.
@@ -91,6 +94,8 @@ pub struct SyncArgs {
 pub struct Sync {
     files: FilesDir,
     http: HttpClient,
+    /// `[files] max_download_bytes`: the largest page body read.
+    max_page_bytes: u64,
     tokens: BTreeMap<String, EtlToken>,
     postgres: BTreeMap<String, Pool>,
 }
@@ -136,6 +141,7 @@ impl Sync {
         Ok(Self {
             files: FilesDir::new(&config.files.dir),
             http,
+            max_page_bytes: config.files.max_download_bytes,
             tokens: config.etl.tokens.clone(),
             postgres,
         })
@@ -158,8 +164,15 @@ impl Kind for Sync {
         let mut cursor = stored;
         let (mut pages, mut upserted, mut new, mut skipped) = (0u32, 0u64, 0u64, 0u64);
         loop {
-            let body =
-                source::fetch(&self.http, token, &cx, &args.source, position.as_deref()).await?;
+            let body = source::fetch(
+                &self.http,
+                self.max_page_bytes,
+                token,
+                &cx,
+                &args.source,
+                position.as_deref(),
+            )
+            .await?;
             let items = args.source.items(&body)?;
             if items.is_empty() {
                 break;

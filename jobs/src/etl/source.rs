@@ -1,6 +1,7 @@
 //! The source side of `etl.sync`: where the items come from. This module owns the `source`
 //! payload and its checks, fetching one page (with in-job retries of network errors,
-//! timeouts, 429 and 5xx, per `Retry-After` or a doubling backoff), finding the items in a
+//! timeouts, 429 and 5xx, per `Retry-After` or a doubling backoff; at most
+//! `[files] max_download_bytes` of body), finding the items in a
 //! response, and the position that fetches the next page (a cursor or a page number). It
 //! does not own what becomes of the items (`super::mapping`, `super::target`).
 
@@ -14,7 +15,7 @@ use serde_json::Value;
 use super::mapping::json_path;
 use crate::config::EtlToken;
 use crate::http::{
-    HttpClient, is_retryable_status, parse_url, request_error, retry_after, status_error,
+    HttpClient, is_retryable_status, parse_url, read_body, retry_after, status_error,
 };
 
 /// Tries of one page request before the job gives the attempt up.
@@ -124,9 +125,11 @@ impl Source {
     }
 }
 
-/// Fetches one page, retrying transient failures inside the job.
+/// Fetches one page, retrying transient failures inside the job. A body over `max_bytes`
+/// (`[files] max_download_bytes`) is refused as it streams in, permanently.
 pub(super) async fn fetch(
     http: &HttpClient,
+    max_bytes: u64,
     token: Option<&EtlToken>,
     cx: &JobContext,
     source: &Source,
@@ -147,12 +150,9 @@ pub(super) async fn fetch(
         let what = format!("GET {}", source.url);
         let outcome = match http.get(url, token).await {
             Ok(resp) if resp.status().is_success() => {
-                return resp.json::<Value>().await.map_err(|e| {
-                    if e.is_decode() {
-                        JobError::permanent(format!("{what}: response is not JSON: {e}"))
-                    } else {
-                        request_error(&what, &e)
-                    }
+                let body = read_body(resp, &what, max_bytes).await?;
+                return serde_json::from_slice(&body).map_err(|e| {
+                    JobError::permanent(format!("{what}: response is not JSON: {e}"))
                 });
             }
             Ok(resp) if is_retryable_status(resp.status()) => {

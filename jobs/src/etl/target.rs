@@ -49,10 +49,13 @@ impl Target {
                 ),
             ));
         }
-        if !valid_ident(&t.table) || t.table == STATE_TABLE {
+        if !valid_ident(&t.table) || resolves_elsewhere(&t.table) {
             return Err(FieldError::new(
                 "payload.target.table",
-                "must be letters, digits and '_' (not starting with a digit), and not the state table",
+                format!(
+                    "must be letters, digits and '_' (not starting with a digit), not the state \
+                     table {STATE_TABLE} and not starting with pg_ or sqlite_ (the databases' own)"
+                ),
             ));
         }
         if t.columns.is_empty() {
@@ -84,6 +87,15 @@ impl Target {
         }
         Ok(())
     }
+}
+
+/// True for a table name that is not a table of the sync's own: the state table in any case
+/// (SQLite compares names case-insensitively), or a prefix the databases reserve (in
+/// PostgreSQL `pg_catalog` is searched before `public`, so `pg_class` would be created in one
+/// and written in the other; `sqlite_*` are SQLite's own).
+fn resolves_elsewhere(table: &str) -> bool {
+    let lower = table.to_ascii_lowercase();
+    lower == STATE_TABLE || lower.starts_with("pg_") || lower.starts_with("sqlite_")
 }
 
 /// A column's type, when the payload gives one.
@@ -201,6 +213,8 @@ fn sqlite_value(v: Value, ty: Option<ColType>) -> rusqlite::types::Value {
     use rusqlite::types::Value as S;
     match v {
         Value::Null => S::Null,
+        // A `json` column holds JSON text for every value, a string included (`"a"`).
+        v if ty == Some(ColType::Json) => S::Text(v.to_string()),
         Value::Bool(b) => S::Integer(i64::from(b)),
         Value::Number(n) => match n.as_i64() {
             Some(i) if ty != Some(ColType::Real) => S::Integer(i),
@@ -211,10 +225,12 @@ fn sqlite_value(v: Value, ty: Option<ColType>) -> rusqlite::types::Value {
     }
 }
 
-fn postgres_text(v: &Value) -> Option<String> {
+/// The text form of `v` that PostgreSQL casts to the column's type: a string as it is, except
+/// for a `jsonb` column, which needs it as JSON (`"a"`, not bare `a`).
+fn postgres_text(v: &Value, ty: Option<ColType>) -> Option<String> {
     match v {
         Value::Null => None,
-        Value::String(s) => Some(s.clone()),
+        Value::String(s) if ty != Some(ColType::Json) => Some(s.clone()),
         other => Some(other.to_string()),
     }
 }
@@ -431,7 +447,11 @@ impl Db {
                     .map_err(pg)?;
                 let (mut upserted, mut new) = (0u64, 0u64);
                 for row in &rows {
-                    let texts: Vec<Option<String>> = row.iter().map(postgres_text).collect();
+                    let texts: Vec<Option<String>> = row
+                        .iter()
+                        .zip(&spec.columns)
+                        .map(|(v, (_, _, t))| postgres_text(v, *t))
+                        .collect();
                     let params: Vec<&(dyn ToSql + std::marker::Sync)> = texts
                         .iter()
                         .map(|t| t as &(dyn ToSql + std::marker::Sync))

@@ -1,7 +1,8 @@
 //! The HTTP client shared by the kinds that fetch (`image.resize`, `etl.sync`), built once in
 //! [`crate::register_all`], and the rule that sorts HTTP failures: network errors, timeouts,
 //! 408, 429 and 5xx are worth retrying; other 4xx, an oversized or undecodable body, and a
-//! request [`guard`] refused are not.
+//! request [`guard`] refused are not. Bodies are read through [`read_body`], which holds at
+//! most `[files] max_download_bytes` of one in memory.
 //!
 //! Every request goes through [`HttpClient::get`], which follows redirects itself so that
 //! each hop is checked like the first (scheme, address, and whether a bearer token may go
@@ -200,11 +201,24 @@ pub(crate) async fn download(
     max_bytes: u64,
 ) -> Result<Vec<u8>, JobError> {
     let what = format!("GET {url}");
-    let mut response = client.get(url, None).await?;
+    let response = client.get(url, None).await?;
     let status = response.status();
     if !status.is_success() {
         return Err(status_error(&what, status, response.headers()));
     }
+    read_body(response, &what, max_bytes).await
+}
+
+/// The body of `response`, refused (permanently) as soon as it is known to be over
+/// `max_bytes`: from its `Content-Length`, else as it streams in, so an endless body costs at
+/// most `max_bytes` of memory. Errors while reading (a timeout, a reset) are sorted by
+/// [`request_error`].
+#[cfg(any(feature = "image", feature = "etl"))]
+pub(crate) async fn read_body(
+    mut response: Response,
+    what: &str,
+    max_bytes: u64,
+) -> Result<Vec<u8>, JobError> {
     if let Some(len) = response.content_length()
         && len > max_bytes
     {
@@ -216,7 +230,7 @@ pub(crate) async fn download(
     while let Some(chunk) = response
         .chunk()
         .await
-        .map_err(|e| request_error(&what, &e))?
+        .map_err(|e| request_error(what, &e))?
     {
         if body.len() as u64 + chunk.len() as u64 > max_bytes {
             return Err(JobError::permanent(format!(

@@ -16,7 +16,9 @@
 //! a chain input's `input.rows`; or a chain input's `input.table` and `input.database`
 //! (an `etl.sync` result with a `sqlite:<file>` database: the table is read from that file,
 //! all of its columns unless `columns` picks some). Numbers are right-aligned; text too wide
-//! for its column is cut with `…`. The default output is `reports/<job id>.pdf`.
+//! for its column is cut with `…`. The default output is `reports/<job id>.pdf`. The logo, a
+//! file under the files directory, is held to `[files] max_download_bytes` and
+//! `image_max_pixels`.
 //!
 //! Result: `{"path", "pages", "rows"}`.
 //!
@@ -33,7 +35,7 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::decode::decode_limited;
-use crate::files::{FilesDir, check_relative, io_error};
+use crate::files::{FilesDir, check_relative, io_error, read_capped};
 use crate::{JobsConfig, JobsError};
 
 mod layout;
@@ -80,6 +82,8 @@ pub struct Report {
     files: FilesDir,
     font: Arc<ParsedFont>,
     max_pixels: u64,
+    /// `[files] max_download_bytes`: the largest logo file read.
+    max_logo_bytes: u64,
 }
 
 impl Report {
@@ -93,6 +97,7 @@ impl Report {
             files: FilesDir::new(&config.files.dir),
             font: Arc::new(font),
             max_pixels: config.files.image_max_pixels,
+            max_logo_bytes: config.files.max_download_bytes,
         })
     }
 }
@@ -105,6 +110,7 @@ impl Kind for Report {
         let files = self.files.clone();
         let font = Arc::clone(&self.font);
         let max_pixels = self.max_pixels;
+        let max_bytes = self.max_logo_bytes;
         let output = args
             .output
             .clone()
@@ -116,14 +122,24 @@ impl Kind for Report {
             let logo = match &args.logo {
                 Some(rel) => {
                     let path = files.existing(rel)?;
-                    let bytes =
-                        std::fs::read(&path).map_err(|e| io_error(&format!("logo {rel:?}"), &e))?;
-                    let img = decode_limited(&bytes, max_pixels, "logo")?;
-                    Some(
-                        RawImage::from_dynamic_image(::image::DynamicImage::ImageRgb8(
-                            img.into_rgb8(),
+                    let what = format!("logo {rel:?}");
+                    let bytes = read_capped(&path, &what, max_bytes, || {
+                        JobError::permanent(format!(
+                            "{what}: over the {max_bytes}-byte download limit"
                         ))
-                        .map_err(|e| JobError::permanent(format!("logo: {e}")))?,
+                    })?;
+                    let img = decode_limited(&bytes, max_pixels, "logo")?;
+                    // 8-bit RGB, or RGBA when the logo has transparency: the PDF keeps it as
+                    // a soft mask rather than painting transparent pixels (often transparent
+                    // black) as they are stored.
+                    let img = if img.color().has_alpha() {
+                        ::image::DynamicImage::ImageRgba8(img.into_rgba8())
+                    } else {
+                        ::image::DynamicImage::ImageRgb8(img.into_rgb8())
+                    };
+                    Some(
+                        RawImage::from_dynamic_image(img)
+                            .map_err(|e| JobError::permanent(format!("logo: {e}")))?,
                     )
                 }
                 None => None,
@@ -135,8 +151,7 @@ impl Kind for Report {
             cx2.progress(90, Some(format!("{pages} pages rendered")));
             let path = files.output(&output)?;
             let tmp = path.with_extension("pdf.tmp");
-            std::fs::write(&tmp, &bytes)
-                .map_err(|e| io_error(&format!("output {output:?}"), &e))?;
+            write_new(&tmp, &bytes).map_err(|e| io_error(&format!("output {output:?}"), &e))?;
             std::fs::rename(&tmp, &path)
                 .map_err(|e| io_error(&format!("output {output:?}"), &e))?;
             Ok(json!({ "path": files.relative(&path), "pages": pages, "rows": table.rows.len() }))
@@ -197,6 +212,23 @@ impl Kind for Report {
         }
         Ok(())
     }
+}
+
+/// Writes `bytes` to a new file at `path`, replacing whatever is there (a leftover of a failed
+/// try, or a symlink planted in its place) rather than writing through it: `create_new`
+/// refuses to follow a symlink that appears in between.
+fn write_new(path: &std::path::Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(path)?
+        .write_all(bytes)
 }
 
 /// The rows, from wherever the payload says (see the module docs for the order).

@@ -1,4 +1,5 @@
-//! `email.send` against a small SMTP server on 127.0.0.1:0, and into the outbox.
+//! `email.send` against a small SMTP server on 127.0.0.1:0, and into the outbox; attachments
+//! that are huge or not regular files.
 
 use hopper_jobs::{JobsConfig, SmtpConfig};
 use mail_parser::{MessageParser, MimeHeaders};
@@ -259,5 +260,53 @@ async fn validate_names_the_field() {
             (json!({"to": "a@b.c", "subject": "s"}), "payload.text"),
             (with("subject", json!(3)), "payload.subject"),
         ],
+    );
+}
+
+/// Attachments are sized before they are read: a file over the limit fails the job for good
+/// without being loaded (a 1 TiB sparse file: reading it first failed to allocate, an error
+/// retried as if memory might free up), and something that is not a regular file (a FIFO,
+/// whose read never ends) is refused rather than read.
+#[tokio::test]
+async fn attachments_are_sized_before_they_are_read() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(config.files.dir.join("docs")).expect("mkdir");
+    std::fs::write(config.files.dir.join("docs/small.txt"), b"hello").expect("write");
+    std::fs::File::create(config.files.dir.join("docs/huge.bin"))
+        .and_then(|f| f.set_len(1 << 40))
+        .expect("sparse file");
+    let fifo = config.files.dir.join("docs/pipe.pdf");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo");
+    assert!(made.success());
+    let registry = common::registry(&config);
+    let send = |path: &str| {
+        json!({"to": "a@example.com", "subject": "s", "text": "t",
+               "attachments": [{"path": "docs/small.txt"}, {"path": path}]})
+    };
+
+    let ran = run(&registry, "email.send", send("docs/huge.bin")).await;
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{message}");
+    assert!(
+        message.contains("docs/huge.bin") && message.contains("26214400"),
+        "{message}"
+    );
+
+    let ran = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        run(&registry, "email.send", send("docs/pipe.pdf")),
+    )
+    .await
+    .expect("a FIFO attachment is refused, not read forever");
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{message}");
+    assert!(message.contains("not a regular file"), "{message}");
+    assert!(
+        std::fs::read_dir(&config.files.outbox).map_or(true, |mut d| d.next().is_none()),
+        "nothing sent"
     );
 }

@@ -1,5 +1,6 @@
 //! `etl.sync` from an axum API on 127.0.0.1:0 (5 cursor pages, one 503, a bearer token) into
-//! SQLite and into the local PostgreSQL.
+//! SQLite and into the local PostgreSQL; `json` columns; an endless page against the download
+//! limit; table names the databases resolve elsewhere.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -257,4 +258,158 @@ async fn validate_names_the_field() {
         .map(|(path, value)| (with(path, value), format!("payload.{path}")))
         .collect();
     common::assert_refused(&registry, k, cases);
+}
+
+/// A page over `[files] max_download_bytes` is refused as it streams in, like an
+/// `image.resize` download: an API (or anything a payload's URL reaches) answering with an
+/// endless body cannot make the worker hold it in memory until the timeout.
+#[tokio::test]
+async fn an_endless_page_is_refused_at_the_download_limit() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    // A server that answers 200 with a JSON array that never ends (no Content-Length: the
+    // body runs until the connection closes), writing until the client goes away.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let base = format!("http://{}", listener.local_addr().expect("addr"));
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = [0u8; 4096];
+                let _ = socket.read(&mut request).await;
+                let head = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\nconnection: close\r\n\r\n[";
+                if socket.write_all(head.as_bytes()).await.is_err() {
+                    return;
+                }
+                let chunk =
+                    "{\"id\": 1, \"pad\": \"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx\"},".repeat(100);
+                while socket.write_all(chunk.as_bytes()).await.is_ok() {}
+            });
+        }
+    });
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = common::config(tmp.path());
+    config.files.max_download_bytes = 64 * 1024;
+    config.http.timeout = std::time::Duration::from_secs(5);
+    let registry = common::registry(&config);
+    let p = json!({
+        "source": {"url": format!("{base}/endless")},
+        "target": {"database": "sqlite:etl/endless.db", "table": "endless", "key": "id",
+                   "columns": {"id": "id", "pad": "pad"}},
+    });
+    let started = std::time::Instant::now();
+    let ran = run(&registry, "etl.sync", p).await;
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{:?}", ran.result);
+    assert!(message.contains("65536-byte download limit"), "{message}");
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(3),
+        "read until the timeout: {:?}",
+        started.elapsed()
+    );
+}
+
+/// A `json` column holds each item's value as JSON, whatever its JSON type: a string is
+/// stored as the JSON string `"…"`, not as bare text (which PostgreSQL refused as invalid
+/// JSON, failing the whole sync for good) nor as a number or text SQLite types by itself.
+#[tokio::test]
+async fn json_columns_hold_json_of_every_type() {
+    let values = [
+        json!("just a string"),
+        json!({"a": [1, 2]}),
+        json!([true, null]),
+        json!(42),
+        json!(1.5),
+        json!(false),
+    ];
+    let items: Vec<Value> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| json!({"id": i, "v": v}))
+        .collect();
+    let body = json!({ "items": items });
+    let app = Router::new().route("/j", get(move || async move { Json(body) }));
+    let base = common::serve("127.0.0.1", app).await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = etl_config(tmp.path(), &base);
+    let registry = common::registry(&config);
+    let table = format!("etl_json_{}", std::process::id());
+    let p = |database: &str| {
+        json!({
+            "source": {"url": format!("{base}/j"), "items": "items"},
+            "target": {"database": database, "table": table, "key": "id",
+                       "columns": {"id": "id", "v": "v"},
+                       "types": {"id": "integer", "v": "json"}},
+        })
+    };
+
+    let sqlite = run(&registry, "etl.sync", p("sqlite:etl/json.db")).await;
+    let pg = run(&registry, "etl.sync", p("pg")).await;
+    let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let stored = client
+        .query(&format!("SELECT v::text FROM \"{table}\" ORDER BY id"), &[])
+        .await;
+    client
+        .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
+        .await
+        .expect("drop");
+    client
+        .execute("DELETE FROM hopper_etl_state WHERE target = $1", &[&table])
+        .await
+        .expect("clean state");
+
+    assert_eq!(ok(sqlite)["rows_new"], values.len());
+    let conn = rusqlite::Connection::open(config.files.dir.join("etl/json.db")).expect("open");
+    let mut stmt = conn
+        .prepare(&format!("SELECT typeof(v), v FROM \"{table}\" ORDER BY id"))
+        .expect("select");
+    let rows: Vec<(String, String)> = stmt
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .expect("query")
+        .collect::<Result<_, _>>()
+        .expect("rows");
+    for ((ty, text), want) in rows.iter().zip(&values) {
+        assert_eq!(ty, "text", "{want}");
+        let got: Value = serde_json::from_str(text).expect("sqlite holds JSON text");
+        assert_eq!(&got, want);
+    }
+    assert_eq!(rows.len(), values.len());
+
+    assert_eq!(ok(pg)["rows_new"], values.len());
+    let rows = stored.expect("pg rows");
+    let got: Vec<Value> = rows
+        .iter()
+        .map(|r| serde_json::from_str(r.get::<_, &str>(0)).expect("jsonb"))
+        .collect();
+    assert_eq!(got, values);
+}
+
+/// Table names the databases resolve elsewhere are refused with a 400: the state table in
+/// any case (SQLite names are case-insensitive, so `HOPPER_ETL_STATE` was the state table
+/// itself, and a payload could rewrite other syncs' cursors), and the prefixes the databases
+/// reserve (`pg_class` was created in `public` but written in `pg_catalog`, which comes
+/// first in the search path; `sqlite_*` are SQLite's own).
+#[tokio::test]
+async fn table_names_the_database_resolves_elsewhere_are_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let base = "http://127.0.0.1:1";
+    let registry = common::registry(&etl_config(tmp.path(), base));
+    let mut p = payload(base, "sqlite:etl/a.db", "orders");
+    for table in [
+        "HOPPER_ETL_STATE",
+        "Hopper_Etl_State",
+        "pg_class",
+        "PG_description",
+        "sqlite_master",
+        "sqlite_stat1",
+    ] {
+        p["target"]["table"] = json!(table);
+        let e = common::validate(&registry, "etl.sync", &p).expect_err(table);
+        assert_eq!(e.field, "payload.target.table", "{table}");
+    }
+    p["target"]["table"] = json!("pgsql_orders");
+    assert!(common::validate(&registry, "etl.sync", &p).is_ok());
 }

@@ -1,4 +1,5 @@
-//! `image.resize` on generated images, a crafted oversized header, and a URL source.
+//! `image.resize` on generated images (transparent, EXIF-rotated), a crafted oversized header,
+//! a huge source file, outputs over the pixel limit, and a URL source.
 
 use std::io::Cursor;
 use std::time::Instant;
@@ -305,6 +306,179 @@ async fn validate_names_the_field() {
             ),
             (json!({"source": "a.jpg", "sizes": []}), "payload.sizes"),
         ],
+    );
+}
+
+/// An output is held to `[files] image_max_pixels` like a source: a 1x1 image blown up to
+/// 16384x16384 is a gigabyte of pixels and a minute of CPU per size, from a 70-byte upload.
+/// A box over the limit is refused before anything is enqueued; a width-only size whose
+/// height follows from the source is refused when the source is known, before allocating.
+#[tokio::test]
+async fn outputs_are_held_to_the_pixel_limit() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = common::config(tmp.path());
+    config.files.image_max_pixels = 1_000_000;
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    ImageBuffer::from_fn(1, 100, |_, _| Rgb([1u8, 2, 3]))
+        .save(config.files.dir.join("thin.png"))
+        .expect("save");
+    let registry = common::registry(&config);
+    let k = "image.resize";
+    for fit in ["exact", "cover", "contain"] {
+        let e = common::validate(
+            &registry,
+            k,
+            &json!({"source": "thin.png", "sizes": [{"width": 10}, {"width": 2000, "height": 2000, "fit": fit}]}),
+        )
+        .expect_err(fit);
+        assert_eq!(e.field, "payload.sizes[1]", "{fit}");
+        assert!(e.message.contains("image_max_pixels"), "{e}");
+    }
+    common::assert_valid(
+        &registry,
+        k,
+        &json!({"source": "thin.png", "sizes": [{"width": 1000, "height": 1000, "fit": "exact"}]}),
+    );
+
+    // 1x100 to a width of 2000: 2000 x 16384 (the side limit), 32 million pixels.
+    let started = Instant::now();
+    let ran = run(
+        &registry,
+        k,
+        json!({"source": "thin.png", "sizes": [{"width": 2000}], "format": "png"}),
+    )
+    .await;
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{message}");
+    assert!(message.contains("2000x16384"), "{message}");
+    assert!(started.elapsed().as_secs() < 2, "{:?}", started.elapsed());
+    assert!(
+        !config.files.dir.join("resized").exists(),
+        "nothing written"
+    );
+}
+
+/// A source file is held to `[files] max_download_bytes` like a URL source, sized before it
+/// is read: a huge file (here 1 TiB, sparse) dropped where an image was expected fails the
+/// job for good instead of being loaded whole (which failed to allocate, an error retried as
+/// if memory might free up).
+#[tokio::test]
+async fn a_huge_source_file_is_refused_unread() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    std::fs::File::create(config.files.dir.join("huge.jpg"))
+        .and_then(|f| f.set_len(1 << 40))
+        .expect("sparse file");
+    let registry = common::registry(&config);
+    let ran = run(
+        &registry,
+        "image.resize",
+        json!({"source": "huge.jpg", "sizes": [{"width": 10}]}),
+    )
+    .await;
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{message}");
+    assert!(message.contains("download limit"), "{message}");
+}
+
+/// `jpeg` with an EXIF APP1 segment saying `orientation` (1 to 8) inserted after its SOI.
+fn with_exif_orientation(jpeg: &[u8], orientation: u16) -> Vec<u8> {
+    let mut tiff = b"MM\0\x2a\0\0\0\x08".to_vec(); // big-endian, IFD at offset 8
+    tiff.extend_from_slice(&1u16.to_be_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_be_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_be_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_be_bytes()); // one value
+    tiff.extend_from_slice(&orientation.to_be_bytes());
+    tiff.extend_from_slice(&[0, 0]); // padding of the value field
+    tiff.extend_from_slice(&0u32.to_be_bytes()); // no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec(); // SOI
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&u16::try_from(app1.len() + 2).expect("short").to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+/// A phone photo is stored sideways with an EXIF orientation saying how to show it; outputs
+/// are turned upright (the orientation applied), not left sideways with the aspect swapped.
+#[tokio::test]
+async fn exif_orientation_is_applied() {
+    // 200x100 stored: left half red, right half blue. Orientation 6 (turn 90 degrees
+    // clockwise to show): shown 100x200, red on top, blue below.
+    let stored = ImageBuffer::from_fn(200, 100, |x, _| {
+        if x < 100 {
+            Rgb([255u8, 0, 0])
+        } else {
+            Rgb([0, 0, 255])
+        }
+    });
+    let mut jpeg = Vec::new();
+    JpegEncoder::new_with_quality(Cursor::new(&mut jpeg), 95)
+        .write_image(stored.as_raw(), 200, 100, image::ExtendedColorType::Rgb8)
+        .expect("encode");
+    let (_tmp, config) = with_upload("phone.jpg", &with_exif_orientation(&jpeg, 6));
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "image.resize",
+        json!({"source": "uploads/phone.jpg", "sizes": [{"width": 50}], "format": "png"}),
+    )
+    .await);
+    let out = &result["outputs"][0];
+    assert_eq!(
+        (out["width"].as_u64(), out["height"].as_u64()),
+        (Some(50), Some(100)),
+        "{result}"
+    );
+    let img = image::open(config.files.dir.join(out["path"].as_str().expect("path")))
+        .expect("decodes")
+        .into_rgb8();
+    let (top, bottom) = (img.get_pixel(25, 10), img.get_pixel(25, 90));
+    assert!(top[0] > 200 && top[2] < 60, "top {top:?}");
+    assert!(bottom[2] > 200 && bottom[0] < 60, "bottom {bottom:?}");
+}
+
+/// JPEG has no alpha: a transparent source (a logo on nothing) is laid on white, as a viewer
+/// shows it, not stripped of its alpha, which turned every transparent pixel (stored as
+/// transparent black, as most editors do) black.
+#[tokio::test]
+async fn jpeg_of_a_transparent_image_is_on_white() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    // Left half transparent black, right half opaque red.
+    ImageBuffer::from_fn(64, 32, |x, _| {
+        if x < 32 {
+            image::Rgba([0u8, 0, 0, 0])
+        } else {
+            image::Rgba([255, 0, 0, 255])
+        }
+    })
+    .save(config.files.dir.join("logo.png"))
+    .expect("save");
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "image.resize",
+        json!({"source": "logo.png", "sizes": [{"width": 64}], "format": "jpeg", "quality": 95}),
+    )
+    .await);
+    let path = config
+        .files
+        .dir
+        .join(result["outputs"][0]["path"].as_str().expect("path"));
+    let img = image::open(path).expect("decodes").into_rgb8();
+    let (clear, red) = (img.get_pixel(8, 16), img.get_pixel(56, 16));
+    assert!(
+        clear.0.iter().all(|&c| c > 240),
+        "transparent became {clear:?}"
+    );
+    assert!(
+        red[0] > 220 && red[1] < 40 && red[2] < 40,
+        "red became {red:?}"
     );
 }
 

@@ -1,5 +1,6 @@
 //! `pdf.report`: a 500-row report, read back (page count with lopdf, text with `pdftotext`
-//! when installed, else lopdf's extractor), and a report from an etl-style SQLite table.
+//! when installed, else lopdf's extractor), a report from an etl-style SQLite table, logos
+//! (transparent, huge) and a symlink planted at the temporary file.
 
 use std::path::Path;
 use std::time::Instant;
@@ -132,6 +133,112 @@ async fn rows_from_an_etl_sqlite_table() {
     )
     .await;
     assert!(is_permanent(&missing.result), "{:?}", missing.result);
+}
+
+/// A logo is held to `[files] max_download_bytes`, sized before it is read: a huge file
+/// (1 TiB, sparse) fails the report for good instead of being loaded whole (which failed to
+/// allocate, an error retried as if memory might free up).
+#[tokio::test]
+async fn a_huge_logo_is_refused_unread() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    std::fs::File::create(config.files.dir.join("logo.png"))
+        .and_then(|f| f.set_len(1 << 40))
+        .expect("sparse file");
+    let registry = common::registry(&config);
+    let ran = run(
+        &registry,
+        "pdf.report",
+        json!({"title": "t", "columns": ["a"], "rows": [[1]], "logo": "logo.png"}),
+    )
+    .await;
+    let message = common::error_message(&ran.result);
+    assert!(is_permanent(&ran.result), "{message}");
+    assert!(message.contains("download limit"), "{message}");
+}
+
+/// A logo's transparency is kept (a soft mask in the PDF), not stripped: stripping it turned
+/// every transparent pixel (stored as transparent black, as most editors do) into a black
+/// box on the page.
+#[tokio::test]
+async fn a_transparent_logo_stays_transparent() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    // Left half transparent black, right half opaque dark blue.
+    image::ImageBuffer::from_fn(64, 32, |x, _| {
+        if x < 32 {
+            image::Rgba([0u8, 0, 0, 0])
+        } else {
+            image::Rgba([0, 0, 128, 255])
+        }
+    })
+    .save(config.files.dir.join("logo.png"))
+    .expect("save");
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "pdf.report",
+        json!({"title": "t", "columns": ["a"], "rows": [[1]], "logo": "logo.png", "output": "r.pdf"}),
+    )
+    .await);
+    assert_eq!(result["path"], "r.pdf");
+    let doc = lopdf::Document::load(config.files.dir.join("r.pdf")).expect("pdf loads");
+    let with_mask: Vec<&lopdf::Stream> = doc
+        .objects
+        .values()
+        .filter_map(|o| o.as_stream().ok())
+        .filter(|s| s.dict.get(b"SMask").is_ok())
+        .collect();
+    assert_eq!(with_mask.len(), 1, "the logo has no soft mask");
+    let mask_ref = with_mask[0]
+        .dict
+        .get(b"SMask")
+        .and_then(lopdf::Object::as_reference)
+        .expect("SMask reference");
+    let mask = doc
+        .get_object(mask_ref)
+        .and_then(lopdf::Object::as_stream)
+        .expect("mask stream");
+    let alpha = mask
+        .decompressed_content()
+        .unwrap_or_else(|_| mask.content.clone());
+    assert_eq!(alpha.len(), 64 * 32);
+    assert_eq!(alpha[8], 0, "transparent half masked out");
+    assert_eq!(alpha[56], 255, "opaque half shown");
+}
+
+/// The report is written through a temporary file beside its output; a symlink planted in
+/// that temporary file's place (say by another local user sharing the files directory) is
+/// replaced, never written through to its target outside the files directory.
+#[tokio::test]
+async fn the_temporary_file_is_not_written_through_a_symlink() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    let outside = tmp.path().join("outside.txt");
+    std::fs::write(&outside, b"precious").expect("write");
+    std::fs::create_dir_all(config.files.dir.join("reports")).expect("mkdir");
+    std::os::unix::fs::symlink(&outside, config.files.dir.join("reports/q3.pdf.tmp"))
+        .expect("link");
+    let registry = common::registry(&config);
+    let result = ok(run(
+        &registry,
+        "pdf.report",
+        json!({"title": "t", "columns": ["a"], "rows": [[1]], "output": "reports/q3.pdf"}),
+    )
+    .await);
+    assert_eq!(result["path"], "reports/q3.pdf");
+    assert!(
+        std::fs::read(&outside).expect("read") == b"precious",
+        "written through the link"
+    );
+    assert!(
+        std::fs::symlink_metadata(config.files.dir.join("reports/q3.pdf"))
+            .is_ok_and(|m| m.file_type().is_file()),
+        "the report is a file of its own"
+    );
+    assert_eq!(page_count(&config.files.dir.join("reports/q3.pdf")), 1);
 }
 
 #[tokio::test]
