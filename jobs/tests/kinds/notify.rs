@@ -708,3 +708,89 @@ async fn a_runaway_email_template_fails_for_good_instead_of_running_for_hours() 
         "the websocket one"
     );
 }
+
+/// A notification retrying across the upgrade that named endpoints by their label: the
+/// record its earlier attempt saved names the webhook by its whole URL, with a retryable
+/// failure. The retry delivers the webhook once and succeeds, the old entry taken over by
+/// the label: the result says the webhook was delivered, and the URL's secret path is not in
+/// it. (Kept under the whole URL beside the label's entry, the old failure stayed in the
+/// succeeded job's result: the webhook channel `failed`, its error quoting the URL.)
+#[tokio::test]
+async fn a_record_naming_a_webhook_by_its_whole_url_is_taken_over_by_its_label() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let mut config = base_config(tmp.path());
+    let hits = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counted = hits.clone();
+    let receiver = axum::Router::new().route(
+        "/hooks/s3cret",
+        post(move || {
+            counted.fetch_add(1, Ordering::SeqCst);
+            async { StatusCode::OK }
+        }),
+    );
+    let base = common::serve("127.0.0.1", receiver).await;
+    let url = format!("{base}/hooks/s3cret");
+    config.notify.webhooks = vec![url.clone()];
+
+    // The job's first attempt, as the version before labels recorded it.
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    let id = {
+        let old = SqliteBroker::open(tmp.path().join("hopper.db"), clock.clone())
+            .await
+            .expect("open the broker");
+        let job = NewJob::new(
+            "notify.send",
+            json!({"user": "9", "title": "T", "body": "B", "channels": ["webhook"]}),
+        )
+        .max_retries(3);
+        let id = old.enqueue(vec![job]).await.expect("enqueue")[0]
+            .job
+            .id
+            .clone();
+        let fetched = old
+            .fetch("default", 1, Duration::from_secs(30))
+            .await
+            .expect("fetch");
+        let lease = fetched[0].lease();
+        let error = format!("POST {url}: connection refused");
+        let failed = json!({"state": "failed", "error": error, "retryable": true});
+        let mut channel = failed.clone();
+        channel["endpoints"] = json!({ url.clone(): failed });
+        old.checkpoint(&lease, &json!({"channels": {"webhook": channel}}))
+            .await
+            .expect("checkpoint");
+        let answers = old
+            .finish(vec![hopper_workers::broker::Finish {
+                lease,
+                outcome: hopper_workers::broker::Outcome::Retry {
+                    at: clock.now(),
+                    error,
+                },
+            }])
+            .await
+            .expect("finish");
+        assert!(answers.iter().all(Result::is_ok), "{answers:?}");
+        id
+    };
+
+    let h = Harness::start(
+        tmp,
+        &config,
+        Arc::new(RecordingInbox::default()),
+        Arc::new(MemorySubscriptions::default()),
+    )
+    .await;
+    let job = h
+        .until(&id, "the job to end", |j| {
+            matches!(j.state, JobState::Succeeded | JobState::Dead)
+        })
+        .await;
+    assert_eq!(job.state, JobState::Succeeded, "{job:?}");
+    assert_eq!(hits.load(Ordering::SeqCst), 1, "delivered once");
+    let result = job.result.expect("the record");
+    assert_eq!(
+        result["channels"]["webhook"]["state"], "delivered",
+        "{result}"
+    );
+    assert!(!result.to_string().contains("s3cret"), "{result}");
+}
