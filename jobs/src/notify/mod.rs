@@ -16,17 +16,20 @@
 //! subscription) is recorded as `delivered`, `failed` (with the error) or `skipped` (with
 //! why) in the job's checkpoint, saved after each one. An endpoint is named there, and in
 //! errors, by its [`breaker::label`] (scheme, host, port, `/…#HASH`), never whole: a webhook
-//! URL's path or query may be its secret, a push endpoint is a capability URL. A retry reads it back and sends only
-//! what is not done yet, so a failing webhook is retried without sending the email twice.
+//! URL's path or query may be its secret, a push endpoint is a capability URL (an entry a
+//! version before labels saved under the whole URL is moved to the label). A retry reads it
+//! back and sends only what is not done yet, so a failing webhook is retried without sending
+//! the email twice.
 //! Each channel's idempotency key is `<job id>.<channel>` (`Hopper-Id` of webhooks, the
 //! email's `Message-ID`); the inbox notification's id is the job id.
 //!
 //! **Outcome.** Every channel delivered or skipped: succeeded, the record as the result
 //! (`{"channels": {"email": {"state": "delivered"}, ...}}`). A retryable failure (5xx,
 //! timeout, unreachable): the job retries with its backoff, or after the longest
-//! `Retry-After` (seconds) a failed endpoint answered with (within `[retry] backoff_max`). Only endpoints whose circuit is
-//! open left to do: the job snoozes until the earliest probe, its attempts not spent. Only
-//! permanent failures left (a 4xx webhook answer): dead, the record in its checkpoint.
+//! `Retry-After` (seconds) a failed endpoint answered with (within `[retry] backoff_max`).
+//! Only endpoints whose circuit is open left to do: the job snoozes until the earliest probe,
+//! its attempts not spent. Only permanent failures left (a 4xx webhook answer): dead, the
+//! record in its checkpoint.
 //! Retrying a dead notification (`hopper retry`) starts at attempt 1, which tries every
 //! failed delivery again and still sends nothing that was delivered.
 //!
@@ -251,7 +254,8 @@ impl SendNotification {
         .to_string();
         for url in &self.urls {
             let shown = breaker::label(url);
-            if record.endpoint_done(ch.name(), &shown) || record.endpoint_done(ch.name(), url) {
+            record.relabel_endpoint(ch.name(), url, &shown);
+            if record.endpoint_done(ch.name(), &shown) {
                 continue;
             }
             if let Err(wait) = self.breakers.admit(url).await {
@@ -320,9 +324,8 @@ impl SendNotification {
         let payload = serde_json::to_vec(n).unwrap_or_default();
         for sub in &subs {
             let shown = breaker::label(&sub.endpoint);
-            if record.endpoint_done(ch.name(), &shown)
-                || record.endpoint_done(ch.name(), &sub.endpoint)
-            {
+            record.relabel_endpoint(ch.name(), &sub.endpoint, &shown);
+            if record.endpoint_done(ch.name(), &shown) {
                 continue;
             }
             let origin = reqwest::Url::parse(&sub.endpoint)

@@ -119,6 +119,26 @@ impl Record {
             .is_some_and(Outcome::is_final)
     }
 
+    /// Files what `channel`'s record says of an endpoint under `whole` (its whole URL, as
+    /// versions before labels named it) under `label` instead (its error quoting the label),
+    /// unless the label has an entry of its own: a record an earlier version saved then
+    /// neither keeps the URL nor holds the channel failed after the endpoint is delivered
+    /// under its label.
+    pub fn relabel_endpoint(&mut self, channel: &str, whole: &str, label: &str) {
+        if whole == label {
+            return;
+        }
+        let Some(c) = self.channels.get_mut(channel) else {
+            return;
+        };
+        if let Some(mut outcome) = c.endpoints.remove(whole) {
+            if let Outcome::Failed { error, .. } = &mut outcome {
+                *error = error.replace(whole, label);
+            }
+            c.endpoints.entry(label.to_owned()).or_insert(outcome);
+        }
+    }
+
     /// Sets `channel`'s outcome.
     pub fn set_channel(&mut self, channel: &str, outcome: Outcome) {
         self.channels.entry(channel.to_owned()).or_default().outcome = Some(outcome);
@@ -219,5 +239,24 @@ mod tests {
         assert!(again.endpoint_done("webhook", "http://a/"));
         assert!(!again.endpoint_done("webhook", "http://b/"));
         assert!(again.channel_done("push"));
+    }
+
+    #[test]
+    fn an_entry_under_a_whole_url_moves_to_its_label() {
+        let whole = "https://h.example/hooks/s3cret";
+        let mut r = Record::default();
+        r.set_endpoint(
+            "webhook",
+            whole,
+            Outcome::permanent(format!("POST {whole}: HTTP 400")),
+        );
+        r.relabel_endpoint("webhook", whole, "https://h.example/…#ab");
+        assert!(r.endpoint_done("webhook", "https://h.example/…#ab"));
+        assert!(!r.to_value().to_string().contains("s3cret"), "{r:?}");
+        // The label's own entry (this version's) wins over the old one.
+        r.set_endpoint("webhook", whole, Outcome::retryable("old"));
+        r.relabel_endpoint("webhook", whole, "https://h.example/…#ab");
+        assert!(r.endpoint_done("webhook", "https://h.example/…#ab"));
+        assert_eq!(r.channels["webhook"].endpoints.len(), 1);
     }
 }
