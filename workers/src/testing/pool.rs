@@ -45,6 +45,9 @@ enum Act {
     HoldFirst,
     /// Succeeds with a result nested deeper than a broker reads back.
     DeepResult,
+    /// Saves a checkpoint nested deeper than a broker reads back (stopping at a refusal),
+    /// then succeeds.
+    DeepCheckpoint,
 }
 
 /// What test handlers saw: runs started, and runs that ended because they were told to stop.
@@ -97,6 +100,11 @@ impl Handler for TestHandler {
             }
             Act::HoldFirst => Ok(json!({"run": run})),
             Act::DeepResult => Ok((0..200).fold(json!(1), |v, _| json!([v]))),
+            Act::DeepCheckpoint => {
+                cx.save_checkpoint((0..200).fold(json!(1), |v, _| json!([v])))
+                    .await?;
+                Ok(json!({"run": run}))
+            }
         }
     }
 }
@@ -313,6 +321,38 @@ pub async fn pool_buries_a_result_nested_too_deep_to_read_back(
         j.state == JobState::Succeeded
     })
     .await;
+    pool.stop().await;
+}
+
+/// A checkpoint nested deeper than a broker reads back would make its job unreadable like a
+/// result would (its page, listings and fetches failed on it): refused, so the handler that
+/// saves it (with `?`) makes its job dead, saying why, and the job stays readable.
+pub async fn pool_buries_a_checkpoint_nested_too_deep_to_read_back(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let probe = Arc::new(Probe::default());
+    let kinds = [("test.deepck", Act::DeepCheckpoint)];
+    let pool = start_plain(&b, &probe, &kinds, &clock);
+    let id = enqueue(&b, job("test.deepck").max_retries(3)).await;
+    let j = job_until(&b, &id, "the deep checkpoint's job to end", |j| {
+        j.state.is_final()
+    })
+    .await;
+    assert_eq!(j.state, JobState::Dead, "{j:?}");
+    assert_eq!(
+        j.attempt, 1,
+        "not retried: the next run would save the same"
+    );
+    assert!(j.checkpoint.is_none(), "no checkpoint stored");
+    let error = j.last_error.unwrap_or_default();
+    assert!(error.contains("nests more than"), "{error}");
+    assert!(
+        b.list(&super::support::filter(Some(&j.queue), None, 10))
+            .await
+            .is_ok(),
+        "the queue's listing reads"
+    );
     pool.stop().await;
 }
 
