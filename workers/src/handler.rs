@@ -161,8 +161,18 @@ impl JobContext {
     /// broker stored it: later attempts of the job (retries, snoozes, a rescue after a crash)
     /// read it with [`checkpoint`](Self::checkpoint), and `GET /v1/jobs/{id}` shows it. Use
     /// it to remember work done that must not be done twice (a message sent). A lost lease
-    /// (another attempt owns the job) or an unreachable broker is a retryable error.
+    /// (another attempt owns the job) or an unreachable broker is a retryable error; a value
+    /// nesting more than [`MAX_PAYLOAD_DEPTH`](crate::job::MAX_PAYLOAD_DEPTH) levels, which a
+    /// broker could not read back (the job would be unreadable), is a permanent one, and
+    /// nothing is saved.
     pub async fn save_checkpoint(&self, value: Value) -> Result<(), JobError> {
+        if crate::job::nests_deeper_than(&value, crate::job::MAX_PAYLOAD_DEPTH) {
+            return Err(JobError::permanent(format!(
+                "the checkpoint nests more than {} levels of objects and arrays, more than can \
+                 be stored and read back",
+                crate::job::MAX_PAYLOAD_DEPTH
+            )));
+        }
         *self
             .checkpoint
             .lock()
