@@ -1,6 +1,7 @@
 //! The worker pool against a real broker: each case starts an in-process [`Pool`] over the
 //! broker under test and watches what it makes of a job (a handler that times out, panics,
-//! keeps failing, is cut off from the broker past its lease, or whose kind no worker serves).
+//! keeps failing, is cut off from the broker past its lease, answers a result or saves a
+//! checkpoint nested too deep to read back, or whose kind no worker serves).
 //! The broker's own transitions are the other topics' business; these cases check the pool's
 //! decisions, and that both brokers carry them out alike.
 //!
