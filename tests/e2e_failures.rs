@@ -1,7 +1,8 @@
 //! Failures a job queue must survive: a worker killed mid-job, a cancel, graceful and hard
-//! shutdown (also with the log's reader gone), and the daemon killed with jobs still queued. Each case waits for the outcome it
-//! checks; the scenarios are sized so that the wrong outcome (a job waiting out its full
-//! sleep, a drain waiting out its full grace) cannot happen within the wait's deadline.
+//! shutdown (also with the log's reader gone), and the daemon killed with jobs still queued.
+//! Each case waits for the outcome it checks; the scenarios are sized so that the wrong
+//! outcome (a job waiting out its full sleep, a drain waiting out its full grace) cannot
+//! happen within the wait's deadline.
 
 #![allow(clippy::unwrap_used)]
 
