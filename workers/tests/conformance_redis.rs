@@ -639,3 +639,36 @@ async fn pause_is_honoured_by_another_node_and_resume_wakes_it() {
         1
     );
 }
+
+/// A job whose hash holds data Hopper did not write (here a field that is not UTF-8) cannot be
+/// read. A fetch that leases it with others hands out the others, and the unreadable one is
+/// buried saying why, instead of failing the whole fetch after leasing every job in it (the
+/// others then waited for their leases to run out, and the same fetch failed again).
+#[tokio::test]
+async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let ids = enqueue_ids(&**b, (0..3).map(|_| job("k")).collect()).await;
+    let mut conn = raw_conn();
+    let () = redis::cmd("HSET")
+        .arg(format!("{{{}:default}}:job:{}", f.prefix, ids[1]))
+        .arg("last_error")
+        .arg(&b"not \xff\xfe UTF-8"[..])
+        .query(&mut conn)
+        .expect("hset");
+    assert_eq!(fetch_ids(b, 3).await, vec![ids[0].clone(), ids[2].clone()]);
+    let state: String = redis::cmd("HGET")
+        .arg(format!("{{{}:default}}:job:{}", f.prefix, ids[1]))
+        .arg("state")
+        .query(&mut conn)
+        .expect("hget");
+    assert_eq!(state, "dead", "the unreadable job is buried");
+    let error: Vec<u8> = redis::cmd("HGET")
+        .arg(format!("{{{}:default}}:job:{}", f.prefix, ids[1]))
+        .arg("last_error")
+        .query(&mut conn)
+        .expect("hget");
+    let error = String::from_utf8(error).expect("the new last error is text");
+    assert!(error.contains("unreadable"), "{error}");
+    assert!(fetch_ids(b, 3).await.is_empty(), "nothing is leased again");
+}

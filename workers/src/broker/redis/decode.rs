@@ -202,6 +202,24 @@ pub(super) fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
     job_from_texts(pairs, id, queue)
 }
 
+/// The id of a job fetch.lua leased and the lease token the script wrote (the one before, + 1),
+/// read leniently from the packed parts: enough to end the lease of a job [`job_from_fetch`]
+/// cannot read. `None` when not even the id is text.
+pub(super) fn fetched_lease(v: &Value) -> Option<(String, u64)> {
+    let Value::BulkString(packed) = v else {
+        return None;
+    };
+    let parts: Vec<&[u8]> = packed.split(|b| *b == JOINER).collect();
+    let (id, fields) = parts.split_last()?;
+    let id = std::str::from_utf8(id).ok()?;
+    let before = fields
+        .chunks_exact(2)
+        .find(|pair| pair[0] == b"lease_token")
+        .and_then(|pair| std::str::from_utf8(pair[1]).ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    Some((id.to_owned(), before + 1))
+}
+
 /// `None` for an absent or empty field ('' is how scripts clear a field in place).
 fn nonempty(v: Option<&str>) -> Option<&str> {
     v.filter(|s| !s.is_empty())
@@ -382,6 +400,17 @@ mod tests {
         parts.extend([&b"last_error"[..], b"a\xffb", b"job-1"]);
         let err = job_from_fetch(&packed(&parts), "q").expect_err("corrupt");
         assert!(err.to_string().contains("unexpected data"), "{err}");
+    }
+
+    #[test]
+    fn the_lease_of_an_unreadable_job_is_read_leniently() {
+        let mut parts = FRESH.to_vec();
+        parts.extend([&b"last_error"[..], b"\xc3", b"job-1"]);
+        assert_eq!(fetched_lease(&packed(&parts)), Some(("job-1".into(), 1)));
+        let mut parts = FRESH.to_vec();
+        parts.extend([&b"lease_token"[..], b"4", b"job-2"]);
+        assert_eq!(fetched_lease(&packed(&parts)), Some(("job-2".into(), 5)));
+        assert_eq!(fetched_lease(&packed(&[b"\xc3"])), None);
     }
 
     #[test]

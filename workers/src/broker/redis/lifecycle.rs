@@ -20,7 +20,7 @@ use redis::{Cmd, Value};
 
 use super::RedisBroker;
 use super::conn::Pipe;
-use super::decode::{Answer, answer, corrupt, int, job_from_fetch, string};
+use super::decode::{Answer, answer, corrupt, fetched_lease, int, job_from_fetch, string};
 use super::keys::check_queue;
 use super::scripts::{BATCH, Lua, SCRIPTS};
 use crate::broker::rate::{self, JobRate, RatedFetch, TOLERANCE_MS};
@@ -232,15 +232,61 @@ pub(super) async fn run_fetch(
         }
         (Some(_), []) => return Err(corrupt("fetch.lua answered without its rate")),
     };
-    let jobs = jobs
-        .iter()
-        .map(|v| {
-            let mut job = job_from_fetch(v, queue)?;
-            job.begin_attempt(now, deadline);
-            Ok(job)
-        })
-        .collect::<BrokerResult<Vec<Job>>>()?;
-    Ok(RatedFetch { jobs, held_for })
+    let mut leased = Vec::with_capacity(jobs.len());
+    let mut unreadable = Vec::new();
+    for v in jobs {
+        match job_from_fetch(v, queue) {
+            Ok(mut job) => {
+                job.begin_attempt(now, deadline);
+                leased.push(job);
+            }
+            Err(e) => unreadable.push((v, e)),
+        }
+    }
+    if !unreadable.is_empty() {
+        bury_unreadable(broker, queue, unreadable).await;
+    }
+    Ok(RatedFetch {
+        jobs: leased,
+        held_for,
+    })
+}
+
+/// Ends as `dead`, saying why, the jobs a fetch leased but cannot read (a hash holding data
+/// Hopper did not write): the rest of the fetch runs, instead of the whole fetch failing
+/// after the script leased every job in it (the others would wait for their leases to run
+/// out, and the next fetch lease the unreadable job again). A job whose id cannot even be
+/// read keeps its lease, logged, until rescue.
+async fn bury_unreadable(broker: &RedisBroker, queue: &str, jobs: Vec<(&Value, BrokerError)>) {
+    let mut batch = Vec::with_capacity(jobs.len());
+    for (v, e) in jobs {
+        let Some((id, token)) = fetched_lease(v) else {
+            tracing::error!(%queue, error = %e, "a fetched job cannot be read, not even its id");
+            continue;
+        };
+        tracing::warn!(job = %id, %queue, error = %e, "a fetched job cannot be read; burying it");
+        batch.push(Finish {
+            lease: Lease {
+                job_id: JobId(id),
+                queue: queue.to_owned(),
+                token,
+            },
+            outcome: Outcome::Dead {
+                error: format!("unreadable job data in Redis, buried by a fetch: {e}"),
+            },
+        });
+    }
+    if batch.is_empty() {
+        return;
+    }
+    match finish(broker, batch).await {
+        Ok(answers) => {
+            for e in answers.into_iter().filter_map(Result::err) {
+                tracing::warn!(%queue, error = %e, "burying an unreadable job was refused");
+            }
+        }
+        Err(e) => tracing::warn!(%queue, error = %e, "burying unreadable jobs failed"),
+    }
 }
 
 pub(super) async fn wait_for_work(
