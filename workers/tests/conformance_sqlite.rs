@@ -249,3 +249,43 @@ async fn pause_is_honoured_by_another_instance_and_survives_reopening() {
         1
     );
 }
+
+/// A queued row that cannot be read (a payload that is not JSON: data Hopper did not write)
+/// is buried saying why, and the rest of its fetch runs. Before, the whole fetch failed and
+/// rolled back, so no job of that queue ever ran again.
+#[tokio::test]
+async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
+    let (b, dir) = temp_sqlite(clock::system()).await;
+    let jobs: Vec<NewJob> = (0..3).map(|_| NewJob::new("test.k", json!({}))).collect();
+    b.enqueue(jobs.clone()).await.expect("enqueue");
+    let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
+    raw.busy_timeout(std::time::Duration::from_secs(30))
+        .expect("busy timeout");
+    raw.execute(
+        "UPDATE jobs SET payload = 'not json' WHERE id = ?1",
+        [jobs[1].id.as_str()],
+    )
+    .expect("corrupt one row");
+    let fetched: Vec<_> = b
+        .fetch("default", 3, std::time::Duration::from_secs(30))
+        .await
+        .expect("the fetch runs")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(fetched, vec![jobs[0].id.clone(), jobs[2].id.clone()]);
+    let (state, error): (String, String) = raw
+        .query_row(
+            "SELECT state, last_error FROM jobs WHERE id = ?1",
+            [jobs[1].id.as_str()],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .expect("the row");
+    assert_eq!(state, "dead", "the unreadable job is buried");
+    assert!(error.contains("unreadable"), "{error}");
+    let again = b
+        .fetch("default", 3, std::time::Duration::from_secs(30))
+        .await
+        .expect("fetch");
+    assert!(again.is_empty(), "nothing is leased again: {again:?}");
+}

@@ -206,12 +206,24 @@ pub(super) fn lease_queued(
     now: Timestamp,
 ) -> Result<Vec<Job>, Fail> {
     let max = to_i64(max.min(MAX_FETCH));
-    let mut jobs = conn
+    // A row that cannot be read is kept apart with its id and new lease token, not allowed to
+    // fail the whole fetch (see `bury_unreadable`).
+    let rows = conn
         .prepare_cached(sql::FETCH)?
         .query_map(params![queue, max, now + lease, now], |row| {
-            Ok((row.get::<_, i64>(0)?, job_from_row(row)?))
+            Ok(match job_from_row(row) {
+                Ok(job) => Ok((row.get::<_, i64>(0)?, job)),
+                Err(e) => Err((row.get::<_, String>(1)?, row.get::<_, i64>(13)?, e)),
+            })
         })?
         .collect::<Result<Vec<_>, _>>()?;
+    let mut jobs = Vec::with_capacity(rows.len());
+    for row in rows {
+        match row {
+            Ok(job) => jobs.push(job),
+            Err((id, token, e)) => bury_unreadable(conn, now, queue, id, token, &e)?,
+        }
+    }
     // RETURNING has no defined order: restore the fetch order.
     jobs.sort_by_key(|(seq, j)| (j.priority, j.run_at, *seq));
     let jobs: Vec<Job> = jobs.into_iter().map(|(_, j)| j).collect();
@@ -220,6 +232,34 @@ pub(super) fn lease_queued(
         append_event(conn, &owner, EventType::Started, now, &EventData::default())?;
     }
     Ok(jobs)
+}
+
+/// Ends as `dead`, saying why, a job the fetch leased but cannot read (a row holding data
+/// Hopper did not write, such as a payload that is not JSON), in the fetch's own transaction:
+/// the rest of the fetch runs. Failing the fetch instead would roll it back, and every later
+/// fetch of the queue would meet the same row: no job of the queue would run again.
+fn bury_unreadable(
+    conn: &Connection,
+    now: Timestamp,
+    queue: &str,
+    id: String,
+    token: i64,
+    e: &rusqlite::Error,
+) -> Result<(), Fail> {
+    tracing::warn!(job = %id, %queue, error = %e, "a fetched job cannot be read; burying it");
+    let lease = Lease {
+        job_id: JobId(id),
+        queue: queue.to_owned(),
+        token: u64::try_from(token).unwrap_or(0),
+    };
+    let outcome = Outcome::Dead {
+        error: format!("unreadable job data in SQLite, buried by a fetch: {e}"),
+    };
+    let mut requeued = false;
+    if let Err(refused) = finish_one(conn, now, Finish { lease, outcome }, &mut requeued)? {
+        tracing::warn!(%queue, error = %refused, "burying an unreadable job was refused");
+    }
+    Ok(())
 }
 
 pub(super) async fn heartbeat(
