@@ -8,6 +8,7 @@
 //! - [`config`]: [`JobsConfig`], the `[smtp]`, `[files]`, `[etl]`, `[http]` and `[notify]`
 //!   settings the shell embeds.
 //! - [`files`]: relative paths under the files directory, and the refusal to leave it.
+//! - [`capped`]: a byte buffer that refuses to grow past a limit, where templates render.
 //! - `payload` (private): serde helpers several payload types share (one string or a list,
 //!   SQL identifiers); parsing itself is the engine's.
 //! - `http` (private, feature `http`): the shared [`HttpClient`] (redirects followed and
@@ -35,6 +36,7 @@
 //! [`Handler::validate`](hopper_workers::Handler::validate)) so that the API can answer 400
 //! before anything is enqueued.
 
+pub mod capped;
 pub mod config;
 pub mod files;
 // With every kind disabled, nothing parses payloads.

@@ -15,6 +15,7 @@
 //! [`MAX_RENDERED`] bytes a string): past either, the publish is refused like a template
 //! that fails.
 
+use hopper_jobs::capped::Capped;
 use minijinja::{Environment, UndefinedBehavior};
 use serde_json::{Map, Value};
 
@@ -55,40 +56,18 @@ fn env() -> &'static Environment<'static> {
 
 /// Renders the text template `s`, refusing output past [`MAX_RENDERED`].
 fn render_text(s: &str, context: &minijinja::Value) -> Result<String, String> {
-    let mut out = Capped::default();
+    let mut out = Capped::new(MAX_RENDERED);
     env()
         .template_from_str(s)
         .and_then(|t| t.render_captured_to(context.clone(), &mut out).map(drop))
         .map_err(|e| {
-            if out.over {
+            if out.over() {
                 format!("renders more than {MAX_RENDERED} bytes")
             } else {
                 why(&e, s)
             }
         })?;
-    String::from_utf8(out.buf).map_err(|e| e.to_string())
-}
-
-/// A buffer that refuses to grow past [`MAX_RENDERED`].
-#[derive(Default)]
-struct Capped {
-    buf: Vec<u8>,
-    over: bool,
-}
-
-impl std::io::Write for Capped {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + buf.len() > MAX_RENDERED {
-            self.over = true;
-            return Err(std::io::Error::other("the rendered string is too large"));
-        }
-        self.buf.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
+    String::from_utf8(out.into_inner()).map_err(|e| e.to_string())
 }
 
 /// The expression of a string that is exactly one `{{ … }}`, if it is one.

@@ -20,6 +20,7 @@ use minijinja::Environment;
 use serde_json::json;
 
 use super::ports::Notification;
+use crate::capped::Capped;
 use crate::email::SendEmail;
 
 /// The text part when no template file applies.
@@ -49,43 +50,27 @@ fn render_parts(
         .and_then(|()| env.add_template_owned("notification.html", html_src))
         .map_err(|e| JobError::permanent(format!("template of type {kind:?}: {e}")))?;
     let render = |name: &str| {
-        let mut out = Capped::default();
+        let mut out = Capped::new(MAX_RENDERED);
         env.get_template(name)
-            .and_then(|t| t.render_captured_to(vars, &mut out).map(drop))
+            .and_then(|t| {
+                t.render_captured_to(
+                    minijinja::Value::from(minijinja::value::Serde(vars)),
+                    &mut out,
+                )
+                .map(drop)
+            })
             .map_err(|e| {
-                let e = if out.over {
+                let e = if out.over() {
                     format!("the part is over {MAX_RENDERED} bytes")
                 } else {
                     e.to_string()
                 };
                 JobError::permanent(format!("rendering {name} of type {kind:?}: {e}"))
             })?;
-        String::from_utf8(out.buf)
+        String::from_utf8(out.into_inner())
             .map_err(|e| JobError::permanent(format!("rendering {name}: {e}")))
     };
     Ok((render("notification.txt")?, render("notification.html")?))
-}
-
-/// A buffer that refuses to grow past [`MAX_RENDERED`].
-#[derive(Default)]
-struct Capped {
-    buf: Vec<u8>,
-    over: bool,
-}
-
-impl std::io::Write for Capped {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        if self.buf.len() + buf.len() > MAX_RENDERED {
-            self.over = true;
-            return Err(std::io::Error::other("the rendered part is too large"));
-        }
-        self.buf.extend_from_slice(buf);
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
 }
 
 /// Renders and sends notification emails.
