@@ -214,12 +214,12 @@ async fn lookup(printer: &Printer, base: &str, job: &str, token: Option<&str>) -
                     .with_context(|| format!("{base} answered GET /v1/jobs/{job} with no job"));
             }
             Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
-                let body = resp.text().await.unwrap_or_default();
+                let body = error_body(resp).await;
                 return Err(not_found(base, job, &body));
             }
             Ok(resp) if resp.status().is_client_error() => {
                 let status = resp.status();
-                let body = resp.text().await.unwrap_or_default();
+                let body = error_body(resp).await;
                 return Err(CliError::Usage(format!(
                     "{base} refused GET /v1/jobs/{job} ({status}): {}",
                     body.trim()
@@ -236,6 +236,24 @@ async fn lookup(printer: &Printer, base: &str, job: &str, token: Option<&str>) -
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// The most of an error answer's body read: the API's error bodies are far smaller, and the
+/// address may be another server's, whose body could be anything.
+const ERROR_BODY_LIMIT: usize = 16 * 1024;
+
+/// The start of an error answer's body (up to [`ERROR_BODY_LIMIT`] bytes, as text); what
+/// cannot be read is left out.
+async fn error_body(mut resp: reqwest::Response) -> String {
+    let mut body = Vec::new();
+    while body.len() < ERROR_BODY_LIMIT {
+        match resp.chunk().await {
+            Ok(Some(chunk)) => body.extend_from_slice(&chunk),
+            _ => break,
+        }
+    }
+    body.truncate(ERROR_BODY_LIMIT);
+    String::from_utf8_lossy(&body).into_owned()
 }
 
 /// A 404 to `GET /v1/jobs/{job}`. In the API's error shape (code `not_found`) there is no such
