@@ -3,7 +3,8 @@
 //! against a real `hopper serve` on a temp SQLite file.
 //!
 //! The browser halves live in `tests/browser/` (`dashboard.mjs`: the tour of the page;
-//! `busy.mjs`: the page while jobs stream through the server); this side starts the daemon,
+//! `busy.mjs`: the page while jobs stream through the server; `client.mjs`: the API calls and
+//! step lines both use); this side starts the daemon,
 //! runs node, and fails (never skips) when node, chromium or playwright-core are missing:
 //! `.ci/run` installs them.
 

@@ -10,6 +10,7 @@
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { client, step } from './client.mjs';
 
 const [base, token, shots] = process.argv.slice(2);
 if (!base || !token || !shots) throw new Error('usage: busy.mjs BASE_URL TOKEN SCREENSHOT_DIR');
@@ -17,22 +18,8 @@ const DEADLINE = 60_000;
 /** How soon a change must show while the stream is live (the page's safety refresh is 10 s). */
 const PROMPTLY = 2500;
 
-async function api(method, path, body) {
-  const res = await fetch(base + path, {
-    method,
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-  return JSON.parse(text);
-}
-const enqueue = (kind, payload, queue = 'default') => api('POST', '/v1/jobs', { kind, payload, queue }).then((j) => j.id);
+const { api, enqueue } = client(base, token);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
-
-function step(what) {
-  console.log(`[${new Date().toISOString()}] ${what}`);
-}
 
 /** Keeps events flowing: ten `sys.noop` jobs every 100 ms until `stop()`. */
 function busy() {

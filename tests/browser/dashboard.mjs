@@ -11,27 +11,13 @@
 import { chromium } from 'playwright-core';
 import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
+import { client, step } from './client.mjs';
 
 const [base, token, shots] = process.argv.slice(2);
 if (!base || !token || !shots) throw new Error('usage: dashboard.mjs BASE_URL TOKEN SCREENSHOT_DIR');
 const DEADLINE = 60_000;
 
-async function api(method, path, body) {
-  const res = await fetch(base + path, {
-    method,
-    headers: { authorization: `Bearer ${token}`, 'content-type': 'application/json' },
-    body: body === undefined ? undefined : JSON.stringify(body),
-  });
-  const text = await res.text();
-  if (!res.ok) throw new Error(`${method} ${path}: ${res.status} ${text}`);
-  return JSON.parse(text);
-}
-
-const enqueue = (kind, payload, queue = 'default') => api('POST', '/v1/jobs', { kind, payload, queue }).then((j) => j.id);
-
-function step(what) {
-  console.log(`[${new Date().toISOString()}] ${what}`);
-}
+const { api, enqueue } = client(base, token);
 
 const profile = process.env.BROWSER_PROFILE;
 mkdirSync(profile, { recursive: true });
