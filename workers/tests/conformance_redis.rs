@@ -702,14 +702,23 @@ async fn an_unreadable_job_leased_before_is_buried_with_this_fetchs_token() {
         .arg(&b"k\xff"[..])
         .query(&mut conn)
         .expect("hset");
-    assert!(fetch_ids(b, 1).await.is_empty(), "the unreadable job is not handed out");
+    assert!(
+        fetch_ids(b, 1).await.is_empty(),
+        "the unreadable job is not handed out"
+    );
     let state: String = redis::cmd("HGET")
         .arg(&key)
         .arg("state")
         .query(&mut conn)
         .expect("hget");
-    assert_eq!(state, "dead", "the unreadable job is buried, not left leased");
+    assert_eq!(
+        state, "dead",
+        "the unreadable job is buried, not left leased"
+    );
     let stats = b.queues().await.expect("queues");
-    let q = stats.iter().find(|q| q.queue == "default").expect("the queue");
+    let q = stats
+        .iter()
+        .find(|q| q.queue == "default")
+        .expect("the queue");
     assert_eq!((q.counts.running, q.counts.dead), (0, 1), "{q:?}");
 }
