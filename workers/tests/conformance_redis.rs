@@ -672,3 +672,53 @@ async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
     assert!(error.contains("unreadable"), "{error}");
     assert!(fetch_ids(b, 3).await.is_empty(), "nothing is leased again");
 }
+
+/// A job leased before (its lease token 1) whose kind, stored before the token in its hash,
+/// holds the byte 0xFF (the byte fetch.lua joins a job's parts with): the parts after it are
+/// shifted by one, yet the bury must use the token this fetch wrote (2), or it is refused and
+/// the job stays `running` until its lease runs out, then comes back to fail the same way.
+#[tokio::test]
+async fn an_unreadable_job_leased_before_is_buried_with_this_fetchs_token() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let ids = enqueue_ids(&**b, vec![job("k")]).await;
+    let got = b.fetch("default", 1, LEASE).await.expect("fetch");
+    let lease = got[0].lease();
+    let released = b
+        .finish(vec![finish(
+            lease,
+            Outcome::Released {
+                reason: "back".into(),
+            },
+        )])
+        .await
+        .expect("release");
+    assert!(released[0].is_ok(), "{released:?}");
+    let key = format!("{{{}:default}}:job:{}", f.prefix, ids[0]);
+    let mut conn = raw_conn();
+    let () = redis::cmd("HSET")
+        .arg(&key)
+        .arg("kind")
+        .arg(&b"k\xff"[..])
+        .query(&mut conn)
+        .expect("hset");
+    assert!(
+        fetch_ids(b, 1).await.is_empty(),
+        "the unreadable job is not handed out"
+    );
+    let state: String = redis::cmd("HGET")
+        .arg(&key)
+        .arg("state")
+        .query(&mut conn)
+        .expect("hget");
+    assert_eq!(
+        state, "dead",
+        "the unreadable job is buried, not left leased"
+    );
+    let stats = b.queues().await.expect("queues");
+    let q = stats
+        .iter()
+        .find(|q| q.queue == "default")
+        .expect("the queue");
+    assert_eq!((q.counts.running, q.counts.dead), (0, 1), "{q:?}");
+}

@@ -289,3 +289,37 @@ async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
         .expect("fetch");
     assert!(again.is_empty(), "nothing is leased again: {again:?}");
 }
+
+/// A queued row whose kind is not UTF-8 text (data Hopper did not write): the fetch buries it
+/// and hands out the rest, as for a payload that is not JSON, instead of failing on the kind
+/// again while burying it, which rolls the fetch back so that no job of the queue runs again.
+#[tokio::test]
+async fn an_unreadable_kind_is_buried_and_the_rest_of_its_fetch_runs() {
+    let (b, dir) = temp_sqlite(clock::system()).await;
+    let jobs: Vec<NewJob> = (0..2).map(|_| NewJob::new("test.k", json!({}))).collect();
+    b.enqueue(jobs.clone()).await.expect("enqueue");
+    let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
+    raw.busy_timeout(std::time::Duration::from_secs(30))
+        .expect("busy timeout");
+    raw.execute(
+        "UPDATE jobs SET kind = CAST(X'6BFF' AS TEXT) WHERE id = ?1",
+        [jobs[0].id.as_str()],
+    )
+    .expect("corrupt one row");
+    let fetched: Vec<_> = b
+        .fetch("default", 2, std::time::Duration::from_secs(30))
+        .await
+        .expect("the fetch runs")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(fetched, vec![jobs[1].id.clone()]);
+    let state: String = raw
+        .query_row(
+            "SELECT state FROM jobs WHERE id = ?1",
+            [jobs[0].id.as_str()],
+            |r| r.get(0),
+        )
+        .expect("the row");
+    assert_eq!(state, "dead", "the unreadable job is buried");
+}

@@ -205,6 +205,10 @@ pub(super) fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
 /// The id of a job fetch.lua leased and the lease token the script wrote (the one before, + 1),
 /// read leniently from the packed parts: enough to end the lease of a job [`job_from_fetch`]
 /// cannot read. `None` when not even the id is text.
+///
+/// A value holding the byte [`JOINER`] (data Hopper did not write) splits into more parts and
+/// shifts the field/value pairs after it, so the `lease_token` field is looked for at every
+/// part, not only at the even ones: an even one first, then any followed by a number.
 pub(super) fn fetched_lease(v: &Value) -> Option<(String, u64)> {
     let Value::BulkString(packed) = v else {
         return None;
@@ -212,10 +216,17 @@ pub(super) fn fetched_lease(v: &Value) -> Option<(String, u64)> {
     let parts: Vec<&[u8]> = packed.split(|b| *b == JOINER).collect();
     let (id, fields) = parts.split_last()?;
     let id = std::str::from_utf8(id).ok()?;
-    let before = fields
-        .chunks_exact(2)
-        .find(|pair| pair[0] == b"lease_token")
-        .and_then(|pair| std::str::from_utf8(pair[1]).ok()?.parse::<u64>().ok())
+    let number = |part: &[u8]| std::str::from_utf8(part).ok()?.parse::<u64>().ok();
+    let token_after = |even: bool| {
+        fields
+            .windows(2)
+            .enumerate()
+            .filter(|(i, _)| !even || i % 2 == 0)
+            .find(|(_, pair)| pair[0] == b"lease_token" && number(pair[1]).is_some())
+            .and_then(|(_, pair)| number(pair[1]))
+    };
+    let before = token_after(true)
+        .or_else(|| token_after(false))
         .unwrap_or(0);
     Some((id.to_owned(), before + 1))
 }
@@ -411,6 +422,10 @@ mod tests {
         parts.extend([&b"lease_token"[..], b"4", b"job-2"]);
         assert_eq!(fetched_lease(&packed(&parts)), Some(("job-2".into(), 5)));
         assert_eq!(fetched_lease(&packed(&[b"\xc3"])), None);
+        // A value holding the joiner shifts the pairs after it.
+        let mut parts = vec![&b"kind"[..], b"k", b"", b"state", b"queued"];
+        parts.extend([&b"lease_token"[..], b"1", b"job-3"]);
+        assert_eq!(fetched_lease(&packed(&parts)), Some(("job-3".into(), 2)));
     }
 
     #[test]

@@ -4,7 +4,8 @@
 //! SQLite's `i64` and Hopper's unsigned numbers and [`Timestamp`]s (stored as integer
 //! milliseconds, which order and compare in SQL). It does not run statements. A stored value this
 //! version cannot read is a conversion error ([`BadColumn`]), never a panic or a guess, because
-//! a newer `hopper` may share the file.
+//! a newer `hopper` may share the file; the one exception is an event's kind label
+//! ([`owner_from_row`]), read lossily when it is not UTF-8.
 
 use rusqlite::Row;
 use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
@@ -35,12 +36,18 @@ impl Owner {
     }
 }
 
-/// Decodes `id, queue, kind, attempt` (columns 0 to 3).
+/// Decodes `id, queue, kind, attempt` (columns 0 to 3). The kind only labels the events, so a
+/// kind that is not UTF-8 (data Hopper did not write) is read lossily: failing here would fail
+/// the statement that ends such a job, such as the fetch that buries it, every time.
 pub(super) fn owner_from_row(r: &Row<'_>) -> rusqlite::Result<Owner> {
+    let kind = match r.get_ref(2)? {
+        ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+        _ => r.get(2)?,
+    };
     Ok(Owner {
         id: JobId(r.get(0)?),
         queue: r.get(1)?,
-        kind: r.get(2)?,
+        kind,
         attempt: to_u32(r.get(3)?),
     })
 }
