@@ -329,19 +329,18 @@ impl NewJob {
 }
 
 /// True when `value` has more than `limit` levels of objects and arrays one within another
-/// (a scalar has none, `{}` one). Walked with a stack of its own, not by recursion.
+/// (a scalar has none, `{}` one). It runs for every job enqueued, so it allocates nothing; it
+/// recurses at most `limit + 1` calls deep, whatever the value's own depth.
 pub fn nests_deeper_than(value: &Value, limit: usize) -> bool {
-    let mut stack: Vec<(&Value, usize)> = vec![(value, 0)];
-    while let Some((v, above)) = stack.pop() {
-        let depth = above + 1;
+    /// Whether `v` needs more than `room` levels.
+    fn deeper(v: &Value, room: usize) -> bool {
         match v {
-            Value::Array(_) | Value::Object(_) if depth > limit => return true,
-            Value::Array(items) => stack.extend(items.iter().map(|c| (c, depth))),
-            Value::Object(map) => stack.extend(map.values().map(|c| (c, depth))),
-            _ => {}
+            Value::Array(items) => room == 0 || items.iter().any(|c| deeper(c, room - 1)),
+            Value::Object(map) => room == 0 || map.values().any(|c| deeper(c, room - 1)),
+            _ => false,
         }
     }
-    false
+    deeper(value, limit)
 }
 
 /// A queue name, checked: `Err` names the field `queue` and says the rule.

@@ -143,3 +143,25 @@ impl Mailer {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::render_parts;
+
+    /// What README promises of a template: the HTML part escaped, `tojson` for a map as JSON.
+    #[test]
+    fn templates_escape_html_and_print_json_with_tojson() {
+        let vars = json!({"title": "<b>hi</b>", "data": {"a": 1}});
+        let (text, html) = render_parts(
+            "t",
+            "{{ title }} {{ data|tojson }}".into(),
+            "<p>{{ title }}</p>".into(),
+            &vars,
+        )
+        .expect("renders");
+        assert_eq!(text, r#"<b>hi</b> {"a": 1}"#);
+        assert_eq!(html, "<p>&lt;b&gt;hi&lt;/b&gt;</p>");
+    }
+}
