@@ -162,6 +162,6 @@ mod tests {
         )
         .expect("renders");
         assert_eq!(text, r#"<b>hi</b> {"a": 1}"#);
-        assert_eq!(html, "<p>&lt;b&gt;hi&lt;/b&gt;</p>");
+        assert_eq!(html, "<p>&lt;b&gt;hi&lt;&#x2f;b&gt;</p>");
     }
 }
