@@ -75,6 +75,7 @@ pub use liveness::{BEAT, Vitals};
 pub use running::PoolHandle;
 use running::{Running, StopReason};
 use unserved::unserved;
+pub use unserved::unserved_since;
 use writes::{acknowledge, write_progress};
 
 /// One queue the pool serves.
