@@ -284,3 +284,32 @@ async fn worker_serves_metrics_on_metrics_listen() {
         16.0
     );
 }
+
+/// A worker killed (SIGKILL) mid-job counts nothing itself: the node whose rescuer returns
+/// the job to its queue once the lease expires counts that attempt `interrupted`, then the
+/// next attempt's `succeeded`, so the sum across nodes tells every attempt, a crashed node's
+/// included.
+#[tokio::test]
+async fn an_attempt_of_a_killed_worker_is_counted_interrupted_by_its_rescuer() {
+    let s = Scratch::with_config("[worker]\nlease = \"2s\"\nheartbeat = \"500ms\"\n");
+    let mut w = s.start(&["worker"]);
+    w.wait_log("worker pool started");
+    let out = s.cli_ok(&["enqueue", "sys.sleep", "--payload", "{\"ms\": 3000}"]);
+    let id = out.trim().to_owned();
+    wait::until_blocking("the job never ran on the worker", || {
+        let job = s.cli_job(&id);
+        if job["state"] == "running" {
+            Ok(())
+        } else {
+            Err(format!("{job:#}"))
+        }
+    });
+    w.stop("KILL");
+
+    let (_d, api) = s.serve(&[]);
+    let done = api.wait_state(&id, "succeeded").await;
+    assert_eq!(done["interruptions"], 1, "{done:#}");
+    let m = scrape(&format!("{}/metrics", api.base), None).await;
+    assert_eq!(finished(&m, "sys.sleep", "interrupted"), 1.0);
+    assert_eq!(finished(&m, "sys.sleep", "succeeded"), 1.0);
+}

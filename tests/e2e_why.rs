@@ -265,3 +265,35 @@ async fn workers_are_listed_on_redis_and_gone_once_stopped() {
     let job = api.job(&id).await;
     assert_eq!(reason(&job), "no_worker", "{job:#}");
 }
+
+/// A job whose kind no running worker serves (here, the only worker leaves out the diagnostic
+/// kinds the API accepts) is put off every few seconds, `scheduled` in between: it says
+/// `no_worker`, naming the kind, not `run_at` (a delay the user never asked for). Once a
+/// worker serving the kind joins, it runs.
+#[tokio::test]
+async fn waiting_says_no_worker_for_a_kind_put_off_for_want_of_a_handler() {
+    let s = Scratch::with_config("");
+    let (_api_d, api) = s.serve(&["--no-workers"]);
+    let lacking = Scratch::new();
+    lacking.write_config_with_broker(&s.broker_url(), "unused", "[worker]\ndiagnostics = false\n");
+    let _w1 = lacking.start(&["worker"]);
+    wait_workers(&api, 1).await;
+
+    let id = api.enqueue_ok(noop()).await;
+    let job = api
+        .wait_job(&id, |j| {
+            j["state"] == "scheduled"
+                && j["last_error"]
+                    .as_str()
+                    .is_some_and(|e| e.starts_with("no worker serves kind"))
+        })
+        .await;
+    assert_eq!(reason(&job), "no_worker", "{job:#}");
+    let message = job["waiting"]["message"].as_str().unwrap();
+    assert!(message.contains("sys.noop"), "{message}");
+    let cli = s.cli_job(&id);
+    assert_eq!(cli["waiting"]["reason"], "no_worker", "{cli:#}");
+
+    let _w2 = s.start(&["worker"]);
+    api.wait_state(&id, "succeeded").await;
+}

@@ -129,6 +129,22 @@ pub async fn explain(
             return Ok(Some(w));
         }
         JobState::Scheduled | JobState::Retrying if job.run_at > now => {
+            // Put off for want of a handler (`hopper_workers::pool::unserved_since`): its
+            // `run_at` is only the next look, a few seconds ahead; what it waits for is a
+            // worker that serves its kind.
+            if job.state == JobState::Scheduled
+                && let Some(since) = hopper_workers::pool::unserved_since(job)
+            {
+                let nodes = broker.nodes().await?;
+                if let Some(mut w) = no_worker(&nodes, job) {
+                    w.message = format!(
+                        "{}; put off for want of one since {since}, it goes to dead once the \
+                         worker's [worker] unknown_kind_grace has passed",
+                        w.message
+                    );
+                    return Ok(Some(w));
+                }
+            }
             let why = if job.state == JobState::Retrying {
                 format!(
                     "retrying after attempt {} failed: due again at {} (backoff)",
@@ -164,20 +180,10 @@ pub async fn explain(
     }
 
     let nodes = broker.nodes().await?;
-    let serving: Vec<&WorkerNode> = nodes.iter().filter(|n| n.serves(q, &job.kind)).collect();
-    if serving.is_empty() {
-        let on_queue = nodes.iter().filter(|n| n.queue(q).is_some()).count();
-        let message = if on_queue == 0 {
-            format!("no worker has served queue {q} in the last minute")
-        } else {
-            format!(
-                "no worker has served kind {} on queue {q} in the last minute ({on_queue} \
-                 serving the queue lack the kind)",
-                job.kind
-            )
-        };
-        return Ok(Some(Waiting::new(Reason::NoWorker, message)));
+    if let Some(w) = no_worker(&nodes, job) {
+        return Ok(Some(w));
     }
+    let serving: Vec<&WorkerNode> = nodes.iter().filter(|n| n.serves(q, &job.kind)).collect();
     if serving.iter().all(|n| n.queue(q).is_some_and(|l| l.paused)) {
         return Ok(Some(Waiting::new(
             Reason::QueuePaused,
@@ -231,4 +237,23 @@ pub async fn explain(
     );
     w.ahead = Some(ahead);
     Ok(Some(w))
+}
+
+/// `no_worker` when none of `nodes` serves `job`'s queue and kind, naming which is missing.
+fn no_worker(nodes: &[WorkerNode], job: &Job) -> Option<Waiting> {
+    let q = &job.queue;
+    if nodes.iter().any(|n| n.serves(q, &job.kind)) {
+        return None;
+    }
+    let on_queue = nodes.iter().filter(|n| n.queue(q).is_some()).count();
+    let message = if on_queue == 0 {
+        format!("no worker has served queue {q} in the last minute")
+    } else {
+        format!(
+            "no worker has served kind {} on queue {q} in the last minute ({on_queue} \
+             serving the queue lack the kind)",
+            job.kind
+        )
+    };
+    Some(Waiting::new(Reason::NoWorker, message))
 }

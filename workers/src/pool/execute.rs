@@ -53,11 +53,10 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
             },
             // Cancelled: the broker already says so. Lease lost: another attempt owns it.
             // Lease expired: another node may rescue and run the job from now on, so this
-            // attempt ends nothing; the job runs again after a rescue.
-            stopped => {
-                if matches!(stopped, StopReason::LeaseLost | StopReason::LeaseExpired) {
-                    meters.finished(meter::Outcome::Interrupted);
-                }
+            // attempt ends nothing; the job runs again after a rescue. Neither is counted
+            // here: the rescue that ends such an attempt counts it (`leases::rescue`), the
+            // same whether this node lives on or was killed.
+            _ => {
                 debug!(job = %job.id, "attempt stopped");
                 shared.handle.remove(&lease);
                 return None;

@@ -1,7 +1,7 @@
 //! Leases: the heartbeat extends every running job's lease in one call and stops handlers
 //! whose lease is lost or whose job was cancelled; the expiry watch stops handlers whose lease
 //! ran out without a successful heartbeat (the broker was unreachable); the rescuer returns
-//! expired leases (of any node) to their queue.
+//! expired leases (of any node) to their queue and counts those attempts `interrupted`.
 
 use super::*;
 
@@ -85,9 +85,11 @@ pub(super) async fn expire(handle: PoolHandle, clock: Arc<dyn Clock>, stop: Canc
     }
 }
 
-/// Returns expired leases (of any node) to their queue.
+/// Returns expired leases (of any node) to their queue, and counts each attempt it ends in
+/// `meters`.
 pub(super) async fn rescue(
     broker: Arc<dyn Broker>,
+    meters: Arc<meter::JobMetrics>,
     max_interruptions: u32,
     every: Duration,
     stop: CancellationToken,
@@ -97,9 +99,32 @@ pub(super) async fn rescue(
         match broker.rescue(max_interruptions).await {
             Ok(ids) if !ids.is_empty() => {
                 info!(jobs = ids.len(), "rescued jobs whose lease expired");
+                count_rescued(&*broker, &meters, &ids).await;
             }
             Ok(_) => {}
             Err(e) => debug!(error = %e, "rescue failed"),
+        }
+    }
+}
+
+/// Counts the attempts a rescue ended: each is counted here and only here, since the node
+/// that ran it may be dead (SIGKILL, a crash) and, if it lives on, counts nothing for a lease
+/// it lost. `interrupted`, or `dead` for a job the rescue buried as a poison pill. A rescue
+/// is rare, so reading each job back for its queue and kind costs nothing that matters; a job
+/// gone meanwhile (its queue dropped) is not counted.
+async fn count_rescued(broker: &dyn Broker, meters: &meter::JobMetrics, ids: &[JobId]) {
+    for id in ids {
+        match broker.get(id).await {
+            Ok(Some(job)) => {
+                let outcome = if job.state == crate::job::JobState::Dead {
+                    meter::Outcome::Dead
+                } else {
+                    meter::Outcome::Interrupted
+                };
+                meters.of(&job.queue, &job.kind).finished(outcome);
+            }
+            Ok(None) => {}
+            Err(e) => debug!(job = %id, error = %e, "reading a rescued job back failed"),
         }
     }
 }

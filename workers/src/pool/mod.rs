@@ -75,6 +75,7 @@ pub use liveness::{BEAT, Vitals};
 pub use running::PoolHandle;
 use running::{Running, StopReason};
 use unserved::unserved;
+pub use unserved::unserved_since;
 use writes::{acknowledge, write_progress};
 
 /// One queue the pool serves.
@@ -181,7 +182,7 @@ struct Shared {
     /// Jobs of each queue running now, for the registry of nodes.
     busy: Arc<presence::QueueBusy>,
     /// The job metrics' handles, resolved once per queue and kind.
-    meters: meter::JobMetrics,
+    meters: Arc<meter::JobMetrics>,
 }
 
 impl Pool {
@@ -257,8 +258,10 @@ impl Pool {
             services.clone(),
         ));
         service_tasks.spawn(expire(handle.clone(), clock.clone(), services.clone()));
+        let meters = Arc::new(meter::JobMetrics::default());
         service_tasks.spawn(rescue(
             broker.clone(),
+            meters.clone(),
             config.max_interruptions,
             config.rescue_interval,
             services.clone(),
@@ -274,7 +277,7 @@ impl Pool {
             progress_tx,
             unwritten,
             busy: Arc::new(presence::QueueBusy::default()),
-            meters: meter::JobMetrics::default(),
+            meters,
         });
         service_tasks.spawn(presence::register(
             broker.clone(),

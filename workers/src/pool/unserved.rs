@@ -43,8 +43,10 @@ pub(super) fn unserved(config: &PoolConfig, job: &Job, now: Timestamp) -> Outcom
     }
 }
 
-/// When the job was first put off for want of a handler, as its `last_error` says.
-fn unserved_since(job: &Job) -> Option<Timestamp> {
+/// When the job was first put off for want of a handler, as its `last_error` says; `None`
+/// for a job that was not (or whose later failure replaced that `last_error`). "Why is my job
+/// not running" reads it too, to say such a job waits for a worker, not for its `run_at`.
+pub fn unserved_since(job: &Job) -> Option<Timestamp> {
     let since = job
         .last_error
         .as_deref()?
