@@ -268,6 +268,40 @@ async fn tail_json_is_ordered_and_since_resumes_exactly_after_the_cursor() {
     assert!(resumed.pending().is_empty(), "{:?}", resumed.pending());
 }
 
+/// A `--since` cursor past the end of the log (on SQLite a row id, kept from before the file
+/// was replaced) is a gap, said on stderr, and following starts from the log's oldest event:
+/// before, the tail stayed silent until the log's ids caught up with the cursor.
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_since_past_the_end_of_the_log_is_a_gap_then_the_log_from_its_start() {
+    let s = Scratch::with_config("[worker]\nconcurrency = 1\n");
+    let (_d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({"kind": "sys.noop", "payload": {}}))
+        .await;
+    api.wait_state(&id, "succeeded").await;
+    let history = s.cli_job(&id)["history"].as_array().unwrap().clone();
+    let tail = Follow::start(&s, &["tail", "--json", "--since", "999999999"]);
+    tail.wait_stderr("gap");
+    // The whole log up to the job's last event (SQLite's ids are its row numbers): the
+    // retention job's events may come first.
+    let upto: usize = history.last().unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    let seen: Vec<Value> = tokio::task::block_in_place(|| tail.lines(upto))
+        .iter()
+        .map(|l| parse_event(l))
+        .collect();
+    let ids = |evs: &[Value]| -> Vec<String> {
+        evs.iter()
+            .filter(|e| e["job_id"] == id.as_str())
+            .map(|e| e["id"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    assert_eq!(ids(&seen), ids(&history), "the log from its start");
+}
+
 /// `--server`: follows a remote node's WebSocket with the token as a bearer header, prints its
 /// frames, and when the server goes away reconnects with the last cursor it printed, saying
 /// so; the job's final event ends it with the job's exit code.

@@ -19,7 +19,7 @@
 //! `token` query parameter, or (WebSocket) a `Sec-WebSocket-Protocol` entry `token.TOKEN`
 //! offered beside `hopper`, which the server echoes back.
 
-mod cursor;
+pub(crate) mod cursor;
 mod feed;
 mod filter;
 mod hub;

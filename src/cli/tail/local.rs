@@ -1,7 +1,10 @@
 //! `hopper tail` on the broker the config names: polls `Broker::events(after, limit)` (the
 //! durable log every node appends to in the same step as each state change) every 100 ms,
 //! filtering here by job, queue and kind. A broker that goes away is waited for and read again
-//! from the last cursor shown, so nothing is skipped or repeated.
+//! from the last cursor shown, so nothing is skipped or repeated. A `--since` cursor the log
+//! no longer holds (trimmed by retention) or past its end (kept from before the broker's data
+//! was wiped) is said on stderr, and following starts from the log's oldest event, as the
+//! API's stream does (`crate::api::events::cursor` decides which).
 //!
 //! It does not decide how an event looks or what exit code a job's end is (`super`).
 
@@ -13,6 +16,7 @@ use hopper_workers::job::{JobId, JobState};
 use hopper_workers::{Broker, BrokerError};
 
 use super::{CliError, Filter, Printer, TailArgs, ended, ending};
+use crate::api::events::cursor::{Cursor, locate};
 
 /// Pause between two reads once caught up.
 const POLL: Duration = Duration::from_millis(100);
@@ -33,7 +37,10 @@ pub(super) async fn run(printer: Printer, args: &TailArgs, broker: Arc<dyn Broke
                 return Err(CliError::NotFound(format!("job {job} not found")).into());
             };
             let final_now = found.state.is_final();
-            let mut cursor = since.clone();
+            let mut cursor = match since {
+                Some(since) => resume_from(&printer, &broker, since).await?,
+                None => None,
+            };
             if since.is_none() || final_now {
                 let history = broker.history(&id).await?;
                 for e in &history {
@@ -55,10 +62,7 @@ pub(super) async fn run(printer: Printer, args: &TailArgs, broker: Arc<dyn Broke
                 None => end_of_log(&broker).await?,
             }
         }
-        (None, Some(since)) => {
-            check_since(&broker, since).await?;
-            Some(since.clone())
-        }
+        (None, Some(since)) => resume_from(&printer, &broker, since).await?,
         (None, None) => end_of_log(&broker).await?,
     };
     printer.note(&match &cursor {
@@ -134,6 +138,35 @@ async fn check_since(broker: &Arc<dyn Broker>, since: &str) -> Result<()> {
         Err(BrokerError::Invalid(e)) => Err(CliError::Usage(format!("--since: {e}")).into()),
         other => other.map(|_| ()).map_err(Into::into),
     }
+}
+
+/// Where following resumes for `--since`: after `since`, or from the log's oldest event
+/// (`None`) when `since` is past the end of the log, saying so, as it does when the events
+/// right after `since` were trimmed. A cursor not of the broker's form exits 2.
+async fn resume_from(
+    printer: &Printer,
+    broker: &Arc<dyn Broker>,
+    since: &str,
+) -> Result<Option<String>> {
+    check_since(broker, since).await?;
+    // No hub here: the log is searched from its start, as `end_of_log` reads it.
+    Ok(match locate(&**broker, since, None).await? {
+        Cursor::PastEnd => {
+            printer.note(&format!(
+                "gap: {since} is past the end of the event log (kept from before its data was \
+                 wiped?); following from its oldest event"
+            ));
+            None
+        }
+        c if c.gap() => {
+            printer.note(&format!(
+                "gap: the event log no longer holds the events right after {since} (trimmed by \
+                 retention); following from its oldest event"
+            ));
+            Some(since.to_owned())
+        }
+        _ => Some(since.to_owned()),
+    })
 }
 
 /// The id of the newest event, so that following starts from now on. The log is bounded by
