@@ -670,6 +670,18 @@ async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
         .expect("hget");
     let error = String::from_utf8(error).expect("the new last error is text");
     assert!(error.contains("unreadable"), "{error}");
+    let history: Vec<_> = b
+        .history(&ids[1])
+        .await
+        .expect("its history reads")
+        .into_iter()
+        .map(|e| e.kind_of_event)
+        .collect();
+    assert_eq!(
+        history,
+        [EventType::Enqueued, EventType::Started, EventType::Dead],
+        "its history, as on SQLite"
+    );
     assert!(fetch_ids(b, 3).await.is_empty(), "nothing is leased again");
 }
 

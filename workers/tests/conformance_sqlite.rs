@@ -8,6 +8,7 @@ use std::time::Instant;
 use hopper_workers::broker::sqlite::{SqliteBroker, SqliteOptions};
 use hopper_workers::broker::{Broker, Durability};
 use hopper_workers::clock::{self, Clock};
+use hopper_workers::event::EventType;
 use hopper_workers::job::{JobState, NewJob};
 use hopper_workers::testing::{drain, temp_sqlite};
 use serde_json::json;
@@ -283,6 +284,18 @@ async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
         .expect("the row");
     assert_eq!(state, "dead", "the unreadable job is buried");
     assert!(error.contains("unreadable"), "{error}");
+    let history: Vec<_> = b
+        .history(&jobs[1].id)
+        .await
+        .expect("its history reads")
+        .into_iter()
+        .map(|e| e.kind_of_event)
+        .collect();
+    assert_eq!(
+        history,
+        [EventType::Enqueued, EventType::Started, EventType::Dead],
+        "its history, as on Redis"
+    );
     let again = b
         .fetch("default", 3, std::time::Duration::from_secs(30))
         .await

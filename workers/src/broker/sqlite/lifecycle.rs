@@ -18,7 +18,10 @@ use super::SqliteBroker;
 use super::chain;
 use super::error::Fail;
 use super::events::{EnqueuedEvents, LEASE_EXPIRED, SNOOZED, append_event, failure, note};
-use super::rows::{Owner, chain_from_columns, job_from_row, owner_from_row, to_i64, token_to_i64};
+use super::rows::{
+    Owner, chain_from_columns, job_from_row, lossy_text, owner_from_row, to_i64, to_u32,
+    token_to_i64,
+};
 use super::sql;
 use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
 use crate::error::{BrokerError, BrokerResult};
@@ -213,7 +216,16 @@ pub(super) fn lease_queued(
         .query_map(params![queue, max, now + lease, now], |row| {
             Ok(match job_from_row(row) {
                 Ok(job) => Ok((row.get::<_, i64>(0)?, job)),
-                Err(e) => Err((row.get::<_, String>(1)?, row.get::<_, i64>(13)?, e)),
+                Err(e) => Err((
+                    Owner {
+                        id: JobId(row.get(1)?),
+                        queue: queue.to_owned(),
+                        kind: lossy_text(row, 3)?,
+                        attempt: to_u32(row.get(8)?),
+                    },
+                    row.get::<_, i64>(13)?,
+                    e,
+                )),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -221,7 +233,7 @@ pub(super) fn lease_queued(
     for row in rows {
         match row {
             Ok(job) => jobs.push(job),
-            Err((id, token, e)) => bury_unreadable(conn, now, queue, id, token, &e)?,
+            Err((owner, token, e)) => bury_unreadable(conn, now, owner, token, &e)?,
         }
     }
     // RETURNING has no defined order: restore the fetch order.
@@ -237,19 +249,21 @@ pub(super) fn lease_queued(
 /// Ends as `dead`, saying why, a job the fetch leased but cannot read (a row holding data
 /// Hopper did not write, such as a payload that is not JSON), in the fetch's own transaction:
 /// the rest of the fetch runs. Failing the fetch instead would roll it back, and every later
-/// fetch of the queue would meet the same row: no job of the queue would run again.
+/// fetch of the queue would meet the same row: no job of the queue would run again. Its
+/// history reads `job.started` then `job.dead`, as on Redis.
 fn bury_unreadable(
     conn: &Connection,
     now: Timestamp,
-    queue: &str,
-    id: String,
+    owner: Owner,
     token: i64,
     e: &rusqlite::Error,
 ) -> Result<(), Fail> {
-    tracing::warn!(job = %id, %queue, error = %e, "a fetched job cannot be read; burying it");
+    let queue = owner.queue.clone();
+    tracing::warn!(job = %owner.id, %queue, error = %e, "a fetched job cannot be read; burying it");
+    append_event(conn, &owner, EventType::Started, now, &EventData::default())?;
     let lease = Lease {
-        job_id: JobId(id),
-        queue: queue.to_owned(),
+        job_id: owner.id,
+        queue: owner.queue,
         token: u64::try_from(token).unwrap_or(0),
     };
     let outcome = Outcome::Dead {

@@ -40,16 +40,21 @@ impl Owner {
 /// kind that is not UTF-8 (data Hopper did not write) is read lossily: failing here would fail
 /// the statement that ends such a job, such as the fetch that buries it, every time.
 pub(super) fn owner_from_row(r: &Row<'_>) -> rusqlite::Result<Owner> {
-    let kind = match r.get_ref(2)? {
-        ValueRef::Text(bytes) => String::from_utf8_lossy(bytes).into_owned(),
-        _ => r.get(2)?,
-    };
     Ok(Owner {
         id: JobId(r.get(0)?),
         queue: r.get(1)?,
-        kind,
+        kind: lossy_text(r, 2)?,
         attempt: to_u32(r.get(3)?),
     })
+}
+
+/// A text column read even when it is not UTF-8 (the bytes that are not replaced by U+FFFD):
+/// for labels such as a job's kind on its events, never for what a job does.
+pub(super) fn lossy_text(r: &Row<'_>, idx: usize) -> rusqlite::Result<String> {
+    match r.get_ref(idx)? {
+        ValueRef::Text(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
+        _ => r.get(idx),
+    }
 }
 
 /// Reads `chain_id, chain_index[, chain_next]` starting at column `at`; `chain_next` is read
