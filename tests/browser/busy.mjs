@@ -7,10 +7,8 @@
 // get in the user's way: a focused button keeps its focus, a scrolled payload its scroll, and
 // every control works from the keyboard.
 
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { client, step } from './client.mjs';
+import { client, launch, step } from './client.mjs';
 
 const [base, token, shots] = process.argv.slice(2);
 if (!base || !token || !shots) throw new Error('usage: busy.mjs BASE_URL TOKEN SCREENSHOT_DIR');
@@ -36,17 +34,7 @@ function busy() {
   return { stop: async () => { on = false; await done; return count; } };
 }
 
-const profile = process.env.BROWSER_PROFILE;
-mkdirSync(profile, { recursive: true });
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM,
-  headless: true,
-  viewport: { width: 1360, height: 900 },
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+const browser = await launch();
 // The token is in the tab's session storage, as after the prompt (dashboard.mjs tests that).
 await browser.addInitScript((t) => sessionStorage.setItem('hopper.token', t), token);
 

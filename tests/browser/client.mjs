@@ -1,5 +1,25 @@
-// What the browser scripts share: the API as the tests call it (with the token), and the step
-// lines they print.
+// What the browser scripts share: the browser (Debian's chromium, CHROMIUM, in a fresh profile,
+// BROWSER_PROFILE), the API as the tests call it (with the token), and the step lines they
+// print.
+
+import { chromium } from 'playwright-core';
+import { mkdirSync } from 'node:fs';
+
+/** Headless chromium in the fresh profile directory BROWSER_PROFILE (a persistent context is
+ *  playwright's way of passing a fresh --user-data-dir). */
+export async function launch() {
+  const profile = process.env.BROWSER_PROFILE;
+  mkdirSync(profile, { recursive: true });
+  return chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM,
+    headless: true,
+    viewport: { width: 1360, height: 900 },
+    args: [
+      '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+    ],
+  });
+}
 
 /** The API of the server at `base`, called with `token`: `api(method, path, body)` answers the
  *  parsed JSON or throws with the status and body; `enqueue` answers the new job's id. */

@@ -8,10 +8,8 @@
 // reader that fell a whole buffer behind, comes from a stand-in stream. Every wait has a
 // generous deadline: the machine running it may be loaded.
 
-import { chromium } from 'playwright-core';
-import { mkdirSync } from 'node:fs';
 import { join } from 'node:path';
-import { client, step } from './client.mjs';
+import { client, launch, step } from './client.mjs';
 
 const [base, token, shots] = process.argv.slice(2);
 if (!base || !token || !shots) throw new Error('usage: dashboard.mjs BASE_URL TOKEN SCREENSHOT_DIR');
@@ -19,18 +17,7 @@ const DEADLINE = 60_000;
 
 const { api, enqueue } = client(base, token);
 
-const profile = process.env.BROWSER_PROFILE;
-mkdirSync(profile, { recursive: true });
-// A persistent context is playwright's way of passing a fresh --user-data-dir.
-const browser = await chromium.launchPersistentContext(profile, {
-  executablePath: process.env.CHROMIUM,
-  headless: true,
-  viewport: { width: 1360, height: 900 },
-  args: [
-    '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
-    '--disable-background-networking', '--disable-component-update', '--disable-sync',
-  ],
-});
+const browser = await launch();
 // What the page does on the wire, recorded in the page itself with one clock: every fetch
 // (start, end of headers) and every WebSocket (url, opened, close code). Installed in every tab
 // before the app's scripts run.

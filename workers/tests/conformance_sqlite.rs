@@ -251,29 +251,56 @@ async fn pause_is_honoured_by_another_instance_and_survives_reopening() {
     );
 }
 
-/// A queued row that cannot be read (a payload that is not JSON: data Hopper did not write)
-/// is buried saying why, and the rest of its fetch runs. Before, the whole fetch failed and
-/// rolled back, so no job of that queue ever ran again.
-#[tokio::test]
-async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
+/// A fresh file with `n` jobs enqueued, job `bad` then corrupted by the SQL `SET` clause `set`
+/// (as a hand or another program might), and one fetch of all of them.
+struct Corrupted {
+    b: std::sync::Arc<dyn hopper_workers::broker::Broker>,
+    _dir: tempfile::TempDir,
+    raw: rusqlite::Connection,
+    jobs: Vec<NewJob>,
+    fetched: Vec<hopper_workers::job::JobId>,
+}
+
+async fn corrupt_one_and_fetch(n: usize, bad: usize, set: &str) -> Corrupted {
     let (b, dir) = temp_sqlite(clock::system()).await;
-    let jobs: Vec<NewJob> = (0..3).map(|_| NewJob::new("test.k", json!({}))).collect();
+    let jobs: Vec<NewJob> = (0..n).map(|_| NewJob::new("test.k", json!({}))).collect();
     b.enqueue(jobs.clone()).await.expect("enqueue");
     let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
     raw.busy_timeout(std::time::Duration::from_secs(30))
         .expect("busy timeout");
     raw.execute(
-        "UPDATE jobs SET payload = 'not json' WHERE id = ?1",
-        [jobs[1].id.as_str()],
+        &format!("UPDATE jobs SET {set} WHERE id = ?1"),
+        [jobs[bad].id.as_str()],
     )
     .expect("corrupt one row");
-    let fetched: Vec<_> = b
-        .fetch("default", 3, std::time::Duration::from_secs(30))
+    let fetched = b
+        .fetch("default", n, std::time::Duration::from_secs(30))
         .await
         .expect("the fetch runs")
         .into_iter()
         .map(|j| j.id)
         .collect();
+    Corrupted {
+        b,
+        _dir: dir,
+        raw,
+        jobs,
+        fetched,
+    }
+}
+
+/// A queued row that cannot be read (a payload that is not JSON: data Hopper did not write)
+/// is buried saying why, and the rest of its fetch runs. Before, the whole fetch failed and
+/// rolled back, so no job of that queue ever ran again.
+#[tokio::test]
+async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
+    let Corrupted {
+        b,
+        raw,
+        jobs,
+        fetched,
+        ..
+    } = corrupt_one_and_fetch(3, 1, "payload = 'not json'").await;
     assert_eq!(fetched, vec![jobs[0].id.clone(), jobs[2].id.clone()]);
     let (state, error): (String, String) = raw
         .query_row(
@@ -308,24 +335,9 @@ async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
 /// again while burying it, which rolls the fetch back so that no job of the queue runs again.
 #[tokio::test]
 async fn an_unreadable_kind_is_buried_and_the_rest_of_its_fetch_runs() {
-    let (b, dir) = temp_sqlite(clock::system()).await;
-    let jobs: Vec<NewJob> = (0..2).map(|_| NewJob::new("test.k", json!({}))).collect();
-    b.enqueue(jobs.clone()).await.expect("enqueue");
-    let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
-    raw.busy_timeout(std::time::Duration::from_secs(30))
-        .expect("busy timeout");
-    raw.execute(
-        "UPDATE jobs SET kind = CAST(X'6BFF' AS TEXT) WHERE id = ?1",
-        [jobs[0].id.as_str()],
-    )
-    .expect("corrupt one row");
-    let fetched: Vec<_> = b
-        .fetch("default", 2, std::time::Duration::from_secs(30))
-        .await
-        .expect("the fetch runs")
-        .into_iter()
-        .map(|j| j.id)
-        .collect();
+    let Corrupted {
+        raw, jobs, fetched, ..
+    } = corrupt_one_and_fetch(2, 0, "kind = CAST(X'6BFF' AS TEXT)").await;
     assert_eq!(fetched, vec![jobs[1].id.clone()]);
     let state: String = raw
         .query_row(

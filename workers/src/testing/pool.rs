@@ -302,19 +302,8 @@ pub async fn pool_buries_a_result_nested_too_deep_to_read_back(
         j.state == JobState::Dead
     })
     .await;
-    assert_eq!(
-        j.attempt, 1,
-        "not retried: the next run would answer the same"
-    );
     assert!(j.result.is_none(), "no result stored");
-    let error = j.last_error.unwrap_or_default();
-    assert!(error.contains("nests more than"), "{error}");
-    assert!(
-        b.list(&super::support::filter(Some(&j.queue), None, 10))
-            .await
-            .is_ok(),
-        "the queue's listing reads"
-    );
+    assert_dead_at_once_too_deep(&b, j, "the next run would answer the same").await;
     // The slot is free and the queue runs on (run 2 of the probe: the hold-first handler
     // succeeds at once).
     let next = enqueue(&b, job("test.ok")).await;
@@ -340,12 +329,16 @@ pub async fn pool_buries_a_checkpoint_nested_too_deep_to_read_back(
         j.state.is_final()
     })
     .await;
-    assert_eq!(j.state, JobState::Dead, "{j:?}");
-    assert_eq!(
-        j.attempt, 1,
-        "not retried: the next run would save the same"
-    );
     assert!(j.checkpoint.is_none(), "no checkpoint stored");
+    assert_dead_at_once_too_deep(&b, j, "the next run would save the same").await;
+    pool.stop().await;
+}
+
+/// Asserts that `j` is dead after its first attempt (not retried: `why`), saying that what it
+/// produced nests too deep, and that its queue's listing still reads.
+async fn assert_dead_at_once_too_deep(b: &Arc<dyn Broker>, j: Job, why: &str) {
+    assert_eq!(j.state, JobState::Dead, "{j:?}");
+    assert_eq!(j.attempt, 1, "not retried: {why}");
     let error = j.last_error.unwrap_or_default();
     assert!(error.contains("nests more than"), "{error}");
     assert!(
@@ -354,7 +347,6 @@ pub async fn pool_buries_a_checkpoint_nested_too_deep_to_read_back(
             .is_ok(),
         "the queue's listing reads"
     );
-    pool.stop().await;
 }
 
 /// `max_retries: N` is exactly N + 1 runs, then dead with the last run's error.
