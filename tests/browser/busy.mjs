@@ -97,18 +97,23 @@ try {
     if (!isFocused) throw new Error('a count of a queue card cannot take the keyboard focus');
     await page.keyboard.press('Enter');
     await page.waitForFunction(() => location.hash.includes('state=queued') && location.hash.includes('queue=held'));
+    // The filters follow the hash on the page's next redraw: wait for it, then say what shows.
+    await page.waitForFunction(() => document.querySelector('#filter-state')?.value === 'queued', null, { timeout: 10_000 })
+      .catch(() => {});
     const shown = await page.locator('#filter-state').inputValue();
     if (shown !== 'queued') throw new Error(`Enter on the queued count filters on ${shown}`);
   }
 
   step('the job page of a running job: progress redraws keep the payload\'s scroll and the focus on Cancel');
-  const sleeper = await enqueue('sys.sleep', { ms: 6000, input: 'a line of the payload\n'.repeat(20_000) });
+  // Long enough that it is still running when Cancel is pressed, however slow the machine
+  // (6 s once ran out first: the job succeeded and was never cancelled).
+  const sleeper = await enqueue('sys.sleep', { ms: 30_000, input: 'a line of the payload\n'.repeat(20_000) });
   await page.goto(`${base}/#/jobs/${sleeper}`);
   await page.locator(`#job-view[data-id="${sleeper}"] .job-head[data-state="running"]`).waitFor();
   const pre = page.locator('#job-view [data-field="payload"]');
   await pre.evaluate((el) => { el.scrollTop = 1000; window.__payload = el; });
   await page.locator('#job-view button[data-action="cancel"]').focus();
-  await page.waitForFunction(() => Number(document.querySelector('#job-view .job-head .bar')?.getAttribute('aria-valuenow')) >= 50);
+  await page.waitForFunction(() => Number(document.querySelector('#job-view .job-head .bar')?.getAttribute('aria-valuenow')) >= 30);
   {
     const kept = await page.evaluate(() => ({
       same: window.__payload === document.querySelector('#job-view [data-field="payload"]'),
