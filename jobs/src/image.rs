@@ -29,8 +29,9 @@
 //! it is refused by `check`; a width-only size whose height (from the source's aspect) takes
 //! it over fails the job before its pixels are allocated.
 //!
-//! Errors: an undecodable source, one over `image_max_pixels` or `max_download_bytes` (a URL's
-//! body or a file's size), an
+//! Errors: an undecodable source, a truncated one (a JPEG ending before its end-of-image
+//! marker, whose decoder would fill the rest with grey; a PNG cut short), one over
+//! `image_max_pixels` or `max_download_bytes` (a URL's body or a file's size), an
 //! output over `image_max_pixels`, a missing file or an HTTP 4xx are permanent; network
 //! errors, timeouts, 429 and 5xx retryable.
 //!

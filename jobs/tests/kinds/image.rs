@@ -543,3 +543,60 @@ async fn resize_throughput() {
         resizer.cpu_extensions(),
     );
 }
+
+/// An upload cut short (a dropped connection, a full disk) is a truncated file. The JPEG
+/// decoder fills what is missing with grey and reports success, so the job used to succeed
+/// and write damaged outputs (a PNG cut short already failed, as "unexpected end of file").
+/// Both fail for good (the same bytes fail the same way), saying the source is truncated,
+/// and write nothing.
+#[tokio::test]
+async fn a_truncated_source_fails_for_good() {
+    let jpeg = photo_jpeg(640, 480);
+    let mut png = Vec::new();
+    image::codecs::png::PngEncoder::new(Cursor::new(&mut png))
+        .write_image(
+            ImageBuffer::from_fn(640, 480, |x, y| Rgb([(x % 256) as u8, (y % 256) as u8, 7]))
+                .as_raw(),
+            640,
+            480,
+            image::ExtendedColorType::Rgb8,
+        )
+        .expect("encode");
+    // The whole files decode: the cut is what breaks them.
+    image::load_from_memory(&jpeg).expect("the whole JPEG decodes");
+    image::load_from_memory(&png).expect("the whole PNG decodes");
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    std::fs::create_dir_all(&config.files.dir).expect("mkdir");
+    std::fs::write(config.files.dir.join("half.jpg"), &jpeg[..jpeg.len() / 2]).expect("write");
+    std::fs::write(config.files.dir.join("half.png"), &png[..png.len() / 2]).expect("write");
+    let registry = common::registry(&config);
+    for source in ["half.jpg", "half.png"] {
+        let ran = run(
+            &registry,
+            "image.resize",
+            json!({"source": source, "sizes": [{"width": 320}], "format": "png"}),
+        )
+        .await;
+        if let Ok(result) = &ran.result {
+            // Say what was written: a grey lower half shows the damage.
+            let out = config
+                .files
+                .dir
+                .join(result["outputs"][0]["path"].as_str().unwrap_or_default());
+            let img = image::open(&out).expect("output decodes").into_rgb8();
+            let bottom = img.get_pixel(160, img.height() - 1);
+            panic!("{source}: the job succeeded, bottom pixel {bottom:?}: {result}");
+        }
+        let message = common::error_message(&ran.result);
+        assert!(is_permanent(&ran.result), "{source}: {message}");
+        assert!(
+            message.contains("truncated") && message.contains("source"),
+            "{source}: {message}"
+        );
+        assert!(
+            !config.files.dir.join("resized").exists(),
+            "{source}: nothing written"
+        );
+    }
+}
