@@ -23,8 +23,10 @@
 //! JSON value as is in SQLite, `text` in PostgreSQL); a `json` column holds every value as
 //! JSON text (a string as `"…"`), `jsonb` in PostgreSQL. The table (letters, digits and
 //! `_`; not the state table, nor `pg_*` or `sqlite_*`, which the databases resolve to their
-//! own) is created when missing with the key as its primary key; rows are upserted (`INSERT ... ON CONFLICT (key) DO UPDATE`),
-//! so a run repeated is harmless. Items whose key is null are skipped.
+//! own) is created when missing with the key as its primary key; rows are upserted (in
+//! PostgreSQL `INSERT ... ON CONFLICT (key) DO UPDATE`; in SQLite an insert that does nothing
+//! on a conflict, then an update by key, which tells new rows from updated ones without
+//! counting the table), so a run repeated is harmless. Items whose key is null are skipped.
 //!
 //! **Cursor:** after each page, its rows and the position that fetched it are committed in
 //! one transaction, the position in table `hopper_etl_state` of the target database, keyed by
