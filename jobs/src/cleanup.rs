@@ -10,20 +10,30 @@
 //!   directories).
 //! - Symlinks are never followed: a linked directory is not entered, and a link is judged by
 //!   its own name and time and, if it matches, the link itself is deleted, never its target.
+//!   The walk goes through directory handles (`openat` with `O_NOFOLLOW`, `unlinkat`), not
+//!   path strings, so a directory swapped for a symlink mid-walk cannot lead it out either.
 //! - Only regular files and symlinks are deleted, never directories.
+//! - What cannot be read (a directory of another user's, mode 000) or deleted is passed over
+//!   and listed in `skipped`; the rest is purged.
 //!
-//! Result: `{"deleted": n, "bytes": n, "dry_run": bool, "files": [first 100 relative paths]}`.
+//! Result: `{"deleted": n, "bytes": n, "dry_run": bool, "files": [first 100 relative paths],
+//! "skipped": [first 100 {"path", "error"}]}`. Unix only (the handles are `rustix`'s).
 //!
 //! [`Purge`] is a [`Kind`]: its payload is [`PurgeArgs`]; the age, the directory and the glob
 //! are its `check`. The engine's own records (old jobs and events) are not this kind's: they
 //! are `hopper.retention`'s, in the engine.
 
-use std::path::{Path, PathBuf};
+use std::ffi::{CStr, OsStr};
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use globset::{GlobBuilder, GlobMatcher};
 use hopper_workers::FieldError;
 use hopper_workers::{JobContext, JobError, JobResult, Kind};
+use rustix::fs::{AtFlags, CWD, Dir, Mode, OFlags, openat, unlinkat};
+use rustix::io::Errno;
 use serde::Deserialize;
 use serde::de::IgnoredAny;
 use serde_json::json;
@@ -114,56 +124,119 @@ struct Tally {
     deleted: u64,
     bytes: u64,
     files: Vec<String>,
+    /// What could not be read or deleted, and why (the first [`LISTED_FILES`]).
+    skipped: Vec<serde_json::Value>,
 }
 
+impl Tally {
+    /// Notes that `rel` was passed over because of `e` (`doing` says at what step).
+    fn skip(&mut self, rel: &Path, doing: &str, e: &std::io::Error) {
+        if self.skipped.len() < LISTED_FILES {
+            self.skipped.push(json!({
+                "path": rel.to_string_lossy(),
+                "error": format!("cannot {doing}: {e}"),
+            }));
+        }
+    }
+}
+
+/// Opens the directory `name` inside `parent` without following a symlink in its place: if
+/// `name` became a link since it was looked at, this fails (ELOOP or ENOTDIR) instead of
+/// opening what the link points to.
+fn open_dir_at(parent: impl AsFd, name: impl rustix::path::Arg) -> std::io::Result<OwnedFd> {
+    Ok(openat(
+        parent,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// The entry `name` of `dir` itself, never what a link points to: an `O_PATH` handle opened
+/// without following, and its metadata (type, size, modification time).
+fn entry_metadata(dir: impl AsFd, name: &CStr) -> std::io::Result<std::fs::Metadata> {
+    let fd = openat(
+        dir,
+        name,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    std::fs::File::from(fd).metadata()
+}
+
+/// The walk goes through directory handles, never through path strings: each directory is
+/// opened relative to its parent's handle without following symlinks, and each file is
+/// deleted relative to its directory's handle. A directory swapped for a symlink between the
+/// look at it and the deletions inside it therefore cannot lead the walk out of its root.
 struct Walk<'a> {
     plan: &'a Plan,
     cutoff: SystemTime,
-    base: PathBuf,
     tally: Tally,
     cx: &'a JobContext,
 }
 
 impl Walk<'_> {
-    fn dir(&mut self, dir: &Path, depth: usize) -> Result<(), JobError> {
+    /// Purges the directory open as `dir`, at `rel` under the purge's `dir`. What cannot be
+    /// read or deleted is noted in the tally and passed over: the rest is still purged.
+    fn dir(&mut self, dir: &OwnedFd, rel: &Path, depth: usize) {
         if depth > MAX_DEPTH || self.cx.is_cancelled() {
-            return Ok(());
+            return;
         }
-        let entries =
-            std::fs::read_dir(dir).map_err(|e| io_error(&dir.display().to_string(), &e))?;
+        let entries = match Dir::read_from(dir) {
+            Ok(entries) => entries,
+            Err(e) => return self.tally.skip(rel, "read the directory", &e.into()),
+        };
         for entry in entries {
-            let entry = entry.map_err(|e| io_error(&dir.display().to_string(), &e))?;
-            let path = entry.path();
-            // symlink_metadata: the entry itself, never what a link points to.
-            let meta = match std::fs::symlink_metadata(&path) {
+            let entry = match entry {
+                Ok(entry) => entry,
+                Err(e) => return self.tally.skip(rel, "read the directory", &e.into()),
+            };
+            let name = entry.file_name();
+            if matches!(name.to_bytes(), b"." | b"..") {
+                continue;
+            }
+            let file_name = OsStr::from_bytes(name.to_bytes());
+            let path = rel.join(file_name);
+            let meta = match entry_metadata(dir, name) {
                 Ok(m) => m,
-                // Gone since read_dir listed it: someone else cleaned up.
+                // Gone since the directory was listed: someone else cleaned up.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(io_error(&path.display().to_string(), &e)),
+                Err(e) => {
+                    self.tally.skip(&path, "read", &e);
+                    continue;
+                }
             };
             let kind = meta.file_type();
             if kind.is_dir() {
-                self.dir(&path, depth + 1)?;
+                match open_dir_at(dir, name) {
+                    Ok(sub) => self.dir(&sub, &path, depth + 1),
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => self.tally.skip(&path, "open the directory", &e),
+                }
                 continue;
             }
             if !(kind.is_file() || kind.is_symlink()) {
                 continue;
             }
-            let rel = path.strip_prefix(&self.base).unwrap_or(&path);
             let matched = if self.plan.by_name {
-                self.plan.matcher.is_match(entry.file_name())
+                self.plan.matcher.is_match(file_name)
             } else {
-                self.plan.matcher.is_match(rel)
+                self.plan.matcher.is_match(&path)
             };
             let old = meta.modified().is_ok_and(|m| m < self.cutoff);
             if !(matched && old) {
                 continue;
             }
             if !self.plan.dry_run {
-                match std::fs::remove_file(&path) {
+                // Relative to the directory's handle: the name itself, a file or a link,
+                // never anything a link points to.
+                match unlinkat(dir, name, AtFlags::empty()) {
                     Ok(()) => {}
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_error(&path.display().to_string(), &e)),
+                    Err(Errno::NOENT) => continue,
+                    Err(e) => {
+                        self.tally.skip(&path, "delete", &e.into());
+                        continue;
+                    }
                 }
             }
             self.tally.deleted += 1;
@@ -171,11 +244,31 @@ impl Walk<'_> {
                 self.tally.bytes += meta.len();
             }
             if self.tally.files.len() < LISTED_FILES {
-                self.tally.files.push(rel.to_string_lossy().into_owned());
+                self.tally.files.push(path.to_string_lossy().into_owned());
             }
         }
-        Ok(())
     }
+}
+
+/// Opens `base` (a canonical path inside the canonical `root`) one component at a time from
+/// the root's handle, never following a symlink: `base` has none, so one found now was put
+/// there since `base` was resolved, and the purge refuses to go through it.
+fn open_base(root: &Path, base: &Path, what: &str) -> Result<OwnedFd, JobError> {
+    let io = |e: std::io::Error| io_error(what, &e);
+    let mut fd: OwnedFd = openat(
+        CWD,
+        root,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| io(e.into()))?;
+    let rel = base
+        .strip_prefix(root)
+        .map_err(|_| JobError::permanent(format!("{what} is outside the files directory")))?;
+    for part in rel.components() {
+        fd = open_dir_at(&fd, part.as_os_str()).map_err(io)?;
+    }
+    Ok(fd)
 }
 
 impl Kind for Purge {
@@ -198,17 +291,18 @@ impl Kind for Purge {
                     plan.dir
                 )));
             }
+            let root = files.existing(".")?;
+            let dir = open_base(&root, &base, &format!("dir {:?}", plan.dir))?;
             let cutoff = SystemTime::now()
                 .checked_sub(plan.age)
                 .unwrap_or(SystemTime::UNIX_EPOCH);
             let mut walk = Walk {
                 plan: &plan,
                 cutoff,
-                base: base.clone(),
                 tally: Tally::default(),
                 cx: &cx2,
             };
-            walk.dir(&base, 0)?;
+            walk.dir(&dir, Path::new(""), 0);
             Ok((walk.tally, plan.dry_run))
         })
         .await
@@ -222,6 +316,7 @@ impl Kind for Purge {
             "bytes": tally.bytes,
             "dry_run": dry_run,
             "files": tally.files,
+            "skipped": tally.skipped,
         }))
     }
 
