@@ -51,6 +51,26 @@ pub fn page_count(rows: usize) -> usize {
     }
 }
 
+/// Why the report cannot draw `c`, if it cannot: the embedded font has no glyph for it (CJK,
+/// most scripts outside Europe), which would print an empty box that a reader or a search
+/// sees as nothing; or it belongs to a right-to-left script (Hebrew, Arabic), which would
+/// come out with its letters in reverse order and, for Arabic, unjoined, since text is drawn
+/// left to right without shaping. Control characters are left to the callers (cells turn
+/// them into spaces).
+pub(super) fn cannot_draw(font: &ParsedFont, c: char) -> Option<&'static str> {
+    use unicode_bidi::{BidiClass, bidi_class};
+    if c.is_control() {
+        return None;
+    }
+    if matches!(bidi_class(c), BidiClass::R | BidiClass::AL) {
+        return Some("right-to-left scripts (Hebrew, Arabic, ...) are not supported");
+    }
+    match font.lookup_glyph_index(u32::from(c)) {
+        None | Some(0) => Some("the report's font (DejaVu Sans) has no glyph for it"),
+        Some(_) => None,
+    }
+}
+
 /// Text measurement with the embedded font's advance widths.
 struct Metrics<'a> {
     font: &'a ParsedFont,
@@ -315,6 +335,17 @@ mod tests {
         assert_eq!(page_count(38), 2);
         assert_eq!(page_count(77), 2);
         assert_eq!(page_count(78), 3);
+    }
+
+    #[test]
+    fn what_cannot_be_drawn() {
+        let font = ParsedFont::from_bytes(FONT, 0, &mut Vec::new()).expect("font");
+        for c in ['a', 'é', '€', 'ß', 'Ж', 'Ω', '…', ' ', '\t'] {
+            assert_eq!(cannot_draw(&font, c), None, "{c:?}");
+        }
+        for c in ['東', 'タ', '한', 'م', 'ש'] {
+            assert!(cannot_draw(&font, c).is_some(), "{c:?}");
+        }
     }
 
     #[test]

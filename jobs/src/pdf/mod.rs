@@ -2,7 +2,11 @@
 //! come from, and the page layout: a title block (with an optional logo) on the first page,
 //! the table header repeated on every page, a footer and "Page i of N" at the bottom. Text is
 //! set in DejaVu Sans, embedded in the file, so accents, `€` and most European scripts
-//! render. Layout and encoding run in `spawn_blocking`.
+//! render. Layout and encoding run in `spawn_blocking`. Text the font cannot draw (CJK and
+//! other scripts it has no glyphs for) or draws wrongly (right-to-left scripts: Hebrew,
+//! Arabic) is refused, naming the field and the first such character, rather than printed
+//! as empty boxes or backwards: in the payload when it is checked (a 400 from the API), in a
+//! chain input or an `etl.sync` table when the job runs (a permanent failure).
 //!
 //! Payload:
 //!
@@ -42,7 +46,7 @@ mod layout;
 mod table;
 
 pub use layout::{FIRST_PAGE_ROWS, ROWS_PER_PAGE, page_count};
-use layout::{FONT, render};
+use layout::{FONT, cannot_draw, render};
 use table::{Table, table_from_json, table_from_sqlite};
 
 /// Reports longer than this are refused: a PDF of 2,500 pages is nobody's report.
@@ -118,6 +122,10 @@ impl Kind for Report {
         let cx2 = cx.clone();
         tokio::task::spawn_blocking(move || {
             let table = load_table(&files, &args)?;
+            // The payload's own text was checked before the run; rows from a chain input or
+            // a database are seen only now.
+            check_table(&font, &table, rows_field(&args))
+                .map_err(|e| JobError::permanent(format!("{}: {}", e.field, e.message)))?;
             cx2.progress(20, Some(format!("{} rows loaded", table.rows.len())));
             let logo = match &args.logo {
                 Some(rel) => {
@@ -202,6 +210,21 @@ impl Kind for Report {
                 "give rows, or run as a chain step whose input has rows or a table",
             ));
         }
+        for (field, text) in [
+            ("payload.title", Some(&args.title)),
+            ("payload.subtitle", args.subtitle.as_ref()),
+            ("payload.footer", args.footer.as_ref()),
+        ] {
+            check_text(&self.font, field, text.map_or("", String::as_str))?;
+        }
+        for (i, column) in args.columns.iter().enumerate() {
+            check_text(&self.font, &format!("payload.columns[{i}]"), column)?;
+        }
+        if let Some(rows) = &args.rows
+            && let Ok(table) = table_from_json(args.columns.clone(), rows, "payload.rows")
+        {
+            check_table(&self.font, &table, "payload.rows")?;
+        }
         for (field, path) in [
             ("payload.logo", &args.logo),
             ("payload.output", &args.output),
@@ -211,6 +234,56 @@ impl Kind for Report {
             }
         }
         Ok(())
+    }
+}
+
+/// Why `text` cannot be drawn, naming its first character the report cannot draw; `None`
+/// when all of it can.
+fn undrawable(font: &ParsedFont, text: &str) -> Option<String> {
+    let (c, why) = text
+        .chars()
+        .find_map(|c| cannot_draw(font, c).map(|why| (c, why)))?;
+    Some(format!(
+        "{c:?} (U+{:04X}) cannot be drawn: {why}",
+        u32::from(c)
+    ))
+}
+
+/// Refuses `text`, the value of `field`, if it holds a character the report cannot draw.
+fn check_text(font: &ParsedFont, field: &str, text: &str) -> Result<(), FieldError> {
+    match undrawable(font, text) {
+        Some(message) => Err(FieldError::new(field, message)),
+        None => Ok(()),
+    }
+}
+
+/// [`check_text`] on every column name and cell of `table`, whose rows came from `field`: a
+/// cell is named by its row, `field[i]`, and its column in the message.
+fn check_table(font: &ParsedFont, table: &Table, field: &str) -> Result<(), FieldError> {
+    for (j, column) in table.columns.iter().enumerate() {
+        if let Some(why) = undrawable(font, column) {
+            return Err(FieldError::new(field, format!("column {j}'s name: {why}")));
+        }
+    }
+    for (i, row) in table.rows.iter().enumerate() {
+        for ((text, _), column) in row.iter().zip(&table.columns) {
+            if let Some(why) = undrawable(font, text) {
+                return Err(FieldError::new(
+                    format!("{field}[{i}]"),
+                    format!("column {column:?}: {why}"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where [`load_table`] takes the rows from, as a field name for errors.
+fn rows_field(args: &ReportArgs) -> &'static str {
+    match (&args.rows, &args.input) {
+        (Some(_), _) => "payload.rows",
+        (None, Some(PrevTable { rows: Some(_), .. })) => "input.rows",
+        _ => "input.table",
     }
 }
 

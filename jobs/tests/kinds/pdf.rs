@@ -292,3 +292,66 @@ async fn pdf_throughput() {
         pages / secs
     );
 }
+
+/// Text the embedded font cannot draw used to vanish: CJK came out as empty boxes (the
+/// PDF's text read back as U+FFFD), Hebrew and Arabic were drawn left to right, letters
+/// reversed and unjoined; the job succeeded either way. Now such text is refused, naming the
+/// field and the first character: in the payload (the API's 400, and a permanent failure if
+/// it runs), and in a chain input seen only when the job runs.
+#[tokio::test]
+async fn text_the_font_cannot_draw_is_refused() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let config = common::config(tmp.path());
+    let registry = common::registry(&config);
+    let cases = [
+        ("cjk", "Tokyo 東京タワー", '東'),
+        ("arabic", "مرحبا بالعالم", 'م'),
+        ("hebrew", "שלום עולם", 'ש'),
+    ];
+    for (name, text, first) in cases {
+        let output = format!("{name}.pdf");
+        for (payload, field) in [
+            (
+                json!({"title": "T", "columns": ["id", "name"], "rows": [[1, "Ann"], [2, text]], "output": output}),
+                "payload.rows[1]",
+            ),
+            (
+                json!({"title": text, "columns": ["name"], "rows": [["Ann"]], "output": output}),
+                "payload.title",
+            ),
+            (
+                json!({"title": "T", "columns": ["id", "name"], "input": {"rows": [[1, text]]}, "output": output}),
+                "input.rows[0]",
+            ),
+        ] {
+            let ran = run(&registry, "pdf.report", payload.clone()).await;
+            if ran.result.is_ok() {
+                let drawn = pdf_text(&config.files.dir.join(&output));
+                panic!("{name}: {field}: the report was made; its text reads {drawn:?}");
+            }
+            let message = common::error_message(&ran.result);
+            assert!(is_permanent(&ran.result), "{name}: {message}");
+            assert!(
+                message.contains(field) && message.contains(&format!("{first:?}")),
+                "{name}: {field}: {message}"
+            );
+            if field.starts_with("payload.") {
+                let e = common::validate(&registry, "pdf.report", &payload)
+                    .expect_err("refused when enqueued");
+                assert_eq!(e.field, field, "{name}: {e}");
+                assert!(e.message.contains(first), "{name}: {e}");
+            }
+        }
+    }
+    assert!(
+        !config.files.dir.join("cjk.pdf").exists(),
+        "nothing written"
+    );
+    // Latin, Greek and Cyrillic are drawn.
+    ok(run(
+        &registry,
+        "pdf.report",
+        json!({"title": "Ωmega", "columns": ["name"], "rows": [["Жук Zoë"]]}),
+    )
+    .await);
+}
