@@ -228,6 +228,10 @@ fn sqlite_error(e: rusqlite::Error) -> JobError {
 
 /// Connection trouble, deadlocks and resource limits may pass; errors in the SQL or the data
 /// (classes 22, 23, 42, ...) will not.
+/// The PostgreSQL advisory lock (a transaction-level one) that serializes the table creations
+/// of etl.sync jobs: any fixed number no other program is likely to use ("hopper" in ASCII).
+const CREATE_LOCK: i64 = 0x686f_7070_6572;
+
 fn postgres_error(e: &tokio_postgres::Error) -> JobError {
     let message = match e.as_db_error() {
         Some(db) => format!("postgres: {}: {}", db.code().code(), db.message()),
@@ -362,9 +366,14 @@ impl Db {
                     })
                     .collect::<Vec<_>>()
                     .join(", ");
+                // `CREATE TABLE IF NOT EXISTS` is not safe against a concurrent creation
+                // of the same table in PostgreSQL: the second one fails with a unique
+                // violation on `pg_type`. So the creations of all syncs on the database take
+                // one advisory lock, held until this batch's implicit transaction ends.
                 client
                     .batch_execute(&format!(
-                        "CREATE TABLE IF NOT EXISTS {} ({cols}, PRIMARY KEY ({key}));
+                        "SELECT pg_advisory_xact_lock({CREATE_LOCK});
+                         CREATE TABLE IF NOT EXISTS {} ({cols}, PRIMARY KEY ({key}));
                          CREATE TABLE IF NOT EXISTS {STATE_TABLE} (
                              source text NOT NULL, target text NOT NULL, cursor text,
                              updated_at timestamptz NOT NULL DEFAULT now(),

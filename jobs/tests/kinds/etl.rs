@@ -205,6 +205,53 @@ async fn syncs_into_postgres() {
     assert!(row.get::<_, bool>(2));
 }
 
+/// Syncs started together into one new PostgreSQL table all succeed. Each creates the
+/// table (and the state table) `IF NOT EXISTS`, which PostgreSQL does not make safe against a
+/// concurrent creation: the loser got a unique violation on `pg_type` and died for good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_syncs_into_a_new_postgres_table_all_succeed() {
+    let (base, _api) = api().await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = std::sync::Arc::new(common::registry(&etl_config(tmp.path(), &base)));
+    let table = format!(
+        "etl_race_{}_{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.subsec_nanos())
+    );
+    let mut runs = tokio::task::JoinSet::new();
+    for _ in 0..8 {
+        let registry = std::sync::Arc::clone(&registry);
+        let p = payload(&base, "pg", &table);
+        runs.spawn(async move { run(&registry, "etl.sync", p).await });
+    }
+    let ran = runs.join_all().await;
+
+    let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
+        .await
+        .expect("connect");
+    tokio::spawn(conn);
+    let rows = client
+        .query_one(&format!("SELECT COUNT(*) FROM \"{table}\""), &[])
+        .await;
+    client
+        .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
+        .await
+        .expect("drop");
+    client
+        .execute("DELETE FROM hopper_etl_state WHERE target = $1", &[&table])
+        .await
+        .expect("clean state");
+
+    let mut new_rows = 0;
+    for r in ran {
+        new_rows += ok(r)["rows_new"].as_u64().expect("rows_new");
+    }
+    assert_eq!(new_rows, u64::from(PAGES * PER_PAGE), "each row new once");
+    assert_eq!(rows.expect("count").get::<_, i64>(0), 50);
+}
+
 #[tokio::test]
 async fn client_errors_are_permanent() {
     let (base, _api) = api().await;
