@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hopper_workers::broker::sqlite::{SqliteBroker, SqliteOptions};
-use hopper_workers::broker::{Broker, Durability};
+use hopper_workers::broker::{Broker, Durability, JobFilter};
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::event::EventType;
 use hopper_workers::job::{JobState, NewJob};
@@ -347,4 +347,115 @@ async fn an_unreadable_kind_is_buried_and_the_rest_of_its_fetch_runs() {
         )
         .expect("the row");
     assert_eq!(state, "dead", "the unreadable job is buried");
+}
+
+/// A queued row whose id is not text (a BLOB another program wrote into the file): the fetch
+/// takes it out of the way, dead under a readable id saying why, and hands out the rest. Before,
+/// every fetch of the queue failed on that row, so no job of it ran again, and a listing that
+/// met the row failed too, so an operator could not see it.
+#[tokio::test]
+async fn a_job_whose_id_is_not_text_is_buried_and_the_rest_of_its_queue_runs() {
+    let (b, dir) = temp_sqlite(clock::system()).await;
+    let jobs: Vec<NewJob> = (0..3).map(|_| NewJob::new("test.k", json!({}))).collect();
+    b.enqueue(jobs.clone()).await.expect("enqueue");
+    let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
+    raw.busy_timeout(std::time::Duration::from_secs(30))
+        .expect("busy timeout");
+    let bad_id: &[u8] = b"j\xff\x01";
+    raw.execute(
+        "UPDATE jobs SET id = ?2 WHERE id = ?1",
+        rusqlite::params![jobs[1].id.as_str(), bad_id],
+    )
+    .expect("write a BLOB id");
+    let listed = b
+        .list(&JobFilter::default())
+        .await
+        .expect("the listing reads the row");
+    let shown = hopper_workers::job::JobId(String::from_utf8_lossy(bad_id).into_owned());
+    assert!(listed.jobs.iter().any(|j| j.id == shown), "{listed:?}");
+
+    let fetched: Vec<_> = b
+        .fetch("default", 3, std::time::Duration::from_secs(30))
+        .await
+        .expect("the fetch runs")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(fetched, vec![jobs[0].id.clone(), jobs[2].id.clone()]);
+
+    let dead = b
+        .list(&JobFilter {
+            state: Some(JobState::Dead),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("the dead list reads");
+    assert_eq!(dead.jobs.len(), 1, "{dead:?}");
+    let buried = &dead.jobs[0];
+    assert_eq!(buried.id, shown, "its id, shown lossily");
+    let error = buried.last_error.clone().unwrap_or_default();
+    assert!(
+        error.contains("unreadable") && error.contains("6aff01"),
+        "{error}"
+    );
+    let got = b
+        .get(&buried.id)
+        .await
+        .expect("get")
+        .expect("found by the id shown");
+    assert_eq!(got.state, JobState::Dead);
+    let history: Vec<_> = b
+        .history(&buried.id)
+        .await
+        .expect("its history reads")
+        .into_iter()
+        .map(|e| e.kind_of_event)
+        .collect();
+    assert_eq!(history, [EventType::Started, EventType::Dead]);
+    let again = b
+        .fetch("default", 3, std::time::Duration::from_secs(30))
+        .await
+        .expect("fetch");
+    assert!(again.is_empty(), "nothing is leased again: {again:?}");
+}
+
+/// The same for an id stored as text that is not UTF-8, whose lossy reading is another job's
+/// id: the buried job gets a fresh id, and the other job runs under its own.
+#[tokio::test]
+async fn a_job_whose_id_is_not_utf8_is_buried_under_a_fresh_id_when_its_lossy_id_is_taken() {
+    let (b, dir) = temp_sqlite(clock::system()).await;
+    let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
+    raw.busy_timeout(std::time::Duration::from_secs(30))
+        .expect("busy timeout");
+    let jobs: Vec<NewJob> = (0..2).map(|_| NewJob::new("test.k", json!({}))).collect();
+    b.enqueue(jobs.clone()).await.expect("enqueue");
+    raw.execute(
+        "UPDATE jobs SET id = CAST(X'6AFF' AS TEXT) WHERE id = ?1",
+        [jobs[0].id.as_str()],
+    )
+    .expect("a text id that is not UTF-8");
+    raw.execute(
+        "UPDATE jobs SET id = 'j\u{FFFD}' WHERE id = ?1",
+        [jobs[1].id.as_str()],
+    )
+    .expect("its lossy reading, taken");
+    let fetched: Vec<_> = b
+        .fetch("default", 2, std::time::Duration::from_secs(30))
+        .await
+        .expect("the fetch runs")
+        .into_iter()
+        .map(|j| j.id.0)
+        .collect();
+    assert_eq!(fetched, ["j\u{FFFD}"]);
+    let dead = b
+        .list(&JobFilter {
+            state: Some(JobState::Dead),
+            ..JobFilter::default()
+        })
+        .await
+        .expect("the dead list reads");
+    assert_eq!(dead.jobs.len(), 1, "{dead:?}");
+    assert_ne!(dead.jobs[0].id.0, "j\u{FFFD}");
+    let error = dead.jobs[0].last_error.clone().unwrap_or_default();
+    assert!(error.contains("X'6aff'"), "{error}");
 }

@@ -19,7 +19,7 @@ use super::chain;
 use super::error::Fail;
 use super::events::{EnqueuedEvents, LEASE_EXPIRED, SNOOZED, append_event, failure, note};
 use super::rows::{
-    Owner, chain_from_columns, job_from_row, lossy_text, owner_from_row, to_i64, to_u32,
+    Owner, chain_from_columns, job_from_row, lossy_text, owner_from_row, stored_id, to_i64, to_u32,
     token_to_i64,
 };
 use super::sql;
@@ -214,18 +214,31 @@ pub(super) fn lease_queued(
     let rows = conn
         .prepare_cached(sql::FETCH)?
         .query_map(params![queue, max, now + lease, now], |row| {
-            Ok(match job_from_row(row) {
-                Ok(job) => Ok((row.get::<_, i64>(0)?, job)),
-                Err(e) => Err((
-                    Owner {
-                        id: JobId(row.get(1)?),
+            let seq = row.get::<_, i64>(0)?;
+            let stored = stored_id(row, 1)?;
+            let renamed = stored.foreign.is_some();
+            let read = match stored.foreign {
+                // Every later write for the job finds it by its id, which this one is not.
+                Some(bytes) => Err(format!(
+                    "its id is not UTF-8 text (stored as X'{}')",
+                    hex(&bytes)
+                )),
+                None => job_from_row(row).map_err(|e| e.to_string()),
+            };
+            Ok(match read {
+                Ok(job) => Ok((seq, job)),
+                Err(reason) => Err(Unreadable {
+                    seq,
+                    owner: Owner {
+                        id: stored.id,
                         queue: queue.to_owned(),
                         kind: lossy_text(row, 3)?,
                         attempt: to_u32(row.get(8)?),
                     },
-                    row.get::<_, i64>(13)?,
-                    e,
-                )),
+                    token: row.get::<_, i64>(13)?,
+                    renamed,
+                    reason,
+                }),
             })
         })?
         .collect::<Result<Vec<_>, _>>()?;
@@ -233,7 +246,7 @@ pub(super) fn lease_queued(
     for row in rows {
         match row {
             Ok(job) => jobs.push(job),
-            Err((owner, token, e)) => bury_unreadable(conn, now, owner, token, &e)?,
+            Err(unreadable) => bury_unreadable(conn, now, unreadable)?,
         }
     }
     // RETURNING has no defined order: restore the fetch order.
@@ -246,34 +259,80 @@ pub(super) fn lease_queued(
     Ok(jobs)
 }
 
+/// A row a fetch leased but cannot hand out.
+struct Unreadable {
+    seq: i64,
+    /// Its id lossily when `renamed`.
+    owner: Owner,
+    token: i64,
+    /// The id is not UTF-8 text: the row is given `owner.id` (or a fresh id) before burial.
+    renamed: bool,
+    reason: String,
+}
+
 /// Ends as `dead`, saying why, a job the fetch leased but cannot read (a row holding data
 /// Hopper did not write, such as a payload that is not JSON), in the fetch's own transaction:
 /// the rest of the fetch runs. Failing the fetch instead would roll it back, and every later
 /// fetch of the queue would meet the same row: no job of the queue would run again. Its
 /// history reads `job.started` then `job.dead`, as on Redis.
-fn bury_unreadable(
-    conn: &Connection,
-    now: Timestamp,
-    owner: Owner,
-    token: i64,
-    e: &rusqlite::Error,
-) -> Result<(), Fail> {
-    let queue = owner.queue.clone();
-    tracing::warn!(job = %owner.id, %queue, error = %e, "a fetched job cannot be read; burying it");
-    append_event(conn, &owner, EventType::Started, now, &EventData::default())?;
+///
+/// A row whose id is not UTF-8 text is first given a text id (its id read lossily, or a fresh
+/// one when that is taken), the stored bytes kept in the reason: every statement finds a job by
+/// its id, so without one the job could be neither ended, nor looked up, nor retried.
+fn bury_unreadable(conn: &Connection, now: Timestamp, mut row: Unreadable) -> Result<(), Fail> {
+    let queue = row.owner.queue.clone();
+    if row.renamed {
+        let taken: bool = conn
+            .prepare_cached(sql::ID_TAKEN)?
+            .query_row([row.owner.id.as_str()], |r| r.get(0))?;
+        if taken {
+            row.owner.id = JobId::generate();
+        }
+        // Events that name the row by its stored id follow it (the subquery keeps the stored
+        // value's type: a BLOB bound from Rust would not equal a text that is not UTF-8).
+        conn.prepare_cached(sql::RENAME_EVENTS)?
+            .execute(params![row.seq, row.owner.id.as_str()])?;
+        conn.prepare_cached(sql::RENAME_JOB)?
+            .execute(params![row.seq, row.owner.id.as_str()])?;
+        row.reason = format!("{}; it is now job {}", row.reason, row.owner.id);
+    }
+    tracing::warn!(job = %row.owner.id, %queue, error = %row.reason, "a fetched job cannot be read; burying it");
+    append_event(
+        conn,
+        &row.owner,
+        EventType::Started,
+        now,
+        &EventData::default(),
+    )?;
     let lease = Lease {
-        job_id: owner.id,
-        queue: owner.queue,
-        token: u64::try_from(token).unwrap_or(0),
+        job_id: row.owner.id,
+        queue: row.owner.queue,
+        token: u64::try_from(row.token).unwrap_or(0),
     };
     let outcome = Outcome::Dead {
-        error: format!("unreadable job data in SQLite, buried by a fetch: {e}"),
+        error: format!(
+            "unreadable job data in SQLite, buried by a fetch: {}",
+            row.reason
+        ),
     };
     let mut requeued = false;
     if let Err(refused) = finish_one(conn, now, Finish { lease, outcome }, &mut requeued)? {
         tracing::warn!(%queue, error = %refused, "burying an unreadable job was refused");
     }
     Ok(())
+}
+
+/// Lowercase hex of at most the first 64 bytes: enough to find the row, short enough to log.
+fn hex(bytes: &[u8]) -> String {
+    use std::fmt::Write;
+    let mut out = String::with_capacity(bytes.len().min(64) * 2 + 3);
+    for b in bytes.iter().take(64) {
+        let _ = write!(out, "{b:02x}");
+    }
+    if bytes.len() > 64 {
+        out.push_str("...");
+    }
+    out
 }
 
 pub(super) async fn heartbeat(

@@ -4,8 +4,9 @@
 //! SQLite's `i64` and Hopper's unsigned numbers and [`Timestamp`]s (stored as integer
 //! milliseconds, which order and compare in SQL). It does not run statements. A stored value this
 //! version cannot read is a conversion error ([`BadColumn`]), never a panic or a guess, because
-//! a newer `hopper` may share the file; the one exception is an event's kind label
-//! ([`owner_from_row`]), read lossily when it is not UTF-8.
+//! a newer `hopper` may share the file; the exceptions are labels read lossily when they are not
+//! UTF-8 text: an event's kind label ([`owner_from_row`]) and a job's id ([`stored_id`]), so that
+//! such a row can still be listed, and ended, rather than fail every statement that meets it.
 
 use rusqlite::Row;
 use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
@@ -41,7 +42,7 @@ impl Owner {
 /// the statement that ends such a job, such as the fetch that buries it, every time.
 pub(super) fn owner_from_row(r: &Row<'_>) -> rusqlite::Result<Owner> {
     Ok(Owner {
-        id: JobId(r.get(0)?),
+        id: stored_id(r, 0)?.id,
         queue: r.get(1)?,
         kind: lossy_text(r, 2)?,
         attempt: to_u32(r.get(3)?),
@@ -55,6 +56,41 @@ pub(super) fn lossy_text(r: &Row<'_>, idx: usize) -> rusqlite::Result<String> {
         ValueRef::Text(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
         _ => r.get(idx),
     }
+}
+
+/// A job's id as the row stores it. Hopper writes ids as UTF-8 text; another program may have
+/// written a BLOB, or text that is not UTF-8, which no statement can find by a text id.
+pub(super) struct StoredId {
+    /// The id, lossily when it is not UTF-8 text (invalid bytes become U+FFFD).
+    pub id: JobId,
+    /// The stored bytes when `id` is not exactly what the row holds.
+    pub foreign: Option<Vec<u8>>,
+}
+
+/// Reads a job id column (see [`StoredId`]).
+pub(super) fn stored_id(r: &Row<'_>, idx: usize) -> rusqlite::Result<StoredId> {
+    let bytes = match r.get_ref(idx)? {
+        ValueRef::Text(bytes) => match std::str::from_utf8(bytes) {
+            Ok(text) => {
+                return Ok(StoredId {
+                    id: JobId(text.to_owned()),
+                    foreign: None,
+                });
+            }
+            Err(_) => bytes,
+        },
+        ValueRef::Blob(bytes) => bytes,
+        _ => {
+            return Ok(StoredId {
+                id: JobId(r.get(idx)?),
+                foreign: None,
+            });
+        }
+    };
+    Ok(StoredId {
+        id: JobId(String::from_utf8_lossy(bytes).into_owned()),
+        foreign: Some(bytes.to_vec()),
+    })
 }
 
 /// Reads `chain_id, chain_index[, chain_next]` starting at column `at`; `chain_next` is read
@@ -75,11 +111,12 @@ pub(super) fn chain_from_columns(r: &Row<'_>, at: usize) -> rusqlite::Result<Opt
     }))
 }
 
-/// Decodes the job columns of `super::sql` (column 0, `seq`, is left to the caller).
+/// Decodes the job columns of `super::sql` (column 0, `seq`, is left to the caller). The id is
+/// read lossily (see [`stored_id`]): a fetch checks it is exact before handing the job out.
 pub(super) fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = r.get(6)?;
     Ok(Job {
-        id: JobId(r.get(1)?),
+        id: stored_id(r, 1)?.id,
         queue: r.get(2)?,
         kind: r.get(3)?,
         payload: json_column(r, 4)?.unwrap_or(Value::Null),
@@ -115,7 +152,7 @@ pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
         id: r.get::<_, i64>(0)?.to_string(),
         kind_of_event: EventType::parse(&kind_of_event)
             .ok_or_else(|| conversion(1, bad_column(&kind_of_event)))?,
-        job_id: JobId(r.get(2)?),
+        job_id: stored_id(r, 2)?.id,
         queue: r.get(3)?,
         kind: r.get(4)?,
         at: r.get(5)?,

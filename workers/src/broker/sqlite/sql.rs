@@ -103,6 +103,13 @@ pub const FINISH_RELEASED: &str = "UPDATE jobs SET state = 'queued', run_at = ?3
     WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
     RETURNING id, queue, kind, attempt + 1";
 
+// A fetched row whose id is not UTF-8 text is given one (`super::lifecycle::bury_unreadable`),
+// its events first, found by the row's stored id.
+pub const ID_TAKEN: &str = "SELECT EXISTS (SELECT 1 FROM jobs WHERE id = ?1)";
+pub const RENAME_EVENTS: &str =
+    "UPDATE events SET job_id = ?2 WHERE job_id = (SELECT id FROM jobs WHERE seq = ?1)";
+pub const RENAME_JOB: &str = "UPDATE jobs SET id = ?2 WHERE seq = ?1";
+
 pub const HEARTBEAT: &str = "UPDATE jobs SET lease_until = ?3 \
     WHERE id = ?1 AND lease_token = ?2 AND state = 'running'";
 pub const LEASE_STATE: &str = "SELECT state FROM jobs WHERE id = ?1 AND lease_token = ?2";
