@@ -33,7 +33,11 @@ async fn api_paused(api: &Api, queue: &str) -> Value {
 async fn pause_and_hold(api: &Api, queue: &str) -> String {
     let (status, body) = api.post(&format!("/v1/queues/{queue}/pause")).await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"queue": queue, "paused": true}));
+    assert_eq!(
+        (&body["queue"], &body["paused"]),
+        (&json!(queue), &json!(true)),
+        "{body}"
+    );
     let mut job = sleep(10);
     job["queue"] = json!(queue);
     let id = api.enqueue_ok(job).await;
@@ -68,7 +72,7 @@ async fn pause_holds_jobs_resume_runs_them_and_retry_dead_counts() {
     assert_eq!(api_paused(&api, "default").await, json!(true));
     let (status, body) = api.post("/v1/queues/default/resume").await;
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body, json!({"queue": "default", "paused": false}));
+    assert_eq!(body["paused"], json!(false), "{body}");
 
     let dead = api
         .enqueue_ok(json!({"kind": "sys.fail", "payload": {"times": 1, "permanent": true}}))
@@ -90,6 +94,50 @@ async fn pause_holds_jobs_resume_runs_them_and_retry_dead_counts() {
     }
     let out = s.cli(&["pause", "no spaces"]);
     assert!(!out.status.success(), "an invalid queue name fails the CLI");
+}
+
+/// Pausing a queue that holds no job and that no worker serves (an operator's typo, most
+/// likely) still pauses it, since a queue may be paused ahead of its first job, but says so:
+/// the API answers `"jobs": 0, "workers": 0` and a `warning` naming the queue, the CLI prints
+/// that warning on stderr and exits 0. A queue with jobs answers no warning. Before, both
+/// answered as for a real queue, and the operator believed the queue they meant was paused.
+#[tokio::test]
+async fn pausing_a_queue_no_job_or_worker_knows_warns() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let id = api.enqueue_ok(json!({"kind": "sys.noop"})).await;
+    api.wait_state(&id, "succeeded").await;
+
+    let (status, body) = api.post("/v1/queues/default/pause").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], json!(true), "{body}");
+    assert_eq!(body["jobs"], json!(1), "{body}");
+    assert!(body.get("warning").is_none(), "a known queue: {body}");
+    let out = s.cli(&["pause", "default"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no warning");
+
+    let (status, body) = api.post("/v1/queues/typo-queue/pause").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], json!(true), "paused all the same: {body}");
+    assert_eq!(
+        (&body["jobs"], &body["workers"]),
+        (&json!(0), &json!(0)),
+        "{body}"
+    );
+    let warning = body["warning"].as_str().unwrap_or_default();
+    assert!(warning.contains("\"typo-queue\""), "{body}");
+
+    let out = s.cli(&["pause", "other-typo"]);
+    assert!(out.status.success(), "a warning, not a failure");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("warning:")
+            && stderr.contains("\"other-typo\"")
+            && stderr.contains("no job"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("paused"));
 }
 
 /// Two processes on one broker: an API node (`serve --no-workers`) pauses a queue and a

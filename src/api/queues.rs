@@ -5,6 +5,9 @@
 //! the queue's jobs from its next fetch on, and it outlives every process; a paused queue
 //! still accepts jobs. `[[queue]] paused = true` in a node's config stays a pause of its own:
 //! a queue is paused when either says so, and these routes answer what the two add up to.
+//! A pause also answers how many jobs the broker holds for the queue and how many workers
+//! serve it, with a `warning` when neither does (`crate::service::queues`): beyond DESIGN's
+//! `{"queue", "paused"}`, so that a typo of a queue name does not pass for a pause.
 //! The listing (`GET /v1/queues`) is `super::jobs`'.
 
 use axum::Json;
@@ -14,12 +17,13 @@ use serde_json::{Value, json};
 
 use super::openapi::{ErrorBody, QueuePaused, QueueRetried};
 use super::{ApiError, AppState};
+use crate::service::queues::QueueReach;
 
-/// `POST /v1/queues/{name}/pause`: `{"queue", "paused": true}`.
+/// `POST /v1/queues/{name}/pause`: `{"queue", "paused": true, "jobs", "workers", "warning"?}`.
 #[utoipa::path(post, path = "/queues/{name}/pause", tag = "queues",
     params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name")),
     responses(
-        (status = 200, description = "Paused for every node sharing the broker", body = QueuePaused),
+        (status = 200, description = "Paused for every node sharing the broker; `warning` when no job and no worker knows the queue", body = QueuePaused),
         (status = 400, description = "`invalid_field`: `name` is not a queue name", body = ErrorBody),
     ))]
 pub async fn pause(
@@ -45,20 +49,33 @@ pub async fn resume(
 }
 
 /// Stores the pause (or its end) of queue `name` in the broker and answers whether the queue
-/// is now paused: by the broker, or by this node's config.
+/// is now paused: by the broker, or by this node's config. A pause also answers who knows the
+/// queue (see the module docs).
 async fn set_paused(st: &AppState, name: String, paused: bool) -> Result<Json<Value>, ApiError> {
     check(&name)?;
-    if paused {
-        st.broker.pause(&name).await?;
-        tracing::info!(queue = %name, "queue paused");
-    } else {
+    let by_config = st.config.queues.iter().any(|q| q.name == name && q.paused);
+    if !paused {
         st.broker.resume(&name).await?;
         tracing::info!(queue = %name, "queue resumed");
+        return Ok(Json(json!({ "queue": name, "paused": by_config })));
     }
-    let by_config = st.config.queues.iter().any(|q| q.name == name && q.paused);
-    Ok(Json(
-        json!({ "queue": name, "paused": paused || by_config }),
-    ))
+    st.broker.pause(&name).await?;
+    let reach = QueueReach::of(st.broker.as_ref(), &name).await?;
+    let warning = reach.pause_warning(&name);
+    match &warning {
+        Some(w) => tracing::warn!(queue = %name, "queue paused: {w}"),
+        None => tracing::info!(queue = %name, "queue paused"),
+    }
+    let mut answer = json!({
+        "queue": name,
+        "paused": true,
+        "jobs": reach.jobs,
+        "workers": reach.workers,
+    });
+    if let Some(w) = warning {
+        answer["warning"] = json!(w);
+    }
+    Ok(Json(answer))
 }
 
 /// `POST /v1/queues/{name}/retry-dead`: `{"queue", "retried": N}`.

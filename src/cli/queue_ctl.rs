@@ -3,7 +3,9 @@
 //!
 //! The pause is stored in the broker, so every node sharing it honours it from its next fetch
 //! on; `[[queue]] paused = true` in a config stays a pause of that node's own, which `resume`
-//! does not lift (it says so). Listing queues is `super::inspect`'s.
+//! does not lift (it says so). Pausing a queue that holds no job and that no worker serves
+//! succeeds with a warning on stderr naming it (`crate::service::queues`). Listing queues is
+//! `super::inspect`'s.
 
 use std::sync::Arc;
 
@@ -11,8 +13,10 @@ use anyhow::{Context, Result};
 use hopper_workers::Broker;
 
 use super::Command;
+use super::inspect::eprint_line;
 use crate::config::Settings;
 use crate::out;
+use crate::service::queues::QueueReach;
 
 /// Runs `pause` or `resume`; any other command is not this module's and does nothing.
 pub async fn run(command: Command, settings: &Settings, broker: Arc<dyn Broker>) -> Result<()> {
@@ -25,6 +29,13 @@ pub async fn run(command: Command, settings: &Settings, broker: Arc<dyn Broker>)
             out::line(format!(
                 "queue {queue} paused: its jobs wait until `hopper resume {queue}`"
             ))?;
+            // A warning, not a refusal: a queue may be paused ahead of its first job.
+            let reach = QueueReach::of(broker.as_ref(), &queue)
+                .await
+                .with_context(|| format!("cannot read who knows queue {queue:?}"))?;
+            if let Some(warning) = reach.pause_warning(&queue) {
+                eprint_line(&format!("warning: {warning}"));
+            }
         }
         Command::Resume { queue } => {
             broker

@@ -7,11 +7,14 @@
 //!   one broker call, all or none; [`Service::lookup`] reads one back with its history and the
 //!   steps of its chain, and why it is not running yet ([`waiting`]).
 //! - `coalesce`: single jobs submitted at the same time reach the broker in one call.
+//! - [`queues`]: what a pause tells about the queue it names ([`queues::QueueReach`]): its jobs
+//!   and the workers serving it, and a warning when neither exists.
 //!
 //! This module knows no HTTP and no terminal: it speaks the engine's types and
 //! [`FieldError`]s, and each front door renders them its own way.
 
 mod coalesce;
+pub mod queues;
 pub mod submit;
 pub mod waiting;
 

@@ -214,6 +214,11 @@ impl StateCounts {
         }
     }
 
+    /// Jobs in every state.
+    pub fn total(&self) -> u64 {
+        JobState::ALL.iter().map(|s| self.get(*s)).sum()
+    }
+
     /// A mutable count for one state.
     pub fn get_mut(&mut self, state: JobState) -> &mut u64 {
         match state {
