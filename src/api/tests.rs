@@ -14,7 +14,7 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use hopper_workers::broker::{
     Appended, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
-    NewInboxEntry, QueueStats, RatedFetch, WebPush,
+    NewInboxEntry, QueueStats, RatedFetch, Rescued, WebPush,
 };
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::error::{BrokerError, BrokerResult};
@@ -124,7 +124,7 @@ impl Broker for Unreachable {
     async fn save_cursor(&self, _: &str, _: &str) -> BrokerResult<()> {
         self.down()
     }
-    async fn rescue(&self, _: u32) -> BrokerResult<Vec<JobId>> {
+    async fn rescue(&self, _: u32) -> BrokerResult<Vec<Rescued>> {
         self.down()
     }
     async fn get(&self, _: &JobId) -> BrokerResult<Option<Job>> {

@@ -8,7 +8,8 @@
 -- ARGV[2]  event stream cap
 -- ARGV[3]  max interruptions in a row before a job is dead (a poison pill)
 -- ARGV[4]  at most this many jobs per call
--- Returns  the ids rescued (queued or dead).
+-- Returns  one {id, kind, state} per job rescued, state 'queued' or 'dead' (what the rescuer
+--          counts it by, without reading the job back).
 
 local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
@@ -38,6 +39,7 @@ for i = 1, #ids do
       redis.call('ZADD', K .. 'dead', now, id)
       move('running', 'dead')
       failed = failed + 1
+      out[#out + 1] = { id, f[2] or '', 'dead' }
       if f[10] and f[10] ~= '' then
         chain_cancel_rest(id, f[9], f[10], 'dead', now, cap)
       end
@@ -48,8 +50,8 @@ for i = 1, #ids do
       redis.call('ZADD', K .. 'queued', d_priority(f[6]), qmember(tonumber(f[7]), tonumber(f[8]), id))
       move('running', 'queued')
       requeued = requeued + 1
+      out[#out + 1] = { id, f[2] or '', 'queued' }
     end
-    out[#out + 1] = id
   end
 end
 stat('fail', now, failed)

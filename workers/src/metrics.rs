@@ -24,7 +24,7 @@ use serde_json::Value;
 
 use crate::broker::{
     Appended, Broker, Circuit, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate,
-    LeaseStatus, NewInboxEntry, QueueStats, RatedFetch, WebPush,
+    LeaseStatus, NewInboxEntry, QueueStats, RatedFetch, Rescued, WebPush,
 };
 use crate::error::BrokerResult;
 use crate::event::Event;
@@ -281,7 +281,7 @@ metered! {
     fn retry_all_dead(&self, queue: Option<&str>) -> u64;
     fn pause(&self, queue: &str) -> ();
     fn resume(&self, queue: &str) -> ();
-    fn rescue(&self, max_interruptions: u32) -> Vec<JobId>;
+    fn rescue(&self, max_interruptions: u32) -> Vec<Rescued>;
     fn get(&self, id: &JobId) -> Option<Job>;
     fn history(&self, id: &JobId) -> Vec<Event>;
     fn list(&self, filter: &JobFilter) -> JobPage;

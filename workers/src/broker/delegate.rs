@@ -135,7 +135,7 @@ macro_rules! delegate_broker {
                     $cursor::save_cursor(self, name, value).await
                 }
 
-                async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {
+                async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<Rescued>> {
                     $rescue::rescue(self, max_interruptions).await
                 }
 
@@ -273,7 +273,7 @@ pub(crate) mod prelude {
 
     pub(crate) use crate::broker::{
         Appended, Circuit, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate, LeaseStatus,
-        NewInboxEntry, QueueStats, RatedFetch, WebPush,
+        NewInboxEntry, QueueStats, RatedFetch, Rescued, WebPush,
     };
     pub(crate) use crate::error::BrokerResult;
     pub(crate) use crate::event::Event;

@@ -127,6 +127,18 @@ pub enum LeaseStatus {
     Lost,
 }
 
+/// A job whose attempt a rescue ended ([`Broker::rescue`]), with what the rescuer's metrics
+/// count it by, as the rescue left it: read back later, the job may have moved on (run
+/// again, even died of something else).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rescued {
+    pub id: JobId,
+    pub queue: String,
+    pub kind: String,
+    /// [`JobState::Queued`] (interrupted, to run again) or [`JobState::Dead`] (a poison pill).
+    pub state: JobState,
+}
+
 /// Filters for [`Broker::list`]. Pages run newest first.
 ///
 /// A queue or kind that no job can have (a queue name [`NewJob::validate`] would refuse, an
@@ -372,8 +384,9 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 
     /// Returns running jobs whose lease expired to `queued` (an interruption, not a failed
     /// attempt; `job.interrupted`), or to `dead` once a job has been interrupted
-    /// `max_interruptions` times in a row. Returns the rescued ids.
-    async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>>;
+    /// `max_interruptions` times in a row. Returns the rescued jobs, with their queue, kind
+    /// and new state, so that counting them costs no read back.
+    async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<Rescued>>;
 
     /// One job.
     async fn get(&self, id: &JobId) -> BrokerResult<Option<Job>>;

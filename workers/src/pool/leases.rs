@@ -4,6 +4,7 @@
 //! expired leases (of any node) to their queue and counts those attempts `interrupted`.
 
 use super::*;
+use crate::broker::Rescued;
 
 /// Extends the leases of every running job, and stops handlers whose job was cancelled or
 /// whose lease was lost. A failed heartbeat only logs: [`expire`] stops what it left unrenewed.
@@ -97,9 +98,9 @@ pub(super) async fn rescue(
     let mut tick = ticker(every);
     while ticked(&mut tick, &stop).await {
         match broker.rescue(max_interruptions).await {
-            Ok(ids) if !ids.is_empty() => {
-                info!(jobs = ids.len(), "rescued jobs whose lease expired");
-                count_rescued(&*broker, &meters, &ids).await;
+            Ok(rescued) if !rescued.is_empty() => {
+                info!(jobs = rescued.len(), "rescued jobs whose lease expired");
+                count_rescued(&meters, &rescued);
             }
             Ok(_) => {}
             Err(e) => debug!(error = %e, "rescue failed"),
@@ -109,23 +110,17 @@ pub(super) async fn rescue(
 
 /// Counts the attempts a rescue ended: each is counted here and only here, since the node
 /// that ran it may be dead (SIGKILL, a crash) and, if it lives on, counts nothing for a lease
-/// it lost. `interrupted`, or `dead` for a job the rescue buried as a poison pill. A rescue
-/// is rare, so reading each job back for its queue and kind costs nothing that matters; a job
-/// gone meanwhile (its queue dropped) is not counted.
-async fn count_rescued(broker: &dyn Broker, meters: &meter::JobMetrics, ids: &[JobId]) {
-    for id in ids {
-        match broker.get(id).await {
-            Ok(Some(job)) => {
-                let outcome = if job.state == crate::job::JobState::Dead {
-                    meter::Outcome::Dead
-                } else {
-                    meter::Outcome::Interrupted
-                };
-                meters.of(&job.queue, &job.kind).finished(outcome);
-            }
-            Ok(None) => {}
-            Err(e) => debug!(job = %id, error = %e, "reading a rescued job back failed"),
-        }
+/// it lost. `interrupted`, or `dead` for a job the rescue buried as a poison pill. The rescue
+/// answers each job's queue, kind and new state: nothing is read back (which cost a round trip
+/// per job on Redis, and could see a job that had since run again).
+fn count_rescued(meters: &meter::JobMetrics, rescued: &[Rescued]) {
+    for r in rescued {
+        let outcome = if r.state == crate::job::JobState::Dead {
+            meter::Outcome::Dead
+        } else {
+            meter::Outcome::Interrupted
+        };
+        meters.of(&r.queue, &r.kind).finished(outcome);
     }
 }
 

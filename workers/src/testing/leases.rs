@@ -10,7 +10,7 @@ use super::{
     LEASE, ManualClock, assert_conflict, assert_lease_lost, assert_not_found, enqueue, enqueue_ids,
     fetch_expect, fetch_leased, fetch_one, finish, get, history_types, job, last_event, ms, ok,
 };
-use crate::broker::{Broker, LeaseStatus};
+use crate::broker::{Broker, LeaseStatus, Rescued};
 use crate::clock::Clock;
 use crate::event::EventType;
 use crate::job::{JobId, JobState, Lease};
@@ -20,7 +20,11 @@ pub async fn stale_token_refused_after_rescue(b: Arc<dyn Broker>, clock: Arc<Man
     let id = enqueue(&b, job("test.stale")).await;
     let first = fetch_leased(&b, "default", Duration::from_secs(10)).await;
     clock.advance(10_001);
-    assert_eq!(b.rescue(3).await.expect("rescue"), vec![id.clone()]);
+    assert_eq!(
+        b.rescue(3).await.expect("rescue"),
+        vec![rescued(&id, "test.stale", JobState::Queued)],
+        "the rescue answers each job's queue, kind and new state"
+    );
     let second = fetch_expect(&b, "default", &id).await;
     assert!(second.lease_token > first.lease_token);
     assert_eq!(second.attempt, 1);
@@ -100,7 +104,7 @@ pub async fn rescue_counts_interruption_not_attempt(b: Arc<dyn Broker>, clock: A
         .expect("fetch");
 
     clock.advance(1_001);
-    assert_eq!(b.rescue(3).await.expect("rescue"), vec![short.clone()]);
+    assert_eq!(rescued_ids(&b).await, vec![short.clone()]);
     let j = get(&b, &short).await;
     assert_eq!(j.state, JobState::Queued);
     assert_eq!(j.attempt, 0, "the interrupted attempt is not counted");
@@ -129,7 +133,11 @@ pub async fn poison_pill_after_max_interruptions(b: Arc<dyn Broker>, clock: Arc<
             let j = fetch_leased(&b, "default", lease).await;
             assert_eq!(j.id, id);
             clock.advance(1_001);
-            assert_eq!(b.rescue(3).await.expect("rescue"), vec![id.clone()]);
+            assert_eq!(
+                b.rescue(3).await.expect("rescue"),
+                vec![rescued(&id, "test.poison", expect_state)],
+                "queued when interrupted, dead when a poison pill"
+            );
             let after = get(&b, &id).await;
             assert_eq!(after.state, expect_state);
             after
@@ -248,8 +256,7 @@ pub async fn heartbeat_cancel_retry_and_rescue(b: Arc<dyn Broker>, clock: Arc<Ma
     assert!(b.rescue(3).await.expect("rescue").is_empty());
     for round in 1..=3u32 {
         clock.advance(30_000);
-        let rescued = b.rescue(3).await.expect("rescue");
-        assert_eq!(rescued, vec![ids[0].clone()], "round {round}");
+        assert_eq!(rescued_ids(&b).await, vec![ids[0].clone()], "round {round}");
         let j = get(&b, &ids[0]).await;
         assert_eq!(
             (j.interruptions, j.interruption_streak, j.attempt),
@@ -283,4 +290,20 @@ pub async fn heartbeat_cancel_retry_and_rescue(b: Arc<dyn Broker>, clock: Arc<Ma
         (counts.queued, counts.cancelled, counts.dead, counts.running),
         (2, 1, 0, 0)
     );
+}
+
+/// What a rescue answers for a job of the default queue.
+fn rescued(id: &JobId, kind: &str, state: JobState) -> Rescued {
+    Rescued {
+        id: id.clone(),
+        queue: "default".to_owned(),
+        kind: kind.to_owned(),
+        state,
+    }
+}
+
+/// The ids a rescue (3 interruptions in a row at most) answers.
+async fn rescued_ids(b: &Arc<dyn Broker>) -> Vec<JobId> {
+    let rescued = b.rescue(3).await.expect("rescue");
+    rescued.into_iter().map(|r| r.id).collect()
 }

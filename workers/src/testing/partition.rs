@@ -12,7 +12,7 @@ use async_trait::async_trait;
 
 use crate::broker::{
     Appended, Broker, Circuit, Enqueued, Finish, InboxEntry, JobFilter, JobPage, JobRate,
-    LeaseStatus, NewInboxEntry, QueueStats, RatedFetch, WebPush,
+    LeaseStatus, NewInboxEntry, QueueStats, RatedFetch, Rescued, WebPush,
 };
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::Event;
@@ -170,7 +170,7 @@ impl Broker for Partitioned {
         self.reach().await?.resume(queue).await
     }
 
-    async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<JobId>> {
+    async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<Rescued>> {
         self.reach().await?.rescue(max_interruptions).await
     }
 

@@ -203,7 +203,12 @@ async fn rescue_visits_only_queues_with_running_jobs() {
 
     f.clock.advance(30_001);
     assert_eq!(
-        b.rescue(3).await.expect("rescue"),
+        b.rescue(3)
+            .await
+            .expect("rescue")
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>(),
         vec![running[0].id.clone()]
     );
     assert_eq!(b.rescue(3).await.expect("rescue"), Vec::new());
@@ -213,7 +218,12 @@ async fn rescue_visits_only_queues_with_running_jobs() {
     assert_eq!(leased(), vec!["busy".to_string()]);
     f.clock.advance(30_001);
     assert_eq!(
-        b.rescue(3).await.expect("rescue"),
+        b.rescue(3)
+            .await
+            .expect("rescue")
+            .into_iter()
+            .map(|r| r.id)
+            .collect::<Vec<_>>(),
         vec![again[0].id.clone()]
     );
 }

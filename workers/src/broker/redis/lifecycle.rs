@@ -24,9 +24,9 @@ use super::decode::{Answer, answer, corrupt, fetched_lease, int, job_from_fetch,
 use super::keys::check_queue;
 use super::scripts::{BATCH, Lua, SCRIPTS};
 use crate::broker::rate::{self, JobRate, RatedFetch, TOLERANCE_MS};
-use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
+use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome, Rescued};
 use crate::error::{BrokerError, BrokerResult};
-use crate::job::{Job, JobId, Lease, NewJob};
+use crate::job::{Job, JobId, JobState, Lease, NewJob};
 use crate::time::{Timestamp, duration_ms};
 
 /// A time goes to the scripts as its integer milliseconds, what they compare and score by.
@@ -487,7 +487,7 @@ pub(super) async fn retry_all_dead(broker: &RedisBroker, queue: Option<&str>) ->
 pub(super) async fn rescue(
     broker: &RedisBroker,
     max_interruptions: u32,
-) -> BrokerResult<Vec<JobId>> {
+) -> BrokerResult<Vec<Rescued>> {
     // Only the queues that may hold running jobs (see `keys.rs`), not every queue ever used.
     let mut pending: Vec<String> = broker
         .query(redis::cmd("SMEMBERS").arg(broker.leased_key()))
@@ -511,14 +511,25 @@ pub(super) async fn rescue(
         let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
         let mut again = Vec::new();
         for (q, pair) in pending.into_iter().zip(replies.chunks_exact(2)) {
-            let ids: Vec<String> = redis::FromRedisValue::from_redis_value_ref(&pair[0])
-                .map_err(|e| corrupt(format!("rescue.lua: {e}")))?;
-            if ids.len() >= BATCH {
+            let jobs: Vec<(String, String, String)> =
+                redis::FromRedisValue::from_redis_value_ref(&pair[0])
+                    .map_err(|e| corrupt(format!("rescue.lua: {e}")))?;
+            let full = jobs.len() >= BATCH;
+            for (id, kind, state) in jobs {
+                let state = JobState::parse(&state)
+                    .ok_or_else(|| corrupt(format!("rescue.lua: state {state:?}")))?;
+                rescued.push(Rescued {
+                    id: JobId(id),
+                    queue: q.clone(),
+                    kind,
+                    state,
+                });
+            }
+            if full {
                 again.push(q);
             } else if int(&pair[1])? == 0 {
                 idle.push(q);
             }
-            rescued.extend(ids.into_iter().map(JobId));
         }
         pending = again;
     }

@@ -23,7 +23,7 @@ use super::rows::{
     token_to_i64,
 };
 use super::sql;
-use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome};
+use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome, Rescued};
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{EventData, EventType};
 use crate::job::{Job, JobId, JobState, Lease, NewJob};
@@ -540,7 +540,7 @@ fn finish_one(
 pub(super) async fn rescue(
     broker: &SqliteBroker,
     max_interruptions: u32,
-) -> BrokerResult<Vec<JobId>> {
+) -> BrokerResult<Vec<Rescued>> {
     let max = i64::from(max_interruptions);
     let (ids, any_requeued) = broker
         .write(move |conn, now| {
@@ -568,7 +568,12 @@ pub(super) async fn rescue(
                     ..owner
                 };
                 append_event(conn, &dead, EventType::Dead, now, &failure(error))?;
-                ids.push(dead.id);
+                ids.push(Rescued {
+                    id: dead.id,
+                    queue: dead.queue,
+                    kind: dead.kind,
+                    state: JobState::Dead,
+                });
             }
             let requeued = conn
                 .prepare_cached(sql::RESCUE)?
@@ -577,7 +582,12 @@ pub(super) async fn rescue(
             let any_requeued = !requeued.is_empty();
             for owner in requeued {
                 append_event(conn, &owner, EventType::Interrupted, now, &interrupted)?;
-                ids.push(owner.id);
+                ids.push(Rescued {
+                    id: owner.id,
+                    queue: owner.queue,
+                    kind: owner.kind,
+                    state: JobState::Queued,
+                });
             }
             Ok((ids, any_requeued))
         })
