@@ -6,10 +6,12 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use hopper_workers::broker::sqlite::{SqliteBroker, SqliteOptions};
-use hopper_workers::broker::{Broker, Durability, JobFilter};
+use hopper_workers::broker::{Broker, Durability, JobFilter, JobRate};
 use hopper_workers::clock::{self, Clock};
 use hopper_workers::event::EventType;
+use hopper_workers::handler::Registry;
 use hopper_workers::job::{JobState, NewJob};
+use hopper_workers::pool::{Pool, PoolConfig, QueueSpec};
 use hopper_workers::testing::{drain, temp_sqlite};
 use serde_json::json;
 
@@ -458,4 +460,76 @@ async fn a_job_whose_id_is_not_utf8_is_buried_under_a_fresh_id_when_its_lossy_id
     assert_ne!(dead.jobs[0].id.0, "j\u{FFFD}");
     let error = dead.jobs[0].last_error.clone().unwrap_or_default();
     assert!(error.contains("X'6aff'"), "{error}");
+}
+
+/// A pool serving a busy queue and a second one (rated, or not): the second queue's jobs start
+/// (at its rate) while the busy queue still has a backlog, instead of waiting for the busy
+/// queue to run dry. Real time: the rate is counted on the broker's clock. Before, every fetch
+/// round started at the first queue, whose backlog took every free slot: the second queue ran
+/// only on slots freed mid-round, and a rated one, often held on those rare rounds, starved.
+async fn second_queue_is_served_while_the_first_is_busy(rate: Option<JobRate>) {
+    let (b, _dir) = temp_sqlite(clock::system()).await;
+    let busy: Vec<NewJob> = (0..2000)
+        .map(|_| NewJob::new("sys.sleep", json!({"ms": 25})).queue("busy"))
+        .collect();
+    b.enqueue(busy).await.expect("enqueue busy");
+    let rated: Vec<NewJob> = (0..20)
+        .map(|_| NewJob::new("sys.noop", json!({})).queue("rated"))
+        .collect();
+    b.enqueue(rated).await.expect("enqueue rated");
+    let mut registry = Registry::new();
+    hopper_workers::diagnostics::register(&mut registry).expect("the diagnostic kinds");
+    let config = PoolConfig {
+        concurrency: 2,
+        queues: vec![
+            QueueSpec::new("busy"),
+            QueueSpec {
+                rate,
+                ..QueueSpec::new("rated")
+            },
+        ],
+        ..PoolConfig::default()
+    };
+    let pool = Pool::new(b.clone(), Arc::new(registry), config, clock::system());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(pool.run(shutdown.clone()));
+    let count = |queue: &'static str, state: JobState| {
+        let b = b.clone();
+        async move {
+            let stats = b.queues().await.expect("queues");
+            stats
+                .iter()
+                .find(|s| s.queue == queue)
+                .map_or(0, |s| s.counts.get(state))
+        }
+    };
+    // 20 jobs at 20/s take a second; the busy queue holds about 25 s of work. Before each
+    // round started at the next queue, the second queue took 4.5 s to over 10.
+    let deadline = Instant::now() + std::time::Duration::from_secs(5);
+    while count("rated", JobState::Succeeded).await < 20 && Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let rated_done = count("rated", JobState::Succeeded).await;
+    let busy_left = count("busy", JobState::Queued).await;
+    shutdown.cancel();
+    task.await.expect("the pool task").expect("the pool ran");
+    assert!(
+        busy_left > 0,
+        "the busy queue ran dry first: the case proves nothing"
+    );
+    assert_eq!(
+        rated_done, 20,
+        "the second queue's jobs wait behind a busy queue ({busy_left} busy jobs left)"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rated_queue_is_served_while_another_queue_is_busy() {
+    let rate = JobRate::new(20, std::time::Duration::from_secs(1));
+    second_queue_is_served_while_the_first_is_busy(rate).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unrated_queue_is_served_while_another_queue_is_busy() {
+    second_queue_is_served_while_the_first_is_busy(None).await;
 }

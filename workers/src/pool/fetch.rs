@@ -1,5 +1,7 @@
 //! The fetch loop: asks the broker for no more jobs than there are free slots (per queue too),
 //! blocks in `wait_for_work` when there is nothing to do, and starts each job in its own task.
+//! Each round starts at the next queue in turn, so that a busy queue does not keep the others'
+//! jobs waiting for the slots it leaves.
 //! Every wait is bounded by [`BEAT`], and every round is recorded in the pool's liveness, so a
 //! supervisor can tell an idle loop from a hung one.
 //!
@@ -49,6 +51,8 @@ pub(super) async fn fetch_loop(
     let mut held: HashMap<String, Instant> = HashMap::new();
     let mut backoff = Duration::from_millis(100);
     let live = shared.handle.liveness();
+    // Which queue a round starts with (see the loop).
+    let mut round: usize = 0;
 
     while !shutdown.is_cancelled() {
         live.fetch_beat();
@@ -62,7 +66,16 @@ pub(super) async fn fetch_loop(
         let mut open: Vec<String> = Vec::with_capacity(active.len());
         let now = Instant::now();
         held.retain(|_, until| *until > now);
-        for queue in &active {
+        // Each round starts at the next queue: a queue with a backlog takes every free slot
+        // of its turn, so always starting at the first one left the others only the slots
+        // that freed up mid-round (a rated queue, held on the rare round it got one, starved).
+        let first = if active.is_empty() {
+            0
+        } else {
+            round % active.len()
+        };
+        round = round.wrapping_add(1);
+        for queue in active[first..].iter().chain(&active[..first]) {
             let free = slots.available_permits();
             if free == 0 {
                 break;

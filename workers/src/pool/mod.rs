@@ -108,7 +108,8 @@ impl QueueSpec {
 pub struct PoolConfig {
     /// Slots: jobs running at once. Defaults to 16.
     pub concurrency: usize,
-    /// Queues served, fetched in this order. Defaults to `default`.
+    /// Queues served, each fetch round starting at the next one in turn (a queue with a
+    /// backlog does not hold the others' jobs back). Defaults to `default`.
     pub queues: Vec<QueueSpec>,
     /// How long a fetched job is held without a heartbeat. Defaults to 30 s.
     pub lease: Duration,
