@@ -18,9 +18,11 @@ use super::RateLimit;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScheduleConfig {
-    /// Stable name, unique among schedules. Required.
+    /// Stable name, unique among schedules, at most 100 characters. Required. The broker keeps
+    /// the schedule's last tick under it: a renamed schedule is a new one.
     pub name: String,
-    /// Cron expression with seconds: "sec min hour day-of-month month day-of-week". Required.
+    /// Cron expression with seconds, in UTC: "sec min hour day-of-month month day-of-week".
+    /// Required.
     pub cron: String,
     /// Job kind. Required.
     pub kind: String,

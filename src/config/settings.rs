@@ -15,6 +15,9 @@ use super::{
     Config, ConfigError, MAINTENANCE_QUEUE, MAX_BATCH, QueueConfig, ScheduleConfig, shown_url,
 };
 
+/// The longest `[[schedule]] name`: `schedule:NAME` must fit a broker cursor name.
+const MAX_SCHEDULE_NAME: usize = 100;
+
 /// A checked config and what was parsed from it.
 #[derive(Clone, Debug)]
 pub struct Settings {
@@ -244,6 +247,11 @@ impl Config {
         for (i, sc) in self.schedules.iter().enumerate() {
             if sc.name.is_empty() {
                 p.push(format!("schedule[{i}].name: is required"));
+            } else if sc.name.len() > MAX_SCHEDULE_NAME {
+                // The name is part of the broker cursor that remembers its last tick.
+                p.push(format!(
+                    "schedule[{i}].name: must be at most {MAX_SCHEDULE_NAME} characters"
+                ));
             } else if !seen.insert(sc.name.as_str()) {
                 p.push(format!(
                     "schedule[{i}].name: {:?} is declared twice",

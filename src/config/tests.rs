@@ -266,3 +266,23 @@ filter = { queue = "default" }
         "{problems:#?}"
     );
 }
+
+/// A schedule's name keys the broker cursor of its last tick, so one too long for it is a
+/// config problem naming the key, not a warning at every tick.
+#[test]
+fn schedule_names_fit_the_broker_cursor() {
+    let mut c = Config::default();
+    c.schedules.push(ScheduleConfig {
+        name: "n".repeat(101),
+        cron: "0 * * * * *".into(),
+        kind: "sys.noop".into(),
+        ..ScheduleConfig::default()
+    });
+    let problems = c.validate().unwrap_err();
+    assert!(
+        problems[0].starts_with("schedule[0].name") && problems[0].contains("100"),
+        "{problems:?}"
+    );
+    c.schedules[0].name = "n".repeat(100);
+    assert!(c.validate().is_ok());
+}

@@ -5,8 +5,12 @@
 //! processes enqueue the same tick, the broker keeps one job. A tick missed while every process
 //! was down is enqueued once at start-up (the most recent missed tick only, not one per tick).
 //!
-//! Known limit: the per-tick key lives as long as the tick's job. If retention purges that job
-//! before the next start-up and no tick happened since, the same tick is enqueued again.
+//! What "missed" means needs a memory that outlives the tick's job: its unique key goes when
+//! retention purges the job, and a schedule just added to the config has no job at all. So
+//! each enqueued tick is also written to the broker's named cursor `schedule:<name>`
+//! ([`Broker::save_cursor`]), and start-up catches up only a tick after it. A schedule with
+//! no cursor is new: its last tick is recorded as seen, not run (a nightly job added at 3 pm
+//! runs that night, not at deploy).
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -96,6 +100,11 @@ impl Schedule {
         None
     }
 
+    /// The broker's named cursor that holds the schedule's last enqueued tick, in ms.
+    fn cursor_name(&self) -> String {
+        format!("schedule:{}", self.spec.name)
+    }
+
     /// The job of the tick at `tick`.
     pub fn job_for(&self, tick: Timestamp) -> NewJob {
         let s = &self.spec;
@@ -128,12 +137,8 @@ pub async fn run(
         return;
     }
     let start = clock.now();
-    // Catch up: the most recent tick not after now, once per schedule. If it was enqueued
-    // already (by this process before a restart, or another node), its unique key says so.
     for s in &schedules {
-        if let Some(tick) = s.last_between(start - CATCH_UP_WINDOW, start) {
-            enqueue(&*broker, s, tick).await;
-        }
+        catch_up(&*broker, s, start).await;
     }
     let mut next: Vec<Option<Timestamp>> = schedules.iter().map(|s| s.next_after(start)).collect();
     info!(schedules = schedules.len(), "scheduler started");
@@ -175,20 +180,62 @@ pub async fn run(
 /// Wait between tries of a tick whose enqueue failed.
 const RETRY_WAIT: Duration = Duration::from_millis(500);
 
-/// Enqueues a tick's job; true when it exists now (created, or already there).
+/// Start-up: enqueues the most recent tick not after `now` if every node missed it, i.e. it
+/// is later than the schedule's cursor. With no cursor the schedule is new and the tick is
+/// only recorded. A cursor that cannot be read (the broker is away) falls back to enqueueing
+/// the tick, whose unique key still stops a duplicate while its job exists: better a rare
+/// repeat than a lost run.
+async fn catch_up(broker: &dyn Broker, schedule: &Schedule, now: Timestamp) {
+    let Some(tick) = schedule.last_between(now - CATCH_UP_WINDOW, now) else {
+        return;
+    };
+    let name = &schedule.spec.name;
+    match broker.cursor(&schedule.cursor_name()).await {
+        Ok(Some(saved)) => match saved.parse::<i64>() {
+            Ok(last) if tick.as_millis() <= last => {}
+            Ok(_) => {
+                enqueue(broker, schedule, tick).await;
+            }
+            Err(_) => {
+                warn!(schedule = %name, saved, "unreadable schedule cursor; catching up its last tick");
+                enqueue(broker, schedule, tick).await;
+            }
+        },
+        Ok(None) => {
+            info!(schedule = %name, tick = tick.as_millis(), "new schedule: its first job is its next tick's");
+            save_tick(broker, schedule, tick).await;
+        }
+        Err(e) => {
+            warn!(schedule = %name, error = %e, "cannot read the schedule's cursor; catching up its last tick");
+            enqueue(broker, schedule, tick).await;
+        }
+    }
+}
+
+/// Records `tick` as the schedule's last (see the module doc). A failure is logged: the worst
+/// it causes is one repeated tick at a later start-up.
+async fn save_tick(broker: &dyn Broker, schedule: &Schedule, tick: Timestamp) {
+    let value = tick.as_millis().to_string();
+    if let Err(e) = broker.save_cursor(&schedule.cursor_name(), &value).await {
+        warn!(schedule = %schedule.spec.name, tick = value, error = %e, "cannot record the schedule's last tick");
+    }
+}
+
+/// Enqueues a tick's job and records the tick; true when the job exists now (created, or
+/// already there).
 async fn enqueue(broker: &dyn Broker, schedule: &Schedule, tick: Timestamp) -> bool {
     let job = schedule.job_for(tick);
-    // Logged as its milliseconds, the number in the tick's unique key.
-    let tick = tick.as_millis();
     match broker.enqueue(vec![job]).await {
         Ok(r) => {
             if r.first().is_some_and(|e| e.created) {
-                info!(schedule = %schedule.spec.name, tick, "scheduled job enqueued");
+                // Logged as its milliseconds, the number in the tick's unique key.
+                info!(schedule = %schedule.spec.name, tick = tick.as_millis(), "scheduled job enqueued");
             }
+            save_tick(broker, schedule, tick).await;
             true
         }
         Err(e) => {
-            warn!(schedule = %schedule.spec.name, tick, error = %e, "scheduled job not enqueued yet");
+            warn!(schedule = %schedule.spec.name, tick = tick.as_millis(), error = %e, "scheduled job not enqueued yet");
             false
         }
     }

@@ -431,8 +431,10 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// A named position in the event log (an event id [`Broker::events`] issued) that a
     /// reader of the log saved with [`Broker::save_cursor`], so that it resumes where it
     /// stopped on any node sharing this broker and after any restart; `None` until first
-    /// saved. The job-event relay of `[[subscription]]` keeps its place here. A name is 1 to
-    /// 128 characters, else [`BrokerError::Invalid`] naming `cursor`.
+    /// saved. The job-event relay of `[[subscription]]` keeps its place here, and each
+    /// `[[schedule]]` its last tick (`schedule:<name>`, see `crate::schedule`): the value is
+    /// opaque to the broker. A name is 1 to 128 characters, else [`BrokerError::Invalid`]
+    /// naming `cursor`.
     async fn cursor(&self, name: &str) -> BrokerResult<Option<String>>;
 
     /// Stores a named cursor (see [`Broker::cursor`]), replacing its value: the last writer

@@ -28,7 +28,8 @@
 //! nodes, ready jobs ahead of a priority), `publish` (a publish's
 //! fan-out and its replay, named cursors in the event log), `progress` (coalescing, through a
 //! pool), `checkpoints` (saved under the lease, kept across retries), `circuits` (the
-//! circuit breakers of `notify.send`'s endpoints), `inspect` (list, queues, events), `agreement` (inputs on which the
+//! circuit breakers of `notify.send`'s endpoints), `schedules` (a missed tick caught up at
+//! start-up, once), `inspect` (list, queues, events), `agreement` (inputs on which the
 //! brokers once answered differently) and `pool` (an in-process pool over the broker under
 //! test: timeouts, panics, retries, leases running out, unserved kinds; `partition` is the
 //! wrapper that cuts a pool off from its broker). A case that only one broker can pass does
@@ -56,6 +57,7 @@ mod progress;
 mod promotion;
 mod publish;
 mod rates;
+mod schedules;
 mod support;
 
 pub use admin::*;
@@ -78,6 +80,7 @@ pub use progress::*;
 pub use promotion::*;
 pub use publish::*;
 pub use rates::*;
+pub use schedules::*;
 
 use std::any::Any;
 use std::sync::Arc;
@@ -252,6 +255,9 @@ macro_rules! conformance_suite {
             pool_hands_a_saved_checkpoint_to_the_retry,
             // circuits.rs
             circuits_are_shared_count_down_and_close,
+            // schedules.rs
+            schedule_start_up_never_repeats_a_purged_tick,
+            a_new_schedule_does_not_run_a_tick_from_before_it_existed,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {
