@@ -287,6 +287,29 @@ fn a_schedule_its_kind_refuses_is_a_config_error() {
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
 
+/// A bad value in `HOPPER_BROKER` or `HOPPER_TOKENS` is a config error (exit 2) that names
+/// the variable it came from: the file's own `[broker] url` is fine, and an operator reading
+/// "broker.url ... in config.toml" would look for the fault in the wrong place.
+#[test]
+fn a_bad_environment_override_names_the_variable() {
+    for (var, value, key) in [
+        ("HOPPER_BROKER", "postgres://db/jobs", "broker.url"),
+        ("HOPPER_TOKENS", "s3cret token", "auth.tokens[0]"),
+    ] {
+        let s = Scratch::with_config("").with_env(var, value);
+        for args in [&["check-config"][..], &["queues"]] {
+            let out = s.cli(args);
+            let err = stderr(&out);
+            assert_eq!(out.status.code(), Some(2), "{var} {args:?}: {err}");
+            assert!(
+                err.contains(key) && err.contains(&format!("set by {var}")),
+                "{var} {args:?}: {err}"
+            );
+            assert!(!err.contains("s3cret"), "a token is never shown: {err}");
+        }
+    }
+}
+
 /// An SSE client resuming from a `Last-Event-ID` this broker never issued (one from a Redis
 /// broker, here on SQLite) is refused with the header named, not a `since` it never sent.
 #[tokio::test]

@@ -71,6 +71,10 @@ pub struct Config {
     pub etl: hopper_jobs::EtlConfig,
     pub http: hopper_jobs::HttpConfig,
     pub notify: hopper_jobs::NotifyConfig,
+    /// The keys an environment variable replaced, each with the variable: a problem with one
+    /// of them names the variable, since the file's own value is not the one in use.
+    #[serde(skip)]
+    pub overridden: Vec<(&'static str, &'static str)>,
 }
 
 /// Why a config could not be loaded or is not usable. The shell exits 2 on any of these.
@@ -168,8 +172,10 @@ impl Config {
     pub fn apply_env(&mut self, var: impl Fn(&str) -> Option<String>) {
         if let Some(url) = var(ENV_BROKER).filter(|v| !v.trim().is_empty()) {
             self.broker.url = url.trim().to_owned();
+            self.overridden.push(("broker.url", ENV_BROKER));
         }
         if let Some(tokens) = var(ENV_TOKENS).filter(|v| !v.trim().is_empty()) {
+            self.overridden.push(("auth.tokens", ENV_TOKENS));
             self.auth.tokens = tokens
                 .split(',')
                 .map(str::trim)

@@ -75,6 +75,7 @@ impl Config {
         if self.retention.events == 0 {
             p.push("retention.events: must be at least 1".into());
         }
+        self.name_overrides(&mut p);
         match (listen, retention) {
             (Some(listen), Some(retention)) if p.is_empty() => Ok(Settings {
                 config: self.clone(),
@@ -88,6 +89,24 @@ impl Config {
                 bus,
             }),
             _ => Err(p),
+        }
+    }
+
+    /// Marks each problem with a key an environment variable set (`broker.url (set by
+    /// HOPPER_BROKER): ...`), so that the operator looks at the variable, not the file.
+    fn name_overrides(&self, problems: &mut [String]) {
+        for problem in problems.iter_mut() {
+            let Some((key, var)) = self.overridden.iter().find(|(key, _)| {
+                problem
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with([':', '[']))
+            }) else {
+                continue;
+            };
+            let (head, rest) = problem.split_at(key.len());
+            // `auth.tokens[0]: ...` keeps its index before the note.
+            let (index, rest) = rest.split_at(rest.find(':').unwrap_or(0));
+            *problem = format!("{head}{index} (set by {var}){rest}");
         }
     }
 
