@@ -174,6 +174,7 @@ impl Node {
         settings: Settings,
         workers: bool,
         shutdown: &CancellationToken,
+        hurry: &CancellationToken,
     ) -> Result<Self> {
         // Installed before anything records.
         crate::metrics::handle();
@@ -206,6 +207,10 @@ impl Node {
             clock.clone(),
             shutdown.clone(),
         )?;
+        let drained = CancellationToken::new();
+        if let Some((handle, _)) = &pool {
+            tracker.spawn(end_grace_on(hurry.clone(), handle.clone(), drained.clone()));
+        }
         let config = Arc::new(settings.config);
         Ok(Self {
             broker,
@@ -214,7 +219,7 @@ impl Node {
             config,
             tracker,
             pool,
-            drained: CancellationToken::new(),
+            drained,
         })
     }
 
@@ -254,8 +259,21 @@ impl Node {
     }
 }
 
+/// Ends the pool's grace period when `hurry` fires (a second signal: `crate::cli`), so its
+/// running jobs are released now rather than left leased; returns once the pool drained.
+async fn end_grace_on(hurry: CancellationToken, pool: PoolHandle, drained: CancellationToken) {
+    tokio::select! {
+        () = hurry.cancelled() => {
+            tracing::warn!("not waiting for running jobs: releasing them to their queues");
+            pool.end_grace();
+        }
+        () = drained.cancelled() => {}
+    }
+}
+
 /// Runs the HTTP API on `listener` and, unless `no_workers`, the worker pool, until
-/// `shutdown` fires; then stops accepting requests, lets the pool drain, and returns.
+/// `shutdown` fires; then stops accepting requests, lets the pool drain (cut short by
+/// `hurry`: the running jobs are released at once), and returns.
 ///
 /// Logs `listening on ADDR` once the broker is open and requests are accepted. Refuses a
 /// non-loopback listener when no auth tokens are configured.
@@ -263,6 +281,7 @@ pub async fn serve(
     settings: Settings,
     listener: TcpListener,
     shutdown: CancellationToken,
+    hurry: CancellationToken,
     no_workers: bool,
 ) -> Result<()> {
     let addr = listener
@@ -279,7 +298,7 @@ pub async fn serve(
         .into());
     }
     let bus = settings.bus.clone();
-    let node = Node::start(settings, !no_workers, &shutdown).await?;
+    let node = Node::start(settings, !no_workers, &shutdown, &hurry).await?;
     let mut state = AppState::new(
         node.broker.clone(),
         node.registry.clone(),
@@ -324,9 +343,14 @@ pub async fn serve(
     served.and(stopped)
 }
 
-/// Runs only the worker pool (a worker node) until `shutdown` fires and the pool has drained,
-/// and `GET /metrics` on `[worker] metrics_listen` if set.
-pub async fn worker(settings: Settings, shutdown: CancellationToken) -> Result<()> {
+/// Runs only the worker pool (a worker node) until `shutdown` fires and the pool has drained
+/// (cut short by `hurry`, as in [`serve`]), and `GET /metrics` on `[worker] metrics_listen`
+/// if set.
+pub async fn worker(
+    settings: Settings,
+    shutdown: CancellationToken,
+    hurry: CancellationToken,
+) -> Result<()> {
     // Bound first: a taken port fails the start before any job is fetched.
     let metrics = match settings.metrics_listen {
         None => None,
@@ -337,7 +361,7 @@ pub async fn worker(settings: Settings, shutdown: CancellationToken) -> Result<(
                 .with_context(|| format!("binding [worker] metrics_listen {addr}"))?,
         )),
     };
-    let node = Node::start(settings, true, &shutdown).await?;
+    let node = Node::start(settings, true, &shutdown, &hurry).await?;
     if let Some((addr, listener)) = metrics {
         let mut state = AppState::new(
             node.broker.clone(),

@@ -103,6 +103,29 @@ async fn sigterm_past_grace_releases_jobs() {
     }
 }
 
+/// An operator who will not wait out a long grace sends a second SIGTERM (or Ctrl-C): the
+/// process stops at once, and the running jobs are released on the way, back in `queued`
+/// with no interruption counted, rather than left `running` until their lease (ten minutes
+/// here) runs out and a rescue counts one against them (three make a job a poison pill).
+#[tokio::test]
+async fn second_sigterm_skips_the_grace_but_still_releases_jobs() {
+    let s = Scratch::with_config(
+        "[worker]\nconcurrency = 2\nshutdown_grace = \"10m\"\nlease = \"10m\"\nheartbeat = \"1m\"\n",
+    );
+    let (mut d, api) = s.serve(&[]);
+    let ids = api.enqueue_n(2, &sleep(600_000)).await;
+    api.wait_all(&ids, "running").await;
+    d.signal("TERM");
+    d.wait_log("shutting down: waiting for running jobs");
+    d.stop("TERM");
+    for id in &ids {
+        let job = s.cli_job(id);
+        assert_eq!(job["state"], "queued", "{job:#}");
+        assert_eq!(job["attempt"], 0, "{job:#}");
+        assert_eq!(job["interruptions"], 0, "{job:#}");
+    }
+}
+
 /// 1,000 jobs enqueued with `serve --no-workers`, the process killed with SIGKILL: a new
 /// `serve` runs each exactly once.
 #[tokio::test]

@@ -245,7 +245,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             let listener = tokio::net::TcpListener::bind(addr)
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
-            app::serve(settings, listener, on_signal(), no_workers).await
+            let hurry = CancellationToken::new();
+            let shutdown = on_signals(Some(hurry.clone()));
+            app::serve(settings, listener, shutdown, hurry, no_workers).await
         }
         Command::Worker {
             queues,
@@ -260,7 +262,9 @@ pub async fn run(cli: Cli) -> Result<()> {
             }
             let mut settings = config.check(&origin)?;
             settings.chaos_ledger = chaos_ledger;
-            app::worker(settings, on_signal()).await
+            let hurry = CancellationToken::new();
+            let shutdown = on_signals(Some(hurry.clone()));
+            app::worker(settings, shutdown, hurry).await
         }
         Command::Bench(args) => crate::bench::run(args, &config.check(&origin)?, on_signal()).await,
         Command::CheckConfig { .. } | Command::Chaos(_) => Ok(()),
@@ -299,18 +303,37 @@ pub async fn run(cli: Cli) -> Result<()> {
     }
 }
 
-/// A token cancelled by the first Ctrl-C or SIGTERM. A second signal exits at once, for a
-/// drain that takes longer than the operator will wait.
+/// A token cancelled by the first Ctrl-C or SIGTERM.
 fn on_signal() -> CancellationToken {
+    on_signals(None)
+}
+
+/// How long a second signal leaves the node to hand its running jobs back (one broker write)
+/// before the process exits regardless.
+const HURRY_LIMIT: Duration = Duration::from_secs(10);
+
+/// A token cancelled by the first Ctrl-C or SIGTERM. A second signal is for a drain that takes
+/// longer than the operator will wait: with `hurry`, it cancels `hurry` (a node then releases
+/// its running jobs at once and exits: jobs left leased would sit `running` until their lease
+/// ran out and be counted as interrupted), and exits after [`HURRY_LIMIT`] if the node has not
+/// by then; without, it exits at once.
+fn on_signals(hurry: Option<CancellationToken>) -> CancellationToken {
     let token = CancellationToken::new();
     let t = token.clone();
     // The process-level watcher: it lives as long as the process, so nothing awaits it.
     tokio::spawn(async move {
         shutdown::shutdown_signal().await;
-        tracing::info!("shutting down (again to exit at once)");
+        tracing::info!("shutting down (again to stop without waiting)");
         t.cancel();
         shutdown::shutdown_signal().await;
-        tracing::warn!("second signal: exiting without waiting");
+        if let Some(hurry) = hurry {
+            tracing::warn!("second signal: stopping without waiting for running jobs");
+            hurry.cancel();
+            tokio::time::sleep(HURRY_LIMIT).await;
+            tracing::warn!(limit = ?HURRY_LIMIT, "still not stopped: exiting");
+        } else {
+            tracing::warn!("second signal: exiting without waiting");
+        }
         std::process::exit(130);
     });
     token

@@ -18,8 +18,9 @@
 //!   accumulated in one [`Broker::finish`] call; progress reports are coalesced per job, at
 //!   most one write per job every 100 ms, and a job's last report is written before its end.
 //! - **Two-phase shutdown.** When `shutdown` fires: stop fetching, let running jobs finish within
-//!   `shutdown_grace`, then cancel the rest and release their leases at once (`queued` again,
-//!   the attempt not counted) so another node picks them up without waiting for the lease.
+//!   `shutdown_grace` (or until [`PoolHandle::end_grace`]), then cancel the rest and release
+//!   their leases at once (`queued` again, the attempt not counted) so another node picks them
+//!   up without waiting for the lease.
 
 //!
 //! - `running`: the jobs running in this pool, and the [`PoolHandle`] that stops one.
@@ -304,10 +305,11 @@ impl Pool {
                 "shutting down: waiting for running jobs"
             );
         }
-        if tokio::time::timeout(config.shutdown_grace, jobs.wait())
-            .await
-            .is_err()
-        {
+        let drained = tokio::select! {
+            waited = tokio::time::timeout(config.shutdown_grace, jobs.wait()) => waited.is_ok(),
+            () = handle.grace_ended() => false,
+        };
+        if !drained {
             // Phase 2: stop the rest and give them back at once.
             let n = handle.stop_all(StopReason::Shutdown);
             warn!(

@@ -71,6 +71,8 @@ pub struct PoolHandle {
     running: RunningMap,
     /// The loops' vital signs (`liveness`), read by [`PoolHandle::vitals`].
     pub(super) liveness: Arc<Liveness>,
+    /// Cancelled by [`PoolHandle::end_grace`]: the shutdown's drain stops waiting.
+    grace_ended: CancellationToken,
 }
 
 impl PoolHandle {
@@ -86,6 +88,20 @@ impl PoolHandle {
             }
             _ => false,
         }
+    }
+
+    /// Ends the shutdown's grace period now, for an operator who will not wait (a second
+    /// Ctrl-C or SIGTERM): once the pool is stopping, its running jobs are stopped and
+    /// released to their queues at once, as when `shutdown_grace` runs out, instead of being
+    /// left leased for a rescue to count as interrupted. Before the shutdown it only marks
+    /// the grace as over.
+    pub fn end_grace(&self) {
+        self.grace_ended.cancel();
+    }
+
+    /// Resolves once [`PoolHandle::end_grace`] was called.
+    pub(super) async fn grace_ended(&self) {
+        self.grace_ended.cancelled().await;
     }
 
     /// How many handlers run in this pool now.
