@@ -49,14 +49,43 @@ pub struct Schedule {
 }
 
 impl Schedule {
-    /// Parses the cron expression; the error names the schedule.
+    /// Parses the cron expression; the error names the schedule and says, on one line, what
+    /// is wrong: the number of fields (crontab's five, without seconds, is the usual slip), the
+    /// field the `cron` crate refused, or an expression that has no tick at all.
     pub fn new(spec: ScheduleSpec) -> Result<Self, FieldError> {
-        let cron = cron::Schedule::from_str(&spec.cron).map_err(|e| {
+        let bad = |why: String| {
             FieldError::new(
                 format!("schedule.{}.cron", spec.name),
-                format!("{:?} is not a cron expression with seconds: {e}", spec.cron),
+                format!("{:?} {why}", spec.cron),
             )
+        };
+        let fields: Vec<&str> = spec.cron.split_whitespace().collect();
+        // `@daily` and its kin are one field, which the crate reads itself.
+        if !spec.cron.trim_start().starts_with('@') && !(6..=7).contains(&fields.len()) {
+            let mut why = format!(
+                "has {} fields; write 6, seconds first: sec min hour day-of-month month \
+                 day-of-week (and an optional year)",
+                fields.len()
+            );
+            if fields.len() == 5 {
+                why.push_str(&format!(", e.g. \"0 {}\"", fields.join(" ")));
+            }
+            return Err(bad(why));
+        }
+        let cron = cron::Schedule::from_str(&spec.cron).map_err(|e| {
+            // The crate's message repeats the expression with a caret under it, then says
+            // why on its last line: keep that line only.
+            let text = e.to_string();
+            let reason = text
+                .lines()
+                .map(str::trim)
+                .rfind(|l| !l.is_empty() && *l != "^" && *l != spec.cron.trim())
+                .unwrap_or("not valid");
+            bad(format!("is not a cron expression with seconds: {reason}"))
         })?;
+        if cron.after(&DateTime::<Utc>::UNIX_EPOCH).next().is_none() {
+            return Err(bad("never fires (no date matches it)".to_owned()));
+        }
         Ok(Self { spec, cron })
     }
 
@@ -277,6 +306,40 @@ mod tests {
         let job = s.job_for(t(5_000));
         assert_eq!(job.unique_key.as_deref(), Some("schedule:tick:5000"));
         assert_eq!(job.run_at, Some(t(5_000)));
+    }
+
+    fn cron_error(cron: &str) -> FieldError {
+        let mut spec = every_second().spec().clone();
+        spec.cron = cron.into();
+        Schedule::new(spec).expect_err(cron)
+    }
+
+    /// The crontab habit (five fields, no seconds) is told what to write instead, on one line
+    /// (a config problem is one line), not shown a caret under the expression and nothing else.
+    #[test]
+    fn a_five_field_cron_says_seconds_come_first() {
+        let err = cron_error("0 2 * * *");
+        assert_eq!(err.field, "schedule.tick.cron");
+        assert!(!err.message.contains('\n'), "{}", err.message);
+        assert!(
+            err.message.contains("5 fields") && err.message.contains("\"0 0 2 * * *\""),
+            "{}",
+            err.message
+        );
+        let mut daily = every_second().spec().clone();
+        daily.cron = "@daily".into();
+        assert!(Schedule::new(daily).is_ok(), "a shorthand is one field");
+        let err = cron_error("0 0 25 * * *");
+        assert!(!err.message.contains('\n'), "{}", err.message);
+        assert!(err.message.contains("'25'"), "{}", err.message);
+    }
+
+    /// A valid expression with no tick at all (30 February) would be a schedule that silently
+    /// never runs: refused.
+    #[test]
+    fn a_cron_that_never_fires_is_refused() {
+        let err = cron_error("0 0 0 30 2 *");
+        assert!(err.message.contains("never"), "{}", err.message);
     }
 
     #[test]
