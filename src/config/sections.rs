@@ -327,7 +327,8 @@ pub struct RetentionConfig {
     /// Dead and cancelled jobs are deleted this long after they finished. Default `"30d"`.
     #[serde(with = "duration_str")]
     pub dead: Duration,
-    /// The event log keeps this many newest events. Default `100000`.
+    /// The event log keeps this many newest events (SQLite: in all; Redis: per queue, each
+    /// queue's stream). Default `100000`.
     pub events: u64,
     /// When the retention job (`hopper.retention` on queue
     /// `hopper.maintenance`) runs: cron with seconds. Default `"0 * * * * *"` (every minute).

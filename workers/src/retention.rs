@@ -31,7 +31,7 @@ pub struct RetentionPolicy {
     pub succeeded: Duration,
     /// Dead and cancelled jobs are deleted this long after they finish.
     pub dead: Duration,
-    /// The event log keeps this many newest events.
+    /// The event log keeps this many newest events: in all on SQLite, per queue on Redis.
     pub events: u64,
 }
 
