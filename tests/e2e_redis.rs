@@ -483,8 +483,13 @@ async fn readme_tour_on_redis() {
 
     // It all went to Redis under the prefix; the SQLite file of the config was never made.
     assert!(!s.path().join("hopper.db").exists(), "SQLite was used");
-    // `default`, and the maintenance queue of the retention job.
-    assert_eq!(keys.members("queues"), ["default", "hopper.maintenance"]);
+    // `default`, and the maintenance queue once the retention job ran (at the first whole
+    // minute since the start: a first start does not run a tick from before it).
+    let queues = keys.members("queues");
+    assert!(
+        queues == ["default"] || queues == ["default", "hopper.maintenance"],
+        "{queues:?}"
+    );
 }
 
 /// `rediss://`: a `redis-server` of the test's own speaking only TLS, with a self-signed
