@@ -176,8 +176,9 @@ impl Node {
         shutdown: &CancellationToken,
         hurry: &CancellationToken,
     ) -> Result<Self> {
-        // Installed before anything records.
+        // Installed before anything records, with its label caps.
         crate::metrics::handle();
+        crate::metrics::bound_labels(&settings.config);
         let clock = clock::system();
         let broker: Arc<dyn Broker> = Arc::new(Metered::new(
             open_broker(&settings.config, clock.clone()).await?,

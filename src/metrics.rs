@@ -8,10 +8,14 @@
 //! the broker's `queues()` (and `circuits()`) at most [`QUEUES_MAX_AGE`] old ([`Scrape`]): nothing polls the
 //! broker while nobody scrapes, and a burst of scrapes costs one broker call a second.
 //!
+//! Label values that clients choose (queue names, push service origins) are capped
+//! (`hopper_workers::metrics::LabelValues`, `[worker] metrics_max_label_values`): past the
+//! cap they are folded into `_other`, so a client cannot grow a scrape without bound.
+//!
 //! Not here: the route and its auth (`crate::api`), the listener of `hopper worker`
 //! (`crate::app`).
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -20,6 +24,7 @@ use axum::middleware::Next;
 use axum::response::Response;
 use hopper_jobs::notify::CIRCUIT_OPEN;
 use hopper_workers::job::JobState;
+use hopper_workers::metrics::{ENDPOINT_LABELS, QUEUE_LABELS};
 use hopper_workers::pool::PoolHandle;
 use hopper_workers::{Broker, BrokerResult};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
@@ -77,6 +82,21 @@ fn install() -> Option<PrometheusHandle> {
     }
     describe();
     Some(handle)
+}
+
+/// Sets the label caps of `[worker] metrics_max_label_values`, the queues the config names
+/// keeping their own labels whatever the cap.
+pub fn bound_labels(config: &crate::config::Config) {
+    hopper_workers::metrics::set_max_label_values(config.worker.metrics_max_label_values);
+    QUEUE_LABELS.keep(
+        config
+            .worker
+            .queues
+            .iter()
+            .chain(config.queues.iter().map(|q| &q.name))
+            .map(String::as_str)
+            .chain([hopper_workers::retention::MAINTENANCE_QUEUE]),
+    );
 }
 
 /// Folds the samples recorded since the last pass into the histograms' buckets every
@@ -180,14 +200,22 @@ impl Scrape {
         if refreshed.is_some_and(|at| at.elapsed() < QUEUES_MAX_AGE) {
             return Ok(());
         }
+        // Queues folded into one label (past the cap) show their sum.
+        let mut by_label: HashMap<String, [u64; JobState::ALL.len()]> = HashMap::new();
         for q in self.broker.queues().await? {
-            for state in JobState::ALL {
+            let counts = by_label.entry(QUEUE_LABELS.of(&q.queue)).or_default();
+            for (i, state) in JobState::ALL.into_iter().enumerate() {
+                counts[i] += q.counts.get(state);
+            }
+        }
+        for (label, counts) in by_label {
+            for (i, state) in JobState::ALL.into_iter().enumerate() {
                 metrics::gauge!(
                     QUEUE_JOBS,
-                    "queue" => q.queue.clone(),
+                    "queue" => label.clone(),
                     "state" => state.as_str(),
                 )
-                .set(q.counts.get(state) as f64);
+                .set(counts[i] as f64);
             }
         }
         self.refresh_circuits().await?;
@@ -196,28 +224,29 @@ impl Scrape {
     }
 
     /// `hopper_notify_circuit_open` from the circuits shared in the broker, so that any node
-    /// shows every open circuit (1), and 0 for one that closed since the last refresh.
+    /// shows every open circuit (1), and 0 for one that closed since the last refresh. The
+    /// endpoints past the label cap share `_other`, whose value is how many of them are open.
     async fn refresh_circuits(&self) -> BrokerResult<()> {
-        let open: HashSet<String> = self
-            .broker
-            .circuits()
-            .await?
-            .into_iter()
-            .filter(|c| c.open_for.is_some())
+        let mut open: HashMap<String, u32> = HashMap::new();
+        for c in self.broker.circuits().await? {
+            if c.open_for.is_none() {
+                continue;
+            }
             // Never the whole URL: it may carry the webhook's secret.
-            .map(|c| hopper_jobs::notify::breaker::label(&c.endpoint))
-            .collect();
+            let label = ENDPOINT_LABELS.of(&hopper_jobs::notify::breaker::label(&c.endpoint));
+            *open.entry(label).or_default() += 1;
+        }
         let mut last = self
             .open_circuits
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        for closed in last.difference(&open) {
+        for closed in last.iter().filter(|e| !open.contains_key(*e)) {
             metrics::gauge!(CIRCUIT_OPEN, "endpoint" => closed.clone()).set(0.0);
         }
-        for endpoint in &open {
-            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => endpoint.clone()).set(1.0);
+        for (endpoint, n) in &open {
+            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => endpoint.clone()).set(f64::from(*n));
         }
-        *last = open;
+        *last = open.into_keys().collect();
         Ok(())
     }
 }

@@ -313,3 +313,123 @@ async fn an_attempt_of_a_killed_worker_is_counted_interrupted_by_its_rescuer() {
     assert_eq!(finished(&m, "sys.sleep", "interrupted"), 1.0);
     assert_eq!(finished(&m, "sys.sleep", "succeeded"), 1.0);
 }
+
+/// The `queue` label values of `metric`.
+fn queue_labels(s: &Scrape, metric: &str) -> std::collections::BTreeSet<String> {
+    samples(s, metric, &[])
+        .flat_map(|(labels, _)| labels.into_iter().filter(|(k, _)| k == "queue"))
+        .map(|(_, v)| v)
+        .collect()
+}
+
+/// Enqueues one `sys.noop` on each of `queues`, in batches of the default `max_batch`.
+async fn one_job_per_queue(api: &crate::util::Api, queues: &[String]) {
+    for chunk in queues.chunks(1000) {
+        let jobs: Vec<_> = chunk
+            .iter()
+            .map(|q| json!({"kind": "sys.noop", "queue": q}))
+            .collect();
+        let (status, body) = api
+            .call(
+                reqwest::Method::POST,
+                "/v1/jobs/batch",
+                Some(&json!({ "jobs": jobs })),
+            )
+            .await;
+        assert_eq!(status, 201, "{body}");
+    }
+}
+
+/// Queue names come from clients: a client posting to more distinct queues than the default
+/// cap (1,000) does not grow `/metrics` by a series per name. The first queues keep their
+/// label, the rest are summed under `queue="_other"`, and no job goes uncounted.
+#[tokio::test]
+async fn queue_labels_are_capped_by_default() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let queues: Vec<String> = (0..1100).map(|i| format!("tenant-{i:04}")).collect();
+    one_job_per_queue(&api, &queues).await;
+    let m = scrape(&format!("{}/metrics", api.base), None).await;
+    let labels = queue_labels(&m, "hopper_queue_jobs");
+    // 1,000 values and `_other` (the configured queues count among the 1,000 when seen).
+    assert!(labels.len() <= 1001, "{} queue label values", labels.len());
+    assert!(
+        labels.contains("_other"),
+        "no _other among {} labels",
+        labels.len()
+    );
+    // Besides the tenants' jobs, the retention job of `hopper.maintenance` (a configured queue).
+    let queued = value(&m, "hopper_queue_jobs", &[("state", "queued")])
+        - value(
+            &m,
+            "hopper_queue_jobs",
+            &[("queue", "hopper.maintenance"), ("state", "queued")],
+        );
+    assert_eq!(
+        queued, 1100.0,
+        "every queued job counted once, folded or not"
+    );
+}
+
+/// `[worker] metrics_max_label_values` sets the cap: a configured queue keeps its label,
+/// queues past the cap read `_other` (their jobs summed) in the queue gauges and in the job
+/// families (here the cancels the event hub counts, whatever their queue), and the fold is
+/// logged once.
+#[tokio::test]
+async fn metrics_max_label_values_folds_queues_past_it() {
+    let s = Scratch::with_config(
+        "[worker]\nqueues = [\"default\", \"zz-late\"]\nmetrics_max_label_values = 3\n",
+    );
+    let (d, api) = s.serve(&["--no-workers"]);
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        let job = json!({"kind": "sys.noop", "queue": format!("q{i:02}"), "delay": "1h"});
+        ids.push(api.enqueue_ok(job).await);
+    }
+    api.enqueue_ok(json!({"kind": "sys.noop", "queue": "zz-late", "delay": "1h"}))
+        .await;
+    for id in &ids {
+        let (status, body) = api.post(&format!("/v1/jobs/{id}/cancel")).await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let url = format!("{}/metrics", api.base);
+    let m = wait::until("the 20 cancels counted", async || {
+        let m = scrape(&url, None).await;
+        let cancelled = value(
+            &m,
+            "hopper_jobs_finished_total",
+            &[("outcome", "cancelled")],
+        );
+        if cancelled == 20.0 {
+            Ok(m)
+        } else {
+            Err(format!("{cancelled}"))
+        }
+    })
+    .await;
+    let gauges = queue_labels(&m, "hopper_queue_jobs");
+    assert!(gauges.len() <= 4, "{gauges:?}");
+    assert!(gauges.contains("_other"), "{gauges:?}");
+    assert!(
+        gauges.contains("zz-late"),
+        "a configured queue keeps its label: {gauges:?}"
+    );
+    assert_eq!(
+        value(&m, "hopper_queue_jobs", &[("state", "cancelled")]),
+        20.0
+    );
+    assert_eq!(
+        value(
+            &m,
+            "hopper_queue_jobs",
+            &[("queue", "zz-late"), ("state", "scheduled")]
+        ),
+        1.0
+    );
+    let finished = queue_labels(&m, "hopper_jobs_finished_total");
+    assert!(finished.len() <= 4, "{finished:?}");
+    assert!(finished.contains("_other"), "{finished:?}");
+    d.wait_log("metrics_max_label_values");
+    let warned = d.log_text().matches("metrics_max_label_values").count();
+    assert_eq!(warned, 1, "warned once:\n{}", d.log_text());
+}

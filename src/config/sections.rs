@@ -199,6 +199,14 @@ pub struct WorkerConfig {
     /// is set, which it then asks for. Default: none, no listener (`hopper serve` has
     /// `/metrics` on its API port).
     pub metrics_listen: Option<String>,
+    /// How many distinct values a label that clients name may take on this process's
+    /// `/metrics` (`hopper serve`'s and `hopper worker`'s alike): `queue` on every family
+    /// that has one (queue names come from `POST /v1/jobs`), and `endpoint` on
+    /// `hopper_notify_circuit_open` (push services come from users' subscriptions). The
+    /// first values seen keep their own, the queues of `[worker] queues` and `[[queue]]`
+    /// always; later ones are summed under `"_other"`, and a warning is logged the first
+    /// time. At least 1. Default `1000`.
+    pub metrics_max_label_values: usize,
 }
 
 impl Default for WorkerConfig {
@@ -213,6 +221,7 @@ impl Default for WorkerConfig {
             diagnostics: true,
             unknown_kind_grace: Duration::from_secs(3600),
             metrics_listen: None,
+            metrics_max_label_values: hopper_workers::metrics::DEFAULT_MAX_LABEL_VALUES,
         }
     }
 }

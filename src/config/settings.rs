@@ -165,6 +165,9 @@ impl Config {
     /// `[worker] metrics_listen`: an address, loopback unless tokens guard it (the same rule
     /// as `[server] listen`).
     fn check_metrics_listen(&self, p: &mut Vec<String>) -> Option<SocketAddr> {
+        if self.worker.metrics_max_label_values == 0 {
+            p.push("worker.metrics_max_label_values: must be at least 1".into());
+        }
         let listen = self.worker.metrics_listen.as_deref()?;
         match listen.parse::<SocketAddr>() {
             Err(_) => {

@@ -10,12 +10,20 @@
 //! call, which at three job metrics per job cost 9% of the process's instructions per job
 //! in a no-op drain. Recording through a kept handle is an atomic add or a push.
 //!
+//! **Bounded labels.** Queue names come from clients (any `POST /v1/jobs` may name a new
+//! one), and so do push service origins (from users' push subscriptions): a label value per
+//! name would let one client grow `/metrics` without bound, in memory and in every scrape.
+//! [`QUEUE_LABELS`] and [`ENDPOINT_LABELS`] ([`LabelValues`]) keep the first
+//! [`DEFAULT_MAX_LABEL_VALUES`] (or `[worker] metrics_max_label_values`) values of each label
+//! and fold the rest into [`OTHER`]; every `queue` label recorded here goes through them.
+//!
 //! Not here: rendering, the `/metrics` route and the scrape-time gauges (queue depth, worker
 //! slots), which are the shell's (`hopper::metrics`).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, LazyLock, Mutex, OnceLock, PoisonError};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -47,6 +55,95 @@ pub const BROKER_CALL_SECONDS: &str = "hopper_broker_call_seconds";
 /// Broker calls that returned an error, by `op`.
 pub const BROKER_ERRORS: &str = "hopper_broker_errors_total";
 
+/// The label value that stands for every value past a label's cap (see [`LabelValues`]).
+pub const OTHER: &str = "_other";
+/// How many distinct values a client-named label keeps by default before folding the rest
+/// into [`OTHER`]: far more queues than a deployment names on purpose, and a few thousand
+/// series per family at most.
+pub const DEFAULT_MAX_LABEL_VALUES: usize = 1000;
+
+/// The `queue` label of every family: the first queues seen keep their name, the rest read
+/// [`OTHER`].
+pub static QUEUE_LABELS: LazyLock<LabelValues> = LazyLock::new(|| LabelValues::new("queue"));
+/// The `endpoint` label of `hopper_notify_circuit_open` (push service origins come from
+/// users), bounded like [`QUEUE_LABELS`].
+pub static ENDPOINT_LABELS: LazyLock<LabelValues> = LazyLock::new(|| LabelValues::new("endpoint"));
+
+/// Sets the cap of [`QUEUE_LABELS`] and [`ENDPOINT_LABELS`] (`[worker]
+/// metrics_max_label_values`); call it at start, before anything records.
+pub fn set_max_label_values(max: usize) {
+    QUEUE_LABELS.set_max(max);
+    ENDPOINT_LABELS.set_max(max);
+}
+
+/// The values one label may take: the first `max` distinct values seen keep their own
+/// (and those [`kept`](Self::keep) on purpose, e.g. the configured queues), every later one
+/// is [`OTHER`]. The first fold logs a warning, once, so the operator learns the cap was hit.
+///
+/// ```
+/// use hopper_workers::metrics::{LabelValues, OTHER};
+/// let queues = LabelValues::new("queue");
+/// queues.set_max(1);
+/// assert_eq!(queues.of("email"), "email");
+/// assert_eq!(queues.of("tenant-42"), OTHER);
+/// assert_eq!(queues.of("email"), "email");
+/// ```
+#[derive(Debug)]
+pub struct LabelValues {
+    label: &'static str,
+    max: AtomicUsize,
+    kept: Mutex<HashSet<String>>,
+    warned: AtomicBool,
+}
+
+impl LabelValues {
+    /// The values of `label` (named in the warning), capped at [`DEFAULT_MAX_LABEL_VALUES`].
+    pub fn new(label: &'static str) -> Self {
+        Self {
+            label,
+            max: AtomicUsize::new(DEFAULT_MAX_LABEL_VALUES),
+            kept: Mutex::default(),
+            warned: AtomicBool::new(false),
+        }
+    }
+
+    /// Sets the cap; values already kept stay kept.
+    pub fn set_max(&self, max: usize) {
+        self.max.store(max, Ordering::Relaxed);
+    }
+
+    /// Keeps each of `values` as its own label value, whatever the cap: names from the
+    /// config are bounded by it, and should never be folded.
+    pub fn keep<'a>(&self, values: impl IntoIterator<Item = &'a str>) {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        kept.extend(values.into_iter().map(str::to_owned));
+    }
+
+    /// The label value of `value`: itself while it is kept or there is room, else [`OTHER`].
+    pub fn of(&self, value: &str) -> String {
+        let mut kept = self.kept.lock().unwrap_or_else(PoisonError::into_inner);
+        if kept.contains(value) {
+            return value.to_owned();
+        }
+        let max = self.max.load(Ordering::Relaxed);
+        if kept.len() < max {
+            kept.insert(value.to_owned());
+            return value.to_owned();
+        }
+        drop(kept);
+        if !self.warned.swap(true, Ordering::Relaxed) {
+            tracing::warn!(
+                label = self.label,
+                max,
+                "metrics: more distinct {} values than [worker] metrics_max_label_values; \
+                 the rest are reported as {OTHER:?}",
+                self.label
+            );
+        }
+        OTHER.to_owned()
+    }
+}
+
 /// How an attempt ended, as the `outcome` label of [`JOBS_FINISHED`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -75,7 +172,7 @@ impl Outcome {
 pub fn job_finished(queue: &str, kind: &str, outcome: Outcome) {
     metrics::counter!(
         JOBS_FINISHED,
-        "queue" => queue.to_owned(),
+        "queue" => QUEUE_LABELS.of(queue),
         "kind" => kind.to_owned(),
         "outcome" => outcome.as_str(),
     )
@@ -86,7 +183,7 @@ pub fn job_finished(queue: &str, kind: &str, outcome: Outcome) {
 pub fn job_ran(queue: &str, kind: &str, took: Duration) {
     metrics::histogram!(
         JOB_RUN_SECONDS,
-        "queue" => queue.to_owned(),
+        "queue" => QUEUE_LABELS.of(queue),
         "kind" => kind.to_owned(),
     )
     .record(took.as_secs_f64());
@@ -94,11 +191,11 @@ pub fn job_ran(queue: &str, kind: &str, took: Duration) {
 
 /// Records how long a job waited past its due time before its attempt started.
 pub fn job_picked_up(queue: &str, waited: Duration) {
-    metrics::histogram!(JOB_PICKUP_SECONDS, "queue" => queue.to_owned())
+    metrics::histogram!(JOB_PICKUP_SECONDS, "queue" => QUEUE_LABELS.of(queue))
         .record(waited.as_secs_f64());
 }
 
-/// The job metrics of one queue and kind, as kept handles: what the pool records for every
+/// The job metrics of one queue label (see [`QUEUE_LABELS`]) and kind, as kept handles: what the pool records for every
 /// attempt, without a registry lookup per record (see the module doc).
 ///
 /// An outcome's counter is registered on its first use, not before, so `/metrics` shows the
@@ -163,16 +260,30 @@ pub struct JobMetrics(Mutex<HashMap<String, HashMap<String, Arc<JobMeters>>>>);
 
 impl JobMetrics {
     /// The meters of `queue`'s jobs of `kind`.
+    ///
+    /// Kept by label, not by queue: a queue past the cap shares the meters of [`OTHER`], so
+    /// this map is as bounded as the labels. A kept queue is found without asking
+    /// [`QUEUE_LABELS`] (its label is its name), which keeps the per-attempt cost one lookup.
     pub fn of(&self, queue: &str, kind: &str) -> Arc<JobMeters> {
-        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(m) = map.get(queue).and_then(|kinds| kinds.get(kind)) {
-            return m.clone();
+        if let Some(m) = self.find(queue, kind) {
+            return m;
         }
-        let m = Arc::new(JobMeters::new(queue, kind));
-        map.entry(queue.to_owned())
+        let label = QUEUE_LABELS.of(queue);
+        if let Some(m) = self.find(&label, kind) {
+            return m;
+        }
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let m = map
+            .entry(label.clone())
             .or_default()
-            .insert(kind.to_owned(), m.clone());
-        m
+            .entry(kind.to_owned())
+            .or_insert_with(|| Arc::new(JobMeters::new(&label, kind)));
+        m.clone()
+    }
+
+    fn find(&self, label: &str, kind: &str) -> Option<Arc<JobMeters>> {
+        let map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        map.get(label).and_then(|kinds| kinds.get(kind)).cloned()
     }
 }
 

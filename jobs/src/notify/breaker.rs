@@ -25,6 +25,7 @@ use sha2::{Digest, Sha256};
 
 use super::CIRCUIT_OPEN;
 use super::circuits::{CircuitState, Circuits};
+use hopper_workers::metrics::{ENDPOINT_LABELS, OTHER};
 
 /// The longest cool-down of an open circuit.
 pub const MAX_COOLDOWN: Duration = Duration::from_secs(3600);
@@ -146,11 +147,7 @@ impl Breakers {
             )
         };
         if was_open != is_open {
-            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => label(endpoint)).set(if is_open {
-                1.0
-            } else {
-                0.0
-            });
+            show_circuit(endpoint, is_open);
         }
     }
 
@@ -212,7 +209,7 @@ impl Breakers {
         };
         if was.open_until.is_some() {
             tracing::info!(endpoint = %label(endpoint), "circuit closed: the probe succeeded");
-            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => label(endpoint)).set(0.0);
+            show_circuit(endpoint, false);
         }
         self.push(endpoint, false).await;
     }
@@ -257,7 +254,7 @@ impl Breakers {
                 cooldown = %humantime::format_duration(cooldown),
                 "circuit open: deliveries wait"
             );
-            metrics::gauge!(CIRCUIT_OPEN, "endpoint" => label(endpoint)).set(1.0);
+            show_circuit(endpoint, true);
         }
         opened
     }
@@ -325,6 +322,16 @@ mod tests {
 /// Webhook URLs often carry their secret in the path or query (Slack's
 /// `/services/T…/B…/XXXX`, `?token=`) and push endpoints are capability URLs, so neither is
 /// ever shown whole; the hash still tells two endpoints of one host apart.
+/// Sets `hopper_notify_circuit_open` of `endpoint` at once, when it has a label of its own.
+/// An endpoint past the label cap shares `_other`, whose value (how many of them are open)
+/// only a scrape, which reads every circuit, can tell (`hopper::metrics`).
+fn show_circuit(endpoint: &str, open: bool) {
+    let shown = ENDPOINT_LABELS.of(&label(endpoint));
+    if shown != OTHER {
+        metrics::gauge!(CIRCUIT_OPEN, "endpoint" => shown).set(if open { 1.0 } else { 0.0 });
+    }
+}
+
 pub fn label(endpoint: &str) -> String {
     let digest = Sha256::digest(endpoint.as_bytes());
     let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
