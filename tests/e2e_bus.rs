@@ -489,3 +489,32 @@ fn the_publish_bench_reports_consistent_figures() {
         "{queues}"
     );
 }
+
+/// The key's limit is 200 bytes of UTF-8 (its jobs' unique keys are bounded in bytes), and
+/// the refusal says so in the unit it counts: a key of 100 `é` (200 bytes) is taken, one of
+/// 101 `é` (101 characters, 202 bytes) is refused naming `key`, its size and the unit.
+#[tokio::test]
+async fn publish_key_limit_is_counted_and_told_in_bytes() {
+    let s = Scratch::with_config(&format!("{WORKER}{SUBSCRIPTIONS}"));
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let at_limit = "é".repeat(100);
+    let (status, answer) = publish(
+        &api,
+        json!({"topic": "order.paid", "key": at_limit, "data": {}}),
+    )
+    .await;
+    assert_eq!(status, 201, "{answer}");
+    let over = "é".repeat(101);
+    let (status, answer) = publish(&api, json!({"topic": "order.paid", "key": over})).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "key", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("200 bytes") && message.contains("202") && !message.contains("character"),
+        "{answer}"
+    );
+    let out = s.cli(&["publish", "order.paid", "--key", &"é".repeat(101)]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("200 bytes"), "{stderr}");
+}

@@ -587,8 +587,10 @@ pub struct PublishDoc {
     /// A JSON object; the subscriptions' payload templates see it as `data`. Default `{}`.
     pub data: Option<serde_json::Map<String, Value>>,
     /// Idempotency key: publishing it again creates nothing and answers the first jobs
-    /// (`duplicate`), for as long as those jobs are kept (at least 24 h by default).
-    #[schema(min_length = 1, max_length = 200)]
+    /// (`duplicate`), for as long as those jobs are kept (at least 24 h by default). 1 to
+    /// 200 bytes of UTF-8 (so fewer characters when they are not ASCII; JSON Schema's
+    /// `maxLength` counts characters, so it is not given).
+    #[schema(min_length = 1)]
     pub key: Option<String>,
 }
 

@@ -238,10 +238,19 @@ impl Bus {
             )
             .into());
         }
+        // Counted in bytes, as the unique keys it becomes are, and told in bytes: a key of
+        // non-ASCII text reaches the limit in fewer characters.
         if let Some(key) = &req.key
             && (key.is_empty() || key.len() > MAX_KEY)
         {
-            return Err(FieldError::invalid("key", "must be 1 to 200 characters").into());
+            return Err(FieldError::invalid(
+                "key",
+                format!(
+                    "must be 1 to {MAX_KEY} bytes of UTF-8; this one is {} bytes",
+                    key.len()
+                ),
+            )
+            .into());
         }
         let matching: Vec<&Subscription> = self
             .subscriptions

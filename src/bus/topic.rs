@@ -6,11 +6,11 @@
 
 use hopper_workers::FieldError;
 
-/// Longest topic, in bytes.
+/// Longest topic, in bytes: ASCII characters, the only ones a topic may hold.
 pub const MAX_TOPIC: usize = 255;
 
 /// The rule a topic keeps, as a refusal says it.
-const TOPIC_RULE: &str = "must be 1 to 255 characters: dot-separated segments of letters, digits, \
+const TOPIC_RULE: &str = "must be 1 to 255 ASCII characters: dot-separated segments of letters, digits, \
      '-' or '_' (e.g. \"user.created\")";
 
 fn valid_segment(s: &str) -> bool {
@@ -47,7 +47,7 @@ impl Pattern {
     /// Parses a pattern; the error says what is wrong with it.
     pub fn parse(text: &str) -> Result<Self, String> {
         if text.is_empty() || text.len() > MAX_TOPIC {
-            return Err("must be 1 to 255 characters".into());
+            return Err("must be 1 to 255 ASCII characters".into());
         }
         let segments = text
             .split('.')

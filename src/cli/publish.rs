@@ -25,7 +25,7 @@ pub struct PublishArgs {
     /// The event's data: a JSON object, or @FILE to read it from a file. Default {}.
     #[arg(long, value_name = "JSON|@FILE")]
     pub data: Option<String>,
-    /// Idempotency key: publishing the same key again creates nothing.
+    /// Idempotency key (1 to 200 bytes): publishing the same key again creates nothing.
     #[arg(long, value_name = "KEY")]
     pub key: Option<String>,
     /// Print the whole answer as JSON.

@@ -322,7 +322,10 @@ impl NewJob {
         if let Some(key) = &self.unique_key
             && (key.is_empty() || key.len() > 256)
         {
-            return Err(FieldError::new("unique_key", "must be 1 to 256 characters"));
+            return Err(FieldError::new(
+                "unique_key",
+                "must be 1 to 256 bytes of UTF-8",
+            ));
         }
         Ok(())
     }
