@@ -315,3 +315,70 @@ async fn webhook_urls_stay_out_of_the_job_and_a_429_is_retried_after_its_retry_a
         "retried after {wait:?}: {job:#}"
     );
 }
+
+/// A push service takes at most a 4096-byte record (RFC 8291, RFC 8030), 3,993 bytes of
+/// message once encrypted: a notification whose push message is exactly that is delivered
+/// (decrypted by the push service here), and one a byte over, which no push could ever
+/// carry, is refused at enqueue with a 400 naming the field that made it large, instead of
+/// being accepted and failing at delivery.
+#[tokio::test]
+async fn a_notification_too_large_for_web_push_is_refused_at_enqueue() {
+    let vapid = random_key();
+    let push = Arc::new(PushService::new(&vapid));
+    let push_addr = serve_http(push.app()).await;
+    *push.origin.lock().unwrap() = format!("http://{push_addr}");
+    let s = Scratch::new();
+    let vapid_file = s.path().join("vapid.key");
+    std::fs::write(&vapid_file, vapid_key_file_text(&vapid)).unwrap();
+    s.write_config(&notify_config(1, "http://127.0.0.1:1/hook", &vapid_file));
+    let (_d, api) = s.serve(&[]);
+    let subscription = push
+        .browser
+        .subscription(format!("http://{push_addr}/push/dev1"));
+    let (status, body) = api
+        .call_as(
+            Method::POST,
+            "/v1/users/42/push-subscriptions",
+            &crate::util::inbox_client::jwt("42"),
+            Some(&serde_json::to_value(&subscription).unwrap()),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+
+    // The push message is the notification as JSON, its id a 36-byte job id.
+    let shell = r#"{"id":"","user":"42","type":"default","title":"T","body":"","data":null}"#;
+    let room = 3993 - shell.len() - 36;
+    let job = |body: String| {
+        json!({
+            "kind": "notify.send",
+            "payload": {"user": "42", "title": "T", "body": body, "channels": ["push"]},
+        })
+    };
+    let fits = api.enqueue_ok(job("b".repeat(room))).await;
+    let done = finished(&api, &fits).await;
+    assert_eq!(done["state"], "succeeded", "{done:#}");
+    let pushed = push.decrypted.lock().unwrap().clone();
+    assert_eq!(pushed.len(), 1, "{pushed:?}");
+    assert_eq!(pushed[0]["body"].as_str().map(str::len), Some(room));
+
+    // One byte more: a two-byte 'é' in place of a 'b'.
+    let (status, answer) = api.enqueue(job(format!("é{}", "b".repeat(room - 1)))).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "payload.body", "{answer}");
+    let message = answer["error"]["message"].as_str().unwrap_or_default();
+    assert!(
+        message.contains("3994") && message.contains("3993"),
+        "{answer}"
+    );
+
+    // Large data names `payload.data`; without the push channel the same payload is fine.
+    let big = json!({"kind": "notify.send", "payload": {
+        "user": "42", "title": "T", "body": "B", "data": {"blob": "x".repeat(5000)},
+        "channels": ["push"]}});
+    let (status, answer) = api.enqueue(big.clone()).await;
+    assert_eq!(status, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "payload.data", "{answer}");
+    let mut inbox_only = big;
+    inbox_only["payload"]["channels"] = json!(["websocket"]);
+    api.enqueue_ok(inbox_only).await;
+}

@@ -11,6 +11,9 @@
 //!
 //! `type` (default `"default"`) selects the email templates; `email` is the address of the
 //! `email` channel (without it that channel is skipped).
+//! With `push` among the channels, the push message (the notification as JSON, its id a
+//! 36-byte job id) must fit one Web Push, [`push::MAX_PAYLOAD`] bytes: a larger one is
+//! refused at enqueue, naming the largest of `title`, `body` and `data`.
 //!
 //! **Delivery record.** Every delivery (a channel; for `webhook` each URL, for `push` each
 //! subscription) is recorded as `delivered`, `failed` (with the error) or `skipped` (with
@@ -479,6 +482,49 @@ impl Kind for SendNotification {
             to.parse::<Mailbox>()
                 .map_err(|e| FieldError::new("payload.email", format!("{to:?}: {e}")))?;
         }
+        if args.channels.contains(&Channel::Push) {
+            check_push_size(args)?;
+        }
         Ok(())
     }
+}
+
+/// A job id as the push message carries it: every id is a UUID, 36 bytes.
+const ID_PLACEHOLDER: &str = "00000000-0000-0000-0000-000000000000";
+
+/// Refuses a notification whose push message could never be pushed: push services take one
+/// 4096-byte record (RFC 8030, RFC 8291), [`push::MAX_PAYLOAD`] bytes of message once
+/// encrypted. Checked at enqueue, where the client hears of it, rather than at delivery,
+/// where the job would only go dead. The field named is the largest of the client's.
+fn check_push_size(args: &NotifyArgs) -> Result<(), FieldError> {
+    let n = Notification {
+        id: ID_PLACEHOLDER.to_owned(),
+        user: args.user.clone(),
+        kind: args.kind.clone().unwrap_or_else(|| "default".to_owned()),
+        title: args.title.clone(),
+        body: args.body.clone(),
+        data: args.data.clone(),
+    };
+    let size = serde_json::to_vec(&n).map_or(usize::MAX, |v| v.len());
+    if size <= push::MAX_PAYLOAD {
+        return Ok(());
+    }
+    let data = serde_json::to_vec(&args.data).map_or(usize::MAX, |v| v.len());
+    let field = [
+        ("payload.title", args.title.len()),
+        ("payload.body", args.body.len()),
+        ("payload.data", data),
+    ]
+    .into_iter()
+    .max_by_key(|(_, len)| *len)
+    .map_or("payload.body", |(f, _)| f);
+    Err(FieldError::new(
+        field,
+        format!(
+            "the push message would be {size} bytes, over the {} bytes one Web Push can carry \
+             (a 4096-byte record once encrypted); shorten title, body and data, or leave \
+             \"push\" out of channels",
+            push::MAX_PAYLOAD
+        ),
+    ))
 }
