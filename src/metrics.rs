@@ -135,7 +135,7 @@ fn describe() {
     metrics::describe_counter!(EVENTS_PUBLISHED, "Events published to streams, by type.");
     metrics::describe_counter!(engine::JOBS_FINISHED, "Attempts ended, by outcome.");
     metrics::describe_histogram!(engine::JOB_RUN_SECONDS, "Handler run time.");
-    metrics::describe_histogram!(engine::JOB_PICKUP_SECONDS, "Time from due to started.");
+    metrics::describe_histogram!(engine::JOB_PICKUP_SECONDS, engine::JOB_PICKUP_HELP);
     metrics::describe_counter!(engine::HEARTBEAT_FAILURES, "Heartbeat calls that failed.");
     metrics::describe_counter!(engine::LEASES_LOST, "Handlers stopped for a lost lease.");
     metrics::describe_histogram!(

@@ -433,3 +433,54 @@ async fn metrics_max_label_values_folds_queues_past_it() {
     let warned = d.log_text().matches("metrics_max_label_values").count();
     assert_eq!(warned, 1, "warned once:\n{}", d.log_text());
 }
+
+/// The sum of the observations of histogram `metric` with `labels`, in its unit.
+fn observed_sum(s: &Scrape, metric: &str, labels: &[(&str, &str)]) -> f64 {
+    samples(s, metric, labels)
+        .map(|(_, v)| match v {
+            PrometheusValue::Histogram(h) => h.sum.as_ref().map_or(0.0, |n| n.as_f64()),
+            other => panic!("{metric} is not a histogram: {other:?}"),
+        })
+        .sum()
+}
+
+/// Pickup is how long a job waited while it could run. A job rescued after its worker was
+/// killed keeps its first due time (its place in line), so "now - due" at its next start
+/// would be the dead attempt's run and the lease's expiry, seconds no job waited: that
+/// attempt records no pickup, while an ordinary job's pickup is still recorded.
+#[tokio::test]
+async fn a_rescued_attempt_records_no_bogus_pickup() {
+    let s = Scratch::with_config("[worker]\nlease = \"2s\"\nheartbeat = \"500ms\"\n");
+    let mut w = s.start(&["worker"]);
+    w.wait_log("worker pool started");
+    let out = s.cli_ok(&["enqueue", "sys.sleep", "--payload", "{\"ms\": 1500}"]);
+    let id = out.trim().to_owned();
+    wait::until_blocking("the job never ran on the worker", || {
+        let job = s.cli_job(&id);
+        if job["state"] == "running" {
+            Ok(())
+        } else {
+            Err(format!("{job:#}"))
+        }
+    });
+    // Let the attempt run a while, as a real one would, before its worker dies.
+    std::thread::sleep(std::time::Duration::from_millis(1000));
+    w.stop("KILL");
+
+    let (_d, api) = s.serve(&[]);
+    let done = api.wait_state(&id, "succeeded").await;
+    assert_eq!(done["interruptions"], 1, "{done:#}");
+    let fresh = api.enqueue_n(1, &noop()).await;
+    api.wait_all(&fresh, "succeeded").await;
+    let m = scrape(&format!("{}/metrics", api.base), None).await;
+    let labels = [("queue", "default")];
+    let count = observed(&m, "hopper_job_pickup_seconds", &labels);
+    let sum = observed_sum(&m, "hopper_job_pickup_seconds", &labels);
+    assert_eq!(count, 1.0, "only the fresh job's pickup (sum {sum} s)");
+    assert!(sum < 1.0, "a pickup of {sum} s recorded");
+    let help = &m.families["hopper_job_pickup_seconds"].help;
+    assert!(
+        help.contains("rescue"),
+        "the help says what is left out: {help}"
+    );
+}

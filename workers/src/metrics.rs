@@ -44,8 +44,14 @@ use crate::time::Timestamp;
 pub const JOBS_FINISHED: &str = "hopper_jobs_finished_total";
 /// Seconds a handler ran, by `queue` and `kind`.
 pub const JOB_RUN_SECONDS: &str = "hopper_job_run_seconds";
-/// Seconds from a job being due to its attempt starting, by `queue`.
+/// Seconds from a job being due to its attempt starting, by `queue`: first attempts,
+/// retries and snoozed jobs; not an attempt after a rescue, whose job keeps its old due time
+/// (see `pool::execute`).
 pub const JOB_PICKUP_SECONDS: &str = "hopper_job_pickup_seconds";
+/// The `# HELP` of [`JOB_PICKUP_SECONDS`], which says what it leaves out.
+pub const JOB_PICKUP_HELP: &str = "Time from due (enqueued, or a retry or snooze falling due) \
+    to started, per attempt; attempts after a rescue (a worker died) are not recorded, as \
+    their job keeps its first due time.";
 /// Heartbeat calls that failed (each covers every lease of the pool).
 pub const HEARTBEAT_FAILURES: &str = "hopper_heartbeat_failures_total";
 /// Handlers stopped because their lease was lost or ran out.

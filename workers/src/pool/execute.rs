@@ -36,7 +36,14 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
         reason: reason.clone(),
         finishing: false,
     });
-    meters.picked_up(shared.clock.now().since(job.run_at));
+    // Pickup is how long the job waited while it could run, from its `run_at`: when it became
+    // due for its first attempt, a retry, a snooze's end or a `retry` of the dead. A rescued
+    // job keeps the `run_at` of before (its place in line), so the time since would add the
+    // dead attempt's run and the lease's expiry, seconds no job waited: its attempts are not
+    // recorded until one ends normally (which ends the streak).
+    if job.interruption_streak == 0 {
+        meters.picked_up(shared.clock.now().since(job.run_at));
+    }
     let job = Arc::new(job);
     let started = Instant::now();
     let result = execute(shared, handler, job.clone(), token).await;
