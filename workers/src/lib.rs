@@ -17,8 +17,9 @@
 //!   heartbeats, rescue of expired leases, two-phase shutdown, and its vital signs
 //!   ([`Vitals`](pool::Vitals)) for a watchdog.
 //! - [`metrics`]: the `hopper_*` metrics the engine records (job outcomes, run and pickup
-//!   times, leases, heartbeats) and [`Metered`](metrics::Metered), a broker that times every
-//!   call.
+//!   times, leases, heartbeats), the caps on client-named label values
+//!   ([`LabelValues`](metrics::LabelValues)), and [`Metered`](metrics::Metered), a broker
+//!   that times every call.
 //! - [`nodes`]: the registry of worker nodes: [`WorkerNode`](nodes::WorkerNode), what each
 //!   pool tells the broker about itself (queues, kinds, busy slots) every few seconds.
 //! - [`retry`]: exponential backoff with full jitter.
