@@ -533,3 +533,172 @@ async fn a_rated_queue_is_served_while_another_queue_is_busy() {
 async fn an_unrated_queue_is_served_while_another_queue_is_busy() {
     second_queue_is_served_while_the_first_is_busy(None).await;
 }
+
+/// The file under `temp_sqlite`'s broker, opened as another program would.
+fn foreign_writer(dir: &tempfile::TempDir) -> rusqlite::Connection {
+    let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
+    raw.busy_timeout(std::time::Duration::from_secs(30))
+        .expect("busy timeout");
+    raw
+}
+
+/// Rewrites job `id`'s id, and the job id of its events, as the BLOB `bytes`.
+fn write_blob_id(raw: &rusqlite::Connection, id: &hopper_workers::job::JobId, bytes: &[u8]) {
+    raw.execute(
+        "UPDATE events SET job_id = ?2 WHERE job_id = ?1",
+        rusqlite::params![id.as_str(), bytes],
+    )
+    .expect("BLOB job ids on its events");
+    raw.execute(
+        "UPDATE jobs SET id = ?2 WHERE id = ?1",
+        rusqlite::params![id.as_str(), bytes],
+    )
+    .expect("a BLOB id");
+}
+
+/// A row holding a unique key under an id that is not text (written by another program):
+/// enqueueing with that key answers the row, lossily, as the job holding the key, and creates
+/// nothing; so does replaying a chain whose later step is such a row. Before, every enqueue
+/// with the key (or of the chain) failed on reading the row's id.
+#[tokio::test]
+async fn a_unique_key_held_by_a_job_whose_id_is_not_text_is_answered_with_that_job() {
+    let (b, dir) = temp_sqlite(clock::system()).await;
+    let raw = foreign_writer(&dir);
+    let holder = NewJob::new("test.k", json!({})).unique_key("nightly");
+    b.enqueue(vec![holder.clone()]).await.expect("enqueue");
+    let bad_id: &[u8] = b"u\xff\x02";
+    write_blob_id(&raw, &holder.id, bad_id);
+    raw.execute(
+        "UPDATE jobs SET state = 'succeeded', finished_at = 1 WHERE unique_key = 'nightly'",
+        [],
+    )
+    .expect("finished");
+
+    let again = b
+        .enqueue(vec![NewJob::new("test.k", json!({})).unique_key("nightly")])
+        .await
+        .expect("an enqueue with the key is answered");
+    let shown = hopper_workers::job::JobId(String::from_utf8_lossy(bad_id).into_owned());
+    assert!(!again[0].created, "{again:?}");
+    assert_eq!(again[0].job.id, shown, "the holder, shown lossily");
+    assert_eq!(again[0].job.state, JobState::Succeeded);
+
+    let chain = hopper_workers::job::link_chain(vec![
+        NewJob::new("test.k", json!({})).unique_key("chain"),
+        NewJob::new("test.k", json!({})),
+    ]);
+    b.enqueue(chain.clone()).await.expect("enqueue the chain");
+    write_blob_id(&raw, &chain[1].id, b"s\xfe");
+    let replay = hopper_workers::job::link_chain(vec![
+        NewJob::new("test.k", json!({})).unique_key("chain"),
+        NewJob::new("test.k", json!({})),
+    ]);
+    let answers = b
+        .enqueue(replay)
+        .await
+        .expect("a replay of the chain is answered");
+    assert!(answers.iter().all(|a| !a.created), "{answers:?}");
+    assert_eq!(answers[0].job.id, chain[0].id);
+    assert_eq!(answers[1].job.id.0, String::from_utf8_lossy(b"s\xfe"));
+    assert_eq!(answers[1].job.state, JobState::Waiting);
+}
+
+/// Finished rows and a queue's rows whose id is not text, or not UTF-8 (written by another
+/// program, never fetched), are purged and dropped with the rest, their events too. Before, every purge that
+/// met one failed (retention then never cleaned jobs or events again), and so did a drop of
+/// its queue.
+#[tokio::test]
+async fn jobs_whose_id_is_not_text_are_purged_and_dropped_with_the_rest() {
+    let (b, dir) = temp_sqlite(clock::system()).await;
+    let raw = foreign_writer(&dir);
+    let jobs: Vec<NewJob> = (0..3).map(|_| NewJob::new("test.k", json!({}))).collect();
+    b.enqueue(jobs.clone()).await.expect("enqueue");
+    write_blob_id(&raw, &jobs[0].id, b"d\xff");
+    raw.execute(
+        "UPDATE jobs SET state = 'dead', finished_at = 1 WHERE id = X'64FF'",
+        [],
+    )
+    .expect("dead");
+    raw.execute(
+        "UPDATE jobs SET state = 'succeeded', finished_at = 1 WHERE id = ?1",
+        [jobs[1].id.as_str()],
+    )
+    .expect("succeeded");
+
+    let purged = b
+        .purge(
+            &[JobState::Succeeded, JobState::Dead],
+            hopper_workers::time::Timestamp::from_millis(1_000),
+            u64::MAX,
+        )
+        .await
+        .expect("the purge runs");
+    assert_eq!(purged, 2);
+    let left: Vec<String> = raw
+        .prepare("SELECT DISTINCT CAST(job_id AS TEXT) FROM events")
+        .and_then(|mut s| {
+            s.query_map([], |r| r.get(0))?
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .expect("events");
+    assert_eq!(left, [jobs[2].id.0.clone()], "only the kept job's events");
+    let page = b.list(&JobFilter::default()).await.expect("list");
+    let ids: Vec<_> = page.jobs.into_iter().map(|j| j.id).collect();
+    assert_eq!(ids, [jobs[2].id.clone()]);
+
+    let other: Vec<NewJob> = (0..2)
+        .map(|_| NewJob::new("test.k", json!({})).queue("other"))
+        .collect();
+    b.enqueue(other.clone()).await.expect("enqueue");
+    for table in ["UPDATE events SET job_id", "UPDATE jobs SET id"] {
+        let column = if table.contains("events") {
+            "job_id"
+        } else {
+            "id"
+        };
+        raw.execute(
+            &format!("{table} = CAST(X'71FF' AS TEXT) WHERE {column} = ?1"),
+            [other[0].id.as_str()],
+        )
+        .expect("a text id that is not UTF-8");
+    }
+    assert_eq!(b.drop_queue("other").await.expect("the drop runs"), 2);
+    let rows: i64 = raw
+        .query_row(
+            "SELECT (SELECT count(*) FROM jobs WHERE queue = 'other') \
+             + (SELECT count(*) FROM events WHERE queue = 'other')",
+            [],
+            |r| r.get(0),
+        )
+        .expect("count");
+    assert_eq!(rows, 0, "its jobs and their events are gone");
+}
+
+/// A queued row whose chain id is not text (written by another program): it is listed and
+/// fetched, and the rest of its queue runs. Before, the listing failed, and so did every
+/// fetch of its queue, even while burying it: no job of the queue ran again.
+#[tokio::test]
+async fn a_job_whose_chain_id_is_not_text_does_not_block_its_queue() {
+    let (b, dir) = temp_sqlite(clock::system()).await;
+    let raw = foreign_writer(&dir);
+    let jobs: Vec<NewJob> = (0..2).map(|_| NewJob::new("test.k", json!({}))).collect();
+    b.enqueue(jobs.clone()).await.expect("enqueue");
+    raw.execute(
+        "UPDATE jobs SET chain_id = X'63FF', chain_next = X'6EFF' WHERE id = ?1",
+        [jobs[0].id.as_str()],
+    )
+    .expect("BLOB chain ids");
+    let fetched: Vec<_> = b
+        .fetch("default", 2, std::time::Duration::from_secs(30))
+        .await
+        .expect("the fetch runs")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert!(fetched.contains(&jobs[1].id), "{fetched:?}");
+    let listed = b
+        .list(&JobFilter::default())
+        .await
+        .expect("the listing reads");
+    assert_eq!(listed.jobs.len(), 2);
+}

@@ -14,7 +14,7 @@ use super::chain;
 use super::error::Fail;
 use super::events::{RETRIED, append_event, note};
 use super::rows::{
-    Owner, bad_column, chain_from_columns, job_from_row, owner_from_row, to_i64, to_u64,
+    Owner, RawId, bad_column, chain_from_columns, job_from_row, owner_from_row, to_i64, to_u64,
 };
 use super::sql;
 use crate::error::{BrokerError, BrokerResult};
@@ -240,9 +240,11 @@ async fn delete_jobs(
         let n = broker
             .write(move |conn, _| {
                 let bound = args.into_iter().chain([SqlValue::Integer(CHUNK)]);
+                // Ids as stored: a row another program wrote may hold one that is not UTF-8
+                // text, and it goes with its events like any other (see `RawId`).
                 let ids = conn
                     .prepare_cached(text)?
-                    .query_map(params_from_iter(bound), |r| r.get::<_, String>(0))?
+                    .query_map(params_from_iter(bound), |r| r.get::<_, RawId>(0))?
                     .collect::<Result<Vec<_>, _>>()?;
                 let mut events = conn.prepare_cached(sql::DELETE_JOB_EVENTS)?;
                 for id in &ids {

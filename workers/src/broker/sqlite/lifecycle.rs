@@ -41,8 +41,8 @@ pub(super) async fn store(broker: &SqliteBroker, jobs: Vec<NewJob>) -> BrokerRes
     let answers = broker
         .write(move |conn, now| {
             let mut out = Vec::with_capacity(jobs.len());
-            // Chains whose first step exists already (its unique key is taken): the whole
-            // chain is that earlier one; none of its steps is created again.
+            // Chains whose first step exists already (its unique key is taken), to that step's
+            // id: the whole chain is that earlier one; none of its steps is created again.
             let mut existing_chains: HashMap<JobId, JobId> = HashMap::new();
             // Prepared once for the whole batch rather than fetched from the statement cache
             // for each job; the events are appended by one statement after the last job.
@@ -79,30 +79,30 @@ fn store_one(
     inserts: &mut Inserts<'_>,
 ) -> Result<Enqueued, Fail> {
     if let Some(link) = &new.chain
-        && let Some(first) = existing_chains.get(&link.id)
+        && let Some(earlier) = existing_chains.get(&link.id)
     {
-        let step: Option<String> = conn
+        let step = conn
             .prepare_cached(sql::CHAIN_STEP)?
-            .query_row(params![first.as_str(), i64::from(link.index)], |r| r.get(0))
+            .query_row(
+                params![earlier.as_str(), i64::from(link.index)],
+                job_from_row,
+            )
             .optional()?;
         // A chain shorter than this replay: nothing of it stands at this index.
-        let id = step.map_or_else(|| new.id.clone(), JobId);
-        let job = existing(conn, &id)?.unwrap_or_else(|| new.stored(now));
+        let job = step.unwrap_or_else(|| new.stored(now));
         return Ok(Enqueued {
             job,
             created: false,
         });
     }
     if let Some(key) = &new.unique_key {
-        let taken: Option<String> = conn
+        let taken = conn
             .prepare_cached(sql::FIND_UNIQUE)?
-            .query_row(params![new.queue, key], |r| r.get(0))
+            .query_row(params![new.queue, key], job_from_row)
             .optional()?;
-        if let Some(id) = taken.map(JobId)
-            && let Some(job) = existing(conn, &id)?
-        {
+        if let Some(job) = taken {
             if let Some(link) = &new.chain {
-                existing_chains.insert(link.id.clone(), id);
+                existing_chains.insert(link.id.clone(), job.id.clone());
             }
             return Ok(Enqueued {
                 job,
@@ -137,14 +137,6 @@ fn store_one(
 struct Inserts<'c> {
     job: CachedStatement<'c>,
     events: EnqueuedEvents,
-}
-
-/// A stored job, read inside the enqueue's transaction.
-fn existing(conn: &Connection, id: &JobId) -> Result<Option<Job>, Fail> {
-    Ok(conn
-        .prepare_cached(sql::GET)?
-        .query_row([id.as_str()], job_from_row)
-        .optional()?)
 }
 
 /// One signal for every queue: a wake-up for another queue is a harmless early return. Other

@@ -5,8 +5,10 @@
 //! milliseconds, which order and compare in SQL). It does not run statements. A stored value this
 //! version cannot read is a conversion error ([`BadColumn`]), never a panic or a guess, because
 //! a newer `hopper` may share the file; the exceptions are labels read lossily when they are not
-//! UTF-8 text: an event's kind label ([`owner_from_row`]) and a job's id ([`stored_id`]), so that
-//! such a row can still be listed, and ended, rather than fail every statement that meets it.
+//! UTF-8 text: an event's kind label ([`owner_from_row`]) and job ids ([`stored_id`]: a job's
+//! own, its chain's), so that such a row can still be listed, and ended, rather than fail every
+//! statement that meets it. A statement that must find such a row again by its id binds the id
+//! back as stored ([`RawId`]).
 
 use rusqlite::Row;
 use rusqlite::types::{FromSql, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
@@ -93,22 +95,67 @@ pub(super) fn stored_id(r: &Row<'_>, idx: usize) -> rusqlite::Result<StoredId> {
     })
 }
 
+/// A job id exactly as its row stores it, bound back unchanged: how a statement that found
+/// rows by other columns (a purge, a drop) then finds their events, whatever the id's type.
+/// Read as a [`JobId`], an id that is not UTF-8 text would fail the statement (and with it every
+/// purge that meets the row), or, read lossily, match other rows or none.
+pub(super) enum RawId {
+    Text(Vec<u8>),
+    Blob(Vec<u8>),
+    /// Not stored by the `TEXT` column's affinity, which turns numbers into text.
+    Other(rusqlite::types::Value),
+}
+
+impl FromSql for RawId {
+    fn column_result(value: ValueRef<'_>) -> FromSqlResult<Self> {
+        use rusqlite::types::Value;
+        Ok(match value {
+            ValueRef::Text(bytes) => Self::Text(bytes.to_vec()),
+            ValueRef::Blob(bytes) => Self::Blob(bytes.to_vec()),
+            ValueRef::Null => Self::Other(Value::Null),
+            ValueRef::Integer(i) => Self::Other(Value::Integer(i)),
+            ValueRef::Real(r) => Self::Other(Value::Real(r)),
+        })
+    }
+}
+
+impl ToSql for RawId {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(match self {
+            // Bound as the stored bytes, even when they are not UTF-8.
+            Self::Text(bytes) => ToSqlOutput::Borrowed(ValueRef::Text(bytes)),
+            Self::Blob(bytes) => ToSqlOutput::Borrowed(ValueRef::Blob(bytes)),
+            Self::Other(value) => ToSqlOutput::Borrowed(value.into()),
+        })
+    }
+}
+
 /// Reads `chain_id, chain_index[, chain_next]` starting at column `at`; `chain_next` is read
-/// only when the statement returns it.
+/// only when the statement returns it. Both ids are job ids, read lossily like a job's own
+/// ([`stored_id`]): a link that is not UTF-8 text then leads to no step, instead of failing
+/// every statement that returns the row, the fetch that would bury it among them.
 pub(super) fn chain_from_columns(r: &Row<'_>, at: usize) -> rusqlite::Result<Option<ChainLink>> {
-    let Some(id) = r.get::<_, Option<String>>(at)? else {
+    let Some(id) = optional_id(r, at)? else {
         return Ok(None);
     };
     let next = if r.as_ref().column_count() > at + 2 {
-        r.get::<_, Option<String>>(at + 2)?.map(JobId)
+        optional_id(r, at + 2)?
     } else {
         None
     };
     Ok(Some(ChainLink {
-        id: JobId(id),
+        id,
         index: to_u32(r.get(at + 1)?),
         next,
     }))
+}
+
+/// A job id column that may be NULL (see [`stored_id`]).
+fn optional_id(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<JobId>> {
+    match r.get_ref(idx)? {
+        ValueRef::Null => Ok(None),
+        _ => Ok(Some(stored_id(r, idx)?.id)),
+    }
 }
 
 /// Decodes the job columns of `super::sql` (column 0, `seq`, is left to the caller). The id is

@@ -55,8 +55,14 @@ pub const INSERT_EVENT: &str = "INSERT INTO events \
 pub const INSERT_ENQUEUED_EVENTS: &str = "INSERT INTO events (job_id, queue, kind, type, at, attempt) \
     SELECT id, queue, kind, 'job.enqueued', ?2, attempt FROM jobs WHERE seq >= ?1 ORDER BY seq";
 
-/// A unique key is unique within its queue (`0003_unique_per_queue.sql`).
-pub const FIND_UNIQUE: &str = "SELECT id FROM jobs WHERE queue = ?1 AND unique_key = ?2";
+/// A unique key is unique within its queue (`0003_unique_per_queue.sql`). The job holding it
+/// is read whole, not looked up again by its id: a row another program wrote may hold an id
+/// that is not UTF-8 text, which no statement finds (`super::rows::stored_id`).
+pub const FIND_UNIQUE: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE queue = ?1 AND unique_key = ?2"
+);
 pub const INSERT_JOB: &str = "INSERT INTO jobs \
     (id, queue, kind, payload, priority, state, run_at, max_retries, timeout_ms, unique_key, \
      created_at, chain_id, chain_index, chain_next) \
@@ -219,7 +225,12 @@ pub const CHAIN_CANCEL_REST: &str = "UPDATE jobs SET state = 'cancelled', finish
     last_error = ?4 \
     WHERE chain_id = ?1 AND chain_index > ?2 AND state = 'waiting' \
     RETURNING id, queue, kind, attempt";
-pub const CHAIN_STEP: &str = "SELECT id FROM jobs WHERE chain_id = ?1 AND chain_index = ?2";
+/// A step of an existing chain, read whole for the reason `FIND_UNIQUE` is.
+pub const CHAIN_STEP: &str = concat!(
+    "SELECT ",
+    job_columns!(),
+    " FROM jobs WHERE chain_id = ?1 AND chain_index = ?2"
+);
 pub const CHAIN_PREDECESSOR: &str =
     "SELECT state, result FROM jobs WHERE chain_id = ?1 AND chain_index = ?2";
 /// A retried later step: queued with its predecessor's result, or waiting for it.
