@@ -96,13 +96,14 @@ async fn pause_holds_jobs_resume_runs_them_and_retry_dead_counts() {
     assert!(!out.status.success(), "an invalid queue name fails the CLI");
 }
 
-/// Pausing a queue that holds no job and that no worker serves (an operator's typo, most
-/// likely) still pauses it, since a queue may be paused ahead of its first job, but says so:
-/// the API answers `"jobs": 0, "workers": 0` and a `warning` naming the queue, the CLI prints
-/// that warning on stderr and exits 0. A queue with jobs answers no warning. Before, both
-/// answered as for a real queue, and the operator believed the queue they meant was paused.
+/// Pausing or resuming a queue that holds no job and that no worker serves (an operator's
+/// typo, most likely) still does it, since a queue may be paused ahead of its first job, but
+/// says so: the API answers `"jobs": 0, "workers": 0` and a `warning` naming the queue, the CLI
+/// prints that warning on stderr and exits 0. A queue with jobs answers no warning. Before,
+/// both answered as for a real queue, and the operator believed the queue they meant was paused
+/// (or running again).
 #[tokio::test]
-async fn pausing_a_queue_no_job_or_worker_knows_warns() {
+async fn pausing_or_resuming_a_queue_no_job_or_worker_knows_warns() {
     let s = Scratch::with_config("");
     let (_d, api) = s.serve(&[]);
     let id = api.enqueue_ok(json!({"kind": "sys.noop"})).await;
@@ -138,6 +139,43 @@ async fn pausing_a_queue_no_job_or_worker_knows_warns() {
         "{stderr}"
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("paused"));
+
+    let (status, body) = api.post("/v1/queues/default/resume").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        (&body["paused"], &body["jobs"]),
+        (&json!(false), &json!(1)),
+        "{body}"
+    );
+    assert!(body.get("warning").is_none(), "a known queue: {body}");
+    let out = s.cli(&["resume", "default"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stderr), "", "no warning");
+
+    let (status, body) = api.post("/v1/queues/typo-queue/resume").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], json!(false), "resumed all the same: {body}");
+    assert_eq!(
+        (&body["jobs"], &body["workers"]),
+        (&json!(0), &json!(0)),
+        "{body}"
+    );
+    let warning = body["warning"].as_str().unwrap_or_default();
+    assert!(
+        warning.contains("\"typo-queue\"") && warning.contains("resumed"),
+        "{body}"
+    );
+
+    let out = s.cli(&["resume", "resume-typo"]);
+    assert!(out.status.success(), "a warning, not a failure");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.starts_with("warning:")
+            && stderr.contains("\"resume-typo\"")
+            && stderr.contains("no job"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed"));
 }
 
 /// Two processes on one broker: an API node (`serve --no-workers`) pauses a queue and a

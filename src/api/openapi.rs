@@ -490,11 +490,11 @@ pub struct QueuePaused {
     pub queue: String,
     /// Whether the queue is now paused (by the broker, or by this node's config).
     pub paused: bool,
-    /// A pause only: jobs the broker holds for the queue, in any state.
-    pub jobs: Option<u64>,
-    /// A pause only: worker nodes serving the queue (heard from in the last minute).
-    pub workers: Option<u64>,
-    /// A pause only, when no job and no worker knows the queue (a typo of its name?).
+    /// Jobs the broker holds for the queue, in any state.
+    pub jobs: u64,
+    /// Worker nodes serving the queue (heard from in the last minute).
+    pub workers: u64,
+    /// When no job and no worker knows the queue (a typo of its name?).
     pub warning: Option<String>,
 }
 

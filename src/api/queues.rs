@@ -5,9 +5,10 @@
 //! the queue's jobs from its next fetch on, and it outlives every process; a paused queue
 //! still accepts jobs. `[[queue]] paused = true` in a node's config stays a pause of its own:
 //! a queue is paused when either says so, and these routes answer what the two add up to.
-//! A pause also answers how many jobs the broker holds for the queue and how many workers
-//! serve it, with a `warning` when neither does (`crate::service::queues`): beyond DESIGN's
-//! `{"queue", "paused"}`, so that a typo of a queue name does not pass for a pause.
+//! A pause or resume also answers how many jobs the broker holds for the queue and how many
+//! workers serve it, with a `warning` when neither does (`crate::service::queues`): beyond
+//! DESIGN's `{"queue", "paused"}`, so that a typo of a queue name does not pass for a pause or
+//! a resume.
 //! The listing (`GET /v1/queues`) is `super::jobs`'.
 
 use axum::Json;
@@ -33,12 +34,12 @@ pub async fn pause(
     set_paused(&st, name, true).await
 }
 
-/// `POST /v1/queues/{name}/resume`: `{"queue", "paused"}`, still `true` when this node's
-/// config pauses the queue.
+/// `POST /v1/queues/{name}/resume`: `{"queue", "paused", "jobs", "workers", "warning"?}`,
+/// `paused` still `true` when this node's config pauses the queue.
 #[utoipa::path(post, path = "/queues/{name}/resume", tag = "queues",
     params(("name" = String, Path, pattern = "^[A-Za-z0-9._-]{1,64}$", description = "The queue's name")),
     responses(
-        (status = 200, description = "Resumed; `paused` stays true when this node's config pauses it", body = QueuePaused),
+        (status = 200, description = "Resumed; `paused` stays true when this node's config pauses it; `warning` when no job and no worker knows the queue", body = QueuePaused),
         (status = 400, description = "`invalid_field`: `name` is not a queue name", body = ErrorBody),
     ))]
 pub async fn resume(
@@ -49,26 +50,29 @@ pub async fn resume(
 }
 
 /// Stores the pause (or its end) of queue `name` in the broker and answers whether the queue
-/// is now paused: by the broker, or by this node's config. A pause also answers who knows the
-/// queue (see the module docs).
+/// is now paused: by the broker, or by this node's config; and who knows the queue (see the
+/// module docs).
 async fn set_paused(st: &AppState, name: String, paused: bool) -> Result<Json<Value>, ApiError> {
     check(&name)?;
     let by_config = st.config.queues.iter().any(|q| q.name == name && q.paused);
-    if !paused {
+    if paused {
+        st.broker.pause(&name).await?;
+    } else {
         st.broker.resume(&name).await?;
-        tracing::info!(queue = %name, "queue resumed");
-        return Ok(Json(json!({ "queue": name, "paused": by_config })));
     }
-    st.broker.pause(&name).await?;
     let reach = QueueReach::of(st.broker.as_ref(), &name).await?;
-    let warning = reach.pause_warning(&name);
+    let (warning, done) = if paused {
+        (reach.pause_warning(&name), "queue paused")
+    } else {
+        (reach.resume_warning(&name), "queue resumed")
+    };
     match &warning {
-        Some(w) => tracing::warn!(queue = %name, "queue paused: {w}"),
-        None => tracing::info!(queue = %name, "queue paused"),
+        Some(w) => tracing::warn!(queue = %name, "{done}: {w}"),
+        None => tracing::info!(queue = %name, "{done}"),
     }
     let mut answer = json!({
         "queue": name,
-        "paused": true,
+        "paused": paused || by_config,
         "jobs": reach.jobs,
         "workers": reach.workers,
     });

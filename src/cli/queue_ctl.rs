@@ -3,9 +3,9 @@
 //!
 //! The pause is stored in the broker, so every node sharing it honours it from its next fetch
 //! on; `[[queue]] paused = true` in a config stays a pause of that node's own, which `resume`
-//! does not lift (it says so). Pausing a queue that holds no job and that no worker serves
-//! succeeds with a warning on stderr naming it (`crate::service::queues`). Listing queues is
-//! `super::inspect`'s.
+//! does not lift (it says so). Pausing or resuming a queue that holds no job and that no worker
+//! serves succeeds with a warning on stderr naming it (`crate::service::queues`). Listing queues
+//! is `super::inspect`'s.
 
 use std::sync::Arc;
 
@@ -30,10 +30,7 @@ pub async fn run(command: Command, settings: &Settings, broker: Arc<dyn Broker>)
                 "queue {queue} paused: its jobs wait until `hopper resume {queue}`"
             ))?;
             // A warning, not a refusal: a queue may be paused ahead of its first job.
-            let reach = QueueReach::of(broker.as_ref(), &queue)
-                .await
-                .with_context(|| format!("cannot read who knows queue {queue:?}"))?;
-            if let Some(warning) = reach.pause_warning(&queue) {
+            if let Some(warning) = reach(broker.as_ref(), &queue).await?.pause_warning(&queue) {
                 eprint_line(&format!("warning: {warning}"));
             }
         }
@@ -55,8 +52,18 @@ pub async fn run(command: Command, settings: &Settings, broker: Arc<dyn Broker>)
             } else {
                 out::line(format!("queue {queue} resumed"))?;
             }
+            if let Some(warning) = reach(broker.as_ref(), &queue).await?.resume_warning(&queue) {
+                eprint_line(&format!("warning: {warning}"));
+            }
         }
         _ => {}
     }
     Ok(())
+}
+
+/// Who knows `queue`, read after the pause or resume is stored.
+async fn reach(broker: &dyn Broker, queue: &str) -> Result<QueueReach> {
+    QueueReach::of(broker, queue)
+        .await
+        .with_context(|| format!("cannot read who knows queue {queue:?}"))
 }

@@ -7,7 +7,7 @@
 //!   one broker call, all or none; [`Service::lookup`] reads one back with its history and the
 //!   steps of its chain, and why it is not running yet ([`waiting`]).
 //! - `coalesce`: single jobs submitted at the same time reach the broker in one call.
-//! - [`queues`]: what a pause tells about the queue it names ([`queues::QueueReach`]): its jobs
+//! - [`queues`]: what a pause or resume tells about the queue it names ([`queues::QueueReach`]): its jobs
 //!   and the workers serving it, and a warning when neither exists.
 //!
 //! This module knows no HTTP and no terminal: it speaks the engine's types and

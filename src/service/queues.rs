@@ -1,11 +1,12 @@
-//! What a queue control (`hopper pause`, `POST /v1/queues/{name}/pause`) tells the operator
-//! about the queue it names: how many jobs the broker holds for it and how many worker nodes
-//! serve it, and a warning when both are none.
+//! What a queue control (`hopper pause|resume`, `POST /v1/queues/{name}/pause|resume`) tells
+//! the operator about the queue it names: how many jobs the broker holds for it and how many
+//! worker nodes serve it, and a warning when both are none.
 //!
-//! A queue may be paused ahead of its first job, so a pause of a queue nobody knows is not
-//! refused; but it is most often a typo, which would leave the queue the operator meant
-//! running while they believe it paused, so the answer says so. Pausing and resuming are the
-//! broker's (`Broker::pause`); rendering the answer is each front door's.
+//! A queue may be paused ahead of its first job, so a pause (or resume) of a queue nobody knows
+//! is not refused; but it is most often a typo, which would leave the queue the operator meant
+//! running while they believe it paused (or paused while they believe it resumed), so the
+//! answer says so. Pausing and resuming are the broker's (`Broker::pause`); rendering the
+//! answer is each front door's.
 
 use hopper_workers::{Broker, BrokerResult};
 
@@ -40,10 +41,22 @@ impl QueueReach {
 
     /// The warning a pause of `queue` answers when no job and no worker knows the queue.
     pub fn pause_warning(&self, queue: &str) -> Option<String> {
+        self.unknown(
+            queue,
+            "paused all the same (a queue may be paused ahead of its first job)",
+        )
+    }
+
+    /// The warning a resume of `queue` answers when no job and no worker knows the queue: the
+    /// queue the operator meant, if they mistyped it, stays paused.
+    pub fn resume_warning(&self, queue: &str) -> Option<String> {
+        self.unknown(queue, "resumed all the same")
+    }
+
+    fn unknown(&self, queue: &str, done: &str) -> Option<String> {
         (self.jobs == 0 && self.workers == 0).then(|| {
             format!(
-                "queue {queue:?} holds no job and no worker serves it: paused all the same \
-                 (a queue may be paused ahead of its first job), but check the name"
+                "queue {queue:?} holds no job and no worker serves it: {done}, but check the name"
             )
         })
     }
