@@ -321,12 +321,7 @@ impl Bench {
     ) -> (CancellationToken, tokio::task::JoinHandle<Result<()>>) {
         let mut pc = self.pool.clone();
         pc.concurrency = self.concurrency;
-        pc.queues = vec![QueueSpec {
-            name: self.queue.clone(),
-            concurrency: None,
-            paused: false,
-            rate: None,
-        }];
+        pc.queues = vec![QueueSpec::new(self.queue.clone())];
         let pool = Pool::new(
             self.broker.clone(),
             Arc::new(registry),

@@ -395,6 +395,7 @@ impl Config {
                     concurrency: q.and_then(|q| q.concurrency),
                     paused: q.is_some_and(|q| q.paused),
                     rate: q.and_then(|q| q.rate_limit.job_rate()),
+                    weight: 1,
                 }
             })
             // Last, so that real work is fetched first; one slot at most.
@@ -403,6 +404,7 @@ impl Config {
                 concurrency: Some(1),
                 paused: false,
                 rate: None,
+                weight: 1,
             }))
             .collect();
         PoolConfig {

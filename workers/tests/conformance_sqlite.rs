@@ -701,4 +701,73 @@ async fn a_job_whose_chain_id_is_not_text_does_not_block_its_queue() {
         .await
         .expect("the listing reads");
     assert_eq!(listed.jobs.len(), 2);
+
+/// Weighted queues: two queues with deep backlogs of short jobs, weights 3 and 1, on two
+/// slots. The heavy queue runs about three jobs for each of the light queue's, and the light
+/// one is never starved. Counted in jobs, not timed. Before, weights did not exist: every
+/// round started at the next queue in turn, so the two ran about one to one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn weighted_queues_share_the_slots_by_weight() {
+    let (b, _dir) = temp_sqlite(clock::system()).await;
+    for queue in ["heavy", "light"] {
+        let jobs: Vec<NewJob> = (0..1000)
+            .map(|_| NewJob::new("sys.sleep", json!({"ms": 5})).queue(queue))
+            .collect();
+        b.enqueue(jobs).await.expect("enqueue");
+    }
+    let mut registry = Registry::new();
+    hopper_workers::diagnostics::register(&mut registry).expect("the diagnostic kinds");
+    let config = PoolConfig {
+        concurrency: 2,
+        queues: vec![
+            QueueSpec {
+                weight: 3,
+                ..QueueSpec::new("heavy")
+            },
+            QueueSpec::new("light"),
+        ],
+        ..PoolConfig::default()
+    };
+    let pool = Pool::new(b.clone(), Arc::new(registry), config, clock::system());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(pool.run(shutdown.clone()));
+    let count = |queue: &'static str, state: JobState| {
+        let b = b.clone();
+        async move {
+            let stats = b.queues().await.expect("queues");
+            stats
+                .iter()
+                .find(|s| s.queue == queue)
+                .map_or(0, |s| s.counts.get(state))
+        }
+    };
+    // 400 jobs of 5 ms on two slots: a second or two; the deadline allows a slow machine.
+    let deadline = Instant::now() + std::time::Duration::from_secs(60);
+    while count("heavy", JobState::Succeeded).await + count("light", JobState::Succeeded).await
+        < 400
+        && Instant::now() < deadline
+    {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    shutdown.cancel();
+    task.await.expect("the pool task").expect("the pool ran");
+    let heavy = count("heavy", JobState::Succeeded).await;
+    let light = count("light", JobState::Succeeded).await;
+    assert!(
+        heavy + light >= 400,
+        "only {heavy} + {light} jobs ran in 60 s"
+    );
+    assert!(
+        count("heavy", JobState::Queued).await > 0 && count("light", JobState::Queued).await > 0,
+        "a backlog ran dry ({heavy} heavy, {light} light ran): the case proves nothing"
+    );
+    assert!(
+        light > 0,
+        "the light queue starved ({heavy} heavy jobs ran)"
+    );
+    let share = heavy as f64 / light as f64;
+    assert!(
+        (2.0..=4.5).contains(&share),
+        "weights 3:1 ran {heavy} heavy and {light} light jobs ({share:.2}:1)"
+    );
 }

@@ -1,7 +1,8 @@
 //! The fetch loop: asks the broker for no more jobs than there are free slots (per queue too),
 //! blocks in `wait_for_work` when there is nothing to do, and starts each job in its own task.
-//! Each round starts at the next queue in turn, so that a busy queue does not keep the others'
-//! jobs waiting for the slots it leaves.
+//! Each round asks the queues in the order their weights give (`weights`: smooth weighted
+//! round-robin; plain round-robin when the weights are equal), so that a busy queue does not
+//! keep the others' jobs waiting for the slots it leaves, and a heavier queue gets more rounds.
 //! Every wait is bounded by [`BEAT`], and every round is recorded in the pool's liveness, so a
 //! supervisor can tell an idle loop from a hung one.
 //!
@@ -11,6 +12,7 @@
 
 use tracing::Instrument;
 
+use super::weights::RoundOrder;
 use super::*;
 
 /// Fetches and starts jobs until `shutdown` fires.
@@ -31,13 +33,11 @@ pub(super) async fn fetch_loop(
                 .map(|c| (q.name.clone(), Arc::new(Semaphore::new(c.max(1)))))
         })
         .collect();
-    let active: Vec<String> = shared
-        .config
-        .queues
-        .iter()
-        .filter(|q| !q.paused)
-        .map(|q| q.name.clone())
-        .collect();
+    let unpaused: Vec<&QueueSpec> = shared.config.queues.iter().filter(|q| !q.paused).collect();
+    let active: Vec<String> = unpaused.iter().map(|q| q.name.clone()).collect();
+    // Which queue each round asks first, and then which (see the loop); its indexes are
+    // `active`'s, both built from `unpaused`.
+    let mut rounds = RoundOrder::new(unpaused.iter().map(|q| q.weight));
     if active.is_empty() {
         warn!("every queue of this pool is paused: nothing will run");
     }
@@ -51,8 +51,6 @@ pub(super) async fn fetch_loop(
     let mut held: HashMap<String, Instant> = HashMap::new();
     let mut backoff = Duration::from_millis(100);
     let live = shared.handle.liveness();
-    // Which queue a round starts with (see the loop).
-    let mut round: usize = 0;
 
     while !shutdown.is_cancelled() {
         live.fetch_beat();
@@ -66,16 +64,12 @@ pub(super) async fn fetch_loop(
         let mut open: Vec<String> = Vec::with_capacity(active.len());
         let now = Instant::now();
         held.retain(|_, until| *until > now);
-        // Each round starts at the next queue: a queue with a backlog takes every free slot
-        // of its turn, so always starting at the first one left the others only the slots
-        // that freed up mid-round (a rated queue, held on the rare round it got one, starved).
-        let first = if active.is_empty() {
-            0
-        } else {
-            round % active.len()
-        };
-        round = round.wrapping_add(1);
-        for queue in active[first..].iter().chain(&active[..first]) {
+        // Each round starts at the queue the weights pick: a queue with a backlog takes every
+        // free slot of its turn, so always starting at the first one left the others only the
+        // slots that freed up mid-round (a rated queue, held on the rare round it got one,
+        // starved), and how often a queue starts is about its share of the jobs run.
+        for &i in rounds.next() {
+            let queue = &active[i];
             let free = slots.available_permits();
             if free == 0 {
                 break;
@@ -121,9 +115,17 @@ pub(super) async fn fetch_loop(
                     backoff = Duration::from_millis(100);
                     // A rated queue that filled the request but is now held has nothing more
                     // to give this round.
-                    saturated |= batch.len() == want && !held.contains_key(queue);
+                    let filled = batch.len() == want && !held.contains_key(queue);
+                    saturated |= filled;
                     for job in batch {
                         start_job(shared, jobs, &slots, queue_sem, job);
+                    }
+                    // The round ends at the first queue that gave all it was asked for: slots
+                    // freed meanwhile (jobs end during a fetch) go to a new round, whose first
+                    // queue the weights pick again, not to the next queue of this one; with
+                    // short jobs that was a third of the slots, and weights 3:1 ran 1.4:1.
+                    if filled {
+                        break;
                     }
                 }
                 Err(e) => {

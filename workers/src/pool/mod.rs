@@ -26,6 +26,8 @@
 //! - `running`: the jobs running in this pool, and the [`PoolHandle`] that stops one.
 //! - `fetch`: the fetch loop: slots, per-queue limits and rates, waiting for work; the
 //!   test-only fault hook that blocks it.
+//! - `weights`: the order a fetch round asks its queues in, by their weights (smooth weighted
+//!   round-robin).
 //! - `execute`: one attempt: the handler under its timeout, panics caught, the outcome.
 //! - `unserved`: a job of a kind this pool has no handler for: snoozed saying why, then dead
 //!   after `unknown_kind_grace`.
@@ -43,6 +45,7 @@ mod liveness;
 mod presence;
 mod running;
 mod unserved;
+mod weights;
 mod writes;
 
 use std::collections::HashMap;
@@ -90,7 +93,17 @@ pub struct QueueSpec {
     /// At most this many of its jobs start per period, counted by the broker across every
     /// node (see [`Broker::fetch_rated`]); `None`: no rate, and a plain [`Broker::fetch`].
     pub rate: Option<JobRate>,
+    /// How often a fetch round starts with this queue, against the other queues' weights
+    /// (Sidekiq's weighted queues): a queue of weight 6 is asked first three times as often
+    /// as one of weight 2, and every queue is asked first at least once every sum-of-weights
+    /// rounds, so a light queue is slowed, never starved. 1 to [`MAX_WEIGHT`] (0 counts as 1);
+    /// 1 by default, and equal weights make plain round-robin.
+    pub weight: u32,
 }
+
+/// The largest [`QueueSpec::weight`]: a heavier queue would leave the others one round in
+/// thousands, which is starvation in all but name.
+pub const MAX_WEIGHT: u32 = 1000;
 
 impl QueueSpec {
     /// A queue with no limit of its own.
@@ -100,6 +113,7 @@ impl QueueSpec {
             concurrency: None,
             paused: false,
             rate: None,
+            weight: 1,
         }
     }
 }
@@ -109,8 +123,8 @@ impl QueueSpec {
 pub struct PoolConfig {
     /// Slots: jobs running at once. Defaults to 16.
     pub concurrency: usize,
-    /// Queues served, each fetch round starting at the next one in turn (a queue with a
-    /// backlog does not hold the others' jobs back). Defaults to `default`.
+    /// Queues served, each fetch round starting at the one their weights pick (a queue with
+    /// a backlog does not hold the others' jobs back). Defaults to `default`.
     pub queues: Vec<QueueSpec>,
     /// How long a fetched job is held without a heartbeat. Defaults to 30 s.
     pub lease: Duration,
