@@ -88,13 +88,12 @@ pub fn merge_configured_queues(
 ) -> Vec<QueueStats> {
     let configured = config
         .worker
-        .queues
-        .iter()
-        .chain(config.queues.iter().map(|q| &q.name));
+        .queue_names()
+        .chain(config.queues.iter().map(|q| q.name.as_str()));
     for name in configured {
-        if !stats.iter().any(|s| &s.queue == name) {
+        if !stats.iter().any(|s| s.queue == name) {
             stats.push(QueueStats {
-                queue: name.clone(),
+                queue: name.to_owned(),
                 ..QueueStats::default()
             });
         }

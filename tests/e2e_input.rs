@@ -327,3 +327,32 @@ async fn a_foreign_last_event_id_is_refused_naming_the_header() {
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["field"], "Last-Event-ID", "{body}");
 }
+
+/// A bad queue weight (`[worker] queues` or `hopper worker --queues`) is a config error:
+/// exit 2, naming `worker.queues`, the entry and what a weight may be, found by
+/// `check-config` too. Before weights existed, the entry was refused as a bad queue name.
+#[test]
+fn a_bad_queue_weight_is_a_config_error() {
+    let s = Scratch::with_config("[worker]\nqueues = [\"critical:6\", \"low:0\"]\n");
+    for args in [&["check-config"][..], &["worker"]] {
+        let out = s.cli(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("worker.queues") && err.contains("\"low:0\""),
+            "{args:?}: {err}"
+        );
+        assert!(err.contains("weight") && err.contains("1 to 1000"), "{err}");
+    }
+    let fine = Scratch::with_config("");
+    for weights in ["a:1001", "a:x", "a:-3"] {
+        let out = fine.cli(&["worker", "--queues", &format!("b:2,{weights}")]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{weights}: {err}");
+        assert!(
+            err.contains("worker.queues") && err.contains(&format!("{weights:?}")),
+            "{weights}: {err}"
+        );
+        assert!(err.contains("weight"), "{weights}: {err}");
+    }
+}

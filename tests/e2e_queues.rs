@@ -201,3 +201,38 @@ async fn pause_is_honoured_by_another_process_on_redis() {
     s.write_config_with_broker(SHARED_URL, &keys.prefix, "");
     honoured_across_processes(&s).await;
 }
+
+/// Weighted queues (`[worker] queues = ["heavy:3", "light", "idle:5"]`, `hopper worker
+/// --queues light:2,heavy:3`): `hopper queues` lists them by name, weights aside, and a worker given
+/// weights takes the jobs of each queue. Before, a weight was part of the name: refused.
+#[test]
+fn weighted_queues_are_listed_and_served_by_name() {
+    let s = Scratch::with_config("[worker]\nqueues = [\"heavy:3\", \"light\", \"idle:5\"]\n");
+    s.cli_ok(&["check-config"]);
+    let ids: Vec<String> = ["heavy", "light"]
+        .iter()
+        .map(|q| {
+            s.cli_ok(&["enqueue", "sys.noop", "--queue", q])
+                .trim()
+                .to_owned()
+        })
+        .collect();
+    // A served queue with no job yet is listed from the config, by its name.
+    assert!(s.cli_queue("idle").is_some(), "idle is not listed");
+    assert!(
+        s.cli_queue("idle:5").is_none(),
+        "a weight listed as a queue"
+    );
+    let w = s.start(&["worker", "--queues", "light:2,heavy:3"]);
+    w.wait_log("worker pool started");
+    for id in &ids {
+        crate::util::wait::until_blocking("a weighted queue's job never ran", || {
+            let job = s.cli_job(id);
+            if job["state"] == "succeeded" {
+                Ok(())
+            } else {
+                Err(format!("{job:#}"))
+            }
+        });
+    }
+}

@@ -67,8 +67,10 @@ pub enum Command {
     },
     /// Run a worker node: the pool only, no API.
     Worker {
-        /// Queues to take jobs from, comma-separated (overrides [worker] queues).
-        #[arg(long, value_delimiter = ',', value_name = "A,B")]
+        /// Queues to take jobs from, comma-separated, each with an optional weight
+        /// (`critical:6,default:2,low`: a queue of weight 6 is asked first three times as often
+        /// as one of weight 2; no weight is 1). Overrides [worker] queues.
+        #[arg(long, value_delimiter = ',', value_name = "A[:W],B[:W]")]
         queues: Vec<String>,
         /// Jobs run at once (overrides [worker] concurrency).
         #[arg(long, value_name = "N")]

@@ -173,7 +173,10 @@ impl Default for BrokerConfig {
 pub struct WorkerConfig {
     /// Jobs run at once by this process. Default `16`.
     pub concurrency: usize,
-    /// Queues this process fetches from. Default `["default"]`.
+    /// Queues this process fetches from, each `NAME` or `NAME:WEIGHT` (`["critical:6",
+    /// "default:2", "low"]`): a fetch round starts with a queue of weight 6 three times as
+    /// often as with one of weight 2, and a queue with no weight has 1. A weight is a whole
+    /// number from 1 to 1000. Default `["default"]`.
     pub queues: Vec<String>,
     /// How long a fetched job stays leased without a heartbeat. Default `"30s"`.
     #[serde(with = "duration_str")]
@@ -207,6 +210,23 @@ pub struct WorkerConfig {
     /// always; later ones are summed under `"_other"`, and a warning is logged the first
     /// time. At least 1. Default `1000`.
     pub metrics_max_label_values: usize,
+}
+
+impl WorkerConfig {
+    /// The names of the queues `queues` lists, their weights left out.
+    pub fn queue_names(&self) -> impl Iterator<Item = &str> {
+        self.queues.iter().map(|entry| queue_entry(entry).0)
+    }
+}
+
+/// An entry of `[worker] queues` split at its first ':' into the queue's name and its weight
+/// as written, if any: `"critical:6"` is `("critical", Some("6"))`. Queue names hold no ':'.
+/// Checked once, with the rest of the config, by [`Config::settings`](super::Config::settings).
+pub fn queue_entry(entry: &str) -> (&str, Option<&str>) {
+    match entry.split_once(':') {
+        Some((name, weight)) => (name, Some(weight)),
+        None => (entry, None),
+    }
 }
 
 impl Default for WorkerConfig {

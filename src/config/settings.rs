@@ -7,12 +7,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hopper_workers::job::valid_name;
-use hopper_workers::pool::{PoolConfig, QueueSpec};
+use hopper_workers::pool::{MAX_WEIGHT, PoolConfig, QueueSpec};
 use hopper_workers::retry::RetryPolicy;
 use hopper_workers::schedule::{self, Schedule};
 
 use super::{
-    Config, ConfigError, MAINTENANCE_QUEUE, MAX_BATCH, QueueConfig, ScheduleConfig, shown_url,
+    Config, ConfigError, MAINTENANCE_QUEUE, MAX_BATCH, QueueConfig, ScheduleConfig, queue_entry,
+    shown_url,
 };
 
 /// The longest `[[schedule]] name`: `schedule:NAME` must fit a broker cursor name.
@@ -51,7 +52,7 @@ impl Config {
         let mut p = Vec::new();
         let listen = self.check_server(&mut p);
         self.check_broker(&mut p);
-        self.check_worker(&mut p);
+        let served = self.check_worker(&mut p);
         let metrics_listen = self.check_metrics_listen(&mut p);
         let jobs = self.jobs_config();
         p.extend(jobs.problems());
@@ -81,7 +82,7 @@ impl Config {
                 config: self.clone(),
                 listen,
                 metrics_listen,
-                pool: self.pool_config(),
+                pool: self.pool_config(served),
                 schedules,
                 retention,
                 jobs,
@@ -228,7 +229,8 @@ impl Config {
         }
     }
 
-    fn check_worker(&self, p: &mut Vec<String>) {
+    /// `[worker]`; returns the queues served, each with its weight.
+    fn check_worker(&self, p: &mut Vec<String>) -> Vec<(String, u32)> {
         let w = &self.worker;
         if w.concurrency == 0 {
             p.push("worker.concurrency: must be at least 1".into());
@@ -237,13 +239,14 @@ impl Config {
             p.push("worker.queues: must name at least one queue".into());
         }
         let mut seen = HashSet::new();
-        for q in &w.queues {
-            if !valid_name(q) {
-                p.push(format!(
-                    "worker.queues: {q:?} must be 1 to 64 letters, digits, '-', '_' or '.'"
-                ));
-            } else if !seen.insert(q.as_str()) {
-                p.push(format!("worker.queues: {q:?} is listed twice"));
+        let mut served = Vec::with_capacity(w.queues.len());
+        for entry in &w.queues {
+            match weighted_queue(entry) {
+                Err(why) => p.push(format!("worker.queues: {why}")),
+                Ok((name, _)) if !seen.insert(name) => {
+                    p.push(format!("worker.queues: {name:?} is listed twice"));
+                }
+                Ok((name, weight)) => served.push((name.to_owned(), weight)),
             }
         }
         if w.lease < Duration::from_secs(1) {
@@ -261,6 +264,7 @@ impl Config {
         if w.job_timeout.is_zero() {
             p.push("worker.job_timeout: must be greater than 0".into());
         }
+        served
     }
 
     fn check_schedules(&self, p: &mut Vec<String>) -> Vec<Schedule> {
@@ -381,24 +385,22 @@ impl Config {
         }
     }
 
-    /// The pool's settings: `[worker]`, the `[[queue]]` entries of the queues it serves, and
-    /// `[retry]`.
-    fn pool_config(&self) -> PoolConfig {
-        let queues = self
-            .worker
-            .queues
-            .iter()
-            .map(|name| {
-                let q = self.queue(name);
+    /// The pool's settings: `[worker]` (its queues as `check_worker` parsed them:
+    /// names and weights), the `[[queue]]` entries of the queues it serves, and `[retry]`.
+    fn pool_config(&self, served: Vec<(String, u32)>) -> PoolConfig {
+        let queues = served
+            .into_iter()
+            .map(|(name, weight)| {
+                let q = self.queue(&name);
                 QueueSpec {
-                    name: name.clone(),
                     concurrency: q.and_then(|q| q.concurrency),
                     paused: q.is_some_and(|q| q.paused),
                     rate: q.and_then(|q| q.rate_limit.job_rate()),
-                    weight: 1,
+                    weight,
+                    name,
                 }
             })
-            // Last, so that real work is fetched first; one slot at most.
+            // One slot at most, and the least weight: it holds a job a minute or so.
             .chain(std::iter::once(QueueSpec {
                 name: MAINTENANCE_QUEUE.to_owned(),
                 concurrency: Some(1),
@@ -425,6 +427,35 @@ impl Config {
     pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
         self.queues.iter().find(|q| q.name == name)
     }
+}
+
+/// An entry of `[worker] queues`, `NAME` or `NAME:WEIGHT`, as the queue's name and weight (1
+/// when none is given); or the problem with it, after the key.
+fn weighted_queue(entry: &str) -> Result<(&str, u32), String> {
+    let (name, weight) = queue_entry(entry);
+    if !valid_name(name) {
+        return Err(match weight {
+            None => format!("{entry:?} must be 1 to 64 letters, digits, '-', '_' or '.'"),
+            Some(_) => format!(
+                "{entry:?}: the queue name {name:?} must be 1 to 64 letters, digits, '-', '_' \
+                 or '.', then optionally ':' and a weight"
+            ),
+        });
+    }
+    let Some(weight) = weight else {
+        return Ok((name, 1));
+    };
+    // Digits only: `u32::from_str` would also take a sign ("+2").
+    let parsed = Some(weight)
+        .filter(|w| !w.is_empty() && w.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|w| w.parse::<u32>().ok())
+        .filter(|w| (1..=MAX_WEIGHT).contains(w));
+    parsed.map(|w| (name, w)).ok_or_else(|| {
+        format!(
+            "{entry:?}: the weight after ':' must be a whole number from 1 to {MAX_WEIGHT} \
+             (e.g. \"critical:6\")"
+        )
+    })
 }
 
 /// Checks the part of a `redis-cluster://` URL after the scheme: optional credentials, then

@@ -286,3 +286,68 @@ fn schedule_names_fit_the_broker_cursor() {
     c.schedules[0].name = "n".repeat(100);
     assert!(c.validate().is_ok());
 }
+
+#[test]
+fn worker_queues_take_weights() {
+    let c = Config::from_toml(
+        "[worker]\nqueues = [\"critical:6\", \"default:2\", \"low\", \"bulk:1000\"]\n",
+        Path::new("c.toml"),
+    )
+    .unwrap();
+    let pc = c.settings().unwrap().pool;
+    let got: Vec<(&str, u32)> = pc
+        .queues
+        .iter()
+        .map(|q| (q.name.as_str(), q.weight))
+        .collect();
+    assert_eq!(
+        got,
+        [
+            ("critical", 6),
+            ("default", 2),
+            ("low", 1),
+            ("bulk", 1000),
+            (MAINTENANCE_QUEUE, 1)
+        ]
+    );
+    let names: Vec<&str> = c.worker.queue_names().collect();
+    assert_eq!(names, ["critical", "default", "low", "bulk"]);
+}
+
+#[test]
+fn bad_queue_weights_are_named_with_the_key_and_entry() {
+    for bad in [
+        "a:0", "a:-1", "a:1.5", "a:x", "a:", "a:1001", "a:+2", "a: 2", "a:2:3",
+    ] {
+        let mut c = Config::default();
+        c.worker.queues = vec![bad.into()];
+        let problems = c.validate().unwrap_err();
+        assert_eq!(problems.len(), 1, "{bad}: {problems:#?}");
+        let p = &problems[0];
+        assert!(p.starts_with("worker.queues: "), "{bad}: {p}");
+        assert!(p.contains(&format!("{bad:?}")), "{bad}: {p}");
+        assert!(p.contains("1 to 1000"), "{bad}: {p}");
+    }
+    // A bad name before a weight is named too; every bad entry is reported at once, and the
+    // same queue twice (weights aside) is one problem.
+    let mut c = Config::default();
+    c.worker.queues = vec![
+        ":3".into(),
+        "a b:2".into(),
+        "a:0".into(),
+        "b:2".into(),
+        "b".into(),
+    ];
+    let problems = c.validate().unwrap_err();
+    assert_eq!(problems.len(), 4, "{problems:#?}");
+    assert!(
+        problems.iter().all(|p| p.starts_with("worker.queues: ")),
+        "{problems:#?}"
+    );
+    for entry in ["\":3\"", "\"a b:2\"", "\"a:0\"", "\"b\" is listed twice"] {
+        assert!(
+            problems.iter().any(|p| p.contains(entry)),
+            "{entry} in {problems:#?}"
+        );
+    }
+}
