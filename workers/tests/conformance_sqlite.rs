@@ -701,6 +701,7 @@ async fn a_job_whose_chain_id_is_not_text_does_not_block_its_queue() {
         .await
         .expect("the listing reads");
     assert_eq!(listed.jobs.len(), 2);
+}
 
 /// Weighted queues: two queues with deep backlogs of short jobs, weights 3 and 1, on two
 /// slots. The heavy queue runs about three jobs for each of the light queue's, and the light
