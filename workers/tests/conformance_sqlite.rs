@@ -462,6 +462,37 @@ async fn a_job_whose_id_is_not_utf8_is_buried_under_a_fresh_id_when_its_lossy_id
     assert!(error.contains("X'6aff'"), "{error}");
 }
 
+/// A pool of two slots serving `queues` of `b` with the diagnostic kinds (`sys.sleep`,
+/// `sys.noop`), on the system clock, until the token is cancelled.
+fn two_slot_pool(
+    b: &Arc<dyn Broker>,
+    queues: Vec<QueueSpec>,
+) -> (
+    tokio_util::sync::CancellationToken,
+    tokio::task::JoinHandle<hopper_workers::BrokerResult<()>>,
+) {
+    let mut registry = Registry::new();
+    hopper_workers::diagnostics::register(&mut registry).expect("the diagnostic kinds");
+    let config = PoolConfig {
+        concurrency: 2,
+        queues,
+        ..PoolConfig::default()
+    };
+    let pool = Pool::new(b.clone(), Arc::new(registry), config, clock::system());
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let task = tokio::spawn(pool.run(shutdown.clone()));
+    (shutdown, task)
+}
+
+/// How many jobs of `queue` are in `state`.
+async fn count(b: &Arc<dyn Broker>, queue: &str, state: JobState) -> u64 {
+    let stats = b.queues().await.expect("queues");
+    stats
+        .iter()
+        .find(|s| s.queue == queue)
+        .map_or(0, |s| s.counts.get(state))
+}
+
 /// A pool serving a busy queue and a second one (rated, or not): the second queue's jobs start
 /// (at its rate) while the busy queue still has a backlog, instead of waiting for the busy
 /// queue to run dry. Real time: the rate is counted on the broker's clock. Before, every fetch
@@ -477,40 +508,24 @@ async fn second_queue_is_served_while_the_first_is_busy(rate: Option<JobRate>) {
         .map(|_| NewJob::new("sys.noop", json!({})).queue("rated"))
         .collect();
     b.enqueue(rated).await.expect("enqueue rated");
-    let mut registry = Registry::new();
-    hopper_workers::diagnostics::register(&mut registry).expect("the diagnostic kinds");
-    let config = PoolConfig {
-        concurrency: 2,
-        queues: vec![
+    let (shutdown, task) = two_slot_pool(
+        &b,
+        vec![
             QueueSpec::new("busy"),
             QueueSpec {
                 rate,
                 ..QueueSpec::new("rated")
             },
         ],
-        ..PoolConfig::default()
-    };
-    let pool = Pool::new(b.clone(), Arc::new(registry), config, clock::system());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(pool.run(shutdown.clone()));
-    let count = |queue: &'static str, state: JobState| {
-        let b = b.clone();
-        async move {
-            let stats = b.queues().await.expect("queues");
-            stats
-                .iter()
-                .find(|s| s.queue == queue)
-                .map_or(0, |s| s.counts.get(state))
-        }
-    };
+    );
     // 20 jobs at 20/s take a second; the busy queue holds about 25 s of work. Before each
     // round started at the next queue, the second queue took 4.5 s to over 10.
     let deadline = Instant::now() + std::time::Duration::from_secs(5);
-    while count("rated", JobState::Succeeded).await < 20 && Instant::now() < deadline {
+    while count(&b, "rated", JobState::Succeeded).await < 20 && Instant::now() < deadline {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    let rated_done = count("rated", JobState::Succeeded).await;
-    let busy_left = count("busy", JobState::Queued).await;
+    let rated_done = count(&b, "rated", JobState::Succeeded).await;
+    let busy_left = count(&b, "busy", JobState::Queued).await;
     shutdown.cancel();
     task.await.expect("the pool task").expect("the pool ran");
     assert!(
@@ -716,35 +731,20 @@ async fn weighted_queues_share_the_slots_by_weight() {
             .collect();
         b.enqueue(jobs).await.expect("enqueue");
     }
-    let mut registry = Registry::new();
-    hopper_workers::diagnostics::register(&mut registry).expect("the diagnostic kinds");
-    let config = PoolConfig {
-        concurrency: 2,
-        queues: vec![
+    let (shutdown, task) = two_slot_pool(
+        &b,
+        vec![
             QueueSpec {
                 weight: 3,
                 ..QueueSpec::new("heavy")
             },
             QueueSpec::new("light"),
         ],
-        ..PoolConfig::default()
-    };
-    let pool = Pool::new(b.clone(), Arc::new(registry), config, clock::system());
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(pool.run(shutdown.clone()));
-    let count = |queue: &'static str, state: JobState| {
-        let b = b.clone();
-        async move {
-            let stats = b.queues().await.expect("queues");
-            stats
-                .iter()
-                .find(|s| s.queue == queue)
-                .map_or(0, |s| s.counts.get(state))
-        }
-    };
+    );
     // 400 jobs of 5 ms on two slots: a second or two; the deadline allows a slow machine.
     let deadline = Instant::now() + std::time::Duration::from_secs(60);
-    while count("heavy", JobState::Succeeded).await + count("light", JobState::Succeeded).await
+    while count(&b, "heavy", JobState::Succeeded).await
+        + count(&b, "light", JobState::Succeeded).await
         < 400
         && Instant::now() < deadline
     {
@@ -752,14 +752,15 @@ async fn weighted_queues_share_the_slots_by_weight() {
     }
     shutdown.cancel();
     task.await.expect("the pool task").expect("the pool ran");
-    let heavy = count("heavy", JobState::Succeeded).await;
-    let light = count("light", JobState::Succeeded).await;
+    let heavy = count(&b, "heavy", JobState::Succeeded).await;
+    let light = count(&b, "light", JobState::Succeeded).await;
     assert!(
         heavy + light >= 400,
         "only {heavy} + {light} jobs ran in 60 s"
     );
     assert!(
-        count("heavy", JobState::Queued).await > 0 && count("light", JobState::Queued).await > 0,
+        count(&b, "heavy", JobState::Queued).await > 0
+            && count(&b, "light", JobState::Queued).await > 0,
         "a backlog ran dry ({heavy} heavy, {light} light ran): the case proves nothing"
     );
     assert!(

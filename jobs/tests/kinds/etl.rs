@@ -158,29 +158,28 @@ async fn syncs_into_sqlite_and_resumes_from_the_cursor() {
     assert_eq!(n, 50);
 }
 
-#[tokio::test]
-async fn syncs_into_postgres() {
-    let (base, _api) = api().await;
-    let tmp = tempfile::tempdir().expect("tmp");
-    let registry = common::registry(&etl_config(tmp.path(), &base));
-    let table = format!(
-        "etl_test_{}_{}",
+/// A PostgreSQL table name no other run of these tests uses.
+fn pg_table(prefix: &str) -> String {
+    format!(
+        "{prefix}_{}_{}",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.subsec_nanos())
-    );
-    let p = payload(&base, "pg", &table);
-    let first = run(&registry, "etl.sync", p.clone()).await;
-    let second = run(&registry, "etl.sync", p).await;
+    )
+}
 
+/// Runs `select` (one row) on the local PostgreSQL, then drops `table` and its sync state,
+/// whatever the query gave: the result is asserted on after the clean-up.
+async fn pg_query_then_drop(
+    table: &str,
+    select: &str,
+) -> Result<tokio_postgres::Row, tokio_postgres::Error> {
     let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
         .await
         .expect("connect");
     tokio::spawn(conn);
-    let check = client
-        .query_one(&format!("SELECT COUNT(*), SUM(total), bool_and(paid) FILTER (WHERE id % 2 = 0) FROM \"{table}\""), &[])
-        .await;
+    let row = client.query_one(select, &[]).await;
     client
         .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
         .await
@@ -189,6 +188,26 @@ async fn syncs_into_postgres() {
         .execute("DELETE FROM hopper_etl_state WHERE target = $1", &[&table])
         .await
         .expect("clean state");
+    row
+}
+
+#[tokio::test]
+async fn syncs_into_postgres() {
+    let (base, _api) = api().await;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let registry = common::registry(&etl_config(tmp.path(), &base));
+    let table = pg_table("etl_test");
+    let p = payload(&base, "pg", &table);
+    let first = run(&registry, "etl.sync", p.clone()).await;
+    let second = run(&registry, "etl.sync", p).await;
+
+    let check = pg_query_then_drop(
+        &table,
+        &format!(
+            "SELECT COUNT(*), SUM(total), bool_and(paid) FILTER (WHERE id % 2 = 0) FROM \"{table}\""
+        ),
+    )
+    .await;
 
     let first = ok(first);
     assert_eq!(first["rows_new"], PAGES * PER_PAGE);
@@ -213,13 +232,7 @@ async fn concurrent_syncs_into_a_new_postgres_table_all_succeed() {
     let (base, _api) = api().await;
     let tmp = tempfile::tempdir().expect("tmp");
     let registry = std::sync::Arc::new(common::registry(&etl_config(tmp.path(), &base)));
-    let table = format!(
-        "etl_race_{}_{}",
-        std::process::id(),
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos())
-    );
+    let table = pg_table("etl_race");
     let mut runs = tokio::task::JoinSet::new();
     for _ in 0..8 {
         let registry = std::sync::Arc::clone(&registry);
@@ -228,21 +241,7 @@ async fn concurrent_syncs_into_a_new_postgres_table_all_succeed() {
     }
     let ran = runs.join_all().await;
 
-    let (client, conn) = tokio_postgres::connect(PG_URL, tokio_postgres::NoTls)
-        .await
-        .expect("connect");
-    tokio::spawn(conn);
-    let rows = client
-        .query_one(&format!("SELECT COUNT(*) FROM \"{table}\""), &[])
-        .await;
-    client
-        .batch_execute(&format!("DROP TABLE IF EXISTS \"{table}\""))
-        .await
-        .expect("drop");
-    client
-        .execute("DELETE FROM hopper_etl_state WHERE target = $1", &[&table])
-        .await
-        .expect("clean state");
+    let rows = pg_query_then_drop(&table, &format!("SELECT COUNT(*) FROM \"{table}\"")).await;
 
     let mut new_rows = 0;
     for r in ran {
