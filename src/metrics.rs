@@ -88,13 +88,12 @@ fn install() -> Option<PrometheusHandle> {
 /// keeping their own labels whatever the cap.
 pub fn bound_labels(config: &crate::config::Config) {
     hopper_workers::metrics::set_max_label_values(config.worker.metrics_max_label_values);
+    // By name: an entry of `[worker] queues` may carry a weight ("critical:6").
     QUEUE_LABELS.keep(
         config
             .worker
-            .queues
-            .iter()
-            .chain(config.queues.iter().map(|q| &q.name))
-            .map(String::as_str)
+            .queue_names()
+            .chain(config.queues.iter().map(|q| q.name.as_str()))
             .chain([hopper_workers::retention::MAINTENANCE_QUEUE]),
     );
 }

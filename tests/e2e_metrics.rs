@@ -484,3 +484,32 @@ async fn a_rescued_attempt_records_no_bogus_pickup() {
         "the help says what is left out: {help}"
     );
 }
+
+/// A queue served with a weight (`[worker] queues = ["zz-late:3"]`) is a configured queue
+/// like any other: it keeps its own label past `metrics_max_label_values`, under its name,
+/// not under the entry as written ("zz-late:3", a label no job ever has).
+#[tokio::test]
+async fn a_weighted_configured_queue_keeps_its_label_past_the_cap() {
+    let s = Scratch::with_config(
+        "[worker]\nqueues = [\"default\", \"zz-late:3\"]\nmetrics_max_label_values = 1\n",
+    );
+    let (_d, api) = s.serve(&["--no-workers"]);
+    for i in 0..3 {
+        api.enqueue_ok(json!({"kind": "sys.noop", "queue": format!("q{i}"), "delay": "1h"}))
+            .await;
+    }
+    api.enqueue_ok(json!({"kind": "sys.noop", "queue": "zz-late", "delay": "1h"}))
+        .await;
+    let m = scrape(&format!("{}/metrics", api.base), None).await;
+    let gauges = queue_labels(&m, "hopper_queue_jobs");
+    assert!(gauges.contains("_other"), "{gauges:?}");
+    assert_eq!(
+        value(
+            &m,
+            "hopper_queue_jobs",
+            &[("queue", "zz-late"), ("state", "scheduled")]
+        ),
+        1.0,
+        "a configured queue keeps its label: {gauges:?}"
+    );
+}
