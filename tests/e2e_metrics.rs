@@ -453,7 +453,9 @@ async fn a_rescued_attempt_records_no_bogus_pickup() {
     let s = Scratch::with_config("[worker]\nlease = \"2s\"\nheartbeat = \"500ms\"\n");
     let mut w = s.start(&["worker"]);
     w.wait_log("worker pool started");
-    let out = s.cli_ok(&["enqueue", "sys.sleep", "--payload", "{\"ms\": 1500}"]);
+    // Long enough to be still running when it is killed a second after it was seen running,
+    // however slow the polling CLI (a process per look) is on a loaded machine.
+    let out = s.cli_ok(&["enqueue", "sys.sleep", "--payload", "{\"ms\": 5000}"]);
     let id = out.trim().to_owned();
     wait::until_blocking("the job never ran on the worker", || {
         let job = s.cli_job(&id);
