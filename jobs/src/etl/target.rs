@@ -226,12 +226,12 @@ fn sqlite_error(e: rusqlite::Error) -> JobError {
     }
 }
 
-/// Connection trouble, deadlocks and resource limits may pass; errors in the SQL or the data
-/// (classes 22, 23, 42, ...) will not.
 /// The PostgreSQL advisory lock (a transaction-level one) that serializes the table creations
 /// of etl.sync jobs: any fixed number no other program is likely to use ("hopper" in ASCII).
 const CREATE_LOCK: i64 = 0x686f_7070_6572;
 
+/// Connection trouble, deadlocks and resource limits may pass; errors in the SQL or the data
+/// (classes 22, 23, 42, ...) will not.
 fn postgres_error(e: &tokio_postgres::Error) -> JobError {
     let message = match e.as_db_error() {
         Some(db) => format!("postgres: {}: {}", db.code().code(), db.message()),

@@ -317,11 +317,6 @@ mod tests {
     }
 }
 
-/// How an endpoint is named in metric labels and log lines: its scheme, host and port, then,
-/// when it has a path or a query, `/…` and the first 8 hex digits of the whole URL's SHA-256.
-/// Webhook URLs often carry their secret in the path or query (Slack's
-/// `/services/T…/B…/XXXX`, `?token=`) and push endpoints are capability URLs, so neither is
-/// ever shown whole; the hash still tells two endpoints of one host apart.
 /// Sets `hopper_notify_circuit_open` of `endpoint` at once, when it has a label of its own.
 /// An endpoint past the label cap shares `_other`, whose value (how many of them are open)
 /// only a scrape, which reads every circuit, can tell (`hopper::metrics`).
@@ -332,6 +327,11 @@ fn show_circuit(endpoint: &str, open: bool) {
     }
 }
 
+/// How an endpoint is named in metric labels and log lines: its scheme, host and port, then,
+/// when it has a path or a query, `/…` and the first 8 hex digits of the whole URL's SHA-256.
+/// Webhook URLs often carry their secret in the path or query (Slack's
+/// `/services/T…/B…/XXXX`, `?token=`) and push endpoints are capability URLs, so neither is
+/// ever shown whole; the hash still tells two endpoints of one host apart.
 pub fn label(endpoint: &str) -> String {
     let digest = Sha256::digest(endpoint.as_bytes());
     let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
