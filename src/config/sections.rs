@@ -18,7 +18,7 @@ use super::RateLimit;
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ScheduleConfig {
-    /// Stable name, unique among schedules, at most 100 characters. Required. The broker keeps
+    /// Stable name, unique among schedules, at most 100 bytes of UTF-8. Required. The broker keeps
     /// the schedule's last tick under it: a renamed schedule is a new one.
     pub name: String,
     /// Cron expression with seconds, in UTC: "sec min hour day-of-month month day-of-week".

@@ -16,7 +16,7 @@ use super::{
     shown_url,
 };
 
-/// The longest `[[schedule]] name`: `schedule:NAME` must fit a broker cursor name.
+/// The longest `[[schedule]] name`, in bytes: `schedule:NAME` must fit a broker cursor name.
 const MAX_SCHEDULE_NAME: usize = 100;
 
 /// A checked config and what was parsed from it.
@@ -275,8 +275,12 @@ impl Config {
                 p.push(format!("schedule[{i}].name: is required"));
             } else if sc.name.len() > MAX_SCHEDULE_NAME {
                 // The name is part of the broker cursor that remembers its last tick.
+                // Bytes, as the broker counts cursor names: say so, or a name of 60 'é'
+                // would be refused for "100 characters".
                 p.push(format!(
-                    "schedule[{i}].name: must be at most {MAX_SCHEDULE_NAME} characters"
+                    "schedule[{i}].name: must be at most {MAX_SCHEDULE_NAME} bytes of UTF-8, \
+                     not {}",
+                    sc.name.len()
                 ));
             } else if !seen.insert(sc.name.as_str()) {
                 p.push(format!(

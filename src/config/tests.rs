@@ -351,3 +351,24 @@ fn bad_queue_weights_are_named_with_the_key_and_entry() {
         );
     }
 }
+
+/// The schedule name's limit is counted in bytes (the broker's cursor names are), so the
+/// refusal says bytes: a name of 60 `é` is 60 characters, and "at most 100 characters"
+/// would read as wrong.
+#[test]
+fn a_schedule_name_limit_is_told_in_bytes() {
+    let mut c = Config::default();
+    c.schedules.push(ScheduleConfig {
+        name: "é".repeat(60),
+        cron: "0 * * * * *".into(),
+        kind: "sys.noop".into(),
+        ..ScheduleConfig::default()
+    });
+    let problems = c.validate().unwrap_err();
+    assert!(
+        problems[0].starts_with("schedule[0].name")
+            && problems[0].contains("100 bytes")
+            && problems[0].contains("120"),
+        "{problems:?}"
+    );
+}
