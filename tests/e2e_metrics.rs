@@ -479,7 +479,9 @@ async fn a_rescued_attempt_records_no_bogus_pickup() {
     let count = observed(&m, "hopper_job_pickup_seconds", &labels);
     let sum = observed_sum(&m, "hopper_job_pickup_seconds", &labels);
     assert_eq!(count, 1.0, "only the fresh job's pickup (sum {sum} s)");
-    assert!(sum < 1.0, "a pickup of {sum} s recorded");
+    // The one pickup is the fresh job's: short, though a loaded machine may take a second or
+    // two; the rescued attempt's would hold its dead run and the lease's expiry.
+    assert!(sum < 5.0, "a pickup of {sum} s recorded");
     let help = &m.families["hopper_job_pickup_seconds"].help;
     assert!(
         help.contains("rescue"),
