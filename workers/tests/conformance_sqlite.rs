@@ -718,6 +718,71 @@ async fn a_job_whose_chain_id_is_not_text_does_not_block_its_queue() {
     assert_eq!(listed.jobs.len(), 2);
 }
 
+/// Rows whose queue or kind is not UTF-8 text (written by another program), and their events:
+/// listings, a lookup by id, a job's history, the event feed and the queue counts read them,
+/// the labels shown lossily, and the fetch still buries the one it meets. Before, each of
+/// those reads failed on the one foreign row (a 5xx from `GET /v1/jobs`, `GET /v1/events`...).
+#[tokio::test]
+async fn jobs_whose_queue_or_kind_is_not_utf8_are_listed_and_read() {
+    let (b, dir) = temp_sqlite(clock::system()).await;
+    let raw = foreign_writer(&dir);
+    let jobs: Vec<NewJob> = (0..3).map(|_| NewJob::new("test.k", json!({}))).collect();
+    b.enqueue(jobs.clone()).await.expect("enqueue");
+    for (column, bytes, id) in [
+        ("queue", "71FF", &jobs[0].id),
+        ("kind", "6BFF", &jobs[1].id),
+    ] {
+        for (table, id_column) in [("jobs", "id"), ("events", "job_id")] {
+            raw.execute(
+                &format!(
+                    "UPDATE {table} SET {column} = CAST(X'{bytes}' AS TEXT) WHERE {id_column} = ?1"
+                ),
+                [id.as_str()],
+            )
+            .expect("a label that is not UTF-8");
+        }
+    }
+    let lossy_queue = String::from_utf8_lossy(b"q\xff").into_owned();
+    let lossy_kind = String::from_utf8_lossy(b"k\xff").into_owned();
+
+    let listed = b
+        .list(&JobFilter::default())
+        .await
+        .expect("the listing reads the rows");
+    assert_eq!(listed.jobs.len(), 3, "{listed:?}");
+    let queue_of = |id| listed.jobs.iter().find(|j| &j.id == id).map(|j| &j.queue);
+    assert_eq!(queue_of(&jobs[0].id), Some(&lossy_queue));
+    let got = b
+        .get(&jobs[1].id)
+        .await
+        .expect("the lookup reads the row")
+        .expect("found");
+    assert_eq!(got.kind, lossy_kind);
+    let history = b.history(&jobs[0].id).await.expect("its history reads");
+    assert_eq!(history.len(), 1, "{history:?}");
+    assert_eq!(history[0].queue, lossy_queue);
+    let feed = b.events(None, 100).await.expect("the event feed reads");
+    assert_eq!(feed.len(), 3, "{feed:?}");
+    assert!(feed.iter().any(|e| e.kind == lossy_kind), "{feed:?}");
+    let queues = b.queues().await.expect("the queue counts read");
+    assert!(queues.iter().any(|q| q.queue == lossy_queue), "{queues:?}");
+
+    let fetched: Vec<_> = b
+        .fetch("default", 3, std::time::Duration::from_secs(30))
+        .await
+        .expect("the fetch runs")
+        .into_iter()
+        .map(|j| j.id)
+        .collect();
+    assert_eq!(
+        fetched,
+        [jobs[2].id.clone()],
+        "the foreign kind is not handed out"
+    );
+    let buried = b.get(&jobs[1].id).await.expect("get").expect("found");
+    assert_eq!(buried.state, JobState::Dead, "the foreign kind is buried");
+}
+
 /// Weighted queues: two queues with deep backlogs of short jobs, weights 3 and 1, on two
 /// slots. The heavy queue runs about three jobs for each of the light queue's, and the light
 /// one is never starved. Counted in jobs, not timed. Before, weights did not exist: every

@@ -19,8 +19,8 @@ use super::chain;
 use super::error::Fail;
 use super::events::{EnqueuedEvents, LEASE_EXPIRED, SNOOZED, append_event, failure, note};
 use super::rows::{
-    Owner, chain_from_columns, job_from_row, lossy_text, owner_from_row, stored_id, to_i64, to_u32,
-    token_to_i64,
+    Owner, chain_from_columns, is_exact_text, job_from_row, lossy_text, owner_from_row, stored_id,
+    to_i64, to_u32, token_to_i64,
 };
 use super::sql;
 use crate::broker::{Enqueued, Finish, LeaseStatus, Outcome, Rescued};
@@ -215,6 +215,9 @@ pub(super) fn lease_queued(
                     "its id is not UTF-8 text (stored as X'{}')",
                     hex(&bytes)
                 )),
+                // `job_from_row` reads the kind lossily, for listings; a handler must not run
+                // under a kind the row does not hold.
+                None if !is_exact_text(row, 3)? => Err("its kind is not UTF-8 text".to_owned()),
                 None => job_from_row(row).map_err(|e| e.to_string()),
             };
             Ok(match read {

@@ -12,7 +12,7 @@ use rusqlite::{Connection, OptionalExtension, params, params_from_iter};
 
 use super::SqliteBroker;
 use super::error::Fail;
-use super::rows::{event_from_row, job_from_row, to_i64, to_u64};
+use super::rows::{event_from_row, job_from_row, lossy_text, to_i64, to_u64};
 use super::sql;
 use crate::broker::{JobFilter, JobPage, QueueStats};
 use crate::error::BrokerResult;
@@ -120,7 +120,8 @@ pub(super) async fn queues(broker: &SqliteBroker) -> BrokerResult<Vec<QueueStats
                 let mut counts = tx.prepare_cached(sql::COUNTS)?;
                 let mut rows = counts.query([])?;
                 while let Some(row) = rows.next()? {
-                    let queue: String = row.get(0)?;
+                    // Lossily, as listings show it: one foreign row must not hide every count.
+                    let queue = lossy_text(row, 0)?;
                     let state: String = row.get(1)?;
                     let n: i64 = row.get(2)?;
                     if let Some(st) = JobState::parse(&state) {
@@ -130,13 +131,13 @@ pub(super) async fn queues(broker: &SqliteBroker) -> BrokerResult<Vec<QueueStats
                 let mut paused = tx.prepare_cached(sql::PAUSED_QUEUES)?;
                 let mut rows = paused.query([])?;
                 while let Some(row) = rows.next()? {
-                    let queue: String = row.get(0)?;
+                    let queue = lossy_text(row, 0)?;
                     entry(&mut stats, &queue).paused = true;
                 }
                 let mut recent = tx.prepare_cached(sql::RECENT_OUTCOMES)?;
                 let mut rows = recent.query([now - RECENT])?;
                 while let Some(row) = rows.next()? {
-                    let queue: String = row.get(0)?;
+                    let queue = lossy_text(row, 0)?;
                     let kind: String = row.get(1)?;
                     let n = to_u64(row.get(2)?);
                     // Only queues that still hold jobs are listed.

@@ -5,9 +5,9 @@
 //! milliseconds, which order and compare in SQL). It does not run statements. A stored value this
 //! version cannot read is a conversion error ([`BadColumn`]), never a panic or a guess, because
 //! a newer `hopper` may share the file; the exceptions are labels read lossily when they are not
-//! UTF-8 text: an event's kind label ([`owner_from_row`]) and job ids ([`stored_id`]: a job's
-//! own, its chain's), so that such a row can still be listed, and ended, rather than fail every
-//! statement that meets it. A statement that must find such a row again by its id binds the id
+//! UTF-8 text: a job's or an event's queue and kind ([`lossy_text`]) and job ids ([`stored_id`]:
+//! a job's own, its chain's), so that such a row can still be listed, and ended, rather than fail
+//! every statement that meets it (a fetch checks the kind is exact before handing a job out). A statement that must find such a row again by its id binds the id
 //! back as stored ([`RawId`]).
 
 use rusqlite::Row;
@@ -39,25 +39,35 @@ impl Owner {
     }
 }
 
-/// Decodes `id, queue, kind, attempt` (columns 0 to 3). The kind only labels the events, so a
-/// kind that is not UTF-8 (data Hopper did not write) is read lossily: failing here would fail
-/// the statement that ends such a job, such as the fetch that buries it, every time.
+/// Decodes `id, queue, kind, attempt` (columns 0 to 3). The queue and kind only label the
+/// events, so one that is not UTF-8 (data Hopper did not write) is read lossily: failing here
+/// would fail the statement that ends such a job, such as the fetch that buries it, every time.
 pub(super) fn owner_from_row(r: &Row<'_>) -> rusqlite::Result<Owner> {
     Ok(Owner {
         id: stored_id(r, 0)?.id,
-        queue: r.get(1)?,
+        queue: lossy_text(r, 1)?,
         kind: lossy_text(r, 2)?,
         attempt: to_u32(r.get(3)?),
     })
 }
 
 /// A text column read even when it is not UTF-8 (the bytes that are not replaced by U+FFFD):
-/// for labels such as a job's kind on its events, never for what a job does.
+/// for labels such as a job's queue and kind, shown in listings and on events. What a job does
+/// must not hang on it: a fetch buries a job whose kind is not exact ([`is_exact_text`]).
 pub(super) fn lossy_text(r: &Row<'_>, idx: usize) -> rusqlite::Result<String> {
     match r.get_ref(idx)? {
         ValueRef::Text(bytes) => Ok(String::from_utf8_lossy(bytes).into_owned()),
         _ => r.get(idx),
     }
+}
+
+/// Whether column `idx` reads exactly as a `String` (UTF-8 text, or a value that is not text),
+/// which [`lossy_text`] would not change.
+pub(super) fn is_exact_text(r: &Row<'_>, idx: usize) -> rusqlite::Result<bool> {
+    Ok(match r.get_ref(idx)? {
+        ValueRef::Text(bytes) => std::str::from_utf8(bytes).is_ok(),
+        _ => true,
+    })
 }
 
 /// A job's id as the row stores it. Hopper writes ids as UTF-8 text; another program may have
@@ -158,14 +168,15 @@ fn optional_id(r: &Row<'_>, idx: usize) -> rusqlite::Result<Option<JobId>> {
     }
 }
 
-/// Decodes the job columns of `super::sql` (column 0, `seq`, is left to the caller). The id is
-/// read lossily (see [`stored_id`]): a fetch checks it is exact before handing the job out.
+/// Decodes the job columns of `super::sql` (column 0, `seq`, is left to the caller). The id,
+/// queue and kind are read lossily (see [`stored_id`], [`lossy_text`]): a fetch checks the id
+/// and kind are exact before handing the job out (its queue is the one it asked for).
 pub(super) fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     let state: String = r.get(6)?;
     Ok(Job {
         id: stored_id(r, 1)?.id,
-        queue: r.get(2)?,
-        kind: r.get(3)?,
+        queue: lossy_text(r, 2)?,
+        kind: lossy_text(r, 3)?,
         payload: json_column(r, 4)?.unwrap_or(Value::Null),
         priority: u8::try_from(r.get::<_, i64>(5)?).unwrap_or(u8::MAX),
         state: JobState::parse(&state).ok_or_else(|| conversion(6, bad_column(&state)))?,
@@ -192,7 +203,7 @@ pub(super) fn job_from_row(r: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-/// Decodes the event columns of `super::sql`.
+/// Decodes the event columns of `super::sql`; the job's id, queue and kind lossily.
 pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
     let kind_of_event: String = r.get(1)?;
     Ok(Event {
@@ -200,8 +211,8 @@ pub(super) fn event_from_row(r: &Row<'_>) -> rusqlite::Result<Event> {
         kind_of_event: EventType::parse(&kind_of_event)
             .ok_or_else(|| conversion(1, bad_column(&kind_of_event)))?,
         job_id: stored_id(r, 2)?.id,
-        queue: r.get(3)?,
-        kind: r.get(4)?,
+        queue: lossy_text(r, 3)?,
+        kind: lossy_text(r, 4)?,
         at: r.get(5)?,
         attempt: to_u32(r.get(6)?),
         progress: r
