@@ -356,3 +356,26 @@ fn a_bad_queue_weight_is_a_config_error() {
         assert!(err.contains("weight"), "{weights}: {err}");
     }
 }
+
+/// A concurrency past the maximum (10000) is a config error naming `worker.concurrency`, exit
+/// 2, from `check-config`, from `worker` and from `hopper worker --concurrency`, instead of a
+/// worker that starts with it. Bounded in time: before the fix the worker ran on.
+#[test]
+fn a_huge_concurrency_is_a_config_error() {
+    let s = Scratch::with_config("[worker]\nconcurrency = 1000000000000000\n");
+    let fine = Scratch::with_config("");
+    let runs: [(&Scratch, &[&str]); 3] = [
+        (&s, &["check-config"]),
+        (&s, &["worker"]),
+        (&fine, &["worker", "--concurrency", "10001"]),
+    ];
+    for (scratch, args) in runs {
+        let out = scratch.cli_within(args, std::time::Duration::from_secs(30));
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("worker.concurrency") && err.contains("10000"),
+            "{args:?}: {err}"
+        );
+    }
+}

@@ -228,10 +228,11 @@ pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationTok
         config.broker.url.clone_from(url);
     }
     let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
-    if concurrency == 0 {
-        bail!(crate::exit::CliError::Usage(
-            "--concurrency must be at least 1".into()
-        ));
+    if concurrency == 0 || concurrency > hopper_workers::pool::MAX_CONCURRENCY {
+        bail!(crate::exit::CliError::Usage(format!(
+            "--concurrency must be 1 to {}",
+            hopper_workers::pool::MAX_CONCURRENCY
+        )));
     }
     let clock = clock::system();
     // Recorded and timed as in `serve` and `worker`, so the figures include what metrics cost.

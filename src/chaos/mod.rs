@@ -98,6 +98,13 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> Result<()> {
         )
         .into());
     }
+    if args.concurrency > hopper_workers::pool::MAX_CONCURRENCY {
+        return Err(CliError::Usage(format!(
+            "chaos: --concurrency must be at most {}",
+            hopper_workers::pool::MAX_CONCURRENCY
+        ))
+        .into());
+    }
     let seed = args.seed.unwrap_or_else(|| rand::rng().random());
     tracing::info!(
         broker = args.broker.name(),

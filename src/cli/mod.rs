@@ -72,7 +72,7 @@ pub enum Command {
         /// as one of weight 2; no weight is 1). Overrides [worker] queues.
         #[arg(long, value_delimiter = ',', value_name = "A[:W],B[:W]")]
         queues: Vec<String>,
-        /// Jobs run at once (overrides [worker] concurrency).
+        /// Jobs run at once, 1 to 10000 (overrides [worker] concurrency).
         #[arg(long, value_name = "N")]
         concurrency: Option<usize>,
         /// Offer `chaos.ledger`, writing its ledger in DIR: set by `hopper chaos` only.

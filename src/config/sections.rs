@@ -171,7 +171,8 @@ impl Default for BrokerConfig {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct WorkerConfig {
-    /// Jobs run at once by this process. Default `16`.
+    /// Jobs run at once by this process: 1 to 10000 (`hopper_workers::pool::MAX_CONCURRENCY`).
+    /// Default `16`.
     pub concurrency: usize,
     /// Queues this process fetches from, each `NAME` or `NAME:WEIGHT` (`["critical:6",
     /// "default:2", "low"]`): a fetch round starts with a queue of weight 6 three times as
@@ -252,7 +253,8 @@ impl Default for WorkerConfig {
 pub struct QueueConfig {
     /// The queue's name. Required.
     pub name: String,
-    /// At most this many of its jobs run at once per process. Default: no limit of its own.
+    /// At most this many of its jobs run at once per process, 1 to 10000. Default: no limit
+    /// of its own.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<usize>,
     /// A paused queue accepts jobs but runs none, in the processes that read this config.

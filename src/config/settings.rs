@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use hopper_workers::job::valid_name;
-use hopper_workers::pool::{MAX_WEIGHT, PoolConfig, QueueSpec};
+use hopper_workers::pool::{MAX_CONCURRENCY, MAX_WEIGHT, PoolConfig, QueueSpec};
 use hopper_workers::retry::RetryPolicy;
 use hopper_workers::schedule::{self, Schedule};
 
@@ -232,8 +232,8 @@ impl Config {
     /// `[worker]`; returns the queues served, each with its weight.
     fn check_worker(&self, p: &mut Vec<String>) -> Vec<(String, u32)> {
         let w = &self.worker;
-        if w.concurrency == 0 {
-            p.push("worker.concurrency: must be at least 1".into());
+        if let Some(problem) = concurrency_problem(w.concurrency) {
+            p.push(format!("worker.concurrency: {problem}"));
         }
         if w.queues.is_empty() {
             p.push("worker.queues: must name at least one queue".into());
@@ -320,8 +320,8 @@ impl Config {
             } else if !seen.insert(q.name.as_str()) {
                 p.push(format!("queue[{i}].name: {:?} is declared twice", q.name));
             }
-            if q.concurrency == Some(0) {
-                p.push(format!("queue[{i}].concurrency: must be at least 1"));
+            if let Some(problem) = q.concurrency.and_then(concurrency_problem) {
+                p.push(format!("queue[{i}].concurrency: {problem}"));
             }
         }
     }
@@ -481,4 +481,15 @@ fn check_cluster_nodes(rest: &str) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// What is wrong with a concurrency (`[worker]`'s or a queue's), if anything.
+fn concurrency_problem(n: usize) -> Option<String> {
+    if n == 0 {
+        Some("must be at least 1".into())
+    } else if n > MAX_CONCURRENCY {
+        Some(format!("{n} is more than the maximum, {MAX_CONCURRENCY}"))
+    } else {
+        None
+    }
 }

@@ -104,6 +104,31 @@ fn log_format_parses_and_bad_values_are_named() {
     assert!(err.contains("text") && err.contains("json"), "{err}");
 }
 
+/// A concurrency past the documented maximum, `[worker]`'s or a queue's, is a config error
+/// naming the key, the value and the maximum. Before, `concurrency = 1000000000000000` was
+/// accepted, and the pool then asked the broker for that many jobs per fetch.
+#[test]
+fn concurrency_has_a_maximum() {
+    let toml = "[worker]\nconcurrency = 1000000000000000\n\
+                [[queue]]\nname = \"a\"\nconcurrency = 10001\n";
+    let c = Config::from_toml(toml, Path::new("c.toml")).unwrap();
+    let problems = c.validate().unwrap_err();
+    for (key, value) in [
+        ("worker.concurrency", "1000000000000000"),
+        ("queue[0].concurrency", "10001"),
+    ] {
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with(key) && p.contains(value) && p.contains("10000")),
+            "{key} missing from {problems:#?}"
+        );
+    }
+    let mut most = Config::default();
+    most.worker.concurrency = hopper_workers::pool::MAX_CONCURRENCY;
+    assert!(most.validate().is_ok());
+}
+
 #[test]
 fn validate_reports_every_problem() {
     let mut c = Config::default();

@@ -106,6 +106,28 @@ impl Scratch {
         self.command(None).args(args).output().unwrap()
     }
 
+    /// Runs the CLI like [`Scratch::cli`], killing it when it has not ended within `limit`
+    /// (for a command that runs until stopped when the test expects it to refuse at once).
+    pub fn cli_within(&self, args: &[&str], limit: std::time::Duration) -> Output {
+        let mut child = self
+            .command(None)
+            .args(args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let deadline = std::time::Instant::now() + limit;
+        while child.try_wait().unwrap().is_none() {
+            if std::time::Instant::now() > deadline {
+                child.kill().unwrap();
+                let out = child.wait_with_output().unwrap();
+                panic!("hopper {args:?} still ran after {limit:?}: {out:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        child.wait_with_output().unwrap()
+    }
+
     /// Runs the CLI and returns its stdout, failing the test when it exits non-zero.
     pub fn cli_ok(&self, args: &[&str]) -> String {
         let out = self.cli(args);

@@ -105,6 +105,14 @@ pub struct QueueSpec {
 /// thousands, which is starvation in all but name.
 pub const MAX_WEIGHT: u32 = 1000;
 
+/// The largest [`PoolConfig::concurrency`] and [`QueueSpec::concurrency`] the shell accepts.
+/// Each slot can hold a running job: its task, its lease (renewed by the heartbeat) and what
+/// its handler holds, and one fetch round asks the broker for up to every free slot at once.
+/// Past some thousands a single process is better split into several nodes; a value such as
+/// `1000000000000000` is a typing error, and the tokio semaphore refuses more than
+/// `usize::MAX >> 3` permits with a panic.
+pub const MAX_CONCURRENCY: usize = 10_000;
+
 impl QueueSpec {
     /// A queue with no limit of its own.
     pub fn new(name: impl Into<String>) -> Self {
