@@ -619,8 +619,9 @@ pub struct EnqueueDoc {
 #[derive(Serialize, ToSchema)]
 #[schema(as = EnqueueStep)]
 pub struct EnqueueStepDoc {
-    /// A job kind this server registers; otherwise 422 `unknown_kind`.
-    #[schema(min_length = 1, max_length = 128, example = "sys.noop")]
+    /// A job kind this server registers; otherwise 422 `unknown_kind`. 1 to 128 bytes of UTF-8
+    /// (JSON Schema's `maxLength` counts characters, so it is not given).
+    #[schema(min_length = 1, example = "sys.noop")]
     pub kind: String,
     /// What the handler is given, a JSON object; the kind checks it. Default `{}`.
     pub payload: Option<serde_json::Map<String, Value>>,
@@ -660,8 +661,8 @@ pub struct ListQuery {
     /// Only jobs in this state.
     #[param(inline)]
     pub state: Option<JobStateDoc>,
-    /// Only jobs of this kind.
-    #[param(min_length = 1, max_length = 128)]
+    /// Only jobs of this kind: 1 to 128 bytes of UTF-8 (`maxLength` would count characters).
+    #[param(min_length = 1)]
     pub kind: Option<String>,
     /// Jobs per page. Default 50.
     #[param(minimum = 1, maximum = 1000)]
@@ -674,13 +675,13 @@ pub struct ListQuery {
 #[derive(IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct EventsQuery {
-    /// Only events of these jobs: a comma list of ids, each at most 64 characters.
+    /// Only events of these jobs: a comma list of ids, each at most 64 bytes of UTF-8.
     #[param(pattern = "^[^,]*[^,\\s][^,]*(,[^,]*[^,\\s][^,]*)*$")]
     pub job: Option<String>,
     /// Only events of these queues: a comma list of queue names.
     #[param(pattern = "^[A-Za-z0-9._-]{1,64}(,[A-Za-z0-9._-]{1,64})*$")]
     pub queue: Option<String>,
-    /// Only events of these kinds: a comma list, each at most 128 characters.
+    /// Only events of these kinds: a comma list, each at most 128 bytes of UTF-8.
     #[param(pattern = "^[^,]*[^,\\s][^,]*(,[^,]*[^,\\s][^,]*)*$")]
     pub kind: Option<String>,
     /// Only events of these types: a comma list, e.g. `job.succeeded,job.dead`.

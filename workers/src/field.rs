@@ -29,6 +29,16 @@ impl FieldError {
         Self::new(field, message)
     }
 
+    /// An `invalid_field` error for a text of `len` bytes where 1 to `max` are allowed. Such
+    /// limits are counted in bytes of UTF-8 (what keys, events and labels are bounded by), so
+    /// the message says bytes: text that is not ASCII reaches the limit in fewer characters.
+    pub fn byte_length(field: impl Into<String>, max: usize, len: usize) -> Self {
+        Self::new(
+            field,
+            format!("must be 1 to {max} bytes of UTF-8; this one is {len} bytes"),
+        )
+    }
+
     /// An error with another stable code.
     pub fn with_code(
         code: &'static str,

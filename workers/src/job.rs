@@ -297,9 +297,7 @@ impl NewJob {
 
     /// Checks the fields every broker relies on. Returns the first bad field and why.
     pub fn validate(&self) -> Result<(), FieldError> {
-        if self.kind.is_empty() || self.kind.len() > 128 {
-            return Err(FieldError::new("kind", "must be 1 to 128 characters"));
-        }
+        check_kind(&self.kind)?;
         check_queue(&self.queue)?;
         if self.priority > MAX_PRIORITY {
             return Err(FieldError::new("priority", PRIORITY_RULE));
@@ -344,6 +342,17 @@ pub fn nests_deeper_than(value: &Value, limit: usize) -> bool {
         }
     }
     deeper(value, limit)
+}
+
+/// The longest job kind, in bytes of UTF-8 (fewer characters when they are not ASCII).
+pub const MAX_KIND_BYTES: usize = 128;
+
+/// A job kind, checked for its length: `Err` names the field `kind` and says the rule in bytes.
+pub fn check_kind(kind: &str) -> Result<(), FieldError> {
+    if kind.is_empty() || kind.len() > MAX_KIND_BYTES {
+        return Err(FieldError::byte_length("kind", MAX_KIND_BYTES, kind.len()));
+    }
+    Ok(())
 }
 
 /// A queue name, checked: `Err` names the field `queue` and says the rule.
@@ -487,6 +496,38 @@ mod tests {
         let mut bad = ok;
         bad.payload = serde_json::json!([1]);
         assert_eq!(bad.validate().map_err(|e| e.field), Err("payload".into()));
+    }
+
+    /// A kind is limited in bytes of UTF-8, and its refusal says so: 100 `é` are 100
+    /// characters but 200 bytes. Before, the message said "1 to 128 characters".
+    #[test]
+    fn a_kind_too_long_in_bytes_is_refused_saying_bytes() {
+        let long = NewJob::new("é".repeat(100), serde_json::json!({}));
+        let err = long.validate().expect_err("200 bytes are refused");
+        assert_eq!(err.field, "kind");
+        assert!(
+            err.message.contains("128 bytes") && err.message.contains("200 bytes"),
+            "{err}"
+        );
+        assert!(!err.message.contains("character"), "{err}");
+        let filter = crate::broker::JobFilter {
+            kind: Some("é".repeat(100)),
+            ..crate::broker::JobFilter::default()
+        };
+        let err = filter.check().expect_err("the list filter too");
+        assert!(err.message.contains("128 bytes"), "{err}");
+        for (err, limit) in [
+            (
+                crate::broker::check_cursor_name(&"é".repeat(65)),
+                "128 bytes",
+            ),
+            (crate::broker::check_node_id(&"é".repeat(101)), "200 bytes"),
+        ] {
+            let err = err.expect_err("too long in bytes");
+            assert!(err.message.contains(limit), "{err}");
+        }
+        let at_limit = NewJob::new("é".repeat(64), serde_json::json!({}));
+        assert!(at_limit.validate().is_ok());
     }
 
     /// `{"x": {"x": ... 1}}` with `levels` objects.

@@ -9,7 +9,7 @@
 use std::collections::HashSet;
 
 use hopper_workers::event::{Event, EventType};
-use hopper_workers::job::valid_name;
+use hopper_workers::job::{MAX_KIND_BYTES, valid_name};
 
 use crate::api::ApiError;
 
@@ -133,12 +133,17 @@ fn items<'a>(key: &str, value: &'a str) -> Result<Vec<&'a str>, ApiError> {
 /// when an item fails it.
 struct Rule(fn(&str) -> bool, &'static str);
 
-const JOB_ID: Rule = Rule(|id| id.len() <= 64, "job ids are at most 64 characters");
+// Lengths are counted in bytes of UTF-8, and said so: text that is not ASCII reaches them in
+// fewer characters. Queue names are ASCII only.
+const JOB_ID: Rule = Rule(|id| id.len() <= 64, "job ids are at most 64 bytes of UTF-8");
 const QUEUE: Rule = Rule(
     valid_name,
     "queue names are 1 to 64 characters of letters, digits, '-', '_' or '.'",
 );
-const KIND: Rule = Rule(|kind| kind.len() <= 128, "kinds are 1 to 128 characters");
+const KIND: Rule = Rule(
+    |kind| kind.len() <= MAX_KIND_BYTES,
+    "kinds are 1 to 128 bytes of UTF-8",
+);
 
 /// The items of a comma list, each owned; one that breaks `rule` is a 400 saying so.
 fn checked_items(key: &str, value: &str, rule: &Rule) -> Result<Vec<String>, ApiError> {

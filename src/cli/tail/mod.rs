@@ -18,7 +18,7 @@ use std::sync::Arc;
 use anyhow::Result;
 use hopper_workers::Broker;
 use hopper_workers::event::{Event, EventType};
-use hopper_workers::job::check_queue;
+use hopper_workers::job::{check_kind, check_queue};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
@@ -74,10 +74,8 @@ fn check(args: &TailArgs) -> Result<(), CliError> {
         }
     }
     for k in args.kind.iter().flat_map(|k| k.split(',')) {
-        if k.is_empty() || k.len() > 128 {
-            return Err(CliError::Usage(
-                "--kind: must be 1 to 128 characters".into(),
-            ));
+        if let Err(e) = check_kind(k) {
+            return Err(CliError::Usage(format!("--kind: {}", e.message)));
         }
     }
     if let Some(j) = &args.job

@@ -142,7 +142,7 @@ pub struct Rescued {
 /// Filters for [`Broker::list`]. Pages run newest first.
 ///
 /// A queue or kind that no job can have (a queue name [`NewJob::validate`] would refuse, an
-/// empty kind or one over 128 characters) is a client's mistake, refused with
+/// empty kind or one over 128 bytes of UTF-8) is a client's mistake, refused with
 /// [`BrokerError::Invalid`] naming `queue` or `kind`, on every broker; a valid name that no job
 /// has is an empty page. So is a `cursor` the broker never issued (naming `cursor`).
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -173,10 +173,8 @@ impl JobFilter {
                 "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
             ));
         }
-        if let Some(k) = &self.kind
-            && (k.is_empty() || k.len() > 128)
-        {
-            return Err(FieldError::new("kind", "must be 1 to 128 characters"));
+        if let Some(k) = &self.kind {
+            crate::job::check_kind(k)?;
         }
         Ok(())
     }
@@ -433,7 +431,7 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// stopped on any node sharing this broker and after any restart; `None` until first
     /// saved. The job-event relay of `[[subscription]]` keeps its place here, and each
     /// `[[schedule]]` its last tick (`schedule:<name>`, see `crate::schedule`): the value is
-    /// opaque to the broker. A name is 1 to 128 characters, else [`BrokerError::Invalid`]
+    /// opaque to the broker. A name is 1 to 128 bytes of UTF-8, else [`BrokerError::Invalid`]
     /// naming `cursor`.
     async fn cursor(&self, name: &str) -> BrokerResult<Option<String>>;
 
@@ -451,7 +449,7 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Records a worker node in the registry of nodes (`crate::nodes`), or refreshes its
     /// entry, stamping `last_seen` with the broker's clock; entries silent for longer than
     /// [`NODE_TTL`](crate::nodes::NODE_TTL) are dropped on the way. An id that is empty, over
-    /// 200 characters or holds whitespace is [`BrokerError::Invalid`] naming `id`.
+    /// 200 bytes of UTF-8 or holds whitespace is [`BrokerError::Invalid`] naming `id`.
     async fn register_node(&self, node: &WorkerNode) -> BrokerResult<()>;
 
     /// Drops a node's entry (a node shutting down). Unknown ids are ignored.
@@ -523,18 +521,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
 /// Refuses a cursor name no broker stores (see [`Broker::cursor`]).
 pub fn check_cursor_name(name: &str) -> Result<(), FieldError> {
     if name.is_empty() || name.len() > 128 {
-        return Err(FieldError::new("cursor", "must be 1 to 128 characters"));
+        return Err(FieldError::byte_length("cursor", 128, name.len()));
     }
     Ok(())
 }
 
 /// Refuses a node id no registry stores (see [`Broker::register_node`]).
 pub fn check_node_id(id: &str) -> Result<(), FieldError> {
-    if id.is_empty() || id.len() > 200 || id.chars().any(char::is_whitespace) {
-        return Err(FieldError::new(
-            "id",
-            "must be 1 to 200 characters without whitespace",
-        ));
+    if id.is_empty() || id.len() > 200 {
+        return Err(FieldError::byte_length("id", 200, id.len()));
+    }
+    if id.chars().any(char::is_whitespace) {
+        return Err(FieldError::new("id", "must hold no whitespace"));
     }
     Ok(())
 }
