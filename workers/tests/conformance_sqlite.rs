@@ -267,9 +267,7 @@ async fn corrupt_one_and_fetch(n: usize, bad: usize, set: &str) -> Corrupted {
     let (b, dir) = temp_sqlite(clock::system()).await;
     let jobs: Vec<NewJob> = (0..n).map(|_| NewJob::new("test.k", json!({}))).collect();
     b.enqueue(jobs.clone()).await.expect("enqueue");
-    let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
-    raw.busy_timeout(std::time::Duration::from_secs(30))
-        .expect("busy timeout");
+    let raw = foreign_writer(&dir);
     raw.execute(
         &format!("UPDATE jobs SET {set} WHERE id = ?1"),
         [jobs[bad].id.as_str()],
@@ -360,9 +358,7 @@ async fn a_job_whose_id_is_not_text_is_buried_and_the_rest_of_its_queue_runs() {
     let (b, dir) = temp_sqlite(clock::system()).await;
     let jobs: Vec<NewJob> = (0..3).map(|_| NewJob::new("test.k", json!({}))).collect();
     b.enqueue(jobs.clone()).await.expect("enqueue");
-    let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
-    raw.busy_timeout(std::time::Duration::from_secs(30))
-        .expect("busy timeout");
+    let raw = foreign_writer(&dir);
     let bad_id: &[u8] = b"j\xff\x01";
     raw.execute(
         "UPDATE jobs SET id = ?2 WHERE id = ?1",
@@ -426,9 +422,7 @@ async fn a_job_whose_id_is_not_text_is_buried_and_the_rest_of_its_queue_runs() {
 #[tokio::test]
 async fn a_job_whose_id_is_not_utf8_is_buried_under_a_fresh_id_when_its_lossy_id_is_taken() {
     let (b, dir) = temp_sqlite(clock::system()).await;
-    let raw = rusqlite::Connection::open(dir.path().join("hopper.db")).expect("open the file");
-    raw.busy_timeout(std::time::Duration::from_secs(30))
-        .expect("busy timeout");
+    let raw = foreign_writer(&dir);
     let jobs: Vec<NewJob> = (0..2).map(|_| NewJob::new("test.k", json!({}))).collect();
     b.enqueue(jobs.clone()).await.expect("enqueue");
     raw.execute(
