@@ -126,6 +126,39 @@ async fn second_sigterm_skips_the_grace_but_still_releases_jobs() {
     }
 }
 
+/// `serve --no-workers` has no running job to hand back, so a second signal ends it at once,
+/// even while a request holds up the graceful stop (a client still sending its body). Giving
+/// every node the worker node's ten seconds to release its jobs made an API-only node wait
+/// them out.
+#[tokio::test]
+async fn second_sigterm_ends_an_api_only_node_at_once() {
+    use tokio::io::AsyncWriteExt;
+    let s = Scratch::new();
+    let (mut d, api) = s.serve(&["--no-workers"]);
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    let mut held = tokio::net::TcpStream::connect(&addr)
+        .await
+        .expect("connect");
+    held.write_all(
+        b"POST /v1/jobs HTTP/1.1\r\nHost: hopper\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"kind\"",
+    )
+    .await
+    .expect("a request whose body is still coming");
+    // Past the upgrade of the connection into a request being read.
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    d.signal("TERM");
+    d.wait_log("shutting down");
+    let second = std::time::Instant::now();
+    d.signal("TERM");
+    d.wait_exit();
+    let took = second.elapsed();
+    assert!(
+        took < std::time::Duration::from_secs(5),
+        "exited {took:?} after the second signal"
+    );
+    drop(held);
+}
+
 /// 1,000 jobs enqueued with `serve --no-workers`, the process killed with SIGKILL: a new
 /// `serve` runs each exactly once.
 #[tokio::test]

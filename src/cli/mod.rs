@@ -248,7 +248,9 @@ pub async fn run(cli: Cli) -> Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {addr}"))?;
             let hurry = CancellationToken::new();
-            let shutdown = on_signals(Some(hurry.clone()));
+            // An API-only node has no running job to hand back: a second signal ends it at
+            // once rather than allowing it the release's time.
+            let shutdown = on_signals((!no_workers).then(|| hurry.clone()));
             app::serve(settings, listener, shutdown, hurry, no_workers).await
         }
         Command::Worker {
