@@ -236,3 +236,47 @@ fn weighted_queues_are_listed_and_served_by_name() {
         });
     }
 }
+
+/// A pause is stored before the answer counts who knows the queue: when that count cannot be
+/// read (here the broker's registry of live nodes holds a value of the wrong type, as a
+/// hand-made key would), the pause still succeeds, over the CLI and HTTP, and says the count is unknown,
+/// rather than failing a request whose effect happened (exit 1, or a 5xx).
+#[tokio::test]
+async fn a_pause_whose_reach_cannot_be_read_still_succeeds() {
+    let keys = RedisKeys::claim();
+    let s = Scratch::new();
+    s.write_config_with_broker(SHARED_URL, &keys.prefix, "");
+    crate::util::redis::redis_cli(
+        6379,
+        &[
+            "SET",
+            &format!("{{{}}}:seen", keys.prefix),
+            "not a sorted set",
+        ],
+    );
+    let out = s.cli(&["pause", "q1"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {}: {stderr}", out.status);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("queue q1 paused"),
+        "{out:?}"
+    );
+    assert!(stderr.contains("cannot be counted"), "{stderr}");
+
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let r = api
+        .http
+        .post(format!("{}/v1/queues/q2/pause", api.base))
+        .send()
+        .await
+        .expect("pause");
+    let status = r.status();
+    let body: Value = r.json().await.expect("json");
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["paused"], true, "{body}");
+    assert!(
+        body["jobs"].is_null() && body["workers"].is_null(),
+        "{body}"
+    );
+    assert!(body["warning"].is_string(), "{body}");
+}

@@ -490,11 +490,13 @@ pub struct QueuePaused {
     pub queue: String,
     /// Whether the queue is now paused (by the broker, or by this node's config).
     pub paused: bool,
-    /// Jobs the broker holds for the queue, in any state.
-    pub jobs: u64,
-    /// Worker nodes serving the queue (heard from in the last minute).
-    pub workers: u64,
-    /// When no job and no worker knows the queue (a typo of its name?).
+    /// Jobs the broker holds for the queue, in any state; null when they cannot be counted now
+    /// (the change is stored all the same, and `warning` says so).
+    pub jobs: Option<u64>,
+    /// Worker nodes serving the queue (heard from in the last minute); null as `jobs`.
+    pub workers: Option<u64>,
+    /// When no job and no worker knows the queue (a typo of its name?), or they cannot be
+    /// counted.
     pub warning: Option<String>,
 }
 

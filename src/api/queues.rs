@@ -60,21 +60,26 @@ async fn set_paused(st: &AppState, name: String, paused: bool) -> Result<Json<Va
     } else {
         st.broker.resume(&name).await?;
     }
-    let reach = QueueReach::of(st.broker.as_ref(), &name).await?;
-    let (warning, done) = if paused {
-        (reach.pause_warning(&name), "queue paused")
-    } else {
-        (reach.resume_warning(&name), "queue resumed")
+    // The change is stored: a count that fails now leaves the answer without it (and says
+    // so) rather than failing a request whose effect happened.
+    let done = if paused { "paused" } else { "resumed" };
+    let (reach, warning) = match QueueReach::of(st.broker.as_ref(), &name).await {
+        Ok(reach) if paused => (Some(reach), reach.pause_warning(&name)),
+        Ok(reach) => (Some(reach), reach.resume_warning(&name)),
+        Err(e) => {
+            tracing::warn!(queue = %name, error = %e, "queue {done}; counting who knows it failed");
+            (None, Some(QueueReach::uncounted_warning(&name, done)))
+        }
     };
     match &warning {
-        Some(w) => tracing::warn!(queue = %name, "{done}: {w}"),
-        None => tracing::info!(queue = %name, "{done}"),
+        Some(w) => tracing::warn!(queue = %name, "queue {done}: {w}"),
+        None => tracing::info!(queue = %name, "queue {done}"),
     }
     let mut answer = json!({
         "queue": name,
         "paused": paused || by_config,
-        "jobs": reach.jobs,
-        "workers": reach.workers,
+        "jobs": reach.map(|r| r.jobs),
+        "workers": reach.map(|r| r.workers),
     });
     if let Some(w) = warning {
         answer["warning"] = json!(w);

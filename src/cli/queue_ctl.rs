@@ -30,9 +30,7 @@ pub async fn run(command: Command, settings: &Settings, broker: Arc<dyn Broker>)
                 "queue {queue} paused: its jobs wait until `hopper resume {queue}`"
             ))?;
             // A warning, not a refusal: a queue may be paused ahead of its first job.
-            if let Some(warning) = reach(broker.as_ref(), &queue).await?.pause_warning(&queue) {
-                eprint_line(&format!("warning: {warning}"));
-            }
+            warn_reach(broker.as_ref(), &queue, "paused").await;
         }
         Command::Resume { queue } => {
             broker
@@ -52,18 +50,26 @@ pub async fn run(command: Command, settings: &Settings, broker: Arc<dyn Broker>)
             } else {
                 out::line(format!("queue {queue} resumed"))?;
             }
-            if let Some(warning) = reach(broker.as_ref(), &queue).await?.resume_warning(&queue) {
-                eprint_line(&format!("warning: {warning}"));
-            }
+            warn_reach(broker.as_ref(), &queue, "resumed").await;
         }
         _ => {}
     }
     Ok(())
 }
 
-/// Who knows `queue`, read after the pause or resume is stored.
-async fn reach(broker: &dyn Broker, queue: &str) -> Result<QueueReach> {
-    QueueReach::of(broker, queue)
-        .await
-        .with_context(|| format!("cannot read who knows queue {queue:?}"))
+/// Warns on stderr when no job and no worker knows `queue`, read after the pause or resume
+/// (`done`) is stored; or, when that cannot be read, says so: the change happened, so the
+/// command still succeeds.
+async fn warn_reach(broker: &dyn Broker, queue: &str, done: &str) {
+    let warning = match QueueReach::of(broker, queue).await {
+        Ok(reach) if done == "paused" => reach.pause_warning(queue),
+        Ok(reach) => reach.resume_warning(queue),
+        Err(e) => Some(format!(
+            "{} ({e})",
+            QueueReach::uncounted_warning(queue, done)
+        )),
+    };
+    if let Some(warning) = warning {
+        eprint_line(&format!("warning: {warning}"));
+    }
 }

@@ -39,6 +39,15 @@ impl QueueReach {
         })
     }
 
+    /// The warning a pause or resume (`done`: "paused", "resumed") answers when who knows the
+    /// queue cannot be counted: the change is stored all the same, so the request succeeded.
+    pub fn uncounted_warning(queue: &str, done: &str) -> String {
+        format!(
+            "queue {queue:?} {done}, but its jobs and workers cannot be counted now to check the \
+             name (see the log)"
+        )
+    }
+
     /// The warning a pause of `queue` answers when no job and no worker knows the queue.
     pub fn pause_warning(&self, queue: &str) -> Option<String> {
         self.unknown(
