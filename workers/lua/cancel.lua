@@ -6,34 +6,36 @@
 -- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  id
--- Returns  {'ok', job hash as a flat field/value array}, {'nf'} when there is no such job,
+-- Returns  {'ok', the job's record (see common.lua)}, {'nf'} when there is no such job,
 --          or {'final', state} when the job is already finished.
 
 local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local id = ARGV[3]
 local jk = job_key(id)
-local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'run_at', 'seq', 'chain_index', 'chain_next', 'evs')
-local st = f[1]
-if not st then
+local j = rec_get(jk)
+if not j then
   return { 'nf' }
 end
+local st = j.state
 if st == 'succeeded' or st == 'dead' or st == 'cancelled' then
   return { 'final', st }
 end
 if st == 'queued' then
-  redis.call('ZREM', K .. 'queued', qmember(tonumber(f[4]), tonumber(f[5]), id))
+  redis.call('ZREM', K .. 'queued', qmember(tonumber(j.run_at), tonumber(j.seq), id))
 elseif st == 'scheduled' or st == 'retrying' then
   redis.call('ZREM', K .. 'due', id)
 elseif st == 'running' then
   redis.call('ZREM', K .. 'running', id)
 end
-local ev = event(cap, 'job.cancelled', id, f[2], now, f[3] or 0)
-redis.call('HSET', jk, 'lease_until', '', 'state', 'cancelled', 'finished_at', now, 'evs', evs_add(f[8], ev))
+local ev = event(cap, 'job.cancelled', id, j.kind, now, j.attempt)
+j.state, j.lease_until, j.finished_at, j.evs = 'cancelled', '', ms_text(now), evs_add(j.evs, ev)
+local rec = rec_text(j)
+redis.call('SET', jk, rec)
 redis.call('ZADD', K .. 'cancelled', now, id)
 move(st, 'cancelled')
-if f[7] and f[7] ~= '' then
-  chain_cancel_rest(id, f[6], f[7], 'cancelled', now, cap)
+if j.x.chain_next and j.x.chain_next ~= '' then
+  chain_cancel_rest(id, j.x.chain_index, j.x.chain_next, 'cancelled', now, cap)
 end
 flush_counts()
-return { 'ok', redis.call('HGETALL', jk) }
+return { 'ok', rec }

@@ -7,9 +7,10 @@
 -- Returns  1 saved, 0 lease lost (not running under this token).
 
 local jk = job_key(ARGV[1])
-local f = redis.call('HMGET', jk, 'state', 'lease_token')
-if f[1] ~= 'running' or f[2] ~= ARGV[2] then
+local j = rec_get(jk)
+if not j or j.state ~= 'running' or j.token ~= ARGV[2] then
   return 0
 end
-redis.call('HSET', jk, 'checkpoint', ARGV[3])
+j.x.checkpoint = ARGV[3]
+rec_write(jk, j)
 return 1

@@ -3,24 +3,33 @@
 --
 -- KEYS[1] of every script is the queue's key prefix "{<prefix>:<queue>}:". Every key a script
 -- touches is KEYS[1] .. suffix, so all of them share one hash tag and one Cluster slot:
---   job:<id>   hash, one per job: the fields of `Job` but `id` and `queue` (the key says
---              them), plus `seq` and `evs` (the ids of the stream entries holding its events
---              after the first, oldest first, space-separated: a job's history reads just
---              those; a job stored before `evs` existed has `evn`, its last entry's id). The fields
---              never changed after enqueue are packed into one field `d`:
+--   job:<id>   string, one per job: its record (storage layout 2; layout 1 was a hash,
+--              migrated by migrate.lua). The id and queue are not stored (the key says them).
+--              Three parts joined by the byte 0xFF, then the optional fields:
+--                <h> 0xFF <kind> 0xFF <d> { 0xFE <name> 0xFF <value> }
+--              `h`, the fields that change as the job moves, '|'-separated (see H_PAT):
+--                state|attempt|lease_token|lease_until|started_at|finished_at|run_at|seq|
+--                interruption_streak|evs
+--              (counters as digits, an absent time '', `evs` the space-separated ids of the
+--              stream entries holding its events after the first, oldest first: a job's
+--              history reads just those); `d`, the fields never changed after enqueue:
 --                <ev0>|<priority>|<max_retries>|<timeout_ms or ''>|<created_at>|<payload JSON>
 --              (ev0 is the id of its first stream entry; only the payload, last, may hold a
---              '|'; `d` is never rewritten); `kind`,
---              `unique_key` and a chain step's `chain_id`, `chain_index` and, unless it is the
---              last, `chain_next` are fields of their own (scripts and listing read them
---              alone). A chain step that got its predecessor's result keeps it, as the
---              JSON text finish.lua received, in `input`: the client sets it as the
---              payload's top-level `input` when it reads the job. An optional field is
---              absent or '' when it has no value,
---              and a missing counter (attempt, lease_token, interruptions,
---              interruption_streak, progress) is 0 (progress is 100 once succeeded): a fresh
---              job stores only what it must. `lease_until` means something only while the
---              job is `running`: finish.lua leaves the last deadline behind.
+--              '|'); then each optional field that has a value, as a name/value pair:
+--              `unique_key`, a chain step's `chain_id`, `chain_index` and, unless it is the
+--              last, `chain_next`, `input` (a chain step's predecessor's result, as the JSON
+--              text finish.lua received: the client sets it as the payload's top-level
+--              `input`), `interruptions`, `checkpoint`, `progress`, `progress_message`,
+--              `last_error`, `result`, and `evn` (a job stored before `evs` existed: its last
+--              entry's id). Every value Hopper stores is UTF-8, which never holds the bytes
+--              0xFE and 0xFF, so the separators need no escaping and a pair is found by
+--              searching for 0xFE <name> 0xFF. An absent optional field or counter reads as
+--              none or 0 (progress is 100 once succeeded). `lease_until` means something only
+--              while the job is `running`: finish.lua leaves the last deadline behind.
+--              One string instead of a hash: a step reads the job with one GET and writes it
+--              with one SET, where a hash (a listpack at this size) paid a linear field
+--              search per field read and an insert per field written (callgrind: see
+--              docs/research/redis-layout-v2/README.md).
 --              A `waiting` chain step is in none of the zsets below but `all`: only its
 --              predecessor's success moves it.
 --   all        zset, every job id at score 0 (lexicographic index, newest first by id)
@@ -81,6 +90,74 @@ end
 
 local function job_key(id)
   return K .. 'job:' .. id
+end
+
+-- A job's record (see the layout above). The hot scripts (enqueue, fetch, finish) cut and
+-- build it with string operations of their own; the others read it into a table with
+-- rec_read and write it back with rec_write.
+local H_PAT = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$'
+-- The record's three leading parts and the optional pairs after them, as one string.
+local REC_PAT = '^([^\255]*)\255([^\255]*)\255([^\254]*)(.*)$'
+-- The optional fields, in the order a written record keeps them.
+local OPTIONAL = {
+  'unique_key', 'chain_id', 'chain_index', 'chain_next', 'input', 'interruptions', 'evn', 'checkpoint',
+  'progress', 'progress_message', 'last_error', 'result',
+}
+
+-- A record read into a table: h's fields by name (state, attempt, token, lease_until,
+-- started_at, finished_at, run_at, seq, streak, evs), `kind`, `d`, and `x`, the optional
+-- fields by name. nil for nil (no such job) and for a record that does not parse.
+local function rec_read(v)
+  if not v then
+    return nil
+  end
+  local h, kind, d, rest = string.match(v, REC_PAT)
+  if not h then
+    return nil
+  end
+  local st, attempt, token, lease_until, started_at, finished_at, run_at, seq, streak, evs = string.match(h, H_PAT)
+  if not st then
+    return nil
+  end
+  local x = {}
+  for name, value in string.gmatch(rest, '\254([^\254\255]*)\255([^\254]*)') do
+    x[name] = value
+  end
+  return {
+    state = st, attempt = attempt, token = token, lease_until = lease_until, started_at = started_at,
+    finished_at = finished_at, run_at = run_at, seq = seq, streak = streak, evs = evs, kind = kind, d = d, x = x,
+  }
+end
+
+-- The text of a table as rec_read makes it; an optional field that is nil or '' is left out.
+local function rec_text(j)
+  local parts = {
+    j.state, '|', j.attempt, '|', j.token, '|', j.lease_until, '|', j.started_at, '|', j.finished_at, '|',
+    j.run_at, '|', j.seq, '|', j.streak, '|', j.evs, '\255', j.kind, '\255', j.d,
+  }
+  for _, name in ipairs(OPTIONAL) do
+    local v = j.x[name]
+    if v and v ~= '' then
+      parts[#parts + 1] = '\254'
+      parts[#parts + 1] = name
+      parts[#parts + 1] = '\255'
+      parts[#parts + 1] = v
+    end
+  end
+  return table.concat(parts)
+end
+
+local function rec_get(jk)
+  return rec_read(redis.call('GET', jk))
+end
+
+local function rec_write(jk, j)
+  redis.call('SET', jk, rec_text(j))
+end
+
+-- One optional field of a record's text, nil when absent.
+local function rec_field(v, name)
+  return string.match(v, '\254' .. name .. '\255([^\254]*)')
 end
 
 -- A member of the `running` zset that is no job: fetch.lua adds it (at +inf, where no lease
@@ -313,13 +390,14 @@ end
 -- decodes or re-encodes JSON (cjson turns [] into {} and rounds numbers to 14 digits).
 local function chain_promote(next_id, index, result, now, cap)
   local jk = job_key(next_id)
-  local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'seq', 'd', 'evs')
-  if f[1] ~= 'waiting' then
+  local j = rec_get(jk)
+  if not j or j.state ~= 'waiting' then
     return 0
   end
-  local ev = event(cap, 'job.enqueued', next_id, f[2], now, f[3] or 0, { 'm', 'chain: step ' .. index .. ' succeeded' })
-  redis.call('HSET', jk, 'state', 'queued', 'run_at', now, 'input', result, 'evs', evs_add(f[6], ev))
-  redis.call('ZADD', K .. 'queued', d_priority(f[5]), qmember(now, tonumber(f[4]), next_id))
+  local ev = event(cap, 'job.enqueued', next_id, j.kind, now, j.attempt, { 'm', 'chain: step ' .. index .. ' succeeded' })
+  j.state, j.run_at, j.evs, j.x.input = 'queued', ms_text(now), evs_add(j.evs, ev), result
+  rec_write(jk, j)
+  redis.call('ZADD', K .. 'queued', d_priority(j.d), qmember(now, tonumber(j.seq), next_id))
   move('waiting', 'queued')
   return 1
 end
@@ -333,15 +411,18 @@ local function chain_cancel_rest(id, index, next_id, how, now, cap)
   while cur and cur ~= '' and not seen[cur] do
     seen[cur] = true
     local jk = job_key(cur)
-    local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'chain_next', 'evs')
-    if f[1] == 'waiting' then
-      local ev = event(cap, 'job.cancelled', cur, f[2], now, f[3] or 0, { 'm', reason })
-      redis.call('HSET', jk, 'state', 'cancelled', 'finished_at', now, 'last_error', reason,
-        'evs', evs_add(f[5], ev))
+    local j = rec_get(jk)
+    if not j then
+      break
+    end
+    if j.state == 'waiting' then
+      local ev = event(cap, 'job.cancelled', cur, j.kind, now, j.attempt, { 'm', reason })
+      j.state, j.finished_at, j.evs, j.x.last_error = 'cancelled', ms_text(now), evs_add(j.evs, ev), reason
+      rec_write(jk, j)
       redis.call('ZADD', K .. 'cancelled', now, cur)
       move('waiting', 'cancelled')
     end
-    cur = f[4]
+    cur = j.x.chain_next
   end
 end
 
@@ -352,14 +433,17 @@ local function chain_resume_rest(next_id)
   while cur and cur ~= '' and not seen[cur] do
     seen[cur] = true
     local jk = job_key(cur)
-    local f = redis.call('HMGET', jk, 'state', 'chain_next')
-    if f[1] == 'cancelled' then
+    local j = rec_get(jk)
+    if not j then
+      break
+    end
+    if j.state == 'cancelled' then
       redis.call('ZREM', K .. 'cancelled', cur)
-      redis.call('HSET', jk, 'state', 'waiting')
-      redis.call('HDEL', jk, 'finished_at', 'last_error')
+      j.state, j.finished_at, j.x.last_error = 'waiting', '', nil
+      rec_write(jk, j)
       move('cancelled', 'waiting')
     end
-    cur = f[2]
+    cur = j.x.chain_next
   end
 end
 
@@ -376,7 +460,8 @@ local function chain_predecessor(chain_id, index)
       return nil
     end
     seen[cur] = true
-    cur = redis.call('HGET', job_key(cur), 'chain_next')
+    local v = redis.call('GET', job_key(cur))
+    cur = v and rec_field(v, 'chain_next')
   end
   if not cur or cur == '' then
     return nil
@@ -386,36 +471,35 @@ end
 
 local function requeue(id, st, now, cap)
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'kind', 'd', 'chain_next', 'chain_id', 'chain_index', 'evs')
-  local priority = d_priority(f[2])
+  local j = rec_get(jk)
+  local priority = d_priority(j.d)
   local seq = redis.call('INCR', K .. 'seq')
   redis.call('ZREM', K .. st, id)
-  local ev = event(cap, 'job.enqueued', id, f[1], now, 0, { 'm', 'retried' })
+  local ev = event(cap, 'job.enqueued', id, j.kind, now, 0, { 'm', 'retried' })
   -- A later chain step runs with its predecessor's result: queued with it when the
   -- predecessor succeeded, else back to waiting for it.
   local target = 'queued'
-  local index = tonumber(f[5] or '0') or 0
-  if f[4] and f[4] ~= '' and index > 0 then
-    local pred = chain_predecessor(f[4], index)
-    local p = {}
-    if pred then
-      p = redis.call('HMGET', job_key(pred), 'state', 'result')
-    end
-    if p[1] == 'succeeded' and p[2] and p[2] ~= '' then
-      redis.call('HSET', jk, 'input', p[2])
+  local index = tonumber(j.x.chain_index or '0') or 0
+  if j.x.chain_id and j.x.chain_id ~= '' and index > 0 then
+    local pred = chain_predecessor(j.x.chain_id, index)
+    local p = pred and rec_get(job_key(pred))
+    if p and p.state == 'succeeded' and p.x.result and p.x.result ~= '' then
+      j.x.input = p.x.result
     else
       target = 'waiting'
     end
   end
-  redis.call('HSET', jk, 'state', target, 'attempt', 0, 'run_at', now, 'seq', seq,
-    'interruption_streak', 0, 'evs', evs_add(f[6], ev))
-  redis.call('HDEL', jk, 'finished_at', 'lease_until', 'result', 'progress', 'progress_message')
+  -- The lease token is kept: it only grows, so a lease of an earlier attempt stays refused.
+  j.state, j.attempt, j.lease_until, j.finished_at = target, '0', '', ''
+  j.run_at, j.seq, j.streak, j.evs = ms_text(now), itoa(seq), '0', evs_add(j.evs, ev)
+  j.x.result, j.x.progress, j.x.progress_message = nil, nil, nil
+  rec_write(jk, j)
   if target == 'queued' then
     redis.call('ZADD', K .. 'queued', priority, qmember(now, seq, id))
   end
   move(st, target)
-  if f[3] and f[3] ~= '' then
-    chain_resume_rest(f[3])
+  if j.x.chain_next and j.x.chain_next ~= '' then
+    chain_resume_rest(j.x.chain_next)
   end
 end
 

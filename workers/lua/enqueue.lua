@@ -31,7 +31,7 @@ local existing_chains = {}
 -- Whether any id of the call names a stored job: one EXISTS over all of them, so that the
 -- usual call (fresh ids) does not pay a command per job (a per-job EXISTS was 3% of a job's
 -- Redis work, counted with callgrind over a simulated drain).
--- The job keys, made once for the EXISTS and the HSETs.
+-- The job keys, made once for the EXISTS and the SETs.
 local any_taken = false
 local jks = {}
 if n > 0 then
@@ -54,7 +54,8 @@ for i = 0, n - 1 do
         break
       end
       seen[step] = true
-      local nxt = redis.call('HGET', job_key(step), 'chain_next')
+      local v = redis.call('GET', job_key(step))
+      local nxt = v and rec_field(v, 'chain_next')
       if nxt and nxt ~= '' then
         step = nxt
       else
@@ -118,33 +119,22 @@ if #bases > 0 then
     local seq = last_seq - #bases + i
     -- Numbers go to redis.call as text made here: Redis would print each with '%.17g'.
     local at_s = at == now and now_s or ms_text(at)
-    -- Zero counters, empty optional fields and the id and queue (known from the key) are not
-    -- stored: a missing field reads as 0 or none. Nor is `evs`: the first entry leads `d`.
-    local d, seq_s = ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9], ms_text(seq)
-    if ARGV[b + 6] == '' and ARGV[b + 5] == '' then
-      -- The usual job, neither a chain step nor unique: its fields go straight to HSET,
-      -- without a table built and unpacked per job.
-      redis.call('HSET', created_keys[i], 'kind', ARGV[b + 1], 'd', d, 'state', state, 'run_at', at_s, 'seq', seq_s)
-    else
-      local fields = { 'kind', ARGV[b + 1], 'd', d, 'state', state, 'run_at', at_s, 'seq', seq_s }
-      if ARGV[b + 6] ~= '' then
-        fields[#fields + 1] = 'chain_id'
-        fields[#fields + 1] = ARGV[b + 6]
-        fields[#fields + 1] = 'chain_index'
-        fields[#fields + 1] = ARGV[b + 7]
-        if ARGV[b + 8] ~= '' then
-          fields[#fields + 1] = 'chain_next'
-          fields[#fields + 1] = ARGV[b + 8]
-        end
-      end
-      if ARGV[b + 5] ~= '' then
-        fields[#fields + 1] = 'unique_key'
-        fields[#fields + 1] = ARGV[b + 5]
-        unique[#unique + 1] = ARGV[b + 5]
-        unique[#unique + 1] = id
-      end
-      redis.call('HSET', created_keys[i], unpack(fields))
+    -- The record (see common.lua): no attempt, lease or finish yet, no interruption, no
+    -- event after the first (whose entry leads `d`), and only the optional fields it has.
+    local rec = state .. '|0|0||||' .. at_s .. '|' .. ms_text(seq) .. '|0|\255' .. ARGV[b + 1] .. '\255' .. ev_bar
+      .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9]
+    if ARGV[b + 5] ~= '' then
+      rec = rec .. '\254unique_key\255' .. ARGV[b + 5]
+      unique[#unique + 1] = ARGV[b + 5]
+      unique[#unique + 1] = id
     end
+    if ARGV[b + 6] ~= '' then
+      rec = rec .. '\254chain_id\255' .. ARGV[b + 6] .. '\254chain_index\255' .. ARGV[b + 7]
+      if ARGV[b + 8] ~= '' then
+        rec = rec .. '\254chain_next\255' .. ARGV[b + 8]
+      end
+    end
+    redis.call('SET', created_keys[i], rec)
     all[#all + 1] = '0'
     all[#all + 1] = id
     if state == 'queued' then

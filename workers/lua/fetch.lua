@@ -23,11 +23,11 @@
 --          until the queue's earliest due job (ms text, <= 0 when one is due already) or ''
 --          when none is scheduled, (rated only) when the rate next allows a start if later
 --          than now (ms text) or '', then one
---          string per leased job: the job's hash's fields and values as HGETALL read them
---          before the lease, followed by its id, joined by the byte 0xFF (JOINER below). The caller
+--          string per leased job: its id, the byte 0xFF (JOINER below), then its record
+--          (see common.lua) as read before the lease. The caller
 --          applies the lease (`Job::begin_attempt` in workers/src/job.rs, the rule this
 --          script stores) with the time and deadline given here: the script's clock may be
---          Redis', which the caller cannot read. Returning what HGETALL read, with the time
+--          Redis', which the caller cannot read. Returning the record as read, with the time
 --          once per call, keeps the script from building or echoing per-job fields: echoing
 --          the 7 changed fields of every job cost 12% of drain throughput. The earliest due
 --          time lets an idle worker block on the signal list straight away (see
@@ -36,10 +36,12 @@
 --          out of Lua and the client parses each, and the one string cut fetch.lua's Redis
 --          instructions by 8% a job (callgrind, docs/research/redis-layout-v2/measure.sh).
 
--- The byte joining a fetched job's parts: no UTF-8 text holds it, and every value Hopper
--- stores is UTF-8 (the client refuses a job that does not split into field/value pairs).
+-- The byte joining a fetched job's id and record: no UTF-8 text holds it, and every value
+-- Hopper stores is UTF-8.
 local JOINER = '\255'
-local concat = table.concat
+-- A record's `h` parts and the position after them (see common.lua). The pattern stops there:
+-- the rest (the payload) is cut with string.sub, never scanned a byte at a time.
+local FETCH_PAT = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|\255]*)()'
 
 local now = clock_ms(ARGV[1])
 local now_s = ms_text(now)
@@ -53,11 +55,12 @@ local due = redis.call('ZRANGEBYSCORE', K .. 'due', '-inf', now, 'LIMIT', 0, pro
 for i = 1, #due do
   local id = due[i]
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'state', 'd', 'run_at', 'seq')
-  if f[1] == 'scheduled' or f[1] == 'retrying' then
-    redis.call('ZADD', K .. 'queued', d_priority(f[2]), qmember(tonumber(f[3]), tonumber(f[4]), id))
-    redis.call('HSET', jk, 'state', 'queued')
-    move(f[1], 'queued')
+  local j = rec_get(jk)
+  if j and (j.state == 'scheduled' or j.state == 'retrying') then
+    redis.call('ZADD', K .. 'queued', d_priority(j.d), qmember(tonumber(j.run_at), tonumber(j.seq), id))
+    move(j.state, 'queued')
+    j.state = 'queued'
+    rec_write(jk, j)
   end
 end
 if #due > 0 then
@@ -98,10 +101,9 @@ if interval then
     max = allowed
   end
 end
--- Per leased job: its id, the hash read, attempt and lease token before the lease, whether
--- it has progress to clear, whether it has started before (`started_at` is the first), and
--- the stream ids of its later events.
-local ids, keys, attempts, tokens, clear, started, evss = {}, {}, {}, {}, {}, {}, {}
+-- Per leased job: its id, its key, its new `h` up to its `evs`, the `evs` it had, and the
+-- record after `h`, without its progress.
+local ids, keys, heads, evss, tails = {}, {}, {}, {}, {}
 -- An entry is the job's only while the job is `queued` under the entry's sequence: a lane
 -- keeps the entries of cancelled jobs (see common.lua). Entries taken and skipped are made
 -- up for by taking more, a bounded number of times.
@@ -119,42 +121,32 @@ while max > 0 and #ids < max and rounds < 8 do
   for i = 1, #popped do
     local id = string.sub(popped[i], QPREFIX + 1)
     local jk = job_key(id)
-    local f = redis.call('HGETALL', jk)
-    local st, attempt, token, kind, prog, began, evs, seq
-    for j = 1, #f, 2 do
-      local k = f[j]
-      if k == 'state' then
-        st = f[j + 1]
-      elseif k == 'seq' then
-        seq = f[j + 1]
-      elseif k == 'attempt' then
-        attempt = f[j + 1]
-      elseif k == 'lease_token' then
-        token = f[j + 1]
-      elseif k == 'kind' then
-        kind = f[j + 1]
-      elseif k == 'progress' or k == 'progress_message' then
-        prog = true
-      elseif k == 'started_at' then
-        began = true
-      elseif k == 'evs' then
-        evs = f[j + 1]
-      end
+    local v = redis.call('GET', jk)
+    local st, attempt, token, lease_until, started_at, finished_at, run_at, seq, streak, evs, at
+    if v then
+      st, attempt, token, lease_until, started_at, finished_at, run_at, seq, streak, evs, at = string.match(v, FETCH_PAT)
     end
     if st == 'queued' and tonumber(seq) == tonumber(string.sub(popped[i], 16, QPREFIX)) then
       local n = #ids + 1
       attempt = itoa((tonumber(attempt) or 0) + 1)
       token = itoa((tonumber(token) or 0) + 1)
-      add_event('job.started', id, kind, attempt)
+      if started_at == '' then
+        started_at = now_s
+      end
+      -- The record from the 0xFF after `h` on: its kind, then `d` and the optional fields.
+      local tail = string.sub(v, at)
+      add_event('job.started', id, string.match(tail, '^\255([^\255]*)'), attempt)
       ids[n] = id
       keys[n] = jk
-      attempts[n] = attempt
-      tokens[n] = token
-      clear[n] = prog
-      started[n] = began
+      heads[n] = 'running|' .. attempt .. '|' .. token .. '|' .. deadline .. '|' .. started_at .. '|' .. finished_at
+        .. '|' .. run_at .. '|' .. seq .. '|' .. streak .. '|'
       evss[n] = evs
-      f[#f + 1] = id
-      out[n + head] = concat(f, JOINER)
+      -- A new attempt starts without the last one's progress.
+      if string.find(tail, '\254progress', 1, true) then
+        tail = string.gsub(tail, '\254progress[^\254]*', '')
+      end
+      tails[n] = tail
+      out[n + head] = id .. JOINER .. v
     else
       stale = true
     end
@@ -168,16 +160,7 @@ if #ids > 0 then
   local running = { '+inf', RUNNING_PIN }
   for i = 1, #ids do
     local id, jk = ids[i], keys[i]
-    if started[i] then
-      redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
-        'lease_until', deadline, 'evs', evs_add(evss[i], ev))
-    else
-      redis.call('HSET', jk, 'state', 'running', 'attempt', attempts[i], 'lease_token', tokens[i],
-        'lease_until', deadline, 'started_at', now_s, 'evs', evs_add(evss[i], ev))
-    end
-    if clear[i] then
-      redis.call('HDEL', jk, 'progress', 'progress_message')
-    end
+    redis.call('SET', jk, heads[i] .. evs_add(evss[i], ev) .. tails[i])
     running[#running + 1] = deadline
     running[#running + 1] = id
   end

@@ -32,40 +32,97 @@ local now_s = ms_text(now)
 local cap = ARGV[2]
 local n = tonumber(ARGV[3])
 
+-- A record's tail (from the 0xFF before `d` on) without its last error.
+local function without_error(tail)
+  if string.find(tail, '\254last_error\255', 1, true) then
+    return (string.gsub(tail, '\254last_error\255[^\254]*', ''))
+  end
+  return tail
+end
+
+-- A record's `h` parts, its kind and the position after them (see common.lua). The pattern
+-- stops there: the rest (the payload) is cut with string.sub, never scanned a byte at a time.
+local FINISH_PAT = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|\255]*)\255([^\255]*)()'
+
 local out = {}
 local ok_n, fail_n, wake = 0, 0, 0
--- Entries applied: the ARGV base of each, the fields HMGET read and the job's key.
--- The same lease twice in one call: only the first is applied, as if in two calls.
-local bases, fields, keys, seen = {}, {}, {}, {}
+-- Per entry applied, the parts of its job's new record, which is written after this loop
+-- (its `evs` needs the id of the stream entry written then): `heads` (its `h` up to `evs`),
+-- the `evs` it had, its kind, `tails` (the record from the 0xFF before `d` on, but for an
+-- optional field set here) and that field (`adds`, as 0xFE name 0xFF, and its value).
+-- Also its ARGV base, key, due time (retry and snooze), chain link and tail as read (for
+-- its chain_index and d). The same lease twice in one call: only the first is applied, as
+-- if in two calls.
+local bases, keys, heads, evss, kinds, tails, adds, addvs = {}, {}, {}, {}, {}, {}, {}, {}
+local ats, nexts, olds, seen = {}, {}, {}, {}
 for i = 0, n - 1 do
   local b = 4 + i * 5
   local id, token, code = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'state', 'lease_token', 'kind', 'attempt', 'interruption_streak',
-    'chain_next', 'evs')
-  if f[1] ~= 'running' or f[2] ~= token or seen[id] then
+  local v = redis.call('GET', jk)
+  local st, attempt, tok, lease_until, started_at, finished_at, run_at, seq, streak, evs, kind, pos
+  if v then
+    st, attempt, tok, lease_until, started_at, finished_at, run_at, seq, streak, evs, kind, pos = string.match(v, FINISH_PAT)
+  end
+  if st ~= 'running' or tok ~= token or seen[id] then
     out[#out + 1] = 0
   else
-    -- The attempt as text for the events (the stored text, '0' when absent).
-    local kind, attempt = f[3], f[4] or '0'
+    local a = ARGV[b + 3]
+    local tail = string.sub(v, pos)
+    local old = tail
+    local at = nil
+    local add, addv = '', ''
+    -- An attempt that ended normally ends an interruption streak.
+    if code ~= 'release' then
+      streak = '0'
+    end
     if code == 'ok' then
-      add_event('job.succeeded', id, kind, attempt, 'r', ARGV[b + 3])
+      add_event('job.succeeded', id, kind, attempt, 'r', a)
+      st, finished_at = 'succeeded', now_s
+      if string.find(tail, '\254result\255', 1, true) then
+        tail = string.gsub(tail, '\254result\255[^\254]*', '')
+      end
+      add, addv = '\254result\255', a
     elseif code == 'retry' then
       add_event('job.retrying', id, kind, attempt, 'e', ARGV[b + 4])
+      at = ms_text(now + tonumber(a))
+      st, run_at, tail = 'retrying', at, without_error(tail)
+      add, addv = '\254last_error\255', ARGV[b + 4]
     elseif code == 'dead' then
-      add_event('job.dead', id, kind, attempt, 'e', ARGV[b + 3])
+      add_event('job.dead', id, kind, attempt, 'e', a)
+      st, finished_at, tail = 'dead', now_s, without_error(tail)
+      add, addv = '\254last_error\255', a
     elseif code == 'snooze' then
       -- No event type names "scheduled": a snooze is recorded as enqueued again, for later.
-      add_event('job.enqueued', id, kind, tonumber(attempt) - 1, 'm', 'snoozed')
+      attempt = itoa(tonumber(attempt) - 1)
+      add_event('job.enqueued', id, kind, attempt, 'm', 'snoozed')
+      at = ms_text(now + tonumber(a))
+      st, run_at = 'scheduled', at
+      if ARGV[b + 4] ~= '' then
+        tail = without_error(tail)
+        add, addv = '\254last_error\255', ARGV[b + 4]
+      end
     elseif code == 'release' then
-      add_event('job.released', id, kind, attempt, 'm', ARGV[b + 3])
+      add_event('job.released', id, kind, attempt, 'm', a)
+      -- Back at its old place in line: its run_at and sequence are unchanged.
+      st, attempt = 'queued', itoa(tonumber(attempt) - 1)
     else
       return redis.error_reply('finish.lua: unknown outcome ' .. tostring(code))
     end
+    local k = #bases + 1
     seen[id] = true
-    bases[#bases + 1] = b
-    fields[#fields + 1] = f
-    keys[#keys + 1] = jk
+    bases[k] = b
+    keys[k] = jk
+    heads[k] = st .. '|' .. attempt .. '|' .. tok .. '|' .. lease_until .. '|' .. started_at .. '|' .. finished_at
+      .. '|' .. run_at .. '|' .. seq .. '|' .. streak .. '|'
+    evss[k] = evs
+    kinds[k] = kind
+    tails[k] = tail
+    adds[k] = add
+    addvs[k] = addv
+    ats[k] = at
+    olds[k] = old
+    nexts[k] = string.find(old, '\254chain_next\255', 1, true) and rec_field(old, 'chain_next')
     out[#out + 1] = 1
   end
 end
@@ -74,57 +131,39 @@ if #bases > 0 then
   local ev = flush_events(cap, now)
   local stopped, succeeded, dead = {}, {}, {}
   for i = 1, #bases do
-    local b, f = bases[i], fields[i]
-    local id, code, a = ARGV[b], ARGV[b + 2], ARGV[b + 3]
-    local jk = keys[i]
-    local attempt = tonumber(f[4]) or 0
-    local evs = evs_add(f[7], ev)
+    local b = bases[i]
+    local id, code = ARGV[b], ARGV[b + 2]
+    redis.call('SET', keys[i], heads[i] .. evs_add(evss[i], ev) .. '\255' .. kinds[i] .. tails[i] .. adds[i] .. addvs[i])
     stopped[#stopped + 1] = id
-    -- An attempt that ended normally ends an interruption streak.
-    if f[5] and f[5] ~= '0' and code ~= 'release' then
-      redis.call('HSET', jk, 'interruption_streak', 0)
-    end
     if code == 'ok' then
-      redis.call('HSET', jk, 'state', 'succeeded', 'result', a, 'finished_at', now_s, 'evs', evs)
       succeeded[#succeeded + 1] = now_s
       succeeded[#succeeded + 1] = id
       move('running', 'succeeded')
       ok_n = ok_n + 1
-      if f[6] then
-        wake = wake + chain_promote(f[6], redis.call('HGET', jk, 'chain_index'), a, now, cap)
+      if nexts[i] then
+        wake = wake + chain_promote(nexts[i], rec_field(olds[i], 'chain_index'), ARGV[b + 3], now, cap)
       end
     elseif code == 'retry' then
-      local at = ms_text(now + tonumber(a))
-      redis.call('HSET', jk, 'state', 'retrying', 'run_at', at, 'last_error', ARGV[b + 4],
-        'evs', evs)
-      redis.call('ZADD', K .. 'due', at, id)
+      redis.call('ZADD', K .. 'due', ats[i], id)
       move('running', 'retrying')
       fail_n = fail_n + 1
       wake = wake + 1
     elseif code == 'dead' then
-      redis.call('HSET', jk, 'state', 'dead', 'last_error', a, 'finished_at', now_s, 'evs', evs)
       dead[#dead + 1] = now_s
       dead[#dead + 1] = id
       move('running', 'dead')
       fail_n = fail_n + 1
-      if f[6] then
-        chain_cancel_rest(id, redis.call('HGET', jk, 'chain_index'), f[6], 'dead', now, cap)
+      if nexts[i] then
+        chain_cancel_rest(id, rec_field(olds[i], 'chain_index'), nexts[i], 'dead', now, cap)
       end
     elseif code == 'snooze' then
-      local at = ms_text(now + tonumber(a))
-      redis.call('HSET', jk, 'state', 'scheduled', 'run_at', at, 'attempt', attempt - 1,
-        'evs', evs)
-      if ARGV[b + 4] ~= '' then
-        redis.call('HSET', jk, 'last_error', ARGV[b + 4])
-      end
-      redis.call('ZADD', K .. 'due', at, id)
+      redis.call('ZADD', K .. 'due', ats[i], id)
       move('running', 'scheduled')
       wake = wake + 1
     else
-      -- 'release': back at its old place in line (its run_at and sequence are unchanged).
-      local q = redis.call('HMGET', jk, 'd', 'run_at', 'seq')
-      redis.call('HSET', jk, 'state', 'queued', 'attempt', attempt - 1, 'evs', evs)
-      redis.call('ZADD', K .. 'queued', d_priority(q[1]), qmember(tonumber(q[2]), tonumber(q[3]), id))
+      local p = d_priority(string.match(olds[i], '^\255([^\254]*)'))
+      local run_at, seq = string.match(heads[i], '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|([^|]*)|([^|]*)|')
+      redis.call('ZADD', K .. 'queued', p, qmember(tonumber(run_at), tonumber(seq), id))
       move('running', 'queued')
       wake = wake + 1
     end

@@ -16,14 +16,15 @@ local out = {}
 for i = 0, n - 1 do
   local id, token = ARGV[4 + i * 2], ARGV[5 + i * 2]
   local jk = job_key(id)
-  local f = redis.call('HMGET', jk, 'state', 'lease_token')
-  if f[2] ~= token then
+  local j = rec_get(jk)
+  if not j or j.token ~= token then
     out[#out + 1] = 0
-  elseif f[1] == 'running' then
+  elseif j.state == 'running' then
     redis.call('ZADD', K .. 'running', 'XX', deadline, id)
-    redis.call('HSET', jk, 'lease_until', deadline)
+    j.lease_until = deadline
+    rec_write(jk, j)
     out[#out + 1] = 1
-  elseif f[1] == 'cancelled' then
+  elseif j.state == 'cancelled' then
     out[#out + 1] = 2
   else
     out[#out + 1] = 0

@@ -11,8 +11,8 @@
 -- ARGV[5]  scan budget: at most this many ids looked at
 -- Returns  {last id scanned ('' = none), more, exhausted, job, job, ...} where more is 1 when
 --          another match exists after the jobs returned, exhausted is 1 when the scan reached
---          the oldest job, and each job is two entries: its id, then its hash as a flat
---          field/value array.
+--          the oldest job, and each job is two entries: its id, then its record (see
+--          common.lua).
 
 local cursor, st, kind = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
@@ -27,13 +27,11 @@ local last = cursor
 local more = 0
 for i = 1, #ids do
   local id = ids[i]
-  local jk = job_key(id)
-  local keep
-  if st ~= '' or kind ~= '' then
-    local f = redis.call('HMGET', jk, 'state', 'kind')
-    keep = f[1] and (st == '' or f[1] == st) and (kind == '' or f[2] == kind)
-  else
-    keep = redis.call('EXISTS', jk) == 1
+  local v = redis.call('GET', job_key(id))
+  local keep = v ~= false and v ~= nil
+  if keep and (st ~= '' or kind ~= '') then
+    local vst, vkind = string.match(v, '^([^|]*)|[^\255]*\255([^\255]*)')
+    keep = vst ~= nil and (st == '' or vst == st) and (kind == '' or vkind == kind)
   end
   if keep then
     if #jobs >= want * 2 then
@@ -41,7 +39,7 @@ for i = 1, #ids do
       break
     end
     jobs[#jobs + 1] = id
-    jobs[#jobs + 1] = redis.call('HGETALL', jk)
+    jobs[#jobs + 1] = v
   end
   last = id
 end

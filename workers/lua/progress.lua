@@ -14,8 +14,8 @@ local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local id, token, percent = ARGV[3], ARGV[4], ARGV[5]
 local jk = job_key(id)
-local f = redis.call('HMGET', jk, 'state', 'lease_token', 'kind', 'attempt', 'evs')
-if f[1] ~= 'running' or f[2] ~= token then
+local j = rec_get(jk)
+if not j or j.state ~= 'running' or j.token ~= token then
   return 0
 end
 local extra = { 'p', percent }
@@ -23,12 +23,13 @@ if ARGV[6] == '1' then
   extra[3] = 'm'
   extra[4] = ARGV[7]
 end
-local ev = event(cap, 'job.progress', id, f[3], now, f[4] or 0, extra)
-local evs = evs_add(f[5], ev)
+local ev = event(cap, 'job.progress', id, j.kind, now, j.attempt, extra)
+j.evs = evs_add(j.evs, ev)
+j.x.progress = percent
 if ARGV[6] == '1' then
-  redis.call('HSET', jk, 'progress', percent, 'progress_message', ARGV[7], 'evs', evs)
+  j.x.progress_message = ARGV[7]
 else
-  redis.call('HSET', jk, 'progress', percent, 'evs', evs)
-  redis.call('HDEL', jk, 'progress_message')
+  j.x.progress_message = nil
 end
+rec_write(jk, j)
 return 1

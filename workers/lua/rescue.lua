@@ -21,36 +21,37 @@ for i = 1, #ids do
   local id = ids[i]
   local jk = job_key(id)
   redis.call('ZREM', K .. 'running', id)
-  local f = redis.call('HMGET', jk, 'state', 'kind', 'attempt', 'interruptions', 'interruption_streak',
-    'd', 'run_at', 'seq', 'chain_index', 'chain_next', 'evs')
-  if f[1] == 'running' then
-    local run = tonumber(f[3]) or 0
+  local j = rec_get(jk)
+  if j and j.state == 'running' then
+    local run = tonumber(j.attempt) or 0
     local attempt = run - 1
     if attempt < 0 then
       attempt = 0
     end
-    local interruptions = (tonumber(f[4]) or 0) + 1
-    local streak = (tonumber(f[5]) or 0) + 1
+    local interruptions = (tonumber(j.x.interruptions) or 0) + 1
+    local streak = (tonumber(j.streak) or 0) + 1
+    j.lease_until, j.attempt, j.streak = '', itoa(attempt), itoa(streak)
+    j.x.interruptions = itoa(interruptions)
     if streak >= max_int then
       local err = 'poison pill: interrupted ' .. streak .. ' times in a row (its lease expired each time)'
-      local ev = event(cap, 'job.dead', id, f[2], now, run, { 'e', err })
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'dead', 'attempt', attempt, 'interruptions', interruptions,
-        'interruption_streak', streak, 'last_error', err, 'finished_at', now, 'evs', evs_add(f[11], ev))
+      local ev = event(cap, 'job.dead', id, j.kind, now, run, { 'e', err })
+      j.state, j.finished_at, j.evs, j.x.last_error = 'dead', ms_text(now), evs_add(j.evs, ev), err
+      rec_write(jk, j)
       redis.call('ZADD', K .. 'dead', now, id)
       move('running', 'dead')
       failed = failed + 1
-      out[#out + 1] = { id, f[2] or '', 'dead' }
-      if f[10] and f[10] ~= '' then
-        chain_cancel_rest(id, f[9], f[10], 'dead', now, cap)
+      out[#out + 1] = { id, j.kind, 'dead' }
+      if j.x.chain_next and j.x.chain_next ~= '' then
+        chain_cancel_rest(id, j.x.chain_index, j.x.chain_next, 'dead', now, cap)
       end
     else
-      local ev = event(cap, 'job.interrupted', id, f[2], now, run, { 'm', 'lease expired' })
-      redis.call('HSET', jk, 'lease_until', '', 'state', 'queued', 'attempt', attempt, 'interruptions', interruptions,
-        'interruption_streak', streak, 'evs', evs_add(f[11], ev))
-      redis.call('ZADD', K .. 'queued', d_priority(f[6]), qmember(tonumber(f[7]), tonumber(f[8]), id))
+      local ev = event(cap, 'job.interrupted', id, j.kind, now, run, { 'm', 'lease expired' })
+      j.state, j.evs = 'queued', evs_add(j.evs, ev)
+      rec_write(jk, j)
+      redis.call('ZADD', K .. 'queued', d_priority(j.d), qmember(tonumber(j.run_at), tonumber(j.seq), id))
       move('running', 'queued')
       requeued = requeued + 1
-      out[#out + 1] = { id, f[2] or '', 'queued' }
+      out[#out + 1] = { id, j.kind, 'queued' }
     end
   end
 end

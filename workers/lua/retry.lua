@@ -5,21 +5,22 @@
 -- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  id
--- Returns  {'ok', job hash as a flat field/value array}, {'nf'} when there is no such job,
+-- Returns  {'ok', the job's record (see common.lua)}, {'nf'} when there is no such job,
 --          or {'state', state} when the job is neither dead nor cancelled.
 
 local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local id = ARGV[3]
 local jk = job_key(id)
-local st = redis.call('HGET', jk, 'state')
-if not st then
+local j = rec_get(jk)
+if not j then
   return { 'nf' }
 end
+local st = j.state
 if st ~= 'dead' and st ~= 'cancelled' then
   return { 'state', st }
 end
 requeue(id, st, now, cap)
 signal(1)
 flush_counts()
-return { 'ok', redis.call('HGETALL', jk) }
+return { 'ok', redis.call('GET', jk) }

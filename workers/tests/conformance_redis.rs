@@ -83,6 +83,10 @@ fn unique_prefix() -> String {
 #[path = "conformance_redis/time_and_scale.rs"]
 mod time_and_scale;
 
+// Jobs an older Hopper stored, rewritten in today's storage layout.
+#[path = "conformance_redis/layout.rs"]
+mod layout;
+
 hopper_workers::conformance_suite!(|clock: Arc<dyn Clock>| async move {
     let prefix = unique_prefix();
     // The suite moves a manual clock: the broker decides by it instead of by Redis' TIME.
@@ -240,13 +244,14 @@ async fn every_key_of_a_queue_shares_one_slot() {
     for k in &mail {
         assert_eq!(hash_tag(k), format!("{}:mail", f.prefix));
     }
-    // Everything else is either another queue's tagged key or one of the two global keys.
+    // Everything else is either another queue's tagged key or one of the global keys.
     for k in &keys {
         assert!(
             k.starts_with(&format!("{{{}:", f.prefix))
                 || *k == format!("{}:jobq", f.prefix)
                 || *k == format!("{}:queues", f.prefix)
-                || *k == format!("{}:leased", f.prefix),
+                || *k == format!("{}:leased", f.prefix)
+                || *k == format!("{}:layout", f.prefix),
             "unexpected key {k}"
         );
     }
@@ -336,11 +341,11 @@ async fn a_due_job_caps_the_wait() {
     assert!(t.elapsed() < Duration::from_millis(100));
 }
 
-/// The fields fixed at enqueue are packed into one hash field `d` (payload last), so a fresh
-/// job's hash stays small. That they come back exactly, separators and all, is the suite's
-/// `fields_round_trip_exactly`.
+/// A job is one string, its record: `h`, kind and `d` (payload last), then only the optional
+/// fields it has, so a fresh job stores no field it does not need. That they come back
+/// exactly, separators and all, is the suite's `fields_round_trip_exactly`.
 #[tokio::test]
-async fn packed_fields_keep_a_fresh_job_hash_small() {
+async fn a_fresh_job_record_holds_only_what_it_needs() {
     let f = fixture().await;
     let b = &f.broker;
     let packed = NewJob::new("k.packed", json!({"a|b": "x|y||"}))
@@ -348,15 +353,54 @@ async fn packed_fields_keep_a_fresh_job_hash_small() {
         .timeout(Duration::from_millis(1234))
         .unique_key("u|1");
     let plain = NewJob::new("k.plain", json!({}));
-    b.enqueue(vec![packed, plain.clone()])
-        .await
-        .expect("enqueue");
+    let (packed_id, plain_id) = (packed.id.clone(), plain.id.clone());
+    b.enqueue(vec![packed, plain]).await.expect("enqueue");
     let mut conn = raw_conn();
-    let fields: Vec<String> = redis::cmd("HKEYS")
-        .arg(format!("{{{}:default}}:job:{}", f.prefix, plain.id))
-        .query(&mut conn)
-        .expect("hkeys");
-    assert_eq!(fields.len(), 5, "fresh job hash: {fields:?}");
+    let plain = raw_record(
+        &mut conn,
+        &format!("{{{}:default}}:job:{plain_id}", f.prefix),
+    );
+    assert_eq!(
+        plain.iter().filter(|b| **b == 0xFF).count(),
+        2,
+        "h, kind and d: {plain:?}"
+    );
+    assert!(!plain.contains(&0xFE), "no optional field: {plain:?}");
+    assert!(plain.starts_with(b"queued|0|0||||"), "{plain:?}");
+    let unique = raw_record(
+        &mut conn,
+        &format!("{{{}:default}}:job:{packed_id}", f.prefix),
+    );
+    assert!(
+        unique.ends_with(b"\xFEunique_key\xFFu|1"),
+        "the one optional field: {unique:?}"
+    );
+}
+
+/// A job's record as stored.
+fn raw_record(conn: &mut redis::Connection, key: &str) -> Vec<u8> {
+    redis::cmd("GET").arg(key).query(conn).expect("get")
+}
+
+/// A job's state, the first part of its stored record.
+fn raw_state(conn: &mut redis::Connection, key: &str) -> String {
+    let rec = raw_record(conn, key);
+    let end = rec.iter().position(|b| *b == b'|').unwrap_or(rec.len());
+    String::from_utf8_lossy(&rec[..end]).into_owned()
+}
+
+/// An optional field of a job's stored record, as bytes.
+fn raw_field(conn: &mut redis::Connection, key: &str, name: &str) -> Option<Vec<u8>> {
+    let rec = raw_record(conn, key);
+    let mut marker = vec![0xFE];
+    marker.extend_from_slice(name.as_bytes());
+    marker.push(0xFF);
+    let at = rec.windows(marker.len()).position(|w| w == marker)? + marker.len();
+    let end = rec[at..]
+        .iter()
+        .position(|b| *b == 0xFE)
+        .map_or(rec.len(), |e| at + e);
+    Some(rec[at..end].to_vec())
 }
 
 /// The ids one fetch of at most `max` jobs of `default` leased, in order.
@@ -446,7 +490,7 @@ async fn purge_trims_streams_by_entry_and_drop_queue_leaves_no_keys() {
     let left = keys_of(&f.prefix);
     assert!(
         left.iter()
-            .all(|k| k.contains(":stat:") || k.ends_with(":jobq")),
+            .all(|k| k.contains(":stat:") || k.ends_with(":jobq") || k.ends_with(":layout")),
         "left behind: {left:?}"
     );
 }
@@ -650,24 +694,19 @@ async fn an_unreadable_job_is_buried_and_the_rest_of_its_fetch_runs() {
     let b = &f.broker;
     let ids = enqueue_ids(&**b, (0..3).map(|_| job("k")).collect()).await;
     let mut conn = raw_conn();
-    let () = redis::cmd("HSET")
-        .arg(format!("{{{}:default}}:job:{}", f.prefix, ids[1]))
-        .arg("last_error")
-        .arg(&b"not \xff\xfe UTF-8"[..])
+    let key = format!("{{{}:default}}:job:{}", f.prefix, ids[1]);
+    let () = redis::cmd("APPEND")
+        .arg(&key)
+        .arg(&b"\xFElast_error\xFFnot \xc3\x28 UTF-8"[..])
         .query(&mut conn)
-        .expect("hset");
+        .expect("append");
     assert_eq!(fetch_ids(b, 3).await, vec![ids[0].clone(), ids[2].clone()]);
-    let state: String = redis::cmd("HGET")
-        .arg(format!("{{{}:default}}:job:{}", f.prefix, ids[1]))
-        .arg("state")
-        .query(&mut conn)
-        .expect("hget");
-    assert_eq!(state, "dead", "the unreadable job is buried");
-    let error: Vec<u8> = redis::cmd("HGET")
-        .arg(format!("{{{}:default}}:job:{}", f.prefix, ids[1]))
-        .arg("last_error")
-        .query(&mut conn)
-        .expect("hget");
+    assert_eq!(
+        raw_state(&mut conn, &key),
+        "dead",
+        "the unreadable job is buried"
+    );
+    let error = raw_field(&mut conn, &key, "last_error").expect("a last error");
     let error = String::from_utf8(error).expect("the new last error is text");
     assert!(error.contains("unreadable"), "{error}");
     let history: Vec<_> = b
@@ -708,21 +747,23 @@ async fn an_unreadable_job_leased_before_is_buried_with_this_fetchs_token() {
     assert!(released[0].is_ok(), "{released:?}");
     let key = format!("{{{}:default}}:job:{}", f.prefix, ids[0]);
     let mut conn = raw_conn();
-    let () = redis::cmd("HSET")
+    // The kind "k" becomes "k" 0xFF: the record's parts after it shift by one.
+    let rec = raw_record(&mut conn, &key);
+    let kind_end = rec.iter().position(|b| *b == 0xFF).expect("h ends") + 2;
+    assert_eq!(rec[kind_end], 0xFF, "the kind is k: {rec:?}");
+    let mut spoilt = rec[..kind_end].to_vec();
+    spoilt.push(0xFF);
+    spoilt.extend_from_slice(&rec[kind_end..]);
+    let () = redis::cmd("SET")
         .arg(&key)
-        .arg("kind")
-        .arg(&b"k\xff"[..])
+        .arg(spoilt)
         .query(&mut conn)
-        .expect("hset");
+        .expect("set");
     assert!(
         fetch_ids(b, 1).await.is_empty(),
         "the unreadable job is not handed out"
     );
-    let state: String = redis::cmd("HGET")
-        .arg(&key)
-        .arg("state")
-        .query(&mut conn)
-        .expect("hget");
+    let state = raw_state(&mut conn, &key);
     assert_eq!(
         state, "dead",
         "the unreadable job is buried, not left leased"

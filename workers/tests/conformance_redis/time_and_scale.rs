@@ -260,11 +260,13 @@ async fn history_reads_only_the_jobs_own_stream_entries() {
         ]
     );
     let key = format!("{{{}:hist}}:job:{}", f.prefix, mine.id);
-    let evs: Option<String> = redis::cmd("HGET")
+    let rec: Vec<u8> = redis::cmd("GET")
         .arg(&key)
-        .arg("evs")
         .query(&mut raw_conn())
-        .expect("hget");
+        .expect("get");
+    // `evs`, the last part of the record's `h`: up to its first 0xFF.
+    let h = String::from_utf8_lossy(rec.split(|b| *b == 0xFF).next().expect("h")).into_owned();
+    let evs = h.rsplit('|').next().map(str::to_owned);
     assert_eq!(
         evs.as_deref().map(|s| s.split(' ').count()),
         Some(2),

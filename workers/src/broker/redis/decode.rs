@@ -1,9 +1,9 @@
-//! Redis replies -> Hopper types: a job from its hash (as `HGETALL` or list.lua hand it over,
-//! or packed into one string by fetch.lua), the answers of the one-job scripts, and the typed
-//! error for data the broker did not write.
+//! Redis replies -> Hopper types: a job from its record (as `GET`, list.lua, cancel.lua and
+//! retry.lua hand it over, or after its id as fetch.lua does), the answers of the one-job
+//! scripts, and the typed error for data the broker did not write.
 //!
-//! It owns the reading of the stored fields, including the packed field `d` (see `keys.rs` for
-//! what the hash holds and why). It sends nothing: the callers run the commands and pass their
+//! It owns the reading of the stored record, including its packed parts `h` and `d` (see
+//! common.lua for the layout and `keys.rs` for why). It sends nothing: the callers run the commands and pass their
 //! replies in. Stream entries are read into events by `events.rs`, which shares the small
 //! readers here ([`text`], [`string`], [`parse_num`]).
 
@@ -63,16 +63,14 @@ fn array(v: Value) -> BrokerResult<Vec<Value>> {
     }
 }
 
-/// A job from its hash as a flat field/value array; `None` for an empty hash (no such job).
-/// The hash does not store the id and the queue (its key names them), nor zero counters.
-pub(super) fn job_from_fields(v: &Value, id: &str, queue: &str) -> BrokerResult<Option<Job>> {
-    let Value::Array(items) = v else {
-        return Err(corrupt(format!("expected a job hash, got {v:?}")));
-    };
-    if items.is_empty() {
-        return Ok(None);
+/// A job from its record as GET (or list.lua, cancel.lua, retry.lua) read it; `None` for no
+/// record (no such job). The record does not store the id and the queue (its key names them).
+pub(super) fn job_from_record(v: &Value, id: &str, queue: &str) -> BrokerResult<Option<Job>> {
+    match v {
+        Value::Nil => Ok(None),
+        Value::BulkString(rec) => job_from_bytes(rec, id, queue).map(Some),
+        other => Err(corrupt(format!("expected a job record, got {other:?}"))),
     }
-    job_from_pairs(items, id, queue).map(Some)
 }
 
 /// The fields fixed at enqueue, packed in `d` after the job's first event id (see
@@ -85,45 +83,122 @@ const PACKED: [&str; 5] = [
     "payload",
 ];
 
-/// A job from the field/value pairs of its hash as Redis values (a value that is not text is
-/// passed over).
-fn job_from_pairs(items: &[Value], id: &str, queue: &str) -> BrokerResult<Job> {
-    let pairs = items
-        .chunks_exact(2)
-        .filter_map(|pair| Some((text(&pair[0])?, text(&pair[1])?)));
-    job_from_texts(pairs, id, queue)
-}
+/// The fields that change as a job moves, packed in `h`, its record's first part (see
+/// common.lua), in their order there.
+const HOT: [&str; 10] = [
+    "state",
+    "attempt",
+    "lease_token",
+    "lease_until",
+    "started_at",
+    "finished_at",
+    "run_at",
+    "seq",
+    "interruption_streak",
+    "evs",
+];
 
-/// A job from the field/value pairs of its hash.
-fn job_from_texts<'a>(
-    pairs: impl Iterator<Item = (&'a str, &'a str)>,
-    id: &str,
-    queue: &str,
-) -> BrokerResult<Job> {
+/// The byte ending a record's `h`, kind and `d`, and each optional field's name.
+const PART: u8 = 0xFF;
+/// The byte starting each optional field of a record.
+const OPTIONAL: u8 = 0xFE;
+
+/// A job record's fields by name (see common.lua): `h <PART> kind <PART> d`, then
+/// `<OPTIONAL> name <PART> value` per optional field. The separators are bytes no UTF-8 text
+/// holds, so the record is cut at them first and each part must be UTF-8: a value holding
+/// one (only data Hopper did not write can) makes the record corrupt or unreadable, never a
+/// job with shifted fields read as valid.
+fn record_fields<'a>(rec: &'a [u8], id: &str) -> BrokerResult<Fields<'a>> {
+    let utf8 = |part: &'a [u8]| {
+        std::str::from_utf8(part).map_err(|_| corrupt(format!("job {id}: a field is not UTF-8")))
+    };
+    let bad = || corrupt(format!("job {id}: not a job record"));
     let mut m = Fields::default();
-    for (k, val) in pairs {
-        m.set(k, Some(val));
-    }
-    // The packed fields are read from `d` alone: a hash field of the same name is not ours.
-    for name in PACKED {
-        m.set(name, None);
-    }
-    if let Some(d) = m.get("d") {
-        let mut parts = d.splitn(PACKED.len() + 1, '|').skip(1);
-        for name in PACKED {
-            let Some(part) = parts.next() else {
-                return Err(corrupt(format!("job {id}: bad field d")));
-            };
-            m.set(name, Some(part));
+    let mut pieces = rec.split(|b| *b == OPTIONAL);
+    let head = pieces.next().ok_or_else(bad)?;
+    let mut parts = head.split(|b| *b == PART);
+    let (Some(h), Some(kind), Some(d), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(bad());
+    };
+    for piece in pieces {
+        let mut pair = piece.splitn(2, |b| *b == PART);
+        let (Some(name), Some(value)) = (pair.next(), pair.next()) else {
+            return Err(bad());
+        };
+        let name = utf8(name)?;
+        // Only optional fields: a pair may not stand in for a packed or hot one.
+        if !PACKED.contains(&name) && !HOT.contains(&name) && !matches!(name, "d" | "kind") {
+            m.set(name, Some(utf8(value)?));
         }
     }
-    decode(&m, id, queue)
+    let h = utf8(h)?;
+    let mut hot = h.split('|');
+    for name in HOT {
+        m.set(name, Some(hot.next().ok_or_else(bad)?));
+    }
+    if hot.next().is_some() {
+        return Err(bad());
+    }
+    m.set("kind", Some(utf8(kind)?));
+    let d = utf8(d)?;
+    m.set("d", Some(d));
+    let mut packed = d.splitn(PACKED.len() + 1, '|').skip(1);
+    for name in PACKED {
+        let Some(part) = packed.next() else {
+            return Err(corrupt(format!("job {id}: bad field d")));
+        };
+        m.set(name, Some(part));
+    }
+    Ok(m)
+}
+
+/// A job from its record's bytes.
+fn job_from_bytes(rec: &[u8], id: &str, queue: &str) -> BrokerResult<Job> {
+    decode(&record_fields(rec, id)?, id, queue)
+}
+
+/// What a job's history needs of its record: the id of its first stream entry (leading `d`),
+/// the ids of its later ones (`evs`) and, for a job stored before `evs` existed, `evn`.
+pub(super) struct EventIds {
+    pub(super) first: String,
+    pub(super) later: Vec<String>,
+    pub(super) evn: Option<String>,
+}
+
+/// [`EventIds`] of a record, `None` for no record.
+pub(super) fn event_ids(v: &Value, id: &str) -> BrokerResult<Option<EventIds>> {
+    let rec = match v {
+        Value::Nil => return Ok(None),
+        Value::BulkString(rec) => rec,
+        other => return Err(corrupt(format!("expected a job record, got {other:?}"))),
+    };
+    let m = record_fields(rec, id)?;
+    let d = m.get("d").unwrap_or_default();
+    let Some((first, _)) = d.split_once('|') else {
+        return Err(corrupt(format!("job {id}: bad field d")));
+    };
+    Ok(Some(EventIds {
+        first: first.to_owned(),
+        later: m
+            .get("evs")
+            .unwrap_or_default()
+            .split(' ')
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        evn: nonempty(m.get("evn")).map(str::to_owned),
+    }))
 }
 
 /// The names of the stored fields [`decode`] reads, `d` and the names of its parts included;
 /// a hash field of another name is ignored.
-const FIELDS: [&str; 26] = [
+const FIELDS: [&str; 29] = [
     "d",
+    "seq",
+    "evs",
+    "evn",
     "state",
     "kind",
     "payload",
@@ -174,59 +249,38 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// The byte fetch.lua joins a job's parts with (its `JOINER`): no UTF-8 text holds it.
+/// The byte fetch.lua joins a job's id and record with (its `JOINER`): no UTF-8 text holds it.
 const JOINER: u8 = 0xFF;
 
-/// A job leased by fetch.lua: its hash's fields and values as they were before the lease,
-/// then its id, joined by [`JOINER`] into one string. Every part must be UTF-8 and the parts
-/// must pair up: a value holding the joiner (only a value Hopper did not write can) makes the
-/// job corrupt, never a job with shifted fields.
+/// A job leased by fetch.lua: its id, [`JOINER`], then its record as it was before the lease.
 pub(super) fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
     let Value::BulkString(packed) = v else {
         return Err(corrupt(format!("expected a fetched job, got {v:?}")));
     };
-    let parts = packed
-        .split(|b| *b == JOINER)
-        .map(std::str::from_utf8)
-        .collect::<Result<Vec<&str>, _>>()
-        .map_err(|_| corrupt("fetch.lua answered a job that is not UTF-8"))?;
-    let Some((id, fields)) = parts.split_last() else {
-        return Err(corrupt("fetch.lua answered an empty job"));
+    let mut halves = packed.splitn(2, |b| *b == JOINER);
+    let (Some(id), Some(rec)) = (halves.next(), halves.next()) else {
+        return Err(corrupt("fetch.lua answered a job without its id"));
     };
-    if fields.len() % 2 != 0 {
-        return Err(corrupt(format!(
-            "job {id}: fetch.lua answered fields that do not pair up"
-        )));
-    }
-    let pairs = fields.chunks_exact(2).map(|pair| (pair[0], pair[1]));
-    job_from_texts(pairs, id, queue)
+    let id = std::str::from_utf8(id)
+        .map_err(|_| corrupt("fetch.lua answered an id that is not UTF-8"))?;
+    job_from_bytes(rec, id, queue)
 }
 
 /// The id of a job fetch.lua leased and the lease token the script wrote (the one before, + 1),
-/// read leniently from the packed parts: enough to end the lease of a job [`job_from_fetch`]
-/// cannot read. `None` when not even the id is text.
-///
-/// A value holding the byte [`JOINER`] (data Hopper did not write) splits into more parts and
-/// shifts the field/value pairs after it, so the `lease_token` field is looked for at every
-/// part, not only at the even ones: an even one first, then any followed by a number.
+/// read leniently: enough to end the lease of a job [`job_from_fetch`] cannot read. The token
+/// is the third part of the record's `h`, which comes before any field another program could
+/// have spoilt. `None` when not even the id is text.
 pub(super) fn fetched_lease(v: &Value) -> Option<(String, u64)> {
     let Value::BulkString(packed) = v else {
         return None;
     };
-    let parts: Vec<&[u8]> = packed.split(|b| *b == JOINER).collect();
-    let (id, fields) = parts.split_last()?;
-    let id = std::str::from_utf8(id).ok()?;
-    let number = |part: &[u8]| std::str::from_utf8(part).ok()?.parse::<u64>().ok();
-    let token_after = |even: bool| {
-        fields
-            .windows(2)
-            .enumerate()
-            .filter(|(i, _)| !even || i % 2 == 0)
-            .find(|(_, pair)| pair[0] == b"lease_token" && number(pair[1]).is_some())
-            .and_then(|(_, pair)| number(pair[1]))
-    };
-    let before = token_after(true)
-        .or_else(|| token_after(false))
+    let mut halves = packed.splitn(2, |b| *b == JOINER);
+    let id = std::str::from_utf8(halves.next()?).ok()?;
+    let before = halves
+        .next()
+        .and_then(|rec| rec.split(|b| *b == PART || *b == OPTIONAL).next())
+        .and_then(|h| h.split(|b| *b == b'|').nth(2))
+        .and_then(|t| std::str::from_utf8(t).ok()?.parse::<u64>().ok())
         .unwrap_or(0);
     Some((id.to_owned(), before + 1))
 }
@@ -352,7 +406,7 @@ pub(super) fn answer(v: Value, id: &JobId, queue: &str) -> BrokerResult<Answer> 
     match items.first().and_then(text) {
         Some("ok") => items
             .get(1)
-            .map(|h| job_from_fields(h, id.as_str(), queue))
+            .map(|rec| job_from_record(rec, id.as_str(), queue))
             .transpose()?
             .flatten()
             .map(|j| Answer::Ok(Box::new(j)))
@@ -372,67 +426,151 @@ pub(super) fn answer(v: Value, id: &JobId, queue: &str) -> BrokerResult<Answer> 
 mod tests {
     use super::*;
 
-    /// A fetched job as fetch.lua answers it: `parts` joined by 0xFF.
-    fn packed(parts: &[&[u8]]) -> Value {
-        Value::BulkString(parts.join(&JOINER))
+    /// A record as the scripts write it: `h`, kind, `d`, then the optional pairs.
+    fn record(h: &str, kind: &str, d: &str, pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut rec = [h.as_bytes(), kind.as_bytes(), d.as_bytes()].join(&PART);
+        for (name, value) in pairs {
+            rec.push(OPTIONAL);
+            rec.extend_from_slice(name.as_bytes());
+            rec.push(PART);
+            rec.extend_from_slice(value);
+        }
+        rec
     }
 
-    const FRESH: [&[u8]; 10] = [
-        b"kind",
-        b"test.k",
-        b"d",
-        b"1-0|5|3||1700000000000|{\"a\":\"x|y\"}",
-        b"state",
-        b"queued",
-        b"run_at",
-        b"1700000000000",
-        b"seq",
-        b"7",
-    ];
+    const H: &str = "queued|0|0||||1700000000000|7|0|";
+    const D: &str = "1-0|5|3||1700000000000|{\"a\":\"x|y\"}";
+
+    /// A fetched job as fetch.lua answers it: its id, 0xFF, its record.
+    fn fetched(id: &[u8], rec: &[u8]) -> Value {
+        Value::BulkString([id, rec].join(&JOINER))
+    }
 
     #[test]
-    fn a_fetched_job_is_read_from_its_packed_parts() {
-        let mut parts = FRESH.to_vec();
-        parts.extend([&b"unique_key"[..], "nul\0 ÿ|".as_bytes(), b"job-1"]);
-        let job = job_from_fetch(&packed(&parts), "q").expect("a job");
+    fn a_fetched_job_is_read_from_its_record() {
+        let rec = record(H, "test.k", D, &[("unique_key", "nul\0 ÿ|".as_bytes())]);
+        let job = job_from_fetch(&fetched(b"job-1", &rec), "q").expect("a job");
         assert_eq!(job.id.as_str(), "job-1");
         assert_eq!(job.queue, "q");
         assert_eq!(job.kind, "test.k");
         assert_eq!(job.payload, serde_json::json!({"a": "x|y"}));
         assert_eq!(job.priority, 5);
+        assert_eq!(job.max_retries, 3);
         assert_eq!(job.state, JobState::Queued);
+        assert_eq!(job.run_at, Timestamp::from_millis(1_700_000_000_000));
         assert_eq!(job.unique_key.as_deref(), Some("nul\0 ÿ|"));
+        assert_eq!(job.attempt, 0);
+        assert_eq!(job.last_error, None);
     }
 
     #[test]
-    fn a_value_holding_the_joiner_makes_the_job_corrupt_not_shifted() {
-        let mut parts = FRESH.to_vec();
-        // A value someone else wrote, holding 0xFF once: the parts no longer pair up.
-        parts.extend([&b"last_error"[..], b"a\xffb", b"job-1"]);
-        let err = job_from_fetch(&packed(&parts), "q").expect_err("corrupt");
+    fn every_field_of_a_record_is_read() {
+        let h = "running|2|9|1700000030000|1700000000100|1700000000200|1700000000000|7|1|2-0 3-0";
+        let rec = record(
+            h,
+            "test.k",
+            D,
+            &[
+                ("chain_id", b"c-1"),
+                ("chain_index", b"1"),
+                ("chain_next", b"c-3"),
+                ("input", b"[1,2]"),
+                ("interruptions", b"4"),
+                ("progress", b"40"),
+                ("progress_message", "h\u{e9}lf|way".as_bytes()),
+                ("last_error", b"boom"),
+                ("checkpoint", b"{\"at\":3}"),
+            ],
+        );
+        let job = job_from_record(&Value::BulkString(rec), "job-2", "q")
+            .expect("reads")
+            .expect("a job");
+        assert_eq!(job.state, JobState::Running);
+        assert_eq!((job.attempt, job.lease_token), (2, 9));
+        assert_eq!(
+            job.lease_until,
+            Some(Timestamp::from_millis(1_700_000_030_000))
+        );
+        assert_eq!(
+            job.started_at,
+            Some(Timestamp::from_millis(1_700_000_000_100))
+        );
+        assert_eq!(
+            job.finished_at,
+            Some(Timestamp::from_millis(1_700_000_000_200))
+        );
+        assert_eq!((job.interruptions, job.interruption_streak), (4, 1));
+        assert_eq!(job.progress, 40);
+        assert_eq!(job.progress_message.as_deref(), Some("h\u{e9}lf|way"));
+        assert_eq!(job.last_error.as_deref(), Some("boom"));
+        assert_eq!(
+            job.payload,
+            serde_json::json!({"a": "x|y", "input": [1, 2]})
+        );
+        assert_eq!(job.checkpoint, Some(serde_json::json!({"at": 3})));
+        let chain = job.chain.expect("a chain step");
+        assert_eq!((chain.id.as_str(), chain.index), ("c-1", 1));
+        assert_eq!(chain.next.as_ref().map(JobId::as_str), Some("c-3"));
+    }
+
+    #[test]
+    fn no_record_is_no_job_and_a_pair_cannot_stand_in_for_a_packed_field() {
+        assert!(
+            job_from_record(&Value::Nil, "j", "q")
+                .expect("reads")
+                .is_none()
+        );
+        let rec = record(H, "test.k", D, &[("priority", b"0"), ("state", b"dead")]);
+        let job = job_from_record(&Value::BulkString(rec), "j", "q")
+            .expect("reads")
+            .expect("a job");
+        assert_eq!((job.priority, job.state), (5, JobState::Queued));
+    }
+
+    #[test]
+    fn a_value_holding_a_separator_makes_the_job_corrupt_not_shifted() {
+        // A value someone else wrote, holding 0xFF once: its pair no longer reads.
+        let rec = record(H, "test.k", D, &[("last_error", b"a\xffb")]);
+        let err = job_from_fetch(&fetched(b"job-1", &rec), "q").expect_err("corrupt");
         assert!(err.to_string().contains("unexpected data"), "{err}");
+        // A record with a part too many or too few.
+        let rec = [H.as_bytes(), b"k", D.as_bytes(), b"x"].join(&PART);
+        assert!(job_from_fetch(&fetched(b"job-1", &rec), "q").is_err());
+        let rec = [H.as_bytes(), b"k"].join(&PART);
+        assert!(job_from_fetch(&fetched(b"job-1", &rec), "q").is_err());
     }
 
     #[test]
     fn the_lease_of_an_unreadable_job_is_read_leniently() {
-        let mut parts = FRESH.to_vec();
-        parts.extend([&b"last_error"[..], b"\xc3", b"job-1"]);
-        assert_eq!(fetched_lease(&packed(&parts)), Some(("job-1".into(), 1)));
-        let mut parts = FRESH.to_vec();
-        parts.extend([&b"lease_token"[..], b"4", b"job-2"]);
-        assert_eq!(fetched_lease(&packed(&parts)), Some(("job-2".into(), 5)));
-        assert_eq!(fetched_lease(&packed(&[b"\xc3"])), None);
-        // A value holding the joiner shifts the pairs after it.
-        let mut parts = vec![&b"kind"[..], b"k", b"", b"state", b"queued"];
-        parts.extend([&b"lease_token"[..], b"1", b"job-3"]);
-        assert_eq!(fetched_lease(&packed(&parts)), Some(("job-3".into(), 2)));
+        let rec = record(H, "test.k", D, &[("last_error", b"\xc3")]);
+        assert_eq!(
+            fetched_lease(&fetched(b"job-1", &rec)),
+            Some(("job-1".into(), 1))
+        );
+        // A kind that is not UTF-8.
+        let mut rec = b"running|3|4|1|1||1|7|0|\xffk\xc3\xff".to_vec();
+        rec.extend_from_slice(D.as_bytes());
+        assert!(job_from_fetch(&fetched(b"job-2", &rec), "q").is_err());
+        assert_eq!(
+            fetched_lease(&fetched(b"job-2", &rec)),
+            Some(("job-2".into(), 5))
+        );
+        // A kind holding the joiner, before the token's part: the token is still found.
+        let mut rec = b"queued|0|1|||||7|0|".to_vec();
+        rec.extend_from_slice(b"\xffk\xffk2\xff");
+        rec.extend_from_slice(D.as_bytes());
+        assert_eq!(
+            fetched_lease(&fetched(b"job-3", &rec)),
+            Some(("job-3".into(), 2))
+        );
+        assert_eq!(fetched_lease(&Value::BulkString(b"\xc3".to_vec())), None);
     }
 
     #[test]
     fn a_fetched_job_that_is_not_utf8_is_corrupt() {
-        let mut parts = FRESH.to_vec();
-        parts.extend([&b"last_error"[..], b"\xc3", b"job-1"]);
-        assert!(job_from_fetch(&packed(&parts), "q").is_err());
+        let rec = record(H, "test.k", D, &[("last_error", b"\xc3")]);
+        assert!(job_from_fetch(&fetched(b"job-1", &rec), "q").is_err());
         assert!(job_from_fetch(&Value::Array(Vec::new()), "q").is_err());
+        assert!(job_from_fetch(&Value::BulkString(b"job-without-record".to_vec()), "q").is_err());
     }
 }

@@ -7,7 +7,7 @@
 //! n-th after it; [`Broker::events`] merges the streams ordered by (stream id, queue, place in
 //! the entry) and holds back the current millisecond, so that an event appended later to
 //! another queue's stream can never sort before one already handed out. A job's history is read
-//! from the stream entries that hold its events, which its hash lists (the first as the head of
+//! from the stream entries that hold its events, which its record lists (the first as the head of
 //! `d`, the others in `evs`), so it costs the job's own entries, not the queue's traffic in
 //! between; each entry is filtered by job id, as it may hold other jobs' events too. A job
 //! stored before `evs` existed has only its last entry's id (`evn`): its history is the part
@@ -30,7 +30,7 @@ use redis::{FromRedisValue, Value};
 
 use super::RedisBroker;
 use super::conn::Pipe;
-use super::decode::{corrupt, parse_num, string, text};
+use super::decode::{corrupt, event_ids, parse_num, string, text};
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventType};
 use crate::job::{FieldError, JobId};
@@ -202,28 +202,18 @@ pub(super) async fn history(broker: &RedisBroker, id: &JobId) -> BrokerResult<Ve
         return Ok(Vec::new());
     };
     // The job's first entry leads its packed field `d`; `evs` lists the others.
-    let fields: Vec<Option<String>> = broker
-        .query(
-            redis::cmd("HMGET")
-                .arg(broker.job_key(&queue, id))
-                .arg("d")
-                .arg("evs")
-                .arg("evn"),
-        )
+    let rec: Value = broker
+        .query(redis::cmd("GET").arg(broker.job_key(&queue, id)))
         .await?;
-    let field = |i: usize| fields.get(i).cloned().flatten();
-    let Some(d) = field(0) else {
+    let Some(ids) = event_ids(&rec, id.as_str())? else {
         return Ok(Vec::new());
     };
-    let Some((first, _)) = d.split_once('|') else {
-        return Err(corrupt(format!("job {id}: bad field d")));
-    };
-    let evs = field(1).unwrap_or_default();
-    let later = evs.split(' ').filter(|s| !s.is_empty());
-    match field(2) {
+    let first = ids.first.as_str();
+    let later = ids.later.iter().map(String::as_str);
+    match ids.evn.as_deref() {
         // Stored before `evs`: read the range up to its last entry.
         Some(evn) => {
-            let last = later.chain([evn.as_str()]).fold(first, |last, e| {
+            let last = later.chain([evn]).fold(first, |last, e| {
                 match (StreamId::parse(last), StreamId::parse(e)) {
                     (Some(a), Some(b)) if b > a => e,
                     _ => last,

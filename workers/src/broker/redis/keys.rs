@@ -1,9 +1,9 @@
 //! The key layout: the names of every key the broker and its scripts use, the checks on the
-//! prefix and queue names that go into them, and the three global indexes outside any queue.
+//! prefix and queue names that go into them, and the global keys outside any queue.
 //!
 //! Every key of one queue starts with `{<prefix>:<queue>}:`, so all of them share one hash tag
 //! and every script touches one Cluster slot. The per-queue keys are listed in
-//! `workers/lua/common.lua`; in short: `job:<id>` (a hash per job), `all` (every id, a
+//! `workers/lua/common.lua`; in short: `job:<id>` (a string per job, its record), `all` (every id, a
 //! lexicographic index for newest-first listing), `lane:<priority>` (a list per priority of the
 //! jobs enqueued `queued`, in queue order; `lanes` names the priorities that have one) and
 //! `queued` (the jobs queued later; score = priority, member = fixed-width due time + enqueue
@@ -29,20 +29,22 @@
 //! global keys live in slots of their own: `cluster.rs` splits such a pipeline by slot and
 //! keeps these orders (global writes before or after the queue's scripts, as written).
 //!
+//! A fourth global key, `<prefix>:layout`, holds the storage layout's version (`layout.rs`).
+//!
 //! The registry of worker nodes lives in a hash tag of its own, `{<prefix>}` (a queue's is
 //! `{<prefix>:<queue>}`, never that): `{<prefix>}:nodes` and `{<prefix>}:seen`, see `nodes.rs`.
 //!
-//! The job hash stores neither the id nor the queue (its key names both) nor counters that
-//! are 0 (nor the progress of a succeeded job, which is always 100; `lease_until` is read
-//! only while the job runs, so finishing does not clear it). The fields fixed at enqueue but
-//! `kind`, `unique_key` and the chain links (first event id, priority, max retries, timeout,
-//! creation time and payload) are packed into one field `d` that only the client decodes (the
-//! scripts read the priority from it and never rewrite it: a chain step's `input` is a field
-//! of its own, and so is a job's `checkpoint`, JSON text written by checkpoint.lua). A
-//! fresh job's hash is five fields, and fetch.lua reads it with one `HGETALL` and hands it over
-//! as read: a queued no-op job costs
-//! about 810 bytes of Redis memory (its hash, its `all`, `queued` and `jobq` entries and its
-//! share of a stream entry).
+//! A job is one string, its record (storage layout 2; `layout.rs` migrates layout 1's hashes):
+//! the fields that change as it moves packed in `h`, its kind, the fields fixed at enqueue
+//! packed in `d` (first event id, priority, max retries, timeout, creation time and payload),
+//! then only the optional fields that have a value, as name/value pairs, all cut apart by the
+//! bytes 0xFF and 0xFE, which no UTF-8 text holds (the layout is in `common.lua`). It stores
+//! neither the id nor the queue (its key names both), nor the progress of a succeeded job
+//! (always 100); `lease_until` is read only while the job runs, so finishing does not clear
+//! it. A step reads the record with one `GET` and writes it with one `SET`: a hash paid a
+//! field search per field read and an insert per field written, and the string took a fifth
+//! off fetch.lua's Redis instructions a job (docs/research/redis-layout-v2/README.md).
+//! fetch.lua hands the record over as read; only `decode.rs` reads all of it.
 //!
 //! The names are written out here and in `common.lua` by hand: they outlive deploys, so a
 //! rename is a data migration, not a refactoring. What is stored under them is the scripts'

@@ -252,7 +252,7 @@ pub(super) async fn run_fetch(
     })
 }
 
-/// Ends as `dead`, saying why, the jobs a fetch leased but cannot read (a hash holding data
+/// Ends as `dead`, saying why, the jobs a fetch leased but cannot read (a record holding data
 /// Hopper did not write): the rest of the fetch runs, instead of the whole fetch failing
 /// after the script leased every job in it (the others would wait for their leases to run
 /// out, and the next fetch lease the unreadable job again). A job whose id cannot even be

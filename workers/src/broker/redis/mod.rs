@@ -15,6 +15,8 @@
 //! - `cluster.rs`: Redis Cluster: its URLs, pipelines split by slot, and the node of a slot
 //!   for blocking waits.
 //! - `keys.rs`: the key layout (one hash tag per queue) and the three global indexes.
+//! - `layout.rs`: the storage layout's version (`<prefix>:layout`) and the migration a node
+//!   runs on connecting to jobs stored in an older one.
 //! - `scripts.rs`: loading the Lua scripts and calling them.
 //! - `decode.rs`: replies -> jobs and script answers.
 //! - `lifecycle.rs`: a job's path: enqueue, fetch, wait, heartbeat, progress, checkpoint,
@@ -35,7 +37,7 @@
 //!
 //! # Chains
 //!
-//! A chain step's hash carries `chain_id`, `chain_index` and `chain_next`; every step is on
+//! A chain step's record carries `chain_id`, `chain_index` and `chain_next`; every step is on
 //! the chain's queue, so the scripts walk `chain_next` links inside one slot. The step after a
 //! succeeded one gets the result as its payload's `input`: the scripts store the result's JSON
 //! text as it came in the step's field `input` and never touch the payload (Lua's cjson would
@@ -86,6 +88,7 @@ mod due_hint;
 mod events;
 mod inbox;
 mod keys;
+mod layout;
 mod lifecycle;
 mod nodes;
 mod pausing;
@@ -167,6 +170,7 @@ impl RedisBroker {
             due_hints: DueHints::default(),
         };
         broker.load_scripts().await?;
+        broker.migrate_layout().await?;
         // Queues used before the index of leased queues existed may hold running jobs. Read
         // and added in two steps, as the two sets are in different Cluster slots (a queue
         // created in between is added by its first fetch).

@@ -12,7 +12,7 @@ use redis::{FromRedisValue, Value};
 
 use super::RedisBroker;
 use super::conn::Pipe;
-use super::decode::{corrupt, int, job_from_fields, string};
+use super::decode::{corrupt, int, job_from_record, string};
 use super::keys::check_queue;
 use super::scripts::{BATCH, SCRIPTS};
 use crate::broker::{JobFilter, JobPage, QueueStats, StateCounts};
@@ -24,15 +24,15 @@ use crate::time::Timestamp;
 const LIST_BUDGET: usize = 1000;
 const LIST_MAX_CALLS: usize = 32;
 
-/// The job `id`, if the index and its hash both have it.
+/// The job `id`, if the index and its record both have it.
 pub(super) async fn get(broker: &RedisBroker, id: &JobId) -> BrokerResult<Option<Job>> {
     let Some(queue) = broker.queue_of(id).await? else {
         return Ok(None);
     };
     let v: Value = broker
-        .query(redis::cmd("HGETALL").arg(broker.job_key(&queue, id)))
+        .query(redis::cmd("GET").arg(broker.job_key(&queue, id)))
         .await?;
-    job_from_fields(&v, id.as_str(), &queue)
+    job_from_record(&v, id.as_str(), &queue)
 }
 
 /// A page of jobs, newest first, across the queues the filter names.
@@ -105,8 +105,8 @@ async fn list_queue(
             return Err(corrupt("short reply from list.lua"));
         };
         pos = string(&last)?;
-        while let (Some(id), Some(hash)) = (it.next(), it.next()) {
-            if let Some(job) = job_from_fields(&hash, &string(&id)?, queue)? {
+        while let (Some(id), Some(rec)) = (it.next(), it.next()) {
+            if let Some(job) = job_from_record(&rec, &string(&id)?, queue)? {
                 jobs.push(job);
             }
         }

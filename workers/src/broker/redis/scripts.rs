@@ -16,7 +16,7 @@ use super::RedisBroker;
 use super::conn::Shared;
 use crate::error::BrokerResult;
 
-/// Jobs per call of the batch scripts (retry_all_dead, rescue, purge, drop_queue).
+/// Jobs per call of the batch scripts (retry_all_dead, rescue, purge, drop_queue, migrate).
 pub(super) const BATCH: usize = 200;
 
 /// One script: its source (for `SCRIPT LOAD`) and SHA1 (for `EVALSHA`).
@@ -76,6 +76,7 @@ scripts! {
     drop_queue: "drop_queue.lua",
     list: "list.lua",
     inbox_append: "inbox_append.lua",
+    migrate: "migrate.lua",
 }
 
 /// Whether Redis no longer has a script (a restart, `SCRIPT FLUSH`): reload and call again.

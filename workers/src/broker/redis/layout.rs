@@ -1,0 +1,78 @@
+//! The storage layout's version, and the migration a node runs when it connects to a Redis
+//! whose jobs an older Hopper stored.
+//!
+//! Layout 1 stored a job as a hash; layout 2 (today's, see `workers/lua/common.lua`) stores
+//! it as one string, its record, which a step reads with one `GET` and writes with one `SET`
+//! (a third less Redis work per fetched job: docs/research/redis-layout-v2/README.md). The
+//! version lives in `<prefix>:layout`; absent means 1, or a Redis that has no jobs yet.
+//!
+//! The migration (migrate.lua) rewrites each queue's jobs in batches of [`BATCH`], so Redis
+//! is never blocked for long, and leaves a job already rewritten as it is: two nodes that
+//! connect at once both migrate, harmlessly. A node of layout 1 still running meanwhile
+//! would not read the rewritten jobs (a node of layout 1 reads a job's hash): upgrade every
+//! node together, as README's "Upgrading" says.
+
+use super::RedisBroker;
+use super::scripts::{BATCH, SCRIPTS};
+use crate::error::{BrokerError, BrokerResult};
+
+/// The layout this build reads and writes.
+const LAYOUT: u32 = 2;
+
+impl RedisBroker {
+    fn layout_key(&self) -> String {
+        format!("{}:layout", self.prefix)
+    }
+
+    /// Brings the stored jobs to [`LAYOUT`]: a no-op once the version key says so. Refuses a
+    /// Redis a newer Hopper has written, which this one cannot read.
+    pub(super) async fn migrate_layout(&self) -> BrokerResult<()> {
+        let stored: Option<String> = self.query(redis::cmd("GET").arg(self.layout_key())).await?;
+        let stored = match stored.as_deref().map(str::parse::<u32>) {
+            None => 1,
+            Some(Ok(v)) => v,
+            Some(Err(_)) => {
+                return Err(BrokerError::Config(format!(
+                    "redis key {}: not a storage layout version",
+                    self.layout_key()
+                )));
+            }
+        };
+        if stored == LAYOUT {
+            return Ok(());
+        }
+        if stored > LAYOUT {
+            return Err(BrokerError::Config(format!(
+                "the jobs under redis prefix {:?} are stored in layout {stored}, which only a newer \
+                 Hopper reads (this one reads layout {LAYOUT})",
+                self.prefix
+            )));
+        }
+        let mut rewritten = 0u64;
+        for queue in self.queue_names().await? {
+            let mut cursor = String::new();
+            loop {
+                let mut cmd = self.eval(&SCRIPTS.migrate, &queue);
+                cmd.arg(&cursor).arg(BATCH);
+                let (next, n): (String, u64) = self.query(&cmd).await?;
+                rewritten += n;
+                if next.is_empty() {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        let () = self
+            .query(redis::cmd("SET").arg(self.layout_key()).arg(LAYOUT))
+            .await?;
+        if rewritten > 0 {
+            tracing::info!(
+                jobs = rewritten,
+                from = stored,
+                to = LAYOUT,
+                "rewrote the jobs stored in Redis in the current storage layout"
+            );
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,198 @@
+//! Storage layouts: jobs an older Hopper stored in layout 1 (a hash per job) are rewritten as
+//! records (layout 2) when a node connects, and read, run and keep their history as before.
+//! Part of the `conformance_redis` test binary (its fixtures are the parent module's).
+
+use super::*;
+
+/// The parts of a record's `h`, in order (see workers/lua/common.lua).
+const HOT: [&str; 10] = [
+    "state",
+    "attempt",
+    "lease_token",
+    "lease_until",
+    "started_at",
+    "finished_at",
+    "run_at",
+    "seq",
+    "interruption_streak",
+    "evs",
+];
+
+/// Rewrites the record at `key` by hand as the hash layout 1 stored: `h`'s parts, the kind,
+/// `d` and each optional field as fields of their own, without the zero counters and empty
+/// fields layout 1 left out.
+fn to_layout1(conn: &mut redis::Connection, key: &str) {
+    let rec: Vec<u8> = redis::cmd("GET").arg(key).query(conn).expect("get");
+    let mut pieces = rec.split(|b| *b == 0xFE);
+    let head: Vec<&[u8]> = pieces
+        .next()
+        .expect("a record")
+        .split(|b| *b == 0xFF)
+        .collect();
+    assert_eq!(head.len(), 3, "h, kind, d: {rec:?}");
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = vec![
+        (b"kind".to_vec(), head[1].to_vec()),
+        (b"d".to_vec(), head[2].to_vec()),
+    ];
+    let h = std::str::from_utf8(head[0]).expect("h is text");
+    for (name, value) in HOT.iter().zip(h.split('|')) {
+        let zero_counter =
+            value == "0" && matches!(*name, "attempt" | "lease_token" | "interruption_streak");
+        if !value.is_empty() && !zero_counter {
+            fields.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+        }
+    }
+    for piece in pieces {
+        let at = piece.iter().position(|b| *b == 0xFF).expect("a pair");
+        fields.push((piece[..at].to_vec(), piece[at + 1..].to_vec()));
+    }
+    let mut hset = redis::cmd("HSET");
+    hset.arg(key);
+    for (name, value) in &fields {
+        hset.arg(name).arg(value);
+    }
+    redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg(key)
+        .ignore()
+        .add_command(hset)
+        .ignore()
+        .query::<()>(conn)
+        .expect("rewrite as a hash");
+}
+
+/// Every job key under `prefix`.
+fn job_keys(prefix: &str) -> Vec<String> {
+    keys_of(prefix)
+        .into_iter()
+        .filter(|k| k.contains("}:job:"))
+        .collect()
+}
+
+#[tokio::test]
+async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
+    let f = fixture().await;
+    let b = &f.broker;
+    // More queued jobs than one migrate.lua call rewrites, and jobs in other states with the
+    // optional fields: a result, progress, a last error, a chain, a unique key.
+    let queued = enqueue_ids(&**b, (0..250).map(|_| job("k.many")).collect()).await;
+    let chain = hopper_workers::job::link_chain(vec![job("k.c0"), job("k.c1")]);
+    let others = enqueue_ids(
+        &**b,
+        [job("k.ok"), job("k.dead").unique_key("u-1")]
+            .into_iter()
+            .chain(chain)
+            .map(|j| j.queue("other"))
+            .collect(),
+    )
+    .await;
+    let got = b.fetch("other", 3, LEASE).await.expect("fetch");
+    assert_eq!(got.len(), 3, "the ok, dead and first chain step");
+    let by_kind = |k: &str| {
+        got.iter()
+            .find(|j| j.kind == k)
+            .map(|j| j.lease())
+            .expect("leased")
+    };
+    b.progress(&by_kind("k.ok"), 40, Some("halfway".into()))
+        .await
+        .expect("progress");
+    let done = b
+        .finish(vec![
+            finish(
+                by_kind("k.ok"),
+                Outcome::Succeeded {
+                    result: json!({"n": [1, 2]}),
+                },
+            ),
+            finish(
+                by_kind("k.dead"),
+                Outcome::Dead {
+                    error: "boom | with a bar".into(),
+                },
+            ),
+        ])
+        .await
+        .expect("finish");
+    assert!(done.iter().all(Result::is_ok), "{done:?}");
+    let ids: Vec<_> = queued.iter().chain(&others).cloned().collect();
+    let mut before = Vec::new();
+    for id in &ids {
+        let job = b.get(id).await.expect("get").expect("a job");
+        let history = b.history(id).await.expect("history");
+        before.push((job, history));
+    }
+
+    // An older Hopper's Redis: every job a hash, no layout version.
+    let mut conn = raw_conn();
+    let keys = job_keys(&f.prefix);
+    assert_eq!(keys.len(), ids.len());
+    for key in &keys {
+        to_layout1(&mut conn, key);
+    }
+    let () = redis::cmd("DEL")
+        .arg(format!("{}:layout", f.prefix))
+        .query(&mut conn)
+        .expect("del");
+
+    let node = connect(&f.prefix, f.clock.clone()).await.with_clock_time();
+    let layout: String = redis::cmd("GET")
+        .arg(format!("{}:layout", f.prefix))
+        .query(&mut conn)
+        .expect("get");
+    assert_eq!(layout, "2");
+    for key in &keys {
+        let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).expect("type");
+        assert_eq!(kind, "string", "{key} rewritten");
+    }
+    for (id, (job, history)) in ids.iter().zip(&before) {
+        let now = node.get(id).await.expect("get").expect("a job");
+        assert_eq!(&now, job, "the job reads as before");
+        assert_eq!(&node.history(id).await.expect("history"), history);
+    }
+
+    // They run: the queued ones are leased in their order and succeed; the chain's first
+    // step, leased before, finishes and queues the second with its result.
+    let node: Arc<dyn Broker> = Arc::new(node);
+    let mut leased = Vec::new();
+    while leased.len() < queued.len() {
+        let got = node.fetch("default", 100, LEASE).await.expect("fetch");
+        assert!(!got.is_empty(), "all {} leased", queued.len());
+        leased.extend(got.iter().map(|j| j.id.clone()));
+        node.finish(succeed_all(&got)).await.expect("finish");
+    }
+    assert_eq!(leased, queued, "in queue order");
+    let step = by_kind("k.c0");
+    let done = node
+        .finish(vec![finish(step, Outcome::Succeeded { result: json!(7) })])
+        .await
+        .expect("finish");
+    assert!(
+        done[0].is_ok(),
+        "the lease taken before the rewrite still holds"
+    );
+    let next = node.fetch("other", 1, LEASE).await.expect("fetch");
+    assert_eq!(next.len(), 1);
+    assert_eq!(next[0].payload["input"], json!(7));
+    let again = connect(&f.prefix, f.clock.clone()).await;
+    assert_eq!(
+        again.get(&others[0]).await.expect("get").map(|j| j.state),
+        Some(JobState::Succeeded),
+        "a second connect changes nothing"
+    );
+}
+
+#[tokio::test]
+async fn a_layout_only_a_newer_hopper_reads_is_refused() {
+    let f = fixture().await;
+    let () = redis::cmd("SET")
+        .arg(format!("{}:layout", f.prefix))
+        .arg(3)
+        .query(&mut raw_conn())
+        .expect("set");
+    let err = RedisBroker::connect(&redis_url(), &f.prefix, f.clock.clone())
+        .await
+        .expect_err("refused");
+    assert!(err.to_string().contains("layout 3"), "{err}");
+}
