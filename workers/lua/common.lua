@@ -8,7 +8,7 @@
 --              Three parts joined by the byte 0xFF, then the optional fields:
 --                <h> 0xFF <kind> 0xFF <d> { 0xFE <name> 0xFF <value> }
 --              `h`, the fields that change as the job moves, '|'-separated (see H_PAT):
---                state|attempt|lease_token|lease_until|started_at|finished_at|run_at|seq|
+--                state|attempt|lease_token|lease_until|started_at|run_at|seq|finished_at|
 --                interruption_streak|evs
 --              (counters as digits, an absent time '', `evs` the space-separated ids of the
 --              stream entries holding its events after the first, oldest first: a job's
@@ -105,7 +105,7 @@ local OPTIONAL = {
 }
 
 -- A record read into a table: h's fields by name (state, attempt, token, lease_until,
--- started_at, finished_at, run_at, seq, streak, evs), `kind`, `d`, and `x`, the optional
+-- started_at, run_at, seq, finished_at, streak, evs), `kind`, `d`, and `x`, the optional
 -- fields by name. nil for nil (no such job) and for a record that does not parse.
 local function rec_read(v)
   if not v then
@@ -115,7 +115,7 @@ local function rec_read(v)
   if not h then
     return nil
   end
-  local st, attempt, token, lease_until, started_at, finished_at, run_at, seq, streak, evs = string.match(h, H_PAT)
+  local st, attempt, token, lease_until, started_at, run_at, seq, finished_at, streak, evs = string.match(h, H_PAT)
   if not st then
     return nil
   end
@@ -132,8 +132,8 @@ end
 -- The text of a table as rec_read makes it; an optional field that is nil or '' is left out.
 local function rec_text(j)
   local parts = {
-    j.state, '|', j.attempt, '|', j.token, '|', j.lease_until, '|', j.started_at, '|', j.finished_at, '|',
-    j.run_at, '|', j.seq, '|', j.streak, '|', j.evs, '\255', j.kind, '\255', j.d,
+    j.state, '|', j.attempt, '|', j.token, '|', j.lease_until, '|', j.started_at, '|', j.run_at, '|', j.seq, '|',
+    j.finished_at, '|', j.streak, '|', j.evs, '\255', j.kind, '\255', j.d,
   }
   for _, name in ipairs(OPTIONAL) do
     local v = j.x[name]

@@ -121,7 +121,7 @@ if #bases > 0 then
     local at_s = at == now and now_s or ms_text(at)
     -- The record (see common.lua): no attempt, lease or finish yet, no interruption, no
     -- event after the first (whose entry leads `d`), and only the optional fields it has.
-    local rec = state .. '|0|0||||' .. at_s .. '|' .. ms_text(seq) .. '|0|\255' .. ARGV[b + 1] .. '\255' .. ev_bar
+    local rec = state .. '|0|0|||' .. at_s .. '|' .. ms_text(seq) .. '||0|\255' .. ARGV[b + 1] .. '\255' .. ev_bar
       .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9]
     if ARGV[b + 5] ~= '' then
       rec = rec .. '\254unique_key\255' .. ARGV[b + 5]

@@ -41,7 +41,7 @@
 local JOINER = '\255'
 -- A record's `h` parts and the position after them (see common.lua). The pattern stops there:
 -- the rest (the payload) is cut with string.sub, never scanned a byte at a time.
-local FETCH_PAT = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|\255]*)()'
+local FETCH_PAT = '^([^|]*)|([^|]*)|([^|]*)|[^|]*|([^|]*)|([^|]*|([^|]*)|[^|]*|[^|]*|)([^|\255]*)()'
 
 local now = clock_ms(ARGV[1])
 local now_s = ms_text(now)
@@ -122,9 +122,10 @@ while max > 0 and #ids < max and rounds < 8 do
     local id = string.sub(popped[i], QPREFIX + 1)
     local jk = job_key(id)
     local v = redis.call('GET', jk)
-    local st, attempt, token, lease_until, started_at, finished_at, run_at, seq, streak, evs, at
+    -- mid: `h` from run_at to the streak, the part a lease does not change.
+    local st, attempt, token, started_at, mid, seq, evs, at
     if v then
-      st, attempt, token, lease_until, started_at, finished_at, run_at, seq, streak, evs, at = string.match(v, FETCH_PAT)
+      st, attempt, token, started_at, mid, seq, evs, at = string.match(v, FETCH_PAT)
     end
     if st == 'queued' and tonumber(seq) == tonumber(string.sub(popped[i], 16, QPREFIX)) then
       local n = #ids + 1
@@ -138,8 +139,7 @@ while max > 0 and #ids < max and rounds < 8 do
       add_event('job.started', id, string.match(tail, '^\255([^\255]*)'), attempt)
       ids[n] = id
       keys[n] = jk
-      heads[n] = 'running|' .. attempt .. '|' .. token .. '|' .. deadline .. '|' .. started_at .. '|' .. finished_at
-        .. '|' .. run_at .. '|' .. seq .. '|' .. streak .. '|'
+      heads[n] = 'running|' .. attempt .. '|' .. token .. '|' .. deadline .. '|' .. started_at .. '|' .. mid
       evss[n] = evs
       -- A new attempt starts without the last one's progress.
       if string.find(tail, '\254progress', 1, true) then
@@ -160,7 +160,13 @@ if #ids > 0 then
   local running = { '+inf', RUNNING_PIN }
   for i = 1, #ids do
     local id, jk = ids[i], keys[i]
-    redis.call('SET', jk, heads[i] .. evs_add(evss[i], ev) .. tails[i])
+    -- `evs` with this call's entry added (never there already: the entry is new).
+    local evs = evss[i]
+    if evs == '' then
+      redis.call('SET', jk, heads[i] .. ev .. tails[i])
+    else
+      redis.call('SET', jk, heads[i] .. evs .. ' ' .. ev .. tails[i])
+    end
     running[#running + 1] = deadline
     running[#running + 1] = id
   end

@@ -40,9 +40,12 @@ local function without_error(tail)
   return tail
 end
 
--- A record's `h` parts, its kind and the position after them (see common.lua). The pattern
--- stops there: the rest (the payload) is cut with string.sub, never scanned a byte at a time.
-local FINISH_PAT = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|\255]*)\255([^\255]*)()'
+-- A running job's record: its attempt and lease token, and where its `h` goes on after them
+-- (see common.lua). The rest of the record is cut at the separators string.find finds
+-- (memchr): one pattern capturing every part of `h` cost 3% more Redis work a job
+-- (callgrind, docs/research/redis-layout-v2/measure.sh), a string made per capture.
+local RUNNING = '^running|(%d*)|(%d*)|()'
+local find, sub = string.find, string.sub
 
 local out = {}
 local ok_n, fail_n, wake = 0, 0, 0
@@ -50,9 +53,9 @@ local ok_n, fail_n, wake = 0, 0, 0
 -- (its `evs` needs the id of the stream entry written then): `heads` (its `h` up to `evs`),
 -- the `evs` it had, its kind, `tails` (the record from the 0xFF before `d` on, but for an
 -- optional field set here) and that field (`adds`, as 0xFE name 0xFF, and its value).
--- Also its ARGV base, key, due time (retry and snooze), chain link and tail as read (for
--- its chain_index and d). The same lease twice in one call: only the first is applied, as
--- if in two calls.
+-- Also its ARGV base, key, due time (retry and snooze) or place in line (release: run_at
+-- and seq), chain link and tail as read (for its chain_index and d). The same lease twice in
+-- one call: only the first is applied, as if in two calls.
 local bases, keys, heads, evss, kinds, tails, adds, addvs = {}, {}, {}, {}, {}, {}, {}, {}
 local ats, nexts, olds, seen = {}, {}, {}, {}
 for i = 0, n - 1 do
@@ -60,52 +63,65 @@ for i = 0, n - 1 do
   local id, token, code = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local jk = job_key(id)
   local v = redis.call('GET', jk)
-  local st, attempt, tok, lease_until, started_at, finished_at, run_at, seq, streak, evs, kind, pos
+  local attempt, tok, p
   if v then
-    st, attempt, tok, lease_until, started_at, finished_at, run_at, seq, streak, evs, kind, pos = string.match(v, FINISH_PAT)
+    attempt, tok, p = string.match(v, RUNNING)
   end
-  if st ~= 'running' or tok ~= token or seen[id] then
+  -- The bars after lease_until, started_at, run_at, seq, finished_at and the streak, then
+  -- the 0xFF before the kind and the one before `d` (none of them: not a record this
+  -- broker wrote, refused like a lost lease).
+  local b4 = p and find(v, '|', p, true)
+  local b5 = b4 and find(v, '|', b4 + 1, true)
+  local b6 = b5 and find(v, '|', b5 + 1, true)
+  local b7 = b6 and find(v, '|', b6 + 1, true)
+  local b8 = b7 and find(v, '|', b7 + 1, true)
+  local b9 = b8 and find(v, '|', b8 + 1, true)
+  local pk = b9 and find(v, '\255', b9 + 1, true)
+  local pt = pk and find(v, '\255', pk + 1, true)
+  if not pt or tok ~= token or seen[id] then
     out[#out + 1] = 0
   else
+    pk = pk + 1
+    local evs, kind, tail = sub(v, b9 + 1, pk - 2), sub(v, pk, pt - 1), sub(v, pt)
     local a = ARGV[b + 3]
-    local tail = string.sub(v, pos)
     local old = tail
     local at = nil
     local add, addv = '', ''
-    -- An attempt that ended normally ends an interruption streak.
-    if code ~= 'release' then
-      streak = '0'
-    end
+    local head
     if code == 'ok' then
       add_event('job.succeeded', id, kind, attempt, 'r', a)
-      st, finished_at = 'succeeded', now_s
-      if string.find(tail, '\254result\255', 1, true) then
+      head = 'succeeded|' .. attempt .. '|' .. tok .. '|' .. sub(v, p, b7) .. now_s .. '|0|'
+      if find(tail, '\254result\255', 1, true) then
         tail = string.gsub(tail, '\254result\255[^\254]*', '')
       end
       add, addv = '\254result\255', a
     elseif code == 'retry' then
       add_event('job.retrying', id, kind, attempt, 'e', ARGV[b + 4])
       at = ms_text(now + tonumber(a))
-      st, run_at, tail = 'retrying', at, without_error(tail)
+      head = 'retrying|' .. attempt .. '|' .. tok .. '|' .. sub(v, p, b5) .. at .. '|' .. sub(v, b6 + 1, b8) .. '0|'
+      tail = without_error(tail)
       add, addv = '\254last_error\255', ARGV[b + 4]
     elseif code == 'dead' then
       add_event('job.dead', id, kind, attempt, 'e', a)
-      st, finished_at, tail = 'dead', now_s, without_error(tail)
+      head = 'dead|' .. attempt .. '|' .. tok .. '|' .. sub(v, p, b7) .. now_s .. '|0|'
+      tail = without_error(tail)
       add, addv = '\254last_error\255', a
     elseif code == 'snooze' then
       -- No event type names "scheduled": a snooze is recorded as enqueued again, for later.
       attempt = itoa(tonumber(attempt) - 1)
       add_event('job.enqueued', id, kind, attempt, 'm', 'snoozed')
       at = ms_text(now + tonumber(a))
-      st, run_at = 'scheduled', at
+      head = 'scheduled|' .. attempt .. '|' .. tok .. '|' .. sub(v, p, b5) .. at .. '|' .. sub(v, b6 + 1, b8) .. '0|'
       if ARGV[b + 4] ~= '' then
         tail = without_error(tail)
         add, addv = '\254last_error\255', ARGV[b + 4]
       end
     elseif code == 'release' then
       add_event('job.released', id, kind, attempt, 'm', a)
-      -- Back at its old place in line: its run_at and sequence are unchanged.
-      st, attempt = 'queued', itoa(tonumber(attempt) - 1)
+      -- Back at its old place in line: its run_at and sequence are unchanged, and so is its
+      -- interruption streak (a release neither counts nor forgives one).
+      head = 'queued|' .. itoa(tonumber(attempt) - 1) .. '|' .. tok .. '|' .. sub(v, p, b9)
+      at = sub(v, b5 + 1, b7 - 1)
     else
       return redis.error_reply('finish.lua: unknown outcome ' .. tostring(code))
     end
@@ -113,8 +129,7 @@ for i = 0, n - 1 do
     seen[id] = true
     bases[k] = b
     keys[k] = jk
-    heads[k] = st .. '|' .. attempt .. '|' .. tok .. '|' .. lease_until .. '|' .. started_at .. '|' .. finished_at
-      .. '|' .. run_at .. '|' .. seq .. '|' .. streak .. '|'
+    heads[k] = head
     evss[k] = evs
     kinds[k] = kind
     tails[k] = tail
@@ -122,7 +137,7 @@ for i = 0, n - 1 do
     addvs[k] = addv
     ats[k] = at
     olds[k] = old
-    nexts[k] = string.find(old, '\254chain_next\255', 1, true) and rec_field(old, 'chain_next')
+    nexts[k] = find(old, '\254chain_next\255', 1, true) and rec_field(old, 'chain_next')
     out[#out + 1] = 1
   end
 end
@@ -133,7 +148,13 @@ if #bases > 0 then
   for i = 1, #bases do
     local b = bases[i]
     local id, code = ARGV[b], ARGV[b + 2]
-    redis.call('SET', keys[i], heads[i] .. evs_add(evss[i], ev) .. '\255' .. kinds[i] .. tails[i] .. adds[i] .. addvs[i])
+    -- `evs` with this call's entry added (never there already: the entry is new).
+    local evs = evss[i]
+    if evs == '' then
+      redis.call('SET', keys[i], heads[i] .. ev .. '\255' .. kinds[i] .. tails[i] .. adds[i] .. addvs[i])
+    else
+      redis.call('SET', keys[i], heads[i] .. evs .. ' ' .. ev .. '\255' .. kinds[i] .. tails[i] .. adds[i] .. addvs[i])
+    end
     stopped[#stopped + 1] = id
     if code == 'ok' then
       succeeded[#succeeded + 1] = now_s
@@ -162,7 +183,7 @@ if #bases > 0 then
       wake = wake + 1
     else
       local p = d_priority(string.match(olds[i], '^\255([^\254]*)'))
-      local run_at, seq = string.match(heads[i], '^[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|[^|]*|([^|]*)|([^|]*)|')
+      local run_at, seq = string.match(ats[i], '^([^|]*)|(.*)$')
       redis.call('ZADD', K .. 'queued', p, qmember(tonumber(run_at), tonumber(seq), id))
       move('running', 'queued')
       wake = wake + 1

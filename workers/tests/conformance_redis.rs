@@ -366,7 +366,7 @@ async fn a_fresh_job_record_holds_only_what_it_needs() {
         "h, kind and d: {plain:?}"
     );
     assert!(!plain.contains(&0xFE), "no optional field: {plain:?}");
-    assert!(plain.starts_with(b"queued|0|0||||"), "{plain:?}");
+    assert!(plain.starts_with(b"queued|0|0|||"), "{plain:?}");
     let unique = raw_record(
         &mut conn,
         &format!("{{{}:default}}:job:{packed_id}", f.prefix),

@@ -11,9 +11,9 @@ const HOT: [&str; 10] = [
     "lease_token",
     "lease_until",
     "started_at",
-    "finished_at",
     "run_at",
     "seq",
+    "finished_at",
     "interruption_streak",
     "evs",
 ];

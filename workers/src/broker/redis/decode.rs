@@ -91,9 +91,9 @@ const HOT: [&str; 10] = [
     "lease_token",
     "lease_until",
     "started_at",
-    "finished_at",
     "run_at",
     "seq",
+    "finished_at",
     "interruption_streak",
     "evs",
 ];
@@ -438,7 +438,7 @@ mod tests {
         rec
     }
 
-    const H: &str = "queued|0|0||||1700000000000|7|0|";
+    const H: &str = "queued|0|0|||1700000000000|7||0|";
     const D: &str = "1-0|5|3||1700000000000|{\"a\":\"x|y\"}";
 
     /// A fetched job as fetch.lua answers it: its id, 0xFF, its record.
@@ -465,7 +465,7 @@ mod tests {
 
     #[test]
     fn every_field_of_a_record_is_read() {
-        let h = "running|2|9|1700000030000|1700000000100|1700000000200|1700000000000|7|1|2-0 3-0";
+        let h = "running|2|9|1700000030000|1700000000100|1700000000000|7|1700000000200|1|2-0 3-0";
         let rec = record(
             h,
             "test.k",
@@ -548,7 +548,7 @@ mod tests {
             Some(("job-1".into(), 1))
         );
         // A kind that is not UTF-8.
-        let mut rec = b"running|3|4|1|1||1|7|0|\xffk\xc3\xff".to_vec();
+        let mut rec = b"running|3|4|1|1|1|7||0|\xffk\xc3\xff".to_vec();
         rec.extend_from_slice(D.as_bytes());
         assert!(job_from_fetch(&fetched(b"job-2", &rec), "q").is_err());
         assert_eq!(
@@ -556,7 +556,7 @@ mod tests {
             Some(("job-2".into(), 5))
         );
         // A kind holding the joiner, before the token's part: the token is still found.
-        let mut rec = b"queued|0|1|||||7|0|".to_vec();
+        let mut rec = b"queued|0|1|||1|7||0|".to_vec();
         rec.extend_from_slice(b"\xffk\xffk2\xff");
         rec.extend_from_slice(D.as_bytes());
         assert_eq!(
