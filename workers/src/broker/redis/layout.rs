@@ -3,7 +3,7 @@
 //!
 //! Layout 1 stored a job as a hash; layout 2 (today's, see `workers/lua/common.lua`) stores
 //! it as one string, its record, which a step reads with one `GET` and writes with one `SET`
-//! (a third less Redis work per fetched job: docs/research/redis-layout-v2/README.md). The
+//! (a fifth less Redis work a fetched job: docs/research/redis-layout-v2/README.md). The
 //! version lives in `<prefix>:layout`; absent means 1, or a Redis that has no jobs yet.
 //!
 //! The migration (migrate.lua) rewrites each queue's jobs in batches of [`BATCH`], so Redis
