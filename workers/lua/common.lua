@@ -180,6 +180,25 @@ local function qmember(run_at, seq, id)
   return string.format('%015d%016d', run_at, seq) .. id
 end
 
+-- A job's sequence as stored in its record: the 16 digits it has in a queue member, so that
+-- fetch.lua checks an entry against the record by comparing two interned strings (a
+-- pointer), not by parsing both into numbers.
+local function seq_text(seq)
+  return string.format('%016d', seq)
+end
+
+-- The decimal text of a counter's text plus one ('' counts as 0), memoized per call: the
+-- attempt and lease token a fetch writes, without a tonumber (strtod) for every job.
+local succ_memo = {}
+local function succ(t)
+  local s = succ_memo[t]
+  if not s then
+    s = string.format('%d', (tonumber(t) or 0) + 1)
+    succ_memo[t] = s
+  end
+  return s
+end
+
 -- Whether queue entry `a` (priority pa, member ma) comes before `b` (pb, mb): priority, then
 -- the fixed-width due time and sequence, compared as numbers (Lua compares strings with
 -- strcoll, whose order depends on Redis' locale).
@@ -491,7 +510,7 @@ local function requeue(id, st, now, cap)
   end
   -- The lease token is kept: it only grows, so a lease of an earlier attempt stays refused.
   j.state, j.attempt, j.lease_until, j.finished_at = target, '0', '', ''
-  j.run_at, j.seq, j.streak, j.evs = ms_text(now), itoa(seq), '0', evs_add(j.evs, ev)
+  j.run_at, j.seq, j.streak, j.evs = ms_text(now), seq_text(seq), '0', evs_add(j.evs, ev)
   j.x.result, j.x.progress, j.x.progress_message = nil, nil, nil
   rec_write(jk, j)
   if target == 'queued' then

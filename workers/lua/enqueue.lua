@@ -121,7 +121,8 @@ if #bases > 0 then
     local at_s = at == now and now_s or ms_text(at)
     -- The record (see common.lua): no attempt, lease or finish yet, no interruption, no
     -- event after the first (whose entry leads `d`), and only the optional fields it has.
-    local rec = state .. '|0|0|||' .. at_s .. '|' .. ms_text(seq) .. '||0|\255' .. ARGV[b + 1] .. '\255' .. ev_bar
+    local seq_s = seq_text(seq)
+    local rec = state .. '|0|0|||' .. at_s .. '|' .. seq_s .. '||0|\255' .. ARGV[b + 1] .. '\255' .. ev_bar
       .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9]
     if ARGV[b + 5] ~= '' then
       rec = rec .. '\254unique_key\255' .. ARGV[b + 5]
@@ -144,7 +145,7 @@ if #bases > 0 then
         queued[priority] = lane
         levels[#levels + 1] = priority
       end
-      lane[#lane + 1] = now_pad .. string.format('%016d', seq) .. id
+      lane[#lane + 1] = now_pad .. seq_s .. id
       nqueued = nqueued + 1
     elseif state == 'scheduled' then
       due[#due + 1] = at_s

@@ -22,8 +22,7 @@
 -- Returns  an array: the time this call ran at (ms), the lease deadline it wrote, how long
 --          until the queue's earliest due job (ms text, <= 0 when one is due already) or ''
 --          when none is scheduled, (rated only) when the rate next allows a start if later
---          than now (ms text) or '', then one
---          string per leased job: its id, the byte 0xFF (JOINER below), then its record
+--          than now (ms text) or '', then two values per leased job: its id and its record
 --          (see common.lua) as read before the lease. The caller
 --          applies the lease (`Job::begin_attempt` in workers/src/job.rs, the rule this
 --          script stores) with the time and deadline given here: the script's clock may be
@@ -32,13 +31,11 @@
 --          the 7 changed fields of every job cost 12% of drain throughput. The earliest due
 --          time lets an idle worker block on the signal list straight away (see
 --          workers/src/broker/redis/due_hint.rs): no TIME and ZRANGE round trips of its own.
---          A job is one string, not an array of a dozen: Redis converts each reply value
---          out of Lua and the client parses each, and the one string cut fetch.lua's Redis
---          instructions by 8% a job (callgrind, docs/research/redis-layout-v2/measure.sh).
+--          A job is its record as stored, not an array of a dozen values (Redis converts each
+--          reply value out of Lua and the client parses each), and its id a value of its own:
+--          joining the two into one string cost 2% more of fetch.lua's Redis instructions
+--          than the value (callgrind, docs/research/redis-layout-v2/measure.sh).
 
--- The byte joining a fetched job's id and record: no UTF-8 text holds it, and every value
--- Hopper stores is UTF-8.
-local JOINER = '\255'
 -- A record's `h` parts and the position after them (see common.lua). The pattern stops there:
 -- the rest (the payload) is cut with string.sub, never scanned a byte at a time.
 local FETCH_PAT = '^([^|]*)|([^|]*)|([^|]*)|[^|]*|([^|]*)|([^|]*|([^|]*)|[^|]*|[^|]*|)([^|\255]*)()'
@@ -127,10 +124,10 @@ while max > 0 and #ids < max and rounds < 8 do
     if v then
       st, attempt, token, started_at, mid, seq, evs, at = string.match(v, FETCH_PAT)
     end
-    if st == 'queued' and tonumber(seq) == tonumber(string.sub(popped[i], 16, QPREFIX)) then
+    if st == 'queued' and seq == string.sub(popped[i], 16, QPREFIX) then
       local n = #ids + 1
-      attempt = itoa((tonumber(attempt) or 0) + 1)
-      token = itoa((tonumber(token) or 0) + 1)
+      attempt = succ(attempt)
+      token = succ(token)
       if started_at == '' then
         started_at = now_s
       end
@@ -146,7 +143,8 @@ while max > 0 and #ids < max and rounds < 8 do
         tail = string.gsub(tail, '\254progress[^\254]*', '')
       end
       tails[n] = tail
-      out[n + head] = id .. JOINER .. v
+      out[2 * n - 1 + head] = id
+      out[2 * n + head] = v
     else
       stale = true
     end

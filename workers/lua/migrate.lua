@@ -28,7 +28,7 @@ for i = 1, #ids do
     local j = {
       state = m.state or '', attempt = m.attempt or '0', token = m.lease_token or '0',
       lease_until = m.lease_until or '', started_at = m.started_at or '', finished_at = m.finished_at or '',
-      run_at = m.run_at or '', seq = m.seq or '0', streak = m.interruption_streak or '0', evs = m.evs or '',
+      run_at = m.run_at or '', seq = seq_text(tonumber(m.seq) or 0), streak = m.interruption_streak or '0', evs = m.evs or '',
       kind = m.kind or '', d = m.d or '', x = {},
     }
     for _, name in ipairs(OPTIONAL) do

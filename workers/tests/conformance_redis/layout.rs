@@ -20,7 +20,7 @@ const HOT: [&str; 10] = [
 
 /// Rewrites the record at `key` by hand as the hash layout 1 stored: `h`'s parts, the kind,
 /// `d` and each optional field as fields of their own, without the zero counters and empty
-/// fields layout 1 left out.
+/// fields layout 1 left out, and the sequence without leading zeros.
 fn to_layout1(conn: &mut redis::Connection, key: &str) {
     let rec: Vec<u8> = redis::cmd("GET").arg(key).query(conn).expect("get");
     let mut pieces = rec.split(|b| *b == 0xFE);
@@ -38,8 +38,13 @@ fn to_layout1(conn: &mut redis::Connection, key: &str) {
     for (name, value) in HOT.iter().zip(h.split('|')) {
         let zero_counter =
             value == "0" && matches!(*name, "attempt" | "lease_token" | "interruption_streak");
+        // Layout 1 wrote the sequence without layout 2's leading zeros.
+        let value = match *name {
+            "seq" => value.parse::<u64>().expect("a sequence").to_string(),
+            _ => value.to_owned(),
+        };
         if !value.is_empty() && !zero_counter {
-            fields.push((name.as_bytes().to_vec(), value.as_bytes().to_vec()));
+            fields.push((name.as_bytes().to_vec(), value.into_bytes()));
         }
     }
     for piece in pieces {

@@ -249,17 +249,13 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// The byte fetch.lua joins a job's id and record with (its `JOINER`): no UTF-8 text holds it.
-const JOINER: u8 = 0xFF;
-
-/// A job leased by fetch.lua: its id, [`JOINER`], then its record as it was before the lease.
-pub(super) fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
-    let Value::BulkString(packed) = v else {
-        return Err(corrupt(format!("expected a fetched job, got {v:?}")));
+/// A job leased by fetch.lua, which answers its id and its record as it was before the lease.
+pub(super) fn job_from_fetch(id: &Value, rec: &Value, queue: &str) -> BrokerResult<Job> {
+    let Value::BulkString(id) = id else {
+        return Err(corrupt(format!("expected a fetched job's id, got {id:?}")));
     };
-    let mut halves = packed.splitn(2, |b| *b == JOINER);
-    let (Some(id), Some(rec)) = (halves.next(), halves.next()) else {
-        return Err(corrupt("fetch.lua answered a job without its id"));
+    let Value::BulkString(rec) = rec else {
+        return Err(corrupt(format!("expected a fetched job, got {rec:?}")));
     };
     let id = std::str::from_utf8(id)
         .map_err(|_| corrupt("fetch.lua answered an id that is not UTF-8"))?;
@@ -270,18 +266,20 @@ pub(super) fn job_from_fetch(v: &Value, queue: &str) -> BrokerResult<Job> {
 /// read leniently: enough to end the lease of a job [`job_from_fetch`] cannot read. The token
 /// is the third part of the record's `h`, which comes before any field another program could
 /// have spoilt. `None` when not even the id is text.
-pub(super) fn fetched_lease(v: &Value) -> Option<(String, u64)> {
-    let Value::BulkString(packed) = v else {
+pub(super) fn fetched_lease(id: &Value, rec: &Value) -> Option<(String, u64)> {
+    let Value::BulkString(id) = id else {
         return None;
     };
-    let mut halves = packed.splitn(2, |b| *b == JOINER);
-    let id = std::str::from_utf8(halves.next()?).ok()?;
-    let before = halves
-        .next()
-        .and_then(|rec| rec.split(|b| *b == PART || *b == OPTIONAL).next())
-        .and_then(|h| h.split(|b| *b == b'|').nth(2))
-        .and_then(|t| std::str::from_utf8(t).ok()?.parse::<u64>().ok())
-        .unwrap_or(0);
+    let id = std::str::from_utf8(id).ok()?;
+    let before = match rec {
+        Value::BulkString(rec) => rec
+            .split(|b| *b == PART || *b == OPTIONAL)
+            .next()
+            .and_then(|h| h.split(|b| *b == b'|').nth(2))
+            .and_then(|t| std::str::from_utf8(t).ok()?.parse::<u64>().ok()),
+        _ => None,
+    }
+    .unwrap_or(0);
     Some((id.to_owned(), before + 1))
 }
 
@@ -441,15 +439,26 @@ mod tests {
     const H: &str = "queued|0|0|||1700000000000|7||0|";
     const D: &str = "1-0|5|3||1700000000000|{\"a\":\"x|y\"}";
 
-    /// A fetched job as fetch.lua answers it: its id, 0xFF, its record.
-    fn fetched(id: &[u8], rec: &[u8]) -> Value {
-        Value::BulkString([id, rec].join(&JOINER))
+    /// A fetched job as fetch.lua answers it: its id, its record.
+    fn fetched(id: &[u8], rec: &[u8]) -> (Value, Value) {
+        (
+            Value::BulkString(id.to_vec()),
+            Value::BulkString(rec.to_vec()),
+        )
+    }
+
+    fn from_fetch((id, rec): (Value, Value)) -> BrokerResult<Job> {
+        job_from_fetch(&id, &rec, "q")
+    }
+
+    fn lease((id, rec): (Value, Value)) -> Option<(String, u64)> {
+        fetched_lease(&id, &rec)
     }
 
     #[test]
     fn a_fetched_job_is_read_from_its_record() {
         let rec = record(H, "test.k", D, &[("unique_key", "nul\0 ÿ|".as_bytes())]);
-        let job = job_from_fetch(&fetched(b"job-1", &rec), "q").expect("a job");
+        let job = from_fetch(fetched(b"job-1", &rec)).expect("a job");
         assert_eq!(job.id.as_str(), "job-1");
         assert_eq!(job.queue, "q");
         assert_eq!(job.kind, "test.k");
@@ -531,46 +540,37 @@ mod tests {
     fn a_value_holding_a_separator_makes_the_job_corrupt_not_shifted() {
         // A value someone else wrote, holding 0xFF once: its pair no longer reads.
         let rec = record(H, "test.k", D, &[("last_error", b"a\xffb")]);
-        let err = job_from_fetch(&fetched(b"job-1", &rec), "q").expect_err("corrupt");
+        let err = from_fetch(fetched(b"job-1", &rec)).expect_err("corrupt");
         assert!(err.to_string().contains("unexpected data"), "{err}");
         // A record with a part too many or too few.
         let rec = [H.as_bytes(), b"k", D.as_bytes(), b"x"].join(&PART);
-        assert!(job_from_fetch(&fetched(b"job-1", &rec), "q").is_err());
+        assert!(from_fetch(fetched(b"job-1", &rec)).is_err());
         let rec = [H.as_bytes(), b"k"].join(&PART);
-        assert!(job_from_fetch(&fetched(b"job-1", &rec), "q").is_err());
+        assert!(from_fetch(fetched(b"job-1", &rec)).is_err());
     }
 
     #[test]
     fn the_lease_of_an_unreadable_job_is_read_leniently() {
         let rec = record(H, "test.k", D, &[("last_error", b"\xc3")]);
-        assert_eq!(
-            fetched_lease(&fetched(b"job-1", &rec)),
-            Some(("job-1".into(), 1))
-        );
+        assert_eq!(lease(fetched(b"job-1", &rec)), Some(("job-1".into(), 1)));
         // A kind that is not UTF-8.
         let mut rec = b"running|3|4|1|1|1|7||0|\xffk\xc3\xff".to_vec();
         rec.extend_from_slice(D.as_bytes());
-        assert!(job_from_fetch(&fetched(b"job-2", &rec), "q").is_err());
-        assert_eq!(
-            fetched_lease(&fetched(b"job-2", &rec)),
-            Some(("job-2".into(), 5))
-        );
+        assert!(from_fetch(fetched(b"job-2", &rec)).is_err());
+        assert_eq!(lease(fetched(b"job-2", &rec)), Some(("job-2".into(), 5)));
         // A kind holding the joiner, before the token's part: the token is still found.
         let mut rec = b"queued|0|1|||1|7||0|".to_vec();
         rec.extend_from_slice(b"\xffk\xffk2\xff");
         rec.extend_from_slice(D.as_bytes());
-        assert_eq!(
-            fetched_lease(&fetched(b"job-3", &rec)),
-            Some(("job-3".into(), 2))
-        );
-        assert_eq!(fetched_lease(&Value::BulkString(b"\xc3".to_vec())), None);
+        assert_eq!(lease(fetched(b"job-3", &rec)), Some(("job-3".into(), 2)));
+        assert_eq!(lease(fetched(b"\xc3", b"")), None);
     }
 
     #[test]
     fn a_fetched_job_that_is_not_utf8_is_corrupt() {
         let rec = record(H, "test.k", D, &[("last_error", b"\xc3")]);
-        assert!(job_from_fetch(&fetched(b"job-1", &rec), "q").is_err());
-        assert!(job_from_fetch(&Value::Array(Vec::new()), "q").is_err());
-        assert!(job_from_fetch(&Value::BulkString(b"job-without-record".to_vec()), "q").is_err());
+        assert!(from_fetch(fetched(b"job-1", &rec)).is_err());
+        assert!(job_from_fetch(&Value::Array(Vec::new()), &Value::Nil, "q").is_err());
+        assert!(from_fetch(fetched(b"job-1", b"not a record")).is_err());
     }
 }

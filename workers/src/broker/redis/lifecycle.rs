@@ -194,8 +194,8 @@ pub(super) async fn run_fetch(
         .ignore();
     let (reply,): (Vec<Value>,) = broker.query_pipe(&pipe).await?;
     // fetch.lua answers the time it ran at, the deadline it wrote and how long until the
-    // queue's earliest due job (and, rated, when the rate next allows a start), then each job
-    // as it was before the lease; the lease is applied as it was stored.
+    // queue's earliest due job (and, rated, when the rate next allows a start), then each job's
+    // id and record as it was before the lease; the lease is applied as it was stored.
     let [now, deadline, next_due, rest @ ..] = reply.as_slice() else {
         return Err(corrupt("fetch.lua answered without its time"));
     };
@@ -234,13 +234,16 @@ pub(super) async fn run_fetch(
     };
     let mut leased = Vec::with_capacity(jobs.len());
     let mut unreadable = Vec::new();
-    for v in jobs {
-        match job_from_fetch(v, queue) {
+    if jobs.len() % 2 != 0 {
+        return Err(corrupt("fetch.lua answered a job without its record"));
+    }
+    for pair in jobs.chunks_exact(2) {
+        match job_from_fetch(&pair[0], &pair[1], queue) {
             Ok(mut job) => {
                 job.begin_attempt(now, deadline);
                 leased.push(job);
             }
-            Err(e) => unreadable.push((v, e)),
+            Err(e) => unreadable.push((&pair[0], &pair[1], e)),
         }
     }
     if !unreadable.is_empty() {
@@ -257,10 +260,14 @@ pub(super) async fn run_fetch(
 /// after the script leased every job in it (the others would wait for their leases to run
 /// out, and the next fetch lease the unreadable job again). A job whose id cannot even be
 /// read keeps its lease, logged, until rescue.
-async fn bury_unreadable(broker: &RedisBroker, queue: &str, jobs: Vec<(&Value, BrokerError)>) {
+async fn bury_unreadable(
+    broker: &RedisBroker,
+    queue: &str,
+    jobs: Vec<(&Value, &Value, BrokerError)>,
+) {
     let mut batch = Vec::with_capacity(jobs.len());
-    for (v, e) in jobs {
-        let Some((id, token)) = fetched_lease(v) else {
+    for (id, rec, e) in jobs {
+        let Some((id, token)) = fetched_lease(id, rec) else {
             tracing::error!(%queue, error = %e, "a fetched job cannot be read, not even its id");
             continue;
         };
