@@ -15,7 +15,7 @@
 --              history reads just those); `d`, the fields never changed after enqueue:
 --                <ev0>|<priority>|<max_retries>|<timeout_ms or ''>|<created_at>|<payload JSON>
 --              (ev0 is the id of its first stream entry; only the payload, last, may hold a
---              '|'); then each optional field that has a value, as a name/value pair:
+--              '|'); then each optional field the job has, as a name/value pair:
 --              `unique_key`, a chain step's `chain_id`, `chain_index` and, unless it is the
 --              last, `chain_next`, `input` (a chain step's predecessor's result, as the JSON
 --              text finish.lua received: the client sets it as the payload's top-level
@@ -24,7 +24,8 @@
 --              entry's id). Every value Hopper stores is UTF-8, which never holds the bytes
 --              0xFE and 0xFF, so the separators need no escaping and a pair is found by
 --              searching for 0xFE <name> 0xFF. An absent optional field or counter reads as
---              none or 0 (progress is 100 once succeeded). `lease_until` means something only
+--              none or 0, and so does an empty one (progress reads as 100 once succeeded:
+--              finish.lua leaves the last progress behind). `lease_until` means something only
 --              while the job is `running`: finish.lua leaves the last deadline behind.
 --              One string instead of a hash: a step reads the job with one GET and writes it
 --              with one SET, where a hash (a listpack at this size) paid a linear field
@@ -92,6 +93,13 @@ local function job_key(id)
   return K .. 'job:' .. id
 end
 
+-- A job's sequence as stored in its record: the 16 digits it has in a queue member, so that
+-- fetch.lua checks an entry against the record by comparing two interned strings (a
+-- pointer), not by parsing both into numbers.
+local function seq_text(seq)
+  return string.format('%016d', seq)
+end
+
 -- A job's record (see the layout above). The hot scripts (enqueue, fetch, finish) cut and
 -- build it with string operations of their own; the others read it into a table with
 -- rec_read and write it back with rec_write.
@@ -147,8 +155,43 @@ local function rec_text(j)
   return table.concat(parts)
 end
 
+-- Rewrites the job at `jk`, stored as a hash (layout 1), as its record (see migrate.lua) and
+-- returns the record's text.
+local function rec_from_hash(jk)
+  local f = redis.call('HGETALL', jk)
+  local m = {}
+  for k = 1, #f, 2 do
+    m[f[k]] = f[k + 1]
+  end
+  local j = {
+    state = m.state or '', attempt = m.attempt or '0', token = m.lease_token or '0',
+    lease_until = m.lease_until or '', started_at = m.started_at or '', finished_at = m.finished_at or '',
+    run_at = m.run_at or '', seq = seq_text(tonumber(m.seq) or 0), streak = m.interruption_streak or '0',
+    evs = m.evs or '', kind = m.kind or '', d = m.d or '', x = {},
+  }
+  for _, name in ipairs(OPTIONAL) do
+    j.x[name] = m[name]
+  end
+  local v = rec_text(j)
+  redis.call('DEL', jk)
+  redis.call('SET', jk, v)
+  return v
+end
+
+-- The text of the job record at `jk`, false when there is none. A job still stored as a
+-- hash (enqueued by a build of layout 1 after migrate.lua ran) is rewritten first: a GET on
+-- a hash is an error, and a script that failed after taking entries off a queue would leave
+-- their jobs queued in no lane.
+local function rec_raw(jk)
+  local v = redis.pcall('GET', jk)
+  if type(v) == 'table' and v.err then
+    return rec_from_hash(jk)
+  end
+  return v
+end
+
 local function rec_get(jk)
-  return rec_read(redis.call('GET', jk))
+  return rec_read(rec_raw(jk))
 end
 
 local function rec_write(jk, j)
@@ -178,13 +221,6 @@ local function qmember(run_at, seq, id)
     run_at = 0
   end
   return string.format('%015d%016d', run_at, seq) .. id
-end
-
--- A job's sequence as stored in its record: the 16 digits it has in a queue member, so that
--- fetch.lua checks an entry against the record by comparing two interned strings (a
--- pointer), not by parsing both into numbers.
-local function seq_text(seq)
-  return string.format('%016d', seq)
 end
 
 -- The decimal text of a counter's text plus one ('' counts as 0), memoized per call: the
@@ -479,7 +515,7 @@ local function chain_predecessor(chain_id, index)
       return nil
     end
     seen[cur] = true
-    local v = redis.call('GET', job_key(cur))
+    local v = rec_raw(job_key(cur))
     cur = v and rec_field(v, 'chain_next')
   end
   if not cur or cur == '' then

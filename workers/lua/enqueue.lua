@@ -54,7 +54,7 @@ for i = 0, n - 1 do
         break
       end
       seen[step] = true
-      local v = redis.call('GET', job_key(step))
+      local v = rec_raw(job_key(step))
       local nxt = v and rec_field(v, 'chain_next')
       if nxt and nxt ~= '' then
         step = nxt

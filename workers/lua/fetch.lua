@@ -118,13 +118,16 @@ while max > 0 and #ids < max and rounds < 8 do
   for i = 1, #popped do
     local id = string.sub(popped[i], QPREFIX + 1)
     local jk = job_key(id)
-    local v = redis.call('GET', jk)
+    local v = rec_raw(jk)
     -- mid: `h` from run_at to the streak, the part a lease does not change.
     local st, attempt, token, started_at, mid, seq, evs, at
     if v then
       st, attempt, token, started_at, mid, seq, evs, at = string.match(v, FETCH_PAT)
     end
-    if st == 'queued' and seq == string.sub(popped[i], 16, QPREFIX) then
+    -- The sequences compared as numbers only when their texts differ: an entry that is no
+    -- longer the job's (rare), or a record written before sequences had 16 digits.
+    local mseq = string.sub(popped[i], 16, QPREFIX)
+    if st == 'queued' and (seq == mseq or tonumber(seq) == tonumber(mseq)) then
       local n = #ids + 1
       attempt = succ(attempt)
       token = succ(token)

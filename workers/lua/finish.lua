@@ -62,7 +62,7 @@ for i = 0, n - 1 do
   local b = 4 + i * 5
   local id, token, code = ARGV[b], ARGV[b + 1], ARGV[b + 2]
   local jk = job_key(id)
-  local v = redis.call('GET', jk)
+  local v = rec_raw(jk)
   local attempt, tok, p
   if v then
     attempt, tok, p = string.match(v, RUNNING)

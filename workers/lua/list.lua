@@ -27,7 +27,7 @@ local last = cursor
 local more = 0
 for i = 1, #ids do
   local id = ids[i]
-  local v = redis.call('GET', job_key(id))
+  local v = rec_raw(job_key(id))
   local keep = v ~= false and v ~= nil
   if keep and (st ~= '' or kind ~= '') then
     local vst, vkind = string.match(v, '^([^|]*)|[^\255]*\255([^\255]*)')

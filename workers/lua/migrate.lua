@@ -20,22 +20,7 @@ local rewritten = 0
 for i = 1, #ids do
   local jk = job_key(ids[i])
   if redis.call('TYPE', jk).ok == 'hash' then
-    local f = redis.call('HGETALL', jk)
-    local m = {}
-    for k = 1, #f, 2 do
-      m[f[k]] = f[k + 1]
-    end
-    local j = {
-      state = m.state or '', attempt = m.attempt or '0', token = m.lease_token or '0',
-      lease_until = m.lease_until or '', started_at = m.started_at or '', finished_at = m.finished_at or '',
-      run_at = m.run_at or '', seq = seq_text(tonumber(m.seq) or 0), streak = m.interruption_streak or '0', evs = m.evs or '',
-      kind = m.kind or '', d = m.d or '', x = {},
-    }
-    for _, name in ipairs(OPTIONAL) do
-      j.x[name] = m[name]
-    end
-    redis.call('DEL', jk)
-    rec_write(jk, j)
+    rec_from_hash(jk)
     rewritten = rewritten + 1
   end
 end

@@ -37,7 +37,7 @@ while true do
   for i = 1, #ids do
     local id = ids[i]
     local jk = job_key(id)
-    local v = redis.call('GET', jk)
+    local v = rec_raw(jk)
     local f = { v and rec_field(v, 'unique_key'), v and rec_field(v, 'chain_next') }
     if f[2] and f[2] ~= '' and redis.call('EXISTS', job_key(f[2])) == 1 then
       skip = skip + 1

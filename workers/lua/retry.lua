@@ -23,4 +23,4 @@ end
 requeue(id, st, now, cap)
 signal(1)
 flush_counts()
-return { 'ok', redis.call('GET', jk) }
+return { 'ok', rec_raw(jk) }

@@ -157,6 +157,23 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
         assert_eq!(&node.history(id).await.expect("history"), history);
     }
 
+    // A build of layout 1 that still enqueues after the migration ran (a client left on the
+    // old build) writes hashes: the scripts rewrite such a job when they meet it, and the
+    // jobs taken off the queue with it are not stranded.
+    to_layout1(
+        &mut conn,
+        &format!("{{{}:default}}:job:{}", f.prefix, queued[3]),
+    );
+    to_layout1(
+        &mut conn,
+        &format!("{{{}:default}}:job:{}", f.prefix, queued[200]),
+    );
+    assert_eq!(
+        node.get(&queued[200]).await.expect("get").as_ref(),
+        Some(&before[200].0),
+        "read through the listing's path too"
+    );
+
     // They run: the queued ones are leased in their order and succeed; the chain's first
     // step, leased before, finishes and queues the second with its result.
     let node: Arc<dyn Broker> = Arc::new(node);

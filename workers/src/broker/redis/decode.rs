@@ -167,38 +167,46 @@ pub(super) struct EventIds {
     pub(super) evn: Option<String>,
 }
 
-/// [`EventIds`] of a record, `None` for no record.
+/// [`EventIds`] of a record, `None` for no record. Only the parts the history needs are read,
+/// so that an optional field another program spoilt does not hide a job's history.
 pub(super) fn event_ids(v: &Value, id: &str) -> BrokerResult<Option<EventIds>> {
     let rec = match v {
         Value::Nil => return Ok(None),
         Value::BulkString(rec) => rec,
         other => return Err(corrupt(format!("expected a job record, got {other:?}"))),
     };
-    let m = record_fields(rec, id)?;
-    let d = m.get("d").unwrap_or_default();
-    let Some((first, _)) = d.split_once('|') else {
+    fn text(b: &[u8]) -> Option<&str> {
+        std::str::from_utf8(b).ok()
+    }
+    let mut pieces = rec.split(|b| *b == OPTIONAL);
+    let mut parts = pieces.next().unwrap_or_default().split(|b| *b == PART);
+    let (h, d) = (parts.next(), parts.nth(1));
+    let Some((first, _)) = d.and_then(text).and_then(|d| d.split_once('|')) else {
         return Err(corrupt(format!("job {id}: bad field d")));
     };
+    let evs = h
+        .and_then(text)
+        .and_then(|h| h.rsplit('|').next())
+        .unwrap_or("");
+    let evn = pieces
+        .find_map(|p| p.strip_prefix(b"evn\xFF".as_slice()))
+        .and_then(text)
+        .filter(|e| !e.is_empty());
     Ok(Some(EventIds {
         first: first.to_owned(),
-        later: m
-            .get("evs")
-            .unwrap_or_default()
+        later: evs
             .split(' ')
             .filter(|s| !s.is_empty())
             .map(str::to_owned)
             .collect(),
-        evn: nonempty(m.get("evn")).map(str::to_owned),
+        evn: evn.map(str::to_owned),
     }))
 }
 
 /// The names of the stored fields [`decode`] reads, `d` and the names of its parts included;
-/// a hash field of another name is ignored.
-const FIELDS: [&str; 29] = [
+/// a field of another name is ignored.
+const FIELDS: [&str; 26] = [
     "d",
-    "seq",
-    "evs",
-    "evn",
     "state",
     "kind",
     "payload",
@@ -564,6 +572,21 @@ mod tests {
         rec.extend_from_slice(D.as_bytes());
         assert_eq!(lease(fetched(b"job-3", &rec)), Some(("job-3".into(), 2)));
         assert_eq!(lease(fetched(b"\xc3", b"")), None);
+    }
+
+    #[test]
+    fn a_history_reads_its_event_ids_past_a_spoilt_field() {
+        let h = "succeeded|1|1|||1|0000000000000007|2|0|2-0 3-0";
+        let rec = record(h, "k", D, &[("last_error", b"\xc3"), ("evn", b"4-0")]);
+        let ids = event_ids(&Value::BulkString(rec), "j")
+            .expect("reads")
+            .expect("a record");
+        assert_eq!(ids.first, "1-0");
+        assert_eq!(ids.later, ["2-0", "3-0"]);
+        assert_eq!(ids.evn.as_deref(), Some("4-0"));
+        assert!(event_ids(&Value::Nil, "j").expect("reads").is_none());
+        let no_d = [h.as_bytes(), b"k"].join(&PART);
+        assert!(event_ids(&Value::BulkString(no_d), "j").is_err());
     }
 
     #[test]

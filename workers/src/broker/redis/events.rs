@@ -31,6 +31,7 @@ use redis::{FromRedisValue, Value};
 use super::RedisBroker;
 use super::conn::Pipe;
 use super::decode::{corrupt, event_ids, parse_num, string, text};
+use super::scripts::SCRIPTS;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventType};
 use crate::job::{FieldError, JobId};
@@ -202,9 +203,9 @@ pub(super) async fn history(broker: &RedisBroker, id: &JobId) -> BrokerResult<Ve
         return Ok(Vec::new());
     };
     // The job's first entry leads its packed field `d`; `evs` lists the others.
-    let rec: Value = broker
-        .query(redis::cmd("GET").arg(broker.job_key(&queue, id)))
-        .await?;
+    let mut cmd = broker.eval(&SCRIPTS.get, &queue);
+    cmd.arg(id.as_str());
+    let rec: Value = broker.query(&cmd).await?;
     let Some(ids) = event_ids(&rec, id.as_str())? else {
         return Ok(Vec::new());
     };

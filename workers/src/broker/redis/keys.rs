@@ -37,11 +37,11 @@
 //! A job is one string, its record (storage layout 2; `layout.rs` migrates layout 1's hashes):
 //! the fields that change as it moves packed in `h`, its kind, the fields fixed at enqueue
 //! packed in `d` (first event id, priority, max retries, timeout, creation time and payload),
-//! then only the optional fields that have a value, as name/value pairs, all cut apart by the
-//! bytes 0xFF and 0xFE, which no UTF-8 text holds (the layout is in `common.lua`). It stores
-//! neither the id nor the queue (its key names both), nor the progress of a succeeded job
-//! (always 100); `lease_until` is read only while the job runs, so finishing does not clear
-//! it. A step reads the record with one `GET` and writes it with one `SET`: a hash paid a
+//! then the optional fields it has (a fresh job none, or its unique key and chain links), as
+//! name/value pairs, all cut apart by the bytes 0xFF and 0xFE, which no UTF-8 text holds (the
+//! layout is in `common.lua`). It stores neither the id nor the queue (its key names both); a
+//! succeeded job keeps its last progress, read as 100, and `lease_until` is read only while
+//! the job runs, so finishing clears neither. A step reads the record with one `GET` and writes it with one `SET`: a hash paid a
 //! field search per field read and an insert per field written, and the string took a fifth
 //! off fetch.lua's Redis instructions a job (docs/research/redis-layout-v2/README.md).
 //! fetch.lua hands the record over as read; only `decode.rs` reads all of it.
@@ -72,10 +72,6 @@ impl RedisBroker {
     /// The key prefix of one queue: `{<prefix>:<queue>}:`.
     pub(super) fn base(&self, queue: &str) -> String {
         format!("{{{}:{}}}:", self.prefix, queue)
-    }
-
-    pub(super) fn job_key(&self, queue: &str, id: &JobId) -> String {
-        format!("{}job:{}", self.base(queue), id)
     }
 
     pub(super) fn events_key(&self, queue: &str) -> String {

@@ -14,7 +14,7 @@
 //!   `BLPOP` and `XREAD BLOCK`), TLS, and what a failure means, with outage logging.
 //! - `cluster.rs`: Redis Cluster: its URLs, pipelines split by slot, and the node of a slot
 //!   for blocking waits.
-//! - `keys.rs`: the key layout (one hash tag per queue) and the three global indexes.
+//! - `keys.rs`: the key layout (one hash tag per queue) and the global keys.
 //! - `layout.rs`: the storage layout's version (`<prefix>:layout`) and the migration a node
 //!   runs on connecting to jobs stored in an older one.
 //! - `scripts.rs`: loading the Lua scripts and calling them.

@@ -29,9 +29,9 @@ pub(super) async fn get(broker: &RedisBroker, id: &JobId) -> BrokerResult<Option
     let Some(queue) = broker.queue_of(id).await? else {
         return Ok(None);
     };
-    let v: Value = broker
-        .query(redis::cmd("GET").arg(broker.job_key(&queue, id)))
-        .await?;
+    let mut cmd = broker.eval(&SCRIPTS.get, &queue);
+    cmd.arg(id.as_str());
+    let v: Value = broker.query(&cmd).await?;
     job_from_record(&v, id.as_str(), &queue)
 }
 

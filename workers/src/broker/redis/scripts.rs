@@ -77,6 +77,7 @@ scripts! {
     list: "list.lua",
     inbox_append: "inbox_append.lua",
     migrate: "migrate.lua",
+    get: "get.lua",
 }
 
 /// Whether Redis no longer has a script (a restart, `SCRIPT FLUSH`): reload and call again.
