@@ -184,7 +184,8 @@ end
 -- their jobs queued in no lane.
 local function rec_raw(jk)
   local v = redis.pcall('GET', jk)
-  if type(v) == 'table' and v.err then
+  -- A record's text has no field `err` (a string's fields are string.*'s); an error has.
+  if v and v.err then
     return rec_from_hash(jk)
   end
   return v

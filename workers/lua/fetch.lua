@@ -118,7 +118,11 @@ while max > 0 and #ids < max and rounds < 8 do
   for i = 1, #popped do
     local id = string.sub(popped[i], QPREFIX + 1)
     local jk = job_key(id)
-    local v = rec_raw(jk)
+    -- rec_raw (common.lua) inlined: a function call a job is 0.5% of the script's work.
+    local v = redis.pcall('GET', jk)
+    if v and v.err then
+      v = rec_from_hash(jk)
+    end
     -- mid: `h` from run_at to the streak, the part a lease does not change.
     local st, attempt, token, started_at, mid, seq, evs, at
     if v then
