@@ -18,7 +18,7 @@ if #ids < limit then
   for _, lv in ipairs(redis.call('ZRANGE', K .. 'lanes', 0, -1)) do
     redis.call('DEL', K .. 'lane:' .. lv)
   end
-  redis.call('DEL', K .. 'all', K .. 'queued', K .. 'due', K .. 'running', K .. 'succeeded', K .. 'dead',
+  redis.call('DEL', K .. 'all', K .. 'queued', K .. 'due', K .. 'running', K .. 'succeeded', K .. 'done', K .. 'dead',
     K .. 'cancelled', K .. 'lanes', K .. 'counts', K .. 'events', K .. 'signal', K .. 'unique', K .. 'seq', K .. 'rate')
 end
 return ids

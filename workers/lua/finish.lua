@@ -161,7 +161,6 @@ if #bases > 0 then
     end
     stopped[#stopped + 1] = id
     if code == 'ok' then
-      succeeded[#succeeded + 1] = now_s
       succeeded[#succeeded + 1] = id
       move('running', 'succeeded')
       ok_n = ok_n + 1
@@ -195,7 +194,7 @@ if #bases > 0 then
   end
   redis.call('ZREM', K .. 'running', unpack(stopped))
   if #succeeded > 0 then
-    redis.call('ZADD', K .. 'succeeded', unpack(succeeded))
+    redis.call('RPUSH', K .. 'done', unpack(succeeded))
   end
   if #dead > 0 then
     redis.call('ZADD', K .. 'dead', unpack(dead))

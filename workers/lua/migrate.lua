@@ -1,20 +1,40 @@
--- migrate.lua: rewrites up to ARGV[2] jobs of one queue stored in layout 1 (a hash per job)
--- as layout 2 (one string per job, its record: see common.lua), in the order of the `all`
--- index, from after the id ARGV[1] on. A job stored as a string already is left as it is, so
--- a call repeated, or run by two nodes at once, changes nothing twice. The caller
+-- migrate.lua: one step of rewriting a queue stored in layout 1 as layout 2 (see common.lua),
+-- bounded so that Redis is never blocked for long. The caller
 -- (`workers/src/broker/redis/layout.rs`) calls again with the returned cursor until it is ''.
+-- Every step leaves what is in layout 2 already as it is, so a call repeated, or run by two
+-- nodes at once, changes nothing twice.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
--- ARGV[1]  start after this id ('' = from the first)
+-- ARGV[1]  start after this id ('' = from the first; 'jobs' phase only)
 -- ARGV[2]  batch size
--- Returns  {cursor, rewritten}: the last id looked at ('' once the index was read to its
---          end) and how many jobs this call rewrote.
+-- ARGV[3]  'jobs': rewrites up to ARGV[2] jobs stored as hashes (a hash per job) as records, in
+--          the order of the `all` index, from after the id ARGV[1] on;
+--          'done': moves up to ARGV[2] ids from the zset `succeeded`, oldest first, to the end
+--          of the list `done`
+-- Returns  {cursor, n}: where to go on ('' once the phase is done: for 'jobs' the last id
+--          looked at, for 'done' 'more') and how many jobs or ids this call moved.
+
+local limit = tonumber(ARGV[2])
+if ARGV[3] == 'done' then
+  local key = K .. 'succeeded'
+  if redis.call('TYPE', key).ok ~= 'zset' then
+    return { '', 0 }
+  end
+  local ids = redis.call('ZRANGE', key, 0, limit - 1)
+  if #ids > 0 then
+    redis.call('RPUSH', K .. 'done', unpack(ids))
+    redis.call('ZREMRANGEBYRANK', key, 0, #ids - 1)
+  end
+  if #ids == limit then
+    return { 'more', #ids }
+  end
+  return { '', #ids }
+end
 
 local min = '-'
 if ARGV[1] ~= '' then
   min = '(' .. ARGV[1]
 end
-local limit = tonumber(ARGV[2])
 local ids = redis.call('ZRANGEBYLEX', K .. 'all', min, '+', 'LIMIT', 0, limit)
 local rewritten = 0
 for i = 1, #ids do

@@ -140,6 +140,29 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
         .arg(format!("{}:layout", f.prefix))
         .query(&mut conn)
         .expect("del");
+    // Layout 1 kept the succeeded ids in a zset by finish time, not in the list `done`.
+    let done_key = format!("{{{}:other}}:done", f.prefix);
+    let done: Vec<String> = redis::cmd("LRANGE")
+        .arg(&done_key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("lrange");
+    assert_eq!(done, [others[0].to_string()], "the one succeeded job");
+    let mut zadd = redis::cmd("ZADD");
+    zadd.arg(format!("{{{}:other}}:succeeded", f.prefix));
+    for (i, id) in done.iter().enumerate() {
+        zadd.arg(i).arg(id);
+    }
+    redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg(&done_key)
+        .ignore()
+        .add_command(zadd)
+        .ignore()
+        .query::<()>(&mut conn)
+        .expect("as a zset");
 
     let node = connect(&f.prefix, f.clock.clone()).await.with_clock_time();
     let layout: String = redis::cmd("GET")
@@ -151,6 +174,18 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
         let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).expect("type");
         assert_eq!(kind, "string", "{key} rewritten");
     }
+    let moved: Vec<String> = redis::cmd("LRANGE")
+        .arg(&done_key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("lrange");
+    assert_eq!(moved, done, "the succeeded ids moved to the list");
+    let zset: bool = redis::cmd("EXISTS")
+        .arg(format!("{{{}:other}}:succeeded", f.prefix))
+        .query(&mut conn)
+        .expect("exists");
+    assert!(!zset, "the zset is gone");
     for (id, (job, history)) in ids.iter().zip(&before) {
         let now = node.get(id).await.expect("get").expect("a job");
         assert_eq!(&now, job, "the job reads as before");
@@ -217,4 +252,73 @@ async fn a_layout_only_a_newer_hopper_reads_is_refused() {
         .await
         .expect_err("refused");
     assert!(err.to_string().contains("layout 3"), "{err}");
+}
+
+/// Succeeded ids go to the list `done` in the order their jobs finished (an append, where a
+/// zset insert cost a tenth of finish.lua's work), and purge reads it from the head: the jobs
+/// finished before the cut go, over several script calls, a chain step whose next step
+/// still exists stays at the head, and the rest keep their order.
+#[tokio::test]
+async fn succeeded_jobs_are_purged_from_the_head_of_their_list() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let chain = hopper_workers::job::link_chain(vec![job("k.c0"), job("k.c1")]);
+    let first_step = chain[0].id.clone();
+    let mut finished = Vec::new();
+    let mut cut = None;
+    for round in 0..3 {
+        let mut jobs: Vec<NewJob> = (0..250).map(|_| job("k")).collect();
+        if round == 0 {
+            jobs.extend(chain.clone());
+        }
+        enqueue_ids(&**b, jobs).await;
+        loop {
+            let got = b.fetch("default", 500, LEASE).await.expect("fetch");
+            // The chain's second step, queued by its first's success, is left running.
+            let got: Vec<_> = got.into_iter().filter(|j| j.kind != "k.c1").collect();
+            if got.is_empty() {
+                break;
+            }
+            finished.extend(got.iter().map(|j| j.id.to_string()));
+            b.finish(succeed_all(&got)).await.expect("finish");
+        }
+        f.clock.advance(10_000);
+        if round == 1 {
+            cut = Some(f.clock.now());
+        }
+    }
+    let mut conn = raw_conn();
+    let done_key = format!("{{{}:default}}:done", f.prefix);
+    let done: Vec<String> = redis::cmd("LRANGE")
+        .arg(&done_key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("lrange");
+    assert_eq!(done, finished, "in the order they finished");
+
+    let n = b
+        .purge(&[JobState::Succeeded], cut.expect("a cut"), 1_000_000)
+        .await
+        .expect("purge");
+    assert_eq!(n, 500, "the first two rounds but the chain's first step");
+    let done: Vec<String> = redis::cmd("LRANGE")
+        .arg(&done_key)
+        .arg(0)
+        .arg(-1)
+        .query(&mut conn)
+        .expect("lrange");
+    let mut kept = vec![first_step.to_string()];
+    kept.extend(finished[501..].iter().cloned());
+    assert_eq!(
+        done, kept,
+        "the kept step first, then the last round in order"
+    );
+    assert!(b.get(&first_step).await.expect("get").is_some());
+    let stats = b.queues().await.expect("queues");
+    let q = stats
+        .iter()
+        .find(|q| q.queue == "default")
+        .expect("the queue");
+    assert_eq!(q.counts.succeeded, 251, "{q:?}");
 }

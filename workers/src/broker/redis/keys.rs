@@ -10,7 +10,7 @@
 //! sequence + id, so strict priority then earliest due then FIFO, with no double-precision
 //! limit; fetch merges it with the lanes in that order), `due` (scheduled and retrying ids by due time), `running` (by lease
 //! deadline, plus one long non-job member at +inf that keeps it a skiplist: count it with
-//! `ZCOUNT .. -inf (+inf`), `succeeded` / `dead` / `cancelled` (by finish time), `counts` (state -> count, kept
+//! `ZCOUNT .. -inf (+inf`), `done` (succeeded ids, a list in finish order) and `dead` / `cancelled` (zsets by finish time), `counts` (state -> count, kept
 //! by every script so that `queues()` is O(1) per queue), `events` (a stream), `signal` (wake-up
 //! tokens for `BLPOP`), `unique` (unique key -> id), `seq`, `rate` (a rated queue's next start,
 //! see `rating.rs`) and per-second `stat:*` counters.

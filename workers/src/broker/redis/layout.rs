@@ -6,9 +6,11 @@
 //! (a fifth less Redis work a fetched job: docs/research/redis-layout-v2/README.md). The
 //! version lives in `<prefix>:layout`; absent means 1, or a Redis that has no jobs yet.
 //!
-//! The migration (migrate.lua) rewrites each queue's jobs in batches of [`BATCH`], so Redis
-//! is never blocked for long, and leaves a job already rewritten as it is: two nodes that
-//! connect at once both migrate, harmlessly. A node of layout 1 still running meanwhile
+//! The migration (migrate.lua) rewrites each queue's jobs, then moves its succeeded ids from
+//! layout 1's zset `succeeded` to layout 2's list `done`, in batches of [`BATCH`], so Redis
+//! is never blocked for long; what is moved already stays as it is, so two nodes that connect
+//! at once both migrate, harmlessly. The workers of a node start after its migration, so no
+//! finish appends to `done` before the older ids are in it. A node of layout 1 still running meanwhile
 //! would not read the rewritten jobs (a node of layout 1 reads a job's hash): upgrade every
 //! node together, as README's "Upgrading" says.
 
@@ -50,16 +52,20 @@ impl RedisBroker {
         }
         let mut rewritten = 0u64;
         for queue in self.queue_names().await? {
-            let mut cursor = String::new();
-            loop {
-                let mut cmd = self.eval(&SCRIPTS.migrate, &queue);
-                cmd.arg(&cursor).arg(BATCH);
-                let (next, n): (String, u64) = self.query(&cmd).await?;
-                rewritten += n;
-                if next.is_empty() {
-                    break;
+            for phase in ["jobs", "done"] {
+                let mut cursor = String::new();
+                loop {
+                    let mut cmd = self.eval(&SCRIPTS.migrate, &queue);
+                    cmd.arg(&cursor).arg(BATCH).arg(phase);
+                    let (next, n): (String, u64) = self.query(&cmd).await?;
+                    if phase == "jobs" {
+                        rewritten += n;
+                    }
+                    if next.is_empty() {
+                        break;
+                    }
+                    cursor = next;
                 }
-                cursor = next;
             }
         }
         let () = self
