@@ -6,14 +6,13 @@
 -- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  id
--- Returns  {'ok', the job's record (see common.lua)}, {'nf'} when there is no such job,
+-- Returns  {'ok', the job's record, its d (see common.lua)}, {'nf'} when there is no such job,
 --          or {'final', state} when the job is already finished.
 
 local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local id = ARGV[3]
-local jk = job_key(id)
-local j = rec_get(jk)
+local j = rec_get(id)
 if not j then
   return { 'nf' }
 end
@@ -31,11 +30,11 @@ end
 local ev = event(cap, 'job.cancelled', id, j.kind, now, j.attempt)
 j.state, j.lease_until, j.finished_at, j.evs = 'cancelled', '', ms_text(now), evs_add(j.evs, ev)
 local rec = rec_text(j)
-redis.call('SET', jk, rec)
+redis.call('SET', job_key(id), rec)
 redis.call('ZADD', K .. 'cancelled', now, id)
 move(st, 'cancelled')
 if j.x.chain_next and j.x.chain_next ~= '' then
   chain_cancel_rest(id, j.x.chain_index, j.x.chain_next, 'cancelled', now, cap)
 end
 flush_counts()
-return { 'ok', rec }
+return { 'ok', rec, redis.call('GET', d_key(id)) }

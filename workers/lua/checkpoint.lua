@@ -6,11 +6,10 @@
 -- ARGV[3]  the checkpoint, JSON text
 -- Returns  1 saved, 0 lease lost (not running under this token).
 
-local jk = job_key(ARGV[1])
-local j = rec_get(jk)
+local j = rec_get(ARGV[1])
 if not j or j.state ~= 'running' or j.token ~= ARGV[2] then
   return 0
 end
 j.x.checkpoint = ARGV[3]
-rec_write(jk, j)
+rec_write(ARGV[1], j)
 return 1

@@ -3,34 +3,40 @@
 --
 -- KEYS[1] of every script is the queue's key prefix "{<prefix>:<queue>}:". Every key a script
 -- touches is KEYS[1] .. suffix, so all of them share one hash tag and one Cluster slot:
---   job:<id>   string, one per job: its record (storage layout 2; layout 1 was a hash,
---              migrated by migrate.lua). The id and queue are not stored (the key says them).
---              Three parts joined by the byte 0xFF, then the optional fields:
---                <h> 0xFF <kind> 0xFF <d> { 0xFE <name> 0xFF <value> }
+--   job:<id>   string, one per job: its record (storage layout 3; layout 1 was a hash,
+--              layout 2 the record with `d` inside; migrate.lua rewrites both). The id and
+--              queue are not stored (the key says them). Two parts joined by the byte 0xFF,
+--              then the optional fields:
+--                <h> 0xFF <kind> { 0xFE <name> 0xFF <value> }
 --              `h`, the fields that change as the job moves, '|'-separated (see H_PAT):
 --                state|attempt|lease_token|lease_until|started_at|run_at|seq|finished_at|
 --                interruption_streak|evs
---              (counters as digits, an absent time '', `evs` the space-separated ids of the
---              stream entries holding its events after the first, oldest first: a job's
---              history reads just those); `d`, the fields never changed after enqueue:
+--              (counters as digits, an absent time '', `seq` in 16 digits, `evs` the
+--              space-separated ids of the stream entries holding its events after the first,
+--              oldest first: a job's history reads just those); then each optional field the
+--              job has, as a name/value pair: `unique_key`, a chain step's `chain_id`,
+--              `chain_index` and, unless it is the last, `chain_next`, `input` (a chain step's
+--              predecessor's result, as the JSON text finish.lua received: the client sets it
+--              as the payload's top-level `input`), `interruptions`, `checkpoint`, `progress`,
+--              `progress_message`, `last_error`, `result`, and `evn` (a job stored before
+--              `evs` existed: its last entry's id). Every value Hopper stores is UTF-8, which
+--              never holds the bytes 0xFE and 0xFF, so the separators need no escaping and a
+--              pair is found by searching for 0xFE <name> 0xFF. An absent optional field or
+--              counter reads as none or 0, and so does an empty one (progress reads as 100
+--              once succeeded: finish.lua leaves the last progress behind). `lease_until`
+--              means something only while the job is `running`: finish.lua leaves the last
+--              deadline behind.
+--              One string instead of a hash: a step reads the job with one GET (or one MGET
+--              for a batch) and writes it with one SET (MSET), where a hash (a listpack at
+--              this size) paid a linear field search per field read and an insert per field
+--              written (callgrind: see docs/research/redis-layout-v2/README.md).
+--   jd:<id>    string, one per job: `d`, the fields never changed after enqueue:
 --                <ev0>|<priority>|<max_retries>|<timeout_ms or ''>|<created_at>|<payload JSON>
 --              (ev0 is the id of its first stream entry; only the payload, last, may hold a
---              '|'); then each optional field the job has, as a name/value pair:
---              `unique_key`, a chain step's `chain_id`, `chain_index` and, unless it is the
---              last, `chain_next`, `input` (a chain step's predecessor's result, as the JSON
---              text finish.lua received: the client sets it as the payload's top-level
---              `input`), `interruptions`, `checkpoint`, `progress`, `progress_message`,
---              `last_error`, `result`, and `evn` (a job stored before `evs` existed: its last
---              entry's id). Every value Hopper stores is UTF-8, which never holds the bytes
---              0xFE and 0xFF, so the separators need no escaping and a pair is found by
---              searching for 0xFE <name> 0xFF. An absent optional field or counter reads as
---              none or 0, and so does an empty one (progress reads as 100 once succeeded:
---              finish.lua leaves the last progress behind). `lease_until` means something only
---              while the job is `running`: finish.lua leaves the last deadline behind.
---              One string instead of a hash: a step reads the job with one GET and writes it
---              with one SET, where a hash (a listpack at this size) paid a linear field
---              search per field read and an insert per field written (callgrind: see
---              docs/research/redis-layout-v2/README.md).
+--              '|'). A key of its own so that the steps that rewrite the record never copy
+--              the payload: Redis' Lua hashes every byte of every string a script makes or
+--              reads, so a payload inside the record cost its length three times over in
+--              fetch and in finish (a 1 KB payload made layout 2 12% dearer than the hash).
 --              A `waiting` chain step is in none of the zsets below but `all`: only its
 --              predecessor's success moves it.
 --   all        zset, every job id at score 0 (lexicographic index, newest first by id)
@@ -106,12 +112,24 @@ local function seq_text(seq)
   return string.format('%016d', seq)
 end
 
+-- The key of a job's `d` (see the layout above).
+local function d_key(id)
+  return K .. 'jd:' .. id
+end
+
+-- A job's priority (text), from its `d`; '5' for a job without one (data Hopper did not write:
+-- a script must not fail halfway on it).
+local function priority_of(id)
+  local d = redis.call('GET', d_key(id))
+  return (d and d_priority(d)) or '5'
+end
+
 -- A job's record (see the layout above). The hot scripts (enqueue, fetch, finish) cut and
 -- build it with string operations of their own; the others read it into a table with
 -- rec_read and write it back with rec_write.
 local H_PAT = '^([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)|([^|]*)$'
--- The record's three leading parts and the optional pairs after them, as one string.
-local REC_PAT = '^([^\255]*)\255([^\255]*)\255([^\254]*)(.*)$'
+-- The record's two leading parts and the optional pairs after them, as one string.
+local REC_PAT = '^([^\255]*)\255([^\254]*)(.*)$'
 -- The optional fields, in the order a written record keeps them.
 local OPTIONAL = {
   'unique_key', 'chain_id', 'chain_index', 'chain_next', 'input', 'interruptions', 'evn', 'checkpoint',
@@ -119,13 +137,13 @@ local OPTIONAL = {
 }
 
 -- A record read into a table: h's fields by name (state, attempt, token, lease_until,
--- started_at, run_at, seq, finished_at, streak, evs), `kind`, `d`, and `x`, the optional
--- fields by name. nil for nil (no such job) and for a record that does not parse.
+-- started_at, run_at, seq, finished_at, streak, evs), `kind`, and `x`, the optional fields by
+-- name. nil for nil (no such job) and for a record that does not parse.
 local function rec_read(v)
   if not v then
     return nil
   end
-  local h, kind, d, rest = string.match(v, REC_PAT)
+  local h, kind, rest = string.match(v, REC_PAT)
   if not h then
     return nil
   end
@@ -139,7 +157,7 @@ local function rec_read(v)
   end
   return {
     state = st, attempt = attempt, token = token, lease_until = lease_until, started_at = started_at,
-    finished_at = finished_at, run_at = run_at, seq = seq, streak = streak, evs = evs, kind = kind, d = d, x = x,
+    finished_at = finished_at, run_at = run_at, seq = seq, streak = streak, evs = evs, kind = kind, x = x,
   }
 end
 
@@ -147,7 +165,7 @@ end
 local function rec_text(j)
   local parts = {
     j.state, '|', j.attempt, '|', j.token, '|', j.lease_until, '|', j.started_at, '|', j.run_at, '|', j.seq, '|',
-    j.finished_at, '|', j.streak, '|', j.evs, '\255', j.kind, '\255', j.d,
+    j.finished_at, '|', j.streak, '|', j.evs, '\255', j.kind,
   }
   for _, name in ipairs(OPTIONAL) do
     local v = j.x[name]
@@ -161,9 +179,10 @@ local function rec_text(j)
   return table.concat(parts)
 end
 
--- Rewrites the job at `jk`, stored as a hash (layout 1), as its record (see migrate.lua) and
--- returns the record's text.
-local function rec_from_hash(jk)
+-- Rewrites the job `id`, stored as a hash (layout 1), as its record and `d` (see
+-- migrate.lua); returns the record's text.
+local function rec_from_hash(id)
+  local jk = job_key(id)
   local f = redis.call('HGETALL', jk)
   local m = {}
   for k = 1, #f, 2 do
@@ -173,36 +192,48 @@ local function rec_from_hash(jk)
     state = m.state or '', attempt = m.attempt or '0', token = m.lease_token or '0',
     lease_until = m.lease_until or '', started_at = m.started_at or '', finished_at = m.finished_at or '',
     run_at = m.run_at or '', seq = seq_text(tonumber(m.seq) or 0), streak = m.interruption_streak or '0',
-    evs = m.evs or '', kind = m.kind or '', d = m.d or '', x = {},
+    evs = m.evs or '', kind = m.kind or '', x = {},
   }
   for _, name in ipairs(OPTIONAL) do
     j.x[name] = m[name]
   end
   local v = rec_text(j)
   redis.call('DEL', jk)
-  redis.call('SET', jk, v)
+  redis.call('MSET', jk, v, d_key(id), m.d or '')
   return v
 end
 
--- The text of the job record at `jk`, false when there is none. A job still stored as a
--- hash (enqueued by a build of layout 1 after migrate.lua ran) is rewritten first: a GET on
--- a hash is an error, and a script that failed after taking entries off a queue would leave
--- their jobs queued in no lane.
-local function rec_raw(jk)
-  local v = redis.pcall('GET', jk)
+-- The text of the job record of `id`, false when there is none. A job still stored as a hash
+-- (enqueued by a build of layout 1 after migrate.lua ran) is rewritten first: a GET on a hash
+-- is an error, and a script that failed after taking entries off a queue would leave their
+-- jobs queued in no lane.
+local function rec_raw(id)
+  local v = redis.pcall('GET', job_key(id))
   -- A record's text has no field `err` (a string's fields are string.*'s); an error has.
   if v and v.err then
-    return rec_from_hash(jk)
+    return rec_from_hash(id)
   end
   return v
 end
 
-local function rec_get(jk)
-  return rec_read(rec_raw(jk))
+-- The records of the jobs `ids` (their keys `keys`), read with one MGET: false for none. A
+-- job still stored as a hash (MGET answers none for it) is rewritten first, as rec_raw does.
+local function rec_many(ids, keys)
+  local vs = redis.call('MGET', unpack(keys))
+  for i = 1, #vs do
+    if not vs[i] and redis.call('TYPE', keys[i]).ok == 'hash' then
+      vs[i] = rec_from_hash(ids[i])
+    end
+  end
+  return vs
 end
 
-local function rec_write(jk, j)
-  redis.call('SET', jk, rec_text(j))
+local function rec_get(id)
+  return rec_read(rec_raw(id))
+end
+
+local function rec_write(id, j)
+  redis.call('SET', job_key(id), rec_text(j))
 end
 
 -- One optional field of a record's text, nil when absent.
@@ -451,15 +482,14 @@ end
 -- The result is stored as the text it came as, in the step's field `input`: no script ever
 -- decodes or re-encodes JSON (cjson turns [] into {} and rounds numbers to 14 digits).
 local function chain_promote(next_id, index, result, now, cap)
-  local jk = job_key(next_id)
-  local j = rec_get(jk)
+  local j = rec_get(next_id)
   if not j or j.state ~= 'waiting' then
     return 0
   end
   local ev = event(cap, 'job.enqueued', next_id, j.kind, now, j.attempt, { 'm', 'chain: step ' .. index .. ' succeeded' })
   j.state, j.run_at, j.evs, j.x.input = 'queued', ms_text(now), evs_add(j.evs, ev), result
-  rec_write(jk, j)
-  redis.call('ZADD', K .. 'queued', d_priority(j.d), qmember(now, tonumber(j.seq), next_id))
+  rec_write(next_id, j)
+  redis.call('ZADD', K .. 'queued', priority_of(next_id), qmember(now, tonumber(j.seq), next_id))
   move('waiting', 'queued')
   return 1
 end
@@ -472,15 +502,14 @@ local function chain_cancel_rest(id, index, next_id, how, now, cap)
   local cur, seen = next_id, {}
   while cur and cur ~= '' and not seen[cur] do
     seen[cur] = true
-    local jk = job_key(cur)
-    local j = rec_get(jk)
+    local j = rec_get(cur)
     if not j then
       break
     end
     if j.state == 'waiting' then
       local ev = event(cap, 'job.cancelled', cur, j.kind, now, j.attempt, { 'm', reason })
       j.state, j.finished_at, j.evs, j.x.last_error = 'cancelled', ms_text(now), evs_add(j.evs, ev), reason
-      rec_write(jk, j)
+      rec_write(cur, j)
       redis.call('ZADD', K .. 'cancelled', now, cur)
       move('waiting', 'cancelled')
     end
@@ -494,15 +523,14 @@ local function chain_resume_rest(next_id)
   local cur, seen = next_id, {}
   while cur and cur ~= '' and not seen[cur] do
     seen[cur] = true
-    local jk = job_key(cur)
-    local j = rec_get(jk)
+    local j = rec_get(cur)
     if not j then
       break
     end
     if j.state == 'cancelled' then
       redis.call('ZREM', K .. 'cancelled', cur)
       j.state, j.finished_at, j.x.last_error = 'waiting', '', nil
-      rec_write(jk, j)
+      rec_write(cur, j)
       move('cancelled', 'waiting')
     end
     cur = j.x.chain_next
@@ -522,7 +550,7 @@ local function chain_predecessor(chain_id, index)
       return nil
     end
     seen[cur] = true
-    local v = rec_raw(job_key(cur))
+    local v = rec_raw(cur)
     cur = v and rec_field(v, 'chain_next')
   end
   if not cur or cur == '' then
@@ -532,9 +560,8 @@ local function chain_predecessor(chain_id, index)
 end
 
 local function requeue(id, st, now, cap)
-  local jk = job_key(id)
-  local j = rec_get(jk)
-  local priority = d_priority(j.d)
+  local j = rec_get(id)
+  local priority = priority_of(id)
   local seq = redis.call('INCR', K .. 'seq')
   redis.call('ZREM', K .. st, id)
   local ev = event(cap, 'job.enqueued', id, j.kind, now, 0, { 'm', 'retried' })
@@ -544,7 +571,7 @@ local function requeue(id, st, now, cap)
   local index = tonumber(j.x.chain_index or '0') or 0
   if j.x.chain_id and j.x.chain_id ~= '' and index > 0 then
     local pred = chain_predecessor(j.x.chain_id, index)
-    local p = pred and rec_get(job_key(pred))
+    local p = pred and rec_get(pred)
     if p and p.state == 'succeeded' and p.x.result and p.x.result ~= '' then
       j.x.input = p.x.result
     else
@@ -555,7 +582,7 @@ local function requeue(id, st, now, cap)
   j.state, j.attempt, j.lease_until, j.finished_at = target, '0', '', ''
   j.run_at, j.seq, j.streak, j.evs = ms_text(now), seq_text(seq), '0', evs_add(j.evs, ev)
   j.x.result, j.x.progress, j.x.progress_message = nil, nil, nil
-  rec_write(jk, j)
+  rec_write(id, j)
   if target == 'queued' then
     redis.call('ZADD', K .. 'queued', priority, qmember(now, seq, id))
   end

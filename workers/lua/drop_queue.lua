@@ -9,7 +9,7 @@
 local limit = tonumber(ARGV[1])
 local ids = redis.call('ZRANGE', K .. 'all', 0, limit - 1)
 for i = 1, #ids do
-  redis.call('DEL', job_key(ids[i]))
+  redis.call('DEL', job_key(ids[i]), d_key(ids[i]))
 end
 if #ids > 0 then
   redis.call('ZREM', K .. 'all', unpack(ids))

@@ -54,7 +54,7 @@ for i = 0, n - 1 do
         break
       end
       seen[step] = true
-      local v = rec_raw(job_key(step))
+      local v = rec_raw(step)
       local nxt = v and rec_field(v, 'chain_next')
       if nxt and nxt ~= '' then
         step = nxt
@@ -110,6 +110,8 @@ if #bases > 0 then
   local last_seq = redis.call('INCRBY', K .. 'seq', #bases)
   -- Queued jobs by priority (text), in enqueue order, for their lanes (see common.lua).
   local all, queued, levels, nqueued, due, unique = {}, {}, {}, 0, {}, {}
+  -- Every job's record and `d`, written with one MSET: a SET per key cost a call each.
+  local mset = {}
   local ev_bar = ev .. '|'
   -- A lane entry's due time is the call's now: its fixed-width text (qmember's) made once.
   local now_pad = string.format('%015d', now < 0 and 0 or now)
@@ -122,8 +124,7 @@ if #bases > 0 then
     -- The record (see common.lua): no attempt, lease or finish yet, no interruption, no
     -- event after the first (whose entry leads `d`), and only the optional fields it has.
     local seq_s = seq_text(seq)
-    local rec = state .. '|0|0|||' .. at_s .. '|' .. seq_s .. '||0|\255' .. ARGV[b + 1] .. '\255' .. ev_bar
-      .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9]
+    local rec = state .. '|0|0|||' .. at_s .. '|' .. seq_s .. '||0|\255' .. ARGV[b + 1]
     if ARGV[b + 5] ~= '' then
       rec = rec .. '\254unique_key\255' .. ARGV[b + 5]
       unique[#unique + 1] = ARGV[b + 5]
@@ -135,7 +136,11 @@ if #bases > 0 then
         rec = rec .. '\254chain_next\255' .. ARGV[b + 8]
       end
     end
-    redis.call('SET', created_keys[i], rec)
+    local n = #mset
+    mset[n + 1] = created_keys[i]
+    mset[n + 2] = rec
+    mset[n + 3] = d_key(id)
+    mset[n + 4] = ev_bar .. ARGV[b + 2] .. now_s .. '|' .. ARGV[b + 9]
     all[#all + 1] = '0'
     all[#all + 1] = id
     if state == 'queued' then
@@ -153,6 +158,7 @@ if #bases > 0 then
     end
     move(nil, state)
   end
+  redis.call('MSET', unpack(mset))
   redis.call('ZADD', K .. 'all', unpack(all))
   for _, p in ipairs(levels) do
     enqueue_lane(p, queued[p])

@@ -32,7 +32,7 @@ local now_s = ms_text(now)
 local cap = ARGV[2]
 local n = tonumber(ARGV[3])
 
--- A record's tail (from the 0xFF before `d` on) without its last error.
+-- A record's optional fields (from its first 0xFE on) without its last error.
 local function without_error(tail)
   if string.find(tail, '\254last_error\255', 1, true) then
     return (string.gsub(tail, '\254last_error\255[^\254]*', ''))
@@ -51,29 +51,35 @@ local out = {}
 local ok_n, fail_n, wake = 0, 0, 0
 -- Per entry applied, the parts of its job's new record, which is written after this loop
 -- (its `evs` needs the id of the stream entry written then): `heads` (its `h` up to `evs`),
--- the `evs` it had, its kind, `tails` (the record from the 0xFF before `d` on, but for an
+-- the `evs` it had, its kind, `tails` (the record's optional fields, but for an
 -- optional field set here) and that field (`adds`, as 0xFE name 0xFF, and its value).
 -- Also its ARGV base, key, due time (retry and snooze) or place in line (release: run_at
--- and seq), chain link and tail as read (for its chain_index and d). The same lease twice in
+-- and seq), chain link and optional fields as read (for its chain_index). The same lease twice in
 -- one call: only the first is applied, as if in two calls.
 local bases, keys, heads, evss, kinds, tails, adds, addvs = {}, {}, {}, {}, {}, {}, {}, {}
 local ats, nexts, olds, seen = {}, {}, {}, {}
+-- Every entry's record, read with one MGET.
+local eids, ekeys = {}, {}
+for i = 0, n - 1 do
+  local id = ARGV[4 + i * 5]
+  eids[i + 1] = id
+  ekeys[i + 1] = job_key(id)
+end
+local vs = {}
+if n > 0 then
+  vs = rec_many(eids, ekeys)
+end
 for i = 0, n - 1 do
   local b = 4 + i * 5
   local id, token, code = ARGV[b], ARGV[b + 1], ARGV[b + 2]
-  local jk = job_key(id)
-  -- rec_raw (common.lua) inlined: a function call a job is 0.5% of the script's work.
-  local v = redis.pcall('GET', jk)
-  if v and v.err then
-    v = rec_from_hash(jk)
-  end
+  local jk, v = ekeys[i + 1], vs[i + 1]
   local attempt, tok, p
   if v then
     attempt, tok, p = string.match(v, RUNNING)
   end
   -- The bars after lease_until, started_at, run_at, seq, finished_at and the streak, then
-  -- the 0xFF before the kind and the one before `d` (none of them: not a record this
-  -- broker wrote, refused like a lost lease).
+  -- the 0xFF before the kind (none of them: not a record this broker wrote, refused like a
+  -- lost lease), and where the optional fields start, if it has any.
   local b4 = p and find(v, '|', p, true)
   local b5 = b4 and find(v, '|', b4 + 1, true)
   local b6 = b5 and find(v, '|', b5 + 1, true)
@@ -81,12 +87,15 @@ for i = 0, n - 1 do
   local b8 = b7 and find(v, '|', b7 + 1, true)
   local b9 = b8 and find(v, '|', b8 + 1, true)
   local pk = b9 and find(v, '\255', b9 + 1, true)
-  local pt = pk and find(v, '\255', pk + 1, true)
-  if not pt or tok ~= token or seen[id] then
+  if not pk or tok ~= token or seen[id] then
     out[#out + 1] = 0
   else
     pk = pk + 1
-    local evs, kind, tail = sub(v, b9 + 1, pk - 2), sub(v, pk, pt - 1), sub(v, pt)
+    local pt = find(v, '\254', pk, true)
+    local evs, kind, tail = sub(v, b9 + 1, pk - 2), sub(v, pk, (pt or #v + 1) - 1), ''
+    if pt then
+      tail = sub(v, pt)
+    end
     local a = ARGV[b + 3]
     local old = tail
     local at = nil
@@ -149,16 +158,22 @@ end
 if #bases > 0 then
   local ev = flush_events(cap, now)
   local stopped, succeeded, dead = {}, {}, {}
+  -- The new records, written with one MSET.
+  local mset = {}
+  for i = 1, #bases do
+    -- `evs` with this call's entry added (never there already: the entry is new).
+    local evs = evss[i]
+    mset[2 * i - 1] = keys[i]
+    if evs == '' then
+      mset[2 * i] = heads[i] .. ev .. '\255' .. kinds[i] .. tails[i] .. adds[i] .. addvs[i]
+    else
+      mset[2 * i] = heads[i] .. evs .. ' ' .. ev .. '\255' .. kinds[i] .. tails[i] .. adds[i] .. addvs[i]
+    end
+  end
+  redis.call('MSET', unpack(mset))
   for i = 1, #bases do
     local b = bases[i]
     local id, code = ARGV[b], ARGV[b + 2]
-    -- `evs` with this call's entry added (never there already: the entry is new).
-    local evs = evss[i]
-    if evs == '' then
-      redis.call('SET', keys[i], heads[i] .. ev .. '\255' .. kinds[i] .. tails[i] .. adds[i] .. addvs[i])
-    else
-      redis.call('SET', keys[i], heads[i] .. evs .. ' ' .. ev .. '\255' .. kinds[i] .. tails[i] .. adds[i] .. addvs[i])
-    end
     stopped[#stopped + 1] = id
     if code == 'ok' then
       succeeded[#succeeded + 1] = id
@@ -185,7 +200,7 @@ if #bases > 0 then
       move('running', 'scheduled')
       wake = wake + 1
     else
-      local p = d_priority(string.match(olds[i], '^\255([^\254]*)'))
+      local p = priority_of(id)
       local run_at, seq = string.match(ats[i], '^([^|]*)|(.*)$')
       redis.call('ZADD', K .. 'queued', p, qmember(tonumber(run_at), tonumber(seq), id))
       move('running', 'queued')

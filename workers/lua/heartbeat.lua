@@ -15,14 +15,13 @@ local n = tonumber(ARGV[3])
 local out = {}
 for i = 0, n - 1 do
   local id, token = ARGV[4 + i * 2], ARGV[5 + i * 2]
-  local jk = job_key(id)
-  local j = rec_get(jk)
+  local j = rec_get(id)
   if not j or j.token ~= token then
     out[#out + 1] = 0
   elseif j.state == 'running' then
     redis.call('ZADD', K .. 'running', 'XX', deadline, id)
     j.lease_until = deadline
-    rec_write(jk, j)
+    rec_write(id, j)
     out[#out + 1] = 1
   elseif j.state == 'cancelled' then
     out[#out + 1] = 2

@@ -11,8 +11,8 @@
 -- ARGV[5]  scan budget: at most this many ids looked at
 -- Returns  {last id scanned ('' = none), more, exhausted, job, job, ...} where more is 1 when
 --          another match exists after the jobs returned, exhausted is 1 when the scan reached
---          the oldest job, and each job is two entries: its id, then its record (see
---          common.lua).
+--          the oldest job, and each job is three entries: its id, its record and its d
+--          (see common.lua).
 
 local cursor, st, kind = ARGV[1], ARGV[2], ARGV[3]
 local want = tonumber(ARGV[4])
@@ -27,19 +27,20 @@ local last = cursor
 local more = 0
 for i = 1, #ids do
   local id = ids[i]
-  local v = rec_raw(job_key(id))
+  local v = rec_raw(id)
   local keep = v ~= false and v ~= nil
   if keep and (st ~= '' or kind ~= '') then
-    local vst, vkind = string.match(v, '^([^|]*)|[^\255]*\255([^\255]*)')
+    local vst, vkind = string.match(v, '^([^|]*)|[^\255]*\255([^\254]*)')
     keep = vst ~= nil and (st == '' or vst == st) and (kind == '' or vkind == kind)
   end
   if keep then
-    if #jobs >= want * 2 then
+    if #jobs >= want * 3 then
       more = 1
       break
     end
     jobs[#jobs + 1] = id
     jobs[#jobs + 1] = v
+    jobs[#jobs + 1] = redis.call('GET', d_key(id))
   end
   last = id
 end

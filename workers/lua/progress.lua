@@ -13,8 +13,7 @@
 local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local id, token, percent = ARGV[3], ARGV[4], ARGV[5]
-local jk = job_key(id)
-local j = rec_get(jk)
+local j = rec_get(id)
 if not j or j.state ~= 'running' or j.token ~= token then
   return 0
 end
@@ -31,5 +30,5 @@ if ARGV[6] == '1' then
 else
   j.x.progress_message = nil
 end
-rec_write(jk, j)
+rec_write(id, j)
 return 1

@@ -32,7 +32,7 @@ local function delete(id, jk, v)
   if unique and redis.call('HGET', K .. 'unique', unique) == id then
     redis.call('HDEL', K .. 'unique', unique)
   end
-  redis.call('DEL', jk)
+  redis.call('DEL', jk, d_key(id))
   redis.call('ZREM', K .. 'all', id)
   out[#out + 1] = id
 end
@@ -64,7 +64,7 @@ if st == 'succeeded' then
     for i = 1, #ids do
       local id = ids[i]
       local jk = job_key(id)
-      local v = rec_raw(jk)
+      local v = rec_raw(id)
       local j = v and rec_read(v)
       if j and j.state == 'succeeded' and (tonumber(j.finished_at) or 0) >= tonumber(before) then
         reached = true
@@ -112,7 +112,7 @@ else
     for i = 1, #ids do
       local id = ids[i]
       local jk = job_key(id)
-      local v = rec_raw(jk)
+      local v = rec_raw(id)
       if kept(v) then
         skip = skip + 1
       else

@@ -19,9 +19,8 @@ local out = {}
 local requeued, failed = 0, 0
 for i = 1, #ids do
   local id = ids[i]
-  local jk = job_key(id)
   redis.call('ZREM', K .. 'running', id)
-  local j = rec_get(jk)
+  local j = rec_get(id)
   if j and j.state == 'running' then
     local run = tonumber(j.attempt) or 0
     local attempt = run - 1
@@ -36,7 +35,7 @@ for i = 1, #ids do
       local err = 'poison pill: interrupted ' .. streak .. ' times in a row (its lease expired each time)'
       local ev = event(cap, 'job.dead', id, j.kind, now, run, { 'e', err })
       j.state, j.finished_at, j.evs, j.x.last_error = 'dead', ms_text(now), evs_add(j.evs, ev), err
-      rec_write(jk, j)
+      rec_write(id, j)
       redis.call('ZADD', K .. 'dead', now, id)
       move('running', 'dead')
       failed = failed + 1
@@ -47,8 +46,8 @@ for i = 1, #ids do
     else
       local ev = event(cap, 'job.interrupted', id, j.kind, now, run, { 'm', 'lease expired' })
       j.state, j.evs = 'queued', evs_add(j.evs, ev)
-      rec_write(jk, j)
-      redis.call('ZADD', K .. 'queued', d_priority(j.d), qmember(tonumber(j.run_at), tonumber(j.seq), id))
+      rec_write(id, j)
+      redis.call('ZADD', K .. 'queued', priority_of(id), qmember(tonumber(j.run_at), tonumber(j.seq), id))
       move('running', 'queued')
       requeued = requeued + 1
       out[#out + 1] = { id, j.kind, 'queued' }

@@ -5,14 +5,13 @@
 -- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  id
--- Returns  {'ok', the job's record (see common.lua)}, {'nf'} when there is no such job,
+-- Returns  {'ok', the job's record, its d (see common.lua)}, {'nf'} when there is no such job,
 --          or {'state', state} when the job is neither dead nor cancelled.
 
 local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
 local id = ARGV[3]
-local jk = job_key(id)
-local j = rec_get(jk)
+local j = rec_get(id)
 if not j then
   return { 'nf' }
 end
@@ -23,4 +22,4 @@ end
 requeue(id, st, now, cap)
 signal(1)
 flush_counts()
-return { 'ok', rec_raw(jk) }
+return { 'ok', rec_raw(id), redis.call('GET', d_key(id)) }

@@ -341,8 +341,8 @@ async fn a_due_job_caps_the_wait() {
     assert!(t.elapsed() < Duration::from_millis(100));
 }
 
-/// A job is one string, its record: `h`, kind and `d` (payload last), then only the optional
-/// fields it has, so a fresh job stores no field it does not need. That they come back
+/// A job is its record, `h` and kind, then only the optional fields it has, so a fresh job
+/// stores no field it does not need, and its `d` (payload last), a string of its own. That they come back
 /// exactly, separators and all, is the suite's `fields_round_trip_exactly`.
 #[tokio::test]
 async fn a_fresh_job_record_holds_only_what_it_needs() {
@@ -362,8 +362,16 @@ async fn a_fresh_job_record_holds_only_what_it_needs() {
     );
     assert_eq!(
         plain.iter().filter(|b| **b == 0xFF).count(),
-        2,
-        "h, kind and d: {plain:?}"
+        1,
+        "h and kind: {plain:?}"
+    );
+    let d = raw_record(
+        &mut conn,
+        &format!("{{{}:default}}:jd:{packed_id}", f.prefix),
+    );
+    assert!(
+        d.ends_with(br#"|{"a|b":"x|y||"}"#),
+        "d, the payload last: {d:?}"
     );
     assert!(!plain.contains(&0xFE), "no optional field: {plain:?}");
     assert!(plain.starts_with(b"queued|0|0|||"), "{plain:?}");
@@ -747,13 +755,14 @@ async fn an_unreadable_job_leased_before_is_buried_with_this_fetchs_token() {
     assert!(released[0].is_ok(), "{released:?}");
     let key = format!("{{{}:default}}:job:{}", f.prefix, ids[0]);
     let mut conn = raw_conn();
-    // The kind "k" becomes "k" 0xFF: the record's parts after it shift by one.
+    // The kind "k", the record's last part, becomes "k" 0xFF: a part too many.
     let rec = raw_record(&mut conn, &key);
-    let kind_end = rec.iter().position(|b| *b == 0xFF).expect("h ends") + 2;
-    assert_eq!(rec[kind_end], 0xFF, "the kind is k: {rec:?}");
-    let mut spoilt = rec[..kind_end].to_vec();
+    assert!(
+        rec.ends_with(b"\xFFk"),
+        "the kind is k, the last part: {rec:?}"
+    );
+    let mut spoilt = rec.clone();
     spoilt.push(0xFF);
-    spoilt.extend_from_slice(&rec[kind_end..]);
     let () = redis::cmd("SET")
         .arg(&key)
         .arg(spoilt)

@@ -1,5 +1,6 @@
 //! Storage layouts: jobs an older Hopper stored in layout 1 (a hash per job) are rewritten as
-//! records (layout 2) when a node connects, and read, run and keep their history as before.
+//! a record and `d` each (layout 3) when a node connects, and read, run and keep their
+//! history as before.
 //! Part of the `conformance_redis` test binary (its fixtures are the parent module's).
 
 use super::*;
@@ -23,17 +24,17 @@ const HOT: [&str; 10] = [
 /// fields layout 1 left out, and the sequence without leading zeros.
 fn to_layout1(conn: &mut redis::Connection, key: &str) {
     let rec: Vec<u8> = redis::cmd("GET").arg(key).query(conn).expect("get");
+    let d_key = key.replacen("}:job:", "}:jd:", 1);
+    let d: Vec<u8> = redis::cmd("GET").arg(&d_key).query(conn).expect("get d");
     let mut pieces = rec.split(|b| *b == 0xFE);
     let head: Vec<&[u8]> = pieces
         .next()
         .expect("a record")
         .split(|b| *b == 0xFF)
         .collect();
-    assert_eq!(head.len(), 3, "h, kind, d: {rec:?}");
-    let mut fields: Vec<(Vec<u8>, Vec<u8>)> = vec![
-        (b"kind".to_vec(), head[1].to_vec()),
-        (b"d".to_vec(), head[2].to_vec()),
-    ];
+    assert_eq!(head.len(), 2, "h, kind: {rec:?}");
+    let mut fields: Vec<(Vec<u8>, Vec<u8>)> =
+        vec![(b"kind".to_vec(), head[1].to_vec()), (b"d".to_vec(), d)];
     let h = std::str::from_utf8(head[0]).expect("h is text");
     for (name, value) in HOT.iter().zip(h.split('|')) {
         let zero_counter =
@@ -60,11 +61,36 @@ fn to_layout1(conn: &mut redis::Connection, key: &str) {
         .atomic()
         .cmd("DEL")
         .arg(key)
+        .arg(&d_key)
         .ignore()
         .add_command(hset)
         .ignore()
         .query::<()>(conn)
         .expect("rewrite as a hash");
+}
+
+/// Rewrites the record at `key` and its `d` by hand as layout 2 stored them: `d` inside the
+/// record, after the kind.
+fn to_layout2(conn: &mut redis::Connection, key: &str) {
+    let rec: Vec<u8> = redis::cmd("GET").arg(key).query(conn).expect("get");
+    let d_key = key.replacen("}:job:", "}:jd:", 1);
+    let d: Vec<u8> = redis::cmd("GET").arg(&d_key).query(conn).expect("get d");
+    let at = rec.iter().position(|b| *b == 0xFE).unwrap_or(rec.len());
+    let mut inline = rec[..at].to_vec();
+    inline.push(0xFF);
+    inline.extend_from_slice(&d);
+    inline.extend_from_slice(&rec[at..]);
+    redis::pipe()
+        .atomic()
+        .cmd("DEL")
+        .arg(&d_key)
+        .ignore()
+        .cmd("SET")
+        .arg(key)
+        .arg(inline)
+        .ignore()
+        .query::<()>(conn)
+        .expect("rewrite as layout 2");
 }
 
 /// Every job key under `prefix`.
@@ -133,8 +159,14 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
     let mut conn = raw_conn();
     let keys = job_keys(&f.prefix);
     assert_eq!(keys.len(), ids.len());
-    for key in &keys {
-        to_layout1(&mut conn, key);
+    // Most as hashes (layout 1), every fifth with `d` inside its record (layout 2, which
+    // no release stored, but a build of it may have).
+    for (i, key) in keys.iter().enumerate() {
+        if i % 5 == 4 {
+            to_layout2(&mut conn, key);
+        } else {
+            to_layout1(&mut conn, key);
+        }
     }
     let () = redis::cmd("DEL")
         .arg(format!("{}:layout", f.prefix))
@@ -169,7 +201,7 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
         .arg(format!("{}:layout", f.prefix))
         .query(&mut conn)
         .expect("get");
-    assert_eq!(layout, "2");
+    assert_eq!(layout, "3");
     for key in &keys {
         let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).expect("type");
         assert_eq!(kind, "string", "{key} rewritten");
@@ -245,13 +277,13 @@ async fn a_layout_only_a_newer_hopper_reads_is_refused() {
     let f = fixture().await;
     let () = redis::cmd("SET")
         .arg(format!("{}:layout", f.prefix))
-        .arg(3)
+        .arg(4)
         .query(&mut raw_conn())
         .expect("set");
     let err = RedisBroker::connect(&redis_url(), &f.prefix, f.clock.clone())
         .await
         .expect_err("refused");
-    assert!(err.to_string().contains("layout 3"), "{err}");
+    assert!(err.to_string().contains("layout 4"), "{err}");
 }
 
 /// Succeeded ids go to the list `done` in the order their jobs finished (an append, where a

@@ -63,13 +63,37 @@ fn array(v: Value) -> BrokerResult<Vec<Value>> {
     }
 }
 
-/// A job from its record as GET (or list.lua, cancel.lua, retry.lua) read it; `None` for no
-/// record (no such job). The record does not store the id and the queue (its key names them).
-pub(super) fn job_from_record(v: &Value, id: &str, queue: &str) -> BrokerResult<Option<Job>> {
+/// A job from its record and its `d` as get.lua (or list.lua, cancel.lua, retry.lua) read
+/// them; `None` for no record (no such job). Neither stores the id and the queue (their keys
+/// name them).
+pub(super) fn job_from_record(
+    rec: &Value,
+    d: &Value,
+    id: &str,
+    queue: &str,
+) -> BrokerResult<Option<Job>> {
+    match rec {
+        Value::Nil => Ok(None),
+        Value::BulkString(rec) => job_from_bytes(rec, d_bytes(d, id)?, id, queue).map(Some),
+        other => Err(corrupt(format!("expected a job record, got {other:?}"))),
+    }
+}
+
+/// get.lua's answer: the job's record and `d`, `None` for no such job.
+pub(super) fn got(v: &Value) -> BrokerResult<Option<(&Value, &Value)>> {
     match v {
         Value::Nil => Ok(None),
-        Value::BulkString(rec) => job_from_bytes(rec, id, queue).map(Some),
-        other => Err(corrupt(format!("expected a job record, got {other:?}"))),
+        Value::Array(a) if a.len() == 2 => Ok(Some((&a[0], &a[1]))),
+        other => Err(corrupt(format!("expected a job and its d, got {other:?}"))),
+    }
+}
+
+/// A job's `d` as a script read it (none is corrupt: every job has one).
+fn d_bytes<'a>(d: &'a Value, id: &str) -> BrokerResult<&'a [u8]> {
+    match d {
+        Value::BulkString(d) => Ok(d),
+        Value::Nil => Err(corrupt(format!("job {id} has no field d"))),
+        other => Err(corrupt(format!("job {id}: expected its d, got {other:?}"))),
     }
 }
 
@@ -103,12 +127,12 @@ const PART: u8 = 0xFF;
 /// The byte starting each optional field of a record.
 const OPTIONAL: u8 = 0xFE;
 
-/// A job record's fields by name (see common.lua): `h <PART> kind <PART> d`, then
-/// `<OPTIONAL> name <PART> value` per optional field. The separators are bytes no UTF-8 text
+/// A job record's fields by name (see common.lua): `h <PART> kind`, then
+/// `<OPTIONAL> name <PART> value` per optional field; and those of its `d`, a key of its own. The separators are bytes no UTF-8 text
 /// holds, so the record is cut at them first and each part must be UTF-8: a value holding
 /// one (only data Hopper did not write can) makes the record corrupt or unreadable, never a
 /// job with shifted fields read as valid.
-fn record_fields<'a>(rec: &'a [u8], id: &str) -> BrokerResult<Fields<'a>> {
+fn record_fields<'a>(rec: &'a [u8], d: &'a [u8], id: &str) -> BrokerResult<Fields<'a>> {
     let utf8 = |part: &'a [u8]| {
         std::str::from_utf8(part).map_err(|_| corrupt(format!("job {id}: a field is not UTF-8")))
     };
@@ -117,9 +141,7 @@ fn record_fields<'a>(rec: &'a [u8], id: &str) -> BrokerResult<Fields<'a>> {
     let mut pieces = rec.split(|b| *b == OPTIONAL);
     let head = pieces.next().ok_or_else(bad)?;
     let mut parts = head.split(|b| *b == PART);
-    let (Some(h), Some(kind), Some(d), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(h), Some(kind), None) = (parts.next(), parts.next(), parts.next()) else {
         return Err(bad());
     };
     for piece in pieces {
@@ -154,9 +176,9 @@ fn record_fields<'a>(rec: &'a [u8], id: &str) -> BrokerResult<Fields<'a>> {
     Ok(m)
 }
 
-/// A job from its record's bytes.
-fn job_from_bytes(rec: &[u8], id: &str, queue: &str) -> BrokerResult<Job> {
-    decode(&record_fields(rec, id)?, id, queue)
+/// A job from its record's and its `d`'s bytes.
+fn job_from_bytes(rec: &[u8], d: &[u8], id: &str, queue: &str) -> BrokerResult<Job> {
+    decode(&record_fields(rec, d, id)?, id, queue)
 }
 
 /// What a job's history needs of its record: the id of its first stream entry (leading `d`),
@@ -167,10 +189,11 @@ pub(super) struct EventIds {
     pub(super) evn: Option<String>,
 }
 
-/// [`EventIds`] of a record, `None` for no record. Only the parts the history needs are read,
-/// so that an optional field another program spoilt does not hide a job's history.
-pub(super) fn event_ids(v: &Value, id: &str) -> BrokerResult<Option<EventIds>> {
-    let rec = match v {
+/// [`EventIds`] of a record and its `d`, `None` for no record. Only the parts the history
+/// needs are read, so that an optional field another program spoilt does not hide a job's
+/// history.
+pub(super) fn event_ids(rec: &Value, d: &Value, id: &str) -> BrokerResult<Option<EventIds>> {
+    let rec = match rec {
         Value::Nil => return Ok(None),
         Value::BulkString(rec) => rec,
         other => return Err(corrupt(format!("expected a job record, got {other:?}"))),
@@ -179,9 +202,12 @@ pub(super) fn event_ids(v: &Value, id: &str) -> BrokerResult<Option<EventIds>> {
         std::str::from_utf8(b).ok()
     }
     let mut pieces = rec.split(|b| *b == OPTIONAL);
-    let mut parts = pieces.next().unwrap_or_default().split(|b| *b == PART);
-    let (h, d) = (parts.next(), parts.nth(1));
-    let Some((first, _)) = d.and_then(text).and_then(|d| d.split_once('|')) else {
+    let h = pieces
+        .next()
+        .unwrap_or_default()
+        .split(|b| *b == PART)
+        .next();
+    let Some((first, _)) = text(d_bytes(d, id)?).and_then(|d| d.split_once('|')) else {
         return Err(corrupt(format!("job {id}: bad field d")));
     };
     let evs = h
@@ -257,8 +283,9 @@ impl<'a> Fields<'a> {
     }
 }
 
-/// A job leased by fetch.lua, which answers its id and its record as it was before the lease.
-pub(super) fn job_from_fetch(id: &Value, rec: &Value, queue: &str) -> BrokerResult<Job> {
+/// A job leased by fetch.lua, which answers its id, its record as it was before the lease and
+/// its `d`.
+pub(super) fn job_from_fetch(id: &Value, rec: &Value, d: &Value, queue: &str) -> BrokerResult<Job> {
     let Value::BulkString(id) = id else {
         return Err(corrupt(format!("expected a fetched job's id, got {id:?}")));
     };
@@ -267,7 +294,7 @@ pub(super) fn job_from_fetch(id: &Value, rec: &Value, queue: &str) -> BrokerResu
     };
     let id = std::str::from_utf8(id)
         .map_err(|_| corrupt("fetch.lua answered an id that is not UTF-8"))?;
-    job_from_bytes(rec, id, queue)
+    job_from_bytes(rec, d_bytes(d, id)?, id, queue)
 }
 
 /// The id of a job fetch.lua leased and the lease token the script wrote (the one before, + 1),
@@ -412,7 +439,9 @@ pub(super) fn answer(v: Value, id: &JobId, queue: &str) -> BrokerResult<Answer> 
     match items.first().and_then(text) {
         Some("ok") => items
             .get(1)
-            .map(|rec| job_from_record(rec, id.as_str(), queue))
+            .map(|rec| {
+                job_from_record(rec, items.get(2).unwrap_or(&Value::Nil), id.as_str(), queue)
+            })
             .transpose()?
             .flatten()
             .map(|j| Answer::Ok(Box::new(j)))
@@ -432,9 +461,9 @@ pub(super) fn answer(v: Value, id: &JobId, queue: &str) -> BrokerResult<Answer> 
 mod tests {
     use super::*;
 
-    /// A record as the scripts write it: `h`, kind, `d`, then the optional pairs.
-    fn record(h: &str, kind: &str, d: &str, pairs: &[(&str, &[u8])]) -> Vec<u8> {
-        let mut rec = [h.as_bytes(), kind.as_bytes(), d.as_bytes()].join(&PART);
+    /// A record as the scripts write it: `h`, kind, then the optional pairs.
+    fn record(h: &str, kind: &str, pairs: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut rec = [h.as_bytes(), kind.as_bytes()].join(&PART);
         for (name, value) in pairs {
             rec.push(OPTIONAL);
             rec.extend_from_slice(name.as_bytes());
@@ -444,29 +473,26 @@ mod tests {
         rec
     }
 
-    const H: &str = "queued|0|0|||1700000000000|7||0|";
-    const D: &str = "1-0|5|3||1700000000000|{\"a\":\"x|y\"}";
-
-    /// A fetched job as fetch.lua answers it: its id, its record.
-    fn fetched(id: &[u8], rec: &[u8]) -> (Value, Value) {
-        (
-            Value::BulkString(id.to_vec()),
-            Value::BulkString(rec.to_vec()),
-        )
+    fn bulk(b: &[u8]) -> Value {
+        Value::BulkString(b.to_vec())
     }
 
-    fn from_fetch((id, rec): (Value, Value)) -> BrokerResult<Job> {
-        job_from_fetch(&id, &rec, "q")
+    const H: &str = "queued|0|0|||1700000000000|0000000000000007||0|";
+    const D: &[u8] = b"1-0|5|3||1700000000000|{\"a\":\"x|y\"}";
+
+    /// A fetched job as fetch.lua answers it: its id, its record, its d.
+    fn from_fetch(id: &[u8], rec: &[u8], d: &[u8]) -> BrokerResult<Job> {
+        job_from_fetch(&bulk(id), &bulk(rec), &bulk(d), "q")
     }
 
-    fn lease((id, rec): (Value, Value)) -> Option<(String, u64)> {
-        fetched_lease(&id, &rec)
+    fn lease(id: &[u8], rec: &[u8]) -> Option<(String, u64)> {
+        fetched_lease(&bulk(id), &bulk(rec))
     }
 
     #[test]
-    fn a_fetched_job_is_read_from_its_record() {
-        let rec = record(H, "test.k", D, &[("unique_key", "nul\0 ÿ|".as_bytes())]);
-        let job = from_fetch(fetched(b"job-1", &rec)).expect("a job");
+    fn a_fetched_job_is_read_from_its_record_and_d() {
+        let rec = record(H, "test.k", &[("unique_key", "nul\0 ÿ|".as_bytes())]);
+        let job = from_fetch(b"job-1", &rec, D).expect("a job");
         assert_eq!(job.id.as_str(), "job-1");
         assert_eq!(job.queue, "q");
         assert_eq!(job.kind, "test.k");
@@ -478,6 +504,11 @@ mod tests {
         assert_eq!(job.unique_key.as_deref(), Some("nul\0 ÿ|"));
         assert_eq!(job.attempt, 0);
         assert_eq!(job.last_error, None);
+        assert!(
+            from_fetch(b"job-1", &rec, b"").is_err(),
+            "a d without its parts"
+        );
+        assert!(job_from_fetch(&bulk(b"job-1"), &bulk(&rec), &Value::Nil, "q").is_err());
     }
 
     #[test]
@@ -486,7 +517,6 @@ mod tests {
         let rec = record(
             h,
             "test.k",
-            D,
             &[
                 ("chain_id", b"c-1"),
                 ("chain_index", b"1"),
@@ -499,7 +529,7 @@ mod tests {
                 ("checkpoint", b"{\"at\":3}"),
             ],
         );
-        let job = job_from_record(&Value::BulkString(rec), "job-2", "q")
+        let job = job_from_record(&bulk(&rec), &bulk(D), "job-2", "q")
             .expect("reads")
             .expect("a job");
         assert_eq!(job.state, JobState::Running);
@@ -533,67 +563,68 @@ mod tests {
     #[test]
     fn no_record_is_no_job_and_a_pair_cannot_stand_in_for_a_packed_field() {
         assert!(
-            job_from_record(&Value::Nil, "j", "q")
+            job_from_record(&Value::Nil, &Value::Nil, "j", "q")
                 .expect("reads")
                 .is_none()
         );
-        let rec = record(H, "test.k", D, &[("priority", b"0"), ("state", b"dead")]);
-        let job = job_from_record(&Value::BulkString(rec), "j", "q")
+        let rec = record(H, "test.k", &[("priority", b"0"), ("state", b"dead")]);
+        let job = job_from_record(&bulk(&rec), &bulk(D), "j", "q")
             .expect("reads")
             .expect("a job");
         assert_eq!((job.priority, job.state), (5, JobState::Queued));
+        assert!(got(&Value::Nil).expect("reads").is_none());
+        assert!(got(&bulk(b"x")).is_err());
     }
 
     #[test]
     fn a_value_holding_a_separator_makes_the_job_corrupt_not_shifted() {
         // A value someone else wrote, holding 0xFF once: its pair no longer reads.
-        let rec = record(H, "test.k", D, &[("last_error", b"a\xffb")]);
-        let err = from_fetch(fetched(b"job-1", &rec)).expect_err("corrupt");
+        let rec = record(H, "test.k", &[("last_error", b"a\xffb")]);
+        let err = from_fetch(b"job-1", &rec, D).expect_err("corrupt");
         assert!(err.to_string().contains("unexpected data"), "{err}");
         // A record with a part too many or too few.
-        let rec = [H.as_bytes(), b"k", D.as_bytes(), b"x"].join(&PART);
-        assert!(from_fetch(fetched(b"job-1", &rec)).is_err());
-        let rec = [H.as_bytes(), b"k"].join(&PART);
-        assert!(from_fetch(fetched(b"job-1", &rec)).is_err());
+        let rec = [H.as_bytes(), b"k", D].join(&PART);
+        assert!(from_fetch(b"job-1", &rec, D).is_err());
+        assert!(from_fetch(b"job-1", H.as_bytes(), D).is_err());
     }
 
     #[test]
     fn the_lease_of_an_unreadable_job_is_read_leniently() {
-        let rec = record(H, "test.k", D, &[("last_error", b"\xc3")]);
-        assert_eq!(lease(fetched(b"job-1", &rec)), Some(("job-1".into(), 1)));
+        let rec = record(H, "test.k", &[("last_error", b"\xc3")]);
+        assert_eq!(lease(b"job-1", &rec), Some(("job-1".into(), 1)));
         // A kind that is not UTF-8.
-        let mut rec = b"running|3|4|1|1|1|7||0|\xffk\xc3\xff".to_vec();
-        rec.extend_from_slice(D.as_bytes());
-        assert!(from_fetch(fetched(b"job-2", &rec)).is_err());
-        assert_eq!(lease(fetched(b"job-2", &rec)), Some(("job-2".into(), 5)));
-        // A kind holding the joiner, before the token's part: the token is still found.
-        let mut rec = b"queued|0|1|||1|7||0|".to_vec();
-        rec.extend_from_slice(b"\xffk\xffk2\xff");
-        rec.extend_from_slice(D.as_bytes());
-        assert_eq!(lease(fetched(b"job-3", &rec)), Some(("job-3".into(), 2)));
-        assert_eq!(lease(fetched(b"\xc3", b"")), None);
+        let rec = b"running|3|4|1|1|1|7||0|\xffk\xc3".to_vec();
+        assert!(from_fetch(b"job-2", &rec, D).is_err());
+        assert_eq!(lease(b"job-2", &rec), Some(("job-2".into(), 5)));
+        // A kind holding the joiner, after the token's part: the token is still found.
+        let rec = b"queued|0|1|||1|7||0|\xffk\xffk2".to_vec();
+        assert_eq!(lease(b"job-3", &rec), Some(("job-3".into(), 2)));
+        assert_eq!(lease(b"\xc3", b""), None);
     }
 
     #[test]
     fn a_history_reads_its_event_ids_past_a_spoilt_field() {
         let h = "succeeded|1|1|||1|0000000000000007|2|0|2-0 3-0";
-        let rec = record(h, "k", D, &[("last_error", b"\xc3"), ("evn", b"4-0")]);
-        let ids = event_ids(&Value::BulkString(rec), "j")
+        let rec = record(h, "k", &[("last_error", b"\xc3"), ("evn", b"4-0")]);
+        let ids = event_ids(&bulk(&rec), &bulk(D), "j")
             .expect("reads")
             .expect("a record");
         assert_eq!(ids.first, "1-0");
         assert_eq!(ids.later, ["2-0", "3-0"]);
         assert_eq!(ids.evn.as_deref(), Some("4-0"));
-        assert!(event_ids(&Value::Nil, "j").expect("reads").is_none());
-        let no_d = [h.as_bytes(), b"k"].join(&PART);
-        assert!(event_ids(&Value::BulkString(no_d), "j").is_err());
+        assert!(
+            event_ids(&Value::Nil, &Value::Nil, "j")
+                .expect("reads")
+                .is_none()
+        );
+        assert!(event_ids(&bulk(&rec), &bulk(b"no bar"), "j").is_err());
     }
 
     #[test]
     fn a_fetched_job_that_is_not_utf8_is_corrupt() {
-        let rec = record(H, "test.k", D, &[("last_error", b"\xc3")]);
-        assert!(from_fetch(fetched(b"job-1", &rec)).is_err());
-        assert!(job_from_fetch(&Value::Array(Vec::new()), &Value::Nil, "q").is_err());
-        assert!(from_fetch(fetched(b"job-1", b"not a record")).is_err());
+        let rec = record(H, "test.k", &[("last_error", b"\xc3")]);
+        assert!(from_fetch(b"job-1", &rec, D).is_err());
+        assert!(job_from_fetch(&Value::Array(Vec::new()), &Value::Nil, &Value::Nil, "q").is_err());
+        assert!(from_fetch(b"job-1", b"not a record", D).is_err());
     }
 }

@@ -30,7 +30,7 @@ use redis::{FromRedisValue, Value};
 
 use super::RedisBroker;
 use super::conn::Pipe;
-use super::decode::{corrupt, event_ids, parse_num, string, text};
+use super::decode::{corrupt, event_ids, got, parse_num, string, text};
 use super::scripts::SCRIPTS;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventType};
@@ -205,8 +205,11 @@ pub(super) async fn history(broker: &RedisBroker, id: &JobId) -> BrokerResult<Ve
     // The job's first entry leads its packed field `d`; `evs` lists the others.
     let mut cmd = broker.eval(&SCRIPTS.get, &queue);
     cmd.arg(id.as_str());
-    let rec: Value = broker.query(&cmd).await?;
-    let Some(ids) = event_ids(&rec, id.as_str())? else {
+    let v: Value = broker.query(&cmd).await?;
+    let Some((rec, d)) = got(&v)? else {
+        return Ok(Vec::new());
+    };
+    let Some(ids) = event_ids(rec, d, id.as_str())? else {
         return Ok(Vec::new());
     };
     let first = ids.first.as_str();

@@ -34,17 +34,19 @@
 //! The registry of worker nodes lives in a hash tag of its own, `{<prefix>}` (a queue's is
 //! `{<prefix>:<queue>}`, never that): `{<prefix>}:nodes` and `{<prefix>}:seen`, see `nodes.rs`.
 //!
-//! A job is one string, its record (storage layout 2; `layout.rs` migrates layout 1's hashes):
-//! the fields that change as it moves packed in `h`, its kind, the fields fixed at enqueue
-//! packed in `d` (first event id, priority, max retries, timeout, creation time and payload),
-//! then the optional fields it has (a fresh job none, or its unique key and chain links), as
-//! name/value pairs, all cut apart by the bytes 0xFF and 0xFE, which no UTF-8 text holds (the
-//! layout is in `common.lua`). It stores neither the id nor the queue (its key names both); a
-//! succeeded job keeps its last progress, read as 100, and `lease_until` is read only while
-//! the job runs, so finishing clears neither. A step reads the record with one `GET` and writes it with one `SET`: a hash paid a
-//! field search per field read and an insert per field written, and the string took a fifth
-//! off fetch.lua's Redis instructions a job (docs/research/redis-layout-v2/README.md).
-//! fetch.lua hands the record over as read; only `decode.rs` reads all of it.
+//! A job is two strings (storage layout 3; `layout.rs` migrates older ones). Its record,
+//! `job:<id>`: the fields that change as it moves packed in `h`, its kind, then the optional
+//! fields it has (a fresh job none, or its unique key and chain links), as name/value pairs,
+//! all cut apart by the bytes 0xFF and 0xFE, which no UTF-8 text holds (the layout is in
+//! `common.lua`). Its `d`, `jd:<id>`: the fields fixed at enqueue (first event id, priority,
+//! max retries, timeout, creation time and payload), which no step after enqueue rewrites.
+//! Neither stores the id nor the queue (their keys name both); a succeeded job keeps its last
+//! progress, read as 100, and `lease_until` is read only while the job runs, so finishing
+//! clears neither. A step reads a batch of records with one `MGET` and writes them with one
+//! `MSET`: a hash paid a field search per field read and an insert per field written, and a
+//! payload inside the record was copied and hashed by Lua at every step
+//! (docs/research/redis-layout-v2/README.md).
+//! fetch.lua hands the record and `d` over as read; only `decode.rs` reads all of them.
 //!
 //! The names are written out here and in `common.lua` by hand: they outlive deploys, so a
 //! rename is a data migration, not a refactoring. What is stored under them is the scripts'

@@ -1,25 +1,28 @@
 //! The storage layout's version, and the migration a node runs when it connects to a Redis
 //! whose jobs an older Hopper stored.
 //!
-//! Layout 1 stored a job as a hash; layout 2 (today's, see `workers/lua/common.lua`) stores
-//! it as one string, its record, which a step reads with one `GET` and writes with one `SET`
-//! (a fifth less Redis work a fetched job: docs/research/redis-layout-v2/README.md). The
-//! version lives in `<prefix>:layout`; absent means 1, or a Redis that has no jobs yet.
+//! Layout 1 stored a job as a hash. Layout 3 (today's, see `workers/lua/common.lua`) stores
+//! it as two strings: its record (what changes as it moves, its kind and optional fields),
+//! which a step reads and writes whole, a batch with one `MGET` and one `MSET`, and its `d`
+//! (what never changes, the payload included), which only enqueue writes and fetch and the
+//! readers read. Layout 2, never released, kept `d` inside the record. The version lives in
+//! `<prefix>:layout`; absent means 1, or a Redis that has no jobs yet.
 //!
 //! The migration (migrate.lua) rewrites each queue's jobs, then moves its succeeded ids from
-//! layout 1's zset `succeeded` to layout 2's list `done`, in batches of [`BATCH`], so Redis
-//! is never blocked for long; what is moved already stays as it is, so two nodes that connect
-//! at once both migrate, harmlessly. The workers of a node start after its migration, so no
-//! finish appends to `done` before the older ids are in it. A node of layout 1 still running meanwhile
-//! would not read the rewritten jobs (a node of layout 1 reads a job's hash): upgrade every
-//! node together, as README's "Upgrading" says.
+//! layout 1's zset `succeeded` to the list `done`, in batches of [`BATCH`], so Redis is never
+//! blocked for long; what is moved already stays as it is, so two nodes that connect at once
+//! both migrate, harmlessly. The workers of a node start after its migration, so no finish
+//! appends to `done` before the older ids are in it. A process of an older layout still
+//! running meanwhile cannot read the rewritten jobs: upgrade every process together, as
+//! README's "Upgrading" says (a job a layout-1 process still enqueues as a hash is rewritten
+//! when the scripts meet it).
 
 use super::RedisBroker;
 use super::scripts::{BATCH, SCRIPTS};
 use crate::error::{BrokerError, BrokerResult};
 
 /// The layout this build reads and writes.
-const LAYOUT: u32 = 2;
+const LAYOUT: u32 = 3;
 
 impl RedisBroker {
     fn layout_key(&self) -> String {

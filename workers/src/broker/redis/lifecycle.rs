@@ -195,7 +195,7 @@ pub(super) async fn run_fetch(
     let (reply,): (Vec<Value>,) = broker.query_pipe(&pipe).await?;
     // fetch.lua answers the time it ran at, the deadline it wrote and how long until the
     // queue's earliest due job (and, rated, when the rate next allows a start), then each job's
-    // id and record as it was before the lease; the lease is applied as it was stored.
+    // id, record as it was before the lease and d; the lease is applied as it was stored.
     let [now, deadline, next_due, rest @ ..] = reply.as_slice() else {
         return Err(corrupt("fetch.lua answered without its time"));
     };
@@ -234,16 +234,16 @@ pub(super) async fn run_fetch(
     };
     let mut leased = Vec::with_capacity(jobs.len());
     let mut unreadable = Vec::new();
-    if jobs.len() % 2 != 0 {
-        return Err(corrupt("fetch.lua answered a job without its record"));
+    if jobs.len() % 3 != 0 {
+        return Err(corrupt("fetch.lua answered a job without its record or d"));
     }
-    for pair in jobs.chunks_exact(2) {
-        match job_from_fetch(&pair[0], &pair[1], queue) {
+    for job in jobs.chunks_exact(3) {
+        match job_from_fetch(&job[0], &job[1], &job[2], queue) {
             Ok(mut job) => {
                 job.begin_attempt(now, deadline);
                 leased.push(job);
             }
-            Err(e) => unreadable.push((&pair[0], &pair[1], e)),
+            Err(e) => unreadable.push((&job[0], &job[1], e)),
         }
     }
     if !unreadable.is_empty() {

@@ -12,7 +12,7 @@ use redis::{FromRedisValue, Value};
 
 use super::RedisBroker;
 use super::conn::Pipe;
-use super::decode::{corrupt, int, job_from_record, string};
+use super::decode::{corrupt, got, int, job_from_record, string};
 use super::keys::check_queue;
 use super::scripts::{BATCH, SCRIPTS};
 use crate::broker::{JobFilter, JobPage, QueueStats, StateCounts};
@@ -32,7 +32,10 @@ pub(super) async fn get(broker: &RedisBroker, id: &JobId) -> BrokerResult<Option
     let mut cmd = broker.eval(&SCRIPTS.get, &queue);
     cmd.arg(id.as_str());
     let v: Value = broker.query(&cmd).await?;
-    job_from_record(&v, id.as_str(), &queue)
+    match got(&v)? {
+        Some((rec, d)) => job_from_record(rec, d, id.as_str(), &queue),
+        None => Ok(None),
+    }
 }
 
 /// A page of jobs, newest first, across the queues the filter names.
@@ -105,8 +108,8 @@ async fn list_queue(
             return Err(corrupt("short reply from list.lua"));
         };
         pos = string(&last)?;
-        while let (Some(id), Some(rec)) = (it.next(), it.next()) {
-            if let Some(job) = job_from_record(&rec, &string(&id)?, queue)? {
+        while let (Some(id), Some(rec), Some(d)) = (it.next(), it.next(), it.next()) {
+            if let Some(job) = job_from_record(&rec, &d, &string(&id)?, queue)? {
                 jobs.push(job);
             }
         }
