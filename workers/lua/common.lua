@@ -220,9 +220,17 @@ end
 -- job still stored as a hash (MGET answers none for it) is rewritten first, as rec_raw does.
 local function rec_many(ids, keys)
   local vs = redis.call('MGET', unpack(keys))
+  -- What a missing value turned out to be, by id: one job met twice is rewritten once, and
+  -- both answers are its record.
+  local looked
   for i = 1, #vs do
-    if not vs[i] and redis.call('TYPE', keys[i]).ok == 'hash' then
-      vs[i] = rec_from_hash(ids[i])
+    if not vs[i] then
+      looked = looked or {}
+      local id = ids[i]
+      if looked[id] == nil then
+        looked[id] = redis.call('TYPE', keys[i]).ok == 'hash' and rec_from_hash(id)
+      end
+      vs[i] = looked[id]
     end
   end
   return vs

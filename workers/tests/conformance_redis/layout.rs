@@ -354,3 +354,37 @@ async fn succeeded_jobs_are_purged_from_the_head_of_their_list() {
         .expect("the queue");
     assert_eq!(q.counts.succeeded, 251, "{q:?}");
 }
+
+/// A job still stored as a hash (a layout-1 process enqueued it after the migration) met
+/// twice by one fetch, through a stale queue entry and its current one: it is rewritten once
+/// and leased, not skipped as stale and left queued in no lane.
+#[tokio::test]
+async fn a_hash_met_twice_in_one_fetch_is_leased() {
+    let f = fixture().await;
+    let b = &f.broker;
+    let ids = enqueue_ids(&**b, vec![job("k")]).await;
+    let mut conn = raw_conn();
+    let key = format!("{{{}:default}}:job:{}", f.prefix, ids[0]);
+    let rec: Vec<u8> = redis::cmd("GET").arg(&key).query(&mut conn).expect("get");
+    let h = String::from_utf8_lossy(rec.split(|b| *b == 0xFF).next().expect("h")).into_owned();
+    let parts: Vec<&str> = h.split('|').collect();
+    let (run_at, seq): (u64, u64) = (
+        parts[5].parse().expect("run_at"),
+        parts[6].parse().expect("seq"),
+    );
+    to_layout1(&mut conn, &key);
+    // An older entry of the same job, ahead of its current one.
+    let stale = format!("{:015}{:016}{}", run_at.saturating_sub(1), seq - 1, ids[0]);
+    let () = redis::cmd("ZADD")
+        .arg(format!("{{{}:default}}:queued", f.prefix))
+        .arg(5)
+        .arg(&stale)
+        .query(&mut conn)
+        .expect("zadd");
+    let got = b.fetch("default", 10, LEASE).await.expect("fetch");
+    assert_eq!(
+        got.iter().map(|j| j.id.clone()).collect::<Vec<_>>(),
+        ids,
+        "leased once"
+    );
+}

@@ -3,7 +3,7 @@
 //!
 //! Every key of one queue starts with `{<prefix>:<queue>}:`, so all of them share one hash tag
 //! and every script touches one Cluster slot. The per-queue keys are listed in
-//! `workers/lua/common.lua`; in short: `job:<id>` (a string per job, its record), `all` (every id, a
+//! `workers/lua/common.lua`; in short: `job:<id>` and `jd:<id>` (a job's record and its fixed part), `all` (every id, a
 //! lexicographic index for newest-first listing), `lane:<priority>` (a list per priority of the
 //! jobs enqueued `queued`, in queue order; `lanes` names the priorities that have one) and
 //! `queued` (the jobs queued later; score = priority, member = fixed-width due time + enqueue
@@ -42,8 +42,8 @@
 //! max retries, timeout, creation time and payload), which no step after enqueue rewrites.
 //! Neither stores the id nor the queue (their keys name both); a succeeded job keeps its last
 //! progress, read as 100, and `lease_until` is read only while the job runs, so finishing
-//! clears neither. A step reads a batch of records with one `MGET` and writes them with one
-//! `MSET`: a hash paid a field search per field read and an insert per field written, and a
+//! clears neither. fetch.lua and finish.lua read a batch of records with one `MGET` and write
+//! them with one `MSET`: a hash paid a field search per field read and an insert per field written, and a
 //! payload inside the record was copied and hashed by Lua at every step
 //! (docs/research/redis-layout-v2/README.md).
 //! fetch.lua hands the record and `d` over as read; only `decode.rs` reads all of them.

@@ -3,9 +3,9 @@
 //!
 //! Layout 1 stored a job as a hash. Layout 3 (today's, see `workers/lua/common.lua`) stores
 //! it as two strings: its record (what changes as it moves, its kind and optional fields),
-//! which a step reads and writes whole, a batch with one `MGET` and one `MSET`, and its `d`
-//! (what never changes, the payload included), which only enqueue writes and fetch and the
-//! readers read. Layout 2, never released, kept `d` inside the record. The version lives in
+//! which a step reads and writes whole (fetch and finish a batch with one `MGET` and one
+//! `MSET`), and its `d` (what never changes, the payload included), which enqueue writes and
+//! the rest read only to hand the job over or for its priority. Layout 2, never released, kept `d` inside the record. The version lives in
 //! `<prefix>:layout`; absent means 1, or a Redis that has no jobs yet.
 //!
 //! The migration (migrate.lua) rewrites each queue's jobs, then moves its succeeded ids from
