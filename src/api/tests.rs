@@ -124,6 +124,9 @@ impl Broker for Unreachable {
     async fn save_cursor(&self, _: &str, _: &str) -> BrokerResult<()> {
         self.down()
     }
+    async fn advance_cursor(&self, _: &str, _: i64) -> BrokerResult<()> {
+        self.down()
+    }
     async fn rescue(&self, _: u32) -> BrokerResult<Vec<Rescued>> {
         self.down()
     }

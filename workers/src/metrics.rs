@@ -411,6 +411,7 @@ metered! {
     fn ping(&self) -> ();
     fn cursor(&self, name: &str) -> Option<String>;
     fn save_cursor(&self, name: &str, value: &str) -> ();
+    fn advance_cursor(&self, name: &str, value: i64) -> ();
     fn ready_ahead(&self, queue: &str, priority: u8) -> u64;
     fn register_node(&self, node: &WorkerNode) -> ();
     fn deregister_node(&self, id: &str) -> ();

@@ -8,7 +8,9 @@
 //! What "missed" means needs a memory that outlives the tick's job: its unique key goes when
 //! retention purges the job, and a schedule just added to the config has no job at all. So
 //! each enqueued tick is also written to the broker's named cursor `schedule:<name>`
-//! ([`Broker::save_cursor`]), and start-up catches up only a tick after it. A schedule with
+//! ([`Broker::advance_cursor`]: only ever forward, as every node records the ticks it
+//! enqueued and a slow node's older tick may come last), and start-up catches up only a tick
+//! after it. A schedule with
 //! no cursor is new: its last tick is recorded as seen, not run (a nightly job added at 3 pm
 //! runs that night, not at deploy).
 
@@ -220,19 +222,19 @@ async fn catch_up(broker: &dyn Broker, schedule: &Schedule, now: Timestamp) {
     };
     let name = &schedule.spec.name;
     match broker.cursor(&schedule.cursor_name()).await {
-        Ok(Some(saved)) => match saved.parse::<i64>() {
-            Ok(last) if tick.as_millis() <= last => {}
-            Ok(_) => {
+        Ok(Some(saved)) => match crate::broker::cursor_number(&saved) {
+            Some(last) if tick.as_millis() <= last => {}
+            Some(_) => {
                 enqueue(broker, schedule, tick).await;
             }
-            Err(_) => {
+            None => {
                 warn!(schedule = %name, saved, "unreadable schedule cursor; catching up its last tick");
                 enqueue(broker, schedule, tick).await;
             }
         },
         Ok(None) => {
             info!(schedule = %name, tick = tick.as_millis(), "new schedule: its first job is its next tick's");
-            save_tick(broker, schedule, tick).await;
+            record_tick(broker, schedule, tick).await;
         }
         Err(e) => {
             warn!(schedule = %name, error = %e, "cannot read the schedule's cursor; catching up its last tick");
@@ -242,10 +244,11 @@ async fn catch_up(broker: &dyn Broker, schedule: &Schedule, now: Timestamp) {
 }
 
 /// Records `tick` as the schedule's last (see the module doc). A failure is logged: the worst
-/// it causes is one repeated tick at a later start-up.
-async fn save_tick(broker: &dyn Broker, schedule: &Schedule, tick: Timestamp) {
-    let value = tick.as_millis().to_string();
-    if let Err(e) = broker.save_cursor(&schedule.cursor_name(), &value).await {
+/// it causes is one repeated tick at a later start-up. Public for the conformance suite, which
+/// plays a slow node's late record of an older tick with it.
+pub async fn record_tick(broker: &dyn Broker, schedule: &Schedule, tick: Timestamp) {
+    let value = tick.as_millis();
+    if let Err(e) = broker.advance_cursor(&schedule.cursor_name(), value).await {
         warn!(schedule = %schedule.spec.name, tick = value, error = %e, "cannot record the schedule's last tick");
     }
 }
@@ -260,7 +263,7 @@ async fn enqueue(broker: &dyn Broker, schedule: &Schedule, tick: Timestamp) -> b
                 // Logged as its milliseconds, the number in the tick's unique key.
                 info!(schedule = %schedule.spec.name, tick = tick.as_millis(), "scheduled job enqueued");
             }
-            save_tick(broker, schedule, tick).await;
+            record_tick(broker, schedule, tick).await;
             true
         }
         Err(e) => {

@@ -135,6 +135,11 @@ macro_rules! delegate_broker {
                     $cursor::save_cursor(self, name, value).await
                 }
 
+                async fn advance_cursor(&self, name: &str, value: i64) -> BrokerResult<()> {
+                    $crate::broker::check_cursor_name(name)?;
+                    $cursor::advance_cursor(self, name, value).await
+                }
+
                 async fn rescue(&self, max_interruptions: u32) -> BrokerResult<Vec<Rescued>> {
                     $rescue::rescue(self, max_interruptions).await
                 }

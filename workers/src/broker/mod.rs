@@ -430,8 +430,8 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// reader of the log saved with [`Broker::save_cursor`], so that it resumes where it
     /// stopped on any node sharing this broker and after any restart; `None` until first
     /// saved. The job-event relay of `[[subscription]]` keeps its place here, and each
-    /// `[[schedule]]` its last tick (`schedule:<name>`, see `crate::schedule`): the value is
-    /// opaque to the broker. A name is 1 to 128 bytes of UTF-8, else [`BrokerError::Invalid`]
+    /// `[[schedule]]` its last tick (`schedule:<name>`, see `crate::schedule`, moved with
+    /// [`Broker::advance_cursor`]): the value is opaque to the broker but to that method. A name is 1 to 128 bytes of UTF-8, else [`BrokerError::Invalid`]
     /// naming `cursor`.
     async fn cursor(&self, name: &str) -> BrokerResult<Option<String>>;
 
@@ -439,6 +439,14 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// wins, so two readers of the same name may move it back a little, which a reader that
     /// is idempotent per event (the relay is, by event id) tolerates.
     async fn save_cursor(&self, name: &str, value: &str) -> BrokerResult<()>;
+
+    /// Moves a named cursor that holds an integer (a `[[schedule]]`'s last tick, ms) forward
+    /// to `value`, in one atomic step: it is stored when the cursor is absent, holds a smaller
+    /// integer, or holds anything that is not one ([`cursor_number`]); else the cursor stays
+    /// as it is. For a name every node writes (each node's scheduler records each tick it
+    /// enqueued): a slow node's late record of an older value never moves it back, as
+    /// [`Broker::save_cursor`]'s last writer would.
+    async fn advance_cursor(&self, name: &str, value: i64) -> BrokerResult<()>;
 
     /// Jobs of `queue` that are `queued` (ready to be fetched) at `priority` or a more urgent
     /// one: how many a queued job at that priority may have to wait behind. A cheap count,
@@ -516,6 +524,16 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
         }
         Ok(steps)
     }
+}
+
+/// The integer a cursor holds, as [`Broker::advance_cursor`] reads it: an optional `-` and
+/// ASCII digits only (no sign `+`, no spaces), within `i64`; `None` for anything else.
+pub fn cursor_number(value: &str) -> Option<i64> {
+    let digits = value.strip_prefix('-').unwrap_or(value);
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    value.parse().ok()
 }
 
 /// Refuses a cursor name no broker stores (see [`Broker::cursor`]).

@@ -245,6 +245,7 @@ macro_rules! conformance_suite {
             // publish.rs
             publish_fan_out_is_replayed_by_its_keys,
             cursors_are_saved_and_replaced,
+            cursors_advanced_only_go_forward,
             // inbox.rs
             inbox_appends_once_per_id_and_reads_per_user,
             inbox_drops_entries_older_than_keep,
@@ -258,6 +259,7 @@ macro_rules! conformance_suite {
             // schedules.rs
             schedule_start_up_never_repeats_a_purged_tick,
             a_new_schedule_does_not_run_a_tick_from_before_it_existed,
+            a_slow_nodes_older_tick_does_not_move_the_schedule_back,
         );
     };
     (@cases $factory:expr; $($case:ident),* $(,)?) => {

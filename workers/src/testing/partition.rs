@@ -162,6 +162,10 @@ impl Broker for Partitioned {
         self.reach().await?.save_cursor(name, value).await
     }
 
+    async fn advance_cursor(&self, name: &str, value: i64) -> BrokerResult<()> {
+        self.reach().await?.advance_cursor(name, value).await
+    }
+
     async fn pause(&self, queue: &str) -> BrokerResult<()> {
         self.reach().await?.pause(queue).await
     }

@@ -81,3 +81,46 @@ pub async fn cursors_are_saved_and_replaced(b: Arc<dyn Broker>, _clock: Arc<Manu
         }
     }
 }
+
+/// A cursor advanced only goes forward: stored when absent, when larger, and over a value
+/// that is not an integer; a smaller or equal one leaves it. `save_cursor` still replaces.
+pub async fn cursors_advanced_only_go_forward(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
+    let name = "schedule:nightly";
+    b.advance_cursor(name, 1_000).await.expect("first");
+    assert_eq!(
+        b.cursor(name).await.expect("cursor").as_deref(),
+        Some("1000")
+    );
+    b.advance_cursor(name, 2_000).await.expect("forward");
+    assert_eq!(
+        b.cursor(name).await.expect("cursor").as_deref(),
+        Some("2000")
+    );
+    for older in [1_999, 2_000, -5] {
+        b.advance_cursor(name, older).await.expect("not back");
+        assert_eq!(
+            b.cursor(name).await.expect("cursor").as_deref(),
+            Some("2000"),
+            "{older} does not move it back"
+        );
+    }
+    for junk in ["", "later", "+3000", " 3000", "99999999999999999999"] {
+        b.save_cursor(name, junk).await.expect("save");
+        b.advance_cursor(name, 5).await.expect("over a non-integer");
+        assert_eq!(
+            b.cursor(name).await.expect("cursor").as_deref(),
+            Some("5"),
+            "{junk:?} is no integer: replaced"
+        );
+    }
+    b.save_cursor(name, "-10").await.expect("save");
+    b.advance_cursor(name, -20).await.expect("negative");
+    assert_eq!(
+        b.cursor(name).await.expect("cursor").as_deref(),
+        Some("-10")
+    );
+    match b.advance_cursor(&"x".repeat(129), 1).await {
+        Err(BrokerError::Invalid(f)) => assert_eq!(f.field, "cursor"),
+        other => panic!("a bad cursor name is refused, got {other:?}"),
+    }
+}

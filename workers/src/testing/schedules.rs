@@ -129,3 +129,33 @@ pub async fn a_new_schedule_does_not_run_a_tick_from_before_it_existed(
     assert_eq!(jobs.len(), 1, "the missed 11:00 tick: {jobs:?}");
     assert_eq!(jobs[0].unique_key, Some(tick_key(11)));
 }
+
+/// Every node runs the scheduler, so a tick is recorded by each node that enqueued it, and a
+/// slow node (a long pause, a slow broker call) may record an older tick after a newer one:
+/// node A catches up 12:00 at 12:10 while node B, stalled since before, records 11:00 only
+/// then. The record must not go back to 11:00, or a restart after retention purged the 12:00
+/// job would take 12:00 as missed and run it a second time.
+pub async fn a_slow_nodes_older_tick_does_not_move_the_schedule_back(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    clock.set(Timestamp::from_millis(DAY + 10 * HOUR + 30 * MINUTE));
+    start_up(&b, &clock).await;
+    clock.set(Timestamp::from_millis(DAY + 12 * HOUR + 10 * MINUTE));
+    start_up(&b, &clock).await;
+    let jobs = scheduled_jobs(&b).await;
+    assert_eq!(jobs.len(), 1, "node A caught up the 12:00 tick: {jobs:?}");
+    assert_eq!(jobs[0].unique_key, Some(tick_key(12)));
+
+    // Node B, late: its record of the 11:00 tick lands now.
+    schedule::record_tick(&*b, &hourly(), Timestamp::from_millis(DAY + 11 * HOUR)).await;
+    purge_all(&b).await;
+
+    clock.set(Timestamp::from_millis(DAY + 12 * HOUR + 30 * MINUTE));
+    start_up(&b, &clock).await;
+    let jobs = scheduled_jobs(&b).await;
+    assert!(
+        jobs.is_empty(),
+        "the 12:00 tick ran already; a late record of 11:00 must not make it missed: {jobs:?}"
+    );
+}

@@ -36,3 +36,34 @@ pub(super) async fn save_cursor(
         })
         .await
 }
+
+pub(super) async fn advance_cursor(
+    broker: &SqliteBroker,
+    name: &str,
+    value: i64,
+) -> BrokerResult<()> {
+    let name = name.to_owned();
+    // Read and written inside the writer's `BEGIN IMMEDIATE` transaction: no other process
+    // writes the file between the two.
+    broker
+        .write(move |conn, now| {
+            let stored: Option<String> = conn
+                .prepare_cached(sql::CURSOR)?
+                .query_row([&name], |row| row.get(0))
+                .optional()?;
+            if stored
+                .as_deref()
+                .and_then(crate::broker::cursor_number)
+                .is_some_and(|s| s >= value)
+            {
+                return Ok(());
+            }
+            conn.prepare_cached(sql::SAVE_CURSOR)?.execute(params![
+                name,
+                value.to_string(),
+                now
+            ])?;
+            Ok(())
+        })
+        .await
+}
