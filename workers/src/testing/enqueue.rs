@@ -237,3 +237,32 @@ pub async fn enqueue_answers_jobs_as_stored(b: Arc<dyn Broker>, clock: Arc<Manua
     assert!(!again[0].created);
     assert_eq!(again[0].job, get(&b, &queued.id).await, "the existing job");
 }
+
+/// A job whose id names a stored job (a client's retry of a batch it did not hear back from,
+/// with the same ids) is that job: answered as it is stored, not created, not changed, and no
+/// event appended; the rest of its batch is created as usual.
+pub async fn an_id_enqueued_again_is_the_job_it_names(
+    b: Arc<dyn Broker>,
+    _clock: Arc<ManualClock>,
+) {
+    let first = job("test.first");
+    enqueue(&b, first.clone()).await;
+    let stored = get(&b, &first.id).await;
+    let before = b.events(None, 1000).await.expect("events").len();
+    let mut again = NewJob::new("test.other", json!({"other": true}));
+    again.id = first.id.clone();
+    let fresh = job("test.fresh");
+    let answers = b
+        .enqueue(vec![again, fresh.clone()])
+        .await
+        .expect("enqueue");
+    assert_eq!(
+        answered(&answers),
+        vec![(first.id.clone(), false), (fresh.id.clone(), true)]
+    );
+    assert_eq!(answers[0].job, stored, "answered as stored");
+    assert_eq!(get(&b, &first.id).await, stored, "unchanged");
+    let events = b.events(None, 1000).await.expect("events");
+    let appended: Vec<JobId> = events[before..].iter().map(|e| e.job_id.clone()).collect();
+    assert_eq!(appended, vec![fresh.id], "one event, the new job's");
+}

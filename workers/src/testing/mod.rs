@@ -160,6 +160,7 @@ macro_rules! conformance_suite {
             enqueue_is_all_or_none,
             unique_key_returns_existing,
             batch_appends_one_event_per_created_job,
+            an_id_enqueued_again_is_the_job_it_names,
             fields_round_trip_exactly,
             // fetch.rs
             strict_priority_fifo_within_level,

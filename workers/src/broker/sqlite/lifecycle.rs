@@ -69,8 +69,8 @@ pub(super) async fn store(broker: &SqliteBroker, jobs: Vec<NewJob>) -> BrokerRes
     Ok(answers)
 }
 
-/// Stores one job of an enqueue batch, unless its unique key is taken or its chain exists;
-/// answers the job as stored, or the existing one.
+/// Stores one job of an enqueue batch, unless its unique key is taken, its chain exists or its
+/// id names a stored job; answers the job as stored, or the existing one.
 fn store_one(
     conn: &Connection,
     now: Timestamp,
@@ -112,7 +112,7 @@ fn store_one(
     }
     let job = new.stored(now);
     let chain = job.chain.as_ref();
-    inserts.job.execute(params![
+    let inserted = inserts.job.execute(params![
         job.id.as_str(),
         job.queue,
         job.kind,
@@ -128,6 +128,17 @@ fn store_one(
         chain.map_or(0, |c| i64::from(c.index)),
         chain.and_then(|c| c.next.as_ref()).map(JobId::as_str),
     ])?;
+    if inserted == 0 {
+        // Its id names a stored job (a retried batch with the same ids): that job is the
+        // answer, unchanged, as on Redis.
+        let stored = conn
+            .prepare_cached(sql::GET)?
+            .query_row([job.id.as_str()], job_from_row)?;
+        return Ok(Enqueued {
+            job: stored,
+            created: false,
+        });
+    }
     inserts.events.created(conn);
     Ok(Enqueued { job, created: true })
 }

@@ -66,7 +66,8 @@ pub const FIND_UNIQUE: &str = concat!(
 pub const INSERT_JOB: &str = "INSERT INTO jobs \
     (id, queue, kind, payload, priority, state, run_at, max_retries, timeout_ms, unique_key, \
      created_at, chain_id, chain_index, chain_next) \
-    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14)";
+    VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14) \
+    ON CONFLICT (id) DO NOTHING";
 
 /// Due scheduled and retrying jobs become queued, keeping their due time as `run_at` so they
 /// line up as if queued then; at most `?3` of them, earliest due first (a walk of `jobs_due`),
