@@ -179,6 +179,12 @@ local function rec_text(j)
   return table.concat(parts)
 end
 
+-- A new job's record (see the layout above): no attempt, lease or finish yet, no
+-- interruption, no event after the first (whose entry leads `d`), no optional field.
+local function rec_new(state, at_s, seq_s, kind)
+  return state .. '|0|0|||' .. at_s .. '|' .. seq_s .. '||0|\255' .. kind
+end
+
 -- Rewrites the job `id`, stored as a hash (layout 1), as its record and `d` (see
 -- migrate.lua); returns the record's text.
 local function rec_from_hash(id)
@@ -365,6 +371,28 @@ local function enqueue_lane(p, members)
   end
   redis.call('RPUSH', key, unpack(members))
   redis.call('ZADD', K .. 'lanes', p, p)
+end
+
+-- Freshly enqueued lane entries, grouped by priority (text) in the order first met: made by
+-- new_lanes, filled by lane_add in queue order, written by lanes_push through enqueue_lane.
+local function new_lanes()
+  return { levels = {}, by = {} }
+end
+
+local function lane_add(lanes, p, member)
+  local lane = lanes.by[p]
+  if not lane then
+    lane = {}
+    lanes.by[p] = lane
+    lanes.levels[#lanes.levels + 1] = p
+  end
+  lane[#lane + 1] = member
+end
+
+local function lanes_push(lanes)
+  for _, p in ipairs(lanes.levels) do
+    enqueue_lane(p, lanes.by[p])
+  end
 end
 
 -- The decimal text of an integer, memoized per call: a number passed to redis.call is

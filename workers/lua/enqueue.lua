@@ -109,7 +109,7 @@ if #bases > 0 then
   local ev = flush_events(cap, now)
   local last_seq = redis.call('INCRBY', K .. 'seq', #bases)
   -- Queued jobs by priority (text), in enqueue order, for their lanes (see common.lua).
-  local all, queued, levels, nqueued, due, unique = {}, {}, {}, 0, {}, {}
+  local all, lanes, nqueued, due, unique = {}, new_lanes(), 0, {}, {}
   -- Every job's record and `d`, written with one MSET: a SET per key cost a call each.
   local mset = {}
   local ev_bar = ev .. '|'
@@ -124,7 +124,7 @@ if #bases > 0 then
     -- The record (see common.lua): no attempt, lease or finish yet, no interruption, no
     -- event after the first (whose entry leads `d`), and only the optional fields it has.
     local seq_s = seq_text(seq)
-    local rec = state .. '|0|0|||' .. at_s .. '|' .. seq_s .. '||0|\255' .. ARGV[b + 1]
+    local rec = rec_new(state, at_s, seq_s, ARGV[b + 1])
     if ARGV[b + 5] ~= '' then
       rec = rec .. '\254unique_key\255' .. ARGV[b + 5]
       unique[#unique + 1] = ARGV[b + 5]
@@ -144,13 +144,7 @@ if #bases > 0 then
     all[#all + 1] = '0'
     all[#all + 1] = id
     if state == 'queued' then
-      local lane = queued[priority]
-      if not lane then
-        lane = {}
-        queued[priority] = lane
-        levels[#levels + 1] = priority
-      end
-      lane[#lane + 1] = now_pad .. seq_s .. id
+      lane_add(lanes, priority, now_pad .. seq_s .. id)
       nqueued = nqueued + 1
     elseif state == 'scheduled' then
       due[#due + 1] = at_s
@@ -160,9 +154,7 @@ if #bases > 0 then
   end
   redis.call('MSET', unpack(mset))
   redis.call('ZADD', K .. 'all', unpack(all))
-  for _, p in ipairs(levels) do
-    enqueue_lane(p, queued[p])
-  end
+  lanes_push(lanes)
   if #due > 0 then
     redis.call('ZADD', K .. 'due', unpack(due))
   end

@@ -70,20 +70,38 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
         // The id index first: see `keys.rs` for why.
         let mut index = redis::cmd("HSET");
         index.arg(broker.jobq_key());
-        let mut cmd = broker.eval(&SCRIPTS.enqueue, queue);
-        cmd.arg(&now_arg).arg(broker.event_cap).arg(chunk.len());
         for &i in chunk {
             index.arg(jobs[i].id.as_str()).arg(*queue);
-            job_args(&mut cmd, &jobs[i], local_now)?;
         }
         pipe.add_command(index).ignore();
-        pipe.add_command(cmd);
+        let plain = chunk.iter().all(|&i| is_plain(&jobs[i]));
+        pipe.add_command(enqueue_call(
+            broker, queue, chunk, &jobs, plain, &now_arg, local_now,
+        )?);
     }
     let replies: Vec<Vec<Value>> = broker.query_pipe(&pipe).await?;
     // Per job: the id enqueue.lua answered, whether it created the job, and when.
     let mut answered: Vec<Option<(JobId, bool, Timestamp)>> = vec![None; jobs.len()];
     let mut stale_index = Vec::new();
-    for ((_, idx), reply) in calls.iter().zip(replies) {
+    for ((queue, idx), mut reply) in calls.iter().zip(replies) {
+        if idx.iter().all(|&i| is_plain(&jobs[i])) {
+            // enqueue_plain.lua: `[now]`, or `[]` when an id names a stored job and nothing
+            // was written: then the call goes to enqueue.lua, which answers that job.
+            if let [now] = reply.as_slice() {
+                let now = Timestamp::from_millis(int(now)?);
+                for &i in idx {
+                    answered[i] = Some((jobs[i].id.clone(), true, now));
+                }
+                continue;
+            }
+            if !reply.is_empty() {
+                return Err(corrupt(
+                    "enqueue_plain.lua answered the wrong number of entries",
+                ));
+            }
+            let cmd = enqueue_call(broker, queue, idx, &jobs, false, &now_arg, local_now)?;
+            reply = broker.query(&cmd).await?;
+        }
         let Some((now, pairs)) = reply.split_last() else {
             return Err(corrupt("enqueue.lua answered nothing"));
         };
@@ -120,6 +138,62 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     Ok(out)
 }
 
+/// Whether a job goes through enqueue_plain.lua: `queued` at once, with no unique key and no
+/// chain (see that script). A `run_at` given, even a past one, goes through enqueue.lua.
+fn is_plain(j: &NewJob) -> bool {
+    j.unique_key.is_none() && j.chain.is_none() && j.run_at.is_none()
+}
+
+/// The script call storing the jobs `chunk` of `jobs` on `queue`: enqueue_plain.lua when
+/// `plain` (every job [`is_plain`]), else enqueue.lua.
+fn enqueue_call(
+    broker: &RedisBroker,
+    queue: &str,
+    chunk: &[usize],
+    jobs: &[NewJob],
+    plain: bool,
+    now_arg: &str,
+    local_now: Timestamp,
+) -> BrokerResult<Cmd> {
+    let script = if plain {
+        &SCRIPTS.enqueue_plain
+    } else {
+        &SCRIPTS.enqueue
+    };
+    let mut cmd = broker.eval(script, queue);
+    cmd.arg(now_arg).arg(broker.event_cap).arg(chunk.len());
+    for &i in chunk {
+        if plain {
+            plain_args(&mut cmd, &jobs[i])?;
+        } else {
+            job_args(&mut cmd, &jobs[i], local_now)?;
+        }
+    }
+    Ok(cmd)
+}
+
+/// Adds one plain job's ARGV for enqueue_plain.lua: id, kind, head, priority, payload.
+fn plain_args(cmd: &mut Cmd, j: &NewJob) -> BrokerResult<()> {
+    let payload = serde_json::to_string(&j.payload).map_err(BrokerError::backend)?;
+    cmd.arg(j.id.as_str())
+        .arg(&j.kind)
+        .arg(d_head(j))
+        .arg(j.priority)
+        .arg(payload);
+    Ok(())
+}
+
+/// A job's packed field `d` up to its creation time, which the script adds (see common.lua):
+/// the time is Redis'.
+fn d_head(j: &NewJob) -> String {
+    format!(
+        "{}|{}|{}|",
+        j.priority,
+        j.max_retries,
+        j.timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
+    )
+}
+
 /// Adds one job's ARGV for enqueue.lua: id, kind, the head of its packed fields, priority,
 /// run_at, unique key, chain links and payload.
 ///
@@ -127,14 +201,7 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
 /// to its own (Redis') now: a node whose clock is off delays the job by what it was asked,
 /// not by what it was asked plus its error.
 fn job_args(cmd: &mut Cmd, j: &NewJob, local_now: Timestamp) -> BrokerResult<()> {
-    // The job's packed field `d` up to its creation time, which the script adds (see
-    // common.lua): the time is Redis'.
-    let head = format!(
-        "{}|{}|{}|",
-        j.priority,
-        j.max_retries,
-        j.timeout_ms.map(|t| t.to_string()).unwrap_or_default(),
-    );
+    let head = d_head(j);
     let payload = serde_json::to_string(&j.payload).map_err(BrokerError::backend)?;
     cmd.arg(j.id.as_str())
         .arg(&j.kind)

@@ -63,6 +63,7 @@ macro_rules! scripts {
 
 scripts! {
     enqueue: "enqueue.lua",
+    enqueue_plain: "enqueue_plain.lua",
     fetch: "fetch.lua",
     finish: "finish.lua",
     heartbeat: "heartbeat.lua",
