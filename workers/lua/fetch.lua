@@ -83,6 +83,8 @@ local head = #out
 -- A paused queue leases nothing. Its due jobs were promoted above all the same, so that they
 -- wait as `queued` and a worker's wait_for_work does not keep finding them due.
 if redis.call('EXISTS', K .. 'paused') == 1 then
+  -- The promotions above are counted all the same.
+  flush_counts()
   return out
 end
 if max > 500 then

@@ -1,19 +1,27 @@
 -- retry_all_dead.lua: puts up to ARGV[3] dead jobs of one queue back in `queued` (see
--- retry.lua). Called repeatedly until it returns fewer than ARGV[3], so that Redis is never
--- blocked for more than a few milliseconds by a large dead set.
+-- retry.lua), the earliest dead first, of those dead at or before a bound: the time the
+-- request began. Called repeatedly until it returns fewer than ARGV[3], so that Redis is never
+-- blocked for more than a few milliseconds by a large dead set; a job retried by an earlier
+-- call that ran and died again meanwhile died after the bound, and is not retried twice.
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
 -- ARGV[1]  now, ms, or '' for Redis' clock (see common.lua)
 -- ARGV[2]  event stream cap
 -- ARGV[3]  batch size
--- Returns  the number of jobs re-queued.
+-- ARGV[4]  the bound, ms: '' on a request's first call, which takes its own now; later calls
+--          pass the bound the first one answered
+-- Returns  {the number of jobs re-queued, the bound (ms text)}.
 
 local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
-local ids = redis.call('ZRANGE', K .. 'dead', 0, tonumber(ARGV[3]) - 1)
+local bound = ARGV[4]
+if bound == '' then
+  bound = ms_text(now)
+end
+local ids = redis.call('ZRANGEBYSCORE', K .. 'dead', '-inf', bound, 'LIMIT', 0, tonumber(ARGV[3]))
 for i = 1, #ids do
   requeue(ids[i], 'dead', now, cap)
 end
 signal(#ids)
 flush_counts()
-return #ids
+return { #ids, bound }

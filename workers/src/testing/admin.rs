@@ -232,3 +232,26 @@ pub async fn purge_frees_unique_keys_and_drop_queue_counts(
     assert_eq!(b.drop_queue("other").await.expect("drop"), 1);
     assert!(b.queues().await.expect("queues").is_empty());
 }
+
+/// `retry_all_dead` retries the jobs that were dead when it began, each once. A job it
+/// retried may run and die again while it still works through a large dead set (on the
+/// broker's clock, later than the request began): that death is new, and retrying it again in
+/// the same request would run it twice for one click. Played here with the clock: a job
+/// dead at T+10 while the request runs at T+5.
+pub async fn retry_all_dead_retries_only_jobs_dead_when_it_began(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let start = clock.now();
+    let before = make_dead(&b, "d").await;
+    clock.set(start + ms(10));
+    let later = make_dead(&b, "d").await;
+    clock.set(start + ms(5));
+    assert_eq!(b.retry_all_dead(Some("d")).await.expect("retry"), 1);
+    assert_eq!(get(&b, &before).await.state, JobState::Queued);
+    assert_eq!(get(&b, &later).await.state, JobState::Dead, "dead after the request began");
+    assert_eq!(b.retry_all_dead(None).await.expect("retry all"), 0);
+    clock.set(start + ms(10));
+    assert_eq!(b.retry_all_dead(None).await.expect("retry all, later"), 1);
+    assert_eq!(get(&b, &later).await.state, JobState::Queued);
+}

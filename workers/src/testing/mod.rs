@@ -191,6 +191,7 @@ macro_rules! conformance_suite {
             cancel_non_final_and_conflict_on_final,
             retry_dead_and_cancelled_only,
             retry_all_dead_counts_and_filters,
+            retry_all_dead_retries_only_jobs_dead_when_it_began,
             purge_finished_and_trim_events,
             purge_frees_unique_keys_and_drop_queue_counts,
             drop_queue_removes_jobs_and_events,

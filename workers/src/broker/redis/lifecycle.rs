@@ -545,14 +545,20 @@ pub(super) async fn retry_all_dead(broker: &RedisBroker, queue: Option<&str>) ->
     let queues = broker.queue_or_all(queue).await?;
     let mut total = 0u64;
     for q in &queues {
+        // The jobs dead when the queue's first call ran (see retry_all_dead.lua).
+        let mut bound = String::new();
         loop {
             let mut cmd = broker.eval(&SCRIPTS.retry_all_dead, q);
-            cmd.arg(broker.now_arg()).arg(broker.event_cap).arg(BATCH);
-            let n: u64 = broker.query(&cmd).await?;
+            cmd.arg(broker.now_arg())
+                .arg(broker.event_cap)
+                .arg(BATCH)
+                .arg(&bound);
+            let (n, answered): (u64, String) = broker.query(&cmd).await?;
             total += n;
             if n < BATCH as u64 {
                 break;
             }
+            bound = answered;
         }
     }
     Ok(total)

@@ -98,47 +98,39 @@ pub(super) async fn retry_all_dead(
     queue: Option<&str>,
 ) -> BrokerResult<u64> {
     let queue = queue.map(str::to_owned);
-    // Counted first, so that jobs dying again while we work cannot keep us looping.
-    let total = {
-        let queue = queue.clone();
-        broker
-            .read(move |conn, _| {
-                let n: i64 = match &queue {
-                    Some(q) => conn
-                        .prepare_cached(sql::COUNT_DEAD_IN)?
-                        .query_row([q], |r| r.get(0))?,
-                    None => conn
-                        .prepare_cached(sql::COUNT_DEAD)?
-                        .query_row([], |r| r.get(0))?,
-                };
-                Ok(n)
-            })
-            .await?
-    };
+    // The jobs dead when the first chunk ran: one retried by an earlier chunk that ran and died
+    // again meanwhile died later, and is not retried twice (nor keeps this looping).
+    let mut bound: Option<Timestamp> = None;
     let mut done: i64 = 0;
-    while done < total {
+    loop {
         let queue = queue.clone();
-        let limit = CHUNK.min(total - done);
-        let n = broker
-            .write(move |conn, now| retry_dead_chunk(conn, now, queue.as_deref(), limit))
+        let (n, at) = broker
+            .write(move |conn, now| {
+                let bound = bound.unwrap_or(now);
+                let n = retry_dead_chunk(conn, now, queue.as_deref(), CHUNK, bound)?;
+                Ok((n, bound))
+            })
             .await?;
+        bound = Some(at);
         if n > 0 {
             broker.wake();
         }
         done += n;
-        if n < limit {
+        if n < CHUNK {
             break;
         }
     }
     Ok(to_u64(done))
 }
 
-/// Retries up to `limit` dead jobs (of `queue`, or of all); returns how many.
+/// Retries up to `limit` dead jobs (of `queue`, or of all) that died at or before `bound`;
+/// returns how many.
 fn retry_dead_chunk(
     conn: &Connection,
     now: Timestamp,
     queue: Option<&str>,
     limit: i64,
+    bound: Timestamp,
 ) -> Result<i64, Fail> {
     let text = match queue {
         Some(_) => sql::RETRY_DEAD_CHUNK_IN,
@@ -146,7 +138,7 @@ fn retry_dead_chunk(
     };
     let rows = conn
         .prepare_cached(text)?
-        .query_map(params![now, queue, limit], |r| {
+        .query_map(params![now, queue, limit, bound], |r| {
             Ok((owner_from_row(r)?, chain_from_columns(r, 4)?))
         })?
         .collect::<Result<Vec<_>, _>>()?;

@@ -139,21 +139,21 @@ pub const RETRY: &str = concat!(
     ", run_at = ?2 WHERE id = ?1 AND state IN ('dead', 'cancelled') RETURNING ",
     job_columns!()
 );
-pub const COUNT_DEAD: &str = "SELECT count(*) FROM jobs WHERE state = 'dead'";
-pub const COUNT_DEAD_IN: &str = "SELECT count(*) FROM jobs WHERE queue = ?1 AND state = 'dead'";
+// The dead jobs that died at or before ?4, the time the request began: one it retried that
+// ran and died again meanwhile is not retried twice.
 // Two texts rather than `?2 IS NULL OR queue = ?2`, which would keep SQLite from using the
 // queue's index.
 pub const RETRY_DEAD_CHUNK: &str = concat!(
     "UPDATE jobs SET ",
     start_over!(),
-    ", run_at = ?1 WHERE seq IN (SELECT seq FROM jobs WHERE state = 'dead' LIMIT ?3) \
+    ", run_at = ?1 WHERE seq IN (SELECT seq FROM jobs WHERE state = 'dead' AND finished_at <= ?4 LIMIT ?3) \
      RETURNING id, queue, kind, attempt, chain_id, chain_index"
 );
 pub const RETRY_DEAD_CHUNK_IN: &str = concat!(
     "UPDATE jobs SET ",
     start_over!(),
     ", run_at = ?1 \
-     WHERE seq IN (SELECT seq FROM jobs WHERE queue = ?2 AND state = 'dead' LIMIT ?3) \
+     WHERE seq IN (SELECT seq FROM jobs WHERE queue = ?2 AND state = 'dead' AND (finished_at IS NULL OR finished_at <= ?4) LIMIT ?3) \
      RETURNING id, queue, kind, attempt, chain_id, chain_index"
 );
 
