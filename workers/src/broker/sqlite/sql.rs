@@ -146,7 +146,7 @@ pub const RETRY: &str = concat!(
 pub const RETRY_DEAD_CHUNK: &str = concat!(
     "UPDATE jobs SET ",
     start_over!(),
-    ", run_at = ?1 WHERE seq IN (SELECT seq FROM jobs WHERE state = 'dead' AND finished_at <= ?4 LIMIT ?3) \
+    ", run_at = ?1 WHERE seq IN (SELECT seq FROM jobs WHERE state = 'dead' AND (finished_at IS NULL OR finished_at <= ?4) LIMIT ?3) \
      RETURNING id, queue, kind, attempt, chain_id, chain_index"
 );
 pub const RETRY_DEAD_CHUNK_IN: &str = concat!(
