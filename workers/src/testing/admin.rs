@@ -249,7 +249,11 @@ pub async fn retry_all_dead_retries_only_jobs_dead_when_it_began(
     clock.set(start + ms(5));
     assert_eq!(b.retry_all_dead(Some("d")).await.expect("retry"), 1);
     assert_eq!(get(&b, &before).await.state, JobState::Queued);
-    assert_eq!(get(&b, &later).await.state, JobState::Dead, "dead after the request began");
+    assert_eq!(
+        get(&b, &later).await.state,
+        JobState::Dead,
+        "dead after the request began"
+    );
     assert_eq!(b.retry_all_dead(None).await.expect("retry all"), 0);
     clock.set(start + ms(10));
     assert_eq!(b.retry_all_dead(None).await.expect("retry all, later"), 1);
