@@ -181,14 +181,20 @@ async fn drain_throughput() {
 /// commands batched with it commit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_command_rolls_back_alone() {
-    let (b, _dir) = temp_sqlite(clock::system()).await;
+    let (b, dir) = temp_sqlite(clock::system()).await;
     let first = NewJob::new("test.a", json!({}));
     b.enqueue(vec![first.clone()]).await.expect("enqueue");
 
-    // The second job reuses the first one's id: the insert fails after `fresh` was written.
+    // The file refuses a job of kind `test.c` (a trigger another program added): the second
+    // job's insert fails after `fresh` was written.
+    foreign_writer(&dir)
+        .execute_batch(
+            "CREATE TRIGGER refuse_c BEFORE INSERT ON jobs WHEN NEW.kind = 'test.c' \
+             BEGIN SELECT RAISE(ABORT, 'test: kind test.c refused'); END;",
+        )
+        .expect("add the trigger");
     let fresh = NewJob::new("test.b", json!({}));
-    let mut clash = NewJob::new("test.c", json!({}));
-    clash.id = first.id.clone();
+    let clash = NewJob::new("test.c", json!({}));
     let others: Vec<NewJob> = (0..20).map(|_| NewJob::new("test.d", json!({}))).collect();
     let (failed, ok) = tokio::join!(
         b.enqueue(vec![fresh.clone(), clash]),
