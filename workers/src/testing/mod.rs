@@ -178,6 +178,7 @@ macro_rules! conformance_suite {
             finish_snooze,
             finish_snooze_records_its_reason,
             finish_released,
+            a_released_job_keeps_its_place_in_line,
             finish_batch_answers_each_entry,
             finish_batch_mixes_outcomes_and_refuses_stale_tokens,
             // leases.rs

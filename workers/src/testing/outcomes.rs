@@ -145,6 +145,20 @@ pub async fn finish_released(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     finish(&b, again.lease(), ok()).await.expect("finish");
 }
 
+/// A job handed back at shutdown goes back to its old place in line, ahead of the jobs
+/// enqueued after it: it had waited its turn already, and a deploy's restart must not send it
+/// behind a backlog. (Redis always kept its place; SQLite made it due anew, at the back.)
+pub async fn a_released_job_keeps_its_place_in_line(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    let first = enqueue(&b, job("test.first")).await;
+    clock.advance(10);
+    let second = enqueue(&b, job("test.second")).await;
+    let j = fetch_expect(&b, "default", &first).await;
+    clock.advance(10);
+    release(&b, &j).await;
+    fetch_expect(&b, "default", &first).await;
+    fetch_expect(&b, "default", &second).await;
+}
+
 /// One finish call answers each entry on its own: a stale one does not spoil the others.
 pub async fn finish_batch_answers_each_entry(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     let a = enqueue(&b, job("test.a")).await;

@@ -42,8 +42,8 @@
 //!
 //! The conformance suite (`crate::testing`) pins what both brokers must agree on; beyond it:
 //! a snooze appends `job.enqueued` with message `"snoozed"` (no event type names
-//! `scheduled`); promotion of due jobs by fetch appends no event; a rescued job keeps its
-//! `run_at` (it already waited its turn), a released one is due now; the `attempt` of a
+//! `scheduled`); promotion of due jobs by fetch appends no event; a rescued or released job keeps
+//! its `run_at` (it already waited its turn; the suite pins the released one's place); the `attempt` of a
 //! `job.interrupted` event is the attempt that was cut short; `max_interruptions = 0` disables
 //! the poison-pill cut-off; `list` with `limit = 0` returns a page of 100.
 

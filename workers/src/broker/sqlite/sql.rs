@@ -105,7 +105,9 @@ pub const FINISH_SNOOZE: &str = "UPDATE jobs SET state = 'scheduled', run_at = ?
     last_error = COALESCE(?4, last_error) \
     WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
     RETURNING id, queue, kind, attempt + 1";
-pub const FINISH_RELEASED: &str = "UPDATE jobs SET state = 'queued', run_at = ?3, \
+// A released job keeps its place in line: its run_at (never later than now, ?3, for a job
+// that was running) and its seq.
+pub const FINISH_RELEASED: &str = "UPDATE jobs SET state = 'queued', run_at = MIN(run_at, ?3), \
     attempt = MAX(attempt - 1, 0), lease_until = NULL \
     WHERE id = ?1 AND lease_token = ?2 AND state = 'running' \
     RETURNING id, queue, kind, attempt + 1";
