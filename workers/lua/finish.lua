@@ -120,11 +120,12 @@ for i = 0, n - 1 do
       tail = without_error(tail)
       add, addv = '\254last_error\255', a
     elseif code == 'snooze' then
-      -- No event type names "scheduled": a snooze is recorded as enqueued again, for later.
-      attempt = itoa(tonumber(attempt) - 1)
+      -- No event type names "scheduled": a snooze is recorded as enqueued again, for later,
+      -- naming the attempt that was put off (as a release's event does); the job's attempt
+      -- goes back by one, as that attempt is not counted.
       add_event('job.enqueued', id, kind, attempt, 'm', 'snoozed')
       at = ms_text(now + tonumber(a))
-      head = 'scheduled|' .. attempt .. '|' .. tok .. '|' .. sub(v, p, b5) .. at .. '|' .. sub(v, b6 + 1, b8) .. '0|'
+      head = 'scheduled|' .. itoa(tonumber(attempt) - 1) .. '|' .. tok .. '|' .. sub(v, p, b5) .. at .. '|' .. sub(v, b6 + 1, b8) .. '0|'
       if ARGV[b + 4] ~= '' then
         tail = without_error(tail)
         add, addv = '\254last_error\255', ARGV[b + 4]

@@ -93,6 +93,10 @@ pub async fn finish_snooze(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     // No event type names "scheduled": a snooze is recorded as enqueued again, for later.
     let e = last_event(&b, &id).await;
     assert_eq!(e.kind_of_event, EventType::Enqueued);
+    assert_eq!(
+        e.attempt, 1,
+        "the event names the attempt that was put off, as a release's does"
+    );
     assert_eq!(history_types(&b, &id).await.len(), 3);
 
     assert!(fetch_one(&b, "default").await.is_none());
