@@ -1,6 +1,6 @@
 -- rescue.lua: returns running jobs of one queue whose lease expired (deadline < now) to
 -- `queued` at their old place in line (attempt - 1, interruptions + 1, streak + 1,
--- `job.interrupted`), or to `dead` (`job.dead`) once interrupted ARGV[3] times in a row (a
+-- `job.interrupted`), or to `dead` (`job.interrupted`, then `job.dead`) once interrupted ARGV[3] times in a row (a
 -- chain step that dies so cancels the waiting steps after it).
 --
 -- KEYS[1]  the queue's key prefix "{<prefix>:<queue>}:" (see common.lua)
@@ -33,8 +33,12 @@ for i = 1, #ids do
     j.x.interruptions = itoa(interruptions)
     if streak >= max_int then
       local err = 'poison pill: interrupted ' .. streak .. ' times in a row (its lease expired each time)'
-      local ev = event(cap, 'job.dead', id, j.kind, now, run, { 'e', err })
-      j.state, j.finished_at, j.evs, j.x.last_error = 'dead', ms_text(now), evs_add(j.evs, ev), err
+      -- This interruption is counted like the others (its `job.interrupted`, naming the
+      -- attempt cut short); `job.dead` then names the attempt as the job now stores it.
+      local iev = event(cap, 'job.interrupted', id, j.kind, now, run, { 'm', 'lease expired' })
+      local ev = event(cap, 'job.dead', id, j.kind, now, j.attempt, { 'e', err })
+      j.state, j.finished_at, j.x.last_error = 'dead', ms_text(now), err
+      j.evs = evs_add(evs_add(j.evs, iev), ev)
       rec_write(id, j)
       redis.call('ZADD', K .. 'dead', now, id)
       move('running', 'dead')

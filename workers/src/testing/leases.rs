@@ -157,16 +157,29 @@ pub async fn poison_pill_after_max_interruptions(b: Arc<dyn Broker>, clock: Arc<
     assert_eq!(dead.interruptions, 5);
     assert_eq!(dead.interruption_streak, 3);
     assert_eq!(dead.attempt, 1, "interrupted attempts are not counted");
-    assert!(
-        dead.last_error
-            .as_deref()
-            .is_some_and(|e| e.contains("poison pill")),
-        "last_error names the poison pill: {:?}",
-        dead.last_error
+    assert_eq!(
+        dead.last_error.as_deref(),
+        Some("poison pill: interrupted 3 times in a row (its lease expired each time)"),
+        "last_error names the poison pill, in the same words on every broker"
     );
     assert!(dead.finished_at.is_some());
-    let history = history_types(&b, &id).await;
-    assert_eq!(history.last(), Some(&EventType::Dead));
+    // One `job.interrupted` per interruption counted, the last one too, then `job.dead`
+    // naming the attempt as the job now stores it (the interrupted one is not counted).
+    let history = b.history(&id).await.expect("history");
+    let interrupted = history
+        .iter()
+        .filter(|e| e.kind_of_event == EventType::Interrupted)
+        .count();
+    assert_eq!(interrupted, 5, "one event per interruption");
+    let tail: Vec<(EventType, u32)> = history[history.len() - 2..]
+        .iter()
+        .map(|e| (e.kind_of_event, e.attempt))
+        .collect();
+    assert_eq!(
+        tail,
+        vec![(EventType::Interrupted, 2), (EventType::Dead, 1)],
+        "the attempt cut short, then the job's"
+    );
     assert!(fetch_one(&b, "default").await.is_none());
 }
 

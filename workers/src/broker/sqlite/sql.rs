@@ -164,7 +164,8 @@ pub const RETRY_DEAD_CHUNK_IN: &str = concat!(
 pub const RESCUE_POISON: &str = "UPDATE jobs SET state = 'dead', \
     attempt = MAX(attempt - 1, 0), interruptions = interruptions + 1, \
     interruption_streak = interruption_streak + 1, \
-    last_error = 'poison pill: interrupted ' || (interruption_streak + 1) || ' times in a row', \
+    last_error = 'poison pill: interrupted ' || (interruption_streak + 1) || \
+    ' times in a row (its lease expired each time)', \
     finished_at = ?1, lease_until = NULL \
     WHERE state = 'running' AND lease_until < ?1 AND ?2 > 0 AND interruption_streak + 1 >= ?2 \
     RETURNING id, queue, kind, attempt + 1, last_error, chain_id, chain_index";
