@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::support::retry_at;
 use super::{
     LEASE, ManualClock, assert_conflict, assert_lease_lost, assert_not_found, enqueue, enqueue_ids,
-    fetch_expect, fetch_leased, fetch_one, finish, get, history_types, job, last_event, ms, ok,
+    fetch_expect, fetch_leased, fetch_one, finish, get, job, last_event, ms, ok,
 };
 use crate::broker::{Broker, LeaseStatus, Rescued};
 use crate::clock::Clock;
