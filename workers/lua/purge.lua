@@ -37,6 +37,15 @@ local function delete(id, jk, v)
   out[#out + 1] = id
 end
 
+-- How many ids the next read may take: what the call may still delete, within its budget.
+local function next_want()
+  local want = limit - #out
+  if want > budget then
+    want = budget
+  end
+  return want
+end
+
 -- Whether the job (its record `v`) is a chain step whose next step still exists: kept.
 local function kept(v)
   local nxt = v and rec_field(v, 'chain_next')
@@ -51,10 +60,7 @@ if st == 'succeeded' then
   local marked = 0
   local reached = false
   while not reached do
-    local want = limit - #out
-    if want > budget then
-      want = budget
-    end
+    local want = next_want()
     if want <= 0 then
       break
     end
@@ -99,10 +105,7 @@ if st == 'succeeded' then
   end
 else
   while true do
-    local want = limit - #out
-    if want > budget then
-      want = budget
-    end
+    local want = next_want()
     if want <= 0 then
       break
     end
