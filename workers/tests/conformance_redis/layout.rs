@@ -93,6 +93,16 @@ fn to_layout2(conn: &mut redis::Connection, key: &str) {
         .expect("rewrite as layout 2");
 }
 
+/// Every entry of the list at `key`, head first.
+fn whole_list(conn: &mut redis::Connection, key: &str) -> Vec<String> {
+    redis::cmd("LRANGE")
+        .arg(key)
+        .arg(0)
+        .arg(-1)
+        .query(conn)
+        .expect("lrange")
+}
+
 /// Every job key under `prefix`.
 fn job_keys(prefix: &str) -> Vec<String> {
     keys_of(prefix)
@@ -174,12 +184,7 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
         .expect("del");
     // Layout 1 kept the succeeded ids in a zset by finish time, not in the list `done`.
     let done_key = format!("{{{}:other}}:done", f.prefix);
-    let done: Vec<String> = redis::cmd("LRANGE")
-        .arg(&done_key)
-        .arg(0)
-        .arg(-1)
-        .query(&mut conn)
-        .expect("lrange");
+    let done: Vec<String> = whole_list(&mut conn, &done_key);
     assert_eq!(done, [others[0].to_string()], "the one succeeded job");
     let mut zadd = redis::cmd("ZADD");
     zadd.arg(format!("{{{}:other}}:succeeded", f.prefix));
@@ -206,12 +211,7 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
         let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).expect("type");
         assert_eq!(kind, "string", "{key} rewritten");
     }
-    let moved: Vec<String> = redis::cmd("LRANGE")
-        .arg(&done_key)
-        .arg(0)
-        .arg(-1)
-        .query(&mut conn)
-        .expect("lrange");
+    let moved: Vec<String> = whole_list(&mut conn, &done_key);
     assert_eq!(moved, done, "the succeeded ids moved to the list");
     let zset: bool = redis::cmd("EXISTS")
         .arg(format!("{{{}:other}}:succeeded", f.prefix))
@@ -321,12 +321,7 @@ async fn succeeded_jobs_are_purged_from_the_head_of_their_list() {
     }
     let mut conn = raw_conn();
     let done_key = format!("{{{}:default}}:done", f.prefix);
-    let done: Vec<String> = redis::cmd("LRANGE")
-        .arg(&done_key)
-        .arg(0)
-        .arg(-1)
-        .query(&mut conn)
-        .expect("lrange");
+    let done: Vec<String> = whole_list(&mut conn, &done_key);
     assert_eq!(done, finished, "in the order they finished");
 
     let n = b
@@ -334,12 +329,7 @@ async fn succeeded_jobs_are_purged_from_the_head_of_their_list() {
         .await
         .expect("purge");
     assert_eq!(n, 500, "the first two rounds but the chain's first step");
-    let done: Vec<String> = redis::cmd("LRANGE")
-        .arg(&done_key)
-        .arg(0)
-        .arg(-1)
-        .query(&mut conn)
-        .expect("lrange");
+    let done: Vec<String> = whole_list(&mut conn, &done_key);
     let mut kept = vec![first_step.to_string()];
     kept.extend(finished[501..].iter().cloned());
     assert_eq!(

@@ -61,12 +61,17 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     });
     let mut names: Vec<&str> = calls.iter().map(|(q, _)| *q).collect();
     names.dedup();
+    // Per call, whether it goes through enqueue_plain.lua (every job of it [`is_plain`]).
+    let plain: Vec<bool> = calls
+        .iter()
+        .map(|(_, chunk)| chunk.iter().all(|&i| is_plain(&jobs[i])))
+        .collect();
     let mut pipe = Pipe::new();
     pipe.cmd("SADD")
         .arg(broker.queues_key())
         .arg(names)
         .ignore();
-    for (queue, chunk) in &calls {
+    for ((queue, chunk), &plain) in calls.iter().zip(&plain) {
         // The id index first: see `keys.rs` for why.
         let mut index = redis::cmd("HSET");
         index.arg(broker.jobq_key());
@@ -74,7 +79,6 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
             index.arg(jobs[i].id.as_str()).arg(*queue);
         }
         pipe.add_command(index).ignore();
-        let plain = chunk.iter().all(|&i| is_plain(&jobs[i]));
         pipe.add_command(enqueue_call(
             broker, queue, chunk, &jobs, plain, &now_arg, local_now,
         )?);
@@ -83,8 +87,8 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     // Per job: the id enqueue.lua answered, whether it created the job, and when.
     let mut answered: Vec<Option<(JobId, bool, Timestamp)>> = vec![None; jobs.len()];
     let mut stale_index = Vec::new();
-    for ((queue, idx), mut reply) in calls.iter().zip(replies) {
-        if idx.iter().all(|&i| is_plain(&jobs[i])) {
+    for (((queue, idx), mut reply), plain) in calls.iter().zip(replies).zip(plain) {
+        if plain {
             // enqueue_plain.lua: `[now]`, or `[]` when an id names a stored job and nothing
             // was written: then the call goes to enqueue.lua, which answers that job.
             if let [now] = reply.as_slice() {
