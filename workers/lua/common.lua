@@ -96,6 +96,21 @@ local function ms_text(n)
   return string.format('%d', n)
 end
 
+-- The decimal text of an integer, memoized per call. Every number a script hands to
+-- redis.call goes through here or is a string literal ('0', '-1'): Redis converts a Lua
+-- number argument with snprintf('%.17g') (and tostring or `..` would use '%.14g'), glibc's
+-- float printing, ~1.5k instructions each; fetch.lua passed ~15 a call, 23k of the ~270k a
+-- call costs whatever its size (callgrind, docs/research/redis-layout-v2/README.md).
+local itoa_memo = {}
+local function itoa(n)
+  local s = itoa_memo[n]
+  if not s then
+    s = string.format('%d', n)
+    itoa_memo[n] = s
+  end
+  return s
+end
+
 -- The priority (text) in a job's packed field `d` (see the layout above).
 local function d_priority(d)
   return string.match(d, '^[^|]*|(%d+)|')
@@ -222,14 +237,17 @@ local function rec_raw(id)
   return v
 end
 
--- The records of the jobs `ids` (their keys `keys`), read with one MGET: false for none. A
--- job still stored as a hash (MGET answers none for it) is rewritten first, as rec_raw does.
-local function rec_many(ids, keys)
+-- The records of the jobs `ids` (their keys the first `n` of `keys`, all of them when `n` is
+-- nil), read with one MGET: false for none. A job still stored as a hash (MGET answers none
+-- for it) is rewritten first, as rec_raw does. Keys after the first `n` are read in the same
+-- MGET and answered after the records as MGET answers them: a caller's other reads of the
+-- batch, for one redis.call instead of two.
+local function rec_many(ids, keys, n)
   local vs = redis.call('MGET', unpack(keys))
   -- What a missing value turned out to be, by id: one job met twice is rewritten once, and
   -- both answers are its record.
   local looked
-  for i = 1, #vs do
+  for i = 1, n or #vs do
     if not vs[i] then
       looked = looked or {}
       local id = ids[i]
@@ -304,10 +322,10 @@ end
 -- Removes and returns, in queue order, the first `need` entries (members) of the queued zset
 -- and the lanes together.
 local function take_queued(need)
-  local zs = redis.call('ZRANGE', K .. 'queued', 0, need - 1, 'WITHSCORES')
+  local zs = redis.call('ZRANGE', K .. 'queued', '0', itoa(need - 1), 'WITHSCORES')
   local lanes = {}
-  for _, lv in ipairs(redis.call('ZRANGE', K .. 'lanes', 0, -1)) do
-    local items = redis.call('LRANGE', K .. 'lane:' .. lv, 0, need - 1)
+  for _, lv in ipairs(redis.call('ZRANGE', K .. 'lanes', '0', '-1')) do
+    local items = redis.call('LRANGE', K .. 'lane:' .. lv, '0', itoa(need - 1))
     if #items == 0 then
       redis.call('ZREM', K .. 'lanes', lv)
     else
@@ -337,14 +355,14 @@ local function take_queued(need)
     end
   end
   if zi > 1 then
-    redis.call('ZPOPMIN', K .. 'queued', (zi - 1) / 2)
+    redis.call('ZPOPMIN', K .. 'queued', itoa((zi - 1) / 2))
   end
   for _, l in ipairs(lanes) do
     if l.i > 1 then
       local key = K .. 'lane:' .. l.lv
       -- LTRIM, not LPOP with a count: the entries are in hand already, and LPOP would send
       -- each back, into a Lua string again.
-      redis.call('LTRIM', key, l.i - 1, -1)
+      redis.call('LTRIM', key, itoa(l.i - 1), '-1')
       if l.i > #l.items and redis.call('LLEN', key) == 0 then
         redis.call('ZREM', K .. 'lanes', l.lv)
       end
@@ -358,7 +376,7 @@ end
 -- clock set back), so that a lane stays in order.
 local function enqueue_lane(p, members)
   local key = K .. 'lane:' .. p
-  local last = redis.call('LINDEX', key, -1)
+  local last = redis.call('LINDEX', key, '-1')
   local pn = tonumber(p)
   if last and qbefore(pn, members[1], pn, last) then
     local z = {}
@@ -395,17 +413,6 @@ local function lanes_push(lanes)
   end
 end
 
--- The decimal text of an integer, memoized per call: a number passed to redis.call is
--- converted with a sprintf each time, which the hot scripts' per-job arguments avoid.
-local itoa_memo = {}
-local function itoa(n)
-  local s = itoa_memo[n]
-  if not s then
-    s = tostring(n)
-    itoa_memo[n] = s
-  end
-  return s
-end
 
 -- State counts, summed per script and written with one HINCRBY per state at the end.
 local counts = {}
@@ -421,7 +428,7 @@ end
 local function flush_counts()
   for st, d in pairs(counts) do
     if d ~= 0 then
-      redis.call('HINCRBY', K .. 'counts', st, d)
+      redis.call('HINCRBY', K .. 'counts', st, itoa(d))
     end
   end
 end
@@ -496,15 +503,18 @@ local function signal(n)
     toks[i] = '1'
   end
   redis.call('LPUSH', K .. 'signal', unpack(toks))
-  redis.call('LTRIM', K .. 'signal', 0, 15)
+  redis.call('LTRIM', K .. 'signal', '0', '15')
 end
 
--- Counts succeeded / failed attempts in per-second buckets for "last minute" numbers.
+-- Counts succeeded / failed attempts in per-second buckets for "last minute" numbers. The
+-- bucket's expiry is set by the call that made it (its INCRBY answered just this call's n),
+-- not by every call: each redis.call costs ~8k instructions whatever it does.
 local function stat(name, now, n)
   if n > 0 then
-    local key = K .. 'stat:' .. name .. ':' .. math.floor(now / 1000)
-    redis.call('INCRBY', key, n)
-    redis.call('EXPIRE', key, 120)
+    local key = K .. 'stat:' .. name .. ':' .. itoa(math.floor(now / 1000))
+    if redis.call('INCRBY', key, itoa(n)) == n then
+      redis.call('EXPIRE', key, '120')
+    end
   end
 end
 

@@ -107,7 +107,7 @@ end
 
 if #bases > 0 then
   local ev = flush_events(cap, now)
-  local last_seq = redis.call('INCRBY', K .. 'seq', #bases)
+  local last_seq = redis.call('INCRBY', K .. 'seq', itoa(#bases))
   -- Queued jobs by priority (text), in enqueue order, for their lanes (see common.lua).
   local all, lanes, nqueued, due, unique = {}, new_lanes(), 0, {}, {}
   -- Every job's record and `d`, written with one MSET: a SET per key cost a call each.

@@ -35,7 +35,7 @@ for i = 1, n do
   add_event('job.enqueued', ARGV[b], ARGV[b + 1], '0')
 end
 local ev = flush_events(cap, now)
-local last_seq = redis.call('INCRBY', K .. 'seq', n)
+local last_seq = redis.call('INCRBY', K .. 'seq', ARGV[3])
 local mset, all, lanes = {}, {}, new_lanes()
 local ev_bar = ev .. '|'
 local now_pad = string.format('%015d', now < 0 and 0 or now)

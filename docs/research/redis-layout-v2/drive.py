@@ -1,5 +1,6 @@
 """Writes the RESP commands of N jobs to stdout: enqueued in calls of 500, then fetched in
-calls of 64, then finished (succeeded) in calls of 64, with the ARGV the broker sends.
+calls of B (env, default 64), then finished (succeeded) in calls of B, with the ARGV the
+broker sends.
 
 usage: drive.py PREFIX ENQUEUE_SHA FETCH_SHA FINISH_SHA N; PH=e|ef|efi (default efi) picks
 the phases; PAYLOAD sets the jobs' payload JSON (default {"n":1}).
@@ -21,10 +22,11 @@ for s in range(0, n, 500):
         args += [id, 'sys.noop', '5|3||', '5', '', '', '', '0', '', payload]
     cmd(*args)
 ph = os.environ.get('PH', 'efi')
-for s in (range(0, n, 64) if 'f' in ph else []):
-    cmd('EVALSHA', fet, 1, K, '', 64, 30000, 10000, 100)
-for s in (range(0, n, 64) if 'i' in ph else []):
-    chunk = ids[s:s+64]
+B = int(os.environ.get('B', '64'))
+for s in (range(0, n, B) if 'f' in ph else []):
+    cmd('EVALSHA', fet, 1, K, '', B, 30000, 10000, 100)
+for s in (range(0, n, B) if 'i' in ph else []):
+    chunk = ids[s:s+B]
     args = ['EVALSHA', fin, 1, K, '', 10000, len(chunk)]
     for id in chunk:
         args += [id, '1', 'ok', 'null', '']
