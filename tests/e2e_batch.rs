@@ -1,7 +1,8 @@
 //! Bulk enqueue against the real binary, on SQLite and on Redis: `POST /v1/jobs/batch` (every
 //! job answered in order as `POST /v1/jobs` would answer it, all or none, a taken
-//! `unique_key` answered with the existing job, the size limit) and `hopper enqueue --file`
-//! (a few thousand lines in batches, a bad line named with what stayed enqueued).
+//! `unique_key` answered with the existing job and only its stored steps, the size limit) and
+//! `hopper enqueue --file` (a few thousand lines in batches, a bad line named with what stayed
+//! enqueued).
 //!
 //! The daemons run with `--no-workers`, so what a batch stored stays `queued` to be counted.
 
@@ -176,6 +177,12 @@ fn enqueue_file(s: &Scratch) {
         assert_eq!(s.cli_counts(q)["queued"], 1000, "{q}");
     }
 
+    // A file some editor began with a byte order mark: its first line is a job like the rest.
+    let bom = format!("\u{feff}{}\n{}\n", on("bom"), on("bom"));
+    std::fs::write(s.path().join("bom.ndjson"), bom).unwrap();
+    let out = s.cli_ok(&["enqueue", "--file", "bom.ndjson"]);
+    assert!(out.contains("enqueued 2 jobs"), "{out}");
+
     // Line 2,345 of 3,000 is bad: lines 1 to 2,000 (two batches of 1,000) stay.
     let mut text = String::new();
     for i in 1..=3000 {
@@ -245,6 +252,98 @@ async fn taken_chain_across_a_large_batch(s: &Scratch) {
     assert_eq!(&again["job"]["steps"], steps, "the existing chain's steps");
     assert_eq!(api.counts("c").await["waiting"], 3, "no step created again");
     assert_eq!(queued(&api, "c").await, 499);
+}
+
+/// The ids an answer of `POST /v1/jobs` or the batch route gives (its chain's `steps`, the
+/// job first, or the job alone), each checked to name a stored job.
+async fn answered_ids_exist(api: &Api, answer: &Value) -> Vec<String> {
+    let id = answer["id"].as_str().unwrap().to_owned();
+    let ids = match answer["steps"].as_array() {
+        Some(steps) => steps
+            .iter()
+            .map(|s| s["id"].as_str().unwrap().to_owned())
+            .collect(),
+        None => vec![id.clone()],
+    };
+    assert_eq!(ids[0], id, "the job is its chain's first step: {answer:#}");
+    for id in &ids {
+        let (status, body) = api
+            .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
+            .await;
+        assert_eq!(
+            status, 200,
+            "answered {id}, which is not stored: {answer:#} {body}"
+        );
+    }
+    ids
+}
+
+/// A replay (a taken `unique_key`) answers the stored job and its stored chain, whatever
+/// chain the replay asks for: never a step that was not stored (a longer chain, a chain over
+/// a single job, the same chain twice in one batch).
+async fn a_replay_answers_only_stored_steps(s: &Scratch) {
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let mut short = on("r1");
+    short["unique_key"] = json!("k");
+    short["then"] = json!([noop()]);
+    let (status, first) = api.enqueue(short.clone()).await;
+    assert_eq!(status, 201, "{first}");
+    let stored = answered_ids_exist(&api, &first).await;
+    assert_eq!(stored.len(), 2, "{first:#}");
+    let mut long = short;
+    long["then"] = json!([noop(), noop()]);
+    let (status, again) = api.enqueue(long).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        answered_ids_exist(&api, &again).await,
+        stored,
+        "the stored chain"
+    );
+    assert_eq!(
+        api.counts("r1").await["waiting"],
+        1,
+        "no step created again"
+    );
+
+    let mut single = on("r2");
+    single["unique_key"] = json!("s");
+    let (status, one) = api.enqueue(single.clone()).await;
+    assert_eq!(status, 201, "{one}");
+    single["then"] = json!([noop()]);
+    let (status, again) = api.enqueue(single).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        answered_ids_exist(&api, &again).await,
+        [one["id"].as_str().unwrap()],
+        "the single job, without steps: {again:#}"
+    );
+
+    let mut chain = on("r3");
+    chain["unique_key"] = json!("twice");
+    chain["then"] = json!([noop()]);
+    let (status, body) = batch(&api, vec![chain.clone(), chain]).await;
+    assert_eq!(status, 201, "{body}");
+    let made = answered_ids_exist(&api, &body["jobs"][0]["job"]).await;
+    assert_eq!(body["jobs"][1]["status"], 200, "{body:#}");
+    assert_eq!(
+        answered_ids_exist(&api, &body["jobs"][1]["job"]).await,
+        made,
+        "the chain the same batch stored"
+    );
+    assert_eq!(api.counts("r3").await["waiting"], 1, "{body:#}");
+}
+
+#[tokio::test]
+async fn a_replay_answers_only_stored_steps_sqlite() {
+    a_replay_answers_only_stored_steps(&Scratch::with_config("")).await;
+}
+
+#[tokio::test]
+async fn a_replay_answers_only_stored_steps_redis() {
+    let keys = RedisKeys::claim();
+    let s = Scratch::new();
+    s.write_config_with_broker(SHARED_URL, &keys.prefix, "");
+    a_replay_answers_only_stored_steps(&s).await;
 }
 
 #[tokio::test]

@@ -48,6 +48,18 @@ async fn bad_requests_are_refused_with_the_field_named() {
             400,
             "payload.ms",
         ),
+        // Past what a job's record can hold: refused, not answered with one timeout and
+        // stored with another.
+        (
+            json!({"kind": "sys.noop", "payload": {}, "timeout": "500000000y"}),
+            400,
+            "timeout",
+        ),
+        (
+            json!({"kind": "sys.noop", "payload": {}, "timeout": "101y"}),
+            400,
+            "timeout",
+        ),
     ];
     for (body, status, field) in cases {
         let (st, resp) = api.enqueue(body.clone()).await;
@@ -128,13 +140,19 @@ fn broker_passwords_stay_out_of_errors() {
             assert!(!err.contains("hunter2"), "{url} {args:?}: {err}");
         }
     }
-    // `bench --broker` opens its URL without the config's check: the broker's own error
-    // hides the password too.
-    let out = down.cli(&["bench", "--broker", "redi://:hunter2@h/0", "--jobs", "1"]);
-    let err = stderr(&out);
-    assert_ne!(out.status.code(), Some(0), "{err}");
-    assert!(err.contains("unsupported broker URL"), "{err}");
-    assert!(!err.contains("hunter2"), "{err}");
+    // `bench --broker` is checked with the config, as HOPPER_BROKER is: exit 2 naming the
+    // flag (it was opened unchecked, exit 1), and no password.
+    for url in [
+        "redi://:hunter2@h/0",
+        "redis://u:hunter2@h:notaport/0",
+        "sqlite://",
+    ] {
+        let out = down.cli(&["bench", "--broker", url, "--jobs", "1"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{url}: {err}");
+        assert!(err.contains("broker.url (set by --broker)"), "{url}: {err}");
+        assert!(!err.contains("hunter2"), "{url}: {err}");
+    }
 }
 
 /// A setting only a job kind can judge (`smtp.url`) is a config problem like any other:
@@ -377,5 +395,54 @@ fn a_huge_concurrency_is_a_config_error() {
             err.contains("worker.concurrency") && err.contains("10000"),
             "{args:?}: {err}"
         );
+    }
+}
+
+/// What a job holds reaches the terminal escaped: a unique key, a payload or an error with
+/// ESC, BEL or a newline in it cannot retitle or clear the operator's terminal, nor forge a
+/// line of `hopper job` or `hopper jobs`. Before, they were printed raw.
+#[test]
+fn job_texts_reach_the_terminal_escaped() {
+    let s = Scratch::with_config("");
+    let key = "k\u{1b}]0;pwned\u{7}\u{1b}[2Jx\nfake line";
+    let out = s.cli(&["enqueue", "sys.noop", "--unique-key", key]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    for args in [vec!["job", id.as_str()], vec!["jobs"]] {
+        let out = s.cli(&args);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            !text.contains('\u{1b}') && !text.contains('\u{7}'),
+            "{args:?}: {text:?}"
+        );
+        if args[0] == "job" {
+            assert!(text.contains("\\u{1b}]0;pwned"), "{text}");
+            assert!(!text.lines().any(|l| l.starts_with("fake line")), "{text}");
+        }
+    }
+}
+
+/// A config file toml cannot read is named with its line and key, but no secret in it is
+/// shown: not the line of a misspelt `url` holding a password, not a token given with the
+/// wrong type. Before, `check-config` (and every command reading the file, into the journal)
+/// printed both.
+#[test]
+fn config_parse_errors_hide_secrets() {
+    for (text, key) in [
+        (
+            "[broker]\nurll = \"redis://:pw-SECRET42@127.0.0.1:6379/0\"\n",
+            "urll",
+        ),
+        ("[auth]\ntokens = \"tok-SECRET\"\n", "tokens"),
+    ] {
+        let s = Scratch::new();
+        let path = s.path().join("bad.toml");
+        std::fs::write(&path, text).unwrap();
+        let out = s.cli(&["check-config", path.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(2), "{out:?}");
+        let err = stderr(&out);
+        assert!(!err.contains("SECRET"), "{err}");
+        assert!(err.contains(key) && err.contains("line 2"), "{err}");
     }
 }

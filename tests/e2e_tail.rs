@@ -19,14 +19,25 @@ fn parse_event(line: &str) -> Value {
 
 /// Runs `hopper ARGS` to its end off the async runtime.
 async fn cli(s: &Scratch, args: &[&str]) -> std::process::Output {
+    cli_with(s, args, &[]).await
+}
+
+/// [`cli`] with the environment variables `env` set.
+async fn cli_with(s: &Scratch, args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     let dir = s.path().to_owned();
     let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_hopper"));
         cmd.current_dir(&dir)
             .env("NO_COLOR", "1")
             .env_remove("HOPPER_BROKER")
+            .env_remove("HOPPER_TOKEN")
             .env_remove("RUST_LOG")
+            .envs(env)
             .arg("--config")
             .arg(dir.join("config.toml"))
             .args(&args);
@@ -133,6 +144,12 @@ async fn tail_job_exits_1_when_it_dies() {
     let (stdout, stderr) = tail_job_to_its_end(&s, &id, 1).await;
     assert!(stdout.contains("job.dead"), "{stdout}");
     assert!(stderr.contains("dead"), "{stderr}");
+    // A token exported for the remote commands does not stop a local tail: it was a usage
+    // error ("--server required") because clap counted the variable as the flag.
+    for token in ["x", ""] {
+        let out = cli_with(&s, &["tail", "--job", &id], &[("HOPPER_TOKEN", token)]).await;
+        assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    }
 }
 
 /// A running job cancelled while `tail` follows it: exit 4. A job that does not exist: 3.

@@ -5,7 +5,8 @@
 //! registers every API route through `utoipa_axum`'s `routes!`, so the router and the
 //! document come from one list. [`finish`] then adds what every operation shares, from the
 //! layers rather than the handlers: the bearer token on `/v1`, 401 there, 413 where a body is
-//! read, 503 (broker down, request timeout) and 500 everywhere.
+//! read, 400 where a path parameter may not decode, 503 (broker down, request timeout) and 500
+//! everywhere.
 //!
 //! This module also owns the schemas of the wire shapes. `Job`, `Event` and the queue stats
 //! are `hopper-workers` types, which cannot implement utoipa's traits here, so they are
@@ -82,11 +83,12 @@ pub fn finish(mut doc: OpenApi) -> OpenApi {
     }
     for (path, item) in &mut doc.paths.paths {
         let under_v1 = path.starts_with("/v1/");
+        let path_params = path.contains('{');
         for op in [&mut item.get, &mut item.post, &mut item.delete]
             .into_iter()
             .flatten()
         {
-            add_shared(op, under_v1);
+            add_shared(op, under_v1, path_params);
         }
     }
     doc
@@ -103,6 +105,10 @@ const SHARED_RESPONSES: &[(&str, &str)] = &[
         "`rate_limited`: more requests than `[server] rate_limit` allows this client (its \
          token, or its address without auth); the `Retry-After` header says in how many seconds \
          to try again",
+    ),
+    (
+        "InvalidPath",
+        "`invalid_request`: a path parameter that is not UTF-8 once percent-decoded (`%FF`)",
     ),
     (
         "PayloadTooLarge",
@@ -130,7 +136,7 @@ fn error_response(description: &str) -> Response {
         .build()
 }
 
-fn add_shared(op: &mut Operation, under_v1: bool) {
+fn add_shared(op: &mut Operation, under_v1: bool, path_params: bool) {
     let responses = &mut op.responses.responses;
     let mut add = |status: &str, name: &str| {
         responses
@@ -143,6 +149,11 @@ fn add_shared(op: &mut Operation, under_v1: bool) {
     }
     if op.request_body.is_some() {
         add("413", "PayloadTooLarge");
+    }
+    // axum refuses a path parameter it cannot decode before any handler runs; a route that
+    // documents a 400 of its own keeps its description.
+    if path_params {
+        add("400", "InvalidPath");
     }
     add("503", "Unavailable");
     add("500", "Internal");

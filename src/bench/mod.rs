@@ -223,10 +223,8 @@ pub async fn run(args: BenchArgs, settings: &Settings, shutdown: CancellationTok
         let users = args.follow_users.as_deref().unwrap_or_default();
         return clients::run(url, args.clients, args.jobs, users).await;
     }
-    let mut config = settings.config.clone();
-    if let Some(url) = &args.broker {
-        config.broker.url.clone_from(url);
-    }
+    // `--broker` is in it already (`crate::cli`), checked with the rest.
+    let config = settings.config.clone();
     let concurrency = args.concurrency.unwrap_or(DEFAULT_CONCURRENCY);
     if concurrency == 0 || concurrency > hopper_workers::pool::MAX_CONCURRENCY {
         bail!(crate::exit::CliError::Usage(format!(

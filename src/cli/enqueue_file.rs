@@ -143,6 +143,12 @@ impl Run {
                 let e = FieldError::invalid("", "not UTF-8 text");
                 return Err(self.refused(line_no, &e));
             };
+            // A byte order mark some editors write first (UTF-8 needs none): not part of the
+            // JSON, which serde refused as "expected value at column 1".
+            let line = match line_no {
+                1 => line.strip_prefix('\u{feff}').unwrap_or(line),
+                _ => line,
+            };
             if line.trim().is_empty() {
                 continue;
             }

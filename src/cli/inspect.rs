@@ -271,7 +271,7 @@ fn print_job(j: &JobWithHistory) -> Result<()> {
     lines.push(("payload", v.payload.to_string()));
     let width = lines.iter().map(|(k, _)| k.len()).max().unwrap_or(0);
     for (k, val) in &lines {
-        out::line(format!("{k:<width$}  {val}"))?;
+        out::line(format!("{k:<width$}  {}", out::shown(val)))?;
     }
     if !j.steps.is_empty() {
         section(

@@ -270,7 +270,16 @@ pub async fn run(cli: Cli) -> Result<()> {
             let shutdown = on_signals(Some(hurry.clone()));
             app::worker(settings, shutdown, hurry).await
         }
-        Command::Bench(args) => crate::bench::run(args, &config.check(&origin)?, on_signal()).await,
+        Command::Bench(args) => {
+            // Checked with the rest of the config (exit 2, naming the flag), as HOPPER_BROKER
+            // is: applied after the check, a bad URL was a broker error (exit 1).
+            if let Some(url) = &args.broker {
+                config.broker.url.clone_from(url);
+                config.overridden.retain(|(key, _)| *key != "broker.url");
+                config.overridden.push(("broker.url", "--broker"));
+            }
+            crate::bench::run(args, &config.check(&origin)?, on_signal()).await
+        }
         Command::CheckConfig { .. } | Command::Chaos(_) => Ok(()),
         command @ (Command::Pause { .. } | Command::Resume { .. }) => {
             let settings = config.check(&origin)?;

@@ -11,11 +11,13 @@
 //! - `sections`: one struct per `[section]`, each field's doc stating its default.
 //! - `settings`: [`Settings`] and the check that builds them.
 //! - `rate`: [`RateLimit`], the syntax of `[server] rate_limit`.
+//! - `parse_error`: the message of a file toml could not read, secrets left out.
 //!
 //! Every section is `#[serde(default, deny_unknown_fields)]`: a missing key takes its default,
 //! a misspelt one is an error naming it. The committed `config.toml` lists every key with its
 //! default; a test keeps the two in step.
 
+mod parse_error;
 mod rate;
 mod sections;
 mod settings;
@@ -86,8 +88,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
-    /// TOML syntax, a wrong type, or an unknown key (toml's message names the key and shows
-    /// the line).
+    /// TOML syntax, a wrong type, or an unknown key: the line, column and key, never the line's
+    /// text, and a value only when its key holds no secret (`parse_error`).
     #[error("config {path}: {message}")]
     Parse { path: PathBuf, message: String },
     /// [`Config::validate`] found problems; one line each.
@@ -138,7 +140,7 @@ impl Config {
     pub fn from_toml(text: &str, path: &Path) -> Result<Self, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_owned(),
-            message: e.to_string().trim_end().to_owned(),
+            message: parse_error::describe(text, e),
         })
     }
 

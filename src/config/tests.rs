@@ -60,6 +60,34 @@ fn unknown_key_is_named_with_the_file() {
     assert!(err.contains("sever"), "{err}");
 }
 
+/// A config toml cannot read names the line, column and key, but never shows a secret: not the
+/// line's text (a misspelt `url` with a password), not a value of a secret key given with the
+/// wrong type. Before, both were printed, on the terminal and in the journal.
+#[test]
+fn parse_errors_name_the_place_and_hide_secrets() {
+    for (text, key) in [
+        (
+            "[broker]\nurll = \"redis://:pw-SECRET42@127.0.0.1/0\"\n",
+            "urll",
+        ),
+        ("[auth]\ntokens = \"tok-SECRET\"\n", "tokens"),
+        ("[auth]\njwt_secrett = \"jwt-SECRET\"\n", "jwt_secrett"),
+        ("[broker]\nurl = [\"redis://:pw-SECRET@h/0\"]\n", "url"),
+        ("[smtp]\nurl = [\"smtp://u:SECRET@h\"]\n", "url"),
+        (
+            "[notify]\nwebhook_secret = [\"SECRET\"]\n",
+            "webhook_secret",
+        ),
+    ] {
+        let err = Config::from_toml(text, Path::new("c.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("SECRET"), "{text:?}: {err}");
+        assert!(err.contains(key), "{text:?}: {err}");
+        assert!(err.contains("line 2"), "{text:?}: {err}");
+    }
+}
+
 #[test]
 fn durations_parse_and_bad_ones_are_named() {
     let c = Config::from_toml(

@@ -223,12 +223,26 @@ impl Service {
                     "the broker answered a job with nothing".into(),
                 )));
             };
-            let steps = if n > 1 {
+            let steps = if n == 1 {
+                Vec::new()
+            } else if first.created {
                 std::iter::once(first.job.clone())
                     .chain(done.by_ref().take(n - 1).map(|e| e.job))
                     .collect()
             } else {
-                Vec::new()
+                // A replay (its unique key taken) is the stored job and the chain stored with
+                // it, read back: the broker answers the request's later steps one by one,
+                // and a step the stored chain lacks (a longer chain, a chain over a single
+                // job) or one the same call stored was answered as asked, never stored.
+                done.by_ref().take(n - 1).for_each(drop);
+                match &first.job.chain {
+                    Some(link) => self
+                        .broker
+                        .chain(&link.id)
+                        .await
+                        .map_err(BatchError::Broker)?,
+                    None => Vec::new(),
+                }
             };
             out.push(Submitted {
                 created: first.created,

@@ -28,6 +28,11 @@ pub const DEFAULT_QUEUE: &str = "default";
 /// margin leaves room for what is nested around a payload later (a chain step's `input`).
 pub const MAX_PAYLOAD_DEPTH: usize = 100;
 
+/// The longest per-attempt timeout a job may have, in ms: 100 years of 366 days, as far ahead
+/// as a job may be delayed. A longer one (`"500000000y"`) overflowed what a record holds, and
+/// the job was answered with one timeout and stored with another.
+pub const MAX_TIMEOUT_MS: u64 = 100 * 366 * 86_400 * 1000;
+
 /// A job's id: a UUIDv7 string, so ids sort by creation time.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(transparent)]
@@ -317,6 +322,9 @@ impl NewJob {
         if self.timeout_ms == Some(0) {
             return Err(FieldError::new("timeout", "must be greater than zero"));
         }
+        if self.timeout_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
+            return Err(FieldError::new("timeout", "must be at most 100 years"));
+        }
         if let Some(key) = &self.unique_key
             && (key.is_empty() || key.len() > 256)
         {
@@ -493,6 +501,12 @@ mod tests {
         assert_eq!(bad.validate().map_err(|e| e.field), Err("priority".into()));
         let bad = ok.clone().queue("a b");
         assert_eq!(bad.validate().map_err(|e| e.field), Err("queue".into()));
+        let bad = ok
+            .clone()
+            .timeout(Duration::from_millis(MAX_TIMEOUT_MS + 1));
+        assert_eq!(bad.validate().map_err(|e| e.field), Err("timeout".into()));
+        let longest = ok.clone().timeout(Duration::from_millis(MAX_TIMEOUT_MS));
+        assert!(longest.validate().is_ok());
         let mut bad = ok;
         bad.payload = serde_json::json!([1]);
         assert_eq!(bad.validate().map_err(|e| e.field), Err("payload".into()));

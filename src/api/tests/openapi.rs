@@ -149,7 +149,8 @@ fn every_operation_documents_its_error_responses() {
         if path.contains("{id}") {
             assert!(statuses.contains("404"), "{at}");
         }
-        if path.contains("{name}")
+        // A path parameter axum cannot decode (`%FF`) is a 400 before any handler runs.
+        if path.contains('{')
             || op
                 .get("parameters")
                 .is_some_and(|p| p.as_array().unwrap().iter().any(|p| p["in"] == "query"))

@@ -47,8 +47,10 @@ pub struct TailArgs {
     /// http://10.0.0.5:8080.
     #[arg(long, value_name = "URL")]
     pub server: Option<String>,
-    /// The API token for --server (sent as `Authorization: Bearer`).
-    #[arg(long, value_name = "T", requires = "server", env = "HOPPER_TOKEN")]
+    /// The API token for --server (sent as `Authorization: Bearer`); unused without it. Not
+    /// `requires = "server"`: clap counts a value from `HOPPER_TOKEN` as the flag given, and a
+    /// token exported for other commands made every local `tail` a usage error.
+    #[arg(long, value_name = "T", env = "HOPPER_TOKEN")]
     pub token: Option<String>,
 }
 
@@ -148,11 +150,10 @@ impl Printer {
                 if let Some(p) = e.progress {
                     bar.set_position(u64::from(p));
                 }
-                bar.set_message(
-                    e.message
-                        .clone()
-                        .unwrap_or_else(|| e.kind_of_event.as_str().to_owned()),
-                );
+                bar.set_message(match &e.message {
+                    Some(m) => out::shown(m).into_owned(),
+                    None => e.kind_of_event.as_str().to_owned(),
+                });
                 bar.suspend(|| out::line(text))?;
             }
             None => out::line(text)?,
@@ -192,7 +193,7 @@ fn line(e: &Event) -> String {
     .flatten()
     .collect::<Vec<_>>()
     .join(" ");
-    format!(
+    let text = format!(
         "{}  {:<15}  {}  {}  {}  #{}  {detail}",
         e.at.to_rfc3339(),
         e.kind_of_event.as_str(),
@@ -200,9 +201,9 @@ fn line(e: &Event) -> String {
         e.kind,
         e.job_id,
         e.attempt,
-    )
-    .trim_end()
-    .to_owned()
+    );
+    // One line, whatever the job's texts hold (see `out::shown`).
+    out::shown(text.trim_end()).into_owned()
 }
 
 /// How a followed job ended, if `ty` ends it: the exit code and what to say.
@@ -223,7 +224,7 @@ fn ended(printer: &Printer, job: &str, code: u8, state: &str, error: Option<&str
         return Ok(());
     }
     let message = match error {
-        Some(err) => format!("job {job} is {state}: {err}"),
+        Some(err) => format!("job {job} is {state}: {}", out::shown(err)),
         None => format!("job {job} is {state}"),
     };
     Err(CliError::Ended { message, code }.into())

@@ -44,11 +44,15 @@ enum Ended {
 }
 
 pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
-    let base = args.server.as_deref().unwrap_or_default();
-    let endpoint = ws_base(base)?;
+    let server = args.server.as_deref().unwrap_or_default();
+    // What messages name: the address without its credentials, if it has any.
+    let shown = hopper_workers::broker::shown_url(server);
+    let base = shown.as_str();
+    check_server(server, args.token.as_deref())?;
+    let endpoint = ws_base(server)?;
     let mut cursor = args.since.clone();
     if let Some(job) = &args.job {
-        let found = lookup(&printer, base, job, args.token.as_deref()).await?;
+        let found = lookup(&printer, server, job, args.token.as_deref()).await?;
         let state = JobState::parse(&found.state);
         let final_now = state.is_some_and(JobState::is_final);
         if args.since.is_none() || final_now {
@@ -95,6 +99,10 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
                     resp.status()
                 ))
                 .into());
+            }
+            // The address or a header cannot make a request: no retry can fix that.
+            Err(e @ (WsError::Url(_) | WsError::HttpFormat(_))) => {
+                return Err(CliError::Usage(format!("--server {base}: {e}")).into());
             }
             Err(e) => {
                 if lost.is_none() {
@@ -191,10 +199,30 @@ struct Found {
     history: Vec<Event>,
 }
 
-/// Asks the server for `job`, waiting for a server that cannot be reached (or answers 5xx)
-/// as the stream does; a 404 is exit 3, any other refusal (401: the token) exit 2.
-async fn lookup(printer: &Printer, base: &str, job: &str, token: Option<&str>) -> Result<Found> {
-    let url = format!("{}/v1/jobs/{}", http_base(base)?, encode(job));
+/// Refuses, naming the flag, a `--server` that is not a URL (a space in the host, a port past
+/// 65535, an unclosed `[`) or a `--token` no header can carry (a CR read from a file with
+/// CRLF endings): both would fail every attempt, and the retries for a server that is down
+/// would have gone on forever.
+fn check_server(server: &str, token: Option<&str>) -> Result<(), CliError> {
+    let shown = hopper_workers::broker::shown_url(server);
+    let http = http_base(server).map_err(|e| CliError::Usage(format!("{e:#}")))?;
+    reqwest::Url::parse(&http).map_err(|e| CliError::Usage(format!("--server {shown}: {e}")))?;
+    if let Some(token) = token {
+        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
+            CliError::Usage(
+                "--token: not a valid header value (a stray CR or newline from a file?)".into(),
+            )
+        })?;
+    }
+    Ok(())
+}
+
+/// Asks `server` for `job`, waiting for a server that cannot be reached (or answers 5xx) as
+/// the stream does; a 404 is exit 3, any other refusal (401: the token) exit 2.
+async fn lookup(printer: &Printer, server: &str, job: &str, token: Option<&str>) -> Result<Found> {
+    let shown = hopper_workers::broker::shown_url(server);
+    let base = shown.as_str();
+    let url = format!("{}/v1/jobs/{}", http_base(server)?, encode(job));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
         .build()
@@ -227,7 +255,11 @@ async fn lookup(printer: &Printer, base: &str, job: &str, token: Option<&str>) -
                 .into());
             }
             Ok(resp) => format!("it answered {}", resp.status()),
-            Err(e) => e.to_string(),
+            // A request that cannot be made is not a server that is down.
+            Err(e) if e.is_builder() => {
+                return Err(CliError::Usage(format!("--server {base}: {e}")).into());
+            }
+            Err(e) => e.without_url().to_string(),
         };
         if !said {
             printer.note(&format!("cannot reach {base} ({failed}); retrying…"));
@@ -256,14 +288,26 @@ async fn error_body(mut resp: reqwest::Response) -> String {
     String::from_utf8_lossy(&body).into_owned()
 }
 
+/// The message of a Hopper API's 404 for a path it does not route (`crate::api::error`).
+const NO_SUCH_ROUTE: &str = "no such route";
+
 /// A 404 to `GET /v1/jobs/{job}`. In the API's error shape (code `not_found`) there is no such
-/// job (exit 3); any other 404, say an empty one, comes from something that is not a Hopper
+/// job (exit 3), unless the API says it has no such route (`--server` with a path such as
+/// `/v1`, exit 2); any other 404, say an empty one, comes from something that is not a Hopper
 /// API (another server at that address), which is a mistake in `--server` (exit 2), not a
 /// missing job.
 fn not_found(base: &str, job: &str, body: &str) -> anyhow::Error {
-    let hopper = serde_json::from_str::<Value>(body)
-        .is_ok_and(|v| v["error"]["code"].as_str() == Some("not_found"));
-    if hopper {
+    let error = serde_json::from_str::<Value>(body).map(|v| v["error"].clone());
+    if let Ok(error) = &error
+        && error["code"].as_str() == Some("not_found")
+    {
+        if error["message"].as_str() == Some(NO_SUCH_ROUTE) {
+            return CliError::Usage(format!(
+                "{base} has no route /v1/jobs/{{id}}: give --server as the API's address \
+                 alone (http://HOST:PORT), without /v1"
+            ))
+            .into();
+        }
         return CliError::NotFound(format!("job {job} not found")).into();
     }
     let body: String = body.trim().chars().take(200).collect();
@@ -295,7 +339,8 @@ fn rebase(server: &str, map: &[(&str, &str)]) -> Result<String> {
     let known = ["http://", "https://", "ws://", "wss://"];
     if !known.iter().any(|k| server.starts_with(k)) {
         return Err(CliError::Usage(format!(
-            "--server {server}: expected http://HOST:PORT or https://HOST"
+            "--server {}: expected http://HOST:PORT or https://HOST",
+            hopper_workers::broker::shown_url(server)
         ))
         .into());
     }
@@ -344,6 +389,46 @@ mod tests {
         assert_eq!(ws_base("http://h:8080/").unwrap(), "ws://h:8080");
         assert!(ws_base("h:8080").is_err());
         assert_eq!(encode("17-3@mail q"), "17-3%40mail%20q");
+    }
+
+    /// What no retry can fix is a usage error at once, naming the flag, with no password in
+    /// it: before, these retried forever ("cannot reach … (builder error)").
+    #[test]
+    fn unusable_servers_and_tokens_are_refused_at_once() {
+        for server in [
+            "http://bad host:8080",
+            "http://[::1",
+            "http://127.0.0.1:99999",
+            "http://u:pw-SECRET@127.0.0.1:99999",
+            "h:8080",
+        ] {
+            let err = check_server(server, None).expect_err(server).to_string();
+            assert!(err.contains("--server"), "{server}: {err}");
+            assert!(!err.contains("SECRET"), "{server}: {err}");
+        }
+        let err = check_server("http://127.0.0.1:8080", Some("tok\r"))
+            .expect_err("a CR in the token")
+            .to_string();
+        assert!(err.contains("--token"), "{err}");
+        assert!(check_server("https://h.example/hopper", Some("t")).is_ok());
+    }
+
+    /// A Hopper API's 404 for a route it lacks (`--server …/v1`) is a mistake in `--server`,
+    /// not a missing job; its 404 for a job is.
+    #[test]
+    fn a_route_404_is_not_a_missing_job() {
+        let route = r#"{"error":{"code":"not_found","message":"no such route"}}"#;
+        let err = not_found("http://h:1/v1", "j1", route);
+        assert!(
+            matches!(err.downcast_ref::<CliError>(), Some(CliError::Usage(_))),
+            "{err}"
+        );
+        let job = r#"{"error":{"code":"not_found","message":"no job j1"}}"#;
+        let err = not_found("http://h:1", "j1", job);
+        assert!(
+            matches!(err.downcast_ref::<CliError>(), Some(CliError::NotFound(_))),
+            "{err}"
+        );
     }
 
     #[test]

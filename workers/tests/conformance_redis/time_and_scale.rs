@@ -278,3 +278,40 @@ async fn history_reads_only_the_jobs_own_stream_entries() {
         .expect("xlen");
     assert!(stream_len > 600, "entries in between: {stream_len}");
 }
+
+/// A cursor at the largest stream id there is (a client's guess, or a cursor from far ahead)
+/// reads nothing after it, as any cursor past the last event does: Redis refuses `(` before
+/// that id in XRANGE ("invalid start ID"), which answered the event page and the inbox with a
+/// server error.
+#[tokio::test]
+async fn a_cursor_at_the_largest_stream_id_reads_nothing_after_it() {
+    let f = fixture().await;
+    let b = &f.broker;
+    b.enqueue(vec![job("k").queue("far")])
+        .await
+        .expect("enqueue");
+    let max = format!("{0}-{0}", u64::MAX);
+    let page = b
+        .events(Some(&format!("{max}@far")), 10)
+        .await
+        .expect("events after the largest id");
+    assert!(page.is_empty(), "{page:?}");
+    // A queue sorting before the cursor's: its entries at or before that id are behind it.
+    let page = b
+        .events(Some(&format!("{max}@zzz")), 10)
+        .await
+        .expect("events after the largest id of a later queue");
+    assert!(page.is_empty(), "{page:?}");
+    let entry = hopper_workers::broker::NewInboxEntry {
+        id: "n1".into(),
+        user: "u".into(),
+        body: json!({ "title": "t" }),
+    };
+    let hour = Duration::from_secs(3600);
+    b.inbox_append(&entry, hour).await.expect("append");
+    let read = b
+        .inbox_read(Some("u"), Some(&max), 10, hour)
+        .await
+        .expect("inbox after the largest id");
+    assert!(read.is_empty(), "{read:?}");
+}

@@ -57,6 +57,22 @@ impl StreamId {
     }
 }
 
+/// XRANGE's start for the entries strictly after the stream id `id` (`ms-seq`): `(id`, but
+/// for the largest id there is, which Redis refuses there ("invalid start ID for the
+/// interval"): nothing can follow it, and the id itself reads nothing (Redis never makes it:
+/// an `XADD *` after it would have no id left), so it is the start instead. A client's cursor
+/// may name it.
+pub(super) fn xrange_after(id: &str) -> String {
+    match id.split_once('-') {
+        Some((ms, seq))
+            if ms.parse::<u64>() == Ok(u64::MAX) && seq.parse::<u64>() == Ok(u64::MAX) =>
+        {
+            id.to_owned()
+        }
+        _ => format!("({id}"),
+    }
+}
+
 impl std::fmt::Display for StreamId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}-{}", self.ms, self.seq)
@@ -277,7 +293,7 @@ async fn history_range(
         let Some((tail, _)) = chunk.last() else {
             break;
         };
-        start = format!("({}", tail.sid);
+        start = xrange_after(&tail.sid.to_string());
         out.extend(
             chunk
                 .into_iter()
@@ -324,7 +340,7 @@ pub(super) async fn events(
                 // The cursor's own entry may hold events not yet seen; it may also hold
                 // none, so read one entry more.
                 Some((pos, cq)) if q.as_str() == *cq => (pos.sid.to_string(), limit + 1),
-                Some((pos, _)) => (format!("({}", pos.sid), limit),
+                Some((pos, _)) => (xrange_after(&pos.sid.to_string()), limit),
             };
             pipe.cmd("XRANGE")
                 .arg(broker.events_key(q))

@@ -79,7 +79,7 @@ pub(super) async fn inbox_read(
         Some(u) => broker.inbox_key(&format!("u:{u}")),
         None => broker.inbox_key("log"),
     };
-    let start = after.map_or_else(|| "-".to_owned(), |a| format!("({a}"));
+    let start = after.map_or_else(|| "-".to_owned(), super::events::xrange_after);
     let mut pipe = Pipe::new();
     pipe.cmd("TIME");
     pipe.cmd("XRANGE")
