@@ -130,6 +130,16 @@ async fn the_json_page_and_sse_resume_from_a_cursor() {
         assert_eq!(f.id.as_deref(), Some(want.as_str()));
         assert_eq!(f.data["id"], want.as_str());
     }
+    // An EventSource opened with `since` reconnects to the same URL with the last id it
+    // received as `Last-Event-ID`: the header, the newer position, wins (`since` replayed
+    // what it had already).
+    let second = ids(&events)[1].clone();
+    let url = format!("{}/v1/events?job={id}&since={first}", api.base);
+    let mut sse = Sse::open(&url, &[("last-event-id", &second)]).await;
+    for want in &ids(&events)[2..] {
+        let f = sse.next().await;
+        assert_eq!(f.id.as_deref(), Some(want.as_str()), "after Last-Event-ID");
+    }
     // Then live: a stream opened without a cursor gets what happens after it opened, so it
     // opens before the job it waits for is enqueued (by kind, as the job's id is not known yet).
     let url = format!("{}/v1/events?kind=sys.sleep", api.base);
@@ -360,6 +370,67 @@ async fn a_replay_longer_than_one_write_burst_loses_no_event() {
     close(ws).await;
 }
 
+/// A replay is read a page at a time while the client talks and the server pings: a frame
+/// from the client (its own keep-alive ping here) or the server's ping timer while a page was
+/// being read cut the replay short, with no gap frame, and the stream went live; a client
+/// replaying many events lost most of them.
+#[tokio::test]
+async fn a_replay_interrupted_by_pings_loses_no_event() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    let s = Scratch::new();
+    s.write_config_with_server("ws_ping_interval = \"1s\"\n", "");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let broker = open_broker(&s).await;
+    for _ in 0..5 {
+        enqueue_noops(&*broker, 1000).await;
+    }
+    let first = broker.events(None, 1).await.unwrap()[0].id.clone();
+    let mut want = Vec::new();
+    let mut after = first.clone();
+    loop {
+        let page = api
+            .get_json("/v1/events", &[("since", &after), ("limit", "1000")])
+            .await;
+        let page = ids(page["events"].as_array().unwrap());
+        let Some(last) = page.last() else { break };
+        after = last.clone();
+        want.extend(page);
+    }
+    assert_eq!(want.len(), 4999);
+    let last = want.last().unwrap().clone();
+    let mut ws = connect(&ws_url(&api.base, &format!("since={first}"))).await;
+    let mut got = Vec::new();
+    let mut ping = tokio::time::interval(std::time::Duration::from_millis(2));
+    // Read until the last event, or until nothing came for a long while (a replay cut short
+    // goes live, and nothing more comes).
+    let quiet = std::time::Duration::from_secs(15);
+    let mut idle = tokio::time::Instant::now() + quiet;
+    loop {
+        tokio::select! {
+            _ = ping.tick() => ws.send(Message::Ping(Vec::new().into())).await.unwrap(),
+            () = tokio::time::sleep_until(idle) => break,
+            msg = ws.next() => match msg {
+                Some(Ok(Message::Text(t))) => {
+                    idle = tokio::time::Instant::now() + quiet;
+                    let v: Value = serde_json::from_str(&t).unwrap();
+                    let done = v["id"] == last.as_str();
+                    got.push(v);
+                    if done {
+                        break;
+                    }
+                }
+                Some(Ok(_)) => {}
+                other => panic!("the stream ended after {} frames: {other:?}", got.len()),
+            },
+        }
+    }
+    let got = ids(&got);
+    assert_eq!(got.len(), want.len(), "frames received of the replay");
+    assert_eq!(got, want, "every event after the cursor, once, in order");
+    close(ws).await;
+}
+
 #[tokio::test]
 async fn a_cursor_older_than_retention_gets_a_gap_frame_then_the_oldest_events() {
     let s = Scratch::with_config(QUIET);
@@ -389,6 +460,48 @@ async fn a_cursor_older_than_retention_gets_a_gap_frame_then_the_oldest_events()
     // A cursor still in the log is no gap.
     let mut ws = connect(&ws_url(&api.base, &format!("since={}", kept[0]))).await;
     assert_eq!(stream::next_json(&mut ws).await["id"], kept[1].as_str());
+}
+
+/// On Redis each queue's stream is trimmed apart: a cursor whose later events retention
+/// trimmed gets its gap although another queue still holds older events (it got none, and
+/// the trimmed events were skipped without a word).
+#[tokio::test]
+async fn on_redis_a_cursor_trimmed_in_its_queue_is_a_gap_whatever_other_queues_hold() {
+    let keys = RedisKeys::claim();
+    let s = Scratch::new();
+    s.write_config_with_broker(SHARED_URL, &keys.prefix, QUIET);
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let broker = hopper_workers::broker::open_with(
+        SHARED_URL,
+        &OpenOptions::new(&keys.prefix),
+        hopper_workers::clock::system(),
+    )
+    .await
+    .unwrap();
+    for _ in 0..3 {
+        api.enqueue_ok(json!({"kind": "sys.noop", "queue": "old"}))
+            .await;
+    }
+    let mut cursor = None;
+    for i in 0..10 {
+        let id = api
+            .enqueue_ok(json!({"kind": "sys.noop", "queue": "busy"}))
+            .await;
+        if i == 1 {
+            cursor = Some(api.job(&id).await["history"][0]["id"].clone());
+        }
+    }
+    let cursor = cursor.unwrap().as_str().unwrap().to_owned();
+    // Each stream keeps its newest 5: `old` all 3, `busy` its last 5.
+    broker
+        .purge(&[], hopper_workers::time::Timestamp::EPOCH, 5)
+        .await
+        .unwrap();
+    let page = api.get_json("/v1/events", &[("since", &cursor)]).await;
+    assert_eq!(page["gap"], true, "{page:#}");
+    let mut ws = connect(&ws_url(&api.base, &format!("since={cursor}"))).await;
+    assert_eq!(stream::next_json(&mut ws).await, json!({"type": "gap"}));
+    close(ws).await;
 }
 
 #[tokio::test]

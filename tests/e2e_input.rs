@@ -344,6 +344,19 @@ async fn a_foreign_last_event_id_is_refused_naming_the_header() {
     assert_eq!(res.status(), 400);
     let body: Value = res.json().await.unwrap();
     assert_eq!(body["error"]["field"], "Last-Event-ID", "{body}");
+    // Refused like the route's other parameters (it was `invalid_field`, unlike the rest and
+    // the OpenAPI document).
+    assert_eq!(body["error"]["code"], "invalid_parameter", "{body}");
+    let (status, body) = api
+        .call(
+            reqwest::Method::GET,
+            "/v1/events?since=1732000000000-0",
+            None,
+        )
+        .await;
+    assert_eq!(status, 400);
+    assert_eq!(body["error"]["code"], "invalid_parameter", "{body}");
+    assert_eq!(body["error"]["field"], "since", "{body}");
 }
 
 /// A bad queue weight (`[worker] queues` or `hopper worker --queues`) is a config error:

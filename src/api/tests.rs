@@ -145,6 +145,9 @@ impl Broker for Unreachable {
     async fn events(&self, _: Option<&str>, _: usize) -> BrokerResult<Vec<Event>> {
         self.down()
     }
+    async fn trimmed_after(&self, _: &str) -> BrokerResult<Option<bool>> {
+        self.down()
+    }
     async fn wait_for_events(&self, _: Option<&str>, _: Duration) -> BrokerResult<()> {
         self.down()
     }

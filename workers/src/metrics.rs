@@ -404,6 +404,7 @@ metered! {
     fn list(&self, filter: &JobFilter) -> JobPage;
     fn queues(&self) -> Vec<QueueStats>;
     fn events(&self, after: Option<&str>, limit: usize) -> Vec<Event>;
+    fn trimmed_after(&self, after: &str) -> Option<bool>;
     #[untimed]
     fn wait_for_events(&self, after: Option<&str>, timeout: Duration) -> ();
     fn purge(&self, states: &[JobState], before: Timestamp, keep: u64) -> u64;

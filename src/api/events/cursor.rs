@@ -7,9 +7,10 @@
 //! (`Broker::events`) and compares ids for equality only. A cursor is one of:
 //!
 //! - **Behind** the hub's position (or at it): the feed replays the events after it from the
-//!   broker, up to the position. A gap when the cursor's event is no longer in the log
-//!   (retention trimmed it): the first event after it is the oldest the log still holds, and
-//!   it is not the cursor itself. A cursor before the first event ever (SQLite's `0`, which the
+//!   broker, up to the position. A gap when retention trimmed an event after the cursor: as
+//!   the broker tells it (`Broker::trimmed_after`; Redis trims each queue's stream apart), or
+//!   else when the first event after it is the oldest the log still holds, and it is not the
+//!   cursor itself. A cursor before the first event ever (SQLite's `0`, which the
 //!   broker never issues) looks the same, so it is a gap too once the log holds events.
 //! - **Ahead** of the hub's position, in the log: a cursor another node or process issued a
 //!   moment ago, before this process's hub read its event (the hub reads the log in a loop;
@@ -87,8 +88,14 @@ pub async fn locate(
     let next = broker.events(Some(since), 1).await?;
     let oldest = broker.events(None, 1).await?;
     Ok(match (next.first(), oldest.first()) {
+        // The broker's own account of its trimming when it keeps one (Redis trims each
+        // queue's stream apart: another queue's older events hid a trimmed cursor), else
+        // one log trimmed from its start.
         (Some(next), Some(oldest)) => Cursor::Behind {
-            gap: oldest.id == next.id && oldest.id != since,
+            gap: match broker.trimmed_after(since).await? {
+                Some(trimmed) => trimmed,
+                None => oldest.id == next.id && oldest.id != since,
+            },
         },
         (None, Some(_)) if !at_hub => Cursor::PastEnd,
         _ => Cursor::Behind { gap: false },

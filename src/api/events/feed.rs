@@ -128,6 +128,11 @@ impl Feed {
     }
 
     /// The next frame; `None` once the stream is over (the hub stopped, or after `lagged`).
+    ///
+    /// Cancel-safe: a transport waits on it in a `select!` beside the client's frames and its
+    /// ping timer, which drop it whenever they win. Nothing of the feed changes before an
+    /// await returns (the replay's position is read, not taken, while its page is read), so a
+    /// dropped call loses nothing; taking it cut the replay short, and the stream went live.
     pub async fn next(&mut self) -> Result<Option<Frame>, BrokerError> {
         loop {
             if let Some(frame) = self.ready()? {
@@ -136,7 +141,7 @@ impl Feed {
             if self.done {
                 return Ok(None);
             }
-            if let Some(after) = self.replay_after.take() {
+            if let Some(after) = self.replay_after.clone() {
                 self.replay_page(after).await?;
                 continue;
             }
@@ -232,7 +237,9 @@ impl Feed {
         }
     }
 
-    /// Reads one page of the replay into `pending`, up to the hub's position.
+    /// Reads one page of the replay after `after` into `pending`, up to the hub's position,
+    /// and moves the replay's position past it (to none at the hub's position or the log's
+    /// end). Changes nothing until the page is read (see [`Feed::next`]).
     async fn replay_page(&mut self, after: Option<String>) -> Result<(), BrokerError> {
         let page = self
             .hub
@@ -240,12 +247,14 @@ impl Feed {
             .events(after.as_deref(), REPLAY_PAGE)
             .await?;
         let Some(last) = page.last().map(|e| e.id.clone()) else {
+            self.replay_after = None;
             return Ok(());
         };
         for e in page {
             let at_end = Some(&e.id) == self.until_id.as_ref();
             self.pending.push_back(e);
             if at_end {
+                self.replay_after = None;
                 return Ok(());
             }
         }

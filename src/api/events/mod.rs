@@ -70,14 +70,17 @@ pub async fn events(
 ) -> Result<Response, ApiError> {
     let mut query = EventQuery::parse(&pairs)?;
     let sse = upgrade.is_err() && accepts_sse(&headers);
-    // Where the cursor came from, to name it in a refusal: the client sent no `since`.
+    // Where the cursor came from, to name it in a refusal. An SSE client's `Last-Event-ID`
+    // wins over `since`: a reconnecting EventSource keeps the URL it was opened with, `since`
+    // and all, and sends the last id it received in the header, which is the newer position
+    // (taking `since` replayed everything it already had).
     let mut since_field = "since";
-    if sse && query.since.is_none() {
-        query.since = headers
-            .get("last-event-id")
-            .and_then(|v| v.to_str().ok())
-            .filter(|v| !v.is_empty())
-            .map(str::to_owned);
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty());
+    if sse && let Some(id) = last_event_id {
+        query.since = Some(id.to_owned());
         since_field = "Last-Event-ID";
     }
     let authorized = authorized(&st, &headers, &query);
@@ -93,6 +96,8 @@ pub async fn events(
         st.hub.broker().events(Some(since), 0).await.map_err(|e| {
             let mut e = ApiError::from(e);
             if e.field.as_deref() == Some("since") {
+                // A parameter (or header), refused like every other one of this route.
+                e.code = "invalid_parameter";
                 e.field = Some(since_field.to_owned());
             }
             e

@@ -168,6 +168,10 @@ macro_rules! delegate_broker {
                     $events::events(self, after, limit).await
                 }
 
+                async fn trimmed_after(&self, after: &str) -> BrokerResult<Option<bool>> {
+                    $events::trimmed_after(self, after).await
+                }
+
                 async fn wait_for_events(
                     &self,
                     after: Option<&str>,

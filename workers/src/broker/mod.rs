@@ -404,6 +404,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// [`BrokerError::Invalid`] naming `since`, whatever the limit.
     async fn events(&self, after: Option<&str>, limit: usize) -> BrokerResult<Vec<Event>>;
 
+    /// Whether retention dropped an event that came after the event id `after` (an id this
+    /// broker issued; otherwise [`BrokerError::Invalid`] naming `since`): `Some` when the
+    /// broker tells it from its own records of trimming, `None` when it leaves it to the
+    /// caller, who judges by the oldest event the log holds (one log trimmed from its start:
+    /// the first event after `after` is then the oldest held, and is not `after`). The Redis
+    /// broker trims each queue's stream on its own, so another queue's older events hid a
+    /// trimmed cursor there.
+    async fn trimmed_after(&self, after: &str) -> BrokerResult<Option<bool>>;
+
     /// Returns when the log may hold events after the event id `after` (any event when
     /// `None`), or after `timeout`: how a follower of [`Broker::events`] waits without
     /// polling. May return early (spuriously); never busy-polls. An `after` this broker did
@@ -534,6 +543,18 @@ pub fn cursor_number(value: &str) -> Option<i64> {
         return None;
     }
     value.parse().ok()
+}
+
+/// The number an event id's part holds, written as the broker writes it: ASCII digits, no
+/// sign, no leading zero (but `0` itself). `None` for any other spelling: `06` or `+6` name
+/// the event `6` for `parse`, but not as an id compares (ids are compared as text), so such a
+/// cursor was taken as past the end of the log and the whole log replayed after a gap.
+pub(crate) fn canonical_number(text: &str) -> Option<u64> {
+    let digits_only = !text.is_empty() && text.bytes().all(|b| b.is_ascii_digit());
+    if !digits_only || (text.len() > 1 && text.starts_with('0')) {
+        return None;
+    }
+    text.parse().ok()
 }
 
 /// Refuses a cursor name no broker stores (see [`Broker::cursor`]).

@@ -198,6 +198,10 @@ impl Broker for Partitioned {
         self.reach().await?.events(after, limit).await
     }
 
+    async fn trimmed_after(&self, after: &str) -> BrokerResult<Option<bool>> {
+        self.reach().await?.trimmed_after(after).await
+    }
+
     async fn wait_for_events(&self, after: Option<&str>, timeout: Duration) -> BrokerResult<()> {
         self.reach().await?.wait_for_events(after, timeout).await
     }

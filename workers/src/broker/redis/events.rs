@@ -48,11 +48,12 @@ struct StreamId {
 }
 
 impl StreamId {
+    /// `ms-seq` as Redis writes it (see [`crate::broker::canonical_number`]).
     fn parse(s: &str) -> Option<Self> {
         let (ms, seq) = s.split_once('-')?;
         Some(Self {
-            ms: ms.parse().ok()?,
-            seq: seq.parse().ok()?,
+            ms: crate::broker::canonical_number(ms)?,
+            seq: crate::broker::canonical_number(seq)?,
         })
     }
 }
@@ -100,8 +101,14 @@ fn event_id(pos: Pos, queue: &str) -> String {
 /// Where a client is in the merged event log (see [`event_id`]).
 fn parse_event_id(s: &str) -> Option<(Pos, &str)> {
     let (pos, queue) = s.split_once('@')?;
+    // The first event of an entry has no `.0` (see `event_id`).
     let (sid, sub) = match pos.split_once('.') {
-        Some((sid, sub)) => (sid, sub.parse().ok()?),
+        Some((sid, sub)) => (
+            sid,
+            u32::try_from(crate::broker::canonical_number(sub)?)
+                .ok()
+                .filter(|n| *n > 0)?,
+        ),
         None => (pos, 0),
     };
     Some((
@@ -327,8 +334,18 @@ pub(super) async fn events(
     if limit == 0 {
         return Ok(Vec::new());
     }
-    let names = broker.queue_names().await?;
-    for round in 0..2 {
+    // The queues, and Redis' time just before they were listed: every queue with an entry
+    // older than that is among them (a queue is listed before its first event is written,
+    // `lifecycle.rs`).
+    let (mut names, mut listed_at) = {
+        let mut pipe = Pipe::new();
+        pipe.cmd("TIME");
+        pipe.cmd("SMEMBERS").arg(broker.queues_key());
+        let (time, names): (Vec<u64>, Vec<String>) = broker.query_pipe(&pipe).await?;
+        (sorted(names), server_ms(&time))
+    };
+    let mut again = false;
+    loop {
         let mut pipe = Pipe::new();
         pipe.cmd("TIME");
         // Events are ordered by (stream id, queue, place in the entry).
@@ -349,14 +366,24 @@ pub(super) async fn events(
                 .arg("COUNT")
                 .arg(count);
         }
+        // The queues again, after TIME: one created since `names` were listed may hold an
+        // entry older than one read here, which, handed out, would move the cursor past it
+        // for good (a live stream missed a fifth of new queues' first events). One created
+        // after this listing has every entry after TIME.
+        pipe.cmd("SMEMBERS").arg(broker.queues_key());
         let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
+        let (listed, replies) = replies
+            .split_last()
+            .ok_or_else(|| corrupt("no reply to SMEMBERS"))?;
+        let listed = sorted(
+            Vec::from_redis_value_ref(listed).map_err(|e| corrupt(format!("the queues: {e}")))?,
+        );
         let (time, streams) = replies
             .split_first()
             .ok_or_else(|| corrupt("no reply to TIME"))?;
         let time: Vec<u64> =
             Vec::from_redis_value_ref(time).map_err(|e| corrupt(format!("TIME: {e}")))?;
-        let server_ms =
-            time.first().copied().unwrap_or(0) * 1000 + time.get(1).copied().unwrap_or(0) / 1000;
+        let now_ms = server_ms(&time);
         let mut merged = Vec::new();
         for (q, v) in names.iter().zip(streams) {
             let seen = |pos: &Pos| match &after {
@@ -373,20 +400,81 @@ pub(super) async fn events(
         }
         merged.sort_by(|a, b| (a.0.sid, &a.1, a.0.sub).cmp(&(b.0.sid, &b.1, b.0.sub)));
         merged.truncate(limit);
-        // Another stream may still get an entry in the current millisecond with a lower
-        // sequence than one already read: hand out only finished milliseconds.
+        // What is handed out: entries of finished milliseconds (another stream may still get
+        // an entry in the current one with a lower sequence than one read), and, when a queue
+        // was created since `names` were listed, only those older than that listing.
+        let complete = listed == names;
+        let cutoff = if complete {
+            now_ms
+        } else {
+            now_ms.min(listed_at)
+        };
         let settled = merged
             .iter()
-            .take_while(|(pos, _, _)| pos.sid.ms < server_ms)
+            .take_while(|(pos, _, _)| pos.sid.ms < cutoff)
             .count();
-        if settled == merged.len() || round == 1 {
+        if settled == merged.len() || again {
             merged.truncate(settled);
             return Ok(merged.into_iter().map(|(_, _, e)| e).collect());
         }
-        let into_ms = time.get(1).copied().unwrap_or(0) % 1000;
-        sleep_exactly(Duration::from_micros(1000 - into_ms + SETTLE_SLACK_US)).await;
+        if complete {
+            let into_ms = time.get(1).copied().unwrap_or(0) % 1000;
+            sleep_exactly(Duration::from_micros(1000 - into_ms + SETTLE_SLACK_US)).await;
+        } else {
+            (names, listed_at) = (listed, now_ms);
+        }
+        again = true;
     }
-    Ok(Vec::new())
+}
+
+/// Whether trimming dropped an entry after the event id `after` from any queue's stream (see
+/// the trait's doc): a stream that lost entries (it had more than it holds) and whose first
+/// held entry comes after the cursor's may have lost some after it, and is taken as having
+/// done so (it did, unless exactly its held entries came after the cursor); a stream emptied
+/// by trimming lost some after the cursor when its last entry came after it.
+pub(super) async fn trimmed_after(broker: &RedisBroker, after: &str) -> BrokerResult<Option<bool>> {
+    let (pos, _) = parse_event_id(after).ok_or_else(|| {
+        BrokerError::Invalid(FieldError::new(
+            "since",
+            "not an event id this broker issued",
+        ))
+    })?;
+    let names = broker.queue_names().await?;
+    if names.is_empty() {
+        return Ok(Some(false));
+    }
+    let mut pipe = Pipe::new();
+    for q in &names {
+        pipe.add_command(broker.eval(&SCRIPTS.trimmed, q));
+    }
+    let replies: Vec<Vec<String>> = broker.query_pipe(&pipe).await?;
+    for reply in replies {
+        let [added, length, first, last] = reply.as_slice() else {
+            continue;
+        };
+        let (Ok(added), Ok(length)) = (added.parse::<u64>(), length.parse::<u64>()) else {
+            continue;
+        };
+        if added <= length {
+            continue;
+        }
+        let held_from = if length == 0 { last } else { first };
+        if StreamId::parse(held_from).is_some_and(|id| id > pos.sid) {
+            return Ok(Some(true));
+        }
+    }
+    Ok(Some(false))
+}
+
+/// `names` in order.
+fn sorted(mut names: Vec<String>) -> Vec<String> {
+    names.sort();
+    names
+}
+
+/// Redis' `TIME` answer (seconds, microseconds) in ms.
+fn server_ms(time: &[u64]) -> u64 {
+    time.first().copied().unwrap_or(0) * 1000 + time.get(1).copied().unwrap_or(0) / 1000
 }
 
 /// Past the end of the server's current millisecond, the time [`events`] waits for it to

@@ -40,8 +40,8 @@ impl RedisBroker {
 fn cursor(s: &str) -> Result<u64, FieldError> {
     let bad = || FieldError::new("since", "not a notification cursor this broker issued");
     let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
-    seq.parse::<u64>().map_err(|_| bad())?;
-    ms.parse::<u64>().map_err(|_| bad())
+    crate::broker::canonical_number(seq).ok_or_else(bad)?;
+    crate::broker::canonical_number(ms).ok_or_else(bad)
 }
 
 pub(super) async fn inbox_append(

@@ -79,6 +79,7 @@ scripts! {
     inbox_append: "inbox_append.lua",
     migrate: "migrate.lua",
     get: "get.lua",
+    trimmed: "trimmed.lua",
 }
 
 /// Whether Redis no longer has a script (a restart, `SCRIPT FLUSH`): reload and call again.

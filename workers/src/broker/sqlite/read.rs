@@ -175,10 +175,19 @@ fn entry<'a>(stats: &'a mut Vec<QueueStats>, queue: &str) -> &'a mut QueueStats 
 
 /// The rowid an event id this broker issued stands for (never negative).
 fn event_rowid(id: &str) -> Result<i64, FieldError> {
-    id.parse::<i64>()
-        .ok()
-        .filter(|a| *a >= 0)
+    crate::broker::canonical_number(id)
+        .and_then(|a| i64::try_from(a).ok())
         .ok_or_else(|| FieldError::new("since", "not an event id this broker issued"))
+}
+
+/// One log, trimmed from its start: the caller's judgement by the oldest event held is
+/// exact (see [`crate::broker::Broker::trimmed_after`]).
+pub(super) async fn trimmed_after(
+    _broker: &SqliteBroker,
+    after: &str,
+) -> BrokerResult<Option<bool>> {
+    event_rowid(after)?;
+    Ok(None)
 }
 
 pub(super) async fn events(
