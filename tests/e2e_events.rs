@@ -508,7 +508,7 @@ async fn on_redis_a_cursor_trimmed_in_its_queue_is_a_gap_whatever_other_queues_h
 async fn streams_past_max_connections_are_503() {
     let s = Scratch::new();
     s.write_config_with_server("max_connections = 1", "");
-    let (_d, api) = s.serve(&["--no-workers"]);
+    let (d, api) = s.serve(&["--no-workers"]);
     let first = connect(&ws_url(&api.base, "")).await;
     match connect_with(&ws_url(&api.base, ""), &[]).await {
         Err(WsError::Http(res)) => assert_eq!(res.status(), 503),
@@ -525,6 +525,9 @@ async fn streams_past_max_connections_are_503() {
     assert_eq!(body["error"]["code"], "too_many_connections");
     // The JSON page is not a stream: it is served.
     api.get_json("/v1/events", &[]).await;
+    // A refusal on purpose is a warning in the log, not an error.
+    d.wait_log("request refused: unavailable");
+    assert!(!d.log_text().contains("ERROR"), "{}", d.log_text());
     close(first).await;
     wait::until("the closed stream's slot was never freed", async || {
         connect_with(&ws_url(&api.base, ""), &[])

@@ -319,6 +319,46 @@ async fn tail_since_past_the_end_of_the_log_is_a_gap_then_the_log_from_its_start
     assert_eq!(ids(&seen), ids(&history), "the log from its start");
 }
 
+/// `--job` with a `--since` past the end of the log follows the job from the log's oldest
+/// event, as it says: it followed from the log's end, and the job's start was missing.
+#[tokio::test]
+async fn tail_job_since_past_the_end_follows_the_job_from_the_start() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({"kind": "sys.sleep", "payload": {"ms": 1500}}))
+        .await;
+    api.wait_state(&id, "running").await;
+    let out = wait::within(
+        "tail --job --since",
+        cli(
+            &s,
+            &["tail", "--json", "--job", &id, "--since", "999999999"],
+        ),
+    )
+    .await;
+    let (stdout, stderr) = (text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{stdout}\n{stderr}");
+    assert!(stderr.contains("gap"), "{stderr}");
+    let types: Vec<String> = stdout
+        .lines()
+        .map(parse_event)
+        .filter(|e| e["job_id"] == id.as_str())
+        .map(|e| e["type"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        types.first().map(String::as_str),
+        Some("job.enqueued"),
+        "{types:?}"
+    );
+    assert!(types.iter().any(|t| t == "job.started"), "{types:?}");
+    assert_eq!(
+        types.last().map(String::as_str),
+        Some("job.succeeded"),
+        "{types:?}"
+    );
+}
+
 /// `--server`: follows a remote node's WebSocket with the token as a bearer header, prints its
 /// frames, and when the server goes away reconnects with the last cursor it printed, saying
 /// so; the job's final event ends it with the job's exit code.

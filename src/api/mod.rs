@@ -200,7 +200,37 @@ pub fn router(state: AppState) -> Router {
         .layer(CatchPanicLayer::custom(error::panicked))
         // Outside the others, so that it counts the status the client gets.
         .layer(middleware::from_fn(crate::metrics::track_http))
-        .layer(TraceLayer::new_for_http().make_span_with(request_span))
+        .layer(
+            TraceLayer::new_for_http()
+                .make_span_with(request_span)
+                .on_failure(request_failed),
+        )
+}
+
+/// Logs a request that failed: a 503 (streams past `[server] max_connections`, the broker
+/// down, a request timed out, stopping) at WARN, as the server answered it on purpose and
+/// said why; any other 5xx, or an I/O failure, at ERROR. tower-http's default logged every
+/// 503 at ERROR, the only ERROR lines of a healthy server at its connection limit.
+fn request_failed(
+    class: tower_http::classify::ServerErrorsFailureClass,
+    latency: std::time::Duration,
+    _span: &tracing::Span,
+) {
+    use tower_http::classify::ServerErrorsFailureClass as Class;
+    let ms = latency.as_millis();
+    match class {
+        Class::StatusCode(StatusCode::SERVICE_UNAVAILABLE) => {
+            tracing::warn!(
+                status = 503,
+                latency_ms = ms,
+                "request refused: unavailable"
+            );
+        }
+        Class::StatusCode(status) => {
+            tracing::error!(status = status.as_u16(), latency_ms = ms, "request failed");
+        }
+        Class::Error(error) => tracing::error!(%error, latency_ms = ms, "request failed"),
+    }
 }
 
 /// The span of one request: its method and path, never its query string, which may carry a

@@ -57,9 +57,12 @@ pub(super) async fn run(printer: Printer, args: &TailArgs, broker: Arc<dyn Broke
             if final_now {
                 return job_end(&printer, &broker, job).await;
             }
-            match cursor {
-                Some(c) => Some(c),
-                None => end_of_log(&broker).await?,
+            match (cursor, since) {
+                (Some(c), _) => Some(c),
+                // `--since` past the end of the log, or trimmed after: from its oldest
+                // event, as `resume_from` said (from its end, the job's start was missing).
+                (None, Some(_)) => None,
+                (None, None) => end_of_log(&broker).await?,
             }
         }
         (None, Some(since)) => resume_from(&printer, &broker, since).await?,

@@ -117,7 +117,12 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
         backoff = BACKOFF_MIN;
         match (&lost, &cursor) {
             (Some(_), Some(c)) => printer.note(&format!("resumed after {c}")),
-            (Some(_), None) => printer.note("reconnected"),
+            // Nothing shown yet, so no cursor: what happened while disconnected is not
+            // replayed (a stream gives no position before its first event), and it says so.
+            (Some(_), None) => printer.note(
+                "reconnected; no event was shown before, so events while disconnected are not \
+                 replayed (give --since to resume from a cursor)",
+            ),
             (None, _) => printer.note(&format!("following {base}")),
         }
         let (_, mut frames) = ws.split();
