@@ -655,7 +655,7 @@ pub struct EnqueueStepDoc {
     /// Retries after a failed attempt, at most 1000. Default `[retry] max_retries`.
     #[schema(maximum = 1000)]
     pub max_retries: Option<u32>,
-    /// Per-attempt time limit, e.g. `"30s"`. Default `[worker] job_timeout`.
+    /// Per-attempt time limit, e.g. `"30s"`, at most 100 years. Default `[worker] job_timeout`.
     #[schema(example = "30s")]
     pub timeout: Option<String>,
     /// At most one job of its queue has this key: a second enqueue answers the first job,
