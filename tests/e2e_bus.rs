@@ -312,6 +312,19 @@ async fn a_runaway_subscription_template_is_a_400_not_a_hung_request() {
         (200, json!([])),
         "nothing stored"
     );
+    // Nor counted as published (`hopper_publish_total` counted refused publishes).
+    let text = reqwest::get(format!("{}/metrics", api_base(&api)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("hopper_publish_total") && l.contains("made")),
+        "{text}"
+    );
     // An ordinary publish of the same subscriptions goes through.
     let (status, ok) = publish(
         &api,

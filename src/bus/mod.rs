@@ -300,9 +300,14 @@ async fn fan_out(
         .first()
         .map_or(UNMATCHED, |s| s.pattern.as_str())
         .to_owned();
-    metrics::counter!(PUBLISH_TOTAL, "topic" => label, "matched" => (!matching.is_empty()).to_string())
-        .increment(1);
+    // Counted once accepted: a publish refused (a template that fails on its data, a job the
+    // engine refuses) published nothing.
+    let count = || {
+        metrics::counter!(PUBLISH_TOTAL, "topic" => label.clone(), "matched" => (!matching.is_empty()).to_string())
+            .increment(1);
+    };
     if matching.is_empty() {
+        count();
         return Ok(Published {
             topic: topic.to_owned(),
             matched: 0,
@@ -346,6 +351,7 @@ async fn fan_out(
         }
         BatchError::Broker(e) => PublishError::Broker(e),
     })?;
+    count();
     let jobs: Vec<PublishedJob> = matching
         .iter()
         .zip(done)

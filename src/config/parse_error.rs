@@ -41,9 +41,12 @@ pub(super) fn describe(text: &str, mut error: toml::de::Error) -> String {
     out
 }
 
+/// Whether `key`'s value may be a secret: a part of its name says so, or it is a whole section
+/// given as a value (`broker = "redis://:pw@…"`, `auth = "tok…"`), which may hold anything its
+/// keys would have.
 fn is_secret(key: &str) -> bool {
     let key = key.to_ascii_lowercase();
-    SECRET_PARTS.iter().any(|part| key.contains(part))
+    !key.contains('.') || SECRET_PARTS.iter().any(|part| key.contains(part))
 }
 
 /// `what` with every double-quoted string (serde writes a value as `string "…"`, escaped as

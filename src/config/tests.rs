@@ -71,6 +71,8 @@ fn parse_errors_name_the_place_and_hide_secrets() {
             "urll",
         ),
         ("[auth]\ntokens = \"tok-SECRET\"\n", "tokens"),
+        ("\nbroker = \"redis://:pw-SECRET@h/0\"\n", "broker"),
+        ("\nauth = \"tok-SECRET\"\n", "auth"),
         ("[auth]\njwt_secrett = \"jwt-SECRET\"\n", "jwt_secrett"),
         ("[broker]\nurl = [\"redis://:pw-SECRET@h/0\"]\n", "url"),
         ("[smtp]\nurl = [\"smtp://u:SECRET@h\"]\n", "url"),

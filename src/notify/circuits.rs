@@ -100,20 +100,14 @@ pub fn view(c: &Circuit) -> Option<CircuitView> {
     })
 }
 
-/// `endpoint` without what may hold a secret: a URL's user and password, query and
-/// fragment are dropped. Text that is not a URL is shown as it is.
+/// `endpoint` as every record of it names it (a job's checkpoint and errors, the metric's
+/// label): its origin, and for a path or query a short hash in their place
+/// (`https://hooks.example/…#1a2b3c4d`), as `hopper_jobs::notify::breaker::label` writes it.
+/// A webhook's path is often its secret (`/services/T000/B000/XXXX`): showing the path whole,
+/// as this did, gave it to every token holder, and named the circuit otherwise than the job
+/// that tripped it.
 pub fn shown_endpoint(endpoint: &str) -> String {
-    match url::Url::parse(endpoint) {
-        Ok(mut u) => {
-            // Only URLs that cannot have credentials refuse these; they have none to drop.
-            let _ = u.set_username("");
-            let _ = u.set_password(None);
-            u.set_query(None);
-            u.set_fragment(None);
-            u.to_string()
-        }
-        Err(_) => endpoint.to_owned(),
-    }
+    hopper_jobs::notify::breaker::label(endpoint)
 }
 
 #[cfg(test)]
@@ -124,11 +118,18 @@ mod tests {
 
     #[test]
     fn shown_endpoints_drop_credentials_and_queries() {
+        let shown =
+            shown_endpoint("https://user:pw@hooks.example/services/T0/B0/S3CRET?token=s3cret");
+        assert!(shown.starts_with("https://hooks.example/…#"), "{shown}");
+        assert!(!shown.contains("S3CRET") && !shown.contains("s3cret") && !shown.contains("pw"));
         assert_eq!(
-            shown_endpoint("https://user:pw@hooks.example/in?token=s3cret#x"),
-            "https://hooks.example/in"
+            shown,
+            hopper_jobs::notify::breaker::label(
+                "https://user:pw@hooks.example/services/T0/B0/S3CRET?token=s3cret"
+            ),
+            "named as the job's record names it"
         );
-        assert_eq!(shown_endpoint("not a url"), "not a url");
+        assert!(!shown_endpoint("not a url").contains("not a url"));
         let mut c = Circuit {
             endpoint: "https://push.example".into(),
             failures: 5,
@@ -140,6 +141,6 @@ mod tests {
         c.open_for = Some(Duration::from_secs(12));
         let v = view(&c).expect("open");
         assert_eq!((v.state, v.probe_in_ms), ("open", 12_000));
-        assert_eq!(v.endpoint, "https://push.example/");
+        assert_eq!(v.endpoint, "https://push.example");
     }
 }

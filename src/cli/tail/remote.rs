@@ -95,8 +95,9 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
                     .unwrap_or_default()
                     .into_owned();
                 return Err(CliError::Usage(format!(
-                    "{base} refused the stream ({}): {body}",
-                    resp.status()
+                    "{base} refused the stream ({}): {}",
+                    resp.status(),
+                    crate::out::shown(&body)
                 ))
                 .into());
             }
@@ -138,12 +139,14 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
                     {
                         return Err(CliError::Usage(format!(
                             "{base} refused the token: {}",
-                            c.reason
+                            crate::out::shown(&c.reason)
                         ))
                         .into());
                     }
                     break Ended::Lost(match close {
-                        Some(c) => format!("closed ({}): {}", c.code, c.reason),
+                        Some(c) => {
+                            format!("closed ({}): {}", c.code, crate::out::shown(&c.reason))
+                        }
                         None => "closed".into(),
                     });
                 }
@@ -255,7 +258,7 @@ async fn lookup(printer: &Printer, server: &str, job: &str, token: Option<&str>)
                 let body = error_body(resp).await;
                 return Err(CliError::Usage(format!(
                     "{base} refused GET /v1/jobs/{job} ({status}): {}",
-                    body.trim()
+                    crate::out::shown(body.trim())
                 ))
                 .into());
             }
@@ -319,7 +322,7 @@ fn not_found(base: &str, job: &str, body: &str) -> anyhow::Error {
     let body = if body.is_empty() {
         "(no body)".to_owned()
     } else {
-        body
+        crate::out::shown(&body).into_owned()
     };
     CliError::Usage(format!(
         "{base} answered GET /v1/jobs/{job} with 404 Not Found, not in a Hopper API's error \

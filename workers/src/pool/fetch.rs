@@ -62,6 +62,9 @@ pub(super) async fn fetch_loop(
         // Queues with a free slot: the only ones worth waiting on (a queue at its own limit
         // may well have work, which would wake us at once, again and again).
         let mut open: Vec<String> = Vec::with_capacity(active.len());
+        // The limits of the queues skipped at their own limit this round: one of their jobs
+        // ending ends the wait below.
+        let mut capped: Vec<Arc<Semaphore>> = Vec::new();
         let now = Instant::now();
         held.retain(|_, until| *until > now);
         // Each round starts at the queue the weights pick: a queue with a backlog takes every
@@ -80,6 +83,7 @@ pub(super) async fn fetch_loop(
             let queue_sem = queue_slots.get(queue);
             let want = queue_sem.map_or(free, |s| s.available_permits().min(free));
             if want == 0 {
+                capped.extend(queue_sem.cloned());
                 continue;
             }
             // Not raced against shutdown: a fetch dropped half-way may still lease jobs in
@@ -177,6 +181,9 @@ pub(super) async fn fetch_loop(
             });
             tokio::select! {
                 () = shutdown.cancelled() => break,
+                // The broker's wait does not wake on that (Redis' blocks on the open queues'
+                // wake-ups): a queue limited to 1 ran about one job a second.
+                () = slot_freed(&capped) => {}
                 r = broker.wait_for_work(&open, idle_wait.min(BEAT)) => {
                     if let Err(e) = r {
                         warn!(error = %e, "waiting for work failed");
@@ -203,6 +210,20 @@ async fn fault_block(path: &std::path::Path, shutdown: &CancellationToken) {
         }
     }
     info!("fault hook: the fetch loop runs again");
+}
+
+/// Returns once one of `limits` has a permit free (a job of a queue at its own limit ended);
+/// never when there are none.
+async fn slot_freed(limits: &[Arc<Semaphore>]) {
+    if limits.is_empty() {
+        return std::future::pending().await;
+    }
+    let acquires = limits.iter().map(|s| Box::pin(s.acquire()));
+    match futures::future::select_all(acquires).await {
+        (Ok(permit), _, _) => drop(permit),
+        // A limit is never closed; if one were, waiting on it would spin.
+        (Err(_), _, _) => std::future::pending().await,
+    }
 }
 
 /// How often a pool whose queues are all at their own limit looks again.

@@ -164,8 +164,23 @@ pub async fn chain_retry_of_later_step_waits_for_predecessor(
     bury(&b, &third, "boom").await;
     let again = b.retry(&ids[2]).await.expect("retry the third step");
     assert_eq!(again.state, JobState::Queued);
+    // Answered as stored, the predecessor's result as `input` (SQLite answered the payload
+    // as read before the retry wrote it back).
+    assert_eq!(again.payload["input"], json!({"ok": true}), "{again:?}");
+    assert_eq!(again.payload, get(&b, &ids[2]).await.payload);
     let third = fetch_expect(&b, "chain", &ids[2]).await;
     assert_eq!(third.payload["input"], json!({"ok": true}));
+
+    // A step cancelled while waiting never got its input; retried after its predecessor
+    // succeeded, it is queued with that result, and answered so.
+    let ids = enqueue_chain(&b, "chain2", 2).await;
+    b.cancel(&ids[1]).await.expect("cancel the waiting step");
+    let first = fetch_expect(&b, "chain2", &ids[0]).await;
+    succeed_with(&b, &first, json!({"slept_ms": 10})).await;
+    let again = b.retry(&ids[1]).await.expect("retry the cancelled step");
+    assert_eq!(again.state, JobState::Queued);
+    assert_eq!(again.payload["input"], json!({"slept_ms": 10}), "{again:?}");
+    assert_eq!(again.payload, get(&b, &ids[1]).await.payload);
 }
 
 /// Steps waiting are counted under `waiting`; a step's payload keeps its big numbers and empty

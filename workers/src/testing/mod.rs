@@ -231,6 +231,7 @@ macro_rules! conformance_suite {
             pool_buries_a_result_nested_too_deep_to_read_back,
             pool_buries_a_checkpoint_nested_too_deep_to_read_back,
             pool_runs_a_failing_job_max_retries_plus_one_times,
+            pool_starts_a_capped_queues_next_job_when_its_slot_frees,
             pool_stops_a_handler_whose_lease_ran_out_unrenewed,
             pool_snoozes_an_unserved_kind_then_buries_it,
             // pausing.rs

@@ -27,7 +27,7 @@ use crate::error::BrokerResult;
 use crate::event::EventType;
 use crate::handler::{Handler, JobContext, JobError, JobResult, Registry};
 use crate::job::{Job, JobId, JobState};
-use crate::pool::{Pool, PoolConfig};
+use crate::pool::{Pool, PoolConfig, QueueSpec};
 use crate::retry::RetryPolicy;
 
 /// How long any one condition may take to come true on a loaded machine.
@@ -49,6 +49,8 @@ enum Act {
     /// Saves a checkpoint nested deeper than a broker reads back (stopping at a refusal),
     /// then succeeds.
     DeepCheckpoint,
+    /// Succeeds at once.
+    Quick,
 }
 
 /// What test handlers saw: runs started, and runs that ended because they were told to stop.
@@ -99,7 +101,7 @@ impl Handler for TestHandler {
                 cx.cancelled().await;
                 Err(JobError::retryable("stopped"))
             }
-            Act::HoldFirst => Ok(json!({"run": run})),
+            Act::HoldFirst | Act::Quick => Ok(json!({"run": run})),
             Act::DeepResult => Ok((0..200).fold(json!(1), |v, _| json!([v]))),
             Act::DeepCheckpoint => {
                 cx.save_checkpoint((0..200).fold(json!(1), |v, _| json!([v])))
@@ -374,6 +376,50 @@ pub async fn pool_runs_a_failing_job_max_retries_plus_one_times(
             .count();
         assert_eq!(started, runs as usize);
     }
+}
+
+/// A queue at its own concurrency limit starts its next job as soon as one of its jobs ends,
+/// while the pool's other queues keep it from idling as a whole. The wait for work did not
+/// wake when such a slot freed (on Redis it blocks on the other queues' wake-ups, up to a
+/// second), and a queue limited to 1 ran about one job a second. Six trivial jobs one after
+/// the other take milliseconds; the bound is loose for a loaded machine.
+pub async fn pool_starts_a_capped_queues_next_job_when_its_slot_frees(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    let probe = Arc::new(Probe::default());
+    let mut config = config();
+    config.idle_wait = Duration::from_secs(10);
+    config.queues = vec![
+        QueueSpec {
+            concurrency: Some(1),
+            ..QueueSpec::new("capped")
+        },
+        QueueSpec::new("other"),
+    ];
+    let mut ids = Vec::new();
+    for _ in 0..6 {
+        ids.push(enqueue(&b, job("test.quick").queue("capped")).await);
+    }
+    let began = std::time::Instant::now();
+    let pool = start(
+        b.clone(),
+        registry(&probe, &[("test.quick", Act::Quick)]),
+        config,
+        &clock,
+    );
+    for id in &ids {
+        job_until(&b, id, "the capped queue's job to succeed", |j| {
+            j.state == JobState::Succeeded
+        })
+        .await;
+    }
+    let took = began.elapsed();
+    pool.stop().await;
+    assert!(
+        took < Duration::from_secs(3),
+        "six jobs of a queue limited to 1 took {took:?}"
+    );
 }
 
 /// A pool cut off from the broker cannot extend its leases. Once a lease's deadline passes

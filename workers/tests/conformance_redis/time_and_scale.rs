@@ -440,4 +440,14 @@ async fn a_trimmed_cursor_is_told_while_another_queue_holds_older_events() {
         b.trimmed_after("garbage").await,
         Err(BrokerError::Invalid(_))
     ));
+    // A cursor into a queue with no stream (dropped, or the data wiped) is left to the
+    // caller's rule, which makes it a gap: the broker cannot say what it missed.
+    let last = qa.last().expect("qa");
+    let (sid, _) = last.split_once('@').expect("an event id");
+    assert_eq!(
+        b.trimmed_after(&format!("{sid}@nowhere"))
+            .await
+            .expect("trimmed"),
+        None
+    );
 }

@@ -431,9 +431,11 @@ pub(super) async fn events(
 /// the trait's doc): a stream that lost entries (it had more than it holds) and whose first
 /// held entry comes after the cursor's may have lost some after it, and is taken as having
 /// done so (it did, unless exactly its held entries came after the cursor); a stream emptied
-/// by trimming lost some after the cursor when its last entry came after it.
+/// by trimming lost some after the cursor when its last entry came after it. `None` (the
+/// caller's rule) when the cursor's own queue has no stream, or one never trimmed that starts
+/// after the cursor: the cursor is from data gone otherwise (a wipe, a replaced data set).
 pub(super) async fn trimmed_after(broker: &RedisBroker, after: &str) -> BrokerResult<Option<bool>> {
-    let (pos, _) = parse_event_id(after).ok_or_else(|| {
+    let (pos, cursor_queue) = parse_event_id(after).ok_or_else(|| {
         BrokerError::Invalid(FieldError::new(
             "since",
             "not an event id this broker issued",
@@ -448,20 +450,31 @@ pub(super) async fn trimmed_after(broker: &RedisBroker, after: &str) -> BrokerRe
         pipe.add_command(broker.eval(&SCRIPTS.trimmed, q));
     }
     let replies: Vec<Vec<String>> = broker.query_pipe(&pipe).await?;
-    for reply in replies {
+    for (q, reply) in names.iter().zip(replies) {
         let [added, length, first, last] = reply.as_slice() else {
+            // No stream: a cursor into it is from before its queue's events were dropped
+            // (the queue dropped, or the data wiped): left to the caller.
+            if q == cursor_queue {
+                return Ok(None);
+            }
             continue;
         };
         let (Ok(added), Ok(length)) = (added.parse::<u64>(), length.parse::<u64>()) else {
-            continue;
+            return Ok(None);
         };
-        if added <= length {
-            continue;
-        }
         let held_from = if length == 0 { last } else { first };
-        if StreamId::parse(held_from).is_some_and(|id| id > pos.sid) {
+        let after_cursor = StreamId::parse(held_from).is_some_and(|id| id > pos.sid);
+        if added > length && after_cursor {
             return Ok(Some(true));
         }
+        // Never trimmed, yet it starts after the cursor into it: the cursor is from data that
+        // is gone otherwise (a wipe, a replaced data set): left to the caller.
+        if q == cursor_queue && added == length && after_cursor {
+            return Ok(None);
+        }
+    }
+    if !names.iter().any(|q| q == cursor_queue) {
+        return Ok(None);
     }
     Ok(Some(false))
 }

@@ -82,9 +82,13 @@ pub(super) async fn retry(broker: &SqliteBroker, id: &JobId) -> BrokerResult<Job
                 &note(RETRIED),
             )?;
             if let Some(link) = job.chain.clone()
-                && let Some(state) = chain::retried(conn, &job.id, &link)?
+                && chain::retried(conn, &job.id, &link)?.is_some()
             {
-                job.state = state;
+                // The step as its retry left it: its state, and its predecessor's result
+                // as `input` when it is queued (the row read above had neither).
+                job = conn
+                    .prepare_cached(sql::GET)?
+                    .query_row([job.id.as_str()], job_from_row)?;
             }
             Ok(job)
         })
