@@ -181,6 +181,16 @@ async fn bad_publishes_name_the_field_and_store_nothing(api: &Api) {
     assert_eq!(stored().await, before);
 }
 
+/// What `/metrics` shows now.
+async fn metrics_text(api: &Api) -> String {
+    reqwest::get(format!("{}/metrics", api_base(api)))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Every job of a queue, whatever its state, from its counts.
 fn total(counts: &serde_json::Value) -> u64 {
     counts.as_object().map_or(0, |c| {
@@ -194,12 +204,7 @@ async fn publish_on_sqlite() {
     let (_d, api) = s.serve(&[]);
     publish_fans_out_runs_and_replays(&s, &api).await;
     bad_publishes_name_the_field_and_store_nothing(&api).await;
-    let text = reqwest::get(format!("{}/metrics", api_base(&api)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&api).await;
     assert!(
         text.lines().any(|l| l.starts_with("hopper_publish_total")
             && l.contains(r#"topic="(unmatched)""#)
@@ -313,12 +318,7 @@ async fn a_runaway_subscription_template_is_a_400_not_a_hung_request() {
         "nothing stored"
     );
     // Nor counted as published (`hopper_publish_total` counted refused publishes).
-    let text = reqwest::get(format!("{}/metrics", api_base(&api)))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&api).await;
     assert!(
         !text
             .lines()

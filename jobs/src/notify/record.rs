@@ -153,21 +153,28 @@ impl Record {
             .insert(endpoint.to_owned(), outcome);
     }
 
-    /// Sums up `channel`'s endpoints into its own outcome: the first retryable failure, else
-    /// the first permanent one, else delivered (when at least one was) or skipped.
+    /// Sums up `channel`'s endpoints into its own outcome: its retryable failures, else its
+    /// permanent ones (each endpoint named with its error, `; ` between them: naming the
+    /// first alone, one held back by its open circuit hid another whose delivery failed),
+    /// else delivered (when at least one was) or skipped.
     pub fn settle_endpoints(&mut self, channel: &str) {
         let Some(c) = self.channels.get_mut(channel) else {
             return;
         };
         let failed = |retryable_wanted: bool| {
-            c.endpoints.iter().find_map(|(e, o)| match o {
-                Outcome::Failed { error, retryable } if *retryable == retryable_wanted => {
-                    Some(Outcome::Failed {
-                        error: format!("{e}: {error}"),
-                        retryable: *retryable,
-                    })
-                }
-                _ => None,
+            let errors: Vec<String> = c
+                .endpoints
+                .iter()
+                .filter_map(|(e, o)| match o {
+                    Outcome::Failed { error, retryable } if *retryable == retryable_wanted => {
+                        Some(format!("{e}: {error}"))
+                    }
+                    _ => None,
+                })
+                .collect();
+            (!errors.is_empty()).then(|| Outcome::Failed {
+                error: errors.join("; "),
+                retryable: retryable_wanted,
             })
         };
         let outcome = failed(true).or_else(|| failed(false)).unwrap_or_else(|| {
@@ -230,6 +237,21 @@ mod tests {
         assert!(!back.endpoint_done("webhook", "http://b/"));
         assert_eq!(back.failures().0, vec!["webhook: http://b/: HTTP 500"]);
         assert_eq!(Record::from_checkpoint(Some(json!(3))), Record::default());
+
+        // Every failing endpoint is named, not the first in order: one held back by its
+        // open circuit named alone hid the one whose delivery failed.
+        let mut two = Record::default();
+        two.set_endpoint(
+            "webhook",
+            "http://a/…#1",
+            Outcome::retryable("circuit open: waiting"),
+        );
+        two.set_endpoint("webhook", "http://b/…#2", Outcome::retryable("timed out"));
+        two.settle_endpoints("webhook");
+        assert_eq!(
+            two.failures().0,
+            vec!["webhook: http://a/…#1: circuit open: waiting; http://b/…#2: timed out"]
+        );
 
         let mut again = back;
         again.set_channel("email", Outcome::permanent("550"));
