@@ -312,7 +312,9 @@ pub struct JobWithHistoryDoc {
 #[schema(as = JobPage)]
 pub struct JobPageDoc {
     pub jobs: Vec<JobDoc>,
-    /// Pass back as `cursor` for the next page; `null` on the last page.
+    /// Pass back as `cursor` for the next page; `null` on the last page. A page may hold fewer
+    /// jobs than asked, even none, while this is set: on Redis a filter that matches few of
+    /// many jobs is scanned a bounded amount per page. Follow it until it is `null`.
     pub next_cursor: Option<String>,
 }
 

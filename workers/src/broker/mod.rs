@@ -192,7 +192,9 @@ impl JobFilter {
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct JobPage {
     pub jobs: Vec<Job>,
-    /// Pass back to get the next page; `None` on the last page.
+    /// Pass back to get the next page; `None` on the last page. A page may hold fewer jobs
+    /// than asked, even none, while this is set: the Redis broker scans a bounded number of
+    /// ids a page, so a filter matching few of many jobs is answered over several pages.
     pub next_cursor: Option<String>,
 }
 
