@@ -48,11 +48,12 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
     // What messages name: the address without its credentials, if it has any.
     let shown = hopper_workers::broker::shown_url(server);
     let base = shown.as_str();
-    check_server(server, args.token.as_deref())?;
+    check_server(server, base)?;
+    let authorization = bearer(args.token.as_deref())?;
     let endpoint = ws_base(server)?;
     let mut cursor = args.since.clone();
     if let Some(job) = &args.job {
-        let found = lookup(&printer, server, job, args.token.as_deref()).await?;
+        let found = lookup(&printer, server, base, job, args.token.as_deref()).await?;
         let state = JobState::parse(&found.state);
         let final_now = state.is_some_and(JobState::is_final);
         if args.since.is_none() || final_now {
@@ -80,10 +81,8 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
             .as_str()
             .into_client_request()
             .map_err(|e| CliError::Usage(format!("--server {base}: {e}")))?;
-        if let Some(token) = &args.token {
-            let value = HeaderValue::from_str(&format!("Bearer {token}"))
-                .map_err(|_| CliError::Usage("--token: not a valid header value".into()))?;
-            request.headers_mut().insert("authorization", value);
+        if let Some(value) = &authorization {
+            request.headers_mut().insert("authorization", value.clone());
         }
         let ws = match tokio_tungstenite::connect_async(request).await {
             Ok((ws, _)) => ws,
@@ -208,28 +207,38 @@ struct Found {
 }
 
 /// Refuses, naming the flag, a `--server` that is not a URL (a space in the host, a port past
-/// 65535, an unclosed `[`) or a `--token` no header can carry (a CR read from a file with
-/// CRLF endings): both would fail every attempt, and the retries for a server that is down
-/// would have gone on forever.
-fn check_server(server: &str, token: Option<&str>) -> Result<(), CliError> {
-    let shown = hopper_workers::broker::shown_url(server);
+/// 65535, an unclosed `[`): it would fail every attempt, and the retries for a server that is
+/// down would have gone on forever. `shown` is the address as messages name it.
+fn check_server(server: &str, shown: &str) -> Result<(), CliError> {
     let http = http_base(server).map_err(|e| CliError::Usage(format!("{e:#}")))?;
     reqwest::Url::parse(&http).map_err(|e| CliError::Usage(format!("--server {shown}: {e}")))?;
-    if let Some(token) = token {
-        HeaderValue::from_str(&format!("Bearer {token}")).map_err(|_| {
-            CliError::Usage(
-                "--token: not a valid header value (a stray CR or newline from a file?)".into(),
-            )
-        })?;
-    }
     Ok(())
 }
 
-/// Asks `server` for `job`, waiting for a server that cannot be reached (or answers 5xx) as
-/// the stream does; a 404 is exit 3, any other refusal (401: the token) exit 2.
-async fn lookup(printer: &Printer, server: &str, job: &str, token: Option<&str>) -> Result<Found> {
-    let shown = hopper_workers::broker::shown_url(server);
-    let base = shown.as_str();
+/// The `Authorization` header of `--token`, refused (naming the flag) when no header can carry
+/// it (a CR read from a file with CRLF endings), for the same reason as [`check_server`].
+fn bearer(token: Option<&str>) -> Result<Option<HeaderValue>, CliError> {
+    token
+        .map(|t| {
+            HeaderValue::from_str(&format!("Bearer {t}")).map_err(|_| {
+                CliError::Usage(
+                    "--token: not a valid header value (a stray CR or newline from a file?)".into(),
+                )
+            })
+        })
+        .transpose()
+}
+
+/// Asks `server` (named `base` in messages) for `job`, waiting for a server that cannot be
+/// reached (or answers 5xx) as the stream does; a 404 is exit 3, any other refusal (401: the
+/// token) exit 2.
+async fn lookup(
+    printer: &Printer,
+    server: &str,
+    base: &str,
+    job: &str,
+    token: Option<&str>,
+) -> Result<Found> {
     let url = format!("{}/v1/jobs/{}", http_base(server)?, encode(job));
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
@@ -410,15 +419,17 @@ mod tests {
             "http://u:pw-SECRET@127.0.0.1:99999",
             "h:8080",
         ] {
-            let err = check_server(server, None).expect_err(server).to_string();
+            let shown = hopper_workers::broker::shown_url(server);
+            let err = check_server(server, &shown).expect_err(server).to_string();
             assert!(err.contains("--server"), "{server}: {err}");
             assert!(!err.contains("SECRET"), "{server}: {err}");
         }
-        let err = check_server("http://127.0.0.1:8080", Some("tok\r"))
+        let err = bearer(Some("tok\r"))
             .expect_err("a CR in the token")
             .to_string();
         assert!(err.contains("--token"), "{err}");
-        assert!(check_server("https://h.example/hopper", Some("t")).is_ok());
+        assert!(check_server("https://h.example/hopper", "https://h.example/hopper").is_ok());
+        assert!(bearer(Some("t")).is_ok());
     }
 
     /// A Hopper API's 404 for a route it lacks (`--server …/v1`) is a mistake in `--server`,

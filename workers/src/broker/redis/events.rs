@@ -56,22 +56,29 @@ impl StreamId {
             seq: crate::broker::canonical_number(seq)?,
         })
     }
+
+    /// The largest stream id there is.
+    const MAX: Self = Self {
+        ms: u64::MAX,
+        seq: u64::MAX,
+    };
+
+    /// XRANGE's start for the entries strictly after this id: `(id`, but for the largest id
+    /// there is, which Redis refuses there ("invalid start ID for the interval"): nothing can
+    /// follow it, and the id itself reads nothing (Redis never makes it: an `XADD *` after it
+    /// would have no id left), so it is the start instead. A client's cursor may name it.
+    fn start_after(self) -> String {
+        if self == Self::MAX {
+            self.to_string()
+        } else {
+            format!("({self}")
+        }
+    }
 }
 
-/// XRANGE's start for the entries strictly after the stream id `id` (`ms-seq`): `(id`, but
-/// for the largest id there is, which Redis refuses there ("invalid start ID for the
-/// interval"): nothing can follow it, and the id itself reads nothing (Redis never makes it:
-/// an `XADD *` after it would have no id left), so it is the start instead. A client's cursor
-/// may name it.
+/// [`StreamId::start_after`] for the id `id` (`ms-seq`, checked by the caller).
 pub(super) fn xrange_after(id: &str) -> String {
-    match id.split_once('-') {
-        Some((ms, seq))
-            if ms.parse::<u64>() == Ok(u64::MAX) && seq.parse::<u64>() == Ok(u64::MAX) =>
-        {
-            id.to_owned()
-        }
-        _ => format!("({id}"),
-    }
+    StreamId::parse(id).map_or_else(|| format!("({id}"), StreamId::start_after)
 }
 
 impl std::fmt::Display for StreamId {
@@ -300,7 +307,7 @@ async fn history_range(
         let Some((tail, _)) = chunk.last() else {
             break;
         };
-        start = xrange_after(&tail.sid.to_string());
+        start = tail.sid.start_after();
         out.extend(
             chunk
                 .into_iter()
@@ -357,7 +364,7 @@ pub(super) async fn events(
                 // The cursor's own entry may hold events not yet seen; it may also hold
                 // none, so read one entry more.
                 Some((pos, cq)) if q.as_str() == *cq => (pos.sid.to_string(), limit + 1),
-                Some((pos, _)) => (xrange_after(&pos.sid.to_string()), limit),
+                Some((pos, _)) => (pos.sid.start_after(), limit),
             };
             pipe.cmd("XRANGE")
                 .arg(broker.events_key(q))
