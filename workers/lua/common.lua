@@ -1,4 +1,4 @@
--- common.lua: helpers prepended to every Hopper script (see `workers/src/broker/redis.rs`).
+-- common.lua: helpers shared by every Hopper script (see workers/src/broker/redis/scripts.rs).
 -- Not a script on its own: it only defines locals the scripts use.
 --
 -- KEYS[1] of every script is the queue's key prefix "{<prefix>:<queue>}:". Every key a script
@@ -69,13 +69,41 @@
 --   seq        counter, enqueue order
 --   stat:ok:<second>, stat:fail:<second>   per-second counters, expire after 120 s
 
-local K = KEYS[1]
+-- This file runs in one of two ways (workers/src/broker/redis/scripts.rs): in front of each
+-- script, run by EVALSHA, or once, as the head of a Redis Function library loaded with
+-- FUNCTION LOAD, whose functions (one per script) then share the helpers below. The second
+-- saves every call the building of these ~50 helpers, ~60k Redis instructions, a third of
+-- what an idle fetch costs (callgrind, docs/research/redis-layout-v2/README.md). So nothing
+-- here may depend on a call at load time: the call's key and arguments, the globals (Redis
+-- 7.0 offers no `string` or `redis.call` while a library loads) and each call's scratch
+-- tables are bound by `begin` as the call starts, and every script starts with it.
 
--- The globals the scripts use, as locals: in Lua 5.1 every use of a global is a look-up in
--- the globals table, a local is a register (and an upvalue in the helpers below). The hot
--- scripts read ARGV and call redis.call, string.* and tonumber a few dozen times per job.
-local ARGV, redis, string, tonumber, tostring, unpack = ARGV, redis, string, tonumber, tostring, unpack
-local ipairs, pairs, math = ipairs, pairs, math
+-- The globals, read when called (their names are shadowed by the locals below); and a
+-- script's KEYS and ARGV (a function's are its arguments).
+local function globals()
+  return redis, string, tonumber, tostring, unpack, ipairs, pairs, math
+end
+local function call_args()
+  return KEYS, ARGV
+end
+
+-- The call's queue prefix and arguments, and the globals the scripts use as locals: in Lua
+-- 5.1 every use of a global is a look-up in the globals table, a local is a register (and an
+-- upvalue in the helpers below). The hot scripts read ARGV and call redis.call, string.* and
+-- tonumber a few dozen times per job.
+local K, ARGV
+local redis, string, tonumber, tostring, unpack, ipairs, pairs, math
+-- Per call scratch (see their helpers): memos, the state counts and the events to write.
+local itoa_memo, succ_memo, counts, evbuf
+
+-- Binds the above for a call on `keys` with `argv`. Fresh tables each call: a function
+-- library keeps its upvalues from call to call, and a call that failed half-way must not
+-- leave its counts or events to the next.
+local function begin(keys, argv)
+  K, ARGV = keys[1], argv
+  redis, string, tonumber, tostring, unpack, ipairs, pairs, math = globals()
+  itoa_memo, succ_memo, counts, evbuf = {}, {}, {}, {}
+end
 
 -- Time. Every lease, due time and rescue decision is made on one clock, Redis' own (`TIME`),
 -- so that nodes whose clocks disagree still agree on whether a lease is live: a node 20 s
@@ -101,7 +129,6 @@ end
 -- number argument with snprintf('%.17g') (and tostring or `..` would use '%.14g'), glibc's
 -- float printing, ~1.5k instructions each; fetch.lua passed ~15 a call, 23k of the ~270k a
 -- call costs whatever its size (callgrind, docs/research/redis-layout-v2/README.md).
-local itoa_memo = {}
 local function itoa(n)
   local s = itoa_memo[n]
   if not s then
@@ -295,7 +322,6 @@ end
 
 -- The decimal text of a counter's text plus one ('' counts as 0), memoized per call: the
 -- attempt and lease token a fetch writes, without a tonumber (strtod) for every job.
-local succ_memo = {}
 local function succ(t)
   local s = succ_memo[t]
   if not s then
@@ -415,7 +441,6 @@ end
 
 
 -- State counts, summed per script and written with one HINCRBY per state at the end.
-local counts = {}
 local function move(from, to, n)
   n = n or 1
   if from then
@@ -466,7 +491,6 @@ end
 
 -- The events of a batch, written as one entry by flush_events. Lua's unpack takes at most
 -- about 8,000 values: callers bound their batches (500 jobs of at most 4 values each).
-local evbuf = {}
 local function add_event(typ, id, kind, attempt, xk, xv)
   local n = #evbuf
   evbuf[n + 1] = 'v'

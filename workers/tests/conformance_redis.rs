@@ -87,6 +87,13 @@ mod time_and_scale;
 #[path = "conformance_redis/layout.rs"]
 mod layout;
 
+// How the Lua code reaches Redis: a function library, or scripts.
+#[path = "conformance_redis/code.rs"]
+mod code;
+
+#[path = "support/private_redis.rs"]
+mod private_redis;
+
 hopper_workers::conformance_suite!(|clock: Arc<dyn Clock>| async move {
     let prefix = unique_prefix();
     // The suite moves a manual clock: the broker decides by it instead of by Redis' TIME.
@@ -640,7 +647,7 @@ async fn drain_throughput() {
                 (calls - c0) as f64 / N as f64,
                 (us - u0) as f64 / (calls - c0) as f64
             );
-            if name == "evalsha" {
+            if name == "evalsha" || name == "fcall" {
                 busy_us += us - u0;
             } else {
                 commands += calls - c0;

@@ -297,7 +297,7 @@ async fn an_event_waiter_wakes_for_a_queue_on_another_shard() {
 }
 
 #[tokio::test]
-async fn scripts_lost_by_every_node_are_loaded_again() {
+async fn code_lost_by_every_node_is_loaded_again() {
     let prefix = unique_prefix();
     let _cleanup = Cleanup {
         prefix: prefix.clone(),
@@ -309,14 +309,17 @@ async fn scripts_lost_by_every_node_are_loaded_again() {
         q.extend(queues_on_other_shards(&prefix, 1));
         q
     };
-    // As after a failover to replicas that never loaded them.
+    // As after a failover to replicas that never loaded them: the function library (how the
+    // broker calls its code) and the scripts (where Redis refuses functions) both gone.
     for node in primaries() {
-        let _: () = redis::cmd("SCRIPT")
-            .arg("FLUSH")
-            .query(&mut node_conn(&node))
-            .expect("flush");
+        for what in ["SCRIPT", "FUNCTION"] {
+            let _: () = redis::cmd(what)
+                .arg("FLUSH")
+                .query(&mut node_conn(&node))
+                .expect("flush");
+        }
     }
-    // A pipeline over two slots meets NOSCRIPT on both nodes; each job is stored once.
+    // A pipeline over two slots finds the code missing on both nodes; each job is stored once.
     let stored = b
         .enqueue(queues.iter().map(|q| job("k").queue(q)).collect())
         .await

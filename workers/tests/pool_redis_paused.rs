@@ -7,7 +7,6 @@
 
 #![cfg(feature = "redis")]
 
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -24,73 +23,9 @@ use tokio_util::sync::CancellationToken;
 /// How long any one condition may take to come true on a loaded machine.
 const PATIENCE: Duration = Duration::from_secs(60);
 
-/// A `redis-server` of this test's own, killed when dropped.
-struct Server {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server (is it installed?): {e}"));
-        let server = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let deadline = std::time::Instant::now() + PATIENCE;
-        loop {
-            let pong = redis::Client::open(server.url())
-                .and_then(|c| c.get_connection())
-                .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
-            if pong.is_ok() {
-                return server;
-            }
-            assert!(
-                std::time::Instant::now() < deadline,
-                "redis-server on port {port} never answered: {pong:?}"
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
-    }
-
-    /// Sends `signal` (`STOP`, `CONT`) to the server.
-    fn signal(&self, signal: &str) {
-        let status = Command::new("kill")
-            .arg(format!("-{signal}"))
-            .arg(self.child.id().to_string())
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{signal} failed");
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // SIGKILL ends a stopped process too.
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+#[path = "support/private_redis.rs"]
+mod private_redis;
+use private_redis::Server;
 
 /// What the handlers saw: which pool ran each attempt, and how many runs were stopped.
 #[derive(Debug, Default)]

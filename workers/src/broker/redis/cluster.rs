@@ -3,8 +3,8 @@
 //! slots, and blocking commands, which need a connection of their own to the node of a slot.
 //!
 //! The broker's keys are Cluster-ready already (see `keys.rs`: one hash tag per queue, and
-//! every script touches only `KEYS[1] .. suffix`, so its slot is the one `EVALSHA` is routed
-//! by); this file only carries commands to the right node. It owns:
+//! every script touches only `KEYS[1] .. suffix`, so its slot is the one `FCALL` or `EVALSHA`
+//! is routed by); this file only carries commands to the right node. It owns:
 //!
 //! - parsing `redis-cluster://[user:password@]host:port[,host:port...]` (`rediss-cluster://`
 //!   for TLS) into the seed nodes;
@@ -14,8 +14,8 @@
 //!   global indexes (keys without a hash tag) before or after a queue's script on purpose
 //!   (`keys.rs`, `lifecycle.rs`): the commands are cut into *stages* wherever they switch
 //!   between global and per-queue keys, and the stages run one after the other, the groups of
-//!   one stage at once. A group that meets `NOSCRIPT` (a failover, a resharding onto a node
-//!   that never loaded the scripts) reloads them and runs again alone, so a script that did
+//!   one stage at once. A group that meets `NOSCRIPT` or a missing function (a failover, a resharding onto a
+//!   node that never loaded the code) loads it again and runs again alone, so a script that did
 //!   run elsewhere is not run twice;
 //! - [`Nodes`]: which node serves a slot (`CLUSTER SLOTS`, read again after a `MOVED`), for
 //!   the dedicated connections of `BLPOP` and `XREAD BLOCK` (`conn.rs`), which block one slot
@@ -248,7 +248,7 @@ fn crc16_xmodem(data: &[u8]) -> u16 {
     crc
 }
 
-/// The key a command is routed by: the first key of `EVALSHA`, the first argument of the
+/// The key a command is routed by: the first key of `EVALSHA` or `FCALL`, the first argument of the
 /// others the broker pipelines; none for `TIME` and other keyless commands.
 fn routing_key(cmd: &Cmd) -> Option<Vec<u8>> {
     let mut args = cmd.args_iter().map(|a| match a {
@@ -257,7 +257,7 @@ fn routing_key(cmd: &Cmd) -> Option<Vec<u8>> {
     });
     let name = args.next().flatten()?;
     let at = match name.to_ascii_uppercase().as_slice() {
-        b"EVALSHA" | b"EVAL" => 2,
+        b"EVALSHA" | b"EVAL" | b"FCALL" => 2,
         b"TIME" | b"PING" => return None,
         _ => 0,
     };
@@ -330,8 +330,8 @@ fn slot_of(key: &[u8]) -> u16 {
     key_slot_number(&String::from_utf8_lossy(key))
 }
 
-/// One slot's commands as one pipeline; reloads the scripts and runs them again once if the
-/// node had lost them (the scripts did not run there, and the other commands are idempotent
+/// One slot's commands as one pipeline; loads the code again and runs them again once if the
+/// node had lost it (the scripts did not run there, and the other commands are idempotent
 /// index writes and reads).
 async fn send_group(
     conn: &ClusterConnection,
@@ -352,13 +352,31 @@ async fn send_group(
     if !lost {
         return Ok(values);
     }
-    load_scripts(conn).await?;
+    // The group's calls say which way the broker calls its code.
+    let functions = idx.iter().any(|&i| {
+        cmds[i]
+            .args_iter()
+            .next()
+            .is_some_and(|a| matches!(a, redis::Arg::Simple(b) if b.eq_ignore_ascii_case(b"FCALL")))
+    });
+    load_scripts(conn, functions).await?;
     pipe.query_async(&mut c).await
 }
 
-/// `SCRIPT LOAD`s every script on every node (the cluster client sends that command to all
-/// of them), each script its own command: a pipeline would reach one node only.
-pub(super) async fn load_scripts(conn: &ClusterConnection) -> RedisResult<()> {
+/// Loads the function library (`functions`) or every script on every primary: the cluster
+/// client sends `FUNCTION LOAD` and `SCRIPT LOAD` to all of them, each as a command of its
+/// own (a pipeline would reach one node only).
+pub(super) async fn load_scripts(conn: &ClusterConnection, functions: bool) -> RedisResult<()> {
+    if functions {
+        let mut c = conn.clone();
+        return redis::cmd("FUNCTION")
+            .arg("LOAD")
+            .arg("REPLACE")
+            .arg(&super::scripts::LIBRARY.code)
+            .query_async::<Value>(&mut c)
+            .await
+            .map(drop);
+    }
     let loads = super::scripts::SCRIPTS.all().into_iter().map(|s| {
         let mut c = conn.clone();
         async move {

@@ -97,6 +97,7 @@ mod read;
 mod scripts;
 
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 
 use crate::broker::Broker;
 use crate::clock::Clock;
@@ -136,6 +137,9 @@ pub struct RedisBroker {
     /// What the last fetches answered about their queues' earliest due jobs, for the wait
     /// that follows them.
     due_hints: DueHints,
+    /// Whether the Lua code is called as Redis Functions (`FCALL`) or, where Redis refuses
+    /// them, as scripts (`EVALSHA`): see `scripts.rs`.
+    use_functions: AtomicBool,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -168,6 +172,7 @@ impl RedisBroker {
             blocking: IdleBlocking::default(),
             health: Health::default(),
             due_hints: DueHints::default(),
+            use_functions: AtomicBool::new(true),
         };
         broker.load_scripts().await?;
         broker.migrate_layout().await?;
