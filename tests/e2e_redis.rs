@@ -18,7 +18,7 @@ use futures::StreamExt;
 use serde_json::{Value, json};
 
 use crate::util::redis::{
-    CLUSTER_URL, ClusterKeys, RedisKeys, RedisServer, SHARED_URL, unique_prefix,
+    CLUSTER_URL, ClusterKeys, RedisKeys, RedisServer, SHARED_URL, redis_cli, unique_prefix,
 };
 use crate::util::{Api, Daemon, Scratch, count, events, ms, noop, now_ms, sleep, wait};
 
@@ -513,4 +513,58 @@ async fn tls_broker_runs_jobs() {
     let (_d, api) = s.serve(&[]);
     let id = api.enqueue_ok(noop()).await;
     api.wait_state(&id, "succeeded").await;
+}
+
+/// Calls of `command` on the Redis at `port` since its stats were last reset.
+fn command_calls(port: u16, command: &str) -> u64 {
+    let out = redis_cli(port, &["INFO", "commandstats"]);
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix(&format!("cmdstat_{command}:calls="))?
+                .split(',')
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0)
+}
+
+/// An API node follows the event log of every queue. With hundreds of queues (their names
+/// come from clients) and nothing happening, that must not keep Redis busy: it waited 20 ms
+/// at a time and read every queue's stream after each wait (4,000 idle queues cost Redis
+/// ~90,000 `XRANGE`s a second); it waits on the streams, woken by any new entry, for seconds.
+#[tokio::test]
+async fn an_idle_api_node_leaves_a_redis_of_many_queues_alone() {
+    const QUEUES: u64 = 200;
+    let redis = RedisServer::start();
+    let s = Scratch::new();
+    s.write_config_with_broker(&redis.url(), &unique_prefix(), "");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let jobs: Vec<Value> = (0..QUEUES)
+        .map(|i| {
+            let mut job = noop();
+            job["queue"] = json!(format!("q{i}"));
+            job
+        })
+        .collect();
+    let (status, body) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs/batch",
+            Some(&json!({ "jobs": jobs })),
+        )
+        .await;
+    assert_eq!(status, 201, "{body}");
+    // The node has read them all once it serves the last one's event from its hub's position.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    redis_cli(redis.port(), &["CONFIG", "RESETSTAT"]);
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let xrange = command_calls(redis.port(), "xrange");
+    // Every queue's stream read once per wait of the hub and of the bus relay, each waiting
+    // seconds: a few times in 4 s (20 ms waits read them 200 times).
+    assert!(
+        xrange <= 10 * QUEUES,
+        "{xrange} XRANGEs in 4 s of an idle node over {QUEUES} queues"
+    );
 }

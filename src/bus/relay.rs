@@ -66,7 +66,7 @@ pub async fn run_relay(bus: Bus, service: Service, shutdown: CancellationToken) 
         }
         tokio::select! {
             () = shutdown.cancelled() => return,
-            r = service.broker().wait_for_events(cursor.as_deref(), IDLE_WAIT) => {
+            r = service.broker().wait_for_events(cursor.as_deref(), service.broker().events_idle_wait(IDLE_WAIT)) => {
                 if let Err(e) = r {
                     tracing::warn!(error = %e, "job-event relay: waiting for events");
                     if pause(&shutdown, ERROR_BACKOFF).await {

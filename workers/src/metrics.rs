@@ -370,6 +370,9 @@ macro_rules! metered {
             fn name(&self) -> &'static str {
                 self.inner.name()
             }
+            fn events_idle_wait(&self, short: Duration) -> Duration {
+                self.inner.events_idle_wait(short)
+            }
             $(
                 async fn $op(&self $(, $arg: $ty)*) -> BrokerResult<$ret> {
                     let timer = (!metered!(@untimed $($untimed)?)).then_some(&self.timers.$op);

@@ -258,7 +258,8 @@ async fn every_key_of_a_queue_shares_one_slot() {
                 || *k == format!("{}:jobq", f.prefix)
                 || *k == format!("{}:queues", f.prefix)
                 || *k == format!("{}:leased", f.prefix)
-                || *k == format!("{}:layout", f.prefix),
+                || *k == format!("{}:layout", f.prefix)
+                || *k == format!("{}:newq", f.prefix),
             "unexpected key {k}"
         );
     }
@@ -316,6 +317,48 @@ async fn an_idle_waiter_wakes_on_enqueue_without_polling() {
         sent.elapsed() < Duration::from_secs(1),
         "wake-up took {:?}",
         sent.elapsed()
+    );
+}
+
+/// A queue created while a follower of the event log waits wakes it: on Redis a follower
+/// waits seconds at a time (every new entry of a queue it knows wakes it), so a new queue's
+/// first events must wake it too rather than wait for the wait to end.
+#[tokio::test]
+async fn an_event_waiter_wakes_for_a_queue_created_while_it_waits() {
+    let f = fixture().await;
+    let b = f.broker.clone();
+    b.enqueue(vec![job("k").queue("known")])
+        .await
+        .expect("enqueue");
+    // Let the current millisecond settle, then read everything.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let seen = b.events(None, 100).await.expect("events");
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    let last = seen.last().map(|e| e.id.clone());
+    let waiter = {
+        let b = b.clone();
+        tokio::spawn(async move {
+            b.wait_for_events(last.as_deref(), Duration::from_secs(60))
+                .await
+                .expect("wait");
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished(), "the waiter returned with no event");
+    b.enqueue(vec![job("k").queue("brand-new")])
+        .await
+        .expect("enqueue");
+    tokio::time::timeout(Duration::from_secs(30), waiter)
+        .await
+        .expect("the waiter woke up for the new queue")
+        .expect("join");
+    let after = b
+        .events(seen.last().map(|e| e.id.as_str()), 100)
+        .await
+        .expect("events");
+    assert!(
+        after.iter().any(|e| e.queue == "brand-new"),
+        "the new queue's events: {after:?}"
     );
 }
 
@@ -534,8 +577,10 @@ async fn purge_trims_streams_by_entry_and_drop_queue_leaves_no_keys() {
     b.drop_queue("other").await.expect("drop");
     let left = keys_of(&f.prefix);
     assert!(
-        left.iter()
-            .all(|k| k.contains(":stat:") || k.ends_with(":jobq") || k.ends_with(":layout")),
+        left.iter().all(|k| k.contains(":stat:")
+            || k.ends_with(":jobq")
+            || k.ends_with(":layout")
+            || k.ends_with(":newq")),
         "left behind: {left:?}"
     );
 }

@@ -18,8 +18,9 @@
 //! that runs the hub waits for them too.
 //!
 //! Between reads of an idle log the hub waits on the broker ([`Broker::wait_for_events`]): a
-//! Redis broker blocks on the streams, so an event from any node wakes it at once; a SQLite
-//! broker is woken by this process's writes, and other processes' within [`IDLE_POLL`].
+//! Redis broker blocks on the streams, so an event from any node wakes it at once, and the
+//! wait is long ([`Broker::events_idle_wait`]: each read costs Redis a command per queue); a
+//! SQLite broker is woken by this process's writes, and other processes' within [`IDLE_POLL`].
 //!
 //! With many streams connected, the hub pauses after each page it publishes ([`pace`]): every
 //! page wakes every stream, so fewer, fuller pages cost a thousand streams fewer writes.
@@ -213,6 +214,7 @@ impl Hub {
             id: cursor.clone(),
         }));
         tracing::debug!(after = ?cursor, "event hub following the log");
+        let idle = self.broker.events_idle_wait(IDLE_POLL);
         loop {
             let page = tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -222,7 +224,7 @@ impl Hub {
                 Ok(events) if events.is_empty() => {
                     let waited = tokio::select! {
                         () = shutdown.cancelled() => return,
-                        waited = self.broker.wait_for_events(cursor.as_deref(), IDLE_POLL) => waited,
+                        waited = self.broker.wait_for_events(cursor.as_deref(), idle) => waited,
                     };
                     match waited {
                         Ok(()) => continue,

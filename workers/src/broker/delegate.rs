@@ -180,6 +180,10 @@ macro_rules! delegate_broker {
                     $wait_events::wait_for_events(self, after, timeout).await
                 }
 
+                fn events_idle_wait(&self, short: Duration) -> Duration {
+                    $wait_events::events_idle_wait(self, short)
+                }
+
                 async fn purge(
                     &self,
                     states: &[JobState],

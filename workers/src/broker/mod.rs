@@ -421,6 +421,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// not issue is [`BrokerError::Invalid`] naming `since`, as for `events`.
     async fn wait_for_events(&self, after: Option<&str>, timeout: Duration) -> BrokerResult<()>;
 
+    /// How long a follower of [`Broker::events`] that found nothing new waits in
+    /// [`Broker::wait_for_events`], given `short`, its bound on how late an event the broker
+    /// cannot signal may arrive (another process's, on SQLite): `short`, unless the broker's
+    /// waits wake on every new event of every process and queue (Redis), which then waits
+    /// longer at no cost in delay, sparing the log a read per wait.
+    fn events_idle_wait(&self, short: Duration) -> Duration {
+        short
+    }
+
     /// Deletes finished jobs that finished before `before`, of the given states, and trims
     /// the event log to its newest `keep_events` entries. Returns the jobs deleted. A chain
     /// step is kept while the step after it exists (see "Chains and retention" above).

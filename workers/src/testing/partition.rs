@@ -206,6 +206,10 @@ impl Broker for Partitioned {
         self.reach().await?.wait_for_events(after, timeout).await
     }
 
+    fn events_idle_wait(&self, short: Duration) -> Duration {
+        self.inner.events_idle_wait(short)
+    }
+
     async fn purge(
         &self,
         states: &[JobState],

@@ -30,6 +30,10 @@
 //! keeps these orders (global writes before or after the queue's scripts, as written).
 //!
 //! A fourth global key, `<prefix>:layout`, holds the storage layout's version (`layout.rs`).
+//! A fifth, `<prefix>:newq`, is a stream with an entry per queue a process enqueues to for
+//! the first time (its name, written *after* the enqueue script, trimmed to about a thousand
+//! entries): a follower of the event log blocked on the queues' streams wakes for it too, so
+//! that a queue created while it waits is not waited out (`events.rs`).
 //!
 //! The registry of worker nodes lives in a hash tag of its own, `{<prefix>}` (a queue's is
 //! `{<prefix>:<queue>}`, never that): `{<prefix>}:nodes` and `{<prefix>}:seen`, see `nodes.rs`.
@@ -107,6 +111,11 @@ impl RedisBroker {
 
     pub(super) fn queues_key(&self) -> String {
         format!("{}:queues", self.prefix)
+    }
+
+    /// The stream announcing queues new to a process (see the module docs).
+    pub(super) fn new_queues_key(&self) -> String {
+        format!("{}:newq", self.prefix)
     }
 
     /// Every queue that has had a job, sorted.

@@ -69,7 +69,7 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     let mut pipe = Pipe::new();
     pipe.cmd("SADD")
         .arg(broker.queues_key())
-        .arg(names)
+        .arg(&names)
         .ignore();
     for ((queue, chunk), &plain) in calls.iter().zip(&plain) {
         // The id index first: see `keys.rs` for why.
@@ -83,7 +83,13 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
             broker, queue, chunk, &jobs, plain, &now_arg, local_now,
         )?);
     }
+    // After the scripts: a follower of the event log wakes for a queue it did not know.
+    let fresh = broker.unannounced(&names);
+    for q in &fresh {
+        pipe.add_command(broker.announce(q)).ignore();
+    }
     let replies: Vec<Vec<Value>> = broker.query_pipe(&pipe).await?;
+    broker.announced(fresh);
     // Per job: the id enqueue.lua answered, whether it created the job, and when.
     let mut answered: Vec<Option<(JobId, bool, Timestamp)>> = vec![None; jobs.len()];
     let mut stale_index = Vec::new();

@@ -17,7 +17,7 @@
 //! - `keys.rs`: the key layout (one hash tag per queue) and the global keys.
 //! - `layout.rs`: the storage layout's version (`<prefix>:layout`) and the migration a node
 //!   runs on connecting to jobs stored in an older one.
-//! - `scripts.rs`: loading the Lua scripts and calling them.
+//! - `scripts.rs`: loading the Lua code (a Redis Function library, or scripts) and calling it.
 //! - `decode.rs`: replies -> jobs and script answers.
 //! - `lifecycle.rs`: a job's path: enqueue, fetch, wait, heartbeat, progress, checkpoint,
 //!   finish, cancel, retry, rescue.
@@ -25,6 +25,8 @@
 //!   spares the idle wait after that fetch its own round trips.
 //! - `read.rs`: what operators ask (get, list, queues) and order (purge, drop_queue).
 //! - `events.rs`: the event streams, event ids, a job's history and the merged log.
+//! - `announce.rs`: queues new to this process, announced so that an event waiter wakes for
+//!   them.
 //! - `cursors.rs`: named places in the event log its readers keep (`<prefix>:cursor:<name>`).
 //! - `pausing.rs`: pausing and resuming a queue (its `paused` key; fetch.lua honours it).
 //! - `rating.rs`: job rate limits (its `rate` key; fetch.lua advances it).
@@ -79,6 +81,7 @@
 //! - `rediss://` connects with TLS (rustls): the server's certificate is checked against the
 //!   system's roots (or the file `SSL_CERT_FILE` names).
 
+mod announce;
 mod circuits;
 mod cluster;
 mod conn;
@@ -96,8 +99,9 @@ mod rating;
 mod read;
 mod scripts;
 
-use std::sync::Arc;
+use std::collections::HashSet;
 use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex};
 
 use crate::broker::Broker;
 use crate::clock::Clock;
@@ -140,6 +144,9 @@ pub struct RedisBroker {
     /// Whether the Lua code is called as Redis Functions (`FCALL`) or, where Redis refuses
     /// them, as scripts (`EVALSHA`): see `scripts.rs`.
     use_functions: AtomicBool,
+    /// The queues this process announced on `newq` (see `keys.rs`), so that it announces
+    /// each once.
+    announced: Mutex<HashSet<String>>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -173,6 +180,7 @@ impl RedisBroker {
             health: Health::default(),
             due_hints: DueHints::default(),
             use_functions: AtomicBool::new(true),
+            announced: Mutex::default(),
         };
         broker.load_scripts().await?;
         broker.migrate_layout().await?;

@@ -235,6 +235,11 @@ pub(super) async fn wait_for_events(
     Ok(())
 }
 
+/// Waits as short as the caller asks: other processes' writes cannot wake this broker.
+pub(super) fn events_idle_wait(_: &SqliteBroker, short: Duration) -> Duration {
+    short
+}
+
 pub(super) async fn ping(broker: &SqliteBroker) -> BrokerResult<()> {
     broker
         .read(|conn, _| {
