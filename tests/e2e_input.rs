@@ -60,12 +60,26 @@ async fn bad_requests_are_refused_with_the_field_named() {
             400,
             "timeout",
         ),
+        (
+            json!({"kind": "sys.noop", "payload": {}, "max_retries": 4_294_967_296_u64}),
+            400,
+            "max_retries",
+        ),
     ];
     for (body, status, field) in cases {
         let (st, resp) = api.enqueue(body.clone()).await;
         assert_eq!(st, status, "{body} -> {resp}");
         assert_eq!(resp["error"]["field"], field, "{body} -> {resp}");
         assert!(resp["error"]["code"].is_string(), "{resp}");
+        // The message says the rule, not "must be a non-negative integer" for a positive one.
+        if field == "max_retries" {
+            assert!(
+                resp["error"]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("1000")),
+                "{resp}"
+            );
+        }
     }
 
     let big = json!({"kind": "sys.noop", "payload": {"blob": "x".repeat(10_000)}});

@@ -470,13 +470,24 @@ pub mod duration_str {
         s.collect_str(&humantime::format_duration(*d))
     }
 
+    /// The longest duration a config takes: what the API takes for a job's delay or timeout.
+    /// Longer ones (`"1000000000d"`) parsed, and the times made from them were past what a
+    /// timestamp shows (a job's `run_at` as a bare number of milliseconds).
+    pub const MAX: Duration = Duration::from_secs(100 * 365 * 86_400);
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(|e| {
+        let d = humantime::parse_duration(&text).map_err(|e| {
             serde::de::Error::custom(format!(
                 "invalid duration {text:?} ({e}); expected e.g. \"500ms\", \"30s\", \"5m\", \"1h\", \"7d\""
             ))
-        })
+        })?;
+        if d > MAX {
+            return Err(serde::de::Error::custom(format!(
+                "duration {text:?} is longer than 100 years"
+            )));
+        }
+        Ok(d)
     }
 }
 

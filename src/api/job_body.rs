@@ -82,7 +82,11 @@ fn fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError> {
         (None, None) => {}
     }
     if let Some(v) = take(m, "max_retries") {
-        req.max_retries = Some(int(v, "max_retries", "must be a non-negative integer")?);
+        req.max_retries = Some(int(
+            v,
+            "max_retries",
+            "must be a whole number from 0 to 1000",
+        )?);
     }
     if let Some(v) = take(m, "timeout") {
         req.timeout = Some(duration(v, "timeout")?);

@@ -282,6 +282,13 @@ impl Config {
                      not {}",
                     sc.name.len()
                 ));
+            } else if sc.name.starts_with("hopper.") {
+                // Hopper's own schedules (`hopper.retention`) keep their last tick under
+                // their name: one of the config's would move the built-in's cursor.
+                p.push(format!(
+                    "schedule[{i}].name: {:?}: names starting with \"hopper.\" are Hopper's own",
+                    sc.name
+                ));
             } else if !seen.insert(sc.name.as_str()) {
                 p.push(format!(
                     "schedule[{i}].name: {:?} is declared twice",

@@ -105,6 +105,39 @@ fn durations_parse_and_bad_ones_are_named() {
         .unwrap_err()
         .to_string();
     assert!(err.contains("lease") && err.contains("soon"), "{err}");
+
+    // Past what a job's times can show: refused, naming the key.
+    for (section, key) in [
+        ("retry", "backoff_max"),
+        ("worker", "lease"),
+        ("worker", "unknown_kind_grace"),
+    ] {
+        let err = Config::from_toml(
+            &format!("[{section}]\n{key} = \"1000000000d\"\n"),
+            Path::new("c.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains(key) && err.contains("100 years"), "{err}");
+    }
+}
+
+/// Hopper's own schedules keep their last tick under their names: a config's schedule may not
+/// take one (`hopper.retention` moved the built-in retention's cursor).
+#[test]
+fn schedule_names_of_hoppers_own_are_refused() {
+    let mut c = Config::default();
+    c.schedules.push(ScheduleConfig {
+        name: "hopper.retention".into(),
+        cron: "0 * * * * *".into(),
+        kind: "sys.noop".into(),
+        ..ScheduleConfig::default()
+    });
+    let problems = c.validate().unwrap_err();
+    assert!(
+        problems[0].starts_with("schedule[0].name") && problems[0].contains("Hopper's own"),
+        "{problems:?}"
+    );
 }
 
 #[test]

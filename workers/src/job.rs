@@ -320,7 +320,8 @@ impl NewJob {
             return Err(FieldError::new("max_retries", "must be at most 1000"));
         }
         if self.timeout_ms == Some(0) {
-            return Err(FieldError::new("timeout", "must be greater than zero"));
+            // "500us" is greater than zero, and still no timeout a handler can be given.
+            return Err(FieldError::new("timeout", "must be at least 1ms"));
         }
         if self.timeout_ms.is_some_and(|t| t > MAX_TIMEOUT_MS) {
             return Err(FieldError::new("timeout", "must be at most 100 years"));
@@ -482,6 +483,22 @@ pub struct Lease {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The messages say the rule broken: a timeout under a millisecond is not "zero", and
+    /// too many retries are told the bound.
+    #[test]
+    fn limits_are_named_in_their_messages() {
+        let job = NewJob::new("k.k", serde_json::json!({})).timeout(Duration::from_micros(500));
+        assert_eq!(
+            job.validate().expect_err("500us").message,
+            "must be at least 1ms"
+        );
+        let job = NewJob::new("k.k", serde_json::json!({})).max_retries(1001);
+        assert_eq!(
+            job.validate().expect_err("1001").message,
+            "must be at most 1000"
+        );
+    }
 
     #[test]
     fn state_names_round_trip() {

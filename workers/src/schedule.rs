@@ -34,13 +34,72 @@ use crate::time::Timestamp;
 pub struct ScheduleSpec {
     /// Stable name; part of each tick's unique key, so renaming a schedule re-runs a tick.
     pub name: String,
-    /// Cron expression with seconds: `sec min hour day-of-month month day-of-week [year]`.
+    /// Cron expression with seconds: `sec min hour day-of-month month day-of-week [year]`;
+    /// day of week `0`-`7` as in crontab (`0` and `7` Sunday, `1` Monday) or `SUN`-`SAT`.
     pub cron: String,
     pub kind: String,
     pub payload: Value,
     pub queue: String,
     pub priority: u8,
     pub max_retries: u32,
+}
+
+/// The day-of-week field as crontab means it (`0` to `7`, Sunday both `0` and `7`, Monday
+/// `1`), in the `cron` crate's numbering (Quartz's: Sunday `1` to Saturday `7`), so that
+/// `1-5` is Monday to Friday as in every crontab, not Sunday to Thursday. Names (`MON-FRI`),
+/// `*` and `?` mean the same in both and pass unchanged; each numeric part (`n`, `a-b`,
+/// `a-b/s`, `*/s`, `n/s`) becomes the list of the days it names.
+fn crontab_days(field: &str) -> Result<String, String> {
+    let mut out = Vec::new();
+    for part in field.split(',') {
+        if part.chars().any(|c| c.is_ascii_alphabetic()) || part == "*" || part == "?" {
+            out.push(part.to_owned());
+            continue;
+        }
+        let (range, step) = match part.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (part, None),
+        };
+        let day = |s: &str| -> Result<u32, String> {
+            match s.parse::<u32>() {
+                Ok(d) if d <= 7 => Ok(d),
+                _ => Err(format!(
+                    "day of week {s:?} is not 0-7 (0 and 7 are Sunday) or a name (SUN-SAT)"
+                )),
+            }
+        };
+        let (from, to) = match range {
+            "*" => (0, 6),
+            r => match r.split_once('-') {
+                Some((a, b)) => (day(a)?, day(b)?),
+                // `n/s` runs from n to the end of the week, as in crontab.
+                None if step.is_some() => (day(r)?, 7),
+                None => (day(r)?, day(r)?),
+            },
+        };
+        if from > to {
+            return Err(format!("day-of-week range {range:?} runs backwards"));
+        }
+        let step = match step {
+            None => 1,
+            Some(s) => match s.parse::<u32>() {
+                Ok(s) if s >= 1 => s,
+                _ => {
+                    return Err(format!(
+                        "day-of-week step {s:?} is not a whole number from 1"
+                    ));
+                }
+            },
+        };
+        let mut days: Vec<u32> = (from..=to)
+            .step_by(step as usize)
+            .map(|d| d % 7 + 1)
+            .collect();
+        days.sort_unstable();
+        days.dedup();
+        out.extend(days.iter().map(u32::to_string));
+    }
+    Ok(out.join(","))
 }
 
 /// A schedule whose cron expression parsed.
@@ -74,19 +133,34 @@ impl Schedule {
             }
             return Err(bad(why));
         }
-        let cron = cron::Schedule::from_str(&spec.cron).map_err(|e| {
+        // Day of week as crontab numbers it (see `crontab_days`); `@daily` and its kin have
+        // no such field.
+        let mut expr = fields.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>();
+        if let Some(days) = expr.get_mut(5) {
+            *days = crontab_days(days).map_err(&bad)?;
+        }
+        let expr = if spec.cron.trim_start().starts_with('@') {
+            spec.cron.clone()
+        } else {
+            expr.join(" ")
+        };
+        let cron = cron::Schedule::from_str(&expr).map_err(|e| {
             // The crate's message repeats the expression with a caret under it, then says
             // why on its last line: keep that line only.
             let text = e.to_string();
             let reason = text
                 .lines()
                 .map(str::trim)
-                .rfind(|l| !l.is_empty() && *l != "^" && *l != spec.cron.trim())
+                .rfind(|l| !l.is_empty() && *l != "^" && *l != expr.trim())
                 .unwrap_or("not valid");
             bad(format!("is not a cron expression with seconds: {reason}"))
         })?;
         if cron.after(&DateTime::<Utc>::UNIX_EPOCH).next().is_none() {
             return Err(bad("never fires (no date matches it)".to_owned()));
+        }
+        // A year in the past parses, and would never fire either.
+        if cron.after(&Utc::now()).next().is_none() {
+            return Err(bad("never fires again (its last date is past)".to_owned()));
         }
         Ok(Self { spec, cron })
     }
@@ -315,6 +389,65 @@ mod tests {
         let mut spec = every_second().spec().clone();
         spec.cron = cron.into();
         Schedule::new(spec).expect_err(cron)
+    }
+
+    /// Day-of-week numbers are crontab's, whatever the `cron` crate counts from: `1-5` is
+    /// Monday to Friday (it ran Sunday to Thursday), `0` and `7` are Sunday, names as they are.
+    #[test]
+    fn day_of_week_numbers_are_crontabs() {
+        // 2026-12-04 is a Friday, 2026-12-05 a Saturday, 2026-12-06 a Sunday, 00:00 UTC.
+        let fri = t(1_796_342_400_000);
+        let day = 86_400_000;
+        let next = |cron: &str, from: Timestamp| {
+            let mut spec = every_second().spec().clone();
+            spec.cron = cron.into();
+            Schedule::new(spec).expect(cron).next_after(from)
+        };
+        // Weekdays at midnight, from Friday 00:00: Monday, not Saturday or Sunday.
+        assert_eq!(
+            next("0 0 0 * * 1-5", fri),
+            Some(t(1_796_342_400_000 + 3 * day))
+        );
+        assert_eq!(
+            next("0 0 0 * * MON-FRI", fri),
+            Some(t(1_796_342_400_000 + 3 * day))
+        );
+        // Sunday is 0 and 7.
+        assert_eq!(
+            next("0 0 0 * * 0", fri),
+            Some(t(1_796_342_400_000 + 2 * day))
+        );
+        assert_eq!(
+            next("0 0 0 * * 7", fri),
+            Some(t(1_796_342_400_000 + 2 * day))
+        );
+        assert_eq!(
+            next("0 0 0 * * SUN", fri),
+            Some(t(1_796_342_400_000 + 2 * day))
+        );
+        // Saturday is 6; a list, a range to 7 and a step.
+        assert_eq!(next("0 0 0 * * 6", fri), Some(t(1_796_342_400_000 + day)));
+        assert_eq!(next("0 0 0 * * 3,6", fri), Some(t(1_796_342_400_000 + day)));
+        assert_eq!(
+            next("0 0 0 * * 6-7", t(1_796_342_400_000 + day)),
+            Some(t(1_796_342_400_000 + 2 * day))
+        );
+        assert_eq!(next("0 0 0 * * */2", fri), Some(t(1_796_342_400_000 + day)));
+        assert_eq!(crontab_days("*/2").as_deref(), Ok("1,3,5,7"));
+        assert_eq!(crontab_days("5-7").as_deref(), Ok("1,6,7"));
+        assert_eq!(crontab_days("MON-FRI,0").as_deref(), Ok("MON-FRI,1"));
+        for bad in ["8", "5-2", "1/0", "-1"] {
+            assert!(crontab_days(bad).is_err(), "{bad}");
+        }
+        let err = cron_error("0 0 0 * * 8");
+        assert!(err.message.contains("0-7"), "{}", err.message);
+    }
+
+    /// A year in the past parses but would never fire: refused as never firing.
+    #[test]
+    fn a_cron_whose_years_are_past_is_refused() {
+        let err = cron_error("0 0 0 1 1 * 2020");
+        assert!(err.message.contains("never fires"), "{}", err.message);
     }
 
     /// The crontab habit (five fields, no seconds) is told what to write instead, on one line
