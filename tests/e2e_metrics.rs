@@ -322,24 +322,6 @@ fn queue_labels(s: &Scrape, metric: &str) -> std::collections::BTreeSet<String> 
         .collect()
 }
 
-/// Enqueues one `sys.noop` on each of `queues`, in batches of the default `max_batch`.
-async fn one_job_per_queue(api: &crate::util::Api, queues: &[String]) {
-    for chunk in queues.chunks(1000) {
-        let jobs: Vec<_> = chunk
-            .iter()
-            .map(|q| json!({"kind": "sys.noop", "queue": q}))
-            .collect();
-        let (status, body) = api
-            .call(
-                reqwest::Method::POST,
-                "/v1/jobs/batch",
-                Some(&json!({ "jobs": jobs })),
-            )
-            .await;
-        assert_eq!(status, 201, "{body}");
-    }
-}
-
 /// Queue names come from clients: a client posting to more distinct queues than the default
 /// cap (1,000) does not grow `/metrics` by a series per name. The first queues keep their
 /// label, the rest are summed under `queue="_other"`, and no job goes uncounted.
@@ -348,7 +330,7 @@ async fn queue_labels_are_capped_by_default() {
     let s = Scratch::with_config("");
     let (_d, api) = s.serve(&["--no-workers"]);
     let queues: Vec<String> = (0..1100).map(|i| format!("tenant-{i:04}")).collect();
-    one_job_per_queue(&api, &queues).await;
+    api.one_job_per_queue(&queues).await;
     let m = scrape(&format!("{}/metrics", api.base), None).await;
     let labels = queue_labels(&m, "hopper_queue_jobs");
     // 1,000 values and `_other` (the configured queues count among the 1,000 when seen).

@@ -145,6 +145,24 @@ impl Api {
             .map_or(json!({}), |q| q["counts"].clone())
     }
 
+    /// Enqueues one `sys.noop` on each of `queues`, in batches of the default `max_batch`.
+    pub async fn one_job_per_queue(&self, queues: &[String]) {
+        for chunk in queues.chunks(1000) {
+            let jobs: Vec<_> = chunk
+                .iter()
+                .map(|q| json!({"kind": "sys.noop", "queue": q}))
+                .collect();
+            let (status, body) = self
+                .call(
+                    Method::POST,
+                    "/v1/jobs/batch",
+                    Some(&json!({ "jobs": jobs })),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    }
+
     /// Every job of `queue` in `state`, through every page of `GET /v1/jobs`.
     pub async fn all_jobs(&self, queue: &str, state: &str) -> Vec<Value> {
         let mut jobs = Vec::new();

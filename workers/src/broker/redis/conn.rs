@@ -74,8 +74,26 @@ impl Health {
     }
 }
 
+/// Whether `e` says Redis cannot serve right now (and the call may be tried again): no
+/// connection, or a server that refuses every command for a while: a cluster that lost a
+/// shard (`CLUSTERDOWN`, answered for ~20 s after the shard is back), a slot being moved
+/// (`TRYAGAIN`), a replica cut off from its primary (`MASTERDOWN`), a Redis loading its data
+/// (`LOADING`). Those were answered as 500s, a failure of Hopper's own.
 fn is_unavailable(e: &RedisError) -> bool {
-    e.is_io_error() || e.is_timeout() || e.is_connection_dropped() || e.is_connection_refusal()
+    use redis::{ErrorKind, ServerErrorKind};
+    e.is_io_error()
+        || e.is_timeout()
+        || e.is_connection_dropped()
+        || e.is_connection_refusal()
+        || matches!(
+            e.kind(),
+            ErrorKind::Server(
+                ServerErrorKind::ClusterDown
+                    | ServerErrorKind::TryAgain
+                    | ServerErrorKind::MasterDown
+                    | ServerErrorKind::BusyLoading
+            )
+        )
 }
 
 fn poisoned() -> BrokerError {
@@ -421,3 +439,37 @@ impl RedisBroker {
 
 /// Idle dedicated connections for blocking waits, by node (`""` for a standalone Redis).
 pub(super) type IdleBlocking = Mutex<HashMap<String, Vec<MultiplexedConnection>>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The error Redis answered as `reply`, as the client hands it over.
+    fn answered(reply: &[u8]) -> RedisError {
+        match redis::parse_redis_value(reply) {
+            Ok(redis::Value::ServerError(e)) => RedisError::from(e),
+            other => panic!("not an error reply: {other:?}"),
+        }
+    }
+
+    /// A Redis that refuses service for a while is unavailable (a 503 to clients, retried),
+    /// not a failure of Hopper's (a 500).
+    #[test]
+    fn a_cluster_that_is_down_is_unavailable() {
+        for reply in [
+            &b"-CLUSTERDOWN The cluster is down\r\n"[..],
+            b"-TRYAGAIN Multiple keys request during rehashing of slot\r\n",
+            b"-MASTERDOWN Link with MASTER is down\r\n",
+            b"-LOADING Redis is loading the dataset in memory\r\n",
+        ] {
+            assert!(
+                is_unavailable(&answered(reply)),
+                "{}",
+                String::from_utf8_lossy(reply)
+            );
+        }
+        assert!(!is_unavailable(&answered(
+            b"-ERR wrong number of arguments\r\n"
+        )));
+    }
+}
