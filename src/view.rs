@@ -4,15 +4,30 @@
 //! 3339 times through `hopper_workers::time::Timestamp`, the engine's bookkeeping left out),
 //! so they go on the wire as they are, and so does a page of them
 //! (`hopper_workers::broker::JobPage`). This module owns only what is shown *with* a job: its
-//! chain's steps and its history; and the queue listing.
+//! chain's steps and its history; a brief page (a list without payloads and results); and the
+//! queue listing.
 
-use hopper_workers::broker::QueueStats;
+use hopper_workers::broker::{JobPage, QueueStats};
 use hopper_workers::event::Event;
 use hopper_workers::job::{Job, JobId, JobState};
 use serde::Serialize;
+use serde_json::Value;
 
 use crate::service::JobDetail;
 use crate::service::waiting::Waiting;
+
+/// `page` without its jobs' `payload` and `result`: what a screen listing jobs needs (the
+/// dashboard's table), without downloading what a job carries, which may be a megabyte a job.
+pub fn brief(page: &JobPage) -> serde_json::Result<Value> {
+    let mut out = serde_json::to_value(page)?;
+    if let Some(jobs) = out.get_mut("jobs").and_then(Value::as_array_mut) {
+        for job in jobs.iter_mut().filter_map(Value::as_object_mut) {
+            job.remove("payload");
+            job.remove("result");
+        }
+    }
+    Ok(out)
+}
 
 /// One step of a chain, as a job's `steps` list shows it.
 #[derive(Clone, Debug, Serialize)]

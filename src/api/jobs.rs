@@ -7,7 +7,7 @@ use axum::Json;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
-use hopper_workers::broker::{JobFilter, JobPage};
+use hopper_workers::broker::JobFilter;
 use hopper_workers::job::{Job, JobId, JobState};
 use serde_json::{Value, json};
 
@@ -89,7 +89,8 @@ pub async fn get_one(
     Ok(Json(JobWithHistory::from(found)))
 }
 
-/// `GET /v1/jobs?queue=&state=&kind=&limit=&cursor=`: a page, newest first.
+/// `GET /v1/jobs?queue=&state=&kind=&limit=&cursor=&brief=`: a page, newest first; `brief=true`
+/// leaves the jobs' payloads and results out.
 #[utoipa::path(get, path = "/jobs", tag = "jobs", params(ListQuery),
     responses(
         (status = 200, description = "A page of jobs, newest first", body = JobPageDoc),
@@ -99,13 +100,14 @@ pub async fn get_one(
 pub async fn list(
     State(st): State<AppState>,
     query: Result<Query<Vec<(String, String)>>, QueryRejection>,
-) -> Result<Json<JobPage>, ApiError> {
+) -> Result<Json<Value>, ApiError> {
     let Query(params) = query
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
     let mut filter = JobFilter {
         limit: DEFAULT_LIMIT,
         ..JobFilter::default()
     };
+    let mut brief = false;
     let mut seen: Vec<String> = Vec::new();
     for (key, value) in params {
         // Each parameter holds one value: a repeated one would otherwise be read as its last,
@@ -122,6 +124,19 @@ pub async fn list(
             "queue" => filter.queue = Some(value),
             "kind" => filter.kind = Some(value),
             "cursor" => filter.cursor = Some(value),
+            "brief" => {
+                brief = match value.as_str() {
+                    "true" => true,
+                    "false" => false,
+                    _ => {
+                        return Err(ApiError::field(
+                            "invalid_field",
+                            "brief",
+                            format!("{value:?} is not a boolean; true or false"),
+                        ));
+                    }
+                };
+            }
             "state" => {
                 filter.state = Some(JobState::parse(&value).ok_or_else(|| {
                     let names: Vec<&str> = JobState::ALL.iter().map(|s| s.as_str()).collect();
@@ -149,12 +164,19 @@ pub async fn list(
                 return Err(ApiError::field(
                     "unknown_field",
                     key,
-                    "unknown query parameter; known: queue, state, kind, limit, cursor",
+                    "unknown query parameter; known: queue, state, kind, limit, cursor, brief",
                 ));
             }
         }
     }
-    Ok(Json(st.broker.list(&filter).await?))
+    let page = st.broker.list(&filter).await?;
+    let body = if brief {
+        view::brief(&page)
+    } else {
+        serde_json::to_value(&page)
+    };
+    body.map(Json)
+        .map_err(|e| ApiError::internal(format!("a page of jobs did not serialize: {e}")))
 }
 
 /// `POST /v1/jobs/{id}/retry`: `dead` or `cancelled` -> `queued`; 409 otherwise.

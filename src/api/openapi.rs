@@ -232,7 +232,9 @@ pub struct JobDoc {
     pub id: String,
     pub queue: String,
     pub kind: String,
-    /// What the handler is given: any JSON.
+    /// What the handler is given: any JSON. Left out of a brief page (`GET /v1/jobs?brief=true`),
+    /// as `result` is.
+    #[schema(required = false)]
     pub payload: Value,
     /// 0 (most urgent) to 9.
     pub priority: u8,
@@ -684,6 +686,9 @@ pub struct ListQuery {
     pub limit: Option<u32>,
     /// The `next_cursor` of the previous page.
     pub cursor: Option<String>,
+    /// `true` leaves each job's `payload` and `result` out: a page for a screen, not a megabyte
+    /// of payloads. Default `false`.
+    pub brief: Option<bool>,
 }
 
 /// The query of `GET /v1/events`. Unknown parameters are refused (400 `invalid_parameter`).

@@ -676,3 +676,40 @@ async fn a_path_that_is_not_utf8_is_refused_saying_so() {
         assert_ne!(body["error"]["message"], "Bad Request", "{uri}: {body}");
     }
 }
+
+/// A list page for a screen (the dashboard's table) need not carry every job's payload and
+/// result: with `brief=true` they are left out, and the page is otherwise the same.
+#[tokio::test]
+async fn a_brief_page_leaves_payloads_and_results_out() {
+    let (st, _dir) = sqlite().await;
+    let big = "x".repeat(100_000);
+    let (s, job) = post(
+        &st,
+        &format!(r#"{{"kind":"sys.noop","payload":{{"blob":"{big}"}},"delay":"1h"}}"#),
+    )
+    .await;
+    assert_eq!(s, StatusCode::CREATED, "{job}");
+
+    let (s, full) = call(&st, Method::GET, "/v1/jobs?limit=5", &[], None).await;
+    assert_eq!(s, StatusCode::OK, "{full}");
+    assert_eq!(full["jobs"][0]["payload"]["blob"], big.as_str());
+
+    let (s, brief) = call(&st, Method::GET, "/v1/jobs?limit=5&brief=true", &[], None).await;
+    assert_eq!(s, StatusCode::OK, "{brief}");
+    let shown = &brief["jobs"][0];
+    assert_eq!(shown["id"], job["id"], "{brief}");
+    assert_eq!(shown["state"], "scheduled", "{brief}");
+    assert!(shown.get("payload").is_none(), "{shown}");
+    assert!(shown.get("result").is_none(), "{shown}");
+    assert_eq!(brief["next_cursor"], full["next_cursor"]);
+
+    let (s, same) = call(&st, Method::GET, "/v1/jobs?limit=5&brief=false", &[], None).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(same, full);
+    refused(
+        call(&st, Method::GET, "/v1/jobs?brief=yes", &[], None).await,
+        400,
+        "invalid_field",
+        Some("brief"),
+    );
+}

@@ -59,6 +59,18 @@ try {
   traffic = busy();
   await sleep(1000);
 
+  step('events of the other queue do not refetch the list filtered on held');
+  {
+    let lists = 0;
+    const onRequest = (r) => { if (new URL(r.url()).pathname === '/v1/jobs') lists += 1; };
+    page.on('request', onRequest);
+    await sleep(3000);
+    page.off('request', onRequest);
+    step(`${lists} list requests in 3 s of traffic on default only`);
+    // One may be the page's safety refresh (every 10 s); each event used to cost one (~10).
+    if (lists > 1) throw new Error(`the list of held was fetched ${lists} times in 3 s while only default had events`);
+  }
+
   step('each job enqueued while the stream is busy shows within a couple of seconds');
   for (let i = 0; i < 4; i++) {
     const id = await enqueue('sys.noop', { marker: i }, 'held');

@@ -98,6 +98,12 @@ try {
     const url = new URL(open[0].url);
     if (url.pathname !== '/v1/events' || url.searchParams.get('token') !== token) throw new Error(`the stream's url: ${open[0].url}`);
   }
+  {
+    // The table shows no payloads: it asks for brief pages, which leave them out.
+    const lists = listFetches(await wire(page));
+    const full = lists.filter((f) => new URL(f.url, 'http://x').searchParams.get('brief') !== 'true');
+    if (!lists.length || full.length) throw new Error(`list requests not brief: ${JSON.stringify(full)}`);
+  }
 
   step('an open circuit (stored in the broker by the Rust side) shows under the queues, without its path or query');
   {
@@ -268,6 +274,12 @@ try {
     await row(sleeper).waitFor();
   }
 
+  step('a deep link that is not valid percent-encoding says there is no such job');
+  await page.goto(`${base}/#/jobs/%E0%A4`);
+  await page.locator('#job-view .empty', { hasText: 'No job' }).waitFor();
+  await page.goto(`${base}/#/`);
+  await row(sleeper).waitFor();
+
   step('a bad stored token: the real stream closes with 4001 and the page asks again');
   const tab = await browser.newPage();
   tab.setDefaultTimeout(DEADLINE);
@@ -291,6 +303,12 @@ try {
     }
   }
   await tab.locator('#token-error', { hasText: 'refused' }).waitFor();
+  // Escape does not dismiss the prompt, not even twice (Chromium closes a dialog on the second
+  // Escape whatever the page says: the page opens it again).
+  await tab.keyboard.press('Escape');
+  await tab.keyboard.press('Escape');
+  await tab.waitForTimeout(500);
+  if (!(await tab.locator('#token-dialog').isVisible())) throw new Error('Escape twice left the page without its token prompt');
   // A token pasted with a curly quote can never go in a header: the prompt says so and stays,
   // rather than every request failing as if the server were gone.
   await tab.fill('#token-input', `${token}\u201d`);

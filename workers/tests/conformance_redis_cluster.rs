@@ -6,8 +6,8 @@
 //! own key prefix (`test-<uuid>`) whose keys are deleted from every node when it ends. The
 //! tests below cover what a cluster adds: queues spread over the shards, wake-ups and event
 //! waits that span slots (one blocking call per slot), pipelines that span slots, scripts
-//! lost by the nodes, and the URL's checks. Without a reachable cluster the tests fail,
-//! naming the URL: CI starts one.
+//! lost by the nodes, and the URL's checks; and, on a private cluster of the test's own, a
+//! shard lost. Without a reachable cluster the tests fail, naming the URL: CI starts one.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -481,5 +481,53 @@ async fn drain_by_shards() {
     );
     for q in &queues {
         b.drop_queue(q).await.expect("drop");
+    }
+}
+
+#[path = "support/private_redis.rs"]
+mod private_redis;
+
+/// A cluster that lost a shard refuses every keyed command (`CLUSTERDOWN`) although each node
+/// left answers `PING`: readiness says so, so that a load balancer stops sending requests
+/// that would all answer 503, and says it again once the shard is back.
+#[tokio::test]
+async fn a_cluster_that_lost_a_shard_is_not_ready() {
+    let mut cluster = private_redis::Cluster::start();
+    let broker = RedisBroker::connect(&cluster.url(), &unique_prefix(), system())
+        .await
+        .expect("connect to the private cluster");
+    broker.ping().await.expect("a whole cluster is ready");
+
+    // Killed, not stopped: the client then drops the node, and a PING of the nodes left would
+    // say all is well.
+    cluster.nodes[2].kill();
+    cluster.wait_state(0, "fail");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let refused = loop {
+        match broker.ping().await {
+            Err(e) => break e,
+            Ok(()) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "a cluster without a shard is still said to be ready"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        matches!(refused, BrokerError::Unavailable(_)),
+        "not unavailable: {refused:?}"
+    );
+
+    cluster.nodes[2].restart();
+    cluster.wait_state(0, "ok");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while let Err(e) = broker.ping().await {
+        assert!(
+            Instant::now() < deadline,
+            "the cluster is whole again but not ready: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

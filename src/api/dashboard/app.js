@@ -66,14 +66,16 @@ function askToken(why) {
       token = t;
       sessionStorage.setItem(TOKEN_KEY, t);
       $('#forget-token').hidden = false;
-      dialog.close();
       asking = null;
+      dialog.close();
       resolve();
       // The stream was refused too (4001) or never tried with a token: try it now.
       stream.restart();
     };
-    // Escape would leave the page without data and without a way back.
+    // Escape would leave the page without data and without a way back. Chromium lets a
+    // second Escape close the dialog all the same: then it opens again while a token is due.
     dialog.oncancel = (e) => e.preventDefault();
+    dialog.onclose = () => { if (asking && !dialog.open) { dialog.showModal(); $('#token-input').focus(); } };
   });
   if (!dialog.open) dialog.showModal();
   $('#token-input').focus();
@@ -101,12 +103,18 @@ function parseHash() {
   const raw = location.hash.replace(/^#\/?/, '');
   const [path, query] = raw.split('?');
   const m = /^jobs\/(.+)$/.exec(path || '');
-  if (m) return { route: { view: 'job', id: decodeURIComponent(m[1]) }, filters: null };
+  if (m) return { route: { view: 'job', id: decoded(m[1]) }, filters: null };
   const p = new URLSearchParams(query || '');
   return {
     route: { view: 'list' },
     filters: { queue: p.get('queue') || '', state: p.get('state') || '', kind: p.get('kind') || '' },
   };
+}
+
+// A link cut short or typed by hand (`#/jobs/%E0%A4`) is not valid percent-encoding: it is
+// shown as typed (a job page saying there is no such job), not a page that stopped working.
+function decoded(s) {
+  try { return decodeURIComponent(s); } catch { return s; }
 }
 
 function listHash(f) {
@@ -201,7 +209,8 @@ const refreshCircuits = single(async () => {
 
 const refreshJobs = single(async () => {
   if (state.route.view !== 'list') return;
-  const p = new URLSearchParams({ limit: String(PAGE) });
+  // Brief: the table shows no payload or result, and a page of them may weigh megabytes.
+  const p = new URLSearchParams({ limit: String(PAGE), brief: 'true' });
   for (const k of ['queue', 'state', 'kind']) if (state.filters[k]) p.set(k, state.filters[k]);
   const cursor = state.cursors[state.cursors.length - 1];
   if (cursor) p.set('cursor', cursor);
@@ -232,12 +241,23 @@ const refreshJob = single(async () => {
 
 // ---------------------------------------------------------------- actions
 
+// The actions in flight, by request: a second click (a double click, an impatient user) while
+// the first is under way is not sent again, which would answer a confusing 409 ("not dead")
+// or pause twice. The button is not disabled meanwhile: that would take the keyboard focus
+// away from it.
+const inFlight = new Set();
+
 async function act(label, method, path, then) {
+  const key = `${method} ${path}`;
+  if (inFlight.has(key)) return;
+  inFlight.add(key);
   try {
     const body = await api(method, path);
     toast(label(body));
   } catch (e) {
     toast(e.message, true);
+  } finally {
+    inFlight.delete(key);
   }
   then?.();
 }
@@ -246,10 +266,12 @@ function retryJob(id) {
   act(() => `Job ${shortId(id)} queued again`, 'POST', `/v1/jobs/${encodeURIComponent(id)}/retry`, refreshAll);
 }
 function cancelJob(id) {
-  if (!confirm(`Cancel job ${id}?`)) return;
-  act(() => `Job ${shortId(id)} cancelled`, 'POST', `/v1/jobs/${encodeURIComponent(id)}/cancel`, refreshAll);
+  const path = `/v1/jobs/${encodeURIComponent(id)}/cancel`;
+  if (inFlight.has(`POST ${path}`) || !confirm(`Cancel job ${id}?`)) return;
+  act(() => `Job ${shortId(id)} cancelled`, 'POST', path, refreshAll);
 }
 function queueAction(name, what) {
+  if (inFlight.has(`POST /v1/queues/${encodeURIComponent(name)}/${what}`)) return;
   if (what === 'retry-dead' && !confirm(`Retry every dead job of ${name}?`)) return;
   const path = `/v1/queues/${encodeURIComponent(name)}/${what}`;
   const label = (b) => what === 'retry-dead'
@@ -342,6 +364,9 @@ function renderKinds() {
 // The queue cards, one a queue, kept from one redraw to the next and updated in place: a
 // button or count the user has focused (or is pressing) stays the same element.
 const cards = new Map(); // queue -> { el, q, head, name, pausedTag, counts, spark, actions, pause, retryDead }
+// A count of 10,000 or more is shown as 10K, 1.2M (the exact number in its title): a card's
+// quarter width holds five characters, not "1,234,567".
+const compact = new Intl.NumberFormat(undefined, { notation: 'compact', maximumFractionDigits: 1 });
 
 function queueCard(q) {
   let c = cards.get(q.queue);
@@ -355,7 +380,8 @@ function queueCard(q) {
     const { link, num } = c.counts.get(s);
     link.classList.toggle('zero', !n);
     link.href = listHash({ ...state.filters, queue: q.queue, state: s });
-    num.textContent = n.toLocaleString();
+    num.textContent = n >= 10000 ? compact.format(n) : n.toLocaleString();
+    num.title = n.toLocaleString();
   }
   c.spark.replaceChildren(sparkline(state.spark.get(q.queue) || []),
     h('div', { class: 'rate' }, h('b', {}, (q.processed_last_minute || 0).toLocaleString()), ' /min',
@@ -618,11 +644,19 @@ function onEvent(ev) {
   // Any other change moves counts and may move the list: refetch both, once for a burst of
   // events. Coalesced, not debounced: a server that never pauses must not starve the page of
   // refreshes until the safety tick.
-  onChange();
+  onCounts();
+  if (state.route.view === 'list' && shownInList(ev)) onListChange();
   if (state.job && state.job.id === ev.job_id) onJobChange();
 }
 
-const onChange = coalesce(() => { refreshQueues(); refreshJobs(); }, 300);
+/** Whether `ev` may change the page of jobs shown: a job of another queue or kind cannot. */
+function shownInList(ev) {
+  const f = state.filters;
+  return (!f.queue || ev.queue === f.queue) && (!f.kind || ev.kind === f.kind);
+}
+
+const onCounts = coalesce(() => refreshQueues(), 300);
+const onListChange = coalesce(() => refreshJobs(), 300);
 const onJobChange = coalesce(() => refreshJob(), 200);
 
 // ---------------------------------------------------------------- the clock

@@ -11,45 +11,72 @@ const STARTUP: Duration = Duration::from_secs(60);
 pub struct Server {
     child: Child,
     port: u16,
-    _dir: tempfile::TempDir,
+    args: Vec<String>,
+    dir: tempfile::TempDir,
 }
 
 impl Server {
+    #[allow(dead_code)]
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// A server started with `args` besides the defaults (`--cluster-enabled yes`, ...).
+    pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .and_then(|l| l.local_addr())
             .expect("a free port")
             .port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
-            .args(["--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start redis-server (is it installed?): {e}"));
+        let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
+        let child = spawn(port, &args, dir.path());
         let server = Self {
             child,
             port,
-            _dir: dir,
+            args,
+            dir,
         };
+        server.wait_up();
+        server
+    }
+
+    /// Kills the server (`SIGKILL`) and starts it again on its port, with its directory (a
+    /// cluster node comes back as itself, from its `nodes.conf`).
+    #[allow(dead_code)]
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Starts again a server [`Self::kill`]ed, on its port, with its directory.
+    #[allow(dead_code)]
+    pub fn restart(&mut self) {
+        self.child = spawn(self.port, &self.args, self.dir.path());
+        self.wait_up();
+    }
+
+    fn wait_up(&self) {
         let deadline = std::time::Instant::now() + STARTUP;
         loop {
-            let pong = redis::Client::open(server.url())
+            let pong = redis::Client::open(self.url())
                 .and_then(|c| c.get_connection())
                 .and_then(|mut c| redis::cmd("PING").query::<String>(&mut c));
             if pong.is_ok() {
-                return server;
+                return;
             }
             assert!(
                 std::time::Instant::now() < deadline,
-                "redis-server on port {port} never answered: {pong:?}"
+                "redis-server on port {} never answered: {pong:?}",
+                self.port
             );
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    /// `127.0.0.1:PORT`.
+    #[allow(dead_code)]
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
     }
 
     pub fn url(&self) -> String {
@@ -74,6 +101,87 @@ impl Server {
             .expect("run kill");
         assert!(status.success(), "kill -{signal} failed");
     }
+}
+
+/// A Redis Cluster of this test's own: three primaries, no replicas, a node declared failed
+/// after 1 s unreachable (a test can stop one and see the cluster fail).
+#[allow(dead_code)]
+pub struct Cluster {
+    pub nodes: Vec<Server>,
+}
+
+#[allow(dead_code)]
+impl Cluster {
+    #[allow(dead_code)]
+    pub fn start() -> Self {
+        let nodes: Vec<Server> = (0..3)
+            .map(|_| {
+                Server::start_with(&[
+                    "--cluster-enabled",
+                    "yes",
+                    "--cluster-config-file",
+                    "nodes.conf",
+                    "--cluster-node-timeout",
+                    "1000",
+                ])
+            })
+            .collect();
+        let status = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(nodes.iter().map(Server::addr))
+            .args(["--cluster-replicas", "0", "--cluster-yes"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .status()
+            .expect("run redis-cli --cluster create");
+        assert!(status.success(), "redis-cli --cluster create failed");
+        let cluster = Self { nodes };
+        // Each node learns of the others in its own time: every one must say ok.
+        for i in 0..cluster.nodes.len() {
+            cluster.wait_state(i, "ok");
+        }
+        cluster
+    }
+
+    /// `redis-cluster://` with every node as a seed.
+    pub fn url(&self) -> String {
+        let seeds: Vec<String> = self.nodes.iter().map(Server::addr).collect();
+        format!("redis-cluster://{}", seeds.join(","))
+    }
+
+    /// Waits until node `i` says `cluster_state:STATE`.
+    pub fn wait_state(&self, i: usize, state: &str) {
+        let want = format!("cluster_state:{state}");
+        let deadline = std::time::Instant::now() + STARTUP;
+        loop {
+            let info: String = redis::cmd("CLUSTER")
+                .arg("INFO")
+                .query(&mut self.nodes[i].conn())
+                .unwrap_or_default();
+            if info.lines().any(|l| l.trim() == want) {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "node {i} never said {want}: {info}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+fn spawn(port: u16, args: &[String], dir: &std::path::Path) -> Child {
+    Command::new("redis-server")
+        .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+        .args(["--save", "", "--appendonly", "no"])
+        .args(args)
+        .arg("--dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start redis-server (is it installed?): {e}"))
 }
 
 impl Drop for Server {

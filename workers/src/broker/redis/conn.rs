@@ -280,6 +280,11 @@ impl RedisBroker {
     }
 
     /// Runs one command; reloads the scripts once if Redis lost them (a restart, SCRIPT FLUSH).
+    /// Whether this broker is on a Redis Cluster.
+    pub(super) fn is_cluster(&self) -> bool {
+        matches!(self.conn, Shared::Cluster(_))
+    }
+
     pub(super) async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> BrokerResult<T> {
         self.send(Request::One(cmd)).await
     }

@@ -16,7 +16,7 @@ use super::decode::{corrupt, got, int, job_from_record, string};
 use super::keys::check_queue;
 use super::scripts::{BATCH, SCRIPTS};
 use crate::broker::{JobFilter, JobPage, QueueStats, StateCounts};
-use crate::error::BrokerResult;
+use crate::error::{BrokerError, BrokerResult};
 use crate::job::{FieldError, Job, JobId, JobState};
 use crate::time::Timestamp;
 
@@ -276,7 +276,24 @@ pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResul
     Ok(ids.len() as u64)
 }
 
-/// `PING`: the broker answers (`/readyz`).
+/// The broker answers (`/readyz`): `PING`; on a Redis Cluster, `CLUSTER INFO` saying
+/// `cluster_state:ok`. Each node of a cluster that lost a shard still answers `PING`, but
+/// refuses every command on a key (`CLUSTERDOWN`) until the shard is back.
 pub(super) async fn ping(broker: &RedisBroker) -> BrokerResult<()> {
-    broker.query::<()>(&redis::cmd("PING")).await
+    if !broker.is_cluster() {
+        return broker.query::<()>(&redis::cmd("PING")).await;
+    }
+    let info: String = broker.query(redis::cmd("CLUSTER").arg("INFO")).await?;
+    let state = info
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("cluster_state:"))
+        .unwrap_or("unknown");
+    if state == "ok" {
+        Ok(())
+    } else {
+        Err(BrokerError::Unavailable(
+            format!("the Redis Cluster is down (cluster_state:{state}): a shard is unreachable")
+                .into(),
+        ))
+    }
 }
