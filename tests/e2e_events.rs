@@ -537,6 +537,72 @@ async fn streams_past_max_connections_are_503() {
     .await;
 }
 
+/// An SSE client that stops reading is dropped once a frame has waited two ping intervals to
+/// be taken, as a WebSocket is: it does not keep its place under `max_connections` (nor the
+/// task feeding it) for as long as its TCP peer acknowledges zero-window probes.
+#[tokio::test]
+async fn an_sse_client_that_stops_reading_frees_its_connection_slot() {
+    use tokio::io::AsyncWriteExt;
+
+    let s = Scratch::new();
+    s.write_config_with_server("max_connections = 1\nws_ping_interval = \"1s\"", "");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    // A small receive window, so that a few MB of frames fill what the kernels hold.
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    let addr = api.base.trim_start_matches("http://").to_owned();
+    let mut stalled = socket.connect(addr.parse().unwrap()).await.unwrap();
+    stalled
+        .write_all(
+            format!("GET /v1/events HTTP/1.1\r\nHost: {addr}\r\nAccept: text/event-stream\r\n\r\n")
+                .as_bytes(),
+        )
+        .await
+        .unwrap();
+    let second = async || {
+        reqwest::Client::new()
+            .get(format!("{}/v1/events", api.base))
+            .header("accept", "text/event-stream")
+            .send()
+            .await
+            .map_err(|e| e.to_string())
+    };
+    wait::until(
+        "the stalled stream to hold the one slot",
+        async || match second().await?.status().as_u16() {
+            503 => Ok(()),
+            other => Err(format!("a second stream got {other}")),
+        },
+    )
+    .await;
+    // Another process writes 14,000 events of ~450 bytes (the longest kind and queue names),
+    // paced so that the stream keeps up with the log until the kernels' buffers are full, and
+    // fewer than the hub's ring holds after that, so the stream is never `lagged` (which would
+    // end it anyway): it waits on a client that reads nothing.
+    let broker = open_broker(&s).await;
+    let (kind, queue) = ("k".repeat(128), "q".repeat(64));
+    for _ in 0..140 {
+        let batch = (0..100)
+            .map(|_| NewJob::new(kind.as_str(), json!({})).queue(queue.as_str()))
+            .collect();
+        broker.enqueue(batch).await.unwrap();
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let res = wait::until("the stalled stream's slot to be freed", async || {
+        let res = second().await?;
+        match res.status().as_u16() {
+            200 => Ok(res),
+            other => Err(format!("a second stream got {other}")),
+        }
+    })
+    .await;
+    assert_eq!(
+        res.headers()["content-type"].to_str().unwrap(),
+        "text/event-stream"
+    );
+    drop(stalled);
+}
+
 /// Liveness: with `[server] ws_ping_interval = "1s"`, a client that never answers pings (no
 /// WebSocket library on its side, so no pong) is dropped after missing two pongs, while a
 /// normal client connected all along still streams. The default (20 s) would take a minute.

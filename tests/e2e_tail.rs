@@ -433,6 +433,57 @@ async fn tail_server_bad_token_exits_2_and_lagged_resumes() {
     assert!(tail.stderr().contains("invalid token"), "{}", tail.stderr());
 }
 
+/// A job that ends between the API's read of it and its read of the history answers
+/// `running` with a history ending in `job.succeeded`: `tail --server --job` ends there with
+/// the code of that end (no later event of the job would ever come on the stream).
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_server_job_that_ended_during_the_lookup_exits_with_its_end() {
+    let s = Scratch::with_config("");
+    let peer = WsPeer::start().await;
+    let history = json!([
+        event("c1", "job.enqueued", "j1", None),
+        event("c2", "job.started", "j1", None),
+        event("c3", "job.dead", "j1", None),
+    ]);
+    peer.script(
+        "200 OK",
+        &[],
+        &json!({"id": "j1", "state": "running", "history": history}),
+    );
+    let mut tail = Follow::start(
+        &s,
+        &["tail", "--server", &peer.url(), "--job", "j1", "--json"],
+    );
+    let (status, lines) = tokio::task::block_in_place(|| tail.wait_exit());
+    assert_eq!(status.code(), Some(1), "{lines:?}\n{}", tail.stderr());
+    let ids: Vec<Value> = lines.iter().map(|l| parse_event(l)["id"].clone()).collect();
+    assert_eq!(ids, vec![json!("c1"), json!("c2"), json!("c3")]);
+}
+
+/// A rate-limited server (429 with `Retry-After`, `[server] rate_limit`) is waited for, on the
+/// job lookup and on the stream alike, not taken for a refusal (exit 2).
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_server_waits_out_a_429() {
+    let s = Scratch::with_config("");
+    let mut peer = WsPeer::start().await;
+    let limited = json!({"error": {"code": "rate_limited", "message": "too many requests"}});
+    for _ in 0..2 {
+        peer.script("429 Too Many Requests", &[("retry-after", "1")], &limited);
+    }
+    let tail = Follow::start(
+        &s,
+        &["tail", "--server", &peer.url(), "--job", "j1", "--json"],
+    );
+    // The lookup was refused once; the stream's first attempt is refused too, then it opens.
+    let mut conn = peer.accept().await;
+    assert_eq!(conn.query("job").as_deref(), Some("j1"));
+    tokio::task::block_in_place(|| tail.wait_stderr("rate limited"));
+    conn.send(&event("c1", "job.succeeded", "j1", None)).await;
+    let mut tail = tail;
+    let (status, rest) = tokio::task::block_in_place(|| tail.wait_exit());
+    assert_eq!(status.code(), Some(0), "{rest:?}\n{}", tail.stderr());
+}
+
 /// `--server` against the real `serve`: `tail --job` first asks `GET /v1/jobs/{id}`, so a job
 /// already final shows its history and exits at once with its code (0 succeeded, 1 dead), a
 /// missing one exits 3, and a refused token exits 2 with the server's message.

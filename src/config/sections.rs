@@ -92,8 +92,9 @@ pub struct ServerConfig {
     /// Most `GET /v1/events` streams (WebSocket and SSE) open at once; past it a new one is
     /// answered 503. Default `10000`.
     pub max_connections: usize,
-    /// How often the server pings each `GET /v1/events` WebSocket; a peer that misses two
-    /// pongs in a row (or whose send stays blocked for two intervals) is dropped. At least
+    /// How often the server pings each `GET /v1/events` WebSocket (and sends an SSE stream a
+    /// comment); a peer that misses two pongs in a row (or whose send stays blocked for two
+    /// intervals) is dropped. At least
     /// `"1s"`. Default `"20s"`.
     #[serde(with = "duration_str")]
     pub ws_ping_interval: Duration,

@@ -3,7 +3,8 @@
 //! accepted connection to the test, which sends real frames and closes or drops it. Stopping
 //! it and starting it again on the same address is a server restart. A plain HTTP request
 //! (`tail --job` first asks `GET /v1/jobs/{id}`) is answered with that job, running, with no
-//! history yet.
+//! history yet, unless the test scripted the next answers ([`WsPeer::script`]: a job that
+//! ended meanwhile, a 429), which any request, an upgrade too, takes first.
 //!
 //! It does not build Hopper's own stream server (that is `src/api/events/`); it only speaks
 //! the wire contract the client is written against.
@@ -29,7 +30,11 @@ pub struct WsPeer {
     pub addr: SocketAddr,
     accepted: mpsc::UnboundedReceiver<Conn>,
     task: JoinHandle<()>,
+    scripted: Scripted,
 }
+
+/// Whole HTTP answers (status line, headers, body) the next requests get, in order.
+type Scripted = Arc<Mutex<std::collections::VecDeque<String>>>;
 
 /// One accepted WebSocket connection, with what its upgrade request said.
 pub struct Conn {
@@ -58,9 +63,11 @@ impl WsPeer {
     fn listen(listener: TcpListener) -> Self {
         let addr = listener.local_addr().unwrap();
         let (tx, accepted) = mpsc::unbounded_channel();
+        let scripted = Scripted::default();
+        let script = scripted.clone();
         let task = tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
-                if answer_plain_http(&mut stream).await {
+                if answer_plain_http(&mut stream, &script).await {
                     continue;
                 }
                 let seen = Arc::new(Mutex::new((String::new(), None)));
@@ -96,7 +103,24 @@ impl WsPeer {
             addr,
             accepted,
             task,
+            scripted,
         }
+    }
+
+    /// The next request, whatever it is, gets `status` with `headers` and the JSON `body`.
+    pub fn script(&self, status: &str, headers: &[(&str, &str)], body: &Value) {
+        let body = body.to_string();
+        let mut resp = format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n",
+            body.len()
+        );
+        for (k, v) in headers {
+            resp.push_str(&format!("{k}: {v}\r\n"));
+        }
+        resp.push_str("\r\n");
+        resp.push_str(&body);
+        self.scripted.lock().unwrap().push_back(resp);
     }
 
     /// The base URL to give `hopper tail --server`.
@@ -118,9 +142,9 @@ impl WsPeer {
     }
 }
 
-/// Answers a request that is not a WebSocket upgrade (the job lookup) and says so; leaves an
-/// upgrade unread for the handshake.
-async fn answer_plain_http(stream: &mut TcpStream) -> bool {
+/// Answers a request that is not a WebSocket upgrade (the job lookup), or any request while
+/// answers are scripted, and says so; leaves an upgrade unread for the handshake.
+async fn answer_plain_http(stream: &mut TcpStream, scripted: &Scripted) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut buf = vec![0u8; 8192];
     let head = loop {
@@ -134,19 +158,22 @@ async fn answer_plain_http(stream: &mut TcpStream) -> bool {
         }
         tokio::time::sleep(std::time::Duration::from_millis(5)).await;
     };
-    if head.to_ascii_lowercase().contains("upgrade: websocket") {
+    let next = scripted.lock().unwrap().pop_front();
+    if next.is_none() && head.to_ascii_lowercase().contains("upgrade: websocket") {
         return false;
     }
     let mut consumed = vec![0u8; head.len()];
     let _ = stream.read_exact(&mut consumed).await;
-    let path = head.split_whitespace().nth(1).unwrap_or_default();
-    let id = path.rsplit('/').next().unwrap_or_default();
-    let body = serde_json::json!({"id": id, "state": "running", "history": []}).to_string();
-    let resp = format!(
-        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
-         connection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let resp = next.unwrap_or_else(|| {
+        let path = head.split_whitespace().nth(1).unwrap_or_default();
+        let id = path.rsplit('/').next().unwrap_or_default();
+        let body = serde_json::json!({"id": id, "state": "running", "history": []}).to_string();
+        format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\
+             connection: close\r\n\r\n{body}",
+            body.len()
+        )
+    });
     let _ = stream.write_all(resp.as_bytes()).await;
     let _ = stream.shutdown().await;
     true

@@ -114,7 +114,8 @@ pub async fn events(
         Err(_) if sse => {
             let admitted = admit(&st)?;
             let feed = open(&st, query).await?;
-            Ok(sse::stream(st.hub.clone(), feed, admitted))
+            let ping = st.config.server.ws_ping_interval;
+            Ok(sse::stream(st.hub.clone(), feed, admitted, ping))
         }
         Err(_) => page(&st, &query).await,
     }

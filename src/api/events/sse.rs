@@ -1,12 +1,15 @@
 //! The Server-Sent Events transport, for `curl -N` and the browser's `EventSource`: each event
 //! as `id: CURSOR` and `data: JSON` (so `Last-Event-ID` resumes it), a `gap` or `lagged` frame
-//! as `event: gap` / `event: lagged`, and a comment every 20 s to keep proxies from closing an
-//! idle stream.
+//! as `event: gap` / `event: lagged`, and a comment every `[server] ws_ping_interval` (20 s)
+//! to keep proxies from closing an idle stream.
 //!
 //! A task reads the feed into a small channel the response body drains; when the client stops
-//! reading, the channel fills, the task waits, and the hub's bounded ring decides when it has
-//! lagged, as for a WebSocket. The task is the hub's (tracked, see `Hub::spawn`) and ends when
-//! the hub stops, which ends the response body, so graceful shutdown is not held up.
+//! reading, the channel fills and the task waits. A frame that waited two ping intervals to be
+//! taken ends the stream, as a stuck send ends a WebSocket: its task, its place under
+//! `max_connections` and its subscription to the hub are freed, and the body ends once what
+//! was buffered is read; a client that reads, only slowly, meets the hub's bounded ring and is
+//! told `lagged` instead. The task is the hub's (tracked, see `Hub::spawn`) and ends when the
+//! hub stops, which ends the response body, so graceful shutdown is not held up.
 
 use std::convert::Infallible;
 use std::time::Duration;
@@ -21,10 +24,12 @@ use super::hub::{Admitted, Hub};
 /// Frames buffered between the feed and the response body.
 const BUFFER: usize = 64;
 
-/// The SSE response streaming `feed`.
-pub fn stream(hub: Hub, mut feed: Feed, admitted: Admitted) -> Response {
+/// The SSE response streaming `feed`, with a comment every `ping` and two of them as the
+/// patience of a send.
+pub fn stream(hub: Hub, mut feed: Feed, admitted: Admitted, ping: Duration) -> Response {
     let (tx, rx) = mpsc::channel::<SseEvent>(BUFFER);
     let stopping = hub.stopping();
+    let patience = 2 * ping;
     hub.spawn(async move {
         let _admitted = admitted;
         loop {
@@ -41,13 +46,10 @@ pub fn stream(hub: Hub, mut feed: Feed, admitted: Admitted) -> Response {
                     SseEvent::default().event("gap").data(frame.text().as_str())
                 }
                 Ok(Some(frame @ Frame::Lagged { .. })) => {
-                    let _ = tx
-                        .send(
-                            SseEvent::default()
-                                .event("lagged")
-                                .data(frame.text().as_str()),
-                        )
-                        .await;
+                    let lagged = SseEvent::default()
+                        .event("lagged")
+                        .data(frame.text().as_str());
+                    let _ = tx.send_timeout(lagged, patience).await;
                     return;
                 }
                 Ok(None) => return,
@@ -58,7 +60,10 @@ pub fn stream(hub: Hub, mut feed: Feed, admitted: Admitted) -> Response {
             };
             tokio::select! {
                 () = stopping.cancelled() => return,
-                sent = tx.send(event) => if sent.is_err() { return },
+                sent = tx.send_timeout(event, patience) => if sent.is_err() {
+                    tracing::debug!("event stream: an SSE client read nothing for {patience:?}; dropping it");
+                    return;
+                },
             }
         }
     });
@@ -66,6 +71,6 @@ pub fn stream(hub: Hub, mut feed: Feed, admitted: Admitted) -> Response {
         rx.recv().await.map(|e| (Ok::<_, Infallible>(e), rx))
     });
     Sse::new(body)
-        .keep_alive(KeepAlive::new().interval(Duration::from_secs(20)))
+        .keep_alive(KeepAlive::new().interval(ping))
         .into_response()
 }

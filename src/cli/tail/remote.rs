@@ -4,10 +4,12 @@
 //! `{"type":"lagged","resume":CURSOR}` (this client fell behind and is dropped: reconnect from
 //! CURSOR). A close with code 4001 is a refused token (exit 2).
 //!
-//! With `--job` it first asks `GET /v1/jobs/{id}`: a job already final shows its history and
-//! ends at once with its exit code (a missing one exits 3, a refused token 2, a 404 that is
-//! not a Hopper API's answer 2); otherwise the stream starts right after the last event of
-//! that history, so nothing is missed between the two requests. `https://` servers are
+//! With `--job` it first asks `GET /v1/jobs/{id}`: a job already final (or whose history
+//! already ends it) shows its history and ends at once with its exit code (a missing one
+//! exits 3, a refused token 2, a 404 that is not a Hopper API's answer 2); otherwise the
+//! stream starts right after the last event of that history, so nothing is missed between the
+//! two requests, and after a `gap` (the job's end may have been trimmed) it asks again. A 429
+//! (`[server] rate_limit`) is waited out, for its `Retry-After`. `https://` servers are
 //! reached over TLS (rustls), the stream as `wss://`.
 //!
 //! When the server goes away, it reconnects with the last cursor it showed, so the stream
@@ -54,22 +56,21 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
     let mut cursor = args.since.clone();
     if let Some(job) = &args.job {
         let found = lookup(&printer, server, base, job, args.token.as_deref()).await?;
-        let state = JobState::parse(&found.state);
-        let final_now = state.is_some_and(JobState::is_final);
+        let final_now = final_code(&found.state).is_some();
         if args.since.is_none() || final_now {
             for e in &found.history {
                 printer.show(e)?;
             }
             if let Some(last) = found.history.last() {
+                // Ended between the API's read of the job and its read of the history: no
+                // later event of the job would come.
+                if let Some((code, state)) = ending(last.kind_of_event) {
+                    return ended(&printer, job, code, state, last.error.as_deref());
+                }
                 cursor = Some(last.id.clone());
             }
         }
-        if final_now {
-            let (code, state) = match state {
-                Some(JobState::Succeeded) => (0, "succeeded"),
-                Some(JobState::Dead) => (1, "dead"),
-                _ => (4, "cancelled"),
-            };
+        if let Some((code, state)) = final_code(&found.state) {
             return ended(&printer, job, code, state, found.last_error.as_deref());
         }
     }
@@ -86,6 +87,10 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
         }
         let ws = match tokio_tungstenite::connect_async(request).await {
             Ok((ws, _)) => ws,
+            Err(WsError::Http(resp)) if resp.status().as_u16() == TOO_MANY_REQUESTS => {
+                wait_out(&printer, base, resp.headers().get("retry-after"), backoff).await;
+                continue;
+            }
             Err(WsError::Http(resp)) if resp.status().is_client_error() => {
                 let body = resp
                     .body()
@@ -156,10 +161,20 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
             let value: Value = serde_json::from_str(&text)
                 .with_context(|| format!("{base} sent a frame that is not JSON"))?;
             match value.get("type").and_then(Value::as_str) {
-                Some("gap") => printer.note(
-                    "gap: the log no longer holds the cursor (trimmed by retention, or the \
-                     broker's data was replaced); continuing from the oldest event kept",
-                ),
+                Some("gap") => {
+                    printer.note(
+                        "gap: the log no longer holds the cursor (trimmed by retention, or the \
+                         broker's data was replaced); continuing from the oldest event kept",
+                    );
+                    // The job's end may be among what was trimmed: the job itself says.
+                    if let Some(job) = &args.job {
+                        let found =
+                            lookup(&printer, server, base, job, args.token.as_deref()).await?;
+                        if let Some((code, state)) = final_code(&found.state) {
+                            return ended(&printer, job, code, state, found.last_error.as_deref());
+                        }
+                    }
+                }
                 Some("lagged") => {
                     let resume = value.get("resume").and_then(Value::as_str);
                     break Ended::Lagged(resume.unwrap_or_default().to_owned());
@@ -193,6 +208,17 @@ pub(super) async fn run(printer: Printer, args: &TailArgs) -> Result<()> {
                 tokio::time::sleep(backoff).await;
             }
         }
+    }
+}
+
+/// The exit code and name of a final state as the API spells it; `None` while the job can
+/// still move.
+fn final_code(state: &str) -> Option<(u8, &'static str)> {
+    match JobState::parse(state)? {
+        JobState::Succeeded => Some((0, "succeeded")),
+        JobState::Dead => Some((1, "dead")),
+        s if s.is_final() => Some((4, "cancelled")),
+        _ => None,
     }
 }
 
@@ -258,6 +284,10 @@ async fn lookup(
                     .await
                     .with_context(|| format!("{base} answered GET /v1/jobs/{job} with no job"));
             }
+            Ok(resp) if resp.status().as_u16() == TOO_MANY_REQUESTS => {
+                wait_out(printer, base, resp.headers().get("retry-after"), backoff).await;
+                continue;
+            }
             Ok(resp) if resp.status() == reqwest::StatusCode::NOT_FOUND => {
                 let body = error_body(resp).await;
                 return Err(not_found(base, job, &body));
@@ -285,6 +315,33 @@ async fn lookup(
         tokio::time::sleep(backoff).await;
         backoff = (backoff * 2).min(BACKOFF_MAX);
     }
+}
+
+/// A rate limiter's refusal (`[server] rate_limit`): waited out, not a mistake in the
+/// command.
+const TOO_MANY_REQUESTS: u16 = 429;
+/// The longest `Retry-After` obeyed as given; a longer one is cut to this and asked again.
+const RETRY_AFTER_MAX: Duration = Duration::from_secs(60);
+
+/// Waits out a 429 from `base`, saying so: its `Retry-After` in seconds (at most
+/// [`RETRY_AFTER_MAX`]), or `backoff` when it gives none that can be read.
+async fn wait_out<V: AsRef<[u8]>>(
+    printer: &Printer,
+    base: &str,
+    retry_after: Option<&V>,
+    backoff: Duration,
+) {
+    let wait = retry_after
+        .and_then(|v| std::str::from_utf8(v.as_ref()).ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map_or(backoff, |secs| {
+            Duration::from_secs(secs.max(1)).min(RETRY_AFTER_MAX)
+        });
+    printer.note(&format!(
+        "rate limited by {base}; retrying in {}s…",
+        wait.as_secs_f64().ceil()
+    ));
+    tokio::time::sleep(wait).await;
 }
 
 /// The most of an error answer's body read: the API's error bodies are far smaller, and the

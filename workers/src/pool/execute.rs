@@ -26,6 +26,7 @@ pub(super) async fn run_job(shared: &Shared, job: Job) -> Option<Finish> {
     let token = CancellationToken::new();
     let reason = Arc::new(AtomicU8::new(StopReason::None as u8));
     let lease = job.lease();
+    // On this node's clock (the fetch set it from the time the fetch was sent).
     let lease_until = job
         .lease_until
         .unwrap_or_else(|| shared.clock.now() + shared.config.lease);

@@ -88,6 +88,11 @@ pub(super) async fn fetch_loop(
             }
             // Not raced against shutdown: a fetch dropped half-way may still lease jobs in
             // the broker, which would then sit `running` until their lease expired.
+            // The broker grants each lease from its own reading of the time, later than this
+            // one; the pool watches it on this node's clock, which may be off from the
+            // broker's (Redis' `TIME`), so it keeps `sent + lease`, never later than the real
+            // deadline, as heartbeats do.
+            let sent = shared.clock.now();
             let fetched = match rates.get(queue) {
                 None => broker.fetch(queue, want, shared.config.lease).await,
                 Some(rate) => broker
@@ -121,7 +126,8 @@ pub(super) async fn fetch_loop(
                     // to give this round.
                     let filled = batch.len() == want && !held.contains_key(queue);
                     saturated |= filled;
-                    for job in batch {
+                    for mut job in batch {
+                        job.lease_until = Some(sent + shared.config.lease);
                         start_job(shared, jobs, &slots, queue_sem, job);
                     }
                     // The round ends at the first queue that gave all it was asked for: slots

@@ -183,7 +183,8 @@ pub async fn poison_pill_after_max_interruptions(b: Arc<dyn Broker>, clock: Arc<
     assert!(fetch_one(&b, "default").await.is_none());
 }
 
-/// Progress is recorded with its event, and refused once the lease is stale or the job done.
+/// Progress is recorded with its event, reset when the job is fetched again, and refused once
+/// the lease is stale or the job done.
 pub async fn progress_recorded_and_fenced(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
     let id = enqueue(&b, job("test.p")).await;
     let first = fetch_leased(&b, "default", Duration::from_secs(5)).await;
@@ -201,6 +202,13 @@ pub async fn progress_recorded_and_fenced(b: Arc<dyn Broker>, clock: Arc<ManualC
     clock.advance(5_001);
     b.rescue(3).await.expect("rescue");
     let second = fetch_expect(&b, "default", &id).await;
+    // A new attempt starts from nothing: neither its handler nor a reader sees the last one's.
+    assert_eq!(
+        (second.progress, second.progress_message.as_deref()),
+        (0, None)
+    );
+    let j = get(&b, &id).await;
+    assert_eq!((j.progress, j.progress_message.as_deref()), (0, None));
     assert_lease_lost(
         b.progress(&first.lease(), 90, None).await,
         "progress with a stale token",

@@ -451,3 +451,94 @@ async fn a_trimmed_cursor_is_told_while_another_queue_holds_older_events() {
         None
     );
 }
+
+/// `test.nap`: sleeps 2.5 s unless told to stop, counting its runs and the stops.
+struct Nap {
+    runs: Arc<std::sync::atomic::AtomicU32>,
+    stopped: Arc<std::sync::atomic::AtomicU32>,
+}
+
+#[async_trait::async_trait]
+impl hopper_workers::Handler for Nap {
+    async fn run(&self, cx: hopper_workers::JobContext) -> hopper_workers::JobResult {
+        use std::sync::atomic::Ordering;
+        self.runs.fetch_add(1, Ordering::SeqCst);
+        tokio::select! {
+            () = cx.cancelled() => {
+                self.stopped.fetch_add(1, Ordering::SeqCst);
+                Ok(json!({"stopped": true}))
+            }
+            () = tokio::time::sleep(Duration::from_millis(2_500)) => Ok(json!({"slept": true})),
+        }
+    }
+}
+
+/// A pool on a node whose clock runs 8 s fast runs a job that outlives nothing but its first
+/// heartbeat to the end, once: the lease Redis grants ends 3 s after Redis' now, which the
+/// node's clock reads as 5 s ago, so a pool that watched Redis' deadline on its own clock
+/// stopped every handler at once and the job was interrupted until buried as a poison pill.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_on_a_fast_clock_keeps_its_running_jobs() {
+    use hopper_workers::pool::{Pool, PoolConfig};
+    use std::sync::atomic::{AtomicU32, Ordering};
+    let prefix = unique_prefix();
+    let _cleanup = Cleanup {
+        prefix: prefix.clone(),
+    };
+    let clock: Arc<dyn Clock> = Arc::new(SkewedClock { offset_ms: 8_000 });
+    let broker: Arc<dyn Broker> = Arc::new(connect(&prefix, clock.clone()).await);
+    let runs = Arc::new(AtomicU32::new(0));
+    let stopped = Arc::new(AtomicU32::new(0));
+    let mut registry = hopper_workers::Registry::new();
+    registry
+        .register(
+            "test.nap",
+            Nap {
+                runs: runs.clone(),
+                stopped: stopped.clone(),
+            },
+        )
+        .expect("register");
+    let config = PoolConfig {
+        concurrency: 2,
+        lease: Duration::from_secs(3),
+        heartbeat: Duration::from_millis(500),
+        shutdown_grace: Duration::from_secs(1),
+        rescue_interval: Duration::from_millis(500),
+        idle_wait: Duration::from_millis(200),
+        queues: vec![hopper_workers::pool::QueueSpec::new("skew-pool")],
+        ..PoolConfig::default()
+    };
+    let pool = Pool::new(broker.clone(), Arc::new(registry), config, clock);
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let run = tokio::spawn(pool.run(shutdown.clone()));
+    let ids = enqueue_ids(&*broker, vec![job("test.nap").queue("skew-pool")]).await;
+
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let done = loop {
+        let j = broker.get(&ids[0]).await.expect("get").expect("the job");
+        if j.state.is_final() {
+            break j;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the job did not end in 60 s: {j:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    shutdown.cancel();
+    tokio::time::timeout(Duration::from_secs(60), run)
+        .await
+        .expect("the pool stops")
+        .expect("the pool task did not panic")
+        .expect("the pool ran without error");
+    assert_eq!(done.state, JobState::Succeeded, "{done:?}");
+    assert_eq!(done.result, Some(json!({"slept": true})));
+    assert_eq!(
+        (done.attempt, done.interruptions),
+        (1, 0),
+        "one attempt, never interrupted"
+    );
+    assert_eq!(runs.load(Ordering::SeqCst), 1);
+    assert_eq!(stopped.load(Ordering::SeqCst), 0);
+}

@@ -76,9 +76,11 @@ pub const PROMOTE_DUE: &str = "UPDATE jobs SET state = 'queued' \
     WHERE seq IN (SELECT seq FROM jobs \
                   WHERE queue = ?1 AND state IN ('scheduled', 'retrying') AND run_at <= ?2 \
                   ORDER BY run_at, seq LIMIT ?3)";
+/// Leases up to `?2` queued jobs; a new attempt starts without the last one's progress.
 pub const FETCH: &str = concat!(
     "UPDATE jobs SET state = 'running', attempt = attempt + 1, lease_token = lease_token + 1, \
-     lease_until = ?3, started_at = COALESCE(started_at, ?4) \
+     lease_until = ?3, started_at = COALESCE(started_at, ?4), progress = 0, \
+     progress_message = NULL \
      WHERE seq IN (SELECT seq FROM jobs WHERE queue = ?1 AND state = 'queued' \
                    ORDER BY priority, run_at, seq LIMIT ?2) \
      RETURNING ",
