@@ -11,9 +11,10 @@
 //! Each job is checked ([`NewJob::validate`]) before it is queued, so a bad request is refused
 //! alone, with its own field named, and never fails the others' batch. Two jobs with the same
 //! queue and `unique_key` never share a batch: the second waits for the next one, so it finds
-//! the first exactly as it would have one after the other. A batch that fails (the broker is
-//! unreachable) fails for each of its callers, with the same error, as each call alone would
-//! have.
+//! the first exactly as it would have one after the other. A batch goes to the broker as one
+//! call per queue, sent together: a call that fails (the broker is unreachable, the queue's
+//! shard is down) fails for each of its callers, with the same error, as each call alone
+//! would have, and for no caller of another queue, whose job may well be stored.
 //!
 //! Not here: chains (a chain is one call already, `super::Service::submit`), checking a
 //! request against the registry (`super::submit`).
@@ -121,8 +122,25 @@ async fn run(broker: Arc<dyn Broker>, mut rx: mpsc::Receiver<Waiting>) {
     }
 }
 
-/// Stores a batch and answers each job; a failure, each of them.
+/// Stores a batch, one broker call per queue (at once), and answers each job.
+///
+/// Per queue, because one call is all or nothing only within a queue: Redis stores each
+/// queue's jobs with a script call of their own (on a Cluster, on the queue's shard), so one
+/// call over several queues can fail after storing some of them, and its error would reach
+/// callers whose job was stored (and whose retry would store it again).
 async fn send(broker: &dyn Broker, batch: Vec<Waiting>) {
+    let mut groups: Vec<Vec<Waiting>> = Vec::new();
+    for w in batch {
+        match groups.iter_mut().find(|g| g[0].job.queue == w.job.queue) {
+            Some(g) => g.push(w),
+            None => groups.push(vec![w]),
+        }
+    }
+    futures::future::join_all(groups.into_iter().map(|g| send_queue(broker, g))).await;
+}
+
+/// Stores one queue's jobs of a batch and answers each; a failure, each of them.
+async fn send_queue(broker: &dyn Broker, batch: Vec<Waiting>) {
     let (jobs, replies): (Vec<NewJob>, Vec<_>) =
         batch.into_iter().map(|w| (w.job, w.reply)).unzip();
     let n = jobs.len();
@@ -259,5 +277,84 @@ mod tests {
         assert_eq!(answers.iter().filter(|e| e.created).count(), 1);
         let ids: HashSet<_> = answers.iter().map(|e| e.job.id.clone()).collect();
         assert_eq!(ids.len(), 1, "every caller sees the one job");
+    }
+
+    /// Deletes a Redis prefix's keys when dropped, so a failing test cleans up too.
+    struct RedisKeys(String);
+
+    impl Drop for RedisKeys {
+        fn drop(&mut self) {
+            let Ok(client) = redis::Client::open(REDIS) else {
+                return;
+            };
+            let Ok(mut conn) = client.get_connection() else {
+                return;
+            };
+            for pattern in [format!("{{{}:*", self.0), format!("{}:*", self.0)] {
+                let keys: Vec<String> = redis::cmd("KEYS")
+                    .arg(&pattern)
+                    .query(&mut conn)
+                    .unwrap_or_default();
+                if !keys.is_empty() {
+                    let _: Result<(), _> = redis::cmd("DEL").arg(keys).query(&mut conn);
+                }
+            }
+        }
+    }
+
+    const REDIS: &str = "redis://127.0.0.1:6379/0";
+
+    /// Callers of two queues share batches; on Redis each queue is its own script call, and
+    /// one queue's call fails here (its sequence key is not a number, which Redis refuses).
+    /// Each caller is answered for its own job: every job of the healthy queue is stored and
+    /// answered so, every job of the broken one is refused, and no caller is told of a failure
+    /// while its job was stored (a retry of it would store it twice).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn one_queue_failing_fails_only_its_own_callers() {
+        let prefix = format!("test-{}", uuid::Uuid::now_v7().simple());
+        let _keys = RedisKeys(prefix.clone());
+        let broker: Arc<dyn Broker> = Arc::new(
+            hopper_workers::broker::redis::RedisBroker::connect(REDIS, &prefix, clock::system())
+                .await
+                .unwrap(),
+        );
+        let client = redis::Client::open(REDIS).unwrap();
+        let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+        let _: () = redis::cmd("SET")
+            .arg(format!("{{{prefix}:broken}}:seq"))
+            .arg("not a number")
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        let c = Arc::new(Coalescer::new(broker.clone()));
+        let calls = (0..400u64).map(|n| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                let queue = if n % 2 == 0 { "healthy" } else { "broken" };
+                (queue, c.enqueue(job(n).queue(queue)).await)
+            })
+        });
+        let mut stored = 0;
+        for call in futures::future::join_all(calls).await {
+            match call.unwrap() {
+                ("healthy", answer) => {
+                    let e = answer
+                        .unwrap_or_else(|e| panic!("a job of the healthy queue was refused: {e}"));
+                    assert!(e.created);
+                    stored += 1;
+                }
+                (_, answer) => assert!(answer.is_err(), "{answer:?}"),
+            }
+        }
+        assert_eq!(stored, 200);
+        let page = broker
+            .list(&JobFilter {
+                queue: Some("healthy".into()),
+                limit: 1000,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(page.jobs.len(), 200, "every job answered stored is, once");
     }
 }

@@ -10,7 +10,8 @@
 -- ARGV[3]  batch size
 -- ARGV[4]  the bound, ms: '' on a request's first call, which takes its own now; later calls
 --          pass the bound the first one answered
--- Returns  {the number of jobs re-queued, the bound (ms text)}.
+-- Returns  {the number of jobs re-queued, the number of dead-set entries taken (a batch
+--          short of ARGV[3] is the last), the bound (ms text)}.
 
 local now = clock_ms(ARGV[1])
 local cap = ARGV[2]
@@ -19,9 +20,16 @@ if bound == '' then
   bound = ms_text(now)
 end
 local ids = redis.call('ZRANGEBYSCORE', K .. 'dead', '-inf', bound, 'LIMIT', 0, tonumber(ARGV[3]))
+local n = 0
 for i = 1, #ids do
-  requeue(ids[i], 'dead', now, cap)
+  -- An entry whose record is gone (`drop_queue` deletes records first, sets last) is let go.
+  if rec_raw(ids[i]) then
+    requeue(ids[i], 'dead', now, cap)
+    n = n + 1
+  else
+    redis.call('ZREM', K .. 'dead', ids[i])
+  end
 end
-signal(#ids)
+signal(n)
 flush_counts()
-return { #ids, bound }
+return { n, #ids, bound }

@@ -207,6 +207,114 @@ fn slot_function_matches_redis_examples() {
     assert_eq!(slot("foo"), 12182);
 }
 
+/// A job reporting progress for hours keeps a record of a bounded size (every call on it reads
+/// and writes the whole record back): past 64 entries its history keeps the latest progress
+/// of a run, not each one, while the stream keeps them all for live readers.
+#[tokio::test]
+async fn a_long_run_of_progress_keeps_the_record_bounded() {
+    let f = fixture().await;
+    let b = &f.broker;
+    b.enqueue(vec![job("p").queue("prog")])
+        .await
+        .expect("enqueue");
+    let got = b.fetch("prog", 1, LEASE).await.expect("fetch");
+    let lease = got[0].lease();
+    let record = format!("{{{}:prog}}:job:{}", f.prefix, got[0].id);
+    let strlen = || -> usize {
+        redis::cmd("STRLEN")
+            .arg(&record)
+            .query(&mut raw_conn())
+            .expect("STRLEN")
+    };
+    for i in 0..100u8 {
+        b.progress(&lease, i, None).await.expect("progress");
+    }
+    let after_100 = strlen();
+    for i in 0..200u32 {
+        b.progress(&lease, u8::try_from(i % 100).expect("percent"), None)
+            .await
+            .expect("progress");
+    }
+    b.progress(&lease, 99, Some("almost".into()))
+        .await
+        .expect("progress");
+    // A message and longer stream ids may add a few bytes; 200 more ids would add 3,000.
+    assert!(
+        strlen() <= after_100 + 100,
+        "the record grew from {after_100} to {} bytes",
+        strlen()
+    );
+    b.finish(vec![finish(
+        lease,
+        Outcome::Succeeded {
+            result: json!({"ok": true}),
+        },
+    )])
+    .await
+    .expect("finish");
+    let history = b.history(&got[0].id).await.expect("history");
+    let types: Vec<EventType> = history.iter().map(|e| e.kind_of_event).collect();
+    assert_eq!(types[..2], [EventType::Enqueued, EventType::Started]);
+    assert_eq!(types.last(), Some(&EventType::Succeeded));
+    let progress: Vec<&hopper_workers::event::Event> = history
+        .iter()
+        .filter(|e| e.kind_of_event == EventType::Progress)
+        .collect();
+    assert!(progress.len() < 70, "{} progress events", progress.len());
+    assert_eq!(progress[0].progress, Some(0), "the first ones are kept");
+    let last = progress.last().expect("progress");
+    assert_eq!(
+        (last.progress, last.message.as_deref()),
+        (Some(99), Some("almost")),
+        "the latest is kept"
+    );
+    // Every update is in the log for the live stream.
+    let all = b.events(None, 1000).await.expect("events");
+    let logged = all
+        .iter()
+        .filter(|e| e.kind_of_event == EventType::Progress)
+        .count();
+    assert_eq!(logged, 301);
+}
+
+/// A dead-set entry whose record is gone (`drop_queue` deletes the records first, the sets
+/// last) is let go by `retry --all-dead`, which re-queues the others and does not fail half-way.
+#[tokio::test]
+async fn retry_all_dead_lets_go_of_an_entry_without_its_record() {
+    let f = fixture().await;
+    let b = &f.broker;
+    b.enqueue(vec![job("a").queue("rad"), job("b").queue("rad")])
+        .await
+        .expect("enqueue");
+    let got = b.fetch("rad", 2, LEASE).await.expect("fetch");
+    let dead = |l| {
+        finish(
+            l,
+            Outcome::Dead {
+                error: "boom".into(),
+            },
+        )
+    };
+    b.finish(vec![dead(got[0].lease()), dead(got[1].lease())])
+        .await
+        .expect("finish");
+    let _: () = redis::cmd("DEL")
+        .arg(format!("{{{}:rad}}:job:{}", f.prefix, got[0].id))
+        .query(&mut raw_conn())
+        .expect("DEL");
+    assert_eq!(
+        b.retry_all_dead(Some("rad")).await.expect("retry all dead"),
+        1
+    );
+    let back = b.get(&got[1].id).await.expect("get").expect("the job");
+    assert_eq!(back.state, JobState::Queued);
+    let dead_left: u64 = redis::cmd("ZCARD")
+        .arg(format!("{{{}:rad}}:dead", f.prefix))
+        .query(&mut raw_conn())
+        .expect("ZCARD");
+    assert_eq!(dead_left, 0);
+}
+
 #[tokio::test]
 async fn every_key_of_a_queue_shares_one_slot() {
     let f = fixture().await;

@@ -221,7 +221,10 @@ pub async fn garbage_cursors_and_filter_names_are_refused(
     for i in 0..3 {
         enqueue(&b, job("test.g").queue(if i == 0 { "a" } else { "b" })).await;
     }
-    for garbage in ["garbage", "", "{", "-1", "1.5", " 7", "0x10", "9@"] {
+    // `1-0@` and `1-0@a b` have a Redis stream id, but no queue a broker could name.
+    for garbage in [
+        "garbage", "", "{", "-1", "1.5", " 7", "0x10", "9@", "1-0@", "1-0@a b",
+    ] {
         let r = b
             .list(&JobFilter {
                 limit: 10,

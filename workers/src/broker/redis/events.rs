@@ -105,9 +105,13 @@ fn event_id(pos: Pos, queue: &str) -> String {
     }
 }
 
-/// Where a client is in the merged event log (see [`event_id`]).
+/// Where a client is in the merged event log (see [`event_id`]); `None` for what no broker
+/// issues (a queue part that is no queue name, say, is no cursor, not a trimmed one).
 fn parse_event_id(s: &str) -> Option<(Pos, &str)> {
     let (pos, queue) = s.split_once('@')?;
+    if !crate::job::valid_name(queue) {
+        return None;
+    }
     // The first event of an entry has no `.0` (see `event_id`).
     let (sid, sub) = match pos.split_once('.') {
         Some((sid, sub)) => (

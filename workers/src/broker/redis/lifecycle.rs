@@ -50,6 +50,9 @@ const FETCH_MAX: usize = 500;
 const PROMOTE_LIMIT: usize = 1000;
 
 pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResult<Vec<Enqueued>> {
+    if jobs.is_empty() {
+        return Ok(Vec::new());
+    }
     let now_arg = broker.now_arg();
     // Run times go to the script as delays from this node's now (see `job_args`).
     let local_now = broker.clock.now();
@@ -71,14 +74,18 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
         .arg(broker.queues_key())
         .arg(&names)
         .ignore();
-    for ((queue, chunk), &plain) in calls.iter().zip(&plain) {
-        // The id index first: see `keys.rs` for why.
-        let mut index = redis::cmd("HSET");
-        index.arg(broker.jobq_key());
+    // The id index first, see `keys.rs` for why: one command for every call, before all of
+    // them, so that a Cluster, whose pipeline runs in stages where it moves between the index
+    // and the queues' slots, takes two round trips, not two per queue.
+    let mut index = redis::cmd("HSET");
+    index.arg(broker.jobq_key());
+    for (queue, chunk) in &calls {
         for &i in chunk {
             index.arg(jobs[i].id.as_str()).arg(*queue);
         }
-        pipe.add_command(index).ignore();
+    }
+    pipe.add_command(index).ignore();
+    for ((queue, chunk), &plain) in calls.iter().zip(&plain) {
         pipe.add_command(enqueue_call(
             broker, queue, chunk, &jobs, plain, &now_arg, local_now,
         )?);
@@ -563,9 +570,9 @@ pub(super) async fn retry_all_dead(broker: &RedisBroker, queue: Option<&str>) ->
                 .arg(broker.event_cap)
                 .arg(BATCH)
                 .arg(&bound);
-            let (n, answered): (u64, String) = broker.query(&cmd).await?;
+            let (n, taken, answered): (u64, u64, String) = broker.query(&cmd).await?;
             total += n;
-            if n < BATCH as u64 {
+            if taken < BATCH as u64 {
                 break;
             }
             bound = answered;
