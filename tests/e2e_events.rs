@@ -542,7 +542,7 @@ async fn streams_past_max_connections_are_503() {
 /// task feeding it) for as long as its TCP peer acknowledges zero-window probes.
 #[tokio::test]
 async fn an_sse_client_that_stops_reading_frees_its_connection_slot() {
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let s = Scratch::new();
     s.write_config_with_server("max_connections = 1\nws_ping_interval = \"1s\"", "");
@@ -559,6 +559,21 @@ async fn an_sse_client_that_stops_reading_frees_its_connection_slot() {
         )
         .await
         .unwrap();
+    // Its answer's head, then nothing more.
+    let mut head = Vec::new();
+    while !head.ends_with(b"\r\n\r\n") {
+        let mut byte = [0u8; 1];
+        let n = wait::within("the stream's answer", stalled.read(&mut byte))
+            .await
+            .unwrap();
+        assert_eq!(n, 1, "closed after {:?}", String::from_utf8_lossy(&head));
+        head.push(byte[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 200"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
     let second = async || {
         reqwest::Client::new()
             .get(format!("{}/v1/events", api.base))
