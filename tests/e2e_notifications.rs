@@ -235,6 +235,20 @@ async fn bad_expired_or_missing_jwts_are_closed_with_4001() {
     close(ws).await;
 }
 
+/// A connection lasts no longer than its JWT: at `exp` the server closes it with 4001, so a
+/// short-lived token is how a user's access ends (the notifications kept flowing before).
+#[tokio::test]
+async fn a_stream_is_closed_with_4001_when_its_jwt_expires() {
+    let s = Scratch::with_config(AUTH);
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let q = format!("token={}", jwt_with(SECRET, "42", 8));
+    let mut ws = connect_with(&url(&api, &q), &[]).await.unwrap();
+    let (port, _) = inbox(&s.broker_url(), "hopper").await;
+    port.deliver(&note("x1", "42")).await.unwrap();
+    expect_notification(&mut ws, "x1").await;
+    expect_close(&mut ws, 4001, "expired").await;
+}
+
 #[tokio::test]
 async fn an_eddsa_jwt_verified_with_the_public_key_file_is_accepted() {
     let s = Scratch::new();

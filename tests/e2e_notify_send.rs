@@ -236,6 +236,83 @@ async fn a_down_webhook_is_retried_until_it_is_back_and_the_email_is_sent_once()
     assert!(mails.try_recv().is_err(), "the email was sent twice");
 }
 
+/// A delivery that failed for good is not sent again while the job waits on another endpoint's
+/// open circuit: the job snoozes (its attempt given back, so it runs as attempt 1 again), and
+/// only `hopper retry` of a dead notification tries its failed deliveries anew. Here webhook
+/// A refuses (400, final) and B's circuit is open (one failure opens it, a job to B alone
+/// failed first), so the job wakes every second on B's probe: A is POSTed once.
+#[tokio::test]
+async fn a_delivery_failed_for_good_is_not_resent_while_the_job_waits_on_a_circuit() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    let posts = Arc::new(AtomicUsize::new(0));
+    let counted = posts.clone();
+    // Counts the POSTs of the second job's notification (titled T2).
+    let refusing = axum::Router::new().fallback(move |body: String| {
+        let counted = counted.clone();
+        async move {
+            if body.contains("\"T2\"") {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }
+            (axum::http::StatusCode::BAD_REQUEST, "no")
+        }
+    });
+    let refusing_addr = serve_http(refusing).await;
+    // A port with nothing listening on it.
+    let closed = {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let a = format!("http://{refusing_addr}/a");
+    let b = format!("http://127.0.0.1:{closed}/b");
+    let s = Scratch::with_config(&format!(
+        "[http]\nallow_hosts = [\"127.0.0.1\"]\n\n\
+         [notify]\nwebhooks = [\"{a}\", \"{b}\"]\n\
+         webhook_secret = \"{WEBHOOK_SECRET}\"\nbreaker_failures = 1\nbreaker_cooldown = \"1s\"\n\n\
+         [retry]\nbackoff_base = \"100ms\"\nbackoff_max = \"200ms\"\n"
+    ));
+    let (_d, api) = s.serve(&[]);
+    let job = |n: u32| {
+        json!({
+            "kind": "notify.send",
+            "max_retries": 100,
+            "payload": {"user": "7", "title": format!("T{n}"), "body": "B", "channels": ["webhook"]},
+        })
+    };
+    // The first job's failures open B's circuit (and A refuses it, once).
+    let first = api.enqueue_ok(job(1)).await;
+    api.wait_job(&first, |j| j["attempt"].as_u64().unwrap_or(0) >= 2)
+        .await;
+    let second = api.enqueue_ok(job(2)).await;
+    // B's circuit holds the second job back: it snoozes and wakes at each probe.
+    let waiting = api
+        .wait_job(&second, |j| {
+            j["checkpoint"]["channels"]["webhook"]["endpoints"]
+                .as_object()
+                .is_some_and(|e| e.len() == 2)
+                && j["state"] == "scheduled"
+        })
+        .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let job_now = api.get_json(&format!("/v1/jobs/{second}"), &[]).await;
+    assert_ne!(job_now["state"], "succeeded", "{job_now:#}");
+    let wakes = job_now["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["type"] == "job.started")
+        .count();
+    assert!(
+        wakes >= 2,
+        "the job did not wake on B's probes: {job_now:#}\n{waiting:#}"
+    );
+    assert_eq!(
+        posts.load(Ordering::SeqCst),
+        1,
+        "A was POSTed the second notification again in its {wakes} runs"
+    );
+}
+
 /// A webhook URL's path and query are often its secret (Slack's `/services/…`, `?token=`):
 /// the job's record, its errors, its history and the log name each URL as `GET /v1/circuits`
 /// does (`http://host:port/…#HASH`), also when the connection fails (reqwest's own message

@@ -184,7 +184,7 @@ fn authorize(st: &AppState, headers: &HeaderMap, id: &str) -> Result<String, Api
         return Err(unauthorized("invalid token"));
     };
     match verifier.verify(presented) {
-        Ok(sub) if sub == id => Ok(id.to_owned()),
+        Ok(v) if v.sub == id => Ok(id.to_owned()),
         Ok(_) => Err(ApiError::new(
             StatusCode::FORBIDDEN,
             "forbidden",

@@ -33,6 +33,28 @@ impl std::fmt::Debug for Verifier {
 struct Claims {
     #[serde(default)]
     sub: String,
+    /// Required (see `verify`); seconds since the epoch.
+    #[serde(default)]
+    exp: u64,
+}
+
+/// A token that passed: the user it names, and when it stops being valid.
+#[derive(Debug)]
+pub struct Verified {
+    pub sub: String,
+    /// `exp`, seconds since the Unix epoch.
+    pub exp: u64,
+}
+
+impl Verified {
+    /// How long from now until `exp` (zero once past; the validation's 60 s leeway is not
+    /// granted again to a stream that outlives its token).
+    pub fn remaining(&self) -> std::time::Duration {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs());
+        std::time::Duration::from_secs(self.exp.saturating_sub(now))
+    }
 }
 
 impl Verifier {
@@ -67,8 +89,8 @@ impl Verifier {
         Ok((secret.is_some() || public.is_some()).then_some(Self { secret, public }))
     }
 
-    /// The user a token names (`sub`), or why it is refused.
-    pub fn verify(&self, token: &str) -> Result<String, &'static str> {
+    /// The user a token names (`sub`) and its `exp`, or why it is refused.
+    pub fn verify(&self, token: &str) -> Result<Verified, &'static str> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| "malformed token")?;
         let key = match (header.alg, &self.secret, &self.public) {
             (Algorithm::HS256, Some(secret), _) => secret,
@@ -89,10 +111,10 @@ impl Verifier {
             ErrorKind::MissingRequiredClaim(_) => "token without exp or sub",
             _ => "invalid token",
         })?;
-        let sub = data.claims.sub;
+        let Claims { sub, exp } = data.claims;
         if hopper_workers::broker::inbox::check_name("sub", &sub).is_err() {
             return Err("token sub is not a user id");
         }
-        Ok(sub)
+        Ok(Verified { sub, exp })
     }
 }

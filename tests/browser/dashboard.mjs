@@ -34,9 +34,9 @@ await browser.addInitScript(() => {
   window.WebSocket = class extends RealWebSocket {
     constructor(url, protocols) {
       super(url, protocols);
-      const rec = { url: String(url), opened: false, closed: null };
+      const rec = { url: String(url), protocols: protocols ?? [], protocol: null, opened: false, closed: null };
       log.sockets.push(rec);
-      this.addEventListener('open', () => { rec.opened = true; });
+      this.addEventListener('open', () => { rec.opened = true; rec.protocol = this.protocol; });
       this.addEventListener('close', (e) => { rec.closed = { code: e.code, reason: e.reason }; });
     }
   };
@@ -90,13 +90,18 @@ try {
   // The requests refused before the token was given are behind us.
   consoleErrors.length = 0;
   await page.locator('.queue-card[data-queue="default"]').waitFor();
-  // "live" is the real /v1/events WebSocket, opened with the token in the query.
+  // "live" is the real /v1/events WebSocket, opened with the token as a subprotocol, not in
+  // the URL (which proxies write to their access logs); the server answers `hopper`.
   await page.locator('#conn[data-mode="live"]').waitFor();
   {
     const open = (await wire(page)).sockets.filter((s) => s.opened && !s.closed);
     if (open.length !== 1) throw new Error(`open event streams: ${JSON.stringify(open)}`);
     const url = new URL(open[0].url);
-    if (url.pathname !== '/v1/events' || url.searchParams.get('token') !== token) throw new Error(`the stream's url: ${open[0].url}`);
+    if (url.pathname !== '/v1/events' || url.search !== '') throw new Error(`the stream's url: ${open[0].url}`);
+    const asked = JSON.stringify(open[0].protocols);
+    if (asked !== JSON.stringify(['hopper', `token.${token}`]) || open[0].protocol !== 'hopper') {
+      throw new Error(`the stream's subprotocols: asked ${asked}, got ${open[0].protocol}`);
+    }
   }
   {
     // The table shows no payloads: it asks for brief pages, which leave them out.
@@ -119,6 +124,10 @@ try {
   const row = (id) => page.locator(`#jobs tr[data-id="${id}"]`);
   await row(sleeper).waitFor();
   const t0 = Date.now();
+  // The running row's Cancel button, and the progress it had when taken: a progress update
+  // redraws the bar, not the button a user is pressing or has focused.
+  let pressed = null;
+  let movedUnderIt = false;
   for (;;) {
     // One read of the row, so that state, number and bar are of the same redraw.
     const { state, progress, width } = await row(sleeper).evaluate((tr) => ({
@@ -127,6 +136,16 @@ try {
       width: tr.querySelector('.bar > span').style.width,
     }));
     if (progress > 0 && progress < 100 && width !== `${progress}%`) throw new Error(`bar width ${width} for progress ${progress}`);
+    if (state === 'running' && progress < 100) {
+      if (!pressed) {
+        pressed = { p: progress, button: await row(sleeper).locator('button[data-action="cancel"]').elementHandle() };
+      } else if (progress !== pressed.p && !movedUnderIt) {
+        movedUnderIt = true;
+        if (!(await pressed.button.evaluate((b) => b.isConnected))) {
+          throw new Error(`the Cancel button was replaced when the bar moved from ${pressed.p} to ${progress} %`);
+        }
+      }
+    }
     if (state === 'succeeded') break;
     if (Date.now() - t0 > DEADLINE) throw new Error(`sleeper still ${state} after ${DEADLINE} ms`);
     await page.waitForTimeout(100);
@@ -145,6 +164,7 @@ try {
     if (byFrame.length < 2) throw new Error(`the bar moved ${byFrame.length} times between list polls: ${JSON.stringify({ moves, polls })}`);
     if (unsent.length) throw new Error(`the bar showed values no frame carried: ${JSON.stringify(unsent)}`);
   }
+  if (!movedUnderIt) throw new Error('the sleeper\'s bar never moved while the page watched it run');
   await page.locator(`#jobs tr[data-id="${sleeper}"] .bar > span`).evaluate((e) => {
     if (e.style.width !== '100%') throw new Error(`a succeeded job's bar is ${e.style.width}`);
   });
@@ -298,7 +318,7 @@ try {
   await tab.waitForFunction(() => window.__wire.sockets.some((s) => s.closed));
   {
     const refused = (await wire(tab)).sockets.find((s) => s.closed);
-    if (refused.closed.code !== 4001 || new URL(refused.url).searchParams.get('token') !== wrong) {
+    if (refused.closed.code !== 4001 || !refused.protocols.includes(`token.${wrong}`)) {
       throw new Error(`the stream with a wrong token: ${JSON.stringify(refused)}`);
     }
   }

@@ -304,6 +304,16 @@ impl NewJob {
     pub fn validate(&self) -> Result<(), FieldError> {
         check_kind(&self.kind)?;
         check_queue(&self.queue)?;
+        // `/v1/queues/../pause` is `/v1/pause` to every HTTP client (dot segments are removed
+        // from a path, `%2E%2E` too): a queue named so could never be paused, resumed or
+        // retried over the API. Refused for new jobs only; a queue that has such jobs already
+        // is still served.
+        if self.queue.bytes().all(|b| b == b'.') {
+            return Err(FieldError::new(
+                "queue",
+                "must not be only dots: `.` and `..` cannot be named in a URL path",
+            ));
+        }
         if self.priority > MAX_PRIORITY {
             return Err(FieldError::new("priority", PRIORITY_RULE));
         }
@@ -516,8 +526,15 @@ mod tests {
         assert!(ok.validate().is_ok());
         let bad = ok.clone().priority(12);
         assert_eq!(bad.validate().map_err(|e| e.field), Err("priority".into()));
-        let bad = ok.clone().queue("a b");
-        assert_eq!(bad.validate().map_err(|e| e.field), Err("queue".into()));
+        for name in ["a b", ".", ".."] {
+            let bad = ok.clone().queue(name);
+            assert_eq!(
+                bad.validate().map_err(|e| e.field),
+                Err("queue".into()),
+                "{name}"
+            );
+        }
+        assert!(ok.clone().queue("...a").validate().is_ok());
         let bad = ok
             .clone()
             .timeout(Duration::from_millis(MAX_TIMEOUT_MS + 1));

@@ -381,8 +381,11 @@ impl Kind for SendNotification {
             data: args.data,
         };
         let mut record = Record::from_checkpoint(cx.checkpoint());
-        if cx.attempt() == 1 {
-            // A fresh start (`hopper retry` of a dead job): failed deliveries are tried again.
+        if record.ended {
+            // The last run ended the job: this is `hopper retry`'s, and failed deliveries are
+            // tried again. Not on a snooze's wake-up, which gives the attempt back (a first
+            // attempt runs again) while an open circuit holds a delivery: that resent every
+            // delivery failed for good at each wake-up.
             record.forget_failures();
         }
         let mut attempt = Attempt::default();
@@ -412,6 +415,17 @@ impl Kind for SendNotification {
             Self::save(&cx, &record).await?;
         }
         let (retryable, permanent) = record.failures();
+        // Whether this run's answer below ends the job `dead` (see `Record::ended`): a retry
+        // when none is left, or a delivery failed for good with nothing to wait for.
+        let ends = if attempt.retry {
+            cx.attempt() > cx.job().max_retries
+        } else {
+            attempt.wait.is_none() && !permanent.is_empty()
+        };
+        if ends {
+            record.ended = true;
+            Self::save(&cx, &record).await?;
+        }
         if attempt.retry {
             let message = retryable.join("; ");
             return Err(match attempt.retry_after {

@@ -74,6 +74,12 @@ pub struct ChannelRecord {
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Record {
     pub channels: BTreeMap<String, ChannelRecord>,
+    /// Saved by an attempt that may have ended the job (`dead`: a delivery failed for good, or
+    /// its last retry failed): the next run is then `hopper retry`'s, which tries the failed
+    /// deliveries anew. Any other run (a retry, a snooze's wake-up, a release at shutdown)
+    /// keeps them.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ended: bool,
 }
 
 impl Record {
@@ -90,10 +96,12 @@ impl Record {
         serde_json::to_value(self).unwrap_or(Value::Null)
     }
 
-    /// Forgets every failure, keeping what was delivered or skipped: how a job's first
-    /// attempt reads the record, so that `hopper retry` of a dead notification tries its
-    /// failed deliveries again (permanent ones included) and nothing delivered twice.
+    /// Forgets every failure, keeping what was delivered or skipped: how the run after one
+    /// that ended the job reads the record ([`Record::ended`]), so that `hopper retry` of a
+    /// dead notification tries its failed deliveries again (permanent ones included) and
+    /// nothing delivered twice.
     pub fn forget_failures(&mut self) {
+        self.ended = false;
         for c in self.channels.values_mut() {
             c.endpoints
                 .retain(|_, o| !matches!(o, Outcome::Failed { .. }));

@@ -173,10 +173,12 @@ function single(fn) {
 
 let lastError = '';
 function onFetchError(e) {
-  const msg = e instanceof ApiError ? e.message : 'the server does not answer';
+  const refused = e instanceof ApiError;
+  const msg = refused ? e.message : 'the server does not answer';
   if (msg !== lastError) toast(`Could not refresh: ${msg}`, true);
   lastError = msg;
-  setConn(stream.live ? 'live' : 'offline');
+  // Said until a refresh succeeds: after the toast, the page still shows it is out of date.
+  setConn(refused ? 'stale' : 'offline', msg);
 }
 function fetched() {
   if (lastError) { lastError = ''; setConn(stream.live ? 'live' : 'polling'); }
@@ -442,9 +444,19 @@ function renderJobs() {
   for (const j of state.jobs) {
     keep.add(j.id);
     let r = rows.get(j.id);
-    const sig = [j.state, j.progress, j.progress_message, j.attempt, j.queue].join('|');
-    if (!r) { r = { tr: h('tr'), sig: '' }; rows.set(j.id, r); }
-    if (r.sig !== sig) { fillRow(r.tr, j); r.sig = sig; }
+    // A progress update redraws the bar's cell alone: the row's link and buttons stay the
+    // elements a user is pressing or has focused.
+    const sig = [j.state, j.attempt, j.queue].join('|');
+    const bar = [j.progress, j.progress_message].join('|');
+    if (!r) { r = { tr: h('tr'), sig: '', bar: '' }; rows.set(j.id, r); }
+    if (r.sig !== sig) {
+      fillRow(r.tr, j);
+      r.sig = sig;
+      r.bar = bar;
+    } else if (r.bar !== bar) {
+      setProgress(r.tr, j);
+      r.bar = bar;
+    }
     r.tr.querySelector('.col-time').textContent = ago(j.created_at);
     // Move only what is out of place, so a steady list costs no layout.
     const want = prev ? prev.nextSibling : tbody.firstChild;
@@ -452,12 +464,22 @@ function renderJobs() {
     prev = r.tr;
   }
   for (const [id, r] of rows) if (!keep.has(id)) { r.tr.remove(); rows.delete(id); }
-  $('#jobs-empty').hidden = state.jobs.length > 0;
+  // A page may come back empty with older jobs still to look through (a filter matching few
+  // jobs of a big queue): not "no jobs match".
+  const empty = $('#jobs-empty');
+  empty.hidden = state.jobs.length > 0;
+  empty.textContent = state.next ? 'None on this page: Older → looks further back.' : 'No jobs match.';
   const n = state.cursors.length;
   $('#newer').disabled = n <= 1;
   $('#older').disabled = !state.next;
   $('#page-info').textContent = state.jobs.length ? `page ${n} · newest first` : '';
   renderKinds();
+}
+
+/** Redraws a row's progress cell (and its `data-progress`) only. */
+function setProgress(tr, j) {
+  tr.dataset.progress = j.state === 'succeeded' ? 100 : (j.progress || 0);
+  tr.querySelector('.col-progress').replaceChildren(progress(j.progress, j.state, j.progress_message));
 }
 
 function fillRow(tr, j) {
@@ -493,13 +515,13 @@ function applyProgress(ev) {
     const j = state.jobs.find((x) => x.id === ev.job_id);
     if (j && !FINAL.has(j.state)) {
       j.progress = ev.progress;
-      j.progress_message = ev.message ?? j.progress_message;
+      j.progress_message = ev.message ?? null; // none clears it, as the broker does
       schedule(renderJobs);
     }
   }
   if (state.job && state.job.id === ev.job_id && !FINAL.has(state.job.state)) {
     state.job.progress = ev.progress;
-    state.job.progress_message = ev.message ?? state.job.progress_message;
+    state.job.progress_message = ev.message ?? null;
     schedule(renderJob);
   }
 }
@@ -616,15 +638,17 @@ function historyItem(ev) {
 
 // ---------------------------------------------------------------- the event stream
 
-function setConn(mode) {
+function setConn(mode, why = '') {
   const el = $('#conn');
-  if (el.dataset.mode === mode) return;
+  if (el.dataset.mode === mode && el.dataset.why === why) return;
   el.dataset.mode = mode;
-  el.textContent = { live: 'live', polling: 'polling', offline: 'server unreachable', connecting: 'connecting…' }[mode];
+  el.dataset.why = why;
+  el.textContent = { live: 'live', polling: 'polling', offline: 'server unreachable', stale: 'not refreshing', connecting: 'connecting…' }[mode];
   el.title = {
     live: 'Following the event stream',
     polling: 'The event stream is not available: refreshing every second or two',
     offline: 'The server does not answer: retrying',
+    stale: `The server refuses to refresh this page (${why}): what it shows may be out of date; retrying`,
     connecting: 'Connecting',
   }[mode];
 }

@@ -6,6 +6,9 @@
 // which is cheaper than replaying a backlog, and a reader that fell behind (`lagged`) is better
 // served by fresh pages than by the events it missed.
 
+// What a subprotocol name may hold (RFC 6455: an HTTP token).
+const PROTOCOL_TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
 const FIRST_RETRY_MS = 2000;
 const MAX_RETRY_MS = 60000;
 
@@ -26,11 +29,15 @@ export class EventStream {
     clearTimeout(this.timer);
     const url = new URL('/v1/events', location.href);
     url.protocol = location.protocol === 'https:' ? 'wss:' : 'ws:';
-    // Browsers cannot set headers on a WebSocket: the token goes in the query.
+    // Browsers cannot set headers on a WebSocket: the token goes as a subprotocol
+    // (`hopper, token.TOKEN`), which proxies do not write to their access logs as they do a
+    // URL; a token with characters a protocol name cannot hold goes in the query instead.
     const token = this.hooks.token();
-    if (token) url.searchParams.set('token', token);
+    const protocols = [];
+    if (token && PROTOCOL_TOKEN.test(token)) protocols.push('hopper', `token.${token}`);
+    else if (token) url.searchParams.set('token', token);
     let ws;
-    try { ws = new WebSocket(url); } catch { this.later(); return; }
+    try { ws = new WebSocket(url, protocols); } catch { this.later(); return; }
     this.ws = ws;
     ws.onopen = () => {
       this.live = true;

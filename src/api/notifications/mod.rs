@@ -136,10 +136,11 @@ pub async fn notifications(
             )
             .await;
         }),
-        Ok(user) => {
+        Ok(verified) => {
             let session = stream::Session {
                 hub: st.inbox.clone(),
-                user,
+                expires: tokio::time::Instant::now() + verified.remaining(),
+                user: verified.sub,
                 since: query.since,
                 keep,
                 per_minute: st.config.notify.max_messages_per_minute,

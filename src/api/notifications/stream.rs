@@ -51,6 +51,9 @@ pub struct Session {
     pub per_minute: u32,
     /// `[server] ws_ping_interval`.
     pub ping: Duration,
+    /// When the user's JWT expires (its `exp`): the stream is closed with 4001 then, so a
+    /// short-lived token is how access ends.
+    pub expires: Instant,
 }
 
 /// Closes with `code` and `reason`, giving the peer a few seconds to take it.
@@ -164,6 +167,9 @@ pub async fn run(socket: WebSocket, s: Session) {
         let report_at = drops.as_ref().map(|d| d.report_at);
         tokio::select! {
             () = stopping.cancelled() => break (GOING_AWAY, "the server is stopping".to_owned()),
+            () = tokio::time::sleep_until(s.expires) => {
+                break (UNAUTHORIZED, "unauthorized: the token expired (exp)".to_owned());
+            }
             incoming = rx_peer.next() => match incoming {
                 Some(Ok(Message::Pong(_))) => unanswered = 0,
                 Some(Ok(Message::Close(_)) | Err(_)) | None => return,

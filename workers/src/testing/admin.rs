@@ -157,6 +157,39 @@ pub async fn purge_finished_and_trim_events(b: Arc<dyn Broker>, clock: Arc<Manua
     );
 }
 
+/// A reader whose cursor precedes events that purge removed is told (the log reads on after
+/// its cursor without them): here a dead job's events stay (a longer retention) while a
+/// succeeded job's, after the cursor, go. SQLite deletes a purged job's events wherever they
+/// are in the log; Redis leaves them in the streams (they are read on).
+pub async fn events_purged_after_a_cursor_are_a_gap(b: Arc<dyn Broker>, clock: Arc<ManualClock>) {
+    make_dead(&b, "default").await;
+    let cursor = b
+        .events(None, 1000)
+        .await
+        .expect("events")
+        .pop()
+        .expect("events")
+        .id;
+    let ok = make_succeeded(&b, "default").await;
+    let cut = clock.now() + ms(1);
+    clock.advance(10_000);
+    let later = enqueue(&b, job("test.later")).await;
+    b.purge(&[JobState::Succeeded], cut, 1_000_000)
+        .await
+        .expect("purge");
+    let after = b.events(Some(&cursor), 1000).await.expect("events after");
+    let told = b.trimmed_after(&cursor).await.expect("trimmed after");
+    let read_on = after.iter().any(|e| e.job_id == ok);
+    assert!(
+        read_on || told == Some(true),
+        "the succeeded job's events are gone after the cursor, untold: {after:?}, {told:?}"
+    );
+    assert!(after.iter().any(|e| e.job_id == later));
+    // A cursor after what was removed is no gap.
+    let newest = after.last().expect("events").id.clone();
+    assert_ne!(b.trimmed_after(&newest).await.expect("trimmed"), Some(true));
+}
+
 /// `drop_queue` removes a queue's jobs and events and nothing else.
 pub async fn drop_queue_removes_jobs_and_events(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     let mut x = Vec::new();

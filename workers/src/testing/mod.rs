@@ -194,6 +194,7 @@ macro_rules! conformance_suite {
             retry_all_dead_counts_and_filters,
             retry_all_dead_retries_only_jobs_dead_when_it_began,
             purge_finished_and_trim_events,
+            events_purged_after_a_cursor_are_a_gap,
             purge_frees_unique_keys_and_drop_queue_counts,
             drop_queue_removes_jobs_and_events,
             ping_answers,

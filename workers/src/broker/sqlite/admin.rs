@@ -234,7 +234,7 @@ async fn delete_jobs(
     loop {
         let args = args.clone();
         let n = broker
-            .write(move |conn, _| {
+            .write(move |conn, now| {
                 let bound = args.into_iter().chain([SqlValue::Integer(CHUNK)]);
                 // Ids as stored: a row another program wrote may hold one that is not UTF-8
                 // text, and it goes with its events like any other (see `RawId`).
@@ -242,9 +242,19 @@ async fn delete_jobs(
                     .prepare_cached(text)?
                     .query_map(params_from_iter(bound), |r| r.get::<_, RawId>(0))?
                     .collect::<Result<Vec<_>, _>>()?;
+                // The newest event removed: these come from anywhere in the log, not only its
+                // start, and a reader whose cursor precedes one must be told (a gap).
+                let mut newest: i64 = 0;
                 let mut events = conn.prepare_cached(sql::DELETE_JOB_EVENTS)?;
                 for id in &ids {
-                    events.execute([id])?;
+                    let removed = events
+                        .query_map([id], |r| r.get::<_, i64>(0))?
+                        .collect::<Result<Vec<_>, _>>()?;
+                    newest = removed.into_iter().fold(newest, i64::max);
+                }
+                if newest > 0 {
+                    conn.prepare_cached(sql::RAISE_REMOVED_EVENTS)?
+                        .execute(params![newest.to_string(), now])?;
                 }
                 Ok(to_i64(ids.len()))
             })

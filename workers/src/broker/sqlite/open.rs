@@ -74,6 +74,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 11,
         sql: include_str!("../../../migrations/sqlite/0011_outcome_index.sql"),
     },
+    Migration {
+        version: 12,
+        sql: include_str!("../../../migrations/sqlite/0012_finished_index.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a
@@ -269,7 +273,8 @@ mod tests {
     }
 
     /// The statements whose speed rests on the schema keep their plan: the outcome count walks
-    /// the partial index `events_outcome_at` (its condition matches the index's), an event's
+    /// the partial index `events_outcome_at` (its condition matches the index's), retention's
+    /// purge walks a state's jobs by `finished_at` up to its bound, an event's
     /// insert checks that index's condition without a temporary B-tree, and the hot writes are
     /// not prepared again when bound anew (the QPSG set by `connect`).
     #[test]
@@ -287,6 +292,22 @@ mod tests {
         assert!(
             plan.iter().any(|step| step.contains("events_outcome_at")),
             "{plan:?}"
+        );
+
+        // Retention's walk of a state's jobs stops at its bound (`jobs_state_finished`), not
+        // after every retained job of the state.
+        let purge: Vec<String> = w
+            .prepare(&format!("EXPLAIN QUERY PLAN {}", sql::PURGE_CHUNK))
+            .expect("explain")
+            .query_map(rusqlite::params!["succeeded", 0, 500], |r| r.get(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        assert!(
+            purge
+                .iter()
+                .any(|step| step.contains("jobs_state_finished (state=? AND finished_at<?)")),
+            "{purge:?}"
         );
 
         let insert: Vec<String> = w

@@ -180,14 +180,18 @@ fn event_rowid(id: &str) -> Result<i64, FieldError> {
         .ok_or_else(|| FieldError::new("since", "not an event id this broker issued"))
 }
 
-/// One log, trimmed from its start: the caller's judgement by the oldest event held is
-/// exact (see [`crate::broker::Broker::trimmed_after`]).
+/// One log, trimmed from its start by the events' cap, where the caller's judgement by the
+/// oldest event held is exact (see [`crate::broker::Broker::trimmed_after`]); but a purge or a
+/// queue's drop deletes its jobs' events wherever they are, and keeps the newest such id
+/// ([`sql::REMOVED_EVENTS_CURSOR`]): a cursor before it is told it missed events.
 pub(super) async fn trimmed_after(
-    _broker: &SqliteBroker,
+    broker: &SqliteBroker,
     after: &str,
 ) -> BrokerResult<Option<bool>> {
-    event_rowid(after)?;
-    Ok(None)
+    let after = event_rowid(after)?;
+    let removed = super::cursors::cursor(broker, sql::REMOVED_EVENTS_CURSOR).await?;
+    let newest = removed.as_deref().and_then(|v| v.parse::<i64>().ok());
+    Ok(newest.is_some_and(|n| n > after).then_some(true))
 }
 
 pub(super) async fn events(

@@ -214,7 +214,13 @@ pub const PURGE_CHUNK: &str = "DELETE FROM jobs WHERE seq IN \
      AND (chain_next IS NULL \
           OR NOT EXISTS (SELECT 1 FROM jobs AS later WHERE later.id = jobs.chain_next)) \
      LIMIT ?3) RETURNING id";
-pub const DELETE_JOB_EVENTS: &str = "DELETE FROM events WHERE job_id = ?1";
+pub const DELETE_JOB_EVENTS: &str = "DELETE FROM events WHERE job_id = ?1 RETURNING id";
+/// The cursor (in `cursors`) holding the newest event id a purge or a queue's drop deleted
+/// from the middle of the log (see `read::trimmed_after`); `hopper.` names are never a
+/// schedule's or a subscription's.
+pub const REMOVED_EVENTS_CURSOR: &str = "hopper.events_removed";
+/// Raises that cursor to `?1` (never lowers it); `?2` now.
+pub const RAISE_REMOVED_EVENTS: &str = "INSERT INTO cursors (name, value, updated_at)     VALUES ('hopper.events_removed', ?1, ?2)     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at     WHERE CAST(excluded.value AS INTEGER) > CAST(cursors.value AS INTEGER)";
 pub const EVENT_CUT: &str = "SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1";
 pub const TRIM_EVENTS_CHUNK: &str = "DELETE FROM events WHERE id IN \
     (SELECT id FROM events WHERE id <= ?1 ORDER BY id LIMIT ?2)";
