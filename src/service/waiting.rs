@@ -161,12 +161,7 @@ pub async fn explain(
         JobState::Queued | JobState::Scheduled | JobState::Retrying => {}
     }
 
-    let paused = broker
-        .queues()
-        .await?
-        .iter()
-        .any(|s| &s.queue == q && s.paused);
-    if paused {
+    if broker.is_paused(q).await? {
         return Ok(Some(Waiting::new(
             Reason::QueuePaused,
             format!("queue {q} is paused (hopper resume {q} lifts it)"),

@@ -406,6 +406,7 @@ metered! {
     fn history(&self, id: &JobId) -> Vec<Event>;
     fn list(&self, filter: &JobFilter) -> JobPage;
     fn queues(&self) -> Vec<QueueStats>;
+    fn is_paused(&self, queue: &str) -> bool;
     fn events(&self, after: Option<&str>, limit: usize) -> Vec<Event>;
     fn trimmed_after(&self, after: &str) -> Option<bool>;
     #[untimed]

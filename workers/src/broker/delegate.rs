@@ -160,6 +160,10 @@ macro_rules! delegate_broker {
                     $queues::queues(self).await
                 }
 
+                async fn is_paused(&self, queue: &str) -> BrokerResult<bool> {
+                    $pause::is_paused(self, queue).await
+                }
+
                 async fn events(
                     &self,
                     after: Option<&str>,

@@ -382,6 +382,18 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// woken. Idempotent; resuming a queue that is not paused does nothing.
     async fn resume(&self, queue: &str) -> BrokerResult<()>;
 
+    /// Whether `queue` is paused ([`Broker::pause`]): one lookup, where [`Broker::queues`]
+    /// counts every queue's jobs (a scan of every job on SQLite), for "why is my job not
+    /// running". A queue name no job can have is [`BrokerError::Invalid`] naming `queue`.
+    async fn is_paused(&self, queue: &str) -> BrokerResult<bool> {
+        crate::job::check_queue(queue)?;
+        Ok(self
+            .queues()
+            .await?
+            .iter()
+            .any(|s| s.queue == queue && s.paused))
+    }
+
     /// Returns running jobs whose lease expired to `queued` (an interruption, not a failed
     /// attempt; `job.interrupted`), or to `dead` once a job has been interrupted
     /// `max_interruptions` times in a row. Returns the rescued jobs, with their queue, kind

@@ -23,7 +23,8 @@ async fn paused(b: &Arc<dyn Broker>, queue: &str) -> Option<bool> {
 
 /// A paused queue accepts jobs and leases none of them, due or queued, while other queues
 /// run; resumed, it is fetched from again in the usual order. Pause and resume are
-/// idempotent, and `queues` reports the pause, even for a queue that holds no job yet.
+/// idempotent, and `queues` (and `is_paused`) report the pause, even for a queue that holds
+/// no job yet.
 pub async fn paused_queue_accepts_jobs_but_is_not_fetched(
     b: Arc<dyn Broker>,
     clock: Arc<ManualClock>,
@@ -56,6 +57,9 @@ pub async fn paused_queue_accepts_jobs_but_is_not_fetched(
     fetch_expect(&b, "free", &other).await;
     assert_eq!(paused(&b, "held").await, Some(true));
     assert_eq!(paused(&b, "free").await, Some(false));
+    assert!(b.is_paused("held").await.expect("is_paused"));
+    assert!(!b.is_paused("free").await.expect("is_paused"));
+    assert!(!b.is_paused("never-seen").await.expect("is_paused"));
     let stats = b.queues().await.expect("queues");
     let held = stats
         .iter()
@@ -73,6 +77,7 @@ pub async fn paused_queue_accepts_jobs_but_is_not_fetched(
     b.resume("held").await.expect("resume");
     b.resume("held").await.expect("resuming twice is fine");
     assert_eq!(paused(&b, "held").await, Some(false));
+    assert!(!b.is_paused("held").await.expect("is_paused"));
     fetch_expect(&b, "held", &first).await;
     fetch_expect(&b, "held", &later).await;
     b.resume("never-paused")
@@ -80,9 +85,11 @@ pub async fn paused_queue_accepts_jobs_but_is_not_fetched(
         .expect("resuming a queue never paused is fine");
 }
 
-/// A queue name no job can have is refused, naming `queue`, by pause and resume alike.
+/// A queue name no job can have is refused, naming `queue`, by pause, resume and is_paused
+/// alike.
 pub async fn pause_refuses_an_invalid_queue_name(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
-    for r in [b.pause("no spaces").await, b.resume("").await] {
+    let asked = b.is_paused("a b").await.map(|_| ());
+    for r in [b.pause("no spaces").await, b.resume("").await, asked] {
         match r {
             Err(BrokerError::Invalid(e)) => assert_eq!(e.field, "queue", "{e}"),
             other => panic!("expected Invalid naming queue, got {other:?}"),

@@ -25,6 +25,14 @@ pub(super) async fn pause(broker: &RedisBroker, queue: &str) -> BrokerResult<()>
     broker.query_pipe::<()>(&pipe).await
 }
 
+pub(super) async fn is_paused(broker: &RedisBroker, queue: &str) -> BrokerResult<bool> {
+    check_queue(queue)?;
+    let n: i64 = broker
+        .query(redis::cmd("EXISTS").arg(format!("{}paused", broker.base(queue))))
+        .await?;
+    Ok(n == 1)
+}
+
 pub(super) async fn resume(broker: &RedisBroker, queue: &str) -> BrokerResult<()> {
     check_queue(queue)?;
     let base = broker.base(queue);

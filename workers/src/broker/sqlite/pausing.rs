@@ -28,6 +28,18 @@ pub(super) async fn pause(broker: &SqliteBroker, queue: &str) -> BrokerResult<()
         .await
 }
 
+pub(super) async fn is_paused(broker: &SqliteBroker, queue: &str) -> BrokerResult<bool> {
+    check_queue(queue)?;
+    let queue = queue.to_owned();
+    broker
+        .read(move |conn, _| {
+            Ok(conn
+                .prepare_cached(sql::IS_PAUSED)?
+                .query_row([queue], |r| r.get(0))?)
+        })
+        .await
+}
+
 pub(super) async fn resume(broker: &SqliteBroker, queue: &str) -> BrokerResult<()> {
     check_queue(queue)?;
     let queue = queue.to_owned();
