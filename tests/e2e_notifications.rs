@@ -24,7 +24,7 @@ use crate::util::inbox_client::{
 };
 use crate::util::redis::{RedisKeys, SHARED_URL};
 use crate::util::stream::{self, Next, Socket, close, connect_with, next_json};
-use crate::util::{Scratch, now_ms};
+use crate::util::{Scratch, now_ms, wait};
 
 const DAY: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 /// An Ed25519 key pair made for this test (`openssl genpkey -algorithm ed25519`).
@@ -247,6 +247,38 @@ async fn a_stream_is_closed_with_4001_when_its_jwt_expires() {
     port.deliver(&note("x1", "42")).await.unwrap();
     expect_notification(&mut ws, "x1").await;
     expect_close(&mut ws, 4001, "expired").await;
+}
+
+/// One user holds at most `[notify] max_connections_per_user` streams on a server: past it a
+/// new one is 429 `too_many_connections` (before the upgrade), while another user still
+/// connects, and closing one gives its place back.
+#[tokio::test]
+async fn one_user_cannot_take_every_connection() {
+    let s = Scratch::with_config(&format!("{AUTH}\n[notify]\nmax_connections_per_user = 2\n"));
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let first = connect_as(&api, "42", "").await;
+    let second = connect_as(&api, "42", "").await;
+    let q = format!("token={}", jwt("42"));
+    match connect_with(&url(&api, &q), &[]).await {
+        Err(WsError::Http(res)) => {
+            assert_eq!(res.status(), 429);
+            let body: Value =
+                serde_json::from_slice(res.body().as_deref().unwrap_or_default()).unwrap();
+            assert_eq!(body["error"]["code"], "too_many_connections", "{body}");
+        }
+        other => panic!("a third stream of user 42 was not refused: {other:?}"),
+    }
+    let other_user = connect_as(&api, "43", "").await;
+    close(first).await;
+    let third = wait::until("user 42's closed stream gives its place back", async || {
+        connect_with(&url(&api, &q), &[])
+            .await
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    for ws in [second, other_user, third] {
+        close(ws).await;
+    }
 }
 
 #[tokio::test]

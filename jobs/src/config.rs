@@ -47,6 +47,9 @@ impl JobsConfig {
         if self.notify.max_messages_per_minute == 0 {
             p.push("notify.max_messages_per_minute: must be at least 1".to_owned());
         }
+        if self.notify.max_connections_per_user == 0 {
+            p.push("notify.max_connections_per_user: must be at least 1".to_owned());
+        }
         if self.smtp.relay().is_some() && !self.smtp.from.contains('@') {
             p.push("smtp.from: is required when smtp.url is set: an email address".to_owned());
         }
@@ -176,6 +179,10 @@ pub struct NotifyConfig {
     /// Most notifications one `GET /v1/notifications` connection receives per minute; the
     /// excess is dropped with a `rate_limited` frame. Default 60.
     pub max_messages_per_minute: u32,
+    /// Most `GET /v1/notifications` connections one user (a JWT's `sub`) holds open at once
+    /// on one server; past it a new one is 429 `too_many_connections`, so that one user
+    /// cannot take every place under `[server] max_connections`. Default 16.
+    pub max_connections_per_user: u32,
 }
 
 impl Default for NotifyConfig {
@@ -190,6 +197,7 @@ impl Default for NotifyConfig {
             vapid_subject: String::new(),
             keep: Duration::from_secs(24 * 3600),
             max_messages_per_minute: 60,
+            max_connections_per_user: 16,
         }
     }
 }
@@ -246,6 +254,7 @@ impl fmt::Debug for NotifyConfig {
             .field("vapid_subject", &self.vapid_subject)
             .field("keep", &self.keep)
             .field("max_messages_per_minute", &self.max_messages_per_minute)
+            .field("max_connections_per_user", &self.max_connections_per_user)
             .finish()
     }
 }

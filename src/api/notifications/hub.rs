@@ -12,8 +12,9 @@
 //! waits for that second, so every entry appended after its replay's read reaches it live
 //! (`super::stream` drops the ones its replay already sent).
 
-use std::sync::Arc;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
@@ -94,6 +95,8 @@ pub struct InboxHub {
     tx: broadcast::Sender<Arc<Live>>,
     caught_up: Arc<watch::Sender<bool>>,
     connections: Arc<AtomicUsize>,
+    /// Open connections per user (only users with one or more).
+    users: Arc<Mutex<HashMap<String, usize>>>,
     /// Fires when the hub stops, so that every connection closes.
     shutdown: CancellationToken,
 }
@@ -108,6 +111,25 @@ impl Drop for Admitted {
     }
 }
 
+/// One user's place among their connections ([`InboxHub::admit_user`]), given back when
+/// dropped.
+pub struct UserAdmitted {
+    users: Arc<Mutex<HashMap<String, usize>>>,
+    user: String,
+}
+
+impl Drop for UserAdmitted {
+    fn drop(&mut self) {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(n) = users.get_mut(&self.user) {
+            *n -= 1;
+            if *n == 0 {
+                users.remove(&self.user);
+            }
+        }
+    }
+}
+
 impl InboxHub {
     /// A hub over `broker`, not yet reading (see [`InboxHub::run`]).
     pub fn new(broker: Arc<dyn Broker>) -> Self {
@@ -117,6 +139,7 @@ impl InboxHub {
             tx,
             caught_up: Arc::new(watch::Sender::new(false)),
             connections: Arc::new(AtomicUsize::new(0)),
+            users: Arc::default(),
             shutdown: CancellationToken::new(),
         }
     }
@@ -139,6 +162,20 @@ impl InboxHub {
             })
             .is_ok()
             .then(|| Admitted(self.connections.clone()))
+    }
+
+    /// A place among `user`'s connections, if they hold fewer than `max`.
+    pub fn admit_user(&self, user: &str, max: usize) -> Option<UserAdmitted> {
+        let mut users = self.users.lock().unwrap_or_else(PoisonError::into_inner);
+        let n = users.entry(user.to_owned()).or_insert(0);
+        if *n >= max {
+            return None;
+        }
+        *n += 1;
+        Some(UserAdmitted {
+            users: self.users.clone(),
+            user: user.to_owned(),
+        })
     }
 
     /// Subscribes, then waits until the hub has caught up with the log, at most `wait`

@@ -137,6 +137,20 @@ pub async fn notifications(
             .await;
         }),
         Ok(verified) => {
+            let per_user = st.config.notify.max_connections_per_user;
+            let Some(user_admitted) = st.inbox.admit_user(
+                &verified.sub,
+                usize::try_from(per_user).unwrap_or(usize::MAX),
+            ) else {
+                return Err(ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too_many_connections",
+                    format!(
+                        "this user already holds [notify] max_connections_per_user = \
+                         {per_user} notification streams on this server: close one first"
+                    ),
+                ));
+            };
             let session = stream::Session {
                 hub: st.inbox.clone(),
                 expires: tokio::time::Instant::now() + verified.remaining(),
@@ -147,7 +161,7 @@ pub async fn notifications(
                 ping: st.config.server.ws_ping_interval,
             };
             upgrade.on_upgrade(move |socket| async move {
-                let _admitted = admitted;
+                let _admitted = (admitted, user_admitted);
                 stream::run(socket, session).await;
             })
         }
