@@ -450,67 +450,6 @@ async fn a_dead_job_makes_exactly_one_alert_across_nodes_and_restarts() {
     assert_eq!(jobs, want.iter().collect::<Vec<_>>());
 }
 
-/// A client's publish key and a relayed job event share no unique key: here a publish keyed
-/// with the id the next job event gets (SQLite's ids are numbers, and so are many clients'
-/// keys), under a subscription that takes both, and each makes its own job. The relay's job
-/// used to be taken for the publish's replay, and the alert was silently not made.
-#[tokio::test]
-async fn a_publish_key_equal_to_a_job_events_id_does_not_swallow_its_relay() {
-    let s = Scratch::with_config(
-        "[[subscription]]\ntopic = \"#\"\nkind = \"sys.noop\"\nqueue = \"alerts\"\n\
-         filter = { queue = \"work\" }\npayload = { topic = \"{{ topic }}\" }\n",
-    );
-    let (_d, api) = s.serve(&["--no-workers"]);
-    let last = api.get_json("/v1/events", &[("limit", "1000")]).await["events"]
-        .as_array()
-        .unwrap()
-        .last()
-        .map_or(0, |e| e["id"].as_str().unwrap().parse::<u64>().unwrap());
-    // The publish's job takes event last + 1, the enqueue below last + 2.
-    let key = (last + 2).to_string();
-    let (status, body) = publish(&api, json!({"topic": "order.paid", "key": key})).await;
-    assert_eq!(status, 201, "{body}");
-    let id = api
-        .enqueue_ok(json!({"kind": "sys.noop", "queue": "work"}))
-        .await;
-    let events = api.get_json("/v1/events", &[("limit", "1000")]).await;
-    let enqueued = events["events"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|e| e["job_id"] == id.as_str())
-        .map(|e| e["id"].clone());
-    assert_eq!(
-        enqueued,
-        Some(json!(key)),
-        "the event ids moved: {events:#}"
-    );
-    let topics = wait::until(
-        "an alert for the publish and one for the job event",
-        async || {
-            let mut topics: Vec<String> = api
-                .all_jobs("alerts", "queued")
-                .await
-                .iter()
-                .map(|j| {
-                    j["payload"]["topic"]
-                        .as_str()
-                        .unwrap_or_default()
-                        .to_owned()
-                })
-                .collect();
-            topics.sort();
-            if topics.len() == 2 {
-                Ok(topics)
-            } else {
-                Err(format!("{topics:?}"))
-            }
-        },
-    )
-    .await;
-    assert_eq!(topics, ["job.enqueued", "order.paid"]);
-}
-
 /// A subscription to a kind this build does not have is a config error naming it (exit 2),
 /// from `check-config` and from `serve` before it listens.
 #[test]

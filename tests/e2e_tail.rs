@@ -467,17 +467,26 @@ async fn tail_server_waits_out_a_429() {
     let s = Scratch::with_config("");
     let mut peer = WsPeer::start().await;
     let limited = json!({"error": {"code": "rate_limited", "message": "too many requests"}});
-    for _ in 0..2 {
-        peer.script("429 Too Many Requests", &[("retry-after", "1")], &limited);
-    }
+    // The lookup is refused once, then answered; the stream's first attempt is refused too.
+    peer.script("429 Too Many Requests", &[("retry-after", "1")], &limited);
+    peer.script(
+        "200 OK",
+        &[],
+        &json!({"id": "j1", "state": "running", "history": []}),
+    );
+    peer.script("429 Too Many Requests", &[("retry-after", "1")], &limited);
     let tail = Follow::start(
         &s,
         &["tail", "--server", &peer.url(), "--job", "j1", "--json"],
     );
-    // The lookup was refused once; the stream's first attempt is refused too, then it opens.
     let mut conn = peer.accept().await;
     assert_eq!(conn.query("job").as_deref(), Some("j1"));
-    tokio::task::block_in_place(|| tail.wait_stderr("rate limited"));
+    let said = tail.stderr();
+    assert_eq!(
+        said.matches("rate limited").count(),
+        2,
+        "the lookup's 429 and the stream's: {said}"
+    );
     conn.send(&event("c1", "job.succeeded", "j1", None)).await;
     let mut tail = tail;
     let (status, rest) = tokio::task::block_in_place(|| tail.wait_exit());

@@ -386,7 +386,7 @@ async fn healthz() -> impl IntoResponse {
 #[utoipa::path(get, path = "/readyz", tag = "health",
     responses((status = 200, description = "The broker answers", body = openapi::Ready)))]
 async fn readyz(State(st): State<AppState>) -> Response {
-    match st.broker.ping().await {
+    match st.broker.ready().await {
         Ok(()) => {
             axum::Json(json!({ "status": "ready", "broker": st.broker.name() })).into_response()
         }

@@ -11,8 +11,7 @@
 //!
 //! **Idempotency lives in the broker, in the same atomic step as the jobs.** Every job a
 //! publish creates carries the unique key `publish:<key>:<subscription id>` (a fresh key
-//! when the publisher gave none; `publish:event:<event id>:…` for a relayed job event, so
-//! that no client's key can be taken for an event's; the id a short hash of the subscription's content, see
+//! when the publisher gave none; the id a short hash of the subscription's content, see
 //! `identity`, so that reordering `[[subscription]]`s between a crash and a replay keeps
 //! each one's keys), and unique keys are the broker's own (per queue, stored in
 //! the same transaction or script as the job), on SQLite, Redis and Redis Cluster alike. A
@@ -258,8 +257,7 @@ impl Bus {
             .iter()
             .filter(|s| s.pattern.matches(&req.topic))
             .collect();
-        let unique = req.key.clone();
-        fan_out(service, &matching, &req.topic, req.data, req.key, unique).await
+        fan_out(service, &matching, &req.topic, req.data, req.key).await
     }
 
     /// Publishes one of Hopper's own job events on its type's topic (`job.dead`), to the
@@ -273,19 +271,7 @@ impl Bus {
         let topic = event.kind_of_event.as_str();
         let matching: Vec<&Subscription> = self.event_subscriptions(event).collect();
         let data = serde_json::to_value(event).map_err(BrokerError::backend)?;
-        // Its jobs' unique keys are the event's, apart from any a client may give a publish:
-        // SQLite's event ids are numbers, and so are many clients' keys (an order number), so
-        // a publish keyed `1234` took the relay of event 1234 for its replay.
-        let unique = Some(format!("{RELAYED_KEY_PREFIX}{}", event.id));
-        fan_out(
-            service,
-            &matching,
-            topic,
-            data,
-            Some(event.id.clone()),
-            unique,
-        )
-        .await
+        fan_out(service, &matching, topic, data, Some(event.id.clone())).await
     }
 
     /// The subscriptions that take a job event: topic and filter.
@@ -302,19 +288,13 @@ impl Bus {
     }
 }
 
-/// What a relayed job event's jobs' unique keys start with after [`KEY_PREFIX`]:
-/// `publish:event:<event id>:<subscription id>`.
-const RELAYED_KEY_PREFIX: &str = "event:";
-
-/// Renders each matching subscription's job and stores them all in one batch. `key` is the
-/// templates' `{{ key }}`; `unique`, the base of the jobs' unique keys (a fresh one if none).
+/// Renders each matching subscription's job and stores them all in one batch.
 async fn fan_out(
     service: &Service,
     matching: &[&Subscription],
     topic: &str,
     data: Value,
     key: Option<String>,
-    unique: Option<String>,
 ) -> Result<Published, PublishError> {
     let label = matching
         .first()
@@ -338,7 +318,7 @@ async fn fan_out(
     let context = json!({ "data": data, "topic": topic, "key": key });
     // A publish without a key still marks its jobs (see the module docs), with a key no
     // other publish has.
-    let key = unique.unwrap_or_else(|| JobId::generate().0);
+    let key = key.unwrap_or_else(|| JobId::generate().0);
     let mut batch = Vec::with_capacity(matching.len());
     for s in matching {
         let payload = s.payload.render(&context).map_err(|(at, why)| {

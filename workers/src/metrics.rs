@@ -414,6 +414,7 @@ metered! {
     fn purge(&self, states: &[JobState], before: Timestamp, keep: u64) -> u64;
     fn drop_queue(&self, queue: &str) -> u64;
     fn ping(&self) -> ();
+    fn ready(&self) -> ();
     fn cursor(&self, name: &str) -> Option<String>;
     fn save_cursor(&self, name: &str, value: &str) -> ();
     fn advance_cursor(&self, name: &str, value: i64) -> ();

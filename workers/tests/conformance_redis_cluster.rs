@@ -496,7 +496,7 @@ async fn a_cluster_that_lost_a_shard_is_not_ready() {
     let broker = RedisBroker::connect(&cluster.url(), &unique_prefix(), system())
         .await
         .expect("connect to the private cluster");
-    broker.ping().await.expect("a whole cluster is ready");
+    broker.ready().await.expect("a whole cluster is ready");
 
     // Killed, not stopped: the client then drops the node, and a PING of the nodes left would
     // say all is well.
@@ -504,7 +504,7 @@ async fn a_cluster_that_lost_a_shard_is_not_ready() {
     cluster.wait_state(0, "fail");
     let deadline = Instant::now() + Duration::from_secs(60);
     let refused = loop {
-        match broker.ping().await {
+        match broker.ready().await {
             Err(e) => break e,
             Ok(()) => {
                 assert!(
@@ -523,7 +523,7 @@ async fn a_cluster_that_lost_a_shard_is_not_ready() {
     cluster.nodes[2].restart();
     cluster.wait_state(0, "ok");
     let deadline = Instant::now() + Duration::from_secs(60);
-    while let Err(e) = broker.ping().await {
+    while let Err(e) = broker.ready().await {
         assert!(
             Instant::now() < deadline,
             "the cluster is whole again but not ready: {e}"

@@ -381,11 +381,14 @@ impl Kind for SendNotification {
             data: args.data,
         };
         let mut record = Record::from_checkpoint(cx.checkpoint());
-        if record.ended {
-            // The last run ended the job: this is `hopper retry`'s, and failed deliveries are
-            // tried again. Not on a snooze's wake-up, which gives the attempt back (a first
-            // attempt runs again) while an open circuit holds a delivery: that resent every
-            // delivery failed for good at each wake-up.
+        // A fresh start (`hopper retry` of the dead job) tries failed deliveries again: after
+        // a run that ended the job, or on a first attempt that is not a snooze's wake-up (a
+        // snooze gives the attempt back, so a first attempt runs again while an open circuit
+        // holds a delivery: forgetting then resent every delivery failed for good at each
+        // wake-up). A job that died without its own answer (a timeout, interruptions) is
+        // retried as attempt 1 with no snooze noted.
+        let woke = std::mem::take(&mut record.snoozed);
+        if record.ended || (cx.attempt() == 1 && !woke) {
             record.forget_failures();
         }
         let mut attempt = Attempt::default();
@@ -434,6 +437,8 @@ impl Kind for SendNotification {
             });
         }
         if let Some(wait) = attempt.wait {
+            record.snoozed = true;
+            Self::save(&cx, &record).await?;
             return Err(JobError::snooze(wait));
         }
         if !permanent.is_empty() {

@@ -80,6 +80,10 @@ pub struct Record {
     /// keeps them.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub ended: bool,
+    /// Saved by a run that snoozed (a delivery waits on an open circuit): the next run is its
+    /// wake-up, which gives the attempt back, not a fresh start.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub snoozed: bool,
 }
 
 impl Record {

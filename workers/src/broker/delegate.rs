@@ -205,6 +205,10 @@ macro_rules! delegate_broker {
                     $ping::ping(self).await
                 }
 
+                async fn ready(&self) -> BrokerResult<()> {
+                    $ping::ready(self).await
+                }
+
                 async fn ready_ahead(&self, queue: &str, priority: u8) -> BrokerResult<u64> {
                     $ready_ahead::ready_ahead(self, queue, priority).await
                 }

@@ -455,8 +455,15 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// Deletes every job and event of a queue (used by `hopper bench` to clean up).
     async fn drop_queue(&self, queue: &str) -> BrokerResult<u64>;
 
-    /// Checks that the broker answers (`/readyz`).
+    /// Checks that the broker answers (a node starts only once it does).
     async fn ping(&self) -> BrokerResult<()>;
+
+    /// Whether the broker can serve now (`/readyz`): it answers, and, for a Redis Cluster,
+    /// the cluster says every slot is served (`cluster_state:ok`). A node still starts on a
+    /// cluster missing a shard ([`Broker::ping`]): the other shards' queues run.
+    async fn ready(&self) -> BrokerResult<()> {
+        self.ping().await
+    }
 
     /// A named position in the event log (an event id [`Broker::events`] issued) that a
     /// reader of the log saved with [`Broker::save_cursor`], so that it resumes where it

@@ -24,10 +24,7 @@ impl Server {
     /// A server started with `args` besides the defaults (`--cluster-enabled yes`, ...).
     pub fn start_with(args: &[&str]) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("a free port")
-            .port();
+        let port = free_port();
         let args: Vec<String> = args.iter().map(|a| (*a).to_owned()).collect();
         let child = spawn(port, &args, dir.path());
         let server = Self {
@@ -190,4 +187,22 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// A free port whose cluster bus port (the port + 10000, which a cluster node listens on too)
+/// exists and is free as well: a node on a port above 55535 refuses to start, and the
+/// kernel hands out ports up to 60999.
+fn free_port() -> u16 {
+    for _ in 0..1000 {
+        let Ok(listener) = std::net::TcpListener::bind("127.0.0.1:0") else {
+            continue;
+        };
+        let Ok(port) = listener.local_addr().map(|a| a.port()) else {
+            continue;
+        };
+        if port <= 55535 && std::net::TcpListener::bind(("127.0.0.1", port + 10000)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port with a free cluster bus port after 1000 tries");
 }

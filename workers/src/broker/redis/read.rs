@@ -280,10 +280,23 @@ pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResul
 /// `cluster_state:ok`. Each node of a cluster that lost a shard still answers `PING`, but
 /// refuses every command on a key (`CLUSTERDOWN`) until the shard is back.
 pub(super) async fn ping(broker: &RedisBroker) -> BrokerResult<()> {
+    broker.query::<()>(&redis::cmd("PING")).await
+}
+
+/// [`ping`], and on a Cluster its state: `CLUSTER INFO` (routed to any node) says `fail`
+/// while a slot has no reachable primary. Where the command is refused (an ACL user without
+/// `cluster|info`, a managed Redis that hides it), the ping alone answers, as before.
+pub(super) async fn ready(broker: &RedisBroker) -> BrokerResult<()> {
     if !broker.is_cluster() {
-        return broker.query::<()>(&redis::cmd("PING")).await;
+        return ping(broker).await;
     }
-    let info: String = broker.query(redis::cmd("CLUSTER").arg("INFO")).await?;
+    let info: String = match broker.query(redis::cmd("CLUSTER").arg("INFO")).await {
+        Ok(info) => info,
+        Err(BrokerError::Backend(why)) if refused(&why.to_string()) => {
+            return ping(broker).await;
+        }
+        Err(e) => return Err(e),
+    };
     let state = info
         .lines()
         .find_map(|l| l.trim().strip_prefix("cluster_state:"))
@@ -296,4 +309,13 @@ pub(super) async fn ping(broker: &RedisBroker) -> BrokerResult<()> {
                 .into(),
         ))
     }
+}
+
+/// Whether an error's text says Redis refused the command itself (an ACL without it, a
+/// server that hides it), not that it failed.
+fn refused(why: &str) -> bool {
+    let lower = why.to_ascii_lowercase();
+    why.contains("NOPERM")
+        || lower.contains("unknown command")
+        || lower.contains("unknown subcommand")
 }

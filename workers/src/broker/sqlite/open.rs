@@ -78,6 +78,10 @@ const MIGRATIONS: &[Migration] = &[
         version: 12,
         sql: include_str!("../../../migrations/sqlite/0012_finished_index.sql"),
     },
+    Migration {
+        version: 13,
+        sql: include_str!("../../../migrations/sqlite/0013_state_indexes.sql"),
+    },
 ];
 
 /// Opens the file, retrying while another process holds it locked: two processes opening a
@@ -274,7 +278,8 @@ mod tests {
 
     /// The statements whose speed rests on the schema keep their plan: the outcome count walks
     /// the partial index `events_outcome_at` (its condition matches the index's), retention's
-    /// purge walks a state's jobs by `finished_at` up to its bound, an event's
+    /// purge walks a state's finished jobs by `finished_at` up to its bound (`jobs_finished`),
+    /// a page of one state reads it in `seq` order (`jobs_state`), an event's
     /// insert checks that index's condition without a temporary B-tree, and the hot writes are
     /// not prepared again when bound anew (the QPSG set by `connect`).
     #[test]
@@ -306,8 +311,29 @@ mod tests {
         assert!(
             purge
                 .iter()
-                .any(|step| step.contains("jobs_state_finished (state=? AND finished_at<?)")),
+                .any(|step| step.contains("jobs_finished (state=? AND finished_at<?)")),
             "{purge:?}"
+        );
+        // A page of one state, newest first, reads the state's rows in `seq` order: no sort
+        // of every job of the state.
+        let list = format!(
+            "EXPLAIN QUERY PLAN {}{}{}{}",
+            sql::LIST,
+            sql::LIST_STATE,
+            sql::LIST_AFTER_CURSOR,
+            sql::LIST_NEWEST_FIRST
+        );
+        let by_state: Vec<String> = w
+            .prepare(&list)
+            .expect("explain")
+            .query_map(rusqlite::params!["succeeded", i64::MAX, 50], |r| r.get(3))
+            .expect("plan")
+            .collect::<Result<_, _>>()
+            .expect("plan rows");
+        assert!(
+            by_state.iter().any(|s| s.contains("INDEX jobs_state "))
+                && !by_state.iter().any(|s| s.contains("TEMP B-TREE")),
+            "{by_state:?}"
         );
 
         let insert: Vec<String> = w

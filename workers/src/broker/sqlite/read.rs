@@ -253,3 +253,8 @@ pub(super) async fn ping(broker: &SqliteBroker) -> BrokerResult<()> {
         })
         .await
 }
+
+/// One file, always whole: ready when it answers.
+pub(super) async fn ready(broker: &SqliteBroker) -> BrokerResult<()> {
+    ping(broker).await
+}
