@@ -334,7 +334,10 @@ pub async fn serve(
     node.notify_ready(format!("serving on {addr}"), &shutdown);
     // With the peer's address, which `[server] rate_limit` keys on when auth is off.
     let app = api::router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let served = axum::serve(listener.tap_io(api::no_delay), app)
+    // A peer that stops reading for two ping intervals loses its connection (see `stall`).
+    let patience = 2 * node.config.server.ws_ping_interval;
+    let listener = api::stall::StallGuard::new(listener, patience).tap_io(api::stall::no_delay);
+    let served = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown.clone().cancelled_owned())
         .await
         .context("serving HTTP");

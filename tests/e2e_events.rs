@@ -539,7 +539,8 @@ async fn streams_past_max_connections_are_503() {
 
 /// An SSE client that stops reading is dropped once a frame has waited two ping intervals to
 /// be taken, as a WebSocket is: it does not keep its place under `max_connections` (nor the
-/// task feeding it) for as long as its TCP peer acknowledges zero-window probes.
+/// task feeding it, nor its connection) for as long as its TCP peer acknowledges zero-window
+/// probes.
 #[tokio::test]
 async fn an_sse_client_that_stops_reading_frees_its_connection_slot() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -615,7 +616,18 @@ async fn an_sse_client_that_stops_reading_frees_its_connection_slot() {
         res.headers()["content-type"].to_str().unwrap(),
         "text/event-stream"
     );
-    drop(stalled);
+    // And its connection is closed, not left holding what was buffered for it: reading
+    // again, the client gets that, then the end.
+    let mut buf = vec![0u8; 1 << 16];
+    wait::within("the stalled connection to be closed", async {
+        loop {
+            match stalled.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
 }
 
 /// Liveness: with `[server] ws_ping_interval = "1s"`, a client that never answers pings (no

@@ -27,6 +27,7 @@
 //! subscriptions. Both check auth themselves (see each module).
 //!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
+//! [`stall`] closes a connection whose peer stops reading (a write blocked too long).
 //!
 //! `GET /metrics` (Prometheus text, `crate::metrics`) asks for the same bearer token as
 //! `/v1` when `[auth] tokens` is set: unlike `/healthz` it names queues and kinds and shows
@@ -46,6 +47,7 @@ mod publish;
 mod push;
 mod queues;
 pub mod rate_limit;
+pub mod stall;
 #[cfg(test)]
 mod tests;
 mod workers;
