@@ -55,7 +55,8 @@ pub struct NotificationsQuery {
         a JWT names (`sub`): first those kept for them after `since` (all kept, without it), \
         then each new one, as `{\"type\": \"notification\", \"id\", \"cursor\", \"user\", \
         \"kind\", \"title\", \"body\", \"data\", \"at\"}` frames. A missing, invalid or expired \
-        JWT is accepted and closed with code 4001 and a reason. Past `[notify] \
+        JWT is accepted and closed with code 4001 and a reason, and so is a connection when \
+        its JWT's `exp` passes. Past `[notify] \
         max_messages_per_minute`, live notifications are dropped from the connection and told \
         in a `{\"type\": \"rate_limited\", \"dropped\", \"since\", \"limit_per_minute\"}` frame; \
         reconnecting with `since` replays them.",
@@ -65,6 +66,7 @@ pub struct NotificationsQuery {
         (status = 400, description = "`invalid_field`: `since` is not a cursor this server issued", body = ErrorBody),
         (status = 404, description = "`not_configured`: the server has no `[auth] jwt_secret` nor `jwt_public_key`", body = ErrorBody),
         (status = 426, description = "`upgrade_required`: this route is a WebSocket only", body = ErrorBody),
+        (status = 429, description = "`too_many_connections`: the JWT's user already holds `[notify] max_connections_per_user` streams on this server", body = ErrorBody),
         (status = 503, description = "`too_many_connections` (past `[server] max_connections`), `broker_unavailable`", body = ErrorBody),
     ))]
 pub async fn notifications(
