@@ -276,9 +276,9 @@ pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResul
     Ok(ids.len() as u64)
 }
 
-/// The broker answers (`/readyz`): `PING`; on a Redis Cluster, `CLUSTER INFO` saying
-/// `cluster_state:ok`. Each node of a cluster that lost a shard still answers `PING`, but
-/// refuses every command on a key (`CLUSTERDOWN`) until the shard is back.
+/// The broker answers: `PING` (a node starts once it does). Each node of a cluster that lost a
+/// shard still answers it, but refuses every command on a key (`CLUSTERDOWN`) until the shard
+/// is back: [`ready`] tells that.
 pub(super) async fn ping(broker: &RedisBroker) -> BrokerResult<()> {
     broker.query::<()>(&redis::cmd("PING")).await
 }

@@ -247,14 +247,13 @@ async fn delete_jobs(
                 let mut newest: i64 = 0;
                 let mut events = conn.prepare_cached(sql::DELETE_JOB_EVENTS)?;
                 for id in &ids {
-                    let removed = events
-                        .query_map([id], |r| r.get::<_, i64>(0))?
-                        .collect::<Result<Vec<_>, _>>()?;
-                    newest = removed.into_iter().fold(newest, i64::max);
+                    for removed in events.query_map([id], |r| r.get::<_, i64>(0))? {
+                        newest = newest.max(removed?);
+                    }
                 }
                 if newest > 0 {
                     conn.prepare_cached(sql::RAISE_REMOVED_EVENTS)?
-                        .execute(params![newest.to_string(), now])?;
+                        .execute(params![newest.to_string(), now, sql::REMOVED_EVENTS_CURSOR])?;
                 }
                 Ok(to_i64(ids.len()))
             })

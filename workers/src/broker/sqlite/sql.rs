@@ -219,8 +219,11 @@ pub const DELETE_JOB_EVENTS: &str = "DELETE FROM events WHERE job_id = ?1 RETURN
 /// from the middle of the log (see `read::trimmed_after`); `hopper.` names are never a
 /// schedule's or a subscription's.
 pub const REMOVED_EVENTS_CURSOR: &str = "hopper.events_removed";
-/// Raises that cursor to `?1` (never lowers it); `?2` now.
-pub const RAISE_REMOVED_EVENTS: &str = "INSERT INTO cursors (name, value, updated_at)     VALUES ('hopper.events_removed', ?1, ?2)     ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at     WHERE CAST(excluded.value AS INTEGER) > CAST(cursors.value AS INTEGER)";
+/// Raises the cursor `?3` ([`REMOVED_EVENTS_CURSOR`]) to `?1` (never lowers it); `?2` now.
+pub const RAISE_REMOVED_EVENTS: &str = "INSERT INTO cursors (name, value, updated_at) \
+    VALUES (?3, ?1, ?2) \
+    ON CONFLICT (name) DO UPDATE SET value = excluded.value, updated_at = excluded.updated_at \
+    WHERE CAST(excluded.value AS INTEGER) > CAST(cursors.value AS INTEGER)";
 pub const EVENT_CUT: &str = "SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?1";
 pub const TRIM_EVENTS_CHUNK: &str = "DELETE FROM events WHERE id IN \
     (SELECT id FROM events WHERE id <= ?1 ORDER BY id LIMIT ?2)";
