@@ -37,7 +37,7 @@ pub fn message(err: &anyhow::Error) -> String {
 }
 
 /// The exit code for an error: 2 for bad usage or config (a value the broker refused as
-/// invalid included), 3 for not found, else 1.
+/// invalid, and a broker URL or setting it cannot use, included), 3 for not found, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {
     for cause in err.chain() {
         if cause.is::<ConfigError>() {
@@ -61,6 +61,9 @@ pub fn exit_code(err: &anyhow::Error) -> u8 {
             Some(BrokerError::NotFound(_)) => return 3,
             // A value the broker refused as input (a queue name, a kind, a cursor): bad usage.
             Some(BrokerError::Invalid(_)) => return 2,
+            // A broker URL or setting that cannot work (an unknown scheme, a refused
+            // password, an evicting Redis): bad config, and never `tail --job`'s 1 (dead).
+            Some(BrokerError::Config(_)) => return 2,
             _ => {}
         }
     }

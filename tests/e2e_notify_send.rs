@@ -236,6 +236,58 @@ async fn a_down_webhook_is_retried_until_it_is_back_and_the_email_is_sent_once()
     assert!(mails.try_recv().is_err(), "the email was sent twice");
 }
 
+/// The webhooks of one notification go out side by side: with the first URL's receiver taking
+/// the request and never answering (the client's timeout is far past this test's deadline),
+/// the second one gets its delivery all the same while the first still hangs.
+#[tokio::test]
+async fn a_webhook_that_never_answers_holds_back_no_other() {
+    // The first receiver: accepts, reads nothing, answers nothing, keeps the connections.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((conn, _)) = silent.accept().await {
+            keep.lock().unwrap().push(conn);
+        }
+    });
+    let hooks = Arc::new(Hooks::default());
+    let good = serve_http(hook_app(hooks.clone())).await;
+    let s = Scratch::new();
+    s.write_config(&format!(
+        "{AUTH}\n[http]\nallow_hosts = [\"127.0.0.1\"]\ntimeout = \"600s\"\n\n\
+         [notify]\nwebhooks = [\"http://127.0.0.1:{silent_port}/hook\", \"http://{good}/hook\"]\n\
+         webhook_secret = \"{WEBHOOK_SECRET}\"\nbreaker_failures = 1000\n"
+    ));
+    let (_d, api) = s.serve(&[]);
+    let id = api
+        .enqueue_ok(json!({
+            "kind": "notify.send",
+            "payload": {"user": "7", "title": "T", "body": "B", "channels": ["webhook"]},
+        }))
+        .await;
+    wait::until(
+        "the second webhook never got the notification",
+        async || match hooks.verified.lock().unwrap().first() {
+            Some((hopper_id, _)) if hopper_id == &format!("{id}.webhook") => Ok(()),
+            other => Err(format!("{other:?}")),
+        },
+    )
+    .await;
+    wait::until("the first webhook was not tried", async || {
+        match held.lock().unwrap().len() {
+            0 => Err("no connection".to_owned()),
+            _ => Ok(()),
+        }
+    })
+    .await;
+    let job = api.job(&id).await;
+    assert_eq!(
+        job["state"], "running",
+        "the first webhook still hangs: {job:#}"
+    );
+}
+
 /// A delivery that failed for good is not sent again while the job waits on another endpoint's
 /// open circuit: the job snoozes (its attempt given back, so it runs as attempt 1 again), and
 /// only `hopper retry` of a dead notification tries its failed deliveries anew. Here webhook

@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use crate::util::redis::{
     CLUSTER_URL, ClusterKeys, RedisKeys, RedisServer, SHARED_URL, redis_cli, unique_prefix,
 };
-use crate::util::{Api, Daemon, Scratch, count, events, ms, noop, now_ms, sleep, wait};
+use crate::util::{Api, Daemon, Follow, Scratch, count, events, ms, noop, now_ms, sleep, wait};
 
 /// The two load tests take this, so they do not compete for the CPU with each other: on a
 /// small machine that alone could stretch a heartbeat past a 2 s lease.
@@ -554,4 +554,31 @@ async fn an_idle_api_node_leaves_a_redis_of_many_queues_alone() {
         xrange <= 10 * QUEUES,
         "{xrange} XRANGEs in 4 s of an idle node over {QUEUES} queues"
     );
+}
+
+/// `hopper tail --job` started while the broker is down waits for it, saying so on stderr, and
+/// once Redis is back follows the job to its end: exit 0 for a job that succeeds, never the 1
+/// that means "dead" (which a broker that is not answering used to give).
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_job_waits_for_a_broker_that_is_down_at_its_start() {
+    let mut redis = RedisServer::start();
+    let s = Scratch::new();
+    s.write_config_with_broker(&redis.url(), &unique_prefix(), "");
+    let id = s.cli_ok(&["enqueue", "sys.noop"]).trim().to_owned();
+    // AOF with an fsync at SHUTDOWN: the job is there when Redis comes back.
+    tokio::task::block_in_place(|| redis.shutdown());
+
+    let mut tail = Follow::start(&s, &["tail", "--job", &id]);
+    tokio::task::block_in_place(|| tail.wait_stderr("waiting for it"));
+    tokio::task::block_in_place(|| redis.launch());
+    let mut worker = s.start(&["worker"]);
+    let (status, lines) = tokio::task::block_in_place(|| tail.wait_exit());
+    let stderr = tail.stderr();
+    assert_eq!(status.code(), Some(0), "{lines:?}\n{stderr}");
+    assert!(stderr.contains("the broker answers again"), "{stderr}");
+    assert!(
+        lines.iter().any(|l| l.contains("job.succeeded")),
+        "{lines:?}\n{stderr}"
+    );
+    worker.assert_running();
 }

@@ -145,6 +145,9 @@ impl Broker for Unreachable {
     async fn events(&self, _: Option<&str>, _: usize) -> BrokerResult<Vec<Event>> {
         self.down()
     }
+    async fn events_end(&self) -> BrokerResult<Option<String>> {
+        self.down()
+    }
     async fn trimmed_after(&self, _: &str) -> BrokerResult<Option<bool>> {
         self.down()
     }
@@ -199,6 +202,10 @@ impl Broker for Unreachable {
     }
 
     async fn circuits(&self) -> BrokerResult<Vec<hopper_workers::broker::Circuit>> {
+        self.down()
+    }
+
+    async fn circuit(&self, _: &str) -> BrokerResult<Option<hopper_workers::broker::Circuit>> {
         self.down()
     }
 

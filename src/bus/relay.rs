@@ -92,14 +92,7 @@ async fn start(service: &Service) -> Result<Option<String>, BrokerError> {
     if let Some(saved) = broker.cursor(RELAY_CURSOR).await? {
         return Ok(Some(saved));
     }
-    let mut last: Option<String> = None;
-    loop {
-        let page = broker.events(last.as_deref(), 1000).await?;
-        match page.last() {
-            Some(e) => last = Some(e.id.clone()),
-            None => break,
-        }
-    }
+    let last = broker.events_end().await?;
     if let Some(last) = &last {
         broker.save_cursor(RELAY_CURSOR, last).await?;
     }

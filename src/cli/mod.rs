@@ -297,8 +297,8 @@ pub async fn run(cli: Cli) -> Result<()> {
         Command::Tail(args) => {
             let settings = config.check(&origin)?;
             inspect::refuse_missing_database(&settings.config.broker.url, &origin)?;
-            let broker = app::open_broker(&settings.config, clock::system()).await?;
-            tail::run_local(args, broker).await
+            // Opened by `tail`, which waits for a broker that cannot be reached yet.
+            tail::run_local(args, &settings.config).await
         }
         Command::Publish(args) => {
             let settings = config.check(&origin)?;

@@ -1,5 +1,6 @@
 //! The `Circuits` port over the broker: the circuit breakers of `notify.send`'s endpoints,
-//! kept in the broker ([`Broker::circuits`], [`Broker::save_circuit`]) so that every worker
+//! kept in the broker ([`Broker::circuit`] read before a delivery, [`Broker::save_circuit`]
+//! after it, [`Broker::circuits`] for the operators' views) so that every worker
 //! node agrees on which endpoints are down, and operators see them (`GET /v1/circuits`,
 //! `hopper queues`, the dashboard).
 
@@ -26,20 +27,17 @@ impl BrokerCircuits {
 #[async_trait]
 impl Circuits for BrokerCircuits {
     async fn load(&self, endpoint: &str) -> Result<Option<CircuitState>, String> {
-        let all = self
+        let found = self
             .broker
-            .circuits()
+            .circuit(endpoint)
             .await
-            .map_err(|e| format!("reading circuits: {e}"))?;
-        Ok(all
-            .into_iter()
-            .find(|c| c.endpoint == endpoint)
-            .map(|c| CircuitState {
-                failures: c.failures,
-                open_for: c.open_for,
-                cooldown: c.cooldown,
-                probing: c.probing,
-            }))
+            .map_err(|e| format!("reading the circuit: {e}"))?;
+        Ok(found.map(|c| CircuitState {
+            failures: c.failures,
+            open_for: c.open_for,
+            cooldown: c.cooldown,
+            probing: c.probing,
+        }))
     }
 
     async fn save(&self, endpoint: &str, state: &CircuitState) -> Result<(), String> {

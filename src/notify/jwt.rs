@@ -33,9 +33,10 @@ impl std::fmt::Debug for Verifier {
 struct Claims {
     #[serde(default)]
     sub: String,
-    /// Required (see `verify`); seconds since the epoch.
+    /// Required (see `verify`); seconds since the epoch. A NumericDate may have a fraction
+    /// (RFC 7519 §2), so it is read as a number of any kind; `verify` keeps its whole seconds.
     #[serde(default)]
-    exp: u64,
+    exp: f64,
 }
 
 /// A token that passed: the user it names, and when it stops being valid.
@@ -115,6 +116,74 @@ impl Verifier {
         if hopper_workers::broker::inbox::check_name("sub", &sub).is_err() {
             return Err("token sub is not a user id");
         }
+        // The validation above parsed `exp` as a finite, non-negative number within u64 and
+        // found it not past; the cast keeps its whole seconds (saturating, never wrapping).
+        let exp = exp.floor() as u64;
         Ok(Verified { sub, exp })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn verifier() -> Verifier {
+        let auth = AuthConfig {
+            jwt_secret: "s3cret-for-tests".into(),
+            ..AuthConfig::default()
+        };
+        Verifier::from_config(&auth)
+            .expect("a usable secret")
+            .expect("a verifier when jwt_secret is set")
+    }
+
+    fn sign(claims: &serde_json::Value) -> String {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"s3cret-for-tests").expect("an HS256 key"),
+        )
+        .expect("signing")
+    }
+
+    fn now() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs())
+    }
+
+    #[test]
+    fn an_exp_with_a_fraction_is_a_valid_numeric_date() {
+        let exp = now() + 3600;
+        let token = sign(&json!({ "sub": "42", "exp": exp as f64 + 0.75 }));
+        let v = verifier()
+            .verify(&token)
+            .expect("a fractional exp is accepted");
+        assert_eq!(v.sub, "42");
+        assert_eq!(v.exp, exp, "whole seconds kept");
+        let left = v.remaining().as_secs();
+        assert!((3590..=3600).contains(&left), "{left}");
+    }
+
+    #[test]
+    fn refusals_say_why() {
+        let v = verifier();
+        let past = now() - 3600;
+        assert_eq!(
+            v.verify(&sign(&json!({ "sub": "42", "exp": past as f64 + 0.5 })))
+                .err(),
+            Some("expired token")
+        );
+        assert_eq!(
+            v.verify(&sign(&json!({ "sub": "42" }))).err(),
+            Some("token without exp or sub")
+        );
+        assert_eq!(
+            v.verify(&sign(&json!({ "sub": "42", "exp": "tomorrow" })))
+                .err(),
+            Some("invalid token")
+        );
+        assert_eq!(v.verify("not.a.token").err(), Some("malformed token"));
     }
 }

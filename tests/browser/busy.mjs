@@ -142,6 +142,26 @@ try {
   traffic = null;
   step(`${sent} jobs streamed meanwhile`);
   await page.screenshot({ path: join(shots, 'dashboard-busy.png') });
+
+  step('a double click on Older goes back one page, and Newer comes back to the first');
+  // The jobs streamed above fill many pages of default.
+  await page.goto(`${base}/#/?queue=default`);
+  await page.locator('#page-info', { hasText: 'page 1' }).waitFor();
+  await page.locator('#older:not([disabled])').waitFor();
+  // Two clicks before the older page has come (what a double click does on a slow link).
+  await page.evaluate(() => { const b = document.querySelector('#older'); b.click(); b.click(); });
+  await page.waitForFunction(() => /page [2-9]/.test(document.querySelector('#page-info').textContent));
+  {
+    const info = await page.locator('#page-info').textContent();
+    if (!info.startsWith('page 2')) throw new Error(`after a double click on Older the pager says ${info}`);
+  }
+  await page.locator('#newer').click();
+  await page.waitForFunction(() => document.querySelector('#page-info').textContent.startsWith('page 1'), null, { timeout: 10_000 })
+    .catch(() => {});
+  {
+    const info = await page.locator('#page-info').textContent();
+    if (!info.startsWith('page 1')) throw new Error(`Newer after a double click on Older left the pager on ${info}`);
+  }
   step('done');
 } catch (e) {
   if (page) await page.screenshot({ path: join(shots, 'dashboard-busy-failure.png') }).catch(() => {});

@@ -408,6 +408,7 @@ metered! {
     fn queues(&self) -> Vec<QueueStats>;
     fn is_paused(&self, queue: &str) -> bool;
     fn events(&self, after: Option<&str>, limit: usize) -> Vec<Event>;
+    fn events_end(&self) -> Option<String>;
     fn trimmed_after(&self, after: &str) -> Option<bool>;
     #[untimed]
     fn wait_for_events(&self, after: Option<&str>, timeout: Duration) -> ();
@@ -430,5 +431,6 @@ metered! {
     fn push_subscriptions(&self, user: &str) -> Vec<WebPush>;
     fn push_unsubscribe(&self, user: &str, endpoint: &str) -> bool;
     fn circuits(&self) -> Vec<Circuit>;
+    fn circuit(&self, endpoint: &str) -> Option<Circuit>;
     fn save_circuit(&self, circuit: &Circuit) -> ();
 }

@@ -23,6 +23,11 @@
 //! version before labels saved under the whole URL is moved to the label). A retry reads it
 //! back and sends only what is not done yet, so a failing webhook is retried without sending
 //! the email twice.
+//! The URLs of `webhook` are sent to side by side, and so are the push services of `push`
+//! (each service's subscriptions one after another, behind its one circuit), up to
+//! [`SIDE_BY_SIDE`] at once: an endpoint that answers only at `[http] timeout`, or never,
+//! does not hold back the others, unless that many such endpoints take every place. A URL
+//! listed twice is one endpoint.
 //! Each channel's idempotency key is `<job id>.<channel>` (`Hopper-Id` of webhooks, the
 //! email's `Message-ID`); the inbox notification's id is the job id.
 //!
@@ -55,6 +60,8 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{Stream, StreamExt, stream};
+
 use hopper_workers::{FieldError, JobContext, JobError, JobResult, Kind, Registry};
 use lettre::message::Mailbox;
 use serde::Deserialize;
@@ -65,10 +72,10 @@ use self::breaker::Breakers;
 use self::channels::Channel;
 use self::circuits::Circuits;
 use self::email::Mailer;
-use self::ports::{Inbox, Notification, PushSubscriptions};
+use self::ports::{Inbox, Notification, PushSubscription, PushSubscriptions};
 use self::push::Pusher;
 use self::record::{Outcome, Record};
-use self::webhook::Webhooks;
+use self::webhook::{Sent, Webhooks};
 use crate::email::SendEmail;
 use crate::http::HttpClient;
 use crate::{JobsConfig, JobsError};
@@ -80,6 +87,10 @@ pub const NOTIFICATIONS: &str = "hopper_notifications_total";
 pub const DELIVERY_SECONDS: &str = "hopper_notify_delivery_seconds";
 /// 1 while the circuit of `endpoint` (a webhook URL, a push service origin) is open.
 pub const CIRCUIT_OPEN: &str = "hopper_notify_circuit_open";
+
+/// How many endpoints of one channel (webhook URLs, push services) one delivery sends to at
+/// once: each may take up to `[http] timeout` to fail.
+const SIDE_BY_SIDE: usize = 8;
 
 /// The payload of `notify.send` (see the module docs).
 #[derive(Debug, Deserialize)]
@@ -209,15 +220,23 @@ impl Attempt {
 
 /// Counts one delivery's outcome.
 fn count(channel: Channel, outcome: &Outcome, started: Instant) {
+    count_took(channel, outcome, started.elapsed());
+}
+
+/// [`count`] for a delivery that took `took`.
+fn count_took(channel: Channel, outcome: &Outcome, took: Duration) {
     let label = match outcome {
         Outcome::Delivered => "delivered",
         Outcome::Failed { .. } => "failed",
         Outcome::Skipped { .. } => "skipped",
     };
     metrics::counter!(NOTIFICATIONS, "channel" => channel.name(), "outcome" => label).increment(1);
-    metrics::histogram!(DELIVERY_SECONDS, "channel" => channel.name())
-        .record(started.elapsed().as_secs_f64());
+    metrics::histogram!(DELIVERY_SECONDS, "channel" => channel.name()).record(took.as_secs_f64());
 }
+
+/// One endpoint's delivery: how it went and how long it took, or how long its open circuit
+/// holds it back.
+type Delivery = Result<(Sent, Duration), Duration>;
 
 /// A retryable or permanent job error as a delivery outcome.
 fn outcome_of(r: Result<(), JobError>, attempt: &mut Attempt) -> Outcome {
@@ -236,7 +255,9 @@ impl SendNotification {
         cx.save_checkpoint(record.to_value()).await
     }
 
-    /// The `webhook` channel: each URL on its own, behind its circuit.
+    /// The `webhook` channel: each URL on its own, behind its circuit, up to [`SIDE_BY_SIDE`]
+    /// at once (one URL that answers slowly, or not until the client's timeout, does not
+    /// hold back the others). The record is saved as each delivery ends.
     async fn webhooks(
         &self,
         cx: &JobContext,
@@ -255,40 +276,86 @@ impl SendNotification {
             "data": n.data,
         })
         .to_string();
+        let mut due: Vec<(String, String)> = Vec::new();
         for url in &self.urls {
             let shown = breaker::label(url);
             record.relabel_endpoint(ch.name(), url, &shown);
-            if record.endpoint_done(ch.name(), &shown) {
-                continue;
+            // A URL listed twice is one endpoint: delivered once.
+            if !record.endpoint_done(ch.name(), &shown) && !due.iter().any(|(_, s)| *s == shown) {
+                due.push((url.clone(), shown));
             }
-            if let Err(wait) = self.breakers.admit(url).await {
-                attempt.wait(wait);
-                metrics::counter!(NOTIFICATIONS, "channel" => ch.name(), "outcome" => "waiting")
-                    .increment(1);
-                record.set_endpoint(
-                    ch.name(),
-                    &shown,
-                    Outcome::retryable("circuit open: waiting for the next probe"),
-                );
-                continue;
-            }
-            let started = Instant::now();
-            let sent = self.webhooks.send(url, &shown, &id, body.as_bytes()).await;
-            if sent.endpoint_failed {
-                attempt.endpoint_failed(&sent);
-                self.breakers.failure(url).await;
-            } else {
-                self.breakers.success(url).await;
-            }
-            count(ch, &sent.outcome, started);
-            record.set_endpoint(ch.name(), &shown, sent.outcome);
-            Self::save(cx, record).await?;
         }
+        let (id, body) = (id.as_str(), body.as_bytes());
+        let sends = stream::iter(due)
+            .map(|(url, shown): (String, String)| async move {
+                let sent = self.webhook(&url, &shown, id, body).await;
+                (shown, sent)
+            })
+            .buffer_unordered(SIDE_BY_SIDE);
+        Self::note_all(cx, ch, sends, record, attempt).await?;
         record.settle_endpoints(ch.name());
         Ok(())
     }
 
+    /// One webhook delivery behind the circuit of its URL.
+    async fn webhook(&self, url: &str, shown: &str, id: &str, body: &[u8]) -> Delivery {
+        self.breakers.admit(url).await?;
+        let started = Instant::now();
+        let sent = self.webhooks.send(url, shown, id, body).await;
+        let took = started.elapsed();
+        if sent.endpoint_failed {
+            self.breakers.failure(url).await;
+        } else {
+            self.breakers.success(url).await;
+        }
+        Ok((sent, took))
+    }
+
+    /// Notes each endpoint's delivery as it ends, in the record (saved after each) and the
+    /// attempt. Every delivery under way is waited for, even once a save failed (the error
+    /// is answered after): dropping them would forget deliveries made (sent again by the
+    /// retry) and probes whose outcome no breaker then hears.
+    async fn note_all(
+        cx: &JobContext,
+        ch: Channel,
+        mut sends: impl Stream<Item = (String, Delivery)> + Unpin,
+        record: &mut Record,
+        attempt: &mut Attempt,
+    ) -> Result<(), JobError> {
+        let mut unsaved = None;
+        while let Some((shown, sent)) = sends.next().await {
+            let (sent, took) = match sent {
+                Ok(done) => done,
+                Err(wait) => {
+                    attempt.wait(wait);
+                    metrics::counter!(NOTIFICATIONS, "channel" => ch.name(), "outcome" => "waiting")
+                        .increment(1);
+                    record.set_endpoint(
+                        ch.name(),
+                        &shown,
+                        Outcome::retryable("circuit open: waiting for the next probe"),
+                    );
+                    continue;
+                }
+            };
+            if sent.endpoint_failed {
+                attempt.endpoint_failed(&sent);
+            }
+            count_took(ch, &sent.outcome, took);
+            record.set_endpoint(ch.name(), &shown, sent.outcome);
+            if unsaved.is_none()
+                && let Err(e) = Self::save(cx, record).await
+            {
+                unsaved = Some(e);
+            }
+        }
+        unsaved.map_or(Ok(()), Err)
+    }
+
     /// The `push` channel: each subscription on its own, behind its push service's circuit.
+    /// The push services are sent to side by side, up to [`SIDE_BY_SIDE`] at once, and the
+    /// subscriptions of one service one after the other (so that the failures which open its
+    /// circuit hold back its later subscriptions, as they would any later delivery).
     async fn push(
         &self,
         cx: &JobContext,
@@ -325,6 +392,9 @@ impl SendNotification {
             return Ok(());
         }
         let payload = serde_json::to_vec(n).unwrap_or_default();
+        // By push service, in the order their first subscription comes.
+        // Owned, as a stream's items (borrowed ones make the future's `Send` unprovable).
+        let mut by_origin: Vec<(String, Vec<(PushSubscription, String)>)> = Vec::new();
         for sub in &subs {
             let shown = breaker::label(&sub.endpoint);
             record.relabel_endpoint(ch.name(), &sub.endpoint, &shown);
@@ -334,36 +404,63 @@ impl SendNotification {
             let origin = reqwest::Url::parse(&sub.endpoint)
                 .map(|u| push::origin(&u))
                 .unwrap_or_else(|_| sub.endpoint.clone());
-            if let Err(wait) = self.breakers.admit(&origin).await {
-                attempt.wait(wait);
-                metrics::counter!(NOTIFICATIONS, "channel" => ch.name(), "outcome" => "waiting")
-                    .increment(1);
-                record.set_endpoint(
-                    ch.name(),
-                    &shown,
-                    Outcome::retryable("circuit open: waiting for the next probe"),
-                );
+            if by_origin
+                .iter()
+                .any(|(_, group)| group.iter().any(|(_, s)| *s == shown))
+            {
                 continue;
             }
-            let started = Instant::now();
-            let pushed = pusher.send(sub, &shown, &payload).await;
-            if pushed.sent.endpoint_failed {
-                attempt.endpoint_failed(&pushed.sent);
-                self.breakers.failure(&origin).await;
-            } else {
-                self.breakers.success(&origin).await;
+            match by_origin.iter_mut().find(|(o, _)| *o == origin) {
+                Some((_, group)) => group.push((sub.clone(), shown)),
+                None => by_origin.push((origin, vec![(sub.clone(), shown)])),
             }
-            if pushed.gone
-                && let Err(e) = self.subscriptions.remove(&n.user, &sub.endpoint).await
-            {
-                tracing::warn!(user = %n.user, error = %e, "could not remove a gone push subscription");
-            }
-            count(ch, &pushed.sent.outcome, started);
-            record.set_endpoint(ch.name(), &shown, pushed.sent.outcome);
-            Self::save(cx, record).await?;
         }
+        let payload = payload.as_slice();
+        let user = n.user.as_str();
+        let sends = stream::iter(by_origin)
+            .map(|(origin, group)| {
+                // Pinned: `flatten_unordered` polls each service's stream in place.
+                Box::pin(stream::iter(group).then(move |(sub, shown)| {
+                    let origin = origin.clone();
+                    async move {
+                        let sent = self.push_one(pusher, &origin, &sub, &shown, payload, user);
+                        let sent = sent.await;
+                        (shown, sent)
+                    }
+                }))
+            })
+            .flatten_unordered(SIDE_BY_SIDE);
+        Self::note_all(cx, ch, sends, record, attempt).await?;
         record.settle_endpoints(ch.name());
         Ok(())
+    }
+
+    /// One push behind its service's circuit (as [`Self::webhook`]); a subscription the
+    /// service says is gone is forgotten.
+    async fn push_one(
+        &self,
+        pusher: &Pusher,
+        origin: &str,
+        sub: &PushSubscription,
+        shown: &str,
+        payload: &[u8],
+        user: &str,
+    ) -> Delivery {
+        self.breakers.admit(origin).await?;
+        let started = Instant::now();
+        let pushed = pusher.send(sub, shown, payload).await;
+        let took = started.elapsed();
+        if pushed.sent.endpoint_failed {
+            self.breakers.failure(origin).await;
+        } else {
+            self.breakers.success(origin).await;
+        }
+        if pushed.gone
+            && let Err(e) = self.subscriptions.remove(user, &sub.endpoint).await
+        {
+            tracing::warn!(user = %user, error = %e, "could not remove a gone push subscription");
+        }
+        Ok((pushed.sent, took))
     }
 }
 

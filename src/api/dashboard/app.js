@@ -209,15 +209,24 @@ const refreshCircuits = single(async () => {
   schedule(renderCircuits);
 });
 
-const refreshJobs = single(async () => {
-  if (state.route.view !== 'list') return;
+/** The query of the page of jobs the table should show now. */
+function listQuery() {
   // Brief: the table shows no payload or result, and a page of them may weigh megabytes.
   const p = new URLSearchParams({ limit: String(PAGE), brief: 'true' });
   for (const k of ['queue', 'state', 'kind']) if (state.filters[k]) p.set(k, state.filters[k]);
   const cursor = state.cursors[state.cursors.length - 1];
   if (cursor) p.set('cursor', cursor);
-  const page = await api('GET', `/v1/jobs?${p}`);
+  return p.toString();
+}
+
+const refreshJobs = single(async () => {
+  if (state.route.view !== 'list') return;
+  const query = listQuery();
+  const page = await api('GET', `/v1/jobs?${query}`);
   fetched();
+  // Asked for another page (Older, Newer, a filter) while this one was on its way: that
+  // page's refresh follows (`single`), and this answer must not pass for it.
+  if (state.route.view !== 'list' || listQuery() !== query) return;
   state.jobs = page.jobs || [];
   state.next = page.next_cursor || null;
   for (const j of state.jobs) state.kinds.add(j.kind);
@@ -718,8 +727,13 @@ function init() {
   $('#filter-kind').addEventListener('input', debounce((e) => setFilters({ kind: e.target.value.trim() }), 350));
   $('#clear-filters').addEventListener('click', () => { $('#filter-kind').value = ''; location.hash = '#/'; });
   $('#older').addEventListener('click', () => {
-    if (!state.next) return;
+    // A second click (a double click) before the older page has come is not another step
+    // back: the cursor is the same, and Newer would then have to be pressed twice.
+    if (!state.next || state.cursors[state.cursors.length - 1] === state.next) return;
     state.cursors.push(state.next);
+    // Until the older page comes, there is no next one to go to.
+    state.next = null;
+    $('#older').disabled = true;
     refreshJobs();
     toTable();
   });

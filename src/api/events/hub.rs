@@ -271,20 +271,16 @@ impl Hub {
         }
     }
 
-    /// Pages to the end of the log; answers the last event's id (`None` for an empty log),
-    /// or `None` when `shutdown` fired first.
+    /// The end of the log (`Broker::events_end`): the last event's id (`None` for an empty
+    /// log), or `None` when `shutdown` fired first.
     async fn catch_up(&self, shutdown: &CancellationToken) -> Option<Option<String>> {
-        let mut cursor: Option<String> = None;
         loop {
-            let page = tokio::select! {
+            let end = tokio::select! {
                 () = shutdown.cancelled() => return None,
-                page = self.broker.events(cursor.as_deref(), 10 * PAGE) => page,
+                end = self.broker.events_end() => end,
             };
-            match page {
-                Ok(events) => match events.last() {
-                    Some(last) => cursor = Some(last.id.clone()),
-                    None => return Some(cursor),
-                },
+            match end {
+                Ok(end) => return Some(end),
                 Err(e) => {
                     tracing::warn!(error = %e, "event hub: reading the event log failed; retrying");
                     tokio::select! {

@@ -1,9 +1,12 @@
 //! `hopper tail` on the broker the config names: polls `Broker::events(after, limit)` (the
 //! durable log every node appends to in the same step as each state change) every 100 ms,
 //! filtering here by job, queue and kind. A broker that goes away is waited for and read again
-//! from the last cursor shown, so nothing is skipped or repeated. A `--since` cursor the log
+//! from the last cursor shown, so nothing is skipped or repeated; one that cannot be reached
+//! at the start is waited for too, saying so (`--job`'s exit 1 means the job died, so a
+//! broker that is down must not end it with 1). A `--since` cursor the log
 //! no longer holds (trimmed by retention) or past its end (kept from before the broker's data
-//! was wiped) is said on stderr, and following starts from the log's oldest event, as the
+//! was wiped) is said on stderr, and following goes on with the oldest event held after it
+//! (from the log's oldest event, past its end), as the
 //! API's stream does (`crate::api::events::cursor` decides which).
 //!
 //! It does not decide how an event looks or what exit code a job's end is (`super`).
@@ -12,11 +15,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::Result;
+use hopper_workers::clock;
 use hopper_workers::job::{JobId, JobState};
 use hopper_workers::{Broker, BrokerError};
 
 use super::{CliError, Filter, Printer, TailArgs, ended, ending};
 use crate::api::events::cursor::{Cursor, locate};
+use crate::config::Config;
 
 /// Pause between two reads once caught up.
 const POLL: Duration = Duration::from_millis(100);
@@ -28,21 +33,69 @@ const RETRY: Duration = Duration::from_secs(1);
 /// retention trimmed the event that told it.
 const RECHECK: Duration = Duration::from_secs(2);
 
+/// Opens the broker `config` names, waiting (and saying so once) while it cannot be reached.
+/// A broker URL or setting that cannot work still ends the command at once.
+pub(super) async fn open(printer: &Printer, config: &Config) -> Result<Arc<dyn Broker>> {
+    patiently(printer, async || {
+        crate::app::open_broker(config, clock::system()).await
+    })
+    .await
+}
+
+/// Runs `op` until it gets an answer from the broker: while the broker is unavailable it is
+/// tried again every [`RETRY`], said once on stderr (and said again when it answers).
+async fn patiently<T>(printer: &Printer, mut op: impl AsyncFnMut() -> Result<T>) -> Result<T> {
+    let mut said = false;
+    loop {
+        match op().await {
+            Err(e) if unavailable(&e) => {
+                if !said {
+                    printer.note(&format!("{}; waiting for it…", crate::exit::message(&e)));
+                    said = true;
+                }
+                tokio::time::sleep(RETRY).await;
+            }
+            answered => {
+                if said && answered.is_ok() {
+                    printer.note("the broker answers again");
+                }
+                return answered;
+            }
+        }
+    }
+}
+
+/// Whether `e` is a broker that cannot be reached right now (worth waiting for).
+fn unavailable(e: &anyhow::Error) -> bool {
+    e.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<BrokerError>(),
+            Some(BrokerError::Unavailable(_))
+        )
+    })
+}
+
 pub(super) async fn run(printer: Printer, args: &TailArgs, broker: Arc<dyn Broker>) -> Result<()> {
     let filter = Filter::from(args);
     let mut cursor = match (&args.job, &args.since) {
         (Some(job), since) => {
             let id = JobId(job.clone());
-            let Some(found) = broker.get(&id).await? else {
+            let found = patiently(&printer, async || Ok(broker.get(&id).await?)).await?;
+            let Some(found) = found else {
                 return Err(CliError::NotFound(format!("job {job} not found")).into());
             };
             let final_now = found.state.is_final();
             let mut cursor = match since {
-                Some(since) => resume_from(&printer, &broker, since).await?,
+                Some(since) => {
+                    patiently(&printer, async || {
+                        resume_from(&printer, &broker, since).await
+                    })
+                    .await?
+                }
                 None => None,
             };
             if since.is_none() || final_now {
-                let history = broker.history(&id).await?;
+                let history = patiently(&printer, async || Ok(broker.history(&id).await?)).await?;
                 for e in &history {
                     printer.show(e)?;
                 }
@@ -62,11 +115,16 @@ pub(super) async fn run(printer: Printer, args: &TailArgs, broker: Arc<dyn Broke
                 // `--since` past the end of the log, or trimmed after: from its oldest
                 // event, as `resume_from` said (from its end, the job's start was missing).
                 (None, Some(_)) => None,
-                (None, None) => end_of_log(&broker).await?,
+                (None, None) => patiently(&printer, async || end_of_log(&broker).await).await?,
             }
         }
-        (None, Some(since)) => resume_from(&printer, &broker, since).await?,
-        (None, None) => end_of_log(&broker).await?,
+        (None, Some(since)) => {
+            patiently(&printer, async || {
+                resume_from(&printer, &broker, since).await
+            })
+            .await?
+        }
+        (None, None) => patiently(&printer, async || end_of_log(&broker).await).await?,
     };
     printer.note(&match &cursor {
         Some(c) => format!("following after {c}"),
@@ -124,7 +182,9 @@ pub(super) async fn run(printer: Printer, args: &TailArgs, broker: Arc<dyn Broke
 
 /// Exits with the code of a job found final.
 async fn job_end(printer: &Printer, broker: &Arc<dyn Broker>, job: &str) -> Result<()> {
-    let Some(j) = broker.get(&JobId(job.to_owned())).await? else {
+    let id = JobId(job.to_owned());
+    let found = patiently(printer, async || Ok(broker.get(&id).await?)).await?;
+    let Some(j) = found else {
         return Err(CliError::NotFound(format!("job {job} not found")).into());
     };
     let (code, state) = match j.state {
@@ -152,8 +212,10 @@ async fn resume_from(
     since: &str,
 ) -> Result<Option<String>> {
     check_since(broker, since).await?;
-    // No hub here: the log is searched from its start, as `end_of_log` reads it.
-    Ok(match locate(&**broker, since, None).await? {
+    // No hub here: the log's end stands for its position (a cursor is then behind it, at it,
+    // or past the end), so the log is not searched from its start for the cursor.
+    let end = broker.events_end().await?;
+    Ok(match locate(&**broker, since, end.as_deref()).await? {
         Cursor::PastEnd => {
             printer.note(&format!(
                 "gap: {since} is past the end of the event log (kept from before its data was \
@@ -163,8 +225,8 @@ async fn resume_from(
         }
         c if c.gap() => {
             printer.note(&format!(
-                "gap: the event log no longer holds the events right after {since} (trimmed by \
-                 retention); following from its oldest event"
+                "gap: the event log no longer holds some events after {since} (trimmed by \
+                 retention); following from the next one it holds"
             ));
             Some(since.to_owned())
         }
@@ -172,19 +234,7 @@ async fn resume_from(
     })
 }
 
-/// The id of the newest event, so that following starts from now on. The log is bounded by
-/// `[retention] events`, so this is a few pages at most.
+/// The id of the newest event, so that following starts from now on.
 async fn end_of_log(broker: &Arc<dyn Broker>) -> Result<Option<String>> {
-    const SKIP_PAGE: usize = 10_000;
-    let mut cursor: Option<String> = None;
-    loop {
-        let page = broker.events(cursor.as_deref(), SKIP_PAGE).await?;
-        let n = page.len();
-        if let Some(last) = page.into_iter().last() {
-            cursor = Some(last.id);
-        }
-        if n < SKIP_PAGE {
-            return Ok(cursor);
-        }
-    }
+    Ok(broker.events_end().await?)
 }

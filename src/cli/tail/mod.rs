@@ -13,15 +13,14 @@ mod local;
 mod remote;
 
 use std::io::IsTerminal;
-use std::sync::Arc;
 
 use anyhow::Result;
-use hopper_workers::Broker;
 use hopper_workers::event::{Event, EventType};
 use hopper_workers::job::{check_kind, check_queue};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use super::CliError;
+use crate::config::Config;
 use crate::out;
 
 /// `hopper tail` flags.
@@ -54,10 +53,12 @@ pub struct TailArgs {
     pub token: Option<String>,
 }
 
-/// Follows the configured broker's event log.
-pub(super) async fn run_local(args: TailArgs, broker: Arc<dyn Broker>) -> Result<()> {
+/// Follows the event log of the broker `config` names.
+pub(super) async fn run_local(args: TailArgs, config: &Config) -> Result<()> {
     check(&args)?;
-    local::run(Printer::new(&args), &args, broker).await
+    let printer = Printer::new(&args);
+    let broker = local::open(&printer, config).await?;
+    local::run(printer, &args, broker).await
 }
 
 /// Follows a remote node's WebSocket (`--server`).

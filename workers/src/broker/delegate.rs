@@ -172,6 +172,10 @@ macro_rules! delegate_broker {
                     $events::events(self, after, limit).await
                 }
 
+                async fn events_end(&self) -> BrokerResult<Option<String>> {
+                    $events::events_end(self).await
+                }
+
                 async fn trimmed_after(&self, after: &str) -> BrokerResult<Option<bool>> {
                     $events::trimmed_after(self, after).await
                 }
@@ -273,6 +277,10 @@ macro_rules! delegate_broker {
                     let mut all = $circuits::circuits(self).await?;
                     all.sort_by(|a, b| a.endpoint.cmp(&b.endpoint));
                     Ok(all)
+                }
+
+                async fn circuit(&self, endpoint: &str) -> BrokerResult<Option<Circuit>> {
+                    $circuits::circuit(self, endpoint).await
                 }
 
                 async fn save_circuit(&self, circuit: &Circuit) -> BrokerResult<()> {

@@ -418,6 +418,12 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// [`BrokerError::Invalid`] naming `since`, whatever the limit.
     async fn events(&self, after: Option<&str>, limit: usize) -> BrokerResult<Vec<Event>>;
 
+    /// The id of the newest event of the log as [`Broker::events`] would hand it out now
+    /// (`None` for an empty log): where following "from now on" starts, `events(end, _)`
+    /// answering only what comes after it. A round trip or two however long the log is
+    /// (paging through it to its end cost a long log's whole length, per queue on Redis).
+    async fn events_end(&self) -> BrokerResult<Option<String>>;
+
     /// Whether retention dropped an event that came after the event id `after` (an id this
     /// broker issued; otherwise [`BrokerError::Invalid`] naming `since`): `Some` when the
     /// broker tells it from its own records of trimming, `None` when it leaves it to the
@@ -543,6 +549,10 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// The circuits of `notify.send`'s endpoints that are open or counting failures (see
     /// [`circuits`]), by endpoint.
     async fn circuits(&self) -> BrokerResult<Vec<Circuit>>;
+
+    /// The circuit of one endpoint, when the broker keeps one (open or counting failures):
+    /// what a delivery reads before it goes, one key or row, however many endpoints are kept.
+    async fn circuit(&self, endpoint: &str) -> BrokerResult<Option<Circuit>>;
 
     /// Stores one endpoint's circuit, replacing the one it had (the last writer wins); a
     /// circuit neither open nor counting failures is forgotten. An empty or over-long

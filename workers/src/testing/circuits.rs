@@ -43,6 +43,16 @@ pub async fn circuits_are_shared_count_down_and_close(b: Arc<dyn Broker>, clock:
         "stored whole, by endpoint"
     );
     assert_eq!(all[0].state(), "open");
+    assert_eq!(
+        b.circuit("https://b.example/hook").await.expect("circuit"),
+        Some(circuit("https://b.example/hook", 2, None)),
+        "one endpoint's read is its stored circuit"
+    );
+    assert_eq!(
+        b.circuit("https://c.example/hook").await.expect("circuit"),
+        None,
+        "none kept for an endpoint never saved"
+    );
 
     clock.advance(10_000);
     let all = b.circuits().await.expect("circuits");
@@ -50,6 +60,12 @@ pub async fn circuits_are_shared_count_down_and_close(b: Arc<dyn Broker>, clock:
         all[0].open_for,
         Some(Duration::from_secs(20)),
         "counts down"
+    );
+    let one = b.circuit("https://a.example/hook").await.expect("circuit");
+    assert_eq!(
+        one.and_then(|c| c.open_for),
+        Some(Duration::from_secs(20)),
+        "one endpoint's read counts down on the broker's clock too"
     );
     clock.advance(25_000);
     let all = b.circuits().await.expect("circuits");
@@ -70,6 +86,11 @@ pub async fn circuits_are_shared_count_down_and_close(b: Arc<dyn Broker>, clock:
     let all = b.circuits().await.expect("circuits");
     let endpoints: Vec<&str> = all.iter().map(|c| c.endpoint.as_str()).collect();
     assert_eq!(endpoints, ["https://b.example/hook"], "closed is forgotten");
+    assert_eq!(
+        b.circuit("https://a.example/hook").await.expect("circuit"),
+        None,
+        "closed is forgotten by one endpoint's read too"
+    );
 
     let err = b
         .save_circuit(&circuit("", 1, None))

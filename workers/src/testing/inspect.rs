@@ -204,6 +204,44 @@ pub async fn events_resume_after_id(b: Arc<dyn Broker>, _clock: Arc<ManualClock>
     assert_eq!(new[0].attempt, 1);
 }
 
+/// The log's end is the id of its newest event, across queues and within a batch's entry
+/// (none for an empty log), and following from it hands out exactly what comes after.
+pub async fn events_end_is_the_newest_event_handed_out(
+    b: Arc<dyn Broker>,
+    _clock: Arc<ManualClock>,
+) {
+    assert_eq!(b.events_end().await.expect("events_end"), None, "empty");
+    // Queues on both sides of each other in the merged order, and batches of several events
+    // in one call (one stream entry on Redis).
+    enqueue_ids(&*b, vec![job("k").queue("m"), job("k").queue("m")]).await;
+    enqueue(&b, job("k").queue("z")).await;
+    enqueue_ids(&*b, vec![job("k").queue("a"), job("k").queue("a")]).await;
+    let got = b.fetch("m", 2, LEASE).await.expect("fetch");
+    assert_eq!(got.len(), 2);
+    // Redis holds back the events of its current millisecond; both reads below come after it.
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let all = b.events(None, 100).await.expect("events");
+    assert_eq!(all.len(), 7, "{all:?}");
+    let end = b.events_end().await.expect("events_end");
+    assert_eq!(end.as_deref(), all.last().map(|e| e.id.as_str()));
+    assert!(
+        b.events(end.as_deref(), 100)
+            .await
+            .expect("events after the end")
+            .is_empty()
+    );
+
+    let later = enqueue(&b, job("k").queue("a")).await;
+    tokio::time::sleep(Duration::from_millis(5)).await;
+    let new = b.events(end.as_deref(), 100).await.expect("events after");
+    assert_eq!(types(&new), vec![EventType::Enqueued]);
+    assert_eq!(new[0].job_id, later);
+    assert_eq!(
+        b.events_end().await.expect("events_end").as_deref(),
+        Some(new[0].id.as_str())
+    );
+}
+
 /// A follower of the log waits for the next event instead of polling: `wait_for_events`
 /// returns at once when events follow the cursor, and when one is appended while it waits
 /// (the timeout here is far longer than the test's deadline); a cursor the broker never

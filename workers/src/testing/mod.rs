@@ -205,6 +205,7 @@ macro_rules! conformance_suite {
             events_resume_after_id,
             events_merge_queues_and_page_one_at_a_time,
             batched_events_page_one_by_one,
+            events_end_is_the_newest_event_handed_out,
             wait_for_events_wakes_on_an_append,
             // chains.rs
             chain_passes_results_in_order,

@@ -198,6 +198,10 @@ impl Broker for Partitioned {
         self.reach().await?.events(after, limit).await
     }
 
+    async fn events_end(&self) -> BrokerResult<Option<String>> {
+        self.reach().await?.events_end().await
+    }
+
     async fn trimmed_after(&self, after: &str) -> BrokerResult<Option<bool>> {
         self.reach().await?.trimmed_after(after).await
     }
@@ -278,6 +282,10 @@ impl Broker for Partitioned {
 
     async fn circuits(&self) -> BrokerResult<Vec<Circuit>> {
         self.reach().await?.circuits().await
+    }
+
+    async fn circuit(&self, endpoint: &str) -> BrokerResult<Option<Circuit>> {
+        self.reach().await?.circuit(endpoint).await
     }
 
     async fn save_circuit(&self, circuit: &Circuit) -> BrokerResult<()> {

@@ -29,6 +29,19 @@ pub(super) async fn circuits(broker: &RedisBroker) -> BrokerResult<Vec<Circuit>>
         .collect()
 }
 
+pub(super) async fn circuit(broker: &RedisBroker, endpoint: &str) -> BrokerResult<Option<Circuit>> {
+    let now = broker.now().await?.as_millis();
+    let json: Option<String> = broker
+        .query(redis::cmd("HGET").arg(broker.circuits_key()).arg(endpoint))
+        .await?;
+    json.map(|json| {
+        let stored: Stored = serde_json::from_str(&json)
+            .map_err(|e| corrupt(format!("circuit of {endpoint}: {e}")))?;
+        Ok(stored.into_circuit(endpoint.to_owned(), now))
+    })
+    .transpose()
+}
+
 pub(super) async fn save_circuit(broker: &RedisBroker, circuit: &Circuit) -> BrokerResult<()> {
     if !circuit.is_kept() {
         return broker

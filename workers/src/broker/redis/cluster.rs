@@ -120,7 +120,7 @@ pub(super) async fn open(
             BrokerError::Config(format!("{shown}: not a usable Redis Cluster URL: {e}"))
         })?;
     let conn = client.get_async_connection().await.map_err(|e| {
-        BrokerError::Unavailable(format!("cannot connect to Redis Cluster at {shown}: {e}").into())
+        super::conn::not_connected(&e, &format!("cannot connect to Redis Cluster at {shown}"))
     })?;
     let nodes = Nodes {
         url: ClusterUrl {

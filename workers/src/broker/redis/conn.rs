@@ -96,6 +96,18 @@ fn is_unavailable(e: &RedisError) -> bool {
         )
 }
 
+/// A first connection that failed: [`BrokerError::Unavailable`] when trying again may work (a
+/// server down, unreachable, loading), [`BrokerError::Config`] when it cannot (a refused
+/// password, a server that answers otherwise than Redis), so that a command waiting for its
+/// broker does not wait for ever on a setting.
+pub(super) fn not_connected(e: &RedisError, what: &str) -> BrokerError {
+    if is_unavailable(e) {
+        BrokerError::Unavailable(format!("{what}: {e}").into())
+    } else {
+        BrokerError::Config(format!("{what}: {e}"))
+    }
+}
+
 fn poisoned() -> BrokerError {
     corrupt("a lock of the Redis broker was poisoned by a panic")
 }
@@ -191,9 +203,7 @@ pub(super) async fn open(url: &str, shown: &str) -> BrokerResult<(Blocking, Shar
         .set_max_delay(Duration::from_secs(5));
     let mut conn = ConnectionManager::new_with_config(client.clone(), config)
         .await
-        .map_err(|e| {
-            BrokerError::Unavailable(format!("cannot connect to Redis at {shown}: {e}").into())
-        })?;
+        .map_err(|e| not_connected(&e, &format!("cannot connect to Redis at {shown}")))?;
     check_no_eviction(&mut conn, shown).await?;
     Ok((Blocking::Single(client), Shared::Single(conn)))
 }

@@ -438,6 +438,50 @@ pub(super) async fn events(
     }
 }
 
+/// The newest event [`events`] would hand out now: Redis' time and the queues first, then each
+/// queue's last entry before that millisecond (one `XREVRANGE … COUNT 1` each, in one
+/// pipeline), the greatest in the merged order (stream id, queue, place in the entry). An
+/// entry of that millisecond or later is left for `events` after the answer to hand out: it is
+/// not settled (another stream may still get one that sorts before it), and a queue created
+/// after the listing has only entries from its millisecond on.
+pub(super) async fn events_end(broker: &RedisBroker) -> BrokerResult<Option<String>> {
+    let (names, cutoff) = {
+        let mut pipe = Pipe::new();
+        pipe.cmd("TIME");
+        pipe.cmd("SMEMBERS").arg(broker.queues_key());
+        let (time, names): (Vec<u64>, Vec<String>) = broker.query_pipe(&pipe).await?;
+        (sorted(names), server_ms(&time))
+    };
+    let Some(before) = cutoff.checked_sub(1) else {
+        return Ok(None);
+    };
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut pipe = Pipe::new();
+    for q in &names {
+        // An incomplete id as XREVRANGE's end means that millisecond's last sequence.
+        pipe.cmd("XREVRANGE")
+            .arg(broker.events_key(q))
+            .arg(before)
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
+    }
+    let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
+    let mut end: Option<(Pos, &str)> = None;
+    for (q, v) in names.iter().zip(&replies) {
+        let Some((pos, _)) = parse_entries(v, q)?.0.pop() else {
+            continue;
+        };
+        let later = end.is_none_or(|(e, eq)| (pos.sid, q.as_str(), pos.sub) > (e.sid, eq, e.sub));
+        if later {
+            end = Some((pos, q));
+        }
+    }
+    Ok(end.map(|(pos, q)| event_id(pos, q)))
+}
+
 /// Whether trimming dropped an entry after the event id `after` from any queue's stream (see
 /// the trait's doc): a stream that lost entries (it had more than it holds) and whose first
 /// held entry comes after the cursor's may have lost some after it, and is taken as having

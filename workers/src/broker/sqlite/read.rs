@@ -214,6 +214,18 @@ pub(super) async fn events(
         .await
 }
 
+/// The largest event id: ids grow with each commit, and a reader sees whole commits.
+pub(super) async fn events_end(broker: &SqliteBroker) -> BrokerResult<Option<String>> {
+    broker
+        .read(move |conn, _| {
+            let end: Option<i64> = conn
+                .prepare_cached(sql::EVENTS_END)?
+                .query_row([], |r| r.get(0))?;
+            Ok(end.map(|id| id.to_string()))
+        })
+        .await
+}
+
 /// Waits for this instance's next write, unless the log already holds events after `after`;
 /// at most [`CROSS_PROCESS_POLL`](super::CROSS_PROCESS_POLL), as other processes' writes to
 /// the file cannot wake us.

@@ -188,6 +188,7 @@ pub const EVENTS_AFTER: &str = concat!(
     event_columns!(),
     " FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
 );
+pub const EVENTS_END: &str = "SELECT max(id) FROM events";
 pub const EVENTS_EXIST_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE id > ?1)";
 pub const COUNTS: &str = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state";
 /// Its condition on `type` is the WHERE of the partial index `events_outcome_at`
@@ -276,6 +277,8 @@ pub const SAVE_CURSOR: &str = "INSERT INTO cursors (name, value, updated_at) VAL
 // The circuit breakers of `notify.send`'s endpoints (`super::circuits`).
 pub const CIRCUITS: &str =
     "SELECT endpoint, failures, open_until, cooldown_ms, probing FROM circuits ORDER BY endpoint";
+pub const CIRCUIT: &str =
+    "SELECT endpoint, failures, open_until, cooldown_ms, probing FROM circuits WHERE endpoint = ?1";
 pub const SAVE_CIRCUIT: &str = "INSERT INTO circuits (endpoint, failures, open_until, cooldown_ms, probing) \
     VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT (endpoint) DO UPDATE SET failures = excluded.failures, \
     open_until = excluded.open_until, cooldown_ms = excluded.cooldown_ms, probing = excluded.probing";
