@@ -87,6 +87,20 @@ pub async fn unique_key_returns_existing(b: Arc<dyn Broker>, _clock: Arc<ManualC
     assert_eq!(answered(&answers), vec![(first.clone(), false)]);
     assert_eq!(b.get(&dup.id).await.expect("get"), None);
     assert_eq!(history_types(&b, &first).await, vec![EventType::Enqueued]);
+    // One batch naming a taken key twice: each is answered with the stored job, whole.
+    let twice = b
+        .enqueue(vec![
+            job("test.u").unique_key("k1"),
+            job("test.u").unique_key("k1"),
+        ])
+        .await
+        .expect("enqueue the taken key twice");
+    assert_eq!(
+        answered(&twice),
+        vec![(first.clone(), false), (first.clone(), false)]
+    );
+    let stored = get(&b, &first).await;
+    assert!(twice.iter().all(|e| e.job == stored), "{twice:?}");
 
     let a = job("test.u").unique_key("k2");
     let c = job("test.u").unique_key("k2");

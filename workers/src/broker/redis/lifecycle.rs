@@ -13,7 +13,7 @@
 //!
 //! [`Broker`]: crate::broker::Broker
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use redis::{Cmd, Value};
@@ -139,16 +139,28 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     if !stale_index.is_empty() {
         broker.unindex(&stale_index).await?;
     }
+    // Only a taken unique key (or id) reads the existing job back: every such job at once
+    // (a replayed batch of a thousand was two thousand round trips one after another).
+    let taken: BTreeSet<JobId> = answered
+        .iter()
+        .flatten()
+        .filter(|(_, created, _)| !created)
+        .map(|(id, _, _)| id.clone())
+        .collect();
+    let read =
+        futures::future::try_join_all(taken.iter().map(|id| super::read::get(broker, id))).await?;
+    let found: BTreeMap<JobId, Job> = taken
+        .into_iter()
+        .zip(read)
+        .filter_map(|(id, job)| job.map(|j| (id, j)))
+        .collect();
     let mut out = Vec::with_capacity(jobs.len());
     for (new, answer) in jobs.into_iter().zip(answered) {
         let (id, created, now) = answer.ok_or_else(|| corrupt("enqueue.lua skipped a job"))?;
-        let job = if created {
-            new.stored(now)
-        } else {
-            // Only a taken unique key (or id) reads the existing job back.
-            super::read::get(broker, &id)
-                .await?
-                .unwrap_or_else(|| new.stored(now))
+        let job = match found.get(&id) {
+            // A batch may name one taken key twice: each is answered with its job.
+            Some(existing) if !created => existing.clone(),
+            _ => new.stored(now),
         };
         out.push(Enqueued { job, created });
     }
