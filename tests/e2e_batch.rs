@@ -201,6 +201,30 @@ fn enqueue_file(s: &Scratch) {
     assert!(err.contains("lines 1 to 2000"), "{err}");
     assert_eq!(s.cli_counts("g")["queued"], 2000);
 
+    // The same with unique keys, run twice: the second time the jobs of lines 1 to 2,000
+    // existed already, and what stayed says so instead of counting them enqueued.
+    let mut text = String::new();
+    for i in 1..=3000 {
+        let job = if i == 2345 {
+            json!({"kind": "sys.noop", "queue": "h", "priority": "high"})
+        } else {
+            json!({"kind": "sys.noop", "queue": "h", "unique_key": format!("u{i}")})
+        };
+        writeln!(text, "{job}").unwrap();
+    }
+    std::fs::write(s.path().join("keyed.ndjson"), &text).unwrap();
+    let first = s.cli(&["enqueue", "--file", "keyed.ndjson"]);
+    let err = String::from_utf8_lossy(&first.stderr);
+    assert!(err.contains("the 2000 jobs of lines 1 to 2000"), "{err}");
+    let again = s.cli(&["enqueue", "--file", "keyed.ndjson"]);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert_eq!(again.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("lines 1 to 2000 were enqueued and stay (0 new jobs; 2000 existed already"),
+        "{err}"
+    );
+    assert_eq!(s.cli_counts("h")["queued"], 2000);
+
     let out = s.cli(&["enqueue", "--file", "missing.ndjson"]);
     assert_eq!(out.status.code(), Some(1));
 

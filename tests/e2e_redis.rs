@@ -582,3 +582,52 @@ async fn tail_job_waits_for_a_broker_that_is_down_at_its_start() {
     );
     worker.assert_running();
 }
+
+/// A Redis that refuses the password is a setting that cannot work, not a broker that is
+/// down: `tail` (which waits for a broker that is down) and `jobs` exit 2 at once, naming the
+/// refusal and never the password.
+#[test]
+fn a_refused_password_exits_2_at_once() {
+    /// Kills the server however the test ends.
+    struct Killed(std::process::Child);
+    impl Drop for Killed {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let port = crate::util::redis::free_port();
+    let _server = Killed(
+        std::process::Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string()])
+            .args([
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--requirepass",
+                "right-pw",
+            ])
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server"),
+    );
+    wait::until_blocking("the private redis-server never answered", || {
+        std::net::TcpStream::connect(("127.0.0.1", port))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    });
+    let s = Scratch::new();
+    s.write_config_with_broker(
+        &format!("redis://:wrong-pw-42@127.0.0.1:{port}/0"),
+        &unique_prefix(),
+        "",
+    );
+    for args in [&["tail"][..], &["tail", "--job", "x"], &["jobs"]] {
+        let out = s.cli_within(args, Duration::from_secs(30));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("AuthenticationFailed"), "{args:?}: {err}");
+        assert!(!err.contains("wrong-pw-42"), "{args:?}: {err}");
+    }
+}

@@ -27,7 +27,8 @@ pub(crate) const MAX_LIMIT: usize = 1000;
 /// (or `Idempotency-Key`) was already taken.
 #[utoipa::path(post, path = "/jobs", tag = "jobs",
     params(("Idempotency-Key" = Option<String>, Header, max_length = 200,
-        description = "Used as the `unique_key` (prefixed `idem:`) when the body gives none")),
+        description = "Used as the `unique_key` (prefixed `idem:`); sent once, and not with a \
+            `unique_key` in the body (400 naming `Idempotency-Key`)")),
     request_body(content = EnqueueDoc, content_type = "application/json",
         description = "Read as JSON whatever the `Content-Type` says"),
     responses(
@@ -35,7 +36,8 @@ pub(crate) const MAX_LIMIT: usize = 1000;
         (status = 200, description = "The `unique_key` (or `Idempotency-Key`) was taken: the \
             existing job", body = JobWithStepsDoc),
         (status = 400, description = "`invalid_json`, `invalid_field`, `missing_field`, \
-            `unknown_field`: `field` names the field (`then[0].kind` in a step)", body = ErrorBody),
+            `unknown_field`: `field` names the field (`then[0].kind` in a step), or \
+            `Idempotency-Key` (not printable, sent twice, or with a `unique_key`)", body = ErrorBody),
         (status = 409, description = "`conflict`: the broker refused the write", body = ErrorBody),
         (status = 422, description = "`unknown_kind`: no handler registers that kind", body = ErrorBody),
     ))]
@@ -55,9 +57,15 @@ pub async fn enqueue(
         first: mut req,
         then,
     } = job_body::read(m)?;
-    if req.unique_key.is_none()
-        && let Some(key) = idempotency_key(&headers)?
-    {
+    if let Some(key) = idempotency_key(&headers)? {
+        // Two keys would leave one of them unheeded without a word.
+        if req.unique_key.is_some() {
+            return Err(ApiError::field(
+                "invalid_field",
+                "Idempotency-Key",
+                "give the Idempotency-Key header or the body's unique_key, not both",
+            ));
+        }
         req.unique_key = Some(format!("idem:{key}"));
     }
     let done = st.service.submit(req, then).await?;
@@ -230,11 +238,19 @@ pub async fn queues(State(st): State<AppState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!({ "queues": stats })))
 }
 
-/// The `Idempotency-Key` header, if present and printable.
+/// The `Idempotency-Key` header, if present (once) and printable.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
-    let Some(v) = headers.get("idempotency-key") else {
+    let mut all = headers.get_all("idempotency-key").iter();
+    let Some(v) = all.next() else {
         return Ok(None);
     };
+    if all.next().is_some() {
+        return Err(ApiError::field(
+            "invalid_field",
+            "Idempotency-Key",
+            "given more than once: send one key",
+        ));
+    }
     let key = v
         .to_str()
         .ok()

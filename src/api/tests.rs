@@ -610,6 +610,21 @@ async fn idempotency_key_replays_the_first_job() {
     let (s3, other) = call(&st, Method::POST, "/v1/jobs", &[], Some(body.into())).await;
     assert_eq!(s3, StatusCode::CREATED);
     assert_ne!(other["id"], first["id"]);
+
+    // A key that would go unheeded is refused, naming the header, and nothing is stored: a
+    // second header, or a unique_key in the body as well.
+    let twice = [("idempotency-key", "a"), ("idempotency-key", "b")];
+    let with_key = r#"{"kind":"sys.noop","unique_key":"zz"}"#;
+    for (hdr, body) in [(&twice[..], body), (&hdr[..], with_key)] {
+        refused(
+            call(&st, Method::POST, "/v1/jobs", hdr, Some(body.into())).await,
+            400,
+            "invalid_field",
+            Some("Idempotency-Key"),
+        );
+    }
+    let (_, page) = call(&st, Method::GET, "/v1/jobs", &[], None).await;
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 2, "{page}");
 }
 
 /// `then` creates every step at once: the first queued, the rest waiting, all listed with

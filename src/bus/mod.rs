@@ -34,7 +34,7 @@ pub mod topic;
 
 use std::sync::Arc;
 
-use hopper_workers::event::Event;
+use hopper_workers::event::{Event, EventType};
 use hopper_workers::job::{JobId, valid_name};
 use hopper_workers::{BrokerError, FieldError, Registry};
 use serde::Serialize;
@@ -159,6 +159,19 @@ impl Bus {
             let payload = Template::compile(&c.payload.clone().unwrap_or_default())
                 .map_err(|(key, why)| p.push(format!("{at}.payload.{key}: {why}")))
                 .ok();
+            // Topics under "job." are Hopper's own (`job.dead`, ...), which no client may
+            // publish: a pattern naming that prefix and none of them never fires.
+            if let Some(pattern) = &pattern
+                && pattern.as_str().split('.').next() == Some(JOB_TOPICS)
+                && !EventType::ALL.iter().any(|t| pattern.matches(t.as_str()))
+            {
+                p.push(format!(
+                    "{at}.topic: {:?} matches none of the job events ({}), the only topics \
+                     under \"job.\"",
+                    c.topic,
+                    EventType::ALL.map(EventType::as_str).join(", ")
+                ));
+            }
             let filter = c.filter.clone().unwrap_or_default();
             if let Some(pattern) = &pattern
                 && (filter.queue.is_some() || filter.kind.is_some())
@@ -405,5 +418,33 @@ mod tests {
             assert!(keys(&before, kind).starts_with("publish:k1:"), "{kind}");
         }
         assert_ne!(keys(&before, "email"), keys(&before, "webhook"));
+    }
+
+    /// Under "job." only the job events are ever published: a pattern there that matches
+    /// none of them is refused, naming it; one that matches some is taken.
+    #[test]
+    fn a_job_topic_matching_no_job_event_is_refused() {
+        let sub =
+            |topic: &str| format!("[[subscription]]\ntopic = \"{topic}\"\nkind = \"sys.noop\"\n");
+        for never in ["job.foo", "job.dead.x", "job.*.*"] {
+            let mut p = Vec::new();
+            Bus::compile(&configs(&sub(never)), &mut p);
+            assert_eq!(p.len(), 1, "{never}: {p:?}");
+            assert!(p[0].starts_with("subscription[0].topic:"), "{p:?}");
+            assert!(p[0].contains("job.dead"), "{p:?}");
+        }
+        for fires in [
+            "job.dead",
+            "job.*",
+            "job.#",
+            "job.dead.#",
+            "#",
+            "*.dead",
+            "user.created",
+        ] {
+            let mut p = Vec::new();
+            Bus::compile(&configs(&sub(fires)), &mut p);
+            assert!(p.is_empty(), "{fires}: {p:?}");
+        }
     }
 }

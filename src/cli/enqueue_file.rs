@@ -241,11 +241,16 @@ impl Run {
 
     /// What stays enqueued when the run stops now.
     fn kept(&self) -> String {
-        match self.committed_to {
-            0 => "nothing was enqueued".to_owned(),
-            n => format!(
+        match (self.committed_to, self.existing) {
+            (0, _) => "nothing was enqueued".to_owned(),
+            (n, 0) => format!(
                 "the {} jobs of lines 1 to {n} were enqueued and stay; nothing after line {n} was",
                 self.enqueued
+            ),
+            (n, existing) => format!(
+                "lines 1 to {n} were enqueued and stay ({} new jobs; {existing} existed already: \
+                 their unique_key was taken); nothing after line {n} was",
+                self.enqueued.saturating_sub(existing)
             ),
         }
     }

@@ -974,3 +974,21 @@ async fn an_unreadable_job_leased_before_is_buried_with_this_fetchs_token() {
         .expect("the queue");
     assert_eq!((q.counts.running, q.counts.dead), (0, 1), "{q:?}");
 }
+
+/// `0-0@QUEUE`, the smallest id (never issued), is a cursor before every event: it missed
+/// nothing while no stream was trimmed, and is told so once one was (rather than being taken
+/// for a cursor from wiped data, as an issued id before a never-trimmed stream's start is).
+#[tokio::test]
+async fn the_smallest_cursor_missed_nothing_until_the_log_is_trimmed() {
+    let f = fixture().await;
+    let b: Arc<dyn Broker> = f.broker.clone();
+    for _ in 0..5 {
+        b.enqueue(vec![NewJob::new("test.gap", json!({}))])
+            .await
+            .expect("enqueue");
+    }
+    let start = "0-0@default";
+    assert_eq!(b.trimmed_after(start).await.expect("trimmed"), Some(false));
+    b.purge(&[], T0, 2).await.expect("trim");
+    assert_eq!(b.trimmed_after(start).await.expect("trimmed"), Some(true));
+}

@@ -838,3 +838,45 @@ async fn weighted_queues_share_the_slots_by_weight() {
         "weights 3:1 ran {heavy} heavy and {light} light jobs ({share:.2}:1)"
     );
 }
+
+/// SQLite tells a gap exactly, its ids being consecutive: once the cap has trimmed the log, a
+/// cursor at the newest trimmed event missed nothing (the next event is held), one before it
+/// missed that one; `0`, before the first id, missed nothing until event 1 is trimmed.
+#[tokio::test]
+async fn a_gap_is_told_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let b = SqliteBroker::open(&dir.path().join("hopper.db"), clock::system())
+        .await
+        .expect("open");
+    for _ in 0..5 {
+        b.enqueue(vec![NewJob::new("test.gap", json!({}))])
+            .await
+            .expect("enqueue");
+    }
+    let ids: Vec<String> = b
+        .events(None, 100)
+        .await
+        .expect("events")
+        .into_iter()
+        .map(|e| e.id)
+        .collect();
+    assert_eq!(ids.len(), 5);
+    assert_eq!(b.trimmed_after("0").await.expect("trimmed"), Some(false));
+    b.purge(&[], hopper_workers::time::Timestamp::EPOCH, 2)
+        .await
+        .expect("trim to the newest two");
+    assert_eq!(b.events(None, 100).await.expect("events").len(), 2);
+    for (cursor, missed) in [
+        ("0", true),
+        (ids[1].as_str(), true),
+        (ids[2].as_str(), false),
+        (ids[3].as_str(), false),
+        (ids[4].as_str(), false),
+    ] {
+        assert_eq!(
+            b.trimmed_after(cursor).await.expect("trimmed"),
+            Some(missed),
+            "after {cursor} of {ids:?}"
+        );
+    }
+}

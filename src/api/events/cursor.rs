@@ -8,10 +8,11 @@
 //!
 //! - **Behind** the hub's position (or at it): the feed replays the events after it from the
 //!   broker, up to the position. A gap when retention trimmed an event after the cursor: as
-//!   the broker tells it (`Broker::trimmed_after`; Redis trims each queue's stream apart), or
-//!   else when the first event after it is the oldest the log still holds, and it is not the
-//!   cursor itself. A cursor before the first event ever (SQLite's `0`, which the
-//!   broker never issues) looks the same, so it is a gap too once the log holds events.
+//!   the broker tells it (`Broker::trimmed_after`: SQLite exactly, by its consecutive ids;
+//!   Redis trims each queue's stream apart), or else when the first event after it is the
+//!   oldest the log still holds, and it is not the cursor itself. A cursor before the first
+//!   event ever (SQLite's `0`, Redis' `0-0@QUEUE`, which the brokers never issue) missed
+//!   nothing until the log is trimmed.
 //! - **Ahead** of the hub's position, in the log: a cursor another node or process issued a
 //!   moment ago, before this process's hub read its event (the hub reads the log in a loop;
 //!   on SQLite it sees another process's writes only within a poll). Found by reading the log

@@ -57,6 +57,9 @@ impl StreamId {
         })
     }
 
+    /// The smallest stream id there is (`0-0`, never issued: `XADD` refuses it).
+    const MIN: Self = Self { ms: 0, seq: 0 };
+
     /// The largest stream id there is.
     const MAX: Self = Self {
         ms: u64::MAX,
@@ -523,8 +526,10 @@ pub(super) async fn trimmed_after(broker: &RedisBroker, after: &str) -> BrokerRe
             return Ok(Some(true));
         }
         // Never trimmed, yet it starts after the cursor into it: the cursor is from data that
-        // is gone otherwise (a wipe, a replaced data set): left to the caller.
-        if q == cursor_queue && added == length && after_cursor {
+        // is gone otherwise (a wipe, a replaced data set): left to the caller. But for the
+        // smallest id, which Redis never issues: a cursor before every event, that missed
+        // nothing while nothing was trimmed.
+        if q == cursor_queue && added == length && after_cursor && pos.sid != StreamId::MIN {
             return Ok(None);
         }
     }

@@ -180,10 +180,12 @@ fn event_rowid(id: &str) -> Result<i64, FieldError> {
         .ok_or_else(|| FieldError::new("since", "not an event id this broker issued"))
 }
 
-/// One log, trimmed from its start by the events' cap, where the caller's judgement by the
-/// oldest event held is exact (see [`crate::broker::Broker::trimmed_after`]); but a purge or a
-/// queue's drop deletes its jobs' events wherever they are, and keeps the newest such id
-/// ([`sql::REMOVED_EVENTS_CURSOR`]): a cursor before it is told it missed events.
+/// Told exactly. Ids are `AUTOINCREMENT`: every id up to the newest was an event, so the ids
+/// between `after` and the oldest event held are events lost to the cap, which trims the log
+/// from its start; a cursor right before the oldest held (its own event trimmed, nothing
+/// after it) missed nothing, and neither does `0` (before the first id) while event 1 is
+/// held. A purge or a queue's drop deletes its jobs' events wherever they are, and keeps the
+/// newest such id ([`sql::REMOVED_EVENTS_CURSOR`]): a cursor before it missed events.
 pub(super) async fn trimmed_after(
     broker: &SqliteBroker,
     after: &str,
@@ -191,7 +193,17 @@ pub(super) async fn trimmed_after(
     let after = event_rowid(after)?;
     let removed = super::cursors::cursor(broker, sql::REMOVED_EVENTS_CURSOR).await?;
     let newest = removed.as_deref().and_then(|v| v.parse::<i64>().ok());
-    Ok(newest.is_some_and(|n| n > after).then_some(true))
+    if newest.is_some_and(|n| n > after) {
+        return Ok(Some(true));
+    }
+    let oldest: Option<i64> = broker
+        .read(move |conn, _| {
+            Ok(conn
+                .prepare_cached(sql::EVENTS_OLDEST)?
+                .query_row([], |r| r.get(0))?)
+        })
+        .await?;
+    Ok(Some(oldest.is_some_and(|o| o > after.saturating_add(1))))
 }
 
 pub(super) async fn events(

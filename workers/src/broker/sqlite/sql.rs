@@ -189,6 +189,7 @@ pub const EVENTS_AFTER: &str = concat!(
     " FROM events WHERE id > ?1 ORDER BY id LIMIT ?2"
 );
 pub const EVENTS_END: &str = "SELECT max(id) FROM events";
+pub const EVENTS_OLDEST: &str = "SELECT min(id) FROM events";
 pub const EVENTS_EXIST_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM events WHERE id > ?1)";
 pub const COUNTS: &str = "SELECT queue, state, count(*) FROM jobs GROUP BY queue, state";
 /// Its condition on `type` is the WHERE of the partial index `events_outcome_at`
