@@ -27,8 +27,8 @@ pub(crate) const MAX_LIMIT: usize = 1000;
 /// (or `Idempotency-Key`) was already taken.
 #[utoipa::path(post, path = "/jobs", tag = "jobs",
     params(("Idempotency-Key" = Option<String>, Header, max_length = 200,
-        description = "Used as the `unique_key` (prefixed `idem:`); sent once, and not with a \
-            `unique_key` in the body (400 naming `Idempotency-Key`)")),
+        description = "Used as the `unique_key` (prefixed `idem:`) when the body gives none; \
+            repeated, every copy must be the same key")),
     request_body(content = EnqueueDoc, content_type = "application/json",
         description = "Read as JSON whatever the `Content-Type` says"),
     responses(
@@ -37,7 +37,7 @@ pub(crate) const MAX_LIMIT: usize = 1000;
             existing job", body = JobWithStepsDoc),
         (status = 400, description = "`invalid_json`, `invalid_field`, `missing_field`, \
             `unknown_field`: `field` names the field (`then[0].kind` in a step), or \
-            `Idempotency-Key` (not printable, sent twice, or with a `unique_key`)", body = ErrorBody),
+            `Idempotency-Key` (not printable, or repeated with different keys)", body = ErrorBody),
         (status = 409, description = "`conflict`: the broker refused the write", body = ErrorBody),
         (status = 422, description = "`unknown_kind`: no handler registers that kind", body = ErrorBody),
     ))]
@@ -57,15 +57,12 @@ pub async fn enqueue(
         first: mut req,
         then,
     } = job_body::read(m)?;
-    if let Some(key) = idempotency_key(&headers)? {
-        // Two keys would leave one of them unheeded without a word.
-        if req.unique_key.is_some() {
-            return Err(ApiError::field(
-                "invalid_field",
-                "Idempotency-Key",
-                "give the Idempotency-Key header or the body's unique_key, not both",
-            ));
-        }
+    // Checked whatever the body says; used when it gives no unique_key (the body's wins, as
+    // documented: a client that sends both on every request keeps its replays).
+    let header_key = idempotency_key(&headers)?;
+    if req.unique_key.is_none()
+        && let Some(key) = header_key
+    {
         req.unique_key = Some(format!("idem:{key}"));
     }
     let done = st.service.submit(req, then).await?;
@@ -238,17 +235,18 @@ pub async fn queues(State(st): State<AppState>) -> Result<Json<Value>, ApiError>
     Ok(Json(json!({ "queues": stats })))
 }
 
-/// The `Idempotency-Key` header, if present (once) and printable.
+/// The `Idempotency-Key` header, if present and printable; sent more than once, every copy
+/// must be the same key (a proxy may repeat it), or which one counts would be a guess.
 fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
     let mut all = headers.get_all("idempotency-key").iter();
     let Some(v) = all.next() else {
         return Ok(None);
     };
-    if all.next().is_some() {
+    if all.any(|other| other != v) {
         return Err(ApiError::field(
             "invalid_field",
             "Idempotency-Key",
-            "given more than once: send one key",
+            "sent more than once with different keys: send one",
         ));
     }
     let key = v

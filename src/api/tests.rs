@@ -611,20 +611,29 @@ async fn idempotency_key_replays_the_first_job() {
     assert_eq!(s3, StatusCode::CREATED);
     assert_ne!(other["id"], first["id"]);
 
-    // A key that would go unheeded is refused, naming the header, and nothing is stored: a
-    // second header, or a unique_key in the body as well.
-    let twice = [("idempotency-key", "a"), ("idempotency-key", "b")];
+    // Repeated with different keys, which one counts would be a guess: refused, naming the
+    // header, nothing stored. The same key twice (a proxy repeating it) is that key.
+    let differ = [("idempotency-key", "a"), ("idempotency-key", "b")];
+    refused(
+        call(&st, Method::POST, "/v1/jobs", &differ, Some(body.into())).await,
+        400,
+        "invalid_field",
+        Some("Idempotency-Key"),
+    );
+    let same = [
+        ("idempotency-key", "order-42"),
+        ("idempotency-key", "order-42"),
+    ];
+    let (s4, repeated) = call(&st, Method::POST, "/v1/jobs", &same, Some(body.into())).await;
+    assert_eq!(s4, StatusCode::OK, "{repeated}");
+    assert_eq!(repeated["id"], first["id"]);
+    // A body's unique_key wins over the header, as documented.
     let with_key = r#"{"kind":"sys.noop","unique_key":"zz"}"#;
-    for (hdr, body) in [(&twice[..], body), (&hdr[..], with_key)] {
-        refused(
-            call(&st, Method::POST, "/v1/jobs", hdr, Some(body.into())).await,
-            400,
-            "invalid_field",
-            Some("Idempotency-Key"),
-        );
-    }
+    let (s5, keyed) = call(&st, Method::POST, "/v1/jobs", &hdr, Some(with_key.into())).await;
+    assert_eq!(s5, StatusCode::CREATED, "{keyed}");
+    assert_eq!(keyed["unique_key"], "zz");
     let (_, page) = call(&st, Method::GET, "/v1/jobs", &[], None).await;
-    assert_eq!(page["jobs"].as_array().unwrap().len(), 2, "{page}");
+    assert_eq!(page["jobs"].as_array().unwrap().len(), 3, "{page}");
 }
 
 /// `then` creates every step at once: the first queued, the rest waiting, all listed with

@@ -491,7 +491,10 @@ pub(super) async fn events_end(broker: &RedisBroker) -> BrokerResult<Option<Stri
 /// done so (it did, unless exactly its held entries came after the cursor); a stream emptied
 /// by trimming lost some after the cursor when its last entry came after it. `None` (the
 /// caller's rule) when the cursor's own queue has no stream, or one never trimmed that starts
-/// after the cursor: the cursor is from data gone otherwise (a wipe, a replaced data set).
+/// after the cursor: the cursor is from data gone otherwise (a wipe, a replaced data set);
+/// but `0-0@QUEUE`, before every event, is told whatever its queue: lost entries or not. A
+/// queue's drop deletes its stream and leaves no record, so a cursor is not told of events
+/// a drop removed (SQLite, which keeps the newest removed id, tells them).
 pub(super) async fn trimmed_after(broker: &RedisBroker, after: &str) -> BrokerResult<Option<bool>> {
     let (pos, cursor_queue) = parse_event_id(after).ok_or_else(|| {
         BrokerError::Invalid(FieldError::new(
@@ -499,6 +502,9 @@ pub(super) async fn trimmed_after(broker: &RedisBroker, after: &str) -> BrokerRe
             "not an event id this broker issued",
         ))
     })?;
+    // The smallest id, which Redis never issues: a cursor before every event of every
+    // queue, whatever queue it names, that missed something only if a stream lost entries.
+    let from_start = pos.sid == StreamId::MIN;
     let names = broker.queue_names().await?;
     if names.is_empty() {
         return Ok(Some(false));
@@ -512,7 +518,7 @@ pub(super) async fn trimmed_after(broker: &RedisBroker, after: &str) -> BrokerRe
         let [added, length, first, last] = reply.as_slice() else {
             // No stream: a cursor into it is from before its queue's events were dropped
             // (the queue dropped, or the data wiped): left to the caller.
-            if q == cursor_queue {
+            if q == cursor_queue && !from_start {
                 return Ok(None);
             }
             continue;
@@ -526,14 +532,12 @@ pub(super) async fn trimmed_after(broker: &RedisBroker, after: &str) -> BrokerRe
             return Ok(Some(true));
         }
         // Never trimmed, yet it starts after the cursor into it: the cursor is from data that
-        // is gone otherwise (a wipe, a replaced data set): left to the caller. But for the
-        // smallest id, which Redis never issues: a cursor before every event, that missed
-        // nothing while nothing was trimmed.
-        if q == cursor_queue && added == length && after_cursor && pos.sid != StreamId::MIN {
+        // is gone otherwise (a wipe, a replaced data set): left to the caller.
+        if q == cursor_queue && added == length && after_cursor && !from_start {
             return Ok(None);
         }
     }
-    if !names.iter().any(|q| q == cursor_queue) {
+    if !from_start && !names.iter().any(|q| q == cursor_queue) {
         return Ok(None);
     }
     Ok(Some(false))

@@ -139,21 +139,29 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     if !stale_index.is_empty() {
         broker.unindex(&stale_index).await?;
     }
-    // Only a taken unique key (or id) reads the existing job back: every such job at once
-    // (a replayed batch of a thousand was two thousand round trips one after another).
-    let taken: BTreeSet<JobId> = answered
+    // Only a taken unique key (or id) reads the existing job back: [`TAKEN_IN_FLIGHT`] at a
+    // time (a replayed batch of a thousand was two thousand round trips one after another;
+    // all at once, a batch of `max_batch` would queue every other command of the process
+    // behind its reads on the shared connection).
+    let taken: Vec<JobId> = answered
         .iter()
         .flatten()
         .filter(|(_, created, _)| !created)
         .map(|(id, _, _)| id.clone())
-        .collect();
-    let read =
-        futures::future::try_join_all(taken.iter().map(|id| super::read::get(broker, id))).await?;
-    let found: BTreeMap<JobId, Job> = taken
+        .collect::<BTreeSet<_>>()
         .into_iter()
-        .zip(read)
-        .filter_map(|(id, job)| job.map(|j| (id, j)))
         .collect();
+    let mut found: BTreeMap<JobId, Job> = BTreeMap::new();
+    for some in taken.chunks(TAKEN_IN_FLIGHT) {
+        let read =
+            futures::future::try_join_all(some.iter().map(|id| super::read::get(broker, id)))
+                .await?;
+        for (id, job) in some.iter().zip(read) {
+            if let Some(j) = job {
+                found.insert(id.clone(), j);
+            }
+        }
+    }
     let mut out = Vec::with_capacity(jobs.len());
     for (new, answer) in jobs.into_iter().zip(answered) {
         let (id, created, now) = answer.ok_or_else(|| corrupt("enqueue.lua skipped a job"))?;
@@ -166,6 +174,9 @@ pub(super) async fn store(broker: &RedisBroker, jobs: Vec<NewJob>) -> BrokerResu
     }
     Ok(out)
 }
+
+/// Reads of taken unique keys' jobs in flight at once, per enqueue call.
+const TAKEN_IN_FLIGHT: usize = 64;
 
 /// Whether a job goes through enqueue_plain.lua: `queued` at once, with no unique key and no
 /// chain (see that script). A `run_at` given, even a past one, goes through enqueue.lua.

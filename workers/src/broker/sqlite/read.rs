@@ -180,30 +180,39 @@ fn event_rowid(id: &str) -> Result<i64, FieldError> {
         .ok_or_else(|| FieldError::new("since", "not an event id this broker issued"))
 }
 
-/// Told exactly. Ids are `AUTOINCREMENT`: every id up to the newest was an event, so the ids
-/// between `after` and the oldest event held are events lost to the cap, which trims the log
-/// from its start; a cursor right before the oldest held (its own event trimmed, nothing
-/// after it) missed nothing, and neither does `0` (before the first id) while event 1 is
-/// held. A purge or a queue's drop deletes its jobs' events wherever they are, and keeps the
-/// newest such id ([`sql::REMOVED_EVENTS_CURSOR`]): a cursor before it missed events.
+/// Told exactly, for cursors of this file's log. Ids are `AUTOINCREMENT`: every id up to the
+/// newest was an event, so the ids between `after` and the oldest event held are events lost
+/// to the cap, which trims the log from its start; a cursor right before the oldest held (its
+/// own event trimmed, nothing after it) missed nothing, and neither does `0` (before the
+/// first id) while nothing was deleted. A purge or a queue's drop deletes its jobs' events
+/// wherever they are, and keeps the newest such id ([`sql::REMOVED_EVENTS_CURSOR`]): a cursor
+/// before it missed events. (A file replaced or restored from a backup issues ids again:
+/// its cursors' answers are as good as the caller's rule, no better.)
 pub(super) async fn trimmed_after(
     broker: &SqliteBroker,
     after: &str,
 ) -> BrokerResult<Option<bool>> {
     let after = event_rowid(after)?;
-    let removed = super::cursors::cursor(broker, sql::REMOVED_EVENTS_CURSOR).await?;
-    let newest = removed.as_deref().and_then(|v| v.parse::<i64>().ok());
-    if newest.is_some_and(|n| n > after) {
-        return Ok(Some(true));
-    }
-    let oldest: Option<i64> = broker
+    broker
         .read(move |conn, _| {
-            Ok(conn
+            // One read transaction: a purge between the two reads could not pass unseen.
+            let tx = conn.unchecked_transaction()?;
+            let removed: Option<String> = tx
+                .prepare_cached(sql::CURSOR)?
+                .query_row([sql::REMOVED_EVENTS_CURSOR], |row| row.get(0))
+                .optional()?;
+            if removed
+                .and_then(|v| v.parse::<i64>().ok())
+                .is_some_and(|n| n > after)
+            {
+                return Ok(Some(true));
+            }
+            let oldest: Option<i64> = tx
                 .prepare_cached(sql::EVENTS_OLDEST)?
-                .query_row([], |r| r.get(0))?)
+                .query_row([], |r| r.get(0))?;
+            Ok(Some(oldest.is_some_and(|o| o > after.saturating_add(1))))
         })
-        .await?;
-    Ok(Some(oldest.is_some_and(|o| o > after.saturating_add(1))))
+        .await
 }
 
 pub(super) async fn events(
