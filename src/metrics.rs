@@ -181,8 +181,13 @@ impl Scrape {
     }
 
     /// Sets the scrape-time gauges and renders every metric in the Prometheus text format.
+    /// A broker that does not answer fails no scrape: the process's own series are what
+    /// describe the outage (`hopper_broker_errors_total`, the HTTP answers), so they are
+    /// rendered, and the gauges read from the broker keep their last values (logged).
     pub async fn render(&self) -> BrokerResult<String> {
-        self.refresh_queues().await?;
+        if let Err(e) = self.refresh_queues().await {
+            tracing::warn!(error = %e, "metrics: the broker's gauges were not refreshed");
+        }
         if let Some((pool, concurrency)) = &self.pool {
             let busy = pool.running().min(*concurrency);
             metrics::gauge!(WORKER_SLOTS, "state" => "busy").set(busy as f64);

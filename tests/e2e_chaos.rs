@@ -113,6 +113,14 @@ fn bad_chaos_flags_exit_2() {
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("--workers"), "{stderr}");
+    // More worker processes than one machine holds (100,000 once froze it) is refused.
+    let out = Command::new(env!("CARGO_BIN_EXE_hopper"))
+        .args(["chaos", "--broker", "sqlite", "--workers", "65"])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("--workers must be at most 64"), "{stderr}");
     let out = Command::new(env!("CARGO_BIN_EXE_hopper"))
         .args(["chaos", "--broker", "postgres"])
         .output()

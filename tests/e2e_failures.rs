@@ -103,6 +103,26 @@ async fn sigterm_past_grace_releases_jobs() {
     }
 }
 
+/// SIGHUP (a closed terminal, or a `kill -HUP` meant as a reload) stops the node as SIGTERM
+/// does: it exits 0 at the end of the grace with the jobs released, back in `queued` at once,
+/// instead of dying on the signal's default with them left `running` until their lease.
+#[tokio::test]
+async fn sighup_stops_gracefully_as_sigterm_does() {
+    let s = Scratch::with_config(
+        "[worker]\nconcurrency = 2\nshutdown_grace = \"500ms\"\nlease = \"10m\"\nheartbeat = \"1m\"\n",
+    );
+    let (mut d, api) = s.serve(&[]);
+    let ids = api.enqueue_n(2, &sleep(600_000)).await;
+    api.wait_all(&ids, "running").await;
+    let status = d.stop("HUP");
+    assert!(status.success(), "exit status {status}");
+    for id in &ids {
+        let job = s.cli_job(id);
+        assert_eq!(job["state"], "queued", "{job:#}");
+        assert_eq!(job["attempt"], 0, "{job:#}");
+    }
+}
+
 /// An operator who will not wait out a long grace sends a second SIGTERM (or Ctrl-C): the
 /// process stops at once, and the running jobs are released on the way, back in `queued`
 /// with no interruption counted, rather than left `running` until their lease (ten minutes

@@ -744,3 +744,19 @@ async fn a_brief_page_leaves_payloads_and_results_out() {
         Some("brief"),
     );
 }
+
+/// A scrape while the broker does not answer is still a 200: the process's own series are
+/// what describe the outage (the queue gauges keep their last values).
+#[tokio::test]
+async fn metrics_answer_while_the_broker_is_down() {
+    let st = state_with(
+        Arc::new(Unreachable { fault: Fault::Down }),
+        Config::default(),
+    );
+    let req = Request::builder()
+        .uri("/metrics")
+        .body(Body::empty())
+        .unwrap();
+    let res = router(st).oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+}

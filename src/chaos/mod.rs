@@ -63,7 +63,7 @@ pub struct ChaosArgs {
     /// Jobs to enqueue.
     #[arg(long, default_value_t = 10_000)]
     pub jobs: u64,
-    /// Worker processes.
+    /// Worker processes (at most 64: each is a whole `hopper worker` process on this machine).
     #[arg(long, default_value_t = 3)]
     pub workers: usize,
     /// Jobs each worker runs at once.
@@ -85,6 +85,10 @@ pub fn register_ledger(registry: &mut Registry, dir: &Path) -> Result<()> {
     kind::register(registry, dir)
 }
 
+/// The most worker processes a campaign starts: one machine's worth (100,000 were accepted,
+/// and froze the machine starting them).
+const MAX_WORKERS: usize = 64;
+
 /// How often the campaign looks at the jobs' progress.
 const POLL: Duration = Duration::from_millis(100);
 
@@ -96,6 +100,12 @@ pub async fn run(args: ChaosArgs, shutdown: CancellationToken) -> Result<()> {
         return Err(CliError::Usage(
             "chaos: --jobs, --workers and --concurrency must be at least 1".into(),
         )
+        .into());
+    }
+    if args.workers > MAX_WORKERS {
+        return Err(CliError::Usage(format!(
+            "chaos: --workers must be at most {MAX_WORKERS} (each is a process of this machine)"
+        ))
         .into());
     }
     if args.concurrency > hopper_workers::pool::MAX_CONCURRENCY {
