@@ -347,7 +347,7 @@ mod tests {
     #[test]
     fn the_age_is_required_and_records_are_not_this_kinds() {
         let e = validate(json!({"dry_run": true})).expect_err("no age");
-        assert_eq!(e.field, "payload");
+        assert_eq!(e.field, "payload.older_than");
         assert!(e.message.contains("older_than"), "{e}");
         let e = validate(json!({"records": true})).expect_err("records");
         assert!(e.message.contains("records"), "{e}");

@@ -84,17 +84,27 @@ pub trait Kind: Send + Sync + 'static {
 }
 
 /// Parses a payload into `T`, naming the first field that does not fit
-/// (`payload.sizes[0].width`; for a missing field its parent, often `payload` itself), so
-/// that the API's 400 and a dead job's `last_error` both point at it.
+/// (`payload.sizes[0].width`, and a missing one too: `payload.body`), so that the API's 400
+/// and a dead job's `last_error` both point at it.
 pub fn parse_payload<T: DeserializeOwned>(payload: &Value) -> Result<T, FieldError> {
     serde_path_to_error::deserialize(payload).map_err(|e| {
         let path = e.path().to_string();
-        let field = if path == "." || path.is_empty() {
+        let mut field = if path == "." || path.is_empty() {
             "payload".to_owned()
         } else {
             format!("payload.{path}")
         };
-        FieldError::new(field, e.into_inner().to_string())
+        let message = e.into_inner().to_string();
+        // The path of a missing field is its parent's; serde names the field in its message
+        // alone ("missing field `body`").
+        if let Some(name) = message
+            .strip_prefix("missing field `")
+            .and_then(|rest| rest.split_once('`'))
+            .map(|(name, _)| name)
+        {
+            field = format!("{field}.{name}");
+        }
+        FieldError::new(field, message)
     })
 }
 
@@ -162,8 +172,10 @@ mod tests {
         let e = parse_payload::<Args>(&json!({"sizes": [{"width": "x"}]})).expect_err("bad");
         assert_eq!(e.field, "payload.sizes[0].width");
         let e = parse_payload::<Args>(&json!({})).expect_err("missing");
-        assert_eq!(e.field, "payload");
+        assert_eq!(e.field, "payload.sizes");
         assert!(e.message.contains("sizes"), "{e}");
+        let e = parse_payload::<Args>(&json!({"sizes": [{}]})).expect_err("missing");
+        assert_eq!(e.field, "payload.sizes[0].width");
     }
 
     #[derive(Debug, Deserialize)]

@@ -104,7 +104,7 @@ async fn refuses_dirs_outside_the_files_dir() {
             (json!({"dir": "/tmp", "older_than": "1d"}), "payload.dir"),
             (json!({"older_than": "soon"}), "payload.older_than"),
             (json!({"older_than": "1d", "glob": "a[" }), "payload.glob"),
-            (json!({"glob": "*"}), "payload"),
+            (json!({"glob": "*"}), "payload.older_than"),
         ],
     );
 }

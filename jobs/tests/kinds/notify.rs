@@ -199,7 +199,7 @@ fn check_refuses_bad_payloads_naming_the_field() {
         vec![
             (
                 json!({"user": "42", "body": "b", "channels": ["email"]}),
-                "payload",
+                "payload.title",
             ),
             (with("channels", json!(["sms"])), "payload.channels[0]"),
             (
