@@ -185,5 +185,13 @@ mod tests {
             Some("invalid token")
         );
         assert_eq!(v.verify("not.a.token").err(), Some("malformed token"));
+        let exp = now() + 3600;
+        for sub in ["", "  ", "a\u{7}b"] {
+            assert_eq!(
+                v.verify(&sign(&json!({ "sub": sub, "exp": exp }))).err(),
+                Some("token sub is not a user id"),
+                "{sub:?}"
+            );
+        }
     }
 }

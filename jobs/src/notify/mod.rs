@@ -555,7 +555,7 @@ impl Kind for SendNotification {
         {
             return Err(FieldError::new(
                 "payload.user",
-                "must be 1 to 256 bytes without control characters",
+                hopper_workers::broker::inbox::NAME_RULE,
             ));
         }
         if args.title.is_empty() || args.title.contains(['\r', '\n']) {

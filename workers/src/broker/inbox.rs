@@ -70,17 +70,22 @@ pub fn too_many_push_subscriptions() -> FieldError {
     )
 }
 
-/// Refuses an empty or over-long user id or notification id (1 to [`MAX_INBOX_NAME`] bytes,
-/// no control characters), naming `field`.
+/// Refuses an empty, blank or over-long user id or notification id (1 to [`MAX_INBOX_NAME`]
+/// bytes, not only spaces, no control characters), naming `field`.
 pub fn check_name(field: &str, value: &str) -> Result<(), FieldError> {
-    if value.is_empty() || value.len() > MAX_INBOX_NAME || value.chars().any(char::is_control) {
-        return Err(FieldError::new(
-            field,
-            format!("must be 1 to {MAX_INBOX_NAME} bytes without control characters"),
-        ));
+    // Blank (spaces only) is refused too: a user id of spaces is a client's bug, and
+    // `notify.send` refused it while a JWT's `sub` and the push routes took it.
+    if value.trim().is_empty()
+        || value.len() > MAX_INBOX_NAME
+        || value.chars().any(char::is_control)
+    {
+        return Err(FieldError::new(field, NAME_RULE));
     }
     Ok(())
 }
+
+/// What [`check_name`] requires, as its refusals say it.
+pub const NAME_RULE: &str = "must be 1 to 256 bytes, not only spaces, without control characters";
 
 /// The order of two cursors of one broker's inbox log: `Greater` when `a` was appended after
 /// `b`. Every broker's cursors are decimal numbers joined by `-` (SQLite: the row's `seq`;
