@@ -89,18 +89,7 @@ async fn sigterm_drains_running_jobs() {
 /// lease, without a failed attempt.
 #[tokio::test]
 async fn sigterm_past_grace_releases_jobs() {
-    let s = Scratch::with_config(
-        "[worker]\nconcurrency = 4\nshutdown_grace = \"500ms\"\nlease = \"10m\"\nheartbeat = \"1m\"\n",
-    );
-    let (mut d, api) = s.serve(&[]);
-    let ids = api.enqueue_n(4, &sleep(600_000)).await;
-    api.wait_all(&ids, "running").await;
-    d.stop("TERM");
-    for id in &ids {
-        let job = s.cli_job(id);
-        assert_eq!(job["state"], "queued", "{job:#}");
-        assert_eq!(job["attempt"], 0, "{job:#}");
-    }
+    stopped_past_grace_releases_jobs("TERM", 4).await;
 }
 
 /// SIGHUP (a closed terminal, or a `kill -HUP` meant as a reload) stops the node as SIGTERM
@@ -108,19 +97,26 @@ async fn sigterm_past_grace_releases_jobs() {
 /// instead of dying on the signal's default with them left `running` until their lease.
 #[tokio::test]
 async fn sighup_stops_gracefully_as_sigterm_does() {
-    let s = Scratch::with_config(
-        "[worker]\nconcurrency = 2\nshutdown_grace = \"500ms\"\nlease = \"10m\"\nheartbeat = \"1m\"\n",
-    );
-    let (mut d, api) = s.serve(&[]);
-    let ids = api.enqueue_n(2, &sleep(600_000)).await;
-    api.wait_all(&ids, "running").await;
-    let status = d.stop("HUP");
+    let status = stopped_past_grace_releases_jobs("HUP", 2).await;
     assert!(status.success(), "exit status {status}");
+}
+
+/// Runs `jobs` ten-minute jobs on a node with a 500 ms grace, stops it with `signal`, checks
+/// every job is back in `queued` with no attempt spent, and answers the node's exit status.
+async fn stopped_past_grace_releases_jobs(signal: &str, jobs: usize) -> std::process::ExitStatus {
+    let s = Scratch::with_config(&format!(
+        "[worker]\nconcurrency = {jobs}\nshutdown_grace = \"500ms\"\nlease = \"10m\"\nheartbeat = \"1m\"\n"
+    ));
+    let (mut d, api) = s.serve(&[]);
+    let ids = api.enqueue_n(jobs, &sleep(600_000)).await;
+    api.wait_all(&ids, "running").await;
+    let status = d.stop(signal);
     for id in &ids {
         let job = s.cli_job(id);
         assert_eq!(job["state"], "queued", "{job:#}");
         assert_eq!(job["attempt"], 0, "{job:#}");
     }
+    status
 }
 
 /// An operator who will not wait out a long grace sends a second SIGTERM (or Ctrl-C): the

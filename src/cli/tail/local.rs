@@ -115,7 +115,9 @@ pub(super) async fn run(printer: Printer, args: &TailArgs, broker: Arc<dyn Broke
                 // `--since` past the end of the log, or trimmed after: from its oldest
                 // event, as `resume_from` said (from its end, the job's start was missing).
                 (None, Some(_)) => None,
-                (None, None) => patiently(&printer, async || end_of_log(&broker).await).await?,
+                (None, None) => {
+                    patiently(&printer, async || Ok(broker.events_end().await?)).await?
+                }
             }
         }
         (None, Some(since)) => {
@@ -124,7 +126,7 @@ pub(super) async fn run(printer: Printer, args: &TailArgs, broker: Arc<dyn Broke
             })
             .await?
         }
-        (None, None) => patiently(&printer, async || end_of_log(&broker).await).await?,
+        (None, None) => patiently(&printer, async || Ok(broker.events_end().await?)).await?,
     };
     printer.note(&match &cursor {
         Some(c) => format!("following after {c}"),
@@ -232,9 +234,4 @@ async fn resume_from(
         }
         _ => Some(since.to_owned()),
     })
-}
-
-/// The id of the newest event, so that following starts from now on.
-async fn end_of_log(broker: &Arc<dyn Broker>) -> Result<Option<String>> {
-    Ok(broker.events_end().await?)
 }
