@@ -81,6 +81,12 @@ fn install() -> Option<PrometheusHandle> {
         return None;
     }
     describe();
+    // The families without labels are series from the start, at 0: absent until their first
+    // event, an alert on them or a graph of them read "no data" where the answer was 0.
+    metrics::gauge!(WS_CONNECTIONS).increment(0.0);
+    metrics::gauge!(NOTIFICATION_CONNECTIONS).increment(0.0);
+    metrics::counter!(hopper_workers::metrics::HEARTBEAT_FAILURES).increment(0);
+    metrics::counter!(hopper_workers::metrics::LEASES_LOST).increment(0);
     Some(handle)
 }
 

@@ -183,6 +183,32 @@ fn an_unusable_smtp_url_is_a_config_error() {
     }
 }
 
+/// `[notify] templates` naming no directory (a typo) fell back to the built-in emails for
+/// good, and a template that does not parse failed every email of its type: both are config
+/// errors naming the key, from `check-config` and from `serve`.
+#[test]
+fn a_missing_or_broken_templates_directory_is_a_config_error() {
+    let s = Scratch::with_config("[notify]\ntemplates = \"no-such-templates\"\n");
+    for args in [&["check-config"][..], &["serve"]] {
+        let out = s.cli(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains("notify.templates"), "{args:?}: {err}");
+        assert!(err.contains("no-such-templates"), "{args:?}: {err}");
+    }
+    let broken = s.dir.path().join("mail");
+    std::fs::create_dir(&broken).unwrap();
+    std::fs::write(broken.join("default.txt.j2"), "Hi {{ title }}").unwrap();
+    std::fs::write(broken.join("welcome.html.j2"), "<p>{% if title %}</p>").unwrap();
+    let s = Scratch::with_config(&format!("[notify]\ntemplates = \"{}\"\n", broken.display()));
+    let out = s.cli(&["check-config"]);
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("welcome.html.j2"), "{err}");
+    std::fs::remove_file(broken.join("welcome.html.j2")).unwrap();
+    s.cli_ok(&["check-config"]);
+}
+
 /// A value the broker refuses (a queue name, a kind) is bad usage, exit 2, by every command
 /// that takes one; a page size out of range too.
 #[test]

@@ -499,3 +499,25 @@ async fn a_weighted_configured_queue_keeps_its_label_past_the_cap() {
         "a configured queue keeps its label: {gauges:?}"
     );
 }
+
+/// A fresh node's first scrape has every family without labels at 0: an alert on
+/// `increase(hopper_leases_lost_total[5m]) > 0` or a dashboard of open streams needs the series
+/// before the first event, not from it on (an absent series reads as "no data", not 0).
+#[tokio::test]
+async fn families_without_labels_are_scraped_at_zero_from_the_start() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&[]);
+    let m = scrape(&format!("{}/metrics", api.base), None).await;
+    for family in [
+        "hopper_heartbeat_failures_total",
+        "hopper_leases_lost_total",
+        "hopper_ws_connections",
+        "hopper_notification_connections",
+    ] {
+        assert!(
+            m.families.contains_key(family),
+            "{family} is missing from a fresh scrape"
+        );
+        assert_eq!(value(&m, family, &[]), 0.0, "{family}");
+    }
+}

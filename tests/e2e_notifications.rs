@@ -156,6 +156,55 @@ async fn a_since_ahead_of_the_servers_reader_gets_nothing_twice() {
     }
 }
 
+/// A `since` past the end of the inbox log (kept from before the broker's data was replaced,
+/// or from another broker): told with one `gap` frame, then every kept notification, then
+/// the live ones. Taken as "seen up to there", it hid every new notification of the log.
+async fn a_since_past_the_end_of_the_inbox_gets_a_gap_then_everything(
+    api: &crate::util::Api,
+    broker_url: &str,
+    prefix: &str,
+    past_end: &str,
+) {
+    let (port, _) = inbox(broker_url, prefix).await;
+    port.deliver(&note("p1", "42")).await.unwrap();
+    let mut ws = connect_as(api, "42", &format!("since={past_end}")).await;
+    let gap = next_json(&mut ws).await;
+    assert_eq!(gap["type"], "gap", "{gap}");
+    expect_notification(&mut ws, "p1").await;
+    port.deliver(&note("p2", "42")).await.unwrap();
+    expect_notification(&mut ws, "p2").await;
+    close(ws).await;
+}
+
+#[tokio::test]
+async fn a_since_past_the_end_of_the_inbox_on_sqlite() {
+    let s = Scratch::with_config(AUTH);
+    let (_d, api) = s.serve(&["--no-workers"]);
+    a_since_past_the_end_of_the_inbox_gets_a_gap_then_everything(
+        &api,
+        &s.broker_url(),
+        "hopper",
+        "1000",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_since_past_the_end_of_the_inbox_on_redis() {
+    let keys = RedisKeys::claim();
+    let s = Scratch::new();
+    s.write_config_with_broker(SHARED_URL, &keys.prefix, AUTH);
+    let (_d, api) = s.serve(&["--no-workers"]);
+    // A stream id in the year 2286: no entry of this log comes after it.
+    a_since_past_the_end_of_the_inbox_gets_a_gap_then_everything(
+        &api,
+        SHARED_URL,
+        &keys.prefix,
+        "9999999999999-0",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn api_nodes_on_one_redis_both_stream_a_notification_appended_elsewhere() {
     let keys = RedisKeys::claim();

@@ -191,6 +191,9 @@ impl Broker for Unreachable {
     async fn inbox_wait(&self, _: Option<&str>, _: Duration) -> BrokerResult<()> {
         self.down()
     }
+    async fn inbox_end(&self) -> BrokerResult<Option<String>> {
+        self.down()
+    }
     async fn push_subscribe(&self, _: &str, _: &WebPush) -> BrokerResult<bool> {
         self.down()
     }

@@ -427,6 +427,7 @@ metered! {
     fn inbox_read(&self, user: Option<&str>, after: Option<&str>, limit: usize, keep: Duration) -> Vec<InboxEntry>;
     #[untimed]
     fn inbox_wait(&self, after: Option<&str>, timeout: Duration) -> ();
+    fn inbox_end(&self) -> Option<String>;
     fn push_subscribe(&self, user: &str, sub: &WebPush) -> bool;
     fn push_subscriptions(&self, user: &str) -> Vec<WebPush>;
     fn push_unsubscribe(&self, user: &str, endpoint: &str) -> bool;

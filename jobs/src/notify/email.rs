@@ -36,6 +36,32 @@ pub const RENDER_FUEL: u64 = 20_000_000;
 /// The most bytes one rendered part may have.
 pub const MAX_RENDERED: usize = 10 * 1024 * 1024;
 
+/// Checks `[notify] templates` at start: a directory, and every `*.j2` in it a template
+/// minijinja can parse. A mistyped path fell back to the built-in templates for good, and a
+/// syntax error failed every email of its type; either is a config error now, naming the key
+/// and the file. Empty: the built-in templates only, nothing to check.
+pub(super) fn check_templates(dir: &std::path::Path) -> Result<(), String> {
+    if dir.as_os_str().is_empty() {
+        return Ok(());
+    }
+    let entries = std::fs::read_dir(dir)
+        .map_err(|e| format!("cannot read the directory {}: {e}", dir.display()))?;
+    let env = Environment::new();
+    for entry in entries {
+        let path = entry
+            .map_err(|e| format!("cannot read the directory {}: {e}", dir.display()))?
+            .path();
+        if path.extension().is_none_or(|x| x != "j2") || !path.is_file() {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        env.template_from_str(&text)
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
 /// Renders both parts of a notification of type `kind`.
 fn render_parts(
     kind: &str,
@@ -148,7 +174,24 @@ impl Mailer {
 mod tests {
     use serde_json::json;
 
-    use super::render_parts;
+    use super::{check_templates, render_parts};
+
+    /// A missing directory and a template that does not parse are config errors naming the
+    /// path; a directory of good templates (and other files) passes, as does no directory.
+    #[test]
+    fn the_templates_directory_is_checked_at_start() {
+        assert_eq!(check_templates(std::path::Path::new("")), Ok(()));
+        let dir = tempfile::tempdir().expect("tempdir");
+        let missing = dir.path().join("nope");
+        let why = check_templates(&missing).expect_err("missing");
+        assert!(why.contains("nope"), "{why}");
+        std::fs::write(dir.path().join("welcome.txt.j2"), "Hi {{ title }}").expect("write");
+        std::fs::write(dir.path().join("README"), "{% not a template").expect("write");
+        assert_eq!(check_templates(dir.path()), Ok(()));
+        std::fs::write(dir.path().join("welcome.html.j2"), "<p>{{ title </p>").expect("write");
+        let why = check_templates(dir.path()).expect_err("syntax");
+        assert!(why.contains("welcome.html.j2"), "{why}");
+    }
 
     /// What README promises of a template: the HTML part escaped, `tojson` for a map as JSON.
     #[test]

@@ -153,6 +153,10 @@ impl SendNotification {
     ) -> Result<Self, JobsError> {
         config.validate()?;
         let n = &config.notify;
+        email::check_templates(&n.templates).map_err(|message| JobsError::Config {
+            key: "notify.templates".to_owned(),
+            message,
+        })?;
         let client = HttpClient::new(config)?;
         let pusher = if n.vapid_private_key.as_os_str().is_empty() {
             None

@@ -8,9 +8,10 @@
 //! is a receiver that keeps its own user's entries: a thousand connections are a thousand
 //! receivers, not a thousand pollers.
 //!
-//! It publishes whether it has caught up with the log: a connection subscribes first and
-//! waits for that second, so every entry appended after its replay's read reaches it live
-//! (`super::stream` drops the ones its replay already sent).
+//! It starts at the log's end (`Broker::inbox_end`), so a day of kept notifications is not
+//! read through at start, and publishes whether it has caught up with the log: a connection
+//! subscribes first and waits for that second, so every entry appended after its replay's
+//! read reaches it live (`super::stream` drops the ones its replay already sent).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -198,11 +199,26 @@ impl InboxHub {
         }
     }
 
-    /// Follows the log until `shutdown` fires: first to its end (without broadcasting the
-    /// past), then every new entry as it comes.
+    /// Follows the log until `shutdown` fires: from its end (`Broker::inbox_end`: the past is
+    /// not broadcast, nor read), every new entry as it comes.
     pub async fn run(self, shutdown: CancellationToken) {
         let _stop_connections = self.shutdown.clone().drop_guard();
-        let mut cursor: Option<String> = None;
+        let mut cursor = loop {
+            let end = tokio::select! {
+                () = shutdown.cancelled() => return,
+                end = self.broker.inbox_end() => end,
+            };
+            match end {
+                Ok(end) => break end,
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbox hub: reading the inbox's end failed; retrying");
+                    tokio::select! {
+                        () = shutdown.cancelled() => return,
+                        () = tokio::time::sleep(ERROR_BACKOFF) => {}
+                    }
+                }
+            }
+        };
         let mut caught_up = false;
         loop {
             let page = tokio::select! {

@@ -14,7 +14,7 @@
 //!
 //! `since` is the `cursor` of the last notification the client saw: the replay starts after
 //! it. Without it the replay is every notification kept for the user (`[notify] keep`, 24 h
-//! by default). The streaming itself is `stream`'s; the one reader of the inbox per process
+//! by default); past the log's end, a `gap` frame and all of them. The streaming itself is `stream`'s; the one reader of the inbox per process
 //! is `hub`'s.
 
 mod hub;
@@ -54,7 +54,9 @@ pub struct NotificationsQuery {
     description = "A WebSocket (subprotocol `hopper`) streaming the notifications of the user \
         a JWT names (`sub`): first those kept for them after `since` (all kept, without it), \
         then each new one, as `{\"type\": \"notification\", \"id\", \"cursor\", \"user\", \
-        \"kind\", \"title\", \"body\", \"data\", \"at\"}` frames. A missing, invalid or expired \
+        \"kind\", \"title\", \"body\", \"data\", \"at\"}` frames; a `since` past the end \
+        of the inbox log (from before the broker's data was replaced) gets one \
+        `{\"type\": \"gap\"}` frame and the replay of all kept. A missing, invalid or expired \
         JWT is accepted and closed with code 4001 and a reason, and so is a connection when \
         its JWT's `exp` passes. Past `[notify] \
         max_messages_per_minute`, live notifications are dropped from the connection and told \

@@ -8,6 +8,10 @@
 //! ([`compare_cursors`]): it was replayed already, or came before `since` from a hub that is
 //! behind the client (which saw it on another node, or in an earlier connection's replay).
 //!
+//! A `since` past the log's end (`Broker::inbox_end`; from before the broker's data was
+//! replaced, or from another broker) gets one `{"type": "gap"}` frame, then the replay of
+//! everything kept for the user, as a connection without `since`.
+//!
 //! The rate limit (`[notify] max_messages_per_minute`, a GCRA with a minute's worth of
 //! burst) applies to live notifications only: a replay is what the client asked for. A live
 //! notification past the limit is dropped from this connection, never from the inbox. A run
@@ -122,10 +126,37 @@ pub async fn run(socket: WebSocket, s: Session) {
             return;
         }
     };
+    // A `since` past the log's end (kept from before the broker's data was replaced, or from
+    // another broker) is told with a `gap` frame and replaced by the log's start: taken as
+    // "seen up to there", it would hide every entry the log hands out below it.
+    let since = match &s.since {
+        Some(since) => match s.hub.broker().inbox_end().await {
+            Ok(end) => {
+                let past_end = end.as_deref().is_none_or(|end| {
+                    compare_cursors(since, end) == Some(std::cmp::Ordering::Greater)
+                });
+                if past_end {
+                    let frame = json!({ "type": "gap" }).to_string();
+                    if !send(&mut tx, Message::Text(frame.into()), patience).await {
+                        return;
+                    }
+                    None
+                } else {
+                    Some(since.clone())
+                }
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "notifications: reading the inbox's end failed");
+                let _ = send_close(&mut tx, INTERNAL, "reading the inbox failed", patience).await;
+                return;
+            }
+        },
+        None => None,
+    };
     // The replay: everything kept after `since`, page by page, not rate-limited.
-    let mut last = s.since.clone();
+    let mut last = since.clone();
     // The newest cursor sent or dropped: live entries up to it are not sent again.
-    let mut seen = s.since.clone();
+    let mut seen = since;
     loop {
         let page = match s
             .hub

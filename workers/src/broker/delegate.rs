@@ -260,6 +260,10 @@ macro_rules! delegate_broker {
                     $inbox::inbox_wait(self, after, timeout).await
                 }
 
+                async fn inbox_end(&self) -> BrokerResult<Option<String>> {
+                    $inbox::inbox_end(self).await
+                }
+
                 async fn push_subscribe(&self, user: &str, sub: &WebPush) -> BrokerResult<bool> {
                     $crate::broker::inbox::check_name("user", user)?;
                     $inbox::push_subscribe(self, user, sub).await

@@ -534,6 +534,13 @@ pub trait Broker: Send + Sync + std::fmt::Debug + 'static {
     /// this broker did not issue is [`BrokerError::Invalid`] naming `since`.
     async fn inbox_wait(&self, after: Option<&str>, timeout: Duration) -> BrokerResult<()>;
 
+    /// The cursor of the newest entry of the inbox log (`None` while it has none; an append
+    /// trims only entries older than `keep`, never its own, so the newest one handed out is
+    /// kept): where following "from now on" starts, and what tells a cursor past the log's
+    /// end (kept from before the broker's data was replaced, or from another broker). One
+    /// round trip however long the log is.
+    async fn inbox_end(&self) -> BrokerResult<Option<String>>;
+
     /// Stores a Web Push subscription of `user`, replacing the keys of one with the same
     /// endpoint. True when it is new. A new endpoint for a user who has
     /// [`inbox::MAX_PUSH_SUBSCRIPTIONS`] already is [`BrokerError::Invalid`] naming `endpoint`,

@@ -251,6 +251,15 @@ pub async fn garbage_cursors_and_filter_names_are_refused(
             "since",
             &format!("events after {odd:?}"),
         );
+        // Likewise a listing's cursor: `045` paged from the job 45 on SQLite.
+        let r = b
+            .list(&JobFilter {
+                limit: 10,
+                cursor: Some(odd.into()),
+                ..JobFilter::default()
+            })
+            .await;
+        assert_invalid(r, "cursor", &format!("list cursor {odd:?}"));
     }
     let long_kind = "k".repeat(129);
     let refused: [(&str, JobFilter); 5] = [

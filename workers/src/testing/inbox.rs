@@ -155,6 +155,45 @@ pub async fn inbox_drops_entries_older_than_keep(b: Arc<dyn Broker>, clock: Arc<
     );
 }
 
+/// `inbox_end` is the newest cursor handed out: none before the first append, then the last
+/// append's (an idempotent repeat moves nothing), and the next append's once `keep` dropped
+/// every other entry of the log.
+pub async fn inbox_end_is_the_newest_cursor_handed_out(
+    b: Arc<dyn Broker>,
+    clock: Arc<ManualClock>,
+) {
+    assert_eq!(b.inbox_end().await.expect("end"), None, "an empty log");
+    b.inbox_append(&note("e1", "42"), HOUR)
+        .await
+        .expect("append");
+    let second = b
+        .inbox_append(&note("e2", "43"), HOUR)
+        .await
+        .expect("append");
+    b.inbox_append(&note("e1", "42"), HOUR)
+        .await
+        .expect("append");
+    assert_eq!(
+        b.inbox_end().await.expect("end").as_deref(),
+        Some(second.cursor.as_str())
+    );
+    // Every entry older than a short `keep` is dropped by the next append, which stays.
+    clock.advance(3_000);
+    tokio::time::sleep(Duration::from_millis(1_050)).await;
+    let third = b
+        .inbox_append(&note("e3", "42"), Duration::from_secs(1))
+        .await
+        .expect("append");
+    assert_eq!(
+        b.inbox_end().await.expect("end").as_deref(),
+        Some(third.cursor.as_str())
+    );
+    assert_eq!(
+        compare_cursors(&third.cursor, &second.cursor),
+        Some(std::cmp::Ordering::Greater)
+    );
+}
+
 /// A wait after the last cursor returns once an entry is appended, and the entry is there.
 pub async fn inbox_wait_returns_on_an_append(b: Arc<dyn Broker>, _clock: Arc<ManualClock>) {
     let last = b

@@ -256,6 +256,7 @@ macro_rules! conformance_suite {
             inbox_appends_once_per_id_and_reads_per_user,
             inbox_drops_entries_older_than_keep,
             inbox_wait_returns_on_an_append,
+            inbox_end_is_the_newest_cursor_handed_out,
             push_subscriptions_upsert_list_and_remove,
             // checkpoints.rs
             checkpoint_saved_fenced_and_kept_across_retries,

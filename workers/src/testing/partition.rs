@@ -268,6 +268,10 @@ impl Broker for Partitioned {
         self.reach().await?.inbox_wait(after, timeout).await
     }
 
+    async fn inbox_end(&self) -> BrokerResult<Option<String>> {
+        self.reach().await?.inbox_end().await
+    }
+
     async fn push_subscribe(&self, user: &str, sub: &WebPush) -> BrokerResult<bool> {
         self.reach().await?.push_subscribe(user, sub).await
     }

@@ -132,6 +132,29 @@ pub(super) async fn inbox_read(
     Ok(out)
 }
 
+/// The log's newest entry, one `XREVRANGE … COUNT 1`: an append trims only entries older
+/// than `keep` and keeps its own, so the newest one handed out is always there.
+pub(super) async fn inbox_end(broker: &RedisBroker) -> BrokerResult<Option<String>> {
+    let mut cmd = redis::cmd("XREVRANGE");
+    cmd.arg(broker.inbox_key("log"))
+        .arg("+")
+        .arg("-")
+        .arg("COUNT")
+        .arg(1);
+    let reply: Value = broker.query(&cmd).await?;
+    let Value::Array(entries) = reply else {
+        return Ok(None);
+    };
+    match entries.first() {
+        None => Ok(None),
+        Some(Value::Array(parts)) => match parts.first() {
+            Some(sid) => Ok(Some(string(sid)?)),
+            None => Err(corrupt("inbox entry without an id")),
+        },
+        Some(_) => Err(corrupt("inbox entry is not an array")),
+    }
+}
+
 /// One `XREAD BLOCK` on the log, on a dedicated connection: any node's append wakes it.
 pub(super) async fn inbox_wait(
     broker: &RedisBroker,

@@ -19,9 +19,8 @@ use crate::field::FieldError;
 use crate::time::Timestamp;
 
 fn cursor(s: &str) -> Result<i64, FieldError> {
-    s.parse::<i64>()
-        .ok()
-        .filter(|c| *c >= 0)
+    crate::broker::canonical_number(s)
+        .and_then(|c| i64::try_from(c).ok())
         .ok_or_else(|| FieldError::new("since", "not a notification cursor this broker issued"))
 }
 
@@ -120,6 +119,18 @@ pub(super) async fn inbox_wait(
             tokio::time::timeout(timeout.min(super::CROSS_PROCESS_POLL), written.changed()).await;
     }
     Ok(())
+}
+
+/// The newest entry's `seq` ([`sql::INBOX_END`]).
+pub(super) async fn inbox_end(broker: &SqliteBroker) -> BrokerResult<Option<String>> {
+    broker
+        .read(|conn, _| {
+            Ok(conn
+                .prepare_cached(sql::INBOX_END)?
+                .query_row([], |r| r.get::<_, Option<i64>>(0))?
+                .map(|seq| seq.to_string()))
+        })
+        .await
 }
 
 pub(super) async fn push_subscribe(

@@ -57,12 +57,11 @@ async fn by_id<T: Send + 'static>(
 pub(super) async fn list(broker: &SqliteBroker, filter: &JobFilter) -> BrokerResult<JobPage> {
     let limit = filter.page_size();
     filter.check()?;
-    // A cursor is the `seq` of a job, never negative.
+    // A cursor is the `seq` of a job, as this broker writes it (no sign, no leading zero).
     let cursor = match &filter.cursor {
         Some(c) => Some(
-            c.parse::<i64>()
-                .ok()
-                .filter(|c| *c >= 0)
+            crate::broker::canonical_number(c)
+                .and_then(|c| i64::try_from(c).ok())
                 .ok_or_else(|| FieldError::new("cursor", "not a cursor this broker issued"))?,
         ),
         None => None,

@@ -304,6 +304,10 @@ pub const INBOX_READ_ALL: &str = "SELECT seq, id, user, at, body FROM inbox \
 pub const INBOX_READ_USER: &str = "SELECT seq, id, user, at, body FROM inbox \
     WHERE user = ?1 AND seq > ?2 AND at >= ?3 ORDER BY seq LIMIT ?4";
 pub const INBOX_EXISTS_AFTER: &str = "SELECT EXISTS (SELECT 1 FROM inbox WHERE seq > ?1)";
+/// The newest entry's `seq`: an append trims only entries older than `keep`, never its own,
+/// so the newest handed out is kept. (Not `sqlite_sequence`: an append of a kept id, `ON
+/// CONFLICT DO NOTHING`, moves it on without an entry.)
+pub const INBOX_END: &str = "SELECT max(seq) FROM inbox";
 pub const PUSH_UPSERT: &str = "INSERT INTO push_subscriptions \
     (user, endpoint, p256dh, auth, created_at) VALUES (?1, ?2, ?3, ?4, ?5) \
     ON CONFLICT (user, endpoint) DO UPDATE SET p256dh = excluded.p256dh, auth = excluded.auth";
