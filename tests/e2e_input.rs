@@ -313,6 +313,52 @@ async fn a_repeated_query_parameter_is_refused() {
     assert!(!page["events"].as_array().unwrap().is_empty(), "{page}");
 }
 
+/// No `POST` route reads a query parameter (but `token`, which every `/v1` route takes): one
+/// given is refused naming it, and nothing is done. `POST /v1/jobs?queue=mail` put the job in
+/// `default` without a word.
+#[tokio::test]
+async fn a_query_parameter_a_post_route_does_not_read_is_refused() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let job = json!({"kind": "sys.noop"});
+    let id = api.enqueue_ok(job.clone()).await;
+    let batch = json!({"jobs": [job]});
+    let publish = json!({"topic": "user.created", "data": {}});
+    for (path, body, field) in [
+        ("/v1/jobs?queue=mail", Some(&job), "queue"),
+        ("/v1/jobs?priority=1&token=x", Some(&job), "priority"),
+        ("/v1/jobs/batch?atomic=false", Some(&batch), "atomic"),
+        ("/v1/publish?key=k1", Some(&publish), "key"),
+        ("/v1/queues/default/pause?for=10s", None, "for"),
+        (&format!("/v1/jobs/{id}/cancel?force=true"), None, "force"),
+    ] {
+        let (st, answer) = api.call(reqwest::Method::POST, path, body).await;
+        assert_eq!(st, 400, "{path}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{path}: {answer}");
+    }
+    let (st, job) = api
+        .call(reqwest::Method::GET, &format!("/v1/jobs/{id}"), None)
+        .await;
+    assert_eq!(st, 200, "{job}");
+    assert_eq!(job["state"], "queued", "the cancel was not done: {job}");
+    assert_eq!(s.cli_jobs(&[]).len(), 1, "nothing more was enqueued");
+    let (st, queues) = api.call(reqwest::Method::GET, "/v1/queues", None).await;
+    assert_eq!(st, 200, "{queues}");
+    assert!(
+        !queues.to_string().contains("\"paused\":true"),
+        "the pause was not done: {queues}"
+    );
+    // `token` is read by the auth check of every route.
+    let (st, answer) = api
+        .call(
+            reqwest::Method::POST,
+            "/v1/jobs?token=x",
+            Some(&json!({"kind": "sys.noop"})),
+        )
+        .await;
+    assert_eq!(st, 201, "{answer}");
+}
+
 /// A `[[schedule]]` of a kind this build does not have, or with a payload its kind refuses,
 /// is a config error naming it (exit 2) from `check-config` and from `serve`: the payload is
 /// fixed, so every tick would otherwise enqueue a job that goes straight to `dead`.

@@ -26,6 +26,8 @@
 //! JWT names; `/v1/users/{id}/push-subscriptions` (`push`) stores their Web Push
 //! subscriptions. Both check auth themselves (see each module).
 //!
+//! A `POST` route given a query parameter other than `token` refuses it (`post_query`).
+//!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
 //! [`stall`] closes a connection whose peer stops reading (a write blocked too long).
 //!
@@ -43,6 +45,7 @@ pub(crate) mod job_body;
 mod jobs;
 pub mod notifications;
 pub mod openapi;
+mod post_query;
 mod publish;
 mod push;
 mod queues;
@@ -269,7 +272,8 @@ fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
         // takes users' JWTs, push subscriptions either).
         .routes(routes!(events::events))
         .routes(routes!(notifications::notifications))
-        .routes(routes!(push::subscribe, push::list, push::unsubscribe));
+        .routes(routes!(push::subscribe, push::list, push::unsubscribe))
+        .layer(middleware::from_fn(post_query::refuse_unread));
     // Around every /v1 route, the events stream included; outside the auth check, so a
     // client flooding with wrong tokens is limited by its address.
     let v1 = rate_limit::wrap(v1, &config);
