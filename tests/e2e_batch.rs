@@ -224,6 +224,19 @@ fn enqueue_file(s: &Scratch) {
         "{err}"
     );
     assert_eq!(s.cli_counts("h")["queued"], 2000);
+    // A run that ends well counts new jobs as enqueued, and the rest apart.
+    let mut text = String::new();
+    for i in 1999..=2003 {
+        let job = json!({"kind": "sys.noop", "queue": "h", "unique_key": format!("u{i}")});
+        writeln!(text, "{job}").unwrap();
+    }
+    std::fs::write(s.path().join("overlap.ndjson"), &text).unwrap();
+    let out = s.cli_ok(&["enqueue", "--file", "overlap.ndjson"]);
+    assert!(
+        out.contains("enqueued 3 jobs; 2 more lines named jobs that existed already"),
+        "{out}"
+    );
+    assert_eq!(s.cli_counts("h")["queued"], 2003);
 
     let out = s.cli(&["enqueue", "--file", "missing.ndjson"]);
     assert_eq!(out.status.code(), Some(1));
@@ -327,6 +340,20 @@ async fn a_replay_answers_only_stored_steps(s: &Scratch) {
         api.counts("r1").await["waiting"],
         1,
         "no step created again"
+    );
+    // A replay without `then` (the client lost the first answer and sends the key alone):
+    // the stored chain still, alone and in a batch.
+    let mut bare = on("r1");
+    bare["unique_key"] = json!("k");
+    let (status, again) = api.enqueue(bare.clone()).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(answered_ids_exist(&api, &again).await, stored, "{again:#}");
+    let (status, body) = batch(&api, vec![bare]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        answered_ids_exist(&api, &body["jobs"][0]["job"]).await,
+        stored,
+        "{body:#}"
     );
 
     let mut single = on("r2");

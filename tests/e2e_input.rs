@@ -313,9 +313,9 @@ async fn a_repeated_query_parameter_is_refused() {
     assert!(!page["events"].as_array().unwrap().is_empty(), "{page}");
 }
 
-/// No `POST` route reads a query parameter (but `token`, which every `/v1` route takes): one
-/// given is refused naming it, and nothing is done. `POST /v1/jobs?queue=mail` put the job in
-/// `default` without a word.
+/// No `POST` route reads a query parameter (but `token`, which every `/v1` route takes), nor
+/// do most `GET` routes: one given is refused naming it, and nothing is done. `POST
+/// /v1/jobs?queue=mail` put the job in `default` without a word.
 #[tokio::test]
 async fn a_query_parameter_a_post_route_does_not_read_is_refused() {
     let s = Scratch::with_config("");
@@ -333,6 +333,17 @@ async fn a_query_parameter_a_post_route_does_not_read_is_refused() {
         (&format!("/v1/jobs/{id}/cancel?force=true"), None, "force"),
     ] {
         let (st, answer) = api.call(reqwest::Method::POST, path, body).await;
+        assert_eq!(st, 400, "{path}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{path}: {answer}");
+    }
+    // Nor do these GET routes read any.
+    for (path, field) in [
+        ("/v1/queues?queue=mail", "queue"),
+        ("/v1/workers?x=1", "x"),
+        ("/v1/circuits?open=1", "open"),
+        (&format!("/v1/jobs/{id}?brief=true"), "brief"),
+    ] {
+        let (st, answer) = api.call(reqwest::Method::GET, path, None).await;
         assert_eq!(st, 400, "{path}: {answer}");
         assert_eq!(answer["error"]["field"], field, "{path}: {answer}");
     }
@@ -389,6 +400,30 @@ fn a_schedule_its_kind_refuses_is_a_config_error() {
     );
     let out = s.cli(&["check-config"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}
+
+/// A `[[subscription]]` whose payload has no template (every job gets it as written) and
+/// its kind refuses is a config error naming it, as a schedule's is: every publish to it
+/// failed with a 400 that blamed the client's `data`. A templated payload is judged per
+/// publish.
+#[test]
+fn a_fixed_subscription_payload_its_kind_refuses_is_a_config_error() {
+    let sub = "[[subscription]]\ntopic = \"a.b\"\nkind = \"sys.sleep\"\n";
+    let s = Scratch::with_config(&format!("{sub}payload = {{ ms = \"x\" }}\n"));
+    for args in [&["check-config"][..], &["serve"]] {
+        let out = s.cli(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("subscription[0].payload.ms"),
+            "{args:?}: {err}"
+        );
+    }
+    for payload in ["{ ms = 5 }", "{ ms = \"{{ data.ms }}\" }"] {
+        let s = Scratch::with_config(&format!("{sub}payload = {payload}\n"));
+        let out = s.cli(&["check-config"]);
+        assert_eq!(out.status.code(), Some(0), "{payload}: {}", stderr(&out));
+    }
 }
 
 /// A bad value in `HOPPER_BROKER` or `HOPPER_TOKENS` is a config error (exit 2) that names

@@ -94,6 +94,21 @@ async fn pause_holds_jobs_resume_runs_them_and_retry_dead_counts() {
     }
     let out = s.cli(&["pause", "no spaces"]);
     assert!(!out.status.success(), "an invalid queue name fails the CLI");
+
+    // A queue of dots only can hold no job: pausing one stored a phantom paused queue.
+    // (`%2e%2e` would reach the route from curl, not from reqwest, which resolves it as `..`.)
+    for name in ["...", "...."] {
+        let (status, body) = api.post(&format!("/v1/queues/{name}/pause")).await;
+        assert_eq!(status, 400, "{name}: {body}");
+        assert_eq!(body["error"]["field"], "name", "{name}: {body}");
+    }
+    let out = s.cli(&["pause", ".."]);
+    assert_eq!(out.status.code(), Some(2), "pause ..: {out:?}");
+    let queues = api.get_json("/v1/queues", &[]).await;
+    assert!(
+        !queues.to_string().contains("\"..\""),
+        "no queue of dots is listed: {queues}"
+    );
 }
 
 /// Pausing or resuming a queue that holds no job and that no worker serves (an operator's

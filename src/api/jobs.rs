@@ -253,7 +253,10 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .to_str()
         .ok()
         .map(str::trim)
-        .filter(|k| !k.is_empty() && k.len() <= 200)
+        // `to_str` passes a tab (HTTP allows it in a value): refused as the rule says.
+        .filter(|k| {
+            !k.is_empty() && k.len() <= 200 && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ')
+        })
         .ok_or_else(|| {
             ApiError::field(
                 "invalid_field",

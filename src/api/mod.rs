@@ -26,7 +26,7 @@
 //! JWT names; `/v1/users/{id}/push-subscriptions` (`push`) stores their Web Push
 //! subscriptions. Both check auth themselves (see each module).
 //!
-//! A `POST` route given a query parameter other than `token` refuses it (`post_query`).
+//! A query parameter a route does not read is refused (`unread_query`).
 //!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
 //! [`stall`] closes a connection whose peer stops reading (a write blocked too long).
@@ -45,7 +45,6 @@ pub(crate) mod job_body;
 mod jobs;
 pub mod notifications;
 pub mod openapi;
-mod post_query;
 mod publish;
 mod push;
 mod queues;
@@ -53,6 +52,7 @@ pub mod rate_limit;
 pub mod stall;
 #[cfg(test)]
 mod tests;
+mod unread_query;
 mod workers;
 
 use std::sync::Arc;
@@ -273,7 +273,7 @@ fn routes(config: Arc<Config>) -> OpenApiRouter<AppState> {
         .routes(routes!(events::events))
         .routes(routes!(notifications::notifications))
         .routes(routes!(push::subscribe, push::list, push::unsubscribe))
-        .layer(middleware::from_fn(post_query::refuse_unread));
+        .layer(middleware::from_fn(unread_query::refuse_unread));
     // Around every /v1 route, the events stream included; outside the auth check, so a
     // client flooding with wrong tokens is limited by its address.
     let v1 = rate_limit::wrap(v1, &config);

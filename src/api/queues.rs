@@ -54,6 +54,11 @@ pub async fn resume(
 /// module docs).
 async fn set_paused(st: &AppState, name: String, paused: bool) -> Result<Json<Value>, ApiError> {
     check(&name)?;
+    // A pause names a queue anew, as a job does: not one of dots only (a resume may, to undo
+    // such a pause stored before this rule).
+    if paused && let Err(e) = hopper_workers::job::check_new_queue(&name) {
+        return Err(ApiError::field("invalid_field", "name", e.message));
+    }
     let by_config = st.config.queues.iter().any(|q| q.name == name && q.paused);
     if paused {
         st.broker.pause(&name).await?;

@@ -623,6 +623,20 @@ async fn idempotency_key_replays_the_first_job() {
         "invalid_field",
         Some("Idempotency-Key"),
     );
+    // A tab is not printable, though HTTP lets a header value hold one.
+    refused(
+        call(
+            &st,
+            Method::POST,
+            "/v1/jobs",
+            &[("idempotency-key", "a\tb")],
+            Some(body.into()),
+        )
+        .await,
+        400,
+        "invalid_field",
+        Some("Idempotency-Key"),
+    );
     let same = [
         ("idempotency-key", "order-42"),
         ("idempotency-key", "order-42"),

@@ -207,20 +207,34 @@ impl Bus {
         }
     }
 
-    /// The problems of subscriptions whose kind `registry` does not know.
+    /// The problems of subscriptions whose kind `registry` does not know, or whose payload
+    /// (when it has no template) their kind refuses.
     pub fn check_kinds(&self, registry: &Registry) -> Vec<String> {
-        self.subscriptions
-            .iter()
-            .filter(|s| !s.kind.is_empty() && registry.get(&s.kind).is_none())
-            .map(|s| {
-                format!(
+        let mut problems = Vec::new();
+        for s in self.subscriptions.iter().filter(|s| !s.kind.is_empty()) {
+            match registry.get(&s.kind) {
+                None => problems.push(format!(
                     "subscription[{}].kind: no job kind {:?} is registered (known: {})",
                     s.index,
                     s.kind,
                     registry.kinds().collect::<Vec<_>>().join(", ")
-                )
-            })
-            .collect()
+                )),
+                // A payload without templates is every job's: one its kind refuses would
+                // fail every publish (blaming the client's `data`), so it is checked here, as
+                // a schedule's is.
+                Some(handler) => {
+                    if let Some(payload) = s.payload.fixed()
+                        && let Err(e) = handler.validate(&payload)
+                    {
+                        problems.push(format!(
+                            "subscription[{}].{}: {}",
+                            s.index, e.field, e.message
+                        ));
+                    }
+                }
+            }
+        }
+        problems
     }
 
     /// The subscriptions.

@@ -87,6 +87,24 @@ impl Template {
         })
     }
 
+    /// The payload every event gets when no string of it is a template (no `{{`, `{%` or
+    /// `{#`): what the config can check against the kind at start. `None` when any is.
+    pub fn fixed(&self) -> Option<Value> {
+        fn is_fixed(node: &Node) -> bool {
+            match node {
+                Node::Expr(_) => false,
+                Node::Text(s) => !["{{", "{%", "{#"].iter().any(|m| s.contains(m)),
+                Node::Array(items) => items.iter().all(is_fixed),
+                Node::Table(entries) => entries.iter().all(|(_, n)| is_fixed(n)),
+                Node::Plain(_) => true,
+            }
+        }
+        if !is_fixed(&self.root) {
+            return None;
+        }
+        self.render(&Value::Object(Map::new())).ok()
+    }
+
     /// The payload for one event; the error names the key and says what failed.
     pub fn render(&self, context: &Value) -> Result<Value, (String, String)> {
         render(
@@ -220,6 +238,22 @@ mod tests {
                    "user": {"email": "a@b.c", "name": "Ann", "n": 2}, "fixed": 3,
                    "tags": ["user.created", "x"], "nested": {"k": "k1"}})
         );
+    }
+
+    #[test]
+    fn a_payload_without_templates_is_fixed() {
+        let fixed = template("ms = \"x\"\nlist = [1, \"a\"]\nnested = { k = true }\n");
+        assert_eq!(
+            fixed.fixed(),
+            Some(json!({"ms": "x", "list": [1, "a"], "nested": {"k": true}}))
+        );
+        for text in [
+            "to = \"{{ data.email }}\"",
+            "nested = { k = \"Hi {{ data.name }}\" }",
+            "t = \"{% if key %}x{% endif %}\"",
+        ] {
+            assert_eq!(template(text).fixed(), None, "{text}");
+        }
     }
 
     #[test]

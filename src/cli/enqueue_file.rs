@@ -56,12 +56,13 @@ pub(super) async fn run(path: &str, settings: &Settings, broker: Arc<dyn Broker>
     run.bar.finish_and_clear();
     done?;
     let seconds = run.started.elapsed().as_secs_f64();
+    // New jobs only are "enqueued": a line whose unique_key was taken created nothing.
     out::line(format!(
         "enqueued {} jobs{} in {seconds:.2}s ({:.0} jobs/s)",
-        run.enqueued,
+        run.enqueued - run.existing,
         if run.existing > 0 {
             format!(
-                " ({} of them existed already: their unique_key was taken)",
+                "; {} more lines named jobs that existed already (their unique_key was taken)",
                 run.existing
             )
         } else {

@@ -165,10 +165,16 @@ impl Service {
                 BrokerError::Invalid(f) => SubmitError::Field(f),
                 e => SubmitError::Broker(e),
             })?;
+            // A replay answers the chain stored with its job, asked for or not.
+            let steps = if stored.created {
+                Vec::new()
+            } else {
+                self.stored_chain(&stored.job).await?
+            };
             return Ok(Submitted {
                 created: stored.created,
                 job: stored.job,
-                steps: Vec::new(),
+                steps,
             });
         }
         match self.submit_batch(vec![Submission { first, then }]).await {
@@ -223,7 +229,7 @@ impl Service {
                     "the broker answered a job with nothing".into(),
                 )));
             };
-            let steps = if n == 1 {
+            let steps = if first.created && n == 1 {
                 Vec::new()
             } else if first.created {
                 std::iter::once(first.job.clone())
@@ -231,18 +237,14 @@ impl Service {
                     .collect()
             } else {
                 // A replay (its unique key taken) is the stored job and the chain stored with
-                // it, read back: the broker answers the request's later steps one by one,
-                // and a step the stored chain lacks (a longer chain, a chain over a single
-                // job) or one the same call stored was answered as asked, never stored.
+                // it, read back (asked for or not: a client that lost the first answer may
+                // send the key alone): the broker answers the request's later steps one by
+                // one, and a step the stored chain lacks (a longer chain, a chain over a
+                // single job) or one the same call stored was answered as asked, never stored.
                 done.by_ref().take(n - 1).for_each(drop);
-                match &first.job.chain {
-                    Some(link) => self
-                        .broker
-                        .chain(&link.id)
-                        .await
-                        .map_err(BatchError::Broker)?,
-                    None => Vec::new(),
-                }
+                self.stored_chain(&first.job)
+                    .await
+                    .map_err(BatchError::Broker)?
             };
             out.push(Submitted {
                 created: first.created,
@@ -251,6 +253,14 @@ impl Service {
             });
         }
         Ok(out)
+    }
+
+    /// The steps of the chain `job` is a step of, as stored; none for a single job.
+    async fn stored_chain(&self, job: &Job) -> Result<Vec<Job>, BrokerError> {
+        match &job.chain {
+            Some(link) => self.broker.chain(&link.id).await,
+            None => Ok(Vec::new()),
+        }
     }
 
     /// One submission's jobs, checked: the job, or the linked steps of its chain.

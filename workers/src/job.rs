@@ -304,16 +304,7 @@ impl NewJob {
     pub fn validate(&self) -> Result<(), FieldError> {
         check_kind(&self.kind)?;
         check_queue(&self.queue)?;
-        // `/v1/queues/../pause` is `/v1/pause` to every HTTP client (dot segments are removed
-        // from a path, `%2E%2E` too): a queue named so could never be paused, resumed or
-        // retried over the API. Refused for new jobs only; a queue that has such jobs already
-        // is still served.
-        if self.queue.bytes().all(|b| b == b'.') {
-            return Err(FieldError::new(
-                "queue",
-                "must not be only dots: `.` and `..` cannot be named in a URL path",
-            ));
-        }
+        check_new_queue(&self.queue)?;
         if self.priority > MAX_PRIORITY {
             return Err(FieldError::new("priority", PRIORITY_RULE));
         }
@@ -384,6 +375,22 @@ pub fn check_queue(queue: &str) -> Result<(), FieldError> {
             "must be 1 to 64 characters of letters, digits, '-', '_' or '.'",
         ))
     }
+}
+
+/// [`check_queue`], and not only dots: what a queue a job or a pause names anew must be.
+/// `/v1/queues/../pause` is `/v1/pause` to most HTTP clients (dot segments are removed from a
+/// path): a queue named so could never be paused, resumed or retried over the API, and no job
+/// can be in one. Refused for new jobs and pauses only; a queue that has such jobs already
+/// is still served, and a pause stored before is still resumed.
+pub fn check_new_queue(queue: &str) -> Result<(), FieldError> {
+    check_queue(queue)?;
+    if queue.bytes().all(|b| b == b'.') {
+        return Err(FieldError::new(
+            "queue",
+            "must not be only dots: `.` and `..` cannot be named in a URL path",
+        ));
+    }
+    Ok(())
 }
 
 /// Queue names end up in Redis keys and URLs: keep them to a safe alphabet.

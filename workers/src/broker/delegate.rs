@@ -118,6 +118,7 @@ macro_rules! delegate_broker {
                 }
 
                 async fn pause(&self, queue: &str) -> BrokerResult<()> {
+                    $crate::job::check_new_queue(queue)?;
                     $pause::pause(self, queue).await
                 }
 

@@ -12,6 +12,7 @@ use super::{
 };
 use crate::broker::{Broker, LeaseStatus, Rescued};
 use crate::clock::Clock;
+use crate::error::BrokerError;
 use crate::event::EventType;
 use crate::job::{JobId, JobState, Lease};
 
@@ -270,6 +271,22 @@ pub async fn heartbeat_cancel_retry_and_rescue(b: Arc<dyn Broker>, clock: Arc<Ma
     assert_not_found(b.cancel(&JobId::from("nope")).await);
     assert_not_found(b.retry(&JobId::from("nope")).await);
     assert_conflict(b.retry(&ids[0]).await, JobState::Running);
+    // Every broker says it in the same words (the API's 409 carries them).
+    for (r, says) in [
+        (
+            b.cancel(&ids[2]).await,
+            "only a job that has not finished can be cancelled",
+        ),
+        (
+            b.retry(&ids[0]).await,
+            "only a dead or cancelled job can be retried",
+        ),
+    ] {
+        assert!(
+            matches!(&r, Err(BrokerError::Conflict { message, .. }) if *message == says),
+            "{r:?}"
+        );
+    }
 
     // The lease of job 0 (extended to t0 + 50 s) runs out: interrupted, queued, then a poison
     // pill.

@@ -566,7 +566,7 @@ pub(super) async fn cancel(broker: &RedisBroker, id: &JobId) -> BrokerResult<Job
         broker,
         &SCRIPTS.cancel,
         id,
-        "a finished job cannot be cancelled",
+        "only a job that has not finished can be cancelled",
     )
     .await
 }
@@ -576,7 +576,7 @@ pub(super) async fn retry(broker: &RedisBroker, id: &JobId) -> BrokerResult<Job>
         broker,
         &SCRIPTS.retry,
         id,
-        "only dead or cancelled jobs can be retried",
+        "only a dead or cancelled job can be retried",
     )
     .await
 }
