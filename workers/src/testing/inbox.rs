@@ -97,8 +97,14 @@ pub async fn inbox_appends_once_per_id_and_reads_per_user(
             .expect("read")
             .is_empty()
     );
+    // `0` is before every entry on every broker (a client starting from scratch may send it).
+    let from_zero = b
+        .inbox_read(None, Some("0"), 100, HOUR)
+        .await
+        .expect("read after 0");
+    assert_eq!(ids(&from_zero), ["n1", "n2", "n3"]);
 
-    for bad in ["nope", "", "12-x"] {
+    for bad in ["nope", "", "12-x", "00", "+1"] {
         match b.inbox_read(Some("42"), Some(bad), 10, HOUR).await {
             Err(BrokerError::Invalid(f)) => assert_eq!(f.field, "since"),
             other => panic!("cursor {bad:?}: {other:?}"),

@@ -36,9 +36,13 @@ impl RedisBroker {
     }
 }
 
-/// A stream id `<ms>-<seq>`, checked; its milliseconds.
+/// A stream id `<ms>-<seq>`, checked; its milliseconds. `0` is before every entry, as on
+/// SQLite.
 fn cursor(s: &str) -> Result<u64, FieldError> {
     let bad = || FieldError::new("since", "not a notification cursor this broker issued");
+    if s == "0" {
+        return Ok(0);
+    }
     let (ms, seq) = s.split_once('-').ok_or_else(bad)?;
     crate::broker::canonical_number(seq).ok_or_else(bad)?;
     crate::broker::canonical_number(ms).ok_or_else(bad)
