@@ -166,10 +166,16 @@ async fn a_since_past_the_end_of_the_inbox_gets_a_gap_then_everything(
     past_end: &str,
 ) {
     let (port, _) = inbox(broker_url, prefix).await;
+    // `0` is before everything, an empty log's too: no gap.
+    let mut ws = connect_as(api, "42", "since=0").await;
+    port.deliver(&note("p0", "42")).await.unwrap();
+    expect_notification(&mut ws, "p0").await;
+    close(ws).await;
     port.deliver(&note("p1", "42")).await.unwrap();
     let mut ws = connect_as(api, "42", &format!("since={past_end}")).await;
     let gap = next_json(&mut ws).await;
     assert_eq!(gap["type"], "gap", "{gap}");
+    expect_notification(&mut ws, "p0").await;
     expect_notification(&mut ws, "p1").await;
     port.deliver(&note("p2", "42")).await.unwrap();
     expect_notification(&mut ws, "p2").await;

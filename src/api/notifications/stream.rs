@@ -132,9 +132,12 @@ pub async fn run(socket: WebSocket, s: Session) {
     let since = match &s.since {
         Some(since) => match s.hub.broker().inbox_end().await {
             Ok(end) => {
-                let past_end = end.as_deref().is_none_or(|end| {
-                    compare_cursors(since, end) == Some(std::cmp::Ordering::Greater)
-                });
+                // `0` (`0-0` on Redis) is before every entry, even of an empty log.
+                let origin = since.split('-').all(|part| part == "0");
+                let past_end = !origin
+                    && end.as_deref().is_none_or(|end| {
+                        compare_cursors(since, end) == Some(std::cmp::Ordering::Greater)
+                    });
                 if past_end {
                     let frame = json!({ "type": "gap" }).to_string();
                     if !send(&mut tx, Message::Text(frame.into()), patience).await {
