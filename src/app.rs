@@ -13,6 +13,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use axum::serve::ListenerExt;
@@ -44,6 +45,56 @@ pub async fn open_broker(config: &Config, clock: Arc<dyn Clock>) -> Result<Arc<d
     hopper_workers::broker::open_with(&config.broker.url, &options, clock)
         .await
         .with_context(|| format!("opening broker {}", config.broker.shown_url()))
+}
+
+/// How long a starting node waits before trying its broker again.
+const BROKER_RETRY: Duration = Duration::from_secs(1);
+
+/// Opens the broker and waits until it answers. A node started while its broker is down (at
+/// boot, a Redis restarted in a rolling deploy, on another machine) waits for it, saying so
+/// once, instead of exiting: under systemd, five quick failures in two minutes stop the unit
+/// for good (`StartLimitBurst`), and its `TimeoutStartSec` bounds the wait instead. A broker
+/// setting that cannot work (a refused password, an unknown scheme) still ends the start at
+/// once, and `shutdown` ends the wait.
+async fn open_patiently(
+    config: &Config,
+    clock: &Arc<dyn Clock>,
+    shutdown: &CancellationToken,
+) -> Result<Arc<dyn Broker>> {
+    let mut said = false;
+    loop {
+        let attempt = async {
+            let broker = open_broker(config, clock.clone()).await?;
+            broker
+                .ping()
+                .await
+                .with_context(|| format!("the broker {} does not answer", broker.name()))?;
+            anyhow::Ok(broker)
+        };
+        match attempt.await {
+            Err(e) if crate::exit::broker_unavailable(&e) => {
+                if !said {
+                    tracing::warn!(
+                        "{}; waiting for the broker (trying again every {}s)",
+                        crate::exit::message(&e),
+                        BROKER_RETRY.as_secs()
+                    );
+                    said = true;
+                }
+                tokio::select! {
+                    () = shutdown.cancelled() => return Err(e),
+                    () = tokio::time::sleep(BROKER_RETRY) => {}
+                }
+            }
+            Err(e) => return Err(e),
+            Ok(broker) => {
+                if said {
+                    tracing::info!("the broker answers; starting");
+                }
+                return Ok(broker);
+            }
+        }
+    }
 }
 
 /// The job kinds this process knows: the diagnostic `sys.*` kinds unless
@@ -180,14 +231,10 @@ impl Node {
         crate::metrics::handle();
         crate::metrics::bound_labels(&settings.config);
         let clock = clock::system();
-        let broker: Arc<dyn Broker> = Arc::new(Metered::new(
-            open_broker(&settings.config, clock.clone()).await?,
-        ));
         // A node is only up (READY=1 under systemd) once its broker answers.
-        broker
-            .ping()
-            .await
-            .with_context(|| format!("the broker {} does not answer", broker.name()))?;
+        let broker: Arc<dyn Broker> = Arc::new(Metered::new(
+            open_patiently(&settings.config, &clock, shutdown).await?,
+        ));
         let registry = Arc::new(node_registry(&settings, &broker, &clock)?);
         check_kinds(&settings, &registry)?;
         let tracker = TaskTracker::new();

@@ -36,6 +36,17 @@ pub fn message(err: &anyhow::Error) -> String {
     links.join(": ")
 }
 
+/// Whether `err` is a broker that cannot be reached right now: worth waiting for, unlike a
+/// broker setting that cannot work.
+pub fn broker_unavailable(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<BrokerError>(),
+            Some(BrokerError::Unavailable(_))
+        )
+    })
+}
+
 /// The exit code for an error: 2 for bad usage or config (a value the broker refused as
 /// invalid, and a broker URL or setting it cannot use, included), 3 for not found, else 1.
 pub fn exit_code(err: &anyhow::Error) -> u8 {

@@ -426,6 +426,38 @@ fn a_fixed_subscription_payload_its_kind_refuses_is_a_config_error() {
     }
 }
 
+/// `hopper enqueue` where no job database exists (the wrong directory, most often) creates one
+/// where no `hopper serve` will see the job: it still enqueues, and says so on stderr once.
+#[test]
+fn enqueue_where_no_database_exists_warns() {
+    let s = Scratch::with_config("");
+    let first = s.cli(&["enqueue", "sys.noop"]);
+    let err = stderr(&first);
+    assert_eq!(first.status.code(), Some(0), "{err}");
+    assert!(err.contains("warning: no job database at"), "{err}");
+    let again = s.cli(&["enqueue", "sys.noop"]);
+    let err = stderr(&again);
+    assert_eq!(again.status.code(), Some(0), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+    assert_eq!(s.cli_jobs(&[]).len(), 2);
+}
+
+/// `HOPPER_TOKENS` of separators only (`","`) named no token and turned auth off over the
+/// file's tokens: a config error naming the variable, from `check-config` and `serve`.
+#[test]
+fn hopper_tokens_of_separators_only_is_a_config_error() {
+    let s = Scratch::with_config("[auth]\ntokens = [\"t1\"]\n").with_env("HOPPER_TOKENS", " , ");
+    for args in [&["check-config"][..], &["serve"]] {
+        let out = s.cli(args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("auth.tokens (set by HOPPER_TOKENS)"),
+            "{args:?}: {err}"
+        );
+    }
+}
+
 /// A bad value in `HOPPER_BROKER` or `HOPPER_TOKENS` is a config error (exit 2) that names
 /// the variable it came from: the file's own `[broker] url` is fine, and an operator reading
 /// "broker.url ... in config.toml" would look for the fault in the wrong place.

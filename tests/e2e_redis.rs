@@ -583,6 +583,36 @@ async fn tail_job_waits_for_a_broker_that_is_down_at_its_start() {
     worker.assert_running();
 }
 
+/// A node started while its Redis is down (at boot, a Redis restarted in a rolling deploy)
+/// waits for it, saying so, and starts once it answers: it exited 1 at once, and under the
+/// systemd units (`StartLimitBurst=5` in 120 s) a Redis down for ten seconds stopped it for
+/// good. The job enqueued before the outage then runs.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_started_while_its_redis_is_down_waits_for_it() {
+    let mut redis = RedisServer::start();
+    let s = Scratch::new();
+    s.write_config_with_broker(&redis.url(), &unique_prefix(), "");
+    let id = s.cli_ok(&["enqueue", "sys.noop"]).trim().to_owned();
+    // AOF with an fsync at SHUTDOWN: the job is there when Redis comes back.
+    tokio::task::block_in_place(|| redis.shutdown());
+    let mut worker = s.start(&["worker"]);
+    tokio::task::block_in_place(|| worker.wait_log("waiting for the broker"));
+    worker.assert_running();
+    tokio::task::block_in_place(|| redis.launch());
+    tokio::task::block_in_place(|| worker.wait_log("the broker answers; starting"));
+    tokio::task::block_in_place(|| {
+        wait::until_blocking("the job never ran", || {
+            let out = s.cli_ok(&["job", &id, "--json"]);
+            if out.contains("\"succeeded\"") {
+                Ok(())
+            } else {
+                Err(out)
+            }
+        });
+    });
+    worker.assert_running();
+}
+
 /// A Redis that refuses the password is a setting that cannot work, not a broker that is
 /// down: `tail` (which waits for a broker that is down) and `jobs` exit 2 at once, naming the
 /// refusal and never the password.

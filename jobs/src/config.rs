@@ -38,6 +38,10 @@ impl JobsConfig {
         if self.files.image_max_pixels == 0 {
             p.push("files.image_max_pixels: must be greater than zero".to_owned());
         }
+        // 0 would refuse every download and input file at run time.
+        if self.files.max_download_bytes == 0 {
+            p.push("files.max_download_bytes: must be greater than zero".to_owned());
+        }
         if self.http.timeout.is_zero() {
             p.push("http.timeout: must be greater than zero".to_owned());
         }
@@ -50,8 +54,24 @@ impl JobsConfig {
         if self.notify.max_connections_per_user == 0 {
             p.push("notify.max_connections_per_user: must be at least 1".to_owned());
         }
-        if self.smtp.relay().is_some() && !self.smtp.from.contains('@') {
-            p.push("smtp.from: is required when smtp.url is set: an email address".to_owned());
+        if self.smtp.relay().is_some() {
+            if self.smtp.from.trim().is_empty() {
+                p.push("smtp.from: is required when smtp.url is set: an email address".to_owned());
+            } else if !self.smtp.from.contains('@') {
+                p.push(format!(
+                    "smtp.from: {:?} is not an email address (write `a@example.com` or \
+                     `Name <a@example.com>`)",
+                    self.smtp.from
+                ));
+            }
+            let scheme = self.smtp.url.split("://").next().unwrap_or_default();
+            if !scheme.eq_ignore_ascii_case("smtp") && !scheme.eq_ignore_ascii_case("smtps") {
+                p.push(
+                    "smtp.url: must start with smtp:// (plain, or STARTTLS with ?tls=required) \
+                     or smtps:// (TLS)"
+                        .to_owned(),
+                );
+            }
         }
         for entry in &self.http.allow_hosts {
             if let Err(why) = AllowHost::parse(entry) {
@@ -517,6 +537,50 @@ mod tests {
         assert_eq!(c.http.timeout, Duration::from_secs(5));
         assert!(!format!("{c:?}").contains("tok-3f9a"));
         assert!(serde_json::from_value::<JobsConfig>(serde_json::json!({"nope": 1})).is_err());
+    }
+
+    /// Each `[smtp]` problem says what is wrong: a `from` given but not an address is not
+    /// "required", and an `http://` relay names the schemes that work (lettre's own text
+    /// spoke of TLS features).
+    #[test]
+    fn smtp_problems_say_what_is_wrong() {
+        let problems = |url: &str, from: &str| {
+            let mut c = JobsConfig::default();
+            c.smtp.url = url.into();
+            c.smtp.from = from.into();
+            c.problems()
+        };
+        assert!(problems("smtp://h:25", "a@b.c").is_empty());
+        assert!(problems("SMTPS://h:465", "Ann <a@b.c>").is_empty());
+        let p = problems("smtp://h:25", "");
+        assert!(p[0].starts_with("smtp.from: is required"), "{p:?}");
+        let p = problems("smtp://h:25", "notanemail");
+        assert!(
+            p[0].contains("\"notanemail\" is not an email address"),
+            "{p:?}"
+        );
+        let p = problems("http://h", "a@b.c");
+        assert!(
+            p[0].starts_with("smtp.url: must start with smtp://"),
+            "{p:?}"
+        );
+    }
+
+    #[test]
+    fn size_limits_of_zero_are_refused() {
+        let mut c = JobsConfig::default();
+        c.files.max_download_bytes = 0;
+        c.files.image_max_pixels = 0;
+        let keys: Vec<String> = c
+            .problems()
+            .iter()
+            .filter_map(|l| l.split(':').next().map(str::to_owned))
+            .collect();
+        assert_eq!(
+            keys,
+            ["files.image_max_pixels", "files.max_download_bytes"],
+            "{keys:?}"
+        );
     }
 
     #[test]

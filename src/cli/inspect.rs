@@ -360,6 +360,23 @@ pub(super) fn refuse_missing_database(url: &str, origin: &str) -> Result<()> {
     .into())
 }
 
+/// `hopper enqueue` and `hopper publish` on an SQLite broker whose file does not exist create
+/// it (a first enqueue before the first `serve` is fine), but more often they run in the
+/// wrong directory, where no worker will ever see the job: said on stderr, the command goes
+/// on.
+pub(super) fn warn_new_database(url: &str, origin: &str) {
+    let Some(path) = url.strip_prefix("sqlite://") else {
+        return;
+    };
+    if !std::path::Path::new(path).exists() {
+        eprint_line(&format!(
+            "warning: no job database at {path} yet (broker {url}, from {origin}): creating it; \
+             a `hopper serve` elsewhere will not see this job (run this where it runs, or name \
+             the broker with --config or HOPPER_BROKER)"
+        ));
+    }
+}
+
 /// After the queue table, the notification endpoints whose circuit is open or half-open (none:
 /// nothing is printed).
 fn print_circuits(circuits: &[CircuitView]) -> std::io::Result<()> {

@@ -302,12 +302,15 @@ pub async fn run(cli: Cli) -> Result<()> {
         }
         Command::Publish(args) => {
             let settings = config.check(&origin)?;
+            inspect::warn_new_database(&settings.config.broker.url, &origin);
             let broker = app::open_broker(&settings.config, clock::system()).await?;
             publish::run(args, &settings, broker).await
         }
         command => {
             let settings = config.check(&origin)?;
-            if !matches!(command, Command::Enqueue(_)) {
+            if matches!(command, Command::Enqueue(_)) {
+                inspect::warn_new_database(&settings.config.broker.url, &origin);
+            } else {
                 inspect::refuse_missing_database(&settings.config.broker.url, &origin)?;
             }
             let broker = app::open_broker(&settings.config, clock::system()).await?;

@@ -70,6 +70,15 @@ impl Config {
                 ));
             }
         }
+        // A variable of separators only (`HOPPER_TOKENS=","`) names no token: taken as set,
+        // it turned auth off whatever the file said.
+        if self.auth.tokens.is_empty() && self.overridden.iter().any(|(k, _)| *k == "auth.tokens") {
+            p.push(
+                "auth.tokens: names no token (only separators); unset the variable to keep \
+                    the file's tokens"
+                    .into(),
+            );
+        }
         if let Err(e) = crate::notify::jwt::Verifier::from_config(&self.auth) {
             p.push(e);
         }

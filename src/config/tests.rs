@@ -248,6 +248,30 @@ fn env_overrides_are_typed() {
     assert_eq!(c.auth.tokens, vec!["a", "b", "c"]);
 }
 
+/// `HOPPER_TOKENS` of separators only names no token: a config error naming the variable,
+/// never auth turned off over the file's tokens.
+#[test]
+fn tokens_of_separators_only_are_a_config_error() {
+    for value in [",", " , ", ",,"] {
+        let mut c = Config::default();
+        c.auth.tokens = vec!["t1".into()];
+        c.apply_env(|k| (k == ENV_TOKENS).then(|| value.to_owned()));
+        let problems = c.validate().unwrap_err();
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.starts_with("auth.tokens (set by HOPPER_TOKENS): names no token")),
+            "{value:?}: {problems:?}"
+        );
+    }
+    // Unset or blank, the file's tokens stay.
+    let mut c = Config::default();
+    c.auth.tokens = vec!["t1".into()];
+    c.apply_env(|k| (k == ENV_TOKENS).then(|| "  ".to_owned()));
+    assert_eq!(c.auth.tokens, vec!["t1"]);
+    assert!(c.validate().is_ok());
+}
+
 #[test]
 fn pool_config_maps_queues() {
     let c = Config::from_toml(

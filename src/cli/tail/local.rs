@@ -48,7 +48,7 @@ async fn patiently<T>(printer: &Printer, mut op: impl AsyncFnMut() -> Result<T>)
     let mut said = false;
     loop {
         match op().await {
-            Err(e) if unavailable(&e) => {
+            Err(e) if crate::exit::broker_unavailable(&e) => {
                 if !said {
                     printer.note(&format!("{}; waiting for it…", crate::exit::message(&e)));
                     said = true;
@@ -63,16 +63,6 @@ async fn patiently<T>(printer: &Printer, mut op: impl AsyncFnMut() -> Result<T>)
             }
         }
     }
-}
-
-/// Whether `e` is a broker that cannot be reached right now (worth waiting for).
-fn unavailable(e: &anyhow::Error) -> bool {
-    e.chain().any(|cause| {
-        matches!(
-            cause.downcast_ref::<BrokerError>(),
-            Some(BrokerError::Unavailable(_))
-        )
-    })
 }
 
 pub(super) async fn run(printer: Printer, args: &TailArgs, broker: Arc<dyn Broker>) -> Result<()> {

@@ -418,6 +418,17 @@ fn rebase(server: &str, map: &[(&str, &str)]) -> Result<String> {
         ))
         .into());
     }
+    // The routes are appended to it: a query or fragment would end up inside their paths
+    // (`?token=t/v1/jobs/ID`), and a token belongs in --token anyway. Not echoed: it may be
+    // one.
+    if server.contains(['?', '#']) {
+        return Err(CliError::Usage(
+            "--server: expected http://HOST:PORT or https://HOST without a query or fragment \
+             (give a token with --token or HOPPER_TOKEN)"
+                .to_owned(),
+        )
+        .into());
+    }
     Ok(map
         .iter()
         .find_map(|(from, to)| server.strip_prefix(from).map(|r| format!("{to}{r}")))
@@ -518,6 +529,11 @@ mod tests {
         assert_eq!(http_base("wss://h.example").unwrap(), "https://h.example");
         assert_eq!(http_base("ws://h:1").unwrap(), "http://h:1");
         assert!(http_base("ftp://h").is_err());
+        for bad in ["http://h:1?token=t1", "http://h:1/#x"] {
+            let e = http_base(bad).unwrap_err().to_string();
+            assert!(e.contains("without a query"), "{bad}: {e}");
+            assert!(!e.contains("t1"), "{e}");
+        }
         assert_eq!(encode("17-3@mail q"), "17-3%40mail%20q");
     }
 }
