@@ -426,6 +426,37 @@ fn a_fixed_subscription_payload_its_kind_refuses_is_a_config_error() {
     }
 }
 
+/// A client's job on `hopper.maintenance`, which every pool serves one job at a time, would
+/// hold retention back as long as it runs: refused naming `queue`, over the API (a chain's
+/// later step too) and from the CLI.
+#[tokio::test]
+async fn a_clients_job_on_the_maintenance_queue_is_refused() {
+    let s = Scratch::with_config("");
+    let (_d, api) = s.serve(&["--no-workers"]);
+    for body in [
+        json!({"kind": "sys.sleep", "queue": "hopper.maintenance", "payload": {"ms": 1}}),
+        json!({"kind": "hopper.retention", "queue": "hopper.maintenance",
+               "then": [{"kind": "sys.noop"}]}),
+    ] {
+        let (st, answer) = api.enqueue(body.clone()).await;
+        assert_eq!(st, 400, "{body}: {answer}");
+        assert!(
+            answer["error"]["field"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("queue")),
+            "{body}: {answer}"
+        );
+    }
+    let out = s.cli(&["enqueue", "sys.noop", "--queue", "hopper.maintenance"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("Hopper's own queue"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(s.cli_jobs(&[]).len(), 0);
+}
+
 /// `hopper enqueue` where no job database exists (the wrong directory, most often) creates one
 /// where no `hopper serve` will see the job: it still enqueues, and says so on stderr once.
 #[test]
