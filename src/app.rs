@@ -55,7 +55,9 @@ const BROKER_RETRY: Duration = Duration::from_secs(1);
 /// once, instead of exiting: under systemd, five quick failures in two minutes stop the unit
 /// for good (`StartLimitBurst`), and its `TimeoutStartSec` bounds the wait instead. A broker
 /// setting that cannot work (a refused password, an unknown scheme) still ends the start at
-/// once, and `shutdown` ends the wait.
+/// once, and `shutdown` ends the wait (exit 0). A host name that does not resolve waits too:
+/// Redis' client tells it from a host that is down only by its text. While it waits, `serve`'s
+/// listener is bound but answers nothing yet.
 async fn open_patiently(
     config: &Config,
     clock: &Arc<dyn Clock>,
@@ -71,7 +73,19 @@ async fn open_patiently(
                 .with_context(|| format!("the broker {} does not answer", broker.name()))?;
             anyhow::Ok(broker)
         };
-        match attempt.await {
+        // A stop asked for while waiting (Ctrl-C, `systemctl stop`) is no failure: exit 0,
+        // and at once, not after an attempt's connect timeout.
+        let stopped = || {
+            anyhow::Error::new(crate::exit::CliError::Ended {
+                message: "stopped before the broker answered".to_owned(),
+                code: 0,
+            })
+        };
+        let attempt = tokio::select! {
+            () = shutdown.cancelled() => return Err(stopped()),
+            attempt = attempt => attempt,
+        };
+        match attempt {
             Err(e) if crate::exit::broker_unavailable(&e) => {
                 if !said {
                     tracing::warn!(
@@ -82,7 +96,7 @@ async fn open_patiently(
                     said = true;
                 }
                 tokio::select! {
-                    () = shutdown.cancelled() => return Err(e),
+                    () = shutdown.cancelled() => return Err(stopped()),
                     () = tokio::time::sleep(BROKER_RETRY) => {}
                 }
             }
@@ -132,10 +146,12 @@ pub fn build_registry(settings: &Settings, broker: Option<&Arc<dyn Broker>>) -> 
     Ok(registry)
 }
 
-/// Refuses, as a config problem (exit 2), `[[subscription]]` and `[[schedule]]` kinds
+/// Refuses, as a config problem (exit 2), `[notify] templates` that cannot be used (see
+/// `hopper_jobs::notify::check_templates`), `[[subscription]]` and `[[schedule]]` kinds
 /// `registry` does not know, and a schedule payload its kind refuses: a schedule's payload is
 /// fixed, so one the kind refuses would enqueue a job bound for `dead` at every tick.
 pub fn check_kinds(settings: &Settings, registry: &Registry) -> Result<()> {
+    hopper_jobs::notify::check_templates(&settings.jobs)?;
     let mut problems = settings.bus.check_kinds(registry);
     for schedule in &settings.schedules {
         let spec = schedule.spec();

@@ -313,8 +313,8 @@ async fn a_repeated_query_parameter_is_refused() {
     assert!(!page["events"].as_array().unwrap().is_empty(), "{page}");
 }
 
-/// No `POST` route reads a query parameter (but `token`, which every `/v1` route takes), nor
-/// do most `GET` routes: one given is refused naming it, and nothing is done. `POST
+/// No `POST` route reads a query parameter, nor do most `GET` routes: one given is refused
+/// naming it, and nothing is done. `POST
 /// /v1/jobs?queue=mail` put the job in `default` without a word.
 #[tokio::test]
 async fn a_query_parameter_a_post_route_does_not_read_is_refused() {
@@ -359,7 +359,7 @@ async fn a_query_parameter_a_post_route_does_not_read_is_refused() {
         !queues.to_string().contains("\"paused\":true"),
         "the pause was not done: {queues}"
     );
-    // `token` is read by the auth check of every route.
+    // A token goes in the Authorization header on these routes: one in the query was ignored.
     let (st, answer) = api
         .call(
             reqwest::Method::POST,
@@ -367,7 +367,21 @@ async fn a_query_parameter_a_post_route_does_not_read_is_refused() {
             Some(&json!({"kind": "sys.noop"})),
         )
         .await;
-    assert_eq!(st, 201, "{answer}");
+    assert_eq!(st, 400, "{answer}");
+    assert_eq!(answer["error"]["field"], "token", "{answer}");
+    // The routes that take some refuse the others: a typo of `since` replayed everything.
+    for (method, path, field) in [
+        (reqwest::Method::GET, "/v1/notifications?sinse=5", "sinse"),
+        (
+            reqwest::Method::DELETE,
+            "/v1/users/42/push-subscriptions?endpoint=https://p.example/x&all=1",
+            "all",
+        ),
+    ] {
+        let (st, answer) = api.call(method, path, None).await;
+        assert_eq!(st, 400, "{path}: {answer}");
+        assert_eq!(answer["error"]["field"], field, "{path}: {answer}");
+    }
 }
 
 /// A `[[schedule]]` of a kind this build does not have, or with a payload its kind refuses,
@@ -455,6 +469,24 @@ async fn a_clients_job_on_the_maintenance_queue_is_refused() {
         stderr(&out)
     );
     assert_eq!(s.cli_jobs(&[]).len(), 0);
+    // A subscription or a schedule naming it is a config error, not a publish that fails (or
+    // a relayed event skipped) at run time.
+    for (table, key) in [
+        (
+            "[[subscription]]\ntopic = \"a.b\"\nkind = \"sys.noop\"\nqueue = \"hopper.maintenance\"\n",
+            "subscription[0].queue",
+        ),
+        (
+            "[[schedule]]\nname = \"t\"\ncron = \"0 * * * * *\"\nkind = \"sys.noop\"\nqueue = \"hopper.maintenance\"\n",
+            "schedule[0].queue",
+        ),
+    ] {
+        let s = Scratch::with_config(table);
+        let out = s.cli(&["check-config"]);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(2), "{table}: {err}");
+        assert!(err.contains(key), "{table}: {err}");
+    }
 }
 
 /// `hopper enqueue` where no job database exists (the wrong directory, most often) creates one

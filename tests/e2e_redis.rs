@@ -598,6 +598,11 @@ async fn a_node_started_while_its_redis_is_down_waits_for_it() {
     let mut worker = s.start(&["worker"]);
     tokio::task::block_in_place(|| worker.wait_log("waiting for the broker"));
     worker.assert_running();
+    // A second node asked to stop while it waits exits 0, a stop and not a failure.
+    let mut stopped = s.start(&["worker"]);
+    tokio::task::block_in_place(|| stopped.wait_log("waiting for the broker"));
+    let status = tokio::task::block_in_place(|| stopped.stop("TERM"));
+    assert_eq!(status.code(), Some(0), "{}", stopped.log_text());
     tokio::task::block_in_place(|| redis.launch());
     tokio::task::block_in_place(|| worker.wait_log("the broker answers; starting"));
     tokio::task::block_in_place(|| {

@@ -1,9 +1,10 @@
 //! A query parameter a route does not read is refused before the handler runs, 400
-//! `unknown_field` naming it. `token` is read by the auth check of every `/v1` route; the
-//! routes that take parameters of their own (`GET /v1/jobs`, `GET /v1/events`, `GET
-//! /v1/notifications`, `DELETE /v1/users/{user}/push-subscriptions`) check them themselves and
-//! are passed through. Every other route reads none: `POST /v1/jobs?queue=mail` put the job in
-//! `default` without a word, and `POST /v1/queues/q/pause?for=10s` paused the queue for good.
+//! `unknown_field` naming it. `GET /v1/jobs` and `GET /v1/events` check their own parameters
+//! (and refuse the ones they do not list); `GET /v1/notifications` reads `since` and `token`,
+//! `DELETE /v1/users/{user}/push-subscriptions` reads `endpoint`; every other route reads
+//! none (a token goes in the `Authorization` header there). `POST /v1/jobs?queue=mail` put
+//! the job in `default` without a word, `POST /v1/queues/q/pause?for=10s` paused the queue
+//! for good, and `GET /v1/notifications?sinse=5` replayed everything.
 
 use axum::extract::{MatchedPath, Query, Request};
 use axum::http::{Method, StatusCode};
@@ -12,40 +13,42 @@ use axum::response::{IntoResponse, Response};
 
 use super::error::ApiError;
 
-/// Whether the route of `method` and `path` (its template) reads query parameters itself.
-fn reads_its_own(method: &Method, path: &str) -> bool {
-    matches!(
-        (method.as_str(), path),
-        (
-            "GET" | "HEAD",
-            "/v1/jobs" | "/v1/events" | "/v1/notifications"
-        ) | ("DELETE", "/v1/users/{user}/push-subscriptions")
-    )
+/// The parameters the route of `method` and `path` (its template) reads; `None` for the
+/// routes that check theirs themselves.
+fn reads(method: &Method, path: &str) -> Option<&'static [&'static str]> {
+    match (method.as_str(), path) {
+        ("GET" | "HEAD", "/v1/jobs" | "/v1/events") => None,
+        ("GET" | "HEAD", "/v1/notifications") => Some(&["since", "token"]),
+        ("DELETE", "/v1/users/{user}/push-subscriptions") => Some(&["endpoint"]),
+        _ => Some(&[]),
+    }
 }
 
 /// The middleware: passes a request on, or answers the 400.
 pub async fn refuse_unread(req: Request, next: Next) -> Response {
     let given = req.uri().query().is_some_and(|q| !q.is_empty());
-    let own = req
+    // A path no route matched is left to the router's 404.
+    let known = req
         .extensions()
         .get::<MatchedPath>()
-        .is_some_and(|p| reads_its_own(req.method(), p.as_str()));
-    if given && !own {
+        .and_then(|p| reads(req.method(), p.as_str()));
+    if given && let Some(known) = known {
         match Query::<Vec<(String, String)>>::try_from_uri(req.uri()) {
             Err(e) => {
                 return ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text())
                     .into_response();
             }
             Ok(Query(pairs)) => {
-                if let Some((name, _)) = pairs.iter().find(|(k, _)| k != "token") {
+                if let Some((name, _)) = pairs.iter().find(|(k, _)| !known.contains(&k.as_str())) {
+                    let takes = if known.is_empty() {
+                        "no query parameter (a token goes in the Authorization header)".to_owned()
+                    } else {
+                        format!("only {}", known.join(", "))
+                    };
                     return ApiError::field(
                         "unknown_field",
                         name.clone(),
-                        format!(
-                            "{} {} takes no query parameter (but token)",
-                            req.method(),
-                            req.uri().path()
-                        ),
+                        format!("{} {} takes {takes}", req.method(), req.uri().path()),
                     )
                     .into_response();
                 }

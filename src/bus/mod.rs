@@ -152,6 +152,13 @@ impl Bus {
                 && !valid_name(q)
             {
                 p.push(format!("{at}.queue: {q:?} is not a valid queue name"));
+            } else if let Some(q) = &c.queue
+                && !hopper_workers::retention::client_may_use(q, &c.kind)
+            {
+                p.push(format!(
+                    "{at}.queue: {}",
+                    hopper_workers::retention::maintenance_refusal(&c.kind)
+                ));
             }
             if c.priority.is_some_and(|pr| pr > 9) {
                 p.push(format!("{at}.priority: must be 0 to 9"));

@@ -317,6 +317,13 @@ impl Config {
                 p.push(format!(
                     "schedule[{i}].queue: {q:?} is not a valid queue name"
                 ));
+            } else if let Some(q) = &sc.queue
+                && !hopper_workers::retention::client_may_use(q, &sc.kind)
+            {
+                p.push(format!(
+                    "schedule[{i}].queue: {}",
+                    hopper_workers::retention::maintenance_refusal(&sc.kind)
+                ));
             }
             if sc.priority.is_some_and(|pr| pr > 9) {
                 p.push(format!("schedule[{i}].priority: must be 0 to 9"));

@@ -18,7 +18,7 @@ pub use hopper_workers::FieldError;
 use hopper_workers::Registry;
 use hopper_workers::handler::INPUT_KEY;
 use hopper_workers::job::{JobId, NewJob};
-use hopper_workers::retention::MAINTENANCE_QUEUE;
+use hopper_workers::retention::{client_may_use, maintenance_refusal};
 use hopper_workers::time::Timestamp;
 use serde_json::Value;
 
@@ -146,18 +146,11 @@ fn prepare_checked(
         Some(start) => start.resolve(now)?,
         None => None,
     };
-    // Every pool serves the maintenance queue one job at a time: a client's job there would
-    // hold retention back for as long as it runs. Hopper's own kinds may go there (an
-    // operator running `hopper.retention` now).
-    if req.queue.as_deref() == Some(MAINTENANCE_QUEUE) && !req.kind.starts_with("hopper.") {
-        return Err(FieldError::invalid(
-            "queue",
-            format!(
-                "{MAINTENANCE_QUEUE} is Hopper's own queue (retention runs there, one job at a \
-                 time on every node): put {} on another queue",
-                req.kind
-            ),
-        ));
+    // Every pool serves the maintenance queue one job at a time (`client_may_use`).
+    if let Some(q) = &req.queue
+        && !client_may_use(q, &req.kind)
+    {
+        return Err(FieldError::invalid("queue", maintenance_refusal(&req.kind)));
     }
     let mut job = NewJob {
         id: JobId::generate(),
@@ -214,14 +207,11 @@ pub fn prepare_step(
             format!("every step of a chain runs on the chain's queue ({queue:?})"),
         )));
     }
-    // The chain's queue, checked as the first step's was (see `prepare_checked`).
-    if queue == MAINTENANCE_QUEUE && !req.kind.starts_with("hopper.") {
+    // The chain's queue, checked as the first step's was.
+    if !client_may_use(queue, &req.kind) {
         return Err(named(FieldError::invalid(
             "queue",
-            format!(
-                "{MAINTENANCE_QUEUE} is Hopper's own queue: put {} on another queue",
-                req.kind
-            ),
+            maintenance_refusal(&req.kind),
         )));
     }
     prepare_checked(req, registry, default_max_retries, now, true).map_err(named)

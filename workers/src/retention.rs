@@ -24,6 +24,22 @@ use crate::schedule::ScheduleSpec;
 /// besides the queues it is configured for.
 pub const MAINTENANCE_QUEUE: &str = "hopper.maintenance";
 
+/// Whether a job of `kind` that a client names (a request, a `[[subscription]]`, a
+/// `[[schedule]]`) may go on `queue`: on [`MAINTENANCE_QUEUE`], which every pool serves one job
+/// at a time, only Hopper's own kinds (`hopper.*`: an operator running `hopper.retention`
+/// now), as any other would hold retention back for as long as it runs.
+pub fn client_may_use(queue: &str, kind: &str) -> bool {
+    queue != MAINTENANCE_QUEUE || kind.starts_with("hopper.")
+}
+
+/// Why [`client_may_use`] refused, for the field `queue`.
+pub fn maintenance_refusal(kind: &str) -> String {
+    format!(
+        "{MAINTENANCE_QUEUE} is Hopper's own queue (retention runs there, one job at a time on \
+         every node): put {kind} on another queue"
+    )
+}
+
 /// How long finished jobs and events are kept (`[retention]`).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RetentionPolicy {

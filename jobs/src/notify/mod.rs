@@ -144,6 +144,16 @@ pub fn register_notify(
     Ok(())
 }
 
+/// Checks `[notify] templates` (a directory whose `*.j2` files all parse), for a node's start
+/// and `hopper check-config`; one-shot commands (`hopper enqueue`) never render an email and
+/// may run from another directory than the node's, where a relative path means nothing.
+pub fn check_templates(config: &JobsConfig) -> Result<(), JobsError> {
+    email::check_templates(&config.notify.templates).map_err(|message| JobsError::Config {
+        key: "notify.templates".to_owned(),
+        message,
+    })
+}
+
 impl SendNotification {
     /// The kind for `config`, delivering through the two ports.
     pub fn new(
@@ -153,10 +163,6 @@ impl SendNotification {
     ) -> Result<Self, JobsError> {
         config.validate()?;
         let n = &config.notify;
-        email::check_templates(&n.templates).map_err(|message| JobsError::Config {
-            key: "notify.templates".to_owned(),
-            message,
-        })?;
         let client = HttpClient::new(config)?;
         let pusher = if n.vapid_private_key.as_os_str().is_empty() {
             None

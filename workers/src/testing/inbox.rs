@@ -194,6 +194,8 @@ pub async fn inbox_end_is_the_newest_cursor_handed_out(
         b.inbox_end().await.expect("end").as_deref(),
         Some(third.cursor.as_str())
     );
+    let kept = b.inbox_read(None, None, 100, HOUR).await.expect("read");
+    assert_eq!(ids(&kept), ["e3"], "the older entries were dropped");
     assert_eq!(
         compare_cursors(&third.cursor, &second.cursor),
         Some(std::cmp::Ordering::Greater)
