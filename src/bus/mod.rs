@@ -148,17 +148,12 @@ impl Bus {
             if c.kind.is_empty() {
                 p.push(format!("{at}.kind: is required"));
             }
-            if let Some(q) = &c.queue
-                && !valid_name(q)
+            if let Some(why) = c
+                .queue
+                .as_deref()
+                .and_then(|q| crate::config::job_queue_problem(q, &c.kind))
             {
-                p.push(format!("{at}.queue: {q:?} is not a valid queue name"));
-            } else if let Some(q) = &c.queue
-                && !hopper_workers::retention::client_may_use(q, &c.kind)
-            {
-                p.push(format!(
-                    "{at}.queue: {}",
-                    hopper_workers::retention::maintenance_refusal(&c.kind)
-                ));
+                p.push(format!("{at}.queue: {why}"));
             }
             if c.priority.is_some_and(|pr| pr > 9) {
                 p.push(format!("{at}.priority: must be 0 to 9"));

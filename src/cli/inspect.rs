@@ -343,21 +343,24 @@ pub(super) fn service(settings: &Settings, broker: Arc<dyn Broker>) -> Result<Se
     .with_queue_rates(settings.config.queue_rates()))
 }
 
+/// The file of an SQLite broker URL when it does not exist yet (opening it would create it).
+fn missing_sqlite_file(url: &str) -> Option<&str> {
+    url.strip_prefix("sqlite://")
+        .filter(|path| !std::path::Path::new(path).exists())
+}
+
 /// A read-only command on an SQLite broker whose file does not exist would create an empty
 /// database and show nothing: more likely the wrong directory or config. Refuse, saying where
 /// Hopper looked and why.
 pub(super) fn refuse_missing_database(url: &str, origin: &str) -> Result<()> {
-    let Some(path) = url.strip_prefix("sqlite://") else {
-        return Ok(());
-    };
-    if std::path::Path::new(path).exists() {
-        return Ok(());
+    match missing_sqlite_file(url) {
+        None => Ok(()),
+        Some(path) => Err(CliError::Usage(format!(
+            "no job database at {path} (broker {url}, from {origin}); run this where `hopper \
+             serve` runs, or name the broker with --config or HOPPER_BROKER"
+        ))
+        .into()),
     }
-    Err(CliError::Usage(format!(
-        "no job database at {path} (broker {url}, from {origin}); run this where `hopper serve` \
-         runs, or name the broker with --config or HOPPER_BROKER"
-    ))
-    .into())
 }
 
 /// `hopper enqueue` and `hopper publish` on an SQLite broker whose file does not exist create
@@ -365,10 +368,7 @@ pub(super) fn refuse_missing_database(url: &str, origin: &str) -> Result<()> {
 /// wrong directory, where no worker will ever see the job: said on stderr, the command goes
 /// on.
 pub(super) fn warn_new_database(url: &str, origin: &str) {
-    let Some(path) = url.strip_prefix("sqlite://") else {
-        return;
-    };
-    if !std::path::Path::new(path).exists() {
+    if let Some(path) = missing_sqlite_file(url) {
         eprint_line(&format!(
             "warning: no job database at {path} yet (broker {url}, from {origin}): creating it; \
              a `hopper serve` elsewhere will not see this job (run this where it runs, or name \

@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 pub use rate::{Per, RateLimit};
 pub use sections::*;
 pub use settings::Settings;
+pub(crate) use settings::job_queue_problem;
 
 /// Where the config is looked for when `--config` is not given, in order.
 pub const SEARCH_PATH: [&str; 2] = ["config.toml", "/etc/hopper/config.toml"];

@@ -311,19 +311,12 @@ impl Config {
                 Ok(s) => schedules.push(s),
                 Err(e) => p.push(format!("schedule[{i}].cron: {}", e.message)),
             }
-            if let Some(q) = &sc.queue
-                && !valid_name(q)
+            if let Some(why) = sc
+                .queue
+                .as_deref()
+                .and_then(|q| job_queue_problem(q, &sc.kind))
             {
-                p.push(format!(
-                    "schedule[{i}].queue: {q:?} is not a valid queue name"
-                ));
-            } else if let Some(q) = &sc.queue
-                && !hopper_workers::retention::client_may_use(q, &sc.kind)
-            {
-                p.push(format!(
-                    "schedule[{i}].queue: {}",
-                    hopper_workers::retention::maintenance_refusal(&sc.kind)
-                ));
+                p.push(format!("schedule[{i}].queue: {why}"));
             }
             if sc.priority.is_some_and(|pr| pr > 9) {
                 p.push(format!("schedule[{i}].priority: must be 0 to 9"));
@@ -453,6 +446,19 @@ impl Config {
     /// The `[[queue]]` entry of `name`, if declared.
     pub fn queue(&self, name: &str) -> Option<&QueueConfig> {
         self.queues.iter().find(|q| q.name == name)
+    }
+}
+
+/// What is wrong with `queue` as the queue of a config's job of `kind` (a `[[schedule]]`'s,
+/// a `[[subscription]]`'s): a name no queue can have, or Hopper's maintenance queue for a
+/// kind not Hopper's own (`hopper_workers::retention::client_may_use`).
+pub(crate) fn job_queue_problem(queue: &str, kind: &str) -> Option<String> {
+    if !valid_name(queue) {
+        Some(format!("{queue:?} is not a valid queue name"))
+    } else if !hopper_workers::retention::client_may_use(queue, kind) {
+        Some(hopper_workers::retention::maintenance_refusal(kind))
+    } else {
+        None
     }
 }
 
