@@ -91,7 +91,7 @@ end
 -- 5.1 every use of a global is a look-up in the globals table, a local is a register (and an
 -- upvalue in the helpers below). The hot scripts read ARGV and call redis.call, string.* and
 -- tonumber a few dozen times per job.
-local K, ARGV
+local K, ARGV, CLOCK
 local redis, string, tonumber, tostring, unpack, ipairs, pairs, math
 -- Per call scratch (see their helpers): memos, the state counts and the events to write.
 local itoa_memo, succ_memo, counts, evbuf
@@ -100,7 +100,7 @@ local itoa_memo, succ_memo, counts, evbuf
 -- library keeps its upvalues from call to call, and a call that failed half-way must not
 -- leave its counts or events to the next.
 local function begin(keys, argv)
-  K, ARGV = keys[1], argv
+  K, ARGV, CLOCK = keys[1], argv, keys[2]
   redis, string, tonumber, tostring, unpack, ipairs, pairs, math = globals()
   itoa_memo, succ_memo, counts, evbuf = {}, {}, {}, {}
 end
@@ -467,6 +467,46 @@ end
 -- Redis work (callgrind, a simulated drain) about a third smaller. The stream is trimmed
 -- approximately to `cap` entries.
 
+-- Entry ids. On one Redis (not a cluster) every script is called with a second key, the event
+-- clock `<prefix>:evclock`: the last entry id given to any queue's stream, `<ms>-<seq>`. An
+-- entry's id is the next one after it (Redis' time in ms, or the clock's ms and its seq + 1
+-- when that is not behind: how `XADD *` numbers one stream, here across all of them), so the
+-- ids of all the queues' streams increase in the order the scripts ran. A reader that takes
+-- every stream in one `MULTI` then has every entry that sorts before the last it read, and
+-- hands out the current millisecond at once instead of waiting for it to end (events.rs). A
+-- stream already past the clock (written by a Hopper from before it, or after Redis' clock
+-- went back) takes `*` instead, and the clock moves up to that id. On a cluster the streams'
+-- slots differ and no script can touch one clock: there, `CLOCK` is nil and ids are `*`.
+local function entry_id()
+  local t = redis.call('TIME')
+  local ms = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  local seq = 0
+  local last = redis.call('GET', CLOCK)
+  if last then
+    local lms, lseq = string.match(last, '^(%d+)-(%d+)$')
+    lms = tonumber(lms)
+    if lms and lms >= ms then
+      ms, seq = lms, tonumber(lseq) + 1
+    end
+  end
+  return string.format('%d-%d', ms, seq)
+end
+
+-- Appends the entry `at <at>` then `fields` to the queue's stream, trimmed to about `cap`
+-- entries; returns its id.
+local function xadd(cap, at, fields)
+  local key = K .. 'events'
+  if not CLOCK then
+    return redis.call('XADD', key, 'MAXLEN', '~', cap, '*', 'at', at, unpack(fields))
+  end
+  local res = redis.pcall('XADD', key, 'MAXLEN', '~', cap, entry_id(), 'at', at, unpack(fields))
+  if type(res) == 'table' and res.err then
+    res = redis.call('XADD', key, 'MAXLEN', '~', cap, '*', 'at', at, unpack(fields))
+  end
+  redis.call('SET', CLOCK, res)
+  return res
+end
+
 -- A job's `evs` with the stream entry `ev` added (once: an entry may hold two of its events).
 local function evs_add(evs, ev)
   if not evs or evs == '' then
@@ -480,13 +520,13 @@ end
 
 -- Appends one entry with one event and returns its id.
 local function event(cap, typ, id, kind, at, attempt, extra)
-  local args = { K .. 'events', 'MAXLEN', '~', cap, '*', 'at', at, 't', typ, 'j', id, 'k', kind, 'a', attempt }
+  local args = { 't', typ, 'j', id, 'k', kind, 'a', attempt }
   if extra then
     for i = 1, #extra do
       args[#args + 1] = extra[i]
     end
   end
-  return redis.call('XADD', unpack(args))
+  return xadd(cap, at, args)
 end
 
 -- The events of a batch, written as one entry by flush_events. Lua's unpack takes at most
@@ -506,7 +546,7 @@ local function flush_events(cap, at)
   if #evbuf == 0 then
     return nil
   end
-  local id = redis.call('XADD', K .. 'events', 'MAXLEN', '~', cap, '*', 'at', ms_text(at), unpack(evbuf))
+  local id = xadd(cap, ms_text(at), evbuf)
   evbuf = {}
   return id
 end

@@ -367,7 +367,8 @@ async fn every_key_of_a_queue_shares_one_slot() {
                 || *k == format!("{}:queues", f.prefix)
                 || *k == format!("{}:leased", f.prefix)
                 || *k == format!("{}:layout", f.prefix)
-                || *k == format!("{}:newq", f.prefix),
+                || *k == format!("{}:newq", f.prefix)
+                || *k == format!("{}:evclock", f.prefix),
             "unexpected key {k}"
         );
     }
@@ -688,7 +689,8 @@ async fn purge_trims_streams_by_entry_and_drop_queue_leaves_no_keys() {
         left.iter().all(|k| k.contains(":stat:")
             || k.ends_with(":jobq")
             || k.ends_with(":layout")
-            || k.ends_with(":newq")),
+            || k.ends_with(":newq")
+            || k.ends_with(":evclock")),
         "left behind: {left:?}"
     );
 }

@@ -350,3 +350,88 @@ pub async fn batched_events_page_one_by_one(b: Arc<dyn Broker>, _clock: Arc<Manu
     assert_eq!(history[1].attempt, 1);
     assert_eq!(history[2].result, Some(json!({})));
 }
+
+/// A follower reading the log while several processes write to several queues at once, new
+/// queues among them, hands out every event once and in the log's order: what it collected,
+/// page by page as the writes went on, is the log read whole afterwards. (On one Redis the
+/// log is read without waiting for a millisecond to end, which only the event clock's order
+/// makes safe: an entry written to one queue's stream after a read of it must never sort
+/// before one the read handed out from another's.)
+pub async fn a_live_follower_misses_nothing_while_queues_are_written_at_once(
+    b: Arc<dyn Broker>,
+    _clock: Arc<ManualClock>,
+) {
+    const WRITERS: usize = 4;
+    const ROUNDS: usize = 30;
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let b = b.clone();
+            tokio::spawn(async move {
+                for round in 0..ROUNDS {
+                    // Half-way, each writer moves to a queue of its own that is new.
+                    let queue = if round < ROUNDS / 2 {
+                        format!("w{w}")
+                    } else {
+                        format!("late{w}")
+                    };
+                    let jobs = (0..3).map(|_| job("k").queue(&queue)).collect();
+                    b.enqueue(jobs).await.expect("enqueue");
+                    let got = b.fetch(&queue, 2, LEASE).await.expect("fetch");
+                    let batch = got
+                        .iter()
+                        .map(|j| Finish {
+                            lease: j.lease(),
+                            outcome: Outcome::Succeeded {
+                                result: json!(round),
+                            },
+                        })
+                        .collect();
+                    b.finish(batch).await.expect("finish");
+                    // Out of step with each other: in lockstep every stream gains an entry
+                    // per turn, and their ids keep an order that hides a reader's mistakes.
+                    if (round * 7 + w * 3) % 4 == 0 {
+                        tokio::time::sleep(Duration::from_millis(1)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut followed: Vec<Event> = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut read = |page: Vec<Event>, cursor: &mut Option<String>| {
+        if let Some(last) = page.last() {
+            *cursor = Some(last.id.clone());
+        }
+        followed.extend(page);
+    };
+    while !writers.iter().all(tokio::task::JoinHandle::is_finished) {
+        // Pages large enough to catch up: a follower at the log's end is the one an entry
+        // written late into another queue's stream would pass by.
+        let page = b.events(cursor.as_deref(), 100).await.expect("events");
+        read(page, &mut cursor);
+        tokio::task::yield_now().await;
+    }
+    for w in writers {
+        w.await.expect("a writer");
+    }
+    loop {
+        let page = b.events(cursor.as_deref(), 7).await.expect("events");
+        if page.is_empty() {
+            break;
+        }
+        read(page, &mut cursor);
+    }
+    let whole = events_paged(&b, 1000).await;
+    // Each round: 3 enqueued, 2 started, 2 succeeded.
+    assert_eq!(whole.len(), WRITERS * ROUNDS * 7);
+    let ids = |events: &[Event]| events.iter().map(|e| e.id.clone()).collect::<Vec<_>>();
+    let (followed, whole) = (ids(&followed), ids(&whole));
+    let first_difference = followed.iter().zip(&whole).position(|(f, w)| f != w);
+    assert!(
+        followed == whole,
+        "followed {} events of {}; first difference at {first_difference:?}: {:?}",
+        followed.len(),
+        whole.len(),
+        first_difference.map(|i| (&followed[i], &whole[i]))
+    );
+}

@@ -207,6 +207,7 @@ macro_rules! conformance_suite {
             batched_events_page_one_by_one,
             events_end_is_the_newest_event_handed_out,
             wait_for_events_wakes_on_an_append,
+            a_live_follower_misses_nothing_while_queues_are_written_at_once,
             // chains.rs
             chain_passes_results_in_order,
             chain_dead_step_cancels_rest_and_retry_resumes,

@@ -206,7 +206,7 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
         .arg(format!("{}:layout", f.prefix))
         .query(&mut conn)
         .expect("get");
-    assert_eq!(layout, "3");
+    assert_eq!(layout, "4");
     for key in &keys {
         let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).expect("type");
         assert_eq!(kind, "string", "{key} rewritten");
@@ -277,13 +277,13 @@ async fn a_layout_only_a_newer_hopper_reads_is_refused() {
     let f = fixture().await;
     let () = redis::cmd("SET")
         .arg(format!("{}:layout", f.prefix))
-        .arg(4)
+        .arg(5)
         .query(&mut raw_conn())
         .expect("set");
     let err = RedisBroker::connect(&redis_url(), &f.prefix, f.clock.clone())
         .await
         .expect_err("refused");
-    assert!(err.to_string().contains("layout 4"), "{err}");
+    assert!(err.to_string().contains("layout 5"), "{err}");
 }
 
 /// Succeeded ids go to the list `done` in the order their jobs finished (an append, where a

@@ -108,7 +108,7 @@ pub(super) fn not_connected(e: &RedisError, what: &str) -> BrokerError {
     }
 }
 
-fn poisoned() -> BrokerError {
+pub(super) fn poisoned() -> BrokerError {
     corrupt("a lock of the Redis broker was poisoned by a panic")
 }
 
@@ -155,6 +155,13 @@ impl Pipe {
     pub(super) fn add_command(&mut self, cmd: Cmd) -> &mut Self {
         self.pipe.add_command(cmd);
         self.ignored.push(false);
+        self
+    }
+
+    /// Sends the commands as one transaction (`MULTI` … `EXEC`): no other client's command
+    /// runs between them. One Redis only: a cluster's split runs each slot's part alone.
+    pub(super) fn atomic(&mut self) -> &mut Self {
+        self.pipe.atomic();
         self
     }
 

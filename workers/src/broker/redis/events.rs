@@ -5,8 +5,10 @@
 //! per call rather than per job; see `common.lua` for the entry format). An event id is
 //! `<stream id>@<queue>` for the first event of an entry and `<stream id>.<n>@<queue>` for the
 //! n-th after it; [`Broker::events`] merges the streams ordered by (stream id, queue, place in
-//! the entry) and holds back the current millisecond, so that an event appended later to
-//! another queue's stream can never sort before one already handed out. A job's history is read
+//! the entry), so that an event appended later to another queue's stream never sorts before
+//! one already handed out: on one Redis because every stream's ids come from one clock (the
+//! event clock, `keys.rs`) and the streams are read in one transaction; on a cluster, whose
+//! streams number their entries each on its own, by holding back the current millisecond. A job's history is read
 //! from the stream entries that hold its events, which its record lists (the first as the head of
 //! `d`, the others in `evs`), so it costs the job's own entries, not the queue's traffic in
 //! between; each entry is filtered by job id, as it may hold other jobs' events too. A job
@@ -329,6 +331,11 @@ async fn history_range(
 }
 
 /// Up to `limit` events of every queue after the event id `after`, oldest first.
+///
+/// On one Redis the streams' ids follow the order the scripts ran (the event clock, see
+/// `common.lua`), so one transaction reading every stream ([`ordered_events`]) has all there
+/// is up to what it hands out; on a cluster the streams number their entries each on its own,
+/// and what is handed out is held back to the finished milliseconds ([`settled_events`]).
 pub(super) async fn events(
     broker: &RedisBroker,
     after: Option<&str>,
@@ -348,6 +355,128 @@ pub(super) async fn events(
     if limit == 0 {
         return Ok(Vec::new());
     }
+    if broker.is_cluster() {
+        settled_events(broker, after, limit).await
+    } else {
+        ordered_events(broker, after, limit).await
+    }
+}
+
+/// A read of each queue's stream after the cursor `after`, `limit` entries at most each:
+/// XRANGE's (start, count) for queue `q` (events are ordered by stream id, queue, place in
+/// the entry).
+fn xrange_from(q: &str, after: Option<(Pos, &str)>, limit: usize) -> (String, usize) {
+    match after {
+        None => ("-".to_owned(), limit),
+        // Same stream id in a queue sorting after the cursor's: not yet seen.
+        Some((pos, cq)) if q > cq => (pos.sid.to_string(), limit),
+        // The cursor's own entry may hold events not yet seen; it may also hold none, so
+        // read one entry more.
+        Some((pos, cq)) if q == cq => (pos.sid.to_string(), limit + 1),
+        Some((pos, _)) => (pos.sid.start_after(), limit),
+    }
+}
+
+/// Adds to `pipe` a read of each queue's stream of `names` after `after` ([`xrange_from`]).
+fn read_streams(
+    pipe: &mut Pipe,
+    broker: &RedisBroker,
+    names: &[String],
+    after: Option<(Pos, &str)>,
+    limit: usize,
+) {
+    for q in names {
+        let (start, count) = xrange_from(q, after, limit);
+        pipe.cmd("XRANGE")
+            .arg(broker.events_key(q))
+            .arg(start)
+            .arg("+")
+            .arg("COUNT")
+            .arg(count);
+    }
+}
+
+/// The queues a pipeline's last reply (`SMEMBERS` of the queues) lists, sorted, and the
+/// replies before it.
+fn split_listing(replies: &[Value]) -> BrokerResult<(Vec<String>, &[Value])> {
+    let (listed, rest) = replies
+        .split_last()
+        .ok_or_else(|| corrupt("no reply to SMEMBERS"))?;
+    let listed =
+        Vec::from_redis_value_ref(listed).map_err(|e| corrupt(format!("the queues: {e}")))?;
+    Ok((sorted(listed), rest))
+}
+
+/// The events of the streams of `names` (the replies of [`xrange_from`]'s reads, in the same
+/// order) after the cursor `after`, merged in the log's order.
+fn merge(
+    names: &[String],
+    streams: &[Value],
+    after: Option<(Pos, &str)>,
+) -> BrokerResult<Vec<(Pos, String, Event)>> {
+    let mut merged = Vec::new();
+    for (q, v) in names.iter().zip(streams) {
+        let seen = |pos: &Pos| match after {
+            Some((cursor, cq)) => q.as_str() == cq && *pos <= cursor,
+            None => false,
+        };
+        merged.extend(
+            parse_entries(v, q)?
+                .0
+                .into_iter()
+                .filter(|(pos, _)| !seen(pos))
+                .map(|(pos, e)| (pos, q.clone(), e)),
+        );
+    }
+    merged.sort_by(|a, b| (a.0.sid, &a.1, a.0.sub).cmp(&(b.0.sid, &b.1, b.0.sub)));
+    Ok(merged)
+}
+
+/// [`events`] on one Redis: the queues' streams and the queues themselves read in one
+/// `MULTI`. Every entry written before it is in what it read (the queue listed after the
+/// reads is the one it read, or it reads again with the new listing), and every entry written
+/// after it has a greater id than all of them (the event clock), so nothing can later appear
+/// before what is handed out: no millisecond to wait for. The listing is the last call's, so
+/// a steady log costs one round trip.
+async fn ordered_events(
+    broker: &RedisBroker,
+    after: Option<(Pos, &str)>,
+    limit: usize,
+) -> BrokerResult<Vec<Event>> {
+    let mut names = broker.listed_queues()?;
+    if names.is_empty() {
+        names = broker.queue_names().await?;
+        broker.set_listed_queues(&names)?;
+    }
+    loop {
+        let mut pipe = Pipe::new();
+        pipe.atomic();
+        read_streams(&mut pipe, broker, &names, after, limit);
+        pipe.cmd("SMEMBERS").arg(broker.queues_key());
+        let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
+        let (listed, streams) = split_listing(&replies)?;
+        if listed != names {
+            // A queue came or went since the listing read: its stream may hold entries that
+            // sort among those read. Read again, all of them.
+            names = listed;
+            broker.set_listed_queues(&names)?;
+            continue;
+        }
+        let mut merged = merge(&names, streams, after)?;
+        merged.truncate(limit);
+        return Ok(merged.into_iter().map(|(_, _, e)| e).collect());
+    }
+}
+
+/// [`events`] on a cluster, whose streams number their entries each on its own: an entry
+/// appended later to another queue's stream may sort before one read now, within the same
+/// millisecond of Redis' clock. So only the entries of finished milliseconds are handed out
+/// (a read that has some of the current one waits for its end and reads again).
+async fn settled_events(
+    broker: &RedisBroker,
+    after: Option<(Pos, &str)>,
+    limit: usize,
+) -> BrokerResult<Vec<Event>> {
     // The queues, and Redis' time just before they were listed: every queue with an entry
     // older than that is among them (a queue is listed before its first event is written,
     // `lifecycle.rs`).
@@ -362,57 +491,21 @@ pub(super) async fn events(
     loop {
         let mut pipe = Pipe::new();
         pipe.cmd("TIME");
-        // Events are ordered by (stream id, queue, place in the entry).
-        for q in &names {
-            let (start, count) = match &after {
-                None => ("-".to_owned(), limit),
-                // Same stream id in a queue sorting after the cursor's: not yet seen.
-                Some((pos, cq)) if q.as_str() > *cq => (pos.sid.to_string(), limit),
-                // The cursor's own entry may hold events not yet seen; it may also hold
-                // none, so read one entry more.
-                Some((pos, cq)) if q.as_str() == *cq => (pos.sid.to_string(), limit + 1),
-                Some((pos, _)) => (pos.sid.start_after(), limit),
-            };
-            pipe.cmd("XRANGE")
-                .arg(broker.events_key(q))
-                .arg(start)
-                .arg("+")
-                .arg("COUNT")
-                .arg(count);
-        }
+        read_streams(&mut pipe, broker, &names, after, limit);
         // The queues again, after TIME: one created since `names` were listed may hold an
         // entry older than one read here, which, handed out, would move the cursor past it
         // for good (a live stream missed a fifth of new queues' first events). One created
         // after this listing has every entry after TIME.
         pipe.cmd("SMEMBERS").arg(broker.queues_key());
         let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
-        let (listed, replies) = replies
-            .split_last()
-            .ok_or_else(|| corrupt("no reply to SMEMBERS"))?;
-        let listed = sorted(
-            Vec::from_redis_value_ref(listed).map_err(|e| corrupt(format!("the queues: {e}")))?,
-        );
+        let (listed, replies) = split_listing(&replies)?;
         let (time, streams) = replies
             .split_first()
             .ok_or_else(|| corrupt("no reply to TIME"))?;
         let time: Vec<u64> =
             Vec::from_redis_value_ref(time).map_err(|e| corrupt(format!("TIME: {e}")))?;
         let now_ms = server_ms(&time);
-        let mut merged = Vec::new();
-        for (q, v) in names.iter().zip(streams) {
-            let seen = |pos: &Pos| match &after {
-                Some((cursor, cq)) => q.as_str() == *cq && pos <= cursor,
-                None => false,
-            };
-            merged.extend(
-                parse_entries(v, q)?
-                    .0
-                    .into_iter()
-                    .filter(|(pos, _)| !seen(pos))
-                    .map(|(pos, e)| (pos, q.clone(), e)),
-            );
-        }
-        merged.sort_by(|a, b| (a.0.sid, &a.1, a.0.sub).cmp(&(b.0.sid, &b.1, b.0.sub)));
+        let mut merged = merge(&names, streams, after)?;
         merged.truncate(limit);
         // What is handed out: entries of finished milliseconds (another stream may still get
         // an entry in the current one with a lower sequence than one read), and, when a queue

@@ -35,6 +35,11 @@
 //! entries): a follower of the event log blocked on the queues' streams wakes for it too, so
 //! that a queue created while it waits is not waited out (`events.rs`).
 //!
+//! A sixth, `<prefix>:evclock`, on one Redis only (not a cluster), is the event clock: the last
+//! id given to an entry of any queue's `events` stream, which every script takes as its second
+//! key and numbers its entry after (`common.lua`), so that the streams' ids follow the order
+//! the scripts ran in and the log's reader need not wait for a millisecond to end (`events.rs`).
+//!
 //! The registry of worker nodes lives in a hash tag of its own, `{<prefix>}` (a queue's is
 //! `{<prefix>:<queue>}`, never that): `{<prefix>}:nodes` and `{<prefix>}:seen`, see `nodes.rs`.
 //!
@@ -57,6 +62,7 @@
 //! business, and reading it back `decode.rs`'s.
 
 use super::RedisBroker;
+use super::conn::poisoned;
 use crate::error::{BrokerError, BrokerResult};
 use crate::job::JobId;
 
@@ -113,6 +119,11 @@ impl RedisBroker {
         format!("{}:queues", self.prefix)
     }
 
+    /// The event clock (see the module docs).
+    pub(super) fn event_clock_key(&self) -> String {
+        format!("{}:evclock", self.prefix)
+    }
+
     /// The stream announcing queues new to a process (see the module docs).
     pub(super) fn new_queues_key(&self) -> String {
         format!("{}:newq", self.prefix)
@@ -125,6 +136,18 @@ impl RedisBroker {
             .await?;
         names.sort();
         Ok(names)
+    }
+
+    /// The queues the event log's last read listed (none before the first): the streams the
+    /// next read reads, which it checks against the queues then (`events.rs`).
+    pub(super) fn listed_queues(&self) -> BrokerResult<Vec<String>> {
+        Ok(self.listed.lock().map_err(|_| poisoned())?.clone())
+    }
+
+    pub(super) fn set_listed_queues(&self, names: &[String]) -> BrokerResult<()> {
+        let mut listed = self.listed.lock().map_err(|_| poisoned())?;
+        names.clone_into(&mut listed);
+        Ok(())
     }
 
     /// `queue` (checked) when there is one, every queue otherwise.

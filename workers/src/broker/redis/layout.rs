@@ -1,11 +1,15 @@
 //! The storage layout's version, and the migration a node runs when it connects to a Redis
 //! whose jobs an older Hopper stored.
 //!
-//! Layout 1 stored a job as a hash. Layout 3 (today's, see `workers/lua/common.lua`) stores
-//! it as two strings: its record (what changes as it moves, its kind and optional fields),
-//! which a step reads and writes whole (fetch and finish a batch with one `MGET` and one
-//! `MSET`), and its `d` (what never changes, the payload included), which enqueue writes and
-//! the rest read only to hand the job over or for its priority. Layout 2, never released, kept `d` inside the record. The version lives in
+//! Layout 1 stored a job as a hash. Layout 3 stores it as two strings: its record (what
+//! changes as it moves, its kind and optional fields), which a step reads and writes whole
+//! (fetch and finish a batch with one `MGET` and one `MSET`), and its `d` (what never
+//! changes, the payload included), which enqueue writes and the rest read only to hand the
+//! job over or for its priority. Layout 2, never released, kept `d` inside the record.
+//! Layout 4 (today's, see `workers/lua/common.lua`) stores jobs as layout 3 does and numbers
+//! the event streams' entries by one clock, `<prefix>:evclock`, across queues (`keys.rs`):
+//! the log's reader relies on that, which a process of layout 3 does not keep, so it is a
+//! version of its own; going from 3 to 4 rewrites nothing. The version lives in
 //! `<prefix>:layout`; absent means 1, or a Redis that has no jobs yet.
 //!
 //! The migration (migrate.lua) rewrites each queue's jobs, then moves its succeeded ids from
@@ -22,7 +26,10 @@ use super::scripts::{BATCH, SCRIPTS};
 use crate::error::{BrokerError, BrokerResult};
 
 /// The layout this build reads and writes.
-const LAYOUT: u32 = 3;
+const LAYOUT: u32 = 4;
+
+/// The first layout whose jobs this build reads as they are (3 and 4 store jobs alike).
+const JOBS_AS_TODAY: u32 = 3;
 
 impl RedisBroker {
     fn layout_key(&self) -> String {
@@ -54,7 +61,12 @@ impl RedisBroker {
             )));
         }
         let mut rewritten = 0u64;
-        for queue in self.queue_names().await? {
+        let queues = if stored >= JOBS_AS_TODAY {
+            Vec::new()
+        } else {
+            self.queue_names().await?
+        };
+        for queue in queues {
             for phase in ["jobs", "done"] {
                 let mut cursor = String::new();
                 loop {

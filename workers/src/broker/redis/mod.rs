@@ -147,6 +147,8 @@ pub struct RedisBroker {
     /// The queues this process announced on `newq` (see `keys.rs`), so that it announces
     /// each once.
     announced: Mutex<HashSet<String>>,
+    /// The queues the event log's last read listed, sorted (see `events.rs`).
+    listed: Mutex<Vec<String>>,
 }
 
 impl std::fmt::Debug for RedisBroker {
@@ -181,6 +183,7 @@ impl RedisBroker {
             due_hints: DueHints::default(),
             use_functions: AtomicBool::new(true),
             announced: Mutex::default(),
+            listed: Mutex::default(),
         };
         broker.load_scripts().await?;
         broker.migrate_layout().await?;

@@ -13,8 +13,8 @@
 //!   `FUNCTION` command): each script's source is `common.lua` then the script, loaded with
 //!   `SCRIPT LOAD` and called with `EVALSHA`.
 //!
-//! Either way the call is the same: one key, the queue's prefix, then the ARGV each caller
-//! adds; and a Redis that lost the code (a restart, `SCRIPT FLUSH`, `FUNCTION FLUSH`, a failover
+//! Either way the call is the same: the queue's prefix and, on one Redis, the event clock as
+//! keys, then the ARGV each caller adds; and a Redis that lost the code (a restart, `SCRIPT FLUSH`, `FUNCTION FLUSH`, a failover
 //! to a node that never loaded it) has it loaded again and the call sent once more (`conn.rs`,
 //! `cluster.rs`). It also owns the loop that runs a batch script until a call comes back
 //! short. What a script does is written in its own header (KEYS, ARGV, returns); what its
@@ -203,8 +203,9 @@ impl RedisBroker {
         self.use_functions.load(Ordering::Relaxed)
     }
 
-    /// `FCALL <function> 1 <queue prefix>` (or `EVALSHA <script> 1 <queue prefix>`); the
-    /// caller adds the ARGV.
+    /// `FCALL <function> 2 <queue prefix> <event clock>` (or `EVALSHA <script> …`; on a
+    /// cluster only the queue's prefix, as no script may touch a key of another slot; see
+    /// `common.lua`'s entry ids); the caller adds the ARGV.
     pub(super) fn eval(&self, script: &Lua, queue: &str) -> Cmd {
         let mut cmd = if self.functions() {
             let mut cmd = redis::cmd("FCALL");
@@ -215,7 +216,11 @@ impl RedisBroker {
             cmd.arg(&script.hash);
             cmd
         };
-        cmd.arg(1).arg(self.base(queue));
+        if self.is_cluster() {
+            cmd.arg(1).arg(self.base(queue));
+        } else {
+            cmd.arg(2).arg(self.base(queue)).arg(self.event_clock_key());
+        }
         cmd
     }
 
