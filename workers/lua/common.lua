@@ -1,9 +1,10 @@
 -- common.lua: helpers shared by every Hopper script (see workers/src/broker/redis/scripts.rs).
 -- Not a script on its own: it only defines locals the scripts use.
 --
--- KEYS[1] of every script is the queue's key prefix "{<prefix>:<queue>}:". Every key a script
+-- KEYS[1] of every script is the queue's key prefix "{<prefix>:<queue>}:"; on one Redis (not a
+-- cluster) KEYS[2] is the event clock (see "Entry ids" below). Every other key a script
 -- touches is KEYS[1] .. suffix, so all of them share one hash tag and one Cluster slot:
---   job:<id>   string, one per job: its record (storage layout 3; layout 1 was a hash,
+--   job:<id>   string, one per job: its record (storage layout 3 and 4; layout 1 was a hash,
 --              layout 2 the record with `d` inside; migrate.lua rewrites both). The id and
 --              queue are not stored (the key says them). Two parts joined by the byte 0xFF,
 --              then the optional fields:

@@ -471,6 +471,27 @@ async fn an_event_waiter_wakes_for_a_queue_created_while_it_waits() {
     );
 }
 
+/// On one Redis the log's end is its newest event at once, as `events` hands it out (the
+/// event clock orders the queues' streams; nothing of the current millisecond is held
+/// back), so a follower starting from the end replays nothing written before it.
+#[tokio::test]
+async fn the_logs_end_is_its_newest_event_at_once() {
+    let f = fixture().await;
+    let b = &f.broker;
+    for q in ["m", "a", "z", "m"] {
+        b.enqueue(vec![job("k").queue(q), job("k").queue(q)])
+            .await
+            .expect("enqueue");
+        let all = b.events(None, 100).await.expect("events");
+        let end = b.events_end().await.expect("events_end");
+        assert_eq!(
+            end.as_deref(),
+            all.last().map(|e| e.id.as_str()),
+            "after an enqueue to {q}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn a_due_job_caps_the_wait() {
     let f = fixture().await;

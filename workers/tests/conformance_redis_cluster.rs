@@ -342,6 +342,22 @@ async fn code_lost_by_every_node_is_loaded_again() {
     assert_eq!(counts, 2);
 }
 
+/// A node of the cluster named by a plain `redis://` URL is refused at connect, naming the
+/// URL to use: its scripts and log reads would span slots.
+#[tokio::test]
+async fn a_cluster_node_named_as_one_redis_is_refused() {
+    let url = cluster_url();
+    let seeds = url.split_once("://").map_or("", |(_, rest)| rest);
+    let seed = seeds.split(',').next().unwrap_or_default();
+    let err = RedisBroker::connect(&format!("redis://{seed}"), "p", system())
+        .await
+        .expect_err("a cluster node as one Redis");
+    match err {
+        BrokerError::Config(msg) => assert!(msg.contains("redis-cluster://"), "{msg}"),
+        other => panic!("not a config error: {other}"),
+    }
+}
+
 #[tokio::test]
 async fn refuses_malformed_cluster_urls_clearly() {
     for url in [

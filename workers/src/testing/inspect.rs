@@ -218,7 +218,8 @@ pub async fn events_end_is_the_newest_event_handed_out(
     enqueue_ids(&*b, vec![job("k").queue("a"), job("k").queue("a")]).await;
     let got = b.fetch("m", 2, LEASE).await.expect("fetch");
     assert_eq!(got.len(), 2);
-    // Redis holds back the events of its current millisecond; both reads below come after it.
+    // A Redis Cluster holds back the events of its current millisecond; both reads below
+    // come after it.
     tokio::time::sleep(Duration::from_millis(5)).await;
     let all = b.events(None, 100).await.expect("events");
     assert_eq!(all.len(), 7, "{all:?}");

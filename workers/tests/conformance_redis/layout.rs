@@ -202,11 +202,7 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
         .expect("as a zset");
 
     let node = connect(&f.prefix, f.clock.clone()).await.with_clock_time();
-    let layout: String = redis::cmd("GET")
-        .arg(format!("{}:layout", f.prefix))
-        .query(&mut conn)
-        .expect("get");
-    assert_eq!(layout, "4");
+    assert_eq!(stored_layout(&mut conn, &f.prefix), "4");
     for key in &keys {
         let kind: String = redis::cmd("TYPE").arg(key).query(&mut conn).expect("type");
         assert_eq!(kind, "string", "{key} rewritten");
@@ -269,6 +265,85 @@ async fn jobs_stored_as_hashes_are_rewritten_when_a_node_connects() {
         again.get(&others[0]).await.expect("get").map(|j| j.state),
         Some(JobState::Succeeded),
         "a second connect changes nothing"
+    );
+}
+
+/// The layout version `<prefix>:layout` holds.
+fn stored_layout(conn: &mut redis::Connection, prefix: &str) -> String {
+    redis::cmd("GET")
+        .arg(format!("{prefix}:layout"))
+        .query(conn)
+        .expect("get the layout")
+}
+
+/// A Redis in layout 3 moves to 4 with no job rewritten, and the event clock starts at the
+/// newest entry of any queue's stream (one an older process wrote ahead of Redis' time,
+/// here), so every entry written after sorts after it.
+#[tokio::test]
+async fn layout_3_moves_to_4_rewriting_nothing_and_seeds_the_event_clock() {
+    let f = fixture().await;
+    let ids = enqueue_ids(&*f.broker, vec![job("k").queue("a"), job("k").queue("b")]).await;
+    let mut conn = raw_conn();
+    let record = |conn: &mut redis::Connection| -> Vec<u8> {
+        redis::cmd("GET")
+            .arg(format!("{{{}:a}}:job:{}", f.prefix, ids[0]))
+            .query(conn)
+            .expect("get")
+    };
+    let before = record(&mut conn);
+    // An entry of a layout-3 process an hour ahead of Redis' clock, in queue b's stream.
+    let ahead = format!(
+        "{}-7",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("time")
+            .as_millis()
+            + 3_600_000
+    );
+    let () = redis::pipe()
+        .cmd("XADD")
+        .arg(format!("{{{}:b}}:events", f.prefix))
+        .arg(&ahead)
+        .arg("at")
+        .arg("1")
+        .arg("t")
+        .arg("job.progress")
+        .arg("j")
+        .arg(ids[1].as_str())
+        .arg("k")
+        .arg("k")
+        .arg("a")
+        .arg("0")
+        .ignore()
+        .cmd("DEL")
+        .arg(format!("{}:evclock", f.prefix))
+        .ignore()
+        .cmd("SET")
+        .arg(format!("{}:layout", f.prefix))
+        .arg(3)
+        .ignore()
+        .query(&mut conn)
+        .expect("back to layout 3");
+
+    let node = connect(&f.prefix, f.clock.clone()).await.with_clock_time();
+    assert_eq!(stored_layout(&mut conn, &f.prefix), "4");
+    assert_eq!(record(&mut conn), before, "the job is stored as it was");
+    let clock: String = redis::cmd("GET")
+        .arg(format!("{}:evclock", f.prefix))
+        .query(&mut conn)
+        .expect("the clock");
+    assert_eq!(clock, ahead);
+    let later = enqueue_ids(&node, vec![job("k").queue("a")]).await;
+    let all = node.events(None, 100).await.expect("events");
+    let last = all.last().expect("events");
+    assert_eq!(
+        last.job_id, later[0],
+        "the newest entry sorts last: {all:?}"
+    );
+    assert!(
+        last.id.starts_with(&ahead[..ahead.len() - 2]),
+        "{}",
+        last.id
     );
 }
 

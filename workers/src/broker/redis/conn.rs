@@ -212,7 +212,34 @@ pub(super) async fn open(url: &str, shown: &str) -> BrokerResult<(Blocking, Shar
         .await
         .map_err(|e| not_connected(&e, &format!("cannot connect to Redis at {shown}")))?;
     check_no_eviction(&mut conn, shown).await?;
+    check_not_a_cluster(&mut conn, shown).await?;
     Ok((Blocking::Single(client), Shared::Single(conn)))
+}
+
+/// Refuses a node of a Redis Cluster named by a plain `redis://` URL: every script there
+/// takes the event clock as a second key, and the event log is read in one `MULTI` over
+/// several queues' streams, which a cluster node refuses (`CROSSSLOT`) as keys of different
+/// slots; with `redis-cluster://` the broker keeps each call to one slot. A Redis that does
+/// not answer `INFO` is taken as it is.
+async fn check_not_a_cluster(
+    conn: &mut impl redis::aio::ConnectionLike,
+    shown: &str,
+) -> BrokerResult<()> {
+    let info: Result<String, RedisError> =
+        redis::cmd("INFO").arg("cluster").query_async(conn).await;
+    match info {
+        Ok(info) if info.lines().any(|l| l.trim() == "cluster_enabled:1") => {
+            Err(BrokerError::Config(format!(
+                "{shown} is a node of a Redis Cluster: name the cluster with \
+                 redis-cluster://HOST:PORT[,HOST:PORT...] (or rediss-cluster://) instead"
+            )))
+        }
+        Err(e) if is_unavailable(&e) => Err(not_connected(
+            &e,
+            &format!("cannot talk to Redis at {shown}"),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Refuses a Redis whose `maxmemory-policy` is not `noeviction`: an evicting Redis drops jobs

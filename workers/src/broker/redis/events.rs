@@ -443,29 +443,62 @@ async fn ordered_events(
     after: Option<(Pos, &str)>,
     limit: usize,
 ) -> BrokerResult<Vec<Event>> {
-    let mut names = broker.listed_queues()?;
-    if names.is_empty() {
-        names = broker.queue_names().await?;
-        broker.set_listed_queues(&names)?;
+    let read = in_one_transaction(
+        broker,
+        |pipe, names| read_streams(pipe, broker, names, after, limit),
+        |names, streams| {
+            let mut merged = merge(names, streams, after)?;
+            merged.truncate(limit);
+            Ok(merged.into_iter().map(|(_, _, e)| e).collect())
+        },
+    )
+    .await?;
+    match read {
+        Some(events) => Ok(events),
+        // Queues created or dropped at every try: the read that holds back a millisecond
+        // does not need the listing to stand still.
+        None => settled_events(broker, after, limit).await,
     }
-    loop {
+}
+
+/// Reads, in one `MULTI`, what `read` adds to the pipeline for the queues and then the
+/// queues themselves, and answers what `answer` makes of the replies; again while the queues
+/// listed differ from those read (a queue came or went: its stream may hold entries that
+/// sort among those read), [`ORDERED_TRIES`] times at most (`None` then).
+async fn in_one_transaction<T>(
+    broker: &RedisBroker,
+    read: impl Fn(&mut Pipe, &[String]),
+    answer: impl Fn(&[String], &[Value]) -> BrokerResult<T>,
+) -> BrokerResult<Option<T>> {
+    let mut names = listing(broker).await?;
+    for _ in 0..ORDERED_TRIES {
         let mut pipe = Pipe::new();
         pipe.atomic();
-        read_streams(&mut pipe, broker, &names, after, limit);
+        read(&mut pipe, &names);
         pipe.cmd("SMEMBERS").arg(broker.queues_key());
         let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
         let (listed, streams) = split_listing(&replies)?;
-        if listed != names {
-            // A queue came or went since the listing read: its stream may hold entries that
-            // sort among those read. Read again, all of them.
-            names = listed;
-            broker.set_listed_queues(&names)?;
-            continue;
+        if listed == names {
+            return answer(&names, streams).map(Some);
         }
-        let mut merged = merge(&names, streams, after)?;
-        merged.truncate(limit);
-        return Ok(merged.into_iter().map(|(_, _, e)| e).collect());
+        names = listed;
+        broker.set_listed_queues(&names)?;
     }
+    Ok(None)
+}
+
+/// How many times a read in one `MULTI` is tried while the queues change under it.
+const ORDERED_TRIES: usize = 3;
+
+/// The queues the last read of the log listed, or, before any, the queues now.
+async fn listing(broker: &RedisBroker) -> BrokerResult<Vec<String>> {
+    let names = broker.listed_queues()?;
+    if !names.is_empty() {
+        return Ok(names);
+    }
+    let names = broker.queue_names().await?;
+    broker.set_listed_queues(&names)?;
+    Ok(names)
 }
 
 /// [`events`] on a cluster, whose streams number their entries each on its own: an entry
@@ -541,6 +574,29 @@ async fn settled_events(
 /// not settled (another stream may still get one that sorts before it), and a queue created
 /// after the listing has only entries from its millisecond on.
 pub(super) async fn events_end(broker: &RedisBroker) -> BrokerResult<Option<String>> {
+    if !broker.is_cluster()
+        && let Some(end) = ordered_end(broker).await?
+    {
+        return Ok(end);
+    }
+    settled_end(broker).await
+}
+
+/// [`events_end`] on one Redis, where [`events`] hands out every entry there is: each queue's
+/// last entry and the queues, read in one `MULTI` as [`ordered_events`] reads (`None` when
+/// the queues kept changing under it).
+async fn ordered_end(broker: &RedisBroker) -> BrokerResult<Option<Option<String>>> {
+    in_one_transaction(
+        broker,
+        |pipe, names| last_entries(pipe, broker, names, "+"),
+        newest,
+    )
+    .await
+}
+
+/// [`events_end`] on a cluster (see [`settled_events`]): the newest entry of a finished
+/// millisecond.
+async fn settled_end(broker: &RedisBroker) -> BrokerResult<Option<String>> {
     let (names, cutoff) = {
         let mut pipe = Pipe::new();
         pipe.cmd("TIME");
@@ -555,18 +611,30 @@ pub(super) async fn events_end(broker: &RedisBroker) -> BrokerResult<Option<Stri
         return Ok(None);
     }
     let mut pipe = Pipe::new();
-    for q in &names {
-        // An incomplete id as XREVRANGE's end means that millisecond's last sequence.
+    // An incomplete id as XREVRANGE's end means that millisecond's last sequence.
+    last_entries(&mut pipe, broker, &names, &before.to_string());
+    let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
+    newest(&names, &replies)
+}
+
+/// Adds to `pipe` a read of the last entry up to `end` (`+` for the very last) of each
+/// queue's stream of `names`.
+fn last_entries(pipe: &mut Pipe, broker: &RedisBroker, names: &[String], end: &str) {
+    for q in names {
         pipe.cmd("XREVRANGE")
             .arg(broker.events_key(q))
-            .arg(before)
+            .arg(end)
             .arg("-")
             .arg("COUNT")
             .arg(1);
     }
-    let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
+}
+
+/// The id of the newest event in the log's order among the last entries of the streams of
+/// `names` (each reply an `XREVRANGE … COUNT 1`, in the same order).
+fn newest(names: &[String], replies: &[Value]) -> BrokerResult<Option<String>> {
     let mut end: Option<(Pos, &str)> = None;
-    for (q, v) in names.iter().zip(&replies) {
+    for (q, v) in names.iter().zip(replies) {
         let Some((pos, _)) = parse_entries(v, q)?.0.pop() else {
             continue;
         };
@@ -576,6 +644,25 @@ pub(super) async fn events_end(broker: &RedisBroker) -> BrokerResult<Option<Stri
         }
     }
     Ok(end.map(|(pos, q)| event_id(pos, q)))
+}
+
+/// The greatest entry id (`<ms>-<seq>`) of any queue's stream: what the event clock starts
+/// from when a Redis moves to layout 4 (`layout.rs`).
+pub(super) async fn newest_entry_id(broker: &RedisBroker) -> BrokerResult<Option<String>> {
+    let names = broker.queue_names().await?;
+    if names.is_empty() {
+        return Ok(None);
+    }
+    let mut pipe = Pipe::new();
+    last_entries(&mut pipe, broker, &names, "+");
+    let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
+    let mut max: Option<StreamId> = None;
+    for (q, v) in names.iter().zip(&replies) {
+        if let Some((pos, _)) = parse_entries(v, q)?.0.pop() {
+            max = max.max(Some(pos.sid));
+        }
+    }
+    Ok(max.map(|sid| sid.to_string()))
 }
 
 /// Whether trimming dropped an entry after the event id `after` from any queue's stream (see

@@ -83,9 +83,18 @@ impl RedisBroker {
                 }
             }
         }
+        if !self.is_cluster() {
+            self.seed_event_clock().await?;
+        }
         let () = self
             .query(redis::cmd("SET").arg(self.layout_key()).arg(LAYOUT))
             .await?;
+        tracing::info!(
+            from = stored,
+            to = LAYOUT,
+            prefix = %self.prefix,
+            "moved the data stored in Redis to the current storage layout"
+        );
         if rewritten > 0 {
             tracing::info!(
                 jobs = rewritten,
@@ -96,4 +105,42 @@ impl RedisBroker {
         }
         Ok(())
     }
+
+    /// Starts the event clock at the newest entry of the queues' streams, unless it is past
+    /// that already (a node of this build that connected first): an entry written earlier
+    /// by a process of layout 3, or after Redis' clock went back, may be ahead of Redis'
+    /// time, and the clock must never number an entry before one a reader handed out.
+    async fn seed_event_clock(&self) -> BrokerResult<()> {
+        let Some(newest) = super::events::newest_entry_id(self).await? else {
+            return Ok(());
+        };
+        self.query::<i64>(
+            redis::cmd("EVAL")
+                .arg(SEED_CLOCK)
+                .arg(1)
+                .arg(self.event_clock_key())
+                .arg(newest),
+        )
+        .await
+        .map(drop)
+    }
 }
+
+/// Sets the event clock (KEYS[1]) to the entry id ARGV[1] (`<ms>-<seq>`) unless it holds one
+/// as great already; returns 1 when it did.
+const SEED_CLOCK: &str = "
+local function parse(id)
+  local ms, seq = string.match(id or '', '^(%d+)-(%d+)$')
+  return tonumber(ms), tonumber(seq)
+end
+local ms, seq = parse(ARGV[1])
+if not ms then
+  return redis.error_reply('not a stream entry id: ' .. ARGV[1])
+end
+local cms, cseq = parse(redis.call('GET', KEYS[1]))
+if cms and (cms > ms or (cms == ms and cseq >= seq)) then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[1])
+return 1
+";
