@@ -21,7 +21,8 @@
 //!   already has, and the feed passes over them. No wait for the hub is needed, and no timing
 //!   decides it: the log answers.
 //! - **Past the end** of the log: no event follows the cursor, and it is neither the hub's
-//!   position nor any event after it, while the log holds events. A cursor kept from before
+//!   position nor any event after it, nor the log's newest event (which a hub that read on
+//!   into events a queue's drop removed is past), while the log holds events. A cursor kept from before
 //!   the broker's data was wiped or replaced (on SQLite, ids start again at 1), or from
 //!   another broker or a wrong clock. Taken like a cursor older than retention: a gap, then
 //!   the log from its oldest event. Against an empty log a cursor is no gap: nothing was
@@ -98,7 +99,13 @@ pub async fn locate(
                 None => oldest.id == next.id && oldest.id != since,
             },
         },
-        (None, Some(_)) if !at_hub => Cursor::PastEnd,
+        // Nothing after the cursor, which is not the hub's position: past the end, unless
+        // it is the log's newest event (the hub read on past it into events since removed:
+        // a queue dropped, `hopper bench`'s own when it ends). Those were a drop's, not
+        // retention's, and are not a gap here, as a drop is none elsewhere on Redis.
+        (None, Some(_)) if !at_hub && broker.events_end().await?.as_deref() != Some(since) => {
+            Cursor::PastEnd
+        }
         _ => Cursor::Behind { gap: false },
     })
 }
@@ -185,6 +192,23 @@ mod tests {
         );
         assert_eq!(
             locate(&*b, &ids[3], hub).await.unwrap(),
+            Cursor::Behind { gap: false }
+        );
+        // The hub read on past the log's newest event into events since removed (a queue
+        // dropped): the newest is at the end, not past it.
+        let dropped = b
+            .enqueue(vec![
+                NewJob::new("sys.noop", serde_json::json!({})).queue("gone"),
+            ])
+            .await
+            .unwrap();
+        let gone = b.events(Some(&ids[4]), 10).await.unwrap();
+        assert_eq!(gone.len(), dropped.len());
+        b.drop_queue("gone").await.unwrap();
+        assert_eq!(
+            locate(&*b, &ids[4], Some(gone[0].id.as_str()))
+                .await
+                .unwrap(),
             Cursor::Behind { gap: false }
         );
         // The hub's own position may be trimmed before the hub reads on.
