@@ -118,6 +118,22 @@ fn bad_cli_flags_exit_2() {
     let out = s.cli(&["enqueue", "sys.noop", "--priority", "12"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("priority"));
+    // A payload or data file that cannot be read is the flag's fault too.
+    for args in [
+        &["enqueue", "sys.noop", "--payload", "@no-such-file.json"][..],
+        &[
+            "enqueue",
+            "sys.noop",
+            "--then",
+            "sys.noop=@no-such-file.json",
+        ][..],
+        &["publish", "orders.created", "--data", "@no-such-file.json"][..],
+    ] {
+        let out = s.cli(args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("no-such-file.json"), "{args:?}: {err}");
+    }
     let out = s.cli(&["job", "does-not-exist"]);
     assert_eq!(out.status.code(), Some(3), "{out:?}");
     // Nothing was enqueued by the refused command.

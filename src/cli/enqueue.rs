@@ -15,15 +15,17 @@ use crate::out;
 use crate::service::submit::Start;
 use crate::service::{EnqueueRequest, SubmitError};
 
-/// A payload flag's JSON, given inline or as @FILE.
-fn read_payload(text: Option<&str>, flag: &str) -> Result<Value> {
+/// A JSON flag's value (`--payload`, `--then`'s, `publish --data`), given inline or as
+/// @FILE (`{}` when the flag is absent). A file that cannot be read, like JSON that does not
+/// parse, is the flag's fault: a usage error naming it (exit 2).
+pub(super) fn read_payload(text: Option<&str>, flag: &str) -> Result<Value> {
     let Some(text) = text else {
         return Ok(serde_json::json!({}));
     };
     let (text, from) = match text.strip_prefix('@') {
         Some(file) => (
             std::fs::read_to_string(file)
-                .with_context(|| format!("reading the payload file {file}"))?,
+                .map_err(|e| CliError::Usage(format!("{flag}: cannot read {file}: {e}")))?,
             format!(" in {file}"),
         ),
         None => (text.to_owned(), String::new()),

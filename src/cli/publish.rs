@@ -8,7 +8,6 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use hopper_workers::Broker;
-use serde_json::Value;
 
 use super::CliError;
 use super::inspect::{eprint_line, service};
@@ -39,18 +38,7 @@ pub(super) async fn run(
     settings: &Settings,
     broker: Arc<dyn Broker>,
 ) -> Result<()> {
-    let data = match args.data.as_deref() {
-        None => serde_json::json!({}),
-        Some(text) => {
-            let text = match text.strip_prefix('@') {
-                Some(file) => std::fs::read_to_string(file)
-                    .with_context(|| format!("reading the data file {file}"))?,
-                None => text.to_owned(),
-            };
-            serde_json::from_str::<Value>(&text)
-                .map_err(|e| CliError::Usage(format!("--data: not valid JSON: {e}")))?
-        }
-    };
+    let data = super::enqueue::read_payload(args.data.as_deref(), "--data")?;
     if !data.is_object() {
         return Err(CliError::Usage("--data: must be a JSON object".into()).into());
     }
