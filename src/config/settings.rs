@@ -410,6 +410,9 @@ impl Config {
     fn pool_config(&self, served: Vec<(String, u32)>) -> PoolConfig {
         let queues = served
             .into_iter()
+            // Served below, as every pool serves it: named in `[worker] queues` too, it was a
+            // second entry, without the one-slot cap, so retention jobs could run side by side.
+            .filter(|(name, _)| name != MAINTENANCE_QUEUE)
             .map(|(name, weight)| {
                 let q = self.queue(&name);
                 QueueSpec {

@@ -290,6 +290,24 @@ fn pool_config_maps_queues() {
     assert_eq!(pc.retry.base, Duration::from_secs(1));
 }
 
+/// Every pool serves the maintenance queue, one job at a time: naming it in `[worker] queues`
+/// (with a weight or not) neither serves it twice nor changes that.
+#[test]
+fn the_maintenance_queue_is_served_once_when_named() {
+    let c = Config::from_toml(
+        "[worker]\nqueues = [\"a\", \"hopper.maintenance:5\"]\n",
+        Path::new("c.toml"),
+    )
+    .unwrap();
+    let pc = c.settings().unwrap().pool;
+    let got: Vec<(&str, Option<usize>, u32)> = pc
+        .queues
+        .iter()
+        .map(|q| (q.name.as_str(), q.concurrency, q.weight))
+        .collect();
+    assert_eq!(got, [("a", None, 1), (MAINTENANCE_QUEUE, Some(1), 1)]);
+}
+
 #[test]
 fn tokens_are_not_debug_printed() {
     let mut c = Config::default();

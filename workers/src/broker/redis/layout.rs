@@ -86,15 +86,19 @@ impl RedisBroker {
         if !self.is_cluster() {
             self.seed_event_clock().await?;
         }
-        let () = self
-            .query(redis::cmd("SET").arg(self.layout_key()).arg(LAYOUT))
+        // The version it replaced (`GETSET`, which Redis 6.0 has too): of nodes that connect
+        // at once and all migrate (harmless), the one that moved it says so.
+        let replaced: Option<String> = self
+            .query(redis::cmd("GETSET").arg(self.layout_key()).arg(LAYOUT))
             .await?;
-        tracing::info!(
-            from = stored,
-            to = LAYOUT,
-            prefix = %self.prefix,
-            "moved the data stored in Redis to the current storage layout"
-        );
+        if replaced != Some(LAYOUT.to_string()) {
+            tracing::info!(
+                from = stored,
+                to = LAYOUT,
+                prefix = %self.prefix,
+                "moved the data stored in Redis to the current storage layout"
+            );
+        }
         if rewritten > 0 {
             tracing::info!(
                 jobs = rewritten,
