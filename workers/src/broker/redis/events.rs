@@ -33,6 +33,7 @@ use redis::{FromRedisValue, Value};
 use super::RedisBroker;
 use super::conn::Pipe;
 use super::decode::{corrupt, event_ids, got, parse_num, string, text};
+use super::keys::Listing;
 use super::scripts::SCRIPTS;
 use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventType};
@@ -79,6 +80,18 @@ impl StreamId {
             format!("({self}")
         }
     }
+}
+
+/// The id of the entry an `XREVRANGE <newq> + - COUNT 1` answered (`0-0` for none).
+fn last_announcement(reply: &Value) -> BrokerResult<String> {
+    let id = match reply {
+        Value::Array(entries) => match entries.first() {
+            Some(Value::Array(entry)) => entry.first().map(string).transpose()?,
+            _ => None,
+        },
+        _ => None,
+    };
+    Ok(id.unwrap_or_else(|| "0-0".to_owned()))
 }
 
 /// [`StreamId::start_after`] for the id `id` (`ms-seq`, checked by the caller).
@@ -475,14 +488,30 @@ async fn in_one_transaction<T>(
         let mut pipe = Pipe::new();
         pipe.atomic();
         read(&mut pipe, &names);
+        // The last announcement of a new queue, with the listing: a follower's next wait
+        // starts from both (`wait_for_events`).
+        pipe.cmd("XREVRANGE")
+            .arg(broker.new_queues_key())
+            .arg("+")
+            .arg("-")
+            .arg("COUNT")
+            .arg(1);
         pipe.cmd("SMEMBERS").arg(broker.queues_key());
         let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
-        let (listed, streams) = split_listing(&replies)?;
-        if listed == names {
+        let (listed, rest) = split_listing(&replies)?;
+        let (announced, streams) = rest
+            .split_last()
+            .ok_or_else(|| corrupt("no reply to XREVRANGE"))?;
+        let snapshot = Listing {
+            announced: Some(last_announcement(announced)?),
+            names: listed,
+        };
+        if snapshot.names == names {
+            broker.set_listing(snapshot)?;
             return answer(&names, streams).map(Some);
         }
-        names = listed;
-        broker.set_listed_queues(&names)?;
+        names.clone_from(&snapshot.names);
+        broker.set_listing(snapshot)?;
     }
     Ok(None)
 }
@@ -492,12 +521,15 @@ const ORDERED_TRIES: usize = 3;
 
 /// The queues the last read of the log listed, or, before any, the queues now.
 async fn listing(broker: &RedisBroker) -> BrokerResult<Vec<String>> {
-    let names = broker.listed_queues()?;
+    let names = broker.listing()?.names;
     if !names.is_empty() {
         return Ok(names);
     }
     let names = broker.queue_names().await?;
-    broker.set_listed_queues(&names)?;
+    broker.set_listing(Listing {
+        names: names.clone(),
+        announced: None,
+    })?;
     Ok(names)
 }
 
@@ -784,28 +816,32 @@ pub(super) async fn wait_for_events(
             ))
         })?),
     };
-    // The last announcement before the queues are listed, in that order: a queue missing
-    // from the listing was added to the set after it, so announced after this id, which the
-    // wait then sees (a queue is added before its first enqueue, announced after it).
-    let announced: Value = broker
-        .query(
-            redis::cmd("XREVRANGE")
-                .arg(broker.new_queues_key())
-                .arg("+")
-                .arg("-")
-                .arg("COUNT")
-                .arg(1),
-        )
-        .await?;
-    let announced = match &announced {
-        Value::Array(entries) => match entries.first() {
-            Some(Value::Array(entry)) => entry.first().map(string).transpose()?,
-            _ => None,
-        },
-        _ => None,
-    }
-    .unwrap_or_else(|| "0-0".to_owned());
-    let names = broker.queue_names().await?;
+    // The queues and the last announcement as one snapshot (the last read of the log in one
+    // `MULTI` took both, see `in_one_transaction`), or else the announcement and then the
+    // queues, in that order. Either way a queue missing from the listing was added to the
+    // set after it, so announced after this id, which the wait then sees (a queue is added
+    // before its first enqueue, announced after it); any snapshot will do, an older one at
+    // worst wakes the wait at once.
+    let (names, announced) = match broker.listing()? {
+        Listing {
+            names,
+            announced: Some(announced),
+        } if !broker.is_cluster() => (names, announced),
+        _ => {
+            let announced: Value = broker
+                .query(
+                    redis::cmd("XREVRANGE")
+                        .arg(broker.new_queues_key())
+                        .arg("+")
+                        .arg("-")
+                        .arg("COUNT")
+                        .arg(1),
+                )
+                .await?;
+            let announced = last_announcement(&announced)?;
+            (broker.queue_names().await?, announced)
+        }
+    };
     let block_ms = u64::try_from(timeout.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);

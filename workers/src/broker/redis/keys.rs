@@ -63,6 +63,14 @@
 
 use super::RedisBroker;
 use super::conn::poisoned;
+
+/// The queues, sorted, as a read of the event log listed them, and the id of the last entry
+/// of `newq` (see the module docs) when the same `MULTI` read it: a snapshot of both.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Listing {
+    pub(super) names: Vec<String>,
+    pub(super) announced: Option<String>,
+}
 use crate::error::{BrokerError, BrokerResult};
 use crate::job::JobId;
 
@@ -138,15 +146,15 @@ impl RedisBroker {
         Ok(names)
     }
 
-    /// The queues the event log's last read listed (none before the first): the streams the
-    /// next read reads, which it checks against the queues then (`events.rs`).
-    pub(super) fn listed_queues(&self) -> BrokerResult<Vec<String>> {
+    /// What the event log's last read listed (nothing before the first): the queues whose
+    /// streams the next read reads, which it checks against the queues then, and with them
+    /// the last announcement of a new queue when one `MULTI` read both (`events.rs`).
+    pub(super) fn listing(&self) -> BrokerResult<Listing> {
         Ok(self.listed.lock().map_err(|_| poisoned())?.clone())
     }
 
-    pub(super) fn set_listed_queues(&self, names: &[String]) -> BrokerResult<()> {
-        let mut listed = self.listed.lock().map_err(|_| poisoned())?;
-        names.clone_into(&mut listed);
+    pub(super) fn set_listing(&self, listing: Listing) -> BrokerResult<()> {
+        *self.listed.lock().map_err(|_| poisoned())? = listing;
         Ok(())
     }
 

@@ -147,8 +147,8 @@ pub struct RedisBroker {
     /// The queues this process announced on `newq` (see `keys.rs`), so that it announces
     /// each once.
     announced: Mutex<HashSet<String>>,
-    /// The queues the event log's last read listed, sorted (see `events.rs`).
-    listed: Mutex<Vec<String>>,
+    /// What the event log's last read listed (see `keys.rs`, `events.rs`).
+    listed: Mutex<keys::Listing>,
 }
 
 impl std::fmt::Debug for RedisBroker {
