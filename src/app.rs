@@ -56,12 +56,13 @@ const BROKER_RETRY: Duration = Duration::from_secs(1);
 /// for good (`StartLimitBurst`), and its `TimeoutStartSec` bounds the wait instead. A broker
 /// setting that cannot work (a refused password, an unknown scheme) still ends the start at
 /// once, and `shutdown` ends the wait (exit 0). A host name that does not resolve waits too:
-/// Redis' client tells it from a host that is down only by its text. While it waits, `serve`'s
-/// listener is bound but answers nothing yet.
+/// Redis' client tells it from a host that is down only by its text. `waiting` fires when the
+/// wait begins: `serve`'s port answers 503 meanwhile ([`stand_in`]).
 async fn open_patiently(
     config: &Config,
     clock: &Arc<dyn Clock>,
     shutdown: &CancellationToken,
+    waiting: &CancellationToken,
 ) -> Result<Arc<dyn Broker>> {
     let mut said = false;
     loop {
@@ -94,6 +95,7 @@ async fn open_patiently(
                         BROKER_RETRY.as_secs()
                     );
                     said = true;
+                    waiting.cancel();
                 }
                 tokio::select! {
                     () = shutdown.cancelled() => return Err(stopped()),
@@ -236,12 +238,13 @@ struct Node {
 
 impl Node {
     /// Opens the broker and starts the pool (when `workers`) and the schedules; everything
-    /// stops on `shutdown`.
+    /// stops on `shutdown`. `waiting` fires if the broker does not answer at once.
     async fn start(
         settings: Settings,
         workers: bool,
         shutdown: &CancellationToken,
         hurry: &CancellationToken,
+        waiting: &CancellationToken,
     ) -> Result<Self> {
         // Installed before anything records, with its label caps.
         crate::metrics::handle();
@@ -249,7 +252,7 @@ impl Node {
         let clock = clock::system();
         // A node is only up (READY=1 under systemd) once its broker answers.
         let broker: Arc<dyn Broker> = Arc::new(Metered::new(
-            open_patiently(&settings.config, &clock, shutdown).await?,
+            open_patiently(&settings.config, &clock, shutdown, waiting).await?,
         ));
         let registry = Arc::new(node_registry(&settings, &broker, &clock)?);
         check_kinds(&settings, &registry)?;
@@ -362,7 +365,16 @@ pub async fn serve(
         .into());
     }
     let bus = settings.bus.clone();
-    let node = Node::start(settings, !no_workers, &shutdown, &hurry).await?;
+    let (waiting, started) = (CancellationToken::new(), CancellationToken::new());
+    let (listener, stand_in) = stand_in(listener, &waiting, &started)?;
+    let node = Node::start(settings, !no_workers, &shutdown, &hurry, &waiting).await;
+    // The stand-in stops taking connections and finishes its answers before the API takes
+    // the port over (or the start failed).
+    started.cancel();
+    if stand_in.await.is_err() {
+        tracing::warn!("the stand-in answering while the broker was awaited panicked");
+    }
+    let node = node?;
     let mut state = AppState::new(
         node.broker.clone(),
         node.registry.clone(),
@@ -410,6 +422,44 @@ pub async fn serve(
     served.and(stopped)
 }
 
+/// Answers on `listener`'s port from when `waiting` fires (the broker did not answer at once)
+/// until `started` does (`crate::api::starting`), on a second handle of the same socket;
+/// returns the listener for the API and the stand-in's task. A node whose broker answers at
+/// once never starts it: a request in its first milliseconds waits for the API, as before.
+fn stand_in(
+    listener: TcpListener,
+    waiting: &CancellationToken,
+    started: &CancellationToken,
+) -> Result<(TcpListener, JoinHandle<()>)> {
+    let socket = listener.into_std().context("taking the listener")?;
+    let second = socket.try_clone().context("duplicating the listener")?;
+    let listener = TcpListener::from_std(socket).context("taking the listener back")?;
+    let (waiting, started) = (waiting.clone(), started.clone());
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            () = started.cancelled() => return,
+            () = waiting.cancelled() => {}
+        }
+        let second = match TcpListener::from_std(second) {
+            Ok(l) => l,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot answer while waiting for the broker");
+                return;
+            }
+        };
+        if let Ok(addr) = second.local_addr() {
+            tracing::info!("answering 503 on {addr} until the broker answers");
+        }
+        let served = axum::serve(second, crate::api::starting::router())
+            .with_graceful_shutdown(started.cancelled_owned())
+            .await;
+        if let Err(e) = served {
+            tracing::warn!(error = %e, "answering while waiting for the broker failed");
+        }
+    });
+    Ok((listener, task))
+}
+
 /// Runs only the worker pool (a worker node) until `shutdown` fires and the pool has drained
 /// (cut short by `hurry`, as in [`serve`]), and `GET /metrics` on `[worker] metrics_listen`
 /// if set.
@@ -428,7 +478,7 @@ pub async fn worker(
                 .with_context(|| format!("binding [worker] metrics_listen {addr}"))?,
         )),
     };
-    let node = Node::start(settings, true, &shutdown, &hurry).await?;
+    let node = Node::start(settings, true, &shutdown, &hurry, &CancellationToken::new()).await?;
     if let Some((addr, listener)) = metrics {
         let mut state = AppState::new(
             node.broker.clone(),

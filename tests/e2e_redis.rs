@@ -618,6 +618,45 @@ async fn a_node_started_while_its_redis_is_down_waits_for_it() {
     worker.assert_running();
 }
 
+/// While a server started with its Redis down waits for it, its port answers: the API a
+/// 503 `starting` with `Retry-After` (a client, or a load balancer's probe, hung on a bound
+/// port that answered nothing), the liveness probe 200; once Redis answers, the API takes the
+/// port over.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_waiting_for_its_redis_answers_503_meanwhile() {
+    let mut redis = RedisServer::start();
+    let s = Scratch::new();
+    s.write_config_with_broker(&redis.url(), &unique_prefix(), "");
+    tokio::task::block_in_place(|| redis.shutdown());
+    let port = crate::util::redis::free_port();
+    let mut server = s.start(&["serve", "--listen", &format!("127.0.0.1:{port}")]);
+    tokio::task::block_in_place(|| server.wait_log("answering 503"));
+    let api = Api::new(format!("http://127.0.0.1:{port}"));
+    let (status, body) = api
+        .call(reqwest::Method::POST, "/v1/jobs", Some(&noop()))
+        .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "starting", "{body}");
+    let ready = api
+        .http
+        .get(format!("{}/readyz", api.base))
+        .send()
+        .await
+        .expect("readyz");
+    assert_eq!(ready.status().as_u16(), 503);
+    assert!(ready.headers().contains_key("retry-after"));
+    let (status, _) = api.call(reqwest::Method::GET, "/healthz", None).await;
+    assert_eq!(status, 200);
+
+    tokio::task::block_in_place(|| redis.launch());
+    tokio::task::block_in_place(|| server.wait_log("listening on"));
+    let (status, body) = api
+        .call(reqwest::Method::POST, "/v1/jobs", Some(&noop()))
+        .await;
+    assert_eq!(status, 201, "{body}");
+    server.assert_running();
+}
+
 /// A Redis that refuses the password is a setting that cannot work, not a broker that is
 /// down: `tail` (which waits for a broker that is down) and `jobs` exit 2 at once, naming the
 /// refusal and never the password.

@@ -30,6 +30,7 @@
 //!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
 //! [`stall`] closes a connection whose peer stops reading (a write blocked too long).
+//! [`starting`] answers on the port while the node waits for its broker at start.
 //!
 //! `GET /metrics` (Prometheus text, `crate::metrics`) asks for the same bearer token as
 //! `/v1` when `[auth] tokens` is set: unlike `/healthz` it names queues and kinds and shows
@@ -50,6 +51,7 @@ mod push;
 mod queues;
 pub mod rate_limit;
 pub mod stall;
+pub mod starting;
 #[cfg(test)]
 mod tests;
 mod unread_query;
