@@ -467,16 +467,31 @@ async fn a_clients_job_on_the_maintenance_queue_is_refused() {
         json!({"kind": "sys.sleep", "queue": "hopper.maintenance", "payload": {"ms": 1}}),
         json!({"kind": "hopper.retention", "queue": "hopper.maintenance",
                "then": [{"kind": "sys.noop"}]}),
+        // Nor does Hopper's own kind run anywhere else, where nothing keeps it to one at a
+        // time.
+        json!({"kind": "hopper.retention", "queue": "default"}),
+        // A schedule's tick keys are the schedules' own: a client holding one would skip
+        // that tick, silently.
+        json!({"kind": "sys.noop", "unique_key": "schedule:nightly:1800000000000"}),
     ] {
+        let field = if body.get("unique_key").is_some() {
+            "unique_key"
+        } else {
+            "queue"
+        };
         let (st, answer) = api.enqueue(body.clone()).await;
         assert_eq!(st, 400, "{body}: {answer}");
         assert!(
             answer["error"]["field"]
                 .as_str()
-                .is_some_and(|f| f.ends_with("queue")),
+                .is_some_and(|f| f.ends_with(field)),
             "{body}: {answer}"
         );
     }
+    // Run now by an operator, with no queue named, it goes on the maintenance queue.
+    let (st, answer) = api.enqueue(json!({"kind": "hopper.retention"})).await;
+    assert_eq!(st, 201, "{answer}");
+    assert_eq!(answer["queue"], "hopper.maintenance", "{answer}");
     let out = s.cli(&["enqueue", "sys.noop", "--queue", "hopper.maintenance"]);
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(
@@ -484,7 +499,7 @@ async fn a_clients_job_on_the_maintenance_queue_is_refused() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(s.cli_jobs(&[]).len(), 0);
+    assert_eq!(s.cli_jobs(&[]).len(), 1, "the retention run only");
     // A subscription or a schedule naming it is a config error, not a publish that fails (or
     // a relayed event skipped) at run time.
     for (table, key) in [
@@ -495,6 +510,22 @@ async fn a_clients_job_on_the_maintenance_queue_is_refused() {
         (
             "[[schedule]]\nname = \"t\"\ncron = \"0 * * * * *\"\nkind = \"sys.noop\"\nqueue = \"hopper.maintenance\"\n",
             "schedule[0].queue",
+        ),
+        (
+            "[[schedule]]\nname = \"t\"\ncron = \"0 * * * * *\"\nkind = \"hopper.retention\"\nqueue = \"default\"\n",
+            "schedule[0].queue",
+        ),
+        (
+            "[[queue]]\nname = \"hopper.maintenance\"\nconcurrency = 5\n",
+            "queue[0].name",
+        ),
+        (
+            "[[schedule]]\nname = \" \"\ncron = \"0 * * * * *\"\nkind = \"sys.noop\"\n",
+            "schedule[0].name",
+        ),
+        (
+            "[[schedule]]\nname = \"a\\tb\"\ncron = \"0 * * * * *\"\nkind = \"sys.noop\"\n",
+            "schedule[0].name",
         ),
     ] {
         let s = Scratch::with_config(table);

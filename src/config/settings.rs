@@ -291,6 +291,12 @@ impl Config {
                      not {}",
                     sc.name.len()
                 ));
+            } else if sc.name.trim().is_empty() || sc.name.chars().any(char::is_control) {
+                // The name is in every tick's job key and in logs: a blank one names nothing.
+                p.push(format!(
+                    "schedule[{i}].name: {:?}: must not be blank or hold control characters",
+                    sc.name
+                ));
             } else if sc.name.starts_with("hopper.") {
                 // Hopper's own schedules (`hopper.retention`) keep their last tick under
                 // their name: one of the config's would move the built-in's cursor.
@@ -332,6 +338,12 @@ impl Config {
                 p.push(format!(
                     "queue[{i}].name: {:?} must be 1 to 64 letters, digits, '-', '_' or '.'",
                     q.name
+                ));
+            } else if q.name == MAINTENANCE_QUEUE {
+                // Every pool serves it one job at a time whatever is set here (`pool_config`).
+                p.push(format!(
+                    "queue[{i}].name: {MAINTENANCE_QUEUE} is Hopper's own queue; its settings \
+                     are fixed (one job at a time on every node)"
                 ));
             } else if !seen.insert(q.name.as_str()) {
                 p.push(format!("queue[{i}].name: {:?} is declared twice", q.name));
@@ -390,7 +402,7 @@ impl Config {
             queue: sc
                 .queue
                 .clone()
-                .unwrap_or_else(|| hopper_workers::job::DEFAULT_QUEUE.to_owned()),
+                .unwrap_or_else(|| hopper_workers::retention::queue_for(&sc.kind).to_owned()),
             priority: sc.priority.unwrap_or(hopper_workers::job::DEFAULT_PRIORITY),
             max_retries: self.retry.max_retries,
         }

@@ -18,7 +18,8 @@ pub use hopper_workers::FieldError;
 use hopper_workers::Registry;
 use hopper_workers::handler::INPUT_KEY;
 use hopper_workers::job::{JobId, NewJob};
-use hopper_workers::retention::{client_may_use, maintenance_refusal};
+use hopper_workers::retention::{client_may_use, maintenance_refusal, queue_for};
+use hopper_workers::schedule::SCHEDULE_KEY_PREFIX;
 use hopper_workers::time::Timestamp;
 use serde_json::Value;
 
@@ -146,17 +147,27 @@ fn prepare_checked(
         Some(start) => start.resolve(now)?,
         None => None,
     };
-    // Every pool serves the maintenance queue one job at a time (`client_may_use`).
+    // Every pool serves the maintenance queue one job at a time, and Hopper's own kinds run
+    // there only (`client_may_use`).
     if let Some(q) = &req.queue
         && !client_may_use(q, &req.kind)
     {
         return Err(FieldError::invalid("queue", maintenance_refusal(&req.kind)));
     }
+    if let Some(key) = &req.unique_key
+        && key.starts_with(SCHEDULE_KEY_PREFIX)
+    {
+        return Err(FieldError::invalid(
+            "unique_key",
+            format!(
+                "keys starting with {SCHEDULE_KEY_PREFIX:?} are the schedules' own (one a \
+                 tick): a job holding one would make that tick's job never be made"
+            ),
+        ));
+    }
     let mut job = NewJob {
         id: JobId::generate(),
-        queue: req
-            .queue
-            .unwrap_or_else(|| hopper_workers::job::DEFAULT_QUEUE.to_owned()),
+        queue: req.queue.unwrap_or_else(|| queue_for(&req.kind).to_owned()),
         kind: req.kind,
         payload: req.payload,
         priority: req

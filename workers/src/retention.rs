@@ -25,19 +25,42 @@ use crate::schedule::ScheduleSpec;
 pub const MAINTENANCE_QUEUE: &str = "hopper.maintenance";
 
 /// Whether a job of `kind` that a client names (a request, a `[[subscription]]`, a
-/// `[[schedule]]`) may go on `queue`: on [`MAINTENANCE_QUEUE`], which every pool serves one job
-/// at a time, only Hopper's own kinds (`hopper.*`: an operator running `hopper.retention`
-/// now), as any other would hold retention back for as long as it runs.
+/// `[[schedule]]`) may go on `queue`: Hopper's own kinds (`hopper.*`: an operator running
+/// `hopper.retention` now) on [`MAINTENANCE_QUEUE`] only, which every pool serves one job at a
+/// time (anywhere else any number of purges could run at once, off their schedule), and no
+/// other kind there, as it would hold retention back for as long as it runs.
 pub fn client_may_use(queue: &str, kind: &str) -> bool {
-    queue != MAINTENANCE_QUEUE || kind.starts_with("hopper.")
+    (queue == MAINTENANCE_QUEUE) == is_hoppers_own(kind)
+}
+
+/// Whether `kind` is one of Hopper's own (`hopper.*`).
+fn is_hoppers_own(kind: &str) -> bool {
+    kind.starts_with("hopper.")
+}
+
+/// The queue of a client's job of `kind` that names none: [`MAINTENANCE_QUEUE`] for Hopper's
+/// own kinds, the default queue for the rest.
+pub fn queue_for(kind: &str) -> &'static str {
+    if is_hoppers_own(kind) {
+        MAINTENANCE_QUEUE
+    } else {
+        crate::job::DEFAULT_QUEUE
+    }
 }
 
 /// Why [`client_may_use`] refused, for the field `queue`.
 pub fn maintenance_refusal(kind: &str) -> String {
-    format!(
-        "{MAINTENANCE_QUEUE} is Hopper's own queue (retention runs there, one job at a time on \
-         every node): put {kind} on another queue"
-    )
+    if is_hoppers_own(kind) {
+        format!(
+            "{kind} is Hopper's own kind: it runs on {MAINTENANCE_QUEUE} only, one job at a time \
+             on every node (leave the queue out)"
+        )
+    } else {
+        format!(
+            "{MAINTENANCE_QUEUE} is Hopper's own queue (retention runs there, one job at a time \
+             on every node): put {kind} on another queue"
+        )
+    }
 }
 
 /// How long finished jobs and events are kept (`[retention]`).

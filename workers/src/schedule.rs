@@ -26,6 +26,10 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::field::FieldError;
+
+/// What every schedule's tick key starts with: `schedule:<name>:<tick in ms>`, the unique key
+/// of the tick's job (a client's job may not take one: `hopper`'s submit refuses the prefix).
+pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
 use crate::job::NewJob;
 use crate::time::Timestamp;
 
@@ -218,7 +222,11 @@ impl Schedule {
             .priority(s.priority)
             .max_retries(s.max_retries)
             .run_at(tick)
-            .unique_key(format!("schedule:{}:{}", s.name, tick.as_millis()))
+            .unique_key(format!(
+                "{SCHEDULE_KEY_PREFIX}{}:{}",
+                s.name,
+                tick.as_millis()
+            ))
     }
 }
 
