@@ -127,6 +127,10 @@ fn string(v: Value, field: &str) -> Result<String, FieldError> {
 fn duration(v: Value, field: &str) -> Result<std::time::Duration, FieldError> {
     let s = string(v, field)
         .map_err(|_| FieldError::invalid(field, "must be a duration string such as \"30s\""))?;
+    // Said as the CLI says it: humantime's own words for "-5s" name a character position.
+    if s.trim_start().starts_with('-') {
+        return Err(FieldError::invalid(field, "must not be negative"));
+    }
     humantime::parse_duration(s.trim()).map_err(|e| {
         FieldError::invalid(
             field,

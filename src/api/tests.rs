@@ -318,6 +318,11 @@ async fn bad_enqueue_bodies_name_the_field() {
         "unknown_kind",
         Some("kind"),
     );
+    let (_, negative) = post(&st, r#"{"kind":"sys.noop","delay":"-5s"}"#).await;
+    assert_eq!(
+        negative["error"]["message"], "must not be negative",
+        "{negative}"
+    );
     let cases = [
         (r#"{"kind":"sys.noop","priority":12}"#, "priority"),
         (r#"{"kind":"sys.noop","priority":-1}"#, "priority"),

@@ -182,15 +182,20 @@ pub(super) async fn run(
     }
 }
 
-/// Applies `op` to every id, reports each failure on stderr, prints how many succeeded.
-/// Fails (exit 3 if every failure was a missing job, else 1) when any id failed.
+/// Applies `op` to every id (once each: an id given twice is one job), reports each failure
+/// on stderr, prints how many succeeded. Fails (exit 3 if every failure was a missing job,
+/// else 1) when any id failed.
 async fn each<F, Fut>(ids: Vec<String>, verb: &str, op: F) -> Result<()>
 where
     F: Fn(JobId) -> Fut,
     Fut: Future<Output = Result<hopper_workers::Job, BrokerError>>,
 {
     let (mut done, mut missing, mut failed) = (0u64, 0u64, 0u64);
+    let mut seen = std::collections::HashSet::new();
     for id in ids {
+        if !seen.insert(id.clone()) {
+            continue;
+        }
         match op(JobId(id.clone())).await {
             Ok(_) => done += 1,
             Err(BrokerError::NotFound(_)) => {
