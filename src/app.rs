@@ -369,10 +369,16 @@ pub async fn serve(
     let (listener, stand_in) = stand_in(listener, &waiting, &started)?;
     let node = Node::start(settings, !no_workers, &shutdown, &hurry, &waiting).await;
     // The stand-in stops taking connections and finishes its answers before the API takes
-    // the port over (or the start failed).
+    // the port over (or the start failed): for [`STAND_IN_DRAIN`] at most, as a peer that
+    // sent half a request would hold it (and the API) for as long as it likes.
     started.cancel();
-    if stand_in.await.is_err() {
-        tracing::warn!("the stand-in answering while the broker was awaited panicked");
+    let mut stand_in = stand_in;
+    tokio::select! {
+        ended = &mut stand_in => if ended.is_err() {
+            tracing::warn!("the stand-in answering while the broker was awaited panicked");
+        },
+        () = tokio::time::sleep(STAND_IN_DRAIN) => stand_in.abort(),
+        () = shutdown.cancelled() => stand_in.abort(),
     }
     let node = node?;
     let mut state = AppState::new(
@@ -421,6 +427,10 @@ pub async fn serve(
     let stopped = node.stop(&shutdown).await;
     served.and(stopped)
 }
+
+/// How long the stand-in ([`stand_in`]) may take to finish its answers once the broker
+/// answered; its connections still open then are closed.
+const STAND_IN_DRAIN: Duration = Duration::from_secs(2);
 
 /// Answers on `listener`'s port from when `waiting` fires (the broker did not answer at once)
 /// until `started` does (`crate::api::starting`), on a second handle of the same socket;

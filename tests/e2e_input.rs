@@ -463,22 +463,33 @@ fn a_fixed_subscription_payload_its_kind_refuses_is_a_config_error() {
 async fn a_clients_job_on_the_maintenance_queue_is_refused() {
     let s = Scratch::with_config("");
     let (_d, api) = s.serve(&["--no-workers"]);
-    for body in [
-        json!({"kind": "sys.sleep", "queue": "hopper.maintenance", "payload": {"ms": 1}}),
-        json!({"kind": "hopper.retention", "queue": "hopper.maintenance",
-               "then": [{"kind": "sys.noop"}]}),
+    for (body, field) in [
+        (
+            json!({"kind": "sys.sleep", "queue": "hopper.maintenance", "payload": {"ms": 1}}),
+            "queue",
+        ),
+        (
+            json!({"kind": "hopper.retention", "queue": "hopper.maintenance",
+                   "then": [{"kind": "sys.noop"}]}),
+            "queue",
+        ),
         // Nor does Hopper's own kind run anywhere else, where nothing keeps it to one at a
-        // time.
-        json!({"kind": "hopper.retention", "queue": "default"}),
+        // time, nor as a chain's step.
+        (
+            json!({"kind": "hopper.retention", "queue": "default"}),
+            "queue",
+        ),
+        (
+            json!({"kind": "sys.noop", "then": [{"kind": "hopper.retention"}]}),
+            "kind",
+        ),
         // A schedule's tick keys are the schedules' own: a client holding one would skip
         // that tick, silently.
-        json!({"kind": "sys.noop", "unique_key": "schedule:nightly:1800000000000"}),
+        (
+            json!({"kind": "sys.noop", "unique_key": "schedule:nightly:1800000000000"}),
+            "unique_key",
+        ),
     ] {
-        let field = if body.get("unique_key").is_some() {
-            "unique_key"
-        } else {
-            "queue"
-        };
         let (st, answer) = api.enqueue(body.clone()).await;
         assert_eq!(st, 400, "{body}: {answer}");
         assert!(

@@ -647,6 +647,16 @@ async fn a_server_waiting_for_its_redis_answers_503_meanwhile() {
     assert!(ready.headers().contains_key("retry-after"));
     let (status, _) = api.call(reqwest::Method::GET, "/healthz", None).await;
     assert_eq!(status, 200);
+    assert_eq!(
+        ready.headers().get("connection").map(|v| v.as_bytes()),
+        Some(&b"close"[..]),
+        "each answer closes its connection"
+    );
+    // A peer that sent half a request and holds its connection does not keep the API from
+    // taking the port over.
+    let mut half = std::net::TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    std::io::Write::write_all(&mut half, b"GET /v1/jobs HTTP/1.1\r\nHost: x\r\n")
+        .expect("half a request");
 
     tokio::task::block_in_place(|| redis.launch());
     tokio::task::block_in_place(|| server.wait_log("listening on"));
@@ -655,6 +665,7 @@ async fn a_server_waiting_for_its_redis_answers_503_meanwhile() {
         .await;
     assert_eq!(status, 201, "{body}");
     server.assert_running();
+    drop(half);
 }
 
 /// A Redis that refuses the password is a setting that cannot work, not a broker that is

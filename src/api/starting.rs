@@ -13,11 +13,20 @@ use axum::routing::get;
 
 use super::error::ApiError;
 
-/// The stand-in's routes: `/healthz` as the API answers it, a 503 for everything else.
+/// The stand-in's routes: `/healthz` as the API answers it, a 503 for everything else; each
+/// answer closes its connection, so that none outlives the stand-in.
 pub fn router() -> Router {
     Router::new()
         .route("/healthz", get(super::healthz))
         .fallback(starting)
+        .layer(axum::middleware::map_response(close))
+}
+
+async fn close(mut response: Response) -> Response {
+    response
+        .headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    response
 }
 
 async fn starting() -> Response {

@@ -218,6 +218,12 @@ pub fn prepare_step(
             format!("every step of a chain runs on the chain's queue ({queue:?})"),
         )));
     }
+    if req.kind.starts_with("hopper.") {
+        return Err(named(FieldError::invalid(
+            "kind",
+            "a chain step may not be of Hopper's own kinds (hopper.*): run it on its own",
+        )));
+    }
     // The chain's queue, checked as the first step's was.
     if !client_may_use(queue, &req.kind) {
         return Err(named(FieldError::invalid(

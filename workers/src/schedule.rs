@@ -26,12 +26,12 @@ use tracing::{info, warn};
 use crate::broker::Broker;
 use crate::clock::Clock;
 use crate::field::FieldError;
+use crate::job::NewJob;
+use crate::time::Timestamp;
 
 /// What every schedule's tick key starts with: `schedule:<name>:<tick in ms>`, the unique key
 /// of the tick's job (a client's job may not take one: `hopper`'s submit refuses the prefix).
 pub const SCHEDULE_KEY_PREFIX: &str = "schedule:";
-use crate::job::NewJob;
-use crate::time::Timestamp;
 
 /// One periodic job.
 #[derive(Clone, Debug, PartialEq)]

@@ -2,8 +2,11 @@
 //! entry per queue the first time this process enqueues to it, after the enqueue script, so
 //! that a follower of the event log blocked on the queues' streams (`events.rs`,
 //! `wait_for_events`) wakes for a queue created while it waits instead of waiting out its
-//! timeout. A queue is announced once per process (again by each process, and after a
-//! restart): a few entries per queue, not one per enqueue.
+//! timeout. A queue is announced once per process (again by each process, after a restart,
+//! and after this process dropped it): a few entries per queue, not one per enqueue. A queue
+//! dropped by another process and enqueued to again by one that announced it before is not
+//! announced again: a follower then sees it at its next read of the log (at worst at the end
+//! of its wait, `events.rs`' `IDLE_WAIT`); its events are delayed, never lost.
 
 use redis::Cmd;
 
@@ -40,6 +43,14 @@ impl RedisBroker {
             .arg("q")
             .arg(queue);
         cmd
+    }
+
+    /// Forgets that `queue` was announced (its drop, by this process).
+    pub(super) fn forget_announced(&self, queue: &str) {
+        self.announced
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(queue);
     }
 
     /// Notes `names` as announced (their announcements were sent).

@@ -63,6 +63,8 @@
 
 use super::RedisBroker;
 use super::conn::poisoned;
+use crate::error::{BrokerError, BrokerResult};
+use crate::job::JobId;
 
 /// The queues, sorted, as a read of the event log listed them, and the id of the last entry
 /// of `newq` (see the module docs) when the same `MULTI` read it: a snapshot of both.
@@ -71,8 +73,6 @@ pub(super) struct Listing {
     pub(super) names: Vec<String>,
     pub(super) announced: Option<String>,
 }
-use crate::error::{BrokerError, BrokerResult};
-use crate::job::JobId;
 
 /// Refuses a prefix that would break the hash tag (braces) or the commands (spaces).
 pub(super) fn check_prefix(prefix: &str) -> BrokerResult<()> {

@@ -273,6 +273,9 @@ pub(super) async fn drop_queue(broker: &RedisBroker, queue: &str) -> BrokerResul
         .arg(queue)
         .ignore();
     broker.query_pipe::<()>(&pipe).await?;
+    // Enqueued to again by this process, the queue is new again: announced again, so that a
+    // follower waiting on the queues it listed before wakes for it (`announce.rs`).
+    broker.forget_announced(queue);
     Ok(ids.len() as u64)
 }
 
