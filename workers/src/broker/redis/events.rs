@@ -542,20 +542,17 @@ async fn settled_events(
     after: Option<(Pos, &str)>,
     limit: usize,
 ) -> BrokerResult<Vec<Event>> {
-    // The queues, and Redis' time just before they were listed: every queue with an entry
-    // older than that is among them (a queue is listed before its first event is written,
-    // `lifecycle.rs`).
-    let (mut names, mut listed_at) = {
-        let mut pipe = Pipe::new();
-        pipe.cmd("TIME");
-        pipe.cmd("SMEMBERS").arg(broker.queues_key());
-        let (time, names): (Vec<u64>, Vec<String>) = broker.query_pipe(&pipe).await?;
-        (sorted(names), server_ms(&time))
-    };
+    // The queues, and Redis' time just before they were listed.
+    let (mut listed_at, mut names) = time_then_queues(broker).await?;
     let mut again = false;
     loop {
+        // TIME in a round trip of its own, before the reads: a cluster runs a pipeline's
+        // commands of different nodes at once, so a TIME sent with the reads could be
+        // answered after one shard's read, and an entry that shard got in between, older
+        // than the cut-off, be passed by for good (a live stream lost events of other
+        // shards' queues a few milliseconds before those it handed out).
+        let time: Vec<u64> = broker.query(&redis::cmd("TIME")).await?;
         let mut pipe = Pipe::new();
-        pipe.cmd("TIME");
         read_streams(&mut pipe, broker, &names, after, limit);
         // The queues again, after TIME: one created since `names` were listed may hold an
         // entry older than one read here, which, handed out, would move the cursor past it
@@ -563,12 +560,7 @@ async fn settled_events(
         // after this listing has every entry after TIME.
         pipe.cmd("SMEMBERS").arg(broker.queues_key());
         let replies: Vec<Value> = broker.query_pipe(&pipe).await?;
-        let (listed, replies) = split_listing(&replies)?;
-        let (time, streams) = replies
-            .split_first()
-            .ok_or_else(|| corrupt("no reply to TIME"))?;
-        let time: Vec<u64> =
-            Vec::from_redis_value_ref(time).map_err(|e| corrupt(format!("TIME: {e}")))?;
+        let (listed, streams) = split_listing(&replies)?;
         let now_ms = server_ms(&time);
         let mut merged = merge(&names, streams, after)?;
         merged.truncate(limit);
@@ -626,16 +618,19 @@ async fn ordered_end(broker: &RedisBroker) -> BrokerResult<Option<Option<String>
     .await
 }
 
+/// Redis' time in ms, then the queues, sorted: every queue with an entry older than that time
+/// is among them (a queue is listed before its first event is written, `lifecycle.rs`). Two
+/// round trips, in that order: a cluster runs a pipeline's commands of different nodes at
+/// once, so the time sent with the listing could be answered after it.
+async fn time_then_queues(broker: &RedisBroker) -> BrokerResult<(u64, Vec<String>)> {
+    let time: Vec<u64> = broker.query(&redis::cmd("TIME")).await?;
+    Ok((server_ms(&time), broker.queue_names().await?))
+}
+
 /// [`events_end`] on a cluster (see [`settled_events`]): the newest entry of a finished
 /// millisecond.
 async fn settled_end(broker: &RedisBroker) -> BrokerResult<Option<String>> {
-    let (names, cutoff) = {
-        let mut pipe = Pipe::new();
-        pipe.cmd("TIME");
-        pipe.cmd("SMEMBERS").arg(broker.queues_key());
-        let (time, names): (Vec<u64>, Vec<String>) = broker.query_pipe(&pipe).await?;
-        (sorted(names), server_ms(&time))
-    };
+    let (cutoff, names) = time_then_queues(broker).await?;
     let Some(before) = cutoff.checked_sub(1) else {
         return Ok(None);
     };
