@@ -366,13 +366,12 @@ pub async fn serve(
     }
     let bus = settings.bus.clone();
     let (waiting, started) = (CancellationToken::new(), CancellationToken::new());
-    let (listener, stand_in) = stand_in(listener, &waiting, &started)?;
+    let (listener, mut stand_in) = stand_in(listener, &waiting, &started)?;
     let node = Node::start(settings, !no_workers, &shutdown, &hurry, &waiting).await;
     // The stand-in stops taking connections and finishes its answers before the API takes
     // the port over (or the start failed): for [`STAND_IN_DRAIN`] at most, as a peer that
     // sent half a request would hold it (and the API) for as long as it likes.
     started.cancel();
-    let mut stand_in = stand_in;
     tokio::select! {
         ended = &mut stand_in => if ended.is_err() {
             tracing::warn!("the stand-in answering while the broker was awaited panicked");

@@ -18,7 +18,7 @@ pub use hopper_workers::FieldError;
 use hopper_workers::Registry;
 use hopper_workers::handler::INPUT_KEY;
 use hopper_workers::job::{JobId, NewJob};
-use hopper_workers::retention::{client_may_use, maintenance_refusal, queue_for};
+use hopper_workers::retention::{client_may_use, is_hoppers_own, maintenance_refusal, queue_for};
 use hopper_workers::schedule::SCHEDULE_KEY_PREFIX;
 use hopper_workers::time::Timestamp;
 use serde_json::Value;
@@ -218,7 +218,7 @@ pub fn prepare_step(
             format!("every step of a chain runs on the chain's queue ({queue:?})"),
         )));
     }
-    if req.kind.starts_with("hopper.") {
+    if is_hoppers_own(&req.kind) {
         return Err(named(FieldError::invalid(
             "kind",
             "a chain step may not be of Hopper's own kinds (hopper.*): run it on its own",

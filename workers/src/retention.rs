@@ -34,7 +34,7 @@ pub fn client_may_use(queue: &str, kind: &str) -> bool {
 }
 
 /// Whether `kind` is one of Hopper's own (`hopper.*`).
-fn is_hoppers_own(kind: &str) -> bool {
+pub fn is_hoppers_own(kind: &str) -> bool {
     kind.starts_with("hopper.")
 }
 

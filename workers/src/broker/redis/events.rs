@@ -483,7 +483,7 @@ async fn in_one_transaction<T>(
     read: impl Fn(&mut Pipe, &[String]),
     answer: impl Fn(&[String], &[Value]) -> BrokerResult<T>,
 ) -> BrokerResult<Option<T>> {
-    let mut names = listing(broker).await?;
+    let mut names = listed_names(broker).await?;
     for _ in 0..ORDERED_TRIES {
         let mut pipe = Pipe::new();
         pipe.atomic();
@@ -502,16 +502,15 @@ async fn in_one_transaction<T>(
         let (announced, streams) = rest
             .split_last()
             .ok_or_else(|| corrupt("no reply to XREVRANGE"))?;
-        let snapshot = Listing {
+        let read_all = listed == names;
+        names.clone_from(&listed);
+        broker.set_listing(Listing {
             announced: Some(last_announcement(announced)?),
             names: listed,
-        };
-        if snapshot.names == names {
-            broker.set_listing(snapshot)?;
+        })?;
+        if read_all {
             return answer(&names, streams).map(Some);
         }
-        names.clone_from(&snapshot.names);
-        broker.set_listing(snapshot)?;
     }
     Ok(None)
 }
@@ -520,7 +519,7 @@ async fn in_one_transaction<T>(
 const ORDERED_TRIES: usize = 3;
 
 /// The queues the last read of the log listed, or, before any, the queues now.
-async fn listing(broker: &RedisBroker) -> BrokerResult<Vec<String>> {
+async fn listed_names(broker: &RedisBroker) -> BrokerResult<Vec<String>> {
     let names = broker.listing()?.names;
     if !names.is_empty() {
         return Ok(names);
