@@ -87,6 +87,29 @@ async fn bad_requests_are_refused_with_the_field_named() {
     assert_eq!(st, 413, "{resp}");
     assert!(resp["error"]["message"].is_string(), "{resp}");
 
+    // A body declared larger than the limit is refused on its headers, at once: not read up
+    // to the limit, nor waited for until the request times out (503 after 30 s).
+    let host = api.base.trim_start_matches("http://").to_owned();
+    let mut tcp = tokio::net::TcpStream::connect(&host).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(
+        &mut tcp,
+        b"POST /v1/jobs HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n\
+          Content-Length: 99999999999\r\n\r\n{\"kind\"",
+    )
+    .await
+    .unwrap();
+    let mut head = vec![0u8; 512];
+    let n = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        tokio::io::AsyncReadExt::read(&mut tcp, &mut head),
+    )
+    .await
+    .expect("answered before the request timed out")
+    .unwrap();
+    let head = String::from_utf8_lossy(&head[..n]);
+    assert!(head.starts_with("HTTP/1.1 413"), "{head}");
+    assert!(head.contains("payload_too_large"), "{head}");
+
     let (st, _) = api.post("/v1/jobs/no-such-id/cancel").await;
     assert_eq!(st, 404);
 
@@ -489,6 +512,16 @@ async fn a_clients_job_on_the_maintenance_queue_is_refused() {
             json!({"kind": "sys.noop", "unique_key": "schedule:nightly:1800000000000"}),
             "unique_key",
         ),
+        // Nor are a publish's (`publish:KEY:SUBSCRIPTION`): a job holding one answers that
+        // publish as a duplicate, and a job marked so dead makes no `job.dead` alert.
+        (
+            json!({"kind": "sys.noop", "unique_key": "publish:order-1:3f8b195963412583"}),
+            "unique_key",
+        ),
+        (
+            json!({"kind": "sys.noop", "then": [{"kind": "sys.noop", "unique_key": "publish:x"}]}),
+            "unique_key",
+        ),
     ] {
         let (st, answer) = api.enqueue(body.clone()).await;
         assert_eq!(st, 400, "{body}: {answer}");
@@ -499,6 +532,9 @@ async fn a_clients_job_on_the_maintenance_queue_is_refused() {
             "{body}: {answer}"
         );
     }
+    let out = s.cli(&["enqueue", "sys.noop", "--unique-key", "publish:order-1:x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--unique-key"), "{}", stderr(&out));
     // Run now by an operator, with no queue named, it goes on the maintenance queue.
     let (st, answer) = api.enqueue(json!({"kind": "hopper.retention"})).await;
     assert_eq!(st, 201, "{answer}");
@@ -537,6 +573,16 @@ async fn a_clients_job_on_the_maintenance_queue_is_refused() {
         (
             "[[schedule]]\nname = \"a\\tb\"\ncron = \"0 * * * * *\"\nkind = \"sys.noop\"\n",
             "schedule[0].name",
+        ),
+        // A queue no client may create (only dots: not nameable in a URL) is refused up front,
+        // not retried every tick or blamed on a publish's data.
+        (
+            "[[schedule]]\nname = \"t\"\ncron = \"0 * * * * *\"\nkind = \"sys.noop\"\nqueue = \"..\"\n",
+            "schedule[0].queue",
+        ),
+        (
+            "[[subscription]]\ntopic = \"a.b\"\nkind = \"sys.noop\"\nqueue = \".\"\n",
+            "subscription[0].queue",
         ),
     ] {
         let s = Scratch::with_config(table);

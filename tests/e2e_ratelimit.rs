@@ -164,3 +164,20 @@ fn a_bad_rate_is_refused_naming_the_key() {
     assert_ne!(out.status.code(), Some(0), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stderr).contains("server.rate_limit_burst"));
 }
+
+/// A burst without a rate limits nothing: refused, naming both keys, rather than taken quietly
+/// by someone who believes the API is limited.
+#[test]
+fn a_burst_without_a_rate_is_refused() {
+    for rate in ["", "rate_limit = \"off\"\n"] {
+        let s = Scratch::new();
+        s.write_config_with_server(&format!("{rate}rate_limit_burst = 50\n"), "");
+        let out = s.cli(&["check-config"]);
+        assert_eq!(out.status.code(), Some(2), "{rate}: {out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("server.rate_limit_burst") && err.contains("server.rate_limit"),
+            "{rate}: {err}"
+        );
+    }
+}

@@ -11,7 +11,7 @@ use super::{ApiError, AppState};
 use crate::notify::circuits::open_circuits;
 
 /// `GET /v1/circuits`: `{"circuits": [circuit, ...]}`, by endpoint.
-#[utoipa::path(get, path = "/circuits", tag = "notifications",
+#[utoipa::path(get, path = "/circuits", tag = "notifications", operation_id = "list_circuits",
     responses((status = 200, description = "The open and half-open circuits of notification endpoints", body = CircuitList)))]
 pub async fn list(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let circuits = open_circuits(&*st.broker).await?;

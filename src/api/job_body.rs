@@ -92,7 +92,9 @@ fn fields(m: &mut Map<String, Value>) -> Result<EnqueueRequest, FieldError> {
         req.timeout = Some(duration(v, "timeout")?);
     }
     if let Some(v) = take(m, "unique_key") {
-        req.unique_key = Some(string(v, "unique_key")?);
+        let key = string(v, "unique_key")?;
+        crate::service::submit::check_client_unique_key(&key)?;
+        req.unique_key = Some(key);
     }
     if let Some(key) = m.keys().next() {
         return Err(FieldError::with_code(

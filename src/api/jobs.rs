@@ -96,7 +96,7 @@ pub async fn get_one(
 
 /// `GET /v1/jobs?queue=&state=&kind=&limit=&cursor=&brief=`: a page, newest first; `brief=true`
 /// leaves the jobs' payloads and results out.
-#[utoipa::path(get, path = "/jobs", tag = "jobs", params(ListQuery),
+#[utoipa::path(get, path = "/jobs", tag = "jobs", operation_id = "list_jobs", params(ListQuery),
     responses(
         (status = 200, description = "A page of jobs, newest first", body = JobPageDoc),
         (status = 400, description = "`invalid_field`, `unknown_field`, `invalid_query`: \

@@ -100,7 +100,7 @@ pub async fn subscribe(
 }
 
 /// `GET /v1/users/{id}/push-subscriptions`.
-#[utoipa::path(get, path = "/users/{user}/push-subscriptions", tag = "notifications",
+#[utoipa::path(get, path = "/users/{user}/push-subscriptions", tag = "notifications", operation_id = "list_push_subscriptions",
     params(("user" = String, Path, description = "The user's id (a JWT's `sub`)")),
     security(("bearer" = [])),
     responses(

@@ -11,7 +11,7 @@ use super::openapi::WorkerList;
 use super::{ApiError, AppState};
 
 /// `GET /v1/workers`: `{"workers": [node, ...]}`, sorted by host and pid.
-#[utoipa::path(get, path = "/workers", tag = "workers",
+#[utoipa::path(get, path = "/workers", tag = "workers", operation_id = "list_workers",
     responses((status = 200, description = "Every worker node heard from in the last minute", body = WorkerList)))]
 pub async fn list(State(st): State<AppState>) -> Result<Json<Value>, ApiError> {
     let nodes = st.broker.nodes().await?;

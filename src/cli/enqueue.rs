@@ -12,7 +12,7 @@ use super::inspect::{eprint_line, service};
 use super::{CliError, EnqueueArgs};
 use crate::config::Settings;
 use crate::out;
-use crate::service::submit::Start;
+use crate::service::submit::{Start, check_client_unique_key};
 use crate::service::{EnqueueRequest, SubmitError};
 
 /// A JSON flag's value (`--payload`, `--then`'s, `publish --data`), given inline or as
@@ -47,6 +47,11 @@ pub(super) async fn run(
         return Err(CliError::Usage("give a KIND, or --file PATH".into()).into());
     };
     let payload = read_payload(args.payload.as_deref(), "--payload")?;
+    if let Some(key) = &args.unique_key
+        && let Err(e) = check_client_unique_key(key)
+    {
+        return Err(CliError::Usage(format!("--unique-key: {}", e.message)).into());
+    }
     let first = EnqueueRequest {
         queue: args.queue,
         priority: args.priority,

@@ -12,8 +12,8 @@ use hopper_workers::retry::RetryPolicy;
 use hopper_workers::schedule::{self, Schedule};
 
 use super::{
-    Config, ConfigError, MAINTENANCE_QUEUE, MAX_BATCH, QueueConfig, ScheduleConfig, queue_entry,
-    shown_url,
+    Config, ConfigError, MAINTENANCE_QUEUE, MAX_BATCH, QueueConfig, RateLimit, ScheduleConfig,
+    queue_entry, shown_url,
 };
 
 /// The longest `[[schedule]] name`, in bytes: `schedule:NAME` must fit a broker cursor name.
@@ -148,6 +148,14 @@ impl Config {
         }
         if self.server.rate_limit_burst == Some(0) {
             p.push("server.rate_limit_burst: must be at least 1".into());
+        } else if self.server.rate_limit_burst.is_some() && self.server.rate_limit == RateLimit::Off
+        {
+            // A burst of no rate limits nothing: whoever set it believes the API is limited.
+            p.push(
+                "server.rate_limit_burst: set while server.rate_limit is \"off\"; set a \
+                 rate_limit too, or remove the burst"
+                    .into(),
+            );
         }
         if self.server.ws_ping_interval < Duration::from_secs(1) {
             // Faster pings would drop healthy clients on a busy network for nothing.
@@ -470,6 +478,9 @@ impl Config {
 pub(crate) fn job_queue_problem(queue: &str, kind: &str) -> Option<String> {
     if !valid_name(queue) {
         Some(format!("{queue:?} is not a valid queue name"))
+    } else if let Err(e) = hopper_workers::job::check_new_queue(queue) {
+        // Only dots: the queue could not be named in a URL, and no job is made on it.
+        Some(format!("{queue:?} {}", e.message))
     } else if !hopper_workers::retention::client_may_use(queue, kind) {
         Some(hopper_workers::retention::maintenance_refusal(kind))
     } else {

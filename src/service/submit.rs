@@ -98,6 +98,26 @@ impl EnqueueRequest {
     }
 }
 
+/// Refuses a unique key a client may not give: one of the bus's marks (`publish:KEY:ID`, see
+/// [`crate::bus::KEY_PREFIX`]). A job holding one would answer that publish as a duplicate, so
+/// its subscription's job would never be made, and a job so marked that died would make no
+/// `job.dead` alert. Called where a client's job comes in (`POST /v1/jobs`, its batch, `hopper
+/// enqueue`), not in [`prepare`], which the bus's own jobs go through. The schedules' prefix
+/// is refused in [`prepare`], which their jobs never go through.
+pub fn check_client_unique_key(key: &str) -> Result<(), FieldError> {
+    if key.starts_with(crate::bus::KEY_PREFIX) {
+        return Err(FieldError::invalid(
+            "unique_key",
+            format!(
+                "keys starting with {:?} are the event bus's own (one a publish and \
+                 subscription)",
+                crate::bus::KEY_PREFIX
+            ),
+        ));
+    }
+    Ok(())
+}
+
 /// Checks `req` against `registry` and the engine's rules, filling defaults (`max_retries`
 /// from `[retry]`). `now` anchors a delay.
 pub fn prepare(

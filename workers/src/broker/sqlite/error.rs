@@ -1,10 +1,10 @@
 //! How SQLite failures become [`BrokerError`]s.
 //!
 //! It owns [`Fail`], what every closure run on a connection fails with, and the one rule that
-//! sorts SQLite errors: a busy or locked database is `Unavailable` (another process holds the
-//! write lock; worth retrying), anything else is `Backend`. It does not own the failures of a
-//! whole write batch, which the writer thread reports (`super::writer::BatchFailure`, built on
-//! [`is_busy`]). Everything here is private to the broker so that no rusqlite type reaches a
+//! sorts SQLite errors: a busy or locked database (another process holds the write lock), a full
+//! disk or a file that cannot be written is `Unavailable` (worth retrying once fixed), anything
+//! else is `Backend`. It does not own the failures of a whole write batch, which the writer
+//! thread reports (`super::writer::BatchFailure`, built on [`is_unavailable`]). Everything here is private to the broker so that no rusqlite type reaches a
 //! public signature.
 
 use rusqlite::ErrorCode;
@@ -60,8 +60,20 @@ pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
     )
 }
 
+/// A failure the operator fixes and the caller should wait out, as it does a broker it cannot
+/// reach: the database is busy, its disk is full, or it cannot be written (a read-only file or
+/// directory). Answered 503 `broker_unavailable` with SQLite's reason, and retried by the
+/// pool (a completion is kept until it can be written), never 500 "internal".
+pub(super) fn is_unavailable(e: &rusqlite::Error) -> bool {
+    is_busy(e)
+        || matches!(
+            e.sqlite_error_code(),
+            Some(ErrorCode::DiskFull | ErrorCode::ReadOnly)
+        )
+}
+
 pub(super) fn sql_error(e: rusqlite::Error) -> BrokerError {
-    if is_busy(&e) {
+    if is_unavailable(&e) {
         BrokerError::Unavailable(Box::new(e))
     } else {
         BrokerError::Backend(Box::new(e))
@@ -85,6 +97,13 @@ mod tests {
             None,
         );
         assert!(matches!(sql_error(busy), BrokerError::Unavailable(_)));
+        for code in [rusqlite::ffi::SQLITE_FULL, rusqlite::ffi::SQLITE_READONLY] {
+            let e = rusqlite::Error::SqliteFailure(rusqlite::ffi::Error::new(code), None);
+            assert!(
+                matches!(sql_error(e), BrokerError::Unavailable(_)),
+                "{code}"
+            );
+        }
         let other = rusqlite::Error::QueryReturnedNoRows;
         assert!(matches!(sql_error(other), BrokerError::Backend(_)));
     }

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::error::{Fail, is_busy};
+use super::error::{Fail, is_unavailable};
 use super::sql;
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
@@ -107,7 +107,7 @@ impl BatchFailure {
     /// A failed transaction statement (`what`); busy stays busy, so the caller may retry.
     fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Self {
         move |e| Self {
-            busy: is_busy(&e),
+            busy: is_unavailable(&e),
             message: format!("{what}: {e}"),
         }
     }
