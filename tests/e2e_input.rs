@@ -341,6 +341,8 @@ async fn a_repeated_query_parameter_is_refused() {
         ("/v1/jobs?limit=1&queue=default&limit=5", "limit"),
         ("/v1/events?limit=1&limit=2", "limit"),
         ("/v1/events?since=1&since=2", "since"),
+        ("/v1/notifications?since=1&since=2", "since"),
+        ("/v1/notifications?token=a&since=1&token=b", "token"),
     ] {
         let (st, body) = api.call(reqwest::Method::GET, path, None).await;
         assert_eq!(st, 400, "{path}: {body}");

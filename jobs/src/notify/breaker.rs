@@ -333,10 +333,18 @@ fn show_circuit(endpoint: &str, open: bool) {
 /// `/services/T…/B…/XXXX`, `?token=`) and push endpoints are capability URLs, so neither is
 /// ever shown whole; the hash still tells two endpoints of one host apart.
 pub fn label(endpoint: &str) -> String {
-    let digest = Sha256::digest(endpoint.as_bytes());
+    // One URL however it is written: the scheme and host in any case, a fragment (never sent)
+    // or none. The hash is of the URL as parsed, so the same endpoint listed twice in two
+    // spellings is one endpoint (delivered once, one circuit).
+    let parsed = url::Url::parse(endpoint).ok().map(|mut u| {
+        u.set_fragment(None);
+        u
+    });
+    let key = parsed.as_ref().map_or(endpoint, url::Url::as_str);
+    let digest = Sha256::digest(key.as_bytes());
     let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
-    match url::Url::parse(endpoint) {
-        Ok(u) if u.host_str().is_some() => {
+    match parsed {
+        Some(u) if u.host_str().is_some() => {
             let origin = u.origin().ascii_serialization();
             if (u.path().is_empty() || u.path() == "/") && u.query().is_none() {
                 origin
@@ -362,5 +370,13 @@ mod label_tests {
         assert!(!label("https://h.example/in?token=abc").contains("abc"));
         assert_eq!(label("https://push.example"), "https://push.example");
         assert!(label("not a url").starts_with("endpoint#"));
+        // One endpoint, however it is spelled.
+        let hook = label("http://127.0.0.1:18410/hook/SECRETPATH");
+        for same in [
+            "HTTP://127.0.0.1:18410/hook/SECRETPATH",
+            "http://127.0.0.1:18410/hook/SECRETPATH#frag",
+        ] {
+            assert_eq!(label(same), hook, "{same}");
+        }
     }
 }

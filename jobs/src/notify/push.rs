@@ -187,6 +187,11 @@ fn parse_key(text: &str) -> Option<SecretKey> {
         .decode(text.trim_end_matches('='))
         .ok()
         .or_else(|| base64::engine::general_purpose::STANDARD.decode(text).ok())?;
+    // Exactly the 32 bytes of a P-256 scalar: `from_slice` pads 24 to 31 bytes with zeros,
+    // which took a truncated key for another one and signed every push with it.
+    if raw.len() != 32 {
+        return None;
+    }
     SecretKey::from_slice(&raw).ok()
 }
 
@@ -268,6 +273,13 @@ mod tests {
             );
         }
         assert!(parse_key("not a key").is_none());
+        // A raw key cut short is no key, not the short bytes padded to 32.
+        for len in [24, 31, 33] {
+            assert!(
+                parse_key(&B64.encode(vec![1u8; len])).is_none(),
+                "{len} bytes"
+            );
+        }
     }
 
     #[test]

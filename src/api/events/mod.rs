@@ -56,6 +56,7 @@ pub const PROTOCOL: &str = "hopper";
         `{\"type\": \"lagged\", \"resume\"}` frame to a client that fell behind.",
     security(("bearer" = []), ("query_token" = [])),
     responses(
+        (status = 101, description = "Switching to the WebSocket (an upgrade request)"),
         (status = 200, description = "One page of the event log", body = EventPageDoc),
         (status = 400, description = "`invalid_parameter`: `field` names the parameter; an \
             event id the broker never issued as `since`", body = ErrorBody),

@@ -20,6 +20,7 @@
 mod hub;
 mod stream;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::WebSocketUpgrade;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
@@ -49,6 +50,33 @@ pub struct NotificationsQuery {
     pub since: Option<String>,
 }
 
+impl NotificationsQuery {
+    /// The query's two parameters, each given at most once: a repeated `since` or `token`
+    /// would be a guess at which counts, refused naming it as `GET /v1/jobs` refuses one (the
+    /// layer `unread_query` refuses the parameters this route does not read).
+    fn read(query: Result<Query<Vec<(String, String)>>, QueryRejection>) -> Result<Self, ApiError> {
+        let Query(params) = query
+            .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "invalid_query", e.body_text()))?;
+        let mut out = Self::default();
+        for (key, value) in params {
+            let slot = match key.as_str() {
+                "token" => &mut out.token,
+                "since" => &mut out.since,
+                _ => continue,
+            };
+            if slot.is_some() {
+                return Err(ApiError::field(
+                    "invalid_field",
+                    key,
+                    "given more than once; it takes one value",
+                ));
+            }
+            *slot = Some(value);
+        }
+        Ok(out)
+    }
+}
+
 /// `GET /v1/notifications`.
 #[utoipa::path(get, path = "/notifications", tag = "notifications", params(NotificationsQuery),
     description = "A WebSocket (subprotocol `hopper`) streaming the notifications of the user \
@@ -73,10 +101,11 @@ pub struct NotificationsQuery {
     ))]
 pub async fn notifications(
     State(st): State<AppState>,
-    Query(query): Query<NotificationsQuery>,
+    query: Result<Query<Vec<(String, String)>>, QueryRejection>,
     headers: HeaderMap,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
+    let query = NotificationsQuery::read(query)?;
     let Some(verifier) = st.jwt.clone() else {
         return Err(ApiError::new(
             StatusCode::NOT_FOUND,
