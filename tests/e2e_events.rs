@@ -177,6 +177,39 @@ async fn bad_filters_are_400_naming_the_parameter_before_the_upgrade() {
     }
 }
 
+/// A client that closes gets the server's Close frame back (RFC 6455 5.5.1), on the events
+/// and the notifications stream: a browser whose closing handshake goes unanswered reports
+/// code 1006, an abnormal closure, for a close it asked for itself.
+#[tokio::test]
+async fn a_close_from_the_client_is_answered_with_a_close() {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let s = Scratch::with_config(crate::util::inbox_client::AUTH);
+    let (_d, api) = s.serve(&["--no-workers"]);
+    let mut sockets = vec![connect(&ws_url(&api.base, "")).await];
+    sockets.push(crate::util::inbox_client::connect_as(&api, "u1", "").await);
+    for mut ws in sockets {
+        ws.send(Message::Close(None)).await.unwrap();
+        let answer = tokio::time::timeout(wait::DEADLINE, async {
+            loop {
+                match ws.next().await {
+                    Some(Ok(Message::Close(_))) => return Ok(()),
+                    Some(Ok(_)) => {}
+                    other => return Err(format!("{other:?}")),
+                }
+            }
+        })
+        .await
+        .expect("an answer before the deadline");
+        assert!(
+            answer.is_ok(),
+            "no Close frame came back: {}",
+            answer.unwrap_err()
+        );
+    }
+}
+
 #[tokio::test]
 async fn without_a_valid_token_the_socket_closes_with_4001() {
     let s = Scratch::with_config("[auth]\ntokens = [\"s3cret\"]\n");

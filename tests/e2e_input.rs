@@ -264,6 +264,9 @@ fn bad_cli_values_exit_2() {
         &["retry", "--all-dead", "--queue", "a b"],
         &["tail", "--queue", "a b"],
         &["tail", "--kind", ""],
+        // A file that cannot be read, as `--payload @FILE`'s.
+        &["enqueue", "--file", "/no/such/jobs.ndjson"],
+        &["enqueue", "--file", "/"],
     ] {
         let out = s.cli(args);
         assert_eq!(out.status.code(), Some(2), "{args:?}: {out:?}");
@@ -669,6 +672,25 @@ async fn a_foreign_last_event_id_is_refused_naming_the_header() {
     // Refused like the route's other parameters (it was `invalid_field`, unlike the rest and
     // the OpenAPI document).
     assert_eq!(body["error"]["code"], "invalid_parameter", "{body}");
+    // Not text, or sent twice: no cursor either, refused the same way (it was ignored, and
+    // the stream started from now).
+    let twice = [("Last-Event-ID", "1"), ("Last-Event-ID", "2")];
+    let latin1 = reqwest::header::HeaderValue::from_bytes(b"caf\xe9").unwrap();
+    for headers in [twice.to_vec(), vec![]] {
+        let mut req = reqwest::Client::new()
+            .get(format!("{}/v1/events", api.base))
+            .header("Accept", "text/event-stream");
+        if headers.is_empty() {
+            req = req.header("Last-Event-ID", latin1.clone());
+        }
+        for (k, v) in headers {
+            req = req.header(k, v);
+        }
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status(), 400);
+        let body: Value = res.json().await.unwrap();
+        assert_eq!(body["error"]["field"], "Last-Event-ID", "{body}");
+    }
     let (status, body) = api
         .call(
             reqwest::Method::GET,

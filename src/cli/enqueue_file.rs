@@ -35,10 +35,17 @@ pub(super) async fn run(path: &str, settings: &Settings, broker: Arc<dyn Broker>
     let (input, size): (Box<dyn AsyncBufRead + Unpin + Send>, Option<u64>) = if path == "-" {
         (Box::new(BufReader::new(tokio::io::stdin())), None)
     } else {
+        // A file that cannot be read is the caller's to fix, exit 2 as `--payload @FILE`'s.
+        let unreadable =
+            |why: String| CliError::Usage(format!("--file: cannot read {path}: {why}"));
         let file = tokio::fs::File::open(path)
             .await
-            .with_context(|| format!("opening {path}"))?;
-        let size = file.metadata().await.ok().map(|m| m.len());
+            .map_err(|e| unreadable(e.to_string()))?;
+        let meta = file.metadata().await.ok();
+        if meta.as_ref().is_some_and(std::fs::Metadata::is_dir) {
+            return Err(unreadable("it is a directory".into()).into());
+        }
+        let size = meta.map(|m| m.len());
         (Box::new(BufReader::with_capacity(1 << 16, file)), size)
     };
     let mut run = Run {

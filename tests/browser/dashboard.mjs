@@ -278,6 +278,23 @@ try {
   await page.goBack();
   await row(sleeper).waitFor();
 
+  step("a chain's first step, finished: its page follows the later steps as they run");
+  {
+    const chain = await api('POST', '/v1/jobs', {
+      kind: 'sys.noop', payload: {},
+      then: [{ kind: 'sys.sleep', payload: { ms: 1500 } }, { kind: 'sys.noop', payload: {} }],
+    });
+    const first = chain.id;
+    await page.goto(`${base}/#/jobs/${encodeURIComponent(first)}`);
+    // Its own page stops polling once it has finished: only the steps' events move the list.
+    const steps = page.locator(`#job-view[data-id="${first}"] ol.steps li`);
+    await steps.nth(2).waitFor();
+    await page.locator(`#job-view[data-id="${first}"] ol.steps li:nth-child(3) .badge[data-state="succeeded"]`).waitFor();
+    await page.locator(`#job-view[data-id="${first}"] ol.steps li:nth-child(2) .badge[data-state="succeeded"]`).waitFor();
+    await page.goto(`${base}/#/`);
+    await row(sleeper).waitFor();
+  }
+
   step("a delayed job's page says why it is not running (the API's waiting reason)");
   {
     const later = (await api('POST', '/v1/jobs', { kind: 'sys.noop', payload: {}, delay: '1h' })).id;

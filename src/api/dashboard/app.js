@@ -13,6 +13,7 @@ const POLL_MS = 1000;           // jobs list and job page without the stream
 const QUEUES_POLL_MS = 2000;    // queue counts without the stream
 const LIVE_SAFETY_MS = 10000;   // with the stream, a full refresh now and then all the same
 const SPARK_SAMPLES = 60;
+const SPARK_MS = 5000;          // one sample every 5 s: the sparkline spans the last 5 minutes
 const TOKEN_KEY = 'hopper.token';
 
 import { EventStream } from './stream.js';
@@ -185,9 +186,23 @@ function fetched() {
 }
 
 const refreshQueues = single(async () => {
+  lastQueues = Date.now();
   const body = await api('GET', '/v1/queues');
   fetched();
   state.queues = body.queues || [];
+  // A queue seen for the first time starts its sparkline at once; later samples are the
+  // clock's (`sampleSpark`).
+  for (const q of state.queues) {
+    if (!state.spark.has(q.queue)) state.spark.set(q.queue, [q.processed_last_minute || 0]);
+  }
+  schedule(renderQueues);
+});
+
+// The sparkline's samples, taken on a clock (`tick`, every SPARK_MS) from the counts last
+// fetched: one sample a refresh, as before, put time on the x-axis only when refreshes were
+// regular, and they follow events (every 300 ms when busy, every few seconds when idle), so a
+// short burst was drawn as a long plateau.
+function sampleSpark() {
   for (const q of state.queues) {
     const s = state.spark.get(q.queue) || [];
     s.push(q.processed_last_minute || 0);
@@ -195,10 +210,11 @@ const refreshQueues = single(async () => {
     state.spark.set(q.queue, s);
   }
   schedule(renderQueues);
-});
+}
 
 // The open circuits; a server without the route (404) has none to show.
 const refreshCircuits = single(async () => {
+  lastCircuits = Date.now();
   try {
     const body = await api('GET', '/v1/circuits');
     state.circuits = body.circuits || [];
@@ -221,6 +237,7 @@ function listQuery() {
 
 const refreshJobs = single(async () => {
   if (state.route.view !== 'list') return;
+  lastList = Date.now();
   const query = listQuery();
   const page = await api('GET', `/v1/jobs?${query}`);
   fetched();
@@ -235,6 +252,7 @@ const refreshJobs = single(async () => {
 
 const refreshJob = single(async () => {
   if (state.route.view !== 'job') return;
+  lastList = Date.now();
   const id = state.route.id;
   try {
     const job = await api('GET', `/v1/jobs/${encodeURIComponent(id)}`);
@@ -679,7 +697,8 @@ function onEvent(ev) {
   // refreshes until the safety tick.
   onCounts();
   if (state.route.view === 'list' && shownInList(ev)) onListChange();
-  if (state.job && state.job.id === ev.job_id) onJobChange();
+  // The job page shows its chain's steps too: a later step's change is the page's.
+  if (state.job && (state.job.id === ev.job_id || (state.job.steps || []).some((s) => s.id === ev.job_id))) onJobChange();
 }
 
 /** Whether `ev` may change the page of jobs shown: a job of another queue or kind cannot. */
@@ -694,15 +713,23 @@ const onJobChange = coalesce(() => refreshJob(), 200);
 
 // ---------------------------------------------------------------- the clock
 
+// When the counts and the list (or job) were last asked for, by whatever asked (the route, the
+// stream's opening, an event, this clock): the clock asks only when nothing else did lately,
+// not a third time as the page opens.
 let lastQueues = 0;
 let lastList = 0;
+let lastCircuits = 0;
+let lastSpark = Date.now();
 function tick() {
-  if (document.hidden) return;
   const now = Date.now();
+  // Sampled while hidden too: the x-axis stays time.
+  if (now - lastSpark >= SPARK_MS) { lastSpark = now; sampleSpark(); }
+  if (document.hidden) return;
   const every = stream.live ? LIVE_SAFETY_MS : POLL_MS;
-  if (now - lastQueues >= (stream.live ? LIVE_SAFETY_MS / 2 : QUEUES_POLL_MS)) { lastQueues = now; refreshQueues(); refreshCircuits(); }
+  const countsEvery = stream.live ? LIVE_SAFETY_MS / 2 : QUEUES_POLL_MS;
+  if (now - lastQueues >= countsEvery) refreshQueues();
+  if (now - lastCircuits >= countsEvery) refreshCircuits();
   if (now - lastList >= every) {
-    lastList = now;
     if (state.route.view === 'list') refreshJobs();
     else if (state.job && !FINAL.has(state.job.state)) refreshJob();
   }

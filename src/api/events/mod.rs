@@ -76,11 +76,19 @@ pub async fn events(
     // and all, and sends the last id it received in the header, which is the newer position
     // (taking `since` replayed everything it already had).
     let mut since_field = "since";
-    let last_event_id = headers
-        .get("last-event-id")
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| !v.is_empty());
-    if sse && let Some(id) = last_event_id {
+    // Sent twice, or not text, it cannot be a cursor this server issued: refused like a
+    // foreign one, not ignored (which started the stream from now, losing what the client
+    // missed).
+    let mut ids = headers.get_all("last-event-id").iter();
+    let last_event_id = match (sse, ids.next(), ids.next()) {
+        (false, ..) | (true, None, _) => None,
+        (true, Some(v), None) => match v.to_str() {
+            Ok(v) => Some(v).filter(|v| !v.is_empty()),
+            Err(_) => return Err(bad_last_event_id("is not text")),
+        },
+        (true, Some(_), Some(_)) => return Err(bad_last_event_id("is sent more than once")),
+    };
+    if let Some(id) = last_event_id {
         query.since = Some(id.to_owned());
         since_field = "Last-Event-ID";
     }
@@ -178,6 +186,15 @@ fn admit(st: &AppState) -> Result<hub::Admitted, ApiError> {
                 ),
             )
         })
+}
+
+/// A `Last-Event-ID` header that cannot be a cursor: 400 `invalid_parameter` naming it.
+fn bad_last_event_id(why: &str) -> ApiError {
+    ApiError::field(
+        "invalid_parameter",
+        "Last-Event-ID",
+        format!("{why}; send the id of the last event received, once"),
+    )
 }
 
 fn accepts_sse(headers: &HeaderMap) -> bool {

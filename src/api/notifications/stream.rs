@@ -206,7 +206,14 @@ pub async fn run(socket: WebSocket, s: Session) {
             }
             incoming = rx_peer.next() => match incoming {
                 Some(Ok(Message::Pong(_))) => unanswered = 0,
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                // The peer closes: tungstenite has queued the answering Close frame, which
+                // goes out with a flush (returning at once dropped it, and a browser reported
+                // 1006, an abnormal closure, for the close it asked for).
+                Some(Ok(Message::Close(_))) => {
+                    let _ = tokio::time::timeout(patience, tx.flush()).await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => {
