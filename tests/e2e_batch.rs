@@ -238,8 +238,9 @@ fn enqueue_file(s: &Scratch) {
     );
     assert_eq!(s.cli_counts("h")["queued"], 2003);
 
+    // A file that cannot be read is the caller's to fix: exit 2, as `--payload @FILE`.
     let out = s.cli(&["enqueue", "--file", "missing.ndjson"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
 
     // `-` reads stdin.
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_hopper"))

@@ -29,7 +29,8 @@
 //! A query parameter a route does not read is refused (`unread_query`).
 //!
 //! `[server] rate_limit` is [`rate_limit`]'s: one layer around `/v1`, per token or address.
-//! [`stall`] closes a connection whose peer stops reading (a write blocked too long).
+//! [`stall`] closes a connection whose peer stops reading (a write blocked too long), or
+//! leaves a request unfinished (its bytes unanswered too long).
 //! [`starting`] answers on the port while the node waits for its broker at start.
 //!
 //! `GET /metrics` (Prometheus text, `crate::metrics`) asks for the same bearer token as

@@ -1,25 +1,46 @@
-//! Accepted connections whose peer stops reading are closed: a write that stays blocked for
-//! the patience given (two `[server] ws_ping_interval`s) fails the connection.
+//! Accepted connections that stall are closed: a peer that stops reading, and a peer that
+//! starts a request and never finishes it.
 //!
 //! A stream (SSE, or a WebSocket after its upgrade, which keeps the same socket) to a client
 //! that reads nothing fills the kernel's buffers, and then every write waits. The streams give
 //! up on such a client themselves (their place under `max_connections` freed), but hyper
 //! polls no response body while the socket is blocked and has no write timeout of its own:
 //! the connection, its buffered frames and its socket stayed until the peer went away. Here
-//! the socket's writes time out (`tokio-io-timeout`), which ends the connection. Reads and an
-//! idle connection (nothing to write) are not timed: keep-alive and long polls are not cut.
+//! the socket's writes time out (`tokio-io-timeout`) after the patience given (two `[server]
+//! ws_ping_interval`s), which ends the connection.
+//!
+//! The other way round, hyper (as `axum::serve` runs it: no timer) waits for a request's
+//! headers for ever, so a peer sending half a request (or a byte now and then) held its
+//! connection and socket as long as it liked. Here a connection that has sent bytes the
+//! server has not answered within [`answer_patience`] is closed: every request is answered
+//! within the API's 30 s timeout once its headers are in, a stream writes at least every ping
+//! interval, and an idle connection (nothing sent, nothing owed) is not timed, so keep-alive
+//! and long streams are not cut.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::serve::Listener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::time::{Instant, Sleep};
 use tokio_io_timeout::TimeoutStream;
 
-/// A listener whose connections time out a write blocked for longer than `patience`. Wrap it
-/// in axum's `tap_io` (with [`no_delay`]): the peer's address as `ConnectInfo` comes from
-/// that outer layer.
+use super::REQUEST_TIMEOUT;
+
+/// How long a connection may go from sending bytes to getting some back: past the API's
+/// request timeout (a request whose headers are in is answered by then), and past two ping
+/// intervals (a stream writes a ping or a frame at least once an interval).
+pub fn answer_patience(patience: Duration) -> Duration {
+    (REQUEST_TIMEOUT + Duration::from_secs(10)).max(patience + Duration::from_secs(10))
+}
+
+/// A listener whose connections time out a write blocked for longer than `patience`, and a
+/// peer's bytes left unanswered for [`answer_patience`]. Wrap it in axum's `tap_io` (with
+/// [`no_delay`]): the peer's address as `ConnectInfo` comes from that outer layer.
 pub struct StallGuard<L> {
     inner: L,
     patience: Duration,
@@ -32,25 +53,180 @@ impl<L> StallGuard<L> {
 }
 
 /// [`super::no_delay`] for a guarded connection.
-pub fn no_delay(io: &mut Pin<Box<TimeoutStream<TcpStream>>>) {
-    super::no_delay(io.as_mut().get_pin_mut().get_mut());
+pub fn no_delay(io: &mut Guarded<Pin<Box<TimeoutStream<TcpStream>>>>) {
+    super::no_delay(io.io.as_mut().get_pin_mut().get_mut());
 }
 
 impl<L> Listener for StallGuard<L>
 where
     L: Listener<Io = TcpStream>,
 {
-    type Io = Pin<Box<TimeoutStream<TcpStream>>>;
+    type Io = Guarded<Pin<Box<TimeoutStream<TcpStream>>>>;
     type Addr = L::Addr;
 
     async fn accept(&mut self) -> (Self::Io, Self::Addr) {
         let (io, addr) = self.inner.accept().await;
         let mut io = TimeoutStream::new(io);
         io.set_write_timeout(Some(self.patience));
-        (Box::pin(io), addr)
+        (
+            Guarded::new(Box::pin(io), answer_patience(self.patience)),
+            addr,
+        )
     }
 
     fn local_addr(&self) -> io::Result<Self::Addr> {
         self.inner.local_addr()
+    }
+}
+
+/// A connection that fails its reads once the peer's bytes have gone unanswered (nothing
+/// written since they came) for `patience`.
+pub struct Guarded<T> {
+    io: T,
+    patience: Duration,
+    /// Armed by the first bytes read after the last write, cleared by the next write.
+    deadline: Option<Pin<Box<Sleep>>>,
+}
+
+impl<T> Guarded<T> {
+    pub fn new(io: T, patience: Duration) -> Self {
+        Self {
+            io,
+            patience,
+            deadline: None,
+        }
+    }
+
+    fn unanswered(&self) -> io::Error {
+        io::Error::new(
+            io::ErrorKind::TimedOut,
+            format!(
+                "the peer's request went unfinished for {} s",
+                self.patience.as_secs()
+            ),
+        )
+    }
+}
+
+impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before && this.deadline.is_none() {
+                    this.deadline = Some(Box::pin(tokio::time::sleep_until(
+                        Instant::now() + this.patience,
+                    )));
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                // Registered with the timer too: the wait for the rest of a request ends when
+                // the deadline passes, not only when more bytes come.
+                let passed = this
+                    .deadline
+                    .as_mut()
+                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
+                if passed {
+                    Poll::Ready(Err(this.unanswered()))
+                } else {
+                    Poll::Pending
+                }
+            }
+        }
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write(cx, data);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.deadline = None;
+        }
+        written
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.get_mut();
+        let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
+            this.deadline = None;
+        }
+        written
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A loopback pair: the guarded server side and the peer.
+    async fn pair(patience: Duration) -> (Guarded<TcpStream>, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let peer = TcpStream::connect(listener.local_addr().unwrap());
+        let (peer, accepted) = tokio::join!(peer, listener.accept());
+        (Guarded::new(accepted.unwrap().0, patience), peer.unwrap())
+    }
+
+    #[tokio::test]
+    async fn half_a_request_left_unanswered_fails_the_read() {
+        let (mut server, mut peer) = pair(Duration::from_millis(300)).await;
+        peer.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 64];
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        // The rest never comes: the next read ends at the deadline, not never.
+        let read = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
+            .await
+            .expect("the read ends at the deadline");
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn an_answered_or_idle_connection_is_not_timed() {
+        let (mut server, mut peer) = pair(Duration::from_millis(300)).await;
+        let mut buf = [0u8; 64];
+        for _ in 0..3 {
+            peer.write_all(b"ping").await.unwrap();
+            assert!(server.read(&mut buf).await.unwrap() > 0);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            server.write_all(b"pong").await.unwrap();
+            peer.read_exact(&mut buf[..4]).await.unwrap();
+            // Answered, then idle past the patience: still open.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        peer.write_all(b"late").await.unwrap();
+        assert_eq!(server.read(&mut buf).await.unwrap(), 4);
     }
 }
