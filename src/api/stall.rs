@@ -10,12 +10,16 @@
 //! ws_ping_interval`s), which ends the connection.
 //!
 //! The other way round, hyper (as `axum::serve` runs it: no timer) waits for a request's
-//! headers for ever, so a peer sending half a request (or a byte now and then) held its
-//! connection and socket as long as it liked. Here a connection that has sent bytes the
-//! server has not answered within [`answer_patience`] is closed: every request is answered
-//! within the API's 30 s timeout once its headers are in, a stream writes at least every ping
-//! interval, and an idle connection (nothing sent, nothing owed) is not timed, so keep-alive
-//! and long streams are not cut.
+//! headers for ever, so a peer sending half a request (or a byte now and then), or nothing at
+//! all after connecting, held its connection and socket as long as it liked. Here a connection
+//! that has sent nothing since it was accepted, or has sent bytes the server has not answered,
+//! within [`answer_patience`] is closed: every request is answered within the API's 30 s
+//! timeout once its headers are in, a stream writes at least every ping interval, and a
+//! connection idle after an answer (keep-alive) is not timed, so long streams are not cut.
+//! What this layer cannot see: a request pipelined behind another, already read into hyper's
+//! buffer before the first one's answer went out, and left unfinished (hyper's own header
+//! timeout, which needs a server built on hyper-util with a timer instead of `axum::serve`,
+//! would catch that too).
 
 use std::future::Future;
 use std::io;
@@ -79,13 +83,17 @@ where
     }
 }
 
-/// A connection that fails its reads once the peer's bytes have gone unanswered (nothing
-/// written since they came) for `patience`.
+/// A connection that fails its reads once it has sent nothing since it was accepted, or its
+/// bytes have gone unanswered (nothing written since they came), for `patience`.
 pub struct Guarded<T> {
     io: T,
     patience: Duration,
-    /// Armed by the first bytes read after the last write, cleared by the next write.
-    deadline: Option<Pin<Box<Sleep>>>,
+    /// When the connection must have been answered; one timer a connection, reset as it is
+    /// armed again.
+    deadline: Pin<Box<Sleep>>,
+    /// Whether `deadline` counts: from the accept and from the first bytes read after a write,
+    /// until the next write.
+    armed: bool,
 }
 
 impl<T> Guarded<T> {
@@ -93,7 +101,8 @@ impl<T> Guarded<T> {
         Self {
             io,
             patience,
-            deadline: None,
+            deadline: Box::pin(tokio::time::sleep(patience)),
+            armed: true,
         }
     }
 
@@ -118,10 +127,10 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before && this.deadline.is_none() {
-                    this.deadline = Some(Box::pin(tokio::time::sleep_until(
-                        Instant::now() + this.patience,
-                    )));
+                if buf.filled().len() > before && !this.armed {
+                    this.armed = true;
+                    let at = Instant::now() + this.patience;
+                    this.deadline.as_mut().reset(at);
                 }
                 Poll::Ready(Ok(()))
             }
@@ -129,11 +138,7 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
             Poll::Pending => {
                 // Registered with the timer too: the wait for the rest of a request ends when
                 // the deadline passes, not only when more bytes come.
-                let passed = this
-                    .deadline
-                    .as_mut()
-                    .is_some_and(|d| d.as_mut().poll(cx).is_ready());
-                if passed {
+                if this.armed && this.deadline.as_mut().poll(cx).is_ready() {
                     Poll::Ready(Err(this.unanswered()))
                 } else {
                     Poll::Pending
@@ -152,7 +157,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, data);
         if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.deadline = None;
+            this.armed = false;
         }
         written
     }
@@ -165,7 +170,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.deadline = None;
+            this.armed = false;
         }
         written
     }
@@ -207,6 +212,16 @@ mod tests {
         let mut buf = [0u8; 64];
         assert!(server.read(&mut buf).await.unwrap() > 0);
         // The rest never comes: the next read ends at the deadline, not never.
+        let read = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
+            .await
+            .expect("the read ends at the deadline");
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
+    #[tokio::test]
+    async fn a_connection_that_never_sends_is_closed() {
+        let (mut server, _peer) = pair(Duration::from_millis(300)).await;
+        let mut buf = [0u8; 64];
         let read = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
             .await
             .expect("the read ends at the deadline");

@@ -341,7 +341,20 @@ pub fn label(endpoint: &str) -> String {
         u
     });
     let key = parsed.as_ref().map_or(endpoint, url::Url::as_str);
-    let digest = Sha256::digest(key.as_bytes());
+    shown(parsed.as_ref(), key)
+}
+
+/// The label a notification's record filed an endpoint under until 2026-12-02, when the hash
+/// was of the URL as written: a delivery under way across the upgrade has its endpoints filed
+/// again under [`label`] (`Record::relabel_endpoint`), so what it delivered is not sent twice.
+pub fn label_as_written(endpoint: &str) -> String {
+    shown(url::Url::parse(endpoint).ok().as_ref(), endpoint)
+}
+
+/// The origin, then `/…#` and 8 hex digits of `hashed`'s SHA-256 when the URL has a path or a
+/// query; `endpoint#` and the digits when it is not a URL with a host.
+fn shown(parsed: Option<&url::Url>, hashed: &str) -> String {
+    let digest = Sha256::digest(hashed.as_bytes());
     let short: String = digest.iter().take(4).map(|b| format!("{b:02x}")).collect();
     match parsed {
         Some(u) if u.host_str().is_some() => {
@@ -358,7 +371,7 @@ pub fn label(endpoint: &str) -> String {
 
 #[cfg(test)]
 mod label_tests {
-    use super::label;
+    use super::{label, label_as_written};
 
     #[test]
     fn labels_hide_paths_and_queries_but_tell_endpoints_apart() {
@@ -378,5 +391,15 @@ mod label_tests {
         ] {
             assert_eq!(label(same), hook, "{same}");
         }
+        // As written, the spellings differ (the records of deliveries begun before are filed
+        // again from these); a URL already in its parsed form has one label either way.
+        assert_ne!(
+            label_as_written("HTTP://127.0.0.1:18410/hook/SECRETPATH"),
+            hook
+        );
+        assert_eq!(
+            label_as_written("http://127.0.0.1:18410/hook/SECRETPATH"),
+            hook
+        );
     }
 }

@@ -290,6 +290,7 @@ impl SendNotification {
         for url in &self.urls {
             let shown = breaker::label(url);
             record.relabel_endpoint(ch.name(), url, &shown);
+            record.relabel_endpoint(ch.name(), &breaker::label_as_written(url), &shown);
             // A URL listed twice is one endpoint: delivered once.
             if !record.endpoint_done(ch.name(), &shown) && !due.iter().any(|(_, s)| *s == shown) {
                 due.push((url.clone(), shown));
@@ -408,6 +409,7 @@ impl SendNotification {
         for sub in &subs {
             let shown = breaker::label(&sub.endpoint);
             record.relabel_endpoint(ch.name(), &sub.endpoint, &shown);
+            record.relabel_endpoint(ch.name(), &breaker::label_as_written(&sub.endpoint), &shown);
             if record.endpoint_done(ch.name(), &shown) {
                 continue;
             }

@@ -187,9 +187,10 @@ fn parse_key(text: &str) -> Option<SecretKey> {
         .decode(text.trim_end_matches('='))
         .ok()
         .or_else(|| base64::engine::general_purpose::STANDARD.decode(text).ok())?;
-    // Exactly the 32 bytes of a P-256 scalar: `from_slice` pads 24 to 31 bytes with zeros,
-    // which took a truncated key for another one and signed every push with it.
-    if raw.len() != 32 {
+    // The 32 bytes of a P-256 scalar, or 31 from a generator that dropped a leading zero byte
+    // (one key in 256; `from_slice` pads it back on the left, the same scalar). Fewer is a
+    // key cut short, which `from_slice` also padded: another key, signing every push.
+    if !(31..=32).contains(&raw.len()) {
         return None;
     }
     SecretKey::from_slice(&raw).ok()
@@ -274,12 +275,20 @@ mod tests {
         }
         assert!(parse_key("not a key").is_none());
         // A raw key cut short is no key, not the short bytes padded to 32.
-        for len in [24, 31, 33] {
+        for len in [24, 30, 33] {
             assert!(
                 parse_key(&B64.encode(vec![1u8; len])).is_none(),
                 "{len} bytes"
             );
         }
+        // 31 bytes: a key whose leading zero byte was dropped, read as that key.
+        let mut short = [0u8; 32];
+        short[1..].fill(7);
+        let key = SecretKey::from_slice(&short).expect("a key");
+        assert_eq!(
+            parse_key(&B64.encode(&short[1..])).map(|k| k.to_bytes()),
+            Some(key.to_bytes())
+        );
     }
 
     #[test]

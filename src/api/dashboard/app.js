@@ -722,16 +722,19 @@ let lastCircuits = 0;
 let lastSpark = Date.now();
 function tick() {
   const now = Date.now();
-  // Sampled while hidden too: the x-axis stays time.
-  if (now - lastSpark >= SPARK_MS) { lastSpark = now; sampleSpark(); }
+  // Not while hidden: nothing refreshes the counts then (and browsers slow hidden timers), so
+  // the samples would repeat the last value, the very plateau the clock is here to avoid.
   if (document.hidden) return;
+  if (now - lastSpark >= SPARK_MS) { lastSpark = now; sampleSpark(); }
   const every = stream.live ? LIVE_SAFETY_MS : POLL_MS;
   const countsEvery = stream.live ? LIVE_SAFETY_MS / 2 : QUEUES_POLL_MS;
   if (now - lastQueues >= countsEvery) refreshQueues();
   if (now - lastCircuits >= countsEvery) refreshCircuits();
   if (now - lastList >= every) {
     if (state.route.view === 'list') refreshJobs();
-    else if (state.job && !FINAL.has(state.job.state)) refreshJob();
+    // A job page is polled while anything it shows may change: the job, or a step of its
+    // chain (without the stream, no event says a later step moved).
+    else if (state.job && [state.job, ...(state.job.steps || [])].some((j) => !FINAL.has(j.state))) refreshJob();
   }
   // Relative times move even when nothing else does.
   if (state.route.view === 'list') for (const j of state.jobs) {

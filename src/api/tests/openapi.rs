@@ -92,7 +92,6 @@ async fn the_served_document_is_openapi_3_1_and_is_the_routers() {
     );
 }
 
-/// Each documented operation reaches a handler: not the router's 404 or 405.
 /// OpenAPI requires each `operationId` once: code generators name a client's methods by them,
 /// and validators refuse a document that repeats one.
 #[test]
@@ -109,6 +108,7 @@ fn every_operation_id_is_unique() {
     }
 }
 
+/// Each documented operation reaches a handler: not the router's 404 or 405.
 #[tokio::test]
 async fn every_documented_operation_is_routed() {
     let (st, _dir) = sqlite().await;

@@ -1,11 +1,12 @@
 //! How SQLite failures become [`BrokerError`]s.
 //!
 //! It owns [`Fail`], what every closure run on a connection fails with, and the one rule that
-//! sorts SQLite errors: a busy or locked database (another process holds the write lock), a full
-//! disk or a file that cannot be written is `Unavailable` (worth retrying once fixed), anything
-//! else is `Backend`. It does not own the failures of a whole write batch, which the writer
-//! thread reports (`super::writer::BatchFailure`, built on [`is_unavailable`]). Everything here is private to the broker so that no rusqlite type reaches a
-//! public signature.
+//! sorts SQLite errors: a busy or locked database (another process holds the write lock), a
+//! full disk or a file that cannot be written is `Unavailable` (worth retrying once fixed),
+//! anything else is `Backend`. It does not own the failures of a whole write batch, which the
+//! writer thread reports (`super::writer::BatchFailure`, built on [`is_unavailable`]).
+//! Opening the file waits only on a busy one ([`open_error`]). Everything here is private to
+//! the broker so that no rusqlite type reaches a public signature.
 
 use rusqlite::ErrorCode;
 
@@ -72,6 +73,18 @@ pub(super) fn is_unavailable(e: &rusqlite::Error) -> bool {
         )
 }
 
+/// A failure while opening the file: only a busy file is worth waiting for (another process
+/// is switching it to WAL or migrating it). A full disk or a file that cannot be written is
+/// refused at once, so that a node stops at start with SQLite's reason instead of waiting, as
+/// for a broker that is down, for something only an operator can fix.
+pub(super) fn open_error(e: rusqlite::Error) -> BrokerError {
+    if is_busy(&e) {
+        BrokerError::Unavailable(Box::new(e))
+    } else {
+        BrokerError::Backend(Box::new(e))
+    }
+}
+
 pub(super) fn sql_error(e: rusqlite::Error) -> BrokerError {
     if is_unavailable(&e) {
         BrokerError::Unavailable(Box::new(e))
@@ -104,6 +117,12 @@ mod tests {
                 "{code}"
             );
         }
+        // While opening, only busy waits: a read-only file stops the node at start.
+        let readonly = rusqlite::Error::SqliteFailure(
+            rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+            None,
+        );
+        assert!(matches!(open_error(readonly), BrokerError::Backend(_)));
         let other = rusqlite::Error::QueryReturnedNoRows;
         assert!(matches!(sql_error(other), BrokerError::Backend(_)));
     }

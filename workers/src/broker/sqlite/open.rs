@@ -14,7 +14,7 @@ use rusqlite::config::DbConfig;
 use rusqlite::{Connection, OpenFlags};
 
 use super::SqliteOptions;
-use super::error::sql_error;
+use super::error::open_error;
 use super::sql;
 use crate::broker::Durability;
 use crate::error::{BrokerError, BrokerResult};
@@ -114,12 +114,12 @@ fn open_connections_once(
             BrokerError::Config(format!("cannot create directory {}: {e}", dir.display()))
         })?;
     }
-    let writer = connect(path, options.durability).map_err(sql_error)?;
-    writer_settings(&writer).map_err(sql_error)?;
+    let writer = connect(path, options.durability).map_err(open_error)?;
+    writer_settings(&writer).map_err(open_error)?;
     // WAL is a property of the file: set once, by the writer, outside any transaction.
     let mode: String = writer
         .query_row(sql::JOURNAL_MODE_WAL, [], |r| r.get(0))
-        .map_err(sql_error)?;
+        .map_err(open_error)?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(BrokerError::Config(format!(
             "{}: cannot switch to WAL mode (journal_mode is {mode})",
@@ -135,7 +135,7 @@ fn open_connections_once(
             Ok(reader)
         })
         .collect::<rusqlite::Result<Vec<_>>>()
-        .map_err(sql_error)?;
+        .map_err(open_error)?;
     Ok((writer, readers))
 }
 
@@ -209,7 +209,7 @@ fn migrate(conn: &Connection) -> BrokerResult<()> {
             if !conn.is_autocommit() {
                 let _ = conn.execute_batch(sql::ROLLBACK);
             }
-            Err(sql_error(e))
+            Err(open_error(e))
         }
     }
 }
