@@ -311,6 +311,14 @@ try {
     await row(sleeper).waitFor();
   }
 
+  step('a list link with filters the API refuses: they are dropped and said, the jobs shown');
+  await page.goto(`${base}/#/?state=bogus&queue=a%20b`);
+  await page.locator('#toast', { hasText: 'Filter ignored' }).waitFor();
+  await row(sleeper).waitFor();
+  if (await page.locator('#filter-state').inputValue() !== '') throw new Error('the state select is not "all"');
+  if (new URL(page.url()).hash !== '#/') throw new Error(`the link was not cleaned: ${page.url()}`);
+  await page.goto(`${base}/#/`);
+
   step('a deep link that is not valid percent-encoding says there is no such job');
   await page.goto(`${base}/#/jobs/%E0%A4`);
   await page.locator('#job-view .empty', { hasText: 'No job' }).waitFor();

@@ -7,6 +7,8 @@
 // proxy that drops WebSockets) it polls every second or two, and says which in the header.
 // Redraws are batched into animation frames, so a burst of events costs one redraw.
 const FINAL = new Set(['succeeded', 'dead', 'cancelled']);
+// What the API takes as a queue name (`GET /v1/jobs?queue=`).
+const QUEUE_NAME = /^[A-Za-z0-9._-]{1,64}$/;
 const STATES = ['queued', 'running', 'scheduled', 'retrying', 'waiting', 'succeeded', 'dead', 'cancelled'];
 const PAGE = 50;
 const POLL_MS = 1000;           // jobs list and job page without the stream
@@ -136,6 +138,18 @@ function onRoute() {
   $('#list-view').hidden = route.view !== 'list';
   $('#job-view').hidden = route.view !== 'job';
   if (route.view === 'list') {
+    // A filter the API would refuse (a link typed by hand or cut short) is dropped and said
+    // once, rather than an empty table under a select reading "all" and the same error
+    // toasted on every refresh.
+    const dropped = [];
+    if (filters.state && !STATES.includes(filters.state)) dropped.push(`no state "${filters.state}"`);
+    if (filters.queue && !QUEUE_NAME.test(filters.queue)) dropped.push(`"${filters.queue}" is not a queue name`);
+    if (dropped.length) {
+      if (!STATES.includes(filters.state)) filters.state = '';
+      if (!QUEUE_NAME.test(filters.queue)) filters.queue = '';
+      history.replaceState(null, '', listHash(filters));
+      toast(`Filter ignored: ${dropped.join('; ')}`, true);
+    }
     const changed = JSON.stringify(filters) !== JSON.stringify(state.filters);
     state.filters = filters;
     $('#filter-queue').value = filters.queue;
