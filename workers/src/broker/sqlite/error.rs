@@ -66,11 +66,16 @@ pub(super) fn is_busy(e: &rusqlite::Error) -> bool {
 /// directory). Answered 503 `broker_unavailable` with SQLite's reason, and retried by the
 /// pool (a completion is kept until it can be written), never 500 "internal".
 pub(super) fn is_unavailable(e: &rusqlite::Error) -> bool {
-    is_busy(e)
-        || matches!(
-            e.sqlite_error_code(),
-            Some(ErrorCode::DiskFull | ErrorCode::ReadOnly)
-        )
+    is_busy(e) || is_unwritable(e)
+}
+
+/// The database takes no writes: its disk is full, or its file (or directory) cannot be
+/// written. The broker is then not ready (`super::read::ready`) until a write goes through.
+pub(super) fn is_unwritable(e: &rusqlite::Error) -> bool {
+    matches!(
+        e.sqlite_error_code(),
+        Some(ErrorCode::DiskFull | ErrorCode::ReadOnly)
+    )
 }
 
 /// A failure while opening the file: only a busy file is worth waiting for (another process

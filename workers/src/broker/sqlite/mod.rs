@@ -315,6 +315,62 @@ mod tests {
         }
     }
 
+    /// A database that cannot take a write (its disk full, here its page limit reached) is
+    /// not ready, and says why: `/readyz` answered "ready" while every write failed. The
+    /// write itself is `Unavailable` (503, retried), not a backend failure (500). Once a write
+    /// goes through again, it is ready again.
+    #[tokio::test]
+    async fn a_database_that_cannot_take_a_write_is_not_ready() {
+        use crate::broker::Broker;
+        use crate::job::NewJob;
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = SqliteBroker::open_with(
+            &dir.path().join("full.db"),
+            SqliteOptions::default(),
+            crate::clock::system(),
+        )
+        .await
+        .expect("open");
+        broker.ready().await.expect("ready when opened");
+        let limit = |pages: Option<i64>| {
+            move |conn: &Connection, _| -> Result<(), Fail> {
+                let now: i64 = conn.query_row("PRAGMA page_count", [], |r| r.get(0))?;
+                conn.pragma_update(None, "max_page_count", pages.unwrap_or(now))?;
+                Ok(())
+            }
+        };
+        broker.write(limit(None)).await.expect("limit the file");
+        let big = serde_json::json!({ "blob": "x".repeat(200_000) });
+        let refused = broker
+            .enqueue(vec![NewJob::new("sys.noop", big.clone())])
+            .await
+            .expect_err("no room for the job");
+        assert!(
+            matches!(refused, BrokerError::Unavailable(_)),
+            "{refused:?}"
+        );
+        let why = broker
+            .ready()
+            .await
+            .expect_err("not ready while writes fail");
+        assert!(matches!(why, BrokerError::Unavailable(_)), "{why:?}");
+        assert!(why.to_string().contains("full"), "{why}");
+
+        broker
+            .write(limit(Some(1_000_000)))
+            .await
+            .expect("room again");
+        broker
+            .enqueue(vec![NewJob::new("sys.noop", big)])
+            .await
+            .expect("the job fits now");
+        broker
+            .ready()
+            .await
+            .expect("ready once a write went through");
+    }
+
     /// A command sent while a batch runs joins that batch's transaction instead of waiting
     /// out its commit (and fsync) for one of its own: the pool's fetch and its acknowledger's
     /// finish arrive microseconds apart and share one commit.

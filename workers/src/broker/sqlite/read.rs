@@ -15,7 +15,7 @@ use super::error::Fail;
 use super::rows::{event_from_row, job_from_row, lossy_text, to_i64, to_u64};
 use super::sql;
 use crate::broker::{JobFilter, JobPage, QueueStats};
-use crate::error::BrokerResult;
+use crate::error::{BrokerError, BrokerResult};
 use crate::event::{Event, EventType};
 use crate::job::{FieldError, Job, JobId, JobState};
 
@@ -286,7 +286,13 @@ pub(super) async fn ping(broker: &SqliteBroker) -> BrokerResult<()> {
         .await
 }
 
-/// One file, always whole: ready when it answers.
+/// One file, always whole: ready when it answers and takes writes (a full disk or a file that
+/// cannot be written, met by the last writes, is not ready: every enqueue would fail).
 pub(super) async fn ready(broker: &SqliteBroker) -> BrokerResult<()> {
+    if let Some(why) = broker.stats.unwritable() {
+        return Err(BrokerError::Unavailable(
+            format!("the database takes no writes: {why}").into(),
+        ));
+    }
     ping(broker).await
 }

@@ -6,15 +6,15 @@
 //! alone, and answers sent only after `COMMIT`, so that nobody is told "done" about a write
 //! that was lost. It knows nothing of jobs: what a command does is the closure it carries.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use rusqlite::Connection;
 use tokio::sync::oneshot;
 
-use super::error::{Fail, is_unavailable};
+use super::error::{Fail, is_unavailable, is_unwritable};
 use super::sql;
 use crate::clock::Clock;
 use crate::error::{BrokerError, BrokerResult};
@@ -35,6 +35,9 @@ const JOIN_WINDOW: Duration = Duration::from_secs(5);
 pub(super) trait WriteOp: Send {
     /// Runs the command; true when it succeeded (its savepoint is kept).
     fn run(&mut self, conn: &Connection, now: Timestamp) -> bool;
+    /// Why the last `run` could not write, when the database takes no writes (a full disk, a
+    /// file that cannot be written): SQLite's message.
+    fn unwritable(&self) -> Option<&str>;
     /// The batch failed as a whole: whatever `run` produced is void.
     fn fail(&mut self, why: &BatchFailure);
     /// Sends the answer (after the commit).
@@ -45,6 +48,7 @@ pub(super) trait WriteOp: Send {
 pub(super) struct Op<T, F> {
     work: Option<F>,
     result: Option<BrokerResult<T>>,
+    unwritable: Option<String>,
     reply: oneshot::Sender<BrokerResult<T>>,
 }
 
@@ -53,6 +57,7 @@ impl<T, F> Op<T, F> {
         Self {
             work: Some(work),
             result: None,
+            unwritable: None,
             reply,
         }
     }
@@ -67,10 +72,19 @@ where
         let Some(work) = self.work.take() else {
             return false;
         };
-        let result = work(conn, now).map_err(Fail::into_broker);
+        let result = work(conn, now);
+        self.unwritable = match &result {
+            Err(Fail::Sql(e)) if is_unwritable(e) => Some(e.to_string()),
+            _ => None,
+        };
+        let result = result.map_err(Fail::into_broker);
         let ok = result.is_ok();
         self.result = Some(result);
         ok
+    }
+
+    fn unwritable(&self) -> Option<&str> {
+        self.unwritable.as_deref()
     }
 
     fn fail(&mut self, why: &BatchFailure) {
@@ -93,6 +107,8 @@ where
 #[error("{message}")]
 pub(super) struct BatchFailure {
     busy: bool,
+    /// The database takes no writes (a full disk, a file that cannot be written).
+    unwritable: bool,
     message: String,
 }
 
@@ -100,6 +116,7 @@ impl BatchFailure {
     fn new(message: &str) -> Self {
         Self {
             busy: false,
+            unwritable: false,
             message: message.to_owned(),
         }
     }
@@ -108,6 +125,7 @@ impl BatchFailure {
     fn sql(what: &'static str) -> impl FnOnce(rusqlite::Error) -> Self {
         move |e| Self {
             busy: is_unavailable(&e),
+            unwritable: is_unwritable(&e),
             message: format!("{what}: {e}"),
         }
     }
@@ -134,9 +152,24 @@ pub(super) struct WriterStats {
     /// Microseconds spent in `COMMIT` (writing the WAL, its fsync under full, and the
     /// checkpoints SQLite runs when the WAL has grown).
     pub commit_us: AtomicU64,
+    /// Why the database takes no writes, from a write that failed so (a full disk, a file
+    /// that cannot be written) until a batch commits with none failing so: what `ready`
+    /// answers instead of "ready".
+    unwritable: Mutex<Option<String>>,
 }
 
 impl WriterStats {
+    /// Why the database takes no writes now; `None` while writes go through.
+    pub fn unwritable(&self) -> Option<String> {
+        self.unwritable.lock().ok().and_then(|why| why.clone())
+    }
+
+    fn set_unwritable(&self, why: Option<String>) {
+        if let Ok(mut slot) = self.unwritable.lock() {
+            *slot = why;
+        }
+    }
+
     fn add(counter: &AtomicU64, elapsed: Duration) {
         let us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         counter.fetch_add(us, Ordering::Relaxed);
@@ -164,6 +197,10 @@ pub(super) fn run_writer(
         if ok {
             stats.commits.fetch_add(1, Ordering::Relaxed);
             committed();
+            // Written again: ready again, unless a command of this very batch could not write.
+            if batch.iter().all(|op| op.unwritable().is_none()) {
+                stats.set_unwritable(None);
+            }
         }
         for op in batch {
             op.answer();
@@ -204,6 +241,9 @@ fn run_batch(
         return true;
     };
     rollback(conn);
+    if why.unwritable {
+        stats.set_unwritable(Some(why.message.clone()));
+    }
     tracing::warn!(error = %why, commands = batch.len(), "sqlite write batch failed");
     for op in batch.iter_mut() {
         op.fail(&why);
@@ -228,7 +268,7 @@ fn try_batch(
     let mut next = 0;
     loop {
         while let Some(op) = batch.get_mut(next) {
-            run_one(conn, clock, op.as_mut())?;
+            run_one(conn, clock, op.as_mut(), stats)?;
             next += 1;
         }
         // Joining is bounded in time: every command already in the batch waits for its
@@ -247,15 +287,29 @@ fn try_batch(
 
 /// Runs one command of an open transaction in its own savepoint, rolled back alone when the
 /// command fails.
-fn run_one(conn: &Connection, clock: &dyn Clock, op: &mut dyn WriteOp) -> Result<(), BatchFailure> {
+fn run_one(
+    conn: &Connection,
+    clock: &dyn Clock,
+    op: &mut dyn WriteOp,
+    stats: &WriterStats,
+) -> Result<(), BatchFailure> {
     exec(conn, sql::SAVEPOINT).map_err(BatchFailure::sql("savepoint"))?;
     let ok = op.run(conn, clock.now());
+    if let Some(why) = op.unwritable() {
+        stats.set_unwritable(Some(why.to_owned()));
+    }
     if conn.is_autocommit() {
         // SQLite rolled the whole transaction back on its own (e.g. disk full): every
-        // earlier command of the batch is void too.
-        return Err(BatchFailure::new(
-            "the transaction was rolled back by SQLite",
-        ));
+        // earlier command of the batch is void too, and worth retrying when it was for want
+        // of room or permission (503, as for a busy database), not a broken broker (500).
+        return Err(match op.unwritable() {
+            Some(why) => BatchFailure {
+                busy: true,
+                unwritable: true,
+                message: format!("the transaction was rolled back by SQLite: {why}"),
+            },
+            None => BatchFailure::new("the transaction was rolled back by SQLite"),
+        });
     }
     if !ok {
         exec(conn, sql::ROLLBACK_TO).map_err(BatchFailure::sql("savepoint"))?;
