@@ -94,6 +94,9 @@ pub struct Guarded<T> {
     /// Whether `deadline` counts: from the accept and from the first bytes read after a write,
     /// until the next write.
     armed: bool,
+    /// Nothing read yet: the deadline runs from the accept, and the first bytes start it again
+    /// (a connection opened ahead of its request gets the whole patience for it).
+    fresh: bool,
 }
 
 impl<T> Guarded<T> {
@@ -103,6 +106,7 @@ impl<T> Guarded<T> {
             patience,
             deadline: Box::pin(tokio::time::sleep(patience)),
             armed: true,
+            fresh: true,
         }
     }
 
@@ -110,7 +114,7 @@ impl<T> Guarded<T> {
         io::Error::new(
             io::ErrorKind::TimedOut,
             format!(
-                "the peer's request went unfinished for {} s",
+                "the peer sent no whole request in {} s",
                 self.patience.as_secs()
             ),
         )
@@ -127,10 +131,16 @@ impl<T: AsyncRead + Unpin> AsyncRead for Guarded<T> {
         let before = buf.filled().len();
         match Pin::new(&mut this.io).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
-                if buf.filled().len() > before && !this.armed {
-                    this.armed = true;
-                    let at = Instant::now() + this.patience;
-                    this.deadline.as_mut().reset(at);
+                if buf.filled().len() > before && (this.fresh || !this.armed) {
+                    this.fresh = false;
+                    // A patience past what `Instant` holds (a huge ping interval) times nothing.
+                    match Instant::now().checked_add(this.patience) {
+                        Some(at) => {
+                            this.armed = true;
+                            this.deadline.as_mut().reset(at);
+                        }
+                        None => this.armed = false,
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -158,6 +168,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         let written = Pin::new(&mut this.io).poll_write(cx, data);
         if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
             this.armed = false;
+            this.fresh = false;
         }
         written
     }
@@ -171,6 +182,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
         if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
             this.armed = false;
+            this.fresh = false;
         }
         written
     }
@@ -216,6 +228,24 @@ mod tests {
             .await
             .expect("the read ends at the deadline");
         assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
+    /// A connection opened ahead of its request (a client's pool) has the whole patience from
+    /// its first bytes, not from the accept.
+    #[tokio::test]
+    async fn the_first_request_is_timed_from_its_first_bytes() {
+        let (mut server, mut peer) = pair(Duration::from_millis(400)).await;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        peer.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let mut buf = [0u8; 64];
+        assert!(server.read(&mut buf).await.unwrap() > 0);
+        // The rest 300 ms later, while the server waits for it: past the accept's deadline,
+        // inside the first bytes'.
+        let (read, ()) = tokio::join!(server.read(&mut buf), async {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            peer.write_all(b"Host: x\r\n\r\n").await.unwrap();
+        });
+        assert!(read.unwrap() > 0);
     }
 
     #[tokio::test]

@@ -84,6 +84,8 @@ try {
   step('open the dashboard: the server needs a token, so the page asks for one, then goes live');
   await page.goto(base + '/');
   await page.locator('#token-dialog').waitFor({ state: 'visible' });
+  // Nothing refreshes until a token is given, and the header says that, not "polling".
+  await page.locator('#conn[data-mode="locked"]').waitFor();
   await page.fill('#token-input', token);
   await page.click('#token-save');
   await page.locator('#token-dialog').waitFor({ state: 'hidden' });

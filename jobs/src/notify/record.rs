@@ -147,7 +147,15 @@ impl Record {
             if let Outcome::Failed { error, .. } = &mut outcome {
                 *error = error.replace(whole, label);
             }
-            c.endpoints.entry(label.to_owned()).or_insert(outcome);
+            // Two spellings of one endpoint folding onto one label: a delivery wins over a
+            // failure, so that what was delivered is not sent again.
+            let kept = c
+                .endpoints
+                .entry(label.to_owned())
+                .or_insert(outcome.clone());
+            if matches!(outcome, Outcome::Delivered) {
+                *kept = Outcome::Delivered;
+            }
         }
     }
 
@@ -292,5 +300,26 @@ mod tests {
         r.relabel_endpoint("webhook", whole, "https://h.example/…#ab");
         assert!(r.endpoint_done("webhook", "https://h.example/…#ab"));
         assert_eq!(r.channels["webhook"].endpoints.len(), 1);
+    }
+
+    /// Two spellings of one endpoint, one delivered and one failed, fold onto one label as
+    /// delivered, in either order: it is not sent again.
+    #[test]
+    fn a_delivery_wins_when_two_entries_fold_onto_one_label() {
+        for delivered_first in [true, false] {
+            let mut r = Record::default();
+            let (a, b) = ("HTTP://h.example/x", "http://h.example/x#f");
+            r.set_endpoint("webhook", a, Outcome::retryable("HTTP 503"));
+            r.set_endpoint("webhook", b, Outcome::Delivered);
+            let order = if delivered_first { [b, a] } else { [a, b] };
+            for whole in order {
+                r.relabel_endpoint("webhook", whole, "http://h.example/…#cd");
+            }
+            assert_eq!(
+                r.channels["webhook"].endpoints["http://h.example/…#cd"],
+                Outcome::Delivered,
+                "delivered first: {delivered_first}"
+            );
+        }
     }
 }

@@ -53,6 +53,7 @@ function askToken(why) {
   if (asking) return asking;
   const dialog = $('#token-dialog');
   $('#token-error').textContent = why;
+  setConn('locked');
   $('#token-input').value = '';
   asking = new Promise((resolve) => {
     const form = $('#token-form');
@@ -680,17 +681,22 @@ function historyItem(ev) {
 // ---------------------------------------------------------------- the event stream
 
 function setConn(mode, why = '') {
+  // While the token prompt is open, nothing refreshes: the header says so, whatever a failed
+  // request or the closed stream would say (it read "polling", or "server unreachable" for a
+  // server that answered 401).
+  if (asking && mode !== 'locked') return;
   const el = $('#conn');
   if (el.dataset.mode === mode && el.dataset.why === why) return;
   el.dataset.mode = mode;
   el.dataset.why = why;
-  el.textContent = { live: 'live', polling: 'polling', offline: 'server unreachable', stale: 'not refreshing', connecting: 'connecting…' }[mode];
+  el.textContent = { live: 'live', polling: 'polling', offline: 'server unreachable', stale: 'not refreshing', connecting: 'connecting…', locked: 'token needed' }[mode];
   el.title = {
     live: 'Following the event stream',
     polling: 'The event stream is not available: refreshing every second or two',
     offline: 'The server does not answer: retrying',
     stale: `The server refuses to refresh this page (${why}): what it shows may be out of date; retrying`,
     connecting: 'Connecting',
+    locked: 'The server needs a token: nothing refreshes until one is given',
   }[mode];
 }
 
@@ -792,7 +798,10 @@ function init() {
     token = '';
     location.reload();
   });
-  document.addEventListener('visibilitychange', () => { if (!document.hidden) refreshAll(); });
+  // Back in view: the counts are refetched, and the next sparkline sample waits for them.
+  document.addEventListener('visibilitychange', () => {
+    if (!document.hidden) { lastSpark = Date.now(); refreshAll(); }
+  });
   window.addEventListener('hashchange', onRoute);
   setConn('connecting');
   onRoute();

@@ -318,7 +318,8 @@ mod tests {
     /// A database that cannot take a write (its disk full, here its page limit reached) is
     /// not ready, and says why: `/readyz` answered "ready" while every write failed. The
     /// write itself is `Unavailable` (503, retried), not a backend failure (500). Once a write
-    /// goes through again, it is ready again.
+    /// of rows goes through again, it is ready again (and after `UNWRITABLE_HOLD` without a
+    /// write failing so, which this test does not wait for).
     #[tokio::test]
     async fn a_database_that_cannot_take_a_write_is_not_ready() {
         use crate::broker::Broker;
@@ -361,6 +362,12 @@ mod tests {
             .write(limit(Some(1_000_000)))
             .await
             .expect("room again");
+        // A batch that wrote no row (as the pool's idle fetches) does not say writes go
+        // through: still not ready.
+        broker
+            .ready()
+            .await
+            .expect_err("a write that changed nothing proves nothing");
         broker
             .enqueue(vec![NewJob::new("sys.noop", big)])
             .await

@@ -152,21 +152,28 @@ pub(super) struct WriterStats {
     /// Microseconds spent in `COMMIT` (writing the WAL, its fsync under full, and the
     /// checkpoints SQLite runs when the WAL has grown).
     pub commit_us: AtomicU64,
-    /// Why the database takes no writes, from a write that failed so (a full disk, a file
-    /// that cannot be written) until a batch commits with none failing so: what `ready`
-    /// answers instead of "ready".
-    unwritable: Mutex<Option<String>>,
+    /// Why the database takes no writes, and when a write last failed so (a full disk, a file
+    /// that cannot be written): what `ready` answers instead of "ready", until a batch that
+    /// changed rows commits with no command failing so, or [`UNWRITABLE_HOLD`] passes with no
+    /// write failing so (a node nobody writes through must not stay unready once fixed).
+    unwritable: Mutex<Option<(String, Instant)>>,
 }
+
+/// How long a write that failed for want of room or permission keeps the database unready
+/// (see [`WriterStats::unwritable`]).
+pub(super) const UNWRITABLE_HOLD: Duration = Duration::from_secs(30);
 
 impl WriterStats {
     /// Why the database takes no writes now; `None` while writes go through.
     pub fn unwritable(&self) -> Option<String> {
-        self.unwritable.lock().ok().and_then(|why| why.clone())
+        let slot = self.unwritable.lock().ok()?;
+        let (why, at) = slot.as_ref()?;
+        (at.elapsed() < UNWRITABLE_HOLD).then(|| why.clone())
     }
 
     fn set_unwritable(&self, why: Option<String>) {
         if let Ok(mut slot) = self.unwritable.lock() {
-            *slot = why;
+            *slot = why.map(|w| (w, Instant::now()));
         }
     }
 
@@ -190,6 +197,7 @@ pub(super) fn run_writer(
     while let Ok(first) = rx.recv() {
         let mut batch = vec![first];
         take_queued(&rx, &mut batch);
+        let changes = conn.total_changes();
         let ok = run_batch(&conn, clock.as_ref(), &rx, &mut batch, stats);
         stats
             .commands
@@ -198,7 +206,9 @@ pub(super) fn run_writer(
             stats.commits.fetch_add(1, Ordering::Relaxed);
             committed();
             // Written again: ready again, unless a command of this very batch could not write.
-            if batch.iter().all(|op| op.unwritable().is_none()) {
+            // Only a batch that changed rows says so: the pool's idle fetches commit batches
+            // that write nothing, which go through on a full disk as well.
+            if conn.total_changes() > changes && batch.iter().all(|op| op.unwritable().is_none()) {
                 stats.set_unwritable(None);
             }
         }
