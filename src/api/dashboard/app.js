@@ -7,8 +7,9 @@
 // proxy that drops WebSockets) it polls every second or two, and says which in the header.
 // Redraws are batched into animation frames, so a burst of events costs one redraw.
 const FINAL = new Set(['succeeded', 'dead', 'cancelled']);
-// What the API takes as a queue name (`GET /v1/jobs?queue=`).
+// What the API takes as a queue name and a kind (`GET /v1/jobs?queue=&kind=`).
 const QUEUE_NAME = /^[A-Za-z0-9._-]{1,64}$/;
+const MAX_KIND_BYTES = 128;
 const STATES = ['queued', 'running', 'scheduled', 'retrying', 'waiting', 'succeeded', 'dead', 'cancelled'];
 const PAGE = 50;
 const POLL_MS = 1000;           // jobs list and job page without the stream
@@ -145,9 +146,12 @@ function onRoute() {
     const dropped = [];
     if (filters.state && !STATES.includes(filters.state)) dropped.push(`no state "${filters.state}"`);
     if (filters.queue && !QUEUE_NAME.test(filters.queue)) dropped.push(`"${filters.queue}" is not a queue name`);
+    const kindTooLong = new TextEncoder().encode(filters.kind).length > MAX_KIND_BYTES;
+    if (kindTooLong) dropped.push(`a kind is at most ${MAX_KIND_BYTES} bytes`);
     if (dropped.length) {
       if (!STATES.includes(filters.state)) filters.state = '';
       if (!QUEUE_NAME.test(filters.queue)) filters.queue = '';
+      if (kindTooLong) filters.kind = '';
       history.replaceState(null, '', listHash(filters));
       toast(`Filter ignored: ${dropped.join('; ')}`, true);
     }
