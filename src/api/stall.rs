@@ -110,6 +110,15 @@ impl<T> Guarded<T> {
         }
     }
 
+    /// Bytes went out: whatever the peer sent is answered, and nothing is owed until it sends
+    /// again.
+    fn answered(&mut self, written: &Poll<io::Result<usize>>) {
+        if matches!(written, Poll::Ready(Ok(n)) if *n > 0) {
+            self.armed = false;
+            self.fresh = false;
+        }
+    }
+
     fn unanswered(&self) -> io::Error {
         io::Error::new(
             io::ErrorKind::TimedOut,
@@ -166,10 +175,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write(cx, data);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.armed = false;
-            this.fresh = false;
-        }
+        this.answered(&written);
         written
     }
 
@@ -180,10 +186,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Guarded<T> {
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
         let written = Pin::new(&mut this.io).poll_write_vectored(cx, bufs);
-        if matches!(written, Poll::Ready(Ok(n)) if n > 0) {
-            this.armed = false;
-            this.fresh = false;
-        }
+        this.answered(&written);
         written
     }
 
@@ -215,6 +218,15 @@ mod tests {
         (Guarded::new(accepted.unwrap().0, patience), peer.unwrap())
     }
 
+    /// The server's next read fails as timed out, well before 10 s.
+    async fn read_times_out(server: &mut Guarded<TcpStream>) {
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
+            .await
+            .expect("the read ends at the deadline");
+        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+    }
+
     #[tokio::test]
     async fn half_a_request_left_unanswered_fails_the_read() {
         let (mut server, mut peer) = pair(Duration::from_millis(300)).await;
@@ -224,10 +236,7 @@ mod tests {
         let mut buf = [0u8; 64];
         assert!(server.read(&mut buf).await.unwrap() > 0);
         // The rest never comes: the next read ends at the deadline, not never.
-        let read = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
-            .await
-            .expect("the read ends at the deadline");
-        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        read_times_out(&mut server).await;
     }
 
     /// A connection opened ahead of its request (a client's pool) has the whole patience from
@@ -251,11 +260,7 @@ mod tests {
     #[tokio::test]
     async fn a_connection_that_never_sends_is_closed() {
         let (mut server, _peer) = pair(Duration::from_millis(300)).await;
-        let mut buf = [0u8; 64];
-        let read = tokio::time::timeout(Duration::from_secs(10), server.read(&mut buf))
-            .await
-            .expect("the read ends at the deadline");
-        assert_eq!(read.unwrap_err().kind(), io::ErrorKind::TimedOut);
+        read_times_out(&mut server).await;
     }
 
     #[tokio::test]

@@ -98,24 +98,32 @@ impl EnqueueRequest {
     }
 }
 
-/// Refuses a unique key a client may not give: one of the bus's marks (`publish:KEY:ID`, see
-/// [`crate::bus::KEY_PREFIX`]). A job holding one would answer that publish as a duplicate, so
-/// its subscription's job would never be made, and a job so marked that died would make no
-/// `job.dead` alert. Called where a client's job comes in (`POST /v1/jobs`, its batch, `hopper
-/// enqueue`), not in [`prepare`], which the bus's own jobs go through. The schedules' prefix
-/// is refused in [`prepare`], which their jobs never go through.
+/// Refuses a unique key a client may not give: the marks Hopper gives its own jobs. A
+/// schedule's tick (`schedule:NAME:TICK`): a job holding one would make that tick's job never
+/// be made. A publish's (`publish:KEY:ID`, see [`crate::bus::KEY_PREFIX`]): a job holding one
+/// would answer that publish as a duplicate, and a job so marked that died would make no
+/// `job.dead` alert. Called where a client's job comes in (`POST /v1/jobs`, its batch and
+/// `enqueue --file` through `job_body`, `hopper enqueue`), not in [`prepare`], which the bus's
+/// own jobs go through.
 pub fn check_client_unique_key(key: &str) -> Result<(), FieldError> {
-    if key.starts_with(crate::bus::KEY_PREFIX) {
-        return Err(FieldError::invalid(
+    let reserved = [
+        (
+            SCHEDULE_KEY_PREFIX,
+            "the schedules' own (one a tick): a job holding one would make that tick's job \
+             never be made",
+        ),
+        (
+            crate::bus::KEY_PREFIX,
+            "the event bus's own (one a publish and subscription)",
+        ),
+    ];
+    match reserved.iter().find(|(prefix, _)| key.starts_with(prefix)) {
+        Some((prefix, whose)) => Err(FieldError::invalid(
             "unique_key",
-            format!(
-                "keys starting with {:?} are the event bus's own (one a publish and \
-                 subscription)",
-                crate::bus::KEY_PREFIX
-            ),
-        ));
+            format!("keys starting with {prefix:?} are {whose}"),
+        )),
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// Checks `req` against `registry` and the engine's rules, filling defaults (`max_retries`
@@ -173,17 +181,6 @@ fn prepare_checked(
         && !client_may_use(q, &req.kind)
     {
         return Err(FieldError::invalid("queue", maintenance_refusal(&req.kind)));
-    }
-    if let Some(key) = &req.unique_key
-        && key.starts_with(SCHEDULE_KEY_PREFIX)
-    {
-        return Err(FieldError::invalid(
-            "unique_key",
-            format!(
-                "keys starting with {SCHEDULE_KEY_PREFIX:?} are the schedules' own (one a \
-                 tick): a job holding one would make that tick's job never be made"
-            ),
-        ));
     }
     let mut job = NewJob {
         id: JobId::generate(),

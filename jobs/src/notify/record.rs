@@ -6,6 +6,7 @@
 //! This module owns the record's shape and its reading back; the channels decide what goes in.
 
 use std::collections::BTreeMap;
+use std::collections::btree_map::Entry;
 
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -149,12 +150,14 @@ impl Record {
             }
             // Two spellings of one endpoint folding onto one label: a delivery wins over a
             // failure, so that what was delivered is not sent again.
-            let kept = c
-                .endpoints
-                .entry(label.to_owned())
-                .or_insert(outcome.clone());
-            if matches!(outcome, Outcome::Delivered) {
-                *kept = Outcome::Delivered;
+            match c.endpoints.entry(label.to_owned()) {
+                Entry::Vacant(v) => {
+                    v.insert(outcome);
+                }
+                Entry::Occupied(mut o) if outcome == Outcome::Delivered => {
+                    o.insert(outcome);
+                }
+                Entry::Occupied(_) => {}
             }
         }
     }

@@ -144,14 +144,19 @@ function onRoute() {
     // once, rather than an empty table under a select reading "all" and the same error
     // toasted on every refresh.
     const dropped = [];
-    if (filters.state && !STATES.includes(filters.state)) dropped.push(`no state "${filters.state}"`);
-    if (filters.queue && !QUEUE_NAME.test(filters.queue)) dropped.push(`"${filters.queue}" is not a queue name`);
-    const kindTooLong = new TextEncoder().encode(filters.kind).length > MAX_KIND_BYTES;
-    if (kindTooLong) dropped.push(`a kind is at most ${MAX_KIND_BYTES} bytes`);
+    if (filters.state && !STATES.includes(filters.state)) {
+      dropped.push(`no state "${filters.state}"`);
+      filters.state = '';
+    }
+    if (filters.queue && !QUEUE_NAME.test(filters.queue)) {
+      dropped.push(`"${filters.queue}" is not a queue name`);
+      filters.queue = '';
+    }
+    if (new TextEncoder().encode(filters.kind).length > MAX_KIND_BYTES) {
+      dropped.push(`a kind is at most ${MAX_KIND_BYTES} bytes`);
+      filters.kind = '';
+    }
     if (dropped.length) {
-      if (!STATES.includes(filters.state)) filters.state = '';
-      if (!QUEUE_NAME.test(filters.queue)) filters.queue = '';
-      if (kindTooLong) filters.kind = '';
       history.replaceState(null, '', listHash(filters));
       toast(`Filter ignored: ${dropped.join('; ')}`, true);
     }

@@ -26,7 +26,6 @@ use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::Response;
-use serde::Deserialize;
 use utoipa::IntoParams;
 
 pub use hub::InboxHub;
@@ -38,7 +37,7 @@ use super::{ApiError, AppState};
 const PROTOCOL: &str = "hopper";
 
 /// The query of `GET /v1/notifications`.
-#[derive(Debug, Default, Deserialize, IntoParams)]
+#[derive(Debug, Default, IntoParams)]
 #[into_params(parameter_in = Query)]
 pub struct NotificationsQuery {
     /// The user's JWT (or send it as `Authorization: Bearer` or a `token.JWT` subprotocol).
